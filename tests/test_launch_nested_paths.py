@@ -204,3 +204,24 @@ def test_a_recipe_resumed_from_another_directory_naming_the_same_files_keeps_its
                         every_process=False)
     with pytest.raises(ConfigError, match=r"recipe_params \['iterations'\] differ"):
         RecipeStateFile(state, {"data_file": "../A/data/u.jsonl", "iterations": 3}, resume=True, every_process=False)
+
+
+def test_a_loss_or_pair_builder_in_a_local_file_is_recorded_and_a_loss_name_stays_a_name(tmp_path, monkeypatch):
+    """loss_type / pair_builder `file.py:name` (an objective class, a pair builder in a local file): the file made
+    absolute; `sigmoid` or `best_vs_worst` stay names even where a file of that name exists. From elsewhere the same
+    file named another way is the same loss (a resume was refused: loss_type changed)."""
+    (tmp_path / "my_losses.py").write_text("")
+    (tmp_path / "sigmoid").write_text("")
+    (tmp_path / "best_vs_worst").write_text("")
+    options = {"loss_type": ["my_losses.py:MyDPO", "sigmoid"], "pair_builder": "best_vs_worst"}
+    record = launch_record(options, str(tmp_path))
+    assert record["local_paths"] == {"loss_type": {"value": options["loss_type"],
+                                                   "path": [f"{tmp_path}/my_losses.py:MyDPO", "sigmoid"]}}
+    assert launch_record({"pair_builder": "my_losses.py:build"}, str(tmp_path))["local_paths"] == {
+        "pair_builder": {"value": "my_losses.py:build", "path": f"{tmp_path}/my_losses.py:build"}}
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    assert resolve_saved_paths(options, record, note=pytest.fail)["loss_type"] == [f"{tmp_path}/my_losses.py:MyDPO",
+                                                                                  "sigmoid"]
+    assert same_path("loss_type", options["loss_type"], ["../my_losses.py:MyDPO", "sigmoid"], record)
+    assert not same_path("loss_type", options["loss_type"], ["../my_losses.py:Other", "sigmoid"], record)

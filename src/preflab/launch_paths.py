@@ -11,20 +11,21 @@ beside config.yaml, LAUNCH_FILE (launch.json), and a checkpoint's trainer_state.
 
 local_paths holds each PATH_OPTIONS value that was a relative path naming an existing file or folder when the run
 started (what the loaders then read as local); a value that named none (a hub name: `gpt2`, `openai/gsm8k`) is not
-recorded and stays a hub name. The options holding paths inside a list or mapping (NESTED_PATH_OPTIONS: reward_funcs'
-model folders, `file.py:function` and `maxmin:RUN` judges; recipe_params', objective_params' and vision_pair_params'
-files and folders, at any depth) are recorded whole, "value" the option as written and "path" the same with each
-local path part made absolute:
+recorded and stays a hub name. The options holding paths inside a string, list or mapping (NESTED_PATH_OPTIONS:
+reward_funcs' model folders, `file.py:function` and `maxmin:RUN` judges; loss_type's and pair_builder's
+`file.py:name`; recipe_params', objective_params' and vision_pair_params' files and folders, at any depth) are
+recorded whole, "value" the option as written and "path" the same with each local path part made absolute:
 
     "reward_funcs": {"value": ["rewards.py:score", "rm", "verifier:math"],
                      "path": ["/home/me/project/rewards.py:score", "/home/me/project/rm", "verifier:math"]}
 
-A string in a list or mapping is local when, relative to the launch directory, it names an existing file or folder
-(in a mapping option only a string with a "/" or a file suffix: `stop_after_stage: sft` stays a name where a folder
-sft exists), or it is `path/file.py:function` of an existing .py file, or `maxmin...:RUN` of an existing folder (the
-judge forms preflab.online.tasks.resolve_judge reads); the part after or before ":" is kept. TRL's `datasets:`
-mixture of one entry is dataset_name by the time the run starts (preflab.config_trl), recorded as such. The config itself keeps the user's values (config.yaml's first line says where the
-run was started).
+A string in such an option is local when, relative to the launch directory, it names an existing file or folder (in
+a mapping option only a string with a "/" or a file suffix: `stop_after_stage: sft` stays a name where a folder sft
+exists), or it is `path/file.py:function` of an existing .py file, or `maxmin...:RUN` of an existing folder (the
+judge forms preflab.online.tasks.resolve_judge reads; in loss_type and pair_builder only `file.py:name`); the part
+before or after ":" is kept. TRL's `datasets:` mixture of one entry is dataset_name by the time the run starts
+(preflab.config_trl), recorded as such. The config itself keeps the user's values (config.yaml's first line says
+where the run was started).
 
 The rule (resolve_saved_paths; preflab.models.run_config reads every saved config through it, and the resume check
 compares paths with it):
@@ -49,8 +50,13 @@ LAUNCH_FILE = "launch.json"
 PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
                 "eval_dataset_name", "chat_template_path", "user_embeddings", "reward_aggregator")
 
-# options holding paths inside a list or mapping (preflab.config.HOME_NESTED_OPTIONS, the same ones "~" is expanded in)
-NESTED_PATH_OPTIONS = ("reward_funcs", "recipe_params", "objective_params", "vision_pair_params")
+# options holding paths inside a string, list or mapping, and which strings in them are local paths (module docstring):
+# "judges" any that names an existing path or is a file.py:function / maxmin:RUN form; "code" only file.py:name (an
+# objective class or pair builder in a local file: `sigmoid` stays a loss name where a file sigmoid exists); "mapping"
+# only those with a "/" or a file suffix
+NESTED_PATH_KINDS = {"reward_funcs": "judges", "recipe_params": "mapping", "objective_params": "mapping",
+                     "vision_pair_params": "mapping", "loss_type": "code", "pair_builder": "code"}
+NESTED_PATH_OPTIONS = tuple(NESTED_PATH_KINDS)
 
 _said: set = set()  # notes already printed (a saved config is read several times by one command)
 
@@ -93,10 +99,12 @@ def _path_forms(text: str) -> list[tuple[str, str, str]]:
     return forms + [("", text, "")]
 
 
-def _local_form(text: str, cwd: str, in_mapping: bool) -> str | None:
-    """`text` with its local path part (module docstring) absolute under `cwd`, or None where it has none."""
+def _local_form(text: str, cwd: str, kind: str) -> str | None:
+    """`text` with its local path part (module docstring; `kind` of NESTED_PATH_KINDS) absolute under `cwd`, or None
+    where it has none."""
     for prefix, path, suffix in _path_forms(text):
-        if not _relative(path) or (in_mapping and "/" not in path and not os.path.splitext(path)[1]):
+        if not _relative(path) or (kind == "mapping" and "/" not in path and not os.path.splitext(path)[1]) \
+                or (kind == "code" and not (suffix and path.endswith(".py"))):
             continue
         full = os.path.join(cwd, path)
         if (os.path.isfile(full) if suffix else os.path.exists(full)):
@@ -108,11 +116,11 @@ def absolutized(name: str, value, cwd: str | None = None):
     """Nested option `name`'s `value` with each local path part (module docstring) made absolute under `cwd`
     (default: the current directory), in lists and dict values at any depth; everything else unchanged."""
     cwd = os.path.abspath(cwd or os.getcwd())
-    in_mapping = name != "reward_funcs"
+    kind = NESTED_PATH_KINDS.get(name, "mapping")
 
     def walk(item):
         if isinstance(item, str):
-            return _local_form(item, cwd, in_mapping) or item
+            return _local_form(item, cwd, kind) or item
         if isinstance(item, (list, tuple)):
             return [walk(v) for v in item]
         if isinstance(item, dict):
