@@ -109,7 +109,7 @@ def test_nested_local_paths_forms_and_names_that_stay_names(tmp_path, monkeypatc
     untouched; a mapping option (recipe_params) at any depth, where a bare word stays a name even where a folder
     of that name exists (stop_after_stage: sft). Read from elsewhere: the recorded absolute forms; the same judges
     named from there are the same paths, another file is not."""
-    for folder in ("rm", "em", "sft", "data", "org/model"):
+    for folder in ("rm", "em", "sft", "data", "org/model", "demo_true_reward"):  # the last: a builtin judge's name
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "rewards.py").write_text(REWARDS)
     (tmp_path / "data" / "u.jsonl").write_text("")

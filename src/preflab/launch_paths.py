@@ -57,6 +57,8 @@ PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_
 NESTED_PATH_KINDS = {"reward_funcs": "judges", "recipe_params": "mapping", "objective_params": "mapping",
                      "vision_pair_params": "mapping", "loss_type": "code", "pair_builder": "code"}
 NESTED_PATH_OPTIONS = tuple(NESTED_PATH_KINDS)
+# reward_funcs names a judge reads as builtins before any path (preflab.online.tasks.resolve_judge): never paths
+BUILTIN_JUDGES = ("demo_true_reward", "demo_echo_reward")
 
 _said: set = set()  # notes already printed (a saved config is read several times by one command)
 
@@ -102,6 +104,8 @@ def _path_forms(text: str) -> list[tuple[str, str, str]]:
 def _local_form(text: str, cwd: str, kind: str) -> str | None:
     """`text` with its local path part (module docstring; `kind` of NESTED_PATH_KINDS) absolute under `cwd`, or None
     where it has none."""
+    if kind == "judges" and text in BUILTIN_JUDGES:
+        return None
     for prefix, path, suffix in _path_forms(text):
         if not _relative(path) or (kind == "mapping" and "/" not in path and not os.path.splitext(path)[1]) \
                 or (kind == "code" and not (suffix and path.endswith(".py"))):
