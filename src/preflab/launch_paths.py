@@ -11,8 +11,21 @@ beside config.yaml, LAUNCH_FILE (launch.json), and a checkpoint's trainer_state.
 
 local_paths holds each PATH_OPTIONS value that was a relative path naming an existing file or folder when the run
 started (what the loaders then read as local); a value that named none (a hub name: `gpt2`, `openai/gsm8k`) is not
-recorded and stays a hub name. The config itself keeps the user's values (config.yaml's first line says where the
-run was started).
+recorded and stays a hub name. The options holding paths inside a string, list or mapping (NESTED_PATH_OPTIONS:
+reward_funcs' model folders, `file.py:function` and `maxmin:RUN` judges; loss_type's and pair_builder's
+`file.py:name`; recipe_params', objective_params' and vision_pair_params' files and folders, at any depth) are
+recorded whole, "value" the option as written and "path" the same with each local path part made absolute:
+
+    "reward_funcs": {"value": ["rewards.py:score", "rm", "verifier:math"],
+                     "path": ["/home/me/project/rewards.py:score", "/home/me/project/rm", "verifier:math"]}
+
+A string in such an option is local when, relative to the launch directory, it names an existing file or folder (in
+a mapping option only a string with a "/" or a file suffix: `stop_after_stage: sft` stays a name where a folder sft
+exists), or it is `path/file.py:function` of an existing .py file, or `maxmin...:RUN` of an existing folder (the
+judge forms preflab.online.tasks.resolve_judge reads; in loss_type and pair_builder only `file.py:name`); the part
+before or after ":" is kept. TRL's `datasets:` mixture of one entry is dataset_name by the time the run starts
+(preflab.config_trl), recorded as such. The config itself keeps the user's values (config.yaml's first line says
+where the run was started).
 
 The rule (resolve_saved_paths; preflab.models.run_config reads every saved config through it, and the resume check
 compares paths with it):
@@ -20,6 +33,7 @@ compares paths with it):
   the value relative to the current directory where that exists, with a note naming the option (the run's file is
   gone; another of that name here is read); else the recorded absolute path, with a note naming the option that it
   exists neither where the run was started nor here (a loader then names that path; it is never looked up on the hub);
+  a nested option: the same rule for each of its local path parts;
 - everything else is unchanged: absolute paths, builtin and hub names, and a run without launch.json (written by an
   older preflab: its relative paths are read relative to the current directory, as before).
 """
@@ -35,6 +49,16 @@ LAUNCH_FILE = "launch.json"
 # which checkpoint it started from: not read back from a saved config)
 PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
                 "eval_dataset_name", "chat_template_path", "user_embeddings", "reward_aggregator")
+
+# options holding paths inside a string, list or mapping, and which strings in them are local paths (module docstring):
+# "judges" any that names an existing path or is a file.py:function / maxmin:RUN form; "code" only file.py:name (an
+# objective class or pair builder in a local file: `sigmoid` stays a loss name where a file sigmoid exists); "mapping"
+# only those with a "/" or a file suffix
+NESTED_PATH_KINDS = {"reward_funcs": "judges", "recipe_params": "mapping", "objective_params": "mapping",
+                     "vision_pair_params": "mapping", "loss_type": "code", "pair_builder": "code"}
+NESTED_PATH_OPTIONS = tuple(NESTED_PATH_KINDS)
+# reward_funcs names a judge reads as builtins before any path (preflab.online.tasks.resolve_judge): never paths
+BUILTIN_JUDGES = ("demo_true_reward", "demo_echo_reward")
 
 _said: set = set()  # notes already printed (a saved config is read several times by one command)
 
@@ -55,7 +79,59 @@ def launch_record(options: dict, cwd: str | None = None) -> dict:
         value = options.get(name)
         if _relative(value) and os.path.exists(os.path.join(cwd, value)):
             local[name] = {"value": value, "path": os.path.normpath(os.path.join(cwd, value))}
+    for name in NESTED_PATH_OPTIONS:
+        value = options.get(name)
+        absolute = absolutized(name, value, cwd)
+        if absolute != value:
+            local[name] = {"value": value, "path": absolute}
     return {"launch_dir": cwd, "local_paths": local}
+
+
+def _path_forms(text: str) -> list[tuple[str, str, str]]:
+    """The ways `text`, a string inside a nested option, can hold a path: (prefix, path, suffix) with text ==
+    prefix + path + suffix: `path/file.py:function` (the file); `maxmin...:RUN` (the run folder); the whole string
+    (last: a recorded `/p/rewards.py:score` is the file /p/rewards.py, which a gone file leaves no other way to tell)."""
+    forms = []
+    head, colon, tail = text.rpartition(":")
+    if colon and head.endswith(".py"):
+        forms.append(("", head, colon + tail))
+    name, colon, rest = text.partition(":")
+    if colon and name.startswith("maxmin") and "." not in name and "/" not in name:
+        forms.append((name + colon, rest, ""))
+    return forms + [("", text, "")]
+
+
+def _local_form(text: str, cwd: str, kind: str) -> str | None:
+    """`text` with its local path part (module docstring; `kind` of NESTED_PATH_KINDS) absolute under `cwd`, or None
+    where it has none."""
+    if kind == "judges" and text in BUILTIN_JUDGES:
+        return None
+    for prefix, path, suffix in _path_forms(text):
+        if not _relative(path) or (kind == "mapping" and "/" not in path and not os.path.splitext(path)[1]) \
+                or (kind == "code" and not (suffix and path.endswith(".py"))):
+            continue
+        full = os.path.join(cwd, path)
+        if (os.path.isfile(full) if suffix else os.path.exists(full)):
+            return prefix + os.path.normpath(full) + suffix
+    return None
+
+
+def absolutized(name: str, value, cwd: str | None = None):
+    """Nested option `name`'s `value` with each local path part (module docstring) made absolute under `cwd`
+    (default: the current directory), in lists and dict values at any depth; everything else unchanged."""
+    cwd = os.path.abspath(cwd or os.getcwd())
+    kind = NESTED_PATH_KINDS.get(name, "mapping")
+
+    def walk(item):
+        if isinstance(item, str):
+            return _local_form(item, cwd, kind) or item
+        if isinstance(item, (list, tuple)):
+            return [walk(v) for v in item]
+        if isinstance(item, dict):
+            return {k: walk(v) for k, v in item.items()}
+        return item
+
+    return walk(value)
 
 
 def config_header(record: dict) -> str:
@@ -89,10 +165,13 @@ def read_launch_record(folder: str | Path) -> dict | None:
     return record if isinstance(record, dict) and isinstance(record.get("local_paths"), dict) else None
 
 
-def recorded_path(record: dict | None, name: str, value) -> str | None:
-    """The absolute path `record` holds for option `name` when it recorded the same `value`; else None."""
+def recorded_path(record: dict | None, name: str, value):
+    """The absolute path `record` holds for option `name` when it recorded the same `value` (a nested option: its
+    value with the local path parts absolute); else None."""
     entry = (record or {}).get("local_paths", {}).get(name)
-    if isinstance(entry, dict) and entry.get("value") == value and isinstance(entry.get("path"), str):
+    if not isinstance(entry, dict) or entry.get("value") != value or "path" not in entry:
+        return None
+    if name in NESTED_PATH_OPTIONS or isinstance(entry["path"], str):
         return entry["path"]
     return None
 
@@ -105,30 +184,55 @@ def resolve_saved_paths(options: dict, record: dict | None, where: str = "the ru
         return options
     note = note or _note_once
     out = dict(options)
+    started = record.get("launch_dir")
     for name in PATH_OPTIONS:
         value = options.get(name)
         path = recorded_path(record, name, value) if _relative(value) else None
-        if path is None:
-            continue
-        started = record.get("launch_dir")
-        if os.path.exists(path):
-            out[name] = path
-        elif os.path.exists(value):
-            out[name] = os.path.abspath(value)
-            note(f"{where}: {name}={value!r} was {path} when the run started in {started}, which no longer exists; "
-                 f"read {out[name]} (relative to the current directory) instead")
-        else:
-            out[name] = path
-            note(f"{where}: {name}={value!r} exists neither where the run was started ({path}) nor relative to the "
-                 f"current directory ({os.path.abspath(value)}); it is read as {path} (a moved or deleted file), not "
-                 "looked up on the hub")
+        if path is not None:
+            out[name] = _pick(f"{where}: {name}={value!r}", value, path, started, note)
+    for name in NESTED_PATH_OPTIONS:
+        value = options.get(name)
+        recorded = recorded_path(record, name, value) if value is not None else None
+        if recorded is not None:
+            out[name] = _resolved_nested(f"{where}: {name}", value, recorded, started, note)
     return out
+
+
+def _pick(said: str, value: str, path: str, started, note) -> str:
+    """The path that relative `value`, recorded as absolute `path` in the run started in `started`, reads now (the
+    module docstring's rule); `said` begins the note."""
+    if os.path.exists(path):
+        return path
+    if os.path.exists(value):
+        note(f"{said} was {path} when the run started in {started}, which no longer exists; read "
+             f"{os.path.abspath(value)} (relative to the current directory) instead")
+        return os.path.abspath(value)
+    note(f"{said} exists neither where the run was started ({path}) nor relative to the current directory "
+         f"({os.path.abspath(value)}); it is read as {path} (a moved or deleted file), not looked up on the hub")
+    return path
+
+
+def _resolved_nested(said: str, value, recorded, started, note):
+    """Nested `value` with each string its record made absolute (`recorded`, the same structure) read by _pick."""
+    if isinstance(value, str) and isinstance(recorded, str) and value != recorded:
+        for prefix, path, suffix in _path_forms(value):
+            inner = recorded[len(prefix):len(recorded) - len(suffix)]
+            if recorded.startswith(prefix) and recorded.endswith(suffix) and os.path.isabs(inner):
+                return prefix + _pick(f"{said} entry {value!r}", path, inner, started, note) + suffix
+        return recorded
+    if isinstance(value, (list, tuple)) and isinstance(recorded, list) and len(value) == len(recorded):
+        return [_resolved_nested(said, v, r, started, note) for v, r in zip(value, recorded)]
+    if isinstance(value, dict) and isinstance(recorded, dict):
+        return {k: _resolved_nested(said, v, recorded.get(k, v), started, note) for k, v in value.items()}
+    return value
 
 
 def same_path(name: str, saved, current, record: dict | None) -> bool:
     """Whether option `name`'s saved value (recorded in the run's launch `record`) and the current value (relative to
     the current directory) name the same existing file or folder: `data/train.jsonl` saved by a run started in
     /p and `/p/data/train.jsonl` (or `../p/data/train.jsonl`) given now."""
+    if name in NESTED_PATH_OPTIONS:
+        return _same_nested(name, saved, current, record)
     if name not in PATH_OPTIONS or not isinstance(saved, str) or not isinstance(current, str):
         return False
     before = recorded_path(record, name, saved) if _relative(saved) else os.path.expanduser(saved)
@@ -136,6 +240,35 @@ def same_path(name: str, saved, current, record: dict | None) -> bool:
     if before is None or not os.path.exists(before) or not os.path.exists(after):
         return False
     return os.path.samefile(before, after)
+
+
+def same_local_paths(recorded, current, name: str = "recipe_params") -> bool:
+    """Whether `recorded` (a nested value with its local paths made absolute where a run started: absolutized) and
+    `current` (as written now, relative to the current directory) name the same files and folders."""
+    from preflab.home_paths import home_expanded
+
+    return _canonical(recorded) == _canonical(absolutized(name, home_expanded(current)))
+
+
+def _same_nested(name: str, saved, current, record: dict | None) -> bool:
+    """same_path of a nested option: the recorded absolute form of `saved` and `current` with its local path parts
+    made absolute here are equal once each existing path part is its real path (symlinks and `..` resolved)."""
+    before = recorded_path(record, name, saved) if saved is not None else None
+    return before is not None and same_local_paths(before, current, name)
+
+
+def _canonical(value):
+    """`value` with each absolute path part naming an existing file or folder replaced by its real path."""
+    if isinstance(value, str):
+        for prefix, path, suffix in _path_forms(value):
+            if os.path.isabs(path) and os.path.exists(path):
+                return prefix + os.path.realpath(path) + suffix
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
 
 
 def _note_once(text: str) -> None:

@@ -26,6 +26,11 @@ from preflab.errors import ConfigError
 from preflab.home_paths import home_expanded
 
 
+# the state file's key holding the recipe_params with their local paths absolute where the run was started (written
+# only where some are): a resume from another directory naming the same files another way is no change of params
+LAUNCH_PATHS_KEY = "params_local_paths"
+
+
 class RecipeStateFile:
     """A recipe's state file (`<recipe>_state.json`): {"params": the recipe_params, ...the recipe's own records}.
 
@@ -46,8 +51,13 @@ class RecipeStateFile:
         if self.path.exists() and not resume:
             raise ConfigError(f"{self.path} exists: set resume_from_checkpoint=true to continue that run, or use a "
                               "new output_dir.")
+        from preflab.launch_paths import absolutized, same_local_paths
+
+        local = absolutized("recipe_params", params)  # its local paths absolute (preflab.launch_paths)
         if not self.path.exists():
             self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
+            if local != params:
+                self.data[LAUNCH_PATHS_KEY] = local
             if every_process:  # every process of a process group opens it: none may find the file written below
                 all_arrive()
                 main_writes(self.save)
@@ -64,8 +74,10 @@ class RecipeStateFile:
                               "preflab); use a new output_dir.")
         from preflab.runlog import is_main_process
 
+        recorded = self.data.get(LAUNCH_PATHS_KEY) if isinstance(self.data.get(LAUNCH_PATHS_KEY), dict) else {}
         changed = sorted(k for k in set(params) | set(saved) if k not in may_change
-                         and home_expanded(saved.get(k)) != home_expanded(params.get(k)))
+                         and home_expanded(saved.get(k)) != home_expanded(params.get(k))
+                         and not (k in recorded and k in params and same_local_paths(recorded[k], params[k])))
         if changed and allow_change:  # as a plain run's resume (preflab.resume_check.check_resume_config)
             if is_main_process():
                 note(f"preflab: note: resuming with changed recipe_params (allow_config_change: true): "
@@ -82,6 +94,9 @@ class RecipeStateFile:
                               f"resume with the same recipe_params{allowed}, set allow_config_change: true to go on "
                               "with the new ones anyway, or use a new output_dir.")
         self.data["params"] = params
+        self.data.pop(LAUNCH_PATHS_KEY, None)
+        if local != params:
+            self.data[LAUNCH_PATHS_KEY] = local
 
     def save(self) -> None:
         """Written by the main process (every rank holds the same state; the others never read the file mid-run)."""
