@@ -386,10 +386,10 @@ OPTIONS: dict[str, Option] = {
                                 "and the baseline (TRL RLOOConfig); null: none", "[min, max] with min <= max",
                                 lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and
                                                         all(_num(x) for x in v) and v[0] <= v[1])),
-    "num_generations_eval": Option("task: online, GRPO family with an eval set: each held-out prompt answered this "
-                                   "many times, sampled as in training, eval_reward their mean (TRL); null: one "
-                                   "greedy answer", ">= 1 (null: greedy)", lambda v: v is None or (isinstance(v, int)
-                                                                                       and v >= 1)),
+    "num_generations_eval": Option("task: online, GRPO family and rloo with an eval set: each held-out prompt "
+                                   "answered this many times, sampled as in training, eval_reward their mean "
+                                   "(TRL); null: one greedy answer", ">= 1 (null: greedy)",
+                                   lambda v: v is None or (isinstance(v, int) and v >= 1)),
     "cast_lm_head_to_fp32": Option("task: online, GRPO family: the LM head of the policy and its reference computed "
                                    "in float32 (TRL; ScaleRL)"),
     "multi_objective_aggregation": one_of(("sum_then_normalize", "normalize_then_sum"), "task: online, GRPO family: "

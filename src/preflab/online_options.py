@@ -218,9 +218,10 @@ _READERS = (
      lambda cfg, spec: spec.kind == "groups" and spec.loss_type in ("grpo", "rloo"),
      "the GRPO family (grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo, and spo in the game) and rloo"),
     (("normalize_advantages", "reward_clip_range"), lambda cfg, spec: cfg.trainer == "rloo", "trainer rloo"),
-    (("num_generations_eval",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
-     cfg.online_task == "dataset" and bool(cfg.eval_dataset_name or cfg.eval_fraction), "the GRPO family on "
-     "online_task: dataset with an eval set (eval_dataset_name or eval_fraction: the held-out prompts it answers)"),
+    (("num_generations_eval",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type in ("grpo", "rloo") and
+     cfg.online_task == "dataset" and bool(cfg.eval_dataset_name or cfg.eval_fraction), "the GRPO family and rloo "
+     "(GRPOConfig's and RLOOConfig's option) on online_task: dataset with an eval set (eval_dataset_name or "
+     "eval_fraction: the held-out prompts it answers)"),
     (("cast_lm_head_to_fp32",), lambda cfg, spec: spec.kind == "groups" and spec.loss_type == "grpo" and
      cfg.online_task in ("dataset", "demo"), "the GRPO family on text prompts (online_task dataset or demo; the "
      "game has no model, vision_dataset's image-text models are not cast)"),
@@ -332,16 +333,17 @@ TRL_GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo",
 
 
 def greedy_eval_notes(cfg) -> list[str]:
-    """The one difference of a GRPO-family run's evaluation from TRL's, said once when the run evaluates (an eval
-    set on online_task: dataset): preflab's eval_reward is the judges' reward of ONE GREEDY answer per held-out prompt
-    (online.tasks.dataset_evaluate; the same answers give eval_win_rate_vs_reference); TRL's GRPOTrainer logs
-    eval_reward as the mean over num_generations_eval completions per prompt sampled as in training (temperature,
-    top_p, top_k, min_p). The training rows' `reward` is the sampled one in both."""
-    if (cfg.task != "online" or cfg.online_task != "dataset" or cfg.trainer not in TRL_GRPO_TRAINERS
+    """The one difference of a GRPO-family or rloo run's evaluation from TRL's, said once when the run evaluates
+    (an eval set on online_task: dataset): preflab's eval_reward is the judges' reward of ONE GREEDY answer per
+    held-out prompt (online.tasks.dataset_evaluate; the same answers give eval_win_rate_vs_reference); TRL's
+    GRPOTrainer and RLOOTrainer log eval_reward as the mean over num_generations_eval completions per prompt sampled
+    as in training (temperature, top_p, top_k, min_p). The training rows' `reward` is the sampled one in both."""
+    if (cfg.task != "online" or cfg.online_task != "dataset" or cfg.trainer not in (*TRL_GRPO_TRAINERS, "rloo")
             or not (cfg.eval_dataset_name or cfg.eval_fraction) or cfg.num_generations_eval):
         return []  # (num_generations_eval: sampled as TRL samples them)
+    trl = "RLOOTrainer" if cfg.trainer == "rloo" else "GRPOTrainer"
     return [f"eval_reward (trainer {cfg.trainer}) is the judges' reward of one greedy answer per held-out prompt; "
-            "TRL's GRPOTrainer logs eval_reward as the mean over num_generations_eval completions sampled as in "
+            f"TRL's {trl} logs eval_reward as the mean over num_generations_eval completions sampled as in "
             f"training (temperature {cfg.temperature:g}), so the two are not the same number (the sampled reward is "
             "metrics.jsonl's `reward`). Set num_generations_eval to evaluate as TRL does."]
 

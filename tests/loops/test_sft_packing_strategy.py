@@ -129,3 +129,21 @@ def test_sft_trainer_trains_on_the_chunks_and_says_how_many(tmp_path, capsys):
     assert packing["strategy"] == "wrapped" and packing["train_sequences"] == len(trainer.train_data)
     assert f"{packing['train_rows']} training rows -> {len(trainer.train_data)} chunks" in capsys.readouterr().out
     assert json.loads((tmp_path / "out/summary.json").read_text())["data"]["packing"] == packing
+
+
+def test_eval_fraction_note_counts_rows_before_bfd_split(capsys):
+    """eval_fraction splits the tokenized rows before bfd_split cuts them: the hold-out line counts those rows
+    (12 of the file's 48 at 0.25; 36 train, the packing line's training rows), not the fragments cut from them."""
+    from pathlib import Path
+
+    from preflab.loops.sft_rows import prepare_sft
+
+    data = Path(__file__).resolve().parents[2] / "examples/data/loud_echo_sft.jsonl"
+    cfg = config_from_dict({"task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                            "max_length": 12, "packing": True, "packing_strategy": "bfd_split", "max_steps": 1,
+                            "eval_fraction": 0.25, "seed": 0, "use_cpu": True, "output_dir": "unused"})
+    train, evals, report = prepare_sft(cfg, tiny_tokenizer())
+    out = capsys.readouterr().out
+    assert report["packing"]["train_rows"] == 36 and len(train) > 36  # several fragments per row
+    assert "eval_fraction=0.25 holds out 12 of the 48 tokenized examples (seed 0); 36 train." in out, out
+    assert "bfd_split: 36 training rows ->" in out

@@ -519,7 +519,8 @@ def test_num_generations_eval_samples_that_many_answers_per_held_out_prompt_as_t
 
 @pytest.mark.parametrize("options, words", [
     (dict(eval_fraction=0.0), "with an eval set"),
-    (dict(trainer="online_dpo"), "read by the GRPO family on online_task: dataset"),
+    (dict(trainer="online_dpo"), "read by the GRPO family and rloo .GRPOConfig.s and RLOOConfig.s option. "
+                                 "on online_task: dataset"),
     (dict(num_generations_eval=0), "num_generations_eval"),
 ])
 def test_num_generations_eval_is_refused_where_nothing_reads_it(options, words):

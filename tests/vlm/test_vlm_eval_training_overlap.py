@@ -89,7 +89,8 @@ def test_disjoint_pairs_count_zero_and_an_unreadable_training_set_says_why(vlm_r
     result = evaluate_vlm_run(str(moved), evals)
     assert "overlap_with_training" not in result
     assert result["missing"]["overlap_with_training"].startswith(
-        f"the run's training data {tmp_path / 'gone.jsonl'} (dataset_name, split train) is no file or folder here")
+        f"the run's training data {tmp_path / 'gone.jsonl'} (dataset_name, split train) is gone (an absolute path: the file or "
+        "folder was moved or deleted since the run)")
 
 
 def test_data_config_reads_that_configuration(vlm_run, tmp_path):

@@ -578,8 +578,12 @@ def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference p
              (f"dataset_config {config}, " if config is not None else "") + f"split {train_split})")
     found = TrainingRows(whose, name=str(name), split=train_split, prompts_only=prompts_only)
     if not Path(str(name)).exists():
-        found.why = (f"{whose} is no file or folder here (a hub dataset name, or a path relative to the directory "
-                     "the run was started in), and eval downloads no training data, so whether the eval rows were "
+        # an absolute path (as written, or launch.json's record of a relative one) is no hub name: it was moved
+        what = ("is gone (an absolute path: the file or folder was moved or deleted since the run)"
+                if Path(str(name)).is_absolute() else
+                "is no file or folder here (a hub dataset name, or a path relative to the directory the run was "
+                "started in)")
+        found.why = (f"{whose} {what}, and eval downloads no training data, so whether the eval rows were "
                      "trained on was not checked")
         return found
     try:

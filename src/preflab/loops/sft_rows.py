@@ -392,6 +392,7 @@ def prepare_sft(cfg, tokenizer):
     train, evals, eval_reports = train_and_eval(cfg, train, read_eval, describe=said)
     if eval_reports is not None:
         report.update(eval_rows=eval_reports[0].to_dict(), eval_tokenize=eval_reports[1].to_dict())
+    held_out = (len(evals), len(train) + len(evals))  # eval_fraction's split counts rows, before any packing
     packed_note = None
     if cut_later(cfg):  # bfd_split / wrapped: TRL's pack_dataset cuts the rows (eval too: eval_packing follows packing)
         from preflab.loops.sft_packing import pack_examples
@@ -411,8 +412,8 @@ def prepare_sft(cfg, tokenizer):
         if eval_reports is not None:
             print(f"preflab: data (eval): {said(eval_reports)}")
         elif evals:  # eval_fraction: the hold-out's size (the line above counts train and eval together)
-            print(f"preflab: data (eval): eval_fraction={cfg.eval_fraction} holds out {len(evals)} of the "
-                  f"{len(train) + len(evals)} tokenized examples (seed {cfg.seed}); {len(train)} train.")
+            print(f"preflab: data (eval): eval_fraction={cfg.eval_fraction} holds out {held_out[0]} of the "
+                  f"{held_out[1]} tokenized examples (seed {cfg.seed}); {held_out[1] - held_out[0]} train.")
         note = sft_mixed_forms_note(rows)
         if note:
             print(f"preflab: note: data: {note}")
