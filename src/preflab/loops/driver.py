@@ -234,6 +234,7 @@ class TrainingRun(CallbackEvents):
         note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
         if note and self.main:
             print(note, flush=True)
+        self.hub = self._hub_pusher()
         if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
             for said in greedy_eval_notes(cfg):
                 print(f"preflab: note: {said}", file=sys.stderr, flush=True)
@@ -302,6 +303,8 @@ class TrainingRun(CallbackEvents):
             if save:
                 self.best.note_checkpoint(self.out, step + 1)
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
+                if getattr(self, "hub", None) is not None:  # push_to_hub: as hub_strategy says (main process)
+                    self.hub.push_checkpoint(path, step + 1)
                 self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
             if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
@@ -514,6 +517,35 @@ class TrainingRun(CallbackEvents):
         else:
             self._drop_ddp_wrapper()
             acc.end_training()
+        if getattr(self, "hub", None) is not None:  # last: the model, summary, card and trackers' files are written
+            if self.save_final_model:
+                self.hub.push_final(self.out)
+            else:
+                print(f"preflab: note: push_to_hub: this run saves no final model, so nothing of {self.out} is "
+                      f"uploaded at the end (hub_strategy {self.cfg.hub_strategy}).", flush=True)
+
+    def _hub_pusher(self):
+        """push_to_hub: the main process's HubPusher, its repository created now (a bad token or name fails before
+        the first step, as transformers' Trainer creates it when built); None elsewhere. hub options set without
+        push_to_hub upload nothing: said once."""
+        from preflab.config_defaults import set_options
+        from preflab.hub_push import HubPusher
+
+        cfg = self.cfg
+        if not self.main:
+            return None
+        if not cfg.push_to_hub:
+            unused = set_options(cfg, ("hub_model_id", "hub_strategy", "hub_private_repo", "hub_token",
+                                       "hub_revision"))
+            if unused:
+                print(f"preflab: note: {', '.join(unused)} without push_to_hub: true: nothing is uploaded.",
+                      flush=True)
+            return None
+        pusher = HubPusher.from_config(cfg)
+        repo = pusher.create_repo()
+        print(f"preflab: push_to_hub: uploading to https://huggingface.co/{repo} (hub_strategy "
+              f"{cfg.hub_strategy}).", flush=True)
+        return pusher
 
     def _drop_ddp_wrapper(self) -> None:
         """Before accelerate's end_training closes the process group of a DDP run (several processes, no sharding
