@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from preflab.checkpoint import MARKER
 from preflab.errors import ConfigError, PreflabError
 from preflab.hub import failure_reason
 
@@ -121,7 +122,8 @@ class HubPusher:
             return False
         message = f"Training in progress, step {step}"
         if self.strategy == "every_save":
-            self._upload(Path(checkpoint), message, "last-checkpoint", ignore=[*TRAINING_STATE, *PICKLE_PATTERNS])
+            self._upload(Path(checkpoint), message, "last-checkpoint",  # (its COMPLETE marker lists the files left out)
+                         ignore=[*TRAINING_STATE, MARKER, *PICKLE_PATTERNS])
         else:
             where = "last-checkpoint" if self.strategy == "checkpoint" else Path(checkpoint).name
             self._upload(Path(checkpoint), message + ", checkpoint", where, ignore=PICKLE_PATTERNS)
