@@ -181,3 +181,24 @@ def test_resume_with_a_token_is_not_a_config_change_and_never_prints_it(tmp_path
     assert "hf_secret" not in capsys.readouterr().out
     assert [u["path_in_repo"] for u in uploads(hub)] == ["last-checkpoint", None, "checkpoint-4", None]
     assert [u["token"] for u in uploads(hub)] == ["hf_secret", "hf_secret", "hf_other", "hf_other"]
+
+
+def test_preflab_push_uploads_a_finished_runs_final_files(tmp_path, hub, capsys):
+    from preflab.cli import main
+
+    run(tmp_path / "out", max_steps=2, save_steps=2, hub_model_id="org/saved", hub_private_repo=True)
+    hub.calls.clear()
+    assert main(["push", str(tmp_path / "out"), "--revision", "v1"]) == 0
+    assert hub.calls[:2] == [("create_repo", {"repo_id": "org/saved", "token": None, "private": True,
+                                              "exist_ok": True}),
+                             ("create_branch", {"repo_id": "org/saved", "branch": "v1", "exist_ok": True})]
+    (pushed,) = uploads(hub)
+    assert pushed["message"] == "Upload preflab run" and pushed["revision"] == "v1"
+    assert FINAL_MODEL <= pushed["files"] and not any(f.startswith("checkpoint-") for f in pushed["files"])
+    assert "https://huggingface.co/org/saved" in capsys.readouterr().out
+    assert main(["push", str(tmp_path / "out" / "checkpoint-2"), "--repo-id", "a/b"]) == 2  # not a model folder
+    assert "checkpoint-2 is a checkpoint" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["push", str(tmp_path / "empty"), "--repo-id", "a/b"]) == 2
+    assert "holds no saved model" in capsys.readouterr().err
+    assert len(uploads(hub)) == 1  # neither refused folder was uploaded

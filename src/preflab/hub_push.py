@@ -133,3 +133,64 @@ class HubPusher:
         """The final model folder (weights, config, tokenizer, model card, the run's config and metrics) without its
         checkpoints."""
         self._upload(Path(output_dir), message, ignore=FINAL_IGNORE)
+
+
+def _saved_options(run: Path) -> dict:
+    """The run's config.yaml (its hub options), {} when it has none."""
+    import yaml
+
+    path = run / "config.yaml"
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return saved if isinstance(saved, dict) else {}
+
+
+def holds_a_model(run: Path) -> bool:
+    """A saved final model: safetensors weights in the folder or a component subfolder (a diffusion pipeline's unet),
+    not counting checkpoint-* folders (preflab's training state)."""
+    return any(run.glob("*.safetensors")) or any(p for p in run.glob("*/*.safetensors")
+                                                 if not p.parent.name.startswith(("checkpoint-", ".", "_")))
+
+
+def push_run(run, repo_id: str | None = None, private: bool | None = None, revision: str | None = None,
+             token: str | None = None, api=None) -> str:
+    """`preflab push RUN`: upload a finished run's output_dir as push_to_hub's final push does (the same files,
+    commit "Upload preflab run"), to repo_id, else the run's hub_model_id, else its folder name. Returns the
+    repo_id."""
+    run = Path(run)
+    if not run.is_dir():
+        raise PreflabError(f"preflab push: {run} is not a folder; give a run's output_dir.")
+    if (run / MARKER).is_file():
+        raise PreflabError(f"preflab push: {run} is a checkpoint (preflab's training state: the trained parameters "
+                           "and optimizer state, not a from_pretrained folder). Give the run's output_dir, which holds "
+                           "the final model.")
+    if not holds_a_model(run):
+        raise PreflabError(f"preflab push: {run} holds no saved model (no *.safetensors): the run has not "
+                           "finished (its checkpoint-N folders are preflab's training state, not a model). Give "
+                           "the output_dir of a finished run.")
+    saved = _saved_options(run)
+    name = repo_id or saved.get("hub_model_id") or default_repo_name(run)
+    pusher = HubPusher(repo_name=name, private=private if private is not None else saved.get("hub_private_repo"),
+                       token=token, revision=revision if revision is not None else saved.get("hub_revision"),
+                       api=api)
+    pusher.create_repo()
+    pusher.push_final(run, message="Upload preflab run")
+    return pusher.repo_id
+
+
+def register(sub) -> None:
+    p = sub.add_parser("push", help="upload a finished run's model folder to the Hugging Face Hub",
+                       description="Upload a finished run's output_dir (weights, config, tokenizer, model card, the "
+                                   "run's config.yaml and metrics; no checkpoint-* folders, no pickle files) to a Hub "
+                                   "model repository, as push_to_hub: true does at the end of training.")
+    p.add_argument("run", help="the run's output_dir")
+    p.add_argument("--repo-id", help="the repository (default: the run's hub_model_id, else its folder name)")
+    p.add_argument("--private", action="store_true", default=None, help="create the repository private")
+    p.add_argument("--revision", help="the branch to commit to (created from main when missing)")
+    p.add_argument("--token", help="the token (default: HF_TOKEN or `hf auth login`)")
+    p.set_defaults(func=_run_push)
+
+
+def _run_push(args) -> int:
+    repo = push_run(args.run, args.repo_id, args.private, args.revision, args.token)
+    print(f"preflab: pushed {args.run} to https://huggingface.co/{repo}")
+    return 0
