@@ -202,3 +202,10 @@ def test_preflab_push_uploads_a_finished_runs_final_files(tmp_path, hub, capsys)
     assert main(["push", str(tmp_path / "empty"), "--repo-id", "a/b"]) == 2
     assert "holds no saved model" in capsys.readouterr().err
     assert len(uploads(hub)) == 1  # neither refused folder was uploaded
+
+
+def test_a_recipe_refuses_push_to_hub_saying_how_to_upload_a_stage():
+    raw = yaml.safe_load((ROOT / "examples" / "tools" / "dstc.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"push_to_hub, hub_model_id are not passed to the stages of task dstc: .*"
+                                          r"uploads none.*preflab push FOLDER"):
+        config_from_dict({**raw, "push_to_hub": True, "hub_model_id": "org/x"})
