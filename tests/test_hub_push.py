@@ -209,3 +209,13 @@ def test_a_recipe_refuses_push_to_hub_saying_how_to_upload_a_stage():
     with pytest.raises(ConfigError, match=r"push_to_hub, hub_model_id are not passed to the stages of task dstc: .*"
                                           r"uploads none.*preflab push FOLDER"):
         config_from_dict({**raw, "push_to_hub": True, "hub_model_id": "org/x"})
+
+
+def test_trainer_push_to_hub_after_train_as_trl_scripts_call_it(tmp_path, hub, capsys):
+    _, trainer = run(tmp_path / "out", max_steps=2, hub_model_id="org/script")  # push_to_hub off: train uploads none
+    assert uploads(hub) == []
+    assert trainer.push_to_hub(dataset_name="trl-lib/x") == "org/script"
+    (pushed,) = uploads(hub)
+    assert pushed["message"] == "End of training" and pushed["repo_id"] == "org/script"
+    assert FINAL_MODEL <= pushed["files"]
+    assert "push_to_hub(dataset_name=...)" in capsys.readouterr().out

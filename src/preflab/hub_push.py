@@ -152,7 +152,7 @@ def holds_a_model(run: Path) -> bool:
 
 
 def push_run(run, repo_id: str | None = None, private: bool | None = None, revision: str | None = None,
-             token: str | None = None, api=None) -> str:
+             token: str | None = None, api=None, message: str = "Upload preflab run") -> str:
     """`preflab push RUN`: upload a finished run's output_dir as push_to_hub's final push does (the same files,
     commit "Upload preflab run"), to repo_id, else the run's hub_model_id, else its folder name. Returns the
     repo_id."""
@@ -173,7 +173,7 @@ def push_run(run, repo_id: str | None = None, private: bool | None = None, revis
                        token=token, revision=revision if revision is not None else saved.get("hub_revision"),
                        api=api)
     pusher.create_repo()
-    pusher.push_final(run, message="Upload preflab run")
+    pusher.push_final(run, message=message)
     return pusher.repo_id
 
 

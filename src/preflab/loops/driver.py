@@ -524,6 +524,26 @@ class TrainingRun(CallbackEvents):
                 print(f"preflab: note: push_to_hub: this run saves no final model, so nothing of {self.out} is "
                       f"uploaded at the end (hub_strategy {self.cfg.hub_strategy}).", flush=True)
 
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision=None, private=None, **card_fields):
+        """transformers' Trainer.push_to_hub, called after train() (TRL's scripts do): upload output_dir's final
+        model folder (preflab.hub_push.push_run's files) to hub_model_id (else output_dir's name), from the main
+        process (None elsewhere); returns the repo_id. token / revision / private: over the config's. Model card
+        fields (TRL's dataset_name, tags, ...) are not written into preflab's card: said once. Uploads block."""
+        from preflab.hub_push import HubPusher, push_run
+
+        if not self.accelerator.is_main_process:
+            return None
+        if card_fields:
+            print(f"preflab: note: push_to_hub({', '.join(sorted(card_fields))}=...): preflab's model card "
+                  "(README.md) is its own and is uploaded as written.", flush=True)
+        cfg = self.cfg
+        pusher = getattr(self, "hub", None) or HubPusher.from_config(cfg)
+        repo = pusher.repo_id if pusher is not None and pusher.repo_id else cfg.hub_model_id
+        return push_run(cfg.output_dir, repo, private if private is not None else cfg.hub_private_repo,
+                        revision if revision is not None else cfg.hub_revision,
+                        token if token is not None else cfg.hub_token, message=commit_message or "End of training")
+
     def _hub_pusher(self):
         """push_to_hub: the main process's HubPusher, its repository created now (a bad token or name fails before
         the first step, as transformers' Trainer creates it when built); None elsewhere. hub options set without
