@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from preflab.checkpoint import MARKER
 from preflab.errors import ConfigError, PreflabError
 from preflab.hub import failure_reason
 
@@ -122,6 +121,8 @@ class HubPusher:
             return False
         message = f"Training in progress, step {step}"
         if self.strategy == "every_save":
+            from preflab.checkpoint import MARKER
+
             self._upload(Path(checkpoint), message, "last-checkpoint",  # (its COMPLETE marker lists the files left out)
                          ignore=[*TRAINING_STATE, MARKER, *PICKLE_PATTERNS])
         else:
@@ -156,6 +157,8 @@ def push_run(run, repo_id: str | None = None, private: bool | None = None, revis
     """`preflab push RUN`: upload a finished run's output_dir as push_to_hub's final push does (the same files,
     commit "Upload preflab run"), to repo_id, else the run's hub_model_id, else its folder name. Returns the
     repo_id."""
+    from preflab.checkpoint import MARKER
+
     run = Path(run)
     if not run.is_dir():
         raise PreflabError(f"preflab push: {run} is not a folder; give a run's output_dir.")
