@@ -558,8 +558,8 @@ class TrainingRun(CallbackEvents):
             unused = set_options(cfg, ("hub_model_id", "hub_strategy", "hub_private_repo", "hub_token",
                                        "hub_revision"))
             if unused:
-                print(f"preflab: note: {', '.join(unused)} without push_to_hub: true: nothing is uploaded.",
-                      flush=True)
+                print(f"preflab: note: {', '.join(unused)} without push_to_hub: true: nothing is uploaded during "
+                      "training (trainer.push_to_hub() or `preflab push OUTPUT_DIR` uploads afterwards).", flush=True)
             return None
         pusher = HubPusher.from_config(cfg)
         repo = pusher.create_repo()
