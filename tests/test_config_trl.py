@@ -120,7 +120,7 @@ def test_renamed_and_translated_keys():
 
 @pytest.mark.parametrize("key,value,why", [
     ("train_sampling_strategy", "batch_rebalance", "length-grouped form"), ("optim", "adafactor", "AdamW"),
-    ("push_to_hub", True, "does not upload"), ("use_dora", True, "use_dora only applies to use_peft: true"),
+    ("use_dora", True, "use_dora only applies to use_peft: true"),
     # TrainingArguments / TRL keys that were "unknown config key" errors with no reason
     ("eval_on_start", True, "no eval set"), ("ignore_data_skip", True, "replays the data order"),
     ("lr_scheduler_kwargs", {"min_lr": 0.0}, "'min_lr' is not an option of lr_scheduler_type 'linear' \\(it takes: "

@@ -98,7 +98,8 @@ def _other_value(name: str, default):
                "chat_template_kwargs": {"enable_thinking": False},
                "eval_fraction": 0.1, "warmup_ratio": 0.1, "num_train_epochs": 2.0, "max_length": 256,
                "dataset_split": "train[:50%]", "model_name_or_path": "builtin:tiny-qwen2", "dataset_name": "y.jsonl",
-               "output_dir": "elsewhere", "task": None}
+               "output_dir": "elsewhere", "task": None, "hub_model_id": "org/x", "hub_strategy": "end",
+               "hub_private_repo": True, "hub_token": "hf_x", "hub_revision": "dev"}
     if name in special:
         return special[name]
     if isinstance(default, bool):
@@ -146,6 +147,11 @@ READ_LATER = {
     "max_nonfinite_steps": "read when a step's loss or gradient is not finite",
     "save_only_model": "read when a checkpoint is saved (save_steps, save_strategy)",
     "save_total_limit": "read when a checkpoint is saved",
+    "hub_model_id": "read with push_to_hub: true (without it, one set is noted when training starts)",
+    "hub_strategy": "read with push_to_hub: true (without it, one set is noted when training starts)",
+    "hub_private_repo": "read with push_to_hub: true (without it, one set is noted when training starts)",
+    "hub_token": "read with push_to_hub: true (without it, one set is noted when training starts)",
+    "hub_revision": "read with push_to_hub: true (without it, one set is noted when training starts)",
     "torch_compile_backend": "read when the scorer is compiled (setting it turns torch_compile on)",
     "torch_compile_mode": "read when the scorer is compiled (setting it turns torch_compile on)",
     "per_device_eval_batch_size": "task: online: the batch of the reference / round-start scoring (grpo with beta 0 "

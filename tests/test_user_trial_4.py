@@ -87,12 +87,12 @@ def test_a_callback_reading_a_trainingarguments_field_preflab_lacks_is_named(tmp
 
     from preflab.loops.offline import Trainer
 
-    class ReadsHubModelId(TrainerCallback):
+    class ReadsPastIndex(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            return args.hub_model_id
+            return args.past_index
 
-    trainer = Trainer(_cfg(tmp_path, "es"), train_data=_rows(), callbacks=[ReadsHubModelId()])
-    with pytest.raises(PreflabError, match=r"ReadsHubModelId.*on_train_begin.*args\.hub_model_id.*"
+    trainer = Trainer(_cfg(tmp_path, "es"), train_data=_rows(), callbacks=[ReadsPastIndex()])
+    with pytest.raises(PreflabError, match=r"ReadsPastIndex.*on_train_begin.*args\.past_index.*"
                                            r"EarlyStoppingCallback works.*should_training_stop"):
         trainer.train()
 

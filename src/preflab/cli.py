@@ -1,4 +1,4 @@
-"""The `preflab` command: train | eval | lab | bench | report | demo | objectives.
+"""The `preflab` command: train | eval | lab | bench | report | demo | objectives | plan | push.
 
 Each subcommand lives in the module that owns it, which exposes `register(subparsers)`; this file only wires them.
 """
@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "demo": "preflab.demo.cli",
     "objectives": "preflab.objectives.cli",
     "plan": "preflab.plan",
+    "push": "preflab.hub_push",
 }
 # (command, task) pairs run by another room than the command's own: reward models build on loops/ and eval/, so
 # those rooms never import reward_models/ and the import graph between rooms stays acyclic. A command's parser

@@ -138,6 +138,12 @@ class TrainConfig:
     metric_for_best_model: str | None = None   # TRL: eval metric that ranks checkpoints (None: "loss" with load_best_model_at_end)
     greater_is_better: bool | None = None      # TRL: None: False when metric_for_best_model ends in "loss", else True
     resume_from_checkpoint: Any = None         # true (latest in output_dir) or a checkpoint path
+    push_to_hub: bool = False                  # TRL: upload the final model (and checkpoints by hub_strategy), preflab.hub_push
+    hub_model_id: str | None = None            # TRL: the repository (None: output_dir's folder name)
+    hub_strategy: str = "every_save"           # TRL: end | every_save | checkpoint | all_checkpoints
+    hub_private_repo: bool | None = None       # TRL: create the repository private
+    hub_token: str | None = None               # TRL: None: huggingface_hub's token (HF_TOKEN, `hf auth login`)
+    hub_revision: str | None = None            # TRL: the branch uploads commit to
     allow_config_change: bool = False          # resume even when options that change the run's meaning differ
     report_to: Any = "none"                    # none | tensorboard | wandb | a list
     disable_tqdm: bool = False
@@ -499,7 +505,13 @@ class TrainConfig:
         return objective
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The options as a dict (config.yaml, checkpoints' trainer_state.json); hub_token is masked as
+        transformers' to_dict masks it (`<HUB_TOKEN>`, which loading drops), so no token is written to disk or
+        uploaded with the run's config.yaml."""
+        out = dataclasses.asdict(self)
+        if out.get("hub_token") is not None:
+            out["hub_token"] = "<HUB_TOKEN>"
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

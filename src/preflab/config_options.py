@@ -266,6 +266,18 @@ OPTIONS: dict[str, Option] = {
                                  "kept under metric_for_best_model)"),
     "save_only_model": Option("TRL: checkpoints hold the model only (no optimizer, scheduler or RNG state): "
                               "smaller, but a run cannot resume from them; load_best_model_at_end still works"),
+    "push_to_hub": Option("TRL: upload the final model folder to the Hub repository hub_model_id (and checkpoints as "
+                          "hub_strategy says) from the main process; a failed upload is an error (local files kept)"),
+    "hub_model_id": Option("TRL: the Hub repository (null: output_dir's folder name, in the token's namespace)",
+                           "a non-empty name or null", lambda v: v is None or (isinstance(v, str) and v.strip() != "")),
+    "hub_strategy": one_of(("end", "every_save", "checkpoint", "all_checkpoints"),
+                           "TRL: what push_to_hub uploads besides the final model: end nothing; every_save each "
+                           "checkpoint's weights to last-checkpoint/; checkpoint the whole checkpoint there; "
+                           "all_checkpoints each to checkpoint-N/"),
+    "hub_private_repo": Option("TRL: create the repository private (an existing one keeps its visibility)"),
+    "hub_token": Option("TRL: the token push_to_hub uploads with (null: HF_TOKEN or `hf auth login`); never written "
+                        "to config.yaml"),
+    "hub_revision": Option("TRL: the branch push_to_hub commits to (created from main when missing)"),
     "load_best_model_at_end": Option("TRL: the final model (output_dir) is the best checkpoint's weights by "
                                      "metric_for_best_model; needs save_steps a multiple of eval_steps"),
     "metric_for_best_model": Option("TRL: the eval metric that ranks checkpoints (eval_ is added when missing; "

@@ -73,7 +73,6 @@ NO_EFFECT = {
     "gradient_checkpointing_kwargs": (None, "preflab always checkpoints with use_reentrant=False"),
     "gradient_checkpointing_use_reentrant": (None, "preflab always checkpoints with use_reentrant=False"),
     "ddp_find_unused_parameters": (None, "preflab's DDP wrapper sets this itself"),
-    "hub_model_id": (None, "preflab does not push to the hub"),
     "pad_token": (None, "the tokenizer's pad token is used (EOS when it has none)"),
     "label_pad_token_id": (-100, "preflab builds its own masks; there is no label padding"),
     "padding_value": (None, "preflab builds its own masks; padding values never reach the loss"),
@@ -91,9 +90,6 @@ NO_EFFECT = {
                                     "unused_rows_per_epoch)"),
     "eval_accumulation_steps": (None, "evaluation sums its metrics batch by batch"),
     "ddp_timeout": (1800, "accelerate's default timeout is used"),
-    "hub_strategy": ("every_save", "preflab does not push to the hub"),
-    "hub_private_repo": (None, "preflab does not push to the hub"),
-    "hub_token": (None, "preflab does not push to the hub"),
     "include_num_input_tokens_seen": (False, "num_tokens is always logged"),
     "average_tokens_across_devices": (True, "the loss is averaged per example across processes"),
     "local_rank": (-1, "accelerate sets up the processes"),
@@ -132,8 +128,8 @@ NO_EFFECT = {
     "ddp_bucket_cap_mb": (None, "preflab's DDP wrapper sets this itself"),
     "ddp_broadcast_buffers": (None, "preflab's DDP wrapper sets this itself"),
     "ddp_static_graph": (None, "preflab's DDP wrapper sets this itself"),
-    "hub_always_push": (False, "preflab does not push to the hub"),
-    "hub_revision": (None, "preflab does not push to the hub"),
+    "hub_always_push": (False, "push_to_hub uploads every due checkpoint before training goes on (transformers "
+                               "skips one while an upload is in flight unless hub_always_push)"),
     # GRPOConfig logging
     "log_completions": (False, "completions are not sent to trackers (preflab.online writes its own samples)"),
     "log_multimodal": (True, "completions are not sent to trackers"),
@@ -162,6 +158,9 @@ NOTED_WHEN_WRITTEN = frozenset({"restore_callback_states_from_checkpoint"})
 # OnlineDPOConfig printed a vllm_gpu_memory_utilization note, in a run that never asked for vLLM)
 OTHER_TRL_DEFAULTS = {"vllm_gpu_memory_utilization": (0.55,)}  # OnlineDPOConfig's
 
+# *_token options whose to_dict() placeholder is dropped on load (the token then comes from HF_TOKEN / the login)
+MASKED_TOKENS = frozenset({"hub_token"})
+
 GEN = "preflab samples with temperature, top_p, top_k, min_p and repetition_penalty only; remove {}"
 
 # TRL key -> (TRL's default, why a different value is refused and what to do)
@@ -170,7 +169,6 @@ REFUSED = {
     "force_use_ref_model": (False, "set ref_model_name_or_path; preflab uses it whether or not use_peft is set"),
     "model_adapter_name": (None, "preflab trains one adapter; remove model_adapter_name"),
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
-    "push_to_hub": (False, "preflab does not upload; push output_dir afterwards with `hf upload`"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
     "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
@@ -363,9 +361,11 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
     grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
-    for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k in NO_EFFECT]:
-        raw.pop(key)  # hub_token: masked by to_dict() and without effect in preflab anyway
-    for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
+    for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and (k in NO_EFFECT or
+                                                                                        k in MASKED_TOKENS)]:
+        raw.pop(key)  # masked by to_dict() (transformers' and preflab's; hub_token): the token itself was not saved
+    for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and
+                k not in NO_EFFECT and k not in MASKED_TOKENS]:
         errors.append(f"{key}={raw.pop(key)!r} is the placeholder transformers' to_dict() writes for every *_token "
                       f"option (the value was not saved); remove {key} or give the token itself.")
     _dataset_kwargs(raw, errors)

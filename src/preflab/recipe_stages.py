@@ -67,6 +67,9 @@ _WHY = (
       "save_strategy", "save_total_limit", "save_only_model", "load_best_model_at_end", "metric_for_best_model",
       "greater_is_better"),
      "the recipe evaluates with its own metric after each stage and keeps each stage's final weights"),
+    (("push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_token", "hub_revision"),
+     "a recipe trains several models built in code and uploads none; upload a stage's model folder afterwards with "
+     "`preflab push FOLDER --repo-id NAME`"),
     (("overwrite_output_dir",),
      "the recipe keeps its own state file: resume_from_checkpoint: true continues it (with the same "
      "recipe_params, or other ones with allow_config_change: true), anything else needs a new output_dir"),

@@ -23,11 +23,13 @@ HARMLESS = frozenset({
     "torch_compile_backend", "torch_compile_mode",
     "gradient_checkpointing", "activation_offloading", "chunk_tokens", "pad_to_multiple_of", "attention",
     "judge_timeout_s",  # a judge call that returns in time computes the same; one that does not stops the run
+    "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_revision",  # where uploads go
 })
 
 
 # options that steer this start of the run itself, never compared
-_NOT_COMPARED = frozenset({"resume_from_checkpoint", "allow_config_change", "overwrite_output_dir"})
+# (hub_token: saved masked as "<HUB_TOKEN>", and a token is never printed in a note)
+_NOT_COMPARED = frozenset({"resume_from_checkpoint", "allow_config_change", "overwrite_output_dir", "hub_token"})
 
 # (key, saved value, current value) that tokenize alike: preflab before truncation_mode followed TRL 1.16 wrote its
 # default keep_end out, which cut sequences as an unset truncation_mode does now. Harmless as a config change; the

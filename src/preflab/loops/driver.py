@@ -234,6 +234,7 @@ class TrainingRun(CallbackEvents):
         note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
         if note and self.main:
             print(note, flush=True)
+        self.hub = self._hub_pusher()
         if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
             for said in greedy_eval_notes(cfg):
                 print(f"preflab: note: {said}", file=sys.stderr, flush=True)
@@ -302,6 +303,8 @@ class TrainingRun(CallbackEvents):
             if save:
                 self.best.note_checkpoint(self.out, step + 1)
                 path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
+                if getattr(self, "hub", None) is not None:  # push_to_hub: as hub_strategy says (main process)
+                    self.hub.push_checkpoint(path, step + 1)
                 self.emit("on_save", checkpoint=path)
             acc.wait_for_everyone()
             if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
@@ -514,6 +517,55 @@ class TrainingRun(CallbackEvents):
         else:
             self._drop_ddp_wrapper()
             acc.end_training()
+        if getattr(self, "hub", None) is not None:  # last: the model, summary, card and trackers' files are written
+            if self.save_final_model:
+                self.hub.push_final(self.out)
+            else:
+                print(f"preflab: note: push_to_hub: this run saves no final model, so nothing of {self.out} is "
+                      f"uploaded at the end (hub_strategy {self.cfg.hub_strategy}).", flush=True)
+
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
+                    revision=None, private=None, **card_fields):
+        """transformers' Trainer.push_to_hub, called after train() (TRL's scripts do): upload output_dir's final
+        model folder (preflab.hub_push.push_run's files) to hub_model_id (else output_dir's name), from the main
+        process (None elsewhere); returns the repo_id. token / revision / private: over the config's. Model card
+        fields (TRL's dataset_name, tags, ...) are not written into preflab's card: said once. Uploads block."""
+        from preflab.hub_push import HubPusher, push_run
+
+        if not self.accelerator.is_main_process:
+            return None
+        if card_fields:
+            print(f"preflab: note: push_to_hub({', '.join(sorted(card_fields))}=...): preflab's model card "
+                  "(README.md) is its own and is uploaded as written.", flush=True)
+        cfg = self.cfg
+        pusher = getattr(self, "hub", None) or HubPusher.from_config(cfg)
+        repo = pusher.repo_id if pusher is not None and pusher.repo_id else cfg.hub_model_id
+        return push_run(cfg.output_dir, repo, private if private is not None else cfg.hub_private_repo,
+                        revision if revision is not None else cfg.hub_revision,
+                        token if token is not None else cfg.hub_token, message=commit_message or "End of training")
+
+    def _hub_pusher(self):
+        """push_to_hub: the main process's HubPusher, its repository created now (a bad token or name fails before
+        the first step, as transformers' Trainer creates it when built); None elsewhere. hub options set without
+        push_to_hub upload nothing: said once."""
+        from preflab.config_defaults import set_options
+        from preflab.hub_push import HubPusher
+
+        cfg = self.cfg
+        if not self.main:
+            return None
+        if not cfg.push_to_hub:
+            unused = set_options(cfg, ("hub_model_id", "hub_strategy", "hub_private_repo", "hub_token",
+                                       "hub_revision"))
+            if unused:
+                print(f"preflab: note: {', '.join(unused)} without push_to_hub: true: nothing is uploaded during "
+                      "training (trainer.push_to_hub() or `preflab push OUTPUT_DIR` uploads afterwards).", flush=True)
+            return None
+        pusher = HubPusher.from_config(cfg)
+        repo = pusher.create_repo()
+        print(f"preflab: push_to_hub: uploading to https://huggingface.co/{repo} (hub_strategy "
+              f"{cfg.hub_strategy}).", flush=True)
+        return pusher
 
     def _drop_ddp_wrapper(self) -> None:
         """Before accelerate's end_training closes the process group of a DDP run (several processes, no sharding
