@@ -58,6 +58,9 @@ class SFTTrainer(Trainer):
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
         if cfg.task != "sft":
             raise ConfigError(f"SFTTrainer trains task: sft, the config has task: {cfg.task!r}.")
+        if getattr(cfg, "teacher_model_name_or_path", None) and type(self) is SFTTrainer:
+            raise ConfigError("the config distils from teacher_model_name_or_path: train it with "
+                              "preflab.loops.distill.DistillTrainer (`preflab train` picks it).")
         eos_changed = False
         if cfg.eos_token is not None or cfg.chat_template_path is not None:  # TRL's SFTConfig options, before the rows
             from preflab.models.load import load_tokenizer

@@ -1,0 +1,88 @@
+"""Distillation (task: sft with teacher_model_name_or_path): TRL's SFT data forms through the SFT trainer (the one
+offline loop: checkpoints, resume, report), with the completion NLL replaced by the generalized JSD to a frozen
+teacher's next-token distributions (preflab.objectives._distill_task: Agarwal et al. 2024, arXiv:2306.13649, Eq. 1,
+off-policy: the dataset's completions).
+
+The teacher is loaded and held like a reference model (preflab.models.load.load_models: safetensors, frozen, eval
+mode, scored under no_grad, trust_remote_code only when asked; its dtype by ref_load_dtype's rule). Each micro-batch
+runs the teacher's and the student's backbones once on the same padded rows; the divergence runs chunk-wise over the
+completion positions (preflab.scoring.distill), so no [B, T, V] logits are built. The step's loss is the token mean
+of the divergence over every completion token of the step (TRL's num_items_in_batch normalisation, as task: sft).
+
+Metrics: `loss` (the divergence), `nll_loss` (the student's completion NLL), `mean_token_accuracy` and `entropy` (as
+task: sft); evaluation: `eval_loss` (the divergence's token mean over the eval set), `eval_nll_loss`,
+`eval_mean_token_accuracy`, `eval_entropy`.
+"""
+from __future__ import annotations
+
+import torch
+
+from preflab.errors import ConfigError
+from preflab.loops.sft import SFTTrainer
+from preflab.objectives._distill_task import DistillBatch, DistillLoss
+from preflab.objectives.base import SequenceLogps
+
+
+class DistillTrainer(SFTTrainer):
+    """SFTTrainer whose batches carry the per-token divergence to the teacher (DistillBatch)."""
+
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
+        if not getattr(cfg, "teacher_model_name_or_path", None) and ref is None:
+            raise ConfigError("DistillTrainer needs teacher_model_name_or_path (or a teacher given as `ref`).")
+        if cfg.task == "sft" and not cfg.teacher_model_name_or_path:
+            raise ConfigError("DistillTrainer: set teacher_model_name_or_path in the config (a teacher given from "
+                              "Python as `ref` is held under that name).")
+        super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
+        if not isinstance(self.objective, DistillLoss):
+            raise ConfigError("DistillTrainer trains the distillation objective (task: sft with "
+                              "teacher_model_name_or_path).")
+        if self.ref is None:
+            raise ConfigError("distillation needs a teacher model; with use_peft the policy's base is not a teacher: "
+                              "set teacher_model_name_or_path.")
+
+    def batch_kind(self, objective):
+        """task: sft's rows and collation (SFTKind); score() builds the DistillBatch itself."""
+        from preflab.loops.sft_rows import SFTKind
+
+        return SFTKind
+
+    def score(self, layout, train: bool = True, positions: list[int] | None = None) -> DistillBatch:
+        """DistillBatch: the divergence D_beta [B, L] at the completion tokens (teacher and student on the same
+        rows), the student's completion log-probs, and its gathered hidden states (extras["_hidden"], for the
+        token accuracy and entropy)."""
+        from preflab.scoring.distill import token_divergence
+        from preflab.scoring.lm import backbone_and_head
+
+        layout = layout.to(self.accelerator.device)
+        obj = self.objective
+        with self.accelerator.autocast():
+            teacher, teacher_head = self._reference(layout)  # under no_grad: the frozen teacher
+            student = self.scorer(layout, want_router_loss=self.router_coef is not None)
+            divergence = token_divergence(student, teacher, layout, backbone_and_head(self.policy)[1], teacher_head,
+                                          obj.beta, obj.temperature, self.cfg.chunk_tokens)
+        self.token_sums = {}
+        self.router_loss = student.router_loss
+        return DistillBatch(SequenceLogps(divergence, student.mask), SequenceLogps(student.token_logps, student.mask),
+                            {**dict(layout.extras), "_hidden": student.hidden_flat})
+
+    def evaluate(self) -> dict:
+        """eval_loss: the divergence's token mean over the eval set; eval_nll_loss, eval_mean_token_accuracy and
+        eval_entropy of the student over the same tokens."""
+        if not self.eval_data:
+            return {}
+        self.policy.eval()
+        div, nll, right, entropy, tokens = 0.0, 0.0, 0, 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
+                chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
+                layout = self.kind.collate(chunk, self.pad_id, self.layout)
+                batch = self.score(layout, train=False)
+                div += float(batch.divergence.masked().double().sum())
+                nll -= float(batch.policy.masked().double().sum())
+                counts = self._accuracy_count(layout, batch).tolist()
+                right, entropy = right + int(counts[0]), entropy + counts[1]
+                tokens += int(layout.response_mask.sum())
+        self.policy.train()
+        n = max(tokens, 1)
+        return {"eval_loss": div / n, "eval_nll_loss": nll / n, "eval_mean_token_accuracy": right / n,
+                "eval_entropy": entropy / n}
