@@ -1,0 +1,106 @@
+"""task: sft with a teacher (preflab.loops.distill): the run's loss against TRL's generalized_jsd_loss on full
+logits (off-policy, lmbda 0: the dataset's completions), student == teacher gives 0, the config's refusals, and
+examples/distill.yaml lowering the divergence, checkpointing and resuming exactly."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops.distill import DistillTrainer
+from preflab.loops.sft import SFTTrainer
+
+ROOT = Path(__file__).resolve().parents[2]
+gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+
+
+def _cfg(tmp_path, **kw):
+    base = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "teacher_model_name_or_path": "builtin:tiny-qwen2",
+            "dataset_name": str(ROOT / "examples/data/loud_echo_sft.jsonl"), "per_device_train_batch_size": 4,
+            "max_length": 128, "max_steps": 1, "use_cpu": True, "disable_tqdm": True, "seed": 0,
+            "output_dir": str(tmp_path / "run")}
+    return config_from_dict({**base, **kw})
+
+
+def _trl_loss(trainer, items, beta, temperature) -> float:
+    """TRL 1.16's GKDTrainer.generalized_jsd_loss on the full [1, T, V] logits of each sequence run alone through
+    model(...) (student and teacher), labels -100 off the completion, summed over tokens then over sequences and
+    divided by the completion tokens: the batch's token mean, computed without preflab's scorer."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x in items:
+            ids = torch.tensor([x.prompt_ids + x.completion_ids])
+            s = trainer.policy(ids).logits[:, :-1].double()
+            t = trainer.ref(ids).logits[:, :-1].double()
+            labels = ids[:, 1:].clone()
+            labels[:, :len(x.prompt_ids) - 1] = -100
+            n = int((labels != -100).sum())
+            loss = gkd.GKDTrainer.generalized_jsd_loss(s, t, labels=labels, beta=beta, temperature=temperature)
+            total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+@pytest.mark.parametrize("beta,temperature", [(0.5, 0.8), (0.0, 1.0), (1.0, 1.3)])
+def test_run_loss_is_trls_generalized_jsd_on_the_dataset_completions(tmp_path, beta, temperature):
+    torch.manual_seed(0)
+    trainer = DistillTrainer(_cfg(tmp_path, beta=beta, temperature=temperature))
+    assert trainer.ref is not trainer.policy and not trainer.ref.training
+    assert not any(p.requires_grad for p in trainer.ref.parameters())
+    items = trainer.train_data[:4]
+    layout = trainer.kind.collate(items, trainer.pad_id, trainer.layout)
+    with torch.no_grad():
+        loss = float(trainer.objective_output(trainer.score(layout)).loss)
+    assert loss > 1e-4
+    assert loss == pytest.approx(_trl_loss(trainer, items, beta, temperature), rel=1e-4, abs=1e-7)
+
+
+def test_unwritten_beta_is_trls_distillation_default_and_student_equal_to_teacher_gives_zero(tmp_path):
+    cfg = _cfg(tmp_path, teacher_model_name_or_path="builtin:tiny-llama")
+    assert cfg.objective().beta == 1.0  # TRL 1.16 DistillationConfig.beta, not DPO's 0.1
+    trainer = DistillTrainer(cfg)
+    layout = trainer.kind.collate(trainer.train_data[:4], trainer.pad_id, trainer.layout)
+    with torch.no_grad():
+        assert abs(float(trainer.objective_output(trainer.score(layout)).loss)) < 1e-6
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(ConfigError, match="on-policy distillation.*lmbda: 0"):
+        _cfg(tmp_path, lmbda=0.5)
+    with pytest.raises(ConfigError, match="seq_kd: true"):
+        _cfg(tmp_path, seq_kd=True)
+    with pytest.raises(ConfigError, match="needs teacher_model_name_or_path"):
+        _cfg(tmp_path, teacher_model_name_or_path=None, lmbda=0.0, seq_kd=False, teacher_model_init_kwargs={})
+    with pytest.raises(ConfigError, match="beta must be in"):
+        _cfg(tmp_path, beta=2.0).objective()
+    with pytest.raises(ConfigError, match="temperature"):
+        _cfg(tmp_path, teacher_model_name_or_path=None, temperature=0.7)
+    with pytest.raises(ConfigError, match="DistillTrainer"):
+        SFTTrainer(_cfg(tmp_path))
+
+
+@pytest.mark.slow
+def test_example_distill_yaml_lowers_the_divergence_and_resumes_exactly(tmp_path, monkeypatch):
+    import yaml
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    torch.set_num_threads(1)
+    base = yaml.safe_load((ROOT / "examples/distill.yaml").read_text())
+    base.update(max_steps=4, save_steps=2, eval_steps=0, logging_steps=1, disable_tqdm=True, use_cpu=True,
+                lr_scheduler_type="constant", warmup_steps=0, learning_rate=1e-2)
+    full = DistillTrainer(config_from_dict({**base, "output_dir": str(tmp_path / "full")}))
+    before = full.evaluate()["eval_loss"]
+    summary = full.train()
+    assert summary["final_metrics"]["eval_loss"] < 0.7 * before
+    rows = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "nll_loss", "mean_token_accuracy", "entropy"} <= set(next(r for r in rows if "loss" in r))
+    DistillTrainer(config_from_dict({**base, "max_steps": 2, "output_dir": str(tmp_path / "part")})).train()
+    resumed = config_from_dict({**base, "output_dir": str(tmp_path / "part"), "overwrite_output_dir": True,
+                                "resume_from_checkpoint": str(tmp_path / "part/checkpoint-2")})
+    assert DistillTrainer(resumed).train()["resumed_from_step"] == 2
+    a, b = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "part/model.safetensors")
+    assert a.keys() == b.keys() and not any(k.startswith("teacher") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
