@@ -281,6 +281,7 @@ LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None,
                  "entropy_coef_delta": 0.005, "entropy_target": 0.2}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env", "dataset_kwargs"} | {
+    "teacher_model_revision",
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
 
 
@@ -363,6 +364,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
     grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
+    _distillation_dump(raw, notes, errors)  # DistillationConfig / GKDConfig: task: sft with a teacher
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k in NO_EFFECT]:
         raw.pop(key)  # hub_token: masked by to_dict() and without effect in preflab anyway
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and k not in NO_EFFECT]:
@@ -519,6 +521,37 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
     return raw, notes, errors
+
+
+def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
+    """A TRL DistillationConfig or GKDConfig (teacher_model_name_or_path set): preflab's task: sft distillation,
+    off-policy (preflab.objectives._distill_task). DistillationConfig has no lmbda: its trainer samples every
+    completion from the student, so its dump is refused unless lmbda: 0 is given with it (distil on the dataset's
+    completions instead). teacher_model_revision goes to teacher_model_init_kwargs.revision; the generation lengths
+    (max_completion_length, GKD's max_new_tokens) are unread off-policy."""
+    if not raw.get("teacher_model_name_or_path"):
+        return
+    distillation = "teacher_model_revision" in raw  # DistillationConfig's field (GKDConfig has none)
+    if "task" not in raw:
+        raw["task"] = "sft"
+        notes.append("teacher_model_name_or_path -> task: sft (distillation on the dataset's completions).")
+    if distillation and "lmbda" not in raw:
+        errors.append("a saved TRL DistillationConfig trains on-policy (every completion sampled from the student "
+                      "while training), which preflab does not do; preflab distils on the dataset's completions "
+                      "(GKD with lmbda: 0). Add lmbda: 0 to train that, or sample the student's completions first "
+                      "(`preflab generate`) and distil on those rows.")
+    revision = raw.pop("teacher_model_revision", None)
+    if revision is not None:
+        kwargs = dict(raw.get("teacher_model_init_kwargs") or {})
+        if kwargs.get("revision", revision) != revision:
+            errors.append(f"teacher_model_revision={revision!r} and teacher_model_init_kwargs.revision="
+                          f"{kwargs['revision']!r} disagree; keep one.")
+        raw["teacher_model_init_kwargs"] = {**kwargs, "revision": revision}
+    if raw.get("task") == "sft" and not raw.get("lmbda", 0.0) and not raw.get("seq_kd"):
+        for key in ("max_completion_length", "max_new_tokens"):  # sampling lengths: nothing is sampled off-policy
+            if key in raw:
+                raw.pop(key)
+                notes.append(f"{key}: not read (distillation on the dataset's completions generates nothing).")
 
 
 def _dataset_kwargs(raw: dict, errors: list) -> None:

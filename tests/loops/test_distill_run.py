@@ -104,3 +104,36 @@ def test_example_distill_yaml_lowers_the_divergence_and_resumes_exactly(tmp_path
     assert a.keys() == b.keys() and not any(k.startswith("teacher") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def _dump(cls, **kw):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(output_dir="unused", teacher_model_name_or_path="builtin:tiny-qwen2", use_cpu=True, bf16=False,
+                   **kw).to_dict()
+
+
+def test_saved_distillation_and_gkd_configs_load_or_are_refused_with_the_reason(tmp_path):
+    """A saved DistillationConfig (args.to_dict(); on-policy by construction) is refused unless lmbda: 0 is given
+    with it, then loads as task: sft with its teacher, beta, temperature and revision; a GKDConfig at its lmbda 0.5 is
+    refused, at lmbda 0 it loads."""
+    from trl import DistillationConfig
+    from trl.experimental.gkd import GKDConfig
+
+    data = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(ROOT / "examples/data/loud_echo_sft.jsonl"),
+            "output_dir": str(tmp_path / "run")}
+    dump = _dump(DistillationConfig, beta=0.3, temperature=0.7, teacher_model_revision="main")
+    with pytest.raises(ConfigError, match="DistillationConfig trains on-policy.*Add lmbda: 0"):
+        config_from_dict({**dump, **data})
+    cfg = config_from_dict({**dump, **data, "lmbda": 0.0})
+    assert (cfg.task, cfg.teacher_model_name_or_path, cfg.teacher_model_init_kwargs) == (
+        "sft", "builtin:tiny-qwen2", {"revision": "main"})
+    assert (cfg.objective().beta, cfg.objective().temperature) == (0.3, 0.7)
+    assert cfg.objective().beta == 0.3 and _dump(DistillationConfig)["beta"] == 1.0  # and 1.0 when unwritten
+    gkd_dump = {k: v for k, v in _dump(GKDConfig, beta=0.2).items() if not k.endswith("_token")}
+    with pytest.raises(ConfigError, match="lmbda: 0.5: on-policy distillation"):
+        config_from_dict({**gkd_dump, **data})
+    cfg = config_from_dict({**gkd_dump, **data, "lmbda": 0})
+    assert (cfg.task, cfg.objective().beta, cfg.objective().temperature) == ("sft", 0.2, 0.9)
