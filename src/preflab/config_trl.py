@@ -539,7 +539,7 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
         errors.append("a saved TRL DistillationConfig trains on-policy (every completion sampled from the student "
                       "while training), which preflab does not do; preflab distils on the dataset's completions "
                       "(GKD with lmbda: 0). Add lmbda: 0 to train that, or sample the student's completions first "
-                      "(`preflab generate`) and distil on those rows.")
+                      "(e.g. preflab.generate.generate_text) and distil on those rows.")
     revision = raw.pop("teacher_model_revision", None)
     if revision is not None:
         kwargs = dict(raw.get("teacher_model_init_kwargs") or {})
