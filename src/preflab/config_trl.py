@@ -547,8 +547,10 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
             errors.append(f"teacher_model_revision={revision!r} and teacher_model_init_kwargs.revision="
                           f"{kwargs['revision']!r} disagree; keep one.")
         raw["teacher_model_init_kwargs"] = {**kwargs, "revision": revision}
-    if raw.get("task") == "sft" and not raw.get("lmbda", 0.0) and not raw.get("seq_kd"):
-        for key in ("max_completion_length", "max_new_tokens"):  # sampling lengths: nothing is sampled off-policy
+    gkd = "seq_kd" in raw and "max_new_tokens" in raw  # GKDConfig's fields
+    if raw.get("task") == "sft" and not raw.get("lmbda", 0.0) and not raw.get("seq_kd") and (distillation or gkd):
+        # the dump's sampling lengths: nothing is sampled off-policy (written by hand, they are refused as for sft)
+        for key in ("max_completion_length", "max_new_tokens"):
             if key in raw:
                 raw.pop(key)
                 notes.append(f"{key}: not read (distillation on the dataset's completions generates nothing).")
