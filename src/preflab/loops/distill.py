@@ -39,6 +39,12 @@ class DistillTrainer(SFTTrainer):
         if self.ref is None:
             raise ConfigError("distillation needs a teacher model; with use_peft the policy's base is not a teacher: "
                               "set teacher_model_name_or_path.")
+        from preflab.loops.launch import is_sharded
+
+        if is_sharded(self.accelerator):  # the LM heads run outside the engine's forward (preflab.scoring.distill)
+            raise ConfigError("distillation runs both LM heads outside the model's forward, where FSDP and DeepSpeed "
+                              "keep the weights sharded; train it on one process or with "
+                              "examples/accelerate/ddp.yaml.")
 
     def batch_kind(self, objective):
         """task: sft's rows and collation (SFTKind); score() builds the DistillBatch itself."""
