@@ -76,6 +76,12 @@ def test_refusals(tmp_path):
         _cfg(tmp_path, beta=2.0).objective()
     with pytest.raises(ConfigError, match="temperature"):
         _cfg(tmp_path, teacher_model_name_or_path=None, temperature=0.7)
+    with pytest.raises(ConfigError, match="packing: true with teacher_model_name_or_path"):
+        _cfg(tmp_path, packing=True)
+    with pytest.raises(ConfigError, match="precompute_ref_log_probs with a teacher"):
+        _cfg(tmp_path, precompute_ref_log_probs=True)
+    with pytest.raises(ConfigError, match="max_completion_length"):  # written by hand: sft reads max_length only
+        _cfg(tmp_path, max_completion_length=64)
     with pytest.raises(ConfigError, match="DistillTrainer"):
         SFTTrainer(_cfg(tmp_path))
 
