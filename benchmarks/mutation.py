@@ -3899,12 +3899,16 @@ MUTANTS += [
            [("        ratio = batch.extras.get(\"examples_per_token\")\n        if ratio is None:\n            ratio = batch.size",
              "        ratio = None\n        if ratio is None:\n            ratio = batch.size")], DISTILL_LOSS,
            "each micro-batch's own token mean instead of the step's (accumulation changes the loss)"),
-    Mutant("distill-lmbda-accepted", "config.py",
-           [("        if self.lmbda != 0.0:\n", "        if False:\n")], DISTILL_RUN,
-           "lmbda > 0 (on-policy) runs off-policy without a word"),
+    Mutant("distill-on-policy-draw-ignores-lmbda", "loops/distill.py",
+           [(".random() < lmbda", ".random() < lmbda * lmbda")], DISTILL_RUN,
+           "the share of on-policy steps is lmbda squared"),
+    Mutant("distill-on-policy-keeps-dataset-completions", "loops/distill.py",
+           [("        new = [replace(x, completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)",
+             "        new = [replace(x, loss_mask=None)")], DISTILL_RUN,
+           "an on-policy step samples the student and then trains on the dataset's completions"),
     Mutant("distill-on-policy-dump-loads", "config_trl.py",
-           [("    if distillation and \"lmbda\" not in raw:", "    if False:")], DISTILL_RUN,
-           "a saved DistillationConfig (on-policy) loads as an off-policy run"),
+           [("        raw[\"lmbda\"] = 1.0\n", "        raw[\"lmbda\"] = 0.0\n")], DISTILL_RUN,
+           "a saved DistillationConfig (every step on-policy in TRL) loads as an off-policy run"),
 ]
 
 

@@ -187,7 +187,8 @@ OPTIONS: dict[str, Option] = {
                                          "completions replaces the NLL", "a non-empty name or null", _nonempty),
     "teacher_model_init_kwargs": Option("TRL: from_pretrained arguments of teacher_model_name_or_path",
                                         "a mapping with keys among " + ", ".join(INIT_KWARGS), _init_kwargs_ok),
-    "lmbda": Option("TRL GKD: share of on-policy (student-sampled) batches; preflab distils off-policy: only 0",
+    "lmbda": Option("TRL GKD: share of the steps whose completions the student samples (on-policy distillation; "
+                    "0: the dataset's completions, 1: TRL's DistillationTrainer)",
                     "a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
     "seq_kd": Option("TRL GKD: distil on teacher-generated completions (refused: generate them first)"),
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),

@@ -112,7 +112,7 @@ OWNERS = (
     (("max_prompt_length",), lambda cfg: cfg.task not in ("diffusion", "sft") and not _game(cfg),
      "the tasks with prompts (dpo, reward, vlm, online on text; task: sft cuts whole rows at max_length, the game "
      "has no prompt text, a diffusion run's captions are cut at its text encoder's length)"),
-    (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft"),
+    (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft") or _distills(cfg),
      "the tasks with prompts and responses (dpo, reward, vlm, online; task: sft cuts whole rows at max_length, a "
      "diffusion run's captions are cut at its text encoder's length)"),
     # task: sft and task: vlm keep a long row's start (keep_start, TRL's default, which TRL's saved configs carry):

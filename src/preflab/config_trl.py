@@ -535,11 +535,10 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
     if "task" not in raw:
         raw["task"] = "sft"
         notes.append("teacher_model_name_or_path -> task: sft (distillation on the dataset's completions).")
-    if distillation and "lmbda" not in raw:
-        errors.append("a saved TRL DistillationConfig trains on-policy (every completion sampled from the student "
-                      "while training), which preflab does not do; preflab distils on the dataset's completions "
-                      "(GKD with lmbda: 0). Add lmbda: 0 to train that, or sample the student's completions first "
-                      "(e.g. preflab.generate.generate_text) and distil on those rows.")
+    if distillation and "lmbda" not in raw:  # DistillationTrainer: every step's completions sampled from the student
+        raw["lmbda"] = 1.0
+        notes.append("DistillationConfig -> lmbda: 1 (TRL's DistillationTrainer samples every completion from the "
+                     "student).")
     revision = raw.pop("teacher_model_revision", None)
     if revision is not None:
         kwargs = dict(raw.get("teacher_model_init_kwargs") or {})
@@ -554,6 +553,8 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
             if key in raw:
                 raw.pop(key)
                 notes.append(f"{key}: not read (distillation on the dataset's completions generates nothing).")
+    elif gkd and "max_completion_length" not in raw:  # GKDConfig's sampling length, preflab's name
+        raw["max_completion_length"] = raw.pop("max_new_tokens")
 
 
 def _dataset_kwargs(raw: dict, errors: list) -> None:

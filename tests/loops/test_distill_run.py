@@ -66,8 +66,10 @@ def test_unwritten_beta_is_trls_distillation_default_and_student_equal_to_teache
 
 
 def test_refusals(tmp_path):
-    with pytest.raises(ConfigError, match="on-policy distillation.*lmbda: 0"):
+    with pytest.raises(ConfigError, match="lmbda: 0.5 samples the student's completions: set max_completion_length"):
         _cfg(tmp_path, lmbda=0.5)
+    with pytest.raises(ConfigError, match="streaming"):
+        _cfg(tmp_path, lmbda=0.5, max_completion_length=8, streaming=True, max_steps=2)
     with pytest.raises(ConfigError, match="seq_kd: true"):
         _cfg(tmp_path, seq_kd=True)
     with pytest.raises(ConfigError, match="needs teacher_model_name_or_path"):
@@ -80,7 +82,7 @@ def test_refusals(tmp_path):
         _cfg(tmp_path, packing=True)
     with pytest.raises(ConfigError, match="precompute_ref_log_probs with a teacher"):
         _cfg(tmp_path, precompute_ref_log_probs=True)
-    with pytest.raises(ConfigError, match="max_completion_length"):  # written by hand: sft reads max_length only
+    with pytest.raises(ConfigError, match="max_completion_length applies to on-policy"):  # nothing is sampled
         _cfg(tmp_path, max_completion_length=64)
     with pytest.raises(ConfigError, match="DistillTrainer"):
         SFTTrainer(_cfg(tmp_path))
@@ -121,25 +123,82 @@ def _dump(cls, **kw):
                    **kw).to_dict()
 
 
-def test_saved_distillation_and_gkd_configs_load_or_are_refused_with_the_reason(tmp_path):
-    """A saved DistillationConfig (args.to_dict(); on-policy by construction) is refused unless lmbda: 0 is given
-    with it, then loads as task: sft with its teacher, beta, temperature and revision; a GKDConfig at its lmbda 0.5 is
-    refused, at lmbda 0 it loads."""
+def test_saved_distillation_and_gkd_configs_load(tmp_path):
+    """A saved DistillationConfig (args.to_dict()) loads as task: sft with lmbda 1 (every step on-policy), its
+    teacher, beta, temperature, revision and max_completion_length; a GKDConfig with its lmbda and max_new_tokens;
+    seq_kd stays refused."""
     from trl import DistillationConfig
     from trl.experimental.gkd import GKDConfig
 
     data = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(ROOT / "examples/data/loud_echo_sft.jsonl"),
             "output_dir": str(tmp_path / "run")}
     dump = _dump(DistillationConfig, beta=0.3, temperature=0.7, teacher_model_revision="main")
-    with pytest.raises(ConfigError, match="DistillationConfig trains on-policy.*Add lmbda: 0"):
-        config_from_dict({**dump, **data})
-    cfg = config_from_dict({**dump, **data, "lmbda": 0.0})
+    cfg = config_from_dict({**dump, **data})  # TRL's DistillationTrainer: every step on-policy
     assert (cfg.task, cfg.teacher_model_name_or_path, cfg.teacher_model_init_kwargs) == (
         "sft", "builtin:tiny-qwen2", {"revision": "main"})
+    assert (cfg.lmbda, cfg.max_completion_length) == (1.0, 512)
     assert (cfg.objective().beta, cfg.objective().temperature) == (0.3, 0.7)
-    assert cfg.objective().beta == 0.3 and _dump(DistillationConfig)["beta"] == 1.0  # and 1.0 when unwritten
+    assert _dump(DistillationConfig)["beta"] == 1.0
+    off = config_from_dict({**dump, **data, "lmbda": 0.0})  # off-policy: the sampling length is unread
+    assert (off.lmbda, off.max_completion_length) == (0.0, None)
     gkd_dump = {k: v for k, v in _dump(GKDConfig, beta=0.2).items() if not k.endswith("_token")}
-    with pytest.raises(ConfigError, match="lmbda: 0.5: on-policy distillation"):
-        config_from_dict({**gkd_dump, **data})
-    cfg = config_from_dict({**gkd_dump, **data, "lmbda": 0})
-    assert (cfg.task, cfg.objective().beta, cfg.objective().temperature) == ("sft", 0.2, 0.9)
+    cfg = config_from_dict({**gkd_dump, **data})
+    assert (cfg.task, cfg.lmbda, cfg.max_completion_length, cfg.objective().beta, cfg.objective().temperature) == (
+        "sft", 0.5, 128, 0.2, 0.9)
+    with pytest.raises(ConfigError, match="seq_kd: true"):
+        config_from_dict({**gkd_dump, **data, "seq_kd": True})
+
+
+def test_on_policy_steps_follow_lmbda_and_are_the_same_on_every_draw(tmp_path):
+    """lmbda 0.5: a step is on-policy when random.Random('distill:{seed}:{step}').random() < lmbda (the same on
+    every process and after a resume); about half of 200 steps are."""
+    import random
+
+    trainer = DistillTrainer(_cfg(tmp_path, lmbda=0.5, max_completion_length=4))
+    steps = [s for s in range(200) if trainer.on_policy(s)]
+    assert steps == [s for s in range(200) if random.Random(f"distill:0:{s}").random() < 0.5]
+    assert 70 < len(steps) < 130
+    assert all(DistillTrainer(_cfg(tmp_path, lmbda=1.0, max_completion_length=4)).on_policy(s) for s in range(20))
+
+
+def test_an_on_policy_step_distils_on_the_students_samples(tmp_path):
+    """lmbda 1: the step's micro-batch holds the dataset's prompts with completions sampled from the student (at most
+    max_completion_length tokens, cut after eos), and its loss is TRL's generalized_jsd_loss on those sequences; the
+    global RNG is left as it was."""
+    from dataclasses import replace
+
+    trainer = DistillTrainer(_cfg(tmp_path, lmbda=1.0, max_completion_length=6, beta=0.5, temperature=0.9))
+    before = torch.get_rng_state()
+    mb = trainer.micro_batches(0)[0]
+    assert torch.equal(torch.get_rng_state(), before)
+    items = [trainer.train_data[i] for i in mb.index]
+    sampled = trainer.sampled_completions
+    eos = trainer.tokenizer.eos_token_id
+    assert all(1 <= len(c) <= 6 and (len(c) == 6 or c[-1] == eos) for c in sampled)
+    assert [c for c in sampled] != [x.completion_ids for x in items]
+    assert int(mb.layout.response_mask.sum()) == sum(len(c) for c in sampled)
+    on_policy = [replace(x, completion_ids=c, loss_mask=None) for x, c in zip(items, sampled)]
+    with torch.no_grad():
+        loss = float(trainer.objective_output(trainer.score(mb.layout)).loss)
+    assert loss == pytest.approx(_trl_loss(trainer, on_policy, 0.5, 0.9), rel=1e-4, abs=1e-7)
+    assert trainer.micro_batches(0)[0].layout.input_ids.tolist() == mb.layout.input_ids.tolist()  # seeded by step
+
+
+@pytest.mark.slow
+def test_an_on_policy_run_resumes_exactly(tmp_path, monkeypatch):
+    import yaml
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    torch.set_num_threads(1)
+    base = yaml.safe_load((ROOT / "examples/distill.yaml").read_text())
+    base.update(max_steps=4, save_steps=2, eval_steps=0, eval_fraction=0.0, logging_steps=1, disable_tqdm=True,
+                use_cpu=True, lr_scheduler_type="constant", warmup_steps=0, lmbda=0.5, max_completion_length=6)
+    DistillTrainer(config_from_dict({**base, "output_dir": str(tmp_path / "full")})).train()
+    DistillTrainer(config_from_dict({**base, "max_steps": 2, "output_dir": str(tmp_path / "part")})).train()
+    resumed = config_from_dict({**base, "output_dir": str(tmp_path / "part"), "overwrite_output_dir": True,
+                                "resume_from_checkpoint": str(tmp_path / "part/checkpoint-2")})
+    assert DistillTrainer(resumed).train()["resumed_from_step"] == 2
+    a, b = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "part/model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)

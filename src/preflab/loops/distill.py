@@ -15,6 +15,8 @@ task: sft); evaluation: `eval_loss` (the divergence's token mean over the eval s
 """
 from __future__ import annotations
 
+import random
+
 import torch
 
 from preflab.errors import ConfigError
@@ -45,6 +47,42 @@ class DistillTrainer(SFTTrainer):
             raise ConfigError("distillation runs both LM heads outside the model's forward, where FSDP and DeepSpeed "
                               "keep the weights sharded; train it on one process or with "
                               "examples/accelerate/ddp.yaml.")
+
+    def on_policy(self, step: int) -> bool:
+        """Whether step `step` (0-based) trains on the student's own completions: a draw below lmbda (GKD's mixture,
+        Agarwal et al. 2024, Algorithm 1; TRL draws random.random() <= lmbda each step), from a generator seeded by
+        (seed, step) alone, so every process draws the same and a resumed run draws what the uninterrupted one did."""
+        lmbda = float(self.cfg.lmbda)
+        if lmbda <= 0.0:
+            return False
+        return lmbda >= 1.0 or random.Random(f"distill:{self.cfg.seed}:{step}").random() < lmbda
+
+    def completed(self, mbs: list, step: int) -> list:
+        """On an on-policy step, each micro-batch's completions replaced by the student's samples for the same
+        prompts (sampling at `temperature`, at most max_completion_length new tokens, cut after the first eos, every
+        sampled token carries loss), re-collated; the step's examples-per-token ratio is then counted on those."""
+        if not self.on_policy(step):
+            return mbs
+        return [self._sampled(mb, step, k) for k, mb in enumerate(mbs)]
+
+    def _sampled(self, mb, step: int, k: int):
+        from dataclasses import replace
+
+        from preflab.generate import generate_ids
+        from preflab.loops.batches import MicroBatch
+
+        items = [self.train_data[i] for i in mb.index]
+        model = self.accelerator.unwrap_model(self.policy)
+        device = self.accelerator.device
+        seed = (int(self.cfg.seed) * 1_000_003 + step * 10_007 + self.accelerator.process_index * 101 + k) % 2 ** 31
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG untouched
+            sampled = generate_ids(model, [x.prompt_ids for x in items], eos_id=self.tokenizer.eos_token_id,
+                                   pad_id=self.pad_id, max_new_tokens=int(self.cfg.max_completion_length),
+                                   do_sample=True, temperature=float(self.cfg.temperature), seed=seed)
+        self.sampled_completions = sampled  # the last on-policy micro-batch's, for tests and inspection
+        new = [replace(x, completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)
+               for x, c in zip(items, sampled)]
+        return MicroBatch(self.collate(new), mb.row_ids, mb.index, self.kind.count_tokens(new))
 
     def batch_kind(self, objective):
         """task: sft's rows and collation (SFTKind); score() builds the DistillBatch itself."""

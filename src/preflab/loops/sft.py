@@ -82,7 +82,7 @@ class SFTTrainer(Trainer):
 
     def micro_batches(self, step: int):
         """The loop's micro-batches, each told N / T of the whole step (one all-reduce of two numbers)."""
-        mbs = super().micro_batches(step)
+        mbs = self.completed(super().micro_batches(step), step)
         acc = self.accelerator
         local = [float(sum(len(mb.row_ids) for mb in mbs)),
                  float(sum(int(mb.layout.response_mask.sum()) for mb in mbs))]  # host layouts: no device read
@@ -91,6 +91,10 @@ class SFTTrainer(Trainer):
         ratio = local[0] / max(local[1], 1.0)
         for mb in mbs:
             mb.examples_per_token = ratio
+        return mbs
+
+    def completed(self, mbs: list, step: int) -> list:
+        """The step's micro-batches as trained (DistillTrainer may replace the completions by the student's)."""
         return mbs
 
     def _accuracy_count(self, layout, batch: SFTBatch) -> torch.Tensor:
