@@ -17,8 +17,10 @@ _TRL_CLASSES = {
     "GRPOConfig": "task: online, trainer: grpo", "OnlineDPOTrainer": "task: online, trainer: online_dpo",
     "OnlineDPOConfig": "task: online, trainer: online_dpo", "RLOOTrainer": "task: online, trainer: rloo",
     "RLOOConfig": "task: online, trainer: rloo",
-    "GKDTrainer": "task: sft, teacher_model_name_or_path and lmbda: 0 (off-policy; lmbda > 0 and seq_kd are refused)",
-    "GKDConfig": "task: sft, teacher_model_name_or_path and lmbda: 0 (off-policy; lmbda > 0 and seq_kd are refused)",
+    "GKDTrainer": "task: sft, teacher_model_name_or_path, lmbda and max_completion_length (seq_kd is refused)",
+    "GKDConfig": "task: sft, teacher_model_name_or_path, lmbda and max_completion_length (seq_kd is refused)",
+    "DistillationTrainer": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
+    "DistillationConfig": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
 }
 _GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo or rloo"
 # TRL trainers (1.16, experimental, or removed by 1.16) that preflab does not have -> what to use instead
@@ -32,10 +34,6 @@ _TRL_ABSENT = {
            "unpaired (prompt, completion, label) rows train with loss_type: kto.",
     "PRM": "process reward models (step-wise labels) are not trained by preflab; task: reward trains a reward model "
            "on preference pairs.",
-    "Distillation": "TRL's DistillationTrainer samples every completion from the student (on-policy), which preflab "
-                    "does not do; preflab distils on the dataset's completions with the same generalized JSD (beta, "
-                    "temperature): task: sft with teacher_model_name_or_path (GKD with lmbda: 0; a saved "
-                    "DistillationConfig loads with lmbda: 0 added, preflab.loops.distill.DistillTrainer).",
     "TPO": "TRL's TPO (triple preference optimization) is not in preflab; preflab's trainer: tpo is another method, "
            "Tree Preference Optimization (Liao et al. 2024).",
 }

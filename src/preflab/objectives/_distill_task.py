@@ -1,6 +1,6 @@
 """The distillation objective of task: sft with a teacher (teacher_model_name_or_path): the generalized
 Jensen-Shannon divergence between the teacher's and the student's next-token distributions at every completion
-token, per-token mean over the step (DistillLoss), and the per-token divergence of two logit chunks
+token (the dataset's completions, or the student's own samples on on-policy steps), per-token mean over the step (DistillLoss), and the per-token divergence of two logit chunks
 (token_generalized_jsd), which preflab.scoring.distill runs chunk by chunk over the completion positions.
 
 Paper: Agarwal et al. 2024, "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes"
@@ -21,9 +21,9 @@ The loss of an optimizer step is the token mean over every completion token t of
 Checked against TRL 1.16's `GKDTrainer.generalized_jsd_loss` (trl.experimental.gkd; the same divergence as its
 DistillationTrainer's chunked kernel) in tests/objectives/test_distill.py.
 
-Deviation from the paper: off-policy only (lmbda = 0): the completions are the dataset's (the paper's supervised-KD
-/ "fixed dataset" setting); the on-policy mixture lmbda > 0 (student samples) and seq_kd (teacher samples) are
-refused by the config. No tau^2 gradient rescaling (TRL has none either).
+Deviation from the paper: none in the divergence. The data mixture (GKD's lmbda: the share of steps whose
+completions the student samples) is preflab.loops.distill's; the teacher-sampled mixture (seq_kd) is refused by the
+config. No tau^2 gradient rescaling (TRL has none either).
 """
 from __future__ import annotations
 
