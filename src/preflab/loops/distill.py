@@ -65,7 +65,7 @@ class DistillTrainer(SFTTrainer):
 
     def completed(self, mbs: list, step: int) -> list:
         """On an on-policy step, each micro-batch's completions replaced by the student's samples for the same
-        prompts (sampling at `temperature`, at most max_completion_length new tokens, cut after the first eos, every
+        prompts (sampling from the whole softmax(z / temperature): no top-k / top-p, as TRL's defaults; at most max_completion_length new tokens, cut after the first eos, every
         sampled token carries loss), re-collated; the step's examples-per-token ratio is then counted on those."""
         if not self.on_policy(step):
             return mbs
@@ -84,7 +84,8 @@ class DistillTrainer(SFTTrainer):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG untouched
             sampled = generate_ids(model, [x.prompt_ids for x in items], eos_id=self.tokenizer.eos_token_id,
                                    pad_id=self.pad_id, max_new_tokens=int(self.cfg.max_completion_length),
-                                   do_sample=True, temperature=float(self.cfg.temperature), seed=seed)
+                                   do_sample=True, temperature=float(self.cfg.temperature), top_p=1.0, top_k=0,
+                                   seed=seed)  # the whole tempered distribution (TRL's top_k 0, top_p 1)
         self.sampled_completions = sampled  # the last on-policy micro-batch's, for tests and inspection
         new = [replace(x, completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)
                for x, c in zip(items, sampled)]
