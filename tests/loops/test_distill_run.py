@@ -202,3 +202,19 @@ def test_an_on_policy_run_resumes_exactly(tmp_path, monkeypatch):
     a, b = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "part/model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    """2 micro-batches x 4 rows == 1 batch of 8 rows: the divergence's token mean runs over the whole step."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    out = {}
+    for name, b, accum in (("big", 8, 1), ("accum", 4, 2)):
+        cfg = _cfg(tmp_path, per_device_train_batch_size=b, gradient_accumulation_steps=accum, max_steps=2,
+                   learning_rate=1e-2, lr_scheduler_type="constant", logging_steps=1, beta=0.5,
+                   output_dir=str(tmp_path / name))
+        out[name] = (DistillTrainer(cfg).train(), load_file(tmp_path / name / "model.safetensors"))
+    assert out["accum"][0]["final_metrics"]["loss"] == pytest.approx(out["big"][0]["final_metrics"]["loss"], abs=1e-7)
+    for key, value in out["big"][1].items():
+        torch.testing.assert_close(out["accum"][1][key], value, rtol=0, atol=1e-6)
