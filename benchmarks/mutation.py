@@ -3880,6 +3880,38 @@ MUTANTS += [
 ]
 
 
+# distillation round: the generalized-JSD distillation (task: sft with a teacher) and its refusals
+DISTILL_LOSS = ["tests/objectives/test_distill.py"]
+DISTILL_RUN = ["tests/loops/test_distill_run.py"]
+MUTANTS += [
+    Mutant("distill-forward-kl-is-reverse", "objectives/_distill_task.py",
+           [("        return (log_t.exp() * (log_t - log_s)).sum(-1)",
+             "        return (log_s.exp() * (log_s - log_t)).sum(-1)")], DISTILL_LOSS,
+           "beta 0 trains the reverse KL instead of the forward KL"),
+    Mutant("distill-mixture-weights-swapped", "objectives/_distill_task.py",
+           [("log_t + math.log(beta), log_s + math.log1p(-beta)", "log_t + math.log1p(-beta), log_s + math.log(beta)")],
+           DISTILL_LOSS, "the mixture m weighs the student by beta and the teacher by 1 - beta"),
+    Mutant("distill-teacher-not-tempered", "scoring/distill.py",
+           [("s_head, t_head = student_head.tempered(temperature), teacher_head.tempered(temperature)",
+             "s_head, t_head = student_head.tempered(temperature), teacher_head")], DISTILL_LOSS + DISTILL_RUN,
+           "temperature divides the student's logits only"),
+    Mutant("distill-micro-batch-token-mean", "objectives/_distill_task.py",
+           [("        ratio = batch.extras.get(\"examples_per_token\")\n        if ratio is None:\n            ratio = batch.size",
+             "        ratio = None\n        if ratio is None:\n            ratio = batch.size")], DISTILL_LOSS,
+           "each micro-batch's own token mean instead of the step's (accumulation changes the loss)"),
+    Mutant("distill-on-policy-draw-ignores-lmbda", "loops/distill.py",
+           [(".random() < lmbda", ".random() < lmbda * lmbda")], DISTILL_RUN,
+           "the share of on-policy steps is lmbda squared"),
+    Mutant("distill-on-policy-keeps-dataset-completions", "loops/distill.py",
+           [("        new = [replace(x, completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)",
+             "        new = [replace(x, loss_mask=None)")], DISTILL_RUN,
+           "an on-policy step samples the student and then trains on the dataset's completions"),
+    Mutant("distill-on-policy-dump-loads", "config_trl.py",
+           [("        raw[\"lmbda\"] = 1.0\n", "        raw[\"lmbda\"] = 0.0\n")], DISTILL_RUN,
+           "a saved DistillationConfig (every step on-policy in TRL) loads as an off-policy run"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

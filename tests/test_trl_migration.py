@@ -305,6 +305,8 @@ def test_every_trl_trainer_and_config_name_says_what_to_write(base):
         assert "cannot import name" not in str(err.value)
     if base == "TPO":
         assert "Tree Preference Optimization" in str(err.value)  # preflab's trainer tpo is not TRL's TPO
+    if base in ("GKD", "Distillation"):  # distillation is task: sft with a teacher (docs/distillation.md)
+        assert "teacher_model_name_or_path" in str(err.value) and "lmbda" in str(err.value)
 
 
 def test_every_trainer_class_in_trl_is_named():

@@ -17,6 +17,10 @@ _TRL_CLASSES = {
     "GRPOConfig": "task: online, trainer: grpo", "OnlineDPOTrainer": "task: online, trainer: online_dpo",
     "OnlineDPOConfig": "task: online, trainer: online_dpo", "RLOOTrainer": "task: online, trainer: rloo",
     "RLOOConfig": "task: online, trainer: rloo",
+    "GKDTrainer": "task: sft, teacher_model_name_or_path, lmbda and max_completion_length (seq_kd is refused)",
+    "GKDConfig": "task: sft, teacher_model_name_or_path, lmbda and max_completion_length (seq_kd is refused)",
+    "DistillationTrainer": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
+    "DistillationConfig": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
 }
 _GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo or rloo"
 # TRL trainers (1.16, experimental, or removed by 1.16) that preflab does not have -> what to use instead
@@ -30,8 +34,6 @@ _TRL_ABSENT = {
            "unpaired (prompt, completion, label) rows train with loss_type: kto.",
     "PRM": "process reward models (step-wise labels) are not trained by preflab; task: reward trains a reward model "
            "on preference pairs.",
-    "GKD": "knowledge distillation (GKD) is not in preflab.",
-    "Distillation": "on-policy distillation is not in preflab.",
     "TPO": "TRL's TPO (triple preference optimization) is not in preflab; preflab's trainer: tpo is another method, "
            "Tree Preference Optimization (Liao et al. 2024).",
 }
@@ -48,7 +50,7 @@ def __getattr__(name: str):
             f"{setting} (plus model_name_or_path and dataset_name) and run `preflab train config.yaml`; a saved "
             "TRL config (`args.to_dict()`) loads, each TRL key kept, noted or refused with the reason. From Python: "
             "cfg = preflab.config.config_from_dict({**args.to_dict(), ...}), then preflab.loops.offline.Trainer(cfg)"
-            ".train() (task: sft: preflab.loops.sft.SFTTrainer; task: reward: preflab.reward_models.train."
+            ".train() (task: sft: preflab.loops.sft.SFTTrainer, with a teacher preflab.loops.distill.DistillTrainer; task: reward: preflab.reward_models.train."
             "train_reward(cfg); task: online: preflab.online.run.OnlineRun(cfg).train()). "
             "docs/configuration.md: 'Coming from TRL'.")
     raise AttributeError(f"module 'preflab' has no attribute {name!r}")

@@ -182,6 +182,15 @@ OPTIONS: dict[str, Option] = {
                                 + ", ".join(INIT_KWARGS), _init_kwargs_ok),
     "ref_model_init_kwargs": Option("TRL: from_pretrained arguments of ref_model_name_or_path",
                                     "a mapping with keys among " + ", ".join(INIT_KWARGS), _init_kwargs_ok),
+    "teacher_model_name_or_path": Option("task: sft: distil from this teacher (TRL DistillationConfig / GKDConfig): "
+                                         "the generalized JSD to its next-token distributions on the dataset's "
+                                         "completions replaces the NLL", "a non-empty name or null", _nonempty),
+    "teacher_model_init_kwargs": Option("TRL: from_pretrained arguments of teacher_model_name_or_path",
+                                        "a mapping with keys among " + ", ".join(INIT_KWARGS), _init_kwargs_ok),
+    "lmbda": Option("TRL GKD: share of the steps whose completions the student samples (on-policy distillation; "
+                    "0: the dataset's completions, 1: TRL's DistillationTrainer)",
+                    "a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+    "seq_kd": Option("TRL GKD: distil on teacher-generated completions (refused: generate them first)"),
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),
     "disable_dropout": Option("set every dropout probability to 0 in policy and reference"),
     "gradient_checkpointing": Option("recompute activations in the backward pass (less memory, slower)"),

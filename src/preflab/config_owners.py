@@ -49,6 +49,11 @@ def _vision_online(cfg) -> bool:
     return cfg.task == "online" and cfg.online_task == "vision_dataset"
 
 
+def _distills(cfg) -> bool:
+    """A task: sft run with a teacher (preflab.objectives._distill_task)."""
+    return cfg.task == "sft" and bool(getattr(cfg, "teacher_model_name_or_path", None))
+
+
 def _builds_its_model(cfg) -> bool:
     """An online run whose policy is built in code: the game's K-answer model, the demo's SFT model."""
     return cfg.task == "online" and (cfg.online_task == "game" or cfg.model_name_or_path == DEMO_SFT)
@@ -79,7 +84,7 @@ OWNERS = (
      lambda cfg: cfg.task != "diffusion", "the text and image-text tasks (a diffusion run's reference is its starting "
      "denoiser: a frozen copy, or the UNet with its LoRA adapters off; to compare against another pipeline, "
      "`preflab eval RUN --task diffusion --reference DIR`)"),
-    (("ref_load_dtype",), lambda cfg: cfg.task in ("dpo", "vlm") or (cfg.task == "online" and not _builds_its_model(cfg)),
+    (("ref_load_dtype",), lambda cfg: cfg.task in ("dpo", "vlm") or _distills(cfg) or (cfg.task == "online" and not _builds_its_model(cfg)),
      "the runs that load a reference model (task: dpo, vlm and online; task: sft and task: reward train without "
      "one, a diffusion run's reference is its starting denoiser in the policy's dtype, and online_task: game and "
      "model builtin:demo-sft build their tiny policy and its reference in code)"),
@@ -107,7 +112,7 @@ OWNERS = (
     (("max_prompt_length",), lambda cfg: cfg.task not in ("diffusion", "sft") and not _game(cfg),
      "the tasks with prompts (dpo, reward, vlm, online on text; task: sft cuts whole rows at max_length, the game "
      "has no prompt text, a diffusion run's captions are cut at its text encoder's length)"),
-    (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft"),
+    (("max_completion_length",), lambda cfg: cfg.task not in ("diffusion", "sft") or _distills(cfg),
      "the tasks with prompts and responses (dpo, reward, vlm, online; task: sft cuts whole rows at max_length, a "
      "diffusion run's captions are cut at its text encoder's length)"),
     # task: sft and task: vlm keep a long row's start (keep_start, TRL's default, which TRL's saved configs carry):
@@ -154,7 +159,13 @@ def _unread_groups(cfg) -> list[tuple[list[str], str]]:
     not read."""
     owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPE_TASKS,
                         f"the recipe tasks ({', '.join(RECIPE_TASKS)})"),
-                       (ONLINE_OPTIONS, lambda c: c.task == "online", "task: online"))
+                       (tuple(n for n in ONLINE_OPTIONS if n != "temperature"), lambda c: c.task == "online",
+                        "task: online"),
+                       (("temperature",), lambda c: c.task == "online" or _distills(c),
+                        "task: online (sampling) and task: sft with teacher_model_name_or_path (the divergence's "
+                        "temperature)"),
+                       (("teacher_model_name_or_path", "teacher_model_init_kwargs", "lmbda", "seq_kd"),
+                        lambda c: c.task == "sft", "task: sft (distillation from a teacher)"))
     return [(used, who) for names, reads, who in owners for used in [set_options(cfg, names)]
             if used and not reads(cfg)]
 

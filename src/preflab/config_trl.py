@@ -279,6 +279,7 @@ LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None,
                  "entropy_coef_delta": 0.005, "entropy_target": 0.2}
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env", "dataset_kwargs"} | {
+    "teacher_model_revision",
     "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
 
 
@@ -361,6 +362,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
     grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
+    _distillation_dump(raw, notes, errors)  # DistillationConfig / GKDConfig: task: sft with a teacher
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and (k in NO_EFFECT or
                                                                                         k in MASKED_TOKENS)]:
         raw.pop(key)  # masked by to_dict() (transformers' and preflab's; hub_token): the token itself was not saved
@@ -519,6 +521,40 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")
     _label_smoothing(raw, notes)
     return raw, notes, errors
+
+
+def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
+    """A TRL DistillationConfig or GKDConfig (teacher_model_name_or_path set): preflab's task: sft distillation,
+    off-policy (preflab.objectives._distill_task). DistillationConfig has no lmbda: its trainer samples every
+    completion from the student, so its dump is refused unless lmbda: 0 is given with it (distil on the dataset's
+    completions instead). teacher_model_revision goes to teacher_model_init_kwargs.revision; the generation lengths
+    (max_completion_length, GKD's max_new_tokens) are unread off-policy."""
+    if not raw.get("teacher_model_name_or_path"):
+        return
+    distillation = "teacher_model_revision" in raw  # DistillationConfig's field (GKDConfig has none)
+    if "task" not in raw:
+        raw["task"] = "sft"
+        notes.append("teacher_model_name_or_path -> task: sft (distillation on the dataset's completions).")
+    if distillation and "lmbda" not in raw:  # DistillationTrainer: every step's completions sampled from the student
+        raw["lmbda"] = 1.0
+        notes.append("DistillationConfig -> lmbda: 1 (TRL's DistillationTrainer samples every completion from the "
+                     "student).")
+    revision = raw.pop("teacher_model_revision", None)
+    if revision is not None:
+        kwargs = dict(raw.get("teacher_model_init_kwargs") or {})
+        if kwargs.get("revision", revision) != revision:
+            errors.append(f"teacher_model_revision={revision!r} and teacher_model_init_kwargs.revision="
+                          f"{kwargs['revision']!r} disagree; keep one.")
+        raw["teacher_model_init_kwargs"] = {**kwargs, "revision": revision}
+    gkd = "seq_kd" in raw and "max_new_tokens" in raw  # GKDConfig's fields
+    if raw.get("task") == "sft" and not raw.get("lmbda", 0.0) and not raw.get("seq_kd") and (distillation or gkd):
+        # the dump's sampling lengths: nothing is sampled off-policy (written by hand, they are refused as for sft)
+        for key in ("max_completion_length", "max_new_tokens"):
+            if key in raw:
+                raw.pop(key)
+                notes.append(f"{key}: not read (distillation on the dataset's completions generates nothing).")
+    elif gkd and "max_completion_length" not in raw:  # GKDConfig's sampling length, preflab's name
+        raw["max_completion_length"] = raw.pop("max_new_tokens")
 
 
 def _dataset_kwargs(raw: dict, errors: list) -> None:

@@ -103,6 +103,10 @@ def run(args) -> int:
         from preflab.loops.diffusion import train_diffusion
 
         summary = train_diffusion(cfg)
+    elif cfg.task == "sft" and cfg.teacher_model_name_or_path:
+        from preflab.loops.distill import DistillTrainer
+
+        summary = DistillTrainer(cfg).train()
     elif cfg.task == "sft":
         from preflab.loops.sft import SFTTrainer
 

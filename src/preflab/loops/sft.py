@@ -58,6 +58,9 @@ class SFTTrainer(Trainer):
     def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
         if cfg.task != "sft":
             raise ConfigError(f"SFTTrainer trains task: sft, the config has task: {cfg.task!r}.")
+        if getattr(cfg, "teacher_model_name_or_path", None) and type(self) is SFTTrainer:
+            raise ConfigError("the config distils from teacher_model_name_or_path: train it with "
+                              "preflab.loops.distill.DistillTrainer (`preflab train` picks it).")
         eos_changed = False
         if cfg.eos_token is not None or cfg.chat_template_path is not None:  # TRL's SFTConfig options, before the rows
             from preflab.models.load import load_tokenizer
@@ -79,7 +82,7 @@ class SFTTrainer(Trainer):
 
     def micro_batches(self, step: int):
         """The loop's micro-batches, each told N / T of the whole step (one all-reduce of two numbers)."""
-        mbs = super().micro_batches(step)
+        mbs = self.completed(super().micro_batches(step), step)
         acc = self.accelerator
         local = [float(sum(len(mb.row_ids) for mb in mbs)),
                  float(sum(int(mb.layout.response_mask.sum()) for mb in mbs))]  # host layouts: no device read
@@ -88,6 +91,10 @@ class SFTTrainer(Trainer):
         ratio = local[0] / max(local[1], 1.0)
         for mb in mbs:
             mb.examples_per_token = ratio
+        return mbs
+
+    def completed(self, mbs: list, step: int) -> list:
+        """The step's micro-batches as trained (DistillTrainer may replace the completions by the student's)."""
         return mbs
 
     def _accuracy_count(self, layout, batch: SFTBatch) -> torch.Tensor:

@@ -457,12 +457,22 @@ def reference_dtype(cfg) -> str:
     return "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else (cfg.load_dtype or "float32")
 
 
+def reference_source(cfg) -> tuple[str | None, str]:
+    """(the name of the frozen model the run loads beside the policy, the option that names it): the teacher
+    (teacher_model_name_or_path) of a task: sft distillation, else ref_model_name_or_path."""
+    teacher = getattr(cfg, "teacher_model_name_or_path", None)
+    if cfg.task == "sft" and teacher:
+        return teacher, "teacher_model_name_or_path"
+    return cfg.ref_model_name_or_path, "ref_model_name_or_path"
+
+
 def reference_positions(cfg, ref=None) -> int | None:
-    """The positions of the reference given by ref_model_name_or_path (the in-memory `ref` when passed), or None
-    when the reference is the policy itself or none is used."""
-    if ref is None and not (cfg.ref_model_name_or_path and cfg.objective().needs_reference):
+    """The positions of the reference given by ref_model_name_or_path or the teacher (the in-memory `ref` when
+    passed), or None when the reference is the policy itself or none is used."""
+    name = reference_source(cfg)[0]
+    if ref is None and not (name and cfg.objective().needs_reference):
         return None
-    return max_positions(ref if ref is not None else cfg.ref_model_name_or_path, cfg.trust_remote_code)
+    return max_positions(ref if ref is not None else name, cfg.trust_remote_code)
 
 
 def check_reference_tokens(name: str, ref, policy, tokenizer) -> None:
@@ -581,12 +591,15 @@ def load_models(cfg, tokenizer):
         policy.config.use_cache = False
     needs_reference = cfg.objective().needs_reference
     ref = None
-    if needs_reference and cfg.ref_model_name_or_path:
-        ref = load_causal_lm(cfg.ref_model_name_or_path, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle,
-                             tokenizer, seed=cfg.seed, option="ref_model_name_or_path",
+    ref_name, ref_option = reference_source(cfg)  # a distillation's teacher is held as its reference
+    if needs_reference and ref_name:
+        ref = load_causal_lm(ref_name, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle,
+                             tokenizer, seed=cfg.seed, option=ref_option,
                              init_kwargs=cfg.model_kwargs(ref=True))
         ref.requires_grad_(False).eval()
-        check_reference_tokens(cfg.ref_model_name_or_path, ref, policy, tokenizer)
+        check_reference_tokens(ref_name, ref, policy, tokenizer)
+    elif needs_reference and ref_option == "teacher_model_name_or_path":
+        raise ConfigError("distillation needs teacher_model_name_or_path (the teacher model).")
     elif needs_reference and not cfg.use_peft:
         ref = frozen_copy(policy).to(DTYPES[reference_dtype(cfg)])  # frozen: no gradients, no optimizer state
     if quantization is not None:

@@ -25,7 +25,7 @@ HEADLINE_KEYS = {
     "dpo": (("eval_ranking_accuracy", "ranking accuracy R, held-out", "eval_reference_ranking_accuracy"),
             ("eval_rewards/accuracies", "implicit reward accuracy, held-out", None),
             ("eval_loss", "loss, held-out", None)),
-    "sft": (("eval_loss", "loss (token NLL), held-out", None),
+    "sft": (("eval_loss", "loss (token NLL; with a teacher: the divergence to it), held-out", None),
             ("eval_mean_token_accuracy", "next-token accuracy, held-out", None)),
     "reward": (("eval_accuracy", "pairwise accuracy r(chosen) > r(rejected), held-out", None),
                ("eval_margin", "mean r(chosen) - r(rejected), held-out", None),

@@ -1,0 +1,139 @@
+"""Distillation (task: sft with teacher_model_name_or_path): TRL's SFT data forms through the SFT trainer (the one
+offline loop: checkpoints, resume, report), with the completion NLL replaced by the generalized JSD to a frozen
+teacher's next-token distributions (preflab.objectives._distill_task: Agarwal et al. 2024, arXiv:2306.13649, Eq. 1).
+
+Data mixture (GKD's Algorithm 1, TRL's `lmbda`): each step is on-policy with probability lmbda (a draw seeded by
+(seed, step): the same on every process and after a resume; lmbda 1 is TRL's DistillationTrainer, 0 the dataset's
+completions only). On an on-policy step every micro-batch keeps its rows' prompts and gets completions sampled from
+the student (temperature `temperature`, at most max_completion_length new tokens, cut after the first eos; a
+generator seeded by (seed, step, process, micro-batch), the run's own RNG left untouched), and all sampled tokens
+carry the loss. Evaluation always uses the dataset's completions.
+
+The teacher is loaded and held like a reference model (preflab.models.load.load_models: safetensors, frozen, eval
+mode, scored under no_grad, trust_remote_code only when asked; its dtype by ref_load_dtype's rule). Each micro-batch
+runs the teacher's and the student's backbones once on the same padded rows; the divergence runs chunk-wise over the
+completion positions (preflab.scoring.distill), so no [B, T, V] logits are built. The step's loss is the token mean
+of the divergence over every completion token of the step (TRL's num_items_in_batch normalisation, as task: sft).
+
+Metrics: `loss` (the divergence), `nll_loss` (the student's completion NLL), `mean_token_accuracy` and `entropy` (as
+task: sft); evaluation: `eval_loss` (the divergence's token mean over the eval set), `eval_nll_loss`,
+`eval_mean_token_accuracy`, `eval_entropy`.
+"""
+from __future__ import annotations
+
+import random
+
+import torch
+
+from preflab.errors import ConfigError
+from preflab.loops.sft import SFTTrainer
+from preflab.objectives._distill_task import DistillBatch, DistillLoss
+from preflab.objectives.base import SequenceLogps
+
+
+class DistillTrainer(SFTTrainer):
+    """SFTTrainer whose batches carry the per-token divergence to the teacher (DistillBatch)."""
+
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None, callbacks=None):
+        if not getattr(cfg, "teacher_model_name_or_path", None) and ref is None:
+            raise ConfigError("DistillTrainer needs teacher_model_name_or_path (or a teacher given as `ref`).")
+        if cfg.task == "sft" and not cfg.teacher_model_name_or_path:
+            raise ConfigError("DistillTrainer: set teacher_model_name_or_path in the config (a teacher given from "
+                              "Python as `ref` is held under that name).")
+        super().__init__(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
+        if not isinstance(self.objective, DistillLoss):
+            raise ConfigError("DistillTrainer trains the distillation objective (task: sft with "
+                              "teacher_model_name_or_path).")
+        if self.ref is None:
+            raise ConfigError("distillation needs a teacher model; with use_peft the policy's base is not a teacher: "
+                              "set teacher_model_name_or_path.")
+        from preflab.loops.launch import is_sharded
+
+        if is_sharded(self.accelerator):  # the LM heads run outside the engine's forward (preflab.scoring.distill)
+            raise ConfigError("distillation runs both LM heads outside the model's forward, where FSDP and DeepSpeed "
+                              "keep the weights sharded; train it on one process or with "
+                              "examples/accelerate/ddp.yaml.")
+
+    def on_policy(self, step: int) -> bool:
+        """Whether step `step` (0-based) trains on the student's own completions: a draw below lmbda (GKD's mixture,
+        Agarwal et al. 2024, Algorithm 1; TRL draws random.random() <= lmbda each step), from a generator seeded by
+        (seed, step) alone, so every process draws the same and a resumed run draws what the uninterrupted one did."""
+        lmbda = float(self.cfg.lmbda)
+        if lmbda <= 0.0:
+            return False
+        return lmbda >= 1.0 or random.Random(f"distill:{self.cfg.seed}:{step}").random() < lmbda
+
+    def completed(self, mbs: list, step: int) -> list:
+        """On an on-policy step, each micro-batch's completions replaced by the student's samples for the same
+        prompts (sampling from the whole softmax(z / temperature): no top-k / top-p, as TRL's defaults; at most max_completion_length new tokens, cut after the first eos, every
+        sampled token carries loss), re-collated; the step's examples-per-token ratio is then counted on those."""
+        if not self.on_policy(step):
+            return mbs
+        return [self._sampled(mb, step, k) for k, mb in enumerate(mbs)]
+
+    def _sampled(self, mb, step: int, k: int):
+        from dataclasses import replace
+
+        from preflab.generate import generate_ids
+        from preflab.loops.batches import MicroBatch
+
+        items = [self.train_data[i] for i in mb.index]
+        model = self.accelerator.unwrap_model(self.policy)
+        device = self.accelerator.device
+        seed = (int(self.cfg.seed) * 1_000_003 + step * 10_007 + self.accelerator.process_index * 101 + k) % 2 ** 31
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG untouched
+            sampled = generate_ids(model, [x.prompt_ids for x in items], eos_id=self.tokenizer.eos_token_id,
+                                   pad_id=self.pad_id, max_new_tokens=int(self.cfg.max_completion_length),
+                                   do_sample=True, temperature=float(self.cfg.temperature), top_p=1.0, top_k=0,
+                                   seed=seed)  # the whole tempered distribution (TRL's top_k 0, top_p 1)
+        self.sampled_completions = sampled  # the last on-policy micro-batch's, for tests and inspection
+        new = [replace(x, completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)
+               for x, c in zip(items, sampled)]
+        return MicroBatch(self.collate(new), mb.row_ids, mb.index, self.kind.count_tokens(new))
+
+    def batch_kind(self, objective):
+        """task: sft's rows and collation (SFTKind); score() builds the DistillBatch itself."""
+        from preflab.loops.sft_rows import SFTKind
+
+        return SFTKind
+
+    def score(self, layout, train: bool = True, positions: list[int] | None = None) -> DistillBatch:
+        """DistillBatch: the divergence D_beta [B, L] at the completion tokens (teacher and student on the same
+        rows), the student's completion log-probs, and its gathered hidden states (extras["_hidden"], for the
+        token accuracy and entropy)."""
+        from preflab.scoring.distill import token_divergence
+        from preflab.scoring.lm import backbone_and_head
+
+        layout = layout.to(self.accelerator.device)
+        obj = self.objective
+        with self.accelerator.autocast():
+            teacher, teacher_head = self._reference(layout)  # under no_grad: the frozen teacher
+            student = self.scorer(layout, want_router_loss=self.router_coef is not None)
+            divergence = token_divergence(student, teacher, layout, backbone_and_head(self.policy)[1], teacher_head,
+                                          obj.beta, obj.temperature, self.cfg.chunk_tokens)
+        self.token_sums = {}
+        self.router_loss = student.router_loss
+        return DistillBatch(SequenceLogps(divergence, student.mask), SequenceLogps(student.token_logps, student.mask),
+                            {**dict(layout.extras), "_hidden": student.hidden_flat})
+
+    def evaluate(self) -> dict:
+        """eval_loss: the divergence's token mean over the eval set; eval_nll_loss, eval_mean_token_accuracy and
+        eval_entropy of the student over the same tokens."""
+        if not self.eval_data:
+            return {}
+        self.policy.eval()
+        div, nll, right, entropy, tokens = 0.0, 0.0, 0, 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
+                chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
+                layout = self.kind.collate(chunk, self.pad_id, self.layout)
+                batch = self.score(layout, train=False)
+                div += float(batch.divergence.masked().double().sum())
+                nll -= float(batch.policy.masked().double().sum())
+                counts = self._accuracy_count(layout, batch).tolist()
+                right, entropy = right + int(counts[0]), entropy + counts[1]
+                tokens += int(layout.response_mask.sum())
+        self.policy.train()
+        n = max(tokens, 1)
+        return {"eval_loss": div / n, "eval_nll_loss": nll / n, "eval_mean_token_accuracy": right / n,
+                "eval_entropy": entropy / n}

@@ -1,0 +1,220 @@
+"""task: sft with a teacher (preflab.loops.distill): the run's loss against TRL's generalized_jsd_loss on full
+logits (off-policy, lmbda 0: the dataset's completions), student == teacher gives 0, the config's refusals, and
+examples/distill.yaml lowering the divergence, checkpointing and resuming exactly."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops.distill import DistillTrainer
+from preflab.loops.sft import SFTTrainer
+
+ROOT = Path(__file__).resolve().parents[2]
+gkd = pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+
+
+def _cfg(tmp_path, **kw):
+    base = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "teacher_model_name_or_path": "builtin:tiny-qwen2",
+            "dataset_name": str(ROOT / "examples/data/loud_echo_sft.jsonl"), "per_device_train_batch_size": 4,
+            "max_length": 128, "max_steps": 1, "use_cpu": True, "disable_tqdm": True, "seed": 0,
+            "output_dir": str(tmp_path / "run")}
+    return config_from_dict({**base, **kw})
+
+
+def _trl_loss(trainer, items, beta, temperature) -> float:
+    """TRL 1.16's GKDTrainer.generalized_jsd_loss on the full [1, T, V] logits of each sequence run alone through
+    model(...) (student and teacher), labels -100 off the completion, summed over tokens then over sequences and
+    divided by the completion tokens: the batch's token mean, computed without preflab's scorer."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x in items:
+            ids = torch.tensor([x.prompt_ids + x.completion_ids])
+            s = trainer.policy(ids).logits[:, :-1].double()
+            t = trainer.ref(ids).logits[:, :-1].double()
+            labels = ids[:, 1:].clone()
+            labels[:, :len(x.prompt_ids) - 1] = -100
+            n = int((labels != -100).sum())
+            loss = gkd.GKDTrainer.generalized_jsd_loss(s, t, labels=labels, beta=beta, temperature=temperature)
+            total, count = total + float(loss) * n, count + n
+    return total / count
+
+
+@pytest.mark.parametrize("beta,temperature", [(0.5, 0.8), (0.0, 1.0), (1.0, 1.3)])
+def test_run_loss_is_trls_generalized_jsd_on_the_dataset_completions(tmp_path, beta, temperature):
+    torch.manual_seed(0)
+    trainer = DistillTrainer(_cfg(tmp_path, beta=beta, temperature=temperature))
+    assert trainer.ref is not trainer.policy and not trainer.ref.training
+    assert not any(p.requires_grad for p in trainer.ref.parameters())
+    items = trainer.train_data[:4]
+    layout = trainer.kind.collate(items, trainer.pad_id, trainer.layout)
+    with torch.no_grad():
+        loss = float(trainer.objective_output(trainer.score(layout)).loss)
+    assert loss > 1e-4
+    assert loss == pytest.approx(_trl_loss(trainer, items, beta, temperature), rel=1e-4, abs=1e-7)
+
+
+def test_unwritten_beta_is_trls_distillation_default_and_student_equal_to_teacher_gives_zero(tmp_path):
+    cfg = _cfg(tmp_path, teacher_model_name_or_path="builtin:tiny-llama")
+    assert cfg.objective().beta == 1.0  # TRL 1.16 DistillationConfig.beta, not DPO's 0.1
+    trainer = DistillTrainer(cfg)
+    layout = trainer.kind.collate(trainer.train_data[:4], trainer.pad_id, trainer.layout)
+    with torch.no_grad():
+        assert abs(float(trainer.objective_output(trainer.score(layout)).loss)) < 1e-6
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(ConfigError, match="lmbda: 0.5 samples the student's completions: set max_completion_length"):
+        _cfg(tmp_path, lmbda=0.5)
+    with pytest.raises(ConfigError, match="streaming"):
+        _cfg(tmp_path, lmbda=0.5, max_completion_length=8, streaming=True, max_steps=2)
+    with pytest.raises(ConfigError, match="seq_kd: true"):
+        _cfg(tmp_path, seq_kd=True)
+    with pytest.raises(ConfigError, match="needs teacher_model_name_or_path"):
+        _cfg(tmp_path, teacher_model_name_or_path=None, lmbda=0.0, seq_kd=False, teacher_model_init_kwargs={})
+    with pytest.raises(ConfigError, match="beta must be in"):
+        _cfg(tmp_path, beta=2.0).objective()
+    with pytest.raises(ConfigError, match="temperature"):
+        _cfg(tmp_path, teacher_model_name_or_path=None, temperature=0.7)
+    with pytest.raises(ConfigError, match="packing: true with teacher_model_name_or_path"):
+        _cfg(tmp_path, packing=True)
+    with pytest.raises(ConfigError, match="precompute_ref_log_probs with a teacher"):
+        _cfg(tmp_path, precompute_ref_log_probs=True)
+    with pytest.raises(ConfigError, match="max_completion_length applies to on-policy"):  # nothing is sampled
+        _cfg(tmp_path, max_completion_length=64)
+    with pytest.raises(ConfigError, match="DistillTrainer"):
+        SFTTrainer(_cfg(tmp_path))
+
+
+@pytest.mark.slow
+def test_example_distill_yaml_lowers_the_divergence_and_resumes_exactly(tmp_path, monkeypatch):
+    import yaml
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    torch.set_num_threads(1)
+    base = yaml.safe_load((ROOT / "examples/distill.yaml").read_text())
+    base.update(max_steps=4, save_steps=2, eval_steps=0, logging_steps=1, disable_tqdm=True, use_cpu=True,
+                lr_scheduler_type="constant", warmup_steps=0, learning_rate=1e-2)
+    full = DistillTrainer(config_from_dict({**base, "output_dir": str(tmp_path / "full")}))
+    before = full.evaluate()["eval_loss"]
+    summary = full.train()
+    assert summary["final_metrics"]["eval_loss"] < 0.7 * before
+    rows = [json.loads(x) for x in (tmp_path / "full/metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "nll_loss", "mean_token_accuracy", "entropy"} <= set(next(r for r in rows if "loss" in r))
+    DistillTrainer(config_from_dict({**base, "max_steps": 2, "output_dir": str(tmp_path / "part")})).train()
+    resumed = config_from_dict({**base, "output_dir": str(tmp_path / "part"), "overwrite_output_dir": True,
+                                "resume_from_checkpoint": str(tmp_path / "part/checkpoint-2")})
+    assert DistillTrainer(resumed).train()["resumed_from_step"] == 2
+    a, b = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "part/model.safetensors")
+    assert a.keys() == b.keys() and not any(k.startswith("teacher") for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def _dump(cls, **kw):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(output_dir="unused", teacher_model_name_or_path="builtin:tiny-qwen2", use_cpu=True, bf16=False,
+                   **kw).to_dict()
+
+
+def test_saved_distillation_and_gkd_configs_load(tmp_path):
+    """A saved DistillationConfig (args.to_dict()) loads as task: sft with lmbda 1 (every step on-policy), its
+    teacher, beta, temperature, revision and max_completion_length; a GKDConfig with its lmbda and max_new_tokens;
+    seq_kd stays refused."""
+    from trl import DistillationConfig
+    from trl.experimental.gkd import GKDConfig
+
+    data = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(ROOT / "examples/data/loud_echo_sft.jsonl"),
+            "output_dir": str(tmp_path / "run")}
+    dump = _dump(DistillationConfig, beta=0.3, temperature=0.7, teacher_model_revision="main")
+    cfg = config_from_dict({**dump, **data})  # TRL's DistillationTrainer: every step on-policy
+    assert (cfg.task, cfg.teacher_model_name_or_path, cfg.teacher_model_init_kwargs) == (
+        "sft", "builtin:tiny-qwen2", {"revision": "main"})
+    assert (cfg.lmbda, cfg.max_completion_length) == (1.0, 512)
+    assert (cfg.objective().beta, cfg.objective().temperature) == (0.3, 0.7)
+    assert _dump(DistillationConfig)["beta"] == 1.0
+    off = config_from_dict({**dump, **data, "lmbda": 0.0})  # off-policy: the sampling length is unread
+    assert (off.lmbda, off.max_completion_length) == (0.0, None)
+    gkd_dump = {k: v for k, v in _dump(GKDConfig, beta=0.2).items() if not k.endswith("_token")}
+    cfg = config_from_dict({**gkd_dump, **data})
+    assert (cfg.task, cfg.lmbda, cfg.max_completion_length, cfg.objective().beta, cfg.objective().temperature) == (
+        "sft", 0.5, 128, 0.2, 0.9)
+    with pytest.raises(ConfigError, match="seq_kd: true"):
+        config_from_dict({**gkd_dump, **data, "seq_kd": True})
+
+
+def test_on_policy_steps_follow_lmbda_and_are_the_same_on_every_draw(tmp_path):
+    """lmbda 0.5: a step is on-policy when random.Random('distill:{seed}:{step}').random() < lmbda (the same on
+    every process and after a resume); about half of 200 steps are."""
+    import random
+
+    trainer = DistillTrainer(_cfg(tmp_path, lmbda=0.5, max_completion_length=4))
+    steps = [s for s in range(200) if trainer.on_policy(s)]
+    assert steps == [s for s in range(200) if random.Random(f"distill:0:{s}").random() < 0.5]
+    assert 70 < len(steps) < 130
+    assert all(DistillTrainer(_cfg(tmp_path, lmbda=1.0, max_completion_length=4)).on_policy(s) for s in range(20))
+
+
+def test_an_on_policy_step_distils_on_the_students_samples(tmp_path):
+    """lmbda 1: the step's micro-batch holds the dataset's prompts with completions sampled from the student (at most
+    max_completion_length tokens, cut after eos), and its loss is TRL's generalized_jsd_loss on those sequences; the
+    global RNG is left as it was."""
+    from dataclasses import replace
+
+    trainer = DistillTrainer(_cfg(tmp_path, lmbda=1.0, max_completion_length=6, beta=0.5, temperature=0.9))
+    before = torch.get_rng_state()
+    mb = trainer.micro_batches(0)[0]
+    assert torch.equal(torch.get_rng_state(), before)
+    items = [trainer.train_data[i] for i in mb.index]
+    sampled = trainer.sampled_completions
+    eos = trainer.tokenizer.eos_token_id
+    assert all(1 <= len(c) <= 6 and (len(c) == 6 or c[-1] == eos) for c in sampled)
+    assert [c for c in sampled] != [x.completion_ids for x in items]
+    assert int(mb.layout.response_mask.sum()) == sum(len(c) for c in sampled)
+    on_policy = [replace(x, completion_ids=c, loss_mask=None) for x, c in zip(items, sampled)]
+    with torch.no_grad():
+        loss = float(trainer.objective_output(trainer.score(mb.layout)).loss)
+    assert loss == pytest.approx(_trl_loss(trainer, on_policy, 0.5, 0.9), rel=1e-4, abs=1e-7)
+    assert trainer.micro_batches(0)[0].layout.input_ids.tolist() == mb.layout.input_ids.tolist()  # seeded by step
+
+
+@pytest.mark.slow
+def test_an_on_policy_run_resumes_exactly(tmp_path, monkeypatch):
+    import yaml
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    torch.set_num_threads(1)
+    base = yaml.safe_load((ROOT / "examples/distill.yaml").read_text())
+    base.update(max_steps=4, save_steps=2, eval_steps=0, eval_fraction=0.0, logging_steps=1, disable_tqdm=True,
+                use_cpu=True, lr_scheduler_type="constant", warmup_steps=0, lmbda=0.5, max_completion_length=6)
+    DistillTrainer(config_from_dict({**base, "output_dir": str(tmp_path / "full")})).train()
+    DistillTrainer(config_from_dict({**base, "max_steps": 2, "output_dir": str(tmp_path / "part")})).train()
+    resumed = config_from_dict({**base, "output_dir": str(tmp_path / "part"), "overwrite_output_dir": True,
+                                "resume_from_checkpoint": str(tmp_path / "part/checkpoint-2")})
+    assert DistillTrainer(resumed).train()["resumed_from_step"] == 2
+    a, b = load_file(tmp_path / "full/model.safetensors"), load_file(tmp_path / "part/model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    """2 micro-batches x 4 rows == 1 batch of 8 rows: the divergence's token mean runs over the whole step."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    out = {}
+    for name, b, accum in (("big", 8, 1), ("accum", 4, 2)):
+        cfg = _cfg(tmp_path, per_device_train_batch_size=b, gradient_accumulation_steps=accum, max_steps=2,
+                   learning_rate=1e-2, lr_scheduler_type="constant", logging_steps=1, beta=0.5,
+                   output_dir=str(tmp_path / name))
+        out[name] = (DistillTrainer(cfg).train(), load_file(tmp_path / name / "model.safetensors"))
+    assert out["accum"][0]["final_metrics"]["loss"] == pytest.approx(out["big"][0]["final_metrics"]["loss"], abs=1e-7)
+    for key, value in out["big"][1].items():
+        torch.testing.assert_close(out["accum"][1][key], value, rtol=0, atol=1e-6)
