@@ -461,7 +461,7 @@ def reference_source(cfg) -> tuple[str | None, str]:
     """(the name of the frozen model the run loads beside the policy, the option that names it): the teacher
     (teacher_model_name_or_path) of a task: sft distillation, else ref_model_name_or_path."""
     teacher = getattr(cfg, "teacher_model_name_or_path", None)
-    if cfg.task == "sft" and teacher:
+    if teacher and getattr(cfg, "task", None) == "sft":
         return teacher, "teacher_model_name_or_path"
     return cfg.ref_model_name_or_path, "ref_model_name_or_path"
 
