@@ -14,6 +14,8 @@ OnlineDPOConfig's defaults.
 """
 from __future__ import annotations
 
+from preflab.online_recipes import TRL_GRPO_TRAINERS
+
 # TRL name -> preflab name (same meaning)
 RENAMED = {
     "ref_model": "ref_model_name_or_path",
@@ -225,7 +227,7 @@ REFUSED = {
 # TRL does not; 16 new tokens would cut every completion). Other recipes (no TRL config) keep TrainConfig's.
 TRL_ONLINE_DEFAULTS = {
     **{trainer: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
-       for trainer in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")},
+       for trainer in TRL_GRPO_TRAINERS},
     "rloo": {"beta": 0.05, "num_generations": 2, "max_completion_length": 512},  # RLOOConfig's
     # max_new_tokens 64; beta 0.1 is TrainConfig's; OnlineDPOTrainer samples 2 completions per prompt (fixed in its
     # __init__, no config field): preflab's 4 paired best against worst of 4, not TRL's pair

@@ -15,6 +15,8 @@ something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, n
 """
 from __future__ import annotations
 
+from preflab.online_recipes import TRL_CONFIG_TRAINERS
+
 CPO_MARKERS = ("cpo_alpha", "simpo_gamma")
 CPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "simpo")  # TRL 1.16 CPOConfig (alphapo is saved as simpo)
 TRL_CPO_DEFAULTS = {"beta": 0.1, "cpo_alpha": 1.0, "simpo_gamma": 0.5, "alpha": 0.0, "label_smoothing": 0.0}
@@ -48,7 +50,7 @@ def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:
 
 # the trainers of a TRL config with GRPOConfig's batch fields (RLOOConfig has the same generation_batch_size and
 # steps_per_generation)
-GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo", "rloo")
+GRPO_TRAINERS = TRL_CONFIG_TRAINERS
 RLOO_FIELDS = ("normalize_advantages", "reward_clip_range")  # RLOOConfig's own (a saved one carries both)
 
 

@@ -9,7 +9,7 @@ import math
 
 from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, nearest
-from preflab.online_recipes import BUILDERS, TRAINERS, user_builder
+from preflab.online_recipes import BUILDERS, TRAINERS, TRL_CONFIG_TRAINERS, user_builder
 
 
 GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL GRPOConfig loss types
@@ -329,16 +329,13 @@ def unread_game_option_notes(cfg) -> list[str]:
     return out
 
 
-TRL_GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")  # GRPOConfig's
-
-
 def greedy_eval_notes(cfg) -> list[str]:
     """The one difference of a GRPO-family or rloo run's evaluation from TRL's, said once when the run evaluates
     (an eval set on online_task: dataset): preflab's eval_reward is the judges' reward of ONE GREEDY answer per
     held-out prompt (online.tasks.dataset_evaluate; the same answers give eval_win_rate_vs_reference); TRL's
     GRPOTrainer and RLOOTrainer log eval_reward as the mean over num_generations_eval completions per prompt sampled
     as in training (temperature, top_p, top_k, min_p). The training rows' `reward` is the sampled one in both."""
-    if (cfg.task != "online" or cfg.online_task != "dataset" or cfg.trainer not in (*TRL_GRPO_TRAINERS, "rloo")
+    if (cfg.task != "online" or cfg.online_task != "dataset" or cfg.trainer not in TRL_CONFIG_TRAINERS
             or not (cfg.eval_dataset_name or cfg.eval_fraction) or cfg.num_generations_eval):
         return []  # (num_generations_eval: sampled as TRL samples them)
     trl = "RLOOTrainer" if cfg.trainer == "rloo" else "GRPOTrainer"

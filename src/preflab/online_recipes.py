@@ -93,4 +93,8 @@ TRAINERS: dict[str, TrainerSpec] = {
 # TRL 1.16's GRPOTrainer (GRPOConfig's loss types) and RLOOTrainer, which score policy, old policy and reference
 # through a fused LM head built with the sampling temperature (preflab.online.run.scoring_temperature). spo and tpo
 # (preflab's own group recipes) and the pair recipes (TRL's OnlineDPOTrainer: untempered) score at temperature 1.
-TEMPERATURE_SCORED = ("grpo", "bnpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo", "luspo", "vespo", "rloo")
+# the trainers a TRL GRPOConfig names (its loss types) and, with RLOOConfig's, those a saved TRL config may name; the
+# one list preflab.config_trl, config_trl_methods and online_options read
+TRL_GRPO_TRAINERS = ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")
+TRL_CONFIG_TRAINERS = (*TRL_GRPO_TRAINERS, "rloo")
+TEMPERATURE_SCORED = TRL_CONFIG_TRAINERS
