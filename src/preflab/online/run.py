@@ -513,11 +513,7 @@ class OnlineRun(TrainingRun):
         if self.spec.kind == "groups" and examples:
             rewards = torch.tensor([e.extras["rewards"] for e in examples], dtype=torch.float64)
             valid = torch.tensor([e.extras.get("scored", e.extras["valid"]) for e in examples])
-            if cfg.multi_objective_aggregation == "normalize_then_sum":  # groups: example p is prompt p
-                adv = normalize_then_sum_advantages(per_judge.to(torch.float64), torch.tensor(self.judge.weights,
-                                                    dtype=torch.float64), valid)
-            else:
-                adv = self._round_advantages(examples, rewards, valid)
+            adv = self._round_advantages(examples, rewards, valid, per_judge)
             for e, a in zip(examples, adv):
                 e.extras["advantages"] = a.tolist()
             if not bool(adv.ne(0).any()):
@@ -562,11 +558,17 @@ class OnlineRun(TrainingRun):
             self._write_round_file(r, rows, completions, texts, scores)
         return Round(r, examples, slices, metrics)
 
-    def _round_advantages(self, examples: list[Example], rewards: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    def _round_advantages(self, examples: list[Example], rewards: torch.Tensor, scored: torch.Tensor,
+                          per_judge: torch.Tensor | None) -> torch.Tensor:
         """[P, K] advantages of the whole round, as TRL computes them over its generation batch: GRPO's group
-        normalisation, or RLOO's leave-one-out baseline of the rewards clipped to reward_clip_range, less beta x
-        each completion's summed KL of the round-start policy to the reference (preflab.objectives.rloo)."""
+        normalisation (with multi_objective_aggregation normalize_then_sum, each judge's rewards `per_judge`
+        [P, K, J] normalised in their group first: normalize_then_sum_advantages), or RLOO's leave-one-out baseline of
+        the rewards clipped to reward_clip_range, less beta x each completion's summed KL of the round-start policy to
+        the reference (preflab.objectives.rloo)."""
         cfg = self.cfg
+        if cfg.multi_objective_aggregation == "normalize_then_sum":  # groups: example p is prompt p
+            return normalize_then_sum_advantages(per_judge.to(torch.float64), torch.tensor(self.judge.weights,
+                                                 dtype=torch.float64), scored)
         if self.spec.advantages != "leave_one_out":
             return group_advantages(rewards, scored, cfg.scale_rewards)[0]
         from preflab.objectives.rloo import rloo_advantages, shaped_rewards
