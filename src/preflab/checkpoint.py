@@ -564,13 +564,15 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     weights, params = _checked_weights(path, model)
     extra = _checked_extras(path, extra_tensors, "resuming would not be exact. Start the run again without "
                                                  "resume_from_checkpoint.")
+    opt_meta = json.loads((path / "optimizer.json").read_text())
+    check_same_optimizer(path, opt_meta["param_groups"], optimizer)
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
         for name, tensor in (extra_tensors or {}).items():
             tensor.copy_(extra[name])
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(join_optimizer_state(opt_tensors, json.loads((path / "optimizer.json").read_text())))
+    optimizer.load_state_dict(join_optimizer_state(opt_tensors, opt_meta))
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])
@@ -611,6 +613,25 @@ def refuse_model_only(path: str | Path, trainer_state: dict) -> None:
             f"resume_from_checkpoint: {path} was written with save_only_model: true and holds the model weights "
             "only (no optimizer, scheduler or RNG state), so training cannot continue from it. Start the run again without "
             "resume_from_checkpoint, and keep save_only_model: false in runs you mean to resume.")
+
+
+_NOT_HYPERPARAMETERS = ("params", "param_names", "initial_lr")
+
+
+def check_same_optimizer(path, saved_groups: list, optimizer) -> None:
+    """ConfigError when checkpoint `path`'s optimizer state (its param groups `saved_groups`) is of another optimizer
+    than `optimizer` (another optim: each class has its own hyperparameter names, e.g. AdamW betas, SGD momentum):
+    torch's load_state_dict would put the saved hyperparameters and state on the new optimizer, which would then
+    fail or step with the wrong state, even under allow_config_change."""
+    def names(group) -> set:
+        return {key for key in group if key not in _NOT_HYPERPARAMETERS}
+
+    saved, current = set().union(*map(names, saved_groups)), set().union(*map(names, optimizer.param_groups))
+    if saved != current:
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} holds the state of another optimizer (hyperparameters "
+            f"{', '.join(sorted(saved))}) than this run's optim builds ({', '.join(sorted(current))}); its state "
+            "cannot continue in it. Resume with the checkpoint's optim, or start a new run in another output_dir.")
 
 
 def join_optimizer_state(tensors: dict, meta: dict) -> dict:

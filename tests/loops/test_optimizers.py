@@ -189,3 +189,22 @@ def test_a_runs_steps_equal_transformers_optimizer_and_a_resume_equals_the_unint
     assert len(record) == 3
     for (name, p), q in zip(full.policy.named_parameters(), resumed.policy.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_a_resume_with_another_optimizer_is_refused_even_with_allow_config_change(tmp_path):
+    """Each optimizer has its own hyperparameters and state: torch's load_state_dict would put Adafactor's on SGD
+    (which then fails, or steps with the wrong state). The config check names the change; with
+    allow_config_change the checkpoint's optimizer is named instead of a crash."""
+    from preflab.errors import ConfigError
+
+    options = dict(learning_rate=3e-3, max_steps=4, save_steps=2)
+    run(tmp_path / "full", optim="adafactor", **options)
+    checkpoint = str(tmp_path / "full/checkpoint-2")
+    with pytest.raises(ConfigError, match=r"optim \('adafactor' -> 'sgd'\)"):
+        run(tmp_path / "sgd", optim="sgd", resume_from_checkpoint=checkpoint, **options)
+    with pytest.raises(ConfigError, match=r"holds the state of another optimizer \(hyperparameters beta1, "
+                                          r"clip_threshold, .*\) than this run's optim builds \(dampening, .*"
+                                          r"Resume with the checkpoint's optim"):
+        run(tmp_path / "sgd", optim="sgd", resume_from_checkpoint=checkpoint, allow_config_change=True, **options)
+    summary, _ = run(tmp_path / "same", optim="adafactor", resume_from_checkpoint=checkpoint, **options)
+    assert summary["resumed_from_step"] == 2
