@@ -126,3 +126,33 @@ def sharded_optimizer_refusal(optim: str, engine: str) -> str:
     return (f"optim: {optim} is not supported under {engine}: it shards every parameter over the processes (Adafactor "
             "would factor shards, not the matrices), and preflab's sharded checkpoints are verified with AdamW's "
             "state only. Train with examples/accelerate/ddp.yaml or one process, or use optim: adamw_torch_fused.")
+
+
+def optimizer_state_values(optim: str, optim_args: str | None, shapes) -> int:
+    """How many values optimizer `optim` keeps for trainable parameters of `shapes` (for preflab plan), summed over
+    the parameters, the per-tensor state each keeps after a step:
+    - AdamW: exp_avg and exp_avg_sq, 2 x numel;
+    - sgd: the momentum buffer (numel) when momentum > 0, else nothing;
+    - adagrad: the running sum of squares, numel;
+    - rmsprop: square_avg, plus the momentum buffer when momentum > 0 and grad_avg when centered;
+    - adafactor (beta1 None: no first moment): a tensor of 2 or more dims keeps its row means (all dims but the last)
+      and column means (all but the second-to-last), a vector or scalar keeps numel.
+    Scalars (step counters, Adafactor's RMS) are left out."""
+    args = optim_arg_values(optim, optim_args)
+    total = 0
+    for shape in shapes:
+        shape = tuple(shape)
+        numel = math.prod(shape)
+        if optim in ADAMW:
+            total += 2 * numel
+        elif optim == "sgd":
+            total += numel if args.get("momentum", 0.0) > 0 else 0
+        elif optim == "adagrad":
+            total += numel
+        elif optim == "rmsprop":
+            total += numel * (1 + (args.get("momentum", 0.0) > 0) + bool(args.get("centered", False)))
+        elif len(shape) >= 2:  # adafactor, factored
+            total += math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]
+        else:
+            total += numel
+    return total
