@@ -99,7 +99,15 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _optimizer_parts(optimizer) -> tuple[dict, dict]:
-    return split_optimizer_state(optimizer.state_dict())
+    """split_optimizer_state of the optimizer's state_dict, the JSON part naming its class ("optimizer": AdamW,
+    Adafactor, SGD, ...; check_same_optimizer reads it)."""
+    tensors, meta = split_optimizer_state(optimizer.state_dict())
+    return tensors, {**meta, "optimizer": optimizer_class(optimizer)}
+
+
+def optimizer_class(optimizer) -> str:
+    """The class name of the torch optimizer (inside accelerate's AcceleratedOptimizer)."""
+    return type(getattr(optimizer, "optimizer", optimizer)).__name__
 
 
 def split_optimizer_state(sd: dict) -> tuple[dict, dict]:
@@ -565,7 +573,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     extra = _checked_extras(path, extra_tensors, "resuming would not be exact. Start the run again without "
                                                  "resume_from_checkpoint.")
     opt_meta = json.loads((path / "optimizer.json").read_text())
-    check_same_optimizer(path, opt_meta["param_groups"], optimizer)
+    check_same_optimizer(path, opt_meta, optimizer)
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
@@ -615,23 +623,17 @@ def refuse_model_only(path: str | Path, trainer_state: dict) -> None:
             "resume_from_checkpoint, and keep save_only_model: false in runs you mean to resume.")
 
 
-_NOT_HYPERPARAMETERS = ("params", "param_names", "initial_lr")
-
-
-def check_same_optimizer(path, saved_groups: list, optimizer) -> None:
-    """ConfigError when checkpoint `path`'s optimizer state (its param groups `saved_groups`) is of another optimizer
-    than `optimizer` (another optim: each class has its own hyperparameter names, e.g. AdamW betas, SGD momentum):
-    torch's load_state_dict would put the saved hyperparameters and state on the new optimizer, which would then
-    fail or step with the wrong state, even under allow_config_change."""
-    def names(group) -> set:
-        return {key for key in group if key not in _NOT_HYPERPARAMETERS}
-
-    saved, current = set().union(*map(names, saved_groups)), set().union(*map(names, optimizer.param_groups))
+def check_same_optimizer(path, meta: dict, optimizer) -> None:
+    """ConfigError when checkpoint `path`'s optimizer state (optimizer.json's `meta`) is of another optimizer class
+    than `optimizer` (another optim): torch's load_state_dict would put the saved hyperparameters and state on the
+    new optimizer, which would then fail or step with the wrong state, even under allow_config_change. A checkpoint
+    that names no class is of a preflab that built AdamW only."""
+    saved, current = meta.get("optimizer", "AdamW"), optimizer_class(optimizer)
     if saved != current:
         raise ConfigError(
-            f"resume_from_checkpoint: {path} holds the state of another optimizer (hyperparameters "
-            f"{', '.join(sorted(saved))}) than this run's optim builds ({', '.join(sorted(current))}); its state "
-            "cannot continue in it. Resume with the checkpoint's optim, or start a new run in another output_dir.")
+            f"resume_from_checkpoint: {path} holds {saved} optimizer state, and this run's optim builds "
+            f"{current}; that state cannot continue in another optimizer. Resume with the checkpoint's optim, or start "
+            "a new run in another output_dir.")
 
 
 def join_optimizer_state(tensors: dict, meta: dict) -> dict:

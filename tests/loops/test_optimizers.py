@@ -202,9 +202,22 @@ def test_a_resume_with_another_optimizer_is_refused_even_with_allow_config_chang
     checkpoint = str(tmp_path / "full/checkpoint-2")
     with pytest.raises(ConfigError, match=r"optim \('adafactor' -> 'sgd'\)"):
         run(tmp_path / "sgd", optim="sgd", resume_from_checkpoint=checkpoint, **options)
-    with pytest.raises(ConfigError, match=r"holds the state of another optimizer \(hyperparameters beta1, "
-                                          r"clip_threshold, .*\) than this run's optim builds \(dampening, .*"
-                                          r"Resume with the checkpoint's optim"):
+    assert json.loads((tmp_path / "full/checkpoint-2/optimizer.json").read_text())["optimizer"] == "Adafactor"
+    with pytest.raises(ConfigError, match=r"holds Adafactor optimizer state, and this run's optim builds "
+                                          r"SGD; .*Resume with the checkpoint's optim"):
         run(tmp_path / "sgd", optim="sgd", resume_from_checkpoint=checkpoint, allow_config_change=True, **options)
     summary, _ = run(tmp_path / "same", optim="adafactor", resume_from_checkpoint=checkpoint, **options)
     assert summary["resumed_from_step"] == 2
+
+
+def test_a_checkpoint_naming_no_optimizer_class_is_an_older_preflabs_adamw():
+    """optimizer.json of a preflab before optim names no class: it holds AdamW state (all it built), which an AdamW
+    run resumes and another optimizer refuses."""
+    from preflab.checkpoint import check_same_optimizer
+    from preflab.errors import ConfigError
+
+    net = Net()
+    check_same_optimizer("old", {}, build_optimizer(_config("adamw_torch", None), list(net.parameters())))
+    check_same_optimizer("new", {"optimizer": "SGD"}, build_optimizer(_config("sgd", None), list(net.parameters())))
+    with pytest.raises(ConfigError, match="old holds AdamW optimizer state, and this run's optim builds Adagrad"):
+        check_same_optimizer("old", {}, build_optimizer(_config("adagrad", None), list(net.parameters())))
