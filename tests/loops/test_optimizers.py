@@ -221,3 +221,63 @@ def test_a_checkpoint_naming_no_optimizer_class_is_an_older_preflabs_adamw():
     check_same_optimizer("new", {"optimizer": "SGD"}, build_optimizer(_config("sgd", None), list(net.parameters())))
     with pytest.raises(ConfigError, match="old holds AdamW optimizer state, and this run's optim builds Adagrad"):
         check_same_optimizer("old", {}, build_optimizer(_config("adagrad", None), list(net.parameters())))
+
+
+@pytest.mark.parametrize("optim, optim_args", [("adafactor", None), ("adagrad", "lr_decay=0.1"), ("sgd", None),
+                                               ("rmsprop", "alpha=0.9"), ("adamw_torch", None)])
+def test_the_weight_guards_bound_holds_at_every_step_and_spares_the_copy(optim, optim_args):
+    """preflab.weight_guard copies weights and optimizer state before a step only when the step could overflow,
+    decided by a bound on max |p'|. For each optimizer with a bound: every step's largest weight (at scales of the
+    gradient from 1e-3 to 1e3 and weight decay 0.1) is within it, a normal rate needs no copy, and an absurd one
+    (1e38) does."""
+    from preflab.weight_guard import _group_bound, max_abs_bound, update_could_overflow
+
+    net = Net()
+    params = list(net.parameters())
+    optimizer = build_optimizer(_config(optim, optim_args), params)
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1e-3, 1.0, 1e3, 1.0, 1e-3):
+        for p in params:
+            p.grad = scale * torch.randn(p.shape, generator=gen)
+        w = max_abs_bound(params).item()
+        grad_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
+        bound = _group_bound(optimizer, optimizer.param_groups[0], w, grad_norm)
+        assert not update_could_overflow(optimizer, w, grad_norm)
+        optimizer.step()
+        assert max(p.abs().max().item() for p in params) <= bound
+    optimizer.param_groups[0]["lr"] = 1e38
+    assert update_could_overflow(optimizer, w, grad_norm)
+
+
+@pytest.mark.parametrize("optim, optim_args", [("sgd", "momentum=0.9"), ("rmsprop", "centered=true"),
+                                               ("rmsprop", "momentum=0.5")])
+def test_optimizers_whose_buffers_carry_earlier_steps_copy_before_every_step(optim, optim_args):
+    from preflab.weight_guard import update_could_overflow
+
+    optimizer = build_optimizer(_config(optim, optim_args), list(Net().parameters()))
+    assert update_could_overflow(optimizer, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("optim, optim_args, tight", [("adafactor", None, False), ("adagrad", None, True),
+                                                      ("rmsprop", "alpha=0.9", True), ("sgd", None, False)])
+def test_the_step_term_of_the_bound_holds_from_zero_weights(optim, optim_args, tight):
+    """From zero weights without weight decay the bound is the step term alone: every element of the first update
+    is within it, and Adagrad's lr and RMSprop's lr / sqrt(1 - alpha) are reached (to float rounding)."""
+    from preflab.weight_guard import _group_bound
+
+    net = Net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    params = list(net.parameters())
+    optimizer = build_optimizer(SimpleNamespace(**{**vars(_config(optim, optim_args)), "weight_decay": 0.0}), params)
+    gen = torch.Generator().manual_seed(4)
+    for p in params:
+        p.grad = 10 * torch.randn(p.shape, generator=gen)
+    grad_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
+    bound = _group_bound(optimizer, optimizer.param_groups[0], 0.0, grad_norm)
+    optimizer.step()
+    largest = max(p.abs().max().item() for p in params)
+    assert 0 < largest <= bound * (1 + 1e-6)
+    if tight:
+        assert largest == pytest.approx(bound, rel=1e-5)
