@@ -60,7 +60,25 @@ def test_optimizers_of_other_packages_are_refused_naming_the_ones_preflab_builds
         config_from_dict({**BASE, "optim": optim})
 
 
-def test_sharded_engines_refuse_optimizers_other_than_adamw_with_the_reason():
-    said = sharded_optimizer_refusal("adafactor", "DEEPSPEED")
-    assert said.startswith("optim: adafactor is not supported under DEEPSPEED: it shards every parameter")
-    assert "examples/accelerate/ddp.yaml" in said and "adamw_torch_fused" in said
+@pytest.mark.parametrize("optim", ["adafactor", "sgd", "adagrad", "rmsprop"])
+@pytest.mark.parametrize("engine, fsdp2, named", [("DistributedType.DEEPSPEED", False, "DEEPSPEED"),
+                                                  ("DistributedType.FSDP", True, "FSDP2")])
+def test_sharded_engines_refuse_optimizers_other_than_adamw_before_the_first_step(optim, engine, fsdp2, named):
+    """The run's start-of-training check (TrainingRun._check_engine_can_save) under FSDP2 / DeepSpeed: a non-AdamW
+    optim stops with the reason; AdamW passes it (and DDP / one process any optim)."""
+    from types import SimpleNamespace
+
+    from preflab.loops.driver import TrainingRun
+
+    def check(optim_name, distributed_type=engine):
+        cfg = config_from_dict({**BASE, "optim": optim_name})
+        run = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(distributed_type=distributed_type, is_fsdp2=fsdp2))
+        TrainingRun._check_engine_can_save(run)
+
+    with pytest.raises(ConfigError) as err:
+        check(optim)
+    assert str(err.value) == sharded_optimizer_refusal(optim, named)
+    assert str(err.value).startswith(f"optim: {optim} is not supported under {named}: it shards every parameter")
+    assert "examples/accelerate/ddp.yaml" in str(err.value)
+    check("adamw_torch_fused")
+    check(optim, "DistributedType.MULTI_CPU")

@@ -121,11 +121,13 @@ def sharded_optimizer_refusal(optim: str, engine: str) -> str:
     """The refusal of an optimizer other than AdamW under FSDP2 / DeepSpeed (engine: sharding_engine's name). Both
     shard each parameter over the ranks (DeepSpeed ZeRO hands the optimizer flat 1-D partitions, FSDP2 row shards),
     so Adafactor's row and column statistics would be those of shards, not of the matrix transformers' Trainer
-    factors on one process; and preflab's sharded checkpoints (preflab.sharded_checkpoint,
-    preflab.deepspeed_checkpoint) are verified with AdamW's state only."""
+    factors on one process; with offload_optimizer_device: cpu accelerate even swaps the optimizer for DeepSpeed's CPU
+    Adam (or CPU Adagrad), keeping only lr and weight_decay (accelerate.utils.deepspeed.map_pytorch_optim_to_deepspeed);
+    and preflab's sharded checkpoints (preflab.sharded_checkpoint, preflab.deepspeed_checkpoint) are verified with
+    AdamW's state only."""
     return (f"optim: {optim} is not supported under {engine}: it shards every parameter over the processes (Adafactor "
-            "would factor shards, not the matrices), and preflab's sharded checkpoints are verified with AdamW's "
-            "state only. Train with examples/accelerate/ddp.yaml or one process, or use optim: adamw_torch_fused.")
+            "would factor shards, not the matrices; with a CPU-offloaded optimizer accelerate swaps it for "
+            "DeepSpeed's CPU Adam), and preflab's sharded checkpoints are verified with AdamW's state only. Train with examples/accelerate/ddp.yaml or one process, or use optim: adamw_torch_fused.")
 
 
 def optimizer_state_values(optim: str, optim_args: str | None, shapes) -> int:
