@@ -119,7 +119,7 @@ def test_renamed_and_translated_keys():
 
 
 @pytest.mark.parametrize("key,value,why", [
-    ("train_sampling_strategy", "batch_rebalance", "length-grouped form"), ("optim", "adafactor", "AdamW"),
+    ("train_sampling_strategy", "batch_rebalance", "length-grouped form"), ("optim", "galore_adamw", "need no other package"),
     ("use_dora", True, "use_dora only applies to use_peft: true"),
     # TrainingArguments / TRL keys that were "unknown config key" errors with no reason
     ("eval_on_start", True, "no eval set"), ("ignore_data_skip", True, "replays the data order"),

@@ -66,6 +66,25 @@ def test_lora_sft_and_precompute_drop_the_reference_and_shrink_the_optimizer(mod
     assert pre["reference"] == 0
 
 
+def test_the_optimizer_term_counts_the_state_the_optim_keeps(model_dir):
+    """Hand counts on the model above (float32, 4 bytes; Adafactor's state is float32 for bfloat16 weights too): SGD without momentum keeps nothing, with it one buffer per
+    value; RMSprop centered with momentum three; Adafactor per matrix [rows, cols] rows + cols means (embedding and
+    head [V, H], q/k/v/o [H, H], gate/up [I, H], down [H, I]) and the norm vectors whole; with LoRA its A [r, in] and
+    B [out, r]."""
+    def plan(**kw):
+        return memory_plan(_cfg(model_dir, **kw), model_config_of(model_dir), Sharding())["optimizer"]
+
+    assert plan(optim="sgd") == 0 and plan(optim="sgd", optim_args="momentum=0.9") == P * 4
+    assert plan(optim="adagrad") == P * 4 and plan(optim="adamw_torch") == P * 2 * 4
+    assert plan(optim="rmsprop", optim_args="momentum=0.5,centered=true") == P * 3 * 4
+    matrices = 2 * (V + H) + L * (4 * (H + H) + 2 * (I + H) + (H + I))
+    assert plan(optim="adafactor") == (matrices + L * 2 * H + H) * 4
+    assert plan(optim="adafactor", load_dtype="bfloat16", bf16=True) == (matrices + L * 2 * H + H) * 4  # float32
+    assert plan(optim="sgd", optim_args="momentum=0.9", load_dtype="bfloat16", bf16=True) == P * 2
+    assert plan(optim="adafactor", use_peft=True, lora_r=8) == L * (4 * 2 * (8 + H) + 2 * (8 + H + I + 8) +
+                                                                    (8 + I + H + 8)) * 4
+
+
 def test_sharding_is_read_from_the_shipped_accelerate_configs():
     read = lambda n, **kw: sharding_from_accelerate(str(ROOT / f"examples/accelerate/{n}.yaml"), **kw)  # noqa: E731
     assert (read("zero3").engine, read("zero3").world) == ("zero3", 8)

@@ -99,7 +99,15 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _optimizer_parts(optimizer) -> tuple[dict, dict]:
-    return split_optimizer_state(optimizer.state_dict())
+    """split_optimizer_state of the optimizer's state_dict, the JSON part naming its class ("optimizer": AdamW,
+    Adafactor, SGD, ...; check_same_optimizer reads it)."""
+    tensors, meta = split_optimizer_state(optimizer.state_dict())
+    return tensors, {**meta, "optimizer": optimizer_class(optimizer)}
+
+
+def optimizer_class(optimizer) -> str:
+    """The class name of the torch optimizer (inside accelerate's AcceleratedOptimizer)."""
+    return type(getattr(optimizer, "optimizer", optimizer)).__name__
 
 
 def split_optimizer_state(sd: dict) -> tuple[dict, dict]:
@@ -564,13 +572,15 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
     weights, params = _checked_weights(path, model)
     extra = _checked_extras(path, extra_tensors, "resuming would not be exact. Start the run again without "
                                                  "resume_from_checkpoint.")
+    opt_meta = json.loads((path / "optimizer.json").read_text())
+    check_same_optimizer(path, opt_meta, optimizer)
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
         for name, tensor in (extra_tensors or {}).items():
             tensor.copy_(extra[name])
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(join_optimizer_state(opt_tensors, json.loads((path / "optimizer.json").read_text())))
+    optimizer.load_state_dict(join_optimizer_state(opt_tensors, opt_meta))
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
         scheduler.load_state_dict(trainer_state["scheduler"])
@@ -611,6 +621,19 @@ def refuse_model_only(path: str | Path, trainer_state: dict) -> None:
             f"resume_from_checkpoint: {path} was written with save_only_model: true and holds the model weights "
             "only (no optimizer, scheduler or RNG state), so training cannot continue from it. Start the run again without "
             "resume_from_checkpoint, and keep save_only_model: false in runs you mean to resume.")
+
+
+def check_same_optimizer(path, meta: dict, optimizer) -> None:
+    """ConfigError when checkpoint `path`'s optimizer state (optimizer.json's `meta`) is of another optimizer class
+    than `optimizer` (another optim): torch's load_state_dict would put the saved hyperparameters and state on the
+    new optimizer, which would then fail or step with the wrong state, even under allow_config_change. A checkpoint
+    that names no class is of a preflab that built AdamW only."""
+    saved, current = meta.get("optimizer", "AdamW"), optimizer_class(optimizer)
+    if saved != current:
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} holds {saved} optimizer state, and this run's optim builds "
+            f"{current}; that state cannot continue in another optimizer. Resume with the checkpoint's optim, or start "
+            "a new run in another output_dir.")
 
 
 def join_optimizer_state(tensors: dict, meta: dict) -> dict:

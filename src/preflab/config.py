@@ -66,6 +66,8 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    optim: str = "adamw_torch_fused"           # TRL / transformers: adamw_torch(_fused) | adafactor | sgd | adagrad | rmsprop
+    optim_args: str | None = None              # TRL / transformers: "key=value,..." (sgd momentum, ...; optimizer_options)
     max_grad_norm: float = 1.0
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 8
@@ -366,6 +368,7 @@ class TrainConfig:
         from preflab.online_options import unread_online_options
         from preflab.lr_schedule_options import constant_warmup_conflicts, plateau_conflicts, schedule_kwargs_errors
         from preflab.neftune_options import neftune_conflicts
+        from preflab.optimizer_options import optimizer_errors
         from preflab.ref_sync_options import ref_sync_conflicts
         from preflab.scoring.compile import compile_conflicts
         from preflab.streaming_options import streaming_conflicts
@@ -382,7 +385,7 @@ class TrainConfig:
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
         out += schedule_kwargs_errors(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.learning_rate)
-        out += plateau_conflicts(self) + constant_warmup_conflicts(self)
+        out += plateau_conflicts(self) + constant_warmup_conflicts(self) + optimizer_errors(self)
         if self.warmup_steps and self.warmup_ratio:  # transformers lets warmup_steps win and drops warmup_ratio
             out.append(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup "
                        "(warmup_steps would win and warmup_ratio be ignored); keep one.")

@@ -153,10 +153,18 @@ OPTIONS: dict[str, Option] = {
                                   "warmup_stable_decay num_decay_steps, ...; unknown keys are errors)"),
     "warmup_steps": at_least(0, "linear warmup steps (give warmup_steps or warmup_ratio, not both)"),
     "warmup_ratio": within(0, 1, "warmup as a fraction of the total steps"),
-    "weight_decay": at_least(0, "AdamW decoupled weight decay"),
+    "weight_decay": at_least(0, "weight decay of every parameter (AdamW, adafactor: decoupled; sgd, adagrad, "
+                                "rmsprop: L2 added to the gradient)"),
     "adam_beta1": within(0, 1, "AdamW beta1", high_open=True),
     "adam_beta2": within(0, 1, "AdamW beta2", high_open=True),
     "adam_epsilon": above(0, "AdamW epsilon"),
+    "optim": Option("transformers' optimizer name: adamw_torch_fused (default) / adamw_torch (torch AdamW), "
+                    "adafactor (transformers' Adafactor, lr = learning_rate), sgd, adagrad, rmsprop (torch's); "
+                    "8-bit / paged and other packages' optimizers are refused",
+                    "adamw_torch_fused | adamw_torch | adamw_hf | adafactor | sgd | adagrad | rmsprop"),
+    "optim_args": Option("TRL's optim_args: \"key=value,...\" for sgd (momentum, dampening, nesterov), adagrad "
+                         "(lr_decay, eps), rmsprop (momentum, alpha, eps, centered); keys an optimizer does not read "
+                         "are errors"),
     "max_grad_norm": Option("clip the global gradient norm to this (0: no clipping)", ">= 0",
                             lambda v: _num(v) and v >= 0),
     "per_device_train_batch_size": above(0, "pairs per micro-batch per process"),

@@ -184,9 +184,8 @@ REFUSED = {
     "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
     # the rest of TrainingArguments
     "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
-    "optim_args": (None, "preflab trains with torch AdamW (adam_beta1, adam_beta2, adam_epsilon, weight_decay); "
-                         "remove optim_args"),
-    "optim_target_modules": (None, "preflab trains with torch AdamW on every trainable parameter; remove it"),
+    "optim_target_modules": (None, "preflab's optimizers (optim) train every trainable parameter alike; GaLore / "
+                                   "APOLLO are not available; remove it"),
     "label_smoothing_factor": (0.0, "transformers' label smoothing of a token loss does not apply to preference "
                                     "losses; use label_smoothing (loss_type robust / cdpo) or remove it"),
     "auto_find_batch_size": (False, "set per_device_train_batch_size (and gradient_accumulation_steps) yourself"),
@@ -282,7 +281,7 @@ LOSS_DEFAULTS = {"discopop_tau": 0.05, "label_smoothing": 0.0, "ld_alpha": None,
 
 TRL_KEYS = set(RENAMED) | set(NO_EFFECT) | set(REFUSED) | {"datasets", "env", "dataset_kwargs"} | {
     "teacher_model_revision",
-    "do_eval", "save_strategy", "logging_strategy", "optim", "padding_free", "model_revision", "attn_implementation"}
+    "do_eval", "save_strategy", "logging_strategy", "padding_free", "model_revision", "attn_implementation"}
 
 
 def _env_block(raw: dict, notes: list, errors: list) -> None:
@@ -708,10 +707,6 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
         elif value is False and has_eval and raw.get("eval_strategy") != "no":
             notes.append("do_eval: false does not switch evaluation off (as in transformers); the eval set is used "
                          "on eval_strategy / eval_steps. Set eval_strategy: no to skip evaluation.")
-    if "optim" in raw:
-        optim = raw.pop("optim")
-        if optim not in ("adamw_torch", "adamw_torch_fused", "adamw_hf"):
-            errors.append(optim_error(optim))
     if "logging_strategy" in raw:
         value = raw.pop("logging_strategy")
         if value != "steps":
@@ -744,23 +739,6 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
         else:
             errors.append(f"save_strategy={value!r} is not supported: use save_strategy: steps with save_steps, "
                           "epoch, best, or no.")
-
-
-def optim_error(optim) -> str:
-    """The refusal of a transformers `optim` other than torch AdamW. The 8-bit, 4-bit and paged optimizers
-    (bitsandbytes / torchao; TRL users set them to save optimizer memory) are named with what saves that memory in
-    preflab: their state is not what preflab's checkpoints hold for an exact resume, and with no bitsandbytes and no
-    GPU here their support could not be verified."""
-    name = str(optim)
-    if any(part in name for part in ("8bit", "4bit", "paged", "bnb")):
-        return (f"optim={optim!r} is not supported: preflab trains with torch AdamW (full-precision state, "
-                "checkpointed for an exact resume); 8-bit, 4-bit and paged optimizers are not available. To cut "
-                "optimizer memory: use_peft: true (LoRA: state for the adapters only; with load_in_4bit: true, "
-                "QLoRA), or DeepSpeed ZeRO with the state offloaded to the CPU (accelerate launch --config_file "
-                "examples/accelerate/zero2.yaml with offload_optimizer_device: cpu). Remove optim (or set it to "
-                "adamw_torch_fused).")
-    return (f"optim={optim!r} is not supported: preflab trains with torch AdamW (adam_beta1, adam_beta2, "
-            "adam_epsilon, weight_decay); remove optim (or set it to adamw_torch / adamw_torch_fused).")
 
 
 def _ratios(raw: dict, notes: list, errors: list) -> None:

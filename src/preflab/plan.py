@@ -11,7 +11,11 @@ r * (in + out) (peft's A [r, in] and B [out, r]; `all-linear` adapts every Linea
                                                        it like the policy (0 with its parameter offload); a full
                                                        frozen copy on every rank (s_r = 1) under DDP, ZeRO, FSDP1)
     gradients    P_t * bytes(load_dtype)      / s_g
-    optimizer    P_t * 2 * bytes(load_dtype)  / s_o   (AdamW's exp_avg and exp_avg_sq, kept in the parameter dtype)
+    optimizer    P_t * 2 * bytes(load_dtype)  / s_o   (AdamW's exp_avg and exp_avg_sq, kept in the parameter dtype;
+                                                       another optim: the values it keeps, preflab.optimizer_options
+                                                       .optimizer_state_values, e.g. Adafactor's row and column
+                                                       means of each matrix, in float32 whatever the parameter
+                                                       dtype; SGD's momentum buffer or nothing)
     activations  L * S * b * h * 34 * bytes(compute) / 2            (no checkpointing)
                  L * S * b * h * bytes(compute) + S * b * h * 34 * bytes(compute) / 2   (gradient_checkpointing)
 
@@ -34,11 +38,13 @@ the CUDA context, allocator fragmentation, communication buffers and FSDP's one 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 
 import torch
 
 from preflab.errors import ConfigError
+from preflab.optimizer_options import optimizer_state_values
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_grad_op")
@@ -90,17 +96,23 @@ def sharding_from_accelerate(path: str, world: int | None = None) -> Sharding:
 
 def count_parameters(model_config, lora_r: int | None = None) -> tuple[int, int]:
     """(P, P_t) of a causal LM built from its config on the meta device; P_t = P without LoRA."""
+    total, shapes = _parameter_shapes(model_config, lora_r)
+    return total, sum(math.prod(shape) for shape in shapes)
+
+
+def _parameter_shapes(model_config, lora_r: int | None) -> tuple[int, list[tuple]]:
+    """(P, the shapes of the trainable tensors): every parameter's without LoRA; with it each adapted Linear(in,
+    out)'s A [r, in] and B [out, r]."""
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     total = sum(p.numel() for p in model.parameters())
     if not lora_r:
-        return total, total
+        return total, [tuple(p.shape) for p in model.parameters()]
     head = model.get_output_embeddings()
-    trainable = sum(lora_r * (m.in_features + m.out_features) for m in model.modules()
-                    if isinstance(m, torch.nn.Linear) and m is not head)
-    return total, trainable
+    return total, [shape for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head
+                   for shape in ((lora_r, m.in_features), (m.out_features, lora_r))]
 
 
 def model_config_of(name: str, trust_remote_code: bool = False):
@@ -141,7 +153,11 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
         raise ConfigError(f"load_dtype={load!r}: the plan knows {sorted(BYTES)}.")
     wb = BYTES[load]
     compute = BYTES["float32" if cfg.torch_dtype == "float32" and load == "float32" else "bfloat16"]
-    total, trainable = count_parameters(model_config, cfg.lora_r if cfg.use_peft else None)
+    total, shapes = _parameter_shapes(model_config, cfg.lora_r if cfg.use_peft else None)
+    trainable = sum(math.prod(shape) for shape in shapes)
+    optim = getattr(cfg, "optim", "adamw_torch_fused")
+    state = optimizer_state_values(optim, getattr(cfg, "optim_args", None), shapes)
+    state_bytes = BYTES["float32"] if optim == "adafactor" else None  # Adafactor keeps float32 state (a float grad)
     s_w, s_g, s_o = sharding.factors()
     needs_ref = cfg.task not in ("sft", "reward") and cfg.objective().needs_reference
     has_ref = needs_ref and not cfg.use_peft and not cfg.precompute_ref_log_probs
@@ -155,6 +171,7 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
             weight_bytes = quantized_weight_bytes(AutoModelForCausalLM.from_config(model_config), cfg)
         wb = BYTES["float32"]
     weights = 0.0 if sharding.offload_params else weight_bytes / s_w
+    state_bytes = state_bytes or wb
     text = getattr(model_config, "get_text_config", lambda: model_config)()
     h = getattr(text, "hidden_size", None) or getattr(text, "n_embd")
     layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer")
@@ -164,7 +181,7 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
     plan = {"parameters": float(total), "trainable": float(trainable), "weights": weights,
             "reference": total * wb * sharding.reference_on_gpu_fraction() if has_ref else 0.0,
             "gradients": trainable * wb / s_g,
-            "optimizer": 0.0 if sharding.offload_optimizer else trainable * 2 * wb / s_o,
+            "optimizer": 0.0 if sharding.offload_optimizer else state * state_bytes / s_o,
             "activations": float(activations)}
     plan["total"] = sum(plan[k] for k in ("weights", "reference", "gradients", "optimizer", "activations"))
     return plan

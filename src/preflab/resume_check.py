@@ -34,7 +34,10 @@ _NOT_COMPARED = frozenset({"resume_from_checkpoint", "allow_config_change", "ove
 # (key, saved value, current value) that tokenize alike: preflab before truncation_mode followed TRL 1.16 wrote its
 # default keep_end out, which cut sequences as an unset truncation_mode does now. Harmless as a config change; the
 # training data's fingerprint (check_resume_data) still refuses the resume if any row's tokens differ.
-_SAME_MEANING = frozenset({("truncation_mode", "keep_end", None)})
+_SAME_MEANING = frozenset({("truncation_mode", "keep_end", None),
+                           # preflab before optim was an option popped a TRL config's adamw_torch / adamw_hf and saved
+                           # none; the checkpoint's AdamW param groups (fused) are what the resumed run steps with
+                           ("optim", None, "adamw_torch"), ("optim", None, "adamw_hf")})
 
 
 def _same_meaning(key: str, before, after) -> bool:

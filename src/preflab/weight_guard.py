@@ -18,8 +18,10 @@ overflow, decided from a bound:
 Cost on a normal step: one fused norm over the trainable parameters (one read of the weights: 8 ms against 43 ms
 for the fused AdamW step of an 8.8M-parameter model on one loaded CPU core) whose result rides in the step's
 existing flag all-reduce, so no extra host sync and no extra memory. Only a risky step (an
-absurd learning rate or weights near the dtype's range) pays the copy and one more sync. An optimizer other than
-Adam/AdamW has no bound: every step is treated as risky (exact, but 3x memory); preflab itself builds AdamW.
+absurd learning rate or weights near the dtype's range) pays the copy and one more sync. The other optimizers
+`optim` builds have bounds of their own (_group_bound: Adafactor, Adagrad, RMSprop and SGD without momentum); one
+without a bound (SGD or RMSprop with momentum, centered RMSprop, an optimizer given in code) treats every step as
+risky: exact, but it copies the weights and the optimizer state before every step.
 """
 from __future__ import annotations
 
@@ -50,24 +52,60 @@ def update_could_overflow(optimizer, weights_max_abs: float, grad_norm: float) -
     """Whether the next optimizer.step() could produce a non-finite weight (see the module docstring);
     weights_max_abs may be any upper bound of max |p|, grad_norm of the gradient norm."""
     inner = _inner(optimizer)
-    if not isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
-        return True
     if not (math.isfinite(weights_max_abs) and math.isfinite(grad_norm)):
         return True
     for group in inner.param_groups:
-        b1, b2 = group["betas"]
-        lr, wd, eps = float(group["lr"]), float(group.get("weight_decay", 0.0)), float(group["eps"])
-        if not (0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2 and eps > 0):
-            return True
-        decay = abs(1 - lr * wd) if isinstance(inner, torch.optim.AdamW) else 1.0
+        if not group["params"]:
+            continue
         try:
-            bound = weights_max_abs * decay + lr / math.sqrt((1 - b2) * (1 - b1 * b1 / b2))
+            bound = _group_bound(inner, group, weights_max_abs, grad_norm)
         except OverflowError:
             return True
         limit = min(torch.finfo(dtype).max for dtype in {p.dtype for p in group["params"]}) / 4  # one finfo a dtype
-        if not math.isfinite(bound) or bound > limit or grad_norm * grad_norm > limit:
+        if bound is None or not math.isfinite(bound) or bound > limit or grad_norm * grad_norm > limit:
             return True
+        if type(inner) in _COUPLED_DECAY and (grad_norm + float(group["weight_decay"]) * weights_max_abs) ** 2 > limit:
+            return True  # g' = g + wd p, squared into their state
     return False
+
+
+_COUPLED_DECAY = (torch.optim.Adagrad, torch.optim.RMSprop, torch.optim.SGD)
+
+
+def _group_bound(inner, group: dict, w: float, grad_norm: float) -> float | None:
+    """An upper bound of max |p'| over the group's weights after the next step, from w >= max |p| and the gradient
+    norm (>= max |g|); None for an optimizer (or settings) without one. lr = the group's rate, wd its weight decay.
+    - Adam / AdamW: w |1 - lr wd| (AdamW; w for Adam) + lr / sqrt((1-b2) (1 - b1^2/b2)) (module docstring);
+    - transformers' Adafactor without relative_step, scale_parameter or beta1 (as optim: adafactor builds it): the
+      update is lr u / max(1, RMS(u) / clip_threshold), whose RMS is at most lr clip_threshold, so each element is at
+      most lr clip_threshold sqrt(n) (n: the largest tensor's size); weight decay p (1 - wd lr) first;
+    - Adagrad: g' = g + wd p, and the accumulated sum holds g'^2, so |g'| / (sqrt(sum) + eps) <= 1 and the step is at
+      most lr (its lr_decay only lowers the rate): w + lr;
+    - RMSprop without momentum, not centered, alpha < 1: square_avg >= (1 - alpha) g'^2, so w + lr / sqrt(1 - alpha);
+    - SGD without momentum: w + lr (grad_norm + wd w).
+    (The coupled decay's g' = g + wd p must itself be far from overflow: update_could_overflow bounds
+    (grad_norm + wd w)^2 too.)
+    SGD or RMSprop with momentum, centered RMSprop: their buffers carry earlier steps' sizes, not bounded here."""
+    lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))
+    if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+        b1, b2 = group["betas"]
+        if not (0 <= b1 < 1 and 0 < b2 < 1 and b1 * b1 < b2 and float(group["eps"]) > 0):
+            return None
+        decay = abs(1 - lr * wd) if isinstance(inner, torch.optim.AdamW) else 1.0
+        return w * decay + lr / math.sqrt((1 - b2) * (1 - b1 * b1 / b2))
+    if type(inner).__name__ == "Adafactor" and type(inner).__module__.startswith("transformers."):
+        if group["relative_step"] or group["scale_parameter"] or group["beta1"] is not None:
+            return None
+        largest = max(p.numel() for p in group["params"])
+        return w * abs(1 - wd * lr) + lr * float(group["clip_threshold"]) * math.sqrt(largest)
+    if type(inner) is torch.optim.Adagrad:
+        return w + lr
+    if type(inner) is torch.optim.RMSprop and not group["momentum"] and not group["centered"] \
+            and 0 <= group["alpha"] < 1:
+        return w + lr / math.sqrt(1 - group["alpha"])
+    if type(inner) is torch.optim.SGD and not group["momentum"]:
+        return w + lr * (grad_norm + wd * w)
+    return None
 
 
 class Snapshot:

@@ -11,6 +11,7 @@ MODE neftune: tiny_run's DPO run (give layout=padded neftune_noise_alpha=A); fac
 MODE draws: tiny_run's DPO run with a callback that draws 1 + rank numbers from the torch RNG after every step (as
     code drawing amounts that differ between ranks does: NEFTune from the global RNG, dropout on a GPU); facts: the
     draws.
+MODE plain: tiny_run's DPO run with the options given (optim: adafactor there); no facts of its own.
 MODE reward: a BT reward model (train_reward) on the jsonl file given as data=PATH (also its eval set).
 Every run's facts also say how many DDP wrappers are alive right after it, without collecting garbage first (the
 reward run is still held by its evaluation closure then, waiting for the collector), and whether the group is open.
@@ -111,7 +112,7 @@ def one_run(mode: str, out: Path, options: dict) -> dict:
     RECORDING.update({"plateau": {"plateau_steps": []}, "neftune": {"noise": []}, "draws": {"draws": []}}.get(mode, {}))
     if mode == "plateau":
         run(out, n_eval_pairs=8, **options)
-    elif mode == "neftune":
+    elif mode in ("neftune", "plain"):
         run(out, **options)
     elif mode == "draws":
         run(out, callbacks=[RankDraws()], **options)

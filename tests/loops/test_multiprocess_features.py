@@ -1,5 +1,6 @@
 """Features whose tests ran on one process, under 2 DDP processes on CPU (gloo): reduce_lr_on_plateau, NEFTune
-(neftune_noise_alpha), reward model training (task: reward), and an exact resume of a dropout model. One launch
+(neftune_noise_alpha), reward model training (task: reward), optim: adafactor, and an exact resume of a dropout
+model. One launch
 (tests/loops/features_run.py, a module fixture) runs them all one after the other; each test compares with a
 one-process run computed here.
 
@@ -29,6 +30,7 @@ PLATEAU = dict(lr_scheduler_type="reduce_lr_on_plateau", learning_rate=1e-3, eva
 NEFTUNE = dict(layout="padded", neftune_noise_alpha=5.0, max_steps=3, save_steps=2, learning_rate=1e-2, seed=3)
 DRAWS = dict(max_steps=3, save_steps=2, learning_rate=1e-2, seed=5, group_by_length=True)  # the grouped order too
 REWARD = dict(max_steps=3)
+ADAFACTOR = dict(optim="adafactor", max_steps=4, save_steps=2, learning_rate=1e-2, seed=7)
 
 
 def _args(options: dict) -> list[str]:
@@ -39,7 +41,8 @@ def _args(options: dict) -> list[str]:
 def two(tmp_path_factory, accelerate_launch) -> Path:
     """The 2-process runs (per_device_train_batch_size 2 each), in one launch: reward (first: the only run of the
     launch that takes a finished run's own teardown, see features_run), plateau and its resume from checkpoint-3,
-    neftune and its resume from checkpoint-2, draws and its resume from checkpoint-2."""
+    neftune and its resume from checkpoint-2, draws and its resume from checkpoint-2, plain (optim: adafactor) and
+    its resume from checkpoint-2."""
     import preflab
 
     root = tmp_path_factory.mktemp("features-two")
@@ -48,7 +51,8 @@ def two(tmp_path_factory, accelerate_launch) -> Path:
 
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in marker_rows(16, seed=0)))
     runs = [["reward", root / "reward", f"data={root / 'pairs.jsonl'}", *_args(REWARD)]]
-    for mode, options, step in (("plateau", PLATEAU, 3), ("neftune", NEFTUNE, 2), ("draws", DRAWS, 2)):
+    for mode, options, step in (("plateau", PLATEAU, 3), ("neftune", NEFTUNE, 2), ("draws", DRAWS, 2),
+                                ("plain", ADAFACTOR, 2)):
         runs.append([mode, root / mode, *_args(options)])
         runs.append([mode, root / f"{mode}-resumed", *_args(options),
                      f"resume_from_checkpoint={root / mode / f'checkpoint-{step}'}"])
@@ -220,3 +224,18 @@ def test_reward_model_on_two_processes_equals_one_process_frees_its_wrapper_and_
         got = sequence_outputs(loaded, ids, mask)
         want = sequence_outputs(load_reward_model(str(tmp_path / "one")), ids, mask)
     assert got.shape == (2, 1) and torch.allclose(got, want, atol=1e-4)
+
+
+def test_adafactor_on_two_processes_equals_one_process_and_resumes_exactly(two, tmp_path):
+    """optim: adafactor (transformers' Adafactor: factored second moments of the all-reduced gradients, the same on
+    both ranks), 2 processes x batch 2 for 4 steps: the losses and final weights of 1 process x batch 4 (to float
+    tolerance: the all-reduce sums in another order); resumed on 2 processes from checkpoint-2 (Adafactor's state
+    in the checkpoint's safetensors and JSON), the final weights are the uninterrupted run's, bit for bit."""
+    run(tmp_path / "one", **{**ADAFACTOR, "save_steps": 0}, per_device_train_batch_size=4)
+    losses = [r["loss"] for r in rows(two / "plain") if "loss" in r]
+    assert len(losses) == 4
+    assert losses == pytest.approx([r["loss"] for r in rows(tmp_path / "one") if "loss" in r], abs=1e-6)
+    assert len(set(losses)) == 4  # every step moved the policy
+    assert max_difference(weights(two / "plain"), weights(tmp_path / "one")) < 1e-5
+    a, b = weights(two / "plain"), weights(two / "plain-resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)

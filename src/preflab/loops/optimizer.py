@@ -1,4 +1,5 @@
-"""The optimizer and learning-rate schedule of every trainer: AdamW with TRL's option names, transformers'
+"""The optimizer and learning-rate schedule of every trainer: the optimizer `optim` names (AdamW with TRL's option
+names, transformers' Adafactor, torch SGD / Adagrad / RMSprop; preflab.optimizer_options), transformers'
 schedules (linear warmup from 0, then linear / cosine decay or constant_with_warmup; constant without warmup;
 and get_scheduler's cosine_with_restarts, polynomial, inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr,
 warmup_stable_decay with lr_scheduler_kwargs; reduce_lr_on_plateau, stepped by the eval metric: EvalPlateau), and
@@ -173,11 +174,38 @@ def follow_schedule(scheduler) -> tuple[float, float] | None:
 
 
 def make_optimizer(cfg, params: list, total_steps: int):
-    """AdamW with TRL's option names (the fused kernel where the tensors allow, transformers' default
-    "adamw_torch_fused"), and its schedule."""
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay, fused=fused or None)
+    """The optimizer cfg.optim names (build_optimizer) and its schedule."""
+    optimizer = build_optimizer(cfg, params)
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)  # transformers: ceil
     return optimizer, make_scheduler(optimizer, cfg.lr_scheduler_type, total_steps, warmup,
                                      getattr(cfg, "lr_scheduler_kwargs", None))
+
+
+def build_optimizer(cfg, params: list) -> torch.optim.Optimizer:
+    """cfg.optim over `params` (one parameter group, weight_decay = cfg.weight_decay), with the classes and keyword
+    arguments transformers' Trainer.get_optimizer_cls_and_kwargs gives (preflab.optimizer_options):
+    - adamw_torch_fused (default), adamw_hf: torch AdamW(lr, betas=(adam_beta1, adam_beta2), eps=adam_epsilon), the
+      fused kernel where the tensors allow (transformers asks for fused=True);
+    - adamw_torch: the same AdamW without fused (torch's default kernel, as transformers builds it);
+    - adafactor: transformers.optimization.Adafactor(lr, scale_parameter=False, relative_step=False): the step is
+      learning_rate times the clipped update g / sqrt(v_hat), v_hat factored into row and column means for matrices
+      (Shazeer & Stern 2018, arXiv:1804.04235), decay 1 - t^-0.8, no first moment;
+    - sgd, adagrad, rmsprop: torch's, with the optim_args keys each reads.
+    weight_decay sits on the parameter group, as Trainer.create_optimizer puts it (it overrides the class default)."""
+    from preflab.optimizer_options import ADAMW, optim_arg_values
+
+    optim = getattr(cfg, "optim", "adamw_torch_fused")
+    lr, decay = cfg.learning_rate, cfg.weight_decay
+    if optim in ADAMW:
+        fused = optim != "adamw_torch" and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                                               for p in params)
+        return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                                 weight_decay=decay, fused=fused or None)
+    groups = [{"params": list(params), "weight_decay": decay}]
+    kwargs = optim_arg_values(optim, getattr(cfg, "optim_args", None))
+    if optim == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
+    classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+    return classes[optim](groups, lr=lr, **kwargs)
