@@ -55,3 +55,42 @@ def test_report_of_otcs_summary_heads_with_tool_productivity_and_its_control(tmp
     assert ("control", 0.375) in (row["baseline"] or [])
     text = _text(write_report([out], tmp_path / "report.html").read_text())
     assert "task otc" in text and "preflab eval" not in text
+
+
+# tiny recipe_params (as tests/reward_models/test_fspo_recipe.py, tests/online/test_pro_orchestrator_recipe.py and
+# tests/tools/test_itool_recipe.py run them)
+RECIPE_RUNS = {
+    "fspo": ("examples/fspo.yaml", "{users_per_group: 3, rows_per_user: 4, heldout_fraction: 0.34, hidden_size: 32, "
+                                   "num_layers: 1, steps: 3, batch_size: 4, instruction: Answer.}"),
+    "pro_orchestrator": ("examples/pro_orchestrator.yaml",
+                         "{n_train: 24, n_heldout: 4, hidden_size: 32, sft_steps: 4, adapter_steps: 50, grpo_steps: 2, "
+                         "prompts_per_generation: 2, num_generations: 3, max_completion_length: 8}"),
+    "itool": ("examples/tools/itool.yaml",
+              "{n_train: 40, n_test: 6, pool_size: 14, sft_steps: 3, iterations: 2, mcts_iters: 2, num_actions: 2, "
+              "hidden_size: 32, max_new_tokens: 24, accept_value: -10.0}"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(RECIPE_RUNS))
+def test_report_of_a_real_recipe_run_heads_with_its_metric_and_lists_its_stages(tmp_path, task):
+    """A real run of the recipe through `preflab train` (tiny recipe_params): the report's headline row is the
+    summary's metric, before and after as the recipe wrote them, with the control it ran where it has one; the report
+    reads the recipe's folder, asks for no `preflab eval`, and names its stages' training logs."""
+    from preflab.cli import main
+
+    config, params = RECIPE_RUNS[task]
+    out = tmp_path / task
+    assert main(["train", config, f"output_dir={out}", f"recipe_params={params}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    run = load_run(out)
+    assert run.config["task"] == task
+    [row] = [r for r in headline_rows(run) if r["metric"].startswith("metric")]
+    assert row["metric"] == f"metric ({summary['metric_name']})"
+    assert row["before"][1] == summary["metric_before"] and row["after"][1] == summary["metric_after"]
+    control = summary.get("control_after", summary.get(f"control_{summary['metric_name']}_after"))
+    if isinstance(control, (int, float)):
+        assert ("control", control) in row["baseline"]
+    assert any("its stages' training logs" in m for m in run.missing), run.missing
+    text = _text(write_report([out], tmp_path / "report.html").read_text())
+    assert f"task {task}" in text and "run `preflab eval" not in text
