@@ -57,9 +57,14 @@ def test_report_of_otcs_summary_heads_with_tool_productivity_and_its_control(tmp
     assert "task otc" in text and "preflab eval" not in text
 
 
-# tiny recipe_params (as tests/reward_models/test_fspo_recipe.py, tests/online/test_pro_orchestrator_recipe.py and
-# tests/tools/test_itool_recipe.py run them)
+# tiny recipe_params (as tests/reward_models/test_fspo_recipe.py, tests/online/test_pro_orchestrator_recipe.py,
+# tests/tools/test_itool_recipe.py, test_recipe_resume.py and test_dstc_recipe.py run them)
 RECIPE_RUNS = {
+    "raft_ladder": ("examples/tools/raft_ladder.yaml", "{n_train: 24, n_test: 3, sft_steps: 3, dpo_steps: 2}"),
+    "themis": ("examples/tools/themis.yaml", "{steps: 3, n_train: 16, n_test: 2}"),
+    "dstc": ("examples/tools/dstc.yaml",
+             "{n_sft_tasks: 12, n_dstc_tasks: 3, n_test: 4, sft_per_task: 1, sft_steps: 20, n_codes: 3, n_tests: 2, "
+             "iterations: 2, dpo_steps: 2, batch_size: 4, hidden_size: 32, timeout_s: 1.0, control: true}"),
     "fspo": ("examples/fspo.yaml", "{users_per_group: 3, rows_per_user: 4, heldout_fraction: 0.34, hidden_size: 32, "
                                    "num_layers: 1, steps: 3, batch_size: 4, instruction: Answer.}"),
     "pro_orchestrator": ("examples/pro_orchestrator.yaml",
@@ -76,7 +81,8 @@ RECIPE_RUNS = {
 def test_report_of_a_real_recipe_run_heads_with_its_metric_and_lists_its_stages(tmp_path, task):
     """A real run of the recipe through `preflab train` (tiny recipe_params): the report's headline row is the
     summary's metric, before and after as the recipe wrote them, with the control it ran where it has one; the report
-    reads the recipe's folder, asks for no `preflab eval`, and names its stages' training logs."""
+    reads the recipe's folder as a recipe's (its result in the headline, its stages' logs named) and asks for no
+    `preflab eval`."""
     from preflab.cli import main
 
     config, params = RECIPE_RUNS[task]
@@ -91,6 +97,7 @@ def test_report_of_a_real_recipe_run_heads_with_its_metric_and_lists_its_stages(
     control = summary.get("control_after", summary.get(f"control_{summary['metric_name']}_after"))
     if isinstance(control, (int, float)):
         assert ("control", control) in row["baseline"]
-    assert any("its stages' training logs" in m for m in run.missing), run.missing
+    assert any(m.startswith(f"a recipe run (task: {task}): its result is summary.json's metric_before")
+               for m in run.missing), run.missing
     text = _text(write_report([out], tmp_path / "report.html").read_text())
     assert f"task {task}" in text and "run `preflab eval" not in text
