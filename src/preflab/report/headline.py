@@ -62,12 +62,16 @@ def _number(value) -> bool:
 def comparisons(summary: dict, name: str) -> list[tuple[str, float]]:
     """What a recipe gives to compare `name`_after with (docs/tools.md: a result its control beats is never shown
     alone): for "metric", every other number metric_* (metric_untrained, metric_optimum, metric_first_round_best)
-    and control_after; for any name, control_<name>_after (the same steps spent another way)."""
+    and control_after, or else control_<metric_name>_after (OTC's control_tool_productivity_after: its metric row
+    showed no control); for any name, control_<name>_after (the same steps spent another way)."""
     found = []
     if name == "metric":
         found += [(k[len("metric_"):].replace("_", " "), summary[k]) for k in sorted(summary)
                   if k.startswith("metric_") and k not in ("metric_before", "metric_after") and _number(summary[k])]
-        found += [("control", summary["control_after"])] if _number(summary.get("control_after")) else []
+        control = summary.get("control_after")
+        if not _number(control) and isinstance(summary.get("metric_name"), str):
+            control = summary.get(f"control_{summary['metric_name']}_after")
+        found += [("control", control)] if _number(control) else []
     key = f"control_{name}_after"
     return found + ([("control", summary[key])] if _number(summary.get(key)) else [])
 

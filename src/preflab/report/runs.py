@@ -96,6 +96,17 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _recipe_result_place(summary: dict) -> str:
+    """Where a recipe's metric_before / metric_after are shown: the headline when both are numbers; else what they
+    are (OTC's tool productivity is None when no held-out answer called a tool: the headline had no row, and the
+    note still pointed at it)."""
+    values = [summary.get(k) for k in ("metric_before", "metric_after")]
+    if not summary or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return "in the headline above"
+    return (f"here {values[0]!r} / {values[1]!r} ({summary.get('metric_name', 'metric')}), not numbers, so the "
+            "headline has no row for them (summary.json says why)")
+
+
 def load_run(path: str | Path, name: str | None = None) -> RunData:
     """Everything the report shows for one run directory; `missing` explains each absent part."""
     path = Path(path)
@@ -129,16 +140,16 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         elif not run.rows:
             run.missing.append("metrics.jsonl holds no rows: the run has logged nothing (it stopped, or is still "
                                "running, before its first logged step)")
-    elif recipe:
-        stages = " ".join(str(path / p.parent.name) for p in sorted(path.glob("*/metrics.jsonl")))
-        run.missing.append(f"a recipe run (task: {run.config['task']}): its result is summary.json's "
-                           "metric_before / metric_after, in the headline above; "
-                           + (f"its stages' training logs: `preflab report {stages}`" if stages
-                              else "it has no training stage"))
-    else:
+    elif not recipe:
         run.missing.append("no metrics.jsonl: this is not a finished or running `preflab train` output_dir")
     _note_nonfinite(run)
     run.summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    if recipe and not metrics.is_file():
+        stages = " ".join(str(path / p.parent.name) for p in sorted(path.glob("*/metrics.jsonl")))
+        run.missing.append(f"a recipe run (task: {run.config['task']}): its result is summary.json's "
+                           f"metric_before / metric_after, {_recipe_result_place(run.summary)}; "
+                           + (f"its stages' training logs: `preflab report {stages}`" if stages
+                              else "it has no training stage"))
     if not run.summary:
         run.missing.append("no summary.json: the run has not finished (final metrics and environment unknown)")
     run.missing += data_notes(run.summary)
