@@ -378,7 +378,8 @@ def tool_run(tmp_path, monkeypatch, **over):
 def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, monkeypatch):
     run = tool_run(tmp_path, monkeypatch)
     summary = run.train()
-    assert summary is not None
+    # summary.json: the run's totals over its 2 rounds (15 calls a round, 6 of them failing)
+    assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (30, 12)
     rnd = run.pending
     for e in rnd.examples:  # the examples' loss masks are the generator's: 0 exactly on the tool turns
         for c, m in zip(e.completions, e.loss_mask):

@@ -318,6 +318,10 @@ class OnlineRun(TrainingRun):
         if self.spec.scores == "mcts" or (cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1):
             raise ConfigError(f"tools: trainer {cfg.trainer!r} grows its own sample trees; tool calling samples "
                               "with the run's generator. Leave tools out for it.")
+        if getattr(task, "evaluate", None) is not None:
+            raise ConfigError("tools: the held-out evaluation (eval_dataset_name / eval_fraction) answers without "
+                              "tools (tool calling in evaluation is not built yet), so its eval_reward would not be "
+                              "the trained agent's; leave the held-out prompts out of a run with tools.")
         check_tool_tokenizer(tokenizer, cfg.chat_template_kwargs)
         return tools
 
@@ -587,6 +591,9 @@ class OnlineRun(TrainingRun):
                   "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
                   ", or set missing_eos_penalty to score them lower.", flush=True)
         self.counts["rounds"] += 1
+        if self.tools:  # summary.json online.tool_calls / tool_failures: the run's totals
+            self.counts["tool_calls"] = self.counts.get("tool_calls", 0) + int(metrics["tools/calls"])
+            self.counts["tool_failures"] = self.counts.get("tool_failures", 0) + int(metrics["tools/failures"])
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
         self.counts["completions"] += len(ids)
