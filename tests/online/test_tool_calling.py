@@ -396,6 +396,22 @@ def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, mo
                           for line in logged)
 
 
+def test_grpo_train_takes_tools_from_python(tmp_path, monkeypatch):
+    """preflab.online.api.grpo_train(tools=[fn], max_tool_calling_iterations=1), as GRPOTrainer(tools=[fn]): one
+    round of calls per completion (prompt 2's second, failing call is not run)."""
+    import preflab.online.generator as generator_module
+    from preflab.online.api import grpo_train
+
+    tok = tool_tokenizer()
+    monkeypatch.setattr(generator_module, "make_generator",
+                        lambda cfg, policy, tokenizer, acc=None: ScriptedTurns(tok, cfg.max_completion_length, True))
+    summary = grpo_train(tiny_causal_lm(tok, hidden_size=32, seed=1), tok, [{"prompt": p} for p in PROMPTS], reward,
+                         tools=[add], max_tool_calling_iterations=1, loss_type="grpo", num_generations=3,
+                         max_steps=2, max_completion_length=300, use_cpu=True, output_dir=str(tmp_path))
+    # a round: K = 3 x (1 + 2 + 1 + 0) calls, 3 x 1 failing (the unknown tool); 2 rounds
+    assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (24, 6)
+
+
 def test_resume_mid_round_is_exact(tmp_path, monkeypatch, stop_at_step):
     full = tool_run(tmp_path / "full", monkeypatch)
     full.train()
