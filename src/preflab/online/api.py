@@ -79,7 +79,8 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, writt
     if weights is not None:
         cfg.reward_weights = list(weights)
     judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]
-    run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges), tools=tools)
+    run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges),
+                    **({"tools": tools} if tools else {}))
     run.save_final_model = save
     return run.train()
 
