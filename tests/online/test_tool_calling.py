@@ -267,6 +267,22 @@ def test_equals_trls_tool_call_loop(cap, budget):
     assert gen.last_metrics["tools/failure_frequency"] == (trl_failures / trl_calls if trl_calls else 0.0)
 
 
+def test_around_the_real_generator_without_calls_it_is_the_generator():
+    """With the run's transformers generator inside (a random tiny model writes no tool call), the tool loop changes
+    nothing: the same draws, every token trained, no calls."""
+    from preflab.online.generator import TransformersGenerator
+
+    tok = tool_tokenizer()
+    policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
+    plain = TransformersGenerator(policy, tok.eos_token_id, tok.pad_token_id, 12)
+    wrapped = ToolCallingGenerator(TransformersGenerator(policy, tok.eos_token_id, tok.pad_token_id, 12), tok, [add],
+                                   None, 12)
+    ids = wrapped.generate(prompt_ids(tok), 2, seed=5)
+    assert ids == plain.generate(prompt_ids(tok), 2, seed=5)
+    assert wrapped.last_loss_masks == [[1] * len(c) for c in ids]
+    assert wrapped.last_metrics["tools/calls"] == 0.0 and wrapped.turns.max_new_tokens == 12
+
+
 def test_parse_falls_back_to_text_on_a_malformed_call():
     tok = tool_tokenizer()
     prefix = prompt_ids(tok, PROMPTS[:1])[0]
