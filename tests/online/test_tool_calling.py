@@ -442,6 +442,14 @@ def test_resume_mid_round_is_exact(tmp_path, monkeypatch, stop_at_step):
     assert any(float((a[k] - start[k]).abs().max()) > 1e-3 for k in a)  # and the weights did move
 
 
+@pytest.mark.parametrize("over, message", [
+    ({"generation_backend": "vllm"}, "start a new vLLM engine"),
+    ({"trainer": "online_dpo"}, "tools is read by the group recipes")])
+def test_run_refuses_what_tool_calling_does_not_build(tmp_path, monkeypatch, over, message):
+    with pytest.raises(ConfigError, match=message):
+        tool_run(tmp_path, monkeypatch, **over)
+
+
 def test_run_refuses_a_tokenizer_without_tool_support(tmp_path, monkeypatch):
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task

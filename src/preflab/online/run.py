@@ -318,6 +318,10 @@ class OnlineRun(TrainingRun):
         if self.spec.scores == "mcts" or (cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1):
             raise ConfigError(f"tools: trainer {cfg.trainer!r} grows its own sample trees; tool calling samples "
                               "with the run's generator. Leave tools out for it.")
+        if cfg.generation_backend == "vllm":
+            raise ConfigError("tools: with generation_backend: vllm every tool-calling turn would save the policy and "
+                              "start a new vLLM engine (the vLLM generator loads the weights per generate call); "
+                              "tool calling samples with generation_backend: transformers for now.")
         if getattr(task, "evaluate", None) is not None:
             raise ConfigError("tools: the held-out evaluation (eval_dataset_name / eval_fraction) answers without "
                               "tools (tool calling in evaluation is not built yet), so its eval_reward would not be "
