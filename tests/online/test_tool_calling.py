@@ -354,6 +354,26 @@ def test_refusals_name_the_reason():
         prepare_prompts([{"prompt": PROMPTS[0], "tools": [{"type": "function"}]}], tool_tokenizer(), tools=[add])
 
 
+def test_template_checks_agree_with_trls_and_trls_response_template_is_used(capsys):
+    """tool_template_problem's verdict is TRL's supports_tool_calling and is_chat_template_prefix_preserving on the
+    same templates; a tokenizer without a response_template whose chat template TRL knows (Qwen2.5's) gets TRL's,
+    said in a note."""
+    trl_utils = pytest.importorskip("trl.chat_template_utils")
+    from preflab.models.tiny import CHAT_TEMPLATE
+    from preflab.online.tool_calling import check_tool_tokenizer
+
+    for template in (TEMPLATE, CHAT_TEMPLATE, trl_utils.qwen2_5_chat_template):
+        tok = tool_tokenizer()
+        tok.chat_template = template
+        trl_ok = trl_utils.supports_tool_calling(tok) and trl_utils.is_chat_template_prefix_preserving(tok)
+        assert (tool_template_problem(tok) is None) == trl_ok
+    tok = tiny_tokenizer("char")
+    tok.chat_template = trl_utils.qwen2_5_chat_template
+    check_tool_tokenizer(tok)
+    assert tok.response_template == trl_utils.qwen3_template
+    assert "TRL's for its chat template is used" in capsys.readouterr().out
+
+
 BASE = dict(task="online", trainer="grpo", online_task="dataset", dataset_name="unused", reward_funcs="x",
             model_name_or_path="builtin:tiny-llama", learning_rate=1e-2, lr_scheduler_type="constant", beta=0.0,
             max_steps=4, num_generations=3, prompts_per_generation=4, steps_per_generation=2,

@@ -165,6 +165,11 @@ def check_tool_tokenizer(tokenizer, chat_template_kwargs: dict | None = None) ->
             add_response_schema(tokenizer)
         except Exception:  # TRL absent, or a template it does not know: the reason below says what to do
             pass
+        else:
+            if getattr(tokenizer, "response_template", None) is not None:
+                print("preflab: note: tools: the tokenizer had no response_template; TRL's for its chat template is "
+                      "used to parse the tool calls (trl.chat_template_utils.add_response_schema, as TRL's "
+                      "GRPOTrainer does).", flush=True)
     problem = tool_template_problem(tokenizer, chat_template_kwargs)
     if problem:
         raise ConfigError(f"tools: {problem}.")
