@@ -30,6 +30,9 @@ a judge's columns), `last_messages` (the conversation TRL hands its reward funct
 tool messages) and round totals in `last_metrics`: TRL's `tools/call_frequency` (calls per completion) and
 `tools/failure_frequency` (failed / calls, 0 without calls), with the counts `tools/calls` and `tools/failures`.
 
+Several processes: each holds every completion (the generator gathers them); the main process runs each tool call once
+and sends the results to the others, which continue from the same tool messages.
+
 Determinism: the first turns are the generator's draws at `seed`; iteration t's continuations are drawn at
 seed + (t + 1) x CONTINUATION_SEED_STRIDE (one sample per continued completion), so a round depends on (seed,
 prompts, weights, tools' answers) only and a resumed run redraws it exactly.
@@ -271,7 +274,7 @@ class ToolCallingGenerator:
     """The run's generator with TRL's tool-calling loop around it (module docstring)."""
 
     def __init__(self, turns, tokenizer, tools: list, max_iterations: int | None, max_completion_length: int,
-                 max_positions: int | None = None, chat_template_kwargs: dict | None = None):
+                 max_positions: int | None = None, chat_template_kwargs: dict | None = None, accelerator=None):
         if not tools:
             raise ConfigError("ToolCallingGenerator needs at least one tool.")
         if max_iterations is not None and max_iterations < 0:
@@ -280,6 +283,7 @@ class ToolCallingGenerator:
         self.by_name = {fn.__name__: fn for fn in self.tools}
         self.max_iterations, self.max_completion_length = max_iterations, max_completion_length
         self.max_positions, self.chat_template_kwargs = max_positions, dict(chat_template_kwargs or {})
+        self.accelerator = accelerator
         self.last_columns: list[dict] = []
         self.last_loss_masks: list[list[int]] = []
         self.last_messages: list[list[dict]] = []
@@ -294,6 +298,18 @@ class ToolCallingGenerator:
         finally:
             self.turns.max_new_tokens = full
 
+    def _run_calls(self, turns: dict) -> dict:
+        """{completion: run_tool_calls of its turn's calls}. With several processes every process holds every
+        completion; the main process runs the calls (each once) and the others receive its results, so a tool with
+        side effects or answers that vary runs once and every process continues from the same tool messages."""
+        acc = self.accelerator
+        if acc is None or acc.num_processes == 1:
+            return {i: run_tool_calls(c, self.by_name) for i, c in turns.items()}
+        from accelerate.utils import broadcast_object_list
+
+        answers = [{i: run_tool_calls(c, self.by_name) for i, c in turns.items()} if acc.is_main_process else None]
+        return broadcast_object_list(answers, from_process=0)[0]
+
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
         budget = self.max_completion_length
         ids = self._sample(prompt_ids, num_generations, seed, budget)
@@ -305,9 +321,10 @@ class ToolCallingGenerator:
         iteration = 0
         while live and (self.max_iterations is None or iteration < self.max_iterations):
             extended = {}
+            answers = self._run_calls({i: messages[i][-1]["tool_calls"] for i in live})
             for i in live:
                 turn_calls = messages[i][-1]["tool_calls"]
-                tool_messages, failed = run_tool_calls(turn_calls, self.by_name)
+                tool_messages, failed = answers[i]
                 calls[i] += len(turn_calls)
                 failures[i] += failed
                 suffix = tool_suffix_ids(self.tokenizer, tool_messages, self.chat_template_kwargs)
@@ -348,14 +365,10 @@ def make_tool_calling_generator(cfg, policy, tokenizer, accelerator=None, tools=
     from preflab.models.load import max_positions
     from preflab.online.generator import make_generator
 
-    if accelerator is not None and accelerator.num_processes > 1:
-        raise ConfigError("tools: tool calling runs in one process for now (every process would run every tool "
-                          "call, and a tool that answers differently per process would split the round); launch "
-                          "without accelerate's several processes, or leave tools out.")
     turns = turns if turns is not None else make_generator(cfg, policy, tokenizer, accelerator)
     return ToolCallingGenerator(turns, tokenizer, tools if tools is not None else load_tools(cfg.tools),
                                 cfg.max_tool_calling_iterations, cfg.max_completion_length, max_positions(policy),
-                                cfg.chat_template_kwargs)
+                                cfg.chat_template_kwargs, accelerator)
 
 
 __all__ = ["BUILTIN_TOOLS", "ToolCallingGenerator", "calculator", "check_tool_tokenizer", "load_tools",
