@@ -218,6 +218,18 @@ def test_continuations_are_cut_to_the_budget_left():
     assert turns.max_new_tokens == budget
 
 
+def test_a_tool_turn_that_fills_the_budget_leaves_no_room_and_no_empty_draw():
+    tok = tool_tokenizer()
+    first = ids_of(tok, f"ok{call('add', a=2, b=3)}</s>")
+    observation = ids_of(tok, "\n<|tool|>\n5</s>\n<|assistant|>\n")
+    budget = len(first) + len(observation)
+    turns = ScriptedTurns(tok, budget)
+    gen = ToolCallingGenerator(turns, tok, [add], None, budget)
+    assert gen.generate(prompt_ids(tok, PROMPTS[:1]), 1, seed=0) == [first + observation]
+    assert turns.calls[1][3] == 1 and gen.last_loss_masks == [[1] * len(first) + [0] * len(observation)]
+    assert [m["role"] for m in gen.last_messages[0]] == ["assistant", "tool"]
+
+
 def _trl_loop(tok, tools, prompts, cap, budget):
     """TRL 1.16's GRPOTrainer._tool_call_loop on a stand-in trainer whose _generate_single_turn answers from the
     script; the first turn parsed with TRL's parse_response, as GRPOTrainer._generate does."""

@@ -339,7 +339,8 @@ class ToolCallingGenerator:
                 break
             contexts = [prompts[i] + ids[i] + extended[i] for i in live]
             room = [budget - len(ids[i]) - len(extended[i]) for i in live]
-            more = self._sample(contexts, 1, seed + (iteration + 1) * CONTINUATION_SEED_STRIDE, max(room))
+            more = self._sample(contexts, 1, seed + (iteration + 1) * CONTINUATION_SEED_STRIDE,
+                                max(1, max(room)))  # (a tool turn that fills the budget: a draw cut to nothing)
             still = []
             for i, context, r, new in zip(live, contexts, room, more):
                 new = new[:r]
