@@ -3912,6 +3912,29 @@ MUTANTS += [
 ]
 
 
+# grpo-tools round: tool calling inside GRPO (preflab.online.tool_calling), TRL 1.16's GRPOTrainer(tools=...)
+GTOOLS = ["tests/online/test_tool_calling.py"]
+MUTANTS += [
+    Mutant("gtools-tool-tokens-trained", "online/tool_calling.py",
+           [("masks[i] += [0] * len(extended[i]) + [1] * len(new)", "masks[i] += [1] * len(extended[i]) + [1] * len(new)")],
+           GTOOLS, "the tool results' tokens are trained on (TRL's tool_mask left out)"),
+    Mutant("gtools-failure-not-counted", "online/tool_calling.py",
+           [("        except Exception as exc:  # the model's call is wrong (or the tool failed): an observation, counted\n"
+             "            failed += 1\n",
+             "        except Exception as exc:  # the model's call is wrong (or the tool failed): an observation, counted\n"
+             "            failed += 0\n")], GTOOLS, "a raising tool call is not counted in tools/failure_frequency"),
+    Mutant("gtools-cap-off-by-one", "online/tool_calling.py",
+           [("iteration < self.max_iterations", "iteration <= self.max_iterations")], GTOOLS,
+           "max_tool_calling_iterations n runs n + 1 rounds of calls"),
+    Mutant("gtools-suffix-repeats-eos", "online/tool_calling.py",
+           [("        before = before[:ends[-1] + 1]", "        before = before[:ends[-1]]")], GTOOLS,
+           "the tool turn's tokens start with a second eos after the completion's own"),
+    Mutant("gtools-overlong-result-kept", "online/tool_calling.py",
+           [("if grown > budget or", "if grown > budget + len(suffix) or")], GTOOLS,
+           "a tool result that passes max_completion_length is appended anyway"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -98,6 +98,7 @@ def _other_value(name: str, default):
                "judge_timeout_s": 5.0, "min_p": 0.1, "dataset_text_field": "content", "packing_strategy": "wrapped",
                "eos_token": "<|user|>", "chat_template_path": "chat.jinja",
                "chat_template_kwargs": {"enable_thinking": False},
+               "tools": ["calculator"], "max_tool_calling_iterations": 2,
                "eval_fraction": 0.1, "warmup_ratio": 0.1, "num_train_epochs": 2.0, "max_length": 256,
                "dataset_split": "train[:50%]", "model_name_or_path": "builtin:tiny-qwen2", "dataset_name": "y.jsonl",
                "output_dir": "elsewhere", "task": None, "hub_model_id": "org/x", "hub_strategy": "end",

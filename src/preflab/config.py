@@ -208,6 +208,8 @@ class TrainConfig:
     reward_funcs: Any = None                   # judge(s): demo_true_reward | verifier:<name> | module:attr | model dir
     reward_weights: list | None = None         # one weight per judge in reward_funcs (TRL); default 1 each
     reward_aggregator: str | None = None       # PRO adapter folder: prompt-aware weights over reward_funcs
+    tools: Any = None                          # tool functions (TRL GRPOTrainer tools=): calculator | python | module:fn | file.py:fn
+    max_tool_calling_iterations: int | None = None  # TRL GRPOConfig: tool-calling turns per completion (None: no limit)
     num_generations: int = 4                   # K completions sampled per prompt per generation round
     prompts_per_generation: int = 32           # prompts per generation round (all processes together)
     steps_per_generation: int = 1              # optimizer steps on one generation round's slices (TRL GRPO)
@@ -795,7 +797,7 @@ HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_
                      "reward_aggregator", "chat_template_path")
 # options holding paths inside a list or mapping: judges' model folders and code files (reward_funcs: `~/rm`,
 # `~/rewards.py:fn`), a recipe's data files and models (recipe_params), an objective's or pair builder's files
-HOME_NESTED_OPTIONS = ("reward_funcs", "recipe_params", "objective_params", "vision_pair_params")
+HOME_NESTED_OPTIONS = ("reward_funcs", "tools", "recipe_params", "objective_params", "vision_pair_params")
 
 
 def expand_home(cfg) -> None:

@@ -366,6 +366,12 @@ OPTIONS: dict[str, Option] = {
                           "loud echo, or the preference game"),
     "reward_funcs": Option("task: online; judge(s): demo_true_reward | verifier:<name> | module:attr | model dir"),
     "reward_weights": Option("task: online; one weight per judge in reward_funcs (TRL); default 1 each"),
+    "tools": Option("task: online, group recipes, online_task dataset; tool functions the model may call (TRL "
+                    "GRPOTrainer's tools=): calculator | python (sandboxed) | module:function | path/to/file.py:function "
+                    "(preflab.online.tool_calling)"),
+    "max_tool_calling_iterations": Option("task: online with tools; tool-calling turns per completion (TRL "
+                                          "GRPOConfig; null: no limit but max_completion_length)", ">= 0 (null: no "
+                                          "limit)", lambda v: v is None or (_num(v) and v >= 0 and v == int(v))),
     "reward_aggregator": Option("task: online; a PRO orchestrator folder (task: pro_orchestrator's adapter/): "
                                 "per-prompt weights over reward_funcs instead of reward_weights", "a non-empty path",
                                 _nonempty),

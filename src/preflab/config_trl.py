@@ -181,7 +181,8 @@ REFUSED = {
     "use_vllm": (False, "offline training generates nothing; online training is task: online (preflab.online), "
                         "where use_vllm: true is generation_backend: vllm"),
     "save_safetensors": (True, "preflab saves safetensors only"),
-    "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template)"),
+    "tools": (None, "give the tools per row in a 'tools' column (passed to the chat template); tool functions the "
+                    "model calls while sampling are task: online's tools: option (a group recipe)"),
     # the rest of TrainingArguments
     "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
     "optim_target_modules": (None, "preflab's optimizers (optim) train every trainable parameter alike; GaLore / "
@@ -209,7 +210,12 @@ REFUSED = {
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
-    "max_tool_calling_iterations": (None, "tool calling inside GRPO is not supported; remove it"),
+    # GRPOTrainer's tools= is `tools:` in task: online (preflab.online.tool_calling); its environments are not built
+    "environment_factory": (None, "TRL's environments (GRPOTrainer's environment_factory) are not built; give the "
+                                  "run stateless tool functions with tools: [module:function, ...] (task: online, a "
+                                  "group recipe)"),
+    "rollout_func": (None, "custom rollout functions (GRPOTrainer's rollout_func) are not built; give tools: for tool "
+                           "calling, or a Task with its own generator from Python (preflab.online.tasks.Task)"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),
     "transformers_continuous_batching_config": (None, "use generation_backend: transformers or vllm"),
     "use_transformers_paged": (False, "use generation_backend: transformers or vllm"),
@@ -481,6 +487,8 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
             errors.append(f"chat_template_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
                           "chat_template_kwargs: {enable_thinking: false}.")
     for key, (default, why) in REFUSED.items():
+        if key == "tools" and raw.get("task") == "online":  # GRPOTrainer's tools=, preflab's tools: option there
+            continue
         if key in raw and not _same(raw.pop(key), default):
             reason = why.removeprefix("not supported").lstrip(";: ")  # the line already says "not supported"
             errors.append(f"{key} is not supported" + (f": {reason}." if reason else "."))

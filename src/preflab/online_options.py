@@ -253,6 +253,13 @@ _READERS = (
     (("chat_template_kwargs",), lambda cfg, spec: cfg.online_task == "dataset",
      "online_task: dataset (its conversational prompts are rendered with the policy's chat template; demo prompts are "
      "text, vision_dataset's go through the processor's template, the game has none)"),
+    # tool calling (preflab.online.tool_calling): conversational prompts sampled by the text generator, trained by a
+    # group recipe whose examples take a per-token loss mask (TRL GRPOTrainer's tool_mask)
+    (("tools",), lambda cfg, spec: cfg.online_task == "dataset" and spec.kind == "groups", "the group recipes "
+     "(grpo, dapo, dr_grpo, rloo, ...) of online_task: dataset (the chat template renders the tools into its "
+     "conversational prompts; the tool results are masked out of a group recipe's token loss)"),
+    (("max_tool_calling_iterations",), lambda cfg, spec: bool(cfg.tools), "runs with tools (TRL reads it only "
+     "with GRPOTrainer's tools=)"),
     (("apo_alpha",), lambda cfg, spec: cfg.online_task == "game" and cfg.trainer == "apo",
      "trainer apo in online_task: game"),
     (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"),
@@ -281,7 +288,8 @@ _READERS = (
 ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in names] + [
     "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
     "steps_per_generation", "num_iterations", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "generation_batch_size", "generation_backend", "chat_template_kwargs", "shuffle_dataset",
+    "generation_batch_size", "generation_backend", "chat_template_kwargs", "shuffle_dataset", "tools",
+    "max_tool_calling_iterations",
     "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"]))
 
 

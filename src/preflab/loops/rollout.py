@@ -59,14 +59,16 @@ class Rollout:
 
 def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | None = None,
                     report_to: dict | None = None, truncation_mode: str = "keep_end",
-                    chat_template_kwargs: dict | None = None) -> list[PromptRow]:
+                    chat_template_kwargs: dict | None = None, tools: list | None = None) -> list[PromptRow]:
     """Prompt rows from strings, message lists, or dicts with a "prompt" key (other keys become columns).
     `report_to` (a run's data report) receives the tokenization counts as "prompt_tokenize" (prompts cut to
     max_prompt_length, keeping their end or their start as truncation_mode says, are counted there).
     chat_template_kwargs (TRL GRPOConfig's): arguments of the chat template of every conversational prompt, as TRL's
     apply_chat_template(prompt, add_generation_prompt=True, **chat_template_kwargs); a row's own
     chat_template_kwargs column adds to them (its keys win). They reach the template only: the rows' columns (which
-    reward functions receive) are the file's."""
+    reward functions receive) are the file's. tools (a run's tool functions, preflab.online.tool_calling): rendered by
+    the chat template of every prompt, as TRL's apply_chat_template(prompt, tools=...); every prompt must then be a
+    conversation, and a row with a tools column of its own is refused (one set of tools per run, as TRL's)."""
     examples = []
     for i, item in enumerate(prompts):
         if isinstance(item, dict):
@@ -80,11 +82,25 @@ def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | 
         raise ConfigError("online loops need at least one prompt.")
     rendered = [_with_template_kwargs(ex, chat_template_kwargs) for ex in examples] if chat_template_kwargs else \
         examples
+    if tools:
+        rendered = [_with_tools(ex, tools) for ex in rendered]
     items, report = tokenize_prompts(rendered, tokenizer, max_prompt_length=max_prompt_length,
                                      truncation_mode=truncation_mode)
     if report_to is not None:
         report_to["prompt_tokenize"] = report.to_dict()
     return [PromptRow(it.row_id, ex.prompt, it.prompt_ids, dict(ex.extras)) for it, ex in zip(items, examples)]
+
+
+def _with_tools(ex: PromptExample, tools: list) -> PromptExample:
+    """`ex` with the run's tools for its chat template (ConfigError for a text prompt or a row with its own)."""
+    if not isinstance(ex.prompt, list):
+        raise ConfigError(f"tools: prompt row {ex.row_id} is text ({str(ex.prompt)[:60]!r}); tool calling renders the "
+                          "tools and their results with the chat template, so every prompt must be a conversation "
+                          "(a list of messages), as TRL's GRPOTrainer needs.")
+    if ex.extras.get("tools") is not None:
+        raise ConfigError(f"tools: prompt row {ex.row_id} has a 'tools' column of its own; a run with tools: renders "
+                          "the same tools (the ones it can call) in every prompt. Remove the column or the option.")
+    return PromptExample(ex.row_id, ex.prompt, {**ex.extras, "tools": list(tools)})
 
 
 def _with_template_kwargs(ex: PromptExample, kwargs: dict) -> PromptExample:

@@ -62,7 +62,8 @@ GRPO_NAMES = {"loss_type": "trainer", "prompts_per_step": "per_device_train_batc
               "groups_per_micro_batch": "per_device_train_batch_size"}
 
 
-def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, written: set[str] | None = None) -> dict:
+def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, written: set[str] | None = None,
+               tools=None) -> dict:
     from preflab.config import config_from_dict
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
@@ -70,11 +71,16 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, writt
     save = save_model_option(raw)
     raw.setdefault("model_name_or_path", "(in memory)")  # the policy and prompts are passed in
     raw.setdefault("dataset_name", "(in memory)")
+    # tools from Python: the config's check reads max_tool_calling_iterations with the config's own tools only
+    cap = raw.pop("max_tool_calling_iterations", None) if tools else None
     cfg = config_from_dict(raw, written)
+    if tools:
+        cfg.max_tool_calling_iterations = cap
     if weights is not None:
         cfg.reward_weights = list(weights)
     judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]
-    run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges))
+    run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges),
+                    **({"tools": tools} if tools else {}))
     run.save_final_model = save
     return run.train()
 
@@ -103,11 +109,12 @@ def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
 
 
 def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs, ref=None,
-               reward_weights: Sequence[float] | None = None, **options) -> dict:
-    """Run GRPO-family training as an online run; returns its summary dict."""
+               reward_weights: Sequence[float] | None = None, tools=None, **options) -> dict:
+    """Run GRPO-family training as an online run; returns its summary dict. tools: tool functions the model may call
+    while it samples (TRL GRPOTrainer's tools=; preflab.online.tool_calling)."""
     raw = grpo_options(options)
     return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, raw,
-                      written_by_user(options, raw, GRPO_NAMES))
+                      written_by_user(options, raw, GRPO_NAMES), tools=tools)
 
 
 def grpo_options(options: dict) -> dict:

@@ -144,7 +144,7 @@ class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
     prompt_sharing = True  # layout prefix_shared may score a prompt once per example (VisionOnlineRun: no)
 
-    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None):
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None, tools=None):
         if cfg.task != "online":
             raise ConfigError(f"OnlineRun needs task: online, got {cfg.task!r}.")
         if policy is not None:  # loading options beside a model given from Python: applied or refused
@@ -247,11 +247,13 @@ class OnlineRun(TrainingRun):
 
             self.upo_estimator = dropout_estimator(self.judge.judges, self.judge.names)
         self.pad_id = pad_id_of(tokenizer)
+        self.tools = self._tool_functions(cfg, task, tokenizer, tools)
         self.data_report = dict(getattr(task, "data_report", None) or {})
         self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
                                                                    report_to=self.data_report,
                                                                    truncation_mode=cfg.truncation_mode,
-                                                                   chat_template_kwargs=cfg.chat_template_kwargs)
+                                                                   chat_template_kwargs=cfg.chat_template_kwargs,
+                                                                   tools=self.tools)
         source = (self.data_report.get("prompt_rows") or {}).get("source")
         refuse_past_positions(self.rows, policy, cfg.max_completion_length, source or "the prompts")
         tokenized = self.data_report.get("prompt_tokenize")
@@ -281,7 +283,12 @@ class OnlineRun(TrainingRun):
         self.scorer, self.optimizer = acc.prepare(self.scorer, self.optimizer)
         self.sync_module, self.checkpoint_module = self.scorer, self.policy
         self.params = [p for p in policy.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
-        self.generator = (getattr(task, "generator", None) or make_generator)(cfg, policy, tokenizer, acc)
+        if self.tools:  # TRL GRPOTrainer's tools=: the run's generator inside the tool-calling loop
+            from preflab.online.tool_calling import make_tool_calling_generator
+
+            self.generator = make_tool_calling_generator(cfg, policy, tokenizer, acc, self.tools)
+        else:
+            self.generator = (getattr(task, "generator", None) or make_generator)(cfg, policy, tokenizer, acc)
         if hasattr(self.generator, "last_loss_masks") and self.spec.kind != "groups":
             raise ConfigError(f"tool rollouts train group recipes (grpo, dapo, ...), not trainer {cfg.trainer!r}.")
         self.pending: Round | None = None
@@ -289,6 +296,38 @@ class OnlineRun(TrainingRun):
         self.counts = {"rounds": 0, "empty_steps": 0, "empty_completions": 0, "judge_dropped": 0, "completions": 0}
         self.refreshes = 0
         self.before = task.evaluate(policy, tokenizer) if task.evaluate is not None else None
+
+    def _tool_functions(self, cfg, task, tokenizer, given) -> list:
+        """The run's tool functions (TRL GRPOTrainer's tools=): `given` from Python, else the config's `tools`
+        (preflab.online.tool_calling.load_tools); [] without. ConfigError, before any round, for a task with its own
+        generator (tag-syntax tool rollouts), a prompt source other than text conversations, or a tokenizer that
+        cannot run a tool-calling conversation (its reason)."""
+        if not given and not cfg.tools:
+            return []
+        if given and cfg.tools:
+            raise ConfigError("tools are given both from Python (OnlineRun(tools=...)) and in the config; give one.")
+        from preflab.online.tool_calling import check_tool_tokenizer, load_tools
+
+        tools = load_tools(given or cfg.tools)
+        if getattr(task, "generator", None) is not None:
+            raise ConfigError("tools: the task samples with a generator of its own (e.g. the otc recipe's tag-syntax "
+                              "tool rollouts, preflab.online.tool_rollout); use one of the two.")
+        if self.spec.kind != "groups" or type(self)._generate is not OnlineRun._generate:
+            raise ConfigError(f"tools: tool calling trains the group recipes (grpo, dapo, rloo, ...) on text "
+                              f"conversations; not trainer {cfg.trainer!r} with {type(self).__name__}.")
+        if self.spec.scores == "mcts" or (cfg.trainer == "tpo" and cfg.tpo_tree_depth > 1):
+            raise ConfigError(f"tools: trainer {cfg.trainer!r} grows its own sample trees; tool calling samples "
+                              "with the run's generator. Leave tools out for it.")
+        if cfg.generation_backend == "vllm":
+            raise ConfigError("tools: with generation_backend: vllm every tool-calling turn would save the policy and "
+                              "start a new vLLM engine (the vLLM generator loads the weights per generate call); "
+                              "tool calling samples with generation_backend: transformers for now.")
+        if getattr(task, "evaluate", None) is not None:
+            raise ConfigError("tools: the held-out evaluation (eval_dataset_name / eval_fraction) answers without "
+                              "tools (tool calling in evaluation is not built yet), so its eval_reward would not be "
+                              "the trained agent's; leave the held-out prompts out of a run with tools.")
+        check_tool_tokenizer(tokenizer, cfg.chat_template_kwargs)
+        return tools
 
     def _shares_prompt(self) -> bool:
         """Whether the round's scoring and the steps lay out each example as `[prompt | completion_1 | ...]` (the
@@ -417,6 +456,9 @@ class OnlineRun(TrainingRun):
         prompts = [rows[i // K].prompt for i in range(len(ids))]
         chat = [isinstance(p, list) for p in prompts]
         texts = [decode(self.tokenizer, c, ch) for c, ch in zip(ids, chat)]
+        conversations = getattr(self.generator, "last_messages", None)
+        if conversations:  # tool calling: TRL's completions, the assistant turns (with tool_calls) and tool messages
+            texts = [list(m) for m in conversations]
         info = getattr(self.generator, "last_columns", None) or [{}] * len(ids)  # tool rollouts: num_tool_calls
         columns = [{**rows[i // K].columns, **info[i]} for i in range(len(ids))]
         flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
@@ -528,8 +570,10 @@ class OnlineRun(TrainingRun):
                   "online.empty_steps). Lower steps_per_generation or raise prompts_per_generation.", flush=True)
         valid_scores = flat[~flat.isnan()]
         empty = sum(1 for t, c in zip(texts, ids) if not c or t in ("", []) or
-                    (isinstance(t, list) and not t[0]["content"]))
-        lengths = torch.tensor([len(c) for c in ids], dtype=torch.float64)
+                    (isinstance(t, list) and not any(m.get("content") or m.get("tool_calls") for m in t)))
+        # with tool results in the completions, TRL counts the tokens the model wrote (its tool_mask's 1s)
+        lengths = torch.tensor([sum(m) for m in loss_masks] if loss_masks else [len(c) for c in ids],
+                               dtype=torch.float64)
         metrics = {"reward": float(valid_scores.mean()) if len(valid_scores) else math.nan,
                    "reward_std": float(valid_scores.std()) if len(valid_scores) > 1 else 0.0,
                    **length_metrics(lengths, has_eos),
@@ -551,6 +595,9 @@ class OnlineRun(TrainingRun):
                   "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
                   ", or set missing_eos_penalty to score them lower.", flush=True)
         self.counts["rounds"] += 1
+        if self.tools:  # summary.json online.tool_calls / tool_failures: the run's totals
+            self.counts["tool_calls"] = self.counts.get("tool_calls", 0) + int(metrics["tools/calls"])
+            self.counts["tool_failures"] = self.counts.get("tool_failures", 0) + int(metrics["tools/failures"])
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
         self.counts["completions"] += len(ids)
