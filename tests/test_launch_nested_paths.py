@@ -225,3 +225,21 @@ def test_a_loss_or_pair_builder_in_a_local_file_is_recorded_and_a_loss_name_stay
                                                                                   "sigmoid"]
     assert same_path("loss_type", options["loss_type"], ["../my_losses.py:MyDPO", "sigmoid"], record)
     assert not same_path("loss_type", options["loss_type"], ["../my_losses.py:Other", "sigmoid"], record)
+
+
+def test_an_online_runs_tool_in_a_local_file_is_recorded_and_builtin_tools_stay_names(tmp_path, monkeypatch):
+    """tools (TRL GRPOTrainer's tools=, preflab.online.tool_calling) `file.py:function`: the file made absolute, so a
+    resume from another directory naming it `../my_tools.py:lookup` is no change of tools; `calculator` and `python`
+    stay built-in names even where a file of that name exists."""
+    (tmp_path / "my_tools.py").write_text("")
+    (tmp_path / "calculator").write_text("")
+    options = {"tools": ["my_tools.py:lookup", "calculator", "python"]}
+    record = launch_record(options, str(tmp_path))
+    assert record["local_paths"] == {"tools": {"value": options["tools"],
+                                               "path": [f"{tmp_path}/my_tools.py:lookup", "calculator", "python"]}}
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    assert resolve_saved_paths(options, record, note=pytest.fail)["tools"] == [f"{tmp_path}/my_tools.py:lookup",
+                                                                              "calculator", "python"]
+    assert same_path("tools", options["tools"], ["../my_tools.py:lookup", "calculator", "python"], record)
+    assert not same_path("tools", options["tools"], ["../my_tools.py:other", "calculator", "python"], record)

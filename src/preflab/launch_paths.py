@@ -12,8 +12,8 @@ beside config.yaml, LAUNCH_FILE (launch.json), and a checkpoint's trainer_state.
 local_paths holds each PATH_OPTIONS value that was a relative path naming an existing file or folder when the run
 started (what the loaders then read as local); a value that named none (a hub name: `gpt2`, `openai/gsm8k`) is not
 recorded and stays a hub name. The options holding paths inside a string, list or mapping (NESTED_PATH_OPTIONS:
-reward_funcs' model folders, `file.py:function` and `maxmin:RUN` judges; loss_type's and pair_builder's
-`file.py:name`; recipe_params', objective_params' and vision_pair_params' files and folders, at any depth) are
+reward_funcs' model folders, `file.py:function` and `maxmin:RUN` judges; loss_type's, pair_builder's and an online
+run's tools' `file.py:name`; recipe_params', objective_params' and vision_pair_params' files and folders, at any depth) are
 recorded whole, "value" the option as written and "path" the same with each local path part made absolute:
 
     "reward_funcs": {"value": ["rewards.py:score", "rm", "verifier:math"],
@@ -22,7 +22,7 @@ recorded whole, "value" the option as written and "path" the same with each loca
 A string in such an option is local when, relative to the launch directory, it names an existing file or folder (in
 a mapping option only a string with a "/" or a file suffix: `stop_after_stage: sft` stays a name where a folder sft
 exists), or it is `path/file.py:function` of an existing .py file, or `maxmin...:RUN` of an existing folder (the
-judge forms preflab.online.tasks.resolve_judge reads; in loss_type and pair_builder only `file.py:name`); the part
+judge forms preflab.online.tasks.resolve_judge reads; in loss_type, pair_builder and tools only `file.py:name`); the part
 before or after ":" is kept. TRL's `datasets:` mixture of one entry is dataset_name by the time the run starts
 (preflab.config_trl), recorded as such. The config itself keeps the user's values (config.yaml's first line says
 where the run was started).
@@ -55,7 +55,7 @@ PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_
 # objective class or pair builder in a local file: `sigmoid` stays a loss name where a file sigmoid exists); "mapping"
 # only those with a "/" or a file suffix
 NESTED_PATH_KINDS = {"reward_funcs": "judges", "recipe_params": "mapping", "objective_params": "mapping",
-                     "vision_pair_params": "mapping", "loss_type": "code", "pair_builder": "code"}
+                     "vision_pair_params": "mapping", "loss_type": "code", "pair_builder": "code", "tools": "code"}
 NESTED_PATH_OPTIONS = tuple(NESTED_PATH_KINDS)
 # reward_funcs names a judge reads as builtins before any path (preflab.online.tasks.resolve_judge): never paths
 BUILTIN_JUDGES = ("demo_true_reward", "demo_echo_reward")
