@@ -64,29 +64,38 @@ class DistillTrainer(SFTTrainer):
         return lmbda >= 1.0 or random.Random(f"distill:{self.cfg.seed}:{step}").random() < lmbda
 
     def completed(self, mbs: list, step: int) -> list:
-        """On an on-policy step, each micro-batch's completions replaced by the student's samples for the same
-        prompts (sampling from the whole softmax(z / temperature): no top-k / top-p, as TRL's defaults; at most max_completion_length new tokens, cut after the first eos, every
-        sampled token carries loss), re-collated; the step's examples-per-token ratio is then counted on those."""
-        if not self.on_policy(step):
+        """The step's micro-batches as trained: on an on-policy step (on_policy) each row's completion is replaced by
+        the student's sample for its prompt; else, with seq_kd, by the teacher's (TRL GKDTrainer.training_step: the
+        student with probability lmbda, elif seq_kd the teacher); else the dataset's. Re-collated, every sampled
+        token carries the loss; the step's examples-per-token ratio is then counted on those."""
+        if self.on_policy(step):
+            model, who = self.accelerator.unwrap_model(self.policy), "student"
+        elif self.cfg.seq_kd:
+            model, who = self.ref, "teacher"
+        else:
             return mbs
-        return [self._sampled(mb, step, k) for k, mb in enumerate(mbs)]
+        return [self._sampled(mb, step, model, who) for mb in mbs]
 
-    def _sampled(self, mb, step: int, k: int):
+    def row_seed(self, step: int, index: int, who: str) -> int:
+        """The sampling seed of dataset row `index` at step `step` (0-based) for `who` ("student" / "teacher"): a
+        function of (seed, step, index, who) alone, so a row samples the same completion on any process, in any
+        micro-batch and after a resume (the rows of one step are distinct: a step never spans two epochs)."""
+        return random.Random(f"distill-sample:{self.cfg.seed}:{step}:{index}:{who}").getrandbits(63)
+
+    def _sampled(self, mb, step: int, model, who: str):
         from dataclasses import replace
 
-        from preflab.generate import generate_ids
+        from preflab.generate_seeded import generate_ids_row_seeded
         from preflab.loops.batches import MicroBatch
 
+        cfg = self.cfg
         items = [self.train_data[i] for i in mb.index]
-        model = self.accelerator.unwrap_model(self.policy)
-        device = self.accelerator.device
-        seed = (int(self.cfg.seed) * 1_000_003 + step * 10_007 + self.accelerator.process_index * 101 + k) % 2 ** 31
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG untouched
-            sampled = generate_ids(model, [x.prompt_ids for x in items], eos_id=self.tokenizer.eos_token_id,
-                                   pad_id=self.pad_id, max_new_tokens=int(self.cfg.max_completion_length),
-                                   do_sample=True, temperature=float(self.cfg.temperature), top_p=1.0, top_k=0,
-                                   seed=seed)  # the whole tempered distribution (TRL's top_k 0, top_p 1)
-        self.sampled_completions = sampled  # the last on-policy micro-batch's, for tests and inspection
+        sampled = generate_ids_row_seeded(
+            model, [x.prompt_ids for x in items], [self.row_seed(step, i, who) for i in mb.index],
+            eos_id=self.tokenizer.eos_token_id, pad_id=self.pad_id, max_new_tokens=int(cfg.max_completion_length),
+            temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p), min_p=cfg.min_p,
+            repetition_penalty=float(cfg.repetition_penalty))
+        self.sampled_completions = sampled  # the last sampled micro-batch's, for tests and inspection
         new = [replace(x, completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)
                for x, c in zip(items, sampled)]
         return MicroBatch(self.collate(new), mb.row_ids, mb.index, self.kind.count_tokens(new))
