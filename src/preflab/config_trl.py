@@ -530,7 +530,8 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
     off-policy (preflab.objectives._distill_task). DistillationConfig has no lmbda: its trainer samples every
     completion from the student, so its dump is refused unless lmbda: 0 is given with it (distil on the dataset's
     completions instead). teacher_model_revision goes to teacher_model_init_kwargs.revision; the generation lengths
-    (max_completion_length, GKD's max_new_tokens) are unread off-policy."""
+    (max_completion_length, GKD's max_new_tokens) and DistillationConfig's sampling settings (top_p, top_k, min_p,
+    repetition_penalty) are unread when nothing is sampled (lmbda 0, no seq_kd), read otherwise."""
     if not raw.get("teacher_model_name_or_path"):
         return
     distillation = "teacher_model_revision" in raw  # DistillationConfig's field (GKDConfig has none)
@@ -555,6 +556,9 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
             if key in raw:
                 raw.pop(key)
                 notes.append(f"{key}: not read (distillation on the dataset's completions generates nothing).")
+        for key, default in (("top_p", 1.0), ("top_k", 0), ("min_p", None), ("repetition_penalty", 1.0)):
+            if key in raw and raw.pop(key) != default:  # DistillationConfig's sampling settings (at its default: none)
+                notes.append(f"{key}: not read (distillation on the dataset's completions samples nothing).")
     elif gkd and "max_completion_length" not in raw:  # GKDConfig's sampling length, preflab's name
         raw["max_completion_length"] = raw.pop("max_new_tokens")
 

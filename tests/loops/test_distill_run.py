@@ -153,6 +153,13 @@ def test_saved_distillation_and_gkd_configs_load(tmp_path):
         "sft", 0.5, 128, 0.2, 0.9)
     seq = config_from_dict({**gkd_dump, **data, "seq_kd": True})
     assert (seq.seq_kd, seq.lmbda, seq.max_completion_length) == (True, 0.5, 128)
+    seq = config_from_dict({**gkd_dump, **data, "seq_kd": True, "lmbda": 0.0})  # the teacher samples every step
+    assert (seq.seq_kd, seq.lmbda, seq.max_completion_length) == (True, 0.0, 128)
+    sampling = dict(top_p=0.9, top_k=7, min_p=0.1, repetition_penalty=1.2)  # DistillationConfig's, read on-policy
+    cfg = config_from_dict({**_dump(DistillationConfig, **sampling), **data})
+    assert {k: getattr(cfg, k) for k in sampling} == sampling
+    off = config_from_dict({**_dump(DistillationConfig, **sampling), **data, "lmbda": 0.0})  # noted as unread
+    assert (off.top_p, off.top_k, off.min_p, off.repetition_penalty) == (1.0, 0, None, 1.0)
 
 
 def test_on_policy_steps_follow_lmbda_and_are_the_same_on_every_draw(tmp_path):
@@ -321,3 +328,13 @@ def test_two_processes_equal_one_process_with_sampled_steps(tmp_path, accelerate
     a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monkeypatch):
+    """Under a sharding engine (launch.is_sharded; the engine's name is accelerate's distributed_type, NO here) the
+    trainer stops with the reason and the DDP launch."""
+    from preflab.loops import launch
+
+    monkeypatch.setattr(launch, "is_sharded", lambda accelerator: True)
+    with pytest.raises(ConfigError, match="distillation under NO: .* ZeRO-3 .*examples/accelerate/ddp.yaml"):
+        DistillTrainer(_cfg(tmp_path))

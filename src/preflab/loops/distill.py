@@ -50,9 +50,12 @@ class DistillTrainer(SFTTrainer):
         from preflab.loops.launch import is_sharded
 
         if is_sharded(self.accelerator):  # the LM heads run outside the engine's forward (preflab.scoring.distill)
-            raise ConfigError("distillation runs both LM heads outside the model's forward, where FSDP and DeepSpeed "
-                              "keep the weights sharded; train it on one process or with "
-                              "examples/accelerate/ddp.yaml.")
+            engine = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+            raise ConfigError(f"distillation under {engine}: the student's and the teacher's LM heads run outside the "
+                              "wrapped model's forward (preflab.scoring.distill), where FSDP and DeepSpeed ZeRO-3 "
+                              "hold only this rank's shard of the weights (and ZeRO-1/2 is not verified for this "
+                              "path); train on one process or data parallel with examples/accelerate/ddp.yaml "
+                              "(2 processes equal 1 process with the doubled batch).")
 
     def on_policy(self, step: int) -> bool:
         """Whether step `step` (0-based) trains on the student's own completions: a draw below lmbda (GKD's mixture,
