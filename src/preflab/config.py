@@ -503,9 +503,11 @@ class TrainConfig:
                        "(lmbda > 0: the student's; seq_kd: true: the teacher's); with lmbda: 0 and seq_kd: false "
                        "nothing is sampled (task: sft cuts whole rows at max_length). Remove "
                        f"{'it' if len(unread) == 1 else 'them'}.")
-        if self.packing:
-            out.append("packing: true with teacher_model_name_or_path: distillation scores padded rows; remove "
-                       "packing.")
+        if self.packing and self.packing_strategy != "bfd":
+            out.append(f"packing_strategy: {self.packing_strategy} with teacher_model_name_or_path: it cuts rows "
+                       "before packing, so a completion is distilled without its prompt or its own beginning, and a "
+                       "sampled step's prompts are the cut pieces'; use packing_strategy: bfd (whole rows packed, the "
+                       "same divergence as unpacked rows) or packing: false.")
         if self.precompute_ref_log_probs:
             out.append("precompute_ref_log_probs with a teacher: the divergence needs the teacher's whole "
                        "next-token distribution at every step, not cached log-probs; remove it.")

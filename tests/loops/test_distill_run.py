@@ -84,8 +84,8 @@ def test_refusals(tmp_path):
         _cfg(tmp_path, beta=2.0).objective()
     with pytest.raises(ConfigError, match="temperature"):
         _cfg(tmp_path, teacher_model_name_or_path=None, temperature=0.7)
-    with pytest.raises(ConfigError, match="packing: true with teacher_model_name_or_path"):
-        _cfg(tmp_path, packing=True)
+    with pytest.raises(ConfigError, match="packing_strategy: wrapped with teacher_model_name_or_path: it cuts rows"):
+        _cfg(tmp_path, packing=True, packing_strategy="wrapped")
     with pytest.raises(ConfigError, match="precompute_ref_log_probs with a teacher"):
         _cfg(tmp_path, precompute_ref_log_probs=True)
     with pytest.raises(ConfigError, match="max_completion_length applies to sampled completions"):  # none sampled
@@ -373,3 +373,25 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     assert main(["eval", str(plain), "--task", "distill", "--data", data]) != 0
     assert "--task distill evaluates distillation runs" in capsys.readouterr().err
     assert "distillation" in eval_beta(None, {"task": "sft", "teacher_model_name_or_path": "t", "beta": 0.5})[1][0]
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_packed_rows_give_the_padded_rows_divergence_and_gradient(tmp_path, sampled):
+    """packing: true (bfd: whole rows side by side, per-row positions, block-diagonal mask) on the step's 8 rows
+    gives the loss of the same rows padded (to 1e-7) and the student's gradient (to 1e-8), on the dataset's
+    completions and on a sampled step (lmbda 1: the rows' own seeds give both layouts the same samples)."""
+    options = dict(lmbda=1.0, max_completion_length=6, temperature=0.9) if sampled else {}
+    out = {}
+    for packing in (False, True):
+        trainer = DistillTrainer(_cfg(tmp_path / str(packing), per_device_train_batch_size=8, beta=0.5,
+                                      packing=packing, **options))
+        mb = trainer.micro_batches(0)[0]
+        assert (mb.layout.input_ids.shape[0] < 8) == packing  # packed: fewer rows than sequences
+        loss = trainer.objective_output(trainer.score(mb.layout)).loss
+        loss.backward()
+        out[packing] = (float(loss.detach()), {n: p.grad for n, p in trainer.policy.named_parameters()},
+                        getattr(trainer, "sampled_completions", None))
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6, abs=1e-7) and out[True][0] > 1e-4
+    assert out[True][2] == out[False][2]
+    for name, grad in out[False][1].items():
+        torch.testing.assert_close(out[True][1][name], grad, rtol=0, atol=1e-8)

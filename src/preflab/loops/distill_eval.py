@@ -49,10 +49,10 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
 
     saved = distill_run_config(checkpoint)
     name, data_config = (data.name, data.config) if isinstance(data, ConfiguredSource) else (str(data), None)
-    notes = []
-    if split is None:
-        split = "train"
-        notes.append("no --split: the rows of split 'train' (a local file's only split) were evaluated")
+    from preflab.eval.run import open_eval_split
+
+    split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
+    notes = [said] if said else []
     with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
         options = {**saved, **TRAINING_ONLY, "model_name_or_path": str(checkpoint), "dataset_name": name,
                    "dataset_config": data_config, "dataset_split": split, "per_device_eval_batch_size": batch_size,
