@@ -84,7 +84,8 @@ class TrainConfig:
     teacher_model_name_or_path: str | None = None  # task: sft distillation (TRL DistillationConfig / GKDConfig)
     teacher_model_init_kwargs: dict | None = None  # TRL: from_pretrained arguments of the teacher
     lmbda: float = 0.0                         # TRL GKD: share of on-policy steps (student-sampled completions)
-    seq_kd: bool = False                       # TRL GKD: teacher-generated completions (refused: not in preflab)
+    seq_kd: bool = False                       # TRL GKD: the teacher samples the completions of off-policy steps
+    divergence_temperature: float | None = None  # distillation: the divergence's temperature (None: `temperature`)
     max_nonfinite_steps: int = 3               # stop after this many non-finite steps in a row
     disable_dropout: bool = True
     gradient_checkpointing: bool = False
@@ -516,6 +517,12 @@ class TrainConfig:
                        "teacher would be the student's own base; name a different teacher.")
         return out
 
+    def distillation_temperature(self) -> float:
+        """The divergence's temperature: divergence_temperature when set, else `temperature` (TRL
+        DistillationTrainer's rule: one temperature samples and scores; a saved GKDConfig sets 1.0, as
+        GKDTrainer.compute_loss scores at 1 whatever its sampling temperature)."""
+        return float(self.temperature if self.divergence_temperature is None else self.divergence_temperature)
+
     def distillation_beta(self) -> float:
         """The JSD's beta: `beta` when written or set, else TRL 1.16 DistillationConfig's default 1.0 (reverse KL;
         preflab's own default beta 0.1 is DPO's)."""
@@ -539,7 +546,7 @@ class TrainConfig:
         if self.task == "sft" and self.teacher_model_name_or_path:
             from preflab.objectives._distill_task import DistillLoss
 
-            return DistillLoss(beta=self.distillation_beta(), temperature=float(self.temperature))
+            return DistillLoss(beta=self.distillation_beta(), temperature=self.distillation_temperature())
         if self.task == "sft":
             from preflab.objectives._sft_task import SFTLoss
 

@@ -190,6 +190,10 @@ OPTIONS: dict[str, Option] = {
     "lmbda": Option("TRL GKD: share of the steps whose completions the student samples (on-policy distillation; "
                     "0: the dataset's completions, 1: TRL's DistillationTrainer)",
                     "a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+    "divergence_temperature": Option("task: sft with a teacher: the temperature of the divergence's two softmaxes "
+                                     "(null: `temperature`, TRL DistillationTrainer's rule; a saved GKDConfig: 1.0, "
+                                     "GKDTrainer's loss)", "a positive number or null",
+                                     lambda v: v is None or (_num(v) and v > 0)),
     "seq_kd": Option("TRL GKD: on the steps that are not on-policy, distil on completions the teacher samples for "
                      "the rows' prompts (sequence-level KD); needs max_completion_length"),
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),

@@ -173,7 +173,9 @@ def _unread_groups(cfg) -> list[tuple[list[str], str]]:
                         "task: online and task: sft with teacher_model_name_or_path (sampling: lmbda > 0 or "
                         "seq_kd)"),
                        (("teacher_model_name_or_path", "teacher_model_init_kwargs", "lmbda", "seq_kd"),
-                        lambda c: c.task == "sft", "task: sft (distillation from a teacher)"))
+                        lambda c: c.task == "sft", "task: sft (distillation from a teacher)"),
+                       (("divergence_temperature",), _distills,
+                        "task: sft with teacher_model_name_or_path (the divergence's temperature)"))
     return [(used, who) for names, reads, who in owners for used in [set_options(cfg, names)]
             if used and not reads(cfg)]
 

@@ -76,6 +76,10 @@ def test_refusals(tmp_path):
         _cfg(tmp_path, seq_kd=True)
     with pytest.raises(ConfigError, match="seq_kd: true with lmbda: 1.0: every step is on-policy"):
         _cfg(tmp_path, seq_kd=True, lmbda=1.0, max_completion_length=8)
+    with pytest.raises(ConfigError, match="divergence_temperature"):
+        _cfg(tmp_path, teacher_model_name_or_path=None, divergence_temperature=1.0)
+    with pytest.raises(ConfigError, match="divergence_temperature"):
+        _cfg(tmp_path, divergence_temperature=0.0)
     with pytest.raises(ConfigError, match="top_p, top_k apply to sampled completions"):  # nothing is sampled
         _cfg(tmp_path, top_k=5, top_p=0.9)
     with pytest.raises(ConfigError, match="needs teacher_model_name_or_path"):
@@ -148,9 +152,12 @@ def test_saved_distillation_and_gkd_configs_load(tmp_path):
     off = config_from_dict({**dump, **data, "lmbda": 0.0})  # off-policy: the sampling length is unread
     assert (off.lmbda, off.max_completion_length) == (0.0, None)
     gkd_dump = {k: v for k, v in _dump(GKDConfig, beta=0.2).items() if not k.endswith("_token")}
-    cfg = config_from_dict({**gkd_dump, **data})
-    assert (cfg.task, cfg.lmbda, cfg.max_completion_length, cfg.objective().beta, cfg.objective().temperature) == (
+    cfg = config_from_dict({**gkd_dump, **data})  # GKDTrainer samples at 0.9 and scores the divergence at 1
+    assert (cfg.task, cfg.lmbda, cfg.max_completion_length, cfg.objective().beta, cfg.temperature) == (
         "sft", 0.5, 128, 0.2, 0.9)
+    assert (cfg.divergence_temperature, cfg.objective().temperature) == (1.0, 1.0)
+    off = config_from_dict({**gkd_dump, **data, "lmbda": 0.0})  # nothing sampled: 0.9 is read by nobody
+    assert (off.temperature, off.objective().temperature, off.max_completion_length) == (1.0, 1.0, None)
     seq = config_from_dict({**gkd_dump, **data, "seq_kd": True})
     assert (seq.seq_kd, seq.lmbda, seq.max_completion_length) == (True, 0.5, 128)
     seq = config_from_dict({**gkd_dump, **data, "seq_kd": True, "lmbda": 0.0})  # the teacher samples every step
@@ -243,7 +250,7 @@ def _trl_sampled_step(trainer, model, items, max_new_tokens, beta):
     from preflab.generate import left_padded
 
     prompts, attn = left_padded([x.prompt_ids for x in items], trainer.pad_id)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, top_k=1, top_p=1.0, temperature=1.0,
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, top_k=1, top_p=1.0, temperature=0.9,
                               pad_token_id=trainer.pad_id, eos_token_id=trainer.tokenizer.eos_token_id)
     ids, mask, labels = gkd.GKDTrainer.generate_on_policy_outputs(
         model, {"prompts": prompts, "prompt_attention_mask": attn}, config)
@@ -257,11 +264,13 @@ def _trl_sampled_step(trainer, model, items, max_new_tokens, beta):
 
 @pytest.mark.parametrize("who", ["teacher", "student"])
 def test_a_sampled_step_is_trls_gkd_step(tmp_path, who):
-    """seq_kd (step 0 of lmbda 0.5 is not on-policy: the teacher samples) and lmbda 1 (the student samples): the
-    step's completions are the ones TRL's GKDTrainer.generate_on_policy_outputs gives with the same model (top_k 1),
-    and its loss is TRL's compute_loss on them."""
+    """seq_kd (step 0 of lmbda 0.5 is not on-policy: the teacher samples) and lmbda 1 (the student samples), with
+    GKDConfig's temperatures (sampling at 0.9, the divergence at 1: divergence_temperature, as a saved GKDConfig
+    loads): the step's completions are the ones TRL's GKDTrainer.generate_on_policy_outputs gives with the same
+    model (top_k 1), and its loss is TRL's compute_loss on them."""
     options = dict(seq_kd=True, lmbda=0.5) if who == "teacher" else dict(lmbda=1.0)
-    trainer = DistillTrainer(_cfg(tmp_path, max_completion_length=6, top_k=1, beta=0.5, **options))
+    trainer = DistillTrainer(_cfg(tmp_path, max_completion_length=6, top_k=1, beta=0.5, temperature=0.9,
+                                  divergence_temperature=1.0, **options))
     assert trainer.on_policy(0) == (who == "student")
     mb = trainer.micro_batches(0)[0]
     items = [trainer.train_data[i] for i in mb.index]

@@ -68,7 +68,7 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
                          .response_mask.sum()) for i in range(0, len(rows), batch_size))  # the divergence's tokens
     return {"task": "distill", "checkpoint": str(checkpoint), "data": name, "split": split,
             "teacher": cfg.teacher_model_name_or_path, "beta": cfg.distillation_beta(),
-            "temperature": float(cfg.temperature), "num_rows": len(rows), "num_tokens": tokens,
+            "temperature": cfg.distillation_temperature(), "num_rows": len(rows), "num_tokens": tokens,
             "metrics": metrics, "notes": notes}
 
 
