@@ -2,12 +2,15 @@
 offline loop: checkpoints, resume, report), with the completion NLL replaced by the generalized JSD to a frozen
 teacher's next-token distributions (preflab.objectives._distill_task: Agarwal et al. 2024, arXiv:2306.13649, Eq. 1).
 
-Data mixture (GKD's Algorithm 1, TRL's `lmbda`): each step is on-policy with probability lmbda (a draw seeded by
-(seed, step): the same on every process and after a resume; lmbda 1 is TRL's DistillationTrainer, 0 the dataset's
-completions only). On an on-policy step every micro-batch keeps its rows' prompts and gets completions sampled from
-the student (temperature `temperature`, at most max_completion_length new tokens, cut after the first eos; a
-generator seeded by (seed, step, process, micro-batch), the run's own RNG left untouched), and all sampled tokens
-carry the loss. Evaluation always uses the dataset's completions.
+Data mixture (GKD's Algorithm 1, TRL's `lmbda` and `seq_kd`): each step is on-policy with probability lmbda (a draw
+seeded by (seed, step): the same on every process and after a resume; lmbda 1 is TRL's DistillationTrainer). On an
+on-policy step every micro-batch keeps its rows' prompts and gets completions sampled from the student; on the other
+steps, with seq_kd, from the teacher (TRL GKDTrainer.training_step's order); else the dataset's completions are used.
+Sampling: transformers' sampling chain for temperature, top_k, top_p, min_p and repetition_penalty, at most
+max_completion_length new tokens, cut after the first eos; each row's draws come from its own seed (seed, step,
+dataset index, student / teacher: preflab.generate_seeded), so a row samples the same completion on any process and
+in any micro-batch, and the run's own RNG is left untouched. All sampled tokens carry the loss. Evaluation always
+uses the dataset's completions.
 
 The teacher is loaded and held like a reference model (preflab.models.load.load_models: safetensors, frozen, eval
 mode, scored under no_grad, trust_remote_code only when asked; its dtype by ref_load_dtype's rule). Each micro-batch
