@@ -351,7 +351,7 @@ def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monk
 
 def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys):
     """`preflab eval RUN --task distill --data F` on a run that evaluated on F (eval_dataset_name) gives the run's
-    final eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy (the trained student against the
+    final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy (the trained student against the
     run's teacher, the same rows and truncation); --reference names another teacher (the student itself: 0); a
     run without a teacher and --no-reference are refused; the default eval's note on a distillation run says what
     its beta is."""
@@ -361,14 +361,19 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     data = str(ROOT / "examples/data/loud_echo_sft.jsonl")
     run = tmp_path / "run"
     cfg = _cfg(tmp_path, beta=0.5, temperature=0.8, max_steps=2, learning_rate=1e-2, eval_dataset_name=data,
-               eval_steps=0, logging_steps=1, per_device_eval_batch_size=8)
+               eval_steps=1, save_steps=1, logging_steps=1, per_device_eval_batch_size=8)
     final = DistillTrainer(cfg).train()["final_metrics"]
-    assert main(["eval", str(run), "--task", "distill", "--data", data, "--out", str(tmp_path / "e.json")]) == 0
-    got = json.loads((tmp_path / "e.json").read_text())
-    assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"]) == ("builtin:tiny-qwen2", 0.5, 0.8, 48)
-    for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
-        assert got["metrics"][key] == pytest.approx(final[key], rel=1e-6, abs=1e-9), key
-    assert got["metrics"]["eval_loss"] > 1e-4
+    step1 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"eval_loss"' in x and json.loads(x)["step"] == 1)
+    for folder, want in ((run, final), (run / "checkpoint-1", step1)):  # the final model, a checkpoint's weights
+        assert main(["eval", str(folder), "--task", "distill", "--data", data, "--out", str(tmp_path / "e.json")]) == 0
+        got = json.loads((tmp_path / "e.json").read_text())
+        assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"]) == (
+            "builtin:tiny-qwen2", 0.5, 0.8, 48)
+        for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
+            assert got["metrics"][key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+        assert got["metrics"]["eval_loss"] > 1e-4
+    assert final["eval_loss"] != pytest.approx(step1["eval_loss"], rel=1e-3)
     assert main(["eval", str(run), "--task", "distill", "--data", data, "--reference", str(run), "--limit", "8",
                  "--out", str(tmp_path / "self.json")]) == 0
     own = json.loads((tmp_path / "self.json").read_text())

@@ -1,7 +1,9 @@
 """`preflab eval RUN --task distill --data ROWS`: a distillation run's own evaluation (preflab.loops.distill:
 DistillTrainer.evaluate) on held-out rows: eval_loss (the generalized JSD to the teacher, token mean over the rows'
 completion tokens, at the run's beta and temperature), eval_nll_loss, eval_mean_token_accuracy and eval_entropy of
-the trained student, written to eval.json. The rows are read, tokenized and truncated as the run read its own
+the trained student (a final run directory, a checkpoint-N or LoRA adapters, loaded as every `preflab eval` loads
+a policy: preflab.eval.loading.load_for_eval, then copied into the run's base as the trainer loads it), written to
+eval.json. The rows are read, tokenized and truncated as the run read its own
 (task: sft's forms, its max_length and completion_only_loss); the teacher is the run's teacher_model_name_or_path
 (with its teacher_model_init_kwargs), or --reference. The dataset's completions are scored (no sampling: lmbda and
 seq_kd are training-time), so the numbers equal the run's eval_* metrics on the same rows.
@@ -10,8 +12,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-from pathlib import Path
-
 from preflab.errors import ConfigError
 
 # the run's options that concern training only, reset so the evaluation's config is valid and samples nothing
@@ -32,10 +32,6 @@ def distill_run_config(checkpoint: str) -> dict:
         raise ConfigError(f"{checkpoint} is a task: {saved.get('task')} run without teacher_model_name_or_path; "
                           "--task distill evaluates distillation runs (task: sft with a teacher). Evaluate it with "
                           f"`preflab eval {checkpoint} --data ...`.")
-    folder = Path(checkpoint)
-    if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
-        raise ConfigError(f"{checkpoint} holds LoRA adapters only: --task distill loads a whole student model; "
-                          "evaluate the run's final directory (saved merged) instead.")
     return saved
 
 
@@ -53,13 +49,26 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
 
     split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
     notes = [said] if said else []
+    from preflab.eval.loading import load_for_eval
+
+    # the student as every eval loads it: a final run directory, a checkpoint-N (the run's base + its weights) or
+    # LoRA adapters (merged); safetensors only, remote code only when the run allowed it
+    student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
+                                       seed=int(saved.get("seed") or 0))
     with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
-        options = {**saved, **TRAINING_ONLY, "model_name_or_path": str(checkpoint), "dataset_name": name,
+        options = {**saved, **TRAINING_ONLY, "dataset_name": name,
                    "dataset_config": data_config, "dataset_split": split, "per_device_eval_batch_size": batch_size,
                    "output_dir": scratch, "report_to": "none"}
         if teacher:
             options["teacher_model_name_or_path"] = teacher
-        trainer = DistillTrainer(config_from_dict(options))
+        trainer = DistillTrainer(config_from_dict(options), tokenizer=tokenizer)  # the run's base and teacher
+        own = trainer.accelerator.unwrap_model(trainer.policy)
+        try:  # the trained weights into the run's base (the same architecture: strict)
+            own.load_state_dict(student.state_dict(), strict=True)
+        except RuntimeError as err:
+            raise ConfigError(f"{checkpoint}'s weights do not fit the run's model_name_or_path "
+                              f"{saved.get('model_name_or_path')} ({str(err).splitlines()[0]}).") from err
+        del student
         rows = trainer.train_data if limit is None else trainer.train_data[:limit]
         trainer.eval_data = rows
         metrics = trainer.evaluate()
