@@ -6,7 +6,8 @@ batched matmuls in the logits, which moves a sample only where two perturbed sco
 Rule (the Gumbel-max trick: argmax_v (s_v + G_v) with G_v i.i.d. standard Gumbel is a draw from softmax(s)): at each
 new token of row i, the scores s are the model's last-position logits through transformers' sampling chain for the
 given settings, in `generate`'s order (repetition penalty, temperature, top-k, top-p, min-p: sampling_chain), and
-G = -log(-log U) with U ~ Uniform(0, 1)^V drawn (float64, on the CPU) from row i's own torch.Generator. The token is
+G = -log(-log U) with U ~ Uniform(0, 1)^V drawn (float64, on the scores' device: the CPU's stream on a CPU, the
+CUDA one on a GPU) from row i's own torch.Generator. The token is
 then argmax(s + G), taken by `generate`'s greedy path (do_sample=False), so finished rows, eos and padding are
 `generate`'s. The law of each token is transformers' do_sample law for the same settings (softmax of the same
 scores, the same one TRL's trainers sample from); only the source of randomness differs (torch.multinomial on the
@@ -43,8 +44,8 @@ def sampling_chain(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
 
 
 def gumbel_noise(generator: torch.Generator, size: int) -> torch.Tensor:
-    """[size] float64 standard Gumbel draws -log(-log U) from `generator` (U kept inside (0, 1))."""
-    u = torch.rand(size, generator=generator, dtype=torch.float64)
+    """[size] float64 standard Gumbel draws -log(-log U) from `generator`, on its device (U kept inside (0, 1))."""
+    u = torch.rand(size, generator=generator, dtype=torch.float64, device=generator.device)
     tiny = torch.finfo(torch.float64).tiny
     return -torch.log(-torch.log(u.clamp(tiny, 1.0 - 2 ** -53)))
 
@@ -55,14 +56,17 @@ class RowSeededSampler:
 
     def __init__(self, seeds: list[int], chain):
         self.chain = chain
-        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.seeds = [int(s) for s in seeds]
+        self.generators: list[torch.Generator] = []  # made on the scores' device at the first token
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if scores.shape[0] != len(self.generators):
-            raise RuntimeError(f"row-seeded sampling: {scores.shape[0]} rows scored for {len(self.generators)} seeds.")
+        if scores.shape[0] != len(self.seeds):
+            raise RuntimeError(f"row-seeded sampling: {scores.shape[0]} rows scored for {len(self.seeds)} seeds.")
+        if not self.generators:  # on the scores' device (a CUDA stream: the same on GPUs of one kind)
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         scores = self.chain(input_ids, scores)
         noise = torch.stack([gumbel_noise(g, scores.shape[-1]) for g in self.generators])
-        return (scores.double() + noise.to(scores.device)).to(scores.dtype)
+        return (scores.double() + noise).to(scores.dtype)
 
 
 @torch.no_grad()
