@@ -550,6 +550,10 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
                           f"{kwargs['revision']!r} disagree; keep one.")
         raw["teacher_model_init_kwargs"] = {**kwargs, "revision": revision}
     gkd = "seq_kd" in raw and "max_new_tokens" in raw  # GKDConfig's fields
+    if gkd and raw.get("seq_kd") and float(raw.get("lmbda", 0.0) or 0.0) >= 1.0:
+        raw["seq_kd"] = False  # GKDTrainer.training_step: random() <= 1 always, its seq_kd branch is never reached
+        notes.append("seq_kd: not read (with lmbda: 1 TRL's GKDTrainer samples every completion from the student and "
+                     "never reaches seq_kd).")
     if gkd and "divergence_temperature" not in raw:  # GKDTrainer.compute_loss: generalized_jsd_loss at temperature 1
         raw["divergence_temperature"] = 1.0
         if raw.get("temperature", 1.0) != 1.0:

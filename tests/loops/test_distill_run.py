@@ -162,6 +162,8 @@ def test_saved_distillation_and_gkd_configs_load(tmp_path):
     assert (seq.seq_kd, seq.lmbda, seq.max_completion_length) == (True, 0.5, 128)
     seq = config_from_dict({**gkd_dump, **data, "seq_kd": True, "lmbda": 0.0})  # the teacher samples every step
     assert (seq.seq_kd, seq.lmbda, seq.max_completion_length) == (True, 0.0, 128)
+    seq = config_from_dict({**gkd_dump, **data, "seq_kd": True, "lmbda": 1.0})  # TRL never reaches seq_kd: noted
+    assert (seq.seq_kd, seq.lmbda) == (False, 1.0)
     sampling = dict(top_p=0.9, top_k=7, min_p=0.1, repetition_penalty=1.2)  # DistillationConfig's, read on-policy
     cfg = config_from_dict({**_dump(DistillationConfig, **sampling), **data})
     assert {k: getattr(cfg, k) for k in sampling} == sampling
