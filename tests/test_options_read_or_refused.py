@@ -96,6 +96,7 @@ def _other_value(name: str, default):
                "save_total_limit": 2, "dataset_num_proc": 2, "rpo_alpha": 1.0, "router_aux_loss_coef": 0.01,
                "center_rewards_coefficient": 0.01, "missing_eos_penalty": 1.0, "epsilon_high": 0.3,
                "judge_timeout_s": 5.0, "min_p": 0.1, "dataset_text_field": "content", "packing_strategy": "wrapped",
+               "divergence_temperature": 0.5,
                "eos_token": "<|user|>", "chat_template_path": "chat.jinja",
                "chat_template_kwargs": {"enable_thinking": False},
                "tools": ["calculator"], "max_tool_calling_iterations": 2,

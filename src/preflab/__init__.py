@@ -17,8 +17,10 @@ _TRL_CLASSES = {
     "GRPOConfig": "task: online, trainer: grpo", "OnlineDPOTrainer": "task: online, trainer: online_dpo",
     "OnlineDPOConfig": "task: online, trainer: online_dpo", "RLOOTrainer": "task: online, trainer: rloo",
     "RLOOConfig": "task: online, trainer: rloo",
-    "GKDTrainer": "task: sft, teacher_model_name_or_path, lmbda and max_completion_length (seq_kd is refused)",
-    "GKDConfig": "task: sft, teacher_model_name_or_path, lmbda and max_completion_length (seq_kd is refused)",
+    "GKDTrainer": "task: sft, teacher_model_name_or_path, lmbda, seq_kd and max_completion_length (the divergence at "
+                  "divergence_temperature: 1.0, as GKDTrainer scores it)",
+    "GKDConfig": "task: sft, teacher_model_name_or_path, lmbda, seq_kd and max_completion_length (the divergence at "
+                 "divergence_temperature: 1.0, as GKDTrainer scores it)",
     "DistillationTrainer": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
     "DistillationConfig": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
 }

@@ -35,6 +35,7 @@ TASK_ROUTES = {
     ("eval", "reward"): "preflab.reward_models.cli:eval_task",
     ("eval", "diffusion"): "preflab.loops.diffusion_eval:eval_task",
     ("eval", "vlm"): "preflab.loops.vlm_eval:eval_task",
+    ("eval", "distill"): "preflab.loops.distill_eval:eval_task",
 }
 
 

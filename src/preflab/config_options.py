@@ -198,7 +198,12 @@ OPTIONS: dict[str, Option] = {
     "lmbda": Option("TRL GKD: share of the steps whose completions the student samples (on-policy distillation; "
                     "0: the dataset's completions, 1: TRL's DistillationTrainer)",
                     "a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
-    "seq_kd": Option("TRL GKD: distil on teacher-generated completions (refused: generate them first)"),
+    "divergence_temperature": Option("task: sft with a teacher: the temperature of the divergence's two softmaxes "
+                                     "(null: `temperature`, TRL DistillationTrainer's rule; a saved GKDConfig: 1.0, "
+                                     "GKDTrainer's loss)", "a positive number or null",
+                                     lambda v: v is None or (_num(v) and v > 0)),
+    "seq_kd": Option("TRL GKD: on the steps that are not on-policy, distil on completions the teacher samples for "
+                     "the rows' prompts (sequence-level KD); needs max_completion_length"),
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),
     "disable_dropout": Option("set every dropout probability to 0 in policy and reference"),
     "gradient_checkpointing": Option("recompute activations in the backward pass (less memory, slower)"),
@@ -380,11 +385,14 @@ OPTIONS: dict[str, Option] = {
     "steps_per_generation": above(0, "task: online; optimizer steps on one round's slices (TRL GRPO)"),
     "num_iterations": above(0, "task: online; passes over each generation round (TRL GRPO's mu)"),
     "temperature": above(0, "task: online; sampling temperature (log-probs are at temperature 1)"),
-    "top_p": Option("task: online; nucleus sampling (1: the full distribution)", "in (0, 1]",
-                    lambda v: _num(v) and 0 < v <= 1),
-    "top_k": at_least(0, "task: online; sample from the k most likely tokens only (0: off; TRL GRPOConfig)"),
-    "min_p": within(0, 1, "task: online; drop tokens below min_p x the top token's probability (null: off; TRL)"),
-    "repetition_penalty": above(0, "task: online; transformers' repetition penalty while sampling (1: none; TRL)"),
+    "top_p": Option("task: online and distillation sampling (lmbda > 0, seq_kd); nucleus sampling (1: the full "
+                    "distribution)", "in (0, 1]", lambda v: _num(v) and 0 < v <= 1),
+    "top_k": at_least(0, "task: online and distillation sampling; sample from the k most likely tokens only (0: off; "
+                         "TRL GRPOConfig, DistillationConfig)"),
+    "min_p": within(0, 1, "task: online and distillation sampling; drop tokens below min_p x the top token's "
+                          "probability (null: off; TRL)"),
+    "repetition_penalty": above(0, "task: online and distillation sampling; transformers' repetition penalty while "
+                                   "sampling (1: none; TRL)"),
     "shuffle_dataset": Option("task: online; each generation round's prompts are drawn at random (seeded); false: in "
                               "dataset order, rounds of prompts_per_generation consecutive prompts, as TRL GRPOConfig"),
     "chat_template_kwargs": Option("task: online, online_task dataset; arguments of the chat template of "

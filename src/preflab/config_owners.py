@@ -49,6 +49,11 @@ def _vision_online(cfg) -> bool:
     return cfg.task == "online" and cfg.online_task == "vision_dataset"
 
 
+# The sampling settings a distillation run reads for its sampled completions (lmbda > 0, seq_kd) beside temperature:
+# TRL 1.16 DistillationConfig's (GKDConfig fixes top_k 0, top_p 1 and has no others); task: online's too.
+DISTILL_SAMPLING_OPTIONS = ("top_p", "top_k", "min_p", "repetition_penalty")
+
+
 def _distills(cfg) -> bool:
     """A task: sft run with a teacher (preflab.objectives._distill_task)."""
     return cfg.task == "sft" and bool(getattr(cfg, "teacher_model_name_or_path", None))
@@ -159,13 +164,18 @@ def _unread_groups(cfg) -> list[tuple[list[str], str]]:
     not read."""
     owners = OWNERS + ((("recipe_params",), lambda c: c.task in RECIPE_TASKS,
                         f"the recipe tasks ({', '.join(RECIPE_TASKS)})"),
-                       (tuple(n for n in ONLINE_OPTIONS if n != "temperature"), lambda c: c.task == "online",
-                        "task: online"),
+                       (tuple(n for n in ONLINE_OPTIONS if n not in ("temperature", *DISTILL_SAMPLING_OPTIONS)),
+                        lambda c: c.task == "online", "task: online"),
                        (("temperature",), lambda c: c.task == "online" or _distills(c),
                         "task: online (sampling) and task: sft with teacher_model_name_or_path (the divergence's "
                         "temperature)"),
+                       (DISTILL_SAMPLING_OPTIONS, lambda c: c.task == "online" or _distills(c),
+                        "task: online and task: sft with teacher_model_name_or_path (sampling: lmbda > 0 or "
+                        "seq_kd)"),
                        (("teacher_model_name_or_path", "teacher_model_init_kwargs", "lmbda", "seq_kd"),
-                        lambda c: c.task == "sft", "task: sft (distillation from a teacher)"))
+                        lambda c: c.task == "sft", "task: sft (distillation from a teacher)"),
+                       (("divergence_temperature",), _distills,
+                        "task: sft with teacher_model_name_or_path (the divergence's temperature)"))
     return [(used, who) for names, reads, who in owners for used in [set_options(cfg, names)]
             if used and not reads(cfg)]
 

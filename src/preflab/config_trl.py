@@ -537,7 +537,8 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
     off-policy (preflab.objectives._distill_task). DistillationConfig has no lmbda: its trainer samples every
     completion from the student, so its dump is refused unless lmbda: 0 is given with it (distil on the dataset's
     completions instead). teacher_model_revision goes to teacher_model_init_kwargs.revision; the generation lengths
-    (max_completion_length, GKD's max_new_tokens) are unread off-policy."""
+    (max_completion_length, GKD's max_new_tokens) and DistillationConfig's sampling settings (top_p, top_k, min_p,
+    repetition_penalty) are unread when nothing is sampled (lmbda 0, no seq_kd), read otherwise."""
     if not raw.get("teacher_model_name_or_path"):
         return
     distillation = "teacher_model_revision" in raw  # DistillationConfig's field (GKDConfig has none)
@@ -556,12 +557,27 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
                           f"{kwargs['revision']!r} disagree; keep one.")
         raw["teacher_model_init_kwargs"] = {**kwargs, "revision": revision}
     gkd = "seq_kd" in raw and "max_new_tokens" in raw  # GKDConfig's fields
+    if gkd and raw.get("seq_kd") and float(raw.get("lmbda", 0.0) or 0.0) >= 1.0:
+        raw["seq_kd"] = False  # GKDTrainer.training_step: random() <= 1 always, its seq_kd branch is never reached
+        notes.append("seq_kd: not read (with lmbda: 1 TRL's GKDTrainer samples every completion from the student and "
+                     "never reaches seq_kd).")
+    if gkd and "divergence_temperature" not in raw:  # GKDTrainer.compute_loss: generalized_jsd_loss at temperature 1
+        raw["divergence_temperature"] = 1.0
+        if raw.get("temperature", 1.0) != 1.0:
+            notes.append(f"GKDConfig -> divergence_temperature: 1.0 (TRL's GKDTrainer scores the divergence at "
+                         f"temperature 1; its temperature {raw['temperature']} only samples).")
     if raw.get("task") == "sft" and not raw.get("lmbda", 0.0) and not raw.get("seq_kd") and (distillation or gkd):
         # the dump's sampling lengths: nothing is sampled off-policy (written by hand, they are refused as for sft)
         for key in ("max_completion_length", "max_new_tokens"):
             if key in raw:
                 raw.pop(key)
                 notes.append(f"{key}: not read (distillation on the dataset's completions generates nothing).")
+        if gkd and raw.pop("temperature", 1.0) != 1.0:  # GKDTrainer: the divergence at 1, nothing sampled here
+            notes.append("temperature: not read (GKDTrainer scores the divergence at temperature 1, and distillation "
+                         "on the dataset's completions samples nothing).")
+        for key, default in (("top_p", 1.0), ("top_k", 0), ("min_p", None), ("repetition_penalty", 1.0)):
+            if key in raw and raw.pop(key) != default:  # DistillationConfig's sampling settings (at its default: none)
+                notes.append(f"{key}: not read (distillation on the dataset's completions samples nothing).")
     elif gkd and "max_completion_length" not in raw:  # GKDConfig's sampling length, preflab's name
         raw["max_completion_length"] = raw.pop("max_new_tokens")
 

@@ -66,23 +66,33 @@ def test_unwritten_beta_is_trls_distillation_default_and_student_equal_to_teache
 
 
 def test_refusals(tmp_path):
-    with pytest.raises(ConfigError, match="lmbda: 0.5 samples the student's completions: set max_completion_length"):
+    with pytest.raises(ConfigError, match="lmbda: 0.5 .the student.s. samples completions: set max_completion_length"):
         _cfg(tmp_path, lmbda=0.5)
     with pytest.raises(ConfigError, match="streaming"):
         _cfg(tmp_path, lmbda=0.5, max_completion_length=8, streaming=True, max_steps=2)
-    with pytest.raises(ConfigError, match="seq_kd: true"):
+    with pytest.raises(ConfigError, match="seq_kd: true .the teacher's. with streaming"):
+        _cfg(tmp_path, seq_kd=True, max_completion_length=8, streaming=True, max_steps=2)
+    with pytest.raises(ConfigError, match="seq_kd: true .the teacher's. samples completions: set max_completion"):
         _cfg(tmp_path, seq_kd=True)
+    with pytest.raises(ConfigError, match="seq_kd: true with lmbda: 1.0: every step is on-policy"):
+        _cfg(tmp_path, seq_kd=True, lmbda=1.0, max_completion_length=8)
+    with pytest.raises(ConfigError, match="divergence_temperature"):
+        _cfg(tmp_path, teacher_model_name_or_path=None, divergence_temperature=1.0)
+    with pytest.raises(ConfigError, match="divergence_temperature"):
+        _cfg(tmp_path, divergence_temperature=0.0)
+    with pytest.raises(ConfigError, match="top_p, top_k apply to sampled completions"):  # nothing is sampled
+        _cfg(tmp_path, top_k=5, top_p=0.9)
     with pytest.raises(ConfigError, match="needs teacher_model_name_or_path"):
         _cfg(tmp_path, teacher_model_name_or_path=None, lmbda=0.0, seq_kd=False, teacher_model_init_kwargs={})
     with pytest.raises(ConfigError, match="beta must be in"):
         _cfg(tmp_path, beta=2.0).objective()
     with pytest.raises(ConfigError, match="temperature"):
         _cfg(tmp_path, teacher_model_name_or_path=None, temperature=0.7)
-    with pytest.raises(ConfigError, match="packing: true with teacher_model_name_or_path"):
-        _cfg(tmp_path, packing=True)
+    with pytest.raises(ConfigError, match="packing_strategy: wrapped with teacher_model_name_or_path: it cuts rows"):
+        _cfg(tmp_path, packing=True, packing_strategy="wrapped")
     with pytest.raises(ConfigError, match="precompute_ref_log_probs with a teacher"):
         _cfg(tmp_path, precompute_ref_log_probs=True)
-    with pytest.raises(ConfigError, match="max_completion_length applies to on-policy"):  # nothing is sampled
+    with pytest.raises(ConfigError, match="max_completion_length applies to sampled completions"):  # none sampled
         _cfg(tmp_path, max_completion_length=64)
     with pytest.raises(ConfigError, match="DistillTrainer"):
         SFTTrainer(_cfg(tmp_path))
@@ -142,11 +152,23 @@ def test_saved_distillation_and_gkd_configs_load(tmp_path):
     off = config_from_dict({**dump, **data, "lmbda": 0.0})  # off-policy: the sampling length is unread
     assert (off.lmbda, off.max_completion_length) == (0.0, None)
     gkd_dump = {k: v for k, v in _dump(GKDConfig, beta=0.2).items() if not k.endswith("_token")}
-    cfg = config_from_dict({**gkd_dump, **data})
-    assert (cfg.task, cfg.lmbda, cfg.max_completion_length, cfg.objective().beta, cfg.objective().temperature) == (
+    cfg = config_from_dict({**gkd_dump, **data})  # GKDTrainer samples at 0.9 and scores the divergence at 1
+    assert (cfg.task, cfg.lmbda, cfg.max_completion_length, cfg.objective().beta, cfg.temperature) == (
         "sft", 0.5, 128, 0.2, 0.9)
-    with pytest.raises(ConfigError, match="seq_kd: true"):
-        config_from_dict({**gkd_dump, **data, "seq_kd": True})
+    assert (cfg.divergence_temperature, cfg.objective().temperature) == (1.0, 1.0)
+    off = config_from_dict({**gkd_dump, **data, "lmbda": 0.0})  # nothing sampled: 0.9 is read by nobody
+    assert (off.temperature, off.objective().temperature, off.max_completion_length) == (1.0, 1.0, None)
+    seq = config_from_dict({**gkd_dump, **data, "seq_kd": True})
+    assert (seq.seq_kd, seq.lmbda, seq.max_completion_length) == (True, 0.5, 128)
+    seq = config_from_dict({**gkd_dump, **data, "seq_kd": True, "lmbda": 0.0})  # the teacher samples every step
+    assert (seq.seq_kd, seq.lmbda, seq.max_completion_length) == (True, 0.0, 128)
+    seq = config_from_dict({**gkd_dump, **data, "seq_kd": True, "lmbda": 1.0})  # TRL never reaches seq_kd: noted
+    assert (seq.seq_kd, seq.lmbda) == (False, 1.0)
+    sampling = dict(top_p=0.9, top_k=7, min_p=0.1, repetition_penalty=1.2)  # DistillationConfig's, read on-policy
+    cfg = config_from_dict({**_dump(DistillationConfig, **sampling), **data})
+    assert {k: getattr(cfg, k) for k in sampling} == sampling
+    off = config_from_dict({**_dump(DistillationConfig, **sampling), **data, "lmbda": 0.0})  # noted as unread
+    assert (off.top_p, off.top_k, off.min_p, off.repetition_penalty) == (1.0, 0, None, 1.0)
 
 
 def test_on_policy_steps_follow_lmbda_and_are_the_same_on_every_draw(tmp_path):
@@ -218,3 +240,174 @@ def test_accumulation_equals_one_big_batch(tmp_path):
     assert out["accum"][0]["final_metrics"]["loss"] == pytest.approx(out["big"][0]["final_metrics"]["loss"], abs=1e-7)
     for key, value in out["big"][1].items():
         torch.testing.assert_close(out["accum"][1][key], value, rtol=0, atol=1e-6)
+
+
+def _trl_sampled_step(trainer, model, items, max_new_tokens, beta):
+    """TRL 1.16 GKDTrainer on one batch: generate_on_policy_outputs (the left-padded prompts, its eos cut and label
+    mask) with `model`, then compute_loss's formula (generalized_jsd_loss on the shifted logits of the student and
+    the teacher over the padded batch, temperature 1 as there). Sampling with top_k 1 (one token left) makes TRL's
+    do_sample draw and preflab's row-seeded draw the same token, so the two runs can be compared exactly."""
+    from transformers import GenerationConfig
+
+    from preflab.generate import left_padded
+
+    prompts, attn = left_padded([x.prompt_ids for x in items], trainer.pad_id)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=True, top_k=1, top_p=1.0, temperature=0.9,
+                              pad_token_id=trainer.pad_id, eos_token_id=trainer.tokenizer.eos_token_id)
+    ids, mask, labels = gkd.GKDTrainer.generate_on_policy_outputs(
+        model, {"prompts": prompts, "prompt_attention_mask": attn}, config)
+    completions = [row[lab != -100].tolist() for row, lab in zip(ids, labels)]
+    with torch.no_grad():
+        s = trainer.policy(input_ids=ids, attention_mask=mask).logits[:, :-1].double()
+        t = trainer.ref(input_ids=ids, attention_mask=mask).logits[:, :-1].double()
+        loss = gkd.GKDTrainer.generalized_jsd_loss(s, t, labels=labels[:, 1:], beta=beta)
+    return completions, float(loss)
+
+
+@pytest.mark.parametrize("who", ["teacher", "student"])
+def test_a_sampled_step_is_trls_gkd_step(tmp_path, who):
+    """seq_kd (step 0 of lmbda 0.5 is not on-policy: the teacher samples) and lmbda 1 (the student samples), with
+    GKDConfig's temperatures (sampling at 0.9, the divergence at 1: divergence_temperature, as a saved GKDConfig
+    loads): the step's completions are the ones TRL's GKDTrainer.generate_on_policy_outputs gives with the same
+    model (top_k 1), and its loss is TRL's compute_loss on them."""
+    options = dict(seq_kd=True, lmbda=0.5) if who == "teacher" else dict(lmbda=1.0)
+    trainer = DistillTrainer(_cfg(tmp_path, max_completion_length=6, top_k=1, beta=0.5, temperature=0.9,
+                                  divergence_temperature=1.0, **options))
+    assert trainer.on_policy(0) == (who == "student")
+    mb = trainer.micro_batches(0)[0]
+    items = [trainer.train_data[i] for i in mb.index]
+    model = trainer.ref if who == "teacher" else trainer.policy
+    completions, trl_loss = _trl_sampled_step(trainer, model, items, 6, 0.5)
+    assert trainer.sampled_completions == completions
+    assert completions != [x.completion_ids for x in items]
+    with torch.no_grad():
+        loss = float(trainer.objective_output(trainer.score(mb.layout)).loss)
+    assert loss == pytest.approx(trl_loss, rel=1e-4, abs=1e-7)
+
+
+def test_seq_kd_samples_the_teacher_with_the_row_seeds_off_policy_and_the_student_on_policy(tmp_path):
+    """seq_kd, lmbda 0.5, temperature 0.8, top_p 0.9: an off-policy step's completions are the teacher's row-seeded
+    samples (seeds row_seed(step, index, "teacher")), an on-policy step's the student's (row_seed(.., "student"))."""
+    from preflab.generate_seeded import generate_ids_row_seeded
+
+    trainer = DistillTrainer(_cfg(tmp_path, seq_kd=True, lmbda=0.5, max_completion_length=5, temperature=0.8,
+                                  top_p=0.9))
+    for step, model, who in ((0, trainer.ref, "teacher"), (2, trainer.policy, "student")):
+        assert trainer.on_policy(step) == (who == "student")
+        mb = trainer.micro_batches(step)[0]
+        prompts = [trainer.train_data[i].prompt_ids for i in mb.index]
+        want = generate_ids_row_seeded(model, prompts, [trainer.row_seed(step, i, who) for i in mb.index],
+                                       eos_id=trainer.tokenizer.eos_token_id, pad_id=trainer.pad_id,
+                                       max_new_tokens=5, temperature=0.8, top_p=0.9)
+        assert trainer.sampled_completions == want
+        assert int(mb.layout.response_mask.sum()) == sum(len(c) for c in want)
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_with_sampled_steps(tmp_path, accelerate_launch):
+    """examples/accelerate/ddp.yaml, 2 CPU processes (gloo) x batch 4 against 1 process x batch 8 on
+    examples/distill.yaml with seq_kd and lmbda 0.5 (steps 0 and 1 sampled by the teacher, step 2 by the student):
+    each row samples from its own seed (seed, step, dataset index), so both runs train on the same completions:
+    the same losses and final weights to 1e-6."""
+    import os
+    import shutil
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from preflab.cli import main
+
+    common = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true",
+              "max_steps=3", "lmbda=0.5", "seq_kd=true", "max_completion_length=6", "lr_scheduler_type=constant",
+              "warmup_steps=0"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2",
+                            shutil.which("preflab"), "train", str(ROOT / "examples/distill.yaml"), f"output_dir={two}",
+                            "per_device_train_batch_size=4", *common)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
+    assert main(["train", str(ROOT / "examples/distill.yaml"), f"output_dir={one}", "per_device_train_batch_size=8",
+                 *common]) == 0
+    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
+    got, want = rows(two), rows(one)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for key in ("loss", "nll_loss", "num_tokens"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in want], abs=1e-6), key
+    a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monkeypatch):
+    """Under a sharding engine (launch.is_sharded; the engine's name is accelerate's distributed_type, NO here) the
+    trainer stops with the reason and the DDP launch."""
+    from preflab.loops import launch
+
+    monkeypatch.setattr(launch, "is_sharded", lambda accelerator: True)
+    with pytest.raises(ConfigError, match="distillation under NO: .* ZeRO-3 .*examples/accelerate/ddp.yaml"):
+        DistillTrainer(_cfg(tmp_path))
+
+
+def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys):
+    """`preflab eval RUN --task distill --data F` on a run that evaluated on F (eval_dataset_name) gives the run's
+    final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy (the trained student against the
+    run's teacher, the same rows and truncation); --reference names another teacher (the student itself: 0); a
+    run without a teacher and --no-reference are refused; the default eval's note on a distillation run says what
+    its beta is."""
+    from preflab.cli import main
+    from preflab.eval.run import eval_beta
+
+    data = str(ROOT / "examples/data/loud_echo_sft.jsonl")
+    run = tmp_path / "run"
+    cfg = _cfg(tmp_path, beta=0.5, temperature=0.8, max_steps=2, learning_rate=1e-2, eval_dataset_name=data,
+               eval_steps=1, save_steps=1, logging_steps=1, per_device_eval_batch_size=8)
+    final = DistillTrainer(cfg).train()["final_metrics"]
+    step1 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"eval_loss"' in x and json.loads(x)["step"] == 1)
+    for folder, want in ((run, final), (run / "checkpoint-1", step1)):  # the final model, a checkpoint's weights
+        assert main(["eval", str(folder), "--task", "distill", "--data", data, "--out", str(tmp_path / "e.json")]) == 0
+        got = json.loads((tmp_path / "e.json").read_text())
+        assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"]) == (
+            "builtin:tiny-qwen2", 0.5, 0.8, 48)
+        for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
+            assert got["metrics"][key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
+        assert got["metrics"]["eval_loss"] > 1e-4
+    assert final["eval_loss"] != pytest.approx(step1["eval_loss"], rel=1e-3)
+    assert main(["eval", str(run), "--task", "distill", "--data", data, "--reference", str(run), "--limit", "8",
+                 "--out", str(tmp_path / "self.json")]) == 0
+    own = json.loads((tmp_path / "self.json").read_text())
+    assert own["num_rows"] == 8 and abs(own["metrics"]["eval_loss"]) < 1e-6
+    capsys.readouterr()
+    assert main(["eval", str(run), "--task", "distill", "--data", data, "--no-reference"]) != 0
+    assert "--no-reference with --task distill: the divergence needs the teacher" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.yaml").write_text("task: dpo\nmodel_name_or_path: builtin:tiny-llama\n")
+    assert main(["eval", str(plain), "--task", "distill", "--data", data]) != 0
+    assert "--task distill evaluates distillation runs" in capsys.readouterr().err
+    assert "distillation" in eval_beta(None, {"task": "sft", "teacher_model_name_or_path": "t", "beta": 0.5})[1][0]
+
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_packed_rows_give_the_padded_rows_divergence_and_gradient(tmp_path, sampled):
+    """packing: true (bfd: whole rows side by side, per-row positions, block-diagonal mask) on the step's 8 rows
+    gives the loss of the same rows padded (to 1e-7) and the student's gradient (to 1e-8), on the dataset's
+    completions and on a sampled step (lmbda 1: the rows' own seeds give both layouts the same samples)."""
+    options = dict(lmbda=1.0, max_completion_length=6, temperature=0.9) if sampled else {}
+    out = {}
+    for packing in (False, True):
+        trainer = DistillTrainer(_cfg(tmp_path / str(packing), per_device_train_batch_size=8, beta=0.5,
+                                      packing=packing, **options))
+        mb = trainer.micro_batches(0)[0]
+        assert (mb.layout.input_ids.shape[0] < 8) == packing  # packed: fewer rows than sequences
+        loss = trainer.objective_output(trainer.score(mb.layout)).loss
+        loss.backward()
+        out[packing] = (float(loss.detach()), {n: p.grad for n, p in trainer.policy.named_parameters()},
+                        getattr(trainer, "sampled_completions", None))
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-6, abs=1e-7) and out[True][0] > 1e-4
+    assert out[True][2] == out[False][2]
+    for name, grad in out[False][1].items():
+        torch.testing.assert_close(out[True][1][name], grad, rtol=0, atol=1e-8)

@@ -25,6 +25,7 @@ TASK_READS = {
     "diffusion": {"reference", "no_reference", "reward_fn", "win_rate_prompts", "confidence", "batch_size",
                   "split"},
     "vlm": {"reference", "no_reference", "batch_size", "split"},
+    "distill": {"reference", "no_reference", "batch_size", "split", "limit"},  # --reference: another teacher
 }
 
 

@@ -457,6 +457,12 @@ def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
     if given is not None:
         return float(given), notes
     run_beta = cfg.get("beta")
+    if cfg.get("task") == "sft" and cfg.get("teacher_model_name_or_path"):  # beta: the JSD's, not a KL weight
+        notes.append(f"the run is a distillation (task: sft with a teacher; its beta={run_beta} weighs the "
+                     "generalized JSD, no KL coefficient): beta = 0.1 is used for rewards/*, R* and the difficulty, "
+                     "DPO's quantities against the reference; pass --beta to choose it. Its own metrics (the "
+                     "divergence to the teacher) on task: sft rows: `preflab eval RUN --task distill --data ROWS`")
+        return 0.1, notes
     if cfg.get("task") == "sft":  # its config.yaml holds beta's default, which maximum likelihood never read
         notes.append("the run is task: sft (maximum likelihood, no beta; its config.yaml's beta is the option's "
                      "default, unread): beta = 0.1 is used for rewards/*, R* and the difficulty, DPO's quantities "

@@ -32,10 +32,12 @@ def register(sub) -> None:
     reference.add_argument("--no-reference", action="store_true",
                            help="no reference model: policy-only metrics (ranking accuracy)")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
-    p.add_argument("--task", choices=("dpo", "reward", "diffusion", "vlm"), default="dpo",
+    p.add_argument("--task", choices=("dpo", "reward", "diffusion", "vlm", "distill"), default="dpo",
                    help="reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
                         "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts)); "
-                        "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics)")
+                        "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics); "
+                        "distill: a distillation run (task: sft with a teacher) on held-out task: sft rows (its "
+                        "eval_* metrics: the divergence to the teacher, or --reference's)")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
                                    "data has one, as a run's eval_split; else 'train'; every --task; eval.json's "
@@ -83,6 +85,9 @@ def run(args) -> int:
                            "command).")
     if args.task == "vlm":
         raise PreflabError("--task vlm is run by preflab.loops.vlm_eval.eval_task (through the preflab command).")
+    if args.task == "distill":
+        raise PreflabError("--task distill is run by preflab.loops.distill_eval.eval_task (through the preflab "
+                           "command).")
     import sys
 
     from preflab.eval.cli import format_summary

@@ -2,12 +2,15 @@
 offline loop: checkpoints, resume, report), with the completion NLL replaced by the generalized JSD to a frozen
 teacher's next-token distributions (preflab.objectives._distill_task: Agarwal et al. 2024, arXiv:2306.13649, Eq. 1).
 
-Data mixture (GKD's Algorithm 1, TRL's `lmbda`): each step is on-policy with probability lmbda (a draw seeded by
-(seed, step): the same on every process and after a resume; lmbda 1 is TRL's DistillationTrainer, 0 the dataset's
-completions only). On an on-policy step every micro-batch keeps its rows' prompts and gets completions sampled from
-the student (temperature `temperature`, at most max_completion_length new tokens, cut after the first eos; a
-generator seeded by (seed, step, process, micro-batch), the run's own RNG left untouched), and all sampled tokens
-carry the loss. Evaluation always uses the dataset's completions.
+Data mixture (GKD's Algorithm 1, TRL's `lmbda` and `seq_kd`): each step is on-policy with probability lmbda (a draw
+seeded by (seed, step): the same on every process and after a resume; lmbda 1 is TRL's DistillationTrainer). On an
+on-policy step every micro-batch keeps its rows' prompts and gets completions sampled from the student; on the other
+steps, with seq_kd, from the teacher (TRL GKDTrainer.training_step's order); else the dataset's completions are used.
+Sampling: transformers' sampling chain for temperature, top_k, top_p, min_p and repetition_penalty, at most
+max_completion_length new tokens, cut after the first eos; each row's draws come from its own seed (seed, step,
+dataset index, student / teacher: preflab.generate_seeded), so a row samples the same completion on any process and
+in any micro-batch, and the run's own RNG is left untouched. All sampled tokens carry the loss. Evaluation always
+uses the dataset's completions.
 
 The teacher is loaded and held like a reference model (preflab.models.load.load_models: safetensors, frozen, eval
 mode, scored under no_grad, trust_remote_code only when asked; its dtype by ref_load_dtype's rule). Each micro-batch
@@ -50,9 +53,12 @@ class DistillTrainer(SFTTrainer):
         from preflab.loops.launch import is_sharded
 
         if is_sharded(self.accelerator):  # the LM heads run outside the engine's forward (preflab.scoring.distill)
-            raise ConfigError("distillation runs both LM heads outside the model's forward, where FSDP and DeepSpeed "
-                              "keep the weights sharded; train it on one process or with "
-                              "examples/accelerate/ddp.yaml.")
+            engine = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
+            raise ConfigError(f"distillation under {engine}: the student's and the teacher's LM heads run outside the "
+                              "wrapped model's forward (preflab.scoring.distill), where FSDP and DeepSpeed ZeRO-3 "
+                              "hold only this rank's shard of the weights (and ZeRO-1/2 is not verified for this "
+                              "path); train on one process or data parallel with examples/accelerate/ddp.yaml "
+                              "(2 processes equal 1 process with the doubled batch).")
 
     def on_policy(self, step: int) -> bool:
         """Whether step `step` (0-based) trains on the student's own completions: a draw below lmbda (GKD's mixture,
@@ -64,29 +70,38 @@ class DistillTrainer(SFTTrainer):
         return lmbda >= 1.0 or random.Random(f"distill:{self.cfg.seed}:{step}").random() < lmbda
 
     def completed(self, mbs: list, step: int) -> list:
-        """On an on-policy step, each micro-batch's completions replaced by the student's samples for the same
-        prompts (sampling from the whole softmax(z / temperature): no top-k / top-p, as TRL's defaults; at most max_completion_length new tokens, cut after the first eos, every
-        sampled token carries loss), re-collated; the step's examples-per-token ratio is then counted on those."""
-        if not self.on_policy(step):
+        """The step's micro-batches as trained: on an on-policy step (on_policy) each row's completion is replaced by
+        the student's sample for its prompt; else, with seq_kd, by the teacher's (TRL GKDTrainer.training_step: the
+        student with probability lmbda, elif seq_kd the teacher); else the dataset's. Re-collated, every sampled
+        token carries the loss; the step's examples-per-token ratio is then counted on those."""
+        if self.on_policy(step):
+            model, who = self.accelerator.unwrap_model(self.policy), "student"
+        elif self.cfg.seq_kd:
+            model, who = self.ref, "teacher"
+        else:
             return mbs
-        return [self._sampled(mb, step, k) for k, mb in enumerate(mbs)]
+        return [self._sampled(mb, step, model, who) for mb in mbs]
 
-    def _sampled(self, mb, step: int, k: int):
+    def row_seed(self, step: int, index: int, who: str) -> int:
+        """The sampling seed of dataset row `index` at step `step` (0-based) for `who` ("student" / "teacher"): a
+        function of (seed, step, index, who) alone, so a row samples the same completion on any process, in any
+        micro-batch and after a resume (the rows of one step are distinct: a step never spans two epochs)."""
+        return random.Random(f"distill-sample:{self.cfg.seed}:{step}:{index}:{who}").getrandbits(63)
+
+    def _sampled(self, mb, step: int, model, who: str):
         from dataclasses import replace
 
-        from preflab.generate import generate_ids
+        from preflab.generate_seeded import generate_ids_row_seeded
         from preflab.loops.batches import MicroBatch
 
+        cfg = self.cfg
         items = [self.train_data[i] for i in mb.index]
-        model = self.accelerator.unwrap_model(self.policy)
-        device = self.accelerator.device
-        seed = (int(self.cfg.seed) * 1_000_003 + step * 10_007 + self.accelerator.process_index * 101 + k) % 2 ** 31
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the run's RNG untouched
-            sampled = generate_ids(model, [x.prompt_ids for x in items], eos_id=self.tokenizer.eos_token_id,
-                                   pad_id=self.pad_id, max_new_tokens=int(self.cfg.max_completion_length),
-                                   do_sample=True, temperature=float(self.cfg.temperature), top_p=1.0, top_k=0,
-                                   seed=seed)  # the whole tempered distribution (TRL's top_k 0, top_p 1)
-        self.sampled_completions = sampled  # the last on-policy micro-batch's, for tests and inspection
+        sampled = generate_ids_row_seeded(
+            model, [x.prompt_ids for x in items], [self.row_seed(step, i, who) for i in mb.index],
+            eos_id=self.tokenizer.eos_token_id, pad_id=self.pad_id, max_new_tokens=int(cfg.max_completion_length),
+            temperature=float(cfg.temperature), top_k=int(cfg.top_k), top_p=float(cfg.top_p), min_p=cfg.min_p,
+            repetition_penalty=float(cfg.repetition_penalty))
+        self.sampled_completions = sampled  # the last sampled micro-batch's, for tests and inspection
         new = [replace(x, completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)
                for x, c in zip(items, sampled)]
         return MicroBatch(self.collate(new), mb.row_ids, mb.index, self.kind.count_tokens(new))

@@ -22,8 +22,9 @@ Checked against TRL 1.16's `GKDTrainer.generalized_jsd_loss` (trl.experimental.g
 DistillationTrainer's chunked kernel) in tests/objectives/test_distill.py.
 
 Deviation from the paper: none in the divergence. The data mixture (GKD's lmbda: the share of steps whose
-completions the student samples) is preflab.loops.distill's; the teacher-sampled mixture (seq_kd) is refused by the
-config. No tau^2 gradient rescaling (TRL has none either).
+completions the student samples; seq_kd: the teacher samples the others) is preflab.loops.distill's. No tau^2
+gradient rescaling (TRL has none either). tau is `temperature`, or `divergence_temperature` when set (a saved
+GKDConfig: 1, as TRL's GKDTrainer.compute_loss).
 """
 from __future__ import annotations
 

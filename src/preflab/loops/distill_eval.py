@@ -1,0 +1,106 @@
+"""`preflab eval RUN --task distill --data ROWS`: a distillation run's own evaluation (preflab.loops.distill:
+DistillTrainer.evaluate) on held-out rows: eval_loss (the generalized JSD to the teacher, token mean over the rows'
+completion tokens, at the run's beta and temperature), eval_nll_loss, eval_mean_token_accuracy and eval_entropy of
+the trained student (a final run directory, a checkpoint-N or LoRA adapters, loaded as every `preflab eval` loads
+a policy: preflab.eval.loading.load_for_eval, then copied into the run's base as the trainer loads it), written to
+eval.json. The rows are read, tokenized and truncated as the run read its own
+(task: sft's forms, its max_length and completion_only_loss); the teacher is the run's teacher_model_name_or_path
+(with its teacher_model_init_kwargs), or --reference. The dataset's completions are scored (no sampling: lmbda and
+seq_kd are training-time), so the numbers equal the run's eval_* metrics on the same rows.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from preflab.errors import ConfigError
+
+# the run's options that concern training only, reset so the evaluation's config is valid and samples nothing
+TRAINING_ONLY = {"lmbda": 0.0, "seq_kd": False, "max_completion_length": None, "top_p": 1.0, "top_k": 0,
+                 "min_p": None, "repetition_penalty": 1.0, "resume_from_checkpoint": None, "eval_fraction": 0.0,
+                 "eval_dataset_name": None, "streaming": False, "max_steps": 1, "use_peft": False}
+
+
+def distill_run_config(checkpoint: str) -> dict:
+    """The saved config of the distillation run at `checkpoint`, else a ConfigError naming what it is."""
+    from preflab.models.run_config import run_config
+
+    saved = run_config(checkpoint)
+    if not saved:
+        raise ConfigError(f"{checkpoint} has no saved run config (config.yaml): --task distill needs the run's "
+                          "teacher and options; evaluate a directory written by `preflab train`.")
+    if saved.get("task") != "sft" or not saved.get("teacher_model_name_or_path"):
+        raise ConfigError(f"{checkpoint} is a task: {saved.get('task')} run without teacher_model_name_or_path; "
+                          "--task distill evaluates distillation runs (task: sft with a teacher). Evaluate it with "
+                          f"`preflab eval {checkpoint} --data ...`.")
+    return saved
+
+
+def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, batch_size: int = 8,
+                         split: str | None = None, limit: int | None = None) -> dict:
+    """eval.json's content: the run's eval_* metrics of the student at `checkpoint` against its teacher (or
+    `teacher`) on the rows of `data` (a name, or a ConfiguredSource from --data-config)."""
+    from preflab.config import config_from_dict
+    from preflab.data.configured_source import ConfiguredSource
+    from preflab.loops.distill import DistillTrainer
+
+    saved = distill_run_config(checkpoint)
+    name, data_config = (data.name, data.config) if isinstance(data, ConfiguredSource) else (str(data), None)
+    from preflab.eval.run import open_eval_split
+
+    split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
+    notes = [said] if said else []
+    from preflab.eval.loading import load_for_eval
+
+    # the student as every eval loads it: a final run directory, a checkpoint-N (the run's base + its weights) or
+    # LoRA adapters (merged); safetensors only, remote code only when the run allowed it
+    student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
+                                       seed=int(saved.get("seed") or 0))
+    with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
+        options = {**saved, **TRAINING_ONLY, "dataset_name": name,
+                   "dataset_config": data_config, "dataset_split": split, "per_device_eval_batch_size": batch_size,
+                   "output_dir": scratch, "report_to": "none"}
+        if teacher:
+            options["teacher_model_name_or_path"] = teacher
+        trainer = DistillTrainer(config_from_dict(options), tokenizer=tokenizer)  # the run's base and teacher
+        own = trainer.accelerator.unwrap_model(trainer.policy)
+        try:  # the trained weights into the run's base (the same architecture: strict)
+            own.load_state_dict(student.state_dict(), strict=True)
+        except RuntimeError as err:
+            raise ConfigError(f"{checkpoint}'s weights do not fit the run's model_name_or_path "
+                              f"{saved.get('model_name_or_path')} ({str(err).splitlines()[0]}).") from err
+        del student
+        rows = trainer.train_data if limit is None else trainer.train_data[:limit]
+        trainer.eval_data = rows
+        metrics = trainer.evaluate()
+        cfg = trainer.cfg
+        tokens = sum(int(trainer.kind.collate(rows[i:i + batch_size], trainer.pad_id, trainer.layout)
+                         .response_mask.sum()) for i in range(0, len(rows), batch_size))  # the divergence's tokens
+    return {"task": "distill", "checkpoint": str(checkpoint), "data": name, "split": split,
+            "teacher": cfg.teacher_model_name_or_path, "beta": cfg.distillation_beta(),
+            "temperature": cfg.distillation_temperature(), "num_rows": len(rows), "num_tokens": tokens,
+            "metrics": metrics, "notes": notes}
+
+
+def eval_task(args) -> int:
+    """`preflab eval RUN --task distill` (routed here by preflab.cli): written to eval.json."""
+    from preflab.eval.cli import refuse_unread_options
+    from preflab.eval.run import eval_data, eval_json_path, write_json
+
+    refuse_unread_options(args, "distill")
+    if args.no_reference:
+        raise ConfigError("--no-reference with --task distill: the divergence needs the teacher; leave it out (the "
+                          "run's teacher is used) or name one with --reference.")
+    for option in ("batch_size", "limit"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
+    result = evaluate_distill_run(args.checkpoint, eval_data(args.data, getattr(args, "data_config", None)),
+                                  teacher=args.reference, batch_size=args.batch_size, split=args.split,
+                                  limit=args.limit)
+    path = write_json(eval_json_path(args.checkpoint, args.out), result)
+    lines = [f"preflab eval: {result['num_rows']} rows, {result['num_tokens']} completion tokens, teacher "
+             f"{result['teacher']}, beta={result['beta']}, temperature={result['temperature']}"]
+    lines += [f"  {k:38s} {v:.4f}" for k, v in result["metrics"].items()]
+    lines += [f"  note: {n}" for n in result["notes"]] + [f"  wrote {path}"]
+    print("\n".join(lines), file=sys.stdout)
+    return 0
