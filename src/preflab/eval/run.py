@@ -449,38 +449,68 @@ def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn,
 KL_OPTIMUM_OBJECTIVES = ("dpo",)
 
 
-def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
+def eval_beta(given: float | None, cfg: dict, unpaired: bool = False) -> tuple[float, list[str]]:
     """(beta of the implicit reward and of R*, notes) for `preflab eval`: --beta, else the run's beta, else 0.1.
     A run beta of 0 (e.g. GRPO without a KL term) has no implicit reward: 0.1 is used and said. A run whose
-    objective is not DPO's (IPO, SimPO, ...) gets a note that beta there is that objective's own parameter."""
+    objective is not DPO's (IPO, SimPO, KTO, ...) gets a note that beta there is that objective's own parameter.
+    unpaired: the eval data is unpaired (prompt, completion, label; preflab.eval.unpaired), where beta sets
+    rewards/* and unpaired/auroc only; R* and the difficulty need pairs and are not computed, so no note names
+    them."""
     notes: list[str] = []
     if given is not None:
         return float(given), notes
+    uses = "rewards/* and unpaired/auroc" if unpaired else "rewards/*, R* and the difficulty"
     run_beta = cfg.get("beta")
     if cfg.get("task") == "sft":  # its config.yaml holds beta's default, which maximum likelihood never read
         notes.append("the run is task: sft (maximum likelihood, no beta; its config.yaml's beta is the option's "
-                     "default, unread): beta = 0.1 is used for rewards/*, R* and the difficulty, DPO's quantities "
-                     "against the reference; pass --beta to choose it")
+                     f"default, unread): beta = 0.1 is used for {uses}, DPO's quantities against the reference; "
+                     "pass --beta to choose it")
         return 0.1, notes
     if isinstance(run_beta, bool) or not isinstance(run_beta, (int, float)) or not run_beta > 0:
         if run_beta is not None:
             notes.append(f"the run's beta is {run_beta!r} (no KL term), which defines no implicit reward: beta = 0.1 "
-                         "is used for rewards/*, R* and the difficulty; pass --beta to choose it")
+                         f"is used for {uses}; pass --beta to choose it")
         return 0.1, notes
     if cfg.get("task", "dpo") == "dpo" and "loss_type" in cfg:
-        from preflab.objectives import resolve_name
-
-        names = cfg["loss_type"] if isinstance(cfg["loss_type"], (list, tuple)) else [cfg["loss_type"]]
-        try:
-            other = [str(n) for n in names if resolve_name(str(n)) not in KL_OPTIMUM_OBJECTIVES]
-        except PreflabError:
-            other = [str(n) for n in names]
-        if other:
+        other = _objectives_without_kl_optimum(cfg["loss_type"])
+        if other and unpaired:
+            notes.append(unpaired_beta_note(other, run_beta))
+        elif other:
             notes.append(f"the run trained with loss_type {', '.join(other)}, whose beta={run_beta} is that "
                          "objective's own parameter: rewards/*, the idealized ranking accuracy R* and the difficulty "
                          f"are DPO's quantities (KL-regularized optimum) at beta={run_beta}, not that objective's "
                          "optimum; compare R and R~ across runs, and read R* as DPO's ceiling")
     return float(run_beta), notes
+
+
+def _objectives_without_kl_optimum(loss_type) -> list[str]:
+    """The names in a run's loss_type (one name or a list) whose objective is not in KL_OPTIMUM_OBJECTIVES."""
+    from preflab.objectives import resolve_name
+
+    names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
+    try:
+        return [str(n) for n in names if resolve_name(str(n)) not in KL_OPTIMUM_OBJECTIVES]
+    except PreflabError:
+        return [str(n) for n in names]
+
+
+def unpaired_beta_note(names: list[str], run_beta: float) -> str:
+    """The beta note of an unpaired eval of a run whose loss_type `names` are not DPO's: what beta sets there
+    (rewards/* = beta (log pi - log pi_ref), and unpaired/auroc ranks by it); for kto that is KTO's own reward, the
+    one TRL's KTOTrainer logs as rewards/* (Ethayarajh et al. 2024, Eq. 7: r scaled by beta)."""
+    from preflab.objectives import resolve_name
+
+    def is_kto(name: str) -> bool:
+        try:
+            return resolve_name(name) == "kto"
+        except PreflabError:
+            return False
+
+    whose = ("KTO's implicit reward, the rewards/* TRL's KTOTrainer logs" if all(is_kto(n) for n in names)
+             else "DPO's implicit reward at the run's beta, that objective's own parameter")
+    return (f"the run trained with loss_type {', '.join(names)}: rewards/* and unpaired/auroc are beta (log pi - "
+            f"log pi_ref) at beta={run_beta}, {whose}; these unpaired rows give no R* or difficulty (they need "
+            "pairs)")
 
 
 def training_data_note(data, cfg: dict, split: str) -> str | None:

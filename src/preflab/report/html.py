@@ -146,8 +146,10 @@ def _eval_section(runs: list[RunData]) -> str:
     if any("num_completions" in r.eval for r in have):  # unpaired data (KTO's form): its count is of completions
         rows.insert(1, ["<td>completions</td>", *[_num_cell(r.eval.get("num_completions")) for r in have],
                         '<td class="doc">unpaired completions scored (prompt, completion, label)</td>'])
+    beta_doc = ("beta of the implicit reward (unpaired rows: no R*)" if all("num_completions" in r.eval for r in have)
+                else "beta of the implicit reward and of R*")
     rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
-                    '<td class="doc">beta of the implicit reward and of R*</td>'])
+                    f'<td class="doc">{beta_doc}</td>'])
     out += _table(["metric", *[r.name for r in have], "meaning"], rows)
     for run in have:
         win = _dict(run.eval.get("win_rate"))

@@ -1,0 +1,54 @@
+"""The small problems user trials 4-5 saw and left (CHANGELOG "Seen and not fixed"), each reproduced as a user
+meets it: the message or value asserted, not only that the command runs."""
+import json
+
+import yaml
+
+from tests.eval.test_eval_unpaired import KTO_ROWS
+
+
+def _saved_run(path, config: dict):
+    """A run directory as `preflab train` leaves it: a tiny model and tokenizer saved, and its config.yaml."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer("bytelevel")
+    tiny_causal_lm(tok, seed=1).save_pretrained(path)
+    tok.save_pretrained(path)
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_eval_of_a_kto_run_on_unpaired_rows_names_what_beta_sets_not_r_star(tmp_path):
+    """Before: `preflab eval` of a `loss_type: kto` run on unpaired rows noted that "rewards/*, the idealized ranking
+    accuracy R* and the difficulty are DPO's quantities ...; read R* as DPO's ceiling", though neither R* nor the
+    difficulty is computed for unpaired rows. After: the note names rewards/* and unpaired/auroc, KTO's own reward."""
+    from preflab.eval_cli.checkpoint import evaluate_checkpoint
+
+    run = _saved_run(tmp_path / "kto", {"task": "dpo", "loss_type": "kto", "beta": 0.1, "seed": 0,
+                                        "model_name_or_path": "builtin:tiny-llama"})
+    data = tmp_path / "held.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in KTO_ROWS))
+    result = evaluate_checkpoint(str(run), str(data), reference=str(run))
+    assert result["num_completions"] == 5 and "unpaired/auroc" in result["metrics"]
+    assert result["notes"][0] == (
+        "the run trained with loss_type kto: rewards/* and unpaired/auroc are beta (log pi - log pi_ref) at "
+        "beta=0.1, KTO's implicit reward, the rewards/* TRL's KTOTrainer logs; these unpaired rows give no R* or "
+        "difficulty (they need pairs)")
+    assert not any("R* as DPO's ceiling" in n for n in result["notes"])
+
+
+def test_the_beta_notes_of_unpaired_rows_name_the_quantities_they_set():
+    """The sft and no-KL notes of an unpaired eval say rewards/* and unpaired/auroc; a pair eval's keep R*."""
+    from preflab.eval.run import eval_beta
+
+    assert eval_beta(None, {"task": "sft", "beta": 0.1}, unpaired=True) == (0.1, [
+        "the run is task: sft (maximum likelihood, no beta; its config.yaml's beta is the option's default, unread): "
+        "beta = 0.1 is used for rewards/* and unpaired/auroc, DPO's quantities against the reference; pass --beta "
+        "to choose it"])
+    assert eval_beta(None, {"beta": 0.0}, unpaired=True)[1] == [
+        "the run's beta is 0.0 (no KL term), which defines no implicit reward: beta = 0.1 is used for rewards/* and "
+        "unpaired/auroc; pass --beta to choose it"]
+    assert "rewards/*, R* and the difficulty" in eval_beta(None, {"beta": 0.0})[1][0]
+    ipo = eval_beta(None, {"task": "dpo", "loss_type": "ipo", "beta": 0.5}, unpaired=True)[1][0]
+    assert "at beta=0.5, DPO's implicit reward at the run's beta, that objective's own parameter" in ipo
+    assert "read R* as DPO's ceiling" in eval_beta(None, {"task": "dpo", "loss_type": "kto", "beta": 0.5})[1][0]
