@@ -52,3 +52,40 @@ def test_the_beta_notes_of_unpaired_rows_name_the_quantities_they_set():
     ipo = eval_beta(None, {"task": "dpo", "loss_type": "ipo", "beta": 0.5}, unpaired=True)[1][0]
     assert "at beta=0.5, DPO's implicit reward at the run's beta, that objective's own parameter" in ipo
     assert "read R* as DPO's ceiling" in eval_beta(None, {"task": "dpo", "loss_type": "kto", "beta": 0.5})[1][0]
+
+
+def _online_dataset_run(path):
+    """What `preflab train` left for the trial's online_task: dataset run with an eval set and eval_steps 3 (no
+    eval_on_start): eval rows at steps 3 and 6, summary.json eval_reward_before (the starting model) / _after."""
+    path.mkdir(parents=True)
+    rows = [{"step": s, "round": s, "eval_reward": 5.0, "eval_judge/dropped": 0, "eval_win_rate_vs_reference": w}
+            for s, w in ((3, 0.5), (6, 0.75))]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "summary.json").write_text(json.dumps({"global_step": 6, "eval_reward_before": 4.0,
+                                                   "eval_reward_after": 5.0}))
+    (path / "config.yaml").write_text(yaml.safe_dump({"task": "online", "online_task": "dataset", "eval_steps": 3}))
+    return path
+
+
+def test_an_online_headline_says_which_before_is_not_the_starting_model(tmp_path):
+    """Before: the headline of an online run with an eval set said "its first eval was at step 3, after training had
+    started, so 'before' is not the starting model" under a table whose eval_reward "before" (summary.json
+    eval_reward_before) IS the starting model. After: the note names the rows it is about and says the other's
+    before is the start's."""
+    from preflab.report.headline import headline_rows, late_before_note
+    from preflab.report.html import write_report
+    from preflab.report.runs import load_run
+
+    run = _online_dataset_run(tmp_path / "online")
+    rows = headline_rows(load_run(run))
+    assert [(r["metric"], r["before"]) for r in rows] == [("eval_reward", ("before training", 4.0)),
+                                                          ("eval_win_rate_vs_reference", ("step 3", 0.5))]
+    said = ("its first eval was at step 3, after training had started, so the 'before' of eval_win_rate_vs_reference "
+            "is not the starting model (eval_on_start: true evaluates it at step 0); the 'before' of eval_reward is: "
+            "the run measured it before training (summary.json)")
+    assert late_before_note(rows) == said
+    html = write_report([str(run)], str(tmp_path / "r.html")).read_text()
+    assert said.replace("'", "&#x27;") in html
+    # without a summary pair (every before an eval step) the note keeps its one-clause form
+    assert late_before_note(rows[1:]) == ("its first eval was at step 3, after training had started, so 'before' is "
+                                          "not the starting model; eval_on_start: true evaluates it at step 0")
