@@ -89,3 +89,61 @@ def test_an_online_headline_says_which_before_is_not_the_starting_model(tmp_path
     # without a summary pair (every before an eval step) the note keeps its one-clause form
     assert late_before_note(rows[1:]) == ("its first eval was at step 3, after training had started, so 'before' is "
                                           "not the starting model; eval_on_start: true evaluates it at step 0")
+
+
+def _sft_rows(n: int) -> list[dict]:
+    """n SFT rows cycling through TRL's three forms: prompt + completion, text, messages."""
+    rows = []
+    for i in range(n):
+        if i % 3 == 0:
+            rows.append({"prompt": f"echo {i}\n", "completion": f"ECHO {i}"})
+        elif i % 3 == 1:
+            rows.append({"text": f"echo {i}\nECHO {i}"})
+        else:
+            rows.append({"messages": [{"role": "user", "content": f"echo {i}"},
+                                      {"role": "assistant", "content": f"ECHO {i}"}]})
+    return rows
+
+
+def test_the_eval_of_an_sft_run_counts_pairs_whose_prompt_or_response_it_trained_on(tmp_path):
+    """Before: `preflab eval` of a task: sft run read its SFT file as preference pairs and said only "holds no
+    preference pairs ... so whether the eval rows were trained on was not checked". After: the SFT rows are read as
+    text (less the rows eval_fraction held out) and each eval pair is checked: a response the run trained on
+    (prompt + chosen or prompt + rejected is an SFT sequence) and a prompt it trained on."""
+    from jsonl_files import write_jsonl
+
+    from preflab.data.holdout import held_out_positions
+    from preflab.data.rows import load_rows
+    from preflab.eval.run import training_overlap
+
+    sft = write_jsonl(tmp_path / "sft.jsonl", _sft_rows(12))
+    cfg = {"task": "sft", "dataset_name": sft, "eval_fraction": 0.25, "seed": 3}
+    held = sorted(held_out_positions(12, 0.25, 3))
+    trained = [i for i in range(12) if i not in held]
+    text_row = next(i for i in trained if i % 3 == 1)
+    completion_row = next(i for i in trained if i % 3 == 0)
+    messages_row = next(i for i in trained if i % 3 == 2)
+    pairs = [
+        {"prompt": f"echo {completion_row}\n", "chosen": "no", "rejected": f"ECHO {completion_row}"},  # both
+        {"prompt": f"echo {text_row}\n", "chosen": f"ECHO {text_row}", "rejected": "no"},  # both (a text row)
+        {"prompt": f"echo {text_row}\n", "chosen": "other", "rejected": "no"},  # the prompt: a text row begins so
+        {"prompt": [{"role": "user", "content": f"echo {messages_row}"}],
+         "chosen": [{"role": "assistant", "content": f"ECHO {messages_row}"}],
+         "rejected": [{"role": "assistant", "content": "no"}]},  # both (a messages row)
+        {"prompt": f"echo {held[0]}\n", "chosen": f"ECHO {held[0]}", "rejected": "no"},  # held out: neither
+        {"prompt": "echo 99\n", "chosen": "ECHO 99", "rejected": "no"}]  # neither
+    examples = load_rows(write_jsonl(tmp_path / "pairs.jsonl", pairs), kind="pairwise")[0]
+    record, note, why = training_overlap(examples, cfg)
+    assert why is None
+    assert record == {"prompts": 4, "pairs": 3, "rows": 6, "checked_against": sft, "split": "train",
+                      "training_sequences": 9}
+    assert note.startswith("4 of 6 eval pairs (66.7%) have a prompt the run trained on, and 3 (50.0%) have a "
+                           "response the run trained on by maximum likelihood (prompt + chosen or prompt + rejected "
+                           "is one of its SFT sequences")
+    # a pair run's config reading the same file still says it holds no preference pairs
+    assert training_overlap(examples, {"dataset_name": sft})[2].startswith(
+        f"the run's training data {sft} (dataset_name, split train) holds no preference pairs")
+    from preflab.report.headline import trained_on_clause
+
+    assert trained_on_clause({"overlap_with_training": record}) == (
+        ", 4 with a prompt the run trained on (3 with a response it trained on by SFT; not held-out)")

@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from preflab.data.overlap import content_key, prompt_key
+from preflab.data.overlap import content_key, prompt_key, sft_overlap_counts
 from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
@@ -558,9 +558,17 @@ class OverlapRule:
     same_row: str = "same prompt, chosen and rejected"
     prompt_key: Callable = prompt_key
     row_key: Callable | None = content_key
+    counts: Callable | None = None   # (training rows, examples) -> the record's counts, instead of the two keys
+    trained_rows: str | None = None  # the note's words for the row count; None: "are training <rows>"
+    size: str = "training_pairs"     # the record's key for how many training rows were compared
 
 
 TEXT_PAIRS = OverlapRule()
+# a task: sft run's rows (text, messages, prompt + completion) against eval pairs: data.overlap.sft_overlap_counts
+SFT_SEQUENCES = OverlapRule(
+    same_row="prompt + chosen or prompt + rejected is one of its SFT sequences: a text, a prompt + completion or a "
+             "messages row", counts=sft_overlap_counts, trained_rows="have a response the run trained on by maximum likelihood",
+    size="training_sequences")
 
 
 @dataclass
@@ -658,12 +666,36 @@ def policy_training_rows(cfg: dict) -> TrainingRows:
     demo)."""
     from preflab.data.rows import load_rows
 
+    if cfg.get("task") == "sft":
+        return run_training_rows(cfg, lambda name, split: _sft_sequences(name, split, cfg),
+                                 holds="SFT rows of text (text, messages, prompt + completion)")
     if cfg.get("task") == "online":
         return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="prompt",
                                                                     on_bad_row="skip"),
                                  holds="prompt rows", prompts_only=True)
     return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="pairwise",
                                                                 on_bad_row="skip"), hold_out=_hold_out_pairs)
+
+
+def _sft_sequences(source, split: str, cfg: dict):
+    """(data.overlap.SFTSequence list, a report) of a task: sft run's rows, read as text (no tokenizer): one per row
+    of a text form, in order, so eval_fraction holds out the rows the run held out (it holds out by position among
+    the rows it kept; a row the run skipped when tokenizing, which its summary.json counts, would shift them)."""
+    from preflab.data.overlap import sft_sequence
+    from preflab.data.sources import RowReader
+
+    reader = RowReader(source, split=split)
+    text_field = str(cfg.get("dataset_text_field") or "text")
+    out, total = [], 0
+    for raw in reader:
+        total += 1
+        found = sft_sequence(raw.row_id, raw.data, text_field) if raw.problem is None and raw.data else None
+        out += [found] if found is not None else []
+
+    class _Counted:
+        def summary(self) -> str:
+            return f"{total} rows, {len(out)} of a text form (text, messages, prompt + completion)"
+    return out, _Counted()
 
 
 def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = TEXT_PAIRS,
@@ -680,24 +712,25 @@ def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = 
 
     if training.rows is None:
         return None, None, training.why
-    counts = training_overlap_counts(training.rows, examples, rule.prompt_key,
-                                     None if training.prompts_only else rule.row_key)
-    size = "training_prompts" if training.prompts_only else "training_pairs"
+    counts = rule.counts(training.rows, examples) if rule.counts is not None else training_overlap_counts(
+        training.rows, examples, rule.prompt_key, None if training.prompts_only else rule.row_key)
+    size = "training_prompts" if training.prompts_only else rule.size
     record = {**counts, "checked_against": training.name, "split": training.split, size: len(training.rows)}
     if not (counts["prompts"] or counts["pairs"]) or said_elsewhere:
         return record, None, None
     n, rows = counts["rows"], rule.rows
+    trained = rule.trained_rows or f"are training {rows}"
     shared = f"{counts['prompts']} of {n} eval {rows} ({counts['prompts'] / n:.1%}) have {rule.prompt} the run trained on"
     if training.prompts_only:
         note = (f"{shared} (its training rows are prompts: {training.whose}{training.held_out}): these metrics are "
                 f"partly on training prompts, not held-out; evaluate {rows} whose prompts the run did not train on "
                 "for generalization")
     elif counts["pairs"]:
-        note = (f"{shared}, and {counts['pairs']} ({counts['pairs'] / n:.1%}) are training {rows} ({rule.same_row}), "
+        note = (f"{shared}, and {counts['pairs']} ({counts['pairs'] / n:.1%}) {trained} ({rule.same_row}), "
                 f"compared with {training.whose}{training.held_out}: these metrics are partly on training data, not "
                 f"held-out; evaluate {rows} whose prompts the run did not train on for generalization")
     else:  # shared prompts only: the rows are held-out, their prompts are not
-        note = (f"{shared}, and 0 (0.0%) are training {rows} ({rule.same_row}), compared with "
+        note = (f"{shared}, and 0 (0.0%) {trained} ({rule.same_row}), compared with "
                 f"{training.whose}{training.held_out}: the {rows} are held-out but their prompts are not; evaluate "
                 f"{rows} whose prompts the run did not train on for generalization to new prompts")
     return record, note, None
@@ -711,7 +744,13 @@ def training_overlap(examples, cfg: dict, data=None, split: str | None = None,
     training data."""
     training = policy_training_rows(cfg) if training is None else training
     said = data is not None and training_data_note(data, cfg, split) is not None
-    return overlap_with_training(examples, training, TEXT_PAIRS, said)
+    rule = SFT_SEQUENCES if cfg.get("task") == "sft" and training_rows_are_own(training, cfg) else TEXT_PAIRS
+    return overlap_with_training(examples, training, rule, said)
+
+
+def training_rows_are_own(training: TrainingRows, cfg: dict) -> bool:
+    """Whether `training` was read from `cfg`'s dataset_name (not rows a caller passed, e.g. the online demo's)."""
+    return training.name == str(cfg.get("dataset_name"))
 
 
 def _same_data(data, name) -> bool:

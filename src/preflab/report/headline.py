@@ -220,6 +220,9 @@ def trained_on_clause(result: dict) -> str:
     overlap = result.get("overlap_with_training")
     if not isinstance(overlap, dict) or not (overlap.get("prompts") or overlap.get("pairs")):
         return ""
+    if "training_sequences" in overlap:  # a task: sft run's (preflab.data.overlap.sft_overlap_counts)
+        return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} with a response "
+                "it trained on by SFT; not held-out)")
     return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} training pairs; "
             "not held-out)")
 
