@@ -147,3 +147,27 @@ def test_the_eval_of_an_sft_run_counts_pairs_whose_prompt_or_response_it_trained
 
     assert trained_on_clause({"overlap_with_training": record}) == (
         ", 4 with a prompt the run trained on (3 with a response it trained on by SFT; not held-out)")
+
+
+def test_group_by_length_with_train_sampling_strategy_random_is_refused_not_run_grouped(tmp_path):
+    """Before: `group_by_length: true` beside `train_sampling_strategy: random` ran length-grouped without a word,
+    though transformers 5 (TRL 1.x) has no group_by_length (TrainingArguments refuses it) and samples
+    train_sampling_strategy's random order. After: the two are refused as disagreeing; each alone keeps its meaning."""
+    import pytest
+
+    from preflab.config import load_config
+    from preflab.errors import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
+                                    "group_by_length": True, "train_sampling_strategy": "random"}))
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    assert ("group_by_length: true and train_sampling_strategy: random disagree: transformers 5 (TRL 1.x) has no "
+            "group_by_length and samples train_sampling_strategy's random order") in str(err.value)
+    path.write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
+                                    "train_sampling_strategy": "group_by_length"}))
+    assert load_config(str(path)).group_by_length is True
+    path.write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
+                                    "train_sampling_strategy": "random"}))
+    assert load_config(str(path)).group_by_length is False
