@@ -171,3 +171,27 @@ def test_group_by_length_with_train_sampling_strategy_random_is_refused_not_run_
     path.write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
                                     "train_sampling_strategy": "random"}))
     assert load_config(str(path)).group_by_length is False
+
+
+def test_plan_of_an_online_run_says_it_reads_no_max_length_and_what_its_micro_batch_holds(tmp_path, capsys):
+    """Before: the refusal described the run by max_length's batch ("per_device_train_batch_size x sequences of
+    max_length"), an option online runs do not read, and every recipe's micro-batch as prompt groups. After: it
+    says an online run reads no max_length, and counts a pair recipe's micro-batch in pairs, a group recipe's in
+    groups, with the prompt's cut (max_prompt_length) and the completions' (max_completion_length)."""
+    from preflab.cli import main
+
+    base = {"task": "online", "online_task": "dataset", "model_name_or_path": "builtin:tiny-llama",
+            "dataset_name": "p.jsonl", "reward_funcs": "demo_echo_reward", "num_generations": 4,
+            "max_completion_length": 8, "per_device_train_batch_size": 3, "max_steps": 2}
+    said = {}
+    for trainer, extra in (("online_dpo", {"max_prompt_length": 24}), ("rloo", {})):
+        config = tmp_path / f"{trainer}.yaml"
+        config.write_text(yaml.safe_dump({**base, "trainer": trainer, **extra}))
+        assert main(["plan", str(config)]) == 2
+        said[trainer] = capsys.readouterr().err
+    assert "an online run reads no max_length" in said["rloo"]
+    assert ("This one (trainer online_dpo) scores per micro-batch per_device_train_batch_size=3 pairs of completions "
+            "(6 sequences), each a prompt of at most max_prompt_length=24 tokens + at most max_completion_length=8 "
+            "new tokens") in said["online_dpo"]
+    assert ("This one (trainer rloo) scores per micro-batch per_device_train_batch_size=3 prompt groups of "
+            "num_generations=4 completions (12 sequences)") in said["rloo"]
