@@ -195,3 +195,35 @@ def test_plan_of_an_online_run_says_it_reads_no_max_length_and_what_its_micro_ba
             "new tokens") in said["online_dpo"]
     assert ("This one (trainer rloo) scores per micro-batch per_device_train_batch_size=3 prompt groups of "
             "num_generations=4 completions (12 sequences)") in said["rloo"]
+
+
+def test_a_grpo_option_in_an_rloo_run_is_said_to_be_grpos_not_an_unknown_key():
+    """Before: `trainer: rloo` with top_entropy_quantile (and entropy_coef, use_adaptive_entropy, delta,
+    importance_sampling_level, off_policy_mask_threshold, the sapo_ / vespo_ parameters) stopped with "unknown config
+    key 'top_entropy_quantile'". After: each is named a GRPO-family option rloo does not read, as TRL's RLOOConfig
+    has none of them (checked against TRL's dataclasses where it is installed)."""
+    import dataclasses
+
+    import pytest
+
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.objectives import objective_class
+
+    base = dict(task="online", trainer="rloo", online_task="demo", model_name_or_path="builtin:tiny-llama",
+                max_steps=2)
+    grpo_only = ("top_entropy_quantile", "entropy_coef", "use_adaptive_entropy", "entropy_coef_delta",
+                 "entropy_target", "delta", "importance_sampling_level", "off_policy_mask_threshold",
+                 "sapo_temperature_pos", "vespo_k_neg")
+    assert set(grpo_only) <= {f.name for f in dataclasses.fields(objective_class("grpo"))}
+    value = {"use_adaptive_entropy": True, "importance_sampling_level": "sequence"}
+    for key in grpo_only:
+        with pytest.raises(ConfigError) as err:
+            config_from_dict({**base, key: value.get(key, 0.5)})
+        assert str(err.value) == (
+            f"{key} is an option of the GRPO family (trainers grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, "
+            f"vespo; TRL's GRPOConfig), which trainer 'rloo' does not read (TRL's RLOOConfig has no such field "
+            "either: RLOOTrainer does not read it); remove it, or choose a GRPO-family trainer.")
+    trl = pytest.importorskip("trl")
+    assert not set(grpo_only) & {f.name for f in dataclasses.fields(trl.RLOOConfig)}
+    assert set(grpo_only) <= {f.name for f in dataclasses.fields(trl.GRPOConfig)}
