@@ -227,3 +227,26 @@ def test_a_grpo_option_in_an_rloo_run_is_said_to_be_grpos_not_an_unknown_key():
     trl = pytest.importorskip("trl")
     assert not set(grpo_only) & {f.name for f in dataclasses.fields(trl.RLOOConfig)}
     assert set(grpo_only) <= {f.name for f in dataclasses.fields(trl.GRPOConfig)}
+
+
+def test_the_report_says_the_held_out_answers_cut_and_the_prompts_unscored(tmp_path):
+    """Before: an online run's held-out eval logged eval_completions/clipped_ratio and eval_judge/dropped (user trial
+    4) but the report said nothing of them, as it does of the training rounds' cut and unscored completions. After:
+    a note per count, at the last eval step, with how many eval steps had any; none when both are 0."""
+    from preflab.report.html import write_report
+    from preflab.report.runs import load_run
+
+    run = _online_dataset_run(tmp_path / "online")
+    rows = [{"step": 3, "eval_reward": 5.0, "eval_judge/dropped": 1, "eval_completions/clipped_ratio": 0.0},
+            {"step": 6, "eval_reward": 5.0, "eval_judge/dropped": 0, "eval_completions/clipped_ratio": 2 / 3}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    said = [n for n in load_run(run).missing if n.startswith("held-out eval")]
+    assert said == ["held-out eval: greedy held-out answers reached max_completion_length without EOS at 1 of 2 eval "
+                    "steps (66.7% of them at the last, step 6), so eval_reward scored cut-off text there "
+                    "(eval_completions/clipped_ratio)",
+                    "held-out eval: the judges gave no score to some held-out prompts at 1 of 2 eval steps (at most "
+                    "1, at step 3; 0 at the last, step 6); those prompts are left out of eval_reward and the win "
+                    "rate (eval_judge/dropped)"]
+    assert "(66.7% of them at the last, step 6)" in write_report([str(run)], str(tmp_path / "r.html")).read_text()
+    quiet = _online_dataset_run(tmp_path / "quiet")  # its rows log eval_judge/dropped 0 and no clipped ratio
+    assert not any(n.startswith("held-out eval") for n in load_run(quiet).missing)
