@@ -24,8 +24,14 @@ def test_the_eval_of_a_kto_run_on_unpaired_rows_names_what_beta_sets_not_r_star(
     difficulty is computed for unpaired rows. After: the note names rewards/* and unpaired/auroc, KTO's own reward."""
     from preflab.eval_cli.checkpoint import evaluate_checkpoint
 
-    run = _saved_run(tmp_path / "kto", {"task": "dpo", "loss_type": "kto", "beta": 0.1, "seed": 0,
+    from preflab.eval.run import run_truncation
+
+    run = _saved_run(tmp_path / "kto", {"task": "dpo", "loss_type": "kto", "beta": 0.1, "seed": 0, "max_length": 128,
                                         "model_name_or_path": "builtin:tiny-llama"})
+    # the CLI's truncation note said "pairs are cut as the run's eval set was" of these unpaired rows
+    assert run_truncation(str(run))[1] == ("the eval rows (pairs, or unpaired completions) are cut as the run's eval "
+                                           "set was (max_length=128, from its config.yaml); --max-length / "
+                                           "--max-prompt-length change it")
     data = tmp_path / "held.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in KTO_ROWS))
     result = evaluate_checkpoint(str(run), str(data), reference=str(run))

@@ -179,7 +179,7 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
     from_run = [k for k in TRUNCATION_KEYS if cfg.get(k) is not None
                 and not (k == "max_length" and max_length is not None)
                 and not (k == "max_prompt_length" and max_prompt_length is not None)]
-    note = (f"pairs are cut as the run's eval set was ({', '.join(f'{k}={out[k]}' for k in from_run)}, from its "
+    note = (f"the eval rows (pairs, or unpaired completions) are cut as the run's eval set was ({', '.join(f'{k}={out[k]}' for k in from_run)}, from its "
             "config.yaml); --max-length / --max-prompt-length change it") if from_run else None
     return out, note
 
