@@ -179,7 +179,8 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
     from_run = [k for k in TRUNCATION_KEYS if cfg.get(k) is not None
                 and not (k == "max_length" and max_length is not None)
                 and not (k == "max_prompt_length" and max_prompt_length is not None)]
-    note = (f"the eval rows (pairs, or unpaired completions) are cut as the run's eval set was ({', '.join(f'{k}={out[k]}' for k in from_run)}, from its "
+    cuts = ", ".join(f"{k}={out[k]}" for k in from_run)
+    note = (f"the eval rows (pairs, or unpaired completions) are cut as the run's eval set was ({cuts}, from its "
             "config.yaml); --max-length / --max-prompt-length change it") if from_run else None
     return out, note
 
@@ -567,8 +568,8 @@ TEXT_PAIRS = OverlapRule()
 # a task: sft run's rows (text, messages, prompt + completion) against eval pairs: data.overlap.sft_overlap_counts
 SFT_SEQUENCES = OverlapRule(
     same_row="prompt + chosen or prompt + rejected is one of its SFT sequences: a text, a prompt + completion or a "
-             "messages row", counts=sft_overlap_counts, trained_rows="have a response the run trained on by maximum likelihood",
-    size="training_sequences")
+             "messages row", counts=sft_overlap_counts,
+    trained_rows="have a response the run trained on by maximum likelihood", size="training_sequences")
 
 
 @dataclass
@@ -691,11 +692,10 @@ def _sft_sequences(source, split: str, cfg: dict):
         total += 1
         found = sft_sequence(raw.row_id, raw.data, text_field) if raw.problem is None and raw.data else None
         out += [found] if found is not None else []
+    from types import SimpleNamespace
 
-    class _Counted:
-        def summary(self) -> str:
-            return f"{total} rows, {len(out)} of a text form (text, messages, prompt + completion)"
-    return out, _Counted()
+    said = f"{total} rows, {len(out)} of a text form (text, messages, prompt + completion)"
+    return out, SimpleNamespace(summary=lambda: said)  # run_training_rows says report.summary() when none is kept
 
 
 def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = TEXT_PAIRS,
