@@ -164,6 +164,8 @@ def test_online_runs_and_recipes_are_refused_not_planned_as_an_offline_batch(mod
     out = capsys.readouterr()
     assert "per rank" not in out.out
     if task == "online":
-        assert "num_generations=4 completions of prompt + max_completion_length=8 tokens" in out.err
+        assert ("scores per micro-batch per_device_train_batch_size=8 prompt groups of num_generations=4 completions "
+                "(32 sequences), each an uncut prompt (max_prompt_length: null) + at most max_completion_length=8 new "
+                "tokens") in out.err
     else:
         assert "task: otc is a recipe that builds its own models" in out.err

@@ -648,6 +648,24 @@ def _objective_hint(loss_type, key: str):
     return float | None if key == "ld_alpha" else Any
 
 
+def _grpo_option_error(key: str, known: dict) -> str | None:
+    """The error for `key`, a parameter of the GRPO family's objective (objectives.grpo: top_entropy_quantile,
+    entropy_coef, importance_sampling_level, delta, ...), written in a task: online run whose trainer trains another
+    objective (rloo, the pair recipes): it names the option's trainers and says this one does not read it (for rloo:
+    TRL's RLOOConfig has no such field either). None for any other key or run (the unknown-key error stands)."""
+    if known.get("task") != "online":
+        return None
+    from preflab.objectives import objective_class
+    from preflab.online_recipes import TRL_GRPO_TRAINERS
+
+    if key not in {f.name for f in dataclasses.fields(objective_class("grpo"))}:
+        return None
+    trainer = known.get("trainer", "online_dpo")
+    trl = " (TRL's RLOOConfig has no such field either: RLOOTrainer does not read it)" if trainer == "rloo" else ""
+    return (f"{key} is an option of the GRPO family (trainers {', '.join(TRL_GRPO_TRAINERS)}; TRL's GRPOConfig), "
+            f"which trainer {trainer!r} does not read{trl}; remove it, or choose a GRPO-family trainer.")
+
+
 def _suggestion(key: str, options: list[str]) -> str:
     """A hint for an unknown key: the preflab name of another trainer's option, the objectives that take it,
     or a really close name (difflib ratio >= 0.8); '' when nothing fits."""
@@ -875,7 +893,8 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
             if key in LOSS_DEFAULTS and extra[key] == LOSS_DEFAULTS[key]:
                 del extra[key]  # TRL's default of another loss's parameter (a saved DPOConfig carries them all)
             else:
-                errors.append(f"unknown config key {key!r}.{_suggestion(key, options)}")
+                errors.append(_grpo_option_error(key, known) or
+                              f"unknown config key {key!r}.{_suggestion(key, options)}")
     if errors:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
                                                if any("unknown config key" in e for e in errors) else ""))

@@ -390,6 +390,13 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
             "preflab's KTO takes its KL pairs x_i + y_(i-1) inside each batch, whatever the order."
             if raw.get("loss_type") == "kto" else
             "apo_zero_unpaired scores no KL pairs (TRL's calculate_KL = False), so the order does not change its loss."))
+    if raw.get("train_sampling_strategy") == "random" and raw.get("group_by_length") is True:
+        raw.pop("train_sampling_strategy")  # each transformers reads one of the two: they ask for different orders
+        errors.append("group_by_length: true and train_sampling_strategy: random disagree: transformers 5 (TRL 1.x) "
+                      "has no group_by_length and samples train_sampling_strategy's random order, transformers 4 has "
+                      "no train_sampling_strategy and groups by length. Keep one: train_sampling_strategy: "
+                      "group_by_length (or group_by_length: true alone) for length-grouped batches, or remove "
+                      "group_by_length for the random order.")
     if raw.get("train_sampling_strategy") == "group_by_length":  # transformers 5's spelling of group_by_length: true
         raw.pop("train_sampling_strategy")
         if raw.get("group_by_length") is False:

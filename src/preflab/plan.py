@@ -216,6 +216,26 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def online_micro_batch(cfg) -> str:
+    """What one micro-batch of a task: online run holds, in the words of the plan's refusal: per_device_train_batch_size
+    examples, each a prompt group of num_generations completions (the GRPO family, rloo, tpo: online_recipes.TRAINERS
+    kind "groups") or a pair of completions (the other recipes), of a prompt cut to max_prompt_length tokens (null:
+    uncut) + at most max_completion_length new tokens; the preference game trains a table, not a model."""
+    from preflab.online_recipes import TRAINERS
+
+    if cfg.online_task == "game":
+        return "the preference game's answer table (online_task: game)"
+    b, g = cfg.per_device_train_batch_size, cfg.num_generations
+    spec = TRAINERS.get(cfg.trainer)
+    examples = (f"per_device_train_batch_size={b} prompt groups of num_generations={g} completions ({b * g} "
+                "sequences)" if spec is not None and spec.kind == "groups" else
+                f"per_device_train_batch_size={b} pairs of completions ({2 * b} sequences)")
+    prompt = ("a prompt of at most max_prompt_length=" f"{cfg.max_prompt_length} tokens"
+              if cfg.max_prompt_length else "an uncut prompt (max_prompt_length: null)")
+    return f"per micro-batch {examples}, each {prompt} + at most max_completion_length={cfg.max_completion_length} " \
+           "new tokens,"
+
+
 def refuse_unplanned_task(cfg) -> None:
     """The activation term models the offline batches (per_device_train_batch_size examples of
     sequences_per_example sequences of max_length tokens): `task: online` and the recipes are refused, naming why,
@@ -225,12 +245,11 @@ def refuse_unplanned_task(cfg) -> None:
     from preflab.recipe_names import RECIPE_TASKS
 
     if cfg.task == "online":
-        raise ConfigError(
-            f"preflab plan estimates offline runs (task dpo, sft, reward: per_device_train_batch_size x sequences of "
-            f"max_length); this task: online run (trainer {cfg.trainer}) scores per_device_train_batch_size prompts "
-            f"x num_generations={cfg.num_generations} completions of prompt + max_completion_length="
-            f"{cfg.max_completion_length} tokens and holds generation's KV cache, which the plan does not model. "
-            "Try a short run instead (max_steps=2) and watch its GPU memory (nvidia-smi).")
+        raise ConfigError(f"preflab plan estimates offline runs (task dpo, sft, reward), whose batch is "
+                          "per_device_train_batch_size examples of one or two sequences of max_length tokens; an "
+                          f"online run reads no max_length. This one (trainer {cfg.trainer}) scores "
+                          f"{online_micro_batch(cfg)} and holds generation's KV cache besides, which the plan does "
+                          "not model. Try a short run instead (max_steps=2) and watch its GPU memory (nvidia-smi).")
     if cfg.task in RECIPE_TASKS:
         raise ConfigError(f"preflab plan estimates one model's training run; task: {cfg.task} is a recipe that builds "
                           "its own models and stages (recipe_params), which the plan does not model. Try a short "

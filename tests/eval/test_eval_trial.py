@@ -57,7 +57,7 @@ def test_eval_cuts_pairs_as_the_run_did(tmp_path, capsys):
                     for p in pairs]
 
     assert main(["eval", str(tmp_path / "run"), "--data", str(data), "--no-reference"]) == 0
-    assert "pairs are cut as the run's eval set was (max_length=24, max_prompt_length=12, truncation_mode=keep_start, "\
+    assert "the eval rows (pairs, or unpaired completions) are cut as the run's eval set was (max_length=24, max_prompt_length=12, truncation_mode=keep_start, "\
            "max_completion_length=8" in capsys.readouterr().err
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     expected = sums(max_length=24, max_prompt_length=12, truncation_mode="keep_start", max_completion_length=8)

@@ -310,7 +310,9 @@ def test_a_normalize_then_sum_rounds_advantages_are_those_of_its_judges_scores(t
     (dict(trainer="tpo", multi_objective_aggregation="normalize_then_sum"), "read by the GRPO family"),
     (dict(top_entropy_quantile=1.5), "must be in [0, 1]"),
     (dict(off_policy_mask_threshold=-0.1), "must be >= 0"),
-    (dict(trainer="online_dpo", top_entropy_quantile=0.2), "parameter of the objective(s) grpo"),
+    (dict(trainer="online_dpo", top_entropy_quantile=0.2), "top_entropy_quantile is an option of the GRPO family "
+     "(trainers grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo; TRL's GRPOConfig), which trainer "
+     "'online_dpo' does not read; remove it"),
 ])
 def test_what_the_options_cannot_do_is_refused(options, words):
     base = dict(task="online", trainer="dapo", online_task="dataset", dataset_name="unused", reward_funcs="x",

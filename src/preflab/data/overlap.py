@@ -3,6 +3,7 @@
     overlap_report(train_examples, eval_examples) -> {"duplicate_train_examples": n, "eval_prompts_in_train": m}
     training_overlap_counts(train_examples, eval_examples) -> {"prompts": n, "pairs": m, "rows": N}  (preflab eval)
     training_overlap_counts(train, evals, prompt_key=..., row_key=...)   the same count by another row's keys
+    sft_overlap_counts(sft_sequences(rows), eval_pairs) -> {"prompts": n, "pairs": m, "rows": N}  (an SFT run's)
 
 duplicate_train_examples: train examples whose content (prompt, responses, label; not the row id or extras) repeats
 an earlier train example exactly: the run trains on them more than once per epoch. eval_prompts_in_train: eval
@@ -16,6 +17,7 @@ passes read the same rows again and are not counted again.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import json
@@ -192,3 +194,74 @@ def overlap_notes(report: dict, n_eval: int, repeats: bool = True) -> list[str]:
         notes.append(f"{report['eval_prompts_in_train']} of {n_eval} eval example(s) have a prompt that is also a "
                      "train prompt: the eval then measures prompts the policy was trained on.")
     return notes
+
+
+@dataclass(frozen=True)
+class SFTSequence:
+    """One SFT training row (TRL's forms) as the text it trains on: `prompt` (None for a text row, whose prompt is
+    not delimited) and `sequence`, the whole row: prompt + completion (two strings joined, or two message lists),
+    a messages row's messages, a text row's text. No extras: data.holdout.split_eval_fraction then holds rows out by
+    position, as it held out the run's tokenized rows."""
+
+    row_id: int
+    prompt: object
+    sequence: object
+
+
+def joined(prompt, response):
+    """prompt + response as one SFT sequence: two strings concatenated, two message lists concatenated; None for
+    any other mix (a string prompt with a conversational response is no sequence an SFT row could hold)."""
+    if isinstance(prompt, str) and isinstance(response, str):
+        return prompt + response
+    if isinstance(prompt, list) and isinstance(response, list):
+        return prompt + response
+    return None
+
+
+def sft_sequence(row_id: int, row: dict, text_field: str = "text") -> SFTSequence | None:
+    """The SFTSequence of a raw SFT row (text under `text_field`, messages, or prompt + completion); None for a row
+    of none of these forms (tokenized rows, bad rows: the run could not read them as text either)."""
+    if isinstance(row.get(text_field), str) and "messages" not in row and "prompt" not in row:
+        return SFTSequence(row_id, None, row[text_field])
+    if isinstance(row.get("messages"), list) and "prompt" not in row:
+        messages = row["messages"]
+        last_is_answer = messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
+        return SFTSequence(row_id, messages[:-1] if last_is_answer else None, messages)
+    if "prompt" in row and "completion" in row:
+        whole = joined(row["prompt"], row["completion"])
+        return SFTSequence(row_id, row["prompt"], whole) if whole is not None else None
+    return None
+
+
+def sft_overlap_counts(train: list[SFTSequence], evals) -> dict:
+    """training_overlap_counts' record for a `task: sft` run's rows `train` and eval preference pairs `evals`:
+
+    prompts  eval pairs whose prompt the run trained on: equal to an SFT row's prompt (prompt + completion, or a
+             messages row's turns before its last assistant turn), or a string prompt that a text row begins with
+             (a text row trains on its whole text, its prompt included), or whose pair is counted below
+    pairs    eval pairs with a response the run trained on: prompt + chosen or prompt + rejected (joined) equals an SFT
+             row's whole sequence
+    rows     len(evals)
+
+    Compared as the loader made the fields (strings, message lists), not as tokens."""
+    def digest(value):
+        return _digest(_key(value))
+
+    prompts = {digest(s.prompt) for s in train if s.prompt is not None}
+    sequences = {digest(s.sequence) for s in train}
+    texts = sorted(s.sequence for s in train if s.prompt is None and isinstance(s.sequence, str))
+
+    def a_text_begins_with(prompt) -> bool:
+        if not isinstance(prompt, str) or not texts:
+            return False
+        at = bisect.bisect_left(texts, prompt)  # the texts that begin with `prompt` sort right from here
+        return at < len(texts) and texts[at].startswith(prompt)
+
+    in_prompts = in_pairs = rows = 0
+    for example in evals:
+        rows += 1
+        trained = any(whole is not None and digest(whole) in sequences
+                      for whole in (joined(example.prompt, example.chosen), joined(example.prompt, example.rejected)))
+        in_pairs += trained
+        in_prompts += trained or digest(example.prompt) in prompts or a_text_begins_with(example.prompt)
+    return {"prompts": in_prompts, "pairs": in_pairs, "rows": rows}

@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from preflab.data.overlap import content_key, prompt_key
+from preflab.data.overlap import content_key, prompt_key, sft_overlap_counts
 from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
@@ -179,7 +179,8 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
     from_run = [k for k in TRUNCATION_KEYS if cfg.get(k) is not None
                 and not (k == "max_length" and max_length is not None)
                 and not (k == "max_prompt_length" and max_prompt_length is not None)]
-    note = (f"pairs are cut as the run's eval set was ({', '.join(f'{k}={out[k]}' for k in from_run)}, from its "
+    cuts = ", ".join(f"{k}={out[k]}" for k in from_run)
+    note = (f"the eval rows (pairs, or unpaired completions) are cut as the run's eval set was ({cuts}, from its "
             "config.yaml); --max-length / --max-prompt-length change it") if from_run else None
     return out, note
 
@@ -449,13 +450,17 @@ def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn,
 KL_OPTIMUM_OBJECTIVES = ("dpo",)
 
 
-def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
+def eval_beta(given: float | None, cfg: dict, unpaired: bool = False) -> tuple[float, list[str]]:
     """(beta of the implicit reward and of R*, notes) for `preflab eval`: --beta, else the run's beta, else 0.1.
     A run beta of 0 (e.g. GRPO without a KL term) has no implicit reward: 0.1 is used and said. A run whose
-    objective is not DPO's (IPO, SimPO, ...) gets a note that beta there is that objective's own parameter."""
+    objective is not DPO's (IPO, SimPO, KTO, ...) gets a note that beta there is that objective's own parameter.
+    unpaired: the eval data is unpaired (prompt, completion, label; preflab.eval.unpaired), where beta sets
+    rewards/* and unpaired/auroc only; R* and the difficulty need pairs and are not computed, so no note names
+    them."""
     notes: list[str] = []
     if given is not None:
         return float(given), notes
+    uses = "rewards/* and unpaired/auroc" if unpaired else "rewards/*, R* and the difficulty"
     run_beta = cfg.get("beta")
     if cfg.get("task") == "sft" and cfg.get("teacher_model_name_or_path"):  # beta: the JSD's, not a KL weight
         notes.append(f"the run is a distillation (task: sft with a teacher; its beta={run_beta} weighs the "
@@ -465,28 +470,54 @@ def eval_beta(given: float | None, cfg: dict) -> tuple[float, list[str]]:
         return 0.1, notes
     if cfg.get("task") == "sft":  # its config.yaml holds beta's default, which maximum likelihood never read
         notes.append("the run is task: sft (maximum likelihood, no beta; its config.yaml's beta is the option's "
-                     "default, unread): beta = 0.1 is used for rewards/*, R* and the difficulty, DPO's quantities "
-                     "against the reference; pass --beta to choose it")
+                     f"default, unread): beta = 0.1 is used for {uses}, DPO's quantities against the reference; "
+                     "pass --beta to choose it")
         return 0.1, notes
     if isinstance(run_beta, bool) or not isinstance(run_beta, (int, float)) or not run_beta > 0:
         if run_beta is not None:
             notes.append(f"the run's beta is {run_beta!r} (no KL term), which defines no implicit reward: beta = 0.1 "
-                         "is used for rewards/*, R* and the difficulty; pass --beta to choose it")
+                         f"is used for {uses}; pass --beta to choose it")
         return 0.1, notes
     if cfg.get("task", "dpo") == "dpo" and "loss_type" in cfg:
-        from preflab.objectives import resolve_name
-
-        names = cfg["loss_type"] if isinstance(cfg["loss_type"], (list, tuple)) else [cfg["loss_type"]]
-        try:
-            other = [str(n) for n in names if resolve_name(str(n)) not in KL_OPTIMUM_OBJECTIVES]
-        except PreflabError:
-            other = [str(n) for n in names]
-        if other:
+        other = _objectives_without_kl_optimum(cfg["loss_type"])
+        if other and unpaired:
+            notes.append(unpaired_beta_note(other, run_beta))
+        elif other:
             notes.append(f"the run trained with loss_type {', '.join(other)}, whose beta={run_beta} is that "
                          "objective's own parameter: rewards/*, the idealized ranking accuracy R* and the difficulty "
                          f"are DPO's quantities (KL-regularized optimum) at beta={run_beta}, not that objective's "
                          "optimum; compare R and R~ across runs, and read R* as DPO's ceiling")
     return float(run_beta), notes
+
+
+def _objectives_without_kl_optimum(loss_type) -> list[str]:
+    """The names in a run's loss_type (one name or a list) whose objective is not in KL_OPTIMUM_OBJECTIVES."""
+    from preflab.objectives import resolve_name
+
+    names = loss_type if isinstance(loss_type, (list, tuple)) else [loss_type]
+    try:
+        return [str(n) for n in names if resolve_name(str(n)) not in KL_OPTIMUM_OBJECTIVES]
+    except PreflabError:
+        return [str(n) for n in names]
+
+
+def unpaired_beta_note(names: list[str], run_beta: float) -> str:
+    """The beta note of an unpaired eval of a run whose loss_type `names` are not DPO's: what beta sets there
+    (rewards/* = beta (log pi - log pi_ref), and unpaired/auroc ranks by it); for kto that is KTO's own reward, the
+    one TRL's KTOTrainer logs as rewards/* (Ethayarajh et al. 2024, Eq. 7: r scaled by beta)."""
+    from preflab.objectives import resolve_name
+
+    def is_kto(name: str) -> bool:
+        try:
+            return resolve_name(name) == "kto"
+        except PreflabError:
+            return False
+
+    whose = ("KTO's implicit reward, the rewards/* TRL's KTOTrainer logs" if all(is_kto(n) for n in names)
+             else "DPO's implicit reward at the run's beta, that objective's own parameter")
+    return (f"the run trained with loss_type {', '.join(names)}: rewards/* and unpaired/auroc are beta (log pi - "
+            f"log pi_ref) at beta={run_beta}, {whose}; these unpaired rows give no R* or difficulty (they need "
+            "pairs)")
 
 
 def training_data_note(data, cfg: dict, split: str) -> str | None:
@@ -534,9 +565,17 @@ class OverlapRule:
     same_row: str = "same prompt, chosen and rejected"
     prompt_key: Callable = prompt_key
     row_key: Callable | None = content_key
+    counts: Callable | None = None   # (training rows, examples) -> the record's counts, instead of the two keys
+    trained_rows: str | None = None  # the note's words for the row count; None: "are training <rows>"
+    size: str = "training_pairs"     # the record's key for how many training rows were compared
 
 
 TEXT_PAIRS = OverlapRule()
+# a task: sft run's rows (text, messages, prompt + completion) against eval pairs: data.overlap.sft_overlap_counts
+SFT_SEQUENCES = OverlapRule(
+    same_row="prompt + chosen or prompt + rejected is one of its SFT sequences: a text, a prompt + completion or a "
+             "messages row", counts=sft_overlap_counts,
+    trained_rows="have a response the run trained on by maximum likelihood", size="training_sequences")
 
 
 @dataclass
@@ -634,12 +673,35 @@ def policy_training_rows(cfg: dict) -> TrainingRows:
     demo)."""
     from preflab.data.rows import load_rows
 
+    if cfg.get("task") == "sft":
+        return run_training_rows(cfg, lambda name, split: _sft_sequences(name, split, cfg),
+                                 holds="SFT rows of text (text, messages, prompt + completion)")
     if cfg.get("task") == "online":
         return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="prompt",
                                                                     on_bad_row="skip"),
                                  holds="prompt rows", prompts_only=True)
     return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="pairwise",
                                                                 on_bad_row="skip"), hold_out=_hold_out_pairs)
+
+
+def _sft_sequences(source, split: str, cfg: dict):
+    """(data.overlap.SFTSequence list, a report) of a task: sft run's rows, read as text (no tokenizer): one per row
+    of a text form, in order, so eval_fraction holds out the rows the run held out (it holds out by position among
+    the rows it kept; a row the run skipped when tokenizing, which its summary.json counts, would shift them)."""
+    from preflab.data.overlap import sft_sequence
+    from preflab.data.sources import RowReader
+
+    reader = RowReader(source, split=split)
+    text_field = str(cfg.get("dataset_text_field") or "text")
+    out, total = [], 0
+    for raw in reader:
+        total += 1
+        found = sft_sequence(raw.row_id, raw.data, text_field) if raw.problem is None and raw.data else None
+        out += [found] if found is not None else []
+    from types import SimpleNamespace
+
+    said = f"{total} rows, {len(out)} of a text form (text, messages, prompt + completion)"
+    return out, SimpleNamespace(summary=lambda: said)  # run_training_rows says report.summary() when none is kept
 
 
 def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = TEXT_PAIRS,
@@ -656,24 +718,25 @@ def overlap_with_training(examples, training: TrainingRows, rule: OverlapRule = 
 
     if training.rows is None:
         return None, None, training.why
-    counts = training_overlap_counts(training.rows, examples, rule.prompt_key,
-                                     None if training.prompts_only else rule.row_key)
-    size = "training_prompts" if training.prompts_only else "training_pairs"
+    counts = rule.counts(training.rows, examples) if rule.counts is not None else training_overlap_counts(
+        training.rows, examples, rule.prompt_key, None if training.prompts_only else rule.row_key)
+    size = "training_prompts" if training.prompts_only else rule.size
     record = {**counts, "checked_against": training.name, "split": training.split, size: len(training.rows)}
     if not (counts["prompts"] or counts["pairs"]) or said_elsewhere:
         return record, None, None
     n, rows = counts["rows"], rule.rows
+    trained = rule.trained_rows or f"are training {rows}"
     shared = f"{counts['prompts']} of {n} eval {rows} ({counts['prompts'] / n:.1%}) have {rule.prompt} the run trained on"
     if training.prompts_only:
         note = (f"{shared} (its training rows are prompts: {training.whose}{training.held_out}): these metrics are "
                 f"partly on training prompts, not held-out; evaluate {rows} whose prompts the run did not train on "
                 "for generalization")
     elif counts["pairs"]:
-        note = (f"{shared}, and {counts['pairs']} ({counts['pairs'] / n:.1%}) are training {rows} ({rule.same_row}), "
+        note = (f"{shared}, and {counts['pairs']} ({counts['pairs'] / n:.1%}) {trained} ({rule.same_row}), "
                 f"compared with {training.whose}{training.held_out}: these metrics are partly on training data, not "
                 f"held-out; evaluate {rows} whose prompts the run did not train on for generalization")
     else:  # shared prompts only: the rows are held-out, their prompts are not
-        note = (f"{shared}, and 0 (0.0%) are training {rows} ({rule.same_row}), compared with "
+        note = (f"{shared}, and 0 (0.0%) {trained} ({rule.same_row}), compared with "
                 f"{training.whose}{training.held_out}: the {rows} are held-out but their prompts are not; evaluate "
                 f"{rows} whose prompts the run did not train on for generalization to new prompts")
     return record, note, None
@@ -687,7 +750,13 @@ def training_overlap(examples, cfg: dict, data=None, split: str | None = None,
     training data."""
     training = policy_training_rows(cfg) if training is None else training
     said = data is not None and training_data_note(data, cfg, split) is not None
-    return overlap_with_training(examples, training, TEXT_PAIRS, said)
+    rule = SFT_SEQUENCES if cfg.get("task") == "sft" and training_rows_are_own(training, cfg) else TEXT_PAIRS
+    return overlap_with_training(examples, training, rule, said)
+
+
+def training_rows_are_own(training: TrainingRows, cfg: dict) -> bool:
+    """Whether `training` was read from `cfg`'s dataset_name (not rows a caller passed, e.g. the online demo's)."""
+    return training.name == str(cfg.get("dataset_name"))
 
 
 def _same_data(data, name) -> bool:

@@ -86,6 +86,8 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     started = time.perf_counter()
     result = evaluate_models(policy, tokenizer, data, ref, opts, beta, reward_fn, judge, training_run=cfg,
                              training_rows=demo_training_prompts(cfg))
+    if "num_completions" in result:  # unpaired rows (preflab.eval.unpaired): the beta notes name what they measure
+        run_notes = eval_beta(opts.beta, cfg, unpaired=True)[1]
     trained_on = training_data_note(data, cfg, result.get("split") or "train")
     result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,

@@ -12,7 +12,8 @@ each, judge scores s = batch.scores [B, G], token log-probs lp (policy), lp_old 
                                                         the prompt (an unscored one is in no baseline)
     A_i    = r_i - b_i  (= n / (n - 1) (r_i - mean_j r_j))
     A      = (A - mean A) / (std A + 1e-4)              normalize_advantages: over all the scored completions of
-                                                        the batch (std with Bessel's correction)
+                                                        the batch (std with Bessel's correction, its factor
+                                                        n / (n - 1) rounded to float32: TRL's nanstd, grpo.nan_std)
     A_i    = 0 for an unscored completion, and for every completion of a prompt with one scored completion
     rho_i  = exp(sum_t m_t lp_t - sum_t m_t lp_old_t)   one sequence-level importance ratio per completion
     l_i    = -min(rho_i A_i, clip(rho_i, 1 - epsilon, 1 + epsilon_high) A_i)
@@ -41,19 +42,9 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.objectives.base import ListBatch, Objective, ObjectiveOutput, as_loss_dtype
-from preflab.objectives.grpo import nan_extremum
+from preflab.objectives.grpo import nan_extremum, nan_std  # nan_std: TRL's nanstd (float32 Bessel factor)
 
 NORMALIZE_EPS = 1e-4  # TRL 1.16 RLOOTrainer: (A - mean) / (std + 1e-4)
-
-
-def nan_std(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Standard deviation of the non-NaN entries (over `dim`, or all) with Bessel's correction, NaN where fewer than
-    2: TRL's nanstd."""
-    mean = x.nanmean() if dim is None else x.nanmean(dim, keepdim=True)
-    sq = (x - mean) ** 2
-    var, count = (sq.nanmean(), (~x.isnan()).sum()) if dim is None else (sq.nanmean(dim), (~x.isnan()).sum(dim))
-    count = count.to(x.dtype)
-    return torch.where(count > 1, var * count / (count - 1), torch.nan).sqrt()
 
 
 def shaped_rewards(scores: torch.Tensor, scored: torch.Tensor, sequence_kl: torch.Tensor | None = None,

@@ -79,3 +79,31 @@ def online_notes(summary: dict) -> list[str]:
         notes.append(f"generation: the last round ({partial.get('round')}) trained {partial['steps_trained']} of its "
                      f"{partial.get('round_steps')} steps: max_steps ended the run mid-round (online.partial_last_round)")
     return notes
+
+
+def held_out_generation_notes(rows: list[dict]) -> list[str]:
+    """An online dataset run's held-out eval (metrics.jsonl eval rows, preflab.online.run.OnlineRun.evaluate): at
+    the last eval step that logged them, the fraction of greedy held-out answers cut at max_completion_length
+    (eval_completions/clipped_ratio > 0: eval_reward scored cut-off text) and the held-out prompts no judge scored
+    (eval_judge/dropped > 0: out of eval_reward and the win rate); with how many eval steps had any, since the
+    headline shows the last. The training rounds' counts are online_notes'."""
+    def logged(key: str) -> list[tuple[float, float]]:
+        return [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float))
+                and not isinstance(row.get(key), bool) and isinstance(row.get("step"), (int, float))]
+
+    notes = []
+    clipped, dropped = logged("eval_completions/clipped_ratio"), logged("eval_judge/dropped")
+    some = sum(value > 0 for _, value in clipped)
+    if some:
+        at, ratio = clipped[-1]
+        notes.append(f"held-out eval: greedy held-out answers reached max_completion_length without EOS at {some} of "
+                     f"{len(clipped)} eval steps ({ratio:.1%} of them at the last, step {at:g}), so eval_reward "
+                     "scored cut-off text there (eval_completions/clipped_ratio)")
+    some = sum(value > 0 for _, value in dropped)
+    if some:
+        at, count = dropped[-1]
+        most_at, most = max(dropped, key=lambda x: x[1])
+        notes.append(f"held-out eval: the judges gave no score to some held-out prompts at {some} of {len(dropped)} "
+                     f"eval steps (at most {most:g}, at step {most_at:g}; {count:g} at the last, step {at:g}); "
+                     "those prompts are left out of eval_reward and the win rate (eval_judge/dropped)")
+    return notes

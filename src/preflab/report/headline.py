@@ -122,6 +122,24 @@ def headline_rows(run: RunData) -> list[dict]:
     return rows + eval_json_rows(run)
 
 
+def late_before_note(rows: list[dict]) -> str | None:
+    """The note for headline rows (headline_rows) whose "before" is a first eval step after training had started,
+    so not the starting model; None when there is none. Where other rows' "before" is the starting model (a
+    summary.json pair the run measured before training, e.g. an online dataset run's eval_reward_before), the note
+    names which rows it is about and says those others are the start's, so it holds for each number shown."""
+    late = [r for r in rows if r.get("first_step", 0) > 0]
+    if not late:
+        return None
+    first = min(r["first_step"] for r in late)
+    started = [r["metric"] for r in rows if isinstance(r.get("before"), tuple) and r["before"][0] == "before training"]
+    if not started:
+        return (f"its first eval was at step {first:g}, after training had started, so 'before' is not the starting "
+                "model; eval_on_start: true evaluates it at step 0")
+    return (f"its first eval was at step {first:g}, after training had started, so the 'before' of "
+            f"{', '.join(r['metric'] for r in late)} is not the starting model (eval_on_start: true evaluates it at "
+            f"step 0); the 'before' of {', '.join(started)} is: the run measured it before training (summary.json)")
+
+
 # |mean held-out log pi - log pi_ref| (nats per response) below which the policy scores the eval set as the
 # reference does: a float32 forward pass of unchanged weights gives exactly 0
 UNMOVED_DRIFT = 1e-6
@@ -206,6 +224,9 @@ def trained_on_clause(result: dict) -> str:
     overlap = result.get("overlap_with_training")
     if not isinstance(overlap, dict) or not (overlap.get("prompts") or overlap.get("pairs")):
         return ""
+    if "training_sequences" in overlap:  # a task: sft run's (preflab.data.overlap.sft_overlap_counts)
+        return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} with a response "
+                "it trained on by SFT; not held-out)")
     return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} training pairs; "
             "not held-out)")
 

@@ -18,7 +18,7 @@ from preflab.errors import PreflabError
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
-from preflab.report.headline import headline_notes, headline_rows, summary_rows
+from preflab.report.headline import headline_notes, headline_rows, late_before_note, summary_rows
 from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
 
 CSS = """
@@ -146,8 +146,10 @@ def _eval_section(runs: list[RunData]) -> str:
     if any("num_completions" in r.eval for r in have):  # unpaired data (KTO's form): its count is of completions
         rows.insert(1, ["<td>completions</td>", *[_num_cell(r.eval.get("num_completions")) for r in have],
                         '<td class="doc">unpaired completions scored (prompt, completion, label)</td>'])
+    beta_doc = ("beta of the implicit reward (unpaired rows: no R*)" if all("num_completions" in r.eval for r in have)
+                else "beta of the implicit reward and of R*")
     rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
-                    '<td class="doc">beta of the implicit reward and of R*</td>'])
+                    f'<td class="doc">{beta_doc}</td>'])
     out += _table(["metric", *[r.name for r in have], "meaning"], rows)
     for run in have:
         win = _dict(run.eval.get("win_rate"))
@@ -236,10 +238,8 @@ def _headline(runs: list[RunData], overview: dict | None = None) -> str:
         found = headline_rows(run)
         if not found and run.config.get("task") not in RECIPE_TASKS:   # a recipe's result is its summary table
             without.append(run.name)
-        first = min((r["first_step"] for r in found if "first_step" in r), default=0.0)
-        if first > 0:
-            late.append(f"{run.name}: its first eval was at step {first:g}, after training had started, so 'before' "
-                        "is not the starting model; eval_on_start: true evaluates it at step 0")
+        after_start = late_before_note(found)
+        late += [f"{run.name}: {after_start}"] if after_start else []
         late += [f"{run.name}: {note}" for note in headline_notes(run, found)]
         rows += [line(run.name, r) for r in found]
     out = "<h2>Headline</h2>"

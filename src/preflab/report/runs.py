@@ -23,7 +23,7 @@ from preflab.errors import PreflabError
 from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 from preflab.models.run_config import is_checkpoint_folder
 from preflab.recipe_names import RECIPE_TASKS
-from preflab.report.data_notes import data_notes
+from preflab.report.data_notes import data_notes, held_out_generation_notes
 from preflab.report.margins import read_pair_margins_counted
 
 
@@ -152,7 +152,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                               else "it has no training stage"))
     if not run.summary:
         run.missing.append("no summary.json: the run has not finished (final metrics and environment unknown)")
-    run.missing += data_notes(run.summary)
+    run.missing += data_notes(run.summary) + held_out_generation_notes(run.rows)
     if run.summary.get("resumed_from_step"):
         run.missing.append(resumed_note(run.summary))
     if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
