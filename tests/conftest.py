@@ -9,7 +9,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from gpu_fakes import restore_cuda_probes  # tests/, on sys.path beside this conftest
+from file_order import slowest_files_first  # tests/, on sys.path beside this conftest
+from gpu_fakes import restore_cuda_probes
 
 # Tiny models run faster on one thread than two (DESIGN.md, conventions).
 torch.set_num_threads(1)
@@ -143,3 +144,20 @@ def kill_when():
         assert not failure, failure[0]
 
     return kill
+
+
+def pytest_configure(config):
+    """Under `--dist loadfile`, pytest-xdist hands the files to the workers in collection order, which
+    pytest_collection_modifyitems sets (file_order.py: the slowest files first); xdist would otherwise re-sort the
+    files by their number of tests."""
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadfile`, order the files slowest first (file_order.slowest_files_first); a file's tests keep
+    their order. Every worker collects and orders alike, so the workers agree on the collection, as xdist requires."""
+    if getattr(config.option, "dist", "no") != "loadfile":
+        return
+    rank = {path: i for i, path in enumerate(slowest_files_first([item.nodeid.split("::")[0] for item in items]))}
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: a file's tests keep their order
