@@ -29,6 +29,24 @@ def _no_cuda_fake_left_behind():
                       "monkeypatch.setattr(torch.cuda, ...), which undoes it after the test")
 
 
+def _fsync_skipped(fd) -> None:
+    """os.fsync for the tests: checks that `fd` is an open file descriptor (as fsync does: OSError EBADF), but does not
+    wait for the disk."""
+    os.fstat(fd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_disk_flush():
+    """os.fsync does not wait for the disk in the pytest process (preflab's checkpoint writes still make every call:
+    each file, the COMPLETE marker, the folder). An fsync guards a checkpoint against power loss, which no test can
+    cause: a killed process's writes stay in the page cache, and a test reads them back from there either way. On a
+    busy disk the waits were seconds per file of checkpointing tests (tests/loops/test_best_model.py: 10 s of its 88).
+    Subprocesses that the tests start (kill tests, multi-process launches) flush as usual."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", _fsync_skipped)
+        yield
+
+
 def _free_port() -> int:
     """A TCP port that no process listens on now: the OS picks it (bind to port 0), so it differs between calls."""
     with socket.socket() as sock:
