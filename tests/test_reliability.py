@@ -213,10 +213,8 @@ def test_train_from_local_model_directory(tmp_path):
 
 @pytest.mark.slow
 def test_random_kills_always_leave_a_loadable_checkpoint_and_exact_resume(tmp_path):
-    # a checkpoint every step: kills hit writes. 30 steps (was 60): the three kills land within the first dozen or so
-    # steps either way; the rest is the resume, a checkpoint a step
-    steps = dict(max_steps=30, save_steps=1, save_total_limit=2)
-    run(tmp_path / "full", max_steps=30)
+    steps = dict(max_steps=60, save_steps=1, save_total_limit=2)  # a checkpoint every step: kills hit writes
+    run(tmp_path / "full", max_steps=60)
     out = tmp_path / "killed"
     args = [f"{k}={v}" for k, v in steps.items()]
     rng = random.Random(0)

@@ -296,9 +296,8 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path, kill_when):
     from pathlib import Path
 
     script = Path(__file__).parent / "online_tiny_run.py"
-    # 30 steps (was 60): the kill still lands mid-run (after checkpoint-15, with 15 steps and 3 checkpoints to go)
-    args = ["max_steps=30", "save_steps=5", "learning_rate=1e-3"]
-    steps = dict(max_steps=30, save_steps=5, learning_rate=1e-3)  # `args`, for the runs in this process
+    args = ["max_steps=60", "save_steps=5", "learning_rate=1e-3"]
+    steps = dict(max_steps=60, save_steps=5, learning_rate=1e-3)  # `args`, for the runs in this process
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(script), str(out), *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
