@@ -1,7 +1,7 @@
 """The order in which CI's pytest-xdist workers (`-n 2 --dist loadfile`: a worker takes whole files) are handed the
 test files: the slowest files first, so that the run does not end with one worker busy on a long multi-process file
 while the other has run out of files. pytest-xdist's own order (most tests first) put exactly those files last: they
-have few tests (a launch shared by two or three), and take a minute or more each.
+have few tests (a launch shared by two or three), and take up to a minute or two each.
 
 SLOW_FILES_SECONDS holds rough seconds of the slowest files, from `--durations` runs on the loaded 2-core development
 machine (December 2026), scaled by about one half towards a quiet core; the multi-process files include their
