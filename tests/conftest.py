@@ -9,7 +9,8 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from gpu_fakes import restore_cuda_probes  # tests/, on sys.path beside this conftest
+from file_order import slowest_files_first  # tests/, on sys.path beside this conftest
+from gpu_fakes import restore_cuda_probes
 
 # Tiny models run faster on one thread than two (DESIGN.md, conventions).
 torch.set_num_threads(1)
@@ -26,6 +27,24 @@ def _no_cuda_fake_left_behind():
     left = restore_cuda_probes()
     assert not left, (f"this test left torch.cuda.{', torch.cuda.'.join(left)} replaced: fake a GPU with "
                       "monkeypatch.setattr(torch.cuda, ...), which undoes it after the test")
+
+
+def _fsync_skipped(fd) -> None:
+    """os.fsync for the tests: checks that `fd` is an open file descriptor (as fsync does: OSError EBADF), but does not
+    wait for the disk."""
+    os.fstat(fd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_disk_flush():
+    """os.fsync does not wait for the disk in the pytest process (preflab's checkpoint writes still make every call:
+    each file, the COMPLETE marker, the folder). An fsync guards a checkpoint against power loss, which no test can
+    cause: a killed process's writes stay in the page cache, and a test reads them back from there either way. On a
+    busy disk the waits were seconds per file of checkpointing tests (tests/loops/test_best_model.py: 10 s of its 88).
+    Subprocesses that the tests start (kill tests, multi-process launches) flush as usual."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", _fsync_skipped)
+        yield
 
 
 def _free_port() -> int:
@@ -143,3 +162,20 @@ def kill_when():
         assert not failure, failure[0]
 
     return kill
+
+
+def pytest_configure(config):
+    """Under `--dist loadfile`, pytest-xdist hands the files to the workers in collection order, which
+    pytest_collection_modifyitems sets (file_order.py: the slowest files first); xdist would otherwise re-sort the
+    files by their number of tests."""
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `--dist loadfile`, order the files slowest first (file_order.slowest_files_first); a file's tests keep
+    their order. Every worker collects and orders alike, so the workers agree on the collection, as xdist requires."""
+    if getattr(config.option, "dist", "no") != "loadfile":
+        return
+    rank = {path: i for i, path in enumerate(slowest_files_first([item.nodeid.split("::")[0] for item in items]))}
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])  # stable: a file's tests keep their order

@@ -38,3 +38,16 @@ def test_every_accelerate_launch_of_the_tests_gets_a_free_port(accelerate_launch
     assert cmd[5:] == ["--num_processes", "2", "script.py", "a=1"]
     with socket.socket() as sock:  # nothing listens there: it binds
         sock.bind(("127.0.0.1", int(cmd[4])))
+
+
+def test_the_slowest_files_go_first_and_the_rest_keep_xdists_order():
+    """Under `--dist loadfile` the workers take the files of file_order.SLOW_FILES_SECONDS first, longest first, then
+    the others by their number of tests (pytest-xdist's default), ties in collection order; every file named there
+    exists (a renamed file would silently lose its place)."""
+    from file_order import SLOW_FILES_SECONDS, slowest_files_first
+
+    missing = sorted(p for p in SLOW_FILES_SECONDS if not (ROOT / p).is_file())
+    assert missing == [], f"file_order.SLOW_FILES_SECONDS names files that do not exist: {missing}"
+    slow = sorted(SLOW_FILES_SECONDS, key=SLOW_FILES_SECONDS.get, reverse=True)[:2]
+    paths = ["tests/a.py"] * 2 + ["tests/b.py"] * 3 + [slow[1]] + ["tests/c.py"] * 2 + [slow[0]] * 2
+    assert slowest_files_first(paths) == [slow[0], slow[1], "tests/b.py", "tests/a.py", "tests/c.py"]

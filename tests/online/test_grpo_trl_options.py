@@ -605,13 +605,16 @@ def test_the_entropy_bonus_under_two_processes_equals_one_process(tmp_path, acce
 
     from safetensors.torch import load_file
 
+    from test_online_run import tiny_cfg, tiny_run  # tests/online, as online_tiny_run.py runs it
+
     script = str(Path(__file__).parent / "online_tiny_run.py")
     common = ["trainer=dapo", "prompts_per_generation=8", "steps_per_generation=2", "per_device_train_batch_size=1",
               "generation_batch_size=2", "max_steps=4", "entropy_coef=0.5", "beta=0.0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
-                         env=env, capture_output=True, text=True, timeout=500)
-    assert one.returncode == 0, one.stderr[-3000:]
+    # the one-process run in this process (online_tiny_run.py's run, without a second interpreter's imports)
+    tiny_run(tiny_cfg(tmp_path / "one", trainer="dapo", prompts_per_generation=8, steps_per_generation=2,
+                      per_device_train_batch_size=1, generation_batch_size=2, max_steps=4, entropy_coef=0.5, beta=0.0,
+                      gradient_accumulation_steps=4)).train()
     two = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                                            "--mixed_precision", "no", "--dynamo_backend", "no", script,
                                            str(tmp_path / "two"), *common, "gradient_accumulation_steps=2"),

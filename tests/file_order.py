@@ -1,0 +1,58 @@
+"""The order in which CI's pytest-xdist workers (`-n 2 --dist loadfile`: a worker takes whole files) are handed the
+test files: the slowest files first, so that the run does not end with one worker busy on a long multi-process file
+while the other has run out of files. pytest-xdist's own order (most tests first) put exactly those files last: they
+have few tests (a launch shared by two or three), and take up to a minute or two each.
+
+SLOW_FILES_SECONDS holds rough seconds of the slowest files, from `--durations` runs on the loaded 2-core development
+machine (December 2026), scaled by about one half towards a quiet core; the multi-process files include their
+launches and the ranks' imports. A file missing here is ordered as xdist would order it; a stale number only changes
+the order, never a result. A new file that takes more than about 10 s belongs here.
+tests/test_ci_command.py checks that every file named here exists.
+"""
+
+SLOW_FILES_SECONDS = {
+    "tests/loops/test_deepspeed_checkpoint.py": 110,  # the first DeepSpeed test to run compiles cpu_adam
+    "tests/online/test_game.py": 102,
+    "tests/perf/test_torch_compile.py": 76,
+    "tests/online/test_online_run.py": 65,
+    "tests/loops/test_extras_sharding.py": 62,
+    "tests/loops/test_scale_matrix.py": 49,
+    "tests/online/test_recipes.py": 43,
+    "tests/diffusion/test_demo_diffusion.py": 37,
+    "tests/diffusion/test_diffusion_run.py": 28,
+    "tests/tools/test_recipe_processes.py": 27,
+    "tests/test_reliability.py": 25,
+    "tests/loops/test_deepspeed_multiprocess.py": 25,
+    "tests/online/test_grpo_trl_options.py": 24,
+    "tests/loops/test_best_model.py": 19,
+    "tests/loops/test_ref_sync.py": 18,
+    "tests/online/test_rso.py": 16,
+    "tests/loops/test_trainer.py": 15,
+    "tests/vlm/test_demo_vlm.py": 14,
+    "tests/loops/test_accelerate_configs.py": 13,
+    "tests/loops/test_multiprocess.py": 13,
+    "tests/loops/test_fsdp2.py": 12,
+    "tests/perf/test_flex_attention.py": 12,
+    "tests/online/test_rloo_recipe.py": 12,
+    "tests/loops/test_spo_degree_combinations.py": 11,
+    "tests/demo/test_demo.py": 11,
+    "tests/loops/test_flex_cpu_refusal.py": 11,
+    "tests/test_reliability_checklist.py": 10,
+    "tests/loops/test_spo_degree_run.py": 10,
+    "tests/online/test_online_trial2.py": 10,
+    "tests/objectives/test_grpo_clip_extrema.py": 9,
+    "tests/loops/test_streaming.py": 8,
+    "tests/test_resume_identity.py": 8,
+}
+
+
+def slowest_files_first(paths: list[str]) -> list[str]:
+    """The files of `paths` (one entry per test, its node id's file part, in collection order) in the order to run
+    them: those of SLOW_FILES_SECONDS longest first, then the others by their number of tests, most first (what
+    pytest-xdist's loadfile does by default), ties in collection order."""
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        counts[path] = counts.get(path, 0) + 1
+        first.setdefault(path, i)
+    return sorted(counts, key=lambda p: (-SLOW_FILES_SECONDS.get(p, 0), -counts[p], first[p]))
