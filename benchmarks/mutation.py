@@ -3975,7 +3975,7 @@ MUTANTS += [
     Mutant("mx2-loo-options-accepted-for-grpo", "online_options.py",
            [("lambda cfg, spec: cfg.trainer == \"rloo\", \"trainer rloo\")",
              "lambda cfg, spec: spec.kind == \"groups\", \"trainer rloo\")")],
-           ["tests/online/test_rloo_recipe.py", "tests/online/test_grpo_trl_options.py", "-k", "refused"],
+           ["tests/test_trl_online_defaults.py", "-k", "options_are_its_own"],
            "normalize_advantages / reward_clip_range accepted for grpo, which never reads them"),
     # objectives/_grpo_losses.py, objectives/grpo.py: TRL 1.16's GRPO options
     Mutant("mx2-grpo-entropy-mask-strict", "objectives/_grpo_losses.py",
