@@ -24,3 +24,18 @@ def test_the_step_entropy_is_the_token_mean_over_its_micro_batches():
     control.end_step(lambda t: 2 * t)
     assert control.last_entropy == pytest.approx(1.0) and control.coef == pytest.approx(0.05)
     assert control.applied() == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("options, words", [
+    (dict(entropy_target=0.5), "entropy_target is read by the adaptive entropy controller only"),
+    (dict(entropy_coef=0.01, entropy_coef_max=0.5, entropy_coef_delta=0.1),
+     "entropy_coef_max, entropy_coef_delta are read by the adaptive entropy controller only"),
+    (dict(use_adaptive_entropy=True, entropy_coef_min=0.3, entropy_coef_max=0.2), "entropy_coef_min <= entropy_coef_max"),
+])
+def test_the_controllers_options_without_the_controller_are_refused(options, words):
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        get_objective("grpo", **options)
+    assert words in str(err.value)
+    assert get_objective("grpo", use_adaptive_entropy=True, entropy_target=0.5).entropy_target == 0.5
