@@ -3912,41 +3912,41 @@ MUTANTS += [
 ]
 
 
-# mutation-mx round: the code the last session added -- trainer rloo beyond its own round (epsilon_high, the
-# normalisation's centring, a lone completion, the metrics, the loss's per-prompt share, the clip range's refusal, the
-# run's summed KL and clip range), the GRPO options (top_entropy_quantile, off_policy_mask_threshold,
-# normalize_then_sum, the entropy bonus and its adaptive coefficient, cast_lm_head_to_fp32, num_generations_eval),
-# scoring at the sampling temperature, the SFT data options (group_by_length, bfd_split / wrapped, skip_prepare_dataset,
-# activation_offloading), push_to_hub, launch.json's paths, a resume with a capped max_length, APO's extrapolated
-# start and the distillation beyond its own round
-MX2_RLOO = ["tests/objectives/test_rloo.py"]
+# mutation-mx round: the code the last session added -- trainer rloo beyond its own round (epsilon_high, a lone
+# completion, the metrics and clip flags, the loss's per-prompt share, the option table, the run's summed KL and clip
+# range), the GRPO options (top_entropy_quantile, off_policy_mask_threshold, normalize_then_sum, the entropy bonus and
+# its adaptive coefficient, cast_lm_head_to_fp32, num_generations_eval), scoring at the sampling temperature, the SFT
+# data options (group_by_length, wrapped, skip_prepare_dataset), push_to_hub, launch.json's paths, a resume with a
+# capped max_length, APO's extrapolated start and the distillation beyond its own round
+MX2_RLOO = ["tests/objectives/test_rloo.py", "tests/objectives/test_rloo_shares.py"]
 MX2_RLOO_RUN = ["tests/online/test_rloo_recipe.py", "-k", "not preflab_train and not moe"]
 MX2_GRPO_FILE = "tests/online/test_grpo_trl_options.py"
 MX2_TOPH = [MX2_GRPO_FILE, "-k", "top_entropy or high_entropy"]
 MX2_OFFP = [MX2_GRPO_FILE, "-k", "off_policy"]
-MX2_BONUS = [MX2_GRPO_FILE, "-k", "entropy_coef or adaptive or token_entropy or refused"]
+MX2_BONUS = ["tests/online/test_entropy_control_values.py", MX2_GRPO_FILE, "-k",
+             "entropy_coef or adaptive or token_entropy or refused"]
 MX2_NTS = [MX2_GRPO_FILE, "-k", "normalize_then_sum or preflab_train_takes"]
 MX2_FP32 = [MX2_GRPO_FILE, "-k", "cast_lm_head"]
 MX2_NGEVAL = [MX2_GRPO_FILE, "-k", "num_generations_eval"]
 MX2_TEMP = ["tests/online/test_online_temperature.py"]
 MX2_ORDER = ["tests/loops/test_group_by_length.py"]
-MX2_PACK = ["tests/loops/test_sft_packing_strategy.py"]
+MX2_PACK = ["tests/loops/test_sft_packing_strategy.py", "tests/loops/test_sft_packing_rows_by_hand.py"]
 MX2_ROWS = ["tests/loops/test_sft_tokenized_rows.py"]
 MX2_HUB = ["tests/test_hub_push.py"]
-MX2_LAUNCH = ["tests/test_launch_paths.py", "tests/test_launch_nested_paths.py"]
+MX2_LAUNCH = ["tests/test_launch_paths.py", "tests/test_launch_nested_paths.py",
+              "tests/test_launch_paths_precedence.py"]
 MX2_CAP = ["tests/test_resume_check_rules.py", "tests/test_resume_identity.py", "-k", "cap"]
 MX2_APO = ["tests/online/test_game_round_values.py", "tests/online/test_game.py", "-k", "apo"]
-MX2_DISTILL = ["tests/objectives/test_distill.py", "tests/loops/test_distill_run.py", "-k",
+MX2_DISTILL = ["tests/objectives/test_distill.py", "tests/loops/test_distill_run.py",
+               "tests/loops/test_distill_values.py", "-k",
                "not example_distill and not resumes_exactly"]
 MUTANTS += [
     # objectives/rloo.py
     Mutant("mx2-loo-epsilon-high-ignored", "objectives/rloo.py",
            [("ratio.clamp(1 - self.epsilon, 1 + high) * adv)", "ratio.clamp(1 - self.epsilon, 1 + self.epsilon) * adv)")],
            MX2_RLOO, "epsilon_high accepted and the upper clip stays at 1 + epsilon"),
-    Mutant("mx2-loo-normalize-not-centred", "objectives/rloo.py",
-           [("adv = (adv - torch.nanmean(adv)) / (nan_std(adv) + NORMALIZE_EPS)",
-             "adv = adv / (nan_std(adv) + NORMALIZE_EPS)")], MX2_RLOO,
-           "normalize_advantages divides by the std without subtracting the batch mean"),
+    # (dropped as equivalent: normalize_advantages without subtracting the batch mean -- each prompt's leave-one-out
+    # advantages sum to 0, so the mean over the batch's scored completions is 0 and only rounding differs)
     Mutant("mx2-loo-lone-completion-advantage", "objectives/rloo.py",
            [("baseline = (torch.nansum(rewards, -1, keepdim=True) - rewards) / (n - 1)",
              "baseline = (torch.nansum(rewards, -1, keepdim=True) - rewards) / (n - 1).clamp_min(1)")], MX2_RLOO,

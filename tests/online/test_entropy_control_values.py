@@ -7,7 +7,7 @@ from preflab.objectives import get_objective
 from preflab.online.entropy_control import EntropyCoefficient
 
 
-def test_the_step_entropy_is_the_token_mean_over_its_micro_batches():
+def test_the_adaptive_step_entropy_is_the_token_mean_over_its_micro_batches():
     """Micro-batches of 1 token (mean 1.0) and 3 tokens (mean 2.0): H = (1 + 6) / 4 = 1.75, above the target 1.6,
     so the coefficient falls by delta (the mean of the two means, 1.5, is below it and would raise it)."""
     objective = get_objective("grpo", use_adaptive_entropy=True, entropy_coef=0.05, entropy_coef_min=0.0,
