@@ -3936,6 +3936,263 @@ MUTANTS += [
 ]
 
 
+# mutation-mx round: the code the last session added -- trainer rloo beyond its own round (epsilon_high, a lone
+# completion, the metrics and clip flags, the loss's per-prompt share, the option table, the run's summed KL and clip
+# range), the GRPO options (top_entropy_quantile, off_policy_mask_threshold, normalize_then_sum, the entropy bonus and
+# its adaptive coefficient, cast_lm_head_to_fp32, num_generations_eval), scoring at the sampling temperature, the SFT
+# data options (group_by_length, wrapped, skip_prepare_dataset), push_to_hub, launch.json's paths, a resume with a
+# capped max_length, APO's extrapolated start and the distillation beyond its own round
+MX2_RLOO = ["tests/objectives/test_rloo.py", "tests/objectives/test_rloo_shares.py"]
+MX2_RLOO_RUN = ["tests/online/test_rloo_recipe.py", "-k", "not preflab_train and not moe"]
+MX2_GRPO_FILE = "tests/online/test_grpo_trl_options.py"
+MX2_TOPH = [MX2_GRPO_FILE, "-k", "top_entropy or high_entropy"]
+MX2_OFFP = [MX2_GRPO_FILE, "-k", "off_policy"]
+MX2_BONUS = ["tests/online/test_entropy_control_values.py", MX2_GRPO_FILE, "-k",
+             "entropy_coef or adaptive or token_entropy or refused"]
+MX2_NTS = [MX2_GRPO_FILE, "-k", "normalize_then_sum or preflab_train_takes"]
+MX2_FP32 = [MX2_GRPO_FILE, "-k", "cast_lm_head"]
+MX2_NGEVAL = [MX2_GRPO_FILE, "-k", "num_generations_eval"]
+MX2_TEMP = ["tests/online/test_online_temperature.py"]
+MX2_ORDER = ["tests/loops/test_group_by_length.py"]
+MX2_PACK = ["tests/loops/test_sft_packing_strategy.py", "tests/loops/test_sft_packing_rows_by_hand.py"]
+MX2_ROWS = ["tests/loops/test_sft_tokenized_rows.py"]
+MX2_HUB = ["tests/test_hub_push.py"]
+MX2_LAUNCH = ["tests/test_launch_paths.py", "tests/test_launch_nested_paths.py",
+              "tests/test_launch_paths_precedence.py"]
+MX2_CAP = ["tests/test_resume_check_rules.py", "tests/test_resume_identity.py", "-k", "cap"]
+MX2_APO = ["tests/online/test_game_round_values.py", "tests/online/test_game.py", "-k", "apo"]
+MX2_DISTILL = ["tests/objectives/test_distill.py", "tests/loops/test_distill_run.py",
+               "tests/loops/test_distill_values.py", "-k",
+               "not example_distill and not resumes_exactly"]
+MUTANTS += [
+    # objectives/rloo.py
+    Mutant("mx2-loo-epsilon-high-ignored", "objectives/rloo.py",
+           [("ratio.clamp(1 - self.epsilon, 1 + high) * adv)", "ratio.clamp(1 - self.epsilon, 1 + self.epsilon) * adv)")],
+           MX2_RLOO, "epsilon_high accepted and the upper clip stays at 1 + epsilon"),
+    # (dropped as equivalent: normalize_advantages without subtracting the batch mean -- each prompt's leave-one-out
+    # advantages sum to 0, so the mean over the batch's scored completions is 0 and only rounding differs)
+    Mutant("mx2-loo-lone-completion-advantage", "objectives/rloo.py",
+           [("baseline = (torch.nansum(rewards, -1, keepdim=True) - rewards) / (n - 1)",
+             "baseline = (torch.nansum(rewards, -1, keepdim=True) - rewards) / (n - 1).clamp_min(1)")], MX2_RLOO,
+           "a prompt with one scored completion trains it on its raw reward (baseline 0) instead of advantage 0"),
+    Mutant("mx2-loo-reward-metric-counts-unscored", "objectives/rloo.py",
+           [("metrics = {\"reward\": scores.sum() / scored.sum().clamp_min(1),",
+             "metrics = {\"reward\": scores.sum() / batch.valid.sum().clamp_min(1),")], MX2_RLOO,
+           "the logged reward averages unscored completions in as 0"),
+    Mutant("mx2-loo-zero-std-of-raw-scores", "objectives/rloo.py",
+           [("group_std = nan_std(rewards, dim=-1)", "group_std = nan_std(torch.where(scored, scores, torch.nan), dim=-1)")],
+           MX2_RLOO, "frac_reward_zero_std counts ties of the raw scores, not of the clipped, KL-shaped rewards"),
+    Mutant("mx2-loo-low-clip-any-advantage", "objectives/rloo.py",
+           [("low_clip = (ratio < 1 - self.epsilon) & (adv < 0)", "low_clip = (ratio < 1 - self.epsilon)")], MX2_RLOO,
+           "clip_ratio/low counts completions whose advantage is not negative"),
+    Mutant("mx2-loo-loss-per-prompt-mean", "objectives/rloo.py",
+           [("losses = (per_sequence * valid).sum(-1) / (completions / B)",
+             "losses = (per_sequence * valid).sum(-1) / valid.sum(-1).clamp_min(1)")], MX2_RLOO,
+           "each prompt's completions averaged alone: a prompt with fewer valid completions weighs its each more"),
+    # online/run.py, online_options.py: trainer rloo in the online run
+    Mutant("mx2-loorun-kl-reversed", "online/run.py",
+           [("out.append([sum((p - q) * w for p, q, w", "out.append([sum((q - p) * w for p, q, w")], MX2_RLOO_RUN,
+           "the round's KL is log pi_ref - log pi_old: the penalty rewards drifting"),
+    Mutant("mx2-loorun-clip-range-unread", "online/run.py",
+           [("cfg.beta if self.needs_ref else 0.0, cfg.reward_clip_range)", "cfg.beta if self.needs_ref else 0.0, None)")],
+           MX2_RLOO_RUN, "reward_clip_range accepted by the online run and not applied"),
+    Mutant("mx2-loo-options-accepted-for-grpo", "online_options.py",
+           [("lambda cfg, spec: cfg.trainer == \"rloo\", \"trainer rloo\")",
+             "lambda cfg, spec: spec.kind == \"groups\", \"trainer rloo\")")],
+           ["tests/test_trl_online_defaults.py", "-k", "options_are_its_own"],
+           "normalize_advantages / reward_clip_range accepted for grpo, which never reads them"),
+    # objectives/_grpo_losses.py, objectives/grpo.py: TRL 1.16's GRPO options
+    Mutant("mx2-grpo-entropy-mask-strict", "objectives/_grpo_losses.py",
+           [("return ((entropy * mask.float()) >= threshold) & mask", "return ((entropy * mask.float()) > threshold) & mask")],
+           MX2_TOPH, "a token whose entropy equals the quantile cut is dropped (TRL keeps H >= tau)"),
+    Mutant("mx2-grpo-entropy-mask-low-tokens", "objectives/grpo.py",
+           [("high_entropy_mask(entropy, mask, 1 - self.top_entropy_quantile,",
+             "high_entropy_mask(entropy, mask, self.top_entropy_quantile,")], MX2_TOPH,
+           "top_entropy_quantile rho keeps the top 1 - rho tokens"),
+    Mutant("mx2-grpo-entropy-quantile-over-padding", "objectives/_grpo_losses.py",
+           [("values = entropy[mask].float()", "values = entropy.flatten().float()")], MX2_TOPH,
+           "the entropy cut is a quantile over padding and invalid completions too"),
+    Mutant("mx2-grpo-offpolicy-kl-reversed", "objectives/_grpo_losses.py",
+           [("kl = (sampling_lp - lp.detach()).nan_to_num(nan=0.0)", "kl = (lp.detach() - sampling_lp).nan_to_num(nan=0.0)")],
+           MX2_OFFP, "off_policy_mask_threshold's KL estimate has the wrong sign"),
+    Mutant("mx2-grpo-offpolicy-kl-summed", "objectives/_grpo_losses.py",
+           [("seq_kl = (kl * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)",
+             "seq_kl = (kl * mask).sum(-1, keepdim=True)")], MX2_OFFP,
+           "the off-policy KL is summed over the completion instead of its token mean"),
+    Mutant("mx2-grpo-offpolicy-against-itself", "objectives/grpo.py",
+           [("off_policy_sequence_mask(a, lp, old, mask.to(lp.dtype),", "off_policy_sequence_mask(a, lp, lp, mask.to(lp.dtype),")],
+           MX2_OFFP, "the off-policy mask compares the policy with itself: nothing is ever dropped"),
+    Mutant("mx2-grpo-entropy-bonus-sign", "objectives/grpo.py",
+           [("        return losses - coef * H\n", "        return losses + coef * H\n")], MX2_BONUS,
+           "entropy_coef penalises entropy instead of rewarding it"),
+    Mutant("mx2-grpo-entropy-bonus-all-tokens", "objectives/grpo.py",
+           [("used = m if entropy_mask is None else m * entropy_mask", "used = m")], MX2_BONUS,
+           "with top_entropy_quantile the bonus averages every trained token, not the kept high-entropy ones"),
+    Mutant("mx2-grpo-entropy-bonus-static-coef", "objectives/grpo.py",
+           [("coef = batch.extras.get(\"entropy_coef\", self.entropy_coef)", "coef = self.entropy_coef")], MX2_BONUS,
+           "use_adaptive_entropy's coefficient never reaches the loss"),
+    Mutant("mx2-grpo-adaptive-options-unrefused", "objectives/grpo.py",
+           [("        if changed and not self.use_adaptive_entropy:\n", "        if False:\n")], MX2_BONUS,
+           "entropy_target / entropy_coef_max accepted without use_adaptive_entropy and never read"),
+    # normalize_then_sum
+    Mutant("mx2-nts-round-mean-not-group", "objectives/grpo.py",
+           [("normed = (per_judge - torch.nanmean(per_judge, dim=1, keepdim=True))",
+             "normed = (per_judge - torch.nanmean(per_judge, dim=(0, 1), keepdim=True))")], MX2_NTS,
+           "each judge's rewards centred on the round's mean, not their prompt group's"),
+    Mutant("mx2-nts-weights-unread", "objectives/grpo.py",
+           [("summed = (normed * weights.to(normed)).nansum(-1)", "summed = normed.nansum(-1)")], MX2_NTS,
+           "reward_weights ignored by normalize_then_sum"),
+    Mutant("mx2-nts-unscored-kept", "objectives/grpo.py",
+           [("    summed = torch.where(scored, summed, torch.nan)\n", "")], MX2_NTS,
+           "an unscored completion enters the round's normalisation as a 0 sum"),
+    Mutant("mx2-nts-no-round-normalisation", "objectives/grpo.py",
+           [("return ((summed - torch.nanmean(flat)) / (spread + eps)).nan_to_num(0.0)", "return summed.nan_to_num(0.0)")],
+           MX2_NTS, "the weighted sum is not normalised over the round"),
+    Mutant("mx2-nts-run-option-unread", "online/run.py",
+           [("if cfg.multi_objective_aggregation == \"normalize_then_sum\":  # groups", "if False:  # groups")],
+           MX2_NTS, "multi_objective_aggregation: normalize_then_sum accepted and the run normalises the sum"),
+    # online/entropy_control.py, online/run.py: the adaptive entropy coefficient
+    Mutant("mx2-entctl-direction-reversed", "online/entropy_control.py",
+           [("        if entropy <= self.target:\n", "        if entropy > self.target:\n")], MX2_BONUS,
+           "the coefficient falls when the entropy is below the target"),
+    Mutant("mx2-entctl-no-upper-bound", "online/entropy_control.py",
+           [("self.coef = min(self.coef + self.delta, self.high)", "self.coef = self.coef + self.delta")], MX2_BONUS,
+           "entropy_coef_max never bounds the coefficient"),
+    Mutant("mx2-entctl-applied-before-measured", "online/entropy_control.py",
+           [("        self.last_entropy = math.inf\n", "        self.last_entropy = 0.0\n")], MX2_BONUS,
+           "the first step applies the coefficient before any entropy was measured"),
+    Mutant("mx2-entctl-applied-always", "online/entropy_control.py",
+           [("return self.coef if self.last_entropy <= self.target else 0.0", "return self.coef")], MX2_BONUS,
+           "the adaptive coefficient applies even after a step whose entropy was above the target"),
+    Mutant("mx2-entctl-mean-of-micro-batch-means", "online/entropy_control.py",
+           [("stats = torch.stack([mean_entropy.detach().double() * count.double(), count.detach().double()])",
+             "stats = torch.stack([mean_entropy.detach().double(), torch.ones((), dtype=torch.float64)])")],
+           MX2_BONUS, "the step's entropy is the plain mean of its micro-batches' means, not the token mean"),
+    Mutant("mx2-entctl-last-entropy-not-restored", "online/entropy_control.py",
+           [("self.coef, self.last_entropy = float(state[\"entropy_coef\"]), float(state[\"last_entropy\"])",
+             "self.coef = float(state[\"entropy_coef\"])")], MX2_BONUS,
+           "a resume forgets the last step's entropy: its first step applies no coefficient"),
+    Mutant("mx2-entctl-moves-every-micro-batch", "online/run.py",
+           [("        if mb is getattr(self, \"_last_micro_batch\", None):\n", "        if True:\n")], MX2_BONUS,
+           "the coefficient moves after every micro-batch instead of once per optimizer step"),
+    # models/fp32_head.py: cast_lm_head_to_fp32
+    Mutant("mx2-fp32-head-weights-left", "models/fp32_head.py",
+           [("    head.float()\n", "")], MX2_FP32,
+           "the head's parameters keep the model's dtype (the optimizer steps them in bfloat16)"),
+    Mutant("mx2-fp32-tied-embeddings-not-cast-back", "models/fp32_head.py",
+           [("    if tied and original != torch.float32:\n", "    if False:\n")], MX2_FP32,
+           "tied input embeddings return float32 into a bfloat16 model"),
+    # scoring/head.py, online_recipes.py, online/run.py: scoring at the sampling temperature
+    Mutant("mx2-temp-divides-before-post", "scoring/head.py",
+           [("        logits = self._post(self.projection(h).float())\n"
+             "        return logits if self.temperature == 1.0 else logits / self.temperature",
+             "        logits = self.projection(h).float()\n"
+             "        return self._post(logits if self.temperature == 1.0 else logits / self.temperature)")], MX2_TEMP,
+           "the temperature divides the logits before the model type's scale / soft-cap"),
+    Mutant("mx2-temp-loo-untempered", "online_recipes.py",
+           [("TEMPERATURE_SCORED = TRL_CONFIG_TRAINERS", "TEMPERATURE_SCORED = TRL_GRPO_TRAINERS")], MX2_TEMP,
+           "trainer rloo scores log_softmax(z), not at its sampling temperature"),
+    Mutant("mx2-temp-reference-untempered", "online/run.py",
+           [("reference_scores(self.policy, self.ref, layout, self.cfg.chunk_tokens,\n"
+             "                                               self.score_temperature)[0]",
+             "reference_scores(self.policy, self.ref, layout, self.cfg.chunk_tokens)[0]")], MX2_TEMP,
+           "the reference's log-probs untempered while the policy's are tempered"),
+    Mutant("mx2-temp-entropy-bonus-untempered", "online/run.py",
+           [("head = backbone_and_head(unwrap(self.policy))[1].tempered(self.score_temperature)",
+             "head = backbone_and_head(unwrap(self.policy))[1]")], [*MX2_TEMP, MX2_GRPO_FILE, "-k", "temperature or tempered or entropy_coef or adaptive"],
+           "the entropy bonus is of softmax(z), not of the tempered distribution the run samples"),
+    # online/tasks.py, online_options.py: num_generations_eval
+    Mutant("mx2-ngeval-greedy", "online/tasks.py",
+           [("sampled=bool(getattr(cfg, \"num_generations_eval\", None)))", "sampled=False)")], MX2_NGEVAL,
+           "num_generations_eval answers are greedy (k copies of one answer)"),
+    Mutant("mx2-ngeval-per-prompt-first-answer", "online/tasks.py",
+           [("per_prompt = [_nan_mean(values[p * k:(p + 1) * k]) for p in range(len(prompt_rows))]",
+             "per_prompt = [values[p * k] for p in range(len(prompt_rows))]")], MX2_NGEVAL,
+           "a prompt's eval reward is its first answer's, not the mean of its k answers"),
+    Mutant("mx2-ngeval-note-still-said", "online_options.py",
+           [("or not (cfg.eval_dataset_name or cfg.eval_fraction) or cfg.num_generations_eval):",
+             "or not (cfg.eval_dataset_name or cfg.eval_fraction)):")], MX2_NGEVAL,
+           "the greedy-eval note is said although num_generations_eval samples as TRL does"),
+    Mutant("mx2-ngeval-accepted-without-eval-set", "online_options.py",
+           [("cfg.online_task == \"dataset\" and bool(cfg.eval_dataset_name or cfg.eval_fraction), \"the GRPO family",
+             "cfg.online_task == \"dataset\", \"the GRPO family")], MX2_NGEVAL,
+           "num_generations_eval accepted on a run without an eval set (nothing reads it)"),
+    # loops/batches.py, loops/sft_packing.py, loops/sft_rows.py, config.py, models/activation_offload.py
+    Mutant("mx2-gbl-mega-batch-half", "loops/batches.py",
+           [("mult = max(min(n // (group_size * 4), 50), 1)", "mult = max(min(n // (group_size * 2), 50), 1)")],
+           MX2_ORDER, "mega-batches of n // (2 g) groups instead of transformers' n // (4 g)"),
+    Mutant("mx2-gbl-longest-from-last-mega", "loops/batches.py",
+           [("top = heads.index(max(heads))", "top = len(heads) - 1 - heads[::-1].index(max(heads))")], MX2_ORDER,
+           "with a tie of longest rows the last mega-batch's is moved to the front (torch.argmax: the first)"),
+    Mutant("mx2-wrapped-row-id-first-row", "loops/sft_packing.py",
+           [("piece = sequence_example(items[g], owner[start],", "piece = sequence_example(items[g], items[g].row_id,")],
+           MX2_PACK, "every chunk of a group is attributed to the group's first row"),
+    Mutant("mx2-skip-prepare-truncates", "loops/sft_rows.py",
+           [("limit = None if skip_prepare else cfg.max_length", "limit = cfg.max_length")], MX2_ROWS,
+           "skip_prepare_dataset rows truncated at max_length (TRL uses them as they are)"),
+    Mutant("mx2-skip-prepare-masks-unrefused", "loops/sft_rows.py",
+           [("    if masks and getattr(cfg, \"skip_prepare_dataset\", False):\n", "    if False:\n")], MX2_ROWS,
+           "a completion_mask column with skip_prepare_dataset trains every token without a word"),
+    # hub_push.py
+    Mutant("mx2-hub-every-save-uploads-optimizer", "hub_push.py",
+           [("ignore=[*TRAINING_STATE, MARKER, *PICKLE_PATTERNS])", "ignore=[MARKER, *PICKLE_PATTERNS])")], MX2_HUB,
+           "hub_strategy every_save uploads each checkpoint's optimizer and RNG state"),
+    Mutant("mx2-hub-all-checkpoints-one-folder", "hub_push.py",
+           [("where = \"last-checkpoint\" if self.strategy == \"checkpoint\" else Path(checkpoint).name",
+             "where = \"last-checkpoint\"")], MX2_HUB,
+           "all_checkpoints overwrites last-checkpoint/ instead of one folder per save"),
+    Mutant("mx2-hub-final-uploads-checkpoints", "hub_push.py",
+           [("FINAL_IGNORE = [\"_*\", \"checkpoint-*\", ", "FINAL_IGNORE = [\"_*\", ")], MX2_HUB,
+           "the final push uploads the checkpoint-* folders too"),
+    Mutant("mx2-hub-revision-branch-not-created", "hub_push.py",
+           [("            if self.revision:\n                api.create_branch", "            if False:\n                api.create_branch")],
+           MX2_HUB, "hub_revision's branch is never created (the first upload to it fails)"),
+    Mutant("mx2-hub-push-private-from-run-ignored", "hub_push.py",
+           [("private=private if private is not None else saved.get(\"hub_private_repo\")", "private=private")], MX2_HUB,
+           "`preflab push` creates a public repository for a run that asked hub_private_repo"),
+    # launch_paths.py
+    Mutant("mx2-launch-current-dir-first", "launch_paths.py",
+           [("    if os.path.exists(path):\n        return path\n    if os.path.exists(value):\n",
+             "    if os.path.exists(value):\n        return os.path.abspath(value)\n    if os.path.exists(value):\n")],
+           MX2_LAUNCH, "a file of the same name in the current directory wins over the run's own"),
+    Mutant("mx2-launch-changed-value-reads-record", "launch_paths.py",
+           [("if not isinstance(entry, dict) or entry.get(\"value\") != value or \"path\" not in entry:",
+             "if not isinstance(entry, dict) or \"path\" not in entry:")], MX2_LAUNCH,
+           "a config whose path option changed since the record reads the recorded (old) file"),
+    # resume_check.py: the capped max_length
+    Mutant("mx2-cap-unset-max-length-not-capped", "resume_check.py",
+           [("return current if limit is not None and limit <= positions else",
+             "return current if limit is None or limit <= positions else")], MX2_CAP,
+           "an unset max_length is not compared as the positions its checkpoint capped it at"),
+    # online/game.py: APO's extrapolated start
+    Mutant("mx2-apo-start-interpolates", "online/game.py",
+           [("p.add_(current[name] - previous[name].to(device=p.device, dtype=p.dtype), alpha=alpha)",
+             "p.add_(current[name] - previous[name].to(device=p.device, dtype=p.dtype), alpha=-alpha)")], MX2_APO,
+           "the round starts from theta_t - alpha (theta_t - theta_(t-1))"),
+    Mutant("mx2-apo-previous-is-extrapolated", "online/game.py",
+           [("dtype=p.dtype), alpha=alpha)\n    return current\n",
+             "dtype=p.dtype), alpha=alpha)\n    return {n: p.detach().clone() for n, p in model.named_parameters()}\n")],
+           MX2_APO, "the next round's theta_(t-1) is the extrapolated start, not theta_t"),
+    Mutant("mx2-apo-missing-previous-unrefused", "online/game.py",
+           [("if run.pending is not None and task.state.previous_parameters is None:", "if False:")], MX2_APO,
+           "a resumed apo round without theta_(t-1) starts from theta_t without a word"),
+    # distillation
+    Mutant("mx2-kd-jsd-weights-swapped", "objectives/_distill_task.py",
+           [("return beta * kl_t + (1.0 - beta) * kl_s", "return (1.0 - beta) * kl_t + beta * kl_s")], MX2_DISTILL,
+           "the two KLs to the mixture weighted 1 - beta and beta"),
+    Mutant("mx2-kd-draw-not-per-step", "loops/distill.py",
+           [("random.Random(f\"distill:{self.cfg.seed}:{step}\")", "random.Random(f\"distill:{self.cfg.seed}\")")],
+           MX2_DISTILL, "every step draws the same: a run is all on-policy or all off-policy"),
+    Mutant("mx2-kd-sampled-keep-row-mask", "loops/distill.py",
+           [("completion_ids=list(c) or [self.tokenizer.eos_token_id], loss_mask=None)",
+             "completion_ids=list(c) or [self.tokenizer.eos_token_id])")], MX2_DISTILL,
+           "the student's sampled tokens keep the dataset row's loss mask"),
+    Mutant("mx2-kd-eval-per-row", "loops/distill.py",
+           [("return {\"eval_loss\": div / n,", "return {\"eval_loss\": div / len(self.eval_data),")], MX2_DISTILL,
+           "eval_loss is the divergence summed per row, not its token mean"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

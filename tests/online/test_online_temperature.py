@@ -199,3 +199,20 @@ def test_an_end_to_end_grpo_run_at_a_temperature_trains_other_weights_than_untem
     assert any(not torch.equal(tempered[k], untempered[k]) for k in tempered)
     first = lambda name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])  # noqa: E731
     assert first("tempered")["entropy"] != pytest.approx(first("untempered")["entropy"], abs=1e-3)
+
+
+def test_the_entropy_bonus_is_the_entropy_of_the_tempered_distribution(tmp_path):
+    """entropy_coef's H (logged entropy_bonus/entropy) is the token mean over the micro-batch's completions of the
+    entropy of softmax(logits / T), the distribution the run samples and scores (TRL 1.16's fused head returns it at
+    the temperature), not of softmax(logits) (mutation-mx round)."""
+    torch.set_num_threads(1)
+    run, policy, _ = _run(tmp_path, "grpo", entropy_coef=0.1)
+    mb = run.micro_batches(0)[0]
+    out = run.forward(mb)
+    rows = [(e.prompt_ids, c) for e in mb.examples for c in e.completions]
+    with torch.no_grad():
+        tempered = torch.cat([_tempered(policy, p, c)[1] for p, c in rows])
+        plain = torch.cat([_tempered(policy, p, c, 1.0)[1] for p, c in rows])
+    got = float(out.metrics["entropy_bonus/entropy"])
+    assert got == pytest.approx(float(tempered.mean()), abs=1e-5)
+    assert abs(got - float(plain.mean())) > 1e-3

@@ -1,0 +1,47 @@
+"""Distillation (preflab.loops.distill) beyond the dataset's plain completions (mutation-mx round): an on-policy step on
+rows whose labels leave tokens out of the loss (every sampled token carries loss, none of the row's mask is kept),
+and eval_loss as the divergence's token mean over the eval set, against TRL's generalized_jsd_loss."""
+import json
+
+import pytest
+import torch
+
+from test_distill_run import _cfg, _trl_loss  # tests/loops, beside this file
+
+from preflab.loops.distill import DistillTrainer
+from preflab.models.tiny import tiny_tokenizer
+
+pytest.importorskip("trl.experimental.gkd.gkd_trainer")
+
+
+def _masked_rows(tmp_path):
+    """Tokenized rows whose labels skip a token in the middle of the completion (a loss_mask with a False)."""
+    tok = tiny_tokenizer("char")
+    rows = []
+    for text in ("echo: kit cat\nKIT CAT", "echo: red log\nRED LOG", "echo: a b\nA B", "echo: sun\nSUN"):
+        ids = tok(text)["input_ids"]
+        cut = text.index("\n") + 1
+        labels = [-100 if t < cut or t == cut + 1 else x for t, x in enumerate(ids)]
+        rows.append({"input_ids": ids, "labels": labels})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_an_on_policy_step_trains_every_sampled_token_of_rows_with_a_loss_mask(tmp_path):
+    data = _masked_rows(tmp_path)
+    trainer = DistillTrainer(_cfg(tmp_path, dataset_name=data, lmbda=1.0, max_completion_length=5))
+    assert any(x.loss_mask is not None and not all(x.loss_mask) for x in trainer.train_data)
+    mb = trainer.micro_batches(0)[0]
+    sampled = trainer.sampled_completions
+    assert int(mb.layout.response_mask.sum()) == sum(len(c) for c in sampled)
+
+
+def test_eval_loss_is_the_token_mean_of_trls_divergence_over_the_eval_set(tmp_path):
+    torch.manual_seed(0)
+    trainer = DistillTrainer(_cfg(tmp_path, beta=0.5, temperature=0.9, eval_fraction=0.25,
+                                  per_device_eval_batch_size=2))
+    items = list(trainer.eval_data)
+    assert len(items) >= 2 and len({len(x.completion_ids) for x in items}) > 1
+    got = trainer.evaluate()["eval_loss"]
+    assert got == pytest.approx(_trl_loss(trainer, items, 0.5, 0.9), rel=1e-4, abs=1e-7)
