@@ -47,3 +47,53 @@ def test_preflab_push_without_network_says_nothing_was_uploaded_not_nothing_trai
         "preflab push: could not create the Hub repository 'me/test': [Errno -2] Name or service not known. Nothing "
         f"was uploaded; {run} is unchanged. Check the network (the Hub must be reachable), the token (--token, "
         "HF_TOKEN or `hf auth login`, with write access) and --repo-id, then run the same `preflab push` again.")
+
+
+def test_the_game_logs_the_exact_kl_of_the_round_start_policy(tmp_path):
+    """Before: the game's `kl` was the pair recipes' mean log-ratio over the enumerated pairs (every answer alike,
+    not drawn from pi), drawn as "KL to the reference" going negative (-0.13 on nash_game.yaml's inpo run). Now each
+    row's kl is sum_a pi(a) log(pi(a) / pi_ref(a)) of that row's round-start policy/p<i>, written out here by hand,
+    and the report's KL panel labels it as the game's."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from preflab.config import load_config
+    from preflab.online.run import OnlineRun
+    from preflab.report.runs import load_run
+    from preflab.report.plots import online_kl_kind
+
+    recipe = Path(__file__).parent.parent / "examples" / "online" / "nash_game.yaml"
+    cfg = load_config(recipe, [f"output_dir={tmp_path}", "disable_tqdm=true", "trainer=inpo", "max_steps=40",
+                               "steps_per_generation=10", "logging_steps=10"])
+    summary = OnlineRun(cfg).train()
+    ref = np.array(summary["reference_distribution"])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
+    assert len(rows) == 4
+    for row in rows:  # one round per logging window: the row is that round's start policy
+        pi = np.array([row[f"policy/p{i}"] for i in range(3)])
+        assert row["kl"] == pytest.approx(float(pi @ np.log(pi / ref)), rel=1e-9, abs=1e-15)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-12)  # round 1 starts at pi_ref
+    assert rows[-1]["kl"] > 1e-4  # the policy has moved from its reference
+    assert online_kl_kind(load_run(tmp_path)) == "game"
+
+
+def test_vlm_eval_data_line_counts_pairs_to_evaluate_not_train_pairs(tmp_path, capsys, monkeypatch):
+    """Before: `preflab eval RUN --task vlm --data pairs.jsonl` printed the training data line, `preflab: vision
+    data: ...; 8 train pairs, 0 eval pairs`, about the 8 pairs it then evaluated."""
+    from pathlib import Path
+
+    from preflab.config import load_config
+    from preflab.loops.vlm import VisionTrainer
+    from preflab.loops.vlm_eval import evaluate_vlm_run
+
+    monkeypatch.chdir(Path(__file__).parent.parent)
+    run = tmp_path / "vlm"
+    VisionTrainer(load_config("examples/vlm/dpo.yaml", [f"output_dir={run}", "max_steps=1"])).train()
+    assert "; 8 train pairs, 0 eval pairs" in capsys.readouterr().out  # the training run's line, unchanged
+    evaluate_vlm_run(str(run), "examples/vlm/data/pairs.jsonl")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "vision data:" in line]
+    assert len(lines) == 1 and lines[0].startswith("preflab eval: vision data: examples/vlm/data/pairs.jsonl")
+    assert lines[0].endswith("; 8 pairs to evaluate") and "train pairs" not in lines[0]

@@ -85,11 +85,14 @@ def image_token_id(model, processor) -> int:
     return processor.image_token_id
 
 
-def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_read: dict | None = None):
+def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_read: dict | None = None,
+                        evaluated: bool = False):
     """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization.
     reader: a RowReader already opened on cfg.dataset_name's split (preflab eval --task vlm's), read instead of
     opening the data again. rows_read: a dict to receive the VisionPairExamples as read, before the pair builder
-    ({"train": ..., "eval": ...}; preflab eval --task vlm compares them with the run's training rows)."""
+    ({"train": ..., "eval": ...}; preflab eval --task vlm compares them with the run's training rows). evaluated:
+    the rows are `preflab eval --task vlm`'s --data, so the data line counts pairs to evaluate, not train / eval
+    pairs (it said "8 train pairs, 0 eval pairs" of the pairs it then evaluated)."""
     from preflab.data import vision_pairs as builders
     from preflab.data.eval_set import train_and_eval
     from preflab.data.report import refuse_empty
@@ -142,7 +145,9 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
         out.append(pairs)
     cut = sum(report[f"{split}_tokenize"].get("truncated_responses", 0) for split in ("train", "eval")
               if f"{split}_tokenize" in report)
-    print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs"
+    counts = (f"{len(out[0])} pairs to evaluate" if evaluated else
+              f"{len(out[0])} train pairs, {len(out[1])} eval pairs")
+    print(f"preflab{' eval' if evaluated else ''}: vision data: {row_report.summary()}; {counts}"
           + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
              f"{cfg.max_completion_length})" if cut else ""))
     from preflab.data.report import training_skipped
