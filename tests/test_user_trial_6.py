@@ -97,3 +97,36 @@ def test_vlm_eval_data_line_counts_pairs_to_evaluate_not_train_pairs(tmp_path, c
     lines = [line for line in capsys.readouterr().out.splitlines() if "vision data:" in line]
     assert len(lines) == 1 and lines[0].startswith("preflab eval: vision data: examples/vlm/data/pairs.jsonl")
     assert lines[0].endswith("; 8 pairs to evaluate") and "train pairs" not in lines[0]
+
+
+@pytest.mark.parametrize("name,task", [("RewardConfig", "reward"), ("SFTConfig", "sft")])
+def test_a_saved_reward_or_sft_config_without_task_trains_its_own_task(name, task, capsys):
+    """Before: a TRL RewardConfig dump (args.to_dict(), its eos_token placeholder removed) with no `task` loaded as
+    task: dpo and trained a DPO policy on the pairs without a word; an SFTConfig dump stopped on `shuffle_dataset only
+    applies to task: online` without naming the task. Now each is its task, with a note; a written task wins."""
+    trl = pytest.importorskip("trl")
+    raw = getattr(trl, name)(output_dir="out", bf16=False, use_cpu=True).to_dict()
+    raw.pop("eos_token")
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+    cfg = config_from_dict({**base, **raw})
+    assert cfg.task == task
+    assert f"a saved TRL {name} (" in capsys.readouterr().err
+    dpo = getattr(trl, "DPOConfig")(output_dir="out", bf16=False, use_cpu=True).to_dict()
+    assert config_from_dict({**base, **dpo}).task == "dpo"  # a DPOConfig dump is untouched
+    assert f"a saved TRL {name}" not in capsys.readouterr().err
+    if task == "reward":  # a written task is kept (here: refused for the reward fields it does not read)
+        with pytest.raises(ConfigError, match="center_rewards_coefficient"):
+            config_from_dict({**base, **raw, "task": "dpo", "center_rewards_coefficient": 0.1})
+
+
+def test_an_unknown_option_of_a_command_shows_that_commands_usage(capsys):
+    """Before: `preflab report RUN --output x.html` answered with the top-level `usage: preflab [-h] [--version]
+    COMMAND ...`, which does not show report's `--out`."""
+    from preflab.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["report", "some_run", "--output", "x.html"])
+    assert err.value.code == 2
+    text = capsys.readouterr().err
+    assert text.startswith("usage: preflab report [-h] [--out OUT]")
+    assert "preflab report: error: unrecognized arguments: --output x.html" in text

@@ -70,8 +70,18 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
             hint = ""
             if dashed:  # TRL's CLI style (`trl dpo --beta 0.1`)
                 hint = _dashed_option_hint(dashed[0])
-            parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+            _command_parser(parser, getattr(args, "command", None)).error(
+                f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subcommand's own parser (its usage line names the command's options: `preflab report --output x` showed
+    the top-level `usage: preflab [-h] [--version] COMMAND ...`), else the top-level one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 def _dashed_option_hint(flag: str) -> str:
