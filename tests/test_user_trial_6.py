@@ -130,3 +130,23 @@ def test_an_unknown_option_of_a_command_shows_that_commands_usage(capsys):
     text = capsys.readouterr().err
     assert text.startswith("usage: preflab report [-h] [--out OUT]")
     assert "preflab report: error: unrecognized arguments: --output x.html" in text
+
+
+def test_task_vlm_on_rows_without_images_says_the_model_reads_text_alone():
+    """Before: a text pairs file given to task: vlm trained the image-text model on text with no word (its data line
+    counted the rows as form vision_standard), where a text task refuses rows that hold images."""
+    from pathlib import Path
+
+    from preflab.data.vision import read_vision_pairs
+    from preflab.loops.vlm import image_free_note, image_free_rows
+
+    root = Path(__file__).parent.parent / "examples"
+    text_rows, _ = read_vision_pairs(str(root / "data" / "loud_echo_pairs.jsonl"))
+    vision_rows, _ = read_vision_pairs(str(root / "vlm" / "data" / "pairs.jsonl"))
+    assert (image_free_rows(text_rows), len(text_rows)) == (256, 256)
+    assert image_free_rows(vision_rows) == 0 and image_free_note(0, len(vision_rows), "train") is None
+    assert image_free_note(256, 256, "train") == (
+        "preflab: note: data: none of the 256 train rows holds an image or video: the image-text model reads their "
+        "text alone. A text pairs file? Vision rows carry `images` (or `image`) and one {'type': 'image'} part per "
+        "image in the prompt (docs/vision.md).")
+    assert image_free_note(1, 9, "eval").startswith("preflab: note: data: 1 of the 9 eval rows hold no image or video")

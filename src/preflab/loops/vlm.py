@@ -85,6 +85,25 @@ def image_token_id(model, processor) -> int:
     return processor.image_token_id
 
 
+def image_free_rows(examples) -> int:
+    """How many VisionPairExamples hold no image or video on either side."""
+    return sum(1 for e in examples if not e.images and not e.rejected_images)
+
+
+def image_free_note(bare: int, rows: int, split: str) -> str | None:
+    """The note for `bare` of a split's `rows` that hold no image or video: the image-text model trains on (or is
+    scored on) their text alone, as TRL's DPOTrainer does with a text row. Before, a text pairs file given to task:
+    vlm trained on text with no word (its data line even counted the rows as form vision_standard), where a text
+    task refuses rows with images."""
+    if not bare:
+        return None
+    counted = (f"none of the {rows} {split} rows holds an image or video" if bare == rows else
+               f"{bare} of the {rows} {split} rows hold no image or video")
+    return (f"preflab: note: data: {counted}: the image-text model reads their text alone. A text pairs file? "
+            "Vision rows carry `images` (or `image`) and one {'type': 'image'} part per image in the prompt "
+            "(docs/vision.md).")
+
+
 def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_read: dict | None = None,
                         evaluated: bool = False):
     """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization.
@@ -113,6 +132,11 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
     if rows_read is not None:
         rows_read.update(train=rows, eval=eval_rows)
     report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
+    for split, examples in (("train", rows), ("eval", eval_rows)):
+        bare = image_free_rows(examples)
+        note = image_free_note(bare, len(examples), "evaluated" if evaluated else split)
+        if note:
+            print(note)
 
     def build(examples, split):
         if builder == "pami_vdpo":
