@@ -150,3 +150,22 @@ def test_task_vlm_on_rows_without_images_says_the_model_reads_text_alone():
         "text alone. A text pairs file? Vision rows carry `images` (or `image`) and one {'type': 'image'} part per "
         "image in the prompt (docs/vision.md).")
     assert image_free_note(1, 9, "eval").startswith("preflab: note: data: 1 of the 9 eval rows hold no image or video")
+
+
+def test_an_interrupted_runs_message_starts_on_its_own_line(capsys):
+    """Before: Ctrl-C / SIGTERM printed `preflab: interrupted. ...` while the training bar was open, glued to the
+    bar's last character (`... tok/s=7668]preflab: terminated (SIGTERM). ...`); the open bars are now closed first."""
+    import sys
+
+    from tqdm import tqdm
+
+    from preflab.cli import close_progress_bars
+
+    bar = tqdm(total=10, desc="train", file=sys.stderr)
+    bar.update(3)
+    close_progress_bars()
+    print("preflab: interrupted.", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert bar not in getattr(tqdm, "_instances", set())
+    assert "\npreflab: interrupted." in err and "]preflab" not in err
+    assert err.rstrip("\n").splitlines()[-1] == "preflab: interrupted."

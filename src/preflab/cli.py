@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         from preflab.runlog import is_main_process
 
         if is_main_process():  # once, not once per rank of a launcher that forwarded the signal to every rank
+            close_progress_bars()  # the message on its own line, not glued to the end of the bar's
             print(interrupted_message(err, args), file=sys.stderr)
         _close_process_group(had_group, err)
         return 143 if isinstance(err, Terminated) else 130
@@ -265,6 +266,18 @@ def _stop_on_sigterm():
         return lambda: None
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def close_progress_bars() -> None:
+    """Close every open tqdm bar (its last state and a newline are written): a Ctrl-C / SIGTERM message printed
+    while the training bar was open ran on from the bar's last character (`... tok/s=7668]preflab: terminated
+    (SIGTERM). ...`), and the bar was redrawn under it when it closed at exit."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def interrupted_message(err: BaseException, args=None) -> str:
