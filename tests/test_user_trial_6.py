@@ -169,3 +169,18 @@ def test_an_interrupted_runs_message_starts_on_its_own_line(capsys):
     assert bar not in getattr(tqdm, "_instances", set())
     assert "\npreflab: interrupted." in err and "]preflab" not in err
     assert err.rstrip("\n").splitlines()[-1] == "preflab: interrupted."
+
+
+def test_a_grpoconfig_dump_under_the_wrong_trainer_gets_one_line_saying_what_to_set():
+    """Before: beside `loss_type='dapo' is a TRL GRPOConfig loss_type ... Set trainer: dapo`, six lines `unknown config
+    key 'sapo_temperature_neg'. It is a parameter of the objective(s) grpo, not of the chosen loss_type.` (GRPOConfig's
+    own defaults, accepted once the trainer is set)."""
+    trl = pytest.importorskip("trl")
+    raw = trl.GRPOConfig(output_dir="out", bf16=False, use_cpu=True, max_steps=2).to_dict()
+    base = {"model_name_or_path": "builtin:demo-sft", "task": "online"}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**base, **raw})
+    assert str(err.value) == ("loss_type='dapo' is a TRL GRPOConfig loss_type; in preflab it is the group recipe "
+                              "`trainer: dapo` (got trainer 'online_dpo'). Set trainer: dapo and leave loss_type out.")
+    cfg = config_from_dict({**base, **raw, "trainer": "dapo", "online_task": "demo", "max_completion_length": 16})
+    assert cfg.trainer == "dapo"  # the same keys load once the trainer is named

@@ -614,6 +614,19 @@ def _packing_strategy(raw: dict, errors: list) -> None:
 GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16 GRPOConfig; grpo is ours too
 
 
+def _drop_group_loss_options(raw: dict) -> None:
+    """The GRPO family's loss options (fields of objective grpo: sapo_*, vespo_*, epsilon, ...) of a config refused
+    for its GRPOConfig loss_type: they are checked once the recipe is named as the refusal says. Before, a saved
+    GRPOConfig under the wrong trainer got six `unknown config key 'sapo_temperature_neg'. It is a parameter of the
+    objective(s) grpo` lines beside the one that says what to do."""
+    import dataclasses
+
+    from preflab.objectives import objective_class
+
+    for name in {f.name for f in dataclasses.fields(objective_class("grpo"))} - {"beta", "loss_type"}:
+        raw.pop(name, None)
+
+
 def _grpo_loss_type(raw: dict, errors: list) -> None:
     """TRL's GRPOConfig loss_type (default dapo, so often written out) is a preflab online recipe, not an objective;
     said here, before the objective registry would answer `unknown objective 'dapo'. Did you mean 'dpo'?`."""
@@ -628,6 +641,7 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
     if loss in GRPO_RECIPE_LOSS_TYPES:
         task = "" if raw.get("task") == "online" else "task: online, "
         errors.append(grpo_loss_type_error(loss, raw.get("trainer", "online_dpo"), task))
+        _drop_group_loss_options(raw)
     else:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or "
