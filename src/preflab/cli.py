@@ -71,8 +71,18 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
             hint = ""
             if dashed:  # TRL's CLI style (`trl dpo --beta 0.1`)
                 hint = _dashed_option_hint(dashed[0])
-            parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+            _command_parser(parser, getattr(args, "command", None)).error(
+                f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    """The subcommand's own parser (its usage line names the command's options: `preflab report --output x` showed
+    the top-level `usage: preflab [-h] [--version] COMMAND ...`), else the top-level one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 def _dashed_option_hint(flag: str) -> str:
@@ -120,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         from preflab.runlog import is_main_process
 
         if is_main_process():  # once, not once per rank of a launcher that forwarded the signal to every rank
+            close_progress_bars()  # the message on its own line, not glued to the end of the bar's
             print(interrupted_message(err, args), file=sys.stderr)
         _close_process_group(had_group, err)
         return 143 if isinstance(err, Terminated) else 130
@@ -256,6 +267,18 @@ def _stop_on_sigterm():
         return lambda: None
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def close_progress_bars() -> None:
+    """Close every open tqdm bar (its last state and a newline are written): a Ctrl-C / SIGTERM message printed
+    while the training bar was open ran on from the bar's last character (`... tok/s=7668]preflab: terminated
+    (SIGTERM). ...`), and the bar was redrawn under it when it closed at exit."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def interrupted_message(err: BaseException, args=None) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from preflab.config_options import help_line, missing_trackers, range_errors
+from preflab.config_options import REQUIRED_NAMES, help_line, missing_trackers, range_errors, unset_required_errors
 from preflab.errors import ConfigError
 from preflab.home_paths import home_expanded
 from preflab.strict_yaml import MAX_ALIASES, BoundedLoader, load_yaml  # noqa: F401 - re-exported
@@ -300,7 +300,9 @@ class TrainConfig:
             values = {k: v for k, v in values.items() if k not in ("model_name_or_path", "dataset_name")}
         elif self.task == "online" and "dataset" not in self.online_task:  # the demo and game tasks bring their prompts
             values.pop("dataset_name")
-        errors = range_errors(values)
+        unset = [k for k in REQUIRED_NAMES if values.get(k) == "" and k not in self.written_options]
+        errors = unset_required_errors(unset, self.task)  # left out: "not set", not "'' is not allowed"
+        errors += range_errors({k: v for k, v in values.items() if k not in unset})
         errors += self._conflicts()
         if self.task == "online" and not errors:
             from preflab.online_options import check_online

@@ -531,6 +531,28 @@ RANGE_HINTS = {
 }
 
 
+# the options every model-and-data run needs, whose default "" means "not given"
+REQUIRED_NAMES = ("model_name_or_path", "dataset_name")
+
+
+def unset_required_errors(names, task: str) -> list[str]:
+    """One message per required option (REQUIRED_NAMES) in `names`: those the config left at their default "" (not
+    written). It says the option is not set and what it takes. Before, a config without dataset_name stopped with
+    `dataset_name='' is not allowed`, a value the user never wrote, and task: online was not told of the online tasks
+    that need no data. (A written "" keeps range_errors' `name='' is not allowed`.)"""
+    errors = []
+    for name in REQUIRED_NAMES:
+        if name not in names:
+            continue
+        line = f"{name} is not set: {task!r} runs need it ({OPTIONS[name].meaning}); set {name}: ... in the config " \
+               f"or {name}=... on the command line."
+        if name == "dataset_name" and task == "online":
+            line += (" (task: online reads prompts from it with online_task: dataset / vision_dataset; online_task: "
+                     "demo or game bring their own prompts.)")
+        errors.append(line)
+    return errors
+
+
 def range_errors(values: dict) -> list[str]:
     """One message per option whose (non-None) value is outside the range its table row allows. A value that is not
     finite is refused first, whatever the row allows (a `> 0` check passes inf: learning_rate=inf trained)."""

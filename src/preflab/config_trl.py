@@ -360,9 +360,10 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value). written: the
     options the user wrote (preflab.config.written_keys; None: every key of `raw`), for NOTED_WHEN_WRITTEN."""
     from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, method_from_trl_fields,
-                                            rlooconfig_trainer)
+                                            rlooconfig_trainer, task_from_trl_fields)
 
     raw, notes, errors = dict(raw), [], []
+    task_from_trl_fields(raw, notes)  # a saved RewardConfig / SFTConfig that names no task
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     rlooconfig_trainer(raw, notes, errors)  # a saved RLOOConfig: trainer rloo
     _dataset_mixture(raw, notes, errors)  # TRL's DatasetMixtureConfig `datasets`
@@ -643,6 +644,19 @@ def _packing_strategy(raw: dict, errors: list) -> None:
 GRPO_LOSS_TYPES = ("dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16 GRPOConfig; grpo is ours too
 
 
+def _drop_group_loss_options(raw: dict) -> None:
+    """The GRPO family's loss options (fields of objective grpo: sapo_*, vespo_*, epsilon, ...) of a config refused
+    for its GRPOConfig loss_type: they are checked once the recipe is named as the refusal says. Before, a saved
+    GRPOConfig under the wrong trainer got six `unknown config key 'sapo_temperature_neg'. It is a parameter of the
+    objective(s) grpo` lines beside the one that says what to do."""
+    import dataclasses
+
+    from preflab.objectives import objective_class
+
+    for name in {f.name for f in dataclasses.fields(objective_class("grpo"))} - {"beta", "loss_type"}:
+        raw.pop(name, None)
+
+
 def _grpo_loss_type(raw: dict, errors: list) -> None:
     """TRL's GRPOConfig loss_type (default dapo, so often written out) is a preflab online recipe, not an objective;
     said here, before the objective registry would answer `unknown objective 'dapo'. Did you mean 'dpo'?`."""
@@ -657,6 +671,7 @@ def _grpo_loss_type(raw: dict, errors: list) -> None:
     if loss in GRPO_RECIPE_LOSS_TYPES:
         task = "" if raw.get("task") == "online" else "task: online, "
         errors.append(grpo_loss_type_error(loss, raw.get("trainer", "online_dpo"), task))
+        _drop_group_loss_options(raw)
     else:
         errors.append(f"loss_type={loss!r} is a TRL GRPOConfig loss_type that preflab does not have; the GRPO "
                       "recipes are task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo or "

@@ -4,6 +4,7 @@ something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, n
     method_from_trl_fields(raw, notes, errors)   # edits raw (loss_type, parameters) in place
     grpo_round_from_trl(raw, notes, errors)      # a saved GRPOConfig's round size (completions) in preflab's terms
     rlooconfig_trainer(raw, notes, errors)       # a saved RLOOConfig is trainer rloo
+    task_from_trl_fields(raw, notes)             # a saved RewardConfig / SFTConfig without `task`: its task
 
 - CPOConfig: `cpo_alpha` or `simpo_gamma` in the config (every saved CPOConfig carries both). Its loss_type
   sigmoid (or none: CPOConfig's default) -> `cpo`; simpo -> `simpo`, or `alphapo` when `alpha` != 0 (TRL's
@@ -12,6 +13,11 @@ something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, n
 - ORPOConfig: a saved one (`args.to_dict()`: TrainingArguments' fields, ORPOConfig's `padding_value` and
   `is_encoder_decoder`) with no loss_type and none of DPOConfig's own fields -> `orpo`. Without TrainingArguments'
   fields (a trimmed dump) the same ORPO fields could be a TRL 0.2x DPOConfig's: refused, asking for loss_type.
+- RewardConfig / SFTConfig: a saved one (TrainingArguments' dump fields) with no `task` -> `task: reward` (its own
+  field `center_rewards_coefficient`, no `beta` or `loss_type`) or `task: sft` (`dataset_text_field`, `packing`,
+  `completion_only_loss`; no teacher: a DistillationConfig / GKDConfig is config_trl's), with a note. Before, a
+  RewardConfig dump trained a DPO policy on the pairs without a word (task's default), and an SFTConfig dump stopped
+  on `shuffle_dataset only applies to task: online` without naming the task.
 """
 from __future__ import annotations
 
@@ -29,6 +35,23 @@ DPO_ONLY = ("f_divergence_type", "f_alpha_divergence_coef", "loss_weights", "pre
             "sync_ref_model", "ref_model_init_kwargs", "reference_free", "use_weighting", "rpo_alpha", "discopop_tau",
             "ld_alpha", "label_smoothing", "ref_model", "ref_adapter_name", "force_use_ref_model", "padding_free",
             "truncation_mode", "ref_model_name_or_path")
+
+
+REWARD_CONFIG_MARKERS = ("center_rewards_coefficient",)  # RewardConfig's own field (DPOConfig & co. have none)
+SFT_CONFIG_MARKERS = ("dataset_text_field", "packing", "completion_only_loss")  # SFTConfig's (and its subclasses')
+
+
+def task_from_trl_fields(raw: dict, notes: list) -> None:
+    """The task of a saved TRL RewardConfig or SFTConfig dump that names none (module docstring)."""
+    if "task" in raw or not all(k in raw for k in DUMP_MARKERS) or raw.get("teacher_model_name_or_path"):
+        return
+    if all(k in raw for k in REWARD_CONFIG_MARKERS) and "beta" not in raw and "loss_type" not in raw:
+        raw["task"] = "reward"
+        notes.append("a saved TRL RewardConfig (center_rewards_coefficient, no beta or loss_type) -> task: reward "
+                     "(a Bradley-Terry reward model, as TRL's RewardTrainer).")
+    elif all(k in raw for k in SFT_CONFIG_MARKERS) and "beta" not in raw:
+        raw["task"] = "sft"
+        notes.append("a saved TRL SFTConfig (dataset_text_field, packing, completion_only_loss) -> task: sft.")
 
 
 def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:

@@ -65,6 +65,7 @@ class HubPusher:
     revision: str | None = None
     api: object = None
     repo_id: str | None = None
+    after_training: str | None = None  # `preflab push`: the run's folder (a failure's advice is then not a training's)
 
     @classmethod
     def from_config(cls, cfg, api=None) -> "HubPusher | None":
@@ -90,9 +91,15 @@ class HubPusher:
             if self.revision:
                 api.create_branch(self.repo_id, branch=self.revision, token=self.token, exist_ok=True)
         except Exception as err:  # huggingface_hub's HTTP, auth and connection errors alike
+            where = f"{self.repo_name!r}{f' (branch {self.revision!r})' if self.revision else ''}"
+            if self.after_training is not None:  # `preflab push RUN`: nothing to say about training
+                raise PreflabError(
+                    f"preflab push: could not create the Hub repository {where}: {failure_reason(err)}. Nothing was "
+                    f"uploaded; {self.after_training} is unchanged. Check the network (the Hub must be reachable), "
+                    "the token (--token, HF_TOKEN or `hf auth login`, with write access) and --repo-id, then run "
+                    "the same `preflab push` again.") from err
             raise PreflabError(
-                f"push_to_hub: could not create the Hub repository {self.repo_name!r}"
-                f"{f' (branch {self.revision!r})' if self.revision else ''}: {failure_reason(err)}. Nothing was "
+                f"push_to_hub: could not create the Hub repository {where}: {failure_reason(err)}. Nothing was "
                 "trained yet. Check the token (hub_token, HF_TOKEN or `hf auth login`, with write access) and "
                 "hub_model_id, or set push_to_hub: false and upload output_dir afterwards with `hf upload`.") from err
         return self.repo_id
@@ -174,7 +181,7 @@ def push_run(run, repo_id: str | None = None, private: bool | None = None, revis
     name = repo_id or saved.get("hub_model_id") or default_repo_name(run)
     pusher = HubPusher(repo_name=name, private=private if private is not None else saved.get("hub_private_repo"),
                        token=token, revision=revision if revision is not None else saved.get("hub_revision"),
-                       api=api)
+                       api=api, after_training=str(run))
     pusher.create_repo()
     pusher.push_final(run, message=message)
     return pusher.repo_id

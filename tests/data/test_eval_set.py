@@ -105,7 +105,7 @@ def _vision(tmp_path, monkeypatch):
     from preflab.data import vision
     from preflab.loops.vlm import prepare_vision_data
 
-    rows = [SimpleNamespace(row_id=i) for i in range(N)]
+    rows = [SimpleNamespace(row_id=i, images=["img"], rejected_images=None) for i in range(N)]  # rows with an image
     monkeypatch.setattr(vision, "read_vision_pairs", lambda source, split, **kw: (list(rows), DataReport(
         "rows", total=N, kept=N)))  # the rows read (a report of 0 rows is an empty file: refused)
     monkeypatch.setattr(vision, "tokenize_vision_pairs", lambda examples, *a: (

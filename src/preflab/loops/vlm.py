@@ -85,11 +85,33 @@ def image_token_id(model, processor) -> int:
     return processor.image_token_id
 
 
-def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_read: dict | None = None):
+def image_free_rows(examples) -> int:
+    """How many VisionPairExamples hold no image or video on either side."""
+    return sum(1 for e in examples if not e.images and not e.rejected_images)
+
+
+def image_free_note(bare: int, rows: int, split: str) -> str | None:
+    """The note for `bare` of a split's `rows` that hold no image or video: the image-text model trains on (or is
+    scored on) their text alone, as TRL's DPOTrainer does with a text row. Before, a text pairs file given to task:
+    vlm trained on text with no word (its data line even counted the rows as form vision_standard), where a text
+    task refuses rows with images."""
+    if not bare:
+        return None
+    counted = (f"none of the {rows} {split} rows holds an image or video" if bare == rows else
+               f"{bare} of the {rows} {split} rows hold no image or video")
+    return (f"preflab: note: data: {counted}: the image-text model reads their text alone. A text pairs file? "
+            "Vision rows carry `images` (or `image`) and one {'type': 'image'} part per image in the prompt "
+            "(docs/vision.md).")
+
+
+def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_read: dict | None = None,
+                        evaluated: bool = False):
     """(train TokenizedVisionPairs, eval ones, data report): rows -> pair builder -> processor tokenization.
     reader: a RowReader already opened on cfg.dataset_name's split (preflab eval --task vlm's), read instead of
     opening the data again. rows_read: a dict to receive the VisionPairExamples as read, before the pair builder
-    ({"train": ..., "eval": ...}; preflab eval --task vlm compares them with the run's training rows)."""
+    ({"train": ..., "eval": ...}; preflab eval --task vlm compares them with the run's training rows). evaluated:
+    the rows are `preflab eval --task vlm`'s --data, so the data line counts pairs to evaluate, not train / eval
+    pairs (it said "8 train pairs, 0 eval pairs" of the pairs it then evaluated)."""
     from preflab.data import vision_pairs as builders
     from preflab.data.eval_set import train_and_eval
     from preflab.data.report import refuse_empty
@@ -110,6 +132,11 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
     if rows_read is not None:
         rows_read.update(train=rows, eval=eval_rows)
     report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
+    for split, examples in (("train", rows), ("eval", eval_rows)):
+        bare = image_free_rows(examples)
+        note = image_free_note(bare, len(examples), "evaluated" if evaluated else split)
+        if note:
+            print(note)
 
     def build(examples, split):
         if builder == "pami_vdpo":
@@ -142,7 +169,9 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
         out.append(pairs)
     cut = sum(report[f"{split}_tokenize"].get("truncated_responses", 0) for split in ("train", "eval")
               if f"{split}_tokenize" in report)
-    print(f"preflab: vision data: {row_report.summary()}; {len(out[0])} train pairs, {len(out[1])} eval pairs"
+    counts = (f"{len(out[0])} pairs to evaluate" if evaluated else
+              f"{len(out[0])} train pairs, {len(out[1])} eval pairs")
+    print(f"preflab{' eval' if evaluated else ''}: vision data: {row_report.summary()}; {counts}"
           + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
              f"{cfg.max_completion_length})" if cut else ""))
     from preflab.data.report import training_skipped

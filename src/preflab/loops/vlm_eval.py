@@ -83,7 +83,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
             selector = ref if ref is not None and reference == start else load_vlm_reference(
                 start, cfg, processor, policy, "model_name_or_path").requires_grad_(False).eval()
         rows_read: dict = {}  # the rows as read, for the overlap with the run's training rows
-        pairs = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader, rows_read)[0]
+        pairs = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader, rows_read,
+                                    evaluated=True)[0]
         run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, train_data=pairs)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()

@@ -85,7 +85,8 @@ SPLIT_BY_BETA = {"Reward margin", "Implicit rewards"}
 SPLIT_BY_KL_KIND = {"KL to the reference (online)"}
 KL_YLABELS = {"pairs": "S_theta - S_ref per completion (pair recipes)",
               "groups": "per-token k3 estimate, token mean (GRPO family)",
-              "offline": "KTO's reference point z_ref, a batch log-ratio (offline)"}
+              "offline": "KTO's reference point z_ref, a batch log-ratio (offline)",
+              "game": "KL(pi || pi_ref) of the round-start policy, exact (game)"}
 # panels of a share in [0, 1] (a win rate): their y axis is fixed to [0, 1], never a reward's scale
 UNIT_INTERVAL = {"Win rate vs reference (online eval)"}
 # online runs (task: online); a panel is drawn only when the run logged one of its series
@@ -290,9 +291,11 @@ def beta_note(runs: list[RunData]) -> str | None:
 def online_kl_kind(run: RunData) -> str:
     """"groups" for a run of the GRPO family's objective (it logs frac_reward_zero_std beside its `kl`: the per-token
     k3 estimate), "pairs" for a pair recipe (its `kl` is the summed log-ratio S_theta - S_ref per completion),
-    "offline" for a run of another task (KTO logs TRL's `kl`, its reference point z_ref)."""
+    "game" for the preference game (its `kl` is KL(pi || pi_ref) exact), "offline" for a run of another task (KTO logs TRL's `kl`, its reference point z_ref)."""
     if str(run.config.get("task", "dpo")) != "online":
         return "offline"
+    if run.config.get("online_task") == "game":  # preflab.online.game logs the exact KL of the round-start policy
+        return "game"
     return "groups" if run.series("frac_reward_zero_std")[0] else "pairs"
 
 
