@@ -178,6 +178,22 @@ def _eval_section(runs: list[RunData]) -> str:
     return out
 
 
+def _untrained_pipeline_note(run: RunData) -> str:
+    """A note under the samples of a run that started from a built-in random-init pipeline (builtin:tiny-sd, ...): its
+    samples are noise before and after (no image model learns to draw in a few steps), which the grid alone leaves a
+    reader to guess; the demo that draws something is named."""
+    from preflab.models.builtin_names import BUILTIN_PIPELINES
+
+    name = run.config.get("model_name_or_path")
+    if name not in BUILTIN_PIPELINES:
+        return ""
+    return (f"<p class=\"note\">{_e(run.name)} started from {_e(name)}, {_e(BUILTIN_PIPELINES[name])}: its samples "
+            "are noise in both rows, as expected. The run shows that training runs end to end, not what the method "
+            "does to images; for that, train from a real pipeline (model_name_or_path: a diffusers folder or hub "
+            "name), or run <code>preflab demo diffusion</code>, whose tiny model is first fitted to draw shapes and "
+            "then learns a known colour preference.</p>")
+
+
 def _samples(runs: list[RunData]) -> str:
     """Diffusion runs: the samples.png grid each run wrote (top row reference, bottom row trained model; a self_npo
     run's grid is one row, its negative model: loops.diffusion.DiffusionRun.write_samples)."""
@@ -191,7 +207,7 @@ def _samples(runs: list[RunData]) -> str:
             what = ("one row, the trained negative model (Self-NPO: use it in the negative branch of "
                     "classifier-free guidance; no reference row)" if run.config.get("loss_type") == "self_npo"
                     else "top row reference, bottom row trained model (same prompts and seeds)")
-            out += f"<p>{_e(run.name)}: {what}</p>"
+            out += f"<p>{_e(run.name)}: {what}</p>" + _untrained_pipeline_note(run)
             out += _img(uri, f"{run.name} samples", "wide")
     return "<h2>Samples</h2>" + out if out else ""
 
