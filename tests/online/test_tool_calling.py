@@ -124,7 +124,7 @@ def test_calls_run_and_observations_sit_where_the_template_puts_them():
          "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
         {"role": "tool", "name": "add", "content": "5"}, {"role": "assistant", "content": "it is 5"}]
     assert gen.last_metrics == {"tools/call_frequency": 1.0, "tools/failure_frequency": 0.0, "tools/calls": 2.0,
-                                "tools/failures": 0.0}
+                                "tools/failures": 0.0, "tools/timeouts": 0.0}
 
 
 def test_prompts_render_the_tools_and_the_rows_columns_stay_the_files():
@@ -314,11 +314,122 @@ def test_async_tools_run_after_the_sync_ones_as_trl_orders_them():
     calls = [{"type": "function", "function": {"name": "slow_double", "arguments": {"x": 4}}},
              {"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}},
              {"type": "other", "name": "z"}]
-    messages, failed = run_tool_calls(calls, {"add": add, "slow_double": slow_double})
+    messages, failed, timed_out = run_tool_calls(calls, {"add": add, "slow_double": slow_double})
     assert messages == [{"role": "tool", "name": "add", "content": "3"},
                         {"role": "tool", "name": "z", "content": "{'error': 'Unsupported tool call type: other'}"},
                         {"role": "tool", "name": "slow_double", "content": "8"}]
-    assert failed == 1
+    assert (failed, timed_out) == (1, 0)
+    # under a time limit the same calls give the same messages (each runs in a worker thread)
+    assert run_tool_calls(calls, {"add": add, "slow_double": slow_double}, 5.0) == (messages, 1, 0)
+
+
+def _hanging_tools(release):
+    """A sync and an async tool that wait until `release` is set (the async one blocks its event loop too, as a
+    sync sleep inside async def does), and a quick one."""
+    import asyncio
+    import threading
+
+    def hang(x: int) -> int:
+        """Waits.
+
+        Args:
+            x: A number.
+        """
+        release.wait(30)
+        return x
+
+    async def hang_async(x: int) -> int:
+        """Waits without yielding.
+
+        Args:
+            x: A number.
+        """
+        release.wait(30)
+        return x
+
+    async def nap(x: int) -> int:
+        """Sleeps politely.
+
+        Args:
+            x: A number.
+        """
+        await asyncio.sleep(30)
+        return x
+
+    assert threading  # (imported for the Event the caller passes)
+    return {"hang": hang, "hang_async": hang_async, "nap": nap, "add": add}
+
+
+def test_a_call_past_tool_timeout_s_is_an_error_observation_counted_as_a_timeout():
+    """A sync call past the limit (abandoned in its thread), an async one that yields (cancelled) and one that
+    blocks its loop: error observations naming the tool and the limit, failures and timeouts; the quick calls around
+    them give their results."""
+    import threading
+    import time
+
+    release = threading.Event()
+    try:
+        tools = _hanging_tools(release)
+        fn_call = [{"type": "function", "function": {"name": n, "arguments": a}}
+                   for n, a in (("add", {"a": 1, "b": 2}), ("hang", {"x": 1}), ("nap", {"x": 2}),
+                                ("hang_async", {"x": 3}), ("add", {"a": 2, "b": 2}))]
+        start = time.monotonic()
+        messages, failed, timed_out = run_tool_calls(fn_call, tools, 0.3)
+        assert time.monotonic() - start < 5  # 0.3 s (sync) + 1.3 s at most (the gather), not 30 s
+        assert [m["name"] for m in messages] == ["add", "hang", "add", "nap", "hang_async"]
+        assert [m["content"] for m in messages if m["name"] == "add"] == ["3", "4"]
+        for m in messages[1:2] + messages[3:]:
+            assert m["content"].startswith("{'error': ")
+            assert f"tool '{m['name']}' did not return within tool_timeout_s = 0.3 s" in m["content"]
+        assert (failed, timed_out) == (3, 3)
+    finally:
+        release.set()
+
+
+def test_timeouts_reach_the_metrics_and_the_note(capsys):
+    import threading
+
+    release = threading.Event()
+    tok = tool_tokenizer()
+
+    def slow_add(a: int, b: int) -> int:
+        """Adds two integers, slowly.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+        """
+        release.wait(30)
+        return a + b
+
+    slow_add.__name__ = "add"  # the script calls `add`: it hangs now
+    try:
+        gen = ToolCallingGenerator(ScriptedTurns(tok, 600), tok, [slow_add], 1, 600, timeout_s=0.2)
+        gen.generate(prompt_ids(tok, PROMPTS[:2], tools=[slow_add]), 1, seed=0)
+    finally:
+        release.set()
+    # prompt 0: one call, prompt 1: two, every one timed out (one round: max_tool_calling_iterations 1)
+    assert gen.last_columns == [{"num_tool_calls": 1, "tool_errors": 1}, {"num_tool_calls": 2, "tool_errors": 2}]
+    assert (gen.last_metrics["tools/timeouts"], gen.last_metrics["tools/failures"]) == (3.0, 3.0)
+    assert all("did not return within tool_timeout_s = 0.2 s" in m["content"]
+               for conv in gen.last_messages for m in conv if m["role"] == "tool")
+    out = capsys.readouterr().out
+    assert out.count("a tool call timed out") == 1 and "online.tool_timeouts" in out
+
+
+def test_a_list_result_is_refused_naming_the_tool():
+    """TRL passes a list result (content blocks) to a VLM's processor; a text policy's run refuses it."""
+    def picture(x: int) -> list:
+        """Returns content blocks.
+
+        Args:
+            x: A number.
+        """
+        return [{"type": "text", "text": str(x)}]
+
+    call_ = [{"type": "function", "function": {"name": "picture", "arguments": {"x": 1}}}]
+    with pytest.raises(ConfigError, match="tool 'picture' returned a list"):
+        run_tool_calls(call_, {"picture": picture})
 
 
 def test_builtin_tools_and_user_files(tmp_path):
@@ -428,6 +539,7 @@ def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, mo
     summary = run.train()
     # summary.json: the run's totals over its 2 rounds (15 calls a round, 6 of them failing)
     assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (30, 12)
+    assert summary["online"]["tool_timeouts"] == 0
     rnd = run.pending
     for e in rnd.examples:  # the examples' loss masks are the generator's: 0 exactly on the tool turns
         for c, m in zip(e.completions, e.loss_mask):

@@ -595,9 +595,9 @@ class OnlineRun(TrainingRun):
                   "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
                   ", or set missing_eos_penalty to score them lower.", flush=True)
         self.counts["rounds"] += 1
-        if self.tools:  # summary.json online.tool_calls / tool_failures: the run's totals
-            self.counts["tool_calls"] = self.counts.get("tool_calls", 0) + int(metrics["tools/calls"])
-            self.counts["tool_failures"] = self.counts.get("tool_failures", 0) + int(metrics["tools/failures"])
+        if self.tools:  # summary.json online.tool_calls / tool_failures / tool_timeouts: the run's totals
+            for key in ("calls", "failures", "timeouts"):
+                self.counts[f"tool_{key}"] = self.counts.get(f"tool_{key}", 0) + int(metrics[f"tools/{key}"])
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
         self.counts["completions"] += len(ids)
