@@ -521,17 +521,25 @@ def reward(prompts, completions, **kwargs):
             for c in completions]
 
 
-def tool_run(tmp_path, monkeypatch, **over):
+def tool_run(tmp_path, monkeypatch, heldout=None, **over):
+    """A tiny GRPO run with tools whose turns are ScriptedTurns; `heldout` prompts: the held-out evaluation
+    (online_task: dataset's dataset_evaluate), its turns scripted too (tasks.EvalTurns)."""
     import preflab.online.generator as generator_module
+    import preflab.online.tasks as tasks_module
     from preflab.online.run import OnlineRun
-    from preflab.online.tasks import Task
+    from preflab.online.tasks import Task, dataset_evaluate
 
     tok = tool_tokenizer()
     monkeypatch.setattr(generator_module, "make_generator",
                         lambda cfg, policy, tokenizer, acc=None: ScriptedTurns(tok, cfg.max_completion_length, True))
+    monkeypatch.setattr(tasks_module, "EvalTurns",
+                        lambda cfg, model, tokenizer, sampled: ScriptedTurns(tok, cfg.max_completion_length, True))
     cfg = config_from_dict({**BASE, "output_dir": str(tmp_path), "tools": [f"{Path(__file__)}:add"], **over})
     policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
-    return OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task([{"prompt": p} for p in PROMPTS], [reward]))
+    held = [{"prompt": p} for p in heldout or []]
+    task = Task([{"prompt": p} for p in PROMPTS], [reward], held,
+                dataset_evaluate(cfg, held, [reward]) if held else None)
+    return OnlineRun(cfg, policy=policy, tokenizer=tok, task=task)
 
 
 def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, monkeypatch):
@@ -554,6 +562,71 @@ def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, mo
     logged = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "tools/call_frequency" in line]
     assert logged and all(math.isclose(__import__("json").loads(line)["tools/call_frequency"], 15 / 12)
                           for line in logged)
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_heldout_evaluation_answers_with_the_tools(tmp_path, monkeypatch, k):
+    """The held-out prompts are answered through the tool-calling loop (greedy: one answer, or num_generations_eval
+    sampled ones) and judged on the conversations: eval_reward and eval_tools/* equal the loop run directly on the
+    same prompts at the run's seed; the summary holds them before and after; training's tool totals leave them out."""
+    held = [PROMPTS[2], PROMPTS[0]]
+    run = tool_run(tmp_path, monkeypatch, heldout=held, eval_dataset_name="held.jsonl",
+                   **({"num_generations_eval": k} if k else {}))
+    summary = run.train()
+    tok = tool_tokenizer()
+    direct = ToolCallingGenerator(ScriptedTurns(tok, 300, True), tok, [add], None, 300, timeout_s=60.0)
+    direct.generate(prompt_ids(tok, held), k or 1, seed=3)
+    rewards = reward(None, direct.last_messages)
+    final = summary["final_metrics"]
+    assert final["eval_reward"] == pytest.approx(sum(rewards) / len(rewards))
+    # per held-out answer: the broken prompt's 2 failing calls, the sum's 1 call
+    assert direct.last_metrics["tools/call_frequency"] == 3 / 2 and direct.last_metrics["tools/failures"] == 2 * (k or 1)
+    for key, value in direct.last_metrics.items():
+        assert final[f"eval_{key}"] == value
+    assert summary["eval_tools_before"] == summary["eval_tools_after"] == direct.last_metrics
+    assert summary["eval_reward_before"] == summary["eval_reward_after"] == final["eval_reward"]  # scripted turns
+    assert summary["examples_after"][0]["response"] == direct.last_messages[0]
+    assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (30, 12)  # training's only
+    # the held-out prompts are rendered with the tools, as the training prompts are (the tool list in the template)
+    assert summary["data"]["eval_prompt_tokenize"]["prompt_tokens"] == sum(len(p) for p in prompt_ids(tok, held))
+
+
+def test_heldout_evaluation_with_the_real_model_is_its_eval_answers():
+    """Around the real eval answers (EvalTurns: _eval_answers, greedy or sampled at the seed), a random tiny model
+    writes no call: the evaluation with tools judges exactly _eval_answers' completions of the tool-rendered prompts,
+    as single assistant turns, and counts no calls."""
+    from preflab.online.tasks import _eval_answers, dataset_evaluate
+
+    tok = tool_tokenizer()
+    policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
+    seen = []
+
+    def judge(prompts, completions, **kwargs):
+        seen.extend(completions)
+        return [float(len(c[-1]["content"])) for c in completions]
+
+    for over in ({}, {"num_generations_eval": 2}):
+        cfg = config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "max_completion_length": 12,
+                                "eval_dataset_name": "held.jsonl", **over})
+        seen.clear()
+        out = dataset_evaluate(cfg, [{"prompt": p} for p in PROMPTS[:2]], [judge])(policy, tok, tools=[add])
+        k = over.get("num_generations_eval", 1)
+        rows = [p for p in prompt_ids(tok, PROMPTS[:2]) for _ in range(k)]
+        ids = _eval_answers(cfg, policy, tok, rows, sampled=bool(over))
+        assert seen == [[parse_turn(tok, c, p, [add])] for c, p in zip(ids, rows)]
+        assert out["reward"] == pytest.approx(sum(len(c[-1]["content"]) for c in seen) / len(seen))
+        assert out["tools"]["tools/calls"] == 0.0
+
+
+def test_an_evaluation_that_cannot_take_tools_is_refused(tmp_path):
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    tok = tool_tokenizer()
+    cfg = config_from_dict({**BASE, "output_dir": str(tmp_path), "tools": ["calculator"]})
+    with pytest.raises(ConfigError, match="the task's evaluation answers without tools"):
+        OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                  task=Task([{"prompt": p} for p in PROMPTS], [reward], evaluate=lambda model, tokenizer: {}))
 
 
 def test_grpo_train_takes_tools_from_python(tmp_path, monkeypatch):
