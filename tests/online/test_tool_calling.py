@@ -708,3 +708,20 @@ def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accele
     a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
 
+
+
+def test_preflab_eval_refuses_a_win_rate_of_a_run_trained_with_tools(tmp_path, capsys):
+    """`preflab eval RUN --reward-fn ...` samples answers without tools: for a tool run it stops before loading,
+    with the reason and the evaluation that answers with the tools."""
+    import yaml
+
+    from preflab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**BASE, "output_dir": str(run), "tools": ["calculator"]}))
+    assert main(["eval", str(run), "--data", str(tmp_path / "none.jsonl"), "--reference", "builtin:tiny-llama",
+                 "--reward-fn", "demo_true_reward"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was trained with tools (['calculator'])" in err and "(--reward-fn) samples plain answers" in err
+    assert "eval_dataset_name or eval_fraction" in err
