@@ -2,6 +2,7 @@
 
     tools: [calculator, my_tools.py:search]      # config: built-ins and user functions (as reward_funcs names code)
     max_tool_calling_iterations: 4                # TRL GRPOConfig's; None (the default): no limit but the budget
+    tool_timeout_s: 60                            # preflab's: one call's wall-clock limit (None: none, as TRL)
 
 The tools are Python functions with type hints and a Google-style docstring (the model sees the JSON schema
 transformers' get_json_schema builds from them, rendered by the chat template: `apply_chat_template(prompt,
@@ -15,8 +16,10 @@ A round (ToolCallingGenerator.generate), TRL's _tool_call_loop rule:
    tools=...)`, transformers' response_template); a completion the parser cannot read is plain text (no calls).
 2. for each completion whose last assistant turn holds tool_calls, every call is run in order (sync functions first,
    then async ones, as TRL gathers them); a call that raises, names no known tool, or is not of type "function"
-   gives the observation `{'error': '<message>'}` and counts as a failure. The results become tool messages
-   {"role": "tool", "name": ..., "content": str(result)}.
+   gives the observation `{'error': '<message>'}` and counts as a failure; so does a call past tool_timeout_s
+   (counted as a timeout too: _call_sync / _gather_async). The results become tool messages
+   {"role": "tool", "name": ..., "content": str(result)}; a list result (TRL's multimodal content blocks) is refused,
+   naming the tool (text policies only: text_only_refusal).
 3. the tool messages' tokens are the chat template's rendering of them after an assistant turn that ended in eos
    (tool_suffix_ids), including the next assistant header; they are appended to the completion with loss mask 0.
    A completion whose tokens with them would pass max_completion_length (or the policy's positions) keeps its
@@ -28,7 +31,10 @@ Outputs per completion (OnlineRun reads them): the token ids (model and tool tok
 tool_mask: 0 exactly on the tool tokens), `last_columns` ({"num_tool_calls", "tool_errors"}: calls and failed calls,
 a judge's columns), `last_messages` (the conversation TRL hands its reward functions: the parsed assistant turns and
 tool messages) and round totals in `last_metrics`: TRL's `tools/call_frequency` (calls per completion) and
-`tools/failure_frequency` (failed / calls, 0 without calls), with the counts `tools/calls` and `tools/failures`.
+`tools/failure_frequency` (failed / calls, 0 without calls), with the counts `tools/calls`, `tools/failures` and `tools/timeouts`.
+
+The held-out evaluation (online/tasks.py dataset_evaluate) runs the same loop around its greedy or sampled answers
+(EvalTurns).
 
 Several processes: each holds every completion (the generator gathers them); the main process runs each tool call once
 and sends the results to the others, which continue from the same tool messages.
