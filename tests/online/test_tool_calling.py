@@ -512,7 +512,14 @@ def test_config_refusals():
     with pytest.raises(ConfigError, match="environment_factory is not supported"):
         config_from_dict({**BASE, "output_dir": "x", "environment_factory": "my_env:Env"})
     cfg = config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "max_tool_calling_iterations": 2})
-    assert cfg.tools == ["calculator"] and cfg.max_tool_calling_iterations == 2
+    assert cfg.tools == ["calculator"] and cfg.max_tool_calling_iterations == 2 and cfg.tool_timeout_s == 60.0
+    with pytest.raises(ConfigError, match="tool_timeout_s is read by runs with tools"):
+        config_from_dict({**BASE, "output_dir": "x", "tool_timeout_s": 5})
+    for bad in (0, -1, float("inf"), "soon"):
+        with pytest.raises(ConfigError, match="tool_timeout_s"):
+            config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "tool_timeout_s": bad})
+    cfg = config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "tool_timeout_s": None})
+    assert cfg.tool_timeout_s is None
 
 
 def reward(prompts, completions, **kwargs):
@@ -643,6 +650,9 @@ def test_grpo_train_takes_tools_from_python(tmp_path, monkeypatch):
                          max_steps=2, max_completion_length=300, use_cpu=True, output_dir=str(tmp_path))
     # a round: K = 3 x (1 + 2 + 1 + 0) calls, 3 x 1 failing (the unknown tool); 2 rounds
     assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (24, 6)
+    with pytest.raises(ConfigError, match="tool_timeout_s must be a finite number of seconds > 0"):
+        grpo_train(tiny_causal_lm(tok, hidden_size=32, seed=1), tok, [{"prompt": p} for p in PROMPTS], reward,
+                   tools=[add], tool_timeout_s=0, max_steps=2, use_cpu=True, output_dir=str(tmp_path / "x"))
 
 
 def test_resume_mid_round_is_exact(tmp_path, monkeypatch, stop_at_step):
@@ -682,7 +692,8 @@ def test_run_refuses_a_tokenizer_without_tool_support(tmp_path, monkeypatch):
 def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accelerate_launch):
     """Under accelerate launch with two processes the main process runs each tool call once (the tool's file holds
     one line per counted call, not two) and the others continue from its results: the weights equal the one-process
-    run's to float summation order (one example per micro-batch on both sides: 1 x 4 vs 2 x 2)."""
+    run's to float summation order (one example per micro-batch on both sides: 1 x 4 vs 2 x 2). The call add(4, 5)
+    sleeps past tool_timeout_s on the main process: its timeout observation reaches the other process too."""
     import json
     import os
     import subprocess
@@ -690,7 +701,7 @@ def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accele
     from safetensors.torch import load_file
 
     script = str(Path(__file__).parent / "tool_calling_run.py")
-    common = ["per_device_train_batch_size=1", "max_steps=2"]
+    common = ["per_device_train_batch_size=1", "max_steps=2", "tool_timeout_s=0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
                          env=env, capture_output=True, text=True, timeout=500)
@@ -705,6 +716,8 @@ def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accele
         calls = (tmp_path / name / "calls.txt").read_text().splitlines()
         # one round (2 steps): 15 calls counted; the 3 to the unknown tool `mul` never reach a function
         assert summary["online"]["tool_calls"] == 15 and len(calls) == 15 - 3
+        # add(4, 5): once per completion of the "both" prompt (K = 3), each past the limit
+        assert (summary["online"]["tool_timeouts"], summary["online"]["tool_failures"]) == (3, 6 + 3)
     a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
 

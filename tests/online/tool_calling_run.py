@@ -1,7 +1,9 @@
 """A tiny GRPO run with tool calling (tests/online/test_tool_calling.py's scripted turns and tool tokenizer) as a
 script, for the several-process test: python tests/online/tool_calling_run.py OUT_DIR [key=value ...] (also under
-accelerate launch --num_processes 2). The tool `add` appends one line per call to OUT_DIR/calls.txt."""
+accelerate launch --num_processes 2). The tool `add` appends one line per call to OUT_DIR/calls.txt; add(4, 5) then
+sleeps 2 s (past a tool_timeout_s=0.5 given on the command line: a timeout)."""
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +22,8 @@ def counted_add(a: int, b: int) -> int:
     """
     with open(Path(sys.argv[1]) / "calls.txt", "a") as fh:
         fh.write(f"{a} {b}\n")
+    if (a, b) == (4, 5):
+        time.sleep(2.0)
     return a + b
 
 
@@ -40,7 +44,9 @@ if __name__ == "__main__":
     tok = t.tool_tokenizer()
     generator_module.make_generator = lambda cfg, policy, tokenizer, acc=None: t.ScriptedTurns(
         tok, cfg.max_completion_length, True)
+    limit = overrides.pop("tool_timeout_s", 60.0)  # the tools come from Python: the config has none to read it
     cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], **overrides})
+    cfg.tool_timeout_s = limit
     run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                     task=Task([{"prompt": p} for p in t.PROMPTS], [t.reward]), tools=[counted_add])
     run.train()
