@@ -389,11 +389,11 @@ class ToolCallingGenerator:
                     sent = [str(exc)]
             answers = broadcast_object_list(sent, from_process=0)[0]
             if isinstance(answers, str):
-                raise ConfigError(answers.removeprefix("ConfigError: "))
-        self._say_timeouts(turns, answers)
+                raise ConfigError(answers)
+        self._say_timeouts(answers)
         return answers
 
-    def _say_timeouts(self, turns: dict, answers: dict) -> None:
+    def _say_timeouts(self, answers: dict) -> None:
         """The first timed-out call of the run, said once by the main process (every one is counted: tools/timeouts,
         summary.json online.tool_timeouts)."""
         if self.said_timeout or not any(a[2] for a in answers.values()):
