@@ -4103,7 +4103,8 @@ MUTANTS += [
            "the entropy bonus is of softmax(z), not of the tempered distribution the run samples"),
     # online/tasks.py, online_options.py: num_generations_eval
     Mutant("mx2-ngeval-greedy", "online/tasks.py",
-           [("sampled=bool(getattr(cfg, \"num_generations_eval\", None)))", "sampled=False)")], MX2_NGEVAL,
+           [("        sampled = bool(getattr(cfg, \"num_generations_eval\", None))", "        sampled = False")],
+           MX2_NGEVAL,
            "num_generations_eval answers are greedy (k copies of one answer)"),
     Mutant("mx2-ngeval-per-prompt-first-answer", "online/tasks.py",
            [("per_prompt = [_nan_mean(values[p * k:(p + 1) * k]) for p in range(len(prompt_rows))]",
@@ -4190,6 +4191,28 @@ MUTANTS += [
     Mutant("mx2-kd-eval-per-row", "loops/distill.py",
            [("return {\"eval_loss\": div / n,", "return {\"eval_loss\": div / len(self.eval_data),")], MX2_DISTILL,
            "eval_loss is the divergence summed per row, not its token mean"),
+]
+
+
+# tools-eval round: tool_timeout_s, the held-out evaluation with tools, list results, preflab eval on tool runs
+TLEVAL = ["tests/online/test_tool_calling.py"]
+MUTANTS += [
+    Mutant("tleval-timeout-not-counted", "online/tool_calling.py",
+           [("timed_out += isinstance(exc, TimedOut)", "timed_out += 0")], TLEVAL,
+           "a sync tool call past tool_timeout_s is a failure but not counted in tools/timeouts"),
+    Mutant("tleval-list-result-as-text", "online/tool_calling.py",
+           [("            raise text_only_refusal(name)", "            result = str(result)")], TLEVAL,
+           "a list (multimodal) tool result is sent to a text policy as its str() instead of refused"),
+    Mutant("tleval-eval-prompts-without-tools", "online/tasks.py",
+           [("chat_template_kwargs=cfg.chat_template_kwargs, tools=tools or None)",
+             "chat_template_kwargs=cfg.chat_template_kwargs, tools=None)")], TLEVAL,
+           "the held-out prompts are answered with tools but rendered without the tool list"),
+    Mutant("tleval-eval-tool-metrics-dropped", "online/run.py",
+           [('metrics.update({f"eval_{k}": v for k, v in after.get("tools", {}).items()})', "metrics.update({})")],
+           TLEVAL, "the held-out evaluation's eval_tools/* metrics are not logged"),
+    Mutant("tleval-win-rate-of-tool-run-allowed", "eval_cli/cli.py",
+           [("    if not tools or not chosen:", "    if True:")], TLEVAL,
+           "preflab eval --reward-fn on a run trained with tools samples plain answers instead of refusing"),
 ]
 
 

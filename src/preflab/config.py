@@ -211,6 +211,7 @@ class TrainConfig:
     reward_aggregator: str | None = None       # PRO adapter folder: prompt-aware weights over reward_funcs
     tools: Any = None                          # tool functions (TRL GRPOTrainer tools=): calculator | python | module:fn | file.py:fn
     max_tool_calling_iterations: int | None = None  # TRL GRPOConfig: tool-calling turns per completion (None: no limit)
+    tool_timeout_s: float | None = 60.0        # one tool call's wall-clock limit: past it an error observation (None: none)
     num_generations: int = 4                   # K completions sampled per prompt per generation round
     prompts_per_generation: int = 32           # prompts per generation round (all processes together)
     steps_per_generation: int = 1              # optimizer steps on one generation round's slices (TRL GRPO)

@@ -377,6 +377,11 @@ OPTIONS: dict[str, Option] = {
     "max_tool_calling_iterations": Option("task: online with tools; tool-calling turns per completion (TRL "
                                           "GRPOConfig; null: no limit but max_completion_length)", ">= 0 (null: no "
                                           "limit)", lambda v: v is None or (_num(v) and v >= 0 and v == int(v))),
+    "tool_timeout_s": Option("task: online with tools; one tool call's wall-clock limit in seconds: a call past it "
+                             "gives the model an error observation and counts as a failure and a timeout (the call "
+                             "is abandoned in a background thread); null: no limit (TRL has none)",
+                             "> 0 and finite (null: no limit)",
+                             lambda v: v is None or (_num(v) and 0 < v < math.inf)),
     "reward_aggregator": Option("task: online; a PRO orchestrator folder (task: pro_orchestrator's adapter/): "
                                 "per-prompt weights over reward_funcs instead of reward_weights", "a non-empty path",
                                 _nonempty),

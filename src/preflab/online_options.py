@@ -260,6 +260,7 @@ _READERS = (
      "conversational prompts; the tool results are masked out of a group recipe's token loss)"),
     (("max_tool_calling_iterations",), lambda cfg, spec: bool(cfg.tools), "runs with tools (TRL reads it only "
      "with GRPOTrainer's tools=)"),
+    (("tool_timeout_s",), lambda cfg, spec: bool(cfg.tools), "runs with tools (the limit of one tool call)"),
     (("apo_alpha",), lambda cfg, spec: cfg.online_task == "game" and cfg.trainer == "apo",
      "trainer apo in online_task: game"),
     (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"),
@@ -289,7 +290,7 @@ ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in nam
     "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
     "steps_per_generation", "num_iterations", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
     "generation_batch_size", "generation_backend", "chat_template_kwargs", "shuffle_dataset", "tools",
-    "max_tool_calling_iterations",
+    "max_tool_calling_iterations", "tool_timeout_s",
     "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"]))
 
 

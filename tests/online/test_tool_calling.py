@@ -124,7 +124,7 @@ def test_calls_run_and_observations_sit_where_the_template_puts_them():
          "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]},
         {"role": "tool", "name": "add", "content": "5"}, {"role": "assistant", "content": "it is 5"}]
     assert gen.last_metrics == {"tools/call_frequency": 1.0, "tools/failure_frequency": 0.0, "tools/calls": 2.0,
-                                "tools/failures": 0.0}
+                                "tools/failures": 0.0, "tools/timeouts": 0.0}
 
 
 def test_prompts_render_the_tools_and_the_rows_columns_stay_the_files():
@@ -314,11 +314,122 @@ def test_async_tools_run_after_the_sync_ones_as_trl_orders_them():
     calls = [{"type": "function", "function": {"name": "slow_double", "arguments": {"x": 4}}},
              {"type": "function", "function": {"name": "add", "arguments": {"a": 1, "b": 2}}},
              {"type": "other", "name": "z"}]
-    messages, failed = run_tool_calls(calls, {"add": add, "slow_double": slow_double})
+    messages, failed, timed_out = run_tool_calls(calls, {"add": add, "slow_double": slow_double})
     assert messages == [{"role": "tool", "name": "add", "content": "3"},
                         {"role": "tool", "name": "z", "content": "{'error': 'Unsupported tool call type: other'}"},
                         {"role": "tool", "name": "slow_double", "content": "8"}]
-    assert failed == 1
+    assert (failed, timed_out) == (1, 0)
+    # under a time limit the same calls give the same messages (each runs in a worker thread)
+    assert run_tool_calls(calls, {"add": add, "slow_double": slow_double}, 5.0) == (messages, 1, 0)
+
+
+def _hanging_tools(release):
+    """A sync and an async tool that wait until `release` is set (the async one blocks its event loop too, as a
+    sync sleep inside async def does), and a quick one."""
+    import asyncio
+    import threading
+
+    def hang(x: int) -> int:
+        """Waits.
+
+        Args:
+            x: A number.
+        """
+        release.wait(30)
+        return x
+
+    async def hang_async(x: int) -> int:
+        """Waits without yielding.
+
+        Args:
+            x: A number.
+        """
+        release.wait(30)
+        return x
+
+    async def nap(x: int) -> int:
+        """Sleeps politely.
+
+        Args:
+            x: A number.
+        """
+        await asyncio.sleep(30)
+        return x
+
+    assert threading  # (imported for the Event the caller passes)
+    return {"hang": hang, "hang_async": hang_async, "nap": nap, "add": add}
+
+
+def test_a_call_past_tool_timeout_s_is_an_error_observation_counted_as_a_timeout():
+    """A sync call past the limit (abandoned in its thread), an async one that yields (cancelled) and one that
+    blocks its loop: error observations naming the tool and the limit, failures and timeouts; the quick calls around
+    them give their results."""
+    import threading
+    import time
+
+    release = threading.Event()
+    try:
+        tools = _hanging_tools(release)
+        fn_call = [{"type": "function", "function": {"name": n, "arguments": a}}
+                   for n, a in (("add", {"a": 1, "b": 2}), ("hang", {"x": 1}), ("nap", {"x": 2}),
+                                ("hang_async", {"x": 3}), ("add", {"a": 2, "b": 2}))]
+        start = time.monotonic()
+        messages, failed, timed_out = run_tool_calls(fn_call, tools, 0.3)
+        assert time.monotonic() - start < 5  # 0.3 s (sync) + 1.3 s at most (the gather), not 30 s
+        assert [m["name"] for m in messages] == ["add", "hang", "add", "nap", "hang_async"]
+        assert [m["content"] for m in messages if m["name"] == "add"] == ["3", "4"]
+        for m in messages[1:2] + messages[3:]:
+            assert m["content"].startswith("{'error': ")
+            assert f"tool '{m['name']}' did not return within tool_timeout_s = 0.3 s" in m["content"]
+        assert (failed, timed_out) == (3, 3)
+    finally:
+        release.set()
+
+
+def test_timeouts_reach_the_metrics_and_the_note(capsys):
+    import threading
+
+    release = threading.Event()
+    tok = tool_tokenizer()
+
+    def slow_add(a: int, b: int) -> int:
+        """Adds two integers, slowly.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+        """
+        release.wait(30)
+        return a + b
+
+    slow_add.__name__ = "add"  # the script calls `add`: it hangs now
+    try:
+        gen = ToolCallingGenerator(ScriptedTurns(tok, 600), tok, [slow_add], 1, 600, timeout_s=0.2)
+        gen.generate(prompt_ids(tok, PROMPTS[:2], tools=[slow_add]), 1, seed=0)
+    finally:
+        release.set()
+    # prompt 0: one call, prompt 1: two, every one timed out (one round: max_tool_calling_iterations 1)
+    assert gen.last_columns == [{"num_tool_calls": 1, "tool_errors": 1}, {"num_tool_calls": 2, "tool_errors": 2}]
+    assert (gen.last_metrics["tools/timeouts"], gen.last_metrics["tools/failures"]) == (3.0, 3.0)
+    assert all("did not return within tool_timeout_s = 0.2 s" in m["content"]
+               for conv in gen.last_messages for m in conv if m["role"] == "tool")
+    out = capsys.readouterr().out
+    assert out.count("a tool call timed out") == 1 and "online.tool_timeouts" in out
+
+
+def test_a_list_result_is_refused_naming_the_tool():
+    """TRL passes a list result (content blocks) to a VLM's processor; a text policy's run refuses it."""
+    def picture(x: int) -> list:
+        """Returns content blocks.
+
+        Args:
+            x: A number.
+        """
+        return [{"type": "text", "text": str(x)}]
+
+    call_ = [{"type": "function", "function": {"name": "picture", "arguments": {"x": 1}}}]
+    with pytest.raises(ConfigError, match="tool 'picture' returned a list"):
+        run_tool_calls(call_, {"picture": picture})
 
 
 def test_builtin_tools_and_user_files(tmp_path):
@@ -401,7 +512,14 @@ def test_config_refusals():
     with pytest.raises(ConfigError, match="environment_factory is not supported"):
         config_from_dict({**BASE, "output_dir": "x", "environment_factory": "my_env:Env"})
     cfg = config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "max_tool_calling_iterations": 2})
-    assert cfg.tools == ["calculator"] and cfg.max_tool_calling_iterations == 2
+    assert cfg.tools == ["calculator"] and cfg.max_tool_calling_iterations == 2 and cfg.tool_timeout_s == 60.0
+    with pytest.raises(ConfigError, match="tool_timeout_s is read by runs with tools"):
+        config_from_dict({**BASE, "output_dir": "x", "tool_timeout_s": 5})
+    for bad in (0, -1, float("inf"), "soon"):
+        with pytest.raises(ConfigError, match="tool_timeout_s"):
+            config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "tool_timeout_s": bad})
+    cfg = config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "tool_timeout_s": None})
+    assert cfg.tool_timeout_s is None
 
 
 def reward(prompts, completions, **kwargs):
@@ -410,17 +528,25 @@ def reward(prompts, completions, **kwargs):
             for c in completions]
 
 
-def tool_run(tmp_path, monkeypatch, **over):
+def tool_run(tmp_path, monkeypatch, heldout=None, **over):
+    """A tiny GRPO run with tools whose turns are ScriptedTurns; `heldout` prompts: the held-out evaluation
+    (online_task: dataset's dataset_evaluate), its turns scripted too (tasks.EvalTurns)."""
     import preflab.online.generator as generator_module
+    import preflab.online.tasks as tasks_module
     from preflab.online.run import OnlineRun
-    from preflab.online.tasks import Task
+    from preflab.online.tasks import Task, dataset_evaluate
 
     tok = tool_tokenizer()
     monkeypatch.setattr(generator_module, "make_generator",
                         lambda cfg, policy, tokenizer, acc=None: ScriptedTurns(tok, cfg.max_completion_length, True))
+    monkeypatch.setattr(tasks_module, "EvalTurns",
+                        lambda cfg, model, tokenizer, sampled: ScriptedTurns(tok, cfg.max_completion_length, True))
     cfg = config_from_dict({**BASE, "output_dir": str(tmp_path), "tools": [f"{Path(__file__)}:add"], **over})
     policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
-    return OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task([{"prompt": p} for p in PROMPTS], [reward]))
+    held = [{"prompt": p} for p in heldout or []]
+    task = Task([{"prompt": p} for p in PROMPTS], [reward], held,
+                dataset_evaluate(cfg, held, [reward]) if held else None)
+    return OnlineRun(cfg, policy=policy, tokenizer=tok, task=task)
 
 
 def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, monkeypatch):
@@ -428,6 +554,7 @@ def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, mo
     summary = run.train()
     # summary.json: the run's totals over its 2 rounds (15 calls a round, 6 of them failing)
     assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (30, 12)
+    assert summary["online"]["tool_timeouts"] == 0
     rnd = run.pending
     for e in rnd.examples:  # the examples' loss masks are the generator's: 0 exactly on the tool turns
         for c, m in zip(e.completions, e.loss_mask):
@@ -444,6 +571,71 @@ def test_run_trains_on_the_masked_completions_and_logs_trls_metrics(tmp_path, mo
                           for line in logged)
 
 
+@pytest.mark.parametrize("k", [None, 2])
+def test_heldout_evaluation_answers_with_the_tools(tmp_path, monkeypatch, k):
+    """The held-out prompts are answered through the tool-calling loop (greedy: one answer, or num_generations_eval
+    sampled ones) and judged on the conversations: eval_reward and eval_tools/* equal the loop run directly on the
+    same prompts at the run's seed; the summary holds them before and after; training's tool totals leave them out."""
+    held = [PROMPTS[2], PROMPTS[0]]
+    run = tool_run(tmp_path, monkeypatch, heldout=held, eval_dataset_name="held.jsonl",
+                   **({"num_generations_eval": k} if k else {}))
+    summary = run.train()
+    tok = tool_tokenizer()
+    direct = ToolCallingGenerator(ScriptedTurns(tok, 300, True), tok, [add], None, 300, timeout_s=60.0)
+    direct.generate(prompt_ids(tok, held), k or 1, seed=3)
+    rewards = reward(None, direct.last_messages)
+    final = summary["final_metrics"]
+    assert final["eval_reward"] == pytest.approx(sum(rewards) / len(rewards))
+    # per held-out answer: the broken prompt's 2 failing calls, the sum's 1 call
+    assert direct.last_metrics["tools/call_frequency"] == 3 / 2 and direct.last_metrics["tools/failures"] == 2 * (k or 1)
+    for key, value in direct.last_metrics.items():
+        assert final[f"eval_{key}"] == value
+    assert summary["eval_tools_before"] == summary["eval_tools_after"] == direct.last_metrics
+    assert summary["eval_reward_before"] == summary["eval_reward_after"] == final["eval_reward"]  # scripted turns
+    assert summary["examples_after"][0]["response"] == direct.last_messages[0]
+    assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (30, 12)  # training's only
+    # the held-out prompts are rendered with the tools, as the training prompts are (the tool list in the template)
+    assert summary["data"]["eval_prompt_tokenize"]["prompt_tokens"] == sum(len(p) for p in prompt_ids(tok, held))
+
+
+def test_heldout_evaluation_with_the_real_model_is_its_eval_answers():
+    """Around the real eval answers (EvalTurns: _eval_answers, greedy or sampled at the seed), a random tiny model
+    writes no call: the evaluation with tools judges exactly _eval_answers' completions of the tool-rendered prompts,
+    as single assistant turns, and counts no calls."""
+    from preflab.online.tasks import _eval_answers, dataset_evaluate
+
+    tok = tool_tokenizer()
+    policy = tiny_causal_lm(tok, hidden_size=32, seed=1)
+    seen = []
+
+    def judge(prompts, completions, **kwargs):
+        seen.extend(completions)
+        return [float(len(c[-1]["content"])) for c in completions]
+
+    for over in ({}, {"num_generations_eval": 2}):
+        cfg = config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "max_completion_length": 12,
+                                "eval_dataset_name": "held.jsonl", **over})
+        seen.clear()
+        out = dataset_evaluate(cfg, [{"prompt": p} for p in PROMPTS[:2]], [judge])(policy, tok, tools=[add])
+        k = over.get("num_generations_eval", 1)
+        rows = [p for p in prompt_ids(tok, PROMPTS[:2]) for _ in range(k)]
+        ids = _eval_answers(cfg, policy, tok, rows, sampled=bool(over))
+        assert seen == [[parse_turn(tok, c, p, [add])] for c, p in zip(ids, rows)]
+        assert out["reward"] == pytest.approx(sum(len(c[-1]["content"]) for c in seen) / len(seen))
+        assert out["tools"]["tools/calls"] == 0.0
+
+
+def test_an_evaluation_that_cannot_take_tools_is_refused(tmp_path):
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    tok = tool_tokenizer()
+    cfg = config_from_dict({**BASE, "output_dir": str(tmp_path), "tools": ["calculator"]})
+    with pytest.raises(ConfigError, match="the task's evaluation answers without tools"):
+        OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                  task=Task([{"prompt": p} for p in PROMPTS], [reward], evaluate=lambda model, tokenizer: {}))
+
+
 def test_grpo_train_takes_tools_from_python(tmp_path, monkeypatch):
     """preflab.online.api.grpo_train(tools=[fn], max_tool_calling_iterations=1), as GRPOTrainer(tools=[fn]): one
     round of calls per completion (prompt 2's second, failing call is not run)."""
@@ -458,6 +650,9 @@ def test_grpo_train_takes_tools_from_python(tmp_path, monkeypatch):
                          max_steps=2, max_completion_length=300, use_cpu=True, output_dir=str(tmp_path))
     # a round: K = 3 x (1 + 2 + 1 + 0) calls, 3 x 1 failing (the unknown tool); 2 rounds
     assert (summary["online"]["tool_calls"], summary["online"]["tool_failures"]) == (24, 6)
+    with pytest.raises(ConfigError, match="tool_timeout_s must be a finite number of seconds > 0"):
+        grpo_train(tiny_causal_lm(tok, hidden_size=32, seed=1), tok, [{"prompt": p} for p in PROMPTS], reward,
+                   tools=[add], tool_timeout_s=0, max_steps=2, use_cpu=True, output_dir=str(tmp_path / "x"))
 
 
 def test_resume_mid_round_is_exact(tmp_path, monkeypatch, stop_at_step):
@@ -497,7 +692,9 @@ def test_run_refuses_a_tokenizer_without_tool_support(tmp_path, monkeypatch):
 def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accelerate_launch):
     """Under accelerate launch with two processes the main process runs each tool call once (the tool's file holds
     one line per counted call, not two) and the others continue from its results: the weights equal the one-process
-    run's to float summation order (one example per micro-batch on both sides: 1 x 4 vs 2 x 2)."""
+    run's to float summation order (one example per micro-batch on both sides: 1 x 4 vs 2 x 2). The call add(4, 5)
+    sleeps past tool_timeout_s on the main process: its timeout observation reaches the other process too. The
+    held-out evaluation (one prompt, one call, before and after) runs its calls once too and gives the same values."""
     import json
     import os
     import subprocess
@@ -505,7 +702,7 @@ def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accele
     from safetensors.torch import load_file
 
     script = str(Path(__file__).parent / "tool_calling_run.py")
-    common = ["per_device_train_batch_size=1", "max_steps=2"]
+    common = ["per_device_train_batch_size=1", "max_steps=2", "tool_timeout_s=0.5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
                          env=env, capture_output=True, text=True, timeout=500)
@@ -518,8 +715,31 @@ def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accele
     for name in ("one", "two"):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         calls = (tmp_path / name / "calls.txt").read_text().splitlines()
-        # one round (2 steps): 15 calls counted; the 3 to the unknown tool `mul` never reach a function
-        assert summary["online"]["tool_calls"] == 15 and len(calls) == 15 - 3
+        # training: 15 calls counted, the 3 to the unknown tool `mul` never reach a function; the evaluation: 2 x 1
+        assert summary["online"]["tool_calls"] == 15 and len(calls) == 15 - 3 + 2
+        assert summary["eval_tools_before"]["tools/calls"] == summary["eval_tools_after"]["tools/calls"] == 1.0
+        # add(4, 5): once per completion of the "both" prompt (K = 3), each past the limit
+        assert (summary["online"]["tool_timeouts"], summary["online"]["tool_failures"]) == (3, 6 + 3)
+    one_s, two_s = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two"))
+    # the scripted answer after the call, its seeded variant at seed 3: "it is 5 indeed"
+    assert one_s["eval_reward_after"] == two_s["eval_reward_after"] == len("it is 5 indeed")
     a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
 
+
+
+def test_preflab_eval_refuses_a_win_rate_of_a_run_trained_with_tools(tmp_path, capsys):
+    """`preflab eval RUN --reward-fn ...` samples answers without tools: for a tool run it stops before loading,
+    with the reason and the evaluation that answers with the tools."""
+    import yaml
+
+    from preflab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**BASE, "output_dir": str(run), "tools": ["calculator"]}))
+    assert main(["eval", str(run), "--data", str(tmp_path / "none.jsonl"), "--reference", "builtin:tiny-llama",
+                 "--reward-fn", "demo_true_reward"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was trained with tools (['calculator'])" in err and "(--reward-fn) samples plain answers" in err
+    assert "eval_dataset_name or eval_fraction" in err

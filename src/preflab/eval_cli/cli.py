@@ -110,6 +110,7 @@ def run(args) -> int:
     if args.token_rewards < 0:
         raise ConfigError(f"--token-rewards is a number of pairs (0: none), got {args.token_rewards}.")
     refuse_other_task(args.checkpoint, "dpo")  # before a --reward-model, the reference or the policy loads
+    refuse_win_rate_of_a_tool_run(args)
     reference, source = default_reference(args)
     if (args.reward_fn or args.reward_model or args.judge) and not reference:
         raise ConfigError("a win rate compares the policy with the reference model's answers: add --reference.")
@@ -137,6 +138,26 @@ def run(args) -> int:
 
 
 BUILTIN_REWARD_FNS = ("demo_true_reward", "demo_echo_reward")
+
+
+def refuse_win_rate_of_a_tool_run(args) -> None:
+    """A ConfigError, before anything loads, for a win rate (--reward-fn / --reward-model / --judge) of a run trained
+    with tools (its config's `tools:`, TRL GRPOTrainer's tools=): the win rate samples plain answers, with no tool
+    schema in the prompt and no tool calls run, so it would judge a model that does not answer as it was trained
+    to. The run's own held-out evaluation answers with the tools (eval_dataset_name / eval_fraction). The pair
+    metrics (no win-rate option) sample nothing and still run."""
+    from preflab.models.run_config import run_config
+
+    tools = run_config(args.checkpoint).get("tools")
+    chosen = [f"--{o.replace('_', '-')}" for o in ("reward_fn", "reward_model", "judge") if getattr(args, o, None)]
+    if not tools or not chosen:
+        return
+    raise ConfigError(f"{args.checkpoint} was trained with tools ({tools}): its answers call them, but the win rate "
+                      f"({' / '.join(chosen)}) samples plain answers without the tools, so it would not judge the "
+                      "trained agent. Evaluate it with its tools in a run: eval_dataset_name or eval_fraction answers "
+                      "the held-out prompts through the tool-calling loop and logs eval_reward and eval_tools/* "
+                      f"(docs/online.md, Tool calling inside GRPO); drop {' / '.join(chosen)} for the pair metrics, "
+                      "which sample nothing.")
 
 
 def named_reward_fn(spec: str):

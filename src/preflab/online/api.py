@@ -71,11 +71,16 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, writt
     save = save_model_option(raw)
     raw.setdefault("model_name_or_path", "(in memory)")  # the policy and prompts are passed in
     raw.setdefault("dataset_name", "(in memory)")
-    # tools from Python: the config's check reads max_tool_calling_iterations with the config's own tools only
+    # tools from Python: the config's check reads max_tool_calling_iterations / tool_timeout_s with the config's own
+    # tools only
     cap = raw.pop("max_tool_calling_iterations", None) if tools else None
+    limit = raw.pop("tool_timeout_s", 60.0) if tools else None
     cfg = config_from_dict(raw, written)
     if tools:
+        from preflab.loops.time_limit import checked_limit
+
         cfg.max_tool_calling_iterations = cap
+        cfg.tool_timeout_s = checked_limit(limit, "tool_timeout_s", "None")
     if weights is not None:
         cfg.reward_weights = list(weights)
     judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]

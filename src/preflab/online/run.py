@@ -295,7 +295,14 @@ class OnlineRun(TrainingRun):
         self.examples_trained = 0  # examples in this session's steps (summary.json train_examples_seen)
         self.counts = {"rounds": 0, "empty_steps": 0, "empty_completions": 0, "judge_dropped": 0, "completions": 0}
         self.refreshes = 0
-        self.before = task.evaluate(policy, tokenizer) if task.evaluate is not None else None
+        self.before = self._evaluate_task() if task.evaluate is not None else None
+
+    def _evaluate_task(self) -> dict:
+        """The task's evaluation of the policy; with tools, answered with them (dataset_evaluate's tools= and
+        accelerator=: _tool_functions refuses an evaluate that cannot take them)."""
+        if self.tools:
+            return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator)
+        return self.task.evaluate(self.policy, self.tokenizer)
 
     def _tool_functions(self, cfg, task, tokenizer, given) -> list:
         """The run's tool functions (TRL GRPOTrainer's tools=): `given` from Python, else the config's `tools`
@@ -322,10 +329,10 @@ class OnlineRun(TrainingRun):
             raise ConfigError("tools: with generation_backend: vllm every tool-calling turn would save the policy and "
                               "start a new vLLM engine (the vLLM generator loads the weights per generate call); "
                               "tool calling samples with generation_backend: transformers for now.")
-        if getattr(task, "evaluate", None) is not None:
-            raise ConfigError("tools: the held-out evaluation (eval_dataset_name / eval_fraction) answers without "
-                              "tools (tool calling in evaluation is not built yet), so its eval_reward would not be "
-                              "the trained agent's; leave the held-out prompts out of a run with tools.")
+        if getattr(task, "evaluate", None) is not None and not getattr(task.evaluate, "takes_tools", False):
+            raise ConfigError("tools: the task's evaluation answers without tools (it is not online_task: dataset's "
+                              "held-out evaluation, which answers with them), so its reward would not be the trained "
+                              "agent's; give the task an evaluate that takes tools= and accelerator=, or none.")
         check_tool_tokenizer(tokenizer, cfg.chat_template_kwargs)
         return tools
 
@@ -595,9 +602,9 @@ class OnlineRun(TrainingRun):
                   "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
                   ", or set missing_eos_penalty to score them lower.", flush=True)
         self.counts["rounds"] += 1
-        if self.tools:  # summary.json online.tool_calls / tool_failures: the run's totals
-            self.counts["tool_calls"] = self.counts.get("tool_calls", 0) + int(metrics["tools/calls"])
-            self.counts["tool_failures"] = self.counts.get("tool_failures", 0) + int(metrics["tools/failures"])
+        if self.tools:  # summary.json online.tool_calls / tool_failures / tool_timeouts: the run's totals
+            for key in ("calls", "failures", "timeouts"):
+                self.counts[f"tool_{key}"] = self.counts.get(f"tool_{key}", 0) + int(metrics[f"tools/{key}"])
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
         self.counts["completions"] += len(ids)
@@ -784,7 +791,8 @@ class OnlineRun(TrainingRun):
             return
         report: dict = {}
         held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
-                               truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs)
+                               truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs,
+                               tools=self.tools or None)
         source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
         refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
         tokenized = {**report["prompt_tokenize"], "source": source}
@@ -793,6 +801,7 @@ class OnlineRun(TrainingRun):
             cut = tokenized.get("prompt_truncated", 0)
             how = (f"answered {cfg.num_generations_eval} times each, sampled as in training (num_generations_eval),"
                    if cfg.num_generations_eval else "answered greedily")
+            how += " with the tools (as in training)" if self.tools else ""
             print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), {how} and judged at "
                   "every evaluation" + (f"; {cut} cut to max_prompt_length={cfg.max_prompt_length}" if cut else "")
                   + ".", flush=True)
@@ -984,7 +993,7 @@ class OnlineRun(TrainingRun):
     def evaluate(self) -> dict:
         if self.task.evaluate is None:
             return {}
-        after = self.task.evaluate(self.policy, self.tokenizer)
+        after = self._evaluate_task()
         self.after = after
         if "reward" in after:  # online_task: dataset: the judges' reward of greedy answers to held-out prompts
             metrics = {"eval_reward": after["reward"]}
@@ -992,6 +1001,8 @@ class OnlineRun(TrainingRun):
             for key, name in (("unscored", "eval_judge/dropped"), ("clipped_ratio", "eval_completions/clipped_ratio")):
                 if key in after:
                     metrics[name] = after[key]
+            # with tools: the loop's metrics on the held-out answers, named as training's (eval_tools/call_frequency)
+            metrics.update({f"eval_{k}": v for k, v in after.get("tools", {}).items()})
             if self.before and "per_prompt" in self.before:
                 metrics["eval_win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             return metrics
@@ -1017,13 +1028,15 @@ class OnlineRun(TrainingRun):
                   "prompt the same reward (no advantage, no reward signal); summary.json online.no_signal_rounds.",
                   flush=True)
         if self.before is not None:
-            after = getattr(self, "after", None) or self.task.evaluate(self.policy, self.tokenizer)
+            after = getattr(self, "after", None) or self._evaluate_task()
             if "true_reward" in after:
                 extras.update({"true_reward_before": self.before["true_reward"],
                                "true_reward_after": after["true_reward"], "examples_after": after.get("examples", [])})
             if "reward" in after:  # online_task: dataset with an eval set (the judges' reward, not a true one)
                 extras.update({"eval_reward_before": self.before["reward"], "eval_reward_after": after["reward"],
                                "examples_after": after.get("examples", [])})
+                if "tools" in after:  # with tools: the held-out answers' tool metrics before and after training
+                    extras.update({"eval_tools_before": self.before["tools"], "eval_tools_after": after["tools"]})
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",

@@ -321,34 +321,76 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
     "clipped_ratio": the fraction of answers cut at max_completion_length without EOS, "examples": the first 4};
     the run logs eval_reward, eval_win_rate_vs_reference (per prompt against the starting policy's answer, ties 1/2,
     unscored prompts left out), eval_judge/dropped and eval_completions/clipped_ratio (TRL's name, as its GRPO eval
-    logs it)."""
-    def evaluate(model, tokenizer) -> dict:
+    logs it).
+
+    With the run's tools (evaluate(..., tools=[fn, ...], accelerator=acc): OnlineRun passes them; `takes_tools` says
+    this evaluate can) the held-out prompts are rendered with the tools and answered through the tool-calling loop
+    (preflab.online.tool_calling.ToolCallingGenerator around EvalTurns: the same greedy or sampled answers, the same
+    tool_timeout_s, max_tool_calling_iterations and budget as training; with several processes the main process
+    runs the calls); the judges get the conversations and the num_tool_calls / tool_errors columns as in training, a
+    completion is clipped when its last token is not eos, and "tools" holds the loop's metrics (tools/call_frequency,
+    ...; the run logs them as eval_tools/...)."""
+    def evaluate(model, tokenizer, tools=None, accelerator=None) -> dict:
         import math
 
         from preflab.loops.judge import Judge
         from preflab.loops.rollout import decode, prepare_prompts
 
         prompt_rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
-                                      chat_template_kwargs=cfg.chat_template_kwargs)
+                                      chat_template_kwargs=cfg.chat_template_kwargs, tools=tools or None)
         k = getattr(cfg, "num_generations_eval", None) or 1
         rows = [r for r in prompt_rows for _ in range(k)]          # each prompt's k answers side by side
-        ids = _eval_answers(cfg, model, tokenizer, [r.prompt_ids for r in rows],
-                            sampled=bool(getattr(cfg, "num_generations_eval", None)))
-        texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
+        sampled = bool(getattr(cfg, "num_generations_eval", None))
+        columns, extra = [r.columns for r in rows], {}
+        if tools:
+            gen = _eval_tool_generator(cfg, model, tokenizer, tools, accelerator, sampled)
+            ids = gen.generate([r.prompt_ids for r in prompt_rows], k, cfg.seed)
+            texts = [list(m) for m in gen.last_messages]
+            columns = [{**c, **info} for c, info in zip(columns, gen.last_columns)]
+            clipped = sum(not c or c[-1] != tokenizer.eos_token_id for c in ids)
+            extra = {"tools": dict(gen.last_metrics)}
+        else:
+            ids = _eval_answers(cfg, model, tokenizer, [r.prompt_ids for r in rows], sampled=sampled)
+            texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
+            clipped = sum(tokenizer.eos_token_id not in c for c in ids)
         judge = Judge(judges, weights=aggregator or cfg.reward_weights, cache=False, timeout_s=cfg.judge_timeout_s)
         judge.where = "the evaluation of the held-out prompts (eval_dataset_name / eval_fraction)"
-        scores, _ = judge([r.prompt for r in rows], texts, [i // k for i in range(len(rows))],
-                          [r.columns for r in rows], ids)
+        scores, _ = judge([r.prompt for r in rows], texts, [i // k for i in range(len(rows))], columns, ids)
         values = scores.tolist()
         scored = [v for v in values if not math.isnan(v)]
         per_prompt = [_nan_mean(values[p * k:(p + 1) * k]) for p in range(len(prompt_rows))]
         return {"reward": sum(scored) / len(scored) if scored else math.nan, "per_prompt": per_prompt,
-                "unscored": len(values) - len(scored),
-                "clipped_ratio": sum(tokenizer.eos_token_id not in c for c in ids) / max(len(ids), 1),
+                "unscored": len(values) - len(scored), "clipped_ratio": clipped / max(len(ids), 1),
                 "examples": [{"prompt": r.prompt, "response": t, "reward": v}
-                             for r, t, v in list(zip(rows, texts, values))[:4]]}
+                             for r, t, v in list(zip(rows, texts, values))[:4]], **extra}
 
+    evaluate.takes_tools = True
     return evaluate
+
+
+class EvalTurns:
+    """The held-out answers as a generator (online/generator.py's interface, which the tool-calling loop samples
+    its turns from): generate(prompt_ids, k, seed) is _eval_answers on each prompt repeated k times, greedy or
+    sampled from `seed`, with at most max_new_tokens new tokens (the loop lowers it to the budget left)."""
+
+    def __init__(self, cfg, model, tokenizer, sampled: bool):
+        self.cfg, self.model, self.tokenizer, self.sampled = cfg, model, tokenizer, sampled
+        self.max_new_tokens = cfg.max_completion_length
+
+    def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
+        rows = [p for p in prompt_ids for _ in range(num_generations)]
+        return _eval_answers(self.cfg, self.model, self.tokenizer, rows, self.sampled, seed=seed,
+                             max_new_tokens=self.max_new_tokens)
+
+
+def _eval_tool_generator(cfg, model, tokenizer, tools, accelerator, sampled: bool):
+    """The tool-calling loop around EvalTurns, with the run's tool options."""
+    from preflab.models.load import max_positions
+    from preflab.online.tool_calling import ToolCallingGenerator
+
+    return ToolCallingGenerator(EvalTurns(cfg, model, tokenizer, sampled), tokenizer, tools,
+                                cfg.max_tool_calling_iterations, cfg.max_completion_length, max_positions(model),
+                                cfg.chat_template_kwargs, accelerator, cfg.tool_timeout_s)
 
 
 def _nan_mean(values: list[float]) -> float:
@@ -359,23 +401,26 @@ def _nan_mean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else math.nan
 
 
-def _eval_answers(cfg, model, tokenizer, prompt_ids: list[list[int]], sampled: bool) -> list[list[int]]:
+def _eval_answers(cfg, model, tokenizer, prompt_ids: list[list[int]], sampled: bool, seed: int | None = None,
+                  max_new_tokens: int | None = None) -> list[list[int]]:
     """The held-out prompts' answers: greedy (num_generations_eval unset), or sampled as the training rounds sample
     (temperature, top_p, top_k, min_p, repetition_penalty; TRL's GRPOTrainer evaluates with its generation settings)
     from the seed `seed`, the same draws at every evaluation, without touching the run's random state (the global
-    generators are restored after, so the training steps and a resume are unchanged)."""
+    generators are restored after, so the training steps and a resume are unchanged). seed / max_new_tokens: the
+    tool-calling loop's (EvalTurns), else cfg.seed / max_completion_length."""
     from preflab.generate import generate_ids
     from preflab.loops.rollout import pad_id_of
     from preflab.online.generator import sampling_options
 
-    common = dict(eos_id=tokenizer.eos_token_id, pad_id=pad_id_of(tokenizer), max_new_tokens=cfg.max_completion_length,
+    max_new_tokens = cfg.max_completion_length if max_new_tokens is None else max_new_tokens
+    common = dict(eos_id=tokenizer.eos_token_id, pad_id=pad_id_of(tokenizer), max_new_tokens=max_new_tokens,
                   batch_size=max(1, cfg.per_device_eval_batch_size))
     if not sampled:
         return generate_ids(model, prompt_ids, **common)
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return generate_ids(model, prompt_ids, do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                            seed=cfg.seed, **common, **sampling_options(cfg))
+                            seed=cfg.seed if seed is None else seed, **common, **sampling_options(cfg))
 
 
 def _aggregator(cfg, judges):

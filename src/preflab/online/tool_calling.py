@@ -2,6 +2,7 @@
 
     tools: [calculator, my_tools.py:search]      # config: built-ins and user functions (as reward_funcs names code)
     max_tool_calling_iterations: 4                # TRL GRPOConfig's; None (the default): no limit but the budget
+    tool_timeout_s: 60                            # preflab's: one call's wall-clock limit (None: none, as TRL)
 
 The tools are Python functions with type hints and a Google-style docstring (the model sees the JSON schema
 transformers' get_json_schema builds from them, rendered by the chat template: `apply_chat_template(prompt,
@@ -15,8 +16,10 @@ A round (ToolCallingGenerator.generate), TRL's _tool_call_loop rule:
    tools=...)`, transformers' response_template); a completion the parser cannot read is plain text (no calls).
 2. for each completion whose last assistant turn holds tool_calls, every call is run in order (sync functions first,
    then async ones, as TRL gathers them); a call that raises, names no known tool, or is not of type "function"
-   gives the observation `{'error': '<message>'}` and counts as a failure. The results become tool messages
-   {"role": "tool", "name": ..., "content": str(result)}.
+   gives the observation `{'error': '<message>'}` and counts as a failure; so does a call past tool_timeout_s
+   (counted as a timeout too: _call_sync / _gather_async). The results become tool messages
+   {"role": "tool", "name": ..., "content": str(result)}; a list result (TRL's multimodal content blocks) is refused,
+   naming the tool (text policies only: text_only_refusal).
 3. the tool messages' tokens are the chat template's rendering of them after an assistant turn that ended in eos
    (tool_suffix_ids), including the next assistant header; they are appended to the completion with loss mask 0.
    A completion whose tokens with them would pass max_completion_length (or the policy's positions) keeps its
@@ -28,7 +31,10 @@ Outputs per completion (OnlineRun reads them): the token ids (model and tool tok
 tool_mask: 0 exactly on the tool tokens), `last_columns` ({"num_tool_calls", "tool_errors"}: calls and failed calls,
 a judge's columns), `last_messages` (the conversation TRL hands its reward functions: the parsed assistant turns and
 tool messages) and round totals in `last_metrics`: TRL's `tools/call_frequency` (calls per completion) and
-`tools/failure_frequency` (failed / calls, 0 without calls), with the counts `tools/calls` and `tools/failures`.
+`tools/failure_frequency` (failed / calls, 0 without calls), with the counts `tools/calls`, `tools/failures` and `tools/timeouts`.
+
+The held-out evaluation (online/tasks.py dataset_evaluate) runs the same loop around its greedy or sampled answers
+(EvalTurns).
 
 Several processes: each holds every completion (the generator gathers them); the main process runs each tool call once
 and sends the results to the others, which continue from the same tool messages.
@@ -231,10 +237,72 @@ def parse_turn(tokenizer, ids: list[int], prefix: list[int], tools: list) -> dic
     return parsed
 
 
-def run_tool_calls(calls: list[dict], tools: dict) -> tuple[list[dict], int]:
-    """(the tool messages of `calls`, how many failed). Sync tools are called in order, then the async ones
-    (gathered), as TRL orders the results; a failure's content is str({'error': message})."""
-    results, pending, failed = [], [], 0
+def _timeout_message(name: str, arguments, limit_s: float) -> str:
+    """The error observation's text for a call that did not return within tool_timeout_s."""
+    return (f"tool {name!r} did not return within tool_timeout_s = {limit_s:g} s (arguments {repr(arguments)[:200]}); "
+            "the call was abandoned")
+
+
+class TimedOut(Exception):
+    """A tool call past tool_timeout_s (its message is the observation's error text)."""
+
+
+def _call_sync(fn, arguments: dict, name: str, limit_s: float | None):
+    """fn(**arguments) within limit_s seconds (preflab.loops.time_limit.call_within, as ToolBox's timeout_s: a worker
+    thread the caller stops waiting for; Python cannot stop it, so the stuck call is abandoned in the background);
+    TimedOut past it. limit_s None: called inline."""
+    from preflab.loops.time_limit import call_within
+
+    return call_within(lambda: fn(**arguments), limit_s, lambda: TimedOut(_timeout_message(name, arguments, limit_s)),
+                       "preflab-tool-call")
+
+
+def _gather_async(pending: list, limit_s: float | None) -> list:
+    """The awaited results of the async calls `pending` ([(name, arguments, coroutine)]), gathered concurrently as
+    TRL gathers them (an exception is the result). With limit_s each is awaited under asyncio.wait_for(limit_s)
+    (cancelled at the limit), and the whole gather runs in a call_within worker that the caller waits for limit_s
+    plus a second: a coroutine that blocks its event loop (a sync sleep inside async def) cannot be cancelled, and
+    every result not in by then is TimedOut too (the loop is abandoned in the background)."""
+    from preflab.loops.time_limit import call_within
+
+    done: dict[int, object] = {}
+
+    async def one(i, name, arguments, coro):
+        try:
+            done[i] = await (coro if limit_s is None else asyncio.wait_for(coro, limit_s))
+        except asyncio.TimeoutError:
+            done[i] = TimedOut(_timeout_message(name, arguments, limit_s))
+        except Exception as exc:  # the tool's failure: an observation
+            done[i] = exc
+
+    async def gather():
+        await asyncio.gather(*[one(i, *p) for i, p in enumerate(pending)])
+
+    try:
+        call_within(lambda: asyncio.run(gather()), None if limit_s is None else limit_s + 1.0, lambda: TimedOut(""),
+                    "preflab-tool-call")
+    except TimedOut:
+        pass
+    return [done[i] if i in done else TimedOut(_timeout_message(name, arguments, limit_s))
+            for i, (name, arguments, _) in enumerate(pending)]
+
+
+def text_only_refusal(name: str) -> ConfigError:
+    """A tool returned a list (TRL's multimodal content blocks, e.g. [{"type": "image", "image": ...}, {"type": "text",
+    ...}], which TRL hands to a vision-language model's processor). Tool calling here trains text policies: refused at
+    the first such result, naming the tool."""
+    return ConfigError(f"tools: tool {name!r} returned a list (content blocks, e.g. images: TRL passes them to a "
+                       "vision-language model's processor); tool calling trains text policies here, whose chat "
+                       "template takes text results. Make the tool return text (a str, or a value whose str() is the "
+                       "observation).")
+
+
+def run_tool_calls(calls: list[dict], tools: dict, timeout_s: float | None = None) -> tuple[list[dict], int, int]:
+    """(the tool messages of `calls`, how many failed, how many of those timed out). Sync tools are called in order,
+    then the async ones (gathered), as TRL orders the results; a failure's content is str({'error': message}). A call
+    that does not return within timeout_s seconds (tool_timeout_s; None: no limit) is a failure whose message says
+    so (_call_sync, _gather_async). A list result (multimodal content blocks) is refused (text_only_refusal)."""
+    results, pending, failed, timed_out = [], [], 0, 0
     for call in calls:
         if call.get("type", "function") != "function":
             failed += 1
@@ -246,35 +314,34 @@ def run_tool_calls(calls: list[dict], tools: dict) -> tuple[list[dict], int]:
             if fn is None:
                 raise ValueError(f"Tool {name} not found.")
             if inspect.iscoroutinefunction(fn):
-                pending.append((name, fn(**arguments)))
+                pending.append((name, arguments, fn(**arguments)))
             else:
-                results.append((name, fn(**arguments)))
+                results.append((name, _call_sync(fn, arguments, name, timeout_s)))
         except Exception as exc:  # the model's call is wrong (or the tool failed): an observation, counted
             failed += 1
+            timed_out += isinstance(exc, TimedOut)
             results.append((name, {"error": str(exc)}))
     if pending:
-        async def gather():
-            return await asyncio.gather(*[c for _, c in pending], return_exceptions=True)
-
-        for (name, _), result in zip(pending, asyncio.run(gather())):
+        for (name, _, _), result in zip(pending, _gather_async(pending, timeout_s)):
             if isinstance(result, Exception):
                 failed += 1
+                timed_out += isinstance(result, TimedOut)
                 result = {"error": str(result)}
             results.append((name, result))
     messages = []
     for name, result in results:
-        if isinstance(result, list):  # content blocks (TRL: images for VLMs); a text policy's template takes text
-            failed += 1
-            result = {"error": "the tool returned a list of content blocks; text policies take text results"}
+        if isinstance(result, list):
+            raise text_only_refusal(name)
         messages.append({"role": "tool", "name": name, "content": str(result)})
-    return messages, failed
+    return messages, failed, timed_out
 
 
 class ToolCallingGenerator:
     """The run's generator with TRL's tool-calling loop around it (module docstring)."""
 
     def __init__(self, turns, tokenizer, tools: list, max_iterations: int | None, max_completion_length: int,
-                 max_positions: int | None = None, chat_template_kwargs: dict | None = None, accelerator=None):
+                 max_positions: int | None = None, chat_template_kwargs: dict | None = None, accelerator=None,
+                 timeout_s: float | None = None):
         if not tools:
             raise ConfigError("ToolCallingGenerator needs at least one tool.")
         if max_iterations is not None and max_iterations < 0:
@@ -283,7 +350,8 @@ class ToolCallingGenerator:
         self.by_name = {fn.__name__: fn for fn in self.tools}
         self.max_iterations, self.max_completion_length = max_iterations, max_completion_length
         self.max_positions, self.chat_template_kwargs = max_positions, dict(chat_template_kwargs or {})
-        self.accelerator = accelerator
+        self.accelerator, self.timeout_s = accelerator, timeout_s
+        self.said_timeout = False  # the first timed-out call is said once (the counts go on in the metrics)
         self.last_columns: list[dict] = []
         self.last_loss_masks: list[list[int]] = []
         self.last_messages: list[list[dict]] = []
@@ -301,14 +369,43 @@ class ToolCallingGenerator:
     def _run_calls(self, turns: dict) -> dict:
         """{completion: run_tool_calls of its turn's calls}. With several processes every process holds every
         completion; the main process runs the calls (each once) and the others receive its results, so a tool with
-        side effects or answers that vary runs once and every process continues from the same tool messages."""
+        side effects or answers that vary runs once and every process continues from the same tool messages (a
+        refusal, text_only_refusal, is sent too and raised on every process, so none waits for the others)."""
         acc = self.accelerator
-        if acc is None or acc.num_processes == 1:
-            return {i: run_tool_calls(c, self.by_name) for i, c in turns.items()}
-        from accelerate.utils import broadcast_object_list
 
-        answers = [{i: run_tool_calls(c, self.by_name) for i, c in turns.items()} if acc.is_main_process else None]
-        return broadcast_object_list(answers, from_process=0)[0]
+        def run_all() -> dict:
+            return {i: run_tool_calls(c, self.by_name, self.timeout_s) for i, c in turns.items()}
+
+        if acc is None or acc.num_processes == 1:
+            answers = run_all()
+        else:
+            from accelerate.utils import broadcast_object_list
+
+            sent = [None]
+            if acc.is_main_process:
+                try:
+                    sent = [run_all()]
+                except ConfigError as exc:
+                    sent = [str(exc)]
+            answers = broadcast_object_list(sent, from_process=0)[0]
+            if isinstance(answers, str):
+                raise ConfigError(answers)
+        self._say_timeouts(answers)
+        return answers
+
+    def _say_timeouts(self, answers: dict) -> None:
+        """The first timed-out call of the run, said once by the main process (every one is counted: tools/timeouts,
+        summary.json online.tool_timeouts)."""
+        if self.said_timeout or not any(a[2] for a in answers.values()):
+            return
+        self.said_timeout = True
+        if self.accelerator is not None and not self.accelerator.is_main_process:
+            return
+        first = next(m["content"] for i, a in answers.items() if a[2] for m in a[0]
+                     if "did not return within tool_timeout_s" in m["content"])
+        print(f"preflab: note: a tool call timed out: {first} The model got that error as the tool's result and the "
+              "call counts as a failure; every timeout is counted in tools/timeouts (summary.json "
+              "online.tool_timeouts). Raise tool_timeout_s, or give the tool a limit of its own.", flush=True)
 
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
         budget = self.max_completion_length
@@ -316,7 +413,7 @@ class ToolCallingGenerator:
         prompts = [p for p in prompt_ids for _ in range(num_generations)]
         messages = [[parse_turn(self.tokenizer, c, p, self.tools)] for c, p in zip(ids, prompts)]
         masks = [[1] * len(c) for c in ids]
-        calls, failures = [0] * len(ids), [0] * len(ids)
+        calls, failures, timeouts = [0] * len(ids), [0] * len(ids), [0] * len(ids)
         live = [i for i in range(len(ids)) if messages[i][-1].get("tool_calls")]
         iteration = 0
         while live and (self.max_iterations is None or iteration < self.max_iterations):
@@ -324,9 +421,10 @@ class ToolCallingGenerator:
             answers = self._run_calls({i: messages[i][-1]["tool_calls"] for i in live})
             for i in live:
                 turn_calls = messages[i][-1]["tool_calls"]
-                tool_messages, failed = answers[i]
+                tool_messages, failed, timed_out = answers[i]
                 calls[i] += len(turn_calls)
                 failures[i] += failed
+                timeouts[i] += timed_out
                 suffix = tool_suffix_ids(self.tokenizer, tool_messages, self.chat_template_kwargs)
                 grown = len(ids[i]) + len(suffix)
                 if grown > budget or (self.max_positions is not None
@@ -357,7 +455,8 @@ class ToolCallingGenerator:
         total, failed = sum(calls), sum(failures)
         self.last_metrics = {"tools/call_frequency": total / max(1, len(ids)),
                              "tools/failure_frequency": failed / total if total else 0.0,
-                             "tools/calls": float(total), "tools/failures": float(failed)}
+                             "tools/calls": float(total), "tools/failures": float(failed),
+                             "tools/timeouts": float(sum(timeouts))}
         return ids
 
 
@@ -369,7 +468,7 @@ def make_tool_calling_generator(cfg, policy, tokenizer, accelerator=None, tools=
     turns = turns if turns is not None else make_generator(cfg, policy, tokenizer, accelerator)
     return ToolCallingGenerator(turns, tokenizer, tools if tools is not None else load_tools(cfg.tools),
                                 cfg.max_tool_calling_iterations, cfg.max_completion_length, max_positions(policy),
-                                cfg.chat_template_kwargs, accelerator)
+                                cfg.chat_template_kwargs, accelerator, cfg.tool_timeout_s)
 
 
 __all__ = ["BUILTIN_TOOLS", "ToolCallingGenerator", "calculator", "check_tool_tokenizer", "load_tools",
