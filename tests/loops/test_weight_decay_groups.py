@@ -158,3 +158,89 @@ def test_a_dpo_run_at_weight_decay_steps_as_transformers_and_resumes_exactly(tmp
                      resume_from_checkpoint=str(tmp_path / "full/checkpoint-3"))
     for (name, p), q in zip(full.policy.named_parameters(), resumed.policy.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def _as_an_earlier_preflab_wrote_it(checkpoint: Path, order: list[int]) -> None:
+    """Rewrite `checkpoint` (two groups) as a preflab before the weight-decay groups wrote it: one group over the
+    parameters in their model order (order[i]: the model-order position of group-order index i), weight_decay on
+    all, the scheduler over one group, no WEIGHT_DECAY_GROUPS marker; sealed again."""
+    meta = json.loads((checkpoint / "optimizer.json").read_text())
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    first = meta["param_groups"][0]
+    meta = {"param_groups": [{**first, "params": list(range(len(order)))}],
+            "state": {str(order[int(i)]): values for i, values in meta["state"].items()},
+            "optimizer": meta["optimizer"]}
+    moved = {}
+    for key, value in tensors.items():
+        index, _, name = key.partition(".")
+        moved[f"{order[int(index)]}.{name}"] = value
+    save_file(moved, str(checkpoint / "optimizer.safetensors"))
+    (checkpoint / "optimizer.json").write_text(json.dumps(meta))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state["scheduler"] = {k: v[:1] if k in ("base_lrs", "_last_lr") else v for k, v in state["scheduler"].items()}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    marker = json.loads((checkpoint / ck.MARKER).read_text())
+    marker["files"] = ck.file_records(checkpoint)
+    (checkpoint / ck.MARKER).write_text(json.dumps(marker))
+
+
+def test_an_earlier_preflabs_one_group_checkpoint_resumes_into_the_two_groups_exactly(tmp_path, monkeypatch, capsys):
+    """The state is per parameter: moved from its one-group index to its two-group index, with the saved group's
+    settings on both groups and 0.0 on the second, the resumed run is the run that had the two groups from the
+    start (its weights at the end equal bit for bit; a wrong move would put one tensor's moments on another). The
+    resume says what changed."""
+    record, built = [], []
+    _recording(monkeypatch, record, built)
+    _, full = run(tmp_path / "full", optim="adamw_torch", **OPTIONS)
+    order = built[0].preflab_single_group_order
+    assert sorted(order) == list(range(21)) and order != sorted(order)  # the norms moved behind
+    legacy = tmp_path / "legacy"
+    (tmp_path / "full/checkpoint-3").rename(legacy)
+    _as_an_earlier_preflab_wrote_it(legacy, order)
+    capsys.readouterr()
+    _, resumed = run(tmp_path / "resumed", optim="adamw_torch", **OPTIONS, resume_from_checkpoint=str(legacy))
+    assert "put every trainable parameter in one weight-decay group; its optimizer state is read into the groups " \
+           "transformers' Trainer builds (16 parameters at weight_decay 0.1, 5 biases and norm weights at 0.0), so " \
+           "the run continues with the new grouping (those 5 parameters are no longer decayed from here on)." \
+           in " ".join(capsys.readouterr().out.split())
+    assert [g["weight_decay"] for g in resumed.optimizer.param_groups] == [0.1, 0.0]
+    assert len(resumed.scheduler.scheduler.base_lrs if hasattr(resumed.scheduler, "scheduler")
+               else resumed.scheduler.base_lrs) == 2
+    for (name, p), q in zip(full.policy.named_parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_a_one_group_state_that_does_not_map_is_refused():
+    from preflab.errors import ConfigError
+
+    model = Odd()
+    optimizer = build_optimizer(SimpleNamespace(optim="adamw_torch", learning_rate=0.1, weight_decay=0.1,
+                                                adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8),
+                                list(model.parameters()), [model])
+    assert [len(g["params"]) for g in optimizer.param_groups] == [2, 5]
+    sd = {"state": {}, "param_groups": [{**{k: v for k, v in optimizer.param_groups[0].items() if k != "params"},
+                                         "params": [0, 1, 2]}]}
+    with pytest.raises(ConfigError, match=r"old holds optimizer state of 1 parameter group\(s\) over 3 parameters, "
+                                          r"written by an earlier preflab, and this run's optimizer has 2 group\(s\) "
+                                          "over 7; that state does not map"):
+        ck.regroup_state("old", sd, optimizer, legacy=True)
+    assert ck.regroup_state("new", sd, optimizer, legacy=False) is sd  # a checkpoint with the marker: as saved
+
+
+def test_a_sharded_one_group_checkpoint_is_regrouped_by_name(capsys):
+    """The sharded (FSDP2) checkpoint names its parameters: the one saved group's names are split as this run's
+    groups name them, the saved settings on both, weight_decay 0.0 on the second."""
+    from preflab.errors import ConfigError
+    from preflab.sharded_checkpoint import regroup_named
+
+    optimizer = SimpleNamespace(preflab_group_decays=[True, False])
+    saved = [{"lr": 0.5, "weight_decay": 0.1, "params": ["a.weight", "a.bias", "norm.weight"]}]
+    current = [{"lr": 0.0, "weight_decay": 0.1, "params": ["a.weight"]},
+               {"lr": 0.0, "weight_decay": 0.0, "params": ["a.bias", "norm.weight"]}]
+    assert regroup_named("ck", saved, current, optimizer, legacy=True) == [
+        {"lr": 0.5, "weight_decay": 0.1, "params": ["a.weight"]},
+        {"lr": 0.5, "weight_decay": 0.0, "params": ["a.bias", "norm.weight"]}]
+    assert "(2 biases and norm weights now at weight_decay 0.0)" in capsys.readouterr().out
+    assert regroup_named("ck", current, current, optimizer, legacy=False) is current
+    with pytest.raises(ConfigError, match="ck holds optimizer state of 1 parameter group"):
+        regroup_named("ck", [{**saved[0], "params": ["a.weight"]}], current, optimizer, legacy=True)
