@@ -244,3 +244,16 @@ def test_a_sharded_one_group_checkpoint_is_regrouped_by_name(capsys):
     assert regroup_named("ck", current, current, optimizer, legacy=False) is current
     with pytest.raises(ConfigError, match="ck holds optimizer state of 1 parameter group"):
         regroup_named("ck", [{**saved[0], "params": ["a.weight"]}], current, optimizer, legacy=True)
+
+
+def test_a_zero_partition_of_one_group_is_refused_in_a_run_of_two():
+    """DeepSpeed flattens each param group into a partition of its own: an earlier preflab's one-group ZeRO state
+    is refused with the reason (check_group_count), a partition of as many groups passes."""
+    from preflab.deepspeed_checkpoint import check_group_count
+    from preflab.errors import ConfigError
+
+    two = SimpleNamespace(param_groups=[{"params": []}, {"params": []}])
+    check_group_count("ck", {"base_optimizer_state": {"state": {}, "param_groups": [{}, {}]}, "zero_stage": 2}, two)
+    with pytest.raises(ConfigError, match=r"ck holds ZeRO optimizer state in 1 parameter group\(s\) and this run "
+                                          r"has 2: written by a preflab that put every trainable parameter in one"):
+        check_group_count("ck", {"optimizer_state_dict": {"state": {}, "param_groups": [{}]}}, two)
