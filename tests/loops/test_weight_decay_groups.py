@@ -257,3 +257,48 @@ def test_a_zero_partition_of_one_group_is_refused_in_a_run_of_two():
     with pytest.raises(ConfigError, match=r"ck holds ZeRO optimizer state in 1 parameter group\(s\) and this run "
                                           r"has 2: written by a preflab that put every trainable parameter in one"):
         check_group_count("ck", {"optimizer_state_dict": {"state": {}, "param_groups": [{}]}}, two)
+
+
+def test_a_sharded_checkpoint_holds_the_two_groups_and_an_earlier_one_group_one_resumes_into_them(tmp_path):
+    """One process (DCP without a process group): a tiny llama scorer with AdamW over the two groups at weight_decay
+    0.1, two steps, saved with save_sharded_checkpoint; loaded into a fresh scorer + optimizer it takes the same
+    next step. The same checkpoint rewritten as an earlier preflab wrote it (one group naming every parameter, no
+    marker) loads into the two groups (the saved settings, 0.0 on the second) and takes that step too."""
+    from preflab.scoring.lm import LogProbScorer
+    from preflab.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+
+    cfg = SimpleNamespace(optim="adamw_torch", learning_rate=1e-2, weight_decay=0.1, adam_beta1=0.9,
+                          adam_beta2=0.999, adam_epsilon=1e-8)
+
+    def build():
+        model = LogProbScorer(tiny_causal_lm(tiny_tokenizer(), arch="llama", seed=0))
+        return model, build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad], [model])
+
+    def step(model, optimizer):
+        ids = torch.arange(5, 37).reshape(2, 16)
+        model.model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return [p.detach().clone() for p in model.parameters()]
+
+    model, optimizer = build()
+    step(model, optimizer)
+    step(model, optimizer)
+    path = save_sharded_checkpoint(tmp_path, 2, model, optimizer, None, {"timeline": [["r", 0]]}, True, lambda: None)
+    meta = json.loads((path / "optimizer.json").read_text())
+    assert [g["weight_decay"] for g in meta["param_groups"]] == [0.1, 0.0] and meta[ck.WEIGHT_DECAY_GROUPS]
+    after = step(model, optimizer)
+    fresh, fresh_opt = build()
+    load_sharded_checkpoint(path, fresh, fresh_opt, None)
+    assert all(torch.equal(a, b) for a, b in zip(step(fresh, fresh_opt), after, strict=True))
+
+    names = [n for g in meta["param_groups"] for n in g["params"]]
+    legacy = {"param_groups": [{**meta["param_groups"][0], "params": names}], "state": meta["state"]}
+    (path / "optimizer.json").write_text(json.dumps(legacy))
+    marker = json.loads((path / ck.MARKER).read_text())
+    marker["files"] = ck.file_records(path)
+    (path / ck.MARKER).write_text(json.dumps(marker))
+    fresh, fresh_opt = build()
+    load_sharded_checkpoint(path, fresh, fresh_opt, None)
+    assert [g["weight_decay"] for g in fresh_opt.param_groups] == [0.1, 0.0]
+    assert all(torch.equal(a, b) for a, b in zip(step(fresh, fresh_opt), after, strict=True))
