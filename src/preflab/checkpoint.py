@@ -659,7 +659,8 @@ def regroup_state(path, sd: dict, optimizer, legacy: bool) -> dict:
     saved, current = sd["param_groups"], inner.param_groups
     order = getattr(inner, "preflab_single_group_order", None)
     decays = getattr(inner, "preflab_group_decays", None)
-    if len(saved) != 1 or order is None or len(saved[0]["params"]) != len(order) or len(decays) != len(current):
+    if len(saved) != 1 or order is None or decays is None or len(saved[0]["params"]) != len(order) \
+            or len(decays) != len(current):
         raise ConfigError(
             f"resume_from_checkpoint: {path} holds optimizer state of {len(saved)} parameter group(s) over "
             f"{sum(len(g['params']) for g in saved)} parameters, written by an earlier preflab, and this run's "

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng, what_is_kept,
-                                WEIGHT_DECAY_GROUPS,
-                                whole_file_reads, widen_scheduler_state, write_rng, write_training_state)
+from preflab.checkpoint import (WEIGHT_DECAY_GROUPS, _write_json, apply_save_total_limit, commit_checkpoint,
+                                restore_rng, what_is_kept, whole_file_reads, widen_scheduler_state, write_rng,
+                                write_training_state)
 from preflab.errors import ConfigError, PreflabError
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
