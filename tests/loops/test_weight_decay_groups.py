@@ -2,7 +2,8 @@
 parameters and 0.0 on biases and norm weights (Trainer.get_decay_parameter_names). preflab's groups hold the same
 parameters for llama / qwen2 / gpt2 / LoRA models; a DPO run at weight_decay 0.1 steps as transformers' optimizer
 replayed on its gradients; a resume with two groups is exact; a checkpoint of a preflab that put every parameter
-in one group resumes into the two groups exactly, with a note."""
+in one group (full-tensor or sharded) resumes into the two groups exactly, with a note; a one-group ZeRO partition
+and a layout that does not map are refused."""
 import json
 import sys
 from pathlib import Path
