@@ -102,7 +102,7 @@ def _optimizer_parts(optimizer) -> tuple[dict, dict]:
     """split_optimizer_state of the optimizer's state_dict, the JSON part naming its class ("optimizer": AdamW,
     Adafactor, SGD, ...; check_same_optimizer reads it)."""
     tensors, meta = split_optimizer_state(optimizer.state_dict())
-    return tensors, {**meta, "optimizer": optimizer_class(optimizer)}
+    return tensors, {**meta, "optimizer": optimizer_class(optimizer), WEIGHT_DECAY_GROUPS: True}
 
 
 def optimizer_class(optimizer) -> str:
@@ -580,10 +580,14 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler, extra_tensors
         for name, tensor in (extra_tensors or {}).items():
             tensor.copy_(extra[name])
     opt_tensors = load_file(str(path / "optimizer.safetensors"))
-    optimizer.load_state_dict(join_optimizer_state(opt_tensors, opt_meta))
+    saved = join_optimizer_state(opt_tensors, opt_meta)
+    regrouped = regroup_state(path, saved, optimizer, WEIGHT_DECAY_GROUPS not in opt_meta)
+    optimizer.load_state_dict(regrouped)
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
-        scheduler.load_state_dict(trainer_state["scheduler"])
+        groups = len(regrouped["param_groups"])
+        scheduler.load_state_dict(widen_scheduler_state(trainer_state["scheduler"], len(saved["param_groups"]),
+                                                        groups))
     restore_rng(path, rank_rng_name(path, trainer_state))
     return trainer_state
 
@@ -634,6 +638,69 @@ def check_same_optimizer(path, meta: dict, optimizer) -> None:
             f"resume_from_checkpoint: {path} holds {saved} optimizer state, and this run's optim builds "
             f"{current}; that state cannot continue in another optimizer. Resume with the checkpoint's optim, or start "
             "a new run in another output_dir.")
+
+
+WEIGHT_DECAY_GROUPS = "weight_decay_groups"
+"""optimizer.json's marker of a preflab that builds transformers' weight-decay groups
+(preflab.loops.optimizer.weight_decay_groups); a checkpoint without it put every parameter in one group."""
+
+
+def regroup_state(path, sd: dict, optimizer, legacy: bool) -> dict:
+    """Optimizer state_dict `sd` of checkpoint `path` in the layout of `optimizer`'s param groups. Unchanged unless
+    `legacy`: a checkpoint of a preflab before the weight-decay groups (no WEIGHT_DECAY_GROUPS marker: one group
+    over every trainable parameter, weight_decay on all) is read into transformers' groups (preflab.loops.optimizer.
+    weight_decay_groups): each parameter's state moves from its index in the one group (the optimizer's
+    preflab_single_group_order) to its index in the groups, exactly; every group takes the saved group's settings,
+    the one that is not the weight-decay group (preflab_group_decays) weight_decay 0.0, so the run continues with
+    the new grouping (a note says so when a parameter stops decaying). A layout that does not map: ConfigError."""
+    if not legacy:
+        return sd
+    inner = getattr(optimizer, "optimizer", optimizer)
+    saved, current = sd["param_groups"], inner.param_groups
+    order = getattr(inner, "preflab_single_group_order", None)
+    decays = getattr(inner, "preflab_group_decays", None)
+    if len(saved) != 1 or order is None or decays is None or len(saved[0]["params"]) != len(order) \
+            or len(decays) != len(current):
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} holds optimizer state of {len(saved)} parameter group(s) over "
+            f"{sum(len(g['params']) for g in saved)} parameters, written by an earlier preflab, and this run's "
+            f"optimizer has {len(current)} group(s) over {sum(len(g['params']) for g in current)}; that state does "
+            "not map onto them. Resume with the model, use_peft/LoRA settings and objective it was written with, or "
+            "start a new run in another output_dir.")
+    old_index = saved[0]["params"]
+    state = {new: sd["state"][old_index[old]] for new, old in enumerate(order) if old_index[old] in sd["state"]}
+    groups, start = [], 0
+    decay = saved[0]["weight_decay"]
+    for group, decayed in zip(current, decays, strict=True):
+        size = len(group["params"])
+        groups.append({**saved[0], "weight_decay": decay if decayed else 0.0,
+                       "params": list(range(start, start + size))})
+        start += size
+    kept = sum(len(g["params"]) for g, decayed in zip(current, decays) if not decayed)
+    if kept and _is_main_process():
+        print(f"preflab: note: {path} was written by a preflab that put every trainable parameter in one "
+              "weight-decay group; its optimizer state is read into the groups transformers' Trainer builds "
+              f"({start - kept} parameters at weight_decay {decay:g}, {kept} biases and norm weights at 0.0), so "
+              "the run continues with the new grouping"
+              + (" (the same steps: weight_decay is 0)." if decay == 0 else
+                 f" (those {kept} parameters are no longer decayed from here on)."), flush=True)
+    return {"state": state, "param_groups": groups}
+
+
+def widen_scheduler_state(state: dict, saved_groups: int, groups: int) -> dict:
+    """A learning-rate scheduler's state_dict saved over `saved_groups` (1) param groups, for `groups`: its
+    per-group lists (LambdaLR's base_lrs and _last_lr, ReduceLROnPlateau's min_lrs) repeat the one group's value
+    (regroup_state gave every group the saved group's settings). Unchanged when the counts agree."""
+    if saved_groups == groups:
+        return state
+    return {key: value * groups if key in ("base_lrs", "_last_lr", "min_lrs") and isinstance(value, list)
+            and len(value) == saved_groups == 1 else value for key, value in state.items()}
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def join_optimizer_state(tensors: dict, meta: dict) -> dict:

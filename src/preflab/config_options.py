@@ -153,8 +153,9 @@ OPTIONS: dict[str, Option] = {
                                   "warmup_stable_decay num_decay_steps, ...; unknown keys are errors)"),
     "warmup_steps": at_least(0, "linear warmup steps (give warmup_steps or warmup_ratio, not both)"),
     "warmup_ratio": within(0, 1, "warmup as a fraction of the total steps"),
-    "weight_decay": at_least(0, "weight decay of every parameter (AdamW, adafactor: decoupled; sgd, adagrad, "
-                                "rmsprop: L2 added to the gradient)"),
+    "weight_decay": at_least(0, "weight decay of every parameter but biases and norm weights, as transformers' "
+                                "Trainer groups them (AdamW, adafactor: decoupled; sgd, adagrad, rmsprop: L2 added "
+                                "to the gradient)"),
     "adam_beta1": within(0, 1, "AdamW beta1", high_open=True),
     "adam_beta2": within(0, 1, "AdamW beta2", high_open=True),
     "adam_epsilon": above(0, "AdamW epsilon"),

@@ -256,6 +256,7 @@ def load_deepspeed_checkpoint(path: str | Path, engine, scheduler) -> dict:
     per_rank = [None] * comm.get_world_size(group=group)
     per_rank[comm.get_rank(group=group)] = sd  # each rank reads only its own entry (same stage and world size)
     base_optimizer = optimizer.optimizer
+    check_group_count(path, sd, base_optimizer)
     # torch's load_state_dict puts new param_group dicts in place; under offload_optimizer_device: cpu accelerate's
     # DeepSpeedCPUAdam was built on the dicts of the AdamW that preflab's scheduler steps, so those dicts (their lr
     # is the schedule) must stay the ones the optimizer reads: kept, and given the loaded values
@@ -280,6 +281,23 @@ def load_deepspeed_checkpoint(path: str | Path, engine, scheduler) -> dict:
     for key in ENGINE_COUNTERS:
         setattr(engine, key, saved["engine"][key])
     return load_rank_training_state(path, scheduler)
+
+
+def check_group_count(path, sd: dict, base_optimizer) -> None:
+    """ConfigError when the ZeRO partition `sd` holds the base optimizer's state in another number of param groups
+    than this run's optimizer: a checkpoint of a preflab before the weight-decay groups (one group; this run has the
+    weights and the biases / norm weights apart, preflab.loops.optimizer.weight_decay_groups). ZeRO flattens each
+    group into its own partition, so that state cannot be re-cut into the groups here."""
+    saved = next((len(value["param_groups"]) for value in sd.values()
+                  if isinstance(value, dict) and "param_groups" in value), None)
+    if saved is not None and saved != len(base_optimizer.param_groups):
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} holds ZeRO optimizer state in {saved} parameter group(s) and this run "
+            f"has {len(base_optimizer.param_groups)}: written by a preflab that put every trainable parameter in "
+            "one weight-decay group (this preflab keeps biases and norm weights in a group of their own, as "
+            "transformers' Trainer does), or for another model or use_peft setting. DeepSpeed flattens each group "
+            "into its own partition, so that state cannot be re-cut. Start the run again without "
+            "resume_from_checkpoint, or resume with the preflab and settings that wrote it.")
 
 
 def replay_cpu_adam_steps(base_optimizer) -> None:

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from preflab.checkpoint import (_write_json, apply_save_total_limit, commit_checkpoint, restore_rng, what_is_kept,
-                                whole_file_reads, write_rng, write_training_state)
+from preflab.checkpoint import (WEIGHT_DECAY_GROUPS, _write_json, apply_save_total_limit, commit_checkpoint,
+                                restore_rng, what_is_kept, whole_file_reads, widen_scheduler_state, write_rng,
+                                write_training_state)
 from preflab.errors import ConfigError, PreflabError
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
@@ -109,7 +110,7 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, model, optimizer,
         dcp.save(opt_tensors, storage_writer=HuggingFaceStorageWriter(str(tmp / OPTIMIZER_DIR),
                                                                       save_distributed=True))
         if is_main:
-            _write_json(tmp / "optimizer.json", opt_meta)
+            _write_json(tmp / "optimizer.json", {**opt_meta, WEIGHT_DECAY_GROUPS: True})
 
     return save_rank_checkpoint(output_dir, step, write_shards, scheduler, {**state, "checkpoint_format": "sharded"},
                                 is_main, barrier, save_total_limit)
@@ -164,7 +165,7 @@ def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> di
 
     path = Path(path)
     inner = _inner(optimizer)
-    model_sd, opt_tensors = _destination(model, optimizer)
+    model_sd, opt_tensors, groups = _destination(model, optimizer)
     try:
         dcp.load(model_sd, storage_reader=HuggingFaceStorageReader(str(path / MODEL_DIR)))
         dcp.load(opt_tensors, storage_reader=HuggingFaceStorageReader(str(path / OPTIMIZER_DIR)))
@@ -178,19 +179,47 @@ def load_sharded_checkpoint(path: str | Path, model, optimizer, scheduler) -> di
     for key, value in opt_tensors.items():
         fqn, _, name = key.rpartition(".")
         state.setdefault(fqn, {})[name] = value
+    param_groups = regroup_named(path, meta["param_groups"], groups, optimizer, WEIGHT_DECAY_GROUPS not in meta)
     set_state_dict(model, inner, model_state_dict=model_sd,
-                   optim_state_dict={"state": state, "param_groups": meta["param_groups"]},
+                   optim_state_dict={"state": state, "param_groups": param_groups},
                    options=_options(loading=True))
-    return load_rank_training_state(path, scheduler)
+    return load_rank_training_state(path, scheduler, len(meta["param_groups"]), len(param_groups))
 
 
-def _destination(model, optimizer) -> tuple[dict, dict]:
+def regroup_named(path, saved: list[dict], current: list[dict], optimizer, legacy: bool) -> list[dict]:
+    """The saved param_groups (parameters named by fully qualified names) in this run's layout `current`
+    (`optimizer`'s groups, by fqn): unchanged unless `legacy`; the one group of a preflab before the weight-decay
+    groups becomes the groups this run builds (preflab.loops.optimizer.weight_decay_groups), with the saved settings
+    and weight_decay 0.0 on the group that is not the weight-decay one, as preflab.checkpoint.regroup_state does
+    (the state, keyed by name, needs no move; a note says so when a parameter stops decaying)."""
+    if not legacy:
+        return saved
+    decays = getattr(_inner(optimizer), "preflab_group_decays", None)
+    if len(saved) != 1 or decays is None or len(decays) != len(current) or sorted(saved[0]["params"]) != sorted(
+            name for group in current for name in group["params"]):
+        raise ConfigError(
+            f"resume_from_checkpoint: {path} holds optimizer state of {len(saved)} parameter group(s), written by an "
+            f"earlier preflab, that does not map onto this run's {len(current)} group(s). Resume with the model, "
+            "use_peft/LoRA settings and objective it was written with, or start a new run in another output_dir.")
+    decay = saved[0]["weight_decay"]
+    kept = sum(len(group["params"]) for group, decayed in zip(current, decays) if not decayed)
+    if kept and _rank_world()[0] == 0:
+        print(f"preflab: note: {path} was written by a preflab that put every trainable parameter in one "
+              "weight-decay group; its optimizer state is read into the groups transformers' Trainer builds "
+              f"({kept} biases and norm weights now at weight_decay 0.0), so the run continues with the new "
+              "grouping.", flush=True)
+    return [{**saved[0], "weight_decay": decay if decayed else 0.0, "params": list(group["params"])}
+            for group, decayed in zip(current, decays, strict=True)]
+
+
+def _destination(model, optimizer) -> tuple[dict, dict, list]:
     """This run's layout DCP loads into: (the model's trainable state dict, the optimizer's state tensors keyed
-    "<fqn>.<key>"). Getting it also gives a fresh optimizer its state tensors."""
+    "<fqn>.<key>", its param_groups naming the parameters by fqn). Getting it also gives a fresh optimizer its
+    state tensors."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(model, _inner(optimizer), options=_options())
-    return model_sd, _split_optimizer(optim_sd)[0]
+    return model_sd, _split_optimizer(optim_sd)[0], optim_sd["param_groups"]
 
 
 def rng_to_restore(path: Path, trainer_state: dict) -> str:
@@ -202,12 +231,13 @@ def rng_to_restore(path: Path, trainer_state: dict) -> str:
     return own if same_world else "rng"
 
 
-def load_rank_training_state(path: Path, scheduler) -> dict:
+def load_rank_training_state(path: Path, scheduler, saved_groups: int = 1, groups: int = 1) -> dict:
     """Restore the scheduler and this rank's RNG (rng_to_restore) from a per-rank checkpoint; returns
-    trainer_state.json."""
+    trainer_state.json. A scheduler saved over saved_groups param groups is widened to `groups`
+    (preflab.checkpoint.widen_scheduler_state)."""
     trainer_state = json.loads((path / "trainer_state.json").read_text())
     if scheduler is not None and trainer_state.get("scheduler"):
-        scheduler.load_state_dict(trainer_state["scheduler"])
+        scheduler.load_state_dict(widen_scheduler_state(trainer_state["scheduler"], saved_groups, groups))
     restore_rng(path, rng_to_restore(path, trainer_state))
     return trainer_state
 
@@ -230,7 +260,7 @@ def sharded_reads(path: str | Path, model, optimizer) -> dict[str, int]:
     from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
     path = Path(path)
-    model_sd, opt_tensors = _destination(model, optimizer)
+    model_sd, opt_tensors, _ = _destination(model, optimizer)
     rank, _ = _rank_world()
     reads: dict[str, int] = {}
     for folder, state_dict in ((MODEL_DIR, model_sd), (OPTIMIZER_DIR, opt_tensors)):

@@ -187,7 +187,11 @@ def test_zero2_and_zero3_stop_and_resume_equal_the_straight_run_bit_for_bit(tmp_
     run(plain, save_steps=2, **same)
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 
-    n = sum(p.numel() for p in tiny_causal_lm(tiny_tokenizer(), arch="gpt2").parameters())  # lm_head tied: once
+    from preflab.loops.optimizer import weight_decay_groups
+
+    model = tiny_causal_lm(tiny_tokenizer(), arch="gpt2")
+    groups, _ = weight_decay_groups(list(model.parameters()), [model], 0.0)  # the weights, then biases and norms
+    sizes = [sum(p.numel() for p in group["params"]) for group in groups]  # lm_head tied: counted once
     z2, z3 = tmp_path / "z2", tmp_path / "z3"
     _launch(accelerate_launch, ROOT / "examples/accelerate/zero2.yaml", z2, plain / "checkpoint-2")
     _launch(accelerate_launch, ROOT / "examples/accelerate/zero3.yaml", z3, plain / "checkpoint-2",
@@ -206,8 +210,10 @@ def test_zero2_and_zero3_stop_and_resume_equal_the_straight_run_bit_for_bit(tmp_
         partition = load_file(ckpt / "zero/rank0.safetensors")
         master = "single_partition_of_fp32_groups.0" if stage == 2 else "fp32_flat_groups.0"
         adam = "base_optimizer_state" if stage == 2 else "optimizer_state_dict"
-        assert partition[master].numel() == partition[f"{adam}.0.exp_avg"].numel() == n  # every trainable weight
-        assert partition[f"{adam}.0.step"].item() == 2
+        master = master[:-1]
+        for group, size in enumerate(sizes):  # every trainable weight, in its weight-decay group
+            assert partition[f"{master}{group}"].numel() == partition[f"{adam}.{group}.exp_avg"].numel() == size
+            assert partition[f"{adam}.{group}.step"].item() == 2
         assert json.loads((ckpt / "zero/rank0.json").read_text())["engine"]["global_steps"] == 2
 
         refusals = json.loads((base / "refusals.json").read_text())

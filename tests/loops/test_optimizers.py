@@ -138,8 +138,8 @@ def _recording(monkeypatch, record: list):
     the parameters after it."""
     real = optimizer_module.build_optimizer
 
-    def build(cfg, params):
-        opt = real(cfg, params)
+    def build(cfg, params, owners=None):
+        opt = real(cfg, params, owners)
 
         def before(optimizer, args, kwargs):
             record.append({"params": [p.detach().clone() for p in params], "lr": optimizer.param_groups[0]["lr"],

@@ -266,7 +266,11 @@ class Trainer(TrainingRun):
         if self.producer is not None:  # trained with the policy, saved in checkpoints (checkpoint_extras)
             self.extra_params += self.producer.parameters()
         self.params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = make_optimizer(cfg, self.params + self.extra_params, self.total_steps)
+        owners = [self.policy, *([self.objective] if isinstance(self.objective, torch.nn.Module) else []),
+                  *([self.producer.module()] if self.producer is not None and self.producer.module() is not None
+                    else [])]  # the modules naming the parameters (weight-decay groups: make_optimizer)
+        self.optimizer, self.scheduler = make_optimizer(cfg, self.params + self.extra_params, self.total_steps,
+                                                        owners)
         if cfg.torch_compile:  # preflab.scoring.compile: what is compiled, and how shapes stay dynamic
             self.compile_graphs_before = graphs_compiled()
             self.scorer = compile_scorer(self.scorer, cfg)

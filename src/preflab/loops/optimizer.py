@@ -7,6 +7,7 @@ the schedule re-applied after a resume."""
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 
@@ -173,16 +174,77 @@ def follow_schedule(scheduler) -> tuple[float, float] | None:
     return None if groups[0]["lr"] == old else (old, groups[0]["lr"])
 
 
-def make_optimizer(cfg, params: list, total_steps: int):
-    """The optimizer cfg.optim names (build_optimizer) and its schedule."""
-    optimizer = build_optimizer(cfg, params)
+NO_DECAY_NAME_PATTERNS = tuple(re.compile(p) for p in (
+    r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"))
+"""transformers 5 Trainer.get_decay_parameter_names's name patterns, searched in the lower-cased parameter name."""
+
+
+def decays_weight(model: torch.nn.Module, name: str) -> bool:
+    """Whether transformers' Trainer.create_optimizer puts parameter `name` of `model` in its weight-decay group
+    (Trainer.get_decay_parameter_names through trainer_pt_utils.get_parameter_names): not when the lower-cased name
+    contains "bias", "layernorm" or "rmsnorm", has a dotted component "norm" or one ending in "_norm" (Llama's
+    input_layernorm / model.norm, Qwen3's q_norm), and not when any module on its path is a torch.nn.LayerNorm
+    (transformers' ALL_LAYERNORM_LAYERS); every other parameter decays. (Searching the whole name equals
+    get_parameter_names' search at every level: a pattern anchored at ^ there starts after a '.' of the name.)"""
+    if any(pattern.search(name.lower()) for pattern in NO_DECAY_NAME_PATTERNS):
+        return False
+    module = model
+    for part in name.split(".")[:-1]:
+        module = module.get_submodule(part)
+        if isinstance(module, torch.nn.LayerNorm):
+            return False
+    return True
+
+
+def weight_decay_groups(params: list, owners, weight_decay: float) -> tuple[list[dict], list[bool]]:
+    """transformers' two parameter groups over `params` (each a parameter of one of the modules `owners`, named by
+    the first owner that holds it, as named_parameters names a shared tensor once): [{params that decays_weight,
+    weight_decay}, {the others (biases, norm weights), weight_decay 0.0}], each in the order of `params`, as
+    Trainer.create_optimizer builds them, except that an empty group is left out (a LoRA model has no bias or norm
+    among its trainable parameters): DeepSpeed's engine drops empty groups, which would leave the schedule one rate
+    too many, and the one group left is the layout of a preflab before these groups. owners None: `params` has no
+    names, and every parameter decays (a bare parameter list, as get_parameter_names leaves a module's own
+    parameters without bias / norm names). Returns (the groups, per group: whether it is the weight-decay one)."""
+    params = list(params)
+    if owners is None:
+        decayed = {id(p) for p in params}
+    else:
+        named, decayed = set(), set()
+        for owner in owners:
+            for name, p in owner.named_parameters():
+                if id(p) not in named:
+                    named.add(id(p))
+                    if decays_weight(owner, name):
+                        decayed.add(id(p))
+        unnamed = sum(id(p) not in named for p in params)
+        if unnamed:
+            raise ValueError(f"{unnamed} of the {len(params)} parameters to optimize belong to none of the modules "
+                             "given to name them; their weight-decay group is unknown")
+    groups = [{"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+              {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0}]
+    kept = [group for group in groups if group["params"]] or groups[:1]
+    return kept, [group is groups[0] for group in kept]
+
+
+def single_group_order(groups: list[dict], params: list) -> list[int]:
+    """For each parameter in the groups' order (the optimizer state_dict's indices), its position in `params`: the
+    index an earlier preflab, which put `params` in one group, gave its state (preflab.checkpoint.regroup_state)."""
+    position = {id(p): i for i, p in enumerate(params)}
+    return [position[id(p)] for group in groups for p in group["params"]]
+
+
+def make_optimizer(cfg, params: list, total_steps: int, owners=None):
+    """The optimizer cfg.optim names over transformers' two weight-decay groups of `params` (build_optimizer;
+    owners: the modules that name them) and its schedule."""
+    optimizer = build_optimizer(cfg, params, owners)
     warmup = cfg.warmup_steps or math.ceil(cfg.warmup_ratio * total_steps)  # transformers: ceil
     return optimizer, make_scheduler(optimizer, cfg.lr_scheduler_type, total_steps, warmup,
                                      getattr(cfg, "lr_scheduler_kwargs", None))
 
 
-def build_optimizer(cfg, params: list) -> torch.optim.Optimizer:
-    """cfg.optim over `params` (one parameter group, weight_decay = cfg.weight_decay), with the classes and keyword
+def build_optimizer(cfg, params: list, owners=None) -> torch.optim.Optimizer:
+    """cfg.optim over transformers' two parameter groups of `params` (weight_decay_groups: cfg.weight_decay on all
+    but biases and norm weights, 0.0 on those; owners: the modules naming `params`), with the classes and keyword
     arguments transformers' Trainer.get_optimizer_cls_and_kwargs gives (preflab.optimizer_options):
     - adamw_torch_fused (default), adamw_hf: torch AdamW(lr, betas=(adam_beta1, adam_beta2), eps=adam_epsilon), the
       fused kernel where the tensors allow (transformers asks for fused=True);
@@ -191,21 +253,28 @@ def build_optimizer(cfg, params: list) -> torch.optim.Optimizer:
       learning_rate times the clipped update g / sqrt(v_hat), v_hat factored into row and column means for matrices
       (Shazeer & Stern 2018, arXiv:1804.04235), decay 1 - t^-0.8, no first moment;
     - sgd, adagrad, rmsprop: torch's, with the optim_args keys each reads.
-    weight_decay sits on the parameter group, as Trainer.create_optimizer puts it (it overrides the class default)."""
+    weight_decay sits on each parameter group, as Trainer.create_optimizer puts it (it overrides the class default).
+    The optimizer carries preflab_single_group_order (single_group_order) and preflab_group_decays (per group:
+    the weight-decay group or not) for a resume from a one-group checkpoint (preflab.checkpoint.regroup_state)."""
     from preflab.optimizer_options import ADAMW, optim_arg_values
 
+    params = list(params)
     optim = getattr(cfg, "optim", "adamw_torch_fused")
-    lr, decay = cfg.learning_rate, cfg.weight_decay
+    lr = cfg.learning_rate
+    groups, decays = weight_decay_groups(params, owners, cfg.weight_decay)
     if optim in ADAMW:
         fused = optim != "adamw_torch" and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
                                                for p in params)
-        return torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                                 weight_decay=decay, fused=fused or None)
-    groups = [{"params": list(params), "weight_decay": decay}]
-    kwargs = optim_arg_values(optim, getattr(cfg, "optim_args", None))
-    if optim == "adafactor":
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                                      fused=fused or None)
+    elif optim == "adafactor":
         from transformers.optimization import Adafactor
 
-        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
-    classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
-    return classes[optim](groups, lr=lr, **kwargs)
+        optimizer = Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
+    else:
+        kwargs = optim_arg_values(optim, getattr(cfg, "optim_args", None))
+        classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
+        optimizer = classes[optim](groups, lr=lr, **kwargs)
+    optimizer.preflab_single_group_order = single_group_order(groups, params)
+    optimizer.preflab_group_decays = decays
+    return optimizer

@@ -215,7 +215,8 @@ def _policy_step_copy(run, pi_t: np.ndarray) -> np.ndarray:
         # took a tenth of the step)
         own = dict(run.policy.named_parameters()) | dict(run.policy.named_buffers())
         pairs = [(t, own[n]) for n, t in [*half.named_parameters(), *half.named_buffers()]]
-        run._half = (half, params, make_optimizer(run.cfg, params, run.total_steps)[0], LogProbScorer(half), pairs)
+        optimizer = make_optimizer(run.cfg, params, run.total_steps, [half])[0]  # the policy's weight-decay groups
+        run._half = (half, params, optimizer, LogProbScorer(half), pairs)
     half, params, optimizer, scorer, pairs = run._half
     with torch.no_grad():
         for mine, theirs in pairs:

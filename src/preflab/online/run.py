@@ -275,7 +275,7 @@ class OnlineRun(TrainingRun):
         self._resolve_epoch_schedule()
         self.scorer = self.scorer_class(policy, cfg.chunk_tokens, self.score_temperature)
         self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
+        self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps, [policy])
         policy.to(acc.device)
         if self.ref is not None:
             self.ref.to(acc.device)

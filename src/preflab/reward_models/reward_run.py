@@ -52,7 +52,7 @@ class RewardRun(TrainingRun):
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
+        optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps, [model])
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
         self.sync_module = self.checkpoint_module = self.model
         self.params = [p for p in model.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
