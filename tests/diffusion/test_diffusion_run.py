@@ -659,3 +659,15 @@ def test_diffusion_epoch_strategies_evaluate_and_save_each_epoch(assets, tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "eval_loss" in r] == [2, 4]
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_weight_decay_applies_to_every_unet_parameter_as_diffusers_scripts_build_adamw(assets, tmp_path):
+    """Diffusion runs keep one parameter group with weight_decay on every trainable parameter (diffusers'
+    train_diffusion_dpo.py: AdamW(unet.parameters(), weight_decay=adam_weight_decay)); the UNet's biases and norm
+    weights are in it, where a text run (transformers' groups) would exempt them."""
+    run = DiffusionRun(make_cfg(assets, tmp_path / "run", max_steps=1, weight_decay=0.01))
+    groups = run.optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01]
+    named = dict(run.module.unet.named_parameters())
+    held = {id(p) for p in groups[0]["params"]}
+    assert any("bias" in n or "norm" in n for n in named) and all(id(p) in held for p in named.values())

@@ -282,7 +282,9 @@ class DiffusionRun(TrainingRun):
 
         resolve_epoch_eval(cfg, self.plan.steps_per_epoch, self.main)  # eval / save_strategy: epoch (they went unread)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps, [self.module])
+        # weight_decay on every trainable parameter, as diffusers' training scripts (train_diffusion_dpo.py, the
+        # Diffusion-DPO release) build AdamW; text runs follow transformers' groups (loops.optimizer)
+        self.optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps)
         self.sync_module, self.optimizer = self.accelerator.prepare(self.module, self.optimizer)
         self.params = [p for p in self.module.parameters() if p.requires_grad]  # FSDP2 replaces them (DTensor)
         self.checkpoint_module = self.trainables
