@@ -105,8 +105,9 @@ def run_python(
 ) -> SandboxResult:
     """Run `code` as `main.py` with `python -I -B` in a fresh temporary folder and return a `SandboxResult`.
 
-    timeout_s: wall-clock limit. cpu_s: CPU-time limit per process (default ceil(timeout_s)). memory_mb: address
-    space per process (RLIMIT_AS). max_output_bytes: cap for stdout and for stderr, each. max_processes: processes
+    timeout_s: wall-clock limit. cpu_s: CPU-time limit per process (default ceil(timeout_s) + 1: a program that
+    spins in one thread is ended by the wall clock, one whose threads burn CPU faster than it by the CPU limit).
+    memory_mb: address space per process (RLIMIT_AS). max_output_bytes: cap for stdout and for stderr, each. max_processes: processes
     and threads alive at once (RLIMIT_NPROC on a fresh uid when run as root). max_file_mb: largest file a process
     may write (RLIMIT_FSIZE). files: extra files for the working folder, {relative path: text}. python: the
     interpreter (default: this one). env: extra environment variables (the environment is otherwise minimal).
@@ -130,7 +131,9 @@ def _run_python(code: str, *, stdin: str = "", timeout_s: float = 5.0, cpu_s: fl
     if not sys.platform.startswith("linux"):
         raise SandboxError(f"preflab.sandbox needs Linux (rlimits, namespaces, Landlock); this is {sys.platform}.")
     exe = python or sys.executable
-    cpu_limit = max(1, math.ceil(cpu_s if cpu_s is not None else timeout_s))
+    # default one CPU second past the wall limit: a single-threaded spin is ended by the wall clock (SIGKILL, "wall"),
+    # never by RLIMIT_CPU firing in the same instant (a race that gave either verdict on a quiet machine)
+    cpu_limit = max(1, math.ceil(cpu_s)) if cpu_s is not None else math.ceil(timeout_s) + 1
     workdir = Path(tempfile.mkdtemp(prefix="preflab-sbx-"))
     uid_lock = None
     guard_r = guard_w = -1
