@@ -3942,6 +3942,7 @@ MUTANTS += [
 # late-before note and control_<metric>_after, the unpaired eval's beta note). Mutants named `my-*`.
 MY_OPTIONS = ["tests/test_optimizer_options.py"]
 MY_OPTIM = ["tests/loops/test_optimizers.py"]
+MY_PAGED = ["tests/test_config_trl.py::test_8bit_and_paged_optimizers_are_refused_naming_what_saves_that_memory"]
 MY_PLAN = ["tests/test_plan.py"]
 MY_SEEDED = ["tests/test_generate_seeded.py"]
 MY_KD = ["tests/loops/test_distill_run.py::" + t for t in (
@@ -3974,7 +3975,8 @@ MUTANTS += [
            [('values.get("dampening", 0.0) != 0)', 'values.get("dampening", 0.0) < 0)')], MY_OPTIONS,
            "nesterov with dampening > 0 accepted (torch SGD refuses it at the build)"),
     Mutant("my-optim-paged-not-named", "optimizer_options.py",
-           [('("8bit", "4bit", "paged", "bnb")', '("8bit", "4bit", "bnb")')], MY_OPTIONS,
+           [('("8bit", "4bit", "paged", "bnb")', '("8bit", "4bit", "bnb")')],
+           MY_OPTIONS + MY_PAGED,
            "paged_adamw_32bit is refused without naming what saves optimizer memory"),
     Mutant("my-optim-sgd-state-always", "optimizer_options.py",
            [('total += numel if args.get("momentum", 0.0) > 0 else 0', 'total += numel')], MY_PLAN + MY_OPTIONS,
@@ -3984,7 +3986,8 @@ MUTANTS += [
              'numel * (1 + (args.get("momentum", 0.0) > 0))')], MY_PLAN + MY_OPTIONS,
            "the plan leaves out centered RMSprop's grad_avg"),
     Mutant("my-optim-adafactor-vector-factored", "optimizer_options.py",
-           [("        elif len(shape) >= 2:  # adafactor, factored", "        elif len(shape) >= 1:  # adafactor, factored")],
+           [("        elif len(shape) >= 2:  # adafactor, factored",
+             "        elif len(shape) >= 1:  # adafactor, factored")],
            MY_PLAN + MY_OPTIONS, "the plan factors Adafactor's vectors (1 + n values instead of n)"),
     Mutant("my-plan-adafactor-state-in-load-dtype", "plan.py",
            [('state_bytes = BYTES["float32"] if optim == "adafactor" else None', 'state_bytes = None')], MY_PLAN,
@@ -4055,10 +4058,12 @@ MUTANTS += [
            MY_SEEDED + MY_KD, "the row's generators are re-seeded at every token: each position gets the same noise"),
     # loops/distill.py
     Mutant("my-kd-row-seed-without-step", "loops/distill.py",
-           [('f"distill-sample:{self.cfg.seed}:{step}:{index}:{who}"', 'f"distill-sample:{self.cfg.seed}:{index}:{who}"')],
+           [('f"distill-sample:{self.cfg.seed}:{step}:{index}:{who}"',
+             'f"distill-sample:{self.cfg.seed}:{index}:{who}"')],
            MY_KD, "a row samples the same completion at every step (its seed leaves out the step)"),
     Mutant("my-kd-row-seed-without-who", "loops/distill.py",
-           [('f"distill-sample:{self.cfg.seed}:{step}:{index}:{who}"', 'f"distill-sample:{self.cfg.seed}:{step}:{index}"')],
+           [('f"distill-sample:{self.cfg.seed}:{step}:{index}:{who}"',
+             'f"distill-sample:{self.cfg.seed}:{step}:{index}"')],
            MY_KD, "the student and the teacher draw the same noise for a row"),
     Mutant("my-kd-seed-by-micro-batch-position", "loops/distill.py",
            [("[self.row_seed(step, i, who) for i in mb.index]",
@@ -4072,8 +4077,10 @@ MUTANTS += [
            [('        if self.on_policy(step):\n            model, who = self.accelerator.unwrap_model(self.policy), '
              '"student"\n        elif self.cfg.seq_kd:\n            model, who = self.ref, "teacher"\n',
              '        if self.cfg.seq_kd:\n            model, who = self.ref, "teacher"\n        elif '
-             'self.on_policy(step):\n            model, who = self.accelerator.unwrap_model(self.policy), "student"\n')],
-           MY_KD, "with seq_kd the teacher samples every step, the student never (TRL: the student with probability lmbda)"),
+             'self.on_policy(step):\n            model, who = '
+             'self.accelerator.unwrap_model(self.policy), "student"\n')],
+           MY_KD, "with seq_kd the teacher samples every step, the student never (TRL: the student with probability "
+                  "lmbda)"),
     Mutant("my-kd-top-k-not-passed", "loops/distill.py",
            [("top_k=int(cfg.top_k), top_p=float(cfg.top_p)", "top_k=0, top_p=float(cfg.top_p)")], MY_KD,
            "top_k is accepted for distillation and not applied to its sampling"),
@@ -4124,8 +4131,8 @@ MUTANTS += [
              "        return at < len(texts) and texts[at] == prompt")], MY_LEFTOVERS,
            "a prompt that a text row begins with is not counted as trained on"),
     Mutant("my-sft-overlap-pair-rule", "eval/run.py",
-           [('rule = SFT_SEQUENCES if cfg.get("task") == "sft" and training_rows_are_own(training, cfg) else TEXT_PAIRS',
-             'rule = TEXT_PAIRS')], MY_LEFTOVERS,
+           [('rule = SFT_SEQUENCES if cfg.get("task") == "sft" and training_rows_are_own(training, cfg) else '
+             'TEXT_PAIRS', 'rule = TEXT_PAIRS')], MY_LEFTOVERS,
            "an SFT run's rows are compared with eval pairs as pairs (nothing ever matches)"),
     Mutant("my-sft-overlap-text-field-ignored", "eval/run.py",
            [('text_field = str(cfg.get("dataset_text_field") or "text")', 'text_field = "text"')], MY_LEFTOVERS,

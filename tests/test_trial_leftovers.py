@@ -289,8 +289,8 @@ def test_sft_overlap_counts_each_form_by_hand(tmp_path):
     sft = write_jsonl(tmp_path / "body.jsonl", [{"body": f"Q: {i}\nA{i}"} for i in range(4)])
     from preflab.data.rows import load_rows
 
-    examples = load_rows(write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Q: 1\n", "chosen": "A1", "rejected": "no"}]),
-                         kind="pairwise")[0]
+    pair_file = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Q: 1\n", "chosen": "A1", "rejected": "no"}])
+    examples = load_rows(pair_file, kind="pairwise")[0]
     record = training_overlap(examples, {"task": "sft", "dataset_name": sft, "dataset_text_field": "body"})[0]
     assert (record["prompts"], record["pairs"], record["training_sequences"]) == (1, 1, 4)
 

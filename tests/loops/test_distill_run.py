@@ -288,7 +288,8 @@ def test_a_sampled_step_is_trls_gkd_step(tmp_path, who):
 def test_seq_kd_samples_the_teacher_with_the_row_seeds_off_policy_and_the_student_on_policy(tmp_path):
     """seq_kd, lmbda 0.5 and every sampling option (temperature 0.8, top_p 0.9, top_k 40, min_p 0.02,
     repetition_penalty 1.3): an off-policy step's completions are the teacher's row-seeded samples (seeds
-    row_seed(step, index, "teacher")) with those options, an on-policy step's the student's (row_seed(.., "student"))."""
+    row_seed(step, index, "teacher")) with those options, an on-policy step's the student's (row_seed(..,
+    "student"))."""
     from preflab.generate_seeded import generate_ids_row_seeded
 
     sampling = dict(temperature=0.8, top_p=0.9, top_k=40, min_p=0.02, repetition_penalty=1.3)
