@@ -355,16 +355,17 @@ def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monk
 
 def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys):
     """`preflab eval RUN --task distill --data F` on a run that evaluated on F (eval_dataset_name) gives the run's
-    final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy (the trained student against the
-    run's teacher, the same rows and truncation); --reference names another teacher (the student itself: 0); a
-    run without a teacher and --no-reference are refused; the default eval's note on a distillation run says what
-    its beta is."""
+    final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy
+    (the trained student against the run's teacher, the same rows and truncation); --reference names another
+    teacher (the student itself: 0); a run without a teacher and --no-reference are refused; the default eval's
+    note on a distillation run says what its beta is. The divergence's temperature is divergence_temperature (0.8;
+    the sampling temperature stays 1), which eval.json names."""
     from preflab.cli import main
     from preflab.eval.run import eval_beta
 
     data = str(ROOT / "examples/data/loud_echo_sft.jsonl")
     run = tmp_path / "run"
-    cfg = _cfg(tmp_path, beta=0.5, temperature=0.8, max_steps=2, learning_rate=1e-2, eval_dataset_name=data,
+    cfg = _cfg(tmp_path, beta=0.5, divergence_temperature=0.8, max_steps=2, learning_rate=1e-2, eval_dataset_name=data,
                eval_steps=1, save_steps=1, logging_steps=1, per_device_eval_batch_size=8)
     final = DistillTrainer(cfg).train()["final_metrics"]
     step1 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
