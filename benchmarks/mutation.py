@@ -3993,7 +3993,7 @@ MUTANTS += [
            [('state_bytes = BYTES["float32"] if optim == "adafactor" else None', 'state_bytes = None')], MY_PLAN,
            "the plan counts Adafactor's float32 state in load_dtype bytes"),
     # loops/optimizer.py build_optimizer
-    Mutant("my-optim-adamw-torch-fused", "loops/optimizer.py",
+    Mutant("my-optim-fused-kernel-swapped", "loops/optimizer.py",
            [('fused = optim != "adamw_torch" and', 'fused = optim != "adamw_hf" and')], MY_OPTIM,
            "adamw_torch builds the fused kernel and adamw_hf the unfused one"),
     Mutant("my-optim-adafactor-scale-parameter", "loops/optimizer.py",
@@ -4012,7 +4012,7 @@ MUTANTS += [
            [('saved, current = meta.get("optimizer", "AdamW"), optimizer_class(optimizer)',
              'saved, current = meta.get("optimizer", optimizer_class(optimizer)), optimizer_class(optimizer)')],
            MY_OPTIM, "a checkpoint naming no class (an older preflab's AdamW) resumes into any optimizer"),
-    Mutant("my-resume-adamw-hf-old-refused", "resume_check.py",
+    Mutant("my-resume-old-hf-adam-refused", "resume_check.py",
            [('("optim", None, "adamw_torch"), ("optim", None, "adamw_hf")})', '("optim", None, "adamw_torch")})')],
            ["tests/test_resume_check.py", "tests/test_resume_check_rules.py"] + MY_OPTIM,
            "a TRL config's adamw_hf resuming a checkpoint of a preflab before optim is refused as a changed optim"),
