@@ -3950,7 +3950,8 @@ MY_KD = ["tests/loops/test_distill_run.py::" + t for t in (
     "same_on_every_draw", "test_an_on_policy_step_distils_on_the_students_samples", "test_accumulation_equals_one_big_"
     "batch", "test_a_sampled_step_is_trls_gkd_step", "test_seq_kd_samples_the_teacher_with_the_row_seeds_off_policy_"
     "and_the_student_on_policy", "test_run_loss_is_trls_generalized_jsd_on_the_dataset_completions",
-    "test_packed_rows_give_the_padded_rows_divergence_and_gradient", "test_an_on_policy_run_resumes_exactly")]
+    "test_packed_rows_give_the_padded_rows_divergence_and_gradient", "test_an_on_policy_run_resumes_exactly",
+    "test_a_rows_sample_is_the_same_in_any_micro_batch_split_and_its_seed_is_its_own")]
 MY_KD_EVAL = ["tests/loops/test_distill_run.py::test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics"]
 MY_LEFTOVERS = ["tests/test_trial_leftovers.py"]
 MY_REPORT = ["tests/test_trial_leftovers.py", "tests/report/test_report_headline.py",
