@@ -88,8 +88,9 @@ def test_refusals(tmp_path):
         _cfg(tmp_path, beta=2.0).objective()
     with pytest.raises(ConfigError, match="temperature"):
         _cfg(tmp_path, teacher_model_name_or_path=None, temperature=0.7)
-    with pytest.raises(ConfigError, match="packing_strategy: wrapped with teacher_model_name_or_path: it cuts rows"):
-        _cfg(tmp_path, packing=True, packing_strategy="wrapped")
+    for strategy in ("wrapped", "bfd_split"):  # both cut rows; only bfd packs whole rows
+        with pytest.raises(ConfigError, match=f"packing_strategy: {strategy} with teacher_model_name_or_path: it cuts"):
+            _cfg(tmp_path, packing=True, packing_strategy=strategy)
     with pytest.raises(ConfigError, match="precompute_ref_log_probs with a teacher"):
         _cfg(tmp_path, precompute_ref_log_probs=True)
     with pytest.raises(ConfigError, match="max_completion_length applies to sampled completions"):  # none sampled
