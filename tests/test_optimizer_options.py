@@ -34,6 +34,9 @@ def test_optim_args_are_read_as_transformers_reads_them():
     ("sgd", "nesterov=true", "nesterov=true needs momentum > 0 and dampening 0"),
     ("sgd", "momentum=0.9,nesterov=ture", "nesterov='ture' is not a bool"),
     ("rmsprop", "alpha=-1", "alpha='-1' must be a finite number >= 0"),
+    ("adagrad", "eps=-1e-10", "eps='-1e-10' must be a finite number >= 0"),
+    ("sgd", "momentum=0.9,dampening=0.1,nesterov=true", "nesterov=true needs momentum > 0 and dampening 0"),
+    ("sgd", "momentum=0.9,weight_decay=0", "weight_decay in optim_args is overridden by the weight_decay option"),
     ("rmsprop", "eps", "'eps' is not key=value"),
     ("sgd", {"momentum": 0.9}, "optim_args must be str"),
 ])

@@ -65,3 +65,16 @@ def test_max_length_is_compared_after_the_cap_the_checkpoints_run_applied(tmp_pa
         check_resume_config(saved, _cfg(tmp_path), "checkpoint-2", note=print, positions=None)
     assert capped_at_positions({"max_length": 300, "seed": 1}, 512) == {"max_length": 300, "seed": 1}
     assert capped_at_positions({"max_length": None, "seed": 1}, 512) == {"max_length": 512, "seed": 1}
+
+
+def test_a_checkpoint_saved_before_optim_existed_resumes_as_adamw_torch_or_adamw_hf_and_refuses_sgd(tmp_path):
+    """A preflab before `optim` was an option saved none (it popped a TRL config's adamw_torch / adamw_hf and built
+    AdamW): resuming it with optim adamw_torch or adamw_hf is a noted change of option, not one of what the run
+    computes; with sgd it is (another optimizer) and is refused."""
+    saved = {k: v for k, v in _cfg(tmp_path).to_dict().items() if k != "optim"}
+    for optim in ("adamw_torch", "adamw_hf"):
+        notes = []
+        check_resume_config(saved, _cfg(tmp_path, optim=optim), "checkpoint-2", note=notes.append)
+        assert notes == [f"preflab: note: resuming with changed option(s): optim (None -> '{optim}')."]
+    with pytest.raises(ConfigError, match=r"change what the run computes: optim \(None -> 'sgd'\)"):
+        check_resume_config(saved, _cfg(tmp_path, optim="sgd"), "checkpoint-2", note=print)

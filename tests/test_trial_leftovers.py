@@ -256,3 +256,68 @@ def test_the_report_says_the_held_out_answers_cut_and_the_prompts_unscored(tmp_p
     assert "(66.7% of them at the last, step 6)" in write_report([str(run)], str(tmp_path / "r.html")).read_text()
     quiet = _online_dataset_run(tmp_path / "quiet")  # its rows log eval_judge/dropped 0 and no clipped ratio
     assert not any(n.startswith("held-out eval") for n in load_run(quiet).missing)
+
+
+def test_sft_overlap_counts_each_form_by_hand(tmp_path):
+    """data.overlap.sft_overlap_counts on one row of each form, each eval pair's verdict written out: a messages
+    row's prompt is its turns before the last assistant turn (that turn is the response, not prompt); a pair whose
+    REJECTED response is an SFT sequence is trained on; a string prompt a text row begins with is trained on. And
+    `preflab eval` reads an SFT run's text under its dataset_text_field (a `body` column here)."""
+    from types import SimpleNamespace
+
+    from jsonl_files import write_jsonl
+
+    from preflab.data.overlap import sft_overlap_counts, sft_sequence
+    from preflab.eval.run import training_overlap
+
+    user, said = {"role": "user", "content": "a?"}, {"role": "assistant", "content": "A"}
+    train = [sft_sequence(0, {"messages": [user, said]}), sft_sequence(1, {"text": "Q: b\nB"}),
+             sft_sequence(2, {"prompt": "c ", "completion": "C"})]
+    assert train[0].prompt == [user]
+
+    def pair(prompt, chosen, rejected):
+        return SimpleNamespace(prompt=prompt, chosen=chosen, rejected=rejected)
+
+    other = {"role": "assistant", "content": "x"}
+    cases = [(pair([user], [other], [other]), (1, 0)),       # the messages row's prompt, not its response
+             (pair([user, said], [other], [other]), (0, 0)),  # the whole conversation is no prompt it trained on
+             (pair("c ", "x", "C"), (1, 1)),                  # the rejected side is the prompt + completion row
+             (pair("Q: b\n", "x", "y"), (1, 0)),              # the text row begins with the prompt
+             (pair("Q: z\n", "x", "y"), (0, 0))]
+    for example, (prompts, pairs) in cases:
+        assert sft_overlap_counts(train, [example]) == {"prompts": prompts, "pairs": pairs, "rows": 1}, example
+    sft = write_jsonl(tmp_path / "body.jsonl", [{"body": f"Q: {i}\nA{i}"} for i in range(4)])
+    from preflab.data.rows import load_rows
+
+    pair_file = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Q: 1\n", "chosen": "A1", "rejected": "no"}])
+    examples = load_rows(pair_file, kind="pairwise")[0]
+    record = training_overlap(examples, {"task": "sft", "dataset_name": sft, "dataset_text_field": "body"})[0]
+    assert (record["prompts"], record["pairs"], record["training_sequences"]) == (1, 1, 4)
+
+
+def test_the_unpaired_beta_note_says_kto_only_when_every_objective_is_kto():
+    """A loss list of kto and ipo: rewards/* is DPO's implicit reward at the run's beta, not KTO's alone."""
+    from preflab.eval.run import eval_beta
+
+    note = eval_beta(None, {"task": "dpo", "loss_type": ["kto", "ipo"], "beta": 0.2}, unpaired=True)[1][0]
+    assert note == ("the run trained with loss_type kto, ipo: rewards/* and unpaired/auroc are beta (log pi - log "
+                    "pi_ref) at beta=0.2, DPO's implicit reward at the run's beta, that objective's own parameter; "
+                    "these unpaired rows give no R* or difficulty (they need pairs)")
+
+
+def test_the_late_before_note_names_the_earliest_late_eval_and_leaves_eval_on_start_rows_alone():
+    """Rows whose first eval was at steps 5 and 3 (after training started): the note says step 3, the earliest;
+    a row first evaluated at step 0 (eval_on_start) is the starting model: alone it needs no note, and beside a
+    late row it is not named among the late ones."""
+    from preflab.report.headline import late_before_note
+
+    def row(metric, step):
+        return {"metric": metric, "before": (f"step {step:g}", 1.0), "first_step": float(step)}
+
+    start = row("eval_c", 0)
+    assert late_before_note([start]) is None
+    summary_row = {"metric": "reward", "before": ("before training", 2.0)}
+    assert late_before_note([row("eval_a", 5), row("eval_b", 3), start, summary_row]) == (
+        "its first eval was at step 3, after training had started, so the 'before' of eval_a, eval_b is not the "
+        "starting model (eval_on_start: true evaluates it at step 0); the 'before' of reward is: the run measured it "
+        "before training (summary.json)")

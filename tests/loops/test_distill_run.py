@@ -88,8 +88,9 @@ def test_refusals(tmp_path):
         _cfg(tmp_path, beta=2.0).objective()
     with pytest.raises(ConfigError, match="temperature"):
         _cfg(tmp_path, teacher_model_name_or_path=None, temperature=0.7)
-    with pytest.raises(ConfigError, match="packing_strategy: wrapped with teacher_model_name_or_path: it cuts rows"):
-        _cfg(tmp_path, packing=True, packing_strategy="wrapped")
+    for strategy in ("wrapped", "bfd_split"):  # both cut rows; only bfd packs whole rows
+        with pytest.raises(ConfigError, match=f"packing_strategy: {strategy} with teacher_model_name_or_path: it cuts"):
+            _cfg(tmp_path, packing=True, packing_strategy=strategy)
     with pytest.raises(ConfigError, match="precompute_ref_log_probs with a teacher"):
         _cfg(tmp_path, precompute_ref_log_probs=True)
     with pytest.raises(ConfigError, match="max_completion_length applies to sampled completions"):  # none sampled
@@ -286,19 +287,21 @@ def test_a_sampled_step_is_trls_gkd_step(tmp_path, who):
 
 
 def test_seq_kd_samples_the_teacher_with_the_row_seeds_off_policy_and_the_student_on_policy(tmp_path):
-    """seq_kd, lmbda 0.5, temperature 0.8, top_p 0.9: an off-policy step's completions are the teacher's row-seeded
-    samples (seeds row_seed(step, index, "teacher")), an on-policy step's the student's (row_seed(.., "student"))."""
+    """seq_kd, lmbda 0.5 and every sampling option (temperature 0.8, top_p 0.9, top_k 40, min_p 0.02,
+    repetition_penalty 1.3): an off-policy step's completions are the teacher's row-seeded samples (seeds
+    row_seed(step, index, "teacher")) with those options, an on-policy step's the student's (row_seed(..,
+    "student"))."""
     from preflab.generate_seeded import generate_ids_row_seeded
 
-    trainer = DistillTrainer(_cfg(tmp_path, seq_kd=True, lmbda=0.5, max_completion_length=5, temperature=0.8,
-                                  top_p=0.9))
+    sampling = dict(temperature=0.8, top_p=0.9, top_k=40, min_p=0.02, repetition_penalty=1.3)
+    trainer = DistillTrainer(_cfg(tmp_path, seq_kd=True, lmbda=0.5, max_completion_length=5, **sampling))
     for step, model, who in ((0, trainer.ref, "teacher"), (2, trainer.policy, "student")):
         assert trainer.on_policy(step) == (who == "student")
         mb = trainer.micro_batches(step)[0]
         prompts = [trainer.train_data[i].prompt_ids for i in mb.index]
         want = generate_ids_row_seeded(model, prompts, [trainer.row_seed(step, i, who) for i in mb.index],
                                        eos_id=trainer.tokenizer.eos_token_id, pad_id=trainer.pad_id,
-                                       max_new_tokens=5, temperature=0.8, top_p=0.9)
+                                       max_new_tokens=5, **sampling)
         assert trainer.sampled_completions == want
         assert int(mb.layout.response_mask.sum()) == sum(len(c) for c in want)
 
@@ -353,16 +356,17 @@ def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monk
 
 def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys):
     """`preflab eval RUN --task distill --data F` on a run that evaluated on F (eval_dataset_name) gives the run's
-    final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy (the trained student against the
-    run's teacher, the same rows and truncation); --reference names another teacher (the student itself: 0); a
-    run without a teacher and --no-reference are refused; the default eval's note on a distillation run says what
-    its beta is."""
+    final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy
+    (the trained student against the run's teacher, the same rows and truncation); --reference names another
+    teacher (the student itself: 0); a run without a teacher and --no-reference are refused; the default eval's
+    note on a distillation run says what its beta is. The divergence's temperature is divergence_temperature (0.8;
+    the sampling temperature stays 1), which eval.json names."""
     from preflab.cli import main
     from preflab.eval.run import eval_beta
 
     data = str(ROOT / "examples/data/loud_echo_sft.jsonl")
     run = tmp_path / "run"
-    cfg = _cfg(tmp_path, beta=0.5, temperature=0.8, max_steps=2, learning_rate=1e-2, eval_dataset_name=data,
+    cfg = _cfg(tmp_path, beta=0.5, divergence_temperature=0.8, max_steps=2, learning_rate=1e-2, eval_dataset_name=data,
                eval_steps=1, save_steps=1, logging_steps=1, per_device_eval_batch_size=8)
     final = DistillTrainer(cfg).train()["final_metrics"]
     step1 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
@@ -411,3 +415,26 @@ def test_packed_rows_give_the_padded_rows_divergence_and_gradient(tmp_path, samp
     assert out[True][2] == out[False][2]
     for name, grad in out[False][1].items():
         torch.testing.assert_close(out[True][1][name], grad, rtol=0, atol=1e-8)
+
+
+def test_a_rows_sample_is_the_same_in_any_micro_batch_split_and_its_seed_is_its_own(tmp_path):
+    """lmbda 1: the 8 rows of step 0 sampled as one micro-batch of 8 and as 2 micro-batches of 4 get the same
+    completion row by row (a row's seed is (seed, step, dataset index, who), not its place in a micro-batch: what
+    makes 2 processes train as 1 does, here on one process); and the seeds of distinct (step, index, who) are
+    distinct, so a row drawn again at a later step, or by the teacher, gets new draws."""
+    def completions(batch, accum):
+        trainer = DistillTrainer(_cfg(tmp_path, lmbda=1.0, max_completion_length=6, temperature=1.2,
+                                      per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+                                      output_dir=str(tmp_path / f"b{batch}")))
+        out = {}
+        for mb in trainer.micro_batches(0):
+            for row, index in enumerate(mb.index):
+                out[index] = mb.layout.target_ids[row][mb.layout.response_mask[row].bool()].tolist()
+        return trainer, out
+
+    trainer, whole = completions(8, 1)
+    _, split = completions(4, 2)
+    assert len(whole) == 8 and split == whole
+    assert len({tuple(c) for c in whole.values()}) > 1
+    seeds = {(s, i, w): trainer.row_seed(s, i, w) for s in range(3) for i in range(8) for w in ("student", "teacher")}
+    assert len(set(seeds.values())) == len(seeds)

@@ -281,3 +281,36 @@ def test_the_step_term_of_the_bound_holds_from_zero_weights(optim, optim_args, t
     assert 0 < largest <= bound * (1 + 1e-6)
     if tight:
         assert largest == pytest.approx(bound, rel=1e-5)
+
+
+def test_sgds_bound_holds_when_the_coupled_decay_overshoots():
+    """SGD without momentum at lr x weight_decay = 3: p' = p (1 - lr wd) - lr g flips and doubles the weights, so
+    the bound w + lr (grad_norm + wd w) needs its decay term (w + lr grad_norm alone is exceeded)."""
+    from preflab.weight_guard import _group_bound, max_abs_bound
+
+    net = Net()
+    params = list(net.parameters())
+    optimizer = build_optimizer(SimpleNamespace(**{**vars(_config("sgd", None)), "learning_rate": 30.0}), params)
+    assert optimizer.param_groups[0]["lr"] * optimizer.param_groups[0]["weight_decay"] == pytest.approx(3.0)
+    gen = torch.Generator().manual_seed(5)
+    for p in params:
+        p.grad = 1e-3 * torch.randn(p.shape, generator=gen)
+    w = max_abs_bound(params).item()
+    grad_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
+    bound = _group_bound(optimizer, optimizer.param_groups[0], w, grad_norm)
+    optimizer.step()
+    largest = max(p.abs().max().item() for p in params)
+    assert w + 30.0 * grad_norm < largest <= bound
+
+
+@pytest.mark.parametrize("optim", ["adagrad", "rmsprop", "sgd"])
+def test_the_coupled_decay_that_would_overflow_the_squared_gradient_makes_the_step_risky(optim):
+    """Adagrad, RMSprop and SGD add wd p to the gradient (Adagrad and RMSprop square it into their state): with
+    weights of 1e20, weight decay 0.1 and a gradient norm of 1, (g + wd w)^2 = 1e38 exceeds a quarter of float32's
+    largest value although the weight bound itself does not; the step is risky. Without weight decay it is not."""
+    from preflab.weight_guard import update_could_overflow
+
+    optimizer = build_optimizer(_config(optim, "alpha=0.9" if optim == "rmsprop" else None), list(Net().parameters()))
+    assert update_could_overflow(optimizer, 1e20, 1.0)
+    optimizer.param_groups[0]["weight_decay"] = 0.0
+    assert not update_could_overflow(optimizer, 1e20, 1.0)
