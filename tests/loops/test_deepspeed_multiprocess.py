@@ -61,7 +61,11 @@ def test_zero2_and_zero3_on_two_cpu_processes_equal_one_process_and_resume_bit_f
     one = tmp_path / "one"
     run(one, per_device_train_batch_size=8, **SCHEDULE)
 
-    n = sum(p.numel() for p in tiny_causal_lm(tiny_tokenizer(), arch="gpt2").parameters())  # lm_head tied: once
+    from preflab.loops.optimizer import weight_decay_groups
+
+    model = tiny_causal_lm(tiny_tokenizer(), arch="gpt2")
+    groups, _ = weight_decay_groups(list(model.parameters()), [model], 0.0)  # the weights, then biases and norms
+    sizes = [sum(p.numel() for p in group["params"]) for group in groups]  # lm_head tied: counted once
     expected = _steps(one)
     weights = load_file(one / "model.safetensors")
     for stage, base in ((2, z2), (3, z3)):
@@ -82,11 +86,12 @@ def test_zero2_and_zero3_on_two_cpu_processes_equal_one_process_and_resume_bit_f
         state = json.loads((ckpt / "trainer_state.json").read_text())
         assert (state["checkpoint_format"], state["zero_stage"], state["world_size"], state["engine"]) == (
             "deepspeed", stage, 2, "DEEPSPEED")
-        master = "single_partition_of_fp32_groups.0" if stage == 2 else "fp32_flat_groups.0"
+        master = "single_partition_of_fp32_groups." if stage == 2 else "fp32_flat_groups."
         adam = "base_optimizer_state" if stage == 2 else "optimizer_state_dict"
         parts = [load_file(ckpt / f"zero/rank{r}.safetensors") for r in (0, 1)]
-        assert all(p[master].numel() == p[f"{adam}.0.exp_avg"].numel() == n // 2 for p in parts)  # n is even
-        assert not torch.equal(parts[0][master], parts[1][master])  # two halves, not one copy
+        for g, size in enumerate(sizes):  # each weight-decay group split in halves (both sizes are even)
+            assert all(p[f"{master}{g}"].numel() == p[f"{adam}.{g}.exp_avg"].numel() == size // 2 for p in parts)
+        assert not torch.equal(parts[0][f"{master}0"], parts[1][f"{master}0"])  # two halves, not one copy
         assert (ckpt / "rng-rank1.safetensors").is_file()
 
     refused = tmp_path / "refused"
