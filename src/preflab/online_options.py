@@ -289,8 +289,7 @@ _READERS = (
 ONLINE_OPTIONS = tuple(dict.fromkeys([n for names, _, _ in _READERS for n in names] + [
     "trainer", "online_task", "reward_funcs", "reward_weights", "num_generations", "prompts_per_generation",
     "steps_per_generation", "num_iterations", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "generation_batch_size", "generation_backend", "chat_template_kwargs", "shuffle_dataset", "tools",
-    "max_tool_calling_iterations", "tool_timeout_s",
+    "generation_batch_size", "generation_backend", "chat_template_kwargs", "shuffle_dataset",
     "refresh_reference_every", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"]))
 
 
