@@ -50,6 +50,15 @@ DPA_SYSTEM = ("You are a helpful, respectful, and honest assistant who always re
 ATTRIBUTE_REDUCTIONS = ("row", "attribute")
 
 
+def check_attribute_reduction(value) -> str:
+    """`value` if it is one of ATTRIBUTE_REDUCTIONS; otherwise a ConfigError naming the option and the choices."""
+    if value not in ATTRIBUTE_REDUCTIONS:
+        raise ConfigError(f"reward_head_params.attribute_reduction={value!r}: use one of {list(ATTRIBUTE_REDUCTIONS)} "
+                          "(row: each row's mean over its rated attributes; attribute: each attribute's mean over the "
+                          "rows that rate it).")
+    return value
+
+
 @dataclass(frozen=True)
 class MultiObjectiveHead:
     """Regression head over named attributes (D = number of attributes).
@@ -66,10 +75,7 @@ class MultiObjectiveHead:
     kind = "multi_objective"
 
     def __post_init__(self):
-        if self.reduction not in ATTRIBUTE_REDUCTIONS:
-            raise ConfigError(f"reward_head_params.attribute_reduction={self.reduction!r}: use one of "
-                              f"{list(ATTRIBUTE_REDUCTIONS)} (row: each row's mean over its rated attributes; "
-                              "attribute: each attribute's mean over the rows that rate it).")
+        check_attribute_reduction(self.reduction)
 
     @property
     def num_outputs(self) -> int:
@@ -270,8 +276,7 @@ def attribute_head_params(cfg) -> tuple[tuple[str, ...], str]:
 def attribute_reduction(cfg) -> str:
     """`reward_head_params.attribute_reduction` of a `reward_head: multi_objective` config (default "row"),
     checked (MultiObjectiveHead's reductions)."""
-    value = dict(cfg.reward_head_params or {}).get("attribute_reduction", "row")
-    return MultiObjectiveHead(("checked",), value).reduction
+    return check_attribute_reduction(dict(cfg.reward_head_params or {}).get("attribute_reduction", "row"))
 
 
 def load_rated(source, attributes: Sequence[str], *, split: str = "train", response_field: str = "response",
