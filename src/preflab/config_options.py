@@ -132,7 +132,7 @@ OPTIONS: dict[str, Option] = {
                           "multi_objective: DPA attribute regression on rated rows, em_mixture: MaxMin-RLHF's EM "
                           "mixture of K BT models over users (preflab.reward_models.maxmin_train)"),
     "reward_head_params": Option("task: reward; the head's fields: bt {tau}, gpm {dim, tau, normalize}, "
-                                 "multi_objective {attributes, response_field}, em_mixture {num_components, "
+                                 "multi_objective {attributes, response_field, attribute_reduction}, em_mixture {num_components, "
                                  "em_iterations, user_column, group_column, hard, init, tau} (unknown keys are "
                                  "errors)"),
     "use_weighting": Option("TRL's use_weighting (WPO): each pair's loss times min(1, exp(mean_t adjusted log p of "

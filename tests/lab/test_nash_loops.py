@@ -32,6 +32,31 @@ def test_win_proportion_reward():
     assert win_proportion(wins).sum() == pytest.approx(4 / 2)
 
 
+def test_mwu_step_is_the_exponential_weight_rule_that_sppo_and_dno_restate_for_spo():
+    """SPPO (arXiv:2405.00675 §2, Eq. 4.1): SPO's soft policy iteration in the bandit setting is
+    pi_{t+1}(y) ∝ pi_t(y) exp(eta P(y > pi_t)), P(y > pi) = E_{y'~pi} P(y > y') with outcomes in {0, 1};
+    DNO (arXiv:2404.03715 Eq. 4) writes the same reward r_t(y) = E_{y'~pi_t} P(y > y'). By hand on G3."""
+    P, pi, eta = g3(), np.array(PI0), 0.7
+    win_rate = np.array([sum(pi[j] * P[i, j] for j in range(3)) for i in range(3)])
+    unnormalised = pi * np.exp(eta * win_rate)
+    np.testing.assert_allclose(mwu(P, eta, 1, pi0=PI0).last, unnormalised / unnormalised.sum(), rtol=1e-12)
+
+
+def test_win_proportion_is_unbiased_for_the_win_rate_against_the_policy():
+    """With y_2, y_3 ~ pi and Bernoulli duels of mean P, the expected win proportion of y_1 = k over the other two
+    (1/(B-1) normaliser, self-duel excluded) is exactly P(k > pi), the restated SPO reward; a 1/B mean with the
+    self-duel at 1/2 would give (2 P(k > pi) + 1/2) / 3 instead."""
+    P, pi = g3(), np.array(PI0)
+    for k in range(3):
+        expected = 0.0
+        for a in range(3):
+            for b in range(3):
+                wins = np.full((3, 3), 0.5)
+                wins[0, 1], wins[0, 2] = P[k, a], P[k, b]  # mean outcome of each duel of y_1 = k
+                expected += pi[a] * pi[b] * win_proportion(wins)[0]
+        assert expected == pytest.approx(float(P[k] @ pi), abs=1e-12)
+
+
 def test_selfplay_on_a_transitive_game_picks_the_best_response():
     r = np.array([0.0, 1.0, 2.0])
     P = 1 / (1 + np.exp(-(r[:, None] - r[None, :])))

@@ -64,6 +64,26 @@ def test_preflab_train_multi_objective_equals_the_python_api(tmp_path):
     assert {"mse", "mse/helpfulness", "mse/verbosity"} <= set(first)
 
 
+def test_attribute_reduction_from_the_command_line_equals_the_row_reduction_when_every_row_rates_all(tmp_path):
+    """reward_head_params.attribute_reduction=attribute reaches the head (summary.json records it); on rows that all
+    rate both attributes the two reductions are the same loss, so the weights equal the default run's (to float
+    rounding)."""
+    from safetensors.torch import load_file
+
+    from preflab.cli import main
+
+    rows = _rated(8, seed=3)
+    data = _write(tmp_path / "rated.jsonl", rows)
+    short = ("max_steps=1", "per_device_train_batch_size=8")
+    assert main(_args(data, tmp_path / "row", *short)) == 0
+    assert main(_args(data, tmp_path / "attr", *short, "reward_head_params.attribute_reduction=attribute")) == 0
+    summary = json.loads((tmp_path / "attr" / "summary.json").read_text())
+    assert summary["reward_model"]["attribute_reduction"] == "attribute"
+    row, attr = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("row", "attr"))
+    for key in row:
+        torch.testing.assert_close(attr[key], row[key], rtol=1e-5, atol=1e-6)
+
+
 def test_eval_metrics_equal_a_direct_computation_on_the_saved_model(tmp_path):
     """eval_mse/<attribute> is the mean squared error over the eval rows that rate the attribute (rows with the
     attribute null left out), recomputed here from the saved model; eval_mse pools every observed rating."""

@@ -67,6 +67,61 @@ def test_regression_loss_skips_unrated_attributes():
     assert out.metrics["mse/helpfulness"].item() == 1.0 and out.metrics["mse/verbosity"].item() == 0.0
 
 
+def test_attribute_reduction_by_hand():
+    """squared errors [[1, 4], [9, -], [4, 1]] (row 2 leaves verbosity unrated): row reduction = mean of the rows'
+    means (2.5, 9, 2.5) = 14/3; attribute reduction = mean of helpfulness (1 + 9 + 4)/3 and verbosity (4 + 1)/2 =
+    43/12. Either way the per-row shares average to the loss."""
+    outputs = torch.tensor([[1.0, 2.0], [3.0, 7.0], [0.0, 1.0]])
+    targets = torch.tensor([[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    observed = torch.tensor([[True, True], [True, False], [True, True]])
+    row = MultiObjectiveHead(("helpfulness", "verbosity")).loss(outputs, targets, observed)
+    per_attribute = MultiObjectiveHead(("helpfulness", "verbosity"), "attribute").loss(outputs, targets, observed)
+    torch.testing.assert_close(row.loss, torch.tensor(14 / 3))
+    torch.testing.assert_close(per_attribute.loss, torch.tensor(43 / 12))
+    torch.testing.assert_close(per_attribute.losses.mean(), per_attribute.loss)
+    torch.testing.assert_close(per_attribute.losses, torch.tensor([1 / 3 + 2.0, 3.0, 4 / 3 + 0.5]) * 3 / 2)
+    assert per_attribute.metrics["mse/verbosity"].item() == 2.5
+
+
+def test_attribute_reduction_is_stationary_at_each_attributes_own_least_squares():
+    """A linear head on fixed features, rows rating different attribute subsets (as ArmoRM's mixed-source data):
+    the attribute reduction's gradient vanishes at the per-attribute least-squares fit over the rows that rate it
+    (RLHFlow/RLHF-Reward-Modeling@fc39179 armo-rm/stage-1_train.py fits Ridge(fit_intercept=False) per attribute on
+    those rows; alpha -> 0 here); the row reduction's does not (it weights row i by 1 / its rated count)."""
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    targets = torch.randn(12, 2, generator=gen, dtype=torch.float64)
+    observed = torch.ones(12, 2, dtype=torch.bool)
+    observed[:6, 1] = False  # the first six rows rate only attribute 0
+    weight = torch.zeros(2, 3, dtype=torch.float64)
+    for a in range(2):
+        rows = observed[:, a]
+        weight[a] = torch.linalg.lstsq(features[rows], targets[rows, a:a + 1]).solution[:, 0]
+
+    def gradient(reduction):
+        w = weight.clone().requires_grad_(True)
+        MultiObjectiveHead(("a", "b"), reduction).loss(features @ w.T, targets, observed).loss.backward()
+        return w.grad
+
+    assert gradient("attribute").abs().max() < 1e-12
+    assert gradient("row").abs().max() > 1e-3
+
+
+def test_attribute_reduction_values_are_checked():
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.reward_models.multi_objective import attribute_reduction
+
+    cfg = config_from_dict(dict(task="reward", reward_head="multi_objective", model_name_or_path="builtin:tiny-llama",
+                                dataset_name="rated.jsonl", reward_head_params={"attributes": ["a"], "attribute_reduction": "attribute"}))
+    assert attribute_reduction(cfg) == "attribute"
+    cfg.reward_head_params = {"attributes": ["a"]}
+    assert attribute_reduction(cfg) == "row"
+    cfg.reward_head_params = {"attributes": ["a"], "attribute_reduction": "mean"}
+    with pytest.raises(ConfigError, match="attribute_reduction='mean'"):
+        attribute_reduction(cfg)
+
+
 def _rated(n, seed):
     return rated_rows(n, seed, WORDS)
 

@@ -7,6 +7,9 @@ duality gap of both at recorded iterations (preflab.lab.games.dual_gap).
   self-play with the win rate against the current policy as reward,
       pi_{t+1}(y) ∝ pi_t(y) exp(eta P(y > pi_t));
   no-regret, so the AVERAGE iterate converges to the Minimax Winner (the last iterate cycles).
+  Checked (2026-12) against two later papers' restatements, the SPO paper's own text not being reachable: SPPO
+  (arXiv:2405.00675 §2, Eq. 4.1: SPO's soft policy iteration in the bandit setting is this rule, outcomes in {0, 1})
+  and DNO (arXiv:2404.03715 Eq. 4: r_t(y) = E_{y'~pi_t} P(y > y'), pi_1 uniform).
   `spo_selfplay` is the sampled version: each response's reward is its win proportion against B self-play samples
   with Bernoulli outcomes (an unbiased estimate of P(y > pi_t); library choice: every response duels the B samples).
 - INPO (Zhang et al. 2024, "Iterative Nash Policy Optimization", arXiv:2407.00617), online mirror descent on the

@@ -5,7 +5,8 @@ LLMs for Diverse User Preferences: Directional Preference Alignment with Multi-O
 arXiv:2402.18571 (ACL 2024), Sec. 3:
 
     reward model   r(x, y) in R^d, a linear head on the last hidden state, trained by regression
-                   L = mean over observed attributes a of (r_a(x, y) - rating_a)^2
+                   L = mean over observed attributes a of (r_a(x, y) - rating_a)^2   (then the mean over rows;
+                   attribute_reduction "attribute": per attribute over the rows rating it, then over attributes)
     direction      a unit vector v in R^d; in the (helpfulness, verbosity) plane v = (cos t, sin t), shown to the
                    policy as integer weights (round(100 cos t), round(100 sin t)) in the system prompt
     directional    R(x, y | v) = v^T r(x, y)
@@ -16,6 +17,12 @@ Rows for the regression: {prompt, response, ratings: {attribute: value}} (or the
 a missing or null attribute is not trained on. The head is `AutoModelForSequenceClassification` with
 num_labels = d, so the saved model loads with plain transformers and `RewardModel(direction=v)` scores along v.
 The system prompt is the DPA README's template verbatim (before: a shortened wording with a trailing period).
+Audit 2026-12 (paper-audit-4): the DPA README (RLHFlow/Directional-Preference-Alignment@bb19318) now names
+RLHFlow/RLHF-Reward-Modeling `armo-rm` as its multi-objective reward-model training code: @fc39179
+`armo-rm/stage-1_prepare.py` takes the last token's last hidden state of a frozen BT reward model
+(FsfairX-LLaMA3-RM-v0.1) with None ratings as NaN; `stage-1_train.py` fits one Ridge(fit_intercept=False) per
+attribute on the rows that rate it (80/20 split, alpha from 1e-4..1e4 by validation MSE). preflab trains the model
+end to end (or LoRA) without ridge; `attribute_reduction="attribute"` weights the attributes as those fits do.
 Deviation from the paper: ratings are regressed on the scale given (the paper's RM maps HelpSteer 0-4 to 0-100 by
 20 s + 10; rescale the rows to do the same); RSF iteration counts and the direction law are the caller's choice.
 """
@@ -40,12 +47,35 @@ DPA_SYSTEM = ("You are a helpful, respectful, and honest assistant who always re
               "Your response should maximize weighted rating = {terms}")
 
 
+ATTRIBUTE_REDUCTIONS = ("row", "attribute")
+
+
+def check_attribute_reduction(value) -> str:
+    """`value` if it is one of ATTRIBUTE_REDUCTIONS; otherwise a ConfigError naming the option and the choices."""
+    if value not in ATTRIBUTE_REDUCTIONS:
+        raise ConfigError(f"reward_head_params.attribute_reduction={value!r}: use one of {list(ATTRIBUTE_REDUCTIONS)} "
+                          "(row: each row's mean over its rated attributes; attribute: each attribute's mean over the "
+                          "rows that rate it).")
+    return value
+
+
 @dataclass(frozen=True)
 class MultiObjectiveHead:
-    """Regression head over named attributes (D = number of attributes)."""
+    """Regression head over named attributes (D = number of attributes).
+
+    reduction "row" (the default): each row's mean squared error over the attributes it rates, then the mean over
+    the rows. reduction "attribute": each attribute's mean squared error over the rows of the batch that rate it,
+    then the mean over the attributes rated in the batch; a linear head on fixed features then has each attribute's
+    unweighted least-squares minimiser, as RLHFlow/RLHF-Reward-Modeling@fc39179 `armo-rm/stage-1_train.py` fits one
+    regression per attribute on the rows that rate it (the training code the DPA README, RLHFlow/Directional-
+    Preference-Alignment@bb19318, points to). The two agree when every row rates the same attributes."""
 
     attributes: tuple[str, ...]
+    reduction: str = "row"
     kind = "multi_objective"
+
+    def __post_init__(self):
+        check_attribute_reduction(self.reduction)
 
     @property
     def num_outputs(self) -> int:
@@ -57,18 +87,24 @@ class MultiObjectiveHead:
         return torch.where(observed, (outputs - targets.to(outputs.dtype)) ** 2, torch.zeros_like(outputs))
 
     def loss(self, outputs: Tensor, targets: Tensor, observed: Tensor) -> ObjectiveOutput:
-        """outputs, targets [B, d]; observed bool [B, d]. Per-example mean squared error over observed attributes."""
+        """outputs, targets [B, d]; observed bool [B, d]. `losses` [B] are the rows' shares, whose mean is the loss:
+        row: sum_a o_ia e_ia / n_i (n_i = attributes row i rates); attribute: B sum_a o_ia e_ia / (m_a d') (m_a = rows
+        rating a, d' = attributes rated in the batch), e = squared error, o = observed."""
         sq = self.squared_errors(outputs, targets, observed)
-        losses = sq.sum(-1) / observed.sum(-1).clamp_min(1)
         observed_counts = observed.sum(0)  # mse/<attribute>: a mean over the rows that rate it (its count)
         counts = observed_counts.clamp_min(1)
+        if self.reduction == "row":
+            losses = sq.sum(-1) / observed.sum(-1).clamp_min(1)
+        else:
+            rated = (observed_counts > 0).sum().clamp_min(1)
+            losses = (sq / counts.to(sq.dtype)).sum(-1) * (sq.shape[0] / rated.to(sq.dtype))
         metrics = {"mse": losses.detach().mean()}
         metrics.update({f"mse/{a}": (sq[:, i].detach().sum() / counts[i]) for i, a in enumerate(self.attributes)})
         return ObjectiveOutput(losses.mean(), losses, metrics,
                                {f"mse/{a}": observed_counts[i] for i, a in enumerate(self.attributes)})
 
     def to_config(self) -> dict:
-        return {"head": self.kind, "attributes": list(self.attributes)}
+        return {"head": self.kind, "attributes": list(self.attributes), "attribute_reduction": self.reduction}
 
 
 @dataclass
@@ -152,15 +188,15 @@ def collate_rated(items: Sequence[RatedItem], pad_id: int, pad_to_multiple_of: i
 
 def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], model=None, tokenizer=None,
                           eval_rows: Sequence[dict] = (), data_report: dict | None = None,
-                          response_field: str = "response") -> dict:
+                          response_field: str = "response", attribute_reduction: str = "row") -> dict:
     """Train a d-attribute regression reward model with the shared reward loop; returns the summary dict.
     The model is `cfg.model_name_or_path` with d outputs, in `load_dtype`, with `model_init_kwargs`, LoRA under
-    `use_peft` (merged at save), unless `model` is given."""
+    `use_peft` (merged at save), unless `model` is given. `attribute_reduction`: MultiObjectiveHead's reduction."""
     from preflab.reward_models.heads import sequence_outputs
     from preflab.reward_models.reward_run import (RewardRun, check_given_reward_model, reward_model_for_run,
                                                   step_outputs)
 
-    head = MultiObjectiveHead(tuple(attributes))
+    head = MultiObjectiveHead(tuple(attributes), attribute_reduction)
     check_given_reward_model(cfg, model, tokenizer)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
@@ -212,13 +248,17 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
     return run.train()
 
 
+ATTRIBUTE_HEAD_FIELDS = ("attributes", "response_field", "attribute_reduction")
+
+
 def attribute_head_params(cfg) -> tuple[tuple[str, ...], str]:
-    """(attributes, response_field) from `reward_head_params` of a `reward_head: multi_objective` config."""
+    """(attributes, response_field) from `reward_head_params` of a `reward_head: multi_objective` config
+    (`attribute_reduction`: `attribute_reduction(cfg)`)."""
     params = dict(cfg.reward_head_params or {})
-    unknown = sorted(set(params) - {"attributes", "response_field"})
+    unknown = sorted(set(params) - set(ATTRIBUTE_HEAD_FIELDS))
     if unknown:
         raise ConfigError(f"reward_head_params: {unknown} are not fields of reward_head: multi_objective (it has "
-                          "['attributes', 'response_field']).")
+                          f"{list(ATTRIBUTE_HEAD_FIELDS)}).")
     attributes = params.get("attributes")
     if (not isinstance(attributes, (list, tuple)) or not attributes
             or not all(isinstance(a, str) and a for a in attributes)):
@@ -231,6 +271,12 @@ def attribute_head_params(cfg) -> tuple[tuple[str, ...], str]:
     if not isinstance(response_field, str) or not response_field:
         raise ConfigError(f"reward_head_params.response_field={response_field!r} must be a column name.")
     return tuple(attributes), response_field
+
+
+def attribute_reduction(cfg) -> str:
+    """`reward_head_params.attribute_reduction` of a `reward_head: multi_objective` config (default "row"),
+    checked (MultiObjectiveHead's reductions)."""
+    return check_attribute_reduction(dict(cfg.reward_head_params or {}).get("attribute_reduction", "row"))
 
 
 def load_rated(source, attributes: Sequence[str], *, split: str = "train", response_field: str = "response",
@@ -282,6 +328,7 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     from preflab.models.load import cap_max_length, max_positions
 
     attributes, response_field = attribute_head_params(cfg)
+    reduction = attribute_reduction(cfg)
     if not cfg.dataset_name:
         raise ConfigError("dataset_name is empty; give the rated rows' file, directory or hub name.")
     cap_max_length(cfg, max_positions(model if model is not None else cfg.model_name_or_path,
@@ -300,7 +347,7 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     if eval_report is not None:
         report["eval_rows"] = eval_report.to_dict()
     return train_multi_objective(cfg, rows, attributes, model=model, tokenizer=tokenizer, eval_rows=eval_rows,
-                                 data_report=report, response_field=response_field)
+                                 data_report=report, response_field=response_field, attribute_reduction=reduction)
 
 
 def direction(theta_degrees: float, dims: int = 2, plane: tuple[int, int] = (0, 1)) -> Tensor:
