@@ -84,6 +84,24 @@ def test_attribute_reduction_from_the_command_line_equals_the_row_reduction_when
         torch.testing.assert_close(attr[key], row[key], rtol=1e-5, atol=1e-6)
 
 
+def test_attribute_reduction_is_refused_when_a_step_is_split_over_micro_batches(tmp_path, monkeypatch, capsys):
+    """attribute_reduction=attribute averages each attribute over one micro-batch's rows, so gradient accumulation
+    or a second rank would weight the attributes by each part's counts: refused before any training, naming both."""
+    from preflab.cli import main
+    from preflab.launch_env import launched_world_size
+
+    data = _write(tmp_path / "rated.jsonl", _rated(8, seed=3))
+    option = "reward_head_params.attribute_reduction=attribute"
+    assert main(_args(data, tmp_path / "acc", "max_steps=1", "gradient_accumulation_steps=2", option)) != 0
+    assert "gradient_accumulation_steps=2 and 1 process" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_world_size() == 2
+    assert main(_args(data, tmp_path / "ranks", "max_steps=1", option)) != 0
+    assert "gradient_accumulation_steps=1 and 2 process" in capsys.readouterr().err
+    assert not (tmp_path / "acc" / "model.safetensors").exists()
+    assert not (tmp_path / "ranks" / "model.safetensors").exists()
+
+
 def test_eval_metrics_equal_a_direct_computation_on_the_saved_model(tmp_path):
     """eval_mse/<attribute> is the mean squared error over the eval rows that rate the attribute (rows with the
     attribute null left out), recomputed here from the saved model; eval_mse pools every observed rating."""

@@ -59,6 +59,21 @@ def check_attribute_reduction(value) -> str:
     return value
 
 
+def check_attribute_reduction_batches(cfg, reduction: str) -> None:
+    """Refuse `attribute` when one optimizer step sums several micro-batches (gradient accumulation or several
+    ranks): its per-attribute means are over one micro-batch's rows, so a split batch would train a different
+    weighting than the whole batch (the run would not equal its one-process, one-micro-batch form)."""
+    from preflab.launch_env import launched_world_size
+
+    accumulation, world = int(cfg.gradient_accumulation_steps or 1), launched_world_size()
+    if reduction == "attribute" and (accumulation > 1 or world > 1):
+        raise ConfigError(f"reward_head_params.attribute_reduction='attribute' averages each attribute over one "
+                          f"micro-batch's rows; this run splits each step over gradient_accumulation_steps="
+                          f"{accumulation} and {world} process(es), which would weight the attributes by each part's "
+                          "counts instead of the whole batch's. Use one process and gradient_accumulation_steps: 1 "
+                          "(raise per_device_train_batch_size instead), or attribute_reduction: row.")
+
+
 @dataclass(frozen=True)
 class MultiObjectiveHead:
     """Regression head over named attributes (D = number of attributes).
@@ -197,6 +212,7 @@ def train_multi_objective(cfg, rows: Sequence[dict], attributes: Sequence[str], 
                                                   step_outputs)
 
     head = MultiObjectiveHead(tuple(attributes), attribute_reduction)
+    check_attribute_reduction_batches(cfg, attribute_reduction)
     check_given_reward_model(cfg, model, tokenizer)
     if tokenizer is None:
         from preflab.models.load import load_tokenizer
