@@ -1,0 +1,348 @@
+"""bitsandbytes' optimizers as `optim` (adamw_8bit, paged_adamw_8bit, lion_8bit, rmsprop_bnb, ademamix, ...): the
+class and keyword arguments of transformers' Trainer.get_optimizer_cls_and_kwargs for every name; for every name
+that runs on the CPU (all but the paged ones) preflab's optimizer equals the one transformers' Trainer.create_optimizer
+builds (its two weight-decay groups and its 32-bit state for nn.Embedding weights under 8-bit optimizers) and steps
+to bit-equal parameters and state; a DPO run with adamw_8bit steps as transformers' optimizer replayed on its
+gradients and a stop-and-resume ends on the uninterrupted run's weights bit for bit (8-bit state: uint8 tensors,
+quantization maps and block maxima through safetensors + JSON); the refusals (no bitsandbytes, paged off CUDA,
+optim_args transformers would pass to bitsandbytes' RMSprop as strings, FSDP2 / DeepSpeed) and the plan's state
+bytes."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops import optimizer as optimizer_module
+from preflab.loops.optimizer import build_optimizer
+from preflab.optimizer_options import BNB_OPTIMIZERS, optimizer_errors, sharded_optimizer_refusal
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_run import run  # noqa: E402
+
+needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
+                               reason="bitsandbytes is not installed (pip install \"preflab[bnb]\")")
+CPU_NAMES = [name for name in BNB_OPTIMIZERS if "paged" not in name]
+BASE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "pairs.jsonl"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_bnb_manager():
+    """transformers' Trainer registers its 32-bit embedding override with bitsandbytes' process-wide manager, which
+    later optimizers of the process would read by parameter position: each test starts and ends with it empty."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        yield
+        return
+    from bitsandbytes.optim import GlobalOptimManager
+
+    GlobalOptimManager.get_instance().initialize()
+    yield
+    GlobalOptimManager.get_instance().initialize()
+
+
+class Net(torch.nn.Module):
+    """An embedding and a Linear weight of >= 4096 values (8-bit state unless overridden), a bias and a LayerNorm
+    (transformers' no-decay group), a bias-free small Linear (32-bit state: under bitsandbytes' min_8bit_size)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(300, 16)
+        self.proj = torch.nn.Linear(16, 320)
+        self.norm = torch.nn.LayerNorm(320)
+        self.out = torch.nn.Linear(320, 2, bias=False)
+
+
+def _args(optim, optim_args=None, output_dir="unused"):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(output_dir), optim=optim, optim_args=optim_args, learning_rate=0.05,
+                             weight_decay=0.1, adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, use_cpu=True,
+                             report_to=[])
+
+
+def _config(optim, optim_args=None):
+    return SimpleNamespace(optim=optim, optim_args=optim_args, learning_rate=0.05, weight_decay=0.1, adam_beta1=0.8,
+                           adam_beta2=0.95, adam_epsilon=1e-6)
+
+
+@needs_bnb
+@pytest.mark.parametrize("optim, optim_args", [(name, None) for name in BNB_OPTIMIZERS] + [
+    ("ademamix_8bit", "beta1=0.7,beta2=0.9,beta3=0.99,alpha=2,eps=1e-7,t_alpha=10,t_beta3=20"),
+    ("paged_ademamix_32bit", "beta3=0.999")])
+def test_class_and_kwargs_are_transformers_get_optimizer_cls_and_kwargs(optim, optim_args):
+    from transformers import Trainer
+
+    from preflab.loops.bnb_optimizers import bnb_class_and_kwargs
+
+    theirs = Trainer.get_optimizer_cls_and_kwargs(_args(optim, optim_args))
+    ours = bnb_class_and_kwargs(_config(optim, optim_args), optim)
+    assert ours == theirs
+    assert ours[1]["optim_bits"] == (8 if "8bit" in optim else 32)
+    assert ours[1].get("is_paged", False) == optim.startswith("paged_")
+
+
+@needs_bnb
+@pytest.mark.parametrize("optim, optim_args", [(name, None) for name in CPU_NAMES] + [
+    ("ademamix_8bit", "beta3=0.99,alpha=2,t_alpha=2,t_beta3=3")])
+def test_optimizer_equals_transformers_trainers_and_steps_bit_equal(tmp_path, optim, optim_args):
+    """transformers' own Trainer.create_optimizer on an equal model: the same class and group settings; after 3
+    steps on the same gradients every parameter and every state tensor is equal, the embedding's state is float32
+    (the 32-bit override) and, for an 8-bit optimizer, the large Linear weight's uint8."""
+    from transformers import Trainer
+
+    ours_model, theirs_model, start = Net(), Net(), Net()
+    ours = build_optimizer(_config(optim, optim_args), list(ours_model.parameters()), [ours_model])
+    theirs = Trainer(model=theirs_model, args=_args(optim, optim_args, tmp_path)).create_optimizer()
+    assert type(ours) is type(theirs)
+    assert [len(g["params"]) for g in ours.param_groups] == [len(g["params"]) for g in theirs.param_groups] == [3, 3]
+    for mine, their in zip(ours.param_groups, theirs.param_groups, strict=True):
+        assert {k: v for k, v in mine.items() if k != "params"} == {k: v for k, v in their.items() if k != "params"}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p, q in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
+            p.grad = torch.randn(p.shape, generator=gen)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+    for (name, p), q, s in zip(ours_model.named_parameters(), theirs_model.parameters(), start.parameters(),
+                               strict=True):
+        assert torch.equal(p, q) and not torch.equal(p, s), name
+        mine, their = ours.state[p], theirs.state[q]
+        assert mine.keys() == their.keys(), name
+        for key in mine:
+            assert (torch.equal(mine[key], their[key]) if torch.is_tensor(mine[key]) else mine[key] == their[key]), key
+    assert ours.state[ours_model.embed.weight]["state1"].dtype == torch.float32
+    eight = "8bit" in optim
+    assert ours.state[ours_model.proj.weight]["state1"].dtype == (torch.uint8 if eight else torch.float32)
+
+
+@needs_bnb
+def test_without_the_override_the_embedding_would_step_differently():
+    """The 32-bit embedding state is what makes the steps transformers': the same optimizer without it (8-bit
+    embedding state) moves the embedding to other values."""
+    from preflab.loops import bnb_optimizers
+
+    models = Net(), Net()
+    optimizers = [build_optimizer(_config("adamw_8bit"), list(models[0].parameters()), [models[0]]),
+                  build_optimizer(_config("adamw_8bit"), list(models[1].parameters()), None)]
+    assert bnb_optimizers.embedding_weights([models[0]], list(models[0].parameters())) == [models[0].embed.weight]
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
+        for model, opt in zip(models, optimizers):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    assert optimizers[1].state[models[1].embed.weight]["state1"].dtype == torch.uint8
+    assert not torch.equal(models[0].embed.weight, models[1].embed.weight)
+    assert torch.equal(models[0].out.weight, models[1].out.weight)  # 32-bit in both (under min_8bit_size)
+
+
+def _recording(monkeypatch, record: list):
+    """build_optimizer wrapped: each step records (parameters, gradients, rate) before and parameters after it, and
+    the groups as positions in the parameter list."""
+    real = optimizer_module.build_optimizer
+
+    def build(cfg, params, owners=None):
+        opt = real(cfg, params, owners)
+        where = {id(p): i for i, p in enumerate(params)}
+        groups = [[where[id(p)] for p in g["params"]] for g in opt.param_groups]
+
+        def before(optimizer, args, kwargs):
+            record.append({"params": [p.detach().clone() for p in params], "lr": optimizer.param_groups[0]["lr"],
+                           "grads": [p.grad.clone() for p in params], "groups": groups})
+
+        def after(optimizer, args, kwargs):
+            record[-1]["after"] = [p.detach().clone() for p in params]
+
+        opt.register_step_pre_hook(before)
+        opt.register_step_post_hook(after)
+        return opt
+
+    monkeypatch.setattr(optimizer_module, "build_optimizer", build)
+
+
+@needs_bnb
+def test_an_adamw_8bit_run_steps_as_transformers_and_resumes_bit_exactly(tmp_path, monkeypatch):
+    """A 6-step DPO run on tiny-llama with adamw_8bit (lm_head [300, 32]: 8-bit state; embed_tokens: 32-bit; the rest
+    under min_8bit_size): each step equals transformers' optimizer (its class and kwargs, the run's two groups, the
+    embedding override) replayed on the run's gradients and rates; the step-3 checkpoint holds the uint8 state and
+    names the optimizer; resumed from it the run ends on the same weights bit for bit."""
+    from bitsandbytes.optim import GlobalOptimManager
+    from transformers import Trainer
+
+    record = []
+    _recording(monkeypatch, record)
+    options = dict(optim="adamw_8bit", learning_rate=3e-3, warmup_steps=2, max_steps=6, save_steps=3,
+                   max_grad_norm=0.5, weight_decay=0.1)
+    _, full = run(tmp_path / "full", **options)
+    assert len(record) == 6 and record[2]["lr"] == 3e-3
+    from transformers import TrainingArguments
+
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(TrainingArguments(
+        output_dir=str(tmp_path / "hf"), optim="adamw_8bit", learning_rate=3e-3, weight_decay=0.1, use_cpu=True,
+        report_to=[]))  # TRL's / preflab's adam_beta1, adam_beta2, adam_epsilon defaults
+    params = [torch.nn.Parameter(p.clone()) for p in record[0]["params"]]
+    names = [n for n, _ in full.policy.named_parameters()]
+    assert names[0] == "model.embed_tokens.weight" and len(params) == len(names)
+    reference = cls([{"params": [params[i] for i in group], "weight_decay": wd}
+                     for group, wd in zip(record[0]["groups"], (0.1, 0.0), strict=True)], **kwargs)
+    GlobalOptimManager.get_instance().override_config(params[0], key_value_dict={"optim_bits": 32})
+    for k, step in enumerate(record):
+        assert all(torch.equal(p, q) for p, q in zip(params, step["params"], strict=True)), k
+        for p, g in zip(params, step["grads"], strict=True):
+            p.grad = g.clone()
+        for group in reference.param_groups:
+            group["lr"] = step["lr"]
+        reference.step()
+        assert all(torch.equal(p, q) for p, q in zip(params, step["after"], strict=True)), k
+    saved = load_file(str(tmp_path / "full/checkpoint-3/optimizer.safetensors"))
+    meta = json.loads((tmp_path / "full/checkpoint-3/optimizer.json").read_text())
+    assert meta["optimizer"] == "bitsandbytes AdamW 8-bit"
+    head = names.index("lm_head.weight")
+    index = [i for group in record[0]["groups"] for i in group].index(head)  # the state_dict's position
+    wrapped = "__bnb_optimizer_quant_state__"
+    assert saved[f"{index}.{wrapped}.state1"].dtype == torch.uint8 and saved[f"{index}.{wrapped}.absmax1"].numel() == 38
+    assert saved[f"{0}.{wrapped}.state1"].dtype == torch.float32  # the embedding, first in the decay group
+    record.clear()
+    _, resumed = run(tmp_path / "resumed", **options, resume_from_checkpoint=str(tmp_path / "full/checkpoint-3"))
+    assert len(record) == 3
+    for (name, p), q in zip(full.policy.named_parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+@needs_bnb
+def test_a_resume_across_optimizers_of_other_state_is_refused(tmp_path):
+    """torch AdamW and bitsandbytes' AdamW share a class name but not their state (exp_avg vs state1 / state2, uint8
+    at 8 bits): a checkpoint of one is refused by the other, even with allow_config_change."""
+    options = dict(learning_rate=3e-3, max_steps=2, save_steps=1)
+    run(tmp_path / "torch", optim="adamw_torch", **options)
+    with pytest.raises(ConfigError, match=r"holds AdamW optimizer state, and this run's optim builds bitsandbytes "
+                                          r"AdamW 8-bit"):
+        run(tmp_path / "a", optim="adamw_8bit", allow_config_change=True,
+            resume_from_checkpoint=str(tmp_path / "torch/checkpoint-1"), **options)
+    run(tmp_path / "bnb32", optim="lion_32bit", **options)
+    with pytest.raises(ConfigError, match=r"holds bitsandbytes Lion 32-bit optimizer state, and this run's optim "
+                                          r"builds bitsandbytes Lion 8-bit"):
+        run(tmp_path / "b", optim="lion_8bit", allow_config_change=True,
+            resume_from_checkpoint=str(tmp_path / "bnb32/checkpoint-1"), **options)
+
+
+def test_without_bitsandbytes_the_config_and_the_build_say_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else
+                        real(name, *a))
+    with pytest.raises(ConfigError, match=r"optim='adamw_8bit' is a bitsandbytes optimizer and the bitsandbytes "
+                                          r"package is not installed: pip install \"preflab\[bnb\]\""):
+        config_from_dict({**BASE, "optim": "adamw_8bit"})
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # import bitsandbytes.optim raises ImportError
+    monkeypatch.setitem(sys.modules, "bitsandbytes.optim", None)
+    with pytest.raises(ConfigError, match=r"pip install \"preflab\[bnb\]\""):
+        build_optimizer(_config("lion_8bit"), list(Net().parameters()))
+
+
+@needs_bnb
+@pytest.mark.parametrize("optim", [name for name in BNB_OPTIMIZERS if "paged" in name])
+def test_paged_optimizers_are_refused_off_cuda(optim):
+    """bitsandbytes would run a paged optimizer unpaged on the CPU (with a warning); preflab refuses it, at the config
+    with use_cpu and at the build for parameters off CUDA, naming the unpaged optim."""
+    unpaged = {"paged_ademamix_32bit": "ademamix"}.get(optim, optim.replace("paged_", ""))
+    use = (r"adamw_torch \(transformers has no unpaged bitsandbytes 32-bit AdamW name\)"
+           if optim == "paged_adamw_32bit" else rf"{unpaged} \(the same steps, unpaged\)")
+    with pytest.raises(ConfigError, match=rf"optim: {optim} needs a CUDA GPU .* use_cpu: true is set; .*Use optim: "
+                                          rf"{use} or run on a CUDA GPU"):
+        config_from_dict({**BASE, "optim": optim, "use_cpu": True})
+    assert not optimizer_errors(config_from_dict({**BASE, "optim": optim}))
+    with pytest.raises(ConfigError, match=rf"optim: {optim} needs a CUDA GPU .* the parameters are on cpu"):
+        build_optimizer(_config(optim), list(Net().parameters()))
+    assert optim == "paged_adamw_32bit" or unpaged in BNB_OPTIMIZERS
+
+
+@needs_bnb
+@pytest.mark.parametrize("optim, optim_args, said", [
+    ("rmsprop_bnb", "alpha=0.9", "optim rmsprop_bnb takes no optim_args: transformers passes them to bitsandbytes' "
+                                 "RMSprop as unconverted strings"),
+    ("adamw_8bit", "amsgrad=true", "optim adamw_8bit does not read 'amsgrad' \\(it reads no optim_args"),
+    ("lion_8bit", "beta1=0.9", "optim lion_8bit does not read 'beta1'"),
+    ("ademamix", "beta3=1", "beta3=1.0 must be in \\[0, 1\\)"),
+    ("ademamix_8bit", "t_alpha=2.5", "t_alpha='2.5' is not an integer"),
+    ("ademamix_8bit", "t_beta3=0", "t_beta3='0' must be an integer >= 1"),
+    ("ademamix", "gamma=1", "optim ademamix does not read 'gamma' \\(it reads beta1, beta2, beta3, alpha, eps, "
+                            "t_alpha, t_beta3"),
+])
+def test_optim_args_transformers_would_ignore_or_bitsandbytes_reject_are_refused(optim, optim_args, said):
+    with pytest.raises(ConfigError, match=said):
+        config_from_dict({**BASE, "optim": optim, "optim_args": optim_args})
+
+
+def test_rmsprop_bnb_rejects_the_strings_transformers_would_hand_it():
+    """The reason for refusing rmsprop_bnb's optim_args: transformers' kwargs carry the strings, which
+    bitsandbytes' RMSprop cannot take."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import Trainer
+
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(_args("rmsprop_bnb", "alpha=0.9"))
+    assert kwargs["alpha"] == "0.9"
+    with pytest.raises(TypeError):
+        cls(list(Net().parameters()), **kwargs)
+
+
+@needs_bnb
+@pytest.mark.parametrize("engine, fsdp2, named", [("DistributedType.DEEPSPEED", False, "DEEPSPEED"),
+                                                  ("DistributedType.FSDP", True, "FSDP2")])
+def test_sharded_engines_refuse_bitsandbytes_optimizers_and_ddp_takes_them(engine, fsdp2, named):
+    from preflab.loops.driver import TrainingRun
+
+    def check(distributed_type):
+        cfg = config_from_dict({**BASE, "optim": "adamw_8bit"})
+        run_ = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(distributed_type=distributed_type, is_fsdp2=fsdp2))
+        TrainingRun._check_engine_can_save(run_)
+
+    with pytest.raises(ConfigError) as err:
+        check(engine)
+    assert str(err.value) == sharded_optimizer_refusal("adamw_8bit", named)
+    assert "quantized in blocks of 256 values of the tensor they are handed" in str(err.value)
+    check("DistributedType.MULTI_GPU")
+
+
+H, I, L, V = 64, 128, 2, 100  # the plan's model: q/k/v/o [64, 64] = 4096 values, gate/up/down 8192, head 6400
+
+
+@needs_bnb
+def test_the_plan_counts_8bit_state_with_its_block_maxima(tmp_path):
+    """bitsandbytes' state by hand: 8-bit, a tensor of >= 4096 values keeps 1 byte a value and state plus a float32
+    per 256 values; the embedding (transformers' 32-bit override), the norms and LoRA's small factors 4 bytes;
+    32-bit ones 4 bytes whatever load_dtype. adamw_8bit on a model of 4096-value matrices is ~2 bytes a parameter."""
+    from preflab.plan import Sharding, memory_plan, model_config_of
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H, "intermediate_size": I,
+        "num_hidden_layers": L, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": V,
+        "tie_word_embeddings": False}))
+
+    def plan(**kw):
+        cfg = config_from_dict({"model_name_or_path": str(tmp_path), "dataset_name": "x.jsonl", "max_length": 16,
+                                "per_device_train_batch_size": 2, **kw})
+        return memory_plan(cfg, model_config_of(str(tmp_path)), Sharding())["optimizer"]
+
+    quantized = (V * H + 4 * 25) + L * (4 * (H * H + 4 * 16) + 3 * (H * I + 4 * 32))  # head, q/k/v/o, gate/up/down
+    full = V * H + L * 2 * H + H  # embedding, norms
+    assert plan(optim="adamw_8bit") == 2 * quantized + 2 * 4 * full
+    assert plan(optim="paged_lion_8bit") == quantized + 4 * full
+    assert plan(optim="ademamix_8bit", load_dtype="bfloat16", bf16=True) == 3 * quantized + 3 * 4 * full
+    total = V * H * 2 + L * (4 * H * H + 3 * H * I + 2 * H) + H
+    assert plan(optim="lion_32bit", load_dtype="bfloat16", bf16=True) == total * 4
+    assert plan(optim="rmsprop_bnb_8bit") == quantized + 4 * full
+    assert plan(optim="adamw_8bit") < plan(optim="adamw_torch") / 3
+    lora = L * 8 * (4 * (H + H) + 2 * (H + I) + (I + H))  # every factor under 4096 values: float32
+    assert plan(optim="adamw_8bit", use_peft=True, lora_r=8) == lora * 2 * 4
+    from preflab.optimizer_options import bnb_state_bytes
+
+    assert bnb_state_bytes("adamw_8bit", [(4096, 4096)]) / 4096 ** 2 == pytest.approx(2 * (1 + 4 / 256))
