@@ -346,3 +346,80 @@ def test_the_plan_counts_8bit_state_with_its_block_maxima(tmp_path):
     from preflab.optimizer_options import bnb_state_bytes
 
     assert bnb_state_bytes("adamw_8bit", [(4096, 4096)]) / 4096 ** 2 == pytest.approx(2 * (1 + 4 / 256))
+
+
+@needs_bnb
+@pytest.mark.parametrize("optim", CPU_NAMES)
+def test_the_weight_guards_bound_holds_at_every_step_and_spares_the_copy(optim):
+    """preflab.weight_guard copies weights and optimizer state before a step only when its bound on max |p'| could
+    overflow. For every CPU bitsandbytes optim (8-bit and 32-bit state, the embedding's 32-bit override): every
+    step's largest weight, at gradient scales from 1e-3 to 1e3 with weight decay 0.1, is within the bound; a normal
+    rate needs no copy, an absurd one (1e38) does."""
+    from preflab.weight_guard import _group_bound, max_abs_bound, update_could_overflow
+
+    net = Net()
+    params = list(net.parameters())
+    optimizer = build_optimizer(_config(optim), params, [net])
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1e-3, 1.0, 1e3, 1.0, 1e-3, 1e3):
+        for p in params:
+            p.grad = scale * torch.randn(p.shape, generator=gen)
+        w = max_abs_bound(params).item()
+        grad_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item()
+        bounds = [_group_bound(optimizer, group, w, grad_norm) for group in optimizer.param_groups]
+        assert not update_could_overflow(optimizer, w, grad_norm)
+        optimizer.step()
+        for group, bound in zip(optimizer.param_groups, bounds, strict=True):
+            assert max(p.abs().max().item() for p in group["params"]) <= bound
+    if "8bit" in optim:
+        assert optimizer.state[net.proj.weight]["state1"].dtype == torch.uint8
+    optimizer.param_groups[0]["lr"] = 1e38
+    assert update_could_overflow(optimizer, w, grad_norm)
+
+
+@needs_bnb
+@pytest.mark.parametrize("optim, reached", [("lion_8bit", lambda lr: lr), ("lion_32bit", lambda lr: lr),
+                                            ("rmsprop_bnb_8bit", lambda lr: lr / 0.1),
+                                            ("rmsprop_bnb", lambda lr: lr / 0.1)])
+def test_lion_and_rmsprop_bounds_are_reached_from_zero_weights(optim, reached):
+    """From zero weights without weight decay the first step of Lion moves every weight by exactly lr (the sign of
+    a nonzero gradient), RMSprop's by lr |g| / (sqrt(0.01 g^2) + eps) ~ lr / sqrt(1 - 0.99): the step terms of the
+    bounds, reached (to float rounding)."""
+    from preflab.weight_guard import _group_bound
+
+    net = Net()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    params = list(net.parameters())
+    optimizer = build_optimizer(SimpleNamespace(**{**vars(_config(optim)), "weight_decay": 0.0}), params, [net])
+    gen = torch.Generator().manual_seed(4)
+    for p in params:
+        p.grad = 10 * torch.randn(p.shape, generator=gen)
+    bound = _group_bound(optimizer, optimizer.param_groups[0], 0.0, 1.0)
+    assert bound == pytest.approx(reached(0.05))
+    optimizer.step()
+    largest = max(p.abs().max().item() for p in params)
+    assert largest <= bound * (1 + 1e-6) and largest == pytest.approx(bound, rel=1e-4)
+
+
+@needs_bnb
+def test_adamw_8bit_bound_reads_the_block_maxima_and_eps_zero_copies_every_step():
+    """bitsandbytes AdamW's bound grows with its first moments' block maxima (absmax1 of 8-bit state); with
+    adam_epsilon 0 there is no bound and every step copies."""
+    from preflab.weight_guard import _group_bound, update_could_overflow
+
+    net = Net()
+    optimizer = build_optimizer(_config("adamw_8bit"), list(net.parameters()), [net])
+    group = optimizer.param_groups[0]
+    before = _group_bound(optimizer, group, 1.0, 1.0)
+    assert before == pytest.approx(abs(1 - 0.05 * 0.1) + 0.05 * 1.0 / 0.2 / 1e-6)
+    for p in net.parameters():
+        p.grad = torch.full(p.shape, 100.0)
+    optimizer.step()
+    absmax = optimizer.state[net.proj.weight]["absmax1"].max().item()
+    assert absmax == pytest.approx(20.0)  # (1 - 0.8) * 100
+    assert _group_bound(optimizer, group, 1.0, 1.0) == pytest.approx(abs(1 - 0.05 * 0.1) + 0.05 * 20.0 / 0.2 / 1e-6)
+    zero = build_optimizer(SimpleNamespace(**{**vars(_config("adamw_8bit")), "adam_epsilon": 0.0}),
+                           list(Net().parameters()))
+    assert _group_bound(zero, zero.param_groups[0], 1.0, 1.0) is None and update_could_overflow(zero, 1.0, 1.0)
