@@ -250,9 +250,10 @@ def test_without_bitsandbytes_the_config_and_the_build_say_how_to_install_it(mon
 
 @needs_bnb
 @pytest.mark.parametrize("optim", [name for name in BNB_OPTIMIZERS if "paged" in name])
-def test_paged_optimizers_are_refused_off_cuda(optim):
+def test_paged_optimizers_are_refused_off_cuda(optim, monkeypatch):
     """bitsandbytes would run a paged optimizer unpaged on the CPU (with a warning); preflab refuses it, at the config
-    with use_cpu and at the build for parameters off CUDA, naming the unpaged optim."""
+    with use_cpu and at the build where no CUDA GPU is visible, naming the unpaged optim. With a GPU visible the
+    build is not refused for parameters still on the CPU (online and reward runs move the model after it)."""
     unpaged = {"paged_ademamix_32bit": "ademamix"}.get(optim, optim.replace("paged_", ""))
     use = (r"adamw_torch \(transformers has no unpaged bitsandbytes 32-bit AdamW name\)"
            if optim == "paged_adamw_32bit" else rf"{unpaged} \(the same steps, unpaged\)")
@@ -260,9 +261,12 @@ def test_paged_optimizers_are_refused_off_cuda(optim):
                                           rf"{use} or run on a CUDA GPU"):
         config_from_dict({**BASE, "optim": optim, "use_cpu": True})
     assert not optimizer_errors(config_from_dict({**BASE, "optim": optim}))
-    with pytest.raises(ConfigError, match=rf"optim: {optim} needs a CUDA GPU .* the parameters are on cpu"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=rf"optim: {optim} needs a CUDA GPU .* no CUDA GPU is visible"):
         build_optimizer(_config(optim), list(Net().parameters()))
     assert optim == "paged_adamw_32bit" or unpaged in BNB_OPTIMIZERS
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the parameters may move to the GPU after the build
+    assert build_optimizer(_config(optim), list(Net().parameters())).is_paged
 
 
 @needs_bnb
@@ -423,3 +427,41 @@ def test_adamw_8bit_bound_reads_the_block_maxima_and_eps_zero_copies_every_step(
     zero = build_optimizer(SimpleNamespace(**{**vars(_config("adamw_8bit")), "adam_epsilon": 0.0}),
                            list(Net().parameters()))
     assert _group_bound(zero, zero.param_groups[0], 1.0, 1.0) is None and update_could_overflow(zero, 1.0, 1.0)
+
+
+@needs_bnb
+@pytest.mark.slow
+def test_adamw_8bit_on_two_ddp_processes_equals_one_process_and_resumes_exactly(tmp_path, accelerate_launch):
+    """DDP: every rank steps bitsandbytes' AdamW on the same all-reduced gradients. 2 processes x batch 2 for 4
+    steps: the losses and final weights of 1 process x batch 4 (to float tolerance: the all-reduce sums in another
+    order); resumed on 2 processes from checkpoint-2 (the 8-bit state in the checkpoint), bit for bit the
+    uninterrupted 2-process run's weights."""
+    import os
+    import subprocess
+
+    import preflab
+
+    options = dict(optim="adamw_8bit", max_steps=4, save_steps=2, learning_rate=1e-2, seed=7, weight_decay=0.1)
+    args = [f"{k}={json.dumps(v)}" for k, v in options.items()]
+    runs = [["plain", tmp_path / "two", *args],
+            ["plain", tmp_path / "resumed", *args, f"resume_from_checkpoint={tmp_path / 'two/checkpoint-2'}"]]
+    argv = [str(a) for r in runs for a in [*r, "per_device_train_batch_size=2", "--"]][:-1]
+    path = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env.pop("WORLD_SIZE", None)
+    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                            "--dynamo_backend", "no", str(Path(__file__).parent / "features_run.py"), *argv)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run(tmp_path / "one", **{**options, "save_steps": 0}, per_device_train_batch_size=4)
+    losses = [json.loads(x) for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
+    one = [json.loads(x) for x in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in losses if "loss" in r] == pytest.approx([r["loss"] for r in one if "loss" in r],
+                                                                       abs=1e-5)
+    two, single = load_file(str(tmp_path / "two/model.safetensors")), load_file(str(tmp_path / "one/model.safetensors"))
+    assert max((two[k] - single[k]).abs().max().item() for k in two) < 1e-4
+    assert not torch.equal(two["lm_head.weight"], load_file(str(tmp_path / "two/checkpoint-2/model.safetensors"))[
+        "lm_head.weight"])
+    resumed = load_file(str(tmp_path / "resumed/model.safetensors"))
+    assert all(torch.equal(two[k], resumed[k]) for k in two)

@@ -47,20 +47,23 @@ def bnb_class_and_kwargs(cfg, optim: str) -> tuple[type, dict]:
     return getattr(bnb_optim, name), kwargs
 
 
-def check_paged_device(optim: str, params: list) -> None:
-    """ConfigError for a paged optim when a parameter is not on a CUDA device (bitsandbytes would run it unpaged)."""
+def check_paged_device(cfg, optim: str) -> None:
+    """ConfigError for a paged optim where the run will not train on a CUDA GPU (use_cpu, or none visible):
+    bitsandbytes would run it unpaged. The run's device, not the parameters': some runs build the optimizer before
+    the model moves to the GPU (the parameters stay the same tensors, and bitsandbytes makes the state at the
+    first step, on their device then)."""
     if not bnb_kind(optim)[2]:
         return
-    devices = sorted({p.device.type for p in params if p.device.type != "cuda"})
-    if devices:
-        raise ConfigError(paged_refusal(optim, f"the parameters are on {', '.join(devices)} "
-                                               "(use_cpu, or no CUDA GPU visible)"))
+    if getattr(cfg, "use_cpu", False):
+        raise ConfigError(paged_refusal(optim, "use_cpu: true is set"))
+    if not torch.cuda.is_available():
+        raise ConfigError(paged_refusal(optim, "no CUDA GPU is visible (torch.cuda.is_available() is false)"))
 
 
 def build_bnb_optimizer(cfg, optim: str, groups: list[dict], params: list, owners) -> torch.optim.Optimizer:
     """bitsandbytes optimizer `optim` over the weight-decay `groups` (preflab.loops.optimizer.weight_decay_groups),
     with the 32-bit override of the nn.Embedding weights among `owners`' modules when it is an 8-bit one."""
-    check_paged_device(optim, params)
+    check_paged_device(cfg, optim)
     cls, kwargs = bnb_class_and_kwargs(cfg, optim)
     optimizer = cls(groups, **kwargs)
     optimizer.mng = own_manager()
