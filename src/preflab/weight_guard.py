@@ -20,8 +20,9 @@ for the fused AdamW step of an 8.8M-parameter model on one loaded CPU core) whos
 existing flag all-reduce, so no extra host sync and no extra memory. Only a risky step (an
 absurd learning rate or weights near the dtype's range) pays the copy and one more sync. The other optimizers
 `optim` builds have bounds of their own (_group_bound: Adafactor, Adagrad, RMSprop and SGD without momentum, and
-bitsandbytes' 8-bit / 32-bit Lion, RMSprop, AdamW and AdEMAMix); one without a bound (SGD or RMSprop with momentum, centered RMSprop, an optimizer given in code) treats every step as
-risky: exact, but it copies the weights and the optimizer state before every step.
+bitsandbytes' 8-bit / 32-bit Lion, RMSprop, AdamW and AdEMAMix; the last two read their first moments' maxima, one
+host read a step); one without a bound (SGD or RMSprop with momentum, centered RMSprop, an optimizer given in code)
+treats every step as risky: exact, but it copies the weights and the optimizer state before every step.
 """
 from __future__ import annotations
 

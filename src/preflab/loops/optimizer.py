@@ -1,9 +1,9 @@
 """The optimizer and learning-rate schedule of every trainer: the optimizer `optim` names (AdamW with TRL's option
 names, transformers' Adafactor, torch SGD / Adagrad / RMSprop, bitsandbytes' 8-bit / paged ones;
 preflab.optimizer_options), transformers' schedules (linear warmup from 0, then linear / cosine decay or
-constant_with_warmup; constant without warmup; and get_scheduler's cosine_with_restarts, polynomial, inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr,
-warmup_stable_decay with lr_scheduler_kwargs; reduce_lr_on_plateau, stepped by the eval metric: EvalPlateau), and
-the schedule re-applied after a resume."""
+constant_with_warmup; constant without warmup; and get_scheduler's cosine_with_restarts, polynomial, inverse_sqrt,
+cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay with lr_scheduler_kwargs; reduce_lr_on_plateau,
+stepped by the eval metric: EvalPlateau), and the schedule re-applied after a resume."""
 from __future__ import annotations
 
 import math
