@@ -213,7 +213,10 @@ def optimizer_state_values(optim: str, optim_args: str | None, shapes) -> int:
     - rmsprop: square_avg, plus the momentum buffer when momentum > 0 and grad_avg when centered;
     - adafactor (beta1 None: no first moment): a tensor of 2 or more dims keeps its row means (all dims but the last)
       and column means (all but the second-to-last), a vector or scalar keeps numel.
-    Scalars (step counters, Adafactor's RMS) are left out."""
+    Scalars (step counters, Adafactor's RMS) are left out. A bitsandbytes optim: ValueError (its state is counted
+    in bytes, bnb_state_bytes)."""
+    if optim in BNB_OPTIMIZERS:
+        raise ValueError(f"optim {optim}: bitsandbytes state is counted by bnb_state_bytes")
     args = optim_arg_values(optim, optim_args)
     total = 0
     for shape in shapes:

@@ -465,3 +465,57 @@ def test_adamw_8bit_on_two_ddp_processes_equals_one_process_and_resumes_exactly(
         "lm_head.weight"])
     resumed = load_file(str(tmp_path / "resumed/model.safetensors"))
     assert all(torch.equal(two[k], resumed[k]) for k in two)
+
+
+@needs_bnb
+@pytest.mark.parametrize("optim", ["adamw_8bit", "ademamix_8bit", "lion_32bit"])
+def test_the_state_of_several_8bit_tensors_goes_through_the_checkpoint_files_bit_exactly(tmp_path, optim):
+    """bitsandbytes gives every 8-bit tensor's state the same quantization-map tensors (qmap1, qmap2), which
+    safetensors refuses to write twice: split_optimizer_state clones the repeats. Saved as a checkpoint saves it
+    (safetensors + JSON) and loaded into a new optimizer, the state is equal (uint8, maps, block maxima, int steps)
+    and the next steps are the uninterrupted optimizer's, bit for bit."""
+    from safetensors.torch import save_file
+
+    from preflab.checkpoint import join_optimizer_state, split_optimizer_state
+
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(5)
+            self.a = torch.nn.Linear(80, 64, bias=False)
+            self.b = torch.nn.Linear(64, 80)
+
+    model, again = Two(), Two()
+    optimizer = build_optimizer(_config(optim), list(model.parameters()), [model])
+    gen = torch.Generator().manual_seed(6)
+    grads = [[torch.randn(p.shape, generator=gen) for p in model.parameters()] for _ in range(4)]
+
+    def step(net, opt, k):
+        for p, g in zip(net.parameters(), grads[k], strict=True):
+            p.grad = g.clone()
+        opt.step()
+
+    for k in range(2):
+        step(model, optimizer, k)
+    tensors, meta = split_optimizer_state(optimizer.state_dict())
+    if "8bit" in optim:
+        first, second = optimizer.state[model.a.weight], optimizer.state[model.b.weight]
+        assert first["qmap1"] is second["qmap1"] and first["state1"].dtype == torch.uint8
+    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
+    (tmp_path / "optimizer.json").write_text(json.dumps(meta))
+    with torch.no_grad():
+        for p, q in zip(again.parameters(), model.parameters(), strict=True):
+            p.copy_(q)
+    restored = build_optimizer(_config(optim), list(again.parameters()), [again])
+    restored.load_state_dict(join_optimizer_state(load_file(str(tmp_path / "optimizer.safetensors")),
+                                                  json.loads((tmp_path / "optimizer.json").read_text())))
+    for p, q in zip(again.parameters(), model.parameters(), strict=True):
+        mine, theirs = restored.state[p], optimizer.state[q]
+        assert mine.keys() == theirs.keys()
+        for key in mine:
+            assert (torch.equal(mine[key], theirs[key]) and mine[key].dtype == theirs[key].dtype
+                    if torch.is_tensor(mine[key]) else (mine[key], type(mine[key])) == (theirs[key], type(theirs[key])))
+    for k in (2, 3):
+        step(model, optimizer, k)
+        step(again, restored, k)
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), model.parameters(), strict=True))
