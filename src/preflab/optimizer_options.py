@@ -176,7 +176,8 @@ def refused_optim(optim) -> str:
     built = ", ".join(o for o in OPTIMIZERS if o not in BNB_OPTIMIZERS)
     bnb = ", ".join(BNB_OPTIMIZERS)
     if any(part in name for part in ("8bit", "4bit", "paged", "bnb")):
-        return (f"optim={optim!r} is not supported: its quantized state (torchao / GaLore) is not built here. "
+        return (f"optim={optim!r} is not supported: preflab does not build it (torchao's and GaLore's 8-bit / 4-bit "
+                "optimizers need packages preflab does not use). "
                 f"preflab builds bitsandbytes' 8-bit and paged optimizers ({bnb}; {BNB_INSTALL}), e.g. optim: "
                 "adamw_8bit. Other ways to cut optimizer memory: use_peft: true (LoRA: state for the adapters only; "
                 "with load_in_4bit: true, QLoRA), optim: adafactor (factored second moments), or DeepSpeed ZeRO with "
