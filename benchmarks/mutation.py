@@ -4290,8 +4290,8 @@ MUTANTS += [
            MY_OPTIM, "sgd / adagrad / rmsprop / adafactor run with the class's default weight decay, not weight_decay"),
     # checkpoint.py's optimizer class
     Mutant("my-ckpt-class-of-wrapper", "checkpoint.py",
-           [('    return type(getattr(optimizer, "optimizer", optimizer)).__name__',
-             '    return type(optimizer).__name__')], MY_OPTIM,
+           [('    inner = getattr(optimizer, "optimizer", optimizer)\n    name = type(inner).__name__',
+             '    inner = optimizer\n    name = type(inner).__name__')], MY_OPTIM,
            "optimizer.json names accelerate's wrapper, so every optimizer resumes every other's state"),
     Mutant("my-ckpt-old-checkpoint-any-optimizer", "checkpoint.py",
            [('saved, current = meta.get("optimizer", "AdamW"), optimizer_class(optimizer)',
@@ -4444,6 +4444,50 @@ MUTANTS += [
            [('if not _number(control) and isinstance(summary.get("metric_name"), str):',
              'if _number(control) and isinstance(summary.get("metric_name"), str):')], MY_REPORT,
            "control_<metric_name>_after is read only where control_after already is (OTC's row shows no control)"),
+]
+
+
+# optim-8bit round
+O8 = ["tests/loops/test_optim_bnb.py", "-k", "not two_ddp"]  # needs bitsandbytes (preflab[bnb]; else all skip)
+MUTANTS += [
+    Mutant("o8-bnb-paged-32bit-as-8bit", "optimizer_options.py",
+           [('return cls, 8 if "8bit" in optim else 32, "paged" in optim',
+             'return cls, 8 if "8bit" in optim or "paged" in optim else 32, "paged" in optim')], O8,
+           "paged_adamw_32bit / paged_lion_32bit build 8-bit state"),
+    Mutant("o8-bnb-lion-gets-eps", "loops/bnb_optimizers.py",
+           [('        kwargs.update(betas=(cfg.adam_beta1, cfg.adam_beta2))\n',
+             '        kwargs.update(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)\n')], O8,
+           "Lion is given adam_epsilon, which transformers does not pass"),
+    Mutant("o8-bnb-ademamix-beta3-default", "loops/bnb_optimizers.py",
+           [('args.get("beta3", 0.9999)', 'args.get("beta3", 0.999)')], O8,
+           "AdEMAMix's slow-moment beta3 defaults to 0.999, not transformers' 0.9999"),
+    Mutant("o8-bnb-embedding-override-dropped", "loops/bnb_optimizers.py",
+           [('    if kwargs["optim_bits"] == 8:\n', '    if kwargs["optim_bits"] == 7:\n')], O8,
+           "8-bit optimizers keep 8-bit state for embeddings (transformers' Trainer keeps 32-bit)"),
+    Mutant("o8-bnb-rmsprop-paged-kwarg", "loops/bnb_optimizers.py",
+           [('    if name != "RMSprop":\n        kwargs["is_paged"] = paged', '    if True:\n        kwargs["is_paged"] = paged')],
+           O8, "rmsprop_bnb is passed is_paged, which bitsandbytes' RMSprop does not take"),
+    Mutant("o8-ckpt-nested-state-in-json", "checkpoint.py",
+           [('            elif isinstance(value, dict):\n                meta["state"][str(idx)][key] = {}',
+             '            elif False:\n                meta["state"][str(idx)][key] = {}')], O8,
+           "bitsandbytes' wrapped quantized state is left in the JSON part (the checkpoint cannot be written)"),
+    Mutant("o8-ckpt-shared-storage-kept", "checkpoint.py",
+           [('        if storage in storages:\n            value = value.clone()',
+             '        if False:\n            value = value.clone()')], O8,
+           "the quantization map shared by every parameter's state goes to safetensors shared (it refuses)"),
+    Mutant("o8-ckpt-class-without-bits", "checkpoint.py",
+           [("return f\"bitsandbytes {name} {getattr(getattr(inner, 'args', None), 'optim_bits', 32)}-bit\"",
+             'return f"bitsandbytes {name}"')], O8,
+           "a lion_32bit checkpoint resumes into lion_8bit (32-bit state run as if 8-bit)"),
+    Mutant("o8-plan-absmax-dropped", "optimizer_options.py",
+           [("total += states * (numel + 4 * -(-numel // BNB_BLOCK))", "total += states * numel")], O8,
+           "the plan leaves out the 8-bit state's float32 block maxima"),
+    Mutant("o8-guard-lion-step-term-dropped", "weight_guard.py",
+           [("        return w * abs(1 - lr * wd) + lr\n", "        return w * abs(1 - lr * wd)\n")], O8,
+           "the guard's Lion bound leaves out the lr-sized sign step (an overflowing step is not copied)"),
+    Mutant("o8-paged-without-cuda-built", "loops/bnb_optimizers.py",
+           [("    if not torch.cuda.is_available():\n", "    if False:\n")], O8,
+           "a paged optimizer builds where no CUDA GPU is visible (bitsandbytes runs it unpaged)"),
 ]
 
 

@@ -23,6 +23,7 @@ SLOW_FILES_SECONDS = {
     "tests/online/test_resume_every_trainer.py": 25,
     "tests/report/test_report_recipe_runs.py": 25,
     "tests/loops/test_optimizers.py": 20,
+    "tests/loops/test_optim_bnb.py": 35,  # one 2-process launch (adamw_8bit under DDP) and the bitsandbytes import
     "tests/loops/test_extras_sharding.py": 62,
     "tests/loops/test_scale_matrix.py": 49,
     "tests/online/test_recipes.py": 43,

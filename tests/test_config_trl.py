@@ -467,17 +467,19 @@ def test_an_untouched_trl_dpoconfig_says_nothing_of_restore_callback_states_and_
     assert "restore_callback_states_from_checkpoint" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("optim", ["adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adamw_8bit",
-                                   "adamw_torch_4bit", "lion_8bit"])
+@pytest.mark.parametrize("optim", ["adamw_torch_4bit", "adamw_torch_8bit", "galore_adamw_8bit", "paged_adamw",
+                                   "adamw_bnb"])
 def test_8bit_and_paged_optimizers_are_refused_naming_what_saves_that_memory(optim):
-    """TRL users set bitsandbytes' 8-bit / paged AdamW to save optimizer memory; preflab refuses it (its
-    checkpoints hold full-precision AdamW state; bitsandbytes is not verified here) and names the alternatives."""
+    """bitsandbytes' 8-bit / paged optimizers are built (tests/loops/test_optim_bnb.py); torchao's 8-bit / 4-bit
+    AdamW, GaLore's 8-bit one and a misspelt paged / bnb name are refused naming bitsandbytes' names and the other
+    ways to cut optimizer memory."""
     with pytest.raises(ConfigError) as err:
         config_from_dict({**BASE, "optim": optim})
     said = str(err.value)
     assert f"optim={optim!r} is not supported" in said and said.count("not supported") == 1
-    for alternative in ("use_peft: true", "load_in_4bit: true", "examples/accelerate/zero2.yaml",
-                        "offload_optimizer_device: cpu", "adamw_torch_fused"):
+    for alternative in ("adamw_8bit", "paged_adamw_8bit", 'pip install "preflab[bnb]"', "use_peft: true",
+                        "load_in_4bit: true", "examples/accelerate/zero2.yaml", "offload_optimizer_device: cpu",
+                        "adamw_torch_fused"):
         assert alternative in said
 
 

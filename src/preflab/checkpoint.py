@@ -106,19 +106,48 @@ def _optimizer_parts(optimizer) -> tuple[dict, dict]:
 
 
 def optimizer_class(optimizer) -> str:
-    """The class name of the torch optimizer (inside accelerate's AcceleratedOptimizer)."""
-    return type(getattr(optimizer, "optimizer", optimizer)).__name__
+    """The class name of the torch optimizer (inside accelerate's AcceleratedOptimizer); a bitsandbytes one is
+    named with its package and state bits ("bitsandbytes AdamW 8-bit"): its state (state1 / state2, uint8 with
+    quantization maps at 8 bits) is not torch AdamW's, nor that of the other bit width. Paged or not, the state is
+    the same."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    name = type(inner).__name__
+    if type(inner).__module__.startswith("bitsandbytes."):
+        return f"bitsandbytes {name} {getattr(getattr(inner, 'args', None), 'optim_bits', 32)}-bit"
+    return name
 
 
 def split_optimizer_state(sd: dict) -> tuple[dict, dict]:
     """A torch optimizer state_dict as (tensors keyed "<index>.<key>", the JSON rest: param_groups and the
-    non-tensor state values); join_optimizer_state inverts it."""
+    non-tensor state values); join_optimizer_state inverts it. A state value that is a dict (bitsandbytes wraps its
+    quantized state, state1 / qmap1 / absmax1 ..., in one) is split the same way one level down: its tensors keyed
+    "<index>.<key>.<inner key>", its other values under meta's state[index][key]. A tensor whose storage an earlier
+    one shares (bitsandbytes' quantization maps are one tensor for all parameters) is cloned: safetensors refuses
+    shared storage."""
     tensors, meta = {}, {"param_groups": sd["param_groups"], "state": {}}
+    storages: set = set()
+
+    def put(key, value):
+        value = value.contiguous().cpu()
+        storage = (value.untyped_storage().data_ptr(), value.device.type) if value.numel() else None
+        if storage in storages:
+            value = value.clone()
+        elif storage is not None:
+            storages.add(storage)
+        tensors[key] = value
+
     for idx, state in sd["state"].items():
         meta["state"][str(idx)] = {}
         for key, value in state.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value.contiguous().cpu()
+                put(f"{idx}.{key}", value)
+            elif isinstance(value, dict):
+                meta["state"][str(idx)][key] = {}
+                for inner, item in value.items():
+                    if torch.is_tensor(item):
+                        put(f"{idx}.{key}.{inner}", item)
+                    else:
+                        meta["state"][str(idx)][key][inner] = item
             else:
                 meta["state"][str(idx)][key] = value
     return tensors, meta
@@ -707,10 +736,14 @@ def join_optimizer_state(tensors: dict, meta: dict) -> dict:
     """The torch optimizer state_dict split_optimizer_state split into `tensors` and `meta`."""
     state = {}
     for idx, values in meta["state"].items():
-        state[int(idx)] = dict(values)
+        state[int(idx)] = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
     for key, value in tensors.items():
         idx, _, name = key.partition(".")
-        state.setdefault(int(idx), {})[name] = value
+        name, _, inner = name.partition(".")
+        if inner:
+            state.setdefault(int(idx), {}).setdefault(name, {})[inner] = value
+        else:
+            state.setdefault(int(idx), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

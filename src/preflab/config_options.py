@@ -161,11 +161,14 @@ OPTIONS: dict[str, Option] = {
     "adam_epsilon": above(0, "AdamW epsilon"),
     "optim": Option("transformers' optimizer name: adamw_torch_fused (default) / adamw_torch (torch AdamW), "
                     "adafactor (transformers' Adafactor, lr = learning_rate), sgd, adagrad, rmsprop (torch's); "
-                    "8-bit / paged and other packages' optimizers are refused",
-                    "adamw_torch_fused | adamw_torch | adamw_hf | adafactor | sgd | adagrad | rmsprop"),
+                    "bitsandbytes' (pip install \"preflab[bnb]\"): adamw_8bit / adamw_bnb_8bit, paged_adamw_8bit, "
+                    "paged_adamw_32bit, lion_8bit, lion_32bit, paged_lion_*, rmsprop_bnb(_8bit, _32bit), ademamix"
+                    "(_8bit), paged_ademamix_* (paged: CUDA only); other packages' optimizers are refused",
+                    "adamw_torch_fused | adamw_torch | adamw_hf | adafactor | sgd | adagrad | rmsprop | "
+                    "adamw_8bit | paged_adamw_8bit | lion_8bit | ..."),
     "optim_args": Option("TRL's optim_args: \"key=value,...\" for sgd (momentum, dampening, nesterov), adagrad "
-                         "(lr_decay, eps), rmsprop (momentum, alpha, eps, centered); keys an optimizer does not read "
-                         "are errors"),
+                         "(lr_decay, eps), rmsprop (momentum, alpha, eps, centered), ademamix* (beta1, beta2, beta3, "
+                         "alpha, eps, t_alpha, t_beta3); keys an optimizer does not read are errors"),
     "max_grad_norm": Option("clip the global gradient norm to this (0: no clipping)", ">= 0",
                             lambda v: _num(v) and v >= 0),
     "per_device_train_batch_size": above(0, "pairs per micro-batch per process"),

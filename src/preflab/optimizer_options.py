@@ -16,6 +16,14 @@ an optim_args weight_decay: that key is refused, naming weight_decay. optim_args
 true / 1 / yes (any case). Where transformers would ignore a key or read a misspelt bool as false, preflab refuses it.
 
     optim_arg_values("sgd", "momentum=0.9, nesterov=True")  -> {"momentum": 0.9, "nesterov": True}
+
+The bitsandbytes optimizers (BNB_OPTIMIZERS; the package is the optional extra preflab[bnb]) are transformers'
+_get_bitsandbytes_optimizer's: bitsandbytes.optim AdamW / Lion / RMSprop / AdEMAMix with optim_bits 8 where the name
+holds "8bit" (else 32) and is_paged where it holds "paged" (not passed to RMSprop). AdamW takes betas (adam_beta1,
+adam_beta2) and eps adam_epsilon; Lion betas only; AdEMAMix betas (beta1, beta2, beta3), alpha, eps from optim_args
+(defaults adam_beta1, adam_beta2, 0.9999, 5.0, adam_epsilon) and t_alpha, t_beta3 (int) when given; RMSprop lr
+only, and transformers hands it the optim_args strings unconverted, which bitsandbytes' RMSprop rejects (a TypeError
+comparing a str with 0.0, or "centered" read as true): preflab refuses optim_args for it.
 """
 from __future__ import annotations
 
@@ -30,7 +38,46 @@ OPTIM_ARGS: dict[str, dict[str, type]] = {
     "adagrad": {"lr_decay": float, "eps": float},
     "rmsprop": {"momentum": float, "alpha": float, "eps": float, "centered": bool},
 }
+
+# transformers 5's _BITSANDBYTES_OPTIMIZERS (TrainingArguments' names), built as _get_bitsandbytes_optimizer builds them
+BNB_OPTIMIZERS = ("adamw_bnb_8bit", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "ademamix", "ademamix_8bit",
+                  "paged_ademamix_32bit", "paged_ademamix_8bit", "lion_32bit", "lion_8bit", "paged_lion_32bit",
+                  "paged_lion_8bit", "rmsprop_bnb", "rmsprop_bnb_8bit", "rmsprop_bnb_32bit")
+_ADEMAMIX_ARGS = {"beta1": float, "beta2": float, "beta3": float, "alpha": float, "eps": float, "t_alpha": int,
+                  "t_beta3": int}
+OPTIM_ARGS.update({name: dict(_ADEMAMIX_ARGS) if "ademamix" in name else {} for name in BNB_OPTIMIZERS})
 OPTIMIZERS = tuple(OPTIM_ARGS)
+BNB_INSTALL = 'pip install "preflab[bnb]"'
+
+
+def bnb_kind(optim: str) -> tuple[str, int, bool]:
+    """(the bitsandbytes.optim class, optim_bits, is_paged) of a BNB_OPTIMIZERS name, as transformers reads the
+    name: "adam" -> AdamW (not in "ademamix"), "lion" -> Lion, "rmsprop" -> RMSprop, "ademamix" -> AdEMAMix; 8 bits
+    where it holds "8bit", else 32; paged where it holds "paged".
+
+        bnb_kind("paged_adamw_8bit") -> ("AdamW", 8, True);  bnb_kind("rmsprop_bnb") -> ("RMSprop", 32, False)"""
+    cls = next(c for key, c in (("adam", "AdamW"), ("lion", "Lion"), ("rmsprop", "RMSprop"), ("ademamix", "AdEMAMix"))
+               if key in optim)
+    return cls, 8 if "8bit" in optim else 32, "paged" in optim
+
+
+def bnb_missing(optim: str) -> str:
+    """The refusal of a bitsandbytes optim where the package is not installed."""
+    return (f"optim={optim!r} is a bitsandbytes optimizer and the bitsandbytes package is not installed: "
+            f"{BNB_INSTALL} (or pip install bitsandbytes), or choose an optim that needs no other package: "
+            f"{', '.join(o for o in OPTIMIZERS if o not in BNB_OPTIMIZERS)}.")
+
+
+def paged_refusal(optim: str, where: str) -> str:
+    """The refusal of a paged optimizer off CUDA (where: why the run is not on a CUDA GPU). bitsandbytes pages the
+    state between GPU and CPU memory with CUDA unified memory; on the CPU it would keep the state where it is and run
+    as the unpaged optimizer, so the option would not do what it says."""
+    unpaged = {"paged_adamw_32bit": None, "paged_ademamix_32bit": "ademamix"}.get(optim, optim.replace("paged_", ""))
+    use = (f"optim: {unpaged} (the same steps, unpaged)" if unpaged else
+           "optim: adamw_torch (transformers has no unpaged bitsandbytes 32-bit AdamW name)")
+    return (f"optim: {optim} needs a CUDA GPU (bitsandbytes pages the optimizer state between GPU and CPU memory "
+            f"with CUDA unified memory), and {where}; on the CPU bitsandbytes would silently run it unpaged. Use "
+            f"{use} or run on a CUDA GPU.")
 
 # the float keys torch refuses below 0 (SGD momentum; Adagrad lr_decay, eps; RMSprop momentum, alpha, eps)
 _NON_NEGATIVE = ("momentum", "lr_decay", "eps", "alpha")
@@ -52,6 +99,14 @@ def parse_optim_args(text: str | None) -> dict[str, str]:
 
 
 def _typed(kind: type, key: str, value: str):
+    if kind is int:  # transformers: int(value) (AdEMAMix's t_alpha, t_beta3)
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{key}={value!r} is not an integer") from None
+        if number < 1:
+            raise ValueError(f"{key}={value!r} must be an integer >= 1 (bitsandbytes reads 0 as no schedule)")
+        return number
     if kind is bool:
         if value.lower() not in _TRUE + _FALSE:
             raise ValueError(f"{key}={value!r} is not a bool (true or false)")
@@ -69,6 +124,10 @@ def optim_arg_values(optim: str, text: str | None) -> dict:
     """The keyword arguments optim_args gives optimizer `optim`, typed as transformers types them. ValueError naming
     the problem for a key `optim` does not read, optim_args weight_decay, or a value that is not of its type."""
     known = OPTIM_ARGS[optim]
+    if optim.startswith("rmsprop_bnb") and parse_optim_args(text):
+        raise ValueError(f"optim {optim} takes no optim_args: transformers passes them to bitsandbytes' RMSprop as "
+                         "unconverted strings, which it rejects (a str compared with 0.0; centered='false' is true); "
+                         "its alpha 0.99, eps 1e-8 and momentum 0 are fixed. For these settings use optim: rmsprop")
     values = {}
     for key, value in parse_optim_args(text).items():
         if key == "weight_decay":
@@ -78,6 +137,9 @@ def optim_arg_values(optim: str, text: str | None) -> dict:
             reads = f"it reads {', '.join(known)}" if known else "it reads no optim_args"
             raise ValueError(f"optim {optim} does not read {key!r} ({reads}; transformers would ignore it)")
         values[key] = _typed(known[key], key, value)
+    for beta in ("beta1", "beta2", "beta3"):
+        if not 0.0 <= values.get(beta, 0.0) < 1.0:
+            raise ValueError(f"{beta}={values[beta]!r} must be in [0, 1) (bitsandbytes refuses it otherwise)")
     if values.get("nesterov") and (values.get("momentum", 0.0) <= 0 or values.get("dampening", 0.0) != 0):
         raise ValueError("nesterov=true needs momentum > 0 and dampening 0 (torch SGD refuses it otherwise)")
     return values
@@ -95,26 +157,35 @@ def optimizer_errors(cfg) -> list[str]:
         optim_arg_values(optim, text)
     except ValueError as exc:
         return [f"optim_args={text!r} for optim {optim}: {exc}."]
+    if optim in BNB_OPTIMIZERS:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return [bnb_missing(optim)]
+        if bnb_kind(optim)[2] and getattr(cfg, "use_cpu", False):
+            return [paged_refusal(optim, "use_cpu: true is set")]
     return []
 
 
 def refused_optim(optim) -> str:
-    """The refusal of a transformers `optim` preflab does not build. The 8-bit, 4-bit and paged optimizers
-    (bitsandbytes / torchao; TRL users set them to save optimizer memory) are named with what saves that memory in
-    preflab: their quantized state is not what preflab's checkpoints hold for an exact resume, and with no
-    bitsandbytes and no GPU here their support could not be verified. The others (GaLore, APOLLO, LOMO, schedule-free,
+    """The refusal of a transformers `optim` preflab does not build. torchao's 8-bit / 4-bit AdamW (adamw_torch_8bit,
+    adamw_torch_4bit) and GaLore's 8-bit one are named with bitsandbytes' 8-bit optimizers, which preflab builds
+    (BNB_OPTIMIZERS), and with what else cuts optimizer memory. The others (GaLore, APOLLO, LOMO, schedule-free,
     GrokAdamW, StableAdamW, AnyPrecision, XLA / NPU AdamW) need packages preflab does not depend on."""
     name = str(optim)
-    built = ", ".join(OPTIMIZERS)
+    built = ", ".join(o for o in OPTIMIZERS if o not in BNB_OPTIMIZERS)
+    bnb = ", ".join(BNB_OPTIMIZERS)
     if any(part in name for part in ("8bit", "4bit", "paged", "bnb")):
-        return (f"optim={optim!r} is not supported: 8-bit, 4-bit and paged optimizers are not available (preflab's "
-                "optimizers keep full-precision state, checkpointed for an exact resume). To cut optimizer memory: "
-                "use_peft: true (LoRA: state for the adapters only; with load_in_4bit: true, QLoRA), optim: "
-                "adafactor (factored second moments), or DeepSpeed ZeRO with the state offloaded to the CPU "
-                "(accelerate launch --config_file examples/accelerate/zero2.yaml with offload_optimizer_device: "
-                f"cpu). preflab builds optim {built}.")
+        return (f"optim={optim!r} is not supported: preflab does not build it (torchao's and GaLore's 8-bit / 4-bit "
+                "optimizers need packages preflab does not use). "
+                f"preflab builds bitsandbytes' 8-bit and paged optimizers ({bnb}; {BNB_INSTALL}), e.g. optim: "
+                "adamw_8bit. Other ways to cut optimizer memory: use_peft: true (LoRA: state for the adapters only; "
+                "with load_in_4bit: true, QLoRA), optim: adafactor (factored second moments), or DeepSpeed ZeRO with "
+                "the state offloaded to the CPU (accelerate launch --config_file examples/accelerate/zero2.yaml with "
+                f"offload_optimizer_device: cpu). The optimizers that need no other package: {built}.")
     return (f"optim={optim!r} is not supported: preflab builds transformers' optimizers that need no other package: "
-            f"{built}; use one of them (or remove optim: the default is adamw_torch_fused).")
+            f"{built}, and with bitsandbytes ({BNB_INSTALL}) {bnb}; use one of them (or remove optim: the default "
+            "is adamw_torch_fused).")
 
 
 def sharded_optimizer_refusal(optim: str, engine: str) -> str:
@@ -125,9 +196,13 @@ def sharded_optimizer_refusal(optim: str, engine: str) -> str:
     Adam (or CPU Adagrad), keeping only lr and weight_decay (accelerate.utils.deepspeed.map_pytorch_optim_to_deepspeed);
     and preflab's sharded checkpoints (preflab.sharded_checkpoint, preflab.deepspeed_checkpoint) are verified with
     AdamW's state only."""
+    bnb = (" bitsandbytes' optimizers would see shards too: their 8-bit state is quantized in blocks of 256 values "
+           "of the tensor they are handed, and the 32-bit state transformers keeps for embeddings is matched by "
+           "parameter identity, which sharding replaces." if optim in BNB_OPTIMIZERS else "")
     return (f"optim: {optim} is not supported under {engine}: it shards every parameter over the processes (Adafactor "
             "would factor shards, not the matrices; with a CPU-offloaded optimizer accelerate swaps it for "
-            "DeepSpeed's CPU Adam), and preflab's sharded checkpoints are verified with AdamW's state only. Train with examples/accelerate/ddp.yaml or one process, or use optim: adamw_torch_fused.")
+            f"DeepSpeed's CPU Adam), and preflab's sharded checkpoints are verified with AdamW's state only.{bnb} "
+            "Train with examples/accelerate/ddp.yaml or one process, or use optim: adamw_torch_fused.")
 
 
 def optimizer_state_values(optim: str, optim_args: str | None, shapes) -> int:
@@ -139,7 +214,10 @@ def optimizer_state_values(optim: str, optim_args: str | None, shapes) -> int:
     - rmsprop: square_avg, plus the momentum buffer when momentum > 0 and grad_avg when centered;
     - adafactor (beta1 None: no first moment): a tensor of 2 or more dims keeps its row means (all dims but the last)
       and column means (all but the second-to-last), a vector or scalar keeps numel.
-    Scalars (step counters, Adafactor's RMS) are left out."""
+    Scalars (step counters, Adafactor's RMS) are left out. A bitsandbytes optim: ValueError (its state is counted
+    in bytes, bnb_state_bytes)."""
+    if optim in BNB_OPTIMIZERS:
+        raise ValueError(f"optim {optim}: bitsandbytes state is counted by bnb_state_bytes")
     args = optim_arg_values(optim, optim_args)
     total = 0
     for shape in shapes:
@@ -157,4 +235,28 @@ def optimizer_state_values(optim: str, optim_args: str | None, shapes) -> int:
             total += math.prod(shape[:-1]) + math.prod(shape[:-2]) * shape[-1]
         else:
             total += numel
+    return total
+
+
+BNB_MIN_8BIT_SIZE, BNB_BLOCK = 4096, 256  # bitsandbytes' min_8bit_size default and its blockwise quantization block
+_BNB_STATES = {"AdamW": 2, "Lion": 1, "RMSprop": 1, "AdEMAMix": 3}
+
+
+def bnb_state_bytes(optim: str, shapes, full_precision=()) -> int:
+    """Bytes of bitsandbytes optimizer `optim`'s state for trainable tensors of `shapes` (for preflab plan). Per
+    value it keeps k states: AdamW 2 (state1, state2), Lion and RMSprop 1, AdEMAMix 3 (two first moments in state1,
+    the second moment in state2). At 32 bits each is float32, whatever the parameter dtype: 4 k bytes a value. At 8
+    bits a tensor of at least 4096 values (bitsandbytes' min_8bit_size) keeps each state in uint8 plus a float32
+    absmax per block of 256 values, k (n + 4 ceil(n / 256)) bytes (about 2.03 bytes a value for AdamW); a smaller
+    one, and those at the indices in `full_precision` (transformers' 32-bit override of nn.Embedding weights), 4 k n.
+    The 256-value quantization maps, shared by the tensors, and the step counters are left out."""
+    cls, bits, _ = bnb_kind(optim)
+    states = _BNB_STATES[cls]
+    total = 0
+    for index, shape in enumerate(shapes):
+        numel = math.prod(tuple(shape))
+        if bits == 8 and numel >= BNB_MIN_8BIT_SIZE and index not in full_precision:
+            total += states * (numel + 4 * -(-numel // BNB_BLOCK))
+        else:
+            total += states * 4 * numel
     return total

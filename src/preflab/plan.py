@@ -15,7 +15,11 @@ r * (in + out) (peft's A [r, in] and B [out, r]; `all-linear` adapts every Linea
                                                        another optim: the values it keeps, preflab.optimizer_options
                                                        .optimizer_state_values, e.g. Adafactor's row and column
                                                        means of each matrix, in float32 whatever the parameter
-                                                       dtype; SGD's momentum buffer or nothing)
+                                                       dtype; SGD's momentum buffer or nothing; bitsandbytes'
+                                                       8-bit optimizers 1 byte a state value + a float32 per 256,
+                                                       e.g. adamw_8bit ~2 bytes a parameter, float32 for tensors
+                                                       under 4096 values and embeddings; their 32-bit ones float32:
+                                                       optimizer_options.bnb_state_bytes)
     activations  L * S * b * h * 34 * bytes(compute) / 2            (no checkpointing)
                  L * S * b * h * bytes(compute) + S * b * h * 34 * bytes(compute) / 2   (gradient_checkpointing)
 
@@ -44,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab.errors import ConfigError
-from preflab.optimizer_options import optimizer_state_values
+from preflab.optimizer_options import BNB_OPTIMIZERS, bnb_state_bytes, optimizer_state_values
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_grad_op")
@@ -115,6 +119,17 @@ def _parameter_shapes(model_config, lora_r: int | None) -> tuple[int, list[tuple
                    for shape in ((lora_r, m.in_features), (m.out_features, lora_r))]
 
 
+def _embedding_indices(model_config) -> set[int]:
+    """The positions, in model.parameters() order, of the nn.Embedding weights (transformers' Trainer keeps their
+    bitsandbytes 8-bit optimizer state in 32 bits; a tied LM head is the same tensor)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return {i for i, p in enumerate(model.parameters()) if id(p) in embedded}
+
+
 def model_config_of(name: str, trust_remote_code: bool = False):
     from preflab.models.load import BUILTIN
 
@@ -156,8 +171,12 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
     total, shapes = _parameter_shapes(model_config, cfg.lora_r if cfg.use_peft else None)
     trainable = sum(math.prod(shape) for shape in shapes)
     optim = getattr(cfg, "optim", "adamw_torch_fused")
-    state = optimizer_state_values(optim, getattr(cfg, "optim_args", None), shapes)
-    state_bytes = BYTES["float32"] if optim == "adafactor" else None  # Adafactor keeps float32 state (a float grad)
+    if optim in BNB_OPTIMIZERS:  # bytes, not values: uint8 state with float32 block maxima, or float32
+        state = bnb_state_bytes(optim, shapes, () if cfg.use_peft else _embedding_indices(model_config))
+        state_bytes = 1
+    else:
+        state = optimizer_state_values(optim, getattr(cfg, "optim_args", None), shapes)
+        state_bytes = BYTES["float32"] if optim == "adafactor" else None  # Adafactor keeps float32 state
     s_w, s_g, s_o = sharding.factors()
     needs_ref = cfg.task not in ("sft", "reward") and cfg.objective().needs_reference
     has_ref = needs_ref and not cfg.use_peft and not cfg.precompute_ref_log_probs

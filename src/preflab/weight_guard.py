@@ -19,9 +19,10 @@ Cost on a normal step: one fused norm over the trainable parameters (one read of
 for the fused AdamW step of an 8.8M-parameter model on one loaded CPU core) whose result rides in the step's
 existing flag all-reduce, so no extra host sync and no extra memory. Only a risky step (an
 absurd learning rate or weights near the dtype's range) pays the copy and one more sync. The other optimizers
-`optim` builds have bounds of their own (_group_bound: Adafactor, Adagrad, RMSprop and SGD without momentum); one
-without a bound (SGD or RMSprop with momentum, centered RMSprop, an optimizer given in code) treats every step as
-risky: exact, but it copies the weights and the optimizer state before every step.
+`optim` builds have bounds of their own (_group_bound: Adafactor, Adagrad, RMSprop and SGD without momentum, and
+bitsandbytes' 8-bit / 32-bit Lion, RMSprop, AdamW and AdEMAMix; the last two read their first moments' maxima, one
+host read a step); one without a bound (SGD or RMSprop with momentum, centered RMSprop, an optimizer given in code)
+treats every step as risky: exact, but it copies the weights and the optimizer state before every step.
 """
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ def update_could_overflow(optimizer, weights_max_abs: float, grad_norm: float) -
         limit = min(torch.finfo(dtype).max for dtype in {p.dtype for p in group["params"]}) / 4  # one finfo a dtype
         if bound is None or not math.isfinite(bound) or bound > limit or grad_norm * grad_norm > limit:
             return True
-        if type(inner) in _COUPLED_DECAY and (grad_norm + float(group["weight_decay"]) * weights_max_abs) ** 2 > limit:
+        coupled = type(inner) in _COUPLED_DECAY or (is_bitsandbytes(inner) and type(inner).__name__ == "RMSprop")
+        if coupled and (grad_norm + float(group["weight_decay"]) * weights_max_abs) ** 2 > limit:
             return True  # g' = g + wd p, squared into their state
     return False
 
@@ -105,7 +107,62 @@ def _group_bound(inner, group: dict, w: float, grad_norm: float) -> float | None
         return w + lr / math.sqrt(1 - group["alpha"])
     if type(inner) is torch.optim.SGD and not group["momentum"]:
         return w + lr * (grad_norm + wd * w)
+    if is_bitsandbytes(inner):
+        return _bnb_group_bound(inner, group, w, grad_norm)
     return None
+
+
+def is_bitsandbytes(inner) -> bool:
+    """A bitsandbytes optimizer (optim: adamw_8bit, lion_8bit, ...; preflab.loops.bnb_optimizers)."""
+    return type(inner).__module__.startswith("bitsandbytes.")
+
+
+def _bnb_group_bound(inner, group: dict, w: float, grad_norm: float) -> float | None:
+    """_group_bound for bitsandbytes' optimizers, 8-bit or 32-bit state (an 8-bit state value is a quantization-map
+    entry in [-1, 1] times its block's absmax, so |state| <= absmax; bitsandbytes updates the dequantized state in
+    float32 and steps with it):
+    - Lion: p' = p (1 - lr wd) - lr sign(.), so w |1 - lr wd| + lr;
+    - RMSprop (alpha = betas[0], no momentum as optim builds it): s = alpha s_prev + (1 - alpha) g'^2 with s_prev >= 0
+      and g' = g + wd p, so |g'| / (sqrt(s) + eps) <= 1 / sqrt(1 - alpha): w + lr / sqrt(1 - alpha);
+    - AdamW / AdEMAMix: the new first moments are convex mixes of the previous (|m| <= S, S the largest absmax, or
+      |state1| where it is 32-bit) and the gradient (<= grad_norm), and the denominator is at least eps, so
+      w |1 - lr wd| + lr (max(S1, G) / (1 - b1) + alpha max(S2, G)) / eps (1 - b1 <= 1 - b1^t, the bias correction;
+      S2 the AdEMAMix slow moment's, alpha its mix (0 for AdamW), both upper bounds under its t_alpha / t_beta3
+      schedules). A loose bound (1 / eps), far below overflow for a normal rate; eps 0 has none."""
+    name, (b1, b2) = type(inner).__name__, tuple(group["betas"][:2])
+    lr, wd = float(group["lr"]), float(group.get("weight_decay", 0.0))
+    if name == "Lion":
+        return w * abs(1 - lr * wd) + lr
+    if name == "RMSprop":
+        if b2 or not 0 <= b1 < 1:
+            return None
+        return w + lr / math.sqrt(1 - b1)
+    eps = float(group["eps"])
+    if name not in ("AdamW", "AdEMAMix") or eps <= 0 or not 0 <= b1 < 1:
+        return None
+    fast, slow = _bnb_moment_maxima(inner, group, name == "AdEMAMix")
+    alpha = float(group.get("alpha", 0.0)) if name == "AdEMAMix" else 0.0
+    return w * abs(1 - lr * wd) + lr * (max(fast, grad_norm) / (1 - b1) + alpha * max(slow, grad_norm)) / eps
+
+
+def _bnb_moment_maxima(inner, group: dict, two: bool) -> tuple[float, float]:
+    """(max |first moment|, max |AdEMAMix slow moment|) over the group's state, from each 8-bit state's block maxima
+    (absmax1, per moment for AdEMAMix) or the 32-bit state1 itself; 0 before the first step. One host read."""
+    fast, slow = [], []
+    for p in group["params"]:
+        state = inner.state.get(p, {})
+        source = state.get("absmax1", state.get("state1"))
+        if source is None:
+            continue
+        if two:
+            fast.append(source[0].abs().max())
+            slow.append(source[1].abs().max())
+        else:
+            fast.append(source.abs().max())
+    if not fast:
+        return 0.0, 0.0
+    values = torch.stack([v.float() for v in fast + slow]).tolist()
+    return max(values[:len(fast)]), max(values[len(fast):], default=0.0)
 
 
 class Snapshot:

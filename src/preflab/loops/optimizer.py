@@ -1,9 +1,9 @@
 """The optimizer and learning-rate schedule of every trainer: the optimizer `optim` names (AdamW with TRL's option
-names, transformers' Adafactor, torch SGD / Adagrad / RMSprop; preflab.optimizer_options), transformers'
-schedules (linear warmup from 0, then linear / cosine decay or constant_with_warmup; constant without warmup;
-and get_scheduler's cosine_with_restarts, polynomial, inverse_sqrt, cosine_with_min_lr, cosine_warmup_with_min_lr,
-warmup_stable_decay with lr_scheduler_kwargs; reduce_lr_on_plateau, stepped by the eval metric: EvalPlateau), and
-the schedule re-applied after a resume."""
+names, transformers' Adafactor, torch SGD / Adagrad / RMSprop, bitsandbytes' 8-bit / paged ones;
+preflab.optimizer_options), transformers' schedules (linear warmup from 0, then linear / cosine decay or
+constant_with_warmup; constant without warmup; and get_scheduler's cosine_with_restarts, polynomial, inverse_sqrt,
+cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay with lr_scheduler_kwargs; reduce_lr_on_plateau,
+stepped by the eval metric: EvalPlateau), and the schedule re-applied after a resume."""
 from __future__ import annotations
 
 import math
@@ -252,11 +252,13 @@ def build_optimizer(cfg, params: list, owners=None) -> torch.optim.Optimizer:
     - adafactor: transformers.optimization.Adafactor(lr, scale_parameter=False, relative_step=False): the step is
       learning_rate times the clipped update g / sqrt(v_hat), v_hat factored into row and column means for matrices
       (Shazeer & Stern 2018, arXiv:1804.04235), decay 1 - t^-0.8, no first moment;
-    - sgd, adagrad, rmsprop: torch's, with the optim_args keys each reads.
+    - sgd, adagrad, rmsprop: torch's, with the optim_args keys each reads;
+    - bitsandbytes' adamw_8bit, paged_adamw_8bit, lion_8bit, rmsprop_bnb, ademamix, ... (preflab.loops.bnb_optimizers):
+      transformers' classes and kwargs, nn.Embedding weights in 32-bit state for the 8-bit ones.
     weight_decay sits on each parameter group, as Trainer.create_optimizer puts it (it overrides the class default).
     The optimizer carries preflab_single_group_order (single_group_order) and preflab_group_decays (per group:
     the weight-decay group or not) for a resume from a one-group checkpoint (preflab.checkpoint.regroup_state)."""
-    from preflab.optimizer_options import ADAMW, optim_arg_values
+    from preflab.optimizer_options import ADAMW, BNB_OPTIMIZERS, optim_arg_values
 
     params = list(params)
     optim = getattr(cfg, "optim", "adamw_torch_fused")
@@ -271,6 +273,10 @@ def build_optimizer(cfg, params: list, owners=None) -> torch.optim.Optimizer:
         from transformers.optimization import Adafactor
 
         optimizer = Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
+    elif optim in BNB_OPTIMIZERS:
+        from preflab.loops.bnb_optimizers import build_bnb_optimizer
+
+        optimizer = build_bnb_optimizer(cfg, optim, groups, params, owners)
     else:
         kwargs = optim_arg_values(optim, getattr(cfg, "optim_args", None))
         classes = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}
