@@ -354,10 +354,13 @@ def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monk
         DistillTrainer(_cfg(tmp_path))
 
 
-def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys):
+def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys, monkeypatch):
     """`preflab eval RUN --task distill --data F` on a run that evaluated on F (eval_dataset_name) gives the run's
     final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy
-    (the trained student against the run's teacher, the same rows and truncation); --reference names another
+    (the trained student against the run's teacher, the same rows and truncation), over num_tokens completion
+    tokens (the eval rows' completion tokens, counted directly); each model is loaded once: the student (the final
+    directory, or a checkpoint's base) and the teacher, not the run's base again (before: three loads, the student
+    copied into a second base); --reference names another
     teacher (the student itself: 0); a run without a teacher and --no-reference are refused; the default eval's
     note on a distillation run says what its beta is. The divergence's temperature is divergence_temperature (0.8;
     the sampling temperature stays 1), which eval.json names."""
@@ -371,11 +374,25 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     final = DistillTrainer(cfg).train()["final_metrics"]
     step1 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
                  if '"eval_loss"' in x and json.loads(x)["step"] == 1)
-    for folder, want in ((run, final), (run / "checkpoint-1", step1)):  # the final model, a checkpoint's weights
+    import preflab.eval.loading
+    import preflab.models.load
+
+    loaded, load = [], preflab.models.load.load_causal_lm
+
+    def counted(name, *args, **kwargs):
+        loaded.append(name)
+        return load(name, *args, **kwargs)
+
+    monkeypatch.setattr(preflab.models.load, "load_causal_lm", counted)  # the run's base and the teacher
+    monkeypatch.setattr(preflab.eval.loading, "load_causal_lm", counted)  # the student (load_for_eval)
+    tokens = sum(len(x.completion_ids) for x in DistillTrainer(cfg).eval_data)  # the eval rows' completion tokens
+    for folder, want, loads in ((run, final, [str(run)]), (run / "checkpoint-1", step1, ["builtin:tiny-llama"])):
+        loaded.clear()  # the final model, a checkpoint's weights (its base built, its weights read into it)
         assert main(["eval", str(folder), "--task", "distill", "--data", data, "--out", str(tmp_path / "e.json")]) == 0
+        assert loaded == [*loads, "builtin:tiny-qwen2"]  # the student once, then the teacher
         got = json.loads((tmp_path / "e.json").read_text())
-        assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"]) == (
-            "builtin:tiny-qwen2", 0.5, 0.8, 48)
+        assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"], got["num_tokens"]) == (
+            "builtin:tiny-qwen2", 0.5, 0.8, 48, tokens)
         for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
             assert got["metrics"][key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
         assert got["metrics"]["eval_loss"] > 1e-4

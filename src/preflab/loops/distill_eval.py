@@ -1,12 +1,13 @@
 """`preflab eval RUN --task distill --data ROWS`: a distillation run's own evaluation (preflab.loops.distill:
 DistillTrainer.evaluate) on held-out rows: eval_loss (the generalized JSD to the teacher, token mean over the rows'
 completion tokens, at the run's beta and temperature), eval_nll_loss, eval_mean_token_accuracy and eval_entropy of
-the trained student (a final run directory, a checkpoint-N or LoRA adapters, loaded as every `preflab eval` loads
-a policy: preflab.eval.loading.load_for_eval, then copied into the run's base as the trainer loads it), written to
-eval.json. The rows are read, tokenized and truncated as the run read its own
-(task: sft's forms, its max_length and completion_only_loss); the teacher is the run's teacher_model_name_or_path
-(with its teacher_model_init_kwargs), or --reference. The dataset's completions are scored (no sampling: lmbda and
-seq_kd are training-time), so the numbers equal the run's eval_* metrics on the same rows.
+the trained student (a final run directory, a checkpoint-N or LoRA adapters, loaded once, as every `preflab eval`
+loads a policy: preflab.eval.loading.load_for_eval, its weights then in the run's load_dtype), written to eval.json.
+The rows are read, tokenized and truncated as the run read its own (task: sft's forms, its max_length and
+completion_only_loss); the teacher is the run's teacher_model_name_or_path (with its teacher_model_init_kwargs,
+loaded as the run loaded it: preflab.models.load.load_named_reference), or --reference. The dataset's completions
+are scored (no sampling: lmbda and seq_kd are training-time), so the numbers equal the run's eval_* metrics on the
+same rows.
 """
 from __future__ import annotations
 
@@ -35,6 +36,24 @@ def distill_run_config(checkpoint: str) -> dict:
     return saved
 
 
+def run_weights(student, cfg) -> str | None:
+    """The student's weights in the dtype the run loaded its policy in (load_dtype, or model_init_kwargs' dtype;
+    float32 when unset), as the run evaluated them: load_for_eval loads float32, and a bfloat16 run's weights are
+    rounded as copying them into a bfloat16 model rounds them. Parameters only: the buffers the model builds itself
+    (rotary frequencies) keep the dtype load_for_eval gave them. load_dtype: auto (the base checkpoint's own dtype,
+    unknown here) keeps float32: the returned note says so (else None)."""
+    from preflab.models.load import run_policy_dtype
+
+    dtype = run_policy_dtype(cfg)
+    if dtype == "auto":
+        return ("load_dtype: auto: the student is scored in float32 (the run loaded its base in that checkpoint's "
+                "dtype).")
+    for param in student.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    return None
+
+
 def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, batch_size: int = 8,
                          split: str | None = None, limit: int | None = None) -> dict:
     """eval.json's content: the run's eval_* metrics of the student at `checkpoint` against its teacher (or
@@ -50,9 +69,10 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
     split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
     notes = [said] if said else []
     from preflab.eval.loading import load_for_eval
+    from preflab.models.load import load_named_reference
 
-    # the student as every eval loads it: a final run directory, a checkpoint-N (the run's base + its weights) or
-    # LoRA adapters (merged); safetensors only, remote code only when the run allowed it
+    # the student as every eval loads it, the one model load of it: a final run directory, a checkpoint-N (the run's
+    # base + its weights) or LoRA adapters (merged); safetensors only, remote code only when the run allowed it
     student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
                                        seed=int(saved.get("seed") or 0))
     with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
@@ -61,20 +81,14 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
                    "output_dir": scratch, "report_to": "none"}
         if teacher:
             options["teacher_model_name_or_path"] = teacher
-        trainer = DistillTrainer(config_from_dict(options), tokenizer=tokenizer)  # the run's base and teacher
-        own = trainer.accelerator.unwrap_model(trainer.policy)
-        try:  # the trained weights into the run's base (the same architecture: strict)
-            own.load_state_dict(student.state_dict(), strict=True)
-        except RuntimeError as err:
-            raise ConfigError(f"{checkpoint}'s weights do not fit the run's model_name_or_path "
-                              f"{saved.get('model_name_or_path')} ({str(err).splitlines()[0]}).") from err
-        del student
+        cfg = config_from_dict(options)
+        notes += [note for note in (run_weights(student, cfg),) if note]
+        trainer = DistillTrainer(cfg, policy=student, ref=load_named_reference(cfg, tokenizer, student),
+                                 tokenizer=tokenizer)  # the run's teacher (or --reference), loaded as the run did
         rows = trainer.train_data if limit is None else trainer.train_data[:limit]
         trainer.eval_data = rows
-        metrics = trainer.evaluate()
+        metrics, tokens = trainer.eval_totals()  # tokens: the divergence's, counted from the batches scored
         cfg = trainer.cfg
-        tokens = sum(int(trainer.kind.collate(rows[i:i + batch_size], trainer.pad_id, trainer.layout)
-                         .response_mask.sum()) for i in range(0, len(rows), batch_size))  # the divergence's tokens
     return {"task": "distill", "checkpoint": str(checkpoint), "data": name, "split": split,
             "teacher": cfg.teacher_model_name_or_path, "beta": cfg.distillation_beta(),
             "temperature": cfg.distillation_temperature(), "num_rows": len(rows), "num_tokens": tokens,

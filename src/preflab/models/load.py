@@ -572,6 +572,30 @@ def enable_gradient_checkpointing(policy) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def run_policy_dtype(cfg):
+    """The torch dtype load_models loads the run's policy in (load_dtype or model_init_kwargs' dtype, float32 when
+    unset; a quantized base: its compute dtype), or "auto" (the checkpoint's own)."""
+    from preflab.models.quantize import compute_dtype, quantization_config
+
+    dtype = compute_dtype(cfg) if quantization_config(cfg) is not None else cfg.load_dtype or "float32"
+    return _init_kwargs(cfg.model_kwargs(), dtype)["dtype"]
+
+
+def load_named_reference(cfg, tokenizer, policy):
+    """The frozen model the run names beside its policy (reference_source: a distillation's teacher, else
+    ref_model_name_or_path), in reference_dtype, without gradients, in eval mode, its tokens checked against the
+    policy's (check_reference_tokens); None when the run names none. load_models loads it so, and so does
+    `preflab eval --task distill` beside the student it loaded (preflab.loops.distill_eval)."""
+    ref_name, ref_option = reference_source(cfg)
+    if not ref_name:
+        return None
+    ref = load_causal_lm(ref_name, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
+                         seed=cfg.seed, option=ref_option, init_kwargs=cfg.model_kwargs(ref=True))
+    ref.requires_grad_(False).eval()
+    check_reference_tokens(ref_name, ref, policy, tokenizer)
+    return ref
+
+
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
     from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config
@@ -593,11 +617,7 @@ def load_models(cfg, tokenizer):
     ref = None
     ref_name, ref_option = reference_source(cfg)  # a distillation's teacher is held as its reference
     if needs_reference and ref_name:
-        ref = load_causal_lm(ref_name, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle,
-                             tokenizer, seed=cfg.seed, option=ref_option,
-                             init_kwargs=cfg.model_kwargs(ref=True))
-        ref.requires_grad_(False).eval()
-        check_reference_tokens(ref_name, ref, policy, tokenizer)
+        ref = load_named_reference(cfg, tokenizer, policy)
     elif needs_reference and ref_option == "teacher_model_name_or_path":
         raise ConfigError("distillation needs teacher_model_name_or_path (the teacher model).")
     elif needs_reference and not cfg.use_peft:
