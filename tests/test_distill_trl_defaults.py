@@ -85,7 +85,8 @@ def test_a_hand_written_distillation_config_gets_distillationconfigs_defaults_as
     saved = config_from_dict({**_dump(distillation_config), **BASE, "teacher_model_revision": "main"})
     cfg = config_from_dict({**BASE, "teacher_model_revision": "main"})
     assert _values(cfg) == _values(saved) == {
-        "lmbda": 1.0, "seq_kd": False, "beta": distillation["beta"], "divergence_temperature": distillation["temperature"],
+        "lmbda": 1.0, "seq_kd": False, "beta": distillation["beta"],
+        "divergence_temperature": distillation["temperature"],
         "temperature": distillation["temperature"], "max_completion_length": distillation["max_completion_length"],
         "learning_rate": distillation["learning_rate"], "disable_dropout": distillation["disable_dropout"]}
     assert cfg.teacher_model_init_kwargs == saved.teacher_model_init_kwargs == {"revision": "main"}
