@@ -552,7 +552,7 @@ DISTILLATION_CONFIG_DEFAULTS = {"beta": 1.0, "temperature": 1.0, "max_completion
 # the dataset's completions, nothing sampled; beta: preflab.objectives._distill_task.DEFAULT_BETA; learning_rate:
 # task: sft's, TRL_TASK_LEARNING_RATES; max_completion_length: none, required when anything is sampled)
 PREFLAB_DISTILL_DEFAULTS = {"lmbda": 0.0, "beta": 1.0, "temperature": 1.0, "max_completion_length": None,
-                            "learning_rate": 2e-5, "disable_dropout": True, "seq_kd": False}
+                            "learning_rate": TRL_TASK_LEARNING_RATES["sft"], "disable_dropout": True, "seq_kd": False}
 
 
 def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
@@ -644,9 +644,10 @@ def _unclaimed_distillation_note(raw: dict) -> str:
         ("lmbda", "; TRL's DistillationTrainer samples every completion, lmbda: 1"),
         ("beta", f"; DistillationConfig's {DISTILLATION_CONFIG_DEFAULTS['beta']:g}"),
         ("temperature", "")) if key not in raw]
-    return ("teacher_model_name_or_path -> task: sft (preflab's distillation, on the dataset's completions"
-            + (f"; left out: {', '.join(left)}" if left else "") + "). Write lmbda, beta and temperature to choose "
-            "(docs/distillation.md, 'TRL's defaults').")
+    if not left:
+        return "teacher_model_name_or_path -> task: sft (preflab's distillation)."
+    return (f"teacher_model_name_or_path -> task: sft (preflab's distillation; left out: {', '.join(left)}). Write "
+            f"{'them' if len(left) > 1 else 'it'} to choose (docs/distillation.md, 'TRL's defaults').")
 
 
 def _dataset_kwargs(raw: dict, errors: list) -> None:
