@@ -425,6 +425,22 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     assert "distillation" in eval_beta(None, {"task": "sft", "teacher_model_name_or_path": "t", "beta": 0.5})[1][0]
 
 
+def test_preflab_eval_task_distill_on_a_lora_run_gives_its_eval_metrics(tmp_path):
+    """A LoRA run (use_peft, lora_r 4 and lora_alpha 8: not the defaults) evaluates to its final eval metrics (the
+    adapters merged into the student). Before, its own lora_* options were refused beside the evaluation's
+    use_peft: false ("lora_r, lora_alpha only apply to use_peft: true")."""
+    from preflab.loops.distill_eval import evaluate_distill_run
+
+    data = str(ROOT / "examples/data/loud_echo_sft.jsonl")
+    cfg = _cfg(tmp_path, use_peft=True, lora_r=4, lora_alpha=8, learning_rate=1e-2, eval_dataset_name=data,
+               eval_steps=1, save_steps=0, per_device_eval_batch_size=8)
+    final = DistillTrainer(cfg).train()["final_metrics"]
+    got = evaluate_distill_run(str(tmp_path / "run"), data)
+    for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
+        assert got["metrics"][key] == pytest.approx(final[key], rel=1e-5, abs=1e-9), key
+    assert got["metrics"]["eval_loss"] > 1e-4
+
+
 @pytest.mark.parametrize("sampled", [False, True])
 def test_packed_rows_give_the_padded_rows_divergence_and_gradient(tmp_path, sampled):
     """packing: true (bfd: whole rows side by side, per-row positions, block-diagonal mask) on the step's 8 rows

@@ -2,7 +2,7 @@
 DistillTrainer.evaluate) on held-out rows: eval_loss (the generalized JSD to the teacher, token mean over the rows'
 completion tokens, at the run's beta and temperature), eval_nll_loss, eval_mean_token_accuracy and eval_entropy of
 the trained student (a final run directory, a checkpoint-N or LoRA adapters, loaded once, as every `preflab eval`
-loads a policy: preflab.eval.loading.load_for_eval, its weights then in the run's load_dtype), written to eval.json.
+loads a policy: preflab.eval.loading.load_for_eval, in the dtype the run loaded its policy in), written to eval.json.
 The rows are read, tokenized and truncated as the run read its own (task: sft's forms, its max_length and
 completion_only_loss); the teacher is the run's teacher_model_name_or_path (with its teacher_model_init_kwargs,
 loaded as the run loaded it: preflab.models.load.load_named_reference), or --reference. The dataset's completions
@@ -36,22 +36,8 @@ def distill_run_config(checkpoint: str) -> dict:
     return saved
 
 
-def run_weights(student, cfg) -> str | None:
-    """The student's weights in the dtype the run loaded its policy in (load_dtype, or model_init_kwargs' dtype;
-    float32 when unset), as the run evaluated them: load_for_eval loads float32, and a bfloat16 run's weights are
-    rounded as copying them into a bfloat16 model rounds them. Parameters only: the buffers the model builds itself
-    (rotary frequencies) keep the dtype load_for_eval gave them. load_dtype: auto (the base checkpoint's own dtype,
-    unknown here) keeps float32: the returned note says so (else None)."""
-    from preflab.models.load import run_policy_dtype
-
-    dtype = run_policy_dtype(cfg)
-    if dtype == "auto":
-        return ("load_dtype: auto: the student is scored in float32 (the run loaded its base in that checkpoint's "
-                "dtype).")
-    for param in student.parameters():
-        if param.is_floating_point() and param.dtype != dtype:
-            param.data = param.data.to(dtype)
-    return None
+# the model_init_kwargs that shape the loaded model (not where its files are): passed on to the student's load
+SHAPING_INIT_KWARGS = ("dtype", "torch_dtype", "attn_implementation")
 
 
 def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, batch_size: int = 8,
@@ -68,21 +54,24 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
 
     split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
     notes = [said] if said else []
-    from preflab.eval.loading import load_for_eval
-    from preflab.models.load import load_named_reference
+    from preflab.eval.loading import LORA_OPTIONS, load_for_eval
+    from preflab.models.load import load_named_reference, policy_load_dtype
 
-    # the student as every eval loads it, the one model load of it: a final run directory, a checkpoint-N (the run's
-    # base + its weights) or LoRA adapters (merged); safetensors only, remote code only when the run allowed it
-    student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
-                                       seed=int(saved.get("seed") or 0))
     with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
-        options = {**saved, **TRAINING_ONLY, "dataset_name": name,
+        trained = {k: v for k, v in saved.items() if k not in LORA_OPTIONS}  # use_peft off: the adapters are merged
+        options = {**trained, **TRAINING_ONLY, "dataset_name": name,
                    "dataset_config": data_config, "dataset_split": split, "per_device_eval_batch_size": batch_size,
                    "output_dir": scratch, "report_to": "none"}
         if teacher:
             options["teacher_model_name_or_path"] = teacher
         cfg = config_from_dict(options)
-        notes += [note for note in (run_weights(student, cfg),) if note]
+        # the student, the one load of it, as every eval loads it (a final run directory, a checkpoint-N: the run's
+        # base + its weights, or LoRA adapters, merged; safetensors only, remote code only when the run allowed it),
+        # in the dtype and attention the run loaded its policy with (load_models), as the run evaluated it
+        shaping = {k: v for k, v in cfg.model_kwargs().items() if k in SHAPING_INIT_KWARGS}
+        student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
+                                           seed=int(saved.get("seed") or 0), dtype=policy_load_dtype(cfg),
+                                           init_kwargs=shaping or None)
         trainer = DistillTrainer(cfg, policy=student, ref=load_named_reference(cfg, tokenizer, student),
                                  tokenizer=tokenizer)  # the run's teacher (or --reference), loaded as the run did
         rows = trainer.train_data if limit is None else trainer.train_data[:limit]

@@ -572,13 +572,12 @@ def enable_gradient_checkpointing(policy) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def run_policy_dtype(cfg):
-    """The torch dtype load_models loads the run's policy in (load_dtype or model_init_kwargs' dtype, float32 when
-    unset; a quantized base: its compute dtype), or "auto" (the checkpoint's own)."""
+def policy_load_dtype(cfg) -> str:
+    """The dtype load_models passes load_causal_lm for the run's policy: load_dtype (float32 when unset), or a
+    quantized base's compute dtype (model_init_kwargs' own dtype, if any, overrides it there: _init_kwargs)."""
     from preflab.models.quantize import compute_dtype, quantization_config
 
-    dtype = compute_dtype(cfg) if quantization_config(cfg) is not None else cfg.load_dtype or "float32"
-    return _init_kwargs(cfg.model_kwargs(), dtype)["dtype"]
+    return compute_dtype(cfg) if quantization_config(cfg) is not None else cfg.load_dtype or "float32"
 
 
 def load_named_reference(cfg, tokenizer, policy):
@@ -598,13 +597,12 @@ def load_named_reference(cfg, tokenizer, policy):
 
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
-    from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config
+    from preflab.models.quantize import check_quantization_machine, quantization_config
 
-    dtype = cfg.load_dtype or "float32"
+    dtype = policy_load_dtype(cfg)
     quantization = quantization_config(cfg)  # QLoRA: a 4/8-bit base (load_in_4bit / load_in_8bit)
     if quantization is not None:
         check_quantization_machine(cfg)
-        dtype = compute_dtype(cfg)
     check_policy_not_adapter(cfg.model_name_or_path)
     policy = load_causal_lm(cfg.model_name_or_path, dtype, cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
                             seed=cfg.seed, init_kwargs=cfg.model_kwargs(), quantization=quantization)
