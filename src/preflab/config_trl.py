@@ -541,10 +541,10 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
 
 
 # TRL 1.16's distillation configs: the defaults of the options where a config that claims to be one of them (see
-# _distillation_dump) and preflab's own task: sft + teacher_model_name_or_path differ (tests/loops/test_distill_run.py
-# reads them back from the installed TRL). GKDConfig (trl.experimental.gkd, an SFTConfig: learning_rate 2e-5 and
-# disable_dropout true, as here); DistillationConfig (trl.DistillationConfig: its trainer samples every completion
-# from the student, so it has no lmbda: lmbda 1 here).
+# _distillation_dump) and preflab's own task: sft + teacher_model_name_or_path differ
+# (tests/test_distill_trl_defaults.py reads them back from the installed TRL). GKDConfig (trl.experimental.gkd, an
+# SFTConfig: learning_rate 2e-5 and disable_dropout true, as here); DistillationConfig (trl.DistillationConfig: its
+# trainer samples every completion from the student, so it has no lmbda: lmbda 1 here).
 GKD_CONFIG_DEFAULTS = {"lmbda": 0.5, "beta": 0.5, "temperature": 0.9, "max_new_tokens": 128, "seq_kd": False}
 DISTILLATION_CONFIG_DEFAULTS = {"beta": 1.0, "temperature": 1.0, "max_completion_length": 512, "learning_rate": 1e-6,
                                 "disable_dropout": False}
