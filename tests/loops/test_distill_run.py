@@ -425,6 +425,24 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     assert "distillation" in eval_beta(None, {"task": "sft", "teacher_model_name_or_path": "t", "beta": 0.5})[1][0]
 
 
+def test_preflab_eval_task_distill_on_a_bfloat16_run_gives_its_eval_metrics(tmp_path):
+    """load_dtype: bfloat16 from a saved model directory (from_pretrained, as a hub model loads): the student is
+    loaded once, in bfloat16 as the run loaded its policy, and gives the run's final eval metrics exactly (in
+    float32 its bfloat16 weights score otherwise: the run evaluated in bfloat16)."""
+    from preflab.loops.distill_eval import evaluate_distill_run
+    from preflab.models.load import load_causal_lm, load_tokenizer
+
+    data, base = str(ROOT / "examples/data/loud_echo_sft.jsonl"), tmp_path / "base"
+    tokenizer = load_tokenizer("builtin:tiny-llama")
+    load_causal_lm("builtin:tiny-llama", tokenizer=tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    cfg = _cfg(tmp_path, model_name_or_path=str(base), load_dtype="bfloat16", learning_rate=1e-2,
+               eval_dataset_name=data, eval_steps=1, save_steps=0, per_device_eval_batch_size=8)
+    final = DistillTrainer(cfg).train()["final_metrics"]
+    got = evaluate_distill_run(str(tmp_path / "run"), data)
+    assert {k: got["metrics"][k] for k in final if k in got["metrics"]} == {k: final[k] for k in got["metrics"]}
+
+
 def test_preflab_eval_task_distill_on_a_lora_run_gives_its_eval_metrics(tmp_path):
     """A LoRA run (use_peft, lora_r 4 and lora_alpha 8: not the defaults) evaluates to its final eval metrics (the
     adapters merged into the student). Before, its own lora_* options were refused beside the evaluation's
