@@ -4491,6 +4491,52 @@ MUTANTS += [
 ]
 
 
+# distill-gkd round: TRL 1.16's distillation defaults for a config that claims to be a GKDConfig (max_new_tokens) or
+# a DistillationConfig (teacher_model_revision), the note of one that claims neither, the Python names' hints, and
+# `preflab eval --task distill` loading its student once (its dtype, a LoRA run's options, the tokens counted from the
+# batches scored). Mutants named `kdtrl-*`.
+KDTRL_DEFAULTS = ["tests/test_distill_trl_defaults.py"]
+KDTRL_EVAL = ["tests/loops/test_distill_run.py::" + t for t in (
+    "test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics",
+    "test_preflab_eval_task_distill_on_a_bfloat16_run_gives_its_eval_metrics",
+    "test_preflab_eval_task_distill_on_a_lora_run_gives_its_eval_metrics")]
+MUTANTS += [
+    Mutant("kdtrl-gkd-lmbda-preflabs", "config_trl.py",
+           [('GKD_CONFIG_DEFAULTS = {"lmbda": 0.5,', 'GKD_CONFIG_DEFAULTS = {"lmbda": 0.0,')], KDTRL_DEFAULTS,
+           "a hand-written GKDConfig distils on the dataset's completions (GKDConfig's lmbda is 0.5)"),
+    Mutant("kdtrl-gkd-claim-needs-seq-kd", "config_trl.py",
+           [('gkd = "max_new_tokens" in raw and not distillation',
+             'gkd = "max_new_tokens" in raw and "seq_kd" in raw and not distillation')], KDTRL_DEFAULTS,
+           "teacher + max_new_tokens without seq_kd is not a GKDConfig: refused, or with lmbda preflab's beta 1.0"),
+    Mutant("kdtrl-claimed-overrides-written", "config_trl.py",
+           [("        if key in raw or (key in sampling_only and not samples):",
+             "        if key in sampling_only and not samples:")], KDTRL_DEFAULTS,
+           "a claimed config's own lmbda / beta / temperature are replaced by TRL's defaults"),
+    Mutant("kdtrl-distillation-lr-not-filled", "config_trl.py",
+           [('"max_completion_length": 512, "learning_rate": 1e-6,', '"max_completion_length": 512,')],
+           KDTRL_DEFAULTS, "a hand-written DistillationConfig trains at task: sft's 2e-5 (DistillationConfig's 1e-6)"),
+    Mutant("kdtrl-unclaimed-note-silent", "config_trl.py",
+           [("if distillation or gkd else _unclaimed_distillation_note(raw))",
+             "if True else _unclaimed_distillation_note(raw))")], KDTRL_DEFAULTS,
+           "a TRL-shaped config with a teacher is not told preflab's lmbda 0 / beta 1 beside GKDConfig's"),
+    Mutant("kdtrl-hint-gkd-lmbda-zero", "__init__.py",
+           [('defaults written out: lmbda: 0.5, beta: 0.5, "', 'defaults written out: lmbda: 0, beta: 0.5, "')],
+           KDTRL_DEFAULTS, "from preflab import GKDTrainer says lmbda: 0 (GKDConfig's is 0.5)"),
+    Mutant("kdtrl-eval-loads-base-again", "loops/distill_eval.py",
+           [("trainer = DistillTrainer(cfg, policy=student, ref=", "trainer = DistillTrainer(cfg, ref=")], KDTRL_EVAL,
+           "the eval builds the run's base again (a second load) and scores it, not the trained student"),
+    Mutant("kdtrl-eval-float32", "loops/distill_eval.py",
+           [("dtype=policy_load_dtype(cfg),", 'dtype="float32",')], KDTRL_EVAL,
+           "a bfloat16 run's student is scored in float32 (not as the run evaluated it)"),
+    Mutant("kdtrl-eval-lora-options-kept", "loops/distill_eval.py",
+           [("trained = {k: v for k, v in saved.items() if k not in LORA_OPTIONS}", "trained = dict(saved)")],
+           KDTRL_EVAL, "a LoRA run with its own lora_r / lora_alpha is refused by the eval's use_peft: false"),
+    Mutant("kdtrl-eval-tokens-are-rows", "loops/distill.py",
+           [('"eval_entropy": entropy / n}, tokens', '"eval_entropy": entropy / n}, len(self.eval_data)')],
+           KDTRL_EVAL, "eval.json's num_tokens counts rows, not the completion tokens the metrics average over"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -8,6 +8,16 @@ from preflab.errors import ConfigError, DataError, PreflabError
 __version__ = "0.2.0"
 __all__ = ["PreflabError", "ConfigError", "DataError", "__version__"]
 
+# TRL 1.16's distillation defaults where preflab's own task: sft + teacher differs (config_trl.GKD_CONFIG_DEFAULTS,
+# DISTILLATION_CONFIG_DEFAULTS; docs/distillation.md, "TRL's defaults"): written out, the run is TRL's
+_GKD = ("task: sft, teacher_model_name_or_path and GKDConfig's defaults written out: lmbda: 0.5, beta: 0.5, "
+        "temperature: 0.9, max_new_tokens: 128 (preflab's own are lmbda 0, beta 1.0, temperature 1.0; a config with "
+        "max_new_tokens gets GKDConfig's for those it leaves out), seq_kd: false (the divergence at "
+        "divergence_temperature: 1.0, as GKDTrainer scores it)")
+_DISTILLATION = ("task: sft, teacher_model_name_or_path and DistillationConfig's defaults written out: lmbda: 1 (its "
+                 "trainer samples every completion), max_completion_length: 512, learning_rate: 1e-06, "
+                 "disable_dropout: false (preflab's own are lmbda 0, learning_rate 2e-05, disable_dropout true; beta: "
+                 "1.0 and temperature: 1.0 are the same)")
 # TRL's trainer and config classes -> how the same run is written in preflab (said by `from preflab import X`)
 _TRL_CLASSES = {
     "DPOTrainer": "", "DPOConfig": "", "CPOTrainer": "loss_type: cpo (or simpo, alphapo)",
@@ -17,12 +27,7 @@ _TRL_CLASSES = {
     "GRPOConfig": "task: online, trainer: grpo", "OnlineDPOTrainer": "task: online, trainer: online_dpo",
     "OnlineDPOConfig": "task: online, trainer: online_dpo", "RLOOTrainer": "task: online, trainer: rloo",
     "RLOOConfig": "task: online, trainer: rloo",
-    "GKDTrainer": "task: sft, teacher_model_name_or_path, lmbda, seq_kd and max_completion_length (the divergence at "
-                  "divergence_temperature: 1.0, as GKDTrainer scores it)",
-    "GKDConfig": "task: sft, teacher_model_name_or_path, lmbda, seq_kd and max_completion_length (the divergence at "
-                 "divergence_temperature: 1.0, as GKDTrainer scores it)",
-    "DistillationTrainer": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
-    "DistillationConfig": "task: sft, teacher_model_name_or_path, lmbda: 1 and max_completion_length",
+    "GKDTrainer": _GKD, "GKDConfig": _GKD, "DistillationTrainer": _DISTILLATION, "DistillationConfig": _DISTILLATION,
 }
 _GROUP_RECIPES = "task: online with trainer: grpo, dapo, dr_grpo, bnpo, gspo, cispo, sapo, luspo, vespo or rloo"
 # TRL trainers (1.16, experimental, or removed by 1.16) that preflab does not have -> what to use instead

@@ -510,8 +510,9 @@ class TrainConfig:
         if not samples and unread:
             out.append(f"{', '.join(unread)} {'applies' if len(unread) == 1 else 'apply'} to sampled completions "
                        "(lmbda > 0: the student's; seq_kd: true: the teacher's); with lmbda: 0 and seq_kd: false "
-                       "nothing is sampled (task: sft cuts whole rows at max_length). Remove "
-                       f"{'it' if len(unread) == 1 else 'them'}.")
+                       "nothing is sampled (task: sft cuts whole rows at max_length; lmbda: 0 is preflab's default, "
+                       "where TRL's GKDConfig has 0.5 and TRL's DistillationTrainer samples every completion, lmbda: "
+                       f"1). Remove {'it' if len(unread) == 1 else 'them'}, or set lmbda or seq_kd: true to sample.")
         if self.packing and self.packing_strategy != "bfd":
             out.append(f"packing_strategy: {self.packing_strategy} with teacher_model_name_or_path: it cuts rows "
                        "before packing, so a completion is distilled without its prompt or its own beginning, and a "

@@ -200,7 +200,8 @@ OPTIONS: dict[str, Option] = {
     "teacher_model_init_kwargs": Option("TRL: from_pretrained arguments of teacher_model_name_or_path",
                                         "a mapping with keys among " + ", ".join(INIT_KWARGS), _init_kwargs_ok),
     "lmbda": Option("TRL GKD: share of the steps whose completions the student samples (on-policy distillation; "
-                    "0: the dataset's completions, 1: TRL's DistillationTrainer)",
+                    "0: the dataset's completions, preflab's default; GKDConfig's is 0.5, and a config with "
+                    "max_new_tokens gets it; 1: TRL's DistillationTrainer)",
                     "a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
     "divergence_temperature": Option("task: sft with a teacher: the temperature of the divergence's two softmaxes "
                                      "(null: `temperature`, TRL DistillationTrainer's rule; a saved GKDConfig: 1.0, "

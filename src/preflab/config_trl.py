@@ -540,23 +540,52 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     return raw, notes, errors
 
 
+# TRL 1.16's distillation configs: the defaults of the options where a config that claims to be one of them (see
+# _distillation_dump) and preflab's own task: sft + teacher_model_name_or_path differ
+# (tests/test_distill_trl_defaults.py reads them back from the installed TRL). GKDConfig (trl.experimental.gkd, an
+# SFTConfig: learning_rate 2e-5 and disable_dropout true, as here); DistillationConfig (trl.DistillationConfig: its
+# trainer samples every completion from the student, so it has no lmbda: lmbda 1 here).
+GKD_CONFIG_DEFAULTS = {"lmbda": 0.5, "beta": 0.5, "temperature": 0.9, "max_new_tokens": 128, "seq_kd": False}
+DISTILLATION_CONFIG_DEFAULTS = {"beta": 1.0, "temperature": 1.0, "max_completion_length": 512, "learning_rate": 1e-6,
+                                "disable_dropout": False}
+# preflab's own values of those options under task: sft with a teacher, where the config leaves them out (lmbda 0:
+# the dataset's completions, nothing sampled; beta: preflab.objectives._distill_task.DEFAULT_BETA; learning_rate:
+# task: sft's, TRL_TASK_LEARNING_RATES; max_completion_length: none, required when anything is sampled)
+PREFLAB_DISTILL_DEFAULTS = {"lmbda": 0.0, "beta": 1.0, "temperature": 1.0, "max_completion_length": None,
+                            "learning_rate": TRL_TASK_LEARNING_RATES["sft"], "disable_dropout": True, "seq_kd": False}
+
+
 def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
-    """A TRL DistillationConfig or GKDConfig (teacher_model_name_or_path set): preflab's task: sft distillation,
-    off-policy (preflab.objectives._distill_task). DistillationConfig has no lmbda: its trainer samples every
-    completion from the student, so its dump is refused unless lmbda: 0 is given with it (distil on the dataset's
-    completions instead). teacher_model_revision goes to teacher_model_init_kwargs.revision; the generation lengths
-    (max_completion_length, GKD's max_new_tokens) and DistillationConfig's sampling settings (top_p, top_k, min_p,
-    repetition_penalty) are unread when nothing is sampled (lmbda 0, no seq_kd), read otherwise."""
+    """A TRL DistillationConfig or GKDConfig (teacher_model_name_or_path set): preflab's task: sft distillation
+    (preflab.objectives._distill_task, preflab.loops.distill).
+
+    Which TRL config a mapping claims to be: teacher_model_revision (DistillationConfig's field, in every saved one)
+    -> DistillationConfig; else max_new_tokens (GKDConfig's name for its sampling length; DistillationConfig and
+    preflab say max_completion_length) -> GKDConfig; else neither (preflab's own distillation). A claimed config
+    gets its TRL defaults for the options it leaves out (GKD_CONFIG_DEFAULTS, DISTILLATION_CONFIG_DEFAULTS: a saved
+    one carries them all, a hand-written one may not), each noted where preflab's own (PREFLAB_DISTILL_DEFAULTS)
+    differs; a config that claims neither and names no task (the shape of a TRL config) is told preflab's defaults
+    and TRL's beside them. DistillationConfig has no lmbda: lmbda 1. teacher_model_revision goes to
+    teacher_model_init_kwargs.revision; the generation lengths (max_completion_length, GKD's max_new_tokens) and
+    DistillationConfig's sampling settings (top_p, top_k, min_p, repetition_penalty) are unread when nothing is
+    sampled (lmbda 0, no seq_kd), read otherwise."""
     if not raw.get("teacher_model_name_or_path"):
         return
     distillation = "teacher_model_revision" in raw  # DistillationConfig's field (GKDConfig has none)
+    gkd = "max_new_tokens" in raw and not distillation  # GKDConfig's sampling length (the others': another name)
     if "task" not in raw:
         raw["task"] = "sft"
-        notes.append("teacher_model_name_or_path -> task: sft (distillation on the dataset's completions).")
-    if distillation and "lmbda" not in raw:  # DistillationTrainer: every step's completions sampled from the student
-        raw["lmbda"] = 1.0
-        notes.append("DistillationConfig -> lmbda: 1 (TRL's DistillationTrainer samples every completion from the "
-                     "student).")
+        notes.append("teacher_model_name_or_path -> task: sft (distillation from the teacher)."
+                     if distillation or gkd else _unclaimed_distillation_note(raw))
+    if distillation and raw["task"] == "sft":
+        if "lmbda" not in raw:  # DistillationTrainer: every step's completions sampled from the student
+            raw["lmbda"] = 1.0
+            notes.append("DistillationConfig -> lmbda: 1 (TRL's DistillationTrainer samples every completion from "
+                         "the student).")
+        _claimed_defaults(raw, notes, "DistillationConfig", DISTILLATION_CONFIG_DEFAULTS,
+                          ("max_completion_length",))
+    if gkd and raw["task"] == "sft":
+        _claimed_defaults(raw, notes, "GKDConfig", GKD_CONFIG_DEFAULTS, ("temperature",))  # GKD scores at 1
     revision = raw.pop("teacher_model_revision", None)
     if revision is not None:
         kwargs = dict(raw.get("teacher_model_init_kwargs") or {})
@@ -564,7 +593,6 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
             errors.append(f"teacher_model_revision={revision!r} and teacher_model_init_kwargs.revision="
                           f"{kwargs['revision']!r} disagree; keep one.")
         raw["teacher_model_init_kwargs"] = {**kwargs, "revision": revision}
-    gkd = "seq_kd" in raw and "max_new_tokens" in raw  # GKDConfig's fields
     if gkd and raw.get("seq_kd") and float(raw.get("lmbda", 0.0) or 0.0) >= 1.0:
         raw["seq_kd"] = False  # GKDTrainer.training_step: random() <= 1 always, its seq_kd branch is never reached
         notes.append("seq_kd: not read (with lmbda: 1 TRL's GKDTrainer samples every completion from the student and "
@@ -588,6 +616,38 @@ def _distillation_dump(raw: dict, notes: list, errors: list) -> None:
                 notes.append(f"{key}: not read (distillation on the dataset's completions samples nothing).")
     elif gkd and "max_completion_length" not in raw:  # GKDConfig's sampling length, preflab's name
         raw["max_completion_length"] = raw.pop("max_new_tokens")
+
+
+def _claimed_defaults(raw: dict, notes: list, trl_config: str, defaults: dict, sampling_only: tuple) -> None:
+    """The TRL defaults (`defaults`: GKD_CONFIG_DEFAULTS or DISTILLATION_CONFIG_DEFAULTS) of the options a config
+    that claims to be TRL's `trl_config` leaves out, in one note naming those that differ from preflab's own
+    (PREFLAB_DISTILL_DEFAULTS). The options in `sampling_only` are not filled when nothing is sampled (lmbda 0 and
+    no seq_kd): they would be read by nobody."""
+    samples = float(raw.get("lmbda", defaults.get("lmbda", 0.0)) or 0.0) > 0 or bool(raw.get("seq_kd"))
+    filled = []
+    for key, value in defaults.items():
+        if key in raw or (key in sampling_only and not samples):
+            continue
+        raw[key] = value
+        if value != PREFLAB_DISTILL_DEFAULTS.get(key, value):
+            filled.append(f"{key}: {value:g}" if isinstance(value, float) else f"{key}: {str(value).lower()}")
+    if filled:
+        notes.append(f"{trl_config} -> its defaults for the options left out: {', '.join(filled)} (preflab's own "
+                     "distillation defaults differ: docs/distillation.md, 'TRL's defaults').")
+
+
+def _unclaimed_distillation_note(raw: dict) -> str:
+    """The note of a config with a teacher and no task that is neither a GKDConfig nor a DistillationConfig (see
+    _distillation_dump): preflab's distillation, with its defaults and TRL's beside them for what it leaves out."""
+    ours = PREFLAB_DISTILL_DEFAULTS
+    left = [f"{key}: {ours[key]:g} (GKDConfig's {GKD_CONFIG_DEFAULTS[key]:g}{extra})" for key, extra in (
+        ("lmbda", "; TRL's DistillationTrainer samples every completion, lmbda: 1"),
+        ("beta", f"; DistillationConfig's {DISTILLATION_CONFIG_DEFAULTS['beta']:g}"),
+        ("temperature", "")) if key not in raw]
+    if not left:
+        return "teacher_model_name_or_path -> task: sft (preflab's distillation)."
+    return (f"teacher_model_name_or_path -> task: sft (preflab's distillation; left out: {', '.join(left)}). Write "
+            f"{'them' if len(left) > 1 else 'it'} to choose (docs/distillation.md, 'TRL's defaults').")
 
 
 def _dataset_kwargs(raw: dict, errors: list) -> None:

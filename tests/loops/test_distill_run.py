@@ -311,7 +311,9 @@ def test_two_processes_equal_one_process_with_sampled_steps(tmp_path, accelerate
     """examples/accelerate/ddp.yaml, 2 CPU processes (gloo) x batch 4 against 1 process x batch 8 on
     examples/distill.yaml with seq_kd and lmbda 0.5 (steps 0 and 1 sampled by the teacher, step 2 by the student):
     each row samples from its own seed (seed, step, dataset index), so both runs train on the same completions:
-    the same losses and final weights to 1e-6."""
+    the same losses and final weights to 1e-6. The 2-process run's checkpoint-2, resumed by 1 process x batch 8
+    for its last (student-sampled) step, ends at the same weights: a 2-process checkpoint holds the optimizer, the
+    data position and the step that seeds the draws (no second launch)."""
     import os
     import shutil
     import subprocess
@@ -320,7 +322,7 @@ def test_two_processes_equal_one_process_with_sampled_steps(tmp_path, accelerate
 
     from preflab.cli import main
 
-    common = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true",
+    common = ["eval_fraction=0", "eval_steps=0", "logging_steps=1", "disable_tqdm=true",
               "max_steps=3", "lmbda=0.5", "seq_kd=true", "max_completion_length=6", "lr_scheduler_type=constant",
               "warmup_steps=0"]
     two, one = tmp_path / "two", tmp_path / "one"
@@ -328,12 +330,12 @@ def test_two_processes_equal_one_process_with_sampled_steps(tmp_path, accelerate
     env.pop("WORLD_SIZE", None)
     cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2",
                             shutil.which("preflab"), "train", str(ROOT / "examples/distill.yaml"), f"output_dir={two}",
-                            "per_device_train_batch_size=4", *common)
+                            "per_device_train_batch_size=4", "save_steps=2", *common)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
     assert main(["train", str(ROOT / "examples/distill.yaml"), f"output_dir={one}", "per_device_train_batch_size=8",
-                 *common]) == 0
+                 "save_steps=0", *common]) == 0
     rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
     got, want = rows(two), rows(one)
     assert [r["step"] for r in got] == [1, 2, 3]
@@ -342,6 +344,17 @@ def test_two_processes_equal_one_process_with_sampled_steps(tmp_path, accelerate
     a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
+    assert main(["train", str(ROOT / "examples/distill.yaml"), f"output_dir={resumed}", "overwrite_output_dir=true",
+                 "per_device_train_batch_size=8", "save_steps=0", *common,
+                 f"resume_from_checkpoint={resumed / 'checkpoint-2'}"]) == 0
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from_step"] == 2
+    assert [r["step"] for r in rows(resumed)] == [3] and rows(resumed)[0]["loss"] == pytest.approx(want[2]["loss"],
+                                                                                                  abs=1e-6)
+    c = load_file(resumed / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(c[key], b[key], rtol=0, atol=1e-6)
 
 
 def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monkeypatch):
@@ -354,10 +367,13 @@ def test_fsdp_and_deepspeed_are_refused_naming_the_engine_and_ddp(tmp_path, monk
         DistillTrainer(_cfg(tmp_path))
 
 
-def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys):
+def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, capsys, monkeypatch):
     """`preflab eval RUN --task distill --data F` on a run that evaluated on F (eval_dataset_name) gives the run's
     final (and, on checkpoint-1, its step-1) eval_loss, eval_nll_loss, eval_mean_token_accuracy and eval_entropy
-    (the trained student against the run's teacher, the same rows and truncation); --reference names another
+    (the trained student against the run's teacher, the same rows and truncation), over num_tokens completion
+    tokens (the eval rows' completion tokens, counted directly); each model is loaded once: the student (the final
+    directory, or a checkpoint's base) and the teacher, not the run's base again (before: three loads, the student
+    copied into a second base); --reference names another
     teacher (the student itself: 0); a run without a teacher and --no-reference are refused; the default eval's
     note on a distillation run says what its beta is. The divergence's temperature is divergence_temperature (0.8;
     the sampling temperature stays 1), which eval.json names."""
@@ -371,11 +387,25 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     final = DistillTrainer(cfg).train()["final_metrics"]
     step1 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
                  if '"eval_loss"' in x and json.loads(x)["step"] == 1)
-    for folder, want in ((run, final), (run / "checkpoint-1", step1)):  # the final model, a checkpoint's weights
+    import preflab.eval.loading
+    import preflab.models.load
+
+    loaded, load = [], preflab.models.load.load_causal_lm
+
+    def counted(name, *args, **kwargs):
+        loaded.append(name)
+        return load(name, *args, **kwargs)
+
+    monkeypatch.setattr(preflab.models.load, "load_causal_lm", counted)  # the run's base and the teacher
+    monkeypatch.setattr(preflab.eval.loading, "load_causal_lm", counted)  # the student (load_for_eval)
+    tokens = sum(len(x.completion_ids) for x in DistillTrainer(cfg).eval_data)  # the eval rows' completion tokens
+    for folder, want, loads in ((run, final, [str(run)]), (run / "checkpoint-1", step1, ["builtin:tiny-llama"])):
+        loaded.clear()  # the final model, a checkpoint's weights (its base built, its weights read into it)
         assert main(["eval", str(folder), "--task", "distill", "--data", data, "--out", str(tmp_path / "e.json")]) == 0
+        assert loaded == [*loads, "builtin:tiny-qwen2"]  # the student once, then the teacher
         got = json.loads((tmp_path / "e.json").read_text())
-        assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"]) == (
-            "builtin:tiny-qwen2", 0.5, 0.8, 48)
+        assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"], got["num_tokens"]) == (
+            "builtin:tiny-qwen2", 0.5, 0.8, 48, tokens)
         for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
             assert got["metrics"][key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
         assert got["metrics"]["eval_loss"] > 1e-4
@@ -393,6 +423,40 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     assert main(["eval", str(plain), "--task", "distill", "--data", data]) != 0
     assert "--task distill evaluates distillation runs" in capsys.readouterr().err
     assert "distillation" in eval_beta(None, {"task": "sft", "teacher_model_name_or_path": "t", "beta": 0.5})[1][0]
+
+
+def test_preflab_eval_task_distill_on_a_bfloat16_run_gives_its_eval_metrics(tmp_path):
+    """load_dtype: bfloat16 from a saved model directory (from_pretrained, as a hub model loads): the student is
+    loaded once, in bfloat16 as the run loaded its policy, and gives the run's final eval metrics exactly (in
+    float32 its bfloat16 weights score otherwise: the run evaluated in bfloat16)."""
+    from preflab.loops.distill_eval import evaluate_distill_run
+    from preflab.models.load import load_causal_lm, load_tokenizer
+
+    data, base = str(ROOT / "examples/data/loud_echo_sft.jsonl"), tmp_path / "base"
+    tokenizer = load_tokenizer("builtin:tiny-llama")
+    load_causal_lm("builtin:tiny-llama", tokenizer=tokenizer).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    cfg = _cfg(tmp_path, model_name_or_path=str(base), load_dtype="bfloat16", learning_rate=1e-2,
+               eval_dataset_name=data, eval_steps=1, save_steps=0, per_device_eval_batch_size=8)
+    final = DistillTrainer(cfg).train()["final_metrics"]
+    got = evaluate_distill_run(str(tmp_path / "run"), data)
+    assert {k: got["metrics"][k] for k in final if k in got["metrics"]} == {k: final[k] for k in got["metrics"]}
+
+
+def test_preflab_eval_task_distill_on_a_lora_run_gives_its_eval_metrics(tmp_path):
+    """A LoRA run (use_peft, lora_r 4 and lora_alpha 8: not the defaults) evaluates to its final eval metrics (the
+    adapters merged into the student). Before, its own lora_* options were refused beside the evaluation's
+    use_peft: false ("lora_r, lora_alpha only apply to use_peft: true")."""
+    from preflab.loops.distill_eval import evaluate_distill_run
+
+    data = str(ROOT / "examples/data/loud_echo_sft.jsonl")
+    cfg = _cfg(tmp_path, use_peft=True, lora_r=4, lora_alpha=8, learning_rate=1e-2, eval_dataset_name=data,
+               eval_steps=1, save_steps=0, per_device_eval_batch_size=8)
+    final = DistillTrainer(cfg).train()["final_metrics"]
+    got = evaluate_distill_run(str(tmp_path / "run"), data)
+    for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
+        assert got["metrics"][key] == pytest.approx(final[key], rel=1e-5, abs=1e-9), key
+    assert got["metrics"]["eval_loss"] > 1e-4
 
 
 @pytest.mark.parametrize("sampled", [False, True])

@@ -103,16 +103,19 @@ def _base_name(cfg: dict, path: Path) -> str:
 
 
 def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
-                  seed: int = 0, demo_sft=None):
+                  seed: int = 0, demo_sft=None, dtype="float32", init_kwargs: dict | None = None):
     """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
     (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds builtin models.
     demo_sft: seed -> (model, tokenizer) of builtin:demo-sft (preflab.demo.sft_model.demo_sft), for that name and
     for the checkpoints of runs that started from it; the demo room trains it and builds on this one, so the caller
-    passes it in (without it such a name is a PreflabError saying so)."""
+    passes it in (without it such a name is a PreflabError saying so). dtype, init_kwargs: load_causal_lm's, for
+    every model loaded here (the weights, or the base they go into; float32 and none unless a caller, e.g.
+    `preflab eval --task distill`, loads the model as its run loaded its policy)."""
+    load = dict(dtype=dtype, init_kwargs=init_kwargs)
     if name in BUILTIN:  # a builtin is built for the tokenizer it is given (its vocabulary sizes the model)
         if tokenizer is None:
             tokenizer = load_tokenizer(name)
-        return load_causal_lm(name, tokenizer=tokenizer, seed=seed).eval(), tokenizer
+        return load_causal_lm(name, tokenizer=tokenizer, seed=seed, **load).eval(), tokenizer
     if name == DEMO_SFT:
         model, own = _demo_sft(demo_sft, seed, name)
         check_same_tokenizer(name, own, tokenizer)
@@ -136,16 +139,18 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         check_same_tokenizer(name, _own_tokenizer(path, base, trust_remote_code), tokenizer)
     if (path / "config.json").is_file():
         tok = tokenizer or _tokenizer_near(path, None, trust_remote_code)
-        return load_causal_lm(str(path), "float32", trust_remote_code, allow_pickle).eval(), tok
+        return load_causal_lm(str(path), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                              **load).eval(), tok
     if (path / "adapter_config.json").is_file():
         base_name = _base_name(cfg, path)
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
-        base = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
+        base = load_causal_lm(base_name, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                              tokenizer=tok, seed=cfg.get("seed", 0), **load)
         from peft import PeftModel
 
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
     if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
-        return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code, demo_sft)
+        return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code, demo_sft, load)
     checkpoints = [p for p in numbered_checkpoints(path) if p.is_dir()]
     if checkpoints:  # an interrupted run: no final model yet, only its checkpoints
         raise PreflabError(f"{path} holds no final model (the run has not finished, or was interrupted) but has "
@@ -172,7 +177,8 @@ def lora_options(cfg: dict) -> dict:
     return {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in LORA_OPTIONS}
 
 
-def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, trust_remote_code: bool, demo_sft):
+def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, trust_remote_code: bool, demo_sft,
+                         load: dict):
     import torch
     from safetensors.torch import load_file
 
@@ -182,7 +188,8 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
         tok = tokenizer or own
     else:
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
-        model = load_causal_lm(base_name, "float32", trust_remote_code, allow_pickle, tok, seed=cfg.get("seed", 0))
+        model = load_causal_lm(base_name, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, tokenizer=tok,
+                               seed=cfg.get("seed", 0), **load)
     if cfg.get("use_peft"):  # the checkpoint holds the adapters (peft's names): rebuild them as training did
         from preflab.models.load import add_lora, lora_extras
 

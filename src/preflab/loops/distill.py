@@ -134,8 +134,13 @@ class DistillTrainer(SFTTrainer):
     def evaluate(self) -> dict:
         """eval_loss: the divergence's token mean over the eval set; eval_nll_loss, eval_mean_token_accuracy and
         eval_entropy of the student over the same tokens."""
+        return self.eval_totals()[0]
+
+    def eval_totals(self) -> tuple[dict, int]:
+        """(evaluate's metrics, the completion tokens they average over: the divergence's tokens, counted from the
+        batches it scored; `preflab eval --task distill` reports them)."""
         if not self.eval_data:
-            return {}
+            return {}, 0
         self.policy.eval()
         div, nll, right, entropy, tokens = 0.0, 0.0, 0, 0.0, 0
         with torch.no_grad():
@@ -151,4 +156,4 @@ class DistillTrainer(SFTTrainer):
         self.policy.train()
         n = max(tokens, 1)
         return {"eval_loss": div / n, "eval_nll_loss": nll / n, "eval_mean_token_accuracy": right / n,
-                "eval_entropy": entropy / n}
+                "eval_entropy": entropy / n}, tokens

@@ -1,12 +1,13 @@
 """`preflab eval RUN --task distill --data ROWS`: a distillation run's own evaluation (preflab.loops.distill:
 DistillTrainer.evaluate) on held-out rows: eval_loss (the generalized JSD to the teacher, token mean over the rows'
 completion tokens, at the run's beta and temperature), eval_nll_loss, eval_mean_token_accuracy and eval_entropy of
-the trained student (a final run directory, a checkpoint-N or LoRA adapters, loaded as every `preflab eval` loads
-a policy: preflab.eval.loading.load_for_eval, then copied into the run's base as the trainer loads it), written to
-eval.json. The rows are read, tokenized and truncated as the run read its own
-(task: sft's forms, its max_length and completion_only_loss); the teacher is the run's teacher_model_name_or_path
-(with its teacher_model_init_kwargs), or --reference. The dataset's completions are scored (no sampling: lmbda and
-seq_kd are training-time), so the numbers equal the run's eval_* metrics on the same rows.
+the trained student (a final run directory, a checkpoint-N or LoRA adapters, loaded once, as every `preflab eval`
+loads a policy: preflab.eval.loading.load_for_eval, in the dtype the run loaded its policy in), written to eval.json.
+The rows are read, tokenized and truncated as the run read its own (task: sft's forms, its max_length and
+completion_only_loss); the teacher is the run's teacher_model_name_or_path (with its teacher_model_init_kwargs,
+loaded as the run loaded it: preflab.models.load.load_named_reference), or --reference. The dataset's completions
+are scored (no sampling: lmbda and seq_kd are training-time), so the numbers equal the run's eval_* metrics on the
+same rows.
 """
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ def distill_run_config(checkpoint: str) -> dict:
     return saved
 
 
+# the model_init_kwargs that shape the loaded model (not where its files are): passed on to the student's load
+SHAPING_INIT_KWARGS = ("dtype", "torch_dtype", "attn_implementation")
+
+
 def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, batch_size: int = 8,
                          split: str | None = None, limit: int | None = None) -> dict:
     """eval.json's content: the run's eval_* metrics of the student at `checkpoint` against its teacher (or
@@ -49,32 +54,30 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
 
     split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
     notes = [said] if said else []
-    from preflab.eval.loading import load_for_eval
+    from preflab.eval.loading import LORA_OPTIONS, load_for_eval
+    from preflab.models.load import load_named_reference, policy_load_dtype
 
-    # the student as every eval loads it: a final run directory, a checkpoint-N (the run's base + its weights) or
-    # LoRA adapters (merged); safetensors only, remote code only when the run allowed it
-    student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
-                                       seed=int(saved.get("seed") or 0))
     with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
-        options = {**saved, **TRAINING_ONLY, "dataset_name": name,
+        trained = {k: v for k, v in saved.items() if k not in LORA_OPTIONS}  # use_peft off: the adapters are merged
+        options = {**trained, **TRAINING_ONLY, "dataset_name": name,
                    "dataset_config": data_config, "dataset_split": split, "per_device_eval_batch_size": batch_size,
                    "output_dir": scratch, "report_to": "none"}
         if teacher:
             options["teacher_model_name_or_path"] = teacher
-        trainer = DistillTrainer(config_from_dict(options), tokenizer=tokenizer)  # the run's base and teacher
-        own = trainer.accelerator.unwrap_model(trainer.policy)
-        try:  # the trained weights into the run's base (the same architecture: strict)
-            own.load_state_dict(student.state_dict(), strict=True)
-        except RuntimeError as err:
-            raise ConfigError(f"{checkpoint}'s weights do not fit the run's model_name_or_path "
-                              f"{saved.get('model_name_or_path')} ({str(err).splitlines()[0]}).") from err
-        del student
+        cfg = config_from_dict(options)
+        # the student, the one load of it, as every eval loads it (a final run directory, a checkpoint-N: the run's
+        # base + its weights, or LoRA adapters, merged; safetensors only, remote code only when the run allowed it),
+        # in the dtype and attention the run loaded its policy with (load_models), as the run evaluated it
+        shaping = {k: v for k, v in cfg.model_kwargs().items() if k in SHAPING_INIT_KWARGS}
+        student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
+                                           seed=int(saved.get("seed") or 0), dtype=policy_load_dtype(cfg),
+                                           init_kwargs=shaping or None)
+        trainer = DistillTrainer(cfg, policy=student, ref=load_named_reference(cfg, tokenizer, student),
+                                 tokenizer=tokenizer)  # the run's teacher (or --reference), loaded as the run did
         rows = trainer.train_data if limit is None else trainer.train_data[:limit]
         trainer.eval_data = rows
-        metrics = trainer.evaluate()
+        metrics, tokens = trainer.eval_totals()  # tokens: the divergence's, counted from the batches scored
         cfg = trainer.cfg
-        tokens = sum(int(trainer.kind.collate(rows[i:i + batch_size], trainer.pad_id, trainer.layout)
-                         .response_mask.sum()) for i in range(0, len(rows), batch_size))  # the divergence's tokens
     return {"task": "distill", "checkpoint": str(checkpoint), "data": name, "split": split,
             "teacher": cfg.teacher_model_name_or_path, "beta": cfg.distillation_beta(),
             "temperature": cfg.distillation_temperature(), "num_rows": len(rows), "num_tokens": tokens,

@@ -572,15 +572,37 @@ def enable_gradient_checkpointing(policy) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def policy_load_dtype(cfg) -> str:
+    """The dtype load_models passes load_causal_lm for the run's policy: load_dtype (float32 when unset), or a
+    quantized base's compute dtype (model_init_kwargs' own dtype, if any, overrides it there: _init_kwargs)."""
+    from preflab.models.quantize import compute_dtype, quantization_config
+
+    return compute_dtype(cfg) if quantization_config(cfg) is not None else cfg.load_dtype or "float32"
+
+
+def load_named_reference(cfg, tokenizer, policy):
+    """The frozen model the run names beside its policy (reference_source: a distillation's teacher, else
+    ref_model_name_or_path), in reference_dtype, without gradients, in eval mode, its tokens checked against the
+    policy's (check_reference_tokens); None when the run names none. load_models loads it so, and so does
+    `preflab eval --task distill` beside the student it loaded (preflab.loops.distill_eval)."""
+    ref_name, ref_option = reference_source(cfg)
+    if not ref_name:
+        return None
+    ref = load_causal_lm(ref_name, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
+                         seed=cfg.seed, option=ref_option, init_kwargs=cfg.model_kwargs(ref=True))
+    ref.requires_grad_(False).eval()
+    check_reference_tokens(ref_name, ref, policy, tokenizer)
+    return ref
+
+
 def load_models(cfg, tokenizer):
     """(policy, reference or None). reference is None for LoRA (adapters disabled) or reference-free objectives."""
-    from preflab.models.quantize import check_quantization_machine, compute_dtype, quantization_config
+    from preflab.models.quantize import check_quantization_machine, quantization_config
 
-    dtype = cfg.load_dtype or "float32"
+    dtype = policy_load_dtype(cfg)
     quantization = quantization_config(cfg)  # QLoRA: a 4/8-bit base (load_in_4bit / load_in_8bit)
     if quantization is not None:
         check_quantization_machine(cfg)
-        dtype = compute_dtype(cfg)
     check_policy_not_adapter(cfg.model_name_or_path)
     policy = load_causal_lm(cfg.model_name_or_path, dtype, cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
                             seed=cfg.seed, init_kwargs=cfg.model_kwargs(), quantization=quantization)
@@ -593,11 +615,7 @@ def load_models(cfg, tokenizer):
     ref = None
     ref_name, ref_option = reference_source(cfg)  # a distillation's teacher is held as its reference
     if needs_reference and ref_name:
-        ref = load_causal_lm(ref_name, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle,
-                             tokenizer, seed=cfg.seed, option=ref_option,
-                             init_kwargs=cfg.model_kwargs(ref=True))
-        ref.requires_grad_(False).eval()
-        check_reference_tokens(ref_name, ref, policy, tokenizer)
+        ref = load_named_reference(cfg, tokenizer, policy)
     elif needs_reference and ref_option == "teacher_model_name_or_path":
         raise ConfigError("distillation needs teacher_model_name_or_path (the teacher model).")
     elif needs_reference and not cfg.use_peft:
