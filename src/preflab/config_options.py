@@ -375,6 +375,10 @@ OPTIONS: dict[str, Option] = {
     "tools": Option("task: online, group recipes, online_task dataset; tool functions the model may call (TRL "
                     "GRPOTrainer's tools=): calculator | python (sandboxed) | module:function | path/to/file.py:function "
                     "(preflab.online.tool_calling)"),
+    "environment_factory": Option("task: online, group recipes, online_task dataset; stateful environments whose "
+                                  "public methods are tools (TRL GRPOTrainer's environment_factory): module:Class | "
+                                  "path/to/file.py:function, or {name: ...} with each row's 'environment' column "
+                                  "(preflab.online.environments)"),
     "max_tool_calling_iterations": Option("task: online with tools; tool-calling turns per completion (TRL "
                                           "GRPOConfig; null: no limit but max_completion_length)", ">= 0 (null: no "
                                           "limit)", lambda v: v is None or (_num(v) and v >= 0 and v == int(v))),

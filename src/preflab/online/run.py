@@ -144,7 +144,7 @@ class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
     prompt_sharing = True  # layout prefix_shared may score a prompt once per example (VisionOnlineRun: no)
 
-    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None, tools=None):
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None, tools=None, environment_factory=None):
         if cfg.task != "online":
             raise ConfigError(f"OnlineRun needs task: online, got {cfg.task!r}.")
         if policy is not None:  # loading options beside a model given from Python: applied or refused
@@ -235,9 +235,13 @@ class OnlineRun(TrainingRun):
             raise ConfigError("multi_objective_aggregation: normalize_then_sum weighs each judge's group-normalised "
                               "rewards with the fixed reward_weights; the task's reward_aggregator weighs the judges "
                               "per prompt. Use one of them.")
+        # environment_factory (TRL GRPOTrainer's): stateful environments whose methods are tools, probed here
+        self.environments = self._environment_set(cfg, task, environment_factory, tools)
+        self.round_environments: list | None = None  # the current round's instances, one per completion
+        judges, weights = self._judges_and_weights(cfg, task)
         # judge_timeout_s: each call of the judges' code within that many seconds (the game's judge is its matrix)
-        self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
-                           cache=getattr(task, "judge_cache", True),
+        self.judge = Judge(judges, weights=weights,
+                           cache=getattr(task, "judge_cache", True) and self.environments is None,
                            timeout_s=None if cfg.online_task == "game" else cfg.judge_timeout_s)
         if self.main and self.judge.within_group_note():
             print(f"preflab: note: {self.judge.within_group_note()}", flush=True)
@@ -253,7 +257,7 @@ class OnlineRun(TrainingRun):
                                                                    report_to=self.data_report,
                                                                    truncation_mode=cfg.truncation_mode,
                                                                    chat_template_kwargs=cfg.chat_template_kwargs,
-                                                                   tools=self.tools)
+                                                                   tools=self._prompt_tools())
         source = (self.data_report.get("prompt_rows") or {}).get("source")
         refuse_past_positions(self.rows, policy, cfg.max_completion_length, source or "the prompts")
         tokenized = self.data_report.get("prompt_tokenize")
@@ -304,18 +308,73 @@ class OnlineRun(TrainingRun):
             return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator)
         return self.task.evaluate(self.policy, self.tokenizer)
 
+    def _environment_set(self, cfg, task, given, tools):
+        """The run's Environments (preflab.online.environments: TRL GRPOTrainer's environment_factory, from Python
+        or the config's environment_factory), their tools after the standalone ones; None without. Refused with
+        several processes and with a held-out evaluation (both answer without the environments here)."""
+        if given is None and not cfg.environment_factory:
+            return None
+        if given is not None and cfg.environment_factory:
+            raise ConfigError("environment_factory is given both from Python (OnlineRun(environment_factory=...)) and "
+                              "in the config; give one.")
+        if self.accelerator.num_processes > 1:
+            raise ConfigError(f"environment_factory: runs with environments take one process for now (this one has "
+                              f"{self.accelerator.num_processes}): every environment call must run once, in the "
+                              "process that holds the instances, and the rewards that read them are computed by "
+                              "every process. Launch without accelerate's several processes.")
+        if getattr(task, "evaluate", None) is not None:
+            raise ConfigError("environment_factory: the held-out evaluation (eval_dataset_name / eval_fraction) "
+                              "answers without environments, so its reward would not be the trained agent's; leave "
+                              "it out for a run with environments.")
+        from preflab.online.environments import Environments, load_environment_factories
+        from preflab.online.tool_calling import load_tools
+
+        if tools and cfg.tools:
+            raise ConfigError("tools are given both from Python (OnlineRun(tools=...)) and in the config; give one.")
+        standalone = load_tools(tools or cfg.tools) if (tools or cfg.tools) else []
+        return Environments(load_environment_factories(given if given is not None else cfg.environment_factory),
+                            standalone)
+
+    def _judges_and_weights(self, cfg, task):
+        """The judges (the task's, then one per environment class with get_reward, TRL's extra reward source with
+        weight 1) and their weights (reward_weights, or the task's reward_aggregator; 1 each for the environments')."""
+        judges = list(task.judges) if isinstance(task.judges, (list, tuple)) else [task.judges]
+        weights = getattr(task, "reward_aggregator", None) or cfg.reward_weights
+        extra = self.environments.reward_judges if self.environments is not None else []
+        if self.environments is not None and not judges and not extra:
+            raise ConfigError("environment_factory: no reward source: give reward_funcs, or an environment with a "
+                              "get_reward method (TRL's rule).")
+        if extra and callable(weights):
+            raise ConfigError("reward_aggregator weighs reward_funcs per prompt; it cannot weigh the environments' "
+                              "get_reward too. Remove one of them.")
+        if extra and weights is not None:
+            if len(weights) != len(judges):
+                raise ConfigError(f"reward_weights has {len(weights)} weights for {len(judges)} reward_funcs; give "
+                                  "one per reward function (the environments' get_reward rewards weigh 1 each).")
+            weights = list(weights) + [1.0] * len(extra)
+        return judges + extra, weights
+
+    def _prompt_tools(self):
+        """What the prompts render (prepare_prompts' tools): the run's tools, or with environments each row's own
+        environment's tools (a row naming an unknown environment is refused there, by its number)."""
+        envs = self.environments
+        if envs is None:
+            return self.tools
+        return lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras)]
+
     def _tool_functions(self, cfg, task, tokenizer, given) -> list:
         """The run's tool functions (TRL GRPOTrainer's tools=): `given` from Python, else the config's `tools`
-        (preflab.online.tool_calling.load_tools); [] without. ConfigError, before any round, for a task with its own
-        generator (tag-syntax tool rollouts), a prompt source other than text conversations, or a tokenizer that
-        cannot run a tool-calling conversation (its reason)."""
-        if not given and not cfg.tools:
+        (preflab.online.tool_calling.load_tools); with environments, those and every environment's methods (TRL's
+        self.tools); [] without. ConfigError, before any round, for a task with its own generator (tag-syntax tool
+        rollouts), a prompt source other than text conversations, or a tokenizer that cannot run a tool-calling
+        conversation (its reason)."""
+        if not given and not cfg.tools and self.environments is None:
             return []
         if given and cfg.tools:
             raise ConfigError("tools are given both from Python (OnlineRun(tools=...)) and in the config; give one.")
         from preflab.online.tool_calling import check_tool_tokenizer, load_tools
 
-        tools = load_tools(given or cfg.tools)
+        tools = self.environments.all_tools if self.environments is not None else load_tools(given or cfg.tools)
         if getattr(task, "generator", None) is not None:
             raise ConfigError("tools: the task samples with a generator of its own (e.g. the otc recipe's tag-syntax "
                               "tool rollouts, preflab.online.tool_rollout); use one of the two.")
@@ -468,9 +527,12 @@ class OnlineRun(TrainingRun):
             texts = [list(m) for m in conversations]
         info = getattr(self.generator, "last_columns", None) or [{}] * len(ids)  # tool rollouts: num_tool_calls
         columns = [{**rows[i // K].columns, **info[i]} for i in range(len(ids))]
-        flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
-                                  self._judge_cache_context(rows, K, len(ids)),
-                                  images=self._judge_images(rows, K, len(ids)))
+        envs = self.round_environments if self.environments is not None else None
+        # with environments every rollout is judged on its own (its environment's state is no part of the texts)
+        context = [f"rollout {i}" for i in range(len(ids))] if envs is not None else \
+            self._judge_cache_context(rows, K, len(ids))
+        flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids, context,
+                                  images=self._judge_images(rows, K, len(ids)), environments=envs)
         eos = self.tokenizer.eos_token_id
         has_eos = [bool(c) and c[-1] == eos for c in ids]
         if self.cfg.missing_eos_penalty is not None:
@@ -505,6 +567,8 @@ class OnlineRun(TrainingRun):
             ids, trees = tree_round(self, rows, self._round_seed(r))
             K = len(ids) // n
         else:
+            if self.environments is not None:  # fresh instances, reset; the rows with their reset observations
+                rows = self._start_environments(rows, K)
             ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped, raised = int(flat.isnan().sum()), self.judge.last_raised
@@ -611,6 +675,44 @@ class OnlineRun(TrainingRun):
         if self.main:
             self._write_round_file(r, rows, completions, texts, scores)
         return Round(r, examples, slices, metrics)
+
+    def _start_environments(self, rows, K: int) -> list:
+        """environment_factory: K fresh environment instances per row (self.round_environments, one per
+        completion), each reset with the row's fields (preflab.online.environments.Environments.start_round); the
+        generator's per-completion tools set to each instance's methods; a row whose reset returned text gets it
+        appended to its last message and is tokenized again with its environment's tools (a prompt cut to
+        max_prompt_length by that is counted in summary.json online.environment_prompts_truncated and said once)."""
+        from dataclasses import replace
+
+        from preflab.online.environments import with_observation
+
+        envs, cfg = self.environments, self.cfg
+        instances, observations = envs.start_round(rows, K)
+        self.round_environments = instances
+        if hasattr(self.generator, "slot_tools"):
+            self.generator.slot_tools = envs.slot_tools(instances)
+        out = []
+        for row, observation in zip(rows, observations):
+            if observation is None:
+                out.append(row)
+                continue
+            report: dict = {}
+            name = envs.name_of(row.row_id, row.columns)
+            fresh = prepare_prompts([{"prompt": with_observation(row.prompt, observation), **row.columns}],
+                                    self.tokenizer, cfg.max_prompt_length, report_to=report,
+                                    truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs,
+                                    tools=envs.tools[name])[0]
+            cut = int(report.get("prompt_tokenize", {}).get("prompt_truncated", 0))
+            if cut:
+                self.counts["environment_prompts_truncated"] = self.counts.get("environment_prompts_truncated", 0) + 1
+                if self.main and not getattr(self, "_said_env_cut", False):
+                    self._said_env_cut = True
+                    print(f"preflab: note: prompt row {row.row_id}: with its environment's reset observation the "
+                          f"prompt is longer than max_prompt_length={cfg.max_prompt_length} and was cut (counted in "
+                          "summary.json online.environment_prompts_truncated).", flush=True)
+            out.append(replace(fresh, row_id=row.row_id))
+        refuse_past_positions(out, self.policy, cfg.max_completion_length, "the prompts with their reset observations")
+        return out
 
     def _round_advantages(self, examples: list[Example], rewards: torch.Tensor, scored: torch.Tensor,
                           per_judge: torch.Tensor | None) -> torch.Tensor:

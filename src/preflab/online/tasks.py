@@ -202,11 +202,11 @@ def load_task(cfg, tokenizer=None, policy=None):
     if not cfg.dataset_name:
         raise ConfigError("online_task: dataset needs dataset_name (rows with a 'prompt' column); or use "
                           "online_task: demo / game.")
-    if not cfg.reward_funcs:
+    if not cfg.reward_funcs and not cfg.environment_factory:  # environments with get_reward: their own judges
         raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
                           "reward / preference model directory).")
     refuse_template_kwargs_with_model_judges(cfg)
-    judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
+    judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or [])]
     from preflab.runlog import is_main_process
 
     from preflab.data.eval_set import train_and_eval
