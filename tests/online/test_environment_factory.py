@@ -89,14 +89,21 @@ def env_script(context: str) -> str:
 
 
 class EnvScripted:
-    """A generator (online/generator.py's interface) answering with env_script, cut at max_new_tokens."""
+    """A generator (online/generator.py's interface) answering with env_script, cut at max_new_tokens; `vary`: a
+    seeded half of the step(3) calls are step(2) instead (the target 5 missed: rewards differ within a group)."""
 
-    def __init__(self, tok, max_new_tokens):
-        self.tok, self.max_new_tokens = tok, max_new_tokens
+    def __init__(self, tok, max_new_tokens, vary=False):
+        self.tok, self.max_new_tokens, self.vary = tok, max_new_tokens, vary
 
     def generate(self, prompt_ids, num_generations, seed):
-        return [ids_of(self.tok, env_script(self.tok.decode(p)))[:self.max_new_tokens]
-                for p in prompt_ids for _ in range(num_generations)]
+        g, out = torch.Generator().manual_seed(seed), []
+        for p in prompt_ids:
+            for _ in range(num_generations):
+                text = env_script(self.tok.decode(p))
+                if self.vary and torch.rand((), generator=g) < 0.5:
+                    text = text.replace('{"n": 3}', '{"n": 2}')
+                out.append(ids_of(self.tok, text)[:self.max_new_tokens])
+        return out
 
 
 def echo_reward(prompts, completions, environments, **kwargs):
@@ -116,7 +123,7 @@ BASE = dict(task="online", trainer="grpo", online_task="dataset", dataset_name="
             use_cpu=True, save_strategy="no", report_to="none", logging_steps=1)
 
 
-def env_run(tmp_path, monkeypatch, rows=ROWS, judges=(echo_reward,), factory=None, **over):
+def env_run(tmp_path, monkeypatch, rows=ROWS, judges=(echo_reward,), factory=None, vary=False, **over):
     """An OnlineRun with environments whose turns are EnvScripted."""
     import preflab.online.generator as generator_module
     from preflab.online.run import OnlineRun
@@ -124,7 +131,7 @@ def env_run(tmp_path, monkeypatch, rows=ROWS, judges=(echo_reward,), factory=Non
 
     tok = tool_tokenizer()
     monkeypatch.setattr(generator_module, "make_generator",
-                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length))
+                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length, vary))
     cfg = config_from_dict({**BASE, "output_dir": str(tmp_path), **over})
     return OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                      task=Task([dict(r) for r in rows], list(judges)),
@@ -299,19 +306,20 @@ def test_the_held_out_evaluation_and_several_processes_are_refused(tmp_path, mon
 
 
 def test_resume_is_exact_and_a_mid_round_resume_calls_no_environment(tmp_path, monkeypatch, stop_at_step):
-    """Stopped mid-round (step 3 of rounds of 2 steps) or at a round's start (step 2), then resumed: the weights equal
+    """Stopped mid-round (after 3 steps, rounds of 2 steps) or at a round's start (after 2), then resumed: the weights equal
     the uninterrupted run's. Mid-round, the resumed run reads the pending round (its rewards included) from the
     checkpoint and calls no environment; at the boundary it makes the next round's instances afresh."""
-    full = env_run(tmp_path / "full", monkeypatch)
+    full = env_run(tmp_path / "full", monkeypatch, vary=True)
     full.train()
     for stop, calls_after in ((3, 0), (2, 4 * 2)):
         out = tmp_path / f"cut{stop}"
-        cut = env_run(out, monkeypatch, save_strategy="steps", save_steps=1)
+        cut = env_run(out, monkeypatch, vary=True, save_strategy="steps", save_steps=1)
         with stop_at_step(cut, stop):
             cut.train()
-        resumed = env_run(out, monkeypatch, save_strategy="steps", save_steps=1, resume_from_checkpoint=True)
+        resumed = env_run(out, monkeypatch, vary=True, save_strategy="steps", save_steps=1,
+                          resume_from_checkpoint=True)
         CALLS.clear()
-        assert resumed.train()["resumed_from_step"] == stop - 1
+        assert resumed.train()["resumed_from_step"] == stop
         assert sum(c[1] == "reset" for c in CALLS) == calls_after
         a, b = full.policy.state_dict(), resumed.policy.state_dict()
         assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
@@ -329,7 +337,7 @@ class Counter:
     def reset(self, target=0, **kwargs):
         self.total, self.target = 0, target
         with open(__file__ + ".calls", "a") as fh:
-            fh.write("reset\\n")
+            fh.write(f"reset {target}\\n")
         return f" (target {target})"
 
     def step(self, n: int) -> str:
@@ -350,12 +358,12 @@ class Counter:
 
 def test_preflab_train_with_an_environment_owning_the_reward(tmp_path, monkeypatch, capsys):
     """`preflab train config.yaml` with environment_factory: envs.py:Counter and no reward_funcs: get_reward is the
-    run's reward (rewards/Counter/mean is the reached share: targets 5 reached, 4 missed), every rollout resets its
-    own instance and steps it twice, and the weights move."""
+    run's reward (each round's rewards/Counter/mean is the share of rollouts whose steps, read back from the
+    environment's own log, sum to the row's target), every rollout resets its own instance and steps it twice, and
+    the rounds with a reward signal move the weights."""
     import yaml
 
     import preflab.online.generator as generator_module
-    import preflab.online.tasks as tasks_module
     from preflab.cli import main
 
     tok = tool_tokenizer()
@@ -363,8 +371,7 @@ def test_preflab_train_with_an_environment_owning_the_reward(tmp_path, monkeypat
     rows = [{"prompt": [{"role": "user", "content": "reach"}], "target": t} for t in (5, 4)]
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(generator_module, "make_generator",
-                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length))
-    monkeypatch.setattr(tasks_module, "load_tokenizer", lambda *a, **k: tok, raising=False)
+                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length, True))
     import preflab.models.load as load_module
 
     monkeypatch.setattr(load_module, "load_tokenizer", lambda *a, **k: tok)
@@ -377,6 +384,14 @@ def test_preflab_train_with_an_environment_owning_the_reward(tmp_path, monkeypat
     assert main(["train", str(tmp_path / "config.yaml")]) == 0, capsys.readouterr().err[-2000:]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rounds = [m for m in metrics if "rewards/Counter/mean" in m]
-    assert [m["rewards/Counter/mean"] for m in rounds] == [0.5, 0.5]
     calls = (tmp_path / "envs.py.calls").read_text().splitlines()
-    assert calls == (["reset"] * 4 + ["step 2"] * 4 + ["step 3"] * 4) * 2
+    assert len(calls) == 2 * 12 and all(c.startswith("reset") for c in calls[:4] + calls[12:16])
+    expected = []
+    for r in range(2):  # a round: 4 resets (2 prompts x K = 2), then each turn's step for the 4 rollouts
+        part = calls[12 * r:12 * (r + 1)]
+        targets = [int(c.split()[1]) for c in part[:4]]
+        totals = [int(a.split()[1]) + int(b.split()[1]) for a, b in zip(part[4:8], part[8:12])]
+        expected.append(sum(t == s for t, s in zip(targets, totals)) / 4)
+    assert [m["rewards/Counter/mean"] for m in rounds] == expected
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["online"]["tool_calls"] == 16 and summary["online"].get("no_signal_rounds", 0) < 2
