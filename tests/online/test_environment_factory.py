@@ -276,8 +276,7 @@ def test_config_reads_the_option_and_its_tool_options(tmp_path):
         config_from_dict({**BASE, "output_dir": "x", "max_tool_calling_iterations": 2})
 
 
-def test_the_held_out_evaluation_and_several_processes_are_refused(tmp_path, monkeypatch):
-    import preflab.online.run as run_module
+def test_the_held_out_evaluation_is_refused(tmp_path):
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
 
@@ -286,22 +285,6 @@ def test_the_held_out_evaluation_and_several_processes_are_refused(tmp_path, mon
     with pytest.raises(ConfigError, match="the held-out evaluation .* answers without environments"):
         OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                   task=Task([dict(r) for r in ROWS], [echo_reward], evaluate=lambda model, tokenizer: {}),
-                  environment_factory={"counter": Counter, "echo": Echo})
-    real = run_module.make_accelerator
-
-    class TwoProcesses:
-        def __init__(self, acc):
-            self.acc = acc
-
-        num_processes = 2
-
-        def __getattr__(self, name):
-            return getattr(self.acc, name)
-
-    monkeypatch.setattr(run_module, "make_accelerator", lambda *a, **k: TwoProcesses(real(*a, **k)))
-    with pytest.raises(ConfigError, match="runs with environments take one process for now"):
-        OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
-                  task=Task([dict(r) for r in ROWS], [echo_reward]),
                   environment_factory={"counter": Counter, "echo": Echo})
 
 
@@ -395,3 +378,36 @@ def test_preflab_train_with_an_environment_owning_the_reward(tmp_path, monkeypat
     assert [m["rewards/Counter/mean"] for m in rounds] == expected
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["online"]["tool_calls"] == 16 and summary["online"].get("no_signal_rounds", 0) < 2
+
+
+@pytest.mark.slow
+def test_two_processes_call_each_environment_once_and_equal_one_process(tmp_path, accelerate_launch):
+    """Under accelerate launch with two processes the main process holds the environments: every reset, tool call,
+    get_reward and environments= reward runs once (calls.txt: the same lines as the one-process run, all from rank 0)
+    and the other process continues from its observations, tool results and rewards: the weights equal the
+    one-process run's to float summation order (1 x 4 vs 2 x 2 examples per step)."""
+    import subprocess
+    from collections import Counter as Tally
+
+    from safetensors.torch import load_file
+
+    script = str(Path(__file__).parent / "environment_run.py")
+    common = ["per_device_train_batch_size=1", "max_steps=2", "steps_per_generation=1", "save_strategy=no"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
+                         env=env, capture_output=True, text=True, timeout=500)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                           "--mixed_precision", "no", "--dynamo_backend", "no", script,
+                                           str(tmp_path / "two"), *common, "gradient_accumulation_steps=2"),
+                         env=env, capture_output=True, text=True, timeout=500)
+    assert two.returncode == 0, two.stderr[-3000:]
+    tallies = [Tally((tmp_path / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
+    # per round (2 rounds): 8 rollouts reset; steps 2 x 2 x 2 (targets 5 and 4), 0 for target 7 (shout is not its
+    # tool), 2 shouts; get_reward for the 6 counter rollouts; echo_reward scores all 8
+    per_round = {"reset rank0": 8, "step rank0": 8, "shout rank0": 2, "get_reward rank0": 6, "echo_reward rank0": 8}
+    assert tallies[0] == tallies[1] == Tally({k: 2 * v for k, v in per_round.items()})
+    summaries = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two")]
+    assert summaries[0]["online"]["tool_calls"] == summaries[1]["online"]["tool_calls"] == 2 * 12
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

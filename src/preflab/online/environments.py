@@ -28,6 +28,9 @@ weights, the environments' behaviour from construction) and a run resumed at any
 environment again). A factory or reset that draws unseeded randomness makes rounds irreproducible, as any reward
 function that does.
 
+Several processes (OnlineRun): the main process holds the round's instances and makes every call of them once (reset,
+tools, get_reward and the judging that reads them); the others receive what they returned.
+
 The K resets of one prompt row must return the same observation: a group's completions answer one prompt (their
 advantages compare them), so rows whose resets disagree are refused, naming the row. An observation that is not
 None or a string (TRL's multimodal content blocks) is refused: text policies only.

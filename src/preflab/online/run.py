@@ -310,18 +310,13 @@ class OnlineRun(TrainingRun):
 
     def _environment_set(self, cfg, task, given, tools):
         """The run's Environments (preflab.online.environments: TRL GRPOTrainer's environment_factory, from Python
-        or the config's environment_factory), their tools after the standalone ones; None without. Refused with
-        several processes and with a held-out evaluation (both answer without the environments here)."""
+        or the config's environment_factory), their tools after the standalone ones; None without. Refused with a
+        held-out evaluation (it would answer without the environments)."""
         if given is None and not cfg.environment_factory:
             return None
         if given is not None and cfg.environment_factory:
             raise ConfigError("environment_factory is given both from Python (OnlineRun(environment_factory=...)) and "
                               "in the config; give one.")
-        if self.accelerator.num_processes > 1:
-            raise ConfigError(f"environment_factory: runs with environments take one process for now (this one has "
-                              f"{self.accelerator.num_processes}): every environment call must run once, in the "
-                              "process that holds the instances, and the rewards that read them are computed by "
-                              "every process. Launch without accelerate's several processes.")
         if getattr(task, "evaluate", None) is not None:
             raise ConfigError("environment_factory: the held-out evaluation (eval_dataset_name / eval_fraction) "
                               "answers without environments, so its reward would not be the trained agent's; leave "
@@ -527,12 +522,12 @@ class OnlineRun(TrainingRun):
             texts = [list(m) for m in conversations]
         info = getattr(self.generator, "last_columns", None) or [{}] * len(ids)  # tool rollouts: num_tool_calls
         columns = [{**rows[i // K].columns, **info[i]} for i in range(len(ids))]
-        envs = self.round_environments if self.environments is not None else None
-        # with environments every rollout is judged on its own (its environment's state is no part of the texts)
-        context = [f"rollout {i}" for i in range(len(ids))] if envs is not None else \
-            self._judge_cache_context(rows, K, len(ids))
-        flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids, context,
-                                  images=self._judge_images(rows, K, len(ids)), environments=envs)
+        if self.environments is not None:
+            flat, per_fn = self._judge_with_environments(prompts, texts, K, columns, ids)
+        else:
+            flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
+                                      self._judge_cache_context(rows, K, len(ids)),
+                                      images=self._judge_images(rows, K, len(ids)))
         eos = self.tokenizer.eos_token_id
         has_eos = [bool(c) and c[-1] == eos for c in ids]
         if self.cfg.missing_eos_penalty is not None:
@@ -676,6 +671,34 @@ class OnlineRun(TrainingRun):
             self._write_round_file(r, rows, completions, texts, scores)
         return Round(r, examples, slices, metrics)
 
+    def _judge_with_environments(self, prompts, texts, K: int, columns, ids):
+        """The judges' (scores, per-function rewards) of a round with environments: every rollout judged on its own
+        (its environment's state is no part of the texts), `environments=` given to the reward functions that take
+        it. With several processes the main process, which holds the instances, judges and sends the values (and how
+        many completions a judge raised on) to the others, so get_reward and every reward function run once."""
+        acc = self.accelerator
+
+        def judged():
+            out = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
+                             [f"rollout {i}" for i in range(len(ids))], environments=self.round_environments)
+            return out[0], out[1], self.judge.last_raised
+
+        if acc.num_processes == 1:
+            return judged()[:2]
+        from accelerate.utils import broadcast_object_list
+
+        sent = [None]
+        if acc.is_main_process:
+            try:
+                sent = [judged()]
+            except PreflabError as exc:  # (a judge timeout, a ConfigError): raised on every process
+                sent = [(type(exc).__name__, str(exc))]
+        got = broadcast_object_list(sent, from_process=0)[0]
+        if isinstance(got[0], str):
+            raise PreflabError(f"{got[0]}: {got[1]}")
+        flat, per_fn, self.judge.last_raised = got
+        return flat, per_fn
+
     def _start_environments(self, rows, K: int) -> list:
         """environment_factory: K fresh environment instances per row (self.round_environments, one per
         completion), each reset with the row's fields (preflab.online.environments.Environments.start_round); the
@@ -686,11 +709,26 @@ class OnlineRun(TrainingRun):
 
         from preflab.online.environments import with_observation
 
-        envs, cfg = self.environments, self.cfg
-        instances, observations = envs.start_round(rows, K)
+        envs, cfg, acc = self.environments, self.cfg, self.accelerator
+        if acc.num_processes == 1:
+            instances, observations = envs.start_round(rows, K)
+        else:  # the main process holds the instances (every call of one runs once) and sends the observations
+            from accelerate.utils import broadcast_object_list
+
+            sent, instances = [None], None
+            if acc.is_main_process:
+                try:
+                    instances, observations = envs.start_round(rows, K)
+                    sent = [observations]
+                except ConfigError as exc:
+                    sent = [str(exc)]
+            observations = broadcast_object_list(sent, from_process=0)[0]
+            if isinstance(observations, str):
+                raise ConfigError(observations)
         self.round_environments = instances
-        if hasattr(self.generator, "slot_tools"):
-            self.generator.slot_tools = envs.slot_tools(instances)
+        if hasattr(self.generator, "slot_tools"):  # (another process only parses: its environments' schemas)
+            self.generator.slot_tools = envs.slot_tools(instances) if instances is not None else \
+                [envs.tools[envs.name_of(row.row_id, row.columns)] for row in rows for _ in range(K)]
         out = []
         for row, observation in zip(rows, observations):
             if observation is None:
