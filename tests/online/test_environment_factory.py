@@ -274,6 +274,25 @@ def test_config_reads_the_option_and_its_tool_options(tmp_path):
     assert cfg.environment_factory == {"a": "m:A"} and cfg.max_tool_calling_iterations == 2
     with pytest.raises(ConfigError, match="max_tool_calling_iterations"):
         config_from_dict({**BASE, "output_dir": "x", "max_tool_calling_iterations": 2})
+    for bad in (["m:A"], {"a": 3}, {}):
+        with pytest.raises(ConfigError, match="environment_factory"):
+            config_from_dict({**BASE, "output_dir": "x", "environment_factory": bad})
+
+
+def test_preflab_eval_refuses_a_win_rate_of_a_run_trained_with_environments(tmp_path, capsys):
+    import yaml
+
+    from preflab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**BASE, "output_dir": str(run),
+                                                     "environment_factory": "envs.py:Counter"}))
+    assert main(["eval", str(run), "--data", str(tmp_path / "none.jsonl"), "--reference", "builtin:tiny-llama",
+                 "--reward-fn", "demo_true_reward"]) == 2
+    err = capsys.readouterr().err
+    assert "was trained with environments (environment_factory: envs.py:Counter)" in err
+    assert "samples plain answers without them" in err
 
 
 def test_the_held_out_evaluation_is_refused(tmp_path):

@@ -192,7 +192,11 @@ class Environments:
 
 
 def with_observation(prompt: list, observation: str) -> list:
-    """The prompt with `observation` appended to its last message's text (TRL: content + observation), a new list."""
+    """The prompt with `observation` appended to its last message's text (TRL: content + observation), a new list;
+    a last message whose content is not text (content blocks) is refused (text policies only)."""
+    if not isinstance(prompt[-1].get("content"), str):
+        raise ConfigError(f"environment_factory: reset returned text to append to the prompt's last message, whose "
+                          f"content is a {type(prompt[-1].get('content')).__name__}, not text (text policies only).")
     return prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
 
 
