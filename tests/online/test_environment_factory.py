@@ -229,6 +229,54 @@ def test_one_factory_resets_with_every_column_and_rewards_by_get_reward(tmp_path
     assert len({id(e) for e in run.round_environments}) == 6
 
 
+class Ticket:
+    """Each instance draws the next serial number when made; its (async) reward is that number."""
+
+    issued = 0
+
+    def __init__(self):
+        Ticket.issued += 1
+        self.serial = Ticket.issued
+
+    def reset(self, **row):
+        return None
+
+    async def get_reward(self) -> float:
+        return float(self.serial)
+
+
+def test_every_rollout_is_judged_with_its_own_environment(tmp_path, monkeypatch):
+    """Rollouts with the same text but different environments get their own rewards (no judge cache, no merging of
+    equal texts), an async get_reward is awaited, and each round makes fresh instances (serials go on)."""
+    Ticket.issued = 0
+    run = env_run(tmp_path, monkeypatch, rows=ROWS[3:], judges=(), factory=Ticket, prompts_per_generation=1)
+    assert Ticket.issued == 1  # the probe
+    for first in (2, 5):
+        rows = run._start_environments(run.rows, 3)
+        ids = [ids_of(run.tokenizer, "same</s>")] * 3  # three equal completions (Ticket has no tools: any text)
+        _, _, flat, per_fn, _ = run._judge_round(rows, ids, 3)
+        assert per_fn[:, 0].tolist() == flat.tolist() == [float(first), first + 1.0, first + 2.0]
+
+
+def test_grpo_train_takes_an_environment_factory_from_python(tmp_path, monkeypatch):
+    """preflab.online.api.grpo_train(..., reward_funcs=None, environment_factory=Counter): get_reward is the reward
+    (targets 5 reached, 4 missed: mean 1/2 a round, scripted without variation) and each round's 6 rollouts step twice."""
+    import preflab.online.generator as generator_module
+    from preflab.online.api import grpo_train
+
+    tok = tool_tokenizer()
+    monkeypatch.setattr(generator_module, "make_generator",
+                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length))
+    rows = [{k: v for k, v in r.items() if k != "environment"} for r in ROWS[:2]]
+    summary = grpo_train(tiny_causal_lm(tok, hidden_size=32, seed=1), tok, rows, environment_factory=Counter,
+                         max_tool_calling_iterations=1, loss_type="grpo", num_generations=3, max_steps=2,
+                         max_completion_length=300, use_cpu=True, output_dir=str(tmp_path))
+    # max_tool_calling_iterations 1: one round of calls (step 2) per rollout: totals 2, no target reached
+    assert summary["online"]["tool_calls"] == 2 * 6
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rewards/Counter/mean"] for m in metrics if "rewards/Counter/mean" in m] == [0.0, 0.0]
+
+
 def test_refusals_name_the_problem(tmp_path, monkeypatch):
     class NoReset:
         def step(self, n: int) -> int:
