@@ -343,13 +343,36 @@ def test_preflab_eval_refuses_a_win_rate_of_a_run_trained_with_environments(tmp_
     assert "samples plain answers without them" in err
 
 
-def test_the_held_out_evaluation_is_refused(tmp_path):
+def test_the_held_out_evaluation_answers_with_the_environments(tmp_path, monkeypatch):
+    """eval_dataset_name with environments: each held-out answer gets its own instance reset with its row (the
+    counter rows' targets appended to their prompts, each prompt showing its environment's tools), the loop calls its
+    methods, and get_reward (Counter) and echo_reward judge it: targets 5 reached (1), 4 missed (0), the echo row
+    shouted once (1); before and after training (scripted turns), with the tool metrics; a task evaluate that cannot
+    take environments is refused."""
+    import preflab.online.generator as generator_module
+    import preflab.online.tasks as tasks_module
     from preflab.online.run import OnlineRun
-    from preflab.online.tasks import Task
+    from preflab.online.tasks import Task, dataset_evaluate
 
     tok = tool_tokenizer()
-    cfg = config_from_dict({**BASE, "output_dir": str(tmp_path)})
-    with pytest.raises(ConfigError, match="the held-out evaluation .* answers without environments"):
+    monkeypatch.setattr(generator_module, "make_generator",
+                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length, True))
+    monkeypatch.setattr(tasks_module, "EvalTurns",
+                        lambda cfg, model, tokenizer, sampled: EnvScripted(tok, cfg.max_completion_length))
+    cfg = config_from_dict({**BASE, "output_dir": str(tmp_path), "eval_dataset_name": "held.jsonl", "max_steps": 2})
+    held = [dict(ROWS[0]), dict(ROWS[1]), dict(ROWS[3])]
+    CALLS.clear()
+    run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                    task=Task([dict(r) for r in ROWS], [echo_reward], held, dataset_evaluate(cfg, held, [echo_reward])),
+                    environment_factory={"counter": Counter, "echo": Echo})
+    assert [c for c in CALLS if c[1] != "reset"] == [("Counter", "step", 2), ("Counter", "step", 2),
+                                                     ("Echo", "shout", "hi"), ("Counter", "step", 3),
+                                                     ("Counter", "step", 3)]  # the "before" evaluation
+    summary = run.train()
+    assert summary["eval_reward_before"] == summary["eval_reward_after"] == pytest.approx(2 / 3)
+    assert summary["eval_tools_after"]["tools/calls"] == 2 + 2 + 1
+    assert summary["examples_after"][0]["prompt"][-1]["content"] == "reach (target 5)"
+    with pytest.raises(ConfigError, match="the task's evaluation answers without environments"):
         OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                   task=Task([dict(r) for r in ROWS], [echo_reward], evaluate=lambda model, tokenizer: {}),
                   environment_factory={"counter": Counter, "echo": Echo})

@@ -28,6 +28,9 @@ weights, the environments' behaviour from construction) and a run resumed at any
 environment again). A factory or reset that draws unseeded randomness makes rounds irreproducible, as any reward
 function that does.
 
+The held-out evaluation (online/tasks.py dataset_evaluate) makes fresh instances per answer the same way
+(begin_rollouts) and judges with them (judge_rollouts).
+
 Several processes (OnlineRun): the main process holds the round's instances and makes every call of them once (reset,
 tools, get_reward and the judging that reads them); the others receive what they returned.
 
@@ -191,6 +194,98 @@ class Environments:
         return [self.standalone + public_methods(env) for env in instances]
 
 
+def with_environment_judges(judges: list, weights, envs) -> tuple[list, object]:
+    """(judges, weights) with one judge per environment class that has get_reward appended (TRL's extra reward
+    source, weight 1): reward_weights (one per reward function) get a 1 each; a reward_aggregator (prompt-aware
+    weights over reward_funcs) cannot weigh them and is refused; neither reward_funcs nor get_reward: refused."""
+    extra = envs.reward_judges
+    if not judges and not extra:
+        raise ConfigError("environment_factory: no reward source: give reward_funcs, or an environment with a "
+                          "get_reward method (TRL's rule).")
+    if extra and callable(weights):
+        raise ConfigError("reward_aggregator weighs reward_funcs per prompt; it cannot weigh the environments' "
+                          "get_reward too. Remove one of them.")
+    if extra and weights is not None:
+        if len(weights) != len(judges):
+            raise ConfigError(f"reward_weights has {len(weights)} weights for {len(judges)} reward_funcs; give one "
+                              "per reward function (the environments' get_reward rewards weigh 1 each).")
+        weights = list(weights) + [1.0] * len(extra)
+    return list(judges) + extra, weights
+
+
+def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None) -> tuple[list, list | None, list, int]:
+    """(rows, instances, slot_tools, cut) for k rollouts of each row: fresh instances reset with the row's fields
+    (Environments.start_round; with several processes only the main process holds them, instances None elsewhere, and
+    sends the observations); each row whose reset returned text gets it appended to its last message and is
+    tokenized again with its environment's tools (prepare_prompts with cfg's max_prompt_length, truncation_mode and
+    chat_template_kwargs; `cut` counts those cut to max_prompt_length); slot_tools: per rollout, what it may call (its
+    instance's methods; another process's: the probe's, for parsing only)."""
+    from dataclasses import replace
+
+    from preflab.loops.rollout import prepare_prompts
+
+    if accelerator is None or accelerator.num_processes == 1:
+        instances, observations = envs.start_round(rows, k)
+    else:
+        from accelerate.utils import broadcast_object_list
+
+        sent, instances = [None], None
+        if accelerator.is_main_process:
+            try:
+                instances, observations = envs.start_round(rows, k)
+                sent = [observations]
+            except ConfigError as exc:  # sent too, so that no process waits for the others
+                sent = [str(exc)]
+        observations = broadcast_object_list(sent, from_process=0)[0]
+        if isinstance(observations, str):
+            raise ConfigError(observations)
+    out, cut = [], 0
+    for row, observation in zip(rows, observations):
+        if observation is None:
+            out.append(row)
+            continue
+        report: dict = {}
+        fresh = prepare_prompts([{"prompt": with_observation(row.prompt, observation), **row.columns}], tokenizer,
+                                cfg.max_prompt_length, report_to=report, truncation_mode=cfg.truncation_mode,
+                                chat_template_kwargs=cfg.chat_template_kwargs,
+                                tools=envs.tools[envs.name_of(row.row_id, row.columns)])[0]
+        cut += int(report.get("prompt_tokenize", {}).get("prompt_truncated", 0)) > 0
+        out.append(replace(fresh, row_id=row.row_id))
+    slot_tools = envs.slot_tools(instances) if instances is not None else \
+        [envs.tools[envs.name_of(row.row_id, row.columns)] for row in rows for _ in range(k)]
+    return out, instances, slot_tools, cut
+
+
+def judge_rollouts(judge, accelerator, prompts, texts, groups, columns, ids, instances):
+    """The judge's (scores, per-function rewards) of rollouts with environments: each judged on its own (a cache
+    context per rollout: its environment's state is no part of the texts), `environments=` given to the reward
+    functions that take it. With several processes the main process, which holds the instances, judges and sends the
+    values and judge.last_raised to the others (a PreflabError is sent and raised on every process), so get_reward and
+    every reward function run once."""
+    from preflab.errors import PreflabError
+
+    def judged():
+        out = judge(prompts, texts, groups, columns, ids, [f"rollout {i}" for i in range(len(ids))],
+                    environments=instances)
+        return out[0], out[1], judge.last_raised
+
+    if accelerator is None or accelerator.num_processes == 1:
+        return judged()[:2]
+    from accelerate.utils import broadcast_object_list
+
+    sent = [None]
+    if accelerator.is_main_process:
+        try:
+            sent = [judged()]
+        except PreflabError as exc:
+            sent = [(type(exc).__name__, str(exc))]
+    got = broadcast_object_list(sent, from_process=0)[0]
+    if isinstance(got[0], str):
+        raise PreflabError(f"{got[0]}: {got[1]}")
+    flat, per_fn, judge.last_raised = got
+    return flat, per_fn
+
+
 def with_observation(prompt: list, observation: str) -> list:
     """The prompt with `observation` appended to its last message's text (TRL: content + observation), a new list;
     a last message whose content is not text (content blocks) is refused (text policies only)."""
@@ -200,4 +295,5 @@ def with_observation(prompt: list, observation: str) -> list:
     return prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
 
 
-__all__ = ["Environments", "environment_reward", "load_environment_factories", "public_methods", "with_observation"]
+__all__ = ["Environments", "begin_rollouts", "environment_reward", "judge_rollouts", "load_environment_factories",
+           "public_methods", "with_environment_judges", "with_observation"]

@@ -304,6 +304,9 @@ class OnlineRun(TrainingRun):
     def _evaluate_task(self) -> dict:
         """The task's evaluation of the policy; with tools, answered with them (dataset_evaluate's tools= and
         accelerator=: _tool_functions refuses an evaluate that cannot take them)."""
+        if self.environments is not None:  # (the environments' tools with them)
+            return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator,
+                                      environments=self.environments)
         if self.tools:
             return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator)
         return self.task.evaluate(self.policy, self.tokenizer)
@@ -317,10 +320,11 @@ class OnlineRun(TrainingRun):
         if given is not None and cfg.environment_factory:
             raise ConfigError("environment_factory is given both from Python (OnlineRun(environment_factory=...)) and "
                               "in the config; give one.")
-        if getattr(task, "evaluate", None) is not None:
-            raise ConfigError("environment_factory: the held-out evaluation (eval_dataset_name / eval_fraction) "
-                              "answers without environments, so its reward would not be the trained agent's; leave "
-                              "it out for a run with environments.")
+        if getattr(task, "evaluate", None) is not None and not getattr(task.evaluate, "takes_environments", False):
+            raise ConfigError("environment_factory: the task's evaluation answers without environments (it is not "
+                              "online_task: dataset's held-out evaluation, which answers with them), so its reward "
+                              "would not be the trained agent's; give the task an evaluate that takes environments=, "
+                              "or none.")
         from preflab.online.environments import Environments, load_environment_factories
         from preflab.online.tool_calling import load_tools
 
@@ -331,23 +335,15 @@ class OnlineRun(TrainingRun):
                             standalone)
 
     def _judges_and_weights(self, cfg, task):
-        """The judges (the task's, then one per environment class with get_reward, TRL's extra reward source with
-        weight 1) and their weights (reward_weights, or the task's reward_aggregator; 1 each for the environments')."""
+        """The task's judges and weights (reward_weights, or its reward_aggregator); with environments one more
+        judge per environment class with get_reward (environments.with_environment_judges: weight 1)."""
         judges = list(task.judges) if isinstance(task.judges, (list, tuple)) else [task.judges]
         weights = getattr(task, "reward_aggregator", None) or cfg.reward_weights
-        extra = self.environments.reward_judges if self.environments is not None else []
-        if self.environments is not None and not judges and not extra:
-            raise ConfigError("environment_factory: no reward source: give reward_funcs, or an environment with a "
-                              "get_reward method (TRL's rule).")
-        if extra and callable(weights):
-            raise ConfigError("reward_aggregator weighs reward_funcs per prompt; it cannot weigh the environments' "
-                              "get_reward too. Remove one of them.")
-        if extra and weights is not None:
-            if len(weights) != len(judges):
-                raise ConfigError(f"reward_weights has {len(weights)} weights for {len(judges)} reward_funcs; give "
-                                  "one per reward function (the environments' get_reward rewards weigh 1 each).")
-            weights = list(weights) + [1.0] * len(extra)
-        return judges + extra, weights
+        if self.environments is None:
+            return judges, weights
+        from preflab.online.environments import with_environment_judges
+
+        return with_environment_judges(judges, weights, self.environments)
 
     def _prompt_tools(self):
         """What the prompts render (prepare_prompts' tools): the run's tools, or with environments each row's own
@@ -672,83 +668,33 @@ class OnlineRun(TrainingRun):
         return Round(r, examples, slices, metrics)
 
     def _judge_with_environments(self, prompts, texts, K: int, columns, ids):
-        """The judges' (scores, per-function rewards) of a round with environments: every rollout judged on its own
-        (its environment's state is no part of the texts), `environments=` given to the reward functions that take
-        it. With several processes the main process, which holds the instances, judges and sends the values (and how
-        many completions a judge raised on) to the others, so get_reward and every reward function run once."""
-        acc = self.accelerator
+        """The round's (scores, per-function rewards) with environments (environments.judge_rollouts: every rollout
+        judged with its own instance; with several processes by the main process, once)."""
+        from preflab.online.environments import judge_rollouts
 
-        def judged():
-            out = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
-                             [f"rollout {i}" for i in range(len(ids))], environments=self.round_environments)
-            return out[0], out[1], self.judge.last_raised
-
-        if acc.num_processes == 1:
-            return judged()[:2]
-        from accelerate.utils import broadcast_object_list
-
-        sent = [None]
-        if acc.is_main_process:
-            try:
-                sent = [judged()]
-            except PreflabError as exc:  # (a judge timeout, a ConfigError): raised on every process
-                sent = [(type(exc).__name__, str(exc))]
-        got = broadcast_object_list(sent, from_process=0)[0]
-        if isinstance(got[0], str):
-            raise PreflabError(f"{got[0]}: {got[1]}")
-        flat, per_fn, self.judge.last_raised = got
-        return flat, per_fn
+        return judge_rollouts(self.judge, self.accelerator, prompts, texts, [i // K for i in range(len(ids))],
+                              columns, ids, self.round_environments)
 
     def _start_environments(self, rows, K: int) -> list:
-        """environment_factory: K fresh environment instances per row (self.round_environments, one per
-        completion), each reset with the row's fields (preflab.online.environments.Environments.start_round); the
-        generator's per-completion tools set to each instance's methods; a row whose reset returned text gets it
-        appended to its last message and is tokenized again with its environment's tools (a prompt cut to
-        max_prompt_length by that is counted in summary.json online.environment_prompts_truncated and said once)."""
-        from dataclasses import replace
+        """environment_factory: K fresh instances per row (self.round_environments, one per completion; the main
+        process's with several), reset with the row's fields, and the rows with their reset observations
+        (environments.begin_rollouts); the generator's per-completion tools set to each instance's methods. A prompt
+        cut to max_prompt_length by its observation is counted in summary.json online.environment_prompts_truncated
+        and said once."""
+        from preflab.online.environments import begin_rollouts
 
-        from preflab.online.environments import with_observation
-
-        envs, cfg, acc = self.environments, self.cfg, self.accelerator
-        if acc.num_processes == 1:
-            instances, observations = envs.start_round(rows, K)
-        else:  # the main process holds the instances (every call of one runs once) and sends the observations
-            from accelerate.utils import broadcast_object_list
-
-            sent, instances = [None], None
-            if acc.is_main_process:
-                try:
-                    instances, observations = envs.start_round(rows, K)
-                    sent = [observations]
-                except ConfigError as exc:
-                    sent = [str(exc)]
-            observations = broadcast_object_list(sent, from_process=0)[0]
-            if isinstance(observations, str):
-                raise ConfigError(observations)
-        self.round_environments = instances
-        if hasattr(self.generator, "slot_tools"):  # (another process only parses: its environments' schemas)
-            self.generator.slot_tools = envs.slot_tools(instances) if instances is not None else \
-                [envs.tools[envs.name_of(row.row_id, row.columns)] for row in rows for _ in range(K)]
-        out = []
-        for row, observation in zip(rows, observations):
-            if observation is None:
-                out.append(row)
-                continue
-            report: dict = {}
-            name = envs.name_of(row.row_id, row.columns)
-            fresh = prepare_prompts([{"prompt": with_observation(row.prompt, observation), **row.columns}],
-                                    self.tokenizer, cfg.max_prompt_length, report_to=report,
-                                    truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs,
-                                    tools=envs.tools[name])[0]
-            cut = int(report.get("prompt_tokenize", {}).get("prompt_truncated", 0))
-            if cut:
-                self.counts["environment_prompts_truncated"] = self.counts.get("environment_prompts_truncated", 0) + 1
-                if self.main and not getattr(self, "_said_env_cut", False):
-                    self._said_env_cut = True
-                    print(f"preflab: note: prompt row {row.row_id}: with its environment's reset observation the "
-                          f"prompt is longer than max_prompt_length={cfg.max_prompt_length} and was cut (counted in "
-                          "summary.json online.environment_prompts_truncated).", flush=True)
-            out.append(replace(fresh, row_id=row.row_id))
+        cfg = self.cfg
+        out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
+                                                                       cfg, self.accelerator)
+        if hasattr(self.generator, "slot_tools"):
+            self.generator.slot_tools = slot_tools
+        if cut:
+            self.counts["environment_prompts_truncated"] = self.counts.get("environment_prompts_truncated", 0) + cut
+            if self.main and not getattr(self, "_said_env_cut", False):
+                self._said_env_cut = True
+                print(f"preflab: note: {cut} prompt(s) with their environment's reset observation are longer than "
+                      f"max_prompt_length={cfg.max_prompt_length} and were cut (counted in summary.json "
+                      "online.environment_prompts_truncated).", flush=True)
         refuse_past_positions(out, self.policy, cfg.max_completion_length, "the prompts with their reset observations")
         return out
 
@@ -932,7 +878,7 @@ class OnlineRun(TrainingRun):
         report: dict = {}
         held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
                                truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs,
-                               tools=self.tools or None)
+                               tools=self._prompt_tools() or None)  # (an unknown environment: refused by its row)
         source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
         refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
         tokenized = {**report["prompt_tokenize"], "source": source}
@@ -941,7 +887,8 @@ class OnlineRun(TrainingRun):
             cut = tokenized.get("prompt_truncated", 0)
             how = (f"answered {cfg.num_generations_eval} times each, sampled as in training (num_generations_eval),"
                    if cfg.num_generations_eval else "answered greedily")
-            how += " with the tools (as in training)" if self.tools else ""
+            how += " with the environments (as in training)" if self.environments is not None else \
+                " with the tools (as in training)" if self.tools else ""
             print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), {how} and judged at "
                   "every evaluation" + (f"; {cut} cut to max_prompt_length={cfg.max_prompt_length}" if cut else "")
                   + ".", flush=True)
