@@ -2,7 +2,8 @@
 environments) as a script, for the several-process test: python tests/online/environment_run.py OUT_DIR [key=value
 ...] (also under accelerate launch --num_processes 2). Every reset, tool call and get_reward of an environment and
 every completion the environments= reward function scores appends a line to OUT_DIR/calls.txt (with the process's
-rank), so a call made twice shows."""
+rank), so a call made twice shows. The held-out evaluation (the first row, greedy, before and after training) answers
+with the same scripted turns and environments."""
 import os
 import sys
 from pathlib import Path
@@ -64,10 +65,11 @@ if __name__ == "__main__":
     import yaml
 
     import preflab.online.generator as generator_module
+    import preflab.online.tasks as tasks_module
     from preflab.config import config_from_dict
     from preflab.models.tiny import tiny_causal_lm
     from preflab.online.run import OnlineRun
-    from preflab.online.tasks import Task
+    from preflab.online.tasks import Task, dataset_evaluate
 
     torch.set_num_threads(1)
     Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
@@ -75,8 +77,11 @@ if __name__ == "__main__":
     tok = t.tool_tokenizer()
     generator_module.make_generator = lambda cfg, policy, tokenizer, acc=None: t.EnvScripted(
         tok, cfg.max_completion_length, True)
-    cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], **overrides})
+    tasks_module.EvalTurns = lambda cfg, model, tokenizer, sampled: t.EnvScripted(tok, cfg.max_completion_length)
+    cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], "eval_dataset_name": "held.jsonl", **overrides})
+    held = [dict(t.ROWS[0])]
     run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
-                    task=Task([dict(r) for r in t.ROWS], [logged_echo_reward]),
+                    task=Task([dict(r) for r in t.ROWS], [logged_echo_reward], held,
+                              dataset_evaluate(cfg, held, [logged_echo_reward])),
                     environment_factory={"counter": LoggedCounter, "echo": LoggedEcho})
     run.train()
