@@ -309,6 +309,14 @@ def test_refusals_name_the_problem(tmp_path, monkeypatch):
         def reset(self, **kwargs):
             return f" (roll {next(self.draws)})"
 
+    class Strict(Counter):
+        def reset(self, target):
+            return None
+
+    run = env_run(tmp_path, monkeypatch, rows=ROWS[:1], factory=Strict, prompts_per_generation=1)
+    with pytest.raises(ConfigError, match=r"prompt row 0: Strict.reset raised TypeError: .* \['environment', 'prompt', "
+                                          r"'target'\]; give it \*\*kwargs"):
+        run._start_environments(run.rows, 2)
     run = env_run(tmp_path, monkeypatch, rows=ROWS[:1], factory=Dice, prompts_per_generation=1)
     with pytest.raises(ConfigError, match="prompt row 0: the 2 resets of its rollouts returned different observations"):
         run._start_environments(run.rows, 2)

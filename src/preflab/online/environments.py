@@ -153,7 +153,7 @@ class Environments:
         if not self.multi:
             return None
         name = columns.get("environment")
-        if name not in self.factories:
+        if not isinstance(name, str) or name not in self.factories:
             raise ConfigError(f"prompt row {row_id}: environment {name!r} is not one of environment_factory's "
                               f"{sorted(self.factories)}; with several environments each row names its own in an "
                               "'environment' column.")
@@ -174,7 +174,7 @@ class Environments:
             seen = []
             for _ in range(k):
                 env = _make(self.factories[name], name)
-                seen.append(env.reset(**self.reset_kwargs(row)))
+                seen.append(self._reset(env, row))
                 instances.append(env)
             first = seen[0]
             if first is not None and not isinstance(first, str):
@@ -188,6 +188,16 @@ class Environments:
                                   "(seed any randomness from the row's fields).")
             observations.append(first)
         return instances, observations
+
+    def _reset(self, env, row):
+        """env.reset(**row fields); what it raises becomes a ConfigError naming the row and the keywords."""
+        kwargs = self.reset_kwargs(row)
+        try:
+            return env.reset(**kwargs)
+        except Exception as exc:  # the user's reset: say which row and what it was given
+            raise ConfigError(f"prompt row {row.row_id}: {type(env).__name__}.reset raised {type(exc).__name__}: {exc} "
+                              f"(it is called with the row's fields as keywords: {sorted(kwargs)}; give it **kwargs "
+                              "for the ones it does not read).") from exc
 
     def slot_tools(self, instances: list) -> list[list]:
         """Per rollout, the tools it may call: the standalone tools, then its own instance's methods."""
