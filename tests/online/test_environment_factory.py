@@ -149,16 +149,15 @@ def preflab_round(run, K):
             gen.last_metrics)
 
 
-def trl_round(rows, factories, reward_funcs, K, budget):
+def trl_round(rows, factories, reward_funcs, K, budget, out_dir):
     """TRL 1.16's GRPOTrainer(environment_factory=factories) on the same tokenizer and rows, its
     _generate_single_turn answering from env_script: _generate_and_score_completions on the K rollouts of every row
     (TRL's inputs repeat each row K times), with the rewards _calculate_rewards gives."""
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     tok = tool_tokenizer()
-    args = GRPOConfig(output_dir="/tmp/unused-trl-env-test", use_cpu=True, num_generations=K,
+    args = GRPOConfig(output_dir=str(out_dir), use_cpu=True, num_generations=K,
                       per_device_train_batch_size=K, max_completion_length=budget, beta=0.0, report_to=[])
     trainer = GRPOTrainer(model=tiny_causal_lm(tok, hidden_size=32, seed=1), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tok,
@@ -189,13 +188,15 @@ def test_equals_trls_environment_rollouts(tmp_path, monkeypatch):
     order, one reset per rollout with the row's fields but `environment`) and the rewards (get_reward's column named
     Counter, echo_reward reading the environments) equal TRL's GRPOTrainer on the same rows."""
     pytest.importorskip("trl")
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")  # (TRL's warning that environment_factory is experimental)
     K, budget = 2, 300
     CALLS.clear()
     p_trl, c_trl, m_trl, r_trl, names, _ = trl_round(ROWS, {"counter": Counter, "echo": Echo}, [echo_reward], K,
-                                                     budget)
+                                                     budget, tmp_path / "trl")
+    run_dir = tmp_path / "run"
     trl_calls = list(CALLS)
     CALLS.clear()
-    run = env_run(tmp_path, monkeypatch, prompts_per_generation=4)
+    run = env_run(run_dir, monkeypatch, prompts_per_generation=4)
     assert CALLS == []  # probing the factories calls no method
     p, c, m, conversations, per_fn, metrics = preflab_round(run, K)
     assert p == p_trl and c == c_trl and m == m_trl
