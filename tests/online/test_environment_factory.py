@@ -17,7 +17,7 @@ from preflab.models.tiny import tiny_causal_lm
 from preflab.online.environments import Environments, load_environment_factories
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_tool_calling import call, ids_of, tool_tokenizer  # noqa: E402
+from test_tool_calling import add, call, ids_of, tool_tokenizer  # noqa: E402
 
 CALLS: list = []  # every environment call of every instance, as (class, method, arguments), in call order
 
@@ -123,7 +123,7 @@ BASE = dict(task="online", trainer="grpo", online_task="dataset", dataset_name="
             use_cpu=True, save_strategy="no", report_to="none", logging_steps=1)
 
 
-def env_run(tmp_path, monkeypatch, rows=ROWS, judges=(echo_reward,), factory=None, vary=False, **over):
+def env_run(tmp_path, monkeypatch, rows=ROWS, judges=(echo_reward,), factory=None, vary=False, tools=None, **over):
     """An OnlineRun with environments whose turns are EnvScripted."""
     import preflab.online.generator as generator_module
     from preflab.online.run import OnlineRun
@@ -135,7 +135,8 @@ def env_run(tmp_path, monkeypatch, rows=ROWS, judges=(echo_reward,), factory=Non
     cfg = config_from_dict({**BASE, "output_dir": str(tmp_path), **over})
     return OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                      task=Task([dict(r) for r in rows], list(judges)),
-                     environment_factory=factory if factory is not None else {"counter": Counter, "echo": Echo})
+                     environment_factory=factory if factory is not None else {"counter": Counter, "echo": Echo},
+                     **({"tools": tools} if tools else {}))
 
 
 def preflab_round(run, K):
@@ -149,7 +150,7 @@ def preflab_round(run, K):
             gen.last_metrics)
 
 
-def trl_round(rows, factories, reward_funcs, K, budget, out_dir):
+def trl_round(rows, factories, reward_funcs, K, budget, out_dir, tools=None):
     """TRL 1.16's GRPOTrainer(environment_factory=factories) on the same tokenizer and rows, its
     _generate_single_turn answering from env_script: _generate_and_score_completions on the K rollouts of every row
     (TRL's inputs repeat each row K times), with the rewards _calculate_rewards gives."""
@@ -161,7 +162,7 @@ def trl_round(rows, factories, reward_funcs, K, budget, out_dir):
                       per_device_train_batch_size=K, max_completion_length=budget, beta=0.0, report_to=[])
     trainer = GRPOTrainer(model=tiny_causal_lm(tok, hidden_size=32, seed=1), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tok,
-                          reward_funcs=list(reward_funcs) or None, environment_factory=factories)
+                          reward_funcs=list(reward_funcs) or None, environment_factory=factories, tools=tools)
     trainer._generate_single_turn = lambda ids, *a, **k: (
         [ids_of(tok, env_script(tok.decode(p)))[:budget] for p in ids], None)
     captured = {}
@@ -183,8 +184,8 @@ def trl_round(rows, factories, reward_funcs, K, budget, out_dir):
 
 
 def test_equals_trls_environment_rollouts(tmp_path, monkeypatch):
-    """Two environments picked by the rows' environment column: the prompts (each with its own environment's tool
-    schema and reset observation), the completions, the tool masks, the environment calls (the same calls in the same
+    """Two environments picked by the rows' environment column and a standalone tool: the prompts (each with the
+    standalone tool and its own environment's tool schemas, and its reset observation), the completions, the tool masks, the environment calls (the same calls in the same
     order, one reset per rollout with the row's fields but `environment`) and the rewards (get_reward's column named
     Counter, echo_reward reading the environments) equal TRL's GRPOTrainer on the same rows."""
     pytest.importorskip("trl")
@@ -192,11 +193,11 @@ def test_equals_trls_environment_rollouts(tmp_path, monkeypatch):
     K, budget = 2, 300
     CALLS.clear()
     p_trl, c_trl, m_trl, r_trl, names, _ = trl_round(ROWS, {"counter": Counter, "echo": Echo}, [echo_reward], K,
-                                                     budget, tmp_path / "trl")
+                                                     budget, tmp_path / "trl", [add])
     run_dir = tmp_path / "run"
     trl_calls = list(CALLS)
     CALLS.clear()
-    run = env_run(run_dir, monkeypatch, prompts_per_generation=4)
+    run = env_run(run_dir, monkeypatch, prompts_per_generation=4, tools=[add])
     assert CALLS == []  # probing the factories calls no method
     p, c, m, conversations, per_fn, metrics = preflab_round(run, K)
     assert p == p_trl and c == c_trl and m == m_trl
@@ -212,8 +213,8 @@ def test_equals_trls_environment_rollouts(tmp_path, monkeypatch):
     assert metrics["tools/calls"] == 2 * (2 + 2 + 1 + 1) and metrics["tools/failures"] == 2.0
     # each prompt shows its own environment's tools: the echo row's prompt lists shout, the counter rows' step
     tok = run.tokenizer
-    assert "tools: step</s>" in tok.decode(p[0]) and "reach (target 5)" in tok.decode(p[0])
-    assert "tools: shout</s>" in tok.decode(p[6]) and "(target" not in tok.decode(p[6])
+    assert "tools: add step</s>" in tok.decode(p[0]) and "reach (target 5)" in tok.decode(p[0])
+    assert "tools: add shout</s>" in tok.decode(p[6]) and "(target" not in tok.decode(p[6])
 
 
 def test_one_factory_resets_with_every_column_and_rewards_by_get_reward(tmp_path, monkeypatch):
