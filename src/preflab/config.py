@@ -212,6 +212,7 @@ class TrainConfig:
     tools: Any = None                          # tool functions (TRL GRPOTrainer tools=): calculator | python | module:fn | file.py:fn
     max_tool_calling_iterations: int | None = None  # TRL GRPOConfig: tool-calling turns per completion (None: no limit)
     tool_timeout_s: float | None = 60.0        # one tool call's wall-clock limit: past it an error observation (None: none)
+    environment_factory: Any = None            # TRL GRPOTrainer environment_factory: module:Class | file.py:fn | {name: ...}
     num_generations: int = 4                   # K completions sampled per prompt per generation round
     prompts_per_generation: int = 32           # prompts per generation round (all processes together)
     steps_per_generation: int = 1              # optimizer steps on one generation round's slices (TRL GRPO)
@@ -833,7 +834,8 @@ HOME_PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_
                      "reward_aggregator", "chat_template_path")
 # options holding paths inside a list or mapping: judges' model folders and code files (reward_funcs: `~/rm`,
 # `~/rewards.py:fn`), a recipe's data files and models (recipe_params), an objective's or pair builder's files
-HOME_NESTED_OPTIONS = ("reward_funcs", "tools", "recipe_params", "objective_params", "vision_pair_params")
+HOME_NESTED_OPTIONS = ("reward_funcs", "tools", "environment_factory", "recipe_params", "objective_params",
+                       "vision_pair_params")
 
 
 def expand_home(cfg) -> None:

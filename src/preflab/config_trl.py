@@ -210,10 +210,8 @@ REFUSED = {
     "generation_kwargs": (None, GEN.format("generation_kwargs")),
     "cache_implementation": (None, GEN.format("cache_implementation")),
     "ds3_gather_for_generation": (True, "not supported; remove it"),
-    # GRPOTrainer's tools= is `tools:` in task: online (preflab.online.tool_calling); its environments are not built
-    "environment_factory": (None, "TRL's environments (GRPOTrainer's environment_factory) are not built; give the "
-                                  "run stateless tool functions with tools: [module:function, ...] (task: online, a "
-                                  "group recipe)"),
+    # GRPOTrainer's tools= is `tools:` in task: online (preflab.online.tool_calling), its environment_factory
+    # preflab's environment_factory: option there (preflab.online.environments)
     "rollout_func": (None, "custom rollout functions (GRPOTrainer's rollout_func) are not built; give tools: for tool "
                            "calling, or a Task with its own generator from Python (preflab.online.tasks.Task)"),
     "use_transformers_continuous_batching": (False, "use generation_backend: transformers or vllm"),

@@ -55,7 +55,8 @@ PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_
 # objective class or pair builder in a local file: `sigmoid` stays a loss name where a file sigmoid exists); "mapping"
 # only those with a "/" or a file suffix
 NESTED_PATH_KINDS = {"reward_funcs": "judges", "recipe_params": "mapping", "objective_params": "mapping",
-                     "vision_pair_params": "mapping", "loss_type": "code", "pair_builder": "code", "tools": "code"}
+                     "vision_pair_params": "mapping", "loss_type": "code", "pair_builder": "code", "tools": "code",
+                     "environment_factory": "code"}
 NESTED_PATH_OPTIONS = tuple(NESTED_PATH_KINDS)
 # reward_funcs names a judge reads as builtins before any path (preflab.online.tasks.resolve_judge): never paths
 BUILTIN_JUDGES = ("demo_true_reward", "demo_echo_reward")

@@ -258,9 +258,13 @@ _READERS = (
     (("tools",), lambda cfg, spec: cfg.online_task == "dataset" and spec.kind == "groups", "the group recipes "
      "(grpo, dapo, dr_grpo, rloo, ...) of online_task: dataset (the chat template renders the tools into its "
      "conversational prompts; the tool results are masked out of a group recipe's token loss)"),
-    (("max_tool_calling_iterations",), lambda cfg, spec: bool(cfg.tools), "runs with tools (TRL reads it only "
-     "with GRPOTrainer's tools=)"),
-    (("tool_timeout_s",), lambda cfg, spec: bool(cfg.tools), "runs with tools (the limit of one tool call)"),
+    (("environment_factory",), lambda cfg, spec: cfg.online_task == "dataset" and spec.kind == "groups", "the group "
+     "recipes (grpo, dapo, dr_grpo, rloo, ...) of online_task: dataset (environments are stepped by the tool-calling "
+     "loop; their methods are tools)"),
+    (("max_tool_calling_iterations",), lambda cfg, spec: bool(cfg.tools or cfg.environment_factory), "runs with "
+     "tools or environment_factory (TRL reads it only with GRPOTrainer's tools)"),
+    (("tool_timeout_s",), lambda cfg, spec: bool(cfg.tools or cfg.environment_factory), "runs with tools or "
+     "environment_factory (the limit of one tool call)"),
     (("apo_alpha",), lambda cfg, spec: cfg.online_task == "game" and cfg.trainer == "apo",
      "trainer apo in online_task: game"),
     (("reward_funcs", "reward_weights", "missing_eos_penalty", "max_judge_failure_fraction", "judge_timeout_s"),

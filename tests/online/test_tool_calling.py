@@ -509,8 +509,11 @@ def test_config_refusals():
         config_from_dict({**BASE, "output_dir": "x", "max_tool_calling_iterations": 2})
     with pytest.raises(ConfigError, match="tools is read by the group recipes"):
         config_from_dict({**BASE, "trainer": "online_dpo", "output_dir": "x", "tools": ["calculator"]})
-    with pytest.raises(ConfigError, match="environment_factory is not supported"):
-        config_from_dict({**BASE, "output_dir": "x", "environment_factory": "my_env:Env"})
+    # environment_factory is built now (tests/online/test_environment_factory.py); rollout_func still is not
+    assert config_from_dict({**BASE, "output_dir": "x", "environment_factory": "my_env:Env"}).environment_factory \
+        == "my_env:Env"
+    with pytest.raises(ConfigError, match="rollout_func is not supported"):
+        config_from_dict({**BASE, "output_dir": "x", "rollout_func": "my_env:roll"})
     cfg = config_from_dict({**BASE, "output_dir": "x", "tools": ["calculator"], "max_tool_calling_iterations": 2})
     assert cfg.tools == ["calculator"] and cfg.max_tool_calling_iterations == 2 and cfg.tool_timeout_s == 60.0
     with pytest.raises(ConfigError, match="tool_timeout_s is read by runs with tools"):

@@ -148,8 +148,14 @@ def refuse_win_rate_of_a_tool_run(args) -> None:
     metrics (no win-rate option) sample nothing and still run."""
     from preflab.models.run_config import run_config
 
-    tools = run_config(args.checkpoint).get("tools")
+    config = run_config(args.checkpoint)
+    tools = config.get("tools")
     chosen = [f"--{o.replace('_', '-')}" for o in ("reward_fn", "reward_model", "judge") if getattr(args, o, None)]
+    if config.get("environment_factory") and chosen:  # its answers call environments the win rate does not make
+        raise ConfigError(f"{args.checkpoint} was trained with environments (environment_factory: "
+                          f"{config['environment_factory']}): its answers call their methods, but the win rate "
+                          f"({' / '.join(chosen)}) samples plain answers without them, so it would not judge the "
+                          f"trained agent. Drop {' / '.join(chosen)} for the pair metrics, which sample nothing.")
     if not tools or not chosen:
         return
     raise ConfigError(f"{args.checkpoint} was trained with tools ({tools}): its answers call them, but the win rate "

@@ -268,12 +268,16 @@ class Judge:
                  columns: Sequence[dict] | None = None,
                  completion_ids: Sequence[list[int]] | None = None,
                  cache_context: Sequence[str] | None = None,
-                 images: Sequence[list] | None = None) -> tuple[Tensor, Tensor]:
+                 images: Sequence[list] | None = None,
+                 environments: Sequence[Any] | None = None) -> tuple[Tensor, Tensor]:
         """(scores [N], per_function [N, F]) in float64 for N completions; `groups[i]` names the group (one prompt
         instance) of completion i (needed by preference models), `columns[i]` its prompt row's other fields,
         `cache_context[i]` what else identifies its prompt in the cache key (not passed to the judges), `images[i]`
         its prompt's images (passed as `images` to the reward functions that take it, never hashed: the cache
-        tells prompts with other images apart by cache_context, e.g. their pixels' digest)."""
+        tells prompts with other images apart by cache_context, e.g. their pixels' digest), `environments[i]` the
+        environment instance of completion i's rollout (environment_factory: passed as `environments` to the reward
+        functions that take it, as TRL passes it; the caller gives each completion its own cache_context and a
+        Judge without a cache, since the environment's state is no part of the key)."""
         n = len(completions)
         if len(prompts) != n:
             raise ConfigError(f"{len(prompts)} prompts for {n} completions; repeat each prompt once per completion.")
@@ -293,7 +297,7 @@ class Judge:
                 per_function[:, k] = self._group_win_rates(judge, prompts, completions, groups)
             else:
                 per_function[:, k] = self._pointwise(k, prompts, completions, columns, completion_ids,
-                                                     cache_context, images)
+                                                     cache_context, images, environments)
         weights = torch.tensor(self.weights, dtype=torch.float64) if self.aggregator is None else \
             self._prompt_weights(prompts)
         scores = (per_function * weights).nansum(-1)
@@ -312,7 +316,7 @@ class Judge:
         return w
 
     def _pointwise(self, k: int, prompts, completions, columns, completion_ids, cache_context=None,
-                   images=None) -> Tensor:
+                   images=None, environments=None) -> Tensor:
         judge, cache = self.judges[k], self.caches[k]
         context = list(cache_context) if cache_context is not None else [None] * len(prompts)
         keys = [_key(p, c, col, ctx) for p, c, col, ctx in zip(prompts, completions, columns, context)]
@@ -326,7 +330,8 @@ class Judge:
             values, ok = self._safe_call(judge, self.kinds[k], [prompts[i] for i in idx],
                                          [completions[i] for i in idx], [columns[i] for i in idx],
                                          None if completion_ids is None else [completion_ids[i] for i in idx],
-                                         None if images is None else [images[i] for i in idx])
+                                         None if images is None else [images[i] for i in idx],
+                                         None if environments is None else [environments[i] for i in idx])
             self.calls += len(idx)
             fresh = dict(zip(todo, values))
             if self.cache_enabled:
@@ -340,11 +345,11 @@ class Judge:
         return torch.tensor([fresh[key] if key in fresh else lookup[key] for key in keys], dtype=torch.float64)
 
     def _safe_call(self, judge, kind, prompts, completions, columns, completion_ids,
-                   images=None) -> tuple[list[float], list]:
+                   images=None, environments=None) -> tuple[list[float], list]:
         """(values, ok): a judge that raises on the batch is retried one completion at a time; a completion whose
         call still raises scores NaN (dropped by the loops, counted in judge/failed, not cached)."""
         try:
-            return self._call(judge, kind, prompts, completions, columns, completion_ids, images), \
+            return self._call(judge, kind, prompts, completions, columns, completion_ids, images, environments), \
                 [True] * len(prompts)
         except STOPS:
             raise
@@ -354,7 +359,8 @@ class Judge:
                 try:
                     values += self._call(judge, kind, prompts[i:i + 1], completions[i:i + 1], columns[i:i + 1],
                                          None if completion_ids is None else completion_ids[i:i + 1],
-                                         None if images is None else images[i:i + 1])
+                                         None if images is None else images[i:i + 1],
+                                         None if environments is None else environments[i:i + 1])
                     ok.append(True)
                 except STOPS:
                     raise
@@ -389,7 +395,8 @@ class Judge:
         """' The first failure: judge ...: TypeError: ...' (what an error about dropped completions shows), or ''."""
         return f" The first failure: {self.first_failure}." if self.first_failure else ""
 
-    def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None) -> list[float]:
+    def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None,
+              environments=None) -> list[float]:
         name, n = _label(judge), len(prompts)
         if kind == "reward_model":
             contexts = [col.get("context") for col in columns]
@@ -404,6 +411,8 @@ class Judge:
         _check_keywords_taken(judge, kwargs)
         if images is not None and _takes_keyword(judge, "images"):  # TRL's `images` column: PIL images per completion
             kwargs["images"] = list(images)
+        if environments is not None and _takes_keyword(judge, "environments"):  # TRL's reward_kwargs["environments"]
+            kwargs["environments"] = list(environments)
         return _floats(self.timed(judge, lambda: _awaited(judge(prompts=list(prompts), completions=list(completions),
                                                                 **kwargs)), n), n, name)
 

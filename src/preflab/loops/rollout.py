@@ -68,7 +68,9 @@ def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | 
     chat_template_kwargs column adds to them (its keys win). They reach the template only: the rows' columns (which
     reward functions receive) are the file's. tools (a run's tool functions, preflab.online.tool_calling): rendered by
     the chat template of every prompt, as TRL's apply_chat_template(prompt, tools=...); every prompt must then be a
-    conversation, and a row with a tools column of its own is refused (one set of tools per run, as TRL's)."""
+    conversation, and a row with a tools column of its own is refused (one set of tools per run, as TRL's). tools may
+    also be a function of the row (its PromptExample) giving that row's tools: environment_factory's per-environment
+    tools (preflab.online.environments), where a row shows its own environment's tools only."""
     examples = []
     for i, item in enumerate(prompts):
         if isinstance(item, dict):
@@ -83,7 +85,7 @@ def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | 
     rendered = [_with_template_kwargs(ex, chat_template_kwargs) for ex in examples] if chat_template_kwargs else \
         examples
     if tools:
-        rendered = [_with_tools(ex, tools) for ex in rendered]
+        rendered = [_with_tools(ex, tools(ex) if callable(tools) else tools) for ex in rendered]
     items, report = tokenize_prompts(rendered, tokenizer, max_prompt_length=max_prompt_length,
                                      truncation_mode=truncation_mode)
     if report_to is not None:

@@ -63,7 +63,7 @@ GRPO_NAMES = {"loss_type": "trainer", "prompts_per_step": "per_device_train_batc
 
 
 def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, written: set[str] | None = None,
-               tools=None) -> dict:
+               tools=None, environment_factory=None) -> dict:
     from preflab.config import config_from_dict
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
@@ -71,21 +71,23 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, writt
     save = save_model_option(raw)
     raw.setdefault("model_name_or_path", "(in memory)")  # the policy and prompts are passed in
     raw.setdefault("dataset_name", "(in memory)")
-    # tools from Python: the config's check reads max_tool_calling_iterations / tool_timeout_s with the config's own
-    # tools only
-    cap = raw.pop("max_tool_calling_iterations", None) if tools else None
-    limit = raw.pop("tool_timeout_s", 60.0) if tools else None
+    # tools / environments from Python: the config's check reads max_tool_calling_iterations / tool_timeout_s with
+    # the config's own tools or environment_factory only
+    from_python = bool(tools) or environment_factory is not None
+    cap = raw.pop("max_tool_calling_iterations", None) if from_python else None
+    limit = raw.pop("tool_timeout_s", 60.0) if from_python else None
     cfg = config_from_dict(raw, written)
-    if tools:
+    if from_python:
         from preflab.loops.time_limit import checked_limit
 
         cfg.max_tool_calling_iterations = cap
         cfg.tool_timeout_s = checked_limit(limit, "tool_timeout_s", "None")
     if weights is not None:
         cfg.reward_weights = list(weights)
-    judges = list(judge) if isinstance(judge, (list, tuple)) else [judge]
+    judges = list(judge) if isinstance(judge, (list, tuple)) else [] if judge is None else [judge]
     run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges),
-                    **({"tools": tools} if tools else {}))
+                    **({"tools": tools} if tools else {}),
+                    **({"environment_factory": environment_factory} if environment_factory is not None else {}))
     run.save_final_model = save
     return run.train()
 
@@ -113,13 +115,17 @@ def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
                       written_by_user(options, raw, ONLINE_DPO_NAMES))
 
 
-def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs, ref=None,
-               reward_weights: Sequence[float] | None = None, tools=None, **options) -> dict:
+def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs=None, ref=None,
+               reward_weights: Sequence[float] | None = None, tools=None, environment_factory=None,
+               **options) -> dict:
     """Run GRPO-family training as an online run; returns its summary dict. tools: tool functions the model may call
-    while it samples (TRL GRPOTrainer's tools=; preflab.online.tool_calling)."""
+    while it samples (TRL GRPOTrainer's tools=; preflab.online.tool_calling). environment_factory: a class or function
+    returning a stateful environment whose public methods are tools, or {name: factory} picked by each prompt's
+    `environment` column (TRL GRPOTrainer's environment_factory; preflab.online.environments); reward_funcs may then be
+    None when the environment has get_reward."""
     raw = grpo_options(options)
     return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, raw,
-                      written_by_user(options, raw, GRPO_NAMES), tools=tools)
+                      written_by_user(options, raw, GRPO_NAMES), tools=tools, environment_factory=environment_factory)
 
 
 def grpo_options(options: dict) -> dict:

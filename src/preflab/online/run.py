@@ -144,7 +144,7 @@ class OnlineRun(TrainingRun):
     scorer_class = LogProbScorer  # the policy's scorer (VisionOnlineRun: the vision scorer)
     prompt_sharing = True  # layout prefix_shared may score a prompt once per example (VisionOnlineRun: no)
 
-    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None, tools=None):
+    def __init__(self, cfg, policy=None, ref=None, tokenizer=None, task=None, tools=None, environment_factory=None):
         if cfg.task != "online":
             raise ConfigError(f"OnlineRun needs task: online, got {cfg.task!r}.")
         if policy is not None:  # loading options beside a model given from Python: applied or refused
@@ -235,9 +235,13 @@ class OnlineRun(TrainingRun):
             raise ConfigError("multi_objective_aggregation: normalize_then_sum weighs each judge's group-normalised "
                               "rewards with the fixed reward_weights; the task's reward_aggregator weighs the judges "
                               "per prompt. Use one of them.")
+        # environment_factory (TRL GRPOTrainer's): stateful environments whose methods are tools, probed here
+        self.environments = self._environment_set(cfg, task, environment_factory, tools)
+        self.round_environments: list | None = None  # the current round's instances, one per completion
+        judges, weights = self._judges_and_weights(cfg, task)
         # judge_timeout_s: each call of the judges' code within that many seconds (the game's judge is its matrix)
-        self.judge = Judge(task.judges, weights=getattr(task, "reward_aggregator", None) or cfg.reward_weights,
-                           cache=getattr(task, "judge_cache", True),
+        self.judge = Judge(judges, weights=weights,
+                           cache=getattr(task, "judge_cache", True) and self.environments is None,
                            timeout_s=None if cfg.online_task == "game" else cfg.judge_timeout_s)
         if self.main and self.judge.within_group_note():
             print(f"preflab: note: {self.judge.within_group_note()}", flush=True)
@@ -253,7 +257,7 @@ class OnlineRun(TrainingRun):
                                                                    report_to=self.data_report,
                                                                    truncation_mode=cfg.truncation_mode,
                                                                    chat_template_kwargs=cfg.chat_template_kwargs,
-                                                                   tools=self.tools)
+                                                                   tools=self._prompt_tools())
         source = (self.data_report.get("prompt_rows") or {}).get("source")
         refuse_past_positions(self.rows, policy, cfg.max_completion_length, source or "the prompts")
         tokenized = self.data_report.get("prompt_tokenize")
@@ -300,22 +304,68 @@ class OnlineRun(TrainingRun):
     def _evaluate_task(self) -> dict:
         """The task's evaluation of the policy; with tools, answered with them (dataset_evaluate's tools= and
         accelerator=: _tool_functions refuses an evaluate that cannot take them)."""
+        if self.environments is not None:  # (the environments' tools with them)
+            return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator,
+                                      environments=self.environments)
         if self.tools:
             return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator)
         return self.task.evaluate(self.policy, self.tokenizer)
 
+    def _environment_set(self, cfg, task, given, tools):
+        """The run's Environments (preflab.online.environments: TRL GRPOTrainer's environment_factory, from Python
+        or the config's environment_factory), their tools after the standalone ones; None without. Refused with a
+        held-out evaluation (it would answer without the environments)."""
+        if given is None and not cfg.environment_factory:
+            return None
+        if given is not None and cfg.environment_factory:
+            raise ConfigError("environment_factory is given both from Python (OnlineRun(environment_factory=...)) and "
+                              "in the config; give one.")
+        if getattr(task, "evaluate", None) is not None and not getattr(task.evaluate, "takes_environments", False):
+            raise ConfigError("environment_factory: the task's evaluation answers without environments (it is not "
+                              "online_task: dataset's held-out evaluation, which answers with them), so its reward "
+                              "would not be the trained agent's; give the task an evaluate that takes environments=, "
+                              "or none.")
+        from preflab.online.environments import Environments, load_environment_factories
+        from preflab.online.tool_calling import load_tools
+
+        if tools and cfg.tools:
+            raise ConfigError("tools are given both from Python (OnlineRun(tools=...)) and in the config; give one.")
+        standalone = load_tools(tools or cfg.tools) if (tools or cfg.tools) else []
+        return Environments(load_environment_factories(given if given is not None else cfg.environment_factory),
+                            standalone)
+
+    def _judges_and_weights(self, cfg, task):
+        """The task's judges and weights (reward_weights, or its reward_aggregator); with environments one more
+        judge per environment class with get_reward (environments.with_environment_judges: weight 1)."""
+        judges = list(task.judges) if isinstance(task.judges, (list, tuple)) else [task.judges]
+        weights = getattr(task, "reward_aggregator", None) or cfg.reward_weights
+        if self.environments is None:
+            return judges, weights
+        from preflab.online.environments import with_environment_judges
+
+        return with_environment_judges(judges, weights, self.environments)
+
+    def _prompt_tools(self):
+        """What the prompts render (prepare_prompts' tools): the run's tools, or with environments each row's own
+        environment's tools (a row naming an unknown environment is refused there, by its number)."""
+        envs = self.environments
+        if envs is None:
+            return self.tools
+        return lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras)]
+
     def _tool_functions(self, cfg, task, tokenizer, given) -> list:
         """The run's tool functions (TRL GRPOTrainer's tools=): `given` from Python, else the config's `tools`
-        (preflab.online.tool_calling.load_tools); [] without. ConfigError, before any round, for a task with its own
-        generator (tag-syntax tool rollouts), a prompt source other than text conversations, or a tokenizer that
-        cannot run a tool-calling conversation (its reason)."""
-        if not given and not cfg.tools:
+        (preflab.online.tool_calling.load_tools); with environments, those and every environment's methods (TRL's
+        self.tools); [] without. ConfigError, before any round, for a task with its own generator (tag-syntax tool
+        rollouts), a prompt source other than text conversations, or a tokenizer that cannot run a tool-calling
+        conversation (its reason)."""
+        if not given and not cfg.tools and self.environments is None:
             return []
         if given and cfg.tools:
             raise ConfigError("tools are given both from Python (OnlineRun(tools=...)) and in the config; give one.")
         from preflab.online.tool_calling import check_tool_tokenizer, load_tools
 
-        tools = load_tools(given or cfg.tools)
+        tools = self.environments.all_tools if self.environments is not None else load_tools(given or cfg.tools)
         if getattr(task, "generator", None) is not None:
             raise ConfigError("tools: the task samples with a generator of its own (e.g. the otc recipe's tag-syntax "
                               "tool rollouts, preflab.online.tool_rollout); use one of the two.")
@@ -468,9 +518,12 @@ class OnlineRun(TrainingRun):
             texts = [list(m) for m in conversations]
         info = getattr(self.generator, "last_columns", None) or [{}] * len(ids)  # tool rollouts: num_tool_calls
         columns = [{**rows[i // K].columns, **info[i]} for i in range(len(ids))]
-        flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
-                                  self._judge_cache_context(rows, K, len(ids)),
-                                  images=self._judge_images(rows, K, len(ids)))
+        if self.environments is not None:
+            flat, per_fn = self._judge_with_environments(prompts, texts, K, columns, ids)
+        else:
+            flat, per_fn = self.judge(prompts, texts, [i // K for i in range(len(ids))], columns, ids,
+                                      self._judge_cache_context(rows, K, len(ids)),
+                                      images=self._judge_images(rows, K, len(ids)))
         eos = self.tokenizer.eos_token_id
         has_eos = [bool(c) and c[-1] == eos for c in ids]
         if self.cfg.missing_eos_penalty is not None:
@@ -505,6 +558,8 @@ class OnlineRun(TrainingRun):
             ids, trees = tree_round(self, rows, self._round_seed(r))
             K = len(ids) // n
         else:
+            if self.environments is not None:  # fresh instances, reset; the rows with their reset observations
+                rows = self._start_environments(rows, K)
             ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped, raised = int(flat.isnan().sum()), self.judge.last_raised
@@ -611,6 +666,37 @@ class OnlineRun(TrainingRun):
         if self.main:
             self._write_round_file(r, rows, completions, texts, scores)
         return Round(r, examples, slices, metrics)
+
+    def _judge_with_environments(self, prompts, texts, K: int, columns, ids):
+        """The round's (scores, per-function rewards) with environments (environments.judge_rollouts: every rollout
+        judged with its own instance; with several processes by the main process, once)."""
+        from preflab.online.environments import judge_rollouts
+
+        return judge_rollouts(self.judge, self.accelerator, prompts, texts, [i // K for i in range(len(ids))],
+                              columns, ids, self.round_environments)
+
+    def _start_environments(self, rows, K: int) -> list:
+        """environment_factory: K fresh instances per row (self.round_environments, one per completion; the main
+        process's with several), reset with the row's fields, and the rows with their reset observations
+        (environments.begin_rollouts); the generator's per-completion tools set to each instance's methods. A prompt
+        cut to max_prompt_length by its observation is counted in summary.json online.environment_prompts_truncated
+        and said once."""
+        from preflab.online.environments import begin_rollouts
+
+        cfg = self.cfg
+        out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
+                                                                       cfg, self.accelerator)
+        if hasattr(self.generator, "slot_tools"):
+            self.generator.slot_tools = slot_tools
+        if cut:
+            self.counts["environment_prompts_truncated"] = self.counts.get("environment_prompts_truncated", 0) + cut
+            if self.main and not getattr(self, "_said_env_cut", False):
+                self._said_env_cut = True
+                print(f"preflab: note: {cut} prompt(s) with their environment's reset observation are longer than "
+                      f"max_prompt_length={cfg.max_prompt_length} and were cut (counted in summary.json "
+                      "online.environment_prompts_truncated).", flush=True)
+        refuse_past_positions(out, self.policy, cfg.max_completion_length, "the prompts with their reset observations")
+        return out
 
     def _round_advantages(self, examples: list[Example], rewards: torch.Tensor, scored: torch.Tensor,
                           per_judge: torch.Tensor | None) -> torch.Tensor:
@@ -792,7 +878,7 @@ class OnlineRun(TrainingRun):
         report: dict = {}
         held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
                                truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs,
-                               tools=self.tools or None)
+                               tools=self._prompt_tools() or None)  # (an unknown environment: refused by its row)
         source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
         refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
         tokenized = {**report["prompt_tokenize"], "source": source}
@@ -801,7 +887,8 @@ class OnlineRun(TrainingRun):
             cut = tokenized.get("prompt_truncated", 0)
             how = (f"answered {cfg.num_generations_eval} times each, sampled as in training (num_generations_eval),"
                    if cfg.num_generations_eval else "answered greedily")
-            how += " with the tools (as in training)" if self.tools else ""
+            how += " with the environments (as in training)" if self.environments is not None else \
+                " with the tools (as in training)" if self.tools else ""
             print(f"preflab: data (eval): {len(held)} held-out prompts ({source}), {how} and judged at "
                   "every evaluation" + (f"; {cut} cut to max_prompt_length={cfg.max_prompt_length}" if cut else "")
                   + ".", flush=True)

@@ -202,11 +202,11 @@ def load_task(cfg, tokenizer=None, policy=None):
     if not cfg.dataset_name:
         raise ConfigError("online_task: dataset needs dataset_name (rows with a 'prompt' column); or use "
                           "online_task: demo / game.")
-    if not cfg.reward_funcs:
+    if not cfg.reward_funcs and not cfg.environment_factory:  # environments with get_reward: their own judges
         raise ConfigError("online_task: dataset needs reward_funcs (a judge: verifier:<name>, module:function, or a "
                           "reward / preference model directory).")
     refuse_template_kwargs_with_model_judges(cfg)
-    judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs)]
+    judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or [])]
     from preflab.runlog import is_main_process
 
     from preflab.data.eval_set import train_and_eval
@@ -329,21 +329,35 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
     tool_timeout_s, max_tool_calling_iterations and budget as training; with several processes the main process
     runs the calls); the judges get the conversations and the num_tool_calls / tool_errors columns as in training, a
     completion is clipped when its last token is not eos, and "tools" holds the loop's metrics (tools/call_frequency,
-    ...; the run logs them as eval_tools/...)."""
-    def evaluate(model, tokenizer, tools=None, accelerator=None) -> dict:
+    ...; the run logs them as eval_tools/...).
+
+    With the run's environments (environments=: preflab.online.environments.Environments, OnlineRun passes them;
+    `takes_environments`) every held-out answer gets a fresh instance reset with its row, as in training
+    (begin_rollouts: each prompt shows its own environment's tools, a reset's text is appended to it), the loop calls
+    that instance's methods, and the judges are reward_funcs plus the environments' get_reward, each answer judged
+    with its own instance (judge_rollouts; with several processes the main process makes every environment call)."""
+    def evaluate(model, tokenizer, tools=None, accelerator=None, environments=None) -> dict:
         import math
 
         from preflab.loops.judge import Judge
         from preflab.loops.rollout import decode, prepare_prompts
 
+        envs = environments
+        row_tools = (lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras)]) if envs is not None else tools or None
         prompt_rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
-                                      chat_template_kwargs=cfg.chat_template_kwargs, tools=tools or None)
+                                      chat_template_kwargs=cfg.chat_template_kwargs, tools=row_tools)
         k = getattr(cfg, "num_generations_eval", None) or 1
+        instances = slot_tools = None
+        if envs is not None:
+            from preflab.online.environments import begin_rollouts
+
+            prompt_rows, instances, slot_tools, _ = begin_rollouts(envs, prompt_rows, k, tokenizer, cfg, accelerator)
         rows = [r for r in prompt_rows for _ in range(k)]          # each prompt's k answers side by side
         sampled = bool(getattr(cfg, "num_generations_eval", None))
         columns, extra = [r.columns for r in rows], {}
         if tools:
             gen = _eval_tool_generator(cfg, model, tokenizer, tools, accelerator, sampled)
+            gen.slot_tools = slot_tools
             ids = gen.generate([r.prompt_ids for r in prompt_rows], k, cfg.seed)
             texts = [list(m) for m in gen.last_messages]
             columns = [{**c, **info} for c, info in zip(columns, gen.last_columns)]
@@ -353,9 +367,20 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
             ids = _eval_answers(cfg, model, tokenizer, [r.prompt_ids for r in rows], sampled=sampled)
             texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
             clipped = sum(tokenizer.eos_token_id not in c for c in ids)
-        judge = Judge(judges, weights=aggregator or cfg.reward_weights, cache=False, timeout_s=cfg.judge_timeout_s)
+        every, weights = judges, aggregator or cfg.reward_weights
+        if envs is not None:
+            from preflab.online.environments import with_environment_judges
+
+            every, weights = with_environment_judges(judges, weights, envs)
+        judge = Judge(every, weights=weights, cache=False, timeout_s=cfg.judge_timeout_s)
         judge.where = "the evaluation of the held-out prompts (eval_dataset_name / eval_fraction)"
-        scores, _ = judge([r.prompt for r in rows], texts, [i // k for i in range(len(rows))], columns, ids)
+        if envs is not None:
+            from preflab.online.environments import judge_rollouts
+
+            scores, _ = judge_rollouts(judge, accelerator, [r.prompt for r in rows], texts,
+                                       [i // k for i in range(len(rows))], columns, ids, instances)
+        else:
+            scores, _ = judge([r.prompt for r in rows], texts, [i // k for i in range(len(rows))], columns, ids)
         values = scores.tolist()
         scored = [v for v in values if not math.isnan(v)]
         per_prompt = [_nan_mean(values[p * k:(p + 1) * k]) for p in range(len(prompt_rows))]
@@ -365,6 +390,7 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
                              for r, t, v in list(zip(rows, texts, values))[:4]], **extra}
 
     evaluate.takes_tools = True
+    evaluate.takes_environments = True
     return evaluate
 
 

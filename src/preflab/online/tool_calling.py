@@ -352,6 +352,9 @@ class ToolCallingGenerator:
         self.max_positions, self.chat_template_kwargs = max_positions, dict(chat_template_kwargs or {})
         self.accelerator, self.timeout_s = accelerator, timeout_s
         self.said_timeout = False  # the first timed-out call is said once (the counts go on in the metrics)
+        # per completion of the next generate call, the tools it may call and parse with (environment_factory: the
+        # standalone tools and its own environment's methods, preflab.online.environments); None: self.tools for all
+        self.slot_tools: list[list] | None = None
         self.last_columns: list[dict] = []
         self.last_loss_masks: list[list[int]] = []
         self.last_messages: list[list[dict]] = []
@@ -374,7 +377,7 @@ class ToolCallingGenerator:
         acc = self.accelerator
 
         def run_all() -> dict:
-            return {i: run_tool_calls(c, self.by_name, self.timeout_s) for i, c in turns.items()}
+            return {i: run_tool_calls(c, self._tools_by_name(i), self.timeout_s) for i, c in turns.items()}
 
         if acc is None or acc.num_processes == 1:
             answers = run_all()
@@ -392,6 +395,13 @@ class ToolCallingGenerator:
                 raise ConfigError(answers)
         self._say_timeouts(answers)
         return answers
+
+    def _tools_of(self, i: int) -> list:
+        """The tools completion i may call (slot_tools[i] where set, else the run's)."""
+        return self.tools if self.slot_tools is None else self.slot_tools[i]
+
+    def _tools_by_name(self, i: int) -> dict:
+        return self.by_name if self.slot_tools is None else {fn.__name__: fn for fn in self.slot_tools[i]}
 
     def _say_timeouts(self, answers: dict) -> None:
         """The first timed-out call of the run, said once by the main process (every one is counted: tools/timeouts,
@@ -411,7 +421,9 @@ class ToolCallingGenerator:
         budget = self.max_completion_length
         ids = self._sample(prompt_ids, num_generations, seed, budget)
         prompts = [p for p in prompt_ids for _ in range(num_generations)]
-        messages = [[parse_turn(self.tokenizer, c, p, self.tools)] for c, p in zip(ids, prompts)]
+        if self.slot_tools is not None and len(self.slot_tools) != len(ids):
+            raise ConfigError(f"slot_tools has {len(self.slot_tools)} entries for {len(ids)} completions.")
+        messages = [[parse_turn(self.tokenizer, c, p, self._tools_of(i))] for i, (c, p) in enumerate(zip(ids, prompts))]
         masks = [[1] * len(c) for c in ids]
         calls, failures, timeouts = [0] * len(ids), [0] * len(ids), [0] * len(ids)
         live = [i for i in range(len(ids)) if messages[i][-1].get("tool_calls")]
@@ -445,7 +457,7 @@ class ToolCallingGenerator:
                 masks[i] += [0] * len(extended[i]) + [1] * len(new)
                 ids[i] = ids[i] + extended[i] + new
                 if new:
-                    messages[i].append(parse_turn(self.tokenizer, new, context, self.tools))
+                    messages[i].append(parse_turn(self.tokenizer, new, context, self._tools_of(i)))
                     if messages[i][-1].get("tool_calls"):
                         still.append(i)
             live = still

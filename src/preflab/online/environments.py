@@ -1,0 +1,309 @@
+"""Stateful environments inside GRPO-family online runs, as TRL 1.16's GRPOTrainer(environment_factory=...) builds them.
+
+    environment_factory: my_envs.py:Wordle          # config: a class or function returning a fresh environment
+    environment_factory: {wordle: my_envs.py:Wordle, sudoku: my_envs:make_sudoku}   # several: the `environment` column
+    OnlineRun(cfg, ..., environment_factory=Wordle)  # from Python (grpo_train(..., environment_factory=...) too)
+
+An environment is the user's object (trusted code, as reward functions and `module:function` tools are; run in this
+process). TRL's contract, kept here:
+- it has a callable `reset` (a function of its class); a factory whose instance has none is refused at startup.
+- its public methods (functions of its class not starting with "_", other than reset and get_reward) are its tools:
+  the model sees their JSON schemas (transformers' get_json_schema, built from type hints and the docstring, as for
+  `tools:`), rendered into the prompt by the chat template together with the run's standalone `tools:`. With several
+  environments a prompt shows only its own environment's tools (and the standalone ones).
+- `reset(**row)` is called once per rollout before sampling, with the prompt row's fields as keywords: `prompt` and
+  every other column (with several environments, all but `environment`). It returns None or a string; a string is
+  appended to the last message of the prompt (the prompt the model sees and the reward functions get).
+- `get_reward()` (optional; no arguments; a float; may be async): the environment owns the reward. It becomes one more
+  judge, named after the environment's class, weight 1 (after reward_funcs, whose reward_weights are unchanged), which
+  scores the rollouts of that exact class (None, not applicable, for the others). reward_funcs may then be left out.
+- every reward function that takes an `environments` keyword (a parameter of that name or **kwargs) receives the
+  rollouts' environment instances, one per completion.
+
+Rollout slots (start_round): every completion of a round has its own instance, made by the factory at the round's
+start, so the K completions of a prompt never share state. TRL keeps a pool of instances across batches and relies on
+`reset` to clear them; preflab makes fresh ones every round instead, so a round is a function of (seed, prompts,
+weights, the environments' behaviour from construction) and a run resumed at any step repeats the uninterrupted one
+(a round's rewards are computed when it is generated and checkpointed with it, so a resume mid-round never calls an
+environment again). A factory or reset that draws unseeded randomness makes rounds irreproducible, as any reward
+function that does.
+
+The held-out evaluation (online/tasks.py dataset_evaluate) makes fresh instances per answer the same way
+(begin_rollouts) and judges with them (judge_rollouts).
+
+Several processes (OnlineRun): the main process holds the round's instances and makes every call of them once (reset,
+tools, get_reward and the judging that reads them); the others receive what they returned.
+
+The K resets of one prompt row must return the same observation: a group's completions answer one prompt (their
+advantages compare them), so rows whose resets disagree are refused, naming the row. An observation that is not
+None or a string (TRL's multimodal content blocks) is refused: text policies only.
+"""
+from __future__ import annotations
+
+import inspect
+
+from preflab.errors import ConfigError
+
+RESERVED = ("reset", "get_reward")
+
+
+def load_environment_factories(spec) -> dict:
+    """{None: factory} for one factory (a callable, or 'module:name' / 'path/to/file.py:name' naming a class or a
+    function), {name: factory} for a mapping of them (rows pick theirs by their `environment` column)."""
+    from preflab.plugins import import_object
+
+    def one(item, where: str):
+        fn = import_object(item, where) if isinstance(item, str) else item
+        if not callable(fn):
+            raise ConfigError(f"{where}: {item!r} is a {type(fn).__name__}, not a class or function returning an "
+                              "environment.")
+        return fn
+
+    if isinstance(spec, dict):
+        if not spec:
+            raise ConfigError("environment_factory: the mapping is empty; give {name: module:Class, ...}.")
+        for name in spec:
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"environment_factory: environment names must be non-empty strings, got {name!r}.")
+        return {name: one(item, f"environment_factory.{name}") for name, item in spec.items()}
+    if isinstance(spec, (str,)) or callable(spec):
+        return {None: one(spec, "environment_factory")}
+    raise ConfigError(f"environment_factory: {spec!r} is neither a class or function ('module:name', "
+                      "'path/to/file.py:name') nor a mapping {name: ...} of them.")
+
+
+def public_methods(instance) -> list:
+    """The instance's tools: the functions of its class (listed on the class, so properties are not evaluated) whose
+    names neither start with "_" nor are reset / get_reward, bound to the instance, in name order (TRL's
+    inspect.getmembers order)."""
+    return [getattr(instance, name) for name, _ in inspect.getmembers(type(instance), predicate=inspect.isfunction)
+            if name not in RESERVED and not name.startswith("_")]
+
+
+def _has_function(instance, name: str) -> bool:
+    return any(n == name for n, _ in inspect.getmembers(type(instance), predicate=inspect.isfunction))
+
+
+def _label(name) -> str:
+    return "environment_factory" if name is None else f"environment_factory.{name}"
+
+
+def _make(factory, name):
+    try:
+        return factory()
+    except Exception as exc:  # the user's constructor: say which factory
+        raise ConfigError(f"{_label(name)}: calling the factory raised {type(exc).__name__}: {exc}") from exc
+
+
+def environment_reward(env_type):
+    """The judge for environments of exactly `env_type` that own their reward: f(prompts, completions, environments)
+    -> [env.get_reward() for an instance of env_type, else None] (an async get_reward is awaited). Named after the
+    class, as TRL logs it."""
+    from preflab.loops.judge import _awaited
+
+    def reward(prompts, completions, environments=None, **kwargs):
+        if environments is None:
+            raise ConfigError(f"the {env_type.__name__} environment's reward (get_reward) was asked without the "
+                              "rollouts' environments.")
+        return [_awaited(e.get_reward()) if type(e) is env_type else None for e in environments]
+
+    reward.__name__ = reward.__qualname__ = env_type.__name__
+    return reward
+
+
+class Environments:
+    """The run's environment factories, probed once (module docstring): `tools[name]` (what a prompt of that
+    environment shows and may call: the standalone tools, then the environment's methods), `all_tools` (their union,
+    as TRL's self.tools), `reward_judges` (one per environment class with get_reward)."""
+
+    def __init__(self, factories: dict, standalone_tools=()):
+        from transformers.utils import get_json_schema
+
+        self.factories, self.multi = dict(factories), None not in factories
+        self.standalone = standalone = list(standalone_tools)
+        self.tools, self.reward_judges, self.all_tools, reward_types = {}, [], list(standalone), []
+        for name, factory in self.factories.items():
+            probe = _make(factory, name)
+            if not _has_function(probe, "reset"):
+                raise ConfigError(f"{_label(name)}: the {type(probe).__name__} instance it returns has no reset "
+                                  "method; every environment needs a callable reset (TRL's contract: it is called "
+                                  "before each rollout, with the prompt row's fields as keywords).")
+            methods = public_methods(probe)
+            for method in methods:
+                try:
+                    get_json_schema(method)
+                except Exception as exc:  # transformers' DocstringParsingException / TypeHintParsingException
+                    raise ConfigError(f"{_label(name)}: method {type(probe).__name__}.{method.__name__}: transformers "
+                                      f"cannot build its tool JSON schema ({exc}); give it type hints and a docstring "
+                                      "with an Args: section, or make it private (a leading _).") from exc
+            names = [fn.__name__ for fn in standalone + methods]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ConfigError(f"{_label(name)}: tools {repeated} are named twice (a standalone tool and a method "
+                                  f"of {type(probe).__name__}); the model calls a tool by name, so rename one.")
+            self.tools[name] = standalone + methods
+            self.all_tools += [m for m in methods if m.__name__ not in {t.__name__ for t in self.all_tools}]
+            if _has_function(probe, "get_reward") and type(probe) not in reward_types:
+                reward_types.append(type(probe))
+                self.reward_judges.append(environment_reward(type(probe)))
+
+    def name_of(self, row_id: int, columns: dict):
+        """The environment row `row_id` asks for: None with one factory; with several its `environment` column,
+        refused (naming the row) when absent or not one of the factories' names."""
+        if not self.multi:
+            return None
+        name = columns.get("environment")
+        if not isinstance(name, str) or name not in self.factories:
+            raise ConfigError(f"prompt row {row_id}: environment {name!r} is not one of environment_factory's "
+                              f"{sorted(self.factories)}; with several environments each row names its own in an "
+                              "'environment' column.")
+        return name
+
+    def reset_kwargs(self, row) -> dict:
+        """What reset receives: the row's prompt and columns (without `environment` with several factories)."""
+        fields = {"prompt": row.prompt, **row.columns}
+        return {k: v for k, v in fields.items() if k != "environment"} if self.multi else fields
+
+    def start_round(self, rows, k: int) -> tuple[list, list]:
+        """(instances, observations): k fresh instances per row (completion i of row i // k has instances[i]), each
+        reset with the row's fields; observations[p] is row p's reset result (None or a string), the same for its k
+        resets (refused otherwise, naming the row)."""
+        instances, observations = [], []
+        for row in rows:
+            name = self.name_of(row.row_id, row.columns)
+            seen = []
+            for _ in range(k):
+                env = _make(self.factories[name], name)
+                seen.append(self._reset(env, row))
+                instances.append(env)
+            first = seen[0]
+            if first is not None and not isinstance(first, str):
+                raise ConfigError(f"prompt row {row.row_id}: {type(instances[-1]).__name__}.reset returned a "
+                                  f"{type(first).__name__}; it must return None or a string (appended to the last "
+                                  "message of the prompt). Content blocks (images) are not taken: text policies only.")
+            if any(s != first for s in seen[1:]):
+                raise ConfigError(f"prompt row {row.row_id}: the {k} resets of its rollouts returned different "
+                                  f"observations ({[str(s)[:40] for s in seen[:3]]}...); a group's completions "
+                                  "answer one prompt, so reset must return the same observation for the same row "
+                                  "(seed any randomness from the row's fields).")
+            observations.append(first)
+        return instances, observations
+
+    def _reset(self, env, row):
+        """env.reset(**row fields); what it raises becomes a ConfigError naming the row and the keywords."""
+        kwargs = self.reset_kwargs(row)
+        try:
+            return env.reset(**kwargs)
+        except Exception as exc:  # the user's reset: say which row and what it was given
+            raise ConfigError(f"prompt row {row.row_id}: {type(env).__name__}.reset raised {type(exc).__name__}: {exc} "
+                              f"(it is called with the row's fields as keywords: {sorted(kwargs)}; give it **kwargs "
+                              "for the ones it does not read).") from exc
+
+    def slot_tools(self, instances: list) -> list[list]:
+        """Per rollout, the tools it may call: the standalone tools, then its own instance's methods."""
+        return [self.standalone + public_methods(env) for env in instances]
+
+
+def with_environment_judges(judges: list, weights, envs) -> tuple[list, object]:
+    """(judges, weights) with one judge per environment class that has get_reward appended (TRL's extra reward
+    source, weight 1): reward_weights (one per reward function) get a 1 each; a reward_aggregator (prompt-aware
+    weights over reward_funcs) cannot weigh them and is refused; neither reward_funcs nor get_reward: refused."""
+    extra = envs.reward_judges
+    if not judges and not extra:
+        raise ConfigError("environment_factory: no reward source: give reward_funcs, or an environment with a "
+                          "get_reward method (TRL's rule).")
+    if extra and callable(weights):
+        raise ConfigError("reward_aggregator weighs reward_funcs per prompt; it cannot weigh the environments' "
+                          "get_reward too. Remove one of them.")
+    if extra and weights is not None:
+        if len(weights) != len(judges):
+            raise ConfigError(f"reward_weights has {len(weights)} weights for {len(judges)} reward_funcs; give one "
+                              "per reward function (the environments' get_reward rewards weigh 1 each).")
+        weights = list(weights) + [1.0] * len(extra)
+    return list(judges) + extra, weights
+
+
+def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None) -> tuple[list, list | None, list, int]:
+    """(rows, instances, slot_tools, cut) for k rollouts of each row: fresh instances reset with the row's fields
+    (Environments.start_round; with several processes only the main process holds them, instances None elsewhere, and
+    sends the observations); each row whose reset returned text gets it appended to its last message and is
+    tokenized again with its environment's tools (prepare_prompts with cfg's max_prompt_length, truncation_mode and
+    chat_template_kwargs; `cut` counts those cut to max_prompt_length); slot_tools: per rollout, what it may call (its
+    instance's methods; another process's: the probe's, for parsing only)."""
+    from dataclasses import replace
+
+    from preflab.loops.rollout import prepare_prompts
+
+    if accelerator is None or accelerator.num_processes == 1:
+        instances, observations = envs.start_round(rows, k)
+    else:
+        from accelerate.utils import broadcast_object_list
+
+        sent, instances = [None], None
+        if accelerator.is_main_process:
+            try:
+                instances, observations = envs.start_round(rows, k)
+                sent = [observations]
+            except ConfigError as exc:  # sent too, so that no process waits for the others
+                sent = [str(exc)]
+        observations = broadcast_object_list(sent, from_process=0)[0]
+        if isinstance(observations, str):
+            raise ConfigError(observations)
+    out, cut = [], 0
+    for row, observation in zip(rows, observations):
+        if observation is None:
+            out.append(row)
+            continue
+        report: dict = {}
+        fresh = prepare_prompts([{"prompt": with_observation(row.prompt, observation), **row.columns}], tokenizer,
+                                cfg.max_prompt_length, report_to=report, truncation_mode=cfg.truncation_mode,
+                                chat_template_kwargs=cfg.chat_template_kwargs,
+                                tools=envs.tools[envs.name_of(row.row_id, row.columns)])[0]
+        cut += int(report.get("prompt_tokenize", {}).get("prompt_truncated", 0)) > 0
+        out.append(replace(fresh, row_id=row.row_id))
+    slot_tools = envs.slot_tools(instances) if instances is not None else \
+        [envs.tools[envs.name_of(row.row_id, row.columns)] for row in rows for _ in range(k)]
+    return out, instances, slot_tools, cut
+
+
+def judge_rollouts(judge, accelerator, prompts, texts, groups, columns, ids, instances):
+    """The judge's (scores, per-function rewards) of rollouts with environments: each judged on its own (a cache
+    context per rollout: its environment's state is no part of the texts), `environments=` given to the reward
+    functions that take it. With several processes the main process, which holds the instances, judges and sends the
+    values and judge.last_raised to the others (a PreflabError is sent and raised on every process), so get_reward and
+    every reward function run once."""
+    from preflab.errors import PreflabError
+
+    def judged():
+        out = judge(prompts, texts, groups, columns, ids, [f"rollout {i}" for i in range(len(ids))],
+                    environments=instances)
+        return out[0], out[1], judge.last_raised
+
+    if accelerator is None or accelerator.num_processes == 1:
+        return judged()[:2]
+    from accelerate.utils import broadcast_object_list
+
+    sent = [None]
+    if accelerator.is_main_process:
+        try:
+            sent = [judged()]
+        except PreflabError as exc:
+            sent = [(type(exc).__name__, str(exc))]
+    got = broadcast_object_list(sent, from_process=0)[0]
+    if isinstance(got[0], str):
+        raise PreflabError(f"{got[0]}: {got[1]}")
+    flat, per_fn, judge.last_raised = got
+    return flat, per_fn
+
+
+def with_observation(prompt: list, observation: str) -> list:
+    """The prompt with `observation` appended to its last message's text (TRL: content + observation), a new list;
+    a last message whose content is not text (content blocks) is refused (text policies only)."""
+    if not isinstance(prompt[-1].get("content"), str):
+        raise ConfigError(f"environment_factory: reset returned text to append to the prompt's last message, whose "
+                          f"content is a {type(prompt[-1].get('content')).__name__}, not text (text policies only).")
+    return prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
+
+
+__all__ = ["Environments", "begin_rollouts", "environment_reward", "judge_rollouts", "load_environment_factories",
+           "public_methods", "with_environment_judges", "with_observation"]
