@@ -3,6 +3,7 @@ tests/loops/test_scale_matrix.py. Runs are separated by `--`; each is MODE OUT_D
 
     cli     OUT k=v ...   `preflab train k=v ... output_dir=OUT` (the first k=v may be a config file)
     online  OUT k=v ...   the tiny online run of tests/online/online_tiny_run.py (python API, judge e_judge)
+    tiny    OUT k=v ...   the tiny offline DPO run of tests/loops/tiny_run.py (synthetic pairs; k=v its overrides)
 
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 2 \
         tests/loops/scale_matrix_run.py online OUT1 trainer=grpo save_steps=2 -- online OUT2 ... resume_from_checkpoint=..
@@ -39,6 +40,10 @@ def run(mode: str, out: str, args: list[str]) -> None:
         torch.set_num_threads(1)
         overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)}
         tiny_run(tiny_cfg(Path(out), **overrides)).train()
+    elif mode == "tiny":
+        from tiny_run import run as offline_tiny_run
+
+        offline_tiny_run(out, **{k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)})
     else:
         sys.exit(f"unknown mode {mode!r}")
     write_after_train(Path(out))
