@@ -21,16 +21,6 @@ def game_run(tmp_path, *overrides):
     return OnlineRun(cfg).train()
 
 
-def game_checkpoint(stop_at_step, tmp_path, step, *overrides):
-    """The run of game_run with save_steps=STEP, stopped (the stop_at_step fixture) when step STEP + 1 asks for its
-    batch: TMP_PATH/checkpoint-STEP is written, nothing after it is read."""
-    run = OnlineRun(load_config(RECIPE, [f"output_dir={tmp_path}", "disable_tqdm=true", *overrides,
-                                         f"save_steps={step}"]))
-    with stop_at_step(run, step):
-        run.train()
-    assert (tmp_path / f"checkpoint-{step}" / "COMPLETE").is_file()
-
-
 # The shipped schedule is 30 rounds of 40 steps at learning rate 0.02 (1200 steps). The equilibrium tests run 40
 # rounds of 10 steps at 0.035 (400 steps, a third of the cost): each trainer's round map has pi*_beta as its fixed
 # point whatever the inner optimisation (the steps only minimise the round's loss), so the same bound on the distance
@@ -183,7 +173,7 @@ def test_game_final_metrics_are_the_final_policys(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["final_metrics"]["duality_gap"] == final["duality_gap"]
 
 
-def test_game_average_iterate_is_the_mean_of_the_logged_round_policies(tmp_path, stop_at_step):
+def test_game_average_iterate_is_the_mean_of_the_logged_round_policies(tmp_path):
     """sppo's guarantee is on the average iterate: summary.json's policy_distribution_average is the mean of the
     round-start distributions (recomputed here from metrics.jsonl, one row per round), its TV and duality gap those of
     that mean, on a 2-answer game whose equilibrium is closed-form ((P pi)_0 - (P pi)_1 = p - 1/2 for every pi, so
@@ -209,13 +199,13 @@ def test_game_average_iterate_is_the_mean_of_the_logged_round_policies(tmp_path,
     assert summary["tv_to_equilibrium_average"] == pytest.approx(0.5 * np.abs(avg - star).sum(), rel=1e-6)
     assert summary["duality_gap_average"] == pytest.approx(gap, rel=1e-6)
     assert abs(summary["duality_gap_average"] - summary["duality_gap"]) > 1e-3   # not the last iterate's
-    game_checkpoint(stop_at_step, tmp_path / "cut", 50, *steps)
+    game_run(tmp_path / "cut", *steps, "save_steps=50")
     resumed = game_run(tmp_path / "resumed", *steps, f"resume_from_checkpoint={tmp_path / 'cut' / 'checkpoint-50'}")
     assert resumed["resumed_from_step"] == 50
     assert resumed["policy_distribution_average"] == pytest.approx(summary["policy_distribution_average"], abs=1e-9)
 
 
-def test_apo_at_alpha_zero_is_inpo_and_resumes_exactly(tmp_path, stop_at_step):
+def test_apo_at_alpha_zero_is_inpo_and_resumes_exactly(tmp_path):
     """apo_alpha = 0: no extrapolation of the distribution or of the parameters, so trainer apo is trainer inpo bit
     for bit (final and average distributions equal as floats). At apo_alpha 0.3 the rounds start from the
     extrapolated parameters theta_t + 0.3 (theta_t - theta_(t-1)) (He et al. 2024, §5.2); theta_(t-1) is kept in the
@@ -230,7 +220,7 @@ def test_apo_at_alpha_zero_is_inpo_and_resumes_exactly(tmp_path, stop_at_step):
         assert zero[key] == inpo[key], key
     apo = game_run(tmp_path / "apo", "trainer=apo", *steps)
     assert 0.5 * np.abs(np.array(apo["policy_distribution"]) - inpo["policy_distribution"]).sum() > 1e-3
-    game_checkpoint(stop_at_step, tmp_path / "cut", 35, "trainer=apo", *steps)
+    game_run(tmp_path / "cut", "trainer=apo", *steps, "save_steps=35")
     saved = json.loads((tmp_path / "cut" / "online-state" / "step-35" / "task.json").read_text())
     assert "previous_parameters" in saved
     resumed = game_run(tmp_path / "resumed", "trainer=apo", *steps,
