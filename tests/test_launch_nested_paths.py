@@ -4,7 +4,6 @@ in a local Python file and a local reward-model folder) is read back and resumed
 gave reward_funcs as written (relative names that meant nothing in B), and a resume from B naming the same judges as
 `../A/rewards.py:score`, `../A/rm` was refused as a change of reward_funcs."""
 import json
-import os
 
 import pytest
 import torch
@@ -14,9 +13,9 @@ from preflab.config import config_from_dict
 from preflab.errors import ConfigError
 from preflab.launch_paths import launch_record, resolve_saved_paths, same_path
 from preflab.models.run_config import run_config
-from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.online.run import OnlineRun
 from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
+from launch_dirs import assert_resumed_equals_the_run, trained_in_a
 
 PROMPTS = [{"prompt": f"say {w}"} for w in ("a", "bb", "ccc", "dddd", "e", "ff")]
 REWARDS = "def score(prompts, completions, **kw):\n    return [float(c.count('a')) for c in completions]\n"
@@ -50,23 +49,12 @@ def _reward_model(folder, tok):
 def online_in_a(tmp_path_factory):
     """(A, B): a two-step online DPO run started in A judged by A/rewards.py:score and the reward model A/rm (a
     checkpoint at step 1), and another directory B beside it."""
-    root = tmp_path_factory.mktemp("nested")
-    a, b = root / "A", root / "B"
-    (a / "data").mkdir(parents=True)
-    b.mkdir()
-    tok = tiny_tokenizer("bytelevel")
-    tiny_causal_lm(tok, seed=0).save_pretrained(a / "models" / "base", safe_serialization=True)
-    tok.save_pretrained(a / "models" / "base")
-    _reward_model(a / "rm", tok)
-    (a / "rewards.py").write_text(REWARDS)
-    write_jsonl(a / "data" / "prompts.jsonl", PROMPTS)
-    here = os.getcwd()
-    os.chdir(a)
-    try:
-        _train(_online("outputs/run"))
-    finally:
-        os.chdir(here)
-    return a, b
+    def write_files(a, tok):
+        _reward_model(a / "rm", tok)
+        (a / "rewards.py").write_text(REWARDS)
+        write_jsonl(a / "data" / "prompts.jsonl", PROMPTS)
+
+    return trained_in_a(tmp_path_factory.mktemp("nested"), write_files, lambda: _train(_online("outputs/run")))
 
 
 def test_launch_json_records_the_judges_paths_and_the_saved_config_reads_them_from_another_directory(
@@ -94,9 +82,7 @@ def test_a_resume_from_another_directory_naming_the_same_judges_is_no_config_cha
                       dataset_name="../A/data/prompts.jsonl", reward_funcs=["../A/rewards.py:score", "../A/rm"],
                       resume_from_checkpoint=str(a / "outputs/run/checkpoint-1"))
     _train(resumed)
-    full = load_file(str(a / "outputs/run/model.safetensors"))
-    again = load_file(str(tmp_path / "resumed/model.safetensors"))
-    assert max((full[k] - again[k]).abs().max().item() for k in full) < 1e-6
+    full = assert_resumed_equals_the_run(a, tmp_path / "resumed")
     base = load_file(str(a / "models/base/model.safetensors"))
     assert max((full[k] - base[k]).abs().max().item() for k in full if k in base) > 1e-4  # the steps moved it
     (b / "rewards.py").write_text(REWARDS)

@@ -4,13 +4,11 @@ from directory B. Before, `preflab eval A/outputs/run` from B stopped with "the 
 'models/base' is not a directory here", skipped the overlap check ("no file or folder here"), and a resume naming
 the same files from B (`../A/data/train.jsonl`) was refused as a change of model and data."""
 import json
-import os
 import shutil
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 from preflab.cli import main
 from preflab.config import config_from_dict
@@ -18,8 +16,8 @@ from preflab.errors import ConfigError
 from preflab.launch_paths import launch_record, resolve_saved_paths, same_path
 from preflab.loops.offline import Trainer
 from preflab.models.run_config import run_config
-from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
+from launch_dirs import assert_resumed_equals_the_run, trained_in_a
 
 TRAIN = [{"prompt": f"question {i} ?", "chosen": f" answer {i}", "rejected": f" wrong {i}"} for i in range(8)]
 HELD = TRAIN[:2] + [{"prompt": "new question ?", "chosen": " new answer", "rejected": " no"}]
@@ -40,22 +38,11 @@ def _train(options):
 def started_in_a(tmp_path_factory):
     """(A, B): a two-step DPO run trained with relative paths from A (a checkpoint at step 1), and another
     directory B beside it."""
-    root = tmp_path_factory.mktemp("launch")
-    a, b = root / "A", root / "B"
-    (a / "data").mkdir(parents=True)
-    b.mkdir()
-    tok = tiny_tokenizer("bytelevel")
-    tiny_causal_lm(tok, seed=0).save_pretrained(a / "models" / "base", safe_serialization=True)
-    tok.save_pretrained(a / "models" / "base")
-    write_jsonl(a / "data" / "train.jsonl", TRAIN)
-    write_jsonl(a / "data" / "heldout.jsonl", HELD)
-    here = os.getcwd()
-    os.chdir(a)
-    try:
-        _train(_options("outputs/run"))
-    finally:
-        os.chdir(here)
-    return a, b
+    def write_files(a, tok):
+        write_jsonl(a / "data" / "train.jsonl", TRAIN)
+        write_jsonl(a / "data" / "heldout.jsonl", HELD)
+
+    return trained_in_a(tmp_path_factory.mktemp("launch"), write_files, lambda: _train(_options("outputs/run")))
 
 
 def test_the_saved_config_keeps_the_users_values_and_launch_json_their_absolute_paths(started_in_a, monkeypatch):
@@ -108,9 +95,7 @@ def test_a_resume_from_another_directory_naming_the_same_files_is_no_config_chan
                        dataset_name="../A/data/train.jsonl",
                        resume_from_checkpoint=str(a / "outputs/run/checkpoint-1"))
     _train(resumed)
-    full = load_file(str(a / "outputs/run/model.safetensors"))
-    again = load_file(str(tmp_path / "resumed/model.safetensors"))
-    assert max((full[k] - again[k]).abs().max().item() for k in full) < 1e-6
+    assert_resumed_equals_the_run(a, tmp_path / "resumed")
     with pytest.raises(ConfigError, match=r"dataset_name \('data/train.jsonl' -> '.*other.jsonl'\)"):
         _train({**resumed, "dataset_name": other, "output_dir": str(tmp_path / "other")})
 

@@ -103,7 +103,9 @@ def test_lora_run_fuses_adapters_and_its_reference_is_the_base_unet(assets, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["diffusion_inpo", "self_npo"])
-def test_resume_equals_the_uninterrupted_run(assets, tmp_path, method):
+def test_resume_equals_the_uninterrupted_run(assets, tmp_path, method, stop_at_step):
+    """4 steps; a run that saved checkpoint-2 (stopped when step 3 asks for its batch: nothing after the checkpoint
+    is read) and the run resumed from it end with the uninterrupted run's UNet (and self_npo's EMA teacher) to 1e-6."""
     extra = {"loss_type": method, "max_steps": 4, "per_device_train_batch_size": 2}
     if method == "diffusion_inpo":
         extra["diffusion_noising"] = {"num_inversion_steps": 2}
@@ -112,7 +114,9 @@ def test_resume_equals_the_uninterrupted_run(assets, tmp_path, method):
     whole = DiffusionRun(make_cfg(assets, tmp_path / "whole", **extra))
     whole.train()
     first = DiffusionRun(make_cfg(assets, tmp_path / "first", save_steps=2, **extra))
-    first.train()
+    with stop_at_step(first, 2):
+        first.train()
+    assert (tmp_path / "first" / "checkpoint-2" / "COMPLETE").is_file()
     resumed = DiffusionRun(make_cfg(assets, tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "first" /
                                                                                               "checkpoint-2"), **extra))
     summary = resumed.train()

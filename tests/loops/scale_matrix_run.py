@@ -1,8 +1,11 @@
-"""Several runs of one run kind in the same processes (one launch instead of several), for
-tests/loops/test_scale_matrix.py. Runs are separated by `--`; each is MODE OUT_DIR k=v ...:
+"""Several runs in the same processes (one launch instead of several), for tests/loops/test_scale_matrix.py and the
+other tests that share a launch. Runs are separated by `--`; each is MODE OUT_DIR k=v ...:
 
     cli     OUT k=v ...   `preflab train k=v ... output_dir=OUT` (the first k=v may be a config file)
     online  OUT k=v ...   the tiny online run of tests/online/online_tiny_run.py (python API, judge e_judge)
+    tiny    OUT k=v ...   the tiny offline DPO run of tests/loops/tiny_run.py (synthetic pairs; k=v its overrides)
+    refused OUT k=v ...   the same tiny run, expected to stop with a ConfigError (a refused resume): OUT/refusal.json
+                          {"message": the error's message, or null when the run was not refused}
 
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 2 \
         tests/loops/scale_matrix_run.py online OUT1 trainer=grpo save_steps=2 -- online OUT2 ... resume_from_checkpoint=..
@@ -39,6 +42,22 @@ def run(mode: str, out: str, args: list[str]) -> None:
         torch.set_num_threads(1)
         overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)}
         tiny_run(tiny_cfg(Path(out), **overrides)).train()
+    elif mode == "tiny":
+        from tiny_run import run as offline_tiny_run
+
+        offline_tiny_run(out, **{k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)})
+    elif mode == "refused":
+        from tiny_run import run as offline_tiny_run
+
+        from preflab.errors import ConfigError
+
+        try:
+            offline_tiny_run(out, **{k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args)})
+            message = None
+        except ConfigError as err:
+            message = str(err)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "refusal.json").write_text(json.dumps({"message": message}))
     else:
         sys.exit(f"unknown mode {mode!r}")
     write_after_train(Path(out))

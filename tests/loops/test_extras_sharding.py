@@ -65,11 +65,50 @@ def spo_degree_one_process(tmp_path_factory):
     return tmp / "one"
 
 
+SPARSEPO = ["loss_type=sparsepo", "max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1",
+            "per_device_train_batch_size=4"]  # tests/loops/tiny_run.py's synthetic pairs
+
+
+@pytest.fixture(scope="module")
+def engine_launch(tmp_path_factory, accelerate_launch):
+    """`engine_launch(engine)`: BASE, the folder of the one 2-process launch under that engine (ENGINES; launched on
+    the first call, then shared by the tests below: a launch costs a launcher, two interpreters' imports and the
+    process group), whose runs (tests/loops/scale_matrix_run.py, in order, in the same processes):
+    - BASE/spo_degree/two: examples/spo_degree.yaml, 2 processes x 4 pairs, 4 steps, checkpoint-2;
+      BASE/spo_degree/resumed: the same resumed from two/checkpoint-2;
+    - DeepSpeed only: sparsepo on tests/loops/tiny_run.py's synthetic pairs (SPARSEPO): BASE/sparsepo/straight (no
+      checkpoint), BASE/sparsepo/saved (checkpoint-2), BASE/sparsepo/resumed (from saved/checkpoint-2), as
+      tests/loops/deepspeed_run.py runs them."""
+    launched = {}
+
+    def launch(engine: str) -> Path:
+        if engine not in launched:
+            config, how = ENGINES[engine]
+            base = tmp_path_factory.mktemp(engine)
+            two, resumed = base / "spo_degree" / "two", base / "spo_degree" / "resumed"
+            runs = [["cli", two, *RUN[1:], how, "save_steps=2", "per_device_train_batch_size=4"],
+                    ["cli", resumed, *RUN[1:], how, "save_steps=0", "per_device_train_batch_size=4",
+                     f"resume_from_checkpoint={two / 'checkpoint-2'}"]]
+            if engine != "fsdp2":
+                sparsepo = base / "sparsepo"
+                runs += [["tiny", sparsepo / "straight", *SPARSEPO, how, "save_steps=0"],
+                         ["tiny", sparsepo / "saved", *SPARSEPO, how, "save_steps=2"],
+                         ["tiny", sparsepo / "resumed", *SPARSEPO, how, "save_steps=0",
+                          f"resume_from_checkpoint={sparsepo / 'saved' / 'checkpoint-2'}"]]
+            args = [str(a) for r in runs for a in ["--", *r]][1:]
+            _run(accelerate_launch("--config_file", str(ROOT / "examples/accelerate" / config), "--num_processes",
+                                   "2", str(HERE / "scale_matrix_run.py"), *args))
+            launched[engine] = base
+        return launched[engine]
+
+    return launch
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", [pytest.param("fsdp2"), pytest.param("zero2", marks=NEEDS_DEEPSPEED),
                                     pytest.param("zero3", marks=NEEDS_DEEPSPEED)])
 def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_exact(
-        tmp_path, accelerate_launch, spo_degree_one_process, engine, capsys):
+        tmp_path, engine_launch, spo_degree_one_process, engine, capsys):
     """2 processes x 4 pairs under the engine against 1 process x 8 pairs (examples/spo_degree.yaml, 4 steps,
     cosine):
     - losses (DPO + degree), degree losses and grad norms to 1e-6, the final model to 1e-6 and
@@ -82,15 +121,10 @@ def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_e
       without its Adam moments, or not at all, moves step 3 by about the learning rate);
     - FSDP2: the checkpoint resumed by one plain process (no engine, the head outside any wrapper) is refused
       naming the checkpoint and both sides, before any step (it would not restore the head)."""
-    config, how = ENGINES[engine]
     one = spo_degree_one_process
-    two, resumed = tmp_path / "two", tmp_path / "resumed"
-    # one launch, two runs in the same processes (scale_matrix_run.py): the straight run, then the resumed one
-    _run(accelerate_launch("--config_file", str(ROOT / "examples/accelerate" / config), "--num_processes", "2",
-                           str(HERE / "scale_matrix_run.py"),
-                           "cli", two, *RUN[1:], how, "save_steps=2", "per_device_train_batch_size=4", "--",
-                           "cli", resumed, *RUN[1:], how, "save_steps=0", "per_device_train_batch_size=4",
-                           f"resume_from_checkpoint={two / 'checkpoint-2'}"))
+    # the engine's one launch (engine_launch), shared with the sparsepo test below: the straight run, then the
+    # resumed one
+    two, resumed = (engine_launch(engine) / "spo_degree" / name for name in ("two", "resumed"))
 
     env = json.loads((two / "summary.json").read_text())["environment"]
     assert (env["world_size"], env["distributed_type"]) == (2, "FSDP" if engine == "fsdp2" else "DEEPSPEED")
@@ -145,27 +179,23 @@ def test_spo_degree_under_a_sharding_engine_equals_one_process_and_resumes_bit_e
 
 @pytest.mark.slow
 @NEEDS_DEEPSPEED
-def test_sparsepo_masks_under_deepspeed_equal_ddp_and_resume_bit_exact(tmp_path, accelerate_launch):
+def test_sparsepo_masks_under_deepspeed_equal_ddp_and_resume_bit_exact(tmp_path, accelerate_launch, engine_launch):
     """sparsepo (tiny llama, synthetic pairs, 4 steps, cosine) on 2 CPU processes x 4 pairs under ZeRO-2 and ZeRO-3
-    (tests/loops/deepspeed_run.py: straight, saved at step 2, resumed) against 2-process DDP x 4 pairs:
+    (engine_launch: straight, saved at step 2, resumed, in the launch the spo_degree test above shares) against
+    2-process DDP x 4 pairs:
     - losses and grad norms to 1e-6, model and sparsepo_masks.safetensors to 1e-6 (measured: ZeRO-2 equals DDP bit
       for bit, ZeRO-3 model 4.1e-7, masks 9.8e-9); the masks moved (bias of the last layer off its init 1);
     - the resumed run equals the straight one bit for bit, masks included.
     DDP, not one process, is the reference: the masks' step-1 gradients are 1e-8..1e-7 (the zero-initialised
     projection), and Adam's first steps turn their summation order into differences of up to 2 x lr (1.8e-3 between
     one process x 8 and DDP 2 x 4 on the old code already); the engines sum the same per-rank halves as DDP."""
-    common = ["loss_type=sparsepo", "max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1",
-              "per_device_train_batch_size=4"]
     ddp = tmp_path / "ddp"
     _run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                           "--dynamo_backend", "no", str(HERE / "tiny_run.py"), str(ddp), *common))
+                           "--dynamo_backend", "no", str(HERE / "tiny_run.py"), str(ddp), *SPARSEPO))
     masks = load_file(str(ddp / "sparsepo_masks.safetensors"))
     assert abs(masks["nets.u.1.bias"].item() - 1.0) > 1e-4
     for engine in ("zero2", "zero3"):
-        config, how = ENGINES[engine]
-        base = tmp_path / engine
-        _run(accelerate_launch("--config_file", str(ROOT / "examples/accelerate" / config), "--num_processes", "2",
-                               str(HERE / "deepspeed_run.py"), str(base), "2", "--", *common, how))
+        base = engine_launch(engine) / "sparsepo"
         run_env = json.loads((base / "straight/summary.json").read_text())["environment"]
         assert (run_env["world_size"], run_env["distributed_type"]) == (2, "DEEPSPEED")
         a, d = _steps(base / "straight"), _steps(ddp)

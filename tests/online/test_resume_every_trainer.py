@@ -4,7 +4,6 @@ matrix): a run stopped right after a mid-round checkpoint and resumed ends with 
 The text trainers (GRPO's loss types, GSPO, LUSPO, TPO) use test_online_run's tiny run; the preference-game
 trainers (online_task: game) the shipped examples/online/nash_game.yaml, cut to 12 steps of rounds of 4 (egpo and
 online_ipo: every step is a round) with a checkpoint at step 6 (mid-round for the round-of-4 trainers)."""
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_online_run import tiny_cfg, tiny_run  # noqa: E402
+from resume_mid_run import logged_losses, resume_mid_run  # noqa: E402  tests/, on sys.path beside conftest
 
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer  # noqa: E402
 
@@ -28,22 +28,13 @@ GROUP_RUN = dict(beta=0.04, steps_per_generation=2, num_iterations=2, max_steps=
 def test_text_trainer_resumed_mid_round_equals_the_uninterrupted_run(tmp_path, over, stop_at_step):
     """Stop at step 4 (the checkpoint is step 3, mid-round: 2 steps a round), resume: the weights equal the
     uninterrupted run's to 1e-6, the judge saw the same texts (the cache came back), and the weights moved."""
-    full = tiny_run(tiny_cfg(tmp_path / "full", **over))
-    full.train()
-    cut = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3, **over))
-    with stop_at_step(cut, 4):
-        cut.train()
-    assert (tmp_path / "cut" / "online-state" / "step-3").is_dir()
-    resumed = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **over))
-    assert resumed.train()["resumed_from_step"] == 3
-    a, b = full.policy.state_dict(), resumed.policy.state_dict()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    full, resumed = resume_mid_run(lambda folder, **extra: tiny_run(tiny_cfg(folder, **over, **extra)), tmp_path,
+                                   stop_at_step, stop=4)
+    a = full.policy.state_dict()
     start = tiny_causal_lm(tiny_tokenizer("char"), hidden_size=32, seed=1).state_dict()
     assert any(float((a[k] - start[k]).abs().max()) > 1e-3 for k in a)           # and the weights did move
     assert resumed.judge.calls == full.judge.calls
-    losses = lambda p: {r["step"]: r["loss"] for r in map(json.loads, (p / "metrics.jsonl").read_text().splitlines())  # noqa: E731,E501
-                        if "loss" in r}
-    assert losses(tmp_path / "cut") == pytest.approx(losses(tmp_path / "full"), abs=1e-6)
+    assert logged_losses(tmp_path / "cut") == pytest.approx(logged_losses(tmp_path / "full"), abs=1e-6)
 
 
 GAME = Path(__file__).parents[2] / "examples" / "online" / "nash_game.yaml"

@@ -12,6 +12,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from test_online_run import tiny_cfg, tiny_run  # noqa: E402
+from resume_mid_run import resume_mid_run  # noqa: E402  tests/, on sys.path beside conftest
 
 
 def rows_of(path):
@@ -123,15 +124,9 @@ def test_resume_mid_round_gives_the_same_weights(tmp_path, over, stop_at_step):
     round's advantages, old-policy and reference log-probs come back with the online state)."""
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 
-    full = tiny_run(tiny_cfg(tmp_path / "full", **over))
-    full.train()
-    cut = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3, **over))
-    with stop_at_step(cut, 4):
-        cut.train()
-    resumed = tiny_run(tiny_cfg(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **over))
-    assert resumed.train()["resumed_from_step"] == 3
-    a, b = full.policy.state_dict(), resumed.policy.state_dict()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    full, _ = resume_mid_run(lambda folder, **extra: tiny_run(tiny_cfg(folder, **over, **extra)), tmp_path,
+                             stop_at_step, stop=4)
+    a = full.policy.state_dict()
     start = tiny_causal_lm(tiny_tokenizer("char"), hidden_size=32, seed=1).state_dict()
     assert any(float((a[k] - start[k]).abs().max()) > 1e-3 for k in a)          # and the weights did move
 

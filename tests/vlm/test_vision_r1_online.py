@@ -11,6 +11,7 @@ from preflab.online.examples import token_matrix
 from preflab.online.vision import VisionOnlineRun, load_vision_task
 from preflab.scoring.vlm import naive_vision_token_logps
 from preflab.verifiers import vision_r1_format
+from resume_mid_run import resume_mid_run  # tests/, on sys.path beside conftest
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "examples" / "vlm" / "data" / "grounding.jsonl"
@@ -147,16 +148,9 @@ def test_a_prompt_over_max_prompt_length_is_refused_with_its_row(tmp_path):
 
 def test_resume_mid_round_equals_uninterrupted(tmp_path, stop_at_step):
     over = {"max_steps": 4, "steps_per_generation": 2, "per_device_train_batch_size": 1}
-    full = _run(_cfg(tmp_path / "full", **over))
-    full.train()
-    cut = _run(_cfg(tmp_path / "cut", save_steps=3, **over))
-    with stop_at_step(cut, 3):
-        cut.train()
-    assert (tmp_path / "cut" / "online-state" / "step-3").is_dir()
-    resumed = _run(_cfg(tmp_path / "cut", save_steps=3, resume_from_checkpoint=True, **over))
-    assert resumed.train()["resumed_from_step"] == 3
-    a, b = full.policy.state_dict(), resumed.policy.state_dict()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    full, _ = resume_mid_run(lambda folder, **extra: _run(_cfg(folder, **over, **extra)), tmp_path, stop_at_step,
+                             stop=3)
+    a = full.policy.state_dict()
     start = _run(_cfg(tmp_path / "start", **over)).policy.state_dict()
     assert max(float((a[k] - start[k]).abs().max()) for k in a) > 1e-4     # and the weights did move
 
