@@ -67,3 +67,21 @@ def test_the_layout_line_counts_the_pairs_with_their_own_rejected_images(tmp_pat
     trainer2 = VisionTrainer(cfg, policy=model, ref=frozen_copy(model), processor=processor, train_data=same)
     assert trainer2.layout == "prefix_shared"
     assert "preflab: layout:" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given, layout", [({"layout": "packed"}, "packed"), ({"layout": "prefix_packed"}, "prefix_packed"),
+                                           ({"padding_free": True}, "prefix_packed")])
+def test_task_vlm_refuses_the_packed_layouts_it_does_not_build(given, layout):
+    """Before: layout: packed on task: vlm trained padded and prefix_packed trained prefix_shared (summary.json said
+    so afterwards, nothing before): vision_layout_choice maps every other name to padded / prefix_shared."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = {"task": "vlm", "model_name_or_path": "builtin:tiny-llava", "dataset_name": "rows.jsonl"}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**base, **given})
+    assert (f"layout={layout!r} (or TRL's padding_free: true) is not built for task: vlm, which lays image-text "
+            "pairs out as prefix_shared") in str(err.value)
+    assert "Set layout: prefix_shared or padded." in str(err.value)
+    for ok in ("prefix_shared", "padded"):  # the two it builds: unchanged
+        assert config_from_dict({**base, "layout": ok}).layout == ok
