@@ -85,3 +85,69 @@ def test_task_vlm_refuses_the_packed_layouts_it_does_not_build(given, layout):
     assert "Set layout: prefix_shared or padded." in str(err.value)
     for ok in ("prefix_shared", "padded"):  # the two it builds: unchanged
         assert config_from_dict({**base, "layout": ok}).layout == ok
+
+
+def test_diffusion_win_rate_refuses_a_reward_function_with_the_wrong_count_and_notes_what_it_left_out(tmp_path,
+                                                                                                    monkeypatch):
+    """Before: a --reward-fn returning N - 1 scores for N images gave a win rate over the first N - 1 prompts without
+    a word (zip), and a NaN score made reward/policy NaN; reward/policy / reward/reference were in eval.json but
+    not printed."""
+    import torch
+
+    from preflab.cli import main
+    from preflab.errors import ConfigError
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    monkeypatch.chdir(ROOT)
+    out, data = tmp_path / "dpo", "examples/diffusion/data/test.jsonl"
+    assert main(["train", "examples/diffusion/diffusion_dpo.yaml", f"output_dir={out}", "max_steps=1",
+                 "eval_dataset_name=null", "disable_tqdm=true", "sample_steps=2"]) == 0
+
+    def short(images, prompts):
+        return torch.zeros(images.shape[0] - 1)
+
+    with pytest.raises(ConfigError) as err:
+        evaluate_diffusion_run(str(out), data, reward_fn=short, num_prompts=3)
+    assert str(err.value) == ("--reward-fn short returned 2 scores for the trained pipeline's 3 images; it must "
+                              "return one per image (None where it cannot score one).")
+
+    seen = {}
+
+    def red_but_first(images, prompts):  # no score for the first prompt
+        red = images[:, 0].double().mean((1, 2))
+        seen.setdefault("policy", red)  # the trained pipeline's samples are scored first
+        return [float("nan")] + red[1:].tolist()
+
+    result = evaluate_diffusion_run(str(out), data, reward_fn=red_but_first, num_prompts=3)
+    assert result["win_rate"]["failed"] == 1 and result["win_rate"]["n"] == 2
+    assert result["notes"][-1] == ("1 prompt(s) had no score (None, NaN or inf from the reward function) and are "
+                                   "left out of the win rate (n = 2)")
+    assert result["metrics"]["reward/policy"] == pytest.approx(float(seen["policy"][1:].mean()), abs=1e-12)
+
+
+def test_diffusion_reward_scores_are_checked_and_all_ties_are_said():
+    """image_rewards: one finite score per image or None; a raise names the function and the samples' shape.
+    win_rate_note: all ties (a constant reward) are said; a mixed result has no note."""
+    import torch
+
+    from preflab.errors import ConfigError
+    from preflab.eval.winrate import win_rate
+    from preflab.loops.diffusion_eval import image_rewards, win_rate_note
+
+    images = torch.zeros(3, 3, 4, 4, dtype=torch.uint8)
+    assert image_rewards(lambda im, p: torch.tensor([[1.0], [float("inf")], [2.5]]), images, ["a", "b", "c"],
+                         "trained") == [1.0, None, 2.5]
+
+    def broken(images, prompts):
+        raise KeyError("clip")
+
+    with pytest.raises(ConfigError) as err:
+        image_rewards(broken, images, ["a", "b", "c"], "reference")
+    assert str(err.value).startswith("--reward-fn broken raised KeyError on the reference pipeline's samples (images "
+                                     "uint8 [3, 3, 4, 4], 3 prompts): 'clip'. It is called as f(images, prompts)")
+    tied = win_rate([1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+    assert tied.win_rate == 0.5 and win_rate_note(tied) == (
+        "all 3 compared prompts are ties (the reward function gave the trained and the reference pipeline's images "
+        "the same score: a constant function, or samples that did not change), so win_rate 0.5 says nothing about "
+        "the run")
+    assert win_rate_note(win_rate([1.0, 2.0, 1.0], [1.0, 1.0, 1.0])) is None
