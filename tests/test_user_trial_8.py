@@ -1,5 +1,6 @@
 """User trial 8 (diffusion, VLM, reward models, eval / report): each test reproduces a finding and asserts the fixed
 message or value."""
+import json
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,66 @@ def test_diffusion_reward_scores_are_checked_and_all_ties_are_said():
         "the same score: a constant function, or samples that did not change), so win_rate 0.5 says nothing about "
         "the run")
     assert win_rate_note(win_rate([1.0, 2.0, 1.0], [1.0, 1.0, 1.0])) is None
+
+
+def test_self_npo_on_pair_rows_says_it_uses_the_chosen_images_and_encodes_no_rejected_one(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """Before: examples/diffusion/self_npo.yaml (a pair file) trained on each pair's chosen image and set the rejected
+    one aside without a word, after VAE-encoding it. Rows {prompt, image} give no note."""
+    from preflab.config import load_config
+    from preflab.loops.diffusion import DiffusionRun
+
+    monkeypatch.chdir(ROOT)
+    run = DiffusionRun(load_config("examples/diffusion/self_npo.yaml", [f"output_dir={tmp_path / 'pairs'}",
+                                                                         "eval_dataset_name=null"]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "self_npo trains on one image" in line]
+    assert lines == ["preflab: note: data: self_npo trains on one image per row: 16 of the 16 training rows are "
+                     "preference pairs, of which it uses the chosen image (with its caption) and not the rejected one "
+                     "(16 rejected images unused). Self-NPO needs no preferences: rows {prompt, image}, or prompts "
+                     "alone, train it the same way."]
+    assert run.data_report["rejected_images_unused"] == 16
+    assert sorted({side for _, side in run.latents}) == ["chosen"] and len(run.latents) == 16
+    # the same images as {prompt, image} rows: no note, the same latents
+    rows = tmp_path / "images.jsonl"
+    src = (ROOT / "examples/diffusion/data/train.jsonl").read_text().splitlines()
+    rows.write_text("\n".join(json.dumps({"prompt": r["prompt"], "image": str(ROOT / "examples/diffusion/data" /
+                                                                               r["chosen_image"])})
+                              for r in map(json.loads, src)) + "\n")
+    images = DiffusionRun(load_config("examples/diffusion/self_npo.yaml", [f"output_dir={tmp_path / 'images'}",
+                                                                           "eval_dataset_name=null",
+                                                                           f"dataset_name={rows}"]))
+    assert "self_npo trains on one image" not in capsys.readouterr().out
+    assert images.data_report["rejected_images_unused"] == 0
+    import torch
+
+    assert all(torch.equal(images.latents[(id(b), "chosen")], run.latents[(id(a), "chosen")])
+               for a, b in zip(run.train_data, images.train_data))
+
+
+def test_a_rated_row_with_a_misspelt_attribute_is_said_not_trained_silently(tmp_path, capsys, monkeypatch):
+    """Before: {"ratings": {"helpfulnes": 2, "verbosity": 1}} under attributes [helpfulness, verbosity] trained
+    verbosity alone for that row without a word. Keys of a ratings object that are not attributes are counted and
+    said (a close one as a likely misspelling); top-level columns are not ratings and are not counted."""
+    from preflab.cli import main
+    from preflab.reward_models.multi_objective import load_rated
+
+    rows = [{"prompt": f"echo: w{i}\n", "response": f"W{i}" if i % 2 else f"w{i}",
+             "ratings": {"helpfulness": float(i % 2), "verbosity": 1.0, "correctness": 2.0}} for i in range(16)]
+    rows[3] = {**rows[3], "ratings": {"helpfulnes": 2.0, "verbosity": 1.0}}
+    rows[5] = {"prompt": "echo: x\n", "response": "X", "helpfulness": 1.0, "source": "web"}  # top-level form
+    kept, report = load_rated(rows, ["helpfulness", "verbosity"])
+    assert kept[3]["ratings"] == {"helpfulness": None, "verbosity": 1.0}
+    assert report.ratings_not_trained == {"correctness": 14, "helpfulnes": 1}
+    data = tmp_path / "rated.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    monkeypatch.chdir(ROOT)
+    assert main(["train", "examples/upo_reward_model.yaml", f"output_dir={tmp_path / 'dpa'}", f"dataset_name={data}",
+                 "reward_head=multi_objective", "reward_head_params={attributes: [helpfulness, verbosity]}",
+                 "max_steps=1", "disable_tqdm=true"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "are not trained on" in line]
+    assert notes == [f"preflab: note: data: {data}: ratings not among reward_head_params.attributes ['helpfulness', "
+                     "'verbosity'] are not trained on: 'correctness' in 14 row(s), 'helpfulnes' in 1 row(s) (a "
+                     "misspelt 'helpfulness'?). Fix a misspelt name in the rows, or add the attribute to "
+                     "reward_head_params.attributes."]
+    summary = json.loads((tmp_path / "dpa" / "summary.json").read_text())
+    assert summary["data"]["train_ratings_not_trained"] == {"correctness": 14, "helpfulnes": 1}
