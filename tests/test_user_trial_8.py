@@ -27,9 +27,32 @@ def test_a_pami_vdpo_run_says_its_layout_and_calls_its_rows_single_response(tmp_
                       "perturbed images, or a `rejected_images` column); scoring with the padded layout (the prompt "
                       "computed once per side, same log-probs)."]
     assert trainer.layout == "padded"  # summary.json's `layout` (TrainingRun.summary_extras)
+    assert "rejected_answers_unused" not in trainer.data_report and not [x for x in lines if "are not used" in x]
     assert trainer.data_report["train_rows"]["kind"] == "single-response"
     # the batches are padded, as the line says: two rows per pair
     assert trainer.collate(trainer.train_data[:2]).input_ids.shape[0] == 4
+
+
+def test_a_pairs_file_given_to_pami_vdpo_says_its_rejected_answers_are_not_used(tmp_path, capsys, monkeypatch):
+    """Before: pami_vdpo on chosen/rejected rows took `chosen` as the answer and dropped every `rejected` answer
+    without a word (cat_adpo refuses such rows, naming vision_pairs: given)."""
+    from preflab.config import load_config
+    from preflab.data.vision import read_vision_pairs
+    from preflab.loops.vlm import VisionTrainer
+
+    monkeypatch.chdir(ROOT)
+    rows = "examples/vlm/data/pairs.jsonl"
+    assert read_vision_pairs(rows, responses_only=True)[1].rejected_unused == 8
+    assert read_vision_pairs(rows)[1].rejected_unused == 0  # vision_pairs: given reads them
+    assert read_vision_pairs("examples/vlm/data/sft.jsonl", responses_only=True)[1].rejected_unused == 0
+    trainer = VisionTrainer(load_config("examples/vlm/pami_vdpo.yaml", [
+        f"output_dir={tmp_path / 'pami'}", "dataset_name=examples/vlm/data/pairs.jsonl",
+        "vision_pair_params={num_candidates: 1, augmentations: [flip]}"]))
+    notes = [line for line in capsys.readouterr().out.splitlines() if "are not used" in line]
+    assert notes == ["preflab: note: data: examples/vlm/data/pairs.jsonl: vision_pairs: pami_vdpo reads one answer "
+                     "per row (`response`, else `chosen`) and builds the rejected side itself; the `rejected` answers "
+                     "of 8 of the 8 rows are not used. To train on the given pairs, set vision_pairs: given."]
+    assert trainer.data_report["rejected_answers_unused"] == 8
 
 
 def test_the_layout_line_counts_the_pairs_with_their_own_rejected_images(tmp_path, capsys):

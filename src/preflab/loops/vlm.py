@@ -132,6 +132,12 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
     if rows_read is not None:
         rows_read.update(train=rows, eval=eval_rows)
     report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
+    unused = getattr(row_report, "rejected_unused", 0)
+    if unused:  # a pairs file given to a builder of one-answer rows: its rejected answers are not trained on
+        report["rejected_answers_unused"] = unused
+        print(f"preflab: note: data: {row_report.source}: vision_pairs: {builder} reads one answer per row (`response`, "
+              f"else `chosen`) and builds the rejected side itself; the `rejected` answers of {unused} of the "
+              f"{row_report.kept} rows are not used. To train on the given pairs, set vision_pairs: given.")
     for split, examples in (("train", rows), ("eval", eval_rows)):
         bare = image_free_rows(examples)
         note = image_free_note(bare, len(examples), "evaluated" if evaluated else split)
