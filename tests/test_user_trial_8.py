@@ -238,3 +238,20 @@ def test_a_rated_row_with_a_misspelt_attribute_is_said_not_trained_silently(tmp_
                      "reward_head_params.attributes."]
     summary = json.loads((tmp_path / "dpa" / "summary.json").read_text())
     assert summary["data"]["train_ratings_not_trained"] == {"correctness": 14, "helpfulnes": 1}
+
+
+@pytest.mark.parametrize("task, args, said", [
+    ("diffusion", ["--confidence", "1.5"], "--confidence must be in (0, 1), got 1.5."),
+    ("diffusion", ["--win-rate-prompts", "-2"], "--win-rate-prompts must be at least 1, got -2."),
+    ("diffusion", ["--batch-size", "0"], "--batch-size must be at least 1, got 0."),
+    ("vlm", ["--batch-size", "0"], "--batch-size must be at least 1, got 0."),
+    ("reward", ["--max-length", "0"], "--max-length must be at least 1, got 0."),
+])
+def test_routed_eval_tasks_refuse_out_of_range_numbers_before_loading(task, args, said, tmp_path, capsys):
+    """Before: `--task diffusion --confidence 1.5` was a StatisticsError traceback after both pipelines had sampled,
+    `--win-rate-prompts 0` a tokenizer IndexError, `--win-rate-prompts -2` judged all prompts but the last two."""
+    from preflab.cli import main
+
+    missing = tmp_path / "no-run"  # refused before the run is looked at
+    assert main(["eval", str(missing), "--task", task, "--data", str(tmp_path / "d.jsonl"), *args]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"preflab: error: {said}"
