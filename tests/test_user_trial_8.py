@@ -255,3 +255,31 @@ def test_routed_eval_tasks_refuse_out_of_range_numbers_before_loading(task, args
     missing = tmp_path / "no-run"  # refused before the run is looked at
     assert main(["eval", str(missing), "--task", task, "--data", str(tmp_path / "d.jsonl"), *args]) != 0
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"preflab: error: {said}"
+
+
+def test_pickscores_that_reorder_pick_a_pic_labels_are_counted_and_said():
+    """Before: with ps_score_0 / ps_score_1 present the scores ordered every Pick-a-Pic pair (SmPO's rule) for every
+    loss_type, so a diffusion_dpo run trained some pairs against their human label_0, and kept label_0 ties as
+    pairs, without a word."""
+    from preflab.diffusion.data import load_image_pairs
+
+    images = ROOT / "examples/diffusion/data/images"
+    a, b = str(images / "train-0-chosen.png"), str(images / "train-0-rejected.png")
+    row = {"caption": "a red disc", "jpg_0": a, "jpg_1": b}
+    rows = [{**row, "label_0": 1, "ps_score_0": 0.25, "ps_score_1": 0.20},   # agrees
+            {**row, "label_0": 1, "ps_score_0": 0.20, "ps_score_1": 0.25},   # reversed: jpg_1 first
+            {**row, "label_0": 0, "ps_score_0": 0.25, "ps_score_1": 0.20},   # reversed: jpg_0 first
+            {**row, "label_0": 0.5, "ps_score_0": 0.21, "ps_score_1": 0.24},  # a tie ordered by the scores
+            {**row, "label_0": 0.5},                                          # a tie, no scores: dropped
+            {**row, "label_0": 0}]                                            # no scores: the label orders
+    examples, report = load_image_pairs(rows, resolution=16)
+    assert [x.chosen_ref.field for x in examples] == ["jpg_0", "jpg_1", "jpg_0", "jpg_1", "jpg_1"]
+    assert (report.label_reversed_by_scores, report.label_ties_ordered_by_scores, report.ties_dropped) == (2, 1, 1)
+    assert report.to_dict()["label_reversed_by_scores"] == 2 and report.to_dict()["label_ties_ordered_by_scores"] == 1
+    assert report.scores_note() == (
+        "<rows>: 2 pair(s) whose ps_score_0 / ps_score_1 order reverses label_0 and 1 label_0 tie(s) (0.5) kept as "
+        "pairs ordered by their scores: with both PickScores the scores order a Pick-a-Pic pair (SmPO's rule, the "
+        "reward model over the human label), for every loss_type. To train on the human labels, drop the "
+        "ps_score_0 / ps_score_1 columns.")
+    agreeing, plain = load_image_pairs(rows[:1] + rows[4:], resolution=16)
+    assert plain.scores_note() is None and "label_reversed_by_scores" not in plain.to_dict()

@@ -322,6 +322,10 @@ class DiffusionRun(TrainingRun):
 
                 print("preflab: note: data: " + repeats_note(out["duplicate_train_pairs"], "pair(s)",
                                                              "caption and image pixels"))
+        for read in (report, eval_report):
+            note = read.scores_note() if read is not None and self.main else None
+            if note:
+                print(f"preflab: note: data: {note}", flush=True)
         if self.self_npo:
             out["rejected_images_unused"] = self._note_unused_rejected(train)
         if self.dcpo and self.cfg.caption_perturbation != "none":
