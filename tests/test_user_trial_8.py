@@ -283,3 +283,25 @@ def test_pickscores_that_reorder_pick_a_pic_labels_are_counted_and_said():
         "ps_score_0 / ps_score_1 columns.")
     agreeing, plain = load_image_pairs(rows[:1] + rows[4:], resolution=16)
     assert plain.scores_note() is None and "label_reversed_by_scores" not in plain.to_dict()
+
+
+def test_a_model_dir_that_is_no_pipeline_is_refused_before_the_data_is_read(tmp_path, capsys):
+    """Before: the training set was read (every image decoded: hours for Pick-a-Pic) and its data line printed, then
+    the model directory was found to hold no model_index.json. Now the file checks come first (the data named here
+    does not even exist), and a folder with a config.json is said to be one model, not a pipeline."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.loops.diffusion import DiffusionRun
+
+    model = tmp_path / "vlm-run"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    cfg = config_from_dict({"task": "diffusion", "loss_type": "diffusion_dpo", "model_name_or_path": str(model),
+                            "dataset_name": str(tmp_path / "missing.jsonl"), "resolution": 16, "use_cpu": True,
+                            "output_dir": str(tmp_path / "out")})
+    with pytest.raises(ConfigError) as err:
+        DiffusionRun(cfg)
+    assert str(err.value) == (f"{model} is not a diffusers pipeline directory (no model_index.json) (it holds a "
+                              "config.json: one model, such as a transformers model or a single pipeline component, "
+                              "not a pipeline); save one with pipeline.save_pretrained(dir).")
+    assert "preflab: data:" not in capsys.readouterr().out

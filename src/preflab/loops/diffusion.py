@@ -250,6 +250,10 @@ class DiffusionRun(TrainingRun):
 
             # tokenizer: the pipeline carries its own tokenizers, so trust_remote_code loads nothing either
             check_given_models(cfg, pipeline, tokenizer=pipeline, what="pipeline", options=DIFFUSION_OPTIONS)
+        if pipeline is None:  # a wrong model_name_or_path stops before the data's images are decoded
+            from preflab.diffusion.pipeline import check_pipeline_files
+
+            check_pipeline_files(cfg.model_name_or_path, cfg.allow_pickle)
         if train_data is None:
             train_data, eval_data, self.data_report = self._prepare_data(reader)
         self.train_data, self.eval_data = train_data, eval_data or []
