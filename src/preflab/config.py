@@ -449,6 +449,11 @@ class TrainConfig:
                            "reward) has no LM head; remove it.")
         elif set_options(self, ("center_rewards_coefficient",)):
             out.append("center_rewards_coefficient only applies to task: reward.")
+        if self.task == "vlm" and self.layout in ("packed", "prefix_packed"):  # collate_vision_pairs builds neither
+            out.append(f"layout={self.layout!r} (or TRL's padding_free: true) is not built for task: vlm, which lays "
+                       "image-text pairs out as prefix_shared (the default: one row per pair where the model allows "
+                       "it) or padded; before, packed ran padded and prefix_packed ran prefix_shared without a word. "
+                       "Set layout: prefix_shared or padded.")
         if self.task != "reward" and set_options(self, ("reward_head", "reward_head_params")):
             out.append("reward_head / reward_head_params only apply to task: reward.")
         if (self.task == "reward" and self.reward_head not in ("bt", "em_mixture")

@@ -286,14 +286,16 @@ def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", m
     """Read and validate vision preference rows from any row source (file, directory, dataset, list of dicts), or a
     RowReader already opened on one (read as it was opened: preflab.data.sources.open_reader)."""
     reader = open_reader(source, split=split, limit=limit)
-    report = DataReport(source=reader.name, kind="pairwise")
+    report = DataReport(source=reader.name, kind="single-response" if responses_only else "pairwise")
     policy = BadRowPolicy(on_bad_row, report)
     out = []
+    report.rejected_unused = 0  # responses_only: kept rows whose own `rejected` answer the pair builder replaces
     for raw, example in policy.accepted(reader, lambda raw: vision_example(raw.data, raw.row_id, row_dir(raw),
                                                                            max_frames, responses_only)):
         out.append(keep_place(example, raw))
         form = vision_row_form(raw.data)
         report.forms[form] = report.forms.get(form, 0) + 1
+        report.rejected_unused += bool(responses_only and raw.data.get("rejected") is not None)
     report.examples = len(out)
     report.check()
     return out, report

@@ -91,11 +91,41 @@ class ImageDataReport(RowReport):
     ties_dropped: int = 0
     blank_lines: int = 0  # blank JSONL / CSV lines the reader skipped (not rows)
     forms: dict = field(default_factory=dict)
+    # Pick-a-Pic rows with both PickScores, which order the pair (SmPO's rule): those where that order reverses the
+    # human label_0, and label_0 ties (0.5) kept as a pair by the scores (score_order_against_label)
+    label_reversed_by_scores: int = 0
+    label_ties_ordered_by_scores: int = 0
 
     def to_dict(self) -> dict:
+        scored = {k: getattr(self, k) for k in ("label_reversed_by_scores", "label_ties_ordered_by_scores")
+                  if getattr(self, k)}
         return {"source": self.source, "total": self.total, "kept": self.kept, "skipped": dict(self.skipped),
                 "skipped_examples": list(self.skipped_examples), "ties_dropped": self.ties_dropped,
-                "forms": dict(self.forms)}
+                "forms": dict(self.forms), **scored}
+
+    def scores_note(self) -> str | None:
+        """The note when PickScores ordered some pairs against (or without) their human label_0; None if none."""
+        if not (self.label_reversed_by_scores or self.label_ties_ordered_by_scores):
+            return None
+        parts = [f"{n} {what}" for n, what in (
+            (self.label_reversed_by_scores, "pair(s) whose ps_score_0 / ps_score_1 order reverses label_0"),
+            (self.label_ties_ordered_by_scores, "label_0 tie(s) (0.5) kept as pairs ordered by their scores")) if n]
+        return (f"{self.source}: {' and '.join(parts)}: with both PickScores the scores order a Pick-a-Pic pair "
+                "(SmPO's rule, the reward model over the human label), for every loss_type. To train on the human "
+                "labels, drop the ps_score_0 / ps_score_1 columns.")
+
+
+def score_order_against_label(row: dict) -> str | None:
+    """For a kept Pick-a-Pic row with both PickScores: 'reversed' when the scores' order (build_example's
+    first_wins) contradicts label_0 (0 or 1), 'tie' when label_0 is 0.5 (a human tie the scores order); else None."""
+    if not all(k in row for k in PICKAPIC):
+        return None
+    s0, s1, label = _number(row, "ps_score_0"), _number(row, "ps_score_1"), _number(row, "label_0")
+    if s0 is None or s1 is None or s0 == s1:
+        return None
+    if label == 0.5:
+        return "tie"
+    return "reversed" if (s0 > s1) != (label == 1.0) else None
 
 
 def _text(row: dict, name: str, required: bool = True) -> str | None:
@@ -290,6 +320,9 @@ def load_image_pairs(source, *, split: str = "train", resolution: int, resize: b
             report.ties_dropped += 1
             continue
         example.source = raw.file or reader.name
+        against = score_order_against_label(raw.data)
+        report.label_reversed_by_scores += against == "reversed"
+        report.label_ties_ordered_by_scores += against == "tie"
         form = _form(raw.data, image_only)
         report.forms[form] = report.forms.get(form, 0) + 1
         out.append(example)

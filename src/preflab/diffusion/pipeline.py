@@ -224,15 +224,7 @@ def _load_pipeline(name: str, allow_pickle: bool, trust_remote_code: bool, seed:
         from diffusers import DiffusionPipeline
     except ImportError as err:  # pragma: no cover
         raise PreflabError("diffusion runs need diffusers: pip install 'preflab[diffusion]'.") from err
-    from preflab.models.load import check_weights_safe
-
-    check_weights_safe(name, allow_pickle)
-    path = Path(name)
-    if path.exists() and not (path / "model_index.json").is_file():
-        raise ConfigError(f"{name} is not a diffusers pipeline directory (no model_index.json); save one with "
-                          "pipeline.save_pretrained(dir).")
-    if path.is_dir():
-        _check_component_folders(path, allow_pickle)
+    check_pipeline_files(name, allow_pickle)
     try:
         # SD 1.x pipelines list a safety checker (not loaded); others (SDXL, SD3) warn about the keyword
         index = DiffusionPipeline.load_config(name)
@@ -242,6 +234,26 @@ def _load_pipeline(name: str, allow_pickle: bool, trust_remote_code: bool, seed:
     except (OSError, ValueError, EnvironmentError) as err:
         raise ConfigError(f"could not load the diffusers pipeline {name!r}: {err}. Check the name (hub access or "
                           "HF_HUB_OFFLINE) or the directory.") from err
+
+
+def check_pipeline_files(name: str, allow_pickle: bool = False) -> None:
+    """The file checks of loading pipeline `name` (nothing is loaded; a builtin or hub name passes): a local path
+    without model_index.json, a component folder missing, pickle-only weights without allow_pickle. A diffusion run
+    calls it before reading its data, so a wrong model_name_or_path stops at once, not after every image of the
+    training set was decoded."""
+    if not name or name in (TINY, TINY_SD3, TINY_FLUX):
+        return
+    from preflab.models.load import check_weights_safe
+
+    check_weights_safe(name, allow_pickle)
+    path = Path(name)
+    if path.exists() and not (path / "model_index.json").is_file():
+        single = (" (it holds a config.json: one model, such as a transformers model or a single pipeline "
+                  "component, not a pipeline)" if (path / "config.json").is_file() else "")
+        raise ConfigError(f"{name} is not a diffusers pipeline directory (no model_index.json){single}; save one "
+                          "with pipeline.save_pretrained(dir).")
+    if path.is_dir():
+        _check_component_folders(path, allow_pickle)
 
 
 def _check_component_folders(path: Path, allow_pickle: bool = False) -> None:

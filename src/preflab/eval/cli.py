@@ -44,6 +44,24 @@ def refuse_unread_options(args, task: str) -> None:
         raise ConfigError(f"preflab eval --task {task} does not use {names} (it reads {reads}, --data-config, "
                           f"--out); remove "
                           f"{'it' if len(unread) == 1 else 'them'}.")
+    refuse_out_of_range(args, TASK_READS[task])
+
+
+# the counts of `preflab eval` (at least 1 when given) and --confidence (in (0, 1)); the policy eval checks the same
+COUNTS = ("batch_size", "limit", "win_rate_prompts", "max_new_tokens", "max_length", "max_prompt_length")
+
+
+def refuse_out_of_range(args, read) -> None:
+    """A count among `read` below 1, or a --confidence outside (0, 1), is a ConfigError naming the option, before
+    anything loads. The routed tasks (reward, diffusion, vlm) did not check: `--task diffusion --confidence 1.5`
+    was a StatisticsError traceback after both pipelines had sampled, `--win-rate-prompts 0` a tokenizer
+    IndexError, and `--win-rate-prompts -2` silently judged all prompts but the last two."""
+    if "confidence" in read and not 0 < args.confidence < 1:
+        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
+    for option in COUNTS:
+        value = getattr(args, option, None) if option in read else None
+        if value is not None and value < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
 
 
 def format_summary(result: dict, extra: tuple = ()) -> str:

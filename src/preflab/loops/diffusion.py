@@ -250,6 +250,10 @@ class DiffusionRun(TrainingRun):
 
             # tokenizer: the pipeline carries its own tokenizers, so trust_remote_code loads nothing either
             check_given_models(cfg, pipeline, tokenizer=pipeline, what="pipeline", options=DIFFUSION_OPTIONS)
+        if pipeline is None:  # a wrong model_name_or_path stops before the data's images are decoded
+            from preflab.diffusion.pipeline import check_pipeline_files
+
+            check_pipeline_files(cfg.model_name_or_path, cfg.allow_pickle)
         if train_data is None:
             train_data, eval_data, self.data_report = self._prepare_data(reader)
         self.train_data, self.eval_data = train_data, eval_data or []
@@ -322,6 +326,12 @@ class DiffusionRun(TrainingRun):
 
                 print("preflab: note: data: " + repeats_note(out["duplicate_train_pairs"], "pair(s)",
                                                              "caption and image pixels"))
+        for read in (report, eval_report):
+            note = read.scores_note() if read is not None and self.main else None
+            if note:
+                print(f"preflab: note: data: {note}", flush=True)
+        if self.self_npo:
+            out["rejected_images_unused"] = self._note_unused_rejected(train)
         if self.dcpo and self.cfg.caption_perturbation != "none":
             self._perturb_captions(train + evals)
         if self.dcpo:
@@ -471,7 +481,7 @@ class DiffusionRun(TrainingRun):
         states = self._cached("text", encoders, [repr(texts), comps.tokenizer.model_max_length], encode_texts)
         self.text = {t: {k: v[i] for k, v in states.items()} for i, t in enumerate(texts)}
         self.latents = {}
-        sides = [(x, s) for x in examples for s in ("chosen", "rejected") if getattr(x, f"{s}_ref") is not None]
+        sides = [(x, s) for x in examples for s in self._trained_sides() if getattr(x, f"{s}_ref") is not None]
         if self.cfg.cache_encodings and sides:
 
             def encode_latents():
@@ -551,11 +561,29 @@ class DiffusionRun(TrainingRun):
         self.encodings_cache = str(path.parent)
         return values
 
+    def _trained_sides(self) -> tuple[str, ...]:
+        """The images of a row the run trains on: both sides of a pair, or for self_npo (one image per row) the
+        chosen one alone (a pair row's rejected image is never encoded; _note_unused_rejected says so)."""
+        return ("chosen",) if self.self_npo else ("chosen", "rejected")
+
+    def _note_unused_rejected(self, train) -> int:
+        """self_npo on preference pairs: the count of training rows whose rejected image it does not use (Self-NPO
+        needs no preference data: it distils the model's own negative from image + caption rows), said in a note.
+        Before, a pair file given to self_npo (examples/diffusion/self_npo.yaml's) trained on the chosen images and
+        set the rejected ones aside without a word."""
+        unused = sum(1 for x in train if x.rejected_ref is not None) if self.self_npo else 0
+        if unused and self.main and not self.scores_held_out:
+            print(f"preflab: note: data: self_npo trains on one image per row: {unused} of the {len(train)} training "
+                  "rows are preference pairs, of which it uses the chosen image (with its caption) and not the "
+                  f"rejected one ({unused} rejected images unused). Self-NPO needs no preferences: rows {{prompt, "
+                  "image}, or prompts alone, train it the same way.", flush=True)
+        return unused
+
     def _latents_of(self, examples, store: bool = False):
         from preflab.diffusion.pipeline import encode_images
 
         key = lambda x, side: (id(x), side)  # noqa: E731
-        missing = [(x, s) for x in examples for s in ("chosen", "rejected")
+        missing = [(x, s) for x in examples for s in self._trained_sides()
                    if getattr(x, f"{s}_ref") is not None and key(x, s) not in self.latents]
         fresh = {}
         if missing:

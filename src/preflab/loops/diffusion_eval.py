@@ -103,15 +103,53 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             policy = sample_images(run.components, run.module.unet.eval(), prompts, seeds, cfg.sample_steps,
                                    cfg.guidance_scale)
             baseline = sample_images(ref, run.reference, prompts, seeds, cfg.sample_steps, cfg.guidance_scale)
-            p_scores = [float(v) for v in reward_fn(policy, prompts)]
-            r_scores = [float(v) for v in reward_fn(baseline, prompts)]
+            p_scores = image_rewards(reward_fn, policy, prompts, "trained")
+            r_scores = image_rewards(reward_fn, baseline, prompts, "reference")
             rate = win_rate(p_scores, r_scores, confidence)
+            both = [(a, b) for a, b in zip(p_scores, r_scores) if a is not None and b is not None]
             out["metrics"].update({"win_rate": rate.win_rate, "win_rate/ci_low": rate.ci_low,
                                    "win_rate/ci_high": rate.ci_high,
-                                   "reward/policy": sum(p_scores) / len(p_scores),
-                                   "reward/reference": sum(r_scores) / len(r_scores)})
+                                   "reward/policy": sum(a for a, _ in both) / len(both),
+                                   "reward/reference": sum(b for _, b in both) / len(both)})
             out["win_rate"] = rate.to_dict()
+            out["notes"] += [n for n in (win_rate_note(rate),) if n]
     return out
+
+
+def image_rewards(reward_fn, images: torch.Tensor, prompts: list[str], whose: str) -> list[float | None]:
+    """--reward-fn's scores of `images` (uint8 [N, 3, S, S], one per prompt): one finite number per image, None where
+    it gave None / NaN / inf (no verdict: preflab.eval.winrate). A function that raises, or that returns another count
+    than N, is a ConfigError naming it; before, N - 1 scores were zipped with the other side's and the win rate was
+    silently over the first N - 1 prompts (and a raise was a traceback after both pipelines had sampled)."""
+    from preflab.eval.winrate import _finite
+
+    name = getattr(reward_fn, "__name__", type(reward_fn).__name__)
+    try:
+        scores = reward_fn(images, prompts)
+        values = [_finite(v) for v in (scores.flatten().tolist() if isinstance(scores, torch.Tensor) else scores)]
+    except Exception as err:  # the user's code: any exception it raises is its own verdict on these images
+        raise ConfigError(f"--reward-fn {name} raised {type(err).__name__} on the {whose} pipeline's samples "
+                          f"(images uint8 {list(images.shape)}, {len(prompts)} prompts): {err}. It is called as "
+                          "f(images, prompts) and returns one score per image.") from err
+    if len(values) != len(prompts):
+        raise ConfigError(f"--reward-fn {name} returned {len(values)} scores for the {whose} pipeline's "
+                          f"{len(prompts)} images; it must return one per image (None where it cannot score one).")
+    return values
+
+
+def win_rate_note(rate) -> str | None:
+    """A note when every compared prompt is a tie: the reward scored the trained and the reference pipeline's
+    images alike (a constant function, or samples that did not change), so the win rate of 1/2 measures nothing;
+    and when some prompts had no score (left out of n). None otherwise."""
+    notes = []
+    if rate.n and rate.ties == rate.n:
+        notes.append(f"all {rate.n} compared prompts are ties (the reward function gave the trained and the reference "
+                     "pipeline's images the same score: a constant function, or samples that did not change), so "
+                     "win_rate 0.5 says nothing about the run")
+    if rate.failed:
+        notes.append(f"{rate.failed} prompt(s) had no score (None, NaN or inf from the reward function) and are left "
+                     f"out of the win rate (n = {rate.n})")
+    return "; ".join(notes) or None
 
 
 def image_training_rows(saved: dict, run):
@@ -184,5 +222,6 @@ def eval_task(args) -> int:
                                     num_prompts=args.win_rate_prompts, confidence=args.confidence,
                                     batch_size=args.batch_size, split=args.split)
     path = write_json(eval_json_path(args.checkpoint, args.out), result)
-    print(format_summary({**result, "path": str(path)}, extra=("implicit_accuracy", "loss")))
+    print(format_summary({**result, "path": str(path)}, extra=("implicit_accuracy", "loss", "reward/policy",
+                                                                "reward/reference")))
     return 0

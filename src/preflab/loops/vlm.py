@@ -132,6 +132,12 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
     if rows_read is not None:
         rows_read.update(train=rows, eval=eval_rows)
     report = {"train_rows": row_report.to_dict(), "vision_pairs": builder}
+    unused = getattr(row_report, "rejected_unused", 0)
+    if unused:  # a pairs file given to a builder of one-answer rows: its rejected answers are not trained on
+        report["rejected_answers_unused"] = unused
+        print(f"preflab: note: data: {row_report.source}: vision_pairs: {builder} reads one answer per row (`response`, "
+              f"else `chosen`) and builds the rejected side itself; the `rejected` answers of {unused} of the "
+              f"{row_report.kept} rows are not used. To train on the given pairs, set vision_pairs: given.")
     for split, examples in (("train", rows), ("eval", eval_rows)):
         bare = image_free_rows(examples)
         note = image_free_note(bare, len(examples), "evaluated" if evaluated else split)
@@ -171,6 +177,8 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
               if f"{split}_tokenize" in report)
     counts = (f"{len(out[0])} pairs to evaluate" if evaluated else
               f"{len(out[0])} train pairs, {len(out[1])} eval pairs")
+    if builder != "given":  # the rows hold one answer each (the data line's kind says single-response)
+        counts = f"vision_pairs: {builder} built {counts}"
     print(f"preflab{' eval' if evaluated else ''}: vision data: {row_report.summary()}; {counts}"
           + (f"; {cut} responses truncated (max_length={cfg.max_length}, max_completion_length="
              f"{cfg.max_completion_length})" if cut else ""))
@@ -194,14 +202,19 @@ def repeated_vision_pairs(pairs) -> int:
     return count_repeats(vision_pairs_fingerprint([pair]) for pair in pairs)
 
 
-def vision_layout_choice(layout: str, *models) -> str:
-    """prefix_shared when asked for and every model allows it (1-D positions, custom 4-D masks), else padded.
+def vision_layout_choice(layout: str, *models, splits: dict | None = None) -> str:
+    """prefix_shared when asked for, every model allows it (1-D positions, custom 4-D masks) and some pair of
+    `splits` ({"train": TokenizedVisionPairs, "eval": ...}) can share its prompt, else padded.
 
     The fallback is right, not a fault: Qwen2-VL / Qwen2.5-VL compute 3-D rotary positions from the image grid
-    inside transformers (get_rope_index), which a shared prompt's rejected half would restart. As `layout`'s
-    default is prefix_shared, every run of such a model takes it, so it is one preflab note line per run (the
-    trainer, eval included, calls this once), not a Python UserWarning with a source line."""
+    inside transformers (get_rope_index), which a shared prompt's rejected half would restart; a pair whose
+    rejected side has its own images (PaMi-VDPO's perturbed images, a `rejected_images` column) has two prompts.
+    As `layout`'s default is prefix_shared, every run of such a model or data takes it, so it is one preflab line
+    per run (the trainer, eval included, calls this once), not a Python UserWarning with a source line. Before,
+    the data's fallback (made per batch by collate_vision_pairs) said nothing, and summary.json's `layout` said
+    prefix_shared for a pami_vdpo run scored wholly padded."""
     from preflab.models.vlm import shared_prompt_support
+    from preflab.scoring.vlm import unshareable_pairs
 
     if layout not in ("prefix_shared", "prefix_packed"):
         return "padded"
@@ -213,6 +226,20 @@ def vision_layout_choice(layout: str, *models) -> str:
             print(f"preflab: layout: {layout} needs 1-D positions, but {why}; scoring with the padded layout "
                   "(the prompt computed once per side, same log-probs).")
             return "padded"
+    pairs = [p for split in (splits or {}).values() for p in (split or ())]
+    unshared = unshareable_pairs(pairs)
+    if unshared:
+        counted = f"all {unshared} pairs" if unshared == len(pairs) else f"{unshared} of the {len(pairs)} pairs"
+        why = (f"{counted} score the rejected answer on other images than the chosen (input-side negatives: "
+               "vision_pairs: pami_vdpo's perturbed images, or a `rejected_images` column)"
+               if all(p.rejected_prompt_ids is not None for p in pairs if unshareable_pairs([p])) else
+               f"{counted} have input-side negatives or per-token processor inputs")
+        if unshared == len(pairs):
+            print(f"preflab: layout: {layout} shares one prompt per pair, but {why}; scoring with the padded "
+                  "layout (the prompt computed once per side, same log-probs).")
+            return "padded"
+        print(f"preflab: layout: {layout} shares one prompt per pair, but {why}; a batch holding one of them is "
+              "scored with the padded layout (same log-probs), the others with prefix_shared.")
     return "prefix_shared"
 
 
@@ -226,7 +253,8 @@ class VisionTrainer(Trainer):
     def layout(self) -> str:
         """vision_layout_choice in place of the text models' check (Trainer.layout): read as the run is built, or,
         for a FlexAttention policy on the CPU (train() refuses it), when evaluate() first needs it."""
-        return vision_layout_choice(self.cfg.layout, self.policy, self.ref)
+        return vision_layout_choice(self.cfg.layout, self.policy, self.ref,
+                                    splits={"train": self.train_data, "eval": self.eval_data})
 
     def __init__(self, cfg, policy=None, ref=None, processor=None, train_data=None, eval_data=None, reader=None):
         from preflab.data.vision_pairs import check_builder

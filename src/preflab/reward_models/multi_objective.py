@@ -327,11 +327,35 @@ def load_rated(source, attributes: Sequence[str], *, split: str = "train", respo
             if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
                 raise RowProblem("bad_rating", name, f"the rating {v!r} is not a finite number",
                                  "Give a number, or null when the row does not rate this attribute.")
+        if isinstance(row.get("ratings"), dict):  # a nested object's other keys are ratings too, not trained on
+            for key, value in ratings.items():
+                if key not in values and value is not None:
+                    unused[str(key)] = unused.get(str(key), 0) + 1
         return {"prompt": row["prompt"], response_field: row[response_field], "ratings": values}
 
+    unused: dict[str, int] = {}
     rows = [built for _, built in policy.accepted(reader, build)]
     report.examples = len(rows)
+    report.ratings_not_trained = unused  # read by unused_ratings_note (not a DataReport field: only rated rows)
     return rows, report
+
+
+def unused_ratings_note(unused: dict[str, int], attributes: Sequence[str], source: str) -> str | None:
+    """The note for the keys of kept rows' `ratings` objects that are not among `attributes` ({key: rows}): their
+    values are not trained on. A key close to an attribute's name is most likely that attribute misspelt (before, a
+    row rating {"helpfulnes": 2, "verbosity": 1} trained verbosity alone without a word); other keys (HelpSteer's
+    five attributes with two chosen) are said once. None when every key is an attribute."""
+    if not unused:
+        return None
+    import difflib
+
+    def said(key: str, rows: int) -> str:
+        close = difflib.get_close_matches(key, list(attributes), n=1, cutoff=0.8)
+        return f"{key!r} in {rows} row(s)" + (f" (a misspelt {close[0]!r}?)" if close else "")
+
+    keys = ", ".join(said(key, n) for key, n in sorted(unused.items()))
+    return (f"{source}: ratings not among reward_head_params.attributes {list(attributes)} are not trained on: "
+            f"{keys}. Fix a misspelt name in the rows, or add the attribute to reward_head_params.attributes.")
 
 
 def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
@@ -360,6 +384,12 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     if eval_report is not None:
         print(f"preflab: data (eval): {eval_report.summary()}")
     report = {"train_rows": row_report.to_dict(), "skipped": dict(row_report.to_dict().get("skipped", {}))}
+    for name, read in (("train", row_report), ("eval", eval_report)):
+        unused = getattr(read, "ratings_not_trained", None)
+        note = unused_ratings_note(unused, attributes, read.source) if read is not None else None
+        if note:
+            print(f"preflab: note: data{' (eval)' if name == 'eval' else ''}: {note}")
+            report[f"{name}_ratings_not_trained"] = unused
     if eval_report is not None:
         report["eval_rows"] = eval_report.to_dict()
     return train_multi_objective(cfg, rows, attributes, model=model, tokenizer=tokenizer, eval_rows=eval_rows,

@@ -85,7 +85,14 @@ def vision_layout(sequences, pad_id: int, row_ids=None, extras=None) -> VisionLa
 
 def can_share_prompt(pairs) -> bool:
     """Prefix sharing needs one prompt per pair (no input-side negatives) and no per-token processor inputs."""
-    return all(p.rejected_prompt_ids is None and not p.token_inputs for p in pairs)
+    return not unshareable_pairs(pairs)
+
+
+def unshareable_pairs(pairs) -> int:
+    """How many pairs cannot share their prompt: the rejected side has its own images (input-side negatives:
+    `rejected_images`, PaMi-VDPO's perturbed images) or the prompt has per-token processor inputs. A batch holding
+    one is scored with the padded layout (collate_vision_pairs)."""
+    return sum(1 for p in pairs if p.rejected_prompt_ids is not None or p.token_inputs)
 
 
 def collate_vision_pairs(pairs, pad_id: int, layout: str = "padded") -> VisionLayout:
