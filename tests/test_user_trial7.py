@@ -1,0 +1,112 @@
+"""User trial 7 (text models: DPO family, online loops, tool calling, optimizers, distillation, eval, report,
+resume, 2 processes): each test reproduces a finding and asserts the fixed message or value."""
+import json
+
+import pytest
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+
+ONLINE_TOOLS = {"task": "online", "online_task": "dataset", "trainer": "grpo", "model_name_or_path": "./toolmodel",
+                "dataset_name": "prompts.jsonl", "reward_funcs": "my_rewards.py:correct",
+                "tools": ["calculator", "mytools.py:multiply"], "max_steps": 2}
+
+
+# ------------------------------------------------------------------ report: a run trained with tools
+def test_the_report_does_not_point_a_tool_run_to_the_win_rate_preflab_eval_refuses(tmp_path):
+    """The report of a GRPO run with `tools:` said `no eval.json: run preflab eval RUN --data HELDOUT_PAIRS
+    --reward-fn my_rewards.py:correct`, which preflab eval refuses for such a run (its win rate samples plain
+    answers, without the tools). It now gives the pair-metrics command and names the run's own held-out evaluation."""
+    import yaml
+
+    from preflab.report.runs import eval_command, load_run
+
+    assert eval_command(ONLINE_TOOLS) == "preflab eval RUN_DIR --data HELDOUT_PAIRS"
+    without = {k: v for k, v in ONLINE_TOOLS.items() if k != "tools"}  # unchanged without tools
+    assert eval_command(without) == "preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn my_rewards.py:correct"
+    run_dir = tmp_path / "gt"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(ONLINE_TOOLS))
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 0.0, "reward": 0.1}) + "\n")
+    (run_dir / "config.json").write_text("{}")  # a final model is there
+    notes = load_run(run_dir).missing
+    hint = [n for n in notes if n.startswith("no eval.json")]
+    assert len(hint) == 1 and "--reward-fn" in hint[0].split(";")[1]  # named only as what is refused
+    assert hint[0].startswith(f"no eval.json: run `preflab eval {run_dir} --data HELDOUT_PAIRS` for ranking "
+                              "accuracy on held-out pairs")
+    assert "eval_dataset_name or eval_fraction: eval_reward, eval_win_rate_vs_reference, eval_tools/*" in hint[0]
+    # the "no eval rows" note names what an online run's evaluation logs, not a preference run's ranking accuracy
+    rows = [n for n in notes if n.startswith("no eval rows")]
+    assert rows == ["no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
+                    "eval_dataset_name) to log the reward of the policy's greedy answers to held-out prompts and "
+                    "their win rate against the starting policy's (eval_reward, eval_win_rate_vs_reference, and "
+                    "the tool loop's eval_tools/*)"]
+
+
+@pytest.mark.parametrize("config, logged", [
+    ({"task": "online", "online_task": "demo", "trainer": "grpo"},
+     "greedy answers to held-out prompts and their win rate against the starting policy's (eval_true_reward, "
+     "eval_win_rate_vs_reference)"),
+    ({"task": "online", "online_task": "dataset", "trainer": "grpo", "num_generations_eval": 4},
+     "sampled answers (num_generations_eval) to held-out prompts and their win rate against the starting "
+     "policy's (eval_reward, eval_win_rate_vs_reference)"),
+    ({"task": "online", "online_task": "game", "trainer": "inpo"},
+     "the policy's distance to the equilibrium (eval_tv_to_equilibrium, eval_duality_gap)"),
+    ({"task": "dpo"}, "held-out ranking accuracy and log-prob drift"),
+    ({"task": "sft"}, "the held-out loss and next-token accuracy (eval_loss, eval_mean_token_accuracy)"),
+])
+def test_the_no_eval_rows_note_names_what_the_runs_evaluation_logs(config, logged):
+    """Every online run was told to set an eval set "to log held-out ranking accuracy and log-prob drift", which
+    an online run never logs (online/run.py evaluate: eval_reward / eval_true_reward, the win rate; the game's
+    distance to the equilibrium)."""
+    from preflab.report.runs import eval_rows_log
+
+    assert eval_rows_log(config).endswith(logged)
+
+
+# ------------------------------------------------------------------ distillation: the teacher's tokenizer
+def test_a_teacher_with_another_tokenizer_is_refused_under_its_own_option(tmp_path):
+    """A teacher saved with another tokenizer of the same size was refused as `ref_model_name_or_path='./teacher'
+    has its own tokenizer ...; Use a reference with the policy's tokenizer`, an option the distillation config does
+    not have. The refusal (unchanged) now names teacher_model_name_or_path and the teacher."""
+    from preflab.models.load import load_models, load_tokenizer
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    teacher = tmp_path / "teacher"
+    tiny_causal_lm(tiny_tokenizer("whitespace"), arch="qwen2", vocab_size=300, hidden_size=16,
+                   num_layers=1).save_pretrained(teacher)
+    tiny_tokenizer("whitespace").save_pretrained(teacher)
+    cfg = config_from_dict({"task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                            "teacher_model_name_or_path": str(teacher)})
+    with pytest.raises(ConfigError) as err:
+        load_models(cfg, load_tokenizer(cfg.model_name_or_path))
+    assert str(err.value).startswith(f"teacher_model_name_or_path={str(teacher)!r} has its own tokenizer, which "
+                                     "gives ")
+    assert str(err.value).endswith("the teacher would score other tokens than the policy. Use a teacher with the "
+                                   "policy's tokenizer.")
+    tiny_tokenizer("bytelevel").save_pretrained(teacher)  # the student's tokenizer beside it: the teacher loads
+    policy, ref = load_models(cfg, load_tokenizer(cfg.model_name_or_path))
+    assert ref is not None and not any(p.requires_grad for p in ref.parameters())
+
+
+# ------------------------------------------------------------------ a saved GRPOConfig
+def test_a_saved_grpoconfig_trains_the_recipe_of_its_loss_type():
+    """A GRPOConfig dump (args.to_dict()) with no task stopped on `generation_batch_size, num_generations,
+    reward_funcs only apply to task: online ...; remove them`, and with task: online on `Set trainer: dapo and leave
+    loss_type out` (the loss_type may stay). A full dump now gets task: online and trainer: <its loss_type>, as a
+    saved RLOOConfig gets trainer: rloo; a hand-written loss_type: dapo without trainer is still refused."""
+    trl = pytest.importorskip("trl")
+    base = {"model_name_or_path": "builtin:demo-sft", "dataset_name": "prompts.jsonl", "reward_funcs": "m:f"}
+    for loss in ("dapo", "grpo", "cispo"):
+        raw = trl.GRPOConfig(output_dir="out", bf16=False, use_cpu=True, max_steps=2, loss_type=loss).to_dict()
+        cfg = config_from_dict({**base, **raw})
+        assert (cfg.task, cfg.trainer, cfg.objective().loss_type) == ("online", loss, loss)
+    raw = trl.GRPOConfig(output_dir="out", bf16=False, use_cpu=True, max_steps=2).to_dict()
+    assert config_from_dict({**base, **raw, "task": "online"}).trainer == "dapo"
+    with pytest.raises(ConfigError, match=r"`trainer: dapo` \(got trainer 'grpo'\)"):  # a disagreement: refused
+        config_from_dict({**base, **raw, "trainer": "grpo"})
+    with pytest.raises(ConfigError, match=r"Set task: online, trainer: dapo"):  # a task written against the dump
+        config_from_dict({**base, **raw, "task": "dpo"})
+    with pytest.raises(ConfigError) as err:  # hand-written: no inference
+        config_from_dict({**base, "task": "online", "loss_type": "dapo"})
+    assert str(err.value).endswith("Set trainer: dapo (loss_type: dapo may stay, or leave it out).")
