@@ -110,3 +110,48 @@ def test_a_saved_grpoconfig_trains_the_recipe_of_its_loss_type():
     with pytest.raises(ConfigError) as err:  # hand-written: no inference
         config_from_dict({**base, "task": "online", "loss_type": "dapo"})
     assert str(err.value).endswith("Set trainer: dapo (loss_type: dapo may stay, or leave it out).")
+
+
+# ------------------------------------------------------------------ preflab eval --task distill
+def test_preflab_eval_task_distill_counts_training_rows_and_takes_a_small_file(tmp_path, capsys):
+    """`preflab eval RUN --task distill --data F`: a held-out file of fewer rows than the run's global batch stopped
+    on "7 training rows are fewer than one global batch" (the eval built its trainer on the rows as training data);
+    the run's own training file, or rows it trained on, got no word (every other eval task says so: eval.json
+    overlap_with_training); and a training-time note "eval_steps=..., but there is no eval set" was printed about
+    the eval's own config. Now a 3-row file (2 training rows, 1 new) is evaluated and counted: 2 rows and 2 prompts
+    the run trained on; the training file itself gets the training-data note."""
+
+    from preflab.cli import main
+    from preflab.loops.distill import DistillTrainer
+
+    train = tmp_path / "train.jsonl"
+    rows = [{"prompt": f"echo: {w} cat\n", "completion": f"{w.upper()} CAT"} for w in
+            ("kit", "hat", "owl", "box", "sun", "map", "pen", "cup")]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = tmp_path / "run"
+    cfg = config_from_dict({"task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(train),
+                            "teacher_model_name_or_path": "builtin:tiny-qwen2", "per_device_train_batch_size": 8,
+                            "max_length": 64, "max_steps": 1, "eval_steps": 1, "eval_fraction": 0.0,
+                            "use_cpu": True, "disable_tqdm": True, "seed": 0, "output_dir": str(run)})
+    DistillTrainer(cfg).train()
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + [{"prompt": "echo: new dog\n",
+                                                                        "completion": "NEW DOG"}]))
+    capsys.readouterr()
+    assert main(["eval", str(run), "--task", "distill", "--data", str(held), "--out", str(tmp_path / "e.json")]) == 0
+    said = capsys.readouterr()
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["num_rows"] == 3 and got["missing"] == {}
+    assert got["overlap_with_training"] == {"prompts": 2, "pairs": 2, "rows": 3, "checked_against": str(train),
+                                            "split": "train", "training_sequences": 8}
+    assert got["notes"] == [f"2 of 3 eval rows (66.7%) have a prompt the run trained on, and 2 (66.7%) are rows the "
+                            "run trained on (the same text, prompt + completion or messages), compared with the run's "
+                            f"training data {train} (dataset_name, split train): these metrics are partly on training "
+                            "data, not held-out; evaluate rows whose prompts the run did not train on for "
+                            "generalization"]
+    assert "but there is no eval set" not in said.out + said.err
+    assert main(["eval", str(run), "--task", "distill", "--data", str(train), "--out", str(tmp_path / "t.json")]) == 0
+    own = json.loads((tmp_path / "t.json").read_text())
+    assert own["overlap_with_training"]["pairs"] == 8 and own["notes"] == [
+        f"--data {train} (split train) is the run's training data (dataset_name): every row was trained on, so these "
+        "metrics are not held-out; evaluate a held-out file for generalization"]
