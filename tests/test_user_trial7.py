@@ -155,3 +155,50 @@ def test_preflab_eval_task_distill_counts_training_rows_and_takes_a_small_file(t
     assert own["overlap_with_training"]["pairs"] == 8 and own["notes"] == [
         f"--data {train} (split train) is the run's training data (dataset_name): every row was trained on, so these "
         "metrics are not held-out; evaluate a held-out file for generalization"]
+
+
+# ------------------------------------------------------------------ tools offered, never used (or always failing)
+def test_a_tool_run_whose_model_never_calls_a_tool_is_told_so():
+    """A GRPO run with `tools:` whose completions never called a tool (a model that does not know the template's
+    tool format, or a template that does not show the tools) ended with tools/call_frequency 0 in every row and no
+    word: it trained as plain GRPO. The run's end and the report now say it, and also when every call failed."""
+    from preflab.report.data_notes import online_notes, tool_use_note
+
+    unused = {"rounds": 2, "completions": 8, "tool_calls": 0, "tool_failures": 0, "tool_timeouts": 0}
+    said = ("tools: no completion of the 2 training round(s) called a tool (online.tool_calls 0, tools/call_frequency "
+            "0), so the run trained as it would without tools; check that the chat template shows the tools to the "
+            "model and that it writes calls the response parser reads")
+    assert tool_use_note(unused) == said and online_notes({"online": unused}) == [said]
+    failing = {**unused, "tool_calls": 5, "tool_failures": 5}
+    assert tool_use_note(failing).startswith("tools: every one of the 5 tool calls of the training rounds failed")
+    assert tool_use_note({**unused, "tool_calls": 5, "tool_failures": 4}) is None  # some calls answered
+    assert tool_use_note({"rounds": 2, "completions": 8}) is None and online_notes(  # a run without tools
+        {"online": {"rounds": 2, "completions": 8}}) == []
+
+
+# ------------------------------------------------------------------ an example's eval_dataset_name left as it was
+@pytest.mark.parametrize("task", ["dpo", "sft"])
+def test_an_eval_data_error_names_eval_dataset_name(tmp_path, task):
+    """examples/dpo.yaml's comment said to override model_name_or_path and dataset_name; its eval_dataset_name still
+    named the hub dataset, and the error ("'trl-lib/ultrafeedback_binarized' was taken as a hub dataset name ...")
+    named no option, so it read as one about the dataset_name just given. The eval set's read errors now start with
+    eval_dataset_name=..., for the DPO family's reader and train_and_eval's (SFT, online, VLM, ...); the comment
+    names eval_dataset_name too."""
+    from pathlib import Path
+
+    from preflab.errors import DataError
+    from preflab.loops.sft import SFTTrainer
+    from preflab.loops.offline import Trainer
+
+    data = str(Path(__file__).resolve().parents[1] / "examples/data/" /
+               ("loud_echo_pairs.jsonl" if task == "dpo" else "loud_echo_sft.jsonl"))
+    missing = str(tmp_path / "held.jsonl")
+    cfg = config_from_dict({"task": task, "model_name_or_path": "builtin:tiny-llama", "dataset_name": data,
+                            "eval_dataset_name": missing, "max_steps": 1, "use_cpu": True, "disable_tqdm": True,
+                            "output_dir": str(tmp_path / "run")})
+    with pytest.raises(DataError) as err:
+        (Trainer if task == "dpo" else SFTTrainer)(cfg)
+    assert str(err.value).startswith(f"eval_dataset_name={missing!r}: data file or directory {missing!r} does not "
+                                     "exist")
+    comment = (Path(__file__).resolve().parents[1] / "examples/dpo.yaml").read_text().split("\n", 4)[2:4]
+    assert "dataset_name=/path/to/pairs.jsonl" in comment[0] and "eval_dataset_name=/path/to/heldout.jsonl" in comment[1]

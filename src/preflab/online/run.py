@@ -1022,6 +1022,12 @@ class OnlineRun(TrainingRun):
                   "judge": self.judge.stats(), "reference_refreshes": self.refreshes}
         if getattr(self, "partial_last_round", None):
             extras["online"]["partial_last_round"] = dict(self.partial_last_round)
+        if self.tools and self.main:
+            from preflab.report.data_notes import tool_use_note
+
+            said = tool_use_note(self.counts)
+            if said:
+                print(f"preflab: note: {said}.", flush=True)
         quiet = self.counts.get("no_signal_rounds", 0)
         if quiet and self.main:
             print(f"preflab: note: {quiet} of {self.counts['rounds']} generation rounds gave every completion of a "
