@@ -202,3 +202,28 @@ def test_an_eval_data_error_names_eval_dataset_name(tmp_path, task):
                                      "exist")
     comment = (Path(__file__).resolve().parents[1] / "examples/dpo.yaml").read_text().split("\n", 4)[2:4]
     assert "dataset_name=/path/to/pairs.jsonl" in comment[0] and "eval_dataset_name=/path/to/heldout.jsonl" in comment[1]
+
+
+def test_a_policy_whose_template_cannot_call_tools_is_named_with_what_to_do():
+    """`tools: [calculator]` on builtin:tiny-qwen2 stopped on "tools: its chat template drops part of a tool-calling
+    conversation (...)", naming neither the model nor what to do. It now names model_name_or_path and the kind of
+    model tool calling needs; a template that renders tools but has no response_template keeps its own advice."""
+    import sys
+    from pathlib import Path
+
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.online.tool_calling import TEMPLATE_FIX, check_tool_tokenizer
+
+    with pytest.raises(ConfigError) as err:
+        check_tool_tokenizer(tiny_tokenizer("bytelevel"), None, "builtin:tiny-qwen2")
+    assert str(err.value).startswith("tools: its chat template drops part of a tool-calling conversation")
+    assert str(err.value).endswith(f"; the policy is model_name_or_path builtin:tiny-qwen2. {TEMPLATE_FIX}")
+    sys.path.insert(0, str(Path(__file__).parent / "online"))
+    from test_tool_calling import TEMPLATE
+
+    tok = tiny_tokenizer("char")
+    tok.chat_template = TEMPLATE  # renders tools, but has no response_template (and TRL does not know it)
+    with pytest.raises(ConfigError) as err:
+        check_tool_tokenizer(tok, None, "./toolmodel")
+    assert str(err.value).startswith("tools: the tokenizer has no response_template")
+    assert str(err.value).endswith("; the policy is model_name_or_path ./toolmodel.")

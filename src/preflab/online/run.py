@@ -333,7 +333,7 @@ class OnlineRun(TrainingRun):
             raise ConfigError("tools: the task's evaluation answers without tools (it is not online_task: dataset's "
                               "held-out evaluation, which answers with them), so its reward would not be the trained "
                               "agent's; give the task an evaluate that takes tools= and accelerator=, or none.")
-        check_tool_tokenizer(tokenizer, cfg.chat_template_kwargs)
+        check_tool_tokenizer(tokenizer, cfg.chat_template_kwargs, cfg.model_name_or_path)
         return tools
 
     def _shares_prompt(self) -> bool:
