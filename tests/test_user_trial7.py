@@ -227,3 +227,18 @@ def test_a_policy_whose_template_cannot_call_tools_is_named_with_what_to_do():
         check_tool_tokenizer(tok, None, "./toolmodel")
     assert str(err.value).startswith("tools: the tokenizer has no response_template")
     assert str(err.value).endswith("; the policy is model_name_or_path ./toolmodel.")
+
+
+def test_a_misspelt_optim_args_key_names_the_key_meant():
+    """optim_args: "momentum=0.9,centred=true" for rmsprop was refused listing the keys it reads; the one meant
+    (transformers' `centered`) is now named, as every misspelt option is."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "optim": "rmsprop",
+                          "optim_args": "momentum=0.9,centred=true"})
+    assert ("optim rmsprop does not read 'centred' (it reads momentum, alpha, eps, centered; transformers would "
+            "ignore it; did you mean 'centered'?)") in str(err.value)
+    with pytest.raises(ConfigError) as err:  # nothing close: no guess
+        config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "optim": "sgd",
+                          "optim_args": "lr_decay=0.1"})
+    assert "optim sgd does not read 'lr_decay' (it reads momentum, dampening, nesterov; transformers would ignore " \
+           "it)" in str(err.value)
