@@ -242,3 +242,26 @@ def test_a_misspelt_optim_args_key_names_the_key_meant():
                           "optim_args": "lr_decay=0.1"})
     assert "optim sgd does not read 'lr_decay' (it reads momentum, dampening, nesterov; transformers would ignore " \
            "it)" in str(err.value)
+
+
+@pytest.mark.parametrize("trainer, options, trains", [
+    ("grpo", {"beta": 0.0}, "nothing (beta 0: no KL term)"),
+    ("grpo", {"beta": 0.04}, "nothing but the KL term (beta 0.04)"),
+    ("dapo", {"beta": 0.0, "entropy_coef": 0.01}, "nothing but the entropy bonus (entropy_coef 0.01)"),
+    ("rloo", {"beta": 0.05}, "nothing (rloo's KL penalty is in the reward, not in the loss)"),
+])
+def test_a_round_without_reward_signal_says_what_its_steps_still_train(tmp_path, trainer, options, trains):
+    """A round whose every group was rewarded alike said its steps "train nothing but the KL term (beta 0)" for a
+    GRPO run without a KL term (the GRPO family's default), and the same for rloo, whose KL penalty is in the reward;
+    the note now says what the zero-advantage loss still holds."""
+    from preflab.online.run import OnlineRun
+
+    cfg = config_from_dict({"task": "online", "online_task": "demo", "trainer": trainer,
+                            "model_name_or_path": "builtin:tiny-llama", "max_steps": 1, "use_cpu": True,
+                            "output_dir": str(tmp_path), **options})
+    run = OnlineRun.__new__(OnlineRun)  # the rule reads the config, the recipe and the objective only
+    run.cfg, run.objective = cfg, cfg.objective()
+    from preflab.online_recipes import TRAINERS
+
+    run.spec = TRAINERS[trainer]
+    assert run._without_advantages() == trains

@@ -92,7 +92,8 @@ def online_notes(summary: dict) -> list[str]:
                      "groups) and were zero-gradient (online.empty_steps)")
     if _count(online.get("no_signal_rounds")):
         notes.append(f"generation: {online['no_signal_rounds']} of {online.get('rounds')} rounds gave every completion of "
-                     "every prompt the same reward, so they trained only the KL term (online.no_signal_rounds)")
+                     "every prompt the same reward: every advantage 0, so they trained no policy term (at most a KL term or "
+                     "entropy bonus; online.no_signal_rounds)")
     partial = online.get("partial_last_round")
     if isinstance(partial, dict) and _count(partial.get("steps_trained")):
         notes.append(f"generation: the last round ({partial.get('round')}) trained {partial['steps_trained']} of its "
