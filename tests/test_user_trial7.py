@@ -265,3 +265,16 @@ def test_a_round_without_reward_signal_says_what_its_steps_still_train(tmp_path,
 
     run.spec = TRAINERS[trainer]
     assert run._without_advantages() == trains
+
+
+def test_preflab_eval_of_a_mistyped_run_path_says_only_that(tmp_path, capsys):
+    """`preflab eval outputs/nothere --data F` printed "note: no --reference, and outputs/nothere has no saved run
+    config naming a model: the reference metrics ... are absent" before the error that the folder does not exist."""
+    from preflab.cli import main
+
+    missing = str(tmp_path / "nothere")
+    assert main(["eval", missing, "--data", str(tmp_path / "pairs.jsonl")]) != 0
+    said = capsys.readouterr()
+    assert said.err.strip() == (f"preflab: error: {missing} is not a directory; give a run directory saved by "
+                                "`preflab train`, a checkpoint-<step> directory, a builtin:tiny-* name or "
+                                "builtin:demo-sft.")
