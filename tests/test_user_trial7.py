@@ -278,3 +278,15 @@ def test_preflab_eval_of_a_mistyped_run_path_says_only_that(tmp_path, capsys):
     assert said.err.strip() == (f"preflab: error: {missing} is not a directory; give a run directory saved by "
                                 "`preflab train`, a checkpoint-<step> directory, a builtin:tiny-* name or "
                                 "builtin:demo-sft.")
+
+
+def test_a_misspelt_builtin_tool_names_the_tool_meant():
+    """tools: [calculater] was refused without the "Did you mean" that a misspelt function in a tools file gets."""
+    from preflab.online.tool_calling import load_tools
+
+    with pytest.raises(ConfigError) as err:
+        load_tools(["calculater"])
+    assert str(err.value).endswith("type hints and docstring.) Did you mean 'calculator'?")
+    with pytest.raises(ConfigError) as err:  # nothing close: no guess
+        load_tools(["search"])
+    assert str(err.value).endswith("type hints and docstring.)")

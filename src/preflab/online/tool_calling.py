@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, nearest
 
 CONTINUATION_SEED_STRIDE = 1_000_003
 
@@ -99,7 +99,8 @@ def load_tools(specs) -> list:
         else:
             raise ConfigError(f"tools: {spec!r} is not a built-in tool ({', '.join(BUILTIN_TOOLS)}), "
                               "'module:function' or 'path/to/file.py:function'. (TRL's GRPOTrainer takes functions, "
-                              "not JSON schemas: the schema is built from the function's type hints and docstring.)")
+                              "not JSON schemas: the schema is built from the function's type hints and docstring.)"
+                              + (nearest(spec, BUILTIN_TOOLS) if isinstance(spec, str) else ""))
         if not callable(fn):
             raise ConfigError(f"tools: {spec!r} is a {type(fn).__name__}, not a function.")
         try:
