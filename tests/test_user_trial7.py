@@ -34,7 +34,11 @@ def test_the_report_does_not_point_a_tool_run_to_the_win_rate_preflab_eval_refus
     assert len(hint) == 1 and "--reward-fn" in hint[0].split(";")[1]  # named only as what is refused
     assert hint[0].startswith(f"no eval.json: run `preflab eval {run_dir} --data HELDOUT_PAIRS` for ranking "
                               "accuracy on held-out pairs")
-    assert "eval_dataset_name or eval_fraction: eval_reward, eval_win_rate_vs_reference, eval_tools/*" in hint[0]
+    assert hint[0].endswith("(set eval_dataset_name or eval_fraction: eval_reward, eval_win_rate_vs_reference, "
+                            "eval_tools/*)")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**ONLINE_TOOLS, "eval_fraction": 0.5}))  # it has one
+    hint = [n for n in load_run(run_dir).missing if n.startswith("no eval.json")]
+    assert hint[0].endswith("(its eval rows in metrics.jsonl: eval_reward, eval_win_rate_vs_reference, eval_tools/*)")
     # the "no eval rows" note names what an online run's evaluation logs, not a preference run's ranking accuracy
     rows = [n for n in notes if n.startswith("no eval rows")]
     assert rows == ["no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "

@@ -315,8 +315,10 @@ def policy_eval_hint(path: Path, config: dict) -> str | None:
         return (f"no eval.json: run {command} for ranking accuracy on held-out pairs against the starting policy "
                 f"(the default reference, the run's model_name_or_path){late}; the run's answers call its tools, "
                 "which `preflab eval`'s win rate does not run (--reward-fn is refused for it): its win rate is the "
-                "run's own held-out evaluation with the tools (eval_dataset_name or eval_fraction: eval_reward, "
-                "eval_win_rate_vs_reference, eval_tools/*)")
+                "run's own held-out evaluation with the tools (" + ("its eval rows in metrics.jsonl" if
+                                                                   configured_eval_set(config) else
+                                                                   "set eval_dataset_name or eval_fraction")
+                + ": eval_reward, eval_win_rate_vs_reference, eval_tools/*)")
     if config.get("task") == "online":
         judge = ("(or --reward-model DIR, e.g. the run's judge)" if "MODULE:FUNCTION" in command else
                  "(the judge the run trained against)")
