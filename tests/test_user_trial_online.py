@@ -200,6 +200,8 @@ def test_a_group_run_whose_judge_gives_no_signal_says_so(tmp_path, capsys):
     summary = online_run(online_cfg(tmp_path, trainer="grpo", beta=0.0), judge=constant).train()
     err = capsys.readouterr().out
     assert "every advantage is 0" in err and "2 of 2 generation rounds" in err
+    # beta 0: there is no KL term to train (the note said "nothing but the KL term (beta 0)"; tests/test_user_trial7)
+    assert "the round's steps train nothing (beta 0: no KL term)." in err
     assert summary["online"]["no_signal_rounds"] == 2
     assert summary["final_metrics"]["grad_norm"] == 0.0
     informative = online_run(online_cfg(tmp_path / "e", trainer="grpo", beta=0.0)).train()

@@ -357,13 +357,14 @@ def _same(value, default) -> bool:
 def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value). written: the
     options the user wrote (preflab.config.written_keys; None: every key of `raw`), for NOTED_WHEN_WRITTEN."""
-    from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, method_from_trl_fields,
-                                            rlooconfig_trainer, task_from_trl_fields)
+    from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, grpoconfig_task_and_trainer,
+                                            method_from_trl_fields, rlooconfig_trainer, task_from_trl_fields)
 
     raw, notes, errors = dict(raw), [], []
     task_from_trl_fields(raw, notes)  # a saved RewardConfig / SFTConfig that names no task
     method_from_trl_fields(raw, notes, errors)  # CPOConfig / ORPOConfig: the method their fields say
     rlooconfig_trainer(raw, notes, errors)  # a saved RLOOConfig: trainer rloo
+    grpoconfig_task_and_trainer(raw, notes)  # a saved GRPOConfig: task online, trainer its loss_type
     _dataset_mixture(raw, notes, errors)  # TRL's DatasetMixtureConfig `datasets`
     _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round

@@ -4,6 +4,7 @@ something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, n
     method_from_trl_fields(raw, notes, errors)   # edits raw (loss_type, parameters) in place
     grpo_round_from_trl(raw, notes, errors)      # a saved GRPOConfig's round size (completions) in preflab's terms
     rlooconfig_trainer(raw, notes, errors)       # a saved RLOOConfig is trainer rloo
+    grpoconfig_task_and_trainer(raw, notes)      # a saved GRPOConfig: task online, trainer its loss_type
     task_from_trl_fields(raw, notes)             # a saved RewardConfig / SFTConfig without `task`: its task
 
 - CPOConfig: `cpo_alpha` or `simpo_gamma` in the config (every saved CPOConfig carries both). Its loss_type
@@ -13,6 +14,9 @@ something else in a CPOConfig (CPO's "sigmoid" is the reference-free CPO loss, n
 - ORPOConfig: a saved one (`args.to_dict()`: TrainingArguments' fields, ORPOConfig's `padding_value` and
   `is_encoder_decoder`) with no loss_type and none of DPOConfig's own fields -> `orpo`. Without TrainingArguments'
   fields (a trimmed dump) the same ORPO fields could be a TRL 0.2x DPOConfig's: refused, asking for loss_type.
+- GRPOConfig: a saved one (TrainingArguments' dump fields, `num_generations`, `scale_rewards`,
+  `importance_sampling_level` and a GRPOConfig `loss_type`) with no `task` -> `task: online`, and with no `trainer`
+  -> `trainer: <loss_type>`, with a note.
 - RewardConfig / SFTConfig: a saved one (TrainingArguments' dump fields) with no `task` -> `task: reward` (its own
   field `center_rewards_coefficient`, no `beta` or `loss_type`) or `task: sft` (`dataset_text_field`, `packing`,
   `completion_only_loss`; no teacher: a DistillationConfig / GKDConfig is config_trl's), with a note. Before, a
@@ -52,6 +56,31 @@ def task_from_trl_fields(raw: dict, notes: list) -> None:
     elif all(k in raw for k in SFT_CONFIG_MARKERS) and "beta" not in raw:
         raw["task"] = "sft"
         notes.append("a saved TRL SFTConfig (dataset_text_field, packing, completion_only_loss) -> task: sft.")
+
+
+GRPO_CONFIG_MARKERS = ("num_generations", "scale_rewards", "importance_sampling_level")  # GRPOConfig's (RLOOConfig
+# has num_generations only)
+GRPO_CONFIG_LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
+
+
+def grpoconfig_task_and_trainer(raw: dict, notes: list) -> None:
+    """A saved GRPOConfig (TrainingArguments' dump fields, GRPO_CONFIG_MARKERS, a GRPOConfig loss_type) is the
+    group recipe its loss_type names: with no task it gets task: online, and an online one with no trainer gets
+    trainer: <loss_type> (each with a note), as a saved RLOOConfig gets trainer: rloo. Before, such a dump without a
+    task was told to remove num_generations and reward_funcs (they "only apply to task: online"), and with task:
+    online it ran into trainer online_dpo's refusal of the loss_type."""
+    loss = raw.get("loss_type")
+    if not (isinstance(loss, str) and loss in GRPO_CONFIG_LOSS_TYPES and all(k in raw for k in DUMP_MARKERS)
+            and all(k in raw for k in GRPO_CONFIG_MARKERS) and not any(k in raw for k in RLOO_FIELDS)):
+        return
+    if "task" not in raw:
+        raw["task"] = "online"
+        notes.append(f"a saved TRL GRPOConfig (num_generations, scale_rewards, importance_sampling_level, loss_type "
+                     f"{loss}) -> task: online.")
+    if raw["task"] == "online" and raw.get("trainer") is None:
+        raw["trainer"] = loss
+        notes.append(f"a saved TRL GRPOConfig with loss_type {loss} -> trainer: {loss} (preflab's group recipe of "
+                     "that loss).")
 
 
 def method_from_trl_fields(raw: dict, notes: list, errors: list) -> None:

@@ -20,7 +20,7 @@ def grpo_loss_type_error(loss: str, trainer: str, task: str = "") -> str:
     """The refusal of a TRL GRPOConfig loss_type that preflab runs as the group recipe `trainer: <loss>` (task: the
     words that set task: online too, when the config is not online yet)."""
     return (f"loss_type={loss!r} is a TRL GRPOConfig loss_type; in preflab it is the group recipe `trainer: {loss}` "
-            f"(got trainer {trainer!r}). Set {task}trainer: {loss} and leave loss_type out.")
+            f"(got trainer {trainer!r}). Set {task}trainer: {loss} (loss_type: {loss} may stay, or leave it out).")
 
 
 # `trainer:` names of TRL online trainers preflab does not have -> their key in preflab._TRL_ABSENT (what the

@@ -135,7 +135,11 @@ def optim_arg_values(optim: str, text: str | None) -> dict:
                              "Trainer sets it on every parameter group); set weight_decay instead")
         if key not in known:
             reads = f"it reads {', '.join(known)}" if known else "it reads no optim_args"
-            raise ValueError(f"optim {optim} does not read {key!r} ({reads}; transformers would ignore it)")
+            import difflib
+
+            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)  # a misspelt key: the one meant
+            meant = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"optim {optim} does not read {key!r} ({reads}; transformers would ignore it{meant})")
         values[key] = _typed(known[key], key, value)
     for beta in ("beta1", "beta2", "beta3"):
         if not 0.0 <= values.get(beta, 0.0) < 1.0:

@@ -67,8 +67,8 @@ def test_report_notes_the_online_completions_cut_empty_or_unscored_and_the_steps
         "(judge/dropped)",
         "generation: 2 step(s) had no training examples (a round without pairs or groups) and were zero-gradient "
         "(online.empty_steps)",
-        "generation: 1 of 3 rounds gave every completion of every prompt the same reward, so they trained only the "
-        "KL term (online.no_signal_rounds)"]
+        "generation: 1 of 3 rounds gave every completion of every prompt the same reward: every advantage 0, so "
+        "they trained no policy term (at most a KL term or entropy bonus; online.no_signal_rounds)"]
     html = write_report([str(path)], str(tmp_path / "r.html")).read_text()
     assert "online: generation: of 384 completions, 4 reached max_completion_length" in html
 

@@ -21,10 +21,11 @@ reports and the tokenization cache key (which hashes the source's name) tell con
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -87,3 +88,17 @@ def eval_source(cfg):
     """What the readers read as the eval set: cfg.eval_dataset_name with eval_config(cfg) (data_source)."""
     option = "eval_dataset_config" if getattr(cfg, "eval_dataset_config", None) is not None else "dataset_config"
     return data_source(cfg.eval_dataset_name, eval_config(cfg), option, "eval_dataset_name")
+
+
+@contextmanager
+def naming_eval_data(cfg):
+    """Around reading eval_source(cfg): a DataError that does not name eval_dataset_name gets it in front
+    ("eval_dataset_name='X': ..."). The readers' messages name the data (a path that does not exist, a hub name
+    that cannot be reached) but not the option, and with dataset_name overridden on the command line an example's
+    eval_dataset_name still names its hub dataset: the error read as one about the data just given."""
+    try:
+        yield
+    except DataError as err:
+        if "eval_dataset_name" in str(err):
+            raise
+        raise type(err)(f"eval_dataset_name={cfg.eval_dataset_name!r}: {err}") from err

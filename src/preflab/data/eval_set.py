@@ -78,9 +78,10 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
     note_eval_steps_without_eval_set(cfg)
     name = cfg.eval_dataset_name
     if name:
-        from preflab.data.configured_source import eval_source
+        from preflab.data.configured_source import eval_source, naming_eval_data
 
-        evals, report = read_eval(eval_source(cfg), cfg.eval_split)
+        with naming_eval_data(cfg):
+            evals, report = read_eval(eval_source(cfg), cfg.eval_split)
         if not evals:
             said = describe(report) if describe is not None else _summary(report)
             raise DataError(f"the eval set (eval_dataset_name={name}) has no usable examples: {said}. Fix its rows "

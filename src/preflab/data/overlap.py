@@ -265,3 +265,25 @@ def sft_overlap_counts(train: list[SFTSequence], evals) -> dict:
         in_pairs += trained
         in_prompts += trained or digest(example.prompt) in prompts or a_text_begins_with(example.prompt)
     return {"prompts": in_prompts, "pairs": in_pairs, "rows": rows}
+
+
+def sft_row_overlap_counts(train: list[SFTSequence], evals: list[SFTSequence]) -> dict:
+    """training_overlap_counts' record for a `task: sft` run's rows `train` and eval SFT rows `evals` (preflab eval
+    --task distill), compared as the loader made the fields (strings, message lists), not as tokens:
+
+    prompts  eval rows with a prompt the run trained on: the row's prompt equals a training row's prompt, or its
+             whole sequence is counted below (a text row has no delimited prompt)
+    pairs    eval rows the run trained on: the whole sequence (a text, prompt + completion, a messages row) equals a
+             training row's
+    rows     len(evals)"""
+    def digest(value):
+        return _digest(_key(value))
+
+    prompts = {digest(s.prompt) for s in train if s.prompt is not None}
+    sequences = {digest(s.sequence) for s in train}
+    in_prompts = in_rows = 0
+    for example in evals:
+        trained = digest(example.sequence) in sequences
+        in_rows += trained
+        in_prompts += trained or (example.prompt is not None and digest(example.prompt) in prompts)
+    return {"prompts": in_prompts, "pairs": in_rows, "rows": len(evals)}

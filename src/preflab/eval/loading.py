@@ -102,6 +102,15 @@ def _base_name(cfg: dict, path: Path) -> str:
                        "base_model_name_or_path in adapter_config.json to the base model's directory.")
 
 
+def check_model_exists(name: str) -> None:
+    """A ConfigError unless `name` is a built-in model name or an existing directory (what `preflab eval` loads);
+    checked before anything is printed about the run, so a mistyped path gets this error alone (before: first a note
+    that the folder "has no saved run config naming a model")."""
+    if name in BUILTIN or name == DEMO_SFT or Path(name).is_dir():
+        return
+    raise ConfigError(f"{name} is not a directory; give a run directory saved by `preflab train`, a "
+                      f"checkpoint-<step> directory, a builtin:tiny-* name or {DEMO_SFT}.")
+
 def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
                   seed: int = 0, demo_sft=None, dtype="float32", init_kwargs: dict | None = None):
     """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
@@ -121,9 +130,7 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         check_same_tokenizer(name, own, tokenizer)
         return model.eval(), tokenizer or own
     path = Path(name)
-    if not path.is_dir():
-        raise ConfigError(f"{name} is not a directory; give a run directory saved by `preflab train`, a "
-                          f"checkpoint-<step> directory, a builtin:tiny-* name or {DEMO_SFT}.")
+    check_model_exists(name)
     check_weights_safe(str(path), allow_pickle)  # before anything else is read from the directory
     check_remote_code(str(path), trust_remote_code, "model")  # transformers' own refusal names the hub
     cfg = run_config(path)

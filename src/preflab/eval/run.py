@@ -36,7 +36,8 @@ from typing import Callable
 
 import torch
 
-from preflab.data.overlap import content_key, prompt_key, sft_overlap_counts
+from preflab.data.overlap import (content_key, prompt_key, sft_overlap_counts,
+                                  sft_row_overlap_counts)
 from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
@@ -576,6 +577,10 @@ SFT_SEQUENCES = OverlapRule(
     same_row="prompt + chosen or prompt + rejected is one of its SFT sequences: a text, a prompt + completion or a "
              "messages row", counts=sft_overlap_counts,
     trained_rows="have a response the run trained on by maximum likelihood", size="training_sequences")
+# a distillation run's SFT rows against eval SFT rows (preflab eval --task distill): data.overlap.sft_row_overlap_counts
+SFT_ROWS = OverlapRule(
+    rows="rows", same_row="the same text, prompt + completion or messages", counts=sft_row_overlap_counts,
+    trained_rows="are rows the run trained on", size="training_sequences")
 
 
 @dataclass

@@ -109,6 +109,9 @@ def run(args) -> int:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
     if args.token_rewards < 0:
         raise ConfigError(f"--token-rewards is a number of pairs (0: none), got {args.token_rewards}.")
+    from preflab.eval.loading import check_model_exists
+
+    check_model_exists(args.checkpoint)  # a mistyped path: this error alone, before any note about the run
     refuse_other_task(args.checkpoint, "dpo")  # before a --reward-model, the reference or the policy loads
     refuse_win_rate_of_a_tool_run(args)
     reference, source = default_reference(args)

@@ -7,7 +7,9 @@ The rows are read, tokenized and truncated as the run read its own (task: sft's 
 completion_only_loss); the teacher is the run's teacher_model_name_or_path (with its teacher_model_init_kwargs,
 loaded as the run loaded it: preflab.models.load.load_named_reference), or --reference. The dataset's completions
 are scored (no sampling: lmbda and seq_kd are training-time), so the numbers equal the run's eval_* metrics on the
-same rows.
+same rows. As every eval task it says when --data is the run's training data (eval.run.training_data_note) and
+counts the evaluated rows the run trained on (eval.json overlap_with_training, by eval.run.SFT_ROWS: the same text /
+prompt + completion / messages, or the same prompt), or why it could not (eval.json missing).
 """
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from preflab.errors import ConfigError
 # the run's options that concern training only, reset so the evaluation's config is valid and samples nothing
 TRAINING_ONLY = {"lmbda": 0.0, "seq_kd": False, "max_completion_length": None, "top_p": 1.0, "top_k": 0,
                  "min_p": None, "repetition_penalty": 1.0, "resume_from_checkpoint": None, "eval_fraction": 0.0,
-                 "eval_dataset_name": None, "streaming": False, "max_steps": 1, "use_peft": False}
+                 "eval_dataset_name": None, "streaming": False, "max_steps": 1, "use_peft": False,
+                 "eval_steps": 0, "eval_on_start": False, "load_best_model_at_end": False,
+                 "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1}  # the rows are scored in
+# per_device_eval_batch_size batches: a file of fewer rows than the run's global batch is no training set here
 
 
 def distill_run_config(checkpoint: str) -> dict:
@@ -50,7 +55,7 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
 
     saved = distill_run_config(checkpoint)
     name, data_config = (data.name, data.config) if isinstance(data, ConfiguredSource) else (str(data), None)
-    from preflab.eval.run import open_eval_split
+    from preflab.eval.run import open_eval_split, training_data_note
 
     split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
     notes = [said] if said else []
@@ -78,10 +83,28 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
         trainer.eval_data = rows
         metrics, tokens = trainer.eval_totals()  # tokens: the divergence's, counted from the batches scored
         cfg = trainer.cfg
+        evaluated = {x.row_id for x in rows}
+    overlap, overlap_note, why = distill_training_overlap(saved, data, split, evaluated)
+    trained_on = training_data_note(data, saved, split)  # the metrics are then not held-out
+    notes += [n for n in (trained_on, overlap_note) if n]
     return {"task": "distill", "checkpoint": str(checkpoint), "data": name, "split": split,
             "teacher": cfg.teacher_model_name_or_path, "beta": cfg.distillation_beta(),
             "temperature": cfg.distillation_temperature(), "num_rows": len(rows), "num_tokens": tokens,
-            "metrics": metrics, "notes": notes}
+            "metrics": metrics, **({"overlap_with_training": overlap} if overlap is not None else {}),
+            "notes": notes, "missing": {"overlap_with_training": why} if why else {}}
+
+
+def distill_training_overlap(saved: dict, data, split: str, evaluated: set) -> tuple:
+    """overlap_with_training's (record, note, why not) for the eval rows of `data` / `split` whose row ids are
+    `evaluated` (those the run's reader kept, within --limit) against the run's own SFT rows (its dataset_name less
+    the eval_fraction it held out: eval.run.policy_training_rows), both read as text; no note where
+    training_data_note already says --data is the training data."""
+    from preflab.eval.run import (SFT_ROWS, _sft_sequences, overlap_with_training, policy_training_rows,
+                                  training_data_note)
+
+    evals = [s for s in _sft_sequences(data, split, saved)[0] if s.row_id in evaluated]
+    return overlap_with_training(evals, policy_training_rows(saved), SFT_ROWS,
+                                 training_data_note(data, saved, split) is not None)
 
 
 def eval_task(args) -> int:
@@ -104,6 +127,7 @@ def eval_task(args) -> int:
     lines = [f"preflab eval: {result['num_rows']} rows, {result['num_tokens']} completion tokens, teacher "
              f"{result['teacher']}, beta={result['beta']}, temperature={result['temperature']}"]
     lines += [f"  {k:38s} {v:.4f}" for k, v in result["metrics"].items()]
-    lines += [f"  note: {n}" for n in result["notes"]] + [f"  wrote {path}"]
+    lines += [f"  note: {n}" for n in result["notes"]]
+    lines += [f"  skipped {k}: {v}" for k, v in result["missing"].items()] + [f"  wrote {path}"]
     print("\n".join(lines), file=sys.stdout)
     return 0

@@ -79,7 +79,7 @@ def config_reading_rows(cfg, train_data, eval_data):
 def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     """(train, eval, report dict). The eval split is the eval dataset, or a seeded eval_fraction of the rows.
     computed: the objective's extras the trainer computes itself (not data columns, e.g. HyPO's online terms)."""
-    from preflab.data.configured_source import eval_source, training_source
+    from preflab.data.configured_source import eval_source, naming_eval_data, training_source
     from preflab.data.report import refuse_empty
     from preflab.data.rows import load_rows
 
@@ -96,8 +96,9 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
     refuse_empty(row_report, "dataset_name", cfg.dataset_name)
     eval_rows, eval_report = [], None
     if cfg.eval_dataset_name:
-        eval_rows, eval_report = load_rows(eval_source(cfg), split=cfg.eval_split, kind=row_kind,
-                                           on_bad_row=cfg.on_bad_row, required_extras=extras)
+        with naming_eval_data(cfg):
+            eval_rows, eval_report = load_rows(eval_source(cfg), split=cfg.eval_split, kind=row_kind,
+                                               on_bad_row=cfg.on_bad_row, required_extras=extras)
         check_intra_rows(cfg.objective(), eval_rows, eval_report.source, cfg.loss_type)
         refuse_empty(eval_report, "eval_dataset_name", cfg.eval_dataset_name)
     elif cfg.eval_fraction > 0:

@@ -289,19 +289,21 @@ def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> 
     prompts go to `stream`'s first-pass overlap count (eval prompts seen in training)."""
     if not cfg.eval_dataset_name:
         return [], {}
-    from preflab.data.configured_source import eval_source
+    from preflab.data.configured_source import eval_source, naming_eval_data
 
     if kind.name == "sft":
         from preflab.loops.sft_rows import _read
 
-        items, rows, tokens = _read(eval_source(cfg), cfg.eval_split, cfg, tokenizer)
+        with naming_eval_data(cfg):
+            items, rows, tokens = _read(eval_source(cfg), cfg.eval_split, cfg, tokenizer)
         return items, {"eval_rows": rows.to_dict(), "eval_tokenize": tokens.to_dict()}
     from preflab.data.rows import load_rows
     from preflab.loops.prepare import _tokenize, check_intra_rows
 
     row_kind = {"pairs": "pairwise", "unpaired": "unpaired"}[kind.name]
-    rows, report = load_rows(eval_source(cfg), split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
-                             required_extras=cfg.objective().row_extras())
+    with naming_eval_data(cfg):
+        rows, report = load_rows(eval_source(cfg), split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
+                                 required_extras=cfg.objective().row_extras())
     check_intra_rows(cfg.objective(), rows, report.source, cfg.loss_type)  # as the ordinary run's eval set
     if report.total == 0:
         raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({report.source}) is empty: it holds no rows.")

@@ -475,14 +475,16 @@ def reference_positions(cfg, ref=None) -> int | None:
     return max_positions(ref if ref is not None else name, cfg.trust_remote_code)
 
 
-def check_reference_tokens(name: str, ref, policy, tokenizer) -> None:
+def check_reference_tokens(name: str, ref, policy, tokenizer, option: str = "ref_model_name_or_path") -> None:
     """The reference scores the policy's token ids: refuse a reference with fewer token embeddings than the policy
     (an IndexError mid-run) or whose own tokenizer, saved beside it, gives a token the policy can score another id
-    (the run would train against log-probs of the wrong tokens without any error)."""
+    (the run would train against log-probs of the wrong tokens without any error). option: the setting that named it
+    (a distillation's teacher_model_name_or_path, reference_source), which the errors name."""
+    what = "teacher" if option == "teacher_model_name_or_path" else "reference"
     rows, policy_rows = ref.get_input_embeddings().num_embeddings, policy.get_input_embeddings().num_embeddings
     if rows < policy_rows:
-        raise ConfigError(f"ref_model_name_or_path={name!r} has {rows} token embeddings, the policy "
-                          f"{policy_rows}; the reference must share the policy's tokenizer (use the model the policy "
+        raise ConfigError(f"{option}={name!r} has {rows} token embeddings, the policy "
+                          f"{policy_rows}; the {what} must share the policy's tokenizer (use the model the policy "
                           "was trained from).")
     path = Path(name).expanduser()
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
@@ -497,10 +499,10 @@ def check_reference_tokens(name: str, ref, policy, tokenizer) -> None:
     clashes = [tok for tok, i in own.get_vocab().items() if policy_vocab.get(tok, i) != i
                and policy_vocab[tok] < policy_rows]
     if clashes:  # tokens only one side has (an added pad token), or ids the policy cannot embed, never reach a score
-        raise ConfigError(f"ref_model_name_or_path={name!r} has its own tokenizer, which gives {len(clashes)} tokens "
+        raise ConfigError(f"{option}={name!r} has its own tokenizer, which gives {len(clashes)} tokens "
                           f"other ids than the policy's (e.g. {clashes[0]!r}: {own.get_vocab()[clashes[0]]} vs "
-                          f"{policy_vocab[clashes[0]]}); the reference would score other tokens than the policy. Use "
-                          "a reference with the policy's tokenizer.")
+                          f"{policy_vocab[clashes[0]]}); the {what} would score other tokens than the policy. Use "
+                          f"a {what} with the policy's tokenizer.")
 
 
 def moe_aux_loss_note(model, trainer: str | None = None) -> str | None:
@@ -591,7 +593,7 @@ def load_named_reference(cfg, tokenizer, policy):
     ref = load_causal_lm(ref_name, reference_dtype(cfg), cfg.trust_remote_code, cfg.allow_pickle, tokenizer,
                          seed=cfg.seed, option=ref_option, init_kwargs=cfg.model_kwargs(ref=True))
     ref.requires_grad_(False).eval()
-    check_reference_tokens(ref_name, ref, policy, tokenizer)
+    check_reference_tokens(ref_name, ref, policy, tokenizer, ref_option)
     return ref
 
 

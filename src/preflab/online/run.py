@@ -383,7 +383,7 @@ class OnlineRun(TrainingRun):
             raise ConfigError("tools: the task's evaluation answers without tools (it is not online_task: dataset's "
                               "held-out evaluation, which answers with them), so its reward would not be the trained "
                               "agent's; give the task an evaluate that takes tools= and accelerator=, or none.")
-        check_tool_tokenizer(tokenizer, cfg.chat_template_kwargs)
+        check_tool_tokenizer(tokenizer, cfg.chat_template_kwargs, cfg.model_name_or_path)
         return tools
 
     def _shares_prompt(self) -> bool:
@@ -938,10 +938,21 @@ class OnlineRun(TrainingRun):
             what = (f"every prompt's {self.cfg.num_generations} completions got the same reward (mean {reward:.3g})"
                     if not math.isnan(reward) else "no completion was scored (the judges dropped every one: "
                     f"max_judge_failure_fraction = {self.cfg.max_judge_failure_fraction:g} let the round through)")
-            print(f"preflab: note: round {r + 1}: {what}, so every advantage is 0 and the round's steps train nothing "
-                  f"but the KL term (beta {self.cfg.beta:g}). Rounds like this are counted in summary.json "
+            print(f"preflab: note: round {r + 1}: {what}, so every advantage is 0 and the round's steps train "
+                  f"{self._without_advantages()}. Rounds like this are counted in summary.json "
                   "online.no_signal_rounds; a judge that cannot tell this policy's completions apart gives no "
                   "signal (try more num_generations, a higher temperature or a denser reward).", flush=True)
+
+    def _without_advantages(self) -> str:
+        """What a group recipe's step trains when every advantage is 0: the GRPO family's KL term (beta > 0) and
+        entropy bonus (entropy_coef > 0); RLOO has its KL in the reward, not in the loss, so nothing."""
+        beta = float(self.cfg.beta or 0.0)
+        coef = float(getattr(self.objective, "entropy_coef", 0.0) or 0.0)
+        if self.spec.advantages == "leave_one_out":
+            return "nothing (rloo's KL penalty is in the reward, not in the loss)"
+        terms = ([f"the KL term (beta {beta:g})"] if beta > 0 else []) + (
+            [f"the entropy bonus (entropy_coef {coef:g})"] if coef else [])
+        return "nothing but " + " and ".join(terms) if terms else "nothing (beta 0: no KL term)"
 
     def _say_empty_round(self, r: int) -> None:
         """A round without examples trains nothing (zero-gradient steps); say so with the round's counts, as the
@@ -1109,6 +1120,12 @@ class OnlineRun(TrainingRun):
                   "judge": self.judge.stats(), "reference_refreshes": self.refreshes}
         if getattr(self, "partial_last_round", None):
             extras["online"]["partial_last_round"] = dict(self.partial_last_round)
+        if self.tools and self.main:
+            from preflab.report.data_notes import tool_use_note
+
+            said = tool_use_note(self.counts)
+            if said:
+                print(f"preflab: note: {said}.", flush=True)
         quiet = self.counts.get("no_signal_rounds", 0)
         if quiet and self.main:
             print(f"preflab: note: {quiet} of {self.counts['rounds']} generation rounds gave every completion of a "

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-from preflab.errors import ConfigError
+from preflab.errors import ConfigError, nearest
 
 CONTINUATION_SEED_STRIDE = 1_000_003
 
@@ -99,7 +99,8 @@ def load_tools(specs) -> list:
         else:
             raise ConfigError(f"tools: {spec!r} is not a built-in tool ({', '.join(BUILTIN_TOOLS)}), "
                               "'module:function' or 'path/to/file.py:function'. (TRL's GRPOTrainer takes functions, "
-                              "not JSON schemas: the schema is built from the function's type hints and docstring.)")
+                              "not JSON schemas: the schema is built from the function's type hints and docstring.)"
+                              + (nearest(spec, BUILTIN_TOOLS) if isinstance(spec, str) else ""))
         if not callable(fn):
             raise ConfigError(f"tools: {spec!r} is a {type(fn).__name__}, not a function.")
         try:
@@ -163,10 +164,17 @@ def tool_template_problem(tokenizer, chat_template_kwargs: dict | None = None) -
     return None
 
 
-def check_tool_tokenizer(tokenizer, chat_template_kwargs: dict | None = None) -> None:
+TEMPLATE_FIX = ("Tool calling needs a policy whose chat template renders an assistant turn's tool_calls and the "
+                "tool messages, as TRL's GRPOTrainer(tools=) does (e.g. Qwen3, Qwen2.5-Instruct); the built-in tiny "
+                "models' templates do not. Use such a model, or save a local copy whose tokenizer has such a "
+                "chat_template and a response_template.")
+
+
+def check_tool_tokenizer(tokenizer, chat_template_kwargs: dict | None = None, model: str | None = None) -> None:
     """ConfigError with tool_template_problem's reason (TRL raises at startup the same way). A tokenizer without a
     response_template whose chat template TRL knows gets TRL's (add_response_schema), as TRL does, when TRL is
-    installed."""
+    installed. model: the policy's name (model_name_or_path), which the error names; a chat template that cannot
+    render the exchange also gets what to do (TEMPLATE_FIX)."""
     if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "chat_template", None):
         try:
             from trl.chat_template_utils import add_response_schema
@@ -181,7 +189,9 @@ def check_tool_tokenizer(tokenizer, chat_template_kwargs: dict | None = None) ->
                       "GRPOTrainer does).", flush=True)
     problem = tool_template_problem(tokenizer, chat_template_kwargs)
     if problem:
-        raise ConfigError(f"tools: {problem}.")
+        whose = f"; the policy is model_name_or_path {model}" if model else ""
+        fix = f" {TEMPLATE_FIX}" if "chat template" in problem and "prefix-preserving" not in problem else ""
+        raise ConfigError(f"tools: {problem}{whose}.{fix}")
 
 
 def tool_suffix_ids(tokenizer, tool_messages: list[dict], chat_template_kwargs: dict | None = None) -> list[int]:

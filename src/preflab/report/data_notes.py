@@ -58,6 +58,24 @@ ONLINE_COUNTS = (("truncated_completions", "reached max_completion_length withou
                  ("judge_dropped", "got no score from the judges and were left out of training (judge/dropped)"))
 
 
+def tool_use_note(online: dict) -> str | None:
+    """The note of a run trained with tools (summary.json online.tool_calls, online.tool_failures: the training
+    rounds' totals) whose completions never called one, or whose every call failed: the tools= were offered and the
+    metrics stay 0 (tools/call_frequency) or 1 (tools/failure_frequency) without a word, and the run trained as plain
+    GRPO on its completions. None otherwise, and for a run without the counts (no tools)."""
+    calls, failures, rounds = online.get("tool_calls"), online.get("tool_failures"), online.get("rounds")
+    if not isinstance(calls, int) or isinstance(calls, bool):
+        return None
+    if calls == 0:
+        return (f"tools: no completion of the {rounds} training round(s) called a tool (online.tool_calls 0, "
+                "tools/call_frequency 0), so the run trained as it would without tools; check that the chat template "
+                "shows the tools to the model and that it writes calls the response parser reads")
+    if failures == calls:
+        return (f"tools: every one of the {calls} tool calls of the training rounds failed (online.tool_failures, "
+                "tools/failure_frequency 1): each observation was an error; the rounds' tool results held no answer")
+    return None
+
+
 def online_notes(summary: dict) -> list[str]:
     """An online run's completions the judges scored cut off, empty or not at all, and its steps that trained
     nothing (a round without examples: online.empty_steps; every completion of every prompt rewarded alike:
@@ -68,12 +86,14 @@ def online_notes(summary: dict) -> list[str]:
     total = online.get("completions")
     pieces = [f"{online[key]} {what}" for key, what in ONLINE_COUNTS if _count(online.get(key))]
     notes = [f"generation: of {total} completions, " + "; ".join(pieces)] if pieces else []
+    notes += [note] if (note := tool_use_note(online)) else []
     if _count(online.get("empty_steps")):
         notes.append(f"generation: {online['empty_steps']} step(s) had no training examples (a round without pairs or "
                      "groups) and were zero-gradient (online.empty_steps)")
     if _count(online.get("no_signal_rounds")):
         notes.append(f"generation: {online['no_signal_rounds']} of {online.get('rounds')} rounds gave every completion of "
-                     "every prompt the same reward, so they trained only the KL term (online.no_signal_rounds)")
+                     "every prompt the same reward: every advantage 0, so they trained no policy term (at most a KL term or "
+                     "entropy bonus; online.no_signal_rounds)")
     partial = online.get("partial_last_round")
     if isinstance(partial, dict) and _count(partial.get("steps_trained")):
         notes.append(f"generation: the last round ({partial.get('round')}) trained {partial['steps_trained']} of its "

@@ -35,6 +35,26 @@ EVAL_ROWS_LOG = {
 }
 
 
+
+
+def eval_rows_log(config: dict) -> str:
+    """What a run of `config` logs at an evaluation (for the "no eval rows" note): EVAL_ROWS_LOG by task; an online
+    run judges its greedy answers to held-out prompts (online/run.py evaluate: eval_reward or, on the demo task,
+    eval_true_reward, and eval_win_rate_vs_reference; with tools the loop's eval_tools/*), the preference game its
+    distance to the equilibrium; a preference run its ranking accuracy and log-prob drift."""
+    task = str(config.get("task"))
+    if task != "online":
+        return EVAL_ROWS_LOG.get(task, "held-out ranking accuracy and log-prob drift")
+    online_task = config.get("online_task", "dataset")
+    if online_task == "game":
+        return "the policy's distance to the equilibrium (eval_tv_to_equilibrium, eval_duality_gap)"
+    reward = "eval_true_reward" if online_task == "demo" else "eval_reward"
+    tools = ", and the tool loop's eval_tools/*" if config.get("tools") else ""
+    answers = "sampled answers (num_generations_eval)" if config.get("num_generations_eval") else "greedy answers"
+    return (f"the reward of the policy's {answers} to held-out prompts and their win rate against the starting "
+            f"policy's ({reward}, eval_win_rate_vs_reference{tools})")
+
+
 @dataclass
 class RunData:
     name: str
@@ -156,7 +176,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     if run.summary.get("resumed_from_step"):
         run.missing.append(resumed_note(run.summary))
     if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
-        what = EVAL_ROWS_LOG.get(str(run.config.get("task")), "held-out ranking accuracy and log-prob drift")
+        what = eval_rows_log(run.config)
         run.missing.append(f"no eval rows in metrics.jsonl yet: {awaited_eval(run)}" if configured_eval_set(run.config)
                            else "no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
                            f"eval_dataset_name) to log {what}")
@@ -238,7 +258,8 @@ def eval_command(config: dict) -> str | None:
     against, `preflab eval`'s default (no --reference placeholder to fill), and the win rate with a judge. A text
     online run:
     the same command with a judge (--reward-fn / --reward-model) for the greedy win rate against its starting
-    policy, which is already the default reference (the run's model_name_or_path), so no --reference. An image-text
+    policy, which is already the default reference (the run's model_name_or_path), so no --reference; a run trained
+    with tools (config `tools:`) without a judge (eval_cli refuses a win rate that samples without the tools). An image-text
     run (task: vlm, or online_task: vision_dataset): `--task vlm`; reward and diffusion runs: their `--task`. None for
     an SFT run (its held-out measure is the eval_loss / eval_mean_token_accuracy of its eval rows, said by the "no
     eval rows" note; the pair diagnostics judge a preference run started from it), for the preference game (no text
@@ -252,6 +273,8 @@ def eval_command(config: dict) -> str | None:
     if task in ("reward", "vlm", "diffusion") or (task == "online" and online_task == "vision_dataset"):
         judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" else ""
         return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
+    if task == "online" and config.get("tools"):  # the win rate samples without the tools: refused for such a run
+        return "preflab eval RUN_DIR --data HELDOUT_PAIRS"
     if task == "online":
         return f"preflab eval RUN_DIR --data HELDOUT_PAIRS {run_judge_option(config)}"
     return "preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]"   # the reference: the run's own
@@ -288,6 +311,14 @@ def policy_eval_hint(path: Path, config: dict) -> str | None:
     command = f"`{command.replace('RUN_DIR', str(target))}{out}`"
     if config.get("task") == "online" and config.get("online_task") == "vision_dataset":
         return f"no eval.json: run {command} for the held-out preference metrics of the image-text policy{late}"
+    if config.get("task") == "online" and config.get("tools"):  # eval_cli refuses a win rate of a tool run
+        return (f"no eval.json: run {command} for ranking accuracy on held-out pairs against the starting policy "
+                f"(the default reference, the run's model_name_or_path){late}; the run's answers call its tools, "
+                "which `preflab eval`'s win rate does not run (--reward-fn is refused for it): its win rate is the "
+                "run's own held-out evaluation with the tools (" + ("its eval rows in metrics.jsonl" if
+                                                                   configured_eval_set(config) else
+                                                                   "set eval_dataset_name or eval_fraction")
+                + ": eval_reward, eval_win_rate_vs_reference, eval_tools/*)")
     if config.get("task") == "online":
         judge = ("(or --reward-model DIR, e.g. the run's judge)" if "MODULE:FUNCTION" in command else
                  "(the judge the run trained against)")
