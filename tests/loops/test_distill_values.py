@@ -45,3 +45,29 @@ def test_eval_loss_is_the_token_mean_of_trls_divergence_over_the_eval_set(tmp_pa
     assert len(items) >= 2 and len({len(x.completion_ids) for x in items}) > 1
     got = trainer.evaluate()["eval_loss"]
     assert got == pytest.approx(_trl_loss(trainer, items, 0.5, 0.9), rel=1e-4, abs=1e-7)
+
+
+def test_eval_nll_accuracy_and_entropy_are_token_means_over_the_eval_set(tmp_path):
+    """eval_nll_loss, eval_mean_token_accuracy and eval_entropy: the student's -log p(token), argmax == token and
+    softmax entropy at each completion token (its own logits, each sequence run alone through model(...)), averaged
+    over the eval set's completion tokens (not over rows: the rows' completions have different lengths)."""
+    torch.manual_seed(0)
+    trainer = DistillTrainer(_cfg(tmp_path, beta=0.5, temperature=0.9, eval_fraction=0.25,
+                                  per_device_eval_batch_size=2))
+    items = list(trainer.eval_data)
+    assert len({len(x.completion_ids) for x in items}) > 1
+    nll, right, entropy, count = 0.0, 0, 0.0, 0
+    with torch.no_grad():
+        for x in items:
+            ids = torch.tensor([x.prompt_ids + x.completion_ids])
+            logits = trainer.policy(ids).logits[0, len(x.prompt_ids) - 1:-1].double()
+            target = ids[0, len(x.prompt_ids):]
+            logp = torch.log_softmax(logits, -1)
+            nll -= float(logp.gather(-1, target[:, None]).sum())
+            right += int((logits.argmax(-1) == target).sum())
+            entropy -= float((logp.exp() * logp).sum())
+            count += len(target)
+    got = trainer.evaluate()
+    assert got["eval_nll_loss"] == pytest.approx(nll / count, rel=1e-4)
+    assert got["eval_mean_token_accuracy"] == pytest.approx(right / count, abs=1e-12)
+    assert got["eval_entropy"] == pytest.approx(entropy / count, rel=1e-4)
