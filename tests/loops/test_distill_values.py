@@ -71,3 +71,25 @@ def test_eval_nll_accuracy_and_entropy_are_token_means_over_the_eval_set(tmp_pat
     assert got["eval_nll_loss"] == pytest.approx(nll / count, rel=1e-4)
     assert got["eval_mean_token_accuracy"] == pytest.approx(right / count, abs=1e-12)
     assert got["eval_entropy"] == pytest.approx(entropy / count, rel=1e-4)
+
+
+def test_sampling_reads_min_p_and_the_sampling_temperature_not_the_divergences(tmp_path):
+    """seq_kd's off-policy step 0 with temperature 0.8, divergence_temperature 1.0 and min_p 0.5 (one that cuts
+    tokens of the tiny teacher's flat next-token distributions): the completions are the teacher's row-seeded samples
+    at temperature 0.8 with min_p 0.5, which differ from the ones without min_p and from the ones at 1.0."""
+    from preflab.generate_seeded import generate_ids_row_seeded
+
+    trainer = DistillTrainer(_cfg(tmp_path, seq_kd=True, lmbda=0.5, max_completion_length=5, temperature=0.8,
+                                  divergence_temperature=1.0, min_p=0.5))
+    assert not trainer.on_policy(0)
+    mb = trainer.micro_batches(0)[0]
+    prompts = [trainer.train_data[i].prompt_ids for i in mb.index]
+    seeds = [trainer.row_seed(0, i, "teacher") for i in mb.index]
+
+    def sampled(**settings):
+        return generate_ids_row_seeded(trainer.ref, prompts, seeds, eos_id=trainer.tokenizer.eos_token_id,
+                                       pad_id=trainer.pad_id, max_new_tokens=5, **settings)
+
+    want = sampled(temperature=0.8, min_p=0.5)
+    assert trainer.sampled_completions == want
+    assert want != sampled(temperature=0.8) and want != sampled(temperature=1.0, min_p=0.5)
