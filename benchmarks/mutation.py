@@ -4649,7 +4649,9 @@ MUTANTS += [
            [('"beta": cfg.distillation_beta(),', '"beta": cfg.beta,')], MV_KD_EVAL,
            "eval.json's beta is preflab's DPO default 0.1 for a run that wrote no beta (the divergence used TRL's 1.0)"),
     Mutant("mv-kdeval-tokens-of-all-rows", "loops/distill_eval.py",
-           [("for i in range(0, len(rows), batch_size))  # the divergence's tokens",
+           [("tokens = sum(int(trainer.kind.collate(rows[i:i + batch_size],",
+             "tokens = sum(int(trainer.kind.collate(trainer.train_data[i:i + batch_size],"),
+            ("for i in range(0, len(rows), batch_size))  # the divergence's tokens",
              "for i in range(0, len(trainer.train_data), batch_size))  # the divergence's tokens")], MV_KD_EVAL,
            "eval.json's num_tokens counts the tokens of rows --limit left out"),
     # sandbox/runner.py
