@@ -90,17 +90,20 @@ def test_top_k_one_is_greedy(model):
                                        top_k=1, temperature=0.5) == greedy
 
 
-def test_a_completion_is_the_gumbel_argmax_of_each_tokens_next_draws_by_hand(model):
+@pytest.mark.parametrize("settings", [dict(temperature=0.8, top_k=30, top_p=0.95, min_p=None, repetition_penalty=1.2),
+                                      dict(temperature=1.0, top_k=0, top_p=1.0, min_p=None, repetition_penalty=0.3)])
+def test_a_completion_is_the_gumbel_argmax_of_each_tokens_next_draws_by_hand(model, settings):
     """The rule written out for one row (module docstring): at each new token t, the full-sequence logits of the last
     position through the sampling chain, plus the t-th [V] Gumbel draw -log(-log U) of ONE generator seeded with the
     row's seed (drawn in order, never re-seeded), argmax; stop after eos. Row-seeded sampling gives exactly that
-    completion, and a second row's different seed gives it its own draws (not the first row's)."""
+    completion, and a second row's different seed gives it its own draws (not the first row's). The chain runs once
+    per token: a repetition penalty below 1 (repeats favoured) that `generate` applied again would change the
+    draws."""
     from preflab.generate_seeded import gumbel_noise
 
-    settings = dict(temperature=0.8, top_k=30, top_p=0.95, min_p=None, repetition_penalty=1.2)
     seeds = [5, 6]
 
-    def by_hand(prompt, seed, n=7):
+    def by_hand(prompt, seed, n=10):
         chain, g, ids = sampling_chain(**settings), torch.Generator().manual_seed(seed), list(prompt)
         with torch.no_grad():
             for _ in range(n):
@@ -111,5 +114,5 @@ def test_a_completion_is_the_gumbel_argmax_of_each_tokens_next_draws_by_hand(mod
                     break
         return ids[len(prompt):]
 
-    got = generate_ids_row_seeded(model, PROMPTS[:2], seeds, eos_id=EOS, pad_id=PAD, max_new_tokens=7, **settings)
+    got = generate_ids_row_seeded(model, PROMPTS[:2], seeds, eos_id=EOS, pad_id=PAD, max_new_tokens=10, **settings)
     assert got == [by_hand(p, s) for p, s in zip(PROMPTS[:2], seeds)]

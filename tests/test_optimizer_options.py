@@ -35,6 +35,8 @@ def test_optim_args_are_read_as_transformers_reads_them():
     ("sgd", "momentum=0.9,nesterov=ture", "nesterov='ture' is not a bool"),
     ("rmsprop", "alpha=-1", "alpha='-1' must be a finite number >= 0"),
     ("adagrad", "eps=-1e-10", "eps='-1e-10' must be a finite number >= 0"),
+    ("sgd", "momentum=inf", "momentum='inf' must be a finite number >= 0"),  # float() reads inf and nan
+    ("sgd", "momentum=0.9,dampening=nan", "dampening='nan' must be a finite number\\.$"),
     ("sgd", "momentum=0.9,dampening=0.1,nesterov=true", "nesterov=true needs momentum > 0 and dampening 0"),
     ("sgd", "momentum=0.9,weight_decay=0", "weight_decay in optim_args is overridden by the weight_decay option"),
     ("rmsprop", "eps", "'eps' is not key=value"),
@@ -85,3 +87,42 @@ def test_sharded_engines_refuse_optimizers_other_than_adamw_before_the_first_ste
     assert "examples/accelerate/ddp.yaml" in str(err.value)
     check("adamw_torch_fused")
     check(optim, "DistributedType.MULTI_CPU")
+
+
+@pytest.mark.parametrize("optim, optim_args", [
+    ("adamw_torch", None), ("adafactor", None), ("sgd", None), ("sgd", "momentum=0.9"), ("adagrad", None),
+    ("rmsprop", None), ("rmsprop", "momentum=0.5,centered=true")])
+def test_the_plans_state_count_is_what_transformers_optimizer_keeps_after_a_step(optim, optim_args):
+    """optimizer_state_values (preflab plan's optimizer term) over a 3-d tensor, a matrix and a vector equals the
+    values of the per-tensor state transformers' optimizer (Trainer.get_optimizer_cls_and_kwargs) holds after one
+    step, scalars (step counters, Adafactor's RMS) left out: for Adafactor a 3-d tensor keeps its row means over all
+    dims but the last (2 x 3) and its column means over all but the second-to-last (2 x 4), not a matrix's."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from preflab.optimizer_options import optimizer_state_values
+
+    shapes = [(2, 3, 4), (4, 3), (5,)]
+    params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i))) for i, s in
+              enumerate(shapes)]
+    args = TrainingArguments(output_dir="unused", optim=optim, optim_args=optim_args, learning_rate=0.01,
+                             use_cpu=True, report_to=[])
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    opt = cls(params, **kwargs)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    held = sum(v.numel() for state in opt.state.values() for v in state.values()
+               if isinstance(v, torch.Tensor) and v.dim() > 0)
+    assert optimizer_state_values(optim, optim_args, shapes) == held
+    if optim == "adafactor":
+        assert held == 2 * 3 + 2 * 4 + (4 + 3) + 5
+
+
+def test_a_mapping_given_from_python_is_refused_with_the_string_form_optim_args_takes():
+    """TrainConfig built from Python (no YAML type check before it) with optim_args as a mapping: a ConfigError
+    giving TrainingArguments' string form, not an AttributeError from reading it."""
+    from preflab.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="optim_args must be a string key=value,key=value .* got dict"):
+        TrainConfig(**BASE, optim="sgd", optim_args={"momentum": 0.9})

@@ -98,6 +98,15 @@ def test_cpu_limit_stops_a_busy_loop_before_the_wall_clock():
     assert 0.5 <= r.cpu_s < 2.5 and r.wall_s < 10
 
 
+@pytest.mark.parametrize("limits, soft", [(dict(timeout_s=2.5), 4), (dict(timeout_s=2), 3),
+                                          (dict(timeout_s=5, cpu_s=2.5), 3), (dict(timeout_s=5, cpu_s=0.2), 1)])
+def test_the_programs_cpu_limit_is_one_second_past_the_wall_limit_or_cpu_s_rounded_up(limits, soft):
+    """RLIMIT_CPU as the program reads it: by default ceil(timeout_s) + 1 (a busy loop meets the wall clock first,
+    never both at once), with cpu_s ceil(cpu_s), at least 1 second; the hard limit (SIGKILL) one second later."""
+    r = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_CPU))", **limits)
+    assert r.status == "ok" and r.stdout.strip() == f"({soft}, {soft + 1})"
+
+
 @pytest.mark.parametrize("bomb", ["x = bytearray(10**9)", "l = []\nwhile True:\n    l.append(' ' * 10**6)"])
 def test_memory_bomb_is_reported_as_memory(bomb):
     r = run_python(bomb, timeout_s=5, memory_mb=128)

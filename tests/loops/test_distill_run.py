@@ -2,10 +2,12 @@
 logits (off-policy, lmbda 0: the dataset's completions), student == teacher gives 0, the config's refusals, and
 examples/distill.yaml lowering the divergence, checkpointing and resuming exactly."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from preflab.config import config_from_dict
 from preflab.errors import ConfigError
@@ -384,7 +386,9 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     run = tmp_path / "run"
     cfg = _cfg(tmp_path, beta=0.5, divergence_temperature=0.8, max_steps=2, learning_rate=1e-2, eval_dataset_name=data,
                eval_steps=1, save_steps=1, logging_steps=1, per_device_eval_batch_size=8)
-    final = DistillTrainer(cfg).train()["final_metrics"]
+    trainer = DistillTrainer(cfg)
+    final = trainer.train()["final_metrics"]
+    tokens = [len(x.completion_ids) for x in trainer.eval_data]  # each eval row's completion tokens
     step1 = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
                  if '"eval_loss"' in x and json.loads(x)["step"] == 1)
     import preflab.eval.loading
@@ -398,14 +402,13 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
 
     monkeypatch.setattr(preflab.models.load, "load_causal_lm", counted)  # the run's base and the teacher
     monkeypatch.setattr(preflab.eval.loading, "load_causal_lm", counted)  # the student (load_for_eval)
-    tokens = sum(len(x.completion_ids) for x in DistillTrainer(cfg).eval_data)  # the eval rows' completion tokens
     for folder, want, loads in ((run, final, [str(run)]), (run / "checkpoint-1", step1, ["builtin:tiny-llama"])):
         loaded.clear()  # the final model, a checkpoint's weights (its base built, its weights read into it)
         assert main(["eval", str(folder), "--task", "distill", "--data", data, "--out", str(tmp_path / "e.json")]) == 0
         assert loaded == [*loads, "builtin:tiny-qwen2"]  # the student once, then the teacher
         got = json.loads((tmp_path / "e.json").read_text())
         assert (got["teacher"], got["beta"], got["temperature"], got["num_rows"], got["num_tokens"]) == (
-            "builtin:tiny-qwen2", 0.5, 0.8, 48, tokens)
+            "builtin:tiny-qwen2", 0.5, 0.8, 48, sum(tokens))
         for key in ("eval_loss", "eval_nll_loss", "eval_mean_token_accuracy", "eval_entropy"):
             assert got["metrics"][key] == pytest.approx(want[key], rel=1e-6, abs=1e-9), key
         assert got["metrics"]["eval_loss"] > 1e-4
@@ -414,7 +417,19 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
                  "--out", str(tmp_path / "self.json")]) == 0
     own = json.loads((tmp_path / "self.json").read_text())
     assert own["num_rows"] == 8 and abs(own["metrics"]["eval_loss"]) < 1e-6
+    assert own["num_tokens"] == sum(tokens[:8])  # the divergence's tokens: the 8 rows --limit keeps
+    unwritten = tmp_path / "unwritten-beta"  # the run's weights with a config that writes no beta: TRL's 1.0
+    shutil.copytree(run, unwritten)
+    saved = yaml.safe_load((unwritten / "config.yaml").read_text())
+    del saved["beta"]
+    (unwritten / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert main(["eval", str(unwritten), "--task", "distill", "--data", data, "--limit", "2", "--out",
+                 str(tmp_path / "unwritten.json")]) == 0
+    assert json.loads((tmp_path / "unwritten.json").read_text())["beta"] == 1.0
     capsys.readouterr()
+    for option in ("--limit", "--batch-size"):
+        assert main(["eval", str(run), "--task", "distill", "--data", data, option, "0"]) != 0
+        assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
     assert main(["eval", str(run), "--task", "distill", "--data", data, "--no-reference"]) != 0
     assert "--no-reference with --task distill: the divergence needs the teacher" in capsys.readouterr().err
     plain = tmp_path / "plain"

@@ -63,6 +63,25 @@ def test_the_groups_hold_what_transformers_decays_and_what_it_does_not(arch):
         assert kept == {"ln.weight", "ln.bias", "block.q_norm.weight", "block.norm.weight", "my_bias"}
 
 
+class Shouting(torch.nn.Module):
+    """Upper-case names: transformers searches the lower-cased name, so Final_Norm, RMSNorm and Head_Bias do not
+    decay (none is a LayerNorm module) and Proj does."""
+
+    def __init__(self):
+        super().__init__()
+        self.Final_Norm = torch.nn.Linear(3, 3, bias=False)
+        self.RMSNorm = torch.nn.Linear(3, 3, bias=False)
+        self.Head_Bias = torch.nn.Parameter(torch.zeros(3))
+        self.Proj = torch.nn.Parameter(torch.zeros(3, 3))
+
+
+def test_names_are_matched_lower_cased_as_transformers_matches_them():
+    model = Shouting()
+    (decayed, kept), decays = _our_groups(model)
+    assert decays == [True, False] and decayed == _transformers_decayed(model) == {"Proj"}
+    assert kept == {"Final_Norm.weight", "RMSNorm.weight", "Head_Bias"}
+
+
 def test_a_lora_models_trainable_parameters_all_decay_in_one_group():
     from peft import LoraConfig, get_peft_model
 

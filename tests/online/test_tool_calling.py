@@ -230,7 +230,7 @@ def test_a_tool_turn_that_fills_the_budget_leaves_no_room_and_no_empty_draw():
     assert [m["role"] for m in gen.last_messages[0]] == ["assistant", "tool"]
 
 
-def _trl_loop(tok, tools, prompts, cap, budget):
+def _trl_loop(tok, tools, prompts, cap, budget, positions=10_000):
     """TRL 1.16's GRPOTrainer._tool_call_loop on a stand-in trainer whose _generate_single_turn answers from the
     script; the first turn parsed with TRL's parse_response, as GRPOTrainer._generate does."""
     from types import SimpleNamespace
@@ -245,7 +245,7 @@ def _trl_loop(tok, tools, prompts, cap, budget):
     trainer = SimpleNamespace(
         max_tool_calling_iterations=cap if cap is not None else sys.maxsize, max_completion_length=budget,
         processing_class=tok, _tokenizer=tok, _is_vlm=False, chat_template=None, chat_template_kwargs={},
-        use_vllm=False, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=10_000)), tools=tools,
+        use_vllm=False, model=SimpleNamespace(config=SimpleNamespace(max_position_embeddings=positions)), tools=tools,
         environment_factories=None, _generate_single_turn=single_turn)
     trainer._sync_tool_dicts = None  # set per completion below
     trainer._get_tool_suffix_ids = lambda messages: GRPOTrainer._get_tool_suffix_ids(trainer, messages)
@@ -279,6 +279,29 @@ def test_equals_trls_tool_call_loop(cap, budget):
     assert gen.last_metrics["tools/failure_frequency"] == (trl_failures / trl_calls if trl_calls else 0.0)
 
 
+@pytest.mark.parametrize("spare", [0, 1])
+def test_a_tool_turn_that_reaches_the_policys_positions_is_dropped_as_trls_loop_drops_it(spare):
+    """TRL's loop drops a tool result when prompt + completion + tool tokens >= max_position_embeddings (no position
+    is left to sample the next turn from): at exactly the policy's positions the completion stays as it was (its
+    call counted), with one position to spare the result and the next turn are appended; both as TRL's loop."""
+    pytest.importorskip("trl")
+    tok = tool_tokenizer()
+    prompts = PROMPTS[:1]
+    ours = prompt_ids(tok, prompts)
+    first = ids_of(tok, f"ok{call('add', a=2, b=3)}</s>")
+    observation = ids_of(tok, "\n<|tool|>\n5</s>\n<|assistant|>\n")
+    positions = len(ours[0]) + len(first) + len(observation) + spare
+    gen = ToolCallingGenerator(ScriptedTurns(tok, 400), tok, [add], None, 400, max_positions=positions)
+    ids = gen.generate(ours, 1, seed=0)
+    if spare:
+        assert ids == [first + observation + ids_of(tok, "it is 5</s>")]
+    else:
+        assert ids == [first] and gen.last_loss_masks == [[1] * len(first)]
+    assert gen.last_columns == [{"num_tool_calls": 1, "tool_errors": 0}]
+    _, trl_ids, trl_mask, trl_completions, _, _ = _trl_loop(tok, [add], prompts, None, 400, positions=positions)
+    assert (ids, gen.last_loss_masks, gen.last_messages) == (trl_ids, trl_mask, trl_completions)
+
+
 def test_around_the_real_generator_without_calls_it_is_the_generator():
     """With the run's transformers generator inside (a random tiny model writes no tool call), the tool loop changes
     nothing: the same draws, every token trained, no calls."""
@@ -300,6 +323,47 @@ def test_parse_falls_back_to_text_on_a_malformed_call():
     prefix = prompt_ids(tok, PROMPTS[:1])[0]
     bad = ids_of(tok, '<tool_call>{"name": "add", "argu</s>')
     assert parse_turn(tok, bad, prefix, [add]) == {"role": "assistant", "content": '<tool_call>{"name": "add", "argu'}
+
+
+def test_a_parsed_turn_drops_the_eos_its_response_template_keeps_as_trls_parse_response():
+    """A response_template whose content field has no close keeps the eos text in the content (transformers' parser;
+    TRL's parse_response removes it, transformers issue 42249): the turn's content is the text without it, and a call
+    turn's content is empty, as TRL's."""
+    pytest.importorskip("trl")
+    from trl.chat_template_utils import parse_response
+
+    tok = tool_tokenizer()
+    fields = {**RESPONSE_TEMPLATE["fields"], "content": {"content": "text"}}
+    tok.response_template = {**RESPONSE_TEMPLATE, "fields": fields}
+    prefix = prompt_ids(tok, PROMPTS[:1])[0]
+    answer, calling = ids_of(tok, "it is 5</s>"), ids_of(tok, f"ok{call('add', a=2, b=3)}</s>")
+    assert tok.parse_response(answer, prefix=prefix, tools=[add])["content"] == "it is 5</s>"  # the parser keeps it
+    assert parse_turn(tok, answer, prefix, [add]) == {"role": "assistant", "content": "it is 5"}
+    turn = parse_turn(tok, calling, prefix, [add])
+    assert turn["content"] == "" and turn["tool_calls"][0]["function"] == {"name": "add", "arguments": {"a": 2, "b": 3}}
+    for ids in (answer, calling):
+        assert parse_turn(tok, ids, prefix, [add]) == parse_response(tok, ids, prefix=prefix, tools=[add])
+
+
+def test_a_call_with_null_or_no_arguments_is_a_call_without_arguments_as_trls():
+    """A call whose arguments are null or left out (templates such as Qwen3.5's omit them for a call without
+    arguments) parses to arguments {}, as TRL's parse_response normalises it, and the tool runs without a failure."""
+    pytest.importorskip("trl")
+    from trl.chat_template_utils import parse_response
+
+    def ping() -> str:
+        """Answers pong."""
+        return "pong"
+
+    tok = tool_tokenizer()
+    prefix = prompt_ids(tok, PROMPTS[:1], tools=(ping,))[0]
+    for body in ('{"name": "ping", "arguments": null}', '{"name": "ping"}'):
+        ids = ids_of(tok, f"<tool_call>{body}</tool_call></s>")
+        turn = parse_turn(tok, ids, prefix, [ping])
+        assert turn["tool_calls"] == [{"type": "function", "function": {"name": "ping", "arguments": {}}}]
+        assert turn == parse_response(tok, ids, prefix=prefix, tools=[ping])
+        assert run_tool_calls(turn["tool_calls"], {"ping": ping}) == (
+            [{"role": "tool", "name": "ping", "content": "pong"}], 0, 0)
 
 
 def test_async_tools_run_after_the_sync_ones_as_trl_orders_them():
