@@ -47,7 +47,7 @@ def refuse_unread_options(args, task: str) -> None:
     refuse_out_of_range(args, TASK_READS[task])
 
 
-# the counts of `preflab eval` (at least 1 when given) and --confidence (in (0, 1)); the policy eval checks the same
+# the counts of `preflab eval` (at least 1 when given) and --confidence (in (0, 1)); every task checks them here
 COUNTS = ("batch_size", "limit", "win_rate_prompts", "max_new_tokens", "max_length", "max_prompt_length")
 
 

@@ -90,23 +90,18 @@ def run(args) -> int:
                            "command).")
     import sys
 
-    from preflab.eval.cli import format_summary
+    from preflab.eval.cli import COUNTS, format_summary, refuse_out_of_range
     from preflab.eval.run import EvalOptions, eval_data, run_generation_length, run_truncation
     from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import load_callable
     from preflab.eval_cli.checkpoint import evaluate_checkpoint, reward_model_fn
 
-    if not 0 < args.confidence < 1:
-        raise ConfigError(f"--confidence must be in (0, 1), got {args.confidence}.")
+    refuse_out_of_range(args, ("confidence", *COUNTS))  # the counts and --confidence, as every eval task
     if args.beta is not None and not args.beta > 0:
         raise ConfigError(f"--beta must be > 0 (the KL coefficient of the implicit reward), got {args.beta}.")
     if args.hard_margin < 0:
         raise ConfigError(f"--hard-margin must be >= 0 (a pair is hard when the reference ranks it wrongly by more "
                           f"than this, beta c > margin, c > 0), got {args.hard_margin}.")
-    for option in ("batch_size", "limit", "win_rate_prompts", "max_new_tokens", "max_length", "max_prompt_length"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
     if args.token_rewards < 0:
         raise ConfigError(f"--token-rewards is a number of pairs (0: none), got {args.token_rewards}.")
     from preflab.eval.loading import check_model_exists

@@ -116,10 +116,6 @@ def eval_task(args) -> int:
     if args.no_reference:
         raise ConfigError("--no-reference with --task distill: the divergence needs the teacher; leave it out (the "
                           "run's teacher is used) or name one with --reference.")
-    for option in ("batch_size", "limit"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
     result = evaluate_distill_run(args.checkpoint, eval_data(args.data, getattr(args, "data_config", None)),
                                   teacher=args.reference, batch_size=args.batch_size, split=args.split,
                                   limit=args.limit)
