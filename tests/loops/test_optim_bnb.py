@@ -298,22 +298,60 @@ def test_rmsprop_bnb_rejects_the_strings_transformers_would_hand_it():
         cls(list(Net().parameters()), **kwargs)
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 @needs_bnb
-@pytest.mark.parametrize("engine, fsdp2, named", [("DistributedType.DEEPSPEED", False, "DEEPSPEED"),
-                                                  ("DistributedType.FSDP", True, "FSDP2")])
-def test_sharded_engines_refuse_bitsandbytes_optimizers_and_ddp_takes_them(engine, fsdp2, named):
+@pytest.mark.parametrize("engine, fsdp2, named, plan_with", [
+    ("DistributedType.DEEPSPEED", False, "DEEPSPEED", ["--sharding", "zero2"]),
+    ("DistributedType.DEEPSPEED", False, "DEEPSPEED", ["--accelerate-config", f"{ROOT}/examples/accelerate/zero3.yaml"]),
+    ("DistributedType.FSDP", True, "FSDP2", ["--accelerate-config", f"{ROOT}/examples/accelerate/fsdp2.yaml"])])
+def test_sharded_engines_refuse_bitsandbytes_optimizers_and_ddp_takes_them(engine, fsdp2, named, plan_with, capsys):
+    """The run refuses an 8-bit optimizer under DeepSpeed / FSDP2 before its first step, and `preflab plan` for the
+    same config and engine stops with the run's message (exit 2), not a memory estimate; under DDP both go on."""
+    from preflab.cli import main
     from preflab.loops.driver import TrainingRun
 
-    def check(distributed_type):
-        cfg = config_from_dict({**BASE, "optim": "adamw_8bit"})
+    def check(distributed_type, optim="adamw_8bit"):
+        cfg = config_from_dict({**BASE, "optim": optim})
         run_ = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(distributed_type=distributed_type, is_fsdp2=fsdp2))
         TrainingRun._check_engine_can_save(run_)
+
+    def plan(*extra, optim="adamw_8bit"):
+        capsys.readouterr()
+        code = main(["plan", *(f"{k}={v}" for k, v in BASE.items()), f"optim={optim}", "max_length=64", *extra])
+        return code, capsys.readouterr()
 
     with pytest.raises(ConfigError) as err:
         check(engine)
     assert str(err.value) == sharded_optimizer_refusal("adamw_8bit", named)
     assert "quantized in blocks of 256 values of the tensor they are handed" in str(err.value)
+    code, said = plan(*plan_with)
+    assert (code, said.out, said.err.strip()) == (2, "", f"preflab: error: {err.value}")
+    with pytest.raises(ConfigError) as adafactor:  # any optim but AdamW, as the run refuses it
+        check(engine, "adafactor")
+    assert plan(*plan_with, optim="adafactor")[1].err.strip() == f"preflab: error: {adafactor.value}"
+    check(engine, "adamw_torch")
+    assert plan(*plan_with, optim="adamw_torch")[0] == 0
     check("DistributedType.MULTI_GPU")
+    code, said = plan("--sharding", "ddp", "--world-size", "2")
+    assert code == 0 and "ddp over 2 rank(s)" in said.out
+
+
+@needs_bnb
+def test_plan_refuses_a_paged_optimizer_with_use_cpu_as_train_does(capsys):
+    """use_cpu: true with a paged optimizer stops `preflab train` at the config, and `preflab plan` with the same
+    line; plan does not read whether this machine has a GPU (it plans runs for other machines), so a paged
+    optimizer without use_cpu is planned."""
+    from preflab.cli import main
+    from preflab.optimizer_options import paged_refusal
+
+    said = {}
+    for command in ("plan", "train"):
+        assert main([command, *(f"{k}={v}" for k, v in BASE.items()), "optim=paged_adamw_8bit", "use_cpu=true"]) == 2
+        said[command] = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said["plan"] == said["train"] and paged_refusal("paged_adamw_8bit", "use_cpu: true is set") in said["plan"]
+    assert main(["plan", *(f"{k}={v}" for k, v in BASE.items()), "optim=paged_adamw_8bit", "max_length=64"]) == 0
 
 
 H, I, L, V = 64, 128, 2, 100  # the plan's model: q/k/v/o [64, 64] = 4096 values, gate/up/down 8192, head 6400
