@@ -235,6 +235,41 @@ def test_a_resume_across_optimizers_of_other_state_is_refused(tmp_path):
             resume_from_checkpoint=str(tmp_path / "bnb32/checkpoint-1"), **options)
 
 
+@needs_bnb
+def test_bitsandbytes_is_imported_only_by_a_run_that_builds_one_of_its_optimizers(tmp_path):
+    """Importing bitsandbytes costs seconds (and a kernel lookup on the Hub on some CPUs): `import preflab`, the CLI,
+    loading a default config (YAML file and overrides) and a bitsandbytes one (which checks the package is there
+    without importing it), planning it, and building the default optimizer leave it unimported; building adamw_8bit
+    imports it (the probe can fail). In a fresh interpreter: this process's other tests import it."""
+    import os
+    import subprocess
+
+    import preflab
+
+    (tmp_path / "run.yaml").write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: pairs.jsonl\n")
+    script = f"""
+import sys
+import torch
+import preflab, preflab.cli
+from preflab.config import load_config
+from preflab.loops.optimizer import build_optimizer
+from preflab.plan import Sharding, memory_plan, model_config_of
+cfg = load_config({str(tmp_path / "run.yaml")!r}, ["learning_rate=0.01"])
+assert cfg.optim == "adamw_torch_fused"
+net = torch.nn.Linear(8, 8)
+assert type(build_optimizer(cfg, list(net.parameters()), [net])).__name__ == "AdamW"
+bnb = load_config({str(tmp_path / "run.yaml")!r}, ["optim=adamw_8bit", "max_length=32"])
+memory_plan(bnb, model_config_of(bnb.model_name_or_path), Sharding())
+assert "bitsandbytes" not in sys.modules, sorted(m for m in sys.modules if "bitsandbytes" in m)
+build_optimizer(bnb, list(net.parameters()), [net])
+assert "bitsandbytes" in sys.modules
+"""
+    path = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_without_bitsandbytes_the_config_and_the_build_say_how_to_install_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else
@@ -298,14 +333,14 @@ def test_rmsprop_bnb_rejects_the_strings_transformers_would_hand_it():
         cls(list(Net().parameters()), **kwargs)
 
 
-ROOT = Path(__file__).resolve().parents[2]
+ACCELERATE = Path(__file__).resolve().parents[2] / "examples/accelerate"
 
 
 @needs_bnb
 @pytest.mark.parametrize("engine, fsdp2, named, plan_with", [
     ("DistributedType.DEEPSPEED", False, "DEEPSPEED", ["--sharding", "zero2"]),
-    ("DistributedType.DEEPSPEED", False, "DEEPSPEED", ["--accelerate-config", f"{ROOT}/examples/accelerate/zero3.yaml"]),
-    ("DistributedType.FSDP", True, "FSDP2", ["--accelerate-config", f"{ROOT}/examples/accelerate/fsdp2.yaml"])])
+    ("DistributedType.DEEPSPEED", False, "DEEPSPEED", ["--accelerate-config", str(ACCELERATE / "zero3.yaml")]),
+    ("DistributedType.FSDP", True, "FSDP2", ["--accelerate-config", str(ACCELERATE / "fsdp2.yaml")])])
 def test_sharded_engines_refuse_bitsandbytes_optimizers_and_ddp_takes_them(engine, fsdp2, named, plan_with, capsys):
     """The run refuses an 8-bit optimizer under DeepSpeed / FSDP2 before its first step, and `preflab plan` for the
     same config and engine stops with the run's message (exit 2), not a memory estimate; under DDP both go on."""
