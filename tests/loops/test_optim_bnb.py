@@ -505,16 +505,17 @@ def test_adamw_8bit_bound_reads_the_block_maxima_and_eps_zero_copies_every_step(
 @needs_bnb
 @pytest.mark.slow
 def test_adamw_8bit_on_two_ddp_processes_equals_one_process_and_resumes_exactly(tmp_path, accelerate_launch):
-    """DDP: every rank steps bitsandbytes' AdamW on the same all-reduced gradients. 2 processes x batch 2 for 4
+    """DDP: every rank steps bitsandbytes' AdamW on the same all-reduced gradients. 2 processes x batch 2 for 3
     steps: the losses and final weights of 1 process x batch 4 (to float tolerance: the all-reduce sums in another
     order); resumed on 2 processes from checkpoint-2 (the 8-bit state in the checkpoint), bit for bit the
-    uninterrupted 2-process run's weights."""
+    uninterrupted 2-process run's weights. One launch runs both 2-process runs; the 1-process run goes on here
+    while the launched processes start."""
     import os
     import subprocess
 
     import preflab
 
-    options = dict(optim="adamw_8bit", max_steps=4, save_steps=2, learning_rate=1e-2, seed=7, weight_decay=0.1)
+    options = dict(optim="adamw_8bit", max_steps=3, save_steps=2, learning_rate=1e-2, seed=7, weight_decay=0.1)
     args = [f"{k}={json.dumps(v)}" for k, v in options.items()]
     runs = [["plain", tmp_path / "two", *args],
             ["plain", tmp_path / "resumed", *args, f"resume_from_checkpoint={tmp_path / 'two/checkpoint-2'}"]]
@@ -524,10 +525,16 @@ def test_adamw_8bit_on_two_ddp_processes_equals_one_process_and_resumes_exactly(
     env.pop("WORLD_SIZE", None)
     cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                             "--dynamo_backend", "no", str(Path(__file__).parent / "features_run.py"), *argv)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run(tmp_path / "one", **{**options, "save_steps": 0}, per_device_train_batch_size=4)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=Path(__file__).resolve().parents[2]) as launched:
+        try:
+            run(tmp_path / "one", **{**options, "save_steps": 0}, per_device_train_batch_size=4)
+            _, stderr = launched.communicate(timeout=600)
+        finally:
+            if launched.poll() is None:  # the run here failed or the launch hung: SIGTERM, which accelerate's
+                launched.terminate()     # launcher passes on to its processes (SIGKILL would orphan them)
+                launched.communicate(timeout=60)
+    assert launched.returncode == 0, stderr[-3000:]
     losses = [json.loads(x) for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
     one = [json.loads(x) for x in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in losses if "loss" in r] == pytest.approx([r["loss"] for r in one if "loss" in r],
