@@ -209,6 +209,15 @@ def sharded_optimizer_refusal(optim: str, engine: str) -> str:
             "Train with examples/accelerate/ddp.yaml or one process, or use optim: adamw_torch_fused.")
 
 
+def sharded_optimizer_problem(optim: str, engine: str | None) -> str | None:
+    """The refusal (sharded_optimizer_refusal) of `optim` under sharding engine `engine` (launch.sharding_engine's
+    name: DEEPSPEED, FSDP2, FSDP; None without sharding), None where it may run: AdamW (ADAMW) under any engine,
+    every optim without one. `preflab train` (TrainingRun._check_engine_can_save) and `preflab plan` both ask it."""
+    if engine is None or optim in ADAMW:
+        return None
+    return sharded_optimizer_refusal(optim, engine)
+
+
 def optimizer_state_values(optim: str, optim_args: str | None, shapes) -> int:
     """How many values optimizer `optim` keeps for trainable parameters of `shapes` (for preflab plan), summed over
     the parameters, the per-tensor state each keeps after a step:

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 import torch
 
 from preflab.errors import ConfigError
-from preflab.optimizer_options import BNB_OPTIMIZERS, bnb_state_bytes, optimizer_state_values
+from preflab.optimizer_options import (BNB_OPTIMIZERS, bnb_state_bytes, optimizer_state_values,
+                                       sharded_optimizer_problem)
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_grad_op")
@@ -62,6 +63,16 @@ class Sharding:
     offload_optimizer: bool = False
     offload_params: bool = False
     fsdp_version: int = 2  # preflab shards the reference under FSDP version 2 only
+    deepspeed: bool = False  # an accelerate config of distributed_type DEEPSPEED (ZeRO stage 0 plans as ddp)
+
+    def run_engine(self) -> str | None:
+        """The sharding engine `preflab train` would name (preflab.loops.launch.sharding_engine: DEEPSPEED for ZeRO,
+        FSDP2 / FSDP by fsdp_version), None under DDP: what the run's refusals are asked with."""
+        if self.deepspeed or self.engine.startswith("zero"):
+            return "DEEPSPEED"
+        if self.engine.startswith("fsdp"):
+            return "FSDP2" if self.fsdp_version == 2 else "FSDP"
+        return None
 
     def reference_on_gpu_fraction(self) -> float:
         """1/s_r: the share of the reference each rank holds on the GPU (see the module docstring)."""
@@ -94,7 +105,7 @@ def sharding_from_accelerate(path: str, world: int | None = None) -> Sharding:
         stage = int(ds.get("zero_stage", 2))
         return Sharding({0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}[stage], n,
                         ds.get("offload_optimizer_device", "none") not in ("none", None),
-                        ds.get("offload_param_device", "none") not in ("none", None))
+                        ds.get("offload_param_device", "none") not in ("none", None), deepspeed=True)
     return Sharding("ddp", n)
 
 
@@ -162,7 +173,12 @@ def sequences_per_example(cfg) -> int:
 
 
 def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
-    """Bytes per rank of each term (see the module docstring) and their total."""
+    """Bytes per rank of each term (see the module docstring) and their total. An optim the run refuses under the
+    sharding (every optim but AdamW under ZeRO / FSDP: optimizer_options.sharded_optimizer_problem, which `preflab
+    train` asks too) is refused here with the run's message (ConfigError), not planned."""
+    refusal = sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"), sharding.run_engine())
+    if refusal:
+        raise ConfigError(refusal)
     load = cfg.load_dtype or "float32"
     if load not in BYTES:
         raise ConfigError(f"load_dtype={load!r}: the plan knows {sorted(BYTES)}.")

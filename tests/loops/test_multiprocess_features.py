@@ -1,11 +1,13 @@
 """Features whose tests ran on one process, under 2 DDP processes on CPU (gloo): reduce_lr_on_plateau, NEFTune
-(neftune_noise_alpha), reward model training (task: reward), optim: adafactor, and an exact resume of a dropout
-model. One launch
+(neftune_noise_alpha), reward model training (task: reward), optim: adafactor, optim: adamw_8bit (bitsandbytes;
+its runs join the launch where the package is installed, else its test is skipped), and an exact resume of a
+dropout model. One launch
 (tests/loops/features_run.py, a module fixture) runs them all one after the other; each test compares with a
 one-process run computed here.
 
 Cost: the launch takes about 50 s on a loaded 2-core machine (the first test here pays it), each test's own
 one-process reference a few seconds."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +33,8 @@ NEFTUNE = dict(layout="padded", neftune_noise_alpha=5.0, max_steps=3, save_steps
 DRAWS = dict(max_steps=3, save_steps=2, learning_rate=1e-2, seed=5, group_by_length=True)  # the grouped order too
 REWARD = dict(max_steps=3)
 ADAFACTOR = dict(optim="adafactor", max_steps=4, save_steps=2, learning_rate=1e-2, seed=7)
+ADAMW_8BIT = dict(optim="adamw_8bit", max_steps=4, save_steps=2, learning_rate=1e-2, seed=7, weight_decay=0.1)
+HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 
 def _args(options: dict) -> list[str]:
@@ -42,7 +46,8 @@ def two(tmp_path_factory, accelerate_launch) -> Path:
     """The 2-process runs (per_device_train_batch_size 2 each), in one launch: reward (first: the only run of the
     launch that takes a finished run's own teardown, see features_run), plateau and its resume from checkpoint-3,
     neftune and its resume from checkpoint-2, draws and its resume from checkpoint-2, plain (optim: adafactor) and
-    its resume from checkpoint-2."""
+    its resume from checkpoint-2, and with bitsandbytes installed adamw_8bit and its resume from checkpoint-2 (its
+    own launch cost ~45 s; here the launch's processes are already up)."""
     import preflab
 
     root = tmp_path_factory.mktemp("features-two")
@@ -56,8 +61,13 @@ def two(tmp_path_factory, accelerate_launch) -> Path:
         runs.append([mode, root / mode, *_args(options)])
         runs.append([mode, root / f"{mode}-resumed", *_args(options),
                      f"resume_from_checkpoint={root / mode / f'checkpoint-{step}'}"])
+    if HAS_BNB:
+        runs += [["plain", root / "adamw_8bit", *_args(ADAMW_8BIT)],
+                 ["plain", root / "adamw_8bit-resumed", *_args(ADAMW_8BIT),
+                  f"resume_from_checkpoint={root / 'adamw_8bit/checkpoint-2'}"]]
     argv = [str(a) for r in runs for a in [*r, "per_device_train_batch_size=2", "--"]][:-1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1])}
+    path = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}  # the caller's path too: where bitsandbytes is
     env.pop("WORLD_SIZE", None)
     cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                             "--dynamo_backend", "no", str(SCRIPT), *argv)
@@ -239,3 +249,24 @@ def test_adafactor_on_two_processes_equals_one_process_and_resumes_exactly(two, 
     assert max_difference(weights(two / "plain"), weights(tmp_path / "one")) < 1e-5
     a, b = weights(two / "plain"), weights(two / "plain-resumed")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (pip install \"preflab[bnb]\")")
+def test_adamw_8bit_on_two_processes_equals_one_process_and_resumes_exactly(two, tmp_path):
+    """DDP: every rank steps bitsandbytes' AdamW on the same all-reduced gradients. 2 processes x batch 2 for 4
+    steps: the losses and final weights of 1 process x batch 4 (to float tolerance: the all-reduce sums in another
+    order); resumed on 2 processes from checkpoint-2 (the 8-bit state in the checkpoint), bit for bit the
+    uninterrupted 2-process run's weights."""
+    run(tmp_path / "one", **{**ADAMW_8BIT, "save_steps": 0}, per_device_train_batch_size=4)
+    losses = [r["loss"] for r in rows(two / "adamw_8bit") if "loss" in r]
+    assert len(losses) == 4
+    assert losses == pytest.approx([r["loss"] for r in rows(tmp_path / "one") if "loss" in r], abs=1e-5)
+    final, single = weights(two / "adamw_8bit"), weights(tmp_path / "one")
+    assert final.keys() == single.keys()
+    differences = {k: (final[k] - single[k]).abs().max().item() for k in final}
+    # lm_head (8-bit state): a value the other summation order moves across a quantization boundary may step by up
+    # to ~1 % of lr more or less (2e-6 seen); the float32-state tensors agree to float rounding (1e-6 seen)
+    assert differences.pop("lm_head.weight") < 1e-3 and max(differences.values()) < 1e-5
+    assert not torch.equal(final["lm_head.weight"], weights(two / "adamw_8bit/checkpoint-2")["lm_head.weight"])
+    resumed = weights(two / "adamw_8bit-resumed")
+    assert all(torch.equal(final[k], resumed[k]) for k in final)

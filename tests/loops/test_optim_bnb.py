@@ -5,8 +5,9 @@ builds (its two weight-decay groups and its 32-bit state for nn.Embedding weight
 to bit-equal parameters and state; a DPO run with adamw_8bit steps as transformers' optimizer replayed on its
 gradients and a stop-and-resume ends on the uninterrupted run's weights bit for bit (8-bit state: uint8 tensors,
 quantization maps and block maxima through safetensors + JSON); the refusals (no bitsandbytes, paged off CUDA,
-optim_args transformers would pass to bitsandbytes' RMSprop as strings, FSDP2 / DeepSpeed) and the plan's state
-bytes."""
+optim_args transformers would pass to bitsandbytes' RMSprop as strings, FSDP2 / DeepSpeed, in the run and in
+`preflab plan`), the plan's state bytes, and that nothing but building one of its optimizers imports bitsandbytes.
+On 2 DDP processes (equal to 1, exact resume): tests/loops/test_multiprocess_features.py, in its shared launch."""
 import importlib.util
 import json
 import sys
@@ -235,6 +236,40 @@ def test_a_resume_across_optimizers_of_other_state_is_refused(tmp_path):
             resume_from_checkpoint=str(tmp_path / "bnb32/checkpoint-1"), **options)
 
 
+@needs_bnb
+def test_bitsandbytes_is_imported_only_by_a_run_that_builds_one_of_its_optimizers(tmp_path):
+    """Importing bitsandbytes costs seconds (and a kernel lookup on the Hub on some CPUs): `import preflab`, the CLI,
+    loading a default config (YAML file and overrides) and a bitsandbytes one (which checks the package is there
+    without importing it) and building the default optimizer leave it unimported; building adamw_8bit imports it
+    (the probe can fail). In a fresh interpreter: this process's other tests import it. (`preflab plan` counts its
+    state without it: optimizer_options.bnb_state_bytes; running memory_plan here would add seconds.)"""
+    import os
+    import subprocess
+
+    import preflab
+
+    (tmp_path / "run.yaml").write_text("model_name_or_path: builtin:tiny-llama\ndataset_name: pairs.jsonl\n")
+    script = f"""
+import sys
+import torch
+import preflab, preflab.cli, preflab.plan
+from preflab.config import load_config
+from preflab.loops.optimizer import build_optimizer
+cfg = load_config({str(tmp_path / "run.yaml")!r}, ["learning_rate=0.01"])
+assert cfg.optim == "adamw_torch_fused"
+net = torch.nn.Linear(8, 8)
+assert type(build_optimizer(cfg, list(net.parameters()), [net])).__name__ == "AdamW"
+bnb = load_config({str(tmp_path / "run.yaml")!r}, ["optim=adamw_8bit"])
+assert "bitsandbytes" not in sys.modules, sorted(m for m in sys.modules if "bitsandbytes" in m)
+build_optimizer(bnb, list(net.parameters()), [net])
+assert "bitsandbytes" in sys.modules
+"""
+    path = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_without_bitsandbytes_the_config_and_the_build_say_how_to_install_it(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else
@@ -298,22 +333,60 @@ def test_rmsprop_bnb_rejects_the_strings_transformers_would_hand_it():
         cls(list(Net().parameters()), **kwargs)
 
 
+ACCELERATE = Path(__file__).resolve().parents[2] / "examples/accelerate"
+
+
 @needs_bnb
-@pytest.mark.parametrize("engine, fsdp2, named", [("DistributedType.DEEPSPEED", False, "DEEPSPEED"),
-                                                  ("DistributedType.FSDP", True, "FSDP2")])
-def test_sharded_engines_refuse_bitsandbytes_optimizers_and_ddp_takes_them(engine, fsdp2, named):
+@pytest.mark.parametrize("engine, fsdp2, named, plan_with", [
+    ("DistributedType.DEEPSPEED", False, "DEEPSPEED", ["--sharding", "zero2"]),
+    ("DistributedType.DEEPSPEED", False, "DEEPSPEED", ["--accelerate-config", str(ACCELERATE / "zero3.yaml")]),
+    ("DistributedType.FSDP", True, "FSDP2", ["--accelerate-config", str(ACCELERATE / "fsdp2.yaml")])])
+def test_sharded_engines_refuse_bitsandbytes_optimizers_and_ddp_takes_them(engine, fsdp2, named, plan_with, capsys):
+    """The run refuses an 8-bit optimizer under DeepSpeed / FSDP2 before its first step, and `preflab plan` for the
+    same config and engine stops with the run's message (exit 2), not a memory estimate; under DDP both go on."""
+    from preflab.cli import main
     from preflab.loops.driver import TrainingRun
 
-    def check(distributed_type):
-        cfg = config_from_dict({**BASE, "optim": "adamw_8bit"})
+    def check(distributed_type, optim="adamw_8bit"):
+        cfg = config_from_dict({**BASE, "optim": optim})
         run_ = SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(distributed_type=distributed_type, is_fsdp2=fsdp2))
         TrainingRun._check_engine_can_save(run_)
+
+    def plan(*extra, optim="adamw_8bit"):
+        capsys.readouterr()
+        code = main(["plan", *(f"{k}={v}" for k, v in BASE.items()), f"optim={optim}", "max_length=64", *extra])
+        return code, capsys.readouterr()
 
     with pytest.raises(ConfigError) as err:
         check(engine)
     assert str(err.value) == sharded_optimizer_refusal("adamw_8bit", named)
     assert "quantized in blocks of 256 values of the tensor they are handed" in str(err.value)
+    code, said = plan(*plan_with)
+    assert (code, said.out, said.err.strip()) == (2, "", f"preflab: error: {err.value}")
+    with pytest.raises(ConfigError) as adafactor:  # any optim but AdamW, as the run refuses it
+        check(engine, "adafactor")
+    assert plan(*plan_with, optim="adafactor")[1].err.strip() == f"preflab: error: {adafactor.value}"
+    check(engine, "adamw_torch")
+    assert plan(*plan_with, optim="adamw_torch")[0] == 0
     check("DistributedType.MULTI_GPU")
+    code, said = plan("--sharding", "ddp", "--world-size", "2")
+    assert code == 0 and "ddp over 2 rank(s)" in said.out
+
+
+@needs_bnb
+def test_plan_refuses_a_paged_optimizer_with_use_cpu_as_train_does(capsys):
+    """use_cpu: true with a paged optimizer stops `preflab train` at the config, and `preflab plan` with the same
+    line; plan does not read whether this machine has a GPU (it plans runs for other machines), so a paged
+    optimizer without use_cpu is planned."""
+    from preflab.cli import main
+    from preflab.optimizer_options import paged_refusal
+
+    said = {}
+    for command in ("plan", "train"):
+        assert main([command, *(f"{k}={v}" for k, v in BASE.items()), "optim=paged_adamw_8bit", "use_cpu=true"]) == 2
+        said[command] = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said["plan"] == said["train"] and paged_refusal("paged_adamw_8bit", "use_cpu: true is set") in said["plan"]
+    assert main(["plan", *(f"{k}={v}" for k, v in BASE.items()), "optim=paged_adamw_8bit", "max_length=64"]) == 0
 
 
 H, I, L, V = 64, 128, 2, 100  # the plan's model: q/k/v/o [64, 64] = 4096 values, gate/up/down 8192, head 6400
@@ -427,47 +500,6 @@ def test_adamw_8bit_bound_reads_the_block_maxima_and_eps_zero_copies_every_step(
     zero = build_optimizer(SimpleNamespace(**{**vars(_config("adamw_8bit")), "adam_epsilon": 0.0}),
                            list(Net().parameters()))
     assert _group_bound(zero, zero.param_groups[0], 1.0, 1.0) is None and update_could_overflow(zero, 1.0, 1.0)
-
-
-@needs_bnb
-@pytest.mark.slow
-def test_adamw_8bit_on_two_ddp_processes_equals_one_process_and_resumes_exactly(tmp_path, accelerate_launch):
-    """DDP: every rank steps bitsandbytes' AdamW on the same all-reduced gradients. 2 processes x batch 2 for 4
-    steps: the losses and final weights of 1 process x batch 4 (to float tolerance: the all-reduce sums in another
-    order); resumed on 2 processes from checkpoint-2 (the 8-bit state in the checkpoint), bit for bit the
-    uninterrupted 2-process run's weights."""
-    import os
-    import subprocess
-
-    import preflab
-
-    options = dict(optim="adamw_8bit", max_steps=4, save_steps=2, learning_rate=1e-2, seed=7, weight_decay=0.1)
-    args = [f"{k}={json.dumps(v)}" for k, v in options.items()]
-    runs = [["plain", tmp_path / "two", *args],
-            ["plain", tmp_path / "resumed", *args, f"resume_from_checkpoint={tmp_path / 'two/checkpoint-2'}"]]
-    argv = [str(a) for r in runs for a in [*r, "per_device_train_batch_size=2", "--"]][:-1]
-    path = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(Path(__file__).parent / "features_run.py"), *argv)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).resolve().parents[2])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run(tmp_path / "one", **{**options, "save_steps": 0}, per_device_train_batch_size=4)
-    losses = [json.loads(x) for x in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
-    one = [json.loads(x) for x in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
-    assert [r["loss"] for r in losses if "loss" in r] == pytest.approx([r["loss"] for r in one if "loss" in r],
-                                                                       abs=1e-5)
-    two, single = load_file(str(tmp_path / "two/model.safetensors")), load_file(str(tmp_path / "one/model.safetensors"))
-    differences = {k: (two[k] - single[k]).abs().max().item() for k in two}
-    # lm_head (8-bit state): a value the other summation order moves across a quantization boundary may step by up
-    # to ~1 % of lr more or less (2e-6 seen); the float32-state tensors agree to float rounding (1e-6 seen)
-    assert differences.pop("lm_head.weight") < 1e-3 and max(differences.values()) < 1e-5
-    assert not torch.equal(two["lm_head.weight"], load_file(str(tmp_path / "two/checkpoint-2/model.safetensors"))[
-        "lm_head.weight"])
-    resumed = load_file(str(tmp_path / "resumed/model.safetensors"))
-    assert all(torch.equal(two[k], resumed[k]) for k in two)
 
 
 @needs_bnb

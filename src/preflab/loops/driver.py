@@ -50,7 +50,7 @@ from preflab.models.neftune import RankNoise, add_neftune_hook
 from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
 from preflab.online_options import greedy_eval_notes
-from preflab.optimizer_options import ADAMW, sharded_optimizer_refusal
+from preflab.optimizer_options import sharded_optimizer_problem
 from preflab.plugins import user_code
 from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
@@ -335,8 +335,10 @@ class TrainingRun(CallbackEvents):
         """Under a sharding engine (FSDP, DeepSpeed): refuse load_best_model_at_end, and what its checkpoints cannot
         hold when the run writes or resumes them (before the first step, not at the first save)."""
         cfg, acc = self.cfg, self.accelerator
-        if is_sharded(acc) and getattr(cfg, "optim", "adamw_torch_fused") not in ADAMW:
-            raise ConfigError(sharded_optimizer_refusal(cfg.optim, sharding_engine(acc)))
+        refusal = sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"),
+                                            sharding_engine(acc) if is_sharded(acc) else None)
+        if refusal:
+            raise ConfigError(refusal)
         if cfg.load_best_model_at_end and is_sharded(acc):
             raise ConfigError(f"load_best_model_at_end is not supported under {sharding_engine(acc)} (preflab loads "
                               "the best checkpoint's full weights only without sharding); train with "
