@@ -5,6 +5,7 @@ round's tokens, tool masks, environment calls and rewards are exact values; TRL'
 same environment factories and its _generate_single_turn answering from the same script, gives the same ones."""
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -299,7 +300,7 @@ def test_refusals_name_the_problem(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="method Undocumented.jump: transformers cannot build its tool JSON schema"):
         Environments(load_environment_factories({"a": Undocumented}))
     rows = ROWS[:2] + [{**ROWS[0], "environment": "chess"}]
-    with pytest.raises(ConfigError, match=r"prompt row 2: environment 'chess' is not one of environment_factory's "
+    with pytest.raises(ConfigError, match=r"training prompt row 2: environment 'chess' is not one of environment_factory's "
                                           r"\['counter', 'echo'\]"):
         env_run(tmp_path, monkeypatch, rows=rows)
     with pytest.raises(ConfigError, match="no reward source"):
@@ -324,6 +325,40 @@ def test_refusals_name_the_problem(tmp_path, monkeypatch):
         run._start_environments(run.rows, 2)
     with pytest.raises(ConfigError, match="environment_factory is not supported|not one of|only|environment_factory"):
         config_from_dict({**BASE, "output_dir": "x", "trainer": "online_dpo", "environment_factory": "m:E"})
+
+
+def test_an_unknown_environment_is_refused_naming_the_data_set_file_and_line(tmp_path, monkeypatch):
+    """A row whose `environment` is not a factory's name is refused naming its file, row and line and whether it is a
+    training or a held-out (eval) prompt: a bad training row, then a bad row of eval_dataset_name; from Python (no
+    file known) as a training prompt by its number."""
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import load_task
+
+    tok = tool_tokenizer()
+
+    def write(name, rows):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / name)
+
+    def run_with(train, held):
+        cfg = config_from_dict({**BASE, "output_dir": str(tmp_path / "run"), "dataset_name": train,
+                                "eval_dataset_name": held, "prompts_per_generation": 2, "eval_steps": 100,
+                                "reward_funcs": "test_environment_factory:echo_reward",
+                                "environment_factory": {"counter": "test_environment_factory:Counter",
+                                                        "echo": "test_environment_factory:Echo"}})
+        task, _, _ = load_task(cfg, tok, None)
+        return OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok, task=task)
+
+    good = write("good.jsonl", ROWS[:2])
+    bad = write("bad.jsonl", [ROWS[0], {**ROWS[1], "environment": "chess"}])
+    with pytest.raises(ConfigError, match=r"^" + re.escape(f"{bad} row 1 (line 2), a training prompt: environment "
+                                                           "'chess' is not one of")):
+        run_with(bad, good)
+    with pytest.raises(ConfigError, match=r"^" + re.escape(f"{bad} row 1 (line 2), a held-out (eval) prompt: "
+                                                           "environment 'chess' is not one of")):
+        run_with(good, bad)
+    with pytest.raises(ConfigError, match=r"^training prompt row 1: environment 'chess'"):
+        env_run(tmp_path / "py", monkeypatch, rows=[ROWS[0], {**ROWS[1], "environment": "chess"}])
 
 
 def test_config_reads_the_option_and_its_tool_options(tmp_path):
