@@ -327,6 +327,72 @@ def test_refusals_name_the_problem(tmp_path, monkeypatch):
         config_from_dict({**BASE, "output_dir": "x", "trainer": "online_dpo", "environment_factory": "m:E"})
 
 
+def test_the_observation_is_appended_to_the_last_message(tmp_path, monkeypatch):
+    """reset's observation goes at the end of the prompt's last message (TRL: content + observation), also after a
+    system message: the prompt the model sees and the reward functions get; the system message is unchanged."""
+    rows = [{"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "reach"}],
+             "target": 5, "environment": "counter"}]
+    run = env_run(tmp_path, monkeypatch, rows=rows, prompts_per_generation=1)
+    out = run._start_environments(run.rows, 2)
+    assert out[0].prompt == [{"role": "system", "content": "be brief"},
+                             {"role": "user", "content": "reach (target 5)"}]
+    assert "reach (target 5)" in run.tokenizer.decode(out[0].prompt_ids)
+
+
+class Coins:
+    """Another environment owning its reward (10 + the coins picked)."""
+
+    def reset(self, **kwargs):
+        self.coins = 0
+
+    def pick(self, n: int) -> str:
+        """Picks coins.
+
+        Args:
+            n: How many.
+        """
+        self.coins += n
+        return str(self.coins)
+
+    def get_reward(self) -> float:
+        return 10.0 + self.coins
+
+
+class SubCounter(Counter):
+    """A Counter subclass: its rollouts are scored by its own judge, not by Counter's too."""
+
+
+def test_each_get_reward_judge_scores_its_own_class_and_weighs_one():
+    """Every environment class with get_reward is one judge (named after it) scoring the rollouts of exactly that
+    class (None for the others, a subclass included); reward_weights get a 1 per such judge; a reward function
+    taking **kwargs receives the rollouts' environments (TRL passes them to every reward function)."""
+    from preflab.loops.judge import Judge
+    from preflab.online.environments import judge_rollouts, with_environment_judges
+
+    envs = Environments(load_environment_factories({"c": Counter, "coins": Coins, "sub": SubCounter, "e": Echo}))
+    assert [j.__name__ for j in envs.reward_judges] == ["Counter", "Coins", "SubCounter"]
+    counter, coins, sub, echo = Counter(), Coins(), SubCounter(), Echo()
+    counter.reset(target=3)
+    sub.reset(target=0)
+    coins.reset()
+    counter.step(3)
+    coins.pick(2)
+    insts = [counter, coins, sub, echo]
+    assert [j(["p"] * 4, ["c"] * 4, environments=insts) for j in envs.reward_judges] == [
+        [1.0, None, None, None], [None, 12.0, None, None], [None, None, 1.0, None]]
+
+    def kwargs_reward(prompts, completions, **kwargs):
+        return [float(len(type(e).__name__)) for e in kwargs["environments"]]
+
+    judges, weights = with_environment_judges([kwargs_reward], [0.5], envs)
+    assert weights == [0.5, 1.0, 1.0, 1.0] and judges[1:] == envs.reward_judges
+    # the same completion text in every rollout: each is still judged with its own instance (judge_rollouts)
+    _, per_fn = judge_rollouts(Judge(judges, weights=weights, cache=False), None, ["p"] * 4, ["c"] * 4, [0, 1, 2, 3],
+                               [{}] * 4, [[1]] * 4, insts)
+    assert per_fn[:, 0].tolist() == [7.0, 5.0, 10.0, 4.0]  # len("Counter"), len("Coins"), ...
+    assert per_fn[:, 1:].nan_to_num(-1).tolist() == [[1.0, -1, -1], [-1, 12.0, -1], [-1, -1, 1.0], [-1, -1, -1]]
+
+
 def test_an_unknown_environment_is_refused_naming_the_data_set_file_and_line(tmp_path, monkeypatch):
     """A row whose `environment` is not a factory's name is refused naming its file, row and line and whether it is a
     training or a held-out (eval) prompt: a bad training row, then a bad row of eval_dataset_name; from Python (no
