@@ -356,8 +356,8 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
         from preflab.online.environments import row_places
 
         envs, place = environments, row_places("held-out (eval) prompt", places)
-        row_tools = (lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras, place)]) if envs is not None else \
-            tools or None
+        env_tools = (lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras, place)])
+        row_tools = env_tools if envs is not None else tools or None
         prompt_rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                                       chat_template_kwargs=cfg.chat_template_kwargs, tools=row_tools)
         k = getattr(cfg, "num_generations_eval", None) or 1
