@@ -393,6 +393,21 @@ def test_each_get_reward_judge_scores_its_own_class_and_weighs_one():
     assert per_fn[:, 1:].nan_to_num(-1).tolist() == [[1.0, -1, -1], [-1, 12.0, -1], [-1, -1, 1.0], [-1, -1, -1]]
 
 
+def test_the_runs_judge_reads_the_environments_afresh_every_round(tmp_path, monkeypatch):
+    """With environments the run's Judge keeps no cache: the same prompt and completion text in two rounds, whose
+    environments end in different states, get each round's own get_reward (1 when the total reaches the target)."""
+    run = env_run(tmp_path, monkeypatch, rows=ROWS[:1], judges=(), factory=Counter, prompts_per_generation=1)
+    got = []
+    for total in (5, 4, 5):
+        env = Counter()
+        env.reset(target=5)
+        env.total = total
+        run.round_environments = [env]
+        flat, _ = run._judge_with_environments([ROWS[0]["prompt"]], ["done"], 1, [{"target": 5}], [[1]])
+        got.append(flat.tolist())
+    assert got == [[1.0], [0.0], [1.0]]
+
+
 def test_an_unknown_environment_is_refused_naming_the_data_set_file_and_line(tmp_path, monkeypatch):
     """A row whose `environment` is not a factory's name is refused naming its file, row and line and whether it is a
     training or a held-out (eval) prompt: a bad training row, then a bad row of eval_dataset_name; from Python (no
