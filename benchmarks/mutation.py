@@ -4750,6 +4750,87 @@ MUTANTS += [
 ]
 
 
+# env-hardening round: TRL environment_factory (online/environments.py and its wiring in OnlineRun, the held-out
+# evaluation and the Judge): what reset receives, where its observation goes, the K resets compared, get_reward's
+# judge and weight, environments= for reward functions, the judge cache, each rollout's own instance and tools, and
+# the main process's calls sent to the others. Mutants named `envf-*`.
+ENVF = ["tests/online/test_environment_factory.py", "-m", "not slow"]
+ENVF_2P = ["tests/online/test_environment_factory.py::"
+           "test_two_processes_call_each_environment_once_and_equal_one_process"]
+MUTANTS += [
+    Mutant("envf-reset-gets-environment-column", "online/environments.py",
+           [('return {k: v for k, v in fields.items() if k != "environment"} if self.multi else fields',
+             "return fields")], ENVF,
+           "with several environments reset(**row) also gets the `environment` column (TRL drops it)"),
+    Mutant("envf-single-env-drops-environment-column", "online/environments.py",
+           [('return {k: v for k, v in fields.items() if k != "environment"} if self.multi else fields',
+             'return {k: v for k, v in fields.items() if k != "environment"}')], ENVF,
+           "with one factory a column named `environment` is not given to reset"),
+    Mutant("envf-observation-on-first-message", "online/environments.py",
+           [('return prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]',
+             'return [{**prompt[0], "content": prompt[0]["content"] + observation}] + prompt[1:]')], ENVF,
+           "reset's observation is appended to the system message, not the last (user) message"),
+    Mutant("envf-observation-dropped", "online/environments.py",
+           [("        if observation is None:\n            out.append(row)",
+             "        if True:\n            out.append(row)")], ENVF,
+           "reset's observation never reaches the prompt the model sees"),
+    Mutant("envf-resets-not-compared", "online/environments.py",
+           [("if any(s != first for s in seen[1:]):", "if False:")], ENVF,
+           "a row whose K resets disagree is trained with the first observation for every completion"),
+    Mutant("envf-one-instance-per-row", "online/environments.py",
+           [("                env = _make(self.factories[name], name)\n",
+             "                env = _make(self.factories[name], name) if not seen else instances[-1]\n")], ENVF,
+           "the K rollouts of a row (and the eval's k answers) share one instance: state leaks between them"),
+    Mutant("envf-reward-judge-any-class", "online/environments.py",
+           [("if type(e) is env_type else None", 'if hasattr(e, "get_reward") else None')], ENVF,
+           "an environment's get_reward judge also scores the rollouts of other classes that own a reward"),
+    Mutant("envf-reward-judge-subclass", "online/environments.py",
+           [("if type(e) is env_type else None", "if isinstance(e, env_type) else None")], ENVF,
+           "a subclass's rollouts are scored by its parent's judge too (counted twice)"),
+    Mutant("envf-weights-not-extended", "online/environments.py",
+           [("weights = list(weights) + [1.0] * len(extra)", "weights = list(weights)")], ENVF,
+           "reward_weights are not extended by the get_reward judges' weight 1"),
+    Mutant("envf-weights-extended-by-zero", "online/environments.py",
+           [("weights = list(weights) + [1.0] * len(extra)", "weights = list(weights) + [0.0] * len(extra)")],
+           ENVF, "get_reward's reward weighs 0 beside reward_weights (TRL: 1)"),
+    Mutant("envf-get-reward-is-a-tool", "online/environments.py",
+           [('RESERVED = ("reset", "get_reward")', 'RESERVED = ("reset",)')], ENVF,
+           "get_reward is offered to the model as a tool"),
+    Mutant("envf-slot-tools-first-instance", "online/environments.py",
+           [("return [self.standalone + public_methods(env) for env in instances]",
+             "return [self.standalone + public_methods(instances[0]) for env in instances]")], ENVF,
+           "every rollout's tool calls go to the round's first instance"),
+    Mutant("envf-all-tools-in-every-prompt", "online/run.py",
+           [("return lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras, place)]", "return envs.all_tools")],
+           ENVF,
+           "with several environments every prompt shows every environment's tools"),
+    Mutant("envf-kwargs-reward-no-environments", "loops/judge.py",
+           [("if environments is not None and _takes_keyword(judge, \"environments\"):",
+             "if environments is not None and \"environments\" in getattr(getattr(judge, \"__code__\", None), "
+             "\"co_varnames\", ()):")], ENVF,
+           "a reward function taking **kwargs is not given environments= (TRL passes it)"),
+    Mutant("envf-judge-cache-kept", "online/run.py",
+           [('cache=getattr(task, "judge_cache", True) and self.environments is None,',
+             'cache=getattr(task, "judge_cache", True),')], ENVF,
+           "with environments the judge caches by text: a rollout whose environment state differs gets a stale score"),
+    Mutant("envf-eval-without-get-reward", "online/tasks.py",
+           [("            every, weights = with_environment_judges(judges, weights, envs)\n",
+             "            every, weights = list(judges), weights\n")], ENVF,
+           "the held-out evaluation leaves out the environments' get_reward"),
+    Mutant("envf-rollouts-share-cache-context", "online/environments.py",
+           [('[f"rollout {i}" for i in range(len(ids))],', "None,")], ENVF,
+           "rollouts with the same text are judged once (the Judge's de-duplication), all with the first's instance"),
+    Mutant("envf-every-process-resets", "online/environments.py",
+           [("    if accelerator is None or accelerator.num_processes == 1:\n        instances, observations",
+             "    if True:\n        instances, observations")], ENVF_2P,
+           "with several processes every process makes and resets its own instances (calls repeated per process)"),
+    Mutant("envf-every-process-judges", "online/environments.py",
+           [("    if accelerator is None or accelerator.num_processes == 1:\n        return judged()[:2]",
+             "    if True:\n        return judged()[:2]")], ENVF_2P,
+           "with several processes each judges itself, the others without the main process's instances"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -5,6 +5,7 @@ round's tokens, tool masks, environment calls and rewards are exact values; TRL'
 same environment factories and its _generate_single_turn answering from the same script, gives the same ones."""
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -299,7 +300,7 @@ def test_refusals_name_the_problem(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="method Undocumented.jump: transformers cannot build its tool JSON schema"):
         Environments(load_environment_factories({"a": Undocumented}))
     rows = ROWS[:2] + [{**ROWS[0], "environment": "chess"}]
-    with pytest.raises(ConfigError, match=r"prompt row 2: environment 'chess' is not one of environment_factory's "
+    with pytest.raises(ConfigError, match=r"training prompt row 2: environment 'chess' is not one of environment_factory's "
                                           r"\['counter', 'echo'\]"):
         env_run(tmp_path, monkeypatch, rows=rows)
     with pytest.raises(ConfigError, match="no reward source"):
@@ -324,6 +325,121 @@ def test_refusals_name_the_problem(tmp_path, monkeypatch):
         run._start_environments(run.rows, 2)
     with pytest.raises(ConfigError, match="environment_factory is not supported|not one of|only|environment_factory"):
         config_from_dict({**BASE, "output_dir": "x", "trainer": "online_dpo", "environment_factory": "m:E"})
+
+
+def test_the_observation_is_appended_to_the_last_message(tmp_path, monkeypatch):
+    """reset's observation goes at the end of the prompt's last message (TRL: content + observation), also after a
+    system message: the prompt the model sees and the reward functions get; the system message is unchanged."""
+    rows = [{"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "reach"}],
+             "target": 5, "environment": "counter"}]
+    run = env_run(tmp_path, monkeypatch, rows=rows, prompts_per_generation=1)
+    out = run._start_environments(run.rows, 2)
+    assert out[0].prompt == [{"role": "system", "content": "be brief"},
+                             {"role": "user", "content": "reach (target 5)"}]
+    assert "reach (target 5)" in run.tokenizer.decode(out[0].prompt_ids)
+
+
+class Coins:
+    """Another environment owning its reward (10 + the coins picked)."""
+
+    def reset(self, **kwargs):
+        self.coins = 0
+
+    def pick(self, n: int) -> str:
+        """Picks coins.
+
+        Args:
+            n: How many.
+        """
+        self.coins += n
+        return str(self.coins)
+
+    def get_reward(self) -> float:
+        return 10.0 + self.coins
+
+
+class SubCounter(Counter):
+    """A Counter subclass: its rollouts are scored by its own judge, not by Counter's too."""
+
+
+def test_each_get_reward_judge_scores_its_own_class_and_weighs_one():
+    """Every environment class with get_reward is one judge (named after it) scoring the rollouts of exactly that
+    class (None for the others, a subclass included); reward_weights get a 1 per such judge; a reward function
+    taking **kwargs receives the rollouts' environments (TRL passes them to every reward function)."""
+    from preflab.loops.judge import Judge
+    from preflab.online.environments import judge_rollouts, with_environment_judges
+
+    envs = Environments(load_environment_factories({"c": Counter, "coins": Coins, "sub": SubCounter, "e": Echo}))
+    assert [j.__name__ for j in envs.reward_judges] == ["Counter", "Coins", "SubCounter"]
+    counter, coins, sub, echo = Counter(), Coins(), SubCounter(), Echo()
+    counter.reset(target=3)
+    sub.reset(target=0)
+    coins.reset()
+    counter.step(3)
+    coins.pick(2)
+    insts = [counter, coins, sub, echo]
+    assert [j(["p"] * 4, ["c"] * 4, environments=insts) for j in envs.reward_judges] == [
+        [1.0, None, None, None], [None, 12.0, None, None], [None, None, 1.0, None]]
+
+    def kwargs_reward(prompts, completions, **kwargs):
+        return [float(len(type(e).__name__)) for e in kwargs["environments"]]
+
+    judges, weights = with_environment_judges([kwargs_reward], [0.5], envs)
+    assert weights == [0.5, 1.0, 1.0, 1.0] and judges[1:] == envs.reward_judges
+    # the same completion text in every rollout: each is still judged with its own instance (judge_rollouts)
+    _, per_fn = judge_rollouts(Judge(judges, weights=weights, cache=False), None, ["p"] * 4, ["c"] * 4, [0, 1, 2, 3],
+                               [{}] * 4, [[1]] * 4, insts)
+    assert per_fn[:, 0].tolist() == [7.0, 5.0, 10.0, 4.0]  # len("Counter"), len("Coins"), ...
+    assert per_fn[:, 1:].nan_to_num(-1).tolist() == [[1.0, -1, -1], [-1, 12.0, -1], [-1, -1, 1.0], [-1, -1, -1]]
+
+
+def test_the_runs_judge_reads_the_environments_afresh_every_round(tmp_path, monkeypatch):
+    """With environments the run's Judge keeps no cache: the same prompt and completion text in two rounds, whose
+    environments end in different states, get each round's own get_reward (1 when the total reaches the target)."""
+    run = env_run(tmp_path, monkeypatch, rows=ROWS[:1], judges=(), factory=Counter, prompts_per_generation=1)
+    got = []
+    for total in (5, 4, 5):
+        env = Counter()
+        env.reset(target=5)
+        env.total = total
+        run.round_environments = [env]
+        flat, _ = run._judge_with_environments([ROWS[0]["prompt"]], ["done"], 1, [{"target": 5}], [[1]])
+        got.append(flat.tolist())
+    assert got == [[1.0], [0.0], [1.0]]
+
+
+def test_an_unknown_environment_is_refused_naming_the_data_set_file_and_line(tmp_path, monkeypatch):
+    """A row whose `environment` is not a factory's name is refused naming its file, row and line and whether it is a
+    training or a held-out (eval) prompt: a bad training row, then a bad row of eval_dataset_name; from Python (no
+    file known) as a training prompt by its number."""
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import load_task
+
+    tok = tool_tokenizer()
+
+    def write(name, rows):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / name)
+
+    def run_with(train, held):
+        cfg = config_from_dict({**BASE, "output_dir": str(tmp_path / "run"), "dataset_name": train,
+                                "eval_dataset_name": held, "prompts_per_generation": 2, "eval_steps": 100,
+                                "reward_funcs": "test_environment_factory:echo_reward",
+                                "environment_factory": {"counter": "test_environment_factory:Counter",
+                                                        "echo": "test_environment_factory:Echo"}})
+        task, _, _ = load_task(cfg, tok, None)
+        return OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok, task=task)
+
+    good = write("good.jsonl", ROWS[:2])
+    bad = write("bad.jsonl", [ROWS[0], {**ROWS[1], "environment": "chess"}])
+    with pytest.raises(ConfigError, match=r"^" + re.escape(f"{bad} row 1 (line 2), a training prompt: environment "
+                                                           "'chess' is not one of")):
+        run_with(bad, good)
+    with pytest.raises(ConfigError, match=r"^" + re.escape(f"{bad} row 1 (line 2), a held-out (eval) prompt: "
+                                                           "environment 'chess' is not one of")):
+        run_with(good, bad)
+    with pytest.raises(ConfigError, match=r"^training prompt row 1: environment 'chess'"):
+        env_run(tmp_path / "py", monkeypatch, rows=[ROWS[0], {**ROWS[1], "environment": "chess"}])
 
 
 def test_config_reads_the_option_and_its_tool_options(tmp_path):
@@ -493,7 +609,7 @@ def test_two_processes_call_each_environment_once_and_equal_one_process(tmp_path
     from safetensors.torch import load_file
 
     script = str(Path(__file__).parent / "environment_run.py")
-    common = ["per_device_train_batch_size=1", "max_steps=2", "steps_per_generation=1", "save_strategy=no"]
+    common = ["per_device_train_batch_size=1", "max_steps=1", "steps_per_generation=1", "save_strategy=no"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
                          env=env, capture_output=True, text=True, timeout=500)
@@ -504,14 +620,14 @@ def test_two_processes_call_each_environment_once_and_equal_one_process(tmp_path
                          env=env, capture_output=True, text=True, timeout=500)
     assert two.returncode == 0, two.stderr[-3000:]
     tallies = [Tally((tmp_path / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
-    # per round (2 rounds): 8 rollouts reset; steps 2 x 2 x 2 (targets 5 and 4), 0 for target 7 (shout is not its
+    # the one round: 8 rollouts reset; steps 2 x 2 x 2 (targets 5 and 4), 0 for target 7 (shout is not its
     # tool), 2 shouts; get_reward for the 6 counter rollouts; echo_reward scores all 8
     per_round = {"reset rank0": 8, "step rank0": 8, "shout rank0": 2, "get_reward rank0": 6, "echo_reward rank0": 8}
     # each evaluation (before, after): the target-5 row's one answer resets, steps twice, is judged by both
     per_eval = {"reset rank0": 1, "step rank0": 2, "get_reward rank0": 1, "echo_reward rank0": 1}
-    assert tallies[0] == tallies[1] == Tally({k: 2 * v + 2 * per_eval.get(k, 0) for k, v in per_round.items()})
+    assert tallies[0] == tallies[1] == Tally({k: v + 2 * per_eval.get(k, 0) for k, v in per_round.items()})
     summaries = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two")]
     assert [s["eval_reward_before"] for s in summaries] == [s["eval_reward_after"] for s in summaries] == [1.0, 1.0]
-    assert summaries[0]["online"]["tool_calls"] == summaries[1]["online"]["tool_calls"] == 2 * 12
+    assert summaries[0]["online"]["tool_calls"] == summaries[1]["online"]["tool_calls"] == 12
     a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

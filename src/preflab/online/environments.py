@@ -88,6 +88,22 @@ def _label(name) -> str:
     return "environment_factory" if name is None else f"environment_factory.{name}"
 
 
+def row_places(what: str, places=None):
+    """place(row_id) -> where a prompt row is, for the messages that name it: its file, row and line when `places`
+    (one data.report.where string per row) knows them, and `what` it is (a training or a held-out prompt):
+    'train.jsonl row 5 (line 6), a training prompt'; else 'training prompt row 2' (its number among them)."""
+    def place(row_id: int) -> str:
+        if places and 0 <= row_id < len(places) and places[row_id]:
+            return f"{places[row_id]}, a {what}"
+        return f"{what} row {row_id}"
+
+    return place
+
+
+def _default_place(row_id: int) -> str:
+    return f"prompt row {row_id}"
+
+
 def _make(factory, name):
     try:
         return factory()
@@ -147,14 +163,15 @@ class Environments:
                 reward_types.append(type(probe))
                 self.reward_judges.append(environment_reward(type(probe)))
 
-    def name_of(self, row_id: int, columns: dict):
+    def name_of(self, row_id: int, columns: dict, place=_default_place):
         """The environment row `row_id` asks for: None with one factory; with several its `environment` column,
-        refused (naming the row) when absent or not one of the factories' names."""
+        refused when absent or not one of the factories' names, naming the row by place(row_id) (row_places: which
+        prompts, training or held-out, and the row's file)."""
         if not self.multi:
             return None
         name = columns.get("environment")
         if not isinstance(name, str) or name not in self.factories:
-            raise ConfigError(f"prompt row {row_id}: environment {name!r} is not one of environment_factory's "
+            raise ConfigError(f"{place(row_id)}: environment {name!r} is not one of environment_factory's "
                               f"{sorted(self.factories)}; with several environments each row names its own in an "
                               "'environment' column.")
         return name
@@ -164,38 +181,38 @@ class Environments:
         fields = {"prompt": row.prompt, **row.columns}
         return {k: v for k, v in fields.items() if k != "environment"} if self.multi else fields
 
-    def start_round(self, rows, k: int) -> tuple[list, list]:
+    def start_round(self, rows, k: int, place=_default_place) -> tuple[list, list]:
         """(instances, observations): k fresh instances per row (completion i of row i // k has instances[i]), each
         reset with the row's fields; observations[p] is row p's reset result (None or a string), the same for its k
-        resets (refused otherwise, naming the row)."""
+        resets (refused otherwise, naming the row by place(row_id))."""
         instances, observations = [], []
         for row in rows:
-            name = self.name_of(row.row_id, row.columns)
+            name = self.name_of(row.row_id, row.columns, place)
             seen = []
             for _ in range(k):
                 env = _make(self.factories[name], name)
-                seen.append(self._reset(env, row))
+                seen.append(self._reset(env, row, place))
                 instances.append(env)
             first = seen[0]
             if first is not None and not isinstance(first, str):
-                raise ConfigError(f"prompt row {row.row_id}: {type(instances[-1]).__name__}.reset returned a "
+                raise ConfigError(f"{place(row.row_id)}: {type(instances[-1]).__name__}.reset returned a "
                                   f"{type(first).__name__}; it must return None or a string (appended to the last "
                                   "message of the prompt). Content blocks (images) are not taken: text policies only.")
             if any(s != first for s in seen[1:]):
-                raise ConfigError(f"prompt row {row.row_id}: the {k} resets of its rollouts returned different "
+                raise ConfigError(f"{place(row.row_id)}: the {k} resets of its rollouts returned different "
                                   f"observations ({[str(s)[:40] for s in seen[:3]]}...); a group's completions "
                                   "answer one prompt, so reset must return the same observation for the same row "
                                   "(seed any randomness from the row's fields).")
             observations.append(first)
         return instances, observations
 
-    def _reset(self, env, row):
+    def _reset(self, env, row, place=_default_place):
         """env.reset(**row fields); what it raises becomes a ConfigError naming the row and the keywords."""
         kwargs = self.reset_kwargs(row)
         try:
             return env.reset(**kwargs)
         except Exception as exc:  # the user's reset: say which row and what it was given
-            raise ConfigError(f"prompt row {row.row_id}: {type(env).__name__}.reset raised {type(exc).__name__}: {exc} "
+            raise ConfigError(f"{place(row.row_id)}: {type(env).__name__}.reset raised {type(exc).__name__}: {exc} "
                               f"(it is called with the row's fields as keywords: {sorted(kwargs)}; give it **kwargs "
                               "for the ones it does not read).") from exc
 
@@ -223,26 +240,28 @@ def with_environment_judges(judges: list, weights, envs) -> tuple[list, object]:
     return list(judges) + extra, weights
 
 
-def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None) -> tuple[list, list | None, list, int]:
+def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None, place=_default_place
+                   ) -> tuple[list, list | None, list, int]:
     """(rows, instances, slot_tools, cut) for k rollouts of each row: fresh instances reset with the row's fields
     (Environments.start_round; with several processes only the main process holds them, instances None elsewhere, and
     sends the observations); each row whose reset returned text gets it appended to its last message and is
     tokenized again with its environment's tools (prepare_prompts with cfg's max_prompt_length, truncation_mode and
     chat_template_kwargs; `cut` counts those cut to max_prompt_length); slot_tools: per rollout, what it may call (its
-    instance's methods; another process's: the probe's, for parsing only)."""
+    instance's methods; another process's: the probe's, for parsing only). place: names a row in refusals
+    (row_places)."""
     from dataclasses import replace
 
     from preflab.loops.rollout import prepare_prompts
 
     if accelerator is None or accelerator.num_processes == 1:
-        instances, observations = envs.start_round(rows, k)
+        instances, observations = envs.start_round(rows, k, place)
     else:
         from accelerate.utils import broadcast_object_list
 
         sent, instances = [None], None
         if accelerator.is_main_process:
             try:
-                instances, observations = envs.start_round(rows, k)
+                instances, observations = envs.start_round(rows, k, place)
                 sent = [observations]
             except ConfigError as exc:  # sent too, so that no process waits for the others
                 sent = [str(exc)]
@@ -258,11 +277,11 @@ def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None) -> tupl
         fresh = prepare_prompts([{"prompt": with_observation(row.prompt, observation), **row.columns}], tokenizer,
                                 cfg.max_prompt_length, report_to=report, truncation_mode=cfg.truncation_mode,
                                 chat_template_kwargs=cfg.chat_template_kwargs,
-                                tools=envs.tools[envs.name_of(row.row_id, row.columns)])[0]
+                                tools=envs.tools[envs.name_of(row.row_id, row.columns, place)])[0]
         cut += int(report.get("prompt_tokenize", {}).get("prompt_truncated", 0)) > 0
         out.append(replace(fresh, row_id=row.row_id))
     slot_tools = envs.slot_tools(instances) if instances is not None else \
-        [envs.tools[envs.name_of(row.row_id, row.columns)] for row in rows for _ in range(k)]
+        [envs.tools[envs.name_of(row.row_id, row.columns, place)] for row in rows for _ in range(k)]
     return out, instances, slot_tools, cut
 
 
@@ -306,4 +325,4 @@ def with_observation(prompt: list, observation: str) -> list:
 
 
 __all__ = ["Environments", "begin_rollouts", "environment_reward", "judge_rollouts", "load_environment_factories",
-           "public_methods", "with_environment_judges", "with_observation"]
+           "public_methods", "row_places", "with_environment_judges", "with_observation"]

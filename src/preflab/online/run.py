@@ -345,13 +345,24 @@ class OnlineRun(TrainingRun):
 
         return with_environment_judges(judges, weights, self.environments)
 
-    def _prompt_tools(self):
+    def _prompt_tools(self, held_out: bool = False):
         """What the prompts render (prepare_prompts' tools): the run's tools, or with environments each row's own
-        environment's tools (a row naming an unknown environment is refused there, by its number)."""
+        environment's tools (a row naming an unknown environment is refused there, as a training or a held-out
+        prompt, with its file and line when the task knows them: _row_place)."""
         envs = self.environments
         if envs is None:
             return self.tools
-        return lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras)]
+        place = self._row_place(held_out)
+        return lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras, place)]
+
+    def _row_place(self, held_out: bool = False):
+        """How a refusal names a prompt row (environments.row_places): a training or a held-out (eval) prompt, and
+        where it was read when the task knows (Task.prompt_places / heldout_places)."""
+        from preflab.online.environments import row_places
+
+        if held_out:
+            return row_places("held-out (eval) prompt", getattr(self.task, "heldout_places", None))
+        return row_places("training prompt", getattr(self.task, "prompt_places", None))
 
     def _tool_functions(self, cfg, task, tokenizer, given) -> list:
         """The run's tool functions (TRL GRPOTrainer's tools=): `given` from Python, else the config's `tools`
@@ -685,7 +696,7 @@ class OnlineRun(TrainingRun):
 
         cfg = self.cfg
         out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
-                                                                       cfg, self.accelerator)
+                                                                       cfg, self.accelerator, self._row_place())
         if hasattr(self.generator, "slot_tools"):
             self.generator.slot_tools = slot_tools
         if cut:
@@ -878,7 +889,7 @@ class OnlineRun(TrainingRun):
         report: dict = {}
         held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
                                truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs,
-                               tools=self._prompt_tools() or None)  # (an unknown environment: refused by its row)
+                               tools=self._prompt_tools(held_out=True) or None)  # (an unknown environment: by its row)
         source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"
         refuse_past_positions(held, policy, cfg.max_completion_length, f"the eval prompts of {source}")
         tokenized = {**report["prompt_tokenize"], "source": source}

@@ -51,6 +51,8 @@ class Task:
     state: Any = None                 # an object with state_dict() / load_state_dict() (JSON), checkpointed with the
                                       # run (e.g. OTC's running-minimum tracker)
     reward_aggregator: Callable | None = None  # prompts -> [N, K] weights over the judges (PRO), not reward_weights
+    prompt_places: list = field(default_factory=list)   # per prompt row, where it was read ('train.jsonl row 5
+    heldout_places: list = field(default_factory=list)  # (line 6)', data.report.where), for messages; [] unknown
 
 
 def demo_true_reward(prompts, completions, **kwargs):
@@ -231,6 +233,12 @@ def load_task(cfg, tokenizer=None, policy=None):
             print(f"preflab: note: data: {note}")
     prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
     held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
+    from preflab.data.report import place_of, where
+
+    def places(examples) -> list:  # where each row was read (environment_factory names a row by it)
+        return [where(file, ex.row_id, line) if file else "" for ex in examples
+                for file, line in [place_of(ex)]]
+
     gaps = column_gaps([(ex.row_id, ex.extras) for ex in rows])
     if gaps:
         report.column_gaps = gaps
@@ -239,9 +247,10 @@ def load_task(cfg, tokenizer=None, policy=None):
     refuse_prompts_demo_judges_cannot_score(judges, cfg.reward_funcs, [(report.source, rows), (
         f"the eval prompts ({cfg.eval_dataset_name or 'eval_fraction of ' + str(report.source)})", eval_rows)])
     aggregator = _aggregator(cfg, judges)
-    evaluate = dataset_evaluate(cfg, held, judges, aggregator) if held else None
+    evaluate = dataset_evaluate(cfg, held, judges, aggregator, places(eval_rows)) if held else None
     return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict(), "overlap": overlap},
-                reward_aggregator=aggregator), tokenizer, policy
+                reward_aggregator=aggregator, prompt_places=places(rows), heldout_places=places(eval_rows)), \
+        tokenizer, policy
 
 
 def refuse_template_kwargs_with_model_judges(cfg) -> None:
@@ -312,7 +321,7 @@ def column_gaps_note(gaps: dict[str, dict], n_rows: int, source: str) -> str:
             "(summary.json data.prompt_rows.column_gaps).")
 
 
-def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
+def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, places=None):
     """evaluate(model, tokenizer) for online_task: dataset: greedy answers (max_completion_length new tokens) to the
     held-out prompt rows, or with num_generations_eval k that many sampled answers each (_eval_answers: TRL's
     GRPOTrainer evaluation), scored by the run's judges with reward_weights (not cached: the judges' own call).
@@ -335,15 +344,20 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
     `takes_environments`) every held-out answer gets a fresh instance reset with its row, as in training
     (begin_rollouts: each prompt shows its own environment's tools, a reset's text is appended to it), the loop calls
     that instance's methods, and the judges are reward_funcs plus the environments' get_reward, each answer judged
-    with its own instance (judge_rollouts; with several processes the main process makes every environment call)."""
+    with its own instance (judge_rollouts; with several processes the main process makes every environment call).
+    places (per held-out row, where it was read; data.report.where): a refusal naming a row (an unknown
+    `environment`, a reset that raised) names it as a held-out prompt of that file and line."""
     def evaluate(model, tokenizer, tools=None, accelerator=None, environments=None) -> dict:
         import math
 
         from preflab.loops.judge import Judge
         from preflab.loops.rollout import decode, prepare_prompts
 
-        envs = environments
-        row_tools = (lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras)]) if envs is not None else tools or None
+        from preflab.online.environments import row_places
+
+        envs, place = environments, row_places("held-out (eval) prompt", places)
+        env_tools = (lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras, place)])
+        row_tools = env_tools if envs is not None else tools or None
         prompt_rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                                       chat_template_kwargs=cfg.chat_template_kwargs, tools=row_tools)
         k = getattr(cfg, "num_generations_eval", None) or 1
@@ -351,7 +365,8 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None):
         if envs is not None:
             from preflab.online.environments import begin_rollouts
 
-            prompt_rows, instances, slot_tools, _ = begin_rollouts(envs, prompt_rows, k, tokenizer, cfg, accelerator)
+            prompt_rows, instances, slot_tools, _ = begin_rollouts(envs, prompt_rows, k, tokenizer, cfg, accelerator,
+                                                                    place)
         rows = [r for r in prompt_rows for _ in range(k)]          # each prompt's k answers side by side
         sampled = bool(getattr(cfg, "num_generations_eval", None))
         columns, extra = [r.columns for r in rows], {}
