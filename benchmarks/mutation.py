@@ -4447,7 +4447,7 @@ MUTANTS += [
 
 
 # optim-8bit round
-O8 = ["tests/loops/test_optim_bnb.py", "-k", "not two_ddp"]  # needs bitsandbytes (preflab[bnb]; else all skip)
+O8 = ["tests/loops/test_optim_bnb.py"]  # needs bitsandbytes (preflab[bnb]; else all skip)
 MUTANTS += [
     Mutant("o8-bnb-paged-32bit-as-8bit", "optimizer_options.py",
            [('return cls, 8 if "8bit" in optim else 32, "paged" in optim',
