@@ -20,7 +20,8 @@ from preflab.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 ROUTED = {"reward": preflab.reward_models.cli, "diffusion": preflab.loops.diffusion_eval,
           "vlm": preflab.loops.vlm_eval, "distill": preflab.loops.distill_eval}
-DISTILL = {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "teacher_model_name_or_path": "builtin:tiny-qwen2"}
+DISTILL = {"task": "sft", "model_name_or_path": "builtin:tiny-llama",
+           "teacher_model_name_or_path": "builtin:tiny-qwen2"}
 
 
 def _run(tmp_path, config: dict | None) -> Path:
@@ -95,7 +96,7 @@ def test_an_explicit_other_task_is_refused_as_before_and_routed_options_are_chec
                 f"`preflab eval {run} --task {task} --data ...`.") in err
         assert "evaluating with" not in err
     assert main(["eval", str(run), "--task", "vlm", "--data", data]) == 2
-    assert f"--task vlm evaluates task: vlm runs" in capsys.readouterr().err
+    assert f"{run} is a task: {config['task']} run; --task vlm evaluates task: vlm runs" in capsys.readouterr().err
     assert main(["eval", str(run), "--data", data, "--beta", "0.1"]) == 2  # the routed task reads no --beta
     err = capsys.readouterr().err
     assert f"evaluating with --task {task}" in err
