@@ -131,7 +131,7 @@ def test_a_reward_run_passed_as_a_policy_gets_no_reference_note(tmp_path, capsys
     run = tmp_path / "rm"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"task": "reward", "model_name_or_path": "builtin:tiny-llama"}))
-    assert main(["eval", str(run), "--data", "x.jsonl"]) == 2
+    assert main(["eval", str(run), "--task", "dpo", "--data", "x.jsonl"]) == 2  # without --task: evaluated as one
     err = capsys.readouterr().err
     assert "--task reward" in err and "no saved run config" not in err     # the old code said both
 

@@ -61,7 +61,7 @@ def test_every_eval_task_refuses_a_run_of_another_task_with_the_command_that_fit
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"task": task, "model_name_or_path": "builtin:tiny-llama"}))
-    args = ["eval", str(run), "--data", str(tmp_path / "none.jsonl")] + ([] if given == "dpo" else ["--task", given])
+    args = ["eval", str(run), "--data", str(tmp_path / "none.jsonl"), "--task", given]  # without --task: the run's
     assert main(args) == 2
     assert (f"{run} is a task: {task} run; --task {given} evaluates task: {runs} runs. Evaluate it with "
             f"`preflab eval {run} {command}.") in capsys.readouterr().err

@@ -16,6 +16,19 @@ from preflab.models.run_config import run_config
 EVAL_TASKS = {"dpo": ("dpo", "sft", "online"), "reward": ("reward",), "vlm": ("vlm",), "diffusion": ("diffusion",)}
 
 
+def eval_task_of_run(saved: dict) -> str | None:
+    """The `preflab eval --task` that evaluates the run whose saved config is `saved`: distill for a distillation run
+    (task: sft with teacher_model_name_or_path: preflab.loops.distill_eval), else the EVAL_TASKS key whose run tasks
+    hold its task (dpo for task: dpo / sft / online); None where no --task evaluates it as it trained (no task saved,
+    an image-text online run, the preference game, a recipe)."""
+    task = None if saved.get("task") is None else str(saved["task"])
+    if task == "sft" and saved.get("teacher_model_name_or_path"):
+        return "distill"
+    if task == "online" and saved.get("online_task") in ("vision_dataset", "game"):
+        return None
+    return next((t for t, tasks in EVAL_TASKS.items() if task in tasks), None)
+
+
 def run_task(path: str | Path) -> str | None:
     """The `task` of the run whose output folder `path` is (its run_config: a folder that is no checkpoint is not given
     its parent's), or None where no config of its own says."""

@@ -32,8 +32,11 @@ def register(sub) -> None:
     reference.add_argument("--no-reference", action="store_true",
                            help="no reference model: policy-only metrics (ranking accuracy)")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
-    p.add_argument("--task", choices=("dpo", "reward", "diffusion", "vlm", "distill"), default="dpo",
-                   help="reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
+    p.add_argument("--task", choices=("dpo", "reward", "diffusion", "vlm", "distill"), default=None,
+                   help="default: the task CHECKPOINT's saved config names (task: reward, diffusion or vlm; task: sft "
+                        "with teacher_model_name_or_path: distill), said in one line; else dpo (preference pairs of a "
+                        "policy: task: dpo, sft, online, or no saved config). "
+                        "reward: evaluate a reward model (preflab.reward_models.eval); diffusion: a text-to-image "
                         "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts)); "
                         "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics); "
                         "distill: a distillation run (task: sft with a teacher) on held-out task: sft rows (its "
@@ -72,11 +75,45 @@ def register(sub) -> None:
                         "reference; default 0: none)")
     p.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (runs pickle; trusted only)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
-    p.set_defaults(func=run, option_defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
+    p.set_defaults(func=run, task_of=eval_task_of,
+                   option_defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
+
+
+def eval_task_of(args) -> str:
+    """The task preflab.cli routes `preflab eval` by (its TASK_ROUTES), kept in args.task: --task as given (an
+    explicit --task that is not the run's is refused by the task, preflab.eval.run_files.refuse_other_task); without
+    --task, the one that evaluates the run CHECKPOINT's saved config describes (run_saved_task), else dpo. Before,
+    --task defaulted to dpo, so `preflab eval outputs/diffusion --data ...` was refused with "--task dpo evaluates
+    task: dpo, sft or online runs" although the run's config said which task it is."""
+    if args.task is None:
+        args.task = run_saved_task(args.checkpoint)
+    return args.task
+
+
+def run_saved_task(checkpoint: str) -> str:
+    """The `preflab eval --task` of the run at `checkpoint` by its saved config (preflab.eval.run_files.
+    eval_task_of_run), with one line on stderr saying so where it is not dpo; dpo where the run is a policy run, no
+    --task evaluates it as it trained (the policy eval then says why) or no config is saved."""
+    import sys
+
+    from preflab.eval.run_files import eval_task_of_run
+    from preflab.models.run_config import run_config
+
+    saved = run_config(checkpoint)
+    task = eval_task_of_run(saved)
+    if task in (None, "dpo"):
+        return "dpo"
+    said = (f"task: sft with teacher_model_name_or_path: {saved['teacher_model_name_or_path']}" if task == "distill"
+            else f"task: {saved['task']}")
+    other = " (--task dpo for the preference-pair metrics of the student)" if task == "distill" else ""
+    print(f"preflab eval: {checkpoint}'s saved config says {said}; evaluating with --task {task}{other}.",
+          file=sys.stderr)
+    return task
 
 
 def run(args) -> int:
     """Policy evaluation. `--task reward` is routed to preflab.reward_models.cli.eval_task by preflab.cli."""
+    eval_task_of(args)  # without --task: the run's (preflab.cli routes by it first; here for a direct call)
     if args.task == "reward":
         raise PreflabError("--task reward is run by preflab.reward_models.cli.eval_task (through the preflab "
                            "command).")
