@@ -72,8 +72,18 @@ REWARD_PANELS = (
 # the same keys, two panels, each drawing only its kind of run (draws)
 REWARD_MODEL_ONLY, NOT_REWARD_MODEL = {"Reward scores"}, {"Implicit rewards"}
 # a panel's y label where a task logs the same keys with another meaning: a diffusion run's logps/* are minus the
-# denoising MSE (preflab.eval.names.DIFFUSION_METRIC_DOCS), not summed token log-probs
-TASK_YLABELS = {("Log-probs", "diffusion"): "minus the denoising MSE (diffusion)"}
+# denoising MSE (preflab.eval.names.DIFFUSION_METRIC_DOCS), not summed token log-probs, and its implicit rewards
+# b * h are built on h = MSE_ref - MSE_policy (preflab.objectives.diffusion_dpo; b: beta in the run's convention), not
+# on a log-ratio
+TASK_YLABELS = {("Log-probs", "diffusion"): "minus the denoising MSE (diffusion)",
+                ("Reward margin", "diffusion"): "b (h_w - h_l), h = MSE_ref - MSE (diffusion)",
+                ("Implicit rewards", "diffusion"): "b h, h = MSE_ref - MSE (diffusion)"}
+# panels of a pair's score s and the implicit rewards built on it: a text or VLM run's s is a summed token log-prob
+# (nats), a diffusion run's minus a denoising MSE (logged under the same names, logps/*, rewards/*): runs of both
+# kinds get one axis per kind (score_kind), never one axis for both, and the report says why (score_kind_note)
+SPLIT_BY_SCORE_KIND = {"Log-probs", "Log-prob drift vs reference (eval)", "Reward margin", "Implicit rewards"}
+SCORE_KINDS = {"diffusion": "diffusion, score -MSE"}   # a task's kind of score where it is not a token log-prob
+TOKEN_SCORE_KIND = "text/VLM, score log-prob"
 # panels whose values mean something else for another objective: several runs get one axis per objective
 SPLIT_BY_OBJECTIVE = {"Loss"}
 # panels of the implicit reward beta * (log pi - log pi_ref) (TRL's rewards/*): runs with different beta are on
@@ -229,15 +239,21 @@ def step_axis(ax) -> None:
 
 def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]]:
     """{axis label: positions in `runs` drawn on that axis} of a panel: the runs that logged one of its series, all
-    on one axis ("") except on a SPLIT_BY_OBJECTIVE panel, where each objective (objective_label) gets its own, and
-    on a SPLIT_BY_BETA panel, where each beta ("beta=0.1") gets its own."""
+    on one axis ("") except on a SPLIT_BY_OBJECTIVE panel, where each objective (objective_label) gets its own, on a
+    SPLIT_BY_BETA panel, where each beta ("beta=0.1") gets its own, and on a SPLIT_BY_SCORE_KIND panel drawing runs
+    of two kinds of score, where each kind gets its own ("diffusion, score -MSE, beta=5000")."""
+    drawn = [r for r, run in enumerate(runs)   # colours keyed to the position in `runs`, the same on every panel
+             if draws(title, run) and any(run.series(key)[0] for key, _, _ in series)]
+    by_kind = title in SPLIT_BY_SCORE_KIND and len({score_kind(runs[r]) for r in drawn}) > 1
     groups: dict[str, list[int]] = {}
-    for r, run in enumerate(runs):   # colours keyed to the position in `runs`, the same on every panel
-        if draws(title, run) and any(run.series(key)[0] for key, _, _ in series):
-            group = (objective_label(run) if title in SPLIT_BY_OBJECTIVE else
-                     f"beta={beta_label(run)}" if title in SPLIT_BY_BETA else
-                     online_kl_kind(run) if title in SPLIT_BY_KL_KIND else "")
-            groups.setdefault(group, []).append(r)
+    for r in drawn:
+        run = runs[r]
+        group = (objective_label(run) if title in SPLIT_BY_OBJECTIVE else
+                 f"beta={beta_label(run)}" if title in SPLIT_BY_BETA else
+                 online_kl_kind(run) if title in SPLIT_BY_KL_KIND else "")
+        if by_kind:
+            group = f"{score_kind(run)}, {group}" if group else score_kind(run)
+        groups.setdefault(group, []).append(r)
     if len(groups) == 1:
         return {"": next(iter(groups.values()))}
     return groups
@@ -285,7 +301,31 @@ def beta_note(runs: list[RunData]) -> str | None:
     said = ", ".join(f"{name} beta={beta}" for name, beta in betas.items())
     return (f"the runs differ in beta ({said}): the reward-margin and implicit-reward panels plot beta * (log pi - "
             "log pi_ref), so each beta gets its own axis and their values are not comparable across runs (divide by "
-            "beta for the log-ratio); accuracies and log-probs are on one scale")
+            "beta for the log-ratio); accuracies" + (" and log-probs are" if len({score_kind(r) for r in have}) == 1
+                                                      else " are") + " on one scale")
+
+
+def score_kind(run: RunData) -> str:
+    """What a run's pair score s (logps/*, and the implicit rewards built on it) is: SCORE_KINDS' label for its task
+    (a diffusion run: minus the denoising MSE), else TOKEN_SCORE_KIND (a summed token log-prob)."""
+    return SCORE_KINDS.get(str(run.config.get("task", "dpo")), TOKEN_SCORE_KIND)
+
+
+def score_kind_note(runs: list[RunData]) -> str | None:
+    """The report's note when the runs that logged a SPLIT_BY_SCORE_KIND panel's series differ in kind of score
+    (score_kind: a diffusion run beside a text or VLM run): those panels give each kind its own axis, and their values
+    are not comparable across kinds; None when they are of one kind."""
+    keys = {key for title, _, series in PANELS if title in SPLIT_BY_SCORE_KIND for key, _, _ in series}
+    kinds = {run.name: score_kind(run) for run in runs
+             if not run.reward_model and any(run.series(key)[0] for key in keys)}
+    if len(set(kinds.values())) < 2:
+        return None
+    said = "; ".join(f"{name}: {kind}" for name, kind in kinds.items())
+    return (f"the runs differ in kind ({said}): a diffusion run logs minus its denoising error (MSE) under the "
+            "log-prob names (logps/*) and its implicit rewards are b (MSE_ref - MSE), a text or VLM run summed "
+            "token log-probs and beta (log pi - log pi_ref), so the log-prob, drift, reward-margin and "
+            "implicit-reward panels give each kind its own axis, and their values are not comparable across kinds "
+            "(accuracies are)")
 
 
 def online_kl_kind(run: RunData) -> str:
