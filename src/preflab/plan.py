@@ -48,8 +48,8 @@ from dataclasses import dataclass
 import torch
 
 from preflab.errors import ConfigError
-from preflab.optimizer_options import (BNB_OPTIMIZERS, bnb_state_bytes, optimizer_state_values,
-                                       sharded_optimizer_problem)
+from preflab.optimizer_options import BNB_OPTIMIZERS, bnb_state_bytes, optimizer_state_values
+from preflab.sharding_options import sharded_config_problem
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp_grad_op")
@@ -173,10 +173,14 @@ def sequences_per_example(cfg) -> int:
 
 
 def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
-    """Bytes per rank of each term (see the module docstring) and their total. An optim the run refuses under the
-    sharding (every optim but AdamW under ZeRO / FSDP: optimizer_options.sharded_optimizer_problem, which `preflab
-    train` asks too) is refused here with the run's message (ConfigError), not planned."""
-    refusal = sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"), sharding.run_engine())
+    """Bytes per rank of each term (see the module docstring) and their total. A config the run refuses under the
+    sharding engine (an optim but AdamW, load_best_model_at_end, save_only_model, activation_offloading,
+    generate_during_eval, sync_ref_model under ZeRO / FSDP; gradient_accumulation_steps > 1 under DeepSpeed;
+    checkpoints or resume under FSDP version 1: sharding_options.sharded_config_problem, whose functions `preflab
+    train` asks too) is refused here with the run's first message (ConfigError), not planned."""
+    from preflab.loops.resume import resume_requested
+
+    refusal = sharded_config_problem(cfg, sharding.run_engine(), resume_requested(cfg))
     if refusal:
         raise ConfigError(refusal)
     load = cfg.load_dtype or "float32"
