@@ -89,3 +89,103 @@ def test_the_plan_refuses_an_optim_with_the_runs_message_under_every_sharding_en
     assert "not supported under FSDP2" in plan_refusal(_cfg(model_dir, optim="sgd"), Sharding("fsdp", 2))
     with pytest.raises(ConfigError, match="not supported under FSDP:"):
         memory_plan(_cfg(model_dir, optim="sgd"), model_config_of(model_dir), Sharding("fsdp", 2, fsdp_version=1))
+
+
+def _run_refusal(cfg, distributed_type, fsdp2=False, monkeypatch=None):
+    """The ConfigError text `preflab train` stops with for `cfg` under accelerate's `distributed_type` (is_fsdp2 for
+    FSDP2), from the run's own checks in the run's order: make_accelerator's (check_deepspeed_settings' accumulation,
+    check_sharded_checkpoints under FSDP1, generate_during_eval), the trainer's check_ref_sync,
+    TrainingRun._check_engine_can_save and _training_forward; None where they all pass. generate_during_eval is
+    checked inside make_accelerator, which forms a real accelerator: its text comes from the shared
+    sharding_options.sharded_generation_problem the run raises."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from preflab.errors import ConfigError
+    from preflab.loops.driver import TrainingRun
+    from preflab.loops.launch import check_deepspeed_settings, check_sharded_checkpoints, is_sharded, sharding_engine
+    from preflab.loops.ref_sync import check_ref_sync
+    from preflab.sharding_options import sharded_generation_problem
+
+    acc = SimpleNamespace(distributed_type=f"DistributedType.{distributed_type}", is_fsdp2=fsdp2,
+                          device=torch.device("cpu"))
+    run = SimpleNamespace(cfg=cfg, accelerator=acc, main=False, forward=None, params=[], extra_params=[],
+                          checkpoint_module=torch.nn.Linear(1, 1), checkpoint_extras=lambda: [],
+                          _deepspeed_engine=lambda: None)
+    run._check_sharded_extras = lambda: TrainingRun._check_sharded_extras(run)
+    run._check_sharded_model_only = lambda: TrainingRun._check_sharded_model_only(run)
+    acc.unwrap_model = lambda module: module
+    engine = sharding_engine(acc) if is_sharded(acc) else None
+
+    def accumulation():
+        if distributed_type == "DEEPSPEED" and cfg.gradient_accumulation_steps != 1:  # the rest reads DeepSpeed's own
+            monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")                   # settings: not this config's
+            check_deepspeed_settings(cfg)
+
+    def generation():
+        said = sharded_generation_problem(cfg, engine)
+        if said:
+            raise ConfigError(said)
+
+    checks = [accumulation, lambda: engine == "FSDP" and check_sharded_checkpoints(cfg, engine), generation,
+              lambda: check_ref_sync(cfg, SimpleNamespace(needs_reference=True), acc),
+              lambda: TrainingRun._check_engine_can_save(run), lambda: TrainingRun._training_forward(run)]
+    try:
+        for check in checks:
+            check()
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+EVAL = {"eval_strategy": "steps", "eval_steps": 5, "save_steps": 5, "eval_fraction": 0.1}
+
+
+def test_plan_stops_with_the_runs_refusal_for_every_option_an_engine_refuses(tmp_path, model_dir, capsys,  # noqa: F811
+                                                                           monkeypatch):
+    """Each option `preflab train` refuses under a sharding engine (whatever the machine and data): `preflab plan`
+    of the same config under the matching engine exits 2 with `preflab: error: <the run's refusal>`, and a
+    neighbour config the run accepts under that engine is planned (exit 0). The run's text comes from its own
+    checks (_run_refusal), not a copy."""
+    from preflab.cli import main
+
+    fsdp1 = tmp_path / "fsdp1.yaml"
+    fsdp1.write_text((ROOT / "examples/accelerate/fsdp2.yaml").read_text().replace("  fsdp_version: 2", ""))
+    plan_args = {"DEEPSPEED": ["--sharding", "zero2"], "FSDP2": ["--sharding", "fsdp"],
+                 "FSDP": ["--accelerate-config", str(fsdp1)], "DDP": ["--sharding", "ddp"]}
+    run_args = {"DEEPSPEED": ("DEEPSPEED", False), "FSDP2": ("FSDP", True), "FSDP": ("FSDP", False)}
+    # (refused overrides, engine, an accepted neighbour under the same engine, words of the refusal)
+    cases = [({"gradient_accumulation_steps": 2}, "DEEPSPEED", {"gradient_accumulation_steps": 1},
+              "gradient_accumulation_steps=2 under DeepSpeed"),
+             ({"save_steps": 5}, "FSDP", {"save_steps": 0}, "save_steps: preflab writes and resumes"),
+             ({"resume_from_checkpoint": True}, "FSDP", {"resume_from_checkpoint": False},
+              "resume_from_checkpoint: preflab writes"),
+             ({"generate_during_eval": True}, "DEEPSPEED", {"generate_during_eval": False},
+              "generate_during_eval: preflab generates"),
+             ({"sync_ref_model": True}, "FSDP2", {"sync_ref_model": False}, "sync_ref_model: true is not supported"),
+             ({"load_best_model_at_end": True, **EVAL}, "DEEPSPEED", {"load_best_model_at_end": False, **EVAL},
+              "load_best_model_at_end is not supported under DEEPSPEED"),
+             ({"save_only_model": True, "save_steps": 5}, "FSDP2", {"save_only_model": True, "save_steps": 0},
+              "save_only_model: true is not supported under FSDP2"),
+             ({"activation_offloading": True}, "FSDP2", {"activation_offloading": False, "gradient_checkpointing": True},
+              "activation_offloading is not supported under FSDP2")]
+
+    def plan(overrides, engine):
+        args = ["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
+                *(f"{k}={v}" for k, v in overrides.items()), *plan_args[engine], "--world-size", "2"]
+        code = main(args)
+        captured = capsys.readouterr()
+        return code, captured.err.strip().splitlines()[-1] if captured.err.strip() else None, captured.out
+
+    for refused, engine, neighbour, words in cases:
+        said = _run_refusal(_cfg(model_dir, **refused), *run_args[engine], monkeypatch=monkeypatch)
+        assert said is not None and words in said, (refused, said)
+        assert plan(refused, engine)[:2] == (2, f"preflab: error: {said}"), refused
+        assert _run_refusal(_cfg(model_dir, **neighbour), *run_args[engine], monkeypatch=monkeypatch) is None
+        code, _, out = plan(neighbour, engine)
+        assert code == 0 and "total" in out, neighbour
+        # the refused config without sharding: the run goes on and the plan plans it
+        assert _run_refusal(_cfg(model_dir, **refused), "MULTI_GPU", monkeypatch=monkeypatch) is None, refused
+        assert plan(refused, "DDP")[0] == 0, refused
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
