@@ -94,19 +94,22 @@ def test_the_plan_refuses_an_optim_with_the_runs_message_under_every_sharding_en
 def _run_refusal(cfg, distributed_type, fsdp2=False, monkeypatch=None):
     """The ConfigError text `preflab train` stops with for `cfg` under accelerate's `distributed_type` (is_fsdp2 for
     FSDP2), from the run's own checks in the run's order: make_accelerator's (check_deepspeed_settings' accumulation,
-    check_sharded_checkpoints under FSDP1, generate_during_eval), the trainer's check_ref_sync,
-    TrainingRun._check_engine_can_save and _training_forward; None where they all pass. generate_during_eval is
-    checked inside make_accelerator, which forms a real accelerator: its text comes from the shared
-    sharding_options.sharded_generation_problem the run raises."""
+    check_sharded_checkpoints under FSDP1, generate_during_eval), the offline trainer's (refuse_sharded_engine,
+    check_ref_sync, token-level KL under FSDP2, distillation), TrainingRun._check_engine_can_save and
+    _training_forward; None where they all pass. Three are checked inside a real accelerator or trainer
+    (generate_during_eval in make_accelerator, the token-level KL in Trainer.__init__, distillation in
+    DistillTrainer.__init__): their text comes from the shared function the run raises with
+    (preflab.sharding_options)."""
     from types import SimpleNamespace
 
     import torch
 
     from preflab.errors import ConfigError
     from preflab.loops.driver import TrainingRun
+    from preflab.loops.extras_producer import make_producer, refuse_sharded_engine
     from preflab.loops.launch import check_deepspeed_settings, check_sharded_checkpoints, is_sharded, sharding_engine
     from preflab.loops.ref_sync import check_ref_sync
-    from preflab.sharding_options import sharded_generation_problem
+    from preflab.sharding_options import fsdp2_token_kl_problem, sharded_distill_problem, sharded_generation_problem
 
     acc = SimpleNamespace(distributed_type=f"DistributedType.{distributed_type}", is_fsdp2=fsdp2,
                           device=torch.device("cpu"))
@@ -123,13 +126,18 @@ def _run_refusal(cfg, distributed_type, fsdp2=False, monkeypatch=None):
             monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")                   # settings: not this config's
             check_deepspeed_settings(cfg)
 
-    def generation():
-        said = sharded_generation_problem(cfg, engine)
+    def shared(said):
         if said:
             raise ConfigError(said)
 
-    checks = [accumulation, lambda: engine == "FSDP" and check_sharded_checkpoints(cfg, engine), generation,
-              lambda: check_ref_sync(cfg, SimpleNamespace(needs_reference=True), acc),
+    objective = cfg.objective()
+    distill = cfg.task == "sft" and cfg.teacher_model_name_or_path and is_sharded(acc)
+    checks = [accumulation, lambda: engine == "FSDP" and check_sharded_checkpoints(cfg, engine),
+              lambda: shared(sharded_generation_problem(cfg, engine)),
+              lambda: refuse_sharded_engine(make_producer(objective, cfg), cfg, acc, objective),
+              lambda: check_ref_sync(cfg, objective, acc),
+              lambda: shared(fsdp2_token_kl_problem(cfg, objective, "FSDP2" if acc.is_fsdp2 else None)),
+              lambda: distill and shared(sharded_distill_problem(distributed_type)),
               lambda: TrainingRun._check_engine_can_save(run), lambda: TrainingRun._training_forward(run)]
     try:
         for check in checks:
@@ -169,7 +177,14 @@ def test_plan_stops_with_the_runs_refusal_for_every_option_an_engine_refuses(tmp
              ({"save_only_model": True, "save_steps": 5}, "FSDP2", {"save_only_model": True, "save_steps": 0},
               "save_only_model: true is not supported under FSDP2"),
              ({"activation_offloading": True}, "FSDP2", {"activation_offloading": False, "gradient_checkpointing": True},
-              "activation_offloading is not supported under FSDP2")]
+              "activation_offloading is not supported under FSDP2"),
+             ({"loss_type": "sparsepo"}, "FSDP2", {"loss_type": "sigmoid"}, "the objective SparsePO's own parameters"),
+             ({"loss_type": "spo_degree"}, "FSDP", {"loss_type": "sigmoid"}, "its extras producer DegreeExtras"),
+             ({"loss_type": "rrpo"}, "FSDP2", {"loss_type": "sigmoid"}, "needs token-level KL through the reference"),
+             ({"task": "sft", "teacher_model_name_or_path": "builtin:tiny-llama"}, "DEEPSPEED", {"task": "sft"},
+              "distillation under DEEPSPEED"),
+             ({"task": "sft", "teacher_model_name_or_path": "builtin:tiny-llama"}, "FSDP2", {"task": "sft"},
+              "distillation under FSDP:")]
 
     def plan(overrides, engine):
         args = ["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
@@ -185,7 +200,28 @@ def test_plan_stops_with_the_runs_refusal_for_every_option_an_engine_refuses(tmp
         assert _run_refusal(_cfg(model_dir, **neighbour), *run_args[engine], monkeypatch=monkeypatch) is None
         code, _, out = plan(neighbour, engine)
         assert code == 0 and "total" in out, neighbour
-        # the refused config without sharding: the run goes on and the plan plans it
+        # the refused config without sharding: the run goes on and the plan plans it (DeepSpeed owns sparsepo's
+        # parameters and rrpo's token KL, FSDP2 spo_degree's head: planned there too)
         assert _run_refusal(_cfg(model_dir, **refused), "MULTI_GPU", monkeypatch=monkeypatch) is None, refused
         assert plan(refused, "DDP")[0] == 0, refused
         monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    for owned, engine in (({"loss_type": "sparsepo"}, "DEEPSPEED"), ({"loss_type": "spo_degree"}, "FSDP2"),
+                          ({"loss_type": "rrpo"}, "DEEPSPEED")):
+        assert _run_refusal(_cfg(model_dir, **owned), *run_args[engine], monkeypatch=monkeypatch) is None, owned
+        assert plan(owned, engine)[0] == 0, owned
+
+
+def test_sync_ref_model_with_a_reference_free_loss_is_refused_by_the_plan_as_by_the_run(model_dir, capsys):  # noqa: F811
+    """check_ref_sync refuses a reference-free loss_type before it looks at the engine (under DDP too): the plan says
+    the same, and a loss_type with a reference under DDP is planned."""
+    from preflab.cli import main
+
+    refused = _cfg(model_dir, sync_ref_model=True, loss_type="simpo")
+    said = _run_refusal(refused, "MULTI_GPU")
+    assert "reference-free" in said
+    for engine in (["--sharding", "ddp"], ["--sharding", "zero3"]):
+        assert main(["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
+                     "sync_ref_model=true", "loss_type=simpo", *engine]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"preflab: error: {said}"
+    assert main(["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
+                 "sync_ref_model=true", "--sharding", "ddp"]) == 0

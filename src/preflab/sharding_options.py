@@ -1,18 +1,14 @@
 """The options a sharding engine (DeepSpeed ZeRO, FSDP2, FSDP version 1) refuses that have no options module of
-their own (activation_offloading, generate_during_eval, gradient_accumulation_steps under DeepSpeed), and
-sharded_config_problem: every refusal of a run under an engine that the config and the engine alone decide, in the
-order `preflab train` meets them, so that `preflab plan` stops with the run's own message.
+their own (activation_offloading, generate_during_eval, gradient_accumulation_steps under DeepSpeed, a token-level
+KL objective under FSDP2, distillation), asked by the run where it checks them and by `preflab plan`
+(preflab.plan.sharded_run_problem, which puts them in the run's order beside the other options modules' refusals),
+so that the plan stops with the run's own message.
 
 Each function takes the engine by launch.sharding_engine's name (DEEPSPEED, FSDP2, FSDP; None without sharding) and
 returns the refusal's text, None where the run goes on; the run raises ConfigError with it where it checks. A module
 of the config layer: it imports no loop.
 """
 from __future__ import annotations
-
-from preflab.best_model_options import (fsdp1_checkpoint_problem, sharded_best_model_problem,
-                                        sharded_model_only_problem)
-from preflab.optimizer_options import sharded_optimizer_problem
-from preflab.ref_sync_options import sharded_ref_sync_problem
 
 
 def deepspeed_accumulation_problem(cfg, engine: str | None) -> str | None:
@@ -49,22 +45,23 @@ def sharded_activation_offload_problem(cfg, engine: str | None) -> str | None:
             "cpu_checkpointing), or launch without FSDP / DeepSpeed.")
 
 
-def sharded_config_problem(cfg, engine: str | None, resumes: bool) -> str | None:
-    """The first refusal `preflab train` gives this config under `engine`, None where none of these applies, in the
-    run's order: make_accelerator (DeepSpeed's accumulation, FSDP1's checkpoints, generate_during_eval), the
-    trainer's sync_ref_model check, TrainingRun._check_engine_can_save (optim, load_best_model_at_end,
-    save_only_model), the training forward (activation_offloading). `resumes`: resume_from_checkpoint asks for a
-    resume (preflab.loops.resume.resume_requested). Left to the run: what the machine, the data, a checkpoint on
-    disk or the built objective decide (docs/scaling.md lists them)."""
-    for problem in (lambda: deepspeed_accumulation_problem(cfg, engine),
-                    lambda: fsdp1_checkpoint_problem(cfg, engine, resumes),
-                    lambda: sharded_generation_problem(cfg, engine),
-                    lambda: sharded_ref_sync_problem(cfg, engine),
-                    lambda: sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"), engine),
-                    lambda: sharded_best_model_problem(cfg, engine),
-                    lambda: sharded_model_only_problem(cfg, engine),
-                    lambda: sharded_activation_offload_problem(cfg, engine)):
-        said = problem()
-        if said:
-            return said
-    return None
+def fsdp2_token_kl_problem(cfg, objective, engine: str | None) -> str | None:
+    """An objective with token-level KL to the reference (token_needs "token_kl": SparsePO) under FSDP2: it reads the
+    reference's LM head outside the reference's forward, where FSDP2 keeps it sharded. Asked by the offline Trainer
+    and `preflab plan`."""
+    if engine != "FSDP2" or "token_kl" not in objective.token_needs:
+        return None
+    return (f"objective {cfg.loss_type!r} needs token-level KL through the reference's LM head outside the "
+            "reference's forward, where FSDP2 keeps it sharded; train it with examples/accelerate/ddp.yaml.")
+
+
+def sharded_distill_problem(distributed_type: str | None) -> str | None:
+    """Distillation (task: sft with teacher_model_name_or_path) under a sharding engine, named by accelerate's
+    distributed_type (FSDP for both FSDP versions, DEEPSPEED; None without sharding): the student's and the
+    teacher's LM heads run outside the wrapped model's forward. Asked by DistillTrainer and `preflab plan`."""
+    if distributed_type is None:
+        return None
+    return (f"distillation under {distributed_type}: the student's and the teacher's LM heads run outside the "
+            "wrapped model's forward (preflab.scoring.distill), where FSDP and DeepSpeed ZeRO-3 hold only this "
+            "rank's shard of the weights (and ZeRO-1/2 is not verified for this path); train on one process or "
+            "data parallel with examples/accelerate/ddp.yaml (2 processes equal 1 process with the doubled batch).")
