@@ -43,7 +43,7 @@ def sharded_best_model_problem(cfg, engine: str | None) -> str | None:
     """The refusal of load_best_model_at_end under sharding engine `engine` (launch.sharding_engine's name:
     DEEPSPEED, FSDP2, FSDP; None without sharding): preflab loads the best checkpoint's full weights only without
     sharding. `preflab train` (TrainingRun._check_engine_can_save) and `preflab plan` both ask it."""
-    if engine is None or not cfg.load_best_model_at_end:
+    if not cfg.load_best_model_at_end or engine is None:
         return None
     return (f"load_best_model_at_end is not supported under {engine} (preflab loads the best checkpoint's full "
             "weights only without sharding); train with examples/accelerate/ddp.yaml or one process, or remove "

@@ -26,7 +26,7 @@ def deepspeed_accumulation_problem(cfg, engine: str | None) -> str | None:
 def sharded_generation_problem(cfg, engine: str | None) -> str | None:
     """generate_during_eval under a sharding engine: the eval samples are generated on the main process from the
     unwrapped policy, whose weights are sharded. Asked by preflab.loops.launch.make_accelerator and `preflab plan`."""
-    if engine is None or not getattr(cfg, "generate_during_eval", False):
+    if not getattr(cfg, "generate_during_eval", False) or engine is None:  # the option read first, as before
         return None
     return (f"generate_during_eval: preflab generates eval samples on the main process from the unwrapped policy, "
             f"whose weights are sharded under {engine}; set generate_during_eval: false (or use "
