@@ -1,7 +1,10 @@
 """`preflab plan`: the sharding factors of every engine (ZeRO-1, FSDP SHARD_GRAD_OP), an offloaded FSDP2
 reference, an accelerate FSDP config without fsdp_version (version 1), a reward-model run (no reference) and the
 activation bytes under bf16 autocast, each by hand on the hand-counted model of tests/test_plan.py; and every
-engine's refusal of an optim but AdamW, equal to the run's."""
+refusal of the run under a sharding engine that the config and the engine alone decide (an optim but AdamW,
+load_best_model_at_end, save_only_model, activation_offloading, generate_during_eval, sync_ref_model, distillation,
+parameters outside the model, token-level KL, DeepSpeed's accumulation, FSDP1's checkpoints): `preflab plan` stops
+with the run's message, and the neighbour the run accepts is planned."""
 from pathlib import Path
 
 from test_plan import H, L, P, _cfg, model_dir  # noqa: F401  (model_dir: the fixture)
