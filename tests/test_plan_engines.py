@@ -1,7 +1,10 @@
 """`preflab plan`: the sharding factors of every engine (ZeRO-1, FSDP SHARD_GRAD_OP), an offloaded FSDP2
 reference, an accelerate FSDP config without fsdp_version (version 1), a reward-model run (no reference) and the
 activation bytes under bf16 autocast, each by hand on the hand-counted model of tests/test_plan.py; and every
-engine's refusal of an optim but AdamW, equal to the run's."""
+refusal of the run under a sharding engine that the config and the engine alone decide (an optim but AdamW,
+load_best_model_at_end, save_only_model, activation_offloading, generate_during_eval, sync_ref_model, distillation,
+parameters outside the model, token-level KL, DeepSpeed's accumulation, FSDP1's checkpoints): `preflab plan` stops
+with the run's message, and the neighbour the run accepts is planned."""
 from pathlib import Path
 
 from test_plan import H, L, P, _cfg, model_dir  # noqa: F401  (model_dir: the fixture)
@@ -89,3 +92,139 @@ def test_the_plan_refuses_an_optim_with_the_runs_message_under_every_sharding_en
     assert "not supported under FSDP2" in plan_refusal(_cfg(model_dir, optim="sgd"), Sharding("fsdp", 2))
     with pytest.raises(ConfigError, match="not supported under FSDP:"):
         memory_plan(_cfg(model_dir, optim="sgd"), model_config_of(model_dir), Sharding("fsdp", 2, fsdp_version=1))
+
+
+def _run_refusal(cfg, distributed_type, fsdp2=False, monkeypatch=None):
+    """The ConfigError text `preflab train` stops with for `cfg` under accelerate's `distributed_type` (is_fsdp2 for
+    FSDP2), from the run's own checks in the run's order: make_accelerator's (check_deepspeed_settings' accumulation,
+    check_sharded_checkpoints under FSDP1, generate_during_eval), the offline trainer's (refuse_sharded_engine,
+    check_ref_sync, token-level KL under FSDP2, distillation), TrainingRun._check_engine_can_save and
+    _training_forward; None where they all pass. Three are checked inside a real accelerator or trainer
+    (generate_during_eval in make_accelerator, the token-level KL in Trainer.__init__, distillation in
+    DistillTrainer.__init__): their text comes from the shared function the run raises with
+    (preflab.sharding_options)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from preflab.errors import ConfigError
+    from preflab.loops.driver import TrainingRun
+    from preflab.loops.extras_producer import make_producer, refuse_sharded_engine
+    from preflab.loops.launch import check_deepspeed_settings, check_sharded_checkpoints, is_sharded, sharding_engine
+    from preflab.loops.ref_sync import check_ref_sync
+    from preflab.sharding_options import fsdp2_token_kl_problem, sharded_distill_problem, sharded_generation_problem
+
+    acc = SimpleNamespace(distributed_type=f"DistributedType.{distributed_type}", is_fsdp2=fsdp2,
+                          device=torch.device("cpu"))
+    run = SimpleNamespace(cfg=cfg, accelerator=acc, main=False, forward=None, params=[], extra_params=[],
+                          checkpoint_module=torch.nn.Linear(1, 1), checkpoint_extras=lambda: [],
+                          _deepspeed_engine=lambda: None)
+    run._check_sharded_extras = lambda: TrainingRun._check_sharded_extras(run)
+    run._check_sharded_model_only = lambda: TrainingRun._check_sharded_model_only(run)
+    acc.unwrap_model = lambda module: module
+    engine = sharding_engine(acc) if is_sharded(acc) else None
+
+    def accumulation():
+        if distributed_type == "DEEPSPEED" and cfg.gradient_accumulation_steps != 1:  # the rest reads DeepSpeed's own
+            monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")                   # settings: not this config's
+            check_deepspeed_settings(cfg)
+
+    def shared(said):
+        if said:
+            raise ConfigError(said)
+
+    objective = cfg.objective()
+    distill = cfg.task == "sft" and cfg.teacher_model_name_or_path and is_sharded(acc)
+    checks = [accumulation, lambda: engine == "FSDP" and check_sharded_checkpoints(cfg, engine),
+              lambda: shared(sharded_generation_problem(cfg, engine)),
+              lambda: refuse_sharded_engine(make_producer(objective, cfg), cfg, acc, objective),
+              lambda: check_ref_sync(cfg, objective, acc),
+              lambda: shared(fsdp2_token_kl_problem(cfg, objective, "FSDP2" if acc.is_fsdp2 else None)),
+              lambda: distill and shared(sharded_distill_problem(distributed_type)),
+              lambda: TrainingRun._check_engine_can_save(run), lambda: TrainingRun._training_forward(run)]
+    try:
+        for check in checks:
+            check()
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+EVAL = {"eval_strategy": "steps", "eval_steps": 5, "save_steps": 5, "eval_fraction": 0.1}
+
+
+def test_plan_stops_with_the_runs_refusal_for_every_option_an_engine_refuses(tmp_path, model_dir, capsys,  # noqa: F811
+                                                                           monkeypatch):
+    """Each option `preflab train` refuses under a sharding engine (whatever the machine and data): `preflab plan`
+    of the same config under the matching engine exits 2 with `preflab: error: <the run's refusal>`, and a
+    neighbour config the run accepts under that engine is planned (exit 0). The run's text comes from its own
+    checks (_run_refusal), not a copy."""
+    from preflab.cli import main
+
+    fsdp1 = tmp_path / "fsdp1.yaml"
+    fsdp1.write_text((ROOT / "examples/accelerate/fsdp2.yaml").read_text().replace("  fsdp_version: 2", ""))
+    plan_args = {"DEEPSPEED": ["--sharding", "zero2"], "FSDP2": ["--sharding", "fsdp"],
+                 "FSDP": ["--accelerate-config", str(fsdp1)], "DDP": ["--sharding", "ddp"]}
+    run_args = {"DEEPSPEED": ("DEEPSPEED", False), "FSDP2": ("FSDP", True), "FSDP": ("FSDP", False)}
+    # (refused overrides, engine, an accepted neighbour under the same engine, words of the refusal)
+    cases = [({"gradient_accumulation_steps": 2}, "DEEPSPEED", {"gradient_accumulation_steps": 1},
+              "gradient_accumulation_steps=2 under DeepSpeed"),
+             ({"save_steps": 5}, "FSDP", {"save_steps": 0}, "save_steps: preflab writes and resumes"),
+             ({"resume_from_checkpoint": True}, "FSDP", {"resume_from_checkpoint": False},
+              "resume_from_checkpoint: preflab writes"),
+             ({"generate_during_eval": True}, "DEEPSPEED", {"generate_during_eval": False},
+              "generate_during_eval: preflab generates"),
+             ({"sync_ref_model": True}, "FSDP2", {"sync_ref_model": False}, "sync_ref_model: true is not supported"),
+             ({"load_best_model_at_end": True, **EVAL}, "DEEPSPEED", {"load_best_model_at_end": False, **EVAL},
+              "load_best_model_at_end is not supported under DEEPSPEED"),
+             ({"save_only_model": True, "save_steps": 5}, "FSDP2", {"save_only_model": True, "save_steps": 0},
+              "save_only_model: true is not supported under FSDP2"),
+             ({"activation_offloading": True}, "FSDP2", {"activation_offloading": False, "gradient_checkpointing": True},
+              "activation_offloading is not supported under FSDP2"),
+             ({"loss_type": "sparsepo"}, "FSDP2", {"loss_type": "sigmoid"}, "the objective SparsePO's own parameters"),
+             ({"loss_type": "spo_degree"}, "FSDP", {"loss_type": "sigmoid"}, "its extras producer DegreeExtras"),
+             ({"loss_type": "rrpo"}, "FSDP2", {"loss_type": "sigmoid"}, "needs token-level KL through the reference"),
+             ({"task": "sft", "teacher_model_name_or_path": "builtin:tiny-llama"}, "DEEPSPEED", {"task": "sft"},
+              "distillation under DEEPSPEED"),
+             ({"task": "sft", "teacher_model_name_or_path": "builtin:tiny-llama"}, "FSDP2", {"task": "sft"},
+              "distillation under FSDP:")]
+
+    def plan(overrides, engine):
+        args = ["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
+                *(f"{k}={v}" for k, v in overrides.items()), *plan_args[engine], "--world-size", "2"]
+        code = main(args)
+        captured = capsys.readouterr()
+        return code, captured.err.strip().splitlines()[-1] if captured.err.strip() else None, captured.out
+
+    for refused, engine, neighbour, words in cases:
+        said = _run_refusal(_cfg(model_dir, **refused), *run_args[engine], monkeypatch=monkeypatch)
+        assert said is not None and words in said, (refused, said)
+        assert plan(refused, engine)[:2] == (2, f"preflab: error: {said}"), refused
+        assert _run_refusal(_cfg(model_dir, **neighbour), *run_args[engine], monkeypatch=monkeypatch) is None
+        code, _, out = plan(neighbour, engine)
+        assert code == 0 and "total" in out, neighbour
+        # the refused config without sharding: the run goes on and the plan plans it (DeepSpeed owns sparsepo's
+        # parameters and rrpo's token KL, FSDP2 spo_degree's head: planned there too)
+        assert _run_refusal(_cfg(model_dir, **refused), "MULTI_GPU", monkeypatch=monkeypatch) is None, refused
+        assert plan(refused, "DDP")[0] == 0, refused
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    for owned, engine in (({"loss_type": "sparsepo"}, "DEEPSPEED"), ({"loss_type": "spo_degree"}, "FSDP2"),
+                          ({"loss_type": "rrpo"}, "DEEPSPEED")):
+        assert _run_refusal(_cfg(model_dir, **owned), *run_args[engine], monkeypatch=monkeypatch) is None, owned
+        assert plan(owned, engine)[0] == 0, owned
+
+
+def test_sync_ref_model_with_a_reference_free_loss_is_refused_by_the_plan_as_by_the_run(model_dir, capsys):  # noqa: F811
+    """check_ref_sync refuses a reference-free loss_type before it looks at the engine (under DDP too): the plan says
+    the same, and a loss_type with a reference under DDP is planned."""
+    from preflab.cli import main
+
+    refused = _cfg(model_dir, sync_ref_model=True, loss_type="simpo")
+    said = _run_refusal(refused, "MULTI_GPU")
+    assert "reference-free" in said
+    for engine in (["--sharding", "ddp"], ["--sharding", "zero3"]):
+        assert main(["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
+                     "sync_ref_model=true", "loss_type=simpo", *engine]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"preflab: error: {said}"
+    assert main(["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
+                 "sync_ref_model=true", "--sharding", "ddp"]) == 0

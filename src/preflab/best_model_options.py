@@ -39,6 +39,49 @@ def writes_checkpoints(cfg) -> bool:
     return bool(cfg.save_steps) or saves_best(cfg) or saves_each_epoch(cfg)
 
 
+def sharded_best_model_problem(cfg, engine: str | None) -> str | None:
+    """The refusal of load_best_model_at_end under sharding engine `engine` (launch.sharding_engine's name:
+    DEEPSPEED, FSDP2, FSDP; None without sharding): preflab loads the best checkpoint's full weights only without
+    sharding. `preflab train` (TrainingRun._check_engine_can_save) and `preflab plan` both ask it."""
+    if not cfg.load_best_model_at_end or engine is None:
+        return None
+    return (f"load_best_model_at_end is not supported under {engine} (preflab loads the best checkpoint's full "
+            "weights only without sharding); train with examples/accelerate/ddp.yaml or one process, or remove "
+            "load_best_model_at_end.")
+
+
+def sharded_model_only_problem(cfg, engine: str | None) -> str | None:
+    """The refusal of save_only_model: true (with checkpoints written) under sharding engine `engine`: preflab's
+    sharded checkpoints always hold the optimizer state. Asked by TrainingRun._check_sharded_model_only and
+    `preflab plan`."""
+    if engine is None or not (cfg.save_only_model and writes_checkpoints(cfg)):
+        return None
+    return (f"save_only_model: true is not supported under {engine}: preflab's sharded checkpoints (FSDP2, "
+            "DeepSpeed) always hold the optimizer state. Set save_only_model: false, or train with "
+            "examples/accelerate/ddp.yaml or one process.")
+
+
+def checkpoint_uses(cfg, resumes: bool) -> list[str]:
+    """The settings by which a run writes or resumes intermediate checkpoints (`resumes`: resume_from_checkpoint
+    asks for a resume, preflab.loops.resume.resume_requested)."""
+    return [k for k, used in (("save_steps", cfg.save_steps), ("save_strategy: best", saves_best(cfg)),
+                              ("save_strategy: epoch", saves_each_epoch(cfg)),
+                              ("resume_from_checkpoint", resumes)) if used]
+
+
+def fsdp1_checkpoint_problem(cfg, engine: str | None, resumes: bool) -> str | None:
+    """The refusal of intermediate checkpoints and resume under FSDP version 1 (engine "FSDP"), where each rank
+    would hold only its shards: preflab writes sharded checkpoints under FSDP2 and DeepSpeed only. Asked by
+    preflab.loops.launch.check_sharded_checkpoints and `preflab plan`."""
+    used = checkpoint_uses(cfg, resumes)
+    if engine != "FSDP" or not used:
+        return None
+    return (f"{', '.join(used)}: preflab writes and resumes sharded checkpoints under FSDP version 2 and DeepSpeed, "
+            f"not under {engine} version 1 (the accelerate config's fsdp_version); use "
+            "examples/accelerate/fsdp2.yaml, or set save_steps: 0 and no resume_from_checkpoint (the final model is "
+            "still gathered and saved).")
+
+
 TRL_SAVE_STEPS = 500  # transformers' TrainingArguments defaults: save_strategy "steps", save_steps 500
 
 

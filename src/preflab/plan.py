@@ -172,11 +172,54 @@ def sequences_per_example(cfg) -> int:
     return 2
 
 
+def sharded_run_problem(cfg, engine: str | None) -> str | None:
+    """The first refusal `preflab train` gives this config under sharding engine `engine` (Sharding.run_engine; None:
+    DDP or one process, where only sync_ref_model with a reference-free loss_type is among these), in the run's
+    order, from the functions the run raises with: make_accelerator's (DeepSpeed's accumulation, FSDP version 1's
+    checkpoints, generate_during_eval); the offline trainer's (parameters outside the model, sync_ref_model,
+    token-level KL under FSDP2, distillation); TrainingRun._check_engine_can_save's (optim, load_best_model_at_end,
+    save_only_model); the training forward's (activation_offloading). None where none applies. What the machine,
+    the data, a checkpoint on disk, the DeepSpeed settings or the built run decide is left to the run
+    (docs/scaling.md lists them)."""
+    from preflab.best_model_options import (fsdp1_checkpoint_problem, sharded_best_model_problem,
+                                            sharded_model_only_problem)
+    from preflab.loops.extras_producer import producer_class, sharded_extras_problem
+    from preflab.loops.resume import resume_requested
+    from preflab.ref_sync_options import ref_sync_reference_problem, sharded_ref_sync_problem
+    from preflab.sharding_options import (deepspeed_accumulation_problem, fsdp2_token_kl_problem,
+                                          sharded_activation_offload_problem, sharded_distill_problem,
+                                          sharded_generation_problem)
+
+    trainer = cfg.task != "reward"  # the offline Trainer's checks (the reward model's run has none of these options)
+    objective = cfg.objective() if trainer else None
+    distill = cfg.task == "sft" and bool(cfg.teacher_model_name_or_path)
+    found = producer_class(objective) if trainer else None
+    for problem in (lambda: deepspeed_accumulation_problem(cfg, engine),
+                    lambda: fsdp1_checkpoint_problem(cfg, engine, resume_requested(cfg)),
+                    lambda: sharded_generation_problem(cfg, engine),
+                    lambda: trainer and sharded_extras_problem(cfg, engine, found and found[0], objective),
+                    lambda: trainer and ref_sync_reference_problem(cfg, objective.needs_reference),
+                    lambda: trainer and sharded_ref_sync_problem(cfg, engine),
+                    lambda: trainer and fsdp2_token_kl_problem(cfg, objective, engine),
+                    lambda: distill and engine and sharded_distill_problem(engine.rstrip("2")),  # FSDP2 -> FSDP
+                    lambda: sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"), engine),
+                    lambda: sharded_best_model_problem(cfg, engine),
+                    lambda: sharded_model_only_problem(cfg, engine),
+                    lambda: sharded_activation_offload_problem(cfg, engine)):
+        said = problem()
+        if said:
+            return said
+    return None
+
+
 def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
-    """Bytes per rank of each term (see the module docstring) and their total. An optim the run refuses under the
-    sharding (every optim but AdamW under ZeRO / FSDP: optimizer_options.sharded_optimizer_problem, which `preflab
-    train` asks too) is refused here with the run's message (ConfigError), not planned."""
-    refusal = sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"), sharding.run_engine())
+    """Bytes per rank of each term (see the module docstring) and their total. A config the run refuses under the
+    sharding engine whatever the machine and data (an optim but AdamW, load_best_model_at_end, save_only_model,
+    activation_offloading, generate_during_eval, sync_ref_model, distillation under ZeRO / FSDP;
+    gradient_accumulation_steps > 1 under DeepSpeed; checkpoints or resume under FSDP version 1; sparsepo's token-level
+    KL under FSDP2; parameters outside the model where no engine proved them: sharded_run_problem, whose functions
+    `preflab train` raises with) is refused here with the run's first message (ConfigError), not planned."""
+    refusal = sharded_run_problem(cfg, sharding.run_engine())
     if refusal:
         raise ConfigError(refusal)
     load = cfg.load_dtype or "float32"

@@ -39,3 +39,24 @@ def ref_sync_conflicts(cfg) -> list[str]:
         out.append(f"sync_ref_model: true with a quantized base: {QUANTIZED_REASON}. Load the base in a "
                    "floating-point dtype or remove sync_ref_model.")
     return out
+
+
+def sharded_ref_sync_problem(cfg, engine: str | None) -> str | None:
+    """sync_ref_model: true under a sharding engine (launch.sharding_engine's name; None without sharding): each rank
+    holds only its shards of the policy and the reference. Asked by preflab.loops.ref_sync.check_ref_sync (after its
+    reference-free check) and `preflab plan`."""
+    if engine is None or not cfg.sync_ref_model:
+        return None
+    return (f"sync_ref_model: true is not supported under {engine}: each rank holds only its shards of the policy "
+            "and the reference, and preflab's reference sync is tested on one process and DDP only. Train with "
+            "examples/accelerate/ddp.yaml or one process, or remove sync_ref_model.")
+
+
+def ref_sync_reference_problem(cfg, needs_reference: bool) -> str | None:
+    """sync_ref_model: true with a reference-free objective (`needs_reference` False): nothing to sync. Asked by
+    preflab.loops.ref_sync.check_ref_sync (before its engine check) and `preflab plan`."""
+    if not cfg.sync_ref_model or needs_reference:
+        return None
+    return (f"sync_ref_model: true, but loss_type {cfg.loss_type!r} uses no reference model (reference-free), so "
+            "there is nothing to sync; remove sync_ref_model or choose a loss_type with a reference (sigmoid, ipo, "
+            "...).")

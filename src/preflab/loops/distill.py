@@ -51,14 +51,10 @@ class DistillTrainer(SFTTrainer):
             raise ConfigError("distillation needs a teacher model; with use_peft the policy's base is not a teacher: "
                               "set teacher_model_name_or_path.")
         from preflab.loops.launch import is_sharded
+        from preflab.sharding_options import sharded_distill_problem
 
         if is_sharded(self.accelerator):  # the LM heads run outside the engine's forward (preflab.scoring.distill)
-            engine = str(self.accelerator.distributed_type).rsplit(".", 1)[-1]
-            raise ConfigError(f"distillation under {engine}: the student's and the teacher's LM heads run outside the "
-                              "wrapped model's forward (preflab.scoring.distill), where FSDP and DeepSpeed ZeRO-3 "
-                              "hold only this rank's shard of the weights (and ZeRO-1/2 is not verified for this "
-                              "path); train on one process or data parallel with examples/accelerate/ddp.yaml "
-                              "(2 processes equal 1 process with the doubled batch).")
+            raise ConfigError(sharded_distill_problem(str(self.accelerator.distributed_type).rsplit(".", 1)[-1]))
 
     def on_policy(self, step: int) -> bool:
         """Whether step `step` (0-based) trains on the student's own completions: a draw below lmbda (GKD's mixture,

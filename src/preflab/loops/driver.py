@@ -38,7 +38,8 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
-from preflab.best_model_options import saves_best, trl_save_default_note, writes_checkpoints
+from preflab.best_model_options import (saves_best, sharded_best_model_problem, sharded_model_only_problem,
+                                        trl_save_default_note, writes_checkpoints)
 from preflab.launch_paths import launch_record, save_run_config
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
@@ -51,6 +52,7 @@ from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
 from preflab.online_options import greedy_eval_notes
 from preflab.optimizer_options import sharded_optimizer_problem
+from preflab.sharding_options import sharded_activation_offload_problem
 from preflab.plugins import user_code
 from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
@@ -204,12 +206,9 @@ class TrainingRun(CallbackEvents):
         from preflab.models.activation_offload import module_tensors, offloaded_forward
 
         acc = self.accelerator
-        if is_sharded(acc):
-            raise ConfigError(f"activation_offloading is not supported under {sharding_engine(acc)}: its gathered "
-                              "parameters live in temporary storages that the offload cannot tell from activations, "
-                              "so every gathered weight would be copied to the host whole. Use gradient_checkpointing: "
-                              "true (and DeepSpeed's own activation_checkpointing cpu_checkpointing), or launch "
-                              "without FSDP / DeepSpeed.")
+        refusal = sharded_activation_offload_problem(self.cfg, sharding_engine(acc) if is_sharded(acc) else None)
+        if refusal:
+            raise ConfigError(refusal)
         if acc.device.type == "cpu" and self.main:
             print("preflab: note: activation_offloading on the CPU copies each saved activation within host memory: "
                   "the same losses and gradients, no memory saved (it offloads from a GPU).", flush=True)
@@ -335,14 +334,11 @@ class TrainingRun(CallbackEvents):
         """Under a sharding engine (FSDP, DeepSpeed): refuse load_best_model_at_end, and what its checkpoints cannot
         hold when the run writes or resumes them (before the first step, not at the first save)."""
         cfg, acc = self.cfg, self.accelerator
-        refusal = sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"),
-                                            sharding_engine(acc) if is_sharded(acc) else None)
+        engine = sharding_engine(acc) if is_sharded(acc) else None
+        refusal = (sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"), engine)
+                   or sharded_best_model_problem(cfg, engine))
         if refusal:
             raise ConfigError(refusal)
-        if cfg.load_best_model_at_end and is_sharded(acc):
-            raise ConfigError(f"load_best_model_at_end is not supported under {sharding_engine(acc)} (preflab loads "
-                              "the best checkpoint's full weights only without sharding); train with "
-                              "examples/accelerate/ddp.yaml or one process, or remove load_best_model_at_end.")
         if is_sharded(acc) and (writes_checkpoints(cfg) or resume_requested(cfg)):
             self._check_sharded_extras()
             self._check_sharded_model_only()
@@ -666,11 +662,9 @@ class TrainingRun(CallbackEvents):
                 "examples/accelerate/ddp.yaml.")
 
     def _check_sharded_model_only(self) -> None:
-        if self.cfg.save_only_model and writes_checkpoints(self.cfg):
-            raise ConfigError(
-                f"save_only_model: true is not supported under {sharding_engine(self.accelerator)}: preflab's "
-                "sharded checkpoints (FSDP2, DeepSpeed) always hold the optimizer state. Set save_only_model: "
-                "false, or train with examples/accelerate/ddp.yaml or one process.")
+        refusal = sharded_model_only_problem(self.cfg, sharding_engine(self.accelerator))
+        if refusal:
+            raise ConfigError(refusal)
 
     def _verify_for_resume(self, path: Path) -> None:
         """Check the files of checkpoint `path` this rank will read against its COMPLETE marker, each file hashed

@@ -80,6 +80,13 @@ def refuse_computed_columns(cfg, splits, names, computed_by: str) -> None:
 
 def make_producer(objective, cfg) -> ExtrasProducer | None:
     """The producer the objective (or one part of a weighted sum) declares, built; None when none does."""
+    found = producer_class(objective)
+    return found[0](found[1], cfg) if found else None
+
+
+def producer_class(objective) -> tuple[type, object] | None:
+    """(the ExtrasProducer class the objective, or one part of a weighted sum, declares; that part), not built;
+    None when none does. Two parts that declare one: ConfigError."""
     parts = [p for p in objective_parts(objective) if getattr(p, "extras_producer", "")]
     if not parts:
         return None
@@ -87,7 +94,7 @@ def make_producer(objective, cfg) -> ExtrasProducer | None:
         raise ConfigError(f"objectives {[type(p).__name__ for p in parts]} each compute extras with a producer of "
                           "their own; preflab runs one per training run. Combine at most one of them.")
     module, name = parts[0].extras_producer.split(":", 1)
-    return getattr(importlib.import_module(module), name)(parts[0], cfg)
+    return getattr(importlib.import_module(module), name), parts[0]
 
 
 # engines under which parameters outside the model train inside the engine's module (preflab.loops.engine_extras),
@@ -113,18 +120,28 @@ def refuse_sharded_engine(producer, cfg, accelerator, objective=None) -> None:
     any wrapper (their gradients are all-reduced with the step: preflab.step.optimizer_step)."""
     from preflab.loops.launch import is_sharded, sharding_engine
 
-    if not is_sharded(accelerator):
-        return
-    engine = sharding_engine(accelerator)
+    refusal = sharded_extras_problem(cfg, sharding_engine(accelerator) if is_sharded(accelerator) else None,
+                                     None if producer is None else type(producer), objective)
+    if refusal:
+        raise ConfigError(refusal)
+
+
+def sharded_extras_problem(cfg, engine: str | None, producer: type | None, objective=None) -> str | None:
+    """refuse_sharded_engine's refusal as text, None where it lets the run go on: `engine` is
+    launch.sharding_engine's name (None without sharding), `producer` the extras producer's class (producer_class),
+    `objective` the objective. Asked by the run (refuse_sharded_engine) and `preflab plan`."""
+    if engine is None:
+        return None
     owners = []
-    if producer is not None and (engine not in PRODUCER_ENGINES or type(producer).module is ExtrasProducer.module):
-        owners.append(f"its extras producer {type(producer).__name__}")
+    if producer is not None and (engine not in PRODUCER_ENGINES or producer.module is ExtrasProducer.module):
+        owners.append(f"its extras producer {producer.__name__}")
     if isinstance(objective, torch.nn.Module) and engine not in OBJECTIVE_ENGINES:
         owners.append(f"the objective {type(objective).__name__}'s own parameters")
-    if owners:
-        raise ConfigError(f"loss_type {cfg.loss_type} trains parameters outside the model with the policy "
-                          f"({' and '.join(owners)}), which preflab does not train under {engine}: it trains them "
-                          "inside the engine's module only where a real run proved it (an extras producer's module "
-                          f"under {' and '.join(PRODUCER_ENGINES)}, an objective's own parameters under "
-                          f"{' and '.join(OBJECTIVE_ENGINES)}). Train it with examples/accelerate/ddp.yaml or one "
-                          "process.")
+    if not owners:
+        return None
+    return (f"loss_type {cfg.loss_type} trains parameters outside the model with the policy "
+            f"({' and '.join(owners)}), which preflab does not train under {engine}: it trains them "
+            "inside the engine's module only where a real run proved it (an extras producer's module "
+            f"under {' and '.join(PRODUCER_ENGINES)}, an objective's own parameters under "
+            f"{' and '.join(OBJECTIVE_ENGINES)}). Train it with examples/accelerate/ddp.yaml or one "
+            "process.")

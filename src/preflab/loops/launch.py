@@ -18,10 +18,11 @@ from preflab.loops.accelerate_reuse import match_accelerate_state
 from preflab.checkpoint import clean_interrupted_saves
 from preflab.errors import ConfigError, PreflabError
 from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
-from preflab.best_model_options import saves_best
+from preflab.best_model_options import checkpoint_uses, fsdp1_checkpoint_problem
 from preflab.loops.resume import check_resume_early, note_earlier_run, resume_requested
 from preflab.rundir import claim_output_dir
 from preflab.sharded_checkpoint import check_sharded_storage
+from preflab.sharding_options import deepspeed_accumulation_problem, sharded_generation_problem
 
 
 MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")  # mpirun's ranks (accelerate CPU)
@@ -99,12 +100,9 @@ def check_deepspeed_settings(cfg, note=None) -> None:
     beside a file), so a file's values are checked too. zero3_init_flag: see zero3_init_note."""
     if not env_flag("ACCELERATE_USE_DEEPSPEED"):
         return
-    if cfg.gradient_accumulation_steps != 1:
-        raise ConfigError(
-            f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} under DeepSpeed (`distributed_type: "
-            "DEEPSPEED`): DeepSpeed steps the optimizer inside every backward through accelerate, so preflab runs it "
-            "with one micro-batch per step. Set gradient_accumulation_steps: 1 and raise "
-            "per_device_train_batch_size, or use examples/accelerate/fsdp2.yaml.")
+    refusal = deepspeed_accumulation_problem(cfg, "DEEPSPEED")
+    if refusal:
+        raise ConfigError(refusal)
     from accelerate.utils import DeepSpeedPlugin
 
     try:
@@ -254,11 +252,9 @@ def make_accelerator(cfg, whole_weights: str | None = None):
             f"(accelerate: {accelerator.distributed_type}, {accelerator.num_processes} process); each would train "
             "alone into the same output_dir. Check the accelerate config / launch flags (on CPU: use_cpu: true).")
     check_sharded_checkpoints(cfg, sharding_engine(accelerator))
-    if getattr(cfg, "generate_during_eval", False) and is_sharded(accelerator):
-        raise ConfigError(
-            f"generate_during_eval: preflab generates eval samples on the main process from the unwrapped policy, "
-            f"whose weights are sharded under {sharding_engine(accelerator)}; set generate_during_eval: false (or "
-            "use examples/accelerate/ddp.yaml).")
+    refusal = sharded_generation_problem(cfg, sharding_engine(accelerator) if is_sharded(accelerator) else None)
+    if refusal:
+        raise ConfigError(refusal)
     check_whole_weights(cfg, accelerator, whole_weights)
     if getattr(cfg, "full_determinism", False):
         enable_full_determinism(cfg.seed)
@@ -413,16 +409,11 @@ def check_sharded_checkpoints(cfg, engine: str) -> None:
     checkpointing) and DeepSpeed ZeRO (preflab.deepspeed_checkpoint, each rank's partition); under FSDP version 1
     intermediate checkpoints and resume are refused rather than written wrong (each rank would hold only its
     shards). The final model is gathered to one save_pretrained directory under every engine (gather_full_state)."""
-    used = [k for k, bad in (("save_steps", cfg.save_steps), ("save_strategy: best", saves_best(cfg)),
-                             ("save_strategy: epoch", cfg.save_strategy == "epoch"),
-                             ("resume_from_checkpoint", resume_requested(cfg))) if bad]
-    if engine == "FSDP" and used:
-        raise ConfigError(
-            f"{', '.join(used)}: preflab writes and resumes sharded checkpoints under FSDP version 2 and DeepSpeed, "
-            f"not under {engine} version 1 (the accelerate config's fsdp_version); use "
-            "examples/accelerate/fsdp2.yaml, or set save_steps: 0 and no resume_from_checkpoint (the final model is "
-            "still gathered and saved).")
-    if engine == "FSDP2" and used:
+    resumes = resume_requested(cfg)
+    refusal = fsdp1_checkpoint_problem(cfg, engine, resumes)
+    if refusal:
+        raise ConfigError(refusal)
+    if engine == "FSDP2" and checkpoint_uses(cfg, resumes):
         check_sharded_storage()
 
 

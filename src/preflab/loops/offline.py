@@ -36,6 +36,7 @@ from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs
 from preflab.models.segment_attention import set_attention_mode
 from preflab.scoring.lm import LogProbScorer, backbone_and_head
 from preflab.scoring.token_metrics import counts, ratios
+from preflab.sharding_options import fsdp2_token_kl_problem
 
 
 def shard_reference(accelerator, ref_scorer):
@@ -159,10 +160,10 @@ class Trainer(TrainingRun):
         if self.precompute and "token_kl" in self.objective.token_needs:
             raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL to the reference, which needs the "
                               "reference's hidden states at every step; set precompute_ref_log_probs: false.")
-        if "token_kl" in self.objective.token_needs and getattr(self.accelerator, "is_fsdp2", False):
-            raise ConfigError(f"objective {cfg.loss_type!r} needs token-level KL through the reference's LM head "
-                              "outside the reference's forward, where FSDP2 keeps it sharded; train it with "
-                              "examples/accelerate/ddp.yaml.")
+        refusal = fsdp2_token_kl_problem(cfg, self.objective,
+                                         "FSDP2" if getattr(self.accelerator, "is_fsdp2", False) else None)
+        if refusal:
+            raise ConfigError(refusal)
         self.ref_logps, self.ref_cache_info = {}, {}
         if not flex_training_refused(policy, self.accelerator.device):
             self.layout  # noqa: B018  decided now, its fallback said as the run is built (see `layout`)

@@ -42,6 +42,7 @@ from torch import nn
 from preflab.errors import ConfigError
 from preflab.loops.launch import is_sharded, sharding_engine
 from preflab.models.adapters import is_lora
+from preflab.ref_sync_options import ref_sync_reference_problem, sharded_ref_sync_problem
 
 PREFIX = "reference."  # the reference's tensors in a checkpoint's extra.safetensors
 
@@ -51,15 +52,10 @@ def check_ref_sync(cfg, objective, accelerator) -> None:
     objective, a sharding engine. Run before the models load."""
     if not cfg.sync_ref_model:
         return
-    if not objective.needs_reference:
-        raise ConfigError(f"sync_ref_model: true, but loss_type {cfg.loss_type!r} uses no reference model "
-                          "(reference-free), so there is nothing to sync; remove sync_ref_model or choose a "
-                          "loss_type with a reference (sigmoid, ipo, ...).")
-    if is_sharded(accelerator):
-        raise ConfigError(f"sync_ref_model: true is not supported under {sharding_engine(accelerator)}: each rank "
-                          "holds only its shards of the policy and the reference, and preflab's reference sync is "
-                          "tested on one process and DDP only. Train with examples/accelerate/ddp.yaml or one "
-                          "process, or remove sync_ref_model.")
+    refusal = (ref_sync_reference_problem(cfg, objective.needs_reference)
+               or sharded_ref_sync_problem(cfg, sharding_engine(accelerator) if is_sharded(accelerator) else None))
+    if refusal:
+        raise ConfigError(refusal)
 
 
 class MergedWeight:
