@@ -377,3 +377,16 @@ def test_an_eval_set_beside_eval_strategy_no_is_refused_in_trainconfig(eval_set)
     with pytest.raises(ConfigError, match=rf"eval_strategy='no' conflicts with {key}={value!r}: the run would still "
                                           "evaluate"):
         TrainConfig(**BASE, eval_strategy="no", **eval_set)
+
+
+@pytest.mark.parametrize("task, says", [("sft", "scores the eval rows' completions"),
+                                        ("online", "already samples the held-out prompts")])
+def test_generate_during_eval_is_refused_by_the_tasks_whose_evaluation_writes_no_samples(task, says):
+    """generate_during_eval (TRL's DPOConfig option) was accepted and ignored by task: sft (and distillation) and
+    task: online, whose evaluate() writes no eval_samples.jsonl: refused, naming the task; task: dpo keeps it."""
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows.jsonl", "max_steps": 2}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({**base, "task": task, "generate_during_eval": True})
+    assert f"is not read by task: {task}, whose evaluation {says}" in str(err.value)
+    assert config_from_dict({**base, "task": task}).generate_during_eval is False
+    assert config_from_dict({**base, "task": "dpo", "generate_during_eval": True}).generate_during_eval is True

@@ -449,6 +449,12 @@ class TrainConfig:
                            "reward) has no LM head; remove it.")
         elif set_options(self, ("center_rewards_coefficient",)):
             out.append("center_rewards_coefficient only applies to task: reward.")
+        if self.generate_during_eval and self.task in ("sft", "online"):  # their evaluate() writes no samples
+            out.append(f"generate_during_eval (TRL's DPOConfig option: greedy samples at each evaluation) is not read "
+                       f"by task: {self.task}, whose evaluation "
+                       + ("scores the eval rows' completions" if self.task == "sft" else
+                          "already samples the held-out prompts (eval_reward, eval_win_rate_vs_reference)")
+                       + " and writes no eval_samples.jsonl; remove it (before, it was accepted and ignored).")
         if self.task == "vlm" and self.layout in ("packed", "prefix_packed"):  # collate_vision_pairs builds neither
             out.append(f"layout={self.layout!r} (or TRL's padding_free: true) is not built for task: vlm, which lays "
                        "image-text pairs out as prefix_shared (the default: one row per pair where the model allows "
