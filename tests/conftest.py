@@ -74,6 +74,29 @@ def accelerate_launch():
     return command
 
 
+@pytest.fixture(scope="session")
+def one_and_two_processes(accelerate_launch):
+    """`one_and_two_processes(script, out, common)`: run `script OUT *common` twice, as one plain process at
+    gradient_accumulation_steps=4 (into out/"one") and under accelerate launch on two CPU processes at
+    gradient_accumulation_steps=2 (into out/"two"): the same global batch of 4 per-device examples of 1. Each must
+    exit 0 (else the test fails with the end of its stderr)."""
+    import os
+    import subprocess
+
+    def launch(script: str, out, common: list[str]) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        one = subprocess.run([sys.executable, script, str(out / "one"), *common, "gradient_accumulation_steps=4"],
+                             env=env, capture_output=True, text=True, timeout=500)
+        assert one.returncode == 0, one.stderr[-3000:]
+        two = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                               "--mixed_precision", "no", "--dynamo_backend", "no", script,
+                                               str(out / "two"), *common, "gradient_accumulation_steps=2"),
+                             env=env, capture_output=True, text=True, timeout=500)
+        assert two.returncode == 0, two.stderr[-3000:]
+
+    return launch
+
+
 class StopRun(Exception):
     """A run interrupted on purpose by the `stop_at_step` fixture."""
 

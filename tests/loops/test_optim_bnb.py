@@ -25,6 +25,7 @@ from preflab.loops.optimizer import build_optimizer
 from preflab.optimizer_options import BNB_OPTIMIZERS, optimizer_errors, sharded_optimizer_refusal
 
 sys.path.insert(0, str(Path(__file__).parent))
+from optimizer_state_files import assert_restored_state_steps_exactly  # noqa: E402
 from tiny_run import run  # noqa: E402
 
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
@@ -509,10 +510,6 @@ def test_the_state_of_several_8bit_tensors_goes_through_the_checkpoint_files_bit
     safetensors refuses to write twice: split_optimizer_state clones the repeats. Saved as a checkpoint saves it
     (safetensors + JSON) and loaded into a new optimizer, the state is equal (uint8, maps, block maxima, int steps)
     and the next steps are the uninterrupted optimizer's, bit for bit."""
-    from safetensors.torch import save_file
-
-    from preflab.checkpoint import join_optimizer_state, split_optimizer_state
-
     class Two(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -532,25 +529,9 @@ def test_the_state_of_several_8bit_tensors_goes_through_the_checkpoint_files_bit
 
     for k in range(2):
         step(model, optimizer, k)
-    tensors, meta = split_optimizer_state(optimizer.state_dict())
     if "8bit" in optim:
         first, second = optimizer.state[model.a.weight], optimizer.state[model.b.weight]
         assert first["qmap1"] is second["qmap1"] and first["state1"].dtype == torch.uint8
-    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
-    (tmp_path / "optimizer.json").write_text(json.dumps(meta))
-    with torch.no_grad():
-        for p, q in zip(again.parameters(), model.parameters(), strict=True):
-            p.copy_(q)
-    restored = build_optimizer(_config(optim), list(again.parameters()), [again])
-    restored.load_state_dict(join_optimizer_state(load_file(str(tmp_path / "optimizer.safetensors")),
-                                                  json.loads((tmp_path / "optimizer.json").read_text())))
-    for p, q in zip(again.parameters(), model.parameters(), strict=True):
-        mine, theirs = restored.state[p], optimizer.state[q]
-        assert mine.keys() == theirs.keys()
-        for key in mine:
-            assert (torch.equal(mine[key], theirs[key]) and mine[key].dtype == theirs[key].dtype
-                    if torch.is_tensor(mine[key]) else (mine[key], type(mine[key])) == (theirs[key], type(theirs[key])))
-    for k in (2, 3):
-        step(model, optimizer, k)
-        step(again, restored, k)
-    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), model.parameters(), strict=True))
+    assert_restored_state_steps_exactly(
+        model, optimizer, again, lambda net: build_optimizer(_config(optim), list(net.parameters()), [net]),
+        step, tmp_path)

@@ -11,13 +11,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from preflab.checkpoint import join_optimizer_state, split_optimizer_state
 from preflab.loops import optimizer as optimizer_module
 from preflab.loops.optimizer import build_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
+from optimizer_state_files import assert_restored_state_steps_exactly  # noqa: E402
 from tiny_run import run  # noqa: E402
 
 CASES = [("adafactor", None), ("sgd", "momentum=0.9,dampening=0.1"), ("sgd", "momentum=0.8, nesterov=True"),
@@ -112,25 +111,9 @@ def test_adafactor_state_is_factored_and_goes_through_the_checkpoint_files_bit_e
     assert (cube["exp_avg_sq_row"].shape, cube["exp_avg_sq_col"].shape) == ((2, 3), (2, 4))
     assert scale["exp_avg_sq"].shape == (4,) and "exp_avg_sq_row" not in scale
     assert proj["step"] == 2 and isinstance(proj["step"], int)
-    tensors, meta = split_optimizer_state(optimizer.state_dict())
-    save_file(tensors, str(tmp_path / "optimizer.safetensors"))
-    (tmp_path / "optimizer.json").write_text(json.dumps(meta))
-    with torch.no_grad():
-        for p, q in zip(again.parameters(), model.parameters(), strict=True):
-            p.copy_(q)
-    restored = build_optimizer(_config("adafactor", None), list(again.parameters()))
-    restored.load_state_dict(join_optimizer_state(load_file(str(tmp_path / "optimizer.safetensors")),
-                                                  json.loads((tmp_path / "optimizer.json").read_text())))
-    for p, q in zip(again.parameters(), model.parameters(), strict=True):
-        mine, theirs = restored.state[p], optimizer.state[q]
-        assert mine.keys() == theirs.keys()
-        for key in mine:
-            assert (torch.equal(mine[key], theirs[key]) and mine[key].dtype == theirs[key].dtype
-                    if torch.is_tensor(mine[key]) else (mine[key], type(mine[key])) == (theirs[key], type(theirs[key])))
-    for k in (2, 3):
-        step(model, optimizer, k)
-        step(again, restored, k)
-    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), model.parameters(), strict=True))
+    assert_restored_state_steps_exactly(
+        model, optimizer, again, lambda net: build_optimizer(_config("adafactor", None), list(net.parameters())),
+        step, tmp_path)
 
 
 def _recording(monkeypatch, record: list):

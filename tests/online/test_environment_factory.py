@@ -4,7 +4,6 @@ The model is scripted (its next turn is a function of the conversation so far, a
 round's tokens, tool masks, environment calls and rewards are exact values; TRL's own GRPOTrainer, built with the
 same environment factories and its _generate_single_turn answering from the same script, gives the same ones."""
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -597,28 +596,19 @@ def test_preflab_train_with_an_environment_owning_the_reward(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_two_processes_call_each_environment_once_and_equal_one_process(tmp_path, accelerate_launch):
+def test_two_processes_call_each_environment_once_and_equal_one_process(tmp_path, one_and_two_processes):
     """Under accelerate launch with two processes the main process holds the environments: every reset, tool call,
     get_reward and environments= reward runs once (calls.txt: the same lines as the one-process run, all from rank 0)
     and the other process continues from its observations, tool results and rewards: the weights equal the
     one-process run's to float summation order (1 x 4 vs 2 x 2 examples per step). The held-out evaluation (one
     counter row, before and after) makes its calls once too and gives the same reward."""
-    import subprocess
     from collections import Counter as Tally
 
     from safetensors.torch import load_file
 
     script = str(Path(__file__).parent / "environment_run.py")
     common = ["per_device_train_batch_size=1", "max_steps=1", "steps_per_generation=1", "save_strategy=no"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
-                         env=env, capture_output=True, text=True, timeout=500)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                           "--mixed_precision", "no", "--dynamo_backend", "no", script,
-                                           str(tmp_path / "two"), *common, "gradient_accumulation_steps=2"),
-                         env=env, capture_output=True, text=True, timeout=500)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one_and_two_processes(script, tmp_path, common)
     tallies = [Tally((tmp_path / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
     # the one round: 8 rollouts reset; steps 2 x 2 x 2 (targets 5 and 4), 0 for target 7 (shout is not its
     # tool), 2 shouts; get_reward for the 6 counter rollouts; echo_reward scores all 8

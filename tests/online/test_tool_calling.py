@@ -756,29 +756,19 @@ def test_run_refuses_a_tokenizer_without_tool_support(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, accelerate_launch):
+def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, one_and_two_processes):
     """Under accelerate launch with two processes the main process runs each tool call once (the tool's file holds
     one line per counted call, not two) and the others continue from its results: the weights equal the one-process
     run's to float summation order (one example per micro-batch on both sides: 1 x 4 vs 2 x 2). The call add(4, 5)
     sleeps past tool_timeout_s on the main process: its timeout observation reaches the other process too. The
     held-out evaluation (one prompt, one call, before and after) runs its calls once too and gives the same values."""
     import json
-    import os
-    import subprocess
 
     from safetensors.torch import load_file
 
     script = str(Path(__file__).parent / "tool_calling_run.py")
     common = ["per_device_train_batch_size=1", "max_steps=2", "tool_timeout_s=0.5"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, script, str(tmp_path / "one"), *common, "gradient_accumulation_steps=4"],
-                         env=env, capture_output=True, text=True, timeout=500)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                           "--mixed_precision", "no", "--dynamo_backend", "no", script,
-                                           str(tmp_path / "two"), *common, "gradient_accumulation_steps=2"),
-                         env=env, capture_output=True, text=True, timeout=500)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one_and_two_processes(script, tmp_path, common)
     for name in ("one", "two"):
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         calls = (tmp_path / name / "calls.txt").read_text().splitlines()
