@@ -586,6 +586,21 @@ def test_ppd_with_precomputed_user_embeddings_takes_held_out_users(assets, tmp_p
     assert run.evaluate()["eval_loss"] != pytest.approx(math.log(2), abs=1e-6)  # the branch reads user2's embedding
 
 
+def test_ppd_refuses_several_embeddings_per_user_as_the_released_stage_1_writes_them(assets, tmp_path):
+    """The PPD release writes one [n_layers + 1, d] embedding per (user, 4-pair subset), up to 20 per user; a file
+    holding a user's subsets as one [subsets, L, d] tensor is refused naming the shapes (docs/diffusion.md), not
+    flattened into a longer embedding."""
+    from safetensors.torch import save_file
+
+    from preflab.errors import ConfigError
+
+    table = {f"user{i}": torch.zeros(2, 3, 8) for i in range(3)}
+    save_file(table, str(tmp_path / "users.safetensors"))
+    with pytest.raises(ConfigError, match=r"every user needs one \[L_u, d_u\] tensor; got shapes \[\(2, 3, 8\)\]"):
+        DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd",
+                              user_embeddings=str(tmp_path / "users.safetensors")))
+
+
 def test_preflab_eval_banner_counts_the_held_out_pairs_it_scores(assets, tmp_path, capsys):
     """The eval reuses the run's data loader; its banner said '4 train, 0 eval examples' for the 4 pairs it scores."""
     import shutil

@@ -95,7 +95,8 @@ def test_cat_builder_keeps_ambiguous_answers_and_names_the_object():
     assert judge_ambiguity("it is the red square", ["red square"])[0] is False
 
 
-def test_cat_pipeline_with_clue_aggregator(tmp_path):
+def _cat_data(tmp_path):
+    """Four CAT rows (a vague SFT answer, one annotated object each) as a JSONL file with its images."""
     import json
 
     rows = [{"images": [image((200, 0, 0), seed=i)], "prompt": "what is in the picture?",
@@ -105,6 +106,11 @@ def test_cat_pipeline_with_clue_aggregator(tmp_path):
         for i, r in enumerate(rows):
             r["images"][0].save(tmp_path / f"{i}.png")
             f.write(json.dumps({**r, "images": [f"{i}.png"]}) + "\n")
+    return data
+
+
+def test_cat_pipeline_with_clue_aggregator(tmp_path):
+    data = _cat_data(tmp_path)
     cfg = _cfg(tmp_path, dataset_name=str(data), vision_pairs="cat_adpo", clue_aggregator=True, learning_rate=1e-2)
     trainer = VisionTrainer(cfg)
     agg = trainer.policy.clue_aggregator
@@ -113,6 +119,22 @@ def test_cat_pipeline_with_clue_aggregator(tmp_path):
     before = agg.out.weight.detach().clone()
     trainer.train()
     assert not torch.equal(before, agg.out.weight)  # the aggregator trained with the policy
+
+
+def test_cat_pairs_with_rpo_alpha_train_the_paper_notes_dpo_plus_sft_form(tmp_path):
+    """A paper note on CAT (ECCV 2024) writes ADPO as L_DPO + 0.1 L_SFT; the released trainer (Bay-CAT
+    ADPO_CAT/train_dpo.py) trains plain DPO. `rpo_alpha: 0.1` on cat_adpo pairs gives the note's form: at theta = ref
+    the loss is log 2 + 0.1 x the token-mean NLL of the chosen (rewritten) answers, here from the model's own logits."""
+    data = _cat_data(tmp_path)
+    trainer = VisionTrainer(_cfg(tmp_path, dataset_name=str(data), vision_pairs="cat_adpo", beta=0.1, rpo_alpha=0.1))
+    mb = trainer.micro_batches(0)[0]
+    with torch.no_grad():
+        got = float(trainer.forward(mb).loss)
+        lp = naive_vision_token_logps(trainer.policy, mb.layout)
+        b = len(mb.row_ids)
+        nll = float(-lp[:b].sum() / mb.layout.response_mask[:b].sum())
+    assert nll > 1.0  # the SFT term is not negligible on the untrained model
+    assert got == pytest.approx(math.log(2) + 0.1 * nll, abs=1e-5)
 
 
 def test_cat_rows_without_objects_are_a_data_error_naming_the_eval_file_row_and_field(tmp_path):

@@ -22,7 +22,12 @@ cat_adpo   CAT's ambiguity-aware pairs (seed #1, methods §1) [derived from the 
            (VAGUE_TERMS); chosen = `rewrite` when given, else the answer with its first vague referent replaced by
            the annotated object(s); the pair is kept only when chosen names >= 1 annotated object and rejected
            none. The judge's rationale is kept in extras["adpo_rationale"]; dropped rows are counted by reason.
-           The loss is plain DPO (sigmoid, sums over tokens), as in the paper.
+           The loss is plain DPO (sigmoid, sums over tokens), as in the released trainer (rikeilong/Bay-CAT
+           ADPO_CAT/train_dpo.py; its auxiliary LM weight gamma is left at 0). A paper note (ECCV 2024, code index)
+           says the paper builds the pairs the same way (the SFT model's answers on the training set, judged
+           ambiguous by GPT against the reference answer, are the rejected side; GPT's precise rewrite of each is
+           the chosen side: pass it as `rewrite`) and trains L_DPO + 0.1 L_SFT: `rpo_alpha: 0.1` adds that term
+           (the token-mean NLL of the chosen answers; the note does not say how L_SFT is normalised).
 """
 from __future__ import annotations
 

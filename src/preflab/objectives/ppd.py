@@ -15,6 +15,16 @@ Audit 2026-12: a third-party paper note (CVPR 2025) restates the objective as th
 states of N = 4 labelled pairs, IP-Adapter-style decoupled cross-attention Z' = Attn(Q, K, V) + Attn(Q, K', V')
 with only W_k', W_v' trained (Stable Cascade stage C), and user-embedding dropout in training -- the form above.
 
+Audit 8 (2026-12): the authors' release (Asap7772/Personalized-Text-To-Image-Diffusion, read as the first three
+commits of its copy RoyceCho1/PPD, fe3835f) holds stage 1 only -- the user embeddings, a user classifier and win-rate
+evaluations; no diffusion training code, so this loss and beta are still unchecked against code. Stage 1
+(`llava_embeddings/pick_a_pick_user_emb.py`): LLaVA-OneVision (qwen2-7b-ov-chat) is shown N = 4 of a user's Pick-a-Pic
+pairs (caption, preferred image, dispreferred image), asked to describe each pair and summarise a user profile, and
+decodes greedily; the embedding is the hidden state of the last decoding step at the embedding layer and at every
+decoder layer, one [n_layers + 1, d] matrix per (user, 4-pair subset) (up to 20 subsets per user in `gen_emb.sh`);
+the user classifier reads its last row. preflab takes such a matrix as the [L_u, d_u] of `user_embeddings` (one per
+user; pick a subset's, or average them) and standardises each row (preflab's choice: the release does not normalise).
+
 Deviation from the paper: beta = 5000 is Diffusion-DPO's default, not a value from the paper (not in the note); the
 lambda scale on the user branch is preflab's (1 = the note's plain sum); user-embedding dropout belongs to the
 builder/model, not this loss.
@@ -31,7 +41,8 @@ class PPD(DiffusionDPO):
     modality = "diffusion"  # scored by preflab.scoring.diffusion (-MSE), not LM log-probs
     paper = "Dang et al. 2025, Personalized Preference Fine-tuning of Diffusion Models (PPD)"
     checked_against = ("3rd-party: a CVPR 2025 paper note (user-conditioned Diffusion-DPO, IP-Adapter-style decoupled "
-                       "cross-attention); no released code, beta unverified")
+                       "cross-attention); the authors' release has the user-embedding stage only (no training code), "
+                       "beta unverified")
 
 
 OBJECTIVE = PPD
