@@ -132,3 +132,36 @@ def test_skipped_rows_are_counted_and_the_first_is_named(tmp_path):
     with pytest.raises(DataError, match="no row left to score.*First skipped: line 1, field 'direction'"):
         evaluate_attribute_model(CountingRewardModel(tokenizer), str(_write(tmp_path / "bad.jsonl", bad)), tokenizer,
                                  on_bad_row="skip")
+
+
+def test_ranking_pairs_equal_a_loop_over_every_pair_in_any_block_size(monkeypatch):
+    """ranking_pairs counts ordered pairs in blocks of rows; a plain loop over unordered pairs gives the same counts
+    (integer ratings, so ties occur; some ratings unobserved), with one-row blocks too."""
+    from itertools import combinations
+
+    from preflab.reward_models import attribute_eval
+
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    outputs = torch.randint(0, 4, (n, 2), generator=gen).double()  # ties in the outputs too
+    targets = torch.randint(0, 3, (n, 2), generator=gen).double()
+    observed = torch.rand(n, 2, generator=gen) > 0.2
+    prompts = [f"p{int(i)}" for i in torch.randint(0, 5, (n,), generator=gen)]
+    expected = {}
+    for a, name in enumerate(ATTRS):
+        right = formed = tied = 0
+        for i, j in combinations(range(n), 2):
+            if prompts[i] != prompts[j] or not (observed[i, a] and observed[j, a]):
+                continue
+            if targets[i, a] == targets[j, a]:
+                tied += 1
+                continue
+            formed += 1
+            right += float((outputs[i, a] - outputs[j, a]) * (targets[i, a] - targets[j, a])) > 0
+        expected[name] = (right / formed, formed, tied)
+    for block in (1024, 1, 7):
+        monkeypatch.setattr(attribute_eval, "RANKING_BLOCK", block)
+        metrics, counts = attribute_eval.ranking_pairs(outputs, targets, observed, prompts, ATTRS)
+        for name in ATTRS:
+            assert (metrics[f"ranking_accuracy/{name}"], counts[f"ranking_pairs/{name}"],
+                    counts[f"ranking_tied_ratings/{name}"]) == pytest.approx(expected[name]), (block, name)

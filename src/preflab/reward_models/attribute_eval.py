@@ -31,7 +31,6 @@ import json
 import math
 import numbers
 from dataclasses import dataclass
-from itertools import combinations
 from typing import Sequence
 
 import torch
@@ -161,24 +160,27 @@ def ranking_pairs(outputs: Tensor, targets: Tensor, observed: Tensor, prompts: S
     """({"ranking_accuracy", "ranking_accuracy/<a>"}, {"ranking_pairs/<a>": formed, "ranking_tied_ratings/<a>":
     pairs not formed because the two ratings are equal}): every two rated rows with the same prompt (compared as
     loaded: text or messages) that both rate a; a formed pair is right when (r_a(i) - r_a(j)) (rating_i - rating_j)
-    > 0."""
+    > 0. Counted over ordered pairs (each unordered one twice) in blocks of rows, so a prompt with many responses
+    costs memory of a block, not of its square."""
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
         groups.setdefault(json.dumps(prompt, sort_keys=True, default=repr), []).append(i)
+    outputs, targets = outputs.double(), targets.double()
     metrics, counts = {}, {}
     right_all = formed_all = 0
     for a, name in enumerate(attributes):
-        right = formed = tied = 0
+        right = formed = tied = 0  # ordered pairs i != j
         for rows in groups.values():
-            for i, j in combinations(rows, 2):
-                if not (observed[i, a] and observed[j, a]):
-                    continue
-                rating = float(targets[i, a]) - float(targets[j, a])
-                if rating == 0:
-                    tied += 1
-                    continue
-                formed += 1
-                right += (float(outputs[i, a]) - float(outputs[j, a])) * rating > 0
+            index = torch.tensor(rows)[observed[rows, a]]
+            score, rating = outputs[index, a], targets[index, a]
+            for start in range(0, len(index), RANKING_BLOCK):
+                d_rating = rating[start:start + RANKING_BLOCK, None] - rating[None, :]
+                d_score = score[start:start + RANKING_BLOCK, None] - score[None, :]
+                formed += int((d_rating != 0).sum())
+                tied += int((d_rating == 0).sum())
+                right += int((d_rating * d_score > 0).sum())
+            tied -= len(index)  # the diagonal (a row with itself)
+        formed, tied, right = formed // 2, tied // 2, right // 2
         counts[f"ranking_pairs/{name}"], counts[f"ranking_tied_ratings/{name}"] = formed, tied
         if formed:
             metrics[f"ranking_accuracy/{name}"] = right / formed
@@ -186,6 +188,9 @@ def ranking_pairs(outputs: Tensor, targets: Tensor, observed: Tensor, prompts: S
     if formed_all:
         metrics["ranking_accuracy"] = right_all / formed_all
     return metrics, counts
+
+
+RANKING_BLOCK = 1024  # rows per block of ranking_pairs' pairwise differences
 
 
 def direction_scores(out_chosen: Tensor, out_rejected: Tensor, directions: Tensor) -> dict:

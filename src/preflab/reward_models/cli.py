@@ -45,8 +45,8 @@ def evaluate_reward_split(model, data, split: str | None, limit: int | None = No
     from preflab.reward_models.heads import reward_config
 
     refuse_other_task(model, "reward")  # a policy, VLM or diffusion run: named with its command, before any load
-    loaded, tokenizer = load_reward_dir(model)
     split, said, reader = open_eval_split(data, split, limit)
+    loaded, tokenizer = load_reward_dir(model)
     notes = [said] if said else []
     if reward_config(loaded).get("head") == "multi_objective":
         result, more = _evaluate_attribute_split(model, loaded, tokenizer, reader, batch_size, max_length, on_bad_row,
