@@ -76,20 +76,23 @@ def test_preflab_eval_of_a_dpa_run_equals_its_eval_mse_and_a_recomputation(tmp_p
         assert metrics[f"reward_model/ranking_accuracy/{name}"] == pytest.approx(
             _ranking_accuracy(outputs, held, a, name))
     assert report["reward_eval"]["counts"]["ratings/verbosity"] == 10
+    assert report["reward_eval"]["max_length"] == 64  # the run's max_length (config.yaml), not --max-length's 1024
     assert report["overlap_with_training"]["pairs"] == 0 and report["overlap_with_training"]["training_rows"] == 32
 
-    # rated rows, two of them training rows, and direction pairs, one without its direction (skipped, named)
+    # rated rows, two of them training rows and one a new response to a training prompt, and direction pairs, one
+    # without its direction (skipped, named)
     pairs = [{"prompt": held[3 * k]["prompt"], "chosen": held[3 * k]["response"],
               "rejected": held[3 * k + 1]["response"], "direction": direction}
              for k, direction in enumerate(([1, 0], {"verbosity": 1.0}, [0.6, 0.8]))]
     bad = {"prompt": "q", "chosen": " a", "rejected": " b"}
-    mixed = _write(tmp_path / "mixed.jsonl", held + train[:2] + pairs + [bad])
+    new_response = {**train[2], "response": train[2]["response"] + " again"}
+    mixed = _write(tmp_path / "mixed.jsonl", held + train[:2] + [new_response] + pairs + [bad])
     assert main(["eval", str(out), "--task", "reward", "--data", str(mixed), "--out", str(tmp_path / "m.json")]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "m.json").read_text())
-    assert report["num_rated_rows"] == 14 and report["num_pairs"] == 3
+    assert report["num_rated_rows"] == 15 and report["num_pairs"] == 3
     assert report["reward_eval"]["skipped"] == {"missing_direction": 1}
-    assert "line 18, field 'direction'" in printed
+    assert "line 19, field 'direction'" in printed
     right, margins = 0, []
     for pair in pairs:
         v = pair["direction"] if isinstance(pair["direction"], list) else [0.0, 1.0]
@@ -101,7 +104,7 @@ def test_preflab_eval_of_a_dpa_run_equals_its_eval_mse_and_a_recomputation(tmp_p
     assert report["metrics"]["reward_model/direction_margin"] == pytest.approx(sum(margins) / 3, rel=1e-4)
     overlap = report["overlap_with_training"]
     train_prompts = {r["prompt"] for r in train}
-    shared = sum(r["prompt"] in train_prompts for r in held + train[:2] + pairs)
-    assert (overlap["pairs"], overlap["prompts"], overlap["rows"]) == (2, shared, 17)
+    shared = sum(r["prompt"] in train_prompts for r in held + train[:3] + pairs)
+    assert shared >= 3 and (overlap["pairs"], overlap["prompts"], overlap["rows"]) == (2, shared, 18)
     assert any("have a response the run trained on" in note for note in report["notes"])
     assert torch.isfinite(outputs).all()
