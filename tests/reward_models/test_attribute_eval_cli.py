@@ -107,4 +107,14 @@ def test_preflab_eval_of_a_dpa_run_equals_its_eval_mse_and_a_recomputation(tmp_p
     shared = sum(r["prompt"] in train_prompts for r in held + train[:3] + pairs)
     assert shared >= 3 and (overlap["pairs"], overlap["prompts"], overlap["rows"]) == (2, shared, 18)
     assert any("have a response the run trained on" in note for note in report["notes"])
+
+    # the report's headline reads the DPA numbers of eval.json, with its rows and the trained-on count
+    from preflab.report.headline import eval_json_rows
+    from preflab.report.runs import RunData
+
+    rows = {row["metric"].split("/", 1)[1]: row["after"] for row in eval_json_rows(RunData("rm", out, eval=report))}
+    where = f"eval.json, 15 rated rows, 3 pairs, {shared} with a prompt the run trained on (2 with a response it " \
+            "trained on; not held-out)"
+    assert rows == {key: (where, report["metrics"][f"reward_model/{key}"])
+                    for key in ("mse", "ranking_accuracy", "direction_accuracy")}
     assert torch.isfinite(outputs).all()
