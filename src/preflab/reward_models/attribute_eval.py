@@ -342,15 +342,17 @@ def attribute_eval_notes(result: dict, max_length) -> list[str]:
     return notes
 
 
-def attribute_training_rows(cfg: dict, response_field: str = "response"):
+def attribute_training_rows(cfg: dict):
     """The (prompt, response) rows the DPA run of config `cfg` (its saved config.yaml) trained on, for `preflab eval
-    --task reward`'s overlap count (preflab.eval.run.run_training_rows): its dataset_name's rated rows read as
-    train_attribute_reward reads them (bad rows skipped), less the rows eval_fraction held out with its seed
-    (data.holdout.split_eval_fraction, as data.eval_set.train_and_eval holds them out)."""
+    --task reward`'s overlap count (preflab.eval.run.run_training_rows): its dataset_name's rated rows (its
+    reward_head_params' attributes and response_field) read as train_attribute_reward reads them (bad rows skipped),
+    less the rows eval_fraction held out with its seed (data.holdout.split_eval_fraction, as
+    data.eval_set.train_and_eval holds them out)."""
     from preflab.eval.run import run_training_rows
     from preflab.reward_models.multi_objective import load_rated
 
-    attributes = list(dict(cfg.get("reward_head_params") or {}).get("attributes") or [])
+    params = dict(cfg.get("reward_head_params") or {})
+    attributes, response_field = list(params.get("attributes") or []), params.get("response_field", "response")
 
     def read(name, split):
         rows, report = load_rated(name, attributes, split=split, response_field=response_field, on_bad_row="skip")

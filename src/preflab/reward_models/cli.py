@@ -133,8 +133,7 @@ def eval_task(args) -> int:
         notes.append(trained_on)
     # the scored pairs against the run's training pairs: same prompt; same prompt, chosen and rejected
     if result.get("head") == "multi_objective":  # a DPA model's rows: its rated rows' (prompt, response)
-        training, rule = attribute_training_rows(cfg, dict(cfg.get("reward_head_params") or {}).get(
-            "response_field", "response")), attribute_overlap_rule()
+        training, rule = attribute_training_rows(cfg), attribute_overlap_rule()
     else:
         training, rule = reward_training_rows(cfg), TEXT_PAIRS
     overlap, said, why = overlap_with_training(scored, training, rule, trained_on is not None)
