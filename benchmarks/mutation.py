@@ -4831,6 +4831,59 @@ MUTANTS += [
 ]
 
 
+# dpa-eval round: `preflab eval --task reward` on DPA attribute reward models (reward_models/attribute_eval.py and
+# its wiring in reward_models/cli.py, data/overlap.py): the rating errors' means, the ranking pairs (by prompt, ties),
+# the direction score, a direction given as an object, the pair's sides, the run's cuts and the trained-on count.
+# Mutants named `dpaev-*`.
+DPAEV = ["tests/reward_models/test_attribute_eval.py"]
+DPAEV_CLI = ["tests/reward_models/test_attribute_eval_cli.py"]
+MUTANTS += [
+    Mutant("dpaev-mse-mean-of-attributes", "reward_models/attribute_eval.py",
+           [('result["mse"] = float((diff ** 2).sum() / total)',
+             'result["mse"] = float(((diff ** 2).sum(0) / counts.clamp_min(1)).mean())')], DPAEV,
+           "the pooled mse is the mean of the per-attribute mses (the run's eval_mse pools every rating)"),
+    Mutant("dpaev-mse-over-every-row", "reward_models/attribute_eval.py",
+           [('result[f"mse/{name}"] = float((diff[:, i] ** 2).sum() / counts[i])',
+             'result[f"mse/{name}"] = float((diff[:, i] ** 2).sum() / len(diff))')], DPAEV,
+           "mse/<a> divides by every row, not the rows that rate a"),
+    Mutant("dpaev-mae-over-every-cell", "reward_models/attribute_eval.py",
+           [('result["mae"] = float(diff.abs().sum() / total)', 'result["mae"] = float(diff.abs().sum() / diff.numel())')],
+           DPAEV, "the pooled mae counts unrated cells as zero errors"),
+    Mutant("dpaev-ranking-ties-right", "reward_models/attribute_eval.py",
+           [("right += int((d_rating * d_score > 0).sum())", "right += int((d_rating * d_score >= 0).sum())")],
+           DPAEV, "a ranking pair the model scores equal counts as right"),
+    Mutant("dpaev-ranking-across-prompts", "reward_models/attribute_eval.py",
+           [("groups.setdefault(json.dumps(prompt, sort_keys=True, default=repr), []).append(i)",
+             'groups.setdefault("all", []).append(i)')], DPAEV,
+           "ranking pairs are formed across prompts, not within one"),
+    Mutant("dpaev-ranking-tied-ratings-formed", "reward_models/attribute_eval.py",
+           [("formed += int((d_rating != 0).sum())", "formed += int(d_rating.numel()) - len(index) * (start == 0)")],
+           DPAEV, "pairs with equal ratings are formed (and always wrong)"),
+    Mutant("dpaev-direction-ties-right", "reward_models/attribute_eval.py",
+           [('"direction_accuracy": float((margin > 0).double().mean())',
+             '"direction_accuracy": float((margin >= 0).double().mean())')], DPAEV,
+           "a pair scored equal along the direction counts as right"),
+    Mutant("dpaev-direction-object-in-key-order", "reward_models/attribute_eval.py",
+           [("weights = [value.get(a, 0) for a in names]",
+             "weights = list(value.values()) + [0] * (len(names) - len(value))")], DPAEV,
+           "a direction object's weights are taken in its key order, not the model's attribute order"),
+    Mutant("dpaev-zero-direction-accepted", "reward_models/attribute_eval.py",
+           [("    if not any(weights):\n", "    if False:\n")], DPAEV,
+           "an all-zero direction is accepted (every pair a tie)"),
+    Mutant("dpaev-pair-sides-swapped", "reward_models/attribute_eval.py",
+           [("p.rejected if side else p.chosen", "p.chosen if side else p.rejected")], DPAEV,
+           "the chosen response is scored as the rejected one"),
+    Mutant("dpaev-run-cuts-ignored", "reward_models/cli.py",
+           [('cuts, said = run_truncation(str(path), max_length, task="reward")',
+             'cuts, said = run_truncation(str(path), max_length, task="dpo")')], DPAEV_CLI,
+           "a DPA model's rows are cut at 1024, not at the run's max_length (its eval_mse's)"),
+    Mutant("dpaev-overlap-by-prompt", "data/overlap.py",
+           [("in_pairs += any(_digest(_key([prompt, response])) in rows_seen for response in responses)",
+             "in_pairs += _digest(_key(prompt)) in prompts")], DPAEV_CLI,
+           "a DPA eval row counts as trained on when only its prompt is a training row's"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

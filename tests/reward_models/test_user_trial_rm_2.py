@@ -120,7 +120,8 @@ def test_attribute_reward_model_names_its_outputs_in_id2label(tmp_path):
     from preflab.errors import ConfigError
     from preflab.reward_models.eval import evaluate_reward_model
 
-    with pytest.raises(ConfigError, match=r"attribute \(DPA\).*eval_mse.*direction="):  # was: "use ...multi_objective"
+    # was: "use ...multi_objective", then "its held-out error is eval_mse ..."; now the eval that evaluates it
+    with pytest.raises(ConfigError, match=r"attribute \(DPA\).*preflab eval DIR --task reward.*direction="):
         evaluate_reward_model(str(tmp_path / "run"), [{"prompt": "a", "chosen": " b", "rejected": " c"}])
 
 

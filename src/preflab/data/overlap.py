@@ -287,3 +287,26 @@ def sft_row_overlap_counts(train: list[SFTSequence], evals: list[SFTSequence]) -
         in_rows += trained
         in_prompts += trained or (example.prompt is not None and digest(example.prompt) in prompts)
     return {"prompts": in_prompts, "pairs": in_rows, "rows": len(evals)}
+
+
+def response_overlap_counts(train, evals) -> dict:
+    """training_overlap_counts' record for rows of (prompt, response) that a run trains on one by one (a DPA attribute
+    reward model's rated rows) and eval rows given as (prompt, [responses]) (a rated row: its response; a direction
+    pair: chosen and rejected):
+
+    prompts  eval rows whose prompt is a training row's prompt
+    pairs    eval rows with a response the run trained on: (prompt, response) equal to a training row's
+    rows     len(evals)
+
+    Compared as the loader made the fields (strings, message lists), not as tokens; the training side is held as
+    16-byte digests."""
+    prompts, rows_seen = set(), set()
+    for prompt, response in train:
+        prompts.add(_digest(_key(prompt)))
+        rows_seen.add(_digest(_key([prompt, response])))
+    in_prompts = in_pairs = rows = 0
+    for prompt, responses in evals:
+        rows += 1
+        in_prompts += _digest(_key(prompt)) in prompts
+        in_pairs += any(_digest(_key([prompt, response])) in rows_seen for response in responses)
+    return {"prompts": in_prompts, "pairs": in_pairs, "rows": rows}

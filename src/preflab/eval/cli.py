@@ -72,6 +72,8 @@ def format_summary(result: dict, extra: tuple = ()) -> str:
     unpaired = "num_completions" in result
     count = (f"{result['num_completions']} unpaired completions ({result.get('num_desirable')} desirable)" if unpaired
              else f"{result.get('num_pairs')} pairs")
+    if "num_rated_rows" in result:  # a DPA attribute model (--task reward): rated rows and direction pairs
+        count = f"{result['num_rated_rows']} rated rows, {count}"
     lines = [f"preflab eval: {count}" + (f", beta={result['beta']}" if result.get("beta") is not None else "")]
     headline = UNPAIRED_HEADLINE if unpaired else HEADLINE
     own = tuple(k for k in extra if k not in headline)

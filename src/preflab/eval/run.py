@@ -160,15 +160,15 @@ def _cuts(opts: EvalOptions) -> dict:
 
 
 def run_truncation(checkpoint: str, max_length: int | None = None,
-                   max_prompt_length: int | None = None) -> tuple[dict, str | None]:
+                   max_prompt_length: int | None = None, task: str = "dpo") -> tuple[dict, str | None]:
     """(EvalOptions truncation fields, a note or None) for `preflab eval CHECKPOINT`: the run's own max_length,
     max_prompt_length, truncation_mode and max_completion_length (config.yaml), so that its pairs are cut as the
-    run's eval_* metrics cut them; --max-length / --max-prompt-length override. Without a run config: 1024 and
-    no prompt limit."""
+    run's eval_* metrics cut them; --max-length / --max-prompt-length override. Without a run config (or one of
+    another `task` than the eval's: dpo, or reward for a DPA attribute model): 1024 and no prompt limit."""
     from preflab.models.run_config import run_config
 
     cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
-    if cfg.get("task", "dpo") != "dpo":
+    if cfg.get("task", "dpo") != task:
         cfg = {}
     out = {"max_length": cfg.get("max_length", 1024), "max_prompt_length": cfg.get("max_prompt_length"),
            "truncation_mode": cfg.get("truncation_mode"),  # unset: as the run cut (not keep_end)
@@ -181,8 +181,10 @@ def run_truncation(checkpoint: str, max_length: int | None = None,
                 and not (k == "max_length" and max_length is not None)
                 and not (k == "max_prompt_length" and max_prompt_length is not None)]
     cuts = ", ".join(f"{k}={out[k]}" for k in from_run)
-    note = (f"the eval rows (pairs, or unpaired completions) are cut as the run's eval set was ({cuts}, from its "
-            "config.yaml); --max-length / --max-prompt-length change it") if from_run else None
+    rows, options = (("rated rows and pairs", "--max-length changes") if task == "reward" else
+                     ("pairs, or unpaired completions", "--max-length / --max-prompt-length change"))
+    note = (f"the eval rows ({rows}) are cut as the run's eval set was ({cuts}, from its config.yaml); {options} "
+            "it") if from_run else None
     return out, note
 
 

@@ -214,7 +214,14 @@ EVAL_JSON_KEYS = (("ranking_accuracy", "ranking accuracy R (preflab eval)", "ref
                   ("implicit_accuracy", "implicit reward accuracy of the pipeline (preflab eval --task diffusion)",
                    None),
                   ("reward/policy", "mean --reward-fn score of the trained pipeline's samples (preflab eval)",
-                   "reward/reference"))
+                   "reward/reference"),
+                  # a DPA attribute model's (preflab.reward_models.attribute_eval)
+                  ("reward_model/mse", "DPA attribute model's mean squared rating error over every held-out rating "
+                   "(preflab eval; lower is better)", None),
+                  ("reward_model/ranking_accuracy", "DPA attribute model's accuracy ranking rated responses to the "
+                   "same prompt, every attribute (preflab eval)", None),
+                  ("reward_model/direction_accuracy", "DPA attribute model's accuracy on pairs scored along their "
+                   "direction (preflab eval)", None))
 
 
 def trained_on_clause(result: dict) -> str:
@@ -224,6 +231,9 @@ def trained_on_clause(result: dict) -> str:
     overlap = result.get("overlap_with_training")
     if not isinstance(overlap, dict) or not (overlap.get("prompts") or overlap.get("pairs")):
         return ""
+    if "training_rows" in overlap:  # a DPA attribute model's rated rows (preflab.data.overlap.response_overlap_counts)
+        return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} with a response "
+                "it trained on; not held-out)")
     if "training_sequences" in overlap:  # a task: sft run's (preflab.data.overlap.sft_overlap_counts)
         return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} with a response "
                 "it trained on by SFT; not held-out)")
@@ -241,7 +251,8 @@ def eval_json_rows(run: RunData) -> list[dict]:
     if not isinstance(metrics, dict):
         return []
     win = run.eval.get("win_rate")
-    where = f"eval.json, {run.eval.get('num_pairs')} pairs" + trained_on_clause(run.eval)
+    rated = f"{run.eval['num_rated_rows']} rated rows, " if "num_rated_rows" in run.eval else ""  # a DPA model's
+    where = f"eval.json, {rated}{run.eval.get('num_pairs')} pairs" + trained_on_clause(run.eval)
     sampled = f"eval.json, {win['n']} prompts" if isinstance(win, dict) and win.get("n") else "eval.json"
     rows = [{"metric": key, "meaning": meaning + "; see its notes below", "before": None,
              "after": (sampled if key == "reward/policy" else where, metrics[key]),   # scored samples, not pairs

@@ -33,19 +33,47 @@ def add_reward_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_reward_split(model, data, split: str | None, limit: int | None = None, batch_size: int = 8,
                           max_length: int | None = 1024, on_bad_row: str = "skip",
                           scored: list | None = None) -> tuple[dict, str, list[str]]:
-    """(evaluate_reward_model's result, the split read, the notes) for every reward-model eval entry point
-    (`preflab eval --task reward`, `eval-reward`): the split is the policy eval's (preflab.eval.run.open_eval_split:
-    `split`, else 'test' where the data has one, else 'train', with its note), opened once; the notes are that one
-    and what the accuracy does not cover (reward_eval_notes). scored: a list to receive the rows scored."""
+    """(the eval's result, the split read, the notes) for every reward-model eval entry point (`preflab eval --task
+    reward`, `eval-reward`): the split is the policy eval's (preflab.eval.run.open_eval_split: `split`, else 'test'
+    where the data has one, else 'train', with its note), opened once; the notes are that one and what the metrics
+    do not cover. A pairwise model (BT, GPM) gets evaluate_reward_model's result (max_length None: 1024); a DPA
+    attribute model (reward_head: multi_objective) attribute_eval.evaluate_attribute_model's, its rows cut as its
+    run cut them (max_length None: the run's, said in a note). scored: a list to receive the rows scored."""
     from preflab.eval.run import open_eval_split
     from preflab.eval.run_files import refuse_other_task
-    from preflab.reward_models.eval import evaluate_reward_model
+    from preflab.reward_models.eval import evaluate_reward_model, load_reward_dir
+    from preflab.reward_models.heads import reward_config
 
     refuse_other_task(model, "reward")  # a policy, VLM or diffusion run: named with its command, before any load
     split, said, reader = open_eval_split(data, split, limit)
-    result = evaluate_reward_model(model, reader, batch_size=batch_size, max_length=max_length,
+    loaded, tokenizer = load_reward_dir(model)
+    notes = [said] if said else []
+    if reward_config(loaded).get("head") == "multi_objective":
+        result, more = _evaluate_attribute_split(model, loaded, tokenizer, reader, batch_size, max_length, on_bad_row,
+                                                 scored)
+        return result, split, notes + more
+    max_length = 1024 if max_length is None else max_length
+    result = evaluate_reward_model(loaded, reader, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length,
                                    on_bad_row=on_bad_row, scored=scored)
-    return result, split, ([said] if said else []) + reward_eval_notes(result, max_length)
+    return result, split, notes + reward_eval_notes(result, max_length)
+
+
+def _evaluate_attribute_split(path, model, tokenizer, reader, batch_size: int, max_length: int | None,
+                              on_bad_row: str, scored: list | None) -> tuple[dict, list[str]]:
+    """(attribute_eval.evaluate_attribute_model's result, its notes) for the DPA model at `path`: the rows cut with
+    the run's max_length, max_prompt_length, max_completion_length and truncation_mode (its config.yaml;
+    max_length given: that one), the response column its reward_head_params.response_field."""
+    from preflab.eval.run import run_truncation
+    from preflab.models.run_config import run_config
+    from preflab.reward_models.attribute_eval import attribute_eval_notes, evaluate_attribute_model
+
+    cuts, said = run_truncation(str(path), max_length, task="reward")
+    cfg = run_config(str(path))
+    params = dict(cfg.get("reward_head_params") or {}) if cfg.get("task") == "reward" else {}
+    response_field = params.get("response_field", "response")
+    result = evaluate_attribute_model(model, reader, tokenizer, batch_size=batch_size, **cuts,
+                                      response_field=response_field, on_bad_row=on_bad_row, scored=scored)
+    return result, ([said] if said else []) + attribute_eval_notes(result, cuts["max_length"])
 
 
 def run_reward_eval(args) -> int:
@@ -76,16 +104,17 @@ def register_reward_eval(subparsers, name: str = "eval-reward") -> argparse.Argu
 
 def eval_task(args) -> int:
     """`preflab eval CHECKPOINT --data ... --task reward`: pairwise accuracy of a reward model
-    (preflab.reward_models.eval), written to eval.json like a policy eval. Routed here by preflab.cli, so that
+    (preflab.reward_models.eval), or a DPA attribute model's rating error, ranking and direction accuracy
+    (preflab.reward_models.attribute_eval), written to eval.json like a policy eval. Routed here by preflab.cli, so that
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.models.run_config import run_config
     from preflab.eval.run import (TEXT_PAIRS, data_fields, eval_data, eval_json_path, overlap_with_training,
                                   training_data_note, write_json)
+    from preflab.reward_models.attribute_eval import attribute_overlap_rule, attribute_training_rows
     from preflab.reward_models.data import reward_training_rows
 
-    refuse_unread_options(args, "reward")
-    args.max_length = 1024 if args.max_length is None else args.max_length  # --max-length's default (the policy's: the run's)
+    refuse_unread_options(args, "reward")  # --max-length not given: 1024 for BT / GPM, a DPA model's run's
     # the split the policy eval reads: --split, else 'test' where the data has one, else 'train' (said in a note)
     scored: list = []
     data = eval_data(args.data, getattr(args, "data_config", None))
@@ -93,7 +122,8 @@ def eval_task(args) -> int:
                                                  batch_size=args.batch_size, max_length=args.max_length,
                                                  scored=scored)
     metrics = {f"reward_model/{k}": v for k, v in result.items()
-               if isinstance(v, (int, float)) and k not in ("num_pairs", "context_not_shown", "max_length", "margin_missing")}
+               if isinstance(v, (int, float)) and k not in ("num_pairs", "num_rated_rows", "context_not_shown",
+                                                            "max_length", "margin_missing")}
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
@@ -102,10 +132,15 @@ def eval_task(args) -> int:
     if trained_on:  # the accuracy is then not held-out, as the policy, VLM and diffusion evals say
         notes.append(trained_on)
     # the scored pairs against the run's training pairs: same prompt; same prompt, chosen and rejected
-    overlap, said, why = overlap_with_training(scored, reward_training_rows(cfg), TEXT_PAIRS, trained_on is not None)
+    if result.get("head") == "multi_objective":  # a DPA model's rows: its rated rows' (prompt, response)
+        training, rule = attribute_training_rows(cfg), attribute_overlap_rule()
+    else:
+        training, rule = reward_training_rows(cfg), TEXT_PAIRS
+    overlap, said, why = overlap_with_training(scored, training, rule, trained_on is not None)
     notes += [said] if said else []
+    rated = {"num_rated_rows": result["num_rated_rows"]} if "num_rated_rows" in result else {}
     out = {"task": "reward", "checkpoint": str(args.checkpoint), **data_fields(data), "split": split,
-           "num_pairs": result.get("num_pairs"), "metrics": metrics, "reward_eval": result,
+           "num_pairs": result.get("num_pairs"), **rated, "metrics": metrics, "reward_eval": result,
            **({"overlap_with_training": overlap} if overlap is not None else {}),
            "notes": notes, "missing": {"overlap_with_training": why} if why else {}}
     path = write_json(eval_json_path(args.checkpoint, args.out), out)

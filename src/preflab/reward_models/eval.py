@@ -77,6 +77,20 @@ def _groups(examples, correct: Tensor, field: str) -> dict:
             for name, idx in sorted(index.items())}
 
 
+def load_reward_dir(path) -> tuple[nn.Module, object]:
+    """(model, tokenizer) of a reward model directory (preflab.reward_models.heads.load_reward_model and
+    reward_tokenizer: a run's output_dir, its checkpoint-<step>, a transformers sequence-classification folder); a
+    ConfigError when `path` is not a directory."""
+    from preflab.reward_models.heads import load_reward_model, reward_tokenizer
+
+    if not Path(path).is_dir():
+        from preflab.errors import ConfigError
+
+        raise ConfigError(f"{path} is not a directory; give a reward model directory saved by preflab (a run's "
+                          "output_dir or its checkpoint-<step>) or by transformers.")
+    return load_reward_model(str(path)), reward_tokenizer(str(path))
+
+
 def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: int = 8,
                           max_length: int | None = 1024, group_fields: tuple[str, ...] = ("subset", "context"),
                           head=None, context_template: str | None = AUTO, on_bad_row: str = "error",
@@ -105,20 +119,12 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     from preflab.data.rows import load_rows
     from preflab.reward_models.context import reversal_accuracy
     from preflab.reward_models.data import tokenize_reward_pairs
-    from preflab.reward_models.heads import head_from_config, load_reward_model, reward_config
+    from preflab.reward_models.heads import head_from_config, reward_config
 
     model = model_dir_or_model
     if isinstance(model, (str, Path)):
-        if not Path(model).is_dir():
-            from preflab.errors import ConfigError
-
-            raise ConfigError(f"{model} is not a directory; give a reward model directory saved by preflab (a run's "
-                              "output_dir or its checkpoint-<step>) or by transformers.")
-        model = load_reward_model(str(model_dir_or_model))
-        if tokenizer is None:
-            from preflab.reward_models.heads import reward_tokenizer
-
-            tokenizer = reward_tokenizer(str(model_dir_or_model))
+        model, loaded = load_reward_dir(model)
+        tokenizer = loaded if tokenizer is None else tokenizer
     if tokenizer is None:
         from preflab.errors import ConfigError
 

@@ -377,8 +377,9 @@ def head_from_config(info: dict):
         return BTHead(tau=float(info.get("tau", 1.0)), center_rewards_coefficient=info.get("center_rewards_coefficient"))
     if kind == "multi_objective":
         raise ConfigError(f"the model is an attribute (DPA) reward model ({info.get('attributes')}), which has no "
-                          "pairwise score: its held-out error is eval_mse / eval_mse/<attribute> of a training run "
-                          "with eval_dataset_name or eval_fraction; to rank responses score them along a direction, "
+                          "pairwise score: evaluate it with `preflab eval DIR --task reward --data ROWS` on rated rows "
+                          "and pairs with a direction (preflab.reward_models.attribute_eval.evaluate_attribute_model); "
+                          "to rank responses score them along a direction, "
                           "preflab.reward_models.interface.RewardModel.from_pretrained(DIR, direction=[...]).")
     raise ConfigError(f"the model's config names reward head {kind!r}, which has no pairwise score; "
                       "use preflab.reward_models.multi_objective for attribute heads.")

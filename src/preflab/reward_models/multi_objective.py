@@ -158,8 +158,10 @@ def tokenize_rated(rows: Sequence[dict], tokenizer, attributes: Sequence[str], m
 def tokenize_rated_report(rows: Sequence[dict], tokenizer, attributes: Sequence[str], *,
                           max_length: int | None = 1024, response_field: str = "response",
                           max_prompt_length: int | None = None, max_completion_length: int | None = None,
-                          truncation_mode: str | None = None, source: str = ""):
-    """`tokenize_rated` and its TokenizeReport (prompts / responses cut to the length limits, counted)."""
+                          truncation_mode: str | None = None, source: str = "", every_attribute_rated: bool = True):
+    """`tokenize_rated` and its TokenizeReport (prompts / responses cut to the length limits, counted).
+    every_attribute_rated: an attribute no row rates is a DataError (training: its output would learn nothing);
+    False for an eval set (preflab.reward_models.attribute_eval), which reports the attributes it has ratings of."""
     from preflab.data.tokenize import tokenize_unpaired
 
     examples, targets = [], []
@@ -177,7 +179,7 @@ def tokenize_rated_report(rows: Sequence[dict], tokenizer, attributes: Sequence[
         examples.append(UnpairedExample(i, row["prompt"], row[response_field], True))
         targets.append(values)
     unrated = [a for j, a in enumerate(attributes) if all(t[j] is None for t in targets)]
-    if unrated:  # its head output would be trained on nothing (and report mse 0)
+    if unrated and every_attribute_rated:  # its head output would be trained on nothing (and report mse 0)
         # the columns some row gives a value (load_rated's rows carry every attribute, None where not rated)
         seen = sorted({k for row in rows for k, v in row.get("ratings", row).items() if v is not None}
                       - {"prompt", response_field})
@@ -295,46 +297,50 @@ def attribute_reduction(cfg) -> str:
     return check_attribute_reduction(dict(cfg.reward_head_params or {}).get("attribute_reduction", "row"))
 
 
+def rated_row(row: dict, attributes: Sequence[str], response_field: str, unused: dict[str, int]) -> dict:
+    """{prompt, response_field, ratings: {attribute: value or None}} of one rated row, checked (load_rated's rule,
+    also the DPA eval's, preflab.reward_models.attribute_eval): a missing or empty prompt / response, ratings that are
+    not an object, a row rating none of `attributes` and a rating that is not a finite number raise a RowProblem
+    naming the field. Keys of a nested `ratings` object that are not attributes are counted in `unused`."""
+    for name in ("prompt", response_field):
+        value = row.get(name)
+        if value is None or (isinstance(value, str) and not value.strip()) or value == []:
+            raise RowProblem("missing_field" if value is None else "empty_field", name,
+                             f"the field {name!r} is {'missing' if value is None else 'empty'}",
+                             f"Give the {name} (rated rows hold prompt, {response_field} and the ratings).")
+    ratings = row.get("ratings", row)
+    if not isinstance(ratings, dict):
+        raise RowProblem("bad_ratings", "ratings", f"ratings is a {type(ratings).__name__}, not an object",
+                         "Give {attribute: number} or the attributes as top-level columns.")
+    values = {a: ratings.get(a) for a in attributes}
+    if all(v is None for v in values.values()):
+        raise RowProblem("unrated", "ratings", f"the row rates none of {list(attributes)}",
+                         "Rate at least one attribute, or fix the attribute names in reward_head_params.")
+    for name, v in values.items():
+        if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
+            raise RowProblem("bad_rating", name, f"the rating {v!r} is not a finite number",
+                             "Give a number, or null when the row does not rate this attribute.")
+    if isinstance(row.get("ratings"), dict):  # a nested object's other keys are ratings too, not trained on
+        for key, value in ratings.items():
+            if key not in values and value is not None:
+                unused[str(key)] = unused.get(str(key), 0) + 1
+    return {"prompt": row["prompt"], response_field: row[response_field], "ratings": values}
+
+
 def load_rated(source, attributes: Sequence[str], *, split: str = "train", response_field: str = "response",
                on_bad_row: str = "error") -> tuple[list[dict], DataReport]:
     """Rated rows {prompt, <response_field>, ratings: {attr: value}} (or the attributes as top-level columns) of a
     file, directory, hub dataset or list, checked row by row: a missing prompt / response, a row rating none of
     `attributes` and a rating that is not a finite number are errors naming the file, row and field (or skipped
     and counted under `on_bad_row: skip`). Returns ({prompt, response_field, ratings} dicts, report)."""
-    from preflab.data.sources import RowReader
+    from preflab.data.sources import open_reader
 
-    reader = RowReader(source, split=split)
+    reader = open_reader(source, split=split)  # one preflab eval opened on its split is read as opened
     report = DataReport(source=reader.name, kind="rated")
     policy = BadRowPolicy(on_bad_row, report)
-
-    def build(raw) -> dict:
-        row = raw.data
-        for name in ("prompt", response_field):
-            value = row.get(name)
-            if value is None or (isinstance(value, str) and not value.strip()) or value == []:
-                raise RowProblem("missing_field" if value is None else "empty_field", name,
-                                 f"the field {name!r} is {'missing' if value is None else 'empty'}",
-                                 f"Give the {name} (rated rows hold prompt, {response_field} and the ratings).")
-        ratings = row.get("ratings", row)
-        if not isinstance(ratings, dict):
-            raise RowProblem("bad_ratings", "ratings", f"ratings is a {type(ratings).__name__}, not an object",
-                             "Give {attribute: number} or the attributes as top-level columns.")
-        values = {a: ratings.get(a) for a in attributes}
-        if all(v is None for v in values.values()):
-            raise RowProblem("unrated", "ratings", f"the row rates none of {list(attributes)}",
-                             "Rate at least one attribute, or fix the attribute names in reward_head_params.")
-        for name, v in values.items():
-            if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)):
-                raise RowProblem("bad_rating", name, f"the rating {v!r} is not a finite number",
-                                 "Give a number, or null when the row does not rate this attribute.")
-        if isinstance(row.get("ratings"), dict):  # a nested object's other keys are ratings too, not trained on
-            for key, value in ratings.items():
-                if key not in values and value is not None:
-                    unused[str(key)] = unused.get(str(key), 0) + 1
-        return {"prompt": row["prompt"], response_field: row[response_field], "ratings": values}
-
     unused: dict[str, int] = {}
-    rows = [built for _, built in policy.accepted(reader, build)]
+    rows = [built for _, built in policy.accepted(reader, lambda raw: rated_row(raw.data, attributes, response_field,
+                                                                                  unused))]
     report.examples = len(rows)
     report.ratings_not_trained = unused  # read by unused_ratings_note (not a DataReport field: only rated rows)
     return rows, report
