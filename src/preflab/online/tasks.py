@@ -53,6 +53,8 @@ class Task:
     reward_aggregator: Callable | None = None  # prompts -> [N, K] weights over the judges (PRO), not reward_weights
     prompt_places: list = field(default_factory=list)   # per prompt row, where it was read ('train.jsonl row 5
     heldout_places: list = field(default_factory=list)  # (line 6)', data.report.where), for messages; [] unknown
+    prompts_from_reset: bool = False  # no dataset: the prompts are placeholders, environment_factory's reset gives
+                                      # each its text (preflab.online.environments: reset_only_prompts)
 
 
 def demo_true_reward(prompts, completions, **kwargs):
@@ -201,7 +203,7 @@ def load_task(cfg, tokenizer=None, policy=None):
                     reward_aggregator=_aggregator(cfg, judges)), tokenizer, policy
     from preflab.data.rows import load_rows
 
-    if not cfg.dataset_name:
+    if not cfg.dataset_name and not cfg.environment_factory:
         raise ConfigError("online_task: dataset needs dataset_name (rows with a 'prompt' column); or use "
                           "online_task: demo / game.")
     if not cfg.reward_funcs and not cfg.environment_factory:  # environments with get_reward: their own judges
@@ -209,6 +211,8 @@ def load_task(cfg, tokenizer=None, policy=None):
                           "reward / preference model directory).")
     refuse_template_kwargs_with_model_judges(cfg)
     judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or [])]
+    if not cfg.dataset_name:  # environment_factory without a dataset: the environment's reset gives the prompts
+        return reset_only_task(cfg, judges), tokenizer, policy
     from preflab.runlog import is_main_process
 
     from preflab.data.eval_set import train_and_eval
@@ -251,6 +255,32 @@ def load_task(cfg, tokenizer=None, policy=None):
     return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict(), "overlap": overlap},
                 reward_aggregator=aggregator, prompt_places=places(rows), heldout_places=places(eval_rows)), \
         tokenizer, policy
+
+
+def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
+    """online_task: dataset with environment_factory and no dataset_name (TRL's GRPOTrainer without train_dataset):
+    prompts_per_generation placeholder rows (environments.reset_only_prompts: TRL's one round of empty user
+    messages), their text from reset each round; eval_dataset_name's rows are the held-out evaluation as usual.
+    Refused (environments.check_reset_only): several environments, no max_steps, eval_fraction. summary.json's
+    data.prompt_rows says where the prompts come from and how many rows a round has. held_out False (grpo_train from
+    Python): no held-out set read."""
+    from preflab.data.eval_set import train_and_eval
+    from preflab.data.report import place_of, where
+    from preflab.data.rows import load_rows
+    from preflab.online.environments import check_reset_only, reset_only_prompts
+
+    check_reset_only(cfg, isinstance(cfg.environment_factory, dict))
+    n = cfg.prompts_per_generation
+    eval_rows = train_and_eval(cfg, [], lambda name, split: load_rows(name, split=split, kind="prompt",
+                                                                       on_bad_row=cfg.on_bad_row))[1] if held_out else []
+    held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
+    heldout_places = [where(file, ex.row_id, line) if file else "" for ex in eval_rows
+                      for file, line in [place_of(ex)]]
+    aggregator = _aggregator(cfg, judges)
+    evaluate = dataset_evaluate(cfg, held, judges, aggregator, heldout_places) if held else None
+    report = {"source": "environment_factory reset (no dataset)", "total": n, "kept": n, "skipped": {}}
+    return Task(reset_only_prompts(n), judges, held, evaluate, data_report={"prompt_rows": report},
+                reward_aggregator=aggregator, heldout_places=heldout_places, prompts_from_reset=True)
 
 
 def refuse_template_kwargs_with_model_judges(cfg) -> None:
