@@ -30,11 +30,11 @@ class Goal(Counter):
 
 
 class DrawnGoal(Counter):
-    """A task drawn from Python's global random at reset: reach a target of 1..9."""
+    """A task drawn from Python's global random at reset: reach a target of 3..6 (the script's steps sum to 5 or 4)."""
 
     def reset(self, **kwargs):
         CALLS.append(("DrawnGoal", "reset", json.dumps(kwargs)))
-        self.total, self.target = 0, random.randint(1, 9)
+        self.total, self.target = 0, random.randint(3, 6)
         return f"reach (target {self.target})"
 
 
@@ -109,4 +109,148 @@ def test_equals_trls_round_without_a_dataset(tmp_path, monkeypatch):
     assert [c for c in CALLS if c[1] == "step"] == [("Counter", "step", n) for n in [2] * (K * P) + [3] * (K * P)]
     assert run.judge.names == trainer.reward_func_names == ["Goal"]
     assert per_fn[:, 0].tolist() == captured["per_fn"][:, 0].double().tolist() == [1.0] * (K * P)
-    assert "tools: step</s>" in tok.decode(p[0]) and "<|user|>reach (target 5)" in tok.decode(p[0])
+    assert "tools: step</s>" in tok.decode(p[0]) and "<|user|>\nreach (target 5)</s>" in tok.decode(p[0])
+
+
+def drawn_targets(run, r: int, n: int) -> list[int]:
+    """The targets DrawnGoal's resets draw in round r's n prompts: random.randint(3, 6) first after seeding with
+    reset_seed(round seed, p)."""
+    return [random.Random(reset_seed(run._round_seed(r), p)).randint(3, 6) for p in range(n)]
+
+
+def test_each_prompt_is_its_resets_text_drawn_under_a_seed_per_prompt_and_round(tmp_path, monkeypatch):
+    """Round r's prompt p is the text DrawnGoal.reset returned, drawn from Python's random seeded with
+    reset_seed(round seed of r, p): the K rollouts of a prompt get one target, the run's own random state is left as
+    it was, and the reset prompts are counted (summary.json online.environment_reset_prompts)."""
+    K, P = 2, 4
+    run = reset_run(tmp_path, monkeypatch, prompts_per_generation=P)
+    state = random.getstate()
+    torch_state = torch.random.get_rng_state()
+    seen = []
+    for r in range(2):
+        CALLS.clear()
+        rows = run._start_environments(run.rows, K, r)
+        texts = [run.tokenizer.decode(row.prompt_ids) for row in rows]
+        want = drawn_targets(run, r, P)
+        assert [t.split("<|user|>\n")[1].split("</s>")[0] for t in texts] == [f"reach (target {w})" for w in want]
+        assert [e.target for e in run.round_environments] == [w for w in want for _ in range(K)]
+        assert len(CALLS) == K * P
+        seen.append(want)
+    assert seen[0] != seen[1] and len(set(seen[0] + seen[1])) > 2  # other prompts, other rounds: other tasks
+    assert random.getstate() == state and torch.equal(torch.random.get_rng_state(), torch_state)
+    assert run.counts["environment_reset_prompts"] == 2 * P
+
+
+def test_resume_without_a_dataset_is_exact(tmp_path, monkeypatch, stop_at_step):
+    """Stopped mid-round (after 3 steps, rounds of 2) or at a round's start (after 2), then resumed: the weights and
+    the count of reset prompts equal the uninterrupted run's; mid-round no environment is made again, at the start
+    the next round's prompts are drawn again with the same seeds (the same targets)."""
+    full = reset_run(tmp_path / "full", monkeypatch, vary=True)
+    CALLS.clear()
+    summary = full.train()
+    full_resets = [c for c in CALLS if c[1] == "reset"]
+    assert summary["online"]["environment_reset_prompts"] == 2 * 4
+    for stop, resets_after in ((3, 0), (2, 4 * 2)):
+        out = tmp_path / f"cut{stop}"
+        cut = reset_run(out, monkeypatch, vary=True, save_strategy="steps", save_steps=1)
+        with stop_at_step(cut, stop):
+            cut.train()
+        resumed = reset_run(out, monkeypatch, vary=True, save_strategy="steps", save_steps=1,
+                            resume_from_checkpoint=True)
+        CALLS.clear()
+        got = resumed.train()
+        assert got["resumed_from_step"] == stop and got["online"]["environment_reset_prompts"] == 2 * 4
+        assert sum(c[1] == "reset" for c in CALLS) == resets_after
+        if resets_after:  # the second round's instances, made again: the targets its seeds draw
+            targets = [e.target for e in resumed.round_environments]
+            assert targets == [w for w in drawn_targets(resumed, 1, 4) for _ in range(2)]
+        a, b = full.policy.state_dict(), resumed.policy.state_dict()
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert len(full_resets) == 2 * 4 * 2
+    start = tiny_causal_lm(tool_tokenizer(), hidden_size=32, seed=1).state_dict()
+    assert any(float((a[k] - start[k]).abs().max()) > 1e-3 for k in a)
+
+
+def test_refusals_without_a_dataset(tmp_path, monkeypatch):
+    """A reset that gives no prompt (None, ""), several environments, no max_steps, eval_fraction, prompts=None
+    without environments, and a config with neither dataset_name nor environment_factory: each refused, saying why."""
+    from preflab.online.api import grpo_train
+
+    for factory, said in ((Silent, "returned None"), (Blank, "returned ''")):
+        run = reset_run(tmp_path / factory.__name__, monkeypatch, factory=factory)
+        with pytest.raises(ConfigError, match=f"round 1's prompt 1 of 4 .*{said}; without a dataset"):
+            run._start_environments(run.rows, 2, 0)
+    with pytest.raises(ConfigError, match="several environments.*needs a dataset"):
+        reset_run(tmp_path / "multi", monkeypatch, factory={"a": Goal, "b": DrawnGoal})
+    with pytest.raises(ConfigError, match="needs max_steps > 0"):
+        reset_run(tmp_path / "steps", monkeypatch, max_steps=-1)
+    with pytest.raises(ConfigError, match="eval_fraction=0.5 holds out dataset rows"):
+        reset_run(tmp_path / "frac", monkeypatch, eval_fraction=0.5)
+    tok = tool_tokenizer()
+    with pytest.raises(ConfigError, match="prompts=None needs environment_factory"):
+        grpo_train(tiny_causal_lm(tok, hidden_size=32, seed=1), tok, None, reward_funcs=[lambda **k: [0.0]],
+                   output_dir=str(tmp_path / "py"), max_steps=1, use_cpu=True)
+    with pytest.raises(ConfigError, match="dataset_name is not set"):
+        config_from_dict({**NO_DATA, "output_dir": str(tmp_path / "cfg")})
+    cfg = config_from_dict({**NO_DATA, "output_dir": str(tmp_path / "cfg"), "environment_factory": "x.py:Env"})
+    assert cfg.dataset_name == ""
+
+
+ENV_FILE = """
+import random
+
+
+class Drawn:
+    def __init__(self):
+        self.total, self.target = 0, 0
+
+    def reset(self, **kwargs):
+        self.total, self.target = 0, random.randint(1, 9)
+        with open(__file__ + ".calls", "a") as fh:
+            fh.write(f"reset {self.target} {sorted(kwargs)}\\n")
+        return f"reach (target {self.target})"
+
+    def step(self, n: int) -> str:
+        \"\"\"Adds n to the total.
+
+        Args:
+            n: The number to add.
+        \"\"\"
+        self.total += n
+        return f"total {self.total}"
+
+    def get_reward(self) -> float:
+        return float(self.total == self.target)
+"""
+
+
+def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
+    """`preflab train` with environment_factory and no dataset_name: each round resets 2 prompts x K = 2 rollouts
+    with the placeholder prompt as the only keyword, the targets drawn under reset_seed; get_reward is the reward
+    (rewards/Drawn/mean: the rollouts whose target is 5, the sum of the script's steps); summary.json says where the
+    prompts came from and counts them."""
+    import yaml
+
+    import preflab.models.load as load_module
+    import preflab.online.generator as generator_module
+    from preflab.cli import main
+
+    tok = tool_tokenizer()
+    (tmp_path / "envs.py").write_text(ENV_FILE)
+    monkeypatch.setattr(generator_module, "make_generator",
+                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length))
+    monkeypatch.setattr(load_module, "load_tokenizer", lambda *a, **k: tok)
+    config = {**NO_DATA, "output_dir": str(tmp_path / "run"), "environment_factory": str(tmp_path / "envs.py") +
+              ":Drawn", "prompts_per_generation": 2, "max_steps": 2, "steps_per_generation": 1}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(tmp_path / "config.yaml")]) == 0, capsys.readouterr().err[-2000:]
+    calls = (tmp_path / "envs.py.calls").read_text().splitlines()
+    round_seeds = [(3 * 7919 + r) * 100_003 for r in range(2)]  # OnlineRun._round_seed at seed 3
+    targets = [random.Random(reset_seed(s, p)).randint(1, 9) for s in round_seeds for p in range(2)]
+    assert calls == [f"reset {t} ['prompt']" for t in targets for _ in range(2)]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rewards/Drawn/mean"] for m in metrics if "rewards/Drawn/mean" in m] == \
+        [(targets[2 * r] == 5) / 2 + (targets[2 * r + 1] == 5) / 2 for r in range(2)]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["online"]["environment_reset_prompts"] == 4
+    assert summary["data"]["prompt_rows"]["source"] == "environment_factory reset (no dataset)"
