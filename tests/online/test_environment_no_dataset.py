@@ -205,7 +205,7 @@ class Drawn:
         self.total, self.target = 0, 0
 
     def reset(self, **kwargs):
-        self.total, self.target = 0, random.randint(1, 9)
+        self.total, self.target = 0, random.randint(3, 6)
         with open(__file__ + ".calls", "a") as fh:
             fh.write(f"reset {self.target} {sorted(kwargs)}\\n")
         return f"reach (target {self.target})"
@@ -228,7 +228,8 @@ def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
     """`preflab train` with environment_factory and no dataset_name: each round resets 2 prompts x K = 2 rollouts
     with the placeholder prompt as the only keyword, the targets drawn under reset_seed; get_reward is the reward
     (rewards/Drawn/mean: the rollouts whose target is 5, the sum of the script's steps); summary.json says where the
-    prompts came from and counts them."""
+    prompts came from and counts them. The held-out rows (eval_dataset_name) are reset under seeds of their own, the
+    same before and after training: the same targets, the same eval reward."""
     import yaml
 
     import preflab.models.load as load_module
@@ -239,18 +240,29 @@ def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
     (tmp_path / "envs.py").write_text(ENV_FILE)
     monkeypatch.setattr(generator_module, "make_generator",
                         lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length))
+    import preflab.online.tasks as tasks_module
+
+    monkeypatch.setattr(tasks_module, "EvalTurns",
+                        lambda cfg, model, tokenizer, sampled: EnvScripted(tok, cfg.max_completion_length))
     monkeypatch.setattr(load_module, "load_tokenizer", lambda *a, **k: tok)
+    held = [{"prompt": [{"role": "user", "content": "go: "}], "id": i} for i in range(3)]
+    (tmp_path / "held.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
     config = {**NO_DATA, "output_dir": str(tmp_path / "run"), "environment_factory": str(tmp_path / "envs.py") +
-              ":Drawn", "prompts_per_generation": 2, "max_steps": 2, "steps_per_generation": 1}
+              ":Drawn", "prompts_per_generation": 2, "max_steps": 2, "steps_per_generation": 1,
+              "eval_dataset_name": str(tmp_path / "held.jsonl")}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", str(tmp_path / "config.yaml")]) == 0, capsys.readouterr().err[-2000:]
     calls = (tmp_path / "envs.py.calls").read_text().splitlines()
     round_seeds = [(3 * 7919 + r) * 100_003 for r in range(2)]  # OnlineRun._round_seed at seed 3
-    targets = [random.Random(reset_seed(s, p)).randint(1, 9) for s in round_seeds for p in range(2)]
-    assert calls == [f"reset {t} ['prompt']" for t in targets for _ in range(2)]
+    targets = [random.Random(reset_seed(s, p)).randint(3, 6) for s in round_seeds for p in range(2)]
+    held_targets = [random.Random(reset_seed((3 * 7919 - 1) * 100_003, p)).randint(3, 6) for p in range(3)]
+    held_calls = [f"reset {t} ['id', 'prompt']" for t in held_targets]
+    assert calls == held_calls + [f"reset {t} ['prompt']" for t in targets for _ in range(2)] + held_calls
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert targets == [4, 5, 5, 4]  # (so the rewards below are not all equal)
     assert [m["rewards/Drawn/mean"] for m in metrics if "rewards/Drawn/mean" in m] == \
-        [(targets[2 * r] == 5) / 2 + (targets[2 * r + 1] == 5) / 2 for r in range(2)]
+        [(targets[2 * r] == 5) / 2 + (targets[2 * r + 1] == 5) / 2 for r in range(2)] == [0.5, 0.5]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["online"]["environment_reset_prompts"] == 4
     assert summary["data"]["prompt_rows"]["source"] == "environment_factory reset (no dataset)"
+    assert summary["eval_reward_before"] == summary["eval_reward_after"] == sum(t == 5 for t in held_targets) / 3

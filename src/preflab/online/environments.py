@@ -246,12 +246,12 @@ class Environments:
         fields = {"prompt": row.prompt, **row.columns}
         return {k: v for k, v in fields.items() if k != "environment"} if self.multi else fields
 
-    def start_round(self, rows, k: int, place=_default_place, seeds=None) -> tuple[list, list]:
+    def start_round(self, rows, k: int, place=_default_place, seeds=None, text_required=False) -> tuple[list, list]:
         """(instances, observations): k fresh instances per row (completion i of row i // k has instances[i]), each
         reset with the row's fields; observations[p] is row p's reset result (None or a string), the same for its k
         resets (refused otherwise, naming the row by place(row_id)). seeds (without a dataset: one per row): each of
-        row p's k factory calls and resets runs under seeded_globals(seeds[p]), and a reset giving no text (None or
-        "") is refused, the prompt being that text."""
+        row p's k factory calls and resets runs under seeded_globals(seeds[p]). text_required (the training rounds
+        without a dataset, whose prompt is reset's text): a reset giving no text (None or "") is refused."""
         instances, observations = [], []
         for p, row in enumerate(rows):
             name = self.name_of(row.row_id, row.columns, place)
@@ -262,7 +262,7 @@ class Environments:
                     seen.append(self._reset(env, row, place))
                 instances.append(env)
             first = seen[0]
-            if seeds is not None and (first is None or first == ""):
+            if text_required and (first is None or first == ""):
                 raise ConfigError(f"{place(row.row_id)}: {type(instances[-1]).__name__}.reset returned {first!r}; "
                                   "without a dataset the prompt is reset's text alone, so it must return the task's "
                                   "prompt (a non-empty string), or give the run a dataset (dataset_name).")
@@ -312,28 +312,28 @@ def with_environment_judges(judges: list, weights, envs) -> tuple[list, object]:
     return list(judges) + extra, weights
 
 
-def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None, place=_default_place, seeds=None
-                   ) -> tuple[list, list | None, list, int]:
+def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None, place=_default_place, seeds=None,
+                   text_required=False) -> tuple[list, list | None, list, int]:
     """(rows, instances, slot_tools, cut) for k rollouts of each row: fresh instances reset with the row's fields
     (Environments.start_round; with several processes only the main process holds them, instances None elsewhere, and
     sends the observations); each row whose reset returned text gets it appended to its last message and is
     tokenized again with its environment's tools (prepare_prompts with cfg's max_prompt_length, truncation_mode and
     chat_template_kwargs; `cut` counts those cut to max_prompt_length); slot_tools: per rollout, what it may call (its
     instance's methods; another process's: the probe's, for parsing only). place: names a row in refusals
-    (row_places). seeds: without a dataset, one per row (Environments.start_round)."""
+    (row_places). seeds, text_required: without a dataset (Environments.start_round)."""
     from dataclasses import replace
 
     from preflab.loops.rollout import prepare_prompts
 
     if accelerator is None or accelerator.num_processes == 1:
-        instances, observations = envs.start_round(rows, k, place, seeds)
+        instances, observations = envs.start_round(rows, k, place, seeds, text_required)
     else:
         from accelerate.utils import broadcast_object_list
 
         sent, instances = [None], None
         if accelerator.is_main_process:
             try:
-                instances, observations = envs.start_round(rows, k, place, seeds)
+                instances, observations = envs.start_round(rows, k, place, seeds, text_required)
                 sent = [observations]
             except ConfigError as exc:  # sent too, so that no process waits for the others
                 sent = [str(exc)]

@@ -719,7 +719,8 @@ class OnlineRun(TrainingRun):
             place = lambda row_id: (f"round {r + 1}'s prompt {positions.get(row_id, row_id) + 1} of "  # noqa: E731
                                     f"{len(rows)} (no dataset: environment_factory's reset gives the prompt)")
         out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
-                                                                       cfg, self.accelerator, place, seeds)
+                                                                       cfg, self.accelerator, place, seeds,
+                                                                       self.prompts_from_reset)
         if self.prompts_from_reset:
             self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + len(rows)
         if hasattr(self.generator, "slot_tools"):
