@@ -220,14 +220,14 @@ class Drawn:
         return f"total {self.total}"
 
     def get_reward(self) -> float:
-        return float(self.total == self.target)
+        return 1.0 - abs(self.total - self.target) / 10
 """
 
 
 def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
     """`preflab train` with environment_factory and no dataset_name: each round resets 2 prompts x K = 2 rollouts
     with the placeholder prompt as the only keyword, the targets drawn under reset_seed; get_reward is the reward
-    (rewards/Drawn/mean: the rollouts whose target is 5, the sum of the script's steps); summary.json says where the
+    (rewards/Drawn/mean: 1 - |5 - target| / 10, 5 the sum of the script's steps); summary.json says where the
     prompts came from and counts them. The held-out rows (eval_dataset_name) are reset under seeds of their own, the
     same before and after training: the same targets, the same eval reward."""
     import yaml
@@ -259,10 +259,12 @@ def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
     held_calls = [f"reset {t} ['id', 'prompt']" for t in held_targets]
     assert calls == held_calls + [f"reset {t} ['prompt']" for t in targets for _ in range(2)] + held_calls
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert targets == [4, 5, 5, 4]  # (so the rewards below are not all equal)
+    assert targets == [4, 5, 5, 4]
     assert [m["rewards/Drawn/mean"] for m in metrics if "rewards/Drawn/mean" in m] == \
-        [(targets[2 * r] == 5) / 2 + (targets[2 * r + 1] == 5) / 2 for r in range(2)] == [0.5, 0.5]
+        pytest.approx([1 - (abs(5 - targets[2 * r]) + abs(5 - targets[2 * r + 1])) / 20 for r in range(2)])
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["online"]["environment_reset_prompts"] == 4
     assert summary["data"]["prompt_rows"]["source"] == "environment_factory reset (no dataset)"
-    assert summary["eval_reward_before"] == summary["eval_reward_after"] == sum(t == 5 for t in held_targets) / 3
+    assert held_targets == [3, 3, 4]
+    assert summary["eval_reward_before"] == summary["eval_reward_after"] == \
+        pytest.approx(sum(1 - abs(5 - t) / 10 for t in held_targets) / 3)
