@@ -268,3 +268,27 @@ def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
     assert held_targets == [3, 3, 4]
     assert summary["eval_reward_before"] == summary["eval_reward_after"] == \
         pytest.approx(sum(1 - abs(5 - t) / 10 for t in held_targets) / 3)
+
+
+@pytest.mark.slow
+def test_two_processes_draw_the_same_prompts_once_and_equal_one_process(tmp_path, one_and_two_processes):
+    """Without a dataset under accelerate launch with two processes: the main process makes every reset (each
+    rollout's target drawn under its prompt's seed, the same as one process's), step and get_reward once, and the
+    weights equal the one-process run's to float summation order."""
+    from collections import Counter as Tally
+
+    from safetensors.torch import load_file
+
+    script = str(Path(__file__).parent / "environment_run.py")
+    common = ["no_dataset=true", "per_device_train_batch_size=1", "max_steps=1", "steps_per_generation=1",
+              "save_strategy=no"]
+    one_and_two_processes(script, tmp_path, common)
+    tallies = [Tally((tmp_path / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
+    round_seed = 3 * 7919 * 100_003  # OnlineRun._round_seed(0) at seed 3
+    targets = [random.Random(reset_seed(round_seed, p)).randint(3, 6) for p in range(4)]
+    resets = Tally(f"reset {t} rank0" for t in targets for _ in range(2))
+    assert tallies[0] == tallies[1]
+    assert Tally({k: v for k, v in tallies[0].items() if k.startswith("reset")}) == resets
+    assert set(tallies[0]) - set(resets) == {"step rank0", "get_reward rank0"} and tallies[0]["get_reward rank0"] == 8
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
