@@ -282,6 +282,11 @@ def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
     evaluate = dataset_evaluate(cfg, held, judges, aggregator, heldout_places,
                                 reset_seed_base=(cfg.seed * 7919 - 1) * 100_003) if held else None
     report = {"source": "environment_factory reset (no dataset)", "total": n, "kept": n, "skipped": {}}
+    from preflab.runlog import is_main_process
+
+    if is_main_process():  # said as a dataset's rows are
+        print(f"preflab: data: no dataset_name: each round's {n} prompts (prompts_per_generation) are the text "
+              "environment_factory's reset returns, drawn under a seed per prompt and round.", flush=True)
     return Task(reset_only_prompts(n), judges, held, evaluate, data_report={"prompt_rows": report},
                 reward_aggregator=aggregator, heldout_places=heldout_places, prompts_from_reset=True)
 
