@@ -187,6 +187,13 @@ def test_refusals_without_a_dataset(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="eval_fraction=0.5 holds out dataset rows"):
         reset_run(tmp_path / "frac", monkeypatch, eval_fraction=0.5)
     tok = tool_tokenizer()
+    from preflab.online.api import reset_only
+    from preflab.online.run import OnlineRun
+
+    cfg = config_from_dict({**BASE, "output_dir": str(tmp_path / "bare")})
+    with pytest.raises(ConfigError, match="the task has no prompts of its own .* no environment_factory"):
+        OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                  task=reset_only(cfg, [lambda **k: [0.0]], Goal))
     with pytest.raises(ConfigError, match="prompts=None needs environment_factory"):
         grpo_train(tiny_causal_lm(tok, hidden_size=32, seed=1), tok, None, reward_funcs=[lambda **k: [0.0]],
                    output_dir=str(tmp_path / "py"), max_steps=1, use_cpu=True)
