@@ -259,7 +259,7 @@ def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
               "eval_dataset_name": str(tmp_path / "held.jsonl")}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["train", str(tmp_path / "config.yaml")]) == 0, capsys.readouterr().err[-2000:]
-    assert "preflab: data: no dataset_name: each round's 2 prompts (prompts_per_generation) are the text " \
+    assert "preflab: data: no dataset: each round's 2 prompts (prompts_per_generation) are the text " \
            "environment_factory's reset returns" in capsys.readouterr().out
     calls = (tmp_path / "envs.py.calls").read_text().splitlines()
     round_seeds = [(3 * 7919 + r) * 100_003 for r in range(2)]  # OnlineRun._round_seed at seed 3

@@ -285,7 +285,7 @@ def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
     from preflab.runlog import is_main_process
 
     if is_main_process():  # said as a dataset's rows are
-        print(f"preflab: data: no dataset_name: each round's {n} prompts (prompts_per_generation) are the text "
+        print(f"preflab: data: no dataset: each round's {n} prompts (prompts_per_generation) are the text "
               "environment_factory's reset returns, drawn under a seed per prompt and round.", flush=True)
     return Task(reset_only_prompts(n), judges, held, evaluate, data_report={"prompt_rows": report},
                 reward_aggregator=aggregator, heldout_places=heldout_places, prompts_from_reset=True)
