@@ -4884,6 +4884,44 @@ MUTANTS += [
 ]
 
 
+# env-nodata round: environment_factory without a dataset (TRL GRPOTrainer's train_dataset=None): the placeholder
+# rows, the seeded resets (per prompt and round, the global generators restored after), the held-out rows' seeds, the
+# refusals of a reset without text and of eval_fraction, and the count of reset prompts. Mutants named `envnd-*`.
+ENVND = ["tests/online/test_environment_no_dataset.py", "-m", "not slow"]
+MUTANTS += [
+    Mutant("envnd-resets-unseeded", "online/run.py",
+           [("seeds = [reset_seed(self._round_seed(r), p) for p in range(len(rows))]", "seeds = None")], ENVND,
+           "without a dataset the resets draw from the unseeded global generators (irreproducible prompts)"),
+    Mutant("envnd-seed-ignores-position", "online/environments.py",
+           [("return (round_seed + 1_000_003 * (position + 1)) % 2 ** 32", "return round_seed % 2 ** 32")], ENVND,
+           "every prompt of a round is reset with one seed: one task for the whole round"),
+    Mutant("envnd-seed-ignores-round", "online/run.py",
+           [("seeds = [reset_seed(self._round_seed(r), p)", "seeds = [reset_seed(self._round_seed(0), p)")], ENVND,
+           "every round resets with round 1's seeds: the same tasks every round"),
+    Mutant("envnd-globals-not-restored", "online/environments.py",
+           [("        random.setstate(states[0])\n", "        pass\n")], ENVND,
+           "the seeded reset leaves Python's random reseeded for the rest of the run"),
+    Mutant("envnd-empty-reset-accepted", "online/environments.py",
+           [('if text_required and (first is None or first == ""):', "if text_required and first is None:")], ENVND,
+           "a reset returning \"\" trains on an empty prompt"),
+    Mutant("envnd-eval-resets-unseeded", "online/tasks.py",
+           [("reset_seed_base=(cfg.seed * 7919 - 1) * 100_003) if held else None",
+             "reset_seed_base=None) if held else None")], ENVND,
+           "the held-out resets are unseeded: the evaluations before and after training pose other tasks"),
+    Mutant("envnd-placeholder-not-empty", "online/environments.py",
+           [('RESET_ONLY_PROMPT = ({"role": "user", "content": ""},)',
+             'RESET_ONLY_PROMPT = ({"role": "user", "content": " "},)')], ENVND,
+           "the placeholder user message is not TRL's empty one (another prompt, another reset keyword)"),
+    Mutant("envnd-eval-fraction-accepted", "online/environments.py",
+           [("    if cfg.eval_fraction:\n        raise ConfigError", "    if False:\n        raise ConfigError")],
+           ENVND, "eval_fraction without a dataset holds out nothing and evaluates nothing, silently"),
+    Mutant("envnd-reset-prompts-uncounted", "online/run.py",
+           [('self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + len(rows)',
+             "pass")], ENVND,
+           "summary.json does not count the prompts reset made"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -19,6 +19,7 @@ SLOW_FILES_SECONDS = {
     "tests/online/test_trainers_two_processes.py": 60,  # one 2-process launch of 25 runs, then each 1-process run
     "tests/online/test_tool_calling.py": 35,
     "tests/online/test_environment_factory.py": 40,  # one 2-process launch, TRL's GRPOTrainer built once
+    "tests/online/test_environment_no_dataset.py": 35,  # one 2-process launch, TRL's GRPOTrainer built once
     "tests/loops/test_distill_run.py": 35,
     "tests/loops/test_resume_verify.py": 30,
     "tests/report/test_report_every_trainer.py": 25,

@@ -302,6 +302,8 @@ class TrainConfig:
             values = {k: v for k, v in values.items() if k not in ("model_name_or_path", "dataset_name")}
         elif self.task == "online" and "dataset" not in self.online_task:  # the demo and game tasks bring their prompts
             values.pop("dataset_name")
+        elif self.task == "online" and self.online_task == "dataset" and self.environment_factory:
+            values.pop("dataset_name")  # no dataset: the environment's reset gives the prompts (TRL's mode)
         unset = [k for k in REQUIRED_NAMES if values.get(k) == "" and k not in self.written_options]
         errors = unset_required_errors(unset, self.task)  # left out: "not set", not "'' is not allowed"
         errors += range_errors({k: v for k, v in values.items() if k not in unset})

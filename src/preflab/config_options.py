@@ -382,7 +382,8 @@ OPTIONS: dict[str, Option] = {
     "environment_factory": Option("task: online, group recipes, online_task dataset; stateful environments whose "
                                   "public methods are tools (TRL GRPOTrainer's environment_factory): module:Class | "
                                   "path/to/file.py:function, or {name: ...} with each row's 'environment' column "
-                                  "(preflab.online.environments)", "a 'module:name' / 'file.py:name' string or a "
+                                  "(preflab.online.environments); without dataset_name, reset's text is each "
+                                  "prompt (TRL's train_dataset=None)", "a 'module:name' / 'file.py:name' string or a "
                                   "mapping of names to such strings",
                                   lambda v: v is None or isinstance(v, str) or (isinstance(v, dict) and bool(v) and all(
                                       isinstance(k, str) and isinstance(x, str) for k, x in v.items()))),
@@ -565,7 +566,8 @@ def unset_required_errors(names, task: str) -> list[str]:
                f"or {name}=... on the command line."
         if name == "dataset_name" and task == "online":
             line += (" (task: online reads prompts from it with online_task: dataset / vision_dataset; online_task: "
-                     "demo or game bring their own prompts.)")
+                     "demo or game bring their own prompts, and so does online_task: dataset with an "
+                     "environment_factory, whose reset gives them.)")
         errors.append(line)
     return errors
 

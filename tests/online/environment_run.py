@@ -3,7 +3,8 @@ environments) as a script, for the several-process test: python tests/online/env
 ...] (also under accelerate launch --num_processes 2). Every reset, tool call and get_reward of an environment and
 every completion the environments= reward function scores appends a line to OUT_DIR/calls.txt (with the process's
 rank), so a call made twice shows. The held-out evaluation (the first row, greedy, before and after training) answers
-with the same scripted turns and environments."""
+with the same scripted turns and environments. no_dataset=true: a run without a dataset (LoggedDrawn's reset gives
+the prompts; no evaluation)."""
 import os
 import sys
 from pathlib import Path
@@ -54,6 +55,31 @@ class LoggedEcho(t.Echo):
         return super().shout(text)
 
 
+class LoggedDrawn(t.Counter):
+    """test_environment_no_dataset.py's DrawnGoal (a target of 3..6 from Python's global random at reset), its reset
+    logged with the target it drew (a run without a dataset: no_dataset=true)."""
+
+    def reset(self, **kwargs):
+        import random
+
+        self.total, self.target = 0, random.randint(3, 6)
+        log(f"reset {self.target}")
+        return f"reach (target {self.target})"
+
+    def step(self, n: int) -> str:
+        """Adds n to the total.
+
+        Args:
+            n: The number to add.
+        """
+        log("step")
+        return super().step(n)
+
+    def get_reward(self) -> float:
+        log("get_reward")
+        return super().get_reward()
+
+
 def logged_echo_reward(prompts, completions, environments, **kwargs):
     """t.echo_reward, each scored completion logged."""
     for _ in environments:
@@ -78,6 +104,13 @@ if __name__ == "__main__":
     generator_module.make_generator = lambda cfg, policy, tokenizer, acc=None: t.EnvScripted(
         tok, cfg.max_completion_length, True)
     tasks_module.EvalTurns = lambda cfg, model, tokenizer, sampled: t.EnvScripted(tok, cfg.max_completion_length)
+    if overrides.pop("no_dataset", False):  # environment_factory without a dataset: prompts from reset
+        from preflab.online.api import reset_only
+
+        cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], **overrides})
+        OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                  task=reset_only(cfg, [], LoggedDrawn), environment_factory=LoggedDrawn).train()
+        sys.exit(0)
     cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], "eval_dataset_name": "held.jsonl", **overrides})
     held = [dict(t.ROWS[0])]
     run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,

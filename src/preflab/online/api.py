@@ -85,11 +85,24 @@ def run_online(policy, tokenizer, prompts, judge, ref, weights, raw: dict, writt
     if weights is not None:
         cfg.reward_weights = list(weights)
     judges = list(judge) if isinstance(judge, (list, tuple)) else [] if judge is None else [judge]
-    run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=Task(list(prompts), judges),
+    task = Task(list(prompts), judges) if prompts is not None else reset_only(cfg, judges, environment_factory)
+    run = OnlineRun(cfg, policy=policy, ref=ref, tokenizer=tokenizer, task=task,
                     **({"tools": tools} if tools else {}),
                     **({"environment_factory": environment_factory} if environment_factory is not None else {}))
     run.save_final_model = save
     return run.train()
+
+
+def reset_only(cfg, judges: list, environment_factory):
+    """prompts=None: the Task of a run without a dataset (TRL's GRPOTrainer(train_dataset=None,
+    environment_factory=...); preflab.online.tasks.reset_only_task without a held-out set); without an
+    environment_factory refused."""
+    from preflab.errors import ConfigError
+    from preflab.online.tasks import reset_only_task
+
+    if environment_factory is None:
+        raise ConfigError("prompts=None needs environment_factory (its reset gives the prompts); give prompts.")
+    return reset_only_task(cfg, judges, held_out=False)
 
 
 def save_model_option(raw: dict) -> bool:
@@ -115,14 +128,15 @@ def online_dpo(policy, tokenizer, prompts: Sequence[Any], judge, ref=None,
                       written_by_user(options, raw, ONLINE_DPO_NAMES))
 
 
-def grpo_train(policy, tokenizer, prompts: Sequence[Any], reward_funcs=None, ref=None,
+def grpo_train(policy, tokenizer, prompts: Sequence[Any] | None, reward_funcs=None, ref=None,
                reward_weights: Sequence[float] | None = None, tools=None, environment_factory=None,
                **options) -> dict:
     """Run GRPO-family training as an online run; returns its summary dict. tools: tool functions the model may call
     while it samples (TRL GRPOTrainer's tools=; preflab.online.tool_calling). environment_factory: a class or function
     returning a stateful environment whose public methods are tools, or {name: factory} picked by each prompt's
     `environment` column (TRL GRPOTrainer's environment_factory; preflab.online.environments); reward_funcs may then be
-    None when the environment has get_reward."""
+    None when the environment has get_reward. prompts=None with one environment_factory: no dataset, each round's
+    prompts are the environment's reset texts (TRL's train_dataset=None; max_steps needed)."""
     raw = grpo_options(options)
     return run_online(policy, tokenizer, prompts, reward_funcs, ref, reward_weights, raw,
                       written_by_user(options, raw, GRPO_NAMES), tools=tools, environment_factory=environment_factory)

@@ -37,14 +37,79 @@ tools, get_reward and the judging that reads them); the others receive what they
 The K resets of one prompt row must return the same observation: a group's completions answer one prompt (their
 advantages compare them), so rows whose resets disagree are refused, naming the row. An observation that is not
 None or a string (TRL's multimodal content blocks) is refused: text policies only.
+
+Without a dataset (TRL 1.16's GRPOTrainer(train_dataset=None, environment_factory=...): no dataset_name in the
+config, grpo_train(prompts=None)): the environment owns the data and its reset's text is the whole prompt. As TRL,
+the rows are placeholders, one round's worth (prompts_per_generation = TRL's generation_batch_size / num_generations),
+each the one empty user message [{"role": "user", "content": ""}], drawn again every round; reset(prompt=that) is
+called per rollout and its text becomes the user message. One factory only, max_steps set (TRL's refusals).
+preflab adds, for its guarantees: the factory call and reset of every rollout of round r's prompt p run with Python's
+`random`, numpy's and torch's global generators seeded with reset_seed(round seed, p) (their states restored after),
+so an environment drawing its task from them gives the K rollouts of a prompt one task, other prompts and rounds
+other tasks, and a resumed or several-process run the same ones (TRL seeds nothing: its K rollouts of a placeholder
+row may get K different tasks); a reset returning None or "" (an empty prompt) is refused.
 """
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 
 from preflab.errors import ConfigError
 
 RESERVED = ("reset", "get_reward")
+RESET_ONLY_PROMPT = ({"role": "user", "content": ""},)  # TRL's placeholder row's prompt, without a dataset
+
+
+def reset_only_prompts(n: int) -> list[dict]:
+    """TRL's placeholder rows without a dataset: n rows whose prompt is one empty user message (reset's text becomes
+    it)."""
+    return [{"prompt": [dict(m) for m in RESET_ONLY_PROMPT]} for _ in range(n)]
+
+
+def check_reset_only(cfg, multi: bool) -> None:
+    """Refusals of a run without a dataset (prompts from reset): several environments (TRL: rows route by an
+    `environment` column, which placeholder rows lack), no max_steps (TRL: the length is not defined) and
+    eval_fraction (no rows to hold out; eval_dataset_name is read as usual)."""
+    if multi:
+        raise ConfigError("environment_factory {name: ...} (several environments) needs a dataset: each row names its "
+                          "environment in an `environment` column. Give dataset_name, or one factory (TRL's rule).")
+    if cfg.max_steps <= 0:
+        raise ConfigError("environment_factory without a dataset (prompts come from reset) needs max_steps > 0: "
+                          "with no rows, epochs do not define the run's length (TRL's rule). Set max_steps.")
+    if cfg.eval_fraction:
+        raise ConfigError(f"eval_fraction={cfg.eval_fraction} holds out dataset rows, and this run has none "
+                          "(environment_factory without a dataset); give eval_dataset_name (held-out rows, answered "
+                          "with the environments) or remove eval_fraction.")
+
+
+def reset_seed(round_seed: int, position: int) -> int:
+    """The seed of the global generators while round r's prompt `position` (0-based) is reset, without a dataset:
+    (round_seed + 1_000_003 * (position + 1)) mod 2^32 (numpy takes 32 bits)."""
+    return (round_seed + 1_000_003 * (position + 1)) % 2 ** 32
+
+
+@contextmanager
+def seeded_globals(seed: int | None):
+    """Python's random, numpy's and torch's (CPU) global generators seeded with `seed` inside, their states restored
+    after (the run's own randomness is unchanged); `seed` None: nothing done."""
+    if seed is None:
+        yield
+        return
+    import random
+
+    import numpy as np
+    import torch
+
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 def load_environment_factories(spec) -> dict:
@@ -181,19 +246,26 @@ class Environments:
         fields = {"prompt": row.prompt, **row.columns}
         return {k: v for k, v in fields.items() if k != "environment"} if self.multi else fields
 
-    def start_round(self, rows, k: int, place=_default_place) -> tuple[list, list]:
+    def start_round(self, rows, k: int, place=_default_place, seeds=None, text_required=False) -> tuple[list, list]:
         """(instances, observations): k fresh instances per row (completion i of row i // k has instances[i]), each
         reset with the row's fields; observations[p] is row p's reset result (None or a string), the same for its k
-        resets (refused otherwise, naming the row by place(row_id))."""
+        resets (refused otherwise, naming the row by place(row_id)). seeds (without a dataset: one per row): each of
+        row p's k factory calls and resets runs under seeded_globals(seeds[p]). text_required (the training rounds
+        without a dataset, whose prompt is reset's text): a reset giving no text (None or "") is refused."""
         instances, observations = [], []
-        for row in rows:
+        for p, row in enumerate(rows):
             name = self.name_of(row.row_id, row.columns, place)
             seen = []
             for _ in range(k):
-                env = _make(self.factories[name], name)
-                seen.append(self._reset(env, row, place))
+                with seeded_globals(None if seeds is None else seeds[p]):
+                    env = _make(self.factories[name], name)
+                    seen.append(self._reset(env, row, place))
                 instances.append(env)
             first = seen[0]
+            if text_required and (first is None or first == ""):
+                raise ConfigError(f"{place(row.row_id)}: {type(instances[-1]).__name__}.reset returned {first!r}; "
+                                  "without a dataset the prompt is reset's text alone, so it must return the task's "
+                                  "prompt (a non-empty string), or give the run a dataset (dataset_name).")
             if first is not None and not isinstance(first, str):
                 raise ConfigError(f"{place(row.row_id)}: {type(instances[-1]).__name__}.reset returned a "
                                   f"{type(first).__name__}; it must return None or a string (appended to the last "
@@ -240,28 +312,28 @@ def with_environment_judges(judges: list, weights, envs) -> tuple[list, object]:
     return list(judges) + extra, weights
 
 
-def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None, place=_default_place
-                   ) -> tuple[list, list | None, list, int]:
+def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None, place=_default_place, seeds=None,
+                   text_required=False) -> tuple[list, list | None, list, int]:
     """(rows, instances, slot_tools, cut) for k rollouts of each row: fresh instances reset with the row's fields
     (Environments.start_round; with several processes only the main process holds them, instances None elsewhere, and
     sends the observations); each row whose reset returned text gets it appended to its last message and is
     tokenized again with its environment's tools (prepare_prompts with cfg's max_prompt_length, truncation_mode and
     chat_template_kwargs; `cut` counts those cut to max_prompt_length); slot_tools: per rollout, what it may call (its
     instance's methods; another process's: the probe's, for parsing only). place: names a row in refusals
-    (row_places)."""
+    (row_places). seeds, text_required: without a dataset (Environments.start_round)."""
     from dataclasses import replace
 
     from preflab.loops.rollout import prepare_prompts
 
     if accelerator is None or accelerator.num_processes == 1:
-        instances, observations = envs.start_round(rows, k, place)
+        instances, observations = envs.start_round(rows, k, place, seeds, text_required)
     else:
         from accelerate.utils import broadcast_object_list
 
         sent, instances = [None], None
         if accelerator.is_main_process:
             try:
-                instances, observations = envs.start_round(rows, k, place)
+                instances, observations = envs.start_round(rows, k, place, seeds, text_required)
                 sent = [observations]
             except ConfigError as exc:  # sent too, so that no process waits for the others
                 sent = [str(exc)]
@@ -324,5 +396,6 @@ def with_observation(prompt: list, observation: str) -> list:
     return prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
 
 
-__all__ = ["Environments", "begin_rollouts", "environment_reward", "judge_rollouts", "load_environment_factories",
-           "public_methods", "row_places", "with_environment_judges", "with_observation"]
+__all__ = ["RESET_ONLY_PROMPT", "Environments", "begin_rollouts", "check_reset_only", "environment_reward",
+           "judge_rollouts", "load_environment_factories", "public_methods", "reset_only_prompts", "reset_seed",
+           "row_places", "seeded_globals", "with_environment_judges", "with_observation"]

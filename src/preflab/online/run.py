@@ -238,6 +238,7 @@ class OnlineRun(TrainingRun):
         # environment_factory (TRL GRPOTrainer's): stateful environments whose methods are tools, probed here
         self.environments = self._environment_set(cfg, task, environment_factory, tools)
         self.round_environments: list | None = None  # the current round's instances, one per completion
+        self.prompts_from_reset = self._prompts_from_reset(cfg, task)  # no dataset: the prompts come from reset
         judges, weights = self._judges_and_weights(cfg, task)
         # judge_timeout_s: each call of the judges' code within that many seconds (the game's judge is its matrix)
         self.judge = Judge(judges, weights=weights,
@@ -333,6 +334,20 @@ class OnlineRun(TrainingRun):
         standalone = load_tools(tools or cfg.tools) if (tools or cfg.tools) else []
         return Environments(load_environment_factories(given if given is not None else cfg.environment_factory),
                             standalone)
+
+    def _prompts_from_reset(self, cfg, task) -> bool:
+        """Whether the task's prompts are placeholders whose text reset gives (TRL's GRPOTrainer without a
+        train_dataset; Task.prompts_from_reset): it needs environments, refused without, and
+        environments.check_reset_only's conditions (one factory, max_steps, no eval_fraction)."""
+        if not getattr(task, "prompts_from_reset", False):
+            return False
+        if self.environments is None:
+            raise ConfigError("the task has no prompts of its own (prompts_from_reset: the environment's reset gives "
+                              "them), and the run has no environment_factory; give one, or prompts.")
+        from preflab.online.environments import check_reset_only
+
+        check_reset_only(cfg, self.environments.multi)
+        return True
 
     def _judges_and_weights(self, cfg, task):
         """The task's judges and weights (reward_weights, or its reward_aggregator); with environments one more
@@ -570,7 +585,7 @@ class OnlineRun(TrainingRun):
             K = len(ids) // n
         else:
             if self.environments is not None:  # fresh instances, reset; the rows with their reset observations
-                rows = self._start_environments(rows, K)
+                rows = self._start_environments(rows, K, r)
             ids = self._generate(rows, K, self._round_seed(r))
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped, raised = int(flat.isnan().sum()), self.judge.last_raised
@@ -686,17 +701,28 @@ class OnlineRun(TrainingRun):
         return judge_rollouts(self.judge, self.accelerator, prompts, texts, [i // K for i in range(len(ids))],
                               columns, ids, self.round_environments)
 
-    def _start_environments(self, rows, K: int) -> list:
+    def _start_environments(self, rows, K: int, r: int = 0) -> list:
         """environment_factory: K fresh instances per row (self.round_environments, one per completion; the main
         process's with several), reset with the row's fields, and the rows with their reset observations
         (environments.begin_rollouts); the generator's per-completion tools set to each instance's methods. A prompt
         cut to max_prompt_length by its observation is counted in summary.json online.environment_prompts_truncated
-        and said once."""
-        from preflab.online.environments import begin_rollouts
+        and said once. Without a dataset (prompts_from_reset) round r's prompt p is reset under the global generators
+        seeded with environments.reset_seed(round seed, p), and the prompts reset gave are counted in
+        online.environment_reset_prompts."""
+        from preflab.online.environments import begin_rollouts, reset_seed
 
         cfg = self.cfg
+        seeds, place = None, self._row_place()
+        if self.prompts_from_reset:
+            seeds = [reset_seed(self._round_seed(r), p) for p in range(len(rows))]
+            positions = {row.row_id: p for p, row in enumerate(rows)}
+            place = lambda row_id: (f"round {r + 1}'s prompt {positions.get(row_id, row_id) + 1} of "  # noqa: E731
+                                    f"{len(rows)} (no dataset: environment_factory's reset gives the prompt)")
         out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
-                                                                       cfg, self.accelerator, self._row_place())
+                                                                       cfg, self.accelerator, place, seeds,
+                                                                       self.prompts_from_reset)
+        if self.prompts_from_reset:
+            self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + len(rows)
         if hasattr(self.generator, "slot_tools"):
             self.generator.slot_tools = slot_tools
         if cut:

@@ -53,6 +53,8 @@ class Task:
     reward_aggregator: Callable | None = None  # prompts -> [N, K] weights over the judges (PRO), not reward_weights
     prompt_places: list = field(default_factory=list)   # per prompt row, where it was read ('train.jsonl row 5
     heldout_places: list = field(default_factory=list)  # (line 6)', data.report.where), for messages; [] unknown
+    prompts_from_reset: bool = False  # no dataset: the prompts are placeholders, environment_factory's reset gives
+                                      # each its text (preflab.online.environments: reset_only_prompts)
 
 
 def demo_true_reward(prompts, completions, **kwargs):
@@ -201,7 +203,7 @@ def load_task(cfg, tokenizer=None, policy=None):
                     reward_aggregator=_aggregator(cfg, judges)), tokenizer, policy
     from preflab.data.rows import load_rows
 
-    if not cfg.dataset_name:
+    if not cfg.dataset_name and not cfg.environment_factory:
         raise ConfigError("online_task: dataset needs dataset_name (rows with a 'prompt' column); or use "
                           "online_task: demo / game.")
     if not cfg.reward_funcs and not cfg.environment_factory:  # environments with get_reward: their own judges
@@ -209,6 +211,8 @@ def load_task(cfg, tokenizer=None, policy=None):
                           "reward / preference model directory).")
     refuse_template_kwargs_with_model_judges(cfg)
     judges = [resolve_judge(j, cfg.trust_remote_code) for j in _as_list(cfg.reward_funcs or [])]
+    if not cfg.dataset_name:  # environment_factory without a dataset: the environment's reset gives the prompts
+        return reset_only_task(cfg, judges), tokenizer, policy
     from preflab.runlog import is_main_process
 
     from preflab.data.eval_set import train_and_eval
@@ -251,6 +255,40 @@ def load_task(cfg, tokenizer=None, policy=None):
     return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict(), "overlap": overlap},
                 reward_aggregator=aggregator, prompt_places=places(rows), heldout_places=places(eval_rows)), \
         tokenizer, policy
+
+
+def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
+    """online_task: dataset with environment_factory and no dataset_name (TRL's GRPOTrainer without train_dataset):
+    prompts_per_generation placeholder rows (environments.reset_only_prompts: TRL's one round of empty user
+    messages), their text from reset each round; eval_dataset_name's rows are the held-out evaluation as usual, each
+    reset under a seed of its own (dataset_evaluate's reset_seed_base), the same before and after training.
+    Refused (environments.check_reset_only): several environments, no max_steps, eval_fraction. summary.json's
+    data.prompt_rows says where the prompts come from and how many rows a round has. held_out False (grpo_train from
+    Python): no held-out set read."""
+    from preflab.data.eval_set import train_and_eval
+    from preflab.data.report import place_of, where
+    from preflab.data.rows import load_rows
+    from preflab.online.environments import check_reset_only, reset_only_prompts
+
+    check_reset_only(cfg, isinstance(cfg.environment_factory, dict))
+    n = cfg.prompts_per_generation
+    eval_rows = train_and_eval(cfg, [], lambda name, split: load_rows(name, split=split, kind="prompt",
+                                                                       on_bad_row=cfg.on_bad_row))[1] if held_out else []
+    held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
+    heldout_places = [where(file, ex.row_id, line) if file else "" for ex in eval_rows
+                      for file, line in [place_of(ex)]]
+    aggregator = _aggregator(cfg, judges)
+    # the held-out resets: seeded from the seed of "round -1" (OnlineRun._round_seed's formula), apart from the rounds'
+    evaluate = dataset_evaluate(cfg, held, judges, aggregator, heldout_places,
+                                reset_seed_base=(cfg.seed * 7919 - 1) * 100_003) if held else None
+    report = {"source": "environment_factory reset (no dataset)", "total": n, "kept": n, "skipped": {}}
+    from preflab.runlog import is_main_process
+
+    if is_main_process():  # said as a dataset's rows are
+        print(f"preflab: data: no dataset: each round's {n} prompts (prompts_per_generation) are the text "
+              "environment_factory's reset returns, drawn under a seed per prompt and round.", flush=True)
+    return Task(reset_only_prompts(n), judges, held, evaluate, data_report={"prompt_rows": report},
+                reward_aggregator=aggregator, heldout_places=heldout_places, prompts_from_reset=True)
 
 
 def refuse_template_kwargs_with_model_judges(cfg) -> None:
@@ -321,7 +359,7 @@ def column_gaps_note(gaps: dict[str, dict], n_rows: int, source: str) -> str:
             "(summary.json data.prompt_rows.column_gaps).")
 
 
-def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, places=None):
+def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, places=None, reset_seed_base=None):
     """evaluate(model, tokenizer) for online_task: dataset: greedy answers (max_completion_length new tokens) to the
     held-out prompt rows, or with num_generations_eval k that many sampled answers each (_eval_answers: TRL's
     GRPOTrainer evaluation), scored by the run's judges with reward_weights (not cached: the judges' own call).
@@ -346,7 +384,9 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
     that instance's methods, and the judges are reward_funcs plus the environments' get_reward, each answer judged
     with its own instance (judge_rollouts; with several processes the main process makes every environment call).
     places (per held-out row, where it was read; data.report.where): a refusal naming a row (an unknown
-    `environment`, a reset that raised) names it as a held-out prompt of that file and line."""
+    `environment`, a reset that raised) names it as a held-out prompt of that file and line. reset_seed_base (a run
+    without a dataset, reset_only_task): held-out row p is reset under the global generators seeded with
+    environments.reset_seed(reset_seed_base, p), so the evaluations before and after training pose the same tasks."""
     def evaluate(model, tokenizer, tools=None, accelerator=None, environments=None) -> dict:
         import math
 
@@ -363,10 +403,12 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
         k = getattr(cfg, "num_generations_eval", None) or 1
         instances = slot_tools = None
         if envs is not None:
-            from preflab.online.environments import begin_rollouts
+            from preflab.online.environments import begin_rollouts, reset_seed
 
+            seeds = None if reset_seed_base is None else [reset_seed(reset_seed_base, p)
+                                                          for p in range(len(prompt_rows))]
             prompt_rows, instances, slot_tools, _ = begin_rollouts(envs, prompt_rows, k, tokenizer, cfg, accelerator,
-                                                                    place)
+                                                                    place, seeds)
         rows = [r for r in prompt_rows for _ in range(k)]          # each prompt's k answers side by side
         sampled = bool(getattr(cfg, "num_generations_eval", None))
         columns, extra = [r.columns for r in rows], {}
