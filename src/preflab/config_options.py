@@ -352,6 +352,8 @@ OPTIONS: dict[str, Option] = {
                               "precomputed user embeddings (fixed; a pair draws a subset each epoch, eval reads "
                               "subset 0)",
                               "a non-empty path or null", _nonempty),
+    "user_embedding_dropout": within(0, 1, "ppd: probability that a training pair's user embedding is zeroed "
+                                     "(drawn per pair and epoch; 0 = off)", high_open=True),
     "caption_perturbation": one_of(("none", "weak", "medium", "strong"),
                                    "dcpo: build a missing caption_rejected by perturbing the caption"),
     "score_range": Option("smpo_diffusion: [s_min, s_max] normalising reward scores (default: PickScore's)"),

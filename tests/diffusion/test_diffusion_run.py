@@ -673,6 +673,45 @@ def test_ppd_pair_loss_equals_the_loss_with_its_drawn_subsets_embedding_by_hand(
     assert abs(other - by_hand) > 1e-4
 
 
+def test_ppd_user_embedding_dropout_zeroes_the_drawn_pairs_embedding_and_the_loss_matches_by_hand(assets, tmp_path):
+    """user_embedding_dropout p = 0.5: a training pair is dropped when the first 8 bytes of sha256("seed:ppd-user-
+    dropout:epoch:position"), little-endian, >> 1, over 2^63 are < p; its embedding is then zeros, the others read
+    their drawn subset. The trainer's loss at step 2 equals the loss by hand with those embeddings; eval never drops."""
+    import hashlib
+
+    from preflab.diffusion.user_branch import normalize_user_embeddings
+
+    table, path = subset_stacks(tmp_path)
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd", user_embeddings=path,
+                                user_embedding_dropout=0.5))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in run.params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    mb = run.micro_batches(2)[0]
+
+    def dropped(i):
+        digest = hashlib.sha256(f"{run.cfg.seed}:ppd-user-dropout:1:{i}".encode()).digest()
+        return (int.from_bytes(digest[:8], "little") >> 1) / 2 ** 63 < 0.5
+
+    drops = [dropped(i) for i in mb.index]
+    assert any(drops) and not all(drops)  # seed 42, step 2: both kinds in the batch
+    embeds = []
+    for i, drop in zip(mb.index, drops):
+        user = run.train_data[i].user
+        stack = table[user] if table[user].dim() == 3 else table[user][None]
+        e = normalize_user_embeddings(stack[documented_subset(run.cfg.seed, 1, i, len(stack))])
+        embeds.append(torch.zeros_like(e) if drop else e)
+    with torch.no_grad():
+        trainer_loss = run.forward(mb).loss.item()
+        by_hand = independent_loss(run, mb.index, 2, user_embeds=torch.stack(embeds)).item()
+    assert trainer_loss == pytest.approx(by_hand, rel=1e-5, abs=1e-7)
+    assert [r == -1 for r in run._user_rows(mb.index, run.train_data, 2)] == drops
+    assert -1 not in run._user_rows(list(range(8)), run.train_data, "eval")
+    with pytest.raises(ConfigError, match="user_embedding_dropout"):
+        make_cfg(assets, tmp_path / "x", loss_type="ppd", user_embedding_dropout=1.0)
+
+
 @pytest.mark.parametrize("values, expected", [
     ({"user0": torch.zeros(2, 3, 8), "user1": torch.zeros(2, 4, 8), "user2": torch.zeros(3, 8)},
      r"users\.safetensors: every user's embeddings need the same \[L_u, d_u\].*\[L_u, d_u\] = \[3, 8\]: 'user0' "

@@ -201,6 +201,14 @@ def ppd_subset(seed: int, epoch: int, position: int, count: int) -> int:
     return 0 if count == 1 else draw_seed(seed, "ppd-subset", epoch, position) % count
 
 
+def ppd_user_dropped(seed: int, epoch: int, position: int, p: float) -> bool:
+    """Whether a training pair's user embedding is dropped (replaced by zeros) in epoch `epoch`:
+    draw_seed(seed, "ppd-user-dropout", epoch, position) / 2^63 < p. The form is IP-Adapter's condition dropout
+    (Ye et al. 2023, arXiv:2308.06721: the image embedding zeroed when its condition is dropped); the PPD paper note
+    names user-embedding dropout without a rate or a form. p = 0 (the default) never drops."""
+    return p > 0 and draw_seed(seed, "ppd-user-dropout", epoch, position) / 2 ** 63 < p
+
+
 # the on-disk encodings cache's format: raise it when an encoding (text states, latents, own samples) changes, so
 # that entries an older preflab wrote are not read (DiffusionRun._cached; the release version is in the key too)
 ENCODINGS_FORMAT = 1
@@ -210,8 +218,8 @@ class DenoiserModule(nn.Module):
     """The trainable module (the one DDP wraps): forward(x_t, t, cond) -> the UNet's prediction.
 
     cond: text states [B, L, D], or a dict {"encoder_hidden_states": ..., "user_index": [B] long} for PPD: rows of
-    the user table (learned, or a precomputed user's few-shot subsets), whose embeddings [B, L_u, d_u] go through the
-    user branch (preflab.diffusion.user_branch)."""
+    the user table (learned, or a precomputed user's few-shot subsets; -1: a zero embedding, user_embedding_dropout),
+    whose embeddings [B, L_u, d_u] go through the user branch (preflab.diffusion.user_branch)."""
 
     def __init__(self, unet: nn.Module, user_branch: nn.Module | None = None, users: nn.Embedding | None = None,
                  user_tokens: int = 0):
@@ -224,7 +232,9 @@ class DenoiserModule(nn.Module):
             cond = dict(cond)
             index = cond.pop("user_index", None)
             if index is not None and use_user and self.user_branch is not None:
-                e = self.users(index).reshape(index.shape[0], self.user_tokens, -1)
+                e = self.users(index.clamp(min=0)).reshape(index.shape[0], self.user_tokens, -1)
+                if (index < 0).any():  # user_embedding_dropout: row -1 is the zero embedding
+                    e = e * (index >= 0).to(e.dtype)[:, None, None]
                 kwargs["cross_attention_kwargs"] = {"user_embeds": self.user_branch.proj(e)}
             kwargs.update(cond)
         else:
@@ -683,12 +693,18 @@ class DiffusionRun(TrainingRun):
         """ppd: the user-table row of each pair at `index` of `data`. Training pairs (a step of train_data): the
         subset ppd_subset(seed, epoch of the step, position, S) of the pair's user. Evaluation (step "eval", or other
         data): subset 0 of each user, a fixed choice so eval numbers repeat; it is one few-shot subset's embedding,
-        as in training, where the mean over subsets is an input the branch never saw (it is not standardised)."""
-        rows = []
+        as in training, where the mean over subsets is an input the branch never saw (it is not standardised).
+        user_embedding_dropout p: a training pair with ppd_user_dropped(seed, epoch, position, p) gets row -1, the
+        zero embedding (never in evaluation)."""
+        rows, p = [], self.cfg.user_embedding_dropout
+        training = data is self.train_data and isinstance(step, int)
         for i in index:
             first, count = self.user_rows[data[i].user]
-            if count > 1 and data is self.train_data and isinstance(step, int):
-                first += ppd_subset(self.cfg.seed, step // self.plan.steps_per_epoch, i, count)
+            epoch = step // self.plan.steps_per_epoch if training else None
+            if training and ppd_user_dropped(self.cfg.seed, epoch, i, p):
+                first = -1  # DenoiserModule: a zero embedding
+            elif training and count > 1:
+                first += ppd_subset(self.cfg.seed, epoch, i, count)
             rows.append(first)
         return rows
 

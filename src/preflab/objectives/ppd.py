@@ -30,7 +30,7 @@ normalise).
 
 Deviation from the paper: beta = 5000 is Diffusion-DPO's default, not a value from the paper (not in the note); the
 lambda scale on the user branch is preflab's (1 = the note's plain sum); user-embedding dropout belongs to the
-builder/model, not this loss.
+run, not this loss (`user_embedding_dropout`, zeroing the embedding as IP-Adapter does; the note gives no rate).
 """
 from dataclasses import dataclass
 
