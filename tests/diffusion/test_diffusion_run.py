@@ -759,6 +759,11 @@ def test_ppd_with_subsets_resumes_exactly_across_an_epoch_boundary(assets, tmp_p
     a, b = whole.module.user_branch.state_dict(), resumed.module.user_branch.state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert max(a[k].abs().max().item() for k in a if "to_v_user" in k) > 0  # it trained (W_V^u left zero)
+    import json  # the saved table's rows of each user's subsets
+
+    saved = json.loads((tmp_path / "whole" / "users.json").read_text())
+    assert saved == {"users": ["user0", "user1", "user2"], "tokens": 3,
+                     "subsets": {"user0": [0, 3], "user1": [3, 2], "user2": [5, 1]}}
 
 
 def test_preflab_eval_banner_counts_the_held_out_pairs_it_scores(assets, tmp_path, capsys):
