@@ -181,7 +181,8 @@ class TrainConfig:
     user_column: str = "user_id"               # ppd: the column naming each row's user
     user_embedding_tokens: int = 4             # ppd: L_u, tokens of a learned user embedding
     user_embedding_dim: int = 16               # ppd: d_u, width of a learned user embedding token
-    user_embeddings: str | None = None         # ppd: safetensors file {user_id: [L_u, d_u]} of precomputed (e.g. VLM) embeddings, kept fixed
+    user_embeddings: str | None = None         # ppd: safetensors file {user_id: [L_u, d_u] or [S, L_u, d_u] (S few-shot subsets, one drawn per pair and epoch)} of precomputed (e.g. VLM) embeddings, kept fixed
+    user_embedding_dropout: float = 0.0        # ppd: probability that a training pair's user embedding is zeroed (drawn per pair and epoch; 0 = off)
     caption_perturbation: str = "none"         # dcpo: build a missing caption_rejected by perturbing the caption: none | weak | medium | strong
     score_range: list | None = None            # smpo_diffusion: [s_min, s_max] normalising reward scores (default: Pick-a-Pic PickScore)
     self_npo_ema_decay: float = 0.999          # self_npo: teacher <- decay * teacher + (1 - decay) * student after each step

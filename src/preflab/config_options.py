@@ -348,8 +348,12 @@ OPTIONS: dict[str, Option] = {
     "user_column": Option("ppd: the column naming each row's user", "a non-empty name", _nonempty),
     "user_embedding_tokens": above(0, "ppd: L_u, tokens of a learned user embedding"),
     "user_embedding_dim": above(0, "ppd: d_u, width of a learned user embedding token"),
-    "user_embeddings": Option("ppd: safetensors file {user_id: [L_u, d_u]} of precomputed user embeddings (fixed)",
+    "user_embeddings": Option("ppd: safetensors file {user_id: [L_u, d_u] or [S, L_u, d_u] few-shot subsets} of "
+                              "precomputed user embeddings (fixed; a pair draws a subset each epoch, eval reads "
+                              "subset 0)",
                               "a non-empty path or null", _nonempty),
+    "user_embedding_dropout": within(0, 1, "ppd: probability that a training pair's user embedding is zeroed "
+                                     "(drawn per pair and epoch; 0 = off)", high_open=True),
     "caption_perturbation": one_of(("none", "weak", "medium", "strong"),
                                    "dcpo: build a missing caption_rejected by perturbing the caption"),
     "score_range": Option("smpo_diffusion: [s_min, s_max] normalising reward scores (default: PickScore's)"),

@@ -17,7 +17,8 @@ _VLM_PAIRS = ("vision_pairs", "vision_pair_params", "clue_aggregator")
 _DIFFUSION = ("resolution", "image_resize", "diffusion_noising", "cache_encodings", "caption_perturbation",
               "sample_steps", "guidance_scale", "flux_guidance")
 _SELF_NPO = ("self_npo_ema_decay", "self_npo_num_ddim_steps", "self_npo_rollout_steps", "self_npo_teacher_guidance")
-_PPD = ("user_column", "user_embedding_tokens", "user_embedding_dim", "user_embeddings")
+_PPD = ("user_column", "user_embedding_tokens", "user_embedding_dim", "user_embeddings",
+        "user_embedding_dropout")
 
 _TOKEN_LENGTHS = ("max_length", "chunk_tokens", "generate_during_eval")
 

@@ -128,9 +128,10 @@ def test_resume_equals_the_uninterrupted_run(assets, tmp_path, method, stop_at_s
         assert max((ta[k] - tb[k]).abs().max().item() for k in ta) <= 1e-6
 
 
-def independent_loss(run, index, step):
+def independent_loss(run, index, step, user_embeds=None):
     """The objective on scores computed here from the examples' images and captions, with the run's documented
-    draws (t, eps per pair from (seed, step, position); the batch generator from (seed, step, "batch", first))."""
+    draws (t, eps per pair from (seed, step, position); the batch generator from (seed, step, "batch", first)).
+    user_embeds: ppd's [B, L_u, d_u] given here (else each user's row of the run's table)."""
     from preflab.diffusion.denoiser import as_denoiser
     from preflab.diffusion.pipeline import encode_images, encode_prompts
     from preflab.diffusion.self_npo import self_npo_batch
@@ -165,8 +166,10 @@ def independent_loss(run, index, step):
         assert torch.allclose(cond_l, encode_prompts(comps, [x.cond_rejected for x in items]), atol=1e-5)
     policy, reference = as_denoiser(unet), as_denoiser(run.reference) if run.reference is not None else None
     if run.ppd:
-        users = run.module.users(torch.tensor([run.user_ids.index(x.user) for x in items]))
-        e = users.reshape(len(items), run.cfg.user_embedding_tokens, -1)
+        e = user_embeds
+        if e is None:
+            users = run.module.users(torch.tensor([run.user_ids.index(x.user) for x in items]))
+            e = users.reshape(len(items), run.cfg.user_embedding_tokens, -1)
         cond = {"encoder_hidden_states": cond, "user_embeds": e}
         policy, reference = PPDDenoiser(unet, run.module.user_branch), PPDDenoiser(unet, run.module.user_branch,
                                                                                    use_user=False)
@@ -586,19 +589,181 @@ def test_ppd_with_precomputed_user_embeddings_takes_held_out_users(assets, tmp_p
     assert run.evaluate()["eval_loss"] != pytest.approx(math.log(2), abs=1e-6)  # the branch reads user2's embedding
 
 
-def test_ppd_refuses_several_embeddings_per_user_as_the_released_stage_1_writes_them(assets, tmp_path):
-    """The PPD release writes one [n_layers + 1, d] embedding per (user, 4-pair subset), up to 20 per user; a file
-    holding a user's subsets as one [subsets, L, d] tensor is refused naming the shapes (docs/diffusion.md), not
-    flattened into a longer embedding."""
+def subset_stacks(tmp_path):
+    """A user_embeddings file as the PPD release's stage 1 writes it (several 4-pair subsets per user): user0 a
+    [3, 3, 8] stack, user1 [2, 3, 8], user2 one [3, 8] embedding (a single subset may be saved 2-D)."""
     from safetensors.torch import save_file
 
-    from preflab.errors import ConfigError
-
-    table = {f"user{i}": torch.zeros(2, 3, 8) for i in range(3)}
+    g = torch.Generator().manual_seed(0)
+    table = {"user0": torch.randn(3, 3, 8, generator=g) * 5, "user1": torch.randn(2, 3, 8, generator=g) * 5,
+             "user2": torch.randn(3, 8, generator=g) * 5}
     save_file(table, str(tmp_path / "users.safetensors"))
-    with pytest.raises(ConfigError, match=r"every user needs one \[L_u, d_u\] tensor; got shapes \[\(2, 3, 8\)\]"):
+    return table, str(tmp_path / "users.safetensors")
+
+
+def documented_subset(seed, epoch, position, count):
+    """docs/diffusion.md's rule, computed here from sha256: the first 8 bytes of sha256("seed:ppd-subset:epoch:
+    position") little-endian, shifted right by 1, mod S."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}:ppd-subset:{epoch}:{position}".encode()).digest()
+    return (int.from_bytes(digest[:8], "little") >> 1) % count
+
+
+def test_ppd_draws_each_pairs_few_shot_subset_per_epoch_from_seed_epoch_and_position(assets, tmp_path):
+    """Each training pair's user embedding is the subset documented_subset(seed, step // steps_per_epoch, position,
+    S) of its user; it changes between epochs (PPD's per-epoch resampling), not within one, nor with the micro-batch
+    split; evaluation reads subset 0; the table keeps every subset standardised."""
+    from preflab.diffusion.user_branch import normalize_user_embeddings
+    from preflab.loops.diffusion import ppd_subset
+
+    table, path = subset_stacks(tmp_path)
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd", user_embeddings=path, seed=7))
+    assert run.user_rows == {"user0": (0, 3), "user1": (3, 2), "user2": (5, 1)} and run.module.user_tokens == 3
+    weight = run.module.users.weight
+    assert torch.allclose(weight[4], normalize_user_embeddings(table["user1"][1]).reshape(-1))
+    assert torch.allclose(weight[5], normalize_user_embeddings(table["user2"]).reshape(-1))
+    assert run.plan.steps_per_epoch == 2  # 8 pairs, batch 4
+    train = run.train_data
+    drawn = {}
+    for step in range(6):  # epochs 0, 1, 2
+        for mb in run.micro_batches(step):
+            rows = run._user_rows(mb.index, train, step)
+            for i, row in zip(mb.index, rows):
+                first, count = run.user_rows[train[i].user]
+                assert row == first + documented_subset(7, step // 2, i, count) == first + ppd_subset(7, step // 2,
+                                                                                                       i, count)
+                drawn.setdefault(i, []).append(row - first)
+            # two processes (or micro-batches of 2) draw what one batch of 4 draws
+            assert rows == run._user_rows(mb.index[:2], train, step) + run._user_rows(mb.index[2:], train, step)
+    assert sorted(drawn) == list(range(8)) and all(len(v) == 3 for v in drawn.values())
+    assert any(len(set(v)) > 1 for v in drawn.values())  # resampled across epochs
+    assert run._user_rows([1], train, 2) == run._user_rows([1], train, 3)  # fixed within an epoch
+    assert run._user_rows(list(range(8)), train, "eval") == [run.user_rows[x.user][0] for x in train]  # subset 0
+
+
+def test_ppd_pair_loss_equals_the_loss_with_its_drawn_subsets_embedding_by_hand(assets, tmp_path):
+    """At step 2 (epoch 1) the trainer's loss equals the objective on scores computed here with each pair's
+    hand-drawn subset embedding (the file's [L_u, d_u], standardised); with the next subset instead it differs."""
+    from preflab.diffusion.user_branch import normalize_user_embeddings
+
+    table, path = subset_stacks(tmp_path)
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd", user_embeddings=path))
+    with torch.no_grad():  # the branch off its zero init, so the user embedding changes the loss
+        g = torch.Generator().manual_seed(3)
+        for p in run.params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    mb = run.micro_batches(2)[0]
+    items = [run.train_data[i] for i in mb.index]
+
+    def embeds(shift):
+        out = []
+        for i, x in zip(mb.index, items):
+            stack = table[x.user] if table[x.user].dim() == 3 else table[x.user][None]
+            k = documented_subset(run.cfg.seed, 1, i, len(stack))  # seed 42 (the default), epoch 1
+            out.append(normalize_user_embeddings(stack[(k + shift) % len(stack)]))
+        return torch.stack(out)
+
+    with torch.no_grad():
+        trainer_loss = run.forward(mb).loss.item()
+        by_hand = independent_loss(run, mb.index, 2, user_embeds=embeds(0)).item()
+        other = independent_loss(run, mb.index, 2, user_embeds=embeds(1)).item()
+    assert any(table[x.user].dim() == 3 for x in items)
+    assert trainer_loss == pytest.approx(by_hand, rel=1e-5, abs=1e-7)
+    assert abs(other - by_hand) > 1e-4
+
+
+def test_ppd_user_embedding_dropout_zeroes_the_drawn_pairs_embedding_and_the_loss_matches_by_hand(assets, tmp_path):
+    """user_embedding_dropout p = 0.5: a training pair is dropped when the first 8 bytes of sha256("seed:ppd-user-
+    dropout:epoch:position"), little-endian, >> 1, over 2^63 are < p; its embedding is then zeros, the others read
+    their drawn subset. The trainer's loss at step 2 equals the loss by hand with those embeddings; eval never drops."""
+    import hashlib
+
+    from preflab.diffusion.user_branch import normalize_user_embeddings
+
+    table, path = subset_stacks(tmp_path)
+    run = DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd", user_embeddings=path,
+                                user_embedding_dropout=0.5))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for p in run.params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    mb = run.micro_batches(2)[0]
+
+    def dropped(i):
+        digest = hashlib.sha256(f"{run.cfg.seed}:ppd-user-dropout:1:{i}".encode()).digest()
+        return (int.from_bytes(digest[:8], "little") >> 1) / 2 ** 63 < 0.5
+
+    drops = [dropped(i) for i in mb.index]
+    assert any(drops) and not all(drops)  # seed 42, step 2: both kinds in the batch
+    embeds = []
+    for i, drop in zip(mb.index, drops):
+        user = run.train_data[i].user
+        stack = table[user] if table[user].dim() == 3 else table[user][None]
+        e = normalize_user_embeddings(stack[documented_subset(run.cfg.seed, 1, i, len(stack))])
+        embeds.append(torch.zeros_like(e) if drop else e)
+    with torch.no_grad():
+        trainer_loss = run.forward(mb).loss.item()
+        by_hand = independent_loss(run, mb.index, 2, user_embeds=torch.stack(embeds)).item()
+    assert trainer_loss == pytest.approx(by_hand, rel=1e-5, abs=1e-7)
+    assert [r == -1 for r in run._user_rows(mb.index, run.train_data, 2)] == drops
+    assert -1 not in run._user_rows(list(range(8)), run.train_data, "eval")
+    with pytest.raises(ConfigError, match="user_embedding_dropout"):
+        make_cfg(assets, tmp_path / "x", loss_type="ppd", user_embedding_dropout=1.0)
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({"user0": torch.zeros(2, 3, 8), "user1": torch.zeros(2, 4, 8), "user2": torch.zeros(3, 8)},
+     r"users\.safetensors: every user's embeddings need the same \[L_u, d_u\].*\[L_u, d_u\] = \[3, 8\]: 'user0' "
+     r"\(2, 3, 8\), 'user2' \(3, 8\); \[L_u, d_u\] = \[4, 8\]: 'user1' \(2, 4, 8\)"),
+    ({"user0": torch.zeros(2, 3, 8), "user1": torch.zeros(0, 3, 8), "user2": torch.zeros(3, 8)},
+     r"users\.safetensors: user 'user1' has an empty tensor of shape \(0, 3, 8\) \(S = 0 subsets"),
+    ({"user0": torch.zeros(1, 2, 3, 8), "user1": torch.zeros(3, 8), "user2": torch.zeros(3, 8)},
+     r"users\.safetensors: user 'user0' has a tensor of shape \(1, 2, 3, 8\); each user needs one \[L_u, d_u\]"),
+    ({"user0": torch.zeros(2, 3, 8), "user1": torch.tensor([[[0.0] * 8] * 3, [[float("nan")] * 8] * 3]),
+      "user2": torch.zeros(3, 8)},
+     r"users\.safetensors: user 'user1' has non-finite values in subset\(s\) \[1\] of its 2 \(shape \(2, 3, 8\)\)"),
+])
+def test_ppd_refuses_a_bad_user_embedding_stack_naming_file_user_and_shapes(assets, tmp_path, values, expected):
+    """The PPD release writes one [n_layers + 1, d] per (user, 4-pair subset); a user's subsets stacked [S, L, d]
+    are read, but ragged [L_u, d_u] across users, S = 0, another rank or a NaN subset stop the run."""
+    from safetensors.torch import save_file
+
+    save_file(values, str(tmp_path / "users.safetensors"))
+    with pytest.raises(ConfigError, match=expected):
         DiffusionRun(make_cfg(assets, tmp_path / "ppd", loss_type="ppd",
                               user_embeddings=str(tmp_path / "users.safetensors")))
+
+
+def test_ppd_refuses_a_user_embeddings_file_without_tensors():
+    from preflab.loops.diffusion import check_user_stacks
+
+    with pytest.raises(ConfigError, match=r"user_embeddings u\.safetensors holds no tensor"):
+        check_user_stacks("u.safetensors", {})
+
+
+@pytest.mark.slow
+def test_ppd_with_subsets_resumes_exactly_across_an_epoch_boundary(assets, tmp_path, stop_at_step):
+    """4 steps of 2 per epoch; a run checkpointed at step 2 (the end of epoch 0) and resumed draws epoch 1's
+    subsets as the uninterrupted run does: the trained user branch equals it to 1e-6."""
+    _, path = subset_stacks(tmp_path)
+    extra = {"loss_type": "ppd", "user_embeddings": path, "max_steps": 4}
+    whole = DiffusionRun(make_cfg(assets, tmp_path / "whole", **extra))
+    whole.train()
+    first = DiffusionRun(make_cfg(assets, tmp_path / "first", save_steps=2, **extra))
+    with stop_at_step(first, 2):
+        first.train()
+    resumed = DiffusionRun(make_cfg(assets, tmp_path / "resumed", resume_from_checkpoint=str(tmp_path / "first" /
+                                                                                              "checkpoint-2"), **extra))
+    assert resumed.train()["resumed_from_step"] == 2
+    a, b = whole.module.user_branch.state_dict(), resumed.module.user_branch.state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert max(a[k].abs().max().item() for k in a if "to_v_user" in k) > 0  # it trained (W_V^u left zero)
+    import json  # the saved table's rows of each user's subsets
+
+    saved = json.loads((tmp_path / "whole" / "users.json").read_text())
+    assert saved == {"users": ["user0", "user1", "user2"], "tokens": 3,
+                     "subsets": {"user0": [0, 3], "user1": [3, 2], "user2": [5, 1]}}
 
 
 def test_preflab_eval_banner_counts_the_held_out_pairs_it_scores(assets, tmp_path, capsys):

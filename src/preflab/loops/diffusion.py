@@ -158,6 +158,57 @@ def self_npo_draws(seed: int, step, index: list[int], shape: tuple, num_ddim_ste
     return torch.cat(j), torch.stack(eps), torch.cat(u), torch.stack(eps2)
 
 
+def check_user_stacks(path, table: dict) -> dict:
+    """{user: [S, L_u, d_u]} from a user_embeddings file's {user: [L_u, d_u] or [S, L_u, d_u]} (a 2-D value is one
+    subset). Refused (ConfigError naming the file, the users and their shapes): no tensor, a value of another rank,
+    a stack of S = 0 subsets or an empty embedding, users whose [L_u, d_u] differ (one table holds them all, and the
+    user branch has one width), non-finite values (naming the user's subset)."""
+    if not table:
+        raise ConfigError(f"user_embeddings {path} holds no tensor; save one [L_u, d_u] embedding (or a [S, L_u, d_u] "
+                          "stack of few-shot subsets) per user id.")
+    stacks, shapes = {}, {}
+    for user in sorted(table):
+        value = table[user]
+        if value.dim() not in (2, 3):
+            raise ConfigError(f"user_embeddings {path}: user {user!r} has a tensor of shape {tuple(value.shape)}; each "
+                              "user needs one [L_u, d_u] embedding or a [S, L_u, d_u] stack of its subsets' "
+                              "embeddings.")
+        stack = value if value.dim() == 3 else value.unsqueeze(0)
+        if 0 in stack.shape:
+            raise ConfigError(f"user_embeddings {path}: user {user!r} has an empty tensor of shape "
+                              f"{tuple(value.shape)} (S = 0 subsets, or L_u or d_u = 0); give it at least one "
+                              "[L_u, d_u] embedding or drop the user's rows.")
+        bad = [k for k in range(stack.shape[0]) if not torch.isfinite(stack[k]).all()]
+        if bad:
+            raise ConfigError(f"user_embeddings {path}: user {user!r} has non-finite values in subset(s) {bad[:5]} of "
+                              f"its {stack.shape[0]} (shape {tuple(value.shape)}); recompute or drop them.")
+        stacks[user] = stack
+        shapes.setdefault(tuple(stack.shape[1:]), []).append(f"{user!r} {tuple(value.shape)}")
+    if len(shapes) > 1:
+        said = "; ".join(f"[L_u, d_u] = {list(s)}: {', '.join(users[:3])}" + (f" and {len(users) - 3} more"
+                                                                              if len(users) > 3 else "")
+                         for s, users in sorted(shapes.items()))
+        raise ConfigError(f"user_embeddings {path}: every user's embeddings need the same [L_u, d_u] (one table, one "
+                          f"user-branch width); got {said}. Save every user from the same embedder layers.")
+    return stacks
+
+
+def ppd_subset(seed: int, epoch: int, position: int, count: int) -> int:
+    """The few-shot subset a training pair's user embedding comes from in epoch `epoch`: draw_seed(seed, "ppd-subset",
+    epoch, position) mod count (position = the pair's dataset position; count = its user's S). PPD (methods §28)
+    resamples the few-shot subset each epoch as augmentation; the draw depends on nothing else, so a resumed run and
+    two processes pick what one uninterrupted process picks. count 1: subset 0."""
+    return 0 if count == 1 else draw_seed(seed, "ppd-subset", epoch, position) % count
+
+
+def ppd_user_dropped(seed: int, epoch: int, position: int, p: float) -> bool:
+    """Whether a training pair's user embedding is dropped (replaced by zeros) in epoch `epoch`:
+    draw_seed(seed, "ppd-user-dropout", epoch, position) / 2^63 < p. The form is IP-Adapter's condition dropout
+    (Ye et al. 2023, arXiv:2308.06721: the image embedding zeroed when its condition is dropped); the PPD paper note
+    names user-embedding dropout without a rate or a form. p = 0 (the default) never drops."""
+    return p > 0 and draw_seed(seed, "ppd-user-dropout", epoch, position) / 2 ** 63 < p
+
+
 # the on-disk encodings cache's format: raise it when an encoding (text states, latents, own samples) changes, so
 # that entries an older preflab wrote are not read (DiffusionRun._cached; the release version is in the key too)
 ENCODINGS_FORMAT = 1
@@ -166,8 +217,9 @@ ENCODINGS_FORMAT = 1
 class DenoiserModule(nn.Module):
     """The trainable module (the one DDP wraps): forward(x_t, t, cond) -> the UNet's prediction.
 
-    cond: text states [B, L, D], or a dict {"encoder_hidden_states": ..., "user_index": [B] long} for PPD, whose
-    learned user embeddings [B, L_u, d_u] go through the user branch (preflab.diffusion.user_branch)."""
+    cond: text states [B, L, D], or a dict {"encoder_hidden_states": ..., "user_index": [B] long} for PPD: rows of
+    the user table (learned, or a precomputed user's few-shot subsets; -1: a zero embedding, user_embedding_dropout),
+    whose embeddings [B, L_u, d_u] go through the user branch (preflab.diffusion.user_branch)."""
 
     def __init__(self, unet: nn.Module, user_branch: nn.Module | None = None, users: nn.Embedding | None = None,
                  user_tokens: int = 0):
@@ -180,7 +232,9 @@ class DenoiserModule(nn.Module):
             cond = dict(cond)
             index = cond.pop("user_index", None)
             if index is not None and use_user and self.user_branch is not None:
-                e = self.users(index).reshape(index.shape[0], self.user_tokens, -1)
+                e = self.users(index.clamp(min=0)).reshape(index.shape[0], self.user_tokens, -1)
+                if (index < 0).any():  # user_embedding_dropout: row -1 is the zero embedding
+                    e = e * (index >= 0).to(e.dtype)[:, None, None]
                 kwargs["cross_attention_kwargs"] = {"user_embeds": self.user_branch.proj(e)}
             kwargs.update(cond)
         else:
@@ -399,6 +453,7 @@ class DiffusionRun(TrainingRun):
                 users = users.to(device)
             else:
                 self.user_ids, self.user_tokens = sorted({x.user for x in self.train_data}), cfg.user_embedding_tokens
+                self.user_rows = {u: (i, 1) for i, u in enumerate(self.user_ids)}  # one learned embedding per user
                 users = nn.Embedding(len(self.user_ids), cfg.user_embedding_tokens * cfg.user_embedding_dim).to(device)
                 nn.init.normal_(users.weight, std=1.0, generator=torch.Generator().manual_seed(cfg.seed))
                 unknown = sorted({x.user for x in self.eval_data} - set(self.user_ids))
@@ -436,7 +491,10 @@ class DiffusionRun(TrainingRun):
         self.trainables = Trainables(self.module, teacher)
 
     def _user_table(self, path: str) -> tuple[nn.Embedding, int]:
-        """(a frozen embedding table of the file's users, L_u): each [L_u, d_u] embedding standardised per token
+        """(a frozen embedding table of the file's users, L_u). A user's value is one [L_u, d_u] embedding or a
+        [S, L_u, d_u] stack of S few-shot subsets' embeddings (the PPD release writes one per (user, 4-pair subset));
+        the table holds every subset as a row, user by user in sorted order, and self.user_rows[user] = (first row,
+        S) (ppd_user_rows draws one per pair and epoch). Each [L_u, d_u] is standardised per token
         (preflab.diffusion.user_branch.normalize_user_embeddings; VLM states vary widely in scale)."""
         from safetensors.torch import load_file
 
@@ -447,17 +505,18 @@ class DiffusionRun(TrainingRun):
             table = load_file(path)
         except Exception as err:
             raise ConfigError(f"user_embeddings {path!r} is not a readable safetensors file: {err}") from err
-        shapes = {tuple(v.shape) for v in table.values()}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-            raise ConfigError(f"user_embeddings {path}: every user needs one [L_u, d_u] tensor; got shapes "
-                              f"{sorted(shapes)[:4]}.")
+        stacks = check_user_stacks(path, table)
         missing = sorted({x.user for x in self.train_data + self.eval_data} - set(table))
         if missing:
             raise DataError(f"user_embeddings {path} has no embedding for users {missing[:5]} (column "
                             f"{self.cfg.user_column!r}); add them or drop their rows.")
         self.user_ids = sorted(table)
-        tokens = next(iter(shapes))[0]
-        weight = torch.stack([normalize_user_embeddings(table[u].float()).reshape(-1) for u in self.user_ids])
+        self.user_rows, first = {}, 0
+        for u in self.user_ids:
+            self.user_rows[u] = (first, stacks[u].shape[0])
+            first += stacks[u].shape[0]
+        tokens = stacks[self.user_ids[0]].shape[1]
+        weight = torch.cat([normalize_user_embeddings(stacks[u].float()).flatten(1) for u in self.user_ids])
         return nn.Embedding.from_pretrained(weight, freeze=True), tokens
 
     def _encode_all(self) -> None:
@@ -630,8 +689,28 @@ class DiffusionRun(TrainingRun):
         rows = [self.text[t] if t in self.text else fresh[t] for t in texts]
         return {k: torch.stack([r[k] for r in rows]).to(self.accelerator.device) for k in rows[0]}
 
-    def _cond(self, texts, index_users=None):
-        """The UNet conditioning of these captions (SDXL: with pooled embeddings and time_ids; ppd: user_index)."""
+    def _user_rows(self, index: list[int], data, step) -> list[int]:
+        """ppd: the user-table row of each pair at `index` of `data`. Training pairs (a step of train_data): the
+        subset ppd_subset(seed, epoch of the step, position, S) of the pair's user. Evaluation (step "eval", or other
+        data): subset 0 of each user, a fixed choice so eval numbers repeat; it is one few-shot subset's embedding,
+        as in training, where the mean over subsets is an input the branch never saw (it is not standardised).
+        user_embedding_dropout p: a training pair with ppd_user_dropped(seed, epoch, position, p) gets row -1, the
+        zero embedding (never in evaluation)."""
+        rows, p = [], self.cfg.user_embedding_dropout
+        training = data is self.train_data and isinstance(step, int)
+        for i in index:
+            first, count = self.user_rows[data[i].user]
+            epoch = step // self.plan.steps_per_epoch if training else None
+            if training and ppd_user_dropped(self.cfg.seed, epoch, i, p):
+                first = -1  # DenoiserModule: a zero embedding
+            elif training and count > 1:
+                first += ppd_subset(self.cfg.seed, epoch, i, count)
+            rows.append(first)
+        return rows
+
+    def _cond(self, texts, user_rows=None):
+        """The UNet conditioning of these captions (SDXL: with pooled embeddings and time_ids; ppd: user_index, the
+        rows of the user table)."""
         from preflab.diffusion.pipeline import unet_cond
 
         cond = unet_cond(self._text_of(texts), self.cfg.resolution)
@@ -639,18 +718,19 @@ class DiffusionRun(TrainingRun):
             cond["guidance"] = torch.full((len(texts),), float(self.cfg.flux_guidance), device=self.accelerator.device)
         if not self.ppd:
             return cond
-        users = torch.tensor([self.user_ids.index(u) for u in index_users], device=self.accelerator.device)
+        users = torch.tensor(user_rows, device=self.accelerator.device)
         cond = dict(cond) if isinstance(cond, dict) else {"encoder_hidden_states": cond}
         return {**cond, "user_index": users}
 
-    def pairs(self, index: list[int], data) -> "DiffusionPairs":
-        """The DiffusionPairs of the examples at `index` of `data` (latents, conditioning, extras) on the device."""
+    def pairs(self, index: list[int], data, step="eval") -> "DiffusionPairs":
+        """The DiffusionPairs of the examples at `index` of `data` (latents, conditioning, extras) on the device; `step`
+        picks ppd's few-shot subsets (_user_rows)."""
         from preflab.scoring.diffusion import DiffusionPairs
 
         items = [data[i] for i in index]
         device = self.accelerator.device
         chosen, rejected = self._latents_of(items)
-        users = [x.user for x in items]
+        users = self._user_rows(index, data, step) if self.ppd else None
         cond = self._cond([x.cond_chosen if self.dcpo else x.prompt for x in items], users)
         cond_rejected = self._cond([x.cond_rejected for x in items], users) if self.dcpo else None
         extras = {}
@@ -696,7 +776,7 @@ class DiffusionRun(TrainingRun):
     def score(self, index: list[int], step, data=None, policy=None):
         """The objective's batch for the examples at `index` (train data unless `data`), with the draws of `step`."""
         data = self.train_data if data is None else data
-        pairs = self.pairs(index, data)
+        pairs = self.pairs(index, data, step)
         generator = None  # every draw is per pair, from (seed, step, dataset position): below
         policy = policy or self._policy
         with self.accelerator.autocast():
@@ -744,7 +824,8 @@ class DiffusionRun(TrainingRun):
 
     def save_model(self) -> None:
         """The trained pipeline in output_dir (diffusers.DiffusionPipeline.from_pretrained loads it); LoRA fused.
-        ppd: the base pipeline plus user_branch.safetensors (P, W_K^u, W_V^u, the user table) and users.json."""
+        ppd: the base pipeline plus user_branch.safetensors (P, W_K^u, W_V^u, the user table: one row per user, or per
+        few-shot subset of a precomputed user) and users.json (users, tokens, subsets: user -> [first row, S])."""
         from preflab.diffusion.pipeline import save_pipeline
 
         unet = self.accelerator.unwrap_model(self.module).unet
@@ -761,8 +842,10 @@ class DiffusionRun(TrainingRun):
             state = {f"branch.{k}": v.contiguous().cpu() for k, v in self.module.user_branch.state_dict().items()}
             state["users.weight"] = self.module.users.weight.detach().contiguous().cpu()
             save_file(state, str(self.out / "user_branch.safetensors"))
-            (self.out / "users.json").write_text(json.dumps({"users": self.user_ids,
-                                                             "tokens": self.module.user_tokens}))
+            # subsets: user -> [first row of users.weight, S]; eval and sampling read the first (_user_rows)
+            (self.out / "users.json").write_text(json.dumps({"users": self.user_ids, "tokens": self.module.user_tokens,
+                                                             "subsets": {u: list(self.user_rows[u])
+                                                                         for u in self.user_ids}}))
             return
         save_pipeline(self.components, unet, self.out)
 

@@ -22,12 +22,15 @@ evaluations; no diffusion training code, so this loss and beta are still uncheck
 pairs (caption, preferred image, dispreferred image), asked to describe each pair and summarise a user profile, and
 decodes greedily; the embedding is the hidden state of the last decoding step at the embedding layer and at every
 decoder layer, one [n_layers + 1, d] matrix per (user, 4-pair subset) (up to 20 subsets per user in `gen_emb.sh`);
-the user classifier reads its last row. preflab takes such a matrix as the [L_u, d_u] of `user_embeddings` (one per
-user; pick a subset's, or average them) and standardises each row (preflab's choice: the release does not normalise).
+the user classifier reads its last row. preflab takes such a matrix as the [L_u, d_u] of `user_embeddings`, and a
+user's subsets as one [S, L_u, d_u] stack: a training pair reads subset ppd_subset(seed, epoch, position, S) of its
+user, drawn anew each epoch (methods §28: "resample the few-shot subset each epoch as augmentation";
+preflab.loops.diffusion), evaluation reads subset 0. preflab standardises each row (its choice: the release does not
+normalise).
 
 Deviation from the paper: beta = 5000 is Diffusion-DPO's default, not a value from the paper (not in the note); the
 lambda scale on the user branch is preflab's (1 = the note's plain sum); user-embedding dropout belongs to the
-builder/model, not this loss.
+run, not this loss (`user_embedding_dropout`, zeroing the embedding as IP-Adapter does; the note gives no rate).
 """
 from dataclasses import dataclass
 
