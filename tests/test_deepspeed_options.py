@@ -94,7 +94,7 @@ MISMATCHES = [
 
 @pytest.mark.parametrize("settings,overrides,words", MISMATCHES,
                          ids=[next(iter(set(m[0]) - {"zero_optimization"}), "zero") for m in MISMATCHES])
-def test_each_disagreeing_value_is_refused_by_the_run_and_the_plan_with_one_text(
+def test_each_disagreeing_value_is_refused_by_the_run_and_the_plan_with_one_text(  # noqa: F811
         tmp_path, model_dir, capsys, monkeypatch, settings, overrides, words):  # noqa: F811
     """The run (check_deepspeed_settings, before anything loads) refuses the json naming the file, the key and both
     values, and `preflab plan` of the same accelerate config stops with exactly that text (exit 2)."""
@@ -113,8 +113,8 @@ def test_each_disagreeing_value_is_refused_by_the_run_and_the_plan_with_one_text
         (2, f"preflab: error: {said}")
 
 
-def test_a_matching_concrete_config_is_accepted_and_planned_at_the_json_s_stage(tmp_path, model_dir, capsys,
-                                                                              monkeypatch):  # noqa: F811
+def test_a_matching_concrete_config_is_accepted_and_planned_at_the_json_s_stage(  # noqa: F811
+        tmp_path, model_dir, capsys, monkeypatch):  # noqa: F811
     """Every key concrete and equal to the run config's (batch 4 on 4 processes, bf16, max_grad_norm 0.5, ZeRO-3
     gathering the final model with the parameters offloaded): the run goes on and the plan plans ZeRO-3 from the
     json (before, the plan read only the accelerate config and planned a deepspeed_config_file as ZeRO-2 on the
@@ -138,8 +138,8 @@ def test_a_matching_concrete_config_is_accepted_and_planned_at_the_json_s_stage(
     assert code == 0 and "zero3 over 4 rank(s)" in out, last
 
 
-def test_the_accelerate_config_s_own_deepspeed_config_is_checked_by_the_plan_as_by_the_run(tmp_path, model_dir,
-                                                                                          capsys, monkeypatch):  # noqa: F811
+def test_the_accelerate_config_s_own_deepspeed_config_is_checked_by_the_plan_as_by_the_run(  # noqa: F811
+        tmp_path, model_dir, capsys, monkeypatch):  # noqa: F811
     """Without a file: the launcher's ACCELERATE_GRADIENT_CLIPPING (the accelerate config's gradient_clipping) 0.5
     against max_grad_norm 1.0 is refused by the run and by the plan of that accelerate config with one text; 1.0
     passes both."""

@@ -153,8 +153,8 @@ def deepspeed_values_problem(cfg, settings: DeepSpeedSettings | None, world: int
         if not _auto(enabled) and (str(enabled).lower() == "true") != on:
             return _mismatch(where, f"{section}.enabled", enabled, str(on).lower(),
                              f"the run config trains in {cfg.torch_dtype} (bf16 / fp16 / dtype), so DeepSpeed "
-                             f"would train in another precision than the one asked",
-                             f", or change bf16 / fp16 / dtype in the run config")
+                             "would train in another precision than the one asked",
+                             ", or change bf16 / fp16 / dtype in the run config")
     return zero3_gather_problem(ds.get("zero_optimization") or {})
 
 
