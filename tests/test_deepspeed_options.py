@@ -196,6 +196,10 @@ def test_auto_and_absent_values_are_filled_from_the_run_config_and_reach_deepspe
         (0.25, 6, {"enabled": True}, {"enabled": False})
     left_out = {"zero_optimization": {"stage": 2}}
     assert fill_deepspeed_auto(_cfg("builtin:tiny-llama", max_grad_norm=0.0), left_out, 1)["gradient_clipping"] == 0.0
+    unclipped = _cfg("builtin:tiny-llama", max_grad_norm=float("inf"))  # torch measures and clips nothing: 0.0
+    assert fill_deepspeed_auto(unclipped, {"gradient_clipping": "auto"}, 1)["gradient_clipping"] == 0.0
+    assert deepspeed_values_problem(unclipped, read_deepspeed_settings(
+        None, gradient_clipping=0.0, gradient_accumulation_steps=1, zero_stage=2), 1) is None
     concrete = {"gradient_clipping": 0.25, "train_micro_batch_size_per_gpu": 3, "zero_optimization": {"stage": 2}}
     assert "gradient_clipping" not in fill_deepspeed_auto(cfg, concrete, 2)  # a concrete value is left alone
     if importlib.util.find_spec("deepspeed") is None:

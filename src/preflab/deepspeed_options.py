@@ -175,7 +175,8 @@ def zero3_gather_problem(zero: dict) -> str | None:
 def fill_deepspeed_auto(cfg, ds: dict, world: int) -> dict:
     """Fill the keys preflab decides (run_values) where `ds` says "auto" or leaves them out (a precision section's
     enabled only where the section is there: accelerate adds absent ones from the same precision), in place;
-    returns {key: value filled}. A concrete value is left as it is: deepspeed_values_problem has refused any that disagrees."""
+    returns {key: value filled}. A concrete value is left as it is: deepspeed_values_problem has refused any that
+    disagrees."""
     filled = {}
     for dotted, value in run_values(cfg, world).items():
         node, key = _node(ds, dotted)
