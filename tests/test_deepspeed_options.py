@@ -228,3 +228,38 @@ def _accelerate_prepare_fill(ds, micro, world):
         "gradient_clipping": 1.0, "zero_optimization.stage3_gather_16bit_weights_on_model_save": False,
         "train_micro_batch_size_per_gpu": micro, "train_batch_size": micro * world,
         "gradient_accumulation_steps": 1, "bf16.enabled": True, "fp16.enabled": False})
+
+
+@pytest.mark.parametrize("beside", [{"gradient_clipping": 1.0}, {"zero_stage": 3}, {"mixed_precision": "'no'"}])
+def test_accelerate_keys_beside_a_deepspeed_config_file_are_refused_by_the_run_and_the_plan(
+        tmp_path, model_dir, capsys, monkeypatch, beside):  # noqa: F811
+    """accelerate refuses accelerate-config keys that the json decides (and mixed_precision) beside a
+    deepspeed_config_file (its DeepSpeedPlugin reads the names from the launcher's ACCELERATE_CONFIG_DS_FIELDS). The
+    run stops with that refusal before loading, naming the file; the plan, which planned such a config as ZeRO-2
+    before, stops with the same text."""
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps(ZERO2))
+    key, value = next(iter(beside.items()))
+    path = tmp_path / "mixed.yaml"
+    lines = ["distributed_type: DEEPSPEED", "num_processes: 4", "deepspeed_config:",
+             f"  deepspeed_config_file: {ds_json}", "  zero3_init_flag: false"]
+    lines += [f"mixed_precision: {value}"] if key == "mixed_precision" else [f"  {key}: {value}"]
+    path.write_text("\n".join(lines) + "\n")
+    _launch_with_file(monkeypatch, ds_json)  # as accelerate launch sets them for this config
+    fields = ["deepspeed_config_file", "zero3_init_flag"] + ([key] if key != "mixed_precision" else [])
+    monkeypatch.setenv("ACCELERATE_CONFIG_DS_FIELDS", ",".join(fields + (["mixed_precision"] if key ==
+                                                                         "mixed_precision" else [])))
+    said = _run_refusal(_cfg(model_dir))
+    assert said.startswith(f"the deepspeed_config_file {ds_json}: accelerate cannot read this DeepSpeed config: "
+                           "When using `deepspeed_config_file`, the following accelerate config variables will be "
+                           "ignored"), said
+    for variable in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_CONFIG_FILE", "WORLD_SIZE",
+                     "ACCELERATE_CONFIG_DS_FIELDS"):
+        monkeypatch.delenv(variable)
+    with pytest.raises(ConfigError) as planned:
+        memory_plan(_cfg(model_dir), model_config_of(model_dir), sharding_from_accelerate(str(path)))
+    assert str(planned.value) == said
+    assert _plan(capsys, model_dir, {}, path)[:2] == (2, said.splitlines()[-1])
+    import os
+
+    assert "ACCELERATE_CONFIG_DS_FIELDS" not in os.environ  # the plan put the launcher's variable back

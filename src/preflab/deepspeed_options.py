@@ -49,19 +49,31 @@ def where_of(config_file: str | None) -> str:
     return f"the deepspeed_config_file {config_file}: "
 
 
-def read_deepspeed_settings(config_file: str | None, **plugin_fields) -> DeepSpeedSettings:
+def read_deepspeed_settings(config_file: str | None, launcher_fields: list[str] | None = None,
+                            **plugin_fields) -> DeepSpeedSettings:
     """The DeepSpeed config accelerate's DeepSpeedPlugin forms: from `config_file` (the json) or, without one, from
     `plugin_fields` (zero_stage, gradient_clipping, ...), any field not given read from the launcher's ACCELERATE_*
-    variables as accelerate reads it. A config accelerate cannot take (no zero_optimization section, an unreadable
-    file) gives its ValueError's text as the problem, after where."""
+    variables as accelerate reads it. `launcher_fields`: the accelerate config's keys as accelerate launch passes
+    them (ACCELERATE_CONFIG_DS_FIELDS; the plan's, read from the file: None keeps this process's variable), beside
+    a file accelerate refuses those the json decides. A config accelerate cannot take (no zero_optimization section,
+    an unreadable file, such keys beside a file) gives its ValueError's text as the problem, after where."""
     from accelerate.utils import DeepSpeedPlugin
 
     where = where_of(config_file)
     file = None if config_file in (None, "", "none") else config_file
+    before = os.environ.get("ACCELERATE_CONFIG_DS_FIELDS")
+    if launcher_fields is not None:
+        os.environ["ACCELERATE_CONFIG_DS_FIELDS"] = ",".join(launcher_fields).lower()
     try:
         plugin = DeepSpeedPlugin(hf_ds_config=file, **plugin_fields) if file else DeepSpeedPlugin(**plugin_fields)
     except (ValueError, OSError) as err:
         return DeepSpeedSettings(None, where, f"{where}accelerate cannot read this DeepSpeed config: {err}")
+    finally:
+        if launcher_fields is not None:
+            if before is None:
+                os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
+            else:
+                os.environ["ACCELERATE_CONFIG_DS_FIELDS"] = before
     return DeepSpeedSettings(plugin.deepspeed_config, where)
 
 

@@ -102,7 +102,7 @@ def sharding_from_accelerate(path: str, world: int | None = None) -> Sharding:
         return Sharding("fsdp" if full else "fsdp_grad_op", n, bool(fsdp.get("fsdp_offload_params")),
                         bool(fsdp.get("fsdp_offload_params")), int(fsdp.get("fsdp_version", 1)))
     if kind == "DEEPSPEED":
-        settings = deepspeed_settings_of(config.deepspeed_config or {})
+        settings = deepspeed_settings_of(config.deepspeed_config or {}, config.mixed_precision)
         zero = (settings.config or {}).get("zero_optimization") or {}
         stage = int(zero.get("stage", 2))
         return Sharding({0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}[stage], n,
@@ -112,12 +112,14 @@ def sharding_from_accelerate(path: str, world: int | None = None) -> Sharding:
     return Sharding("ddp", n)
 
 
-def deepspeed_settings_of(ds: dict):
+def deepspeed_settings_of(ds: dict, mixed_precision: str | None = None):
     """The DeepSpeed config `preflab train` would read under this accelerate config's deepspeed_config `ds`
     (preflab.deepspeed_options.read_deepspeed_settings): its deepspeed_config_file, or the keys accelerate's launcher
     passes on (zero_stage, gradient_accumulation_steps, gradient_clipping, offload devices, zero3_save_16bit_model),
-    each absent one at the value accelerate takes when the launcher sets nothing. A config accelerate refuses keeps
-    its refusal, which the plan reports in the run's order (sharded_run_problem)."""
+    each absent one at the value accelerate takes when the launcher sets nothing. Beside a file the launcher names
+    the accelerate config's keys (and mixed_precision when the config sets it, as without a --mixed_precision flag),
+    which accelerate refuses where the json decides them. A config accelerate refuses keeps its refusal, which the
+    plan reports in the run's order (sharded_run_problem)."""
     from preflab.deepspeed_options import read_deepspeed_settings
 
     file = ds.get("deepspeed_config_file")
@@ -131,7 +133,8 @@ def deepspeed_settings_of(ds: dict):
                                                 "offload_optimizer_nvme_path", "offload_param_nvme_path",
                                                 "zero3_save_16bit_model") if ds.get(key) is not None})
     fields["zero3_init_flag"] = False  # changes nothing in the DeepSpeed config (see launch.zero3_init_note)
-    return read_deepspeed_settings(file, **fields)
+    named = list(ds) + (["mixed_precision"] if mixed_precision is not None else [])
+    return read_deepspeed_settings(file, named if file and file != "none" else None, **fields)
 
 
 def count_parameters(model_config, lora_r: int | None = None) -> tuple[int, int]:
