@@ -114,6 +114,11 @@ def run_values(cfg, world: int) -> dict:
     return values
 
 
+def _type_of(section) -> str:
+    """An optimizer / scheduler section's type, as the refusal names it."""
+    return str(section.get("type", "no type")) if isinstance(section, dict) else repr(section)
+
+
 def _mismatch(where: str, key: str, asked, ours, said: str, fix: str) -> str:
     return (f"{where}{key} is {asked} but {said}; set {key} to {ours} or \"auto\" (preflab fills it from the run "
             f"config){fix}.")
@@ -149,13 +154,13 @@ def deepspeed_values_problem(cfg, settings: DeepSpeedSettings | None, world: int
                 f"with its own setting; make them equal (gradient_clipping: {clipping_of(cfg)} or \"auto\", or "
                 f"max_grad_norm: {clipping} in the run config).")
     if "optimizer" in ds:
-        return (f"{where}optimizer is set ({(ds['optimizer'] or {}).get('type', 'no type')}), but preflab builds "
+        return (f"{where}optimizer is set ({_type_of(ds['optimizer'])}), but preflab builds "
                 f"the optimizer itself from the run config (optim: {getattr(cfg, 'optim', 'adamw_torch_fused')}, "
                 f"learning_rate: {cfg.learning_rate}, weight_decay, adam_beta1 / adam_beta2, adam_epsilon) and "
                 "hands it to DeepSpeed, which accelerate refuses beside an optimizer section. Remove the optimizer "
                 "section and set those keys in the run config.")
     if "scheduler" in ds:
-        return (f"{where}scheduler is set ({(ds['scheduler'] or {}).get('type', 'no type')}), but preflab steps "
+        return (f"{where}scheduler is set ({_type_of(ds['scheduler'])}), but preflab steps "
                 f"its own learning-rate schedule (lr_scheduler_type: {cfg.lr_scheduler_type}, warmup_steps / "
                 "warmup_ratio), and DeepSpeed would step a second one from this section. Remove the scheduler "
                 "section and set the schedule in the run config.")
