@@ -4922,6 +4922,44 @@ MUTANTS += [
 ]
 
 
+# ds-plan round
+DSJ = ["tests/test_deepspeed_options.py"]
+MUTANTS += [
+    Mutant("dsj-auto-clipping-not-filled", "deepspeed_options.py",
+           [("        if node is None or not _auto(node.get(key, AUTO)):",
+             '        if node is None or dotted == "gradient_clipping" or not _auto(node.get(key, AUTO)):')], DSJ,
+           '"auto" gradient_clipping is left to accelerate, which fills 1.0 whatever max_grad_norm says'),
+    Mutant("dsj-left-out-not-filled", "deepspeed_options.py",
+           [("        if node is None or not _auto(node.get(key, AUTO)):",
+             "        if node is None or node.get(key) != AUTO:")], DSJ,
+           "a left-out gradient_clipping is not filled: DeepSpeed clips at its default 1.0"),
+    Mutant("dsj-inf-norm-clips-at-inf", "deepspeed_options.py",
+           [("return float(norm) if norm and math.isfinite(float(norm)) else 0.0",
+             "return float(norm) if norm else 0.0")], DSJ,
+           "max_grad_norm inf becomes DeepSpeed gradient_clipping inf, and a json 0.0 (no clipping) is refused"),
+    Mutant("dsj-train-batch-fill-without-processes", "deepspeed_options.py",
+           [('"train_batch_size": micro * world,', '"train_batch_size": micro,')], DSJ,
+           '"auto" train_batch_size is filled with one process\'s micro-batch (DeepSpeed asserts x processes)'),
+    Mutant("dsj-train-batch-check-without-processes", "deepspeed_options.py",
+           [("and asked != micro * world:", "and asked != micro:")], DSJ,
+           "a json train_batch_size of micro x processes is refused, one of micro alone accepted"),
+    Mutant("dsj-precision-unchecked", "deepspeed_options.py",
+           [('        if not _auto(enabled) and (str(enabled).lower() == "true") != on:', "        if False:")], DSJ,
+           "a json bf16 / fp16 enabled that disagrees with the run's precision trains in the json's precision"),
+    Mutant("dsj-optimizer-section-allowed", "deepspeed_options.py",
+           [('    if "optimizer" in ds:', "    if False:")], DSJ,
+           "an optimizer section stops the run only at accelerate's prepare, after the models load"),
+    Mutant("dsj-plan-skips-json", "plan.py",
+           [('                    lambda: engine == "DEEPSPEED" and deepspeed_values_problem(cfg, deepspeed_settings, '
+             "world),\n", "")], DSJ,
+           "preflab plan plans a DeepSpeed config that preflab train refuses"),
+    Mutant("dsj-plan-stage-from-accelerate-keys", "plan.py",
+           [('        stage = int(zero.get("stage", 2))',
+             '        stage = int((config.deepspeed_config or {}).get("zero_stage", 2))')], DSJ,
+           "preflab plan plans a deepspeed_config_file as ZeRO-2 whatever its zero_optimization.stage says"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -374,6 +374,7 @@ def test_refused_trl_values_and_unknown_keys_come_in_one_message():
         config_from_dict({**BASE, "deepspeed": "zero3.json", "wandb_project": "p", "learning_rat": 1e-5})
     lines = str(err.value).splitlines()
     assert lines[0].startswith("deepspeed is not supported: give DeepSpeed settings to `accelerate launch")
+    assert "deepspeed_config: {deepspeed_config_file: PATH}" in lines[0]  # where TRL's json goes instead
     assert "unknown config key 'wandb_project'." in lines and any("'learning_rat'. Did you mean" in x for x in lines)
 
 

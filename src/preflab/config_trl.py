@@ -173,7 +173,9 @@ REFUSED = {
     "ref_adapter_name": (None, "preflab's LoRA reference is the base model with adapters disabled"),
     "max_target_length": (None, "encoder-decoder models are not supported; use max_completion_length"),
     "is_encoder_decoder": (None, "encoder-decoder models are not supported"),
-    "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config"),
+    "deepspeed": (None, "give DeepSpeed settings to `accelerate launch --config_file ...`, not to the config: a "
+                        "DeepSpeed json goes in the accelerate config as deepspeed_config: {deepspeed_config_file: "
+                        "PATH}, its \"auto\" values filled from this config as TRL fills them (docs/scaling.md)"),
     "accelerate_config": (None, "TRL's CLI hands it to accelerate launch; run `accelerate launch --config_file "
                                 "examples/accelerate/zero3.yaml $(which preflab) train CONFIG.yaml` (ddp.yaml, "
                                 "fsdp2.yaml, zero2.yaml there too; TRL's names: its own accelerate configs)"),

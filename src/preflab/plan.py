@@ -64,6 +64,7 @@ class Sharding:
     offload_params: bool = False
     fsdp_version: int = 2  # preflab shards the reference under FSDP version 2 only
     deepspeed: bool = False  # an accelerate config of distributed_type DEEPSPEED (ZeRO stage 0 plans as ddp)
+    deepspeed_settings: object = None  # its DeepSpeed config (preflab.deepspeed_options.DeepSpeedSettings)
 
     def run_engine(self) -> str | None:
         """The sharding engine `preflab train` would name (preflab.loops.launch.sharding_engine: DEEPSPEED for ZeRO,
@@ -101,12 +102,39 @@ def sharding_from_accelerate(path: str, world: int | None = None) -> Sharding:
         return Sharding("fsdp" if full else "fsdp_grad_op", n, bool(fsdp.get("fsdp_offload_params")),
                         bool(fsdp.get("fsdp_offload_params")), int(fsdp.get("fsdp_version", 1)))
     if kind == "DEEPSPEED":
-        ds = config.deepspeed_config or {}
-        stage = int(ds.get("zero_stage", 2))
+        settings = deepspeed_settings_of(config.deepspeed_config or {}, config.mixed_precision)
+        zero = (settings.config or {}).get("zero_optimization") or {}
+        stage = int(zero.get("stage", 2))
         return Sharding({0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}[stage], n,
-                        ds.get("offload_optimizer_device", "none") not in ("none", None),
-                        ds.get("offload_param_device", "none") not in ("none", None), deepspeed=True)
+                        (zero.get("offload_optimizer") or {}).get("device", "none") not in ("none", None),
+                        (zero.get("offload_param") or {}).get("device", "none") not in ("none", None),
+                        deepspeed=True, deepspeed_settings=settings)
     return Sharding("ddp", n)
+
+
+def deepspeed_settings_of(ds: dict, mixed_precision: str | None = None):
+    """The DeepSpeed config `preflab train` would read under this accelerate config's deepspeed_config `ds`
+    (preflab.deepspeed_options.read_deepspeed_settings): its deepspeed_config_file, or the keys accelerate's launcher
+    passes on (zero_stage, gradient_accumulation_steps, gradient_clipping, offload devices, zero3_save_16bit_model),
+    each absent one at the value accelerate takes when the launcher sets nothing. Beside a file the launcher names
+    the accelerate config's keys (and mixed_precision when the config sets it, as without a --mixed_precision flag),
+    which accelerate refuses where the json decides them. A config accelerate refuses keeps its refusal, which the
+    plan reports in the run's order (sharded_run_problem)."""
+    from preflab.deepspeed_options import read_deepspeed_settings
+
+    file = ds.get("deepspeed_config_file")
+    fields = {"gradient_accumulation_steps": "auto", "gradient_clipping": "auto", "zero_stage": 2,
+              "offload_optimizer_device": "none", "offload_param_device": "none",
+              "offload_optimizer_nvme_path": "none", "offload_param_nvme_path": "none",
+              "zero3_save_16bit_model": False}
+    if not file or file == "none":
+        fields.update({key: ds[key] for key in ("gradient_accumulation_steps", "gradient_clipping", "zero_stage",
+                                                "offload_optimizer_device", "offload_param_device",
+                                                "offload_optimizer_nvme_path", "offload_param_nvme_path",
+                                                "zero3_save_16bit_model") if ds.get(key) is not None})
+    fields["zero3_init_flag"] = False  # changes nothing in the DeepSpeed config (see launch.zero3_init_note)
+    named = list(ds) + (["mixed_precision"] if mixed_precision is not None else [])
+    return read_deepspeed_settings(file, named if file and file != "none" else None, **fields)
 
 
 def count_parameters(model_config, lora_r: int | None = None) -> tuple[int, int]:
@@ -172,17 +200,20 @@ def sequences_per_example(cfg) -> int:
     return 2
 
 
-def sharded_run_problem(cfg, engine: str | None) -> str | None:
+def sharded_run_problem(cfg, engine: str | None, deepspeed_settings=None, world: int = 1) -> str | None:
     """The first refusal `preflab train` gives this config under sharding engine `engine` (Sharding.run_engine; None:
     DDP or one process, where only sync_ref_model with a reference-free loss_type is among these), in the run's
-    order, from the functions the run raises with: make_accelerator's (DeepSpeed's accumulation, FSDP version 1's
-    checkpoints, generate_during_eval); the offline trainer's (parameters outside the model, sync_ref_model,
+    order, from the functions the run raises with: make_accelerator's (DeepSpeed's accumulation, the DeepSpeed
+    config's values against the run config on `world` processes where an accelerate config gave them
+    (deepspeed_settings: preflab.deepspeed_options.deepspeed_values_problem), FSDP version 1's checkpoints,
+    generate_during_eval); the offline trainer's (parameters outside the model, sync_ref_model,
     token-level KL under FSDP2, distillation); TrainingRun._check_engine_can_save's (optim, load_best_model_at_end,
     save_only_model); the training forward's (activation_offloading). None where none applies. What the machine,
-    the data, a checkpoint on disk, the DeepSpeed settings or the built run decide is left to the run
+    the data, a checkpoint on disk or the built run decide is left to the run
     (docs/scaling.md lists them)."""
     from preflab.best_model_options import (fsdp1_checkpoint_problem, sharded_best_model_problem,
                                             sharded_model_only_problem)
+    from preflab.deepspeed_options import deepspeed_values_problem
     from preflab.loops.extras_producer import producer_class, sharded_extras_problem
     from preflab.loops.resume import resume_requested
     from preflab.ref_sync_options import ref_sync_reference_problem, sharded_ref_sync_problem
@@ -195,6 +226,7 @@ def sharded_run_problem(cfg, engine: str | None) -> str | None:
     distill = cfg.task == "sft" and bool(cfg.teacher_model_name_or_path)
     found = producer_class(objective) if trainer else None
     for problem in (lambda: deepspeed_accumulation_problem(cfg, engine),
+                    lambda: engine == "DEEPSPEED" and deepspeed_values_problem(cfg, deepspeed_settings, world),
                     lambda: fsdp1_checkpoint_problem(cfg, engine, resume_requested(cfg)),
                     lambda: sharded_generation_problem(cfg, engine),
                     lambda: trainer and sharded_extras_problem(cfg, engine, found and found[0], objective),
@@ -216,10 +248,11 @@ def memory_plan(cfg, model_config, sharding: Sharding) -> dict[str, float]:
     """Bytes per rank of each term (see the module docstring) and their total. A config the run refuses under the
     sharding engine whatever the machine and data (an optim but AdamW, load_best_model_at_end, save_only_model,
     activation_offloading, generate_during_eval, sync_ref_model, distillation under ZeRO / FSDP;
-    gradient_accumulation_steps > 1 under DeepSpeed; checkpoints or resume under FSDP version 1; sparsepo's token-level
+    gradient_accumulation_steps > 1 under DeepSpeed, and an accelerate config's DeepSpeed values that disagree with
+    the run config; checkpoints or resume under FSDP version 1; sparsepo's token-level
     KL under FSDP2; parameters outside the model where no engine proved them: sharded_run_problem, whose functions
     `preflab train` raises with) is refused here with the run's first message (ConfigError), not planned."""
-    refusal = sharded_run_problem(cfg, sharding.run_engine())
+    refusal = sharded_run_problem(cfg, sharding.run_engine(), sharding.deepspeed_settings, sharding.world)
     if refusal:
         raise ConfigError(refusal)
     load = cfg.load_dtype or "float32"

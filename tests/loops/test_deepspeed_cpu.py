@@ -47,3 +47,37 @@ def test_zero3_on_one_cpu_process_equals_the_plain_run_and_saves_a_transformers_
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
     reloaded = AutoModelForCausalLM.from_pretrained(zero).state_dict()
     assert torch.equal(reloaded["model.norm.weight"], a["model.norm.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="pip install preflab[deepspeed]")
+def test_a_deepspeed_config_file_s_auto_clipping_is_the_run_config_s_max_grad_norm(tmp_path, accelerate_launch):
+    """A deepspeed_config_file with "auto" gradient_clipping (and micro-batch, batch, accumulation), max_grad_norm
+    0.05 below every step's gradient norm (~0.55): preflab fills "auto" from the run config, so ZeRO-2 on one CPU
+    process ends at the plain run's weights to 1e-6 (measured 2.3e-8). Before, accelerate filled its own 1.0, which
+    clipped nothing here: the weights were 8.3e-5 away from the plain run's."""
+    from safetensors.torch import load_file
+
+    from preflab.cli import main
+
+    ds_json, accelerate_config = tmp_path / "ds.json", tmp_path / "accelerate.yaml"
+    ds_json.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_clipping": "auto",
+                                   "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
+                                   "gradient_accumulation_steps": "auto"}))
+    accelerate_config.write_text(f"distributed_type: DEEPSPEED\nnum_processes: 1\nnum_machines: 1\nmachine_rank: 0\n"
+                                 f"deepspeed_config:\n  deepspeed_config_file: {ds_json}\n  zero3_init_flag: false\n")
+    zero, plain = tmp_path / "zero2", tmp_path / "plain"
+    common = [*COMMON, "max_grad_norm=0.05"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    cmd = accelerate_launch("--config_file", str(accelerate_config), shutil.which("preflab"), "train",
+                            str(ROOT / "examples/quickstart.yaml"), f"output_dir={zero}", *common)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert main(["train", str(ROOT / "examples/quickstart.yaml"), f"output_dir={plain}", *common]) == 0
+    norms = [r["grad_norm"] for r in map(json.loads, (plain / "metrics.jsonl").read_text().splitlines())
+             if "grad_norm" in r]
+    assert min(norms) > 0.05 * 5  # every step clipped hard: a clipping at 1.0 would not have been
+    a, b = load_file(zero / "model.safetensors"), load_file(plain / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)

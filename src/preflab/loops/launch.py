@@ -16,6 +16,8 @@ import torch
 
 from preflab.loops.accelerate_reuse import match_accelerate_state
 from preflab.checkpoint import clean_interrupted_saves
+from preflab.deepspeed_options import (deepspeed_values_problem, fill_deepspeed_auto, launcher_config_file,
+                                       read_deepspeed_settings)
 from preflab.errors import ConfigError, PreflabError
 from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
 from preflab.best_model_options import checkpoint_uses, fsdp1_checkpoint_problem
@@ -92,7 +94,9 @@ def _check_fsdp(on_cpu: bool, launched: int = 1, use_cpu: bool = False) -> None:
 def check_deepspeed_settings(cfg, note=None) -> None:
     """DeepSpeed takes the optimizer step inside accelerator.backward (accelerate's DeepSpeedEngineWrapper), with
     its own gradient clipping: one micro-batch per optimizer step (preflab's accumulation would make it step after
-    every micro-batch), and the config's gradient_clipping equal to max_grad_norm. Refused before loading.
+    every micro-batch), and the DeepSpeed config's values equal to the run config's where they are not "auto"
+    (preflab.deepspeed_options: micro-batch, train_batch_size, clipping, precision; no optimizer or scheduler
+    section). Refused before loading, with the text `preflab plan` gives.
 
     The DeepSpeed settings are read as accelerate forms them (its DeepSpeedPlugin): from the accelerate config's
     deepspeed_config (the launcher's ACCELERATE_* variables) or from a deepspeed_config_file on disk, whose
@@ -103,26 +107,11 @@ def check_deepspeed_settings(cfg, note=None) -> None:
     refusal = deepspeed_accumulation_problem(cfg, "DEEPSPEED")
     if refusal:
         raise ConfigError(refusal)
-    from accelerate.utils import DeepSpeedPlugin
-
-    try:
-        plugin = DeepSpeedPlugin()
-    except ValueError:  # a deepspeed_config_file accelerate cannot read: accelerate says why when it forms the state
-        return
-    ds = plugin.deepspeed_config
-    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
-    where = "the accelerate config's deepspeed_config." if file == "none" else f"the deepspeed_config_file {file}: "
-    ds_accumulation = str(ds.get("gradient_accumulation_steps", "auto"))
-    if ds_accumulation not in ("auto", "1"):
-        raise ConfigError(
-            f"{where}gradient_accumulation_steps is {ds_accumulation}; preflab runs DeepSpeed with 1 (set it to 1).")
-    clipping = ds.get("gradient_clipping", "auto")
-    if clipping not in ("auto", "none", None) and float(clipping) != float(cfg.max_grad_norm or 0.0):
-        raise ConfigError(
-            f"{where}gradient_clipping is {clipping} but max_grad_norm is {cfg.max_grad_norm}: DeepSpeed clips with "
-            "its own setting; make them equal.")
-    zero = ds.get("zero_optimization") or {}
-    check_zero3_gathers_the_final_model(zero)
+    settings = read_deepspeed_settings(launcher_config_file())
+    refusal = deepspeed_values_problem(cfg, settings, launched_world_size())
+    if refusal:
+        raise ConfigError(refusal)
+    zero = settings.config.get("zero_optimization") or {}
     said = zero3_init_note(zero.get("stage"), os.environ.get("ACCELERATE_DEEPSPEED_ZERO3_INIT"))
     if said:
         from preflab.runlog import is_main_process
@@ -154,23 +143,6 @@ def zero3_init_note(stage, asked: str | None) -> str | None:
                 f"DeepSpeed ZeRO-3 only; this run is ZeRO-{stage}, which builds each model whole on every process "
                 "(accelerate turns the flag off). Set zero3_init_flag: false (as examples/accelerate/zero2.yaml).")
     return None
-
-
-def check_zero3_gathers_the_final_model(zero: dict) -> None:
-    """Under ZeRO-3 no rank holds the whole weights; the final model is gathered through accelerate's get_state_dict
-    (gather_full_state), which DeepSpeed allows only with stage3_gather_16bit_weights_on_model_save (accelerate's
-    zero3_save_16bit_model, false by default). Without it the run would train to its end and then stop with
-    accelerate's ValueError at the final save, so it is refused here, before loading. `zero`: the DeepSpeed
-    config's zero_optimization as accelerate reads it (its DeepSpeedPlugin, from the launcher's variables or the
-    deepspeed_config_file)."""
-    if str(zero.get("stage")) != "3" or zero.get("stage3_gather_16bit_weights_on_model_save") is True:
-        return
-    raise ConfigError(
-        "DeepSpeed ZeRO-3 without zero3_save_16bit_model: true (DeepSpeed's "
-        "stage3_gather_16bit_weights_on_model_save): preflab gathers the final model through it, so this run would "
-        "train to its end and then fail to save the model. Set zero3_save_16bit_model: true in the accelerate "
-        "config's deepspeed_config (as examples/accelerate/zero3.yaml; the gathered weights keep the training dtype), "
-        "or stage3_gather_16bit_weights_on_model_save: true in the deepspeed_config_file.")
 
 
 def check_bf16(cfg, on_cuda: bool) -> None:
@@ -244,8 +216,8 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     if ds_cpu_plugin is not None:
         enable_deepspeed_on_cpu(accelerator, ds_cpu_plugin, precision)
     ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if ds_plugin is not None:  # accelerate's prepare() needs it without a dataloader (its documented setting)
-        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.per_device_train_batch_size
+    if ds_plugin is not None:  # "auto" (or left out) from the run config; the micro-batch: accelerate's prepare()
+        fill_deepspeed_auto(cfg, ds_plugin.deepspeed_config, accelerator.num_processes)  # needs it (no dataloader)
     if launched > 1 and accelerator.num_processes != launched:
         raise ConfigError(
             f"the launcher started {launched} processes (WORLD_SIZE={launched}) but they formed no process group "
