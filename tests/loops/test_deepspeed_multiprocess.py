@@ -3,7 +3,9 @@ one; and the parameters trained outside the policy inside the module a sharding 
 (preflab.loops.engine_extras) under those two engines and FSDP2 (examples/accelerate/fsdp2.yaml), on 2 processes:
 - plain DPO (tiny GPT-2 / llama) on 2 processes against one plain process, stopped and resumed; one process too;
 - spo_degree's degree head under FSDP2, ZeRO-2 and ZeRO-3 against one process with the doubled batch, and resumed;
-- sparsepo's token masks under ZeRO-2 and ZeRO-3 against 2-process DDP, and resumed.
+- sparsepo's token masks under ZeRO-2 and ZeRO-3 against 2-process DDP, and resumed;
+- a LoRA reward model under ZeRO-2 against one process (the cell of test_scale_matrix.py's guarantee matrix whose
+  launch is the ZeRO-2 launch here).
 On 2 CPU processes accelerate 1.16 forms no DeepSpeed run by itself, so preflab switches its state to DeepSpeed after
 the gloo group forms (launch.enable_deepspeed_on_cpu); one process is accelerate's own DeepSpeed path; the rest is
 accelerate's and DeepSpeed's code. Before engine_extras, spo_degree and sparsepo were refused under FSDP2 and
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from test_deepspeed_checkpoint import _assert_straight_saved_and_resumed_equal  # noqa: E402
+from test_scale_matrix import REWARD, _assert_close, _environment  # noqa: E402
 from tiny_run import run  # noqa: E402
 
 NEEDS_DEEPSPEED = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -46,6 +49,8 @@ RUN_LLAMA = [f"{k}={v}" for k, v in SCHEDULE.items()] + ["tiny_arch=llama"]  # n
 SPO_DEGREE = ["examples/spo_degree.yaml", "max_steps=4", "eval_fraction=0.1", "eval_steps=4", "logging_steps=1"]
 SPARSEPO = ["loss_type=sparsepo", "max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1",
             "per_device_train_batch_size=4"]  # tests/loops/tiny_run.py's synthetic pairs
+LORA_REWARD = [*REWARD, "use_peft=true", "lora_r=4", "lora_alpha=8", "learning_rate=1e-2", "save_steps=0",
+               "max_steps=2"]  # test_scale_matrix's reward run (use_cpu: true) with LoRA
 # accelerate config, how it is launched on CPU (ZeRO-2 with use_cpu: true, ZeRO-3 without: both the CPU path)
 ENGINES = {"fsdp2": ("fsdp2.yaml", "use_cpu=true"), "zero2": ("zero2.yaml", "use_cpu=true"),
            "zero3": ("zero3.yaml", "use_cpu=false")}
@@ -99,7 +104,8 @@ def engine_launch(tmp_path_factory, accelerate_launch):
       checkpoint), BASE/sparsepo/saved (checkpoint-2), BASE/sparsepo/resumed (from saved/checkpoint-2);
     - DeepSpeed only: tiny GPT-2 DPO (RUN), 2 processes x batch 4: BASE/zero/straight, BASE/zero/saved
       (checkpoint-2), BASE/zero/resumed (from saved/checkpoint-2), then the tiny llama straight run into
-      BASE/zero/llama.
+      BASE/zero/llama;
+    - ZeRO-2 only: a LoRA reward model (LORA_REWARD), 2 processes x batch 4: BASE/lora_reward.
     Every run has the per-device batch of 4: the first run's train_batch_size stays in the DeepSpeed config of
     accelerate's state (a run with another batch cannot follow in the same processes)."""
     launched = {}
@@ -116,6 +122,8 @@ def engine_launch(tmp_path_factory, accelerate_launch):
                 zero = base / "zero"
                 runs += [*_tiny_runs(base / "sparsepo", *SPARSEPO, how), *_tiny_runs(zero, *RUN, how),
                          ["tiny", zero / "llama", *RUN_LLAMA, how, "save_steps=0"]]
+            if engine == "zero2":
+                runs.append(["cli", base / "lora_reward", *LORA_REWARD, "per_device_train_batch_size=4"])
             _launch(accelerate_launch, ROOT / "examples/accelerate" / config, 2, runs)
             launched[engine] = base
         return launched[engine]
@@ -409,3 +417,28 @@ def test_sparsepo_masks_under_deepspeed_equal_ddp_and_resume_bit_exact(tmp_path,
         assert sorted(r) == [3, 4] and all((r[k]["loss"], r[k]["grad_norm"]) == (s[k]["loss"], s[k]["grad_norm"])
                                            for k in (3, 4))
         _equal_files(base / "resumed", base / "straight", ("model.safetensors", "sparsepo_masks.safetensors"))
+
+
+@pytest.mark.slow
+@NEEDS_DEEPSPEED
+def test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process(tmp_path, engine_launch):
+    """task: reward with use_peft under examples/accelerate/zero2.yaml (parameters replicated), 2 processes x batch 4
+    against 1 process x batch 8: the saved model is the merged one (the base model's keys, no lora_ / base_layer
+    keys, the adapters folded in: weights moved from the base) and equals the one-process run's. Was refused as
+    "sharded"; ZeRO-2's gathered state dict is the PEFT wrapper's (base_layer / lora_A / lora_B keys), so the merge
+    is taken from the unwrapped model. (The 2-process run: the last of engine_launch("zero2").)"""
+    from preflab.cli import main
+    from preflab.models.load import load_tokenizer
+    from preflab.reward_models.heads import build_reward_model
+
+    lora = LORA_REWARD
+    one, two = tmp_path / "one", engine_launch("zero2") / "lora_reward"
+    assert main(["train", *lora, "per_device_train_batch_size=8", f"output_dir={one}"]) == 0
+    assert _environment(two) == (2, "DEEPSPEED")
+    base = build_reward_model("builtin:tiny-llama", 1, load_tokenizer("builtin:tiny-llama"), seed=42).state_dict()
+    saved = load_file(two / "model.safetensors")
+    assert saved.keys() == base.keys()
+    moved = float((saved["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"])
+                  .abs().max())
+    assert moved > 1e-3                                       # the trained adapters are in the saved weights
+    _assert_close(two, one, loss_tol=1e-6, weight_tol=2e-6)
