@@ -3,7 +3,8 @@ kind launched on 2 CPU processes (gloo) through the shipped examples/accelerate 
 same global batch, and a stop + resume on 2 processes against the straight run. Several runs share one launch
 (tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_fsdp2,
 test_deepspeed_multiprocess), SFT under DDP (test_accelerate_configs), online DPO and diffusion under DDP
-(tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py)."""
+(tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py), a LoRA reward model under ZeRO-2
+(test_deepspeed_multiprocess: its run shares the ZeRO-2 launch at batch 4 there)."""
 import json
 import os
 import subprocess
@@ -43,8 +44,6 @@ VLM = [str(ROOT / "examples/vlm/dpo.yaml"), "max_steps=2", "disable_tqdm=true", 
 KTO = [str(ROOT / "examples/quickstart.yaml"), "loss_type=kto", "max_steps=3", "save_steps=0", *COMMON]
 DIFFUSION = [str(ROOT / "examples/diffusion/diffusion_dpo.yaml"), "eval_dataset_name=null", "max_steps=4",
              "learning_rate=1e-3", "logging_steps=1", "disable_tqdm=true", "sample_steps=0"]
-LORA_REWARD = [*REWARD, "use_peft=true", "lora_r=4", "lora_alpha=8", "learning_rate=1e-2", "save_steps=0",
-               "max_steps=2"]
 # The 2-process runs of each test below: (launch, its runs, given the test's folder). The runs of the selected tests
 # with the same launch share it (the launched fixture): a launch costs a launcher and two ranks' imports, more than
 # a tiny run. A launch is an accelerate config, and after a ":" a name that keeps runs apart: DeepSpeed's
@@ -64,8 +63,6 @@ LAUNCHED = {
         ["cli", d / "full", *DIFFUSION, "per_device_train_batch_size=2", "save_steps=2"],
         ["cli", d / "resumed", *DIFFUSION, "per_device_train_batch_size=2", "save_steps=0",
          f"resume_from_checkpoint={d / 'full' / 'checkpoint-2'}"]]),
-    "test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process": ("zero2:batch4", lambda d: [
-        ["cli", d / "two", *LORA_REWARD, "per_device_train_batch_size=4"]]),
     "test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches": ("ddp", lambda d: [
         ["cli", d / "two", *KTO, "per_device_train_batch_size=4"]]),
 }
@@ -79,7 +76,7 @@ def launched(request, tmp_path_factory, accelerate_launch):
                                         for item in request.session.items)] or [request.node.name]
     root = tmp_path_factory.mktemp("scale-matrix")
     results = {}
-    for config in dict.fromkeys(LAUNCHED[n][0] for n in names):  # "zero2", "zero2:batch4", ...
+    for config in dict.fromkeys(LAUNCHED[n][0] for n in names):  # "fsdp2", "zero2", ...
         same = [n for n in names if LAUNCHED[n][0] == config]
         proc = _launch(accelerate_launch, config.split(":")[0],
                        *[run for n in same for run in LAUNCHED[n][1](root / n)])
@@ -294,28 +291,3 @@ def test_run_kinds_that_need_whole_weights_refuse_sharded_parameters_before_anyt
     with pytest.raises(ConfigError, match=why.format(engine) + r".*ddp\.yaml or zero2\.yaml"):
         kind(out)
     assert not out.exists()
-
-
-@pytest.mark.slow
-def test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process(tmp_path, launched):
-    """task: reward with use_peft under examples/accelerate/zero2.yaml (parameters replicated), 2 processes x batch 4
-    against 1 process x batch 8: the saved model is the merged one (the base model's keys, no lora_ / base_layer
-    keys, the adapters folded in: weights moved from the base) and equals the one-process run's. Was refused as
-    "sharded"; ZeRO-2's gathered state dict is the PEFT wrapper's (base_layer / lora_A / lora_B keys), so the merge
-    is taken from the unwrapped model."""
-    from preflab.cli import main
-    from preflab.models.load import load_tokenizer
-    from preflab.reward_models.heads import build_reward_model
-
-    lora = LORA_REWARD
-    base = launched("test_lora_reward_model_under_zero2_saves_the_merged_model_of_one_process")
-    one, two = tmp_path / "one", base / "two"
-    assert main(["train", *lora, "per_device_train_batch_size=8", f"output_dir={one}"]) == 0
-    assert _environment(two) == (2, "DEEPSPEED")
-    base = build_reward_model("builtin:tiny-llama", 1, load_tokenizer("builtin:tiny-llama"), seed=42).state_dict()
-    saved = load_file(two / "model.safetensors")
-    assert saved.keys() == base.keys()
-    moved = float((saved["model.layers.0.self_attn.q_proj.weight"] - base["model.layers.0.self_attn.q_proj.weight"])
-                  .abs().max())
-    assert moved > 1e-3                                       # the trained adapters are in the saved weights
-    _assert_close(two, one, loss_tol=1e-6, weight_tol=2e-6)

@@ -1,7 +1,7 @@
 """An objective's own parameters (SparsePO's token masks) under FSDP2: refused before the models load
 (preflab.loops.extras_producer.refuse_sharded_engine; under DeepSpeed they train inside the engine's module,
-tests/loops/test_extras_sharding.py). Before the refusal, sparsepo under real DeepSpeed on one CPU process crashed
-while the engine was built: ZeRO-2 with KeyError in Stage1And2ZeroOptimizer._create_param_mapping, ZeRO-3 with
+tests/loops/test_deepspeed_multiprocess.py). Before the refusal, sparsepo under real DeepSpeed on one CPU process
+crashed while the engine was built: ZeRO-2 with KeyError in Stage1And2ZeroOptimizer._create_param_mapping, ZeRO-3 with
 AttributeError 'Parameter' object has no attribute 'partition_numel'."""
 import sys
 from pathlib import Path
@@ -21,7 +21,7 @@ def test_sparsepo_masks_are_refused_under_a_sharding_engine_before_the_models_lo
     """accelerate's distributed_type says the engine (no engine is built): the ConfigError names loss_type, the
     objective's parameters and the engine, before the objective's masks are built or anything trains; FSDP on CPU
     is version 2 in preflab, so it is named FSDP2. (DeepSpeed trains them inside its engine's module:
-    tests/loops/test_extras_sharding.py.)"""
+    tests/loops/test_deepspeed_multiprocess.py.)"""
     sys.path.insert(0, str(HERE))
     from tiny_run import run
 

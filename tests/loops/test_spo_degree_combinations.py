@@ -1,7 +1,7 @@
 """spo_degree (preflab.loops.degree_head) with the run options that change how the policy is held or run: LoRA
 (the head trains beside the adapters, is saved beside the adapter and restored on resume), bf16 autocast on CPU,
 torch_compile (the hidden-only variant forward through the compiled scorer), and FSDP version 1, which is refused
-before the models load (FSDP2 and DeepSpeed train it: tests/loops/test_extras_sharding.py)."""
+before the models load (FSDP2 and DeepSpeed train it: tests/loops/test_deepspeed_multiprocess.py)."""
 import json
 import math
 import sys
@@ -118,7 +118,7 @@ def test_spo_degree_torch_compile_trains_like_eager(tmp_path):
 
 def test_spo_degree_refused_under_fsdp_version_1(tmp_path):
     """The check itself, on accelerate's distributed_type: FSDP version 1 (not FSDP2) is refused; FSDP2 and DeepSpeed
-    train the head inside the engine's module (tests/loops/test_extras_sharding.py), DDP outside any wrapper."""
+    train the head inside the engine's module (tests/loops/test_deepspeed_multiprocess.py), DDP outside any wrapper."""
     cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name=str(DATA), use_cpu=True,
                                 output_dir=str(tmp_path), loss_type="spo_degree",
                                 objective_params={"degrees": J}))

@@ -17,9 +17,10 @@ The engine then owns the extra parameters like the policy's: sharded, their grad
 modules are still called where they were (after the scorer's forward): FSDP2 keeps the root's parameters unsharded
 from the root's forward until its post-backward (torch's FSDPState._lazy_init: the root does not reshard after
 forward), which is when the head runs; under DeepSpeed ZeRO-3 the engine's module hooks gather a submodule's
-parameters when it is called, wherever the call is. Proven by real 2-process runs (tests/loops/test_extras_sharding.py:
-spo_degree under FSDP2 / ZeRO-2 / ZeRO-3 equal to one process with the doubled batch, sparsepo under ZeRO-2 / ZeRO-3
-equal to DDP; resume bit for bit); preflab.loops.extras_producer.refuse_sharded_engine refuses the rest. One
+parameters when it is called, wherever the call is. Proven by real 2-process runs
+(tests/loops/test_deepspeed_multiprocess.py: spo_degree under FSDP2 / ZeRO-2 / ZeRO-3 equal to one process with the
+doubled batch, sparsepo under ZeRO-2 / ZeRO-3 equal to DDP; resume bit for bit);
+preflab.loops.extras_producer.refuse_sharded_engine refuses the rest. One
 process and DDP do not use the wrapper: their numbers stay those of the unwrapped scorer (the extra parameters'
 gradients are all-reduced by preflab.step.optimizer_step there).
 """

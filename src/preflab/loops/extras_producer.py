@@ -97,10 +97,10 @@ def producer_class(objective) -> tuple[type, object] | None:
     return getattr(importlib.import_module(module), name), parts[0]
 
 
-# engines under which parameters outside the model train inside the engine's module (preflab.loops.engine_extras),
-# each proven by a real 2-process run (tests/loops/test_extras_sharding.py): an extras producer's module (spo_degree's
-# degree head) and an objective that is an nn.Module (SparsePO's token masks; under FSDP2 it is refused anyway for
-# its token-level KL through the reference's LM head, so it was not run there)
+# engines under which parameters outside the model train inside the engine's module (preflab.loops.engine_extras), each
+# proven by a real 2-process run (tests/loops/test_deepspeed_multiprocess.py): an extras producer's module (spo_degree's
+# degree head) and an objective that is an nn.Module (SparsePO's token masks; under FSDP2 it is refused anyway for its
+# token-level KL through the reference's LM head, so it was not run there)
 PRODUCER_ENGINES = ("FSDP2", "DEEPSPEED")
 OBJECTIVE_ENGINES = ("DEEPSPEED",)
 
