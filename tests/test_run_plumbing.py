@@ -240,7 +240,9 @@ def test_train_data_that_is_no_rows_is_refused_naming_what_to_pass(tmp_path):
             (pd.DataFrame(rows), f"train_data is a pandas DataFrame; give {given}: datasets.Dataset.from_pandas(df) "
                                  "or df.to_dict('records')."),
             ((r for r in rows), f"train_data is an iterator (generator), which has no length; give {given} "
-                                "(list(...)), or set streaming: true, which reads an iterable as the steps need it.")):
+                                "(list(...)), or set streaming: true, which reads an iterable as the steps need it."),
+            (lambda: iter(rows), "train_data is a function; only streaming: true reads one (a function that returns "
+                                 f"a fresh iterable of rows each pass). Set streaming: true, or give {given}.")):
         with pytest.raises(ConfigError) as err:
             config_reading_rows(cfg, data, None)
         assert str(err.value) == message

@@ -54,9 +54,9 @@ def is_row_source(data) -> bool:
 
 def refuse_unreadable_data(name: str, data) -> None:
     """A ConfigError for what a trainer's train_data / eval_data cannot be read as: a path (it belongs in the config's
-    dataset_name), one dict (a row, or a dict of columns), a pandas DataFrame, or a generator (no length). Each was
-    taken for ready examples and failed inside the first step ('str' object has no attribute 'row_id', KeyError: 172)
-    or read the dict's keys as 3 rows."""
+    dataset_name), one dict (a row, or a dict of columns), a pandas DataFrame, a generator (no length) or a function
+    (streaming: true reads one). Each was taken for ready examples and failed inside the first step ('str' object has
+    no attribute 'row_id', KeyError: 172) or read the dict's keys as 3 rows."""
     import os
     from collections.abc import Iterator
 
@@ -75,6 +75,9 @@ def refuse_unreadable_data(name: str, data) -> None:
     if isinstance(data, Iterator):
         raise ConfigError(f"{name} is an iterator ({type(data).__name__}), which has no length; give {rows} "
                           "(list(...)), or set streaming: true, which reads an iterable as the steps need it.")
+    if callable(data):
+        raise ConfigError(f"{name} is a function; only streaming: true reads one (a function that returns a fresh "
+                          f"iterable of rows each pass). Set streaming: true, or give {rows}.")
 
 
 def config_reading_rows(cfg, train_data, eval_data):
