@@ -242,7 +242,11 @@ def test_train_data_that_is_no_rows_is_refused_naming_what_to_pass(tmp_path):
             ((r for r in rows), f"train_data is an iterator (generator), which has no length; give {given} "
                                 "(list(...)), or set streaming: true, which reads an iterable as the steps need it."),
             (lambda: iter(rows), "train_data is a function; only streaming: true reads one (a function that returns "
-                                 f"a fresh iterable of rows each pass). Set streaming: true, or give {given}.")):
+                                 f"a fresh iterable of rows each pass). Set streaming: true, or give {given}."),
+            (["a", "b"], f"train_data[0] is a str ('a'), not a row; give {given} (each row a dict such as "
+                         "{'prompt': ..., 'chosen': ..., 'rejected': ...})."),
+            ([], "train_data is empty (no rows to train on); give the rows, or leave train_data out to read the "
+                 "config's dataset_name.")):
         with pytest.raises(ConfigError) as err:
             config_reading_rows(cfg, data, None)
         assert str(err.value) == message

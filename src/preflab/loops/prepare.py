@@ -55,8 +55,9 @@ def is_row_source(data) -> bool:
 def refuse_unreadable_data(name: str, data) -> None:
     """A ConfigError for what a trainer's train_data / eval_data cannot be read as: a path (it belongs in the config's
     dataset_name), one dict (a row, or a dict of columns), a pandas DataFrame, a generator (no length) or a function
-    (streaming: true reads one). Each was taken for ready examples and failed inside the first step ('str' object has
-    no attribute 'row_id', KeyError: 172) or read the dict's keys as 3 rows."""
+    (streaming: true reads one), a list of texts or numbers, an empty train_data. Each was taken for ready examples
+    and failed inside the first step ('str' object has no attribute 'row_id', KeyError: 172), read the dict's keys as
+    3 rows, or (empty) blamed the config's dataset_name: "every row was skipped"."""
     import os
     from collections.abc import Iterator
 
@@ -78,6 +79,12 @@ def refuse_unreadable_data(name: str, data) -> None:
     if callable(data):
         raise ConfigError(f"{name} is a function; only streaming: true reads one (a function that returns a fresh "
                           f"iterable of rows each pass). Set streaming: true, or give {rows}.")
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], (str, bytes, int, float, list, tuple)):
+        raise ConfigError(f"{name}[0] is a {type(data[0]).__name__} ({data[0]!r:.60}), not a row; give {rows} "
+                          "(each row a dict such as {'prompt': ..., 'chosen': ..., 'rejected': ...}).")
+    if name == "train_data" and isinstance(data, (list, tuple)) and not data:
+        raise ConfigError("train_data is empty (no rows to train on); give the rows, or leave train_data out to "
+                          "read the config's dataset_name.")
 
 
 def config_reading_rows(cfg, train_data, eval_data):
