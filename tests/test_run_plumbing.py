@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -460,3 +461,23 @@ def test_raft_ladder_control_steps_default_to_the_dpo_stages(tmp_path, monkeypat
     assert summary["control_sft_steps"] == ladder_recipe.DPO["max_steps"] == 250
     summary = ladder_recipe.run_raft_ladder(str(tmp_path / "b"), n_train=4, n_test=1, quiet=True, dpo_steps=7)
     assert summary["control_sft_steps"] == 7
+
+
+def test_the_offline_trainer_names_the_runner_of_a_task_it_does_not_run():
+    """user-trial-9: Trainer(load_config("examples/online/online_dpo.yaml")) failed loading builtin:demo-sft's
+    tokenizer ("Repo id must use alphanumeric chars"), a distillation config with a NotImplementedError about
+    DistillBatch objectives; each names its Python runner now, before anything loads. task: dpo and sft still build."""
+    from preflab.config import load_config
+    from preflab.loops.offline import Trainer
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for config, what, runner in (
+            ("online/online_dpo.yaml", "task: online", "preflab.online.run.OnlineRun(cfg).train()"),
+            ("upo_reward_model.yaml", "task: reward", "preflab.reward_models.train.train_reward(cfg)"),
+            ("fspo.yaml", "task: fspo", "preflab.recipes.run_recipe(cfg)"),
+            ("distill.yaml", "task: sft with teacher_model_name_or_path (distillation)",
+             "preflab.loops.distill.DistillTrainer(cfg).train()")):
+        with pytest.raises(ConfigError) as err:
+            Trainer(load_config(root / config))
+        assert str(err.value) == (f"{what} is not run by preflab.loops.offline.Trainer; from Python run it with "
+                                  f"{runner}, or from the shell with `preflab train CONFIG`."), config
