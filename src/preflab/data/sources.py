@@ -913,7 +913,10 @@ def missing_path_message(text: str, path: Path) -> str:
     resolved = path.resolve()
     hint = ""
     if resolved.parent.is_dir():  # close: difflib ratio >= 0.8 (a shared suffix alone, ".jsonl", is not close)
-        siblings = [p.name for _, p in zip(range(1000), resolved.parent.iterdir())]
+        try:
+            siblings = [p.name for _, p in zip(range(1000), resolved.parent.iterdir())]
+        except OSError:  # a folder it may not list: no hint
+            siblings = []
         close = difflib.get_close_matches(resolved.name, siblings, n=1, cutoff=0.8)
         if close:
             hint = f" Did you mean {str(path.parent / close[0]) if text != path.name else close[0]!r}?"
