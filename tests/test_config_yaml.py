@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from preflab.config import load_config, parse_override
+from preflab.config import config_from_dict, load_config, parse_override
 from preflab.errors import ConfigError
 
 HEAD = "model_name_or_path: builtin:tiny-llama\ndataset_name: d.jsonl\n"
@@ -127,7 +127,26 @@ def test_quoted_booleans_in_yaml_are_read_as_trls_parser_reads_them(tmp_path):
         path.write_text(HEAD + f"use_cpu: {bad}\n")
         with pytest.raises(ConfigError) as err:
             load_config(path)
-        assert str(err.value).startswith(f"use_cpu must be bool, got {bad.replace(chr(34), chr(39))} (str); as "
-                                         "text, TRL's parser reads true/false, yes/no, t/f, y/n and 1/0 (any case)."), \
+        assert str(err.value) == (f"use_cpu must be bool, got {bad.replace(chr(34), chr(39))} (str); as text, TRL's "
+                                  f"parser reads true/false, yes/no, t/f, y/n and 1/0 (any case), set in {path}."), \
             str(err.value)
     assert load_config("examples/quickstart.yaml", ["use_cpu=yes"]).use_cpu is True
+
+
+def test_a_type_error_names_the_file_or_the_override_that_set_the_value(tmp_path):
+    """user-trial-9: `max_steps: 10.0` in a config file and `max_steps=2.5` on the command line both gave
+    "max_steps must be int, got ... (float)." with no word of where the value was written; each now says it (the
+    last override of a key wins, so it is the one named), and several errors are each given their own source."""
+    path = tmp_path / "c.yaml"
+    path.write_text(HEAD + "max_steps: 10.0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"max_steps must be int, got 10.0 (float), set in {path}."
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["max_steps=3", "max_steps=2.5", "beta=abc"])
+    assert str(err.value) == ("max_steps must be int, got 2.5 (float), set by the override 'max_steps=2.5'.\n"
+                              "beta must be float, got 'abc' (str), set by the override 'beta=abc'.")
+    assert load_config(path, ["max_steps=3"]).max_steps == 3  # the override replaces the file's bad value
+    with pytest.raises(ConfigError) as err:  # a dict from Python has no file to name: the message as before
+        config_from_dict({"model_name_or_path": "m", "dataset_name": "d", "max_steps": 2.5})
+    assert str(err.value) == "max_steps must be int, got 2.5 (float)."

@@ -1,8 +1,9 @@
 """The snippets of docs/*.md are checked as written, without training (docs-trial): every `preflab train` line of a
 shell block loads as a config (its file, its key=value overrides, a recipe's recipe_params), every YAML block is a
-valid set of options, every `preflab.x.y` name the pages give resolves, the tools page's ToolBox snippet runs, and
-the memory table of docs/scaling.md is what `preflab plan` computes. README.md (tests/test_readme_quickstart.py) and
-docs/extending.md (tests/test_docs_extending.py) have their own tests that run their lines."""
+valid set of options, every `preflab.x.y` name the pages give resolves, the tools page's ToolBox snippet and the
+lab page's Python block run, and the memory table of docs/scaling.md is what `preflab plan` computes. README.md
+(tests/test_readme_quickstart.py) and docs/extending.md (tests/test_docs_extending.py) have their own tests that run
+their lines."""
 import importlib
 import re
 import shlex
@@ -129,6 +130,22 @@ def test_tools_md_toolbox_snippet_runs_as_written(tmp_path, monkeypatch):
     box = scope["box"]
     assert box.call("Lookup", {"country": "France"}).observation == "Paris"
     assert (tmp_path / "runs" / "x" / "tool_cache.json").is_file()
+
+
+def test_lab_md_python_snippet_prints_what_its_comments_say(tmp_path, monkeypatch, capsys):
+    """docs/lab.md's "From Python" block (user-trial-9: the page had no Python at all) runs as written and prints
+    the values its comments give: R 0.5 and R* 1.0 of the four pairs, R*'s range over the paper's betas, the 3D
+    trajectory's last chosen / rejected log-ratios and unseen mass, and the ranking-accuracy experiment's numbers."""
+    (start, block), = _blocks(ROOT / "docs" / "lab.md", "python")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, f"lab.md:{start}", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["0.5", "1.0", "{'min': 0.5, 'median': 0.5, 'max': 1.0}"]
+    chosen, rejected = map(float, lines[3].split())
+    unseen_ref, unseen = map(float, lines[4].split())
+    assert (round(chosen, 2), round(rejected, 2), round(unseen_ref, 2), round(unseen, 2)) == (-0.41, -4.57, 0.77, 0.82)
+    assert lines[5] == "{'betas': [0.1, 1.0, 10.0], 'trained': [1.0, 0.75, 0.5], 'idealized': [1.0, 0.75, 0.5]}"
+    assert (tmp_path / "ranking-accuracy.png").is_file() and (tmp_path / "ranking-accuracy.json").is_file()
 
 
 def _plan_table() -> list[list[str]]:

@@ -413,3 +413,26 @@ def test_a_folder_without_config_json_is_no_model_folder_listing_what_it_holds(t
     with pytest.raises(ConfigError, match=r"^ref_model_name_or_path='.*/tok' is no model folder: it has no config.json "
                                           r"\(it holds chat_template.jinja, tokenizer.json, tokenizer_config.json\)\."):
         load_causal_lm(str(tmp_path / "tok"), tokenizer=tok, option="ref_model_name_or_path")
+
+
+def test_a_missing_data_path_names_the_close_file_beside_it_or_the_missing_folder(tmp_path, monkeypatch,
+                                                                                  capsys):
+    """user-trial-9: `dataset_name: examples/data/loud_echo_pairs.json` (the file is .jsonl) said only "Check the
+    path". A name close to one in its folder (difflib ratio >= 0.8) is suggested, as written (relative); a folder
+    that does not exist is named; a name close to nothing keeps "Check the path" (a shared ".jsonl" is not close)."""
+    from preflab.data.sources import missing_path_message
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pairs.jsonl").write_text("")
+    (tmp_path / "data" / "other.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    root, head = tmp_path.resolve(), "it is written as a path, so it was not looked up on the hub."
+    assert missing_path_message("data/pairs.json", Path("data/pairs.json")) == (
+        f"data file or directory 'data/pairs.json' does not exist (tried {root}/data/pairs.json); {head} Did you "
+        "mean 'data/pairs.jsonl'?")
+    assert missing_path_message("dta/pairs.jsonl", Path("dta/pairs.jsonl")).endswith(
+        f"{head} Its folder {root}/dta does not exist.")
+    assert missing_path_message("data/zzz.jsonl", Path("data/zzz.jsonl")).endswith(f"{head} Check the path.")
+    assert main(["train", "model_name_or_path=builtin:tiny-llama", "dataset_name=data/pairs.json",
+                 f"output_dir={tmp_path / 'out'}"]) == 2  # as a run reads dataset_name
+    assert capsys.readouterr().err.strip().endswith("Did you mean 'data/pairs.jsonl'?")

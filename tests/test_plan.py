@@ -169,3 +169,20 @@ def test_online_runs_and_recipes_are_refused_not_planned_as_an_offline_batch(mod
                 "tokens") in out.err
     else:
         assert "task: otc is a recipe that builds its own models" in out.err
+
+
+def test_a_plan_under_one_gib_is_printed_in_mib(capsys):
+    """user-trial-9: `preflab plan examples/quickstart.yaml` printed 0.00 GiB on every line. builtin:tiny-llama has
+    P = 37,792 float32 parameters: weights, reference and gradients P * 4 B = 0.144 MiB each, AdamW's two moments
+    0.288 MiB; a 7B plan keeps GiB."""
+    from preflab.cli import main
+
+    assert main(["plan", str(ROOT / "examples" / "quickstart.yaml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "37,792 parameters" in lines[0]
+    assert lines[2:6] == ["  weights         0.14 MiB", "  reference       0.14 MiB", "  gradients       0.14 MiB",
+                          "  optimizer       0.29 MiB"]
+    assert lines[7].startswith("  total") and lines[7].endswith(" MiB")
+    assert main(["plan", str(ROOT / "examples" / "dpo.yaml"),
+                 f"model_name_or_path={ROOT / 'examples' / 'model_configs' / 'llama-2-7b'}"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(" GiB")

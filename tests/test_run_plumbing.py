@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -215,6 +216,50 @@ def test_eval_rows_from_python_beside_the_configs_eval_set_are_refused():
     assert reading.dataset_name is rows and reading.eval_dataset_name is rows
 
 
+def test_train_data_that_is_no_rows_is_refused_naming_what_to_pass(tmp_path):
+    """user-trial-9: Trainer(cfg, train_data=...) took anything but rows for ready examples: a path failed in the
+    first step ('str' object has no attribute 'row_id'), a DataFrame with KeyError: 172, a generator with "has no
+    len()", and a dict of columns (or one row) was read as its 3 keys. Each is refused before any model loads,
+    saying what to pass; a DatasetDict (a dict subclass) and a list of rows are still read."""
+    import datasets
+    import pandas as pd
+
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+    from preflab.loops.prepare import config_reading_rows
+
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}]
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                            "output_dir": str(tmp_path / "out")})
+    given = "a datasets.Dataset or a list of row dicts"
+    for data, message in (
+            ("pairs.jsonl", f"train_data is a path ('pairs.jsonl'); a trainer takes rows from Python ({given}). Name "
+                            "a file in the config instead: dataset_name: pairs.jsonl."),
+            ({"prompt": ["p"], "chosen": ["a"], "rejected": ["b"]},
+             f"train_data is one dict (keys 'prompt', 'chosen', 'rejected'); give {given}: [row] for one row, "
+             "datasets.Dataset.from_dict(columns) for a dict of columns."),
+            (pd.DataFrame(rows), f"train_data is a pandas DataFrame; give {given}: datasets.Dataset.from_pandas(df) "
+                                 "or df.to_dict('records')."),
+            ((r for r in rows), f"train_data is an iterator (generator), which has no length; give {given} "
+                                "(list(...)), or set streaming: true, which reads an iterable as the steps need it."),
+            (lambda: iter(rows), "train_data is a function; only streaming: true reads one (a function that returns "
+                                 f"a fresh iterable of rows each pass). Set streaming: true, or give {given}."),
+            (["a", "b"], f"train_data[0] is a str ('a'), not a row; give {given} (each row a dict such as "
+                         "{'prompt': ..., 'chosen': ..., 'rejected': ...})."),
+            ([], "train_data is empty (no rows to train on); give the rows, or leave train_data out to read the "
+                 "config's dataset_name.")):
+        with pytest.raises(ConfigError) as err:
+            config_reading_rows(cfg, data, None)
+        assert str(err.value) == message
+    with pytest.raises(ConfigError, match=r"^train_data is a path \('pairs.jsonl'\)"):  # the trainer asks it
+        Trainer(cfg, train_data="pairs.jsonl")
+    with pytest.raises(ConfigError, match=r"^eval_data is a path \('e.jsonl'\); .* eval_dataset_name: e.jsonl\.$"):
+        config_reading_rows(cfg, rows, "e.jsonl")
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+    assert config_reading_rows(cfg, splits, None).dataset_name is splits
+    assert config_reading_rows(cfg, rows, rows).dataset_name is rows
+
+
 def _rows_file(tmp_path, rows, monkeypatch):
     monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))  # the tokenized rows' cache, not ~/.cache
     path = tmp_path / "rows.jsonl"
@@ -416,3 +461,23 @@ def test_raft_ladder_control_steps_default_to_the_dpo_stages(tmp_path, monkeypat
     assert summary["control_sft_steps"] == ladder_recipe.DPO["max_steps"] == 250
     summary = ladder_recipe.run_raft_ladder(str(tmp_path / "b"), n_train=4, n_test=1, quiet=True, dpo_steps=7)
     assert summary["control_sft_steps"] == 7
+
+
+def test_the_offline_trainer_names_the_runner_of_a_task_it_does_not_run():
+    """user-trial-9: Trainer(load_config("examples/online/online_dpo.yaml")) failed loading builtin:demo-sft's
+    tokenizer ("Repo id must use alphanumeric chars"), a distillation config with a NotImplementedError about
+    DistillBatch objectives; each names its Python runner now, before anything loads. task: dpo and sft still build."""
+    from preflab.config import load_config
+    from preflab.loops.offline import Trainer
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for config, what, runner in (
+            ("online/online_dpo.yaml", "task: online", "preflab.online.run.OnlineRun(cfg).train()"),
+            ("upo_reward_model.yaml", "task: reward", "preflab.reward_models.train.train_reward(cfg)"),
+            ("fspo.yaml", "task: fspo", "preflab.recipes.run_recipe(cfg)"),
+            ("distill.yaml", "task: sft with teacher_model_name_or_path (distillation)",
+             "preflab.loops.distill.DistillTrainer(cfg).train()")):
+        with pytest.raises(ConfigError) as err:
+            Trainer(load_config(root / config))
+        assert str(err.value) == (f"{what} is not run by preflab.loops.offline.Trainer; from Python run it with "
+                                  f"{runner}, or from the shell with `preflab train CONFIG`."), config

@@ -865,7 +865,7 @@ def expand_home(cfg) -> None:
             setattr(cfg, name, expanded)
 
 
-def config_from_dict(raw: dict, written=None) -> TrainConfig:
+def config_from_dict(raw: dict, written=None, sources: dict | None = None) -> TrainConfig:
     """A TrainConfig from a flat dict (preflab or TRL names). Unknown keys go to the objective if it has them; all
     other unknown keys and all type errors are reported together in one ConfigError. Notes on translated TRL keys
     are printed once.
@@ -885,8 +885,8 @@ def config_from_dict(raw: dict, written=None) -> TrainConfig:
         if key in hints:
             try:
                 known[key] = check_type(key, value, hints[key])
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError as err:  # with where the value was written (load_config's file or override)
+                errors.append(f"{str(err).rstrip('.')}, {sources[key]}." if sources and key in sources else str(err))
         else:
             extra[key] = value
     if extra:
@@ -985,7 +985,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), preflab_over
     The file's keys (none of a saved config: is_saved_config) and the overrides' are the options the user wrote
     (TrainConfig.written_options); preflab_overrides are applied after them and are preflab's own settings (an
     evaluation of a saved run: its data, no LoRA), not written by the user."""
-    return config_with_overrides(_read_config_file(path) if path else {}, overrides, preflab_overrides)
+    return config_with_overrides(_read_config_file(path) if path else {}, overrides, preflab_overrides, path)
 
 
 def _read_config_file(path: str | Path) -> dict:
@@ -1011,11 +1011,14 @@ def _read_config_file(path: str | Path) -> dict:
     return raw
 
 
-def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_overrides: list[str] = ()) -> TrainConfig:
+def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_overrides: list[str] = (),
+                          path=None) -> TrainConfig:
     """load_config on options already read (a saved run's config.yaml that an evaluation reads once: preflab.models.
-    run_config.require_run_config); `raw` is not changed (the overrides apply to a copy)."""
+    run_config.require_run_config); `raw` is not changed (the overrides apply to a copy). `path`: the file `raw` was
+    read from, named in a type error of a value it sets (an override's type error names the override)."""
     import copy
 
+    sources = dict.fromkeys(raw, f"set in {path}") if path else {}
     raw = copy.deepcopy(raw)
     written = written_keys(raw)
     given: dict[str, tuple[str, Any]] = {}
@@ -1036,6 +1039,8 @@ def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_override
                 print(f"preflab: note: overrides {given[key][0]!r} and {item!r} set {key} twice; the last one "
                       "wins.", flush=True)
         given[key] = (item, value)
+        if users:
+            sources[key] = f"set by the override {item!r}"
         head, dot, sub = key.partition(".")
         if users:
             written |= written_keys({head: None if dot else value})
@@ -1049,7 +1054,7 @@ def config_with_overrides(raw: dict, overrides: list[str] = (), preflab_override
         else:
             raw[key] = value
     refuse_glued_flow_keys(raw)
-    return config_from_dict(raw, written)
+    return config_from_dict(raw, written, sources)
 
 
 def drop_override(raw: dict, item: str) -> list[str]:

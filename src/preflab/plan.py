@@ -304,7 +304,9 @@ def count(n: float) -> str:
 
 
 def format_plan(plan: dict, sharding: Sharding, cfg) -> str:
-    gib = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+    """The plan's lines, in GiB, or in MiB when the total is under 1 GiB (a tiny model is not "0.00 GiB" per term)."""
+    unit, size = ("GiB", GiB) if plan["total"] >= GiB else ("MiB", 1024 ** 2)
+    gib = lambda b: f"{b / size:8.2f} {unit}"  # noqa: E731
     head = (f"model {cfg.model_name_or_path}: {count(plan['parameters'])} parameters, "
             f"{count(plan['trainable'])} trainable; load_dtype {cfg.load_dtype or 'float32'}"
             f"{'; 4-bit base' if cfg.load_in_4bit else '; 8-bit base' if cfg.load_in_8bit else ''}; "

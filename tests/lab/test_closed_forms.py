@@ -1,4 +1,6 @@
 """Closed forms of preflab.lab against the numbers in methods/objectives.md and methods/models-and-loops.md."""
+import re
+
 import numpy as np
 import pytest
 
@@ -91,3 +93,27 @@ def test_rso_acceptance_is_per_prompt_on_the_last_axis():
     e = np.exp(1.0)
     np.testing.assert_allclose(rso_acceptance([[0.0, 1.0, 2.0], [5.0, 5.0, 3.0]], 1.0),
                                [[e ** -2, e ** -1, 1.0], [1.0, 1.0, e ** -2]], rtol=1e-12)
+
+
+def test_idealized_ranking_accuracy_refuses_an_alpha_that_is_no_probability():
+    """user-trial-9: alpha = 1.2 was clipped to 1 - eps (R* = 1.0 with no word) and a NaN alpha counted its pair as
+    ranked wrongly; both are refused naming the value and its index. 0 and 1 stay valid (the clip of App. C.4)."""
+    s_w, s_l = [-10.0, -12.0], [-11.0, -9.0]
+    for alpha, shown in ((1.2, "got 1.2 (at index 0)"), ([0.9, float("nan")], "got nan (at index 1)"),
+                         ([0.9, -0.1], "got -0.1 (at index 1)")):
+        with pytest.raises(ValueError, match=re.escape(f"a probability in [0, 1]; {shown}")):
+            idealized_ranking_accuracy(s_w, s_l, alpha, 0.1)
+    # the edges: alpha = 1 -> 1 - eps: margins (1, -3) + logit(0.999)/0.1 = 69.1 > 0 for both; alpha = 0: both < 0
+    assert idealized_ranking_accuracy(s_w, s_l, 1.0, 0.1) == 1.0
+    assert idealized_ranking_accuracy(s_w, s_l, 0.0, 0.1) == 0.0
+
+
+def test_lab_ranking_accuracies_refuse_pairs_of_unequal_length():
+    """user-trial-9: 4 chosen and 3 rejected log-probs gave torch's 'The size of tensor a (4) must match ...'."""
+    with pytest.raises(ValueError, match=re.escape("one value per pair each; got shapes (4,) and (3,)")):
+        ranking_accuracy([-1.0, -2.0, -3.0, -4.0], [-1.0, -2.0, -3.0])
+    with pytest.raises(ValueError, match=re.escape("one value per pair each; got shapes (4,) and (3,)")):
+        idealized_ranking_accuracy([-1.0, -2.0, -3.0, -4.0], [-1.0, -2.0, -3.0], 1.0, 0.1)
+    with pytest.raises(ValueError, match=re.escape("alpha must be one number or one per pair (shape (2,)); got "
+                                                   "shape (3,)")):
+        idealized_ranking_accuracy([-1.0, -2.0], [-2.0, -1.0], [0.9, 0.8, 0.7], 0.1)

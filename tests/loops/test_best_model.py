@@ -103,7 +103,7 @@ def test_save_total_limit_one_keeps_the_best_and_the_last_checkpoint_then_only_t
 
 
 @pytest.mark.slow
-def test_transformers_early_stopping_callback_stops_where_its_rule_says(tmp_path):
+def test_transformers_early_stopping_callback_stops_where_its_rule_says(tmp_path, capsys):
     from transformers import EarlyStoppingCallback
 
     summary = _train(_cfg(tmp_path, "es"), [EarlyStoppingCallback(early_stopping_patience=2,
@@ -122,6 +122,9 @@ def test_transformers_early_stopping_callback_stops_where_its_rule_says(tmp_path
     assert summary["best_global_step"] == step
     assert _same_weights(load_file(str(tmp_path / "es" / "model.safetensors")),
                          load_file(str(tmp_path / "es" / f"checkpoint-{step}" / "model.safetensors")))
+    # user-trial-9: the stop note said "(the final model is step N's)" and the next line loaded the best checkpoint
+    assert (f"preflab: note: a callback set control.should_training_stop at step {expected} of {STEPS}: training "
+            "stops there (load_best_model_at_end: the final model is the best checkpoint's).") in capsys.readouterr().out
 
 
 @pytest.mark.slow

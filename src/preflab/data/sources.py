@@ -142,8 +142,7 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
         if any(c in text for c in GLOB_CHARS):
             return text, _glob_parts(text, split if explicit else None, streaming), split if explicit else "train"
         if text.startswith((".", "/", "~")) or data_suffix(Path(text)) in FILE_SUFFIXES or os.sep in text[:1]:
-            raise DataError(f"data file or directory {text!r} does not exist (tried {path.resolve()}); it is written "
-                            "as a path, so it was not looked up on the hub. Check the path.")
+            raise DataError(missing_path_message(text, path))
         if otherwise is None:
             loaded = _load_hub(text, split, streaming)
         else:  # every split at once (datasets prepares them all for one split too), then the one there is
@@ -211,8 +210,7 @@ def _resolve_configured(source: ConfiguredSource, split: str | None, streaming: 
         return source.label, parts, split
     text = source.name
     if text.startswith((".", "/", "~")) or data_suffix(Path(text)) in FILE_SUFFIXES or os.sep in text[:1]:
-        raise DataError(f"data file or directory {text!r} does not exist (tried {path.resolve()}); it is written "
-                        "as a path, so it was not looked up on the hub. Check the path.")
+        raise DataError(missing_path_message(text, path))
     name = f"hub:{source.label}"
     if otherwise is None:
         loaded = _load_hub(text, split, streaming, source)
@@ -905,3 +903,25 @@ def read_file_rows(path, build, *, option: str, form: str) -> list:
                 problem.fix = f"Each row must be an object {form}."
             raise row_error(problem, raw.file, raw.row_id, raw.line, skippable=False) from None
     return out
+
+
+def missing_path_message(text: str, path: Path) -> str:
+    """The error for a data path that does not exist, with the closest name in its folder (a `.json` for a `.jsonl`,
+    a typo) or the first folder of it that does not exist; before, only "Check the path"."""
+    import difflib
+
+    resolved = path.resolve()
+    hint = ""
+    if resolved.parent.is_dir():  # close: difflib ratio >= 0.8 (a shared suffix alone, ".jsonl", is not close)
+        try:
+            siblings = [p.name for _, p in zip(range(1000), resolved.parent.iterdir())]
+        except OSError:  # a folder it may not list: no hint
+            siblings = []
+        close = difflib.get_close_matches(resolved.name, siblings, n=1, cutoff=0.8)
+        if close:
+            hint = f" Did you mean {str(path.parent / close[0]) if text != path.name else close[0]!r}?"
+    else:
+        missing = next(p for p in [resolved.parent, *resolved.parent.parents][::-1] if not p.exists())
+        hint = f" Its folder {missing} does not exist."
+    return (f"data file or directory {text!r} does not exist (tried {resolved}); it is written as a path, so it was "
+            f"not looked up on the hub.{hint or ' Check the path.'}")

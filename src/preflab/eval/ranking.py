@@ -40,8 +40,16 @@ def _f64(x) -> Tensor:
 
 
 def proportion_logit(alpha, eps: float = EPS) -> Tensor:
-    """log alpha - log(1 - alpha) with alpha clipped to [eps, 1 - eps] (the paper's alpha = 1 -> 1 - eps)."""
-    a = _f64(alpha).clamp(eps, 1.0 - eps)
+    """log alpha - log(1 - alpha) with alpha clipped to [eps, 1 - eps] (the paper's alpha = 1 -> 1 - eps).
+
+    alpha is a probability: a value outside [0, 1] or NaN is refused (ValueError naming it), not clipped."""
+    a = _f64(alpha)
+    outside = ~((a >= 0.0) & (a <= 1.0))  # NaN is outside too
+    if bool(outside.any()):
+        index = int(outside.flatten().nonzero()[0])
+        raise ValueError(f"alpha is the rater proportion P(y_w > y_l | x), a probability in [0, 1]; got "
+                         f"{float(a.flatten()[index])} (at index {index}). Pass 1 for a unanimous preference.")
+    a = a.clamp(eps, 1.0 - eps)
     return torch.log(a) - torch.log1p(-a)
 
 
@@ -50,7 +58,16 @@ def idealized_margins(ref_chosen_logps, ref_rejected_logps, alpha, beta: float, 
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}.")
     rc, rr = _f64(ref_chosen_logps), _f64(ref_rejected_logps)
-    return (rc - rr) + proportion_logit(alpha, eps).expand_as(rc) / beta
+    if rc.shape != rr.shape:
+        raise ValueError(f"ref_chosen_logps and ref_rejected_logps must have one value per pair each; got shapes "
+                         f"{tuple(rc.shape)} and {tuple(rr.shape)}.")
+    logit = proportion_logit(alpha, eps)
+    try:
+        logit = logit.expand_as(rc)
+    except RuntimeError:
+        raise ValueError(f"alpha must be one number or one per pair (shape {tuple(rc.shape)}); got shape "
+                         f"{tuple(logit.shape)}.") from None
+    return (rc - rr) + logit / beta
 
 
 def idealized_ranking_accuracy(ref_chosen_logps, ref_rejected_logps, alpha=1.0, beta: float = 0.1,

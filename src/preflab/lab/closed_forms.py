@@ -65,8 +65,11 @@ def ranking_accuracy(chosen_logps, rejected_logps) -> float:
     """mean 1[S(y_w) >= S(y_l)] on summed log-probs (Chen et al. 2024's R; preflab.eval.metrics.ranking_accuracy)."""
     from preflab.eval.metrics import ranking_accuracy as ranking_accuracy_torch
 
-    return float(ranking_accuracy_torch(torch.as_tensor(np.asarray(chosen_logps, dtype=np.float64)),
-                                        torch.as_tensor(np.asarray(rejected_logps, dtype=np.float64))))
+    chosen, rejected = np.asarray(chosen_logps, dtype=np.float64), np.asarray(rejected_logps, dtype=np.float64)
+    if chosen.shape != rejected.shape:
+        raise ValueError(f"chosen_logps and rejected_logps must have one value per pair each; got shapes "
+                         f"{chosen.shape} and {rejected.shape}.")
+    return float(ranking_accuracy_torch(torch.as_tensor(chosen), torch.as_tensor(rejected)))
 
 
 def ranking_loss_threshold(ref_chosen_logps, ref_rejected_logps, beta: float) -> np.ndarray:

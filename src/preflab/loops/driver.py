@@ -310,8 +310,10 @@ class TrainingRun(CallbackEvents):
             if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
                 stopped_early = {"step": step + 1, "max_steps": self.total_steps}
                 if self.main:
+                    final = ("load_best_model_at_end: the final model is the best checkpoint's"
+                             if self.cfg.load_best_model_at_end else f"the final model is step {step + 1}'s")
                     print(f"preflab: note: a callback set control.should_training_stop at step {step + 1} of "
-                          f"{self.total_steps}: training stops there (the final model is step {step + 1}'s).")
+                          f"{self.total_steps}: training stops there ({final}).")
                 break
         bar.close()
         end = self.step  # total_steps, or the step a callback stopped the run at

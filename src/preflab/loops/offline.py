@@ -52,6 +52,28 @@ def shard_reference(accelerator, ref_scorer):
     return ref_scorer
 
 
+# the Python entry point of each task the offline Trainer does not run (`preflab train` routes them: loops/cli.py)
+OTHER_RUNNERS = {"online": "preflab.online.run.OnlineRun(cfg).train()",
+                 "reward": "preflab.reward_models.train.train_reward(cfg)",
+                 "diffusion": "preflab.loops.diffusion.train_diffusion(cfg)",
+                 "vlm": "preflab.loops.vlm.VisionTrainer(cfg).train()"}
+
+
+def refuse_other_runner(cfg, trainer_class) -> None:
+    """A ConfigError naming the runner of cfg.task when it is not this trainer's: Trainer(cfg) of an online config
+    failed loading builtin:demo-sft's tokenizer ('Repo id must use alphanumeric chars'), one of a distillation config
+    with a NotImplementedError about DistillBatch objectives; neither said what to call."""
+    from preflab.recipe_names import RECIPE_TASKS
+
+    runner = ("preflab.recipes.run_recipe(cfg)" if cfg.task in RECIPE_TASKS else
+              "preflab.loops.distill.DistillTrainer(cfg).train()" if cfg.task == "sft" and
+              cfg.teacher_model_name_or_path else OTHER_RUNNERS.get(cfg.task))
+    if runner is not None and trainer_class is Trainer:
+        what = f"task: {cfg.task}" + (" with teacher_model_name_or_path (distillation)" if "Distill" in runner else "")
+        raise ConfigError(f"{what} is not run by preflab.loops.offline.Trainer; from Python run it with {runner}, or "
+                          "from the shell with `preflab train CONFIG`.")
+
+
 class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo).
     train_data / eval_data: rows (a datasets.Dataset or a list of dicts, as TRL's train_dataset / eval_dataset),
@@ -69,6 +91,7 @@ class Trainer(TrainingRun):
         from preflab.loops.prepare import config_reading_rows
         from preflab.models.load import cap_max_length, max_positions, reference_positions
 
+        refuse_other_runner(cfg, type(self))
         preflight(cfg, check_models=policy is None)
         if policy is not None:  # loading options beside a model given from Python: applied or refused
             from preflab.models.given import check_given_models

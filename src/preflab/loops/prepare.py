@@ -52,11 +52,48 @@ def is_row_source(data) -> bool:
     return isinstance(data, (list, tuple)) and bool(data) and isinstance(data[0], Mapping)
 
 
+def refuse_unreadable_data(name: str, data) -> None:
+    """A ConfigError for what a trainer's train_data / eval_data cannot be read as: a path (it belongs in the config's
+    dataset_name), one dict (a row, or a dict of columns), a pandas DataFrame, a generator (no length) or a function
+    (streaming: true reads one), a list of texts or numbers, an empty train_data. Each was taken for ready examples
+    and failed inside the first step ('str' object has no attribute 'row_id', KeyError: 172), read the dict's keys as
+    3 rows, or (empty) blamed the config's dataset_name: "every row was skipped"."""
+    import os
+    from collections.abc import Iterator
+
+    if is_row_source(data):  # a DatasetDict is a dict too
+        return
+    rows = "a datasets.Dataset or a list of row dicts"
+    if isinstance(data, (str, os.PathLike)):
+        raise ConfigError(f"{name} is a path ({str(data)!r}); a trainer takes rows from Python ({rows}). Name a "
+                          f"file in the config instead: {'eval_' if name == 'eval_data' else ''}dataset_name: {data}.")
+    if isinstance(data, Mapping):
+        raise ConfigError(f"{name} is one dict (keys {', '.join(map(repr, list(data)[:5]))}); give {rows}: "
+                          "[row] for one row, datasets.Dataset.from_dict(columns) for a dict of columns.")
+    if hasattr(data, "columns") and hasattr(data, "to_dict") and hasattr(data, "iloc"):
+        raise ConfigError(f"{name} is a pandas DataFrame; give {rows}: datasets.Dataset.from_pandas(df) or "
+                          "df.to_dict('records').")
+    if isinstance(data, Iterator):
+        raise ConfigError(f"{name} is an iterator ({type(data).__name__}), which has no length; give {rows} "
+                          "(list(...)), or set streaming: true, which reads an iterable as the steps need it.")
+    if callable(data):
+        raise ConfigError(f"{name} is a function; only streaming: true reads one (a function that returns a fresh "
+                          f"iterable of rows each pass). Set streaming: true, or give {rows}.")
+    if isinstance(data, (list, tuple)) and data and isinstance(data[0], (str, bytes, int, float, list, tuple)):
+        raise ConfigError(f"{name}[0] is a {type(data[0]).__name__} ({data[0]!r:.60}), not a row; give {rows} "
+                          "(each row a dict such as {'prompt': ..., 'chosen': ..., 'rejected': ...}).")
+    if name == "train_data" and isinstance(data, (list, tuple)) and not data:
+        raise ConfigError("train_data is empty (no rows to train on); give the rows, or leave train_data out to "
+                          "read the config's dataset_name.")
+
+
 def config_reading_rows(cfg, train_data, eval_data):
     """A copy of cfg whose dataset_name / eval_dataset_name are the rows given to a trainer from Python, so that
     prepare() reads, checks and tokenizes them exactly as a file's rows (cfg's own dataset_name then only names the
     run's data); None when neither is rows. Rows mixed with ready examples, or eval rows beside cfg's own eval set,
     are a ConfigError."""
+    refuse_unreadable_data("train_data", train_data)
+    refuse_unreadable_data("eval_data", eval_data)
     train_rows, eval_rows = is_row_source(train_data), is_row_source(eval_data)
     if not (train_rows or eval_rows):
         return None
