@@ -100,3 +100,23 @@ def test_a_judges_probabilities_are_counted_beside_wins_ties_and_losses(tmp_path
     (run / "eval.json").write_text(json.dumps({"num_pairs": 0, "metrics": {}, "win_rate": rate.to_dict()}))
     page = _eval_section([load_run(run)])
     assert "1 wins, 1 ties, 1 losses, 2 fractional verdicts (a judge's probabilities) of 5" in page
+
+
+def test_the_eval_section_is_not_titled_held_out_when_eval_json_counts_training_rows(tmp_path):
+    # user trial 9: `preflab eval RUN --data <its training file>` then `preflab report RUN`: the headline said "not
+    # held-out" but the section above eval.json's table was still titled "Held-out evaluation".
+    from preflab.report.html import _eval_section
+    from preflab.report.runs import load_run
+
+    pages = []
+    for name, overlap in (("held", {"prompts": 0, "pairs": 0}), ("seen", {"prompts": 3, "pairs": 2})):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')
+        (run / "config.yaml").write_text(yaml.safe_dump({"task": "dpo", "beta": 0.1}))
+        (run / "eval.json").write_text(json.dumps({"num_pairs": 4, "metrics": {"ranking_accuracy": 0.5},
+                                                   "overlap_with_training": overlap}))
+        pages.append(_eval_section([load_run(run)]))
+    assert "<h2>Held-out evaluation (eval.json)</h2>" in pages[0]
+    assert "Held-out" not in pages[1]
+    assert "<h2>Evaluation (eval.json; seen: partly on rows the run trained on)</h2>" in pages[1]

@@ -18,7 +18,7 @@ from preflab.errors import PreflabError
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
 from preflab.report import plots
-from preflab.report.headline import headline_notes, headline_rows, late_before_note, summary_rows
+from preflab.report.headline import headline_notes, headline_rows, late_before_note, summary_rows, trained_on_clause
 from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
 
 CSS = """
@@ -120,7 +120,9 @@ def _dict(value) -> dict:
 
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
-    out = "<h2>Held-out evaluation (eval.json)</h2>"
+    seen = [r.name for r in have if trained_on_clause(r.eval)]  # eval.json counts rows the run trained on
+    out = ("<h2>Held-out evaluation (eval.json)</h2>" if not seen else
+           f"<h2>Evaluation (eval.json; {', '.join(seen)}: partly on rows the run trained on)</h2>")
     if not have:   # the eval that fits each run's task (an SFT run, the game, a recipe: none)
         commands: dict[str, list[str]] = {}
         for run in runs:
