@@ -97,7 +97,7 @@ def test_rows_without_a_prompt_are_reset_under_a_seed_per_prompt_and_round(tmp_p
     seen = []
     for r in range(2):
         CALLS.clear()
-        out = run._start_environments(run.rows, K, r)
+        out = run._start_environments(run.rows[::-1], K, r)  # p: the place in the round, not the row's number
         want = [random.Random(reset_seed(run._round_seed(r), p)).randint(3, 6) for p in range(3)]
         assert [e.target for e in run.round_environments] == [w for w in want for _ in range(K)]
         assert [run.tokenizer.decode(row.prompt_ids).split("<|user|>\n")[1].split("</s>")[0] for row in out] == \
@@ -148,6 +148,8 @@ def test_a_file_without_prompts_is_read_counted_and_reset_as_trl(tmp_path, monke
     assert task.prompts == [{"target": 5}, {"prompt": [{"role": "user", "content": "reach"}], "target": 4},
                             {"target": 3}]
     assert task.data_report["prompt_rows"]["forms"] == {"no_prompt": 2, "conversational": 1}
+    # the placeholders are not compared: only the one row with a prompt is a held-out prompt seen in training
+    assert task.data_report["overlap"] == {"duplicate_train_examples": 0, "eval_prompts_in_train": 1}
     said = capsys.readouterr().out
     assert f"2 of 3 training rows and 2 of 3 held-out rows of {train} have no 'prompt'" in said
     assert run.rows[0].prompt == list(RESET_ONLY_PROMPT) and run.no_prompt_rows == {0, 2}
@@ -158,6 +160,11 @@ def test_a_file_without_prompts_is_read_counted_and_reset_as_trl(tmp_path, monke
 
     with pytest.raises(DataError, match="row 0.*prompt"):
         load_task(cfg, tok, None)
+    # a null prompt is not a missing one (TRL's row.get gives None and fails): refused, naming the row and the fix
+    nulled = write(tmp_path, "null.jsonl", [{"target": 5}, {"prompt": None, "target": 4}])
+    with pytest.raises(DataError, match=r"null.jsonl row 1 \(line 2\), field 'prompt': missing \(null\).*leave "
+                                        "the 'prompt' key out"):
+        file_run(tmp_path, monkeypatch, nulled)
 
 
 def test_a_row_without_a_prompt_whose_reset_gives_no_text_is_refused(tmp_path, monkeypatch):
@@ -200,3 +207,18 @@ def test_resume_with_rows_without_a_prompt_is_exact(tmp_path, monkeypatch, stop_
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     start = tiny_causal_lm(tool_tokenizer(), hidden_size=32, seed=1).state_dict()
     assert any(float((a[k] - start[k]).abs().max()) > 1e-3 for k in a)
+
+
+def test_held_out_rows_without_a_prompt_are_reset_under_a_seed_of_their_own(tmp_path, monkeypatch):
+    """eval_dataset_name rows without a prompt drawing their task from the global random: held-out row p is reset
+    under reset_seed(heldout_reset_seed_base(seed), p), so the evaluation before training (and every later one) poses
+    those tasks; the row with a prompt is reset unseeded."""
+    from preflab.online.environments import heldout_reset_seed_base
+
+    train = write(tmp_path, "train.jsonl", [{"n": 0}, {"n": 1}])
+    held = write(tmp_path, "held.jsonl", [{"n": 0}, {"n": 1}, {"n": 2}])
+    _, run = file_run(tmp_path, monkeypatch, train, held=held, factory="test_environment_no_prompt:DrawnCounter")
+    want = [random.Random(reset_seed(heldout_reset_seed_base(BASE["seed"]), p)).randint(3, 6) for p in range(3)]
+    assert [ex["prompt"] for ex in run.before["examples"]] == \
+        [[{"role": "user", "content": f"reach (target {w})"}] for w in want]
+    assert len(set(want)) > 1

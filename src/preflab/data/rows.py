@@ -429,7 +429,10 @@ def _build_prompt(row_id: int, row: dict, prompt_optional: bool = False) -> tupl
         setattr(example, _FROM_RESET_ATTR, True)
         return [example], "no_prompt"
     if row.get("prompt") is None:
-        raise RowProblem("missing_field", "prompt", missing_detail(row, "prompt"), _prompt_row_fix(row))
+        fix = _prompt_row_fix(row) + (" Beside environment_factory a row may leave the 'prompt' key out (reset then "
+                                      "gives its prompt, TRL's rule); a null one is not read so (TRL fails on it)."
+                                      if prompt_optional else "")
+        raise RowProblem("missing_field", "prompt", missing_detail(row, "prompt"), fix)
     prompt = check_text_or_messages(row.get("prompt"), "prompt")
     form = "conversational" if isinstance(prompt, list) else "standard"
     return [PromptExample(row_id, prompt, _extras(row, ("prompt",)))], form

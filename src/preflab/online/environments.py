@@ -80,9 +80,9 @@ def default_prompts(prompts: list) -> tuple[list, frozenset]:
 
 
 def heldout_reset_seed_base(seed: int) -> int:
-    """The seed base of the held-out rows whose prompt reset gives (reset_seed(base, p) for held-out row p): the
-    formula of OnlineRun's round seed at round -1, apart from every training round's, the same before and after
-    training."""
+    """The seed base of the held-out rows without a prompt of a run with a dataset (reset_seed(base, p) for held-out
+    row p): the formula of OnlineRun's round seed at round -1, apart from every training round's, the same before and
+    after training (online/tasks.py reset_only_task seeds a run without a dataset's held-out rows so too)."""
     return (seed * 7919 - 1) * 100_003
 
 

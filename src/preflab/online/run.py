@@ -727,15 +727,16 @@ class OnlineRun(TrainingRun):
         cut to max_prompt_length by its observation is counted in summary.json online.environment_prompts_truncated
         and said once. Without a dataset (prompts_from_reset) round r's prompt p is reset under the global generators
         seeded with environments.reset_seed(round seed, p), and the prompts reset gave are counted in
-        online.environment_reset_prompts."""
+        online.environment_reset_prompts; so are the rows without a prompt (self.no_prompt_rows: reset without the
+        prompt keyword, its text their prompt; environments.default_prompts), the others reset unseeded."""
         from preflab.online.environments import begin_rollouts, reset_seed
 
         cfg = self.cfg
         seeds, place = None, self._row_place()
         absent = self.no_prompt_rows if not self.prompts_from_reset else frozenset()
         if absent and any(row.row_id in absent for row in rows):  # rows without a prompt: seeded as without data
-            seeds = [reset_seed(self._round_seed(r), p) if row.row_id in absent else None
-                     for p, row in enumerate(rows)]
+            round_seed = self._round_seed(r)
+            seeds = [reset_seed(round_seed, p) if row.row_id in absent else None for p, row in enumerate(rows)]
         if self.prompts_from_reset:
             seeds = [reset_seed(self._round_seed(r), p) for p in range(len(rows))]
             positions = {row.row_id: p for p, row in enumerate(rows)}
@@ -744,8 +745,10 @@ class OnlineRun(TrainingRun):
         out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
                                                                        cfg, self.accelerator, place, seeds,
                                                                        self.prompts_from_reset, absent)
-        made = len(rows) if self.prompts_from_reset else sum(row.row_id in absent for row in rows)
-        if made:  # the prompts whose text reset gave
+        if self.prompts_from_reset:
+            self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + len(rows)
+        made = sum(row.row_id in absent for row in rows)  # rows without a prompt: reset gave their text too
+        if made:
             self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + made
         if hasattr(self.generator, "slot_tools"):
             self.generator.slot_tools = slot_tools

@@ -298,7 +298,7 @@ def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
     from preflab.data.eval_set import train_and_eval
     from preflab.data.report import place_of, where
     from preflab.data.rows import load_rows
-    from preflab.online.environments import check_reset_only, heldout_reset_seed_base, reset_only_prompts
+    from preflab.online.environments import check_reset_only, reset_only_prompts
 
     check_reset_only(cfg, isinstance(cfg.environment_factory, dict))
     n = cfg.prompts_per_generation
@@ -311,7 +311,7 @@ def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
     aggregator = _aggregator(cfg, judges)
     # the held-out resets: seeded from the seed of "round -1" (OnlineRun._round_seed's formula), apart from the rounds'
     evaluate = dataset_evaluate(cfg, held, judges, aggregator, heldout_places,
-                                reset_seed_base=heldout_reset_seed_base(cfg.seed)) if held else None
+                                reset_seed_base=(cfg.seed * 7919 - 1) * 100_003) if held else None
     report = {"source": "environment_factory reset (no dataset)", "total": n, "kept": n, "skipped": {}}
     from preflab.runlog import is_main_process
 
