@@ -4939,7 +4939,7 @@ MUTANTS += [
            [("seeds = [reset_seed(round_seed, p) if row.row_id in absent else None for p, row in enumerate(rows)]",
              "seeds = [reset_seed(round_seed, row.row_id) if row.row_id in absent else None for row in rows]")],
            ENVNP, "a row without a prompt is seeded by its row id, not its place in the round (the rule without data)"),
-    Mutant("envnp-no-text-accepted", "online/environments.py",
+    Mutant("envnp-textless-reset-accepted", "online/environments.py",
            [('if row.row_id in no_prompt and (first is None or first == ""):',
              "if False:")], ENVNP,
            "a row without a prompt whose reset returns None trains on the empty user message, silently"),
