@@ -222,3 +222,28 @@ def test_held_out_rows_without_a_prompt_are_reset_under_a_seed_of_their_own(tmp_
     assert [ex["prompt"] for ex in run.before["examples"]] == \
         [[{"role": "user", "content": f"reach (target {w})"}] for w in want]
     assert len(set(want)) > 1
+
+
+@pytest.mark.slow
+def test_two_processes_reset_rows_without_a_prompt_once_and_equal_one_process(tmp_path, one_and_two_processes):
+    """Dataset rows without a prompt under accelerate launch with two processes (environment_run.py no_prompt=true):
+    the main process makes every reset (each rollout's target drawn under the seed of its row's place in the round,
+    the same as one process's), step and get_reward once, and the weights equal the one-process run's."""
+    from collections import Counter as Tally
+
+    from safetensors.torch import load_file
+
+    script = str(Path(__file__).parent / "environment_run.py")
+    common = ["no_prompt=true", "per_device_train_batch_size=1", "max_steps=1", "steps_per_generation=1",
+              "save_strategy=no"]
+    one_and_two_processes(script, tmp_path, common)
+    tallies = [Tally((tmp_path / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
+    round_seed = 3 * 7919 * 100_003  # OnlineRun._round_seed(0) at seed 3
+    targets = [random.Random(reset_seed(round_seed, p)).randint(3, 6) for p in range(4)]
+    assert tallies[0] == tallies[1]
+    assert Tally({k: v for k, v in tallies[0].items() if k.startswith("reset")}) == \
+        Tally(f"reset {t} rank0" for t in targets for _ in range(2))
+    assert tallies[0]["get_reward rank0"] == 8 and set(tallies[0]) - {f"reset {t} rank0" for t in targets} == \
+        {"step rank0", "get_reward rank0"}
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
