@@ -247,3 +247,25 @@ def test_two_processes_reset_rows_without_a_prompt_once_and_equal_one_process(tm
         {"step rank0", "get_reward rank0"}
     a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_grpo_train_takes_rows_without_a_prompt_from_python(tmp_path, monkeypatch):
+    """preflab.online.api.grpo_train(policy, tok, [{"target": 5}, {"target": 4}], environment_factory=...): every
+    reset gets `target` only, the rows are counted in summary.json, and get_reward scores the rollouts (target 5
+    reached, 4 missed: a round's mean 1/2)."""
+    import preflab.online.generator as generator_module
+    from preflab.online.api import grpo_train
+
+    tok = tool_tokenizer()
+    monkeypatch.setattr(generator_module, "make_generator",
+                        lambda cfg, policy, tokenizer, acc=None: EnvScripted(tok, cfg.max_completion_length))
+    CALLS.clear()
+    summary = grpo_train(tiny_causal_lm(tok, hidden_size=32, seed=1), tok, [dict(r) for r in NO_PROMPT],
+                         environment_factory=KeyedCounter, loss_type="grpo", num_generations=3, max_steps=2,
+                         max_completion_length=300, use_cpu=True, output_dir=str(tmp_path))
+    resets = [c for c in CALLS if c[1] == "reset"]
+    assert resets and set(resets) == {("KeyedCounter", "reset", ("target",))}
+    assert summary["online"]["environment_rows_without_prompt"] == 2
+    assert summary["online"]["environment_reset_prompts"] == len(resets) // 3
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["rewards/KeyedCounter/mean"] for m in metrics if "rewards/KeyedCounter/mean" in m] == [0.5, 0.5]
