@@ -4960,6 +4960,44 @@ MUTANTS += [
 ]
 
 
+# env-noprompt round: dataset rows without a `prompt` beside environment_factory (TRL 1.16: one empty user message,
+# reset(**row) without a prompt keyword, its text the prompt): the reader, the reset keywords, the per-row seeds, the
+# refusal of a reset without text, the held-out rows and the counts. Mutants named `envnp-*`.
+ENVNP = ["tests/online/test_environment_no_prompt.py", "-m", "not slow"]
+MUTANTS += [
+    Mutant("envnp-reset-gets-prompt", "online/environments.py",
+           [('fields = {"prompt": row.prompt, **row.columns} if with_prompt else dict(row.columns)',
+             'fields = {"prompt": row.prompt, **row.columns}')], ENVNP,
+           "a row without a prompt is reset with the placeholder as prompt=, a keyword TRL does not pass"),
+    Mutant("envnp-rows-unseeded", "online/run.py",
+           [("seeds = [reset_seed(round_seed, p) if row.row_id in absent else None for p, row in enumerate(rows)]",
+             "seeds = None")], ENVNP,
+           "rows without a prompt are reset unseeded: K rollouts of one row draw K tasks (refused) and resume differs"),
+    Mutant("envnp-seed-by-row-not-position", "online/run.py",
+           [("seeds = [reset_seed(round_seed, p) if row.row_id in absent else None for p, row in enumerate(rows)]",
+             "seeds = [reset_seed(round_seed, row.row_id) if row.row_id in absent else None for row in rows]")],
+           ENVNP, "a row without a prompt is seeded by its row id, not its place in the round (the rule without data)"),
+    Mutant("envnp-textless-reset-accepted", "online/environments.py",
+           [('if row.row_id in no_prompt and (first is None or first == ""):',
+             "if False:")], ENVNP,
+           "a row without a prompt whose reset returns None trains on the empty user message, silently"),
+    Mutant("envnp-reader-refuses", "data/rows.py",
+           [('if "prompt" not in row and prompt_optional:', 'if "prompt" not in row and prompt_optional and False:')],
+           ENVNP, "the dataset reader refuses rows without a prompt beside an environment (the gap before)"),
+    Mutant("envnp-eval-rows-unseeded", "online/tasks.py",
+           [("if seeds is None and absent:", "if False:")], ENVNP,
+           "held-out rows without a prompt are reset unseeded (the evaluations before and after pose other tasks)"),
+    Mutant("envnp-rows-uncounted", "online/run.py",
+           [('self.counts["environment_rows_without_prompt"] = len(self.no_prompt_rows)', "pass")], ENVNP,
+           "summary.json does not count the rows without a prompt"),
+    Mutant("envnp-placeholders-overlap", "online/tasks.py",
+           [("overlap = overlap_report([ex for ex in rows if not prompt_from_reset(ex)],\n"
+             "                             [ex for ex in eval_rows if not prompt_from_reset(ex)])",
+             "overlap = overlap_report(rows, eval_rows)")], ENVNP,
+           "the placeholders of rows without a prompt count as held-out prompts seen in training"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

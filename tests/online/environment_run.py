@@ -4,7 +4,8 @@ environments) as a script, for the several-process test: python tests/online/env
 every completion the environments= reward function scores appends a line to OUT_DIR/calls.txt (with the process's
 rank), so a call made twice shows. The held-out evaluation (the first row, greedy, before and after training) answers
 with the same scripted turns and environments. no_dataset=true: a run without a dataset (LoggedDrawn's reset gives
-the prompts; no evaluation)."""
+the prompts; no evaluation). no_prompt=true: four dataset rows without a prompt ({"n": i}: LoggedDrawn's reset gives
+each its text; no evaluation)."""
 import os
 import sys
 from pathlib import Path
@@ -110,6 +111,11 @@ if __name__ == "__main__":
         cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], **overrides})
         OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                   task=reset_only(cfg, [], LoggedDrawn), environment_factory=LoggedDrawn).train()
+        sys.exit(0)
+    if overrides.pop("no_prompt", False):  # dataset rows without a prompt (TRL's default beside an environment)
+        cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], **overrides})
+        OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                  task=Task([{"n": i} for i in range(4)], []), environment_factory=LoggedDrawn).train()
         sys.exit(0)
     cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], "eval_dataset_name": "held.jsonl", **overrides})
     held = [dict(t.ROWS[0])]

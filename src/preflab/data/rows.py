@@ -12,7 +12,9 @@ Kinds and the row forms each accepts (TRL's dataset conventions, ANCHORS.md §3.
 - "unpaired" -> `UnpairedExample`: KTO rows {"prompt", "completion", "label": bool}; a pairwise row becomes one
   desirable (chosen) and one undesirable (rejected) example with the same `row_id`, as TRL's KTO does.
 - "prompt" -> `PromptExample`: {"prompt"} for online loops; a pairwise row without `prompt` gives its implicit
-  prompt.
+  prompt. With prompt_optional (a run with environment_factory, TRL 1.16's rule beside an environment) a row without
+  a `prompt` key reads with one empty user message as its prompt (form "no_prompt"; `prompt_from_reset(example)` is
+  True): the environment's reset gives its text.
 Every other column is kept in `extras`; `required_extras` (an objective's per-row extras, see
 `Objective.row_extras`) must be numeric in every row. A bad row raises `DataError` naming the file, the row and
 the field, or with `on_bad_row="skip"` is counted by reason in the report; `kept + sum(skipped) == total` always holds.
@@ -38,7 +40,8 @@ INTRA_FIELDS = ("prompt_chosen", "prompt_rejected", "completion")  # MAPL intra-
 INTRA_FIX = ("A MAPL intra row is {\"prompt_chosen\": x_w, \"prompt_rejected\": x_l, \"completion\": y} (y fits x_w "
              "better than x_l); build them with `python -m preflab.data.mapl`.")
 
-__all__ = ["load_rows", "PairExample", "UnpairedExample", "PromptExample", "DataReport", "KINDS"]
+__all__ = ["load_rows", "PairExample", "UnpairedExample", "PromptExample", "DataReport", "KINDS", "NO_PROMPT_MESSAGES",
+           "prompt_from_reset"]
 
 
 def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_row: str = "error",
@@ -61,7 +64,9 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
         `get_objective("sem_dpo").row_extras()`; numeric CSV text becomes floats.
     prompt_optional: pairwise rows may have no prompt (reward models, which score whole texts as TRL's
         RewardTrainer does): an empty `prompt`, or text `chosen` / `rejected` without a shared start, read with the
-        prompt "" (form `standard_no_prompt`) instead of being bad rows.
+        prompt "" (form `standard_no_prompt`) instead of being bad rows. Prompt rows (environment_factory runs): a
+        row without a `prompt` key reads with NO_PROMPT_MESSAGES as its prompt (form "no_prompt"), marked so that
+        prompt_from_reset(example) is True (a null `prompt` is still a missing field).
     Returns (examples, report); examples keep source order, each with its 0-based source `row_id`.
     """
     if kind not in KINDS:
@@ -87,7 +92,8 @@ def row_builder(kind: str, report: DataReport, on_bad_row: str = "error", column
     (preflab.data.stream) read rows through it."""
     column_map = dict(column_map or {})
     policy = BadRowPolicy(on_bad_row, report, field_names={v: k for k, v in column_map.items()})
-    make = partial(_build_pairwise, prompt_optional=True) if prompt_optional and kind == "pairwise" else _BUILDERS[kind]
+    make = partial(_BUILDERS[kind], prompt_optional=True) if prompt_optional and kind != "unpaired" else \
+        _BUILDERS[kind]
     extra_bounds = dict(required_extras) if isinstance(required_extras, Mapping) else {
         name: (None, None) for name in required_extras}
     first_depths: dict[str, tuple[int, int, object]] = {}  # extra -> (list depth, row id, value) of its first row
@@ -403,13 +409,30 @@ def _build_unpaired(row_id: int, row: dict) -> tuple[list[UnpairedExample], str]
     return [UnpairedExample(row_id, prompt, completion, label, _extras(row, UNPAIRED_FIELDS))], form
 
 
-def _build_prompt(row_id: int, row: dict) -> tuple[list[PromptExample], str]:
+NO_PROMPT_MESSAGES = ({"role": "user", "content": ""},)  # TRL 1.16's prompt of a row without one, beside an environment
+_FROM_RESET_ATTR = "_preflab_prompt_from_reset"  # a plain attribute, as keep_place's: equality and fingerprints ignore it
+
+
+def prompt_from_reset(example) -> bool:
+    """Whether a prompt row was read without a `prompt` key (load_rows(kind="prompt", prompt_optional=True)): its
+    prompt is NO_PROMPT_MESSAGES and the environment's reset gives its text."""
+    return bool(getattr(example, _FROM_RESET_ATTR, False))
+
+
+def _build_prompt(row_id: int, row: dict, prompt_optional: bool = False) -> tuple[list[PromptExample], str]:
     _refuse_intra(row, "prompt (online)")
     if "prompt" not in row and "chosen" in row and "rejected" in row:
         prompt, _, _, form = _pair_parts(row)
         return [PromptExample(row_id, prompt, _extras(row, PAIR_FIELDS))], form
+    if "prompt" not in row and prompt_optional:  # environment_factory (TRL: x.get("prompt", [empty user message]))
+        example = PromptExample(row_id, [dict(m) for m in NO_PROMPT_MESSAGES], _extras(row, ("prompt",)))
+        setattr(example, _FROM_RESET_ATTR, True)
+        return [example], "no_prompt"
     if row.get("prompt") is None:
-        raise RowProblem("missing_field", "prompt", missing_detail(row, "prompt"), _prompt_row_fix(row))
+        fix = _prompt_row_fix(row) + (" Beside environment_factory a row may leave the 'prompt' key out (reset then "
+                                      "gives its prompt, TRL's rule); a null one is not read so (TRL fails on it)."
+                                      if prompt_optional else "")
+        raise RowProblem("missing_field", "prompt", missing_detail(row, "prompt"), fix)
     prompt = check_text_or_messages(row.get("prompt"), "prompt")
     form = "conversational" if isinstance(prompt, list) else "standard"
     return [PromptExample(row_id, prompt, _extras(row, ("prompt",)))], form

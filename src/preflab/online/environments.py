@@ -48,6 +48,14 @@ preflab adds, for its guarantees: the factory call and reset of every rollout of
 so an environment drawing its task from them gives the K rollouts of a prompt one task, other prompts and rounds
 other tasks, and a resumed or several-process run the same ones (TRL seeds nothing: its K rollouts of a placeholder
 row may get K different tasks); a reset returning None or "" (an empty prompt) is refused.
+
+Rows without a prompt (TRL 1.16 beside an environment: a dataset row without a `prompt` key, e.g. only an
+`environment` column; default_prompts): the row's prompt is one empty user message, reset(**row) gets the row's
+other fields only (no `prompt` keyword; with several environments not `environment` either) and its text becomes the
+user message. A file may mix them with rows that have a prompt (TRL decides per row). As without a dataset, such a
+row's prompt is reset's text alone, so: its K factory calls and resets run under seeded_globals(reset_seed(round
+seed, p)) (p its place in the round; the held-out rows under heldout_reset_seed_base's), and a reset giving no text
+is refused (TRL would train on the empty message). Rows with a prompt are reset unseeded, as before.
 """
 from __future__ import annotations
 
@@ -58,6 +66,24 @@ from preflab.errors import ConfigError
 
 RESERVED = ("reset", "get_reward")
 RESET_ONLY_PROMPT = ({"role": "user", "content": ""},)  # TRL's placeholder row's prompt, without a dataset
+
+
+def default_prompts(prompts: list) -> tuple[list, frozenset]:
+    """TRL 1.16's rule beside an environment (GRPOTrainer: x.get("prompt", [empty user message])): every dict row
+    without a "prompt" key gets RESET_ONLY_PROMPT (one empty user message) as its prompt. Returns (the rows, those
+    rows' positions: their reset gets no prompt keyword and its text is their prompt; Environments.start_round)."""
+    absent = frozenset(i for i, row in enumerate(prompts) if isinstance(row, dict) and "prompt" not in row)
+    if not absent:
+        return list(prompts), absent
+    return [{"prompt": [dict(m) for m in RESET_ONLY_PROMPT], **row} if i in absent else row
+            for i, row in enumerate(prompts)], absent
+
+
+def heldout_reset_seed_base(seed: int) -> int:
+    """The seed base of the held-out rows without a prompt of a run with a dataset (reset_seed(base, p) for held-out
+    row p): the formula of OnlineRun's round seed at round -1, apart from every training round's, the same before and
+    after training (online/tasks.py reset_only_task seeds a run without a dataset's held-out rows so too)."""
+    return (seed * 7919 - 1) * 100_003
 
 
 def reset_only_prompts(n: int) -> list[dict]:
@@ -241,17 +267,21 @@ class Environments:
                               "'environment' column.")
         return name
 
-    def reset_kwargs(self, row) -> dict:
-        """What reset receives: the row's prompt and columns (without `environment` with several factories)."""
-        fields = {"prompt": row.prompt, **row.columns}
+    def reset_kwargs(self, row, with_prompt: bool = True) -> dict:
+        """What reset receives: the row's prompt and columns (without `environment` with several factories); a row
+        without a prompt of its own (with_prompt False; default_prompts): its columns only, as TRL's row."""
+        fields = {"prompt": row.prompt, **row.columns} if with_prompt else dict(row.columns)
         return {k: v for k, v in fields.items() if k != "environment"} if self.multi else fields
 
-    def start_round(self, rows, k: int, place=_default_place, seeds=None, text_required=False) -> tuple[list, list]:
+    def start_round(self, rows, k: int, place=_default_place, seeds=None, text_required=False,
+                    no_prompt=frozenset()) -> tuple[list, list]:
         """(instances, observations): k fresh instances per row (completion i of row i // k has instances[i]), each
         reset with the row's fields; observations[p] is row p's reset result (None or a string), the same for its k
         resets (refused otherwise, naming the row by place(row_id)). seeds (without a dataset: one per row): each of
         row p's k factory calls and resets runs under seeded_globals(seeds[p]). text_required (the training rounds
-        without a dataset, whose prompt is reset's text): a reset giving no text (None or "") is refused."""
+        without a dataset, whose prompt is reset's text): a reset giving no text (None or "") is refused. no_prompt:
+        the row_ids of rows without a prompt of their own (default_prompts): reset without the prompt keyword, and
+        a reset giving no text refused, naming the row."""
         instances, observations = [], []
         for p, row in enumerate(rows):
             name = self.name_of(row.row_id, row.columns, place)
@@ -259,9 +289,14 @@ class Environments:
             for _ in range(k):
                 with seeded_globals(None if seeds is None else seeds[p]):
                     env = _make(self.factories[name], name)
-                    seen.append(self._reset(env, row, place))
+                    seen.append(self._reset(env, row, place, row.row_id not in no_prompt))
                 instances.append(env)
             first = seen[0]
+            if row.row_id in no_prompt and (first is None or first == ""):
+                raise ConfigError(f"{place(row.row_id)}: the row has no 'prompt', so its prompt is the text "
+                                  f"{type(instances[-1]).__name__}.reset returns (TRL's default: one empty user "
+                                  f"message), and reset returned {first!r}; return the task's prompt (a non-empty "
+                                  "string), or give the row a 'prompt'.")
             if text_required and (first is None or first == ""):
                 raise ConfigError(f"{place(row.row_id)}: {type(instances[-1]).__name__}.reset returned {first!r}; "
                                   "without a dataset the prompt is reset's text alone, so it must return the task's "
@@ -278,9 +313,9 @@ class Environments:
             observations.append(first)
         return instances, observations
 
-    def _reset(self, env, row, place=_default_place):
+    def _reset(self, env, row, place=_default_place, with_prompt: bool = True):
         """env.reset(**row fields); what it raises becomes a ConfigError naming the row and the keywords."""
-        kwargs = self.reset_kwargs(row)
+        kwargs = self.reset_kwargs(row, with_prompt)
         try:
             return env.reset(**kwargs)
         except Exception as exc:  # the user's reset: say which row and what it was given
@@ -313,27 +348,27 @@ def with_environment_judges(judges: list, weights, envs) -> tuple[list, object]:
 
 
 def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None, place=_default_place, seeds=None,
-                   text_required=False) -> tuple[list, list | None, list, int]:
+                   text_required=False, no_prompt=frozenset()) -> tuple[list, list | None, list, int]:
     """(rows, instances, slot_tools, cut) for k rollouts of each row: fresh instances reset with the row's fields
     (Environments.start_round; with several processes only the main process holds them, instances None elsewhere, and
     sends the observations); each row whose reset returned text gets it appended to its last message and is
     tokenized again with its environment's tools (prepare_prompts with cfg's max_prompt_length, truncation_mode and
     chat_template_kwargs; `cut` counts those cut to max_prompt_length); slot_tools: per rollout, what it may call (its
     instance's methods; another process's: the probe's, for parsing only). place: names a row in refusals
-    (row_places). seeds, text_required: without a dataset (Environments.start_round)."""
+    (row_places). seeds, text_required: without a dataset; no_prompt: rows without a prompt (Environments.start_round)."""
     from dataclasses import replace
 
     from preflab.loops.rollout import prepare_prompts
 
     if accelerator is None or accelerator.num_processes == 1:
-        instances, observations = envs.start_round(rows, k, place, seeds, text_required)
+        instances, observations = envs.start_round(rows, k, place, seeds, text_required, no_prompt)
     else:
         from accelerate.utils import broadcast_object_list
 
         sent, instances = [None], None
         if accelerator.is_main_process:
             try:
-                instances, observations = envs.start_round(rows, k, place, seeds, text_required)
+                instances, observations = envs.start_round(rows, k, place, seeds, text_required, no_prompt)
                 sent = [observations]
             except ConfigError as exc:  # sent too, so that no process waits for the others
                 sent = [str(exc)]
@@ -396,6 +431,7 @@ def with_observation(prompt: list, observation: str) -> list:
     return prompt[:-1] + [{**prompt[-1], "content": prompt[-1]["content"] + observation}]
 
 
-__all__ = ["RESET_ONLY_PROMPT", "Environments", "begin_rollouts", "check_reset_only", "environment_reward",
+__all__ = ["RESET_ONLY_PROMPT", "Environments", "begin_rollouts", "check_reset_only", "default_prompts",
+           "environment_reward", "heldout_reset_seed_base",
            "judge_rollouts", "load_environment_factories", "public_methods", "reset_only_prompts", "reset_seed",
            "row_places", "seeded_globals", "with_environment_judges", "with_observation"]

@@ -254,7 +254,8 @@ class OnlineRun(TrainingRun):
         self.pad_id = pad_id_of(tokenizer)
         self.tools = self._tool_functions(cfg, task, tokenizer, tools)
         self.data_report = dict(getattr(task, "data_report", None) or {})
-        self.rows = getattr(task, "rows", None) or prepare_prompts(task.prompts, tokenizer, cfg.max_prompt_length,
+        prompts, self.no_prompt_rows = self._default_prompts(task)  # rows without a prompt: reset gives it (TRL)
+        self.rows = getattr(task, "rows", None) or prepare_prompts(prompts, tokenizer, cfg.max_prompt_length,
                                                                    report_to=self.data_report,
                                                                    truncation_mode=cfg.truncation_mode,
                                                                    chat_template_kwargs=cfg.chat_template_kwargs,
@@ -299,6 +300,8 @@ class OnlineRun(TrainingRun):
         self.pending: Round | None = None
         self.examples_trained = 0  # examples in this session's steps (summary.json train_examples_seen)
         self.counts = {"rounds": 0, "empty_steps": 0, "empty_completions": 0, "judge_dropped": 0, "completions": 0}
+        if self.no_prompt_rows and not self.prompts_from_reset:  # rows without a prompt (reset gives it)
+            self.counts["environment_rows_without_prompt"] = len(self.no_prompt_rows)
         self.refreshes = 0
         self.before = self._evaluate_task() if task.evaluate is not None else None
 
@@ -334,6 +337,22 @@ class OnlineRun(TrainingRun):
         standalone = load_tools(tools or cfg.tools) if (tools or cfg.tools) else []
         return Environments(load_environment_factories(given if given is not None else cfg.environment_factory),
                             standalone)
+
+    def _default_prompts(self, task) -> tuple[list, frozenset]:
+        """(the task's prompt rows, the positions of those without a prompt): with environments a dict row without
+        a "prompt" key gets TRL's one empty user message and its prompt from reset (environments.default_prompts;
+        counted in summary.json online.environment_rows_without_prompt and said); without, the rows as given (one
+        without a prompt is refused by prepare_prompts)."""
+        if self.environments is None or getattr(task, "rows", None) is not None:
+            return task.prompts, frozenset()
+        from preflab.online.environments import default_prompts
+
+        prompts, absent = default_prompts(task.prompts)
+        if absent and self.main and not self.prompts_from_reset and not self.data_report.get("prompt_rows"):
+            print(f"preflab: data: {len(absent)} of {len(prompts)} prompt rows have no 'prompt': each one's prompt is "
+                  "the text environment_factory's reset returns (TRL's default: one empty user message), drawn under "
+                  "a seed per prompt and round.", flush=True)  # (a dataset's rows: said by online_task)
+        return prompts, absent
 
     def _prompts_from_reset(self, cfg, task) -> bool:
         """Whether the task's prompts are placeholders whose text reset gives (TRL's GRPOTrainer without a
@@ -708,11 +727,16 @@ class OnlineRun(TrainingRun):
         cut to max_prompt_length by its observation is counted in summary.json online.environment_prompts_truncated
         and said once. Without a dataset (prompts_from_reset) round r's prompt p is reset under the global generators
         seeded with environments.reset_seed(round seed, p), and the prompts reset gave are counted in
-        online.environment_reset_prompts."""
+        online.environment_reset_prompts; so are the rows without a prompt (self.no_prompt_rows: reset without the
+        prompt keyword, its text their prompt; environments.default_prompts), the others reset unseeded."""
         from preflab.online.environments import begin_rollouts, reset_seed
 
         cfg = self.cfg
         seeds, place = None, self._row_place()
+        absent = self.no_prompt_rows if not self.prompts_from_reset else frozenset()
+        if absent and any(row.row_id in absent for row in rows):  # rows without a prompt: seeded as without data
+            round_seed = self._round_seed(r)
+            seeds = [reset_seed(round_seed, p) if row.row_id in absent else None for p, row in enumerate(rows)]
         if self.prompts_from_reset:
             seeds = [reset_seed(self._round_seed(r), p) for p in range(len(rows))]
             positions = {row.row_id: p for p, row in enumerate(rows)}
@@ -720,9 +744,12 @@ class OnlineRun(TrainingRun):
                                     f"{len(rows)} (no dataset: environment_factory's reset gives the prompt)")
         out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
                                                                        cfg, self.accelerator, place, seeds,
-                                                                       self.prompts_from_reset)
+                                                                       self.prompts_from_reset, absent)
         if self.prompts_from_reset:
             self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + len(rows)
+        made = sum(row.row_id in absent for row in rows)  # rows without a prompt: reset gave their text too
+        if made:
+            self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + made
         if hasattr(self.generator, "slot_tools"):
             self.generator.slot_tools = slot_tools
         if cut:
@@ -913,7 +940,12 @@ class OnlineRun(TrainingRun):
         if cfg.online_task != "dataset" or not task.heldout or getattr(task, "rows", None) is not None:
             return
         report: dict = {}
-        held = prepare_prompts(task.heldout, tokenizer, cfg.max_prompt_length, report_to=report,
+        heldout = task.heldout
+        if self.environments is not None:  # held-out rows without a prompt: TRL's empty user message (as training)
+            from preflab.online.environments import default_prompts
+
+            heldout = default_prompts(heldout)[0]
+        held = prepare_prompts(heldout, tokenizer, cfg.max_prompt_length, report_to=report,
                                truncation_mode=cfg.truncation_mode, chat_template_kwargs=cfg.chat_template_kwargs,
                                tools=self._prompt_tools(held_out=True) or None)  # (an unknown environment: by its row)
         source = cfg.eval_dataset_name or f"{cfg.dataset_name}, held out by eval_fraction={cfg.eval_fraction:g}"

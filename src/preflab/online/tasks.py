@@ -220,23 +220,31 @@ def load_task(cfg, tokenizer=None, policy=None):
 
     from preflab.data.configured_source import training_source
 
-    rows, report = load_rows(training_source(cfg), split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row)
+    from preflab.data.rows import prompt_from_reset
+
+    # environment_factory: a row without a 'prompt' key is TRL 1.16's environment row (reset gives its prompt)
+    optional = bool(cfg.environment_factory)
+    rows, report = load_rows(training_source(cfg), split=cfg.dataset_split, kind="prompt", on_bad_row=cfg.on_bad_row,
+                             prompt_optional=optional)
     if is_main_process():  # skipped prompt rows are said, as for preference data
         print(f"preflab: data: {report.summary()}")
     refuse_empty(report, "dataset_name", cfg.dataset_name)
     # eval_dataset_name / eval_fraction: held-out prompts answered greedily and judged (they were read by nothing)
     rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",
-                                                                                 on_bad_row=cfg.on_bad_row))
+                                                                                 on_bad_row=cfg.on_bad_row,
+                                                                                 prompt_optional=optional))
     from preflab.data.overlap import overlap_notes, overlap_report
 
     # the held-out prompts that are training prompts too (a repeated prompt, an eval_dataset_name sharing rows):
-    # counted in summary.json data.overlap as for preference rows, and said
-    overlap = overlap_report(rows, eval_rows)
+    # counted in summary.json data.overlap as for preference rows, and said (rows without a prompt, whose prompt
+    # reset gives, are not compared: their placeholders are all alike)
+    overlap = overlap_report([ex for ex in rows if not prompt_from_reset(ex)],
+                             [ex for ex in eval_rows if not prompt_from_reset(ex)])
     if is_main_process():
         for note in overlap_notes(overlap, len(eval_rows), repeats=False):
             print(f"preflab: note: data: {note}")
-    prompts = [{"prompt": ex.prompt, **ex.extras} for ex in rows]
-    held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
+        note_rows_without_prompt(rows, eval_rows, report.source)
+    prompts, held = prompt_dicts(rows), prompt_dicts(eval_rows)
     from preflab.data.report import place_of, where
 
     def places(examples) -> list:  # where each row was read (environment_factory names a row by it)
@@ -257,6 +265,28 @@ def load_task(cfg, tokenizer=None, policy=None):
         tokenizer, policy
 
 
+def prompt_dicts(examples) -> list[dict]:
+    """The Task's prompt rows: {"prompt": ..., **columns}; a row read without a prompt (environments.py: TRL's
+    environment row, rows.prompt_from_reset) stays without the key, as TRL's row is, so that OnlineRun gives it the
+    empty user message and reset its other columns only (environments.default_prompts)."""
+    from preflab.data.rows import prompt_from_reset
+
+    return [dict(ex.extras) if prompt_from_reset(ex) else {"prompt": ex.prompt, **ex.extras} for ex in examples]
+
+
+def note_rows_without_prompt(rows, eval_rows, source) -> None:
+    """Says how many training and held-out rows have no prompt (their prompt is environment_factory's reset's text;
+    counted in summary.json data.prompt_rows.forms.no_prompt)."""
+    from preflab.data.rows import prompt_from_reset
+
+    n, m = sum(map(prompt_from_reset, rows)), sum(map(prompt_from_reset, eval_rows))
+    if n or m:
+        print(f"preflab: data: {n} of {len(rows)} training rows" + (f" and {m} of {len(eval_rows)} held-out rows"
+                                                                     if eval_rows else "") +
+              f" of {source} have no 'prompt': each one's prompt is the text environment_factory's reset returns "
+              "(TRL's default: one empty user message), drawn under a seed per prompt and round.", flush=True)
+
+
 def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
     """online_task: dataset with environment_factory and no dataset_name (TRL's GRPOTrainer without train_dataset):
     prompts_per_generation placeholder rows (environments.reset_only_prompts: TRL's one round of empty user
@@ -273,8 +303,9 @@ def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
     check_reset_only(cfg, isinstance(cfg.environment_factory, dict))
     n = cfg.prompts_per_generation
     eval_rows = train_and_eval(cfg, [], lambda name, split: load_rows(name, split=split, kind="prompt",
-                                                                       on_bad_row=cfg.on_bad_row))[1] if held_out else []
-    held = [{"prompt": ex.prompt, **ex.extras} for ex in eval_rows]
+                                                                       on_bad_row=cfg.on_bad_row,
+                                                                       prompt_optional=True))[1] if held_out else []
+    held = prompt_dicts(eval_rows)
     heldout_places = [where(file, ex.row_id, line) if file else "" for ex in eval_rows
                       for file, line in [place_of(ex)]]
     aggregator = _aggregator(cfg, judges)
@@ -398,17 +429,25 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
         envs, place = environments, row_places("held-out (eval) prompt", places)
         env_tools = (lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras, place)])
         row_tools = env_tools if envs is not None else tools or None
-        prompt_rows = prepare_prompts(prompts, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
+        rows_in, absent = prompts, frozenset()
+        if envs is not None:  # rows without a prompt: TRL's empty user message, reset's text (as in training)
+            from preflab.online.environments import default_prompts
+
+            rows_in, absent = default_prompts(prompts)
+        prompt_rows = prepare_prompts(rows_in, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
                                       chat_template_kwargs=cfg.chat_template_kwargs, tools=row_tools)
         k = getattr(cfg, "num_generations_eval", None) or 1
         instances = slot_tools = None
         if envs is not None:
-            from preflab.online.environments import begin_rollouts, reset_seed
+            from preflab.online.environments import begin_rollouts, heldout_reset_seed_base, reset_seed
 
             seeds = None if reset_seed_base is None else [reset_seed(reset_seed_base, p)
                                                           for p in range(len(prompt_rows))]
+            if seeds is None and absent:  # rows without a prompt: a seed each, the same before and after training
+                seeds = [reset_seed(heldout_reset_seed_base(cfg.seed), p) if p in absent else None
+                         for p in range(len(prompt_rows))]
             prompt_rows, instances, slot_tools, _ = begin_rollouts(envs, prompt_rows, k, tokenizer, cfg, accelerator,
-                                                                    place, seeds)
+                                                                    place, seeds, no_prompt=absent)
         rows = [r for r in prompt_rows for _ in range(k)]          # each prompt's k answers side by side
         sampled = bool(getattr(cfg, "num_generations_eval", None))
         columns, extra = [r.columns for r in rows], {}
