@@ -671,6 +671,8 @@ class OnlineRun(TrainingRun):
         if self.tools:  # summary.json online.tool_calls / tool_failures / tool_timeouts: the run's totals
             for key in ("calls", "failures", "timeouts"):
                 self.counts[f"tool_{key}"] = self.counts.get(f"tool_{key}", 0) + int(metrics[f"tools/{key}"])
+        for key in ("accepted", "scanned") if "rso/scanned" in metrics else ():  # the run's RSO totals
+            self.counts[f"rso_{key}"] = self.counts.get(f"rso_{key}", 0) + int(metrics[f"rso/{key}"])
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
         self.counts["completions"] += len(ids)
