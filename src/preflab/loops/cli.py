@@ -8,10 +8,19 @@ import json
 def recipe_headline(output_dir: str, summary: dict) -> dict:
     """What `preflab train` prints at the end of a recipe: metric_name / before / after, and beside them every
     number the recipe gives for comparison (`metric_*`: untrained, optimum, first round's best; `control*`: the same
-    steps spent another way), so an after that a control beats is never shown alone."""
+    steps spent another way), so an after that a control beats is never shown alone. A control_<x>_after comes with
+    the recipe's own <x>_before and <x>_after where it has them (OTC's accuracy and mean tool calls: the control's
+    were printed without the method's)."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     head = {"output_dir": output_dir, **{k: summary.get(k) for k in ("metric_name", "metric_before", "metric_after")}}
-    head.update({k: v for k, v in summary.items() if k not in head and k.startswith(("metric_", "control"))
-                 and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    extra = {k: v for k, v in summary.items() if k not in head and k.startswith(("metric_", "control")) and number(v)}
+    own = [f"{k[len('control_'):-len('_after')]}_{when}" for k in extra
+           if k.startswith("control_") and k.endswith("_after") for when in ("before", "after")]
+    head.update({k: v for k, v in extra.items() if k.startswith("metric_")})
+    head.update({k: summary[k] for k in own if k not in head and number(summary.get(k))})
+    head.update({k: v for k, v in extra.items() if k not in head})
     return head
 
 
