@@ -253,6 +253,9 @@ _READERS = (
     (("num_generations", "prompts_per_generation"), lambda cfg, spec: cfg.online_task != "game" or
      cfg.trainer == "spo", "the online tasks that sample text and trainer spo in online_task: game (the other game "
      "trainers use the exact expectation over the answers)"),
+    # mcts_dpo's tree search samples mcts_num_actions per expansion (preflab.online.mcts); num_generations ran unread
+    (("num_generations",), lambda cfg, spec: cfg.trainer != "mcts_dpo", "the recipes that sample a group per prompt "
+     "(trainer mcts_dpo samples mcts_num_actions per tree expansion instead: set that)"),
     (("shuffle_dataset",), lambda cfg, spec: cfg.online_task != "game",
      "the online tasks that draw prompts (dataset, vision_dataset, demo; the game has one)"),
     (("chat_template_kwargs",), lambda cfg, spec: cfg.online_task == "dataset",
