@@ -182,9 +182,12 @@ def test_game_final_metrics_are_the_final_policys(tmp_path):
     assert final["duality_gap"] == summary["duality_gap"] == final["eval_duality_gap"]
     assert final["tv_to_equilibrium"] == summary["tv_to_equilibrium"]
     assert [final[f"policy/p{i}"] for i in range(3)] == pytest.approx(pi.tolist(), rel=1e-12)
+    # KL(pi || pi_ref) of the final policy (it was the last round start's)
+    assert final["kl"] == pytest.approx(float(np.sum(pi * np.log(pi / ref))), rel=1e-9)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "loss" in r][-1]
     assert last["step"] == 80 and abs(last["duality_gap"] - final["duality_gap"]) > 1e-3  # the round start's
+    assert abs(last["kl"] - final["kl"]) > 1e-4
     assert json.loads((tmp_path / "summary.json").read_text())["final_metrics"]["duality_gap"] == final["duality_gap"]
 
 

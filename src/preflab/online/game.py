@@ -175,8 +175,11 @@ def kl_to_reference(pi: np.ndarray, ref: np.ndarray) -> float:
 
 def final_row(summary: dict) -> dict:
     """final_metrics' game keys, set to the final policy's values (summary.json's tv_to_equilibrium, duality_gap,
-    policy_distribution): the last logged row holds the round-start policy's, which read as the final policy's."""
+    policy_distribution, and kl = KL(pi || pi_ref) of that distribution): the last logged row holds the round-start
+    policy's, which read as the final policy's (kl stayed the round start's: 0.0 beside a moved final policy in a
+    one-round run)."""
     return {"tv_to_equilibrium": summary["tv_to_equilibrium"], "duality_gap": summary["duality_gap"],
+            "kl": kl_to_reference(summary["policy_distribution"], summary["reference_distribution"]),
             **{f"policy/p{i}": float(p) for i, p in enumerate(summary["policy_distribution"])}}
 
 
