@@ -555,6 +555,10 @@ class OnlineRun(TrainingRun):
         if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
             refresh_reference(self.ref, self.policy)
             self.refreshes += 1
+        elif n_ref == 1 and r > 0 and self.needs_ref:
+            # the round-start policy is this round's reference (its log-probs, no copy kept): a refresh all the same
+            # (summary.json reference_refreshes counted none for iterative_dpo, sppo, gpo, upo)
+            self.refreshes += 1
         if self.spec.scores == "mcts":
             from preflab.online.mcts import mcts_round
 
