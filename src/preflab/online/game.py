@@ -45,8 +45,8 @@ preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_
 A metrics.jsonl row's tv_to_equilibrium, duality_gap, kl (KL(pi || pi_ref), exact: kl_to_reference) and
 policy/p<i> are the round-start policy's (averaged over the
 rounds of its logging window); apo rows add apo/extrapolation_tv = TV(pi_hat, pi_t), egpo rows
-egpo/opponent_tv = TV(pi_half, pi_t); summary.json's final_metrics carries the final policy's instead (final_row; kl too), the
-values of summary.json's own keys, so the two tables of `preflab report` agree.
+egpo/opponent_tv = TV(pi_half, pi_t); summary.json's final_metrics carries the final policy's instead (final_row;
+kl too), the values of summary.json's own keys, so the two tables of `preflab report` agree.
 Average iterate: sppo's and spo's guarantee is on the average of the policies played (SPPO, Wu et al. 2024,
 arXiv:2405.00675; SPO, Swamy et al. 2024, arXiv:2401.04056), not on the last iterate, so summary.json
 also holds, for every game trainer, policy_distribution_average = (1/R) sum_r pi_r over the R rounds run (pi_r the
