@@ -153,6 +153,11 @@ def test_the_eval_of_an_sft_run_counts_pairs_whose_prompt_or_response_it_trained
 
     assert trained_on_clause({"overlap_with_training": record}) == (
         ", 4 with a prompt the run trained on (3 with a response it trained on by SFT; not held-out)")
+    # an online run's overlap has pairs: null (it trained on its own samples): the report said "None training pairs"
+    assert trained_on_clause({"overlap_with_training": {"prompts": 256, "pairs": None, "training_prompts": 600}}) == (
+        ", 256 with a prompt the run trained on (it trained on no pairs; not held-out)")
+    assert trained_on_clause({"overlap_with_training": {"prompts": 2, "pairs": 1}}) == (
+        ", 2 with a prompt the run trained on (1 training pairs; not held-out)")
 
 
 def test_group_by_length_with_train_sampling_strategy_random_is_refused_not_run_grouped(tmp_path):

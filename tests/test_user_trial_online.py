@@ -175,6 +175,10 @@ def test_online_per_device_train_batch_size_bounds_the_micro_batch(tmp_path):
     ({"trainer": "grpo", "game_eta": 0.2}, "game_eta is read by online_task: game"),
     ({"trainer": "rso", "pair_builder": "all_pairs"}, "pair_builder is read by trainers online_dpo"),
     ({"task": "dpo", "num_generations": 8}, "num_generations only applies to task: online"),
+    # mcts_dpo's search samples mcts_num_actions per expansion: num_generations trained the same weights unread
+    ({"trainer": "mcts_dpo", "num_generations": 4}, r"^num_generations is read by the recipes that sample a group "
+     r"per prompt \(trainer mcts_dpo samples mcts_num_actions per tree expansion instead: set that\), not by trainer "
+     r"'mcts_dpo' with online_task 'demo'"),
 ])
 def test_an_option_the_online_recipe_does_not_read_is_refused(over, named):
     """Another recipe's options (epsilon with online_dpo, upo_fraction with grpo, game_eta outside the game, ...)
@@ -188,7 +192,8 @@ def test_an_option_the_online_recipe_does_not_read_is_refused(over, named):
     # the recipe that reads the option takes it
     for fits in ({"trainer": "grpo", "epsilon": 0.5}, {"trainer": "rso", "rso_beta": 2.0},
                  {"trainer": "gpo", "preference_temperature": 3.0}, {"trainer": "upo", "upo_fraction": 0.9},
-                 {"trainer": "online_dpo", "pair_builder": "rso", "rso_beta": 2.0}):
+                 {"trainer": "online_dpo", "pair_builder": "rso", "rso_beta": 2.0},
+                 {"trainer": "mcts_dpo", "mcts_num_actions": 4}):
         config_from_dict({**base, **fits})
 
 

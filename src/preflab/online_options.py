@@ -64,6 +64,11 @@ def check_online(cfg) -> None:
             raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
     if cfg.num_generations < 2 and cfg.online_task != "game":
         raise ConfigError("num_generations must be >= 2: pairs and groups compare completions of one prompt.")
+    if cfg.num_generations < 2 and cfg.online_task == "game" and cfg.trainer == "spo":
+        # it divided by num_generations - 1 = 0 (ZeroDivisionError in the first round)
+        raise ConfigError(f"num_generations must be >= 2 for trainer spo in online_task: game, got "
+                          f"{cfg.num_generations}: spo rewards each sampled answer with its win proportion against "
+                          "the other num_generations - 1 answers of its group (Swamy et al. 2024).")
     if cfg.refresh_reference_every < 0:
         raise ConfigError(f"refresh_reference_every must be >= 0, got {cfg.refresh_reference_every}.")
     if not 0 <= cfg.max_judge_failure_fraction <= 1:
@@ -248,6 +253,9 @@ _READERS = (
     (("num_generations", "prompts_per_generation"), lambda cfg, spec: cfg.online_task != "game" or
      cfg.trainer == "spo", "the online tasks that sample text and trainer spo in online_task: game (the other game "
      "trainers use the exact expectation over the answers)"),
+    # mcts_dpo's tree search samples mcts_num_actions per expansion (preflab.online.mcts); num_generations ran unread
+    (("num_generations",), lambda cfg, spec: cfg.trainer != "mcts_dpo", "the recipes that sample a group per prompt "
+     "(trainer mcts_dpo samples mcts_num_actions per tree expansion instead: set that)"),
     (("shuffle_dataset",), lambda cfg, spec: cfg.online_task != "game",
      "the online tasks that draw prompts (dataset, vision_dataset, demo; the game has one)"),
     (("chat_template_kwargs",), lambda cfg, spec: cfg.online_task == "dataset",

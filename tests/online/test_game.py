@@ -123,6 +123,21 @@ def test_game_needs_positive_beta(trainer):
             config_from_dict({**base, "beta": beta})
 
 
+def test_game_spo_needs_two_generations():
+    """spo's reward is a win proportion against the other num_generations - 1 samples of the group: with
+    num_generations=1 the first round died with ZeroDivisionError; it is now a config error naming the option
+    (2 is the smallest group, accepted)."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    base = dict(task="online", online_task="game", trainer="spo", max_steps=2,
+                model_name_or_path="builtin:tiny-llama", game_preferences=[[0.5, 0.8], [0.2, 0.5]])
+    with pytest.raises(ConfigError, match=r"^num_generations must be >= 2 for trainer spo in online_task: game, "
+                                          r"got 1: spo rewards each sampled answer with its win proportion"):
+        config_from_dict({**base, "num_generations": 1})
+    assert config_from_dict({**base, "num_generations": 2}).num_generations == 2
+
+
 def test_game_preferences_refuses_booleans():
     """YAML true / false in the preference matrix ran as 1 / 0 (bool is an int in Python); a probability written as
     a boolean is refused, naming the entry."""
@@ -167,9 +182,12 @@ def test_game_final_metrics_are_the_final_policys(tmp_path):
     assert final["duality_gap"] == summary["duality_gap"] == final["eval_duality_gap"]
     assert final["tv_to_equilibrium"] == summary["tv_to_equilibrium"]
     assert [final[f"policy/p{i}"] for i in range(3)] == pytest.approx(pi.tolist(), rel=1e-12)
+    # KL(pi || pi_ref) of the final policy (it was the last round start's)
+    assert final["kl"] == pytest.approx(float(np.sum(pi * np.log(pi / ref))), rel=1e-9)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "loss" in r][-1]
     assert last["step"] == 80 and abs(last["duality_gap"] - final["duality_gap"]) > 1e-3  # the round start's
+    assert abs(last["kl"] - final["kl"]) > 1e-4
     assert json.loads((tmp_path / "summary.json").read_text())["final_metrics"]["duality_gap"] == final["duality_gap"]
 
 

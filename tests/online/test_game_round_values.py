@@ -72,7 +72,13 @@ def test_inpo_and_apo_rounds_weigh_ordered_pairs_by_the_iterate(tmp_path, traine
     run.task.state.previous_parameters = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
     run.pending = SimpleNamespace(metrics={f"policy/p{i}": float(p) for i, p in enumerate(prev)})
     pi = pi_t if trainer == "inpo" else normalised(1.5 * np.log(pi_t) - 0.5 * np.log(prev))
-    examples = game_round(run, 1).examples
+    played = game_round(run, 1)
+    examples = played.examples
+    if trainer == "apo":  # the logged size of the extrapolation: TV(pi_hat, pi_t)
+        assert played.metrics["apo/extrapolation_tv"] == pytest.approx(0.5 * np.abs(pi - pi_t).sum(), rel=1e-9)
+        assert played.metrics["apo/extrapolation_tv"] > 0.03
+    else:
+        assert "apo/extrapolation_tv" not in played.metrics
     pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
     assert [tuple(c[0] for c in e.completions) for e in examples] == pairs
     w = np.array([pi[i] * pi[j] * P[i, j] for i, j in pairs])
@@ -163,9 +169,12 @@ def test_egpo_round_plays_against_the_half_step_policy(tmp_path):
     run = OnlineRun(cfg)
     run.train()
     pi_t, ref = distribution(run.policy), run.task.ref_probs
-    examples = game_round(run, 2).examples
+    played = game_round(run, 2)
+    examples = played.examples
     pi_half = distribution(run._half[0])
     assert np.abs(pi_half - pi_t).max() > 1e-4
+    # the logged size of the extragradient's half step: TV(pi_half, pi_t)
+    assert played.metrics["egpo/opponent_tv"] == pytest.approx(0.5 * np.abs(pi_half - pi_t).sum(), rel=1e-9)
     win = run.task.P @ pi_half
     for e in examples:
         (i,), (j,) = e.completions

@@ -102,3 +102,18 @@ def test_refresh_reference_every_two_refreshes_at_the_start_of_even_rounds(tmp_p
         at_reference = abs(r["kl"]) < 1e-6 and math.isclose(r["loss"], math.log(2), rel_tol=1e-5)
         assert at_reference == (n % 2 == 0), (n, r["kl"], r["loss"])
     assert run.refreshes == 2
+
+
+def test_refresh_reference_every_round_is_counted(tmp_path):
+    """refresh_reference_every = 1 (iterative_dpo) takes the round-start policy as the reference without a copy:
+    the first step of every one of the five rounds has policy = reference (kl 0, loss log 2), and summary.json's
+    reference_refreshes counts the four refreshes after round 0 (it said 0, as if the reference stayed pi_0)."""
+    from test_online_run import tiny_cfg, tiny_run
+
+    run = tiny_run(tiny_cfg(tmp_path, trainer="iterative_dpo", beta=0.5, max_steps=10,
+                            gradient_accumulation_steps=1, per_device_train_batch_size=3))
+    summary = run.train()
+    firsts = [r for r in rows_of(tmp_path) if "loss" in r and (r["step"] - 1) % 2 == 0]
+    assert len(firsts) == 5
+    assert all(abs(r["kl"]) < 1e-6 and math.isclose(r["loss"], math.log(2), rel_tol=1e-5) for r in firsts)
+    assert summary["reference_refreshes"] == run.refreshes == 4

@@ -25,6 +25,8 @@ def tiny_cfg(tmp_path, **over):
                 max_steps=6, num_generations=3, prompts_per_generation=6, steps_per_generation=2,
                 per_device_train_batch_size=2, gradient_accumulation_steps=2, max_completion_length=6,
                 logging_steps=1, disable_tqdm=True, use_cpu=True, seed=3, output_dir=str(tmp_path))
+    if over.get("trainer") == "mcts_dpo":  # it samples mcts_num_actions per expansion and refuses num_generations
+        del base["num_generations"]
     return config_from_dict({**base, **over})
 
 

@@ -31,6 +31,10 @@ def test_stateful_online_loops_resume_to_the_uninterrupted_weights(tmp_path, ove
         assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
     assert summary.get("reference_refreshes") == full_summary.get("reference_refreshes")
     assert resumed.judge.calls == full.judge.calls
+    if over["trainer"] == "rso":  # the run's RSO totals (summary.json online.rso_*) survive the resume
+        totals = {k: full_summary["online"][k] for k in ("rso_accepted", "rso_scanned")}
+        assert {k: summary["online"][k] for k in totals} == totals
+        assert 0 < totals["rso_accepted"] <= totals["rso_scanned"]
 
 
 def _one_short(prompts, completions, **kwargs):

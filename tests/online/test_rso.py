@@ -137,3 +137,31 @@ def test_rso_as_a_pair_builder():
     pairs = [(c, r) for p, c, r in plan.triples]
     assert all(p == 0 for p, _, _ in plan.triples) and all(c > r for c, r in pairs)  # score = index on prompt 0
     assert {i for pair in pairs for i in pair} == {0, 1, 2, 3} and plan.ties_dropped == 2
+
+
+def test_acceptance_rate_counts_the_candidates_each_scan_looked_at():
+    """The scan stops at the m-th acceptance, else reads the whole pool. beta -> inf: the first m candidates are
+    accepted, m scanned (rate 1). beta -> 0 on distinct rewards [0, 1, 2, 3], m = 2: round 1 accepts only index 3
+    (the whole pool of 4 scanned), round 2 only index 2 of [0, 1, 2] (scanned up to it: 3): 2 accepted of 7."""
+    g = torch.Generator().manual_seed(0)
+    s = rso_sample([0.0, 1.0, 2.0, 3.0, 4.0], 1e12, 3, g)
+    assert (s.accepted, s.rounds, s.scanned, s.acceptance_rate) == ([0, 1, 2], 1, 3, 1.0)
+    s = rso_sample([0.0, 1.0, 2.0, 3.0], 1e-9, 2, g)
+    assert (s.accepted, s.rounds, s.scanned) == ([3, 2], 2, 7)
+    assert s.acceptance_rate == 2 / 7
+
+
+def test_rso_round_metrics_are_the_pair_builders_totals():
+    """An online rso round logs rso/acceptance_rate = accepted / scanned over its prompts and the mean rejection
+    rounds per prompt (before: no RSO quantity was logged). Two prompts: beta -> inf accepts the first 2 of 4 in one
+    round; beta -> 0 as above; a NaN-scored completion is not a candidate."""
+    from preflab.online.trainers import rso_metrics
+
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0], [0.0, 1.0, float("nan"), 3.0]], dtype=torch.float64)
+    plan = build_pairs(scores, "rso", torch.Generator().manual_seed(0), rso_beta=1e-9, rso_num_samples=2)
+    # prompt 0: [3] of 4 scanned, then [2] of [0, 1, 2] (3 scanned); prompt 1 (candidates 0, 1, 3): [3] of 3, then
+    # [1] of [0, 1] (2 scanned)
+    assert plan.rso == {"prompts": 2, "accepted": 4, "scanned": 12, "rounds": 4}
+    assert rso_metrics(plan.rso) == {"rso/acceptance_rate": 4 / 12, "rso/accepted": 4.0, "rso/scanned": 12.0,
+                                     "rso/sampling_rounds": 2.0}
+    assert build_pairs(scores, "best_vs_worst").rso is None

@@ -79,3 +79,21 @@ def test_a_recipe_prints_its_control_beside_before_and_after(monkeypatch, tmp_pa
     assert json.loads(out[out.rindex("\n{") + 1:] if "\n{" in out else out) == {
         "output_dir": str(tmp_path), "metric_name": "heldout_pass_rate", "metric_before": 0.5, "metric_after": 0.75,
         "metric_untrained": 0.0, "control_heldout_pass_rate": 0.765625, "control_sft_steps": 16}
+
+
+def test_a_recipe_prints_its_own_numbers_beside_each_control_after():
+    """OTC printed control_accuracy_after and control_mean_tool_calls_after but not its own accuracy and tool calls
+    (summary.json's accuracy_* and mean_tool_calls_*): each control_<x>_after now comes with <x>_before / <x>_after,
+    in the order metric, own numbers, controls; one the recipe lacks is left out."""
+    from preflab.loops.cli import recipe_headline
+
+    summary = {"recipe": "otc", "metric_name": "tool_productivity", "metric_before": 0.35, "metric_after": 1.36,
+               "accuracy_before": 0.969, "accuracy_after": 1.0, "mean_tool_calls_before": 2.73,
+               "mean_tool_calls_after": 0.73, "tool_errors_after": 0, "control_tool_productivity_after": 0.39,
+               "control_accuracy_after": 1.0, "control_mean_tool_calls_after": 2.55, "control_runs_after": 3}
+    head = recipe_headline("out", summary)
+    assert list(head.items()) == [
+        ("output_dir", "out"), ("metric_name", "tool_productivity"), ("metric_before", 0.35), ("metric_after", 1.36),
+        ("accuracy_before", 0.969), ("accuracy_after", 1.0), ("mean_tool_calls_before", 2.73),
+        ("mean_tool_calls_after", 0.73), ("control_tool_productivity_after", 0.39), ("control_accuracy_after", 1.0),
+        ("control_mean_tool_calls_after", 2.55), ("control_runs_after", 3)]

@@ -8,10 +8,19 @@ import json
 def recipe_headline(output_dir: str, summary: dict) -> dict:
     """What `preflab train` prints at the end of a recipe: metric_name / before / after, and beside them every
     number the recipe gives for comparison (`metric_*`: untrained, optimum, first round's best; `control*`: the same
-    steps spent another way), so an after that a control beats is never shown alone."""
+    steps spent another way), so an after that a control beats is never shown alone. A control_<x>_after comes with
+    the recipe's own <x>_before and <x>_after where it has them (OTC's accuracy and mean tool calls: the control's
+    were printed without the method's)."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     head = {"output_dir": output_dir, **{k: summary.get(k) for k in ("metric_name", "metric_before", "metric_after")}}
-    head.update({k: v for k, v in summary.items() if k not in head and k.startswith(("metric_", "control"))
-                 and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    extra = {k: v for k, v in summary.items() if k not in head and k.startswith(("metric_", "control")) and number(v)}
+    own = [f"{k[len('control_'):-len('_after')]}_{when}" for k in extra
+           if k.startswith("control_") and k.endswith("_after") for when in ("before", "after")]
+    head.update({k: v for k, v in extra.items() if k.startswith("metric_")})
+    head.update({k: summary[k] for k in own if k not in head and number(summary.get(k))})
+    head.update({k: v for k, v in extra.items() if k not in head})
     return head
 
 
@@ -118,6 +127,23 @@ def run(args) -> int:
     return print_summary(cfg, summary)
 
 
+def before_after_line(summary: dict) -> str | None:
+    """An online run's held-out result in one line: true_reward_before -> _after (the demo task's true reward of
+    greedy answers to its held-out prompts) or eval_reward_before -> _after (the judges' reward on an eval set), with
+    win_rate_vs_reference (against the starting policy's answers) where the summary has it; None without them.
+    Before, `preflab train` printed only the final metrics, whose eval_true_reward is the after alone."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for key, what in (("true_reward", "true reward"), ("eval_reward", "eval reward")):
+        before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
+        if number(before) and number(after):
+            win = summary.get("win_rate_vs_reference")
+            return (f"preflab: {what} {before:.3f} -> {after:.3f} on the held-out prompts (summary.json {key}_before, "
+                    f"{key}_after)" + (f"; win rate vs the starting policy {win:.3f}" if number(win) else "") + ".")
+    return None
+
+
 def print_summary(cfg, summary: dict) -> int:
     """The final metrics as JSON on stdout (for scripts), then one line on stderr saying where the run is and how
     to look at it (a new user saw only the JSON, and not what to do next)."""
@@ -129,6 +155,9 @@ def print_summary(cfg, summary: dict) -> int:
     final = {k: v for k, v in summary.get("final_metrics", {}).items() if isinstance(v, (int, float))}
     if is_main_process():  # once, not once per process
         print(json.dumps({"output_dir": cfg.output_dir, **final}, indent=1))
+        result = before_after_line(summary)
+        if result:
+            print(result, file=sys.stderr)
         out = shlex.quote(str(cfg.output_dir))
         print(f"preflab: done: the run is in {cfg.output_dir} (summary.json holds its final metrics); "
               f"`preflab report {out}` writes report.html with its curves.", file=sys.stderr)

@@ -36,6 +36,7 @@ class PairPlan:
     triples: list[tuple[int, int, int]]  # (prompt index, chosen completion index, rejected completion index)
     ties_dropped: int
     unscorable: int  # completions with a NaN score
+    rso: dict[str, int] | None = None  # builder rso: {"prompts", "accepted", "scanned", "rounds"} summed over prompts
 
 
 def _pick(candidates: Tensor, generator: torch.Generator) -> int:
@@ -55,6 +56,7 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
     if builder not in BUILDERS:
         return _user_pairs(user_builder(builder), builder, scores, generator, timeout_s, where)
     triples, ties = [], 0
+    rso = {"prompts": 0, "accepted": 0, "scanned": 0, "rounds": 0} if builder == "rso" else None
     for p, row in enumerate(scores):
         valid = torch.nonzero(~row.isnan()).flatten()
         if len(valid) < 2:
@@ -77,11 +79,15 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
                     else:
                         triples.append((p, i, j) if row[i] > row[j] else (p, j, i))
         else:
-            accepted = rso_sample(s, rso_beta, rso_num_samples, generator).accepted
+            sample = rso_sample(s, rso_beta, rso_num_samples, generator)
+            accepted = sample.accepted
+            for key, value in (("prompts", 1), ("accepted", len(accepted)), ("scanned", sample.scanned),
+                               ("rounds", sample.rounds)):
+                rso[key] += value
             labelled = rank_pairs([int(valid[a]) for a in accepted], row, generator=generator)
             ties += labelled.ties_dropped
             triples.extend((p, c, r) for c, r in labelled.pairs)
-    return PairPlan(triples, ties, int(scores.isnan().sum()))
+    return PairPlan(triples, ties, int(scores.isnan().sum()), rso)
 
 
 def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator, timeout_s: float | None = None,

@@ -52,6 +52,13 @@ def acceptance_probs(rewards: Sequence[float] | Tensor, beta: float) -> Tensor:
 class RSOSample:
     accepted: list[int]  # candidate indices in acceptance order
     rounds: int
+    scanned: int = 0  # uniform draws u_i the scans consumed (each round up to its last acceptance, or the whole pool)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """len(accepted) / scanned: the empirical acceptance rate of Algorithm 1's scans (nan when nothing was
+        scanned)."""
+        return len(self.accepted) / self.scanned if self.scanned else float("nan")
 
 
 def rso_sample(rewards: Sequence[float] | Tensor, beta: float, num_samples: int,
@@ -66,15 +73,19 @@ def rso_sample(rewards: Sequence[float] | Tensor, beta: float, num_samples: int,
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}.")
     remaining = torch.arange(len(r))
     accepted: list[int] = []
-    rounds = 0
+    rounds = scanned = 0
     while len(accepted) < num_samples and len(remaining) and (max_rounds is None or rounds < max_rounds):
         rounds += 1
         probs = acceptance_probs(r[remaining], beta)
         u = torch.rand(len(remaining), generator=generator, dtype=torch.float64)
-        hits = remaining[u < probs][: num_samples - len(accepted)]  # the scan stops at the m-th acceptance
+        hit = u < probs
+        need = num_samples - len(accepted)
+        hits = remaining[hit][:need]  # the scan stops at the m-th acceptance
+        # candidates the scan looked at: up to and including the m-th acceptance, else the whole pool
+        scanned += int(hit.nonzero()[need - 1]) + 1 if int(hit.sum()) >= need else len(remaining)
         accepted.extend(hits.tolist())
         remaining = remaining[~torch.isin(remaining, hits)]
-    return RSOSample(accepted, rounds)
+    return RSOSample(accepted, rounds, scanned)
 
 
 @dataclass

@@ -44,8 +44,9 @@ Summary (summary.json) and metrics: policy_distribution, reference_distribution,
 preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_beta, preflab.lab.games.dual_gap).
 A metrics.jsonl row's tv_to_equilibrium, duality_gap, kl (KL(pi || pi_ref), exact: kl_to_reference) and
 policy/p<i> are the round-start policy's (averaged over the
-rounds of its logging window); summary.json's final_metrics carries the final policy's instead (final_row), the
-values of summary.json's own keys, so the two tables of `preflab report` agree.
+rounds of its logging window); apo rows add apo/extrapolation_tv = TV(pi_hat, pi_t), egpo rows
+egpo/opponent_tv = TV(pi_half, pi_t); summary.json's final_metrics carries the final policy's instead (final_row;
+kl too), the values of summary.json's own keys, so the two tables of `preflab report` agree.
 Average iterate: sppo's and spo's guarantee is on the average of the policies played (SPPO, Wu et al. 2024,
 arXiv:2405.00675; SPO, Swamy et al. 2024, arXiv:2401.04056), not on the last iterate, so summary.json
 also holds, for every game trainer, policy_distribution_average = (1/R) sum_r pi_r over the R rounds run (pi_r the
@@ -174,8 +175,11 @@ def kl_to_reference(pi: np.ndarray, ref: np.ndarray) -> float:
 
 def final_row(summary: dict) -> dict:
     """final_metrics' game keys, set to the final policy's values (summary.json's tv_to_equilibrium, duality_gap,
-    policy_distribution): the last logged row holds the round-start policy's, which read as the final policy's."""
+    policy_distribution, and kl = KL(pi || pi_ref) of that distribution): the last logged row holds the round-start
+    policy's, which read as the final policy's (kl stayed the round start's: 0.0 beside a moved final policy in a
+    one-round run)."""
     return {"tv_to_equilibrium": summary["tv_to_equilibrium"], "duality_gap": summary["duality_gap"],
+            "kl": kl_to_reference(summary["policy_distribution"], summary["reference_distribution"]),
             **{f"policy/p{i}": float(p) for i, p in enumerate(summary["policy_distribution"])}}
 
 
@@ -301,8 +305,11 @@ def game_round(run, r: int):
     eta = cfg.game_eta / cfg.beta
     name = cfg.trainer
     log_pi = np.log(np.maximum(pi_t, 1e-300))
+    own = {}  # the trainer's own round quantities (egpo's half step, apo's extrapolation), as TV from pi_t
     if name in ("online_ipo", "egpo"):
         opponent = _policy_step_copy(run, pi_t) if name == "egpo" else pi_t
+        if name == "egpo":
+            own["egpo/opponent_tv"] = float(0.5 * np.abs(opponent - pi_t).sum())
         examples = _ipo_examples(run, opponent, ref)
     elif name == "nash_md":
         mix = geometric_mixture(pi_t, ref, eta * cfg.beta)
@@ -320,8 +327,11 @@ def game_round(run, r: int):
             if a:  # a = 0: pi_t itself (INPO bit for bit, no exp(log) round trip)
                 prev_pi = np.array([run.pending.metrics[f"policy/p{i}"] for i in range(K)]) if run.pending else pi_t
                 z = (1 + a) * log_pi - a * np.log(np.maximum(prev_pi, 1e-300))
-                pi_t = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-                log_pi = np.log(np.maximum(pi_t, 1e-300))
+                pi_hat = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                own["apo/extrapolation_tv"] = float(0.5 * np.abs(pi_hat - pi_t).sum())
+                pi_t, log_pi = pi_hat, np.log(np.maximum(pi_hat, 1e-300))
+            else:
+                own["apo/extrapolation_tv"] = 0.0
         log_ref = np.log(np.maximum(ref, 1e-300))
         examples = []
         for i in range(K):
@@ -366,6 +376,6 @@ def game_round(run, r: int):
                                                    for i in range(spg)]
     metrics = {"round": float(r + 1), "tv_to_equilibrium": after["tv_to_equilibrium"],
                "duality_gap": after["duality_gap"], "kl": kl_to_reference(after["policy_distribution"], ref),
-               **{f"policy/p{i}": float(p) for i, p in enumerate(after["policy_distribution"])}}
+               **{f"policy/p{i}": float(p) for i, p in enumerate(after["policy_distribution"])}, **own}
     run.counts["rounds"] += 1
     return Round(r, examples, slices, metrics)

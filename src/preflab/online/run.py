@@ -589,6 +589,10 @@ class OnlineRun(TrainingRun):
         if self.ref is not None and n_ref > 1 and r > 0 and r % n_ref == 0:
             refresh_reference(self.ref, self.policy)
             self.refreshes += 1
+        elif n_ref == 1 and r > 0 and self.needs_ref:
+            # the round-start policy is this round's reference (its log-probs, no copy kept): a refresh all the same
+            # (summary.json reference_refreshes counted none for iterative_dpo, sppo, gpo, upo)
+            self.refreshes += 1
         if self.spec.scores == "mcts":
             from preflab.online.mcts import mcts_round
 
@@ -705,6 +709,8 @@ class OnlineRun(TrainingRun):
         if self.tools:  # summary.json online.tool_calls / tool_failures / tool_timeouts: the run's totals
             for key in ("calls", "failures", "timeouts"):
                 self.counts[f"tool_{key}"] = self.counts.get(f"tool_{key}", 0) + int(metrics[f"tools/{key}"])
+        for key in ("accepted", "scanned") if "rso/scanned" in metrics else ():  # the run's RSO totals
+            self.counts[f"rso_{key}"] = self.counts.get(f"rso_{key}", 0) + int(metrics[f"rso/{key}"])
         self.counts["empty_completions"] += empty
         self.counts["judge_dropped"] += dropped
         self.counts["completions"] += len(ids)

@@ -106,6 +106,14 @@ def reward_log_odds(rewards: torch.Tensor, temperature: float, row_id=None) -> t
     return check_log_odds(diff / temperature if temperature > 0 else hard, row_id)
 
 
+def rso_metrics(totals: dict[str, int]) -> dict[str, float]:
+    """A round's RSO numbers from build_pairs' totals over its prompts: rso/acceptance_rate = accepted / scanned
+    (the candidates Algorithm 1's scans looked at, each accepted with probability exp((r - M) / rso_beta)),
+    rso/accepted and rso/scanned (the round's totals), rso/sampling_rounds = mean rejection rounds per prompt."""
+    return {"rso/acceptance_rate": totals["accepted"] / totals["scanned"], "rso/accepted": float(totals["accepted"]),
+            "rso/scanned": float(totals["scanned"]), "rso/sampling_rounds": totals["rounds"] / totals["prompts"]}
+
+
 def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int]]], scores: torch.Tensor,
                    matrices: Callable[[int, list[int]], torch.Tensor], generator: torch.Generator,
                    per_judge: torch.Tensor | None = None,
@@ -135,6 +143,8 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
         plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples,
                            cfg.judge_timeout_s, where)
         counts["pairs/ties_dropped"] = plan.ties_dropped
+        if plan.rso and plan.rso["scanned"]:  # RSO's rejection sampling (Liu et al. 2023, Algorithm 1)
+            counts.update(rso_metrics(plan.rso))
         for p, c, r in plan.triples:
             row = rows[p]
             ex = Example(row.row_id, row.prompt_ids, [completions[p][c], completions[p][r]],

@@ -237,6 +237,8 @@ def trained_on_clause(result: dict) -> str:
     if "training_sequences" in overlap:  # a task: sft run's (preflab.data.overlap.sft_overlap_counts)
         return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} with a response "
                 "it trained on by SFT; not held-out)")
+    if overlap.get("pairs") is None:  # an online run's: it trained on its own samples, no pairs (it read "None")
+        return f", {overlap.get('prompts')} with a prompt the run trained on (it trained on no pairs; not held-out)"
     return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} training pairs; "
             "not held-out)")
 
