@@ -725,7 +725,7 @@ MUTANTS += [
            [("        remaining = remaining[~torch.isin(remaining, hits)]\n", "")], RSO,
            "an accepted candidate may be accepted again (sampling with replacement)"),
     Mutant("rso-scan-not-stopped", "loops/rso.py",
-           [("hits = remaining[u < probs][: num_samples - len(accepted)]", "hits = remaining[u < probs]")], RSO,
+           [("hits = remaining[hit][:need]", "hits = remaining[hit]")], RSO,
            "a round may accept more than the samples still wanted"),
     Mutant("rso-consecutive-skips-last-pair", "loops/rso.py",
            [("candidates = [(indices[i], indices[i + 1]) for i in range(0, len(indices) - 1, 2)]",
