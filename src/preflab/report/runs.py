@@ -271,7 +271,7 @@ def eval_command(config: dict) -> str | None:
     if task == "diffusion" and config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # refused by that eval
         return None
     if task in ("reward", "vlm", "diffusion") or (task == "online" and online_task == "vision_dataset"):
-        judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" else ""
+        judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" and config.get("loss_type") != "ppd" else ""
         return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
     if task == "online" and config.get("tools"):  # the win rate samples without the tools: refused for such a run
         return "preflab eval RUN_DIR --data HELDOUT_PAIRS"
