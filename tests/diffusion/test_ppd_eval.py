@@ -146,8 +146,11 @@ def test_a_held_out_user_missing_from_the_saved_table_comes_from_user_embeddings
 
     out = _without_user(trained, tmp_path)
     own = trained["own"]
-    given = evaluate_diffusion_run(str(out), trained["held_out"], batch_size=3,
-                                   user_embeddings=str(trained["root"] / "users.safetensors"))
+    from preflab.cli import main  # through the command: --user-embeddings reaches the eval, eval.json is written
+
+    assert main(["eval", str(out), "--data", trained["held_out"], "--task", "diffusion", "--batch-size", "3",
+                 "--user-embeddings", str(trained["root"] / "users.safetensors")]) == 0
+    given = json.loads((out / "eval.json").read_text())
     configured = evaluate_diffusion_run(str(out), trained["held_out"], batch_size=3)  # config.yaml's file
     for result in (given, configured):
         assert result["metrics"]["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
@@ -160,6 +163,18 @@ def test_a_held_out_user_missing_from_the_saved_table_comes_from_user_embeddings
     with pytest.raises(ConfigError, match=r"wide\.safetensors: user 'user9' has \[L_u, d_u\] = \[4, 8\], but the "
                                           r"run's user branch reads \[L_u, d_u\] = \[3, 8\]"):
         evaluate_diffusion_run(str(out), trained["held_out"], user_embeddings=str(tmp_path / "wide.safetensors"))
+
+
+def test_user_embeddings_is_refused_for_a_diffusion_run_of_another_loss(trained, tmp_path):
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    out = tmp_path / "dpo"
+    out.mkdir()
+    (out / "config.yaml").write_text((trained["out"] / "config.yaml").read_text().replace("loss_type: ppd",
+                                                                                           "loss_type: diffusion_dpo"))
+    with pytest.raises(ConfigError, match="--user-embeddings gives a ppd run's user embeddings; .* is a diffusion_dpo "
+                                          "run"):
+        evaluate_diffusion_run(str(out), trained["held_out"], user_embeddings="u.safetensors")
 
 
 @pytest.mark.parametrize("kwargs, expected", [
