@@ -86,6 +86,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         objective = cfg.objective()
         if type(objective).__name__ == "SelfNPO":
             _refuse_unevaluated(cfg.loss_type)
+        # ppd's reference is its own UNet without the branch; the others' is checked before the policy loads
+        reference_name = None if ppd else reference or _run_base_model(run_dir, cfg.model_name_or_path)
         policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
         run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),
                            scores_held_out=True, reader=reader, user_table=users)
@@ -93,7 +95,6 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             load_checkpoint_weights(run_dir, run.trainables)
         if ppd:
             return _evaluate_ppd(run, run_dir, data, saved, split, said)
-        reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
         try:
             ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
         except ConfigError as err:
