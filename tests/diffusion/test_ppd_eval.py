@@ -52,7 +52,7 @@ def trained(tmp_path_factory):
     run = DiffusionRun(cfg)
     run.train()
     return {"root": root, "run": run, "own": run.evaluate(), "held_out": str(held_out), "table": table,
-            "out": root / "run"}
+            "out": root / "run", "train": str(train)}
 
 
 def _without_user(trained, tmp_path, user="user9"):
@@ -215,3 +215,32 @@ def test_user_embeddings_option_is_refused_outside_a_diffusion_eval(tmp_path, ca
 
     assert main(["eval", str(tmp_path), "--data", "x.jsonl", "--task", task, "--user-embeddings", "u.st"]) != 0
     assert said in capsys.readouterr().err
+
+
+def test_ppd_eval_of_learned_user_embeddings_equals_the_runs_eval_and_refuses_an_unseen_user(trained, tmp_path):
+    """A run that learned one embedding per training user (user0, user1): its held-out pairs of those users score as
+    its own eval does (the saved, trained table); a pair of another user is refused naming the row and the reason."""
+    from preflab.config import config_from_dict
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    root = trained["root"]
+    seen = root / "data" / "seen.jsonl"  # beside the images (relative paths)
+    rows = [json.loads(x) for x in open(trained["held_out"])]
+    seen.write_text("".join(json.dumps({**r, "user_id": f"user{i % 2}"}) + "\n" for i, r in enumerate(rows)))
+    cfg = config_from_dict({
+        "task": "diffusion", "model_name_or_path": str(root / "tiny"), "dataset_name": trained["train"],
+        "eval_dataset_name": str(seen), "loss_type": "ppd", "beta": 200.0, "resolution": 16,
+        "per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "lr_scheduler_type": "constant",
+        "output_dir": str(tmp_path / "run"), "use_cpu": True, "disable_tqdm": True, "user_embedding_tokens": 2,
+        "user_embedding_dim": 8})
+    run = DiffusionRun(cfg)
+    run.train()
+    own = run.evaluate()
+    assert own["eval_loss"] != pytest.approx(math.log(2), abs=1e-4)
+    result = evaluate_diffusion_run(str(tmp_path / "run"), str(seen))
+    assert result["metrics"]["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
+    assert result["metrics"]["implicit_accuracy"] == own["eval_implicit_acc"]
+    assert result["users"] == {"evaluated": 2, "trained_on": 2, "pairs_of_trained_users": 4}
+    with pytest.raises(ConfigError, match=r"have no embedding in .*users\.json \(the run's 2 users\): 'user2' \(row 0\)"
+                                          r".*learned one embedding per training user"):
+        evaluate_diffusion_run(str(tmp_path / "run"), trained["held_out"])
