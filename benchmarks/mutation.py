@@ -4997,6 +4997,53 @@ MUTANTS += [
 ]
 
 
+# ppd-eval round
+PPDE_DRAWS = ["tests/diffusion/test_diffusion_run.py", "-k", "ppd", "-m", "not slow"]
+PPDE_EVAL = ["tests/diffusion/test_ppd_eval.py"]
+MUTANTS += [
+    Mutant("ppde-subset-ignores-epoch", "loops/diffusion.py",
+           [('draw_seed(seed, "ppd-subset", epoch, position) % count', 'draw_seed(seed, "ppd-subset", 0, position) % count')],
+           PPDE_DRAWS, "a pair reads the same few-shot subset every epoch: no per-epoch resampling"),
+    Mutant("ppde-two-subsets-never-drawn", "loops/diffusion.py",
+           [("return 0 if count == 1 else", "return 0 if count <= 2 else")], PPDE_DRAWS,
+           "a user with two subsets always trains on the first"),
+    Mutant("ppde-dropout-inverted", "loops/diffusion.py",
+           [('draw_seed(seed, "ppd-user-dropout", epoch, position) / 2 ** 63 < p',
+             'draw_seed(seed, "ppd-user-dropout", epoch, position) / 2 ** 63 > p')], PPDE_DRAWS,
+           "user_embedding_dropout p drops 1 - p of the pairs (and p = 0 drops every one)"),
+    Mutant("ppde-dropout-in-eval", "loops/diffusion.py",
+           [("if training and ppd_user_dropped(", "if ppd_user_dropped(")], PPDE_DRAWS,
+           "evaluation zeroes users' embeddings too: eval numbers measure a partly unpersonalized model"),
+    Mutant("ppde-eval-draws-a-subset", "loops/diffusion.py",
+           [("elif training and count > 1:", "elif count > 1:")], PPDE_DRAWS,
+           "evaluation reads a drawn subset instead of subset 0 (the eval set's subsets are not the documented ones)"),
+    Mutant("ppde-ragged-users-accepted", "loops/diffusion.py",
+           [("    if len(shapes) > 1:\n", "    if len(shapes) > 2:\n")], PPDE_DRAWS,
+           "users of two different [L_u, d_u] are accepted into one table"),
+    Mutant("ppde-partly-nan-subset-accepted", "loops/diffusion.py",
+           [("if not torch.isfinite(stack[k]).all()]", "if not torch.isfinite(stack[k]).any()]")], PPDE_DRAWS,
+           "a subset with some NaN values passes (only all-NaN subsets are refused) and trains on NaN"),
+    Mutant("ppde-saved-branch-not-loaded", "loops/diffusion_eval.py",
+           [("run.module.user_branch.load_state_dict(branch)",
+             "run.module.user_branch.load_state_dict(run.module.user_branch.state_dict())")], PPDE_EVAL,
+           "the eval scores a fresh, zero-initialised user branch (loss log 2) instead of the trained one"),
+    Mutant("ppde-file-user-not-standardised", "loops/diffusion.py",
+           [("weight.append(normalize_user_embeddings(stack.float()).flatten(1))",
+             "weight.append(stack.float().flatten(1))")], PPDE_EVAL,
+           "a held-out user from --user-embeddings enters the branch raw, not standardised as training users were"),
+    Mutant("ppde-file-user-reads-row-0", "loops/diffusion.py",
+           [("rows[u] = (first, stack.shape[0])", "rows[u] = (0, stack.shape[0])")], PPDE_EVAL,
+           "a held-out user from --user-embeddings is scored with the table's first user's embedding"),
+    Mutant("ppde-base-accuracy-is-personalized", "loops/diffusion_eval.py",
+           [('"preference_accuracy/base": preference_accuracy(errors[:, 2], errors[:, 3])',
+             '"preference_accuracy/base": preference_accuracy(errors[:, 0], errors[:, 1])')], PPDE_EVAL,
+           "the base model's accuracy is the personalized one: personalization appears to add nothing"),
+    Mutant("ppde-trained-users-not-counted", "loops/diffusion_eval.py",
+           [("seen = {x.user for x in training_rows} & set(evaluated)", "seen = set()")], PPDE_EVAL,
+           "pairs of users the run trained on pass as held-out users, without a note"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -24,7 +24,17 @@ def diffusion_run_dir(tmp_path, loss_type, samples=False):
     return run
 
 
-@pytest.mark.parametrize("loss_type", ["ppd", "self_npo"])
+def test_report_of_a_ppd_run_asks_for_its_eval_without_a_win_rate(tmp_path):
+    # ppd runs are evaluated (user-conditioned implicit reward); their eval refuses --reward-fn (no user sampling)
+    from preflab.report.runs import eval_command
+
+    assert eval_command({"task": "diffusion", "loss_type": "ppd"}) == \
+        "preflab eval RUN_DIR --task diffusion --data HELDOUT"
+    note = next(m for m in load_run(diffusion_run_dir(tmp_path, "ppd")).missing if m.startswith("no eval.json"))
+    assert "does not score" not in note
+
+
+@pytest.mark.parametrize("loss_type", ["self_npo"])
 def test_report_of_a_ppd_or_self_npo_run_does_not_ask_for_the_eval_that_refuses_it(tmp_path, loss_type):
     # seen: the report of a ppd / self_npo run said "no eval.json: run `preflab eval RUN --task diffusion --data
     # HELDOUT ...` for the implicit-reward accuracy on held-out pairs", and that command refuses both objectives

@@ -723,6 +723,11 @@ def test_ppd_user_embedding_dropout_zeroes_the_drawn_pairs_embedding_and_the_los
     ({"user0": torch.zeros(2, 3, 8), "user1": torch.tensor([[[0.0] * 8] * 3, [[float("nan")] * 8] * 3]),
       "user2": torch.zeros(3, 8)},
      r"users\.safetensors: user 'user1' has non-finite values in subset\(s\) \[1\] of its 2 \(shape \(2, 3, 8\)\)"),
+    # one inf value in one subset (not a whole subset of NaN) is refused too
+    ({"user0": torch.zeros(2, 3, 8).index_put_((torch.tensor(1), torch.tensor(2), torch.tensor(5)),
+                                               torch.tensor(float("inf"))),
+      "user1": torch.zeros(3, 8), "user2": torch.zeros(3, 8)},
+     r"users\.safetensors: user 'user0' has non-finite values in subset\(s\) \[1\] of its 2 \(shape \(2, 3, 8\)\)"),
 ])
 def test_ppd_refuses_a_bad_user_embedding_stack_naming_file_user_and_shapes(assets, tmp_path, values, expected):
     """The PPD release writes one [n_layers + 1, d] per (user, 4-pair subset); a user's subsets stacked [S, L, d]

@@ -23,7 +23,7 @@ UNPAIRED_HEADLINE = ("unpaired/auroc", "rewards/chosen", "rewards/rejected", "re
 TASK_READS = {
     "reward": {"split", "limit", "batch_size", "max_length"},
     "diffusion": {"reference", "no_reference", "reward_fn", "win_rate_prompts", "confidence", "batch_size",
-                  "split"},
+                  "split", "user_embeddings"},
     "vlm": {"reference", "no_reference", "batch_size", "split"},
     "distill": {"reference", "no_reference", "batch_size", "split", "limit"},  # --reference: another teacher
 }

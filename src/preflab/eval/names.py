@@ -74,7 +74,6 @@ METRIC_DOCS: dict[str, str] = {
 
 # the diffusion objectives `preflab eval --task diffusion` does not score, and why (its refusal and the report's note)
 DIFFUSION_NOT_EVALUATED: dict[str, str] = {
-    "ppd": "user-conditioned: its implicit reward needs a user's embedding",
     "self_npo": "a negative model for classifier-free guidance, trained without pairs",
 }
 
@@ -84,6 +83,9 @@ DIFFUSION_METRIC_DOCS: dict[str, str] = {
     "implicit_accuracy": "fraction of pairs where the policy lowers the chosen image's denoising error relative to "
                          "the rejected one's more than the reference does (ties 1/2; Diffusion-DPO's implicit_acc)",
     "implicit_acc": "the same as implicit_accuracy",
+    "preference_accuracy/personalized": "ppd: fraction of pairs where the model with the user branch on the pair's "
+                                        "user denoises the chosen image better than the rejected one (ties 1/2)",
+    "preference_accuracy/base": "ppd: the same with the user branch off (the base model, the run's reference)",
     "rewards/accuracies": "fraction of pairs with implicit reward chosen > rejected",
     "rewards/chosen": "mean implicit reward b (MSE_ref - MSE_policy) of the chosen images (b: beta in the run's "
                       "convention)",

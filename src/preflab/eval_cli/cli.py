@@ -42,6 +42,9 @@ def register(sub) -> None:
                         "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics); "
                         "distill: a distillation run (task: sft with a teacher) on held-out task: sft rows (its "
                         "eval_* metrics: the divergence to the teacher, or --reference's)")
+    p.add_argument("--user-embeddings", metavar="FILE",
+                   help="--task diffusion on a ppd run: safetensors {user_id: [L_u, d_u] or [S, L_u, d_u]} of the "
+                        "held-out users its saved table (users.json) lacks (default: the run's user_embeddings)")
     p.add_argument("--beta", type=float, help="beta of the implicit reward (default: the run's config.yaml)")
     p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
                                    "data has one, as a run's eval_split; else 'train'; every --task; eval.json's "
@@ -135,6 +138,9 @@ def run(args) -> int:
     from preflab.eval_cli.checkpoint import evaluate_checkpoint, reward_model_fn
 
     refuse_out_of_range(args, ("confidence", *COUNTS))  # the counts and --confidence, as every eval task
+    if getattr(args, "user_embeddings", None):
+        raise ConfigError("--user-embeddings gives a ppd diffusion run's user embeddings (--task diffusion); the "
+                          f"policy eval (--task {args.task}) does not read it. Remove it.")
     if args.beta is not None and not args.beta > 0:
         raise ConfigError(f"--beta must be > 0 (the KL coefficient of the implicit reward), got {args.beta}.")
     if args.hard_margin < 0:

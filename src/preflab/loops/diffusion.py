@@ -209,6 +209,55 @@ def ppd_user_dropped(seed: int, epoch: int, position: int, p: float) -> bool:
     return p > 0 and draw_seed(seed, "ppd-user-dropout", epoch, position) / 2 ** 63 < p
 
 
+@dataclass
+class UserTable:
+    """A ppd run's user table as it saved it (`preflab eval`, preflab.loops.diffusion_eval.saved_user_table): weight
+    [rows, L_u * d_u] (users.weight of user_branch.safetensors), user_rows {user: (first row, S)} (users.json's
+    subsets), tokens L_u. file: a user_embeddings file that supplies the users the saved table lacks (None: none);
+    source / remedy: where the table and such users come from, and what to do about a user in neither (said in the
+    refusal)."""
+
+    weight: torch.Tensor
+    user_rows: dict
+    tokens: int
+    source: str
+    file: str | None = None
+    remedy: str = ""
+
+    def including(self, users) -> "UserTable":
+        """This table with `users` it lacks appended from self.file (read lazily, those users' tensors only):
+        each one's subsets checked (check_user_stacks), of the saved [L_u, d_u], and standardised per token as the
+        run standardised its own (normalize_user_embeddings). A user in the saved table keeps its saved rows (the
+        ones the run trained and evaluated with); users in neither stay missing (DiffusionRun refuses them)."""
+        wanted = sorted(set(users) - set(self.user_rows))
+        if not wanted or self.file is None:
+            return self
+        from safetensors import safe_open
+
+        from preflab.diffusion.user_branch import normalize_user_embeddings
+
+        try:
+            with safe_open(self.file, framework="pt") as f:
+                found = {u: f.get_tensor(u) for u in wanted if u in f.keys()}
+        except Exception as err:
+            raise ConfigError(f"user_embeddings {self.file!r} is not a readable safetensors file: {err}") from err
+        if not found:
+            return self
+        stacks = check_user_stacks(self.file, found)
+        width = self.weight.shape[1] // self.tokens
+        rows, weight = dict(self.user_rows), [self.weight]
+        first = self.weight.shape[0]
+        for u, stack in stacks.items():
+            if tuple(stack.shape[1:]) != (self.tokens, width):
+                raise ConfigError(f"user_embeddings {self.file}: user {u!r} has [L_u, d_u] = {list(stack.shape[1:])}, "
+                                  f"but the run's user branch reads [L_u, d_u] = [{self.tokens}, {width}] "
+                                  f"({self.source}); give embeddings from the embedder and layers the run trained on.")
+            weight.append(normalize_user_embeddings(stack.float()).flatten(1))
+            rows[u] = (first, stack.shape[0])
+            first += stack.shape[0]
+        return UserTable(torch.cat(weight), rows, self.tokens, self.source, self.file, self.remedy)
+
+
 # the on-disk encodings cache's format: raise it when an encoding (text states, latents, own samples) changes, so
 # that entries an older preflab wrote are not read (DiffusionRun._cached; the release version is in the key too)
 ENCODINGS_FORMAT = 1
@@ -269,10 +318,12 @@ class DiffusionRun(TrainingRun):
     throughput_unit = "images"  # num_images / images_per_second: a micro-batch counts its images, not tokens
 
     def __init__(self, cfg, pipeline=None, train_data=None, eval_data=None, scores_held_out: bool = False,
-                 reader=None):
+                 reader=None, user_table: "UserTable | None" = None):
         """scores_held_out: the run only scores dataset_name as held-out pairs (`preflab eval --task diffusion`);
         the data banner says so instead of counting train / eval examples. reader: a RowReader already opened on
-        dataset_name's split (that eval's), read instead of opening the data again."""
+        dataset_name's split (that eval's), read instead of opening the data again. user_table: ppd's user table as
+        a saved run left it (`preflab eval`: users.json + user_branch.safetensors, preflab.loops.diffusion_eval),
+        used instead of building one; every pair's user must be in it."""
         from preflab.diffusion.pipeline import components_of, load_pipeline
         from preflab.diffusion.schedule import NoiseSchedule
         from preflab.objectives.dcpo import DCPO
@@ -280,6 +331,7 @@ class DiffusionRun(TrainingRun):
         from preflab.scoring.diffusion import DiffusionPairScorer, noiser_for
 
         self.cfg = cfg
+        self.given_users = user_table
         self.objective = cfg.objective()
         check_diffusion_objective(cfg, self.objective)
         check_diffusion_options(cfg)
@@ -448,7 +500,10 @@ class DiffusionRun(TrainingRun):
         if self.ppd:
             from preflab.diffusion.user_branch import install_user_branch
 
-            if cfg.user_embeddings:
+            if self.given_users is not None:
+                users, self.user_tokens = self._given_user_table(self.given_users)
+                users = users.to(device)
+            elif cfg.user_embeddings:
                 users, self.user_tokens = self._user_table(cfg.user_embeddings)
                 users = users.to(device)
             else:
@@ -489,6 +544,22 @@ class DiffusionRun(TrainingRun):
                 t_param.requires_grad_(s_param.requires_grad)
         self.teacher = teacher
         self.trainables = Trainables(self.module, teacher)
+
+    def _given_user_table(self, table: "UserTable") -> tuple[nn.Embedding, int]:
+        """(the frozen table of a saved run's users, L_u): self.user_ids / user_rows from `table`. A pair whose user
+        has no row is refused, naming the row, the user and where the table came from (table.source)."""
+        examples = self.train_data + self.eval_data
+        table = table.including({x.user for x in examples})
+        missing = {}
+        for x in examples:
+            if x.user not in table.user_rows:
+                missing.setdefault(x.user, x.row_id)
+        if missing:
+            said = ", ".join(f"{u!r} (row {r})" for u, r in sorted(missing.items(), key=lambda kv: kv[1])[:5])
+            raise ConfigError(f"data {self.cfg.dataset_name}: {len(missing)} user(s) have no embedding in "
+                              f"{table.source}: {said} (column {self.cfg.user_column!r}). {table.remedy}")
+        self.user_ids, self.user_rows = sorted(table.user_rows), dict(table.user_rows)
+        return nn.Embedding.from_pretrained(table.weight.float(), freeze=True), table.tokens
 
     def _user_table(self, path: str) -> tuple[nn.Embedding, int]:
         """(a frozen embedding table of the file's users, L_u). A user's value is one [L_u, d_u] embedding or a
@@ -805,8 +876,9 @@ class DiffusionRun(TrainingRun):
         return self.objective(self.score(mb.index, mb.step))
 
     # ------------------------------------------------------------------ evaluation and saving
-    def evaluate(self) -> dict:
-        """Eval loss and metrics (eval_ prefix; implicit accuracy for the pair objectives) on fixed draws."""
+    def evaluate(self, on_batch=None) -> dict:
+        """Eval loss and metrics (eval_ prefix; implicit accuracy for the pair objectives) on fixed draws.
+        on_batch(index, batch): called with each eval batch's objective input (`preflab eval`'s per-pair scores)."""
         if not self.eval_data:
             return {}
         self.module.eval()
@@ -815,7 +887,10 @@ class DiffusionRun(TrainingRun):
             size = self.cfg.per_device_eval_batch_size
             for i in range(0, len(self.eval_data), size):
                 index = list(range(i, min(i + size, len(self.eval_data))))
-                out = self.objective(self.score(index, "eval", self.eval_data, self._inverting_policy))
+                batch = self.score(index, "eval", self.eval_data, self._inverting_policy)
+                out = self.objective(batch)
+                if on_batch is not None:
+                    on_batch(index, batch)
                 for key, value in {"loss": out.loss, **out.metrics}.items():
                     sums[key] = sums.get(key, 0.0) + float(value) * len(index)
                 n += len(index)

@@ -7,7 +7,14 @@
 - Win rate (with --reward-fn MODULE:NAME, f(images uint8 [N, 3, S, S], prompts) -> N scores): the policy's and the
   reference's samples for the same prompts and seeds (DDIM, the run's sample_steps / guidance_scale), compared by
   the reward, ties 1/2, with a Wilson interval.
-Written to eval.json in RUN_DIR (or --out). ppd and self_npo runs are refused (no shared implicit reward). The split
+- ppd (methods §28: "split train/test by user"; held-out users): each pair scored with its user's embedding through
+  the saved user branch (users.json, user_branch.safetensors), subset 0 of each user as the run's own eval reads it,
+  against the same UNet without the branch (the run's reference), so implicit_accuracy and loss equal the run's
+  eval_* on the same pairs. Users the saved table lacks come from --user-embeddings FILE (else the run's own
+  user_embeddings file); a user in neither is refused, naming it and its row. preference_accuracy/personalized and
+  /base: the fraction of pairs whose chosen image has the lower denoising error (ties 1/2) with the branch on and
+  off, from the same forwards; `users` counts the evaluated users the run trained on (not held-out users).
+Written to eval.json in RUN_DIR (or --out). self_npo runs are refused (no shared implicit reward). The split
 read is the policy eval's (preflab.eval.run.open_eval_split): --split, else 'test' where the data has one, else
 'train', said in a note.
 """
@@ -27,14 +34,19 @@ from preflab.eval.run import OverlapRule, overlap_with_training
 # captions each image is conditioned on and the two images' pixels, in order, are too (diffusion.data.image_pair_key)
 IMAGE_PAIRS = OverlapRule(rows="pairs", prompt="a caption", same_row="same captions and the two images' pixels",
                           prompt_key=lambda example: example.prompt, row_key=image_pair_key)
+# ppd: a pair is a training pair only for the same user (two users may rate the same images)
+USER_IMAGE_PAIRS = OverlapRule(rows="pairs", prompt="a caption",
+                               same_row="same user, captions and the two images' pixels",
+                               prompt_key=lambda example: example.prompt,
+                               row_key=lambda x: None if image_pair_key(x) is None else (x.user, *image_pair_key(x)))
 
 
 def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None, reward_fn=None,
                            num_prompts: int = 32, confidence: float = 0.95, batch_size: int = 8,
-                           split: str | None = None) -> dict:
+                           split: str | None = None, user_embeddings: str | None = None) -> dict:
     """The metrics of the module docstring as a dict (see eval.json). run_dir: a run's final directory (a pipeline)
     or one of its checkpoint-N folders (its trained parameters, LoRA adapters included, on the run's base model).
-    split None: the policy eval's default."""
+    split None: the policy eval's default. user_embeddings: ppd, a file of the users the saved table lacks."""
     from preflab.checkpoint import load_checkpoint_weights
     from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
@@ -53,6 +65,11 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     trained = saved.get("loss_type")
     if trained in DIFFUSION_NOT_EVALUATED:  # refused before --data is opened
         _refuse_unevaluated(trained)
+    ppd = trained == "ppd"
+    if user_embeddings is not None and not ppd:
+        raise ConfigError(f"--user-embeddings gives a ppd run's user embeddings; {run_dir} is a {trained} run. "
+                          "Remove it.")
+    users = saved_user_table(run_dir, saved, user_embeddings, checkpoint, reference, reward_fn) if ppd else None
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,14 +84,17 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             "per_device_train_batch_size=1", "gradient_accumulation_steps=1",  # no step: no training batch plan to refuse
             "report_to=none", "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides()))
         objective = cfg.objective()
-        if type(objective).__name__ in ("PPD", "SelfNPO"):
+        if type(objective).__name__ == "SelfNPO":
             _refuse_unevaluated(cfg.loss_type)
-        reference_name = reference or _run_base_model(run_dir, cfg.model_name_or_path)
+        # ppd's reference is its own UNet without the branch; the others' is checked before the policy loads
+        reference_name = None if ppd else reference or _run_base_model(run_dir, cfg.model_name_or_path)
         policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
         run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),
-                           scores_held_out=True, reader=reader)
+                           scores_held_out=True, reader=reader, user_table=users)
         if checkpoint:
             load_checkpoint_weights(run_dir, run.trainables)
+        if ppd:
+            return _evaluate_ppd(run, run_dir, data, saved, split, said)
         try:
             ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
         except ConfigError as err:
@@ -114,6 +134,142 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             out["win_rate"] = rate.to_dict()
             out["notes"] += [n for n in (win_rate_note(rate),) if n]
     return out
+
+
+def saved_user_table(run_dir: str, saved: dict, user_embeddings: str | None, checkpoint: bool = False,
+                     reference: str | None = None, reward_fn=None):
+    """A ppd run's UserTable (preflab.loops.diffusion) from its final directory's users.json and
+    user_branch.safetensors' users.weight; users it lacks come from `user_embeddings`, else the run's configured
+    user_embeddings file (a run with learned embeddings has none: only its training users can be scored). Refused:
+    a checkpoint-N folder (it holds no users.json), --reference (ppd's reference is the UNet without its branch),
+    --reward-fn (sampling with a user embedding is not built), missing or inconsistent saved files."""
+    import json
+
+    from safetensors import safe_open
+
+    from preflab.loops.diffusion import UserTable
+
+    if checkpoint:
+        raise ConfigError(f"{run_dir} is a checkpoint of a ppd run: it holds no users.json (which user is which row of "
+                          "its table); evaluate the run's final directory (users.json, user_branch.safetensors).")
+    if reference is not None:
+        raise ConfigError("--reference with a ppd run: its reference is its own UNet without the user branch (the "
+                          "implicit reward is what the user branch adds); remove --reference.")
+    if reward_fn is not None:
+        raise ConfigError("--reward-fn with a ppd run: the win rate samples images, and sampling through the user "
+                          "branch with a user's embedding is not built in preflab; remove --reward-fn (the "
+                          "implicit-reward metrics need no samples).")
+    run = Path(run_dir)
+    files = [run / "users.json", run / "user_branch.safetensors"]
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise ConfigError(f"{run_dir} is a ppd run without {' and '.join(absent)} (written with the pipeline when "
+                          "training ends): evaluate a finished run's output directory.")
+    info = json.loads(files[0].read_text())
+    with safe_open(str(files[1]), framework="pt") as f:
+        weight = f.get_tensor("users.weight") if "users.weight" in f.keys() else None
+    rows = {u: tuple(v) for u, v in info.get("subsets", {}).items()}
+    tokens = info.get("tokens")
+    if weight is None or not isinstance(tokens, int) or tokens < 1 or weight.shape[1] % tokens or \
+            any(first < 0 or count < 1 or first + count > weight.shape[0] for first, count in rows.values()):
+        raise ConfigError(f"{run_dir}: users.json (tokens {tokens!r}, {len(rows)} users) does not describe "
+                          f"user_branch.safetensors' users.weight {None if weight is None else list(weight.shape)}; "
+                          "the two files come from different runs or were edited.")
+    configured = saved.get("user_embeddings")
+    source = f"{files[0]} (the run's {len(rows)} users)"
+    if not configured:
+        if user_embeddings is not None:
+            raise ConfigError(f"--user-embeddings {user_embeddings}: {run_dir} learned one embedding per training "
+                              "user (no user_embeddings in its config.yaml), so its user branch never read a file's "
+                              "embeddings; remove --user-embeddings (it scores only its training users).")
+        return UserTable(weight, rows, tokens, source, None,
+                         "The run learned one embedding per training user (no user_embeddings in its config.yaml), "
+                         "so it scores only the held-out pairs of its training users: drop those rows, or train on "
+                         "precomputed user_embeddings to evaluate held-out users.")
+    file = user_embeddings or configured
+    if not Path(file).is_file():
+        if user_embeddings is not None:
+            raise ConfigError(f"--user-embeddings {user_embeddings} is not a file.")
+        return UserTable(weight, rows, tokens, source, None,
+                         f"The run's user_embeddings {configured} is not a file here: pass --user-embeddings FILE "
+                         "holding these users' embeddings (from the embedder the run's came from), or drop their "
+                         "rows.")
+    return UserTable(weight, rows, tokens, f"{source} or {file}", str(file),
+                     "Add the user's [L_u, d_u] (or [S, L_u, d_u]) embedding to that file, pass --user-embeddings "
+                     "FILE holding it, or drop its rows.")
+
+
+def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | None) -> dict:
+    """A ppd run on held-out pairs (the module docstring): the saved user branch loaded, the run's eval, the per-pair
+    scores of each side read off the same batches, the overlap and user counts."""
+    from safetensors.torch import load_file
+
+    from preflab.eval.run import data_fields, overlap_with_training, training_data_note
+
+    state = load_file(str(Path(run_dir) / "user_branch.safetensors"))
+    branch = {k[len("branch."):]: v for k, v in state.items() if k.startswith("branch.")}
+    try:
+        run.module.user_branch.load_state_dict(branch)
+    except RuntimeError as err:
+        raise ConfigError(f"{run_dir}/user_branch.safetensors does not fit the run's user branch: {err}") from err
+    run.module.user_branch.to(run.accelerator.device)
+    run.reference = None  # ppd's reference: the same UNet without the user branch (DiffusionRun._reference)
+    run.eval_data = run.train_data
+    scores = []
+    metrics = run.evaluate(on_batch=lambda index, batch: scores.append(pair_errors(batch)))
+    errors = torch.cat(scores) if scores else torch.zeros(0, 4)
+    cfg = run.cfg
+    trained_on = training_data_note(data, saved, split)
+    training = image_training_rows(saved, run)
+    overlap, overlap_note, why = overlap_with_training(run.eval_data, training, USER_IMAGE_PAIRS,
+                                                       trained_on is not None)
+    users, users_note = held_out_users(run.eval_data, training.rows)
+    out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": "the run's UNet without its user branch",
+           **data_fields(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
+           "num_pairs": len(run.eval_data),
+           "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
+                       "preference_accuracy/personalized": preference_accuracy(errors[:, 0], errors[:, 1]),
+                       "preference_accuracy/base": preference_accuracy(errors[:, 2], errors[:, 3]),
+                       **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
+           "users": users,
+           **({"overlap_with_training": overlap} if overlap is not None else {}),
+           "notes": [n for n in (said, *run.eval_notes, trained_on, overlap_note, users_note) if n],
+           "missing": {"overlap_with_training": why} if why else {}}
+    return out
+
+
+def pair_errors(batch) -> torch.Tensor:
+    """[B, 4] denoising errors (MSE, minus the scores) of a diffusion PairBatch: policy chosen, policy rejected,
+    reference chosen, reference rejected (for ppd: the user branch on, then off)."""
+    sides = (batch.policy_chosen, batch.policy_rejected, batch.ref_chosen, batch.ref_rejected)
+    return torch.stack([-s.sum.detach().double().cpu() for s in sides], dim=1)
+
+
+def preference_accuracy(err_chosen: torch.Tensor, err_rejected: torch.Tensor) -> float | None:
+    """mean[e_w < e_l] + 0.5 mean[e_w = e_l]: the fraction of pairs where the model denoises the chosen image better
+    (its -MSE score ranks the pair as the user did); None for no pairs."""
+    if not len(err_chosen):
+        return None
+    return float((err_chosen < err_rejected).double().mean() + 0.5 * (err_chosen == err_rejected).double().mean())
+
+
+def held_out_users(examples, training_rows) -> tuple[dict, str | None]:
+    """(eval.json's "users", a note): the evaluated users and pairs, and of them those with rows in the run's training
+    data (None where it was not read). PPD evaluates on held-out users (methods §28: split train/test by user), so
+    pairs of a training user are said in a note."""
+    evaluated = sorted({x.user for x in examples})
+    record = {"evaluated": len(evaluated), "trained_on": None, "pairs_of_trained_users": None}
+    if training_rows is None:
+        return record, None
+    seen = {x.user for x in training_rows} & set(evaluated)
+    pairs = sum(1 for x in examples if x.user in seen)
+    record.update(trained_on=len(seen), pairs_of_trained_users=pairs)
+    if not seen:
+        return record, None
+    names = ", ".join(repr(u) for u in sorted(seen)[:5]) + (" ..." if len(seen) > 5 else "")
+    return record, (f"{len(seen)} of {len(evaluated)} evaluated users ({names}; {pairs} of {len(examples)} pairs) have "
+                    "training rows: those pairs are held-out pairs of seen users, not held-out users (PPD splits "
+                    "train/test by user)")
 
 
 def image_rewards(reward_fn, images: torch.Tensor, prompts: list[str], whose: str) -> list[float | None]:
@@ -220,8 +376,10 @@ def eval_task(args) -> int:
                                     reference=args.reference,
                                     reward_fn=load_callable(args.reward_fn) if args.reward_fn else None,
                                     num_prompts=args.win_rate_prompts, confidence=args.confidence,
-                                    batch_size=args.batch_size, split=args.split)
+                                    batch_size=args.batch_size, split=args.split,
+                                    user_embeddings=getattr(args, "user_embeddings", None))
     path = write_json(eval_json_path(args.checkpoint, args.out), result)
     print(format_summary({**result, "path": str(path)}, extra=("implicit_accuracy", "loss", "reward/policy",
-                                                                "reward/reference")))
+                                                                "reward/reference", "preference_accuracy/personalized",
+                                                                "preference_accuracy/base")))
     return 0

@@ -1,0 +1,246 @@
+"""`preflab eval --task diffusion` on ppd runs: each held-out pair scored with its user's embedding through the saved
+user branch equals the run's own eval on the same pairs, and a computation by hand on the tiny pipeline; held-out
+users come from the saved table, --user-embeddings or the run's configured file; the rest is refused by name."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from preflab.errors import ConfigError  # noqa: E402
+from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
+
+# held-out pairs: user2 and user9 have no training rows (the training data alternates user0 / user1)
+HELD_OUT_USERS = ["user2", "user1", "user9", "user0"]
+
+
+def _stacks():
+    g = torch.Generator().manual_seed(0)
+    return {"user0": torch.randn(3, 3, 8, generator=g) * 5, "user1": torch.randn(2, 3, 8, generator=g) * 5,
+            "user2": torch.randn(3, 8, generator=g) * 5, "user9": torch.randn(2, 3, 8, generator=g) * 5}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A ppd run (2 steps) on precomputed subset stacks of user0..2 and user9, with the held-out file as its eval set;
+    its own eval after training is the number `preflab eval` must reproduce."""
+    from safetensors.torch import save_file
+
+    from preflab.config import config_from_dict
+    from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    root = tmp_path_factory.mktemp("ppd-eval")
+    tiny_text_to_image_pipeline(0).save_pretrained(root / "tiny")
+    train = write_pair_dataset(root / "data", 8, seed=0)
+    rows = [json.loads(x) for x in open(write_pair_dataset(root / "data", 4, seed=1, name="test"))]
+    for row, user in zip(rows, HELD_OUT_USERS):
+        row["user_id"] = user
+    held_out = root / "data" / "heldout.jsonl"
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = _stacks()
+    save_file(table, str(root / "users.safetensors"))
+    cfg = config_from_dict({
+        "task": "diffusion", "model_name_or_path": str(root / "tiny"), "dataset_name": str(train),
+        "eval_dataset_name": str(held_out), "loss_type": "ppd", "beta": 200.0, "resolution": 16,
+        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 3, "max_steps": 2, "learning_rate": 1e-2,
+        "lr_scheduler_type": "constant", "logging_steps": 1, "output_dir": str(root / "run"), "use_cpu": True,
+        "disable_tqdm": True, "user_embeddings": str(root / "users.safetensors"), "seed": 3})
+    run = DiffusionRun(cfg)
+    run.train()
+    return {"root": root, "run": run, "own": run.evaluate(), "held_out": str(held_out), "table": table,
+            "out": root / "run", "train": str(train)}
+
+
+def _without_user(trained, tmp_path, user="user9"):
+    """A copy of the run's output whose saved table lacks `user` (a run whose user_embeddings had no such user)."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "run"
+    shutil.copytree(trained["out"], out)
+    info = json.loads((out / "users.json").read_text())
+    first, count = info["subsets"].pop(user)
+    info["users"].remove(user)
+    state = load_file(str(out / "user_branch.safetensors"))
+    weight = state["users.weight"]
+    state["users.weight"] = torch.cat([weight[:first], weight[first + count:]]).contiguous()
+    for u, (f, c) in info["subsets"].items():
+        if f > first:
+            info["subsets"][u] = [f - count, c]
+    save_file(state, str(out / "user_branch.safetensors"))
+    (out / "users.json").write_text(json.dumps(info))
+    return out
+
+
+def _by_hand(trained):
+    """Each held-out pair's denoising errors [chosen, rejected] with the branch on its user's subset 0 (the file's
+    [L_u, d_u], standardised) and off, computed here: diffusers' scheduler.add_noise at the documented draws (t, eps
+    from a generator seeded by draw_seed(seed, "eval", position)), target eps (the tiny pipeline predicts epsilon)."""
+    from diffusers import UNet2DConditionModel
+
+    from preflab.diffusion.pipeline import encode_images, encode_prompts
+    from preflab.diffusion.user_branch import PPDDenoiser, normalize_user_embeddings
+
+    run, table = trained["run"], trained["table"]
+    comps = run.components
+    assert run.schedule.prediction_type == "epsilon"
+    # the saved pipeline's UNet is the base one (ppd keeps it frozen)
+    base = UNet2DConditionModel.from_pretrained(str(trained["out"]), subfolder="unet")
+    trained_unet = run.module.unet.state_dict()
+    assert all(torch.equal(v, trained_unet[k]) for k, v in base.state_dict().items())
+    items = run.eval_data
+    x_w = encode_images(comps, torch.stack([x.chosen for x in items]))
+    x_l = encode_images(comps, torch.stack([x.rejected for x in items]))
+    text = encode_prompts(comps, [x.prompt for x in items])
+    embeds = torch.stack([normalize_user_embeddings(table[x.user][0] if table[x.user].dim() == 3 else table[x.user])
+                          for x in items])
+    on, off = [], []
+    with torch.no_grad():
+        for i in range(len(items)):
+            g = torch.Generator().manual_seed(draw_seed(run.cfg.seed, "eval", i))
+            t = run.scorer.noiser.sample_timesteps(1, g)
+            eps = torch.randn(x_w.shape[1:], generator=g)[None]
+            cond = {"encoder_hidden_states": text[i:i + 1], "user_embeds": embeds[i:i + 1]}
+            for out, use in ((on, True), (off, False)):
+                f = PPDDenoiser(run.module.unet, run.module.user_branch, use_user=use)
+                errs = [((f(comps.scheduler.add_noise(x[i:i + 1], eps, t), t, cond) - eps) ** 2).mean().item()
+                        for x in (x_w, x_l)]
+                out.append(errs)
+    return torch.tensor(on, dtype=torch.float64), torch.tensor(off, dtype=torch.float64)
+
+
+def test_ppd_eval_equals_the_runs_own_eval_and_a_computation_by_hand(trained):
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    own = trained["own"]
+    assert own["eval_loss"] != pytest.approx(math.log(2), abs=1e-4)  # the branch trained: not the base model
+    result = evaluate_diffusion_run(str(trained["out"]), trained["held_out"], batch_size=3)
+    m = result["metrics"]
+    assert result["num_pairs"] == 4 and result["loss_type"] == "ppd"
+    assert m["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
+    assert m["implicit_accuracy"] == own["eval_implicit_acc"]
+    assert m["rewards/margins"] == pytest.approx(own["eval_rewards/margins"], rel=1e-6, abs=1e-9)
+    on, off = _by_hand(trained)
+    z = (off[:, 0] - off[:, 1]) - (on[:, 0] - on[:, 1])  # Delta_ref - Delta_theta
+    assert m["loss"] == pytest.approx(torch.nn.functional.softplus(-100.0 * z).mean().item(), rel=1e-4)
+    assert m["implicit_accuracy"] == pytest.approx(((z > 0).double().mean() + 0.5 * (z == 0).double().mean()).item())
+    acc = lambda e: ((e[:, 0] < e[:, 1]).double().mean() + 0.5 * (e[:, 0] == e[:, 1]).double().mean()).item()  # noqa
+    assert m["preference_accuracy/personalized"] == pytest.approx(acc(on))
+    assert m["preference_accuracy/base"] == pytest.approx(acc(off))
+    # user0 and user1 trained: their pairs are said not to be of held-out users
+    assert result["users"] == {"evaluated": 4, "trained_on": 2, "pairs_of_trained_users": 2}
+    assert any("2 of 4 evaluated users ('user0', 'user1'; 2 of 4 pairs) have training rows" in n
+               for n in result["notes"])
+    assert result["overlap_with_training"]["pairs"] == 0
+
+
+def test_a_held_out_user_missing_from_the_saved_table_comes_from_user_embeddings(trained, tmp_path):
+    """user9 dropped from the saved table: --user-embeddings (or the run's configured file) supplies it, standardised
+    as the run did, and the metrics equal the run's own; a file without it is refused naming the user, row, file."""
+    from safetensors.torch import save_file
+
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    out = _without_user(trained, tmp_path)
+    own = trained["own"]
+    from preflab.cli import main  # through the command: --user-embeddings reaches the eval, eval.json is written
+
+    assert main(["eval", str(out), "--data", trained["held_out"], "--task", "diffusion", "--batch-size", "3",
+                 "--user-embeddings", str(trained["root"] / "users.safetensors")]) == 0
+    given = json.loads((out / "eval.json").read_text())
+    configured = evaluate_diffusion_run(str(out), trained["held_out"], batch_size=3)  # config.yaml's file
+    for result in (given, configured):
+        assert result["metrics"]["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
+        assert result["metrics"]["implicit_accuracy"] == own["eval_implicit_acc"]
+    save_file({k: v for k, v in trained["table"].items() if k != "user9"}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ConfigError, match=r"1 user\(s\) have no embedding in .*users\.json \(the run's 3 users\) or "
+                                          r".*other\.safetensors: 'user9' \(row 2\)"):
+        evaluate_diffusion_run(str(out), trained["held_out"], user_embeddings=str(tmp_path / "other.safetensors"))
+    save_file({"user9": torch.zeros(2, 4, 8)}, str(tmp_path / "wide.safetensors"))
+    with pytest.raises(ConfigError, match=r"wide\.safetensors: user 'user9' has \[L_u, d_u\] = \[4, 8\], but the "
+                                          r"run's user branch reads \[L_u, d_u\] = \[3, 8\]"):
+        evaluate_diffusion_run(str(out), trained["held_out"], user_embeddings=str(tmp_path / "wide.safetensors"))
+
+
+def test_user_embeddings_is_refused_for_a_diffusion_run_of_another_loss(trained, tmp_path):
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    out = tmp_path / "dpo"
+    out.mkdir()
+    (out / "config.yaml").write_text((trained["out"] / "config.yaml").read_text().replace("loss_type: ppd",
+                                                                                           "loss_type: diffusion_dpo"))
+    with pytest.raises(ConfigError, match="--user-embeddings gives a ppd run's user embeddings; .* is a diffusion_dpo "
+                                          "run"):
+        evaluate_diffusion_run(str(out), trained["held_out"], user_embeddings="u.safetensors")
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"checkpoint": True}, "is a checkpoint of a ppd run: it holds no users.json"),
+    ({"reference": "x"}, "--reference with a ppd run: its reference is its own UNet without the user branch"),
+    ({"reward_fn": len}, "--reward-fn with a ppd run"),
+])
+def test_ppd_eval_refuses_what_it_cannot_do(tmp_path, kwargs, expected):
+    from preflab.loops.diffusion_eval import saved_user_table
+
+    with pytest.raises(ConfigError, match=expected):
+        saved_user_table(str(tmp_path), {"loss_type": "ppd"}, None, **kwargs)
+
+
+def test_ppd_eval_of_a_learned_table_refuses_a_user_embeddings_file_and_unknown_users(trained, tmp_path):
+    """A run that learned its users' embeddings (no user_embeddings in its config) has no file to take held-out users
+    from: --user-embeddings is refused, and so is a user outside its table (naming the row and what to do)."""
+    from preflab.loops.diffusion import UserTable
+    from preflab.loops.diffusion_eval import saved_user_table
+
+    out = _without_user(trained, tmp_path)
+    with pytest.raises(ConfigError, match="learned one embedding per training user"):
+        saved_user_table(str(out), {"loss_type": "ppd"}, str(trained["root"] / "users.safetensors"))
+    table = saved_user_table(str(out), {"loss_type": "ppd"}, None)
+    assert isinstance(table, UserTable) and table.file is None and "user9" not in table.user_rows
+    assert table.including({"user9", "user0"}) is table  # nothing to read it from
+    (out / "users.json").write_text(json.dumps({"users": [], "tokens": 5, "subsets": {}}))
+    with pytest.raises(ConfigError, match=r"users\.json \(tokens 5, 0 users\) does not describe"):
+        saved_user_table(str(out), {"loss_type": "ppd"}, None)
+
+
+@pytest.mark.parametrize("task, said", [
+    ("dpo", "--user-embeddings gives a ppd diffusion run's user embeddings (--task diffusion); the policy eval"),
+    ("reward", "preflab eval --task reward does not use --user-embeddings"),
+])
+def test_user_embeddings_option_is_refused_outside_a_diffusion_eval(tmp_path, capsys, task, said):
+    from preflab.cli import main
+
+    assert main(["eval", str(tmp_path), "--data", "x.jsonl", "--task", task, "--user-embeddings", "u.st"]) != 0
+    assert said in capsys.readouterr().err
+
+
+def test_ppd_eval_of_learned_user_embeddings_equals_the_runs_eval_and_refuses_an_unseen_user(trained, tmp_path):
+    """A run that learned one embedding per training user (user0, user1): its held-out pairs of those users score as
+    its own eval does (the saved, trained table); a pair of another user is refused naming the row and the reason."""
+    from preflab.config import config_from_dict
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    root = trained["root"]
+    seen = root / "data" / "seen.jsonl"  # beside the images (relative paths)
+    rows = [json.loads(x) for x in open(trained["held_out"])]
+    seen.write_text("".join(json.dumps({**r, "user_id": f"user{i % 2}"}) + "\n" for i, r in enumerate(rows)))
+    cfg = config_from_dict({
+        "task": "diffusion", "model_name_or_path": str(root / "tiny"), "dataset_name": trained["train"],
+        "eval_dataset_name": str(seen), "loss_type": "ppd", "beta": 200.0, "resolution": 16,
+        "per_device_train_batch_size": 4, "max_steps": 2, "learning_rate": 1e-2, "lr_scheduler_type": "constant",
+        "output_dir": str(tmp_path / "run"), "use_cpu": True, "disable_tqdm": True, "user_embedding_tokens": 2,
+        "user_embedding_dim": 8})
+    run = DiffusionRun(cfg)
+    run.train()
+    own = run.evaluate()
+    assert own["eval_loss"] != pytest.approx(math.log(2), abs=1e-4)
+    result = evaluate_diffusion_run(str(tmp_path / "run"), str(seen))
+    assert result["metrics"]["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
+    assert result["metrics"]["implicit_accuracy"] == own["eval_implicit_acc"]
+    assert result["users"] == {"evaluated": 2, "trained_on": 2, "pairs_of_trained_users": 4}
+    with pytest.raises(ConfigError, match=r"have no embedding in .*users\.json \(the run's 2 users\): 'user2' \(row 0\)"
+                                          r".*learned one embedding per training user"):
+        evaluate_diffusion_run(str(tmp_path / "run"), trained["held_out"])
