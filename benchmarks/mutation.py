@@ -4847,7 +4847,8 @@ PQ_RANGE = ["tests/test_user_trial_8.py::test_routed_eval_tasks_refuse_out_of_ra
 PQ_GEN_EVAL = ["tests/test_config_validation.py::"
                "test_generate_during_eval_is_refused_by_the_tasks_whose_evaluation_writes_no_samples"]
 PQ_REPORT = ["tests/report/test_report_score_kinds.py"]
-PQ_KD_EVAL = ["tests/loops/test_distill_run.py::test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics"]
+PQ_KD_EVAL = ["tests/loops/test_distill_run.py::"
+              "test_preflab_eval_task_distill_refuses_a_task_sft_run_without_a_teacher_before_loading"]
 PQ_KD_TRL = ["tests/test_distill_trl_defaults.py"]
 PQ_BNB = ["tests/loops/test_optim_bnb.py", "-k", "class_and_kwargs or paged_optimizers_are_refused or use_cpu"]
 MUTANTS += [
@@ -5012,7 +5013,9 @@ MUTANTS += [
            PQ_KD_TRL, "a GKDConfig's divergence is scored at its sampling temperature 0.9 (GKDTrainer: 1)"),
     Mutant("pq-kdcfg-seq-kd-kept-at-lmbda-one", "config_trl.py",
            [('float(raw.get("lmbda", 0.0) or 0.0) >= 1.0:', 'float(raw.get("lmbda", 0.0) or 0.0) > 1.0:')],
-           PQ_KD_TRL, "seq_kd with lmbda 1 samples from the teacher (GKDTrainer never reaches seq_kd there)"),
+           [*PQ_KD_TRL, "tests/loops/test_distill_run.py::test_saved_distillation_and_gkd_configs_load"],
+           ("a GKDConfig with seq_kd and lmbda 1 is refused (the config refuses that pair) instead of loading with seq_kd "
+            "off and a note (TRL's GKDTrainer never reaches seq_kd there)")),
     # loops/bnb_optimizers.py (the tests skip without bitsandbytes)
     Mutant("pq-bnb-adam-eps-dropped", "loops/bnb_optimizers.py",
            [("        kwargs.update(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)\n",
