@@ -7,8 +7,9 @@
 
 Each mutant is one textual edit (or a few edits that make one bug) of a file under src/preflab: a sign, an
 off-by-one, a `>` for `>=`, a dropped normalisation. For each, a temporary copy of src/ gets the edit and the tests
-that cover that file run against it (PYTHONPATH = the copy, `pytest -x`, a time limit). A mutant is *caught* when
-the tests fail (or time out, reported apart) and *survives* when they pass. Before the mutants, each distinct test
+that cover that file run against it (PYTHONPATH = the copy, then PREFLAB_MUTATION_PYTHONPATH where it is set, e.g.
+where an optional dependency is installed; `pytest -x`, a time limit). A mutant is *caught* when the tests fail (or
+time out, reported apart) and *survives* when they pass. Before the mutants, each distinct test
 selection runs once on the unmodified copy: it must pass, or the run stops (a failing baseline catches everything).
 An edit whose text is not found exactly once is reported as *stale* (the source changed: update the mutant);
 tests/test_mutation_edits.py, in the ordinary test suite, fails on such a mutant without running any.
