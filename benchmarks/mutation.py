@@ -7,8 +7,9 @@
 
 Each mutant is one textual edit (or a few edits that make one bug) of a file under src/preflab: a sign, an
 off-by-one, a `>` for `>=`, a dropped normalisation. For each, a temporary copy of src/ gets the edit and the tests
-that cover that file run against it (PYTHONPATH = the copy, `pytest -x`, a time limit). A mutant is *caught* when
-the tests fail (or time out, reported apart) and *survives* when they pass. Before the mutants, each distinct test
+that cover that file run against it (PYTHONPATH = the copy, then PREFLAB_MUTATION_PYTHONPATH where it is set, e.g.
+where an optional dependency is installed; `pytest -x`, a time limit). A mutant is *caught* when the tests fail (or
+time out, reported apart) and *survives* when they pass. Before the mutants, each distinct test
 selection runs once on the unmodified copy: it must pass, or the run stops (a failing baseline catches everything).
 An edit whose text is not found exactly once is reported as *stale* (the source changed: update the mutant);
 tests/test_mutation_edits.py, in the ordinary test suite, fails on such a mutant without running any.
@@ -5044,6 +5045,212 @@ MUTANTS += [
 ]
 
 
+# mutation-pq round: the code the last session added that no mutant touched -- the refusals under a sharding engine
+# shared by `preflab train` and `preflab plan` (sharding_options.py, the sharded_* / fsdp1 functions of
+# best_model_options.py and ref_sync_options.py, plan.sharded_run_problem's order), `preflab eval RUN` routed by the
+# run's saved task (eval_cli/cli.py, eval/run_files.py), the routed tasks' option and range refusals (eval/cli.py),
+# generate_during_eval refused by task: sft / online, the report's axes for diffusion runs (report/plots.py, html.py),
+# the distillation eval's run check, TRL's distillation defaults (config_trl.py) and bitsandbytes' class and keyword
+# arguments (loops/bnb_optimizers.py; those tests skip without bitsandbytes: PREFLAB_MUTATION_PYTHONPATH adds a path
+# where it is installed). Mutants named `pq-*`.
+PQ_PLAN = ["tests/test_plan_engines.py"]
+PQ_REF_SYNC = ["tests/loops/test_ref_sync.py", "-k", "config_refusals or without_sync_ref_model"]
+PQ_AUTOTASK = ["tests/eval/test_eval_autotask.py", "tests/reward_models/test_eval_refuses_another_runs_task.py"]
+PQ_RANGE = ["tests/test_user_trial_8.py::test_routed_eval_tasks_refuse_out_of_range_numbers_before_loading",
+            "tests/eval/test_eval_autotask.py"]
+PQ_GEN_EVAL = ["tests/test_config_validation.py::"
+               "test_generate_during_eval_is_refused_by_the_tasks_whose_evaluation_writes_no_samples"]
+PQ_REPORT = ["tests/report/test_report_score_kinds.py"]
+PQ_KD_EVAL = ["tests/loops/test_distill_run.py::"
+              "test_preflab_eval_task_distill_refuses_a_task_sft_run_without_a_teacher_before_loading"]
+PQ_KD_TRL = ["tests/test_distill_trl_defaults.py"]
+PQ_BNB = ["tests/loops/test_optim_bnb.py", "-k", "class_and_kwargs or paged_optimizers_are_refused or use_cpu"]
+MUTANTS += [
+    # sharding_options.py
+    Mutant("pq-ds-accumulation-two-accepted", "sharding_options.py",
+           [('if engine != "DEEPSPEED" or cfg.gradient_accumulation_steps == 1:',
+             'if engine != "DEEPSPEED" or cfg.gradient_accumulation_steps <= 2:')], PQ_PLAN,
+           "gradient_accumulation_steps 2 under DeepSpeed is planned and run (DeepSpeed steps inside every backward)"),
+    Mutant("pq-ds-accumulation-every-engine", "sharding_options.py",
+           [('if engine != "DEEPSPEED" or cfg.gradient_accumulation_steps == 1:',
+             'if engine is None or cfg.gradient_accumulation_steps == 1:')], PQ_PLAN,
+           "gradient accumulation under FSDP is refused with DeepSpeed's reason"),
+    Mutant("pq-generate-during-eval-refused-under-ddp", "sharding_options.py",
+           [('if not getattr(cfg, "generate_during_eval", False) or engine is None:',
+             'if not getattr(cfg, "generate_during_eval", False):')], PQ_PLAN,
+           "generate_during_eval is refused without sharding too (DDP, one process)"),
+    Mutant("pq-activation-offload-refused-under-ddp", "sharding_options.py",
+           [("if engine is None or not cfg.activation_offloading:", "if not cfg.activation_offloading:")], PQ_PLAN,
+           "activation_offloading is refused without sharding too"),
+    Mutant("pq-token-kl-refused-under-deepspeed", "sharding_options.py",
+           [('if engine != "FSDP2" or "token_kl" not in objective.token_needs:',
+             'if engine is None or "token_kl" not in objective.token_needs:')], PQ_PLAN,
+           "rrpo / sparsepo's token-level KL is refused under DeepSpeed, which owns the reference's head"),
+    Mutant("pq-token-kl-every-objective", "sharding_options.py",
+           [('if engine != "FSDP2" or "token_kl" not in objective.token_needs:', 'if engine != "FSDP2":')], PQ_PLAN,
+           "every objective (sigmoid too) is refused under FSDP2 as if it needed token-level KL"),
+    Mutant("pq-kd-under-fsdp-accepted", "sharding_options.py",
+           [("    if distributed_type is None:\n", '    if distributed_type in (None, "FSDP"):\n')], PQ_PLAN,
+           "distillation under FSDP (both versions) is planned and run with sharded LM heads"),
+    # plan.py: sharded_run_problem
+    Mutant("pq-plan-kd-engine-named-fsdp2", "plan.py",
+           [('sharded_distill_problem(engine.rstrip("2"))', "sharded_distill_problem(engine)")], PQ_PLAN,
+           "the plan says 'distillation under FSDP2' where the run (accelerate's distributed_type) says FSDP"),
+    Mutant("pq-plan-resume-not-asked", "plan.py",
+           [("fsdp1_checkpoint_problem(cfg, engine, resume_requested(cfg))",
+             "fsdp1_checkpoint_problem(cfg, engine, False)")], PQ_PLAN,
+           "resume_from_checkpoint under FSDP version 1 is planned (the run refuses it)"),
+    Mutant("pq-plan-reference-free-sync-unasked", "plan.py",
+           [("                    lambda: trainer and ref_sync_reference_problem(cfg, objective.needs_reference),\n",
+             "")], PQ_PLAN,
+           "sync_ref_model with a reference-free loss_type is planned (the run refuses it under DDP too)"),
+    Mutant("pq-plan-optim-asked-first", "plan.py",
+           [("    for problem in (lambda: deepspeed_accumulation_problem(cfg, engine),\n",
+             '    for problem in (lambda: sharded_optimizer_problem(getattr(cfg, "optim", "adamw_torch_fused"), engine),\n'
+             "                    lambda: deepspeed_accumulation_problem(cfg, engine),\n")], PQ_PLAN,
+           "a config with two refusals gets the optim's from the plan and make_accelerator's from the run"),
+    Mutant("pq-plan-activation-offload-unasked", "plan.py",
+           [("                    lambda: sharded_activation_offload_problem(cfg, engine)):",
+             "                    ):")], PQ_PLAN,
+           "activation_offloading under FSDP2 is planned (the run refuses it at its first forward)"),
+    # best_model_options.py: the sharded refusals
+    Mutant("pq-best-model-refused-under-ddp", "best_model_options.py",
+           [("if not cfg.load_best_model_at_end or engine is None:", "if not cfg.load_best_model_at_end:")], PQ_PLAN,
+           "load_best_model_at_end is refused without sharding too"),
+    Mutant("pq-model-only-without-checkpoints-refused", "best_model_options.py",
+           [("if engine is None or not (cfg.save_only_model and writes_checkpoints(cfg)):",
+             "if engine is None or not cfg.save_only_model:")], PQ_PLAN,
+           "save_only_model under FSDP2 is refused although the run writes no checkpoint (only the final model)"),
+    Mutant("pq-fsdp1-checkpoints-also-fsdp2", "best_model_options.py",
+           [('if engine != "FSDP" or not used:', 'if not str(engine).startswith("FSDP") or not used:')], PQ_PLAN,
+           "checkpoints under FSDP2 (which preflab writes sharded) are refused as under FSDP version 1"),
+    Mutant("pq-fsdp1-epoch-checkpoints-unnamed", "best_model_options.py",
+           [('                              ("save_strategy: epoch", saves_each_epoch(cfg)),\n', "")], PQ_PLAN,
+           "save_strategy: epoch under FSDP version 1 is planned (each rank would write only its shards)"),
+    # ref_sync_options.py
+    Mutant("pq-ref-sync-refused-under-ddp", "ref_sync_options.py",
+           [("if engine is None or not cfg.sync_ref_model:", "if not cfg.sync_ref_model:")], PQ_PLAN,
+           "sync_ref_model is refused without sharding too"),
+    Mutant("pq-ref-sync-reference-free-inverted", "ref_sync_options.py",
+           [("if not cfg.sync_ref_model or needs_reference:", "if not cfg.sync_ref_model or not needs_reference:")],
+           PQ_PLAN, "sync_ref_model is refused for sigmoid and accepted for simpo (reference-free)"),
+    Mutant("pq-ref-sync-mixup-default", "ref_sync_options.py",
+           [('SYNC_DEFAULTS = {"ref_model_mixup_alpha": 0.6,', 'SYNC_DEFAULTS = {"ref_model_mixup_alpha": 0.5,')],
+           PQ_REF_SYNC, "ref_model_mixup_alpha 0.5 without sync_ref_model is accepted as TRL's default (0.6)"),
+    Mutant("pq-ref-sync-precompute-accepted", "ref_sync_options.py",
+           [("    if cfg.precompute_ref_log_probs:\n        out.append(\"sync_ref_model",
+             "    if False:\n        out.append(\"sync_ref_model")], PQ_REF_SYNC,
+           "sync_ref_model with precompute_ref_log_probs trains against stale reference log-probs"),
+    # eval_cli/cli.py and eval/run_files.py: `preflab eval RUN` by the run's saved task
+    Mutant("pq-autotask-policy-run-said", "eval_cli/cli.py",
+           [('    if task in (None, "dpo"):\n        return "dpo"', '    if task is None:\n        return "dpo"')],
+           PQ_AUTOTASK, "a policy run's eval says 'evaluating with --task dpo' (a line for the default)"),
+    Mutant("pq-autotask-explicit-task-overridden", "eval_cli/cli.py",
+           [("    if args.task is None:\n        args.task = run_saved_task(args.checkpoint)",
+             "    if True:\n        args.task = run_saved_task(args.checkpoint)")], PQ_AUTOTASK,
+           "an explicit --task is replaced by the run's saved task (a wrong --task is not refused)"),
+    Mutant("pq-autotask-line-on-stdout", "eval_cli/cli.py",
+           [("          file=sys.stderr)\n    return task", "          )\n    return task")], PQ_AUTOTASK,
+           "the routing line goes to stdout, into a redirected summary"),
+    Mutant("pq-runfiles-kd-wrong-key", "eval/run_files.py",
+           [('if task == "sft" and saved.get("teacher_model_name_or_path"):\n        return "distill"',
+             'if task == "sft" and saved.get("teacher_model"):\n        return "distill"')], PQ_AUTOTASK,
+           "a distillation run without --task gets the policy eval, not --task distill"),
+    Mutant("pq-runfiles-runs-listed-without-or", "eval/run_files.py",
+           [("f\"{', '.join(accepted[:-1])} or {accepted[-1]}\"", "', '.join(accepted)")], PQ_AUTOTASK,
+           "the refusal says '--task dpo evaluates task: dpo, sft, online runs'"),
+    Mutant("pq-runfiles-policy-hint-names-a-task", "eval/run_files.py",
+           [('how = "--data ...` (no --task)" if fitting == "dpo" else', 'how = "--data ...` (no --task)" if fitting == "sft" else')],
+           PQ_AUTOTASK, "a policy run given --task reward is told `--task dpo` instead of leaving --task out"),
+    Mutant("pq-runfiles-vision-online-refused", "eval/run_files.py",
+           [('    if task == "online" and saved.get("online_task") == "vision_dataset":\n        return\n', "")],
+           PQ_AUTOTASK, "an image-text online run is refused by every --task (it is left to the loaders)"),
+    # eval/cli.py: the routed tasks' refusals
+    Mutant("pq-range-win-rate-prompts-unchecked", "eval/cli.py",
+           [('"limit", "win_rate_prompts", "max_new_tokens"', '"limit", "max_new_tokens"')], PQ_RANGE,
+           "--task diffusion --win-rate-prompts -2 judges all prompts but the last two"),
+    Mutant("pq-range-confidence-unread-by-diffusion", "eval/cli.py",
+           [('"reward_fn", "win_rate_prompts", "confidence", "batch_size",', '"reward_fn", "win_rate_prompts", "batch_size",')],
+           PQ_RANGE, "--task diffusion refuses --confidence as unread (its win rate's interval reads it)"),
+    Mutant("pq-range-reward-max-length-unread", "eval/cli.py",
+           [('"reward": {"split", "limit", "batch_size", "max_length"},', '"reward": {"split", "limit", "batch_size"},')],
+           PQ_RANGE, "--task reward refuses --max-length as unread"),
+    Mutant("pq-range-kd-limit-unread", "eval/cli.py",
+           [('"batch_size", "split", "limit"},  # --reference', '"batch_size", "split"},  # --reference')], PQ_RANGE,
+           "--task distill refuses --limit as unread"),
+    # config.py: generate_during_eval by task
+    Mutant("pq-gen-eval-online-accepted", "config.py",
+           [('if self.generate_during_eval and self.task in ("sft", "online"):',
+             'if self.generate_during_eval and self.task == "sft":')], PQ_GEN_EVAL,
+           "generate_during_eval with task: online is accepted and ignored"),
+    Mutant("pq-gen-eval-reasons-swapped", "config.py",
+           [("""+ ("scores the eval rows' completions" if self.task == "sft" else""",
+             """+ ("scores the eval rows' completions" if self.task == "online" else""")], PQ_GEN_EVAL,
+           "the refusal gives task: sft the online evaluation's reason and the reverse"),
+    # report/plots.py, report/html.py: one axis per kind of score
+    Mutant("pq-kind-split-for-one-kind", "report/plots.py",
+           [("by_kind = title in SPLIT_BY_SCORE_KIND and len({score_kind(runs[r]) for r in drawn}) > 1",
+             "by_kind = title in SPLIT_BY_SCORE_KIND and len({score_kind(runs[r]) for r in drawn}) >= 1")], PQ_REPORT,
+           "two text runs of different beta get axes titled 'text/VLM, score log-prob, beta=...' (a kind split of one)"),
+    Mutant("pq-kind-drift-shared", "report/plots.py",
+           [('SPLIT_BY_SCORE_KIND = {"Log-probs", "Log-prob drift vs reference (eval)", "Reward margin",',
+             'SPLIT_BY_SCORE_KIND = {"Log-probs", "Reward margin",')], PQ_REPORT,
+           "a diffusion run's -MSE drift and a text run's log-prob drift share one axis"),
+    Mutant("pq-kind-group-order", "report/plots.py",
+           [('group = f"{score_kind(run)}, {group}" if group else score_kind(run)',
+             'group = f"{group}, {score_kind(run)}" if group else score_kind(run)')], PQ_REPORT,
+           "the axis titles put the beta before the kind of score"),
+    Mutant("pq-kind-note-for-one-kind", "report/plots.py",
+           [("    if len(set(kinds.values())) < 2:\n        return None\n    said = \"; \"",
+             "    if len(set(kinds.values())) < 1:\n        return None\n    said = \"; \"")], PQ_REPORT,
+           "a report of diffusion runs alone says the runs differ in kind"),
+    Mutant("pq-beta-note-log-probs-one-scale", "report/plots.py",
+           [('(" and log-probs are" if len({score_kind(r) for r in have}) == 1', '(" and log-probs are" if have')],
+           PQ_REPORT, "the beta note says a diffusion run's -MSE and a text run's log-probs are on one scale"),
+    Mutant("pq-kind-note-unwired", "report/html.py",
+           [("(plots.beta_note(runs), plots.score_kind_note(runs))", "(plots.beta_note(runs),)")], PQ_REPORT,
+           "the page does not say why a diffusion and a text run get separate axes"),
+    Mutant("pq-margin-ylabel-key-of-diffusion", "report/plots.py",
+           [('("Reward margin", "diffusion"): "b (h_w - h_l)', '("Reward margins", "diffusion"): "b (h_w - h_l)')],
+           PQ_REPORT, "a diffusion run's reward-margin axis is labelled beta (h_w - h_l), a log-ratio"),
+    # loops/distill_eval.py
+    Mutant("pq-kdeval-run-without-teacher-accepted", "loops/distill_eval.py",
+           [('if saved.get("task") != "sft" or not saved.get("teacher_model_name_or_path"):',
+             'if saved.get("task") != "sft":')], PQ_KD_EVAL,
+           "--task distill on a task: sft run without a teacher goes on (and fails later, or scores nothing)"),
+    # config_trl.py: TRL's distillation defaults
+    Mutant("pq-kdcfg-distillation-lmbda-half", "config_trl.py",
+           [('            raw["lmbda"] = 1.0\n', '            raw["lmbda"] = 0.5\n')], PQ_KD_TRL,
+           "a hand-written DistillationConfig samples half its completions (DistillationTrainer samples all)"),
+    Mutant("pq-kdcfg-gkd-divergence-at-sampling-temperature", "config_trl.py",
+           [('        raw["divergence_temperature"] = 1.0\n', '        raw["divergence_temperature"] = raw.get("temperature", 1.0)\n')],
+           PQ_KD_TRL, "a GKDConfig's divergence is scored at its sampling temperature 0.9 (GKDTrainer: 1)"),
+    Mutant("pq-kdcfg-seq-kd-kept-at-lmbda-one", "config_trl.py",
+           [('float(raw.get("lmbda", 0.0) or 0.0) >= 1.0:', 'float(raw.get("lmbda", 0.0) or 0.0) > 1.0:')],
+           [*PQ_KD_TRL, "tests/loops/test_distill_run.py::test_saved_distillation_and_gkd_configs_load"],
+           ("a GKDConfig with seq_kd and lmbda 1 is refused (the config refuses that pair) instead of loading with seq_kd "
+            "off and a note (TRL's GKDTrainer never reaches seq_kd there)")),
+    # loops/bnb_optimizers.py (the tests skip without bitsandbytes)
+    Mutant("pq-bnb-adam-eps-dropped", "loops/bnb_optimizers.py",
+           [("        kwargs.update(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)\n",
+             "        kwargs.update(betas=(cfg.adam_beta1, cfg.adam_beta2))\n")], PQ_BNB,
+           "bitsandbytes' AdamW runs at its eps 1e-8, not adam_epsilon"),
+    Mutant("pq-bnb-ademamix-alpha-default", "loops/bnb_optimizers.py",
+           [('alpha=args.get("alpha", 5.0)', 'alpha=args.get("alpha", 8.0)')], PQ_BNB,
+           "AdEMAMix's alpha defaults to 8 (transformers: 5)"),
+    Mutant("pq-bnb-ademamix-betas-swapped", "loops/bnb_optimizers.py",
+           [('args.get("beta1", cfg.adam_beta1), args.get("beta2", cfg.adam_beta2)',
+             'args.get("beta1", cfg.adam_beta2), args.get("beta2", cfg.adam_beta1)')], PQ_BNB,
+           "AdEMAMix without optim_args gets adam_beta2 as beta1 and adam_beta1 as beta2"),
+    Mutant("pq-bnb-ademamix-warmups-dropped", "loops/bnb_optimizers.py",
+           [('        kwargs.update({key: args[key] for key in ("t_alpha", "t_beta3") if key in args})\n', "")], PQ_BNB,
+           "optim_args' t_alpha / t_beta3 (AdEMAMix's warm-ups) are read and not passed"),
+    Mutant("pq-bnb-paged-use-cpu-built", "loops/bnb_optimizers.py",
+           [('    if getattr(cfg, "use_cpu", False):\n        raise', "    if False:\n        raise")], PQ_BNB,
+           "a paged optimizer builds under use_cpu where a GPU is visible (bitsandbytes runs it unpaged)"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))
@@ -5051,7 +5258,9 @@ def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
 
 
 def _pytest(src: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
-    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    extra = os.environ.get("PREFLAB_MUTATION_PYTHONPATH")  # e.g. where an optional dependency is installed
+    path = str(src) + (os.pathsep + extra if extra else "")
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
     started = time.perf_counter()
     try:

@@ -228,3 +228,40 @@ def test_sync_ref_model_with_a_reference_free_loss_is_refused_by_the_plan_as_by_
         assert capsys.readouterr().err.strip().splitlines()[-1] == f"preflab: error: {said}"
     assert main(["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
                  "sync_ref_model=true", "--sharding", "ddp"]) == 0
+
+
+def test_engine_scoped_refusals_leave_the_other_engines_alone_and_the_plan_gives_the_runs_first(tmp_path, model_dir,  # noqa: F811
+                                                                                              capsys, monkeypatch):
+    """Each refusal belongs to its engine: gradient accumulation only to DeepSpeed (FSDP2 and FSDP version 1
+    accumulate), intermediate checkpoints only to FSDP version 1 (FSDP2 and DeepSpeed write sharded ones): the run
+    accepts those configs under the other engines and the plan plans them. save_strategy: epoch is one of FSDP
+    version 1's refused checkpoint settings, named in the refusal. A config with two refusals (generate_during_eval,
+    checked by make_accelerator, and optim sgd, checked when the run can save) gets the run's first from the plan,
+    not the other."""
+    from preflab.cli import main
+
+    fsdp1 = tmp_path / "fsdp1.yaml"
+    fsdp1.write_text((ROOT / "examples/accelerate/fsdp2.yaml").read_text().replace("  fsdp_version: 2", ""))
+    engines = {"DEEPSPEED": (["--sharding", "zero2"], ("DEEPSPEED", False)),
+               "FSDP2": (["--sharding", "fsdp"], ("FSDP", True)),
+               "FSDP": (["--accelerate-config", str(fsdp1)], ("FSDP", False))}
+
+    def plan(overrides, engine):
+        code = main(["plan", f"model_name_or_path={model_dir}", "dataset_name=x.jsonl", "max_length=16",
+                     *(f"{k}={v}" for k, v in overrides.items()), *engines[engine][0], "--world-size", "2"])
+        err = capsys.readouterr().err.strip()
+        return code, err.splitlines()[-1] if err else None
+
+    for accepted, engine in (({"gradient_accumulation_steps": 2}, "FSDP2"), ({"gradient_accumulation_steps": 2}, "FSDP"),
+                             ({"save_steps": 5}, "FSDP2"), ({"save_steps": 5}, "DEEPSPEED")):
+        assert _run_refusal(_cfg(model_dir, **accepted), *engines[engine][1], monkeypatch=monkeypatch) is None
+        assert plan(accepted, engine)[0] == 0, (accepted, engine)
+    epoch = {"save_strategy": "epoch"}
+    said = _run_refusal(_cfg(model_dir, **epoch), *engines["FSDP"][1], monkeypatch=monkeypatch)
+    assert said.startswith("save_strategy: epoch: preflab writes and resumes sharded checkpoints")
+    assert plan(epoch, "FSDP") == (2, f"preflab: error: {said}")
+    assert _run_refusal(_cfg(model_dir, **epoch), *engines["FSDP2"][1], monkeypatch=monkeypatch) is None
+    both = {"generate_during_eval": True, "optim": "sgd"}
+    said = _run_refusal(_cfg(model_dir, **both), *engines["DEEPSPEED"][1], monkeypatch=monkeypatch)
+    assert said.startswith("generate_during_eval: preflab generates eval samples")
+    assert plan(both, "DEEPSPEED") == (2, f"preflab: error: {said}")

@@ -440,6 +440,21 @@ def test_preflab_eval_task_distill_gives_the_runs_own_eval_metrics(tmp_path, cap
     assert "distillation" in eval_beta(None, {"task": "sft", "teacher_model_name_or_path": "t", "beta": 0.5})[1][0]
 
 
+def test_preflab_eval_task_distill_refuses_a_task_sft_run_without_a_teacher_before_loading(tmp_path, capsys):
+    """A plain SFT run (task: sft, no teacher_model_name_or_path) has no teacher to measure the divergence to:
+    --task distill refuses it with the run's task and the command that evaluates it, before the data or any model is
+    read (neither exists here)."""
+    from preflab.cli import main
+
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: sft\nmodel_name_or_path: builtin:tiny-llama\n")
+    assert main(["eval", str(run), "--task", "distill", "--data", str(tmp_path / "no-rows.jsonl")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"preflab: error: {run} is a task: sft run without teacher_model_name_or_path; --task distill evaluates "
+        f"distillation runs (task: sft with a teacher). Evaluate it with `preflab eval {run} --data ...`.")
+
+
 def test_preflab_eval_task_distill_on_a_bfloat16_run_gives_its_eval_metrics(tmp_path):
     """load_dtype: bfloat16 from a saved model directory (from_pretrained, as a hub model loads): the student is
     loaded once, in bfloat16 as the run loaded its policy, and gives the run's final eval metrics exactly (in

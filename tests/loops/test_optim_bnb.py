@@ -302,6 +302,8 @@ def test_paged_optimizers_are_refused_off_cuda(optim, monkeypatch):
         build_optimizer(_config(optim), list(Net().parameters()))
     assert optim == "paged_adamw_32bit" or unpaged in BNB_OPTIMIZERS
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the parameters may move to the GPU after the build
+    with pytest.raises(ConfigError, match=rf"optim: {optim} needs a CUDA GPU .* use_cpu: true is set"):  # the run's
+        build_optimizer(SimpleNamespace(**vars(_config(optim)), use_cpu=True), list(Net().parameters()))  # device
     assert build_optimizer(_config(optim), list(Net().parameters())).is_paged
 
 
