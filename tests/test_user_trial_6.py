@@ -129,7 +129,10 @@ def test_an_unknown_option_of_a_command_shows_that_commands_usage(capsys):
     assert err.value.code == 2
     text = capsys.readouterr().err
     assert text.startswith("usage: preflab report [-h] [--out OUT]")
-    assert "preflab report: error: unrecognized arguments: --output x.html" in text
+    assert "preflab report: error: unrecognized arguments: --output x.html; did you mean --out?" in text
+    with pytest.raises(SystemExit):  # nothing close: no guess
+        main(["report", "some_run", "--zzzz"])
+    assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --zzzz")
 
 
 def test_task_vlm_on_rows_without_images_says_the_model_reads_text_alone():

@@ -67,12 +67,14 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         if isinstance(getattr(args, "overrides", None), list) and len(overrides) == len(extra):
             args.overrides = args.overrides + extra
         else:
-            dashed = [e for e in extra if e.startswith("--")] if hasattr(args, "overrides") else []
+            command = _command_parser(parser, getattr(args, "command", None))
+            dashed = [e for e in extra if e.startswith("--")]
             hint = ""
-            if dashed:  # TRL's CLI style (`trl dpo --beta 0.1`)
+            if dashed and hasattr(args, "overrides"):  # TRL's CLI style (`trl dpo --beta 0.1`)
                 hint = _dashed_option_hint(dashed[0])
-            _command_parser(parser, getattr(args, "command", None)).error(
-                f"unrecognized arguments: {' '.join(extra)}{hint}")
+            elif dashed:
+                hint = _close_option_hint(command, dashed[0])
+            command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return args
 
 
@@ -83,6 +85,17 @@ def _command_parser(parser: argparse.ArgumentParser, command: str | None) -> arg
         if isinstance(action, argparse._SubParsersAction) and command in action.choices:
             return action.choices[command]
     return parser
+
+
+def _close_option_hint(command: argparse.ArgumentParser, flag: str) -> str:
+    """"; did you mean --out?" for a --flag close to one of the command's own options (`preflab report --output x`:
+    argparse said only "unrecognized arguments"), else ""."""
+    import difflib
+
+    name = flag.split("=", 1)[0]
+    options = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _dashed_option_hint(flag: str) -> str:

@@ -117,3 +117,10 @@ def test_lab_ranking_accuracies_refuse_pairs_of_unequal_length():
     with pytest.raises(ValueError, match=re.escape("alpha must be one number or one per pair (shape (2,)); got "
                                                    "shape (3,)")):
         idealized_ranking_accuracy([-1.0, -2.0], [-2.0, -1.0], [0.9, 0.8, 0.7], 0.1)
+
+
+def test_lab_ranking_accuracy_refuses_no_pairs():
+    """user-trial-9 leftover: ranking_accuracy([], []) returned nan (a mean over no pairs) without a word."""
+    with pytest.raises(ValueError, match=re.escape("ranking_accuracy needs at least one pair")):
+        ranking_accuracy([], [])
+    assert ranking_accuracy([-1.0, -3.0], [-2.0, -1.0]) == 0.5  # the non-empty case is unchanged

@@ -69,6 +69,8 @@ def ranking_accuracy(chosen_logps, rejected_logps) -> float:
     if chosen.shape != rejected.shape:
         raise ValueError(f"chosen_logps and rejected_logps must have one value per pair each; got shapes "
                          f"{chosen.shape} and {rejected.shape}.")
+    if chosen.size == 0:
+        raise ValueError("ranking_accuracy needs at least one pair; got empty chosen_logps and rejected_logps.")
     return float(ranking_accuracy_torch(torch.as_tensor(chosen), torch.as_tensor(rejected)))
 
 
