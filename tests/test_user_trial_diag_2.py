@@ -120,3 +120,12 @@ def test_the_eval_section_is_not_titled_held_out_when_eval_json_counts_training_
     assert "<h2>Held-out evaluation (eval.json)</h2>" in pages[0]
     assert "Held-out" not in pages[1]
     assert "<h2>Evaluation (eval.json; seen: partly on rows the run trained on)</h2>" in pages[1]
+
+
+def test_the_terminal_metric_column_fits_long_keys():
+    # dpa-eval leftover: a DPA model's `reward_model/ranking_accuracy/helpfulness` (41 characters) ran into its value
+    long_key, short_key = "reward_model/ranking_accuracy/helpfulness", "reward_model/mse"
+    text = format_summary({"num_pairs": 2, "num_rated_rows": 4,
+                           "metrics": {long_key: 0.75, short_key: 2.5}})
+    rows = [line for line in text.splitlines() if line.startswith("  reward_model/")]
+    assert rows == [f"  {long_key} 0.7500", f"  {short_key:{len(long_key)}s} 2.5000"]

@@ -77,10 +77,11 @@ def format_summary(result: dict, extra: tuple = ()) -> str:
     lines = [f"preflab eval: {count}" + (f", beta={result['beta']}" if result.get("beta") is not None else "")]
     headline = UNPAIRED_HEADLINE if unpaired else HEADLINE
     own = tuple(k for k in extra if k not in headline)
-    for key in headline + own + tuple(k for k in metrics if k.startswith("reward_model/")):
-        value = metrics.get(key)
-        if isinstance(value, (int, float)):
-            lines.append(f"  {key:38s} {value:.4f}")
+    shown = [(key, metrics.get(key)) for key in headline + own + tuple(k for k in metrics
+                                                                     if k.startswith("reward_model/"))]
+    shown = [(key, value) for key, value in shown if isinstance(value, (int, float))]
+    width = max([38] + [len(key) for key, _ in shown])  # one column, however long a key (DPA's per-attribute)
+    lines += [f"  {key:{width}s} {value:.4f}" for key, value in shown]
     lines += [f"  note: {n}" for n in result.get("notes", [])]
     lines += [f"  skipped {k}: {why}" for k, why in result.get("missing", {}).items()]
     if result.get("path"):
