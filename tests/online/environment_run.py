@@ -56,9 +56,10 @@ class LoggedEcho(t.Echo):
         return super().shout(text)
 
 
-class LoggedDrawn(t.Counter):
+class LoggedDrawn(LoggedCounter):
     """test_environment_no_dataset.py's DrawnGoal (a target of 3..6 from Python's global random at reset), its reset
-    logged with the target it drew (a run without a dataset: no_dataset=true)."""
+    logged with the target it drew (a run without a dataset: no_dataset=true); step and get_reward logged as
+    LoggedCounter's."""
 
     def reset(self, **kwargs):
         import random
@@ -66,19 +67,6 @@ class LoggedDrawn(t.Counter):
         self.total, self.target = 0, random.randint(3, 6)
         log(f"reset {self.target}")
         return f"reach (target {self.target})"
-
-    def step(self, n: int) -> str:
-        """Adds n to the total.
-
-        Args:
-            n: The number to add.
-        """
-        log("step")
-        return super().step(n)
-
-    def get_reward(self) -> float:
-        log("get_reward")
-        return super().get_reward()
 
 
 def logged_echo_reward(prompts, completions, environments, **kwargs):

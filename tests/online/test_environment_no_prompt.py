@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_environment_factory import (BASE, CALLS, Counter, Echo, EnvScripted, echo_reward, env_run,  # noqa: E402
                                       preflab_round, trl_round)
 from test_tool_calling import tool_tokenizer  # noqa: E402
+from test_environment_no_dataset import launch_seeded_resets_once  # noqa: E402
 
 
 class KeyedCounter(Counter):
@@ -229,24 +230,7 @@ def test_two_processes_reset_rows_without_a_prompt_once_and_equal_one_process(tm
     """Dataset rows without a prompt under accelerate launch with two processes (environment_run.py no_prompt=true):
     the main process makes every reset (each rollout's target drawn under the seed of its row's place in the round,
     the same as one process's), step and get_reward once, and the weights equal the one-process run's."""
-    from collections import Counter as Tally
-
-    from safetensors.torch import load_file
-
-    script = str(Path(__file__).parent / "environment_run.py")
-    common = ["no_prompt=true", "per_device_train_batch_size=1", "max_steps=1", "steps_per_generation=1",
-              "save_strategy=no"]
-    one_and_two_processes(script, tmp_path, common)
-    tallies = [Tally((tmp_path / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
-    round_seed = 3 * 7919 * 100_003  # OnlineRun._round_seed(0) at seed 3
-    targets = [random.Random(reset_seed(round_seed, p)).randint(3, 6) for p in range(4)]
-    assert tallies[0] == tallies[1]
-    assert Tally({k: v for k, v in tallies[0].items() if k.startswith("reset")}) == \
-        Tally(f"reset {t} rank0" for t in targets for _ in range(2))
-    assert tallies[0]["get_reward rank0"] == 8 and set(tallies[0]) - {f"reset {t} rank0" for t in targets} == \
-        {"step rank0", "get_reward rank0"}
-    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    launch_seeded_resets_once("no_prompt=true", tmp_path, one_and_two_processes)
 
 
 def test_grpo_train_takes_rows_without_a_prompt_from_python(tmp_path, monkeypatch):
