@@ -5251,6 +5251,34 @@ MUTANTS += [
 ]
 
 
+# ppd-sampling round
+PPDS_TESTS = ["tests/diffusion/test_ppd_sampling.py"]
+MUTANTS += [
+    Mutant("ppds-eval-samples-row-0", "loops/diffusion_eval.py",
+           [("e = module.user_embeddings([run.user_rows[x.user][0] for x in pairs])",
+             "e = module.user_embeddings([0 for x in pairs])")], PPDS_TESTS,
+           "the win rate samples every held-out prompt with the table's first user, not the pair's user"),
+    Mutant("ppds-base-sampled-with-the-user", "loops/diffusion_eval.py",
+           [("base = module.sample_user_images(run.components, prompts, seeds, None,",
+             "base = module.sample_user_images(run.components, prompts, seeds, e,")], PPDS_TESTS,
+           "the base side of the win rate is sampled with the user branch on: every prompt ties"),
+    Mutant("ppds-uncond-without-the-user", "diffusion/pipeline.py",
+           [('"cross_attention_kwargs": cross_attention_kwargs} for c in (cond, uncond))',
+             '"cross_attention_kwargs": cross_attention_kwargs if c is cond else None} for c in (cond, uncond))')],
+           PPDS_TESTS, "the unconditional side of classifier-free guidance is sampled without the user"),
+    Mutant("ppds-interpolation-ignores-gamma", "loops/ppd_sample.py",
+           [("interpolate_users(e, user_embedding(self.table, other_user), gamma)",
+             "interpolate_users(e, user_embedding(self.table, other_user), 0.5)")], PPDS_TESTS,
+           "any gamma samples the midpoint of the two users (gamma 0 and 1 do not give the endpoints)"),
+    Mutant("ppds-file-user-not-read", "loops/ppd_sample.py",
+           [("self.table = self.table.including(wanted)", "self.table = self.table")], PPDS_TESTS,
+           "a user the saved table lacks is refused instead of read from --user-embeddings"),
+    Mutant("ppds-gamma-range-unchecked", "loops/ppd_sample.py",
+           [("math.isfinite(gamma) and 0 <= gamma <= 1)", "math.isfinite(gamma))")], PPDS_TESTS,
+           "gamma outside [0, 1] extrapolates past the users instead of being refused"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -24,12 +24,13 @@ def diffusion_run_dir(tmp_path, loss_type, samples=False):
     return run
 
 
-def test_report_of_a_ppd_run_asks_for_its_eval_without_a_win_rate(tmp_path):
-    # ppd runs are evaluated (user-conditioned implicit reward); their eval refuses --reward-fn (no user sampling)
+def test_report_of_a_ppd_run_asks_for_its_eval_with_a_win_rate(tmp_path):
+    # ppd runs are evaluated (user-conditioned implicit reward) and, with --reward-fn, sampled per user for the win
+    # rate against the base model (preflab.loops.diffusion_eval.ppd_samples)
     from preflab.report.runs import eval_command
 
     assert eval_command({"task": "diffusion", "loss_type": "ppd"}) == \
-        "preflab eval RUN_DIR --task diffusion --data HELDOUT"
+        "preflab eval RUN_DIR --task diffusion --data HELDOUT [--reward-fn MODULE:FUNCTION]"
     note = next(m for m in load_run(diffusion_run_dir(tmp_path, "ppd")).missing if m.startswith("no eval.json"))
     assert "does not score" not in note
 

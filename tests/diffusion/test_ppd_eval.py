@@ -180,7 +180,6 @@ def test_user_embeddings_is_refused_for_a_diffusion_run_of_another_loss(trained,
 @pytest.mark.parametrize("kwargs, expected", [
     ({"checkpoint": True}, "is a checkpoint of a ppd run: it holds no users.json"),
     ({"reference": "x"}, "--reference with a ppd run: its reference is its own UNet without the user branch"),
-    ({"reward_fn": len}, "--reward-fn with a ppd run"),
 ])
 def test_ppd_eval_refuses_what_it_cannot_do(tmp_path, kwargs, expected):
     from preflab.loops.diffusion_eval import saved_user_table

@@ -579,22 +579,29 @@ def save_pipeline(components: DiffusionComponents, denoiser: nn.Module, out: Pat
 
 @torch.no_grad()
 def sample_images(components: DiffusionComponents, denoiser: nn.Module, prompts: list[str], seeds: list[int],
-                  num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
+                  num_steps: int = 20, guidance_scale: float = 1.0, device=None,
+                  cross_attention_kwargs: dict | None = None) -> torch.Tensor:
     """uint8 [N, 3, S, S]: deterministic DDIM ("trailing" spacing, eta = 0) from x_T ~ N(0, I) seeded per image,
-    with classifier-free guidance (guidance_scale 1 = the conditional prediction only)."""
+    with classifier-free guidance (guidance_scale 1 = the conditional prediction only). cross_attention_kwargs: see
+    sample_latents."""
     from preflab.diffusion.images import to_uint8
 
-    latents = sample_latents(components, denoiser, prompts, seeds, num_steps, guidance_scale, device)
+    latents = sample_latents(components, denoiser, prompts, seeds, num_steps, guidance_scale, device,
+                             cross_attention_kwargs)
     return to_uint8(decode_latents(components, latents)).cpu()
 
 
 @torch.no_grad()
 def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts: list[str], seeds: list[int],
-                   num_steps: int = 20, guidance_scale: float = 1.0, device=None) -> torch.Tensor:
+                   num_steps: int = 20, guidance_scale: float = 1.0, device=None,
+                   cross_attention_kwargs: dict | None = None) -> torch.Tensor:
     """The latents [N, C, h, w] that `sample_images` decodes (SD3: Euler steps of the flow,
     preflab.diffusion.flow.euler_sample, the pipeline's own sampler; Flux: the same on FluxPipeline's resolution-shifted
     grid, with the guidance embedding components.flux_guidance and, for guidance_scale != 1, true CFG against the
-    empty prompt as FluxPipeline's true_cfg_scale with negative_prompt "")."""
+    empty prompt as FluxPipeline's true_cfg_scale with negative_prompt "").
+    cross_attention_kwargs: passed to the UNet on every forward, the conditional and the unconditional one alike
+    (PPD's {"user_embeds": P e_u [N, L_u, d_cross]}: the user branch conditions both sides of classifier-free guidance,
+    which then guides by the text alone); UNets only (SD3 / Flux transformers take no such keyword)."""
     from preflab.diffusion.guidance import cfg, ddim_sample
     from preflab.diffusion.schedule import NoiseSchedule
 
@@ -602,6 +609,13 @@ def sample_latents(components: DiffusionComponents, denoiser: nn.Module, prompts
     size = image_size(components)
     cond = unet_cond(encode_text(components, prompts, device), size)
     uncond = unet_cond(encode_text(components, [""] * len(prompts), device), size)
+    if cross_attention_kwargs is not None:
+        if components.is_flow:
+            raise PreflabError("cross_attention_kwargs (PPD's user branch) are for a UNet's cross-attention; this "
+                               "pipeline's denoiser is a flow transformer (SD3 / Flux).")
+        cond, uncond = (
+            {**(c if isinstance(c, dict) else {"encoder_hidden_states": c}),
+             "cross_attention_kwargs": cross_attention_kwargs} for c in (cond, uncond))
     cfgd = denoiser.config
     if components.is_flux:
         side = size // components.pipeline.vae_scale_factor

@@ -294,6 +294,42 @@ class DenoiserModule(nn.Module):
             return call_flux(self.unet, x_t, t, kwargs)
         return self.unet(x_t, timestep=t, return_dict=False, **kwargs)[0]
 
+    def user_embeddings(self, rows: list[int]) -> torch.Tensor:
+        """[N, L_u, d_u]: the user table's rows `rows` (as forward reads a cond's user_index, without the -1 row)."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.users.weight.device)
+        return self.users(index).reshape(len(rows), self.user_tokens, -1)
+
+    def user_attention_kwargs(self, embeddings: torch.Tensor | None, count: int) -> dict | None:
+        """The UNet's cross_attention_kwargs for `embeddings` [count, L_u, d_u] (one per prompt), fed through P as
+        forward feeds a cond's users: {"user_embeds": P e}; None for None (the branch off: the base model)."""
+        if embeddings is None:
+            return None
+        if self.user_branch is None:
+            raise ConfigError("user embeddings given to a denoiser without a user branch (not a ppd run).")
+        if embeddings.shape[0] != count:
+            raise ConfigError(f"{embeddings.shape[0]} user embeddings for {count} prompts; give one each.")
+        proj = self.user_branch.proj
+        with torch.no_grad():
+            return {"user_embeds": proj(embeddings.to(proj.weight.device, proj.weight.dtype))}
+
+    def sample_user_latents(self, components, prompts: list[str], seeds: list[int], embeddings: torch.Tensor | None,
+                            num_steps: int, guidance_scale: float) -> torch.Tensor:
+        """[N, C, h, w]: preflab.diffusion.pipeline.sample_latents of this UNet with the user branch fed `embeddings`
+        (user_attention_kwargs), or with the branch off (None: the base model, PPD's reference). Same seeds, same
+        sampler, so the two differ only by the user stream."""
+        from preflab.diffusion.pipeline import sample_latents
+
+        return sample_latents(components, self.unet.eval(), prompts, seeds, num_steps, guidance_scale,
+                              cross_attention_kwargs=self.user_attention_kwargs(embeddings, len(prompts)))
+
+    def sample_user_images(self, components, prompts: list[str], seeds: list[int], embeddings: torch.Tensor | None,
+                           num_steps: int, guidance_scale: float) -> torch.Tensor:
+        """uint8 [N, 3, S, S]: sample_user_latents' latents decoded (preflab.diffusion.pipeline.sample_images)."""
+        from preflab.diffusion.pipeline import sample_images
+
+        return sample_images(components, self.unet.eval(), prompts, seeds, num_steps, guidance_scale,
+                             cross_attention_kwargs=self.user_attention_kwargs(embeddings, len(prompts)))
+
 
 class Trainables(nn.Module):
     """What a checkpoint holds: the denoiser module's trainable parameters and, for self_npo, the EMA teacher's

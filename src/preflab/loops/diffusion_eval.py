@@ -13,7 +13,9 @@
   eval_* on the same pairs. Users the saved table lacks come from --user-embeddings FILE (else the run's own
   user_embeddings file); a user in neither is refused, naming it and its row. preference_accuracy/personalized and
   /base: the fraction of pairs whose chosen image has the lower denoising error (ties 1/2) with the branch on and
-  off, from the same forwards; `users` counts the evaluated users the run trained on (not held-out users).
+  off, from the same forwards; `users` counts the evaluated users the run trained on (not held-out users). With
+  --reward-fn, the win rate of the personalized model (each held-out pair's prompt sampled with that pair's user
+  through the branch) against the base model (the same UNet, branch off), same seeds and sampler (ppd_samples).
 Written to eval.json in RUN_DIR (or --out). self_npo runs are refused (no shared implicit reward). The split
 read is the policy eval's (preflab.eval.run.open_eval_split): --split, else 'test' where the data has one, else
 'train', said in a note.
@@ -53,7 +55,6 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.models.run_config import require_run_config
     from preflab.eval.run import data_fields, data_name, open_eval_split, training_data_note
     from preflab.eval.run_files import refuse_other_task
-    from preflab.eval.winrate import win_rate
     from preflab.loops.diffusion import DiffusionRun
 
     checkpoint = _is_checkpoint(Path(run_dir))
@@ -69,7 +70,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     if user_embeddings is not None and not ppd:
         raise ConfigError(f"--user-embeddings gives a ppd run's user embeddings; {run_dir} is a {trained} run. "
                           "Remove it.")
-    users = saved_user_table(run_dir, saved, user_embeddings, checkpoint, reference, reward_fn) if ppd else None
+    users = saved_user_table(run_dir, saved, user_embeddings, checkpoint, reference) if ppd else None
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +95,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         if checkpoint:
             load_checkpoint_weights(run_dir, run.trainables)
         if ppd:
-            return _evaluate_ppd(run, run_dir, data, saved, split, said)
+            return _evaluate_ppd(run, run_dir, data, saved, split, said, reward_fn, num_prompts, confidence)
         try:
             ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
         except ConfigError as err:
@@ -123,26 +124,36 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             policy = sample_images(run.components, run.module.unet.eval(), prompts, seeds, cfg.sample_steps,
                                    cfg.guidance_scale)
             baseline = sample_images(ref, run.reference, prompts, seeds, cfg.sample_steps, cfg.guidance_scale)
-            p_scores = image_rewards(reward_fn, policy, prompts, "trained")
-            r_scores = image_rewards(reward_fn, baseline, prompts, "reference")
-            rate = win_rate(p_scores, r_scores, confidence)
-            both = [(a, b) for a, b in zip(p_scores, r_scores) if a is not None and b is not None]
-            out["metrics"].update({"win_rate": rate.win_rate, "win_rate/ci_low": rate.ci_low,
-                                   "win_rate/ci_high": rate.ci_high,
-                                   "reward/policy": sum(a for a, _ in both) / len(both),
-                                   "reward/reference": sum(b for _, b in both) / len(both)})
-            out["win_rate"] = rate.to_dict()
-            out["notes"] += [n for n in (win_rate_note(rate),) if n]
+            add_win_rate(out, reward_fn, policy, baseline, prompts, confidence)
     return out
 
 
+def add_win_rate(out: dict, reward_fn, policy: torch.Tensor, baseline: torch.Tensor, prompts: list[str],
+                 confidence: float) -> None:
+    """eval.json's win-rate fields (metrics win_rate, its Wilson interval, the mean rewards over prompts both sides
+    scored; "win_rate"; a note when every prompt ties or some had no score) from --reward-fn's scores of the trained
+    (`policy`) and the reference (`baseline`) samples of the same prompts and seeds."""
+    from preflab.eval.winrate import win_rate
+
+    p_scores = image_rewards(reward_fn, policy, prompts, "trained")
+    r_scores = image_rewards(reward_fn, baseline, prompts, "reference")
+    rate = win_rate(p_scores, r_scores, confidence)
+    both = [(a, b) for a, b in zip(p_scores, r_scores) if a is not None and b is not None]
+    out["metrics"].update({"win_rate": rate.win_rate, "win_rate/ci_low": rate.ci_low,
+                           "win_rate/ci_high": rate.ci_high,
+                           "reward/policy": sum(a for a, _ in both) / len(both) if both else None,
+                           "reward/reference": sum(b for _, b in both) / len(both) if both else None})
+    out["win_rate"] = rate.to_dict()
+    out["notes"] += [n for n in (win_rate_note(rate),) if n]
+
+
 def saved_user_table(run_dir: str, saved: dict, user_embeddings: str | None, checkpoint: bool = False,
-                     reference: str | None = None, reward_fn=None):
+                     reference: str | None = None):
     """A ppd run's UserTable (preflab.loops.diffusion) from its final directory's users.json and
     user_branch.safetensors' users.weight; users it lacks come from `user_embeddings`, else the run's configured
     user_embeddings file (a run with learned embeddings has none: only its training users can be scored). Refused:
     a checkpoint-N folder (it holds no users.json), --reference (ppd's reference is the UNet without its branch),
-    --reward-fn (sampling with a user embedding is not built), missing or inconsistent saved files."""
+    missing or inconsistent saved files."""
     import json
 
     from safetensors import safe_open
@@ -155,10 +166,6 @@ def saved_user_table(run_dir: str, saved: dict, user_embeddings: str | None, che
     if reference is not None:
         raise ConfigError("--reference with a ppd run: its reference is its own UNet without the user branch (the "
                           "implicit reward is what the user branch adds); remove --reference.")
-    if reward_fn is not None:
-        raise ConfigError("--reward-fn with a ppd run: the win rate samples images, and sampling through the user "
-                          "branch with a user's embedding is not built in preflab; remove --reward-fn (the "
-                          "implicit-reward metrics need no samples).")
     run = Path(run_dir)
     files = [run / "users.json", run / "user_branch.safetensors"]
     absent = [f.name for f in files if not f.is_file()]
@@ -199,9 +206,11 @@ def saved_user_table(run_dir: str, saved: dict, user_embeddings: str | None, che
                      "FILE holding it, or drop its rows.")
 
 
-def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | None) -> dict:
+def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | None, reward_fn=None,
+                  num_prompts: int = 32, confidence: float = 0.95) -> dict:
     """A ppd run on held-out pairs (the module docstring): the saved user branch loaded, the run's eval, the per-pair
-    scores of each side read off the same batches, the overlap and user counts."""
+    scores of each side read off the same batches, the overlap and user counts; with reward_fn, the win rate of
+    ppd_samples' personalized samples against the base model's."""
     from safetensors.torch import load_file
 
     from preflab.eval.run import data_fields, overlap_with_training, training_data_note
@@ -235,7 +244,25 @@ def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | 
            **({"overlap_with_training": overlap} if overlap is not None else {}),
            "notes": [n for n in (said, *run.eval_notes, trained_on, overlap_note, users_note) if n],
            "missing": {"overlap_with_training": why} if why else {}}
+    if reward_fn is not None:
+        prompts, policy, baseline = ppd_samples(run, num_prompts)
+        add_win_rate(out, reward_fn, policy, baseline, prompts, confidence)
     return out
+
+
+def ppd_samples(run, num_prompts: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(prompts, personalized samples, base samples) of the first `num_prompts` held-out pairs of a ppd eval's run:
+    each prompt sampled with its pair's user (subset 0 of the user's rows, the embedding the pair is scored with)
+    through the user branch, and with the branch off (the base model, PPD's reference), the same seeds
+    (seed * 100003 + i) and the run's sample_steps / guidance_scale for both (DenoiserModule.sample_user_images)."""
+    cfg, module = run.cfg, run.module
+    pairs = run.eval_data[:num_prompts]
+    prompts = [x.prompt for x in pairs]
+    seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]
+    e = module.user_embeddings([run.user_rows[x.user][0] for x in pairs])
+    personalized = module.sample_user_images(run.components, prompts, seeds, e, cfg.sample_steps, cfg.guidance_scale)
+    base = module.sample_user_images(run.components, prompts, seeds, None, cfg.sample_steps, cfg.guidance_scale)
+    return prompts, personalized, base
 
 
 def pair_errors(batch) -> torch.Tensor:

@@ -265,14 +265,14 @@ def eval_command(config: dict) -> str | None:
     eval rows" note; the pair diagnostics judge a preference run started from it), for the preference game (no text
     or data: its result is the distance to the equilibrium in summary.json and the game panels) and for a recipe
     (it measures its own held-out metric); None for a self_npo diffusion run (the eval refuses it); a ppd run's
-    command has no --reward-fn (its eval cannot sample per user)."""
+    --reward-fn is the personalized model's win rate against its base model (each pair's user)."""
     task, online_task = str(config.get("task", "dpo")), config.get("online_task", "dataset")
     if task == "sft" or task in RECIPE_TASKS or (task == "online" and online_task == "game"):
         return None
     if task == "diffusion" and config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # refused by that eval
         return None
     if task in ("reward", "vlm", "diffusion") or (task == "online" and online_task == "vision_dataset"):
-        judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" and config.get("loss_type") != "ppd" else ""
+        judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" else ""
         return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
     if task == "online" and config.get("tools"):  # the win rate samples without the tools: refused for such a run
         return "preflab eval RUN_DIR --data HELDOUT_PAIRS"
