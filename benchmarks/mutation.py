@@ -5255,7 +5255,7 @@ MUTANTS += [
 # mutation-ut round: user trials 9 and 10 (RSO's counts, APO / EGPO TVs, the game's final kl, refusals, printed
 # lines, the report's eval title, lab alpha checks, plan's MiB, type-error sources, train_data, the data path hint)
 MUT9_RS = ["tests/online/test_rso.py", "-k", "acceptance_rate or round_metrics"]
-MUT9_RS_RESUME = ["tests/online/test_online_trial2.py", "-k", "stateful and over0"]
+MUT9_RS_RESUME = ["tests/online/test_online_trial2.py", "-k", "(stateful and over0) or rso_summary"]
 MUT9_APO = ["tests/online/test_game_round_values.py", "-k", "apo or egpo"]
 MUT9_FINAL = ["tests/online/test_game.py", "-k", "final_metrics_are or spo_needs or never_reads"]
 MUT9_REFUSE = ["tests/test_user_trial_online.py", "-k", "does_not_read_is_refused"]
@@ -5324,7 +5324,7 @@ MUTANTS += [
            MUT9_APO, "apo/extrapolation_tv is the L1 distance (twice the TV)"),
     Mutant("mut9-apo-tv-absent-at-alpha-zero", "online/game.py",
            [('            else:\n                own["apo/extrapolation_tv"] = 0.0\n', "")],
-           MUT9_APO + ["tests/online/test_game.py::test_apo_at_alpha_zero_is_inpo_and_resumes_exactly"],
+           MUT9_APO,
            "an apo run at apo_alpha 0 logs no apo/extrapolation_tv (the others' rows have it)"),
     Mutant("mut9-egpo-tv-against-reference", "online/game.py",
            [('own["egpo/opponent_tv"] = float(0.5 * np.abs(opponent - pi_t).sum())',
