@@ -5279,6 +5279,189 @@ MUTANTS += [
 ]
 
 
+]
+
+
+
+# mutation-ut round: user trials 9 and 10 (RSO's counts, APO / EGPO TVs, the game's final kl, refusals, printed
+# lines, the report's eval title, lab alpha checks, plan's MiB, type-error sources, train_data, the data path hint)
+MUT9_RS = ["tests/online/test_rso.py", "-k", "acceptance_rate or round_metrics"]
+MUT9_RS_RESUME = ["tests/online/test_online_trial2.py", "-k", "(stateful and over0) or rso_summary"]
+MUT9_APO = ["tests/online/test_game_round_values.py", "-k", "apo or egpo"]
+MUT9_FINAL = ["tests/online/test_game.py", "-k", "final_metrics_are or spo_needs or never_reads"]
+MUT9_REFUSE = ["tests/test_user_trial_online.py", "-k", "does_not_read_is_refused"]
+MUT9_REFRESH = ["tests/online/test_online_dpo.py", "-k", "refresh_reference_every"]
+MUT9_HEADLINE = ["tests/tools/test_recipes_cli.py", "-k", "own_numbers or control_beside"]
+MUT9_DONE = ["tests/test_train_done_line.py"]
+MUT9_CLAUSE = ["tests/test_trial_leftovers.py", "-k", "sft_run_counts"]
+MUT9_TITLE = ["tests/test_user_trial_diag_2.py", "-k", "eval_section"]
+MUT9_LAB = ["tests/lab/test_closed_forms.py", "tests/eval/test_ranking.py"]
+MUT9_PLAN = ["tests/test_plan.py", "-k", "mib"]
+MUT9_TYPES = ["tests/test_config_yaml.py", "-k", "type_error_names"]
+MUT9_ROWS = ["tests/test_run_plumbing.py", "-k", "no_rows_is_refused or names_the_runner"]
+MUT9_PATH = ["tests/test_local_paths.py", "-k", "missing_data_path"]
+
+MUTANTS += [
+    # loops/rso.py: the scan counts
+    Mutant("mut9-rs-scan-count-short-by-one", "loops/rso.py",
+           [("scanned += int(hit.nonzero()[need - 1]) + 1 if", "scanned += int(hit.nonzero()[need - 1]) if")],
+           MUT9_RS, "a scan that stops at the m-th acceptance counts one candidate fewer than it looked at"),
+    Mutant("mut9-rs-scan-count-whole-pool", "loops/rso.py",
+           [("scanned += int(hit.nonzero()[need - 1]) + 1 if int(hit.sum()) >= need else len(remaining)",
+             "scanned += len(remaining)")],
+           MUT9_RS, "every round counts its whole pool as scanned, also past the m-th acceptance"),
+    Mutant("mut9-rs-scan-count-first-hit", "loops/rso.py",
+           [("int(hit.nonzero()[need - 1]) + 1", "int(hit.nonzero()[0]) + 1")],
+           MUT9_RS, "the scan is counted up to the first acceptance, not the m-th"),
+    Mutant("mut9-rs-rate-over-rounds", "loops/rso.py",
+           [("return len(self.accepted) / self.scanned if self.scanned",
+             "return len(self.accepted) / self.rounds if self.scanned")],
+           MUT9_RS, "RSOSample.acceptance_rate divides by the rounds, not the candidates scanned"),
+    # loops/pair_builders.py: a round's RSO totals
+    Mutant("mut9-rs-prompts-per-accepted", "loops/pair_builders.py",
+           [('(("prompts", 1), ("accepted", len(accepted))',
+             '(("prompts", len(accepted)), ("accepted", len(accepted))')],
+           MUT9_RS, "each accepted candidate counts as a prompt (rso/sampling_rounds halves at m = 2)"),
+    Mutant("mut9-rs-rounds-read-as-scanned", "loops/pair_builders.py",
+           [('("rounds", sample.rounds)', '("rounds", sample.scanned)')],
+           MUT9_RS, "the rejection rounds total sums the candidates scanned"),
+    Mutant("mut9-rs-totals-for-every-builder", "loops/pair_builders.py",
+           [('if builder == "rso" else None', "if builder in BUILDERS else None")],
+           MUT9_RS, "best_vs_worst and the other builders carry an (all-zero) RSO totals dict"),
+    # online/trainers.py and online/run.py: the round's metrics and the run's totals
+    Mutant("mut9-rs-rate-per-prompt", "online/trainers.py",
+           [('"rso/acceptance_rate": totals["accepted"] / totals["scanned"]',
+             '"rso/acceptance_rate": totals["accepted"] / totals["prompts"]')],
+           MUT9_RS, "rso/acceptance_rate is accepted per prompt (2.0 at m = 2), not per candidate scanned"),
+    Mutant("mut9-rs-sampling-rounds-summed", "online/trainers.py",
+           [('"rso/sampling_rounds": totals["rounds"] / totals["prompts"]',
+             '"rso/sampling_rounds": float(totals["rounds"])')],
+           MUT9_RS, "rso/sampling_rounds is the round's total over its prompts, not the mean per prompt"),
+    Mutant("mut9-rs-metrics-unlogged", "online/trainers.py",
+           [("            counts.update(rso_metrics(plan.rso))\n", "            pass\n")],
+           MUT9_RS_RESUME, "an rso round logs no rso/* metric and summary.json has no online.rso_* totals"),
+    Mutant("mut9-rs-totals-last-round-only", "online/run.py",
+           [('self.counts[f"rso_{key}"] = self.counts.get(f"rso_{key}", 0) + int(metrics[f"rso/{key}"])',
+             'self.counts[f"rso_{key}"] = int(metrics[f"rso/{key}"])')],
+           MUT9_RS_RESUME, "summary.json online.rso_accepted / rso_scanned are the last round's, not the run's totals"),
+    Mutant("mut9-rs-scanned-total-unkept", "online/run.py",
+           [('for key in ("accepted", "scanned") if "rso/scanned" in metrics',
+             'for key in ("accepted",) if "rso/scanned" in metrics')],
+           MUT9_RS_RESUME, "summary.json has online.rso_accepted but no online.rso_scanned"),
+    # online/game.py: APO / EGPO's own quantities and the final kl
+    Mutant("mut9-apo-tv-against-previous", "online/game.py",
+           [('own["apo/extrapolation_tv"] = float(0.5 * np.abs(pi_hat - pi_t).sum())',
+             'own["apo/extrapolation_tv"] = float(0.5 * np.abs(pi_hat - prev_pi).sum())')],
+           MUT9_APO, "apo/extrapolation_tv measures pi_hat against pi_(t-1), not pi_t"),
+    Mutant("mut9-apo-tv-not-halved", "online/game.py",
+           [('own["apo/extrapolation_tv"] = float(0.5 * np.abs(pi_hat - pi_t).sum())',
+             'own["apo/extrapolation_tv"] = float(np.abs(pi_hat - pi_t).sum())')],
+           MUT9_APO, "apo/extrapolation_tv is the L1 distance (twice the TV)"),
+    Mutant("mut9-apo-tv-absent-at-alpha-zero", "online/game.py",
+           [('            else:\n                own["apo/extrapolation_tv"] = 0.0\n', "")],
+           MUT9_APO,
+           "an apo run at apo_alpha 0 logs no apo/extrapolation_tv (the others' rows have it)"),
+    Mutant("mut9-egpo-tv-against-reference", "online/game.py",
+           [('own["egpo/opponent_tv"] = float(0.5 * np.abs(opponent - pi_t).sum())',
+             'own["egpo/opponent_tv"] = float(0.5 * np.abs(opponent - ref).sum())')],
+           MUT9_APO, "egpo/opponent_tv measures the half step against the reference, not pi_t"),
+    Mutant("mut9-nash-final-kl-reversed", "online/game.py",
+           [('"kl": kl_to_reference(summary["policy_distribution"], summary["reference_distribution"]),',
+             '"kl": kl_to_reference(summary["reference_distribution"], summary["policy_distribution"]),')],
+           MUT9_FINAL, "final_metrics' kl is KL(pi_ref || pi), not KL(pi || pi_ref)"),
+    Mutant("mut9-nash-final-kl-of-average", "online/game.py",
+           [('"kl": kl_to_reference(summary["policy_distribution"], summary["reference_distribution"]),',
+             '"kl": kl_to_reference(summary["policy_distribution_average"], summary["reference_distribution"]),')],
+           MUT9_FINAL, "final_metrics' kl is the average iterate's, beside the final policy's tv and duality gap"),
+    # online_options.py: the spo and mcts_dpo refusals
+    Mutant("mut9-spo-one-answer-accepted", "online_options.py",
+           [('cfg.online_task == "game" and cfg.trainer == "spo":',
+             'cfg.online_task == "game" and cfg.trainer == "sppo":')],
+           MUT9_FINAL, "trainer spo in the game with num_generations 1 runs into a ZeroDivisionError"),
+    Mutant("mut9-mcts-generations-read", "online_options.py",
+           [('lambda cfg, spec: cfg.trainer != "mcts_dpo", "the recipes that sample a group',
+             'lambda cfg, spec: cfg.trainer != "mcts", "the recipes that sample a group')],
+           MUT9_REFUSE, "num_generations with trainer mcts_dpo is accepted and trains the same weights unread"),
+    # online/run.py: refresh_reference_every 1
+    Mutant("mut9-refresh-counted-at-round-zero", "online/run.py",
+           [("elif n_ref == 1 and r > 0 and self.needs_ref:", "elif n_ref == 1 and self.needs_ref:")],
+           MUT9_REFRESH, "reference_refreshes counts round 0, whose reference is pi_0 (5 for 4 refreshes)"),
+    # loops/cli.py: the recipe headline and the online before -> after line
+    Mutant("mut9-otc-own-before-unprinted", "loops/cli.py",
+           [('for when in ("before", "after")]', 'for when in ("after",)]')],
+           MUT9_HEADLINE, "OTC prints its own accuracy_after beside the control's but not accuracy_before"),
+    Mutant("mut9-otc-own-key-misnamed", "loops/cli.py",
+           [("own = [f\"{k[len('control_'):-len('_after')]}_{when}\"",
+             "own = [f\"{k[len('control'):-len('_after')]}_{when}\"")],
+           MUT9_HEADLINE,
+           "the recipe's own keys are looked up as _accuracy_before (none found: only the control printed)"),
+    Mutant("mut9-doneline-win-rate-key", "loops/cli.py",
+           [('win = summary.get("win_rate_vs_reference")', 'win = summary.get("win_rate")')],
+           MUT9_DONE, "the held-out line never says the win rate against the starting policy"),
+    Mutant("mut9-doneline-before-after-swapped", "loops/cli.py",
+           [('f"preflab: {what} {before:.3f} -> {after:.3f} on', 'f"preflab: {what} {after:.3f} -> {before:.3f} on')],
+           MUT9_DONE, "the held-out line prints after -> before"),
+    # report: the overlap clause and the eval section's title
+    Mutant("mut9-clause-zero-pairs-as-online", "report/headline.py",
+           [('    if overlap.get("pairs") is None:  # an online', '    if not overlap.get("pairs"):  # an online')],
+           MUT9_CLAUSE, "an offline run's eval with 0 training pairs seen says 'it trained on no pairs'"),
+    Mutant("mut9-eval-title-names-every-run", "report/html.py",
+           [("f\"<h2>Evaluation (eval.json; {', '.join(seen)}:",
+             "f\"<h2>Evaluation (eval.json; {', '.join(r.name for r in have)}:")],
+           MUT9_TITLE, "the eval title names every run with an eval.json as partly on training rows, not only those"),
+    # eval/ranking.py and lab/closed_forms.py: alpha and shapes
+    Mutant("mut9-alpha-above-one-clipped", "eval/ranking.py",
+           [("outside = ~((a >= 0.0) & (a <= 1.0))", "outside = a < 0.0")],
+           MUT9_LAB, "an alpha above 1 (and NaN) is clipped to 1 - eps again instead of refused"),
+    Mutant("mut9-alpha-nan-accepted", "eval/ranking.py",
+           [("outside = ~((a >= 0.0) & (a <= 1.0))", "outside = (a < 0.0) | (a > 1.0)")],
+           MUT9_LAB, "a NaN alpha passes the check (and the pair counts as ranked wrongly)"),
+    Mutant("mut9-alpha-last-bad-index", "eval/ranking.py",
+           [("index = int(outside.flatten().nonzero()[0])", "index = int(outside.flatten().nonzero()[-1])")],
+           MUT9_LAB, "with several bad alphas the refusal names the last, not the first"),
+    Mutant("mut9-lab-lengths-unchecked", "lab/closed_forms.py",
+           [("    if chosen.shape != rejected.shape:\n", "    if chosen.ndim != rejected.ndim:\n")],
+           MUT9_LAB, "lab ranking_accuracy of 4 chosen and 3 rejected gives torch's size error again"),
+    Mutant("mut9-margins-lengths-one-way", "eval/ranking.py",
+           [("    if rc.shape != rr.shape:\n", "    if rc.numel() < rr.numel():\n")],
+           MUT9_LAB, "more chosen than rejected log-probs reach torch's broadcast error"),
+    # plan.py: MiB
+    Mutant("mut9-plan-mib-decimal", "plan.py",
+           [('("MiB", 1024 ** 2)', '("MiB", 1000 ** 2)')],
+           MUT9_PLAN, "a small plan is printed in MB (10^6 B) labelled MiB"),
+    # config.py: where a bad value was written
+    Mutant("mut9-typeerr-override-unnamed", "config.py",
+           [('        if users:\n            sources[key] = f"set by the override {item!r}"\n', "")],
+           MUT9_TYPES, "an override's type error names the file (or nothing), not the override"),
+    Mutant("mut9-typeerr-first-override-named", "config.py",
+           [('sources[key] = f"set by the override {item!r}"',
+             'sources.setdefault(key, f"set by the override {item!r}")')],
+           MUT9_TYPES, "the first of two overrides (or the file) is named, not the last one, which set the value"),
+    # loops/prepare.py and loops/offline.py: rows from Python, the runner of another task
+    Mutant("mut9-eval-rows-unchecked", "loops/prepare.py",
+           [('    refuse_unreadable_data("eval_data", eval_data)\n', "")],
+           MUT9_ROWS, "eval_data given as a path is taken for ready examples"),
+    Mutant("mut9-runner-image-vlm-swapped", "loops/offline.py",
+           [('"diffusion": "preflab.loops.diffusion.train_diffusion(cfg)",\n'
+             '                 "vlm": "preflab.loops.vlm.VisionTrainer(cfg).train()"}',
+             '"diffusion": "preflab.loops.vlm.VisionTrainer(cfg).train()",\n'
+             '                 "vlm": "preflab.loops.diffusion.train_diffusion(cfg)"}')],
+           MUT9_ROWS, "Trainer(cfg) of a diffusion config names the VLM runner, and of a VLM config the diffusion one"),
+    Mutant("mut9-sft-refused-without-teacher", "loops/offline.py",
+           [('"preflab.loops.distill.DistillTrainer(cfg).train()" if cfg.task == "sft" and\n'
+             '              cfg.teacher_model_name_or_path else',
+             '"preflab.loops.distill.DistillTrainer(cfg).train()" if cfg.task == "sft" else')],
+           MUT9_ROWS, "Trainer(cfg) of a plain task: sft config is refused as a distillation"),
+    # data/sources.py: the missing path hint
+    Mutant("mut9-path-hint-loose-cutoff", "data/sources.py",
+           [("cutoff=0.8)", "cutoff=0.6)")],
+           MUT9_PATH, "a name sharing only '.jsonl' with a file beside it is suggested as the file meant"),
+    Mutant("mut9-path-hint-deepest-folder", "data/sources.py",
+           [("for p in [resolved.parent, *resolved.parent.parents][::-1] if not p.exists())",
+             "for p in [resolved.parent, *resolved.parent.parents] if not p.exists())")],
+           MUT9_PATH, "a path two missing folders deep names the inner folder, not the first that does not exist"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -432,6 +432,8 @@ def test_a_missing_data_path_names_the_close_file_beside_it_or_the_missing_folde
         "mean 'data/pairs.jsonl'?")
     assert missing_path_message("dta/pairs.jsonl", Path("dta/pairs.jsonl")).endswith(
         f"{head} Its folder {root}/dta does not exist.")
+    assert missing_path_message("dta/sub/pairs.jsonl", Path("dta/sub/pairs.jsonl")).endswith(
+        f"{head} Its folder {root}/dta does not exist.")  # the first folder missing, not the innermost
     assert missing_path_message("data/zzz.jsonl", Path("data/zzz.jsonl")).endswith(f"{head} Check the path.")
     assert main(["train", "model_name_or_path=builtin:tiny-llama", "dataset_name=data/pairs.json",
                  f"output_dir={tmp_path / 'out'}"]) == 2  # as a run reads dataset_name

@@ -475,9 +475,15 @@ def test_the_offline_trainer_names_the_runner_of_a_task_it_does_not_run():
             ("online/online_dpo.yaml", "task: online", "preflab.online.run.OnlineRun(cfg).train()"),
             ("upo_reward_model.yaml", "task: reward", "preflab.reward_models.train.train_reward(cfg)"),
             ("fspo.yaml", "task: fspo", "preflab.recipes.run_recipe(cfg)"),
+            ("diffusion/diffusion_dpo.yaml", "task: diffusion", "preflab.loops.diffusion.train_diffusion(cfg)"),
+            ("vlm/dpo.yaml", "task: vlm", "preflab.loops.vlm.VisionTrainer(cfg).train()"),
             ("distill.yaml", "task: sft with teacher_model_name_or_path (distillation)",
              "preflab.loops.distill.DistillTrainer(cfg).train()")):
         with pytest.raises(ConfigError) as err:
             Trainer(load_config(root / config))
         assert str(err.value) == (f"{what} is not run by preflab.loops.offline.Trainer; from Python run it with "
                                   f"{runner}, or from the shell with `preflab train CONFIG`."), config
+    from preflab.loops.offline import refuse_other_runner
+
+    for config in ("sft.yaml", "dpo.yaml"):  # Trainer's own tasks (task: sft without a teacher is no distillation)
+        assert refuse_other_runner(load_config(root / config), Trainer) is None, config

@@ -120,6 +120,9 @@ def test_the_eval_section_is_not_titled_held_out_when_eval_json_counts_training_
     assert "<h2>Held-out evaluation (eval.json)</h2>" in pages[0]
     assert "Held-out" not in pages[1]
     assert "<h2>Evaluation (eval.json; seen: partly on rows the run trained on)</h2>" in pages[1]
+    # two runs in one report: the title names only the run whose eval.json counts training rows
+    both = _eval_section([load_run(tmp_path / "held"), load_run(tmp_path / "seen")])
+    assert "<h2>Evaluation (eval.json; seen: partly on rows the run trained on)</h2>" in both
 
 
 def test_the_terminal_metric_column_fits_long_keys():

@@ -100,7 +100,7 @@ def test_idealized_ranking_accuracy_refuses_an_alpha_that_is_no_probability():
     ranked wrongly; both are refused naming the value and its index. 0 and 1 stay valid (the clip of App. C.4)."""
     s_w, s_l = [-10.0, -12.0], [-11.0, -9.0]
     for alpha, shown in ((1.2, "got 1.2 (at index 0)"), ([0.9, float("nan")], "got nan (at index 1)"),
-                         ([0.9, -0.1], "got -0.1 (at index 1)")):
+                         ([0.9, -0.1], "got -0.1 (at index 1)"), ([-0.5, 2.0], "got -0.5 (at index 0)")):
         with pytest.raises(ValueError, match=re.escape(f"a probability in [0, 1]; {shown}")):
             idealized_ranking_accuracy(s_w, s_l, alpha, 0.1)
     # the edges: alpha = 1 -> 1 - eps: margins (1, -3) + logit(0.999)/0.1 = 69.1 > 0 for both; alpha = 0: both < 0

@@ -89,6 +89,14 @@ def test_inpo_and_apo_rounds_weigh_ordered_pairs_by_the_iterate(tmp_path, traine
         assert [e.ref[0][0], e.ref[1][0]] == pytest.approx([np.log(ref[i]), np.log(ref[j])], rel=1e-12)
 
 
+def test_apo_at_alpha_zero_logs_an_extrapolation_of_zero(tmp_path):
+    """apo_alpha = 0: pi_hat = pi_t, and the round still logs apo/extrapolation_tv (0.0), as every apo row does."""
+    run, pi_t, _ = round_start(tmp_path, "apo", "apo_alpha=0")
+    run.task.state.previous_parameters = {n: p.detach().clone() for n, p in run.policy.named_parameters()}
+    run.pending = SimpleNamespace(metrics={f"policy/p{i}": p for i, p in enumerate([0.2, 0.3, 0.5])})
+    assert game_round(run, 1).metrics["apo/extrapolation_tv"] == 0.0
+
+
 def test_apo_round_starts_from_the_extrapolated_parameters(tmp_path):
     """APO §5.2 (He et al. 2024): the round's optimisation starts from theta_t + a (theta_t - theta_(t-1)),
     theta_(t-1) the previous round-start parameters (round 1: no previous, no change). Between the two round starts

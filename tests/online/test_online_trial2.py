@@ -37,6 +37,24 @@ def test_stateful_online_loops_resume_to_the_uninterrupted_weights(tmp_path, ove
         assert 0 < totals["rso_accepted"] <= totals["rso_scanned"]
 
 
+def test_rso_summary_totals_are_the_sum_of_every_rounds_counts(tmp_path):
+    """summary.json online.rso_accepted / rso_scanned are the run's totals: the sum of each round's rso/accepted and
+    rso/scanned (three rounds here), not the last round's."""
+    run = tiny_run(tiny_cfg(tmp_path, trainer="rso", rso_num_samples=2, num_generations=4))
+    played, new_round = [], run._new_round
+
+    def recording(r):
+        out = new_round(r)
+        played.append(out.metrics)
+        return out
+
+    run._new_round = recording
+    summary = run.train()
+    assert len(played) == 3 and all(m["rso/accepted"] > 0 for m in played)
+    for key in ("accepted", "scanned"):
+        assert summary["online"][f"rso_{key}"] == sum(int(m[f"rso/{key}"]) for m in played), key
+
+
 def _one_short(prompts, completions, **kwargs):
     return [0.0] * (len(completions) - 1)
 
