@@ -5279,10 +5279,6 @@ MUTANTS += [
 ]
 
 
-]
-
-
-
 # mutation-ut round: user trials 9 and 10 (RSO's counts, APO / EGPO TVs, the game's final kl, refusals, printed
 # lines, the report's eval title, lab alpha checks, plan's MiB, type-error sources, train_data, the data path hint)
 MUT9_RS = ["tests/online/test_rso.py", "-k", "acceptance_rate or round_metrics"]
