@@ -326,9 +326,8 @@ def attribute_eval_notes(result: dict, max_length) -> list[str]:
     if result.get("ratings_not_scored"):
         from preflab.reward_models.multi_objective import unused_ratings_note
 
-        said = unused_ratings_note(result["ratings_not_scored"], result["attributes"], "--data")
-        notes.append(said.replace("are not trained on", "are not scored").replace(
-            "add the attribute to reward_head_params.attributes", "train a model with that attribute").rstrip("."))
+        notes.append(unused_ratings_note(result["ratings_not_scored"], result["attributes"], "--data", used="scored",
+                                         or_else="train a model with that attribute").rstrip("."))
     counts = result.get("counts", {})
     if result.get("num_rated_rows"):
         unrated = [a for a in result["attributes"] if not counts.get(f"ratings/{a}")]

@@ -346,11 +346,13 @@ def load_rated(source, attributes: Sequence[str], *, split: str = "train", respo
     return rows, report
 
 
-def unused_ratings_note(unused: dict[str, int], attributes: Sequence[str], source: str) -> str | None:
+def unused_ratings_note(unused: dict[str, int], attributes: Sequence[str], source: str, used: str = "trained on",
+                        or_else: str = "add the attribute to reward_head_params.attributes") -> str | None:
     """The note for the keys of kept rows' `ratings` objects that are not among `attributes` ({key: rows}): their
-    values are not trained on. A key close to an attribute's name is most likely that attribute misspelt (before, a
-    row rating {"helpfulnes": 2, "verbosity": 1} trained verbosity alone without a word); other keys (HelpSteer's
-    five attributes with two chosen) are said once. None when every key is an attribute."""
+    values are not `used` (trained on; the held-out eval: scored). A key close to an attribute's name is most likely
+    that attribute misspelt (before, a row rating {"helpfulnes": 2, "verbosity": 1} trained verbosity alone without a
+    word); other keys (HelpSteer's five attributes with two chosen) are said once; `or_else`: the other fix. None
+    when every key is an attribute."""
     if not unused:
         return None
     import difflib
@@ -360,8 +362,8 @@ def unused_ratings_note(unused: dict[str, int], attributes: Sequence[str], sourc
         return f"{key!r} in {rows} row(s)" + (f" (a misspelt {close[0]!r}?)" if close else "")
 
     keys = ", ".join(said(key, n) for key, n in sorted(unused.items()))
-    return (f"{source}: ratings not among reward_head_params.attributes {list(attributes)} are not trained on: "
-            f"{keys}. Fix a misspelt name in the rows, or add the attribute to reward_head_params.attributes.")
+    return (f"{source}: ratings not among reward_head_params.attributes {list(attributes)} are not {used}: "
+            f"{keys}. Fix a misspelt name in the rows, or {or_else}.")
 
 
 def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
