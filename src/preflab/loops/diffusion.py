@@ -193,6 +193,25 @@ def check_user_stacks(path, table: dict) -> dict:
     return stacks
 
 
+def sample_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of `count` sampled prompts (seed * 100003 + i): samples.png, `preflab eval --reward-fn`'s two sides
+    and PPDSampler draw the same noise for the same prompt position."""
+    return [seed * 100003 + i for i in range(count)]
+
+
+def stacked_user_rows(stacks: dict, first: int = 0) -> tuple[torch.Tensor, dict]:
+    """(table rows [sum S, L_u * d_u], {user: (first row, S)}) of checked {user: [S, L_u, d_u]} stacks in their
+    order, starting at row `first`: each [L_u, d_u] standardised per token (normalize_user_embeddings; VLM states
+    vary widely in scale), every subset its own row."""
+    from preflab.diffusion.user_branch import normalize_user_embeddings
+
+    rows = {}
+    for user, stack in stacks.items():
+        rows[user] = (first, stack.shape[0])
+        first += stack.shape[0]
+    return torch.cat([normalize_user_embeddings(stack.float()).flatten(1) for stack in stacks.values()]), rows
+
+
 def ppd_subset(seed: int, epoch: int, position: int, count: int) -> int:
     """The few-shot subset a training pair's user embedding comes from in epoch `epoch`: draw_seed(seed, "ppd-subset",
     epoch, position) mod count (position = the pair's dataset position; count = its user's S). PPD (methods §28)
@@ -234,8 +253,6 @@ class UserTable:
             return self
         from safetensors import safe_open
 
-        from preflab.diffusion.user_branch import normalize_user_embeddings
-
         try:
             with safe_open(self.file, framework="pt") as f:
                 found = {u: f.get_tensor(u) for u in wanted if u in f.keys()}
@@ -245,17 +262,14 @@ class UserTable:
             return self
         stacks = check_user_stacks(self.file, found)
         width = self.weight.shape[1] // self.tokens
-        rows, weight = dict(self.user_rows), [self.weight]
-        first = self.weight.shape[0]
         for u, stack in stacks.items():
             if tuple(stack.shape[1:]) != (self.tokens, width):
                 raise ConfigError(f"user_embeddings {self.file}: user {u!r} has [L_u, d_u] = {list(stack.shape[1:])}, "
                                   f"but the run's user branch reads [L_u, d_u] = [{self.tokens}, {width}] "
                                   f"({self.source}); give embeddings from the embedder and layers the run trained on.")
-            weight.append(normalize_user_embeddings(stack.float()).flatten(1))
-            rows[u] = (first, stack.shape[0])
-            first += stack.shape[0]
-        return UserTable(torch.cat(weight), rows, self.tokens, self.source, self.file, self.remedy)
+        weight, rows = stacked_user_rows(stacks, first=self.weight.shape[0])
+        return UserTable(torch.cat([self.weight, weight]), {**self.user_rows, **rows}, self.tokens, self.source,
+                         self.file, self.remedy)
 
 
 # the on-disk encodings cache's format: raise it when an encoding (text states, latents, own samples) changes, so
@@ -282,8 +296,9 @@ class DenoiserModule(nn.Module):
             index = cond.pop("user_index", None)
             if index is not None and use_user and self.user_branch is not None:
                 e = self.users(index.clamp(min=0)).reshape(index.shape[0], self.user_tokens, -1)
-                if (index < 0).any():  # user_embedding_dropout: row -1 is the zero embedding
-                    e = e * (index >= 0).to(e.dtype)[:, None, None]
+                # user_embedding_dropout: row -1 is the zero embedding (a mask, not `if (index < 0).any()`: no host
+                # sync per forward; a kept row is multiplied by 1, exactly itself)
+                e = e * (index >= 0).to(e.dtype)[:, None, None]
                 kwargs["cross_attention_kwargs"] = {"user_embeds": self.user_branch.proj(e)}
             kwargs.update(cond)
         else:
@@ -601,11 +616,9 @@ class DiffusionRun(TrainingRun):
         """(a frozen embedding table of the file's users, L_u). A user's value is one [L_u, d_u] embedding or a
         [S, L_u, d_u] stack of S few-shot subsets' embeddings (the PPD release writes one per (user, 4-pair subset));
         the table holds every subset as a row, user by user in sorted order, and self.user_rows[user] = (first row,
-        S) (ppd_user_rows draws one per pair and epoch). Each [L_u, d_u] is standardised per token
-        (preflab.diffusion.user_branch.normalize_user_embeddings; VLM states vary widely in scale)."""
+        S) (_user_rows draws one per pair and epoch). Each [L_u, d_u] is standardised per token (stacked_user_rows)."""
         from safetensors.torch import load_file
 
-        from preflab.diffusion.user_branch import normalize_user_embeddings
         from preflab.errors import DataError
 
         try:
@@ -618,12 +631,8 @@ class DiffusionRun(TrainingRun):
             raise DataError(f"user_embeddings {path} has no embedding for users {missing[:5]} (column "
                             f"{self.cfg.user_column!r}); add them or drop their rows.")
         self.user_ids = sorted(table)
-        self.user_rows, first = {}, 0
-        for u in self.user_ids:
-            self.user_rows[u] = (first, stacks[u].shape[0])
-            first += stacks[u].shape[0]
+        weight, self.user_rows = stacked_user_rows({u: stacks[u] for u in self.user_ids})
         tokens = stacks[self.user_ids[0]].shape[1]
-        weight = torch.cat([normalize_user_embeddings(stacks[u].float()).flatten(1) for u in self.user_ids])
         return nn.Embedding.from_pretrained(weight, freeze=True), tokens
 
     def _encode_all(self) -> None:
@@ -805,9 +814,9 @@ class DiffusionRun(TrainingRun):
         zero embedding (never in evaluation)."""
         rows, p = [], self.cfg.user_embedding_dropout
         training = data is self.train_data and isinstance(step, int)
+        epoch = step // self.plan.steps_per_epoch if training else None
         for i in index:
             first, count = self.user_rows[data[i].user]
-            epoch = step // self.plan.steps_per_epoch if training else None
             if training and ppd_user_dropped(self.cfg.seed, epoch, i, p):
                 first = -1  # DenoiserModule: a zero embedding
             elif training and count > 1:
@@ -973,7 +982,7 @@ class DiffusionRun(TrainingRun):
         if self.cfg.sample_steps <= 0 or self.ppd:
             return None
         prompts = [x.prompt for x in (self.eval_data or self.train_data)][:count]
-        seeds = [self.cfg.seed * 100003 + i for i in range(len(prompts))]
+        seeds = sample_seeds(self.cfg.seed, len(prompts))
         unet = self.accelerator.unwrap_model(self.module).unet.eval()
         sample = lambda model: sample_images(self.components, model, prompts, seeds, self.cfg.sample_steps,  # noqa
                                              self.cfg.guidance_scale)

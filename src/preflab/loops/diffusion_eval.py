@@ -55,7 +55,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.models.run_config import require_run_config
     from preflab.eval.run import data_fields, data_name, open_eval_split, training_data_note
     from preflab.eval.run_files import refuse_other_task
-    from preflab.loops.diffusion import DiffusionRun
+    from preflab.loops.diffusion import DiffusionRun, sample_seeds
 
     checkpoint = _is_checkpoint(Path(run_dir))
     # a checkpoint's config is its run's, one level up (preflab.models.run_config's rule)
@@ -120,7 +120,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                "missing": {"overlap_with_training": why} if why else {}}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]
-            seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]
+            seeds = sample_seeds(cfg.seed, len(prompts))
             policy = sample_images(run.components, run.module.unet.eval(), prompts, seeds, cfg.sample_steps,
                                    cfg.guidance_scale)
             baseline = sample_images(ref, run.reference, prompts, seeds, cfg.sample_steps, cfg.guidance_scale)
@@ -206,21 +206,27 @@ def saved_user_table(run_dir: str, saved: dict, user_embeddings: str | None, che
                      "FILE holding it, or drop its rows.")
 
 
+def load_user_branch(run_dir: str, branch, what: str) -> None:
+    """Load a finished ppd run's trained user branch (P, W_K^u, W_V^u: the `branch.*` tensors of its
+    user_branch.safetensors) into `branch`; a branch of other shapes is refused, naming the file and `what` it was
+    loaded into."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(run_dir) / "user_branch.safetensors"))
+    try:
+        branch.load_state_dict({k[len("branch."):]: v for k, v in state.items() if k.startswith("branch.")})
+    except RuntimeError as err:
+        raise ConfigError(f"{run_dir}/user_branch.safetensors does not fit {what}: {err}") from err
+
+
 def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | None, reward_fn=None,
                   num_prompts: int = 32, confidence: float = 0.95) -> dict:
     """A ppd run on held-out pairs (the module docstring): the saved user branch loaded, the run's eval, the per-pair
     scores of each side read off the same batches, the overlap and user counts; with reward_fn, the win rate of
     ppd_samples' personalized samples against the base model's."""
-    from safetensors.torch import load_file
-
     from preflab.eval.run import data_fields, overlap_with_training, training_data_note
 
-    state = load_file(str(Path(run_dir) / "user_branch.safetensors"))
-    branch = {k[len("branch."):]: v for k, v in state.items() if k.startswith("branch.")}
-    try:
-        run.module.user_branch.load_state_dict(branch)
-    except RuntimeError as err:
-        raise ConfigError(f"{run_dir}/user_branch.safetensors does not fit the run's user branch: {err}") from err
+    load_user_branch(run_dir, run.module.user_branch, "the run's user branch")
     run.module.user_branch.to(run.accelerator.device)
     run.reference = None  # ppd's reference: the same UNet without the user branch (DiffusionRun._reference)
     run.eval_data = run.train_data
@@ -255,10 +261,12 @@ def ppd_samples(run, num_prompts: int) -> tuple[list[str], torch.Tensor, torch.T
     each prompt sampled with its pair's user (subset 0 of the user's rows, the embedding the pair is scored with)
     through the user branch, and with the branch off (the base model, PPD's reference), the same seeds
     (seed * 100003 + i) and the run's sample_steps / guidance_scale for both (DenoiserModule.sample_user_images)."""
+    from preflab.loops.diffusion import sample_seeds
+
     cfg, module = run.cfg, run.module
     pairs = run.eval_data[:num_prompts]
     prompts = [x.prompt for x in pairs]
-    seeds = [cfg.seed * 100003 + i for i in range(len(prompts))]
+    seeds = sample_seeds(cfg.seed, len(prompts))
     e = module.user_embeddings([run.user_rows[x.user][0] for x in pairs])
     personalized = module.sample_user_images(run.components, prompts, seeds, e, cfg.sample_steps, cfg.guidance_scale)
     base = module.sample_user_images(run.components, prompts, seeds, None, cfg.sample_steps, cfg.guidance_scale)

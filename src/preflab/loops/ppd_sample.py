@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+
 from preflab.errors import ConfigError
 
 
@@ -46,13 +47,13 @@ class PPDSampler:
     the pipeline samples (default: where it loads, the CPU)."""
 
     def __init__(self, run_dir: str, user_embeddings: str | None = None, device: str | None = None):
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         from preflab.config import config_with_overrides
         from preflab.diffusion.pipeline import components_of, load_pipeline
         from preflab.diffusion.user_branch import install_user_branch
         from preflab.loops.diffusion import DenoiserModule
-        from preflab.loops.diffusion_eval import _is_checkpoint, saved_user_table
+        from preflab.loops.diffusion_eval import _is_checkpoint, load_user_branch, saved_user_table
         from preflab.models.run_config import require_run_config
 
         saved = require_run_config(run_dir, "preflab.loops.ppd_sample.PPDSampler")[1]
@@ -63,14 +64,12 @@ class PPDSampler:
 
         self.table = saved_user_table(run_dir, saved, user_embeddings, _is_checkpoint(Path(run_dir)))
         self.cfg = config_with_overrides(saved, preflab_overrides=[])
-        state = load_file(str(Path(run_dir) / "user_branch.safetensors"))
+        with safe_open(str(Path(run_dir) / "user_branch.safetensors"), framework="pt") as f:
+            user_dim = f.get_slice("branch.proj.weight").get_shape()[1]  # d_u, the width P reads
         self.components = components_of(load_pipeline(str(run_dir), self.cfg.allow_pickle, seed=self.cfg.seed))
         unet = self.components.denoiser.float()
-        branch = install_user_branch(unet, state["branch.proj.weight"].shape[1])
-        try:
-            branch.load_state_dict({k[len("branch."):]: v for k, v in state.items() if k.startswith("branch.")})
-        except RuntimeError as err:
-            raise ConfigError(f"{run_dir}/user_branch.safetensors does not fit the pipeline's UNet: {err}") from err
+        branch = install_user_branch(unet, user_dim)
+        load_user_branch(run_dir, branch, "the pipeline's UNet")
         if device is not None:
             self.components.pipeline.to(device)
         self.module = DenoiserModule(unet, branch.to(unet.device), None, self.table.tokens).eval()
@@ -93,7 +92,9 @@ class PPDSampler:
         """uint8 [N, 3, S, S] of `prompts` conditioned on `user` (interpolated towards `other_user` by `gamma`), or
         the base model's (user None: the branch off, PPD's reference). seeds: one per prompt (default the run's
         eval seeds, seed * 100003 + i); num_steps / guidance_scale: default the run's sample_steps / guidance_scale."""
-        seeds = [self.cfg.seed * 100003 + i for i in range(len(prompts))] if seeds is None else list(seeds)
+        from preflab.loops.diffusion import sample_seeds
+
+        seeds = sample_seeds(self.cfg.seed, len(prompts)) if seeds is None else list(seeds)
         if len(seeds) != len(prompts):
             raise ConfigError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt.")
         if user is None:
