@@ -738,24 +738,25 @@ class OnlineRun(TrainingRun):
         from preflab.online.environments import begin_rollouts, reset_seed
 
         cfg = self.cfg
-        seeds, place = None, self._row_place()
+        place = self._row_place()
         absent = self.no_prompt_rows if not self.prompts_from_reset else frozenset()
-        if absent and any(row.row_id in absent for row in rows):  # rows without a prompt: seeded as without data
+        # the rows whose prompt is reset's text (every row without a dataset, else the rows without a prompt): reset
+        # under a seed of their place in the round, and counted
+        from_reset = [self.prompts_from_reset or row.row_id in absent for row in rows]
+        seeds = None
+        if any(from_reset):
             round_seed = self._round_seed(r)
-            seeds = [reset_seed(round_seed, p) if row.row_id in absent else None for p, row in enumerate(rows)]
+            seeds = [reset_seed(round_seed, p) if made else None for p, made in enumerate(from_reset)]
         if self.prompts_from_reset:
-            seeds = [reset_seed(self._round_seed(r), p) for p in range(len(rows))]
             positions = {row.row_id: p for p, row in enumerate(rows)}
             place = lambda row_id: (f"round {r + 1}'s prompt {positions.get(row_id, row_id) + 1} of "  # noqa: E731
                                     f"{len(rows)} (no dataset: environment_factory's reset gives the prompt)")
         out, self.round_environments, slot_tools, cut = begin_rollouts(self.environments, rows, K, self.tokenizer,
                                                                        cfg, self.accelerator, place, seeds,
                                                                        self.prompts_from_reset, absent)
-        if self.prompts_from_reset:
-            self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + len(rows)
-        made = sum(row.row_id in absent for row in rows)  # rows without a prompt: reset gave their text too
-        if made:
-            self.counts["environment_reset_prompts"] = self.counts.get("environment_reset_prompts", 0) + made
+        if any(from_reset):
+            self.counts["environment_reset_prompts"] = (self.counts.get("environment_reset_prompts", 0)
+                                                        + sum(from_reset))
         if hasattr(self.generator, "slot_tools"):
             self.generator.slot_tools = slot_tools
         if cut:

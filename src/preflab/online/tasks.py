@@ -245,12 +245,6 @@ def load_task(cfg, tokenizer=None, policy=None):
             print(f"preflab: note: data: {note}")
         note_rows_without_prompt(rows, eval_rows, report.source)
     prompts, held = prompt_dicts(rows), prompt_dicts(eval_rows)
-    from preflab.data.report import place_of, where
-
-    def places(examples) -> list:  # where each row was read (environment_factory names a row by it)
-        return [where(file, ex.row_id, line) if file else "" for ex in examples
-                for file, line in [place_of(ex)]]
-
     gaps = column_gaps([(ex.row_id, ex.extras) for ex in rows])
     if gaps:
         report.column_gaps = gaps
@@ -259,10 +253,19 @@ def load_task(cfg, tokenizer=None, policy=None):
     refuse_prompts_demo_judges_cannot_score(judges, cfg.reward_funcs, [(report.source, rows), (
         f"the eval prompts ({cfg.eval_dataset_name or 'eval_fraction of ' + str(report.source)})", eval_rows)])
     aggregator = _aggregator(cfg, judges)
-    evaluate = dataset_evaluate(cfg, held, judges, aggregator, places(eval_rows)) if held else None
+    held_places = read_places(eval_rows)
+    evaluate = dataset_evaluate(cfg, held, judges, aggregator, held_places) if held else None
     return Task(prompts, judges, held, evaluate, data_report={"prompt_rows": report.to_dict(), "overlap": overlap},
-                reward_aggregator=aggregator, prompt_places=places(rows), heldout_places=places(eval_rows)), \
+                reward_aggregator=aggregator, prompt_places=read_places(rows), heldout_places=held_places), \
         tokenizer, policy
+
+
+def read_places(examples) -> list[str]:
+    """Where each row was read ('train.jsonl row 5 (line 6)', data.report.where; "" unknown): environment_factory's
+    refusals name a row by it."""
+    from preflab.data.report import place_of, where
+
+    return [where(file, ex.row_id, line) if file else "" for ex in examples for file, line in [place_of(ex)]]
 
 
 def prompt_dicts(examples) -> list[dict]:
@@ -296,9 +299,8 @@ def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
     data.prompt_rows says where the prompts come from and how many rows a round has. held_out False (grpo_train from
     Python): no held-out set read."""
     from preflab.data.eval_set import train_and_eval
-    from preflab.data.report import place_of, where
     from preflab.data.rows import load_rows
-    from preflab.online.environments import check_reset_only, reset_only_prompts
+    from preflab.online.environments import check_reset_only, heldout_reset_seed_base, reset_only_prompts
 
     check_reset_only(cfg, isinstance(cfg.environment_factory, dict))
     n = cfg.prompts_per_generation
@@ -306,12 +308,11 @@ def reset_only_task(cfg, judges: list, held_out: bool = True) -> Task:
                                                                        on_bad_row=cfg.on_bad_row,
                                                                        prompt_optional=True))[1] if held_out else []
     held = prompt_dicts(eval_rows)
-    heldout_places = [where(file, ex.row_id, line) if file else "" for ex in eval_rows
-                      for file, line in [place_of(ex)]]
+    heldout_places = read_places(eval_rows)
     aggregator = _aggregator(cfg, judges)
     # the held-out resets: seeded from the seed of "round -1" (OnlineRun._round_seed's formula), apart from the rounds'
     evaluate = dataset_evaluate(cfg, held, judges, aggregator, heldout_places,
-                                reset_seed_base=(cfg.seed * 7919 - 1) * 100_003) if held else None
+                                reset_seed_base=heldout_reset_seed_base(cfg.seed)) if held else None
     report = {"source": "environment_factory reset (no dataset)", "total": n, "kept": n, "skipped": {}}
     from preflab.runlog import is_main_process
 
