@@ -128,10 +128,7 @@ def deepspeed_settings_of(ds: dict, mixed_precision: str | None = None):
               "offload_optimizer_nvme_path": "none", "offload_param_nvme_path": "none",
               "zero3_save_16bit_model": False}
     if not file or file == "none":
-        fields.update({key: ds[key] for key in ("gradient_accumulation_steps", "gradient_clipping", "zero_stage",
-                                                "offload_optimizer_device", "offload_param_device",
-                                                "offload_optimizer_nvme_path", "offload_param_nvme_path",
-                                                "zero3_save_16bit_model") if ds.get(key) is not None})
+        fields.update({key: ds[key] for key in list(fields) if ds.get(key) is not None})  # the config's own
     fields["zero3_init_flag"] = False  # changes nothing in the DeepSpeed config (see launch.zero3_init_note)
     named = list(ds) + (["mixed_precision"] if mixed_precision is not None else [])
     return read_deepspeed_settings(file, named if file and file != "none" else None, **fields)
