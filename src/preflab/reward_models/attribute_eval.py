@@ -353,8 +353,8 @@ def evaluate_attribute_model(model, data, tokenizer, *, batch_size: int = 8, max
         raise DataError(f"{report.source or 'the eval data'}: no row left to score ({report.total} rows; skipped: "
                         f"{dict(report.skipped) or 'none'}).{first_skipped_note(report)} A DPA attribute reward model "
                         f"({attributes}) is evaluated on rated rows {{prompt, {response_field}, ratings: {{attribute: "
-                        "value}}} and on pairs {prompt, chosen, rejected, direction (or direction_angle)}: fix the rows or "
-                        "point --data at other rows.")
+                        "value}}} and on pairs {prompt, chosen, rejected, direction or direction_angle}: fix the rows "
+                        "or point --data at other rows.")
     max_length = capped_max_length(model, max_length)
     settings = dict(max_length=max_length, max_prompt_length=max_prompt_length,
                     max_completion_length=max_completion_length, truncation_mode=truncation_mode)
