@@ -5457,6 +5457,42 @@ MUTANTS += [
            MUT9_PATH, "a path two missing folders deep names the inner folder, not the first that does not exist"),
 ]
 
+# mutation-dpactx round: the DPA eval's direction pairs given by angle (direction_angle), a row's context refused
+# (pairs and rated rows), per-direction labels, the terminal's one-line per-direction accuracies
+DPACTX = ["tests/reward_models/test_attribute_eval_directions.py", "tests/reward_models/test_attribute_eval.py"]
+
+MUTANTS += [
+    Mutant("dpactx-angle-read-as-radians", "reward_models/attribute_eval.py",
+           [("return direction(float(value), 2).tolist()", "return direction(math.degrees(float(value)), 2).tolist()")],
+           DPACTX, "direction_angle 30 is taken as 30 radians: v = (cos 1719 deg, sin 1719 deg)"),
+    Mutant("dpactx-angle-any-attributes", "reward_models/attribute_eval.py",
+           [("    if len(names) != 2:\n        raise RowProblem(\"angle_needs_two_attributes\"",
+             "    if len(names) < 2:\n        raise RowProblem(\"angle_needs_two_attributes\"")],
+           DPACTX, "an angle on a model of three attributes gives a 2-vector, not a bad row naming the field"),
+    Mutant("dpactx-two-directions-weights-win", "reward_models/attribute_eval.py",
+           [("    if angle is None:\n        return direction_weights(weights, attributes)",
+             "    if angle is None or weights is not None:\n        return direction_weights(weights, attributes)")],
+           DPACTX, "a row with both direction and direction_angle is judged along direction without a word"),
+    Mutant("dpactx-pair-ctx-ignored", "reward_models/attribute_eval.py",
+           [("    refuse_context(row)\n    return DirectionPair(", "    return DirectionPair(")],
+           DPACTX, "a direction pair's context is dropped and the pair scored context-blind"),
+    Mutant("dpactx-null-ctx-refused", "reward_models/multi_objective.py",
+           [("    if context:\n        shown = repr(context)",
+             "    if CONTEXT_FIELD in row:\n        shown = repr(context)")],
+           DPACTX, "a null or empty context column (rows of a file where only some give one) is refused as a context"),
+    Mutant("dpactx-label-collision-kept", "reward_models/attribute_eval.py",
+           [("return {key: label if seen[label] == 1 else key for key, label in short.items()}",
+             "return dict(short)")],
+           DPACTX, "angle 90 and [0, 1] are both labelled 90deg, one metric name for two directions"),
+    Mutant("dpactx-any-2d-labelled-by-angle", "reward_models/attribute_eval.py",
+           [("if len(direction) == 2 and abs(math.hypot(*direction) - 1) < 1e-9:", "if len(direction) == 2:")],
+           DPACTX, "[0.5, 0.5] and [1, 1] are both named 45deg: the label drops the weights' scale"),
+    Mutant("dpactx-terminal-line-each", "reward_models/cli.py",
+           [("per_line = {k: v for k, v in metrics.items() if k[len(\"reward_model/\"):] not in directions}",
+             "per_line = metrics")],
+           DPACTX, "the terminal prints a line per direction beside the compact line"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -72,10 +72,10 @@ def test_every_metric_equals_the_hand_computed_value():
                                 "ranking_tied_ratings/verbosity": 0}
     assert result["direction_accuracy"] == 0.5
     assert result["direction_margin"] == pytest.approx((2 - 1 + 0.5 + 0) / 4)
-    assert result["per_direction"] == {"[1.0, 0.0]": {"accuracy": 1.0, "num_pairs": 1},
-                                       "[0.0, 1.0]": {"accuracy": 0.0, "num_pairs": 1},
-                                       "[0.5, 0.5]": {"accuracy": 1.0, "num_pairs": 1},
-                                       "[1.0, 1.0]": {"accuracy": 0.0, "num_pairs": 1}}
+    assert result["per_direction"] == {"[1.0, 0.0]": {"accuracy": 1.0, "num_pairs": 1, "label": "0deg"},
+                                       "[0.0, 1.0]": {"accuracy": 0.0, "num_pairs": 1, "label": "90deg"},
+                                       "[0.5, 0.5]": {"accuracy": 1.0, "num_pairs": 1, "label": "[0.5,0.5]"},
+                                       "[1.0, 1.0]": {"accuracy": 0.0, "num_pairs": 1, "label": "[1,1]"}}
     assert result["skipped"] == {} and result["truncated"] == {"prompt": 0, "response": 0}
 
 

@@ -64,9 +64,10 @@ def refuse_out_of_range(args, read) -> None:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
 
 
-def format_summary(result: dict, extra: tuple = ()) -> str:
+def format_summary(result: dict, extra: tuple = (), more: tuple = ()) -> str:
     """A few lines for the terminal: the headline metrics (then `extra`, a task's own metric keys the headline
-    lacks: `--task vlm` and `--task diffusion`), then the notes, what was skipped, and where eval.json is (`path`).
+    lacks: `--task vlm` and `--task diffusion`; then `more`, lines a task writes itself, e.g. a DPA model's
+    per-direction accuracies on one line), then the notes, what was skipped, and where eval.json is (`path`).
     Every eval task prints through here, so its notes come after the whole metric block."""
     metrics = result.get("metrics", {})
     unpaired = "num_completions" in result
@@ -82,6 +83,7 @@ def format_summary(result: dict, extra: tuple = ()) -> str:
     shown = [(key, value) for key, value in shown if isinstance(value, (int, float))]
     width = max([38] + [len(key) for key, _ in shown])  # one column, however long a key (DPA's per-attribute)
     lines += [f"  {key:{width}s} {value:.4f}" for key, value in shown]
+    lines += list(more)
     lines += [f"  note: {n}" for n in result.get("notes", [])]
     lines += [f"  skipped {k}: {why}" for k, why in result.get("missing", {}).items()]
     if result.get("path"):

@@ -102,3 +102,18 @@ DIFFUSION_METRIC_DOCS: dict[str, str] = {
     "reward/policy": "mean --reward-fn score of the trained pipeline's samples",
     "reward/reference": "mean --reward-fn score of the reference pipeline's samples",
 }
+
+# metric names with a part a row set names (prefix, suffix) -> what each means
+METRIC_FAMILY_DOCS: dict[tuple[str, str], str] = {
+    ("reward_model/direction/", "/accuracy"): "DPA attribute model: fraction of the pairs judged along this direction "
+                                              "with v^T r(chosen) > v^T r(rejected) (Ndeg: v = (cos N, sin N); "
+                                              "[w1,w2,...]: the weights in the model's attribute order)",
+}
+
+
+def metric_doc(key: str, docs: dict[str, str]) -> str:
+    """What metric `key` means: docs[key], else its family's (METRIC_FAMILY_DOCS), else ''."""
+    if key in docs:
+        return docs[key]
+    return next((doc for (start, end), doc in METRIC_FAMILY_DOCS.items()
+                 if key.startswith(start) and key.endswith(end)), "")

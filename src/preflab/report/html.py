@@ -16,7 +16,7 @@ from pathlib import Path
 
 from preflab.errors import PreflabError
 from preflab.recipe_names import RECIPE_TASKS
-from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS
+from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS, metric_doc
 from preflab.report import plots
 from preflab.report.headline import headline_notes, headline_rows, late_before_note, summary_rows, trained_on_clause
 from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
@@ -143,7 +143,7 @@ def _eval_section(runs: list[RunData]) -> str:
     keys = [k for k in docs if any(k in m for m in metrics.values())]
     keys += sorted({str(k) for m in metrics.values() for k in m} - set(keys))
     rows = [[f"<td>{_e(k)}</td>", *[_num_cell(metrics[r.name].get(k)) for r in have],
-             f'<td class="doc">{_e(docs.get(k, ""))}</td>'] for k in keys]
+             f'<td class="doc">{_e(metric_doc(k, docs))}</td>'] for k in keys]
     rows.insert(0, ["<td>pairs</td>", *[_num_cell(r.eval.get("num_pairs")) for r in have], "<td></td>"])
     if any("num_completions" in r.eval for r in have):  # unpaired data (KTO's form): its count is of completions
         rows.insert(1, ["<td>completions</td>", *[_num_cell(r.eval.get("num_completions")) for r in have],

@@ -7,7 +7,14 @@ Two kinds of rows, told apart row by row (a file may hold both):
                      run's reward_head_params.response_field), the training rows' form, checked as training checks
                      them (multi_objective.rated_row)
     direction pair   {prompt, chosen, rejected, direction}: `direction` is one weight per attribute, a list in the
-                     model's attribute order or {attribute: weight} (absent attributes weigh 0)
+                     model's attribute order or {attribute: weight} (absent attributes weigh 0); or
+                     {prompt, chosen, rejected, direction_angle}: an angle t in degrees, for a model of two
+                     attributes, v = (cos t, sin t) as the paper parameterises its (helpfulness, verbosity)
+                     directions (multi_objective.direction; the same floats as the list [cos t, sin t])
+
+A row with a `context` (a criterion, scenario or profile, as preflab.reward_models.context's rows carry) is a bad
+row: the attribute model scores r(x, y) from the prompt and response alone and its training rows have no context
+(multi_objective.refuse_context, the rule training applies too), so its score could not follow the context.
 
 Metrics, with r(x, y) in R^d the head's outputs and o_ia = 1 where row i rates attribute a:
 
@@ -19,7 +26,9 @@ Metrics, with r(x, y) in R^d the head's outputs and o_ia = 1 where row i rates a
                      the pairwise eval counts a tie); ranking_accuracy pools the pairs of every attribute
     direction_accuracy: over the direction pairs, the fraction with v^T r(x, chosen) > v^T r(x, rejected), the
                      score RewardModel(direction=v) and directional_best_of_n rank by (ties wrong); direction_margin
-                     is the mean of v^T r(x, chosen) - v^T r(x, rejected)
+                     is the mean of v^T r(x, chosen) - v^T r(x, rejected); per_direction: the accuracy and count
+                     of each direction given (the same vector, however given, is one direction), with a short
+                     label (direction_labels) that names its metric reward_model/direction/<label>/accuracy
 
 Responses are tokenized as the run tokenized its rows (prompt + response as one text, cut by max_length /
 max_prompt_length / max_completion_length, the cuts counted), so on the rows of the run's eval set the mse numbers
@@ -40,6 +49,7 @@ from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.errors import DataError
 
 EVAL_ROW_KIND = "rated rows / direction pairs"
+ANGLE_FIELD = "direction_angle"  # a pair's direction as an angle in degrees (angle_direction)
 
 
 @dataclass
@@ -63,7 +73,8 @@ def direction_weights(value, attributes: Sequence[str]) -> list[float]:
     every weight is 0 (no score to rank by)."""
     names = list(attributes)
     how = (f"Give one weight per attribute, a list in the model's order {names} or an object "
-           f"{{attribute: weight}} (e.g. {{{names[0]!r}: 1.0}}).")
+           f"{{attribute: weight}} (e.g. {{{names[0]!r}: 1.0}})"
+           + (f", or {ANGLE_FIELD}: t in degrees for (cos t, sin t)." if len(names) == 2 else "."))
     if value is None:
         raise RowProblem("missing_direction", "direction", "a pair row needs the direction it is judged along, and "
                          "the field 'direction' is missing", how)
@@ -94,9 +105,44 @@ def direction_weights(value, attributes: Sequence[str]) -> list[float]:
     return [float(w) for w in weights]
 
 
+def angle_direction(value, attributes: Sequence[str]) -> list[float]:
+    """The unit vector v = (cos t, sin t) of a row's `direction_angle` t (degrees), DPA's parameterisation of
+    directions in the plane of two attributes (Wang et al. 2024, Sec. 3; multi_objective.direction), in the model's
+    attribute order. A RowProblem naming the field when the model has other than two attributes (an angle names no
+    direction among three or more) or t is not a finite number."""
+    names = list(attributes)
+    if len(names) != 2:
+        raise RowProblem("angle_needs_two_attributes", ANGLE_FIELD, f"an angle gives a direction (cos t, sin t) in "
+                         f"the plane of two attributes; the model has {len(names)} attributes {names}",
+                         "Give `direction` instead: one weight per attribute, a list in the model's order or "
+                         "{attribute: weight}.")
+    if not _finite(value):
+        raise RowProblem("bad_direction", ANGLE_FIELD, f"the angle {value!r} is not a finite number of degrees",
+                         f"Give the angle in degrees, e.g. 30 for v = (cos 30, sin 30) over {names}.")
+    from preflab.reward_models.multi_objective import direction
+
+    return direction(float(value), 2).tolist()
+
+
+def row_direction(row: dict, attributes: Sequence[str]) -> list[float]:
+    """A pair row's direction, one weight per attribute: from `direction` (direction_weights) or `direction_angle`
+    (angle_direction), a null one counting as absent (a file whose rows give either has both columns); a
+    RowProblem naming `direction_angle` when the row gives both (which would it be judged along?)."""
+    weights, angle = row.get("direction"), row.get(ANGLE_FIELD)
+    if angle is None:
+        return direction_weights(weights, attributes)
+    if weights is not None:
+        raise RowProblem("two_directions", ANGLE_FIELD, f"the row gives both direction={weights!r} and "
+                         f"{ANGLE_FIELD}={angle!r}", "Give one of the two.")
+    return angle_direction(angle, attributes)
+
+
 def direction_pair(row: dict, row_id: int, attributes: Sequence[str]) -> DirectionPair:
     """The DirectionPair of a row with `chosen` / `rejected`: prompt, chosen and rejected present and not empty, the
-    two responses different, and a direction (direction_weights); a RowProblem naming the field otherwise."""
+    two responses different, no context (multi_objective.refuse_context), and a direction (row_direction); a
+    RowProblem naming the field otherwise."""
+    from preflab.reward_models.multi_objective import refuse_context
+
     for name in ("prompt", "chosen", "rejected"):
         value = row.get(name)
         if value is None or (isinstance(value, str) and not value.strip()) or value == []:
@@ -106,8 +152,8 @@ def direction_pair(row: dict, row_id: int, attributes: Sequence[str]) -> Directi
     if row["chosen"] == row["rejected"]:
         raise RowProblem("identical", "rejected", "chosen and rejected are the same response",
                          "Give two different responses.")
-    return DirectionPair(row_id, row["prompt"], row["chosen"], row["rejected"],
-                         direction_weights(row.get("direction"), attributes))
+    refuse_context(row)
+    return DirectionPair(row_id, row["prompt"], row["chosen"], row["rejected"], row_direction(row, attributes))
 
 
 def load_attribute_eval_rows(source, attributes: Sequence[str], *, split: str = "train",
@@ -201,17 +247,57 @@ def direction_scores(out_chosen: Tensor, out_rejected: Tensor, directions: Tenso
     return {"direction_accuracy": float((margin > 0).double().mean()), "direction_margin": float(margin.mean())}
 
 
+def direction_label(direction: Sequence[float]) -> str:
+    """A short name of a direction for the terminal and the report: a unit vector of two attributes by its angle
+    t = atan2(v_2, v_1) in degrees ("30deg", 6 significant digits, as DPA names its directions), any other by its
+    weights to 4 significant digits ("[0.5,0.5]")."""
+    if len(direction) == 2 and abs(math.hypot(*direction) - 1) < 1e-9:
+        return f"{math.degrees(math.atan2(direction[1], direction[0])) + 0.0:.6g}deg"
+    return "[" + ",".join(f"{w:.4g}" for w in direction) + "]"
+
+
+def direction_labels(keys: Sequence[str]) -> dict[str, str]:
+    """{per_direction key (a direction as a JSON list): its direction_label}; directions whose short labels
+    coincide (weights equal to 4 significant digits) are labelled by their whole key, so that no two directions'
+    metrics share a name."""
+    short = {key: direction_label(json.loads(key)) for key in keys}
+    seen: dict[str, int] = {}
+    for label in short.values():
+        seen[label] = seen.get(label, 0) + 1
+    return {key: label if seen[label] == 1 else key for key, label in short.items()}
+
+
 def per_direction(pairs: Sequence[DirectionPair], out_chosen: Tensor, out_rejected: Tensor) -> dict:
-    """{direction as a JSON list: {"accuracy", "num_pairs"}} for every direction the pairs give."""
+    """{direction as a JSON list: {"accuracy", "num_pairs", "label"}} for every direction the pairs give, in the
+    order first given (label: direction_labels)."""
     index: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
         index.setdefault(json.dumps(pair.direction), []).append(i)
+    labels = direction_labels(list(index))
     out = {}
     for key, rows in index.items():
         v = torch.tensor([pairs[i].direction for i in rows])
         scores = direction_scores(out_chosen[rows], out_rejected[rows], v)
-        out[key] = {"accuracy": scores["direction_accuracy"], "num_pairs": len(rows)}
+        out[key] = {"accuracy": scores["direction_accuracy"], "num_pairs": len(rows), "label": labels[key]}
     return out
+
+
+def per_direction_metrics(per_direction: dict) -> dict:
+    """{"direction/<label>/accuracy": accuracy} of per_direction's entries, the names preflab eval's metrics (and so
+    its terminal summary and `preflab report`'s eval table) give them, as the pairwise eval's per-subset ones."""
+    return {f"direction/{entry['label']}/accuracy": entry["accuracy"] for entry in per_direction.values()}
+
+
+def per_direction_lines(per_direction: dict, width: int = 110) -> list[str]:
+    """The terminal's compact form of per_direction: one line "per direction (accuracy, pairs): 0deg 1.0000 (2),
+    [0.5,0.5] 0.5000 (4), ..." (wrapped at `width`) in place of a line per direction; [] without pairs."""
+    if not per_direction:
+        return []
+    import textwrap
+
+    items = ", ".join(f"{e['label']} {e['accuracy']:.4f} ({e['num_pairs']})" for e in per_direction.values())
+    return textwrap.wrap(f"per direction (accuracy, pairs): {items}", width, initial_indent="  ",
+                         subsequent_indent="    ", break_on_hyphens=False)
 
 
 def score_items(model, items, pad_id: int, batch_size: int) -> Tensor:
@@ -267,8 +353,8 @@ def evaluate_attribute_model(model, data, tokenizer, *, batch_size: int = 8, max
         raise DataError(f"{report.source or 'the eval data'}: no row left to score ({report.total} rows; skipped: "
                         f"{dict(report.skipped) or 'none'}).{first_skipped_note(report)} A DPA attribute reward model "
                         f"({attributes}) is evaluated on rated rows {{prompt, {response_field}, ratings: {{attribute: "
-                        "value}}} and on pairs {prompt, chosen, rejected, direction}: fix the rows or point --data at "
-                        "other rows.")
+                        "value}}} and on pairs {prompt, chosen, rejected, direction or direction_angle}: fix the rows "
+                        "or point --data at other rows.")
     max_length = capped_max_length(model, max_length)
     settings = dict(max_length=max_length, max_prompt_length=max_prompt_length,
                     max_completion_length=max_completion_length, truncation_mode=truncation_mode)

@@ -111,7 +111,8 @@ def eval_task(args) -> int:
     from preflab.models.run_config import run_config
     from preflab.eval.run import (TEXT_PAIRS, data_fields, eval_data, eval_json_path, overlap_with_training,
                                   training_data_note, write_json)
-    from preflab.reward_models.attribute_eval import attribute_overlap_rule, attribute_training_rows
+    from preflab.reward_models.attribute_eval import (attribute_overlap_rule, attribute_training_rows,
+                                                      per_direction_lines, per_direction_metrics)
     from preflab.reward_models.data import reward_training_rows
 
     refuse_unread_options(args, "reward")  # --max-length not given: 1024 for BT / GPM, a DPA model's run's
@@ -127,6 +128,9 @@ def eval_task(args) -> int:
     for field in ("subset", "context"):  # per-group accuracies on the terminal and in the report, not only the JSON
         for name, group in result.get(f"per_{field}", {}).items():
             metrics[f"reward_model/{field}/{name}/accuracy"] = group["accuracy"]
+    # a DPA model's per-direction accuracies: in the report's table by name, on the terminal on one line
+    directions = per_direction_metrics(result.get("per_direction", {}))
+    metrics.update({f"reward_model/{k}": v for k, v in directions.items()})
     cfg = run_config(args.checkpoint)
     trained_on = training_data_note(data, cfg, split)
     if trained_on:  # the accuracy is then not held-out, as the policy, VLM and diffusion evals say
@@ -144,7 +148,9 @@ def eval_task(args) -> int:
            **({"overlap_with_training": overlap} if overlap is not None else {}),
            "notes": notes, "missing": {"overlap_with_training": why} if why else {}}
     path = write_json(eval_json_path(args.checkpoint, args.out), out)
-    print(format_summary({**out, "path": str(path)}))
+    per_line = {k: v for k, v in metrics.items() if k[len("reward_model/"):] not in directions}
+    print(format_summary({**out, "metrics": per_line, "path": str(path)},
+                         more=tuple(per_direction_lines(result.get("per_direction", {})))))
     return 0
 
 

@@ -40,6 +40,7 @@ from preflab.data.examples import Text, UnpairedExample
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem
 from preflab.errors import ConfigError, DataError
 from preflab.objectives.base import ObjectiveOutput
+from preflab.reward_models.context import CONTEXT_FIELD
 
 # The exact system prompt the released DPA model was trained with (RLHFlow/Directional-Preference-Alignment README,
 # "System Prompt: Template"): no trailing period; a direction-conditioned checkpoint expects it verbatim.
@@ -297,17 +298,35 @@ def attribute_reduction(cfg) -> str:
     return check_attribute_reduction(dict(cfg.reward_head_params or {}).get("attribute_reduction", "row"))
 
 
+def refuse_context(row: dict) -> None:
+    """A RowProblem naming the field when the row gives a `context` (not null or empty: the rule
+    preflab.reward_models.context.has_context applies to a context-aware model's rows). The attribute model scores
+    r(x, y) from the prompt and response alone and no rated row trains it with a context, so a context would be
+    ignored, and its ratings or direction (given under that context) compared with context-blind outputs."""
+    context = row.get(CONTEXT_FIELD)
+    if context:
+        shown = repr(context) if len(repr(context)) <= 60 else repr(context)[:57] + "..."
+        raise RowProblem("context_not_scored", CONTEXT_FIELD, f"the row gives the context {shown}, which a DPA "
+                         "attribute reward model cannot read: it scores r(x, y) from the prompt and response alone "
+                         "(its rows have no context), so the context would be ignored",
+                         "Drop the field (or set it to null) to score the row without its context, or train and "
+                         "evaluate a context-aware reward model (reward_head: bt on rows with a `context`; "
+                         "preflab.reward_models.context) on such rows.")
+
+
 def rated_row(row: dict, attributes: Sequence[str], response_field: str, unused: dict[str, int]) -> dict:
     """{prompt, response_field, ratings: {attribute: value or None}} of one rated row, checked (load_rated's rule,
     also the DPA eval's, preflab.reward_models.attribute_eval): a missing or empty prompt / response, ratings that are
-    not an object, a row rating none of `attributes` and a rating that is not a finite number raise a RowProblem
-    naming the field. Keys of a nested `ratings` object that are not attributes are counted in `unused`."""
+    not an object, a row rating none of `attributes`, a rating that is not a finite number and a context
+    (refuse_context) raise a RowProblem naming the field. Keys of a nested `ratings` object that are not attributes
+    are counted in `unused`."""
     for name in ("prompt", response_field):
         value = row.get(name)
         if value is None or (isinstance(value, str) and not value.strip()) or value == []:
             raise RowProblem("missing_field" if value is None else "empty_field", name,
                              f"the field {name!r} is {'missing' if value is None else 'empty'}",
                              f"Give the {name} (rated rows hold prompt, {response_field} and the ratings).")
+    refuse_context(row)
     ratings = row.get("ratings", row)
     if not isinstance(ratings, dict):
         raise RowProblem("bad_ratings", "ratings", f"ratings is a {type(ratings).__name__}, not an object",
