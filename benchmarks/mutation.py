@@ -1708,7 +1708,7 @@ MUTANTS += [
     Mutant("online2-mcts-reward-absolute", "online/mcts.py",
            [("node.r = node.v - leaf.v", "node.r = node.v")], MCTS2, "a step's reward its value, not its gain"),
     Mutant("online2-mcts-commit-by-q", "online/mcts.py",
-           [("root = max(root.children, key=lambda c: (c.N, c.Q))",
+           [("root = max(root.children, key=lambda c: commit_key(c, diverse))",
              "root = max(root.children, key=lambda c: (c.Q, c.N))")],
            MCTS2, "the search commits to the highest-Q child, not the most visited"),
     # OTC: the reward (verifiers/otc.py) and the recipe's evaluation (tool_use/otc_task.py)
