@@ -5457,6 +5457,35 @@ MUTANTS += [
            MUT9_PATH, "a path two missing folders deep names the inner folder, not the first that does not exist"),
 ]
 
+# mutation-aud9 round: paper audit 9 -- MCTS-DPO's search as released (4 x the simulations at the prompt's own
+# decision; the commitment by N (1 + visit gap of the child's children))
+AUD9_MCTS = ["tests/online/test_mcts_dpo_recipe.py"]
+MUTANTS += [
+    Mutant("aud9-mcts-root-iterations-not-multiplied", "online/mcts.py",
+           [("for _ in range(cfg.mcts_iterations * (ROOT_ITERATION_FACTOR if root.depth == 0 else 1)):",
+             "for _ in range(cfg.mcts_iterations):")],
+           AUD9_MCTS, "the prompt's decision runs mcts_iterations simulations, not 4 x as the released search"),
+    Mutant("aud9-mcts-root-factor-every-decision", "online/mcts.py",
+           [("for _ in range(cfg.mcts_iterations * (ROOT_ITERATION_FACTOR if root.depth == 0 else 1)):",
+             "for _ in range(cfg.mcts_iterations * ROOT_ITERATION_FACTOR):")],
+           AUD9_MCTS, "every decision, not only the prompt's, runs 4 x mcts_iterations simulations"),
+    Mutant("aud9-mcts-commit-without-visit-gap", "online/mcts.py",
+           [("return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.Q, child.V)",
+             "return (child.N, child.Q, child.V)")],
+           AUD9_MCTS, "the search commits to the most visited child, ignoring the visit gap of its children"),
+    Mutant("aud9-mcts-visit-gap-is-the-visit-sum", "online/mcts.py",
+           [("return max(c.N for c in node.children) - min(c.N for c in node.children) if node.children else 0",
+             "return sum(c.N for c in node.children) if node.children else 0")],
+           AUD9_MCTS, "the diversity is the children's total visits, not their max - min gap"),
+    Mutant("aud9-mcts-diversity-never-on", "online/mcts.py",
+           [("diverse = cfg.mcts_num_actions > 1", "diverse = False")],
+           AUD9_MCTS, "the visit-gap weighting is off although each node samples several actions"),
+    Mutant("aud9-mcts-commit-ties-by-v-before-q", "online/mcts.py",
+           [("return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.Q, child.V)",
+             "return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.V, child.Q)")],
+           AUD9_MCTS, "a tie in N (1 + g) is broken by V before Q"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

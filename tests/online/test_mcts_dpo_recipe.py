@@ -144,6 +144,9 @@ def test_the_commitment_weighs_visits_by_the_visit_gap_of_the_childs_children():
     assert commit_key(x) == (3, x.Q, x.V) and commit_key(y) == (6, y.Q, y.V)
     assert max([x, y], key=commit_key) is y
     assert max([x, y], key=lambda c: commit_key(c, diverse=False)) is x
+    # a tie in N (1 + g) goes to the higher Q, then the higher V: a (Q 0.9, V 0) over b (Q 0.5, V 0.5)
+    a, b = Node([7], 1, r=0.9, V=0.0, N=2, parent=root), Node([8], 1, r=0.0, V=0.5, N=2, parent=root)
+    assert max([b, a], key=commit_key) is a
 
     row = SimpleNamespace(row_id=7, prompt_ids=[5], prompt="p", columns={})
     search = Search(_mock_run(), row, seed=0)
