@@ -5458,8 +5458,9 @@ MUTANTS += [
 ]
 
 # mutation-aud9 round: paper audit 9 -- MCTS-DPO's search as released (4 x the simulations at the prompt's own
-# decision; the commitment by N (1 + visit gap of the child's children))
+# decision; the commitment by N (1 + visit gap of the child's children)); vision_grpo_train's released KL term
 AUD9_MCTS = ["tests/online/test_mcts_dpo_recipe.py"]
+AUD9_VISION = ["tests/verifiers/test_vision_r1_recipe.py"]
 MUTANTS += [
     Mutant("aud9-mcts-root-iterations-not-multiplied", "online/mcts.py",
            [("for _ in range(cfg.mcts_iterations * (ROOT_ITERATION_FACTOR if root.depth == 0 else 1)):",
@@ -5484,6 +5485,15 @@ MUTANTS += [
            [("return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.Q, child.V)",
              "return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.V, child.Q)")],
            AUD9_MCTS, "a tie in N (1 + g) is broken by V before Q"),
+    # online/api.py: vision_grpo_train's Vision-R1 KL term
+    Mutant("aud9-vision-api-bias-corrected-kl", "online/api.py",
+           [('raw["objective_params"] = {"use_bias_correction_kl": False, **(raw.get("objective_params") or {})}',
+             'raw["objective_params"] = {"use_bias_correction_kl": True, **(raw.get("objective_params") or {})}')],
+           AUD9_VISION, "vision_grpo_train runs TRL 1.16's ratio-weighted KL, not the released k3"),
+    Mutant("aud9-vision-api-overrides-the-caller", "online/api.py",
+           [('raw["objective_params"] = {"use_bias_correction_kl": False, **(raw.get("objective_params") or {})}',
+             'raw["objective_params"] = {**(raw.get("objective_params") or {}), "use_bias_correction_kl": False}')],
+           AUD9_VISION, "a caller's use_bias_correction_kl is overwritten by the Vision-R1 default"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

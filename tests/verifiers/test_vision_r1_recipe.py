@@ -51,3 +51,20 @@ def test_the_shipped_recipe_equals_the_released_loss_and_gradient():
     corrected(ListBatch(SequenceLogps(other, mask.unsqueeze(0)), rewards.unsqueeze(0),
                         ref=SequenceLogps(lp_ref.unsqueeze(0), mask.unsqueeze(0)))).loss.backward()
     assert (other.grad[0] * mask - theirs.grad * mask).abs().max() > 1e-4
+
+
+def test_the_python_api_takes_the_released_kl_term_unless_told_otherwise():
+    """vision_grpo_train's options (preflab.online.api.vision_grpo_options): loss_type grpo, beta 0.04 and
+    use_bias_correction_kl false, as the shipped YAML; a caller's objective_params still win."""
+    from preflab.config import config_from_dict
+    from preflab.online.api import vision_grpo_options
+
+    def objective(**options):
+        raw = vision_grpo_options(options)
+        raw.update(online_task="vision_dataset", model_name_or_path="(in memory)", dataset_name="(in memory)")
+        return config_from_dict(raw).objective()
+
+    default = objective()
+    assert (default.loss_type, default.beta, default.use_bias_correction_kl) == ("grpo", 0.04, False)
+    assert objective(objective_params={"use_bias_correction_kl": True}).use_bias_correction_kl is True
+    assert objective(beta=0.0).beta == 0.0
