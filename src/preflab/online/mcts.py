@@ -39,8 +39,9 @@ audit 9): its `iterate` descends to a terminal node or the depth limit in every 
 each node on the way, and backs up after each expansion, so one simulation adds 1 to a node's N once per backup it
 takes part in; here a simulation expands one leaf and backs up once (N counts simulations). (A fresh child's Q,
 parent.V + r there, is r in both: a node is expanded only while it has no children, so its V is still 0.) A
-decision whose children share one Q gives no pair here (counted in mcts/tied_decisions; the code sorts the children by (Q, pi)
-and pairs the last with the first, so equal Q values are ordered by the commitment probability pi), and a step's text does not absorb its single-child descendants.
+decision whose children share one Q gives no pair here (counted in mcts/tied_decisions; the code sorts the children
+by (Q, pi) and pairs the last with the first, so equal Q values are ordered by the commitment probability pi), and a
+step's text does not absorb its single-child descendants.
 """
 from __future__ import annotations
 
