@@ -1708,7 +1708,7 @@ MUTANTS += [
     Mutant("online2-mcts-reward-absolute", "online/mcts.py",
            [("node.r = node.v - leaf.v", "node.r = node.v")], MCTS2, "a step's reward its value, not its gain"),
     Mutant("online2-mcts-commit-by-q", "online/mcts.py",
-           [("root = max(root.children, key=lambda c: (c.N, c.Q))",
+           [("root = max(root.children, key=lambda c: commit_key(c, diverse))",
              "root = max(root.children, key=lambda c: (c.Q, c.N))")],
            MCTS2, "the search commits to the highest-Q child, not the most visited"),
     # OTC: the reward (verifiers/otc.py) and the recipe's evaluation (tool_use/otc_task.py)
@@ -5491,6 +5491,45 @@ MUTANTS += [
            [("per_line = {k: v for k, v in metrics.items() if k[len(\"reward_model/\"):] not in directions}",
              "per_line = metrics")],
            DPACTX, "the terminal prints a line per direction beside the compact line"),
+]
+
+# mutation-aud9 round: paper audit 9 -- MCTS-DPO's search as released (4 x the simulations at the prompt's own
+# decision; the commitment by N (1 + visit gap of the child's children)); vision_grpo_train's released KL term
+AUD9_MCTS = ["tests/online/test_mcts_dpo_recipe.py"]
+AUD9_VISION = ["tests/verifiers/test_vision_r1_recipe.py"]
+MUTANTS += [
+    Mutant("aud9-mcts-root-iterations-not-multiplied", "online/mcts.py",
+           [("for _ in range(cfg.mcts_iterations * (ROOT_ITERATION_FACTOR if root.depth == 0 else 1)):",
+             "for _ in range(cfg.mcts_iterations):")],
+           AUD9_MCTS, "the prompt's decision runs mcts_iterations simulations, not 4 x as the released search"),
+    Mutant("aud9-mcts-root-factor-every-decision", "online/mcts.py",
+           [("for _ in range(cfg.mcts_iterations * (ROOT_ITERATION_FACTOR if root.depth == 0 else 1)):",
+             "for _ in range(cfg.mcts_iterations * ROOT_ITERATION_FACTOR):")],
+           AUD9_MCTS, "every decision, not only the prompt's, runs 4 x mcts_iterations simulations"),
+    Mutant("aud9-mcts-commit-without-visit-gap", "online/mcts.py",
+           [("return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.Q, child.V)",
+             "return (child.N, child.Q, child.V)")],
+           AUD9_MCTS, "the search commits to the most visited child, ignoring the visit gap of its children"),
+    Mutant("aud9-mcts-visit-gap-is-the-visit-sum", "online/mcts.py",
+           [("return max(c.N for c in node.children) - min(c.N for c in node.children) if node.children else 0",
+             "return sum(c.N for c in node.children) if node.children else 0")],
+           AUD9_MCTS, "the diversity is the children's total visits, not their max - min gap"),
+    Mutant("aud9-mcts-diversity-never-on", "online/mcts.py",
+           [("diverse = cfg.mcts_num_actions > 1", "diverse = False")],
+           AUD9_MCTS, "the visit-gap weighting is off although each node samples several actions"),
+    Mutant("aud9-mcts-commit-ties-by-v-before-q", "online/mcts.py",
+           [("return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.Q, child.V)",
+             "return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.V, child.Q)")],
+           AUD9_MCTS, "a tie in N (1 + g) is broken by V before Q"),
+    # online/api.py: vision_grpo_train's Vision-R1 KL term
+    Mutant("aud9-vision-api-bias-corrected-kl", "online/api.py",
+           [('raw["objective_params"] = {"use_bias_correction_kl": False, **(raw.get("objective_params") or {})}',
+             'raw["objective_params"] = {"use_bias_correction_kl": True, **(raw.get("objective_params") or {})}')],
+           AUD9_VISION, "vision_grpo_train runs TRL 1.16's ratio-weighted KL, not the released k3"),
+    Mutant("aud9-vision-api-overrides-the-caller", "online/api.py",
+           [('raw["objective_params"] = {"use_bias_correction_kl": False, **(raw.get("objective_params") or {})}',
+             'raw["objective_params"] = {**(raw.get("objective_params") or {}), "use_bias_correction_kl": False}')],
+           AUD9_VISION, "a caller's use_bias_correction_kl is overwritten by the Vision-R1 default"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -255,7 +255,7 @@ class TrainConfig:
     upo_alpha_max: float = 0.1                 # trainer upo: per-pair smoothing alpha = alpha_max * BALD / ln 2
     upo_uncertainty: str = "judges"            # trainer upo: judges (one pass per judge) | mc_dropout (reward model)
     upo_passes: int = 10                       # trainer upo, upo_uncertainty mc_dropout: dropout passes T
-    mcts_iterations: int = 8                   # trainer mcts_dpo: simulations per committed decision
+    mcts_iterations: int = 8                   # trainer mcts_dpo: simulations per committed decision (x4 at the first)
     mcts_num_actions: int = 2                  # trainer mcts_dpo: samples per expansion (children of a node)
     mcts_depth_limit: int = 3                  # trainer mcts_dpo: steps per answer (the last takes the sample's rest)
     mcts_step_delimiter: str = "\n"            # trainer mcts_dpo: a step ends with this one-token string (or eos)

@@ -481,7 +481,8 @@ OPTIONS: dict[str, Option] = {
                               "(judges) or upo_passes dropout passes of the reward model (mc_dropout, the paper's)"),
     "upo_passes": Option("task: online, trainer upo, upo_uncertainty mc_dropout: dropout passes T (paper: 10)",
                          "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    "mcts_iterations": above(0, "task: online, trainer mcts_dpo: simulations per committed decision"),
+    "mcts_iterations": above(0, "task: online, trainer mcts_dpo: simulations per committed decision "
+                                "(4 x at the prompt's first decision, as released)"),
     "mcts_num_actions": Option("task: online, trainer mcts_dpo: samples per expansion", ">= 2",
                                lambda v: _num(v) and v >= 2),
     "mcts_depth_limit": above(0, "task: online, trainer mcts_dpo: steps per answer (the last takes the rest)"),

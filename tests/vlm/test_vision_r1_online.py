@@ -156,7 +156,8 @@ def test_resume_mid_round_equals_uninterrupted(tmp_path, stop_at_step):
 
 
 def test_python_api_is_the_config_run(tmp_path):
-    """vision_grpo_train (in-memory rows with PIL images) trains the same weights as the config-built run."""
+    """vision_grpo_train (in-memory rows with PIL images) trains the same weights as the config-built run with the
+    released Vision-R1 KL term (use_bias_correction_kl false: the API's default, as examples/vlm/vision_r1.yaml)."""
     from PIL import Image
 
     from preflab.models.tiny_vlm import tiny_vlm, tiny_vlm_processor
@@ -165,7 +166,7 @@ def test_python_api_is_the_config_run(tmp_path):
     from preflab.verifiers import vision_r1_rewards
 
     over = {"max_steps": 2, "max_completion_length": 8}
-    config_run = _run(_cfg(tmp_path / "config", **over))
+    config_run = _run(_cfg(tmp_path / "config", objective_params={"use_bias_correction_kl": False}, **over))
     config_run.train()
     rows = [json.loads(line) for line in DATA.read_text().splitlines()]
     for row in rows:

@@ -160,11 +160,21 @@ def grpo_options(options: dict) -> dict:
     return raw
 
 
+def vision_grpo_options(options: dict) -> dict:
+    """grpo_options with the released Vision-R1 trainer's loss where `options` leave it out (jefferyZhan/Griffon
+    Vision-R1/vision_r1/trainer/qwen_trainer.py, TRL 0.14's GRPO): loss_type grpo, beta 0.04 and the KL term k3
+    alone (objective_params use_bias_correction_kl false; TRL 1.16's default multiplies it by the importance ratio,
+    another gradient whenever beta > 0)."""
+    raw = grpo_options({"loss_type": "grpo", "beta": 0.04, **options})
+    raw["objective_params"] = {"use_bias_correction_kl": False, **(raw.get("objective_params") or {})}
+    return raw
+
+
 def vision_grpo_train(policy, processor, rows: Sequence[dict], reward_funcs, ref=None,
                       reward_weights: Sequence[float] | None = None, **options) -> dict:
     """GRPO on an image-text model (e.g. Vision-R1) as an online run with online_task vision_dataset; rows: dicts
     with `images` (PIL images or paths) and `prompt`, other columns reach the reward functions. Options as
-    grpo_train's, with Vision-R1's defaults loss_type grpo and beta 0.04. Returns the summary dict.
+    grpo_train's, with Vision-R1's defaults (vision_grpo_options). Returns the summary dict.
 
         from preflab.verifiers import vision_r1_rewards
         vision_grpo_train(policy, processor, rows, vision_r1_rewards(), num_generations=4, max_steps=10)
@@ -173,7 +183,7 @@ def vision_grpo_train(policy, processor, rows: Sequence[dict], reward_funcs, ref
     from preflab.online.tasks import Task
     from preflab.online.vision import VisionOnlineRun, vision_prompt_rows
 
-    raw = grpo_options({"loss_type": "grpo", "beta": 0.04, **options})
+    raw = vision_grpo_options(options)
     raw.update(online_task="vision_dataset", model_name_or_path=raw.get("model_name_or_path", "(in memory)"),
                dataset_name=raw.get("dataset_name", "(in memory)"))
     save = save_model_option(raw)

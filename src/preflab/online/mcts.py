@@ -16,7 +16,10 @@ r = v - v_parent (the root's v = 0), Q = r + V (gamma = 1). Per prompt:
               child); self_eval: see below; a rollout the judge fails on (NaN) drops its child, counted in judge/dropped (the round stops with
               an error above max_judge_failure_fraction)
     backup    V(leaf) = sum_c max(1, N_c) Q_c / sum_c max(1, N_c); N += 1; Q = r + V, up to the decision node
-    decide    after mcts_iterations simulations commit the child with the most visits (ties: higher Q); when the
+    decide    after mcts_iterations simulations (4 x mcts_iterations at the prompt's own decision, the first, as the
+              released search iterates more at its starting point) commit the child with the largest
+              N_c (1 + g_c), g_c = max - min visits of c's children (the released code's visit-gap diversity; g = 0
+              with mcts_num_actions 1), ties by Q, then V; when the
               decision node has >= 2 children with different Q, the pair (highest Q, lowest Q) with prefix = prompt
               + committed steps, N_w, N_l and the first differing token index feeds mcts_step_dpo:
               L = (1 - eps) l(beta z) + eps l(-beta z), eps = min(1 - N_w / (N_w + N_l), 0.5), z over tokens >= d.
@@ -30,6 +33,15 @@ Two values of a child (mcts_value):
                checker, as a tiny model cannot answer a grading prompt; on the demo task the judge is the true
                reward, 1 for a fully correct loud echo). A step's text does not absorb single-child descendants. The search policy is the current
 policy (on-policy, as the released code in effect); the reference stays pi_0.
+
+Deviations from the released search (YuxiXie/MCTS-DPO@fb23437 `mcts_rl/algorithms/mcts/mcts/mcts.py`, read in
+audit 9): its `iterate` descends to a terminal node or the depth limit in every simulation, expanding and evaluating
+each node on the way, and backs up after each expansion, so one simulation adds 1 to a node's N once per backup it
+takes part in; here a simulation expands one leaf and backs up once (N counts simulations). (A fresh child's Q,
+parent.V + r there, is r in both: a node is expanded only while it has no children, so its V is still 0.) A
+decision whose children share one Q gives no pair here (counted in mcts/tied_decisions; the code sorts the children
+by (Q, pi) and pairs the last with the first, so equal Q values are ordered by the commitment probability pi), and a
+step's text does not absorb its single-child descendants.
 """
 from __future__ import annotations
 
@@ -96,6 +108,21 @@ def first_step(sample: list[int], delimiter: int, last: bool) -> tuple[list[int]
     if last or delimiter not in sample:
         return list(sample), True
     return sample[:sample.index(delimiter) + 1], False
+
+
+ROOT_ITERATION_FACTOR = 4   # the released MCTS.search: n_iters * 4 while the search root is the prompt (depth 0)
+
+
+def visit_gap(node: Node) -> int:
+    """g = max_c N_c - min_c N_c over the node's children, 0 without children: MCTS-DPO's diversity score
+    (YuxiXie/MCTS-DPO@fb23437 `mcts_rl/utils.py::calculate_diversity_score`)."""
+    return max(c.N for c in node.children) - min(c.N for c in node.children) if node.children else 0
+
+
+def commit_key(child: Node, diverse: bool = True) -> tuple[float, float, float]:
+    """The released commitment at temperature 0 (`MCTS._get_simulated_pi`): the child maximising
+    (N (1 + g) with diversity, else N; then Q; then V); diversity is off when one action is sampled per node."""
+    return (child.N * (1 + visit_gap(child)) if diverse else child.N, child.Q, child.V)
 
 
 def diverge_index(a: list[int], b: list[int]) -> int:
@@ -197,7 +224,7 @@ class Search:
         root, examples, ties = Node([], 0), [], 0
         root.N = 0
         while not root.terminal and root.depth < cfg.mcts_depth_limit:
-            for _ in range(cfg.mcts_iterations):
+            for _ in range(cfg.mcts_iterations * (ROOT_ITERATION_FACTOR if root.depth == 0 else 1)):
                 self.simulate(root)
             if not root.children:
                 break
@@ -210,7 +237,8 @@ class Search:
                                          "score_chosen": best.Q, "score_rejected": worst.Q}))
             elif len(ranked) >= 2:
                 ties += 1
-            root = max(root.children, key=lambda c: (c.N, c.Q))
+            diverse = cfg.mcts_num_actions > 1
+            root = max(root.children, key=lambda c: commit_key(c, diverse))
         return examples, ties
 
 
