@@ -5470,7 +5470,8 @@ MUTANTS += [
            [("seed = cfg.seed if args.seed is None else args.seed", "seed = cfg.seed")], PPDC_TESTS,
            "--seed is read and the run's seed used"),
     Mutant("ppdc-interpolation-from-b", "loops/sample_cli.py",
-           [('rows += [SampleRow(f"{a}->{b} gamma={g:g}", a, b, g)', 'rows += [SampleRow(f"{a}->{b} gamma={g:g}", b, a, g)')],
+           [('rows += [SampleRow(f"{a}->{b} gamma={g:g}", a, b, g)',
+             'rows += [SampleRow(f"{a}->{b} gamma={g:g}", b, a, g)')],
            PPDC_TESTS, "--users A B interpolates from B to A (gamma 0 gives B)"),
     Mutant("ppdc-file-prompts-first", "loops/sample_prompts.py",
            [("prompts = list(given or []) + (read_prompt_file(path) if path else [])",
@@ -5480,7 +5481,8 @@ MUTANTS += [
            [("    if not ppd:\n        if given:", "    if not ppd:\n        if False:")], PPDC_TESTS,
            "--user / --users / --base on a non-ppd run are dropped and its pipeline sampled"),
     Mutant("ppdc-unknown-user-unnamed", "loops/sample_cli.py",
-           [("    if missing:\n        known = sorted(table.user_rows)", "    if False:\n        known = sorted(table.user_rows)")],
+           [("    if missing:\n        known = sorted(table.user_rows)",
+             "    if False:\n        known = sorted(table.user_rows)")],
            PPDC_TESTS, "a user with no embedding is refused by the sampler alone, without the run's users listed"),
     Mutant("ppdc-out-overwritten", "loops/sample_cli.py",
            [("    if held and not overwrite:", "    if False:")], PPDC_TESTS,
@@ -5489,12 +5491,14 @@ MUTANTS += [
            [("            (folder / Path(name).name).unlink()", "            pass")], PPDC_TESTS,
            "--overwrite leaves the former run's extra images beside the new ones"),
     Mutant("ppdc-samples-png-base-row-with-a-user", "loops/diffusion.py",
-           [("        rows = [draw(None)]", "        rows = [draw(module.user_embeddings([0]).expand(len(prompts), -1, -1))]")],
+           [("        rows = [draw(None)]",
+             "        rows = [draw(module.user_embeddings([0]).expand(len(prompts), -1, -1))]")],
            PPDC_TESTS, "ppd's samples.png top row goes through the user branch (the table's first row), not the base"),
     Mutant("ppdc-samples-png-table-users", "loops/diffusion.py",
            [("return sorted({x.user for x in self.train_data})[:PPD_SAMPLE_USERS]",
              "return sorted(self.user_rows)[:PPD_SAMPLE_USERS]")], PPDC_TESTS,
-           "ppd's samples.png rows are the table's users (a user_embeddings file's held-out users too), not training's"),
+           "ppd's samples.png rows are the table's users (a user_embeddings file's held-out users too), not the "
+           "training users"),
 ]
 
 
