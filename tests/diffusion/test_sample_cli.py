@@ -14,9 +14,7 @@ pytest.importorskip("diffusers")
 
 from preflab.cli import main  # noqa: E402
 from preflab.errors import ConfigError  # noqa: E402
-
-STEPS = 2  # DDIM steps of the run (sample_steps)
-SEED = 3  # the run's seed
+from test_ppd_sampling import STEPS, ppd_run  # noqa: E402,F401  (tests/diffusion is on sys.path; the module's run)
 
 
 def _png(path) -> torch.Tensor:
@@ -32,38 +30,18 @@ def _sample(capsys, *argv) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def ppd_run(tmp_path_factory):
-    """A finished ppd run (1 step, lr 1e-2 so the user branch moves) on precomputed users user0 / user1 (the training
-    data alternates them) and user2 (only in the user_embeddings file); sample_steps 2, seed 3."""
-    from safetensors.torch import save_file
+def _train_prompts(run) -> list[str]:
+    """The prompts of test_ppd_sampling's ppd run's training data (users user0 / user1 alternating; user2 only in its
+    user_embeddings file; sample_steps 2, seed 3), in data order."""
+    from preflab.models.run_config import run_config
 
-    from preflab.config import config_from_dict
-    from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
-    from preflab.diffusion.shapes import write_pair_dataset
-    from preflab.loops.diffusion import DiffusionRun
-
-    root = tmp_path_factory.mktemp("ppd-sample-cli")
-    tiny_text_to_image_pipeline(0).save_pretrained(root / "tiny")
-    train = write_pair_dataset(root / "data", 4, seed=0)
-    g = torch.Generator().manual_seed(0)
-    save_file({u: torch.randn(3, 8, generator=g) * 5 for u in ("user0", "user1", "user2")},
-              str(root / "users.safetensors"))
-    cfg = config_from_dict({
-        "task": "diffusion", "model_name_or_path": str(root / "tiny"), "dataset_name": str(train),
-        "loss_type": "ppd", "beta": 200.0, "resolution": 16, "per_device_train_batch_size": 4, "max_steps": 1,
-        "learning_rate": 1e-2, "lr_scheduler_type": "constant", "output_dir": str(root / "run"), "use_cpu": True,
-        "disable_tqdm": True, "user_embeddings": str(root / "users.safetensors"), "seed": SEED,
-        "sample_steps": STEPS, "eval_fraction": 0, "report_to": "none"})
-    DiffusionRun(cfg).train()
-    prompts = [json.loads(line)["prompt"] for line in open(train)]
-    return {"root": root, "out": root / "run", "prompts": prompts}
+    return [json.loads(line)["prompt"] for line in open(run_config(run["out"])["dataset_name"])]
 
 
-def test_cli_samples_equal_ppd_samplers_and_samples_json_says_what_each_file_is(ppd_run, tmp_path, capsys):
+def test_cli_images_equal_ppd_samplers_and_samples_json_says_what_each_is(ppd_run, tmp_path, capsys):  # noqa: F811
     from preflab.loops.ppd_sample import PPDSampler
 
-    prompts = ppd_run["prompts"][:2]
+    prompts = _train_prompts(ppd_run)[:2]
     out = tmp_path / "s"
     status, err = _sample(capsys, ppd_run["out"], "--prompt", prompts[0], "--prompt", prompts[1], "--base",
                           "--user", "user1", "--user", "user2", "--users", "user0", "user1", "--gamma", "0,0.25,1",
@@ -97,7 +75,7 @@ def test_cli_samples_equal_ppd_samplers_and_samples_json_says_what_each_file_is(
     assert torch.equal(_png(out / "grid.png"), _png(tmp_path / "want.png"))
 
 
-def test_samples_png_of_a_ppd_run_is_what_its_readme_command_samples(ppd_run, tmp_path, capsys):
+def test_samples_png_of_a_ppd_run_is_what_its_readme_command_samples(ppd_run, tmp_path, capsys):  # noqa: F811
     """DiffusionRun.write_samples (ppd): the base model, then the training users user0, user1, on the first 8 (here
     4) prompts with seeds seed * 100003 + i; the README's `preflab sample` command draws that grid pixel for pixel."""
     run = ppd_run["out"]
@@ -107,7 +85,7 @@ def test_samples_png_of_a_ppd_run_is_what_its_readme_command_samples(ppd_run, tm
     command = shlex.split(line.split("; `", 1)[1].rsplit("` draws", 1)[0])
     assert command[:4] == ["preflab", "sample", str(run), "--base"]
     assert command.count("--prompt") == 4 and [command[i + 1] for i, x in enumerate(command) if x == "--prompt"] == \
-        ppd_run["prompts"]
+        _train_prompts(ppd_run)
     status, err = _sample(capsys, *command[2:], "--out", tmp_path / "again")
     assert status == 0, err
     grid = _png(run / "samples.png")
@@ -153,7 +131,7 @@ def test_a_non_ppd_run_samples_its_pipeline_and_refuses_the_ppd_options(tmp_path
     assert not (tmp_path / "no").exists()
 
 
-def test_refusals_name_the_user_the_option_and_the_run(ppd_run, tmp_path, capsys):
+def test_refusals_name_the_user_the_option_and_the_run(ppd_run, tmp_path, capsys):  # noqa: F811
     run = ppd_run["out"]
     cases = [
         (["--user", "nobody", "--user", "user0"], "user(s) 'nobody' of"),
