@@ -119,7 +119,7 @@ def test_a_non_ppd_run_samples_its_pipeline_and_refuses_the_ppd_options(tmp_path
     order = ["a green disc", "a red circle", "a blue square"]  # --prompt first, then the file's rows
     assert [s["prompt"] for s in record["samples"]] == order and record["rows"] == ["trained"]
     assert [s["seed"] for s in record["samples"]] == [7 * 100003 + c for c in range(3)]
-    assert (record["steps"], record["guidance_scale"]) == (2, 2.0)
+    assert (record["steps"], record["guidance_scale"]) == (2, 2.0) and "note" not in record
     comps = components_of(load_pipeline(str(run)))
     want = sample_images(comps, comps.denoiser.float(), order, [7 * 100003 + c for c in range(3)], 2, 2.0)
     got = torch.stack([_png(run / "samples" / s["file"]) for s in record["samples"]])
@@ -219,3 +219,12 @@ def test_out_is_not_overwritten_without_overwrite_which_keeps_other_files(tmp_pa
     assert _sample(capsys, run, "--prompt", "a", "--overwrite")[0] == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(["grid.png", "mine.txt", "samples.json",
                                                             "sample-r00-c000.png"])
+
+
+def test_a_self_npo_run_is_sampled_with_a_note_that_it_is_the_negative_model(tmp_path, capsys):
+    run = _plain_run(tmp_path, loss_type="self_npo")
+    capsys.readouterr()
+    assert main(["sample", str(run), "--prompt", "a"]) == 0
+    said = capsys.readouterr().out
+    note = json.loads((run / "samples" / "samples.json").read_text())["note"]
+    assert "Self-NPO's negative model" in note and f"note: {note}" in said

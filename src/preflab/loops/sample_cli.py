@@ -120,14 +120,14 @@ def sampled_run(run: str) -> dict:
                + ("" if fitting == "dpo" else f" --task {fitting}") + " --data ...` (with --reward-fn it generates "
                "from the model for a win rate).")
         raise ConfigError(f"{run} is a task: {task} run; preflab sample draws images from task: diffusion runs.{how}")
+    if (Path(run) / "model_index.json").is_file():
+        return saved
     if is_checkpoint_folder(run):
         raise ConfigError(f"{run} is a checkpoint folder: it holds the run's trained parameters, not a pipeline (and a "
                           "ppd checkpoint no users.json), and preflab sample reads a pipeline. Sample the run's final "
                           f"directory ({Path(run).parent}), written when training ends.")
-    if not (Path(run) / "model_index.json").is_file():
-        raise ConfigError(f"{run} holds no pipeline (model_index.json), which a diffusion run writes when training "
-                          "ends: sample a finished run's output_dir.")
-    return saved
+    raise ConfigError(f"{run} holds no pipeline (model_index.json), which a diffusion run writes when training ends: "
+                      "sample a finished run's output_dir.")
 
 
 class PipelineSampler:
@@ -144,7 +144,9 @@ class PipelineSampler:
         if device is not None:
             self.components.pipeline.to(device)
 
-    def sample(self, prompts: list[str], user: None, seeds: list[int], num_steps: int, guidance_scale: float):
+    def sample(self, prompts: list[str], user: None, seeds: list[int], other_user: None = None, gamma: None = None,
+               num_steps: int = 20, guidance_scale: float = 1.0):
+        """uint8 [N, 3, S, S]: PPDSampler.sample's signature; a pipeline without users takes none (planned_rows)."""
         from preflab.diffusion.pipeline import sample_images
 
         return sample_images(self.components, self.components.denoiser.eval(), prompts, seeds, num_steps,
@@ -255,8 +257,7 @@ def sample_command(args) -> int:
     columns = prompts * args.num_images_per_prompt
     seed = cfg.seed if args.seed is None else args.seed
     seeds = sample_seeds(seed, len(columns))
-    images = [sampler.sample(columns, row.user, seeds=seeds, **({"other_user": row.other_user, "gamma": row.gamma}
-                                                                if row.user is not None else {}),
+    images = [sampler.sample(columns, row.user, seeds=seeds, other_user=row.other_user, gamma=row.gamma,
                              num_steps=steps, guidance_scale=guidance) for row in rows]
     header = {"run": str(args.run), "loss_type": cfg.loss_type, "steps": steps, "guidance_scale": guidance,
               "seed": seed, "num_images_per_prompt": args.num_images_per_prompt}
