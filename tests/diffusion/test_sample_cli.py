@@ -94,6 +94,14 @@ def test_samples_png_of_a_ppd_run_is_what_its_readme_command_samples(ppd_run, tm
     assert tuple(grid.shape) == (3, (3 * 18 + 2) * 4, (4 * 18 + 2) * 4)
     base, user0 = grid[:, 8:8 + 64], grid[:, 8 + 72:8 + 72 + 64]
     assert not torch.equal(base, user0)
+    # preflab report captions a ppd grid by its rows, another run's as reference / trained
+    from preflab.report.html import _samples
+    from preflab.report.runs import RunData
+
+    html = _samples([RunData(name="ppd", path=run, config={"task": "diffusion", "loss_type": "ppd"}),
+                     RunData(name="dpo", path=run, config={"task": "diffusion", "loss_type": "diffusion_dpo"})])
+    assert html.count("top row the base model (the user branch off), then one row per training user") == 1
+    assert html.count("top row reference, bottom row trained model") == 1
 
 
 def _plain_run(root, loss_type="diffusion_dpo", task="diffusion"):
