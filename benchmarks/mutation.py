@@ -5532,6 +5532,50 @@ MUTANTS += [
            AUD9_VISION, "a caller's use_bias_correction_kl is overwritten by the Vision-R1 default"),
 ]
 
+# mutation-ppdc round: `preflab sample` (loops/sample_cli.py, loops/sample_prompts.py) and ppd's samples.png
+# (loops/diffusion.py DiffusionRun.ppd_sample_rows / ppd_sampled_users)
+PPDC_TESTS = ["tests/diffusion/test_sample_cli.py"]
+MUTANTS += [
+    Mutant("ppdc-images-of-a-prompt-share-a-seed", "loops/sample_cli.py",
+           [("seeds = sample_seeds(seed, len(columns))",
+             "seeds = sample_seeds(seed, len(prompts)) * args.num_images_per_prompt")], PPDC_TESTS,
+           "the N images of a prompt are drawn with one seed (N copies), not seed * 100003 + column"),
+    Mutant("ppdc-seed-option-ignored", "loops/sample_cli.py",
+           [("seed = cfg.seed if args.seed is None else args.seed", "seed = cfg.seed")], PPDC_TESTS,
+           "--seed is read and the run's seed used"),
+    Mutant("ppdc-interpolation-from-b", "loops/sample_cli.py",
+           [('rows += [SampleRow(f"{a}->{b} gamma={g:g}", a, b, g)',
+             'rows += [SampleRow(f"{a}->{b} gamma={g:g}", b, a, g)')],
+           PPDC_TESTS, "--users A B interpolates from B to A (gamma 0 gives B)"),
+    Mutant("ppdc-file-prompts-first", "loops/sample_prompts.py",
+           [("prompts = list(given or []) + (read_prompt_file(path) if path else [])",
+             "prompts = (read_prompt_file(path) if path else []) + list(given or [])")], PPDC_TESTS,
+           "the --prompts rows come before the --prompt values (samples.json's columns in another order)"),
+    Mutant("ppdc-ppd-options-on-another-run", "loops/sample_cli.py",
+           [("    if not ppd:\n        if given:", "    if not ppd:\n        if False:")], PPDC_TESTS,
+           "--user / --users / --base on a non-ppd run are dropped and its pipeline sampled"),
+    Mutant("ppdc-unknown-user-unnamed", "loops/sample_cli.py",
+           [("    if missing:\n        known = sorted(table.user_rows)",
+             "    if False:\n        known = sorted(table.user_rows)")],
+           PPDC_TESTS, "a user with no embedding is refused by the sampler alone, without the run's users listed"),
+    Mutant("ppdc-out-overwritten", "loops/sample_cli.py",
+           [("    if held and not overwrite:", "    if False:")], PPDC_TESTS,
+           "a folder holding former samples is written over without --overwrite"),
+    Mutant("ppdc-former-samples-kept", "loops/sample_cli.py",
+           [("            (folder / Path(name).name).unlink()", "            pass")], PPDC_TESTS,
+           "--overwrite leaves the former run's extra images beside the new ones"),
+    Mutant("ppdc-samples-png-base-row-with-a-user", "loops/diffusion.py",
+           [("        rows = [draw(None)]",
+             "        rows = [draw(module.user_embeddings([0]).expand(len(prompts), -1, -1))]")],
+           PPDC_TESTS, "ppd's samples.png top row goes through the user branch (the table's first row), not the base"),
+    Mutant("ppdc-samples-png-table-users", "loops/diffusion.py",
+           [("return sorted({x.user for x in self.train_data})[:PPD_SAMPLE_USERS]",
+             "return sorted(self.user_rows)[:PPD_SAMPLE_USERS]")], PPDC_TESTS,
+           "ppd's samples.png rows are the table's users (a user_embeddings file's held-out users too), not the "
+           "training users"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -1,4 +1,4 @@
-"""The `preflab` command: train | eval | lab | bench | report | demo | objectives | plan | push.
+"""The `preflab` command: train | eval | lab | bench | report | demo | objectives | plan | push | sample.
 
 Each subcommand lives in the module that owns it, which exposes `register(subparsers)`; this file only wires them.
 """
@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "objectives": "preflab.objectives.cli",
     "plan": "preflab.plan",
     "push": "preflab.hub_push",
+    "sample": "preflab.loops.sample_cli",
 }
 # (command, task) pairs run by another room than the command's own: reward models build on loops/ and eval/, so
 # those rooms never import reward_models/ and the import graph between rooms stays acyclic. A command's parser
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
 
 # the command-line arguments that name a file or folder (positional and --options, by argparse dest)
 HOME_ARGS = ("checkpoint", "config", "path", "output", "run_dirs", "source", "policies", "accelerate_config", "data",
-             "generator", "model", "out", "output_dir", "reference", "reward_model")
+             "generator", "model", "out", "output_dir", "reference", "reward_model", "run", "prompts",
+             "user_embeddings")
 
 
 def expand_home_args(args) -> None:

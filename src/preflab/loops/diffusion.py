@@ -272,6 +272,8 @@ class UserTable:
                          self.file, self.remedy)
 
 
+# ppd's samples.png: the base model's row, then one per user for at most this many training users (ppd_sampled_users)
+PPD_SAMPLE_USERS = 4
 # the on-disk encodings cache's format: raise it when an encoding (text states, latents, own samples) changes, so
 # that entries an older preflab wrote are not read (DiffusionRun._cached; the release version is in the key too)
 ENCODINGS_FORMAT = 1
@@ -975,14 +977,16 @@ class DiffusionRun(TrainingRun):
 
     def write_samples(self, count: int = 8) -> Path | None:
         """samples.png in output_dir: the reference's (top row) and the trained model's (bottom row) samples of the
-        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; not for ppd; self_npo:
-        the trained negative model's row alone)."""
+        first `count` eval (else train) prompts, same seeds (sample_steps DDIM steps; 0 = none; self_npo: the trained
+        negative model's row alone; ppd: ppd_sample_rows)."""
         from preflab.diffusion.pipeline import sample_images, save_grid
 
-        if self.cfg.sample_steps <= 0 or self.ppd:
+        if self.cfg.sample_steps <= 0:
             return None
-        prompts = [x.prompt for x in (self.eval_data or self.train_data)][:count]
+        prompts = self.sample_prompts(count)
         seeds = sample_seeds(self.cfg.seed, len(prompts))
+        if self.ppd:
+            return save_grid(self.ppd_sample_rows(prompts, seeds), self.out / "samples.png")
         unet = self.accelerator.unwrap_model(self.module).unet.eval()
         sample = lambda model: sample_images(self.components, model, prompts, seeds, self.cfg.sample_steps,  # noqa
                                              self.cfg.guidance_scale)
@@ -1000,8 +1004,40 @@ class DiffusionRun(TrainingRun):
         rows = [after] if before is None else [before, after]
         return save_grid(rows, self.out / "samples.png")
 
+    def sample_prompts(self, count: int = 8) -> list[str]:
+        """The prompts of samples.png: the first `count` eval (else train) examples' prompts."""
+        return [x.prompt for x in (self.eval_data or self.train_data)][:count]
+
+    def ppd_sampled_users(self) -> list[str]:
+        """ppd: the users of samples.png's rows, the first PPD_SAMPLE_USERS training users in sorted order."""
+        return sorted({x.user for x in self.train_data})[:PPD_SAMPLE_USERS]
+
+    def ppd_sample_rows(self, prompts: list[str], seeds: list[int]) -> list[torch.Tensor]:
+        """ppd's samples.png rows, uint8 [N, 3, S, S] each: the base model (the user branch off, PPD's reference),
+        then one row per ppd_sampled_users user through the branch with subset 0 of its rows (the embedding eval and
+        PPDSampler read), the same seeds, sample_steps and guidance_scale: what `preflab sample RUN --base --user U1
+        --user U2 ...` draws for these prompts."""
+        module = self.accelerator.unwrap_model(self.module)
+        draw = lambda e: module.sample_user_images(self.components, prompts, seeds, e,  # noqa: E731
+                                                   self.cfg.sample_steps, self.cfg.guidance_scale)
+        rows = [draw(None)]
+        for user in self.ppd_sampled_users():
+            rows.append(draw(module.user_embeddings([self.user_rows[user][0]]).expand(len(prompts), -1, -1)))
+        return rows
+
+    def ppd_samples_note(self) -> str:
+        """The README line saying whose rows samples.png holds and the `preflab sample` command that draws them."""
+        import shlex
+
+        users = self.ppd_sampled_users()
+        command = " ".join(["preflab sample", shlex.quote(str(self.out)), "--base",
+                            *[f"--user {shlex.quote(u)}" for u in users],
+                            *[f"--prompt {shlex.quote(p)}" for p in self.sample_prompts()]])
+        return (f"`samples.png`: the base model (the user branch off, top row), then users {', '.join(users)}, one "
+                f"row each; `{command}` draws the same images.")
+
     def write_card(self, summary: dict) -> None:
-        self.write_samples()
+        grid = self.write_samples()
         lines = [f"# {Path(self.cfg.output_dir).name}", "",
                  f"A diffusers text-to-image pipeline preference-trained by preflab with `{self.cfg.loss_type}` "
                  f"from `{self.cfg.model_name_or_path}` ({summary['global_step']} steps).", "",
@@ -1010,6 +1046,8 @@ class DiffusionRun(TrainingRun):
         if self.self_npo:
             lines += ["This is Self-NPO's *negative* model: use it only in the negative branch of classifier-free "
                       "guidance (preflab.diffusion.guidance.npo_guidance).", ""]
+        if self.ppd and grid is not None:
+            lines += [self.ppd_samples_note(), ""]
         (self.out / "README.md").write_text("\n".join(lines))
 
 

@@ -67,11 +67,11 @@ class PPDSampler:
         with safe_open(str(Path(run_dir) / "user_branch.safetensors"), framework="pt") as f:
             user_dim = f.get_slice("branch.proj.weight").get_shape()[1]  # d_u, the width P reads
         self.components = components_of(load_pipeline(str(run_dir), self.cfg.allow_pickle, seed=self.cfg.seed))
+        if device is not None:  # before the branch goes in, which then follows the UNet (P lives outside it)
+            self.components.pipeline.to(device)
         unet = self.components.denoiser.float()
         branch = install_user_branch(unet, user_dim)
         load_user_branch(run_dir, branch, "the pipeline's UNet")
-        if device is not None:
-            self.components.pipeline.to(device)
         self.module = DenoiserModule(unet, branch.to(unet.device), None, self.table.tokens).eval()
 
     def embedding(self, user: str, other_user: str | None = None, gamma: float | None = None) -> torch.Tensor:

@@ -198,7 +198,8 @@ def _untrained_pipeline_note(run: RunData) -> str:
 
 def _samples(runs: list[RunData]) -> str:
     """Diffusion runs: the samples.png grid each run wrote (top row reference, bottom row trained model; a self_npo
-    run's grid is one row, its negative model: loops.diffusion.DiffusionRun.write_samples)."""
+    run's grid is one row, its negative model; a ppd run's the base model, then one row per user:
+    loops.diffusion.DiffusionRun.write_samples)."""
     import base64
 
     out = ""
@@ -206,9 +207,11 @@ def _samples(runs: list[RunData]) -> str:
         grid = Path(run.path) / "samples.png"
         if grid.is_file():
             uri = "data:image/png;base64," + base64.b64encode(grid.read_bytes()).decode()
-            what = ("one row, the trained negative model (Self-NPO: use it in the negative branch of "
-                    "classifier-free guidance; no reference row)" if run.config.get("loss_type") == "self_npo"
-                    else "top row reference, bottom row trained model (same prompts and seeds)")
+            what = {"self_npo": "one row, the trained negative model (Self-NPO: use it in the negative branch of "
+                                "classifier-free guidance; no reference row)",
+                    "ppd": "top row the base model (the user branch off), then one row per training user, the "
+                           "first four in sorted order (the run's README.md names them; same prompts and seeds)"}.get(
+                run.config.get("loss_type"), "top row reference, bottom row trained model (same prompts and seeds)")
             out += f"<p>{_e(run.name)}: {what}</p>" + _untrained_pipeline_note(run)
             out += _img(uri, f"{run.name} samples", "wide")
     return "<h2>Samples</h2>" + out if out else ""
