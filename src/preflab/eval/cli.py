@@ -64,10 +64,11 @@ def refuse_out_of_range(args, read) -> None:
             raise ConfigError(f"--{option.replace('_', '-')} must be at least 1, got {value}.")
 
 
-def format_summary(result: dict, extra: tuple = ()) -> str:
+def format_summary(result: dict, extra: tuple = (), lines_after: list[str] = ()) -> str:
     """A few lines for the terminal: the headline metrics (then `extra`, a task's own metric keys the headline
-    lacks: `--task vlm` and `--task diffusion`), then the notes, what was skipped, and where eval.json is (`path`).
-    Every eval task prints through here, so its notes come after the whole metric block."""
+    lacks: `--task vlm` and `--task diffusion`; then `lines_after`, a task's own block: a ppd eval's per-user lines),
+    then the notes, what was skipped, and where eval.json is (`path`). Every eval task prints through here, so its
+    notes come after the whole metric block."""
     metrics = result.get("metrics", {})
     unpaired = "num_completions" in result
     count = (f"{result['num_completions']} unpaired completions ({result.get('num_desirable')} desirable)" if unpaired
@@ -82,6 +83,7 @@ def format_summary(result: dict, extra: tuple = ()) -> str:
     shown = [(key, value) for key, value in shown if isinstance(value, (int, float))]
     width = max([38] + [len(key) for key, _ in shown])  # one column, however long a key (DPA's per-attribute)
     lines += [f"  {key:{width}s} {value:.4f}" for key, value in shown]
+    lines += list(lines_after)
     lines += [f"  note: {n}" for n in result.get("notes", [])]
     lines += [f"  skipped {k}: {why}" for k, why in result.get("missing", {}).items()]
     if result.get("path"):

@@ -942,6 +942,28 @@ class DiffusionRun(TrainingRun):
         self.module.train()
         return {f"eval_{k}": v / n for k, v in sums.items()}
 
+    def user_layout(self) -> dict:
+        """ppd: which user is which row of the user table (users.json; in every checkpoint, checkpoint_record):
+        users, tokens L_u, subsets: user -> [first row of users.weight, S]; eval and sampling read the first row
+        (_user_rows)."""
+        return {"users": self.user_ids, "tokens": self.module.user_tokens,
+                "subsets": {u: list(self.user_rows[u]) for u in self.user_ids}}
+
+    def checkpoint_record(self) -> dict:
+        """ppd: {"ppd_users": user_layout() + how to rebuild users.weight} in every checkpoint's trainer_state.json,
+        so `preflab eval` reads a checkpoint-N as the final directory's users.json (preflab.loops.ppd_eval). A learned
+        table is a trained parameter (module.users.weight in model.safetensors); a precomputed one is frozen and not
+        in the checkpoint (it may be large): its sha256 (of the float32 rows) lets the eval rebuild it from the
+        user_embeddings file and refuse a file that changed. Resume reads none of it."""
+        if not self.ppd:
+            return {}
+        if not hasattr(self, "_table_sha256"):  # a frozen table: hashed once
+            from preflab.loops.ppd_eval import table_sha256
+
+            weight = self.module.users.weight
+            self._table_sha256 = None if weight.requires_grad else table_sha256(weight)
+        return {"ppd_users": {**self.user_layout(), "table_sha256": self._table_sha256}}
+
     def save_model(self) -> None:
         """The trained pipeline in output_dir (diffusers.DiffusionPipeline.from_pretrained loads it); LoRA fused.
         ppd: the base pipeline plus user_branch.safetensors (P, W_K^u, W_V^u, the user table: one row per user, or per
@@ -962,10 +984,7 @@ class DiffusionRun(TrainingRun):
             state = {f"branch.{k}": v.contiguous().cpu() for k, v in self.module.user_branch.state_dict().items()}
             state["users.weight"] = self.module.users.weight.detach().contiguous().cpu()
             save_file(state, str(self.out / "user_branch.safetensors"))
-            # subsets: user -> [first row of users.weight, S]; eval and sampling read the first (_user_rows)
-            (self.out / "users.json").write_text(json.dumps({"users": self.user_ids, "tokens": self.module.user_tokens,
-                                                             "subsets": {u: list(self.user_rows[u])
-                                                                         for u in self.user_ids}}))
+            (self.out / "users.json").write_text(json.dumps(self.user_layout()))
             return
         save_pipeline(self.components, unet, self.out)
 
