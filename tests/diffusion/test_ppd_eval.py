@@ -269,7 +269,7 @@ def test_ppd_eval_of_a_checkpoint_equals_the_runs_logged_eval_at_its_step(traine
     describes (rebuilt from the run's user_embeddings file, checked by sha256) scores as the run's eval logged after
     step 1, which differs from the final one; checkpoint-2 scores as the final directory does."""
     from preflab.loops.diffusion_eval import evaluate_diffusion_run
-    from preflab.loops.ppd_eval import table_sha256
+    from preflab.loops.diffusion import table_sha256
 
     out = trained["out"]
     logged = logged_evals(out)
@@ -392,3 +392,81 @@ def test_per_user_lines_show_every_user_up_to_ten_else_the_largest_and_smallest_
     assert per_user_lines({}) == []
     won = per_user_lines({"a": {**user(0.0), "win_rate": 0.75, "win_rate/n": 4}})
     assert won[1].endswith("(+0.0000), win rate 0.7500 of 4")
+
+
+def test_ppd_win_rate_with_a_per_user_reward_is_each_users_win_rate_by_hand(trained, tmp_path):
+    """A toy per-user reward: user0 likes bright images (score = mean pixel), user1 dark ones (minus it). The reward
+    takes `users`, so it gets each image's user (the pairs' users in order); each user's win rate is recomputed here
+    from the images it was given (personalized first, then base): [s(p) > s(b)] + [s(p) = s(b)]/2 over the user's
+    prompts, and they differ by user. The same eval with a reward that takes no users still runs, says so in a note,
+    and scores every image by brightness."""
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    rows = [json.loads(x) for x in open(trained["held_out"])]
+    two = trained["root"] / "data" / "two-users.jsonl"  # beside the images (relative paths)
+    two.write_text("".join(json.dumps({**rows[i % 4], "user_id": f"user{i % 2}"}) + "\n" for i in range(8)))
+    calls = []
+
+    def taste(images, prompts, users):
+        calls.append((images.clone(), list(users)))
+        bright = images.double().mean(dim=(1, 2, 3))
+        return [float(b) if u == "user0" else -float(b) for b, u in zip(bright, users)]
+
+    result = evaluate_diffusion_run(str(trained["out"]), str(two), reward_fn=taste, num_prompts=8, batch_size=4)
+    (personalized, users), (base, users_again) = calls
+    assert users == users_again == [f"user{i % 2}" for i in range(8)]
+    p, b = personalized.double().mean(dim=(1, 2, 3)), base.double().mean(dim=(1, 2, 3))
+    assert not torch.equal(p, b)  # the trained branch changes the samples
+    by_hand = {}
+    for user, sign in (("user0", 1.0), ("user1", -1.0)):
+        mine = [i for i, u in enumerate(users) if u == user]
+        wins = [1.0 if sign * p[i] > sign * b[i] else 0.5 if p[i] == b[i] else 0.0 for i in mine]
+        by_hand[user] = sum(wins) / len(wins)
+        assert result["per_user"][user]["win_rate"] == pytest.approx(by_hand[user], abs=1e-12)
+        assert result["per_user"][user]["win_rate/n"] == 4
+    assert by_hand["user0"] != by_hand["user1"]
+    assert result["metrics"]["win_rate"] == pytest.approx((by_hand["user0"] + by_hand["user1"]) / 2, abs=1e-12)
+    assert not any("takes no `users`" in n for n in result["notes"])
+
+    def brightness(images, prompts):
+        return images.double().mean(dim=(1, 2, 3)).tolist()
+
+    plain = evaluate_diffusion_run(str(trained["out"]), str(two), reward_fn=brightness, num_prompts=8, batch_size=4)
+    wins = [1.0 if p[i] > b[i] else 0.5 if p[i] == b[i] else 0.0 for i in range(8)]
+    assert plain["metrics"]["win_rate"] == pytest.approx(sum(wins) / 8, abs=1e-12)
+    assert plain["per_user"]["user0"]["win_rate"] == result["per_user"]["user0"]["win_rate"]  # the same taste
+    assert any("--reward-fn brightness takes no `users`" in n for n in plain["notes"])
+
+
+def test_reward_functions_get_users_when_their_signature_takes_them():
+    from preflab.loops.diffusion_eval import image_rewards
+    from preflab.loops.ppd_eval import takes_users
+
+    class Judge:
+        def __call__(self, images, prompts, users=None):
+            return [len(u) for u in users]
+
+    def keyword_only(images, prompts, *, users):
+        return [0.0] * len(users)
+
+    def anything(images, prompts, **kwargs):
+        return [float(len(kwargs["users"][0]))] * len(prompts)
+
+    def positional_only(images, prompts, users, /):
+        return [0.0]
+
+    def star(images, prompts, *users):
+        return [0.0]
+
+    assert [takes_users(f) for f in (Judge(), keyword_only, anything, positional_only, star, len)] == \
+        [True, True, True, False, False, False]
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    assert image_rewards(Judge(), images, ["a", "b"], "trained", ["ab", "abc"]) == [2.0, 3.0]
+    assert image_rewards(anything, images, ["a", "b"], "trained", ["abcd", "x"]) == [4.0, 4.0]
+    seen = []
+    assert image_rewards(lambda i, p: seen.append(p) or [1.0, 2.0], images, ["a", "b"], "trained", ["u", "v"]) == \
+        [1.0, 2.0]
+    with pytest.raises(ConfigError, match=r"It is called as f\(images, prompts, users=users\)"):
+        image_rewards(lambda i, p, users: 1 / 0, images, ["a", "b"], "trained", ["u", "v"])
+    with pytest.raises(ConfigError, match=r"It is called as f\(images, prompts\) and"):
+        image_rewards(lambda i, p, users: 1 / 0, images, ["a", "b"], "trained")  # not a ppd eval: no users

@@ -212,6 +212,13 @@ def stacked_user_rows(stacks: dict, first: int = 0) -> tuple[torch.Tensor, dict]
     return torch.cat([normalize_user_embeddings(stack.float()).flatten(1) for stack in stacks.values()]), rows
 
 
+def table_sha256(weight: torch.Tensor) -> str:
+    """sha256 of a user table's rows as float32 bytes (row-major): what a checkpoint records of a precomputed table
+    it does not hold (DiffusionRun.checkpoint_record), so `preflab eval` of the checkpoint can check that the table it
+    rebuilds from the user_embeddings file is the one trained with (preflab.loops.ppd_eval)."""
+    return hashlib.sha256(weight.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
 def ppd_subset(seed: int, epoch: int, position: int, count: int) -> int:
     """The few-shot subset a training pair's user embedding comes from in epoch `epoch`: draw_seed(seed, "ppd-subset",
     epoch, position) mod count (position = the pair's dataset position; count = its user's S). PPD (methods §28)
@@ -958,8 +965,6 @@ class DiffusionRun(TrainingRun):
         if not self.ppd:
             return {}
         if not hasattr(self, "_table_sha256"):  # a frozen table: hashed once
-            from preflab.loops.ppd_eval import table_sha256
-
             weight = self.module.users.weight
             self._table_sha256 = None if weight.requires_grad else table_sha256(weight)
         return {"ppd_users": {**self.user_layout(), "table_sha256": self._table_sha256}}

@@ -219,7 +219,8 @@ def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | 
     pooled preference accuracies and per_user, preflab.loops.ppd_eval), the overlap and user counts; with
     reward_fn, the win rate of ppd_samples' personalized samples against the base model's, pooled and per user."""
     from preflab.eval.run import data_fields, overlap_with_training, training_data_note
-    from preflab.loops.ppd_eval import add_per_user_win_rates, pair_columns, per_user_breakdown, takes_users
+    from preflab.loops.ppd_eval import (add_per_user_win_rates, pair_columns, per_user_breakdown, preference_accuracy,
+                                        takes_users)
 
     if not checkpoint:
         load_user_branch(run_dir, run.module.user_branch, "the run's user branch")
@@ -277,21 +278,6 @@ def ppd_samples(run, num_prompts: int) -> tuple[list[str], torch.Tensor, torch.T
     personalized = module.sample_user_images(run.components, prompts, seeds, e, cfg.sample_steps, cfg.guidance_scale)
     base = module.sample_user_images(run.components, prompts, seeds, None, cfg.sample_steps, cfg.guidance_scale)
     return prompts, personalized, base
-
-
-def pair_errors(batch) -> torch.Tensor:
-    """[B, 4] denoising errors (MSE, minus the scores) of a diffusion PairBatch: policy chosen, policy rejected,
-    reference chosen, reference rejected (for ppd: the user branch on, then off)."""
-    sides = (batch.policy_chosen, batch.policy_rejected, batch.ref_chosen, batch.ref_rejected)
-    return torch.stack([-s.sum.detach().double().cpu() for s in sides], dim=1)
-
-
-def preference_accuracy(err_chosen: torch.Tensor, err_rejected: torch.Tensor) -> float | None:
-    """mean[e_w < e_l] + 0.5 mean[e_w = e_l]: the fraction of pairs where the model denoises the chosen image better
-    (its -MSE score ranks the pair as the user did); None for no pairs."""
-    if not len(err_chosen):
-        return None
-    return float((err_chosen < err_rejected).double().mean() + 0.5 * (err_chosen == err_rejected).double().mean())
 
 
 def held_out_users(examples, training_rows) -> tuple[dict, str | None]:

@@ -1,5 +1,6 @@
-"""What `preflab eval --task diffusion` adds for ppd runs beyond the shared diffusion eval (preflab.loops.diffusion_eval):
-the user table of a checkpoint-N folder, the per-user breakdown of eval.json, and user-aware --reward-fn calls.
+"""What `preflab eval --task diffusion` adds for ppd runs beyond the shared diffusion eval
+(preflab.loops.diffusion_eval): the user table of a checkpoint-N folder, the per-user breakdown of eval.json, and
+user-aware --reward-fn calls.
 
 PPD (Dang et al., 2025, "Personalized Preference Fine-tuning of Diffusion Models"; methods §28) conditions the UNet on
 a user embedding, so one pooled number hides whether personalization helped every user or only some: `per_user`
@@ -10,7 +11,6 @@ a per-user column is the pooled value.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 from pathlib import Path
@@ -22,13 +22,6 @@ from preflab.errors import ConfigError
 # ppd's per-pair columns, read off each eval batch: the objective's loss, then the four denoising errors
 # (diffusion_eval.pair_errors: personalized chosen, personalized rejected, base chosen, base rejected)
 PAIR_COLUMNS = ("loss", "err_chosen", "err_rejected", "base_err_chosen", "base_err_rejected")
-
-
-def table_sha256(weight: torch.Tensor) -> str:
-    """sha256 of a user table's rows as float32 bytes (row-major): what a checkpoint records of a precomputed table
-    it does not hold (DiffusionRun.checkpoint_record), so the eval can check the table it rebuilds is the one
-    trained with."""
-    return hashlib.sha256(weight.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
 def check_user_layout(weight: torch.Tensor | None, rows: dict, tokens, what: str, holder: str) -> None:
@@ -81,7 +74,7 @@ def checkpoint_user_table(run_dir: str, saved: dict, user_embeddings: str | None
     checkpoint without ppd_users (an older preflab), a file that lacks a trained user."""
     from safetensors import safe_open
 
-    from preflab.loops.diffusion import check_user_stacks, stacked_user_rows
+    from preflab.loops.diffusion import check_user_stacks, stacked_user_rows, table_sha256
 
     path = Path(run_dir)
     record = json.loads((path / "trainer_state.json").read_text()).get("ppd_users")
@@ -120,18 +113,28 @@ def checkpoint_user_table(run_dir: str, saved: dict, user_embeddings: str | None
     return user_table_of(run_dir, weight, rows, tokens, source, saved, user_embeddings, rebuilt_from=str(file))
 
 
+def pair_errors(batch) -> torch.Tensor:
+    """[B, 4] denoising errors (MSE, minus the scores) of a diffusion PairBatch: policy chosen, policy rejected,
+    reference chosen, reference rejected (for ppd: the user branch on, then off)."""
+    sides = (batch.policy_chosen, batch.policy_rejected, batch.ref_chosen, batch.ref_rejected)
+    return torch.stack([-s.sum.detach().double().cpu() for s in sides], dim=1)
+
+
 def pair_columns(objective, batch) -> torch.Tensor:
     """[B, 5] float64 per-pair values of one ppd eval batch (PAIR_COLUMNS): the objective's per-pair loss (its
-    `losses`, whose mean is the batch loss) and the four denoising errors (diffusion_eval.pair_errors)."""
-    from preflab.loops.diffusion_eval import pair_errors
-
+    `losses`, whose mean is the batch loss) and the four denoising errors (pair_errors)."""
     losses = objective(batch).losses.detach().double().cpu()
     return torch.cat([losses[:, None], pair_errors(batch)], dim=1)
 
 
-def _accuracy(better: torch.Tensor, tied: torch.Tensor) -> float:
-    """mean[better] + 0.5 mean[tied] (Diffusion-DPO's implicit_acc convention: ties count one half)."""
-    return float(better.double().mean() + 0.5 * tied.double().mean())
+def preference_accuracy(err_chosen: torch.Tensor, err_rejected: torch.Tensor) -> float | None:
+    """mean[e_w < e_l] + 0.5 mean[e_w = e_l]: the fraction of pairs where the model denoises the chosen image better
+    (its -MSE score ranks the pair as the user did); None for no pairs. Of (Delta_theta, Delta_ref) = (e_w - e_l of
+    the policy, of the reference) it is Diffusion-DPO's implicit accuracy, mean[z > 0] + 0.5 mean[z = 0] with
+    z = Delta_ref - Delta_theta."""
+    if not len(err_chosen):
+        return None
+    return float((err_chosen < err_rejected).double().mean() + 0.5 * (err_chosen == err_rejected).double().mean())
 
 
 def per_user_breakdown(users: list[str], columns: torch.Tensor, trained_users: set | None) -> dict:
@@ -144,10 +147,9 @@ def per_user_breakdown(users: list[str], columns: torch.Tensor, trained_users: s
     out = {}
     for user in sorted(set(users)):
         c = columns[torch.tensor([u == user for u in users])]
-        z = (c[:, 3] - c[:, 4]) - (c[:, 1] - c[:, 2])
-        personalized = _accuracy(c[:, 1] < c[:, 2], c[:, 1] == c[:, 2])
-        base = _accuracy(c[:, 3] < c[:, 4], c[:, 3] == c[:, 4])
-        out[user] = {"pairs": len(c), "loss": float(c[:, 0].mean()), "implicit_accuracy": _accuracy(z > 0, z == 0),
+        personalized, base = preference_accuracy(c[:, 1], c[:, 2]), preference_accuracy(c[:, 3], c[:, 4])
+        implicit = preference_accuracy(c[:, 1] - c[:, 2], c[:, 3] - c[:, 4])  # [Delta_theta < Delta_ref]: z > 0
+        out[user] = {"pairs": len(c), "loss": float(c[:, 0].mean()), "implicit_accuracy": implicit,
                      "preference_accuracy/personalized": personalized, "preference_accuracy/base": base,
                      "preference_accuracy/gain": personalized - base,
                      "seen_in_training": None if trained_users is None else user in trained_users}
