@@ -77,6 +77,9 @@ def checkpoint_user_table(run_dir: str, saved: dict, user_embeddings: str | None
     from preflab.loops.diffusion import check_user_stacks, stacked_user_rows, table_sha256
 
     path = Path(run_dir)
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(f"{run_dir} holds no trainer_state.json: not a complete preflab checkpoint; evaluate the "
+                          "run's final directory or another checkpoint-N.")
     record = json.loads((path / "trainer_state.json").read_text()).get("ppd_users")
     if not isinstance(record, dict):
         raise ConfigError(f"{run_dir} is a checkpoint of a ppd run without ppd_users in its trainer_state.json "
@@ -97,8 +100,11 @@ def checkpoint_user_table(run_dir: str, saved: dict, user_embeddings: str | None
         raise ConfigError(f"{run_dir} is a checkpoint of a ppd run on precomputed user_embeddings {file}, which is "
                           "not a file here: a checkpoint holds the user branch, not the frozen table; pass "
                           "--user-embeddings FILE (the file the run trained with).")
-    with safe_open(str(file), framework="pt") as f:
-        found = {u: f.get_tensor(u) for u in rows if u in f.keys()}
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            found = {u: f.get_tensor(u) for u in rows if u in f.keys()}
+    except Exception as err:  # safetensors' own error types; any is the file's
+        raise ConfigError(f"user_embeddings {file!r} is not a readable safetensors file: {err}") from err
     lacking = sorted(set(rows) - set(found))
     if lacking:
         raise ConfigError(f"user_embeddings {file} lacks {len(lacking)} of the {len(rows)} users {run_dir} trained "
