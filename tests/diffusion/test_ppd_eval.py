@@ -309,6 +309,12 @@ def test_ppd_eval_of_a_checkpoint_refuses_a_changed_table_file_and_an_older_chec
         evaluate_diffusion_run(checkpoint, trained["held_out"], user_embeddings=str(tmp_path / "less.safetensors"))
     with pytest.raises(ConfigError, match="--reference with a ppd run"):
         evaluate_diffusion_run(checkpoint, trained["held_out"], reference="x")
+    with pytest.raises(ConfigError, match=r"nowhere\.safetensors, which is not a file here: a checkpoint holds the "
+                                          r"user branch, not the frozen table"):
+        evaluate_diffusion_run(checkpoint, trained["held_out"], user_embeddings=str(tmp_path / "nowhere.safetensors"))
+    (tmp_path / "text.safetensors").write_text("not a table")
+    with pytest.raises(ConfigError, match=r"text\.safetensors' is not a readable safetensors file"):
+        evaluate_diffusion_run(checkpoint, trained["held_out"], user_embeddings=str(tmp_path / "text.safetensors"))
     old = tmp_path / "run" / "checkpoint-1"
     shutil.copytree(trained["out"] / "checkpoint-1", old)
     shutil.copy(trained["out"] / "config.yaml", tmp_path / "run" / "config.yaml")

@@ -20,7 +20,7 @@ import torch
 from preflab.errors import ConfigError
 
 # ppd's per-pair columns, read off each eval batch: the objective's loss, then the four denoising errors
-# (diffusion_eval.pair_errors: personalized chosen, personalized rejected, base chosen, base rejected)
+# (pair_errors: personalized chosen, personalized rejected, base chosen, base rejected)
 PAIR_COLUMNS = ("loss", "err_chosen", "err_rejected", "base_err_chosen", "base_err_rejected")
 
 
