@@ -964,9 +964,12 @@ class DiffusionRun(TrainingRun):
         user_embeddings file and refuse a file that changed. Resume reads none of it."""
         if not self.ppd:
             return {}
-        if not hasattr(self, "_table_sha256"):  # a frozen table: hashed once
+        if not hasattr(self, "_table_sha256"):  # a frozen table: hashed once (every rank builds the state)
             weight = self.module.users.weight
-            self._table_sha256 = None if weight.requires_grad else table_sha256(weight)
+            if weight.requires_grad:  # learned: in model.safetensors
+                self._table_sha256 = None
+            else:  # FSDP2 shards it as a DTensor: gathered first (a collective)
+                self._table_sha256 = table_sha256(weight.full_tensor() if hasattr(weight, "full_tensor") else weight)
         return {"ppd_users": {**self.user_layout(), "table_sha256": self._table_sha256}}
 
     def save_model(self) -> None:
