@@ -5025,7 +5025,8 @@ MUTANTS += [
            [("if not torch.isfinite(stack[k]).all()]", "if not torch.isfinite(stack[k]).any()]")], PPDE_DRAWS,
            "a subset with some NaN values passes (only all-NaN subsets are refused) and trains on NaN"),
     Mutant("ppde-saved-branch-not-loaded", "loops/diffusion_eval.py",
-           [("    load_user_branch(run_dir, run.module.user_branch, \"the run's user branch\")\n", "")], PPDE_EVAL,
+           [("        load_user_branch(run_dir, run.module.user_branch, \"the run's user branch\")\n",
+             "        pass\n")], PPDE_EVAL,
            "the eval scores a fresh, zero-initialised user branch (loss log 2) instead of the trained one"),
     Mutant("ppde-file-user-not-standardised", "loops/diffusion.py",
            [("torch.cat([normalize_user_embeddings(stack.float()).flatten(1) for stack in stacks.values()])",
@@ -5575,6 +5576,50 @@ MUTANTS += [
            "training users"),
 ]
 
+
+
+# mutation-ppdu round: the ppd eval of checkpoint-N (ppd_users in trainer_state.json, the rebuilt table's sha256),
+# eval.json per_user (and its terminal lines and report table), --reward-fn given the users
+PPDU_EVAL = ["tests/diffusion/test_ppd_eval.py"]
+PPDU_CHECKPOINT = ["tests/diffusion/test_ppd_eval.py", "-k", "checkpoint"]
+PPDU_UNIT = ["tests/diffusion/test_ppd_eval.py", "-k", "hand_made or signature or per_user_lines"]
+PPDU_REWARD = ["tests/diffusion/test_ppd_eval.py", "-k", "per_user_reward"]
+MUTANTS += [
+    Mutant("ppdu-checkpoint-without-users", "loops/driver.py",
+           [("**self.checkpoint_record(), **checkpoint_identity()}", "**checkpoint_identity()}")], PPDU_CHECKPOINT,
+           "a ppd checkpoint records no user table layout: its eval is refused as an older preflab's"),
+    Mutant("ppdu-changed-table-accepted", "loops/ppd_eval.py",
+           [('if rebuilt != rows or table_sha256(weight) != record.get("table_sha256"):', "if rebuilt != rows:")],
+           PPDU_CHECKPOINT, "a user_embeddings file edited since training scores a checkpoint with other embeddings"),
+    Mutant("ppdu-per-user-base-is-personalized", "loops/ppd_eval.py",
+           [("preference_accuracy(c[:, 1], c[:, 2]), preference_accuracy(c[:, 3], c[:, 4])",
+             "preference_accuracy(c[:, 1], c[:, 2]), preference_accuracy(c[:, 1], c[:, 2])")], PPDU_UNIT,
+           "each user's base accuracy is its personalized one: a gain of 0 for every user"),
+    Mutant("ppdu-per-user-implicit-inverted", "loops/ppd_eval.py",
+           [("implicit = preference_accuracy(c[:, 1] - c[:, 2], c[:, 3] - c[:, 4])",
+             "implicit = preference_accuracy(c[:, 3] - c[:, 4], c[:, 1] - c[:, 2])")], PPDU_UNIT,
+           "a user's implicit accuracy counts the pairs where the branch made the ranking worse"),
+    Mutant("ppdu-per-user-loss-summed", "loops/ppd_eval.py",
+           [('"loss": float(c[:, 0].mean())', '"loss": float(c[:, 0].sum())')], PPDU_UNIT,
+           "a user's loss is the sum over its pairs: users with more pairs look worse"),
+    Mutant("ppdu-reward-never-given-users", "loops/diffusion_eval.py",
+           [('given = {"users": list(users)} if users is not None and takes_users(reward_fn) else {}', "given = {}")],
+           PPDU_REWARD, "a reward that takes users is called without them (a TypeError, a refused eval)"),
+    Mutant("ppdu-kwargs-reward-not-given-users", "loops/ppd_eval.py",
+           [(" or p.kind is p.VAR_KEYWORD\n", "\n")], PPDU_UNIT,
+           "a reward function with **kwargs never sees the users"),
+    Mutant("ppdu-users-misaligned", "loops/diffusion_eval.py",
+           [("sampled_users = [x.user for x in run.eval_data[:len(prompts)]]",
+             "sampled_users = [x.user for x in run.eval_data[1:len(prompts) + 1]]")], PPDU_REWARD,
+           "each image is scored and counted with the next pair's user"),
+    Mutant("ppdu-user-win-rate-reversed", "loops/ppd_eval.py",
+           [("rate = win_rate([policy[i] for i in mine], [reference[i] for i in mine], confidence)",
+             "rate = win_rate([reference[i] for i in mine], [policy[i] for i in mine], confidence)")], PPDU_REWARD,
+           "a user's win rate is the base model's over the personalized one"),
+    Mutant("ppdu-report-per-user-dropped", "report/html.py",
+           [("        out += _per_user(run)\n", "")], ["tests/report/test_report_per_user.py"],
+           "preflab report shows no per-user table for a ppd eval"),
+]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -66,8 +66,8 @@ def refuse_out_of_range(args, read) -> None:
 
 def format_summary(result: dict, extra: tuple = (), more: tuple = ()) -> str:
     """A few lines for the terminal: the headline metrics (then `extra`, a task's own metric keys the headline
-    lacks: `--task vlm` and `--task diffusion`; then `more`, lines a task writes itself, e.g. a DPA model's
-    per-direction accuracies on one line), then the notes, what was skipped, and where eval.json is (`path`).
+    lacks: `--task vlm` and `--task diffusion`; then `more`, lines a task writes itself: a DPA model's
+    per-direction accuracies on one line, a ppd eval's per-user lines), then the notes, what was skipped, and where eval.json is (`path`).
     Every eval task prints through here, so its notes come after the whole metric block."""
     metrics = result.get("metrics", {})
     unpaired = "num_completions" in result

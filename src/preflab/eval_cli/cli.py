@@ -38,7 +38,8 @@ def register(sub) -> None:
                         "policy: task: dpo, sft, online, or no saved config). "
                         "reward: evaluate a reward model (preflab.reward_models.eval; a DPA attribute model on rated "
                         "rows and direction pairs: preflab.reward_models.attribute_eval); diffusion: a text-to-image "
-                        "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts)); "
+                        "run (implicit-reward accuracy; win rate of samples with --reward-fn f(images, prompts), or "
+                        "f(images, prompts, users=...) on a ppd run when it takes users; ppd: eval.json per_user); "
                         "vlm: an image-text run (or checkpoint-N) on held-out vision pairs (its eval_* metrics); "
                         "distill: a distillation run (task: sft with a teacher) on held-out task: sft rows (its "
                         "eval_* metrics: the divergence to the teacher, or --reference's)")

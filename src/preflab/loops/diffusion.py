@@ -212,6 +212,13 @@ def stacked_user_rows(stacks: dict, first: int = 0) -> tuple[torch.Tensor, dict]
     return torch.cat([normalize_user_embeddings(stack.float()).flatten(1) for stack in stacks.values()]), rows
 
 
+def table_sha256(weight: torch.Tensor) -> str:
+    """sha256 of a user table's rows as float32 bytes (row-major): what a checkpoint records of a precomputed table
+    it does not hold (DiffusionRun.checkpoint_record), so `preflab eval` of the checkpoint can check that the table it
+    rebuilds from the user_embeddings file is the one trained with (preflab.loops.ppd_eval)."""
+    return hashlib.sha256(weight.detach().float().contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
 def ppd_subset(seed: int, epoch: int, position: int, count: int) -> int:
     """The few-shot subset a training pair's user embedding comes from in epoch `epoch`: draw_seed(seed, "ppd-subset",
     epoch, position) mod count (position = the pair's dataset position; count = its user's S). PPD (methods §28)
@@ -944,6 +951,29 @@ class DiffusionRun(TrainingRun):
         self.module.train()
         return {f"eval_{k}": v / n for k, v in sums.items()}
 
+    def user_layout(self) -> dict:
+        """ppd: which user is which row of the user table (users.json; in every checkpoint, checkpoint_record):
+        users, tokens L_u, subsets: user -> [first row of users.weight, S]; eval and sampling read the first row
+        (_user_rows)."""
+        return {"users": self.user_ids, "tokens": self.module.user_tokens,
+                "subsets": {u: list(self.user_rows[u]) for u in self.user_ids}}
+
+    def checkpoint_record(self) -> dict:
+        """ppd: {"ppd_users": user_layout() + how to rebuild users.weight} in every checkpoint's trainer_state.json,
+        so `preflab eval` reads a checkpoint-N as the final directory's users.json (preflab.loops.ppd_eval). A learned
+        table is a trained parameter (module.users.weight in model.safetensors); a precomputed one is frozen and not
+        in the checkpoint (it may be large): its sha256 (of the float32 rows) lets the eval rebuild it from the
+        user_embeddings file and refuse a file that changed. Resume reads none of it."""
+        if not self.ppd:
+            return {}
+        if not hasattr(self, "_table_sha256"):  # a frozen table: hashed once (every rank builds the state)
+            weight = self.module.users.weight
+            if weight.requires_grad:  # learned: in model.safetensors
+                self._table_sha256 = None
+            else:  # FSDP2 shards it as a DTensor: gathered first (a collective)
+                self._table_sha256 = table_sha256(weight.full_tensor() if hasattr(weight, "full_tensor") else weight)
+        return {"ppd_users": {**self.user_layout(), "table_sha256": self._table_sha256}}
+
     def save_model(self) -> None:
         """The trained pipeline in output_dir (diffusers.DiffusionPipeline.from_pretrained loads it); LoRA fused.
         ppd: the base pipeline plus user_branch.safetensors (P, W_K^u, W_V^u, the user table: one row per user, or per
@@ -964,10 +994,7 @@ class DiffusionRun(TrainingRun):
             state = {f"branch.{k}": v.contiguous().cpu() for k, v in self.module.user_branch.state_dict().items()}
             state["users.weight"] = self.module.users.weight.detach().contiguous().cpu()
             save_file(state, str(self.out / "user_branch.safetensors"))
-            # subsets: user -> [first row of users.weight, S]; eval and sampling read the first (_user_rows)
-            (self.out / "users.json").write_text(json.dumps({"users": self.user_ids, "tokens": self.module.user_tokens,
-                                                             "subsets": {u: list(self.user_rows[u])
-                                                                         for u in self.user_ids}}))
+            (self.out / "users.json").write_text(json.dumps(self.user_layout()))
             return
         save_pipeline(self.components, unet, self.out)
 

@@ -15,7 +15,10 @@
   /base: the fraction of pairs whose chosen image has the lower denoising error (ties 1/2) with the branch on and
   off, from the same forwards; `users` counts the evaluated users the run trained on (not held-out users). With
   --reward-fn, the win rate of the personalized model (each held-out pair's prompt sampled with that pair's user
-  through the branch) against the base model (the same UNet, branch off), same seeds and sampler (ppd_samples).
+  through the branch) against the base model (the same UNet, branch off), same seeds and sampler (ppd_samples);
+  a reward function with a `users` parameter (or **kwargs) gets each image's user. A checkpoint-N folder of a ppd
+  run is read with the user table its trainer_state.json describes (preflab.loops.ppd_eval.checkpoint_user_table).
+  per_user: each user's pairs, loss and accuracies (and win rate), means of the pooled metrics' per-pair values.
 Written to eval.json in RUN_DIR (or --out). self_npo runs are refused (no shared implicit reward). The split
 read is the policy eval's (preflab.eval.run.open_eval_split): --split, else 'test' where the data has one, else
 'train', said in a note.
@@ -70,7 +73,13 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     if user_embeddings is not None and not ppd:
         raise ConfigError(f"--user-embeddings gives a ppd run's user embeddings; {run_dir} is a {trained} run. "
                           "Remove it.")
-    users = saved_user_table(run_dir, saved, user_embeddings, checkpoint, reference) if ppd else None
+    users = None
+    if ppd:
+        from preflab.loops.ppd_eval import checkpoint_user_table
+
+        refuse_ppd_reference(reference)
+        users = (checkpoint_user_table(run_dir, saved, user_embeddings) if checkpoint
+                 else saved_user_table(run_dir, saved, user_embeddings))
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +104,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         if checkpoint:
             load_checkpoint_weights(run_dir, run.trainables)
         if ppd:
-            return _evaluate_ppd(run, run_dir, data, saved, split, said, reward_fn, num_prompts, confidence)
+            return _evaluate_ppd(run, run_dir, data, saved, split, said, reward_fn, num_prompts, confidence,
+                                 checkpoint)
         try:
             ref = components_of(load_pipeline(reference_name, cfg.allow_pickle, seed=cfg.seed))
         except ConfigError as err:
@@ -129,14 +139,15 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
 
 
 def add_win_rate(out: dict, reward_fn, policy: torch.Tensor, baseline: torch.Tensor, prompts: list[str],
-                 confidence: float) -> None:
+                 confidence: float, users: list[str] | None = None) -> tuple[list, list]:
     """eval.json's win-rate fields (metrics win_rate, its Wilson interval, the mean rewards over prompts both sides
     scored; "win_rate"; a note when every prompt ties or some had no score) from --reward-fn's scores of the trained
-    (`policy`) and the reference (`baseline`) samples of the same prompts and seeds."""
+    (`policy`) and the reference (`baseline`) samples of the same prompts and seeds; returns the two score lists.
+    users: ppd, each prompt's user, passed to a reward function that takes them (image_rewards)."""
     from preflab.eval.winrate import win_rate
 
-    p_scores = image_rewards(reward_fn, policy, prompts, "trained")
-    r_scores = image_rewards(reward_fn, baseline, prompts, "reference")
+    p_scores = image_rewards(reward_fn, policy, prompts, "trained", users)
+    r_scores = image_rewards(reward_fn, baseline, prompts, "reference", users)
     rate = win_rate(p_scores, r_scores, confidence)
     both = [(a, b) for a, b in zip(p_scores, r_scores) if a is not None and b is not None]
     out["metrics"].update({"win_rate": rate.win_rate, "win_rate/ci_low": rate.ci_low,
@@ -145,27 +156,33 @@ def add_win_rate(out: dict, reward_fn, policy: torch.Tensor, baseline: torch.Ten
                            "reward/reference": sum(b for _, b in both) / len(both) if both else None})
     out["win_rate"] = rate.to_dict()
     out["notes"] += [n for n in (win_rate_note(rate),) if n]
+    return p_scores, r_scores
+
+
+def refuse_ppd_reference(reference: str | None) -> None:
+    """--reference is refused for ppd: its reference is its own UNet without the user branch."""
+    if reference is not None:
+        raise ConfigError("--reference with a ppd run: its reference is its own UNet without the user branch (the "
+                          "implicit reward is what the user branch adds); remove --reference.")
 
 
 def saved_user_table(run_dir: str, saved: dict, user_embeddings: str | None, checkpoint: bool = False,
                      reference: str | None = None):
     """A ppd run's UserTable (preflab.loops.diffusion) from its final directory's users.json and
     user_branch.safetensors' users.weight; users it lacks come from `user_embeddings`, else the run's configured
-    user_embeddings file (a run with learned embeddings has none: only its training users can be scored). Refused:
-    a checkpoint-N folder (it holds no users.json), --reference (ppd's reference is the UNet without its branch),
-    missing or inconsistent saved files."""
+    user_embeddings file (preflab.loops.ppd_eval.user_table_of). Refused: a checkpoint-N folder (it holds no
+    users.json: `preflab eval` reads a checkpoint's table with ppd_eval.checkpoint_user_table), --reference (ppd's
+    reference is the UNet without its branch), missing or inconsistent saved files."""
     import json
 
     from safetensors import safe_open
 
-    from preflab.loops.diffusion import UserTable
+    from preflab.loops.ppd_eval import check_user_layout, user_table_of
 
     if checkpoint:
-        raise ConfigError(f"{run_dir} is a checkpoint of a ppd run: it holds no users.json (which user is which row of "
-                          "its table); evaluate the run's final directory (users.json, user_branch.safetensors).")
-    if reference is not None:
-        raise ConfigError("--reference with a ppd run: its reference is its own UNet without the user branch (the "
-                          "implicit reward is what the user branch adds); remove --reference.")
+        raise ConfigError(f"{run_dir} is a checkpoint of a ppd run: it holds no users.json or user_branch.safetensors "
+                          "(the final directory's user files); use the run's final directory.")
+    refuse_ppd_reference(reference)
     run = Path(run_dir)
     files = [run / "users.json", run / "user_branch.safetensors"]
     absent = [f.name for f in files if not f.is_file()]
@@ -177,33 +194,9 @@ def saved_user_table(run_dir: str, saved: dict, user_embeddings: str | None, che
         weight = f.get_tensor("users.weight") if "users.weight" in f.keys() else None
     rows = {u: tuple(v) for u, v in info.get("subsets", {}).items()}
     tokens = info.get("tokens")
-    if weight is None or not isinstance(tokens, int) or tokens < 1 or weight.shape[1] % tokens or \
-            any(first < 0 or count < 1 or first + count > weight.shape[0] for first, count in rows.values()):
-        raise ConfigError(f"{run_dir}: users.json (tokens {tokens!r}, {len(rows)} users) does not describe "
-                          f"user_branch.safetensors' users.weight {None if weight is None else list(weight.shape)}; "
-                          "the two files come from different runs or were edited.")
-    configured = saved.get("user_embeddings")
-    source = f"{files[0]} (the run's {len(rows)} users)"
-    if not configured:
-        if user_embeddings is not None:
-            raise ConfigError(f"--user-embeddings {user_embeddings}: {run_dir} learned one embedding per training "
-                              "user (no user_embeddings in its config.yaml), so its user branch never read a file's "
-                              "embeddings; remove --user-embeddings (it scores only its training users).")
-        return UserTable(weight, rows, tokens, source, None,
-                         "The run learned one embedding per training user (no user_embeddings in its config.yaml), "
-                         "so it scores only the held-out pairs of its training users: drop those rows, or train on "
-                         "precomputed user_embeddings to evaluate held-out users.")
-    file = user_embeddings or configured
-    if not Path(file).is_file():
-        if user_embeddings is not None:
-            raise ConfigError(f"--user-embeddings {user_embeddings} is not a file.")
-        return UserTable(weight, rows, tokens, source, None,
-                         f"The run's user_embeddings {configured} is not a file here: pass --user-embeddings FILE "
-                         "holding these users' embeddings (from the embedder the run's came from), or drop their "
-                         "rows.")
-    return UserTable(weight, rows, tokens, f"{source} or {file}", str(file),
-                     "Add the user's [L_u, d_u] (or [S, L_u, d_u]) embedding to that file, pass --user-embeddings "
-                     "FILE holding it, or drop its rows.")
+    check_user_layout(weight, rows, tokens, f"{run_dir}: users.json", "user_branch.safetensors' users.weight")
+    return user_table_of(run_dir, weight, rows, tokens, f"{files[0]} (the run's {len(rows)} users)", saved,
+                         user_embeddings)
 
 
 def load_user_branch(run_dir: str, branch, what: str) -> None:
@@ -220,25 +213,32 @@ def load_user_branch(run_dir: str, branch, what: str) -> None:
 
 
 def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | None, reward_fn=None,
-                  num_prompts: int = 32, confidence: float = 0.95) -> dict:
-    """A ppd run on held-out pairs (the module docstring): the saved user branch loaded, the run's eval, the per-pair
-    scores of each side read off the same batches, the overlap and user counts; with reward_fn, the win rate of
-    ppd_samples' personalized samples against the base model's."""
+                  num_prompts: int = 32, confidence: float = 0.95, checkpoint: bool = False) -> dict:
+    """A ppd run on held-out pairs (the module docstring): the saved user branch loaded (a checkpoint's is already
+    in run.trainables), the run's eval, the per-pair loss and scores of each side read off the same batches (the
+    pooled preference accuracies and per_user, preflab.loops.ppd_eval), the overlap and user counts; with
+    reward_fn, the win rate of ppd_samples' personalized samples against the base model's, pooled and per user."""
     from preflab.eval.run import data_fields, overlap_with_training, training_data_note
+    from preflab.loops.ppd_eval import (add_per_user_win_rates, pair_columns, per_user_breakdown, preference_accuracy,
+                                        takes_users)
 
-    load_user_branch(run_dir, run.module.user_branch, "the run's user branch")
+    if not checkpoint:
+        load_user_branch(run_dir, run.module.user_branch, "the run's user branch")
     run.module.user_branch.to(run.accelerator.device)
     run.reference = None  # ppd's reference: the same UNet without the user branch (DiffusionRun._reference)
     run.eval_data = run.train_data
-    scores = []
-    metrics = run.evaluate(on_batch=lambda index, batch: scores.append(pair_errors(batch)))
-    errors = torch.cat(scores) if scores else torch.zeros(0, 4)
+    pairs = []
+    metrics = run.evaluate(on_batch=lambda index, batch: pairs.append(pair_columns(run.objective, batch)))
+    columns = torch.cat(pairs) if pairs else torch.zeros(0, 5, dtype=torch.float64)
+    errors = columns[:, 1:]
     cfg = run.cfg
     trained_on = training_data_note(data, saved, split)
     training = image_training_rows(saved, run)
     overlap, overlap_note, why = overlap_with_training(run.eval_data, training, USER_IMAGE_PAIRS,
                                                        trained_on is not None)
     users, users_note = held_out_users(run.eval_data, training.rows)
+    trained_users = None if training.rows is None else {x.user for x in training.rows}
+    per_user = per_user_breakdown([x.user for x in run.eval_data], columns, trained_users)
     out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": "the run's UNet without its user branch",
            **data_fields(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
            "num_pairs": len(run.eval_data),
@@ -246,13 +246,20 @@ def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | 
                        "preference_accuracy/personalized": preference_accuracy(errors[:, 0], errors[:, 1]),
                        "preference_accuracy/base": preference_accuracy(errors[:, 2], errors[:, 3]),
                        **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
-           "users": users,
+           "users": users, "per_user": per_user,
            **({"overlap_with_training": overlap} if overlap is not None else {}),
            "notes": [n for n in (said, *run.eval_notes, trained_on, overlap_note, users_note) if n],
            "missing": {"overlap_with_training": why} if why else {}}
     if reward_fn is not None:
         prompts, policy, baseline = ppd_samples(run, num_prompts)
-        add_win_rate(out, reward_fn, policy, baseline, prompts, confidence)
+        sampled_users = [x.user for x in run.eval_data[:len(prompts)]]  # ppd_samples' pairs, in order
+        if not takes_users(reward_fn):
+            out["notes"].append(f"--reward-fn {getattr(reward_fn, '__name__', type(reward_fn).__name__)} takes no "
+                                "`users` (nor **kwargs): every image is scored without its user, so per_user's win "
+                                "rates are by one reward for all users; give it a `users` keyword parameter to score "
+                                "each user's taste")
+        scores = add_win_rate(out, reward_fn, policy, baseline, prompts, confidence, sampled_users)
+        add_per_user_win_rates(per_user, sampled_users, *scores, confidence)
     return out
 
 
@@ -271,21 +278,6 @@ def ppd_samples(run, num_prompts: int) -> tuple[list[str], torch.Tensor, torch.T
     personalized = module.sample_user_images(run.components, prompts, seeds, e, cfg.sample_steps, cfg.guidance_scale)
     base = module.sample_user_images(run.components, prompts, seeds, None, cfg.sample_steps, cfg.guidance_scale)
     return prompts, personalized, base
-
-
-def pair_errors(batch) -> torch.Tensor:
-    """[B, 4] denoising errors (MSE, minus the scores) of a diffusion PairBatch: policy chosen, policy rejected,
-    reference chosen, reference rejected (for ppd: the user branch on, then off)."""
-    sides = (batch.policy_chosen, batch.policy_rejected, batch.ref_chosen, batch.ref_rejected)
-    return torch.stack([-s.sum.detach().double().cpu() for s in sides], dim=1)
-
-
-def preference_accuracy(err_chosen: torch.Tensor, err_rejected: torch.Tensor) -> float | None:
-    """mean[e_w < e_l] + 0.5 mean[e_w = e_l]: the fraction of pairs where the model denoises the chosen image better
-    (its -MSE score ranks the pair as the user did); None for no pairs."""
-    if not len(err_chosen):
-        return None
-    return float((err_chosen < err_rejected).double().mean() + 0.5 * (err_chosen == err_rejected).double().mean())
 
 
 def held_out_users(examples, training_rows) -> tuple[dict, str | None]:
@@ -307,21 +299,28 @@ def held_out_users(examples, training_rows) -> tuple[dict, str | None]:
                     "train/test by user)")
 
 
-def image_rewards(reward_fn, images: torch.Tensor, prompts: list[str], whose: str) -> list[float | None]:
+def image_rewards(reward_fn, images: torch.Tensor, prompts: list[str], whose: str,
+                  users: list[str] | None = None) -> list[float | None]:
     """--reward-fn's scores of `images` (uint8 [N, 3, S, S], one per prompt): one finite number per image, None where
-    it gave None / NaN / inf (no verdict: preflab.eval.winrate). A function that raises, or that returns another count
-    than N, is a ConfigError naming it; before, N - 1 scores were zipped with the other side's and the win rate was
-    silently over the first N - 1 prompts (and a raise was a traceback after both pipelines had sampled)."""
+    it gave None / NaN / inf (no verdict: preflab.eval.winrate). users (ppd: each image's user id): passed as
+    f(images, prompts, users=users) to a function that takes them (preflab.loops.ppd_eval.takes_users: a `users`
+    parameter or **kwargs), so a reward can score each user's taste; any other function is called f(images,
+    prompts). A function that raises, or that returns another count than N, is a ConfigError naming it; before,
+    N - 1 scores were zipped with the other side's and the win rate was silently over the first N - 1 prompts (and
+    a raise was a traceback after both pipelines had sampled)."""
     from preflab.eval.winrate import _finite
+    from preflab.loops.ppd_eval import takes_users
 
     name = getattr(reward_fn, "__name__", type(reward_fn).__name__)
+    given = {"users": list(users)} if users is not None and takes_users(reward_fn) else {}
     try:
-        scores = reward_fn(images, prompts)
+        scores = reward_fn(images, prompts, **given)
         values = [_finite(v) for v in (scores.flatten().tolist() if isinstance(scores, torch.Tensor) else scores)]
     except Exception as err:  # the user's code: any exception it raises is its own verdict on these images
         raise ConfigError(f"--reward-fn {name} raised {type(err).__name__} on the {whose} pipeline's samples "
                           f"(images uint8 {list(images.shape)}, {len(prompts)} prompts): {err}. It is called as "
-                          "f(images, prompts) and returns one score per image.") from err
+                          f"f(images, prompts{', users=users' if given else ''}) and returns one score per "
+                          "image.") from err
     if len(values) != len(prompts):
         raise ConfigError(f"--reward-fn {name} returned {len(values)} scores for the {whose} pipeline's "
                           f"{len(prompts)} images; it must return one per image (None where it cannot score one).")
@@ -402,6 +401,7 @@ def eval_task(args) -> int:
     from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.eval.run import eval_data, eval_json_path, write_json
     from preflab.eval.winrate import load_callable
+    from preflab.loops.ppd_eval import per_user_lines
 
     refuse_unread_options(args, "diffusion")
     if getattr(args, "no_reference", False):
@@ -416,5 +416,6 @@ def eval_task(args) -> int:
     path = write_json(eval_json_path(args.checkpoint, args.out), result)
     print(format_summary({**result, "path": str(path)}, extra=("implicit_accuracy", "loss", "reward/policy",
                                                                 "reward/reference", "preference_accuracy/personalized",
-                                                                "preference_accuracy/base")))
+                                                                "preference_accuracy/base"),
+                         more=per_user_lines(result.get("per_user") or {})))
     return 0

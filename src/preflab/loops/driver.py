@@ -104,6 +104,12 @@ class TrainingRun(CallbackEvents):
     def restore_data_position(self, saved: dict | None, step: int) -> None:
         """Continue the training data from `saved` (data_position() of the checkpoint at `step`)."""
 
+    def checkpoint_record(self) -> dict:
+        """Keys this trainer adds to every checkpoint's trainer_state.json, for readers of a checkpoint other than
+        resume (which restores from the weights and the data order alone): a ppd run's user table layout, which
+        `preflab eval` of its checkpoint-N reads (DiffusionRun.checkpoint_record). {} by default."""
+        return {}
+
     def training_examples(self) -> list | None:
         """The examples the steps draw from (train_data), fingerprinted into every checkpoint and compared at
         resume (preflab.data.fingerprint); None where the run reads its data as it goes (a stream)."""
@@ -623,7 +629,7 @@ class TrainingRun(CallbackEvents):
                  "data_fingerprint": self.data_fingerprint(), "user_code": user_code(self.cfg.to_dict()),
                  # the positions max_length was capped at (models.load.cap_max_length): a resume caps alike
                  "model_positions": getattr(self.cfg, "model_positions", None),
-                 **checkpoint_identity()}
+                 **self.checkpoint_record(), **checkpoint_identity()}
         if is_sharded(acc):
             self._check_sharded_extras()
             self._check_sharded_model_only()

@@ -118,6 +118,26 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+# eval.json per_user columns of a ppd eval (preflab.loops.ppd_eval.per_user_breakdown), as the report shows them
+PER_USER_COLUMNS = (("pairs", "pairs"), ("loss", "loss"), ("implicit_accuracy", "implicit accuracy"),
+                    ("preference_accuracy/personalized", "preference accuracy, personalized"),
+                    ("preference_accuracy/base", "preference accuracy, base"),
+                    ("preference_accuracy/gain", "gain"), ("win_rate", "win rate vs base"),
+                    ("win_rate/n", "prompts"), ("seen_in_training", "seen in training"))
+
+
+def _per_user(run: RunData) -> str:
+    """A ppd eval's per-user table (eval.json per_user: one row per user, the pooled metrics' per-pair values
+    averaged over the user's pairs); "" when the eval has none."""
+    per_user = _dict(run.eval.get("per_user"))
+    rows = [[f"<td>{_e(user)}</td>", *[_num_cell(_dict(values).get(key)) for key, _ in PER_USER_COLUMNS]]
+            for user, values in sorted(per_user.items(), key=lambda kv: str(kv[0]))]
+    if not rows:
+        return ""
+    return (f"<p><b>{_e(run.name)}</b>: per user (personalized: the user branch on the pair's user; base: off; "
+            "gain: personalized - base)</p>" + _table(["user", *[name for _, name in PER_USER_COLUMNS]], rows))
+
+
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     seen = [r.name for r in have if trained_on_clause(r.eval)]  # eval.json counts rows the run trained on
@@ -167,6 +187,7 @@ def _eval_section(runs: list[RunData]) -> str:
                     + (f"; {_e(str(win.get('decoding', '')))} answers of at most {_fmt(win.get('max_new_tokens'))} "
                        "new tokens" if win.get("max_new_tokens") else "")
                     + ")</p>")
+        out += _per_user(run)
         notes = [f"{run.name}: {n}" for n in run.eval.get("notes") or [] if isinstance(n, str)]
         notes += [f"{run.name}: {k} not computed: {why}" for k, why in _dict(run.eval.get("missing")).items()]
         out += _notes(notes)
