@@ -42,6 +42,7 @@ from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
+from preflab.option_types import is_number
 
 
 @dataclass
@@ -69,7 +70,7 @@ class EvalOptions:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def _alphas(pairs, column: str, notes: list[str], source: str = "the data") -> torch.Tensor:
