@@ -2365,7 +2365,7 @@ MUTANTS += [
            [("            self.unused_examples += len(batch)\n", "")],
            [MD_STREAM, "-k", "lazily or counts_say"], "a pass's left-out last examples are not counted"),
     Mutant("md-stream-restore-skips-the-position-row", "data/stream.py",
-           [("for _ in range(max(rows - 1, 0)):", "for _ in range(rows):")],
+           [("for read in range(rows):", "for read in range(rows + 1):")],
            [MD_STREAM, "-k", "restores_mid_row or resume_mid_pass"], "a resume skips one row too many"),
     Mutant("md-stream-restore-drops-an-example", "data/stream.py",
            [("self._pending = list(self.make_pipeline()(raw))[used:]",

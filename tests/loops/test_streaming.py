@@ -188,6 +188,34 @@ def test_stream_state_restores_mid_row():
     assert other.next_batch(4) == rest == [(1, "b"), (1, "c"), (2, "a"), (2, "b")]
 
 
+def test_a_saved_position_past_the_sources_end_names_how_many_rows_it_has():
+    """restore() re-reads the pass up to the saved row; a source now shorter than that is a DataError saying where it
+    ends, whether it ends before the saved row or at it (the saved row itself missing). A position at row 0 reads
+    nothing."""
+    class Pipe:
+        def __call__(self, raw):
+            return [raw]
+
+        def reports(self):
+            return {}
+
+        def load_reports(self, saved):
+            pass
+
+    stream = ExampleStream(lambda: range(5), Pipe, shuffle_buffer=0)
+    stream.next_batch(2)
+    state = stream.state()
+    assert state["rows_read"] == 2
+    for rows in (6, 9):
+        other = ExampleStream(lambda: range(5), Pipe, shuffle_buffer=0)
+        with pytest.raises(DataError, match=rf"saved position is row {rows} of pass 0, but the source now ends after "
+                                            r"5 rows"):
+            other.restore({**state, "rows_read": rows, "used_of_row": 1})
+    other = ExampleStream(lambda: range(5), Pipe, shuffle_buffer=0)
+    other.restore({**state, "rows_read": 0, "used_of_row": 0})
+    assert other.next_batch(3) == [0, 1, 2]
+
+
 def test_each_pass_of_a_shuffled_stream_has_its_own_seeded_order():
     """Pass p reads the rows through the buffer seeded "seed:p" (a new order each epoch, as the ordinary run's
     permutation per epoch); a planted bug that seeded every pass alike survived the one-pass tests."""
