@@ -1354,9 +1354,8 @@ MUTANTS += [
            [("k not in (\"metric_before\", \"metric_after\")", "k != \"metric_after\"")], CORE_REPORT,
            "a recipe's metric_before shown again as a baseline to compare with"),
     Mutant("core-headline-summary-pair-needs-one-number", "report/headline.py",
-           [("if k.endswith(\"_before\") and number(summary[k]) "
-             "and number(summary.get(k[:-len(\"_before\")] + \"_after\"))",
-             "if k.endswith(\"_before\") and number(summary[k])")], CORE_REPORT,
+           [("            and is_number(summary.get(k[:-len(\"_before\")] + \"_after\"))]",
+             "            ]")], CORE_REPORT,
            "an X_before without a numeric X_after makes a headline row"),
     Mutant("core-margins-sign", "report/margins.py",
            [("margin = batch.policy_chosen.sum.double() - batch.policy_rejected.sum.double()",
@@ -2366,7 +2365,7 @@ MUTANTS += [
            [("            self.unused_examples += len(batch)\n", "")],
            [MD_STREAM, "-k", "lazily or counts_say"], "a pass's left-out last examples are not counted"),
     Mutant("md-stream-restore-skips-the-position-row", "data/stream.py",
-           [("for _ in range(max(rows - 1, 0)):", "for _ in range(rows):")],
+           [("for read in range(rows):", "for read in range(rows + 1):")],
            [MD_STREAM, "-k", "restores_mid_row or resume_mid_pass"], "a resume skips one row too many"),
     Mutant("md-stream-restore-drops-an-example", "data/stream.py",
            [("self._pending = list(self.make_pipeline()(raw))[used:]",
@@ -2494,8 +2493,8 @@ MUTANTS += [
            MD_TRL_ONLINE, "a saved GRPOConfig's steps_per_generation (micro-batches) taken as optimizer steps"),
     # the option table (config_options.py)
     Mutant("md-options-within-always-closed", "config_options.py",
-           [("lambda v: _num(v) and low <= v and (v < high if high_open else v <= high))",
-             "lambda v: _num(v) and low <= v and v <= high)")], MD_OPTIONS,
+           [("lambda v: is_number(v) and low <= v and (v < high if high_open else v <= high))",
+             "lambda v: is_number(v) and low <= v and v <= high)")], MD_OPTIONS,
            "eval_fraction 1 or adam_beta2 1 accepted (the open end is closed)"),
     Mutant("md-options-max-length-one", "config_options.py",
            [("\"max_length\": above(1,", "\"max_length\": above(0,")], MD_OPTIONS,
@@ -4440,8 +4439,8 @@ MUTANTS += [
            [('r["before"][0] == "before training"]', 'r["before"][0] == "before"]')], MY_REPORT,
            "rows measured before training are not named: the note says no 'before' is the starting model"),
     Mutant("my-headline-control-metric-only-with-control", "report/headline.py",
-           [('if not _number(control) and isinstance(summary.get("metric_name"), str):',
-             'if _number(control) and isinstance(summary.get("metric_name"), str):')], MY_REPORT,
+           [('if not is_number(control) and isinstance(summary.get("metric_name"), str):',
+             'if is_number(control) and isinstance(summary.get("metric_name"), str):')], MY_REPORT,
            "control_<metric_name>_after is read only where control_after already is (OTC's row shows no control)"),
 ]
 

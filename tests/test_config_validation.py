@@ -158,6 +158,15 @@ def test_undocumented_field_is_type_checked_and_marked_in_help(monkeypatch):
         check_type("brand_new_option", "three", typing.Optional[int])
 
 
+def test_is_number_takes_ints_and_floats_but_not_bools_or_text():
+    """The one "a number, not a bool" test the option tables, recipe params and summary readers share: YAML's `true`
+    is an int to isinstance, never a number here; number text is not a number (check_type converts it first)."""
+    from preflab.option_types import is_number
+
+    assert [is_number(v) for v in (0, 3, -2.5, float("inf"), float("nan"))] == [True] * 5
+    assert [is_number(v) for v in (True, False, "1", None, [1], 1j)] == [False] * 6
+
+
 def test_objectives_name_prints_parameters_with_meaning(capsys):
     assert main(["objectives", "dpo"]) == 0
     out = capsys.readouterr().out

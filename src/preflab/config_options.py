@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from preflab.lr_schedule_options import SCHEDULE_KWARGS
+from preflab.option_types import is_number
 from preflab.recipe_names import RECIPE_TASKS
 
 SEED_MAX = 2**32 - 1  # numpy.random.seed (called by accelerate's set_seed) takes seeds below 2**32
@@ -38,21 +39,17 @@ class Option:
     ok: Callable[[Any], bool] | None = None     # the range check; None: only the type is checked
 
 
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def above(low, meaning: str) -> Option:
-    return Option(meaning, f"> {low}", lambda v: _num(v) and v > low)
+    return Option(meaning, f"> {low}", lambda v: is_number(v) and v > low)
 
 
 def at_least(low, meaning: str) -> Option:
-    return Option(meaning, f">= {low}", lambda v: _num(v) and v >= low)
+    return Option(meaning, f">= {low}", lambda v: is_number(v) and v >= low)
 
 
 def within(low, high, meaning: str, high_open: bool = False) -> Option:
     text = f"in [{low}, {high})" if high_open else f"in [{low}, {high}]"
-    return Option(meaning, text, lambda v: _num(v) and low <= v and (v < high if high_open else v <= high))
+    return Option(meaning, text, lambda v: is_number(v) and low <= v and (v < high if high_open else v <= high))
 
 
 def one_of(choices, meaning: str) -> Option:
@@ -82,7 +79,7 @@ def _loss_type_ok(v) -> bool:
 
 
 def _weights_ok(v) -> bool:
-    return isinstance(v, (list, tuple)) and all(_num(x) and x >= 0 for x in v)
+    return isinstance(v, (list, tuple)) and all(is_number(x) and x >= 0 for x in v)
 
 
 def _init_kwargs_ok(v) -> bool:
@@ -170,7 +167,7 @@ OPTIONS: dict[str, Option] = {
                          "(lr_decay, eps), rmsprop (momentum, alpha, eps, centered), ademamix* (beta1, beta2, beta3, "
                          "alpha, eps, t_alpha, t_beta3); keys an optimizer does not read are errors"),
     "max_grad_norm": Option("clip the global gradient norm to this (0: no clipping)", ">= 0",
-                            lambda v: _num(v) and v >= 0),
+                            lambda v: is_number(v) and v >= 0),
     "per_device_train_batch_size": above(0, "pairs per micro-batch per process"),
     "per_device_eval_batch_size": above(0, "pairs per evaluation batch per process"),
     "gradient_accumulation_steps": above(0, "micro-batches per optimizer step"),
@@ -202,11 +199,11 @@ OPTIONS: dict[str, Option] = {
     "lmbda": Option("TRL GKD: share of the steps whose completions the student samples (on-policy distillation; "
                     "0: the dataset's completions, preflab's default; GKDConfig's is 0.5, and a config with "
                     "max_new_tokens gets it; 1: TRL's DistillationTrainer)",
-                    "a number in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+                    "a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1),
     "divergence_temperature": Option("task: sft with a teacher: the temperature of the divergence's two softmaxes "
                                      "(null: `temperature`, TRL DistillationTrainer's rule; a saved GKDConfig: 1.0, "
                                      "GKDTrainer's loss)", "a positive number or null",
-                                     lambda v: v is None or (_num(v) and v > 0)),
+                                     lambda v: v is None or (is_number(v) and v > 0)),
     "seq_kd": Option("TRL GKD: on the steps that are not on-policy, distil on completions the teacher samples for "
                      "the rows' prompts (sequence-level KD); needs max_completion_length"),
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),
@@ -240,7 +237,7 @@ OPTIONS: dict[str, Option] = {
                              "(1 - alpha) * reference (task: dpo, a separate reference model)"),
     "ref_model_mixup_alpha": Option("TR-DPO's alpha: the policy's share in the reference after a sync (1: the "
                                     "reference becomes the policy)", "in (0, 1]",
-                                    lambda v: _num(v) and 0 < v <= 1),
+                                    lambda v: is_number(v) and 0 < v <= 1),
     "neftune_noise_alpha": above(0, "NEFTune (TRL): U(-1, 1) * alpha / sqrt(L * d) noise on the input embeddings "
                                     "while training (task dpo with layout padded, sft without packing, reward; "
                                     "null: none)"),
@@ -358,21 +355,21 @@ OPTIONS: dict[str, Option] = {
                                    "dcpo: build a missing caption_rejected by perturbing the caption"),
     "score_range": Option("smpo_diffusion: [s_min, s_max] normalising reward scores (default: PickScore's)"),
     "self_npo_ema_decay": Option("self_npo: teacher <- decay * teacher + (1 - decay) * student after each step",
-                                 "in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+                                 "in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1),
     "self_npo_num_ddim_steps": above(0, "self_npo: K of the truncated-rollout DDIM grid"),
     "self_npo_rollout_steps": above(0, "self_npo: teacher DDIM steps per example (the truncation)"),
     "self_npo_teacher_guidance": Option("self_npo: LCM-convention teacher guidance (-1 = the unconditional "
                                         "prediction)"),
     "sample_steps": Option("diffusion: DDIM steps when sampling images (samples.png, eval, demo; 0: none)", ">= 0",
-                           lambda v: _num(v) and v >= 0),
+                           lambda v: is_number(v) and v >= 0),
     "guidance_scale": Option("diffusion: classifier-free guidance scale when sampling (1 = none)", ">= 0",
-                             lambda v: _num(v) and v >= 0),
+                             lambda v: is_number(v) and v >= 0),
     "flux_guidance": Option("diffusion, Flux-dev: the guidance embedding's value in training and sampling "
                             "(train_dreambooth_lora_flux's --guidance_scale; unused by Flux-schnell)", ">= 0",
-                            lambda v: _num(v) and v >= 0),
+                            lambda v: is_number(v) and v >= 0),
     "hypo_online_samples": Option("task: dpo, loss_type: hypo; k fresh samples of the policy per pair's prompt per "
                                   "step for the online KL term (RLOO needs k >= 2)", ">= 2",
-                                  lambda v: _num(v) and v >= 2),
+                                  lambda v: is_number(v) and v >= 2),
     # online runs (task: online; preflab.online_options checks the block and fills the recipe's defaults)
     "trainer": Option("task: online; the recipe (preflab.online.trainers): online_dpo, grpo, sppo, egpo, ..."),
     "online_task": one_of(("dataset", "vision_dataset", "demo", "game"), "task: online; prompts + judge: dataset "
@@ -393,12 +390,12 @@ OPTIONS: dict[str, Option] = {
                                       isinstance(k, str) and isinstance(x, str) for k, x in v.items()))),
     "max_tool_calling_iterations": Option("task: online with tools; tool-calling turns per completion (TRL "
                                           "GRPOConfig; null: no limit but max_completion_length)", ">= 0 (null: no "
-                                          "limit)", lambda v: v is None or (_num(v) and v >= 0 and v == int(v))),
+                                          "limit)", lambda v: v is None or (is_number(v) and v >= 0 and v == int(v))),
     "tool_timeout_s": Option("task: online with tools; one tool call's wall-clock limit in seconds: a call past it "
                              "gives the model an error observation and counts as a failure and a timeout (the call "
                              "is abandoned in a background thread); null: no limit (TRL has none)",
                              "> 0 and finite (null: no limit)",
-                             lambda v: v is None or (_num(v) and 0 < v < math.inf)),
+                             lambda v: v is None or (is_number(v) and 0 < v < math.inf)),
     "reward_aggregator": Option("task: online; a PRO orchestrator folder (task: pro_orchestrator's adapter/): "
                                 "per-prompt weights over reward_funcs instead of reward_weights", "a non-empty path",
                                 _nonempty),
@@ -408,7 +405,7 @@ OPTIONS: dict[str, Option] = {
     "num_iterations": above(0, "task: online; passes over each generation round (TRL GRPO's mu)"),
     "temperature": above(0, "task: online; sampling temperature (log-probs are at temperature 1)"),
     "top_p": Option("task: online and distillation sampling (lmbda > 0, seq_kd); nucleus sampling (1: the full "
-                    "distribution)", "in (0, 1]", lambda v: _num(v) and 0 < v <= 1),
+                    "distribution)", "in (0, 1]", lambda v: is_number(v) and 0 < v <= 1),
     "top_k": at_least(0, "task: online and distillation sampling; sample from the k most likely tokens only (0: off; "
                          "TRL GRPOConfig, DistillationConfig)"),
     "min_p": within(0, 1, "task: online and distillation sampling; drop tokens below min_p x the top token's "
@@ -428,17 +425,17 @@ OPTIONS: dict[str, Option] = {
     "rso_num_samples": above(0, "task: online, rso pairs: accepted samples per prompt, 2 to num_generations (the "
                                 "default 4 is lowered to num_generations where that is smaller)"),
     "refresh_reference_every": Option("task: online; 0: reference pi_0 throughout; n: reference <- policy every n "
-                                      "rounds", ">= 0", lambda v: _num(v) and v >= 0),
+                                      "rounds", ">= 0", lambda v: is_number(v) and v >= 0),
     "missing_eos_penalty": Option("task: online; subtracted from the score of a completion without eos (TRL)"),
     "preference_temperature": Option("task: online; reward -> P(a>b): 0 gives 1[r_a>r_b], t>0 sigmoid(dr/t)",
-                                     ">= 0", lambda v: _num(v) and v >= 0),
+                                     ">= 0", lambda v: is_number(v) and v >= 0),
     "max_judge_failure_fraction": Option("task: online; stop when more of a round's completions fail to be judged",
-                                         "in [0, 1]", lambda v: _num(v) and 0 <= v <= 1),
+                                         "in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1),
     "judge_timeout_s": Option("task: online; stop the run when one call of a judge (reward function on a batch, "
                               "reward model, preference model on a group; also the reward_aggregator and a user "
                               "pair_builder) takes longer than this many seconds; "
                               "null: no limit (TRL has none)", "> 0 and finite (null: no limit)",
-                              lambda v: _num(v) and 0 < v < math.inf),
+                              lambda v: is_number(v) and 0 < v < math.inf),
     "epsilon": above(0, "task: online, GRPO family: clip range (TRL)"),
     "epsilon_high": above(0, "task: online, GRPO family: upper clip range (DAPO clip-higher); null: epsilon"),
     "scale_rewards": one_of(("group", "batch", "none"), "task: online, GRPO family: advantage scale (TRL)"),
@@ -450,7 +447,7 @@ OPTIONS: dict[str, Option] = {
     "reward_clip_range": Option("task: online, trainer rloo: [min, max] clamp of the rewards before the KL penalty "
                                 "and the baseline (TRL RLOOConfig); null: none", "[min, max] with min <= max",
                                 lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and
-                                                        all(_num(x) for x in v) and v[0] <= v[1])),
+                                                        all(is_number(x) for x in v) and v[0] <= v[1])),
     "num_generations_eval": Option("task: online, GRPO family and rloo with an eval set: each held-out prompt "
                                    "answered this many times, sampled as in training, eval_reward their mean "
                                    "(TRL); null: one greedy answer", ">= 1 (null: greedy)",
@@ -462,21 +459,21 @@ OPTIONS: dict[str, Option] = {
                                           "normalise each judge's in its group first (GDPO)"),
     "game_preferences": Option("task: online, game: K x K P[i][j] = P(answer i beats j), P + P^T = 1"),
     "game_eta": Option("task: online, game: inpo / nash_md step, eta * beta", "in (0, 1]",
-                       lambda v: _num(v) and 0 < v <= 1),
+                       lambda v: is_number(v) and 0 < v <= 1),
     "apo_alpha": Option("task: online, game, trainer apo: extrapolation (momentum) on the iterates and the "
                         "round-start parameters", ">= 0",
-                        lambda v: _num(v) and v >= 0),
+                        lambda v: is_number(v) and v >= 0),
     # the demo task has 64 held-out prompts (preflab.demo.task.make_splits' n_eval): more ran as 64, silently
     "heldout_prompts": within(1, 64, "task: online, demo: held-out prompts for true_reward_before/after (the demo "
                                      "task has 64)"),
     "upo_fraction": Option("task: online, trainer upo: share of the agreeing pairs kept per round", "in (0, 1]",
-                           lambda v: _num(v) and 0 < v <= 1),
+                           lambda v: is_number(v) and 0 < v <= 1),
     "upo_mu": above(0, "task: online, trainer upo: reliable-pair sampling weights (1 - BALD)^mu"),
     "upo_selection": Option("task: online, trainer upo: sample (weights (1 - BALD)^mu) | lowest (lowest BALD)",
                             "sample | lowest", lambda v: v in ("sample", "lowest")),
     "upo_temperature": above(0, "task: online, trainer upo: judge t's P(chosen > rejected) = sigmoid(dr_t / temp)"),
     "upo_alpha_max": Option("task: online, trainer upo: smoothing alpha = alpha_max * BALD / ln 2", "in [0, 0.5)",
-                            lambda v: _num(v) and 0 <= v < 0.5),
+                            lambda v: is_number(v) and 0 <= v < 0.5),
     "upo_uncertainty": one_of(("judges", "mc_dropout"), "task: online, trainer upo: the BALD passes: one per judge "
                               "(judges) or upo_passes dropout passes of the reward model (mc_dropout, the paper's)"),
     "upo_passes": Option("task: online, trainer upo, upo_uncertainty mc_dropout: dropout passes T (paper: 10)",
@@ -484,7 +481,7 @@ OPTIONS: dict[str, Option] = {
     "mcts_iterations": above(0, "task: online, trainer mcts_dpo: simulations per committed decision "
                                 "(4 x at the prompt's first decision, as released)"),
     "mcts_num_actions": Option("task: online, trainer mcts_dpo: samples per expansion", ">= 2",
-                               lambda v: _num(v) and v >= 2),
+                               lambda v: is_number(v) and v >= 2),
     "mcts_depth_limit": above(0, "task: online, trainer mcts_dpo: steps per answer (the last takes the rest)"),
     "mcts_step_delimiter": Option("task: online, trainer mcts_dpo: a step ends with this one-token string (or eos)"),
     "tpo_tree_depth": Option("task: online, trainer tpo: levels of the preference tree, num_generations branches "

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from preflab.option_types import is_number
+
 # lr_scheduler_type -> {keyword: transformers' default}; None where transformers has no value (see _REQUIRED)
 SCHEDULE_KWARGS: dict[str, dict] = {
     "linear": {},
@@ -37,10 +39,6 @@ REFUSED_SCHEDULES = {
 }
 
 SHAPES = ("linear", "cosine", "1-sqrt")  # warmup_stable_decay's warmup_type / decay_type
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _whole(v) -> bool:
@@ -94,7 +92,7 @@ def schedule_kwargs_errors(kind: str, kwargs, learning_rate: float) -> list[str]
         _check_plateau_kwargs(kw, bad)
         return out
     for key in ("num_cycles", "power", "lr_end", "min_lr", "min_lr_rate", "warmup_lr_rate", "min_lr_ratio"):
-        if key in kwargs and kw[key] is not None and not (_number(kw[key]) and kw[key] >= 0):
+        if key in kwargs and kw[key] is not None and not (is_number(kw[key]) and kw[key] >= 0):
             bad(key, "a number >= 0")
     for key in ("timescale", "num_decay_steps", "num_stable_steps"):
         if key in kwargs and kw[key] is not None and not (_whole(kw[key]) and kw[key] >= (1 if key == "timescale"
@@ -107,7 +105,7 @@ def schedule_kwargs_errors(kind: str, kwargs, learning_rate: float) -> list[str]
         if len(given) != 1:
             out.append(f"lr_scheduler_type {kind!r} needs exactly one of min_lr (the final rate) or min_lr_rate (the "
                        f"final rate / learning_rate) in lr_scheduler_kwargs" + (", not both." if given else "."))
-    if kind == "polynomial" and _number(learning_rate) and not learning_rate > kw["lr_end"]:
+    if kind == "polynomial" and is_number(learning_rate) and not learning_rate > kw["lr_end"]:
         out.append(f"lr_scheduler_kwargs lr_end={kw['lr_end']!r} must be below learning_rate={learning_rate!r} "
                    "(polynomial decays from learning_rate to lr_end).")
     if kind == "warmup_stable_decay":
@@ -126,13 +124,13 @@ def _check_plateau_kwargs(kw: dict, bad) -> None:
     """ReduceLROnPlateau's own ranges (torch would refuse factor >= 1 or an unknown mode only once the run builds
     it); bad(key, want) records one line per problem."""
     checks = (("mode", lambda v: v in ("min", "max"), "min or max"),
-              ("factor", lambda v: _number(v) and 0 < v < 1, "a number in (0, 1)"),
+              ("factor", lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)"),
               ("patience", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
-              ("threshold", lambda v: _number(v) and v >= 0, "a number >= 0"),
+              ("threshold", lambda v: is_number(v) and v >= 0, "a number >= 0"),
               ("threshold_mode", lambda v: v in ("rel", "abs"), "rel or abs"),
               ("cooldown", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
-              ("min_lr", lambda v: _number(v) and v >= 0, "a number >= 0"),
-              ("eps", lambda v: _number(v) and v >= 0, "a number >= 0"))
+              ("min_lr", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+              ("eps", lambda v: is_number(v) and v >= 0, "a number >= 0"))
     for key, ok, want in checks:
         if not ok(kw[key]):
             bad(key, want)

@@ -10,6 +10,7 @@ import math
 from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, nearest
 from preflab.online_recipes import BUILDERS, TRAINERS, TRL_CONFIG_TRAINERS, user_builder
+from preflab.option_types import is_number
 
 
 GRPO_RECIPE_LOSS_TYPES = ("bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")  # TRL GRPOConfig loss types
@@ -206,7 +207,7 @@ def check_game_preferences(P):
     for i in range(K):
         for j in range(K):
             v = P[i][j]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 or math.isnan(v):
+            if not is_number(v) or not 0 <= v <= 1 or math.isnan(v):
                 raise ConfigError(f"game_preferences[{i}][{j}] = {v!r} is not a probability in [0, 1].")
             if abs(v + P[j][i] - 1) > 1e-6:
                 raise ConfigError(f"game_preferences[{i}][{j}] + game_preferences[{j}][{i}] = {v + P[j][i]:.6g}, "

@@ -1,12 +1,20 @@
 """The type check of one option's value, as a config file or a run's config.yaml gives it (preflab.config for every
-TrainConfig field, preflab.model_part_options for the options a checkpoint's model is rebuilt with). It imports
-nothing of preflab but its error, so both ask it from below the models."""
+TrainConfig field, preflab.model_part_options for the options a checkpoint's model is rebuilt with), and is_number,
+the "a number, not a bool" test that option tables, recipe params and the report's summary readers share. It imports
+nothing of preflab but its error, so every layer can ask it from below the models."""
 from __future__ import annotations
 
 import typing
 from typing import Any
 
 from preflab.errors import ConfigError
+
+def is_number(value) -> bool:
+    """True for an int or a float that is not a bool: bool subclasses int, so `isinstance(True, (int, float))` holds,
+    but a YAML `true` given for a number option, or a summary.json flag beside its numbers, is not a number. NaN and
+    infinities count (callers that need a finite value check math.isfinite too)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 _BOOL_TEXT = {**dict.fromkeys(("yes", "true", "t", "y", "1"), True),
               **dict.fromkeys(("no", "false", "f", "n", "0"), False)}  # transformers.hf_argparser.string_to_bool

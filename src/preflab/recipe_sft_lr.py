@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from preflab.errors import ConfigError
+from preflab.option_types import is_number
 
 OPTION = "sft_lr_scale"
 TASKS = ("raft_ladder", "dstc", "itool")  # the recipes that take it (a parameter of their functions)
@@ -31,7 +32,7 @@ def refusal_hint(task: str) -> str:
 
 def check_sft_lr_scale(task: str, scale, sft_learning_rate: float) -> None:
     """A scale that is not a finite number > 0: ConfigError naming the recipe and its SFT learning rate."""
-    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale and math.isfinite(scale)):
+    if not (is_number(scale) and 0 < scale and math.isfinite(scale)):
         raise ConfigError(f"task {task}: recipe_params.sft_lr_scale must be a number > 0 (it multiplies the SFT "
                           f"stage's learning rate {sft_learning_rate}; e.g. 1, 0.5, 0.2, 0.1), got {scale!r}.")
 

@@ -255,6 +255,17 @@ def end_processes() -> None:
         PartialState().destroy_process_group()
 
 
+def finish_recipe(out, summary: dict) -> dict:
+    """A recipe's last step, on every process: the main process writes `summary` to out/summary.json
+    (preflab.runlog.write_summary) while the others wait for it, then the process group start_processes opened is
+    closed (end_processes). Returns `summary`, the recipe's result."""
+    from preflab.runlog import write_summary
+
+    main_writes(lambda: write_summary(out, summary))
+    end_processes()
+    return summary
+
+
 def all_arrive() -> None:
     """Every process of the process group waits here for the others (a no-op without a process group)."""
     import torch.distributed as dist

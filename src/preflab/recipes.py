@@ -21,6 +21,7 @@ import importlib
 import inspect
 
 from preflab.errors import ConfigError, nearest
+from preflab.option_types import is_number
 from preflab.recipe_names import RECIPE_TASKS
 
 # where each recipe's program lives, imported when it runs (recipe_function); the task names alone are
@@ -103,7 +104,7 @@ def _fits(value, kind: str) -> bool:
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     return isinstance(value, str) if kind == "str" else isinstance(value, (list, tuple))
 
 

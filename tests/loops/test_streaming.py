@@ -188,22 +188,43 @@ def test_stream_state_restores_mid_row():
     assert other.next_batch(4) == rest == [(1, "b"), (1, "c"), (2, "a"), (2, "b")]
 
 
+class OneExamplePerRow:
+    """A stream pipeline whose one example of a row is the row itself."""
+
+    def __call__(self, raw):
+        return [raw]
+
+    def reports(self):
+        return {}
+
+    def load_reports(self, saved):
+        pass
+
+
+def test_a_saved_position_past_the_sources_end_names_how_many_rows_it_has():
+    """restore() re-reads the pass up to the saved row; a source now shorter than that is a DataError saying where it
+    ends, whether it ends before the saved row or at it (the saved row itself missing). A position at row 0 reads
+    nothing."""
+    stream = ExampleStream(lambda: range(5), OneExamplePerRow, shuffle_buffer=0)
+    stream.next_batch(2)
+    state = stream.state()
+    assert state["rows_read"] == 2
+    for rows in (6, 9):
+        other = ExampleStream(lambda: range(5), OneExamplePerRow, shuffle_buffer=0)
+        with pytest.raises(DataError, match=rf"saved position is row {rows} of pass 0, but the source now ends after "
+                                            r"5 rows"):
+            other.restore({**state, "rows_read": rows, "used_of_row": 1})
+    other = ExampleStream(lambda: range(5), OneExamplePerRow, shuffle_buffer=0)
+    other.restore({**state, "rows_read": 0, "used_of_row": 0})
+    assert other.next_batch(3) == [0, 1, 2]
+
+
 def test_each_pass_of_a_shuffled_stream_has_its_own_seeded_order():
     """Pass p reads the rows through the buffer seeded "seed:p" (a new order each epoch, as the ordinary run's
     permutation per epoch); a planted bug that seeded every pass alike survived the one-pass tests."""
     import random
 
-    class Pipe:
-        def __call__(self, raw):
-            return [raw]
-
-        def reports(self):
-            return {}
-
-        def load_reports(self, saved):
-            pass
-
-    stream = ExampleStream(lambda: range(12), Pipe, seed=5, shuffle_buffer=4)
+    stream = ExampleStream(lambda: range(12), OneExamplePerRow, seed=5, shuffle_buffer=4)
     first, second = stream.next_batch(12), stream.next_batch(12)
     assert first == list(shuffled(range(12), 4, random.Random("5:0")))
     assert second == list(shuffled(range(12), 4, random.Random("5:1")))

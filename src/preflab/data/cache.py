@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import astuple
 from pathlib import Path
 
+from preflab.atomic_file import write_atomically
 from preflab.data.examples import PairExample, PromptExample, UnpairedExample
 from preflab.data.report import TokenizeReport
 from preflab.data.token_columns import cut_token_columns
@@ -119,15 +119,10 @@ def _load(path: Path, key: str, kind: str, examples):
 
 
 def _store(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, write)
 
 
 def tokenize_cached(examples, tokenizer, *, cache_dir: str | os.PathLike, num_proc: int = 1, **settings):

@@ -10,6 +10,7 @@ import torch
 
 from preflab.data.layout import LayoutBatch
 from preflab.errors import DataError
+from preflab.option_types import is_number
 
 
 def stack_extras(examples, keys=None, responses: dict | None = None) -> dict:
@@ -51,8 +52,7 @@ def stack_extras(examples, keys=None, responses: dict | None = None) -> dict:
 
 
 def _numeric_lists(values) -> bool:
-    return all(isinstance(v, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                    for x in v) for v in values)
+    return all(isinstance(v, (list, tuple)) and all(is_number(x) for x in v) for v in values)
 
 
 def _token_side(key: str, values, responses) -> str | None:

@@ -11,6 +11,8 @@ from typing import Sequence, TypeVar
 
 import torch
 
+from preflab.option_types import is_number
+
 T = TypeVar("T")
 
 
@@ -38,7 +40,7 @@ def parent_ids(items) -> list | None:
     base row (preflab.data.mapl writes the original pair, its intra rows and its inter rows with the base row's
     parent_id) are held out together, so no eval row shares its response with a training row."""
     parents = [getattr(x, "extras", {}).get("parent_id") for x in items]
-    if items and all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in parents):
+    if items and all(is_number(p) for p in parents):
         return parents
     return None
 

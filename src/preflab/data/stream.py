@@ -151,20 +151,15 @@ class ExampleStream:
         self.pipeline.load_reports(reports)
         self._start_pass(index)
         recall = getattr(self.pipeline, "recall", None) if index == 0 else None
-        for _ in range(max(rows - 1, 0)):
+        raw = None
+        for read in range(rows):
             raw = next(self._rows, None)
             if raw is None:
                 raise DataError(f"{self.name}: the saved position is row {rows} of pass {index}, but the source "
-                                f"now ends after {_} rows; resume with the data the run was trained on.")
+                                f"now ends after {read} rows; resume with the data the run was trained on.")
             if recall is not None:
                 recall(raw)
-        if rows:
-            raw = next(self._rows, None)
-            if raw is None:
-                raise DataError(f"{self.name}: the saved position is row {rows} of pass {index}, but the source "
-                                f"now ends after {rows - 1} rows; resume with the data the run was trained on.")
-            if recall is not None:
-                recall(raw)
+        if raw is not None:
             # the last row was counted in the saved report: rebuild its examples with a throwaway pipeline
             self._pending = list(self.make_pipeline()(raw))[used:]
             self.rows_read, self.used_of_row = rows, used

@@ -19,6 +19,7 @@ drop every row).
 from __future__ import annotations
 
 from preflab.data.report import RowProblem
+from preflab.option_types import is_number
 
 
 class ColumnMismatch(RowProblem):
@@ -27,8 +28,7 @@ class ColumnMismatch(RowProblem):
 
 
 def _numbers(value) -> bool:
-    return isinstance(value, (list, tuple)) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                    for x in value)
+    return isinstance(value, (list, tuple)) and all(is_number(x) for x in value)
 
 
 def token_columns(extras: dict, side: str) -> list[str]:

@@ -13,6 +13,7 @@ import unicodedata
 
 from preflab.data.report import RowProblem
 from preflab.errors import nearest
+from preflab.option_types import is_number
 
 # developer: OpenAI's chat format (and gpt-oss's template) name the system turn so; a template that does not render
 # it is caught where the row is tokenized (tokenize._check_messages_rendered)
@@ -277,7 +278,7 @@ def check_numeric_extra(value, field: str, low: float | None = None, high: float
                 number = float(item)
             except ValueError:
                 raise RowProblem("invalid_extra", field, f"expected a number, got {item!r}"[:200], fix) from None
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
+        if not is_number(number):
             raise RowProblem("invalid_extra", field, f"expected a number, got {type(item).__name__} {item!r}"[:200],
                              fix)
         if not math.isfinite(number):

@@ -30,6 +30,7 @@ import torch
 
 from preflab.data.report import RowProblem, RowReport, refuse_empty, row_error
 from preflab.errors import DataError
+from preflab.option_types import is_number
 
 PICKAPIC = ("caption", "jpg_0", "jpg_1", "label_0")
 PREFLAB = ("prompt", "chosen_image", "rejected_image")
@@ -150,7 +151,7 @@ def _number(row: dict, name: str) -> float | None:
             raise RowProblem("bad_value", name, f"expected a finite number, got {row.get(name)!r}", "") from None
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise RowProblem("bad_value", name, f"expected a finite number, got {value!r}", "")
     return float(value)
 

@@ -42,6 +42,7 @@ from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
+from preflab.option_types import is_number
 
 
 @dataclass
@@ -69,7 +70,7 @@ class EvalOptions:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return is_number(value) and math.isfinite(value)
 
 
 def _alphas(pairs, column: str, notes: list[str], source: str = "the data") -> torch.Tensor:
@@ -246,6 +247,20 @@ def data_name(data) -> str:
     from preflab.data.configured_source import ConfiguredSource
 
     return data.name if isinstance(data, ConfiguredSource) else str(data)
+
+
+def held_out_run_overrides(data, split: str, output_dir, batch_size: int) -> list[str]:
+    """The preflab overrides that turn a saved run's config into the config of an evaluation of it (`preflab eval
+    --task vlm` and `--task diffusion`, which evaluate through the run's own trainer): the training data is `data`'s
+    split `split` (open_eval_split's; the run is given its reader, which reads --data-config's configuration, so
+    dataset_name is only its name) with no eval set of its own and none held out of it, output_dir a throwaway
+    folder, one step that is never taken (no resume, no trackers), and a training batch plan of one example that a
+    small held-out set cannot fail."""
+    return [f"dataset_name={data_name(data)}", "dataset_config=null", f"dataset_split={split}",
+            "eval_dataset_name=null", "eval_dataset_config=null", "eval_fraction=0",
+            f"output_dir={output_dir}", "max_steps=1", "resume_from_checkpoint=null",
+            f"per_device_eval_batch_size={batch_size}", "report_to=none",
+            "per_device_train_batch_size=1", "gradient_accumulation_steps=1"]
 
 
 def open_eval_split(data, split: str | None, limit: int | None = None):

@@ -39,9 +39,9 @@ from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.recipe_options import stage_config
 from preflab.recipe_sft_lr import check_sft_lr_scale, scaled_sft_lr, sft_lr_params, sft_lr_summary
-from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
+from preflab.recipe_state import (RecipeState, finish_recipe, load_safetensors_into, main_result, main_writes,
                                   per_process_batch, start_processes)
-from preflab.runlog import is_main_process, write_summary
+from preflab.runlog import is_main_process
 
 STATE_FILE = "raft_ladder_state.json"
 
@@ -184,6 +184,4 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
                                             "took (same SFT data; the DPO stage's batch, learning rate and "
                                             "schedule)"})
     summary["runtime_s"] = time.perf_counter() - started
-    main_writes(lambda: write_summary(out, summary))
-    end_processes()
-    return summary
+    return finish_recipe(out, summary)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from preflab.option_types import is_number
+
 
 def recipe_headline(output_dir: str, summary: dict) -> dict:
     """What `preflab train` prints at the end of a recipe: metric_name / before / after, and beside them every
@@ -11,15 +13,13 @@ def recipe_headline(output_dir: str, summary: dict) -> dict:
     steps spent another way), so an after that a control beats is never shown alone. A control_<x>_after comes with
     the recipe's own <x>_before and <x>_after where it has them (OTC's accuracy and mean tool calls: the control's
     were printed without the method's)."""
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     head = {"output_dir": output_dir, **{k: summary.get(k) for k in ("metric_name", "metric_before", "metric_after")}}
-    extra = {k: v for k, v in summary.items() if k not in head and k.startswith(("metric_", "control")) and number(v)}
+    extra = {k: v for k, v in summary.items()
+             if k not in head and k.startswith(("metric_", "control")) and is_number(v)}
     own = [f"{k[len('control_'):-len('_after')]}_{when}" for k in extra
            if k.startswith("control_") and k.endswith("_after") for when in ("before", "after")]
     head.update({k: v for k, v in extra.items() if k.startswith("metric_")})
-    head.update({k: summary[k] for k in own if k not in head and number(summary.get(k))})
+    head.update({k: summary[k] for k in own if k not in head and is_number(summary.get(k))})
     head.update({k: v for k, v in extra.items() if k not in head})
     return head
 
@@ -132,15 +132,12 @@ def before_after_line(summary: dict) -> str | None:
     greedy answers to its held-out prompts) or eval_reward_before -> _after (the judges' reward on an eval set), with
     win_rate_vs_reference (against the starting policy's answers) where the summary has it; None without them.
     Before, `preflab train` printed only the final metrics, whose eval_true_reward is the after alone."""
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     for key, what in (("true_reward", "true reward"), ("eval_reward", "eval reward")):
         before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
-        if number(before) and number(after):
+        if is_number(before) and is_number(after):
             win = summary.get("win_rate_vs_reference")
             return (f"preflab: {what} {before:.3f} -> {after:.3f} on the held-out prompts (summary.json {key}_before, "
-                    f"{key}_after)" + (f"; win rate vs the starting policy {win:.3f}" if number(win) else "") + ".")
+                    f"{key}_after)" + (f"; win rate vs the starting policy {win:.3f}" if is_number(win) else "") + ".")
     return None
 
 

@@ -56,7 +56,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.models.run_config import require_run_config
-    from preflab.eval.run import data_fields, data_name, open_eval_split, training_data_note
+    from preflab.eval.run import data_fields, held_out_run_overrides, open_eval_split, training_data_note
     from preflab.eval.run_files import refuse_other_task
     from preflab.loops.diffusion import DiffusionRun, sample_seeds
 
@@ -85,14 +85,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     with tempfile.TemporaryDirectory() as tmp:
         # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
         # final directory is a pipeline with the adapters fused
-        cfg = config_with_overrides(saved, preflab_overrides=[
-            # the run is given `reader`, which reads --data-config's configuration (dataset_name is its name)
-            f"dataset_name={data_name(data)}", "dataset_config=null", f"dataset_split={split}",
-            "eval_dataset_name=null",
-            "eval_dataset_config=null", "eval_fraction=0",
-            f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", f"per_device_eval_batch_size={batch_size}",
-            "per_device_train_batch_size=1", "gradient_accumulation_steps=1",  # no step: no training batch plan to refuse
-            "report_to=none", "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides()))
+        cfg = config_with_overrides(saved, preflab_overrides=held_out_run_overrides(data, split, tmp, batch_size) + [
+            "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides()))
         objective = cfg.objective()
         if type(objective).__name__ == "SelfNPO":
             _refuse_unevaluated(cfg.loss_type)

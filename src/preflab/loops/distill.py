@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import random
 
-import torch
-
 from preflab.errors import ConfigError
 from preflab.loops.sft import SFTTrainer
 from preflab.objectives._distill_task import DistillBatch, DistillLoss
@@ -137,19 +135,12 @@ class DistillTrainer(SFTTrainer):
         batches it scored; `preflab eval --task distill` reports them)."""
         if not self.eval_data:
             return {}, 0
-        self.policy.eval()
-        div, nll, right, entropy, tokens = 0.0, 0.0, 0, 0.0, 0
-        with torch.no_grad():
-            for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
-                chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
-                layout = self.kind.collate(chunk, self.pad_id, self.layout)
-                batch = self.score(layout, train=False)
-                div += float(batch.divergence.masked().double().sum())
-                nll -= float(batch.policy.masked().double().sum())
-                counts = self._accuracy_count(layout, batch).tolist()
-                right, entropy = right + int(counts[0]), entropy + counts[1]
-                tokens += int(layout.response_mask.sum())
-        self.policy.train()
+        div = 0.0
+
+        def add_divergence(chunk, batch) -> None:
+            nonlocal div
+            div += float(batch.divergence.masked().double().sum())
+        nll, right, entropy, tokens = self.eval_sums(add_divergence)
         n = max(tokens, 1)
         return {"eval_loss": div / n, "eval_nll_loss": nll / n, "eval_mean_token_accuracy": right / n,
                 "eval_entropy": entropy / n}, tokens

@@ -16,6 +16,7 @@ import torch
 
 from preflab.loops.accelerate_reuse import match_accelerate_state
 from preflab.checkpoint import clean_interrupted_saves
+from preflab.deepspeed_device import quiet_deepspeed_cpu_detection
 from preflab.deepspeed_options import (deepspeed_values_problem, fill_deepspeed_auto, launcher_config_file,
                                        read_deepspeed_settings)
 from preflab.errors import ConfigError, PreflabError
@@ -178,7 +179,10 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     one-process training into the same output_dir. A launch that still forms no process group is an error.
     whole_weights: why this run kind needs every rank to hold the whole weights (it calls the model outside the
     engine's wrapper); an engine that shards parameters (FSDP2, ZeRO-3) is then refused before anything loads.
+    DS_ACCELERATOR=cpu is set first where DeepSpeed would detect no device (preflab.deepspeed_device: its warning
+    that it found none is then not printed; a DS_ACCELERATOR already set is kept).
     """
+    quiet_deepspeed_cpu_detection()
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 

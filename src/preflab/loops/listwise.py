@@ -25,6 +25,7 @@ import torch
 
 from preflab.data.report import RowProblem, carry_place, place_of, where
 from preflab.errors import ConfigError, DataError
+from preflab.option_types import is_number
 from preflab.runlog import is_main_process
 
 
@@ -54,7 +55,7 @@ def make_list(example, tokenizer, settings, report) -> TokenizedList:
         raise RowProblem("bad_completions", "completions", "completions must be a list of at least 2 responses",
                          "Give k >= 2 responses.")
     if (not isinstance(scores, list) or len(scores) != len(completions)
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)):
+            or not all(is_number(s) and math.isfinite(s) for s in scores)):
         raise RowProblem("bad_scores", "scores", f"scores must be a list of {len(completions)} finite numbers (one "
                          f"per completion), got {scores!r}", "Fix the scores column.")
     fields = [f"completions[{i}]" for i in range(len(completions))]

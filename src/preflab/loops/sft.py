@@ -123,14 +123,13 @@ class SFTTrainer(Trainer):
         out.metrics["mean_token_accuracy"], out.metrics["entropy"] = right, entropy
         return out
 
-    def evaluate(self) -> dict:
-        """eval_loss (token-mean completion NLL over the whole eval set) and eval_mean_token_accuracy. A MoE policy
-        whose router loss training adds (preflab.scoring.router_loss) also gets eval_aux_loss, the router loss's
-        example-weighted mean over the eval batches, and eval_loss holds router_aux_loss_coef x it, as TRL's does."""
-        if not self.eval_data:
-            return {}
+    def eval_sums(self, each=None) -> tuple[float, int, float, int]:
+        """One pass over the eval set in per_device_eval_batch_size chunks without gradients (the policy in eval mode,
+        back in train mode after): (the completion tokens' summed NLL, how many of them the policy's argmax predicts,
+        their summed entropy, how many there are). each(chunk, batch) sees every scored batch, for what a caller sums
+        besides (SFT: the MoE router loss; distillation, preflab.loops.distill: the divergence)."""
         self.policy.eval()
-        nll, right, entropy, tokens, aux = 0.0, 0, 0.0, 0, 0.0
+        nll, right, entropy, tokens = 0.0, 0, 0.0, 0
         with torch.no_grad():
             for i in range(0, len(self.eval_data), self.cfg.per_device_eval_batch_size):
                 chunk = self.eval_data[i:i + self.cfg.per_device_eval_batch_size]
@@ -140,9 +139,24 @@ class SFTTrainer(Trainer):
                 counts = self._accuracy_count(layout, batch).tolist()
                 right, entropy = right + int(counts[0]), entropy + counts[1]
                 tokens += int(layout.response_mask.sum())
-                if self.router_loss is not None:
-                    aux, self.router_loss = aux + float(self.router_loss) * len(chunk), None
+                if each is not None:
+                    each(chunk, batch)
         self.policy.train()
+        return nll, right, entropy, tokens
+
+    def evaluate(self) -> dict:
+        """eval_loss (token-mean completion NLL over the whole eval set) and eval_mean_token_accuracy. A MoE policy
+        whose router loss training adds (preflab.scoring.router_loss) also gets eval_aux_loss, the router loss's
+        example-weighted mean over the eval batches, and eval_loss holds router_aux_loss_coef x it, as TRL's does."""
+        if not self.eval_data:
+            return {}
+        aux = 0.0
+
+        def add_router_loss(chunk, batch) -> None:
+            nonlocal aux
+            if self.router_loss is not None:
+                aux, self.router_loss = aux + float(self.router_loss) * len(chunk), None
+        nll, right, entropy, tokens = self.eval_sums(add_router_loss)
         out = {"eval_loss": nll / max(tokens, 1), "eval_mean_token_accuracy": right / max(tokens, 1),
                "eval_entropy": entropy / max(tokens, 1)}
         if self.router_coef is not None:

@@ -26,6 +26,7 @@ from typing import Callable, TypeVar
 import torch
 
 from preflab.errors import ConfigError
+from preflab.option_types import is_number
 
 T = TypeVar("T")
 
@@ -36,7 +37,7 @@ def checked_limit(value, what: str, unset: str) -> float | None:
     caller writes no limit: null in a config, None in Python)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+    if not is_number(value) or not 0 < value < math.inf:
         raise ConfigError(f"{what} must be a finite number of seconds > 0 (or {unset}: no limit), got {value!r}.")
     return float(value)
 

@@ -31,7 +31,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
     from preflab.models.run_config import require_run_config
-    from preflab.eval.run import data_fields, data_name, open_eval_split, training_data_note
+    from preflab.eval.run import data_fields, held_out_run_overrides, open_eval_split, training_data_note
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
@@ -49,14 +49,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     split, said, reader = open_eval_split(data, split)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_with_overrides(raw, preflab_overrides=[
-            # the run is given `reader`, which reads --data-config's configuration (dataset_name is its name)
-            f"dataset_name={data_name(data)}", "dataset_config=null", f"dataset_split={split}",
-            "eval_dataset_name=null",
-            "eval_dataset_config=null", "eval_fraction=0",
-            f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", "ref_model_name_or_path=null",
-            "precompute_ref_log_probs=false", f"per_device_eval_batch_size={batch_size}", "report_to=none",
-            # no step is taken: the training batch plan must not refuse a small held-out set
-            "per_device_train_batch_size=1", "gradient_accumulation_steps=1", *lora_off_overrides(), *old])
+            *held_out_run_overrides(data, split, tmp, batch_size), "ref_model_name_or_path=null",
+            "precompute_ref_log_probs=false", *lora_off_overrides(), *old])
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
         saved = config_with_overrides(raw, preflab_overrides=old)

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from preflab.errors import ConfigError, MissingExtraError, MissingReferenceError, PreflabError, nearest
 from preflab.objectives._registry import objective_class, resolve_name
+from preflab.option_types import is_number
 
 
 @dataclass
@@ -574,7 +575,7 @@ def check_params(cls: type, params: dict) -> None:
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, float):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = is_number(value)
         elif isinstance(default, int):
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(default, str):

@@ -63,6 +63,7 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.objectives.base import ListBatch, NeedsByParams, Objective, ObjectiveOutput, as_loss_dtype
 from preflab.objectives._grpo_losses import (cispo_per_token, high_entropy_mask, off_policy_sequence_mask,
                                              sapo_per_token, vespo_weights)
+from preflab.option_types import is_number
 
 LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
 CLIPPED = ("grpo", "bnpo", "dapo", "dr_grpo", "luspo")          # the loss types of the clipped surrogate
@@ -199,7 +200,7 @@ class GRPO(Objective):
                                         else ())
         for name in numbers:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            if not is_number(value) or value != value:
                 raise ConfigError(f"GRPO: {name} must be a number, got {value!r}.")
         if not isinstance(self.use_adaptive_entropy, bool):
             raise ConfigError(f"GRPO: use_adaptive_entropy must be true or false, got {self.use_adaptive_entropy!r}.")

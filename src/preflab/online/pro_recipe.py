@@ -132,9 +132,9 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task
     from preflab.recipe_options import stage_config
-    from preflab.recipe_state import (RecipeState, check_stop_after_stage, end_processes, load_safetensors_into,
-                                      main_result, main_writes, per_process_batch)
-    from preflab.runlog import is_main_process, write_summary
+    from preflab.recipe_state import (RecipeState, check_stop_after_stage, end_processes, finish_recipe,
+                                      load_safetensors_into, main_result, main_writes, per_process_batch)
+    from preflab.runlog import is_main_process
 
     check_stop_after_stage(stop_after_stage, STAGES)
     if min(n_train, n_heldout, sft_steps, grpo_steps, adapter_steps) < 1:
@@ -254,6 +254,4 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         summary.update({"control_true_reward_after": ctl["true_reward"], "control_by_type_after": ctl["by_type"],
                         "examples_control_after": ctl["examples"]})
     summary["runtime_s"] = time.perf_counter() - started
-    main_writes(lambda: write_summary(out, summary))
-    end_processes()
-    return summary
+    return finish_recipe(out, summary)

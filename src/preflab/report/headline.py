@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+from preflab.option_types import is_number
 from preflab.report.runs import RunData
 
 # task -> ((eval key, what it is, baseline key or None), ...), the first row being what the task is judged by
@@ -49,14 +50,9 @@ def _at(run: RunData, key: str, which: int) -> tuple[float, float] | None:
 
 def summary_pairs(summary: dict) -> list[tuple[str, str]]:
     """The (X_before, X_after) key pairs of a summary.json whose both values are numbers, in key order."""
-    def number(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
     return [(k, k[:-len("_before")] + "_after") for k in sorted(summary)
-            if k.endswith("_before") and number(summary[k]) and number(summary.get(k[:-len("_before")] + "_after"))]
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+            if k.endswith("_before") and is_number(summary[k])
+            and is_number(summary.get(k[:-len("_before")] + "_after"))]
 
 
 def comparisons(summary: dict, name: str) -> list[tuple[str, float]]:
@@ -67,13 +63,13 @@ def comparisons(summary: dict, name: str) -> list[tuple[str, float]]:
     found = []
     if name == "metric":
         found += [(k[len("metric_"):].replace("_", " "), summary[k]) for k in sorted(summary)
-                  if k.startswith("metric_") and k not in ("metric_before", "metric_after") and _number(summary[k])]
+                  if k.startswith("metric_") and k not in ("metric_before", "metric_after") and is_number(summary[k])]
         control = summary.get("control_after")
-        if not _number(control) and isinstance(summary.get("metric_name"), str):
+        if not is_number(control) and isinstance(summary.get("metric_name"), str):
             control = summary.get(f"control_{summary['metric_name']}_after")
-        found += [("control", control)] if _number(control) else []
+        found += [("control", control)] if is_number(control) else []
     key = f"control_{name}_after"
-    return found + ([("control", summary[key])] if _number(summary.get(key)) else [])
+    return found + ([("control", summary[key])] if is_number(summary.get(key)) else [])
 
 
 def summary_rows(summary: dict, measured_by: str = "measured by the run (summary.json)",
@@ -183,7 +179,7 @@ def headline_notes(run: RunData, rows: list[dict]) -> list[str]:
                      f"{_value(run, 'eval_logps_drift/chosen', last):.3g} chosen, "
                      f"{_value(run, 'eval_logps_drift/rejected', last):.3g} rejected), so every eval number above "
                      "is the starting model's: training changed nothing it measures"
-                     + (f" (learning_rate {lr:g})" if _number(lr) else ""))
+                     + (f" (learning_rate {lr:g})" if is_number(lr) else ""))
     acc = by_metric.get("eval_rewards/accuracies")
     tied = [f"{acc['steps'][at]:g}" for at in ("before", "after") if acc[at] and acc[at][1] == 0
             and policy_is_reference_at(run, acc["steps"][at])] if acc else []
@@ -258,13 +254,13 @@ def eval_json_rows(run: RunData) -> list[dict]:
     sampled = f"eval.json, {win['n']} prompts" if isinstance(win, dict) and win.get("n") else "eval.json"
     rows = [{"metric": key, "meaning": meaning + "; see its notes below", "before": None,
              "after": (sampled if key == "reward/policy" else where, metrics[key]),   # scored samples, not pairs
-             "baseline": [("the reference model", metrics[base])] if base and _number(metrics.get(base)) else None}
-            for key, meaning, base in EVAL_JSON_KEYS if _number(metrics.get(key))]
-    if isinstance(win, dict) and _number(win.get("win_rate")) and win.get("n"):
+             "baseline": [("the reference model", metrics[base])] if base and is_number(metrics.get(base)) else None}
+            for key, meaning, base in EVAL_JSON_KEYS if is_number(metrics.get(key))]
+    if isinstance(win, dict) and is_number(win.get("win_rate")) and win.get("n"):
         rows.append({"metric": "win_rate", "before": None, "baseline": None,
                      "after": (f"eval.json, {win['n']} prompts, interval {win.get('ci_low'):.3g} to "
-                               f"{win.get('ci_high'):.3g}" if _number(win.get("ci_low")) and
-                               _number(win.get("ci_high")) else f"eval.json, {win['n']} prompts", win["win_rate"]),
+                               f"{win.get('ci_high'):.3g}" if is_number(win.get("ci_low")) and
+                               is_number(win.get("ci_high")) else f"eval.json, {win['n']} prompts", win["win_rate"]),
                      "meaning": "win rate of the policy's generations against the reference's (preflab eval; 0.5: "
                                 "as good as the reference)"})
     return rows

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from preflab.errors import PreflabError
+from preflab.option_types import is_number
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS, metric_doc
 from preflab.report import plots
@@ -248,7 +249,7 @@ def _results(runs: list[RunData]) -> str:
     or a recipe is for (true_reward_before / after, win_rate_vs_reference, tv_to_equilibrium, metric_before /
     after, ...)."""
     keys = sorted({k for r in runs for k, v in r.summary.items() if k not in _NOT_RESULTS
-                   and isinstance(v, (int, float)) and not isinstance(v, bool)},
+                   and is_number(v)},
                   key=lambda k: (k.removesuffix("_before").removesuffix("_after"), k.endswith("_after")))  # before, after
     names = [r.summary.get("metric_name") for r in runs]
     if not keys:

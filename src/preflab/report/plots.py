@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from preflab.option_types import is_number
 from preflab.report.runs import RunData, finite_eval_pairs
 
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -286,7 +287,7 @@ def _draw_run(ax, run: RunData, r: int, series: list[tuple[str, str, str]], many
 def beta_label(run: RunData) -> str:
     """A run's beta as its config.yaml says it (TrainConfig's default 0.1 where the key is absent), for labels."""
     beta = run.config.get("beta", 0.1)
-    return f"{beta:g}" if isinstance(beta, (int, float)) and not isinstance(beta, bool) else str(beta)
+    return f"{beta:g}" if is_number(beta) else str(beta)
 
 
 def beta_note(runs: list[RunData]) -> str | None:

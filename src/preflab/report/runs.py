@@ -22,6 +22,7 @@ from preflab.checkpoint import numbered_checkpoints
 from preflab.errors import PreflabError
 from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 from preflab.models.run_config import is_checkpoint_folder
+from preflab.option_types import is_number
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.report.data_notes import data_notes, held_out_generation_notes
 from preflab.report.margins import read_pair_margins_counted
@@ -81,7 +82,7 @@ class RunData:
         by_step: dict[float, float] = {}
         for row in self.rows:
             value, step = row.get(key), row.get("step")
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            if is_number(value) and math.isfinite(value) \
                     and isinstance(step, (int, float)):
                 by_step[float(step)] = float(value)
         steps = sorted(by_step)
@@ -121,7 +122,7 @@ def _recipe_result_place(summary: dict) -> str:
     are (OTC's tool productivity is None when no held-out answer called a tool: the headline had no row, and the
     note still pointed at it)."""
     values = [summary.get(k) for k in ("metric_before", "metric_after")]
-    if not summary or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+    if not summary or all(is_number(v) for v in values):
         return "in the headline above"
     return (f"here {values[0]!r} / {values[1]!r} ({summary.get('metric_name', 'metric')}), not numbers, so the "
             "headline has no row for them (summary.json says why)")

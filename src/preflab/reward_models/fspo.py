@@ -223,9 +223,10 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     from preflab.models.load import frozen_copy
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
     from preflab.recipe_options import stage_config
-    from preflab.recipe_state import (RecipeState, check_stop_after_stage, end_processes, load_safetensors_into,
-                                      main_result, main_writes, per_process_batch, start_processes)
-    from preflab.runlog import is_main_process, write_summary
+    from preflab.recipe_state import (RecipeState, check_stop_after_stage, end_processes, finish_recipe,
+                                      load_safetensors_into, main_result, main_writes, per_process_batch,
+                                      start_processes)
+    from preflab.runlog import is_main_process
 
     check_stop_after_stage(stop_after_stage, STAGES)
     if steps < 1 or batch_size < 1:
@@ -318,6 +319,4 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                         "pooled_by_group_after": pooled_after["by_group"],
                         "pooled_pair_choice_reward_after": pooled_after["pair_choice_reward"]})
     summary["runtime_s"] = time.perf_counter() - started
-    main_writes(lambda: write_summary(out, summary))
-    end_processes()
-    return summary
+    return finish_recipe(out, summary)

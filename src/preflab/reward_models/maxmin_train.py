@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from preflab.errors import ConfigError, DataError
 from preflab.objectives.base import ObjectiveOutput
+from preflab.option_types import is_number
 from preflab.reward_models.bt import BTHead
 
 STATE_FILE = "em_state.json"
@@ -78,7 +79,7 @@ def mixture_params(cfg) -> dict:
         raise ConfigError(f"reward_head_params.hard must be true or false, got {p['hard']!r}.")
     if p["init"] not in ("random", "round_robin"):
         raise ConfigError(f"reward_head_params.init must be random or round_robin, got {p['init']!r}.")
-    if isinstance(p["tau"], bool) or not isinstance(p["tau"], (int, float)) or not p["tau"] > 0:
+    if not is_number(p["tau"]) or not p["tau"] > 0:
         raise ConfigError(f"reward_head_params.tau must be a number > 0, got {p['tau']!r}.")
     return p
 

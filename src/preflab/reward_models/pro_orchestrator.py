@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from preflab.data.report import RowProblem
 from preflab.data.sources import read_file_rows
 from preflab.errors import ConfigError, DataError
+from preflab.option_types import is_number
 from preflab.reward_models.orchestrator import PreferenceWeightAdapter, fit_adapter
 
 ADAPTER_FILE, META_FILE = "adapter.safetensors", "orchestrator.json"
@@ -86,8 +87,8 @@ def read_adapter_rows(path: str | Path, num_rewards: int | None = None) -> list[
             raise RowProblem("missing_field", "prompt", f"missing or without words (columns present: {sorted(row)})",
                              "Give the prompt as text or chat messages.")
         r = row.get("chosen_rewards")
-        if not isinstance(r, list) or not r or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      and math.isfinite(v) for v in r):  # nan: every z-score nan
+        # nan: every z-score nan
+        if not isinstance(r, list) or not r or not all(is_number(v) and math.isfinite(v) for v in r):
             raise RowProblem("bad_field", "chosen_rewards", f"expected a list of numbers (the reward functions' "
                              f"scores of the preferred response), got {r!r}")
         expected[0] = len(r) if expected[0] is None else expected[0]

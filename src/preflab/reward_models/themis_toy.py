@@ -30,12 +30,10 @@ import torch
 from preflab.errors import ConfigError
 from preflab.objectives.base import ObjectiveOutput
 from preflab.recipe_options import stage_config
-from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
-                                  per_process_batch)
+from preflab.recipe_state import (RecipeState, finish_recipe, load_safetensors_into, main_result, per_process_batch)
 from preflab.reward_models.themis import (SPECIAL_TOKENS, TaraAnswer, TaraRow, ThemisModel, ToolStep, encode,
                                           score_with_tools, segments, themis_losses)
 from preflab.reward_models.train import RewardRun
-from preflab.runlog import write_summary
 from preflab.tools import Calculator, ToolBox
 from preflab.tools.calculator import evaluate_expression
 
@@ -203,6 +201,4 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
                "baseline": "the same reward model trained and scored without tool traces",
                "train_operands": list(train_operands), "test_operands": list(test_operands), "heldout_pairs": len(test), "train_pairs": len(train), "steps": steps, **tool_stats,
                "toolbox": toolbox_stats, "runtime_s": time.perf_counter() - started}
-    main_writes(lambda: write_summary(out, summary))
-    end_processes()
-    return summary
+    return finish_recipe(out, summary)

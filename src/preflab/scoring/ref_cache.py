@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from preflab.atomic_file import write_atomically
 from preflab.scoring.lm import Scores
 
 CACHE_FORMAT = 2  # 2: sliding-window models (Mistral, Phi-3, ...) are no longer scored with a custom 4-D mask,
@@ -165,16 +165,9 @@ def save_ref_logps(path: Path, cache: RefLogps, key: str) -> None:
 
     chosen, chosen_off = _flat(cache.chosen)
     rejected, rejected_off = _flat(cache.rejected)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"chosen": chosen, "chosen_offsets": chosen_off, "rejected": rejected,
-                   "rejected_offsets": rejected_off}, tmp, metadata={"format": str(CACHE_FORMAT), "key": key})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: save_file(
+        {"chosen": chosen, "chosen_offsets": chosen_off, "rejected": rejected, "rejected_offsets": rejected_off}, tmp,
+        metadata={"format": str(CACHE_FORMAT), "key": key}))
 
 
 def load_ref_logps(path: Path, key: str, num_pairs: int) -> RefLogps | None:

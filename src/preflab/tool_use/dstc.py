@@ -52,9 +52,9 @@ from preflab.errors import ConfigError
 from preflab.generate import generate_text
 from preflab.recipe_options import stage_config
 from preflab.recipe_sft_lr import check_sft_lr_scale, scaled_sft_lr, sft_lr_params, sft_lr_summary
-from preflab.recipe_state import (RecipeState, end_processes, load_safetensors_into, main_result, main_writes,
+from preflab.recipe_state import (RecipeState, finish_recipe, load_safetensors_into, main_result, main_writes,
                                   per_process_batch, start_processes)
-from preflab.runlog import is_main_process, write_summary
+from preflab.runlog import is_main_process
 from preflab.sandbox import run_tests
 from preflab.tool_use.dstc_task import (CodeTask, code_prompt, hidden_test, sft_rows, split_tasks, is_correct_test,
                                         unit_test_prompt)
@@ -362,9 +362,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                         "as the DPO steps)")
     summary.update(seed=seed, **sft_lr_summary(sft_lr_scale, SFT_LEARNING_RATE), **main_result(runner.stats),
                    runtime_s=time.perf_counter() - started)
-    main_writes(lambda: write_summary(out, summary))
-    end_processes()
-    return summary
+    return finish_recipe(out, summary)
 
 
 def _copy_final_weights(src: Path, dst: Path) -> None:

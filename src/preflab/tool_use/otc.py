@@ -37,9 +37,9 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.recipe_options import stage_config
-from preflab.recipe_state import (RecipeStateFile, check_stop_after_stage, end_processes, load_safetensors_into,
-                                  main_result, main_writes, per_process_batch, resume_or_clean, start_processes)
-from preflab.runlog import write_summary
+from preflab.recipe_state import (RecipeStateFile, check_stop_after_stage, end_processes, finish_recipe,
+                                  load_safetensors_into, main_result, main_writes, per_process_batch, resume_or_clean,
+                                  start_processes)
 from preflab.tool_use.otc_task import (ANSWER_PATTERN, correctness_reward, evaluate_tool_use, make_questions,
                                        prompt_rows, sft_traces)
 
@@ -201,6 +201,4 @@ def _summary(out: Path, state: dict, seed: int, c: float, started: float) -> dic
                         "control_mean_tool_calls_after": ctl["mean_tool_calls"],
                         "by_kind_control_after": {k: ctl[k] for k in ("needs_tool", "no_tool")},
                         "examples_control_after": ctl["examples"]})
-    main_writes(lambda: write_summary(out, summary))
-    end_processes()
-    return summary
+    return finish_recipe(out, summary)

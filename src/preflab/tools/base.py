@@ -25,12 +25,11 @@ A call that returns in time gives exactly what it gives inline.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from preflab.atomic_file import write_atomically
 from preflab.errors import ConfigError, DataError
 from preflab.loops.time_limit import call_within, checked_limit
 
@@ -179,8 +178,7 @@ class ToolBox:
         """Write the cache atomically (temp file + rename)."""
         if not self.cache_path:
             return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".tool_cache")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.cache, f, sort_keys=True, ensure_ascii=False)
-        os.replace(tmp, self.cache_path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w") as f:
+                json.dump(self.cache, f, sort_keys=True, ensure_ascii=False)
+        write_atomically(self.cache_path, write)
