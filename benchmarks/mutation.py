@@ -5484,7 +5484,8 @@ ZM_MAXMIN_TOY = ["tests/reward_models/test_maxmin_toy.py"]
 MUTANTS += [
     # data/boundary.py: the exact prompt / response token boundary
     Mutant("zm-boundary-prefix-counts-every-match", "data/boundary.py",
-           [("        if x != y:\n            break\n        n += 1", "        if x != y:\n            continue\n        n += 1")],
+           [("        if x != y:\n            break\n        n += 1",
+             "        if x != y:\n            continue\n        n += 1")],
            ZM_BOUNDARY, "the common-prefix cut counts equal positions after the first difference too"),
     Mutant("zm-boundary-cut-at-longest-prefix", "data/boundary.py",
            [("cut = min(_common_prefix(", "cut = max(_common_prefix(")],
@@ -5508,9 +5509,11 @@ MUTANTS += [
     Mutant("zm-amask-stop-note-inverted", "data/assistant_mask.py",
            [("            if token in added:\n                return None", "            if token not in added:\n"
              "                return None")],
-           ZM_AMASK, "the untrained end-of-turn note is printed for templates that train it and not for those that don't"),
+           ZM_AMASK,
+           "the untrained end-of-turn note is printed for templates that train it and not for those that don't"),
     Mutant("zm-amask-trimmed-markers-missed", "data/assistant_mask.py",
-           [(r'_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")', r'_MARKER = re.compile(r"\{%\s*generation\s*%\}")')],
+           [(r'_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")',
+             r'_MARKER = re.compile(r"\{%\s*generation\s*%\}")')],
            ZM_AMASK, "a template with {%- generation -%} (whitespace-trimmed markers) is refused as having none"),
     # data/spo_variants.py
     Mutant("zm-spo-ties-last-first", "data/spo_variants.py",
@@ -5678,7 +5681,8 @@ MUTANTS += [
     Mutant("zm-ds-group-count-unchecked", "deepspeed_checkpoint.py",
            [("    if saved is not None and saved != len(base_optimizer.param_groups):\n",
              "    if saved is not None and saved < len(base_optimizer.param_groups) - 1:\n")],
-           ["tests/loops/test_weight_decay_groups.py::test_a_zero_partition_of_one_group_is_refused_in_a_run_of_two"], "a one-group ZeRO checkpoint is loaded into a two-group optimizer"),
+           ["tests/loops/test_weight_decay_groups.py::test_a_zero_partition_of_one_group_is_refused_in_a_run_of_two"],
+           "a one-group ZeRO checkpoint is loaded into a two-group optimizer"),
     # reward_models/maxmin_toy.py
     Mutant("zm-maxmin-toy-quiet-wrong-count-scored", "reward_models/maxmin_toy.py",
            [("    if len(got) != len(want):\n        return 0.0\n    return sum(", "    return sum(")],
