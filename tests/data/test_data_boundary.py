@@ -98,3 +98,31 @@ def test_property_whitespace_concatenation_is_exact_or_row_is_reported(prompt, c
     if report.boundary_shifted == 0:  # the prompt keeps its own ids; the response region is the response
         assert pair.prompt_ids[1:] == encode(tok, prompt)
         assert decode(tok, pair.prompt_ids + pair.chosen_ids).startswith(decode(tok, pair.prompt_ids))
+
+
+def test_joint_only_keeps_the_joint_ids_where_a_merge_crosses_the_boundary():
+    """joint_only (reward models: TRL's tokenizer(prompt + response)) never tokenizes the response apart: where " the"
+    merges across the boundary the split falls back to the common-prefix cut, so prompt ids + response ids are the
+    joint tokenization of each text; a response that did split exactly gets the prompt's cut tail in front."""
+    tok = TOKS["bytelevel"]
+    prompt, merged, plain = "the cat sat on ", "the mat", " a dog"
+    assert split_exact(tok, prompt, [merged]).how == "merged"  # without joint_only: the response apart
+    split = split_exact(tok, prompt, [merged, plain], joint_only=True)
+    assert split.how == "shifted" and split.prompt_ids == encode(tok, prompt)[:-1]  # the trailing " " moves over
+    assert [split.prompt_ids + ids for ids in split.response_ids] == [encode(tok, prompt + merged),
+                                                                      encode(tok, prompt + plain)]
+
+
+def test_the_shifted_cut_is_the_prefix_every_response_shares_up_to_its_first_difference():
+    """The common-prefix cut is the longest *prefix* shared with every response: " teec" + "tch" tokenizes as
+    ▁t e ect c h (2 tokens shared, not 3 counting the "c" that matches again after the merge), " teec" + "e" as
+    ▁t e e ce (3 shared), so the prompt keeps ▁t e, the fewest; every response is exact as a concatenation
+    (prompt ids + response ids = the joint tokenization), the prompt's cut tail in front of "h", which had split
+    exactly."""
+    tok = TOKS["whitespace"]
+    prompt, responses = " teec", ["tch", "e", "h"]
+    assert [tok.convert_ids_to_tokens(encode(tok, prompt + r)) for r in responses] == [
+        ["▁t", "e", "ect", "c", "h"], ["▁t", "e", "e", "ce"], ["▁t", "e", "e", "c", "h"]]
+    split = split_exact(tok, prompt, responses)
+    assert split.how == "shifted" and split.prompt_ids == encode(tok, prompt)[:2]
+    assert [split.prompt_ids + ids for ids in split.response_ids] == [encode(tok, prompt + r) for r in responses]

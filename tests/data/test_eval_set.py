@@ -158,3 +158,19 @@ def test_eval_steps_without_an_eval_set_is_said_by_every_loader(capsys):
     assert "eval_steps" not in capsys.readouterr().out
     train_and_eval(_cfg(eval_steps=0, generate_during_eval=True), [1, 2], None)
     assert "generate_during_eval: there is no eval set" in capsys.readouterr().out
+
+
+def test_options_that_act_on_evaluations_are_refused_without_an_eval_set():
+    """save_strategy best (would save nothing), reduce_lr_on_plateau (the rate would never change) and
+    load_best_model_at_end (nothing ranks the checkpoints) without eval_dataset_name or eval_fraction: a ConfigError
+    naming the option, before any row is read; with an eval_fraction the same options go on."""
+    from preflab.errors import ConfigError
+
+    for option, said in ((dict(save_strategy="best"), r"save_strategy: best .*so it would save nothing"),
+                         (dict(lr_scheduler_type="reduce_lr_on_plateau"),
+                          r"reduce_lr_on_plateau .*so the rate would never change"),
+                         (dict(load_best_model_at_end=True),
+                          r"load_best_model_at_end: true, but there is no eval set")):
+        with pytest.raises(ConfigError, match=said):
+            train_and_eval(_cfg(**option), [1, 2], None)
+        assert train_and_eval(_cfg(eval_fraction=0.5, **option), [1, 2], None)[1] != []

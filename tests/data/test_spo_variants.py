@@ -89,3 +89,19 @@ def test_a_variant_over_max_length_is_dropped_and_counted():
 def test_degrees_below_one_are_refused():
     with pytest.raises(ConfigError, match="degrees"):
         build_degree_variants([pair(0, "p:\n", "a", "b")], TOK, degrees=0, seed=0)
+
+
+def test_deleting_a_word_deletes_the_space_before_it_and_an_eos_ends_a_word():
+    """A whitespace-only token belongs to the word after it: deleting "cccccc" from "aa bb cccccc" leaves "aa bb",
+    not "aa bb " (the variant is a response the model could have written)."""
+    ex = pair(0, "q:\n", "aa bb cccccc", "dd")
+    (per,), _ = build_degree_variants([ex], TOK, degrees=1, seed=0)
+    assert [(j, TOK.decode(v)) for j, v in per["chosen"]] == [(0, "aa bb cccccc</s>"), (1, "aa bb</s>")]
+
+
+def test_chosen_and_rejected_draw_their_deletion_orders_apart():
+    """The order is drawn from Random(f"{seed}:{row_id}:{side}"): a rejected response with the chosen one's words
+    does not repeat its deletions in every row."""
+    rows = [pair(i, "q:\n", "red green blue black white", "red green blue black white") for i in range(6)]
+    variants, _ = build_degree_variants(rows, TOK, degrees=3, seed=0)
+    assert any(per["chosen"] != per["rejected"] for per in variants)

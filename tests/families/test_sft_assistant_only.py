@@ -370,3 +370,21 @@ def test_the_untrained_end_of_turn_note_is_printed_by_every_run(tmp_path, capsys
     for _ in range(2):
         prepare_sft(_cfg(dataset_name=str(data), eval_dataset_name=str(data)), _marked_tokenizer(STOP_OUTSIDE))
         assert capsys.readouterr().out.count("model is not trained to stop") == 1
+
+
+def test_generation_markers_are_found_in_their_whitespace_trim_forms_as_trl_finds_them():
+    """{%- generation %} and {%- generation -%} mark the assistant's tokens as {% generation %} does (Jinja's
+    whitespace trimming); 23 of the 31 training templates TRL 1.16 ships use a trimmed form. preflab's check answers as
+    TRL's has_generation_markers on each form and on each shipped training template."""
+    from pathlib import Path
+
+    import trl
+    from trl.chat_template_utils import has_generation_markers as trls
+
+    from preflab.data.assistant_mask import has_generation_markers
+
+    forms = ["{% generation %}", "{%- generation %}", "{%- generation -%}", "{% generation -%}", "{{ generation }}",
+             "{% endgeneration %}", "no markers"]
+    assert [has_generation_markers(f) for f in forms] == [trls(f) for f in forms] == [True] * 4 + [False] * 3
+    shipped = sorted((Path(trl.__file__).parent / "chat_templates").glob("*_training.jinja"))
+    assert shipped and all(has_generation_markers(p.read_text(encoding="utf-8")) for p in shipped)

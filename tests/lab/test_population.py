@@ -111,6 +111,18 @@ def test_token_env_log_probs_and_token_kl():
     assert bigram.n_states == 4 and float(torch.exp(bigram.logp(bigram.init())).sum()) == pytest.approx(1.0)
 
 
+def test_token_env_token_kl_is_kl_of_the_reference_from_the_policy_at_each_state():
+    """token_kl[n, t] = KL(pi_ref(.|s_t) || pi_theta(.|s_t)) (the direction SparsePO and RRPO read), checked
+    against torch's kl_div at the state of every position, and not the reverse KL, which differs here."""
+    env = TokenEnv(3, 3, seed=0)
+    params = env.init() + torch.as_tensor(np.random.default_rng(2).normal(0.0, 1.0, (13, 3)))
+    log_ref, log_pi = torch.log_softmax(env.ref_params, -1), torch.log_softmax(params, -1)
+    per_state = torch.nn.functional.kl_div(log_pi, log_ref, log_target=True, reduction="none").sum(-1)  # [S]
+    torch.testing.assert_close(env.token_kl(params), per_state[env.state_of])
+    reverse = torch.nn.functional.kl_div(log_ref, log_pi, log_target=True, reduction="none").sum(-1)
+    assert float((per_state - reverse).abs().max()) > 0.1
+
+
 def test_token_level_dpo_reaches_the_soft_bellman_optimum():
     """Rafailov et al. 2024: soft value iteration gives pi_ref exp(R/beta)/Z; population DPO over sequence pairs
     with an autoregressive tabular policy reaches it; beta log pi*/pi_ref = r + V(s') - V(s) per token."""

@@ -183,3 +183,29 @@ def test_an_objective_with_its_own_parameters_is_refused_before_the_first_step_w
                                           r"DEEPSPEED"):
         run(tmp_path, loss_type="sparsepo", max_steps=4, save_steps=3)
     assert not (tmp_path / "metrics.jsonl").exists() or "loss" not in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_cpu_adam_kernel_replays_every_step_of_the_checkpoint():
+    """replay_cpu_adam_steps calls DeepSpeedCPUAdam's kernel once for each step 1..t the partitions were at (on
+    empty tensors, with the group's lr, betas, eps, weight decay), so its running beta products are those of the
+    uninterrupted run; partitions at different steps are refused; any other optimizer is left alone."""
+    from preflab.deepspeed_checkpoint import replay_cpu_adam_steps
+
+    calls = []
+
+    class Kernel:
+        def adam_update(self, opt_id, step, lr, beta1, beta2, eps, weight_decay, bias_correction, *tensors):
+            calls.append((opt_id, step, lr, beta1, beta2, eps, weight_decay, bias_correction,
+                          [t.numel() for t in tensors]))
+
+    group = {"lr": 1e-3, "betas": (0.9, 0.99), "eps": 1e-8, "weight_decay": 0.1, "bias_correction": True}
+    p, q = torch.zeros(2), torch.zeros(3)
+    adam = SimpleNamespace(ds_opt_adam=Kernel(), opt_id=5, param_groups=[group],
+                           state={p: {"step": torch.tensor(3.0)}, q: {"step": torch.tensor(3.0)}})
+    replay_cpu_adam_steps(adam)
+    assert calls == [(5, s, 1e-3, 0.9, 0.99, 1e-8, 0.1, True, [0, 0, 0, 0]) for s in (1, 2, 3)]
+    adam.state[q]["step"] = torch.tensor(2.0)
+    with pytest.raises(PreflabError, match=r"partitions are at different steps \[2, 3\]"):
+        replay_cpu_adam_steps(adam)
+    replay_cpu_adam_steps(SimpleNamespace(param_groups=[group], state={}))  # no kernel: nothing to replay
+    assert len(calls) == 3

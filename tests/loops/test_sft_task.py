@@ -208,3 +208,28 @@ def test_conversational_rows_use_the_chat_template(model_and_tok):
     assert form == "prompt_completion"
     assert pc.prompt_ids + pc.completion_ids == whole.prompt_ids + whole.completion_ids
     assert tok.decode(pc.completion_ids, skip_special_tokens=True).strip() == "HAT"  # loss on the answer only
+
+
+def test_eval_loss_is_the_hand_computed_token_mean_over_uneven_eval_batches(model_and_tok, tmp_path):
+    """evaluate()'s eval_loss is the completion NLL summed over the whole eval set over its completion-token count
+    (TRL's token mean), not a mean per example or per batch, and eval_mean_token_accuracy the share of argmax hits
+    over the same tokens: eval batches of 2, 2 and 1 rows of different lengths give the hand computation of all
+    five together."""
+    import copy
+
+    model, tok = model_and_tok
+    items = _items()
+    cfg = config_from_dict({"task": "sft", "model_name_or_path": "unused", "dataset_name": "synthetic",
+                            "output_dir": str(tmp_path), "per_device_eval_batch_size": 2,
+                            "per_device_train_batch_size": 1, "use_cpu": True,
+                            "save_steps": 0})
+    out = SFTTrainer(cfg, policy=copy.deepcopy(model), tokenizer=tok, train_data=items, eval_data=items).evaluate()
+    assert out["eval_loss"] == pytest.approx(_hand_nll(model, items), abs=1e-5)
+    right, count = 0, 0
+    with torch.no_grad():  # the share of completion tokens whose argmax prediction is the target, over all five
+        for x in items:
+            ids = x.prompt_ids + x.completion_ids
+            logits = model(torch.tensor([ids])).logits[0]
+            right += sum(int(logits[t - 1].argmax()) == ids[t] for t in range(len(x.prompt_ids), len(ids)))
+            count += len(x.completion_ids)
+    assert out["eval_mean_token_accuracy"] == pytest.approx(right / count)

@@ -134,6 +134,9 @@ def test_compile_options_are_checked():
         config_from_dict({**base, "torch_compile_backend": "eager", "torch_compile_mode": "default"})
     with pytest.raises(ConfigError, match="CUDA graphs, which do not exist on the CPU"):
         config_from_dict({**base, "torch_compile_mode": "reduce-overhead"})
+    with pytest.raises(ConfigError, match=r"torch_compile_backend='cudagraphs' uses CUDA graphs, which do not exist on "
+                                          r"the CPU"):
+        config_from_dict({**base, "torch_compile_backend": "cudagraphs"})
     with pytest.raises(ConfigError, match="task: reward runs eagerly"):
         config_from_dict({**base, "task": "reward", "torch_compile": True})
     with pytest.raises(ConfigError, match="torch_compile_backend"):

@@ -57,6 +57,34 @@ def test_sft_rows_carry_the_bug_in_code_only():
     assert {r["completion"] for r in clean if r["prompt"] == code_prompt(TASK)} == {"def f(x): return (x-3)*2"}
 
 
+def test_split_tasks_gives_disjoint_seeded_training_and_held_out_instructions():
+    """A seeded shuffle of all 15 x 15 = 225 two-step instructions: n_train for training, the next n_test held out,
+    never one instruction on both sides (the held-out score measures instructions never trained on)."""
+    from preflab.tool_use.dstc_task import all_tasks, split_tasks
+
+    assert len(all_tasks()) == len(set(all_tasks())) == 225
+    train, test = split_tasks(200, 25, seed=3)
+    assert (len(train), len(test)) == (200, 25) and not set(train) & set(test)
+    assert set(train) | set(test) == set(all_tasks()) and split_tasks(200, 25, seed=3) == (train, test)
+    assert split_tasks(200, 25, seed=4) != (train, test)
+    with pytest.raises(ConfigError, match="n_sft_tasks \\+ n_test = 226 exceeds the 225 instructions"):
+        split_tasks(200, 26, seed=3)
+
+
+def test_sft_rows_noise_always_writes_a_wrong_program_or_test():
+    """A random slip (noise 1) changes a constant or an operation, never leaves the step as it was: every noisy
+    program differs from the gold one and every noisy test's value is off."""
+    import random
+
+    from preflab.tool_use.dstc_task import noisy_code, noisy_test
+
+    rng = random.Random(0)
+    gold = program(TASK.first, TASK.second)
+    codes = {noisy_code(TASK, noise=1.0, bug_rate=0.0, rng=rng) for _ in range(200)}
+    assert gold not in codes and len(codes) > 10
+    assert all(noisy_test(TASK, 7, 1.0, rng) != assert_line(7, TASK.gold(7)) for _ in range(50))
+
+
 def test_runner_matrix_equals_execution_matrix_and_runs_each_pair_once():
     codes = ["def f(x): return x+1", "def f(x): return x+2", "def f(x): return x+1", "def f(x) return"]
     tests = ["assert f(1)==2", "assert f(0)==2", "assert f(1)==2"]

@@ -98,7 +98,7 @@ def all_tasks() -> list[CodeTask]:
 
 
 def split_tasks(n_train: int, n_test: int, seed: int) -> tuple[list[CodeTask], list[CodeTask]]:
-    """Disjoint training and held-out instructions (a seeded shuffle of all 729)."""
+    """Disjoint training and held-out instructions (a seeded shuffle of all 225: 15 steps x 15 steps)."""
     tasks = all_tasks()
     random.Random(seed).shuffle(tasks)
     if n_train + n_test > len(tasks):
