@@ -88,6 +88,7 @@ def test_other_tasks_keep_their_rules():
     online = {"model_name_or_path": "builtin:tiny-llama", "task": "online", "online_task": "demo", "trainer": "sppo",
               "max_steps": 2}
     assert config_from_dict(online).beta == 0.1
+    assert config_from_dict({**online, "loss_type": "sppo"}).beta == 0.1  # the recipe's loss_type, written
     assert config_from_dict({**BASE, "task": "reward"}).beta == 0.1
 
 
