@@ -5628,7 +5628,7 @@ MUTANTS += [
            [('"cpo", "simpo", "alphapo", "orpo"', '"cpo", "orpo"')], BDEF_UNIT,
            "loss_type simpo / alphapo without beta train at 2.0 / 2.5, not TRL CPOConfig's 0.1"),
     Mutant("bdef-written-beta-overridden", "config.py",
-           [('        if "beta" not in given:  # an objective', '        if True:  # an objective')], BDEF_UNIT,
+           [('        if "beta" not in given and "beta" not in', '        if "beta" not in')], BDEF_UNIT,
            "an explicit beta 0.1 with asft trains at asft's 1.0"),
     Mutant("bdef-list-takes-largest", "objectives/_own_beta.py",
            [("    if len(values) != 1:\n        return None\n    value = values.pop()",

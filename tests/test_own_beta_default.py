@@ -60,6 +60,15 @@ def test_an_explicit_beta_wins_even_at_01(name, tmp_path, capsys):
     assert type(cfg)(**BASE, loss_type=name, beta=0.1).beta == 0.1
 
 
+def test_vlm_takes_the_rule_and_objective_params_beta_counts_as_given(capsys):
+    cfg = config_from_dict({**BASE, "task": "vlm", "model_name_or_path": "builtin:tiny-llava", "loss_type": "sppo"})
+    assert cfg.beta == 0.001 and cfg.objective().beta == 0.001
+    capsys.readouterr()
+    cfg = config_from_dict({**BASE, "loss_type": "asft", "objective_params": {"beta": 0.3}})
+    assert cfg.objective().beta == 0.3 and cfg.beta == 0.1  # (objective_params' beta reaches the objective)
+    assert "own default" not in capsys.readouterr().err and cfg.own_beta_note() is None
+
+
 @pytest.mark.parametrize("name", ["sigmoid", "ipo", "nca_pair", "sppo_hard", "apo_zero", "simpo", "alphapo", "cpo"])
 def test_trls_loss_types_keep_01(name, capsys):
     """TRL's DPOConfig / CPOConfig default beta 0.1 is the drop-in behaviour, also for simpo and alphapo, whose

@@ -286,7 +286,8 @@ class TrainConfig:
         # the user's (a recipe's stage, an evaluation's overrides), unless the user wrote them
         self.written_options = frozenset(given - {"written_options"} if written_options is None
                                          else written_options) & names
-        if "beta" not in given:  # an objective TRL does not have trains at its own default (objectives._own_beta)
+        # an objective TRL does not have trains at its own default (objectives._own_beta) when beta is not given
+        if "beta" not in given and "beta" not in (self.objective_params or {}):
             from preflab.objectives._own_beta import resolve_unset_beta
 
             self.beta = resolve_unset_beta(self.task, self.loss_type) or self.beta
@@ -626,7 +627,7 @@ class TrainConfig:
     def own_beta_note(self) -> str | None:
         """The note on beta when the user did not write it and an objective's own default differs from 0.1
         (objectives._own_beta.unset_beta_note), else None."""
-        if "beta" in self.written_options:
+        if "beta" in self.written_options or "beta" in (self.objective_params or {}):
             return None
         from preflab.objectives._own_beta import resolve_unset_beta, unset_beta_note
 
