@@ -43,9 +43,12 @@ def _module(name):
     """The objective module name of a loss_type name, None for a user's objective or an unknown name (the config's
     own check reports that)."""
     from preflab.objectives import resolve_name
+    from preflab.objectives._registry import LEGACY
 
     if not isinstance(name, str) or ":" in name:
         return None
+    if name in LEGACY:  # its renaming warning is said once, where the objective is built
+        return LEGACY[name][0]
     try:
         return resolve_name(name)
     except ConfigError:
