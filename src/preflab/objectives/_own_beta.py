@@ -7,9 +7,9 @@ objectives TRL does not have are preflab's implementations of a paper (or prefla
 that paper's or its released code's value: asft 1.0 (Wang et al. 2024, arXiv:2409.10571; 0.1 is the tempered
 variant), tpo_tree 0.5 (Liao et al. 2024, arXiv:2410.12854, `tpo_train.py`), sppo and gpo 0.001 (Wu et al. 2024,
 arXiv:2405.00675; arXiv:2410.02197; their scripts: targets (p - 1/2)/beta are 100x larger than at 0.1), f_sft 1.0
-(preflab's own family, scale 1). Passing them the run's 0.1 trained another method than the paper's without a word, so an unset beta takes the
-objective's own default (resolve_unset_beta), said once at the start and recorded as the run's beta (config.yaml,
-which `preflab eval`, the report and a resume read).
+(preflab's own family, scale 1). Passing them the run's 0.1 trained another method than the paper's without a
+word, so an unset beta takes the objective's own default (resolve_unset_beta), said once at the start and recorded as
+the run's beta (config.yaml, which `preflab eval`, the report and a resume read).
 
 A loss_type list (TRL's multi-loss, weighted): beta is one value for every part with a beta field. When those parts'
 own defaults agree (TRL parts count 0.1) that value is used; when they disagree, 0.1 is kept and a note names each
