@@ -5855,6 +5855,31 @@ MUTANTS += [
            ZM_MAXMIN_TOY, "pairs the user's group scores equal are kept (chosen by order)"),
 ]
 
+# mutation-bdef round: an unset beta takes the own default of an objective TRL lacks (objectives/_own_beta.py,
+# TrainConfig.__post_init__ / yaml_text / config_from_dict's note)
+BDEF_UNIT = ["tests/test_own_beta_default.py", "-k", "not run_saves and not resume_without"]
+MUTANTS += [
+    Mutant("bdef-cpo-types-take-own", "objectives/_own_beta.py",
+           [('"cpo", "simpo", "alphapo", "orpo"', '"cpo", "orpo"')], BDEF_UNIT,
+           "loss_type simpo / alphapo without beta train at 2.0 / 2.5, not TRL CPOConfig's 0.1"),
+    Mutant("bdef-written-beta-overridden", "config.py",
+           [('        if "beta" not in given and "beta" not in', '        if "beta" not in')], BDEF_UNIT,
+           "an explicit beta 0.1 with asft trains at asft's 1.0"),
+    Mutant("bdef-list-takes-largest", "objectives/_own_beta.py",
+           [("    if len(values) != 1:\n        return None\n    value = values.pop()",
+             "    if not values:\n        return None\n    value = max(values)")], BDEF_UNIT,
+           "[sigmoid, f_sft] without beta trains both parts at f_sft's 1.0 instead of keeping 0.1"),
+    Mutant("bdef-config-yaml-unmarked", "config.py",
+           [('return text.replace("\\nbeta: ", f"\\n# {note}\\nbeta: ", 1) if note else text', "return text")],
+           BDEF_UNIT, "config.yaml holds beta 1.0 without saying it is asft's own default"),
+    Mutant("bdef-start-note-silent", "config.py",
+           [("        notes += [n for n in [cfg.own_beta_note()] if n]\n", "")], BDEF_UNIT,
+           "the run starts at asft's beta 1.0 without a word"),
+    Mutant("bdef-online-takes-own", "objectives/_own_beta.py",
+           [('TASKS = ("dpo", "vlm")', 'TASKS = ("dpo", "vlm", "online")')], BDEF_UNIT,
+           "trainer: sppo's loops (game step, KL shaping) get 0.001 instead of the documented 0.1"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -286,6 +286,11 @@ class TrainConfig:
         # the user's (a recipe's stage, an evaluation's overrides), unless the user wrote them
         self.written_options = frozenset(given - {"written_options"} if written_options is None
                                          else written_options) & names
+        # an objective TRL does not have trains at its own default (objectives._own_beta) when beta is not given
+        if "beta" not in given and "beta" not in (self.objective_params or {}):
+            from preflab.objectives._own_beta import resolve_unset_beta
+
+            self.beta = resolve_unset_beta(self.task, self.loss_type) or self.beta
         expand_home(self)
         _drop_unwritten_eval_steps(self)
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
@@ -609,7 +614,27 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.yaml_text())
+
+    def yaml_text(self) -> str:
+        """The options as YAML (TrainConfig.save, a run's config.yaml); a beta that is its objective's own default
+        (beta not written; objectives._own_beta) gets a comment line above it saying so (loading reads beta's value,
+        so `preflab eval`, the report and a resume read the beta the run trained with)."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        note = self.own_beta_note()
+        return text.replace("\nbeta: ", f"\n# {note}\nbeta: ", 1) if note else text
+
+    def own_beta_note(self) -> str | None:
+        """The note on beta when the user did not write it and an objective's own default differs from 0.1
+        (objectives._own_beta.unset_beta_note), else None."""
+        if "beta" in self.written_options or "beta" in (self.objective_params or {}):
+            return None
+        from preflab.objectives._own_beta import resolve_unset_beta, unset_beta_note
+
+        own = resolve_unset_beta(self.task, self.loss_type)
+        if own is not None and own != self.beta:  # a saved config's (or a program's) other beta
+            return None
+        return unset_beta_note(self.task, self.loss_type)
 
     def model_kwargs(self, ref: bool = False) -> dict:
         """from_pretrained arguments of the policy (ref=False) or of the reference: ref_model_name_or_path's, or
@@ -937,6 +962,7 @@ def config_from_dict(raw: dict, written=None, sources: dict | None = None) -> Tr
     check_modality(objective, cfg.task)  # validates the objective and its modality before any model loads
     if "beta" not in raw:
         notes += _user_beta_default_notes(objective, cfg.beta)
+        notes += [n for n in [cfg.own_beta_note()] if n]
     if cfg.precompute_ref_log_probs and cfg.task == "dpo" and not objective.needs_reference:
         notes.append(f"precompute_ref_log_probs: loss_type {cfg.loss_type} uses no reference model, so there is "
                      "nothing to precompute (no reference is loaded).")

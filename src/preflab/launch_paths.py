@@ -149,7 +149,8 @@ def save_run_config(cfg, folder: str | Path, record: dict | None = None) -> dict
     folder = Path(folder)
     options = cfg.to_dict()
     record = launch_record(options) if record is None else record
-    (folder / "config.yaml").write_text(config_header(record) + yaml.safe_dump(options, sort_keys=False))
+    text = cfg.yaml_text() if hasattr(cfg, "yaml_text") else yaml.safe_dump(options, sort_keys=False)
+    (folder / "config.yaml").write_text(config_header(record) + text)
     (folder / LAUNCH_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return record
 
