@@ -5878,6 +5878,10 @@ MUTANTS += [
     Mutant("bdef-online-takes-own", "objectives/_own_beta.py",
            [('TASKS = ("dpo", "vlm")', 'TASKS = ("dpo", "vlm", "online")')], BDEF_UNIT,
            "trainer: sppo's loops (game step, KL shaping) get 0.001 instead of the documented 0.1"),
+    Mutant("bdef-objective-params-beta-accepted", "config.py",
+           [('        if "beta" in (self.objective_params or {}):  # the objective would train',
+             '        if False:  # the objective would train')], BDEF_UNIT,
+           "objective_params: {beta: 0.3} trains at 0.3 while config.yaml, eval and the report say 0.1"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -60,13 +60,17 @@ def test_an_explicit_beta_wins_even_at_01(name, tmp_path, capsys):
     assert type(cfg)(**BASE, loss_type=name, beta=0.1).beta == 0.1
 
 
-def test_vlm_takes_the_rule_and_objective_params_beta_counts_as_given(capsys):
+def test_vlm_takes_the_rule(capsys):
     cfg = config_from_dict({**BASE, "task": "vlm", "model_name_or_path": "builtin:tiny-llava", "loss_type": "sppo"})
     assert cfg.beta == 0.001 and cfg.objective().beta == 0.001
     capsys.readouterr()
-    cfg = config_from_dict({**BASE, "loss_type": "asft", "objective_params": {"beta": 0.3}})
-    assert cfg.objective().beta == 0.3 and cfg.beta == 0.1  # (objective_params' beta reaches the objective)
-    assert "own default" not in capsys.readouterr().err and cfg.own_beta_note() is None
+
+
+def test_a_beta_inside_objective_params_is_refused_naming_the_beta_option():
+    """objective_params: {beta: 0.3} trained the objective at 0.3 while cfg.beta (config.yaml, eval, report, resume)
+    said 0.1."""
+    with pytest.raises(ConfigError, match=r"objective_params.beta=0.3: .*run's beta \(0.1\).*set `beta: 0.3` instead"):
+        config_from_dict({**BASE, "loss_type": "asft", "objective_params": {"beta": 0.3}})
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "ipo", "nca_pair", "sppo_hard", "apo_zero", "simpo", "alphapo", "cpo"])

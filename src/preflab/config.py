@@ -396,6 +396,10 @@ class TrainConfig:
             from preflab.recipe_stages import recipe_option_errors
 
             out += recipe_option_errors(self, unread_option_names(self))
+        if "beta" in (self.objective_params or {}):  # the objective would train at it while cfg.beta says another
+            out.append(f"objective_params.beta={self.objective_params['beta']!r}: the objective would train at it while "
+                       f"the run's beta ({self.beta}), which config.yaml records and `preflab eval`, the report and a "
+                       f"resume read, says another; set `beta: {self.objective_params['beta']!r}` instead.")
         if self.use_weighting and self.task != "dpo":
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
