@@ -272,7 +272,7 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(assets, tmp_path
 
     common = [f"model_name_or_path={assets['model']}", f"dataset_name={assets['train']}", "task=diffusion",
               "loss_type=diffusion_dpo", "beta=200", "resolution=16", "max_steps=2", "learning_rate=1e-3",
-              "lr_scheduler_type=constant", "logging_steps=1", "use_cpu=true", "disable_tqdm=true"]
+              "lr_scheduler_type=constant", "logging_steps=1", "use_cpu=true", "disable_tqdm=true", "adam_epsilon=1e-5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the one-process run in this process (the CLI in a subprocess is the 2-process launch below)
     assert preflab.cli.main(["train", *common, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=4"]) == 0
@@ -285,8 +285,10 @@ def test_two_gloo_processes_equal_one_process_with_double_batch(assets, tmp_path
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=1e-5)
     weights = lambda d: load_file(str(d / "unet" / "diffusion_pytorch_model.safetensors"))  # noqa: E731
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    # Adam divides by sqrt(v): on near-zero gradients the all-reduce's summation order shows at ~1% of one step
-    # (lr = 1e-3); a wrong split of the batch or of the draws moves weights by a whole step
+    # Adam divides by sqrt(v) + eps: on a gradient at the all-reduce's summation-order noise (~1e-9) the default
+    # eps 1e-8 still lets the noise's sign move the weight by a whole step (16 of 793k weights on an AVX-512 CPU,
+    # 1.2e-3); adam_epsilon 1e-5 damps those to ~5e-6 (AVX2 and AVX-512) while every real gradient still takes
+    # a full step, so a wrong split of the batch or of the draws still moves weights by ~lr = 1e-3
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
 
 

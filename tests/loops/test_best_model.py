@@ -220,7 +220,7 @@ def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path, two_proces
     ["task=sft", "dataset_name=examples/data/loud_echo_sft.jsonl", "learning_rate=0.05"],
     ["task=reward", "learning_rate=3"],
     ["loss_type=kto", "learning_rate=0.1"],
-    ["use_peft=true", "learning_rate=5"],  # LoRA: the final adapters are the best checkpoint's
+    ["use_peft=true", "learning_rate=1"],  # LoRA: the final adapters are the best checkpoint's
 ], ids=["sft", "reward", "kto", "lora-dpo"])
 def test_every_offline_run_kind_saves_the_best_checkpoints_weights(tmp_path, kind):
     """greater_is_better: true on eval_loss picks the worst evaluation: a step before the last on each of these runs
