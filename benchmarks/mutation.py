@@ -5628,7 +5628,7 @@ DDM_ATOMIC = ["tests/test_atomic_file.py"]
 DDM_TOOL_CACHE = ["tests/tools/test_tools.py", "-k", "cache"]
 DDM_HELD_OUT = ["tests/eval/test_held_out_run_overrides.py", "tests/loops/test_multimodal_eval_opens_data_once.py"]
 DDM_EVAL_SUMS = ["tests/loops/test_distill_values.py", "tests/loops/test_sft_eval_packing.py",
-                 "tests/families/test_family_moe.py", "-k", "eval"]
+                 "tests/families/test_family_moe.py", "-k", "eval or moe_sft_loss"]
 DDM_RECIPE = ["tests/tools/test_recipe_state.py", "tests/tools/test_otc_recipe_summary.py"]
 DDM_NUMBER = ["tests/test_config_validation.py", "-k", "is_number"]
 DDM_STREAM = [MD_STREAM, "-k", "restores_mid_row or resume_mid_pass or past_the_sources_end"]
