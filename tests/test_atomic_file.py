@@ -1,5 +1,6 @@
 """preflab.atomic_file.write_atomically: the file is the old one or the whole new one, and no temp file is left."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +29,19 @@ def test_a_write_that_fails_keeps_the_old_file_and_removes_its_temp_file(tmp_pat
         write_atomically(path, half_then_fail)
     assert path.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.json"]
+
+
+def test_the_temp_file_is_a_new_file_beside_the_target(tmp_path):
+    """Beside `path` (the same folder, so the same filesystem: os.replace is an atomic rename there, and never a copy
+    across filesystems), named after it, empty when write() gets it."""
+    path = tmp_path / "sub" / "cache.json"
+    seen = []
+
+    def write(tmp):
+        seen.append((Path(tmp), Path(tmp).read_text()))
+        Path(tmp).write_text("new")
+
+    write_atomically(path, write)
+    (tmp, before), = seen
+    assert tmp.parent == path.parent and tmp.name.startswith("cache.json") and tmp.name.endswith(".tmp")
+    assert before == "" and path.read_text() == "new" and not tmp.exists()

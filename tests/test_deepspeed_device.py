@@ -1,5 +1,6 @@
 """preflab.deepspeed_device: DS_ACCELERATOR=cpu only where DeepSpeed's own detection would end at its CPU accelerator
 (and so only its "unable to detect" warning goes away), never over the user's DS_ACCELERATOR."""
+import importlib.machinery
 import importlib.util
 import os
 import subprocess
@@ -90,3 +91,65 @@ def test_importing_deepspeed_after_it_picks_cpu_without_the_warning():
     assert "unable to detect" in runs["off"].stderr + runs["off"].stdout
     assert [said["on"][0], said["on"][-1]] == ["cpu", "cpu"], runs["on"].stderr
     assert "unable to detect" not in runs["on"].stderr + runs["on"].stdout
+
+
+def test_mps_counts_where_torch_is_built_with_it_and_any_other_torch_accelerator_counts(monkeypatch):
+    """DeepSpeed's MPS probe (torch.mps.current_allocated_memory()) can succeed where torch.backends.mps.is_available()
+    is False, so a torch built with MPS counts; a PrivateUse1 device torch.accelerator reports counts too."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: False)
+    assert torch_devices() == []
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: True)
+    assert torch_devices() == ["mps"]
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: False)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    assert torch_devices() == ["accelerator"]
+
+
+def test_an_installed_vendor_package_or_one_that_cannot_be_looked_up_counts(monkeypatch):
+    """DeepSpeed picks npu / hpu / ... on a successful import of the vendor's package alone, so an installed one is
+    a device found; a package whose lookup raises cannot be ruled out and counts as there."""
+    monkeypatch.setattr(deepspeed_device, "torch_devices", lambda: [])
+    find_spec = importlib.util.find_spec
+    vendors = set(deepspeed_device.VENDOR_PACKAGES.values())
+    answers = {}
+
+    def find(name, *args, **kwargs):
+        if name not in vendors:
+            return find_spec(name, *args, **kwargs)
+        if isinstance(answers.get(name), Exception):
+            raise answers[name]
+        return answers.get(name)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find)
+    assert deepspeed_device.found_accelerators() == []
+    answers.update(torch_npu=importlib.machinery.ModuleSpec("torch_npu", None),
+                   habana_frameworks=ValueError("habana_frameworks.__spec__ is None"))
+    assert deepspeed_device.found_accelerators() == ["npu", "hpu"]
+    assert deepspeed_accelerator_default(DS_LIST, deepspeed_device.found_accelerators(), {}) is None
+
+
+def _fake_deepspeed(root, list_source):
+    """A package named deepspeed under root whose accelerator/real_accelerator.py sets the list as list_source."""
+    (root / "deepspeed" / "accelerator").mkdir(parents=True)
+    (root / "deepspeed" / "__init__.py").write_text("raise ImportError('the test reads this package, never imports it')\n")
+    (root / "deepspeed" / "accelerator" / "real_accelerator.py").write_text(
+        f"import os\nSUPPORTED_ACCELERATOR_LIST = {list_source}\n")
+
+
+def test_a_list_deepspeed_does_not_write_as_a_literal_is_unknown_and_sets_nothing(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "deepspeed", raising=False)
+    monkeypatch.setattr(deepspeed_device, "found_accelerators", lambda: [])
+    _fake_deepspeed(tmp_path / "literal", '["cuda", "cpu"]')
+    _fake_deepspeed(tmp_path / "computed", '["cuda", "cpu"] + os.environ.get("EXTRA", "").split()')
+    monkeypatch.syspath_prepend(str(tmp_path / "literal"))
+    assert deepspeed_accelerators() == ["cuda", "cpu"]
+    env = {}
+    assert quiet_deepspeed_cpu_detection(env) == "cpu" and env == {"DS_ACCELERATOR": "cpu"}
+    monkeypatch.syspath_prepend(str(tmp_path / "computed"))
+    assert deepspeed_accelerators() is None  # cannot tell which accelerators it knows
+    env = {}
+    assert quiet_deepspeed_cpu_detection(env) is None and env == {}

@@ -186,6 +186,14 @@ def test_stream_state_restores_mid_row():
     other = ExampleStream(lambda: range(5), Pipe)
     other.restore(state)
     assert other.next_batch(4) == rest == [(1, "b"), (1, "c"), (2, "a"), (2, "b")]
+    # a position inside the pass's first row (rows_read 1): that row's remaining example comes first
+    first = ExampleStream(lambda: range(5), Pipe, shuffle_buffer=0)
+    assert first.next_batch(2) == [(0, "a"), (0, "b")]
+    state = first.state()
+    assert (state["rows_read"], state["used_of_row"]) == (1, 2)
+    other = ExampleStream(lambda: range(5), Pipe, shuffle_buffer=0)
+    other.restore(state)
+    assert other.next_batch(4) == first.next_batch(4) == [(0, "c"), (1, "a"), (1, "b"), (1, "c")]
 
 
 class OneExamplePerRow:

@@ -63,3 +63,19 @@ def test_a_recipe_interrupted_in_a_stage_says_to_resume_the_recipe_not_the_stage
         f"preflab: terminated (SIGTERM). The recipe (task: raft_ladder) keeps its finished stages in {out}: rerun the "
         f"same command with resume_from_checkpoint=true to continue from them. The interrupted stage {out / 'dpo'} "
         f"starts again at step 0 ({why}).")
+
+
+def test_finish_recipe_writes_the_summary_then_closes_the_process_group(tmp_path, monkeypatch):
+    """A recipe's end: summary.json holds the summary it returns, written before the process group is closed (the
+    other processes wait for the main one's write; closing first would leave them nothing to wait with)."""
+    import json
+
+    import preflab.recipe_state as recipe_state
+
+    closed_after_summary = []
+    monkeypatch.setattr(recipe_state, "end_processes",
+                        lambda: closed_after_summary.append((tmp_path / "summary.json").is_file()))
+    summary = {"metric_before": 0.25, "metric_after": 0.75, "stages": ["sft", "grpo"]}
+    assert recipe_state.finish_recipe(tmp_path, summary) is summary
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert closed_after_summary == [True]

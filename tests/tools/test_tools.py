@@ -128,3 +128,19 @@ def test_python_interpreter_runs_in_the_sandbox(tmp_path):
     result = box.call("PythonInterpreter", {"code": escape})
     assert result.observation == TOOL_ERROR_OBSERVATION and not (tmp_path / "planted.txt").exists()
     assert box.call("PythonInterpreter", {"code": "while True: pass"}).observation == TOOL_ERROR_OBSERVATION
+
+
+def test_a_failed_cache_save_keeps_the_saved_cache_and_leaves_no_temp_file(tmp_path):
+    """ToolBox.save writes through preflab.atomic_file: a save that fails part-way (here an entry json cannot write,
+    after the entries before it were written) leaves the cache file as the last save wrote it, and no temp file."""
+    path = tmp_path / "cache.json"
+    box = ToolBox([Flaky()], cache_path=path)
+    box.call("Flaky", {"n": 2})
+    box.save()
+    saved = path.read_text()
+    box.call("Flaky", {"n": 4})
+    box.cache["~ sorts last"] = {"observation": object(), "ok": True}  # json.dump fails after writing the others
+    with pytest.raises(TypeError):
+        box.save()
+    assert path.read_text() == saved and json.loads(saved) == {k: box.cache[k] for k in list(box.cache)[:1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.json"]
