@@ -266,6 +266,26 @@ def trl_task_learning_rate(known: dict, notes: list) -> None:
                      f"{'SFTConfig' if known['task'] == 'sft' else 'RewardConfig'} default).")
 
 
+TRL_EPOCHS = 3  # transformers' TrainingArguments.num_train_epochs default, which every TRL config keeps
+TRL_EPOCH_TASKS = frozenset({"dpo", "sft", "reward", "vlm"})  # tasks with a TRL trainer that counts epochs
+
+
+def trl_epochs_default_note(cfg, total_steps: int) -> str | None:
+    """The one line for a run whose length is preflab's default and not TRL's: preflab's num_train_epochs defaults to
+    1, transformers' (so every TRL config's) to 3, so a TRL config that sets neither max_steps nor num_train_epochs
+    trained a third of TRL's steps without a word. Said for the tasks with a TRL trainer when the user wrote neither
+    option and the run is preflab's 1 epoch (a saved TRL config, args.to_dict(), whose keys count as nobody's choice,
+    carries num_train_epochs: 3 and gets TRL's length)."""
+    written = getattr(cfg, "written_options", frozenset())
+    if (cfg.task not in TRL_EPOCH_TASKS or cfg.max_steps > 0 or cfg.num_train_epochs != 1
+            or {"max_steps", "num_train_epochs"} & written):
+        return None
+    return (f"preflab: note: this run trains 1 epoch ({total_steps} optimizer steps): preflab's num_train_epochs "
+            f"defaults to 1, TRL's (transformers' TrainingArguments) to {TRL_EPOCHS}, which would train "
+            f"{TRL_EPOCHS} epochs ({TRL_EPOCHS * total_steps} steps). Set num_train_epochs: {TRL_EPOCHS} for TRL's "
+            "length, or num_train_epochs: 1 to say one epoch is wanted.")
+
+
 def trl_online_defaults(known: dict) -> None:
     """TRL's default for each key of TRL_ONLINE_DEFAULTS the online config leaves out (the game task samples no
     text: left alone)."""

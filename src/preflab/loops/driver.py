@@ -40,6 +40,7 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.best_model_options import (saves_best, sharded_best_model_problem, sharded_model_only_problem,
                                         trl_save_default_note, writes_checkpoints)
+from preflab.config_trl import trl_epochs_default_note
 from preflab.launch_paths import launch_record, save_run_config
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
@@ -231,9 +232,10 @@ class TrainingRun(CallbackEvents):
         refusal = neftune_kind_refusal(cfg.neftune_noise_alpha, getattr(getattr(self, "kind", None), "name", None))
         if refusal:  # an unpaired or ranked-list loss type's rows (preflab.neftune_options)
             raise ConfigError(refusal)
-        note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
-        if note and self.main:
-            print(note, flush=True)
+        for note in (trl_epochs_default_note(cfg, self.total_steps),  # TRL trains 3 epochs by default
+                     trl_save_default_note(cfg, self.total_steps)):  # TRL checkpoints every 500 steps by default
+            if note and self.main:
+                print(note, flush=True)
         self.hub = self._hub_pusher()
         if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
             for said in greedy_eval_notes(cfg):
