@@ -379,8 +379,9 @@ def _same(value, default) -> bool:
 def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value). written: the
     options the user wrote (preflab.config.written_keys; None: every key of `raw`), for NOTED_WHEN_WRITTEN."""
-    from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, grpoconfig_task_and_trainer,
-                                            method_from_trl_fields, rlooconfig_trainer, task_from_trl_fields)
+    from preflab.config_trl_methods import (grpo_batch_note, grpo_generation_note, grpo_round_from_trl,
+                                            grpoconfig_task_and_trainer, method_from_trl_fields, rlooconfig_trainer,
+                                            task_from_trl_fields)
 
     raw, notes, errors = dict(raw), [], []
     task_from_trl_fields(raw, notes)  # a saved RewardConfig / SFTConfig that names no task
@@ -391,6 +392,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
     grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
+    grpo_generation_note(raw, notes)  # ... and its generation_batch_size / steps_per_generation count otherwise
     _distillation_dump(raw, notes, errors)  # DistillationConfig / GKDConfig: task: sft with a teacher
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and (k in NO_EFFECT or
                                                                                         k in MASKED_TOKENS)]:
