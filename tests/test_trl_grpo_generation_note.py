@@ -53,3 +53,13 @@ def test_steps_per_generation_note_beside_accumulation_names_trls_optimizer_step
 def test_no_note_where_the_meanings_agree_or_trl_has_no_such_key(capsys, options):
     _, said = _notes(capsys, **options)
     assert "generation_batch_size: 16 is preflab's" not in said and "counts optimizer steps per generation" not in said
+
+
+def test_grpo_dropout_default_differs_from_trls_as_documented():
+    """docs/configuration.md ("Online defaults"): preflab's online recipes disable dropout by default, TRL's
+    GRPOConfig / RLOOConfig do not; written false it is TRL's setting."""
+    trl = pytest.importorskip("trl")
+    for config in (trl.GRPOConfig, trl.RLOOConfig):
+        assert config(output_dir="x", bf16=False, use_cpu=True).disable_dropout is False
+    assert config_from_dict(BASE).disable_dropout is True
+    assert config_from_dict({**BASE, "disable_dropout": False}).disable_dropout is False
