@@ -51,6 +51,7 @@ def test_conversational_tool_turns_and_none_keys_dropped():
     ("Q: 2+2=4", "Q: 2+2=5", "Q:", " 2+2=4", " 2+2=5"),                        # cut back to a word boundary
     ("a b  c", "a b  d", "a b ", " c", " d"),    # TRL's cut: one space moves to the responses (was "a b", "  c")
     ("Q?\nyes", "Q?\nno", "Q?\n", "yes", "no"),      # TRL's cut: the newline stays in the prompt (was "Q?", "\nyes")
+    ("A: The sky", "A: They", "A:", " The sky", " They"),  # TRL cuts inside "They" ("A: The"): a word boundary
 ])
 def test_implicit_prompt_text(chosen, rejected, prompt, c, r):
     (ex,), report = load_rows([{"chosen": chosen, "rejected": rejected}])
