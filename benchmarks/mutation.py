@@ -552,10 +552,13 @@ MUTANTS = [
     Mutant("text-cpo-nll-sign", "objectives/cpo.py",
            [("+ self.cpo_alpha * nll", "- self.cpo_alpha * nll")], text_tests("cpo", TRL_PARITY),
            "CPO's behaviour-cloning term rewarded"),
+    # (retargeted in user trial 12: TRL 1.16's weight is unclamped, so "may exceed 1" is now the code; the same
+    # line's other bound)
     Mutant("text-wpo-weight-unclamped", "objectives/_wpo.py",
-           [(", max=1).detach()", ", max=float('inf')).detach()")], WPO, "WPO's weight may exceed 1"),
+           [('batch.policy_rejected)).detach()', 'batch.policy_rejected)).clamp(min=1).detach()')], WPO,
+           "WPO's weight is floored at 1 (a pair the policy finds unlikely is not down-weighted)"),
     Mutant("text-wpo-weight-not-detached", "objectives/_wpo.py",
-           [(", max=1).detach()", ", max=1)")], WPO,
+           [('batch.policy_rejected)).detach()', 'batch.policy_rejected))')], WPO,
            "WPO's weight carries gradient (values equal, gradients not)"),
     # the lab: closed forms, the simplex numerics, the exact tabular experiments
     Mutant("text-lab-kl-optimum-beta-multiplies", "lab/closed_forms.py",
