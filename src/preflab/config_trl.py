@@ -281,9 +281,9 @@ def trl_epochs_default_note(cfg, total_steps: int) -> str | None:
             or {"max_steps", "num_train_epochs"} & written):
         return None
     return (f"preflab: note: this run trains 1 epoch ({total_steps} optimizer steps): preflab's num_train_epochs "
-            f"defaults to 1, TRL's (transformers' TrainingArguments) to {TRL_EPOCHS}, which would train "
-            f"{TRL_EPOCHS} epochs ({TRL_EPOCHS * total_steps} steps). Set num_train_epochs: {TRL_EPOCHS} for TRL's "
-            "length, or num_train_epochs: 1 to say one epoch is wanted.")
+            f"defaults to 1, TRL's (transformers' TrainingArguments) to {TRL_EPOCHS}. Set num_train_epochs: "
+            f"{TRL_EPOCHS} for TRL's length ({TRL_EPOCHS} epochs: {TRL_EPOCHS * total_steps} steps here), or "
+            "num_train_epochs: 1 to say one epoch is wanted.")
 
 
 def trl_online_defaults(known: dict) -> None:

@@ -44,8 +44,8 @@ def test_a_run_relying_on_the_default_is_told_trls_length_and_trls_setting_train
     said = capsys.readouterr().out
     assert steps == [1, 2]
     assert ("this run trains 1 epoch (2 optimizer steps): preflab's num_train_epochs defaults to 1, TRL's "
-            "(transformers' TrainingArguments) to 3, which would train 3 epochs (6 steps)") in said
-    assert "Set num_train_epochs: 3 for TRL's length" in said
+            "(transformers' TrainingArguments) to 3. Set num_train_epochs: 3 for TRL's length (3 epochs: 6 steps "
+            "here)") in said
     assert _train(tmp_path / "trl", num_train_epochs=3) == [1, 2, 3, 4, 5, 6]  # what the note asks for
     assert "num_train_epochs defaults" not in capsys.readouterr().out
 
