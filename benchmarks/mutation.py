@@ -5466,6 +5466,7 @@ TRLB_WPO = ["tests/objectives/test_wpo_weighting.py", "tests/families/test_trl_r
 TRLB_EPOCHS = ["tests/loops/test_trl_epochs_default.py"]
 TRLB_PROMPT = ["tests/data/test_data_rows.py", "-k", "implicit"]
 TRLB_GRPO = ["tests/test_trl_grpo_generation_note.py"]
+TRLB_SAVE = ["tests/loops/test_trl_save_default.py"]
 
 MUTANTS += [
     Mutant("trlb-wpo-clamped", "objectives/_wpo.py",
@@ -5519,6 +5520,13 @@ MUTANTS += [
              'DUMP_MARKERS):\n        return\n    size, k',
              '    if raw.get("task") != "online" or all(k in raw for k in DUMP_MARKERS):\n        return\n    size, k')],
            TRLB_GRPO, "online_dpo (no GRPOConfig) gets GRPO's notes"),
+    Mutant("trlb-save-last-step-skipped", "loops/driver.py",
+           [("save = ((cfg.save_steps and (step % cfg.save_steps == 0 or last))",
+             "save = ((cfg.save_steps and (step % cfg.save_steps == 0 or best_at_end))")],
+           TRLB_SAVE, "save_strategy steps writes no checkpoint at an off-schedule last step (transformers does)"),
+    Mutant("trlb-save-note-last-unnamed", "best_model_options.py",
+           [('        names += f" and checkpoint-{total_steps}"\n', '        names += ""\n')],
+           TRLB_SAVE, "the save note leaves out TRL's last-step checkpoint"),
 ]
 
 

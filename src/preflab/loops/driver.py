@@ -407,11 +407,15 @@ class TrainingRun(CallbackEvents):
         with save_strategy: best, a new best). Returns ((step, metrics), None when not evaluated; save)."""
         cfg = self.cfg
         # transformers' DefaultFlowCallback at the last step: evaluate (eval_strategy steps) and save (save_strategy
-        # steps); here where the best model depends on it, so the last step's evaluation competes for the best
-        best_at_end = step == self.total_steps and (saves_best(cfg) or cfg.load_best_model_at_end)
-        save = ((cfg.save_steps and (step % cfg.save_steps == 0 or best_at_end))
+        # steps), in that order (its _maybe_log_save_evaluate), so a TRL run's last checkpoint-N exists here too (a
+        # resume that extends the run starts from it, not from the last multiple of save_steps) and holds the last
+        # step's evaluation; the last step's evaluation competes for the best (the run's final evaluation, after the
+        # loop, is then this one)
+        last = step == self.total_steps
+        best_at_end = last and (saves_best(cfg) or cfg.load_best_model_at_end)
+        save = ((cfg.save_steps and (step % cfg.save_steps == 0 or last))
                 or asked["should_save"])
-        due = (cfg.eval_steps and step % cfg.eval_steps == 0) or (best_at_end and (cfg.eval_steps or saves_best(cfg)))
+        due = (cfg.eval_steps and (step % cfg.eval_steps == 0 or last)) or (best_at_end and saves_best(cfg))
         if not ((due and not self._eval_delayed(step)) or asked["should_evaluate"]):
             return None, save
         metrics = self.evaluate()
