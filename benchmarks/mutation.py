@@ -552,10 +552,13 @@ MUTANTS = [
     Mutant("text-cpo-nll-sign", "objectives/cpo.py",
            [("+ self.cpo_alpha * nll", "- self.cpo_alpha * nll")], text_tests("cpo", TRL_PARITY),
            "CPO's behaviour-cloning term rewarded"),
+    # (retargeted in user trial 12: TRL 1.16's weight is unclamped, so "may exceed 1" is now the code; the same
+    # line's other bound)
     Mutant("text-wpo-weight-unclamped", "objectives/_wpo.py",
-           [(", max=1).detach()", ", max=float('inf')).detach()")], WPO, "WPO's weight may exceed 1"),
+           [('batch.policy_rejected)).detach()', 'batch.policy_rejected)).clamp(min=1).detach()')], WPO,
+           "WPO's weight is floored at 1 (a pair the policy finds unlikely is not down-weighted)"),
     Mutant("text-wpo-weight-not-detached", "objectives/_wpo.py",
-           [(", max=1).detach()", ", max=1)")], WPO,
+           [('batch.policy_rejected)).detach()', 'batch.policy_rejected))')], WPO,
            "WPO's weight carries gradient (values equal, gradients not)"),
     # the lab: closed forms, the simplex numerics, the exact tabular experiments
     Mutant("text-lab-kl-optimum-beta-multiplies", "lab/closed_forms.py",
@@ -5985,6 +5988,76 @@ MUTANTS += [
            [('f"now ends after {read} rows;', 'f"now ends after {read + 1} rows;')], DDM_STREAM,
            "a source shorter than the saved position is said to have one row more than it has"),
 ]
+
+# mutation-trlb round: user trial 12 (TRL 1.16 drop-in): use_weighting's unclamped WPO weights, the 1-epoch note,
+# TRL's implicit text prompt cut, the hand-written GRPO generation_batch_size / steps_per_generation notes
+TRLB_WPO = ["tests/objectives/test_wpo_weighting.py", "tests/families/test_trl_run_logs.py", "-k", "wpo"]
+TRLB_EPOCHS = ["tests/loops/test_trl_epochs_default.py"]
+TRLB_PROMPT = ["tests/data/test_data_rows.py", "-k", "implicit"]
+TRLB_GRPO = ["tests/test_trl_grpo_generation_note.py"]
+TRLB_SAVE = ["tests/loops/test_trl_save_default.py"]
+
+MUTANTS += [
+    Mutant("trlb-wpo-clamped", "objectives/_wpo.py",
+           [('+ mean(batch.extras["rejected_wpo"], batch.policy_rejected)).detach()',
+             '+ mean(batch.extras["rejected_wpo"], batch.policy_rejected)).clamp(max=1).detach()')],
+           TRLB_WPO, "WPO weights clamped at 1 (TRL 0.x's rule): the loss leaves TRL 1.16's once a weight passes 1"),
+    Mutant("trlb-wpo-chosen-only", "objectives/_wpo.py",
+           [('        weights = torch.exp(mean(batch.extras["chosen_wpo"], batch.policy_chosen)\n'
+             '                            + mean(batch.extras["rejected_wpo"], batch.policy_rejected)).detach()',
+             '        weights = torch.exp(mean(batch.extras["chosen_wpo"], batch.policy_chosen)).detach()')],
+           TRLB_WPO, "the pair weight is the chosen response's only"),
+    Mutant("trlb-epochs-note-silent", "loops/driver.py",
+           [("        for note in (trl_epochs_default_note(cfg, self.total_steps),  # TRL trains 3 epochs by default\n",
+             "        for note in (None,  # TRL trains 3 epochs by default\n")],
+           TRLB_EPOCHS, "a run relying on the 1-epoch default says nothing of TRL's 3"),
+    Mutant("trlb-epochs-note-any-written", "config_trl.py",
+           [('or {"max_steps", "num_train_epochs"} & written):', 'or {"max_steps"} & written):')],
+           TRLB_EPOCHS, "a config that writes num_train_epochs: 1 still gets the note"),
+    Mutant("trlb-epochs-note-steps", "config_trl.py",
+           [('f"{TRL_EPOCHS} for TRL\'s length ({TRL_EPOCHS} epochs: {TRL_EPOCHS * total_steps} steps here), or "',
+             'f"{TRL_EPOCHS} for TRL\'s length ({TRL_EPOCHS} epochs: {total_steps} steps here), or "')],
+           TRLB_EPOCHS, "the note gives TRL's length as preflab's step count"),
+    Mutant("trlb-epochs-note-stage", "recipe_options.py",
+           [('written=set(options) | {"save_steps", "num_train_epochs"})', 'written=set(options) | {"save_steps"})')],
+           TRLB_EPOCHS, "a recipe's stage prints the note its user cannot follow"),
+    Mutant("trlb-prompt-any-whitespace", "data/validate.py",
+           [('        cut = n - 1 if chosen[n - 1] == " " else n\n',
+             '        cut = n - 1 if chosen[n - 1].isspace() else n\n')],
+           TRLB_PROMPT, "a newline before the first differing character goes to the responses (TRL keeps it)"),
+    Mutant("trlb-prompt-trl-cut-skipped", "data/validate.py",
+           [("    if 0 < n < limit:  # the texts differ at n: TRL's cut, when it falls at a word boundary\n",
+             "    if False:  # the texts differ at n: TRL's cut, when it falls at a word boundary\n")],
+           TRLB_PROMPT, "every whitespace before the responses goes into them (the old rule)"),
+    Mutant("trlb-prompt-one-sided-space", "data/validate.py",
+           [("(chosen[cut].isspace() and rejected[cut].isspace())", "chosen[cut].isspace()")],
+           TRLB_PROMPT, "TRL's cut is taken where only the chosen text has whitespace there (inside the rejected word)"),
+    Mutant("trlb-grpo-gbs-note-ratio", "config_trl_methods.py",
+           [('f"prompts_per_generation: {size // k}" if size % k == 0 else',
+             'f"prompts_per_generation: {size}" if size % k == 0 else')],
+           TRLB_GRPO, "the note names generation_batch_size as the prompts of TRL's round"),
+    Mutant("trlb-grpo-spg-note-ratio", "config_trl_methods.py",
+           [('f"steps_per_generation: {spg // gas}" if spg % gas == 0 else',
+             'f"steps_per_generation: {spg * gas}" if spg % gas == 0 else')],
+           TRLB_GRPO, "the note multiplies by the accumulation instead of dividing"),
+    Mutant("trlb-grpo-spg-note-no-accum", "config_trl_methods.py",
+           [("    if isinstance(spg, int) and isinstance(gas, int) and gas > 1 and spg > 0:",
+             "    if isinstance(spg, int) and isinstance(gas, int) and spg > 0:")],
+           TRLB_GRPO, "steps_per_generation without accumulation (same meaning in both) gets the note"),
+    Mutant("trlb-grpo-note-online-dpo", "config_trl_methods.py",
+           [('    if raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or all(k in raw for k in '
+             'DUMP_MARKERS):\n        return\n    size, k',
+             '    if raw.get("task") != "online" or all(k in raw for k in DUMP_MARKERS):\n        return\n    size, k')],
+           TRLB_GRPO, "online_dpo (no GRPOConfig) gets GRPO's notes"),
+    Mutant("trlb-save-last-step-skipped", "loops/driver.py",
+           [("save = ((cfg.save_steps and (step % cfg.save_steps == 0 or last))",
+             "save = ((cfg.save_steps and (step % cfg.save_steps == 0 or best_at_end))")],
+           TRLB_SAVE, "save_strategy steps writes no checkpoint at an off-schedule last step (transformers does)"),
+    Mutant("trlb-save-note-last-unnamed", "best_model_options.py",
+           [('        names += f" and checkpoint-{total_steps}"\n', '        names += ""\n')],
+           TRLB_SAVE, "the save note leaves out TRL's last-step checkpoint"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -101,8 +101,9 @@ def test_a_recipe_stage_counts_only_the_users_options_as_written():
 
     stage = {"task": "dpo", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "resolution": 512}
     cfg = stage_config("raft_ladder", stage, {"attention": "auto"})
-    # and save_steps: a stage's checkpoints are the recipe's design (no TRL save_steps note: trl_save_default_note)
-    assert cfg.written_options == {"attention", "save_steps"}
+    # and save_steps / num_train_epochs: a stage's checkpoints and length are the recipe's design (no TRL default
+    # notes: trl_save_default_note, trl_epochs_default_note)
+    assert cfg.written_options == {"attention", "save_steps", "num_train_epochs"}
     with pytest.raises(ConfigError, match=r"^resolution only applies to task: diffusion"):
         config_from_dict(stage)  # the same mapping given by a user
 

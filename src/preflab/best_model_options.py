@@ -95,6 +95,8 @@ def trl_save_default_note(cfg, total_steps: int) -> str | None:
         return None
     count = total_steps // TRL_SAVE_STEPS
     names = f"checkpoint-{TRL_SAVE_STEPS}" + (f" ... checkpoint-{count * TRL_SAVE_STEPS}" if count > 1 else "")
+    if total_steps % TRL_SAVE_STEPS:  # transformers' DefaultFlowCallback also saves at the last step
+        names += f" and checkpoint-{total_steps}"
     return (f"preflab: note: this {total_steps}-step run writes no intermediate checkpoints (preflab's save_steps "
             f"defaults to 0); TRL (transformers' save_strategy: steps, save_steps: {TRL_SAVE_STEPS}) would write "
             f"{names}. Set save_steps: {TRL_SAVE_STEPS} for TRL's checkpoints, or save_steps: 0 to say none are "

@@ -421,7 +421,9 @@ class TrainConfig:
         if self.eval_strategy in ("steps", "epoch") and not (self.eval_fraction or self.eval_dataset_name):
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
-                       "(or eval_strategy: no).")
+                       "(or eval_strategy: no). From Python (TRL's eval_dataset=), Trainer(cfg, eval_data=rows) "
+                       "evaluates every eval_steps: write eval_steps: N without eval_strategy (the config cannot see "
+                       "eval_data; eval_strategy: epoch needs eval_dataset_name or eval_fraction).")
         out += self._eval_on_start_conflicts() + self._eval_delay_conflicts() + self._lora_option_conflicts()
         if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "

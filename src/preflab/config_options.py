@@ -132,8 +132,8 @@ OPTIONS: dict[str, Option] = {
                                  "multi_objective {attributes, response_field, attribute_reduction}, em_mixture {num_components, "
                                  "em_iterations, user_column, group_column, hard, init, tau} (unknown keys are "
                                  "errors)"),
-    "use_weighting": Option("TRL's use_weighting (WPO): each pair's loss times min(1, exp(mean_t adjusted log p of "
-                            "chosen + of rejected)), no gradient through the weight (task: dpo)"),
+    "use_weighting": Option("TRL 1.16's use_weighting (WPO): each pair's loss times exp(mean_t adjusted log p of "
+                            "chosen + of rejected), not clamped, no gradient through the weight (task: dpo)"),
     "router_aux_loss_coef": at_least(0, "TRL's router_aux_loss_coef: a mixture-of-experts policy's loss gets this "
                                         "x its routers' load-balancing loss (aux_loss); null: the model config's "
                                         "coefficient, 0: none (tasks dpo, sft; preflab.scoring.router_loss)"),

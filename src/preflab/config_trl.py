@@ -266,6 +266,26 @@ def trl_task_learning_rate(known: dict, notes: list) -> None:
                      f"{'SFTConfig' if known['task'] == 'sft' else 'RewardConfig'} default).")
 
 
+TRL_EPOCHS = 3  # transformers' TrainingArguments.num_train_epochs default, which every TRL config keeps
+TRL_EPOCH_TASKS = frozenset({"dpo", "sft", "reward", "vlm"})  # tasks with a TRL trainer that counts epochs
+
+
+def trl_epochs_default_note(cfg, total_steps: int) -> str | None:
+    """The one line for a run whose length is preflab's default and not TRL's: preflab's num_train_epochs defaults to
+    1, transformers' (so every TRL config's) to 3, so a TRL config that sets neither max_steps nor num_train_epochs
+    trained a third of TRL's steps without a word. Said for the tasks with a TRL trainer when the user wrote neither
+    option and the run is preflab's 1 epoch (a saved TRL config, args.to_dict(), whose keys count as nobody's choice,
+    carries num_train_epochs: 3 and gets TRL's length)."""
+    written = getattr(cfg, "written_options", frozenset())
+    if (cfg.task not in TRL_EPOCH_TASKS or cfg.max_steps > 0 or cfg.num_train_epochs != 1
+            or {"max_steps", "num_train_epochs"} & written):
+        return None
+    return (f"preflab: note: this run trains 1 epoch ({total_steps} optimizer steps): preflab's num_train_epochs "
+            f"defaults to 1, TRL's (transformers' TrainingArguments) to {TRL_EPOCHS}. Set num_train_epochs: "
+            f"{TRL_EPOCHS} for TRL's length ({TRL_EPOCHS} epochs: {TRL_EPOCHS * total_steps} steps here), or "
+            "num_train_epochs: 1 to say one epoch is wanted.")
+
+
 def trl_online_defaults(known: dict) -> None:
     """TRL's default for each key of TRL_ONLINE_DEFAULTS the online config leaves out (the game task samples no
     text: left alone)."""
@@ -359,8 +379,9 @@ def _same(value, default) -> bool:
 def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     """(the config in preflab's names, notes to print once, one error line per refused TRL value). written: the
     options the user wrote (preflab.config.written_keys; None: every key of `raw`), for NOTED_WHEN_WRITTEN."""
-    from preflab.config_trl_methods import (grpo_batch_note, grpo_round_from_trl, grpoconfig_task_and_trainer,
-                                            method_from_trl_fields, rlooconfig_trainer, task_from_trl_fields)
+    from preflab.config_trl_methods import (grpo_batch_note, grpo_generation_note, grpo_round_from_trl,
+                                            grpoconfig_task_and_trainer, method_from_trl_fields, rlooconfig_trainer,
+                                            task_from_trl_fields)
 
     raw, notes, errors = dict(raw), [], []
     task_from_trl_fields(raw, notes)  # a saved RewardConfig / SFTConfig that names no task
@@ -371,6 +392,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     _env_block(raw, notes, errors)  # TrlParser's `env:` block
     grpo_round_from_trl(raw, notes, errors)  # GRPOConfig's generation_batch_size: completions per round
     grpo_batch_note(raw, notes)  # a hand-written GRPO config: TRL's per_device_train_batch_size counts completions
+    grpo_generation_note(raw, notes)  # ... and its generation_batch_size / steps_per_generation count otherwise
     _distillation_dump(raw, notes, errors)  # DistillationConfig / GKDConfig: task: sft with a teacher
     for key in [k for k, v in raw.items() if k.endswith("_token") and v == f"<{k.upper()}>" and (k in NO_EFFECT or
                                                                                         k in MASKED_TOKENS)]:

@@ -181,6 +181,30 @@ def grpo_batch_note(raw: dict, notes: list) -> None:
                  f"set {fix}.")
 
 
+def grpo_generation_note(raw: dict, notes: list) -> None:
+    """A hand-written GRPO-family or rloo config that writes GRPOConfig's generation_batch_size without
+    prompts_per_generation, or steps_per_generation beside gradient_accumulation_steps > 1: both keep preflab's
+    meaning (prompts per generate() call; optimizer steps per round), where TRL's are a round's completions and
+    micro-batches per round, so the round and the updates per round differed from TRL's without a word (a saved
+    GRPOConfig is translated instead: grpo_round_from_trl). Said once each, with the setting that gives TRL's."""
+    if raw.get("task") != "online" or raw.get("trainer") not in GRPO_TRAINERS or all(k in raw for k in DUMP_MARKERS):
+        return
+    size, k = raw.get("generation_batch_size"), raw.get("num_generations", 8)
+    if "prompts_per_generation" not in raw and isinstance(size, int) and isinstance(k, int) and size > 0 and k > 0:
+        fix = (f"prompts_per_generation: {size // k}" if size % k == 0 else
+               f"prompts_per_generation x num_generations = {size} completions")
+        notes.append(f"generation_batch_size: {size} is preflab's prompts per generate() call; in TRL's GRPOConfig it "
+                     f"is the completions of one generation round ({size} / num_generations {k}). A round here is "
+                     f"prompts_per_generation prompts (default 32) x num_generations; for TRL's round set {fix}.")
+    spg, gas = raw.get("steps_per_generation"), raw.get("gradient_accumulation_steps", 1)
+    if isinstance(spg, int) and isinstance(gas, int) and gas > 1 and spg > 0:
+        fix = (f"steps_per_generation: {spg // gas}" if spg % gas == 0 else
+               f"steps_per_generation: N for N optimizer steps ({spg} / {gas} is not whole)")
+        notes.append(f"steps_per_generation: {spg} counts optimizer steps per generation round here ({spg * gas} "
+                     f"micro-batches with gradient_accumulation_steps {gas}); TRL's GRPOConfig counts micro-batches "
+                     f"({spg} / {gas} optimizer steps per round). For TRL's round set {fix}.")
+
+
 def _grpo_steps_from_trl(raw: dict, notes: list, errors: list) -> None:
     """A saved GRPOConfig's steps_per_generation counts micro-batches per generation round (GRPOTrainer regenerates
     every steps_per_generation x num_iterations training_step calls; its default is gradient_accumulation_steps: one

@@ -27,5 +27,7 @@ def stage_config(task: str, stage: dict, options: dict | None):
     if unknown:
         raise ConfigError(f"task {task}: {unknown} do not reach its stages (preflab.recipe_options); remove them.")
     # the recipe's own stage options are not the user's; its checkpoints (save_steps) are its design: counted as
-    # chosen, so no stage says TRL's save_steps default to a user who cannot set it (trl_save_default_note)
-    return config_from_dict({"save_steps": 0, **stage, **options}, written=set(options) | {"save_steps"})
+    # chosen, so no stage says TRL's save_steps default to a user who cannot set it (trl_save_default_note); so is its
+    # length (trl_epochs_default_note)
+    return config_from_dict({"save_steps": 0, "num_train_epochs": 1.0, **stage, **options},
+                            written=set(options) | {"save_steps", "num_train_epochs"})

@@ -49,7 +49,9 @@ def test_conversational_tool_turns_and_none_keys_dropped():
      " hello there", " go away"),
     ("Answer: yes", "Answer: yes indeed", "Answer:", " yes", " yes indeed"),   # chosen is a prefix of rejected
     ("Q: 2+2=4", "Q: 2+2=5", "Q:", " 2+2=4", " 2+2=5"),                        # cut back to a word boundary
-    ("a b  c", "a b  d", "a b", "  c", "  d"),                                  # whitespace run stays whole
+    ("a b  c", "a b  d", "a b ", " c", " d"),    # TRL's cut: one space moves to the responses (was "a b", "  c")
+    ("Q?\nyes", "Q?\nno", "Q?\n", "yes", "no"),      # TRL's cut: the newline stays in the prompt (was "Q?", "\nyes")
+    ("A: The sky", "A: They", "A:", " The sky", " They"),  # TRL cuts inside "They" ("A: The"): a word boundary
 ])
 def test_implicit_prompt_text(chosen, rejected, prompt, c, r):
     (ex,), report = load_rows([{"chosen": chosen, "rejected": rejected}])
@@ -377,3 +379,45 @@ def test_validation_boundaries_label_extras_implicit_prompt_and_skipped_examples
     _, report = load_rows(write_jsonl(tmp_path / "t.jsonl", rows), on_bad_row="skip")
     assert report.skipped == {"identical": MAX_SKIPPED_EXAMPLES + 5} and report.kept == 1
     assert [e["row_id"] for e in report.skipped_examples] == list(range(1, MAX_SKIPPED_EXAMPLES + 1))
+
+
+@pytest.mark.parametrize("chosen, rejected", [
+    ("echo: cat dog\nCAT DOG", "echo: cat dog\ncat dog"),          # a prompt ending in a newline
+    ("Question: why?\n\nAnswer: because", "Question: why?\n\nAnswer: no"),
+    ("Q:\n\nyes", "Q:\n\nno"), ("a b  c", "a b  d"), ("x:\t1", "x:\t2"),  # whitespace runs, a tab
+    ("Human: hi\n\nAssistant: hello there", "Human: hi\n\nAssistant: go away"),
+    ("echo: cat dog\nCAT DOG", "echo: cat dog\nCAT dog"),          # responses sharing a first word
+])
+def test_implicit_text_prompt_is_trls_where_trl_cuts_at_a_word_boundary(chosen, rejected):
+    """TRL 1.16's extract_prompt: the longest common prefix, less one space before the first differing character.
+    Where that cut falls at a word boundary preflab's is the same; it moved every whitespace character before the
+    responses into them (a newline-ended prompt's newline was trained as the responses' first token)."""
+    extract_prompt = pytest.importorskip("trl.data_utils").extract_prompt
+    (ex,), _ = load_rows([{"chosen": chosen, "rejected": rejected}])
+    trl = extract_prompt({"chosen": chosen, "rejected": rejected})
+    assert (ex.prompt, ex.chosen, ex.rejected) == (trl["prompt"], trl["chosen"], trl["rejected"])
+
+
+def test_implicit_text_prompt_token_ids_equal_trls_dpo_trainer(tmp_path):
+    """The same row through TRL's DPOTrainer (extract_prompt, EOS, tokenizing) and preflab's loader and tokenizer:
+    equal prompt_ids, chosen_ids and rejected_ids (preflab's prompt was one newline short, its responses one
+    newline longer)."""
+    trl = pytest.importorskip("trl")
+    datasets = pytest.importorskip("datasets")
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    rows = [{"chosen": "echo: cat dog\nCAT DOG", "rejected": "echo: cat dog\ncat dog"}]
+    trainer = trl.DPOTrainer(model=model, ref_model=frozen_copy(model), processing_class=tok,
+                             args=trl.DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False,
+                                                max_length=None, gradient_checkpointing=False),
+                             train_dataset=datasets.Dataset.from_list(rows))
+    theirs = trainer.train_dataset[0]
+    (pair,), _ = tokenize_pairs(load_rows(datasets.Dataset.from_list(rows), kind="pairwise")[0], tok, max_length=None)
+    assert list(pair.prompt_ids) == list(theirs["prompt_ids"])
+    assert tok.decode(pair.prompt_ids).endswith("\n")
+    assert list(pair.chosen_ids) == list(theirs["chosen_ids"])
+    assert list(pair.rejected_ids) == list(theirs["rejected_ids"])

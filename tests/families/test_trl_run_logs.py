@@ -140,8 +140,9 @@ def _weighted(windows, counts, key, theirs, ours, *, logged_step_only=True) -> N
 
 
 # ---------------------------------------------------------------------------------------------------------- DPO
-def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False, cut: dict | None = None):
-    """cut: {"max_length", "truncation_mode"} for both libraries (default: no truncation)."""
+def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False, cut: dict | None = None, options: dict | None = None):
+    """cut: {"max_length", "truncation_mode"} for both libraries (default: no truncation); options: DPOConfig fields
+    both read under the same name (use_weighting)."""
     from trl import DPOConfig, DPOTrainer
 
     from preflab.data.rows import load_rows
@@ -156,14 +157,15 @@ def _dpo_run(tmp_path, loss_type: str, evaluate: bool = False, cut: dict | None 
     trainer = _recording(DPOTrainer)(
         model=copy.deepcopy(model), ref_model=frozen_copy(model), processing_class=tok,
         args=DPOConfig(output_dir=str(tmp_path / "trl"), loss_type=loss_type if isinstance(loss_type, list) else [loss_type],
-                       beta=0.1, per_device_eval_batch_size=EVAL_ROWS, **{**TRL_ARGS, **(cut or {})}),
+                       beta=0.1, per_device_eval_batch_size=EVAL_ROWS, **{**TRL_ARGS, **(cut or {}), **(options or {})}),
         train_dataset=datasets.Dataset.from_list([rows[i] for i in order]),
         eval_dataset=datasets.Dataset.from_list(rows[:EVAL_ROWS]) if evaluate else None)
     theirs = _trl_history(trainer)
     examples, _ = load_rows(datasets.Dataset.from_list(rows), kind="pairwise")
     pairs, _ = tokenize_pairs(examples, tok, **(cut or {"max_length": None}))
     cfg = config_from_dict({**PREFLAB_ARGS, "output_dir": str(tmp_path / "preflab"), "loss_type": loss_type,
-                            "beta": 0.1, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS, **(cut or {})})
+                            "beta": 0.1, "per_device_eval_batch_size": EVAL_ROWS, "eval_steps": STEPS, **(cut or {}),
+                            **(options or {})})
     Trainer(cfg, policy=copy.deepcopy(model), ref=frozen_copy(model), tokenizer=tok, train_data=pairs,
             eval_data=pairs[:EVAL_ROWS] if evaluate else None).train()
     ours = _preflab_history(tmp_path / "preflab")
@@ -187,6 +189,15 @@ def test_dpo_other_run_logs_equal_trls(tmp_path, loss_type):
     _compare(theirs, ours, differ=counts, only_preflab=ONLY_PREFLAB | terms)
     for b in ours:
         assert sum(b[t] for t in terms) == (pytest.approx(b["loss"], rel=1e-6) if terms else 0)
+
+
+def test_dpo_wpo_weighting_run_logs_equal_trls(tmp_path):
+    """use_weighting (WPO) logs TRL 1.16's loss at every row: TRL multiplies each pair's loss by its weights as they
+    are, and by the run's second row some pair's weight is above 1 (preflab clamped it at 1, TRL 0.x's rule: the
+    first row was equal, the second 0.487 against TRL's 0.732). preflab alone logs the mean weight, policy_weights."""
+    trainer, theirs, ours, counts = _dpo_run(tmp_path, "sigmoid", options={"use_weighting": True})
+    _compare(theirs, ours, differ=counts, only_preflab=ONLY_PREFLAB | {"policy_weights"})
+    assert max(b["policy_weights"] for b in ours) > 1  # the clamp would have changed this run
 
 
 def test_dpo_sigmoid_run_logs_equal_trls(tmp_path):

@@ -21,8 +21,10 @@ def test_preflab_default_is_no_checkpoints_and_a_long_run_relying_on_it_is_told_
     assert cfg.save_steps == 0 and cfg.save_strategy is None
     note = trl_save_default_note(cfg, 1200)
     assert "1200-step run writes no intermediate checkpoints" in note
-    assert "would write checkpoint-500 ... checkpoint-1000" in note and "Set save_steps: 500" in note
-    assert "would write checkpoint-500." in trl_save_default_note(cfg, 999)  # one TRL checkpoint
+    # transformers' DefaultFlowCallback saves at the last step too (save_strategy steps)
+    assert "would write checkpoint-500 ... checkpoint-1000 and checkpoint-1200." in note
+    assert "Set save_steps: 500" in note
+    assert "would write checkpoint-500 and checkpoint-999." in trl_save_default_note(cfg, 999)
     assert "would write checkpoint-500." in trl_save_default_note(cfg, 500)  # TRL saves at step 500 exactly
     assert trl_save_default_note(cfg, 499) is None  # TRL would not have saved either
 
@@ -65,3 +67,22 @@ def test_a_recipe_stage_never_gets_the_note():
     cfg = stage_config("fspo", {"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
                                 "dataset_name": "x.jsonl"}, {"logging_steps": 5})
     assert cfg.save_steps == 0 and trl_save_default_note(cfg, 5000) is None
+
+
+def test_save_strategy_steps_also_checkpoints_the_last_step_as_transformers(tmp_path):
+    """transformers' DefaultFlowCallback (TRL's trainers) saves at the last step under save_strategy steps even when
+    it is off the schedule: 5 steps with save_steps 3 write checkpoint-3 and checkpoint-5 (preflab wrote checkpoint-3
+    only, so a resume that extended the run restarted from step 3). The steps equal transformers' own callback's."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.trainer_callback import DefaultFlowCallback
+
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), save_strategy="steps", save_steps=3, max_steps=5,
+                             report_to=[], use_cpu=True)
+    state, flow, theirs = TrainerState(max_steps=5, save_steps=3, logging_steps=500), DefaultFlowCallback(), []
+    for step in range(1, 6):
+        state.global_step = step
+        if flow.on_step_end(args, state, TrainerControl()).should_save:
+            theirs.append(f"checkpoint-{step}")
+    run(tmp_path / "ours", max_steps=5, save_strategy="steps", save_steps=3)
+    ours = sorted(p.name for p in (tmp_path / "ours").glob("checkpoint-*"))
+    assert ours == theirs == ["checkpoint-3", "checkpoint-5"]

@@ -196,8 +196,12 @@ def check_different(chosen, rejected) -> None:
 def split_implicit_text(chosen: str, rejected: str) -> tuple[str, str, str]:
     """(prompt, chosen_response, rejected_response) from two texts that share a prompt.
 
-    The prompt is the longest common prefix cut back to a word boundary, and, like TRL, the whitespace before
-    the responses stays with the responses (" yes" / " no"), which BPE vocabularies tokenize naturally. Without
+    Where TRL 1.16's `extract_prompt` cuts at a word boundary, the cut is TRL's: the prompt is the longest common
+    prefix, less one space when a space precedes the first differing character (" yes" / " no" keep it, which BPE
+    vocabularies tokenize naturally), so a prompt ending in a newline or in several spaces keeps them as TRL's
+    does (preflab moved every whitespace character before the responses into them: "Q?\n" / "A" was "Q?" /
+    "\nA", other response tokens than TRL's). Where TRL would cut inside a word ("A: The sky" / "A: They" at
+    "A: The"), the prefix is cut back to the last word boundary, the whitespace going with the responses. Without
     such a boundary (text without spaces), the prefix is cut back to the last boundary after punctuation or beside
     a character of a script without spaces (`_unspaced_boundary`: "问题：" / "蓝色"). The cut leaves both responses
     non-empty; if no boundary exists the row is bad (`no_common_prompt`).
@@ -206,6 +210,10 @@ def split_implicit_text(chosen: str, rejected: str) -> tuple[str, str, str]:
     limit = min(len(chosen), len(rejected))
     while n < limit and chosen[n] == rejected[n]:
         n += 1
+    if 0 < n < limit:  # the texts differ at n: TRL's cut, when it falls at a word boundary
+        cut = n - 1 if chosen[n - 1] == " " else n
+        if 0 < cut and (chosen[cut - 1].isspace() or (chosen[cut].isspace() and rejected[cut].isspace())):
+            return chosen[:cut], chosen[cut:], rejected[cut:]
     for i in range(min(n, limit - 1), 0, -1):  # i < len of both, so neither response is empty
         if chosen[i].isspace() and rejected[i].isspace() and not chosen[i - 1].isspace():
             return chosen[:i], chosen[i:], rejected[i:]

@@ -40,6 +40,7 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
 from preflab.best_model_options import (saves_best, sharded_best_model_problem, sharded_model_only_problem,
                                         trl_save_default_note, writes_checkpoints)
+from preflab.config_trl import trl_epochs_default_note
 from preflab.launch_paths import launch_record, save_run_config
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
@@ -237,9 +238,10 @@ class TrainingRun(CallbackEvents):
         refusal = neftune_kind_refusal(cfg.neftune_noise_alpha, getattr(getattr(self, "kind", None), "name", None))
         if refusal:  # an unpaired or ranked-list loss type's rows (preflab.neftune_options)
             raise ConfigError(refusal)
-        note = trl_save_default_note(cfg, self.total_steps)  # TRL checkpoints every 500 steps by default
-        if note and self.main:
-            print(note, flush=True)
+        for note in (trl_epochs_default_note(cfg, self.total_steps),  # TRL trains 3 epochs by default
+                     trl_save_default_note(cfg, self.total_steps)):  # TRL checkpoints every 500 steps by default
+            if note and self.main:
+                print(note, flush=True)
         self.hub = self._hub_pusher()
         if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
             for said in greedy_eval_notes(cfg):
@@ -411,11 +413,15 @@ class TrainingRun(CallbackEvents):
         with save_strategy: best, a new best). Returns ((step, metrics), None when not evaluated; save)."""
         cfg = self.cfg
         # transformers' DefaultFlowCallback at the last step: evaluate (eval_strategy steps) and save (save_strategy
-        # steps); here where the best model depends on it, so the last step's evaluation competes for the best
-        best_at_end = step == self.total_steps and (saves_best(cfg) or cfg.load_best_model_at_end)
-        save = ((cfg.save_steps and (step % cfg.save_steps == 0 or best_at_end))
+        # steps), in that order (its _maybe_log_save_evaluate), so a TRL run's last checkpoint-N exists here too (a
+        # resume that extends the run starts from it, not from the last multiple of save_steps) and holds the last
+        # step's evaluation; the last step's evaluation competes for the best (the run's final evaluation, after the
+        # loop, is then this one)
+        last = step == self.total_steps
+        best_at_end = last and (saves_best(cfg) or cfg.load_best_model_at_end)
+        save = ((cfg.save_steps and (step % cfg.save_steps == 0 or last))
                 or asked["should_save"])
-        due = (cfg.eval_steps and step % cfg.eval_steps == 0) or (best_at_end and (cfg.eval_steps or saves_best(cfg)))
+        due = (cfg.eval_steps and (step % cfg.eval_steps == 0 or last)) or (best_at_end and saves_best(cfg))
         if not ((due and not self._eval_delayed(step)) or asked["should_evaluate"]):
             return None, save
         metrics = self.evaluate()

@@ -11,13 +11,16 @@ from preflab.objectives.base import ObjectiveOutput
 
 @dataclass(frozen=True)
 class WPOWeighted:
-    """TRL's `use_weighting` (WPO: Zhou et al., 2024, "WPO: Enhancing RLHF with Weighted Preference
+    """TRL 1.16's `use_weighting` (WPO: Zhou et al., 2024, "WPO: Enhancing RLHF with Weighted Preference
     Optimization", arXiv:2406.11827, Eq. 2): each pair's loss times
 
-        w = min(1, exp(mean_t[log p(y^w_t) - log sum_v p(v)^2] + mean_t[log p(y^l_t) - log sum_v p(v)^2]))
+        w = exp(mean_t[log p(y^w_t) - log sum_v p(v)^2]) * exp(mean_t[log p(y^l_t) - log sum_v p(v)^2])
 
-    computed from the policy without gradient (means over each response's tokens, as TRL does). The scorer
-    supplies the per-token terms as the `wpo` token need (extras `chosen_wpo` / `rejected_wpo`)."""
+    computed from the policy without gradient (means over each response's tokens, as TRL does). Not clamped: TRL
+    1.16's DPOTrainer multiplies by the weights as they are, which exceed 1 once the policy puts more mass on the
+    response's tokens than its own expected probability sum_v p(v)^2 (TRL 0.x clamped them at 1, min(1, w); preflab
+    did too, so a run's loss left TRL 1.16's as soon as a weight passed 1). The scorer supplies the per-token terms
+    as the `wpo` token need (extras `chosen_wpo` / `rejected_wpo`)."""
 
     inner: object
 
@@ -41,8 +44,8 @@ class WPOWeighted:
             mask = side.mask.to(values.dtype)
             return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 
-        weights = torch.clamp(torch.exp(mean(batch.extras["chosen_wpo"], batch.policy_chosen)
-                                        + mean(batch.extras["rejected_wpo"], batch.policy_rejected)), max=1).detach()
+        weights = torch.exp(mean(batch.extras["chosen_wpo"], batch.policy_chosen)
+                            + mean(batch.extras["rejected_wpo"], batch.policy_rejected)).detach()
         losses = out.losses * weights.to(out.losses.dtype)
         return ObjectiveOutput(loss=losses.mean(), losses=losses,
                                metrics={**out.metrics, "policy_weights": weights.mean()})
