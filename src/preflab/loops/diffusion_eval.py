@@ -31,6 +31,7 @@ from preflab.diffusion.data import image_pair_key
 from preflab.errors import ConfigError
 from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 from preflab.eval.run import OverlapRule, overlap_with_training
+from preflab.eval.skipped_rows import EVAL_ON_BAD_ROW, skipped_rows_note
 
 # an image pair shares its prompt with a training pair when the captions are equal, and is a training pair when the
 # captions each image is conditioned on and the two images' pixels, in order, are too (diffusion.data.image_pair_key)
@@ -83,7 +84,9 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             "eval_dataset_config=null", "eval_fraction=0",
             f"output_dir={tmp}", "max_steps=1", "resume_from_checkpoint=null", f"per_device_eval_batch_size={batch_size}",
             "per_device_train_batch_size=1", "gradient_accumulation_steps=1",  # no step: no training batch plan to refuse
-            "report_to=none", "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides()))
+            "report_to=none", "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides())
+            # bad rows of --data are skipped and counted, as the policy eval does (a ppd eval reads as its run did)
+            + ([] if ppd else [EVAL_ON_BAD_ROW]))
         objective = cfg.objective()
         if type(objective).__name__ == "SelfNPO":
             _refuse_unevaluated(cfg.loss_type)
@@ -107,6 +110,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         ref.flux_guidance, ref.resolution = cfg.flux_guidance, cfg.resolution  # Flux: sampled as the run's
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
         run.eval_data = run.train_data
+        skipped_note, skipped_report = skipped_rows_note(run.data_report, len(run.eval_data), data_name(data))
         metrics = run.evaluate()
         trained_on = training_data_note(data, saved, split)  # the metrics are then not held-out
         overlap, overlap_note, why = overlap_with_training(run.eval_data, image_training_rows(saved, run),
@@ -116,7 +120,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
                **({"overlap_with_training": overlap} if overlap is not None else {}),
-               "notes": [n for n in (said, *run.eval_notes, trained_on, overlap_note) if n],
+               "notes": [n for n in (said, skipped_note, *run.eval_notes, trained_on, overlap_note) if n],
+               **({"data_report": skipped_report} if skipped_report else {}),
                "missing": {"overlap_with_training": why} if why else {}}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]
