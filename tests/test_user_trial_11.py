@@ -243,3 +243,26 @@ def test_diffusion_eval_skips_a_bad_row_and_equals_the_eval_of_the_good_rows(dif
                     f"field 'chosen_image': missing_image (image file '{tmp_path / 'missing.png'}' does not exist). "
                     "The rows are listed under data_report in eval.json; the metrics cover the 5 pairs kept"]
     assert result["data_report"]["rows"]["skipped"] == {"missing_image": 1}
+
+
+# ------------------------------------------------------------------------- vision rows: a list in 'image'
+def test_a_list_of_images_in_the_single_image_column_says_to_use_images():
+    from preflab.data.report import RowProblem
+    from preflab.data.vision import vision_prompt
+
+    row = {**VLM_ROWS[0], "image": VLM_ROWS[0]["images"]}
+    del row["images"]
+    with pytest.raises(RowProblem) as err:
+        vision_prompt(row, str(VLM_DATA))
+    assert (err.value.reason, err.value.field) == ("wrong_type", "image")
+    assert err.value.detail == "'image' is TRL's single-image column (one image), but the row gives a list of 1"
+    assert err.value.fix.startswith("Name a list of images 'images'")
+    # one image in 'image' (a path, or an array image written as nested lists) reads as the same pixels as 'images'
+    import numpy as np
+
+    prompt, images = vision_prompt({**row, "image": VLM_ROWS[0]["images"][0]}, str(VLM_DATA))
+    _, listed = vision_prompt(VLM_ROWS[0], str(VLM_DATA))
+    assert np.array_equal(np.asarray(images[0]), np.asarray(listed[0]))
+    nested = np.asarray(listed[0]).tolist()
+    _, from_array = vision_prompt({**row, "image": nested}, str(VLM_DATA))
+    assert np.array_equal(np.asarray(from_array[0]), np.asarray(listed[0]))
