@@ -266,3 +266,17 @@ def test_a_list_of_images_in_the_single_image_column_says_to_use_images():
     nested = np.asarray(listed[0]).tolist()
     _, from_array = vision_prompt({**row, "image": nested}, str(VLM_DATA))
     assert np.array_equal(np.asarray(from_array[0]), np.asarray(listed[0]))
+
+
+# ------------------------------------------------------------------ report headline: held-out pairs, seen prompts
+def test_headline_says_the_pairs_are_held_out_when_only_their_prompts_were_trained_on():
+    """A diffusion eval of held-out pairs on the training captions (the shipped examples' test.jsonl): eval.json's
+    note says "the pairs are held-out but their prompts are not"; the headline said "(0 training pairs; not
+    held-out)"."""
+    from preflab.report.headline import trained_on_clause
+
+    assert trained_on_clause({"overlap_with_training": {"prompts": 8, "pairs": 0, "rows": 8}}) == (
+        ", 8 with a prompt the run trained on (0 training pairs; the prompts are not held-out)")
+    assert trained_on_clause({"overlap_with_training": {"prompts": 8, "pairs": 3, "rows": 8}}) == (
+        ", 8 with a prompt the run trained on (3 training pairs; not held-out)")
+    assert trained_on_clause({"overlap_with_training": {"prompts": 0, "pairs": 0, "rows": 8}}) == ""
