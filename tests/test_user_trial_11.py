@@ -280,3 +280,23 @@ def test_headline_says_the_pairs_are_held_out_when_only_their_prompts_were_train
     assert trained_on_clause({"overlap_with_training": {"prompts": 8, "pairs": 3, "rows": 8}}) == (
         ", 8 with a prompt the run trained on (3 training pairs; not held-out)")
     assert trained_on_clause({"overlap_with_training": {"prompts": 0, "pairs": 0, "rows": 8}}) == ""
+
+
+# --------------------------------------------------------------- demo diffusion --quiet: no pipeline-load bars
+def test_quiet_demo_loads_pipelines_without_diffusers_bars(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    from preflab.demo.diffusion import pipeline_load_bars
+    from preflab.diffusion.pipeline import load_pipeline
+
+    load_pipeline("builtin:tiny-sd").save_pretrained(tmp_path / "pipe")
+    assert diffusers_logging.is_progress_bar_enabled()
+    with pipeline_load_bars(False):
+        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert "Loading pipeline components" not in capsys.readouterr().err
+    assert diffusers_logging.is_progress_bar_enabled()  # put back as it was
+    with pipeline_load_bars(True):
+        DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert "Loading pipeline components" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,22 @@ def _report(out: Path, summary: dict) -> Path:
     return path
 
 
+@contextmanager
+def pipeline_load_bars(shown: bool):
+    """diffusers' "Loading pipeline components" bar on (as diffusers leaves it) or off for the block: `preflab demo
+    diffusion --quiet` ("no progress bars") printed it twice when it reloaded the base and trained pipelines."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled()
+    if not shown:
+        diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            diffusers_logging.enable_progress_bar()
+
+
 def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0, quiet: bool = False,
                        num_pairs: int = 192, vae_steps: int = 150, sft_steps: int = 400, dpo_steps: int = 20,
                        num_samples: int = 48, sample_steps: int = 10, beta: float = 1000.0,
@@ -147,8 +164,9 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
 
     prompts = captions(num_samples, torch.Generator().manual_seed(seed + 20), favourite)
     seeds = list(range(1000, 1000 + num_samples))
-    base = components_of(DiffusionPipeline.from_pretrained(str(base_dir)))
-    tuned = components_of(DiffusionPipeline.from_pretrained(train_summary["model_dir"]))
+    with pipeline_load_bars(not quiet):
+        base = components_of(DiffusionPipeline.from_pretrained(str(base_dir)))
+        tuned = components_of(DiffusionPipeline.from_pretrained(train_summary["model_dir"]))
     before = sample_images(base, base.denoiser, prompts, seeds, sample_steps)
     after = sample_images(tuned, tuned.denoiser, prompts, seeds, sample_steps)
     r_before, r_after = true_reward(before, prompts, favourite), true_reward(after, prompts, favourite)
