@@ -10,6 +10,7 @@ and picks the report parts from the run's data report ({"train_rows": RowReport.
 """
 from __future__ import annotations
 
+from preflab.data.report import first_skipped_note
 from preflab.errors import DataError
 
 EVAL_ON_BAD_ROW = "on_bad_row=skip"  # the override the vlm and diffusion evals read --data with
@@ -17,13 +18,7 @@ EVAL_ON_BAD_ROW = "on_bad_row=skip"  # the override the vlm and diffusion evals 
 
 def first_skipped(data_report: dict) -> str:
     """' First skipped: line L, field 'F': REASON (DETAIL).' of the first bad row the report kept an example of."""
-    for part in ("train_rows", "train_tokenize"):
-        examples = (data_report.get(part) or {}).get("skipped_examples") or []
-        if examples:
-            first = examples[0]
-            at = f"line {first['line']}" if first.get("line") else f"row {first['row_id']}"
-            return f" First skipped: {at}, field {first.get('field')!r}: {first['reason']} ({first.get('detail')})."
-    return ""
+    return first_skipped_note(data_report.get("train_rows"), data_report.get("train_tokenize"))
 
 
 def skipped_rows_note(data_report: dict, kept: int, source: str, unit: str = "pairs") -> tuple[str | None, dict]:
