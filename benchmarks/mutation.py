@@ -5461,7 +5461,7 @@ MUTANTS += [
 # diffusion evals skipping and counting bad --data rows, diffusion_noising's word values checked with the config,
 # the modality / vlm-loss messages, a list in the single-image column, the headline's held-out clause, --quiet bars
 TRLA = "tests/test_user_trial_11.py"
-TRLA_KIND = [TRLA, "-k", "kind or builtin or preflight or pipeline_folder"]
+TRLA_KIND = [TRLA, "-k", "kind or builtin or preflight or pipeline_folder or model_type or vlm_run_under"]
 TRLA_MODALITY = [TRLA, "-k", "image_text or registered_diffusion or unpaired_loss"]
 TRLA_NOISING = [TRLA, "-k", "noising"]
 TRLA_SKIP_NOTE = [TRLA, "-k", "skipped_rows_note"]
@@ -5481,8 +5481,11 @@ MUTANTS += [
            [('"online": (TEXT, IMAGE_TEXT, ONLINE_DEMO)', '"online": (TEXT, ONLINE_DEMO)')],
            TRLA_KIND, "an online Vision-R1 run on builtin:tiny-qwen2-vl is refused"),
     Mutant("trla-kind-pipeline-folder-unknown", "models/model_kind.py",
-           [('    if (Path(name).expanduser() / "model_index.json").is_file():\n        return TEXT_TO_IMAGE\n', "")],
+           [('    if (folder / "model_index.json").is_file():\n        return TEXT_TO_IMAGE\n', "")],
            TRLA_KIND, "a saved diffusers pipeline folder under task: vlm reaches the processor loader again"),
+    Mutant("trla-kind-both-auto-classes-certain", "models/model_kind.py",
+           [("return IMAGE_TEXT if image_text and not causal else", "return IMAGE_TEXT if image_text else")],
+           TRLA_KIND, "a gemma3 folder (loadable as a causal LM) is refused under task: dpo as an image-text model"),
     Mutant("trla-kind-fix-names-wrong-task", "models/model_kind.py",
            [('TEXT_TO_IMAGE: "diffusion", ONLINE_DEMO', 'TEXT_TO_IMAGE: "vlm", ONLINE_DEMO')],
            TRLA_KIND, "the error tells a pipeline's user to set task: vlm"),

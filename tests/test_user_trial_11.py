@@ -67,6 +67,30 @@ def test_a_saved_pipeline_folder_is_a_pipeline_and_a_model_folder_is_unknown(tmp
     check_model_fits_task(str(pipe), "diffusion")
 
 
+@pytest.mark.parametrize("model_type,kind", [("qwen2_vl", "an image-text model"), ("llava", "an image-text model"),
+                                              ("llama", "a causal language model"), ("gpt2", "a causal language model"),
+                                              ("gemma3", None), ("my_remote_model", None)])
+def test_a_transformers_folder_is_of_the_kind_its_model_type_loads_as(tmp_path, model_type, kind):
+    """Only a type transformers maps to one of AutoModelForImageTextToText / AutoModelForCausalLM is certain: gemma3
+    loads as either (a text DPO on it is legitimate) and a remote-code type as neither."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type}))
+    assert model_kind(str(tmp_path)) == kind
+
+
+def test_a_saved_vlm_run_under_task_dpo_is_refused_before_its_data_is_tokenized(tmp_path):
+    """Seen: `preflab train examples/quickstart.yaml model_name_or_path=<a task: vlm run>` tokenized the data, then
+    stopped with transformers' "Unrecognized configuration class ... Model type should be one of" ~100 classes."""
+    (tmp_path / "vlm").mkdir()
+    (tmp_path / "vlm" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    cfg = load_config("examples/quickstart.yaml", [f"model_name_or_path={tmp_path / 'vlm'}",
+                                                   f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg)
+    assert str(err.value).startswith(f"model_name_or_path={str(tmp_path / 'vlm')!r} is an image-text model, but task: "
+                                     "dpo trains a causal language model")
+    assert str(err.value).endswith("or set task: vlm to train an image-text model.")
+
+
 def test_preflight_refuses_the_kind_before_any_data_is_read(tmp_path):
     """Through the config layer, as `preflab train` runs it: the dataset does not exist, so reaching it would fail
     with another error; the kind is refused first."""

@@ -7,8 +7,9 @@ of another reached the other loader, which failed with its own words: `builtin:t
 asked the hub for it ("We couldn't connect to 'https://huggingface.co'"), `builtin:tiny-llama` or `builtin:tiny-sd`
 under task: vlm said "Repo id must use alphanumeric chars" about a processor, and a diffusers pipeline folder under
 task: vlm said it had no processor files. The kind is known for certain only for the built-in names
-(preflab.models.builtin_names) and for a local folder holding a pipeline's `model_index.json`; anything else (a hub
-name, a transformers model folder) is left to the loaders, which name what they could not load.
+(preflab.models.builtin_names), a local folder holding a pipeline's `model_index.json`, and a local transformers
+folder whose config.json's model_type transformers maps to one of the two auto classes only; anything else (a hub
+name, a model type both classes load) is left to the loaders, which name what they could not load.
 """
 from __future__ import annotations
 
@@ -38,9 +39,32 @@ def model_kind(name) -> str | None:
             return kind
     if name.startswith("builtin:"):
         return None  # an unknown builtin: preflab.models.load.check_model_name lists the known ones
-    if (Path(name).expanduser() / "model_index.json").is_file():
+    folder = Path(name).expanduser()
+    if (folder / "model_index.json").is_file():
         return TEXT_TO_IMAGE
+    if (folder / "config.json").is_file():
+        return transformers_kind(folder / "config.json")
     return None
+
+
+def transformers_kind(config_file: Path) -> str | None:
+    """The kind of a transformers model folder from its config.json's model_type: an image-text model when
+    transformers maps that type to AutoModelForImageTextToText and not to AutoModelForCausalLM (qwen2_vl, llava,
+    idefics3, ...), a causal language model the other way round (llama, qwen2, ...); None for a type in both (gemma3,
+    which loads either way), in neither (remote code) or a config.json that cannot be read. A saved Qwen2-VL run given
+    to task: dpo was refused only after the data was tokenized, with transformers' list of ~100 config classes."""
+    import json
+
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+    image_text, causal = (model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+                          model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    return IMAGE_TEXT if image_text and not causal else TEXT if causal and not image_text else None
 
 
 def check_model_fits_task(name, task: str, option: str = "model_name_or_path") -> None:
