@@ -324,3 +324,17 @@ def test_quiet_demo_loads_pipelines_without_diffusers_bars(tmp_path, capsys):
     with pipeline_load_bars(True):
         DiffusionPipeline.from_pretrained(tmp_path / "pipe")
     assert "Loading pipeline components" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- preflab eval --help for a diffusion user
+def test_eval_help_gives_the_diffusion_reward_signature_and_the_win_rate_default():
+    import re
+
+    from preflab.cli import build_parser
+
+    parser = build_parser()
+    eval_parser = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "eval")[1]
+    text = " ".join(eval_parser.format_help().split())
+    assert "with --task diffusion, f(images, prompts): images uint8 [N, 3, S, S], one score per image" in text
+    said = int(re.search(r"for the win rate \(default: (\d+)\)", text).group(1))
+    assert said == parser.parse_args(["eval", "RUN", "--data", "x.jsonl"]).win_rate_prompts

@@ -64,10 +64,12 @@ def register(sub) -> None:
     judge = p.add_mutually_exclusive_group()
     judge.add_argument("--reward-fn", help="MODULE:NAME or path/to/file.py:NAME of a TRL-style reward function "
                                            "f(prompts, completions), or a built-in judge name that reward_funcs "
-                                           "takes: demo_true_reward, demo_echo_reward, verifier:<name>")
+                                           "takes: demo_true_reward, demo_echo_reward, verifier:<name>; with --task "
+                                           "diffusion, f(images, prompts): images uint8 [N, 3, S, S], one score "
+                                           "per image")
     judge.add_argument("--reward-model", help="directory of a sequence-classification reward model (safetensors)")
     judge.add_argument("--judge", help="MODULE:NAME of a pairwise judge (TRL's .judge or f(prompts, a, b))")
-    p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated for the win rate")
+    p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated (diffusion: sampled) for the win rate (default: 64)")
     p.add_argument("--max-new-tokens", type=int, help="generation length for the win rate (default: the run's "
                                                         "max_completion_length, else 64)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the win-rate interval")
