@@ -5470,6 +5470,7 @@ TRLA_DIFF_EVAL = [TRLA, "-k", "diffusion_eval_skips"]
 TRLA_IMAGE = [TRLA, "-k", "single_image"]
 TRLA_HEADLINE = [TRLA, "-k", "headline"]
 TRLA_QUIET = [TRLA, "-k", "quiet"]
+TRLA_ABOUT = [TRLA, "-k", "image_demos"]
 
 MUTANTS += [
     # models/model_kind.py and config.py's preflight: the kind of model a task trains
@@ -5536,6 +5537,10 @@ MUTANTS += [
            [('held = "not held-out" if overlap.get("pairs") else "the prompts are not held-out"',
              'held = "not held-out"')],
            TRLA_HEADLINE, "0 training pairs is headlined as not held-out, against the eval's own note"),
+    # demo/vlm.py: what the true reward is
+    Mutant("trla-vlm-demo-about-left-out", "demo/vlm.py",
+           [('    summary = {"about": ABOUT, "task": "shape-colour",', '    summary = {"task": "shape-colour",')],
+           TRLA_ABOUT, "the VLM demo's folder report headlines true_reward without saying it is a colour accuracy"),
     # demo/diffusion.py: --quiet
     Mutant("trla-demo-quiet-bars-shown", "demo/diffusion.py",
            [("    if not shown:\n        diffusers_logging.disable_progress_bar()",

@@ -338,3 +338,26 @@ def test_eval_help_gives_the_diffusion_reward_signature_and_the_win_rate_default
     assert "with --task diffusion, f(images, prompts): images uint8 [N, 3, S, S], one score per image" in text
     said = int(re.search(r"for the win rate \(default: (\d+)\)", text).group(1))
     assert said == parser.parse_args(["eval", "RUN", "--data", "x.jsonl"]).win_rate_prompts
+
+
+# ------------------------------------------------------- the image demos' summary.json says what true_reward is
+def test_the_image_demos_say_what_their_true_reward_is_and_the_folder_report_shows_it(tmp_path):
+    """`preflab report outputs/demo-vlm` headlined true_reward 0.23 -> 0.70 with nothing saying it is a colour
+    accuracy (the text demo's summary.json has `about`; the image demos' had none). Tiny settings: the text, not the
+    gain, is under test."""
+    import html
+
+    pytest.importorskip("diffusers")
+    from preflab.demo.diffusion import ABOUT as DIFFUSION_ABOUT, run_diffusion_demo
+    from preflab.demo.vlm import ABOUT as VLM_ABOUT, run_vlm_demo
+    from preflab.report.html import write_report
+
+    vlm = run_vlm_demo(str(tmp_path / "vlm"), quiet=True, n_train=16, n_heldout=4, sft_steps=1, dpo_steps=1)
+    diffusion = run_diffusion_demo(str(tmp_path / "diffusion"), quiet=True, num_pairs=8, vae_steps=1, sft_steps=1,
+                                   dpo_steps=1, num_samples=2, sample_steps=1)
+    for summary, about, folder in ((vlm, VLM_ABOUT, "vlm"), (diffusion, DIFFUSION_ABOUT, "diffusion")):
+        assert summary["about"] == about
+        assert json.loads((tmp_path / folder / "summary.json").read_text())["about"] == about
+        page = write_report([str(tmp_path / folder)], tmp_path / f"{folder}.html")
+        assert f'<p class="about">{html.escape(about)}</p>' in Path(page).read_text()
+    assert "colour accuracy" in VLM_ABOUT and "dominance of red" in DIFFUSION_ABOUT

@@ -87,16 +87,22 @@ def fit_unet(components, latents: torch.Tensor, cond: torch.Tensor, steps: int, 
     return loss
 
 
+# summary.json's `about` (as the text demo's), which `preflab report` on the demo folder shows above the numbers: it
+# showed true_reward_before / _after with nothing saying what the true reward is
+ABOUT = ("What this demo shows: preference optimization moves a text-to-image model toward what its preference "
+         "pairs reward. A tiny text-to-image model is fitted to coloured shapes, then preference-trained with "
+         "Diffusion-DPO on pairs from a rater who prefers red shapes. True reward: dominance of red in the image's "
+         "most saturated pixels (in [-1, 1]), on samples of the same prompts and seeds before and after.")
+
+
 def _report(out: Path, summary: dict) -> Path:
     rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in summary.items()
-                   if isinstance(v, (int, float, str)))
+                   if isinstance(v, (int, float, str)) and k != "about")
     html = (
         "<!doctype html><meta charset='utf-8'><title>preflab demo diffusion</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:2px 8px}</style>"
         "<h1>preflab demo diffusion</h1>"
-        "<p>A tiny text-to-image model fitted to coloured shapes, then preference-trained with Diffusion-DPO on pairs "
-        "from a rater who prefers red shapes. True reward: dominance of red in the image's most saturated pixels "
-        "(in [-1, 1]).</p>"
+        f"<p>{ABOUT}</p>"
         f"<p><b>True reward on the same prompts and seeds: before {summary['true_reward_before']:.3f}, after "
         f"{summary['true_reward_after']:.3f}</b></p>"
         "<h2>Samples</h2><p>Top row: before preference training. Bottom row: after. Prompts: "
@@ -173,7 +179,7 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
     k = min(12, num_samples)
     save_grid([before[:k], after[:k]], out / "samples.png")
     summary = {
-        "true_reward_before": float(r_before.mean()), "true_reward_after": float(r_after.mean()),
+        "about": ABOUT, "true_reward_before": float(r_before.mean()), "true_reward_after": float(r_after.mean()),
         "true_reward_gain": float((r_after - r_before).mean()),
         "share_improved": float((r_after > r_before).float().mean()),
         "model_dir": train_summary["model_dir"], "base_model_dir": str(base_dir),
