@@ -5471,6 +5471,7 @@ TRLA_IMAGE = [TRLA, "-k", "single_image"]
 TRLA_HEADLINE = [TRLA, "-k", "headline"]
 TRLA_QUIET = [TRLA, "-k", "quiet"]
 TRLA_ABOUT = [TRLA, "-k", "image_demos"]
+TRLA_BETA_ROW = [TRLA, "-k", "beta_row"]
 
 MUTANTS += [
     # models/model_kind.py and config.py's preflight: the kind of model a task trains
@@ -5537,6 +5538,12 @@ MUTANTS += [
            [('held = "not held-out" if overlap.get("pairs") else "the prompts are not held-out"',
              'held = "not held-out"')],
            TRLA_HEADLINE, "0 training pairs is headlined as not held-out, against the eval's own note"),
+    # report/html.py: the eval table's beta row
+    Mutant("trla-beta-row-r-star-everywhere", "report/html.py",
+           [('    if any("idealized_ranking_accuracy" in m for m in metrics.values()):\n'
+             '        return "beta of the implicit reward and of R*"\n    return "beta of the implicit reward"\n',
+             '    return "beta of the implicit reward and of R*"\n')],
+           TRLA_BETA_ROW, "a VLM eval's beta is said to be R*'s, which it does not compute"),
     # demo/vlm.py: what the true reward is
     Mutant("trla-vlm-demo-about-left-out", "demo/vlm.py",
            [('    summary = {"about": ABOUT, "task": "shape-colour",', '    summary = {"task": "shape-colour",')],

@@ -361,3 +361,22 @@ def test_the_image_demos_say_what_their_true_reward_is_and_the_folder_report_sho
         page = write_report([str(tmp_path / folder)], tmp_path / f"{folder}.html")
         assert f'<p class="about">{html.escape(about)}</p>' in Path(page).read_text()
     assert "colour accuracy" in VLM_ABOUT and "dominance of red" in DIFFUSION_ABOUT
+
+
+# ----------------------------------------------------------- report: the eval table's beta row names R* only where it is
+def test_the_eval_tables_beta_row_names_r_star_only_where_an_eval_holds_it():
+    from types import SimpleNamespace
+
+    from preflab.report.html import eval_beta_doc
+
+    def run(name, **eval_json):
+        return SimpleNamespace(name=name, eval=eval_json)
+
+    diffusion, vlm = run("d", task="diffusion"), run("v", task="vlm")
+    text, unpaired = run("t", task="dpo"), run("u", num_completions=4)
+    assert eval_beta_doc([diffusion], {"d": {"implicit_accuracy": 0.6}}) == (
+        "beta of the implicit reward b (MSE_ref - MSE), in the run's convention (no R*)")
+    assert eval_beta_doc([vlm], {"v": {"ranking_accuracy": 0.5}}) == "beta of the implicit reward"
+    assert eval_beta_doc([text], {"t": {"idealized_ranking_accuracy": 0.9}}) == "beta of the implicit reward and of R*"
+    assert eval_beta_doc([unpaired], {"u": {"unpaired/auroc": 0.7}}) == "beta of the implicit reward (unpaired rows: no R*)"
+    assert eval_beta_doc([diffusion, vlm], {"d": {}, "v": {}}) == "beta of the implicit reward"
