@@ -380,3 +380,16 @@ def test_the_eval_tables_beta_row_names_r_star_only_where_an_eval_holds_it():
     assert eval_beta_doc([text], {"t": {"idealized_ranking_accuracy": 0.9}}) == "beta of the implicit reward and of R*"
     assert eval_beta_doc([unpaired], {"u": {"unpaired/auroc": 0.7}}) == "beta of the implicit reward (unpaired rows: no R*)"
     assert eval_beta_doc([diffusion, vlm], {"d": {}, "v": {}}) == "beta of the implicit reward"
+
+
+def test_limit_help_names_the_tasks_that_read_it_and_a_vlm_eval_refuses_it():
+    from preflab.cli import build_parser
+    from preflab.eval.cli import refuse_unread_options
+    from preflab.eval_cli.cli import limit_help
+
+    assert limit_help() == ("evaluate at most this many rows (the policy eval, --task reward, distill; --task diffusion "
+                            "and vlm refuse it)")
+    args = build_parser().parse_args(["eval", "RUN", "--data", "x.jsonl", "--task", "vlm", "--limit", "8"])
+    with pytest.raises(ConfigError, match="does not use --limit"):
+        refuse_unread_options(args, "vlm")
+    refuse_unread_options(build_parser().parse_args(["eval", "RUN", "--data", "x.jsonl", "--limit", "8"]), "reward")

@@ -9,6 +9,17 @@ import argparse
 from preflab.errors import ConfigError, PreflabError
 
 
+def limit_help() -> str:
+    """--limit's help, naming the tasks that read it (preflab.eval.cli.TASK_READS): it read "evaluate at most this many
+    rows" for every task, and `--task vlm --limit 8` was then refused."""
+    from preflab.eval.cli import TASK_READS
+
+    reads = [task for task, options in TASK_READS.items() if "limit" in options]
+    refused = [task for task, options in TASK_READS.items() if "limit" not in options]
+    return (f"evaluate at most this many rows (the policy eval, --task {', '.join(reads)}; --task "
+            f"{' and '.join(refused)} refuse it)")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="ranking accuracy, idealized ranking accuracy, 3D metrics and win rate on held-out pairs",
@@ -49,7 +60,7 @@ def register(sub) -> None:
     p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
                                    "data has one, as a run's eval_split; else 'train'; every --task; eval.json's "
                                    "split and notes say which)")
-    p.add_argument("--limit", type=int, help="evaluate at most this many rows")
+    p.add_argument("--limit", type=int, help=limit_help())
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
     p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
                                                    "eval_* metrics were computed; else 1024)")
