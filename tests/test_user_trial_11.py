@@ -393,3 +393,12 @@ def test_limit_help_names_the_tasks_that_read_it_and_a_vlm_eval_refuses_it():
     with pytest.raises(ConfigError, match="does not use --limit"):
         refuse_unread_options(args, "vlm")
     refuse_unread_options(build_parser().parse_args(["eval", "RUN", "--data", "x.jsonl", "--limit", "8"]), "reward")
+
+
+def test_a_diffusion_eval_refuses_a_reference_of_another_kind_before_reading_data(diffusion_run, tmp_path):
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    with pytest.raises(ConfigError) as err:  # the data file does not exist: the kind is refused first
+        evaluate_diffusion_run(str(diffusion_run), str(tmp_path / "absent.jsonl"), reference="builtin:tiny-qwen2-vl")
+    assert str(err.value).startswith("--reference='builtin:tiny-qwen2-vl' is an image-text model, but task: "
+                                     "diffusion trains a text-to-image pipeline")

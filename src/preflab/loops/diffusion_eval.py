@@ -71,6 +71,10 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     if user_embeddings is not None and not ppd:
         raise ConfigError(f"--user-embeddings gives a ppd run's user embeddings; {run_dir} is a {trained} run. "
                           "Remove it.")
+    if reference and not ppd:  # a builtin VLM or text model was looked up on the hub as a pipeline
+        from preflab.models.model_kind import check_model_fits_task
+
+        check_model_fits_task(reference, "diffusion", "--reference")
     users = saved_user_table(run_dir, saved, user_embeddings, checkpoint, reference) if ppd else None
     # the split decided and its reader, read by the run (its dataset_split says which): the data is opened once
     split, said, reader = open_eval_split(data, split)
