@@ -6059,6 +6059,107 @@ MUTANTS += [
 ]
 
 
+# mutation-trla round: user trial 11 (diffusers / VLM user): a model of another kind refused per task, the vlm /
+# diffusion evals skipping and counting bad --data rows, diffusion_noising's word values checked with the config,
+# the modality / vlm-loss messages, a list in the single-image column, the headline's held-out clause, --quiet bars
+TRLA = "tests/test_user_trial_11.py"
+TRLA_KIND = [TRLA, "-k", "kind or builtin or preflight or pipeline_folder or model_type or vlm_run_under"]
+TRLA_MODALITY = [TRLA, "-k", "image_text or registered_diffusion or unpaired_loss"]
+TRLA_NOISING = [TRLA, "-k", "noising"]
+TRLA_SKIP_NOTE = [TRLA, "-k", "skipped_rows_note"]
+TRLA_VLM_EVAL = [TRLA, "-k", "vlm_eval_skips"]
+TRLA_DIFF_EVAL = [TRLA, "-k", "diffusion_eval_skips"]
+TRLA_IMAGE = [TRLA, "-k", "single_image"]
+TRLA_HEADLINE = [TRLA, "-k", "headline"]
+TRLA_QUIET = [TRLA, "-k", "quiet"]
+TRLA_ABOUT = [TRLA, "-k", "image_demos"]
+TRLA_BETA_ROW = [TRLA, "-k", "beta_row"]
+
+MUTANTS += [
+    # models/model_kind.py and config.py's preflight: the kind of model a task trains
+    Mutant("trla-kind-check-skipped", "config.py",
+           [("            check_model_fits_task(name, cfg.task, option)  # a pipeline under task: vlm, a VLM as a "
+             "diffusion model\n", "")],
+           TRLA_KIND, "a builtin VLM as a diffusion model reaches the pipeline loader (a hub lookup) again"),
+    Mutant("trla-kind-online-lm-only", "models/model_kind.py",
+           [('"online": (TEXT, IMAGE_TEXT, ONLINE_DEMO)', '"online": (TEXT, ONLINE_DEMO)')],
+           TRLA_KIND, "an online Vision-R1 run on builtin:tiny-qwen2-vl is refused"),
+    Mutant("trla-kind-pipeline-folder-unknown", "models/model_kind.py",
+           [('    if (folder / "model_index.json").is_file():\n        return TEXT_TO_IMAGE\n', "")],
+           TRLA_KIND, "a saved diffusers pipeline folder under task: vlm reaches the processor loader again"),
+    Mutant("trla-kind-both-auto-classes-certain", "models/model_kind.py",
+           [("return IMAGE_TEXT if image_text and not causal else", "return IMAGE_TEXT if image_text else")],
+           TRLA_KIND, "a gemma3 folder (loadable as a causal LM) is refused under task: dpo as an image-text model"),
+    Mutant("trla-kind-fix-names-wrong-task", "models/model_kind.py",
+           [('TEXT_TO_IMAGE: "diffusion", ONLINE_DEMO', 'TEXT_TO_IMAGE: "vlm", ONLINE_DEMO')],
+           TRLA_KIND, "the error tells a pipeline's user to set task: vlm"),
+    # objectives/base.py, loops/vlm.py: the modality and pairwise messages
+    Mutant("trla-modality-vlm-called-text", "objectives/base.py",
+           [('TASK_MODELS = {"vlm": "image-text models (scored on their answers\' tokens, as language models)"}',
+             "TASK_MODELS = {}")],
+           TRLA_MODALITY, "a diffusion objective under task: vlm is told the task trains text models"),
+    Mutant("trla-modality-objective-list-short", "objectives/base.py",
+           [('"dcpo", "ppd", "self_npo")}', '"dcpo", "ppd")}')],
+           TRLA_MODALITY, "the fix lists the diffusion objectives without self_npo"),
+    Mutant("trla-vlm-unpaired-no-fix", "loops/vlm.py",
+           [(' rows. Use a "\n                              "pairwise loss_type (sigmoid, ipo, robust, rrpo, ...: '
+             '`preflab objectives` lists them).")', ' rows.")')],
+           TRLA_MODALITY, "task: vlm with kto names a batch class and no fix"),
+    # loops/diffusion.py: diffusion_noising's word values
+    Mutant("trla-noising-choices-unchecked", "loops/diffusion.py",
+           [("    check_noising_choices(cfg.diffusion_noising)\n", "")],
+           TRLA_NOISING, "a misspelt mode stops the run only when the noiser is built, after the data"),
+    Mutant("trla-noising-grid-snap-unchecked", "loops/diffusion.py",
+           [('for key, allowed in (("mode", MODES), ("grid_snap", GRID_SNAPS)):',
+             'for key, allowed in (("mode", MODES),):')],
+           TRLA_NOISING, "grid_snap: flor passes the config check"),
+    # eval/skipped_rows.py, loops/vlm_eval.py, loops/diffusion_eval.py: bad --data rows skipped and counted
+    Mutant("trla-skipped-counts-reasons", "eval/skipped_rows.py",
+           [("    count = sum(skipped.values())\n", "    count = len(skipped)\n")],
+           TRLA_SKIP_NOTE, "the note counts the reasons, not the rows skipped"),
+    Mutant("trla-skipped-all-bad-evaluated", "eval/skipped_rows.py",
+           [("    if kept == 0:\n", "    if kept < 0:\n")],
+           TRLA_SKIP_NOTE, "every row bad gives a note over 0 pairs instead of an error"),
+    Mutant("trla-vlm-eval-stops-at-bad-row", "loops/vlm_eval.py",
+           [("*lora_off_overrides(), *old,\n            EVAL_ON_BAD_ROW])", "*lora_off_overrides(), *old])")],
+           TRLA_VLM_EVAL, "--task vlm stops at a bad row, saying to set on_bad_row, which eval does not take"),
+    Mutant("trla-vlm-eval-skip-unsaid", "loops/vlm_eval.py",
+           [('"notes": [n for n in (said, skipped_note, trained_on, overlap_note) if n],',
+             '"notes": [n for n in (said, trained_on, overlap_note) if n],')],
+           TRLA_VLM_EVAL, "--task vlm skips a bad row without a note"),
+    Mutant("trla-diffusion-eval-reference-kind-unchecked", "loops/diffusion_eval.py",
+           [('        check_model_fits_task(reference, "diffusion", "--reference")\n', "        pass\n")],
+           [TRLA, "-k", "reference_of_another_kind"], "--reference builtin:tiny-qwen2-vl is looked up on the hub"),
+    Mutant("trla-diffusion-eval-stops-at-bad-row", "loops/diffusion_eval.py",
+           [("+ ([] if ppd else [EVAL_ON_BAD_ROW]))", ")")],
+           TRLA_DIFF_EVAL, "--task diffusion stops at a bad row, saying to set on_bad_row, which eval does not take"),
+    # data/vision.py: a list in the single-image column
+    Mutant("trla-image-list-read-as-array", "data/vision.py",
+           [("isinstance(item, (list, tuple, int, float)) for item in value)",
+             "isinstance(item, (list, tuple, int, float, str)) for item in value)")],
+           TRLA_IMAGE, "image: [path] is read as an array image: 'must be H x W x 3 integers, got shape (1,)'"),
+    # report/headline.py: held-out pairs on training prompts
+    Mutant("trla-headline-zero-pairs-not-held-out", "report/headline.py",
+           [('held = "not held-out" if overlap.get("pairs") else "the prompts are not held-out"',
+             'held = "not held-out"')],
+           TRLA_HEADLINE, "0 training pairs is headlined as not held-out, against the eval's own note"),
+    # report/html.py: the eval table's beta row
+    Mutant("trla-beta-row-r-star-everywhere", "report/html.py",
+           [('    if any("idealized_ranking_accuracy" in m for m in metrics.values()):\n'
+             '        return "beta of the implicit reward and of R*"\n    return "beta of the implicit reward"\n',
+             '    return "beta of the implicit reward and of R*"\n')],
+           TRLA_BETA_ROW, "a VLM eval's beta is said to be R*'s, which it does not compute"),
+    # demo/vlm.py: what the true reward is
+    Mutant("trla-vlm-demo-about-left-out", "demo/vlm.py",
+           [('    summary = {"about": ABOUT, "task": "shape-colour",', '    summary = {"task": "shape-colour",')],
+           TRLA_ABOUT, "the VLM demo's folder report headlines true_reward without saying it is a colour accuracy"),
+    # demo/diffusion.py: --quiet
+    Mutant("trla-demo-quiet-bars-shown", "demo/diffusion.py",
+           [("    if not shown:\n        diffusers_logging.disable_progress_bar()",
+             "    if shown:\n        diffusers_logging.disable_progress_bar()")],
+           TRLA_QUIET, "preflab demo diffusion --quiet prints diffusers' pipeline-load bars"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

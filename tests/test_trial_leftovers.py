@@ -160,7 +160,7 @@ def test_the_eval_of_an_sft_run_counts_pairs_whose_prompt_or_response_it_trained
         ", 2 with a prompt the run trained on (1 training pairs; not held-out)")
     # an offline run whose eval shares prompts but no pair with its training data: 0 pairs, not "no pairs"
     assert trained_on_clause({"overlap_with_training": {"prompts": 2, "pairs": 0}}) == (
-        ", 2 with a prompt the run trained on (0 training pairs; not held-out)")
+        ", 2 with a prompt the run trained on (0 training pairs; the prompts are not held-out)")
 
 
 def test_group_by_length_with_train_sampling_strategy_random_is_refused_not_run_grouped(tmp_path):

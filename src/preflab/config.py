@@ -176,7 +176,7 @@ class TrainConfig:
     # diffusion runs (task: diffusion)
     resolution: int = 512                      # diffusion: images are resized (shorter side) and centre-cropped to this square
     image_resize: bool = True                  # diffusion: false = an image of another size is a bad row
-    diffusion_noising: dict = field(default_factory=dict)  # diffusion: PairNoiser overrides (mode, num_inversion_steps, inversion_eta, renoise_iters, grid_snap, min_timestep, max_timestep)
+    diffusion_noising: dict = field(default_factory=dict)  # diffusion: PairNoiser overrides (mode, num_inversion_steps, inversion_eta, renoise_iters, grid_snap, steps_offset, min_timestep, max_timestep)
     cache_encodings: bool = True               # diffusion: encode every image (VAE) and caption (text encoder) once before training
     user_column: str = "user_id"               # ppd: the column naming each row's user
     user_embedding_tokens: int = 4             # ppd: L_u, tokens of a learned user embedding
@@ -1188,8 +1188,11 @@ def preflight(cfg: TrainConfig, check_models: bool = True) -> None:
         names = [("model_name_or_path", cfg.model_name_or_path)]
         if cfg.ref_model_name_or_path:
             names.append(("ref_model_name_or_path", cfg.ref_model_name_or_path))
+        from preflab.models.model_kind import check_model_fits_task
+
         for option, name in names:
             check_model_name(name, option)
+            check_model_fits_task(name, cfg.task, option)  # a pipeline under task: vlm, a VLM as a diffusion model
             # what the model load would refuse, before the data is read and tokenized
             check_weights_safe(name, cfg.allow_pickle)
             check_remote_code(name, cfg.trust_remote_code, option)

@@ -339,8 +339,9 @@ OPTIONS: dict[str, Option] = {
     # diffusion runs (task: diffusion)
     "resolution": above(0, "diffusion: images are resized (shorter side) and centre-cropped to this square"),
     "image_resize": Option("diffusion: false = an image of another size is a bad row"),
-    "diffusion_noising": Option("diffusion: PairNoiser overrides (mode, num_inversion_steps, inversion_eta, "
-                                "renoise_iters, grid_snap, min_timestep, max_timestep)"),
+    "diffusion_noising": Option("diffusion: PairNoiser overrides (mode: forward | ddim_invert, num_inversion_steps, "
+                                "inversion_eta, renoise_iters, grid_snap: exact | floor, steps_offset, min_timestep, "
+                                "max_timestep)"),
     "cache_encodings": Option("diffusion: encode every image (VAE) and caption (text encoder) once before training"),
     "user_column": Option("ppd: the column naming each row's user", "a non-empty name", _nonempty),
     "user_embedding_tokens": above(0, "ppd: L_u, tokens of a learned user embedding"),

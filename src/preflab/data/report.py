@@ -173,7 +173,12 @@ def first_skipped_note(*reports) -> str:
     """" First skipped: line L, field 'F': REASON (DETAIL)." for the first skipped row the reports kept an example
     of (RowReport.skipped_examples, in the order given), or '': what an error that no row was usable shows, so the
     reader sees why (e.g. the rows are TRL's unpaired form, not pairs) and not only a count by reason."""
-    first = next((r.skipped_examples[0] for r in reports if r is not None and r.skipped_examples), None)
+    def examples(report) -> list:  # a RowReport, or its to_dict() (a run's data report keeps those)
+        if report is None:
+            return []
+        return (report.get("skipped_examples") if isinstance(report, dict) else report.skipped_examples) or []
+
+    first = next((examples(r)[0] for r in reports if examples(r)), None)
     if first is None:
         return ""
     at = f"line {first['line']}" if first.get("line") else f"row {first['row_id']}"

@@ -192,6 +192,13 @@ def _refuse_text_placeholders(prompt: list[dict], text_prompt: bool) -> None:
                                  "image goes (a conversational prompt).")
 
 
+def listed_images(value) -> bool:
+    """True for a list of images (paths, bytes, dicts, PIL images) given where one image goes; a nested list of
+    numbers (an H x W x 3 array image written as JSON) is one image, not a list of them."""
+    return isinstance(value, (list, tuple)) and bool(value) and not any(
+        isinstance(item, (list, tuple, int, float)) for item in value)
+
+
 def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -> tuple[list[dict], list]:
     """(prompt messages with one image part per image, RGB images in placeholder order) of a row; video parts become
     their frames' image parts. A RowProblem names the field at fault."""
@@ -204,6 +211,10 @@ def vision_prompt(row: dict, base_dir: str | None = None, max_frames: int = 8) -
         raise RowProblem("missing_field", "videos", "the row has a 'video' column but no 'videos': the video would "
                          "not reach the model", "Rename the column to 'videos' (a list, one entry per "
                          "{'type': 'video'} part of the prompt), as in TRL's vision rows.")
+    if listed_images(row.get("image")):  # read as one array image it said "H x W x 3 ..., got shape (1,)"
+        raise RowProblem("wrong_type", "image", f"'image' is TRL's single-image column (one image), but the row gives "
+                         f"a list of {len(row['image'])}", "Name a list of images 'images' (one {'type': 'image'} "
+                         "part per entry), or give 'image' one image.")
     if row.get("image") is not None:  # TRL's single-image column: one image
         images = [load_image(row["image"], "image", base_dir)]
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,16 +87,22 @@ def fit_unet(components, latents: torch.Tensor, cond: torch.Tensor, steps: int, 
     return loss
 
 
+# summary.json's `about` (as the text demo's), which `preflab report` on the demo folder shows above the numbers: it
+# showed true_reward_before / _after with nothing saying what the true reward is
+ABOUT = ("What this demo shows: preference optimization moves a text-to-image model toward what its preference "
+         "pairs reward. A tiny text-to-image model is fitted to coloured shapes, then preference-trained with "
+         "Diffusion-DPO on pairs from a rater who prefers red shapes. True reward: dominance of red in the image's "
+         "most saturated pixels (in [-1, 1]), on samples of the same prompts and seeds before and after.")
+
+
 def _report(out: Path, summary: dict) -> Path:
     rows = "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in summary.items()
-                   if isinstance(v, (int, float, str)))
+                   if isinstance(v, (int, float, str)) and k != "about")
     html = (
         "<!doctype html><meta charset='utf-8'><title>preflab demo diffusion</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:2px 8px}</style>"
         "<h1>preflab demo diffusion</h1>"
-        "<p>A tiny text-to-image model fitted to coloured shapes, then preference-trained with Diffusion-DPO on pairs "
-        "from a rater who prefers red shapes. True reward: dominance of red in the image's most saturated pixels "
-        "(in [-1, 1]).</p>"
+        f"<p>{ABOUT}</p>"
         f"<p><b>True reward on the same prompts and seeds: before {summary['true_reward_before']:.3f}, after "
         f"{summary['true_reward_after']:.3f}</b></p>"
         "<h2>Samples</h2><p>Top row: before preference training. Bottom row: after. Prompts: "
@@ -104,6 +111,22 @@ def _report(out: Path, summary: dict) -> Path:
     path = out / "report.html"
     path.write_text(html)
     return path
+
+
+@contextmanager
+def pipeline_load_bars(shown: bool):
+    """diffusers' "Loading pipeline components" bar on (as diffusers leaves it) or off for the block: `preflab demo
+    diffusion --quiet` ("no progress bars") printed it twice when it reloaded the base and trained pipelines."""
+    from diffusers.utils import logging as diffusers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled()
+    if not shown:
+        diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            diffusers_logging.enable_progress_bar()
 
 
 def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0, quiet: bool = False,
@@ -147,15 +170,16 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
 
     prompts = captions(num_samples, torch.Generator().manual_seed(seed + 20), favourite)
     seeds = list(range(1000, 1000 + num_samples))
-    base = components_of(DiffusionPipeline.from_pretrained(str(base_dir)))
-    tuned = components_of(DiffusionPipeline.from_pretrained(train_summary["model_dir"]))
+    with pipeline_load_bars(not quiet):
+        base = components_of(DiffusionPipeline.from_pretrained(str(base_dir)))
+        tuned = components_of(DiffusionPipeline.from_pretrained(train_summary["model_dir"]))
     before = sample_images(base, base.denoiser, prompts, seeds, sample_steps)
     after = sample_images(tuned, tuned.denoiser, prompts, seeds, sample_steps)
     r_before, r_after = true_reward(before, prompts, favourite), true_reward(after, prompts, favourite)
     k = min(12, num_samples)
     save_grid([before[:k], after[:k]], out / "samples.png")
     summary = {
-        "true_reward_before": float(r_before.mean()), "true_reward_after": float(r_after.mean()),
+        "about": ABOUT, "true_reward_before": float(r_before.mean()), "true_reward_after": float(r_after.mean()),
         "true_reward_gain": float((r_after - r_before).mean()),
         "share_improved": float((r_after > r_before).float().mean()),
         "model_dir": train_summary["model_dir"], "base_model_dir": str(base_dir),

@@ -25,6 +25,14 @@ from statistics import mean
 
 import torch
 
+# summary.json's `about` (as the text demo's), which `preflab report` on the demo folder shows above the numbers: it
+# showed true_reward_before / _after with nothing saying that they are a colour accuracy
+ABOUT = ("What this demo shows: preference optimization moves an image-text model toward what its preference pairs "
+         "reward. A tiny Qwen2-VL is supervised-tuned on answers to \"What colour is the shape?\" from an annotator "
+         "biased to \"red\", then trained with DPO (plus the chosen answer's NLL) on pairs that prefer the true "
+         "colour. True reward: 1 when the greedy answer's first word is the shape's colour, else 0, averaged over "
+         "held-out images (the colour accuracy), after SFT (before) and after DPO (after).")
+
 COLOURS = {"red": (215, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 215), "yellow": (225, 205, 40)}
 SHAPES = ("square", "circle", "triangle")
 QUESTION = "What colour is the shape?"
@@ -152,7 +160,7 @@ def run_vlm_demo(output_dir: str = "outputs/demo-vlm", seed: int = 0, quiet: boo
     say(f"preflab demo vlm: stage 3/3, accuracy after DPO: {after:.3f} (before {before:.3f})")
     examples = [{"colour": h["colour"], "shape": h["shape"], "before": b, "after": a}
                 for h, b, a in zip(heldout, answers_before, answers_after)]
-    summary = {"task": "shape-colour", "true_reward_before": before, "true_reward_after": after,
+    summary = {"about": ABOUT, "task": "shape-colour", "true_reward_before": before, "true_reward_after": after,
                "improvement": after - before, "heldout_images": len(heldout), "seed": seed,
                "model_dir": str(out / "dpo"), "sft_dir": str(out / "sft"),
                "runtime_s": time.perf_counter() - started, "examples": examples[:12]}

@@ -9,6 +9,17 @@ import argparse
 from preflab.errors import ConfigError, PreflabError
 
 
+def limit_help() -> str:
+    """--limit's help, naming the tasks that read it (preflab.eval.cli.TASK_READS): it read "evaluate at most this many
+    rows" for every task, and `--task vlm --limit 8` was then refused."""
+    from preflab.eval.cli import TASK_READS
+
+    reads = [task for task, options in TASK_READS.items() if "limit" in options]
+    refused = [task for task, options in TASK_READS.items() if "limit" not in options]
+    return (f"evaluate at most this many rows (the policy eval, --task {', '.join(reads)}; --task "
+            f"{' and '.join(refused)} refuse it)")
+
+
 def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="ranking accuracy, idealized ranking accuracy, 3D metrics and win rate on held-out pairs",
@@ -50,7 +61,7 @@ def register(sub) -> None:
     p.add_argument("--split", help="split of a hub dataset, DatasetDict or data folder (default: 'test' where the "
                                    "data has one, as a run's eval_split; else 'train'; every --task; eval.json's "
                                    "split and notes say which)")
-    p.add_argument("--limit", type=int, help="evaluate at most this many rows")
+    p.add_argument("--limit", type=int, help=limit_help())
     p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
     p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
                                                    "eval_* metrics were computed; else 1024)")
@@ -65,10 +76,12 @@ def register(sub) -> None:
     judge = p.add_mutually_exclusive_group()
     judge.add_argument("--reward-fn", help="MODULE:NAME or path/to/file.py:NAME of a TRL-style reward function "
                                            "f(prompts, completions), or a built-in judge name that reward_funcs "
-                                           "takes: demo_true_reward, demo_echo_reward, verifier:<name>")
+                                           "takes: demo_true_reward, demo_echo_reward, verifier:<name>; with --task "
+                                           "diffusion, f(images, prompts): images uint8 [N, 3, S, S], one score "
+                                           "per image")
     judge.add_argument("--reward-model", help="directory of a sequence-classification reward model (safetensors)")
     judge.add_argument("--judge", help="MODULE:NAME of a pairwise judge (TRL's .judge or f(prompts, a, b))")
-    p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated for the win rate")
+    p.add_argument("--win-rate-prompts", type=int, default=64, help="prompts generated (diffusion: sampled) for the win rate (default: 64)")
     p.add_argument("--max-new-tokens", type=int, help="generation length for the win rate (default: the run's "
                                                         "max_completion_length, else 64)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the win-rate interval")

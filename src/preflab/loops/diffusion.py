@@ -35,7 +35,7 @@ from preflab.loops.batches import make_plan
 from preflab.loops.driver import TrainingRun
 from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
-from preflab.objectives.base import UnpairedBatch, objective_parts
+from preflab.objectives.base import MODALITY_OBJECTIVES, UnpairedBatch, objective_parts
 
 if TYPE_CHECKING:
     from preflab.scoring.diffusion import DiffusionPairs
@@ -65,8 +65,9 @@ def check_diffusion_objective(cfg, objective) -> None:
     """A text objective in a diffusion run is refused before any model is loaded."""
     if not is_diffusion_objective(objective):
         raise ConfigError(
-            f"loss_type {cfg.loss_type!r} is a language-model objective; task: diffusion trains diffusion_dpo, "
-            "smpo_diffusion, diffusion_inpo, dcpo, ppd or self_npo. Use task: dpo for language models.")
+            f"loss_type {cfg.loss_type!r} is a language-model objective; task: diffusion trains "
+            f"{', '.join(MODALITY_OBJECTIVES['diffusion'][:-1])} or {MODALITY_OBJECTIVES['diffusion'][-1]}. Use task: "
+            "dpo for language models.")
 
 
 def check_flow_objective(cfg, objective) -> None:
@@ -136,7 +137,22 @@ def check_diffusion_options(cfg) -> None:
     unknown = sorted(set(cfg.diffusion_noising) - known)
     if unknown:
         hints = "".join(nearest(k, known) for k in unknown)
-        raise ConfigError(f"diffusion_noising has unknown keys {unknown};{hints} the keys are {sorted(known)}.")
+        raise ConfigError(f"diffusion_noising has unknown keys {unknown}; the keys are {sorted(known)}.{hints}")
+    check_noising_choices(cfg.diffusion_noising)
+
+
+def check_noising_choices(noising: dict) -> None:
+    """diffusion_noising's word-valued keys (mode, grid_snap) checked with the config, naming the option: a misspelt
+    value stopped the run only when the pair noiser was built, after every training image was read and encoded, and
+    the error named PairNoiser's field ("PairNoiser mode must be one of ...") instead of the option."""
+    from preflab.diffusion.inversion import GRID_SNAPS
+    from preflab.diffusion.noising import MODES
+
+    for key, allowed in (("mode", MODES), ("grid_snap", GRID_SNAPS)):
+        value = noising.get(key, allowed[0])
+        if value not in allowed:
+            raise ConfigError(f"diffusion_noising.{key} must be one of {', '.join(allowed)}; got {value!r}."
+                              f"{nearest(str(value), allowed)}")
 
 
 def draw_seed(*parts) -> int:

@@ -34,6 +34,7 @@ from preflab.diffusion.data import image_pair_key
 from preflab.errors import ConfigError
 from preflab.eval.names import DIFFUSION_NOT_EVALUATED
 from preflab.eval.run import OverlapRule, overlap_with_training
+from preflab.eval.skipped_rows import EVAL_ON_BAD_ROW, skipped_rows_note
 
 # an image pair shares its prompt with a training pair when the captions are equal, and is a training pair when the
 # captions each image is conditioned on and the two images' pixels, in order, are too (diffusion.data.image_pair_key)
@@ -56,7 +57,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.models.run_config import require_run_config
-    from preflab.eval.run import data_fields, held_out_run_overrides, open_eval_split, training_data_note
+    from preflab.eval.run import data_fields, data_name, held_out_run_overrides, open_eval_split, training_data_note
     from preflab.eval.run_files import refuse_other_task
     from preflab.loops.diffusion import DiffusionRun, sample_seeds
 
@@ -73,6 +74,10 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     if user_embeddings is not None and not ppd:
         raise ConfigError(f"--user-embeddings gives a ppd run's user embeddings; {run_dir} is a {trained} run. "
                           "Remove it.")
+    if reference and not ppd:  # a builtin VLM or text model was looked up on the hub as a pipeline
+        from preflab.models.model_kind import check_model_fits_task
+
+        check_model_fits_task(reference, "diffusion", "--reference")
     users = None
     if ppd:
         from preflab.loops.ppd_eval import checkpoint_user_table
@@ -86,7 +91,9 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         # a checkpoint holds the trained parameters (LoRA adapters when use_peft) on the run's base model; the
         # final directory is a pipeline with the adapters fused
         cfg = config_with_overrides(saved, preflab_overrides=held_out_run_overrides(data, split, tmp, batch_size) + [
-            "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides()))
+            "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides())
+            # bad rows of --data are skipped and counted, as the policy eval does (a ppd eval reads as its run did)
+            + ([] if ppd else [EVAL_ON_BAD_ROW]))
         objective = cfg.objective()
         if type(objective).__name__ == "SelfNPO":
             _refuse_unevaluated(cfg.loss_type)
@@ -111,6 +118,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         ref.flux_guidance, ref.resolution = cfg.flux_guidance, cfg.resolution  # Flux: sampled as the run's
         run.reference = ref.denoiser.float().to(run.accelerator.device).requires_grad_(False).eval()
         run.eval_data = run.train_data
+        skipped_note, skipped_report = skipped_rows_note(run.data_report, len(run.eval_data), data_name(data))
         metrics = run.evaluate()
         trained_on = training_data_note(data, saved, split)  # the metrics are then not held-out
         overlap, overlap_note, why = overlap_with_training(run.eval_data, image_training_rows(saved, run),
@@ -120,7 +128,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
                            **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
                **({"overlap_with_training": overlap} if overlap is not None else {}),
-               "notes": [n for n in (said, *run.eval_notes, trained_on, overlap_note) if n],
+               "notes": [n for n in (said, skipped_note, *run.eval_notes, trained_on, overlap_note) if n],
+               **({"data_report": skipped_report} if skipped_report else {}),
                "missing": {"overlap_with_training": why} if why else {}}
         if reward_fn is not None:
             prompts = [x.prompt for x in run.eval_data][:num_prompts]

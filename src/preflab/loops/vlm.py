@@ -272,8 +272,9 @@ class VisionTrainer(Trainer):
                               "trained VLM with its processor: AutoModelForImageTextToText.generate).")
         objective = cfg.objective()
         if objective.batch_type is not PairBatch:
-            raise ConfigError(f"task: vlm trains pairwise objectives; {cfg.loss_type!r} consumes "
-                              f"{objective.batch_type.__name__}.")
+            raise ConfigError(f"task: vlm trains pairwise objectives (a chosen and a rejected answer per prompt); "
+                              f"loss_type {cfg.loss_type!r} consumes {objective.batch_type.__name__} rows. Use a "
+                              "pairwise loss_type (sigmoid, ipo, robust, rrpo, ...: `preflab objectives` lists them).")
         if policy is None:
             from preflab.models.vlm import load_vlm
 

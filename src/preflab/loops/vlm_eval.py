@@ -17,6 +17,7 @@ from pathlib import Path
 from preflab.data.vision import vision_prompt_key, vision_row_key
 from preflab.errors import ConfigError
 from preflab.eval.run import OverlapRule, overlap_with_training
+from preflab.eval.skipped_rows import EVAL_ON_BAD_ROW, skipped_rows_note
 
 # a vision row shares its prompt with a training row when the prompt messages and the images' pixels are equal, and
 # is a training row when its answers (and the rejected side's own images) are too (data.vision's keys)
@@ -31,7 +32,7 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     from preflab.config import config_with_overrides, lora_off_overrides
     from preflab.loops.vlm import VisionTrainer
     from preflab.models.run_config import require_run_config
-    from preflab.eval.run import data_fields, held_out_run_overrides, open_eval_split, training_data_note
+    from preflab.eval.run import data_fields, data_name, held_out_run_overrides, open_eval_split, training_data_note
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
@@ -50,7 +51,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_with_overrides(raw, preflab_overrides=[
             *held_out_run_overrides(data, split, tmp, batch_size), "ref_model_name_or_path=null",
-            "precompute_ref_log_probs=false", *lora_off_overrides(), *old])
+            "precompute_ref_log_probs=false", *lora_off_overrides(), *old,
+            EVAL_ON_BAD_ROW])  # bad rows of --data are skipped and counted, as the policy eval does
         if cfg.task != "vlm":
             raise ConfigError(f"{checkpoint} is a task: {cfg.task} run; --task vlm evaluates task: vlm runs.")
         saved = config_with_overrides(raw, preflab_overrides=old)
@@ -77,8 +79,9 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
             selector = ref if ref is not None and reference == start else load_vlm_reference(
                 start, cfg, processor, policy, "model_name_or_path").requires_grad_(False).eval()
         rows_read: dict = {}  # the rows as read, for the overlap with the run's training rows
-        pairs = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader, rows_read,
-                                    evaluated=True)[0]
+        pairs, _, data_report = prepare_vision_data(cfg, processor, selector, cfg.objective(), reader, rows_read,
+                                                    evaluated=True)
+        skipped_note, skipped_report = skipped_rows_note(data_report, len(pairs), data_name(data))
         run = VisionTrainer(cfg, policy=policy, ref=ref, processor=processor, train_data=pairs)
         run.eval_data, run.step, run.main = run.train_data, 0, False
         metrics = run.evaluate()
@@ -92,7 +95,8 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
             "num_pairs": len(run.eval_data),
             "metrics": {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")},
             **({"overlap_with_training": overlap} if overlap is not None else {}),
-            "notes": [n for n in (said, trained_on, overlap_note) if n],
+            "notes": [n for n in (said, skipped_note, trained_on, overlap_note) if n],
+            **({"data_report": skipped_report} if skipped_report else {}),
             "missing": {"overlap_with_training": why} if why else {}}
 
 

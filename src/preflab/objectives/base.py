@@ -495,6 +495,12 @@ def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> Non
 
 # The modality each training task scores: every task not listed here trains language models.
 TASK_MODALITY = {"diffusion": "diffusion"}
+# what a task's models are, in check_modality's message, where "text" alone misleads: a vlm run trains image-text
+# models, scored on their answers' tokens as language models are (it said "task 'vlm' trains text models")
+TASK_MODELS = {"vlm": "image-text models (scored on their answers' tokens, as language models)"}
+# the built-in objectives of each non-text modality, named in check_modality's fix (tests/objectives pin the list
+# against every registered objective's `modality`)
+MODALITY_OBJECTIVES = {"diffusion": ("diffusion_dpo", "smpo_diffusion", "diffusion_inpo", "dcpo", "ppd", "self_npo")}
 
 
 def check_modality(objective, task: str) -> None:
@@ -513,8 +519,12 @@ def check_modality(objective, task: str) -> None:
                 fix = "use a language-model objective (e.g. loss_type=sigmoid)" + (
                     f", or train a {have} model with task: {other[0]}" if other else "")
             else:
-                fix = f"use a {wanted} objective (`preflab objectives` lists each one's modality)"
-            raise ConfigError(f"objective {name} scores {have} models but task {task!r} trains {wanted} models; {fix}.")
+                names = MODALITY_OBJECTIVES.get(wanted, ())
+                fix = (f"use a {wanted} objective (loss_type: {' | '.join(names)}; `preflab objectives` lists each "
+                       "one's modality)" if names else
+                       f"use a {wanted} objective (`preflab objectives` lists each one's modality)")
+            trains = TASK_MODELS.get(task, f"{wanted} models")
+            raise ConfigError(f"objective {name} scores {have} models but task {task!r} trains {trains}; {fix}.")
 
 
 # a loss_type entry -> its objective class: a built-in name or alias (preflab.objectives._registry), 'module:Class' or

@@ -235,8 +235,10 @@ def trained_on_clause(result: dict) -> str:
                 "it trained on by SFT; not held-out)")
     if overlap.get("pairs") is None:  # an online run's: it trained on its own samples, no pairs (it read "None")
         return f", {overlap.get('prompts')} with a prompt the run trained on (it trained on no pairs; not held-out)"
-    return (f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} training pairs; "
-            "not held-out)")
+    # no training pair among them: the pairs are held-out, their prompts are not (the eval's own note says so; the
+    # headline said "0 training pairs; not held-out", as if the pairs were not)
+    held = "not held-out" if overlap.get("pairs") else "the prompts are not held-out"
+    return f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} training pairs; {held})"
 
 
 def eval_json_rows(run: RunData) -> list[dict]:

@@ -169,8 +169,7 @@ def _eval_section(runs: list[RunData]) -> str:
     if any("num_completions" in r.eval for r in have):  # unpaired data (KTO's form): its count is of completions
         rows.insert(1, ["<td>completions</td>", *[_num_cell(r.eval.get("num_completions")) for r in have],
                         '<td class="doc">unpaired completions scored (prompt, completion, label)</td>'])
-    beta_doc = ("beta of the implicit reward (unpaired rows: no R*)" if all("num_completions" in r.eval for r in have)
-                else "beta of the implicit reward and of R*")
+    beta_doc = eval_beta_doc(have, metrics)
     rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
                     f'<td class="doc">{beta_doc}</td>'])
     out += _table(["metric", *[r.name for r in have], "meaning"], rows)
@@ -346,6 +345,19 @@ def _example_rows(before: list, after: list) -> list[list[str]]:
                           + "</td>")
         rows.append([f"<td>{_e(x.get('prompt', ''))}</td>", cell(x), cell(y)])
     return rows
+
+
+def eval_beta_doc(have, metrics: dict) -> str:
+    """The meaning of the eval table's beta row. R* (the idealized ranking accuracy) is named only where an eval.json
+    holds it: a diffusion eval's beta is that of b (MSE_ref - MSE), a VLM eval computes no R*, and neither has one
+    (both were said to be "beta of the implicit reward and of R*")."""
+    if all(r.eval.get("task") == "diffusion" for r in have):
+        return "beta of the implicit reward b (MSE_ref - MSE), in the run's convention (no R*)"
+    if all("num_completions" in r.eval for r in have):
+        return "beta of the implicit reward (unpaired rows: no R*)"
+    if any("idealized_ranking_accuracy" in m for m in metrics.values()):
+        return "beta of the implicit reward and of R*"
+    return "beta of the implicit reward"
 
 
 def _overview(overview: dict) -> str:
