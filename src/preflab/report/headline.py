@@ -239,6 +239,17 @@ def trained_on_clause(result: dict) -> str:
             "not held-out)")
 
 
+def win_rate_meaning(win: dict) -> str:
+    """The headline's meaning of a win rate: with the judge eval.json names, and, where every verdict is a tie, that
+    0.5 says the judge told no answer apart (preflab.eval.winrate.win_rate_caveats) rather than "as good"."""
+    judge = f", judged by {win['judge']}" if win.get("judge") else ""
+    if win.get("n") and win.get("ties") == win.get("n"):
+        return (f"win rate of the policy's generations against the reference's (preflab eval{judge}); every verdict "
+                "a tie: the judge told no answer apart, so 0.5 is not evidence the policy is as good")
+    return (f"win rate of the policy's generations against the reference's (preflab eval{judge}; 0.5: as good as "
+            "the reference)")
+
+
 def eval_json_rows(run: RunData) -> list[dict]:
     """The eval.json numbers a run is judged by: its ranking accuracy beside the reference's, a reward model's
     accuracy, a diffusion pipeline's implicit accuracy and --reward-fn score beside the reference pipeline's, and
@@ -261,6 +272,5 @@ def eval_json_rows(run: RunData) -> list[dict]:
                      "after": (f"eval.json, {win['n']} prompts, interval {win.get('ci_low'):.3g} to "
                                f"{win.get('ci_high'):.3g}" if is_number(win.get("ci_low")) and
                                is_number(win.get("ci_high")) else f"eval.json, {win['n']} prompts", win["win_rate"]),
-                     "meaning": "win rate of the policy's generations against the reference's (preflab eval; 0.5: "
-                                "as good as the reference)"})
+                     "meaning": win_rate_meaning(win)})
     return rows

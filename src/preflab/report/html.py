@@ -187,6 +187,7 @@ def _eval_section(runs: list[RunData]) -> str:
                     + (f"; {_fmt(win.get('failed'))} prompts without a verdict left out" if win.get("failed") else "")
                     + (f"; {_e(str(win.get('decoding', '')))} answers of at most {_fmt(win.get('max_new_tokens'))} "
                        "new tokens" if win.get("max_new_tokens") else "")
+                    + (f"; judged by {_e(str(win['judge']))}" if win.get("judge") else "")
                     + ")</p>")
         out += _per_user(run)
         notes = [f"{run.name}: {n}" for n in run.eval.get("notes") or [] if isinstance(n, str)]
