@@ -5620,6 +5620,43 @@ MUTANTS += [
            "preflab report shows no per-user table for a ppd eval"),
 ]
 
+# mutation-trlc round: user trial 13: the win rate's judge in eval.json and the report, the all-ties win rate's note
+# and headline, NaN log-probs in the lab's R / R*, TokenEnv's two-sequence rule, the reward-model metric meanings
+TRLC = ["tests/test_user_trial_13.py"]
+MUTANTS += [
+    Mutant("trlc-judge-not-recorded", "eval/run.py",
+           [('**({"judge": opts.judge} if opts.judge else {})}', "}")], TRLC,
+           "eval.json's win rate names no judge again"),
+    Mutant("trlc-judge-label-first-option-only", "eval_cli/cli.py",
+           [('for option in ("reward_fn", "reward_model", "judge"):', 'for option in ("reward_fn",):')], TRLC,
+           "a win rate judged by --reward-model or --judge records no judge"),
+    Mutant("trlc-all-ties-note-dropped", "eval/run.py",
+           [("            notes += win_rate_caveats(win)\n", "")], TRLC,
+           "a win rate of nothing but ties gets no note"),
+    Mutant("trlc-all-ties-any-tie", "eval/winrate.py",
+           [('if n and win.get("ties") == n:', 'if n and win.get("ties"):')], TRLC,
+           "one tie among wins and losses is said to make the whole win rate meaningless"),
+    Mutant("trlc-headline-all-ties-unsaid", "report/headline.py",
+           [('if win.get("n") and win.get("ties") == win.get("n"):', "if False:")], TRLC,
+           "the report's headline reads an all-ties 0.5 as 'as good as the reference'"),
+    Mutant("trlc-report-judge-dropped", "report/html.py",
+           [("""(f"; judged by {_e(str(win['judge']))}" if win.get("judge") else "")""", '""')], TRLC,
+           "the report's win-rate line does not say what judged it"),
+    Mutant("trlc-lab-nan-kept", "lab/closed_forms.py",
+           [("bad = np.flatnonzero(np.isnan(array))", "bad = np.flatnonzero(np.isposinf(array))")], TRLC,
+           "a NaN log-prob counts as a wrongly ranked pair in the lab's R and R*"),
+    Mutant("trlc-lab-minus-inf-refused", "lab/closed_forms.py",
+           [("bad = np.flatnonzero(np.isnan(array))", "bad = np.flatnonzero(~np.isfinite(array))")], TRLC,
+           "a response of probability 0 (log-prob -inf) is refused as if it were NaN"),
+    Mutant("trlc-token-env-one-token", "lab/token_env.py",
+           [("and vocab >= 2 and", "and vocab >= 1 and")], TRLC,
+           "a one-token environment (one sequence, no pair) is built again"),
+    Mutant("trlc-rm-margin-meaning-dropped", "eval/names.py",
+           [('    "reward_model/margin": "reward model: mean margin;',
+             '    "reward_model/margin_": "reward model: mean margin;')],
+           TRLC, "the report's table shows a reward model's margin without its meaning (BT and GPM differ)"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -199,3 +199,44 @@ def test_the_reward_models_own_metrics_have_a_meaning_in_the_report(tmp_path):
     page = _eval_section([_report_run(tmp_path, "bt", result)])
     assert ("<td>reward_model/margin</td>" in page and
             'not comparable between the two</td>' in page)
+
+
+def _trained_run(tmp_path, name: str, data: dict):
+    """A dpo run folder with two eval rows (R below the reference's) and `data` as its summary's data report."""
+    from preflab.report.runs import load_run
+
+    run = tmp_path / name
+    run.mkdir()
+    rows = [{"step": s, "eval_ranking_accuracy": r, "eval_reference_ranking_accuracy": 0.3,
+             "eval_rewards/accuracies": 0.8, "eval_loss": 0.6} for s, r in ((2, 0.2), (4, 0.25))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "dpo", "beta": 0.1}))
+    (run / "summary.json").write_text(json.dumps({"data": data}))
+    return load_run(run)
+
+
+def test_the_headline_does_not_call_an_eval_set_of_training_prompts_held_out(tmp_path):
+    # seen: `preflab train examples/quickstart.yaml eval_fraction=0 eval_dataset_name=<its training file>` printed
+    # "256 of 256 eval example(s) have a prompt that is also a train prompt" when it started, and summary.json counted
+    # them (data.overlap.eval_prompts_in_train: 256), yet `preflab report` labelled eval_ranking_accuracy
+    # "ranking accuracy R, held-out" and said "held-out ranking accuracy R (0.25, step 4) is below ..."
+    from preflab.report.headline import headline_notes, headline_rows
+
+    seen = _trained_run(tmp_path, "seen", {"overlap": {"duplicate_train_examples": 0, "eval_prompts_in_train": 256},
+                                           "eval_tokenize": {"kept": 256}})
+    rows = {r["metric"]: r for r in headline_rows(seen)}
+    clause = ", on the run's eval set: 256 of its 256 examples have a prompt the run trained on (prompts not held-out)"
+    assert rows["eval_ranking_accuracy"]["meaning"] == "ranking accuracy R" + clause
+    assert rows["eval_rewards/accuracies"]["meaning"] == "implicit reward accuracy" + clause
+    assert rows["eval_loss"]["meaning"] == "loss" + clause
+    notes = headline_notes(seen, list(rows.values()))
+    assert any(n.startswith("eval-set ranking accuracy R (0.25, step 4) is below the reference model's (0.3)")
+               for n in notes)
+    assert not any("held-out ranking accuracy" in n for n in notes)
+    # a run whose eval set shares no prompt with its training rows (the quickstart's eval_fraction split) is as before
+    held = _trained_run(tmp_path, "held", {"overlap": {"duplicate_train_examples": 0, "eval_prompts_in_train": 0},
+                                           "eval_tokenize": {"kept": 26}})
+    rows = {r["metric"]: r for r in headline_rows(held)}
+    assert rows["eval_ranking_accuracy"]["meaning"] == "ranking accuracy R, held-out"
+    notes = headline_notes(held, list(rows.values()))
+    assert any(n.startswith("held-out ranking accuracy R (0.25, step 4)") for n in notes)

@@ -91,13 +91,31 @@ def summary_rows(summary: dict, measured_by: str = "measured by the run (summary
     return rows
 
 
+def eval_set_seen_clause(summary: dict) -> str:
+    """", on the run's eval set: K of its N examples have a prompt the run trained on (prompts not held-out)" when the
+    run's data report (summary.json data.overlap.eval_prompts_in_train, of data.eval_tokenize.kept) counts any, else
+    "". It replaces the headline's ", held-out": a run whose eval_dataset_name is its training file was told so in a
+    note when it started, yet its report called every eval number held-out."""
+    data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+    overlap = data.get("overlap") if isinstance(data.get("overlap"), dict) else {}
+    seen = overlap.get("eval_prompts_in_train")
+    if not is_number(seen) or seen <= 0:
+        return ""
+    kept = (data.get("eval_tokenize") or {}).get("kept") if isinstance(data.get("eval_tokenize"), dict) else None
+    of = f" of its {kept:g}" if is_number(kept) else ""
+    return (f", on the run's eval set: {seen:g}{of} examples have a prompt the run trained on (prompts not "
+            "held-out)")
+
+
 def headline_rows(run: RunData) -> list[dict]:
     """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
     as a list of (source, value) or None, and first_step where before is an eval step. An eval row's "after" is
     the value at the last step that logged the metric: nan where that eval logged it non-finite (null), never an
     older finite value passed off as the run's end (the notes above the curves say which steps)."""
     rows = summary_rows(run.summary)
+    seen_prompts = eval_set_seen_clause(run.summary)
     for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
+        meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
         first, last = _at(run, key, 0), _at(run, key, -1)
         broken = [s for s in run.null_steps(key) if last is None or s > last[0]]
         if broken:   # the run's last eval of `key` was non-finite (a diverged run): that is its after
@@ -187,7 +205,8 @@ def headline_notes(run: RunData, rows: list[dict]) -> list[str]:
         notes.append(f"eval_rewards/accuracies is 0 at step {' and '.join(tied)} by definition, not a measurement: "
                      "the policy there is the reference, so every implicit reward beta (log pi - log pi_ref) is 0, "
                      "and TRL's accuracy (chosen reward > rejected reward) counts each tie as wrong")
-    for key, where in (("eval_ranking_accuracy", "held-out"), ("ranking_accuracy", "eval.json")):
+    held_out = "eval-set" if eval_set_seen_clause(run.summary) else "held-out"  # prompts it trained on: not held-out
+    for key, where in (("eval_ranking_accuracy", held_out), ("ranking_accuracy", "eval.json")):
         row = by_metric.get(key)
         if not row or not row["after"] or not row["baseline"]:
             continue
