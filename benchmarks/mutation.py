@@ -5655,6 +5655,19 @@ MUTANTS += [
            [('    "reward_model/margin": "reward model: mean margin;',
              '    "reward_model/margin_": "reward model: mean margin;')],
            TRLC, "the report's table shows a reward model's margin without its meaning (BT and GPM differ)"),
+    Mutant("trlc-headline-seen-prompts-held-out", "report/headline.py",
+           [("    if not is_number(seen) or seen <= 0:\n        return \"\"", "    if True:\n        return \"\"")],
+           TRLC, "an eval set of training prompts is called held-out in the headline again"),
+    Mutant("trlc-headline-no-overlap-said", "report/headline.py",
+           [("    if not is_number(seen) or seen <= 0:", "    if not is_number(seen) or seen < 0:")], TRLC,
+           "a run with no eval prompt in training is told '0 of its N examples' instead of held-out"),
+    Mutant("trlc-headline-note-held-out", "report/headline.py",
+           [('held_out = "eval-set" if eval_set_seen_clause(run.summary) else "held-out"', 'held_out = "held-out"')],
+           TRLC, "the note that R fell below the reference's calls an eval set of training prompts held-out"),
+    Mutant("trlc-gpm-headline-as-bt", "report/headline.py",
+           [('meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning',
+             "meaning = meaning")], TRLC,
+           "a GPM run's headline reads its skew score s as a reward difference r(chosen) - r(rejected)"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

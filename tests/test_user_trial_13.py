@@ -240,3 +240,24 @@ def test_the_headline_does_not_call_an_eval_set_of_training_prompts_held_out(tmp
     assert rows["eval_ranking_accuracy"]["meaning"] == "ranking accuracy R, held-out"
     notes = headline_notes(held, list(rows.values()))
     assert any(n.startswith("held-out ranking accuracy R (0.25, step 4)") for n in notes)
+
+
+def test_a_gpm_runs_headline_does_not_read_its_score_as_a_reward_difference(tmp_path):
+    # seen (a GPM and a BT reward run in one report): both headlines read eval_margin as "mean r(chosen) -
+    # r(rejected), held-out" and eval_accuracy as "pairwise accuracy r(chosen) > r(rejected)"; a GPM has no r(y):
+    # its margin is the mean skew score s (0.25 beside BT's 2.03) and its accuracy counts s > 0
+    from preflab.report.headline import headline_rows
+    from preflab.report.runs import load_run
+
+    meanings = {}
+    for head in ("bt", "gpm"):
+        run = tmp_path / head
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 40, "eval_accuracy": 0.8, "eval_margin": 0.25,
+                                                       "eval_loss": 0.3}) + "\n")
+        (run / "config.yaml").write_text(yaml.safe_dump({"task": "reward", "reward_head": head}))
+        meanings[head] = {r["metric"]: r["meaning"] for r in headline_rows(load_run(run))}
+    assert meanings["bt"]["eval_margin"] == "mean r(chosen) - r(rejected), held-out"
+    assert meanings["gpm"]["eval_margin"] == "mean GPM score s(chosen, rejected); P = sigmoid(s / tau), held-out"
+    assert meanings["gpm"]["eval_accuracy"] == "pairwise accuracy s(chosen, rejected) > 0 (GPM score), held-out"
+    assert meanings["gpm"]["eval_loss"] == meanings["bt"]["eval_loss"] == "loss, held-out"

@@ -91,6 +91,15 @@ def summary_rows(summary: dict, measured_by: str = "measured by the run (summary
     return rows
 
 
+def gpm_meaning(meaning: str) -> str:
+    """A reward-run headline meaning for a GPM head (Zhang et al. 2024, arXiv:2410.02197), which has no scalar reward
+    r(y): its eval_accuracy counts s(chosen, rejected) > 0 and its eval_margin is the mean s, s = v_c^T R^T v_r
+    (P(chosen > rejected) = sigmoid(s / tau)); before, both read as BT's r(chosen) - r(rejected)."""
+    return (meaning.replace("pairwise accuracy r(chosen) > r(rejected)", "pairwise accuracy s(chosen, rejected) > 0 "
+                            "(GPM score)")
+            .replace("mean r(chosen) - r(rejected)", "mean GPM score s(chosen, rejected); P = sigmoid(s / tau)"))
+
+
 def eval_set_seen_clause(summary: dict) -> str:
     """", on the run's eval set: K of its N examples have a prompt the run trained on (prompts not held-out)" when the
     run's data report (summary.json data.overlap.eval_prompts_in_train, of data.eval_tokenize.kept) counts any, else
@@ -116,6 +125,7 @@ def headline_rows(run: RunData) -> list[dict]:
     seen_prompts = eval_set_seen_clause(run.summary)
     for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
         meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
+        meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning
         first, last = _at(run, key, 0), _at(run, key, -1)
         broken = [s for s in run.null_steps(key) if last is None or s > last[0]]
         if broken:   # the run's last eval of `key` was non-finite (a diverged run): that is its after
