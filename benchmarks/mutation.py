@@ -1907,8 +1907,8 @@ MUTANTS += [
            [("and policy_is_reference_at(run, acc[\"steps\"][at])] if acc else []", "] if acc else []")], RP,
            "the tie-rule note on any 0 implicit reward accuracy, the policy moved or not"),
     Mutant("rp-headline-eval-json-r-not-compared", "report/headline.py",
-           [("(\"eval_ranking_accuracy\", \"held-out\"), (\"ranking_accuracy\", \"eval.json\")",
-             "(\"eval_ranking_accuracy\", \"held-out\"),")], RP,
+           [("(\"eval_ranking_accuracy\", held_out), (\"ranking_accuracy\", \"eval.json\")",
+             "(\"eval_ranking_accuracy\", held_out),")], RP,
            "eval.json's R below its reference's R goes unsaid"),
     Mutant("rp-runs-resumed-note-on-fresh-runs", "report/runs.py",
            [("    if run.summary.get(\"resumed_from_step\"):\n", "    if \"resumed_from_step\" in run.summary:\n")], RP,
@@ -5668,6 +5668,12 @@ MUTANTS += [
            [('meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning',
              "meaning = meaning")], TRLC,
            "a GPM run's headline reads its skew score s as a reward difference r(chosen) - r(rejected)"),
+    Mutant("trlc-fewer-prompts-unsaid", "eval/run.py",
+           [("            if judged < asked:", "            if judged < 0:")], TRLC,
+           "a win rate over fewer prompts than --win-rate-prompts asked for is not said"),
+    Mutant("trlc-fewer-prompts-always-said", "eval/run.py",
+           [("            if judged < asked:", "            if judged <= asked:")], TRLC,
+           "every win rate is said to be over fewer prompts than asked, also when all were there"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -40,12 +40,12 @@ def judged(tmp_path_factory):
     sys.path.insert(0, str(root))
     results = {}
     try:
-        for fn in ("zero", "length"):
-            out = root / f"{fn}.json"
+        for name, fn, prompts in (("zero", "zero", 3), ("length", "length", 3), ("fewer", "length", 5)):
+            out = root / f"{name}.json"
             printed = _main_printed(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"),
-                                     "--reward-fn", f"trial13_rewards:{fn}", "--win-rate-prompts", "3",
+                                     "--reward-fn", f"trial13_rewards:{fn}", "--win-rate-prompts", str(prompts),
                                      "--max-new-tokens", "3", "--device", "cpu", "--out", str(out)])
-            results[fn] = (json.loads(out.read_text()), printed)
+            results[name] = (json.loads(out.read_text()), printed)
     finally:
         sys.path.remove(str(root))
     return root, results
@@ -79,6 +79,19 @@ def test_eval_json_names_the_win_rates_judge(judged):
     _, results = judged
     assert results["zero"][0]["win_rate"]["judge"] == "--reward-fn trial13_rewards:zero"
     assert results["length"][0]["win_rate"]["judge"] == "--reward-fn trial13_rewards:length"
+
+
+def test_a_win_rate_over_fewer_prompts_than_asked_says_so(judged):
+    # seen: --win-rate-prompts 20 on 4 pairs gave n = 4 (interval 0.150 to 0.850) with no word that 16 of the 20
+    # prompts asked for were not there
+    _, results = judged
+    fewer, asked = results["fewer"][0], results["length"][0]
+    note = ("win rate: the evaluated pairs hold 3 distinct prompts, fewer than --win-rate-prompts 5: the win rate and "
+            "its interval are over those 3")
+    assert fewer["win_rate"]["n"] == 3 and note in fewer["notes"]
+    assert f"  note: {note}" in results["fewer"][1].splitlines()
+    assert fewer["win_rate"] == asked["win_rate"]  # the same 3 prompts judged: the same verdicts
+    assert not any("distinct prompts, fewer than" in n for n in asked["notes"])  # 3 asked, 3 there
 
 
 def test_judge_label_names_each_win_rate_option():

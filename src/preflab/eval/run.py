@@ -394,6 +394,10 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                              "judge returned -1, None or NaN, or a reward was None or not finite); the win rate and "
                              f"its interval cover the other {win['n']}")
             notes += win_rate_caveats(win)
+            asked, judged = opts.win_rate_prompts, win["n"] + win.get("failed", 0)
+            if judged < asked:  # said: the interval is the width of `judged` prompts, not of the number asked for
+                notes.append(f"win rate: the evaluated pairs hold {judged} distinct prompts, fewer than "
+                             f"--win-rate-prompts {asked}: the win rate and its interval are over those {judged}")
     else:
         missing["win_rate"] = "no --reward-fn, --reward-model or --judge given"
     if opts.token_rewards and ref is None:
