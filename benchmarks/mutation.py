@@ -5674,6 +5674,9 @@ MUTANTS += [
     Mutant("trlc-fewer-prompts-always-said", "eval/run.py",
            [("            if judged < asked:", "            if judged <= asked:")], TRLC,
            "every win rate is said to be over fewer prompts than asked, also when all were there"),
+    Mutant("trlc-reward-beta-row", "report/html.py",
+           [('    if any(r.eval.get("beta") is not None for r in have):', "    if True:")], TRLC,
+           "a reward model's eval table gets a beta row of dashes (it has no beta)"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -212,6 +212,10 @@ def test_the_reward_models_own_metrics_have_a_meaning_in_the_report(tmp_path):
     page = _eval_section([_report_run(tmp_path, "bt", result)])
     assert ("<td>reward_model/margin</td>" in page and
             'not comparable between the two</td>' in page)
+    # a reward model has no beta: no "beta of the implicit reward and of R*" row of dashes (a policy run keeps it)
+    assert "<td>beta</td>" not in page
+    policy = {"num_pairs": 4, "beta": 0.1, "metrics": {"ranking_accuracy": 0.5}}
+    assert "<td>beta</td>" in _eval_section([_report_run(tmp_path, "dpo", policy)])
 
 
 def _trained_run(tmp_path, name: str, data: dict):

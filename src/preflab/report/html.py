@@ -171,8 +171,9 @@ def _eval_section(runs: list[RunData]) -> str:
                         '<td class="doc">unpaired completions scored (prompt, completion, label)</td>'])
     beta_doc = ("beta of the implicit reward (unpaired rows: no R*)" if all("num_completions" in r.eval for r in have)
                 else "beta of the implicit reward and of R*")
-    rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
-                    f'<td class="doc">{beta_doc}</td>'])
+    if any(r.eval.get("beta") is not None for r in have):  # a reward model's eval.json has none: no empty row
+        rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
+                        f'<td class="doc">{beta_doc}</td>'])
     out += _table(["metric", *[r.name for r in have], "meaning"], rows)
     for run in have:
         win = _dict(run.eval.get("win_rate"))
