@@ -5677,6 +5677,13 @@ MUTANTS += [
     Mutant("trlc-reward-beta-row", "report/html.py",
            [('    if any(r.eval.get("beta") is not None for r in have):', "    if True:")], TRLC,
            "a reward model's eval table gets a beta row of dashes (it has no beta)"),
+    Mutant("trlc-lab-out-file-made-a-folder", "lab/cli.py",
+           [('    if not out.exists() and out.suffix.lower() in (".json", ".png"):', "    if False:")], TRLC,
+           "`preflab lab run NAME --out x.json` makes a folder named x.json again"),
+    Mutant("trlc-lab-out-existing-folder-refused", "lab/cli.py",
+           [('    if not out.exists() and out.suffix.lower() in (".json", ".png"):',
+             '    if out.suffix.lower() in (".json", ".png"):')], TRLC,
+           "an existing folder whose name ends in .json is refused as if it were a file"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -278,3 +278,23 @@ def test_a_gpm_runs_headline_does_not_read_its_score_as_a_reward_difference(tmp_
     assert meanings["gpm"]["eval_margin"] == "mean GPM score s(chosen, rejected); P = sigmoid(s / tau), held-out"
     assert meanings["gpm"]["eval_accuracy"] == "pairwise accuracy s(chosen, rejected) > 0 (GPM score), held-out"
     assert meanings["gpm"]["eval_loss"] == meanings["bt"]["eval_loss"] == "loss, held-out"
+
+
+@pytest.mark.parametrize("name", ["result.json", "plot.PNG"])
+def test_lab_run_refuses_an_out_that_names_a_file(tmp_path, capsys, name):
+    # seen: `preflab lab run ranking-accuracy --out x.json` (as `preflab eval --out` takes) made a folder x.json/
+    # holding ranking-accuracy.png and ranking-accuracy.json
+    out = tmp_path / name
+    assert main(["lab", "run", "ranking-accuracy", "--quick", "--out", str(out)]) == 2
+    stem = str(tmp_path / name.rsplit(".", 1)[0])
+    assert capsys.readouterr().err.strip().endswith(
+        f"--out {out} names a file, but --out is the folder ranking-accuracy.png and ranking-accuracy.json go into: "
+        f"give --out {stem} (or an existing folder).")
+    assert not out.exists()
+
+
+def test_lab_run_writes_into_an_existing_folder_named_like_a_file(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    out.mkdir()
+    assert main(["lab", "run", "ranking-accuracy", "--quick", "--out", str(out)]) == 0
+    assert json.loads((out / "ranking-accuracy.json").read_text())["numbers"]["idealized"] == [1.0, 0.75, 0.5]
