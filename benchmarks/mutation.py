@@ -5684,6 +5684,9 @@ MUTANTS += [
            [('    if not out.exists() and out.suffix.lower() in (".json", ".png"):',
              '    if out.suffix.lower() in (".json", ".png"):')], TRLC,
            "an existing folder whose name ends in .json is refused as if it were a file"),
+    Mutant("trlc-reward-overlap-not-counted", "reward_models/data.py",
+           [('    report["overlap"] = overlap_report(rows, eval_rows)\n', '    report["overlap"] = overlap_report(rows, [])\n')],
+           TRLC, "a reward run's data report counts no eval prompt it trains on: its headline says held-out"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -240,7 +240,7 @@ def test_the_headline_does_not_call_an_eval_set_of_training_prompts_held_out(tmp
     from preflab.report.headline import headline_notes, headline_rows
 
     seen = _trained_run(tmp_path, "seen", {"overlap": {"duplicate_train_examples": 0, "eval_prompts_in_train": 256},
-                                           "eval_tokenize": {"kept": 256}})
+                                           "eval_tokenize": {"total": 256, "kept": 250}})
     rows = {r["metric"]: r for r in headline_rows(seen)}
     clause = ", on the run's eval set: 256 of its 256 examples have a prompt the run trained on (prompts not held-out)"
     assert rows["eval_ranking_accuracy"]["meaning"] == "ranking accuracy R" + clause
@@ -252,7 +252,7 @@ def test_the_headline_does_not_call_an_eval_set_of_training_prompts_held_out(tmp
     assert not any("held-out ranking accuracy" in n for n in notes)
     # a run whose eval set shares no prompt with its training rows (the quickstart's eval_fraction split) is as before
     held = _trained_run(tmp_path, "held", {"overlap": {"duplicate_train_examples": 0, "eval_prompts_in_train": 0},
-                                           "eval_tokenize": {"kept": 26}})
+                                           "eval_tokenize": {"total": 26, "kept": 26}})
     rows = {r["metric"]: r for r in headline_rows(held)}
     assert rows["eval_ranking_accuracy"]["meaning"] == "ranking accuracy R, held-out"
     notes = headline_notes(held, list(rows.values()))
@@ -298,3 +298,22 @@ def test_lab_run_writes_into_an_existing_folder_named_like_a_file(tmp_path, caps
     out.mkdir()
     assert main(["lab", "run", "ranking-accuracy", "--quick", "--out", str(out)]) == 0
     assert json.loads((out / "ranking-accuracy.json").read_text())["numbers"]["idealized"] == [1.0, 0.75, 0.5]
+
+
+def test_a_reward_runs_data_report_counts_eval_prompts_it_trains_on(tmp_path, capsys):
+    # seen: a reward run (eval_dataset_name = its training file) kept no overlap count in summary.json's data report
+    # (the policy tasks keep data.overlap), so its report headline called eval_accuracy "held-out" with no way to know
+    from preflab.config import config_from_dict
+    from preflab.reward_models.data import load_reward_pairs
+
+    train, held = tmp_path / "t.jsonl", tmp_path / "e.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    held.write_text("".join(json.dumps(r) + "\n" for r in ROWS[1:] + [{"prompt": "new prompt", "chosen": " a",
+                                                                       "rejected": " b"}]))
+    cfg = config_from_dict({"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(train),
+                            "eval_dataset_name": str(held), "eval_split": "train"})
+    _, evals, report, _ = load_reward_pairs(cfg, tiny_tokenizer("bytelevel"))
+    assert len(evals) == 3
+    assert report["overlap"] == {"duplicate_train_examples": 0, "eval_prompts_in_train": 2}
+    assert ("preflab: note: data: 2 of 3 eval example(s) have a prompt that is also a train prompt: the eval then "
+            "measures prompts the policy was trained on.") in capsys.readouterr().out.splitlines()

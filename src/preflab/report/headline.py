@@ -102,7 +102,7 @@ def gpm_meaning(meaning: str) -> str:
 
 def eval_set_seen_clause(summary: dict) -> str:
     """", on the run's eval set: K of its N examples have a prompt the run trained on (prompts not held-out)" when the
-    run's data report (summary.json data.overlap.eval_prompts_in_train, of data.eval_tokenize.kept) counts any, else
+    run's data report (summary.json data.overlap.eval_prompts_in_train, of data.eval_tokenize.total) counts any, else
     "". It replaces the headline's ", held-out": a run whose eval_dataset_name is its training file was told so in a
     note when it started, yet its report called every eval number held-out."""
     data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
@@ -110,8 +110,10 @@ def eval_set_seen_clause(summary: dict) -> str:
     seen = overlap.get("eval_prompts_in_train")
     if not is_number(seen) or seen <= 0:
         return ""
-    kept = (data.get("eval_tokenize") or {}).get("kept") if isinstance(data.get("eval_tokenize"), dict) else None
-    of = f" of its {kept:g}" if is_number(kept) else ""
+    # of the eval examples the overlap was counted on: those given to tokenization (its "total", before a pair
+    # past max_length is dropped)
+    total = (data.get("eval_tokenize") or {}).get("total") if isinstance(data.get("eval_tokenize"), dict) else None
+    of = f" of its {total:g}" if is_number(total) else ""
     return (f", on the run's eval set: {seen:g}{of} examples have a prompt the run trained on (prompts not "
             "held-out)")
 
