@@ -316,4 +316,4 @@ def test_a_reward_runs_data_report_counts_eval_prompts_it_trains_on(tmp_path, ca
     assert len(evals) == 3
     assert report["overlap"] == {"duplicate_train_examples": 0, "eval_prompts_in_train": 2}
     assert ("preflab: note: data: 2 of 3 eval example(s) have a prompt that is also a train prompt: the eval then "
-            "measures prompts the policy was trained on.") in capsys.readouterr().out.splitlines()
+            "measures prompts the reward model was trained on.") in capsys.readouterr().out.splitlines()

@@ -240,7 +240,7 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     # eval pairs whose prompt is a training prompt, counted and said as the policy tasks do (preflab.loops.prepare):
     # the report's headline then does not call the eval set held-out (an eval_dataset_name = the training file)
     report["overlap"] = overlap_report(rows, eval_rows)
-    for said in overlap_notes(report["overlap"], len(eval_rows)):
+    for said in overlap_notes(report["overlap"], len(eval_rows), model="the reward model"):
         print(f"preflab: note: data: {said}")
     report["margin_missing"] = missing_margins(rows + eval_rows)
     note = missing_margins_note(report["margin_missing"], row_report.source)
