@@ -81,6 +81,20 @@ def test_eval_json_names_the_win_rates_judge(judged):
     assert results["length"][0]["win_rate"]["judge"] == "--reward-fn trial13_rewards:length"
 
 
+def test_only_a_win_rate_of_nothing_but_ties_gets_the_all_ties_caveat():
+    # one tie among wins and losses is an ordinary verdict: 0.5 from 1 win, 1 tie, 1 loss is a measured 0.5
+    from preflab.eval.winrate import win_rate, win_rate_caveats
+
+    mixed = win_rate([1.0, 0.0, 2.0], [0.0, 0.0, 3.0]).to_dict()
+    assert (mixed["wins"], mixed["ties"], mixed["losses"], mixed["win_rate"]) == (1, 1, 1, 0.5)
+    assert win_rate_caveats(mixed) == []
+    ties = win_rate([0.0, 0.0], [0.0, 0.0]).to_dict()
+    assert win_rate_caveats(ties) == [
+        "win rate: every one of the 2 verdicts is a tie: the judge scored the policy's and the reference's answers "
+        "the same on every prompt, so the win rate 0.5 says it told no answer apart, not that the policy is as good "
+        "as the reference; check the judge on these answers (generation_examples)"]
+
+
 def test_a_win_rate_over_fewer_prompts_than_asked_says_so(judged):
     # seen: --win-rate-prompts 20 on 4 pairs gave n = 4 (interval 0.150 to 0.850) with no word that 16 of the 20
     # prompts asked for were not there
