@@ -281,6 +281,9 @@ def test_reward_fn_takes_the_builtin_judge_names_reward_funcs_takes(saved, tmp_p
         assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"), "--reward-fn",
                      spec, "--win-rate-prompts", "3", "--max-new-tokens", "4", "--out", str(out)]) == 0
         results.append(json.loads(out.read_text())["win_rate"])
+    # the same verdicts; eval.json's judge keeps the name as given (user trial 13)
+    assert [r.pop("judge") for r in results] == ["--reward-fn demo_true_reward",
+                                                 "--reward-fn preflab.online.tasks:demo_true_reward"]
     assert results[0] == results[1] and results[0]["n"] == 3
     capsys.readouterr()
     assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"), "--reward-fn",

@@ -185,14 +185,15 @@ def training_overlap_counts(train, evals, prompt_key=prompt_key, row_key=content
     return {"prompts": in_prompts, "pairs": in_pairs if row_key is not None else None, "rows": rows}
 
 
-def overlap_notes(report: dict, n_eval: int, repeats: bool = True) -> list[str]:
+def overlap_notes(report: dict, n_eval: int, repeats: bool = True, model: str = "the policy") -> list[str]:
     """The lines to print for a non-zero overlap report. repeats False: the eval prompts' line only (an online run's
-    prompt rows, where a repeated prompt is no repeated example: summary.json still counts them)."""
+    prompt rows, where a repeated prompt is no repeated example: summary.json still counts them). model: what was
+    trained ("the reward model" for task: reward)."""
     notes = [repeats_note(report["duplicate_train_examples"], "example(s)", "prompt and responses")] \
         if report["duplicate_train_examples"] and repeats else []
     if report["eval_prompts_in_train"]:
         notes.append(f"{report['eval_prompts_in_train']} of {n_eval} eval example(s) have a prompt that is also a "
-                     "train prompt: the eval then measures prompts the policy was trained on.")
+                     f"train prompt: the eval then measures prompts {model} was trained on.")
     return notes
 
 

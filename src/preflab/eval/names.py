@@ -67,6 +67,18 @@ METRIC_DOCS: dict[str, str] = {
                         "(eval.json reward_eval.calibration_bins)",
     "reward_model/brier": "reward model: Brier score, mean (1 - P(chosen > rejected))^2",
     "reward_model/reversal_accuracy": "reward model: accuracy on context-reversal groups",
+    # the head's own metrics on the pairs (preflab.reward_models.eval; the run's final eval_* on its eval set): they
+    # had no meaning in the report's table, and `margin` is a different quantity for BT and GPM
+    "reward_model/loss": "reward model: the head's training loss on these pairs, with the rows' margins (the run's "
+                         "eval_loss on its eval set)",
+    "reward_model/margin": "reward model: mean margin; BT: r(chosen) - r(rejected); GPM: its score s(chosen, "
+                           "rejected), whose log-odds is s / tau (mean_logit); not comparable between the two",
+    "reward_model/prob": "GPM: mean P(chosen > rejected) = sigmoid(s / tau)",
+    "reward_model/min_reward": "BT: mean over batches of each batch's lowest reward (TRL's eval_min_reward)",
+    "reward_model/mean_reward": "BT: mean reward of the chosen and rejected responses",
+    "reward_model/max_reward": "BT: mean over batches of each batch's highest reward (TRL's eval_max_reward)",
+    "reward_model/rewards/chosen": "BT: mean reward of the chosen responses",
+    "reward_model/rewards/rejected": "BT: mean reward of the rejected responses",
     "win_rate": "fraction of prompts where the policy's answer beats the reference's (ties count 1/2)",
     "win_rate/ci_low": "lower end of Wilson's confidence interval of the win rate",
     "win_rate/ci_high": "upper end of Wilson's confidence interval of the win rate",

@@ -42,6 +42,7 @@ from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
+from preflab.eval.winrate import win_rate_caveats
 from preflab.option_types import is_number
 
 
@@ -61,6 +62,8 @@ class EvalOptions:
     extra_responses_column: str = "extra_responses"
     hard_margin: float = 1.0               # Thm 4.1 "hard" cut-off, in reward units (see preflab.eval.ranking)
     win_rate_prompts: int = 64             # distinct prompts generated for the win rate
+    judge: str | None = None               # what judged the win rate, as given ("--reward-model DIR", ...):
+                                           # eval.json's win_rate "judge", so two runs' win rates say their judges
     max_new_tokens: int = 64
     confidence: float = 0.95
     keep_per_pair: bool = True             # store per-pair sums in eval.json (the report's histograms)
@@ -390,6 +393,11 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
                 notes.append(f"win rate: no verdict on {win['failed']} of {win['n'] + win['failed']} prompts (the "
                              "judge returned -1, None or NaN, or a reward was None or not finite); the win rate and "
                              f"its interval cover the other {win['n']}")
+            notes += win_rate_caveats(win)
+            asked, judged = opts.win_rate_prompts, win["n"] + win.get("failed", 0)
+            if judged < asked:  # said: the interval is the width of `judged` prompts, not of the number asked for
+                notes.append(f"win rate: the evaluated pairs hold {judged} distinct prompts, fewer than "
+                             f"--win-rate-prompts {asked}: the win rate and its interval are over those {judged}")
     else:
         missing["win_rate"] = "no --reward-fn, --reward-model or --judge given"
     if opts.token_rewards and ref is None:
@@ -456,7 +464,8 @@ def _win_rate(policy, ref, tokenizer, examples, pairs, indices, opts, reward_fn,
                                  max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
                                  confidence=opts.confidence)
     examples_out = result.pop("examples")
-    win = {**result.pop("win_rate"), "max_new_tokens": opts.max_new_tokens, "decoding": "greedy"}
+    win = {**result.pop("win_rate"), "max_new_tokens": opts.max_new_tokens, "decoding": "greedy",
+           **({"judge": opts.judge} if opts.judge else {})}
     metrics.update(result)
     metrics.update({"win_rate": win["win_rate"], "win_rate/ci_low": win["ci_low"],
                     "win_rate/ci_high": win["ci_high"]})

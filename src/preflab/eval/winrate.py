@@ -78,6 +78,20 @@ def win_rate_from_outcomes(outcomes: Sequence[float | None], confidence: float =
     return WinRate(p, lo, hi, wins, ties, losses, n, confidence, failed, n - wins - ties - losses)
 
 
+def win_rate_caveats(win: dict) -> list[str]:
+    """What a win rate's number does not say by itself, from eval.json's `win_rate` dict: every verdict a tie (the
+    judge gave the two answers the same score on every prompt, so 0.5 says it told none apart, not that the policy
+    is as good as the reference: e.g. a reward function that scores every unfinished answer 0). [] when none."""
+    n = win.get("n") or 0
+    if n and win.get("ties") == n:
+        judge = f" ({win['judge']})" if win.get("judge") else ""
+        return [f"win rate: every one of the {n} verdicts is a tie: the judge{judge} scored the policy's and the "
+                "reference's answers the same on every prompt, so the win rate 0.5 says it told no answer apart, "
+                "not that the policy is as good as the reference; check the judge on these answers "
+                "(generation_examples)"]
+    return []
+
+
 def _finite(value) -> float | None:
     """A reward or verdict as a float, or None where there is none (None, NaN, inf: a failed evaluation)."""
     if value is None:

@@ -183,7 +183,8 @@ def run(args) -> int:
                        alpha_column=args.alpha_column, extra_responses_column=args.extra_responses_column,
                        hard_margin=args.hard_margin, win_rate_prompts=args.win_rate_prompts,
                        max_new_tokens=max_new_tokens, confidence=args.confidence,
-                       keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards)
+                       keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards,
+                       judge=judge_label(args))
     data = eval_data(args.data, getattr(args, "data_config", None))  # with --data-config: its configuration
     result = evaluate_checkpoint(args.checkpoint, data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
@@ -194,6 +195,16 @@ def run(args) -> int:
 
 
 BUILTIN_REWARD_FNS = ("demo_true_reward", "demo_echo_reward")
+
+
+def judge_label(args) -> str | None:
+    """The win rate's judge as the command line named it ("--reward-fn demo_echo_reward", "--reward-model DIR",
+    "--judge MODULE:NAME"), for eval.json's win_rate "judge" and the report; None without one. Before, eval.json
+    kept no word of it, so two runs' win rates judged by different judges sat side by side in a report unsaid."""
+    for option in ("reward_fn", "reward_model", "judge"):
+        if getattr(args, option, None):
+            return f"--{option.replace('_', '-')} {getattr(args, option)}"
+    return None
 
 
 def refuse_win_rate_of_a_tool_run(args) -> None:

@@ -52,6 +52,10 @@ def cmd_run(args) -> int:
     if blocked is not None:  # checked before the experiment runs, not after
         raise ConfigError(f"--out {args.out}: {blocked} is a file, not a folder; {args.name}.png and "
                           f"{args.name}.json go into a folder. Give a folder path.")
+    if not out.exists() and out.suffix.lower() in (".json", ".png"):
+        # `preflab eval --out` takes a .json path; here `--out result.json` made a folder named result.json
+        raise ConfigError(f"--out {args.out} names a file, but --out is the folder {args.name}.png and "
+                          f"{args.name}.json go into: give --out {out.parent / out.stem} (or an existing folder).")
     torch.set_num_threads(1)
     start = time.perf_counter()
     result = run_experiment(args.name, quick=args.quick)

@@ -40,17 +40,30 @@ def kl_optimum(ref, reward, beta: float) -> np.ndarray:
     return softmax(safe_log(ref) + np.asarray(reward, dtype=np.float64) / beta)
 
 
+def _no_nan(values, name: str) -> np.ndarray:
+    """`values` as float64, refused when one is NaN (naming its index): a NaN log-prob compares false, so R and R*
+    counted its pair as ranked wrongly without a word (ranking_accuracy([nan, 1], [0, 0]) was 0.5). -inf (a
+    response of probability 0) is a log-prob and is kept."""
+    array = np.asarray(values, dtype=np.float64)
+    bad = np.flatnonzero(np.isnan(array))
+    if bad.size:
+        raise ValueError(f"{name} has NaN at index {int(bad[0])} ({bad.size} of {array.size} values): a NaN is no "
+                         "log-prob, and a pair holding one would count as ranked wrongly; drop those pairs or fix "
+                         "the scores that made them.")
+    return array
+
+
 def idealized_ranking_accuracy(ref_chosen_logps, ref_rejected_logps, alpha, beta: float, eps: float = 1e-3) -> float:
     """R* of Chen et al. (2024): the fraction of pairs the exact optimum pi_ref exp(r/beta)/Z ranks correctly.
 
-    ref_chosen_logps, ref_rejected_logps: [N] summed reference log-probs S_ref(y_w), S_ref(y_l);
-    alpha: [N] (or scalar) rater proportion P(y_w > y_l | x) in [0.5, 1]; beta > 0.
+    ref_chosen_logps, ref_rejected_logps: [N] summed reference log-probs S_ref(y_w), S_ref(y_l) (a NaN is refused);
+    alpha: [N] (or scalar) rater proportion P(y_w > y_l | x) in [0, 1]; beta > 0.
     One implementation: preflab.eval.ranking (this name keeps the lab's numpy interface).
     """
     from preflab.eval import ranking
 
-    return ranking.idealized_ranking_accuracy(np.asarray(ref_chosen_logps, dtype=np.float64),
-                                              np.asarray(ref_rejected_logps, dtype=np.float64),
+    return ranking.idealized_ranking_accuracy(_no_nan(ref_chosen_logps, "ref_chosen_logps"),
+                                              _no_nan(ref_rejected_logps, "ref_rejected_logps"),
                                               np.asarray(alpha, dtype=np.float64), beta, eps)
 
 
@@ -62,10 +75,11 @@ def idealized_ranking_accuracy_range(ref_chosen_logps, ref_rejected_logps, alpha
 
 
 def ranking_accuracy(chosen_logps, rejected_logps) -> float:
-    """mean 1[S(y_w) >= S(y_l)] on summed log-probs (Chen et al. 2024's R; preflab.eval.metrics.ranking_accuracy)."""
+    """mean 1[S(y_w) >= S(y_l)] on summed log-probs (Chen et al. 2024's R; preflab.eval.metrics.ranking_accuracy); a
+    NaN is refused."""
     from preflab.eval.metrics import ranking_accuracy as ranking_accuracy_torch
 
-    chosen, rejected = np.asarray(chosen_logps, dtype=np.float64), np.asarray(rejected_logps, dtype=np.float64)
+    chosen, rejected = _no_nan(chosen_logps, "chosen_logps"), _no_nan(rejected_logps, "rejected_logps")
     if chosen.shape != rejected.shape:
         raise ValueError(f"chosen_logps and rejected_logps must have one value per pair each; got shapes "
                          f"{chosen.shape} and {rejected.shape}.")

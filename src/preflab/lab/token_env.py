@@ -35,6 +35,12 @@ class TokenEnv:
     def __init__(self, vocab: int = 3, length: int = 3, context: str = "prefix", ref_logits=None, seed: int = 0):
         if context not in ("prefix", "last"):
             raise ValueError(f"context must be 'prefix' or 'last', got {context!r}.")
+        if not (isinstance(vocab, (int, np.integer)) and vocab >= 2 and isinstance(length, (int, np.integer))
+                and length >= 1):
+            # vocab 1 or length 0 has one sequence, so no (chosen, rejected) pair: sample_pairs then failed inside
+            # numpy ("Cannot take a larger sample than population"), vocab 0 or a float further down
+            raise ValueError(f"TokenEnv needs vocab >= 2 tokens and length >= 1 (integers), so that two sequences "
+                             f"differ; got vocab={vocab!r}, length={length!r}.")
         self.V, self.L, self.context = vocab, length, context
         self.sequences = np.array(list(itertools.product(range(vocab), repeat=length)), dtype=np.int64)  # [N, L]
         if context == "prefix":

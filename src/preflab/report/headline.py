@@ -91,13 +91,43 @@ def summary_rows(summary: dict, measured_by: str = "measured by the run (summary
     return rows
 
 
+def gpm_meaning(meaning: str) -> str:
+    """A reward-run headline meaning for a GPM head (Zhang et al. 2024, arXiv:2410.02197), which has no scalar reward
+    r(y): its eval_accuracy counts s(chosen, rejected) > 0 and its eval_margin is the mean s, s = v_c^T R^T v_r
+    (P(chosen > rejected) = sigmoid(s / tau)); before, both read as BT's r(chosen) - r(rejected)."""
+    return (meaning.replace("pairwise accuracy r(chosen) > r(rejected)", "pairwise accuracy s(chosen, rejected) > 0 "
+                            "(GPM score)")
+            .replace("mean r(chosen) - r(rejected)", "mean GPM score s(chosen, rejected); P = sigmoid(s / tau)"))
+
+
+def eval_set_seen_clause(summary: dict) -> str:
+    """", on the run's eval set: K of its N examples have a prompt the run trained on (prompts not held-out)" when the
+    run's data report (summary.json data.overlap.eval_prompts_in_train, of data.eval_tokenize.total) counts any, else
+    "". It replaces the headline's ", held-out": a run whose eval_dataset_name is its training file was told so in a
+    note when it started, yet its report called every eval number held-out."""
+    data = summary.get("data") if isinstance(summary.get("data"), dict) else {}
+    overlap = data.get("overlap") if isinstance(data.get("overlap"), dict) else {}
+    seen = overlap.get("eval_prompts_in_train")
+    if not is_number(seen) or seen <= 0:
+        return ""
+    # of the eval examples the overlap was counted on: those given to tokenization (its "total", before a pair
+    # past max_length is dropped)
+    total = (data.get("eval_tokenize") or {}).get("total") if isinstance(data.get("eval_tokenize"), dict) else None
+    of = f" of its {total:g}" if is_number(total) else ""
+    return (f", on the run's eval set: {seen:g}{of} examples have a prompt the run trained on (prompts not "
+            "held-out)")
+
+
 def headline_rows(run: RunData) -> list[dict]:
     """One dict per headline number of `run`: metric, meaning, before / after as (step or source, value), baseline
     as a list of (source, value) or None, and first_step where before is an eval step. An eval row's "after" is
     the value at the last step that logged the metric: nan where that eval logged it non-finite (null), never an
     older finite value passed off as the run's end (the notes above the curves say which steps)."""
     rows = summary_rows(run.summary)
+    seen_prompts = eval_set_seen_clause(run.summary)
     for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
+        meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
+        meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning
         first, last = _at(run, key, 0), _at(run, key, -1)
         broken = [s for s in run.null_steps(key) if last is None or s > last[0]]
         if broken:   # the run's last eval of `key` was non-finite (a diverged run): that is its after
@@ -187,7 +217,8 @@ def headline_notes(run: RunData, rows: list[dict]) -> list[str]:
         notes.append(f"eval_rewards/accuracies is 0 at step {' and '.join(tied)} by definition, not a measurement: "
                      "the policy there is the reference, so every implicit reward beta (log pi - log pi_ref) is 0, "
                      "and TRL's accuracy (chosen reward > rejected reward) counts each tie as wrong")
-    for key, where in (("eval_ranking_accuracy", "held-out"), ("ranking_accuracy", "eval.json")):
+    held_out = "eval-set" if eval_set_seen_clause(run.summary) else "held-out"  # prompts it trained on: not held-out
+    for key, where in (("eval_ranking_accuracy", held_out), ("ranking_accuracy", "eval.json")):
         row = by_metric.get(key)
         if not row or not row["after"] or not row["baseline"]:
             continue
@@ -241,6 +272,17 @@ def trained_on_clause(result: dict) -> str:
     return f", {overlap.get('prompts')} with a prompt the run trained on ({overlap.get('pairs')} training pairs; {held})"
 
 
+def win_rate_meaning(win: dict) -> str:
+    """The headline's meaning of a win rate: with the judge eval.json names, and, where every verdict is a tie, that
+    0.5 says the judge told no answer apart (preflab.eval.winrate.win_rate_caveats) rather than "as good"."""
+    judge = f", judged by {win['judge']}" if win.get("judge") else ""
+    if win.get("n") and win.get("ties") == win.get("n"):
+        return (f"win rate of the policy's generations against the reference's (preflab eval{judge}); every verdict "
+                "a tie: the judge told no answer apart, so 0.5 is not evidence the policy is as good")
+    return (f"win rate of the policy's generations against the reference's (preflab eval{judge}; 0.5: as good as "
+            "the reference)")
+
+
 def eval_json_rows(run: RunData) -> list[dict]:
     """The eval.json numbers a run is judged by: its ranking accuracy beside the reference's, a reward model's
     accuracy, a diffusion pipeline's implicit accuracy and --reward-fn score beside the reference pipeline's, and
@@ -263,6 +305,5 @@ def eval_json_rows(run: RunData) -> list[dict]:
                      "after": (f"eval.json, {win['n']} prompts, interval {win.get('ci_low'):.3g} to "
                                f"{win.get('ci_high'):.3g}" if is_number(win.get("ci_low")) and
                                is_number(win.get("ci_high")) else f"eval.json, {win['n']} prompts", win["win_rate"]),
-                     "meaning": "win rate of the policy's generations against the reference's (preflab eval; 0.5: "
-                                "as good as the reference)"})
+                     "meaning": win_rate_meaning(win)})
     return rows

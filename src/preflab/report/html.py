@@ -170,8 +170,9 @@ def _eval_section(runs: list[RunData]) -> str:
         rows.insert(1, ["<td>completions</td>", *[_num_cell(r.eval.get("num_completions")) for r in have],
                         '<td class="doc">unpaired completions scored (prompt, completion, label)</td>'])
     beta_doc = eval_beta_doc(have, metrics)
-    rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
-                    f'<td class="doc">{beta_doc}</td>'])
+    if any(r.eval.get("beta") is not None for r in have):  # a reward model's eval.json has none: no empty row
+        rows.insert(1, ["<td>beta</td>", *[_num_cell(r.eval.get("beta")) for r in have],
+                        f'<td class="doc">{beta_doc}</td>'])
     out += _table(["metric", *[r.name for r in have], "meaning"], rows)
     for run in have:
         win = _dict(run.eval.get("win_rate"))
@@ -186,6 +187,7 @@ def _eval_section(runs: list[RunData]) -> str:
                     + (f"; {_fmt(win.get('failed'))} prompts without a verdict left out" if win.get("failed") else "")
                     + (f"; {_e(str(win.get('decoding', '')))} answers of at most {_fmt(win.get('max_new_tokens'))} "
                        "new tokens" if win.get("max_new_tokens") else "")
+                    + (f"; judged by {_e(str(win['judge']))}" if win.get("judge") else "")
                     + ")</p>")
         out += _per_user(run)
         notes = [f"{run.name}: {n}" for n in run.eval.get("notes") or [] if isinstance(n, str)]

@@ -10,6 +10,7 @@ import numbers
 
 
 from preflab.data.eval_set import train_and_eval
+from preflab.data.overlap import overlap_notes, overlap_report
 from preflab.data.report import BadRowPolicy, RowProblem, refuse_empty, training_skipped
 from preflab.data.rows import load_rows
 from preflab.data.tokenize import rejected_prompt_of, tokenize_pairs, tokenize_parallel
@@ -236,6 +237,11 @@ def load_reward_pairs(cfg, tokenizer) -> tuple[list, list, dict, str | None]:
     note = dropped_note(dropped, cfg.max_length, " (training and eval sets)" if eval_rows else "")
     if note:
         print(f"preflab: note: {note}")
+    # eval pairs whose prompt is a training prompt, counted and said as the policy tasks do (preflab.loops.prepare):
+    # the report's headline then does not call the eval set held-out (an eval_dataset_name = the training file)
+    report["overlap"] = overlap_report(rows, eval_rows)
+    for said in overlap_notes(report["overlap"], len(eval_rows), model="the reward model"):
+        print(f"preflab: note: data: {said}")
     report["margin_missing"] = missing_margins(rows + eval_rows)
     note = missing_margins_note(report["margin_missing"], row_report.source)
     if note:
