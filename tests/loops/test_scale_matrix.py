@@ -43,7 +43,8 @@ GRPO = ["trainer=grpo", "beta=0.04", "generation_batch_size=2", "gradient_accumu
 VLM = [str(ROOT / "examples/vlm/dpo.yaml"), "max_steps=2", "disable_tqdm=true", "save_steps=0"]
 KTO = [str(ROOT / "examples/quickstart.yaml"), "loss_type=kto", "max_steps=3", "save_steps=0", *COMMON]
 DIFFUSION = [str(ROOT / "examples/diffusion/diffusion_dpo.yaml"), "eval_dataset_name=null", "max_steps=4",
-             "learning_rate=1e-3", "logging_steps=1", "disable_tqdm=true", "sample_steps=0"]
+             "learning_rate=1e-3", "logging_steps=1", "disable_tqdm=true", "sample_steps=0",
+             "adam_epsilon=1e-5"]  # see test_diffusion_run's 2-process test: a gradient at summation noise
 # The 2-process runs of each test below: (launch, its runs, given the test's folder). The runs of the selected tests
 # with the same launch share it (the launched fixture): a launch costs a launcher and two ranks' imports, more than
 # a tiny run. A launch is an accelerate config, and after a ":" a name that keeps runs apart: DeepSpeed's
@@ -218,9 +219,10 @@ def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_bat
 def test_diffusion_under_zero2_matches_one_process_and_resumes_bit_for_bit(tmp_path, launched):
     """task: diffusion (examples/diffusion/diffusion_dpo.yaml, tiny SD UNet, beta 200, learning rate 1e-3),
     examples/accelerate/zero2.yaml, 2 processes x batch 2 against 1 process x batch 4: losses to 5e-5 and UNet weights
-    to 5e-4 (measured 1.5e-5 / 1.8e-4, as 2-process DDP: AdamW's first steps move each weight by about the learning
-    rate times the sign of its gradient, so a near-zero gradient summed in another order moves a weight by up to a
-    step; the same as test_diffusion_run's 2-process DDP test, which this run equals to 1.5e-6 / 8.6e-6). Stopped at
+    to 5e-4 (AdamW's first steps move each weight by about the learning rate times the sign of its gradient, so a
+    gradient at the summation noise, summed in another order, moved one weight by 6.4e-4 on an AVX-512 CPU with the
+    default eps 1e-8; adam_epsilon 1e-5 damps those while every real gradient still takes a full step, as in
+    test_diffusion_run's 2-process DDP test). Stopped at
     the step-2 checkpoint (each rank's ZeRO partition of the UNet) and resumed on 2 processes: the straight run's
     losses, grad norms and pipeline weights bit for bit."""
     from preflab.cli import main
