@@ -139,6 +139,32 @@ def test_ppd_eval_equals_the_runs_own_eval_and_a_computation_by_hand(trained):
     assert result["overlap_with_training"]["pairs"] == 0
 
 
+def test_ppd_eval_skips_a_bad_row_and_equals_the_eval_of_the_good_rows(trained):
+    """A row of --data without its user id is skipped and counted (as the other evals do), not a stop advising
+    on_bad_row (an option `preflab eval` does not take): the user table is the saved run's, so the metrics with the
+    bad row equal those of the good rows alone, and the note and data_report count it."""
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    rows = [json.loads(x) for x in open(trained["held_out"])]
+    bad = {k: v for k, v in rows[0].items() if k != "user_id"}
+    with_bad = trained["root"] / "data" / "heldout_with_bad.jsonl"  # beside the images (relative paths)
+    with_bad.write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + [bad] + rows[2:]))
+    result = evaluate_diffusion_run(str(trained["out"]), str(with_bad), batch_size=3)
+    clean = evaluate_diffusion_run(str(trained["out"]), trained["held_out"], batch_size=3)
+    assert result["num_pairs"] == clean["num_pairs"] == 4
+    assert result["metrics"] == pytest.approx(clean["metrics"], rel=1e-6, abs=1e-9)
+    assert result["users"] == clean["users"] and result["per_user"].keys() == clean["per_user"].keys()
+    for user, numbers in clean["per_user"].items():
+        assert result["per_user"][user]["pairs"] == numbers["pairs"]
+        assert result["per_user"][user]["loss"] == pytest.approx(numbers["loss"], rel=1e-6, abs=1e-9)
+    said = [n for n in result["notes"] if n.startswith("data: ")]
+    assert said == [f"data: 1 bad row(s) of --data {with_bad} skipped (missing_user: 1). First skipped: line 3, "
+                    "field 'user_id': missing_user (the row has no user id). The rows are listed under data_report "
+                    "in eval.json; the metrics cover the 4 pairs kept"]
+    assert result["data_report"]["rows"]["skipped"] == {"missing_user": 1}
+    assert "data_report" not in clean and not [n for n in clean["notes"] if n.startswith("data: ")]
+
+
 def test_a_held_out_user_missing_from_the_saved_table_comes_from_user_embeddings(trained, tmp_path):
     """user9 dropped from the saved table: --user-embeddings (or the run's configured file) supplies it, standardised
     as the run did, and the metrics equal the run's own; a file without it is refused naming the user, row, file."""
