@@ -6230,11 +6230,12 @@ MUTANTS += [
 ]
 
 # mutation-lfa round: leftovers a: a ppd diffusion eval skips and counts bad --data rows, self_npo_rollout_steps
-# takes 0 (no rollout), the differ-in-beta note words diffusion runs' rewards as an error gap, summary.json atomic
+# takes 0 (no rollout), the differ-in-beta note words diffusion runs' rewards as an error gap, summary.json and
+# eval.json written atomically with a plain file's mode
 LFA_PPD = ["tests/diffusion/test_ppd_eval.py", "-k", "skips_a_bad_row"]
 LFA_NPO = ["tests/diffusion/test_self_npo_and_guidance.py", "-k", "zero_rollout"]
 LFA_BETA = ["tests/report/test_report_score_kinds.py", "-k", "beta_note or never_share"]
-LFA_SUMMARY = ["tests/test_atomic_file.py", "-k", "summary"]
+LFA_SUMMARY = ["tests/test_atomic_file.py", "-k", "summary or eval_json"]
 MUTANTS += [
     Mutant("lfa-ppd-eval-stops-at-a-bad-row", "loops/diffusion_eval.py",
            [("            + [EVAL_ON_BAD_ROW])", "            + ([] if ppd else [EVAL_ON_BAD_ROW]))")], LFA_PPD,
@@ -6249,13 +6250,14 @@ MUTANTS += [
     Mutant("lfa-diffusion-beta-note-log-ratio", "report/plots.py",
            [("    if diffusion not in kinds:  # text / VLM runs only", "    if True:  # text / VLM runs only")],
            LFA_BETA, "diffusion runs' beta note says beta * (log pi - log pi_ref) and to divide by beta for a log-ratio"),
-    Mutant("lfa-summary-mode-0600", "runlog.py",
+    Mutant("lfa-summary-mode-0600", "atomic_file.py",
            [("    write_atomically(path, write, mode=plain_file_mode())", "    write_atomically(path, write)")],
-           LFA_SUMMARY, "summary.json is written 0600 (mkstemp's mode), unreadable to others sharing the run folder"),
-    Mutant("lfa-summary-temp-left", "runlog.py",
+           LFA_SUMMARY, "summary.json and eval.json are written 0600 (mkstemp's mode), unreadable to others sharing "
+           "the run folder"),
+    Mutant("lfa-summary-temp-left", "atomic_file.py",
            [("    write_atomically(path, write, mode=plain_file_mode())",
              "    tmp = path.with_suffix('.json.tmp')\n    write(str(tmp))\n    os.replace(tmp, path)")],
-           LFA_SUMMARY, "a failed summary.json write leaves summary.json.tmp behind"),
+           LFA_SUMMARY, "a failed summary.json / eval.json write leaves a .json.tmp behind"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -86,12 +86,14 @@ def test_a_failed_summary_write_keeps_the_old_summary_and_leaves_no_temp_file(tm
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o077])
 def test_a_summary_has_a_plain_files_mode_under_the_umask_not_mkstemps_0600(tmp_path, umask):
     """mkstemp makes its file 0600; summary.json was made by a plain open() (0o666 & ~umask, e.g. 0644), which others
-    reading the run folder rely on: a new summary.json, and one rewritten over an old one, has a plain file's mode."""
+    reading the run folder rely on: a new summary.json, one rewritten over an old one, and eval.json have a plain
+    file's mode."""
     import os
     import stat
 
     from preflab import runlog
     from preflab.atomic_file import current_umask
+    from preflab.eval.run import write_json
 
     before = os.umask(umask)
     try:
@@ -102,8 +104,29 @@ def test_a_summary_has_a_plain_files_mode_under_the_umask_not_mkstemps_0600(tmp_
         run.mkdir()
         first = stat.S_IMODE(runlog.write_summary(run, {"step": 1}).stat().st_mode)
         second = stat.S_IMODE(runlog.write_summary(run, {"step": 2}).stat().st_mode)
+        evaluated = stat.S_IMODE(write_json(tmp_path / "ev" / "eval.json", {"a": 1}).stat().st_mode)
     finally:
         os.umask(before)
     plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
     assert plain == 0o666 & ~umask
-    assert first == second == plain
+    assert first == second == evaluated == plain
+
+
+def test_a_failed_eval_json_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    """eval.json (eval.run.write_json) had the same fixed eval.json.tmp, left behind by a failed rename."""
+    import os
+
+    from preflab.eval.run import write_json
+
+    path = write_json(tmp_path / "eval.json", {"a": 1})
+    old = path.read_text()
+    assert json.loads(old) == {"a": 1} and old == json.dumps({"a": 1}, indent=1)   # the format it always had
+
+    def disk_error(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", disk_error)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(path, {"a": 2})
+    monkeypatch.undo()
+    assert path.read_text() == old and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]

@@ -1,7 +1,8 @@
 """Writing a file whole or not at all (the tokenization cache, the reference log-prob cache, a tool box's result
-cache, a run's summary.json). It imports nothing of preflab, so every room can use it."""
+cache, a run's summary.json and eval.json). It imports nothing of preflab, so every room can use it."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -44,3 +45,14 @@ def write_atomically(path: Path, write: Callable[[str], None], mode: int | None 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_file(path: Path, data, **dump_options) -> Path:
+    """json.dump(data, **dump_options) to `path` whole or not at all (write_atomically), with a plain file's mode
+    (plain_file_mode: files others read in a run folder, summary.json and eval.json, which open() made before)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, **dump_options)
+
+    write_atomically(path, write, mode=plain_file_mode())
+    return path

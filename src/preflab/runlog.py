@@ -215,18 +215,11 @@ def is_main_process() -> bool:
 def write_summary(output_dir: Path, summary: dict) -> Path:
     """OUTPUT_DIR/summary.json, whole or not at all (preflab.atomic_file.write_atomically): a write stopped part way
     (a full disk, a failed rename, an interrupt) leaves the old summary.json and no temp file; before, a fixed
-    summary.json.tmp was left behind. Its mode is a plain open()'s under the umask (plain_file_mode), as before,
+    summary.json.tmp was left behind. Its mode is a plain open()'s under the umask (write_json_file), as before,
     not mkstemp's 0600: others who read the run folder still read it."""
-    from preflab.atomic_file import plain_file_mode, write_atomically
+    from preflab.atomic_file import write_json_file
 
-    path = Path(output_dir) / "summary.json"
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2, default=str)
-
-    write_atomically(path, write, mode=plain_file_mode())
-    return path
+    return write_json_file(Path(output_dir) / "summary.json", summary, indent=2, default=str)
 
 
 def training_data_line(data: dict) -> str:
