@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from preflab.errors import ConfigError  # noqa: E402
+from preflab.errors import ConfigError, DataError  # noqa: E402
 from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
 
 # held-out pairs: user2 and user9 have no training rows (the training data alternates user0 / user1)
@@ -163,6 +163,12 @@ def test_ppd_eval_skips_a_bad_row_and_equals_the_eval_of_the_good_rows(trained):
                     "in eval.json; the metrics cover the 4 pairs kept"]
     assert result["data_report"]["rows"]["skipped"] == {"missing_user": 1}
     assert "data_report" not in clean and not [n for n in clean["notes"] if n.startswith("data: ")]
+    only_bad = trained["root"] / "data" / "heldout_only_bad.jsonl"
+    only_bad.write_text(json.dumps(bad) + "\n")
+    # every row bad: an error naming the file, the count and the first bad row's field (no metric over no pairs)
+    with pytest.raises(DataError, match=r"heldout_only_bad\.jsonl: no usable rows \(1 read, 1 skipped \(missing_user: "
+                                        r"1\).* First skipped: row 0, field 'user_id': the row has no user id"):
+        evaluate_diffusion_run(str(trained["out"]), str(only_bad), batch_size=3)
 
 
 def test_a_held_out_user_missing_from_the_saved_table_comes_from_user_embeddings(trained, tmp_path):
