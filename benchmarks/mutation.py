@@ -5207,7 +5207,7 @@ MUTANTS += [
              "    if len(set(kinds.values())) < 1:\n        return None\n    said = \"; \"")], PQ_REPORT,
            "a report of diffusion runs alone says the runs differ in kind"),
     Mutant("pq-beta-note-log-probs-one-scale", "report/plots.py",
-           [('(" and log-probs are" if len({score_kind(r) for r in have}) == 1', '(" and log-probs are" if have')],
+           [('for a diffusion run\'s error gap", None', 'for a diffusion run\'s error gap", "log-probs are"')],
            PQ_REPORT, "the beta note says a diffusion run's -MSE and a text run's log-probs are on one scale"),
     Mutant("pq-kind-note-unwired", "report/html.py",
            [("(plots.beta_note(runs), plots.score_kind_note(runs))", "(plots.beta_note(runs),)")], PQ_REPORT,
@@ -6131,7 +6131,7 @@ MUTANTS += [
            [('        check_model_fits_task(reference, "diffusion", "--reference")\n', "        pass\n")],
            [TRLA, "-k", "reference_of_another_kind"], "--reference builtin:tiny-qwen2-vl is looked up on the hub"),
     Mutant("trla-diffusion-eval-stops-at-bad-row", "loops/diffusion_eval.py",
-           [("+ ([] if ppd else [EVAL_ON_BAD_ROW]))", ")")],
+           [("            + [EVAL_ON_BAD_ROW])", "            )")],
            TRLA_DIFF_EVAL, "--task diffusion stops at a bad row, saying to set on_bad_row, which eval does not take"),
     # data/vision.py: a list in the single-image column
     Mutant("trla-image-list-read-as-array", "data/vision.py",
@@ -6227,6 +6227,37 @@ MUTANTS += [
     Mutant("trlc-reward-overlap-not-counted", "reward_models/data.py",
            [('    report["overlap"] = overlap_report(rows, eval_rows)\n', '    report["overlap"] = overlap_report(rows, [])\n')],
            TRLC, "a reward run's data report counts no eval prompt it trains on: its headline says held-out"),
+]
+
+# mutation-lfa round: leftovers a: a ppd diffusion eval skips and counts bad --data rows, self_npo_rollout_steps
+# takes 0 (no rollout), the differ-in-beta note words diffusion runs' rewards as an error gap, summary.json and
+# eval.json written atomically with a plain file's mode
+LFA_PPD = ["tests/diffusion/test_ppd_eval.py", "-k", "skips_a_bad_row"]
+LFA_NPO = ["tests/diffusion/test_self_npo_and_guidance.py", "-k", "zero_rollout"]
+LFA_BETA = ["tests/report/test_report_score_kinds.py", "-k", "beta_note or never_share"]
+LFA_SUMMARY = ["tests/test_atomic_file.py", "-k", "summary or eval_json"]
+MUTANTS += [
+    Mutant("lfa-ppd-eval-stops-at-a-bad-row", "loops/diffusion_eval.py",
+           [("            + [EVAL_ON_BAD_ROW])", "            + ([] if ppd else [EVAL_ON_BAD_ROW]))")], LFA_PPD,
+           "a ppd eval stops at the first bad row of --data, advising on_bad_row (an option eval does not take)"),
+    Mutant("lfa-ppd-eval-skip-unsaid", "loops/diffusion_eval.py",
+           [("(said, skipped_note, *run.eval_notes, trained_on, overlap_note, users_note)",
+             "(said, *run.eval_notes, trained_on, overlap_note, users_note)")], LFA_PPD,
+           "a ppd eval skips a bad row without a note counting it"),
+    Mutant("lfa-rollout-zero-refused", "config_options.py",
+           [('"self_npo_rollout_steps": at_least(0,', '"self_npo_rollout_steps": above(0,')], LFA_NPO,
+           "self_npo_rollout_steps: 0 is refused (and --help says > 0) though the run's check and the code take it"),
+    Mutant("lfa-diffusion-beta-note-log-ratio", "report/plots.py",
+           [("    if diffusion not in kinds:  # text / VLM runs only", "    if True:  # text / VLM runs only")],
+           LFA_BETA, "diffusion runs' beta note says beta * (log pi - log pi_ref) and to divide by beta for a log-ratio"),
+    Mutant("lfa-summary-mode-0600", "atomic_file.py",
+           [("    write_atomically(path, write, mode=plain_file_mode())", "    write_atomically(path, write)")],
+           LFA_SUMMARY, "summary.json and eval.json are written 0600 (mkstemp's mode), unreadable to others sharing "
+           "the run folder"),
+    Mutant("lfa-summary-temp-left", "atomic_file.py",
+           [("    write_atomically(path, write, mode=plain_file_mode())",
+             "    tmp = path.with_suffix('.json.tmp')\n    write(str(tmp))\n    os.replace(tmp, path)")],
+           LFA_SUMMARY, "a failed summary.json / eval.json write leaves a .json.tmp behind"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -1,25 +1,58 @@
 """Writing a file whole or not at all (the tokenization cache, the reference log-prob cache, a tool box's result
-cache). It imports nothing of preflab, so every room can use it."""
+cache, a run's summary.json and eval.json). It imports nothing of preflab, so every room can use it."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomically(path: Path, write: Callable[[str], None]) -> None:
+def current_umask() -> int:
+    """The process's umask: the Umask line of /proc/self/status (Linux 4.7+: read without changing it), else by
+    setting and restoring it (os.umask has no read-only form; 0o077 meanwhile, so a file another thread makes in
+    that instant is private rather than open to all)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        old = os.umask(0o077)
+        os.umask(old)
+        return old
+
+
+def plain_file_mode() -> int:
+    """0o666 & ~umask: the mode open(path, "w") gives a new file (a run's summary.json has always had it)."""
+    return 0o666 & ~current_umask()
+
+
+def write_atomically(path: Path, write: Callable[[str], None], mode: int | None = None) -> None:
     """Fill `path` through write(tmp): tmp is a new empty file beside `path` (tempfile.mkstemp: a name no other
     writer gets, mode 0600; the same folder, so the same filesystem and os.replace is an atomic rename), renamed onto
     `path` once write returns. A reader (another rank, a later run) sees the old file or the new one, never part of
     one; two writers at once each rename a whole file. On any error, a KeyboardInterrupt included, the temp file is
-    removed and the error raised. path's folder is made first."""
+    removed and the error raised. path's folder is made first. mode: the file's permission bits (os.chmod of tmp
+    before write), for a file others read that a plain open() made before (plain_file_mode); None keeps 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
+        if mode is not None:
+            os.chmod(tmp, mode)
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_file(path: Path, data, **dump_options) -> Path:
+    """json.dump(data, **dump_options) to `path` whole or not at all (write_atomically), with a plain file's mode
+    (plain_file_mode: files others read in a run folder, summary.json and eval.json, which open() made before)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, **dump_options)
+
+    write_atomically(path, write, mode=plain_file_mode())
+    return path

@@ -358,7 +358,11 @@ OPTIONS: dict[str, Option] = {
     "self_npo_ema_decay": Option("self_npo: teacher <- decay * teacher + (1 - decay) * student after each step",
                                  "in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1),
     "self_npo_num_ddim_steps": above(0, "self_npo: K of the truncated-rollout DDIM grid"),
-    "self_npo_rollout_steps": above(0, "self_npo: teacher DDIM steps per example (the truncation)"),
+    # 0 is a real choice, not a typo: no rollout, t_e = t_s and the target is the teacher's x0-prediction at the
+    # noised start (preflab.diffusion.self_npo.truncated_teacher_target runs its loop zero times); the run's own
+    # check (loops.diffusion.check_diffusion_options) has always taken >= 0
+    "self_npo_rollout_steps": at_least(0, "self_npo: teacher DDIM steps per example (the truncation; 0: none, the "
+                                       "target is the teacher's x0-prediction at the noised start)"),
     "self_npo_teacher_guidance": Option("self_npo: LCM-convention teacher guidance (-1 = the unconditional "
                                         "prediction)"),
     "sample_steps": Option("diffusion: DDIM steps when sampling images (samples.png, eval, demo; 0: none)", ">= 0",

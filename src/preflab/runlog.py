@@ -213,11 +213,13 @@ def is_main_process() -> bool:
 
 
 def write_summary(output_dir: Path, summary: dict) -> Path:
-    path = Path(output_dir) / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    """OUTPUT_DIR/summary.json, whole or not at all (preflab.atomic_file.write_atomically): a write stopped part way
+    (a full disk, a failed rename, an interrupt) leaves the old summary.json and no temp file; before, a fixed
+    summary.json.tmp was left behind. Its mode is a plain open()'s under the umask (write_json_file), as before,
+    not mkstemp's 0600: others who read the run folder still read it."""
+    from preflab.atomic_file import write_json_file
+
+    return write_json_file(Path(output_dir) / "summary.json", summary, indent=2, default=str)
 
 
 def training_data_line(data: dict) -> str:

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from preflab.errors import ConfigError  # noqa: E402
+from preflab.errors import ConfigError, DataError  # noqa: E402
 from preflab.loops.diffusion import DiffusionRun, draw_seed  # noqa: E402
 
 # held-out pairs: user2 and user9 have no training rows (the training data alternates user0 / user1)
@@ -137,6 +137,38 @@ def test_ppd_eval_equals_the_runs_own_eval_and_a_computation_by_hand(trained):
     assert any("2 of 4 evaluated users ('user0', 'user1'; 2 of 4 pairs) have training rows" in n
                for n in result["notes"])
     assert result["overlap_with_training"]["pairs"] == 0
+
+
+def test_ppd_eval_skips_a_bad_row_and_equals_the_eval_of_the_good_rows(trained):
+    """A row of --data without its user id is skipped and counted (as the other evals do), not a stop advising
+    on_bad_row (an option `preflab eval` does not take): the user table is the saved run's, so the metrics with the
+    bad row equal those of the good rows alone, and the note and data_report count it."""
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run
+
+    rows = [json.loads(x) for x in open(trained["held_out"])]
+    bad = {k: v for k, v in rows[0].items() if k != "user_id"}
+    with_bad = trained["root"] / "data" / "heldout_with_bad.jsonl"  # beside the images (relative paths)
+    with_bad.write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + [bad] + rows[2:]))
+    result = evaluate_diffusion_run(str(trained["out"]), str(with_bad), batch_size=3)
+    clean = evaluate_diffusion_run(str(trained["out"]), trained["held_out"], batch_size=3)
+    assert result["num_pairs"] == clean["num_pairs"] == 4
+    assert result["metrics"] == pytest.approx(clean["metrics"], rel=1e-6, abs=1e-9)
+    assert result["users"] == clean["users"] and result["per_user"].keys() == clean["per_user"].keys()
+    for user, numbers in clean["per_user"].items():
+        assert result["per_user"][user]["pairs"] == numbers["pairs"]
+        assert result["per_user"][user]["loss"] == pytest.approx(numbers["loss"], rel=1e-6, abs=1e-9)
+    said = [n for n in result["notes"] if n.startswith("data: ")]
+    assert said == [f"data: 1 bad row(s) of --data {with_bad} skipped (missing_user: 1). First skipped: line 3, "
+                    "field 'user_id': missing_user (the row has no user id). The rows are listed under data_report "
+                    "in eval.json; the metrics cover the 4 pairs kept"]
+    assert result["data_report"]["rows"]["skipped"] == {"missing_user": 1}
+    assert "data_report" not in clean and not [n for n in clean["notes"] if n.startswith("data: ")]
+    only_bad = trained["root"] / "data" / "heldout_only_bad.jsonl"
+    only_bad.write_text(json.dumps(bad) + "\n")
+    # every row bad: an error naming the file, the count and the first bad row's field (no metric over no pairs)
+    with pytest.raises(DataError, match=r"heldout_only_bad\.jsonl: no usable rows \(1 read, 1 skipped \(missing_user: "
+                                        r"1\).* First skipped: row 0, field 'user_id': the row has no user id"):
+        evaluate_diffusion_run(str(trained["out"]), str(only_bad), batch_size=3)
 
 
 def test_a_held_out_user_missing_from_the_saved_table_comes_from_user_embeddings(trained, tmp_path):

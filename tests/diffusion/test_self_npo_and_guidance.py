@@ -116,3 +116,41 @@ def test_renoising_step_is_drawn_strictly_above_the_truncated_step():
     torch.testing.assert_close(student.timesteps[-1], s)
     x0_theta = (x_s - coef((1 - abar(s)).sqrt()) * eps) / coef(abar(s).sqrt())   # eps-prediction -> x0
     torch.testing.assert_close(batch.policy.token_logps, x0_theta.reshape(4, -1), atol=1e-9, rtol=1e-9)
+
+
+def test_zero_rollout_steps_is_no_rollout_and_the_config_and_help_take_it(capsys):
+    """self_npo_rollout_steps: 0 does one defined thing (no DDIM step: x_e is the noised start x at t_e = t_s and the
+    target is the teacher's x0-prediction there, one teacher call), so the option table takes >= 0 as the run's own
+    check always did; --help said > 0 and the config refused 0 with a range the run did not hold. -1 is refused."""
+    from preflab.cli import main
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    schedule = sd_schedule()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 2, 4, 4, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 2, 4, 4, generator=g, dtype=torch.float64)
+    teacher = TinyDenoiser((2, 4, 4), seed=3).double()
+    calls = []
+    counted = lambda x, t, c: calls.append(t) or teacher(x, t, c)  # noqa: E731
+    start_index = torch.tensor([0, 3, 10, 24])
+    out = truncated_teacher_target(counted, x0, None, None, schedule, rollout_steps=0, start_index=start_index,
+                                   noise=eps)
+    assert out.end.tolist() == out.start.tolist() == self_npo_grid()[start_index].tolist()
+    x_start = schedule.add_noise(x0, eps, out.start)
+    torch.testing.assert_close(out.x_end, x_start, atol=0, rtol=0)
+    with torch.no_grad():
+        by_hand, _ = schedule.split_prediction(teacher(x_start, out.start), x_start, out.start)
+    torch.testing.assert_close(out.target, by_hand, atol=1e-12, rtol=0)
+    assert len(calls) == 1
+    base = {"task": "diffusion", "loss_type": "self_npo", "model_name_or_path": "builtin:tiny-sd",
+            "dataset_name": "x.jsonl"}
+    assert config_from_dict({**base, "self_npo_rollout_steps": 0}).self_npo_rollout_steps == 0
+    with pytest.raises(ConfigError, match=r"self_npo_rollout_steps=-1 is not allowed: self_npo_rollout_steps must be "
+                                          r">= 0 \(self_npo: teacher DDIM steps per example \(the truncation; 0: none"):
+        config_from_dict({**base, "self_npo_rollout_steps": -1})
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help"])
+    assert done.value.code == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("self_npo_rollout_steps"))
+    assert "(int; >= 0) self_npo: teacher DDIM steps per example (the truncation; 0: none" in line

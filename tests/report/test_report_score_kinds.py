@@ -62,7 +62,28 @@ def test_a_diffusion_run_and_a_dpo_run_never_share_a_score_axis(tmp_path, monkey
     assert not [a for a in axes if "; " in a[1]]   # no y label joining two kinds' labels
     assert plots.score_kind_note([diff, dpo]) == NOTE and f'<div class="note">{NOTE}</div>' in page
     # the beta note no longer says the log-probs of the two runs are on one scale
-    assert plots.beta_note([diff, dpo]).endswith("(divide by beta for the log-ratio); accuracies are on one scale")
+    assert plots.beta_note([diff, dpo]) == (
+        "the runs differ in beta (diff beta=5000, dpo beta=0.1): the reward-margin and implicit-reward panels plot "
+        "beta * (log pi - log pi_ref) for a text or VLM run and b * (MSE_ref - MSE), a gap of denoising errors, for a "
+        "diffusion run (b: the objective's scale of beta, e.g. diffusion_dpo's beta/2 in the salesforce convention), "
+        "so each beta gets its own axis and their values are not comparable across runs (divide by beta for a text "
+        "run's log-ratio, by b for a diffusion run's error gap); accuracies are on one scale")
+
+
+def test_the_beta_note_of_diffusion_runs_names_the_denoising_error_gap_not_a_log_ratio(tmp_path):
+    """Two diffusion runs at different beta: their implicit rewards are b (MSE_ref - MSE), not beta times a log-ratio
+    of sequence probabilities; the note said "divide by beta for the log-ratio" and "log-probs are on one scale"."""
+    low = load_run(make_run(tmp_path / "low", config_extra=DIFFUSION), "low")
+    high = load_run(make_run(tmp_path / "high", config_extra={**DIFFUSION, "beta": 2500}), "high")
+    note = plots.beta_note([low, high])
+    assert note == ("the runs differ in beta (low beta=5000, high beta=2500): the reward-margin and implicit-reward "
+                    "panels plot b * (MSE_ref - MSE), a gap of denoising errors, not a log-ratio (b: the objective's "
+                    "scale of beta, e.g. diffusion_dpo's beta/2 in the salesforce convention), so each beta gets its "
+                    "own axis and their values are not comparable across runs (divide by b for the denoising-error "
+                    "gap); accuracies and denoising errors (logps/*) are on one scale")
+    assert "log pi" not in note and "log-prob" not in note.replace("(logps/*)", "")
+    assert plots.beta_note([low, load_run(make_run(tmp_path / "same", slope=0.01, config_extra=DIFFUSION), "same")]) \
+        is None
 
 
 def test_a_single_diffusion_run_labels_its_score_axes_as_denoising_errors(tmp_path, monkeypatch):

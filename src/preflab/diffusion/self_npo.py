@@ -7,6 +7,7 @@ gap = T/K = 40, tau_i = gap (i + 1) - 1; nu_t = sigma_t / alpha_t.
 2. Teacher rollout, no grad, <= `rollout_steps` DDIM steps down the grid with the LCM-guided prediction
    (teacher_guidance w = -1: the unconditional prediction); samples stop at tau_0. The state is x_e at t_e =
    tau_{max(i - 5, 0)}; the target is the teacher's x0-prediction *at x_e* (always; see the objective's deviations).
+   rollout_steps 0 (allowed: self_npo_rollout_steps >= 0): no step, x_e = x at t_e = t_s, one teacher call.
 3. s ~ U{t_e + 1 .. T - 1}, x_s = alpha_s (x_e / alpha_{t_e} + sqrt(nu_s^2 - nu_{t_e}^2) eps'), an exact draw of
    q(x_s | x_e).
 4. Student x0_theta = x0-prediction of f_theta(x_s, s, c) (text-conditioned).

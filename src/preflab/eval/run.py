@@ -27,7 +27,6 @@ Columns read from the data besides prompt/chosen/rejected (both optional):
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, replace
@@ -797,12 +796,11 @@ def _same_data(data, name) -> bool:
 
 
 def write_json(path: Path, data: dict) -> Path:
-    """Write `data` to `path` atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-    return path
+    """Write `data` to `path` (eval.json) whole or not at all, with a plain file's mode (atomic_file.write_json_file:
+    before, a fixed eval.json.tmp was left behind when the write or the rename failed)."""
+    from preflab.atomic_file import write_json_file
+
+    return write_json_file(path, data, indent=1)
 
 
 def eval_json_path(checkpoint: str, out: str | None) -> Path:

@@ -92,8 +92,10 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         # final directory is a pipeline with the adapters fused
         cfg = config_with_overrides(saved, preflab_overrides=held_out_run_overrides(data, split, tmp, batch_size) + [
             "caption_perturbation=none"] + ([] if checkpoint else lora_off_overrides())
-            # bad rows of --data are skipped and counted, as the policy eval does (a ppd eval reads as its run did)
-            + ([] if ppd else [EVAL_ON_BAD_ROW]))
+            # bad rows of --data are skipped and counted, as the policy eval does; ppd's too: its user table is the
+            # saved run's (users.json, a checkpoint's trainer_state.json, user_embeddings), not built from --data's
+            # rows, so a skipped row only leaves its pair out
+            + [EVAL_ON_BAD_ROW])
         objective = cfg.objective()
         if type(objective).__name__ == "SelfNPO":
             _refuse_unevaluated(cfg.loss_type)
@@ -221,7 +223,7 @@ def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | 
     in run.trainables), the run's eval, the per-pair loss and scores of each side read off the same batches (the
     pooled preference accuracies and per_user, preflab.loops.ppd_eval), the overlap and user counts; with
     reward_fn, the win rate of ppd_samples' personalized samples against the base model's, pooled and per user."""
-    from preflab.eval.run import data_fields, overlap_with_training, training_data_note
+    from preflab.eval.run import data_fields, data_name, overlap_with_training, training_data_note
     from preflab.loops.ppd_eval import (add_per_user_win_rates, pair_columns, per_user_breakdown, preference_accuracy,
                                         takes_users)
 
@@ -230,6 +232,7 @@ def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | 
     run.module.user_branch.to(run.accelerator.device)
     run.reference = None  # ppd's reference: the same UNet without the user branch (DiffusionRun._reference)
     run.eval_data = run.train_data
+    skipped_note, skipped_report = skipped_rows_note(run.data_report, len(run.eval_data), data_name(data))
     pairs = []
     metrics = run.evaluate(on_batch=lambda index, batch: pairs.append(pair_columns(run.objective, batch)))
     columns = torch.cat(pairs) if pairs else torch.zeros(0, 5, dtype=torch.float64)
@@ -251,7 +254,8 @@ def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | 
                        **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
            "users": users, "per_user": per_user,
            **({"overlap_with_training": overlap} if overlap is not None else {}),
-           "notes": [n for n in (said, *run.eval_notes, trained_on, overlap_note, users_note) if n],
+           "notes": [n for n in (said, skipped_note, *run.eval_notes, trained_on, overlap_note, users_note) if n],
+           **({"data_report": skipped_report} if skipped_report else {}),
            "missing": {"overlap_with_training": why} if why else {}}
     if reward_fn is not None:
         prompts, policy, baseline = ppd_samples(run, num_prompts)

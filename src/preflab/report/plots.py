@@ -292,18 +292,33 @@ def beta_label(run: RunData) -> str:
 
 def beta_note(runs: list[RunData]) -> str | None:
     """The report's note when runs that logged implicit rewards (rewards/margins, rewards/chosen, ...) differ in
-    beta: those values are beta * (log pi - log pi_ref), so their panels give each beta its own axis and the
-    numbers of two betas are not comparable; None when they share one beta (or fewer than two such runs)."""
+    beta: those values are beta * (log pi - log pi_ref) for a text or VLM run and b * (MSE_ref - MSE) for a diffusion
+    run (b: the objective's scale of its beta, Diffusion-DPO's beta/2 in the salesforce convention; a gap of
+    denoising errors, not a log-ratio: TASK_YLABELS), so their panels give each beta its own axis and the numbers of
+    two betas are not comparable; the note says what each kind's values are and what dividing recovers. None when
+    they share one beta (or fewer than two such runs)."""
     keys = [key for title, _, series in PANELS if title in SPLIT_BY_BETA for key, _, _ in series]
     have = [run for run in runs if not run.reward_model and any(run.series(key)[0] for key in keys)]
     betas = {run.name: beta_label(run) for run in have}
     if len(set(betas.values())) < 2:
         return None
     said = ", ".join(f"{name} beta={beta}" for name, beta in betas.items())
-    return (f"the runs differ in beta ({said}): the reward-margin and implicit-reward panels plot beta * (log pi - "
-            "log pi_ref), so each beta gets its own axis and their values are not comparable across runs (divide by "
-            "beta for the log-ratio); accuracies" + (" and log-probs are" if len({score_kind(r) for r in have}) == 1
-                                                      else " are") + " on one scale")
+    kinds = {score_kind(r) for r in have}
+    diffusion = SCORE_KINDS["diffusion"]
+    if diffusion not in kinds:  # text / VLM runs only: as it always read
+        plotted, divide, same = "beta * (log pi - log pi_ref)", "divide by beta for the log-ratio", "log-probs are"
+    elif len(kinds) == 1:  # diffusion runs only: no log-ratio of sequence probabilities
+        plotted = ("b * (MSE_ref - MSE), a gap of denoising errors, not a log-ratio (b: the objective's scale of "
+                   "beta, e.g. diffusion_dpo's beta/2 in the salesforce convention)")
+        divide, same = "divide by b for the denoising-error gap", "denoising errors (logps/*) are"
+    else:
+        plotted = ("beta * (log pi - log pi_ref) for a text or VLM run and b * (MSE_ref - MSE), a gap of denoising "
+                   "errors, for a diffusion run (b: the objective's scale of beta, e.g. diffusion_dpo's beta/2 in the "
+                   "salesforce convention)")
+        divide, same = "divide by beta for a text run's log-ratio, by b for a diffusion run's error gap", None
+    return (f"the runs differ in beta ({said}): the reward-margin and implicit-reward panels plot {plotted}, so each "
+            f"beta gets its own axis and their values are not comparable across runs ({divide}); accuracies"
+            + (f" and {same}" if same else " are") + " on one scale")
 
 
 def score_kind(run: RunData) -> str:
