@@ -6260,6 +6260,28 @@ MUTANTS += [
            LFA_SUMMARY, "a failed summary.json / eval.json write leaves a .json.tmp behind"),
 ]
 
+# mutation-lfb round: leftovers b: a DPA run's count of eval prompts it trained on (data.overlap, start note) and its
+# eval_mse headline, preflab eval's bad alpha / extra_responses named by the file's line, ranked-list rows where pairs
+# are expected pointed to rrhf
+LFB_DPA = ["tests/reward_models/test_dpa_eval_overlap.py"]
+LFB_LINES = ["tests/eval/test_eval_row_lines.py"]
+LFB_LISTS = ["tests/data/test_list_rows_where_pairs_expected.py"]
+MUTANTS += [
+    Mutant("lfb-dpa-overlap-not-counted", "reward_models/multi_objective.py",
+           [('    report["overlap"] = rated_overlap_report(rows, eval_rows)\n',
+             '    report["overlap"] = rated_overlap_report(rows, [])\n')], LFB_DPA,
+           "a DPA run's data report counts no eval prompt it trains on: its headline says held-out"),
+    Mutant("lfb-dpa-headline-as-bt", "report/headline.py",
+           [('    if task == "reward" and config.get("reward_head") == "multi_objective":', "    if False:")], LFB_DPA,
+           "a DPA run's report headline looks for BT's eval_accuracy and shows no eval number"),
+    Mutant("lfb-alpha-line-dropped", "eval/run.py",
+           [("    return where(file or source, example.row_id, line)", "    return where(source, example.row_id)")],
+           LFB_LINES, "preflab eval's bad alpha names a bare 0-based row where the data report names the line"),
+    Mutant("lfb-list-rows-unnamed", "data/rows.py",
+           [('    if listed is not None and "scores" in row:', "    if False:")], LFB_LISTS,
+           "ranked-list rows where pairs are expected get the bare \"'chosen': missing\" with no word of rrhf"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -123,10 +123,14 @@ def repeats_note(count: int, rows: str, same: str) -> str | None:
     return f"{count} train {rows} repeat an earlier one exactly (same {same}): each copy is trained on."
 
 
-def overlap_report(train, evals) -> dict:
-    duplicates = count_repeats(_content(example) for example in train)
-    train_prompts = {_key(example.prompt) for example in train}
-    in_train = sum(_key(example.prompt) in train_prompts for example in evals)
+def overlap_report(train, evals, prompt_of=None, content_of=None) -> dict:
+    """The module docstring's two counts. prompt_of / content_of: a row's prompt and its content (default: a loaded
+    example's, prompt_key and content_key); a DPA run's rated rows, which are dicts, give their own
+    (preflab.reward_models.multi_objective.rated_overlap_report)."""
+    prompt_of, content_of = prompt_of or prompt_key, content_of or _content
+    duplicates = count_repeats(content_of(example) for example in train)
+    train_prompts = {_key(prompt_of(example)) for example in train}
+    in_train = sum(_key(prompt_of(example)) in train_prompts for example in evals)
     return {"duplicate_train_examples": duplicates, "eval_prompts_in_train": in_train}
 
 

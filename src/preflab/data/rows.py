@@ -332,6 +332,15 @@ def _other_form(row: dict) -> tuple[str, str] | None:
         return ("an RPR context row (prompt, response_a, response_b, criteria_x, criteria_y)", "Expand each into two "
                 "context rows (criteria_x: a > b, criteria_y: b > a) with preflab.reward_models.context."
                 "expand_rpr_rows and train those with task: reward (the `context` column conditions the reward).")
+    # a ranked list (loops.listwise: prompt, completions, scores; RRHF's own data names them query, responses, scores)
+    listed = next((k for k in ("completions", "responses") if isinstance(row.get(k), list)), None)
+    if listed is not None and "scores" in row:
+        renamed = (" (RRHF's own columns: rename query -> prompt and responses -> completions)"
+                   if listed == "responses" else "")
+        return (f"a ranked list ({listed} + scores: the listwise form)", "Train ranked lists with a listwise "
+                f"loss_type (rrhf; `preflab objectives` marks it ListBatch){renamed}, or write pairs from each list "
+                "(chosen: a higher-scored response, rejected: a lower-scored one) for a pairwise loss_type or a "
+                "reward model.")
     if "completion" in row and "label" in row:
         return ("TRL's unpaired preference form (prompt, completion, label)", "Train unpaired rows with loss_type: "
                 "kto (or apo_zero_unpaired), or write each prompt's pair as one row.")

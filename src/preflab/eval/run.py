@@ -75,16 +75,26 @@ def _is_number(value) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
-def _alphas(pairs, column: str, notes: list[str], source: str = "the data") -> torch.Tensor:
+def _row_place(source: str, example) -> str:
+    """'data.jsonl row 0 (line 1)': where a loaded example's row is, as the data report names it
+    (data.report.where: its file's 1-based line where the row came from a file; rows given as a list have none)."""
+    from preflab.data.report import place_of, where
+
+    file, line = place_of(example)
+    return where(file or source, example.row_id, line)
+
+
+def _alphas(pairs, origins, column: str, notes: list[str], source: str = "the data") -> torch.Tensor:
     """[N] rater proportions from the `column` extra; 1.0 where absent (the paper's unanimous case). A value that is
-    not a number in [0, 1] (a percentage, a label, a string) is a DataError naming the row: clipping it to
-    [eps, 1 - eps] would change R* silently."""
+    not a number in [0, 1] (a percentage, a label, a string) is a DataError naming the row (and its file's line,
+    from `origins`: the loaded example each pair was tokenized from, _row_place): clipping it to [eps, 1 - eps] would
+    change R* silently. (preflab.eval.ranking.proportion_logit, given alphas from Python, names an index instead.)"""
     values = [p.extras.get(column) for p in pairs]
-    for pair, value in zip(pairs, values):
+    for k, value in enumerate(values):
         if value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
-            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: {value!r} is not a rater proportion in "
-                            f"[0, 1] (P(chosen preferred over rejected); e.g. 0.75, not 75). Fix the column, or "
-                            "pass --alpha-column with the right one.")
+            raise DataError(f"{_row_place(source, origins[k])}, field {column!r}: {value!r} is not a rater "
+                            "proportion in [0, 1] (P(chosen preferred over rejected); e.g. 0.75, not 75). Fix the "
+                            "column, or pass --alpha-column with the right one.")
     found = sum(_is_number(v) for v in values)
     if not found:
         notes.append(f"no '{column}' column: rater proportions assumed unanimous (alpha = 1, used as 1 - 1e-3, as "
@@ -105,14 +115,14 @@ def _dispersion(policy, ref, tokenizer, examples, pairs, indices, opts: EvalOpti
     for k, (pair, i) in enumerate(zip(pairs, indices)):
         extra = pair.extras.get(column)
         if extra is not None and not isinstance(extra, list):
-            raise DataError(f"{source}, row {pair.row_id}, field {column!r}: a list of further responses to the "
-                            f"prompt is expected, got {type(extra).__name__} {str(extra)[:60]!r}; write "
+            raise DataError(f"{_row_place(source, examples[i])}, field {column!r}: a list of further responses to "
+                            f"the prompt is expected, got {type(extra).__name__} {str(extra)[:60]!r}; write "
                             "[\"...\"] (a one-item list for one response).")
         for response in extra or []:
             if not isinstance(response, (str, list)):
-                raise DataError(f"{source}, row {pair.row_id}, field {column!r}: each further response is a string "
-                                f"(or, with conversational prompts, a list of messages), got {type(response).__name__} "
-                                f"{str(response)[:60]!r}.")
+                raise DataError(f"{_row_place(source, examples[i])}, field {column!r}: each further response is a "
+                                "string (or, with conversational prompts, a list of messages), got "
+                                f"{type(response).__name__} {str(response)[:60]!r}.")
             if not response or (isinstance(response, str) and not response.strip()):
                 empty += 1  # an empty response is no response (the pairs refuse it too)
                 continue
@@ -354,7 +364,8 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     scores = score_pairs(policy, pairs, pad_id, ref=ref, batch_size=opts.batch_size)
     metrics = {k: float(v) for k, v in pair_diagnostics(scores, beta).items()}
     # without a reference there is no R*: the alpha notes (R* an upper bound) would speak of a metric not computed
-    alpha = _alphas(pairs, opts.alpha_column, notes if ref is not None else [], row_report.source)
+    alpha = _alphas(pairs, [examples[i] for i in indices], opts.alpha_column, notes if ref is not None else [],
+                    row_report.source)
     if bool((alpha == 0.5).any()):
         metrics["ranking_accuracy_with_ties"] = ranking_accuracy_with_ties(scores.policy_chosen,
                                                                            scores.policy_rejected, alpha)

@@ -40,6 +40,19 @@ HEADLINE_KEYS = {
                ("eval_duality_gap", "duality gap (game)", None)),
 }
 HEADLINE_KEYS["vlm"] = HEADLINE_KEYS["dpo"]
+# a DPA attribute reward model (task: reward, reward_head: multi_objective) regresses ratings: it logs eval_mse,
+# no pairwise accuracy (preflab.reward_models.multi_objective)
+ATTRIBUTE_HEADLINE_KEYS = (("eval_mse", "mean squared rating error over every rated attribute (lower is better), "
+                            "held-out", None),)
+
+
+def headline_keys(config: dict) -> tuple:
+    """The HEADLINE_KEYS of a run's config.yaml: its task's, a DPA attribute model's (ATTRIBUTE_HEADLINE_KEYS) for
+    task: reward with reward_head: multi_objective."""
+    task = str(config.get("task", "dpo"))
+    if task == "reward" and config.get("reward_head") == "multi_objective":
+        return ATTRIBUTE_HEADLINE_KEYS
+    return HEADLINE_KEYS.get(task, ())
 
 
 def _at(run: RunData, key: str, which: int) -> tuple[float, float] | None:
@@ -125,7 +138,7 @@ def headline_rows(run: RunData) -> list[dict]:
     older finite value passed off as the run's end (the notes above the curves say which steps)."""
     rows = summary_rows(run.summary)
     seen_prompts = eval_set_seen_clause(run.summary)
-    for key, meaning, base in HEADLINE_KEYS.get(str(run.config.get("task", "dpo")), ()):
+    for key, meaning, base in headline_keys(run.config):
         meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
         meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning
         first, last = _at(run, key, 0), _at(run, key, -1)

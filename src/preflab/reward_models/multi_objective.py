@@ -28,6 +28,7 @@ Deviation from the paper: ratings are regressed on the scale given (the paper's 
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -385,12 +386,25 @@ def unused_ratings_note(unused: dict[str, int], attributes: Sequence[str], sourc
             f"{keys}. Fix a misspelt name in the rows, or {or_else}.")
 
 
+def rated_overlap_report(rows: Sequence[dict], eval_rows: Sequence[dict]) -> dict:
+    """data.overlap.overlap_report of a DPA run's rated rows ({prompt, response, ratings} dicts, load_rated):
+    {"duplicate_train_examples": train rows repeating an earlier one (prompt, response and ratings),
+    "eval_prompts_in_train": eval rows whose prompt is a training row's prompt}, kept in summary.json's data report as
+    the pairwise reward runs keep theirs, so the report's headline does not call an eval set of training prompts
+    held-out (report.headline.eval_set_seen_clause)."""
+    from preflab.data.overlap import overlap_report
+
+    return overlap_report(rows, eval_rows, prompt_of=lambda row: row["prompt"],
+                          content_of=lambda row: json.dumps(row, sort_keys=True, ensure_ascii=False, default=repr))
+
+
 def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
     """`preflab train` with `task: reward` and `reward_head: multi_objective`: the DPA attribute reward model
     trained by regression on `dataset_name`'s rated rows (eval: `eval_dataset_name` or `eval_fraction`, logged as
     eval_mse and eval_mse/<attribute>). Options as for the pairwise heads; `reward_head_params` gives the
     attributes (and the response column, default `response`)."""
     from preflab.data.eval_set import train_and_eval
+    from preflab.data.overlap import overlap_notes
     from preflab.data.report import refuse_empty
     from preflab.models.load import cap_max_length, max_positions
 
@@ -419,6 +433,11 @@ def train_attribute_reward(cfg, model=None, tokenizer=None) -> dict:
             report[f"{name}_ratings_not_trained"] = unused
     if eval_report is not None:
         report["eval_rows"] = eval_report.to_dict()
+    # eval rows whose prompt is a training prompt, counted and said as the pairwise reward runs do
+    # (reward_models.data.load_reward_pairs): the report's headline then does not call the eval set held-out
+    report["overlap"] = rated_overlap_report(rows, eval_rows)
+    for said in overlap_notes(report["overlap"], len(eval_rows), model="the reward model"):
+        print(f"preflab: note: data: {said}")
     return train_multi_objective(cfg, rows, attributes, model=model, tokenizer=tokenizer, eval_rows=eval_rows,
                                  data_report=report, response_field=response_field, attribute_reduction=reduction)
 
