@@ -53,7 +53,9 @@ def test_online_gradient_checkpointing_reaches_a_policy_given_from_python(tmp_pa
     assert run.policy.is_gradient_checkpointing  # before: only a model preflab loaded itself got it
     run.train()
     a, b = plain.policy.state_dict(), run.policy.state_dict()
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5  # recomputed activations, same step
+    # recomputed activations, same step: float32 recomputation in another kernel order moves a weight whose gradient
+    # is near Adam's eps by up to 1.7e-5 (AVX-512); a different step moves weights by about lr = 1e-2
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-4
 
 
 def test_online_gradient_checkpointing_refuses_a_policy_without_it(tmp_path):
