@@ -22,6 +22,7 @@ import dataclasses
 
 from preflab.errors import ConfigError
 from preflab.objectives._ld import TRL_LD_LOSS_TYPES
+from preflab.option_types import is_number
 
 RUN_DEFAULT_BETA = 0.1  # TrainConfig.beta's default = TRL 1.16 DPOConfig.beta
 
@@ -67,7 +68,7 @@ def own_betas(loss_type) -> dict | None:
         if module is None:
             return None
         default = next((f.default for f in dataclasses.fields(objective_class(module)) if f.name == "beta"), None)
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if is_number(default):
             out[str(name)] = RUN_DEFAULT_BETA if module in trl else float(default)
     return out
 
