@@ -48,13 +48,16 @@ def _spans(tree: ast.Module) -> list[tuple[int, int]]:
 
 def _parses_mutated(text: str, spans: list[tuple[int, int]], edits) -> str | None:
     """None when the mutated code around the edits parses, else the error. Only the enclosing function (or
-    top-level statement) is parsed, indented under `if 1:` when it is nested: a whole-file parse per mutant took
-    15 s for the 600 mutants on a loaded 2-core machine."""
+    top-level statement; the whole file when the edits lie in two) is parsed, indented under `if 1:` when it is
+    nested: a whole-file parse per mutant took 15 s for the 600 mutants on a loaded 2-core machine."""
     lines = []
     for old, _ in edits:
         at = text.index(old)
         lines += [text.count("\n", 0, at) + 1, text.count("\n", 0, at + len(old)) + 1]
-    first, last = next(((a, b) for a, b in spans if a <= min(lines) and max(lines) <= b), (1, max(lines)))
+    # Edits in two top-level statements have no enclosing piece: the whole file is parsed (a cut at the last edit's
+    # line could end inside a statement and parse, or fail, for reasons that are not the edit's).
+    first, last = next(((a, b) for a, b in spans if a <= min(lines) and max(lines) <= b),
+                       (1, text.count("\n") + 1))
     piece = "".join(text.splitlines(keepends=True)[first - 1:last])
     for old, new in edits:
         assert piece.count(old) == 1, old  # the edit lies inside the piece
@@ -113,6 +116,13 @@ def test_the_parse_check_finds_a_broken_edit_inside_a_method():
     assert _parses_mutated(text, spans, [("return math.exp(x)", "return math.exp(x")]) == \
         "line 7: '(' was never closed"
     assert _parses_mutated(text, spans, [("Y = 1", "Y = = 1")]) == "line 10: invalid syntax"
+    # Edits in two top-level statements: the whole file is parsed, so a break after the last edit is still seen.
+    two = [("import math", "import math as m"), ("Y = 1", "Y = (1")]
+    assert _parses_mutated(text, spans, two) == "line 10: '(' was never closed"
+    # ... and an edit that ends inside a multi-line call is not cut there (the cut read as "'(' never closed").
+    call = "import math\n\n\ndef f(x):\n    return math.pow(\n        x,\n        2)\n"
+    edits = [("import math", "import cmath"), ("math.pow(\n        x,", "math.pow(\n        -x,")]
+    assert _parses_mutated(call, _spans(ast.parse(call)), edits) is None
 
 
 def test_the_mutant_counts_in_docs_testing_md_are_the_runners():
