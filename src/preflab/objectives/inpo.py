@@ -58,7 +58,7 @@ class INPO(Objective):
 
     required_extras = ("prev_chosen_logps", "prev_rejected_logps")
     paper = "Zhang et al. 2024, Iterative Nash Policy Optimization (arXiv:2407.00617)"
-    checked_against = ("3rd-party copy of INPO's code: XuHuang441/Multi-player-Nash-Policy-Optimization@83d08c9 "
+    checked_against = ("3rd-party: a copy of INPO's code, XuHuang441/Multi-player-Nash-Policy-Optimization@83d08c9 "
                        "inpo_original/inpo/trainer.py::inpo_loss (loss, sums, anchors; its run: eta' 0.005, ratio "
                        "1/3) and smiles724/MNPO@b8317e9 mnpo_loss with one past iterate (eta' 0.0075, ratio 1/3), "
                        "+ the OMD-step fixed point, all tested; the authors' own repository not found")
