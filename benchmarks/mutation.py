@@ -6281,6 +6281,23 @@ MUTANTS += [
            [('    if listed is not None and "scores" in row:', "    if False:")], LFB_LISTS,
            "ranked-list rows where pairs are expected get the bare \"'chosen': missing\" with no word of rrhf"),
 ]
+# mutation-auz round: paper audit 10 -- INPO's loss against the copy of its released trainer (response-token sums
+# for the policy and both anchors; which anchor side is which)
+AUZ_NASH = ["tests/objectives/test_inpo.py"]
+MUTANTS += [
+    Mutant("auz-nash-anchor-policy-token-mean", "objectives/inpo.py",
+           [("s_w, s_l = batch.policy_chosen.sum.to(h_w.dtype), batch.policy_rejected.sum.to(h_w.dtype)",
+             "s_w, s_l = batch.policy_chosen.mean.to(h_w.dtype), batch.policy_rejected.mean.to(h_w.dtype)")],
+           AUZ_NASH, "the policy's side of the pi_t anchor is a per-token mean, not the released response-token sum"),
+    Mutant("auz-nash-anchor-last-iterate-token-mean", "objectives/inpo.py",
+           [("v = v.sum if isinstance(v, SequenceLogps) else v", "v = v.mean if isinstance(v, SequenceLogps) else v")],
+           AUZ_NASH, "token-level pi_t log-probs are averaged over the response, not summed as the released precompute"),
+    Mutant("auz-nash-anchor-last-iterate-sides-swapped", "objectives/inpo.py",
+           [('t_w, t_l = prev_sums(batch, "prev_chosen_logps", h_w), prev_sums(batch, "prev_rejected_logps", h_w)',
+             't_w, t_l = prev_sums(batch, "prev_rejected_logps", h_w), prev_sums(batch, "prev_chosen_logps", h_w)')],
+           AUZ_NASH, "the previous iterate's chosen and rejected log-probs are swapped"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -4,6 +4,7 @@ import torch
 
 from preflab.errors import ConfigError
 from preflab.objectives import PairBatch, get_objective
+from preflab.objectives.base import SequenceLogps
 
 F64 = dict(dtype=torch.float64)
 
@@ -86,3 +87,59 @@ def test_defaults_equal_the_mnpo_trainer_with_one_past_iterate():
     out = get_objective("inpo")(batch)
     torch.testing.assert_close(out.losses, mnpo, rtol=1e-12, atol=1e-9)
     assert out.loss.item() == pytest.approx(mnpo.mean().item(), rel=1e-12)
+
+
+def _released_inpo_losses(pol_w, pol_l, ref_w, ref_l, last_w, last_l, ratio, denom):
+    """A transcription of the INPO training code committed as `inpo_original` in
+    XuHuang441/Multi-player-Nash-Policy-Optimization@83d08c9 ("add inpo orignal"): `inpo/trainer.py::
+    MyPreferenceTrainer.inpo_loss` (`logits = pi_logratios - ratio * ref_logratios - (1 - ratio) * last_logratios`,
+    `losses = (logits - 1 / (2 * denom)) ** 2`, `losses.mean()` in `get_batch_metrics`), fed by TRL's
+    `get_batch_logps` with average_log_prob False (loss_type "inpo" is not "ipo"): response-token sums."""
+    pi_logratios = pol_w - pol_l
+    ref_logratios = ref_w - ref_l
+    last_logratios = last_w - last_l
+    logits = pi_logratios - ratio * ref_logratios - (1 - ratio) * last_logratios
+    return (logits - 1 / (2 * denom)) ** 2
+
+
+def _token_side(gen, lengths, T=7, prompt=2, scale=3.0):
+    """[B, T] token log-probs with a 2-token prompt and responses of the given lengths (the rest padding)."""
+    lp = -scale * torch.rand(len(lengths), T, generator=gen, dtype=torch.float64)
+    mask = torch.zeros(len(lengths), T, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, prompt:prompt + n] = True
+    return SequenceLogps(lp, mask)
+
+
+@pytest.mark.parametrize("eta_prime, ratio", [(0.005, 1 / 3), (0.0075, 1 / 3), (0.0075, 0.0)],
+                         ids=["released-run", "mnpo-config", "released-script-defaults"])
+def test_loss_and_gradient_are_the_released_inpo_trainer(eta_prime, ratio):
+    """The released run (`run_inpo.sh`: eta 0.005, ratio 1/3, reference = the SFT model, `last` = the previous
+    iterate, both precomputed by `inpo/precompute.py`) and the script defaults (`inpo_train.py`: eta 0.0075,
+    ratio 0) map to preflab's inpo with eta = 1/eta', tau = ratio * eta'; the loss and its gradient wrt the
+    policy's token log-probs equal the transcription on random token log-probs of unequal lengths (so a per-token
+    mean would differ)."""
+    gen = torch.Generator().manual_seed(10)
+    lens_w, lens_l = [3, 5, 1, 4], [5, 2, 4, 4]
+    sides = {name: _token_side(gen, lens) for name, lens in
+             [("pw", lens_w), ("pl", lens_l), ("rw", lens_w), ("rl", lens_l), ("tw", lens_w), ("tl", lens_l)]}
+    pw = SequenceLogps(sides["pw"].token_logps.clone().requires_grad_(True), sides["pw"].mask)
+    pl = SequenceLogps(sides["pl"].token_logps.clone().requires_grad_(True), sides["pl"].mask)
+    batch = PairBatch(pw, pl, sides["rw"], sides["rl"],
+                      {"prev_chosen_logps": sides["tw"], "prev_rejected_logps": sides["tl"]})
+    out = get_objective("inpo", eta=1 / eta_prime, tau=ratio * eta_prime)(batch)
+
+    def tsum(s, lp=None):  # TRL get_batch_logps(average_log_prob=False): (per_token_logps * loss_mask).sum(-1)
+        return ((s.token_logps if lp is None else lp) * s.mask).sum(-1)
+
+    lp_w = sides["pw"].token_logps.clone().requires_grad_(True)
+    lp_l = sides["pl"].token_logps.clone().requires_grad_(True)
+    released = _released_inpo_losses(tsum(sides["pw"], lp_w), tsum(sides["pl"], lp_l), tsum(sides["rw"]),
+                                     tsum(sides["rl"]), tsum(sides["tw"]), tsum(sides["tl"]), ratio, eta_prime)
+    torch.testing.assert_close(out.losses, released, rtol=1e-12, atol=1e-9)
+    assert out.loss.item() == pytest.approx(released.mean().item(), rel=1e-12)
+    out.loss.backward()
+    released.mean().backward()
+    torch.testing.assert_close(pw.token_logps.grad, lp_w.grad, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(pl.token_logps.grad, lp_l.grad, rtol=1e-12, atol=1e-9)
+    assert pw.token_logps.grad[~pw.mask].abs().max().item() == 0.0  # prompt and padding carry no gradient

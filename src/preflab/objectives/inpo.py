@@ -24,7 +24,18 @@ MNPO repo and the SimPO fork): with one past iterate its loss is (d_pi - ratio d
 average_log_prob=True); this loss uses sums, as the 3rd-party re-implementation does (the INPO paper's ratios
 are of sequence probabilities).
 
-Deviation from the paper: none known; the equation was read from a later paper's code, not from INPO's text.
+Audit 10 (2026-12): INPO's own training code, as committed by a third party under `inpo_original/`
+("add inpo orignal") in XuHuang441/Multi-player-Nash-Policy-Optimization@83d08c9 (an RLHFlow-style pipeline:
+LLaMA3-SFT, RLHFlow iterative-prompt-v1 iter1-3, K = 8 samples at temperature 1, a preference-model tournament
+picking one winner and one loser per prompt, three iterations; not the authors' own repository, whose address
+was not found). Its `inpo/trainer.py::inpo_loss` is this loss term by term: (d_pi - ratio d_ref - (1 - ratio)
+d_last - 1/(2 eta'))^2 on response-token sums (TRL's get_batch_logps, average_log_prob False), mean over pairs;
+the reference is the SFT model and `last` the previous iterate (`inpo/precompute.py`). Tested on token log-probs
+with the gradient. Its run script `run_inpo.sh` sets eta' = 0.005 and ratio = 1/3 (target 100: eta = 200,
+tau = 1/600 here); the defaults here keep MNPO's eta' = 0.0075 (target 66.67) -- a default left for review.
+The released pairs are one tournament pair per prompt, not the weighted ordered pairs of `online/game.py`.
+
+Deviation from the paper: none known in the loss; the equation was read from code, not from INPO's text.
 """
 from dataclasses import dataclass
 
@@ -47,9 +58,10 @@ class INPO(Objective):
 
     required_extras = ("prev_chosen_logps", "prev_rejected_logps")
     paper = "Zhang et al. 2024, Iterative Nash Policy Optimization (arXiv:2407.00617)"
-    checked_against = ("3rd-party: smiles724/MNPO@b8317e9 mnpo_scripts/mnpo_trainer.py::mnpo_loss with one past "
-                       "iterate (MNPO recovers INPO; eta' 0.0075, ratio 1/3 from its configs) + the spec's "
-                       "re-implementation + the OMD-step fixed point, all tested; official INPO code not found")
+    checked_against = ("3rd-party: a copy of INPO's code, XuHuang441/Multi-player-Nash-Policy-Optimization@83d08c9 "
+                       "inpo_original/inpo/trainer.py::inpo_loss (loss, sums, anchors; its run: eta' 0.005, ratio "
+                       "1/3) and smiles724/MNPO@b8317e9 mnpo_loss with one past iterate (eta' 0.0075, ratio 1/3), "
+                       "+ the OMD-step fixed point, all tested; the authors' own repository not found")
     tags = {"data": ("pair-wise",), "framework": ("online", "self-play"), "constraint": ("reference",),
             "property": ("general-preference",)}
 
