@@ -241,20 +241,29 @@ def _unspaced_boundary(before: str, after: str) -> bool:
 
 
 def split_implicit_messages(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:
-    """(prompt, chosen_turns, rejected_turns) from two conversations that share their first turns.
-
-    The prompt is the longest common run of messages, cut back so that both responses are non-empty and
-    start with an assistant message.
-    """
-    n = 0
+    """(prompt, chosen_turns, rejected_turns) from two conversations that share their first turns, cut as TRL 1.16's
+    `extract_prompt` cuts them: the prompt is every message before the first one that differs (when one conversation
+    is the start of the other, every shared message but the last), so a response may open with any turn, e.g. the
+    user turn where two multi-turn conversations part (`chosen` = [..., a1, u2, a2], `rejected` = [..., a1, u2', b2]
+    -> prompt [..., a1], responses [u2, a2] and [u2', b2]; `tokenize` then cuts such rows at TRL's common token
+    prefix). A row whose conversations differ from their first message has no prompt: `no_common_prompt` (TRL
+    would render an empty prompt, or fail on it)."""
     limit = min(len(chosen), len(rejected))
-    while n < limit and chosen[n] == rejected[n]:
-        n += 1
-    for i in range(min(n, limit - 1), 0, -1):
-        if chosen[i]["role"] == "assistant" and rejected[i]["role"] == "assistant":
-            return chosen[:i], chosen[i:], rejected[i:]
-    raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' do not share "
-                     "the turns before an assistant reply", "Add a 'prompt' column with the shared turns.")
+    n = next((i for i in range(limit) if chosen[i] != rejected[i]), limit - 1)
+    if n < 1:
+        raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' differ from "
+                         "their first message, so they share no prompt turns", "Add a 'prompt' column with the "
+                         "shared turns, or start both conversations with the same turns.")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def is_assistant_reply(messages: list[dict]) -> bool:
+    """True when a conversational response is the assistant's own turns only: it opens with an assistant message
+    and holds only assistant and tool turns. Other responses (a multi-turn continuation with user turns, one that
+    opens with a tool result) train on turns the model does not write, as TRL 1.16 trains them; load_rows names
+    their form `*_multiturn`."""
+    return bool(messages) and messages[0].get("role") == "assistant" and all(
+        m.get("role") in RESPONSE_ROLES for m in messages)
 
 
 def check_numeric_extra(value, field: str, low: float | None = None, high: float | None = None):
