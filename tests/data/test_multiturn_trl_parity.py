@@ -204,3 +204,15 @@ def test_a_response_of_other_roles_than_the_template_renders_stays_a_bad_row():
     examples, _ = load_rows(EXPLICIT[:1])
     with pytest.raises(DataError, match=r"field 'chosen\[1\]': the chat template leaves out this 'user' message"):
         tokenize_pairs(examples, tok, max_length=None)
+
+
+def test_vlm_rows_refuse_multiturn_responses_saying_why():
+    """task: vlm still reads responses as the assistant's turns only: the refusal says so and that text rows take
+    multi-turn responses (TRL's vision collator would train them)."""
+    from preflab.data.report import RowProblem
+    from preflab.data.vision import _messages
+
+    with pytest.raises(RowProblem) as info:
+        _messages([m("assistant", "five"), m("user", "sure ?"), m("assistant", "yes")], "chosen", "assistant")
+    assert info.value.field == "chosen[1].role" and "task: vlm reads a response as the assistant's own" in \
+        str(info.value.fix) and "text rows (task: dpo) take them" in str(info.value.fix)

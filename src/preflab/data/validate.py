@@ -110,14 +110,16 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
     return out
 
 
-def check_response_turns(messages: list[dict], field: str, offset: int = 0) -> None:
-    """Response turns: only assistant/tool messages, first and last from the assistant."""
+def check_response_turns(messages: list[dict], field: str, offset: int = 0, why: str = "") -> None:
+    """Response turns: only assistant/tool messages, first and last from the assistant. Text preference and
+    unpaired rows do not ask this (any turns, as TRL 1.16: rows.multiturn_form); the row forms that do (task: vlm,
+    listwise, SFT completions, MAPL intra rows) say `why` in the refusal."""
     for i, msg in enumerate(messages):
         if msg["role"] not in RESPONSE_ROLES or (i in (0, len(messages) - 1) and msg["role"] != "assistant"):
             raise RowProblem("invalid_message", f"{field}[{i + offset}].role",
                              f"a response turn has role {msg['role']!r}",
-                             "Responses are the assistant turn(s) after the prompt; move other turns into "
-                             "'prompt'.")
+                             (why + " " if why else "") + "Responses here are the assistant turn(s) after the "
+                             "prompt; move other turns into 'prompt'.")
 
 
 def check_text_or_messages(value, field: str, *, response: bool = False):
