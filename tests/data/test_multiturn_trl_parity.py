@@ -216,3 +216,16 @@ def test_vlm_rows_refuse_multiturn_responses_saying_why():
         _messages([m("assistant", "five"), m("user", "sure ?"), m("assistant", "yes")], "chosen", "assistant")
     assert info.value.field == "chosen[1].role" and "task: vlm reads a response as the assistant's own" in \
         str(info.value.fix) and "text rows (task: dpo) take them" in str(info.value.fix)
+
+
+def test_a_template_whose_prompt_shares_no_token_with_the_conversation_is_a_bad_row():
+    """A response opening with a user turn is cut at the common token prefix of the rendered prompt and the
+    conversation; a template that renders the prompt alone with another first token leaves no prompt (TRL would
+    train the whole conversation with an empty prompt): the bad row `boundary_unrepresentable`, naming the field."""
+    tok = tiny_tokenizer("bytelevel")
+    tok.chat_template = "{% if add_generation_prompt %}</s>{% endif %}" + CHAT_TEMPLATE
+    examples, _ = load_rows([EXPLICIT[3]])
+    with pytest.raises(DataError, match=r"field 'chosen': the rendered prompt and prompt \+ response share no first"):
+        tokenize_pairs(examples, tok, max_length=None)
+    _, report = tokenize_pairs(examples, tok, max_length=None, on_bad_row="skip")
+    assert report.skipped == {"boundary_unrepresentable": 1}
