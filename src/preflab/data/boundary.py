@@ -133,9 +133,9 @@ def split_common_tokens(tokenizer, prompt_text: str, fulls: list[str], fields: l
     sequences share no token with the prompt is bad (`boundary_unrepresentable`)."""
     prompt_ids = encode(tokenizer, prompt_text)
     joints = [encode(tokenizer, full) for full in fulls]
-    cut = min(_common_prefix(prompt_ids, joint) for joint in joints)
-    if cut == 0:
+    shared = min(_common_prefix(prompt_ids, joint) for joint in joints)
+    if shared == 0:
         raise RowProblem("boundary_unrepresentable", (fields or [None])[0], "the rendered prompt and prompt + "
                          "response share no first token, so no prompt is left to condition the response on",
                          "Check the chat template renders the prompt turns at the start of every conversation.")
-    return Split(prompt_ids[:cut], [joint[cut:] for joint in joints], "common_tokens")
+    return Split(prompt_ids[:shared], [joint[shared:] for joint in joints], "common_tokens")
