@@ -8,6 +8,7 @@ and RewardTrainer's, on tiny tokenizers whose chat templates are built in code, 
 the same token (a ChatML-like header, where TRL's common-token cut keeps that token in the prompt). The DPO loss and
 log-probs of a tiny model on such rows equal TRL's DPOTrainer.compute_loss on its own collated batch."""
 import copy
+import re
 import json
 import types
 
@@ -229,3 +230,18 @@ def test_a_template_whose_prompt_shares_no_token_with_the_conversation_is_a_bad_
         tokenize_pairs(examples, tok, max_length=None)
     _, report = tokenize_pairs(examples, tok, max_length=None, on_bad_row="skip")
     assert report.skipped == {"boundary_unrepresentable": 1}
+
+
+@pytest.mark.parametrize("message, field, said", [
+    ({"role": "ipython", "content": "5"}, "chosen[1].role", "TRL passes any role to the chat template"),
+    ({"role": "user", "content": [{"type": "text", "text": "sure ?"}]}, "chosen[1].content",
+     "TRL would hand a list of parts to the template"),
+])
+def test_what_trl_takes_and_text_rows_refuse_says_why(message, field, said):
+    """A role outside system / developer / user / assistant / tool, and list-of-parts content in a text row: still
+    refused (each a multi-turn response's second turn here), saying why and what to do."""
+    row = {"prompt": Q, "chosen": [m("assistant", "five"), message, m("assistant", "yes")],
+           "rejected": [m("assistant", "six")]}
+    with pytest.raises(DataError, match=rf"field '{re.escape(field)}': .*{said}") as info:
+        load_rows([row])
+    assert info.value.reason == "invalid_message"

@@ -89,7 +89,9 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
         if not isinstance(role, str) or role not in ROLES:
             detail = "missing 'role'" if role is None else f"role {role!r} is not one of {', '.join(ROLES)}"
             near = nearest(role, ROLES) if isinstance(role, str) else ""
-            raise RowProblem("invalid_message", f"{at}.role", detail, f"Use {', '.join(ROLES[:-1])} or tool.{near}")
+            raise RowProblem("invalid_message", f"{at}.role", detail, f"Use {', '.join(ROLES[:-1])} or tool.{near} "
+                             "(TRL passes any role to the chat template, which may drop or misrender one it does "
+                             "not know, silently; a tool result, Llama 3.1's 'ipython', is role 'tool'.)")
         content = msg.get("content")
         if msg.get("tool_calls") and content in (None, ""):
             pass  # a tool call without text
@@ -98,7 +100,9 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
                              "Give every message a string 'content'.")
         elif not isinstance(content, str):
             raise RowProblem("invalid_message", f"{at}.content", f"expected a string, got {type(content).__name__}",
-                             "Only text content is supported; put the text in a string.")
+                             "Text rows read a message's content as a string (TRL would hand a list of parts to "
+                             "the template as it is); put the text in a string, or train image-text rows with "
+                             "task: vlm.")
         elif _has_surrogate(content):
             raise RowProblem("invalid_unicode", f"{at}.content", "the text holds a lone surrogate or "
                              "undecodable bytes", "Re-encode the text as valid UTF-8.")
