@@ -6299,6 +6299,57 @@ MUTANTS += [
 ]
 
 
+# mutation-cvm round: conversational multi-turn chosen / rejected / completion as TRL 1.16 (data.validate's
+# extract_prompt cut, data.rows' *_multiturn form, data.boundary's common-token cut, data.tokenize's rendered check)
+CVM_IDS = ["tests/data/test_multiturn_trl_parity.py", "-k", "not dpo_loss"]
+MUTANTS += [
+    Mutant("cvm-implicit-back-to-assistant", "data/validate.py",
+           [("    n = next((i for i in range(limit) if chosen[i] != rejected[i]), limit - 1)\n",
+             "    n = next((i for i in range(limit) if chosen[i] != rejected[i]), limit - 1)\n"
+             "    while n > 1 and chosen[n][\"role\"] != \"assistant\":\n        n -= 1\n")], CVM_IDS,
+           "an implicit prompt is cut back to the last shared assistant turn (preflab's old rule): the shared turns "
+           "train as part of each response, not TRL's tokens"),
+    Mutant("cvm-implicit-prefix-whole", "data/validate.py",
+           [("if chosen[i] != rejected[i]), limit - 1)", "if chosen[i] != rejected[i]), limit)")], CVM_IDS,
+           "a conversation that is the start of the other becomes the whole prompt (TRL keeps its last message out)"),
+    Mutant("cvm-responses-assistant-only", "data/rows.py",
+           [('        chosen = check_text_or_messages(chosen, "chosen")  #',
+             '        chosen = check_text_or_messages(chosen, "chosen", response=True)  #')], CVM_IDS,
+           "an explicit multi-turn chosen ([assistant, user, assistant]) is refused, as before this round"),
+    Mutant("cvm-kto-completion-assistant-only", "data/rows.py",
+           [('    completion = check_text_or_messages(completion, "completion")  #',
+             '    completion = check_text_or_messages(completion, "completion", response=True)  #')], CVM_IDS,
+           "a KTO row's multi-turn completion is refused where TRL's KTOTrainer trains it"),
+    Mutant("cvm-multiturn-form-unsaid", "data/rows.py",
+           [('    return form + "_multiturn" if chats and not all(is_assistant_reply(r) for r in chats) else form',
+             "    return form")], CVM_IDS,
+           "rows that train on user / system / tool turns inside a response are not counted in the data line"),
+    Mutant("cvm-reply-ignores-roles", "data/validate.py",
+           [("    return bool(messages) and messages[0].get(\"role\") == \"assistant\" and all(",
+             "    return bool(messages) and messages[0].get(\"role\") == \"assistant\" or all(")], CVM_IDS,
+           "a response [assistant, user, assistant] counts as the assistant's own reply (form not *_multiturn)"),
+    Mutant("cvm-common-tokens-chosen-only", "data/boundary.py",
+           [("    shared = min(_common_prefix(prompt_ids, joint) for joint in joints)",
+             "    shared = _common_prefix(prompt_ids, joints[0])")], CVM_IDS,
+           "the common-token cut is the chosen side's alone (TRL takes the shorter of both sides' common prefixes)"),
+    Mutant("cvm-whole-first-response-only", "data/tokenize.py",
+           [("    whole = any(response[:1] and response[0].get(\"role\") != \"assistant\" for response in responses)",
+             "    whole = any(response[:1] and response[0].get(\"role\") != \"assistant\" for response in "
+             "responses[:1])")], CVM_IDS,
+           "a row whose rejected (not chosen) opens with a user turn is refused as a template prefix mismatch"),
+    Mutant("cvm-empty-prompt-kept", "data/boundary.py",
+           [("    if shared == 0:\n        raise RowProblem(\"boundary_unrepresentable\", (fields or [None])[0]",
+             "    if shared < 0:\n        raise RowProblem(\"boundary_unrepresentable\", (fields or [None])[0]")],
+           CVM_IDS, "a row left with no prompt token trains with an empty prompt, unsaid"),
+    Mutant("cvm-render-index-unshifted", "data/tokenize.py",
+           [('            place = f"{field_name}[{i - first}]" if i >= first else f"{prompt_field}[{i}]"',
+             '            place = f"{field_name}[{i}]"')], CVM_IDS,
+           "a response turn the template leaves out is named by its index in prompt + response, not in the field"),
+    Mutant("cvm-vlm-why-unsaid", "data/vision.py",
+           [("        check_response_turns(out, field, why=MULTITURN_WHY)", "        check_response_turns(out, field)")],
+           CVM_IDS, "task: vlm refuses a multi-turn response without saying why or that text rows take it"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -66,10 +66,12 @@ def test_implicit_prompt_conversational():
     (ex,), report = load_rows([row])
     assert ex.prompt == shared and ex.chosen == msgs(("assistant", "good"))
     assert report.forms == {"conversational_implicit": 1}
-    # chosen is a prefix of rejected: the cut moves back to the last shared assistant turn
+    # chosen is the start of rejected: TRL's extract_prompt keeps every shared message but the last as the prompt,
+    # and rejected's response holds a user turn (trained, as in TRL; form *_multiturn). Before, a bad row
     row = {"chosen": shared[:3], "rejected": shared + msgs(("assistant", "x"))}
-    with pytest.raises(DataError, match="'chosen\\[2\\].role'|'rejected\\[3\\].role'"):
-        load_rows([row])  # rejected's response would hold a user turn: not a response
+    (ex,), report = load_rows([row])
+    assert ex.prompt == shared[:2] and ex.chosen == shared[2:3] and ex.rejected == shared[2:] + msgs(("assistant", "x"))
+    assert report.forms == {"conversational_implicit_multiturn": 1}
 
 
 def test_implicit_prompt_without_boundary_is_a_bad_row():
@@ -142,8 +144,8 @@ BAD_ROWS = [  # (row, kind, reason, field)
      "pairwise", "invalid_message", "prompt[0]"),
     ({"prompt": msgs(("user", "hi")), "chosen": [{"role": "assistant", "content": 5}],
       "rejected": msgs(("assistant", "r"))}, "pairwise", "invalid_message", "chosen[0].content"),
-    ({"prompt": msgs(("user", "hi")), "chosen": msgs(("user", "c")), "rejected": msgs(("assistant", "r"))},
-     "pairwise", "invalid_message", "chosen[0].role"),
+    ({"prompt": msgs(("user", "hi")), "chosen": msgs(("assistant", "c"), ("bot", "c")),
+      "rejected": msgs(("assistant", "r"))}, "pairwise", "invalid_message", "chosen[1].role"),
     ({"prompt": msgs(("user", "hi")), "chosen": msgs(("assistant", "c")), "rejected": msgs(("assistant", " "))},
      "pairwise", "empty_field", "rejected[0].content"),
     ({"prompt": msgs(("user", "hi")), "chosen": [], "rejected": msgs(("assistant", "r"))},

@@ -14,6 +14,10 @@ exactly what follows the prompt ids (RELIABILITY.md §2.8, checklist B1-B3).
    ending in a space), fall back to TRL's common-prefix cut: the prompt ids are cut to the longest token
    prefix shared with every joint tokenization, so the response region also holds the end of the prompt text.
    Exact as a concatenation, counted in the report. If that prefix is empty the row is bad.
+For a conversational response that does not open with an assistant turn (a multi-turn continuation that starts
+with the user's turn, a tool result), the generation prompt is not part of the sequence, so no text boundary exists:
+`split_common_tokens` cuts there as TRL 1.16 cuts every row (the tokenized prompt and each prompt + response cut at
+their common token prefix).
 Why not always tokenize the response alone (the DPO reference) or always cut at the common prefix (TRL)?
 The first invents a leading space with word-start-marker tokenizers; the second silently moves prompt text
 into the response (trl#2054). Joint-first keeps the usual case identical to TRL and makes every exception
@@ -117,3 +121,21 @@ def split_exact(tokenizer, prompt_text: str, responses: list[str], fields: list[
     tail = prompt_ids[cut:]
     shifted = [tail + ids if ids is not None else joint[cut:] for ids, joint in zip(out, joints)]
     return Split(prompt_ids[:cut], shifted, "shifted")
+
+
+def split_common_tokens(tokenizer, prompt_text: str, fulls: list[str], fields: list[str] | None = None) -> Split:
+    """TRL 1.16's DPO / KTO cut (its `common_prefix_length`): the prompt ids are the longest token prefix that
+    encode(prompt_text) shares with every encode(full), and each response is the rest of its full sequence, so
+    prompt ids + response ids = encode(full) exactly. prompt_text: the prompt rendered with the generation prompt;
+    fulls: prompt + response rendered, one per response. Used for conversational responses that open with a turn
+    other than the assistant's (`tokenize._texts`): the generation prompt then ends where the full text starts the
+    next turn's header, and TRL's cut falls where the two first differ (how = "common_tokens"). A row whose full
+    sequences share no token with the prompt is bad (`boundary_unrepresentable`)."""
+    prompt_ids = encode(tokenizer, prompt_text)
+    joints = [encode(tokenizer, full) for full in fulls]
+    shared = min(_common_prefix(prompt_ids, joint) for joint in joints)
+    if shared == 0:
+        raise RowProblem("boundary_unrepresentable", (fields or [None])[0], "the rendered prompt and prompt + "
+                         "response share no first token, so no prompt is left to condition the response on",
+                         "Check the chat template renders the prompt turns at the start of every conversation.")
+    return Split(prompt_ids[:shared], [joint[shared:] for joint in joints], "common_tokens")

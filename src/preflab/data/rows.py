@@ -4,10 +4,11 @@
 
 Kinds and the row forms each accepts (TRL's dataset conventions, ANCHORS.md §3.2):
 - "pairwise" -> `PairExample`: standard {"prompt", "chosen", "rejected"} strings; conversational (lists of
-  messages, `chosen`/`rejected` are the assistant turn(s)); implicit prompt (no `prompt`: the shared start of
-  `chosen` and `rejected` becomes the prompt, see `validate.split_implicit_*`); MAPL intra-sample rows
-  {"prompt_chosen", "prompt_rejected", "completion"} (one response y, the prompt x_w it fits better and the prompt
-  x_l it fits worse; preflab.data.mapl builds them) -> a PairExample with `rejected_prompt` (form "intra_*"), which
+  messages; `chosen`/`rejected` are the turns after the prompt: the assistant's reply, or as in TRL 1.16 any turns,
+  a multi-turn continuation with user turns included, form `*_multiturn`, see `multiturn_form`); implicit prompt
+  (no `prompt`: the shared start of `chosen` and `rejected` becomes the prompt, see `validate.split_implicit_*`); MAPL
+  intra-sample rows {"prompt_chosen", "prompt_rejected", "completion"} (one response y, the prompt x_w it fits
+  better and the prompt x_l it fits worse; preflab.data.mapl builds them) -> a PairExample with `rejected_prompt` (form "intra_*"), which
   only objectives that compare prompts accept (`accepts_intra_rows`: rc_dpo, rc_bt).
 - "unpaired" -> `UnpairedExample`: KTO rows {"prompt", "completion", "label": bool}; a pairwise row becomes one
   desirable (chosen) and one undesirable (rejected) example with the same `row_id`, as TRL's KTO does.
@@ -29,8 +30,8 @@ from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, open_reader
 from preflab.data.validate import (check_different, check_label, check_messages, check_no_media,
-                                   check_numeric_extra, check_response_turns, check_same_form, check_text,
-                                   check_text_or_messages, split_implicit_messages, split_implicit_text)
+                                   check_numeric_extra, check_same_form, check_text, check_text_or_messages,
+                                   is_assistant_reply, split_implicit_messages, split_implicit_text)
 from preflab.errors import ConfigError, nearest
 
 KINDS = ("pairwise", "unpaired", "prompt")
@@ -233,19 +234,16 @@ def _pair_parts(row: dict, prompt_optional: bool = False) -> tuple[object, objec
         return "", chosen, rejected, "standard_no_prompt"
     if "prompt" in row:  # present (a null prompt is a missing field, not an implicit prompt)
         prompt = check_text_or_messages(prompt, "prompt")
-        chosen = check_text_or_messages(chosen, "chosen", response=True)
-        rejected = check_text_or_messages(rejected, "rejected", response=True)
+        chosen = check_text_or_messages(chosen, "chosen")  # conversations: any turns, as TRL (`multiturn_form`)
+        rejected = check_text_or_messages(rejected, "rejected")
         check_different(chosen, rejected)
-        return prompt, chosen, rejected, form
+        return prompt, chosen, rejected, multiturn_form(form, chosen, rejected)
     if conversational:  # implicit prompt: full conversations
         chosen, rejected = check_messages(chosen, "chosen"), check_messages(rejected, "rejected")
         check_different(chosen, rejected)
         prompt, chosen_turns, rejected_turns = split_implicit_messages(chosen, rejected)
-        offset = len(prompt)
-        check_response_turns(chosen_turns, "chosen", offset)
-        check_response_turns(rejected_turns, "rejected", offset)
         _refuse_unread_prompt_column(row, " ".join(str(m.get("content")) for m in prompt))
-        return prompt, chosen_turns, rejected_turns, form + "_implicit"
+        return prompt, chosen_turns, rejected_turns, multiturn_form(form + "_implicit", chosen_turns, rejected_turns)
     chosen, rejected = check_text(chosen, "chosen"), check_text(rejected, "rejected")
     check_different(chosen, rejected)
     try:
@@ -307,8 +305,6 @@ def _conversations_with_text_prompt(prompt: str, chosen: list, rejected: list) -
     chosen, rejected = check_messages(chosen, "chosen"), check_messages(rejected, "rejected")
     check_different(chosen, rejected)
     turns, chosen_turns, rejected_turns = split_implicit_messages(chosen, rejected)
-    check_response_turns(chosen_turns, "chosen", len(turns))
-    check_response_turns(rejected_turns, "rejected", len(turns))
     users = [m.get("content") for m in turns if m.get("role") == "user"]
     if not users or not isinstance(users[-1], str) or users[-1].strip() != prompt.strip():
         raise RowProblem("mixed_forms", "prompt", f"is text ({prompt[:60]!r}) but 'chosen' and 'rejected' are whole "
@@ -316,7 +312,19 @@ def _conversations_with_text_prompt(prompt: str, chosen: list, rejected: list) -
                                                                              isinstance(users[-1], str) else "absent"),
                          "Give the prompt as the conversations' shared turns (a list of messages), or drop the "
                          "'prompt' column to take the shared turns as the prompt.")
-    return turns, chosen_turns, rejected_turns, "conversational_implicit_text_prompt"
+    return turns, chosen_turns, rejected_turns, multiturn_form("conversational_implicit_text_prompt", chosen_turns,
+                                                                rejected_turns)
+
+
+def multiturn_form(form: str, *responses) -> str:
+    """`form` + "_multiturn" when a conversational response is more than the assistant's own reply
+    (validate.is_assistant_reply): a multi-turn continuation (assistant, user, assistant, ...), a response that opens
+    with a user or tool turn, or one with a system turn. TRL 1.16's DPO, KTO and reward trainers train every token
+    the chat template renders after the prompt, the user's and the tools' turns included, and preflab does the same
+    (token ids equal to TRL's: tests/data/test_multiturn_trl_parity.py); the form name puts the count of such rows in
+    the data line, so it is not silent."""
+    chats = [r for r in responses if isinstance(r, list)]
+    return form + "_multiturn" if chats and not all(is_assistant_reply(r) for r in chats) else form
 
 
 def _other_form(row: dict) -> tuple[str, str] | None:
@@ -412,9 +420,9 @@ def _build_unpaired(row_id: int, row: dict) -> tuple[list[UnpairedExample], str]
                          "'prompt', 'completion' and 'label' (or 'chosen' and 'rejected').")
     check_same_form({"prompt": prompt, "completion": completion})
     prompt = check_text_or_messages(prompt, "prompt")
-    completion = check_text_or_messages(completion, "completion", response=True)
+    completion = check_text_or_messages(completion, "completion")  # conversations: any turns (`multiturn_form`)
     label = check_label(row.get("label"))
-    form = "conversational" if isinstance(completion, list) else "standard"
+    form = multiturn_form("conversational" if isinstance(completion, list) else "standard", completion)
     return [UnpairedExample(row_id, prompt, completion, label, _extras(row, UNPAIRED_FIELDS))], form
 
 

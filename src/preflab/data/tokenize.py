@@ -10,7 +10,11 @@ the response text is what the template of prompt + response adds after it (the t
 prefix, else the row is bad); the template's own special tokens (bos,
 end-of-turn) are kept as they are and nothing is added, as in TRL. The boundary itself is computed by
 `boundary.split_exact` (joint tokenization when it is prefix-preserving, else the prompt's own ids followed by
-separately tokenized response ids; see that module for the choice versus TRL's common-prefix cut).
+separately tokenized response ids; see that module for the choice versus TRL's common-prefix cut). A conversational
+response that opens with another turn than the assistant's (TRL 1.16 accepts any turns after the prompt: a multi-turn
+continuation [user, assistant, ...], a tool result) is cut as TRL cuts it, at the common token prefix of the rendered
+prompt and each prompt + response (`boundary.split_common_tokens`); the user, system and tool turns inside a response
+are trained, as in TRL.
 
 Special tokens: text the tokenizer would read as a control token (its special tokens: bos, eos, pad, unk, and
 added special tokens such as `<|assistant|>` or `<|im_end|>`) is refused wherever a row holds text: text prompts
@@ -40,7 +44,7 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from preflab.data.boundary import Split, encode, split_exact
+from preflab.data.boundary import Split, encode, split_common_tokens, split_exact
 from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
 from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
 from preflab.data.report import MAX_SKIPPED_EXAMPLES, BadRowPolicy, RowProblem, TokenizeReport, place_of, row_error
@@ -292,8 +296,11 @@ def chat_template_options(extras: dict) -> tuple[list | None, dict]:
     return tools or None, dict(kwargs)
 
 
-def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, generation: bool) -> str:
-    """The chat template of `messages` as text, with the row's `tools` / `chat_template_kwargs` if present."""
+def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, generation: bool, first: int = 0,
+            prompt_field: str = "prompt") -> str:
+    """The chat template of `messages` as text, with the row's `tools` / `chat_template_kwargs` if present. first:
+    the messages from this index on are `field_name`'s, those before it `prompt_field`'s (prompt + response), each
+    named by its index in its own field when the template leaves it out."""
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "")
         where = f"the tokenizer of {name}" if name else "the tokenizer"
@@ -307,14 +314,15 @@ def _render(tokenizer, messages: list[dict], extras: dict, field_name: str, gene
     except Exception as exc:  # a template may raise on purpose (e.g. "roles must alternate")
         raise RowProblem("chat_template_error", field_name, f"the chat template failed: {type(exc).__name__}: "
                          f"{exc}"[:500], "Fix the messages so the template accepts them.") from exc
-    _check_messages_rendered(messages, text, field_name)
+    _check_messages_rendered(messages, text, field_name, first, prompt_field)
     return text
 
 
 RENDER_CHECKED_ROLES = ("system", "developer", "user")  # their text reaches the model unchanged in every template
 
 
-def _check_messages_rendered(messages: list[dict], text: str, field_name: str) -> None:
+def _check_messages_rendered(messages: list[dict], text: str, field_name: str, first: int = 0,
+                             prompt_field: str = "prompt") -> None:
     """Every system and user message's text (stripped: Llama 3 and Gemma templates trim it) must appear in the
     rendered conversation. A template that handles only the roles it knows (`{% if role == 'user' %} ... {% elif
     role == 'assistant' %} ... {% endif %}`) drops the others without an error, and the model would train without the system prompt
@@ -327,7 +335,8 @@ def _check_messages_rendered(messages: list[dict], text: str, field_name: str) -
         if message.get("role") not in RENDER_CHECKED_ROLES or not isinstance(content, str) or not content.strip():
             continue
         if content.strip() not in text:
-            raise RowProblem("message_not_rendered", f"{field_name}[{i}]", f"the chat template leaves out this "
+            place = f"{field_name}[{i - first}]" if i >= first else f"{prompt_field}[{i}]"
+            raise RowProblem("message_not_rendered", place, f"the chat template leaves out this "
                              f"{message['role']!r} message (its text {content.strip()[:40]!r} is not in the rendered "
                              "conversation), so the model would train without it",
                              f"Use a chat template that renders {message['role']!r} messages, or merge the message "
@@ -336,19 +345,28 @@ def _check_messages_rendered(messages: list[dict], text: str, field_name: str) -
 
 def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
            prompt_field: str = "prompt"):
-    """(prompt text, response texts, is_chat) ready for `split_exact`."""
+    """(prompt text, response texts, is_chat, whole): response texts ready for `split_exact`, or with whole=True the
+    full texts prompt + response ready for `boundary.split_common_tokens`: a conversational row with a response that
+    opens with a turn other than the assistant's (a multi-turn continuation that starts with the user's turn, a tool
+    result), where the generation prompt ending the rendered prompt is not in the sequence, so the row is cut as
+    TRL 1.16 cuts it (the common token prefix of the rendered prompt and of every prompt + response)."""
     for response, name in zip(responses, fields):
         kinds = {type(prompt), type(response)}
         if kinds != {str} and kinds != {list}:
             raise RowProblem("wrong_type", name, "prompt and response must both be strings or both be lists of "
                              "messages", "Build examples with load_rows, which checks this.")
     if not isinstance(prompt, list):
-        return prompt, list(responses), False
+        return prompt, list(responses), False, False
     prompt_text = _render(tokenizer, prompt, extras, prompt_field, generation=True)
+    whole = any(response[:1] and response[0].get("role") != "assistant" for response in responses)
     texts = []
     for response, name in zip(responses, fields):
-        full = _render(tokenizer, prompt + response, extras, name, generation=False)
+        full = _render(tokenizer, prompt + response, extras, name, generation=False, first=len(prompt),
+                       prompt_field=prompt_field)
         _check_tool_calls_rendered(tokenizer, prompt, response, extras, name, full)
+        if whole:
+            texts.append(full)
+            continue
         if not full.startswith(prompt_text):
             at = next((i for i, (x, y) in enumerate(zip(prompt_text, full)) if x != y), min(len(prompt_text),
                                                                                               len(full)))
@@ -361,7 +379,7 @@ def _texts(tokenizer, prompt: Text, responses: list[Text], fields: list[str], ex
                              "reasoning template that opens <think> in the generation prompt, start each response "
                              "with the same text, or pick its no-thinking variant).")
         texts.append(full[len(prompt_text):])
-    return prompt_text, texts, True
+    return prompt_text, texts, True, whole
 
 
 def _finish_ids(tokenizer, split: Split, fields: list[str], is_chat: bool, report: TokenizeReport,
@@ -481,8 +499,9 @@ def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list
     _check_no_special(settings, prompt, prompt_field, response=False)
     for response, name in zip(responses, fields):
         _check_no_special(settings, response, name, response=True)
-    prompt_text, texts, is_chat = _texts(tokenizer, prompt, responses, fields, extras, prompt_field)
-    split = split_exact(tokenizer, prompt_text, texts, fields, joint_only=settings.joint_only)
+    prompt_text, texts, is_chat, whole = _texts(tokenizer, prompt, responses, fields, extras, prompt_field)
+    split = split_common_tokens(tokenizer, prompt_text, texts, fields) if whole else \
+        split_exact(tokenizer, prompt_text, texts, fields, joint_only=settings.joint_only)
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
     if uncut is not None:
         uncut[:] = [len(one) for one in ids]

@@ -89,7 +89,9 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
         if not isinstance(role, str) or role not in ROLES:
             detail = "missing 'role'" if role is None else f"role {role!r} is not one of {', '.join(ROLES)}"
             near = nearest(role, ROLES) if isinstance(role, str) else ""
-            raise RowProblem("invalid_message", f"{at}.role", detail, f"Use {', '.join(ROLES[:-1])} or tool.{near}")
+            raise RowProblem("invalid_message", f"{at}.role", detail, f"Use {', '.join(ROLES[:-1])} or tool.{near} "
+                             "(TRL passes any role to the chat template, which may drop or misrender one it does "
+                             "not know, silently; a tool result, Llama 3.1's 'ipython', is role 'tool'.)")
         content = msg.get("content")
         if msg.get("tool_calls") and content in (None, ""):
             pass  # a tool call without text
@@ -98,7 +100,9 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
                              "Give every message a string 'content'.")
         elif not isinstance(content, str):
             raise RowProblem("invalid_message", f"{at}.content", f"expected a string, got {type(content).__name__}",
-                             "Only text content is supported; put the text in a string.")
+                             "Text rows read a message's content as a string (TRL would hand a list of parts to "
+                             "the template as it is); put the text in a string, or train image-text rows with "
+                             "task: vlm.")
         elif _has_surrogate(content):
             raise RowProblem("invalid_unicode", f"{at}.content", "the text holds a lone surrogate or "
                              "undecodable bytes", "Re-encode the text as valid UTF-8.")
@@ -110,14 +114,16 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
     return out
 
 
-def check_response_turns(messages: list[dict], field: str, offset: int = 0) -> None:
-    """Response turns: only assistant/tool messages, first and last from the assistant."""
+def check_response_turns(messages: list[dict], field: str, offset: int = 0, why: str = "") -> None:
+    """Response turns: only assistant/tool messages, first and last from the assistant. Text preference and
+    unpaired rows do not ask this (any turns, as TRL 1.16: rows.multiturn_form); the row forms that do (task: vlm,
+    listwise, SFT completions, MAPL intra rows) say `why` in the refusal."""
     for i, msg in enumerate(messages):
         if msg["role"] not in RESPONSE_ROLES or (i in (0, len(messages) - 1) and msg["role"] != "assistant"):
             raise RowProblem("invalid_message", f"{field}[{i + offset}].role",
                              f"a response turn has role {msg['role']!r}",
-                             "Responses are the assistant turn(s) after the prompt; move other turns into "
-                             "'prompt'.")
+                             (why + " " if why else "") + "Responses here are the assistant turn(s) after the "
+                             "prompt; move other turns into 'prompt'.")
 
 
 def check_text_or_messages(value, field: str, *, response: bool = False):
@@ -241,20 +247,29 @@ def _unspaced_boundary(before: str, after: str) -> bool:
 
 
 def split_implicit_messages(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:
-    """(prompt, chosen_turns, rejected_turns) from two conversations that share their first turns.
-
-    The prompt is the longest common run of messages, cut back so that both responses are non-empty and
-    start with an assistant message.
-    """
-    n = 0
+    """(prompt, chosen_turns, rejected_turns) from two conversations that share their first turns, cut as TRL 1.16's
+    `extract_prompt` cuts them: the prompt is every message before the first one that differs (when one conversation
+    is the start of the other, every shared message but the last), so a response may open with any turn, e.g. the
+    user turn where two multi-turn conversations part (`chosen` = [..., a1, u2, a2], `rejected` = [..., a1, u2', b2]
+    -> prompt [..., a1], responses [u2, a2] and [u2', b2]; `tokenize` then cuts such rows at TRL's common token
+    prefix). A row whose conversations differ from their first message has no prompt: `no_common_prompt` (TRL
+    would render an empty prompt, or fail on it)."""
     limit = min(len(chosen), len(rejected))
-    while n < limit and chosen[n] == rejected[n]:
-        n += 1
-    for i in range(min(n, limit - 1), 0, -1):
-        if chosen[i]["role"] == "assistant" and rejected[i]["role"] == "assistant":
-            return chosen[:i], chosen[i:], rejected[i:]
-    raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' do not share "
-                     "the turns before an assistant reply", "Add a 'prompt' column with the shared turns.")
+    n = next((i for i in range(limit) if chosen[i] != rejected[i]), limit - 1)
+    if n < 1:
+        raise RowProblem("no_common_prompt", "prompt", "no 'prompt' column, and 'chosen' and 'rejected' differ from "
+                         "their first message, so they share no prompt turns", "Add a 'prompt' column with the "
+                         "shared turns, or start both conversations with the same turns.")
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def is_assistant_reply(messages: list[dict]) -> bool:
+    """True when a conversational response is the assistant's own turns only: it opens with an assistant message
+    and holds only assistant and tool turns. Other responses (a multi-turn continuation with user turns, one that
+    opens with a tool result) train on turns the model does not write, as TRL 1.16 trains them; load_rows names
+    their form `*_multiturn`."""
+    return bool(messages) and messages[0].get("role") == "assistant" and all(
+        m.get("role") in RESPONSE_ROLES for m in messages)
 
 
 def check_numeric_extra(value, field: str, low: float | None = None, high: float | None = None):
