@@ -5879,8 +5879,9 @@ MUTANTS += [
            [("        notes += [n for n in [cfg.own_beta_note()] if n]\n", "")], BDEF_UNIT,
            "the run starts at asft's beta 1.0 without a word"),
     Mutant("bdef-online-takes-own", "objectives/_own_beta.py",
-           [('TASKS = ("dpo", "vlm")', 'TASKS = ("dpo", "vlm", "online")')], BDEF_UNIT,
-           "trainer: sppo's loops (game step, KL shaping) get 0.001 instead of the documented 0.1"),
+           [('GAME = "game"  # online_task: game', 'GAME = None  # online_task: game')], BDEF_UNIT,
+           "trainer: sppo in online_task: game (its step, equilibrium and duality gap) gets 0.001 instead of the "
+           "documented 0.1 (rewritten by the obz round: outside the game task: online now takes the own default)"),
     Mutant("bdef-objective-params-beta-accepted", "config.py",
            [('        if "beta" in (self.objective_params or {}):  # the objective would train',
              '        if False:  # the objective would train')], BDEF_UNIT,
