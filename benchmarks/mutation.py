@@ -5879,8 +5879,9 @@ MUTANTS += [
            [("        notes += [n for n in [cfg.own_beta_note()] if n]\n", "")], BDEF_UNIT,
            "the run starts at asft's beta 1.0 without a word"),
     Mutant("bdef-online-takes-own", "objectives/_own_beta.py",
-           [('TASKS = ("dpo", "vlm")', 'TASKS = ("dpo", "vlm", "online")')], BDEF_UNIT,
-           "trainer: sppo's loops (game step, KL shaping) get 0.001 instead of the documented 0.1"),
+           [('GAME = "game"  # online_task: game', 'GAME = None  # online_task: game')], BDEF_UNIT,
+           "trainer: sppo in online_task: game (its step, equilibrium and duality gap) gets 0.001 instead of the "
+           "documented 0.1 (rewritten by the obz round: outside the game task: online now takes the own default)"),
     Mutant("bdef-objective-params-beta-accepted", "config.py",
            [('        if "beta" in (self.objective_params or {}):  # the objective would train',
              '        if False:  # the objective would train')], BDEF_UNIT,
@@ -6348,6 +6349,41 @@ MUTANTS += [
     Mutant("cvm-vlm-why-unsaid", "data/vision.py",
            [("        check_response_turns(out, field, why=MULTITURN_WHY)", "        check_response_turns(out, field)")],
            CVM_IDS, "task: vlm refuses a multi-turn response without saying why or that text rows take it"),
+]
+
+# mutation-obz round: online recipes' own beta: trainer sppo / gpo / tpo without beta train at their objective's own
+# default (the recipe's objective read before check_online sets loss_type), the game keeps 0.1 with a note, a
+# diffusion loss_type list takes its parts' shared own default and refuses disagreeing ones
+OBZ_RECIPES = ["tests/online/test_online_own_beta.py", "-k", "said_once or game or keep_their"]
+OBZ_LISTS = ["tests/test_own_beta_default.py", "-k", "diffusion_list"]
+MUTANTS += [
+    Mutant("obz-beta-of-the-sigmoid-default", "config.py",
+           [("        return self.task, recipe_loss_type(self.trainer, self.loss_type), self.online_task",
+             "        return self.task, self.loss_type, self.online_task")], OBZ_RECIPES,
+           "trainer: sppo / gpo / tpo without beta train at 0.1: the own default is read from loss_type's sigmoid "
+           "before check_online sets the recipe's objective"),
+    Mutant("obz-task-list-lacks-it", "objectives/_own_beta.py",
+           [('TASKS = ("dpo", "vlm", "online")', 'TASKS = ("dpo", "vlm")')], OBZ_RECIPES,
+           "task: online is out of the rule: trainer: sppo trains at 0.1 where loss_type: sppo trains at 0.001"),
+    Mutant("obz-nash-takes-the-paper-value", "objectives/_own_beta.py",
+           [('    if task not in TASKS or (task == "online" and online_task == GAME):\n        return None',
+             "    if task not in TASKS:\n        return None")], OBZ_RECIPES,
+           "online_task: game with trainer sppo trains at 0.001, its equilibrium and duality gap measured there"),
+    Mutant("obz-nash-kept-in-silence", "objectives/_own_beta.py",
+           [('        return (f"beta: 0.1 (beta is not set; in online_task: game',
+             '        return None and (f"beta: 0.1 (beta is not set; in online_task: game')], OBZ_RECIPES,
+           "the game keeps 0.1 for sppo without saying that sppo's own 0.001 is not used"),
+    Mutant("obz-note-for-a-replaced-beta", "config.py",
+           [("        if (RUN_DEFAULT_BETA if own is None else own) != self.beta:",
+             "        if own is not None and own != self.beta:")], OBZ_RECIPES,
+           "a program's other beta (dataclasses.replace) in the game gets a config.yaml comment saying beta 0.1"),
+    Mutant("obz-sd-list-at-0.1", "config.py",
+           [('    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra:',
+             '    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra or not isinstance(loss, str):')],
+           OBZ_LISTS, "a diffusion loss_type list without beta trains every part at 0.1 without a word"),
+    Mutant("obz-sd-disagree-first-wins", "config.py",
+           [("    if len(set((betas or {}).values())) > 1:", "    if False:")], OBZ_LISTS,
+           "a diffusion list whose parts disagree (diffusion_dpo 5000, dcpo 500) trains at the first part's default"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -96,12 +96,15 @@ def test_a_list_takes_the_parts_shared_default_else_keeps_01_and_says_so(capsys)
 
 
 def test_other_tasks_keep_their_rules():
-    """task: online recipes read beta in their loops too (game step, KL shaping): unchanged (0.1); task: reward
-    reads no beta; diffusion has its own default rule (preflab.config._diffusion_beta_default)."""
+    """task: online takes the rule for its recipe's objective (trainer: sppo trains sppo: 0.001, as offline; more in
+    tests/online/test_online_own_beta.py) but not in the preference game, where beta is the game's KL strength;
+    task: reward reads no beta; diffusion has its own default rule (preflab.config._diffusion_beta_default)."""
     online = {"model_name_or_path": "builtin:tiny-llama", "task": "online", "online_task": "demo", "trainer": "sppo",
               "max_steps": 2}
-    assert config_from_dict(online).beta == 0.1
-    assert config_from_dict({**online, "loss_type": "sppo"}).beta == 0.1  # the recipe's loss_type, written
+    assert config_from_dict(online).beta == 0.001
+    assert config_from_dict({**online, "loss_type": "sppo"}).beta == 0.001  # the recipe's loss_type, written
+    assert config_from_dict({**online, "online_task": "game", "game_preferences": [[0.5, 0.7], [0.3, 0.5]]}).beta \
+        == 0.1
     assert config_from_dict({**BASE, "task": "reward"}).beta == 0.1
 
 
@@ -155,3 +158,21 @@ def test_a_resume_without_beta_trains_the_same_beta_and_an_explicit_01_is_refuse
     assert yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())["beta"] == 1.0
     with pytest.raises(ConfigError, match="beta"):
         Trainer(config_from_dict({**resumed, "output_dir": str(tmp_path / "other"), "beta": 0.1})).train()
+
+
+DIFFUSION = {"task": "diffusion", "model_name_or_path": "builtin:tiny-sd", "dataset_name": "x.jsonl"}
+
+
+def test_a_diffusion_list_takes_its_parts_shared_own_default_and_refuses_disagreeing_ones(capsys):
+    """A diffusion loss_type list without beta trained every part at the text objectives' 0.1 without a word (the
+    single-name rule, preflab.config._diffusion_beta_default, skipped lists): now the parts' shared own default
+    (diffusion_dpo and ppd: 5000) is used and said; parts that disagree (diffusion_dpo 5000, dcpo 500) are refused,
+    naming each, and a written beta wins."""
+    cfg = config_from_dict({**DIFFUSION, "loss_type": ["diffusion_dpo", "ppd"]})
+    assert cfg.beta == 5000.0 and [p.beta for p in cfg.objective().parts] == [5000.0, 5000.0]
+    assert "diffusion_dpo, ppd's own default beta=5000 is used" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"disagree on their own default beta \(diffusion_dpo 5000, dcpo 500\)"
+                                          r".*set beta"):
+        config_from_dict({**DIFFUSION, "loss_type": ["diffusion_dpo", "dcpo"]})
+    cfg = config_from_dict({**DIFFUSION, "loss_type": ["diffusion_dpo", "dcpo"], "beta": 1000.0})
+    assert [p.beta for p in cfg.objective().parts] == [1000.0, 1000.0]

@@ -34,8 +34,9 @@ def test_online_dpo_takes_onlinedpoconfigs_defaults():
 
 
 def test_recipes_without_a_trl_config_keep_preflabs_defaults():
+    """(beta: sppo's own 0.001, as offline loss_type: sppo; preflab.objectives._own_beta)"""
     cfg = config_from_dict({**ONLINE, "trainer": "sppo"})
-    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length, cfg.temperature) == (0.1, 4, 16, 1.0)
+    assert (cfg.beta, cfg.num_generations, cfg.max_completion_length, cfg.temperature) == (0.001, 4, 16, 1.0)
 
 
 def test_example_recipes_set_every_key_whose_default_is_trls():

@@ -290,7 +290,7 @@ class TrainConfig:
         if "beta" not in given and "beta" not in (self.objective_params or {}):
             from preflab.objectives._own_beta import resolve_unset_beta
 
-            self.beta = resolve_unset_beta(self.task, self.loss_type) or self.beta
+            self.beta = resolve_unset_beta(*self._own_beta_objective()) or self.beta
         expand_home(self)
         _drop_unwritten_eval_steps(self)
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
@@ -635,12 +635,22 @@ class TrainConfig:
         (objectives._own_beta.unset_beta_note), else None."""
         if "beta" in self.written_options or "beta" in (self.objective_params or {}):
             return None
-        from preflab.objectives._own_beta import resolve_unset_beta, unset_beta_note
+        from preflab.objectives._own_beta import RUN_DEFAULT_BETA, resolve_unset_beta, unset_beta_note
 
-        own = resolve_unset_beta(self.task, self.loss_type)
-        if own is not None and own != self.beta:  # a saved config's (or a program's) other beta
+        own = resolve_unset_beta(*self._own_beta_objective())
+        if (RUN_DEFAULT_BETA if own is None else own) != self.beta:  # a saved config's (or a program's) other beta
             return None
-        return unset_beta_note(self.task, self.loss_type)
+        return unset_beta_note(*self._own_beta_objective())
+
+    def _own_beta_objective(self) -> tuple:
+        """(task, loss_type, online_task) an unset beta's own default is read from (objectives._own_beta): for task:
+        online the recipe's objective (online_recipes.recipe_loss_type), which check() sets loss_type to only after
+        __post_init__ has resolved beta."""
+        if self.task != "online":
+            return self.task, self.loss_type, None
+        from preflab.online_recipes import recipe_loss_type
+
+        return self.task, recipe_loss_type(self.trainer, self.loss_type), self.online_task
 
     def model_kwargs(self, ref: bool = False) -> dict:
         """from_pretrained arguments of the policy (ref=False) or of the reference: ref_model_name_or_path's, or
@@ -812,19 +822,26 @@ def _say(notes: list[str]) -> None:
 
 def _diffusion_beta_default(known: dict, extra: dict, notes: list[str]) -> None:
     """A diffusion run that leaves `beta` out gets its objective's own default (Diffusion-DPO: 5000 on per-pixel MSE
-    differences), not TrainConfig's 0.1 for log-prob differences, with which the run would barely move."""
-    import dataclasses
-
-    from preflab.objectives import list_objectives, objective_class
+    differences), not TrainConfig's 0.1 for log-prob differences, with which the run would barely move. A loss_type
+    list takes its parts' shared own default (objectives._own_beta.own_betas); parts that disagree (diffusion_dpo
+    5000, dcpo 500) are refused, naming each: no one value is theirs, and 0.1 (what such a list trained at, without
+    a word) is no diffusion objective's scale."""
+    from preflab.objectives._own_beta import own_betas
 
     loss = known.get("loss_type")
-    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra or not isinstance(loss, str) \
-            or loss not in list_objectives():
+    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra:
         return
-    default = next((f.default for f in dataclasses.fields(objective_class(loss)) if f.name == "beta"), None)
-    if isinstance(default, (int, float)) and default != known.get("beta", 0.1):
+    betas = own_betas(loss)  # None: a user's objective or an unknown name (the objective's own checks say so)
+    if len(set((betas or {}).values())) > 1:
+        own = ", ".join(f"{name} {value:g}" for name, value in betas.items())
+        raise ConfigError(f"beta is not set and the parts of loss_type {loss} disagree on their own default beta "
+                          f"({own}); a diffusion list has one beta for every part and 0.1 (the text objectives' "
+                          "default) is none of their scales: set beta.")
+    default = next(iter(betas.values())) if betas else None
+    if default is not None and default != known.get("beta", 0.1):
         known["beta"] = float(default)
-        notes.append(f"beta is not set: {loss}'s own default beta={default:g} is used (salesforce convention), "
+        names = loss if isinstance(loss, str) else ", ".join(betas)
+        notes.append(f"beta is not set: {names}'s own default beta={default:g} is used (salesforce convention), "
                      "not the text objectives' 0.1; set beta to choose.")
 
 

@@ -9,7 +9,7 @@ import math
 
 from preflab.config_defaults import set_options
 from preflab.errors import ConfigError, nearest
-from preflab.online_recipes import BUILDERS, TRAINERS, TRL_CONFIG_TRAINERS, user_builder
+from preflab.online_recipes import BUILDERS, TRAINERS, TRL_CONFIG_TRAINERS, recipe_loss_type, user_builder
 from preflab.option_types import is_number
 
 
@@ -104,8 +104,7 @@ def check_online(cfg) -> None:
     if spec.game_only and cfg.loss_type not in ("sigmoid", spec.loss_type):
         raise ConfigError(f"trainer {cfg.trainer!r} builds the game's examples for its own objective "
                           f"{spec.loss_type!r}; loss_type={cfg.loss_type!r} cannot train them. Leave loss_type out.")
-    if cfg.loss_type == "sigmoid" and spec.loss_type:
-        cfg.loss_type = spec.loss_type
+    cfg.loss_type = recipe_loss_type(cfg.trainer, cfg.loss_type)
     _check_objective_fits(cfg, spec)
     for key, value in spec.objective_params(cfg).items():
         cfg.objective_params.setdefault(key, value)

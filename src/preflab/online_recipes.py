@@ -89,6 +89,16 @@ TRAINERS: dict[str, TrainerSpec] = {
     "rloo": TrainerSpec("groups", loss_type="rloo", advantages="leave_one_out"),
 }
 
+
+def recipe_loss_type(trainer, loss_type):
+    """The objective a task: online run of recipe `trainer` trains: the recipe's own (TrainerSpec.loss_type: sppo,
+    gpo, tpo_tree, ...) where loss_type is left at TrainConfig's default sigmoid, else loss_type. The one copy of
+    that rule: preflab.online_options.check_online sets cfg.loss_type to it, and TrainConfig reads an unset beta's own
+    default from it before that check runs (preflab.objectives._own_beta)."""
+    spec = TRAINERS.get(trainer) if isinstance(trainer, str) else None
+    return spec.loss_type if spec is not None and spec.loss_type and loss_type == "sigmoid" else loss_type
+
+
 # the recipes whose log-probs and entropies are of the tempered distribution softmax(z / temperature): the trainers of
 # TRL 1.16's GRPOTrainer (GRPOConfig's loss types) and RLOOTrainer, which score policy, old policy and reference
 # through a fused LM head built with the sampling temperature (preflab.online.run.scoring_temperature). spo and tpo

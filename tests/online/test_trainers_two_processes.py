@@ -84,7 +84,9 @@ def _losses(path):
 @pytest.mark.parametrize("name", list(RUNS))
 def test_online_trainer_on_two_processes_equals_one_process(tmp_path, two_processes, name):
     """2 processes x batch 2 against 1 process x batch 4, the same seed and rounds: the logged losses and the final
-    weights agree to 1e-5 (float summation order), both runs say their world size, and the weights moved."""
+    weights agree to 1e-5 (float summation order; losses also to 1e-7 relative: sppo and gpo at their own beta 0.001
+    regress onto targets of order 1/beta, losses of ~4e6 whose summation order moved gpo's by 0.11, 1.7e-8
+    relative), both runs say their world size, and the weights moved."""
     one = tmp_path / "one"
     tiny_run(tiny_cfg(one, per_device_train_batch_size=4, **SHARED, **RUNS[name])).train()
     two = two_processes[0] / name
@@ -92,7 +94,7 @@ def test_online_trainer_on_two_processes_equals_one_process(tmp_path, two_proces
     assert json.loads((one / "summary.json").read_text())["environment"]["world_size"] == 1
     a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
-    assert _losses(two) == pytest.approx(_losses(one), abs=1e-5) and len(_losses(one)) == 4
+    assert _losses(two) == pytest.approx(_losses(one), rel=1e-7, abs=1e-5) and len(_losses(one)) == 4
     from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 
     start = tiny_causal_lm(tiny_tokenizer("char"), hidden_size=32, seed=1).state_dict()

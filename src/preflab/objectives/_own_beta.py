@@ -11,6 +11,16 @@ arXiv:2405.00675; arXiv:2410.02197; their scripts: targets (p - 1/2)/beta are 10
 word, so an unset beta takes the objective's own default (resolve_unset_beta), said once at the start and recorded as
 the run's beta (config.yaml, which `preflab eval`, the report and a resume read).
 
+task: online takes the same rule for its recipe's objective (preflab.online_recipes.recipe_loss_type: `trainer:
+sppo` trains sppo, `gpo` gpo, `tpo` tpo_tree), so `trainer: sppo` and offline `loss_type: sppo` agree: 0.001, 0.001
+and 0.5 when unset. Those recipes read beta only through their objective (sppo / gpo: the regression targets
+(p - 1/2)/beta, s/beta against the refreshed pi_t; tpo: the list scores beta R_i against pi_0); their reference sync,
+the demo task's held-out evaluation and the sampling read no beta, and `preflab eval` / the report read config.yaml's.
+Not in online_task: game: there beta is also the game's own KL strength, the one value its equilibrium pi*_beta and
+duality gap are measured at for every game trainer (sppo there keeps 0.1 and the start says so; at 0.001 the
+exact-probability G3 game's last iterate collapses onto one answer and the average iterate's duality gap is 16x
+larger, 0.095 against 0.006 at 0.1).
+
 A loss_type list (TRL's multi-loss, weighted): beta is one value for every part with a beta field. When those parts'
 own defaults agree (TRL parts count 0.1) that value is used; when they disagree, 0.1 is kept and a note names each
 part's own default (choose one with `beta`). A user's objective ('file.py:Class') is left at 0.1 here (its own note:
@@ -31,9 +41,10 @@ RUN_DEFAULT_BETA = 0.1  # TrainConfig.beta's default = TRL 1.16 DPOConfig.beta
 TRL_LOSS_TYPES = TRL_LD_LOSS_TYPES + ("sft", "kto", "apo_zero_unpaired", "cpo", "simpo", "alphapo", "orpo", "grpo",
                                       "rloo")
 
-# the tasks whose objective is loss_type's and whose beta is only the objective's (task: diffusion has its own rule,
-# preflab.config._diffusion_beta_default; task: online's recipes also read beta in their loops: unchanged)
-TASKS = ("dpo", "vlm")
+# the tasks whose beta is only their objective's (task: diffusion has its own rule, preflab.config.
+# _diffusion_beta_default; task: online's loss_type is its recipe's objective, preflab.online_recipes.recipe_loss_type)
+TASKS = ("dpo", "vlm", "online")
+GAME = "game"  # online_task: game, where beta is the game's KL strength too (module docstring): 0.1 kept
 
 
 def _names(loss_type) -> list:
@@ -73,10 +84,10 @@ def own_betas(loss_type) -> dict | None:
     return out
 
 
-def resolve_unset_beta(task, loss_type) -> float | None:
+def resolve_unset_beta(task, loss_type, online_task=None) -> float | None:
     """The beta a run of `task` / `loss_type` trains with when beta is not set, if it is not 0.1: the single own
-    default of the parts with a beta field (module docstring), else None (0.1 is kept)."""
-    if task not in TASKS:
+    default of the parts with a beta field (module docstring), else None (0.1 is kept; so in the online game)."""
+    if task not in TASKS or (task == "online" and online_task == GAME):
         return None
     betas = own_betas(loss_type)
     values = set((betas or {}).values())
@@ -86,12 +97,17 @@ def resolve_unset_beta(task, loss_type) -> float | None:
     return value if value != RUN_DEFAULT_BETA else None
 
 
-def unset_beta_note(task, loss_type) -> str | None:
+def unset_beta_note(task, loss_type, online_task=None) -> str | None:
     """What the run's start says when beta is not set and an objective's own default differs from 0.1: the value
-    used, or for a list whose parts disagree, that 0.1 is kept."""
+    used, or for a list whose parts disagree or in the online game, that 0.1 is kept."""
     if task not in TASKS:
         return None
     betas = own_betas(loss_type) or {}
+    if task == "online" and online_task == GAME:
+        own = ", ".join(f"{n}'s own default ({b})" for n, b in betas.items() if b != RUN_DEFAULT_BETA)
+        return (f"beta: 0.1 (beta is not set; in online_task: game beta is the game's KL strength, at which its "
+                f"equilibrium pi*_beta and duality gap are measured for every trainer, so {own} is not used; set "
+                "beta to choose).") if own else None
     chosen = resolve_unset_beta(task, loss_type)
     if chosen is not None:
         names = ", ".join(n for n in betas)
