@@ -5637,7 +5637,7 @@ ZM_TOKEN = ["tests/lab/test_population.py", "tests/lab/test_dpo_3d.py", "-k", "t
 ZM_TPO = ["tests/online/test_tpo_tree_round.py", "-k", "not tree_run"]
 ZM_RPS = ["tests/online/test_rps_direction_generator.py", "-k", "not main_with"]
 ZM_COMPILE = ["tests/perf/test_torch_compile.py", "-k", "compile_options_are_checked"]
-ZM_ROLLOUT = ["tests/loops/test_rollout.py", "tests/online/test_chat_template_kwargs.py",
+ZM_ROLLOUT = ["tests/online/test_chat_template_kwargs.py",
               "tests/online/test_tool_calling.py", "tests/online/test_online_round_values.py", "-k",
               "rollout or prompt_ids_equal or refusals_name or rounds_slices or prompts_render_the_tools"]
 ZM_DSTC = ["tests/tools/test_dstc_recipe.py", "-k",
@@ -5790,13 +5790,6 @@ MUTANTS += [
            [('cfg.use_cpu and (cfg.torch_compile_mode in CUDA_GRAPH_MODES or backend == "cudagraphs")',
              'cfg.use_cpu and cfg.torch_compile_mode in CUDA_GRAPH_MODES')],
            ZM_COMPILE, "torch_compile_backend cudagraphs on the CPU is accepted"),
-    Mutant("zm-rollout-prompt-index-modulo", "loops/rollout.py",
-           [("return [i // self.group_size for i in range(len(self.completion_ids))]",
-             "return [i % len(self.rows) for i in range(len(self.completion_ids))]")],
-           ZM_ROLLOUT, "completions are assigned to prompts round-robin, not group-major"),
-    Mutant("zm-rollout-terminated-mean-over-all", "loops/rollout.py",
-           [("    terminated = lengths[eos]\n", "    terminated = lengths\n")],
-           ZM_ROLLOUT, "mean_terminated_length averages the clipped completions too"),
     Mutant("zm-rollout-run-kwargs-win", "loops/rollout.py",
            [('"chat_template_kwargs": {**kwargs, **own}', '"chat_template_kwargs": {**own, **kwargs}')],
            ZM_ROLLOUT, "the run's chat_template_kwargs override a row's own"),
