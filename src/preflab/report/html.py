@@ -166,7 +166,8 @@ def _eval_section(runs: list[RunData]) -> str:
                 commands.setdefault(command, []).append(run.name)
         if not commands:
             return ""
-        if len(commands) == 1:
+        fitted = sum(len(names) for names in commands.values())
+        if len(commands) == 1 and fitted == len(runs):
             how = f"`{next(iter(commands))}`"
         else:
             how = "; ".join(f"`{command}` for {', '.join(names)}" for command, names in commands.items())

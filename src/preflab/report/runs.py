@@ -205,7 +205,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                            f"[--reward-fn MODULE:FUNCTION]{out}` for the implicit-reward accuracy on held-out pairs "
                            "and the win rate of the trained pipeline's samples against the base model's"
                            + (" (the run has no final pipeline yet: its newest checkpoint)" if out else ""))
-    elif not run.eval and run.config.get("task") == "vlm":
+    elif not run.eval and run.config.get("task") == "vlm" and eval_command(run.config):  # not an SFT stage
         run.missing.append(f"no eval.json: run `preflab eval {path} --task vlm --data HELDOUT` (or a checkpoint-N "
                            "of it) for the held-out preference metrics of the image-text model")
     elif not run.eval and not recipe and policy_eval_hint(path, run.config):
@@ -271,10 +271,14 @@ def eval_command(config: dict) -> str | None:
     an SFT run (its held-out measure is the eval_loss / eval_mean_token_accuracy of its eval rows, said by the "no
     eval rows" note; the pair diagnostics judge a preference run started from it), for the preference game (no text
     or data: its result is the distance to the equilibrium in summary.json and the game panels) and for a recipe
-    (it measures its own held-out metric); None for a self_npo diffusion run (the eval refuses it); a ppd run's
+    (it measures its own held-out metric); None for an image-text run trained with loss_type sft alone (the SFT
+    stage of `preflab demo vlm`, an SFT run on the vlm trainer: as a task: sft run, its pairs' rejected side is a
+    placeholder and the pair diagnostics judge the preference run started from it); None for a self_npo diffusion run (the eval refuses it); a ppd run's
     --reward-fn is the personalized model's win rate against its base model (each pair's user)."""
     task, online_task = str(config.get("task", "dpo")), config.get("online_task", "dataset")
     if task == "sft" or task in RECIPE_TASKS or (task == "online" and online_task == "game"):
+        return None
+    if task == "vlm" and sft_only(config):  # an image-text SFT stage (preflab demo vlm's sft/): as task: sft
         return None
     if task == "diffusion" and config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # refused by that eval
         return None
@@ -286,6 +290,14 @@ def eval_command(config: dict) -> str | None:
     if task == "online":
         return f"preflab eval RUN_DIR --data HELDOUT_PAIRS {run_judge_option(config)}"
     return "preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]"   # the reference: the run's own
+
+
+def sft_only(config: dict) -> bool:
+    """A run whose loss_type is sft alone (a name or a list of only sft): TRL's loss_type="sft", the chosen side's NLL,
+    no preference term."""
+    loss = config.get("loss_type")
+    names = loss if isinstance(loss, list) else [loss]
+    return bool(names) and all(name == "sft" for name in names)
 
 
 def run_judge_option(config: dict) -> str:
