@@ -16,9 +16,9 @@ gamma of --users A B --gamma G[,G2..] (e = (1 - gamma) e_A + gamma e_B). With --
 is exactly the samples.png the run wrote at the end of training (preflab.loops.diffusion.DiffusionRun.write_samples).
 
 Written to --out (default RUN/samples, a checkpoint's beside it: default_output_dir; a folder that holds files is
-refused unless --overwrite): one PNG per image,
-grid.png (preflab.diffusion.pipeline.save_grid: one row per model) and samples.json (per image: file, row, column,
-prompt, user, other_user, gamma, seed; and the steps, guidance scale and rows).
+refused unless --overwrite): one PNG per image, grid.png (preflab.diffusion.pipeline.save_grid: one row per model)
+and samples.json (per image: file, row, column, prompt, user, other_user, gamma, seed; and the steps, guidance scale
+and rows).
 """
 from __future__ import annotations
 
