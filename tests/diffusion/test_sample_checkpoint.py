@@ -7,29 +7,16 @@ checkpoint without model.safetensors, weights that do not fit the run's config, 
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import yaml
 
 pytest.importorskip("diffusers")
 
-from preflab.cli import main  # noqa: E402
+from test_sample_cli import _png, _sample  # noqa: E402  (tests/diffusion is on sys.path; `preflab sample` in process)
 
 STEPS = 2
 PROMPTS = ["a red circle", "a blue square"]
-
-
-def _png(path) -> torch.Tensor:
-    from PIL import Image
-
-    return torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).contiguous()
-
-
-def _sample(capsys, *argv) -> tuple[int, str]:
-    capsys.readouterr()
-    status = main(["sample", *map(str, argv)])
-    return status, capsys.readouterr().err
 
 
 def _images(folder) -> dict:
