@@ -5637,7 +5637,7 @@ ZM_TOKEN = ["tests/lab/test_population.py", "tests/lab/test_dpo_3d.py", "-k", "t
 ZM_TPO = ["tests/online/test_tpo_tree_round.py", "-k", "not tree_run"]
 ZM_RPS = ["tests/online/test_rps_direction_generator.py", "-k", "not main_with"]
 ZM_COMPILE = ["tests/perf/test_torch_compile.py", "-k", "compile_options_are_checked"]
-ZM_ROLLOUT = ["tests/loops/test_rollout.py", "tests/online/test_chat_template_kwargs.py",
+ZM_ROLLOUT = ["tests/online/test_chat_template_kwargs.py",
               "tests/online/test_tool_calling.py", "tests/online/test_online_round_values.py", "-k",
               "rollout or prompt_ids_equal or refusals_name or rounds_slices or prompts_render_the_tools"]
 ZM_DSTC = ["tests/tools/test_dstc_recipe.py", "-k",
@@ -5790,13 +5790,6 @@ MUTANTS += [
            [('cfg.use_cpu and (cfg.torch_compile_mode in CUDA_GRAPH_MODES or backend == "cudagraphs")',
              'cfg.use_cpu and cfg.torch_compile_mode in CUDA_GRAPH_MODES')],
            ZM_COMPILE, "torch_compile_backend cudagraphs on the CPU is accepted"),
-    Mutant("zm-rollout-prompt-index-modulo", "loops/rollout.py",
-           [("return [i // self.group_size for i in range(len(self.completion_ids))]",
-             "return [i % len(self.rows) for i in range(len(self.completion_ids))]")],
-           ZM_ROLLOUT, "completions are assigned to prompts round-robin, not group-major"),
-    Mutant("zm-rollout-terminated-mean-over-all", "loops/rollout.py",
-           [("    terminated = lengths[eos]\n", "    terminated = lengths\n")],
-           ZM_ROLLOUT, "mean_terminated_length averages the clipped completions too"),
     Mutant("zm-rollout-run-kwargs-win", "loops/rollout.py",
            [('"chat_template_kwargs": {**kwargs, **own}', '"chat_template_kwargs": {**own, **kwargs}')],
            ZM_ROLLOUT, "the run's chat_template_kwargs override a row's own"),
@@ -6384,6 +6377,59 @@ MUTANTS += [
     Mutant("obz-sd-disagree-first-wins", "config.py",
            [("    if len(set((betas or {}).values())) > 1:", "    if False:")], OBZ_LISTS,
            "a diffusion list whose parts disagree (diffusion_dpo 5000, dcpo 500) trains at the first part's default"),
+]
+
+# mutation-lvc round: leftovers c: one name for the diffusion implicit accuracy (training, eval.json, report; old runs
+# read under the new name), the report's per-direction rows in numeric order, the VLM demo's SFT stage pointed to no
+# pair eval, `preflab sample` on a diffusion / ppd run's checkpoint-N
+LVC_NAMES = ["tests/report/test_renamed_metrics.py"]
+LVC_ORDER = ["tests/report/test_eval_table_order.py"]
+LVC_VLM_SFT = ["tests/report/test_vlm_sft_stage.py"]
+LVC_CHECKPOINT = ["tests/diffusion/test_sample_checkpoint.py"]
+MUTANTS += [
+    Mutant("lvc-objective-logs-old-name", "objectives/diffusion_dpo.py",
+           [('    metrics["implicit_accuracy"] = implicit_accuracy(', '    metrics["implicit_acc"] = implicit_accuracy(')],
+           LVC_NAMES, "training logs implicit_acc while eval.json says implicit_accuracy: two names for one number"),
+    Mutant("lvc-old-key-overwrites-new", "eval/names.py",
+           [("        elif new not in metrics:\n            out[new] = value", "        else:\n            out[new] = value")],
+           LVC_NAMES, "an old eval.json's implicit_acc overwrites its implicit_accuracy"),
+    Mutant("lvc-report-rows-old-names", "report/runs.py",
+           [("run.rows.append(current_metric_names(row))", "run.rows.append(row)")], LVC_NAMES,
+           "an old run's eval_implicit_acc curve is not read as eval_implicit_accuracy"),
+    Mutant("lvc-best-model-no-rename-said", "loops/best_model.py",
+           [("                       if new in metrics else \"\")", "                       if False else \"\")")],
+           LVC_NAMES, "metric_for_best_model: implicit_acc is refused without naming implicit_accuracy"),
+    Mutant("lvc-table-rows-sorted-as-strings", "report/html.py",
+           [("set(keys), key=metric_sort_key)", "set(keys))")], LVC_ORDER,
+           "the eval table's direction rows sorted as strings: 10deg before 2deg"),
+    Mutant("lvc-sort-key-numbers-as-text", "report/html.py",
+           [("    return tuple(float(part) if i % 2 else part for", "    return tuple(part for")], LVC_ORDER,
+           "the sort key compares the numbers in metric names as text"),
+    Mutant("lvc-image-sft-stage-given-pair-command", "report/runs.py",
+           [('    if task == "vlm" and sft_only(config):', '    if False:')], LVC_VLM_SFT,
+           "the VLM demo's SFT stage is told to run the pair eval meant for its DPO stage"),
+    Mutant("lvc-sft-only-any", "report/runs.py",
+           [('    return bool(names) and all(name == "sft" for name in names)',
+             '    return bool(names) and any(name == "sft" for name in names)')], LVC_VLM_SFT,
+           "a DPO + NLL run (loss_type [sigmoid, sft]) counted as an SFT stage: its pair eval pointer dropped"),
+    Mutant("lvc-folder-note-names-no-runs", "report/html.py",
+           [("        if len(commands) == 1 and fitted == len(runs):", "        if len(commands) == 1:")], LVC_VLM_SFT,
+           "the folder's note gives one run's eval command as if it were for every run"),
+    Mutant("lvc-ckpt-refused", "loops/sample_cli.py",
+           [('        if (Path(run) / "model.safetensors").is_file():  # its trained', "        if False:  # its trained")],
+           LVC_CHECKPOINT, "preflab sample refuses every checkpoint-N, as before"),
+    Mutant("lvc-ckpt-weights-not-loaded", "loops/diffusion_checkpoint.py",
+           [("        load_checkpoint_weights(run_dir, Trainables(module, teacher))",
+             "        Trainables(module, teacher)")], LVC_CHECKPOINT,
+           "a checkpoint is sampled as the base model: its trained parameters never loaded"),
+    Mutant("lvc-ckpt-samples-inside", "loops/sample_cli.py",
+           [('    return path.parent / f"samples-{path.name}" if is_checkpoint_folder(path) else path / "samples"',
+             '    return path / "samples"')], LVC_CHECKPOINT,
+           "a checkpoint's samples are written into the checkpoint folder"),
+    Mutant("lvc-personal-ckpt-ignores-user-file", "loops/ppd_sample.py",
+           [("            self.table = checkpoint_user_table(run_dir, saved, user_embeddings)",
+             "            self.table = checkpoint_user_table(run_dir, saved, None)")], LVC_CHECKPOINT,
+           "--user-embeddings is ignored for a ppd checkpoint: one whose file moved cannot be sampled"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

@@ -255,7 +255,7 @@ def test_a_text_objective_is_refused_through_the_cli(assets, tmp_path, capsys):
 def test_eval_reports_implicit_accuracy_of_the_policy(assets, tmp_path):
     run = DiffusionRun(make_cfg(assets, tmp_path / "ev", eval_dataset_name=assets["eval"], max_steps=1))
     metrics = run.evaluate()
-    assert metrics["eval_implicit_acc"] == 0.5  # policy == reference: every pair is a tie (counted 0.5)
+    assert metrics["eval_implicit_accuracy"] == 0.5  # policy == reference: every pair is a tie (counted 0.5)
     assert metrics["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert copy.copy(run.eval_data) and len(run.eval_data) == 4
 
@@ -300,7 +300,7 @@ def test_preflab_eval_reproduces_the_runs_final_eval_and_ties_against_itself(ass
     summary = DiffusionRun(make_cfg(assets, out, eval_dataset_name=assets["eval"])).train()
     final = summary["final_metrics"]
     result = evaluate_diffusion_run(str(out), assets["eval"])
-    assert result["metrics"]["implicit_accuracy"] == pytest.approx(final["eval_implicit_acc"], abs=1e-9)
+    assert result["metrics"]["implicit_accuracy"] == pytest.approx(final["eval_implicit_accuracy"], abs=1e-9)
     assert result["metrics"]["loss"] == pytest.approx(final["eval_loss"], rel=1e-5)
     itself = evaluate_diffusion_run(str(out), assets["eval"], reference=str(out), reward_fn=shapes_reward,
                                     num_prompts=2)

@@ -123,7 +123,7 @@ def test_ppd_eval_equals_the_runs_own_eval_and_a_computation_by_hand(trained):
     m = result["metrics"]
     assert result["num_pairs"] == 4 and result["loss_type"] == "ppd"
     assert m["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
-    assert m["implicit_accuracy"] == own["eval_implicit_acc"]
+    assert m["implicit_accuracy"] == own["eval_implicit_accuracy"]
     assert m["rewards/margins"] == pytest.approx(own["eval_rewards/margins"], rel=1e-6, abs=1e-9)
     on, off = _by_hand(trained)
     z = (off[:, 0] - off[:, 1]) - (on[:, 0] - on[:, 1])  # Delta_ref - Delta_theta
@@ -188,7 +188,7 @@ def test_a_held_out_user_missing_from_the_saved_table_comes_from_user_embeddings
     configured = evaluate_diffusion_run(str(out), trained["held_out"], batch_size=3)  # config.yaml's file
     for result in (given, configured):
         assert result["metrics"]["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
-        assert result["metrics"]["implicit_accuracy"] == own["eval_implicit_acc"]
+        assert result["metrics"]["implicit_accuracy"] == own["eval_implicit_accuracy"]
     save_file({k: v for k, v in trained["table"].items() if k != "user9"}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ConfigError, match=r"1 user\(s\) have no embedding in .*users\.json \(the run's 3 users\) or "
                                           r".*other\.safetensors: 'user9' \(row 2\)"):
@@ -279,11 +279,11 @@ def test_ppd_eval_of_learned_user_embeddings_equals_the_runs_eval_and_refuses_an
     assert (table_1 - final).abs().max() > 1e-4  # step 2 moved the learned table: the checkpoint's own is read
     at_1 = evaluate_diffusion_run(str(tmp_path / "run" / "checkpoint-1"), str(seen))
     assert at_1["metrics"]["loss"] == pytest.approx(logged[1]["eval_loss"], rel=1e-6, abs=1e-9)
-    assert at_1["metrics"]["implicit_accuracy"] == logged[1]["eval_implicit_acc"]
+    assert at_1["metrics"]["implicit_accuracy"] == logged[1]["eval_implicit_accuracy"]
     assert own["eval_loss"] != pytest.approx(math.log(2), abs=1e-4)
     result = evaluate_diffusion_run(str(tmp_path / "run"), str(seen))
     assert result["metrics"]["loss"] == pytest.approx(own["eval_loss"], rel=1e-6, abs=1e-9)
-    assert result["metrics"]["implicit_accuracy"] == own["eval_implicit_acc"]
+    assert result["metrics"]["implicit_accuracy"] == own["eval_implicit_accuracy"]
     assert result["users"] == {"evaluated": 2, "trained_on": 2, "pairs_of_trained_users": 4}
     with pytest.raises(ConfigError, match=r"have no embedding in .*users\.json \(the run's 2 users\): 'user2' \(row 0\)"
                                           r".*learned one embedding per training user"):
@@ -308,7 +308,7 @@ def test_ppd_eval_of_a_checkpoint_equals_the_runs_logged_eval_at_its_step(traine
     assert logged[1]["eval_loss"] != pytest.approx(logged[2]["eval_loss"], rel=1e-3)  # step 2 moved the branch
     at_1 = evaluate_diffusion_run(str(out / "checkpoint-1"), trained["held_out"], batch_size=3)
     assert at_1["metrics"]["loss"] == pytest.approx(logged[1]["eval_loss"], rel=1e-6, abs=1e-9)
-    assert at_1["metrics"]["implicit_accuracy"] == logged[1]["eval_implicit_acc"]
+    assert at_1["metrics"]["implicit_accuracy"] == logged[1]["eval_implicit_accuracy"]
     assert at_1["metrics"]["rewards/margins"] == pytest.approx(logged[1]["eval_rewards/margins"], rel=1e-6, abs=1e-9)
     assert at_1["checkpoint"] == str(out / "checkpoint-1") and at_1["users"]["evaluated"] == 4
     at_2 = evaluate_diffusion_run(str(out / "checkpoint-2"), trained["held_out"], batch_size=3)

@@ -207,7 +207,7 @@ def test_runs_that_cannot_be_sampled_are_refused_naming_the_command(tmp_path, ca
     checkpoint = run / "checkpoint-2"
     checkpoint.mkdir()
     status, err = _sample(capsys, checkpoint, "--prompt", "hi")
-    assert status == 2 and "is a checkpoint folder: it holds the run's trained parameters, not a pipeline" in err
+    assert status == 2 and "is a checkpoint folder without model.safetensors" in err
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     (unfinished / "config.yaml").write_text((run / "config.yaml").read_text())

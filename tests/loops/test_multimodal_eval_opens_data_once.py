@@ -87,5 +87,5 @@ def test_diffusion_eval_opens_its_data_once_and_equals_the_runs_final_eval(tmp_p
     assert result["overlap_with_training"]["pairs"] == 0  # test.jsonl is held out of train.jsonl
     assert config_reads == [run / "config.yaml"]  # was 3 reads
     assert result["split"] == "train" and result["num_pairs"] == 8
-    assert result["metrics"]["implicit_accuracy"] == pytest.approx(final["eval_implicit_acc"], abs=1e-9)
+    assert result["metrics"]["implicit_accuracy"] == pytest.approx(final["eval_implicit_accuracy"], abs=1e-9)
     assert result["metrics"]["loss"] == pytest.approx(final["eval_loss"], rel=1e-5)

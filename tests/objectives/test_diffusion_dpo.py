@@ -27,7 +27,7 @@ def test_toy_numbers_by_hand():
     # descent lowers the winner's error and raises the loser's
     assert e_w.grad.item() == pytest.approx(943.85, abs=0.01)
     assert e_l.grad.item() == pytest.approx(-943.85, abs=0.01)
-    assert out.metrics["implicit_acc"].item() == 1.0
+    assert out.metrics["implicit_accuracy"].item() == 1.0
 
 
 def test_k2_equals_dpo_with_half_beta_and_reference_formula():
@@ -59,7 +59,7 @@ def test_log2_at_init_and_for_identical_images_and_small_beta():
     same = errors_batch([0.3, 0.1], [0.2, 0.5], [0.3, 0.1], [0.2, 0.5])[0]
     out = get_objective("diffusion_dpo")(same)
     assert out.loss.item() == pytest.approx(math.log(2), abs=1e-15)
-    assert out.metrics["implicit_acc"].item() == 0.5  # ties count 0.5 (diffusers)
+    assert out.metrics["implicit_accuracy"].item() == 0.5  # ties count 0.5 (diffusers)
     identical = errors_batch([0.3], [0.3], [0.25], [0.25])[0]  # x_w == x_l: every error equal per model
     assert get_objective("diffusion_dpo")(identical).loss.item() == pytest.approx(math.log(2), abs=1e-15)
     far = errors_batch([0.1], [0.3], [0.2], [0.2])[0]
@@ -102,9 +102,9 @@ def test_finite_at_extreme_scores_and_bad_config():
 
 def test_logged_errors_are_each_sides_own_mean_mse():
     """mse/chosen and mse/rejected are the policy's mean denoising errors of the winners and of the losers (the
-    diffusers script's logs), and implicit_acc counts z = Delta_ref - Delta_theta > 0 as right, 0 as half."""
+    diffusers script's logs), and implicit_accuracy counts z = Delta_ref - Delta_theta > 0 as right, 0 as half."""
     batch, _, _ = errors_batch([0.10, 0.30], [0.20, 0.30], [0.15, 0.30], [0.15, 0.30])
     out = get_objective("diffusion_dpo", beta=5000.0)(batch)
     assert out.metrics["mse/chosen"].item() == pytest.approx(0.20, abs=1e-12)
     assert out.metrics["mse/rejected"].item() == pytest.approx(0.25, abs=1e-12)
-    assert out.metrics["implicit_acc"].item() == pytest.approx(0.75, abs=1e-12)
+    assert out.metrics["implicit_accuracy"].item() == pytest.approx(0.75, abs=1e-12)

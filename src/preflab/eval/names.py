@@ -93,8 +93,8 @@ DIFFUSION_NOT_EVALUATED: dict[str, str] = {
 # "log-prob" is minus the denoising error (Diffusion-DPO's score) and the win rate compares sampled images
 DIFFUSION_METRIC_DOCS: dict[str, str] = {
     "implicit_accuracy": "fraction of pairs where the policy lowers the chosen image's denoising error relative to "
-                         "the rejected one's more than the reference does (ties 1/2; Diffusion-DPO's implicit_acc)",
-    "implicit_acc": "the same as implicit_accuracy",
+                         "the rejected one's more than the reference does (ties 1/2; the diffusers script's "
+                         "implicit_acc)",
     "preference_accuracy/personalized": "ppd: fraction of pairs where the model with the user branch on the pair's "
                                         "user denoises the chosen image better than the rejected one (ties 1/2)",
     "preference_accuracy/base": "ppd: the same with the user branch off (the base model, the run's reference)",
@@ -114,6 +114,35 @@ DIFFUSION_METRIC_DOCS: dict[str, str] = {
     "reward/policy": "mean --reward-fn score of the trained pipeline's samples",
     "reward/reference": "mean --reward-fn score of the reference pipeline's samples",
 }
+
+# metrics logged under another name by an earlier preflab -> today's name: a diffusion run logged the diffusers
+# script's implicit_acc (eval_implicit_acc) while `preflab eval --task diffusion` wrote implicit_accuracy (and both
+# keys in eval.json); training now logs implicit_accuracy too. Runs already on disk are read through
+# current_metric_names (preflab report) and metric_for_best_model's refusal names the new one.
+RENAMED_METRICS: dict[str, str] = {"implicit_acc": "implicit_accuracy"}
+
+
+def renamed_metric(key: str) -> str | None:
+    """Today's name of `key` when an earlier preflab logged the metric as `key` (RENAMED_METRICS, with or without the
+    eval_ prefix), else None."""
+    prefix = "eval_" if key.startswith("eval_") else ""
+    new = RENAMED_METRICS.get(key[len(prefix):])
+    return None if new is None else prefix + new
+
+
+def current_metric_names(metrics: dict) -> dict:
+    """`metrics` (a metrics.jsonl row, summary.json's final_metrics, eval.json's metrics) with every old name
+    (renamed_metric) under today's, in place of the old key; where both are present (an eval.json written before the
+    rename says both, with the same value) today's key is kept and the old one dropped."""
+    out = {}
+    for key, value in metrics.items():
+        new = renamed_metric(key) if isinstance(key, str) else None
+        if new is None:
+            out[key] = value
+        elif new not in metrics:
+            out[new] = value
+    return out
+
 
 # metric names with a part a row set names (prefix, suffix) -> what each means
 METRIC_FAMILY_DOCS: dict[tuple[str, str], str] = {

@@ -52,9 +52,14 @@ class BestModel:
         if self.metric is None or not metrics:
             return False
         if self.key not in metrics:
+            from preflab.eval.names import renamed_metric
+
+            new = renamed_metric(self.key)
+            renamed = (f" {self.key!r} is an earlier preflab's name of {new!r}: set metric_for_best_model: {new}."
+                       if new in metrics else "")
             raise ConfigError(f"metric_for_best_model is set to {self.key!r}, which is not found in the evaluation "
                               f"metrics (step {step}). The available evaluation metrics are: {sorted(metrics)}. "
-                              "Set metric_for_best_model to one of them.")
+                              f"Set metric_for_best_model to one of them.{renamed}")
         value = float(metrics[self.key])
         best = self.best_metric
         if best is None:

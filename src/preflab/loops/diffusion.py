@@ -371,6 +371,37 @@ class DenoiserModule(nn.Module):
                              cross_attention_kwargs=self.user_attention_kwargs(embeddings, len(prompts)))
 
 
+def mark_trained_unet(cfg, unet: nn.Module, is_flow: bool) -> bool:
+    """What a non-ppd run trains on `unet`, marked requires_grad (what its checkpoints hold): LoRA adapters with the
+    run's settings on a frozen UNet when use_peft (the diffusers Diffusion-DPO script's targets, SD3's on a flow
+    model, else lora_target_modules; returns True), else every weight (False). The run's trainer and a checkpoint's
+    reader (preflab.loops.diffusion_checkpoint) build it the same way."""
+    if not cfg.use_peft:
+        unet.requires_grad_(True)
+        return False
+    from peft import LoraConfig
+
+    from preflab.models.load import check_lora_targets
+
+    default = SD3_LORA_TARGETS if is_flow else LORA_TARGETS
+    targets = default if cfg.lora_target_modules in ("all-linear", None) else cfg.lora_target_modules
+    if targets is not default:  # the user's names: each must match (peft raised only when none did)
+        check_lora_targets(unet, targets)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                init_lora_weights="gaussian", target_modules=targets))
+    return True
+
+
+def ema_teacher(unet: nn.Module) -> nn.Module:
+    """self_npo's EMA teacher: a copy of `unet` whose parameters are marked requires_grad as the student's, so the
+    checkpoint keeps them (the optimizer never sees them: Trainables)."""
+    teacher = copy.deepcopy(unet)
+    for t_param, s_param in zip(teacher.parameters(), unet.parameters()):
+        t_param.requires_grad_(s_param.requires_grad)
+    return teacher
+
+
 class Trainables(nn.Module):
     """What a checkpoint holds: the denoiser module's trainable parameters and, for self_npo, the EMA teacher's
     (marked requires_grad so the checkpoint keeps them; the optimizer never sees them)."""
@@ -593,31 +624,14 @@ class DiffusionRun(TrainingRun):
                                       "training user: evaluate on users seen in training, or give precomputed "
                                       "embeddings of every user (user_embeddings).")
             branch = install_user_branch(unet, users.weight.shape[1] // self.user_tokens).to(device)
-        elif cfg.use_peft:
-            from peft import LoraConfig
-
-            from preflab.models.load import check_lora_targets
-
-            default = SD3_LORA_TARGETS if comps.is_flow else LORA_TARGETS
-            targets = default if cfg.lora_target_modules in ("all-linear", None) else cfg.lora_target_modules
-            if targets is not default:  # the user's names: each must match (peft raised only when none did)
-                check_lora_targets(unet, targets)
-            unet.requires_grad_(False)
-            unet.add_adapter(LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                        init_lora_weights="gaussian", target_modules=targets))
-            self.lora = True
         else:
-            unet.requires_grad_(True)
-            if self.objective.needs_reference and not self.self_npo:
+            self.lora = mark_trained_unet(cfg, unet, comps.is_flow)
+            if not self.lora and self.objective.needs_reference and not self.self_npo:
                 self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         self.module = DenoiserModule(unet, branch, users, getattr(self, "user_tokens", cfg.user_embedding_tokens))
-        teacher = None
-        if self.self_npo:
-            teacher = copy.deepcopy(unet)
-            for t_param, s_param in zip(teacher.parameters(), unet.parameters()):
-                t_param.requires_grad_(s_param.requires_grad)
+        teacher = ema_teacher(unet) if self.self_npo else None
         self.teacher = teacher
         self.trainables = Trainables(self.module, teacher)
 

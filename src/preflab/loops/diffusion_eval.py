@@ -3,7 +3,8 @@
 - Implicit-reward accuracy: the run's objective and scorer on the held-out pairs (fixed draws per pair), the policy
   = the pipeline in RUN_DIR, the reference = --reference or the run's base model (config.yaml's
   model_name_or_path). A pair counts as correct when the policy lowers the chosen image's denoising error relative
-  to the rejected one more than the reference does (ties 1/2; Diffusion-DPO's implicit_acc).
+  to the rejected one more than the reference does (ties 1/2; the diffusers script's implicit_acc, logged by
+  training as implicit_accuracy).
 - Win rate (with --reward-fn MODULE:NAME, f(images uint8 [N, 3, S, S], prompts) -> N scores): the policy's and the
   reference's samples for the same prompts and seeds (DDIM, the run's sample_steps / guidance_scale), compared by
   the reward, ties 1/2, with a Wilson interval.
@@ -127,8 +128,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
                                                            IMAGE_PAIRS, trained_on is not None)
         out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": reference_name, **data_fields(data),
                "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta, "num_pairs": len(run.eval_data),
-               "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
-                           **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
+               "metrics": eval_json_metrics(metrics),
                **({"overlap_with_training": overlap} if overlap is not None else {}),
                "notes": [n for n in (said, skipped_note, *run.eval_notes, trained_on, overlap_note) if n],
                **({"data_report": skipped_report} if skipped_report else {}),
@@ -141,6 +141,16 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
             baseline = sample_images(ref, run.reference, prompts, seeds, cfg.sample_steps, cfg.guidance_scale)
             add_win_rate(out, reward_fn, policy, baseline, prompts, confidence)
     return out
+
+
+def eval_json_metrics(metrics: dict, added: dict | None = None) -> dict:
+    """eval.json's metrics from the run's evaluate() (its eval_* keys, the prefix dropped): implicit_accuracy first,
+    then `added` (ppd's preference accuracies), then the rest in the run's order. One key per quantity: training logs
+    implicit_accuracy under the name eval.json uses, so eval.json no longer writes the diffusers script's
+    implicit_acc beside it (an eval.json written before says both; preflab report reads either,
+    preflab.eval.names.current_metric_names)."""
+    held = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_")}
+    return {"implicit_accuracy": held.pop("implicit_accuracy", None), **(added or {}), **held}
 
 
 def add_win_rate(out: dict, reward_fn, policy: torch.Tensor, baseline: torch.Tensor, prompts: list[str],
@@ -248,10 +258,9 @@ def _evaluate_ppd(run, run_dir: str, data, saved: dict, split: str, said: str | 
     out = {"task": "diffusion", "checkpoint": str(run_dir), "reference": "the run's UNet without its user branch",
            **data_fields(data), "split": split, "loss_type": cfg.loss_type, "beta": cfg.beta,
            "num_pairs": len(run.eval_data),
-           "metrics": {"implicit_accuracy": metrics.get("eval_implicit_acc"),
-                       "preference_accuracy/personalized": preference_accuracy(errors[:, 0], errors[:, 1]),
-                       "preference_accuracy/base": preference_accuracy(errors[:, 2], errors[:, 3]),
-                       **{k[5:]: v for k, v in metrics.items() if k.startswith("eval_")}},
+           "metrics": eval_json_metrics(metrics, {
+               "preference_accuracy/personalized": preference_accuracy(errors[:, 0], errors[:, 1]),
+               "preference_accuracy/base": preference_accuracy(errors[:, 2], errors[:, 3])}),
            "users": users, "per_user": per_user,
            **({"overlap_with_training": overlap} if overlap is not None else {}),
            "notes": [n for n in (said, skipped_note, *run.eval_notes, trained_on, overlap_note, users_note) if n],

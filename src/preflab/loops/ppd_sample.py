@@ -42,9 +42,12 @@ def check_gamma(other_user: str | None, gamma: float | None) -> None:
 
 
 class PPDSampler:
-    """A finished ppd run's pipeline (its final directory) with its user branch and user table, ready to sample.
-    user_embeddings: a file of users the saved table lacks (default: the run's own user_embeddings file); device: where
-    the pipeline samples (default: where it loads, the CPU)."""
+    """A finished ppd run's pipeline (its final directory) with its user branch and user table, ready to sample; or
+    one of its checkpoint-N folders: the branch (and a learned table) at step N on the run's base pipeline, the user
+    table as its trainer_state.json describes it (preflab.loops.diffusion_checkpoint). user_embeddings: a file of
+    users the saved table lacks (default: the run's own user_embeddings file; for a checkpoint of a run on
+    precomputed embeddings, the file it trained with, checked against the recorded sha256); device: where the
+    pipeline samples (default: where it loads, the CPU)."""
 
     def __init__(self, run_dir: str, user_embeddings: str | None = None, device: str | None = None):
         from safetensors import safe_open
@@ -62,8 +65,16 @@ class PPDSampler:
                               "branch and a user table). Sample other pipelines with diffusers directly.")
         from pathlib import Path
 
-        self.table = saved_user_table(run_dir, saved, user_embeddings, _is_checkpoint(Path(run_dir)))
         self.cfg = config_with_overrides(saved, preflab_overrides=[])
+        if _is_checkpoint(Path(run_dir)):  # the branch (and a learned table) at step N on the run's base pipeline
+            from preflab.loops.diffusion_checkpoint import checkpoint_components, checkpoint_denoiser
+            from preflab.loops.ppd_eval import checkpoint_user_table
+
+            self.table = checkpoint_user_table(run_dir, saved, user_embeddings)
+            self.components = checkpoint_components(run_dir, self.cfg, device)
+            self.module = checkpoint_denoiser(run_dir, self.cfg, self.components, self.table)
+            return
+        self.table = saved_user_table(run_dir, saved, user_embeddings)
         with safe_open(str(Path(run_dir) / "user_branch.safetensors"), framework="pt") as f:
             user_dim = f.get_slice("branch.proj.weight").get_shape()[1]  # d_u, the width P reads
         self.components = components_of(load_pipeline(str(run_dir), self.cfg.allow_pickle, seed=self.cfg.seed))

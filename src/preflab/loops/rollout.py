@@ -1,14 +1,13 @@
-"""Prompts -> tokenized prompt rows -> G sampled completions per prompt (a Rollout), and the completion metrics.
+"""The pieces the online loops share around sampling: prompts -> tokenized prompt rows (prepare_prompts, PromptRow),
+sampling from the policy's full distribution (full_distribution), the pad id and the decoding of a completion.
 
     rows = prepare_prompts(["echo: sun cat\n", ...], tokenizer)          # or rows {"prompt": ..., other columns}
-    rollout = sample_rollout(policy, tokenizer, rows, group_size=4, max_new_tokens=16, temperature=1.0, seed=0)
-    rollout.completion_ids[i]   # generated ids, cut after the first eos (eos kept)
-    rollout.completions[i]      # decoded text (a [{"role": "assistant", ...}] message list for chat prompts)
+    with full_distribution(policy): ...                                  # generate with top-k off
 
-Completions are ordered group-major: completion i belongs to prompt row rollout.prompt_index[i] = i // G.
-Sampling uses the policy's full distribution (top-k off; transformers' `generate` otherwise keeps only the top 50
-tokens), so a completion is a draw from pi(. | x) at the given temperature, as GRPO's importance ratios and RSO's
-rejection sampler assume.
+transformers' `generate` keeps only the top 50 tokens unless told otherwise; with top-k off a completion is a draw
+from pi(. | x) at the given temperature, as GRPO's importance ratios and RSO's rejection sampler assume. The online
+run (preflab.online.run) samples through its generator (preflab.online.generator) and computes TRL's completion
+metrics itself (length_metrics); this module held a second sampler and metrics function that no loop called.
 """
 from __future__ import annotations
 
@@ -16,12 +15,9 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import torch
-
 from preflab.data.examples import PromptExample
 from preflab.data.tokenize import tokenize_prompts
 from preflab.errors import ConfigError
-from preflab.generate import generate_ids
 from preflab.scoring.lm import unwrap
 
 
@@ -33,28 +29,6 @@ class PromptRow:
     prompt: Any
     prompt_ids: list[int]
     columns: dict = field(default_factory=dict)
-
-
-@dataclass
-class Rollout:
-    """N = P * G completions of P prompt rows, group-major."""
-
-    rows: list[PromptRow]
-    group_size: int
-    completion_ids: list[list[int]]
-    completions: list[Any]
-    has_eos: list[bool]
-
-    @property
-    def prompt_index(self) -> list[int]:
-        return [i // self.group_size for i in range(len(self.completion_ids))]
-
-    def prompts(self) -> list[Any]:
-        """The prompt of each completion (repeated G times, as TRL hands them to reward functions)."""
-        return [self.rows[i].prompt for i in self.prompt_index]
-
-    def columns(self) -> list[dict]:
-        return [self.rows[i].columns for i in self.prompt_index]
 
 
 def prepare_prompts(prompts: Sequence[Any], tokenizer, max_prompt_length: int | None = None,
@@ -141,33 +115,3 @@ def pad_id_of(tokenizer) -> int:
 def decode(tokenizer, ids: list[int], chat: bool) -> Any:
     text = tokenizer.decode(ids, skip_special_tokens=True)
     return [{"role": "assistant", "content": text}] if chat else text
-
-
-def sample_rollout(policy, tokenizer, rows: list[PromptRow], group_size: int, *, max_new_tokens: int,
-                   temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-                   batch_size: int = 256) -> Rollout:
-    """G = group_size sampled completions for every row (the policy is put in eval mode while generating)."""
-    if group_size < 1:
-        raise ConfigError(f"group_size must be >= 1, got {group_size}.")
-    prompt_ids = [row.prompt_ids for row in rows for _ in range(group_size)]
-    eos = tokenizer.eos_token_id
-    with full_distribution(policy):
-        ids = generate_ids(policy, prompt_ids, eos_id=eos, pad_id=pad_id_of(tokenizer),
-                           max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_p=top_p,
-                           batch_size=batch_size, seed=seed)
-    chat = [isinstance(rows[i // group_size].prompt, list) for i in range(len(ids))]
-    return Rollout(rows, group_size, ids, [decode(tokenizer, r, c) for r, c in zip(ids, chat)],
-                   [bool(r) and r[-1] == eos for r in ids])
-
-
-def completion_metrics(rollout: Rollout) -> dict[str, float]:
-    """TRL's completion statistics: completions/{mean,min,max}_length, clipped_ratio (no eos: cut by the length
-    limit), mean_terminated_length, and Online DPO's val/contain_eos_token."""
-    lengths = torch.tensor([len(r) for r in rollout.completion_ids], dtype=torch.float64)
-    eos = torch.tensor(rollout.has_eos)
-    terminated = lengths[eos]
-    return {"completions/mean_length": float(lengths.mean()), "completions/min_length": float(lengths.min()),
-            "completions/max_length": float(lengths.max()),
-            "completions/clipped_ratio": float((~eos).double().mean()),
-            "completions/mean_terminated_length": float(terminated.mean()) if len(terminated) else 0.0,
-            "val/contain_eos_token": float(eos.double().mean())}

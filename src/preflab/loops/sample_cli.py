@@ -1,4 +1,7 @@
-"""`preflab sample RUN --prompt TEXT [--prompts FILE] [...]`: images of a finished diffusion run.
+"""`preflab sample RUN --prompt TEXT [--prompts FILE] [...]`: images of a finished diffusion run, or of one of its
+checkpoint-N folders (its trained parameters at step N on the run's base pipeline, read as the trainer built them:
+preflab.loops.diffusion_checkpoint; a ppd checkpoint with the user table its trainer_state.json describes, as
+`preflab eval` reads it).
 
 Every row of the output is one model, every column one (prompt, seed): columns are the prompts in order, repeated
 --num-images-per-prompt times, and column c has seed sample_seeds(seed, columns)[c] = seed * 100003 + c (seed: --seed,
@@ -12,9 +15,10 @@ the saved table, else --user-embeddings FILE, else the run's user_embeddings: PP
 gamma of --users A B --gamma G[,G2..] (e = (1 - gamma) e_A + gamma e_B). With --base and the run's first users this
 is exactly the samples.png the run wrote at the end of training (preflab.loops.diffusion.DiffusionRun.write_samples).
 
-Written to --out (default RUN/samples; a folder that holds files is refused unless --overwrite): one PNG per image,
-grid.png (preflab.diffusion.pipeline.save_grid: one row per model) and samples.json (per image: file, row, column,
-prompt, user, other_user, gamma, seed; and the steps, guidance scale and rows).
+Written to --out (default RUN/samples, a checkpoint's beside it: default_output_dir; a folder that holds files is
+refused unless --overwrite): one PNG per image, grid.png (preflab.diffusion.pipeline.save_grid: one row per model)
+and samples.json (per image: file, row, column, prompt, user, other_user, gamma, seed; and the steps, guidance scale
+and rows).
 """
 from __future__ import annotations
 
@@ -41,12 +45,15 @@ class SampleRow:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="images of a finished diffusion run (ppd: per user, or users interpolated)",
+    p = sub.add_parser("sample", help="images of a finished diffusion run or its checkpoint-N (ppd: per user, or "
+                                      "users interpolated)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Sample a finished task: diffusion run: PNGs, grid.png and samples.json.\n"
+                       description="Sample a finished task: diffusion run (or its checkpoint-N): PNGs, grid.png and "
+                                   "samples.json.\n"
                                    "Example: preflab sample runs/ppd --prompt 'a red circle' --base --user alice "
                                    "--users alice bob --gamma 0.25,0.75")
-    p.add_argument("run", help="a finished diffusion run's output_dir (the pipeline it saved)")
+    p.add_argument("run", help="a finished diffusion run's output_dir (the pipeline it saved), or one of its "
+                               "checkpoint-N folders")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable; before the --prompts rows)")
     p.add_argument("--prompts", metavar="FILE", help=".jsonl with a 'prompt' field per line, or .txt, one per line")
     p.add_argument("--num-images-per-prompt", type=int, default=1, metavar="N", help="images per prompt (default 1)")
@@ -58,8 +65,10 @@ def register(sub) -> None:
     p.add_argument("--gamma", help="ppd: comma-separated gammas in [0, 1] for --users (0: A, 1: B), one row each")
     p.add_argument("--base", action="store_true", help="ppd: a first row of the base model (the user branch off)")
     p.add_argument("--user-embeddings", metavar="FILE", help="ppd: safetensors of users the saved table lacks "
-                                                                 "(default: the run's user_embeddings)")
-    p.add_argument("--out", help="output folder (default: RUN/samples)")
+                                                                 "(default: the run's user_embeddings; a checkpoint "
+                                                                 "of a run on precomputed embeddings: the file it "
+                                                                 "trained with)")
+    p.add_argument("--out", help="output folder (default: RUN/samples; a checkpoint-N: samples-checkpoint-N beside it)")
     p.add_argument("--overwrite", action="store_true", help="replace the samples a former run left in --out")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
     p.set_defaults(func=sample_command)
@@ -106,9 +115,9 @@ def planned_rows(args, ppd: bool, loss_type) -> list[SampleRow]:
 
 
 def sampled_run(run: str) -> dict:
-    """The saved config of `run` when it is a finished diffusion run's final directory; else a ConfigError: another
-    task (naming the command for it), a checkpoint-N folder (trained parameters, no pipeline; and a ppd checkpoint has
-    no users.json), a folder without the pipeline training writes at its end."""
+    """The saved config of `run` (a checkpoint's: its run's, one level up) when it is a diffusion run's final
+    directory or one of its checkpoint-N folders with model.safetensors; else a ConfigError: another task (naming the
+    command for it), a checkpoint-N without its weights, a folder without the pipeline training writes at its end."""
     from preflab.eval.run_files import eval_task_of_run
     from preflab.models.run_config import is_checkpoint_folder, require_run_config
 
@@ -123,24 +132,36 @@ def sampled_run(run: str) -> dict:
     if (Path(run) / "model_index.json").is_file():
         return saved
     if is_checkpoint_folder(run):
-        raise ConfigError(f"{run} is a checkpoint folder: it holds the run's trained parameters, not a pipeline (and a "
-                          "ppd checkpoint no users.json), and preflab sample reads a pipeline. Sample the run's final "
-                          f"directory ({Path(run).parent}), written when training ends.")
+        if (Path(run) / "model.safetensors").is_file():  # its trained parameters, read on the run's base model
+            return saved
+        raise ConfigError(f"{run} is a checkpoint folder without model.safetensors (still being written, or its "
+                          "weights sharded across processes by FSDP / DeepSpeed): preflab sample reads a "
+                          "checkpoint's whole trained parameters. Sample another checkpoint-N or the run's final "
+                          f"directory ({Path(run).parent}).")
     raise ConfigError(f"{run} holds no pipeline (model_index.json), which a diffusion run writes when training ends: "
                       "sample a finished run's output_dir.")
 
 
 class PipelineSampler:
-    """A finished non-ppd diffusion run's pipeline, sampled as its samples.png's trained row was."""
+    """A finished non-ppd diffusion run's pipeline, sampled as its samples.png's trained row was; or one of its
+    checkpoint-N folders: the trained parameters at step N on the run's base pipeline
+    (preflab.loops.diffusion_checkpoint; LoRA adapters unfused)."""
 
     def __init__(self, run_dir: str, saved: dict, device: str | None = None):
         from preflab.config import config_with_overrides
         from preflab.diffusion.pipeline import components_of, load_pipeline
+        from preflab.loops.diffusion_eval import _is_checkpoint
 
         self.cfg = config_with_overrides(saved, preflab_overrides=[])
+        if _is_checkpoint(Path(run_dir)):
+            from preflab.loops.diffusion_checkpoint import checkpoint_components, checkpoint_denoiser
+
+            self.components = checkpoint_components(run_dir, self.cfg, device)
+            self.denoiser = checkpoint_denoiser(run_dir, self.cfg, self.components).unet
+            return
         self.components = components_of(load_pipeline(str(run_dir), self.cfg.allow_pickle, seed=self.cfg.seed))
         self.components.flux_guidance, self.components.resolution = self.cfg.flux_guidance, self.cfg.resolution
-        self.components.denoiser.float()
+        self.denoiser = self.components.denoiser.float()
         if device is not None:
             self.components.pipeline.to(device)
 
@@ -149,13 +170,12 @@ class PipelineSampler:
         """uint8 [N, 3, S, S]: PPDSampler.sample's signature; a pipeline without users takes none (planned_rows)."""
         from preflab.diffusion.pipeline import sample_images
 
-        return sample_images(self.components, self.components.denoiser.eval(), prompts, seeds, num_steps,
-                             guidance_scale)
+        return sample_images(self.components, self.denoiser.eval(), prompts, seeds, num_steps, guidance_scale)
 
 
 def load_sampler(run: str, saved: dict, user_embeddings: str | None, device: str | None):
-    """The sampler of a finished diffusion run (sampled_run): PPDSampler for ppd, else PipelineSampler. The one place
-    `preflab sample` loads a run."""
+    """The sampler of a finished diffusion run or checkpoint (sampled_run): PPDSampler for ppd, else
+    PipelineSampler. The one place `preflab sample` loads a run."""
     if saved.get("loss_type") == "ppd":
         from preflab.loops.ppd_sample import PPDSampler
 
@@ -163,10 +183,20 @@ def load_sampler(run: str, saved: dict, user_embeddings: str | None, device: str
     return PipelineSampler(run, saved, device)
 
 
+def default_output_dir(run: str) -> Path:
+    """RUN/samples; for a checkpoint-N folder RUN/../samples-checkpoint-N, beside it: a checkpoint folder holds
+    exactly what training wrote (its files are checked against their recorded sizes and sha256, and save_total_limit
+    deletes whole checkpoint folders, samples and all)."""
+    from preflab.models.run_config import is_checkpoint_folder
+
+    path = Path(run)
+    return path.parent / f"samples-{path.name}" if is_checkpoint_folder(path) else path / "samples"
+
+
 def output_dir(run: str, out: str | None, overwrite: bool) -> Path:
-    """--out, else RUN/samples, checked before anything loads: a file, or a folder that holds files without
+    """--out, else default_output_dir, checked before anything loads: a file, or a folder that holds files without
     --overwrite, is refused (nothing is written or removed here: clear_former_samples)."""
-    folder = Path(out) if out else Path(run) / "samples"
+    folder = Path(out) if out else default_output_dir(run)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file; give a folder.")
     held = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []

@@ -9,7 +9,8 @@ h_w - h_l = -(Delta_theta - Delta_ref) with Delta = e_w - e_l, and
     ipo:     L = (z - 1/(2b))^2
 
 `sigmoid` is exactly `dpo` with beta_dpo = b (RELIABILITY.md K2). Metrics: TRL's rewards/* with b, and the diffusers
-script's implicit_acc (ties count 0.5).
+script's implicit accuracy (ties count 0.5; it logs `implicit_acc`), logged as `implicit_accuracy`: the name
+`preflab eval --task diffusion` writes to eval.json (runs logged before the rename: preflab.eval.names.RENAMED_METRICS).
 
 Deviation from the paper: none for sigmoid (the weighting T*omega(lambda_t) is folded into beta, as in both released
 trainers). `beta` follows `convention` (default salesforce, beta = 5000); diffusers' beta' = 2500 is the same loss.
@@ -41,8 +42,8 @@ def diffusion_dpo_output(batch: PairBatch, scale: float, loss_type: str = "sigmo
         losses = (z - 1 / (2 * scale)) ** 2
     metrics = reward_metrics(batch, scale)
     e = lambda side: -side.sum.detach()  # noqa: E731
-    metrics["implicit_acc"] = implicit_accuracy(e(batch.policy_chosen), e(batch.policy_rejected),
-                                                e(batch.ref_chosen), e(batch.ref_rejected))
+    metrics["implicit_accuracy"] = implicit_accuracy(e(batch.policy_chosen), e(batch.policy_rejected),
+                                                     e(batch.ref_chosen), e(batch.ref_rejected))
     metrics["mse/chosen"], metrics["mse/rejected"] = e(batch.policy_chosen).mean(), e(batch.policy_rejected).mean()
     return ObjectiveOutput(losses.mean(), losses, metrics)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import math
+import re
 from pathlib import Path
 
 from preflab.errors import PreflabError
@@ -139,6 +140,19 @@ def _per_user(run: RunData) -> str:
             "gain: personalized - base)</p>" + _table(["user", *[name for _, name in PER_USER_COLUMNS]], rows))
 
 
+# a signed decimal number inside a metric name: a DPA direction's angle ("-30deg") or weights ("[0.5,0.25]")
+_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+
+
+def metric_sort_key(key: str) -> tuple:
+    """The order of the eval table's metric rows: by name, the numbers in it compared as numbers, so a DPA model's
+    reward_model/direction/<label>/accuracy rows go -30deg, 2deg, 10deg, 150deg (as strings: -30deg, 10deg, 150deg,
+    2deg) and [0.25,0.75] before [0.5,0.5]. re.split alternates text and number (text at even places, maybe
+    empty), so two keys' parts at one place are both texts or both numbers; a key that has no number more is shorter
+    and sorts first, as a string would."""
+    return tuple(float(part) if i % 2 else part for i, part in enumerate(_NUMBER.split(key)))
+
+
 def _eval_section(runs: list[RunData]) -> str:
     have = [r for r in runs if r.eval]
     seen = [r.name for r in have if trained_on_clause(r.eval)]  # eval.json counts rows the run trained on
@@ -152,7 +166,8 @@ def _eval_section(runs: list[RunData]) -> str:
                 commands.setdefault(command, []).append(run.name)
         if not commands:
             return ""
-        if len(commands) == 1:
+        fitted = sum(len(names) for names in commands.values())
+        if len(commands) == 1 and fitted == len(runs):
             how = f"`{next(iter(commands))}`"
         else:
             how = "; ".join(f"`{command}` for {', '.join(names)}" for command, names in commands.items())
@@ -162,7 +177,7 @@ def _eval_section(runs: list[RunData]) -> str:
     if all(r.eval.get("task") == "diffusion" for r in have):  # the same keys, scored on images
         docs = {**METRIC_DOCS, **DIFFUSION_METRIC_DOCS}
     keys = [k for k in docs if any(k in m for m in metrics.values())]
-    keys += sorted({str(k) for m in metrics.values() for k in m} - set(keys))
+    keys += sorted({str(k) for m in metrics.values() for k in m} - set(keys), key=metric_sort_key)
     rows = [[f"<td>{_e(k)}</td>", *[_num_cell(metrics[r.name].get(k)) for r in have],
              f'<td class="doc">{_e(metric_doc(k, docs))}</td>'] for k in keys]
     rows.insert(0, ["<td>pairs</td>", *[_num_cell(r.eval.get("num_pairs")) for r in have], "<td></td>"])

@@ -1,6 +1,8 @@
 """Read what a run directory holds for the report, and say what is missing and how to get it.
 
-    RUN_DIR/metrics.jsonl      one row per logged step ("step" + TRL metric names; eval rows use "eval_" keys)
+    RUN_DIR/metrics.jsonl      one row per logged step ("step" + TRL metric names; eval rows use "eval_" keys; a
+                               metric an earlier preflab logged under another name is read under today's:
+                               preflab.eval.names.RENAMED_METRICS, here and in summary.json and eval.json)
     RUN_DIR/summary.json       final metrics, data report, "environment"
     RUN_DIR/config.yaml        the resolved training config
     RUN_DIR/eval.json          written by `preflab eval` (metrics, win rate, per-pair log-probs)
@@ -20,7 +22,7 @@ import yaml
 
 from preflab.checkpoint import numbered_checkpoints
 from preflab.errors import PreflabError
-from preflab.eval.names import DIFFUSION_NOT_EVALUATED
+from preflab.eval.names import DIFFUSION_NOT_EVALUATED, current_metric_names
 from preflab.models.run_config import is_checkpoint_folder
 from preflab.option_types import is_number
 from preflab.recipe_names import RECIPE_TASKS
@@ -155,7 +157,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                 run.bad_lines += 1
                 continue
             if isinstance(row, dict):
-                run.rows.append(row)
+                run.rows.append(current_metric_names(row))  # a run logged before a rename: today's names
         if run.bad_lines:
             run.missing.append(f"{run.bad_lines} unreadable line(s) in metrics.jsonl were skipped")
         elif not run.rows:
@@ -165,6 +167,8 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
         run.missing.append("no metrics.jsonl: this is not a finished or running `preflab train` output_dir")
     _note_nonfinite(run)
     run.summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    if isinstance(run.summary.get("final_metrics"), dict):
+        run.summary["final_metrics"] = current_metric_names(run.summary["final_metrics"])
     if recipe and not metrics.is_file():
         stages = " ".join(str(path / p.parent.name) for p in sorted(path.glob("*/metrics.jsonl")))
         run.missing.append(f"a recipe run (task: {run.config['task']}): its result is summary.json's "
@@ -182,6 +186,8 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                            else "no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
                            f"eval_dataset_name) to log {what}")
     run.eval = _read_json(path / "eval.json") if (path / "eval.json").is_file() else {}
+    if isinstance(run.eval.get("metrics"), dict):  # an older diffusion eval.json: implicit_acc beside implicit_accuracy
+        run.eval["metrics"] = current_metric_names(run.eval["metrics"])
     if not run.eval and run.config.get("task") == "reward":
         run.missing.append(f"no eval.json: run `preflab eval {path} --task reward --data HELDOUT` for the reward "
                            "model's pairwise accuracy (overall, per subset and context, reversal accuracy)")
@@ -199,7 +205,7 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
                            f"[--reward-fn MODULE:FUNCTION]{out}` for the implicit-reward accuracy on held-out pairs "
                            "and the win rate of the trained pipeline's samples against the base model's"
                            + (" (the run has no final pipeline yet: its newest checkpoint)" if out else ""))
-    elif not run.eval and run.config.get("task") == "vlm":
+    elif not run.eval and run.config.get("task") == "vlm" and eval_command(run.config):  # not an SFT stage
         run.missing.append(f"no eval.json: run `preflab eval {path} --task vlm --data HELDOUT` (or a checkpoint-N "
                            "of it) for the held-out preference metrics of the image-text model")
     elif not run.eval and not recipe and policy_eval_hint(path, run.config):
@@ -265,10 +271,14 @@ def eval_command(config: dict) -> str | None:
     an SFT run (its held-out measure is the eval_loss / eval_mean_token_accuracy of its eval rows, said by the "no
     eval rows" note; the pair diagnostics judge a preference run started from it), for the preference game (no text
     or data: its result is the distance to the equilibrium in summary.json and the game panels) and for a recipe
-    (it measures its own held-out metric); None for a self_npo diffusion run (the eval refuses it); a ppd run's
+    (it measures its own held-out metric); None for an image-text run trained with loss_type sft alone (the SFT
+    stage of `preflab demo vlm`, an SFT run on the vlm trainer: as a task: sft run, its pairs' rejected side is a
+    placeholder and the pair diagnostics judge the preference run started from it); None for a self_npo diffusion run (the eval refuses it); a ppd run's
     --reward-fn is the personalized model's win rate against its base model (each pair's user)."""
     task, online_task = str(config.get("task", "dpo")), config.get("online_task", "dataset")
     if task == "sft" or task in RECIPE_TASKS or (task == "online" and online_task == "game"):
+        return None
+    if task == "vlm" and sft_only(config):  # an image-text SFT stage (preflab demo vlm's sft/): as task: sft
         return None
     if task == "diffusion" and config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # refused by that eval
         return None
@@ -280,6 +290,14 @@ def eval_command(config: dict) -> str | None:
     if task == "online":
         return f"preflab eval RUN_DIR --data HELDOUT_PAIRS {run_judge_option(config)}"
     return "preflab eval RUN_DIR --data HELDOUT [--reward-fn MODULE:FUNCTION]"   # the reference: the run's own
+
+
+def sft_only(config: dict) -> bool:
+    """A run whose loss_type is sft alone (a name or a list of only sft): TRL's loss_type="sft", the chosen side's NLL,
+    no preference term."""
+    loss = config.get("loss_type")
+    names = loss if isinstance(loss, list) else [loss]
+    return bool(names) and all(name == "sft" for name in names)
 
 
 def run_judge_option(config: dict) -> str:
