@@ -84,3 +84,99 @@ def test_an_old_aside_is_put_back_only_when_every_file_checks_out(tmp_path):
     assert list_checkpoints(tmp_path) == [tmp_path / "checkpoint-4"]
     back = load_file(str(tmp_path / "checkpoint-4" / "model.safetensors"))
     assert all(torch.equal(weights[k], back[k]) for k in weights)
+
+
+def test_write_atomically_names_the_file_it_could_not_write(tmp_path):
+    """A write into an open file raises an OSError naming no file (and the rename one naming the temp file): the
+    error now names the target, the old file stays whole and no temp file is left."""
+    from preflab.atomic_file import write_atomically
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+
+    def full_disk(tmp):
+        Path(tmp).write_text("par")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as err:
+        write_atomically(target, full_disk)
+    assert (err.value.errno, err.value.strerror, err.value.filename) == (28, "No space left on device", str(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    assert target.read_text() == "old"
+
+
+def test_a_full_disk_at_summary_json_names_summary_json(tmp_path, monkeypatch):
+    """The run's message named only the run folder ("<output_dir>: No space left on device")."""
+    sys.path.insert(0, str(ROOT / "tests" / "loops"))
+    from tiny_run import run
+
+    real_dump = json.dump
+
+    def dump(data, fh, **kw):
+        if Path(getattr(fh, "name", "")).name.startswith("summary.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_dump(data, fh, **kw)
+
+    monkeypatch.setattr(json, "dump", dump)
+    out = tmp_path / "run"
+    with pytest.raises(PreflabError) as err:
+        run(out, max_steps=1, save_steps=1)
+    assert str(err.value).startswith(f"{out / 'summary.json'}: No space left on device. The latest finished "
+                                     f"checkpoint is {out / 'checkpoint-1'} (step 1)")
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def _failing_rename(monkeypatch):
+    """os.replace fails (a folder made read-only, an I/O error) after the temp file is written whole."""
+    def replace(src, dst):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _panel_data(out):
+    from preflab.report.panel_data import write_panel_data
+
+    write_panel_data(out, None, panels=[])
+    return out / "metric_panels.json"
+
+
+def _timeline(out):
+    ck.write_timeline(out, [["abc", 0]])
+    return out / "timeline.json"
+
+
+def _truncated_metrics(out):
+    from preflab.runlog import truncate_jsonl
+
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        path.write_text('{"step": 1}\n{"step": 2}\n')
+    truncate_jsonl(path, 1)
+    return path
+
+
+def _recipe_state(out):
+    from preflab.recipe_state import RecipeStateFile
+
+    state = RecipeStateFile(out / "ladder_state.json", {"a": 1}, resume=True, every_process=False)
+    state.data["stages"] = {"sft": {"done": True}}
+    state.save()
+    return state.path
+
+
+@pytest.mark.parametrize("write", [_panel_data, _timeline, _truncated_metrics, _recipe_state],
+                         ids=["metric_panels", "timeline", "metrics_truncated", "recipe_state"])
+def test_a_failed_write_of_a_run_file_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, write):
+    """metric_panels.json, timeline.json, metrics.jsonl cut back at a resume and a recipe's state were written to a
+    fixed <name>.tmp, renamed over the file: a failed write or rename left the .tmp behind (now: written through
+    preflab.atomic_file, whose error names the file)."""
+    path = write(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    old = path.read_bytes()
+    _failing_rename(monkeypatch)
+    with pytest.raises(OSError) as err:
+        write(tmp_path)
+    assert err.value.filename == str(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert path.read_bytes() == old

@@ -394,10 +394,13 @@ def read_timeline(output_dir: str | Path) -> list | None:
 
 
 def write_timeline(output_dir: str | Path, timeline: list) -> None:
-    path = Path(output_dir) / TIMELINE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    _write_json(tmp, {"timeline": timeline})
-    os.replace(tmp, path)
+    """output_dir/timeline.json, whole or not at all and fsynced (it decides what `resume_from_checkpoint: true`
+    picks): through preflab.atomic_file.write_atomically, so a failed write leaves no timeline.json.tmp behind and
+    its OSError names timeline.json."""
+    from preflab.atomic_file import plain_file_mode, write_atomically
+
+    write_atomically(Path(output_dir) / TIMELINE_FILE, lambda tmp: _write_json(Path(tmp), {"timeline": timeline}),
+                     mode=plain_file_mode())
     fsync_dir(Path(output_dir))
 
 
