@@ -180,3 +180,53 @@ def test_a_failed_write_of_a_run_file_leaves_the_old_file_and_no_temp_file(tmp_p
     assert err.value.filename == str(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert path.read_bytes() == old
+
+
+def _no_space_in_temp_files(monkeypatch):
+    real = Path.write_text
+
+    def write_text(self, data, *a, **k):
+        if self.name.endswith(".tmp"):
+            real(self, data[:10], *a, **k)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+
+
+def test_a_full_disk_while_writing_a_report_says_which_file_and_leaves_the_old_one(tmp_path, monkeypatch, capsys):
+    """`preflab report` on a full disk was an OSError traceback and left report.html.tmp beside the report."""
+    from preflab.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.69}\n')
+    (run / "summary.json").write_text(json.dumps({"global_step": 1}))
+    (run / "report.html").write_text("the old report")
+    _no_space_in_temp_files(monkeypatch)
+    assert main(["report", str(run)]) == 2
+    assert (f"could not write the report {run / 'report.html'}: No space left on device. Free disk space or fix "
+            "the folder's permissions, or write it elsewhere with --out PATH.") in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "report.html", "summary.json"]
+    assert (run / "report.html").read_text() == "the old report"
+
+
+def test_a_full_disk_while_writing_eval_json_says_which_file(tmp_path, monkeypatch):
+    """`preflab eval`'s eval.json on a full disk was an OSError traceback."""
+    from preflab.eval.run import write_json
+
+    path = tmp_path / "eval.json"
+    path.write_text('{"old": 1}')
+    real_dump = json.dump
+
+    def dump(data, fh, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", dump)
+    with pytest.raises(PreflabError) as err:
+        write_json(path, {"new": 2})
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert str(err.value) == (f"could not write {path}: No space left on device. Free disk space or fix the "
+                              "folder's permissions, or write it elsewhere with --out PATH.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+    assert json.loads(path.read_text()) == {"old": 1}
