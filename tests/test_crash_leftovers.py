@@ -230,3 +230,25 @@ def test_a_full_disk_while_writing_eval_json_says_which_file(tmp_path, monkeypat
                               "folder's permissions, or write it elsewhere with --out PATH.")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
     assert json.loads(path.read_text()) == {"old": 1}
+
+
+def test_a_full_disk_in_a_per_rank_checkpoint_is_the_documented_error(tmp_path):
+    """safetensors says a full disk as its own SafetensorError (a DeepSpeed partition, every rank's RNG files):
+    save_rank_checkpoint caught OSError and RuntimeError only, so the save was a traceback that left its
+    .tmp-checkpoint folder behind."""
+    from preflab.sharded_checkpoint import save_rank_checkpoint
+
+    model, opt, sched = _model_and_optimizer()
+    save_checkpoint(tmp_path, 1, model, opt, sched, {})
+
+    def full_disk(tmp):
+        raise SafetensorError(SAFETENSORS_ENOSPC)
+
+    with pytest.raises(PreflabError) as err:
+        save_rank_checkpoint(tmp_path, 2, full_disk, sched, {"checkpoint_format": "deepspeed"}, True, lambda: None)
+    assert str(err.value) == (f"could not write sharded checkpoint {tmp_path / 'checkpoint-2'}: [Errno 28] No space "
+                              f"left on device. Earlier checkpoints are kept (the latest: {tmp_path / 'checkpoint-1'});"
+                              " free disk space or fix the permissions of output_dir (every rank writes into it: it "
+                              "must be one shared folder), then resume.")
+    assert _hidden(tmp_path) == []
+    ck.verify_checkpoint(tmp_path / "checkpoint-1")
