@@ -252,3 +252,29 @@ def test_a_full_disk_in_a_per_rank_checkpoint_is_the_documented_error(tmp_path):
                               "must be one shared folder), then resume.")
     assert _hidden(tmp_path) == []
     ck.verify_checkpoint(tmp_path / "checkpoint-1")
+
+
+def test_a_full_disk_in_the_diffusion_encoding_cache_lets_the_run_go_on(tmp_path, monkeypatch, capsys):
+    """The cache write caught OSError only; safetensors' SafetensorError for a full disk stopped the run (and left
+    the cache's temp file behind). The run now goes on with the computed encodings, saying so."""
+    import safetensors.torch
+
+    from preflab.loops.diffusion import DiffusionRun
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path))
+
+    def full_disk(tensors, filename, *a, **k):
+        Path(filename).write_bytes(b"part")
+        raise SafetensorError(SAFETENSORS_ENOSPC)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    values = {"emb": torch.arange(6.0).reshape(2, 3)}
+    run = SimpleNamespace(main=True)
+    got = DiffusionRun._cached(run, "text", torch.nn.Linear(2, 2), ["a cat"], lambda: values)
+    assert torch.equal(got["emb"], values["emb"])
+    cache = tmp_path / "diffusion-encodings"
+    assert list(cache.iterdir()) == []
+    said = capsys.readouterr().out
+    assert "preflab: note: could not write the encoding cache " + str(cache) in said
+    assert "(No space left on device); the run goes on without it." in said
+    assert run.encodings_cache == str(cache)
