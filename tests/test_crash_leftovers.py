@@ -16,23 +16,10 @@ from safetensors.torch import load_file
 import preflab.checkpoint as ck
 from preflab.checkpoint import clean_interrupted_saves, list_checkpoints, save_checkpoint
 from preflab.errors import PreflabError
-from preflab.models.tiny import tiny_causal_lm
+from test_checkpoint_safety import Killed, _model_and_optimizer  # tests/, on sys.path beside conftest.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SAFETENSORS_ENOSPC = "Error while serializing: I/O error: No space left on device (os error 28)"
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: nothing after it runs (not caught by `except OSError`)."""
-
-
-def _model_and_optimizer(seed=0):
-    torch.manual_seed(seed)
-    model = tiny_causal_lm(vocab_size=64)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.tensor([[1, 2, 3]])).logits.sum().backward()
-    opt.step()
-    return model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
 def _hidden(folder: Path) -> list[str]:
