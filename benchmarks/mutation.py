@@ -5935,7 +5935,7 @@ MUTANTS += [
            [("        write(tmp)\n        os.replace(tmp, path)", "        os.replace(tmp, path)\n        write(str(path))")],
            DDM_ATOMIC, "the empty temp file is renamed first and written in place: a failed write leaves half a file"),
     Mutant("ddm-atomic-temp-left-on-interrupt", "atomic_file.py",
-           [("    except BaseException:", "    except Exception:")], DDM_ATOMIC,
+           [("    except BaseException as err:", "    except Exception as err:")], DDM_ATOMIC,
            "a KeyboardInterrupt mid-write leaves the temp file beside the cache"),
     Mutant("ddm-atomic-temp-in-system-tmp", "atomic_file.py",
            [("tempfile.mkstemp(dir=path.parent, prefix=path.name", "tempfile.mkstemp(prefix=path.name")], DDM_ATOMIC,
@@ -6430,6 +6430,55 @@ MUTANTS += [
            [("            self.table = checkpoint_user_table(run_dir, saved, user_embeddings)",
              "            self.table = checkpoint_user_table(run_dir, saved, None)")], LVC_CHECKPOINT,
            "--user-embeddings is ignored for a ppd checkpoint: one whose file moved cannot be sampled"),
+]
+
+# mutation-crz round: user trial 15 (crashes and disk errors): a checkpoint deletion killed part way never comes back,
+# an .old- aside is put back only when intact, a failed write names its file and leaves no temp file (the run's small
+# files, a report, eval.json), a full disk reported by safetensors in a per-rank checkpoint or the diffusion cache
+CRZ_EVICT = ["tests/test_crash_leftovers.py", "-k", "deletion or old_aside"]
+CRZ_WRITES = ["tests/test_crash_leftovers.py", "-k", "names_the_file or failed_write_of_a_run_file"]
+CRZ_REPORT = ["tests/test_crash_leftovers.py", "-k", "report or eval_json"]
+CRZ_RANK = ["tests/test_crash_leftovers.py", "-k", "per_rank"]
+CRZ_DIFFUSION = ["tests/test_crash_leftovers.py", "-k", "diffusion"]
+MUTANTS += [
+    Mutant("crz-evict-as-old", "checkpoint.py",
+           [("    aside = _doomed_name(folder)\n", "    aside = _aside_name(folder)\n")], CRZ_EVICT,
+           "save_total_limit parks the evicted checkpoint as .old-: a deletion killed part way is restored"),
+    Mutant("crz-restore-unchecked", "checkpoint.py",
+           [("        if final is not None and not final.exists() and _intact(aside):",
+             "        if final is not None and not final.exists() and (aside / MARKER).is_file():")], CRZ_EVICT,
+           "an .old- aside with files missing is put back as checkpoint-N"),
+    Mutant("crz-write-error-unnamed", "atomic_file.py",
+           [("            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err\n",
+             "            raise\n")], CRZ_WRITES,
+           "a full disk at summary.json names no file (the run folder only)"),
+    Mutant("crz-timeline-fixed-tmp", "checkpoint.py",
+           [("    write_atomically(Path(output_dir) / TIMELINE_FILE, lambda tmp: _write_json(Path(tmp), {\"timeline\": "
+             "timeline}),\n                     mode=plain_file_mode())\n",
+             "    tmp = Path(output_dir) / 'timeline.json.tmp'\n    _write_json(tmp, {\"timeline\": timeline})\n"
+             "    os.replace(tmp, Path(output_dir) / TIMELINE_FILE)\n")], CRZ_WRITES,
+           "a failed timeline.json write leaves timeline.json.tmp behind"),
+    Mutant("crz-panels-fixed-tmp", "report/panel_data.py",
+           [("    return write_text_file(path, json.dumps(data, indent=1))",
+             "    tmp = path.with_name(FILE + '.tmp')\n    tmp.write_text(json.dumps(data, indent=1))\n"
+             "    tmp.replace(path)\n    return path")], CRZ_WRITES,
+           "a failed metric_panels.json write leaves metric_panels.json.tmp behind"),
+    Mutant("crz-report-traceback", "report/html.py",
+           [("    except OSError as err:\n        raise PreflabError(f\"could not write the report",
+             "    except ValueError as err:\n        raise PreflabError(f\"could not write the report")], CRZ_REPORT,
+           "`preflab report` on a full disk is an OSError traceback"),
+    Mutant("crz-results-json-traceback", "eval/run.py",
+           [("    except OSError as err:  # a full disk, a read-only folder: the results are computed",
+             "    except ValueError as err:  # a full disk, a read-only folder: the results are computed")], CRZ_REPORT,
+           "eval.json on a full disk is an OSError traceback"),
+    Mutant("crz-rank-save-safetensors-escapes", "sharded_checkpoint.py",
+           [("    except (OSError, RuntimeError, SafetensorError) as err:  # DCP",
+             "    except (OSError, RuntimeError) as err:  # DCP")], CRZ_RANK,
+           "a DeepSpeed partition's full disk (a SafetensorError) is a traceback leaving .tmp-checkpoint behind"),
+    Mutant("crz-encodings-cache-stops", "loops/diffusion.py",
+           [("            except (OSError, SafetensorError) as err:  # the run goes on",
+             "            except OSError as err:  # the run goes on")], CRZ_DIFFUSION,
+           "a full disk in the diffusion encoding cache stops the run"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

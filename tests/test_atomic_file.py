@@ -126,7 +126,9 @@ def test_a_failed_eval_json_write_keeps_the_old_file_and_leaves_no_temp_file(tmp
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_error)
-    with pytest.raises(OSError, match="No space left"):
+    from preflab.errors import PreflabError
+
+    with pytest.raises(PreflabError, match=f"could not write {path}: No space left"):  # named (trial 15)
         write_json(path, {"a": 2})
     monkeypatch.undo()
     assert path.read_text() == old and sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]

@@ -1,5 +1,6 @@
 """Writing a file whole or not at all (the tokenization cache, the reference log-prob cache, a tool box's result
-cache, a run's summary.json and eval.json). It imports nothing of preflab, so every room can use it."""
+cache, a run's summary.json, eval.json, metric_panels.json, timeline.json, metrics.jsonl cut back at a resume, a
+recipe's state, an HTML report). It imports nothing of preflab, so every room can use it."""
 from __future__ import annotations
 
 import json
@@ -32,8 +33,11 @@ def write_atomically(path: Path, write: Callable[[str], None], mode: int | None 
     writer gets, mode 0600; the same folder, so the same filesystem and os.replace is an atomic rename), renamed onto
     `path` once write returns. A reader (another rank, a later run) sees the old file or the new one, never part of
     one; two writers at once each rename a whole file. On any error, a KeyboardInterrupt included, the temp file is
-    removed and the error raised. path's folder is made first. mode: the file's permission bits (os.chmod of tmp
-    before write), for a file others read that a plain open() made before (plain_file_mode); None keeps 0600."""
+    removed and the error raised; an OSError with an errno (a full disk, a read-only folder) is raised as one naming
+    `path` (its filename), whatever file it named: a write to an open file names none, and the temp file's name is
+    one the user never sees (summary.json's full disk said only the run folder). path's folder is made first. mode:
+    the file's permission bits (os.chmod of tmp before write), for a file others read that a plain open() made
+    before (plain_file_mode); None keeps 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -42,9 +46,19 @@ def write_atomically(path: Path, write: Callable[[str], None], mode: int | None 
             os.chmod(tmp, mode)
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None:
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
         raise
+
+
+def write_text_file(path: Path, text: str) -> Path:
+    """`text` (UTF-8) to `path` whole or not at all (write_atomically), with a plain file's mode: the small files of
+    a run folder a plain write_text made before (metric_panels.json, timeline.json, the recipe state, a report)."""
+    path = Path(path)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), mode=plain_file_mode())
+    return path
 
 
 def write_json_file(path: Path, data, **dump_options) -> Path:

@@ -204,12 +204,22 @@ def file_records(folder: Path) -> dict:
 
 
 def _aside_name(final: Path) -> Path:
+    """Where a save that replaces checkpoint `final` parks the old one until the new one is in: put back by
+    clean_interrupted_saves when a kill fell between the two renames."""
     return final.parent / f".old-{final.name}-{os.getpid()}"
+
+
+def _doomed_name(folder: Path) -> Path:
+    """Where a checkpoint that is being deleted (save_total_limit, load_best_model_at_end) is renamed first. Never
+    put back: a kill part way through the deletion leaves it with some files gone (shutil.rmtree deletes in
+    directory order, the COMPLETE marker maybe last), which .old-<name> would have brought back as checkpoint-<step>
+    with a note that it was "restored"."""
+    return folder.parent / f".del-{folder.name}-{os.getpid()}"
 
 
 def _remove_atomically(folder: Path) -> None:
     """Rename a checkpoint aside (it stops being a checkpoint at once), then delete it."""
-    aside = _aside_name(folder)
+    aside = _doomed_name(folder)
     try:
         os.replace(folder, aside)
     except OSError:
@@ -384,10 +394,13 @@ def read_timeline(output_dir: str | Path) -> list | None:
 
 
 def write_timeline(output_dir: str | Path, timeline: list) -> None:
-    path = Path(output_dir) / TIMELINE_FILE
-    tmp = path.with_suffix(".json.tmp")
-    _write_json(tmp, {"timeline": timeline})
-    os.replace(tmp, path)
+    """output_dir/timeline.json, whole or not at all and fsynced (it decides what `resume_from_checkpoint: true`
+    picks): through preflab.atomic_file.write_atomically, so a failed write leaves no timeline.json.tmp behind and
+    its OSError names timeline.json."""
+    from preflab.atomic_file import plain_file_mode, write_atomically
+
+    write_atomically(Path(output_dir) / TIMELINE_FILE, lambda tmp: _write_json(Path(tmp), {"timeline": timeline}),
+                     mode=plain_file_mode())
     fsync_dir(Path(output_dir))
 
 
@@ -520,16 +533,29 @@ def unsealed_checkpoints(output_dir: str | Path, above: int) -> list[Path]:
             and not (p / MARKER).is_file()]
 
 
+def _intact(path: Path) -> bool:
+    """Whether checkpoint folder `path` passes verify_checkpoint (its COMPLETE marker and every file it seals)."""
+    try:
+        verify_checkpoint(path)
+    except PreflabError:
+        return False
+    return True
+
+
 def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
     """Remove what killed saves left in output_dir (call only while holding its lock): .tmp-checkpoint-* folders,
-    and .old-checkpoint-* folders (put back under their name when the kill fell between the two renames)."""
+    .del-checkpoint-* folders (a deletion killed part way), and .old-checkpoint-* folders (put back under their name
+    when the kill fell between the two renames of a replacing save and the folder is intact: one left part-deleted
+    by an older preflab's save_total_limit, which renamed to .old- too, is removed, never restored)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return
+    for doomed in output_dir.glob(".del-checkpoint-*"):
+        shutil.rmtree(doomed, ignore_errors=True)
     for aside in output_dir.glob(".old-checkpoint-*"):
         match = re.fullmatch(r"\.old-(checkpoint-\d+)-\d+", aside.name)
         final = output_dir / match.group(1) if match else None
-        if final is not None and not final.exists() and (aside / MARKER).is_file():
+        if final is not None and not final.exists() and _intact(aside):
             os.replace(aside, final)
             warn(f"preflab: note: restored {final} (a save that replaced it was interrupted).")
         else:

@@ -104,10 +104,9 @@ class RecipeStateFile:
 
         if not is_main_process():
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+        from preflab.atomic_file import write_text_file
+
+        write_text_file(self.path, json.dumps(self.data, indent=1))  # a failed write leaves no .tmp file behind
 
 
 def _show(keys: list, saved: dict, params: dict) -> str:

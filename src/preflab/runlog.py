@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from preflab.atomic_file import write_text_file
 from preflab.errors import ConfigError
 
 
@@ -35,9 +36,7 @@ def truncate_jsonl(path: Path, resume_step: int | None) -> None:
                 kept.append(line)
         except (ValueError, TypeError):
             continue  # a line torn by a kill
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_file(path, "".join(line + "\n" for line in kept))  # whole or not at all, no .tmp left behind
 
 
 class MetricsLog:

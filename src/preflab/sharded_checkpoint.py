@@ -27,10 +27,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from preflab.checkpoint import (WEIGHT_DECAY_GROUPS, _write_json, apply_save_total_limit, commit_checkpoint,
-                                restore_rng, what_is_kept, whole_file_reads, widen_scheduler_state, write_rng,
-                                write_training_state)
+                                restore_rng, what_is_kept, whole_file_reads, widen_scheduler_state, write_failure,
+                                write_rng, write_training_state)
 from preflab.errors import ConfigError, PreflabError
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
@@ -144,10 +145,14 @@ def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, schedu
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    except (OSError, RuntimeError) as err:  # DCP reports a failed write on any rank as a CheckpointException
+    except (OSError, RuntimeError, SafetensorError) as err:  # DCP reports a failed write on any rank as a
+        # CheckpointException; safetensors (a DeepSpeed partition, the RNG files) a full disk as a SafetensorError
+        failure = write_failure(err) if isinstance(err, SafetensorError) else err
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise PreflabError(f"could not write sharded checkpoint {final}: {err}. " + what_is_kept(
+        if failure is None:  # not a failed write: safetensors refused what it was given
+            raise
+        raise PreflabError(f"could not write sharded checkpoint {final}: {failure}. " + what_is_kept(
             output_dir, True, " (every rank writes into it: it must be one shared folder)")) from err
     if is_main:
         apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,

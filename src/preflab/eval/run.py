@@ -811,7 +811,11 @@ def write_json(path: Path, data: dict) -> Path:
     before, a fixed eval.json.tmp was left behind when the write or the rename failed)."""
     from preflab.atomic_file import write_json_file
 
-    return write_json_file(path, data, indent=1)
+    try:
+        return write_json_file(path, data, indent=1)
+    except OSError as err:  # a full disk, a read-only folder: the results are computed, say where they could not go
+        raise PreflabError(f"could not write {path}: {err.strerror or err}. Free disk space or fix the folder's "
+                           "permissions, or write it elsewhere with --out PATH.") from err
 
 
 def eval_json_path(checkpoint: str, out: str | None) -> Path:

@@ -747,10 +747,11 @@ class DiffusionRun(TrainingRun):
         """compute() -> {name: tensor}, read from / written to the on-disk cache under sha256(ENCODINGS_FORMAT,
         preflab's version, kind, model weights, inputs): a preflab that computes encodings differently (a fix in
         preflab.diffusion.pipeline) does not read the entries an older one wrote."""
-        import os
-
+        from safetensors import SafetensorError
         from safetensors.torch import load_file, save_file
 
+        from preflab.atomic_file import write_atomically
+        from preflab.checkpoint import write_failure
         from preflab.scoring.ref_cache import default_cache_dir, model_fingerprint
 
         from preflab import __version__
@@ -765,13 +766,13 @@ class DiffusionRun(TrainingRun):
                 pass
         values = {k: v.float().contiguous() for k, v in compute().items()}
         if self.main:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                save_file(values, str(tmp))
-                os.replace(tmp, path)
-            except OSError as err:  # the run goes on without a cache
-                print(f"preflab: could not write the encoding cache {path}: {err}")
+            try:  # whole or not at all; a failed write removes its temp file (.tmp files piled up in the cache)
+                write_atomically(path, lambda tmp: save_file(values, tmp))
+            except (OSError, SafetensorError) as err:  # the run goes on without a cache: safetensors says a full
+                # disk as its own SafetensorError, which stopped the run (preflab.checkpoint.write_failure)
+                failure = write_failure(err, path)
+                print(f"preflab: note: could not write the encoding cache {path} "
+                      f"({failure.strerror if failure is not None else err}); the run goes on without it.")
         self.encodings_cache = str(path.parent)
         return values
 

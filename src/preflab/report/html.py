@@ -15,6 +15,7 @@ import math
 import re
 from pathlib import Path
 
+from preflab.atomic_file import write_text_file
 from preflab.errors import PreflabError
 from preflab.option_types import is_number
 from preflab.recipe_names import RECIPE_TASKS
@@ -454,8 +455,9 @@ def write_report(run_dirs, out_path, title: str | None = None) -> Path:
     if overview and title is None:
         title = overview.get("title") or f"preflab report: {Path(overview['_folder']).name}"
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render_report(runs, title, overview), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    html = render_report(runs, title, overview)
+    try:
+        return write_text_file(out, html)  # whole or not at all: no report.html.tmp left by a failed write
+    except OSError as err:
+        raise PreflabError(f"could not write the report {out}: {err.strerror or err}. Free disk space or fix the "
+                           "folder's permissions, or write it elsewhere with --out PATH.") from err

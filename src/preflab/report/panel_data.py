@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from preflab.atomic_file import write_text_file
 from preflab.objectives._panels import MAX_PANELS, declared_panels, panel_problem
 
 FILE = "metric_panels.json"
@@ -36,10 +37,7 @@ def write_panel_data(output_dir, objective, panels: list | None = None) -> Path:
     path = Path(output_dir) / FILE
     panels = declared_panels(objective) if panels is None else panels
     data = {"format": FORMAT, "panels": [{"title": t, "ylabel": y, "metrics": list(m)} for t, y, m in panels]}
-    tmp = path.with_name(FILE + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-    return path
+    return write_text_file(path, json.dumps(data, indent=1))  # no metric_panels.json.tmp left by a failed write
 
 
 def read_panel_data(run_dir) -> tuple[list | None, str | None]:
