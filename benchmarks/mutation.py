@@ -6481,6 +6481,21 @@ MUTANTS += [
            "a full disk in the diffusion encoding cache stops the run"),
 ]
 
+# mutation-fin round (lead): resuming a run that had finished returns its own summary and rewrites nothing; a summary
+# of another timeline, or of another step, is not taken for it
+FIN_TESTS = ["tests/test_crash_leftovers.py", "-k", "finished_run"]
+MUTANTS += [
+    Mutant("fin-any-timeline", "runlog.py",
+           [("summary.get(\"global_step\") != step or summary.get(\"timeline\") != timeline:",
+             "summary.get(\"global_step\") != step:")], FIN_TESTS,
+           "an older timeline's summary stands for a rolled-back run that reached the same step"),
+    Mutant("fin-rewritten", "loops/driver.py",
+           [("        if self.finished is not None:  # _train returns it: nothing written, nothing trained\n",
+             "        if False:\n")], FIN_TESTS,
+           "a resumed finished run trains 0 steps and replaces summary.json"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

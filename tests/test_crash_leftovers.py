@@ -265,3 +265,30 @@ def test_a_full_disk_in_the_diffusion_encoding_cache_lets_the_run_go_on(tmp_path
     assert "preflab: note: could not write the encoding cache " + str(cache) in said
     assert "(No space left on device); the run goes on without it." in said
     assert run.encodings_cache == str(cache)
+
+
+def test_resuming_a_finished_run_keeps_its_summary_and_model(tmp_path, capsys):
+    """resume_from_checkpoint: true on a run whose newest checkpoint is its last step trained 0 steps and replaced
+    summary.json with one of empty final_metrics and 0 examples seen (trial 15). Now the run's own summary (same
+    step, same timeline as the checkpoint) is returned and nothing is rewritten; a summary from another timeline (a
+    rolled-back run that reached the same step and was killed before its own summary) is not taken for it."""
+    sys.path.insert(0, str(ROOT / "tests" / "loops"))
+    from tiny_run import run
+
+    out = tmp_path / "run"
+    first, _ = run(out, max_steps=4, save_steps=2)
+    assert first["timeline"] == json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["timeline"]
+    files = {name: (out / name).read_bytes() for name in ("summary.json", "model.safetensors", "config.yaml",
+                                                         "timeline.json", "metrics.jsonl")}
+    capsys.readouterr()
+    again, _ = run(out, max_steps=4, save_steps=2, resume_from_checkpoint=True)
+    assert again == json.loads(files["summary.json"])
+    assert again["final_metrics"] and again["train_examples_seen"] == 16
+    assert {name: (out / name).read_bytes() for name in files} == files
+    assert f"{out} finished at step 4" in capsys.readouterr().out
+
+    other = dict(again, timeline=[["older-run", 0]])  # the same step on another timeline: trained (0 steps) again
+    (out / "summary.json").write_text(json.dumps(other))
+    rewritten, _ = run(out, max_steps=4, save_steps=2, resume_from_checkpoint=True)
+    assert rewritten["train_examples_seen"] == 0 and rewritten["resumed_from_step"] == 4
+    assert json.loads((out / "summary.json").read_text())["timeline"][:-1] == first["timeline"]

@@ -221,6 +221,25 @@ def write_summary(output_dir: Path, summary: dict) -> Path:
     return write_json_file(Path(output_dir) / "summary.json", summary, indent=2, default=str)
 
 
+def finished_summary(output_dir: Path, step: int, total_steps: int, timeline: list) -> dict | None:
+    """OUTPUT_DIR/summary.json when a resume at `step` has nothing to train because the run had finished there: step
+    is the run's last (total_steps) and summary.json says global_step `step` on the same timeline as the checkpoint
+    resumed (`timeline`: its trainer_state.json's). Otherwise None, and the run trains (or, at step == total_steps,
+    writes its summary). Without this a resumed finished run trained 0 steps and replaced summary.json with one of
+    empty final_metrics and 0 examples seen (user trial 15). The timeline check keeps an older summary from standing
+    for a newer run that rolled back, trained to the same step and was killed before writing its own."""
+    if not step or step != total_steps:
+        return None
+    path = Path(output_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("global_step") != step or summary.get("timeline") != timeline:
+        return None
+    return summary
+
+
 def training_data_line(data: dict) -> str:
     """The training rows a run left out, by reason (data["skipped"], the run's own total; a data report without
     one: summed over its train_* parts), and its truncations: `20 (prompt_fills_max_length: 20); truncated:

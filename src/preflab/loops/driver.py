@@ -61,7 +61,7 @@ from preflab.resume_check import (check_checkpoint_version, check_resume_code, c
 from preflab.resume_verify import plain_reads, verify_rank_reads
 from preflab.rundir import release_output_dir
 from preflab.runlog import (MetricsLog, Progress, average_results, distributed_environment, environment,
-                            start_trackers, write_summary, zero_gradient_note)
+                            finished_summary, start_trackers, write_summary, zero_gradient_note)
 from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
                                         sharded_reads)
 from preflab.step import optimizer_step
@@ -248,6 +248,12 @@ class TrainingRun(CallbackEvents):
                 print(f"preflab: note: {said}", file=sys.stderr, flush=True)
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()
+        if self.finished is not None:  # resumed at the last step of a run that had finished: nothing to train
+            if self.main:
+                print(f"preflab: note: {self.out} finished at step {start_step} (its summary.json, from the same "
+                      "timeline as the checkpoint resumed): nothing to train; summary.json, the final model and "
+                      "config.yaml are kept as they are. Raise max_steps to train on.", flush=True)
+            return self.finished
         self._add_neftune()  # after before_train: a precomputed reference is scored without noise, as in TRL
         log = MetricsLog(self.out, self.main, resume_step=start_step or None,
                          tracker=start_trackers(acc, cfg, self.out) if self.main else None)
@@ -328,7 +334,8 @@ class TrainingRun(CallbackEvents):
         final_eval = evaluated[1] if evaluated[0] == end else self._evaluate_at_end(log)  # not run twice
         self._load_best_at_end()
         best = {**self.best.state_dict(), "metric_for_best_model": self.best.key} if self.best.key else {}
-        summary = {"global_step": end, **({"stopped_early": stopped_early} if stopped_early else {}), **best,
+        summary = {"global_step": end, "timeline": self.timeline,
+                   **({"stopped_early": stopped_early} if stopped_early else {}), **best,
                    "train_examples_seen": (end - start_step) * self.plan.global_batch,
                    "resumed_from_step": start_step or None, "final_metrics": {**last, **final_eval},
                    "nonfinite_steps": nonfinite, "fp16_overflow_steps": overflow_steps,
@@ -362,6 +369,9 @@ class TrainingRun(CallbackEvents):
         objective = getattr(self, "objective", None)
         panels = declared_panels(objective)  # a malformed declaration is refused before any work
         start_step = self._maybe_resume()
+        self.finished = finished_summary(self.out, start_step, self.total_steps, self.timeline[:-1])
+        if self.finished is not None:  # _train returns it: nothing written, nothing trained
+            return start_step
         self.accelerator.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -718,7 +728,7 @@ class TrainingRun(CallbackEvents):
         step = int(saved["global_step"])
         if step > self.total_steps:
             raise ConfigError(f"resume_from_checkpoint: {path} is at step {step}, beyond this run's last step "
-                              f"{self.total_steps} (max_steps / num_train_epochs); raise max_steps above {step}.")
+                              f"{self.total_steps} (max_steps / num_train_epochs); raise max_steps to {step} or more.")
         acc = self.accelerator
         check_deepspeed_resume(saved, path, sharding_engine(acc), deepspeed_stage(acc), acc.num_processes)
         check_checkpoint_version(saved, path, note=say)
