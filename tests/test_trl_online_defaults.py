@@ -175,6 +175,8 @@ def test_python_api_takes_trls_online_defaults_as_the_yaml_does(trainer, tmp_pat
         python, from_yaml = _python_and_yaml(tmp_path, {**options, **given})
         assert _fields(python) == _fields(from_yaml)
         assert {k: getattr(python, k) for k in wanted} == given
+        python.save(saved)  # a saved config has no written options: its values are kept, not TRL's defaults again
+        assert {k: getattr(load_config(saved), k) for k in wanted} == given
 
 
 @pytest.mark.parametrize("task,rate", [("sft", 2e-5), ("reward", 1e-4)])
@@ -189,6 +191,8 @@ def test_python_api_takes_trls_task_learning_rate_as_the_yaml_does(task, rate, t
     for explicit in (EXPLICIT["learning_rate"], PRE_FIX["learning_rate"]):
         python, from_yaml = _python_and_yaml(tmp_path, {**base, "learning_rate": explicit})
         assert python.learning_rate == from_yaml.learning_rate == explicit
+        python.save(tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml").learning_rate == explicit
     assert "without learning_rate" not in capsys.readouterr().err
 
 
