@@ -5859,7 +5859,7 @@ MUTANTS += [
            [('"cpo", "simpo", "alphapo", "orpo"', '"cpo", "orpo"')], BDEF_UNIT,
            "loss_type simpo / alphapo without beta train at 2.0 / 2.5, not TRL CPOConfig's 0.1"),
     Mutant("bdef-written-beta-overridden", "config.py",
-           [('        if "beta" not in given and "beta" not in', '        if "beta" not in')], BDEF_UNIT,
+           [('        if "beta" not in given | trl_defaults and "beta" not in', '        if "beta" not in')], BDEF_UNIT,
            "an explicit beta 0.1 with asft trains at asft's 1.0"),
     Mutant("bdef-list-takes-largest", "objectives/_own_beta.py",
            [("    if len(values) != 1:\n        return None\n    value = values.pop()",
@@ -6495,6 +6495,26 @@ MUTANTS += [
            "a resumed finished run trains 0 steps and replaces summary.json"),
 ]
 
+
+# mutation-opyd round: TRL's online / task config defaults (GRPOConfig beta 0.0, RLOOConfig 0.05, OnlineDPOConfig's,
+# SFTConfig / RewardConfig learning_rate) applied once, in TrainConfig.__post_init__, for TrainConfig(...) and YAML alike
+OPYD_TESTS = ["tests/test_trl_online_defaults.py", "-k", "python_api"]
+MUTANTS += [
+    Mutant("opyd-file-loaders-only", "config.py",
+           [("        trl_defaults, notes = apply_trl_defaults(self, given)",
+             "        trl_defaults, notes = apply_trl_defaults(self, given if written_options is not None else names)")],
+           OPYD_TESTS, "only config_from_dict / load_config apply TRL's defaults: TrainConfig(task='online', "
+           "trainer='grpo') trains at beta 0.1 where the same YAML trains at 0.0 (the bug fixed)"),
+    Mutant("opyd-grpo-written-not-given", "config_trl.py",
+           [("TRL_ONLINE_DEFAULTS.get(cfg.trainer, {}).items() if k not in given}",
+             "TRL_ONLINE_DEFAULTS.get(cfg.trainer, {}).items() if k not in cfg.written_options}")],
+           OPYD_TESTS, "TRL's online defaults replace a saved config's recorded values (config.yaml has no written "
+           "options): a run's beta 0.3 comes back from its config.yaml as 0.0"),
+    Mutant("opyd-lr-written-not-given", "config_trl.py",
+           [('    if rate is None or "learning_rate" in given:',
+             '    if rate is None or "learning_rate" in cfg.written_options:')],
+           OPYD_TESTS, "a saved task: sft config.yaml's learning_rate is reset to SFTConfig's 2e-5 on loading"),
+]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

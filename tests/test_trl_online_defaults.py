@@ -121,3 +121,84 @@ def test_rloo_takes_rlooconfigs_defaults_and_its_options_are_its_own():
         config_from_dict({**ONLINE, "trainer": "rloo", "reward_clip_range": [1.0, -1.0]})
     cfg = config_from_dict({**ONLINE, "trainer": "rloo", "epsilon_high": 0.28, "reward_clip_range": [0, 1]})
     assert (cfg.objective().epsilon_high, list(cfg.objective().reward_clip_range)) == (0.28, [0, 1])
+
+
+# TRL's defaults per config (hand-copied from TRL 1.16: GRPOConfig beta 0.0, num_generations 8, max_completion_length
+# 512; RLOOConfig 0.05, 2, 512; OnlineDPOConfig max_new_tokens 64, temperature 0.9; OnlineDPOTrainer's 2 samples;
+# SFTConfig / RewardConfig learning_rate 2e-5 / 1e-4), and TrainConfig's field defaults that the Python API gave
+# before (beta 0.1, num_generations 4, max_completion_length 16 once check_online ran, temperature 1.0, lr 1e-6)
+TRL_RESOLVED = {
+    **{t: {"beta": 0.0, "num_generations": 8, "max_completion_length": 512}
+       for t in ("grpo", "dapo", "dr_grpo", "bnpo", "gspo", "cispo", "sapo", "luspo", "vespo")},
+    "rloo": {"beta": 0.05, "num_generations": 2, "max_completion_length": 512},
+    "online_dpo": {"max_completion_length": 64, "temperature": 0.9, "num_generations": 2},
+}
+PRE_FIX = {"beta": 0.1, "num_generations": 4, "max_completion_length": 16, "temperature": 1.0, "learning_rate": 1e-6}
+EXPLICIT = {"beta": 0.3, "num_generations": 3, "max_completion_length": 7, "temperature": 0.7, "learning_rate": 3e-4}
+
+
+def _python_and_yaml(tmp_path, options):
+    """The config built in Python (TrainConfig(...)) and the one loaded from a YAML file of the same options."""
+    from preflab.config import TrainConfig
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(options))
+    return TrainConfig(**options), load_config(path)
+
+
+def _fields(cfg) -> dict:
+    import dataclasses
+
+    return {**dataclasses.asdict(cfg), "written_options": cfg.written_options}
+
+
+@pytest.mark.parametrize("trainer", sorted(TRL_RESOLVED))
+def test_python_api_takes_trls_online_defaults_as_the_yaml_does(trainer, tmp_path):
+    """TrainConfig(task="online", trainer="grpo") trained at beta 0.1 (and 4 generations of 16 tokens) where the same
+    YAML trained at GRPOConfig's beta 0.0: TRL's defaults were applied by the file loader only. Now both paths go
+    through TrainConfig.__post_init__ (config_trl.apply_trl_defaults): equal field by field, each TRL default away from
+    the value the Python API gave before; an explicit value wins in both."""
+    options = {**ONLINE, "trainer": trainer}
+    python, from_yaml = _python_and_yaml(tmp_path, options)
+    assert _fields(python) == _fields(from_yaml)
+    wanted = TRL_RESOLVED[trainer]
+    assert {k: getattr(python, k) for k in wanted} == wanted
+    assert all(PRE_FIX[k] != v for k, v in wanted.items())
+    assert python.objective().beta == python.beta  # the objective trains at the resolved beta
+    # a run's config.yaml records the resolved values: loading it (a saved config: every option given) keeps them
+    saved = tmp_path / "config.yaml"
+    python.save(saved)
+    assert {k: getattr(load_config(saved), k) for k in wanted} == wanted
+    # the user's value wins in both paths, whether or not it is TrainConfig's own default
+    for explicit in (EXPLICIT, PRE_FIX):
+        given = {k: explicit[k] for k in wanted}
+        python, from_yaml = _python_and_yaml(tmp_path, {**options, **given})
+        assert _fields(python) == _fields(from_yaml)
+        assert {k: getattr(python, k) for k in wanted} == given
+        python.save(saved)  # a saved config has no written options: its values are kept, not TRL's defaults again
+        assert {k: getattr(load_config(saved), k) for k in wanted} == given
+
+
+@pytest.mark.parametrize("task,rate", [("sft", 2e-5), ("reward", 1e-4)])
+def test_python_api_takes_trls_task_learning_rate_as_the_yaml_does(task, rate, tmp_path, capsys):
+    """SFTConfig's / RewardConfig's learning_rate for a config without one: TrainConfig(task="reward") trained at the
+    DPO 1e-6 where the YAML trained at 1e-4. The note is said once for either path."""
+    base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "task": task}
+    python, from_yaml = _python_and_yaml(tmp_path, base)
+    assert _fields(python) == _fields(from_yaml)
+    assert python.learning_rate == rate != PRE_FIX["learning_rate"]
+    assert capsys.readouterr().err.count(f"task: {task} without learning_rate -> learning_rate: {rate:g}") == 2
+    for explicit in (EXPLICIT["learning_rate"], PRE_FIX["learning_rate"]):
+        python, from_yaml = _python_and_yaml(tmp_path, {**base, "learning_rate": explicit})
+        assert python.learning_rate == from_yaml.learning_rate == explicit
+        python.save(tmp_path / "config.yaml")
+        assert load_config(tmp_path / "config.yaml").learning_rate == explicit
+    assert "without learning_rate" not in capsys.readouterr().err
+
+
+def test_recipes_without_a_trl_config_are_the_same_in_python_and_yaml(tmp_path):
+    """sppo has no TRL config: TrainConfig's defaults and its objective's own beta, in both paths."""
+    python, from_yaml = _python_and_yaml(tmp_path, {**ONLINE, "trainer": "sppo"})
+    assert _fields(python) == _fields(from_yaml)
+    assert (python.beta, python.num_generations, python.max_completion_length, python.temperature) == (
+        0.001, 4, 16, 1.0)

@@ -286,8 +286,13 @@ class TrainConfig:
         # the user's (a recipe's stage, an evaluation's overrides), unless the user wrote them
         self.written_options = frozenset(given - {"written_options"} if written_options is None
                                          else written_options) & names
+        from preflab.config_trl import apply_trl_defaults
+
+        # TRL's config defaults (GRPOConfig's beta 0.0, ...) for the options not given: one place for every entry point
+        trl_defaults, notes = apply_trl_defaults(self, given)
+        _say(notes)
         # an objective TRL does not have trains at its own default (objectives._own_beta) when beta is not given
-        if "beta" not in given and "beta" not in (self.objective_params or {}):
+        if "beta" not in given | trl_defaults and "beta" not in (self.objective_params or {}):
             from preflab.objectives._own_beta import resolve_unset_beta
 
             self.beta = resolve_unset_beta(*self._own_beta_objective()) or self.beta
@@ -966,10 +971,7 @@ def config_from_dict(raw: dict, written=None, sources: dict | None = None) -> Tr
     if errors:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
                                                if any("unknown config key" in e for e in errors) else ""))
-    from preflab.config_trl import trl_online_defaults, trl_task_learning_rate
-
-    trl_task_learning_rate(known, notes)  # SFTConfig / RewardConfig's learning_rate where none is given
-    trl_online_defaults(known)  # GRPOConfig / OnlineDPOConfig defaults where the online config leaves a key out
+    # (TRL's config defaults for the keys left out: TrainConfig.__post_init__, config_trl.apply_trl_defaults)
     _diffusion_beta_default(known, extra, notes)
     # the user's keys that reach the config (not the ones translate_trl or _resolve_eval dropped or added)
     cfg = TrainConfig(**known, written_options=frozenset(k for k in raw if k in written and k in hints))

@@ -256,14 +256,15 @@ def _local_test_split(name, config=None) -> bool:
 TRL_TASK_LEARNING_RATES = {"sft": 2e-5, "reward": 1e-4}  # SFTConfig's and RewardConfig's learning_rate defaults
 
 
-def trl_task_learning_rate(known: dict, notes: list) -> None:
+def _trl_task_learning_rate(cfg, given) -> list[str]:
     """task: sft / reward without learning_rate: TRL's SFTConfig (2e-5) / RewardConfig (1e-4) default, not the
-    DPO default 1e-6 (100x too small for a reward model: it learned nothing, silently)."""
-    rate = TRL_TASK_LEARNING_RATES.get(known.get("task"))
-    if rate is not None and "learning_rate" not in known:
-        known["learning_rate"] = rate
-        notes.append(f"task: {known['task']} without learning_rate -> learning_rate: {rate:g} (TRL's "
-                     f"{'SFTConfig' if known['task'] == 'sft' else 'RewardConfig'} default).")
+    DPO default 1e-6 (100x too small for a reward model: it learned nothing, silently). Returns the note."""
+    rate = TRL_TASK_LEARNING_RATES.get(cfg.task) if isinstance(cfg.task, str) else None
+    if rate is None or "learning_rate" in given:
+        return []
+    cfg.learning_rate = rate
+    return [f"task: {cfg.task} without learning_rate -> learning_rate: {rate:g} (TRL's "
+            f"{'SFTConfig' if cfg.task == 'sft' else 'RewardConfig'} default)."]
 
 
 TRL_EPOCHS = 3  # transformers' TrainingArguments.num_train_epochs default, which every TRL config keeps
@@ -286,13 +287,26 @@ def trl_epochs_default_note(cfg, total_steps: int) -> str | None:
             "num_train_epochs: 1 to say one epoch is wanted.")
 
 
-def trl_online_defaults(known: dict) -> None:
+def _trl_online_defaults(cfg, given) -> set[str]:
     """TRL's default for each key of TRL_ONLINE_DEFAULTS the online config leaves out (the game task samples no
-    text: left alone)."""
-    if known.get("task") != "online" or known.get("online_task") == "game":
-        return
-    for key, value in TRL_ONLINE_DEFAULTS.get(known.get("trainer", "online_dpo"), {}).items():
-        known.setdefault(key, value)
+    text: left alone); returns the keys set."""
+    if cfg.task != "online" or cfg.online_task == "game" or not isinstance(cfg.trainer, str):
+        return set()  # (a trainer that is no name: check_online refuses it)
+    defaults = {k: v for k, v in TRL_ONLINE_DEFAULTS.get(cfg.trainer, {}).items() if k not in given}
+    for key, value in defaults.items():
+        setattr(cfg, key, value)
+    return set(defaults)
+
+
+def apply_trl_defaults(cfg, given) -> tuple[set[str], list[str]]:
+    """TRL's config defaults where TrainConfig's differ (TRL_ONLINE_DEFAULTS: GRPOConfig's / RLOOConfig's /
+    OnlineDPOConfig's; TRL_TASK_LEARNING_RATES: SFTConfig's / RewardConfig's), for the options not in `given` (the
+    names passed to TrainConfig(...)). Called once, from TrainConfig.__post_init__, so the Python API, a mapping
+    (config_from_dict) and a YAML file build the same run: before, only the file loaders applied them and
+    TrainConfig(task="online", trainer="grpo") trained at beta 0.1 where the same YAML trained at TRL's 0.0. A saved
+    config (a run's config.yaml, dataclasses.replace) gives every option, so it keeps its recorded values.
+    Returns (the options set, the notes to print)."""
+    return _trl_online_defaults(cfg, given), _trl_task_learning_rate(cfg, given)
 
 
 # TRL loss parameters that are preflab objective parameters of some objectives: TRL's default value is accepted

@@ -46,7 +46,7 @@ def test_an_unset_beta_is_the_recipe_objectives_own_default_said_once(trainer, t
 
 def test_the_recipes_with_trls_or_a_01_objective_keep_their_default(tmp_path):
     """online_dpo (sigmoid), rso (hinge_norm), upo, mcts_dpo, hypo_online_pairs: 0.1; the GRPO family and rloo:
-    TRL's GRPOConfig / RLOOConfig defaults (0.0, 0.05; preflab.config_trl.trl_online_defaults); a loss_type written
+    TRL's GRPOConfig / RLOOConfig defaults (0.0, 0.05; preflab.config_trl.apply_trl_defaults); a loss_type written
     for a pair recipe takes that objective's own default, as offline."""
     for trainer in ("online_dpo", "iterative_dpo", "rso", "upo", "hypo_online_pairs"):
         assert tiny_cfg(tmp_path, trainer=trainer).beta == 0.1, trainer

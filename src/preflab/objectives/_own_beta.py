@@ -37,7 +37,7 @@ from preflab.option_types import is_number
 RUN_DEFAULT_BETA = 0.1  # TrainConfig.beta's default = TRL 1.16 DPOConfig.beta
 
 # TRL 1.16's loss types (DPOConfig, KTOConfig, CPOConfig, GRPOConfig / RLOOConfig's trainers): 0.1 (or their TRL
-# config's own default, set by preflab.config_trl.trl_online_defaults) is TRL's behaviour for them
+# config's own default, set by preflab.config_trl.apply_trl_defaults) is TRL's behaviour for them
 TRL_LOSS_TYPES = TRL_LD_LOSS_TYPES + ("sft", "kto", "apo_zero_unpaired", "cpo", "simpo", "alphapo", "orpo", "grpo",
                                       "rloo")
 
