@@ -6516,6 +6516,25 @@ MUTANTS += [
            OPYD_TESTS, "a saved task: sft config.yaml's learning_rate is reset to SFTConfig's 2e-5 on loading"),
 ]
 
+# mutation-tqx round: user trial 14 (online loops through preflab train): a resumed run's first metrics row (the
+# checkpoint's logging window), eval_strategy steps on the online demo / game tasks
+TQX_WINDOW = ["tests/online/test_resume_log_window.py"]
+TQX_EVAL = ["tests/online/test_eval_strategy_task_eval.py"]
+MUTANTS += [
+    Mutant("tqx-window-not-restored", "loops/driver.py",
+           [('window_from_json(self.resumed_totals.get("log_window"))', "[]")], TQX_WINDOW,
+           "a resumed run starts a new logging window: its first row averages only the steps after the resume"),
+    Mutant("tqx-window-not-saved", "loops/driver.py",
+           [('"log_window": window_to_json(window)})', '"log_window": []})')], TQX_WINDOW,
+           "checkpoints keep no logging window: the resumed run's first row differs from the uninterrupted run's"),
+    Mutant("tqx-window-counts-dropped", "step.py",
+           [('metric_counts=dict(row.get("metric_counts") or {}),', "metric_counts={},")], TQX_WINDOW,
+           "the restored steps lose their metric counts: the window's metrics are weighted by examples instead"),
+    Mutant("tqx-eval-strategy-task-refused", "config.py",
+           [("                and not self._evaluates_with_its_task()):", "                ):")], TQX_EVAL,
+           "eval_strategy steps on the online demo / game is refused as needing an eval set again"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -82,6 +82,27 @@ class StepResult:
     num_tokens: int | None = None
 
 
+def window_to_json(results) -> list[dict]:
+    """A logging window's steps so far (StepResults) as JSON rows, for a checkpoint saved between two logged steps:
+    the resumed run continues the window with them, so its next metrics row averages the same steps as the
+    uninterrupted run's (transformers' Trainer starts a new window at the resumed step instead: its first row after
+    a resume averages only the steps run after it, and differs from the uninterrupted run's row of that step)."""
+    return [{"loss": r.loss, "metrics": dict(r.metrics), "grad_norm": r.grad_norm, "skipped": r.skipped,
+             "num_examples": r.num_examples, "overflow": bool(getattr(r, "overflow", False)),
+             "metric_counts": dict(getattr(r, "metric_counts", {})),
+             "metric_differences": {k: list(v) for k, v in getattr(r, "metric_differences", {}).items()}}
+            for r in results]
+
+
+def window_from_json(rows) -> list:
+    """The StepResults window_to_json wrote (a checkpoint without them, written before this was saved: none)."""
+    return [StepResult(loss=row["loss"], metrics=dict(row["metrics"]), grad_norm=row["grad_norm"],
+                       skipped=row["skipped"], num_examples=row["num_examples"], overflow=row.get("overflow", False),
+                       metric_counts=dict(row.get("metric_counts") or {}),
+                       metric_differences={k: tuple(v) for k, v in (row.get("metric_differences") or {}).items()})
+            for row in rows or []]
+
+
 def _reduce_sum(accelerator, values: torch.Tensor) -> torch.Tensor:
     if accelerator is None or accelerator.num_processes == 1:
         return values

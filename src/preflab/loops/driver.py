@@ -64,7 +64,7 @@ from preflab.runlog import (MetricsLog, Progress, average_results, distributed_e
                             finished_summary, start_trackers, write_summary, zero_gradient_note)
 from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
                                         sharded_reads)
-from preflab.step import optimizer_step
+from preflab.step import optimizer_step, window_from_json, window_to_json
 
 
 class TrainingRun(CallbackEvents):
@@ -263,7 +263,9 @@ class TrainingRun(CallbackEvents):
         self.emit("on_train_begin")
         self._evaluate_on_start(start_step, log)
         # num_tokens (TRL: cumulative over the run) and the non-finite steps continue from a resumed checkpoint's
-        bad_in_row, window, last = 0, [], {}
+        # a checkpoint saved inside a logging window carries its steps: the resumed run's next row averages the
+        # same steps as the uninterrupted run's (preflab.step.window_to_json)
+        bad_in_row, window, last = 0, window_from_json(self.resumed_totals.get("log_window")), {}
         tokens_total, nonfinite = self.resumed_totals["num_tokens"], list(self.resumed_totals["nonfinite"])
         tokens_this_run = 0  # tokens_per_second: of this process's run only
         # runlog.zero_gradient_note: asked of a fresh run's first logging window only (a run that converged can
@@ -316,7 +318,8 @@ class TrainingRun(CallbackEvents):
                 evaluated = evaluation
             if save:
                 self.best.note_checkpoint(self.out, step + 1)
-                path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total})
+                path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total,
+                                             "log_window": window_to_json(window)})
                 if getattr(self, "hub", None) is not None:  # push_to_hub: as hub_strategy says (main process)
                     self.hub.push_checkpoint(path, step + 1)
                 self.emit("on_save", checkpoint=path)
@@ -771,7 +774,8 @@ class TrainingRun(CallbackEvents):
         self.best.load_state_dict(state)  # best_metric / best_global_step / best_model_checkpoint continue
         restore_callback_states(self.callbacks, state.get("stateful_callbacks"), note=say)
         self.resumed_totals = {"num_tokens": int(state.get("num_tokens") or 0),
-                               "nonfinite": [r for r in state.get("nonfinite") or [] if r.get("step", 0) <= step]}
+                               "nonfinite": [r for r in state.get("nonfinite") or [] if r.get("step", 0) <= step],
+                               "log_window": state.get("log_window") or []}
         parent = state.get("timeline") if isinstance(state.get("timeline"), list) else [["legacy", 0]]
         self.timeline = [*parent, [run_id, step]]
         self.resumed_from = path  # runs that keep state beside their checkpoints read it from path's run folder

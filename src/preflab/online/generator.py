@@ -8,9 +8,10 @@ Completions are group-major (completion i belongs to prompt i // K), cut after t
 GRPOConfig's options, each passed to `model.generate` (or vLLM's SamplingParams) explicitly, so a model's own
 generation_config.json values of them (Qwen2.5-Instruct's repetition_penalty 1.05, top_k 20) do not apply.
 Determinism: the prompts are cut into chunks of generation_batch_size prompts and chunk c is sampled after
-torch.manual_seed(seed + c), so the samples depend on (seed, prompts, weights) only, not on which process draws the
-chunk: with several processes, rank r draws the chunks c = r, r + world, ... and all ranks gather every chunk (the
-same completions as one process).
+torch.manual_seed(seed + c), so the samples depend on (seed, prompts, weights, generation_batch_size) only, not on
+which process draws the chunk: with several processes, rank r draws the chunks c = r, r + world, ... and all ranks
+gather every chunk (the same completions as one process). Another generation_batch_size cuts other chunks and so
+draws other completions (a resume treats it as a change of what the run computes).
 
 TransformersGenerator (default): `model.generate` with its KV cache on left-padded prompt batches; each distinct
 prompt is prefilled once and its cache shared by its K completions (generate_groups.py; the same draws as
