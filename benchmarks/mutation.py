@@ -6371,8 +6371,9 @@ MUTANTS += [
              "        if own is not None and own != self.beta:")], OBZ_RECIPES,
            "a program's other beta (dataclasses.replace) in the game gets a config.yaml comment saying beta 0.1"),
     Mutant("obz-sd-list-at-0.1", "config.py",
-           [('    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra:',
-             '    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra or not isinstance(loss, str):')],
+           [('    if cfg.task != "diffusion" or "beta" in given or "beta" in (cfg.objective_params or {}):',
+             '    if cfg.task != "diffusion" or "beta" in given or "beta" in (cfg.objective_params or {}) '
+             'or not isinstance(loss, str):')],
            OBZ_LISTS, "a diffusion loss_type list without beta trains every part at 0.1 without a word"),
     Mutant("obz-sd-disagree-first-wins", "config.py",
            [("    if len(set((betas or {}).values())) > 1:", "    if False:")], OBZ_LISTS,

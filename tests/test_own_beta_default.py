@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from preflab.cli import main
-from preflab.config import config_from_dict, load_config
+from preflab.config import TrainConfig, config_from_dict, load_config
 from preflab.errors import ConfigError
 from preflab.eval.run import eval_beta
 from preflab.loops.offline import Trainer
@@ -176,3 +176,19 @@ def test_a_diffusion_list_takes_its_parts_shared_own_default_and_refuses_disagre
         config_from_dict({**DIFFUSION, "loss_type": ["diffusion_dpo", "dcpo"]})
     cfg = config_from_dict({**DIFFUSION, "loss_type": ["diffusion_dpo", "dcpo"], "beta": 1000.0})
     assert [p.beta for p in cfg.objective().parts] == [1000.0, 1000.0]
+
+
+@pytest.mark.parametrize("loss_type, own", [("diffusion_dpo", 5000.0), ("dcpo", 500.0), (["diffusion_dpo", "ppd"],
+                                                                                          5000.0)])
+def test_a_diffusion_config_built_in_python_takes_the_objectives_own_beta_as_a_file_does(loss_type, own, capsys):
+    """TrainConfig(task="diffusion", ...) trained at 0.1 where the same options in a file trained at the objective's
+    own default (only the file loader applied the rule); now both paths go through TrainConfig.__post_init__, and a
+    saved config (every option given) keeps its value."""
+    options = {**DIFFUSION, "loss_type": loss_type}
+    in_python, from_file = TrainConfig(**options), config_from_dict(options)
+    assert in_python.beta == from_file.beta == own
+    assert capsys.readouterr().err.count(f"own default beta={own:g} is used") == 2
+    assert TrainConfig(**options, beta=0.1).beta == 0.1  # a given beta wins, TrainConfig's own default included
+    assert dataclasses.replace(in_python, beta=7.0).beta == 7.0
+    with pytest.raises(ConfigError, match="disagree on their own default beta"):
+        TrainConfig(**{**DIFFUSION, "loss_type": ["diffusion_dpo", "dcpo"]})

@@ -296,6 +296,7 @@ class TrainConfig:
             from preflab.objectives._own_beta import resolve_unset_beta
 
             self.beta = resolve_unset_beta(*self._own_beta_objective()) or self.beta
+        _say(_diffusion_beta_default(self, given))  # task: diffusion's own rule (objectives._own_beta leaves it out)
         expand_home(self)
         _drop_unwritten_eval_steps(self)
         if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
@@ -833,17 +834,19 @@ def _say(notes: list[str]) -> None:
             print(f"preflab: note: {note}", file=sys.stderr)
 
 
-def _diffusion_beta_default(known: dict, extra: dict, notes: list[str]) -> None:
+def _diffusion_beta_default(cfg, given) -> list[str]:
     """A diffusion run that leaves `beta` out gets its objective's own default (Diffusion-DPO: 5000 on per-pixel MSE
     differences), not TrainConfig's 0.1 for log-prob differences, with which the run would barely move. A loss_type
     list takes its parts' shared own default (objectives._own_beta.own_betas); parts that disagree (diffusion_dpo
     5000, dcpo 500) are refused, naming each: no one value is theirs, and 0.1 (what such a list trained at, without
-    a word) is no diffusion objective's scale."""
+    a word) is no diffusion objective's scale. Called from TrainConfig.__post_init__ with the options given to it, so
+    TrainConfig(task="diffusion", ...) in Python gets it as a YAML file does (only the file loader applied it: the
+    Python API trained Diffusion-DPO at 0.1). Returns the note to print."""
     from preflab.objectives._own_beta import own_betas
 
-    loss = known.get("loss_type")
-    if known.get("task") != "diffusion" or "beta" in known or "beta" in extra:
-        return
+    loss = cfg.loss_type
+    if cfg.task != "diffusion" or "beta" in given or "beta" in (cfg.objective_params or {}):
+        return []
     betas = own_betas(loss)  # None: a user's objective or an unknown name (the objective's own checks say so)
     if len(set((betas or {}).values())) > 1:
         own = ", ".join(f"{name} {value:g}" for name, value in betas.items())
@@ -851,11 +854,12 @@ def _diffusion_beta_default(known: dict, extra: dict, notes: list[str]) -> None:
                           f"({own}); a diffusion list has one beta for every part and 0.1 (the text objectives' "
                           "default) is none of their scales: set beta.")
     default = next(iter(betas.values())) if betas else None
-    if default is not None and default != known.get("beta", 0.1):
-        known["beta"] = float(default)
-        names = loss if isinstance(loss, str) else ", ".join(betas)
-        notes.append(f"beta is not set: {names}'s own default beta={default:g} is used (salesforce convention), "
-                     "not the text objectives' 0.1; set beta to choose.")
+    if default is None or default == cfg.beta:
+        return []
+    cfg.beta = float(default)
+    names = loss if isinstance(loss, str) else ", ".join(betas)
+    return [f"beta is not set: {names}'s own default beta={default:g} is used (salesforce convention), not the text "
+            "objectives' 0.1; set beta to choose."]
 
 
 def _user_beta_default_notes(objective, beta: float) -> list[str]:
@@ -979,8 +983,7 @@ def config_from_dict(raw: dict, written=None, sources: dict | None = None) -> Tr
     if errors:
         raise ConfigError("\n".join(errors) + ("\nRun `preflab train --help` for the options."
                                                if any("unknown config key" in e for e in errors) else ""))
-    # (TRL's config defaults for the keys left out: TrainConfig.__post_init__, config_trl.apply_trl_defaults)
-    _diffusion_beta_default(known, extra, notes)
+    # (TRL's config defaults for the keys left out, and a diffusion objective's own beta: TrainConfig.__post_init__)
     # the user's keys that reach the config (not the ones translate_trl or _resolve_eval dropped or added)
     cfg = TrainConfig(**known, written_options=frozenset(k for k in raw if k in written and k in hints))
     from preflab.online_options import check_explicit_loss_type, unread_game_option_notes
