@@ -4,7 +4,7 @@ name. tests/test_docs_snippets.py checks the fenced blocks; a command or option 
 nothing, so a renamed flag or a `preflab train ... key=value` with a key that no longer exists stayed in the prose.
 
 - every `--flag` of a `preflab SUBCOMMAND` command, inline or fenced, is an option of that subcommand's parser;
-- every inline `preflab train CONFIG key=value ...` loads as a config (its file exists, every key is an option with
+- every inline (or indented-block) `preflab train CONFIG key=value ...` loads as a config (its file exists, every key is an option with
   an allowed value), as test_docs_snippets checks the fenced ones;
 - every TrainConfig option is named, in backticks, on a page (README.md or docs/*.md): a wildcard such as `upo_*`
   in a list of refusals does not say what an option does (docs-walk found 14 options, the UPO selection's, the MCTS
@@ -51,6 +51,14 @@ def _fenced_lines(page: Path) -> list[tuple[str, str]]:
     return lines
 
 
+def _indented_lines(page: Path) -> list[tuple[str, str]]:
+    """(where, line) of each command of an indented (4-space) code block outside fences: objectives.md writes
+    `    preflab train examples/hypo_offline.yaml` so, and neither other check read those lines."""
+    text = FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), page.read_text())
+    return [(f"{page.name}:{i + 1}", line.split(" # ")[0].strip()) for i, line in enumerate(text.splitlines())
+            if re.match(r"    (preflab|accelerate|python) ", line)]
+
+
 def _commands(sources) -> list[tuple[str, str, list[str]]]:
     """(where, subcommand, words after it) for each `preflab SUB ...` in the given texts; `&&`, `;`, `|` end one."""
     found = []
@@ -69,7 +77,8 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict:
     return {}
 
 
-ALL_COMMANDS = _commands([s for page in PAGES for s in [*_inline_spans(page), *_fenced_lines(page)]])
+ALL_COMMANDS = _commands([s for page in PAGES
+                          for s in [*_inline_spans(page), *_fenced_lines(page), *_indented_lines(page)]])
 SUBCOMMANDS = _subparsers(build_parser())
 
 
@@ -99,7 +108,7 @@ def test_every_flag_of_a_preflab_command_in_the_docs_is_an_option_of_that_comman
 def _inline_train_commands() -> list[tuple[str, str]]:
     found = []
     for page in PAGES:
-        for where, text in _inline_spans(page):
+        for where, text in [*_inline_spans(page), *_indented_lines(page)]:
             for part in text.split("&&"):
                 m = re.search(r"(?:^|[\s)])train( .*)?$", part)
                 if not m or not re.search(r"preflab\)? train\b", part) or PLACEHOLDER.search(part):
@@ -119,7 +128,8 @@ def test_the_pages_have_inline_train_commands_to_check():
 
 @pytest.mark.parametrize("where, args", INLINE_TRAIN, ids=[f"{w}:{i}" for i, (w, _) in enumerate(INLINE_TRAIN)])
 def test_every_inline_train_command_of_the_docs_loads_as_a_config(where, args, tmp_path, monkeypatch):
-    """`preflab train examples/quickstart.yaml task=reward '~loss_type' '~beta'` written in a sentence: the config
+    """`preflab train examples/quickstart.yaml task=reward '~loss_type' '~beta'` written in a sentence (or in an
+    indented block): the config
     file exists and the overrides are options with allowed values (what `preflab train` checks before loading)."""
     words = shlex.split(args)
     config = words[0] if words and "=" not in words[0] and not words[0].startswith("~") else None
