@@ -153,3 +153,22 @@ def test_every_option_is_named_on_a_page():
         named |= set(re.findall(r"`~?'?([a-z_][a-z0-9_]*)(?:[`:=. ]|\b)", page.read_text()))
     missing = sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name not in named)
     assert not missing, f"options no page names (add each where its task is described): {missing}"
+
+
+def test_configuration_md_unknown_keys_come_with_type_errors_and_before_range_errors():
+    """docs/configuration.md said a config with an unknown key "gets this message alone"; the type of each known
+    key's value is checked in the same pass (docs-walk: `learning_rat=1 max_steps=2.5` printed both lines), while the
+    ranges (`logging_steps=0`) are checked once the keys are known. The page now says so; this pins it."""
+    from preflab.errors import ConfigError
+
+    base = ROOT / "examples" / "quickstart.yaml"
+    with pytest.raises(ConfigError) as both:
+        load_config(base, ["learning_rat=1", "max_steps=2.5"])
+    lines = str(both.value).splitlines()
+    assert lines[:2] == ["max_steps must be int, got 2.5 (float), set by the override 'max_steps=2.5'.",
+                         "unknown config key 'learning_rat'. Did you mean 'learning_rate'?"], lines
+    with pytest.raises(ConfigError) as unknown_only:
+        load_config(base, ["learning_rat=1", "logging_steps=0"])
+    assert "logging_steps" not in str(unknown_only.value) and "learning_rat" in str(unknown_only.value)
+    with pytest.raises(ConfigError, match="logging_steps=0 is not allowed"):
+        load_config(base, ["logging_steps=0"])
