@@ -172,3 +172,18 @@ def test_configuration_md_unknown_keys_come_with_type_errors_and_before_range_er
     assert "logging_steps" not in str(unknown_only.value) and "learning_rat" in str(unknown_only.value)
     with pytest.raises(ConfigError, match="logging_steps=0 is not allowed"):
         load_config(base, ["logging_steps=0"])
+
+
+def test_every_install_extra_the_pages_name_is_one_of_pyproject():
+    """`pip install 'preflab[qlora]'`, `pip install -e ".[dev,diffusion,deepspeed,parity]"`: each extra a page names
+    is an optional-dependencies group of pyproject.toml (a renamed extra makes pip warn and install nothing)."""
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    named = {}
+    for page in PAGES:
+        for group in re.findall(r"(?:preflab|\.)\[([a-z0-9_,-]+)\]", page.read_text()):
+            for extra in group.split(","):
+                named.setdefault(extra, page.name)
+    assert len(named) >= 5, named
+    assert not {e: p for e, p in named.items() if e not in extras}, (named, extras)
