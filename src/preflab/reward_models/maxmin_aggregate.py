@@ -24,7 +24,7 @@ Why the online judge `maxmin:<dir>` (= `maxmin_group:<dir>`) is the group rule a
 (`maxmin_pointwise:<dir>`): a Bradley-Terry reward model is identified only up to an additive constant, so the min
 of two separately trained models' raw rewards depends on offsets no training signal fixes; the z-scored group rule
 does not. Measured on the loud/quiet toy (docs/online.md, seeds 0/1/2) the raw pointwise min left the minority group at
-0.06 / 0.00 / 0.00 (a pooled BT judge: 0.01 / 0.00 / 0.00), the group rule at 0.20 / 0.39 / 0.56.
+0.00 / 0.00 / 0.00 (a pooled BT judge: 0.01 / 0.00 / 0.00), the group rule at 0.38 / 0.38 / 0.29.
 """
 from __future__ import annotations
 
