@@ -14,10 +14,11 @@ SLOW_FILES_SECONDS = {
     "tests/loops/test_deepspeed_multiprocess.py": 125,  # 2-process ZeRO-2 / ZeRO-3 / FSDP2 launches shared by the
     # plain ZeRO, spo_degree, sparsepo and LoRA reward tests, 2 one-process ZeRO launches, 1 DDP launch
     "tests/loops/test_deepspeed_checkpoint.py": 60,  # the ZeRO-3 offload run: the first to run compiles cpu_adam
-    "tests/online/test_game.py": 102,
+    "tests/online/test_game.py": 55,  # 200-step equilibrium runs; its 2-process runs: test_trainers_two_processes
     "tests/perf/test_torch_compile.py": 76,
-    "tests/online/test_online_run.py": 65,
-    "tests/online/test_trainers_two_processes.py": 60,  # one 2-process launch of 25 runs, then each 1-process run
+    "tests/online/test_online_run.py": 31,  # its 2-process runs: test_trainers_two_processes.py
+    "tests/online/test_trainers_two_processes.py": 76,  # one 2-process launch of 31 runs (those of test_online_run,
+    # test_game and the entropy bonus test of test_grpo_trl_options too), then each 1-process run
     "tests/online/test_tool_calling.py": 35,
     "tests/online/test_environment_factory.py": 40,  # one 2-process launch, TRL's GRPOTrainer built once
     "tests/online/test_environment_no_dataset.py": 35,  # one 2-process launch, TRL's GRPOTrainer built once

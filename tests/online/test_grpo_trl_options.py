@@ -595,30 +595,4 @@ def test_token_entropy_equals_the_full_logits_entropy_and_its_gradient(chunk):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow
-def test_the_entropy_bonus_under_two_processes_equals_one_process(tmp_path, accelerate_launch):
-    """The bonus's second LM-head pass runs outside the DDP-wrapped forward: its gradient still reaches every rank's
-    weights through DDP's all-reduce. One example per micro-batch on both sides (1 x 4 accumulation vs 2 x 2), so
-    the micro-batches' token means are the same: the weights agree to float summation order (7e-7 measured)."""
-    import os
-    import subprocess
-
-    from safetensors.torch import load_file
-
-    from test_online_run import tiny_cfg, tiny_run  # tests/online, as online_tiny_run.py runs it
-
-    script = str(Path(__file__).parent / "online_tiny_run.py")
-    common = ["trainer=dapo", "prompts_per_generation=8", "steps_per_generation=2", "per_device_train_batch_size=1",
-              "generation_batch_size=2", "max_steps=4", "entropy_coef=0.5", "beta=0.0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # the one-process run in this process (online_tiny_run.py's run, without a second interpreter's imports)
-    tiny_run(tiny_cfg(tmp_path / "one", trainer="dapo", prompts_per_generation=8, steps_per_generation=2,
-                      per_device_train_batch_size=1, generation_batch_size=2, max_steps=4, entropy_coef=0.5, beta=0.0,
-                      gradient_accumulation_steps=4)).train()
-    two = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                                           "--mixed_precision", "no", "--dynamo_backend", "no", script,
-                                           str(tmp_path / "two"), *common, "gradient_accumulation_steps=2"),
-                         env=env, capture_output=True, text=True, timeout=500)
-    assert two.returncode == 0, two.stderr[-3000:]
-    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+# The entropy bonus under 2 processes: tests/online/test_trainers_two_processes.py, in its launch.

@@ -228,65 +228,8 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-TWO_PROCESS = ["per_device_train_batch_size=2", "generation_batch_size=2", "max_steps=4"]
-# test_two_processes_log_the_one_process_clip_ratio_extrema's run, without the batch size (one process: 6, two: 3).
-# seed 4: rank 1 holds step 4's high_max (rank 0's own max is 1/3 there, checked by making the step use each rank's
-# own value: the rows then differ)
-CLIP_RUN = ["trainer=dapo", "beta=0.0", "gradient_accumulation_steps=1", "max_steps=4", "epsilon=0.05", "seed=4"]
-
-
-@pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, accelerate_launch):
-    """The 2-process runs of the tests below, in one launch (tests/loops/scale_matrix_run.py's online mode runs
-    online_tiny_run.py's setup several times in the same processes; a launch costs a launcher and two ranks'
-    imports): `two` (TWO_PROCESS), `two-saved` (the same with save_steps=3) and `two-clip` (CLIP_RUN, 3 examples a
-    process). Returns their parent folder."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    root = tmp_path_factory.mktemp("online-two-processes")
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(Path(__file__).parents[1] / "loops" / "scale_matrix_run.py"),
-                            "online", str(root / "two"), *TWO_PROCESS, "--",
-                            "online", str(root / "two-saved"), *TWO_PROCESS, "save_steps=3", "--",
-                            "online", str(root / "two-clip"), "per_device_train_batch_size=3", *CLIP_RUN)
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
-
-
-@pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path, two_processes):
-    """accelerate launch with 2 processes (gloo on CPU): prompts' generation chunks are drawn by both ranks and
-    gathered, each rank trains on its half of every step's examples; the result equals one process with the same
-    global batch (2 x 2 x accumulation 2 vs 1 x 4 x 2) to 1e-5 (float summation order). The finished run (the
-    launch's first: it formed the process group, and the script keeps the group open for the next runs) left no DDP
-    wrapper alive on either rank (TrainingRun._drop_ddp_wrapper)."""
-    tiny_run(tiny_cfg(tmp_path / "one", per_device_train_batch_size=4, generation_batch_size=2, max_steps=4)).train()
-    two = two_processes / "two"     # TWO_PROCESS: 2 processes x per_device_train_batch_size 2
-    a, b = _weights(tmp_path / "one"), _weights(two)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
-    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
-    assert [r["loss"] for r in rows(tmp_path / "one")] == pytest.approx([r["loss"] for r in rows(two)], abs=1e-5)
-    for rank in (0, 1):
-        assert json.loads((two / f"after-train-rank{rank}.json").read_text()) == {"live_ddp_wrappers": 0,
-                                                                                 "process_group_open": True}
-
-
-@pytest.mark.slow
-def test_a_two_process_checkpoint_resumes_on_one_process_with_the_same_config(tmp_path, two_processes):
-    """An online step takes its round's examples on any number of processes (per_device_train_batch_size only bounds
-    the micro-batches), so the same config resumed on one process from a 2-process checkpoint is the same run. It was
-    refused ("trained with a global batch of 4 (per_device_train_batch_size 2 x 2 processes); this run has 2 ...
-    every step's batch and the data order from here on would differ"), though it ends with the 2-process weights."""
-    two, one = two_processes / "two-saved", tmp_path / "one"   # TWO_PROCESS with save_steps=3
-    resumed = tiny_run(tiny_cfg(one, per_device_train_batch_size=2, generation_batch_size=2, max_steps=4,
-                                save_steps=3, resume_from_checkpoint=str(two / "checkpoint-3")))
-    assert resumed.train()["resumed_from_step"] == 3
-    a, b = _weights(two), _weights(one)
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+# The 2-process online_dpo / dapo runs (2 processes equal one, a 2-process checkpoint resumed on one, the clip-ratio
+# extrema): tests/online/test_trainers_two_processes.py, in its launch.
 
 
 @pytest.mark.slow
@@ -413,21 +356,6 @@ def test_grpo_family_logs_trls_step_time_as_the_windows_mean_step_wall_time(tmp_
     other = tiny_run(tiny_cfg(tmp_path / "dpo", trainer="online_dpo", max_steps=2))
     other.train()
     assert all("step_time" not in json.loads(x) for x in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines())
-
-
-@pytest.mark.slow
-def test_two_processes_log_the_one_process_clip_ratio_extrema(tmp_path, two_processes):
-    """dapo, off-policy on a round's second step (epsilon 0.05 clips): one micro-batch per process per step, so the
-    two ranks' micro-batches together hold the one process's micro-batch, and TRL's min / max over the gathered
-    completions is the one process's min / max. Every clip_ratio key of every row is equal (1e-6: float32 sums), and
-    some clip. The 2-process run (CLIP_RUN, 3 examples a process) is the two_processes launch's `two-clip`."""
-    tiny_run(tiny_cfg(tmp_path / "one", trainer="dapo", beta=0.0, gradient_accumulation_steps=1, max_steps=4,
-                      epsilon=0.05, seed=4, per_device_train_batch_size=6)).train()
-    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
-    one, two = rows(tmp_path / "one"), rows(two_processes / "two-clip")
-    keys = ["clip_ratio/low_min", "clip_ratio/high_max", "clip_ratio/low_mean", "clip_ratio/high_mean"]
-    assert [r[k] for r in two for k in keys] == pytest.approx([r[k] for r in one for k in keys], abs=1e-6)
-    assert max(r["clip_ratio/high_max"] for r in one) > 0
 
 
 def test_a_flex_attention_policy_is_refused_on_cpu_when_the_run_is_built(tmp_path, monkeypatch):
