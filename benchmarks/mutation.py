@@ -635,7 +635,7 @@ MUTANTS = [
 
 
 def game_tests(trainer: str, round_key: str) -> list[str]:
-    """The end-to-end game test of one trainer on G3 (400 steps: about a minute on a loaded 2-core machine) and its
+    """The end-to-end game test of one trainer on G3 (200 steps: about half a minute on a loaded 2-core machine) and its
     one-round value test (tests/online/test_game_round_values.py, selected by round_key)."""
     return ["tests/online/test_game.py", "tests/online/test_game_round_values.py", "-k",
             f"(nash_trainers and g3 and {trainer}) or (round_values and {round_key})"]
