@@ -455,9 +455,9 @@ def write_report(run_dirs, out_path, title: str | None = None) -> Path:
     if overview and title is None:
         title = overview.get("title") or f"preflab report: {Path(overview['_folder']).name}"
     out = Path(out_path)
-    html = render_report(runs, title, overview)
+    page = render_report(runs, title, overview)
     try:
-        return write_text_file(out, html)  # whole or not at all: no report.html.tmp left by a failed write
+        return write_text_file(out, page)  # whole or not at all: no report.html.tmp left by a failed write
     except OSError as err:
         raise PreflabError(f"could not write the report {out}: {err.strerror or err}. Free disk space or fix the "
                            "folder's permissions, or write it elsewhere with --out PATH.") from err
