@@ -1219,6 +1219,9 @@ class OnlineRun(TrainingRun):
                     extras.update({"eval_tools_before": self.before["tools"], "eval_tools_after": after["tools"]})
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
+            for key in ("tv_to_equilibrium", "duality_gap"):  # the game: the starting policy's (pi_0 = pi_ref, its
+                if key in after:  # evaluation when the run was built) and the final policy's, for the headline
+                    extras.update({f"{key}_before": self.before[key], f"{key}_after": after[key]})
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",
                         "duality_gap", "policy_distribution_average", "tv_to_equilibrium_average",
                         "duality_gap_average"):
