@@ -10,6 +10,7 @@ import pytest
 
 from preflab.config import load_config
 from preflab.lab.games import dual_gap
+from preflab.loops.cli import before_after_line
 from preflab.online.game import distribution, game_setup
 from preflab.online.run import OnlineRun
 from preflab.report.html import _fmt, write_report
@@ -44,6 +45,12 @@ def test_game_records_the_starting_policys_metrics_and_the_headline_shows_before
     for key in ("duality_gap", "tv_to_equilibrium"):
         assert summary[f"{key}_after"] == summary[key] == last_eval[f"eval_{key}"]
         assert summary[f"{key}_after"] < summary[f"{key}_before"]  # the run moved toward pi*_beta
+    # `preflab train`'s one line on stderr
+    assert before_after_line(summary) == (
+        f"preflab: duality gap {summary['duality_gap_before']:.4g} -> {summary['duality_gap_after']:.4g}, total "
+        f"variation to the regularised equilibrium {summary['tv_to_equilibrium_before']:.4g} -> "
+        f"{summary['tv_to_equilibrium_after']:.4g}, starting policy -> final policy (summary.json duality_gap_before, "
+        "duality_gap_after, tv_to_equilibrium_before, tv_to_equilibrium_after).")
     html = write_report([str(out)], str(tmp_path / "r.html")).read_text()
     head = html[html.index("<h2>Headline</h2>"):html.index("</table>", html.index("<h2>Headline</h2>"))]
     for key, meaning in (("duality_gap", "duality gap (game)"),
