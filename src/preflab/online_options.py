@@ -369,9 +369,9 @@ def task_eval_strategy_no_notes(cfg) -> list[str]:
     """eval_strategy: no written by the user (cfg.written_options) on online_task demo or game: accepted (TRL's
     default, so a saved TRL config carries it; refusing it would refuse those), and it turns off the scheduled
     evaluations, but not the task's own one after the last step (loops/driver.py _evaluate_at_end), which needs no
-    eval set: the demo's held-out prompts, the game's exact equilibrium metrics. Said once when the run trains, so a
-    user who wrote "no" is not left to find eval_* rows in metrics.jsonl. A saved config's value (not written) is
-    not the user's choice and gets no note."""
+    eval set: the demo's held-out prompts, the game's exact equilibrium metrics. Said once when the run is built
+    (OnlineRun, built only to train), so a user who wrote "no" is not left to find eval_* rows in metrics.jsonl. A
+    saved config's value (not written) is not the user's choice and gets no note."""
     if (cfg.task != "online" or cfg.online_task not in ("demo", "game") or cfg.eval_strategy != "no"
             or "eval_strategy" not in getattr(cfg, "written_options", frozenset())):
         return []

@@ -51,7 +51,7 @@ from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.models.neftune import RankNoise, add_neftune_hook
 from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
-from preflab.online_options import greedy_eval_notes, task_eval_strategy_no_notes
+from preflab.online_options import greedy_eval_notes
 from preflab.optimizer_options import sharded_optimizer_problem
 from preflab.sharding_options import sharded_activation_offload_problem
 from preflab.plugins import user_code
@@ -244,7 +244,7 @@ class TrainingRun(CallbackEvents):
                 print(note, flush=True)
         self.hub = self._hub_pusher()
         if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
-            for said in greedy_eval_notes(cfg) + task_eval_strategy_no_notes(cfg):  # (and a task's own end eval)
+            for said in greedy_eval_notes(cfg):
                 print(f"preflab: note: {said}", file=sys.stderr, flush=True)
         self.best = BestModel(cfg.metric_for_best_model, cfg.greater_is_better)
         start_step = self._begin()

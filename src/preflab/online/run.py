@@ -68,6 +68,7 @@ from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_lay
 from preflab.online.generator import make_generator
 from preflab.online.trainers import (ROUTER_LOSS_TRAINERS, build_examples, preference_log_odds, preference_matrix,
                                      reward_log_odds)
+from preflab.online_options import task_eval_strategy_no_notes
 from preflab.online_recipes import RENAMED, TEMPERATURE_SCORED, TRAINERS
 from preflab.scoring.lm import LogProbScorer, Scores, backbone_and_head, split_pairs, unwrap
 
@@ -303,6 +304,9 @@ class OnlineRun(TrainingRun):
         if self.no_prompt_rows and not self.prompts_from_reset:  # rows without a prompt (reset gives it)
             self.counts["environment_rows_without_prompt"] = len(self.no_prompt_rows)
         self.refreshes = 0
+        if self.main:  # a written eval_strategy: no on the demo / game: their own end-of-run evaluation still runs
+            for said in task_eval_strategy_no_notes(cfg):
+                print(f"preflab: note: {said}", flush=True)
         self.before = self._evaluate_task() if task.evaluate is not None else None
 
     def _evaluate_task(self) -> dict:
