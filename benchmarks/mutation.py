@@ -6536,6 +6536,37 @@ MUTANTS += [
            "eval_strategy steps on the online demo / game is refused as needing an eval set again"),
 ]
 
+# mutation-gmbf round: user trial 14 leftovers: the preference game's summary.json before / after (the starting
+# policy's duality gap and TV to the equilibrium) in the report's headline and preflab train's line; the note on a
+# written eval_strategy: no on the online demo / game tasks (their own end-of-run evaluation still runs)
+GMBF_BEFORE = ["tests/online/test_game_before_after.py"]
+GMBF_NOTE = ["tests/online/test_eval_strategy_task_eval.py", "-k", "eval_strategy_no"]
+MUTANTS += [
+    Mutant("gmbf-before-is-after", "online/run.py",
+           [('extras.update({f"{key}_before": self.before[key], f"{key}_after": after[key]})',
+             'extras.update({f"{key}_before": after[key], f"{key}_after": after[key]})')], GMBF_BEFORE,
+           "the game's *_before is the final policy's: the headline shows no change"),
+    Mutant("gmbf-no-before-keys", "online/run.py",
+           [('for key in ("tv_to_equilibrium", "duality_gap"):  # the game', 'for key in ():  # the game')],
+           GMBF_BEFORE, "the game records no before / after: the headline has the after alone (the bug fixed)"),
+    Mutant("gmbf-bare-meaning", "report/headline.py",
+           [('    return {**row, "meaning": f"{meaning}; {row[\'meaning\']}"}', "    return row")], GMBF_BEFORE,
+           "the game's before / after rows say only 'measured by the run', not which number they are"),
+    Mutant("gmbf-line-absent", "loops/cli.py",
+           [("    if all(is_number(summary.get(k)) for k in game):", "    if False:")], GMBF_BEFORE,
+           "preflab train prints no before -> after line for the game"),
+    Mutant("gmbf-note-never", "online/run.py",
+           [("            for said in task_eval_strategy_no_notes(cfg):", "            for said in []:")], GMBF_NOTE,
+           "a written eval_strategy: no on the demo / game gets no note, yet the run evaluates at its end"),
+    Mutant("gmbf-note-unwritten-too", "online_options.py",
+           [('            or "eval_strategy" not in getattr(cfg, "written_options", frozenset())):', "            ):")],
+           GMBF_NOTE, "a saved config's eval_strategy: no (not the user's choice) gets the note too"),
+    Mutant("gmbf-note-any-task", "online_options.py",
+           [('cfg.online_task not in ("demo", "game") or cfg.eval_strategy != "no"',
+             'cfg.online_task not in ("demo", "game", "dataset") or cfg.eval_strategy != "no"')], GMBF_NOTE,
+           "online_task: dataset without an eval set, which evaluates nothing at its end, is told it does"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

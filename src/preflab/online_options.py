@@ -365,6 +365,26 @@ def greedy_eval_notes(cfg) -> list[str]:
             "metrics.jsonl's `reward`). Set num_generations_eval to evaluate as TRL does."]
 
 
+def task_eval_strategy_no_notes(cfg) -> list[str]:
+    """eval_strategy: no written by the user (cfg.written_options) on online_task demo or game: accepted (TRL's
+    default, so a saved TRL config carries it; refusing it would refuse those), and it turns off the scheduled
+    evaluations, but not the task's own one after the last step (loops/driver.py _evaluate_at_end), which needs no
+    eval set: the demo's held-out prompts, the game's exact equilibrium metrics. Said once when the run is built
+    (OnlineRun, built only to train), so a user who wrote "no" is not left to find eval_* rows in metrics.jsonl. A
+    saved config's value (not written) is not the user's choice and gets no note."""
+    if (cfg.task != "online" or cfg.online_task not in ("demo", "game") or cfg.eval_strategy != "no"
+            or "eval_strategy" not in getattr(cfg, "written_options", frozenset())):
+        return []
+    measures = {"demo": f"the true reward of greedy answers to the demo's {cfg.heldout_prompts} held-out prompts "
+                        "(eval_true_reward, eval_win_rate_vs_reference against the starting policy's answers; "
+                        "summary.json true_reward_before -> true_reward_after)",
+                "game": "the final policy's exact duality gap and total variation to the regularised equilibrium "
+                        "(eval_duality_gap, eval_tv_to_equilibrium; summary.json duality_gap_before -> "
+                        "duality_gap_after, tv_to_equilibrium_before -> tv_to_equilibrium_after)"}[cfg.online_task]
+    return [f"eval_strategy: no turns off the scheduled evaluations, but online_task: {cfg.online_task}'s own "
+            f"evaluation still runs once, at the end of the run (it needs no eval set): {measures}."]
+
+
 def check_explicit_loss_type(cfg, given: dict) -> None:
     """`loss_type: sigmoid` written in the config of a recipe with its own objective (rso: hinge_norm, sppo, ...) was
     replaced by that objective without a word (sigmoid is also the default, so check_online cannot tell); refused

@@ -130,7 +130,8 @@ def run(args) -> int:
 def before_after_line(summary: dict) -> str | None:
     """An online run's held-out result in one line: true_reward_before -> _after (the demo task's true reward of
     greedy answers to its held-out prompts) or eval_reward_before -> _after (the judges' reward on an eval set), with
-    win_rate_vs_reference (against the starting policy's answers) where the summary has it; None without them.
+    win_rate_vs_reference (against the starting policy's answers) where the summary has it; the preference game's
+    duality_gap and tv_to_equilibrium before -> after (the starting policy's, exact); None without them.
     Before, `preflab train` printed only the final metrics, whose eval_true_reward is the after alone."""
     for key, what in (("true_reward", "true reward"), ("eval_reward", "eval reward")):
         before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
@@ -138,6 +139,12 @@ def before_after_line(summary: dict) -> str | None:
             win = summary.get("win_rate_vs_reference")
             return (f"preflab: {what} {before:.3f} -> {after:.3f} on the held-out prompts (summary.json {key}_before, "
                     f"{key}_after)" + (f"; win rate vs the starting policy {win:.3f}" if is_number(win) else "") + ".")
+    game = [f"{k}_{w}" for k in ("duality_gap", "tv_to_equilibrium") for w in ("before", "after")]
+    if all(is_number(summary.get(k)) for k in game):  # before: the starting policy pi_0 = pi_ref
+        return (f"preflab: duality gap {summary['duality_gap_before']:.4g} -> {summary['duality_gap_after']:.4g}, "
+                f"total variation to the regularised equilibrium {summary['tv_to_equilibrium_before']:.4g} -> "
+                f"{summary['tv_to_equilibrium_after']:.4g}, starting policy -> final policy (summary.json "
+                f"{', '.join(game)}).")
     return None
 
 

@@ -41,7 +41,10 @@ sppo and spo are no-regret self-play without (sppo) or with a sampled (spo) KL t
 last iterate cycles or drifts to a corner (the plain game's Minimax Winner is reached by the average iterate,
 preflab.lab.nash_loops.mwu), so they are not in the tv_to_equilibrium guarantee.
 Summary (summary.json) and metrics: policy_distribution, reference_distribution, equilibrium (the lab's pi*_beta,
-preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_beta, preflab.lab.games.dual_gap).
+preflab.lab.games.reg_nash with ref = pi_0), tv_to_equilibrium, duality_gap (DG_beta, preflab.lab.games.dual_gap);
+summary.json also pairs tv_to_equilibrium_before / duality_gap_before, the starting policy's (OnlineRun.before, this
+task's evaluate when the run is built: pi_0 = pi_ref, where DG_beta = 2 beta log sum_a pi_ref(a) exp((P pi_ref)_a /
+beta) - 1), with *_after (the final policy's), for the report's headline.
 A metrics.jsonl row's tv_to_equilibrium, duality_gap, kl (KL(pi || pi_ref), exact: kl_to_reference) and
 policy/p<i> are the round-start policy's (averaged over the
 rounds of its logging window); apo rows add apo/extrapolation_tv = TV(pi_hat, pi_t), egpo rows

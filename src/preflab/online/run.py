@@ -68,6 +68,7 @@ from preflab.online.examples import (Example, OnlineMicroBatch, Round, group_lay
 from preflab.online.generator import make_generator
 from preflab.online.trainers import (ROUTER_LOSS_TRAINERS, build_examples, preference_log_odds, preference_matrix,
                                      reward_log_odds)
+from preflab.online_options import task_eval_strategy_no_notes
 from preflab.online_recipes import RENAMED, TEMPERATURE_SCORED, TRAINERS
 from preflab.scoring.lm import LogProbScorer, Scores, backbone_and_head, split_pairs, unwrap
 
@@ -303,6 +304,9 @@ class OnlineRun(TrainingRun):
         if self.no_prompt_rows and not self.prompts_from_reset:  # rows without a prompt (reset gives it)
             self.counts["environment_rows_without_prompt"] = len(self.no_prompt_rows)
         self.refreshes = 0
+        if self.main:  # a written eval_strategy: no on the demo / game: their own end-of-run evaluation still runs
+            for said in task_eval_strategy_no_notes(cfg):
+                print(f"preflab: note: {said}", flush=True)
         self.before = self._evaluate_task() if task.evaluate is not None else None
 
     def _evaluate_task(self) -> dict:
@@ -1219,6 +1223,9 @@ class OnlineRun(TrainingRun):
                     extras.update({"eval_tools_before": self.before["tools"], "eval_tools_after": after["tools"]})
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
+            for key in ("tv_to_equilibrium", "duality_gap"):  # the game: the starting policy's (pi_0 = pi_ref, its
+                if key in after:  # evaluation when the run was built) and the final policy's, for the headline
+                    extras.update({f"{key}_before": self.before[key], f"{key}_after": after[key]})
             for key in ("policy_distribution", "reference_distribution", "equilibrium", "tv_to_equilibrium",
                         "duality_gap", "policy_distribution_average", "tv_to_equilibrium_average",
                         "duality_gap_average"):

@@ -104,6 +104,20 @@ def summary_rows(summary: dict, measured_by: str = "measured by the run (summary
     return rows
 
 
+def with_eval_meaning(row: dict, config: dict, seen_prompts: str = "") -> dict:
+    """A summary.json before / after row (summary_rows) whose number the run also logs as one of its task's eval
+    keys (the game's duality_gap_before / _after and eval_duality_gap, the demo's true_reward and eval_true_reward,
+    an eval set's eval_reward) says what that number is, as the eval row it replaces would ("duality gap (game);
+    measured by the run (summary.json)"), its ", held-out" replaced by `seen_prompts` (eval_set_seen_clause) where
+    that is given. Before, those rows read only "measured by the run (summary.json)"."""
+    meanings = {key: what for key, what, _ in headline_keys(config)}
+    meaning = meanings.get(f"eval_{row['metric']}") or meanings.get(row["metric"])  # an eval set's eval_reward
+    if not meaning:
+        return row
+    meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
+    return {**row, "meaning": f"{meaning}; {row['meaning']}"}
+
+
 def gpm_meaning(meaning: str) -> str:
     """A reward-run headline meaning for a GPM head (Zhang et al. 2024, arXiv:2410.02197), which has no scalar reward
     r(y): its eval_accuracy counts s(chosen, rejected) > 0 and its eval_margin is the mean s, s = v_c^T R^T v_r
@@ -136,8 +150,8 @@ def headline_rows(run: RunData) -> list[dict]:
     as a list of (source, value) or None, and first_step where before is an eval step. An eval row's "after" is
     the value at the last step that logged the metric: nan where that eval logged it non-finite (null), never an
     older finite value passed off as the run's end (the notes above the curves say which steps)."""
-    rows = summary_rows(run.summary)
     seen_prompts = eval_set_seen_clause(run.summary)
+    rows = [with_eval_meaning(r, run.config, seen_prompts) for r in summary_rows(run.summary)]
     for key, meaning, base in headline_keys(run.config):
         meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
         meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning

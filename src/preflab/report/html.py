@@ -267,7 +267,8 @@ def _results(runs: list[RunData]) -> str:
     after, ...)."""
     keys = sorted({k for r in runs for k, v in r.summary.items() if k not in _NOT_RESULTS
                    and is_number(v)},
-                  key=lambda k: (k.removesuffix("_before").removesuffix("_after"), k.endswith("_after")))  # before, after
+                  # before, after; then by name (the game's duality_gap beside duality_gap_before: set order)
+                  key=lambda k: (k.removesuffix("_before").removesuffix("_after"), k.endswith("_after"), k))
     names = [r.summary.get("metric_name") for r in runs]
     if not keys:
         return ""
