@@ -1,5 +1,6 @@
 """Findings of a production user's trial (long runs on shared machines): full disks, trackers without network,
 resumes that change the run's length, early refusal of unsafe model folders, TRL option meanings."""
+import json
 from pathlib import Path
 
 import pytest
@@ -440,8 +441,9 @@ def test_checkpoint_and_model_files_are_readable_as_the_umask_says(tmp_path):
 
 def test_a_finished_runs_folder_is_noted_not_refused_and_its_last_checkpoint_resumes(tmp_path, capsys):
     """A finished run (summary.json) with checkpoints: a fresh start there gets the note, not the refusal meant for
-    an unfinished run; its last checkpoint (step = max_steps) resumes, with nothing left to train; and
-    resume_from_checkpoint "false" (a string, as a quoted YAML value gives it) asks for no resume."""
+    an unfinished run; its last checkpoint (step = max_steps) resumes with nothing left to train, returning the
+    run's own summary; and resume_from_checkpoint "false" (a string, as a quoted YAML value gives it) asks for no
+    resume."""
     from types import SimpleNamespace
 
     from preflab.loops.resume import note_earlier_run, resume_requested
@@ -454,5 +456,8 @@ def test_a_finished_runs_folder_is_noted_not_refused_and_its_last_checkpoint_res
     assert "holds an earlier run (it ended at step 4)" in capsys.readouterr().out
     assert [resume_requested(SimpleNamespace(resume_from_checkpoint=v)) for v in ("false", "", None, False, True)] \
         == [False, False, False, False, True]
+    kept = json.loads((out / "summary.json").read_text())
     summary, _ = run(out, max_steps=4, save_steps=2, resume_from_checkpoint=str(out / "checkpoint-4"))
-    assert summary["resumed_from_step"] == 4 and summary["global_step"] == 4
+    # nothing left to train: the run's own summary is returned and kept (tests/test_crash_leftovers.py)
+    assert summary == kept and summary["global_step"] == 4 and summary["resumed_from_step"] is None
+    assert f"{out} finished at step 4" in capsys.readouterr().out
