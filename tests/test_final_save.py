@@ -220,3 +220,21 @@ def test_fsync_counts_summary_and_eval_json_but_not_plain_writes(tmp_path, monke
     assert len(calls) == 4
     af.write_text_file(tmp_path / "timeline.txt", "x")  # not durable: no fsync
     assert len(calls) == 4
+
+
+def test_each_published_file_is_fsynced_before_its_rename_and_its_folders_after(tmp_path, monkeypatch):
+    """A rename may reach the disk before the file's bytes: each staged file is fsynced while still in the stage (not
+    yet in output_dir), and every folder it lands in is fsynced once all are moved."""
+    import preflab.final_save as fs
+
+    events = []
+    monkeypatch.setattr(fs, "fsync_file", lambda p: events.append(("file", Path(p).name,
+                                                                   (tmp_path / Path(p).name).exists())))
+    monkeypatch.setattr(fs, "fsync_folder", lambda p: events.append(("folder", Path(p), None)))
+    with staged_final_save(tmp_path) as stage:
+        (stage / "sub").mkdir()
+        (stage / "sub" / "w.safetensors").write_bytes(b"1")
+        (stage / "model.safetensors").write_bytes(b"2")
+    files = [e for e in events if e[0] == "file"]
+    assert sorted(files) == [("file", "model.safetensors", False), ("file", "w.safetensors", False)]
+    assert sorted(e[1] for e in events[len(files):]) == [tmp_path, tmp_path / "sub"]  # the folders, after the files

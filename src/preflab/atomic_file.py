@@ -53,6 +53,15 @@ def fsync_folder(path: str | Path) -> None:
         os.close(fd)
 
 
+def _then_fsynced(write: Callable[[str], None]) -> Callable[[str], None]:
+    """write, then fsync_file of the file it wrote (before write_atomically renames it)."""
+    def write_and_fsync(tmp: str) -> None:
+        write(tmp)
+        fsync_file(tmp)
+
+    return write_and_fsync
+
+
 def write_atomically(path: Path, write: Callable[[str], None], mode: int | None = None,
                      durable: bool = False) -> None:
     """Fill `path` through write(tmp): tmp is a new empty file beside `path` (tempfile.mkstemp: a name no other
@@ -67,14 +76,14 @@ def write_atomically(path: Path, write: Callable[[str], None], mode: int | None 
     after it, so the file also survives a power loss whole (a run's summary.json, eval.json: a rename alone may
     reach the disk before the bytes, leaving an empty file); about 1-10 ms a file on a local disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if durable:
+        write = _then_fsynced(write)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
         if mode is not None:
             os.chmod(tmp, mode)
         write(tmp)
-        if durable:
-            fsync_file(tmp)
         os.replace(tmp, path)
         if durable:
             fsync_folder(path.parent)
