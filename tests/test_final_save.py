@@ -238,3 +238,15 @@ def test_each_published_file_is_fsynced_before_its_rename_and_its_folders_after(
     files = [e for e in events if e[0] == "file"]
     assert sorted(files) == [("file", "model.safetensors", False), ("file", "w.safetensors", False)]
     assert sorted(e[1] for e in events[len(files):]) == [tmp_path, tmp_path / "sub"]  # the folders, after the files
+
+
+def test_a_write_error_in_the_stage_names_the_file_in_output_dir(tmp_path):
+    """The staging folder's name is one the user never sees: a full disk while writing its tokenizer.json is
+    reported as output_dir/tokenizer.json (errno kept), and the folder is removed."""
+    import errno
+
+    with pytest.raises(OSError) as caught:
+        with staged_final_save(tmp_path) as stage:
+            raise OSError(errno.ENOSPC, "No space left on device", str(stage / "tokenizer.json"))
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(tmp_path / "tokenizer.json"))
+    assert list(tmp_path.iterdir()) == []

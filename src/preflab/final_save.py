@@ -34,13 +34,20 @@ _WEIGHTS_FAMILY = re.compile(r"(?P<stem>.+?)(?:-\d{5}-of-\d{5}\.safetensors|\.sa
 @contextmanager
 def staged_final_save(output_dir: str | Path) -> Iterator[Path]:
     """Yield an empty folder inside output_dir to save the final model into; published into output_dir when the
-    block ends without error (publish_staged), removed in every case."""
+    block ends without error (publish_staged), removed in every case. An OSError naming a file in the folder (a full
+    disk while the tokenizer is written) is raised naming that file's place in output_dir, the name the user knows."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=output_dir))
     try:
         yield stage
         publish_staged(stage, output_dir)
+    except OSError as err:
+        named = Path(err.filename) if isinstance(err.filename, str) else None
+        if named is None or err.errno is None or not named.is_relative_to(stage):
+            raise
+        raise OSError(err.errno, err.strerror or os.strerror(err.errno),
+                      str(output_dir / named.relative_to(stage))) from err
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
