@@ -545,9 +545,10 @@ def _intact(path: Path) -> bool:
 
 def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
     """Remove what killed saves left in output_dir (call only while holding its lock): .tmp-checkpoint-* folders,
-    .del-checkpoint-* folders (a deletion killed part way), .tmp-final-model-* folders (a final model save), and .old-checkpoint-* folders (put back under their name
-    when the kill fell between the two renames of a replacing save and the folder is intact: one left part-deleted
-    by an older preflab's save_total_limit, which renamed to .old- too, is removed, never restored)."""
+    .del-checkpoint-* folders (a deletion killed part way), .tmp-final-model-* folders (a final model save:
+    preflab.final_save), and .old-checkpoint-* folders (put back under their name when the kill fell between the two
+    renames of a replacing save and the folder is intact: one left part-deleted by an older preflab's
+    save_total_limit, which renamed to .old- too, is removed, never restored)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return
