@@ -6245,11 +6245,12 @@ MUTANTS += [
            [("    if diffusion not in kinds:  # text / VLM runs only", "    if True:  # text / VLM runs only")],
            LFA_BETA, "diffusion runs' beta note says beta * (log pi - log pi_ref) and to divide by beta for a log-ratio"),
     Mutant("lfa-summary-mode-0600", "atomic_file.py",
-           [("    write_atomically(path, write, mode=plain_file_mode())", "    write_atomically(path, write)")],
+           [("    write_atomically(path, write, mode=plain_file_mode(), durable=durable)",
+             "    write_atomically(path, write, durable=durable)")],
            LFA_SUMMARY, "summary.json and eval.json are written 0600 (mkstemp's mode), unreadable to others sharing "
            "the run folder"),
     Mutant("lfa-summary-temp-left", "atomic_file.py",
-           [("    write_atomically(path, write, mode=plain_file_mode())",
+           [("    write_atomically(path, write, mode=plain_file_mode(), durable=durable)",
              "    tmp = path.with_suffix('.json.tmp')\n    write(str(tmp))\n    os.replace(tmp, path)")],
            LFA_SUMMARY, "a failed summary.json / eval.json write leaves a .json.tmp behind"),
 ]
@@ -6565,6 +6566,61 @@ MUTANTS += [
            [('cfg.online_task not in ("demo", "game") or cfg.eval_strategy != "no"',
              'cfg.online_task not in ("demo", "game", "dataset") or cfg.eval_strategy != "no"')], GMBF_NOTE,
            "online_task: dataset without an eval set, which evaluates nothing at its end, is told it does"),
+]
+
+# mutation-fatm round: the final model published whole or not at all (final_save.staged_final_save through the
+# driver's _save_final_staged, clean_interrupted_saves), summary.json / eval.json fsynced (atomic_file durable)
+FATM_TESTS = ["tests/test_final_save.py"]
+MUTANTS += [
+    Mutant("fatm-final-save-in-place", "loops/driver.py",
+           [("            self.out = stage\n", "            pass\n")], FATM_TESTS,
+           "the final model is written straight into output_dir: a kill mid-write leaves a truncated "
+           "model.safetensors"),
+    Mutant("fatm-published-on-error", "final_save.py",
+           [("        yield stage\n        publish_staged(stage, output_dir)\n",
+             "        try:\n            yield stage\n        finally:\n            publish_staged(stage, output_dir)\n")],
+           FATM_TESTS,
+           "a save that died part way is published too: its half-written model.safetensors replaces the whole one"),
+    Mutant("fatm-stage-left", "final_save.py",
+           [("    finally:\n        shutil.rmtree(stage, ignore_errors=True)", "    finally:\n        pass")],
+           FATM_TESTS,
+           "the staging folder stays in output_dir after every save"),
+    Mutant("fatm-index-first", "final_save.py",
+           [('key=lambda p: (p.name.endswith(".index.json"), p))',
+             'key=lambda p: (not p.name.endswith(".index.json"), p))')],
+           FATM_TESTS, "the shard index is renamed in before its shards: a reader may meet an index naming missing "
+           "shards"),
+    Mutant("fatm-stale-shards-kept", "final_save.py",
+           [("        _remove_stale_weights(folder, {p.name for p in published if p.parent == folder})\n", "")],
+           FATM_TESTS,
+           "a single-file save over a sharded one leaves the old shards and index beside the new model.safetensors"),
+    Mutant("fatm-stale-removes-published", "final_save.py",
+           [(' in stems and path.name not in names and path.is_file():', ' in stems and path.is_file():')], FATM_TESTS,
+           "the stale-shard cleanup removes the files just published"),
+    Mutant("fatm-published-unsynced", "final_save.py",
+           [("        fsync_file(src)\n", "")], FATM_TESTS,
+           "the final model's files are renamed in unflushed: a power loss can leave an empty model.safetensors"),
+    Mutant("fatm-summary-not-durable", "runlog.py",
+           [('summary, durable=True, indent=2', 'summary, durable=False, indent=2')], FATM_TESTS,
+           "summary.json is renamed in without an fsync: empty after a power loss"),
+    Mutant("fatm-eval-not-durable", "eval/run.py",
+           [("write_json_file(path, data, durable=True, indent=1)", "write_json_file(path, data, indent=1)")],
+           FATM_TESTS,
+           "eval.json is renamed in without an fsync: empty after a power loss"),
+    Mutant("fatm-durable-file-unsynced", "atomic_file.py",
+           [("    if durable:\n        write = _then_fsynced(write)\n", "")], FATM_TESTS,
+           "a durable write fsyncs only the folder: the renamed file's bytes may not be on disk"),
+    Mutant("fatm-folder-synced-before-rename", "atomic_file.py",
+           [("        os.replace(tmp, path)\n        if durable:\n            fsync_folder(path.parent)\n",
+             "        if durable:\n            fsync_folder(path.parent)\n        os.replace(tmp, path)\n")],
+           FATM_TESTS,
+           "the folder is fsynced before the rename, so the rename itself is not flushed"),
+    Mutant("fatm-stage-name-in-error", "final_save.py",
+           [("str(output_dir / named.relative_to(stage))) from err", "str(named)) from err")], FATM_TESTS,
+           "a full disk during the final save names the hidden .tmp-final-model-* file, not its place in output_dir"),
+    Mutant("fatm-killed-final-save-kept", "checkpoint.py",
+           [('    final = list(output_dir.glob(f"{FINAL_STAGE_PREFIX}*"))', "    final = []")], FATM_TESTS,
+           "a killed final save's folder is never removed: leftovers pile up in output_dir"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

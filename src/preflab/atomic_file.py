@@ -28,7 +28,42 @@ def plain_file_mode() -> int:
     return 0o666 & ~current_umask()
 
 
-def write_atomically(path: Path, write: Callable[[str], None], mode: int | None = None) -> None:
+def fsync_file(path: str | Path) -> None:
+    """Flush a written file's bytes to disk (os.fsync), so that a rename of it is not kept by a power loss while its
+    contents are not (ext4 / XFS may write the rename first: an empty file under the final name)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(path: str | Path) -> None:
+    """Flush a folder's entries (a file renamed into it) to disk; a filesystem that cannot (some network mounts,
+    Windows) is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _then_fsynced(write: Callable[[str], None]) -> Callable[[str], None]:
+    """write, then fsync_file of the file it wrote (before write_atomically renames it)."""
+    def write_and_fsync(tmp: str) -> None:
+        write(tmp)
+        fsync_file(tmp)
+
+    return write_and_fsync
+
+
+def write_atomically(path: Path, write: Callable[[str], None], mode: int | None = None,
+                     durable: bool = False) -> None:
     """Fill `path` through write(tmp): tmp is a new empty file beside `path` (tempfile.mkstemp: a name no other
     writer gets, mode 0600; the same folder, so the same filesystem and os.replace is an atomic rename), renamed onto
     `path` once write returns. A reader (another rank, a later run) sees the old file or the new one, never part of
@@ -37,8 +72,12 @@ def write_atomically(path: Path, write: Callable[[str], None], mode: int | None 
     `path` (its filename), whatever file it named: a write to an open file names none, and the temp file's name is
     one the user never sees (summary.json's full disk said only the run folder). path's folder is made first. mode:
     the file's permission bits (os.chmod of tmp before write), for a file others read that a plain open() made
-    before (plain_file_mode); None keeps 0600."""
+    before (plain_file_mode); None keeps 0600. durable: the temp file is fsynced before the rename and the folder
+    after it, so the file also survives a power loss whole (a run's summary.json, eval.json: a rename alone may
+    reach the disk before the bytes, leaving an empty file); about 1-10 ms a file on a local disk."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if durable:
+        write = _then_fsynced(write)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -46,6 +85,8 @@ def write_atomically(path: Path, write: Callable[[str], None], mode: int | None 
             os.chmod(tmp, mode)
         write(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync_folder(path.parent)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno is not None:
@@ -61,12 +102,13 @@ def write_text_file(path: Path, text: str) -> Path:
     return path
 
 
-def write_json_file(path: Path, data, **dump_options) -> Path:
-    """json.dump(data, **dump_options) to `path` whole or not at all (write_atomically), with a plain file's mode
-    (plain_file_mode: files others read in a run folder, summary.json and eval.json, which open() made before)."""
+def write_json_file(path: Path, data, durable: bool = False, **dump_options) -> Path:
+    """json.dump(data, **dump_options) to `path` whole or not at all (write_atomically; durable: fsynced, see
+    there), with a plain file's mode (plain_file_mode: files others read in a run folder, summary.json and eval.json,
+    which open() made before)."""
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(data, f, **dump_options)
 
-    write_atomically(path, write, mode=plain_file_mode())
+    write_atomically(path, write, mode=plain_file_mode(), durable=durable)
     return path

@@ -39,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from preflab.errors import ConfigError, PreflabError
+from preflab.final_save import STAGE_PREFIX as FINAL_STAGE_PREFIX
 
 MARKER = "COMPLETE"
 TIMELINE_FILE = "timeline.json"
@@ -544,9 +545,10 @@ def _intact(path: Path) -> bool:
 
 def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
     """Remove what killed saves left in output_dir (call only while holding its lock): .tmp-checkpoint-* folders,
-    .del-checkpoint-* folders (a deletion killed part way), and .old-checkpoint-* folders (put back under their name
-    when the kill fell between the two renames of a replacing save and the folder is intact: one left part-deleted
-    by an older preflab's save_total_limit, which renamed to .old- too, is removed, never restored)."""
+    .del-checkpoint-* folders (a deletion killed part way), .tmp-final-model-* folders (a final model save:
+    preflab.final_save), and .old-checkpoint-* folders (put back under their name when the kill fell between the two
+    renames of a replacing save and the folder is intact: one left part-deleted by an older preflab's
+    save_total_limit, which renamed to .old- too, is removed, never restored)."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return
@@ -565,6 +567,12 @@ def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if stale:
         warn(f"preflab: note: removed {len(stale)} unfinished checkpoint folder(s) left by an interrupted save.")
+    final = list(output_dir.glob(f"{FINAL_STAGE_PREFIX}*"))  # a final model save killed part way (final_save.py)
+    for tmp in final:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if final:
+        warn(f"preflab: note: removed {len(final)} unfinished final model folder(s) left by an interrupted save; "
+             "the model files in output_dir are each whole, from before it or from it.")
 
 
 def _checked_weights(path: Path, model) -> tuple[dict, dict]:

@@ -215,10 +215,11 @@ def write_summary(output_dir: Path, summary: dict) -> Path:
     """OUTPUT_DIR/summary.json, whole or not at all (preflab.atomic_file.write_atomically): a write stopped part way
     (a full disk, a failed rename, an interrupt) leaves the old summary.json and no temp file; before, a fixed
     summary.json.tmp was left behind. Its mode is a plain open()'s under the umask (write_json_file), as before,
-    not mkstemp's 0600: others who read the run folder still read it."""
+    not mkstemp's 0600: others who read the run folder still read it. Durable (fsynced before and after the rename):
+    summary.json says the run finished, so after a power loss it is whole or absent, never empty."""
     from preflab.atomic_file import write_json_file
 
-    return write_json_file(Path(output_dir) / "summary.json", summary, indent=2, default=str)
+    return write_json_file(Path(output_dir) / "summary.json", summary, durable=True, indent=2, default=str)
 
 
 def finished_summary(output_dir: Path, step: int, total_steps: int, timeline: list) -> dict | None:

@@ -808,11 +808,12 @@ def _same_data(data, name) -> bool:
 
 def write_json(path: Path, data: dict) -> Path:
     """Write `data` to `path` (eval.json) whole or not at all, with a plain file's mode (atomic_file.write_json_file:
-    before, a fixed eval.json.tmp was left behind when the write or the rename failed)."""
+    before, a fixed eval.json.tmp was left behind when the write or the rename failed), fsynced (durable: whole
+    or absent after a power loss, never empty)."""
     from preflab.atomic_file import write_json_file
 
     try:
-        return write_json_file(path, data, indent=1)
+        return write_json_file(path, data, durable=True, indent=1)
     except OSError as err:  # a full disk, a read-only folder: the results are computed, say where they could not go
         raise PreflabError(f"could not write {path}: {err.strerror or err}. Free disk space or fix the folder's "
                            "permissions, or write it elsewhere with --out PATH.") from err

@@ -38,6 +38,7 @@ from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
 from preflab.errors import ConfigError, NonFiniteError, PreflabError
+from preflab.final_save import staged_final_save
 from preflab.best_model_options import (saves_best, sharded_best_model_problem, sharded_model_only_problem,
                                         trl_save_default_note, writes_checkpoints)
 from preflab.config_trl import trl_epochs_default_note
@@ -533,8 +534,7 @@ class TrainingRun(CallbackEvents):
             summary["final_model_saved"] = False
         if self.main:
             if self.save_final_model:
-                self.save_model()
-                self.save_objective_state()
+                self._save_final_staged()
             share_run_files(self.out)  # safetensors writes 0600; the model is read like the run's other files
             write_summary(self.out, summary)
             self.write_card(summary)
@@ -551,6 +551,19 @@ class TrainingRun(CallbackEvents):
             else:
                 print(f"preflab: note: push_to_hub: this run saves no final model, so nothing of {self.out} is "
                       f"uploaded at the end (hub_strategy {self.cfg.hub_strategy}).", flush=True)
+
+    def _save_final_staged(self) -> None:
+        """save_model and save_objective_state into a fresh folder inside output_dir, each file then renamed into
+        output_dir (preflab.final_save.staged_final_save): a kill part way leaves no truncated model.safetensors.
+        The savers write to self.out, which points at that folder meanwhile."""
+        final_out = self.out
+        with staged_final_save(final_out) as stage:
+            self.out = stage
+            try:
+                self.save_model()
+                self.save_objective_state()
+            finally:
+                self.out = final_out
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
                     revision=None, private=None, **card_fields):
