@@ -6533,7 +6533,7 @@ MUTANTS += [
            [('metric_counts=dict(row.get("metric_counts") or {}),', "metric_counts={},")], TQX_WINDOW,
            "the restored steps lose their metric counts: the window's metrics are weighted by examples instead"),
     Mutant("tqx-eval-strategy-task-refused", "config.py",
-           [("                and not self._evaluates_with_its_task()):", "                ):")], TQX_EVAL,
+           [("                and not self.evaluates_with_its_task()):", "                ):")], TQX_EVAL,
            "eval_strategy steps on the online demo / game is refused as needing an eval set again"),
 ]
 
@@ -6563,8 +6563,8 @@ MUTANTS += [
            [('            or "eval_strategy" not in getattr(cfg, "written_options", frozenset())):', "            ):")],
            GMBF_NOTE, "a saved config's eval_strategy: no (not the user's choice) gets the note too"),
     Mutant("gmbf-note-any-task", "online_options.py",
-           [('cfg.online_task not in ("demo", "game") or cfg.eval_strategy != "no"',
-             'cfg.online_task not in ("demo", "game", "dataset") or cfg.eval_strategy != "no"')], GMBF_NOTE,
+           [('    if (not cfg.evaluates_with_its_task() or cfg.eval_strategy != "no"',
+             '    if (cfg.task != "online" or cfg.eval_strategy != "no"')], GMBF_NOTE,
            "online_task: dataset without an eval set, which evaluates nothing at its end, is told it does"),
 ]
 

@@ -95,7 +95,7 @@ def test_diffusion_eval_from_another_directory_names_the_runs_relative_base_mode
     # seen: `preflab eval ../outputs/run --task diffusion` from another folder asked the hub for 'mymodel' (the run's
     # relative model_name_or_path) five times over ~20 s, then "does not appear to have a file named
     # model_index.json ... Check the name (hub access or HF_HUB_OFFLINE)"
-    from preflab.loops.diffusion_eval import _run_base_model, evaluate_diffusion_run
+    from preflab.loops.diffusion_eval import evaluate_diffusion_run, run_base_model
 
     run = tmp_path / "run"
     run.mkdir()
@@ -106,10 +106,10 @@ def test_diffusion_eval_from_another_directory_names_the_runs_relative_base_mode
     with pytest.raises(ConfigError, match=r"model_name_or_path='mymodel'.*not a directory here.*--reference DIR"):
         evaluate_diffusion_run(str(run), "pairs.jsonl")
     (tmp_path / "mymodel").mkdir()  # found from this directory: used as it is
-    assert _run_base_model(str(run), "mymodel") == "mymodel"
-    assert _run_base_model(str(run), "stable-diffusion-v1-5/stable-diffusion-v1-5").startswith("stable-diffusion")
+    assert run_base_model(str(run), "mymodel") == "mymodel"
+    assert run_base_model(str(run), "stable-diffusion-v1-5/stable-diffusion-v1-5").startswith("stable-diffusion")
     with pytest.raises(ConfigError, match="outputs/base/final"):
-        _run_base_model(str(run), "outputs/base/final")
+        run_base_model(str(run), "outputs/base/final")
 
 
 @pytest.mark.parametrize("task, final, command", [

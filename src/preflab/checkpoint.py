@@ -38,6 +38,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from preflab.atomic_file import fsync_file
+from preflab.atomic_file import fsync_folder as fsync_dir  # (online/run.py imports both from here)
 from preflab.errors import ConfigError, PreflabError
 from preflab.final_save import STAGE_PREFIX as FINAL_STAGE_PREFIX
 
@@ -76,16 +78,6 @@ def share_run_files(folder: Path) -> None:
     for path in Path(folder).iterdir():
         if path.is_file():
             share_as_umask(path)
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (new, renamed files) to disk; a filesystem that cannot is left as it is."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
 
 
 def _write_json(path: Path, data) -> None:
@@ -165,12 +157,6 @@ def rng_parts() -> tuple[dict, dict]:
     meta = {"python": [py_state[0], list(py_state[1]), py_state[2]],
             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
     return tensors, meta
-
-
-def fsync_file(path: Path) -> None:
-    """Flush a written file's contents to disk."""
-    with open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
 
 
 HASH_BLOCK = 8 << 20  # bytes per read: one buffer reused (readinto), hashlib releases the GIL on updates this large

@@ -328,7 +328,7 @@ class TrainConfig:
             raise ConfigError(errors[0] if len(errors) == 1 else
                               f"{len(errors)} invalid options:\n  " + "\n  ".join(errors))
 
-    def _evaluates_with_its_task(self) -> bool:
+    def evaluates_with_its_task(self) -> bool:
         """The online demo and game tasks evaluate without an eval set: the demo its held-out prompts
         (eval_true_reward, eval_win_rate_vs_reference), the game the equilibrium (eval_duality_gap), every eval_steps
         and at the end; so eval_on_start and eval_strategy steps / epoch need no eval_dataset_name there (the latter
@@ -342,7 +342,7 @@ class TrainConfig:
         others need an eval set (eval_strategy: no drops it). Recipes refuse it with their other unread options."""
         if not self.eval_on_start or self.task in RECIPE_TASKS:
             return []
-        if self._evaluates_with_its_task():
+        if self.evaluates_with_its_task():
             return []
         if self.task == "online" and self.online_task == "vision_dataset":
             return ["eval_on_start: online_task: vision_dataset has no evaluation (no eval_* metrics; it reads no "
@@ -432,7 +432,7 @@ class TrainConfig:
             out.append(f"eval_fraction={self.eval_fraction} and eval_dataset_name={self.eval_dataset_name!r} both "
                        "give an eval set; keep one.")
         if (self.eval_strategy in ("steps", "epoch") and not (self.eval_fraction or self.eval_dataset_name)
-                and not self._evaluates_with_its_task()):
+                and not self.evaluates_with_its_task()):
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no). From Python (TRL's eval_dataset=), Trainer(cfg, eval_data=rows) "

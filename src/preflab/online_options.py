@@ -372,7 +372,7 @@ def task_eval_strategy_no_notes(cfg) -> list[str]:
     eval set: the demo's held-out prompts, the game's exact equilibrium metrics. Said once when the run is built
     (OnlineRun, built only to train), so a user who wrote "no" is not left to find eval_* rows in metrics.jsonl. A
     saved config's value (not written) is not the user's choice and gets no note."""
-    if (cfg.task != "online" or cfg.online_task not in ("demo", "game") or cfg.eval_strategy != "no"
+    if (not cfg.evaluates_with_its_task() or cfg.eval_strategy != "no"
             or "eval_strategy" not in getattr(cfg, "written_options", frozenset())):
         return []
     measures = {"demo": f"the true reward of greedy answers to the demo's {cfg.heldout_prompts} held-out prompts "

@@ -88,9 +88,8 @@ def window_to_json(results) -> list[dict]:
     uninterrupted run's (transformers' Trainer starts a new window at the resumed step instead: its first row after
     a resume averages only the steps run after it, and differs from the uninterrupted run's row of that step)."""
     return [{"loss": r.loss, "metrics": dict(r.metrics), "grad_norm": r.grad_norm, "skipped": r.skipped,
-             "num_examples": r.num_examples, "overflow": bool(getattr(r, "overflow", False)),
-             "metric_counts": dict(getattr(r, "metric_counts", {})),
-             "metric_differences": {k: list(v) for k, v in getattr(r, "metric_differences", {}).items()}}
+             "num_examples": r.num_examples, "overflow": bool(r.overflow), "metric_counts": dict(r.metric_counts),
+             "metric_differences": {k: list(v) for k, v in r.metric_differences.items()}}
             for r in results]
 
 

@@ -27,10 +27,10 @@ def checkpoint_components(run_dir: str, cfg, device: str | None = None):
     sampled (flux_guidance, resolution), on `device`. A base model that is a local path missing here is refused:
     the checkpoint's parameters are only a difference from it."""
     from preflab.diffusion.pipeline import components_of, load_pipeline
-    from preflab.loops.diffusion_eval import _run_base_model
+    from preflab.loops.diffusion_eval import run_base_model
 
     try:
-        base = _run_base_model(run_dir, cfg.model_name_or_path)
+        base = run_base_model(run_dir, cfg.model_name_or_path)
     except ConfigError:
         raise ConfigError(f"{run_dir} is a checkpoint: its trained parameters load on the run's base model "
                           f"{cfg.model_name_or_path!r} (config.yaml's model_name_or_path), which is not a directory "

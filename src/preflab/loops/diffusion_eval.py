@@ -62,7 +62,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.eval.run_files import refuse_other_task
     from preflab.loops.diffusion import DiffusionRun, sample_seeds
 
-    checkpoint = _is_checkpoint(Path(run_dir))
+    checkpoint = is_diffusion_checkpoint(Path(run_dir))
     # a checkpoint's config is its run's, one level up (preflab.models.run_config's rule)
     saved = require_run_config(run_dir, "preflab eval --task diffusion")[1]  # read once, passed on
     refuse_other_task(run_dir, "diffusion", saved)  # a text policy, a reward model, a VLM: named with its command
@@ -101,8 +101,8 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         if type(objective).__name__ == "SelfNPO":
             _refuse_unevaluated(cfg.loss_type)
         # ppd's reference is its own UNet without the branch; the others' is checked before the policy loads
-        reference_name = None if ppd else reference or _run_base_model(run_dir, cfg.model_name_or_path)
-        policy_name = _run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
+        reference_name = None if ppd else reference or run_base_model(run_dir, cfg.model_name_or_path)
+        policy_name = run_base_model(run_dir, cfg.model_name_or_path) if checkpoint else str(run_dir)
         run = DiffusionRun(cfg, pipeline=load_pipeline(policy_name, cfg.allow_pickle, seed=cfg.seed),
                            scores_held_out=True, reader=reader, user_table=users)
         if checkpoint:
@@ -375,7 +375,7 @@ def _refuse_unevaluated(loss_type: str) -> None:
     raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {loss_type} runs are not supported ({why}).")
 
 
-def _is_checkpoint(path: Path) -> bool:
+def is_diffusion_checkpoint(path: Path) -> bool:
     """A checkpoint-N folder of a diffusion run (preflab.models.run_config.is_checkpoint_folder, holding its trained
     parameters, not a pipeline): loaded over the run's base model."""
     from preflab.models.run_config import is_checkpoint_folder
@@ -384,7 +384,7 @@ def _is_checkpoint(path: Path) -> bool:
             and not (path / "model_index.json").is_file())
 
 
-def _run_base_model(run_dir: str, name: str) -> str:
+def run_base_model(run_dir: str, name: str) -> str:
     """The run's model_name_or_path as the reference, or a ConfigError when it was a local path that is not a
     directory here (a relative path written from another working directory, or a moved model): loading it would
     ask the hub for it (retrying for about 20 s) and then fail with a hub error."""

@@ -56,7 +56,7 @@ class PPDSampler:
         from preflab.diffusion.pipeline import components_of, load_pipeline
         from preflab.diffusion.user_branch import install_user_branch
         from preflab.loops.diffusion import DenoiserModule
-        from preflab.loops.diffusion_eval import _is_checkpoint, load_user_branch, saved_user_table
+        from preflab.loops.diffusion_eval import is_diffusion_checkpoint, load_user_branch, saved_user_table
         from preflab.models.run_config import require_run_config
 
         saved = require_run_config(run_dir, "preflab.loops.ppd_sample.PPDSampler")[1]
@@ -66,7 +66,7 @@ class PPDSampler:
         from pathlib import Path
 
         self.cfg = config_with_overrides(saved, preflab_overrides=[])
-        if _is_checkpoint(Path(run_dir)):  # the branch (and a learned table) at step N on the run's base pipeline
+        if is_diffusion_checkpoint(Path(run_dir)):  # the branch (and a learned table) at step N on the base pipeline
             from preflab.loops.diffusion_checkpoint import checkpoint_components, checkpoint_denoiser
             from preflab.loops.ppd_eval import checkpoint_user_table
 

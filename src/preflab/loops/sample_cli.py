@@ -150,10 +150,10 @@ class PipelineSampler:
     def __init__(self, run_dir: str, saved: dict, device: str | None = None):
         from preflab.config import config_with_overrides
         from preflab.diffusion.pipeline import components_of, load_pipeline
-        from preflab.loops.diffusion_eval import _is_checkpoint
+        from preflab.loops.diffusion_eval import is_diffusion_checkpoint
 
         self.cfg = config_with_overrides(saved, preflab_overrides=[])
-        if _is_checkpoint(Path(run_dir)):
+        if is_diffusion_checkpoint(Path(run_dir)):
             from preflab.loops.diffusion_checkpoint import checkpoint_components, checkpoint_denoiser
 
             self.components = checkpoint_components(run_dir, self.cfg, device)
