@@ -6633,9 +6633,10 @@ MGP_SCORE = ["tests/eval/test_score_and_loading.py", "tests/eval/test_token_rewa
              "score or token_rewards"]
 MGP_DSCORE = ["tests/diffusion/test_pair_scoring.py"]
 MGP_FP = ["tests/data/test_data_fingerprint.py"]
-MGP_NOTES = ["tests/report/test_report_headline.py", "tests/test_trial_leftovers.py", "tests/test_user_trial_nontext.py",
+MGP_NOTES = ["tests/report/test_data_notes.py", "tests/report/test_report_headline.py",
+             "tests/test_trial_leftovers.py", "tests/test_user_trial_nontext.py",
              "tests/test_user_trial7.py", "-k",
-             "notes_the_online or held_out_answers_cut or ended_mid_round or never_calls_a_tool"]
+             "test_data_notes or notes_the_online or held_out_answers_cut or ended_mid_round or never_calls_a_tool"]
 MGP_MEDIA = ["tests/vlm/test_vlm_media.py", "tests/test_user_trial_media.py", "-k",
              "test_vlm_media or relative_image or decompression"]
 MGP_EXTRAS = ["tests/loops/test_token_extras.py", "-k", "not trains_exactly_like_dpo"]
