@@ -274,3 +274,16 @@ def test_generic_per_token_columns_are_cut_with_their_response_and_cached_cut(tm
     items, _ = tokenize_unpaired(unpaired, tokenizer, max_length=6, truncation_mode="keep_end", token_extras=True)
     kept = len(items[0].completion_ids)
     assert items[0].extras["completion_weight"] == [float(i) for i in range(n - kept, n)] and kept < n
+
+
+def test_a_per_token_column_of_ints_and_floats_keeps_its_fractions():
+    """A weight column written as 1, 0.5, 2 (JSON keeps 1 and 2 as ints) is a float column: cast to long, 0.5
+    became 0. Any float in the column makes it float32; ids alone stay long."""
+    pairs = [pair(0, [7, 8, 9], [7, 6], chosen_w=[1, 0.5, 2], rejected_w=[0, 1], chosen_phrase_ids=[0, 1, 1],
+                  rejected_phrase_ids=[2, 2]),
+             pair(1, [8], [6], chosen_w=[3], rejected_w=[1], chosen_phrase_ids=[4], rejected_phrase_ids=[5])]
+    batch = collate_pairs(pairs, pad_id=0)
+    mask, weights = batch.response_mask, batch.extras["chosen_w"]
+    assert weights.dtype == torch.float32 and batch.extras["chosen_phrase_ids"].dtype == torch.long
+    assert weights[0][mask[0]].tolist() == [1.0, 0.5, 2.0] and weights[1][mask[1]].tolist() == [3.0]
+    assert batch.extras["rejected_w"][0][mask[2]].tolist() == [0.0, 1.0]

@@ -97,3 +97,58 @@ def test_bt_log_odds_are_exact_where_the_probability_saturates():
     assert T.tolist() == [[0.0, 160.0, 162.0], [-160.0, 0.0, 2.0], [-162.0, -2.0, 0.0]]
     assert pm.win_rate_matrix("x", ["a", "b", "c"])[0, 1].item() == 1.0
     torch.testing.assert_close(pm.win_rate_matrix("x", ["b", "c"]), torch.sigmoid(T[1:, 1:]), atol=0, rtol=0)
+
+
+def test_every_win_rate_matrix_entry_is_prefer_of_that_ordered_pair():
+    """P[i, j] = P(y_i > y_j | x) = prefer(x, y_i, y_j): P + P^T = 1 holds for the transposed matrix too, so the
+    entries are checked against prefer, for the symmetrised judge (its pairs asked once, i < j) and a GPM judge at
+    tau != 1 (the score table divided by the head's tau, as prefer is)."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.gpm import GPMHead
+    from preflab.reward_models.heads import build_reward_model
+    from preflab.reward_models.interface import GPMPreference
+
+    r = {"a": 1.0, "b": 0.0, "c": -0.5}
+
+    def biased(prompts, a, b):  # prefers whatever is shown first by +0.5 logits
+        return torch.tensor([1 / (1 + math.exp(-(r[x] - r[y] + 0.5))) for x, y in zip(a, b)], dtype=torch.float64)
+
+    sym = SymmetrizedPreference(biased)
+    p = sym.win_rate_matrix("x", ["a", "b", "c"])
+    sigma = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    assert p[0, 1].item() == pytest.approx((sigma(1.5) + 1 - sigma(-0.5)) / 2, abs=1e-6)  # a over b: 0.720016
+    assert p[1, 0].item() == pytest.approx(1 - p[0, 1].item(), abs=1e-6) and p[1, 1].item() == 0.5
+    for i, x in enumerate("abc"):
+        for j, y in enumerate("abc"):
+            if i != j:
+                assert p[i, j].item() == pytest.approx(sym.prefer(["x"], [x], [y]).item(), abs=1e-6)
+
+    tok = tiny_tokenizer()
+    gpm = GPMPreference(build_reward_model("builtin:tiny-llama", 4, tok, seed=0), tok, head=GPMHead(dim=4, tau=0.5))
+    texts = [" sat on the mat", " ran", " the park"]
+    w, log_odds = gpm.win_rate_matrix("the cat", texts), gpm.log_odds_matrix("the cat", texts)
+    for i in range(3):
+        for j in range(3):
+            if i != j:
+                one = gpm.prefer(["the cat"], [texts[i]], [texts[j]])
+                torch.testing.assert_close(w[i, j], one[0], atol=1e-6, rtol=0)
+                torch.testing.assert_close(log_odds[i, j], torch.logit(one[0].double()).float(), atol=1e-4, rtol=0)
+
+
+def test_a_two_output_head_not_labelled_multi_objective_is_refused_as_a_judge(tmp_path):
+    """The one-score check reads the head's width, not only its label: a 2-output `bt` model loaded as a judge
+    would stop the run at its first judged round; it is refused when loaded, and scores along a direction."""
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.heads import build_reward_model, set_reward_config
+    from preflab.reward_models.interface import RewardModel, load_judge
+
+    tok = tiny_tokenizer()
+    model = build_reward_model("builtin:tiny-llama", 2, tok, seed=0)
+    set_reward_config(model, {"head": "bt", "tau": 1.0})
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"is a multi-output reward model \(2 outputs\), not a one-score judge"):
+        load_judge(str(tmp_path))
+    raw = RewardModel(model, tok).outputs(["a"], [" b"])
+    torch.testing.assert_close(load_judge(str(tmp_path), direction=[1.0, -1.0]).score(["a"], [" b"]),
+                               raw[:, 0] - raw[:, 1], atol=1e-6, rtol=0)

@@ -216,3 +216,23 @@ def test_vision_rows_room_and_image_tokens_count_the_rejected_sides_own_images()
     assert (len(cut.chosen_ids), len(cut.rejected_ids)) == (5, 5)  # 46 - 41
     with pytest.raises(RowProblem, match="41 tokens, max_length is 41"):
         tokenize_vision_pair(ex, processor, max_length=41)
+
+
+def test_an_image_dict_reads_its_bytes_before_its_path_and_a_float_array_is_refused(tmp_path):
+    """A datasets Image dict carries the image's bytes and the path it had where the dataset was built; the bytes are
+    the image (the path, if it exists here at all, may hold another one). A float H x W x 3 array (values in 0..1)
+    cast to uint8 would be a black image: refused, naming the form it must have."""
+    import pytest
+
+    from preflab.data.report import RowProblem
+
+    mine, other = image((30, 120, 200), seed=4), image((200, 10, 10), seed=5)
+    other.save(tmp_path / "a.png")
+    buf = io.BytesIO()
+    mine.save(buf, format="PNG")
+    for path in (str(tmp_path / "a.png"), "/nonexistent/where/the/dataset/was/built/a.png"):
+        got = load_image({"bytes": buf.getvalue(), "path": path}, "images[0]", base_dir=str(tmp_path))
+        assert np.array_equal(np.asarray(got), np.asarray(mine))
+    with pytest.raises(RowProblem, match=r"H x W x 3 integers in 0..255, got shape \(4, 4, 3\) of float32") as err:
+        load_image(np.full((4, 4, 3), 0.5, np.float32), "images[0]")
+    assert err.value.reason == "bad_image" and err.value.field == "images[0]"
