@@ -89,10 +89,13 @@ class RowReader:
         self._next_id = 0
         try:
             self.name, self._parts, self.split = _resolve(source, split, streaming, otherwise)
-        except SplitMissing:  # a single file (no rows read): resolved again; a folder falls back in _dir_parts
-            if otherwise is None:
-                raise
-            self.name, self._parts, self.split = _resolve(source, otherwise, streaming)
+        except SplitMissing as first:  # a single file or a glob (no rows read): resolved again; a folder or a
+            if otherwise is None:     # DatasetDict fell back in _dir_parts / _pick_split already, and its message
+                raise                 # names both splits: that one is raised, not the retry's
+            try:
+                self.name, self._parts, self.split = _resolve(source, otherwise, streaming)
+            except SplitMissing:
+                raise first from None
 
     def __iter__(self) -> Iterator[RawRow]:
         for part in self._parts:
@@ -134,6 +137,14 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
                 raise SplitMissing(f"{missing} Set the split (dataset_split / eval_split) to 'train' or leave it out, "
                                    "or point to a directory with one file per split (train.jsonl, test.jsonl).")
             return str(source), [_file_part(path, streaming)], split
+        if path.is_dir():
+            from preflab.data.card_configs import default_config_name
+
+            chosen = default_config_name(path)
+            if chosen is not None:  # the card's default among several configurations, read as datasets reads it
+                _, parts, split = _resolve_configured(ConfiguredSource(str(source), chosen), split, streaming,
+                                                      otherwise)
+                return f"{source} (config {chosen}: its README.md's default)", parts, split
         explicit, split = split is not None, split or DEFAULT_EVAL_SPLIT
         if path.is_dir():
             parts, split = _dir_parts(path, split, streaming, explicit, otherwise)
@@ -366,11 +377,17 @@ def _load_hub(name: str, split: str | None, streaming: bool = False, configured:
 
 
 def _pick_split(dataset_dict, split: str, name: str, otherwise: str | None = None):
-    """(dataset_dict[split], split), or its split `otherwise` where it has no `split`."""
+    """(dataset_dict[split], split), or its split `otherwise` where it has no `split`. Neither: a SplitMissing naming
+    both and the options that set the split (before: only the fallback, "no split 'train'", where preflab eval had
+    asked for 'test' first, and "Set split", an option no command has)."""
+    asked = split
     if split not in dataset_dict and otherwise is not None:
         split = otherwise
     if split not in dataset_dict:
-        raise SplitMissing(f"{name} has no split {split!r}; it has {sorted(dataset_dict)}. Set split to one of them.")
+        tried = f"no split {asked!r}" + (f" nor {split!r} (read where there is no {asked!r})" if split != asked else "")
+        raise SplitMissing(f"{name} has {tried}; it has {sorted(dataset_dict)}. Set the split (dataset_split / "
+                           "eval_split, TRL's dataset_train_split / dataset_test_split; preflab eval's --split) to one "
+                           "of them.")
     return dataset_dict[split], split
 
 
@@ -474,7 +491,12 @@ def _data_files(path: Path) -> list[Path]:
     return files
 
 
-SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split
+# file names that mark a split: datasets' split keywords (datasets.data_files.SPLIT_KEYWORDS), so that a file it
+# would give to another split is never read as part of this one
+SPLIT_NAMES = ("train", "training", "test", "testing", "validation", "valid", "val", "dev", "eval", "evaluation")
+# datasets' NON_WORDS_CHARS: what stands beside a split keyword in a file name it gives to that split (my_train.jsonl,
+# data-test.parquet, train2.csv)
+SPLIT_NAME_SEPARATORS = "-._ 0-9"
 
 
 # the hub's shard names, as datasets matches them ({split}-[0-9]{5}-of-[0-9]{5}*): train-00000-of-00001.parquet, and
@@ -516,16 +538,18 @@ def _split_like(folder: str) -> bool:
 
 
 def _names_split(rel: Path, split: str) -> bool:
-    """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json'. A hub
-    shard name gives its split exactly, as datasets reads it: 'train_prefs-00000-of-00001.parquet' is split
-    train_prefs, not train."""
+    """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json', and as
+    datasets reads a folder (its pattern '**/*[-._ 0-9]train[-._ 0-9]*') the split's name anywhere in the file name
+    between separators: 'my_train.jsonl', 'hh-train.jsonl.gz', 'data.train.csv' (before, such a folder's split
+    'train' read every file, its 'my_test.jsonl' too). A hub shard name gives its split exactly, as datasets reads
+    it: 'train_prefs-00000-of-00001.parquet' is split train_prefs, not train."""
     if split in rel.parts[:-1]:
         return True
-    stem = rel.name.split(".", 1)[0]
-    shard = _SHARD.match(stem)
+    shard = _SHARD.match(rel.name.split(".", 1)[0])
     if shard:
         return shard.group(1) == split
-    return stem == split or stem.startswith((split + "-", split + "_"))
+    sep = f"[{SPLIT_NAME_SEPARATORS}]"
+    return re.search(f"(?:^|{sep}){re.escape(split)}{sep}", rel.name) is not None
 
 
 _READABLE = (f"{', '.join(FILE_SUFFIXES)}, and {', '.join(TEXT_SUFFIXES)} compressed as "

@@ -1,0 +1,146 @@
+"""User trial 16 (changes/trial-16.md): an ML engineer points preflab at datasets on local disk in the shapes
+Hugging Face hub datasets come in. Each test plants the user's folder or rows and asserts the exact rows read (as
+datasets.load_dataset reads the same folder) or the text of the error."""
+import json
+
+import pytest
+
+from preflab.data.rows import load_rows
+from preflab.data.sources import eval_default_reader
+from preflab.errors import DataError, SplitMissing
+
+
+def _pairs(tag: str, n: int) -> list[dict]:
+    return [{"prompt": f"{tag} q{i}:", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(n)]
+
+
+def _write(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _prompts(examples) -> list[str]:
+    return [e.prompt for e in examples]
+
+
+def _datasets_split(folder, split: str, **kwargs) -> list[str]:
+    import datasets
+
+    return list(datasets.load_dataset(str(folder), **kwargs)[split]["prompt"])
+
+
+@pytest.mark.parametrize("train_name, test_name, held_split", [
+    ("my_train", "my_eval", "eval"), ("data_train", "data_test", "test"), ("hh-train", "hh-test", "test"),
+    ("pairs.train", "pairs.test", "test")])
+def test_a_split_named_inside_a_file_name_is_that_split_only(tmp_path, train_name, test_name, held_split):
+    """A folder of `my_train.jsonl` + `my_eval.jsonl` (or data_train / data_test, ...): datasets gives the first file
+    to 'train' and the second to 'test' (its keyword patterns '*[-._ 0-9]train[-._ 0-9]*'). preflab's split 'train'
+    read every file, the eval rows too, without a word (5 rows trained, 1 of them the eval row). Now it reads the
+    train file's 4 rows, the same rows as datasets' 'train'."""
+    _write(tmp_path / f"{train_name}.jsonl", _pairs("train", 4))
+    _write(tmp_path / f"{test_name}.jsonl", _pairs("held", 1))
+    examples, report = load_rows(tmp_path, split="train")
+    assert _prompts(examples) == [f"train q{i}:" for i in range(4)] == _datasets_split(tmp_path, "train")
+    assert (report.total, report.kept) == (4, 4)
+    held, _ = load_rows(tmp_path, split=held_split)
+    assert _prompts(held) == ["held q0:"]
+
+
+def test_a_folder_whose_files_name_no_split_is_still_read_whole(tmp_path):
+    """Files that name no split (rows_a, rows_b; 'pretrain' holds 'train' without a separator) stay the split
+    'train', read whole, as datasets reads them."""
+    _write(tmp_path / "rows_a.jsonl", _pairs("a", 2))
+    _write(tmp_path / "pretrain.jsonl", _pairs("p", 1))
+    examples, _ = load_rows(tmp_path, split="train")
+    assert sorted(_prompts(examples)) == sorted(_datasets_split(tmp_path, "train")) == ["a q0:", "a q1:", "p q0:"]
+
+
+def test_training_and_testing_files_are_refused_not_mixed(tmp_path):
+    """training.jsonl + testing.jsonl (datasets' other keywords for train and test): before, split 'train' matched
+    neither name and read both files; now the split is refused, naming the splits the files hold."""
+    _write(tmp_path / "training.jsonl", _pairs("train", 2))
+    _write(tmp_path / "testing.jsonl", _pairs("held", 1))
+    with pytest.raises(SplitMissing, match=r"holds files of the split\(s\) \['testing', 'training'\] and none of "
+                                           r"split 'train'"):
+        load_rows(tmp_path, split="train")
+    examples, _ = load_rows(tmp_path, split="training")
+    assert _prompts(examples) == ["train q0:", "train q1:"]
+
+
+def _card(folder, configs: str) -> None:
+    (folder / "README.md").write_text(f"---\nconfigs:\n{configs}---\n# a dataset card\n")
+
+
+def _two_configs(tmp_path, default_a: str = "  default: true\n", default_b: str = ""):
+    import pandas as pd
+
+    for name, rows in (("a", _pairs("a", 3)), ("b", _pairs("b", 2))):
+        (tmp_path / name).mkdir()
+        pd.DataFrame(rows).to_parquet(tmp_path / name / "train-00000-of-00001.parquet")
+    _card(tmp_path, f"- config_name: a\n{default_a}  data_files:\n  - split: train\n    path: a/train-*\n"
+                    f"- config_name: b\n{default_b}  data_files:\n  - split: train\n    path: b/train-*\n")
+    return tmp_path
+
+
+def test_the_configuration_a_card_marks_default_is_read_and_named(tmp_path):
+    """A local copy of a hub dataset whose card declares configurations 'a' (`default: true`) and 'b':
+    datasets.load_dataset(folder) reads 'a'; preflab refused the folder saying datasets asks for a config name, which
+    it does not here. Now 'a' is read (its 3 rows, datasets' rows) and the data report names it as the default."""
+    folder = _two_configs(tmp_path)
+    examples, report = load_rows(folder)
+    assert _prompts(examples) == ["a q0:", "a q1:", "a q2:"] == _datasets_split(folder, "train")
+    assert report.source == f"{folder} (config a: its README.md's default)"
+    assert report.summary().startswith(f"{folder} (config a: its README.md's default) (pairwise): 3 rows, 3 kept")
+
+
+@pytest.mark.parametrize("default_b", ["", "  default: true\n"])
+def test_several_configurations_without_one_default_are_still_refused(tmp_path, default_b):
+    """None marked default, or two: no configuration is the one to read; refused naming them."""
+    folder = _two_configs(tmp_path, default_a="  default: true\n" if default_b else "", default_b=default_b)
+    with pytest.raises(DataError, match=r"declares 2 configurations \('a'.*'b'.*\) and marks none `default: true`.*"
+                                        r"Set dataset_config"):
+        load_rows(folder)
+
+
+def test_a_saved_datasetdict_without_test_or_train_names_both_and_the_options(tmp_path):
+    """UltraFeedback-binarized saved with save_to_disk (splits train_prefs / test_prefs), given to `preflab eval
+    --data` without --split: the error said "has no split 'train' ... Set split to one of them": not the split
+    eval reads first ('test') and an option no command has. Now it names both and the options."""
+    import datasets
+
+    rows = _pairs("uf", 3)
+    datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list(rows[:2]),
+                          "test_prefs": datasets.Dataset.from_list(rows[2:])}).save_to_disk(str(tmp_path / "uf"))
+    with pytest.raises(SplitMissing) as err:
+        eval_default_reader(tmp_path / "uf")
+    assert str(err.value) == (
+        f"{tmp_path / 'uf'} has no split 'test' nor 'train' (read where there is no 'test'); it has ['test_prefs', "
+        "'train_prefs']. Set the split (dataset_split / eval_split, TRL's dataset_train_split / dataset_test_split; "
+        "preflab eval's --split) to one of them.")
+    with pytest.raises(SplitMissing, match=r"has no split 'train'; it has \['test_prefs', 'train_prefs'\]\. Set the "
+                                           r"split \(dataset_split"):
+        load_rows(tmp_path / "uf")
+    assert _prompts(load_rows(tmp_path / "uf", split="test_prefs")[0]) == ["uf q2:"]
+
+
+def test_rows_without_chosen_and_rejected_say_to_build_the_columns(tmp_path):
+    """Stanford SHP's columns (history, human_ref_A, human_ref_B, labels): the error named the row's columns and
+    said "Fix the row or set on_bad_row: skip", which would skip every row. Now it says preflab has no column
+    mapping and how to build the columns; a row missing only 'rejected' keeps the short message."""
+    shp = tmp_path / "shp.jsonl"
+    _write(shp, [{"history": "post", "human_ref_A": "A", "human_ref_B": "B", "labels": 1}])
+    with pytest.raises(DataError) as err:
+        load_rows(shp)
+    assert str(err.value).startswith(
+        f"{shp} row 0 (line 1), field 'chosen': missing (the row's columns: 'history', 'human_ref_A', 'human_ref_B', "
+        "'labels'). A pairwise row needs 'chosen' and 'rejected'. The row has neither column: preflab has no column "
+        "mapping option, so build them before training")
+    half = tmp_path / "half.jsonl"
+    _write(half, [{"prompt": "q", "chosen": " a"}])
+    with pytest.raises(DataError) as err:
+        load_rows(half)
+    assert "neither column" not in str(err.value) and "field 'rejected': missing" in str(err.value)
+    only_chosen_key = tmp_path / "null.jsonl"
+    _write(only_chosen_key, [{"prompt": "q", "chosen": None}])
+    with pytest.raises(DataError) as err:
+        load_rows(only_chosen_key)
+    assert "neither column" not in str(err.value) and "field 'chosen': missing (null)" in str(err.value)
