@@ -6623,6 +6623,52 @@ MUTANTS += [
            "a killed final save's folder is never removed: leftovers pile up in output_dir"),
 ]
 
+# mutation-dfm round: user trial 16 (local copies of hub datasets): a folder's split read from its file names as
+# datasets reads them, a card's default configuration, the missing-split and missing-columns messages
+DFM_TESTS = ["tests/data/test_user_trial_16_data.py"]
+MUTANTS += [
+    Mutant("dfm-split-name-without-separator", "data/sources.py",
+           [('re.search(f"(?:^|{sep}){re.escape(split)}{sep}", rel.name)',
+             're.search(f"{re.escape(split)}{sep}", rel.name)')],
+           DFM_TESTS, "'pretrain.jsonl' is the split 'train': the folder's other files are left out of it"),
+    Mutant("dfm-split-name-at-start-only", "data/sources.py",
+           [('re.search(f"(?:^|{sep}){re.escape(split)}{sep}", rel.name)',
+             're.match(f"{re.escape(split)}{sep}", rel.name)')],
+           DFM_TESTS, "my_train.jsonl names no split again: split 'train' reads my_eval.jsonl's rows too"),
+    Mutant("dfm-split-name-no-dot", "data/sources.py",
+           [('SPLIT_NAME_SEPARATORS = "-._ 0-9"', 'SPLIT_NAME_SEPARATORS = "-_ 0-9"')],
+           DFM_TESTS, "a dot no longer stands beside a split name: train.jsonl and pairs.train.jsonl name no split"),
+    Mutant("dfm-ing-keywords-dropped", "data/sources.py",
+           [('SPLIT_NAMES = ("train", "training", "test", "testing", "validation", "valid", "val", "dev", "eval", '
+             '"evaluation")', 'SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")')],
+           DFM_TESTS, "training.jsonl + testing.jsonl: split 'train' reads both files, the test rows trained on"),
+    Mutant("dfm-default-not-read", "data/card_configs.py",
+           [('    marked = [c for c in configs if c.get("default") is True]\n',
+             '    marked = []\n')],
+           DFM_TESTS, "a card's default configuration among several is refused, as if none were marked"),
+    Mutant("dfm-first-of-several-defaults", "data/card_configs.py",
+           [("    return marked[0] if len(marked) == 1 else None", "    return marked[0] if marked else None")],
+           DFM_TESTS, "two configurations marked default: the first is read instead of refusing"),
+    Mutant("dfm-default-not-named", "data/sources.py",
+           [('return f"{source} (config {chosen}: its README.md\'s default)", parts, split',
+             'return str(source), parts, split')],
+           DFM_TESTS, "the data report does not say which configuration of the folder was read"),
+    Mutant("dfm-pick-split-says-fallback-only", "data/sources.py",
+           [('tried = f"no split {asked!r}" + (', 'tried = f"no split {split!r}" + 0 * (')],
+           DFM_TESTS, "the error names only the fallback split 'train', not the 'test' preflab eval asked for"),
+    Mutant("dfm-retry-error-raised", "data/sources.py",
+           [("            except SplitMissing:\n                raise first from None\n",
+             "            except SplitMissing:\n                raise\n")],
+           DFM_TESTS, "the fallback's own error replaces the one naming both splits"),
+    Mutant("dfm-no-columns-hint-always", "data/rows.py",
+           [("(NO_PAIR_COLUMNS_FIX if not\n", "(NO_PAIR_COLUMNS_FIX if not 0 and\n")],
+           DFM_TESTS, "a row missing 'chosen' only (null) is told it has neither column"),
+    Mutant("dfm-no-columns-hint-never", "data/rows.py",
+           [('"A pairwise row needs \'chosen\' and \'rejected\'." + (NO_PAIR_COLUMNS_FIX if not',
+             '"A pairwise row needs \'chosen\' and \'rejected\'." + ("" if not')],
+           DFM_TESTS, "SHP-style rows are told to set on_bad_row: skip, which skips every row"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

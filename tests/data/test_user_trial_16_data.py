@@ -96,8 +96,8 @@ def test_the_configuration_a_card_marks_default_is_read_and_named(tmp_path):
 def test_several_configurations_without_one_default_are_still_refused(tmp_path, default_b):
     """None marked default, or two: no configuration is the one to read; refused naming them."""
     folder = _two_configs(tmp_path, default_a="  default: true\n" if default_b else "", default_b=default_b)
-    with pytest.raises(DataError, match=r"declares 2 configurations \('a'.*'b'.*\) and marks none `default: true`.*"
-                                        r"Set dataset_config"):
+    with pytest.raises(DataError, match=r"declares 2 configurations \('a'.*'b'.*\) and marks not exactly one "
+                                        r"`default: true`.*Set dataset_config"):
         load_rows(folder)
 
 

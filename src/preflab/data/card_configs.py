@@ -87,16 +87,18 @@ def default_config_name(folder: Path) -> str | None:
 
 
 def refuse_mixed_configs(folder: Path) -> None:
-    """A DataError when folder's dataset card declares two or more configurations, none marked `default: true`,
-    and none was chosen: reading every data file under it would train on all of them at once."""
+    """A DataError when folder's dataset card declares two or more configurations and none was chosen (neither by
+    dataset_config nor by marking one `default: true`: preflab.data.sources reads that one): reading every data
+    file under it would train on all of them at once."""
     configs = card_configs(folder)
-    if len(configs) < 2 or default_entry(configs) is not None:
+    if len(configs) < 2:
         return
     names = ", ".join(repr(str(c["config_name"])) for c in configs)
     raise DataError(f"directory {folder} is a hub dataset whose README.md declares {len(configs)} configurations "
-                    f"({_shown(configs)}) and marks none `default: true`; reading the whole folder would mix them "
-                    f"(datasets.load_dataset asks for a config name here). Set dataset_config (eval_dataset_config for eval_dataset_name, --data-config "
-                    f"for preflab eval's --data) to one of {names}, or point the data option (dataset_name, "
+                    f"({_shown(configs)}) and marks not exactly one `default: true`; reading the whole folder "
+                    f"would mix them (datasets.load_dataset asks for a config name here). Set dataset_config "
+                    f"(eval_dataset_config for eval_dataset_name, --data-config for preflab eval's --data) to one of "
+                    f"{names}, or point the data option (dataset_name, "
                     "eval_dataset_name, --data) at one configuration's folder or files.")
 
 
