@@ -28,21 +28,36 @@ def _datasets_split(folder, split: str, **kwargs) -> list[str]:
     return list(datasets.load_dataset(str(folder), **kwargs)[split]["prompt"])
 
 
-@pytest.mark.parametrize("train_name, test_name, held_split", [
-    ("my_train", "my_eval", "eval"), ("data_train", "data_test", "test"), ("hh-train", "hh-test", "test"),
-    ("pairs.train", "pairs.test", "test")])
-def test_a_split_named_inside_a_file_name_is_that_split_only(tmp_path, train_name, test_name, held_split):
-    """A folder of `my_train.jsonl` + `my_eval.jsonl` (or data_train / data_test, ...): datasets gives the first file
-    to 'train' and the second to 'test' (its keyword patterns '*[-._ 0-9]train[-._ 0-9]*'). preflab's split 'train'
-    read every file, the eval rows too, without a word (5 rows trained, 1 of them the eval row). Now it reads the
-    train file's 4 rows, the same rows as datasets' 'train'."""
+@pytest.mark.parametrize("train_name, test_name", [("my_train", "my_eval"), ("data_train", "data_test"),
+                                                    ("hh-train", "hh-test"), ("pairs.train", "pairs.test"),
+                                                    ("training", "testing"), ("x_training", "evaluation")])
+def test_a_split_named_inside_a_file_name_is_that_split_only(tmp_path, train_name, test_name):
+    """A folder of `my_train.jsonl` + `my_eval.jsonl` (or data_train / data_test, training / testing, ...): datasets
+    gives the first file to 'train' and the second to 'test' (its keyword patterns '*[-._ 0-9]train[-._ 0-9]*', 'eval'
+    and 'testing' being keywords of 'test'). preflab's split 'train' read every file, the eval rows too, without a
+    word (5 rows trained, 1 of them the eval row), and had no split 'test'. Now both splits hold exactly datasets'
+    rows, so the eval set a run takes by default (split 'test') is the eval file."""
     _write(tmp_path / f"{train_name}.jsonl", _pairs("train", 4))
     _write(tmp_path / f"{test_name}.jsonl", _pairs("held", 1))
     examples, report = load_rows(tmp_path, split="train")
     assert _prompts(examples) == [f"train q{i}:" for i in range(4)] == _datasets_split(tmp_path, "train")
     assert (report.total, report.kept) == (4, 4)
-    held, _ = load_rows(tmp_path, split=held_split)
-    assert _prompts(held) == ["held q0:"]
+    held, _ = load_rows(tmp_path, split="test")
+    assert _prompts(held) == ["held q0:"] == _datasets_split(tmp_path, "test")
+    reader = eval_default_reader(tmp_path)  # preflab eval without --split, a run's default eval_split
+    assert reader.split == "test" and _prompts(load_rows(reader)[0]) == ["held q0:"]
+
+
+def test_dev_and_valid_files_are_the_validation_split(tmp_path):
+    """dev.jsonl (and valid / val) is datasets' 'validation'; a split named as the file is ('dev') reads it too."""
+    _write(tmp_path / "train.jsonl", _pairs("train", 2))
+    _write(tmp_path / "dev.jsonl", _pairs("dev", 1))
+    for split in ("validation", "dev"):
+        assert _prompts(load_rows(tmp_path, split=split)[0]) == ["dev q0:"] == _datasets_split(tmp_path,
+                                                                                                 "validation")
+    with pytest.raises(SplitMissing, match=r"holds files of the split\(s\) \['train', 'validation'\] and none of "
+                                           r"split 'test'"):
+        load_rows(tmp_path, split="test")
 
 
 def test_a_folder_whose_files_name_no_split_is_still_read_whole(tmp_path):
@@ -52,18 +67,6 @@ def test_a_folder_whose_files_name_no_split_is_still_read_whole(tmp_path):
     _write(tmp_path / "pretrain.jsonl", _pairs("p", 1))
     examples, _ = load_rows(tmp_path, split="train")
     assert sorted(_prompts(examples)) == sorted(_datasets_split(tmp_path, "train")) == ["a q0:", "a q1:", "p q0:"]
-
-
-def test_training_and_testing_files_are_refused_not_mixed(tmp_path):
-    """training.jsonl + testing.jsonl (datasets' other keywords for train and test): before, split 'train' matched
-    neither name and read both files; now the split is refused, naming the splits the files hold."""
-    _write(tmp_path / "training.jsonl", _pairs("train", 2))
-    _write(tmp_path / "testing.jsonl", _pairs("held", 1))
-    with pytest.raises(SplitMissing, match=r"holds files of the split\(s\) \['testing', 'training'\] and none of "
-                                           r"split 'train'"):
-        load_rows(tmp_path, split="train")
-    examples, _ = load_rows(tmp_path, split="training")
-    assert _prompts(examples) == ["train q0:", "train q1:"]
 
 
 def _card(folder, configs: str) -> None:

@@ -491,9 +491,12 @@ def _data_files(path: Path) -> list[Path]:
     return files
 
 
-# file names that mark a split: datasets' split keywords (datasets.data_files.SPLIT_KEYWORDS), so that a file it
-# would give to another split is never read as part of this one
-SPLIT_NAMES = ("train", "training", "test", "testing", "validation", "valid", "val", "dev", "eval", "evaluation")
+# datasets' split keywords (datasets.data_files.SPLIT_KEYWORDS): the names in a data file's name that give it to
+# each of its three splits (my_eval.jsonl is 'test', dev.jsonl 'validation'); another split name is matched as it is
+SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+                  "test": ("test", "testing", "eval", "evaluation")}
+SPLIT_NAMES = tuple(SPLIT_KEYWORDS)  # the splits a file name can mark without a split of its own name
+_ALL_SPLIT_KEYWORDS = tuple(k for names in SPLIT_KEYWORDS.values() for k in names)
 # datasets' NON_WORDS_CHARS: what stands beside a split keyword in a file name it gives to that split (my_train.jsonl,
 # data-test.parquet, train2.csv)
 SPLIT_NAME_SEPARATORS = "-._ 0-9"
@@ -534,22 +537,24 @@ def directory_has_split(path: Path, split: str, config: str | None = None) -> bo
 def _split_like(folder: str) -> bool:
     """A folder named after a split ('train', 'test_prefs', 'validation-2'; the hub's parquet conversion writes
     default/train_prefs/0000.parquet): its files belong to that split, never to another one."""
-    return any(folder == s or folder.startswith((s + "-", s + "_")) for s in SPLIT_NAMES)
+    return any(folder == s or folder.startswith((s + "-", s + "_")) for s in _ALL_SPLIT_KEYWORDS)
 
 
 def _names_split(rel: Path, split: str) -> bool:
     """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json', and as
-    datasets reads a folder (its pattern '**/*[-._ 0-9]train[-._ 0-9]*') the split's name anywhere in the file name
-    between separators: 'my_train.jsonl', 'hh-train.jsonl.gz', 'data.train.csv' (before, such a folder's split
-    'train' read every file, its 'my_test.jsonl' too). A hub shard name gives its split exactly, as datasets reads
-    it: 'train_prefs-00000-of-00001.parquet' is split train_prefs, not train."""
-    if split in rel.parts[:-1]:
+    datasets reads a folder (its pattern '**/*[-._ 0-9]train[-._ 0-9]*') the split's name, or for train, validation
+    and test one of its keywords (SPLIT_KEYWORDS), anywhere in the file name between separators: 'my_train.jsonl',
+    'hh-train.jsonl.gz', 'data.train.csv', 'training.jsonl'; 'my_eval.jsonl' and 'testing.jsonl' are 'test' (before,
+    such a folder's split 'train' read every file, its eval file too). A hub shard name gives its split exactly, as
+    datasets reads it: 'train_prefs-00000-of-00001.parquet' is split train_prefs, not train."""
+    names = SPLIT_KEYWORDS.get(split, (split,))
+    if any(name in rel.parts[:-1] for name in names):
         return True
     shard = _SHARD.match(rel.name.split(".", 1)[0])
     if shard:
         return shard.group(1) == split
     sep = f"[{SPLIT_NAME_SEPARATORS}]"
-    return re.search(f"(?:^|{sep}){re.escape(split)}{sep}", rel.name) is not None
+    return any(re.search(f"(?:^|{sep}){re.escape(name)}{sep}", rel.name) for name in names)
 
 
 _READABLE = (f"{', '.join(FILE_SUFFIXES)}, and {', '.join(TEXT_SUFFIXES)} compressed as "
