@@ -6624,7 +6624,8 @@ MUTANTS += [
 ]
 
 # mutation-dfm round: user trial 16 (local copies of hub datasets): a folder's split read from its file names as
-# datasets reads them, a card's default configuration, the missing-split and missing-columns messages
+# datasets reads them, a card's default configuration, the missing-split and missing-columns messages, message
+# lists written as Python text (pandas' to_csv)
 DFM_TESTS = ["tests/data/test_user_trial_16_data.py"]
 MUTANTS += [
     Mutant("dfm-split-name-without-separator", "data/sources.py",
@@ -6669,6 +6670,16 @@ MUTANTS += [
     Mutant("dfm-no-columns-hint-always", "data/rows.py",
            [("(NO_PAIR_COLUMNS_FIX if not\n", "(NO_PAIR_COLUMNS_FIX if not 0 and\n")],
            DFM_TESTS, "a row missing 'chosen' only (null) is told it has neither column"),
+    Mutant("dfm-python-text-trained", "data/validate.py",
+           [("    if _python_messages(value):\n", "    if False:\n")],
+           DFM_TESTS, "UltraFeedback written by to_csv trains the Python text of its message lists as plain text"),
+    Mutant("dfm-python-text-where-messages", "data/validate.py",
+           [("    if isinstance(value, str) and _python_messages(value):\n", "    if False:\n")],
+           DFM_TESTS, "an SFT messages cell of Python text says only 'expected a list of messages, got str'"),
+    Mutant("dfm-python-text-double-quotes", "data/validate.py",
+           [("""_PYTHON_MESSAGES = re.compile(r"\\s*\\[\\s*\\{\\s*'(?:role|from)'\\s*:")""",
+             """_PYTHON_MESSAGES = re.compile(r'\\s*\\[\\s*\\{\\s*"(?:role|from)"\\s*:')""")],
+           DFM_TESTS, "only double-quoted (JSON-like) keys are seen: pandas' single-quoted cells train as text"),
     Mutant("dfm-no-columns-hint-never", "data/rows.py",
            [('"A pairwise row needs \'chosen\' and \'rejected\'." + (NO_PAIR_COLUMNS_FIX if not',
              '"A pairwise row needs \'chosen\' and \'rejected\'." + ("" if not')],

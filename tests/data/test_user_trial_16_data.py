@@ -147,3 +147,56 @@ def test_rows_without_chosen_and_rejected_say_to_build_the_columns(tmp_path):
     with pytest.raises(DataError) as err:
         load_rows(only_chosen_key)
     assert "neither column" not in str(err.value) and "field 'chosen': missing (null)" in str(err.value)
+
+
+def _ultrafeedback_rows(n: int) -> list[dict]:
+    def conversation(i: int, answer: str) -> list[dict]:
+        return [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": answer}]
+
+    return [{"prompt": f"question {i}?", "chosen": conversation(i, f"good {i}"), "rejected": conversation(i, f"bad {i}"),
+             "messages": conversation(i, f"good {i}"), "score_chosen": 8.0, "score_rejected": 3.5} for i in range(n)]
+
+
+def test_ultrafeedback_written_with_to_csv_is_refused_not_trained_as_text(tmp_path):
+    """UltraFeedback-binarized loaded into pandas (its message columns are numpy arrays of dicts) and saved with
+    df.to_csv: each cell is the Python text "[{'role': 'user', ...}\\n {...}]". preflab read the 3 rows as text pairs
+    (form standard) and trained on the quotes and braces. Now each such cell is a bad row naming the file, row, line
+    and field and saying how to write the file; skipped, all 3 are counted under wrong_type. The same rows written as
+    JSON lines read as conversations."""
+    import datasets
+
+    frame = datasets.Dataset.from_list(_ultrafeedback_rows(3)).to_pandas()
+    frame.to_csv(tmp_path / "uf.csv", index=False)
+    with pytest.raises(DataError) as err:
+        load_rows(tmp_path / "uf.csv")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'uf.csv'} row 0 (line 2), field 'chosen': is the Python text of a list of messages ([{{'role': "
+        "...}]: how pandas' to_csv writes a list column), which would train as plain text, brackets and all. Write "
+        "the file with its list columns kept: JSON lines or Parquet")
+    kept, report = load_rows(tmp_path / "uf.csv", on_bad_row="skip")
+    assert (kept, report.total, report.skipped) == ([], 3, {"wrong_type": 3})
+    frame.to_json(tmp_path / "uf.jsonl", orient="records", lines=True)
+    examples, report = load_rows(tmp_path / "uf.jsonl")
+    assert report.forms == {"conversational_implicit_text_prompt": 3}
+    assert examples[1].chosen == [{"role": "assistant", "content": "good 1"}]
+
+
+def test_a_prompt_or_messages_cell_of_python_text_is_refused(tmp_path):
+    """Online prompt rows and SFT `messages` rows written by to_csv: the prompt trained as the text of a list (online)
+    or was "expected a list of messages, got str" (SFT); both now say what the cell is and how to write the file."""
+    import pandas as pd
+
+    from preflab.data.report import RowProblem
+    from preflab.data.validate import check_messages
+
+    turns = [{"role": "user", "content": "hi"}]
+    pd.DataFrame([{"prompt": turns}]).to_csv(tmp_path / "prompts.csv", index=False)
+    with pytest.raises(DataError, match=r"prompts.csv row 0 \(line 2\), field 'prompt': is the Python text of a list "
+                                        r"of messages"):
+        load_rows(tmp_path / "prompts.csv", kind="prompt")
+    with pytest.raises(RowProblem) as err:
+        check_messages(str(turns), "messages")
+    assert (err.value.reason, err.value.field) == ("wrong_type", "messages")
+    assert err.value.detail.endswith("how pandas' to_csv writes a list column), not a list")
+    assert err.value.fix.startswith("Write the file with its list columns kept")
+    assert load_rows([{"prompt": "[{role}] is a JSON-like answer format"}], kind="prompt")[1].kept == 1
