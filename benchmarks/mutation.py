@@ -6660,6 +6660,11 @@ MUTANTS += [
            [('return f"{source} (config {chosen}: its README.md\'s default)", parts, split',
              'return str(source), parts, split')],
            DFM_TESTS, "the data report does not say which configuration of the folder was read"),
+    Mutant("dfm-has-split-ignores-default", "data/sources.py",
+           [("        config = config if config is not None else default_config_name(path)  # a data_dir default",
+             "        config = config  # a data_dir default")],
+           DFM_TESTS, "a folder read with its default configuration 'has' another configuration's test split: a run "
+           "is handed an eval split its reader then cannot find"),
     Mutant("dfm-pick-split-says-fallback-only", "data/sources.py",
            [('tried = f"no split {asked!r}" + (', 'tried = f"no split {split!r}" + 0 * (')],
            DFM_TESTS, "the error names only the fallback split 'train', not the 'test' preflab eval asked for"),

@@ -153,8 +153,9 @@ def _ultrafeedback_rows(n: int) -> list[dict]:
     def conversation(i: int, answer: str) -> list[dict]:
         return [{"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": answer}]
 
-    return [{"prompt": f"question {i}?", "chosen": conversation(i, f"good {i}"), "rejected": conversation(i, f"bad {i}"),
-             "messages": conversation(i, f"good {i}"), "score_chosen": 8.0, "score_rejected": 3.5} for i in range(n)]
+    return [{"prompt": f"question {i}?", "chosen": conversation(i, f"good {i}"),
+             "rejected": conversation(i, f"bad {i}"), "messages": conversation(i, f"good {i}"), "score_chosen": 8.0,
+             "score_rejected": 3.5} for i in range(n)]
 
 
 def test_ultrafeedback_written_with_to_csv_is_refused_not_trained_as_text(tmp_path):
@@ -200,3 +201,21 @@ def test_a_prompt_or_messages_cell_of_python_text_is_refused(tmp_path):
     assert err.value.detail.endswith("how pandas' to_csv writes a list column), not a list")
     assert err.value.fix.startswith("Write the file with its list columns kept")
     assert load_rows([{"prompt": "[{role}] is a JSON-like answer format"}], kind="prompt")[1].kept == 1
+
+
+def test_a_default_configuration_by_data_dir_reads_its_folder_only(tmp_path):
+    """Configurations given by data_dir (no data_files), 'a' marked default with a train file only, 'b' with train and
+    test: the folder reads a's rows (datasets' rows), and it has no split 'test' (b's test file is not a's), so a run
+    is not handed b's test rows as its eval set."""
+    from preflab.data.sources import directory_has_split
+
+    for name, splits in (("a", ("train",)), ("b", ("train", "test"))):
+        (tmp_path / name).mkdir()
+        for split in splits:
+            _write(tmp_path / name / f"{split}.jsonl", _pairs(f"{name}-{split}", 2))
+    _card(tmp_path, "- config_name: a\n  default: true\n  data_dir: a\n- config_name: b\n  data_dir: b\n")
+    examples, report = load_rows(tmp_path)
+    assert _prompts(examples) == ["a-train q0:", "a-train q1:"] == _datasets_split(tmp_path, "train")
+    assert report.source.endswith("(config a: its README.md's default)")
+    assert (directory_has_split(tmp_path, "train"), directory_has_split(tmp_path, "test")) == (True, False)
+    assert directory_has_split(tmp_path, "test", "b") is True

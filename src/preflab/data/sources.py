@@ -509,9 +509,10 @@ _SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
 
 def directory_has_split(path: Path, split: str, config: str | None = None) -> bool:
     """Whether the local directory `path` holds `split`: a save_to_disk DatasetDict with it (dataset_dict.json), the
-    files its dataset card's configuration `config` (None: its one configuration) lists for it, or data files named
-    after it (test.jsonl, test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before
-    anything loads); a folder it cannot tell about is False."""
+    files its dataset card's configuration `config` (None: the one the folder is read with, its only or its
+    `default: true` configuration) lists for it, or data files named after it (test.jsonl,
+    test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before anything loads); a folder
+    it cannot tell about is False."""
     if (path / "dataset_dict.json").is_file():
         try:
             return split in json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
@@ -519,9 +520,10 @@ def directory_has_split(path: Path, split: str, config: str | None = None) -> bo
             return False
     if (path / "state.json").is_file():  # one saved Dataset: no splits
         return False
-    from preflab.data.card_configs import card_split_files
+    from preflab.data.card_configs import card_split_files, default_config_name
 
     try:
+        config = config if config is not None else default_config_name(path)  # a data_dir default: its folder
         if card_split_files(path, split, True, config) is not None:
             return True
         if config is not None:  # the configuration's files are all it holds (a data_dir: its own folder)
