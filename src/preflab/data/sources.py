@@ -2,10 +2,12 @@
 
 Sources: a JSONL / JSON / Parquet / CSV / Arrow file (JSONL, JSON and CSV also gzip-, bz2- or xz-compressed:
 train.jsonl.gz); a glob of such files (data/*.jsonl: one source, the split 'train'); a directory saved by
-`datasets.save_to_disk` (a `DatasetDict` gives `split`); a directory of data files (files named after `split` if any, else all of them); an in-memory
-`datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name (`datasets.load_dataset`,
-which in datasets >= 4 never runs dataset scripts). A hub name or a folder whose README.md declares `configs:` may
-come with a configuration (`ConfiguredSource`, from preflab.data.configured_source: dataset_config).
+`datasets.save_to_disk` (a `DatasetDict` gives `split`); a directory of data files (the files whose names hold
+`split`, or one of datasets' keywords for it, between separators, as datasets matches them: `_names_split`; else all
+of them); an in-memory `datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name
+(`datasets.load_dataset`, which in datasets >= 4 never runs dataset scripts). A hub name or a folder whose README.md
+declares `configs:` may come with a configuration (`ConfiguredSource`, from preflab.data.configured_source:
+dataset_config).
 
 JSONL is read line by line here rather than through `datasets`, so that one bad line (invalid UTF-8, truncated
 JSON, not an object, too large) becomes one bad row with its line number instead of aborting the file.
