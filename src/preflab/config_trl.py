@@ -363,7 +363,7 @@ def _dataset_mixture(raw: dict, notes: list, errors: list) -> None:
                 isinstance(entries, list) and len(entries) > 1 else "it is not a list of {path, split} entries")
         errors.append(f"datasets (TRL's dataset mixture) is not supported here: {what}. preflab trains on one dataset: "
                       "give it as dataset_name (and dataset_split), with the rows mixed and their columns named "
-                      "prompt / chosen / rejected beforehand (or column_map).")
+                      "prompt / chosen / rejected beforehand.")
         return
     if raw.get("dataset_name") not in (None, only["path"]):
         errors.append(f"datasets names {only['path']!r} and dataset_name names {raw['dataset_name']!r}; keep one "

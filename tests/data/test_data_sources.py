@@ -302,17 +302,22 @@ def test_a_json_object_of_arrays_holds_its_arrays_as_splits(tmp_path):
 
 def test_a_hub_dataset_folder_with_several_configs_is_refused_not_mixed(tmp_path):
     """A local copy of a hub dataset whose card declares configurations (en/, fr/) was read whole, training on every
-    configuration at once (datasets.load_dataset refuses it: "Config name is missing"); one config's folder reads."""
+    configuration at once (datasets.load_dataset refuses it: "Config name is missing", unless the card marks one
+    `default: true`, which it then reads, as preflab does now); one config's folder reads."""
     for name, rows in (("en", ROWS[:2]), ("fr", ROWS[2:])):
         (tmp_path / "ds" / name).mkdir(parents=True)
         datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "ds" / name / "train-00000-of-00001.parquet"))
     (tmp_path / "ds" / "README.md").write_text(
         "---\nconfigs:\n- config_name: en\n  default: true\n  data_files:\n  - split: train\n    path: en/train-*\n"
         "- config_name: fr\n  data_files: fr/*.parquet\n---\n# card\n")
-    with pytest.raises(DataError, match=r"declares 2 configurations \('en' \(default\): en/train-\*; 'fr': "
-                                        r"fr/\*.parquet\); reading the whole folder would mix them"):
+    # 'en' is marked default: datasets.load_dataset(folder) reads it, and so does preflab (changes/trial-16.md)
+    assert load_rows(tmp_path / "ds")[0] == load_rows(tmp_path / "ds" / "en")[0] == EXPECTED[:2]
+    card = tmp_path / "ds" / "README.md"
+    card.write_text(card.read_text().replace("  default: true\n", ""))
+    with pytest.raises(DataError, match=r"declares 2 configurations \('en': en/train-\*; 'fr': "
+                                        r"fr/\*.parquet\) and marks not exactly one `default: true`; reading the "
+                                        r"whole folder would mix them"):
         load_rows(tmp_path / "ds")
-    assert load_rows(tmp_path / "ds" / "en")[0] == EXPECTED[:2]
 
 
 def test_a_hub_dataset_card_with_one_config_reads_only_its_data_files(tmp_path):

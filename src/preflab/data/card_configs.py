@@ -14,7 +14,8 @@ preflab, naming each configuration: `dataset_config` (preflab.data.configured_so
 `data_files` (relative to its `data_dir`, if any) say which files each split reads, as `datasets` reads them.
 
 A card with ONE configuration is honoured the same way without dataset_config: its `data_files` say which files of
-the folder each split reads (`card_split_files`), so files it does not name are never read.
+the folder each split reads (`card_split_files`), so files it does not name are never read; so is the one configuration marked `default: true`
+among several (`default_entry`), as datasets reads it, with the data report naming it.
 """
 from __future__ import annotations
 
@@ -68,17 +69,36 @@ def _shown(configs: list[dict]) -> str:
     return shown + (f" and {len(configs) - 8} more" if len(configs) > 8 else "")
 
 
+def default_entry(configs: list[dict]) -> dict | None:
+    """The configuration read when none is named, as datasets.load_dataset(folder) picks it: the only one, else the
+    one entry marked `default: true`; None when there are several and not exactly one is marked."""
+    if len(configs) == 1:
+        return configs[0]
+    marked = [c for c in configs if c.get("default") is True]
+    return marked[0] if len(marked) == 1 else None
+
+
+def default_config_name(folder: Path) -> str | None:
+    """The name of the configuration marked `default: true` where folder's card declares several (datasets reads
+    that one without a config name; preflab reads it too and names it in the data report); None otherwise."""
+    configs = card_configs(folder)
+    entry = default_entry(configs) if len(configs) > 1 else None
+    return None if entry is None else str(entry["config_name"])
+
+
 def refuse_mixed_configs(folder: Path) -> None:
-    """A DataError when folder's dataset card declares two or more configurations and none was chosen: reading
-    every data file under it would train on all of them at once."""
+    """A DataError when folder's dataset card declares two or more configurations and none was chosen (neither by
+    dataset_config nor by marking one `default: true`: preflab.data.sources reads that one): reading every data
+    file under it would train on all of them at once."""
     configs = card_configs(folder)
     if len(configs) < 2:
         return
     names = ", ".join(repr(str(c["config_name"])) for c in configs)
     raise DataError(f"directory {folder} is a hub dataset whose README.md declares {len(configs)} configurations "
-                    f"({_shown(configs)}); reading the whole folder would mix them (datasets.load_dataset asks for a "
-                    f"config name here). Set dataset_config (eval_dataset_config for eval_dataset_name, --data-config "
-                    f"for preflab eval's --data) to one of {names}, or point the data option (dataset_name, "
+                    f"({_shown(configs)}) and marks not exactly one `default: true`; reading the whole folder "
+                    f"would mix them (datasets.load_dataset asks for a config name here). Set dataset_config "
+                    f"(eval_dataset_config for eval_dataset_name, --data-config for preflab eval's --data) to one of "
+                    f"{names}, or point the data option (dataset_name, "
                     "eval_dataset_name, --data) at one configuration's folder or files.")
 
 
@@ -99,15 +119,14 @@ def card_config(folder: Path, config: str, option: str = "dataset_config") -> di
 
 def card_split_patterns(folder: Path, config: str | None = None) -> tuple[dict[str, list[str]], bool] | None:
     """({split: path patterns}, named) of the configuration `config` of folder's card (None: the one configuration
-    the card declares), or None when the card declares no configuration (or several and none is chosen: refused by
-    `refuse_mixed_configs`) or gives it no data_files. Patterns are relative to the folder (a configuration's
+    the card declares, or its default: `default_entry`), or None when the card declares no configuration (or several,
+    none marked default, and none is chosen: refused by `refuse_mixed_configs`) or gives it no data_files. Patterns are relative to the folder (a configuration's
     data_dir prefixes its own). named: the card names the splits ({split, path} entries or a {split: path}
     mapping); a bare pattern or list of patterns is the split 'train', as datasets reads it."""
     if config is not None:
         entry = card_config(folder, config)
     else:
-        configs = card_configs(folder)
-        entry = configs[0] if len(configs) == 1 else None
+        entry = default_entry(card_configs(folder))
     if entry is None or not entry.get("data_files"):
         return None
     found = _split_patterns(entry["data_files"])

@@ -219,7 +219,8 @@ def _pair_parts(row: dict, prompt_optional: bool = False) -> tuple[object, objec
                          f"Pairwise objectives and reward models need 'chosen' and 'rejected'. {other[1]}")
     if chosen is None:
         raise RowProblem("missing_field", "chosen", missing_detail(row, "chosen"),
-                         "A pairwise row needs 'chosen' and 'rejected'.")
+                         "A pairwise row needs 'chosen' and 'rejected'." + (NO_PAIR_COLUMNS_FIX if not
+                                                                             {"chosen", "rejected"} & set(row) else ""))
     if rejected is None:
         raise RowProblem("missing_field", "rejected", missing_detail(row, "rejected"),
                          "A pairwise row needs 'chosen' and 'rejected'.")
@@ -255,6 +256,13 @@ def _pair_parts(row: dict, prompt_optional: bool = False) -> tuple[object, objec
         return "", chosen, rejected, "standard_no_prompt"  # the whole texts are scored, as TRL's RewardTrainer does
     _refuse_unread_prompt_column(row, prompt)
     return prompt, chosen_text, rejected_text, form + "_implicit"
+
+
+# a row with neither column (Stanford SHP's human_ref_A / human_ref_B / labels): the columns must be built, which no
+# option does (TRL reads these names only too); on_bad_row: skip would skip every such row
+NO_PAIR_COLUMNS_FIX = (" The row has neither column: preflab has no column mapping option, so build them before "
+                       "training (datasets: ds.rename_columns({'good': 'chosen', 'bad': 'rejected'}), or ds.map for "
+                       "columns like SHP's human_ref_A / human_ref_B / labels) and save the result.")
 
 
 def missing_detail(row: dict, name: str) -> str:

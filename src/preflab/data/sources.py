@@ -2,10 +2,12 @@
 
 Sources: a JSONL / JSON / Parquet / CSV / Arrow file (JSONL, JSON and CSV also gzip-, bz2- or xz-compressed:
 train.jsonl.gz); a glob of such files (data/*.jsonl: one source, the split 'train'); a directory saved by
-`datasets.save_to_disk` (a `DatasetDict` gives `split`); a directory of data files (files named after `split` if any, else all of them); an in-memory
-`datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name (`datasets.load_dataset`,
-which in datasets >= 4 never runs dataset scripts). A hub name or a folder whose README.md declares `configs:` may
-come with a configuration (`ConfiguredSource`, from preflab.data.configured_source: dataset_config).
+`datasets.save_to_disk` (a `DatasetDict` gives `split`); a directory of data files (the files whose names hold
+`split`, or one of datasets' keywords for it, between separators, as datasets matches them: `_names_split`; else all
+of them); an in-memory `datasets.Dataset` / `DatasetDict` / list of dicts; or a Hugging Face hub dataset name
+(`datasets.load_dataset`, which in datasets >= 4 never runs dataset scripts). A hub name or a folder whose README.md
+declares `configs:` may come with a configuration (`ConfiguredSource`, from preflab.data.configured_source:
+dataset_config).
 
 JSONL is read line by line here rather than through `datasets`, so that one bad line (invalid UTF-8, truncated
 JSON, not an object, too large) becomes one bad row with its line number instead of aborting the file.
@@ -89,10 +91,13 @@ class RowReader:
         self._next_id = 0
         try:
             self.name, self._parts, self.split = _resolve(source, split, streaming, otherwise)
-        except SplitMissing:  # a single file (no rows read): resolved again; a folder falls back in _dir_parts
-            if otherwise is None:
-                raise
-            self.name, self._parts, self.split = _resolve(source, otherwise, streaming)
+        except SplitMissing as first:  # a single file or a glob (no rows read): resolved again; a folder or a
+            if otherwise is None:     # DatasetDict fell back in _dir_parts / _pick_split already, and its message
+                raise                 # names both splits: that one is raised, not the retry's
+            try:
+                self.name, self._parts, self.split = _resolve(source, otherwise, streaming)
+            except SplitMissing:
+                raise first from None
 
     def __iter__(self) -> Iterator[RawRow]:
         for part in self._parts:
@@ -134,6 +139,14 @@ def _resolve(source, split: str | None, streaming: bool = False, otherwise: str 
                 raise SplitMissing(f"{missing} Set the split (dataset_split / eval_split) to 'train' or leave it out, "
                                    "or point to a directory with one file per split (train.jsonl, test.jsonl).")
             return str(source), [_file_part(path, streaming)], split
+        if path.is_dir():
+            from preflab.data.card_configs import default_config_name
+
+            chosen = default_config_name(path)
+            if chosen is not None:  # the card's default among several configurations, read as datasets reads it
+                _, parts, split = _resolve_configured(ConfiguredSource(str(source), chosen), split, streaming,
+                                                      otherwise)
+                return f"{source} (config {chosen}: its README.md's default)", parts, split
         explicit, split = split is not None, split or DEFAULT_EVAL_SPLIT
         if path.is_dir():
             parts, split = _dir_parts(path, split, streaming, explicit, otherwise)
@@ -366,11 +379,17 @@ def _load_hub(name: str, split: str | None, streaming: bool = False, configured:
 
 
 def _pick_split(dataset_dict, split: str, name: str, otherwise: str | None = None):
-    """(dataset_dict[split], split), or its split `otherwise` where it has no `split`."""
+    """(dataset_dict[split], split), or its split `otherwise` where it has no `split`. Neither: a SplitMissing naming
+    both and the options that set the split (before: only the fallback, "no split 'train'", where preflab eval had
+    asked for 'test' first, and "Set split", an option no command has)."""
+    asked = split
     if split not in dataset_dict and otherwise is not None:
         split = otherwise
     if split not in dataset_dict:
-        raise SplitMissing(f"{name} has no split {split!r}; it has {sorted(dataset_dict)}. Set split to one of them.")
+        tried = f"no split {asked!r}" + (f" nor {split!r} (read where there is no {asked!r})" if split != asked else "")
+        raise SplitMissing(f"{name} has {tried}; it has {sorted(dataset_dict)}. Set the split (dataset_split / "
+                           "eval_split, TRL's dataset_train_split / dataset_test_split; preflab eval's --split) to one "
+                           "of them.")
     return dataset_dict[split], split
 
 
@@ -474,7 +493,15 @@ def _data_files(path: Path) -> list[Path]:
     return files
 
 
-SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev", "eval")  # file names that mark a split
+# datasets' split keywords (datasets.data_files.SPLIT_KEYWORDS): the names in a data file's name that give it to
+# each of its three splits (my_eval.jsonl is 'test', dev.jsonl 'validation'); another split name is matched as it is
+SPLIT_KEYWORDS = {"train": ("train", "training"), "validation": ("validation", "valid", "dev", "val"),
+                  "test": ("test", "testing", "eval", "evaluation")}
+SPLIT_NAMES = tuple(SPLIT_KEYWORDS)  # the splits a file name can mark without a split of its own name
+_ALL_SPLIT_KEYWORDS = tuple(k for names in SPLIT_KEYWORDS.values() for k in names)
+# datasets' NON_WORDS_CHARS: what stands beside a split keyword in a file name it gives to that split (my_train.jsonl,
+# data-test.parquet, train2.csv)
+SPLIT_NAME_SEPARATORS = "-._ 0-9"
 
 
 # the hub's shard names, as datasets matches them ({split}-[0-9]{5}-of-[0-9]{5}*): train-00000-of-00001.parquet, and
@@ -484,9 +511,10 @@ _SHARD = re.compile(r"^(.+)-\d{5}-of-\d{5}(?:-.*)?$")
 
 def directory_has_split(path: Path, split: str, config: str | None = None) -> bool:
     """Whether the local directory `path` holds `split`: a save_to_disk DatasetDict with it (dataset_dict.json), the
-    files its dataset card's configuration `config` (None: its one configuration) lists for it, or data files named
-    after it (test.jsonl, test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before
-    anything loads); a folder it cannot tell about is False."""
+    files its dataset card's configuration `config` (None: the one the folder is read with, its only or its
+    `default: true` configuration) lists for it, or data files named after it (test.jsonl,
+    test-00000-of-00001.parquet, test/...). Reads no rows (the config check asks it before anything loads); a folder
+    it cannot tell about is False."""
     if (path / "dataset_dict.json").is_file():
         try:
             return split in json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
@@ -494,9 +522,10 @@ def directory_has_split(path: Path, split: str, config: str | None = None) -> bo
             return False
     if (path / "state.json").is_file():  # one saved Dataset: no splits
         return False
-    from preflab.data.card_configs import card_split_files
+    from preflab.data.card_configs import card_split_files, default_config_name
 
     try:
+        config = config if config is not None else default_config_name(path)  # a data_dir default: its folder
         if card_split_files(path, split, True, config) is not None:
             return True
         if config is not None:  # the configuration's files are all it holds (a data_dir: its own folder)
@@ -512,20 +541,24 @@ def directory_has_split(path: Path, split: str, config: str | None = None) -> bo
 def _split_like(folder: str) -> bool:
     """A folder named after a split ('train', 'test_prefs', 'validation-2'; the hub's parquet conversion writes
     default/train_prefs/0000.parquet): its files belong to that split, never to another one."""
-    return any(folder == s or folder.startswith((s + "-", s + "_")) for s in SPLIT_NAMES)
+    return any(folder == s or folder.startswith((s + "-", s + "_")) for s in _ALL_SPLIT_KEYWORDS)
 
 
 def _names_split(rel: Path, split: str) -> bool:
-    """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json'. A hub
-    shard name gives its split exactly, as datasets reads it: 'train_prefs-00000-of-00001.parquet' is split
-    train_prefs, not train."""
-    if split in rel.parts[:-1]:
+    """True when a file belongs to `split`: 'train.jsonl', 'train-00000-of-00001.parquet', 'train/x.json', and as
+    datasets reads a folder (its pattern '**/*[-._ 0-9]train[-._ 0-9]*') the split's name, or for train, validation
+    and test one of its keywords (SPLIT_KEYWORDS), anywhere in the file name between separators: 'my_train.jsonl',
+    'hh-train.jsonl.gz', 'data.train.csv', 'training.jsonl'; 'my_eval.jsonl' and 'testing.jsonl' are 'test' (before,
+    such a folder's split 'train' read every file, its eval file too). A hub shard name gives its split exactly, as
+    datasets reads it: 'train_prefs-00000-of-00001.parquet' is split train_prefs, not train."""
+    names = SPLIT_KEYWORDS.get(split, (split,))
+    if any(name in rel.parts[:-1] for name in names):
         return True
-    stem = rel.name.split(".", 1)[0]
-    shard = _SHARD.match(stem)
+    shard = _SHARD.match(rel.name.split(".", 1)[0])
     if shard:
         return shard.group(1) == split
-    return stem == split or stem.startswith((split + "-", split + "_"))
+    sep = f"[{SPLIT_NAME_SEPARATORS}]"
+    return any(re.search(f"(?:^|{sep}){re.escape(name)}{sep}", rel.name) for name in names)
 
 
 _READABLE = (f"{', '.join(FILE_SUFFIXES)}, and {', '.join(TEXT_SUFFIXES)} compressed as "

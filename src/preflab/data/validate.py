@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 import unicodedata
 
 from preflab.data.report import RowProblem
@@ -46,6 +47,9 @@ def check_text(value, field: str) -> str:
                          "written as a string), which would train as plain text, brackets and all",
                          "Store conversations as lists: a .jsonl / .json / .parquet file with list columns, or "
                          "json.loads the column before training.")
+    if _python_messages(value):
+        raise RowProblem("wrong_type", field, PYTHON_MESSAGES_DETAIL + ", which would train as plain text, brackets "
+                         "and all", PYTHON_MESSAGES_FIX)
     return value
 
 
@@ -61,6 +65,22 @@ def _encoded_messages(text: str) -> bool:
         isinstance(m, dict) and ("role" in m or "from" in m) for m in value)
 
 
+# a list of messages written as Python text: pandas' to_csv of a list column (UltraFeedback's chosen / rejected /
+# messages: numpy arrays of dicts, "[{'role': 'user', ...}\n {'role': 'assistant', ...}]", no commas between them);
+# not JSON, so it cannot be read back safely; before, it trained as text, quotes and braces included
+_PYTHON_MESSAGES = re.compile(r"\s*\[\s*\{\s*'(?:role|from)'\s*:")
+PYTHON_MESSAGES_DETAIL = ("is the Python text of a list of messages ([{'role': ...}]: how pandas' to_csv writes a "
+                          "list column)")
+PYTHON_MESSAGES_FIX = ("Write the file with its list columns kept: JSON lines or Parquet (pandas: df.to_json(path, "
+                       "orient='records', lines=True) or df.to_parquet(path); datasets: ds.to_json / ds.to_parquet), "
+                       "not CSV.")
+
+
+def _python_messages(text: str) -> bool:
+    """True when `text` opens as the Python repr of a list of message dicts ([{'role': ...)."""
+    return _PYTHON_MESSAGES.match(text) is not None
+
+
 def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
     """A non-empty list of {"role", "content"} messages with roles in `ROLES`; for a response (`response=True`)
     the turns must start and end with an assistant message and contain only assistant/tool turns. An assistant
@@ -70,6 +90,8 @@ def check_messages(value, field: str, *, response: bool = False) -> list[dict]:
         raise RowProblem("wrong_type", field, "is the JSON text of a list of messages (a CSV cell, or a list column "
                          "written as a string), not a list", "Store conversations as lists: a .jsonl / .json / "
                          ".parquet file with list columns, or json.loads the column before training.")
+    if isinstance(value, str) and _python_messages(value):
+        raise RowProblem("wrong_type", field, PYTHON_MESSAGES_DETAIL + ", not a list", PYTHON_MESSAGES_FIX)
     if not isinstance(value, list):
         raise RowProblem("wrong_type", field, f"expected a list of messages, got {type(value).__name__}")
     if not value:
