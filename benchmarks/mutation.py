@@ -6569,7 +6569,7 @@ MUTANTS += [
 ]
 
 # mutation-fatm round: the final model published whole or not at all (final_save.staged_final_save through the
-# driver's _save_final_staged, clean_interrupted_saves), summary.json / eval.json fsynced (atomic_file durable)
+# driver's save_model, clean_interrupted_saves), summary.json / eval.json fsynced (atomic_file durable)
 FATM_TESTS = ["tests/test_final_save.py"]
 MUTANTS += [
     Mutant("fatm-final-save-in-place", "loops/driver.py",
