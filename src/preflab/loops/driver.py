@@ -684,9 +684,9 @@ class TrainingRun(CallbackEvents):
             self._check_sharded_model_only()
             if self._deepspeed_engine() is not None:
                 return save_deepspeed_checkpoint(self.out, step, self._deepspeed_engine(), self.scheduler, state,
-                                                 self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
+                                                 self.main, self.cfg.save_total_limit)
             return save_sharded_checkpoint(self.out, step, self.sync_module, self.optimizer, self.scheduler, state,
-                                           self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
+                                           self.main, self.cfg.save_total_limit)
         model_only = bool(self.cfg.save_only_model)
         rank_rngs = self._rank_rngs() if acc.num_processes > 1 and not model_only else None  # collective
         if not self.main:
