@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
+import preflab
 from preflab.errors import PreflabError
 from preflab.rank_agreement import RankFailure, error_text, failed_ranks, ranks_agree
 
 ROOT = Path(__file__).resolve().parents[1]
+# the preflab this test imported (benchmarks/mutation.py's mutated copy included), then the caller's path
+SOURCE = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def two_ranks(tmp_path_factory):
     procs = []
     started = time.perf_counter()
     for rank in range(2):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "MASTER_ADDR": "127.0.0.1",
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SOURCE, "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
                "TORCH_GLOO_TIMEOUT": "300"}
         procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "rank_agreement_run.py"), str(out)],
