@@ -6569,7 +6569,7 @@ MUTANTS += [
 ]
 
 # mutation-fatm round: the final model published whole or not at all (final_save.staged_final_save through the
-# driver's _save_final_staged, clean_interrupted_saves), summary.json / eval.json fsynced (atomic_file durable)
+# driver's save_model, clean_interrupted_saves), summary.json / eval.json fsynced (atomic_file durable)
 FATM_TESTS = ["tests/test_final_save.py"]
 MUTANTS += [
     Mutant("fatm-final-save-in-place", "loops/driver.py",
@@ -6848,6 +6848,58 @@ MUTANTS += [
            [('"A pairwise row needs \'chosen\' and \'rejected\'." + (NO_PAIR_COLUMNS_FIX if not',
              '"A pairwise row needs \'chosen\' and \'rejected\'." + ("" if not')],
            DFM_TESTS, "SHP-style rows are told to set on_bad_row: skip, which skips every row"),
+]
+
+# mutation-lfd round: leftovers-d: a direct save_model staged like train()'s end (driver.save_model, write_model),
+# the ranks agreeing on a failed part instead of waiting at a barrier (rank_agreement, sharded_checkpoint,
+# recipe_state.main_writes, ref_cache), builtin:demo-sft's cache written whole, peft / bitsandbytes left unimported
+LFD_SAVE = ["tests/test_save_model_staged.py"]
+LFD_RANKS = ["tests/test_rank_agreement.py"]
+LFD_DEMO = ["tests/online/test_trial_online.py", "-k", "demo_sft"]
+LFD_LAZY = ["tests/test_lazy_peft_imports.py"]
+MUTANTS += [
+    Mutant("lfd-save-model-output-dir-ignored", "loops/driver.py",
+           [("target = Path(output_dir if output_dir is not None else run_out or self.cfg.output_dir)",
+             "target = Path(run_out or self.cfg.output_dir)")], LFD_SAVE,
+           "save_model(output_dir) writes into the run's own folder, not the one asked for"),
+    Mutant("lfd-save-model-out-left-on-stage", "loops/driver.py",
+           [("                else:\n                    self.out = run_out\n", "")], LFD_SAVE,
+           "after save_model the run's writers keep pointing at the removed stage folder"),
+    Mutant("lfd-offline-writes-in-place", "loops/offline.py",
+           [('    def write_model(self) -> None:\n        """Final weights as safetensors',
+             '    def save_model(self) -> None:\n        """Final weights as safetensors')], LFD_SAVE,
+           "the text trainer's own save_model writes straight into output_dir, bypassing the staging"),
+    Mutant("lfd-agree-flag-ignored", "rank_agreement.py",
+           [("    flags[dist.get_rank()] = int(failed)\n", "")], LFD_RANKS,
+           "a rank's failure is never told: it carries on as if its part were written, the main commits"),
+    Mutant("lfd-agree-error-message-lost", "rank_agreement.py",
+           [("dist.all_gather_object(texts, None if failure is None else error_text(failure))",
+             "dist.all_gather_object(texts, None if failure is None else type(failure).__name__)")], LFD_RANKS,
+           "the other ranks' error says which rank failed but not what (no file, no errno)"),
+    Mutant("lfd-rank-failure-tmp-kept", "sharded_checkpoint.py",
+           [("    except RankFailure as err:  # several ranks: a failure on any of them, said alike on every rank\n"
+             "        if is_main:\n            shutil.rmtree(tmp, ignore_errors=True)\n",
+             "    except RankFailure as err:  # several ranks: a failure on any of them, said alike on every rank\n")],
+           LFD_RANKS, "a checkpoint whose rank 1 part failed leaves its .tmp-checkpoint folder behind"),
+    Mutant("lfd-main-writes-barrier-only", "recipe_state.py",
+           [('    with ranks_agree("the main process could not write the recipe\'s files"):', "    if True:")],
+           LFD_RANKS, "the main's failed recipe write is not told to the other ranks"),
+    Mutant("lfd-ref-cache-unagreed", "scoring/ref_cache.py",
+           [('    with ranks_agree(f"could not write the reference log-prob cache {path}"):', "    if True:")],
+           LFD_RANKS, "rank 0's failed reference cache write leaves the other ranks going on alone"),
+    Mutant("lfd-demo-sft-written-in-place", "demo/sft_model.py",
+           [("        write_atomically(cache, lambda tmp: save_file(state, tmp))",
+             "        cache.parent.mkdir(parents=True, exist_ok=True)\n"
+             "        save_file(state, str(cache.with_name(f\".{cache.name}.tmp\")))\n"
+             "        cache.with_name(f\".{cache.name}.tmp\").rename(cache)")], LFD_DEMO,
+           "builtin:demo-sft's cache through a fixed .tmp name without clean-up: a full disk leaves the .tmp file"),
+    Mutant("lfd-demo-sft-safetensors-error-escapes", "demo/sft_model.py",
+           [("    except (OSError, SafetensorError) as err:", "    except OSError as err:")], LFD_DEMO,
+           "safetensors' full-disk error stops the run with a traceback naming no file"),
+    Mutant("lfd-callbacks-import-eagerly", "loops/callback_state.py",
+           [("    if not callbacks:\n        return []\n    from transformers.trainer_callback",
+             "    from transformers.trainer_callback")], LFD_LAZY,
+           "every checkpoint save imports transformers.trainer_callback, hence peft and bitsandbytes"),
 ]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:

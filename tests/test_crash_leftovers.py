@@ -232,7 +232,7 @@ def test_a_full_disk_in_a_per_rank_checkpoint_is_the_documented_error(tmp_path):
         raise SafetensorError(SAFETENSORS_ENOSPC)
 
     with pytest.raises(PreflabError) as err:
-        save_rank_checkpoint(tmp_path, 2, full_disk, sched, {"checkpoint_format": "deepspeed"}, True, lambda: None)
+        save_rank_checkpoint(tmp_path, 2, full_disk, sched, {"checkpoint_format": "deepspeed"}, True)
     assert str(err.value) == (f"could not write sharded checkpoint {tmp_path / 'checkpoint-2'}: [Errno 28] No space "
                               f"left on device. Earlier checkpoints are kept (the latest: {tmp_path / 'checkpoint-1'});"
                               " free disk space or fix the permissions of output_dir (every rank writes into it: it "

@@ -155,7 +155,7 @@ def test_a_failed_sharded_save_says_what_is_kept_as_the_single_file_save_does(tm
         raise OSError(errno.ENOSPC, "No space left on device")
 
     def save(step, write):
-        return save_rank_checkpoint(tmp_path, step, write, sched, {}, True, lambda: None)
+        return save_rank_checkpoint(tmp_path, step, write, sched, {}, True)
 
     with pytest.raises(PreflabError) as err:
         save(1, full_disk)

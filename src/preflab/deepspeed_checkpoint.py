@@ -210,7 +210,7 @@ def deepspeed_reads(path: str | Path, rank: int) -> dict[str, int]:
 
 
 def save_deepspeed_checkpoint(output_dir: str | Path, step: int, engine, scheduler, state: dict, is_main: bool,
-                              barrier, save_total_limit: int | None = None) -> Path:
+                              save_total_limit: int | None = None) -> Path:
     """Write checkpoint-<step> from every rank (collective); returns its path. engine: the DeepSpeedEngine
     (accelerator.deepspeed_engine_wrapped.engine)."""
     check_checkpointable(engine)
@@ -234,7 +234,7 @@ def save_deepspeed_checkpoint(output_dir: str | Path, step: int, engine, schedul
     return save_rank_checkpoint(output_dir, step, write_shards, scheduler,
                                 {**state, "checkpoint_format": FORMAT, "zero_stage": engine.zero_optimization_stage(),
                                  "deepspeed_version": deepspeed.__version__},
-                                is_main, barrier, save_total_limit)
+                                is_main, save_total_limit)
 
 
 def load_deepspeed_checkpoint(path: str | Path, engine, scheduler) -> dict:

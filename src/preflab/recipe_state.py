@@ -274,12 +274,13 @@ def all_arrive() -> None:
 
 
 def main_writes(write: Callable[[], object]) -> None:
-    """`write()` on the main process, then every process waits for it (a no-op wait without a process group)."""
-    import torch.distributed as dist
-
+    """`write()` on the main process while every other process waits for it (preflab.rank_agreement.ranks_agree,
+    nothing to wait for without a process group): when the write fails (a full disk), every process raises the same
+    RankFailure with the main's error (an OSError's text names its file), where a barrier left the others waiting
+    until the launcher killed them."""
+    from preflab.rank_agreement import ranks_agree
     from preflab.runlog import is_main_process
 
-    if is_main_process():
-        write()
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    with ranks_agree("the main process could not write the recipe's files"):
+        if is_main_process():
+            write()

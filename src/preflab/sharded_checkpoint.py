@@ -33,6 +33,7 @@ from preflab.checkpoint import (WEIGHT_DECAY_GROUPS, _write_json, apply_save_tot
                                 restore_rng, what_is_kept, whole_file_reads, widen_scheduler_state, write_failure,
                                 write_rng, write_training_state)
 from preflab.errors import ConfigError, PreflabError
+from preflab.rank_agreement import RankFailure, ranks_agree
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
 
@@ -96,10 +97,9 @@ def _split_optimizer(osd: dict) -> tuple[dict, dict]:
 
 
 def save_sharded_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict,
-                            is_main: bool, barrier, save_total_limit: int | None = None) -> Path:
+                            is_main: bool, save_total_limit: int | None = None) -> Path:
     """Write checkpoint-<step> from every rank (collective: all ranks call it with the same arguments); returns
-    its path. model: the module whose parameters the optimizer updates (FSDP2-sharded or plain); barrier: a
-    function that waits for all ranks (accelerator.wait_for_everyone)."""
+    its path. model: the module whose parameters the optimizer updates (FSDP2-sharded or plain)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint import HuggingFaceStorageWriter
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -114,33 +114,43 @@ def save_sharded_checkpoint(output_dir: str | Path, step: int, model, optimizer,
             _write_json(tmp / "optimizer.json", {**opt_meta, WEIGHT_DECAY_GROUPS: True})
 
     return save_rank_checkpoint(output_dir, step, write_shards, scheduler, {**state, "checkpoint_format": "sharded"},
-                                is_main, barrier, save_total_limit)
+                                is_main, save_total_limit)
 
 
 def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, scheduler, state: dict, is_main: bool,
-                         barrier, save_total_limit: int | None = None) -> Path:
+                         save_total_limit: int | None = None) -> Path:
     """The collective save every per-rank format shares (FSDP2 here, DeepSpeed in preflab.deepspeed_checkpoint):
     the main rank makes .tmp-checkpoint-<step>-<state's checkpoint_format>, every rank runs write_shards(tmp) and
     writes its own RNG (rng-rank<r>), then the main rank writes its RNG and trainer_state.json (state, world_size)
     and commits: every file fsynced, COMPLETE with sizes and sha256, renamed into place (preflab.checkpoint).
-    A failure on any rank leaves earlier checkpoints untouched."""
+    A failure on any rank leaves earlier checkpoints untouched. The ranks meet twice, after the main makes the
+    folder and after every rank wrote its part, each time through preflab.rank_agreement.ranks_agree (not a
+    barrier): a rank whose part failed (a full disk) tells the others, and every rank raises the same PreflabError
+    naming the failed ranks and their errors, instead of the others waiting at a barrier until the launcher kills
+    them."""
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".tmp-checkpoint-{step}-{state.get('checkpoint_format', 'sharded')}"
+    failed = f"could not write sharded checkpoint {final}"
     try:
-        if is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-        barrier()
-        write_shards(tmp)
-        rank, world = _rank_world()
-        write_rng(tmp, f"rng-rank{rank}")
-        barrier()
+        with ranks_agree(failed):  # the folder exists before any rank writes into it
+            if is_main:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+        with ranks_agree(failed):  # every rank's part is written before the main commits
+            write_shards(tmp)
+            rank, world = _rank_world()
+            write_rng(tmp, f"rng-rank{rank}")
         if is_main:
             write_training_state(tmp, step, scheduler, {**state, "world_size": world})
             commit_checkpoint(tmp, final, step)
+    except RankFailure as err:  # several ranks: a failure on any of them, said alike on every rank
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise PreflabError(f"{err}. " + what_is_kept(
+            output_dir, True, " (every rank writes into it: it must be one shared folder)")) from err
     except PreflabError:  # write_shards refused what it was given
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -152,7 +162,7 @@ def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, schedu
             shutil.rmtree(tmp, ignore_errors=True)
         if failure is None:  # not a failed write: safetensors refused what it was given
             raise
-        raise PreflabError(f"could not write sharded checkpoint {final}: {failure}. " + what_is_kept(
+        raise PreflabError(f"{failed}: {failure}. " + what_is_kept(
             output_dir, True, " (every rank writes into it: it must be one shared folder)")) from err
     if is_main:
         apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,

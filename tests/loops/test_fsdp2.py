@@ -301,8 +301,7 @@ def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_the
     model, optimizer = build()
     step(model, optimizer)
     step(model, optimizer)
-    path = save_sharded_checkpoint(tmp_path, 2, model, optimizer, None, {"timeline": [["r", 0]]}, True,
-                                   lambda: None)
+    path = save_sharded_checkpoint(tmp_path, 2, model, optimizer, None, {"timeline": [["r", 0]]}, True)
     verify_checkpoint(path)
     assert is_sharded_checkpoint(path)
     with safe_open(str(next((path / "model").glob("*.safetensors"))), "pt") as f:
@@ -326,18 +325,27 @@ def test_sharded_checkpoint_of_a_lora_policy_holds_the_adapters_and_restores_the
 def test_sharded_checkpoint_restores_each_ranks_rng_on_the_same_world_size_only(tmp_path, monkeypatch):
     """Every rank saves its own RNG (dropout draws differ between ranks); on the same world size rank r gets its
     own back, on another world size every rank takes the main rank's (rng.safetensors). One process plays rank 1 of
-    2: the barrier draws between its own save and the main's, so the two states differ."""
+    2: each meeting of the ranks (ranks_agree) draws here, between its own save and the main's, so the two states
+    differ."""
+    from contextlib import contextmanager
+
     from preflab import sharded_checkpoint as sc
+
+    @contextmanager
+    def drawing_agreement(what):
+        yield
+        torch.rand(3)
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters())
     monkeypatch.setattr(sc, "_rank_world", lambda: (1, 2))
+    monkeypatch.setattr(sc, "ranks_agree", drawing_agreement)
     torch.manual_seed(5)
-    torch.rand(3)  # the first barrier's draw, before the rank saves its own state
+    torch.rand(3)  # the first meeting's draw, before the rank saves its own state
     own_next = torch.rand(4)
     torch.manual_seed(5)
-    path = sc.save_sharded_checkpoint(tmp_path, 1, model, optimizer, None, {}, True, lambda: torch.rand(3))
-    main_next = torch.rand(4)  # the main's state was written after the second barrier's draw, as it is now
+    path = sc.save_sharded_checkpoint(tmp_path, 1, model, optimizer, None, {}, True)
+    main_next = torch.rand(4)  # the main's state was written after the second meeting's draw, as it is now
     assert not torch.equal(own_next, main_next)
     assert {"rng-rank1.safetensors", "rng-rank1.json", "rng.safetensors"} <= {p.name for p in path.iterdir()}
     sc.load_sharded_checkpoint(path, model, optimizer, None)

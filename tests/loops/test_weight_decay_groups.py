@@ -303,7 +303,7 @@ def test_a_sharded_checkpoint_holds_the_two_groups_and_an_earlier_one_group_one_
     model, optimizer = build()
     step(model, optimizer)
     step(model, optimizer)
-    path = save_sharded_checkpoint(tmp_path, 2, model, optimizer, None, {"timeline": [["r", 0]]}, True, lambda: None)
+    path = save_sharded_checkpoint(tmp_path, 2, model, optimizer, None, {"timeline": [["r", 0]]}, True)
     meta = json.loads((path / "optimizer.json").read_text())
     assert [g["weight_decay"] for g in meta["param_groups"]] == [0.1, 0.0] and meta[ck.WEIGHT_DECAY_GROUPS]
     after = step(model, optimizer)

@@ -187,6 +187,45 @@ def test_demo_sft_model_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values()))
 
 
+@pytest.mark.parametrize("raised", ["safetensors", "oserror"])
+def test_demo_sft_cache_on_a_full_disk_leaves_no_tmp_file_and_a_note_naming_it(tmp_path, monkeypatch, capsys, raised):
+    """The cache was written to .model.safetensors.<pid>.tmp and renamed: a full disk (safetensors' SafetensorError
+    "I/O error: ... (os error 28)", or an OSError naming no file) left that .tmp file behind and stopped the run
+    with an error naming neither. Now nothing is left in the cache folder, a note names the cache file and the
+    reason, and the run goes on with the model it trained (the same weights a working cache then holds)."""
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    from preflab.demo.sft_model import cache_name, demo_sft
+    from preflab.loops.sft import SFTTrainer
+
+    monkeypatch.setattr(SFTTrainer, "train", lambda self: None)  # the SFT stage itself is not what is checked here
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "first"))
+    demo_sft(5)  # imports every module on the way before save_file is replaced
+    capsys.readouterr()
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / cache_name(5) / "model.safetensors"
+    save_file = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x10\x00\x00\x00")  # the first bytes, then the disk is full
+        if raised == "safetensors":
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    model, _ = demo_sft(5)
+    assert list(cache.parent.iterdir()) == []  # no .tmp file, no cache file
+    assert (f"preflab: note: could not write the builtin:demo-sft cache {cache} (No space left on device); the run "
+            "goes on") in capsys.readouterr().out
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    cached, _ = demo_sft(5)
+    assert [p.name for p in cache.parent.iterdir()] == ["model.safetensors"]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), cached.state_dict().values()))
+
+
 def test_demo_sft_cache_names_its_recipe(tmp_path, monkeypatch):
     """builtin:demo-sft was cached as demo-sft-<seed> whatever trained it: the model of the old warmup rule (first
     step at lr / warmup) kept being loaded after the rule changed (changes/warmup-parity.md). The folder now names

@@ -10,7 +10,6 @@ lives in the demo room, above the training loops it runs and below the rooms tha
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -68,10 +67,28 @@ def demo_sft_model(cfg, tokenizer):
                                 "logging_steps": 50, "disable_tqdm": True, "use_cpu": True, **SFT,
                                 "dataset_name": str(data), "output_dir": str(Path(tmp) / "sft")})
         SFTTrainer(sft, policy=model, ref=None, tokenizer=tokenizer).train()
-    # written whole, then renamed into place: two runs (or two test workers) building it at once, or one killed
-    # while writing, never leave a half-written file that the next run loads
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    part = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(part))
-    os.replace(part, cache)
+    _write_cache(cache, {k: v.contiguous() for k, v in model.state_dict().items()}, save_file)
     return model
+
+
+def _write_cache(cache: Path, state: dict, save_file) -> None:
+    """state to `cache` whole or not at all (preflab.atomic_file.write_atomically: a temp file beside it, renamed
+    into place, removed on any error): two runs (or two test workers) building it at once, or one killed while
+    writing, never leave a half-written file that the next run loads, nor a .tmp file. A failed write (a full disk,
+    a read-only cache folder; safetensors says a full disk as its own SafetensorError) is a note naming the file:
+    the model is trained, so the run goes on without the cache (as the diffusion encoding cache does) and the next
+    run trains it again."""
+    from safetensors import SafetensorError
+
+    from preflab.atomic_file import write_atomically
+    from preflab.checkpoint import write_failure
+
+    try:
+        write_atomically(cache, lambda tmp: save_file(state, tmp))
+    except (OSError, SafetensorError) as err:
+        failure = write_failure(err, cache)
+        if failure is None:  # not a failed write: safetensors refused what it was given
+            raise
+        print(f"preflab: note: could not write the builtin:demo-sft cache {cache} ({failure.strerror}); the run "
+              "goes on with the model trained now, and the next run trains it again (free disk space there or set "
+              "PREFLAB_CACHE_DIR to a folder with room).", flush=True)

@@ -25,9 +25,15 @@ from preflab.errors import PreflabError
 
 
 def _stateful(callbacks) -> list:
+    """The callbacks that are transformers ExportableState objects. transformers.trainer_callback is imported only
+    when there are callbacks: it imports transformers.trainer_utils, which imports peft (and peft bitsandbytes,
+    whose kernel loader prints two "Failed to load CPU gemm_4bit_forward" lines offline) into every run that saves
+    a checkpoint; a run given callbacks has imported it already."""
+    if not callbacks:
+        return []
     from transformers.trainer_callback import ExportableState
 
-    return [cb for cb in callbacks or [] if isinstance(cb, ExportableState)]
+    return [cb for cb in callbacks if isinstance(cb, ExportableState)]
 
 
 def callback_states(callbacks) -> dict:

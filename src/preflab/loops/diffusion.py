@@ -1005,7 +1005,7 @@ class DiffusionRun(TrainingRun):
                 self._table_sha256 = table_sha256(weight.full_tensor() if hasattr(weight, "full_tensor") else weight)
         return {"ppd_users": {**self.user_layout(), "table_sha256": self._table_sha256}}
 
-    def save_model(self) -> None:
+    def write_model(self) -> None:
         """The trained pipeline in output_dir (diffusers.DiffusionPipeline.from_pretrained loads it); LoRA fused.
         ppd: the base pipeline plus user_branch.safetensors (P, W_K^u, W_V^u, the user table: one row per user, or per
         few-shot subset of a precomputed user) and users.json (users, tokens, subsets: user -> [first row, S])."""

@@ -7,7 +7,7 @@ A subclass says what a step is made of and what to save; the loop itself is writ
         def micro_batches(self, step) -> list        # this rank's micro-batches (each with row_ids, num_tokens)
         def forward(self, mb) -> ObjectiveOutput     # loss of one micro-batch
         def evaluate(self) -> dict                   # eval_* metrics ({} when there is no eval data)
-        def save_model(self)                         # final weights (safetensors) + tokenizer
+        def write_model(self)                        # final weights + tokenizer into self.out (save_model stages it)
         def write_card(self, summary)                # README.md beside the weights
     and sets: cfg, accelerator, plan, total_steps, params, extra_params, optimizer, scheduler, sync_module
     (the DDP-wrapped module), checkpoint_module (whose trainable parameters a checkpoint holds), data_report.
@@ -534,8 +534,9 @@ class TrainingRun(CallbackEvents):
             summary["final_model_saved"] = False
         if self.main:
             if self.save_final_model:
-                self._save_final_staged()
-            share_run_files(self.out)  # safetensors writes 0600; the model is read like the run's other files
+                self.save_model()
+            else:
+                share_run_files(self.out)
             write_summary(self.out, summary)
             self.write_card(summary)
         self.emit("on_train_end")
@@ -552,18 +553,34 @@ class TrainingRun(CallbackEvents):
                 print(f"preflab: note: push_to_hub: this run saves no final model, so nothing of {self.out} is "
                       f"uploaded at the end (hub_strategy {self.cfg.hub_strategy}).", flush=True)
 
-    def _save_final_staged(self) -> None:
-        """save_model and save_objective_state into a fresh folder inside output_dir, each file then renamed into
-        output_dir (preflab.final_save.staged_final_save): a kill part way leaves no truncated model.safetensors.
-        The savers write to self.out, which points at that folder meanwhile."""
-        final_out = self.out
-        with staged_final_save(final_out) as stage:
+    def write_model(self) -> None:
+        """Write the final model into self.out (each kind of run its own: weights, tokenizer or processor, a
+        pipeline's folders). Called only by save_model, which points self.out at a staging folder meanwhile."""
+        raise NotImplementedError(f"{type(self).__name__} has no write_model")
+
+    def save_model(self, output_dir: str | Path | None = None) -> None:
+        """The final model (write_model) and an objective's own trained tensors (save_objective_state) into
+        output_dir (default: the run's), as train() writes them at its end and transformers' Trainer.save_model
+        does when called after train(): from the main process only (elsewhere nothing). Every file is written into
+        a fresh folder inside output_dir first and then renamed onto its place (preflab.final_save.
+        staged_final_save), so a save that fails or is killed part way leaves the previous files byte for byte and
+        no truncated model.safetensors. self.out points at that folder while the writers run. The files get the
+        umask's mode (share_run_files: safetensors writes 0600) like the run's other files."""
+        if not self.accelerator.is_main_process:
+            return
+        run_out = self.__dict__.get("out")  # set by train(); a save before train() writes to the config's folder
+        target = Path(output_dir if output_dir is not None else run_out or self.cfg.output_dir)
+        with staged_final_save(target) as stage:
             self.out = stage
             try:
-                self.save_model()
+                self.write_model()
                 self.save_objective_state()
             finally:
-                self.out = final_out
+                if run_out is None:
+                    del self.out
+                else:
+                    self.out = run_out
+        share_run_files(target)
 
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True, token=None,
                     revision=None, private=None, **card_fields):
@@ -667,9 +684,9 @@ class TrainingRun(CallbackEvents):
             self._check_sharded_model_only()
             if self._deepspeed_engine() is not None:
                 return save_deepspeed_checkpoint(self.out, step, self._deepspeed_engine(), self.scheduler, state,
-                                                 self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
+                                                 self.main, self.cfg.save_total_limit)
             return save_sharded_checkpoint(self.out, step, self.sync_module, self.optimizer, self.scheduler, state,
-                                           self.main, acc.wait_for_everyone, self.cfg.save_total_limit)
+                                           self.main, self.cfg.save_total_limit)
         model_only = bool(self.cfg.save_only_model)
         rank_rngs = self._rank_rngs() if acc.num_processes > 1 and not model_only else None  # collective
         if not self.main:

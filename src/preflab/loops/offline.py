@@ -582,7 +582,7 @@ class Trainer(TrainingRun):
                        "policy": text, "reference": ref}
                 f.write(json.dumps(row) + "\n")
 
-    def save_model(self) -> None:
+    def write_model(self) -> None:
         """Final weights as safetensors (LoRA: the adapter) with the tokenizer and a model card."""
         model = self.accelerator.unwrap_model(self.policy)
         gathered = {"state_dict": self.final_state_dict} if self.final_state_dict else {}  # FSDP / DeepSpeed

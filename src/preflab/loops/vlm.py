@@ -341,7 +341,7 @@ class VisionTrainer(Trainer):
     def batch_kind(self, objective):
         return VisionPairKind
 
-    def save_model(self) -> None:
+    def write_model(self) -> None:
         """Weights as safetensors (LoRA: the adapter, and CAT's clue aggregator, which is no adapter weight, in
         clue_aggregator.safetensors) with the processor (tokenizer, image processor, template)."""
         model = self.accelerator.unwrap_model(self.policy)

@@ -1245,7 +1245,7 @@ class OnlineRun(TrainingRun):
 
         write_model_card(self.out, self.cfg, summary)
 
-    def save_model(self) -> None:
+    def write_model(self) -> None:
         model = self.accelerator.unwrap_model(self.policy)
         with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for training
             model.save_pretrained(self.out, safe_serialization=True)

@@ -286,8 +286,8 @@ class VisionOnlineRun(OnlineRun):
         row = next(iter(self.by_id.values()))
         return self._layout([(row.prompt_ids, [self.pad_id])] * 2, [row.row_id] * 2)
 
-    def save_model(self) -> None:
-        super().save_model()
+    def write_model(self) -> None:
+        super().write_model()
         if self.main:
             self.processor.save_pretrained(self.out)
 

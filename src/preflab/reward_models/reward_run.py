@@ -83,7 +83,7 @@ class RewardRun(TrainingRun):
         self.model.train()
         return {f"eval_{k}": v for k, v in metrics.items()}
 
-    def save_model(self) -> None:
+    def write_model(self) -> None:
         """Safetensors weights (LoRA merged) + tokenizer; the head description goes into config.json."""
         from preflab.reward_models.heads import set_reward_config
 

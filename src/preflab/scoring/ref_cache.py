@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from preflab.atomic_file import write_atomically
+from preflab.rank_agreement import ranks_agree
 from preflab.scoring.lm import Scores
 
 CACHE_FORMAT = 2  # 2: sliding-window models (Mistral, Phi-3, ...) are no longer scored with a custom 4-D mask,
@@ -193,8 +194,10 @@ def load_ref_logps(path: Path, key: str, num_pairs: int) -> RefLogps | None:
 
 def reference_cache(score_fn: Callable, pairs, collate: Callable, batch_size: int, key: str,
                     cache_dir: str | os.PathLike, rank: int = 0, world: int = 1, gather: Callable | None = None,
-                    barrier: Callable | None = None, lockstep: bool = False) -> tuple[RefLogps, Path, bool]:
-    """(values, file, hit): load the file for `key`, or compute (sharded over ranks), write it (main rank), return."""
+                    lockstep: bool = False) -> tuple[RefLogps, Path, bool]:
+    """(values, file, hit): load the file for `key`, or compute (sharded over ranks), write it (main rank), return.
+    The other ranks wait for the write through preflab.rank_agreement.ranks_agree: a failed write (a full disk)
+    stops every rank with the same error naming the file, where a barrier left them waiting."""
     path = Path(cache_dir) / f"ref-logps-{key[:32]}.safetensors"
     hit = load_ref_logps(path, key, len(pairs))
     if world > 1 and not all(gather([hit is not None])):
@@ -202,10 +205,9 @@ def reference_cache(score_fn: Callable, pairs, collate: Callable, batch_size: in
     if hit is not None:
         return hit, path, True
     values = compute_ref_logps(score_fn, pairs, collate, batch_size, rank, world, gather, lockstep)
-    if rank == 0:
-        save_ref_logps(path, values, key)
-    if barrier is not None:
-        barrier()
+    with ranks_agree(f"could not write the reference log-prob cache {path}"):
+        if rank == 0:
+            save_ref_logps(path, values, key)
     return values, path, False
 
 
@@ -227,7 +229,6 @@ def precompute_reference(score_fn: Callable, ref_model: torch.nn.Module, adapter
         key = cache_key(model_hash, pairs, settings, fingerprint)
         out[name], path, hit = reference_cache(score_fn, pairs, collate, batch_size, key,
                                                cache_dir or default_cache_dir(), rank, world, gather_object,
-                                               accelerator.wait_for_everyone,
                                                lockstep=bool(getattr(accelerator, "is_fsdp2", False)))
         info[name] = {"file": str(path), "hit": hit}
     return out, info

@@ -1,0 +1,93 @@
+"""Every rank learns whether a step the ranks take together (each writes its part of a checkpoint, the main writes a
+file the others read next) succeeded on all of them, and all stop with the same error when one failed.
+
+A barrier after such a step waits for ranks that will never come: when rank 1's partition write raised (a full
+disk), rank 1 left with its error and rank 0 waited at dist.barrier until the launcher killed it, saying nothing of
+why. ranks_agree replaces the barrier with one all-reduce of a small flag tensor (one int per rank: 1 where the step
+raised), which synchronises as a barrier does and tells every rank which ranks failed. Only when one did, a second
+collective (all_gather_object) brings each failed rank's error text to all, and every rank raises one RankFailure
+naming the failed ranks and what each said (an OSError's text names its file). The happy path costs the one small
+all-reduce. Without a process group (one process) the block's own error is raised as it is.
+
+It imports only preflab.errors, so every room can use it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from preflab.errors import PreflabError
+
+
+class RankFailure(PreflabError):
+    """A step the ranks took together failed on `failures` ({rank: its error's text}); raised on every rank alike,
+    from the rank's own error where it had one."""
+
+    def __init__(self, what: str, failures: dict[int, str]):
+        self.what, self.failures = what, dict(failures)
+        said = "; ".join(f"rank {rank} failed: {text}" for rank, text in sorted(self.failures.items()))
+        super().__init__(f"{what}: {said}")
+
+
+def error_text(err: BaseException) -> str:
+    """What a failed rank says of its error: an OSError's own text (errno, message and the file it names), else the
+    error's type and message."""
+    return str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+
+
+def _process_group():
+    """torch.distributed when a process group of several ranks is set up, else None."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist
+    return None
+
+
+def _flag_device(dist):
+    """Where the flag tensor lives: the CPU for gloo; the process's accelerator device for the others (NCCL reduces
+    only device tensors)."""
+    import torch
+
+    if dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def failed_ranks(failed: bool) -> list[int]:
+    """The ranks whose `failed` is True, the same list on every rank: one all-reduce (SUM) of a [world] int tensor
+    holding 1 at each failed rank's index. Collective: every rank calls it."""
+    import torch
+
+    dist = _process_group()
+    if dist is None:
+        return [0] if failed else []
+    flags = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=_flag_device(dist))
+    flags[dist.get_rank()] = int(failed)
+    dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+    return [rank for rank, flag in enumerate(flags.tolist()) if flag]
+
+
+@contextmanager
+def ranks_agree(what: str) -> Iterator[None]:
+    """Run the block on every rank, then agree (failed_ranks) on whether it raised anywhere; where it did, every rank
+    raises RankFailure(what, {failed rank: error_text}). Use it in place of a barrier after a step each rank (or the
+    main alone) does before the others go on. One process: the block's error is raised as it is. A BaseException
+    that is no Exception (KeyboardInterrupt, SystemExit) is raised at once: the process is stopping anyway."""
+    dist = _process_group()
+    if dist is None:
+        yield
+        return
+    failure: Exception | None = None
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - every failure is reported to the other ranks, then raised
+        failure = err
+    failed = failed_ranks(failure is not None)
+    if not failed:
+        return
+    texts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(texts, None if failure is None else error_text(failure))
+    raise RankFailure(what, {rank: texts[rank] for rank in failed}) from failure

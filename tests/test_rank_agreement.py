@@ -1,0 +1,125 @@
+"""A failed write on one rank stops every rank with the same error, at once (user trial 16; preflab.rank_agreement):
+sharded_checkpoint.save_rank_checkpoint, recipe_state.main_writes and scoring.ref_cache.reference_cache waited at a
+barrier after each rank wrote its part, so when rank 1's write raised (a full disk), rank 0 waited there until the
+launcher killed it, saying nothing. Two gloo processes on the CPU (started by hand, not through a launcher, which
+would kill the other rank as soon as one fails, so each rank's own exit and message are seen)."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import preflab
+from preflab.errors import PreflabError
+from preflab.rank_agreement import RankFailure, error_text, failed_ranks, ranks_agree
+
+ROOT = Path(__file__).resolve().parents[1]
+# the preflab this test imported (benchmarks/mutation.py's mutated copy included), then the caller's path
+SOURCE = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """{(scenario, rank): its JSON line} of tests/rank_agreement_run.py on 2 gloo processes, and the wall seconds
+    the pair took."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path_factory.mktemp("ranks")
+    procs = []
+    started = time.perf_counter()
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SOURCE, "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "TORCH_GLOO_TIMEOUT": "300"}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "rank_agreement_run.py"), str(out)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = {}
+    try:
+        for rank, proc in enumerate(procs):
+            stdout, stderr = proc.communicate(timeout=240)
+            assert proc.returncode == 0, f"rank {rank}: {stderr[-3000:]}"
+            for line in stdout.splitlines():
+                row = json.loads(line)
+                results[(row["scenario"], row["rank"])] = row
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return out, results, time.perf_counter() - started
+
+
+def test_a_save_whose_every_part_is_written_commits_on_two_ranks(two_ranks):
+    out, results, _ = two_ranks
+    assert results[("sharded_ok", 0)]["error"] is None and results[("sharded_ok", 1)]["error"] is None
+    names = {p.name for p in (out / "checkpoint-1").iterdir()}
+    assert {"part-rank0.safetensors", "part-rank1.safetensors", "rng-rank0.safetensors", "rng-rank1.safetensors",
+            "trainer_state.json", "COMPLETE"} <= names
+
+
+def test_rank_1s_failed_part_stops_both_ranks_with_the_same_error_naming_rank_and_file(two_ranks):
+    """Rank 1's part fails (a full disk): rank 0 does not wait at a barrier; both raise the same PreflabError naming
+    rank 1 and its file, the half-written folder is removed, checkpoint-1 is kept and named, no checkpoint-2."""
+    out, results, _ = two_ranks
+    tmp = out / ".tmp-checkpoint-2-sharded"
+    expected = (f"PreflabError: could not write sharded checkpoint {out / 'checkpoint-2'}: rank 1 failed: [Errno 28] "
+                f"No space left on device: '{tmp / 'part-rank1.safetensors'}'. Earlier checkpoints are kept (the "
+                f"latest: {out / 'checkpoint-1'}); free disk space or fix the permissions of output_dir (every rank "
+                "writes into it: it must be one shared folder), then resume.")
+    assert results[("sharded_rank1", 0)]["error"] == expected
+    assert results[("sharded_rank1", 1)]["error"] == expected
+    assert not tmp.exists() and not (out / "checkpoint-2").exists() and (out / "checkpoint-1" / "COMPLETE").exists()
+    assert results[("sharded_rank1", 0)]["seconds"] < 20  # the gloo timeout is 300 s: nobody waited for it
+
+
+def test_the_main_processs_failed_write_stops_the_other_rank_too(two_ranks):
+    out, results, _ = two_ranks
+    expected = ("RankFailure: the main process could not write the recipe's files: rank 0 failed: [Errno 28] No "
+                f"space left on device: '{out / 'summary.json'}'")
+    assert results[("main_writes", 0)]["error"] == expected and results[("main_writes", 1)]["error"] == expected
+    assert results[("main_writes", 1)]["seconds"] < 20
+
+
+def test_a_failed_reference_cache_write_stops_both_ranks_naming_the_file(two_ranks):
+    out, results, _ = two_ranks
+    cache = out / "blocked" / "cache" / f"ref-logps-{'k' * 32}.safetensors"
+    for rank in (0, 1):
+        error = results[("ref_cache", rank)]["error"]
+        assert error.startswith(f"RankFailure: could not write the reference log-prob cache {cache}: rank 0 failed: "
+                                "[Errno 20] Not a directory") or error.startswith(
+            f"RankFailure: could not write the reference log-prob cache {cache}: rank 0 failed: [Errno 17] File "
+            "exists"), error
+        assert str(out / "blocked") in error
+    assert results[("ref_cache", 1)]["seconds"] < 20
+
+
+def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
+    _, results, wall = two_ranks
+    assert len(results) == 8
+    assert wall < 120  # process start and imports included; a hang would wait for the gloo timeout (300 s)
+
+
+def test_one_process_raises_the_blocks_own_error_unchanged():
+    """Without a process group there is nobody to tell: the block's error is raised as it is, and a block that
+    does not fail passes through; failed_ranks is this process alone."""
+    err = OSError(28, "No space left on device", "/x/model.safetensors")
+    with pytest.raises(OSError) as caught:
+        with ranks_agree("writing"):
+            raise err
+    assert caught.value is err
+    with ranks_agree("writing"):
+        pass
+    assert failed_ranks(True) == [0] and failed_ranks(False) == []
+
+
+def test_a_rank_failure_names_each_failed_rank_in_order():
+    failure = RankFailure("could not write X", {3: "boom", 1: error_text(OSError(28, "No space left on device", "f"))})
+    assert isinstance(failure, PreflabError)
+    assert str(failure) == ("could not write X: rank 1 failed: [Errno 28] No space left on device: 'f'; rank 3 failed:"
+                            " boom")
+    assert error_text(ValueError("bad")) == "ValueError: bad"
