@@ -25,6 +25,12 @@ from preflab.errors import PreflabError
 
 
 def _stateful(callbacks) -> list:
+    """The callbacks that are transformers ExportableState. No callbacks (every `preflab train` run): nothing is
+    imported. transformers.trainer_callback imports its trainer_utils, which imports peft, which imports
+    bitsandbytes where it is installed: at a run's first checkpoint that cost about 10 s on a 2-core CPU machine and
+    printed bitsandbytes' kernel warning once per process."""
+    if not callbacks:
+        return []
     from transformers.trainer_callback import ExportableState
 
     return [cb for cb in callbacks or [] if isinstance(cb, ExportableState)]
