@@ -92,6 +92,10 @@ def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on
                  "Keep the run with per_device_train_batch_size: 2 and gradient_accumulation_steps: 2 on 1 process,",
                  "launch 2 processes with per_device_train_batch_size: 2 and gradient_accumulation_steps: 1"):
         assert part in message, (part, message)
+    # the same number of micro-batches of another size is another split too, said as one
+    with pytest.raises(ConfigError, match="this run has 4 rows and 2 \\(1 x 2\\)"):
+        check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                       **loss), "checkpoint-2", 1, note=print)
     # 3 processes cannot split 2 micro-batches: said as a product
     with pytest.raises(ConfigError, match="processes x gradient_accumulation_steps of 2 on 3 processes"):
         check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, **loss), "checkpoint-2", 3,

@@ -117,8 +117,9 @@ def test_a_run_without_callbacks_reads_and_writes_their_state_without_importing_
             "from transformers import EarlyStoppingCallback\n"
             "cb = EarlyStoppingCallback(early_stopping_patience=3)\ncb.early_stopping_patience_counter = 2\n"
             "print(callback_states([cb])['EarlyStoppingCallback']['attributes'])\n")
-    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1",
-           "PATH": "/usr/bin:/bin"}
+    import preflab
+
+    env = {"PYTHONPATH": str(Path(preflab.__file__).parents[1]), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["[]", "{'early_stopping_patience_counter': 2}"]
