@@ -96,8 +96,9 @@ def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on
     with pytest.raises(ConfigError, match="this run has 4 rows and 2 \\(1 x 2\\)"):
         check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
                                        **loss), "checkpoint-2", 1, note=print)
-    # 3 processes cannot split 2 micro-batches: said as a product
-    with pytest.raises(ConfigError, match="processes x gradient_accumulation_steps of 2 on 3 processes"):
+    # 3 processes cannot split 2 micro-batches: said so, with the launches that can
+    with pytest.raises(ConfigError, match="2 micro-batches do not split over 3 processes: launch a number of "
+                                          "processes that divides 2, or 2 processes with"):
         check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, **loss), "checkpoint-2", 3,
                            note=print)
     notes = []

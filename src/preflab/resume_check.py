@@ -8,8 +8,9 @@ optimizer settings, ...) changes what the resumed run computes, so check_resume_
 On another number of processes the global batch (per_device_train_batch_size x processes) and
 gradient_accumulation_steps must stay (check_global_batch; for an objective with a statistic of each micro-batch,
 KTO's, the per-device batch and processes x gradient_accumulation_steps), and the saved per-device batch (or
-accumulation) is read as this world's (saved_config_on_this_world); check_saved_config runs both config checks of a checkpoint. A max_length the
-checkpoint's run capped at its model's positions is compared after the same cap (capped_at_positions).
+accumulation) is read as this world's (saved_config_on_this_world); check_saved_config runs both config checks of a
+checkpoint. A max_length the checkpoint's run capped at its model's positions is compared after the same cap
+(capped_at_positions).
 """
 from __future__ import annotations
 
@@ -293,14 +294,16 @@ def _check_micro_batches(batch: int, saved_world: int, saved_accumulation: int, 
             "reference point, the sft term's token mean of each micro-batch), so the same run on another number of "
             "processes keeps the micro-batch and processes x gradient_accumulation_steps; another split trains "
             "another objective from here on.")
-    keep = (f"gradient_accumulation_steps: {micro // world}" if micro % world == 0 else
-            f"processes x gradient_accumulation_steps of {micro}")
+    if micro % world == 0:
+        here = (f"Keep the run with per_device_train_batch_size: {batch} and gradient_accumulation_steps: "
+                f"{micro // world} on {world} process{'es' if world > 1 else ''}, launch")
+    else:
+        here = (f"{micro} micro-batches do not split over {world} processes: launch a number of processes that "
+                f"divides {micro}, or")
     refuse_unless_allowed(
-        cfg, f"{what} Keep the run with per_device_train_batch_size: {batch} and {keep} on {world} "
-        f"process{'es' if world > 1 else ''}, launch {saved_world} processes with per_device_train_batch_size: "
-        f"{batch} and gradient_accumulation_steps: {saved_accumulation}, or set allow_config_change: true to "
-        "continue with the new split anyway.", f"preflab: note: {what} Continuing (allow_config_change: true).",
-        note)
+        cfg, f"{what} {here} {saved_world} processes with per_device_train_batch_size: {batch} and "
+        f"gradient_accumulation_steps: {saved_accumulation}, or set allow_config_change: true to continue with the "
+        "new split anyway.", f"preflab: note: {what} Continuing (allow_config_change: true).", note)
 
 
 def check_saved_config(trainer_state: dict, cfg, checkpoint, world: int, note=print) -> None:
