@@ -6902,6 +6902,44 @@ MUTANTS += [
            "every checkpoint save imports transformers.trainer_callback, hence peft and bitsandbytes"),
 ]
 
+# mutation-mpx round: user trial 17 (several processes): a checkpoint of an objective with a statistic of each
+# micro-batch (KTO's reference point, the sft term's per-micro-batch token mean) resumed on another number of processes
+# keeps the per-device batch and processes x accumulation (resume_check._check_micro_batches, couples_micro_batches,
+# objectives.base.couples_micro_batch); a run without callbacks does not import transformers' trainer (callback_state)
+MPX_TESTS = ["tests/test_resume_check.py"]
+MPX_CALLBACK_TESTS = ["tests/loops/test_callbacks.py", "-k", "without_importing"]
+MUTANTS += [
+    Mutant("mpx-kto-not-coupled", "objectives/kto.py",
+           [("    micro_batch_statistic: ClassVar[bool] = True", "    micro_batch_statistic: ClassVar[bool] = False")],
+           MPX_TESTS, "a KTO checkpoint resumed on another number of processes keeps the global batch: 2 x 2 -> 1 x 4 "
+           "trains on with another reference point"),
+    Mutant("mpx-sft-step-coupled", "objectives/sft.py",
+           [('        return self.token_mean == "micro_batch"', "        return True")], MPX_TESTS,
+           "the sft term's step token mean (additive over processes) is read as a micro-batch statistic"),
+    Mutant("mpx-parts-not-read", "objectives/base.py",
+           [("        return any(couples_micro_batch(p) for p in parts)", "        return False")], MPX_TESTS,
+           "loss_type [sigmoid, sft] and rpo_alpha are read as plain DPO: their sft term's split is not kept"),
+    Mutant("mpx-batch-not-compared", "resume_check.py",
+           [("    if batch == cfg.per_device_train_batch_size and micro == now:", "    if micro == now:")], MPX_TESTS,
+           "another per-device batch with the same micro-batch count passes"),
+    Mutant("mpx-global-batch-kept", "resume_check.py",
+           [("    micro, now = saved_world * saved_accumulation, world * accumulation",
+             "    micro, now = batch * saved_world * saved_accumulation, cfg.per_device_train_batch_size * world * "
+             "accumulation")], MPX_TESTS,
+           "the old rule for KTO: the global batch kept, the micro-batch free"),
+    Mutant("mpx-accumulation-not-mapped", "resume_check.py",
+           [('            return {**saved, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}',
+             "            return saved")], MPX_TESTS,
+           "the same KTO run on 1 process x accumulation 2 is refused by the config comparison"),
+    Mutant("mpx-keep-wrong-accumulation", "resume_check.py",
+           [('f"{micro // world} on {world} process', 'f"{saved_accumulation} on {world} process')],
+           MPX_TESTS,
+           "the refusal tells the user to keep an accumulation that is refused again"),
+    Mutant("mpx-callbacks-import-always", "loops/callback_state.py",
+           [("    if not callbacks:\n        return []\n", "")], MPX_CALLBACK_TESTS,
+           "every checkpoint imports transformers' trainer, peft and bitsandbytes (10 s, a warning per process)"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

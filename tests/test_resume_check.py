@@ -71,3 +71,55 @@ def test_resume_with_a_changed_dict_or_list_option_is_refused_naming_it(tmp_path
         check_saved_config({"world_size": 1, "config": saved}, now, "checkpoint-2", 1, note=print)
     assert ("in key(s) that change what the run computes: loss_type (['robust', 'sft'] -> ['robust', 'ipo']), "
             "objective_params ({'label_smoothing': 0.1} -> {'label_smoothing': 0.2}). Resume with") in str(err.value)
+
+
+@pytest.mark.parametrize("loss", [{"loss_type": "kto"}, {"loss_type": ["sigmoid", "sft"]}, {"rpo_alpha": 1.0}])
+def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on_another_world(tmp_path, loss):
+    """KTO's reference point and the sft term's per-micro-batch token mean: 2 processes x 2 rows equal 1 process x
+    2 rows x accumulation 2, not 1 x 4 (tests/loops/test_scale_matrix.py's KTO test resumes such a checkpoint for
+    real). Before, a 2 x 2 checkpoint resumed on 1 x 4 passed (another objective from the next step on) and
+    1 x 2 x accumulation 2, the same run, was refused. Plain DPO keeps the global batch as before."""
+    saved = _cfg(tmp_path, per_device_train_batch_size=2, **loss).to_dict()
+    state = {"world_size": 2, "config": saved}
+    check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, **loss),
+                       "checkpoint-2", 1, note=print)
+    with pytest.raises(ConfigError) as err:
+        check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=4, **loss), "checkpoint-2", 1,
+                           note=print)
+    message = str(err.value)
+    for part in ("micro-batches of 2 rows (per_device_train_batch_size), 2 an optimizer step (2 processes x "
+                 "gradient_accumulation_steps 1); this run has 4 rows and 1 (1 x 1)", "KTO's reference point",
+                 "Keep the run with per_device_train_batch_size: 2 and gradient_accumulation_steps: 2 on 1 process,",
+                 "launch 2 processes with per_device_train_batch_size: 2 and gradient_accumulation_steps: 1"):
+        assert part in message, (part, message)
+    # the same number of micro-batches of another size is another split too, said as one
+    with pytest.raises(ConfigError, match="this run has 4 rows and 2 \\(1 x 2\\)"):
+        check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2,
+                                       **loss), "checkpoint-2", 1, note=print)
+    # 3 processes cannot split 2 micro-batches: said so, with the launches that can
+    with pytest.raises(ConfigError, match="2 micro-batches do not split over 3 processes: launch a number of "
+                                          "processes that divides 2, or 2 processes with"):
+        check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, **loss), "checkpoint-2", 3,
+                           note=print)
+    notes = []
+    check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=4, allow_config_change=True, **loss),
+                       "checkpoint-2", 1, note=notes.append)
+    assert "another split trains another objective" in notes[0] and "Continuing" in notes[0]
+    plain = {"world_size": 2, "config": _cfg(tmp_path, per_device_train_batch_size=2).to_dict()}
+    check_saved_config(plain, _cfg(tmp_path, per_device_train_batch_size=4), "checkpoint-2", 1, note=print)
+    with pytest.raises(ConfigError, match="global batch of 4"):
+        check_saved_config(plain, _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2),
+                           "checkpoint-2", 1, note=print)
+
+
+def test_sft_token_mean_step_and_wpo_are_read_through_to_their_parts():
+    """couples_micro_batch reads a weighted sum's parts and a WPO weighting's inner objective; the sft term with
+    token_mean "step" (the step's token mean, additive over processes) and plain DPO hold no micro-batch statistic."""
+    from preflab.objectives import WPOWeighted, get_objective
+    from preflab.objectives.base import couples_micro_batch
+
+    assert couples_micro_batch(get_objective("kto"))
+    assert couples_micro_batch(WPOWeighted(get_objective(["sigmoid", "sft"])))
+    assert not couples_micro_batch(get_objective(["sigmoid", "sft"], token_mean="step"))
+    assert not couples_micro_batch(WPOWeighted(get_objective("sigmoid")))
+    assert not couples_micro_batch(get_objective("apo_zero_unpaired"))

@@ -6,9 +6,11 @@ A key in HARMLESS only changes how long the run goes on, what it logs or saves, 
 optimizer settings, ...) changes what the resumed run computes, so check_resume_config refuses it unless
 `allow_config_change: true`. Unknown keys count as meaning changes (refuse rather than guess).
 On another number of processes the global batch (per_device_train_batch_size x processes) and
-gradient_accumulation_steps must stay (check_global_batch), and the saved per-device batch is read as this world's
-(saved_config_on_this_world); check_saved_config runs both config checks of a checkpoint. A max_length the
-checkpoint's run capped at its model's positions is compared after the same cap (capped_at_positions).
+gradient_accumulation_steps must stay (check_global_batch; for an objective with a statistic of each micro-batch,
+KTO's, the per-device batch and processes x gradient_accumulation_steps), and the saved per-device batch (or
+accumulation) is read as this world's (saved_config_on_this_world); check_saved_config runs both config checks of a
+checkpoint. A max_length the checkpoint's run capped at its model's positions is compared after the same cap
+(capped_at_positions).
 """
 from __future__ import annotations
 
@@ -205,10 +207,31 @@ def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int
     saved_world = trainer_state.get("world_size")
     if not isinstance(saved, dict) or not isinstance(saved_world, int) or saved_world == world:
         return saved
+    if couples_micro_batches(cfg):  # the same micro-batches: processes x accumulation is what stays
+        accumulation = saved.get("gradient_accumulation_steps")
+        if isinstance(accumulation, int) and accumulation * saved_world == cfg.gradient_accumulation_steps * world:
+            return {**saved, "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
+        return saved
     batch = saved.get("per_device_train_batch_size")
     if isinstance(batch, int) and batch * saved_world == cfg.per_device_train_batch_size * world:
         return {**saved, "per_device_train_batch_size": cfg.per_device_train_batch_size}
     return saved
+
+
+def couples_micro_batches(cfg) -> bool:
+    """Whether cfg's offline objective holds a statistic of each micro-batch (preflab.objectives.base.
+    couples_micro_batch: KTO's reference point, the sft term's per-micro-batch token mean). False for the other
+    tasks (task: sft normalises over the optimizer step) and for a config whose objective does not build (the run
+    itself reports that error)."""
+    if getattr(cfg, "task", "dpo") != "dpo" or not hasattr(cfg, "objective"):
+        return False
+    from preflab.errors import PreflabError
+    from preflab.objectives.base import couples_micro_batch
+
+    try:
+        return couples_micro_batch(cfg.objective())
+    except PreflabError:
+        return False
 
 
 def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, note=None) -> None:
@@ -231,6 +254,9 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
     if not isinstance(saved_accumulation, int):
         saved_accumulation = accumulation
     before, now = batch * saved_world, cfg.per_device_train_batch_size * world
+    if couples_micro_batches(cfg):
+        _check_micro_batches(batch, saved_world, saved_accumulation, cfg, world, path, note)
+        return
     if before == now and saved_accumulation == accumulation:
         return
     what = (f"resume_from_checkpoint: {path} was trained with a global batch of {before} (per_device_train_batch_size "
@@ -247,6 +273,37 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
         f"process{'es' if world > 1 else ''}, launch {saved_world} processes with per_device_train_batch_size: "
         f"{batch} and gradient_accumulation_steps: {saved_accumulation}, or set allow_config_change: true to "
         "continue with the new batch anyway.", f"preflab: note: {what} Continuing (allow_config_change: true).", note)
+
+
+def _check_micro_batches(batch: int, saved_world: int, saved_accumulation: int, cfg, world: int, path,
+                         note) -> None:
+    """check_global_batch for an objective with a statistic of each micro-batch (couples_micro_batches): 2
+    processes x b rows equal 1 process x b rows x 2 accumulation micro-batches, not 1 x 2b, so the run a checkpoint
+    continues on another number of processes keeps per_device_train_batch_size and processes x
+    gradient_accumulation_steps (the micro-batches of an optimizer step). Before, only the global batch was kept: a
+    KTO checkpoint of 2 x 2 rows resumed on 1 x 4 rows trained on with another reference point, told only that the
+    number of processes had changed, and 1 x 2 x accumulation 2, the same run, was refused."""
+    accumulation = cfg.gradient_accumulation_steps
+    micro, now = saved_world * saved_accumulation, world * accumulation
+    if batch == cfg.per_device_train_batch_size and micro == now:
+        return
+    what = (f"resume_from_checkpoint: {path} was trained with micro-batches of {batch} rows "
+            f"(per_device_train_batch_size), {micro} an optimizer step ({saved_world} processes x "
+            f"gradient_accumulation_steps {saved_accumulation}); this run has {cfg.per_device_train_batch_size} rows "
+            f"and {now} ({world} x {accumulation}). The objective holds a statistic of each micro-batch (KTO's "
+            "reference point, the sft term's token mean of each micro-batch), so the same run on another number of "
+            "processes keeps the micro-batch and processes x gradient_accumulation_steps; another split trains "
+            "another objective from here on.")
+    if micro % world == 0:
+        here = (f"Keep the run with per_device_train_batch_size: {batch} and gradient_accumulation_steps: "
+                f"{micro // world} on {world} process{'es' if world > 1 else ''}, launch")
+    else:
+        here = (f"{micro} micro-batches do not split over {world} processes: launch a number of processes that "
+                f"divides {micro}, or")
+    refuse_unless_allowed(
+        cfg, f"{what} {here} {saved_world} processes with per_device_train_batch_size: {batch} and "
+        f"gradient_accumulation_steps: {saved_accumulation}, or set allow_config_change: true to continue with the "
+        "new split anyway.", f"preflab: note: {what} Continuing (allow_config_change: true).", note)
 
 
 def check_saved_config(trainer_state: dict, cfg, checkpoint, world: int, note=print) -> None:

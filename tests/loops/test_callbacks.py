@@ -101,3 +101,25 @@ def test_control_flags_a_callback_sets_hold_for_its_step_only():
                                    "should_training_stop": True}
     assert run.control_flags() == {"should_log": False, "should_evaluate": False, "should_save": False,
                                    "should_training_stop": True}
+
+
+def test_a_run_without_callbacks_reads_and_writes_their_state_without_importing_transformers_trainer():
+    """callback_states / restore_callback_states with no callbacks (every `preflab train` run) import nothing:
+    transformers.trainer_callback imports peft, which imports bitsandbytes where installed; at a run's first
+    checkpoint that cost about 10 s on a 2-core CPU machine and printed bitsandbytes' kernel warning once per
+    process (seen under 2 processes). With a stateful callback the state is read as before."""
+    import subprocess
+
+    code = ("import sys\nfrom preflab.loops.callback_state import callback_states, restore_callback_states\n"
+            "assert callback_states([]) == {} and callback_states(None) == {}\n"
+            "assert restore_callback_states([], {}) == 0\n"
+            "print(sorted(m for m in ('transformers.trainer_callback', 'peft', 'bitsandbytes') if m in sys.modules))\n"
+            "from transformers import EarlyStoppingCallback\n"
+            "cb = EarlyStoppingCallback(early_stopping_patience=3)\ncb.early_stopping_patience_counter = 2\n"
+            "print(callback_states([cb])['EarlyStoppingCallback']['attributes'])\n")
+    import preflab
+
+    env = {"PYTHONPATH": str(Path(preflab.__file__).parents[1]), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["[]", "{'early_stopping_patience_counter': 2}"]

@@ -65,7 +65,7 @@ LAUNCHED = {
         ["cli", d / "resumed", *DIFFUSION, "per_device_train_batch_size=2", "save_steps=0",
          f"resume_from_checkpoint={d / 'full' / 'checkpoint-2'}"]]),
     "test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches": ("ddp", lambda d: [
-        ["cli", d / "two", *KTO, "per_device_train_batch_size=4"]]),
+        ["cli", d / "two", *KTO, "per_device_train_batch_size=4", "save_steps=2"]]),
 }
 
 
@@ -189,14 +189,15 @@ def test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model(tmp_pat
 
 
 @pytest.mark.slow
-def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches(tmp_path, launched):
+def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_batches(tmp_path, launched, capsys):
     """loss_type kto on 2 DDP processes x batch 4 against 1 process x batch 4 x gradient_accumulation_steps 2 (the
     same micro-batches: KTO's reference point z0 is each micro-batch's mean over its mismatched completions, so
     1 process x batch 8 is another estimator). Before, the 2-process run crashed in the step's all-reduce: a rank
     whose micro-batch held no desirable example reported no rewards/chosen, so the ranks sent different metric
     lists (gloo: size mismatch; NCCL would have added different metrics together). Losses and KTO's metrics to 1e-6,
     weights to 2e-6. After `preflab train` returned, neither rank has a DDP wrapper left (not even as garbage) and
-    the process group is closed."""
+    the process group is closed. Its checkpoint-2 resumed on 1 process x 4 x accumulation 2 ends with its weights;
+    1 x 8 is refused."""
     from preflab.cli import main
 
     kto = KTO
@@ -213,6 +214,20 @@ def test_kto_on_two_processes_equals_one_process_with_two_accumulation_micro_bat
     for s in b:
         for key in ("kl", "rewards/chosen", "rewards/rejected"):
             assert a[s][key] == pytest.approx(b[s][key], abs=1e-6), (s, key)
+    # its checkpoint resumed on 1 process: the same micro-batches (4 rows x accumulation 2) continue the run; the
+    # same global batch in one micro-batch of 8 is another reference point, refused naming the split to keep
+    # (before, it trained on with a note that the number of processes had changed)
+    resumed, checkpoint = tmp_path / "resumed", two / "checkpoint-2"
+    assert main(["train", *kto, "per_device_train_batch_size=4", "gradient_accumulation_steps=2",
+                 f"output_dir={resumed}", f"resume_from_checkpoint={checkpoint}"]) == 0
+    assert _steps(resumed)[3]["loss"] == pytest.approx(a[3]["loss"], abs=1e-6)
+    wa, wr = load_file(two / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert max((wa[k] - wr[k]).abs().max().item() for k in wa) < 2e-6
+    capsys.readouterr()
+    assert main(["train", *kto, "per_device_train_batch_size=8", f"output_dir={tmp_path / 'other'}",
+                 f"resume_from_checkpoint={checkpoint}"]) == 2
+    assert ("Keep the run with per_device_train_batch_size: 4 and gradient_accumulation_steps: 2 on 1 process"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.slow

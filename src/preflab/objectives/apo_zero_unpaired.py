@@ -27,6 +27,7 @@ class APOZeroUnpaired(KTO):
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
     uses_mismatched_completions: ClassVar[bool] = False  # z0 = 0: no mismatched completions are read
+    micro_batch_statistic: ClassVar[bool] = False  # z0 = 0: its losses are per example (base.couples_micro_batch)
 
     def reference_point(self, batch: UnpairedBatch) -> torch.Tensor:
         return as_loss_dtype(batch.policy.token_logps.new_zeros(()))

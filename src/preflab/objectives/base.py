@@ -478,6 +478,19 @@ def objective_parts(objective) -> tuple:
     return getattr(objective, "parts", None) or (objective,)
 
 
+def couples_micro_batch(objective) -> bool:
+    """Whether the loss of `objective` (any part of a weighted sum, also inside a WPO weighting) holds a
+    statistic of each micro-batch that is not a sum over its examples: KTO's reference point z0 (the micro-batch's
+    mean over its mismatched completions), the sft term's token mean of each micro-batch (token_mean "micro_batch").
+    Parts declare it as `micro_batch_statistic` (False when left out). For such a loss, P processes x b rows equal
+    one process with b rows and P x gradient_accumulation_steps micro-batches, not one process with P x b rows
+    (preflab.resume_check.check_global_batch keeps a resumed run on those micro-batches)."""
+    parts = objective_parts(objective)  # a WPO weighting reads its inner objective's parts and attributes
+    if parts != (objective,):
+        return any(couples_micro_batch(p) for p in parts)
+    return bool(getattr(objective, "micro_batch_statistic", False))
+
+
 def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> None:
     """ConfigError when `objective` needs extras that must carry gradient (`gradient_extras`) and the trainer does
     not compute them (`computed`): training on constant columns would silently be the base method (e.g. plain DPO

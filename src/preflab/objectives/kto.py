@@ -66,6 +66,7 @@ class KTO(Objective):
     # they are formed inside each micro-batch, so a micro-batch of one example pairs it with its own completion
     # (TRL refuses batch size 1 too: preflab.loops.offline)
     uses_mismatched_completions: ClassVar[bool] = True
+    micro_batch_statistic: ClassVar[bool] = True  # z0 is each micro-batch's mean (base.couples_micro_batch)
     paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization (arXiv:2402.01306)"
     checked_against = "reference code: TRL 1.16 KTOTrainer loss_type='kto' (tests/objectives/test_trl_parity.py, 1e-9)"
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}

@@ -50,6 +50,11 @@ class SFT(Objective):
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 
+    @property
+    def micro_batch_statistic(self) -> bool:
+        """token_mean "micro_batch" divides by each micro-batch's chosen tokens (base.couples_micro_batch)."""
+        return self.token_mean == "micro_batch"
+
     def validate(self):
         super().validate()
         check_fdiv("SFT", self.f_divergence)
