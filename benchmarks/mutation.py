@@ -4757,7 +4757,7 @@ MUTANTS += [
 # judge and weight, environments= for reward functions, the judge cache, each rollout's own instance and tools, and
 # the main process's calls sent to the others. Mutants named `envf-*`.
 ENVF = ["tests/online/test_environment_factory.py", "-m", "not slow"]
-ENVF_2P = ["tests/online/test_environment_factory.py::"
+ENVF_2P = ["tests/online/test_environment_two_processes.py::"
            "test_two_processes_call_each_environment_once_and_equal_one_process"]
 MUTANTS += [
     Mutant("envf-reset-gets-environment-column", "online/environments.py",

@@ -20,8 +20,9 @@ SLOW_FILES_SECONDS = {
     "tests/online/test_trainers_two_processes.py": 76,  # one 2-process launch of 31 runs (those of test_online_run,
     # test_game and the entropy bonus test of test_grpo_trl_options too), then each 1-process run
     "tests/online/test_tool_calling.py": 35,
-    "tests/online/test_environment_factory.py": 40,  # one 2-process launch, TRL's GRPOTrainer built once
-    "tests/online/test_environment_no_dataset.py": 35,  # one 2-process launch, TRL's GRPOTrainer built once
+    "tests/online/test_environment_two_processes.py": 30,  # one plain process and one 2-process launch, 3 runs each
+    # (test_environment_factory's, test_environment_no_dataset's and test_environment_no_prompt's)
+    "tests/online/test_environment_factory.py": 15,  # TRL's GRPOTrainer built once
     "tests/loops/test_distill_run.py": 35,
     "tests/loops/test_resume_verify.py": 30,
     "tests/report/test_report_every_trainer.py": 25,

@@ -5,7 +5,12 @@ every completion the environments= reward function scores appends a line to OUT_
 rank), so a call made twice shows. The held-out evaluation (the first row, greedy, before and after training) answers
 with the same scripted turns and environments. no_dataset=true: a run without a dataset (LoggedDrawn's reset gives
 the prompts; no evaluation). no_prompt=true: four dataset rows without a prompt ({"n": i}: LoggedDrawn's reset gives
-each its text; no evaluation)."""
+each its text; no evaluation).
+
+runs=default,no_dataset,no_prompt: those runs one after another in the same processes (one launch instead of three),
+each into OUT_DIR/<name> with its own calls.txt and the same key=value options; every run starts from the state the
+process started with (Python's, torch's and numpy's global random state, a fresh tokenizer and fresh patches of the
+generator and evaluation turns, the process group kept open between runs)."""
 import os
 import sys
 from pathlib import Path
@@ -17,8 +22,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import test_environment_factory as t  # noqa: E402
 
 
+OUT = {"dir": None}  # the current run's output folder: its calls.txt
+
+
 def log(line: str) -> None:
-    with open(Path(sys.argv[1]) / "calls.txt", "a") as fh:
+    with open(Path(OUT["dir"]) / "calls.txt", "a") as fh:
         fh.write(f"{line} rank{os.environ.get('RANK', '0')}\n")
 
 
@@ -76,9 +84,9 @@ def logged_echo_reward(prompts, completions, environments, **kwargs):
     return t.echo_reward(prompts, completions, environments)
 
 
-if __name__ == "__main__":
-    import yaml
-
+def run(out: str, mode: str, overrides: dict) -> None:
+    """One run into `out` in `mode` (default: the dataset of t.ROWS with a held-out evaluation; no_dataset;
+    no_prompt), its environment calls logged to out/calls.txt."""
     import preflab.online.generator as generator_module
     import preflab.online.tasks as tasks_module
     from preflab.config import config_from_dict
@@ -86,29 +94,57 @@ if __name__ == "__main__":
     from preflab.online.run import OnlineRun
     from preflab.online.tasks import Task, dataset_evaluate
 
-    torch.set_num_threads(1)
-    Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
-    overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in sys.argv[2:])}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    OUT["dir"] = out
     tok = t.tool_tokenizer()
     generator_module.make_generator = lambda cfg, policy, tokenizer, acc=None: t.EnvScripted(
         tok, cfg.max_completion_length, True)
     tasks_module.EvalTurns = lambda cfg, model, tokenizer, sampled: t.EnvScripted(tok, cfg.max_completion_length)
-    if overrides.pop("no_dataset", False):  # environment_factory without a dataset: prompts from reset
+    if mode == "no_dataset":  # environment_factory without a dataset: prompts from reset
         from preflab.online.api import reset_only
 
-        cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], **overrides})
+        cfg = config_from_dict({**t.BASE, "output_dir": out, **overrides})
         OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                   task=reset_only(cfg, [], LoggedDrawn), environment_factory=LoggedDrawn).train()
-        sys.exit(0)
-    if overrides.pop("no_prompt", False):  # dataset rows without a prompt (TRL's default beside an environment)
-        cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], **overrides})
+    elif mode == "no_prompt":  # dataset rows without a prompt (TRL's default beside an environment)
+        cfg = config_from_dict({**t.BASE, "output_dir": out, **overrides})
         OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
                   task=Task([{"n": i} for i in range(4)], []), environment_factory=LoggedDrawn).train()
+    elif mode == "default":
+        cfg = config_from_dict({**t.BASE, "output_dir": out, "eval_dataset_name": "held.jsonl", **overrides})
+        held = [dict(t.ROWS[0])]
+        OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+                  task=Task([dict(r) for r in t.ROWS], [logged_echo_reward], held,
+                            dataset_evaluate(cfg, held, [logged_echo_reward])),
+                  environment_factory={"counter": LoggedCounter, "echo": LoggedEcho}).train()
+    else:
+        sys.exit(f"unknown mode {mode!r} (default, no_dataset or no_prompt)")
+
+
+if __name__ == "__main__":
+    import random
+
+    import numpy as np
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "loops"))
+    from fsdp_run import close_process_group, keep_process_group  # noqa: E402
+
+    torch.set_num_threads(1)
+    overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in sys.argv[2:])}
+    runs = overrides.pop("runs", None)
+    if runs is None:  # one run into OUT_DIR itself
+        mode = "no_dataset" if overrides.pop("no_dataset", False) else \
+            "no_prompt" if overrides.pop("no_prompt", False) else "default"
+        run(sys.argv[1], mode, overrides)
         sys.exit(0)
-    cfg = config_from_dict({**t.BASE, "output_dir": sys.argv[1], "eval_dataset_name": "held.jsonl", **overrides})
-    held = [dict(t.ROWS[0])]
-    run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
-                    task=Task([dict(r) for r in t.ROWS], [logged_echo_reward], held,
-                              dataset_evaluate(cfg, held, [logged_echo_reward])),
-                    environment_factory={"counter": LoggedCounter, "echo": LoggedEcho})
-    run.train()
+    # several runs: each starts from the random state the process started with, as a process of its own would
+    states = random.getstate(), torch.get_rng_state(), np.random.get_state()
+    keep_process_group()
+    for mode in runs.split(","):
+        random.setstate(states[0])
+        torch.set_rng_state(states[1])
+        np.random.set_state(states[2])
+        t.CALLS.clear()
+        run(str(Path(sys.argv[1]) / mode), mode, dict(overrides))
+    close_process_group()

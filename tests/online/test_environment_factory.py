@@ -594,30 +594,3 @@ def test_preflab_train_with_an_environment_owning_the_reward(tmp_path, monkeypat
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["online"]["tool_calls"] == 16 and summary["online"].get("no_signal_rounds", 0) < 2
 
-
-@pytest.mark.slow
-def test_two_processes_call_each_environment_once_and_equal_one_process(tmp_path, one_and_two_processes):
-    """Under accelerate launch with two processes the main process holds the environments: every reset, tool call,
-    get_reward and environments= reward runs once (calls.txt: the same lines as the one-process run, all from rank 0)
-    and the other process continues from its observations, tool results and rewards: the weights equal the
-    one-process run's to float summation order (1 x 4 vs 2 x 2 examples per step). The held-out evaluation (one
-    counter row, before and after) makes its calls once too and gives the same reward."""
-    from collections import Counter as Tally
-
-    from safetensors.torch import load_file
-
-    script = str(Path(__file__).parent / "environment_run.py")
-    common = ["per_device_train_batch_size=1", "max_steps=1", "steps_per_generation=1", "save_strategy=no"]
-    one_and_two_processes(script, tmp_path, common)
-    tallies = [Tally((tmp_path / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
-    # the one round: 8 rollouts reset; steps 2 x 2 x 2 (targets 5 and 4), 0 for target 7 (shout is not its
-    # tool), 2 shouts; get_reward for the 6 counter rollouts; echo_reward scores all 8
-    per_round = {"reset rank0": 8, "step rank0": 8, "shout rank0": 2, "get_reward rank0": 6, "echo_reward rank0": 8}
-    # each evaluation (before, after): the target-5 row's one answer resets, steps twice, is judged by both
-    per_eval = {"reset rank0": 1, "step rank0": 2, "get_reward rank0": 1, "echo_reward rank0": 1}
-    assert tallies[0] == tallies[1] == Tally({k: v + 2 * per_eval.get(k, 0) for k, v in per_round.items()})
-    summaries = [json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two")]
-    assert [s["eval_reward_before"] for s in summaries] == [s["eval_reward_after"] for s in summaries] == [1.0, 1.0]
-    assert summaries[0]["online"]["tool_calls"] == summaries[1]["online"]["tool_calls"] == 12
-    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

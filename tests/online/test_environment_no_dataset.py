@@ -278,33 +278,3 @@ def test_preflab_train_without_dataset_name(tmp_path, monkeypatch, capsys):
     assert summary["eval_reward_before"] == summary["eval_reward_after"] == \
         pytest.approx(sum(1 - abs(5 - t) / 10 for t in held_targets) / 3)
 
-
-@pytest.mark.slow
-def test_two_processes_draw_the_same_prompts_once_and_equal_one_process(tmp_path, one_and_two_processes):
-    """Without a dataset under accelerate launch with two processes: the main process makes every reset (each
-    rollout's target drawn under its prompt's seed, the same as one process's), step and get_reward once, and the
-    weights equal the one-process run's to float summation order."""
-    launch_seeded_resets_once("no_dataset=true", tmp_path, one_and_two_processes)
-
-
-def launch_seeded_resets_once(mode: str, out, one_and_two_processes) -> None:
-    """environment_run.py in `mode` (no_dataset=true, or no_prompt=true: every prompt from reset) as one process and
-    as two under accelerate launch, one round of 4 prompts x 2 rollouts at seed 3: the main process makes every
-    reset, each drawing its target under reset_seed(round seed, the prompt's place) as one process does, step and
-    get_reward once per rollout, and the weights equal the one-process run's to float summation order."""
-    from collections import Counter as Tally
-
-    from safetensors.torch import load_file
-
-    script = str(Path(__file__).parent / "environment_run.py")
-    one_and_two_processes(script, out, [mode, "per_device_train_batch_size=1", "max_steps=1",
-                                        "steps_per_generation=1", "save_strategy=no"])
-    tallies = [Tally((out / name / "calls.txt").read_text().splitlines()) for name in ("one", "two")]
-    round_seed = 3 * 7919 * 100_003  # OnlineRun._round_seed(0) at seed 3
-    targets = [random.Random(reset_seed(round_seed, p)).randint(3, 6) for p in range(4)]
-    resets = Tally(f"reset {t} rank0" for t in targets for _ in range(2))
-    assert tallies[0] == tallies[1]
-    assert Tally({k: v for k, v in tallies[0].items() if k.startswith("reset")}) == resets
-    assert set(tallies[0]) - set(resets) == {"step rank0", "get_reward rank0"} and tallies[0]["get_reward rank0"] == 8
-    a, b = (load_file(str(out / name / "model.safetensors")) for name in ("one", "two"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5

@@ -20,7 +20,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_environment_factory import (BASE, CALLS, Counter, Echo, EnvScripted, echo_reward, env_run,  # noqa: E402
                                       preflab_round, trl_round)
 from test_tool_calling import tool_tokenizer  # noqa: E402
-from test_environment_no_dataset import launch_seeded_resets_once  # noqa: E402
 
 
 class KeyedCounter(Counter):
@@ -223,14 +222,6 @@ def test_held_out_rows_without_a_prompt_are_reset_under_a_seed_of_their_own(tmp_
     assert [ex["prompt"] for ex in run.before["examples"]] == \
         [[{"role": "user", "content": f"reach (target {w})"}] for w in want]
     assert len(set(want)) > 1
-
-
-@pytest.mark.slow
-def test_two_processes_reset_rows_without_a_prompt_once_and_equal_one_process(tmp_path, one_and_two_processes):
-    """Dataset rows without a prompt under accelerate launch with two processes (environment_run.py no_prompt=true):
-    the main process makes every reset (each rollout's target drawn under the seed of its row's place in the round,
-    the same as one process's), step and get_reward once, and the weights equal the one-process run's."""
-    launch_seeded_resets_once("no_prompt=true", tmp_path, one_and_two_processes)
 
 
 def test_grpo_train_takes_rows_without_a_prompt_from_python(tmp_path, monkeypatch):
