@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from preflab.data.layout import LayoutBatch, padded
-from preflab.data.report import BadRowPolicy, DataReport, RowProblem, TokenizeReport
-from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, TokenizeReport, empty_error
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives._sft_task import SFTBatch
 from preflab.objectives.base import SequenceLogps
 from preflab.runlog import is_main_process
@@ -363,7 +363,7 @@ def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataR
     rows.blank_lines, rows.examples = reader.blank_lines, len(out)
     rows.check()
     if rows.total == 0:
-        raise DataError(f"{source!r} ({rows.source}) is empty: it holds no rows.")
+        raise empty_error(f"{source!r} ({rows.source})", reader.read_from(), reader.files, rows.blank_lines)
     return out, rows, tokens
 
 

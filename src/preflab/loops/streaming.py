@@ -305,8 +305,9 @@ def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> 
         rows, report = load_rows(eval_source(cfg), split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
                                  required_extras=cfg.objective().row_extras())
     check_intra_rows(cfg.objective(), rows, report.source, cfg.loss_type)  # as the ordinary run's eval set
-    if report.total == 0:
-        raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({report.source}) is empty: it holds no rows.")
+    from preflab.data.report import refuse_empty
+
+    refuse_empty(report, "eval_dataset_name", cfg.eval_dataset_name)  # its split and file(s) named
     overlap = getattr(stream.pipeline, "overlap", None) if stream is not None else None
     if overlap is not None:
         from preflab.data.overlap import prompt_digests
