@@ -124,3 +124,43 @@ def test_an_attribute_reward_eval_of_an_empty_split_names_it(tmp_path):
     assert str(err.value) == (f"--data {folder} is empty: its split 'test' (file {folder / 'test.jsonl'}) holds no "
                               "rows. Fill that file, or give --data a source with rows (or --split another split of "
                               "it).")
+
+
+LISTS = [{"prompt": "echo: sun\n", "completions": ["SUN", "sun", "Sun"], "scores": [1.0, 0.0, 0.5]}] * 4
+MESSAGES = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"yo {i}"}]}
+            for i in range(4)]
+
+
+@pytest.mark.parametrize("run, rows, option", [
+    # listwise said "dataset_name=... holds no rows." and, for its eval set, "the eval set (...) has no usable
+    # examples"; SFT said "'FOLDER' (FOLDER) is empty: it holds no rows.", its eval set with no option's fix
+    (["loss_type=rrhf", "model_name_or_path=builtin:tiny-llama", "max_length=64", "eval_fraction=0"], LISTS,
+     "dataset_name"),
+    (["loss_type=rrhf", "model_name_or_path=builtin:tiny-llama", "max_length=64"], LISTS, "eval_dataset_name"),
+    (["task=sft", "model_name_or_path=builtin:tiny-gpt2"], MESSAGES, "dataset_name"),
+    (["task=sft", "model_name_or_path=builtin:tiny-gpt2"], MESSAGES, "eval_dataset_name"),
+    (["task=sft", "model_name_or_path=builtin:tiny-gpt2", "streaming=true"], MESSAGES, "eval_dataset_name"),
+])
+def test_every_loader_names_the_empty_split_and_its_file(tmp_path, capsys, run, rows, option):
+    empty = "train" if option == "dataset_name" else "test"
+    folder = _folder(tmp_path, "" if empty == "train" else _lines(rows), _lines(rows) if empty == "train" else "")
+    given = [f"dataset_name={folder}"] + ([f"eval_dataset_name={folder}", "eval_steps=1"]
+                                          if option == "eval_dataset_name" else [])
+    rc = main(["train", *run, *given, "max_steps=1", "use_cpu=true", "disable_tqdm=true",
+               f"output_dir={tmp_path / 'out'}"])
+    assert rc == 2
+    fix = ("point eval_dataset_name at data with rows, or set eval_strategy: no (no evaluation)."
+           if option == "eval_dataset_name" else "or point dataset_name at data with rows.")
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"preflab: error: {option}='{folder}' ({folder}) is empty: its split '{empty}' (file "
+        f"{folder / (empty + '.jsonl')}) holds no rows. Fill that file, {fix}")
+
+
+def test_a_streamed_empty_training_split_names_it(tmp_path, capsys):
+    # stream.py said "FOLDER is empty: it holds no rows."
+    folder = _folder(tmp_path, "", _lines(ROWS))
+    rc = main(["train", *TRAIN, "streaming=true", f"dataset_name={folder}", f"output_dir={tmp_path / 'out'}"])
+    assert rc == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"preflab: error: {folder} is empty: its split 'train' (file {folder / 'train.jsonl'}) holds no rows. Fill "
+        "that file, or point dataset_name at data with rows.")

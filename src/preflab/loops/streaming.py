@@ -295,7 +295,7 @@ def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> 
         from preflab.loops.sft_rows import _read
 
         with naming_eval_data(cfg):
-            items, rows, tokens = _read(eval_source(cfg), cfg.eval_split, cfg, tokenizer)
+            items, rows, tokens = _read(eval_source(cfg), cfg.eval_split, cfg, tokenizer, "eval_dataset_name")
         return items, {"eval_rows": rows.to_dict(), "eval_tokenize": tokens.to_dict()}
     from preflab.data.rows import load_rows
     from preflab.loops.prepare import _tokenize, check_intra_rows
