@@ -164,3 +164,14 @@ def test_a_streamed_empty_training_split_names_it(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"preflab: error: {folder} is empty: its split 'train' (file {folder / 'train.jsonl'}) holds no rows. Fill "
         "that file, or point dataset_name at data with rows.")
+
+
+def test_a_diffusion_pairs_folder_with_an_empty_split_names_it(tmp_path):
+    # load_image_pairs said "FOLDER is empty: it holds no rows." (its reader's split and file were not kept)
+    from preflab.diffusion.data import load_image_pairs
+
+    folder = _folder(tmp_path, "\n", "")
+    with pytest.raises(DataError) as err:
+        load_image_pairs(str(folder), resolution=8)
+    assert str(err.value) == (f"{folder} is empty: its split 'train' (file {folder / 'train.jsonl'}) holds no rows "
+                              "(1 blank lines). Fill that file, or point to data with rows.")
