@@ -175,3 +175,11 @@ def test_a_diffusion_pairs_folder_with_an_empty_split_names_it(tmp_path):
         load_image_pairs(str(folder), resolution=8)
     assert str(err.value) == (f"{folder} is empty: its split 'train' (file {folder / 'train.jsonl'}) holds no rows "
                               "(1 blank lines). Fill that file, or point to data with rows.")
+
+
+def test_rows_given_in_memory_name_no_split():
+    rows, report = load_rows([])
+    with pytest.raises(DataError) as err:
+        refuse_empty(report, "dataset_name", "<rows>")
+    assert str(err.value) == ("dataset_name='<rows>' (<rows>) is empty: it holds no rows. Fill it, or point "
+                              "dataset_name at data with rows.")

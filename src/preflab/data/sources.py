@@ -76,6 +76,7 @@ class RawRow:
     problem: RowProblem | None = None
 
 
+IN_MEMORY_NAMES = ("<rows>", "<Dataset>")  # a list of dicts, a Dataset: rows without a split (RowReader.read_from)
 MAX_NAMED_FILES = 4  # the data files an "is empty" error lists before a count (RowReader.read_from)
 
 
@@ -111,7 +112,7 @@ class RowReader:
         """What was read, for an "is empty" error: "split 'test' (file /d/test.jsonl)"; a single data file given as
         the source is not named again (nor its split 'train', its own rows); up to MAX_NAMED_FILES files are named, then a count."""
         files = [str(f) for f in self.files]
-        said = f"split {self.split!r}" if self.split else ""
+        said = f"split {self.split!r}" if self.split and self.name not in IN_MEMORY_NAMES else ""  # rows: no split
         if not files or files == [str(self.source)]:  # a single file's own rows, unless a split of a JSON object
             return said if not files or self.split != "train" else ""
         shown = ", ".join(files[:MAX_NAMED_FILES]) + (
