@@ -6939,6 +6939,31 @@ MUTANTS += [
            [("    if not callbacks:\n        return []\n", "")], MPX_CALLBACK_TESTS,
            "every checkpoint imports transformers' trainer, peft and bitsandbytes (10 s, a warning per process)"),
 ]
+# mutation-lfe round: leftovers of user trial 16: an empty split names the split and the file(s) read and what to do
+# (RowReader.read_from, refuse_empty / empty_error), in train_and_eval's eval set and in preflab eval's --data
+LFE_TESTS = ["tests/data/test_empty_split_names.py", "tests/test_local_paths.py", "-k", "empty or blank_lines"]
+MUTANTS += [
+    Mutant("lfe-folder-files-not-named", "data/sources.py",
+           [("        files = [str(f) for f in self.files]\n", "        files = []\n")],
+           LFE_TESTS, "a folder's empty split names the split but not test.jsonl, the file that was read"),
+    Mutant("lfe-single-file-named-again", "data/sources.py",
+           [("        if not files or files == [str(self.source)]:", "        if not files:")],
+           LFE_TESTS, "a single data file's empty message names the file a second time and calls its rows split "
+           "'train'"),
+    Mutant("lfe-fix-ignores-option", "data/report.py",
+           [('    fix = EMPTY_FIXES.get(option, "Fill {it}', '    fix = EMPTY_FIXES.get(None, "Fill {it}')],
+           LFE_TESTS, "every empty source gets the generic fix: an empty eval split is not told eval_strategy: no"),
+    Mutant("lfe-one-file-said-those", "data/report.py",
+           [('    it = "that file" if named and len(files) == 1 else', '    it = "that file" if named and files else')],
+           LFE_TESTS, "a split read from five files is told to fill 'that file'"),
+    Mutant("lfe-heldout-set-empty-unnamed", "data/eval_set.py",
+           [('            refuse_empty(report, "eval_dataset_name", name)\n', "            pass\n")],
+           LFE_TESTS, "an empty eval split of a listwise run is 'no usable examples', naming only the folder"),
+    Mutant("lfe-data-flag-empty-unnamed", "eval/run.py",
+           [('    refuse_empty(row_report, "--data")  # no row at all', '    0 and refuse_empty(row_report, "--data")  #')],
+           LFE_TESTS, "preflab eval of an empty test split says 'no usable pairs ... Check the columns'"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -210,7 +210,7 @@ def test_a_vision_file_of_blank_lines_is_empty_with_its_blank_lines_counted(tmp_
     assert (rows, report.total, report.blank_lines) == ([], 0, 3)
     with pytest.raises(DataError) as err:
         refuse_empty(report, "dataset_name", str(path))
-    assert str(err.value) == f"dataset_name='{path}' ({path}) is empty: it holds no rows (3 blank lines)."
+    assert str(err.value) == f"dataset_name='{path}' ({path}) is empty: it holds no rows (3 blank lines). Fill it, or point dataset_name at data with rows."
 
 
 def test_an_online_vision_prompt_file_of_blank_lines_is_empty_with_its_blank_lines_counted(tmp_path):
@@ -222,7 +222,7 @@ def test_an_online_vision_prompt_file_of_blank_lines_is_empty_with_its_blank_lin
     report = {}
     with pytest.raises(DataError) as err:
         vision_prompt_rows(str(path), processor=None, report_to=report)
-    assert str(err.value) == f"{path} is empty: it holds no rows (4 blank lines)."
+    assert str(err.value) == f"{path} is empty: it holds no rows (4 blank lines). Fill it, or point to data with rows."
     assert report["prompt_rows"]["blank_lines"] == 4
 
 
@@ -234,7 +234,7 @@ def test_a_diffusion_file_of_blank_lines_is_empty_not_rows_without_usable_column
     path.write_text("\n\n")
     with pytest.raises(DataError) as err:
         load_image_pairs(str(path), resolution=8)
-    assert str(err.value) == f"{path} is empty: it holds no rows (2 blank lines)."
+    assert str(err.value) == f"{path} is empty: it holds no rows (2 blank lines). Fill it, or point to data with rows."
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from preflab.data.holdout import split_eval_fraction
-from preflab.data.report import RowReport
+from preflab.data.report import RowReport, refuse_empty
 from preflab.errors import ConfigError, DataError
 from preflab.runlog import is_main_process
 
@@ -70,7 +70,8 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
     """(training items, eval items, the eval set's report or None).
 
     cfg.eval_dataset_name set: `read_eval(eval_source(cfg), eval_split)` -> (eval items, report) (the name with its
-    configuration: preflab.data.configured_source); no eval item is a
+    configuration: preflab.data.configured_source); a report (RowReport) of no row at all is refuse_empty's
+    DataError (naming the split and file(s) read); no eval item is a
     DataError (evaluation would silently not run) saying `describe(report)` (default: the report's summary()).
     Else cfg.eval_fraction > 0: `split_eval_fraction(items, eval_fraction, seed)`, order kept on both sides; a
     hold-out that leaves no training item is a DataError. Else: (items, [], None), with a note when eval_steps > 0
@@ -82,6 +83,8 @@ def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tupl
 
         with naming_eval_data(cfg):
             evals, report = read_eval(eval_source(cfg), cfg.eval_split)
+        if isinstance(report, RowReport):  # nothing read at all: its split and file(s), not "no usable examples"
+            refuse_empty(report, "eval_dataset_name", name)
         if not evals:
             said = describe(report) if describe is not None else _summary(report)
             raise DataError(f"the eval set (eval_dataset_name={name}) has no usable examples: {said}. Fix its rows "

@@ -167,6 +167,7 @@ class BadRowPolicy:
             yield raw, built
         if hasattr(reader, "blank_lines") and hasattr(self.report, "blank_lines"):
             self.report.blank_lines = reader.blank_lines
+        keep_read_from(self.report, reader)
 
 
 def first_skipped_note(*reports) -> str:
@@ -185,14 +186,49 @@ def first_skipped_note(*reports) -> str:
     return f" First skipped: {at}, field {first['field']!r}: {first['reason']} ({first['detail']})."
 
 
+READ_FROM = "read_from"  # plain attribute of a report: (what was read, the files read); see keep_read_from
+
+
+def keep_read_from(report, reader):
+    """Give `report` its reader's split and data files (RowReader.read_from, .files) as a plain attribute, not a
+    dataclass field: summary.json's data report stays as it was; only an "is empty" error (refuse_empty) names
+    them. A reader without them (rows in memory) leaves the report as it is. Returns `report`."""
+    if report is not None and callable(getattr(reader, "read_from", None)):
+        setattr(report, READ_FROM, (reader.read_from(), [str(f) for f in reader.files]))
+    return report
+
+
+# what to do about an empty source, by the option that named it (refuse_empty); {it}: the file(s) read, or "it"
+EMPTY_FIXES = {"dataset_name": "Fill {it}, or point dataset_name at data with rows.",
+               "eval_dataset_name": "Fill {it}, point eval_dataset_name at data with rows, or set eval_strategy: no "
+                                    "(no evaluation).",
+               "--data": "Fill {it}, or give --data a source with rows (or --split another split of it)."}
+
+
 def refuse_empty(report, option: str | None = None, name=None) -> None:
-    """DataError when the source `option`=`name` (None: the report's source alone) holds no rows at all (an empty
-    file), said as such: the run's later "no training rows are left ...: every row was skipped" blamed skipping when
-    nothing was read. The blank lines the reader skipped are counted in it."""
+    """DataError when the source `option`=`name` (None: the report's source alone; "--data": preflab eval's) holds no
+    rows at all (an empty file), said as such: the run's later "no training rows are left ...: every row was
+    skipped" blamed skipping when nothing was read. It names the split and the file(s) read where the reader gave
+    them (keep_read_from: a folder's 'test' split is its test.jsonl, not the folder) and says what to do; the blank
+    lines the reader skipped are counted in it."""
     if report is not None and report.total == 0:
-        blank = getattr(report, "blank_lines", 0)
-        head = f"{option}={name!r} ({report.source})" if option else report.source
-        raise DataError(f"{head} is empty: it holds no rows" + (f" ({blank} blank lines)" if blank else "") + ".")
+        if option and option.startswith("--"):
+            head = f"{option} {report.source}"
+        else:
+            head = f"{option}={name!r} ({report.source})" if option else report.source
+        raise empty_error(head, *getattr(report, READ_FROM, ("", [])), getattr(report, "blank_lines", 0), option)
+
+
+def empty_error(head: str, read: str = "", files=(), blank: int = 0, option: str | None = None) -> DataError:
+    """The DataError "HEAD is empty: its split 'test' (file F) holds no rows (B blank lines). FIX" for a source
+    `head` that holds no rows; read and files: RowReader.read_from() and .files ("" and none: "it holds no
+    rows"); FIX: what to do, by the option that named the source (EMPTY_FIXES), naming the file(s) read as
+    "that file" / "those files" where `read` named them."""
+    what = f"its {read} holds no rows" if read else "it holds no rows"
+    named = read.endswith(")")
+    it = "that file" if named and len(files) == 1 else "those files" if named and len(files) > 1 else "it"
+    fix = EMPTY_FIXES.get(option, "Fill {it}, or point to data with rows.").format(it=it)
+    return DataError(f"{head} is empty: {what}" + (f" ({blank} blank lines)" if blank else "") + f". {fix}")
 
 
 @dataclass

@@ -27,7 +27,7 @@ from functools import partial
 
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
 from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
-from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place, keep_read_from
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, open_reader
 from preflab.data.validate import (check_different, check_label, check_messages, check_no_media,
                                    check_numeric_extra, check_same_form, check_text, check_text_or_messages,
@@ -81,6 +81,7 @@ def load_rows(source, *, split: str = "train", kind: str = "pairwise", on_bad_ro
     for raw in reader:
         examples.extend(build(raw))
     report.blank_lines = reader.blank_lines
+    keep_read_from(report, reader)  # the split and files an "is empty" error names (refuse_empty)
     report.examples = len(examples)
     report.check()
     return examples, report

@@ -76,6 +76,10 @@ class RawRow:
     problem: RowProblem | None = None
 
 
+IN_MEMORY_NAMES = ("<rows>", "<Dataset>")  # a list of dicts, a Dataset: rows without a split (RowReader.read_from)
+MAX_NAMED_FILES = 4  # the data files an "is empty" error lists before a count (RowReader.read_from)
+
+
 class RowReader:
     """Iterates `RawRow`s of a source; `name` is what reports call it, `blank_lines` counts skipped blank lines.
 
@@ -98,6 +102,22 @@ class RowReader:
                 self.name, self._parts, self.split = _resolve(source, otherwise, streaming)
             except SplitMissing:
                 raise first from None
+
+    @property
+    def files(self) -> list[Path]:
+        """The data files the reader reads, in order ([] for rows in memory, a hub or a save_to_disk dataset)."""
+        return [part.file for part in self._parts if hasattr(part, "file")]
+
+    def read_from(self) -> str:
+        """What was read, for an "is empty" error: "split 'test' (file /d/test.jsonl)"; a single data file given as
+        the source is not named again (nor its split 'train', its own rows); up to MAX_NAMED_FILES files are named, then a count."""
+        files = [str(f) for f in self.files]
+        said = f"split {self.split!r}" if self.split and self.name not in IN_MEMORY_NAMES else ""  # rows: no split
+        if not files or files == [str(self.source)]:  # a single file's own rows, unless a split of a JSON object
+            return said if not files or self.split != "train" else ""
+        shown = ", ".join(files[:MAX_NAMED_FILES]) + (
+            f" and {len(files) - MAX_NAMED_FILES} more" if len(files) > MAX_NAMED_FILES else "")
+        return f"{said} ({'file' if len(files) == 1 else 'files'} {shown})".strip()
 
     def __iter__(self) -> Iterator[RawRow]:
         for part in self._parts:
@@ -575,8 +595,11 @@ def _file_part(path: Path, streaming: bool = False):
         raise DataError(f"{path}: {'compressed' if packed else 'unsupported'} file type {path.suffix!r}; preflab reads "
                         f"{_READABLE}." + (" Decompress it first." if packed else ""))
     if suffix == path.suffix.lower():
-        return lambda rr: reader(rr, path)
-    return lambda rr: _decompressed(reader(rr, path), path)
+        part = lambda rr: reader(rr, path)  # noqa: E731
+    else:
+        part = lambda rr: _decompressed(reader(rr, path), path)  # noqa: E731
+    part.file = path  # RowReader.files: what an "is empty" error names
+    return part
 
 
 def _decompressed(rows: Iterator[RawRow], path: Path) -> Iterator[RawRow]:

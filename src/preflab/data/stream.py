@@ -112,7 +112,11 @@ class ExampleStream:
                 continue
             if self.batches_in_pass == 0:
                 if self.pass_index == 0 and self.rows_read == 0:
-                    raise DataError(f"{self.name} is empty: it holds no rows.")
+                    from preflab.data.report import empty_error
+
+                    read = getattr(self._source, "read_from", None)  # a RowReader: its split and file(s)
+                    raise empty_error(self.name, read() if read else "", getattr(self._source, "files", []),
+                                      option="dataset_name")
                 raise DataError(f"{self.name}: one pass gives {len(batch)} examples, fewer than one global batch "
                                 f"({n} = per_device_train_batch_size x processes x gradient_accumulation_steps); "
                                 "lower the batch size or add rows.")

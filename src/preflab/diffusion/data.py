@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from preflab.data.report import RowProblem, RowReport, refuse_empty, row_error
+from preflab.data.report import RowProblem, RowReport, keep_read_from, refuse_empty, row_error
 from preflab.errors import DataError
 from preflab.option_types import is_number
 
@@ -329,7 +329,8 @@ def load_image_pairs(source, *, split: str = "train", resolution: int, resize: b
         out.append(example)
     report.check()
     report.blank_lines = getattr(reader, "blank_lines", 0)
-    refuse_empty(report)  # nothing read at all: not "no usable rows ... Check the columns and images"
+    refuse_empty(keep_read_from(report, reader))  # nothing read at all (its split and file(s) named): not "no usable
+    # rows ... Check the columns and images"
     if not out:
         first = report.skipped_examples[0] if report.skipped_examples else None
         example = (f" First skipped: row {first['row_id']}" + (f", field {first['field']!r}" if first["field"] else "")

@@ -326,6 +326,9 @@ def evaluate_models(policy, tokenizer, data, ref=None, options: EvalOptions | No
     opts = replace(opts, split=split)
     notes += [said] if said else []
     examples, row_report = load_rows(reader, kind="pairwise", on_bad_row="skip")
+    from preflab.data.report import refuse_empty
+
+    refuse_empty(row_report, "--data")  # no row at all: not "no usable pairs ... Check the columns"
     mixed = row_report.mixed_forms_note("evaluated on")  # the metrics average over two formats: said, as in training
     notes += [mixed] if mixed else []
     pairs, tok_report, indices = tokenize_indexed("pairs", examples, tokenizer, on_bad_row="skip",

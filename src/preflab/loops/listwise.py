@@ -132,6 +132,9 @@ def prepare_lists(cfg, tokenizer):
 
     rows, row_report = load_rows(training_source(cfg), split=cfg.dataset_split, kind="prompt",
                                  on_bad_row=cfg.on_bad_row)
+    from preflab.data.report import refuse_empty
+
+    refuse_empty(row_report, "dataset_name", cfg.dataset_name)  # nothing read: its split and file(s) named
     if not rows:
         raise DataError(f"dataset_name={cfg.dataset_name!r} ({row_report.source}) holds no rows.")
     rows, eval_rows, _ = train_and_eval(cfg, rows, lambda name, split: load_rows(name, split=split, kind="prompt",

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from preflab.data.layout import LayoutBatch, padded
-from preflab.data.report import BadRowPolicy, DataReport, RowProblem, TokenizeReport
-from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, TokenizeReport, keep_read_from, refuse_empty
+from preflab.errors import ConfigError, PreflabError
 from preflab.objectives._sft_task import SFTBatch
 from preflab.objectives.base import SequenceLogps
 from preflab.runlog import is_main_process
@@ -350,7 +350,10 @@ def sft_row_builder(cfg, tokenizer, rows: DataReport, tokens: TokenizeReport):
     return build
 
 
-def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataReport, TokenizeReport]:
+def _read(source, split: str, cfg, tokenizer, option: str = "dataset_name") -> tuple[list[TokenizedSFT], DataReport,
+                                                                                      TokenizeReport]:
+    """(tokenized examples, row report, tokenize report) of `split` of `source`, which cfg's `option` names; a source
+    without a row is refused naming that option, the split and the file(s) read (refuse_empty)."""
     from preflab.data.sources import RowReader
 
     reader = RowReader(source, split=split)
@@ -362,8 +365,7 @@ def _read(source, split: str, cfg, tokenizer) -> tuple[list[TokenizedSFT], DataR
         out.extend(build(raw))
     rows.blank_lines, rows.examples = reader.blank_lines, len(out)
     rows.check()
-    if rows.total == 0:
-        raise DataError(f"{source!r} ({rows.source}) is empty: it holds no rows.")
+    refuse_empty(keep_read_from(rows, reader), option, getattr(cfg, option))
     return out, rows, tokens
 
 
@@ -383,7 +385,7 @@ def prepare_sft(cfg, tokenizer):
     from preflab.data.eval_set import train_and_eval
 
     def read_eval(name, split):
-        evals, erows, etok = _read(name, split, cfg, tokenizer)
+        evals, erows, etok = _read(name, split, cfg, tokenizer, "eval_dataset_name")
         return evals, (erows, etok)
 
     def said(reports) -> str:

@@ -295,7 +295,7 @@ def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> 
         from preflab.loops.sft_rows import _read
 
         with naming_eval_data(cfg):
-            items, rows, tokens = _read(eval_source(cfg), cfg.eval_split, cfg, tokenizer)
+            items, rows, tokens = _read(eval_source(cfg), cfg.eval_split, cfg, tokenizer, "eval_dataset_name")
         return items, {"eval_rows": rows.to_dict(), "eval_tokenize": tokens.to_dict()}
     from preflab.data.rows import load_rows
     from preflab.loops.prepare import _tokenize, check_intra_rows
@@ -305,8 +305,9 @@ def eval_examples(cfg, tokenizer, kind, stream: ExampleStream | None = None) -> 
         rows, report = load_rows(eval_source(cfg), split=cfg.eval_split, kind=row_kind, on_bad_row=cfg.on_bad_row,
                                  required_extras=cfg.objective().row_extras())
     check_intra_rows(cfg.objective(), rows, report.source, cfg.loss_type)  # as the ordinary run's eval set
-    if report.total == 0:
-        raise DataError(f"eval_dataset_name={cfg.eval_dataset_name!r} ({report.source}) is empty: it holds no rows.")
+    from preflab.data.report import refuse_empty
+
+    refuse_empty(report, "eval_dataset_name", cfg.eval_dataset_name)  # its split and file(s) named
     overlap = getattr(stream.pipeline, "overlap", None) if stream is not None else None
     if overlap is not None:
         from preflab.data.overlap import prompt_digests

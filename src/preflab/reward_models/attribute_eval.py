@@ -349,6 +349,9 @@ def evaluate_attribute_model(model, data, tokenizer, *, batch_size: int = 8, max
     attributes = list(reward_config(model).get("attributes") or [])
     rated, pairs, report, unused = load_attribute_eval_rows(data, attributes, response_field=response_field,
                                                             on_bad_row=on_bad_row)
+    from preflab.data.report import refuse_empty
+
+    refuse_empty(report, "--data")  # no row at all: named with its split and file(s), not "no pair left to score"
     if not rated and not pairs:
         raise DataError(f"{report.source or 'the eval data'}: no row left to score ({report.total} rows; skipped: "
                         f"{dict(report.skipped) or 'none'}).{first_skipped_note(report)} A DPA attribute reward model "

@@ -134,6 +134,9 @@ def evaluate_reward_model(model_dir_or_model, data, tokenizer=None, batch_size: 
     head = head or head_from_config(info)
     template = info.get("context_template") if context_template == AUTO else context_template
     examples, row_report = load_rows(data, kind="pairwise", on_bad_row=on_bad_row, prompt_optional=True)
+    from preflab.data.report import refuse_empty
+
+    refuse_empty(row_report, "--data")  # no row at all: named with its split and file(s), not "no pair left to score"
     pairs, tok_report = tokenize_reward_pairs(examples, tokenizer, max_length=max_length, on_bad_row=on_bad_row,
                                               source=row_report.source, context_template=template)
     if not pairs:
