@@ -71,3 +71,31 @@ def test_run_eval_batch_is_the_run_eval_batch_times_its_processes(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     assert run_eval_batch(bare, None) == (8, None)
+
+
+def test_a_gpm_runs_eval_says_nothing_of_a_batch_it_has_no_extrema_for(tmp_path):
+    """The eval-batch note is about BT's min_reward / max_reward; a GPM has neither, so its eval gives no such note
+    (its accuracy and prob equal the run's final eval_*)."""
+    from reward_synthetic import marker_rows
+
+    from preflab.config import config_from_dict
+    from preflab.reward_models.train import train_reward
+
+    rows = marker_rows(12, seed=1)
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+    run = tmp_path / "gpm"
+    train_reward(config_from_dict({
+        "task": "reward", "reward_head": "gpm", "reward_head_params": {"dim": 2}, "model_name_or_path":
+        "builtin:tiny-llama", "dataset_name": str(train), "eval_dataset_name": str(heldout),
+        "per_device_train_batch_size": 4, "per_device_eval_batch_size": 2, "max_steps": 1, "learning_rate": 1e-3,
+        "eval_strategy": "steps", "eval_steps": 1, "use_cpu": True, "seed": 0, "output_dir": str(run)}))
+    final = json.loads((run / "summary.json").read_text())["final_metrics"]
+    out = tmp_path / "eval.json"
+    assert _cli("eval", run, "--data", heldout, "--out", out) == 0
+    got = json.loads(out.read_text())
+    for key in ("accuracy", "prob", "loss"):
+        assert got["metrics"][f"reward_model/{key}"] == pytest.approx(final[f"eval_{key}"], abs=1e-6), key
+    assert "reward_model/min_reward" not in got["metrics"]
+    assert not any("eval batch" in note for note in got["notes"])

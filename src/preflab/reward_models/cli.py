@@ -124,7 +124,7 @@ def eval_task(args) -> int:
     result, split, notes = evaluate_reward_split(args.checkpoint, data, args.split, args.limit,
                                                  batch_size=batch_size, max_length=args.max_length,
                                                  scored=scored)
-    notes += [batch_said] if batch_said else []
+    notes += [batch_said] if batch_said and "min_reward" in result else []  # BT's batch extrema only
     metrics = {f"reward_model/{k}": v for k, v in result.items()
                if isinstance(v, (int, float)) and k not in ("num_pairs", "num_rated_rows", "context_not_shown",
                                                             "max_length", "margin_missing")}
