@@ -99,3 +99,28 @@ def test_a_gpm_runs_eval_says_nothing_of_a_batch_it_has_no_extrema_for(tmp_path)
         assert got["metrics"][f"reward_model/{key}"] == pytest.approx(final[f"eval_{key}"], abs=1e-6), key
     assert "reward_model/min_reward" not in got["metrics"]
     assert not any("eval batch" in note for note in got["notes"])
+
+
+def test_trls_pad_to_multiple_of_auto_is_no_padding_with_a_note():
+    """TRL 1.16's RewardConfig (and DPOConfig) default pad_to_multiple_of "auto" is 128 on AWS Neuron and None
+    elsewhere (RewardConfig.__post_init__); a config copied from TRL with it was refused ("must be int, got 'auto'").
+    Now it is null with a note, as TRL's value on the devices preflab runs on; "none" / "null" (TRL's CLI text) are
+    null without one; other text is still refused."""
+    from trl import RewardConfig
+
+    from preflab.config import config_from_dict
+    from preflab.config_trl import translate_trl
+    from preflab.errors import ConfigError
+
+    base = {"task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
+    trl_value = RewardConfig(output_dir="/tmp/trial18-trl", pad_to_multiple_of="auto", use_cpu=True).pad_to_multiple_of
+    assert trl_value is None
+    assert config_from_dict({**base, "pad_to_multiple_of": "auto"}).pad_to_multiple_of == trl_value
+    _, notes, errors = translate_trl({**base, "pad_to_multiple_of": "auto"})
+    assert errors == [] and notes == ["pad_to_multiple_of: auto -> null (TRL pads to a multiple of 128 only on AWS "
+                                      "Neuron, which preflab does not run on; rows are not padded to a multiple)."]
+    raw, notes, _ = translate_trl({**base, "pad_to_multiple_of": "None"})
+    assert raw["pad_to_multiple_of"] is None and notes == []
+    assert config_from_dict({**base, "pad_to_multiple_of": "64"}).pad_to_multiple_of == 64
+    with pytest.raises(ConfigError, match="pad_to_multiple_of must be int, got 'eight'"):
+        config_from_dict({**base, "pad_to_multiple_of": "eight"})
