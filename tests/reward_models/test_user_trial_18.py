@@ -10,6 +10,14 @@ def _cli(*argv) -> int:
     return main([str(a) for a in argv])
 
 
+def _split_files(tmp_path, rows):
+    """train.jsonl (the first 8 rows) and heldout.jsonl (the rest) under tmp_path."""
+    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+    return train, heldout
+
+
 def _run_with_eval_batch(tmp_path, eval_batch: int):
     """A BT run with an eval set of 10 pairs evaluated in batches of `eval_batch` (its final eval_* in summary)."""
     from reward_synthetic import marker_rows
@@ -17,10 +25,7 @@ def _run_with_eval_batch(tmp_path, eval_batch: int):
     from preflab.config import config_from_dict
     from preflab.reward_models.train import train_reward
 
-    rows = marker_rows(18, seed=0)
-    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
-    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+    train, heldout = _split_files(tmp_path, marker_rows(18, seed=0))
     run = tmp_path / "run"
     train_reward(config_from_dict({
         "task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(train),
@@ -81,10 +86,7 @@ def test_a_gpm_runs_eval_says_nothing_of_a_batch_it_has_no_extrema_for(tmp_path)
     from preflab.config import config_from_dict
     from preflab.reward_models.train import train_reward
 
-    rows = marker_rows(12, seed=1)
-    train, heldout = tmp_path / "train.jsonl", tmp_path / "heldout.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
-    heldout.write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+    train, heldout = _split_files(tmp_path, marker_rows(12, seed=1))
     run = tmp_path / "gpm"
     train_reward(config_from_dict({
         "task": "reward", "reward_head": "gpm", "reward_head_params": {"dim": 2}, "model_name_or_path":
