@@ -6965,6 +6965,38 @@ MUTANTS += [
 ]
 
 
+# mutation-rmt round: user trial 18 (the reward-model user): `preflab eval RUN --task reward` scores in the run's
+# eval batch (per_device_eval_batch_size x processes) unless --batch-size is given, so min_reward / max_reward equal
+# the run's final eval_* (reward_models.cli.run_eval_batch, eval_cli.cli.GivenValue); TRL's pad_to_multiple_of: auto
+# is null with a note (config_trl.translate_trl)
+RMT_TESTS = ["tests/reward_models/test_user_trial_18.py"]
+MUTANTS += [
+    Mutant("rmt-eval-batch-8", "reward_models/cli.py",
+           [('    batch = int(cfg["per_device_eval_batch_size"]) * processes', "    batch = DEFAULT_EVAL_BATCH")],
+           RMT_TESTS, "the old default: 8 pairs per batch whatever the run's eval batch (other min / max reward)"),
+    Mutant("rmt-processes-ignored", "reward_models/cli.py",
+           [('    batch = int(cfg["per_device_eval_batch_size"]) * processes',
+             '    batch = int(cfg["per_device_eval_batch_size"])')],
+           RMT_TESTS, "a run on 2 processes evaluated in one process's batch (TRL gathers every process's logits)"),
+    Mutant("rmt-given-ignored", "reward_models/cli.py",
+           [('args.batch_size if getattr(args, "batch_size_given", False) else None', "None")],
+           RMT_TESTS, "--batch-size is ignored on a reward run"),
+    Mutant("rmt-given-not-marked", "eval_cli/cli.py",
+           [('        setattr(namespace, f"{self.dest}_given", True)\n', "")],
+           RMT_TESTS, "a typed --batch-size is taken for the default"),
+    Mutant("rmt-note-without-extrema", "reward_models/cli.py",
+           [('if batch_said and "min_reward" in result else []', "if batch_said else []")],
+           RMT_TESTS, "a GPM eval says its min / max reward follow a batch it has no min / max reward for"),
+    Mutant("rmt-auto-refused", "config_trl.py",
+           [('.lower() in ("auto", "none", "null"):', '.lower() in ("none", "null"):')],
+           RMT_TESTS, "TRL's default pad_to_multiple_of: auto is a type error again"),
+    Mutant("rmt-auto-is-128", "config_trl.py",
+           [('        raw["pad_to_multiple_of"] = None\n',
+             '        raw["pad_to_multiple_of"] = 128 if said.lower() == "auto" else None\n')],
+           RMT_TESTS, "auto read as Neuron's 128 on every device"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -442,6 +442,15 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         else:
             raw["group_by_length"] = True
             notes.append("train_sampling_strategy: group_by_length -> group_by_length: true.")
+    if isinstance(raw.get("pad_to_multiple_of"), str) and raw["pad_to_multiple_of"].lower() in ("auto", "none", "null"):
+        # TRL 1.16's RewardConfig / DPOConfig default "auto" (their __post_init__): 128 on Neuron (AWS Trainium), which
+        # compiles once per shape, else no padding; "none" / "null" are its CLI text for no padding. preflab runs on
+        # no Neuron device, so every one is no padding (before, a type error: "must be int, got 'auto'")
+        said = raw.pop("pad_to_multiple_of")
+        raw["pad_to_multiple_of"] = None
+        if said.lower() == "auto":
+            notes.append("pad_to_multiple_of: auto -> null (TRL pads to a multiple of 128 only on AWS Neuron, which "
+                         "preflab does not run on; rows are not padded to a multiple).")
     if raw.get("group_by_length") is False:  # transformers' default (a saved TrainingArguments carries it): asks nothing
         raw.pop("group_by_length")
     if isinstance(raw.get("report_to"), list) and "none" in raw["report_to"]:  # transformers' ["none"]: no tracker

@@ -62,7 +62,9 @@ def register(sub) -> None:
                                    "data has one, as a run's eval_split; else 'train'; every --task; eval.json's "
                                    "split and notes say which)")
     p.add_argument("--limit", type=int, help=limit_help())
-    p.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass (default: 8)")
+    p.add_argument("--batch-size", type=int, default=8, action=GivenValue, help="pairs per forward pass (default: 8; --task reward on a run: "
+                                                  "its eval batch, per_device_eval_batch_size x processes, as its "
+                                                  "eval_min_reward / eval_max_reward were computed)")
     p.add_argument("--max-length", type=int, help="prompt + response tokens (default: the run's max_length, as its "
                                                    "eval_* metrics were computed; else 1024)")
     p.add_argument("--max-prompt-length", type=int, help="prompt tokens kept (default: the run's max_prompt_length, "
@@ -95,6 +97,15 @@ def register(sub) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own Python code")
     p.set_defaults(func=run, task_of=eval_task_of,
                    option_defaults={a.dest: a.default for a in p._actions if a.dest != "help"})
+
+
+class GivenValue(argparse.Action):
+    """Stores the option's value and `<dest>_given = True`, so that a default can be told from the same value typed
+    (--task reward takes the run's eval batch unless --batch-size is given, even as 8)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, f"{self.dest}_given", True)
 
 
 def eval_task_of(args) -> str:

@@ -119,9 +119,12 @@ def eval_task(args) -> int:
     # the split the policy eval reads: --split, else 'test' where the data has one, else 'train' (said in a note)
     scored: list = []
     data = eval_data(args.data, getattr(args, "data_config", None))
+    batch_size, batch_said = run_eval_batch(args.checkpoint,
+                                            args.batch_size if getattr(args, "batch_size_given", False) else None)
     result, split, notes = evaluate_reward_split(args.checkpoint, data, args.split, args.limit,
-                                                 batch_size=args.batch_size, max_length=args.max_length,
+                                                 batch_size=batch_size, max_length=args.max_length,
                                                  scored=scored)
+    notes += [batch_said] if batch_said and "min_reward" in result else []  # BT's batch extrema only
     metrics = {f"reward_model/{k}": v for k, v in result.items()
                if isinstance(v, (int, float)) and k not in ("num_pairs", "num_rated_rows", "context_not_shown",
                                                             "max_length", "margin_missing")}
@@ -152,6 +155,36 @@ def eval_task(args) -> int:
     print(format_summary({**out, "metrics": per_line, "path": str(path)},
                          more=tuple(per_direction_lines(result.get("per_direction", {})))))
     return 0
+
+
+DEFAULT_EVAL_BATCH = 8  # pairs per forward pass for a model saved without a run's config.yaml
+
+
+def run_eval_batch(checkpoint, given: int | None) -> tuple[int, str | None]:
+    """(pairs per eval batch, a note or None) for `preflab eval RUN --task reward`: `given` (--batch-size) when set,
+    else the run's own eval batch, per_device_eval_batch_size x its processes (summary.json's
+    environment.world_size beside its config.yaml; 1 when not recorded), so that min_reward / max_reward, TRL's
+    mean over eval batches of each batch's min / max (preflab.reward_models.eval.batch_extrema), are the run's final
+    eval_min_reward / eval_max_reward on the same pairs. Before, the default was 8 pairs whatever the run used, so a
+    run with per_device_eval_batch_size: 16 printed other values than its own eval (the other metrics do not
+    depend on the batch). A model without a run config: 8."""
+    from preflab.models.run_config import run_config, run_config_file
+
+    if given is not None:
+        return given, None
+    cfg = run_config(checkpoint)
+    if "per_device_eval_batch_size" not in cfg:
+        return DEFAULT_EVAL_BATCH, None
+    saved = run_config_file(checkpoint)  # None for a checkpoint moved out of its run (its trainer_state's config)
+    try:
+        processes = int(json.loads((saved.parent / "summary.json").read_text())["environment"]["world_size"])
+    except (AttributeError, OSError, ValueError, KeyError, TypeError):
+        processes = 1
+    batch = int(cfg["per_device_eval_batch_size"]) * processes
+    return batch, (f"min_reward / max_reward average the minimum / maximum of each batch of {batch} pairs, the run's "
+                   f"eval batch (per_device_eval_batch_size {cfg['per_device_eval_batch_size']} x {processes} "
+                   f"process{'es' if processes > 1 else ''}), as its eval_min_reward / eval_max_reward; "
+                   f"--batch-size sets another")
 
 
 def reward_eval_notes(result: dict, max_length) -> list[str]:
