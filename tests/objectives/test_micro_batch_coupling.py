@@ -229,3 +229,29 @@ def test_weighted_sums_and_wpo_weighting_split_as_their_parts():
         for objective in (get_objective(parts), WPOWeighted(get_objective(parts))):
             assert couples_micro_batch(objective) == coupled, (parts, objective)
             assert _splits(*whole_and_halves(objective, batch)) == (not coupled), (parts, objective)
+
+
+def test_check_objective_refuses_a_user_objective_with_an_undeclared_micro_batch_statistic():
+    """check_objective (the contract anyone runs on their own objective, `preflab lab check`) computes the batch's
+    loss and its halves' too: a user's DPO variant that centres the margins on the batch's mean is refused with
+    the declaration to add and the numbers; declared, it passes and says so; plain DPO splits."""
+    from preflab.errors import PreflabError
+    from preflab.objectives import check_objective
+    from preflab.objectives.base import ObjectiveOutput, logratios
+
+    dpo = objective_class("dpo")
+
+    def centred(self, batch):
+        h_w, h_l = logratios(batch)
+        z = self.beta * (h_w - h_l)
+        losses = -torch.nn.functional.logsigmoid(z - z.mean())
+        return ObjectiveOutput(losses.mean(), losses)
+
+    Centred = dataclasses.make_dataclass("CentredDPO", [], bases=(dpo,), frozen=True, namespace={"compute": centred})
+    Declared = dataclasses.make_dataclass("DeclaredCentredDPO", [], bases=(Centred,), frozen=True,
+                                          namespace={"micro_batch_statistic": True})
+    with pytest.raises(PreflabError, match=r"CentredDPO: the losses of this batch of 4 sum to .* halves of 2 and 2 "
+                                           r"\(sum .*micro_batch_statistic = True"):
+        check_objective(Centred(), generic_batch(dpo))
+    assert check_objective(Declared(), generic_batch(dpo))[-1] == "micro_batch_statistic (declared): loss not split"
+    assert check_objective(dpo(), generic_batch(dpo))[-1].startswith("splits over micro-batches")
