@@ -15,6 +15,7 @@ import torch
 
 from preflab.objectives import ListBatch, PairBatch, SequenceLogps, UnpairedBatch, get_objective, objective_class
 from preflab.objectives.base import couples_micro_batch
+from preflab.objectives.contract import loss_sum_and_gradients, split_batch
 
 from test_contract import NAMES, _policy_leaves, _seq, make_batch
 
@@ -73,32 +74,10 @@ def generic_batch(cls):
     return batch
 
 
-def _rows(value, index, size, where):
-    """`value` (a batch field or extra) restricted to the rows `index` of a batch of `size` examples."""
-    if value is None:
-        return None
-    if isinstance(value, SequenceLogps):
-        return SequenceLogps(value.token_logps[index], value.mask[index])
-    if isinstance(value, (int, float)) or (torch.is_tensor(value) and value.dim() == 0):
-        return value  # a number of the whole step (tokens_per_prompt, examples_per_token)
-    if torch.is_tensor(value):
-        assert value.shape[0] == size, f"{where}: shape {tuple(value.shape)} has no example axis of {size}"
-        return value[index]
-    raise AssertionError(f"{where}: {type(value).__name__} {value!r} cannot be split by example; teach _rows it")
-
-
 def split(batch, index):
-    """The micro-batch of rows `index` of `batch`: every SequenceLogps, tensor and extra sliced along examples."""
-    size, fields = batch.size, {}
-    for f in dataclasses.fields(batch):
-        value = getattr(batch, f.name)
-        if f.name == "extras":
-            fields[f.name] = {k: _rows(v, index, size, f"extras[{k!r}]") for k, v in value.items()}
-        elif f.name == "label_counts":
-            fields[f.name] = None
-        else:
-            fields[f.name] = _rows(value, index, size, f.name)
-    part = type(batch)(**fields)
+    """The micro-batch of rows `index` of `batch` (contract.split_batch), a ListBatch padded to its own longest
+    response as the trainer pads each micro-batch."""
+    part = split_batch(batch, index)
     return _trimmed(part) if isinstance(part, ListBatch) else part
 
 
@@ -129,15 +108,11 @@ def _step_extras(batch, wanted: tuple) -> dict:
 
 def whole_and_halves(objective, batch):
     """(whole, halves): the step's loss sum for the batch as one micro-batch and as two of k = size / 2 rows (what
-    preflab.step backpropagates before dividing by the step's example count, the same in both), with their
-    gradients wrt the policy's token log-probs."""
-    leaves = _policy_leaves(batch)
-    k = batch.size // 2
-    whole = objective(batch).losses.sum()
-    halves = sum(objective(split(batch, torch.arange(i, i + k))).losses.sum() for i in (0, k))
-    grad = lambda total: torch.autograd.grad(total, leaves, retain_graph=True, allow_unused=True)  # noqa: E731
-    fill = lambda gs: [torch.zeros_like(t) if g is None else g for g, t in zip(gs, leaves)]  # noqa: E731
-    return (whole, fill(grad(whole))), (halves, fill(grad(halves)))
+    preflab.step backpropagates before dividing by the step's example count, the same in both), each with its
+    gradients wrt the policy's token log-probs (contract.loss_sum_and_gradients)."""
+    leaves, k, every = _policy_leaves(batch), batch.size // 2, torch.arange(batch.size)
+    return tuple(loss_sum_and_gradients(objective, batch, leaves, parts, split=split)
+                 for parts in ([every], [every[:k], every[k:]]))
 
 
 def _splits(whole, halves) -> bool:

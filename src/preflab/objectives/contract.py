@@ -179,10 +179,12 @@ def split_batch(batch, index):
     return type(batch)(**fields)
 
 
-def loss_sum_and_gradients(objective, batch, leaves, parts) -> tuple:
+def loss_sum_and_gradients(objective, batch, leaves, parts, split=None) -> tuple:
     """(sum of the per-example losses over the micro-batches `parts` of `batch`, its gradients wrt `leaves`): what
-    preflab.step backpropagates for those micro-batches before dividing by the step's example count."""
-    total = sum(objective(split_batch(batch, index)).losses.sum() for index in parts)
+    preflab.step backpropagates for those micro-batches before dividing by the step's example count. `split(batch,
+    index)` forms each micro-batch (default split_batch)."""
+    split = split or split_batch
+    total = sum(objective(split(batch, index)).losses.sum() for index in parts)
     grads = torch.autograd.grad(total, leaves, allow_unused=True)
     return total.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
 
