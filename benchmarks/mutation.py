@@ -6917,7 +6917,8 @@ MUTANTS += [
            [('        return self.token_mean == "micro_batch"', "        return True")], MPX_TESTS,
            "the sft term's step token mean (additive over processes) is read as a micro-batch statistic"),
     Mutant("mpx-parts-not-read", "objectives/base.py",
-           [("        return any(couples_micro_batch(p) for p in parts)", "        return False")], MPX_TESTS,
+           [("        return [name for p in parts for name in micro_batch_statistic_parts(p)]", "        return []")],
+           MPX_TESTS,
            "loss_type [sigmoid, sft] and rpo_alpha are read as plain DPO: their sft term's split is not kept"),
     Mutant("mpx-batch-not-compared", "resume_check.py",
            [("    if batch == cfg.per_device_train_batch_size and micro == now:", "    if micro == now:")], MPX_TESTS,
@@ -6994,6 +6995,39 @@ MUTANTS += [
            [('        raw["pad_to_multiple_of"] = None\n',
              '        raw["pad_to_multiple_of"] = 128 if said.lower() == "auto" else None\n')],
            RMT_TESTS, "auto read as Neuron's 128 on every device"),
+]
+
+
+# mutation-bcp round: batch coupling: every objective whose loss holds a statistic of its micro-batch declares
+# micro_batch_statistic (aot's sort, the NLL terms' token means of cpo / orpo, GRPO's and RLOO's normalisations over
+# the batch), check_objective refuses an undeclared one, and resume_check's refusal names the declaring parts
+BCP_TESTS = ["tests/objectives/test_micro_batch_coupling.py"]
+MUTANTS += [
+    Mutant("bcp-aot-not-coupled", "objectives/aot.py",
+           [("    micro_batch_statistic: ClassVar[bool] = True", "    micro_batch_statistic: ClassVar[bool] = False")],
+           BCP_TESTS, "an aot checkpoint resumed on another number of processes sorts other micro-batches, unrefused"),
+    Mutant("bcp-odds-ratio-nll-not-coupled", "objectives/orpo.py",
+           [("    micro_batch_statistic: ClassVar[bool] = True", "    micro_batch_statistic: ClassVar[bool] = False")],
+           BCP_TESTS, "ORPO's token-mean NLL term is read as a sum over examples"),
+    Mutant("bcp-cpo-alpha-ignored", "objectives/cpo.py",
+           [("        return self.cpo_alpha != 0", "        return False")], BCP_TESTS,
+           "CPO's default NLL term (cpo_alpha 1) is read as a sum over examples"),
+    Mutant("bcp-group-batch-std-ignored", "objectives/grpo.py",
+           [('or self.scale_rewards == "batch"', "or False")], BCP_TESTS,
+           "offline GRPO with scale_rewards batch (the micro-batch's reward std) is read as splitting"),
+    Mutant("bcp-group-padded-width-ignored", "objectives/grpo.py",
+           [('or (self.loss_type == "dr_grpo" and self.max_completion_length is None)', "or False")], BCP_TESTS,
+           "dr_grpo without max_completion_length divides by each micro-batch's padded width, undeclared"),
+    Mutant("bcp-leave-one-out-normalize-ignored", "objectives/rloo.py",
+           [("        return bool(self.normalize_advantages)", "        return False")], BCP_TESTS,
+           "RLOO's normalize_advantages over an offline micro-batch is read as splitting"),
+    Mutant("bcp-check-objective-never-splits", "objectives/contract.py",
+           [("    if couples_micro_batch(objective):\n        return\n    leaves, k",
+             "    if True:\n        return\n    leaves, k")], BCP_TESTS,
+           "check_objective passes a user's objective that centres its margins on the batch mean, undeclared"),
+    Mutant("bcp-refusal-names-no-part", "resume_check.py",
+           [("({', '.join(_statistic_parts(cfg))})", "(the objective)")], ["tests/test_resume_check.py"],
+           "the refusal no longer names which part of the loss holds the statistic"),
 ]
 
 

@@ -73,12 +73,15 @@ def test_resume_with_a_changed_dict_or_list_option_is_refused_naming_it(tmp_path
             "objective_params ({'label_smoothing': 0.1} -> {'label_smoothing': 0.2}). Resume with") in str(err.value)
 
 
-@pytest.mark.parametrize("loss", [{"loss_type": "kto"}, {"loss_type": ["sigmoid", "sft"]}, {"rpo_alpha": 1.0}])
-def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on_another_world(tmp_path, loss):
-    """KTO's reference point and the sft term's per-micro-batch token mean: 2 processes x 2 rows equal 1 process x
-    2 rows x accumulation 2, not 1 x 4 (tests/loops/test_scale_matrix.py's KTO test resumes such a checkpoint for
-    real). Before, a 2 x 2 checkpoint resumed on 1 x 4 passed (another objective from the next step on) and
-    1 x 2 x accumulation 2, the same run, was refused. Plain DPO keeps the global batch as before."""
+@pytest.mark.parametrize("loss,parts", [({"loss_type": "kto"}, "KTO"), ({"loss_type": ["sigmoid", "sft"]}, "SFT"),
+                                        ({"rpo_alpha": 1.0}, "SFT"), ({"loss_type": "aot"}, "AOT"),
+                                        ({"loss_type": "orpo"}, "ORPO"), ({"loss_type": ["sigmoid", "cpo"]}, "CPO")])
+def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on_another_world(tmp_path, loss, parts):
+    """KTO's reference point, the sft term's per-micro-batch token mean, AOT's sorted margins, ORPO's and CPO's
+    token-mean NLL terms (tests/objectives/test_micro_batch_coupling.py finds them): 2 processes x 2 rows equal 1
+    process x 2 rows x accumulation 2, not 1 x 4 (tests/loops/test_scale_matrix.py's KTO test resumes such a
+    checkpoint for real). Before, a 2 x 2 checkpoint resumed on 1 x 4 passed (another objective from the next step
+    on) and 1 x 2 x accumulation 2, the same run, was refused. Plain DPO keeps the global batch as before."""
     saved = _cfg(tmp_path, per_device_train_batch_size=2, **loss).to_dict()
     state = {"world_size": 2, "config": saved}
     check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, **loss),
@@ -89,6 +92,7 @@ def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on
     message = str(err.value)
     for part in ("micro-batches of 2 rows (per_device_train_batch_size), 2 an optimizer step (2 processes x "
                  "gradient_accumulation_steps 1); this run has 4 rows and 1 (1 x 1)", "KTO's reference point",
+                 f"The objective ({parts}) holds a statistic of each micro-batch",
                  "Keep the run with per_device_train_batch_size: 2 and gradient_accumulation_steps: 2 on 1 process,",
                  "launch 2 processes with per_device_train_batch_size: 2 and gradient_accumulation_steps: 1"):
         assert part in message, (part, message)

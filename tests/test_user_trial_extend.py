@@ -397,10 +397,11 @@ class ClaimsNoReference(MarginWeighted):
     extras = {"margin": torch.tensor([0.1, 0.5, 0.0], dtype=torch.float64),
               "weight": torch.ones(3, dtype=torch.float64)}
     passed = check_objective(get_objective(f"{losses}:MarginWeighted"), _grad_batch(extras))
-    assert passed[-2:] == ["a missing extra is named (margin, weight)", "needs a reference (declared)"]
+    assert passed[-3:] == ["a missing extra is named (margin, weight)", "needs a reference (declared)",
+                           "splits over micro-batches: the halves' loss sums and gradients are the batch's"]
     assert "reference-free (declared): same losses without a reference" in check_objective(
         get_objective(f"{losses}:NoBeta"), _grad_batch())
-    assert len(check_objective(get_objective("dpo"), _grad_batch())) == 5
+    assert len(check_objective(get_objective("dpo"), _grad_batch())) == 6
     with pytest.raises(PreflabError, match="declares needs_reference = False but fails without reference log-probs"):
         check_objective(get_objective(f"{losses}:ClaimsNoReference"), _grad_batch(extras))
 

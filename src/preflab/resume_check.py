@@ -220,18 +220,24 @@ def saved_config_on_this_world(saved: dict, trainer_state: dict, cfg, world: int
 
 def couples_micro_batches(cfg) -> bool:
     """Whether cfg's offline objective holds a statistic of each micro-batch (preflab.objectives.base.
-    couples_micro_batch: KTO's reference point, the sft term's per-micro-batch token mean). False for the other
-    tasks (task: sft normalises over the optimizer step) and for a config whose objective does not build (the run
-    itself reports that error)."""
+    couples_micro_batch: KTO's reference point, a token mean of the micro-batch, AOT's sorted margins). False for the
+    other tasks (task: sft normalises over the optimizer step) and for a config whose objective does not build (the
+    run itself reports that error)."""
+    return bool(_statistic_parts(cfg))
+
+
+def _statistic_parts(cfg) -> list[str]:
+    """The class names of cfg's objective parts that declare a micro-batch statistic (base.micro_batch_statistic_
+    parts); [] for the other tasks and for a config whose objective does not build."""
     if getattr(cfg, "task", "dpo") != "dpo" or not hasattr(cfg, "objective"):
-        return False
+        return []
     from preflab.errors import PreflabError
-    from preflab.objectives.base import couples_micro_batch
+    from preflab.objectives.base import micro_batch_statistic_parts
 
     try:
-        return couples_micro_batch(cfg.objective())
+        return micro_batch_statistic_parts(cfg.objective())
     except PreflabError:
-        return False
+        return []
 
 
 def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, note=None) -> None:
@@ -290,8 +296,9 @@ def _check_micro_batches(batch: int, saved_world: int, saved_accumulation: int, 
     what = (f"resume_from_checkpoint: {path} was trained with micro-batches of {batch} rows "
             f"(per_device_train_batch_size), {micro} an optimizer step ({saved_world} processes x "
             f"gradient_accumulation_steps {saved_accumulation}); this run has {cfg.per_device_train_batch_size} rows "
-            f"and {now} ({world} x {accumulation}). The objective holds a statistic of each micro-batch (KTO's "
-            "reference point, the sft term's token mean of each micro-batch), so the same run on another number of "
+            f"and {now} ({world} x {accumulation}). The objective ({', '.join(_statistic_parts(cfg))}) holds a "
+            "statistic of each micro-batch (as KTO's reference point, a token mean of the micro-batch or AOT's sorted "
+            "margins do), so the same run on another number of "
             "processes keeps the micro-batch and processes x gradient_accumulation_steps; another split trains "
             "another objective from here on.")
     if micro % world == 0:

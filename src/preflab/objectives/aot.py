@@ -12,6 +12,7 @@ Deviation from the paper: none in the value (TRL 1.16's form). Where margins tie
 over the tied entries (the symmetric subgradient), so it does not depend on how `torch.sort` breaks ties.
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,8 @@ class AOT(Objective):
     checked_against = "reference code: TRL 1.16 DPOTrainer loss_type='aot' (tests/objectives/test_trl_parity.py, 1e-9)"
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("distribution",)}
+    # sorts the micro-batch's margins and matches them by rank: its quantiles (base.couples_micro_batch)
+    micro_batch_statistic: ClassVar[bool] = True
 
     def validate(self):
         super().validate()

@@ -12,6 +12,7 @@ d_k = h_w,(k) - h_l,(k) and
 Deviation from the paper: none in the value (TRL 1.16's form); tied values share their gradient (see `aot`).
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 from preflab.objectives.aot import AOT
 from preflab.objectives.base import PairBatch, logratios
@@ -21,6 +22,8 @@ from preflab.objectives.base import PairBatch, logratios
 class AOTUnpaired(AOT):
     checked_against = ("reference code: TRL 1.16 DPOTrainer loss_type='aot_unpaired' "
                        "(tests/objectives/test_trl_parity.py, 1e-9)")
+    # sorts the micro-batch's two log-ratio samples and matches them by rank (base.couples_micro_batch)
+    micro_batch_statistic: ClassVar[bool] = True
 
     def margins(self, batch: PairBatch):
         return logratios(batch)

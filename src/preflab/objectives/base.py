@@ -481,14 +481,23 @@ def objective_parts(objective) -> tuple:
 def couples_micro_batch(objective) -> bool:
     """Whether the loss of `objective` (any part of a weighted sum, also inside a WPO weighting) holds a
     statistic of each micro-batch that is not a sum over its examples: KTO's reference point z0 (the micro-batch's
-    mean over its mismatched completions), the sft term's token mean of each micro-batch (token_mean "micro_batch").
+    mean over its mismatched completions), the sft term's token mean of each micro-batch (token_mean "micro_batch";
+    also the NLL terms of cpo, orpo, rationale_orpo, simpo / alphapo with cpo_alpha, rpo / flex_dpo with nll_agg
+    batch_token_mean), aot's sorted margins, GRPO's and RLOO's normalisations over the batch.
     Parts declare it as `micro_batch_statistic` (False when left out). For such a loss, P processes x b rows equal
     one process with b rows and P x gradient_accumulation_steps micro-batches, not one process with P x b rows
     (preflab.resume_check.check_global_batch keeps a resumed run on those micro-batches)."""
+    return bool(micro_batch_statistic_parts(objective))
+
+
+def micro_batch_statistic_parts(objective) -> list[str]:
+    """The class names of the parts of `objective` that declare `micro_batch_statistic` (couples_micro_batch), in
+    order: what a refusal names (preflab.resume_check). tests/objectives/test_micro_batch_coupling.py checks every
+    registered objective's declaration against its loss on a micro-batch and on its two halves."""
     parts = objective_parts(objective)  # a WPO weighting reads its inner objective's parts and attributes
     if parts != (objective,):
-        return any(couples_micro_batch(p) for p in parts)
-    return bool(getattr(objective, "micro_batch_statistic", False))
+        return [name for p in parts for name in micro_batch_statistic_parts(p)]
+    return [type(objective).__name__] if getattr(objective, "micro_batch_statistic", False) else []
 
 
 def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> None:

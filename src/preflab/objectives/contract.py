@@ -7,17 +7,21 @@
 The checks are those tests/objectives/test_contract.py runs over every registered objective, on a batch the caller
 gives (it knows its extras): a scalar differentiable loss equal to the mean of one loss per example, detached
 metrics, a loss that depends on the policy's log-probs, a MissingExtraError naming each declared extra when it is
-absent, and a truthful `needs_reference` (refused without a reference when declared, unchanged without one when
-not). A failed check is a PreflabError saying which and why.
+absent, a truthful `needs_reference` (refused without a reference when declared, unchanged without one when
+not), and a loss that splits over micro-batches unless it declares `micro_batch_statistic`: the sum of the losses of
+the batch equals the sums over its two halves, in value and gradient (preflab.step backpropagates that sum, so only
+then are 2 processes x b rows the same run as 1 process x 2b; base.couples_micro_batch). A failed check is a
+PreflabError saying which and why.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
 from preflab.errors import MissingExtraError, MissingReferenceError, PreflabError
-from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch
+from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch, couples_micro_batch
 from preflab.objectives._panels import declared_panels
 
 
@@ -141,5 +145,69 @@ def check_objective(objective, batch) -> list[str]:
             raise PreflabError(f"{name}: declares needs_reference = False but its losses change when the reference "
                                "log-probs are removed; set needs_reference = True.")
         passed.append("reference-free (declared): same losses without a reference")
+    if batch.size > 1:
+        _check_splits(objective, batch, name)
+        passed.append("micro_batch_statistic (declared): loss not split" if couples_micro_batch(objective) else
+                      "splits over micro-batches: the halves' loss sums and gradients are the batch's")
     return passed
+
+
+def _rows(value, index, size: int, where: str):
+    """`value` (a batch field or extra) restricted to the rows `index` of a batch of `size` examples; a number (or a
+    0-dim tensor) belongs to the whole step and is kept."""
+    if value is None or isinstance(value, (bool, int, float)) or (torch.is_tensor(value) and value.dim() == 0):
+        return value
+    if isinstance(value, SequenceLogps):
+        return SequenceLogps(value.token_logps[index], value.mask[index])
+    if torch.is_tensor(value) and value.shape[0] == size:
+        return value[index]
+    raise PreflabError(f"cannot split the batch by example: {where} is {type(value).__name__} "
+                       f"{tuple(value.shape) if torch.is_tensor(value) else ''} without an example axis of {size}; give "
+                       "tensors with one row per example (or numbers of the whole batch).")
+
+
+def split_batch(batch, index):
+    """The micro-batch of rows `index` (a 1-d index tensor) of `batch`: every SequenceLogps, tensor and extra sliced
+    along the examples, numbers kept (label_counts recomputed by the objective: dropped)."""
+    fields = {}
+    for f in dataclasses.fields(batch):
+        value = getattr(batch, f.name)
+        if f.name == "extras":
+            fields[f.name] = {k: _rows(v, index, batch.size, f"extras[{k!r}]") for k, v in value.items()}
+        else:
+            fields[f.name] = None if f.name == "label_counts" else _rows(value, index, batch.size, f.name)
+    return type(batch)(**fields)
+
+
+def loss_sum_and_gradients(objective, batch, leaves, parts, split=None) -> tuple:
+    """(sum of the per-example losses over the micro-batches `parts` of `batch`, its gradients wrt `leaves`): what
+    preflab.step backpropagates for those micro-batches before dividing by the step's example count. `split(batch,
+    index)` forms each micro-batch (default split_batch)."""
+    split = split or split_batch
+    total = sum(objective(split(batch, index)).losses.sum() for index in parts)
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    return total.detach(), [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves)]
+
+
+def _check_splits(objective, batch, name: str) -> None:
+    """PreflabError when the loss of `batch` is not the loss of its two halves (value or gradient) and the objective
+    does not declare micro_batch_statistic: a resume on another number of processes would train another objective
+    unrefused (preflab.resume_check). A declared objective is not checked here (its halves may agree on a batch
+    whose rows repeat); tests/objectives/test_micro_batch_coupling.py checks the declarations on generic batches."""
+    if couples_micro_batch(objective):
+        return
+    leaves, k = _policy_leaves(batch), batch.size // 2
+    every = torch.arange(batch.size)
+    whole, whole_grads = loss_sum_and_gradients(objective, batch, leaves, [every])
+    halves, half_grads = loss_sum_and_gradients(objective, batch, leaves, [every[:k], every[k:]])
+    tol = {"rtol": 1e-7, "atol": 1e-9} if whole.dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-6}
+    if not torch.allclose(whole, halves.to(whole.dtype), **tol) or not all(
+            torch.allclose(a, b, **tol) for a, b in zip(whole_grads, half_grads)):
+        raise PreflabError(
+            f"{name}: the losses of this batch of {batch.size} sum to {float(whole):.9g} and their gradient is not "
+            f"the same over its halves of {k} and {batch.size - k} (sum {float(halves):.9g}): the loss holds a "
+            "statistic of its micro-batch (a mean, a normalisation or a sort over the batch). Declare it as the class "
+            "attribute micro_batch_statistic = True (or a property), so that a run resumed on another number of "
+            "processes keeps its micro-batches (preflab.resume_check), or compute each example's loss from its own "
+            "row.")
 

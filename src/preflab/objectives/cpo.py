@@ -30,6 +30,11 @@ class CPO(Objective):
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
 
+    @property
+    def micro_batch_statistic(self) -> bool:
+        """The NLL term (cpo_alpha > 0) is the micro-batch's chosen-token mean, TRL's (base.couples_micro_batch)."""
+        return self.cpo_alpha != 0
+
     def validate(self):
         super().validate()
         if not 0 <= self.label_smoothing < 0.5 or self.cpo_alpha < 0:

@@ -41,6 +41,11 @@ class FlexDPO(Objective):
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 
+    @property
+    def micro_batch_statistic(self) -> bool:
+        """nll_agg batch_token_mean (with sft_weight > 0) is the micro-batch's token mean (base.couples_micro_batch)."""
+        return self.sft_weight != 0 and self.nll_agg == "batch_token_mean"
+
     def validate(self):
         super().validate()
         if not self.beta_rejected > 0:

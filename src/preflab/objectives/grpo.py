@@ -191,6 +191,16 @@ class GRPO(Objective):
         self.validate()
         object.__setattr__(self, "needs_reference", self.beta > 0)
 
+    @property
+    def micro_batch_statistic(self) -> bool:
+        """bnpo divides by the micro-batch's completion tokens (TRL's, online too); on a batch without the online
+        run's step extras (offline lists: no advantages, no tokens_per_prompt) dapo / cispo / vespo do too, dr_grpo
+        without max_completion_length divides by its padded width, scale_rewards batch by its rewards' std; the
+        entropy bonus and top_entropy_quantile read its token entropies (base.couples_micro_batch)."""
+        return (self.loss_type in ("bnpo", "dapo", "cispo", "vespo") or self.scale_rewards == "batch"
+                or (self.loss_type == "dr_grpo" and self.max_completion_length is None)
+                or self.entropy_bonus or self.top_entropy_quantile < 1)
+
     def validate(self):  # beta = 0 is valid here, unlike the base class's check
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "

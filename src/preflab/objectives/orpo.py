@@ -27,6 +27,7 @@ Deviation from the paper: none (TRL's ORPOTrainer form). A is clamped below 0 by
 log(1 - exp(A)) stays finite for a response of probability 1.
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,8 @@ class ORPO(Objective):
                        "xfactlab/orpo@208d2d6 src/orpo_trainer.py")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("likelihood",)}
+    # the NLL term is the micro-batch's token mean (TRL's and the reference code's) (base.couples_micro_batch)
+    micro_batch_statistic: ClassVar[bool] = True
 
     def validate(self):
         super().validate()

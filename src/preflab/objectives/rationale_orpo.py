@@ -17,6 +17,7 @@ is read as the per-token means A_theta(r | x_r)).
 Deviation from the paper: none. log(1 - e^A) uses a stable log1mexp, with A clamped below 0 by one float eps.
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,8 @@ class RationaleORPO(Objective):
                        "trainers.py::SimpleRORPOTrainer (mean log-probs; rorpo-simple.yaml gamma 1), re-read 2026-12")
     tags = {"data": ("pair-wise", "rationale"), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ()}
+    # the NLL term is the micro-batch's chosen-token mean, as ORPO's (base.couples_micro_batch)
+    micro_batch_statistic: ClassVar[bool] = True
 
     def validate(self):
         super().validate()

@@ -100,6 +100,12 @@ class RLOO(Objective):
         self.validate()
         object.__setattr__(self, "needs_reference", self.beta > 0)
 
+    @property
+    def micro_batch_statistic(self) -> bool:
+        """normalize_advantages on a batch without the online run's round advantages (offline lists) takes the mean
+        and std over the micro-batch (base.couples_micro_batch)."""
+        return bool(self.normalize_advantages)
+
     def validate(self):  # beta = 0 is valid here (no reference), unlike the base class's check
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"RLOO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "

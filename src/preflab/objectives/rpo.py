@@ -37,6 +37,11 @@ class RPO(Objective):
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 
+    @property
+    def micro_batch_statistic(self) -> bool:
+        """nll_agg batch_token_mean (with eta > 0) is the micro-batch's token mean (base.couples_micro_batch)."""
+        return self.eta != 0 and self.nll_agg == "batch_token_mean"
+
     def validate(self):
         super().validate()
         check_agg(self.nll_agg, "RPO")

@@ -54,6 +54,11 @@ class SimPO(Objective):
             "property": ("length",)}
 
     @property
+    def micro_batch_statistic(self) -> bool:
+        """The NLL term (cpo_alpha > 0) is the micro-batch's chosen-token mean, TRL's (base.couples_micro_batch)."""
+        return self.cpo_alpha != 0
+
+    @property
     def gamma(self) -> float:
         return self.beta * self.gamma_beta_ratio if self.gamma_beta_ratio is not None else self.simpo_gamma
 
