@@ -9,6 +9,8 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
   ref_cache        scoring.ref_cache.reference_cache whose cache folder cannot be made on rank 0
   ddp_checkpoint   a 2-step DPO run under DDP (save_steps 1) whose main process cannot write checkpoint-2's model
                    (a full disk naming it): checkpoint-1 is written, then both ranks stop
+  ddp_best         a 1-step DPO run under DDP (load_best_model_at_end, save_total_limit 1) whose main process cannot
+                   remove the checkpoints other than the best (a permission error naming checkpoint-1)
   ddp_final        a 1-step DPO run under DDP whose main process cannot write summary.json at the end
 
 Each row also has "ended" (time.time() when the scenario ended) and, on rank 0 of the driver scenarios, "failed_at"
@@ -32,22 +34,23 @@ def full_disk(path: Path):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
-def dpo_run(out: Path, failing, **over):
+def dpo_run(out: Path, failing, evaluated: bool = False, **over):
     """A tiny offline DPO run under DDP (the process group is this script's) whose rank 0 has `failing` patched in
-    (a (module, name, replacement) of the writer that fails), restored after it."""
+    (a (module, name, replacement) of the writer that fails), restored after it; `evaluated`: the rows are the eval
+    set too."""
     from preflab.config import config_from_dict
     from preflab.loops.offline import Trainer
 
     rows = [{"prompt": f"echo: {w}\n", "chosen": w.upper(), "rejected": w} for w in ("cat", "dog", "owl", "bee")]
     cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows", "output_dir": str(out),
                             "per_device_train_batch_size": 2, "max_length": 32, "logging_steps": 1,
-                            "disable_tqdm": True, "eval_strategy": "no", "use_cpu": True, "report_to": "none", **over})
+                            "disable_tqdm": True, "eval_steps": 0, "use_cpu": True, "report_to": "none", **over})
     module, name, replacement = failing
     kept = getattr(module, name)
     if dist.get_rank() == 0:
         setattr(module, name, replacement)
     try:
-        Trainer(cfg, train_data=rows).train()
+        Trainer(cfg, train_data=rows, eval_data=rows if evaluated else None).train()
     finally:
         setattr(module, name, kept)
 
@@ -90,6 +93,10 @@ def main(out: Path) -> None:
         FAILED_AT["ddp_final"] = time.time()
         full_disk(Path(folder) / "summary.json")
 
+    def best_locked(output_dir, timeline, best):
+        FAILED_AT["ddp_best"] = time.time()
+        raise OSError(errno.EACCES, "Permission denied", best)
+
     kept_save_file = checkpoint.save_file
     scenarios = {
         "sharded_ok": lambda: save_rank_checkpoint(out, 1, part(None), None, {}, rank == 0),
@@ -99,6 +106,9 @@ def main(out: Path) -> None:
                                                        2, gather),
         "ddp_checkpoint": lambda: dpo_run(out / "ddp", (checkpoint, "save_file", checkpoint_2_full), max_steps=2,
                                           save_steps=1),
+        "ddp_best": lambda: dpo_run(out / "best", (driver, "remove_all_but_best", best_locked), True, max_steps=1,
+                                    save_steps=1, eval_steps=1, load_best_model_at_end=True,
+                                    save_total_limit=1),
         "ddp_final": lambda: dpo_run(out / "final", (driver, "write_summary", summary_full), max_steps=1,
                                      save_steps=1),
     }

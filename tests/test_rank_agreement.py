@@ -119,6 +119,20 @@ def test_the_main_processs_failed_ddp_checkpoint_stops_both_ranks_at_once_and_ke
     verify_checkpoint(run / "checkpoint-1")
 
 
+def test_the_main_processs_failed_cleanup_of_all_but_the_best_checkpoint_stops_both_ranks(two_ranks):
+    """load_best_model_at_end with save_total_limit 1: the main process removes the checkpoints other than the best
+    after every rank loaded it; that removal is agreed (loops.driver._load_best_at_end), so its failure stops rank 1
+    too, with the main's error as train() says it."""
+    out, results, _ = two_ranks
+    run = out / "best"
+    expected = ("RankFailure: the main process could not keep only the best checkpoint: rank 0 failed: "
+                f"{run / 'checkpoint-1'}: Permission denied. The latest finished checkpoint is {run / 'checkpoint-1'} "
+                "(step 1); the steps after it are lost. Set resume_from_checkpoint: true to continue from it. Free "
+                "disk space or fix the folder's permissions, then run again.")
+    assert results[("ddp_best", 0)]["error"] == expected and results[("ddp_best", 1)]["error"] == expected
+    assert results[("ddp_best", 1)]["ended"] - results[("ddp_best", 0)]["failed_at"] < 20
+
+
 def test_the_main_processs_failed_final_write_stops_the_other_rank_before_train_returns(two_ranks):
     """The end of train(): rank 1 returned from train() while the main process wrote the final model and
     summary.json, so a failed write stopped the main alone (a recipe's next stage or a script's next collective on
@@ -136,7 +150,7 @@ def test_the_main_processs_failed_final_write_stops_the_other_rank_before_train_
 
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 12
+    assert len(results) == 14
     assert wall < 180  # process start and imports included; a hang would wait for the gloo timeout (300 s)
 
 
