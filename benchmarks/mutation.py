@@ -6941,8 +6941,9 @@ MUTANTS += [
 ]
 
 # mutation-dag round: a DDP run's main-only writes agreed by every rank (loops.driver._agreed through
-# rank_agreement.ranks_agree in place of the step's barrier): the single-file checkpoint save (_save_agreed) and the
-# final model + summary.json (_finish); a failure on the main stops both ranks with its error and advice
+# rank_agreement.ranks_agree in place of the step's barrier): the single-file checkpoint save (_save_agreed), the
+# removal of all but the best checkpoint (_load_best_at_end) and the final model + summary.json (_finish); a failure
+# on the main stops both ranks with its error and advice
 DAG_TESTS = ["tests/test_rank_agreement.py"]
 MUTANTS += [
     Mutant("dag-no-agreement", "loops/driver.py",
@@ -6963,6 +6964,10 @@ MUTANTS += [
     Mutant("dag-error-typed", "rank_agreement.py",
            [("isinstance(err, (OSError, PreflabError))", "isinstance(err, OSError)")], DAG_TESTS,
            "the main's PreflabError reaches the others as 'PreflabError: ...'"),
+    Mutant("dag-best-cleanup-unagreed", "loops/driver.py",
+           [('            with self._agreed("the main process could not keep only the best checkpoint"):',
+             "            if True:")], DAG_TESTS,
+           "load_best_model_at_end: the main's failed removal of the other checkpoints stops the main alone"),
     Mutant("dag-save-what", "loops/driver.py",
            [('self._agreed(f"the save at step {step} failed")', 'self._agreed("a save failed")')], DAG_TESTS,
            "the agreed error does not say which step's save failed"),
