@@ -7031,6 +7031,39 @@ MUTANTS += [
 ]
 
 
+# mutation-dag round: a DDP run's main-only writes agreed by every rank (loops.driver._agreed through
+# rank_agreement.ranks_agree in place of the step's barrier): the single-file checkpoint save (_save_agreed), the
+# removal of all but the best checkpoint (_load_best_at_end) and the final model + summary.json (_finish); a failure
+# on the main stops both ranks with its error and advice
+DAG_TESTS = ["tests/test_rank_agreement.py"]
+MUTANTS += [
+    Mutant("dag-no-agreement", "loops/driver.py",
+           [("        with ranks_agree(what):\n            try:", "        if True:\n            try:")], DAG_TESTS,
+           "the main's failed checkpoint / final write stops the main alone; rank 1 trains on and returns"),
+    Mutant("dag-last-write-unagreed", "loops/driver.py",
+           [('        with self._agreed("the main process could not write the final model and summary.json"):',
+             "        if True:")], DAG_TESTS,
+           "rank 1 returns from train() while the main writes the final files; the main's failure is its own"),
+    Mutant("dag-no-write-advice", "loops/driver.py",
+           [("                failure = self._failed_write(err)\n                if failure is None:\n                    raise\n"
+             "                raise failure from err", "                raise")], DAG_TESTS,
+           "the other ranks hear the bare OSError: no 'what is kept' and no advice"),
+    Mutant("dag-failure-swallowed", "loops/driver.py",
+           [("                if failure is None:\n                    raise\n                raise failure from err",
+             "                if failure is None:\n                    raise")], DAG_TESTS,
+           "a failed write inside an agreed block is dropped: the run goes on as if it was saved"),
+    Mutant("dag-error-typed", "rank_agreement.py",
+           [("isinstance(err, (OSError, PreflabError))", "isinstance(err, OSError)")], DAG_TESTS,
+           "the main's PreflabError reaches the others as 'PreflabError: ...'"),
+    Mutant("dag-best-cleanup-unagreed", "loops/driver.py",
+           [('            with self._agreed("the main process could not keep only the best checkpoint"):',
+             "            if True:")], DAG_TESTS,
+           "load_best_model_at_end: the main's failed removal of the other checkpoints stops the main alone"),
+    Mutant("dag-save-what", "loops/driver.py",
+           [('self._agreed(f"the save at step {step} failed")', 'self._agreed("a save failed")')], DAG_TESTS,
+           "the agreed error does not say which step's save failed"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -7,8 +7,17 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
   sharded_rank1    the same save at step 2 whose rank 1 part fails (a full disk naming rank 1's file)
   main_writes      recipe_state.main_writes whose write fails on the main process (a full disk naming its file)
   ref_cache        scoring.ref_cache.reference_cache whose cache folder cannot be made on rank 0
+  ddp_checkpoint   a 2-step DPO run under DDP (save_steps 1) whose main process cannot write checkpoint-2's model
+                   (a full disk naming it): checkpoint-1 is written, then both ranks stop
+  ddp_best         a 1-step DPO run under DDP (load_best_model_at_end, save_total_limit 1) whose main process cannot
+                   remove the checkpoints other than the best (a permission error naming checkpoint-1)
+  ddp_final        a 1-step DPO run under DDP whose main process cannot write summary.json at the end
+
+Each row also has "ended" (time.time() when the scenario ended) and, on rank 0 of the driver scenarios, "failed_at"
+(time.time() when its write raised): how long the other rank went on after the main's failure.
 """
 import errno
+import gc
 import json
 import sys
 import time
@@ -18,8 +27,32 @@ import torch
 import torch.distributed as dist
 
 
+FAILED_AT: dict = {}  # scenario -> time.time() when this rank's write raised
+
+
 def full_disk(path: Path):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def dpo_run(out: Path, failing, evaluated: bool = False, **over):
+    """A tiny offline DPO run under DDP (the process group is this script's) whose rank 0 has `failing` patched in
+    (a (module, name, replacement) of the writer that fails), restored after it; `evaluated`: the rows are the eval
+    set too."""
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+
+    rows = [{"prompt": f"echo: {w}\n", "chosen": w.upper(), "rejected": w} for w in ("cat", "dog", "owl", "bee")]
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows", "output_dir": str(out),
+                            "per_device_train_batch_size": 2, "max_length": 32, "logging_steps": 1,
+                            "disable_tqdm": True, "eval_steps": 0, "use_cpu": True, "report_to": "none", **over})
+    module, name, replacement = failing
+    kept = getattr(module, name)
+    if dist.get_rank() == 0:
+        setattr(module, name, replacement)
+    try:
+        Trainer(cfg, train_data=rows, eval_data=rows if evaluated else None).train()
+    finally:
+        setattr(module, name, kept)
 
 
 def main(out: Path) -> None:
@@ -47,12 +80,37 @@ def main(out: Path) -> None:
     blocked = out / "blocked"
     if rank == 0:
         blocked.write_text("a file where the cache folder's parent should be")
+    from preflab import checkpoint
+    from preflab.loops import driver
+
+    def checkpoint_2_full(tensors, filename, *args, **kwargs):
+        if ".tmp-checkpoint-2" in filename:
+            FAILED_AT["ddp_checkpoint"] = time.time()
+            full_disk(Path(filename))
+        return kept_save_file(tensors, filename, *args, **kwargs)
+
+    def summary_full(folder, summary):
+        FAILED_AT["ddp_final"] = time.time()
+        full_disk(Path(folder) / "summary.json")
+
+    def best_locked(output_dir, timeline, best):
+        FAILED_AT["ddp_best"] = time.time()
+        raise OSError(errno.EACCES, "Permission denied", best)
+
+    kept_save_file = checkpoint.save_file
     scenarios = {
         "sharded_ok": lambda: save_rank_checkpoint(out, 1, part(None), None, {}, rank == 0),
         "sharded_rank1": lambda: save_rank_checkpoint(out, 2, part(1), None, {}, rank == 0),
         "main_writes": lambda: recipe_state.main_writes(lambda: full_disk(out / "summary.json")),
         "ref_cache": lambda: ref_cache.reference_cache(None, [object()], None, 1, "k" * 64, blocked / "cache", rank,
                                                        2, gather),
+        "ddp_checkpoint": lambda: dpo_run(out / "ddp", (checkpoint, "save_file", checkpoint_2_full), max_steps=2,
+                                          save_steps=1),
+        "ddp_best": lambda: dpo_run(out / "best", (driver, "remove_all_but_best", best_locked), True, max_steps=1,
+                                    save_steps=1, eval_steps=1, load_best_model_at_end=True,
+                                    save_total_limit=1),
+        "ddp_final": lambda: dpo_run(out / "final", (driver, "write_summary", summary_full), max_steps=1,
+                                     save_steps=1),
     }
     for name, run in scenarios.items():
         started = time.perf_counter()
@@ -61,8 +119,9 @@ def main(out: Path) -> None:
             error = None
         except Exception as err:  # noqa: BLE001 - what each rank raised is the result
             error = f"{type(err).__name__}: {err}"
-        print(json.dumps({"scenario": name, "rank": rank, "error": error,
-                          "seconds": time.perf_counter() - started}), flush=True)
+        print(json.dumps({"scenario": name, "rank": rank, "error": error, "seconds": time.perf_counter() - started,
+                          "ended": time.time(), "failed_at": FAILED_AT.get(name)}), flush=True)
+    gc.collect()  # the runs' DDP wrappers hold the group: freed before it is closed
     dist.destroy_process_group()
 
 

@@ -45,6 +45,8 @@ def two_ranks(tmp_path_factory):
             stdout, stderr = proc.communicate(timeout=240)
             assert proc.returncode == 0, f"rank {rank}: {stderr[-3000:]}"
             for line in stdout.splitlines():
+                if not line.startswith("{"):  # the DPO runs' own notes
+                    continue
                 row = json.loads(line)
                 results[(row["scenario"], row["rank"])] = row
     finally:
@@ -98,10 +100,58 @@ def test_a_failed_reference_cache_write_stops_both_ranks_naming_the_file(two_ran
     assert results[("ref_cache", 1)]["seconds"] < 20
 
 
+def test_the_main_processs_failed_ddp_checkpoint_stops_both_ranks_at_once_and_keeps_checkpoint_1(two_ranks):
+    """DDP: the main process writes checkpoint-<step> alone (preflab.checkpoint.save_checkpoint); its write of
+    checkpoint-2's model fails (a full disk). Before, the main left with its error and rank 1 waited at the step's
+    barrier until the launcher killed it. Now the save is agreed in place of that barrier (loops.driver._save_agreed):
+    both ranks raise the main's error (the checkpoint, what is kept) within seconds of the failure, the .tmp folder
+    is removed and checkpoint-1 is whole (its COMPLETE sizes and sha256 verify)."""
+    from preflab.checkpoint import verify_checkpoint
+
+    out, results, _ = two_ranks
+    run = out / "ddp"
+    expected = (f"RankFailure: the save at step 2 failed: rank 0 failed: could not write checkpoint {run / 'checkpoint-2'}:"
+                f" No space left on device. Earlier checkpoints are kept (the latest: {run / 'checkpoint-1'}); free "
+                "disk space or fix the permissions of output_dir, then resume.")
+    assert results[("ddp_checkpoint", 0)]["error"] == expected and results[("ddp_checkpoint", 1)]["error"] == expected
+    assert results[("ddp_checkpoint", 1)]["ended"] - results[("ddp_checkpoint", 0)]["failed_at"] < 20
+    assert sorted(p.name for p in run.glob("*checkpoint-*")) == ["checkpoint-1"]
+    verify_checkpoint(run / "checkpoint-1")
+
+
+def test_the_main_processs_failed_cleanup_of_all_but_the_best_checkpoint_stops_both_ranks(two_ranks):
+    """load_best_model_at_end with save_total_limit 1: the main process removes the checkpoints other than the best
+    after every rank loaded it; that removal is agreed (loops.driver._load_best_at_end), so its failure stops rank 1
+    too, with the main's error as train() says it."""
+    out, results, _ = two_ranks
+    run = out / "best"
+    expected = ("RankFailure: the main process could not keep only the best checkpoint: rank 0 failed: "
+                f"{run / 'checkpoint-1'}: Permission denied. The latest finished checkpoint is {run / 'checkpoint-1'} "
+                "(step 1); the steps after it are lost. Set resume_from_checkpoint: true to continue from it. Free "
+                "disk space or fix the folder's permissions, then run again.")
+    assert results[("ddp_best", 0)]["error"] == expected and results[("ddp_best", 1)]["error"] == expected
+    assert results[("ddp_best", 1)]["ended"] - results[("ddp_best", 0)]["failed_at"] < 20
+
+
+def test_the_main_processs_failed_final_write_stops_the_other_rank_before_train_returns(two_ranks):
+    """The end of train(): rank 1 returned from train() while the main process wrote the final model and
+    summary.json, so a failed write stopped the main alone (a recipe's next stage or a script's next collective on
+    rank 1 then waited for it). Now rank 1 waits for the main's final files (loops.driver._finish), and both raise the
+    main's error as train() says it (the file, what output_dir keeps)."""
+    out, results, _ = two_ranks
+    run = out / "final"
+    expected = ("RankFailure: the main process could not write the final model and summary.json: rank 0 failed: "
+                f"{run / 'summary.json'}: No space left on device. The latest finished checkpoint is "
+                f"{run / 'checkpoint-1'} (step 1); the steps after it are lost. Set resume_from_checkpoint: true to "
+                "continue from it. Free disk space or fix the folder's permissions, then run again.")
+    assert results[("ddp_final", 0)]["error"] == expected and results[("ddp_final", 1)]["error"] == expected
+    assert results[("ddp_final", 1)]["ended"] - results[("ddp_final", 0)]["failed_at"] < 20
+
+
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 8
-    assert wall < 120  # process start and imports included; a hang would wait for the gloo timeout (300 s)
+    assert len(results) == 14
+    assert wall < 180  # process start and imports included; a hang would wait for the gloo timeout (300 s)
 
 
 def test_one_process_raises_the_blocks_own_error_unchanged():

@@ -30,9 +30,9 @@ class RankFailure(PreflabError):
 
 
 def error_text(err: BaseException) -> str:
-    """What a failed rank says of its error: an OSError's own text (errno, message and the file it names), else the
-    error's type and message."""
-    return str(err) if isinstance(err, OSError) else f"{type(err).__name__}: {err}"
+    """What a failed rank says of its error: an OSError's own text (errno, message and the file it names) or a
+    PreflabError's (written for the user: the file, what is kept, what to do), else the error's type and message."""
+    return str(err) if isinstance(err, (OSError, PreflabError)) else f"{type(err).__name__}: {err}"
 
 
 def _process_group():

@@ -26,6 +26,8 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,6 +58,7 @@ from preflab.online_options import greedy_eval_notes
 from preflab.optimizer_options import sharded_optimizer_problem
 from preflab.sharding_options import sharded_activation_offload_problem
 from preflab.plugins import user_code
+from preflab.rank_agreement import ranks_agree
 from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
                                    checkpoint_identity)
@@ -176,18 +179,43 @@ class TrainingRun(CallbackEvents):
             err.preflab_output_dir = Path(self.cfg.output_dir)
             raise
         except (OSError, SafetensorError) as err:  # a full disk or a read-only folder while writing metrics, the
-            failure = write_failure(err)          # model (safetensors' own error type), the summary
+            failure = self._failed_write(err)     # model (safetensors' own error type), the summary
             if failure is None:
                 raise
-            raise PreflabError(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
-                               f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
-                               "permissions, then run again.") from err
+            raise failure from err
         finally:
             if getattr(self, "_neftune_handle", None) is not None:  # the model leaves train() as it came
                 self._neftune_handle.remove()
                 self._neftune_handle = None
             if self.accelerator.is_main_process:
                 release_output_dir(self.cfg.output_dir)
+
+    def _failed_write(self, err: Exception) -> PreflabError | None:
+        """What a run says of a write that failed (a full disk or a read-only folder while writing metrics, the
+        model: safetensors' own error type, the summary): the file, the reason, what output_dir keeps and what to
+        do; None when `err` is no failed write."""
+        failure = write_failure(err)
+        if failure is None:
+            return None
+        return PreflabError(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
+                            f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
+                            "permissions, then run again.")
+
+    @contextmanager
+    def _agreed(self, what: str) -> Iterator[None]:
+        """A block the main process writes in while the other ranks wait for it, in place of a barrier after it
+        (preflab.rank_agreement.ranks_agree: one all-reduce of a failure flag): a write that fails on the main
+        process (a full disk) stops every rank at once with the main's error, said as train() says a failed write
+        (_failed_write: the file, what output_dir keeps), instead of the other ranks waiting at the barrier until
+        the launcher or the collective's timeout kills them. One process: the block's error as train() raises it."""
+        with ranks_agree(what):
+            try:
+                yield
+            except (OSError, SafetensorError) as err:
+                failure = self._failed_write(err)
+                if failure is None:
+                    raise
+                raise failure from err
 
     def _add_neftune(self) -> None:
         """neftune_noise_alpha: NEFTune's hook on the trained model's input embeddings for the steps of this train()
@@ -317,14 +345,12 @@ class TrainingRun(CallbackEvents):
             evaluation, save = self._evaluate_if_due(step + 1, asked, log)
             if evaluation is not None:
                 evaluated = evaluation
-            if save:
+            if save:  # the save's agreement is the step's barrier (_save_agreed)
                 self.best.note_checkpoint(self.out, step + 1)
-                path = self._save(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total,
+                self._save_agreed(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total,
                                              "log_window": window_to_json(window)})
-                if getattr(self, "hub", None) is not None:  # push_to_hub: as hub_strategy says (main process)
-                    self.hub.push_checkpoint(path, step + 1)
-                self.emit("on_save", checkpoint=path)
-            acc.wait_for_everyone()
+            else:
+                acc.wait_for_everyone()
             if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
                 stopped_early = {"step": step + 1, "max_steps": self.total_steps}
                 if self.main:
@@ -510,13 +536,15 @@ class TrainingRun(CallbackEvents):
         that checkpoint is kept, as transformers)."""
         cfg, acc = self.cfg, self.accelerator
         if cfg.load_best_model_at_end and self.best.best_model_checkpoint is not None:
-            acc.wait_for_everyone()  # the best checkpoint is written
+            # no barrier before the load: the best checkpoint's save was agreed by every rank (_save_agreed) once
+            # written; the main's removal of the others is agreed instead (a failure stops every rank)
             load_best_weights(self.best.best_model_checkpoint, acc.unwrap_model(self.checkpoint_module),
                               self.restored_extras(Path(self.best.best_model_checkpoint), self.best.best_global_step))
-            if self.main:
-                print(f"preflab: {self.best.loaded_note()}")
-                if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
-                    remove_all_but_best(self.out, self.timeline, self.best.best_model_checkpoint)
+            with self._agreed("the main process could not keep only the best checkpoint"):
+                if self.main:
+                    print(f"preflab: {self.best.loaded_note()}")
+                    if cfg.save_total_limit == 1:  # transformers: only the best checkpoint is left
+                        remove_all_but_best(self.out, self.timeline, self.best.best_model_checkpoint)
 
     def _finish(self, summary: dict) -> None:
         """Gather the weights under a sharding engine, write the model, summary.json and the card (main process),
@@ -532,13 +560,16 @@ class TrainingRun(CallbackEvents):
             self.final_state_dict = None
         if not self.save_final_model:
             summary["final_model_saved"] = False
-        if self.main:
-            if self.save_final_model:
-                self.save_model()
-            else:
-                share_run_files(self.out)
-            write_summary(self.out, summary)
-            self.write_card(summary)
+        # the other ranks wait for the main's final files (one all-reduce per train()): before, they returned from
+        # train() while the main still wrote, and a failed write stopped the main alone
+        with self._agreed("the main process could not write the final model and summary.json"):
+            if self.main:
+                if self.save_final_model:
+                    self.save_model()
+                else:
+                    share_run_files(self.out)
+                write_summary(self.out, summary)
+                self.write_card(summary)
         self.emit("on_train_end")
         if getattr(acc, "preflab_keeps_process_group", False):  # the next stage of a recipe uses it
             for tracker in acc.trackers:
@@ -695,6 +726,23 @@ class TrainingRun(CallbackEvents):
                                self.optimizer, self.scheduler, state,
                                self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras(),
                                model_only=model_only, rank_rngs=rank_rngs)
+
+    def _save_agreed(self, step: int, state: dict) -> Path | None:
+        """A step's save (checkpoint-<step>: _save; its upload under push_to_hub, as hub_strategy says, from the
+        main process; on_save), agreed by every rank in place of the step's barrier (_agreed: one all-reduce per
+        save): when the main process's single-file checkpoint write fails (a full disk), every rank stops at once
+        with its error (the checkpoint, what is kept; the .tmp folder is removed by save_checkpoint). FSDP2 and
+        DeepSpeed save collectively and agree inside (preflab.sharded_checkpoint): that save is outside the block,
+        whose error is already the same on every rank; the upload and on_save are inside."""
+        sharded = is_sharded(self.accelerator)
+        path = self._save(step, state) if sharded else None
+        with self._agreed(f"the save at step {step} failed"):
+            if not sharded:
+                path = self._save(step, state)
+            if getattr(self, "hub", None) is not None:  # the main process's pusher (None elsewhere)
+                self.hub.push_checkpoint(path, step)
+            self.emit("on_save", checkpoint=path)
+        return path
 
     def _rank_rngs(self) -> list:
         """Every rank's RNG states (preflab.checkpoint.rng_parts), in rank order, gathered to every rank: the main
