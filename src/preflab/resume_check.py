@@ -294,6 +294,8 @@ def _check_online_processes(saved_world: int, cfg, world: int, path, note) -> No
     from preflab.errors import PreflabError
     from preflab.objectives.base import online_micro_batch_statistic_parts
 
+    if not hasattr(cfg, "objective"):  # a config without an objective to read (as _statistic_parts)
+        return
     try:
         parts = online_micro_batch_statistic_parts(cfg.objective())
     except PreflabError:  # the run itself reports a config whose objective does not build
