@@ -2914,7 +2914,7 @@ MUTANTS += [
              "if isinstance(batch, int) and batch == cfg.per_device_train_batch_size:")], MX_RESUME,
            "the same global batch on another world is refused as a per-device batch change"),
     Mutant("mx-resume-online-world-refused", "resume_check.py",
-           [("            or getattr(cfg, \"task\", None) == \"online\"):\n", "            ):\n")], MX_RESUME,
+           [("    if getattr(cfg, \"task\", None) == \"online\":\n", "    if False:\n")], MX_RESUME,
            "an online run resumed on another number of processes is refused"),
 ]
 
@@ -7063,6 +7063,28 @@ MUTANTS += [
            [('self._agreed(f"the save at step {step} failed")', 'self._agreed("a save failed")')], DAG_TESTS,
            "the agreed error does not say which step's save failed"),
 ]
+
+# mutation-olc round: online coupling: resume_check refuses a task: online resume on another number of processes
+# when the objective reads each micro-batch online (GRPO's bnpo, entropy bonus, top_entropy_quantile), and accepts the
+# objectives the round's step extras make split (dapo, scale_rewards batch, RLOO's normalize_advantages)
+OLC_TESTS = ["tests/test_resume_check.py", "tests/objectives/test_micro_batch_coupling.py"]
+MUTANTS += [
+    Mutant("olc-bnpo-splits-per-step", "objectives/grpo.py",
+           [('return (self.loss_type == "bnpo" or (self.max_completion_length',
+             "return (False or (self.max_completion_length")],
+           OLC_TESTS, "an online bnpo checkpoint resumes on another number of processes, its normaliser moved"),
+    Mutant("olc-entropy-bonus-read-as-split", "objectives/grpo.py",
+           [("or self.top_entropy_quantile < 1 or self.entropy_bonus)", "or self.top_entropy_quantile < 1)")],
+           OLC_TESTS, "GRPO's entropy bonus (the micro-batch's mean token entropy) read as splitting online"),
+    Mutant("olc-process-change-never-checked", "resume_check.py",
+           [("        if isinstance(saved_world, int) and saved_world != world:\n            _check_online_processes",
+             "        if False:\n            _check_online_processes")],
+           OLC_TESTS, "task: online is never checked on another number of processes (the earlier rule)"),
+    Mutant("olc-offline-declaration-used", "objectives/base.py",
+           [('    declared = getattr(objective, "online_micro_batch_statistic", None)', "    declared = None")],
+           OLC_TESTS, "online dapo / RLOO normalize_advantages refused on another number of processes (offline rule)"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

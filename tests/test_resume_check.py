@@ -127,3 +127,53 @@ def test_sft_token_mean_step_and_wpo_are_read_through_to_their_parts():
     assert not couples_micro_batch(get_objective(["sigmoid", "sft"], token_mean="step"))
     assert not couples_micro_batch(WPOWeighted(get_objective("sigmoid")))
     assert not couples_micro_batch(get_objective("apo_zero_unpaired"))
+
+
+def _online(tmp_path, **kw):
+    return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "task": "online", "online_task": "demo",
+                             "max_steps": 2, "output_dir": str(tmp_path), **kw})
+
+
+@pytest.mark.parametrize("options,part", [({"trainer": "bnpo"}, "GRPO"), ({"trainer": "grpo", "entropy_coef": 0.1}, "GRPO"),
+                                          ({"trainer": "grpo", "top_entropy_quantile": 0.5}, "GRPO")])
+def test_an_online_objective_that_reads_each_micro_batch_is_not_resumed_on_another_number_of_processes(
+        tmp_path, options, part):
+    """OnlineRun.micro_batches deals a step's examples over processes x micro-batches: bnpo's normaliser (the
+    micro-batch's completion tokens), the entropy bonus and top_entropy_quantile read each micro-batch (TRL's), so a
+    checkpoint of 1 process resumed on 2 trains another objective. Before, task: online was never checked. The same
+    number of processes resumes; allow_config_change continues with a note."""
+    state = {"world_size": 1, "config": _online(tmp_path, **options).to_dict()}
+    with pytest.raises(ConfigError) as err:
+        check_saved_config(state, _online(tmp_path, **options), "checkpoint-2", 2, note=print)
+    message = str(err.value)
+    for text in ("resume_from_checkpoint: checkpoint-2 was trained on 1 process and this run has 2.",
+                 f"The online objective ({part}) holds a statistic of each micro-batch", "Launch 1 process to continue",
+                 "allow_config_change: true"):
+        assert text in message, (text, message)
+    check_saved_config(state, _online(tmp_path, **options), "checkpoint-2", 1, note=print)
+    notes = []
+    check_saved_config(state, _online(tmp_path, allow_config_change=True, **options), "checkpoint-2", 2,
+                       note=notes.append)
+    assert notes[0].startswith("preflab: note: resume_from_checkpoint: checkpoint-2 was trained on 1 process and "
+                               "this run has 2.") and notes[0].endswith("Continuing (allow_config_change: true).")
+
+
+@pytest.mark.parametrize("options", [{"trainer": "grpo"}, {"trainer": "dapo"}, {"trainer": "cispo"},
+                                     {"trainer": "grpo", "scale_rewards": "batch"}, {"trainer": "dr_grpo"},
+                                     {"trainer": "rloo", "normalize_advantages": True}, {"trainer": "online_dpo"}])
+def test_an_online_objective_that_splits_over_micro_batches_resumes_on_any_number_of_processes(tmp_path, options):
+    """The GRPO loss types whose offline batches couple (dapo, cispo, scale_rewards batch; RLOO's
+    normalize_advantages) take the step's extras online (the round's advantages, tokens_per_prompt) and split over
+    micro-batches, as grpo, dr_grpo with max_completion_length (the online default) and online DPO's sigmoid do:
+    resumed on 2 processes and on 3, with no note."""
+    from preflab.objectives.base import couples_micro_batch, online_micro_batch_statistic_parts
+
+    state = {"world_size": 1, "config": _online(tmp_path, **options).to_dict()}
+    notes = []
+    for world in (2, 3):
+        check_saved_config(state, _online(tmp_path, **options), "checkpoint-2", world, note=notes.append)
+    assert notes == []
+    objective = _online(tmp_path, **options).objective()
+    assert online_micro_batch_statistic_parts(objective) == []
+    if options.get("trainer") in ("dapo", "cispo") or "scale_rewards" in options or "normalize_advantages" in options:
+        assert couples_micro_batch(objective)  # offline, the same objective holds a statistic of its micro-batch

@@ -43,7 +43,8 @@ def test_a_checkpoint_without_a_data_fingerprint_is_not_compared(tmp_path):
 
 
 def test_an_online_run_resumes_on_another_number_of_processes(tmp_path):
-    """An online step takes the round's examples on any number of processes (docs/online.md): not refused."""
+    """An online step takes the round's examples on any number of processes (docs/online.md): not refused (an
+    objective that reads each micro-batch online is: tests/test_resume_check.py)."""
     saved = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1}
     online = SimpleNamespace(task="online", per_device_train_batch_size=8, gradient_accumulation_steps=1)
     check_global_batch(saved, {"world_size": 2}, online, 1, "checkpoint-4")

@@ -246,14 +246,17 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
     instead of 2 halves every step's batch and moves the data order, a change of what the run computes that the
     config comparison cannot see (its per-device value is the same). Refused, naming processes, per-device batch and
     accumulation old -> new and the values that keep the run on this number of processes, unless
-    allow_config_change (then said in a note). Not for task: online, whose step takes the round's examples
+    allow_config_change (then said in a note). task: online (_check_online_processes) takes the round's examples
     (prompts_per_generation over steps_per_generation) on any number of processes: per_device_train_batch_size
     only bounds its micro-batches (docs/online.md), so the same YAML on another number of processes is the same
-    run."""
+    run, unless its objective holds a statistic of each micro-batch."""
     saved_world = trainer_state.get("world_size")
+    if getattr(cfg, "task", None) == "online":
+        if isinstance(saved_world, int) and saved_world != world:
+            _check_online_processes(saved_world, cfg, world, path, note)
+        return
     batch = saved.get("per_device_train_batch_size") if isinstance(saved, dict) else None
-    if (not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int)
-            or getattr(cfg, "task", None) == "online"):
+    if not isinstance(saved_world, int) or saved_world == world or not isinstance(batch, int):
         return
     accumulation = getattr(cfg, "gradient_accumulation_steps", 1)
     saved_accumulation = saved.get("gradient_accumulation_steps", accumulation)
@@ -279,6 +282,37 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
         f"process{'es' if world > 1 else ''}, launch {saved_world} processes with per_device_train_batch_size: "
         f"{batch} and gradient_accumulation_steps: {saved_accumulation}, or set allow_config_change: true to "
         "continue with the new batch anyway.", f"preflab: note: {what} Continuing (allow_config_change: true).", note)
+
+
+def _check_online_processes(saved_world: int, cfg, world: int, path, note) -> None:
+    """check_global_batch for task: online on another number of processes: OnlineRun.micro_batches deals a step's
+    examples over processes x micro-batches (and top_entropy_quantile's cut gathers a micro-batch over processes),
+    so an objective part that reads each micro-batch online (base.online_micro_batch_statistic_parts: GRPO's bnpo
+    normaliser, its entropy bonus and top_entropy_quantile, as TRL's) trains another objective from the next step on.
+    Refused unless allow_config_change (then a note); the default GRPO loss types, RLOO and plain online DPO split
+    over micro-batches online and resume on any number of processes."""
+    from preflab.errors import PreflabError
+    from preflab.objectives.base import online_micro_batch_statistic_parts
+
+    if not hasattr(cfg, "objective"):  # a config without an objective to read (as _statistic_parts)
+        return
+    try:
+        parts = online_micro_batch_statistic_parts(cfg.objective())
+    except PreflabError:  # the run itself reports a config whose objective does not build
+        return
+    if not parts:
+        return
+    what = (f"resume_from_checkpoint: {path} was trained on {saved_world} process{'es' if saved_world > 1 else ''} "
+            f"and this run has {world}. The online objective ({', '.join(parts)}) holds a statistic of each "
+            "micro-batch (as GRPO's bnpo normaliser, the micro-batch's completion tokens; its entropy bonus "
+            "(entropy_coef, use_adaptive_entropy) or top_entropy_quantile < 1, the micro-batch's token entropies, as "
+            "TRL's), and a step's micro-batches are dealt over the processes, so another number of processes "
+            "trains another objective from the next step on.")
+    refuse_unless_allowed(
+        cfg, f"{what} Launch {saved_world} process{'es' if saved_world > 1 else ''} to continue this run, or set "
+        "allow_config_change: true to continue on this number anyway (a loss type that splits over micro-batches, "
+        "such as GRPO's default dapo, with entropy_coef: 0 and top_entropy_quantile: 1, resumes on any number).",
+        f"preflab: note: {what} Continuing (allow_config_change: true).", note)
 
 
 def _check_micro_batches(batch: int, saved_world: int, saved_accumulation: int, cfg, world: int, path,

@@ -618,3 +618,19 @@ def check_params(cls: type, params: dict) -> None:
             raise ConfigError(
                 f"{cls.__name__}.{key} must be a {type(default).__name__} (default {default!r}), got {value!r}."
             )
+
+
+def online_micro_batch_statistic_parts(objective) -> list[str]:
+    """micro_batch_statistic_parts for the objective of a task: online run (preflab.online.run.OnlineRun), whose
+    micro-batches carry the step's extras (the round's advantages, the step's tokens_per_prompt): a part reads
+    `online_micro_batch_statistic` where it declares one (GRPO, RLOO: most of their offline statistics are the step's
+    online) and `micro_batch_statistic` otherwise (a pair objective's NLL token mean is its micro-batch's online too).
+    OnlineRun.micro_batches deals a step's examples over processes x micro-batches, so such a statistic moves with
+    the number of processes (preflab.resume_check.check_global_batch refuses a resume on another one)."""
+    parts = objective_parts(objective)
+    if parts != (objective,):
+        return [name for p in parts for name in online_micro_batch_statistic_parts(p)]
+    declared = getattr(objective, "online_micro_batch_statistic", None)
+    if declared is None:
+        declared = getattr(objective, "micro_batch_statistic", False)
+    return [type(objective).__name__] if declared else []

@@ -201,6 +201,16 @@ class GRPO(Objective):
                 or (self.loss_type == "dr_grpo" and self.max_completion_length is None)
                 or self.entropy_bonus or self.top_entropy_quantile < 1)
 
+    @property
+    def online_micro_batch_statistic(self) -> bool:
+        """What still reads the micro-batch with the online run's step extras (base.online_micro_batch_statistic_
+        parts): bnpo's normaliser, its completion tokens; dr_grpo's padded width without max_completion_length; the
+        entropy bonus's mean token entropy; top_entropy_quantile's cut over the micro-batch's tokens (TRL's, per
+        micro-batch). The round's advantages and tokens_per_prompt make the rest (dapo, cispo, vespo, scale_rewards
+        batch) the step's (tests/objectives/test_micro_batch_coupling.py's online check)."""
+        return (self.loss_type == "bnpo" or (self.max_completion_length is None and self.loss_type == "dr_grpo")
+                or self.top_entropy_quantile < 1 or self.entropy_bonus)
+
     def validate(self):  # beta = 0 is valid here, unlike the base class's check
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
             raise ConfigError(f"GRPO: beta, epsilon and epsilon_high must be >= 0, got {self.beta}, {self.epsilon}, "

@@ -37,6 +37,7 @@ Deviation from the paper: none in the estimator; the loss is TRL 1.16's (PPO-sty
 which the paper's vanilla REINFORCE does not have: with num_iterations 1 the two have the same gradient).
 """
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -105,6 +106,10 @@ class RLOO(Objective):
         """normalize_advantages on a batch without the online run's round advantages (offline lists) takes the mean
         and std over the micro-batch (base.couples_micro_batch)."""
         return bool(self.normalize_advantages)
+
+    # online the round's advantages are normalised over the round, not the micro-batch (base.online_micro_batch_
+    # statistic_parts; tests/objectives/test_micro_batch_coupling.py's online check)
+    online_micro_batch_statistic: ClassVar[bool] = False
 
     def validate(self):  # beta = 0 is valid here (no reference), unlike the base class's check
         if self.beta < 0 or self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
