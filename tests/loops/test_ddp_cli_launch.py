@@ -1,10 +1,11 @@
 """`preflab train` under DDP (examples/accelerate/ddp.yaml, 2 CPU processes, gloo) against one plain process with the
 same global batch, for the run kinds whose 2-process check is one DDP run: a streaming run (from
 tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py) and a
-distillation run (from tests/loops/test_distill_run.py). Their 2-process runs share one launch
+distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py). Their 2-process runs share one launch
 (tests/loops/scale_matrix_run.py's `cli` runs, one after another in the same two processes, each into its own
 folder; each `preflab train` seeds itself from its config): a launch costs a launcher and two ranks' imports, more
 than a tiny run. Each test then does its one-process run in this process and reads its own run's folder."""
+import importlib.util
 import json
 import os
 import shutil
@@ -29,11 +30,26 @@ SPO_DEGREE = ["examples/spo_degree.yaml", "max_steps=6", "save_steps=0", "eval_f
               "use_cpu=true"]  # the yaml's dataset path is relative to the repository (the launch's cwd)
 DISTILL = ["eval_fraction=0", "eval_steps=0", "logging_steps=1", "disable_tqdm=true", "max_steps=3", "lmbda=0.5",
            "seq_kd=true", "max_completion_length=6", "lr_scheduler_type=constant", "warmup_steps=0"]
+DIFFUSION = ["task=diffusion", "loss_type=diffusion_dpo", "beta=200", "resolution=16", "max_steps=2",
+             "learning_rate=1e-3", "lr_scheduler_type=constant", "logging_steps=1", "use_cpu=true", "disable_tqdm=true",
+             "adam_epsilon=1e-5"]
 
 
 def _streaming_runs(d: Path) -> list:
     data = write_jsonl(d / "rows.jsonl", PAIRS[:40])
     return [["cli", d / "two", *STREAMING, f"dataset_name={data}", "per_device_train_batch_size=4"]]
+
+
+def _diffusion_runs(d: Path) -> list:
+    """The tiny pipeline and pair data of tests/diffusion/test_diffusion_run.py's `assets`, written into d."""
+    from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    tiny_text_to_image_pipeline(0).save_pretrained(d / "tiny")
+    train_rows = write_pair_dataset(d / "data", 8, seed=0)
+    write_pair_dataset(d / "data", 4, seed=1, name="test")
+    return [["cli", d / "two", *DIFFUSION, f"model_name_or_path={d / 'tiny'}", f"dataset_name={train_rows}",
+             "per_device_train_batch_size=2"]]
 
 
 # Each test's 2-process runs, given the test's folder (the folder exists; a run may write its inputs there).
@@ -44,7 +60,10 @@ LAUNCHED = {
     "test_distill_two_processes_equal_one_process_with_sampled_steps": lambda d: [
         ["cli", d / "two", str(ROOT / "examples/distill.yaml"), "per_device_train_batch_size=4", "save_steps=2",
          *DISTILL]],
+    "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch": _diffusion_runs,
 }
+if importlib.util.find_spec("diffusers") is None:  # the diffusion test skips itself; no run for it
+    del LAUNCHED["test_diffusion_two_gloo_processes_equal_one_process_with_double_batch"]
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +161,23 @@ def test_distill_two_processes_equal_one_process_with_sampled_steps(tmp_path, la
     c = load_file(resumed / "model.safetensors")
     for key in b:
         torch.testing.assert_close(c[key], b[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_diffusion_two_gloo_processes_equal_one_process_with_double_batch(tmp_path, launched):
+    pytest.importorskip("diffusers")
+    import preflab.cli
+
+    base = launched("test_diffusion_two_gloo_processes_equal_one_process_with_double_batch")
+    common = [f"model_name_or_path={base / 'tiny'}", f"dataset_name={base / 'data' / 'train.jsonl'}", *DIFFUSION]
+    # the one-process run in this process (the CLI in a subprocess is the 2-process launch)
+    assert preflab.cli.main(["train", *common, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=4"]) == 0
+    losses = lambda d: [json.loads(x)["loss"] for x in open(d / "metrics.jsonl") if '"loss"' in x]  # noqa: E731
+    assert losses(tmp_path / "one") == pytest.approx(losses(base / "two"), abs=1e-5)
+    weights = lambda d: load_file(str(d / "unet" / "diffusion_pytorch_model.safetensors"))  # noqa: E731
+    a, b = weights(tmp_path / "one"), weights(base / "two")
+    # Adam divides by sqrt(v) + eps: on a gradient at the all-reduce's summation-order noise (~1e-9) the default
+    # eps 1e-8 still lets the noise's sign move the weight by a whole step (16 of 793k weights on an AVX-512 CPU,
+    # 1.2e-3); adam_epsilon 1e-5 damps those to ~5e-6 (AVX2 and AVX-512) while every real gradient still takes
+    # a full step, so a wrong split of the batch or of the draws still moves weights by ~lr = 1e-3
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
