@@ -2583,7 +2583,7 @@ MUTANTS += [
     Mutant("md-streaming-slices-rank-major", "loops/streaming.py",
            [("return [window[(m * self.world + rank) * b:(m * self.world + rank + 1) * b] for m in range(self.grad_accum)]",
              "return [window[(rank * self.grad_accum + m) * b:(rank * self.grad_accum + m + 1) * b] for m in range(self.grad_accum)]")],
-           [MD_STREAM, "-k", "two_ranks or two_processes"],
+           [MD_STREAM, "tests/loops/test_ddp_cli_launch.py", "-k", "two_ranks or two_processes_streaming"],
            "a rank's micro-batches are a contiguous block, not BatchPlan's interleaved slices"),
 ]
 

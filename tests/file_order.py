@@ -23,7 +23,10 @@ SLOW_FILES_SECONDS = {
     "tests/online/test_environment_two_processes.py": 30,  # one plain process and one 2-process launch, 3 runs each
     # (test_environment_factory's, test_environment_no_dataset's and test_environment_no_prompt's)
     "tests/online/test_environment_factory.py": 15,  # TRL's GRPOTrainer built once
-    "tests/loops/test_distill_run.py": 35,
+    "tests/loops/test_distill_run.py": 20,
+    "tests/loops/test_ddp_cli_launch.py": 50,  # one DDP launch of 4 `preflab train` runs (the 2-process runs of
+    # test_streaming's, test_spo_degree_run's, test_distill_run's and test_diffusion_run's tests), then each
+    # 1-process run
     "tests/loops/test_resume_verify.py": 30,
     "tests/report/test_report_every_trainer.py": 25,
     "tests/online/test_resume_every_trainer.py": 25,
@@ -33,7 +36,7 @@ SLOW_FILES_SECONDS = {
     "tests/loops/test_scale_matrix.py": 35,  # 3 launches (the LoRA reward run shares test_deepspeed_multiprocess's)
     "tests/online/test_recipes.py": 43,
     "tests/diffusion/test_demo_diffusion.py": 37,
-    "tests/diffusion/test_diffusion_run.py": 28,
+    "tests/diffusion/test_diffusion_run.py": 20,
     "tests/tools/test_recipe_processes.py": 27,
     "tests/test_reliability.py": 25,
     "tests/online/test_grpo_trl_options.py": 24,

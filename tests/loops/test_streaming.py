@@ -260,37 +260,6 @@ def test_trl_dataset_streaming_is_streaming():
     assert cfg.streaming is True
 
 
-@pytest.mark.slow
-def test_two_processes_streaming_equal_one_process_with_double_batch(tmp_path, accelerate_launch):
-    """`accelerate launch --num_processes 2` with streaming: every rank reads the stream and takes its slices of each
-    global batch (with a shuffle buffer, over 2 passes of 40 rows); 2 x 4 equals 1 x 8 in losses and weights."""
-    import os
-    import shutil
-    import subprocess
-
-    data = write_jsonl(tmp_path / "rows.jsonl", PAIRS[:40])
-    preflab = shutil.which("preflab")
-    common = ["model_name_or_path=builtin:tiny-llama", f"dataset_name={data}", "streaming=true",
-              "streaming_shuffle_buffer=6", "max_steps=6", "logging_steps=1", "disable_tqdm=true", "max_length=64",
-              "learning_rate=1e-3", "seed=3", "use_cpu=true"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", preflab, "train", f"output_dir={tmp_path / 'two'}",
-                            "per_device_train_batch_size=4", *common)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    train(tmp_path / "one", data, per_device_train_batch_size=8, streaming=True, streaming_shuffle_buffer=6,
-          max_steps=6, on_bad_row="error")
-    summary = json.loads((tmp_path / "two/summary.json").read_text())
-    assert summary["environment"]["world_size"] == 2 and summary["data"]["streaming"]["passes_started"] == 2
-    losses = {name: [json.loads(x)["loss"] for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-                     if '"loss"' in x] for name in ("one", "two")}
-    assert len(losses["two"]) == 6 and losses["two"] == pytest.approx(losses["one"], abs=1e-5)
-    two, one = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("two", "one"))
-    assert max_diff(two, one) < 1e-5
-
-
 def test_a_json_array_is_read_element_by_element_when_streaming(tmp_path, monkeypatch):
     """Elements split across reads (a 64-byte read size), a BOM, an element that is not an object: the rows of
     json.load, in order; a broken tail is reached only after the rows before it (the whole-file reader refuses the

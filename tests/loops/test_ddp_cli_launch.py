@@ -1,0 +1,183 @@
+"""`preflab train` under DDP (examples/accelerate/ddp.yaml, 2 CPU processes, gloo) against one plain process with the
+same global batch, for the run kinds whose 2-process check is one DDP run: a streaming run (from
+tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py) and a
+distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py). Their 2-process runs share one launch
+(tests/loops/scale_matrix_run.py's `cli` runs, one after another in the same two processes, each into its own
+folder; each `preflab train` seeds itself from its config): a launch costs a launcher and two ranks' imports, more
+than a tiny run. Each test then does its one-process run in this process and reads its own run's folder."""
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from test_streaming import PAIRS, max_diff, train  # noqa: E402  (the streaming tests' one-process run)
+
+STREAMING = ["model_name_or_path=builtin:tiny-llama", "streaming=true", "streaming_shuffle_buffer=6", "max_steps=6",
+             "logging_steps=1", "disable_tqdm=true", "max_length=64", "learning_rate=1e-3", "seed=3", "use_cpu=true"]
+SPO_DEGREE = ["examples/spo_degree.yaml", "max_steps=6", "save_steps=0", "eval_fraction=0.1", "eval_steps=6",
+              "use_cpu=true"]  # the yaml's dataset path is relative to the repository (the launch's cwd)
+DISTILL = ["eval_fraction=0", "eval_steps=0", "logging_steps=1", "disable_tqdm=true", "max_steps=3", "lmbda=0.5",
+           "seq_kd=true", "max_completion_length=6", "lr_scheduler_type=constant", "warmup_steps=0"]
+DIFFUSION = ["task=diffusion", "loss_type=diffusion_dpo", "beta=200", "resolution=16", "max_steps=2",
+             "learning_rate=1e-3", "lr_scheduler_type=constant", "logging_steps=1", "use_cpu=true", "disable_tqdm=true",
+             "adam_epsilon=1e-5"]
+
+
+def _streaming_runs(d: Path) -> list:
+    data = write_jsonl(d / "rows.jsonl", PAIRS[:40])
+    return [["cli", d / "two", *STREAMING, f"dataset_name={data}", "per_device_train_batch_size=4"]]
+
+
+def _diffusion_runs(d: Path) -> list:
+    """The tiny pipeline and pair data of tests/diffusion/test_diffusion_run.py's `assets`, written into d."""
+    from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
+    from preflab.diffusion.shapes import write_pair_dataset
+
+    tiny_text_to_image_pipeline(0).save_pretrained(d / "tiny")
+    train_rows = write_pair_dataset(d / "data", 8, seed=0)
+    write_pair_dataset(d / "data", 4, seed=1, name="test")
+    return [["cli", d / "two", *DIFFUSION, f"model_name_or_path={d / 'tiny'}", f"dataset_name={train_rows}",
+             "per_device_train_batch_size=2"]]
+
+
+# Each test's 2-process runs, given the test's folder (the folder exists; a run may write its inputs there).
+LAUNCHED = {
+    "test_two_processes_streaming_equal_one_process_with_double_batch": _streaming_runs,
+    "test_spo_degree_two_processes_equal_one_process_double_batch": lambda d: [
+        ["cli", d / "two", *SPO_DEGREE, "per_device_train_batch_size=4"]],
+    "test_distill_two_processes_equal_one_process_with_sampled_steps": lambda d: [
+        ["cli", d / "two", str(ROOT / "examples/distill.yaml"), "per_device_train_batch_size=4", "save_steps=2",
+         *DISTILL]],
+    "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch": _diffusion_runs,
+}
+if importlib.util.find_spec("diffusers") is None:  # the diffusion test skips itself; no run for it
+    del LAUNCHED["test_diffusion_two_gloo_processes_equal_one_process_with_double_batch"]
+
+
+@pytest.fixture(scope="module")
+def launched(request, tmp_path_factory, accelerate_launch):
+    """`launched(test_name)`: the folder holding that test's 2-process runs (LAUNCHED), after checking that the
+    launch succeeded. The first use launches the runs of every selected test of this module in one
+    `accelerate launch --config_file examples/accelerate/ddp.yaml --num_processes 2`."""
+    names = [n for n in LAUNCHED if any(item.name == n and item.module is request.module
+                                        for item in request.session.items)] or [request.node.name]
+    root = tmp_path_factory.mktemp("ddp-cli")
+    runs = []
+    for name in names:
+        (root / name).mkdir()
+        runs += LAUNCHED[name](root / name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env.pop("WORLD_SIZE", None)
+    args = [str(a) for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + run]
+    cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2",
+                            str(HERE / "scale_matrix_run.py"), *args)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300 * (1 + len(runs)), cwd=ROOT)
+
+    def folder(name: str) -> Path:
+        assert name in names
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return root / name
+
+    return folder
+
+
+@pytest.mark.slow
+def test_two_processes_streaming_equal_one_process_with_double_batch(tmp_path, launched):
+    """`accelerate launch --num_processes 2` with streaming: every rank reads the stream and takes its slices of each
+    global batch (with a shuffle buffer, over 2 passes of 40 rows); 2 x 4 equals 1 x 8 in losses and weights."""
+    base = launched("test_two_processes_streaming_equal_one_process_with_double_batch")
+    data = base / "rows.jsonl"  # PAIRS[:40], written before the launch
+    train(tmp_path / "one", data, per_device_train_batch_size=8, streaming=True, streaming_shuffle_buffer=6,
+          max_steps=6, on_bad_row="error")
+    summary = json.loads((base / "two/summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2 and summary["data"]["streaming"]["passes_started"] == 2
+    losses = {name: [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()
+                     if '"loss"' in x] for name, folder in (("one", tmp_path / "one"), ("two", base / "two"))}
+    assert len(losses["two"]) == 6 and losses["two"] == pytest.approx(losses["one"], abs=1e-5)
+    two, one = (load_file(str(folder / "model.safetensors")) for folder in (base / "two", tmp_path / "one"))
+    assert max_diff(two, one) < 1e-5
+
+
+@pytest.mark.slow
+def test_spo_degree_two_processes_equal_one_process_double_batch(tmp_path, launched, monkeypatch):
+    """examples/spo_degree.yaml under DDP (2 CPU processes x 4 pairs) ends where 1 process x 8 pairs ends: the
+    variants' second forward through the DDP-wrapped scorer and the head's all-reduced gradient (extra_params).
+    The one plain process is `preflab train` in this process (preflab.cli.main; a subprocess cost an interpreter's
+    imports)."""
+    from preflab.cli import main
+
+    base = launched("test_spo_degree_two_processes_equal_one_process_double_batch")
+    monkeypatch.chdir(ROOT)  # the yaml's dataset path is relative to the repository
+    assert main(["train", *SPO_DEGREE, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=8"]) == 0
+    for name in ("model.safetensors", "degree_head.safetensors"):
+        a, b = load_file(str(tmp_path / "one" / name)), load_file(str(base / "two" / name))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5, name
+    one, two = (json.loads((d / "summary.json").read_text())["final_metrics"] for d in (tmp_path / "one", base / "two"))
+    assert two["eval_degree/accuracy"] == pytest.approx(one["eval_degree/accuracy"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_distill_two_processes_equal_one_process_with_sampled_steps(tmp_path, launched):
+    """examples/accelerate/ddp.yaml, 2 CPU processes (gloo) x batch 4 against 1 process x batch 8 on
+    examples/distill.yaml with seq_kd and lmbda 0.5 (steps 0 and 1 sampled by the teacher, step 2 by the student):
+    each row samples from its own seed (seed, step, dataset index), so both runs train on the same completions:
+    the same losses and final weights to 1e-6. The 2-process run's checkpoint-2, resumed by 1 process x batch 8
+    for its last (student-sampled) step, ends at the same weights: a 2-process checkpoint holds the optimizer, the
+    data position and the step that seeds the draws (no second launch)."""
+    from preflab.cli import main
+
+    two, one = launched("test_distill_two_processes_equal_one_process_with_sampled_steps") / "two", tmp_path / "one"
+    assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
+    assert main(["train", str(ROOT / "examples/distill.yaml"), f"output_dir={one}", "per_device_train_batch_size=8",
+                 "save_steps=0", *DISTILL]) == 0
+    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]  # noqa
+    got, want = rows(two), rows(one)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for key in ("loss", "nll_loss", "num_tokens"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in want], abs=1e-6), key
+    a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two / "checkpoint-2", resumed / "checkpoint-2")
+    assert main(["train", str(ROOT / "examples/distill.yaml"), f"output_dir={resumed}", "overwrite_output_dir=true",
+                 "per_device_train_batch_size=8", "save_steps=0", *DISTILL,
+                 f"resume_from_checkpoint={resumed / 'checkpoint-2'}"]) == 0
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from_step"] == 2
+    assert [r["step"] for r in rows(resumed)] == [3] and rows(resumed)[0]["loss"] == pytest.approx(want[2]["loss"],
+                                                                                                  abs=1e-6)
+    c = load_file(resumed / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(c[key], b[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_diffusion_two_gloo_processes_equal_one_process_with_double_batch(tmp_path, launched):
+    pytest.importorskip("diffusers")
+    import preflab.cli
+
+    base = launched("test_diffusion_two_gloo_processes_equal_one_process_with_double_batch")
+    common = [f"model_name_or_path={base / 'tiny'}", f"dataset_name={base / 'data' / 'train.jsonl'}", *DIFFUSION]
+    # the one-process run in this process (the CLI in a subprocess is the 2-process launch)
+    assert preflab.cli.main(["train", *common, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=4"]) == 0
+    losses = lambda d: [json.loads(x)["loss"] for x in open(d / "metrics.jsonl") if '"loss"' in x]  # noqa: E731
+    assert losses(tmp_path / "one") == pytest.approx(losses(base / "two"), abs=1e-5)
+    weights = lambda d: load_file(str(d / "unet" / "diffusion_pytorch_model.safetensors"))  # noqa: E731
+    a, b = weights(tmp_path / "one"), weights(base / "two")
+    # Adam divides by sqrt(v) + eps: on a gradient at the all-reduce's summation-order noise (~1e-9) the default
+    # eps 1e-8 still lets the noise's sign move the weight by a whole step (16 of 793k weights on an AVX-512 CPU,
+    # 1.2e-3); adam_epsilon 1e-5 damps those to ~5e-6 (AVX2 and AVX-512) while every real gradient still takes
+    # a full step, so a wrong split of the batch or of the draws still moves weights by ~lr = 1e-3
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
