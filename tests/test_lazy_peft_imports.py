@@ -3,7 +3,8 @@ offline run that saved a checkpoint imported transformers.trainer_callback (for 
 with no callbacks), which imports transformers.trainer_utils, which imports peft, which imports bitsandbytes where it
 is installed; offline, bitsandbytes' kernel loader then printed "Skipping publisher trust check ..." and "Failed to
 load CPU gemm_4bit_forward from kernels-community ..." into every such run. In a fresh interpreter (this process's
-other tests import peft)."""
+other tests import peft.) transformers.trainer_callback itself is asserted absent too: whether it pulls in peft
+depends on the installed transformers / peft versions (CI's fresh install: peft 0.22 does not), the detour does not."""
 import os
 import subprocess
 import sys
@@ -23,13 +24,10 @@ import sys
 from preflab.cli import main
 assert main(["train", *{common!r}, "max_steps=2"]) == 0
 assert main(["train", *{common!r}, "max_steps=3", "resume_from_checkpoint=true"]) == 0
-imported = sorted(m for m in sys.modules if m.split(".")[0] in ("peft", "bitsandbytes"))
+imported = sorted(m for m in sys.modules if m.split(".")[0] in ("peft", "bitsandbytes")
+                  or m == "transformers.trainer_callback")
 assert imported == [], imported
 print("runs done", file=sys.stderr, flush=True)
-import importlib.util
-import transformers.trainer_callback  # the detour the runs no longer take: it does import peft (and bitsandbytes)
-assert "peft" in sys.modules
-assert ("bitsandbytes" in sys.modules) == (importlib.util.find_spec("bitsandbytes") is not None)
 print("ok")
 """
     path = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
