@@ -6917,7 +6917,7 @@ MUTANTS += [
            [('        return self.token_mean == "micro_batch"', "        return True")], MPX_TESTS,
            "the sft term's step token mean (additive over processes) is read as a micro-batch statistic"),
     Mutant("mpx-parts-not-read", "objectives/base.py",
-           [("        return [name for p in parts for name in micro_batch_statistic_parts(p)]", "        return []")],
+           [("        return [name for p in parts for name in micro_batch_statistic_parts(p, online)]", "        return []")],
            MPX_TESTS,
            "loss_type [sigmoid, sft] and rpo_alpha are read as plain DPO: their sft term's split is not kept"),
     Mutant("mpx-batch-not-compared", "resume_check.py",
@@ -7081,7 +7081,8 @@ MUTANTS += [
              "        if False:\n            _check_online_processes")],
            OLC_TESTS, "task: online is never checked on another number of processes (the earlier rule)"),
     Mutant("olc-offline-declaration-used", "objectives/base.py",
-           [('    declared = getattr(objective, "online_micro_batch_statistic", None)', "    declared = None")],
+           [('    declared = getattr(objective, "online_micro_batch_statistic", None) if online else None',
+             "    declared = None")],
            OLC_TESTS, "online dapo / RLOO normalize_advantages refused on another number of processes (offline rule)"),
 ]
 

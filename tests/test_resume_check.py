@@ -166,7 +166,7 @@ def test_an_online_objective_that_splits_over_micro_batches_resumes_on_any_numbe
     normalize_advantages) take the step's extras online (the round's advantages, tokens_per_prompt) and split over
     micro-batches, as grpo, dr_grpo with max_completion_length (the online default) and online DPO's sigmoid do:
     resumed on 2 processes and on 3, with no note."""
-    from preflab.objectives.base import couples_micro_batch, online_micro_batch_statistic_parts
+    from preflab.objectives.base import couples_micro_batch, micro_batch_statistic_parts
 
     state = {"world_size": 1, "config": _online(tmp_path, **options).to_dict()}
     notes = []
@@ -174,6 +174,6 @@ def test_an_online_objective_that_splits_over_micro_batches_resumes_on_any_numbe
         check_saved_config(state, _online(tmp_path, **options), "checkpoint-2", world, note=notes.append)
     assert notes == []
     objective = _online(tmp_path, **options).objective()
-    assert online_micro_batch_statistic_parts(objective) == []
+    assert micro_batch_statistic_parts(objective, online=True) == []
     if options.get("trainer") in ("dapo", "cispo") or "scale_rewards" in options or "normalize_advantages" in options:
         assert couples_micro_batch(objective)  # offline, the same objective holds a statistic of its micro-batch

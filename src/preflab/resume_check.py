@@ -226,16 +226,17 @@ def couples_micro_batches(cfg) -> bool:
     return bool(_statistic_parts(cfg))
 
 
-def _statistic_parts(cfg) -> list[str]:
+def _statistic_parts(cfg, online: bool = False) -> list[str]:
     """The class names of cfg's objective parts that declare a micro-batch statistic (base.micro_batch_statistic_
-    parts); [] for the other tasks and for a config whose objective does not build."""
-    if getattr(cfg, "task", "dpo") != "dpo" or not hasattr(cfg, "objective"):
+    parts; online: as a task: online run reads them); [] for the other tasks and for a config whose objective does
+    not build (the run itself reports that error)."""
+    if getattr(cfg, "task", "dpo") != ("online" if online else "dpo") or not hasattr(cfg, "objective"):
         return []
     from preflab.errors import PreflabError
     from preflab.objectives.base import micro_batch_statistic_parts
 
     try:
-        return micro_batch_statistic_parts(cfg.objective())
+        return micro_batch_statistic_parts(cfg.objective(), online)
     except PreflabError:
         return []
 
@@ -287,19 +288,11 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
 def _check_online_processes(saved_world: int, cfg, world: int, path, note) -> None:
     """check_global_batch for task: online on another number of processes: OnlineRun.micro_batches deals a step's
     examples over processes x micro-batches (and top_entropy_quantile's cut gathers a micro-batch over processes),
-    so an objective part that reads each micro-batch online (base.online_micro_batch_statistic_parts: GRPO's bnpo
+    so an objective part that reads each micro-batch online (base.micro_batch_statistic_parts online: GRPO's bnpo
     normaliser, its entropy bonus and top_entropy_quantile, as TRL's) trains another objective from the next step on.
     Refused unless allow_config_change (then a note); the default GRPO loss types, RLOO and plain online DPO split
     over micro-batches online and resume on any number of processes."""
-    from preflab.errors import PreflabError
-    from preflab.objectives.base import online_micro_batch_statistic_parts
-
-    if not hasattr(cfg, "objective"):  # a config without an objective to read (as _statistic_parts)
-        return
-    try:
-        parts = online_micro_batch_statistic_parts(cfg.objective())
-    except PreflabError:  # the run itself reports a config whose objective does not build
-        return
+    parts = _statistic_parts(cfg, online=True)
     if not parts:
         return
     what = (f"resume_from_checkpoint: {path} was trained on {saved_world} process{'es' if saved_world > 1 else ''} "

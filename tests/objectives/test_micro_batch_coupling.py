@@ -168,7 +168,7 @@ def test_the_generic_batches_have_distinct_halves():
 ONLINE = [("grpo", {}), ("grpo", {"scale_rewards": "batch"}), ("grpo", {"loss_type": "cispo"}),
           ("grpo", {"loss_type": "vespo"}), ("rloo", {}), ("rloo", {"normalize_advantages": True}),
           ("grpo", {"loss_type": "dr_grpo", "max_completion_length": 16}),
-          # these still read each micro-batch online (base.online_micro_batch_statistic_parts): they do not split
+          # these still read each micro-batch online (base.micro_batch_statistic_parts(online=True)): they do not split
           ("grpo", {"loss_type": "bnpo"}), ("grpo", {"loss_type": "dr_grpo"}), ("grpo", {"entropy_coef": 0.1}),
           ("grpo", {"top_entropy_quantile": 0.5})]
 
@@ -179,10 +179,10 @@ def test_online_group_objectives_split_with_the_online_runs_step_extras(name, pa
     micro-batch) and the step's completion tokens per prompt (tokens_per_prompt); with them the GRPO family's losses
     split over micro-batches of whole prompt groups (a ListBatch row is one prompt's group of completions, and
     OnlineRun.micro_batches deals out whole examples), whatever micro_batch_statistic says of offline batches;
-    except where online_micro_batch_statistic_parts names a part (bnpo's normaliser, dr_grpo's padded width without
+    except where micro_batch_statistic_parts(online=True) names a part (bnpo's normaliser, dr_grpo's padded width without
     max_completion_length, the entropy bonus and top_entropy_quantile: the micro-batch's tokens), which
     resume_check reads to refuse a resume on another number of processes."""
-    from preflab.objectives.base import online_micro_batch_statistic_parts
+    from preflab.objectives.base import micro_batch_statistic_parts
     from preflab.objectives.grpo import group_advantages
     from preflab.objectives.rloo import rloo_advantages
 
@@ -193,7 +193,7 @@ def test_online_group_objectives_split_with_the_online_runs_step_extras(name, pa
         rloo_advantages(scores, objective.normalize_advantages)
     batch.extras.update(advantages=adv, **_step_extras(batch, ("tokens_per_prompt", "token_entropy")))
     whole, halves = whole_and_halves(objective, batch)
-    assert _splits(whole, halves) == (not online_micro_batch_statistic_parts(objective)), (
+    assert _splits(whole, halves) == (not micro_batch_statistic_parts(objective, online=True)), (
         whole[0].item(), halves[0].item())
     without = generic_batch(objective_class(name))  # the same objective on offline lists, for contrast
     without.extras.update(_step_extras(without, ("token_entropy",)))

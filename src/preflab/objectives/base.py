@@ -490,14 +490,24 @@ def couples_micro_batch(objective) -> bool:
     return bool(micro_batch_statistic_parts(objective))
 
 
-def micro_batch_statistic_parts(objective) -> list[str]:
+def micro_batch_statistic_parts(objective, online: bool = False) -> list[str]:
     """The class names of the parts of `objective` that declare `micro_batch_statistic` (couples_micro_batch), in
     order: what a refusal names (preflab.resume_check). tests/objectives/test_micro_batch_coupling.py checks every
-    registered objective's declaration against its loss on a micro-batch and on its two halves."""
+    registered objective's declaration against its loss on a micro-batch and on its two halves.
+
+    online=True: for the objective of a task: online run (preflab.online.run.OnlineRun), whose micro-batches carry
+    the step's extras (the round's advantages, the step's tokens_per_prompt): a part reads
+    `online_micro_batch_statistic` where it declares one (GRPO, RLOO: most of their offline statistics are the step's
+    online) and `micro_batch_statistic` otherwise (a pair objective's NLL token mean is its micro-batch's online too).
+    OnlineRun.micro_batches deals a step's examples over processes x micro-batches, so such a statistic moves with
+    the number of processes (preflab.resume_check.check_global_batch refuses a resume on another one)."""
     parts = objective_parts(objective)  # a WPO weighting reads its inner objective's parts and attributes
     if parts != (objective,):
-        return [name for p in parts for name in micro_batch_statistic_parts(p)]
-    return [type(objective).__name__] if getattr(objective, "micro_batch_statistic", False) else []
+        return [name for p in parts for name in micro_batch_statistic_parts(p, online)]
+    declared = getattr(objective, "online_micro_batch_statistic", None) if online else None
+    if declared is None:
+        declared = getattr(objective, "micro_batch_statistic", False)
+    return [type(objective).__name__] if declared else []
 
 
 def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> None:
@@ -618,19 +628,3 @@ def check_params(cls: type, params: dict) -> None:
             raise ConfigError(
                 f"{cls.__name__}.{key} must be a {type(default).__name__} (default {default!r}), got {value!r}."
             )
-
-
-def online_micro_batch_statistic_parts(objective) -> list[str]:
-    """micro_batch_statistic_parts for the objective of a task: online run (preflab.online.run.OnlineRun), whose
-    micro-batches carry the step's extras (the round's advantages, the step's tokens_per_prompt): a part reads
-    `online_micro_batch_statistic` where it declares one (GRPO, RLOO: most of their offline statistics are the step's
-    online) and `micro_batch_statistic` otherwise (a pair objective's NLL token mean is its micro-batch's online too).
-    OnlineRun.micro_batches deals a step's examples over processes x micro-batches, so such a statistic moves with
-    the number of processes (preflab.resume_check.check_global_batch refuses a resume on another one)."""
-    parts = objective_parts(objective)
-    if parts != (objective,):
-        return [name for p in parts for name in online_micro_batch_statistic_parts(p)]
-    declared = getattr(objective, "online_micro_batch_statistic", None)
-    if declared is None:
-        declared = getattr(objective, "micro_batch_statistic", False)
-    return [type(objective).__name__] if declared else []
