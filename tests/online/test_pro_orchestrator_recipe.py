@@ -202,6 +202,11 @@ def test_preflab_train_online_with_reward_aggregator_equals_fixed_weights(tmp_pa
                           "remove reward_weights"),
                          ({"reward_aggregator": str(tmp_path / "orch"), "reward_funcs": funcs[:1]},
                           r"weighs 2 reward functions \['capitals', 'lower_case'\]; reward_funcs lists 1"),
+                         # the adapter's names in another order: its weights would multiply the other function's
+                         # reward (trial 19: it ran so without a word)
+                         ({"reward_aggregator": str(tmp_path / "orch"), "reward_funcs": funcs[::-1]},
+                          r"in the order \['capitals', 'lower_case'\]; reward_funcs lists them as "
+                          r"\['lower_case', 'capitals'\]"),
                          ({"reward_aggregator": str(tmp_path)}, "holds no PRO orchestrator")):
         cfg = tmp_path / "bad.yaml"
         cfg.write_text(json.dumps({**base, **extra, "output_dir": str(tmp_path / "bad")}))

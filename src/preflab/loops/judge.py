@@ -97,6 +97,12 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
+def judge_names(judges) -> list[str]:
+    """The judges' names as Judge gives them (a function's __name__, else its class name; repeats numbered):
+    rewards/<name>/mean's <name>, and what a PRO adapter's reward_names are compared with."""
+    return distinct_names([_name(j) for j in judges])
+
+
 def distinct_names(names: list[str]) -> list[str]:
     """The judges' names as metric keys (rewards/<name>/mean): a name given before gets _2, _3, ... in list order,
     so two judges named alike (`score` of a.py and of b.py, or one function listed twice) log one key each instead
@@ -237,7 +243,7 @@ class Judge:
             raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
                               f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "
                               "one weight per judge, in the order of reward_funcs.")
-        self.names = distinct_names([_name(j) for j in self.judges])
+        self.names = judge_names(self.judges)
         # a judge whose score depends on the batch it sees (MaxMin's group rule) is never served from a cache
         self.cache_enabled = cache and not any(getattr(j, "batch_dependent", False) for j in self.judges)
         self.caches: list[dict[str, float]] = [{} for _ in self.judges]
