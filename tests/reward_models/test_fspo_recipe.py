@@ -38,6 +38,42 @@ def test_training_file_is_build_episodes_of_the_training_users(tmp_path):
     assert sum(g["episodes"] for g in summary["by_group_after"].values()) == 8
 
 
+def test_a_user_too_small_for_the_shots_is_left_out_of_both_stages_and_the_pooled_control_is_printed(tmp_path,
+                                                                                                       capsys):
+    """Trial 19: a user with fewer than shots + 1 rows has no episode; the pooled stage trained and was scored on
+    its pairs all the same (held out: 5 pooled pairs against FSPO's 4 episodes, the user's group in pooled_by_group
+    only), and nothing said so. Now both stages see the same query pairs, a note names the users, and the pooled
+    accuracy is the recipe's control (printed by `preflab train`, in the report's baseline column)."""
+    from preflab.loops.cli import recipe_headline
+
+    rows = toy_user_rows(3, 4, seed=0)
+    small = {"loud-0", "loud-2"}  # one training and one held-out user keep a single row each
+    rows = [r for i, r in enumerate(rows) if r["user_id"] not in small or i == min(
+        j for j, q in enumerate(rows) if q["user_id"] == r["user_id"])]
+    data = tmp_path / "users.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = {k: v for k, v in TINY.items() if k not in ("users_per_group", "rows_per_user", "heldout_fraction")}
+    summary = run_fspo(str(tmp_path / "run"), data_file=str(data), heldout_users=("loud-2", "quiet-2"), shots=1,
+                       **params)
+    assert "['loud-0']" in capsys.readouterr().out.split("fspo: note: 1 training user(s) ")[1].split("\n")[0]
+    assert summary["skipped_users"].keys() == small
+    # training: loud-1, quiet-0, quiet-1 (4 rows each) x 2 passes, in both stages; loud-0's row in neither
+    episodes = _jsonl(tmp_path / "run" / "data" / "episodes.jsonl")
+    pooled = _jsonl(tmp_path / "run" / "data" / "pooled.jsonl")
+    assert len(episodes) == len(pooled) == summary["train_episodes"] == 2 * 12
+    query = lambda prompt: prompt.rsplit("## Question \n", 1)[1]  # noqa: E731
+    assert sorted(query(e["prompt"]) for e in episodes) == sorted(query(p["prompt"]) for p in pooled)
+    # held out: quiet-2's 4 rows scored by both stages; loud-2 by neither
+    assert summary["heldout_episodes"] == 4
+    assert summary["by_group_after"].keys() == summary["pooled_by_group_after"].keys() == {"quiet"}
+    assert summary["pooled_by_group_after"]["quiet"]["episodes"] == 4
+    assert summary["control_after"] == summary["pooled_accuracy_after"]
+    assert summary["control_pair_choice_reward_after"] == summary["pooled_pair_choice_reward_after"]
+    head = recipe_headline("run", summary)
+    assert head["control_after"] == summary["pooled_accuracy_after"]
+    assert head["pair_choice_reward_after"] == summary["pair_choice_reward_after"]
+
+
 def test_toy_rows_do_not_depend_on_the_hash_seed():
     """Regression: the toy ordered a set of prompts, so two processes (PYTHONHASHSEED) built other rows and trained
     other weights from the same seed."""
