@@ -163,10 +163,19 @@ def test_bad_adapter_data_and_folders_are_refused(tmp_path):
     data.write_text("\n" + json.dumps(good) + "\n\n" + json.dumps(dict(good, chosen_rewards=[1.0])) + "\n")
     with pytest.raises(DataError, match=r"rows\.jsonl row 1 \(line 4\), field 'chosen_rewards': 1 values"):
         read_adapter_rows(data)  # blank lines are not rows; K from the first row
-    data.write_bytes(b"\xef\xbb\xbf" + (json.dumps(good) + "\n" + json.dumps(good) + "\n").encode())
-    assert read_adapter_rows(data, 2) == [good, good]  # a byte-order mark is not part of the first row
+    other = dict(good, chosen_rewards=[0.0, 1.0])  # each reward function varies over the rows (z-scores)
+    data.write_bytes(b"\xef\xbb\xbf" + (json.dumps(good) + "\n" + json.dumps(other) + "\n").encode())
+    assert read_adapter_rows(data, 2) == [good, other]  # a byte-order mark is not part of the first row
     with pytest.raises(ConfigError, match="holds no PRO orchestrator"):
         load_orchestrator(tmp_path)
+    # a reward function scoring every row alike has no z-score (the fit's error named no file, trial 19)
+    data.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, chosen_rewards=[1.0, 0.5])) + "\n")
+    with pytest.raises(DataError, match=r"rows\.jsonl: field 'chosen_rewards': value 0 \(reward function 0, in the "
+                                        r"order of reward_funcs\) is 1\.0 in all 2 rows"):
+        read_adapter_rows(data, 2)
+    varied = [good, dict(good, chosen_rewards=[0.0, 0.5])]
+    data.write_text("".join(json.dumps(r) + "\n" for r in varied))
+    assert read_adapter_rows(data, 2) == varied
     data.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, chosen_rewards=[1, 0, 0])) + "\n")
     with pytest.raises(DataError, match="3 values; expected 2"):
         run_pro(str(tmp_path / "run"), quiet=True, adapter_data=str(data), **TINY)
