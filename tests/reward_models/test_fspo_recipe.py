@@ -74,6 +74,26 @@ def test_a_user_too_small_for_the_shots_is_left_out_of_both_stages_and_the_poole
     assert head["pair_choice_reward_after"] == summary["pair_choice_reward_after"]
 
 
+def test_preflab_eval_of_a_stage_on_the_heldout_episodes_file_gives_the_summarys_accuracy(tmp_path, capsys):
+    """Trial 19: the held-out users' episodes were not written, so a stage run could not be evaluated on them with
+    `preflab eval`. Now data/heldout_episodes.jsonl and data/heldout_pooled.jsonl hold the rows each stage was scored
+    on, and the policy eval's ranking accuracy 1[log pi(y_w) > log pi(y_l)] on them is the summary's accuracy (two
+    code paths: preflab.eval's and the recipe's preference_accuracy)."""
+    summary = run_fspo(str(tmp_path), quiet=True, **TINY)
+    rows = toy_user_rows(3, 4, seed=0)
+    _, held, _ = split_users(rows, None, 0.34)
+    expected, _ = episode_rows(held, shots=1, passes=1, seed=1, instruction="Answer.")
+    assert _jsonl(tmp_path / "data" / "heldout_episodes.jsonl") == [
+        {k: e[k] for k in ("prompt", "chosen", "rejected")} for e in expected]
+    for stage, file, key in (("fspo", "heldout_episodes", "metric_after"),
+                             ("pooled", "heldout_pooled", "pooled_accuracy_after")):
+        assert main(["eval", str(tmp_path / stage), "--data", str(tmp_path / "data" / f"{file}.jsonl"),
+                     "--no-reference", "--out", str(tmp_path / f"{stage}.json")]) == 0
+        result = json.loads((tmp_path / f"{stage}.json").read_text())
+        assert result["num_pairs"] == summary["heldout_episodes"] == 8
+        assert result["metrics"]["ranking_accuracy"] == pytest.approx(summary[key], abs=1e-6)
+
+
 def test_toy_rows_do_not_depend_on_the_hash_seed():
     """Regression: the toy ordered a set of prompts, so two processes (PYTHONHASHSEED) built other rows and trained
     other weights from the same seed."""

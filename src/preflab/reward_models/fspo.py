@@ -282,7 +282,12 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                         f"{train_counts['skipped_users'] or held_counts['skipped_users']}).")
     state = RecipeState(out, STATE_FILE, params, resume, allow_config_change)  # written at once: after the checks of the data above
     data = out / "data"
-    main_writes(lambda: (_write_pairs(data / "episodes.jsonl", episodes), _write_pairs(data / "pooled.jsonl", pooled)))
+    # the held-out users' episodes and pooled pairs as scored, for `preflab eval RUN/fspo --data
+    # RUN/data/heldout_episodes.jsonl` (its ranking accuracy is the summary's metric_after; before, they were not
+    # written and a user had to rebuild them to evaluate the stage runs on the held-out users)
+    main_writes(lambda: (_write_pairs(data / "episodes.jsonl", episodes), _write_pairs(data / "pooled.jsonl", pooled),
+                         _write_pairs(data / "heldout_episodes.jsonl", eval_fspo),
+                         _write_pairs(data / "heldout_pooled.jsonl", eval_pooled)))
     tokenizer = tiny_tokenizer("char")
     new_model = lambda: tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size,  # noqa: E731
                                        num_layers=num_layers, num_heads=4, seed=seed)
