@@ -205,6 +205,11 @@ def test_preflab_train_runs_the_recipe_and_refuses_bad_rows(tmp_path):
     with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'user_id': missing") as err:
         read_user_rows(data)
     assert "on_bad_row" not in str(err.value)  # the recipe has no such option to offer
+    bad[4] = {**rows[4], "user_id": None}
+    data.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'user_id': null\. Each row needs a "
+                                        r"value there"):
+        read_user_rows(data)
     bad[4] = {**rows[4], "rejected": rows[4]["chosen"]}
     data.write_text("".join(json.dumps(r) + "\n" for r in bad))
     with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'rejected': identical"):
