@@ -7093,7 +7093,8 @@ MUTANTS += [
 # is scored on the same query pairs as FSPO, a too-small user said, control_* written, held-out files written
 # (reward_models.fspo); Themis traces with half steps or non-object steps refused (reward_models.themis); a context
 # that is not text is a bad row (reward_models.data); a PRO adapter column constant over the rows is refused
-# (reward_models.pro_orchestrator); a judge and prompt rows disagreeing about contexts get one note (loops.judge)
+# (reward_models.pro_orchestrator), as is adapter_loss bt (online.pro_recipe); a judge and prompt rows disagreeing
+# about contexts get one note (loops.judge)
 T19_FSPO = ["tests/reward_models/test_fspo_recipe.py::test_a_user_too_small_for_the_shots_is_left_out_of_both_stages_"
             "and_the_pooled_control_is_printed"]
 T19_FSPO_EVAL = ["tests/reward_models/test_fspo_recipe.py::test_preflab_eval_of_a_stage_on_the_heldout_episodes_file_"
@@ -7150,6 +7151,9 @@ MUTANTS += [
              'raise RowProblem("missing_field", name, "missing", "Each row needs a value there')],
            ["tests/reward_models/test_fspo_recipe.py::test_preflab_train_runs_the_recipe_and_refuses_bad_rows"],
            "a null user_id is called missing beside a column list that holds it"),
+    Mutant("t19-bt-adapter-accepted", "online/pro_recipe.py",
+           [('    if adapter_loss != "kl":  # before', '    if False:  # before')], T19_PRO,
+           "recipe_params.adapter_loss=bt runs, writes the state and data, then fails in the fit"),
 ]
 
 

@@ -176,6 +176,9 @@ def test_bad_adapter_data_and_folders_are_refused(tmp_path):
     varied = [good, dict(good, chosen_rewards=[0.0, 0.5])]
     data.write_text("".join(json.dumps(r) + "\n" for r in varied))
     assert read_adapter_rows(data, 2) == varied
+    with pytest.raises(ConfigError, match=r"adapter_loss='bt': the recipe fits the adapter with PRO's loss 'kl'"):
+        run_pro(str(tmp_path / "bt"), quiet=True, **{**TINY, "adapter_loss": "bt"})
+    assert not (tmp_path / "bt").exists()  # refused before the state file and the data (trial 19: after them)
     data.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, chosen_rewards=[1, 0, 0])) + "\n")
     with pytest.raises(DataError, match="3 values; expected 2"):
         run_pro(str(tmp_path / "run"), quiet=True, adapter_data=str(data), **TINY)
