@@ -2053,7 +2053,8 @@ MUTANTS += [
              "held = [u for users in by_group.values() for u in users[:max(1, round(heldout_fraction")],
            MM_FSPO, "the first heldout_fraction of each group's users held out instead of the last"),
     Mutant("mm-fspo-pooled-leaks-heldout-users", "reward_models/fspo.py",
-           [("pooled, _ = episode_rows(train, shots=0", "pooled, _ = episode_rows(rows, shots=0")], MM_FSPO,
+           [("pooled, _ = episode_rows(queried_rows(train, episodes), shots=0", "pooled, _ = episode_rows(rows, shots=0")],
+           MM_FSPO,
            "the pooled baseline trains on the held-out users' rows too"),
     Mutant("mm-fspo-response-logp-off-by-one", "reward_models/fspo.py",
            [("out.append(logp[b, lo - 1:hi - 1].gather(-1, targets[:, None]).sum())",
@@ -7084,6 +7085,75 @@ MUTANTS += [
            [('    declared = getattr(objective, "online_micro_batch_statistic", None) if online else None',
              "    declared = None")],
            OLC_TESTS, "online dapo / RLOO normalize_advantages refused on another number of processes (offline rule)"),
+]
+
+
+# mutation-t19 round: user trial 19 (the personalization and tool-augmented reward user): reward_aggregator refuses
+# reward_funcs in another order than the PRO adapter's (online.tasks._aggregator); FSPO's pooled control trains and
+# is scored on the same query pairs as FSPO, a too-small user said, control_* written, held-out files written
+# (reward_models.fspo); Themis traces with half steps or non-object steps refused (reward_models.themis); a context
+# that is not text is a bad row (reward_models.data); a PRO adapter column constant over the rows is refused
+# (reward_models.pro_orchestrator), as is adapter_loss bt (online.pro_recipe); a judge and prompt rows disagreeing
+# about contexts get one note (loops.judge)
+T19_FSPO = ["tests/reward_models/test_fspo_recipe.py::test_a_user_too_small_for_the_shots_is_left_out_of_both_stages_"
+            "and_the_pooled_control_is_printed"]
+T19_FSPO_EVAL = ["tests/reward_models/test_fspo_recipe.py::test_preflab_eval_of_a_stage_on_the_heldout_episodes_file_"
+                 "gives_the_summarys_accuracy"]
+T19_PRO = ["tests/online/test_pro_orchestrator_recipe.py::test_preflab_train_online_with_reward_aggregator_equals_fixed_"
+           "weights", "tests/online/test_pro_orchestrator_recipe.py::test_bad_adapter_data_and_folders_are_refused"]
+T19_THEMIS = ["tests/reward_models/test_themis.py::test_a_trace_step_that_is_not_whole_or_not_an_object_is_refused_"
+              "naming_row_and_field"]
+T19_CTX = ["tests/reward_models/test_context.py::test_a_context_that_is_not_text_is_a_bad_row_naming_file_row_and_field"]
+T19_JUDGE = ["tests/reward_models/test_user_trial_rm.py::test_a_judge_and_prompt_rows_that_disagree_about_contexts_get_"
+             "one_note_each"]
+MUTANTS += [
+    Mutant("t19-aggregator-order-unchecked", "online/tasks.py",
+           [("        if sorted(names) == sorted(weights.reward_names):", "        if False:")], T19_PRO,
+           "reward_funcs in another order than the adapter's: each weight multiplies another function's reward"),
+    Mutant("t19-pooled-trains-skipped-users", "reward_models/fspo.py",
+           [("    pooled, _ = episode_rows(queried_rows(train, episodes), shots=0,",
+             "    pooled, _ = episode_rows(train, shots=0,")], T19_FSPO,
+           "the pooled stage trains on the pairs of users FSPO has no episode for"),
+    Mutant("t19-pooled-scores-skipped-users", "reward_models/fspo.py",
+           [("    eval_pooled, _ = episode_rows(queried_rows(held, eval_fspo), shots=0,",
+             "    eval_pooled, _ = episode_rows(held, shots=0,")], T19_FSPO,
+           "the pooled accuracy counts held-out pairs FSPO's does not (two accuracies over other pairs)"),
+    Mutant("t19-skip-unsaid", "reward_models/fspo.py",
+           [("    if skipped:\n        say(skipped)", "    if False:\n        say(skipped)")], T19_FSPO,
+           "a user too small for the shots is left out without a word"),
+    Mutant("t19-no-control", "reward_models/fspo.py",
+           [('                        "control_after": pooled_after["accuracy"],\n', "")], T19_FSPO,
+           "the pooled control is neither printed by preflab train nor in the report's baseline column"),
+    Mutant("t19-heldout-files-swapped", "reward_models/fspo.py",
+           [('_write_pairs(data / "heldout_episodes.jsonl", eval_fspo)',
+             '_write_pairs(data / "heldout_episodes.jsonl", eval_pooled)')], T19_FSPO_EVAL,
+           "heldout_episodes.jsonl holds the pooled pairs: preflab eval of the fspo stage scores other rows"),
+    Mutant("t19-half-step-dropped", "reward_models/themis.py",
+           [("            if actions[start:end].strip():", "            if False:")], T19_THEMIS,
+           "a trace's last step without its Observation is dropped without a word"),
+    Mutant("t19-step-not-object", "reward_models/themis.py",
+           [("            if not isinstance(a, dict):", "            if False:")], T19_THEMIS,
+           "a list of strings as actions crashes with a TypeError"),
+    Mutant("t19-ctx-repr-trained", "reward_models/data.py",
+           [("        if value is None or isinstance(value, str):", "        if True:")], T19_CTX,
+           "a list context is written into the prompt as its Python repr and trained on"),
+    Mutant("t19-constant-reward-column", "reward_models/pro_orchestrator.py",
+           [("        if len(values) == 1:", "        if False:")], T19_PRO,
+           "a reward function constant over the adapter rows reaches the fit, whose error names no file"),
+    Mutant("t19-judge-ctx-never-noted", "loops/judge.py",
+           [("        if aware == given or (name, aware) in self._context_notes:", "        if True:")], T19_JUDGE,
+           "a context-aware judge scores prompt rows without a context unconditioned, unsaid"),
+    Mutant("t19-judge-ctx-noted-each-round", "loops/judge.py",
+           [("        self._context_notes.add((name, aware))\n", "")], T19_JUDGE,
+           "the context note repeats every round"),
+    Mutant("t19-null-read-as-missing", "reward_models/fewshot_episodes.py",
+           [('raise RowProblem("missing_field", name, "null", "Each row needs a value there',
+             'raise RowProblem("missing_field", name, "missing", "Each row needs a value there')],
+           ["tests/reward_models/test_fspo_recipe.py::test_preflab_train_runs_the_recipe_and_refuses_bad_rows"],
+           "a null user_id is called missing beside a column list that holds it"),
+    Mutant("t19-bt-adapter-accepted", "online/pro_recipe.py",
+           [('    if adapter_loss != "kl":  # before', '    if False:  # before')], T19_PRO,
+           "recipe_params.adapter_loss=bt runs, writes the state and data, then fails in the fit"),
 ]
 
 

@@ -163,10 +163,22 @@ def test_bad_adapter_data_and_folders_are_refused(tmp_path):
     data.write_text("\n" + json.dumps(good) + "\n\n" + json.dumps(dict(good, chosen_rewards=[1.0])) + "\n")
     with pytest.raises(DataError, match=r"rows\.jsonl row 1 \(line 4\), field 'chosen_rewards': 1 values"):
         read_adapter_rows(data)  # blank lines are not rows; K from the first row
-    data.write_bytes(b"\xef\xbb\xbf" + (json.dumps(good) + "\n" + json.dumps(good) + "\n").encode())
-    assert read_adapter_rows(data, 2) == [good, good]  # a byte-order mark is not part of the first row
+    other = dict(good, chosen_rewards=[0.0, 1.0])  # each reward function varies over the rows (z-scores)
+    data.write_bytes(b"\xef\xbb\xbf" + (json.dumps(good) + "\n" + json.dumps(other) + "\n").encode())
+    assert read_adapter_rows(data, 2) == [good, other]  # a byte-order mark is not part of the first row
     with pytest.raises(ConfigError, match="holds no PRO orchestrator"):
         load_orchestrator(tmp_path)
+    # a reward function scoring every row alike has no z-score (the fit's error named no file, trial 19)
+    data.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, chosen_rewards=[1.0, 0.5])) + "\n")
+    with pytest.raises(DataError, match=r"rows\.jsonl: field 'chosen_rewards': value 0 \(reward function 0, in the "
+                                        r"order of reward_funcs\) is 1\.0 in all 2 rows"):
+        read_adapter_rows(data, 2)
+    varied = [good, dict(good, chosen_rewards=[0.0, 0.5])]
+    data.write_text("".join(json.dumps(r) + "\n" for r in varied))
+    assert read_adapter_rows(data, 2) == varied
+    with pytest.raises(ConfigError, match=r"adapter_loss='bt': the recipe fits the adapter with PRO's loss 'kl'"):
+        run_pro(str(tmp_path / "bt"), quiet=True, **{**TINY, "adapter_loss": "bt"})
+    assert not (tmp_path / "bt").exists()  # refused before the state file and the data (trial 19: after them)
     data.write_text(json.dumps(good) + "\n" + json.dumps(dict(good, chosen_rewards=[1, 0, 0])) + "\n")
     with pytest.raises(DataError, match="3 values; expected 2"):
         run_pro(str(tmp_path / "run"), quiet=True, adapter_data=str(data), **TINY)
@@ -202,6 +214,11 @@ def test_preflab_train_online_with_reward_aggregator_equals_fixed_weights(tmp_pa
                           "remove reward_weights"),
                          ({"reward_aggregator": str(tmp_path / "orch"), "reward_funcs": funcs[:1]},
                           r"weighs 2 reward functions \['capitals', 'lower_case'\]; reward_funcs lists 1"),
+                         # the adapter's names in another order: its weights would multiply the other function's
+                         # reward (trial 19: it ran so without a word)
+                         ({"reward_aggregator": str(tmp_path / "orch"), "reward_funcs": funcs[::-1]},
+                          r"in the order \['capitals', 'lower_case'\]; reward_funcs lists them as "
+                          r"\['lower_case', 'capitals'\]"),
                          ({"reward_aggregator": str(tmp_path)}, "holds no PRO orchestrator")):
         cfg = tmp_path / "bad.yaml"
         cfg.write_text(json.dumps({**base, **extra, "output_dir": str(tmp_path / "bad")}))

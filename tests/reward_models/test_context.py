@@ -194,3 +194,29 @@ def test_marginal_reversal_groups_are_pairs_with_two_winners_not_repeats():
     assert reversal_groups(examples) == [[2, 3]]
     assert reversal_accuracy(examples[:2], torch.tensor([True, True])) is None
     assert reversal_accuracy(examples, torch.tensor([False, False, True, True])) == 1.0
+
+
+def test_a_context_that_is_not_text_is_a_bad_row_naming_file_row_and_field(tmp_path):
+    """Trial 19: a `context` given as a list (or an object, a number) was written into the prompt as its Python repr
+    ("Context: ['loud', 'short']") and trained on without a word. Now a bad row: a DataError naming the file, the row
+    and the field, or with on_bad_row: skip, left out and counted as bad_context; the string rows are as before."""
+    from preflab.errors import DataError
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.data import tokenize_reward_pairs
+
+    tok = tiny_tokenizer()
+    rows = [{"prompt": "echo: cat\n", "chosen": "CAT", "rejected": "cat", "context": "prefer loud"},
+            {"prompt": "echo: dog\n", "chosen": "dog", "rejected": "DOG", "context": ["prefer quiet", "short"]},
+            {"prompt": "echo: sun\n", "chosen": "SUN", "rejected": "sun", "context": None},
+            {"prompt": "echo: map\n", "chosen": "MAP", "rejected": "map", "context": {"tone": "loud"}}]
+    data = tmp_path / "ctx.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = load_rows(str(data))[0]
+    with pytest.raises(DataError, match=r"ctx\.jsonl row 1, field 'context': expected text .*got list "
+                                        r"\['prefer quiet', 'short'\]"):
+        tokenize_reward_pairs(examples, tok, source=str(data), context_template=CONTEXT_TEMPLATE)
+    pairs, report = tokenize_reward_pairs(examples, tok, source=str(data), context_template=CONTEXT_TEMPLATE,
+                                          on_bad_row="skip")
+    assert [p.row_id for p in pairs] == [0, 2] and report.skipped == {"bad_context": 2} and report.kept == 2
+    assert tok.decode(pairs[0].prompt_ids) == "<s>" + render_context("echo: cat\n", "prefer loud")
+    assert tok.decode(pairs[1].prompt_ids) == "<s>echo: sun\n"  # a null context is no context

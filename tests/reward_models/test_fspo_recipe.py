@@ -38,6 +38,62 @@ def test_training_file_is_build_episodes_of_the_training_users(tmp_path):
     assert sum(g["episodes"] for g in summary["by_group_after"].values()) == 8
 
 
+def test_a_user_too_small_for_the_shots_is_left_out_of_both_stages_and_the_pooled_control_is_printed(tmp_path,
+                                                                                                       capsys):
+    """Trial 19: a user with fewer than shots + 1 rows has no episode; the pooled stage trained and was scored on
+    its pairs all the same (held out: 5 pooled pairs against FSPO's 4 episodes, the user's group in pooled_by_group
+    only), and nothing said so. Now both stages see the same query pairs, a note names the users, and the pooled
+    accuracy is the recipe's control (printed by `preflab train`, in the report's baseline column)."""
+    from preflab.loops.cli import recipe_headline
+
+    rows = toy_user_rows(3, 4, seed=0)
+    small = {"loud-0", "loud-2"}  # one training and one held-out user keep a single row each
+    rows = [r for i, r in enumerate(rows) if r["user_id"] not in small or i == min(
+        j for j, q in enumerate(rows) if q["user_id"] == r["user_id"])]
+    data = tmp_path / "users.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = {k: v for k, v in TINY.items() if k not in ("users_per_group", "rows_per_user", "heldout_fraction")}
+    summary = run_fspo(str(tmp_path / "run"), data_file=str(data), heldout_users=("loud-2", "quiet-2"), shots=1,
+                       **params)
+    assert "['loud-0']" in capsys.readouterr().out.split("fspo: note: 1 training user(s) ")[1].split("\n")[0]
+    assert summary["skipped_users"].keys() == small
+    # training: loud-1, quiet-0, quiet-1 (4 rows each) x 2 passes, in both stages; loud-0's row in neither
+    episodes = _jsonl(tmp_path / "run" / "data" / "episodes.jsonl")
+    pooled = _jsonl(tmp_path / "run" / "data" / "pooled.jsonl")
+    assert len(episodes) == len(pooled) == summary["train_episodes"] == 2 * 12
+    query = lambda prompt: prompt.rsplit("## Question \n", 1)[1]  # noqa: E731
+    assert sorted(query(e["prompt"]) for e in episodes) == sorted(query(p["prompt"]) for p in pooled)
+    # held out: quiet-2's 4 rows scored by both stages; loud-2 by neither
+    assert summary["heldout_episodes"] == 4
+    assert summary["by_group_after"].keys() == summary["pooled_by_group_after"].keys() == {"quiet"}
+    assert summary["pooled_by_group_after"]["quiet"]["episodes"] == 4
+    assert summary["control_after"] == summary["pooled_accuracy_after"]
+    assert summary["control_pair_choice_reward_after"] == summary["pooled_pair_choice_reward_after"]
+    head = recipe_headline("run", summary)
+    assert head["control_after"] == summary["pooled_accuracy_after"]
+    assert head["pair_choice_reward_after"] == summary["pair_choice_reward_after"]
+
+
+def test_preflab_eval_of_a_stage_on_the_heldout_episodes_file_gives_the_summarys_accuracy(tmp_path, capsys):
+    """Trial 19: the held-out users' episodes were not written, so a stage run could not be evaluated on them with
+    `preflab eval`. Now data/heldout_episodes.jsonl and data/heldout_pooled.jsonl hold the rows each stage was scored
+    on, and the policy eval's ranking accuracy 1[log pi(y_w) > log pi(y_l)] on them is the summary's accuracy (two
+    code paths: preflab.eval's and the recipe's preference_accuracy)."""
+    summary = run_fspo(str(tmp_path), quiet=True, **TINY)
+    rows = toy_user_rows(3, 4, seed=0)
+    _, held, _ = split_users(rows, None, 0.34)
+    expected, _ = episode_rows(held, shots=1, passes=1, seed=1, instruction="Answer.")
+    assert _jsonl(tmp_path / "data" / "heldout_episodes.jsonl") == [
+        {k: e[k] for k in ("prompt", "chosen", "rejected")} for e in expected]
+    for stage, file, key in (("fspo", "heldout_episodes", "metric_after"),
+                             ("pooled", "heldout_pooled", "pooled_accuracy_after")):
+        assert main(["eval", str(tmp_path / stage), "--data", str(tmp_path / "data" / f"{file}.jsonl"),
+                     "--no-reference", "--out", str(tmp_path / f"{stage}.json")]) == 0
+        result = json.loads((tmp_path / f"{stage}.json").read_text())
+        assert result["num_pairs"] == summary["heldout_episodes"] == 8
+        assert result["metrics"]["ranking_accuracy"] == pytest.approx(summary[key], abs=1e-6)
+
+
 def test_toy_rows_do_not_depend_on_the_hash_seed():
     """Regression: the toy ordered a set of prompts, so two processes (PYTHONHASHSEED) built other rows and trained
     other weights from the same seed."""
@@ -149,6 +205,11 @@ def test_preflab_train_runs_the_recipe_and_refuses_bad_rows(tmp_path):
     with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'user_id': missing") as err:
         read_user_rows(data)
     assert "on_bad_row" not in str(err.value)  # the recipe has no such option to offer
+    bad[4] = {**rows[4], "user_id": None}
+    data.write_text("".join(json.dumps(r) + "\n" for r in bad))
+    with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'user_id': null\. Each row needs a "
+                                        r"value there"):
+        read_user_rows(data)
     bad[4] = {**rows[4], "rejected": rows[4]["chosen"]}
     data.write_text("".join(json.dumps(r) + "\n" for r in bad))
     with pytest.raises(DataError, match=r"users\.jsonl row 4 \(line 5\), field 'rejected': identical"):

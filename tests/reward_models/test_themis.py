@@ -41,6 +41,26 @@ def test_tara_rows_parse_string_and_dict_actions():
             parse_tara_row({**ROW, field: bad}, "tara.jsonl row 7")
 
 
+def test_a_trace_step_that_is_not_whole_or_not_an_object_is_refused_naming_row_and_field():
+    """Trial 19: a string trace whose last step lacks its Action Input and Observation parsed as the steps before
+    it (the half step dropped without a word), and a list of strings crashed with a TypeError."""
+    pos = ROW["pos_answer"]
+    whole = parse_tara_row(ROW, "tara.jsonl row 1").positive.steps
+    cut = {**ROW, "pos_answer": {**pos, "actions": pos["actions"] + " Thought: again Action: Calculator"}}
+    with pytest.raises(DataError, match=r"tara\.jsonl row 3\.pos_answer\.actions: 'Thought: again Action: Calculator' "
+                                        r"is not part of"):
+        parse_tara_row(cut, "tara.jsonl row 3")
+    lead = {**ROW, "pos_answer": {**pos, "actions": "I will compute. " + pos["actions"]}}
+    with pytest.raises(DataError, match=r"'I will compute\.' is not part of"):
+        parse_tara_row(lead, "tara.jsonl row 3")
+    listed = {**ROW, "neg_answer": {**ROW["neg_answer"], "actions": [pos["actions"]]}}
+    with pytest.raises(DataError, match=r"row 4\.neg_answer\.actions\[0\]: expected an object .*got str"):
+        parse_tara_row(listed, "tara.jsonl row 4")
+    # a whole trace with surrounding whitespace still parses to the same two steps
+    spaced = {**ROW, "pos_answer": {**pos, "actions": "\n  " + pos["actions"] + "  \n"}}
+    assert parse_tara_row(spaced, "tara.jsonl row 1").positive.steps == whole
+
+
 def test_label_masks_follow_the_code():
     tok = themis_tokenizer()
     row = parse_tara_row(ROW, "r")

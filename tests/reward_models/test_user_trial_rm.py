@@ -393,6 +393,36 @@ def test_a_context_aware_reward_model_judges_with_the_rows_context():
     torch.testing.assert_close(scores, plain.score(prompts, completions).double(), atol=1e-6, rtol=0)
 
 
+def test_a_judge_and_prompt_rows_that_disagree_about_contexts_get_one_note_each(capsys):
+    """Trial 19: a context-aware reward model judging prompt rows without a `context` scored them unconditioned,
+    and a plain one ignored the rows' `context`, both without a word. Each case now gets one note per judge; the
+    scores are the model's own (with the context where the model reads it, without where it does not)."""
+    from preflab.loops.judge import Judge
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.heads import build_reward_model, set_reward_config
+    from preflab.reward_models.interface import RewardModel
+
+    tok = tiny_tokenizer()
+    model = build_reward_model("builtin:tiny-llama", 1, tok, seed=0)
+    set_reward_config(model, {"head": "bt", "tau": 1.0, "context_template": "Context: {context}\n\n{prompt}"})
+    aware = RewardModel(model, tok)
+    prompts, completions = ["the cat", "the dog"], [" sat", " ran"]
+    judge = Judge(aware, cache=False)
+    for _ in range(2):  # two rounds, one note
+        scores, _ = judge(prompts, completions, [0, 1], [{}, {}])
+    torch.testing.assert_close(scores, aware.score(prompts, completions).double(), atol=1e-6, rtol=0)
+    out = capsys.readouterr().out
+    assert out.count("is a context-aware reward model (trained with contexts), but these prompt rows give no "
+                     "`context`") == 1
+    judge(prompts, completions, [0, 1], [{"context": "likes cats"}, {"context": "likes dogs"}])
+    assert "note" not in capsys.readouterr().out  # model and rows agree: nothing to say
+    set_reward_config(model, {"head": "bt", "tau": 1.0})
+    plain = RewardModel(model, tok)
+    scores, _ = Judge(plain, cache=False)(prompts, completions, [0, 1], [{"context": "likes cats"}, {}])
+    torch.testing.assert_close(scores, plain.score(prompts, completions).double(), atol=1e-6, rtol=0)
+    assert capsys.readouterr().out.count("the prompt rows give a `context`, which judge") == 1
+
+
 def test_reward_eval_says_its_training_data_is_not_held_out(tiny_rm_dir, tmp_path, capsys):
     """`preflab eval --task reward` on the run's own training file said nothing, where the policy, VLM and
     diffusion evals note that the metrics are not held-out (README: preflab eval)."""

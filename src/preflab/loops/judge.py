@@ -97,6 +97,12 @@ def _name(fn: Any) -> str:
     return getattr(fn, "__name__", None) or type(fn).__name__
 
 
+def judge_names(judges) -> list[str]:
+    """The judges' names as Judge gives them (a function's __name__, else its class name; repeats numbered):
+    rewards/<name>/mean's <name>, and what a PRO adapter's reward_names are compared with."""
+    return distinct_names([_name(j) for j in judges])
+
+
 def distinct_names(names: list[str]) -> list[str]:
     """The judges' names as metric keys (rewards/<name>/mean): a name given before gets _2, _3, ... in list order,
     so two judges named alike (`score` of a.py and of b.py, or one function listed twice) log one key each instead
@@ -237,7 +243,8 @@ class Judge:
             raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
                               f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "
                               "one weight per judge, in the order of reward_funcs.")
-        self.names = distinct_names([_name(j) for j in self.judges])
+        self.names = judge_names(self.judges)
+        self._context_notes: set = set()  # (judge, context-aware) pairs already noted (_note_context)
         # a judge whose score depends on the batch it sees (MaxMin's group rule) is never served from a cache
         self.cache_enabled = cache and not any(getattr(j, "batch_dependent", False) for j in self.judges)
         self.caches: list[dict[str, float]] = [{} for _ in self.judges]
@@ -387,6 +394,21 @@ class Judge:
                 self._raised[i] = True
         return kept
 
+    def _note_context(self, name: str, aware: bool, given: bool) -> None:
+        """Once per judge and case, a note where a reward model and the prompt rows disagree about contexts: a
+        context-aware model (trained with contexts; Pitis et al. 2024) given rows without a `context` scores them
+        unconditioned, and a model trained without contexts ignores the rows' `context`. Both ran without a word."""
+        if aware == given or (name, aware) in self._context_notes:
+            return
+        self._context_notes.add((name, aware))
+        if aware:
+            print(f"preflab: note: judge {name} is a context-aware reward model (trained with contexts), but these "
+                  "prompt rows give no `context`: it scores them without one. Add a `context` column to the prompt "
+                  "rows to condition it.", flush=True)
+        else:
+            print(f"preflab: note: the prompt rows give a `context`, which judge {name} (a reward model trained "
+                  "without contexts) does not read: it scores the prompt and completion alone.", flush=True)
+
     def _note_failure(self, judge, err: Exception) -> None:
         if self.first_failure is None:
             self.first_failure = f"judge {_name(judge)!r} raised {type(err).__name__}: {err}"
@@ -400,7 +422,9 @@ class Judge:
         name, n = _label(judge), len(prompts)
         if kind == "reward_model":
             contexts = [col.get("context") for col in columns]
-            if any(contexts) and (getattr(judge, "info", None) or {}).get("context_template"):
+            aware = bool((getattr(judge, "info", None) or {}).get("context_template"))
+            self._note_context(name, aware, any(contexts))
+            if any(contexts) and aware:
                 # a context-aware reward model (trained with contexts) reads each prompt row's `context` column
                 return _floats(self.timed(judge, lambda: judge.score(list(prompts), list(completions),
                                                                      contexts=contexts), n), n, name)

@@ -140,6 +140,12 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     if min(n_train, n_heldout, sft_steps, grpo_steps, adapter_steps) < 1:
         raise ConfigError("task pro_orchestrator: n_train, n_heldout, sft_steps, grpo_steps and adapter_steps must "
                           "be >= 1.")
+    if adapter_loss != "kl":  # before, "bt" failed in the fit, after the state and data were written
+        raise ConfigError(f"task pro_orchestrator: recipe_params.adapter_loss={adapter_loss!r}: the recipe fits the "
+                          "adapter with PRO's loss 'kl' (targets from the preferred responses' rewards, the only "
+                          "rewards adapter_data rows {prompt, chosen_rewards} carry); 'bt' needs the rejected "
+                          "responses' rewards too: fit it in Python (preflab.reward_models.orchestrator.fit_adapter("
+                          "..., loss='bt', rejected_rewards=...)) and give the saved folder as reward_aggregator.")
     sft_per_process = per_process_batch(SFT_BATCH, "pro_orchestrator")  # forms a launch's process group first
     torch.set_num_threads(1)
     out, started = Path(output_dir), time.perf_counter()

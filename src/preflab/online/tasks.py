@@ -547,7 +547,13 @@ def _eval_answers(cfg, model, tokenizer, prompt_ids: list[list[int]], sampled: b
 
 
 def _aggregator(cfg, judges):
-    """The reward_aggregator (a PRO orchestrator folder) as prompts -> [N, K] weights, or None."""
+    """The reward_aggregator (a PRO orchestrator folder) as prompts -> [N, K] weights, or None.
+
+    The adapter's k-th weight multiplies reward_funcs' k-th judge, so the judges must be listed in the order of the
+    adapter's reward_names (orchestrator.json): the same names in another order are refused (before, the swapped
+    weights were applied without a word: a shout prompt's weight on loud_echo went to quiet_echo), and judges named
+    otherwise than the adapter's reward functions get a note naming both lists (a name the adapter was fitted under
+    may be a label, not the function's name)."""
     if not getattr(cfg, "reward_aggregator", None):
         return None
     from preflab.reward_models.pro_orchestrator import load_orchestrator
@@ -560,6 +566,17 @@ def _aggregator(cfg, judges):
         raise ConfigError(f"reward_aggregator {cfg.reward_aggregator} weighs {len(weights.reward_names)} reward "
                           f"functions {weights.reward_names}; reward_funcs lists {len(judges)}. List them in the "
                           "adapter's order.")
+    from preflab.loops.judge import judge_names
+
+    names = judge_names(judges)
+    if names != list(weights.reward_names):
+        if sorted(names) == sorted(weights.reward_names):
+            raise ConfigError(f"reward_aggregator {cfg.reward_aggregator} weighs the reward functions in the order "
+                              f"{list(weights.reward_names)}; reward_funcs lists them as {names}, so each weight would "
+                              f"multiply another function's reward. List reward_funcs in the adapter's order.")
+        print(f"preflab: note: reward_aggregator {cfg.reward_aggregator} was fitted over reward functions named "
+              f"{list(weights.reward_names)}; reward_funcs' judges are named {names}: its k-th weight multiplies the "
+              "k-th judge of reward_funcs.", flush=True)
     return weights
 
 

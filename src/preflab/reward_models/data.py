@@ -44,6 +44,8 @@ def tokenize_reward_pairs(examples, tokenizer, *, max_length: int | None = 1024,
     if has_contexts and max_prompt_length is not None and truncation_mode != "keep_start":
         pairs = _check_contexts_kept(examples, pairs, report, tokenizer, max_prompt_length, on_bad_row)
     pairs = _check_margins(pairs, report, on_bad_row)
+    if context_template:
+        pairs = _check_context_text(pairs, report, on_bad_row)
     pairs = _drop_longer_than(pairs, report, max_length, source)
     if any(pair.extras.get("margin") is not None for pair in pairs):  # absent or null margin = 0 (counted and said:
         # missing_margins; TRL's collator fails on a null margin)
@@ -157,6 +159,23 @@ def _check_margins(pairs: list, report, on_bad_row: str) -> list:
             continue
         policy.handle(RowProblem("bad_margin", "margin", f"the margin {value!r} is not a finite number",
                                  "Give a number (null or no margin means 0)."), pair.row_id)
+        report.kept -= 1
+    return kept
+
+
+def _check_context_text(pairs: list, report, on_bad_row: str) -> list:
+    """The pairs whose `context` is absent, null or a string; another context (a list, an object, a number) is a bad
+    row (DataError naming file, row and field, or skipped and counted under `bad_context` with on_bad_row: skip):
+    render_context wrote its Python repr into the prompt (`Context: ['a', 'b']`) and trained on it without a word."""
+    policy, kept = BadRowPolicy(on_bad_row, report), []
+    for pair in pairs:
+        value = pair.extras.get(CONTEXT_FIELD)
+        if value is None or isinstance(value, str):
+            kept.append(pair)
+            continue
+        policy.handle(RowProblem("bad_context", CONTEXT_FIELD, f"expected text (a criterion, scenario or user "
+                                 f"profile), got {type(value).__name__} {value!r:.80}",
+                                 "Give the context as one string (null or \"\" means no context)."), pair.row_id)
         report.kept -= 1
     return kept
 

@@ -110,8 +110,10 @@ def user_pair(row: dict, row_id: int) -> UserPair:
 
 
 def _field(row: dict, name: str, kind):
-    if name not in row or row[name] is None:
+    if name not in row:
         raise RowProblem("missing_field", name, "missing", f"Each row needs it (columns present: {sorted(row)}).")
+    if row[name] is None:  # "missing" beside a column list that holds it read as a contradiction (trial 19)
+        raise RowProblem("missing_field", name, "null", "Each row needs a value there; give one or drop the row.")
     value = row[name]
     if not isinstance(value, kind) or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
         names = " or ".join(t.__name__ for t in (kind if isinstance(kind, tuple) else (kind,)))

@@ -129,6 +129,31 @@ def episode_rows(rows: list[dict], *, shots: int, passes: int, seed: int,
     return out, counts
 
 
+def queried_rows(rows: list[dict], episodes: list[dict]) -> list[dict]:
+    """The rows (in input order) that are the query of at least one of `episodes` (episode_rows' output on `rows`):
+    the pairs the pooled baseline trains and is scored on, so that it sees the same pairs as FSPO, less the
+    examples. A user with too few rows for `shots` has no episode (build_episodes skips it, counted), and an episode
+    dropped for its length has no query; their pairs are in neither (before, the pooled stage trained and was scored
+    on them while FSPO was not, so the two accuracies were over different pairs, a skipped user's group missing from
+    FSPO's alone)."""
+    asked = {r["query_row"] for r in episodes}
+    return [row for i, row in enumerate(rows) if i in asked]
+
+
+def skipped_users_note(train_counts: dict, held_counts: dict, shots: int) -> str | None:
+    """The terminal's line on the users build_episodes skipped (too few rows for `shots`), training and held-out,
+    or None: summary.json's skipped_users, said where it happens."""
+    train, held = train_counts["skipped_users"], held_counts["skipped_users"]
+    if not train and not held:
+        return None
+    parts = [f"{len(users)} {kind} user(s) {sorted(users)}" for kind, users in (("training", train), ("held-out", held))
+             if users]
+    return (f"fspo: note: {' and '.join(parts)} have too few rows with distinct prompts for shots={shots} (a user "
+            f"needs shots + 1): both stages leave their pairs out, of training (training users) and of scoring (held-out "
+            "users; summary.json skipped_users); "
+            "give them more rows or lower shots.")
+
+
 def split_users(rows: list[dict], heldout_users: list | None, heldout_fraction: float) -> tuple[list, list, list]:
     """(train rows, held-out rows, held-out user ids): `heldout_users` by id, else the last `heldout_fraction` of
     each group's users (first-appearance order), at least one per group."""
@@ -246,16 +271,23 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     train, held, held_ids = split_users(rows, None if heldout_users is None else list(heldout_users),
                                         heldout_fraction)
     episodes, train_counts = episode_rows(train, shots=shots, passes=passes, seed=seed, instruction=instruction)
-    pooled, _ = episode_rows(train, shots=0, passes=passes, seed=seed, instruction=instruction)
+    pooled, _ = episode_rows(queried_rows(train, episodes), shots=0, passes=passes, seed=seed,
+                             instruction=instruction)
     eval_fspo, held_counts = episode_rows(held, shots=shots, passes=1, seed=seed + 1, instruction=instruction)
-    eval_pooled, _ = episode_rows(held, shots=0, passes=1, seed=seed + 1, instruction=instruction)
+    eval_pooled, _ = episode_rows(queried_rows(held, eval_fspo), shots=0, passes=1, seed=seed + 1,
+                                  instruction=instruction)
     if not episodes or not eval_fspo:
         raise DataError(f"task fspo: {len(episodes)} training and {len(eval_fspo)} held-out episodes with "
                         f"shots={shots}; each user needs more than `shots` rows with distinct prompts (skipped users: "
                         f"{train_counts['skipped_users'] or held_counts['skipped_users']}).")
     state = RecipeState(out, STATE_FILE, params, resume, allow_config_change)  # written at once: after the checks of the data above
     data = out / "data"
-    main_writes(lambda: (_write_pairs(data / "episodes.jsonl", episodes), _write_pairs(data / "pooled.jsonl", pooled)))
+    # the held-out users' episodes and pooled pairs as scored, for `preflab eval RUN/fspo --data
+    # RUN/data/heldout_episodes.jsonl` (its ranking accuracy is the summary's metric_after; before, they were not
+    # written and a user had to rebuild them to evaluate the stage runs on the held-out users)
+    main_writes(lambda: (_write_pairs(data / "episodes.jsonl", episodes), _write_pairs(data / "pooled.jsonl", pooled),
+                         _write_pairs(data / "heldout_episodes.jsonl", eval_fspo),
+                         _write_pairs(data / "heldout_pooled.jsonl", eval_pooled)))
     tokenizer = tiny_tokenizer("char")
     new_model = lambda: tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size,  # noqa: E731
                                        num_layers=num_layers, num_heads=4, seed=seed)
@@ -288,6 +320,9 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         # in an uninterrupted run: the model is new_model() before the checkpoint is loaded)
         return state.stage(name, run, load, checkpoints=save_steps > 0)
 
+    skipped = skipped_users_note(train_counts, held_counts, shots)
+    if skipped:
+        say(skipped)
     say(f"fspo: stage 1, {loss_type} on {len(episodes)} episodes ({shots} shots) of {train_counts['users']} users")
     after = stage("fspo", data / "episodes.jsonl", eval_fspo)
     if stop_after_stage == "fspo":
@@ -299,7 +334,7 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         pooled_after = stage("pooled", data / "pooled.jsonl", eval_pooled)
     summary = {"recipe": "fspo", "metric_name": "heldout_user_preference_accuracy",
                "metric_before": before["fspo"]["accuracy"], "metric_after": after["accuracy"],
-               "baseline": "before: the initial policy on the held-out users' episodes; pooled_*: the same "
+               "baseline": "the initial policy on the held-out users' episodes; control (pooled_*): the same "
                            f"{loss_type} steps from the same weights on the same pairs without the users' examples "
                            "(plain DPO on pooled pairs), evaluated on the held-out users' pairs",
                "by_group_before": before["fspo"]["by_group"], "by_group_after": after["by_group"],
@@ -317,6 +352,12 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         summary.update({"pooled_accuracy_before": before["pooled"]["accuracy"],
                         "pooled_accuracy_after": pooled_after["accuracy"],
                         "pooled_by_group_after": pooled_after["by_group"],
-                        "pooled_pair_choice_reward_after": pooled_after["pair_choice_reward"]})
+                        "pooled_pair_choice_reward_after": pooled_after["pair_choice_reward"],
+                        # the pooled stage is the recipe's control (the same steps spent without the examples): under
+                        # the control_* names `preflab train` prints it beside metric_after and `preflab report`'s
+                        # headline puts it in the baseline column (before, neither showed it: an FSPO result that
+                        # pooled DPO beats was shown alone)
+                        "control_after": pooled_after["accuracy"],
+                        "control_pair_choice_reward_after": pooled_after["pair_choice_reward"]})
     summary["runtime_s"] = time.perf_counter() - started
     return finish_recipe(out, summary)

@@ -101,6 +101,16 @@ def read_adapter_rows(path: str | Path, num_rewards: int | None = None) -> list[
                           form="{prompt, chosen_rewards: [one reward per reward function, of the preferred response]}")
     if len(rows) < 2:
         raise DataError(f"{path}: {len(rows)} rows; the z-scores of the targets need at least 2. Add rows.")
+    # the targets are z-scores of each reward function's rewards over the rows (orchestrator.reward_stats): a
+    # function whose reward is the same in every row has none. Said here with the file and the field (the fit
+    # raised it later naming "reward model(s) [k]" and a Python function to call instead)
+    for k in range(len(rows[0]["chosen_rewards"])):
+        values = {float(r["chosen_rewards"][k]) for r in rows}
+        if len(values) == 1:
+            raise DataError(f"{path}: field 'chosen_rewards': value {k} (reward function {k}, in the order of "
+                            f"reward_funcs) is {values.pop()!r} in all {len(rows)} rows, so its z-score, the "
+                            "adapter's target, is undefined. Give rows on which that reward function's scores "
+                            "differ, or leave it out of the rows and of reward_funcs.")
     return rows
 
 

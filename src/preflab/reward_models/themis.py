@@ -75,6 +75,10 @@ def parse_actions(actions, where: str) -> list[ToolStep]:
     if isinstance(actions, list):
         steps = []
         for i, a in enumerate(actions):
+            if not isinstance(a, dict):  # a string's `k not in a` is a substring test: it crashed with a TypeError
+                raise DataError(f"{where}.actions[{i}]: expected an object {{Thought, Action, Action Input, "
+                                f"Observation}}, got {type(a).__name__} {str(a)[:80]!r}. Give each step as an object, "
+                                "or the whole trace as one string.")
             missing = [k for k in ("Thought", "Action", "Action Input", "Observation") if k not in a]
             if missing:
                 raise DataError(f"{where}.actions[{i}]: missing {missing}; a step needs Thought, Action, "
@@ -82,11 +86,19 @@ def parse_actions(actions, where: str) -> list[ToolStep]:
             steps.append(ToolStep(*(str(a[k]).strip() for k in ("Thought", "Action", "Action Input", "Observation"))))
         return steps
     if isinstance(actions, str):
-        steps = [ToolStep(*(s.strip() for s in m)) for m in _STEP.findall(actions)]
-        if not steps:
+        matches = list(_STEP.finditer(actions))
+        if not matches:
             raise DataError(f"{where}.actions: no 'Thought: .. Action: .. Action Input: .. Observation: ..' step "
                             f"in {actions[:80]!r}.")
-        return steps
+        # text no step covers (a step missing one of its four parts, text before the first Thought) would be
+        # dropped from the trace without a word: refused, naming it
+        ends = [0] + [m.end() for m in matches]
+        for start, end in zip(ends, [m.start() for m in matches] + [len(actions)]):
+            if actions[start:end].strip():
+                raise DataError(f"{where}.actions: {actions[start:end].strip()[:80]!r} is not part of a 'Thought: .. "
+                                "Action: .. Action Input: .. Observation: ..' step (a step needs all four, in that "
+                                "order); complete or remove it.")
+        return [ToolStep(*(part.strip() for part in m.groups())) for m in matches]
     raise DataError(f"{where}.actions must be a string, a dict or a list of dicts, got {type(actions).__name__}.")
 
 
