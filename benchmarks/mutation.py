@@ -7231,8 +7231,8 @@ MUTANTS += [
            [('+ (f" ({blank} blank lines)" if blank else "") + f". {fix}")', '+ f". {fix}")')], MRN_EMPTY,
            "an empty file of blank lines no longer says it had blank lines (they were skipped unsaid)"),
     Mutant("mrn-empty-eval-fix-generic", "data/report.py",
-           [('"eval_dataset_name": "Fill {it}, point eval_dataset_name at data with rows, or set eval_strategy: no "',
-             '"eval_dataset_names": "Fill {it}, point eval_dataset_name at data with rows, or set eval_strategy: no "')],
+           [('"eval_dataset_name": "Fill {it}, point eval_dataset_name', '"eval_dataset_names": "Fill {it}, point '
+             'eval_dataset_name')],
            MRN_EMPTY, "an empty eval split gets the generic fix: eval_strategy: no is not offered"),
     Mutant("mrn-empty-data-flag-head-as-option", "data/report.py",
            [('        if option and option.startswith("--"):', '        if option and option.startswith("---"):')],
