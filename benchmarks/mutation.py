@@ -7156,6 +7156,207 @@ MUTANTS += [
            "recipe_params.adapter_loss=bt runs, writes the state and data, then fails in the fit"),
 ]
 
+# mutation-mrn round: the least-mutated of last session's code: the ranks' agreement (rank_agreement, its users
+# sharded_checkpoint.save_rank_checkpoint, recipe_state.main_writes, ref_cache), the micro-batch split check
+# (objectives.contract's check_objective halves, base.micro_batch_statistic_parts), resume_check's micro-batch and
+# online process-count rules, the empty-split message (data.report), save_model's staging and the kinds' write_model,
+# the reward eval's batch and TRL's pad_to_multiple_of text values
+MRN_RANKS = ["tests/test_rank_agreement_one_process.py", "tests/test_rank_agreement.py"]
+MRN_CONTRACT = ["tests/objectives/test_micro_batch_coupling.py", "tests/objectives/test_contract.py", "-k",
+                "check_objective or splits or weighted or distinct or micro_batch"]
+MRN_RESUME = ["tests/test_resume_check.py"]
+MRN_EMPTY = ["tests/data/test_empty_split_names.py", "tests/test_local_paths.py", "-k", "empty or blank_lines"]
+MRN_SAVE = ["tests/test_save_model_staged.py"]
+MRN_DROPOUT = ["tests/test_disable_dropout_config.py"]
+MRN_REWARD = ["tests/reward_models/test_user_trial_18.py"]
+MUTANTS += [
+    # rank_agreement: one all-reduce of failure flags, then the failed ranks' texts
+    Mutant("mrn-agree-flag-at-rank-0", "rank_agreement.py",
+           [("    flags[dist.get_rank()] = int(failed)\n", "    flags[0] = int(failed)\n")], MRN_RANKS,
+           "every failure is put on rank 0: rank 1's full disk is reported as rank 0's, with no text"),
+    Mutant("mrn-agree-one-process-never-fails", "rank_agreement.py",
+           [("        return [0] if failed else []", "        return []")], MRN_RANKS,
+           "failed_ranks in one process says nobody failed, whatever this process's flag"),
+    Mutant("mrn-agree-interrupt-reported", "rank_agreement.py",
+           [("    except Exception as err:  # noqa: BLE001", "    except BaseException as err:  # noqa: BLE001")],
+           MRN_RANKS, "a KeyboardInterrupt inside the block becomes a RankFailure (an Exception) that handlers catch"),
+    Mutant("mrn-agree-world-of-one-grouped", "rank_agreement.py",
+           [("dist.is_initialized() and dist.get_world_size() > 1:", "dist.is_initialized() and "
+             "dist.get_world_size() >= 1:")], MRN_RANKS,
+           "a process group of one process wraps the block's own error in a RankFailure (its type is lost)"),
+    Mutant("mrn-agree-first-error-for-every-rank", "rank_agreement.py",
+           [("    raise RankFailure(what, {rank: texts[rank] for rank in failed}) from failure",
+             "    raise RankFailure(what, {rank: texts[failed[0]] for rank in failed}) from failure")], MRN_RANKS,
+           "two failed ranks are both said to have failed with the first one's error"),
+    Mutant("mrn-agree-failures-unsorted", "rank_agreement.py",
+           [("for rank, text in sorted(self.failures.items()))", "for rank, text in self.failures.items())")],
+           MRN_RANKS, "the failed ranks are named in the order they were given, not by rank"),
+    # sharded_checkpoint.save_rank_checkpoint: the collective save every per-rank format shares
+    Mutant("mrn-shard-stale-tmp-kept", "sharded_checkpoint.py",
+           [("                if tmp.exists():\n                    shutil.rmtree(tmp)\n                tmp.mkdir()",
+             "                tmp.mkdir(exist_ok=True)")], MRN_RANKS,
+           "a killed save's .tmp folder is written into again: its stale files are committed in the checkpoint"),
+    Mutant("mrn-shard-tmp-format-dropped", "sharded_checkpoint.py",
+           [("tmp = output_dir / f\".tmp-checkpoint-{step}-{state.get('checkpoint_format', 'sharded')}\"",
+             "tmp = output_dir / f\".tmp-checkpoint-{step}\"")], MRN_RANKS,
+           "the per-rank save's stage has the single-file save's name: a killed one is read as the other's"),
+    Mutant("mrn-shard-rng-all-rank-0", "sharded_checkpoint.py",
+           [('            write_rng(tmp, f"rng-rank{rank}")', '            write_rng(tmp, "rng-rank0")')], MRN_RANKS,
+           "every rank writes its RNG as rank 0's: rank 1's dropout state is lost (and written twice)"),
+    Mutant("mrn-shard-world-size-unrecorded", "sharded_checkpoint.py",
+           [('            write_training_state(tmp, step, scheduler, {**state, "world_size": world})',
+             "            write_training_state(tmp, step, scheduler, state)")], MRN_RANKS,
+           "trainer_state.json has no world_size: a resume on another number of processes is not checked"),
+    Mutant("mrn-shard-refused-tmp-kept", "sharded_checkpoint.py",
+           [("    except PreflabError:  # write_shards refused what it was given\n        if is_main:\n"
+             "            shutil.rmtree(tmp, ignore_errors=True)\n",
+             "    except PreflabError:  # write_shards refused what it was given\n")], MRN_RANKS,
+           "a save whose write_shards refused its input leaves its .tmp-checkpoint folder behind"),
+    Mutant("mrn-shard-disk-error-tmp-kept", "sharded_checkpoint.py",
+           [("        failure = write_failure(err) if isinstance(err, SafetensorError) else err\n        if is_main:\n"
+             "            shutil.rmtree(tmp, ignore_errors=True)\n",
+             "        failure = write_failure(err) if isinstance(err, SafetensorError) else err\n")], MRN_RANKS,
+           "one process: a full disk in the part write leaves the half-written .tmp-checkpoint folder"),
+    Mutant("mrn-shard-limit-forgets-best", "sharded_checkpoint.py",
+           [('        apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,\n'
+             '                               state.get("best_model_checkpoint"))',
+             '        apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit)')], MRN_RANKS,
+           "save_total_limit deletes the best checkpoint of a sharded / DeepSpeed run (load_best_model_at_end)"),
+    Mutant("mrn-ref-cache-written-by-rank-1", "scoring/ref_cache.py",
+           [("        if rank == 0:\n            save_ref_logps(path, values, key)",
+             "        if rank == world - 1:\n            save_ref_logps(path, values, key)")], MRN_RANKS,
+           "the last rank writes the reference cache: on 2 processes the main's blocked folder is not reported"),
+    Mutant("mrn-main-writes-every-rank", "recipe_state.py",
+           [("        if is_main_process():\n            write()", "        write()")], MRN_RANKS,
+           "every rank writes the recipe's files at once (the same file from two processes)"),
+    # objectives.contract: check_objective's split check
+    Mutant("mrn-contract-half-drops-a-row", "objectives/contract.py",
+           [("[every[:k], every[k:]])", "[every[:k], every[k + 1:]])")], MRN_CONTRACT,
+           "the second half leaves out its first row: every splitting objective is refused"),
+    Mutant("mrn-contract-two-rows-unchecked", "objectives/contract.py",
+           [("    if batch.size > 1:\n        _check_splits", "    if batch.size > 2:\n        _check_splits")],
+           MRN_CONTRACT, "a batch of 2 (halves of 1) is never checked: a batch-mean loss passes on it"),
+    Mutant("mrn-contract-gradients-not-compared", "objectives/contract.py",
+           [("    if not torch.allclose(whole, halves.to(whole.dtype), **tol) or not all(\n"
+             "            torch.allclose(a, b, **tol) for a, b in zip(whole_grads, half_grads)):",
+             "    if not torch.allclose(whole, halves.to(whole.dtype), **tol):")], MRN_CONTRACT,
+           "a loss whose values split but whose gradient reads the batch (a detached batch statistic) passes"),
+    Mutant("mrn-contract-halves-sizes-equal", "objectives/contract.py",
+           [("halves of {k} and {batch.size - k} (sum", "halves of {k} and {k} (sum")], MRN_CONTRACT,
+           "the refusal of an odd batch names two halves of the same size"),
+    Mutant("mrn-contract-declared-checked-too", "objectives/contract.py",
+           [("    if couples_micro_batch(objective):\n        return\n    leaves, k",
+             "    leaves, k")], MRN_CONTRACT,
+           "a declared micro_batch_statistic objective is refused by the check it is declared out of"),
+    Mutant("mrn-contract-step-number-sliced", "objectives/contract.py",
+           [("isinstance(value, (bool, int, float)) or (torch.is_tensor(value) and value.dim() == 0):",
+             "isinstance(value, (bool, int, float)):")], MRN_CONTRACT,
+           "a 0-dim tensor extra (a number of the whole step) is refused as having no example axis"),
+    Mutant("mrn-contract-label-counts-kept", "objectives/contract.py",
+           [('fields[f.name] = None if f.name == "label_counts" else _rows(',
+             'fields[f.name] = value if f.name == "label_counts" else _rows(')], MRN_CONTRACT,
+           "a half keeps the whole batch's label counts: KTO's per-label means of a half divide by the batch's"),
+    Mutant("mrn-contract-mask-not-sliced", "objectives/contract.py",
+           [("        return SequenceLogps(value.token_logps[index], value.mask[index])",
+             "        return SequenceLogps(value.token_logps[index], value.mask[:len(index)])")], MRN_CONTRACT,
+           "a half's mask is the first rows' whatever rows it holds"),
+    # objectives.base.micro_batch_statistic_parts
+    Mutant("mrn-parts-round-flag-dropped-in-sums", "objectives/base.py",
+           [("        return [name for p in parts for name in micro_batch_statistic_parts(p, online)]",
+             "        return [name for p in parts for name in micro_batch_statistic_parts(p)]")], MRN_CONTRACT,
+           "a weighted sum's parts are read with their offline declarations on an online run"),
+    Mutant("mrn-parts-round-false-falls-back", "objectives/base.py",
+           [("    if declared is None:\n        declared = getattr(objective, \"micro_batch_statistic\", False)",
+             "    if not declared:\n        declared = getattr(objective, \"micro_batch_statistic\", False)")],
+           MRN_CONTRACT + ["tests/test_resume_check.py"],
+           "an online declaration False (online dapo) falls back to the offline True: refused for nothing"),
+    # resume_check: micro-batch statistic rules and process-count refusals
+    Mutant("mrn-resume-accumulation-mapped-inverted", "resume_check.py",
+           [("if isinstance(accumulation, int) and accumulation * saved_world == cfg.gradient_accumulation_steps * "
+             "world:", "if isinstance(accumulation, int) and accumulation * world == "
+             "cfg.gradient_accumulation_steps * saved_world:")], MRN_RESUME,
+           "the KTO run on 1 process x accumulation 2 (same micro-batches) is refused, 4 x 1 accepted"),
+    Mutant("mrn-resume-keep-divides-by-saved", "resume_check.py",
+           [('keep = (f"per_device_train_batch_size: {before // world}"',
+             'keep = (f"per_device_train_batch_size: {before // saved_world}"')], MRN_RESUME,
+           "the refusal advises the per-device batch of the old world, which is refused again"),
+    Mutant("mrn-resume-split-advice-inverted", "resume_check.py",
+           [("    if micro % world == 0:\n        here = (", "    if micro % world != 0:\n        here = (")],
+           MRN_RESUME, "3 processes are told to keep 0 accumulation steps; 1 process is told it cannot split"),
+    Mutant("mrn-resume-round-parts-offline", "resume_check.py",
+           [("        return micro_batch_statistic_parts(cfg.objective(), online)",
+             "        return micro_batch_statistic_parts(cfg.objective())")], MRN_RESUME,
+           "online dapo with scale_rewards batch / RLOO normalize_advantages refused on another process count"),
+    Mutant("mrn-resume-round-task-never-coupled", "resume_check.py",
+           [('    if getattr(cfg, "task", "dpo") != ("online" if online else "dpo") or not hasattr(cfg, "objective"):',
+             '    if getattr(cfg, "task", "dpo") != "dpo" or not hasattr(cfg, "objective"):')], MRN_RESUME,
+           "task: online's objective is never read: bnpo resumed on another number of processes unrefused"),
+    # data.report: the empty-split message
+    Mutant("mrn-empty-one-file-those", "data/report.py",
+           [('"those files" if named and len(files) > 1 else "it"', '"those files" if named and len(files) > 0 '
+             'else "it"'), ('it = "that file" if named and len(files) == 1 else', 'it = "that file" if False else')],
+           MRN_EMPTY, "a split read from one file is told to fill 'those files'"),
+    Mutant("mrn-empty-blank-lines-dropped", "data/report.py",
+           [('+ (f" ({blank} blank lines)" if blank else "") + f". {fix}")', '+ f". {fix}")')], MRN_EMPTY,
+           "an empty file of blank lines no longer says it had blank lines (they were skipped unsaid)"),
+    Mutant("mrn-empty-eval-fix-generic", "data/report.py",
+           [('"eval_dataset_name": "Fill {it}, point eval_dataset_name', '"eval_dataset_names": "Fill {it}, point '
+             'eval_dataset_name')],
+           MRN_EMPTY, "an empty eval split gets the generic fix: eval_strategy: no is not offered"),
+    Mutant("mrn-empty-data-flag-head-as-option", "data/report.py",
+           [('        if option and option.startswith("--"):', '        if option and option.startswith("---"):')],
+           MRN_EMPTY, "preflab eval --data's empty split is headed \"--data='x' (x)\" like a config option"),
+    Mutant("mrn-empty-read-from-unkept", "data/report.py",
+           [("        setattr(report, READ_FROM, (reader.read_from(), [str(f) for f in reader.files]))",
+             "        pass")], MRN_EMPTY,
+           "the report keeps no split / files: every empty split says 'it holds no rows', naming the folder only"),
+    Mutant("mrn-empty-named-without-files", "data/report.py",
+           [('    named = read.endswith(")")', '    named = bool(read)')], MRN_EMPTY,
+           "a single file's split 'test' (no files named) is told to fill 'that file' / 'those files'"),
+    # save_model staging and the kinds' write_model
+    Mutant("mrn-save-model-objective-state-dropped", "loops/driver.py",
+           [("                self.write_model()\n                self.save_objective_state()\n",
+             "                self.write_model()\n")], MRN_SAVE,
+           "save_model writes the model but not an objective's own trained tensors"),
+    Mutant("mrn-save-model-out-kept-before-train", "loops/driver.py",
+           [("                if run_out is None:\n                    del self.out\n                else:\n"
+             "                    self.out = run_out\n",
+             "                if run_out is not None:\n                    self.out = run_out\n")], MRN_SAVE,
+           "a save before train() leaves self.out at the removed stage: the next save writes there"),
+    Mutant("mrn-save-model-files-not-shared", "loops/driver.py",
+           [("                    self.out = run_out\n        share_run_files(target)\n",
+             "                    self.out = run_out\n")], MRN_SAVE,
+           "a direct save_model leaves model.safetensors 0600 (safetensors' mode), unlike train()'s final save"),
+    Mutant("mrn-write-model-dropout-zeroed", "loops/offline.py",
+           [("        with original_dropout_config(model):  # config.json keeps the rates disable_dropout zeroed for "
+             "training\n            model.save_pretrained(self.out, safe_serialization=True, **gathered)\n"
+             "        self.tokenizer.save_pretrained(self.out)\n        if self.producer",
+             "        if True:\n            model.save_pretrained(self.out, safe_serialization=True, **gathered)\n"
+             "        self.tokenizer.save_pretrained(self.out)\n        if self.producer")], MRN_DROPOUT,
+           "a DPO run's config.json is saved with the dropout rates disable_dropout zeroed"),
+    Mutant("mrn-reward-write-model-dropout-zeroed", "reward_models/reward_run.py",
+           [("        set_reward_config(model, self.reward_info)\n        with original_dropout_config(model):",
+             "        set_reward_config(model, self.reward_info)\n        if True:")],
+           ["tests/test_disable_dropout_config.py", "tests/reward_models/test_bt.py", "-k", "dropout"],
+           "a reward model's config.json is saved with the dropout rates zeroed for training"),
+    # the reward eval's batch and pad_to_multiple_of's text values
+    Mutant("mrn-reward-batch-summary-ignored", "reward_models/cli.py",
+           [('        processes = int(json.loads((saved.parent / "summary.json").read_text())["environment"]'
+             '["world_size"])', '        processes = 1')], MRN_REWARD,
+           "a 2-process reward run's eval batch is read as one process's"),
+    Mutant("mrn-reward-batch-no-config-8", "reward_models/cli.py",
+           [('    if "per_device_eval_batch_size" not in cfg:\n        return DEFAULT_EVAL_BATCH, None',
+             '    if "per_device_eval_batch_size" not in cfg:\n        return 1, None')], MRN_REWARD,
+           "a model saved without a run's config is scored one pair at a time (min / max reward of single pairs)"),
+    Mutant("mrn-pad-none-word-refused", "config_trl.py",
+           [('.lower() in ("auto", "none", "null"):', '.lower() in ("auto", "null"):')], MRN_REWARD,
+           "TRL's CLI text pad_to_multiple_of none is a type error"),
+    Mutant("mrn-pad-note-for-none-too", "config_trl.py",
+           [('        if said.lower() == "auto":\n            notes.append("pad_to_multiple_of: auto -> null',
+             '        if True:\n            notes.append("pad_to_multiple_of: auto -> null')], MRN_REWARD,
+           "pad_to_multiple_of: null is told it was auto"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -166,3 +166,32 @@ def test_no_kind_of_run_has_a_save_model_of_its_own():
     assert {"Trainer", "DiffusionRun", "VisionTrainer", "OnlineRun", "VisionOnlineRun", "RewardRun"} <= set(runs)
     assert [n for n, cls in runs.items() if cls.save_model is not TrainingRun.save_model] == []
     assert [n for n, cls in runs.items() if cls.write_model is TrainingRun.write_model] == []
+
+
+def test_save_model_writes_the_objectives_current_state_and_the_umasks_file_modes(tmp_path):
+    """A SparsePO run trained, then its masks changed: save_model(other) writes sparsepo_masks.safetensors holding
+    the changed masks (the objective's own trained tensors, as train()'s end writes them), and the safetensors files
+    get the umask's mode (safetensors writes 0600), as train()'s final save gives them."""
+    import os
+
+    from preflab.config import config_from_dict
+    from preflab.loops.offline import Trainer
+
+    cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows", "loss_type": "sparsepo",
+                            "output_dir": str(tmp_path / "run"), "max_steps": 1, "per_device_train_batch_size": 4,
+                            "max_length": 64, "disable_tqdm": True, "save_strategy": "no", "report_to": []})
+    trainer = Trainer(cfg, train_data=_rows(8))
+    kept = os.umask(0o022)  # safetensors' 0600 and the umask's 0644 differ
+    try:
+        trainer.train()
+        _shift_weights(trainer.objective, 0.5)
+        other = tmp_path / "elsewhere"
+        trainer.save_model(other)
+    finally:
+        os.umask(kept)
+    masks = load_file(str(other / "sparsepo_masks.safetensors"))
+    state = trainer.objective.state_dict()
+    assert masks.keys() == state.keys() and all(torch.equal(masks[k], state[k].cpu()) for k in masks)
+    for folder in (tmp_path / "run", other):
+        for name in ("model.safetensors", "sparsepo_masks.safetensors"):
+            assert (folder / name).stat().st_mode & 0o777 == 0o644, (folder, name)

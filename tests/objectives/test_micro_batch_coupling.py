@@ -222,17 +222,9 @@ def test_check_objective_refuses_a_user_objective_with_an_undeclared_micro_batch
     the declaration to add and the numbers; declared, it passes and says so; plain DPO splits."""
     from preflab.errors import PreflabError
     from preflab.objectives import check_objective
-    from preflab.objectives.base import ObjectiveOutput, logratios
 
     dpo = objective_class("dpo")
-
-    def centred(self, batch):
-        h_w, h_l = logratios(batch)
-        z = self.beta * (h_w - h_l)
-        losses = -torch.nn.functional.logsigmoid(z - z.mean())
-        return ObjectiveOutput(losses.mean(), losses)
-
-    Centred = dataclasses.make_dataclass("CentredDPO", [], bases=(dpo,), frozen=True, namespace={"compute": centred})
+    Centred = type(_centred_dpo())
     Declared = dataclasses.make_dataclass("DeclaredCentredDPO", [], bases=(Centred,), frozen=True,
                                           namespace={"micro_batch_statistic": True})
     with pytest.raises(PreflabError, match=r"CentredDPO: the losses of this batch of 4 sum to .* halves of 2 and 2 "
@@ -240,3 +232,97 @@ def test_check_objective_refuses_a_user_objective_with_an_undeclared_micro_batch
         check_objective(Centred(), generic_batch(dpo))
     assert check_objective(Declared(), generic_batch(dpo))[-1] == "micro_batch_statistic (declared): loss not split"
     assert check_objective(dpo(), generic_batch(dpo))[-1].startswith("splits over micro-batches")
+
+
+def _centred_dpo():
+    """A user's DPO variant whose loss centres the margins on the batch mean (a statistic of its micro-batch)."""
+    from preflab.objectives.base import ObjectiveOutput, logratios
+
+    def centred(self, batch):
+        h_w, h_l = logratios(batch)
+        z = self.beta * (h_w - h_l)
+        losses = -torch.nn.functional.logsigmoid(z - z.mean())
+        return ObjectiveOutput(losses.mean(), losses)
+
+    return dataclasses.make_dataclass("CentredDPO", [], bases=(objective_class("dpo"),), frozen=True,
+                                      namespace={"compute": centred})()
+
+
+def _pairs(rows: int):
+    """The contract's pair batch cut to its first `rows` rows, with policy log-probs that are leaves again."""
+    part = split_batch(generic_batch(objective_class("dpo")), torch.arange(rows))
+    leaf = lambda s: SequenceLogps(s.token_logps.detach().clone().requires_grad_(True), s.mask)  # noqa: E731
+    return dataclasses.replace(part, policy_chosen=leaf(part.policy_chosen),
+                               policy_rejected=leaf(part.policy_rejected))
+
+
+def test_check_objective_checks_batches_of_two_and_three_naming_each_half():
+    """The smallest batch that has halves (2 rows: 1 + 1) is checked too, and an odd batch names halves of k and
+    size - k: 3 rows are 1 + 2. Plain DPO passes both."""
+    from preflab.errors import PreflabError
+    from preflab.objectives import check_objective
+
+    for rows, halves in ((2, "1 and 1"), (3, "1 and 2")):
+        with pytest.raises(PreflabError, match=rf"CentredDPO: the losses of this batch of {rows} sum to .* halves of "
+                                               rf"{halves} \(sum "):
+            check_objective(_centred_dpo(), _pairs(rows))
+        assert check_objective(objective_class("dpo")(), _pairs(rows))[-1].startswith("splits over micro-batches")
+
+
+def test_check_objective_compares_gradients_as_well_as_loss_values():
+    """A loss whose value is each pair's own (-logsigmoid(z_i)) but whose gradient flows through the batch mean
+    (z_i + (z_i - mean z) - (z_i - mean z).detach()): the loss sums of the batch and of its halves are equal, the
+    gradients are not, and preflab.step backpropagates the gradient. Refused."""
+    from preflab.errors import PreflabError
+    from preflab.objectives import check_objective
+    from preflab.objectives.base import ObjectiveOutput, logratios
+
+    def gradient_coupled(self, batch):
+        h_w, h_l = logratios(batch)
+        z = self.beta * (h_w - h_l)
+        centred = z - z.mean()
+        losses = -torch.nn.functional.logsigmoid(z + centred - centred.detach())
+        return ObjectiveOutput(losses.mean(), losses)
+
+    coupled = dataclasses.make_dataclass("GradientCoupledDPO", [], bases=(objective_class("dpo"),), frozen=True,
+                                         namespace={"compute": gradient_coupled})()
+    batch = generic_batch(objective_class("dpo"))
+    (whole, whole_grads), (halves, half_grads) = whole_and_halves(coupled, batch)
+    assert torch.allclose(whole, halves, rtol=1e-12, atol=0)  # the values split ...
+    assert not all(torch.allclose(a, b) for a, b in zip(whole_grads, half_grads))  # ... the gradients do not
+    with pytest.raises(PreflabError, match="GradientCoupledDPO: the losses of this batch of 4 sum to .* gradient is "
+                                           "not the same over its halves of 2 and 2"):
+        check_objective(coupled, batch)
+
+
+def test_split_batch_keeps_the_steps_numbers_and_counts_each_halfs_labels_anew():
+    """split_batch keeps a number of the whole step (a float or a 0-dim tensor extra) as it is, slices a per-example
+    extra, and drops label_counts (the whole batch's): KTO's per-label metric means of a half are those of a batch
+    built from the half's rows alone (its own counts), not divided by the whole batch's counts."""
+    kto = get_objective("kto")
+    batch = generic_batch(objective_class("kto"))
+    batch.label_counts = (3, 1)  # labels T, F, T, T
+    batch.extras.update(step_tokens=torch.tensor(7.0), weight=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    half = split_batch(batch, torch.tensor([0, 1]))
+    assert half.extras["step_tokens"] is batch.extras["step_tokens"]
+    assert torch.equal(half.extras["weight"], torch.tensor([1.0, 2.0]))
+    assert half.label_counts is None
+    alone = dataclasses.replace(batch, **{f: SequenceLogps(getattr(batch, f).token_logps[:2], getattr(batch, f).mask[:2])
+                                          for f in ("policy", "ref", "policy_kl", "ref_kl")
+                                          if getattr(batch, f) is not None},
+                                label=batch.label[:2], label_counts=None, extras={})
+    ours, theirs = kto(half).metrics, kto(alone).metrics
+    for name in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-12, atol=0)
+    assert float(theirs["logps/rejected"]) == pytest.approx(float(batch.policy.sum[1].detach()))  # the one undesirable row
+
+
+def test_an_online_weighted_sum_reads_each_parts_online_declaration():
+    """loss_type [grpo, rloo]: offline, GRPO's default dapo reads its micro-batch (no round advantages); online, with
+    the step's extras, neither part does, as each part alone (micro_batch_statistic_parts(online=True))."""
+    from preflab.objectives.base import micro_batch_statistic_parts
+
+    both = get_objective(["grpo", "rloo"])
+    assert micro_batch_statistic_parts(both) == ["GRPO"]
+    assert micro_batch_statistic_parts(both, online=True) == [] == micro_batch_statistic_parts(
+        get_objective("grpo"), online=True)
