@@ -1,0 +1,184 @@
+"""User trial 20, the researcher who extends preflab (docs/extending.md): what `preflab lab check` / check_objective
+say about the mistakes a first preference loss makes, and the errors of a malformed plugin file."""
+import pytest
+import torch
+
+from preflab.cli import main
+from preflab.errors import ConfigError, PreflabError
+
+WRONG = '''
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from preflab.objectives.base import Objective, ObjectiveOutput, logratios, reward_metrics
+
+
+@dataclass(frozen=True)
+class MarginDPO(Objective):
+    beta: float = 0.1
+    gamma: float = 0.5
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l) - self.gamma)
+        return ObjectiveOutput(losses.mean(), losses, reward_metrics(batch, self.beta))
+
+
+@dataclass(frozen=True)
+class SignFlip(MarginDPO):
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_l - h_w))
+        return ObjectiveOutput(losses.mean(), losses, reward_metrics(batch, self.beta))
+
+
+@dataclass(frozen=True)
+class NoReference(MarginDPO):
+    def compute(self, batch):
+        losses = -F.logsigmoid(self.beta * (batch.policy_chosen.sum - batch.policy_rejected.sum))
+        return ObjectiveOutput(losses.mean(), losses, reward_metrics(batch, self.beta))
+
+
+@dataclass(frozen=True)
+class RejectedWithoutReference(MarginDPO):
+    def compute(self, batch):
+        h_w, _ = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - batch.policy_rejected.sum))
+        return ObjectiveOutput(losses.mean(), losses, reward_metrics(batch, self.beta))
+
+
+@dataclass(frozen=True)
+class IgnoresChosen(MarginDPO):
+    def compute(self, batch):
+        _, h_l = logratios(batch)
+        losses = -F.logsigmoid(-self.beta * h_l)
+        return ObjectiveOutput(losses.mean(), losses, reward_metrics(batch, self.beta))
+
+
+@dataclass(frozen=True)
+class NanLoss(MarginDPO):
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = (self.beta * (h_w - h_l)).sigmoid().log().neg() * float("nan")
+        return ObjectiveOutput(losses.mean(), losses, {})
+
+
+def helper(x):
+    return x
+'''
+
+
+@pytest.fixture
+def wrong(tmp_path):
+    path = tmp_path / "wrong_losses.py"
+    path.write_text(WRONG)
+    return path
+
+
+def _check(spec, capsys) -> tuple[int, str]:
+    code = main(["lab", "check", spec])
+    return code, capsys.readouterr().out
+
+
+def test_lab_check_fails_a_sign_error_with_the_derivative_along_the_margin(wrong, capsys):
+    """-log sigmoid(beta (h_l - h_w)) passed every check (a scalar, differentiable, per-example loss) and trained the
+    policy towards the rejected. At policy = reference its derivative along raising S_w and lowering S_l is
+    beta sigma(0) + beta sigma(0) = 0.1 on each pair (beta 0.1), which the failure prints."""
+    code, out = _check(f"{wrong}:SignFlip", capsys)
+    assert code == 1 and out.rstrip().endswith("verdict: FAILED")
+    assert "FAIL  SignFlip: the loss prefers the rejected responses" in out
+    assert "at policy = reference [0.1, 0.1, 0.1, 0.1]" in out
+    code, out = _check(f"{wrong}:MarginDPO", capsys)  # the right sign (with a margin) passes, the new checks named
+    assert code == 0, out
+    assert "ok    contract: prefers the chosen: raising the chosen over the rejected lowers the loss" in out
+    assert "ok    contract: reads the chosen responses" in out and "ok    contract: uses the reference it declares" in out
+
+
+def test_lab_check_fails_a_loss_missing_its_reference_term_naming_the_side(wrong, capsys):
+    """A class declaring needs_reference = True (the default) whose loss compares policy log-probs alone passed
+    'needs a reference (declared)': the check only asked that it refuse a batch without a reference."""
+    code, out = _check(f"{wrong}:NoReference", capsys)
+    assert code == 1
+    assert ("FAIL  NoReference: declares needs_reference = True (the default) but its losses do not change when the "
+            "reference log-probs of the chosen responses do") in out
+    code, out = _check(f"{wrong}:RejectedWithoutReference", capsys)
+    assert code == 1 and "reference log-probs of the rejected responses do" in out
+
+
+def test_lab_check_fails_a_loss_that_ignores_the_chosen(wrong, capsys):
+    code, out = _check(f"{wrong}:IgnoresChosen", capsys)
+    assert code == 1 and "FAIL  IgnoresChosen: the loss does not read the chosen responses" in out
+
+
+def test_lab_check_says_a_nan_loss_is_not_finite(wrong, capsys):
+    """Before: 'loss nan is not the mean of losses (nan)' and a torch UserWarning quoting preflab's source line."""
+    with _no_user_warning():
+        code, out = _check(f"{wrong}:NanLoss", capsys)
+    assert code == 1
+    assert "FAIL  NanLoss: loss nan and per-example losses [nan, nan, nan, nan] on this batch" in out
+    assert "are not all finite" in out and "not the mean" not in out
+
+
+class _no_user_warning:
+    def __enter__(self):
+        import warnings
+        self._catch = warnings.catch_warnings(record=True)
+        self._seen = self._catch.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self._catch.__exit__(*exc)
+        assert not [w for w in self._seen if issubclass(w.category, UserWarning)], [str(w.message) for w in self._seen]
+
+
+def test_pair_sense_derivatives_are_dpos_closed_form_at_the_reference():
+    """DPO's -log sigmoid(beta (h_w - h_l)) at h = 0: dL/dS_w = -beta/2 and dL/dS_l = +beta/2 per pair, whatever the
+    lengths (the derivative raises a response's summed log-prob by one, spread over its tokens)."""
+    from preflab.objectives import example_batch, get_objective
+    from preflab.objectives._pair_checks import _per_side_derivatives, at_reference
+
+    dpo = get_objective("dpo", beta=0.3)
+    d_w, d_l = _per_side_derivatives(dpo, at_reference(example_batch(dpo)))
+    assert d_w.tolist() == pytest.approx([-0.15] * 4, abs=1e-12)
+    assert d_l.tolist() == pytest.approx([0.15] * 4, abs=1e-12)
+
+
+def test_every_registered_objective_passes_the_contract_on_its_example_batch():
+    """`preflab lab check diffusion_dpo` (and ppd, smpo_diffusion) failed 'the loss's gradient ... is zero': the example
+    batch ignored the class's example_score_scale (diffusion scores are -MSE gaps of ~1e-4; at log-prob scale
+    beta 5000 saturates). Every built-in now passes every check, the three sense checks included, so none of them
+    refuses a correct objective."""
+    from preflab.objectives import PairBatch, check_objective, example_batch, get_objective, list_objectives
+
+    diffusion = example_batch(get_objective("diffusion_dpo"))
+    assert diffusion.policy_chosen.sum.tolist() == pytest.approx([-10e-4, -3e-4, -7.5e-4, -2e-4], rel=1e-12)
+    for name in list_objectives():
+        objective = get_objective(name)
+        passed = check_objective(objective, example_batch(objective))
+        if objective.batch_type is PairBatch:
+            assert "prefers the chosen: raising the chosen over the rejected lowers the loss" in passed, name
+
+
+def test_a_misspelt_class_lists_the_files_classes(wrong):
+    """Before: "no 'MarginDP0' in wrong_losses.py (its top-level functions: helper)": the objective classes a
+    loss_type names were not listed, only functions."""
+    from preflab.objectives import get_objective
+
+    with pytest.raises(ConfigError) as err:
+        get_objective(f"{wrong}:MarginDP0")
+    assert ("(its top-level functions: helper; classes: MarginDPO, SignFlip, NoReference, RejectedWithoutReference, "
+            "IgnoresChosen, NanLoss).") in str(err.value)
+    with pytest.raises(ConfigError, match=r"'\S*wrong_losses.py:ClassName' \(its top-level functions: helper; "
+                                          r"classes: MarginDPO, SignFlip"):
+        get_objective(str(wrong))
+
+
+def test_check_objective_sense_checks_run_on_a_users_batch(wrong):
+    """check_objective (Python) raises the same failure as the command line, on a batch the user builds."""
+    from preflab.objectives import PairBatch, check_objective, get_objective
+
+    t = lambda *v, g=False: torch.tensor(v, dtype=torch.float64, requires_grad=g)  # noqa: E731
+    batch = PairBatch.from_sums(t(-10.0, -3.0, g=True), t(-12.0, -2.5, g=True), t(-11.0, -3.2), t(-11.5, -2.0))
+    with pytest.raises(PreflabError, match="the loss prefers the rejected responses"):
+        check_objective(get_objective(f"{wrong}:SignFlip"), batch)
