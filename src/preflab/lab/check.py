@@ -4,7 +4,8 @@ package.module:Class, or a built-in name), with a verdict and an exit status (0:
 - The objective contract (preflab.objectives.check_objective on example_batch: 4 examples of different lengths;
   extras from the class's example_extras): a scalar differentiable loss equal to the mean of the per-example losses,
   detached metrics, a loss that depends on the policy, each declared extra named when missing, a truthful
-  needs_reference.
+  needs_reference, and for a pairwise objective the sense checks of preflab.objectives._pair_checks (it reads the
+  chosen, prefers the chosen, and uses the reference it declares).
 - `reduces_to=NAME` (a reduction): on that batch its per-example losses equal NAME's, built with the parameters the
   two share (e.g. its beta), to 1e-9; e.g. `--param gamma=0 --reduces-to dpo` for a DPO variant whose extra term is
   switched off.

@@ -6,9 +6,10 @@
 
 The checks are those tests/objectives/test_contract.py runs over every registered objective, on a batch the caller
 gives (it knows its extras): a scalar differentiable loss equal to the mean of one loss per example, detached
-metrics, a loss that depends on the policy's log-probs, a MissingExtraError naming each declared extra when it is
-absent, a truthful `needs_reference` (refused without a reference when declared, unchanged without one when
-not), and a loss that splits over micro-batches unless it declares `micro_batch_statistic`: the sum of the losses of
+metrics, a loss that depends on the policy's log-probs, for a PairBatch objective three checks of its sense
+(preflab.objectives._pair_checks: it reads the chosen, prefers the chosen, uses the reference it declares), a
+MissingExtraError naming each declared extra when it is absent, a truthful `needs_reference` (refused without a
+reference when declared, unchanged without one when not), and a loss that splits over micro-batches unless it declares `micro_batch_statistic`: the sum of the losses of
 the batch equals the sums over its two halves, in value and gradient (preflab.step backpropagates that sum, so only
 then are 2 processes x b rows the same run as 1 process x 2b; base.couples_micro_batch). A failed check is a
 PreflabError saying which and why.
