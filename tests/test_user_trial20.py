@@ -182,3 +182,57 @@ def test_check_objective_sense_checks_run_on_a_users_batch(wrong):
     batch = PairBatch.from_sums(t(-10.0, -3.0, g=True), t(-12.0, -2.5, g=True), t(-11.0, -3.2), t(-11.5, -2.0))
     with pytest.raises(PreflabError, match="the loss prefers the rejected responses"):
         check_objective(get_objective(f"{wrong}:SignFlip"), batch)
+
+
+METRICS = '''
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from preflab.objectives.base import Objective, ObjectiveOutput, logratios
+
+
+@dataclass(frozen=True)
+class Metrics(Objective):
+    beta: float = 0.1
+    which: str = "ok"
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        losses = -F.logsigmoid(self.beta * (h_w - h_l))
+        metrics = {"ok": {"my/frac": 0.25, "my/mean": (h_w - h_l).detach().mean()},
+                   "loss": {"loss": torch.tensor(123.0)}, "grad_norm": {"grad_norm": 7.0},
+                   "eval": {"eval_margin": 1.0}, "vector": {"my/vec": (h_w - h_l).detach()},
+                   "text": {"my/name": "abc"}}[self.which]
+        return ObjectiveOutput(losses.mean(), losses, metrics)
+'''
+
+
+def test_an_objective_metric_the_run_logs_itself_or_not_a_number_is_refused_naming_it(tmp_path):
+    """A user metric named 'loss' replaced the run's loss in metrics.jsonl (a DPO run logged loss 123.0 at every step,
+    grad_norm likewise), and a [B] tensor metric crashed the first step with "RuntimeError: shape '[]' is invalid for
+    input of size 8" after the models loaded. Both are refused at the objective's first call (preflab lab check, or
+    the run's first micro-batch), naming the metric and what to do."""
+    from preflab.objectives import example_batch, get_objective
+
+    path = tmp_path / "metric_losses.py"
+    path.write_text(METRICS)
+
+    def call(which):
+        objective = get_objective(f"{path}:Metrics", which=which)
+        return objective(example_batch(objective))
+
+    assert call("ok").metrics["my/frac"] == 0.25
+    with pytest.raises(PreflabError, match=r"Metrics: metric 'loss' is a name the run logs itself \(its loss\): it "
+                                           r"would replace the run's value in metrics.jsonl. Rename it, e.g. "
+                                           r"'metrics/loss'"):
+        call("loss")
+    with pytest.raises(PreflabError, match=r"metric 'grad_norm' is a name the run logs itself \(its grad_norm\)"):
+        call("grad_norm")
+    with pytest.raises(PreflabError, match=r"metric 'eval_margin' is a name the run logs itself \(its evaluation\)"):
+        call("eval")
+    with pytest.raises(PreflabError, match=r"metric 'my/vec' is a tensor of shape \(4,\); a metric is one number"):
+        call("vector")
+    with pytest.raises(PreflabError, match=r"metric 'my/name' is a str; a metric is a number"):
+        call("text")
