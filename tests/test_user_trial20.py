@@ -236,3 +236,44 @@ def test_an_objective_metric_the_run_logs_itself_or_not_a_number_is_refused_nami
         call("vector")
     with pytest.raises(PreflabError, match=r"metric 'my/name' is a str; a metric is a number"):
         call("text")
+
+
+BUILDERS = '''
+def one_arg(scores):
+    return []
+
+
+def no_return(scores, generator):
+    pairs = [(0, 0, 1)]
+
+
+def broken(scores, generator):
+    return [(0, 0, 1)] if scores.shape[1] > 100 else 1 / 0
+
+
+def fine(scores, generator):
+    return [(p, int(row.argmax()), int(row.argmin())) for p, row in enumerate(scores)]
+'''
+
+
+def test_a_pair_builder_of_the_wrong_form_is_an_error_naming_it(tmp_path):
+    """docs/extending.md's pair builder f(scores, generator): a builder taking (scores) alone crashed the first round
+    with "TypeError: one_arg() takes 1 positional argument but 2 were given", one without `return` with
+    "'NoneType' object is not iterable", one that raised with the bare exception; each now names the builder (its
+    line, for an exception) and what to write, the signature before the run starts."""
+    from preflab.loops.pair_builders import build_pairs
+    from preflab.online_recipes import user_builder
+
+    path = tmp_path / "my_builders.py"
+    path.write_text(BUILDERS)
+    scores = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 0.4]], dtype=torch.float64)
+    assert build_pairs(scores, f"{path}:fine").triples == [(0, 1, 0), (1, 0, 1)]
+    with pytest.raises(ConfigError, match=r"'\S+:one_arg' is one_arg\(scores\), which cannot be called as "
+                                          r"f\(scores, generator\)"):
+        user_builder(f"{path}:one_arg")
+    with pytest.raises(ConfigError, match=r"returned None in round 2; it must return a list of \(prompt, chosen, "
+                                          r"rejected\) index triples"):
+        build_pairs(scores, f"{path}:no_return", where="round 2")
+    with pytest.raises(ConfigError, match=r"raised at \S+my_builders.py line 11: ZeroDivisionError: division by zero "
+                                          r"\(called as f\(scores, generator\) with scores of shape \(2, 3\)\)"):
+        build_pairs(scores, f"{path}:broken")

@@ -49,7 +49,7 @@ def import_object(spec: str, option: str):
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's module raised while it ran (a bug in user code)
-        raise ConfigError(f"{option}: {spec!r}: importing {module} raised {_where(err)}{type(err).__name__}: {err}. "
+        raise ConfigError(f"{option}: {spec!r}: importing {module} raised {where_raised(err)}{type(err).__name__}: {err}. "
                           "Fix that module.") from err
     if not hasattr(mod, attr):
         names = [n for n in vars(mod) if not n.startswith("_")]
@@ -136,7 +136,7 @@ def _load_file(path: Path, option: str, spec: str):
     return mod
 
 
-def _where(err: BaseException) -> str:
+def where_raised(err: BaseException) -> str:
     """'at FILE line N: ' for the innermost frame of err's traceback, '' without one."""
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:

@@ -90,6 +90,25 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
     return PairPlan(triples, ties, int(scores.isnan().sum()), rso)
 
 
+def _listed(fn, spec: str, scores: Tensor, generator: torch.Generator, at: str) -> list:
+    """list(fn(scores, generator)); a ConfigError naming the builder when it returns None (a missing `return`) or
+    something that is not a list of triples, or when it raises (the exception and the builder's line quoted)."""
+    from preflab.plugins import where_raised
+
+    try:
+        given = fn(scores, generator)
+        if given is None:
+            raise ConfigError(f"pair_builder {spec!r} returned None{at}; it must return a list of (prompt, chosen, "
+                              "rejected) index triples ([] when a round gives no pair): is its `return` missing?")
+        return list(given)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's builder raised: a bug in user code, named with its line
+        raise ConfigError(f"pair_builder {spec!r} raised {where_raised(err)}{type(err).__name__}: {err}{at} (called "
+                          f"as f(scores, generator) with scores of shape {tuple(scores.shape)}). Fix the builder.") \
+            from err
+
+
 def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator, timeout_s: float | None = None,
                 where: str = "") -> PairPlan:
     """The triples of a user's builder, each checked: a wrong index would train on another completion, a NaN-scored
@@ -98,7 +117,7 @@ def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator, timeo
     triples = []
     P, K = scores.shape
     at = f" in {where}" if where else ""
-    given = call_within(lambda: list(fn(scores.clone(), generator)), timeout_s, lambda: JudgeTimeoutError(
+    given = call_within(lambda: _listed(fn, spec, scores.clone(), generator, at), timeout_s, lambda: JudgeTimeoutError(
         f"pair_builder {spec!r} did not return within judge_timeout_s = {timeout_s:g} s{at} (one call on scores of "
         f"shape {(P, K)}); the run stops (the call is abandoned in a background thread: Python cannot stop it). Fix "
         "the builder so that it returns, or raise judge_timeout_s (null: no limit) if a call this long is expected."))
