@@ -277,3 +277,17 @@ def test_a_pair_builder_of_the_wrong_form_is_an_error_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"raised at \S+my_builders.py line 11: ZeroDivisionError: division by zero "
                                           r"\(called as f\(scores, generator\) with scores of shape \(2, 3\)\)"):
         build_pairs(scores, f"{path}:broken")
+
+
+def test_an_objective_file_imports_everything_from_preflab_objectives():
+    """`from preflab.objectives import Objective, ObjectiveOutput, logratios, reward_metrics` (the package the docs
+    import get_objective and check_objective from) failed: logratios and reward_metrics were only in
+    preflab.objectives.base. They are the same functions; logratios gives h = S - S_ref of each side."""
+    import preflab.objectives as objectives
+    from preflab.objectives import PairBatch, base, logratios, reward_metrics
+
+    assert logratios is base.logratios and reward_metrics is base.reward_metrics
+    assert {"logratios", "reward_metrics"} <= set(objectives.__all__)
+    t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    h_w, h_l = logratios(PairBatch.from_sums(t(-10.0), t(-12.0), t(-11.0), t(-11.5)))
+    assert (float(h_w), float(h_l)) == (1.0, -0.5)
