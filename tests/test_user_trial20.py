@@ -291,3 +291,13 @@ def test_an_objective_file_imports_everything_from_preflab_objectives():
     t = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
     h_w, h_l = logratios(PairBatch.from_sums(t(-10.0), t(-12.0), t(-11.0), t(-11.5)))
     assert (float(h_w), float(h_l)) == (1.0, -0.5)
+
+
+def test_a_misspelt_reduction_target_is_a_command_error_before_any_check(wrong, capsys):
+    """`preflab lab check F:Cls --reduces-to dpoo` ran the whole contract, then printed 'FAIL  unknown objective' and
+    'verdict: FAILED' (exit 1, as if the objective were wrong); it is now an error in the command (exit 2), as a
+    misspelt --param is."""
+    assert main(["lab", "check", f"{wrong}:MarginDPO", "--reduces-to", "dpoo"]) == 2
+    captured = capsys.readouterr()
+    assert "unknown objective 'dpoo'. Did you mean 'dpo'?" in captured.err and "contract" not in captured.out
+    assert main(["lab", "check", f"{wrong}:MarginDPO", "--param", "gamma=0", "--reduces-to", "dpo"]) == 0

@@ -33,6 +33,10 @@ def check_user_objective(spec: str, params: dict | None = None, reduces_to: str 
     from preflab.objectives import check_objective, example_batch, get_objective
 
     objective = get_objective(spec, **(params or {}))
+    if reduces_to:  # a misspelt target is an error in the command (exit 2), not a failed check after the contract
+        from preflab.objectives import resolve_name
+
+        resolve_name(reduces_to)
     passed: list[str] = []
     try:
         batch = example_batch(objective)
