@@ -7132,6 +7132,13 @@ MUTANTS += [
     Mutant("t20-file-classes-unlisted", "plugins.py",
            [('("classes", public(ast.ClassDef))', '("classes", [])')],
            T20_TESTS, "a misspelt loss_type class lists the file's functions only"),
+    Mutant("t20-reduction-target-late", "lab/check.py",
+           [("        resolve_name(reduces_to)\n", "        pass\n")],
+           T20_TESTS, "--reduces-to dpoo runs the contract and fails it as a check (exit 1)"),
+    Mutant("t20-against-scores-uncounted", "loops/pair_builders.py",
+           [("    against = sum(bool(scores[p, c] < scores[p, r]) for p, c, r in triples)",
+             "    against = sum(bool(scores[p, c] > scores[p, r]) for p, c, r in triples)")],
+           T20_TESTS, "a user builder's pairs against the judge counted the wrong way round"),
 ]
 
 

@@ -301,3 +301,30 @@ def test_a_misspelt_reduction_target_is_a_command_error_before_any_check(wrong, 
     captured = capsys.readouterr()
     assert "unknown objective 'dpoo'. Did you mean 'dpo'?" in captured.err and "contract" not in captured.out
     assert main(["lab", "check", f"{wrong}:MarginDPO", "--param", "gamma=0", "--reduces-to", "dpo"]) == 0
+
+
+def test_a_user_builders_pairs_against_the_judge_are_counted_in_the_rounds_metrics(tmp_path):
+    """A builder that pairs a lower-scored chosen with a higher-scored rejected (a reversed comparison, or label noise
+    on purpose) trained without a word; the round's counts now carry pairs/against_scores (user builders only: the
+    built-in ones never do it, and their metrics rows are unchanged)."""
+    from types import SimpleNamespace
+
+    from preflab.loops.pair_builders import build_pairs
+    from preflab.loops.rollout import PromptRow
+    from preflab.online.trainers import TRAINERS, build_examples
+
+    path = tmp_path / "flip_builders.py"
+    path.write_text("def flip(scores, generator):\n"
+                    "    return [(0, 0, 1), (0, 2, 1), (1, 1, 0), (1, 0, 1)]\n")
+    scores = torch.tensor([[0.1, 0.9, 0.9], [0.7, 0.2, 0.4]], dtype=torch.float64)
+    # (0, 0, 1): 0.1 < 0.9 against; (0, 2, 1): a tie, not against; (1, 1, 0): 0.2 < 0.7 against; (1, 0, 1): with
+    assert build_pairs(scores, f"{path}:flip").against_scores == 2
+    cfg = SimpleNamespace(pair_builder=f"{path}:flip", rso_beta=0.5, rso_num_samples=2, judge_timeout_s=None)
+    rows = [PromptRow(0, "p", [1, 5], {}), PromptRow(1, "q", [1, 6], {})]
+    completions = [[[6], [7], [8]], [[9], [10], [11]]]
+    examples, counts = build_examples(TRAINERS["online_dpo"], cfg, rows, completions, scores, None, torch.Generator())
+    assert counts["pairs/against_scores"] == 2 and len(examples) == 4
+    assert examples[0].extras == {"score_chosen": 0.1, "score_rejected": 0.9}
+    cfg.pair_builder = "best_vs_worst"
+    assert "pairs/against_scores" not in build_examples(TRAINERS["online_dpo"], cfg, rows, completions, scores, None,
+                                                        torch.Generator())[1]
