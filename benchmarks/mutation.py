@@ -7357,6 +7357,60 @@ MUTANTS += [
            "pad_to_multiple_of: null is told it was auto"),
 ]
 
+# mutation-t20 round: user trial 20 (the researcher who extends preflab): check_objective's sense checks of a
+# pairwise loss (reads the chosen, prefers the chosen, uses its reference), example_batch's score scale, an
+# objective's metric names and values, a user pair builder's form, a misspelt class listing the file's classes
+T20_TESTS = ["tests/test_user_trial20.py"]
+MUTANTS += [
+    Mutant("t20-sign-check-off", "objectives/_pair_checks.py",
+           [("    if all(bool((m > 0).all()) for m in margins.values()):",
+             "    if False and all(bool((m > 0).all()) for m in margins.values()):")],
+           T20_TESTS, "a loss of h_l - h_w (trains towards the rejected) passes preflab lab check"),
+    Mutant("t20-sign-any-pair", "objectives/_pair_checks.py",
+           [("    if all(bool((m > 0).all()) for m in margins.values()):",
+             "    if all(bool((m > 0).any()) for m in margins.values()):")],
+           T20_TESTS, "one pair against the margin fails the check: DiscoPOP (non-monotone near h = 0) refused"),
+    Mutant("t20-chosen-check-off", "objectives/_pair_checks.py",
+           [("    if all(bool((d_w == 0).all()) for d_w, _ in derivs.values()):",
+             "    if False:")],
+           T20_TESTS, "a loss of the rejected alone passes preflab lab check"),
+    Mutant("t20-reference-check-off", "objectives/_pair_checks.py",
+           [("                if torch.equal(objective(moved).losses.detach(), base):", "                if False:")],
+           T20_TESTS, "a loss without log pi_ref passes 'needs a reference (declared)'"),
+    Mutant("t20-reference-rejected-side-skipped", "objectives/_pair_checks.py",
+           [('("ref_rejected", bool((d_l != 0).any()))', '("ref_rejected", False)')],
+           T20_TESTS, "h_w - S_l (the rejected's reference dropped) passes"),
+    Mutant("t20-example-scale-ignored", "objectives/contract.py",
+           [('    scale = float(getattr(cls, "example_score_scale", 1.0))', "    scale = 1.0")],
+           T20_TESTS, "preflab lab check diffusion_dpo fails: its example batch saturates beta 5000"),
+    Mutant("t20-nan-loss-unnamed", "objectives/contract.py",
+           [("    if not bool(torch.isfinite(losses).all()) or not bool(torch.isfinite(out.loss.detach())):",
+             "    if False:")],
+           T20_TESTS, "a NaN loss fails as 'loss nan is not the mean of losses (nan)'"),
+    Mutant("t20-reserved-metric-allowed", "objectives/base.py",
+           [('        if key in TRAINER_METRICS or key.startswith("eval_"):', '        if key.startswith("eval_"):')],
+           T20_TESTS, "an objective metric 'loss' replaces the run's loss in metrics.jsonl"),
+    Mutant("t20-vector-metric-allowed", "objectives/base.py",
+           [("            if value.numel() != 1:", "            if False:")],
+           T20_TESTS, "a [B] metric crashes the step's averaging with a bare RuntimeError"),
+    Mutant("t20-builder-signature-unchecked", "online_recipes.py",
+           [("        signature.bind(None, None)\n", "        signature.bind(None, None) if False else None\n")],
+           T20_TESTS, "a pair builder f(scores) starts and crashes the first round with a bare TypeError"),
+    Mutant("t20-builder-none-unnamed", "loops/pair_builders.py",
+           [("        if given is None:", "        if False:")],
+           T20_TESTS, "a builder without return: 'raised TypeError: NoneType is not iterable', not 'returned None'"),
+    Mutant("t20-file-classes-unlisted", "plugins.py",
+           [('("classes", public(ast.ClassDef))', '("classes", [])')],
+           T20_TESTS, "a misspelt loss_type class lists the file's functions only"),
+    Mutant("t20-reduction-target-late", "lab/check.py",
+           [("        resolve_name(reduces_to)\n", "        pass\n")],
+           T20_TESTS, "--reduces-to dpoo runs the contract and fails it as a check (exit 1)"),
+    Mutant("t20-against-scores-uncounted", "loops/pair_builders.py",
+           [("    against = sum(bool(scores[p, c] < scores[p, r]) for p, c, r in triples)",
+             "    against = sum(bool(scores[p, c] > scores[p, r]) for p, c, r in triples)")],
+           T20_TESTS, "a user builder's pairs against the judge counted the wrong way round"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -401,7 +401,7 @@ class ClaimsNoReference(MarginWeighted):
                            "splits over micro-batches: the halves' loss sums and gradients are the batch's"]
     assert "reference-free (declared): same losses without a reference" in check_objective(
         get_objective(f"{losses}:NoBeta"), _grad_batch())
-    assert len(check_objective(get_objective("dpo"), _grad_batch())) == 6
+    assert len(check_objective(get_objective("dpo"), _grad_batch())) == 9
     with pytest.raises(PreflabError, match="declares needs_reference = False but fails without reference log-probs"):
         check_objective(get_objective(f"{losses}:ClaimsNoReference"), _grad_batch(extras))
 

@@ -22,6 +22,19 @@ def user_builder(spec: str):
     if not callable(fn):
         raise ConfigError(f"pair_builder: {spec!r} is a {type(fn).__name__}, not a function f(scores, generator) -> "
                           "[(prompt, chosen, rejected), ...].")
+    import inspect
+
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: its first call says
+        return fn
+    try:
+        signature.bind(None, None)
+    except TypeError as err:
+        raise ConfigError(f"pair_builder: {spec!r} is {getattr(fn, '__name__', 'f')}{signature}, which cannot be "
+                          f"called as f(scores, generator) ({err}); the round calls it with the [P, K] scores and its "
+                          "seeded torch.Generator: def f(scores, generator) -> [(prompt, chosen, rejected), ...].") \
+            from None
     return fn
 
 

@@ -25,7 +25,7 @@ def import_object(spec: str, option: str):
     module, _, attr = spec.rpartition(":")
     if not module and spec.endswith(".py") and Path(spec).expanduser().is_file():  # the file, not what to call in it
         raise ConfigError(f"{option}: {spec!r} is a Python file without the name to call; write {spec}:NAME"
-                          f"{file_functions(Path(spec).expanduser())}.")
+                          f"{file_top_level_names(Path(spec).expanduser())}.")
     if not module or not attr:
         raise ConfigError(f"{option}: {spec!r} is not 'module:name' or 'path/to/file.py:name'; e.g. "
                           "mypkg.rewards:helpfulness.")
@@ -49,11 +49,11 @@ def import_object(spec: str, option: str):
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - the user's module raised while it ran (a bug in user code)
-        raise ConfigError(f"{option}: {spec!r}: importing {module} raised {_where(err)}{type(err).__name__}: {err}. "
+        raise ConfigError(f"{option}: {spec!r}: importing {module} raised {where_raised(err)}{type(err).__name__}: {err}. "
                           "Fix that module.") from err
     if not hasattr(mod, attr):
         names = [n for n in vars(mod) if not n.startswith("_")]
-        listed = file_functions(Path(module).expanduser()) if module.endswith(".py") else ""
+        listed = file_top_level_names(Path(module).expanduser()) if module.endswith(".py") else ""
         raise ConfigError(f"{option}: {spec!r}: no {attr!r}{where}{listed}.{nearest(attr, names)}")
     file = getattr(mod, "__file__", None)
     if file and not (mod.__name__ == "preflab" or mod.__name__.startswith("preflab.")):
@@ -61,19 +61,21 @@ def import_object(spec: str, option: str):
     return getattr(mod, attr)
 
 
-def file_functions(path: Path) -> str:
-    """' (its top-level functions: f, g)' read from the file's syntax tree (nothing in it is run), or '' when it has
-    none or does not parse: what a spec naming a Python file without `:name` (or a name it lacks) is told to choose
-    from (reward_funcs, --reward-fn, --judge, loss_type, ...)."""
+def file_top_level_names(path: Path) -> str:
+    """' (its top-level functions: f, g; classes: A)' read from the file's syntax tree (nothing in it is run), or ''
+    when it has none or does not parse: what a spec naming a Python file without `:name` (or a name it lacks) is told
+    to choose from (reward_funcs, --reward-fn, --judge: a function; loss_type: an objective class)."""
     import ast
 
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (SyntaxError, UnicodeDecodeError, OSError):
         return ""
-    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
-             and not n.name.startswith("_")]
-    return f" (its top-level functions: {', '.join(names)})" if names else ""
+    public = lambda kinds: [n.name for n in tree.body if isinstance(n, kinds) and not n.name.startswith("_")]  # noqa: E731
+    parts = [f"{kind}: {', '.join(names)}" for kind, names in
+             (("functions", public((ast.FunctionDef, ast.AsyncFunctionDef))), ("classes", public(ast.ClassDef)))
+             if names]
+    return f" (its top-level {'; '.join(parts)})" if parts else ""
 
 
 _LOADED: dict[str, Path] = {}  # module part of a spec ('my_losses.py', 'mypkg.rewards') -> its file, this process
@@ -134,7 +136,7 @@ def _load_file(path: Path, option: str, spec: str):
     return mod
 
 
-def _where(err: BaseException) -> str:
+def where_raised(err: BaseException) -> str:
     """'at FILE line N: ' for the innermost frame of err's traceback, '' without one."""
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:

@@ -52,12 +52,12 @@ def test_lab_check_prints_each_check_and_a_verdict_with_exit_status(tmp_path, ca
     assert "ok    reduces to dpo (beta=0.5): the same per-example losses" in out  # the parameters both have
     assert "ok    kl-optimum: on B4 with beta=0.5 its population minimiser is pi_ref exp(r / beta) / Z" in out
     assert "ok    contract: splits over micro-batches: the halves' loss sums and gradients are the batch's" in out
-    assert out.rstrip().endswith("verdict: passed (8 checks)")
+    assert out.rstrip().endswith("verdict: passed (11 checks)")
     # gamma 0.5 (its default) is not DPO: the reduction and the closed form fail, with the numbers
     assert main(["lab", "check", f"{path}:MarginDPO", "--reduces-to", "dpo"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  does not reduce to dpo (beta=0.1): per-example losses" in out
-    assert out.rstrip().endswith("verdict: FAILED") and out.count("ok    contract:") == 6
+    assert out.rstrip().endswith("verdict: FAILED") and out.count("ok    contract:") == 9
     assert main(["lab", "check", f"{path}:MarginDPO", "--kl-optimum"]) == 1
     assert "FAIL  kl-optimum: on B4 with beta=0.1 the population minimiser is" in capsys.readouterr().out
     assert main(["lab", "check", f"{path}:ClaimsNoReference"]) == 1

@@ -1,6 +1,6 @@
 """`preflab train` under DDP (examples/accelerate/ddp.yaml, 2 CPU processes, gloo) against one plain process with the
 same global batch, for the run kinds whose 2-process check is one DDP run: a streaming run (from
-tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py) and a
+tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py), a user's objective named by path (docs/extending.md) and a
 distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py). Their 2-process runs share one launch
 (tests/loops/scale_matrix_run.py's `cli` runs, one after another in the same two processes, each into its own
 folder; each `preflab train` seeds itself from its config): a launch costs a launcher and two ranks' imports, more
@@ -52,6 +52,39 @@ def _diffusion_runs(d: Path) -> list:
              "per_device_train_batch_size=2"]]
 
 
+# a user's objective named by path (docs/extending.md's MarginWeighted), reading two data columns as extras
+USER_LOSS = '''
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from preflab.objectives.base import Objective, ObjectiveOutput, logratios, reward_metrics
+
+
+@dataclass(frozen=True)
+class MarginWeighted(Objective):
+    beta: float = 0.1
+    gamma: float = 0.5
+    required_extras = ("margin", "weight")
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        margin, weight = batch.extra("margin").to(h_w), batch.extra("weight").to(h_w)
+        losses = weight * -F.logsigmoid(self.beta * (h_w - h_l) - self.gamma * margin)
+        return ObjectiveOutput(losses.mean(), losses, reward_metrics(batch, self.beta))
+'''
+USER_RUN = ["model_name_or_path=builtin:tiny-llama", "max_steps=3", "logging_steps=1", "disable_tqdm=true",
+            "max_length=64", "learning_rate=1e-3", "seed=3", "use_cpu=true", "gamma=0.3", "eval_steps=0"]
+
+
+def _user_objective_runs(d: Path) -> list:
+    (d / "my_losses.py").write_text(USER_LOSS)
+    rows = [{**row, "margin": (i % 5) / 4, "weight": 0.5 + (i % 3) / 2} for i, row in enumerate(PAIRS[:48])]
+    data = write_jsonl(d / "pairs_w.jsonl", rows)
+    return [["cli", d / "two", *USER_RUN, f"loss_type={d / 'my_losses.py'}:MarginWeighted", f"dataset_name={data}",
+             "per_device_train_batch_size=4"]]
+
+
 # Each test's 2-process runs, given the test's folder (the folder exists; a run may write its inputs there).
 LAUNCHED = {
     "test_two_processes_streaming_equal_one_process_with_double_batch": _streaming_runs,
@@ -61,6 +94,7 @@ LAUNCHED = {
         ["cli", d / "two", str(ROOT / "examples/distill.yaml"), "per_device_train_batch_size=4", "save_steps=2",
          *DISTILL]],
     "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch": _diffusion_runs,
+    "test_user_objective_two_processes_equal_one_process_with_double_batch": _user_objective_runs,
 }
 if importlib.util.find_spec("diffusers") is None:  # the diffusion test skips itself; no run for it
     del LAUNCHED["test_diffusion_two_gloo_processes_equal_one_process_with_double_batch"]
@@ -181,3 +215,25 @@ def test_diffusion_two_gloo_processes_equal_one_process_with_double_batch(tmp_pa
     # 1.2e-3); adam_epsilon 1e-5 damps those to ~5e-6 (AVX2 and AVX-512) while every real gradient still takes
     # a full step, so a wrong split of the batch or of the draws still moves weights by ~lr = 1e-3
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
+
+
+@pytest.mark.slow
+def test_user_objective_two_processes_equal_one_process_with_double_batch(tmp_path, launched):
+    """A user's objective named by path (loss_type: FILE.py:Class, docs/extending.md) gets a built-in's 2-process
+    guarantee: each rank loads the file, the extras columns are sliced with their rows, and 2 x 4 pairs end where
+    1 x 8 ends (losses, reward margins and weights)."""
+    from preflab.cli import main
+
+    base = launched("test_user_objective_two_processes_equal_one_process_with_double_batch")
+    spec = f"loss_type={base / 'my_losses.py'}:MarginWeighted"
+    assert main(["train", *USER_RUN, spec, f"dataset_name={base / 'pairs_w.jsonl'}", f"output_dir={tmp_path / 'one'}",
+                 "per_device_train_batch_size=8"]) == 0
+    rows = {name: [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+            for name, folder in (("one", tmp_path / "one"), ("two", base / "two"))}
+    assert [r["step"] for r in rows["two"]] == [1, 2, 3]
+    for key in ("loss", "rewards/margins"):
+        assert [r[key] for r in rows["two"]] == pytest.approx([r[key] for r in rows["one"]], abs=1e-5), key
+    two, one = (load_file(str(folder / "model.safetensors")) for folder in (base / "two", tmp_path / "one"))
+    assert max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-5
+    summary = json.loads((base / "two/summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2

@@ -4,7 +4,8 @@ package.module:Class, or a built-in name), with a verdict and an exit status (0:
 - The objective contract (preflab.objectives.check_objective on example_batch: 4 examples of different lengths;
   extras from the class's example_extras): a scalar differentiable loss equal to the mean of the per-example losses,
   detached metrics, a loss that depends on the policy, each declared extra named when missing, a truthful
-  needs_reference.
+  needs_reference, and for a pairwise objective the sense checks of preflab.objectives._pair_checks (it reads the
+  chosen, prefers the chosen, and uses the reference it declares).
 - `reduces_to=NAME` (a reduction): on that batch its per-example losses equal NAME's, built with the parameters the
   two share (e.g. its beta), to 1e-9; e.g. `--param gamma=0 --reduces-to dpo` for a DPO variant whose extra term is
   switched off.
@@ -32,6 +33,10 @@ def check_user_objective(spec: str, params: dict | None = None, reduces_to: str 
     from preflab.objectives import check_objective, example_batch, get_objective
 
     objective = get_objective(spec, **(params or {}))
+    if reduces_to:  # a misspelt target is an error in the command (exit 2), not a failed check after the contract
+        from preflab.objectives import resolve_name
+
+        resolve_name(reduces_to)
     passed: list[str] = []
     try:
         batch = example_batch(objective)

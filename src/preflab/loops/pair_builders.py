@@ -13,7 +13,8 @@ Input: scores [P, K], K judged completions per prompt (NaN = not scorable, never
     module:function or path/to/file.py:function   a user's builder f(scores, generator) -> [(prompt, chosen,
                    rejected), ...] index triples; scores is the float64 [P, K] tensor (NaN: not scorable), generator
                    the round's seeded torch.Generator (draw from it for a reproducible, resumable run). Every triple is
-                   checked: indices in range, chosen != rejected, both scored. Under the online run's
+                   checked: indices in range, chosen != rejected, both scored; those whose chosen scored below its
+                   rejected are trained as given and counted (PairPlan.against_scores). Under the online run's
                    judge_timeout_s (timeout_s here; None: no limit, called inline) the builder is user code of the
                    round as a judge is: it must return (and its triples be listed) within that many seconds, or the
                    run stops with JudgeTimeoutError naming the builder and the limit (preflab.loops.time_limit).
@@ -37,6 +38,7 @@ class PairPlan:
     ties_dropped: int
     unscorable: int  # completions with a NaN score
     rso: dict[str, int] | None = None  # builder rso: {"prompts", "accepted", "scanned", "rounds"} summed over prompts
+    against_scores: int = 0  # a user builder's triples whose chosen scored below its rejected (trained as given)
 
 
 def _pick(candidates: Tensor, generator: torch.Generator) -> int:
@@ -90,6 +92,25 @@ def build_pairs(scores: Tensor, builder: str = "best_vs_worst", generator: torch
     return PairPlan(triples, ties, int(scores.isnan().sum()), rso)
 
 
+def _listed(fn, spec: str, scores: Tensor, generator: torch.Generator, at: str) -> list:
+    """list(fn(scores, generator)); a ConfigError naming the builder when it returns None (a missing `return`) or
+    something that is not a list of triples, or when it raises (the exception and the builder's line quoted)."""
+    from preflab.plugins import where_raised
+
+    try:
+        given = fn(scores, generator)
+        if given is None:
+            raise ConfigError(f"pair_builder {spec!r} returned None{at}; it must return a list of (prompt, chosen, "
+                              "rejected) index triples ([] when a round gives no pair): is its `return` missing?")
+        return list(given)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's builder raised: a bug in user code, named with its line
+        raise ConfigError(f"pair_builder {spec!r} raised {where_raised(err)}{type(err).__name__}: {err}{at} (called "
+                          f"as f(scores, generator) with scores of shape {tuple(scores.shape)}). Fix the builder.") \
+            from err
+
+
 def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator, timeout_s: float | None = None,
                 where: str = "") -> PairPlan:
     """The triples of a user's builder, each checked: a wrong index would train on another completion, a NaN-scored
@@ -98,7 +119,7 @@ def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator, timeo
     triples = []
     P, K = scores.shape
     at = f" in {where}" if where else ""
-    given = call_within(lambda: list(fn(scores.clone(), generator)), timeout_s, lambda: JudgeTimeoutError(
+    given = call_within(lambda: _listed(fn, spec, scores.clone(), generator, at), timeout_s, lambda: JudgeTimeoutError(
         f"pair_builder {spec!r} did not return within judge_timeout_s = {timeout_s:g} s{at} (one call on scores of "
         f"shape {(P, K)}); the run stops (the call is abandoned in a background thread: Python cannot stop it). Fix "
         "the builder so that it returns, or raise judge_timeout_s (null: no limit) if a call this long is expected."))
@@ -115,4 +136,7 @@ def _user_pairs(fn, spec: str, scores: Tensor, generator: torch.Generator, timeo
             raise ConfigError(f"pair_builder {spec!r} paired completion {c if scores[p, c].isnan() else r} of prompt "
                               f"{p}, which the judge could not score (NaN); pair scored completions only.")
         triples.append((p, c, r))
-    return PairPlan(triples, 0, int(scores.isnan().sum()))
+    # a chosen the judge scored below its rejected is the builder's choice (a label-noise experiment flips pairs on
+    # purpose), not an error: counted, so a builder whose comparison is reversed shows in metrics.jsonl
+    against = sum(bool(scores[p, c] < scores[p, r]) for p, c, r in triples)
+    return PairPlan(triples, 0, int(scores.isnan().sum()), against_scores=against)

@@ -33,14 +33,17 @@ from preflab.objectives.base import (
     check_modality,
     check_params,
     check_unset_params,
+    logratios,
     objective_parts,
+    reward_metrics,
 )
 from preflab.objectives.contract import check_objective, example_batch
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
     "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
-    "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch", "objective_parts",
+    "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch", "objective_parts", "logratios",
+    "reward_metrics",
 ]
 
 

@@ -66,8 +66,10 @@ def resolve_name(name: str) -> str:
         return _aliases()[name]
     known = names + list(_aliases())
     if name.endswith(".py") or "/" in name:  # a user's file without the class: 'my_losses.py' for 'my_losses.py:Cls'
+        from preflab.plugins import file_top_level_names
+
         raise ConfigError(f"unknown objective {name!r}: an objective in a file is named with its class, "
-                          f"'{name}:ClassName'.")
+                          f"'{name}:ClassName'{file_top_level_names(Path(name).expanduser())}.")
     if "." in name:  # 'my_losses.Cls' for 'my_losses:Cls'
         module, _, cls = name.rpartition(".")
         raise ConfigError(f"unknown objective {name!r}: an objective in a module is named 'package.module:ClassName' "

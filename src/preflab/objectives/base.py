@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -353,6 +354,7 @@ class Objective:
             raise PreflabError(f"{name}.compute returned {got}; it must return ObjectiveOutput(loss, losses, "
                                "metrics) with a scalar loss tensor and one loss per example (losses of shape "
                                f"({size},), a tensor).{_defined_in(type(self), ' ' + name + ' is defined in {}.')}")
+        _check_metrics(out.metrics, name, type(self))
         if torch.is_grad_enabled() and not out.losses.requires_grad and _policy_requires_grad(batch):
             # the step back-propagates sum(losses): without a graph it fails ("element 0 of tensors does not require
             # grad"), and inside a weighted sum the part would be a constant that trains nothing
@@ -393,6 +395,42 @@ def _check_token_extra(batch, key: str, owner: str) -> None:
             f"{owner}: extras[{key!r}] has shape {shape} but the {side} log-probs have shape "
             f"{tuple(logps.token_logps.shape)}; it must hold one value per {side} response token (in data: a list "
             f"column {key!r} with one value per token of the tokenized {side} response).")
+
+
+# the names a training run writes itself in each metrics row around the objective's metrics (loops/driver.py's row,
+# runlog.average_results's loss and grad_norm, the scored logits' TRL token metrics): an objective metric of one of
+# these names would replace the run's own value in metrics.jsonl, and one starting with eval_ an evaluation's
+TRAINER_METRICS = frozenset({"loss", "grad_norm", "step", "learning_rate", "epoch", "num_tokens", "num_images",
+                             "tokens_per_second", "images_per_second", "entropy", "mean_token_accuracy",
+                             "logits/chosen", "logits/rejected"})
+
+
+def _check_metrics(metrics, name: str, cls: type) -> None:
+    """ObjectiveOutput.metrics must be a dict of one number each (a Python number or a one-element tensor: the step
+    averages each over micro-batches, examples and ranks) under a name the run does not write itself
+    (TRAINER_METRICS, eval_*); otherwise a PreflabError naming the metric, at the first call (preflab lab check,
+    or the first micro-batch), not a crash in the step's averaging or a metrics.jsonl whose loss is the objective's
+    metric."""
+    where = _defined_in(cls, " " + name + " is defined in {}.")
+    if not isinstance(metrics, dict):
+        raise PreflabError(f"{name}.compute returned metrics as a {type(metrics).__name__}; give a dict of "
+                           f"{{name: number}} ({{}} for none).{where}")
+    for key, value in metrics.items():
+        if not isinstance(key, str):
+            raise PreflabError(f"{name}: metric name {key!r} is not a string.{where}")
+        if key in TRAINER_METRICS or key.startswith("eval_"):
+            raise PreflabError(f"{name}: metric {key!r} is a name the run logs itself (its "
+                               f"{'evaluation' if key.startswith('eval_') else key}): it would replace the run's value "
+                               f"in metrics.jsonl. Rename it, e.g. '{name.lower()}/"
+                               f"{key.removeprefix('eval_')}'.{where}")
+        if torch.is_tensor(value):
+            if value.numel() != 1:
+                raise PreflabError(f"{name}: metric {key!r} is a tensor of shape {tuple(value.shape)}; a metric is one "
+                                   f"number for the batch (the step averages it over micro-batches and processes): "
+                                   f"reduce it, e.g. .mean().{where}")
+        elif not isinstance(value, numbers.Real):
+            raise PreflabError(f"{name}: metric {key!r} is a {type(value).__name__}; a metric is a number or a "
+                               f"one-element tensor.{where}")
 
 
 def _defined_in(cls: type, form: str = " (in {})") -> str:

@@ -6,9 +6,10 @@
 
 The checks are those tests/objectives/test_contract.py runs over every registered objective, on a batch the caller
 gives (it knows its extras): a scalar differentiable loss equal to the mean of one loss per example, detached
-metrics, a loss that depends on the policy's log-probs, a MissingExtraError naming each declared extra when it is
-absent, a truthful `needs_reference` (refused without a reference when declared, unchanged without one when
-not), and a loss that splits over micro-batches unless it declares `micro_batch_statistic`: the sum of the losses of
+metrics, a loss that depends on the policy's log-probs, for a PairBatch objective three checks of its sense
+(preflab.objectives._pair_checks: it reads the chosen, prefers the chosen, uses the reference it declares), a
+MissingExtraError naming each declared extra when it is absent, a truthful `needs_reference` (refused without a
+reference when declared, unchanged without one when not), and a loss that splits over micro-batches unless it declares `micro_batch_statistic`: the sum of the losses of
 the batch equals the sums over its two halves, in value and gradient (preflab.step backpropagates that sum, so only
 then are 2 processes x b rows the same run as 1 process x 2b; base.couples_micro_batch). A failed check is a
 PreflabError saying which and why.
@@ -23,6 +24,7 @@ import torch
 from preflab.errors import MissingExtraError, MissingReferenceError, PreflabError
 from preflab.objectives.base import ListBatch, PairBatch, SequenceLogps, UnpairedBatch, couples_micro_batch
 from preflab.objectives._panels import declared_panels
+from preflab.objectives._pair_checks import check_pair_sense
 
 
 def _policy_leaves(batch) -> list[torch.Tensor]:
@@ -55,11 +57,13 @@ def example_batch(objective):
     policy log-probs that require grad, float64), with the extras its class's `example_extras(batch)` gives; a
     required extra it does not give is a PreflabError saying to write that classmethod."""
     cls = type(objective)
+    scale = float(getattr(cls, "example_score_scale", 1.0))  # diffusion scores are -MSE gaps of ~1e-4
     if cls.batch_type is PairBatch:
         chosen, rejected = [3, 5, 2, 4], [4, 2, 5, 1]  # lengths
-        batch = PairBatch(_spread([-10.0, -3.0, -7.5, -2.0], chosen, True),
-                          _spread([-12.0, -2.5, -9.0, -4.0], rejected, True),
-                          _spread([-11.0, -3.2, -7.0, -2.5], chosen), _spread([-11.5, -2.0, -8.0, -3.0], rejected))
+        s = lambda v: [x * scale for x in v]  # noqa: E731
+        batch = PairBatch(_spread(s([-10.0, -3.0, -7.5, -2.0]), chosen, True),
+                          _spread(s([-12.0, -2.5, -9.0, -4.0]), rejected, True),
+                          _spread(s([-11.0, -3.2, -7.0, -2.5]), chosen), _spread(s([-11.5, -2.0, -8.0, -3.0]), rejected))
     elif cls.batch_type is UnpairedBatch:
         lengths = [3, 5, 2, 4]
         labels = torch.tensor([True, False, True, False])
@@ -94,9 +98,14 @@ def check_objective(objective, batch) -> list[str]:
     passed = ["returns ObjectiveOutput with a scalar loss and one loss per example"]
     if not out.loss.requires_grad:
         raise PreflabError(f"{name}: loss does not require grad; it must be computed from the policy's log-probs.")
-    if not torch.allclose(out.loss.detach(), out.losses.detach().to(out.loss.dtype).mean(), rtol=1e-6, atol=1e-9):
-        raise PreflabError(f"{name}: loss {float(out.loss):.6g} is not the mean of losses "
-                           f"({float(out.losses.mean()):.6g}); the step averages per-example losses over the batch.")
+    losses = out.losses.detach()
+    if not bool(torch.isfinite(losses).all()) or not bool(torch.isfinite(out.loss.detach())):
+        raise PreflabError(f"{name}: loss {float(out.loss.detach()):.6g} and per-example losses {losses.tolist()} on "
+                           "this batch (finite log-probs) are not all finite: look for a log or a division of a "
+                           "value that can be 0 (log(sigmoid(x)) for F.logsigmoid(x), x / n for x / n.clamp_min(1)).")
+    if not torch.allclose(out.loss.detach(), losses.to(out.loss.dtype).mean(), rtol=1e-6, atol=1e-9):
+        raise PreflabError(f"{name}: loss {float(out.loss.detach()):.6g} is not the mean of losses "
+                           f"({float(losses.mean()):.6g}); the step averages per-example losses over the batch.")
     passed.append("loss = mean(losses)")
     attached = [k for k, v in out.metrics.items() if torch.is_tensor(v) and v.requires_grad]
     if attached:
@@ -113,6 +122,8 @@ def check_objective(objective, batch) -> list[str]:
     if not any(g is not None and bool(g.abs().sum() > 0) for g in grads):
         raise PreflabError(f"{name}: the loss's gradient with respect to the policy's log-probs is zero on this batch.")
     passed.append("loss depends on the policy")
+    if isinstance(batch, PairBatch):
+        passed += check_pair_sense(objective, batch, name)
     for key in objective.required_extras:
         reduced = copy.copy(batch)
         reduced.extras = {k: v for k, v in batch.extras.items() if k != key}

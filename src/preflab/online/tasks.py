@@ -155,10 +155,10 @@ def resolve_judge(spec: Any, trust_remote_code: bool = False):
 
         return import_object(spec, "reward_funcs")
     if path.suffix == ".py" and path.is_file():
-        from preflab.plugins import file_functions
+        from preflab.plugins import file_top_level_names
 
         raise ConfigError(f"reward_funcs: {spec!r} is a Python file without the function to call; write "
-                          f"{spec}:FUNCTION{file_functions(path)}.")
+                          f"{spec}:FUNCTION{file_top_level_names(path)}.")
     if ("/" in spec or "\\" in spec) and not path.exists():
         raise ConfigError(f"reward_funcs: {spec!r}: no such file or directory (relative paths are read from "
                           f"{Path.cwd()}); give a reward model directory or path/to/file.py:FUNCTION.")

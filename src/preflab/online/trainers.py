@@ -143,6 +143,8 @@ def build_examples(spec: TrainerSpec, cfg, rows, completions: list[list[list[int
         plan = build_pairs(scores, spec.builder or cfg.pair_builder, generator, cfg.rso_beta, cfg.rso_num_samples,
                            cfg.judge_timeout_s, where)
         counts["pairs/ties_dropped"] = plan.ties_dropped
+        if ":" in (spec.builder or cfg.pair_builder):  # a user's builder: pairs against the judge's scores, counted
+            counts["pairs/against_scores"] = plan.against_scores
         if plan.rso and plan.rso["scanned"]:  # RSO's rejection sampling (Liu et al. 2023, Algorithm 1)
             counts.update(rso_metrics(plan.rso))
         for p, c, r in plan.triples:
