@@ -1,0 +1,69 @@
+"""User trial 22 ("beyond text, as first-class runs"): an image-text GRPO run (online_task: vision_dataset,
+Vision-R1) had no evaluation, yet eval_steps was accepted and evaluated nothing, `preflab eval RUN` stopped on the
+reference ("a hub name ... hf download" for builtin:tiny-qwen2-vl) or in transformers' AutoModelForCausalLM error,
+and the report told the user to run `preflab eval RUN --task vlm`, which was refused. Now the config refuses the
+options that ask for an evaluation, every `preflab eval` refuses the run with one message saying where its measure
+is, and the report says so instead of naming refused commands."""
+import yaml
+
+import pytest
+
+from preflab.cli import main
+from preflab.config import TrainConfig, config_from_dict
+from preflab.errors import ConfigError
+
+VISION = {"task": "online", "online_task": "vision_dataset", "trainer": "grpo",
+          "model_name_or_path": "builtin:tiny-qwen2-vl", "dataset_name": "examples/vlm/data/grounding.jsonl",
+          "reward_funcs": ["verifier:vision_r1_format"], "max_steps": 2, "use_cpu": True}
+WHY = ("online_task: vision_dataset has no evaluation (no eval_* metrics; it reads no eval set), so nothing would be "
+       "evaluated; remove {}. The run's measure is the judges' reward on its training prompts (reward, "
+       "rewards/<judge>/mean in metrics.jsonl).")
+
+
+def _refusal(raw: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("extra, named, pronoun", [
+    ({"eval_steps": 2}, "eval_steps=2", "it"),
+    ({"eval_on_start": True}, "eval_on_start=True", "it"),
+    # eval_strategy steps sets eval_steps to logging_steps (transformers' rule) first; it was refused as "needs an
+    # eval set", an eval set this task refuses
+    ({"eval_strategy": "steps", "logging_steps": 3}, "eval_strategy='steps' and eval_steps=3", "them"),
+])
+def test_an_option_asking_a_vision_grpo_run_for_an_evaluation_is_refused_naming_it(extra, named, pronoun):
+    message = _refusal({**VISION, **extra})
+    assert f"{named}: {WHY.format(pronoun)}" in message
+    assert "needs an eval set" not in message
+    # the same options on a text online run with an eval set are read (eval_steps evaluates there)
+    text = {**VISION, "online_task": "dataset", "model_name_or_path": "builtin:tiny-llama",
+            "dataset_name": "examples/data/loud_echo_pairs.jsonl", "eval_fraction": 0.5, **extra}
+    assert isinstance(config_from_dict(text), TrainConfig)
+
+
+def test_the_vision_grpo_run_without_eval_options_is_accepted():
+    cfg = config_from_dict(dict(VISION))
+    assert (cfg.eval_steps, cfg.eval_on_start, cfg.online_task) == (0, False, "vision_dataset")
+
+
+@pytest.mark.parametrize("task", [None, "vlm", "dpo"])
+def test_preflab_eval_refuses_a_vision_grpo_run_saying_where_its_measure_is(tmp_path, capsys, task):
+    from preflab.eval.run_files import vision_grpo_eval_refusal
+
+    run = tmp_path / "r1"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(VISION))
+    (run / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (run / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (run / "checkpoint-2" / "model.safetensors").write_bytes(b"")
+    for target in (run, run / "checkpoint-2"):
+        args = ["eval", str(target), "--data", str(tmp_path / "rows.jsonl")] + (["--task", task] if task else [])
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"preflab: error: {vision_grpo_eval_refusal(target)}" in err
+        assert "hf download" not in err and "AutoModelForCausalLM" not in err
+    # the checkpoint's message points to the run's folder for the model and the report
+    said = vision_grpo_eval_refusal(run / "checkpoint-2")
+    assert f"`preflab report {run}`" in said and f"from_pretrained({str(run)!r})" in said
