@@ -67,3 +67,40 @@ def test_preflab_eval_refuses_a_vision_grpo_run_saying_where_its_measure_is(tmp_
     # the checkpoint's message points to the run's folder for the model and the report
     said = vision_grpo_eval_refusal(run / "checkpoint-2")
     assert f"`preflab report {run}`" in said and f"from_pretrained({str(run)!r})" in said
+
+
+def _corrupt_png(tmp_path):
+    path = tmp_path / "corrupt.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    return path
+
+
+def test_a_corrupt_image_file_is_named_in_the_diffusion_row_error(tmp_path):
+    """The diffusion data error named the data file, row and field but not the image file ("the image cannot be
+    read"); a pair row names two files. It names the file now; bytes keep "the image"."""
+    from preflab.data.report import RowProblem
+    from preflab.diffusion.images import load_image
+
+    bad = _corrupt_png(tmp_path)
+    with pytest.raises(RowProblem) as err:
+        load_image("corrupt.png", "chosen_image", 16, base_dir=tmp_path)
+    assert (err.value.reason, err.value.field) == ("bad_image", "chosen_image")
+    assert err.value.detail.startswith(f"image file {str(bad)!r} cannot be read (")
+    assert err.value.fix == "Replace the file or drop the row."
+    with pytest.raises(RowProblem) as err:
+        load_image(bad.read_bytes(), "chosen_image", 16)
+    assert err.value.detail.startswith("the image cannot be read (")
+
+
+def test_a_corrupt_image_file_is_named_in_the_vision_row_error(tmp_path):
+    from preflab.data.media import load_image
+    from preflab.data.report import RowProblem
+
+    bad = _corrupt_png(tmp_path)
+    with pytest.raises(RowProblem) as err:
+        load_image("corrupt.png", "images[0]", str(tmp_path))
+    assert err.value.detail.startswith(f"image file {str(bad)!r}: not a readable image (")
+    assert err.value.fix == "Replace the file or drop the row."
+    with pytest.raises(RowProblem) as err:
+        load_image(bad.read_bytes(), "images[0]")
+    assert err.value.detail.startswith("not a readable image (") and err.value.fix == ""
