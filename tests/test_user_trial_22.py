@@ -104,3 +104,23 @@ def test_a_corrupt_image_file_is_named_in_the_vision_row_error(tmp_path):
     with pytest.raises(RowProblem) as err:
         load_image(bad.read_bytes(), "images[0]")
     assert err.value.detail.startswith("not a readable image (") and err.value.fix == ""
+
+
+def test_the_self_npo_eval_refusal_says_what_to_use_instead(tmp_path, capsys):
+    """`preflab eval SELF_NPO_RUN` said only "self_npo runs are not supported"; it now names the run's own held-out
+    rows, the report, `preflab sample` and npo_guidance, for the run's folder (a checkpoint's is one level up)."""
+    run = tmp_path / "npo"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"task": "diffusion", "loss_type": "self_npo",
+                                                     "model_name_or_path": "builtin:tiny-sd"}))
+    (run / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (run / "checkpoint-2" / "model.safetensors").write_bytes(b"")
+    for target in (run, run / "checkpoint-2"):
+        assert main(["eval", str(target), "--data", str(tmp_path / "rows.jsonl")]) == 2
+        err = capsys.readouterr().err
+        assert ("preflab: error: preflab eval --task diffusion reads pairwise runs; self_npo runs are not supported "
+                "(self_npo: a negative model for classifier-free guidance, trained without pairs). Instead: its "
+                f"held-out numbers are the eval_* rows of {run}/metrics.jsonl (eval_loss, eval_x0/rmse; set "
+                f"eval_dataset_name), drawn by `preflab report {run}`; `preflab sample {run} --prompt TEXT` draws the "
+                "negative model's images, and preflab.diffusion.guidance.npo_guidance samples a positive model "
+                "guided by it.") in err
