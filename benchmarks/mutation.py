@@ -7087,6 +7087,43 @@ MUTANTS += [
 ]
 
 
+# mutation-t22 round: user trial 22 (beyond text): an image-text GRPO run (online_task: vision_dataset) refuses the
+# eval options it cannot honour, every preflab eval refuses it with one message and the report names its measure; a
+# corrupt image file is named in the row error; the report's random-init note counts its grid's rows; the self_npo
+# eval refusal says what to use instead
+T22_TESTS = ["tests/test_user_trial_22.py", "tests/report/test_report_scales.py",
+             "tests/report/test_report_samples_note.py"]
+MUTANTS += [
+    Mutant("t22-vision-eval-steps-accepted", "config.py",
+           [('asked = [f"{k}={getattr(self, k)!r}" for k in ("eval_steps", "eval_on_start") if getattr(self, k)]',
+             'asked = [f"{k}={getattr(self, k)!r}" for k in ("eval_on_start",) if getattr(self, k)]')],
+           T22_TESTS, "eval_steps on a vision_dataset run accepted, evaluating nothing"),
+    Mutant("t22-vision-eval-left-to-loader", "eval/run_files.py",
+           [('    if task == "online" and saved.get("online_task") == "vision_dataset":\n        raise ConfigError('
+             'vision_grpo_eval_refusal(path))', '    if False:\n        raise ConfigError(vision_grpo_eval_refusal(path))')],
+           T22_TESTS, "preflab eval of a Vision-R1 run reaches the text loader again"),
+    Mutant("t22-vision-checkpoint-folder", "eval/run_files.py",
+           [('folder = Path(path).parent if Path(path).name.startswith("checkpoint-") else Path(path)',
+             "folder = Path(path)")],
+           T22_TESTS, "a checkpoint's refusal tells the user to from_pretrained the checkpoint folder"),
+    Mutant("t22-vision-report-note-dropped", "report/runs.py",
+           [("        run.missing.append(vision_grpo_note(run.config))", "        pass")],
+           T22_TESTS, "the report says nothing about a Vision-R1 run's missing evaluation"),
+    Mutant("t22-corrupt-file-unnamed", "diffusion/images.py",
+           [('            where = f"image file {str(path)!r} "\n', "")],
+           T22_TESTS, "a corrupt diffusion image file is not named in the row error"),
+    Mutant("t22-vlm-corrupt-file-unnamed", "data/media.py",
+           [('            where = f"image file {str(path)!r}: "\n', "")],
+           T22_TESTS, "a corrupt VLM image file is not named in the row error"),
+    Mutant("t22-rows-both", "report/html.py",
+           [('rows = {"self_npo": "its one row", "ppd": "every row"}.get(str(run.config.get("loss_type")), "both rows")',
+             'rows = "both rows"')],
+           T22_TESTS, "the random-init note says both rows under a one-row self_npo grid"),
+    Mutant("t22-npo-instead-dropped", "loops/diffusion_eval.py",
+           [("    instead = DIFFUSION_INSTEAD.get(loss_type)", "    instead = None")],
+           T22_TESTS, "the self_npo eval refusal says nothing of what to use instead"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))
