@@ -5164,9 +5164,13 @@ MUTANTS += [
     Mutant("pq-runfiles-policy-hint-names-a-task", "eval/run_files.py",
            [('how = "--data ...` (no --task)" if fitting == "dpo" else', 'how = "--data ...` (no --task)" if fitting == "sft" else')],
            PQ_AUTOTASK, "a policy run given --task reward is told `--task dpo` instead of leaving --task out"),
+    # (user trial 22 reversed the rule: an image-text online run is refused by every --task; this mutant, which
+    # planted that refusal, now plants the earlier leaving to the loaders)
     Mutant("pq-runfiles-vision-online-refused", "eval/run_files.py",
-           [('    if task == "online" and saved.get("online_task") == "vision_dataset":\n        return\n', "")],
-           PQ_AUTOTASK, "an image-text online run is refused by every --task (it is left to the loaders)"),
+           [('    if task == "online" and saved.get("online_task") == "vision_dataset":\n        raise ConfigError('
+             'vision_grpo_eval_refusal(path))', '    if task == "online" and saved.get("online_task") == '
+             '"vision_dataset":\n        return')],
+           PQ_AUTOTASK, "an image-text online run is left to the loaders again (text loader, hf download advice)"),
     # eval/cli.py: the routed tasks' refusals
     Mutant("pq-range-win-rate-prompts-unchecked", "eval/cli.py",
            [('"limit", "win_rate_prompts", "max_new_tokens"', '"limit", "max_new_tokens"')], PQ_RANGE,
@@ -6533,7 +6537,8 @@ MUTANTS += [
            [('metric_counts=dict(row.get("metric_counts") or {}),', "metric_counts={},")], TQX_WINDOW,
            "the restored steps lose their metric counts: the window's metrics are weighted by examples instead"),
     Mutant("tqx-eval-strategy-task-refused", "config.py",
-           [("                and not self.evaluates_with_its_task()):", "                ):")], TQX_EVAL,
+           [("                and not self.evaluates_with_its_task() and not self._vision_dataset()):",
+             "                and not self._vision_dataset()):")], TQX_EVAL,
            "eval_strategy steps on the online demo / game is refused as needing an eval set again"),
 ]
 
@@ -7098,10 +7103,9 @@ MUTANTS += [
            [('asked = [f"{k}={getattr(self, k)!r}" for k in ("eval_steps", "eval_on_start") if getattr(self, k)]',
              'asked = [f"{k}={getattr(self, k)!r}" for k in ("eval_on_start",) if getattr(self, k)]')],
            T22_TESTS, "eval_steps on a vision_dataset run accepted, evaluating nothing"),
-    Mutant("t22-vision-eval-left-to-loader", "eval/run_files.py",
-           [('    if task == "online" and saved.get("online_task") == "vision_dataset":\n        raise ConfigError('
-             'vision_grpo_eval_refusal(path))', '    if False:\n        raise ConfigError(vision_grpo_eval_refusal(path))')],
-           T22_TESTS, "preflab eval of a Vision-R1 run reaches the text loader again"),
+    Mutant("t22-vision-eval-strategy-unnamed", "config.py",
+           [('            asked.insert(0, f"eval_strategy={self.eval_strategy!r}")\n', "            pass\n")],
+           T22_TESTS, "eval_strategy: steps on a vision_dataset run refused naming only the eval_steps it set"),
     Mutant("t22-vision-checkpoint-folder", "eval/run_files.py",
            [('folder = Path(path).parent if Path(path).name.startswith("checkpoint-") else Path(path)',
              "folder = Path(path)")],
