@@ -27,8 +27,8 @@ def test_samples_of_a_builtin_pipeline_run_are_said_to_be_noise_and_a_real_pipel
 def test_the_note_counts_the_rows_of_the_grid_it_is_under(tmp_path):
     """User trial 22: a self_npo grid has one row (the negative model) and a ppd grid the base model's and one per
     user, yet the note said "noise in both rows" under every grid."""
-    html = _samples([_run(tmp_path, "npo", "builtin:tiny-sd", "self_npo"), _run(tmp_path, "ppd", "builtin:tiny-sd", "ppd"),
-                     _run(tmp_path, "dpo", "builtin:tiny-sd")])
+    html = _samples([_run(tmp_path, "npo", "builtin:tiny-sd", "self_npo"),
+                     _run(tmp_path, "ppd", "builtin:tiny-sd", "ppd"), _run(tmp_path, "dpo", "builtin:tiny-sd")])
     assert html.count("its samples are noise in its one row, as expected") == 1
     assert html.count("its samples are noise in every row, as expected") == 1
     assert html.count("its samples are noise in both rows, as expected") == 1

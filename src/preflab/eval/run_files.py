@@ -94,9 +94,9 @@ def vision_grpo_eval_refusal(path: str | Path) -> str:
     from the run's folder once it has finished)."""
     folder = Path(path).parent if Path(path).name.startswith("checkpoint-") else Path(path)
     return (f"{path} is an image-text GRPO run (task: online, online_task: vision_dataset): preflab eval has no "
-            "evaluation for it (the policy eval feeds text to a text model; --task vlm scores preference pairs with the "
-            "run's pairwise objective, and a GRPO run has none), and the run itself evaluates nothing held-out. What it "
-            "measured is the judges' reward on its training prompts: `reward` and `rewards/<judge>/mean` in "
+            "evaluation for it (the policy eval feeds text to a text model; --task vlm scores preference pairs with "
+            "the run's pairwise objective, and a GRPO run has none), and the run itself evaluates nothing held-out. "
+            "What it measured is the judges' reward on its training prompts: `reward` and `rewards/<judge>/mean` in "
             f"metrics.jsonl, drawn by `preflab report {folder}`. Its trained policy and processor load with "
             "transformers' AutoModelForImageTextToText.from_pretrained / AutoProcessor.from_pretrained"
             f"({str(folder)!r}) to generate on held-out images yourself.")
