@@ -5165,9 +5165,13 @@ MUTANTS += [
     Mutant("pq-runfiles-policy-hint-names-a-task", "eval/run_files.py",
            [('how = "--data ...` (no --task)" if fitting == "dpo" else', 'how = "--data ...` (no --task)" if fitting == "sft" else')],
            PQ_AUTOTASK, "a policy run given --task reward is told `--task dpo` instead of leaving --task out"),
+    # (user trial 22 reversed the rule: an image-text online run is refused by every --task; this mutant, which
+    # planted that refusal, now plants the earlier leaving to the loaders)
     Mutant("pq-runfiles-vision-online-refused", "eval/run_files.py",
-           [('    if task == "online" and saved.get("online_task") == "vision_dataset":\n        return\n', "")],
-           PQ_AUTOTASK, "an image-text online run is refused by every --task (it is left to the loaders)"),
+           [('    if task == "online" and saved.get("online_task") == "vision_dataset":\n        raise ConfigError('
+             'vision_grpo_eval_refusal(path))', '    if task == "online" and saved.get("online_task") == '
+             '"vision_dataset":\n        return')],
+           PQ_AUTOTASK, "an image-text online run is left to the loaders again (text loader, hf download advice)"),
     # eval/cli.py: the routed tasks' refusals
     Mutant("pq-range-win-rate-prompts-unchecked", "eval/cli.py",
            [('"limit", "win_rate_prompts", "max_new_tokens"', '"limit", "max_new_tokens"')], PQ_RANGE,
@@ -6534,7 +6538,8 @@ MUTANTS += [
            [('metric_counts=dict(row.get("metric_counts") or {}),', "metric_counts={},")], TQX_WINDOW,
            "the restored steps lose their metric counts: the window's metrics are weighted by examples instead"),
     Mutant("tqx-eval-strategy-task-refused", "config.py",
-           [("                and not self.evaluates_with_its_task()):", "                ):")], TQX_EVAL,
+           [("                and not self.evaluates_with_its_task() and not self._vision_dataset()):",
+             "                and not self._vision_dataset()):")], TQX_EVAL,
            "eval_strategy steps on the online demo / game is refused as needing an eval set again"),
 ]
 
@@ -7411,6 +7416,42 @@ MUTANTS += [
            T20_TESTS, "a user builder's pairs against the judge counted the wrong way round"),
 ]
 
+
+# mutation-t22 round: user trial 22 (beyond text): an image-text GRPO run (online_task: vision_dataset) refuses the
+# eval options it cannot honour, every preflab eval refuses it with one message and the report names its measure; a
+# corrupt image file is named in the row error; the report's random-init note counts its grid's rows; the self_npo
+# eval refusal says what to use instead
+T22_TESTS = ["tests/test_user_trial_22.py", "tests/report/test_report_scales.py",
+             "tests/report/test_report_samples_note.py"]
+MUTANTS += [
+    Mutant("t22-vision-eval-steps-accepted", "config.py",
+           [('asked = [f"{k}={getattr(self, k)!r}" for k in ("eval_steps", "eval_on_start") if getattr(self, k)]',
+             'asked = [f"{k}={getattr(self, k)!r}" for k in ("eval_on_start",) if getattr(self, k)]')],
+           T22_TESTS, "eval_steps on a vision_dataset run accepted, evaluating nothing"),
+    Mutant("t22-vision-eval-strategy-unnamed", "config.py",
+           [('            asked.insert(0, f"eval_strategy={self.eval_strategy!r}")\n', "            pass\n")],
+           T22_TESTS, "eval_strategy: steps on a vision_dataset run refused naming only the eval_steps it set"),
+    Mutant("t22-vision-checkpoint-folder", "eval/run_files.py",
+           [('folder = Path(path).parent if Path(path).name.startswith("checkpoint-") else Path(path)',
+             "folder = Path(path)")],
+           T22_TESTS, "a checkpoint's refusal tells the user to from_pretrained the checkpoint folder"),
+    Mutant("t22-vision-report-note-dropped", "report/runs.py",
+           [("        run.missing.append(vision_grpo_note(run.config))", "        pass")],
+           T22_TESTS, "the report says nothing about a Vision-R1 run's missing evaluation"),
+    Mutant("t22-corrupt-file-unnamed", "diffusion/images.py",
+           [('            where = f"image file {str(path)!r} "\n', "")],
+           T22_TESTS, "a corrupt diffusion image file is not named in the row error"),
+    Mutant("t22-vlm-corrupt-file-unnamed", "data/media.py",
+           [('            where = f"image file {str(path)!r}: "\n', "")],
+           T22_TESTS, "a corrupt VLM image file is not named in the row error"),
+    Mutant("t22-rows-both", "report/html.py",
+           [('rows = {"self_npo": "its one row", "ppd": "every row"}.get(str(run.config.get("loss_type")), "both rows")',
+             'rows = "both rows"')],
+           T22_TESTS, "the random-init note says both rows under a one-row self_npo grid"),
+    Mutant("t22-npo-instead-dropped", "loops/diffusion_eval.py",
+           [("    instead = DIFFUSION_INSTEAD.get(loss_type)", "    instead = None")],
+           T22_TESTS, "the self_npo eval refusal says nothing of what to use instead"),
+]
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -342,11 +342,8 @@ class TrainConfig:
         others need an eval set (eval_strategy: no drops it). Recipes refuse it with their other unread options."""
         if not self.eval_on_start or self.task in RECIPE_TASKS:
             return []
-        if self.evaluates_with_its_task():
+        if self.evaluates_with_its_task() or self._vision_dataset():  # the latter: _vision_dataset_eval_conflicts
             return []
-        if self.task == "online" and self.online_task == "vision_dataset":
-            return ["eval_on_start: online_task: vision_dataset has no evaluation (no eval_* metrics; it reads no "
-                    "eval set), so there is no starting model's evaluation to log; remove eval_on_start."]
         if self.eval_fraction or self.eval_dataset_name:
             return []
         why = ("eval_strategy: no turns evaluation off" if self.eval_strategy == "no" else
@@ -354,6 +351,26 @@ class TrainConfig:
         return [f"eval_on_start: true evaluates the starting model before the first step, but {why}, so there is "
                 "nothing to evaluate. Set eval_dataset_name or eval_fraction (and no eval_strategy: no), or remove "
                 "eval_on_start."]
+
+    def _vision_dataset(self) -> bool:
+        return self.task == "online" and self.online_task == "vision_dataset"
+
+    def _vision_dataset_eval_conflicts(self) -> list[str]:
+        """online_task: vision_dataset has no evaluation (its task has no evaluate, preflab.online.vision; it reads no
+        eval set, config_owners), so an option that asks for one is refused, naming each: eval_steps > 0 and
+        eval_strategy steps / epoch ran and logged no eval_* row without a word (eval_on_start was already refused,
+        eval_strategy was refused as needing an eval set that this task refuses)."""
+        if not self._vision_dataset():
+            return []
+        asked = [f"{k}={getattr(self, k)!r}" for k in ("eval_steps", "eval_on_start") if getattr(self, k)]
+        if self.eval_strategy in ("steps", "epoch"):
+            asked.insert(0, f"eval_strategy={self.eval_strategy!r}")
+        if not asked:
+            return []
+        return [f"{' and '.join(asked)}: online_task: vision_dataset has no evaluation (no eval_* metrics; it reads no "
+                "eval set), so nothing would be evaluated; remove "
+                + ("it" if len(asked) == 1 else "them") + ". The run's measure is the judges' reward on its training "
+                "prompts (reward, rewards/<judge>/mean in metrics.jsonl)."]
 
     def _eval_delay_conflicts(self) -> list[str]:
         """eval_delay delays the run's evaluations (loops/driver.py): refused beside eval_strategy: no, where there
@@ -432,13 +449,14 @@ class TrainConfig:
             out.append(f"eval_fraction={self.eval_fraction} and eval_dataset_name={self.eval_dataset_name!r} both "
                        "give an eval set; keep one.")
         if (self.eval_strategy in ("steps", "epoch") and not (self.eval_fraction or self.eval_dataset_name)
-                and not self.evaluates_with_its_task()):
+                and not self.evaluates_with_its_task() and not self._vision_dataset()):
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
                        "(or eval_strategy: no). From Python (TRL's eval_dataset=), Trainer(cfg, eval_data=rows) "
                        "evaluates every eval_steps: write eval_steps: N without eval_strategy (the config cannot see "
                        "eval_data; eval_strategy: epoch needs eval_dataset_name or eval_fraction).")
-        out += self._eval_on_start_conflicts() + self._eval_delay_conflicts() + self._lora_option_conflicts()
+        out += self._eval_on_start_conflicts() + self._vision_dataset_eval_conflicts() + self._eval_delay_conflicts()
+        out += self._lora_option_conflicts()
         if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)
             out.append(f"eval_strategy='no' conflicts with eval_steps={self.eval_steps} (no evaluation runs, so "
                        "eval_steps would do nothing); remove one.")

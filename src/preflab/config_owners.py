@@ -106,8 +106,8 @@ OWNERS = (
      "their tiny policy in code; a diffusion pipeline loads in float32 with diffusers)"),
     (("eval_dataset_name", "eval_dataset_config", "eval_fraction", "eval_split"),
      lambda cfg: not (cfg.task == "online" and cfg.online_task != "dataset"),
-     "the offline tasks and online_task: dataset (online_task demo, game and vision_dataset evaluate with their "
-     "task: the demo's held-out prompts, the game's equilibrium; eval_steps sets when)"),
+     "the offline tasks and online_task: dataset (online_task demo and game evaluate with their task: the demo's "
+     "held-out prompts, the game's equilibrium, eval_steps sets when; online_task vision_dataset has no evaluation)"),
     (("dataset_name", "dataset_config", "dataset_split", "on_bad_row"),
      lambda cfg: not (cfg.task == "online" and cfg.online_task in ("demo", "game")),
      "the tasks that read a dataset (online_task demo and game make their own prompts)"),

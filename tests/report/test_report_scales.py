@@ -77,7 +77,7 @@ def test_no_eval_json_note_names_the_eval_that_fits_each_task(tmp_path):
     """The "no eval.json" note asked an SFT run for the preference pair diagnostics (`preflab eval RUN --data
     HELDOUT --reference REF`) and a text online run for a --reference (its start already is the default reference)
     without the judge its win rate needs. Now: SFT none (its eval rows' eval_loss is its held-out measure); a text
-    online run the command with a judge; an image-prompt online run --task vlm; a DPO run as before."""
+    online run the command with a judge; an image-prompt online run none (user trial 22); a DPO run as before."""
     sft = load_run(make_run(tmp_path / "sft", config_extra={"task": "sft", "loss_type": None}), "sft")
     dpo = load_run(make_run(tmp_path / "dpo"), "dpo")
     online = load_run(_online_run(tmp_path / "online"), "online")
@@ -96,8 +96,13 @@ def test_no_eval_json_note_names_the_eval_that_fits_each_task(tmp_path):
                             "demo_true_reward` (the judge the run trained against) for the greedy win rate "
                             "against the starting policy (the default reference, the run's model_name_or_path) and "
                             "ranking accuracy on held-out pairs"]
-    assert said(vision) == [f"no eval.json: run `preflab eval {tmp_path / 'vision'} --task vlm --data HELDOUT` for "
-                            "the held-out preference metrics of the image-text policy"]
+    # an image-prompt online run: no eval fits (every `preflab eval` refuses it; the note named `--task vlm`, which
+    # was refused): one note says where its measure is, and no "set eval_steps and an eval set" (refused there)
+    assert said(vision) == []
+    assert [m for m in vision.missing if "eval" in m] == [
+        "an image-text GRPO run (online_task: vision_dataset) has no held-out evaluation: the run evaluates nothing "
+        "(eval_steps and an eval set are refused) and `preflab eval` refuses it; its measure is the judges' "
+        "(its reward_funcs) reward on the training prompts, `reward` and `rewards/<judge>/mean` in the curves"]
     assert "Held-out evaluation" not in render_report([sft])            # nothing to point an SFT run to
     assert ("no eval.json in any run: run `preflab eval RUN_DIR --data HELDOUT_PAIRS --reward-fn demo_true_reward` "
             "and re-run") in render_report([online])

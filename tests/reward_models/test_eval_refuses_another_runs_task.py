@@ -97,16 +97,25 @@ def test_a_policy_run_given_as_a_reward_model_is_refused_by_its_task(tmp_path):
         assert str(err.value) == want
 
 
-def test_an_image_text_online_run_is_left_to_the_loaders(tmp_path):
-    # task: online with online_task: vision_dataset trains a VLM: the policy eval (text) is not the command that fits
-    # it, so no refusal points there; run_task reads the folder's own config only
-    from preflab.eval.run_files import refuse_other_task, run_task
+def test_an_image_text_online_run_is_refused_by_every_eval_task(tmp_path):
+    # task: online with online_task: vision_dataset trains a VLM with GRPO: the policy eval (text) cannot feed it
+    # images and --task vlm scores pairs with the run's pairwise objective, which GRPO is not; it was left to the
+    # loaders (user trial 22: "hf download" advice for builtin:tiny-qwen2-vl, transformers' AutoModelForCausalLM
+    # error, and the report's `--task vlm` command refused), now every --task refuses it with one message;
+    # run_task reads the folder's own config only
+    from preflab.eval.run_files import refuse_other_task, run_task, vision_grpo_eval_refusal
 
     run = tmp_path / "vision"
     (run / "checkpoint-3").mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"task": "online", "online_task": "vision_dataset",
                                                       "model_name_or_path": "builtin:tiny-qwen2-vl"}))
-    for given in ("vlm", "dpo", "reward"):
-        refuse_other_task(run, given)
+    for target in (run, run / "checkpoint-3"):
+        for given in ("vlm", "dpo", "reward", "diffusion"):
+            with pytest.raises(ConfigError) as err:
+                refuse_other_task(target, given)
+            assert str(err.value) == vision_grpo_eval_refusal(target)
+            # the model to load is the run's folder, for a checkpoint too
+            assert f"from_pretrained({str(run)!r})" in str(err.value)
+            assert f"{target} is an image-text GRPO run" in str(err.value)
     (run / "nested").mkdir()
     assert (run_task(run), run_task(run / "checkpoint-3"), run_task(run / "nested")) == ("online", "online", None)

@@ -38,6 +38,7 @@ def load_image(value, field: str, base_dir: str | None = None):
     from PIL import Image, UnidentifiedImageError
 
     refuse_text_bytes(value, field)
+    where = ""  # the file an unreadable image came from (user trial 22: the error named the row, not the file)
     try:
         if isinstance(value, Image.Image):
             image = value
@@ -52,6 +53,7 @@ def load_image(value, field: str, base_dir: str | None = None):
                 raise RowProblem("bad_image", field, f"image file {str(value)!r} does not exist"
                                  + (f" (looked for {str(path)!r})" if str(path) != str(value) else ""),
                                  "Give an absolute path, or one relative to the data file's folder.")
+            where = f"image file {str(path)!r}: "
             image = Image.open(path)
             image.load()
         elif hasattr(value, "__array__") or isinstance(value, list):
@@ -66,7 +68,8 @@ def load_image(value, field: str, base_dir: str | None = None):
             raise RowProblem("bad_image", field, f"cannot read an image from a {type(value).__name__}",
                              "Give a PIL image, a file path, encoded bytes or {'bytes': ..., 'path': ...}.")
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise RowProblem("bad_image", field, f"not a readable image ({err})") from err
+        raise RowProblem("bad_image", field, f"{where}not a readable image ({err})",
+                         "Replace the file or drop the row." if where else "") from err
     if image.width < 1 or image.height < 1:
         raise RowProblem("bad_image", field, f"empty image ({image.width} x {image.height})")
     if image.mode.startswith(("I", "F")):  # 32-bit int, 16-bit (I;16*) and float images

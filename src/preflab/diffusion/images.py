@@ -36,6 +36,7 @@ def _open(value, field: str, base_dir: Path | None):
         else:
             raise RowProblem("bad_image", field, "the image dict has neither 'bytes' nor 'path'",
                              "Give an image file path, bytes, or a datasets Image value.")
+    where = ""  # the file an unreadable image came from (user trial 22: the error named the row, not the file)
     try:
         if isinstance(value, (bytes, bytearray, memoryview)):
             image = Image.open(io.BytesIO(bytes(value)))
@@ -45,13 +46,14 @@ def _open(value, field: str, base_dir: Path | None):
                 raise RowProblem("missing_image", field, f"image file {str(path)!r} does not exist",
                                  "Check the path (relative paths are read from the data file's folder, else from "
                                  "the working directory).")
+            where = f"image file {str(path)!r} "
             image = Image.open(path)
         else:
             raise RowProblem("bad_image", field, f"expected an image path, bytes or a PIL image, got "
                                                  f"{type(value).__name__}", "")
         image.load()
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise RowProblem("bad_image", field, f"the image cannot be read ({type(err).__name__}: {err})",
+        raise RowProblem("bad_image", field, f"{where or 'the image '}cannot be read ({type(err).__name__}: {err})",
                          "Replace the file or drop the row.") from err
     return image
 

@@ -88,6 +88,13 @@ METRIC_DOCS: dict[str, str] = {
 DIFFUSION_NOT_EVALUATED: dict[str, str] = {
     "self_npo": "a negative model for classifier-free guidance, trained without pairs",
 }
+# what to use instead, for the refusal (RUN: the run's folder); the refusal said only what was not supported
+DIFFUSION_INSTEAD: dict[str, str] = {
+    "self_npo": "its held-out numbers are the eval_* rows of RUN/metrics.jsonl (eval_loss, eval_x0/rmse; set "
+                "eval_dataset_name), drawn by `preflab report RUN`; `preflab sample RUN --prompt TEXT` draws the "
+                "negative model's images, and preflab.diffusion.guidance.npo_guidance samples a positive model "
+                "guided by it",
+}
 
 # `preflab eval --task diffusion` (preflab.loops.diffusion_eval): the same keys mean other things on images, where a
 # "log-prob" is minus the denoising error (Diffusion-DPO's score) and the win rate compares sampled images

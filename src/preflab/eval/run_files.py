@@ -40,15 +40,13 @@ def refuse_other_task(path: str | Path, given: str, saved: dict | None = None) -
     """A PreflabError (a ConfigError) before anything is loaded when `path` is the output of a run that `preflab eval
     --task given` does not evaluate (run_task), naming the run's task and the command that evaluates it: a DPO run
     given `--task reward` reached transformers, which printed its missing-key lists before the refusal of a
-    random reward head. A folder of no known run (run_task None, a recipe's own folder) is left to the loader, and so
-    is an image-text online run (online_task: vision_dataset), which no `--task` evaluates as it trained. saved: the
-    run's config (run_config(path)) where the caller has read it."""
+    random reward head. A folder of no known run (run_task None, a recipe's own folder) is left to the loader; an
+    image-text online run (online_task: vision_dataset) is refused by refuse_run_without_a_policy. saved: the run's
+    config (run_config(path)) where the caller has read it."""
     from preflab.errors import ConfigError
 
     saved = run_config(path) if saved is None else saved
     task = None if saved.get("task") is None else str(saved["task"])
-    if task == "online" and saved.get("online_task") == "vision_dataset":
-        return
     refuse_run_without_a_policy(path, task, saved)
     fitting = next((t for t, tasks in EVAL_TASKS.items() if task in tasks), None)
     if fitting is None or fitting == given:
@@ -64,9 +62,16 @@ def refuse_run_without_a_policy(path: str | Path, task: str | None, saved: dict)
     """A ConfigError for a run whose folder `preflab eval` has no model to evaluate as that run trained it: the
     preference game (online_task: game: a K-answer distribution, no text and no tokenizer; the eval said "no tokenizer
     found ... save the tokenizer") and a recipe's top folder (its summary.json holds the recipe's own before / after;
-    the eval said "holds no model"), which names the stage folders that hold a model run."""
+    the eval said "holds no model"), which names the stage folders that hold a model run; and an image-text GRPO run
+    (online_task: vision_dataset, Vision-R1): its policy answers images, which the text policy eval cannot feed (it
+    stopped on the reference, "a hub name ... hf download", or with --no-reference in transformers'
+    AutoModelForCausalLM error), and `--task vlm` scores pairs with the run's own pairwise objective, which a GRPO run
+    has not (the report told users to run that command, which was refused)."""
     from preflab.errors import ConfigError
     from preflab.recipe_names import RECIPE_TASKS
+
+    if task == "online" and saved.get("online_task") == "vision_dataset":
+        raise ConfigError(vision_grpo_eval_refusal(path))
 
     if task == "online" and saved.get("online_task") == "game":
         raise ConfigError(f"{path} is an online_task: game run (a preference game over K answers, no text): preflab "
@@ -81,6 +86,20 @@ def refuse_run_without_a_policy(path: str | Path, task: str | None, saved: dict)
         raise ConfigError(f"{path} is a task: {task} recipe run: its folder holds the recipe's summary.json "
                           f"(metric_before / metric_after, what the recipe measures), not one model{where}. "
                           f"`preflab report {path}` shows the recipe's result.")
+
+
+def vision_grpo_eval_refusal(path: str | Path) -> str:
+    """Why `preflab eval` has nothing for an online_task: vision_dataset run and where its measure is (also the report's
+    note on such a run, preflab.report.runs). path: the run's folder or one of its checkpoint-N (whose policy loads
+    from the run's folder once it has finished)."""
+    folder = Path(path).parent if Path(path).name.startswith("checkpoint-") else Path(path)
+    return (f"{path} is an image-text GRPO run (task: online, online_task: vision_dataset): preflab eval has no "
+            "evaluation for it (the policy eval feeds text to a text model; --task vlm scores preference pairs with "
+            "the run's pairwise objective, and a GRPO run has none), and the run itself evaluates nothing held-out. "
+            "What it measured is the judges' reward on its training prompts: `reward` and `rewards/<judge>/mean` in "
+            f"metrics.jsonl, drawn by `preflab report {folder}`. Its trained policy and processor load with "
+            "transformers' AutoModelForImageTextToText.from_pretrained / AutoProcessor.from_pretrained"
+            f"({str(folder)!r}) to generate on held-out images yourself.")
 
 
 def tokenizer_near(path: Path, fallback_name: str | None, trust_remote_code: bool):

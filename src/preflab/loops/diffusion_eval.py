@@ -70,7 +70,7 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
         raise ConfigError(f"{run_dir} is a task: {saved['task']} run; --task diffusion evaluates task: diffusion runs.")
     trained = saved.get("loss_type")
     if trained in DIFFUSION_NOT_EVALUATED:  # refused before --data is opened
-        _refuse_unevaluated(trained)
+        _refuse_unevaluated(trained, run_dir)
     ppd = trained == "ppd"
     if user_embeddings is not None and not ppd:
         raise ConfigError(f"--user-embeddings gives a ppd run's user embeddings; {run_dir} is a {trained} run. "
@@ -370,9 +370,16 @@ def image_training_rows(saved: dict, run):
                              holds="image pairs")
 
 
-def _refuse_unevaluated(loss_type: str) -> None:
+def _refuse_unevaluated(loss_type: str, run_dir) -> None:
+    """The refusal of a run `preflab eval --task diffusion` does not score (DIFFUSION_NOT_EVALUATED), with what to use
+    instead (DIFFUSION_INSTEAD, for the run's folder: a checkpoint's is one level up)."""
+    from preflab.eval.names import DIFFUSION_INSTEAD
+
     why = "; ".join(f"{k}: {v}" for k, v in DIFFUSION_NOT_EVALUATED.items())
-    raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {loss_type} runs are not supported ({why}).")
+    run = Path(run_dir).parent if is_diffusion_checkpoint(Path(run_dir)) else Path(run_dir)
+    instead = DIFFUSION_INSTEAD.get(loss_type)
+    raise ConfigError(f"preflab eval --task diffusion reads pairwise runs; {loss_type} runs are not supported ({why})"
+                      + (f". Instead: {instead.replace('RUN', str(run))}." if instead else "."))
 
 
 def is_diffusion_checkpoint(path: Path) -> bool:

@@ -222,14 +222,16 @@ def _eval_section(runs: list[RunData]) -> str:
 def _untrained_pipeline_note(run: RunData) -> str:
     """A note under the samples of a run that started from a built-in random-init pipeline (builtin:tiny-sd, ...): its
     samples are noise before and after (no image model learns to draw in a few steps), which the grid alone leaves a
-    reader to guess; the demo that draws something is named."""
+    reader to guess; the demo that draws something is named. The rows are the grid's (_samples): a self_npo grid has
+    one, a ppd grid the base model's and one per user (it said "both rows" for every grid)."""
     from preflab.models.builtin_names import BUILTIN_PIPELINES
 
     name = run.config.get("model_name_or_path")
     if name not in BUILTIN_PIPELINES:
         return ""
+    rows = {"self_npo": "its one row", "ppd": "every row"}.get(str(run.config.get("loss_type")), "both rows")
     return (f"<p class=\"note\">{_e(run.name)} started from {_e(name)}, {_e(BUILTIN_PIPELINES[name])}: its samples "
-            "are noise in both rows, as expected. The run shows that training runs end to end, not what the method "
+            f"are noise in {rows}, as expected. The run shows that training runs end to end, not what the method "
             "does to images; for that, train from a real pipeline (model_name_or_path: a diffusers folder or hub "
             "name), or run <code>preflab demo diffusion</code>, whose tiny model is first fitted to draw shapes and "
             "then learns a known colour preference.</p>")

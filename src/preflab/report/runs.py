@@ -180,7 +180,10 @@ def load_run(path: str | Path, name: str | None = None) -> RunData:
     run.missing += data_notes(run.summary) + held_out_generation_notes(run.rows)
     if run.summary.get("resumed_from_step"):
         run.missing.append(resumed_note(run.summary))
-    if metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
+    vision_grpo = run.config.get("task") == "online" and run.config.get("online_task") == "vision_dataset"
+    if vision_grpo:  # neither the run nor preflab eval evaluates it: say so once, and where its measure is
+        run.missing.append(vision_grpo_note(run.config))
+    elif metrics.is_file() and not any(k.startswith("eval_") for row in run.rows for k in row):
         what = eval_rows_log(run.config)
         run.missing.append(f"no eval rows in metrics.jsonl yet: {awaited_eval(run)}" if configured_eval_set(run.config)
                            else "no eval rows in metrics.jsonl: set eval_steps and an eval set (eval_fraction or "
@@ -259,6 +262,18 @@ def resumed_note(summary: dict) -> str:
             + "; the curves and the headline read metrics.jsonl, which holds the steps before the resume too")
 
 
+def vision_grpo_note(config: dict) -> str:
+    """The report's note on an image-text GRPO run (online_task: vision_dataset): it has no held-out evaluation, in the
+    run (eval_steps and an eval set are refused there) or from `preflab eval` (refused), so its measure is the judges'
+    reward on the training prompts. Before, the report asked for eval_steps with an eval set (eval_fraction was
+    refused, eval_steps evaluated nothing) and for `preflab eval RUN --task vlm` (refused)."""
+    judges = config.get("reward_funcs")
+    names = ", ".join(str(j) for j in judges) if isinstance(judges, list) and judges else "its reward_funcs"
+    return ("an image-text GRPO run (online_task: vision_dataset) has no held-out evaluation: the run evaluates "
+            "nothing (eval_steps and an eval set are refused) and `preflab eval` refuses it; its measure is the "
+            f"judges' ({names}) reward on the training prompts, `reward` and `rewards/<judge>/mean` in the curves")
+
+
 def eval_command(config: dict) -> str | None:
     """The `preflab eval` command (RUN_DIR for the run) that fits a run of `config`, or None where none fits.
     A preference run (dpo and the losses under it): the pair diagnostics against the reference the run trained
@@ -267,7 +282,9 @@ def eval_command(config: dict) -> str | None:
     the same command with a judge (--reward-fn / --reward-model) for the greedy win rate against its starting
     policy, which is already the default reference (the run's model_name_or_path), so no --reference; a run trained
     with tools (config `tools:`) without a judge (eval_cli refuses a win rate that samples without the tools). An image-text
-    run (task: vlm, or online_task: vision_dataset): `--task vlm`; reward and diffusion runs: their `--task`. None for
+    run (task: vlm): `--task vlm`; reward and diffusion runs: their `--task`. None for an image-text GRPO run
+    (online_task: vision_dataset: every `preflab eval` refuses it, preflab.eval.run_files; it pointed to `--task vlm`,
+    which refused it), None for
     an SFT run (its held-out measure is the eval_loss / eval_mean_token_accuracy of its eval rows, said by the "no
     eval rows" note; the pair diagnostics judge a preference run started from it), for the preference game (no text
     or data: its result is the distance to the equilibrium in summary.json and the game panels) and for a recipe
@@ -282,9 +299,11 @@ def eval_command(config: dict) -> str | None:
         return None
     if task == "diffusion" and config.get("loss_type") in DIFFUSION_NOT_EVALUATED:  # refused by that eval
         return None
-    if task in ("reward", "vlm", "diffusion") or (task == "online" and online_task == "vision_dataset"):
+    if task == "online" and online_task == "vision_dataset":  # refused by every --task (run_files)
+        return None
+    if task in ("reward", "vlm", "diffusion"):
         judge = " [--reward-fn MODULE:FUNCTION]" if task == "diffusion" else ""
-        return f"preflab eval RUN_DIR --task {'vlm' if task == 'online' else task} --data HELDOUT{judge}"
+        return f"preflab eval RUN_DIR --task {task} --data HELDOUT{judge}"
     if task == "online" and config.get("tools"):  # the win rate samples without the tools: refused for such a run
         return "preflab eval RUN_DIR --data HELDOUT_PAIRS"
     if task == "online":
@@ -317,7 +336,7 @@ def run_judge_option(config: dict) -> str:
 
 
 def policy_eval_hint(path: Path, config: dict) -> str | None:
-    """The note of a text policy run (a preference, online or image-prompt online run) without eval.json: the
+    """The note of a text policy run (a preference or text online run) without eval.json: the
     eval_command that fits it, on its final model or, before there is one, its newest checkpoint; None where no
     `preflab eval` fits (eval_command)."""
     command = eval_command(config)
@@ -329,8 +348,6 @@ def policy_eval_hint(path: Path, config: dict) -> str | None:
         target, out = (done[-1], f" --out {path / 'eval.json'}") if done else (path, "")
     late = " (the run has no final model yet: its newest checkpoint)" if out else ""
     command = f"`{command.replace('RUN_DIR', str(target))}{out}`"
-    if config.get("task") == "online" and config.get("online_task") == "vision_dataset":
-        return f"no eval.json: run {command} for the held-out preference metrics of the image-text policy{late}"
     if config.get("task") == "online" and config.get("tools"):  # eval_cli refuses a win rate of a tool run
         return (f"no eval.json: run {command} for ranking accuracy on held-out pairs against the starting policy "
                 f"(the default reference, the run's model_name_or_path){late}; the run's answers call its tools, "
