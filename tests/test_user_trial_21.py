@@ -1,0 +1,45 @@
+"""User trial 21 ("the memory-constrained, long-sequence user", from the user docs only): the findings it fixed, each
+pinned with the value or message the old code gave. float16 mixed precision on a CPU (accelerate runs it in
+float32 without a word), ..."""
+import json
+
+import pytest
+import torch
+
+from preflab.config import config_from_dict
+from preflab.errors import ConfigError
+from preflab.loops.launch import check_fp16_on_cpu
+
+ROWS = [{"prompt": f"count {i} :", "chosen": " one two three", "rejected": " nine"} for i in range(8)]
+
+
+def _config(tmp_path, **options):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
+                             "per_device_train_batch_size": 4, "max_steps": 1, "save_steps": 0,
+                             "output_dir": str(tmp_path / "run"), **options})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is of CPU runs")
+@pytest.mark.parametrize("option, named", [({"fp16": True}, "fp16: true"), ({"dtype": "float16"}, "dtype: float16")])
+def test_fp16_mixed_precision_on_a_cpu_is_refused_before_anything_loads(tmp_path, option, named):
+    """Before: `preflab train ... fp16=true` on a CPU logged the float32 run's numbers to the last digit (loss,
+    grad_norm 0.5553123950958252 on the quickstart's first step, the same as without fp16): accelerate's
+    Accelerator turns no float16 autocast on off the GPU (native_amp false), and nothing said so."""
+    from preflab.loops.offline import Trainer
+
+    with pytest.raises(ConfigError) as caught:
+        Trainer(_config(tmp_path, **option))
+    message = str(caught.value)
+    assert message.startswith(f"{named}: float16 mixed precision runs on a GPU only")
+    assert "bf16: true" in message and "load_dtype: float16" in message
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_fp16_check_leaves_bfloat16_float16_weights_and_gpus_alone(tmp_path):
+    """bf16 autocast runs on the CPU, load_dtype: float16 stores the weights in float16 (no autocast), and on a GPU
+    accelerate runs float16 autocast: none of them is refused."""
+    for option in ({"bf16": True}, {"load_dtype": "float16"}, {}):
+        check_fp16_on_cpu(_config(tmp_path, **option), on_cpu=True)
+    check_fp16_on_cpu(_config(tmp_path, fp16=True), on_cpu=False)
