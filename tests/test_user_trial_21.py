@@ -43,3 +43,26 @@ def test_fp16_check_leaves_bfloat16_float16_weights_and_gpus_alone(tmp_path):
     for option in ({"bf16": True}, {"load_dtype": "float16"}, {}):
         check_fp16_on_cpu(_config(tmp_path, **option), on_cpu=True)
     check_fp16_on_cpu(_config(tmp_path, fp16=True), on_cpu=False)
+
+
+def test_a_prompt_cut_to_max_prompt_length_that_fills_max_length_names_both_limits():
+    """Before: `max_length=256 max_prompt_length=300` stopped on the first long row with "... Shorten the prompt,
+    raise max_length, set max_prompt_length, ..." although max_prompt_length was set: the row's prompt, cut to
+    300 tokens, still filled max_length. Now the advice names the two limits; without max_prompt_length it is the
+    old advice."""
+    from preflab.data.examples import PairExample
+    from preflab.data.tokenize import tokenize_pairs
+    from preflab.errors import DataError
+    from preflab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    rows = [PairExample(row_id=0, prompt="ab " * 30, chosen="Yes", rejected="No", extras={})]
+    with pytest.raises(DataError) as caught:
+        tokenize_pairs(rows, tok, max_length=20, max_prompt_length=25)
+    assert "the prompt is 25 tokens, which leaves no room for a response within max_length=20" in str(caught.value)
+    assert "max_prompt_length=25 is not below max_length=20" in str(caught.value)
+    with pytest.raises(DataError) as caught:
+        tokenize_pairs(rows, tok, max_length=20)
+    assert "max_prompt_length=" not in str(caught.value) and "set max_prompt_length" in str(caught.value)
+    items, report = tokenize_pairs(rows, tok, max_length=20, max_prompt_length=19)
+    assert len(items[0].prompt_ids) == 19 and len(items[0].chosen_ids) == 1 and report.response_truncated == 1
