@@ -66,3 +66,29 @@ def test_a_prompt_cut_to_max_prompt_length_that_fills_max_length_names_both_limi
     assert "max_prompt_length=" not in str(caught.value) and "set max_prompt_length" in str(caught.value)
     items, report = tokenize_pairs(rows, tok, max_length=20, max_prompt_length=19)
     assert len(items[0].prompt_ids) == 19 and len(items[0].chosen_ids) == 1 and report.response_truncated == 1
+
+
+def test_bitsandbytes_cpu_kernel_warning_is_hidden_for_a_command_and_put_back_after(monkeypatch, caplog):
+    """Before: every LoRA `preflab train` / `preflab eval` on a CPU printed bitsandbytes' "Failed to load CPU
+    gemm_4bit_forward from kernels-community ... pip install kernels" (peft imports bitsandbytes, whose CPU backend
+    tries to fetch a 4-bit kernel from the hub): a failure of a 4-bit path the run never takes."""
+    import logging
+
+    import preflab.cli as cli
+    from preflab.quiet import BITSANDBYTES_CPU_LOGGER
+
+    logger = logging.getLogger(BITSANDBYTES_CPU_LOGGER)
+    before = logger.level
+    seen = []
+
+    def command(args):
+        with caplog.at_level(logging.WARNING):
+            logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: no network")
+        seen.append(logger.getEffectiveLevel())
+        return 0
+
+    monkeypatch.setattr(cli, "_handler", lambda args: command)
+    assert cli.main(["objectives"]) == 0
+    assert seen == [logging.ERROR]
+    assert not [r for r in caplog.records if "gemm_4bit_forward" in r.getMessage()]
+    assert logger.level == before  # put back after the command
