@@ -92,3 +92,16 @@ def test_bitsandbytes_cpu_kernel_warning_is_hidden_for_a_command_and_put_back_af
     assert seen == [logging.ERROR]
     assert not [r for r in caplog.records if "gemm_4bit_forward" in r.getMessage()]
     assert logger.level == before  # put back after the command
+
+
+@pytest.mark.parametrize("layout", ["padded", "prefix_shared"])
+def test_padding_free_with_a_layout_that_pads_is_refused(tmp_path, layout):
+    """Before: `padding_free=true layout=padded` printed "padding_free: true, with layout: padded as given." and
+    trained padded rows: TRL's silent fallback to padding (huggingface/trl#2469) with a note. A padding-free layout
+    beside it is kept; padding_free alone is prefix_packed."""
+    with pytest.raises(ConfigError, match=f"padding_free: true asks for rows without padding, and layout: {layout} "
+                                          "pads each row"):
+        _config(tmp_path, padding_free=True, layout=layout)
+    assert _config(tmp_path, padding_free=True, layout="packed").layout == "packed"
+    assert _config(tmp_path, padding_free=True).layout == "prefix_packed"
+    assert _config(tmp_path, padding_free=False, layout="padded").layout == "padded"
