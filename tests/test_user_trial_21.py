@@ -1,6 +1,7 @@
 """User trial 21 ("the memory-constrained, long-sequence user", from the user docs only): the findings it fixed, each
-pinned with the value or message the old code gave. float16 mixed precision on a CPU (accelerate runs it in
-float32 without a word), ..."""
+pinned with the value or message the old code gave: float16 mixed precision on a CPU (accelerate ran it in float32
+without a word), the advice for a prompt cut to max_prompt_length that still fills max_length, bitsandbytes' CPU-kernel
+warning on every LoRA command, padding_free beside a layout that pads."""
 import json
 
 import pytest
