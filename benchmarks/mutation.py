@@ -7453,6 +7453,30 @@ MUTANTS += [
            T22_TESTS, "the self_npo eval refusal says nothing of what to use instead"),
 ]
 
+# mutation-t21 round: user trial 21 (memory-constrained, long sequences): fp16 on a CPU refused, the no-room advice
+# naming max_prompt_length, bitsandbytes' CPU-kernel warning hidden per command, padding_free beside a padding layout
+T21_TESTS = ["tests/test_user_trial_21.py"]
+MUTANTS += [
+    Mutant("t21-fp16-cpu-unchecked", "loops/launch.py",
+           [("    check_fp16_on_cpu(cfg, on_cpu=cpu or not _has_accelerator_device())\n", "")],
+           T21_TESTS, "fp16: true on a CPU trains in float32 without a word (accelerate turns no autocast on)"),
+    Mutant("t21-fp16-flag-only", "loops/launch.py",
+           [('    if on_cpu and cfg.torch_dtype == "float16":', "    if on_cpu and cfg.fp16:")],
+           T21_TESTS, "dtype: float16 (the same float16 autocast) on a CPU escapes the refusal"),
+    Mutant("t21-no-room-old-advice", "data/tokenize.py",
+           [("    if settings.max_prompt_length is not None:\n        return (f\"max_prompt_length=",
+             "    if False:\n        return (f\"max_prompt_length=")],
+           T21_TESTS, "a prompt cut to max_prompt_length that fills max_length is told to set max_prompt_length"),
+    Mutant("t21-bnb-warning-shown", "cli.py",
+           [("            quiet_bitsandbytes_cpu_kernel()  # every command", "            pass  # every command")],
+           T21_TESTS, "every CPU LoRA command prints bitsandbytes' 'Failed to load CPU gemm_4bit_forward'"),
+    Mutant("t21-padding-free-prefix-shared", "config_trl.py",
+           [('            if raw.get("layout") in ("padded", "prefix_shared"):',
+             '            if raw.get("layout") in ("padded",):')],
+           T21_TESTS, "padding_free: true beside layout: prefix_shared trains padded rows with a note"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

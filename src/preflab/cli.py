@@ -12,7 +12,7 @@ import sys
 import threading
 
 from preflab.errors import ConfigError, PreflabError
-from preflab.quiet import kept_as_found
+from preflab.quiet import kept_as_found, quiet_bitsandbytes_cpu_kernel
 
 # subcommand -> module exposing register(subparsers); a module that is missing is skipped
 SUBCOMMANDS = {
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_launched_command(args.command)
         with kept_as_found():  # warning filters, transformers' verbosity and progress bars: as found after the command
+            quiet_bitsandbytes_cpu_kernel()  # every command that loads peft (train, eval, sample, ...)
             return int(_handler(args)(args) or 0)
     except PreflabError as err:
         message = error_message(err, group_open=_process_group_open())

@@ -577,8 +577,13 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
     _model_kwargs(raw, errors)
     if "padding_free" in raw:
         if raw.pop("padding_free") is True:
-            if "layout" in raw:
-                notes.append(f"padding_free: true, with layout: {raw['layout']} as given.")
+            if raw.get("layout") in ("padded", "prefix_shared"):  # both pad every row to the batch's longest
+                errors.append(f"padding_free: true asks for rows without padding, and layout: {raw['layout']} pads "
+                              "each row to the micro-batch's longest (TRL 1.16's silent fallback to padding, "
+                              "huggingface/trl#2469): remove one of them; padding_free: true alone is layout: "
+                              "prefix_packed, and layout: packed is padding-free too.")
+            elif "layout" in raw:
+                notes.append(f"padding_free: true, with layout: {raw['layout']} as given (no padding).")
             else:
                 raw["layout"] = "prefix_packed"
                 notes.append("padding_free: true -> layout: prefix_packed (no padding; the same log-probs).")

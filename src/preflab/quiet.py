@@ -57,3 +57,23 @@ def quiet_third_party() -> None:
         warnings.filterwarnings("default", category=category, module=r"preflab(\.|$)")
         warnings.filterwarnings("default", category=category, message="preflab")
     quiet_transformers(verbosity_error=True, progress_bars=False)
+    quiet_bitsandbytes_cpu_kernel()
+
+
+# bitsandbytes' CPU backend, imported by peft whenever bitsandbytes is installed (every LoRA run), tries on a CPU with
+# AVX512-BF16 to fetch a 4-bit matmul kernel from the hub and logs "Failed to load CPU gemm_4bit_forward from
+# kernels-community ... pip install kernels" when it cannot (no network, an untrusted repository). preflab runs no
+# 4-bit weights on a CPU (load_in_4bit is refused there), so on a CPU LoRA run that line spoke of a failure that
+# was none.
+BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
+
+
+def quiet_bitsandbytes_cpu_kernel() -> None:
+    """bitsandbytes' CPU-kernel logger at error level (its warning above hidden), put back by kept_as_found()."""
+    import logging
+
+    logger = logging.getLogger(BITSANDBYTES_CPU_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    if _depth:
+        _undo.append(lambda: logger.setLevel(level))

@@ -446,6 +446,18 @@ def _keep_end(prompt_ids: list[int], response: list[int], max_length: int) -> tu
     return tail[:1], tail[1:]
 
 
+def _no_room_hint(settings: _Settings) -> str:
+    """What to do about a prompt that fills max_length. With max_prompt_length set, the prompt was already cut to it,
+    so max_prompt_length is not below max_length: the advice to set it would be no advice."""
+    if settings.max_prompt_length is not None:
+        return (f"max_prompt_length={settings.max_prompt_length} is not below max_length={settings.max_length}, so "
+                "a prompt cut to it can still fill every position: set max_prompt_length below max_length (a "
+                "response keeps max_length - max_prompt_length tokens at least), raise max_length, or use "
+                "truncation_mode: keep_end (which cuts the prompt's start).")
+    return ("Shorten the prompt, raise max_length, set max_prompt_length, or use truncation_mode: keep_end (which "
+            "cuts the prompt's start).")
+
+
 def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Settings, bos: int | None,
               report: TokenizeReport, fields: list[str], prompt_field: str = "prompt", before: list | None = None):
     """Apply max_prompt_length (`_cut_prompt`), max_completion_length (each response keeps its start, as TRL 0.x
@@ -478,8 +490,7 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
         if room < 1:
             raise RowProblem("prompt_fills_max_length", prompt_field, f"the prompt is {len(prompt_ids)} tokens, which "
                              f"leaves no room for a response within max_length={settings.max_length}",
-                             "Shorten the prompt, raise max_length, set max_prompt_length, or use "
-                             "truncation_mode: keep_end (which cuts the prompt's start).")
+                             _no_room_hint(settings))
         if any(len(ids) > room for ids in responses):
             cut = True
             responses = [ids[:room] for ids in responses]

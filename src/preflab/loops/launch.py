@@ -160,6 +160,20 @@ def check_bf16(cfg, on_cuda: bool) -> None:
             "dtype: float16 (fp16: true) or float32, or run on a GPU with bfloat16 (Ampere or newer).")
 
 
+def check_fp16_on_cpu(cfg, on_cpu: bool) -> None:
+    """float16 mixed precision (fp16: true, dtype: float16) on a CPU run: refused before anything loads. accelerate
+    turns on autocast and its GradScaler for fp16 on accelerator devices only (Accelerator.native_amp is false on
+    the CPU), so the run trained in float32 without a word while config.yaml said fp16 (as transformers'
+    TrainingArguments does, which refuses --fp16 on a CPU). bfloat16 autocast runs on the CPU, and load_dtype:
+    float16 (weights stored in float16, no autocast) is another option and is not touched here."""
+    if on_cpu and cfg.torch_dtype == "float16":
+        asked = "fp16: true" if cfg.fp16 else "dtype: float16"
+        raise ConfigError(
+            f"{asked}: float16 mixed precision runs on a GPU only; on the CPU accelerate turns no float16 autocast "
+            "on, so this run would train in float32. Use bf16: true (bfloat16 autocast runs on the CPU), "
+            "load_dtype: float16 to store the weights in float16, or remove it for float32.")
+
+
 def enable_full_determinism(seed: int) -> None:
     """transformers' TrainingArguments.full_determinism, as its Trainer applies it (transformers.trainer_utils.
     enable_full_determinism): torch.use_deterministic_algorithms(True), cuDNN deterministic and not benchmarking, and
@@ -192,6 +206,7 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     cpu = use_cpu or (launched > 1 and not _has_accelerator_device())
     _check_fsdp(cpu or not _has_accelerator_device(), launched, use_cpu)
     check_bf16(cfg, on_cuda=not cpu and torch.cuda.is_available())
+    check_fp16_on_cpu(cfg, on_cpu=cpu or not _has_accelerator_device())
     check_deepspeed_settings(cfg)
     precision = {"bfloat16": "bf16", "float16": "fp16"}.get(cfg.torch_dtype, "no")
     fsdp_on_cpu = cpu and launched > 1 and fsdp_version_asked() == 2

@@ -74,7 +74,9 @@ def quantization_conflicts(cfg) -> list[str]:
         given = [k for k, default in (("bnb_4bit_quant_type", "nf4"), ("use_bnb_nested_quant", False),
                                       ("bnb_4bit_compute_dtype", None)) if getattr(cfg, k) != default]
         if given:
-            out.append(f"{', '.join(given)} apply with load_in_4bit: true; set it or remove them.")
+            out.append(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with load_in_4bit: true "
+                       f"(the 4-bit quantization's settings); set load_in_4bit: true or remove "
+                       f"{'it' if len(given) == 1 else 'them'}.")
         return out
     name = f"load_in_{bits}bit"
     if bits == 8:
