@@ -1,10 +1,13 @@
 """`preflab train` under DDP (examples/accelerate/ddp.yaml, 2 CPU processes, gloo) against one plain process with the
 same global batch, for the run kinds whose 2-process check is one DDP run: a streaming run (from
 tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py) and a
-distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py). Their 2-process runs share one launch
-(tests/loops/scale_matrix_run.py's `cli` runs, one after another in the same two processes, each into its own
-folder; each `preflab train` seeds itself from its config): a launch costs a launcher and two ranks' imports, more
-than a tiny run. Each test then does its one-process run in this process and reads its own run's folder."""
+distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py),
+and tests/loops/tiny_run.py's tiny DPO run with a precomputed reference (from tests/perf/test_ref_cache.py). Their
+2-process runs share one launch (tests/loops/scale_matrix_run.py's `cli` and `tiny` runs, one after another in the
+same two processes, each into its own folder; each `preflab train` seeds itself from its config, the tiny run from its
+own seed; PREFLAB_CACHE_DIR a folder of the launch's own, empty at the start): a launch costs a launcher and two
+ranks' imports, more than a tiny run. Each test then does its one-process run in this process and reads its own run's
+folder."""
 import importlib.util
 import json
 import os
@@ -61,6 +64,8 @@ LAUNCHED = {
         ["cli", d / "two", str(ROOT / "examples/distill.yaml"), "per_device_train_batch_size=4", "save_steps=2",
          *DISTILL]],
     "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch": _diffusion_runs,
+    "test_ref_cache_two_processes_with_cache_equal_one_process_without": lambda d: [
+        ["tiny", d / "two", "per_device_train_batch_size=2", "precompute_ref_log_probs=true"]],
 }
 if importlib.util.find_spec("diffusers") is None:  # the diffusion test skips itself; no run for it
     del LAUNCHED["test_diffusion_two_gloo_processes_equal_one_process_with_double_batch"]
@@ -78,7 +83,8 @@ def launched(request, tmp_path_factory, accelerate_launch):
     for name in names:
         (root / name).mkdir()
         runs += LAUNCHED[name](root / name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+           "PREFLAB_CACHE_DIR": str(root / "cache")}  # the reference cache test's run must miss
     env.pop("WORLD_SIZE", None)
     args = [str(a) for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + run]
     cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2",
@@ -181,3 +187,22 @@ def test_diffusion_two_gloo_processes_equal_one_process_with_double_batch(tmp_pa
     # 1.2e-3); adam_epsilon 1e-5 damps those to ~5e-6 (AVX2 and AVX-512) while every real gradient still takes
     # a full step, so a wrong split of the batch or of the draws still moves weights by ~lr = 1e-3
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
+
+
+def losses(summary_dir: Path) -> list:
+    """The logged training losses of a run folder (metrics.jsonl's rows with a loss)."""
+    return [json.loads(line)["loss"] for line in open(summary_dir / "metrics.jsonl") if '"loss"' in line]
+
+
+@pytest.mark.slow
+def test_ref_cache_two_processes_with_cache_equal_one_process_without(tmp_path, launched):
+    """tests/loops/tiny_run.py's tiny DPO run (moved here from tests/perf/test_ref_cache.py to join the launch) with
+    precompute_ref_log_probs under DDP, 2 processes x 2 (the launch's empty PREFLAB_CACHE_DIR: the cache misses and
+    is computed): its losses equal one process x 4 computing the reference forward every step."""
+    from tiny_run import run
+
+    two = launched("test_ref_cache_two_processes_with_cache_equal_one_process_without") / "two"
+    run(tmp_path / "one", per_device_train_batch_size=4)
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["reference_cache"]["train"]["hit"] is False
+    assert losses(two) == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
