@@ -2,7 +2,8 @@
 same global batch, for the run kinds whose 2-process check is one DDP run: a streaming run (from
 tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py) and a
 distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py),
-and tests/loops/tiny_run.py's tiny DPO run with a precomputed reference (from tests/perf/test_ref_cache.py). Their
+and tests/loops/tiny_run.py's tiny DPO run (from tests/loops/test_trainer.py; with a precomputed reference, from
+tests/perf/test_ref_cache.py). Their
 2-process runs share one launch (tests/loops/scale_matrix_run.py's `cli` and `tiny` runs, one after another in the
 same two processes, each into its own folder; each `preflab train` seeds itself from its config, the tiny run from its
 own seed; PREFLAB_CACHE_DIR a folder of the launch's own, empty at the start): a launch costs a launcher and two
@@ -66,6 +67,8 @@ LAUNCHED = {
     "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch": _diffusion_runs,
     "test_ref_cache_two_processes_with_cache_equal_one_process_without": lambda d: [
         ["tiny", d / "two", "per_device_train_batch_size=2", "precompute_ref_log_probs=true"]],
+    "test_tiny_run_two_processes_equal_one_process_double_batch": lambda d: [
+        ["tiny", d / "two", "per_device_train_batch_size=2"]],
 }
 if importlib.util.find_spec("diffusers") is None:  # the diffusion test skips itself; no run for it
     del LAUNCHED["test_diffusion_two_gloo_processes_equal_one_process_with_double_batch"]
@@ -83,7 +86,10 @@ def launched(request, tmp_path_factory, accelerate_launch):
     for name in names:
         (root / name).mkdir()
         runs += LAUNCHED[name](root / name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"),
+    import preflab
+
+    # the preflab this process imports (a mutation run's copy of src/ included), not the repository's src/ only
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1]),
            "PREFLAB_CACHE_DIR": str(root / "cache")}  # the reference cache test's run must miss
     env.pop("WORLD_SIZE", None)
     args = [str(a) for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + run]
@@ -206,3 +212,16 @@ def test_ref_cache_two_processes_with_cache_equal_one_process_without(tmp_path, 
     summary = json.loads((two / "summary.json").read_text())
     assert summary["reference_cache"]["train"]["hit"] is False
     assert losses(two) == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_tiny_run_two_processes_equal_one_process_double_batch(tmp_path, launched):
+    """tests/loops/tiny_run.py's tiny DPO run (moved here from tests/loops/test_trainer.py to join the launch): 2
+    processes x 2 under DDP end at the losses and weights of 1 process x 4."""
+    from tiny_run import run
+
+    two = launched("test_tiny_run_two_processes_equal_one_process_double_batch") / "two"
+    run(tmp_path / "one", per_device_train_batch_size=4)
+    assert losses(tmp_path / "one") == pytest.approx(losses(two), abs=1e-5)
+    assert max_diff(load_file(str(tmp_path / "one" / "model.safetensors")),
+                    load_file(str(two / "model.safetensors"))) < 1e-5
