@@ -3920,7 +3920,11 @@ MUTANTS += [
 
 
 # grpo-tools round: tool calling inside GRPO (preflab.online.tool_calling), TRL 1.16's GRPOTrainer(tools=...)
-GTOOLS = ["tests/online/test_tool_calling.py"]
+# the 2-process tool test (moved from test_tool_calling.py to share the environments' launch; selected alone, the
+# launch runs the tool run only)
+TOOLS_2P = ("tests/online/test_environment_two_processes.py::"
+            "test_two_processes_run_each_tool_call_once_and_equal_one_process")
+GTOOLS = ["tests/online/test_tool_calling.py", TOOLS_2P]
 MUTANTS += [
     Mutant("gtools-tool-tokens-trained", "online/tool_calling.py",
            [("masks[i] += [0] * len(extended[i]) + [1] * len(new)", "masks[i] += [1] * len(extended[i]) + [1] * len(new)")],
@@ -4201,7 +4205,7 @@ MUTANTS += [
 
 
 # tools-eval round: tool_timeout_s, the held-out evaluation with tools, list results, preflab eval on tool runs
-TLEVAL = ["tests/online/test_tool_calling.py"]
+TLEVAL = ["tests/online/test_tool_calling.py", TOOLS_2P]
 MUTANTS += [
     Mutant("tleval-timeout-not-counted", "online/tool_calling.py",
            [("timed_out += isinstance(exc, TimedOut)", "timed_out += 0")], TLEVAL,
@@ -4543,7 +4547,7 @@ MUTANTS += [
 # optimizer_options (optim names, optim_args' reading, the plan's state counts), transformers' two weight-decay groups
 # and the regrouping of a one-group checkpoint, row-seeded sampling's chain, distillation's sampling, seq_kd and
 # divergence_temperature, `preflab eval --task distill`, and the sandbox's default CPU limit. Mutants named `mv-*`.
-MV_TOOLS = ["tests/online/test_tool_calling.py"]
+MV_TOOLS = ["tests/online/test_tool_calling.py", TOOLS_2P]
 MV_OPTIONS = ["tests/test_optimizer_options.py"]
 MV_PLAN = ["tests/test_plan.py", "tests/test_optimizer_options.py"]
 MV_WD = ["tests/loops/test_weight_decay_groups.py"]

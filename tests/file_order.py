@@ -19,14 +19,14 @@ SLOW_FILES_SECONDS = {
     "tests/online/test_online_run.py": 31,  # its 2-process runs: test_trainers_two_processes.py
     "tests/online/test_trainers_two_processes.py": 76,  # one 2-process launch of 31 runs (those of test_online_run,
     # test_game and the entropy bonus test of test_grpo_trl_options too), then each 1-process run
-    "tests/online/test_tool_calling.py": 35,
-    "tests/online/test_environment_two_processes.py": 30,  # one plain process and one 2-process launch, 3 runs each
-    # (test_environment_factory's, test_environment_no_dataset's and test_environment_no_prompt's)
+    "tests/online/test_environment_two_processes.py": 38,  # one plain process and one 2-process launch, 4 runs each
+    # (test_environment_factory's, test_environment_no_dataset's, test_environment_no_prompt's, test_tool_calling's)
     "tests/online/test_environment_factory.py": 15,  # TRL's GRPOTrainer built once
     "tests/loops/test_distill_run.py": 20,
-    "tests/loops/test_ddp_cli_launch.py": 50,  # one DDP launch of 4 `preflab train` runs (the 2-process runs of
-    # test_streaming's, test_spo_degree_run's, test_distill_run's and test_diffusion_run's tests), then each
-    # 1-process run
+    "tests/loops/test_ddp_cli_launch.py": 65,  # one DDP launch of 5 `preflab train` runs (the 2-process runs of
+    # test_streaming's, test_spo_degree_run's, test_distill_run's and test_diffusion_run's tests and a user's
+    # objective by path), test_trainer's and
+    # test_ref_cache's tiny runs and test_grpo_clip_extrema's step, then each 1-process run
     "tests/loops/test_resume_verify.py": 30,
     "tests/report/test_report_every_trainer.py": 25,
     "tests/online/test_resume_every_trainer.py": 25,
@@ -56,7 +56,6 @@ SLOW_FILES_SECONDS = {
     "tests/test_reliability_checklist.py": 10,
     "tests/loops/test_spo_degree_run.py": 10,
     "tests/online/test_online_trial2.py": 10,
-    "tests/objectives/test_grpo_clip_extrema.py": 9,
     "tests/loops/test_streaming.py": 8,
     "tests/test_resume_identity.py": 8,
 }

@@ -6,6 +6,7 @@ other tests that share a launch. Runs are separated by `--`; each is MODE OUT_DI
     tiny    OUT k=v ...   the tiny offline DPO run of tests/loops/tiny_run.py (synthetic pairs; k=v its overrides)
     refused OUT k=v ...   the same tiny run, expected to stop with a ConfigError (a refused resume): OUT/refusal.json
                           {"message": the error's message, or null when the run was not refused}
+    grpo_extrema OUT      tests/objectives/grpo_clip_extrema_ranks.py's step on each rank: OUT/rank<R>.json
 
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 2 \
         tests/loops/scale_matrix_run.py online OUT1 trainer=grpo save_steps=2 -- online OUT2 ... resume_from_checkpoint=..
@@ -58,6 +59,11 @@ def run(mode: str, out: str, args: list[str]) -> None:
             message = str(err)
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "refusal.json").write_text(json.dumps({"message": message}))
+    elif mode == "grpo_extrema":
+        sys.path.insert(0, str(HERE.parent / "objectives"))
+        from grpo_clip_extrema_ranks import write_rank_metrics
+
+        write_rank_metrics(out)
     else:
         sys.exit(f"unknown mode {mode!r}")
     write_after_train(Path(out))

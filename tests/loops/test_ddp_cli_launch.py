@@ -1,10 +1,16 @@
 """`preflab train` under DDP (examples/accelerate/ddp.yaml, 2 CPU processes, gloo) against one plain process with the
 same global batch, for the run kinds whose 2-process check is one DDP run: a streaming run (from
-tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py), a user's objective named by path (docs/extending.md) and a
-distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py). Their 2-process runs share one launch
-(tests/loops/scale_matrix_run.py's `cli` runs, one after another in the same two processes, each into its own
-folder; each `preflab train` seeds itself from its config): a launch costs a launcher and two ranks' imports, more
-than a tiny run. Each test then does its one-process run in this process and reads its own run's folder."""
+tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_spo_degree_run.py), a user's objective named by path
+(docs/extending.md) and a
+distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py),
+and tests/loops/tiny_run.py's tiny DPO run (from tests/loops/test_trainer.py; with a precomputed reference, from
+tests/perf/test_ref_cache.py), and GRPO's clip extrema step on each rank (from
+tests/objectives/test_grpo_clip_extrema.py). Their
+2-process runs share one launch (tests/loops/scale_matrix_run.py's `cli` and `tiny` runs, one after another in the
+same two processes, each into its own folder; each `preflab train` seeds itself from its config, the tiny run from its
+own seed; PREFLAB_CACHE_DIR a folder of the launch's own, empty at the start): a launch costs a launcher and two
+ranks' imports, more than a tiny run. Each test then does its one-process run in this process and reads its own run's
+folder."""
 import importlib.util
 import json
 import os
@@ -95,7 +101,14 @@ LAUNCHED = {
          *DISTILL]],
     "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch": _diffusion_runs,
     "test_user_objective_two_processes_equal_one_process_with_double_batch": _user_objective_runs,
+    "test_ref_cache_two_processes_with_cache_equal_one_process_without": lambda d: [
+        ["tiny", d / "two", "per_device_train_batch_size=2", "precompute_ref_log_probs=true"]],
+    "test_tiny_run_two_processes_equal_one_process_double_batch": lambda d: [
+        ["tiny", d / "two", "per_device_train_batch_size=2"]],
+    "test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered": lambda d: [["grpo_extrema", d / "two"]],
 }
+if importlib.util.find_spec("trl") is None:  # the GRPO extrema test skips itself (TRL is its oracle)
+    del LAUNCHED["test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered"]
 if importlib.util.find_spec("diffusers") is None:  # the diffusion test skips itself; no run for it
     del LAUNCHED["test_diffusion_two_gloo_processes_equal_one_process_with_double_batch"]
 
@@ -112,7 +125,11 @@ def launched(request, tmp_path_factory, accelerate_launch):
     for name in names:
         (root / name).mkdir()
         runs += LAUNCHED[name](root / name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    import preflab
+
+    # the preflab this process imports (a mutation run's copy of src/ included), not the repository's src/ only
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1]),
+           "PREFLAB_CACHE_DIR": str(root / "cache")}  # the reference cache test's run must miss
     env.pop("WORLD_SIZE", None)
     args = [str(a) for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + run]
     cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2",
@@ -237,3 +254,59 @@ def test_user_objective_two_processes_equal_one_process_with_double_batch(tmp_pa
     assert max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-5
     summary = json.loads((base / "two/summary.json").read_text())
     assert summary["environment"]["world_size"] == 2
+
+
+def losses(summary_dir: Path) -> list:
+    """The logged training losses of a run folder (metrics.jsonl's rows with a loss)."""
+    return [json.loads(line)["loss"] for line in open(summary_dir / "metrics.jsonl") if '"loss"' in line]
+
+
+@pytest.mark.slow
+def test_ref_cache_two_processes_with_cache_equal_one_process_without(tmp_path, launched):
+    """tests/loops/tiny_run.py's tiny DPO run (moved here from tests/perf/test_ref_cache.py to join the launch) with
+    precompute_ref_log_probs under DDP, 2 processes x 2 (the launch's empty PREFLAB_CACHE_DIR: the cache misses and
+    is computed): its losses equal one process x 4 computing the reference forward every step."""
+    from tiny_run import run
+
+    two = launched("test_ref_cache_two_processes_with_cache_equal_one_process_without") / "two"
+    run(tmp_path / "one", per_device_train_batch_size=4)
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["reference_cache"]["train"]["hit"] is False
+    assert losses(two) == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_tiny_run_two_processes_equal_one_process_double_batch(tmp_path, launched):
+    """tests/loops/tiny_run.py's tiny DPO run (moved here from tests/loops/test_trainer.py to join the launch): 2
+    processes x 2 under DDP end at the losses and weights of 1 process x 4."""
+    from tiny_run import run
+
+    two = launched("test_tiny_run_two_processes_equal_one_process_double_batch") / "two"
+    run(tmp_path / "one", per_device_train_batch_size=4)
+    assert losses(tmp_path / "one") == pytest.approx(losses(two), abs=1e-5)
+    assert max_diff(load_file(str(tmp_path / "one" / "model.safetensors")),
+                    load_file(str(two / "model.safetensors"))) < 1e-5
+
+
+@pytest.mark.slow
+def test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered(launched):
+    """accelerate launch, 2 processes (gloo on CPU), 4 micro-batches each: rank 1's micro-batch 1 has no completion
+    token and its micro-batch 2 is a weight-0 one. Both ranks log, for each key, TRL's value: per micro-batch the
+    nanmin (nanmax) over both ranks' completions, averaged over the micro-batches with a value; it differs from each
+    rank's own (rank 1's low_min in micro-batch 0 and high_max in micro-batch 3 win over rank 0's). (Moved from
+    tests/objectives/test_grpo_clip_extrema.py to join the launch: tests/objectives/grpo_clip_extrema_ranks.py's
+    write_rank_metrics on each rank.)"""
+    pytest.importorskip("trl.trainer.grpo_trainer")
+    sys.path.insert(0, str(HERE.parent / "objectives"))
+    from test_grpo_clip_extrema import run_step, trl_window
+
+    two = launched("test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered") / "two"
+    want = trl_window(2, 4, zero={(1, 2)})
+    for rank in (0, 1):
+        got = json.loads((two / f"rank{rank}.json").read_text())
+        for name, (value, count) in want.items():
+            assert got["metrics"][name] == pytest.approx(value, abs=1e-7), (rank, name)
+            assert got["counts"][name] == count == 4
+    for name in want:  # each rank alone would log another value
+        alone = [trl_window(1, 4)[name][0], run_step(1, 4, zero_index=2).metrics[name]]
+        assert all(a != pytest.approx(want[name][0], abs=1e-6) for a in alone), (name, alone, want[name])

@@ -7,12 +7,17 @@ with the same scripted turns and environments. no_dataset=true: a run without a 
 the prompts; no evaluation). no_prompt=true: four dataset rows without a prompt ({"n": i}: LoggedDrawn's reset gives
 each its text; no evaluation).
 
-runs=default,no_dataset,no_prompt: those runs one after another in the same processes (one launch instead of three),
-each into OUT_DIR/<name> with its own calls.txt and the same key=value options; every run starts from the state the
-process started with (Python's, torch's and numpy's global random state, a fresh tokenizer and fresh patches of the
-generator and evaluation turns, the process group kept open between runs)."""
+runs=default,no_dataset,no_prompt,tools: those runs one after another in the same processes (one launch instead of
+four), each into OUT_DIR/<name> with its own calls.txt; every run starts from the state the process started with
+(Python's, torch's and numpy's global random state, a fresh tokenizer and fresh patches of the generator and
+evaluation turns, the process group kept open between runs). A key=value option applies to every run, a
+MODE.key=value option to the run MODE only (after the others). The `tools` run is tests/online/test_tool_calling.py's
+GRPO run with tool calling (its scripted turns, tool tokenizer and tool `add`, from Python): each call of `add`
+appends "a b" to calls.txt; add(4, 5) then sleeps 2 s (past a tool_timeout_s=0.5 given as an option: a timeout);
+the held-out evaluation (first prompt, before and after training) answers with the same scripted turns and tool."""
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -84,9 +89,56 @@ def logged_echo_reward(prompts, completions, environments, **kwargs):
     return t.echo_reward(prompts, completions, environments)
 
 
+def counted_add(a: int, b: int) -> int:
+    """Adds two integers (and records the call).
+
+    Args:
+        a: The first integer.
+        b: The second integer.
+    """
+    with open(Path(OUT["dir"]) / "calls.txt", "a") as fh:
+        fh.write(f"{a} {b}\n")
+    if (a, b) == (4, 5):
+        time.sleep(2.0)
+    return a + b
+
+
+counted_add.__name__ = "add"
+
+
+def tool_run(out: str, overrides: dict) -> None:
+    """test_tool_calling.py's GRPO run with the tool counted_add (its calls in out/calls.txt) and a held-out
+    evaluation of its first prompt."""
+    import preflab.online.generator as generator_module
+    import preflab.online.tasks as tasks_module
+    from preflab.config import config_from_dict
+    from preflab.models.tiny import tiny_causal_lm
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task, dataset_evaluate
+
+    import test_tool_calling as tc
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    OUT["dir"] = out
+    tok = tc.tool_tokenizer()
+    generator_module.make_generator = lambda cfg, policy, tokenizer, acc=None: tc.ScriptedTurns(
+        tok, cfg.max_completion_length, True)
+    tasks_module.EvalTurns = lambda cfg, model, tokenizer, sampled: tc.ScriptedTurns(tok, cfg.max_completion_length,
+                                                                                     True)
+    limit = overrides.pop("tool_timeout_s", 60.0)  # the tools come from Python: the config has none to read it
+    cfg = config_from_dict({**tc.BASE, "output_dir": out, "eval_dataset_name": "held.jsonl", **overrides})
+    cfg.tool_timeout_s = limit
+    OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok,
+              task=Task([{"prompt": p} for p in tc.PROMPTS], [tc.reward], [{"prompt": tc.PROMPTS[0]}],
+                        dataset_evaluate(cfg, [{"prompt": tc.PROMPTS[0]}], [tc.reward])),
+              tools=[counted_add]).train()
+
+
 def run(out: str, mode: str, overrides: dict) -> None:
     """One run into `out` in `mode` (default: the dataset of t.ROWS with a held-out evaluation; no_dataset;
-    no_prompt), its environment calls logged to out/calls.txt."""
+    no_prompt; tools: tool_run), its environment or tool calls logged to out/calls.txt."""
+    if mode == "tools":
+        return tool_run(out, overrides)
     import preflab.online.generator as generator_module
     import preflab.online.tasks as tasks_module
     from preflab.config import config_from_dict
@@ -118,7 +170,7 @@ def run(out: str, mode: str, overrides: dict) -> None:
                             dataset_evaluate(cfg, held, [logged_echo_reward])),
                   environment_factory={"counter": LoggedCounter, "echo": LoggedEcho}).train()
     else:
-        sys.exit(f"unknown mode {mode!r} (default, no_dataset or no_prompt)")
+        sys.exit(f"unknown mode {mode!r} (default, no_dataset, no_prompt or tools)")
 
 
 if __name__ == "__main__":
@@ -133,10 +185,14 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in sys.argv[2:])}
     runs = overrides.pop("runs", None)
+    own = {}  # MODE.key=value: the run MODE's own options
+    for key in [k for k in overrides if "." in k]:
+        mode, name = key.split(".", 1)
+        own.setdefault(mode, {})[name] = overrides.pop(key)
     if runs is None:  # one run into OUT_DIR itself
         mode = "no_dataset" if overrides.pop("no_dataset", False) else \
             "no_prompt" if overrides.pop("no_prompt", False) else "default"
-        run(sys.argv[1], mode, overrides)
+        run(sys.argv[1], mode, {**overrides, **own.get(mode, {})})
         sys.exit(0)
     # several runs: each starts from the random state the process started with, as a process of its own would
     states = random.getstate(), torch.get_rng_state(), np.random.get_state()
@@ -146,5 +202,5 @@ if __name__ == "__main__":
         torch.set_rng_state(states[1])
         np.random.set_state(states[2])
         t.CALLS.clear()
-        run(str(Path(sys.argv[1]) / mode), mode, dict(overrides))
+        run(str(Path(sys.argv[1]) / mode), mode, {**overrides, **own.get(mode, {})})
     close_process_group()

@@ -1,11 +1,12 @@
-"""Environments under accelerate launch with two processes, against one process: the main process holds the
-environments and makes every call once, and the weights equal the one-process run's.
+"""Environments and tools under accelerate launch with two processes, against one process: the main process holds
+the environments and runs the tool calls, makes every call once, and the weights equal the one-process run's.
 
-The three runs (test_environment_factory.py's dataset with a held-out evaluation; test_environment_no_dataset.py's
-run without a dataset; test_environment_no_prompt.py's rows without a prompt) share one plain process and one
-two-process launch of environment_run.py (runs=default,no_dataset,no_prompt: the runs one after another in the
-same processes, each into a folder of its own with its own calls.txt): a launch costs a launcher and two ranks'
-imports, so three launches cost about three times the CPU of one."""
+The four runs (test_environment_factory.py's dataset with a held-out evaluation; test_environment_no_dataset.py's
+run without a dataset; test_environment_no_prompt.py's rows without a prompt; test_tool_calling.py's GRPO run with a
+tool from Python) share one plain process and one two-process launch of environment_run.py
+(runs=default,no_dataset,no_prompt,tools: the runs one after another in the same processes, each into a folder of its
+own with its own calls.txt): a launch costs a launcher and two ranks' imports, so four launches cost about four times
+the CPU of one."""
 import json
 import random
 import sys
@@ -19,18 +20,36 @@ from preflab.online.environments import reset_seed
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-RUNS = ("default", "no_dataset", "no_prompt")
+ENVIRONMENT_RUNS = ("default", "no_dataset", "no_prompt")
+# each run's own options: the environment runs one round; the tool run two steps, its add(4, 5) past the time limit
+OWN = {**{mode: ["max_steps=1", "steps_per_generation=1", "save_strategy=no"] for mode in ENVIRONMENT_RUNS},
+       "tools": ["max_steps=2", "tool_timeout_s=0.5"]}
+
+
+# the run each test reads
+RUN_OF_TEST = {"test_two_processes_call_each_environment_once_and_equal_one_process": "default",
+               "test_two_processes_draw_the_same_prompts_once_and_equal_one_process": "no_dataset",
+               "test_two_processes_reset_rows_without_a_prompt_once_and_equal_one_process": "no_prompt",
+               "test_two_processes_run_each_tool_call_once_and_equal_one_process": "tools"}
 
 
 @pytest.fixture(scope="module")
-def launched(tmp_path_factory, one_and_two_processes):
-    """`launched(mode)`: the folders (one process, two processes) of environment_run.py's `mode` run, one round of
-    per-device batches of 1 (one_and_two_processes: 1 x 4 against 2 x 2 examples per step)."""
+def launched(request, tmp_path_factory, one_and_two_processes):
+    """`launched(mode)`: the folders (one process, two processes) of environment_run.py's `mode` run (OWN: its
+    options), per-device batches of 1 (one_and_two_processes: 1 x 4 against 2 x 2 examples per step). The first use
+    runs the runs of every selected test of this module (RUN_OF_TEST; a mutant's selection of one test runs one)."""
+    selected = {item.name for item in request.session.items if item.module is request.module}
+    runs = [mode for mode in OWN if any(RUN_OF_TEST.get(name) == mode for name in selected)] or list(OWN)
     out = tmp_path_factory.mktemp("environments")
     one_and_two_processes(str(Path(__file__).parent / "environment_run.py"), out,
-                          ["runs=" + ",".join(RUNS), "per_device_train_batch_size=1", "max_steps=1",
-                           "steps_per_generation=1", "save_strategy=no"])
-    return lambda mode: (out / "one" / mode, out / "two" / mode)
+                          ["runs=" + ",".join(runs), "per_device_train_batch_size=1",
+                           *(f"{mode}.{option}" for mode in runs for option in OWN[mode])])
+
+    def folders(mode: str) -> tuple[Path, Path]:
+        assert mode in runs
+        return out / "one" / mode, out / "two" / mode
+
+    return folders
 
 
 def same_weights(one: Path, two: Path) -> float:
@@ -89,3 +108,26 @@ def test_two_processes_reset_rows_without_a_prompt_once_and_equal_one_process(la
     the main process makes every reset (each rollout's target drawn under the seed of its row's place in the round,
     the same as one process's), step and get_reward once, and the weights equal the one-process run's."""
     assert_seeded_resets_once(*launched("no_prompt"))
+
+
+@pytest.mark.slow
+def test_two_processes_run_each_tool_call_once_and_equal_one_process(launched):
+    """Under accelerate launch with two processes the main process runs each tool call once (the tool's file holds
+    one line per counted call, not two) and the others continue from its results: the weights equal the one-process
+    run's to float summation order (one example per micro-batch on both sides: 1 x 4 vs 2 x 2). The call add(4, 5)
+    sleeps past tool_timeout_s on the main process: its timeout observation reaches the other process too. The
+    held-out evaluation (one prompt, one call, before and after) runs its calls once too and gives the same values.
+    (Moved from test_tool_calling.py to share the launch.)"""
+    one, two = launched("tools")
+    for folder in (one, two):
+        summary = json.loads((folder / "summary.json").read_text())
+        calls = (folder / "calls.txt").read_text().splitlines()
+        # training: 15 calls counted, the 3 to the unknown tool `mul` never reach a function; the evaluation: 2 x 1
+        assert summary["online"]["tool_calls"] == 15 and len(calls) == 15 - 3 + 2
+        assert summary["eval_tools_before"]["tools/calls"] == summary["eval_tools_after"]["tools/calls"] == 1.0
+        # add(4, 5): once per completion of the "both" prompt (K = 3), each past the limit
+        assert (summary["online"]["tool_timeouts"], summary["online"]["tool_failures"]) == (3, 6 + 3)
+    one_s, two_s = (json.loads((d / "summary.json").read_text()) for d in (one, two))
+    # the scripted answer after the call, its seeded variant at seed 3: "it is 5 indeed"
+    assert one_s["eval_reward_after"] == two_s["eval_reward_after"] == len("it is 5 indeed")
+    assert same_weights(one, two) < 1e-5

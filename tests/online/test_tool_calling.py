@@ -755,36 +755,6 @@ def test_run_refuses_a_tokenizer_without_tool_support(tmp_path, monkeypatch):
                   task=Task([{"prompt": p} for p in PROMPTS], [reward]))
 
 
-@pytest.mark.slow
-def test_two_processes_run_each_call_once_and_equal_one_process(tmp_path, one_and_two_processes):
-    """Under accelerate launch with two processes the main process runs each tool call once (the tool's file holds
-    one line per counted call, not two) and the others continue from its results: the weights equal the one-process
-    run's to float summation order (one example per micro-batch on both sides: 1 x 4 vs 2 x 2). The call add(4, 5)
-    sleeps past tool_timeout_s on the main process: its timeout observation reaches the other process too. The
-    held-out evaluation (one prompt, one call, before and after) runs its calls once too and gives the same values."""
-    import json
-
-    from safetensors.torch import load_file
-
-    script = str(Path(__file__).parent / "tool_calling_run.py")
-    common = ["per_device_train_batch_size=1", "max_steps=2", "tool_timeout_s=0.5"]
-    one_and_two_processes(script, tmp_path, common)
-    for name in ("one", "two"):
-        summary = json.loads((tmp_path / name / "summary.json").read_text())
-        calls = (tmp_path / name / "calls.txt").read_text().splitlines()
-        # training: 15 calls counted, the 3 to the unknown tool `mul` never reach a function; the evaluation: 2 x 1
-        assert summary["online"]["tool_calls"] == 15 and len(calls) == 15 - 3 + 2
-        assert summary["eval_tools_before"]["tools/calls"] == summary["eval_tools_after"]["tools/calls"] == 1.0
-        # add(4, 5): once per completion of the "both" prompt (K = 3), each past the limit
-        assert (summary["online"]["tool_timeouts"], summary["online"]["tool_failures"]) == (3, 6 + 3)
-    one_s, two_s = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("one", "two"))
-    # the scripted answer after the call, its seeded variant at seed 3: "it is 5 indeed"
-    assert one_s["eval_reward_after"] == two_s["eval_reward_after"] == len("it is 5 indeed")
-    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("one", "two"))
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
-
-
-
 def test_preflab_eval_refuses_a_win_rate_of_a_run_trained_with_tools(tmp_path, capsys):
     """`preflab eval RUN --reward-fn ...` samples answers without tools: for a tool run it stops before loading,
     with the reason and the evaluation that answers with the tools."""

@@ -141,24 +141,3 @@ def test_token_kl_objectives_cannot_precompute(tmp_path):
         pytest.skip("no objective needs token_kl")
     with pytest.raises(ConfigError, match="precompute_ref_log_probs"):
         make_trainer(tmp_path, loss_type=needing[0], precompute_ref_log_probs=True)
-
-
-@pytest.mark.slow
-def test_two_processes_with_cache_equal_one_process_without(tmp_path, accelerate_launch):
-    import json
-    import os
-    import subprocess
-
-    from tiny_run import run
-
-    run(tmp_path / "one", per_device_train_batch_size=4)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFLAB_CACHE_DIR": str(tmp_path / "cache")}
-    script = Path(__file__).parents[1] / "loops" / "tiny_run.py"
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2",
-                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-                            str(tmp_path / "two"), "per_device_train_batch_size=2", "precompute_ref_log_probs=true")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["reference_cache"]["train"]["hit"] is False
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
