@@ -7096,6 +7096,57 @@ MUTANTS += [
            OLC_TESTS, "online dapo / RLOO normalize_advantages refused on another number of processes (offline rule)"),
 ]
 
+# mutation-wrg round: the main process's writes with no agreement after them (metrics rows, evaluation files, an
+# online round's file, the start's files, the claim of output_dir, an online run's state beside a checkpoint): held
+# until the step's agreement or agreed where written, so both ranks stop with the main's error naming the file
+WRG_TESTS = ["tests/test_rank_agreement.py"]
+WRG_NONFINITE = ["tests/test_reliability_checklist.py", "-k", "nan_on_one_rank"]
+MUTANTS += [
+    Mutant("wrg-held-failure-dropped", "loops/driver.py",
+           [("            if self._held_write_failure is None:\n                self._held_write_failure = err",
+             "            pass")], WRG_TESTS,
+           "a failed metrics row on the main is dropped: the run goes on and finishes as if it was written"),
+    Mutant("wrg-failure-raised-at-once", "loops/driver.py",
+           [("self._holds_write_failures, self._held_write_failure = acc.num_processes > 1, None",
+             "self._holds_write_failures, self._held_write_failure = False, None")], WRG_TESTS,
+           "the main raises its failed write at once and leaves; the other rank waits in the step's collectives"),
+    Mutant("wrg-step-end-unagreed", "loops/driver.py",
+           [('            self._agree_on_held_writes(f"at step {step + 1}")\n', "")], WRG_TESTS,
+           "the ranks agree on a failed metrics row only after the final evaluation: step 3 trains on"),
+    Mutant("wrg-final-evaluation-unagreed", "loops/driver.py",
+           [('        self._agree_on_held_writes("at the final evaluation")', "        pass")], WRG_TESTS,
+           "a failed write at the final evaluation is dropped: summary.json is written as if the run had no failure"),
+    Mutant("wrg-start-files-unagreed", "loops/driver.py",
+           [('        with self._agreed("the main process could not write config.yaml, metric_panels.json and '
+             'metrics.jsonl"):', "        if True:")], WRG_TESTS,
+           "a failed config.yaml stops the main alone; the other rank goes into step 1's collectives"),
+    Mutant("wrg-claim-unagreed", "loops/launch.py",
+           [('    with ranks_agree(f"the main process could not take output_dir {cfg.output_dir}"):', "    if True:")],
+           WRG_TESTS, "the main's refusal of output_dir stops it alone; the other rank loads the model and waits"),
+    Mutant("wrg-margins-unheld", "loops/offline.py",
+           [("            with self.main_writes():\n                append_pair_margins(",
+             "            if True:\n                append_pair_margins(")], WRG_TESTS,
+           "a failed pair_margins.jsonl append raises on the main alone, at the evaluation"),
+    Mutant("wrg-round-file-unheld", "online/run.py",
+           [("            with self.main_writes():  # a failure stops every rank at the step's end (TrainingRun.main_writes)\n"
+             "                self._write_round_file(",
+             "            if True:\n                self._write_round_file(")], WRG_TESTS,
+           "a failed rounds/<r>.jsonl raises on the main alone, inside the round's first step"),
+    Mutant("wrg-online-state-before-gathering", "loops/driver.py",
+           [("        rank_rngs = self._rank_rngs() if acc.num_processes > 1 and not model_only else None  # collective\n"
+             "        if not self.main:\n            return None\n"
+             "        state = {**state, **self.beside_checkpoint(step)}",
+             "        state = {**state, **(self.beside_checkpoint(step) if self.main else {})}\n"
+             "        rank_rngs = self._rank_rngs() if acc.num_processes > 1 and not model_only else None  # collective\n"
+             "        if not self.main:\n            return None")], WRG_TESTS,
+           "the online state is written before the ranks gather their RNG states: its failure pairs the main's "
+           "agreement with the other rank's gathering"),
+    Mutant("wrg-nonfinite-path-none", "loops/driver.py",
+           [('                                     announced=False) or self.out / f"checkpoint-{step}"',
+             "                                     announced=False)")], WRG_NONFINITE,
+           "rank 1's NonFiniteError says the weights are saved in None"),
+]
+
 
 # mutation-t19 round: user trial 19 (the personalization and tool-augmented reward user): reward_aggregator refuses
 # reward_funcs in another order than the PRO adapter's (online.tasks._aggregator); FSPO's pooled control trains and

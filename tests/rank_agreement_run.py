@@ -1,7 +1,7 @@
 """One rank of tests/test_rank_agreement.py: `python rank_agreement_run.py OUT` under RANK / WORLD_SIZE /
 MASTER_ADDR / MASTER_PORT (2 gloo processes on the CPU). It runs each scenario in turn on both ranks and prints one
 JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank raised, None when nothing),
-"seconds"}.
+"seconds"}. `python rank_agreement_run.py OUT NAME,NAME` runs those scenarios only.
 
   sharded_ok       save_rank_checkpoint with every rank's part written: checkpoint-1 committed
   sharded_rank1    the same save at step 2 whose rank 1 part fails (a full disk naming rank 1's file)
@@ -12,6 +12,15 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
   ddp_best         a 1-step DPO run under DDP (load_best_model_at_end, save_total_limit 1) whose main process cannot
                    remove the checkpoints other than the best (a permission error naming checkpoint-1)
   ddp_final        a 1-step DPO run under DDP whose main process cannot write summary.json at the end
+  ddp_claim        a DPO run whose output_dir the main process refuses (it holds a file and is no preflab run)
+  ddp_config       a DPO run whose main process cannot write config.yaml at the start (config.yaml is a folder)
+  ddp_metrics      a 3-step DPO run under DDP (no checkpoints) whose main process cannot append step 2's metrics row
+  ddp_margins      a 1-step DPO run under DDP evaluated at the end only (eval_steps 0), whose main process cannot
+                   append the final evaluation's margins to pair_margins.jsonl
+  online_round     a 2-step online DPO run under DDP whose main process cannot write round 1's rounds/1.jsonl
+  online_state     the same run (save_steps 1) whose main process cannot write checkpoint-1's online state
+  reward_ok        a 2-step BT reward run under DDP with 10 eval pairs in batches of per_device_eval_batch_size 2
+                   (tests/test_rank_agreement.py evaluates it with `preflab eval`)
 
 Each row also has "ended" (time.time() when the scenario ended) and, on rank 0 of the driver scenarios, "failed_at"
 (time.time() when its write raised): how long the other rank went on after the main's failure.
@@ -21,6 +30,7 @@ import gc
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,10 +44,26 @@ def full_disk(path: Path):
     raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
+@contextmanager
+def patched_on_rank_0(failing):
+    """`failing` (a (module or class, name, replacement) of the writer that fails) patched in on rank 0, restored
+    after the block; None: nothing patched."""
+    if failing is None:
+        yield
+        return
+    module, name, replacement = failing
+    kept = getattr(module, name)
+    if dist.get_rank() == 0:
+        setattr(module, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(module, name, kept)
+
+
 def dpo_run(out: Path, failing, evaluated: bool = False, **over):
     """A tiny offline DPO run under DDP (the process group is this script's) whose rank 0 has `failing` patched in
-    (a (module, name, replacement) of the writer that fails), restored after it; `evaluated`: the rows are the eval
-    set too."""
+    (patched_on_rank_0); `evaluated`: the rows are the eval set too."""
     from preflab.config import config_from_dict
     from preflab.loops.offline import Trainer
 
@@ -45,17 +71,45 @@ def dpo_run(out: Path, failing, evaluated: bool = False, **over):
     cfg = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "rows", "output_dir": str(out),
                             "per_device_train_batch_size": 2, "max_length": 32, "logging_steps": 1,
                             "disable_tqdm": True, "eval_steps": 0, "use_cpu": True, "report_to": "none", **over})
-    module, name, replacement = failing
-    kept = getattr(module, name)
-    if dist.get_rank() == 0:
-        setattr(module, name, replacement)
-    try:
+    with patched_on_rank_0(failing):
         Trainer(cfg, train_data=rows, eval_data=rows if evaluated else None).train()
-    finally:
-        setattr(module, name, kept)
 
 
-def main(out: Path) -> None:
+def online_run(out: Path, failing, **over):
+    """tests/online/test_online_run.py's tiny online DPO run (2 steps, one round) under DDP, `failing` patched in
+    on rank 0."""
+    sys.path.insert(0, str(Path(__file__).parent / "online"))
+    from test_online_run import tiny_cfg, tiny_run
+
+    with patched_on_rank_0(failing):
+        tiny_run(tiny_cfg(out, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1,
+                          prompts_per_generation=4, **over)).train()
+
+
+def reward_run(out: Path):
+    """A BT reward run under DDP: 8 training pairs, 10 eval pairs (tests/reward_models/reward_synthetic.py's
+    marker_rows) scored in batches of per_device_eval_batch_size 2, evaluated at step 2; its data files in `out`."""
+    sys.path.insert(0, str(Path(__file__).parent / "reward_models"))
+    from reward_synthetic import marker_rows
+
+    from preflab.config import config_from_dict
+    from preflab.reward_models.train import train_reward
+
+    rows = marker_rows(18, seed=0)
+    train, heldout = out / "train.jsonl", out / "heldout.jsonl"
+    if dist.get_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        train.write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+        heldout.write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+    dist.barrier()
+    train_reward(config_from_dict({
+        "task": "reward", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(train),
+        "eval_dataset_name": str(heldout), "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2,
+        "max_steps": 2, "learning_rate": 1e-2, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 2,
+        "disable_tqdm": True, "use_cpu": True, "seed": 0, "report_to": "none", "output_dir": str(out / "run")}))
+
+
+def main(out: Path, only: list[str]) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     from preflab import recipe_state
@@ -97,6 +151,37 @@ def main(out: Path) -> None:
         FAILED_AT["ddp_best"] = time.time()
         raise OSError(errno.EACCES, "Permission denied", best)
 
+    from preflab import runlog
+    from preflab.online.run import OnlineRun
+    from preflab.report import margins
+
+    kept_metrics_write = runlog.MetricsLog.write
+
+    def metrics_full(log, row):
+        if row.get("step") == 2:
+            FAILED_AT["ddp_metrics"] = time.time()
+            full_disk(log.path)
+        kept_metrics_write(log, row)
+
+    def margins_locked(output_dir, step, values):
+        FAILED_AT["ddp_margins"] = time.time()
+        raise OSError(errno.EACCES, "Permission denied", str(Path(output_dir) / "pair_margins.jsonl"))
+
+    def round_full(run, r, *args):
+        FAILED_AT["online_round"] = time.time()
+        full_disk(run.out / "rounds" / f"{r + 1}.jsonl")
+
+    def state_full(run, tmp, final):
+        FAILED_AT["online_state"] = time.time()
+        full_disk(tmp / "round.json")
+
+    if rank == 0:
+        (out / "taken").mkdir()
+        (out / "taken" / "notes.txt").write_text("not a run")
+        (out / "config" / "config.yaml").mkdir(parents=True)  # a folder where the main writes config.yaml
+        (out / "config" / ".preflab-run").write_text("")  # a run's folder: claimed, not refused
+    dist.barrier()
+
     kept_save_file = checkpoint.save_file
     scenarios = {
         "sharded_ok": lambda: save_rank_checkpoint(out, 1, part(None), None, {}, rank == 0),
@@ -111,8 +196,20 @@ def main(out: Path) -> None:
                                     save_total_limit=1),
         "ddp_final": lambda: dpo_run(out / "final", (driver, "write_summary", summary_full), max_steps=1,
                                      save_steps=1),
+        "ddp_claim": lambda: dpo_run(out / "taken", None, max_steps=1, save_steps=0),
+        "ddp_config": lambda: dpo_run(out / "config", None, max_steps=1, save_steps=0),
+        "ddp_metrics": lambda: dpo_run(out / "metrics", (runlog.MetricsLog, "write", metrics_full), max_steps=3,
+                                       save_steps=0),
+        "ddp_margins": lambda: dpo_run(out / "margins", (margins, "append_pair_margins", margins_locked), True,
+                                       max_steps=1, save_steps=0),
+        "online_round": lambda: online_run(out / "round", (OnlineRun, "_write_round_file", round_full)),
+        "online_state": lambda: online_run(out / "state", (OnlineRun, "_write_online_state_to", state_full),
+                                           save_steps=1),
+        "reward_ok": lambda: reward_run(out / "reward"),
     }
     for name, run in scenarios.items():
+        if only and name not in only:
+            continue
         started = time.perf_counter()
         try:
             run()
@@ -126,4 +223,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2].split(",") if len(sys.argv) > 2 else [])

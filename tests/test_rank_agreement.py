@@ -148,10 +148,127 @@ def test_the_main_processs_failed_final_write_stops_the_other_rank_before_train_
     assert results[("ddp_final", 1)]["ended"] - results[("ddp_final", 0)]["failed_at"] < 20
 
 
+def _failed_write(run: Path, file: Path, reason: str) -> str:
+    """What train() says of a failed write of `file` (TrainingRun._failed_write) in output_dir `run`."""
+    from preflab.checkpoint import what_is_kept
+
+    return (f"{file}: {reason}. {what_is_kept(run)} Free disk space or fix the folder's permissions, then run "
+            "again.")
+
+
+def _same_error_at_once(results, scenario: str, expected: str) -> None:
+    """Both ranks raised `expected`; rank 1 ended within seconds of the main's failure (the gloo timeout is 300 s)."""
+    assert results[(scenario, 0)]["error"] == expected
+    assert results[(scenario, 1)]["error"] == expected
+    if results[(scenario, 0)]["failed_at"] is not None:
+        assert results[(scenario, 1)]["ended"] - results[(scenario, 0)]["failed_at"] < 20
+    assert results[(scenario, 1)]["seconds"] < 60
+
+
+def test_an_output_dir_the_main_process_refuses_stops_both_ranks_before_the_model_loads(two_ranks):
+    """The main process alone claims output_dir (loops.launch.make_accelerator); its refusal stopped it alone, and
+    rank 1 loaded the model and waited in DDP's first broadcast. Now the claim is agreed: both raise the refusal."""
+    out, results, _ = two_ranks
+    run = out / "taken"
+    expected = (f"RankFailure: the main process could not take output_dir {run}: rank 0 failed: output_dir "
+                f"'{run}' is not empty and is not a preflab run (it holds notes.txt); a run writes README.md, "
+                "config.yaml and model files there. Choose a new or empty folder, or set overwrite_output_dir: true "
+                "to write into it anyway.")
+    _same_error_at_once(results, "ddp_claim", expected)
+
+
+def test_the_main_processs_failed_config_yaml_at_the_start_stops_both_ranks(two_ranks):
+    """config.yaml is a folder: the main's write of it at the start fails (Is a directory). Before, rank 1 went on
+    into the first step's collectives; now the start's writes are agreed (TrainingRun._begin) and no step runs."""
+    out, results, _ = two_ranks
+    run = out / "config"
+    expected = ("RankFailure: the main process could not write config.yaml, metric_panels.json and metrics.jsonl: "
+                f"rank 0 failed: {_failed_write(run, run / 'config.yaml', 'Is a directory')}")
+    _same_error_at_once(results, "ddp_config", expected)
+    assert not (run / "metrics.jsonl").exists()
+
+
+def test_a_failed_metrics_row_on_a_step_without_a_save_stops_both_ranks_at_that_step(two_ranks):
+    """Step 2's metrics.jsonl row fails on the main (a full disk) in a run without checkpoints: the failure is held
+    on the main and agreed at the step's end, where the step's barrier stood (TrainingRun.main_writes,
+    _agree_on_held_writes): both ranks raise it naming metrics.jsonl, and step 3 never runs (its row is absent)."""
+    out, results, _ = two_ranks
+    run = out / "metrics"
+    expected = ("RankFailure: the main process could not write the run's files at step 2: rank 0 failed: "
+                f"{_failed_write(run, run / 'metrics.jsonl', 'No space left on device')}")
+    _same_error_at_once(results, "ddp_metrics", expected)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1]
+
+
+def test_a_failed_pair_margins_write_at_the_final_evaluation_stops_both_ranks_before_the_final_files(two_ranks):
+    """The final evaluation (eval_steps 0: after the last step) appends the eval pairs' margins to
+    pair_margins.jsonl on the main alone (loops.offline.Trainer.evaluate); its failure is held and agreed right after
+    that evaluation: both ranks raise it, and no summary.json is written."""
+    out, results, _ = two_ranks
+    run = out / "margins"
+    assert not (run / "summary.json").exists()
+    expected = ("RankFailure: the main process could not write the run's files at the final evaluation: rank 0 "
+                "failed: "
+                f"{_failed_write(run, run / 'pair_margins.jsonl', 'Permission denied')}")
+    _same_error_at_once(results, "ddp_margins", expected)
+
+
+def test_a_failed_online_round_file_stops_both_ranks_at_the_rounds_first_step(two_ranks):
+    """An online run's main process writes rounds/<r>.jsonl alone while the round is built (online.run.OnlineRun);
+    its failure (a full disk) is held and agreed at step 1's end: both ranks raise it naming the file."""
+    out, results, _ = two_ranks
+    run = out / "round"
+    expected = ("RankFailure: the main process could not write the run's files at step 1: rank 0 failed: "
+                f"{_failed_write(run, run / 'rounds' / '1.jsonl', 'No space left on device')}")
+    _same_error_at_once(results, "online_round", expected)
+
+
+def test_a_failed_online_state_write_stops_both_ranks_at_the_save(two_ranks):
+    """The online state beside checkpoint-1 fails on the main. It was written before the ranks gathered their RNG
+    states for the checkpoint, so the main went into the save's agreement and rank 1 into the gathering; now it is
+    written after that collective (TrainingRun.beside_checkpoint): both ranks raise the main's error, and no
+    checkpoint-1 is committed."""
+    out, results, _ = two_ranks
+    run = out / "state"
+    expected = (f"RankFailure: the save at step 1 failed: rank 0 failed: could not write the online state "
+                f"{run / 'online-state' / 'step-1'} of checkpoint-1: No space left on device. Earlier checkpoints "
+                "are kept; free disk space or fix the permissions of output_dir, then resume.")
+    _same_error_at_once(results, "online_state", expected)
+    assert not (run / "checkpoint-1").exists() and not list((run / "online-state").glob("*"))
+
+
+def test_preflab_eval_of_a_two_process_reward_run_uses_its_two_process_eval_batch(two_ranks, capsys):
+    """A BT reward run on 2 processes evaluates its 10 eval pairs in batches of per_device_eval_batch_size x 2 = 4
+    for eval_min_reward / eval_max_reward (TRL gathers each eval batch from every process). `preflab eval RUN` reads
+    the 2 processes from summary.json and scores in batches of 4: every metric equals the run's final eval_*, and
+    the note says 2 x 2 processes. A batch of 2 (the per-device size alone) gives another min_reward."""
+    from preflab.cli import main
+
+    out, results, _ = two_ranks
+    assert results[("reward_ok", 0)]["error"] is None and results[("reward_ok", 1)]["error"] is None
+    run, heldout = out / "reward" / "run", out / "reward" / "heldout.jsonl"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2
+    final = summary["final_metrics"]
+    assert main(["eval", str(run), "--data", str(heldout), "--out", str(out / "reward" / "eval.json")]) == 0
+    got = json.loads((out / "reward" / "eval.json").read_text())
+    assert got["num_pairs"] == 10
+    for key in ("accuracy", "loss", "margin", "min_reward", "mean_reward", "max_reward"):
+        assert got["metrics"][f"reward_model/{key}"] == pytest.approx(final[f"eval_{key}"], abs=1e-6), key
+    assert any("batch of 4 pairs, the run's eval batch (per_device_eval_batch_size 2 x 2 processes)" in note
+               for note in got["notes"])
+    assert main(["eval", str(run), "--data", str(heldout), "--batch-size", "2",
+                 "--out", str(out / "reward" / "eval2.json")]) == 0
+    per_device = json.loads((out / "reward" / "eval2.json").read_text())["metrics"]
+    assert per_device["reward_model/min_reward"] != pytest.approx(final["eval_min_reward"], abs=1e-4)
+    capsys.readouterr()
+
+
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 14
-    assert wall < 180  # process start and imports included; a hang would wait for the gloo timeout (300 s)
+    assert len(results) == 28
+    assert wall < 230  # process start and imports included (2 shared cores); a hang waits for the 240 s limit
 
 
 def test_one_process_raises_the_blocks_own_error_unchanged():

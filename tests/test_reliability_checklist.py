@@ -181,6 +181,8 @@ def test_a_nan_on_one_rank_stops_both_ranks_with_the_same_error_and_no_hang(tmp_
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.count("2 non-finite steps in a row") >= 2, proc.stderr[-3000:]  # raised on both ranks
+    # both name the checkpoint (rank 1 said "saved in None": the main alone returned its path)
+    assert proc.stderr.count(f"saved in {tmp_path / 'two' / 'checkpoint-3'}.") >= 2, proc.stderr[-3000:]
     run(tmp_path / "one", max_steps=1, per_device_train_batch_size=4)
     assert _max_diff(_weights(tmp_path / "one"), load_file(str(tmp_path / "two" / "checkpoint-3" /
                                                                 "model.safetensors"))) < 1e-5

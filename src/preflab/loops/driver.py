@@ -93,6 +93,10 @@ class TrainingRun(CallbackEvents):
     # False (the Python API's save_model=False, preflab.online.api): the final weights are not written; summary.json,
     # metrics and checkpoints are. summary.json's final_model_saved says which.
     save_final_model: bool = True
+    # the first failure of a main-only write (main_writes) held on the main process until the ranks' next agreement
+    # (_agree_on_held_writes); held only while train() runs on several processes
+    _held_write_failure: Exception | None = None
+    _holds_write_failures: bool = False
 
     # ------------------------------------------------------------------ hooks (see the module docstring)
     def before_train(self) -> None:
@@ -108,6 +112,14 @@ class TrainingRun(CallbackEvents):
 
     def restore_data_position(self, saved: dict | None, step: int) -> None:
         """Continue the training data from `saved` (data_position() of the checkpoint at `step`)."""
+
+    def beside_checkpoint(self, step: int) -> dict:
+        """Files of this run's own that checkpoint-<step> needs beside it (an online run's round and judge state),
+        written by the main process before the checkpoint; returns the keys its trainer_state.json records of them.
+        Called (main process only) after the save's collectives (the ranks' RNG states) or, under FSDP / DeepSpeed,
+        inside an agreement before the collective save, so that its failure stops every rank with its error. None by
+        default."""
+        return {}
 
     def checkpoint_record(self) -> dict:
         """Keys this trainer adds to every checkpoint's trainer_state.json, for readers of a checkpoint other than
@@ -184,6 +196,7 @@ class TrainingRun(CallbackEvents):
                 raise
             raise failure from err
         finally:
+            self._holds_write_failures, self._held_write_failure = False, None
             if getattr(self, "_neftune_handle", None) is not None:  # the model leaves train() as it came
                 self._neftune_handle.remove()
                 self._neftune_handle = None
@@ -216,6 +229,39 @@ class TrainingRun(CallbackEvents):
                 if failure is None:
                     raise
                 raise failure from err
+
+    @contextmanager
+    def main_writes(self) -> Iterator[None]:
+        """A file the main process alone writes while the ranks go on together (a metrics.jsonl row,
+        pair_margins.jsonl and eval_samples.jsonl at an evaluation, an online round's rounds/<r>.jsonl). With several
+        processes inside train() its failure (a full disk, a read-only file; a tracker's error) is held on the main
+        process, the first one, and raised at the ranks' next agreement (_agree_on_held_writes: at the end of the step,
+        where the step's barrier stood, and after the final evaluation), so that every rank stops with it there. Raised
+        at once, the main process left alone and the other ranks waited in the step's next collective until the
+        launcher or the collective's timeout killed them, saying nothing. Until the agreement the main process goes on
+        through the same collectives as the others (an evaluation, the step's all-reduces), so they stay paired; no
+        collective of its own. One process, or outside train(): raised at once."""
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - held for the other ranks, raised at the agreement
+            if not self._holds_write_failures:
+                raise
+            if self._held_write_failure is None:
+                self._held_write_failure = err
+
+    def _agree_on_held_writes(self, when: str) -> None:
+        """Every rank learns whether a main-only write failed since the last agreement (main_writes) and all raise the
+        main's error, said as train() says a failed write (the file, what output_dir keeps): one all-reduce of a
+        failure flag (_agreed), in place of the barrier that stood at the end of every step."""
+        with self._agreed(f"the main process could not write the run's files {when}"):
+            held, self._held_write_failure = self._held_write_failure, None
+            if held is not None:
+                raise held
+
+    def _log(self, log, row: dict) -> None:
+        """A metrics.jsonl row (and report_to's trackers) from the main process: its failure held (main_writes)."""
+        with self.main_writes():
+            log.write(row)
 
     def _add_neftune(self) -> None:
         """neftune_noise_alpha: NEFTune's hook on the trained model's input embeddings for the steps of this train()
@@ -257,6 +303,7 @@ class TrainingRun(CallbackEvents):
         then the final evaluation, the best model and summary.json with the weights."""
         cfg, acc = self.cfg, self.accelerator
         self.out, self.main = Path(cfg.output_dir), acc.is_main_process
+        self._holds_write_failures, self._held_write_failure = acc.num_processes > 1, None
         # every run kind (offline, sft, vlm, online, reward, diffusion) passes here once, before resume, before_train
         # (the reference precompute) and the first step: a FlexAttention model on the CPU would otherwise fail in
         # step 1's backward after minutes of compiling. Here, not in each constructor: one place for every run kind,
@@ -284,8 +331,7 @@ class TrainingRun(CallbackEvents):
                       "config.yaml are kept as they are. Raise max_steps to train on.", flush=True)
             return self.finished
         self._add_neftune()  # after before_train: a precomputed reference is scored without noise, as in TRL
-        log = MetricsLog(self.out, self.main, resume_step=start_step or None,
-                         tracker=start_trackers(acc, cfg, self.out) if self.main else None)
+        log = self.metrics_log
         bar = Progress(self.total_steps, start_step, self.main and not cfg.disable_tqdm, self.throughput_unit)
         self.checkpoint_module.train()
         self.step = start_step
@@ -335,7 +381,7 @@ class TrainingRun(CallbackEvents):
                         **self.progress(step + 1),
                         f"{self.throughput_unit}_per_second": tokens_this_run / max(time.perf_counter() - started,
                                                                                     1e-9)}
-                log.write(last)
+                self._log(log, last)
                 self.emit("on_log", logs=dict(last))
                 said = zero_gradient_note(window, step + 1) if zero_gradient_unsaid else None
                 zero_gradient_unsaid = False
@@ -345,12 +391,13 @@ class TrainingRun(CallbackEvents):
             evaluation, save = self._evaluate_if_due(step + 1, asked, log)
             if evaluation is not None:
                 evaluated = evaluation
-            if save:  # the save's agreement is the step's barrier (_save_agreed)
+            # the step's barrier: the ranks agree on the main's held write failures (one all-reduce; a save step
+            # has one more, the save's own, so that no checkpoint is written after a failed write)
+            self._agree_on_held_writes(f"at step {step + 1}")
+            if save:
                 self.best.note_checkpoint(self.out, step + 1)
                 self._save_agreed(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total,
                                              "log_window": window_to_json(window)})
-            else:
-                acc.wait_for_everyone()
             if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
                 stopped_early = {"step": step + 1, "max_steps": self.total_steps}
                 if self.main:
@@ -362,6 +409,7 @@ class TrainingRun(CallbackEvents):
         bar.close()
         end = self.step  # total_steps, or the step a callback stopped the run at
         final_eval = evaluated[1] if evaluated[0] == end else self._evaluate_at_end(log)  # not run twice
+        self._agree_on_held_writes("at the final evaluation")  # one all-reduce per train()
         self._load_best_at_end()
         best = {**self.best.state_dict(), "metric_for_best_model": self.best.key} if self.best.key else {}
         summary = {"global_step": end, "timeline": self.timeline,
@@ -393,9 +441,10 @@ class TrainingRun(CallbackEvents):
                 check_checkpointable(self._deepspeed_engine())
 
     def _begin(self) -> int:
-        """Resume (or start afresh), put this run on output_dir's timeline.json, run before_train and write
+        """Resume (or start afresh), put this run on output_dir's timeline.json, run before_train, write
         config.yaml and metric_panels.json (the panels the objective declares for its own metrics, as data:
-        `preflab report` imports no code a run names); returns the step the loop starts from."""
+        `preflab report` imports no code a run names) and open metrics.jsonl (self.metrics_log); returns the step the
+        loop starts from."""
         objective = getattr(self, "objective", None)
         panels = declared_panels(objective)  # a malformed declaration is refused before any work
         start_step = self._maybe_resume()
@@ -403,16 +452,25 @@ class TrainingRun(CallbackEvents):
         if self.finished is not None:  # _train returns it: nothing written, nothing trained
             return start_step
         self.accelerator.wait_for_everyone()  # every rank has read timeline.json before the main process replaces it
-        if self.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            write_timeline(self.out, self.timeline)
+        # the main's writes here are agreed (one all-reduce each, twice per train()): a failed one stops every rank
+        # with its error, where the others went on into before_train's or the first step's collectives and waited
+        with self._agreed("the main process could not write timeline.json"):
+            if self.main:
+                self.out.mkdir(parents=True, exist_ok=True)
+                write_timeline(self.out, self.timeline)
         self.before_train()
         # where the run started and the absolute paths of its relative local paths (preflab.launch_paths): beside
         # config.yaml, and in every checkpoint's trainer_state.json
         self.launch = launch_record(self.cfg.to_dict())
-        if self.main:
-            save_run_config(self.cfg, self.out, self.launch)
-            write_panel_data(self.out, objective, panels)
+        cfg, acc = self.cfg, self.accelerator
+        with self._agreed("the main process could not write config.yaml, metric_panels.json and metrics.jsonl"):
+            if self.main:
+                save_run_config(cfg, self.out, self.launch)
+                write_panel_data(self.out, objective, panels)
+            # metrics.jsonl (main process): an earlier run's rows after the resumed step are dropped; report_to's
+            # trackers start (a wandb without a login fails here)
+            self.metrics_log = MetricsLog(self.out, self.main, resume_step=start_step or None,
+                                          tracker=start_trackers(acc, cfg, self.out) if self.main else None)
         return start_step
 
     def _step_tokens(self, result, mbs) -> int:
@@ -432,9 +490,13 @@ class TrainingRun(CallbackEvents):
         cfg = self.cfg
         what = "weights" if result.nonfinite_weights else "loss_or_grad"
         nonfinite.append({"step": step, "row_ids": result.row_ids, "nonfinite": what})
-        log.write({"step": step, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
+        self._log(log, {"step": step, "nonfinite": True, "nonfinite_what": what, "row_ids": result.row_ids})
         if bad_in_row >= cfg.max_nonfinite_steps:
-            path = self._save(step, {"nonfinite": nonfinite, "num_tokens": tokens_total})
+            # agreed: a failed write stops every rank with the main's error (the others raised NonFiniteError
+            # naming a checkpoint that was not written); its path on every rank (the main returns it)
+            path = self._save_agreed(step, {"nonfinite": nonfinite, "num_tokens": tokens_total},
+                                     f"the save of the weights before the non-finite steps at step {step} failed",
+                                     announced=False) or self.out / f"checkpoint-{step}"
             cause = ("the update would have made the weights inf/NaN (rolled back; is learning_rate "
                      f"{cfg.learning_rate:g} far too large?)" if result.nonfinite_weights else
                      "the loss or gradient norm was inf/NaN")
@@ -467,7 +529,7 @@ class TrainingRun(CallbackEvents):
         metrics = self.evaluate()
         new_best = False
         if metrics:  # with `epoch`, as transformers' log() adds it to every row (eval rows too)
-            log.write({"step": step, **self.progress(step), **metrics})
+            self._log(log, {"step": step, **self.progress(step), **metrics})
             self.emit("on_evaluate", metrics=dict(metrics))
             # after on_evaluate (transformers)
             same = self._same_on_every_rank(metrics)
@@ -493,7 +555,7 @@ class TrainingRun(CallbackEvents):
             raise ConfigError("eval_on_start: true, but this run's evaluation gives no metrics (no eval set), so "
                               "there is no starting model's evaluation to log; give it an eval set or remove "
                               "eval_on_start.")
-        log.write({"step": step, **self.progress(step), **metrics})
+        self._log(log, {"step": step, **self.progress(step), **metrics})
         self.emit("on_evaluate", metrics=dict(metrics))
 
     def _same_on_every_rank(self, metrics: dict) -> dict:
@@ -525,7 +587,7 @@ class TrainingRun(CallbackEvents):
             return {}
         final_eval = self.evaluate()
         if final_eval:
-            log.write({"step": self.step, **self.progress(self.step), **final_eval})
+            self._log(log, {"step": self.step, **self.progress(self.step), **final_eval})
             self.emit("on_evaluate", metrics=dict(final_eval))
         return final_eval
 
@@ -713,6 +775,9 @@ class TrainingRun(CallbackEvents):
         if is_sharded(acc):
             self._check_sharded_extras()
             self._check_sharded_model_only()
+            if type(self).beside_checkpoint is not TrainingRun.beside_checkpoint:  # a run's own files: agreed first
+                with self._agreed(f"the save at step {step} failed"):  # (one all-reduce more per save)
+                    state = {**state, **(self.beside_checkpoint(step) if self.main else {})}
             if self._deepspeed_engine() is not None:
                 return save_deepspeed_checkpoint(self.out, step, self._deepspeed_engine(), self.scheduler, state,
                                                  self.main, self.cfg.save_total_limit)
@@ -722,26 +787,29 @@ class TrainingRun(CallbackEvents):
         rank_rngs = self._rank_rngs() if acc.num_processes > 1 and not model_only else None  # collective
         if not self.main:
             return None
+        state = {**state, **self.beside_checkpoint(step)}  # after the collective: a failure here leaves none unpaired
         return save_checkpoint(self.out, step, acc.unwrap_model(self.checkpoint_module),
                                self.optimizer, self.scheduler, state,
                                self.cfg.save_total_limit, extra_tensors=self.checkpoint_extras(),
                                model_only=model_only, rank_rngs=rank_rngs)
 
-    def _save_agreed(self, step: int, state: dict) -> Path | None:
+    def _save_agreed(self, step: int, state: dict, what: str | None = None, announced: bool = True) -> Path | None:
         """A step's save (checkpoint-<step>: _save; its upload under push_to_hub, as hub_strategy says, from the
-        main process; on_save), agreed by every rank in place of the step's barrier (_agreed: one all-reduce per
-        save): when the main process's single-file checkpoint write fails (a full disk), every rank stops at once
-        with its error (the checkpoint, what is kept; the .tmp folder is removed by save_checkpoint). FSDP2 and
-        DeepSpeed save collectively and agree inside (preflab.sharded_checkpoint): that save is outside the block,
-        whose error is already the same on every rank; the upload and on_save are inside."""
+        main process; on_save), agreed by every rank (_agreed: one all-reduce per save): when the main process's
+        single-file checkpoint write fails (a full disk), every rank stops at once with its error (the checkpoint,
+        what is kept; the .tmp folder is removed by save_checkpoint), said as `what` (default: the save at step N
+        failed). FSDP2 and DeepSpeed save collectively and agree inside (preflab.sharded_checkpoint): that save is
+        outside the block, whose error is already the same on every rank; the upload and on_save are inside.
+        announced False (the save before a NonFiniteError): neither upload nor on_save."""
         sharded = is_sharded(self.accelerator)
         path = self._save(step, state) if sharded else None
-        with self._agreed(f"the save at step {step} failed"):
+        with self._agreed(what or f"the save at step {step} failed"):
             if not sharded:
                 path = self._save(step, state)
-            if getattr(self, "hub", None) is not None:  # the main process's pusher (None elsewhere)
+            if announced and getattr(self, "hub", None) is not None:  # the main process's pusher (None elsewhere)
                 self.hub.push_checkpoint(path, step)
-            self.emit("on_save", checkpoint=path)
+            if announced:
+                self.emit("on_save", checkpoint=path)
         return path
 
     def _rank_rngs(self) -> list:

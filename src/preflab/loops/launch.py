@@ -23,6 +23,7 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
 from preflab.best_model_options import checkpoint_uses, fsdp1_checkpoint_problem
 from preflab.loops.resume import check_resume_early, note_earlier_run, resume_requested
+from preflab.rank_agreement import ranks_agree
 from preflab.rundir import claim_output_dir
 from preflab.sharded_checkpoint import check_sharded_storage
 from preflab.sharding_options import deepspeed_accumulation_problem, sharded_generation_problem
@@ -256,10 +257,14 @@ def make_accelerator(cfg, whole_weights: str | None = None):
                        launched_world_size())
     if resume_requested(cfg):
         accelerator.wait_for_everyone()  # every rank has read output_dir before clean_interrupted_saves tidies it
-    if accelerator.is_main_process:  # before any model is loaded: refuse a bad output_dir, lock it, tidy it
-        claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
-        note_earlier_run(cfg)
-        clean_interrupted_saves(cfg.output_dir)
+    # before any model is loaded: the main process refuses a bad output_dir, locks it, tidies it. Agreed (one
+    # all-reduce per run; preflab.rank_agreement): a refusal or a failed write stops every rank with the main's
+    # error, where the others went on to load the model and waited in DDP's first broadcast
+    with ranks_agree(f"the main process could not take output_dir {cfg.output_dir}"):
+        if accelerator.is_main_process:
+            claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
+            note_earlier_run(cfg)
+            clean_interrupted_saves(cfg.output_dir)
     return accelerator
 
 

@@ -544,10 +544,12 @@ class Trainer(TrainingRun):
                     sums[key] = sums.get(key, 0.0) + float(value) * weight
                     weights[key] = weights.get(key, 0.0) + weight
         if self.cfg.generate_during_eval and self.main:
-            self._write_eval_samples()
+            with self.main_writes():  # a failure stops every rank at the step's end (TrainingRun.main_writes)
+                self._write_eval_samples()
         self.policy.train()
         if margins and self.main:  # per-pair margins for the report's start / end histograms
-            append_pair_margins(self.out, self.step, margins)
+            with self.main_writes():
+                append_pair_margins(self.out, self.step, margins)
         sums = {k: v / weights[k] for k, v in sums.items() if weights[k] > 0}
         for key, (a, b) in differences.items():
             if a in sums and b in sums:

@@ -719,7 +719,8 @@ class OnlineRun(TrainingRun):
         self.counts["judge_dropped"] += dropped
         self.counts["completions"] += len(ids)
         if self.main:
-            self._write_round_file(r, rows, completions, texts, scores)
+            with self.main_writes():  # a failure stops every rank at the step's end (TrainingRun.main_writes)
+                self._write_round_file(r, rows, completions, texts, scores)
         return Round(r, examples, slices, metrics)
 
     def _judge_with_environments(self, prompts, texts, K: int, columns, ids):
@@ -1256,14 +1257,19 @@ class OnlineRun(TrainingRun):
     def _state_dir(self, step: int) -> Path:
         return self.out / "online-state" / f"step-{step}"
 
+    def beside_checkpoint(self, step: int) -> dict:
+        """The online state (main process), written before the driver's checkpoint (TrainingRun.beside_checkpoint:
+        after the save's collectives, or agreed before a sharded save): before, it was written ahead of the ranks'
+        RNG gathering, so a failed write left the main process in the save's agreement and the others in the
+        gathering."""
+        self._write_online_state(step)
+        # sealed by the checkpoint: its trainer_state.json (itself in the COMPLETE marker) records each file
+        return {"online_state": file_records(self._state_dir(step))}
+
     def _save(self, step: int, state: dict) -> Path | None:
-        """The online state (main process), then the driver's checkpoint (every rank takes part: sharded
-        checkpoints are collective); online states without a checkpoint, and those a killed save left half
+        """The driver's checkpoint with the online state beside it (beside_checkpoint; every rank takes part:
+        sharded checkpoints are collective); online states without a checkpoint, and those a killed save left half
         written, are pruned."""
-        if self.main:
-            self._write_online_state(step)
-            # sealed by the checkpoint: its trainer_state.json (itself in the COMPLETE marker) records each file
-            state = {**state, "online_state": file_records(self._state_dir(step))}
         path = super()._save(step, state)
         if self.main:
             kept = {p.name.split("-", 1)[1] for p in self.out.glob("checkpoint-*")}
