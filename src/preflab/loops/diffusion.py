@@ -521,10 +521,12 @@ class DiffusionRun(TrainingRun):
         kwargs = self.image_pair_options()
         from preflab.data.configured_source import training_source
 
+        # an empty source is refused naming what the user gave: preflab eval's --data, else dataset_name / eval_...
         train, report = load_image_pairs(training_source(cfg) if reader is None else reader, split=cfg.dataset_split,
-                                         **kwargs)
-        train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_image_pairs(name, split=split,
-                                                                                                   **kwargs))
+                                         option="--data" if self.scores_held_out else "dataset_name",
+                                         name=cfg.dataset_name, **kwargs)
+        train, evals, eval_report = train_and_eval(cfg, train, lambda source, split: load_image_pairs(
+            source, split=split, option="eval_dataset_name", name=cfg.eval_dataset_name, **kwargs))
         out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped),
                "duplicate_train_pairs": repeated_image_pairs(train)}
         if eval_report is not None:
