@@ -455,6 +455,10 @@ class DiffusionRun(TrainingRun):
         self.accelerator = make_accelerator(cfg, whole_weights="the pipeline and samples.png are written from "
                                             "the UNet on the main process")
         self.main = self.accelerator.is_main_process
+        if not self.main:  # diffusers' import of bitsandbytes logs its warnings once per launch, not once per process
+            from preflab.quiet import quiet_bitsandbytes
+
+            quiet_bitsandbytes()
         self.scores_held_out = scores_held_out
         self.data_report = {}
         self.eval_notes: list[str] = []  # what `preflab eval --task diffusion` records in eval.json's notes
