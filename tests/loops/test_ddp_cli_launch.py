@@ -17,6 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import preflab
+
 from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +80,9 @@ def launched(request, tmp_path_factory, accelerate_launch):
     for name in names:
         (root / name).mkdir()
         runs += LAUNCHED[name](root / name)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    # the preflab this test imported (the worktree's src, or benchmarks/mutation.py's planted copy), not ROOT/src
+    # whatever was imported: a mutant in the copy was launched as the unmodified source and could not be caught
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).resolve().parents[1])}
     env.pop("WORLD_SIZE", None)
     args = [str(a) for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + run]
     cmd = accelerate_launch("--config_file", str(ROOT / "examples/accelerate/ddp.yaml"), "--num_processes", "2",
