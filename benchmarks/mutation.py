@@ -7532,6 +7532,60 @@ MUTANTS += [
 ]
 
 
+# mutation-lvf round: leftovers-f: `preflab eval --task vlm / diffusion` name --data for an empty split; full_determinism
+# written out (no transformers.trainer_utils, hence no peft); a diffusion launch's other ranks quiet bitsandbytes'
+# import warnings; grpo / rloo refused outside task: online; win rates show their tie count (each counted 1/2)
+LVF_EMPTY_VLM = ["tests/vlm/test_vlm_eval_training_overlap.py::"
+                 "test_an_empty_split_of_the_eval_data_is_named_by_data_as_the_text_eval_names_it"]
+LVF_EMPTY_DIFFUSION = ["tests/diffusion/test_diffusion_eval_training_overlap.py::"
+                       "test_an_empty_split_of_the_eval_data_is_named_by_data_as_the_text_eval_names_it"]
+LVF_DETERMINISM = ["tests/loops/test_full_determinism.py::"
+                   "test_preflabs_full_determinism_leaves_the_state_transformers_leaves"]
+LVF_ONLINE_ONLY = ["tests/objectives/test_online_only_objectives.py"]
+LVF_TIES = ["tests/eval/test_win_rate_ties_said.py"]
+MUTANTS += [
+    Mutant("lvf-vlm-eval-names-dataset-name", "loops/vlm.py",
+           [('refuse_empty(row_report, "--data" if evaluated else "dataset_name", cfg.dataset_name)',
+             'refuse_empty(row_report, "dataset_name", cfg.dataset_name)')], LVF_EMPTY_VLM,
+           "preflab eval --task vlm's empty --data is named dataset_name=..., the option of the config it builds"),
+    Mutant("lvf-diffusion-eval-names-dataset-name", "loops/diffusion.py",
+           [('option="--data" if self.scores_held_out else "dataset_name",', 'option="dataset_name",')],
+           LVF_EMPTY_DIFFUSION, "preflab eval --task diffusion's empty --data is named dataset_name=..."),
+    Mutant("lvf-determinism-imports-trainer-utils", "loops/launch.py",
+           [("    from accelerate.utils import set_seed\n\n    set_seed(seed)\n    os.environ.update",
+             "    from transformers.trainer_utils import set_seed\n\n    set_seed(seed)\n    os.environ.update")],
+           ["tests/test_lazy_peft_imports.py"],
+           "full_determinism seeds through transformers.trainer_utils: the same seeds, and peft imported again"),
+    Mutant("lvf-determinism-unseeded", "loops/launch.py",
+           [("    set_seed(seed)\n    os.environ.update(DETERMINISM_ENVIRONMENT)",
+             "    os.environ.update(DETERMINISM_ENVIRONMENT)")], LVF_DETERMINISM,
+           "enable_full_determinism(seed) leaves the generators as they were (transformers' seeds them first)"),
+    Mutant("lvf-bnb-warning-per-process", "loops/diffusion.py",
+           [("        if not self.main:  # diffusers' import", "        if False:  # diffusers' import")],
+           ["tests/loops/test_ddp_cli_launch.py::"
+            "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch"],
+           "every process of a diffusion launch prints bitsandbytes' import warning (caught on an AVX-512 BF16 CPU)"),
+    Mutant("lvf-kernels-logger-left", "quiet.py",
+           [('BITSANDBYTES_IMPORT_LOGGERS = ("bitsandbytes", "kernels")',
+             'BITSANDBYTES_IMPORT_LOGGERS = ("bitsandbytes",)')],
+           ["tests/diffusion/test_bitsandbytes_log_once.py"],
+           "kernels' 'Skipping publisher trust check' (bitsandbytes' loader) still printed by every process"),
+    Mutant("lvf-grpo-trains-offline", "config.py",
+           [("    check_online_only(objective, cfg.task)", "    pass")], LVF_ONLINE_ONLY,
+           "task: dpo with loss_type grpo / rloo trains on ranked lists with an importance ratio of 1, without a word"),
+    Mutant("lvf-leave-one-out-undeclared", "objectives/rloo.py",
+           [('    online_trainer = "rloo"', '    online_trainer = ""')], LVF_ONLINE_ONLY,
+           "loss_type rloo trains offline again (grpo still refused)"),
+    Mutant("lvf-eval-verdicts-unsaid", "eval/cli.py",
+           [('    if isinstance(win, dict) and win.get("n"):  # the verdicts', "    if False:  # the verdicts")],
+           LVF_TIES, "preflab eval prints the win rate without its wins, ties and losses"),
+    Mutant("lvf-sampled-ties-miscounted", "online/run.py",
+           [("return sum(a == b for a, b in scored), len(scored)",
+             "return sum(a >= b for a, b in scored), len(scored)")],
+           LVF_TIES, "an online run's tie count counts its wins too"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -4,7 +4,10 @@ with no callbacks), which imports transformers.trainer_utils, which imports peft
 is installed; offline, bitsandbytes' kernel loader then printed "Skipping publisher trust check ..." and "Failed to
 load CPU gemm_4bit_forward from kernels-community ..." into every such run. In a fresh interpreter (this process's
 other tests import peft.) transformers.trainer_callback itself is asserted absent too: whether it pulls in peft
-depends on the installed transformers / peft versions (CI's fresh install: peft 0.22 does not), the detour does not."""
+depends on the installed transformers / peft versions (CI's fresh install: peft 0.22 does not), the detour does not.
+A run with full_determinism: true imported transformers.trainer_utils (and peft) for transformers'
+enable_full_determinism; preflab now writes that function out (preflab.loops.launch.enable_full_determinism), and
+transformers.trainer_utils is asserted absent as well (whether it imports peft depends on the versions too)."""
 import os
 import subprocess
 import sys
@@ -24,8 +27,13 @@ import sys
 from preflab.cli import main
 assert main(["train", *{common!r}, "max_steps=2"]) == 0
 assert main(["train", *{common!r}, "max_steps=3", "resume_from_checkpoint=true"]) == 0
+# full_determinism imported transformers.trainer_utils for its enable_full_determinism (and peft through it)
+assert main(["train", "examples/quickstart.yaml", "output_dir={tmp_path / 'determined'}", "max_steps=1",
+             "save_steps=0", "disable_tqdm=true", "full_determinism=true"]) == 0
+import torch
+assert torch.are_deterministic_algorithms_enabled()
 imported = sorted(m for m in sys.modules if m.split(".")[0] in ("peft", "bitsandbytes")
-                  or m == "transformers.trainer_callback")
+                  or m in ("transformers.trainer_callback", "transformers.trainer_utils"))
 assert imported == [], imported
 print("runs done", file=sys.stderr, flush=True)
 print("ok")

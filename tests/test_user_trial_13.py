@@ -158,7 +158,7 @@ def test_the_report_says_each_win_rates_judge_and_an_all_ties_rate(judged, tmp_p
     rows = {r["metric"]: r for r in eval_json_rows(length)}
     assert rows["win_rate"]["meaning"] == (
         "win rate of the policy's generations against the reference's (preflab eval, judged by --reward-fn "
-        "trial13_rewards:length; 0.5: as good as the reference)")
+        "trial13_rewards:length; a tie counts 1/2; 0.5: as good as the reference)")
     page = _eval_section([zero, length])
     assert "; judged by --reward-fn trial13_rewards:zero)</p>" in page
     assert "; judged by --reward-fn trial13_rewards:length)</p>" in page
@@ -168,7 +168,7 @@ def test_an_older_eval_json_without_a_judge_reads_as_before(tmp_path):
     from preflab.report.headline import win_rate_meaning
 
     assert win_rate_meaning({"n": 4, "ties": 1}) == ("win rate of the policy's generations against the reference's "
-                                                     "(preflab eval; 0.5: as good as the reference)")
+                                                     "(preflab eval; a tie counts 1/2; 0.5: as good as the reference)")
 
 
 @pytest.mark.parametrize("call, field", [

@@ -99,7 +99,7 @@ def test_a_judges_probabilities_are_counted_beside_wins_ties_and_losses(tmp_path
     (run / "config.yaml").write_text(yaml.safe_dump({"task": "dpo", "beta": 0.1}))
     (run / "eval.json").write_text(json.dumps({"num_pairs": 0, "metrics": {}, "win_rate": rate.to_dict()}))
     page = _eval_section([load_run(run)])
-    assert "1 wins, 1 ties, 1 losses, 2 fractional verdicts (a judge's probabilities) of 5" in page
+    assert "1 wins, 1 ties (each counted 1/2), 1 losses, 2 fractional verdicts (a judge's probabilities) of 5" in page
 
 
 def test_the_eval_section_is_not_titled_held_out_when_eval_json_counts_training_rows(tmp_path):

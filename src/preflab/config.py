@@ -1010,10 +1010,11 @@ def config_from_dict(raw: dict, written=None, sources: dict | None = None) -> Tr
     notes += unread_game_option_notes(cfg)  # (greedy_eval_notes: said by the training driver at the run's start)
     for key, value in extra.items():  # (after TrainConfig's expand_home: a leading "~" expanded as in objective_params)
         cfg.objective_params[key] = home_expanded(value)
-    from preflab.objectives import check_modality
+    from preflab.objectives import check_modality, check_online_only
 
     objective = cfg.objective()
     check_modality(objective, cfg.task)  # validates the objective and its modality before any model loads
+    check_online_only(objective, cfg.task)  # grpo / rloo: a policy gradient needs sampled completions
     if "beta" not in raw:
         notes += _user_beta_default_notes(objective, cfg.beta)
         notes += [n for n in [cfg.own_beta_note()] if n]

@@ -1,7 +1,8 @@
 """Quieting other libraries for one `preflab` command, and putting them back after it.
 
 A command hides other libraries' warnings, transformers' info logs and its progress bars (`preflab train`:
-`quiet_third_party()`; `preflab demo --quiet`: `quiet_transformers(progress_bars=False)`). preflab.cli.main runs each
+`quiet_third_party()`; `preflab demo --quiet`: `quiet_transformers(progress_bars=False)`); a diffusion run's other
+ranks hide bitsandbytes' import-time warnings (`quiet_bitsandbytes()`). preflab.cli.main runs each
 command inside `kept_as_found()`, so a caller that runs main() in its own process (a notebook, a test session) finds
 the warning filters, transformers' verbosity and its (and huggingface_hub's) progress bars as they were: a library
 must not leave global state changed after a run. Outside `kept_as_found()` the changes stay, as before.
@@ -9,6 +10,7 @@ must not leave global state changed after a run. Outside `kept_as_found()` the c
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -60,6 +62,16 @@ def quiet_third_party() -> None:
     quiet_bitsandbytes_cpu_kernel()
 
 
+def _loggers_at_error(names) -> None:
+    """The standard-library loggers `names` at error level in this process, put back by kept_as_found()."""
+    for name in names:
+        logger = logging.getLogger(name)
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        if _depth:
+            _undo.append(lambda logger=logger, level=level: logger.setLevel(level))
+
+
 # bitsandbytes' CPU backend, imported by peft whenever bitsandbytes is installed (every LoRA run), tries on a CPU with
 # AVX512-BF16 to fetch a 4-bit matmul kernel from the hub and logs "Failed to load CPU gemm_4bit_forward from
 # kernels-community ... pip install kernels" when it cannot (no network, an untrusted repository). preflab runs no
@@ -70,10 +82,20 @@ BITSANDBYTES_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"
 
 def quiet_bitsandbytes_cpu_kernel() -> None:
     """bitsandbytes' CPU-kernel logger at error level (its warning above hidden), put back by kept_as_found()."""
-    import logging
+    _loggers_at_error([BITSANDBYTES_CPU_LOGGER])
 
-    logger = logging.getLogger(BITSANDBYTES_CPU_LOGGER)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    if _depth:
-        _undo.append(lambda: logger.setLevel(level))
+
+def quiet_bitsandbytes() -> None:
+    """bitsandbytes' log, and that of the `kernels` package it loads its CPU kernel through while it imports, at error
+    level only, in this process. Importing diffusers' models imports bitsandbytes where it is installed
+    (diffusers.models.modeling_utils -> diffusers.quantizers; peft through diffusers.hooks), and bitsandbytes logs
+    warnings while it imports through the standard logging module (on a CPU with AVX-512 BF16: kernels' "Skipping
+    publisher trust check for 'kernels-community/quantization-bitsandbytes' ..." when the hub is offline, then
+    bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community ...", which every preflab command
+    already hides: quiet_bitsandbytes_cpu_kernel). A diffusion run calls this on its processes other than the main
+    one before it loads the pipeline, so a launch of N processes says them once, not N times
+    (preflab.loops.diffusion.DiffusionRun). Put back by kept_as_found() like quiet_transformers()."""
+    _loggers_at_error(BITSANDBYTES_IMPORT_LOGGERS)
+
+
+BITSANDBYTES_IMPORT_LOGGERS = ("bitsandbytes", "kernels")  # the loggers bitsandbytes' import warns through

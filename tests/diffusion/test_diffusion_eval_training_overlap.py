@@ -69,3 +69,43 @@ def test_planted_training_pairs_are_counted_by_caption_and_pixels(diffusion_run,
     disjoint = evaluate_diffusion_run(str(run), write_jsonl(tmp_path / "new.jsonl", [_row(ROWS[4]), _row(ROWS[14])]))
     assert (disjoint["overlap_with_training"]["prompts"], disjoint["overlap_with_training"]["pairs"]) == (0, 0)
     assert not any("trained on" in n for n in disjoint["notes"])
+
+
+def test_an_empty_split_of_the_eval_data_is_named_by_data_as_the_text_eval_names_it(diffusion_run, tmp_path, capsys):
+    """It said "FOLDER is empty: ... Fill that file, or point to data with rows.", naming no option; now the text
+    eval's message (tests/data/test_empty_split_names.py), word for word, naming --data."""
+    from preflab.cli import main
+
+    run, _ = diffusion_run
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [_row(r) for r in ROWS[:2]])
+    (folder / "test.jsonl").write_text("\n")  # read by default: the folder has a split 'test'
+    assert main(["eval", str(run), "--task", "diffusion", "--data", str(folder), "--out",
+                 str(tmp_path / "e.json")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"preflab: error: --data {folder} is empty: its split 'test' (file {folder / 'test.jsonl'}) holds no rows "
+        "(1 blank lines). Fill that file, or give --data a source with rows (or --split another split of it).")
+
+
+def test_an_empty_training_or_eval_split_of_a_diffusion_run_names_its_option(tmp_path, capsys):
+    """A diffusion run's empty dataset_name / eval_dataset_name said "FOLDER is empty: ... point to data with
+    rows." (no option); now named as the text runs name them (tests/data/test_empty_split_names.py)."""
+    from preflab.cli import main
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("")
+    (folder / "test.jsonl").write_text("")
+    for option, split, fix in (("dataset_name", "train", "or point dataset_name at data with rows."),
+                               ("eval_dataset_name", "test", "point eval_dataset_name at data with rows, or set "
+                                                             "eval_strategy: no (no evaluation).")):
+        if split == "test":
+            write_jsonl(folder / "train.jsonl", [_row(r) for r in ROWS[:2]])
+        rc = main(["train", "examples/diffusion/diffusion_dpo.yaml", f"dataset_name={folder}",
+                   f"eval_dataset_name={folder if split == 'test' else 'null'}", "max_steps=1", "sample_steps=0",
+                   f"output_dir={tmp_path / 'out'}"])
+        assert rc == 2
+        assert capsys.readouterr().err.splitlines()[-1] == (
+            f"preflab: error: {option}='{folder}' ({folder}) is empty: its split '{split}' (file "
+            f"{folder / (split + '.jsonl')}) holds no rows. Fill that file, {fix}")

@@ -23,6 +23,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import preflab
+
 from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,10 +127,9 @@ def launched(request, tmp_path_factory, accelerate_launch):
     for name in names:
         (root / name).mkdir()
         runs += LAUNCHED[name](root / name)
-    import preflab
-
-    # the preflab this process imports (a mutation run's copy of src/ included), not the repository's src/ only
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1]),
+    # the preflab this test imported (the worktree's src, or benchmarks/mutation.py's planted copy), not ROOT/src
+    # whatever was imported: a mutant in the copy was launched as the unmodified source and could not be caught
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).resolve().parents[1]),
            "PREFLAB_CACHE_DIR": str(root / "cache")}  # the reference cache test's run must miss
     env.pop("WORLD_SIZE", None)
     args = [str(a) for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + run]
@@ -141,6 +142,7 @@ def launched(request, tmp_path_factory, accelerate_launch):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return root / name
 
+    folder.stderr = proc.stderr  # what the launch's processes said, all runs together
     return folder
 
 
@@ -232,6 +234,10 @@ def test_diffusion_two_gloo_processes_equal_one_process_with_double_batch(tmp_pa
     # 1.2e-3); adam_epsilon 1e-5 damps those to ~5e-6 (AVX2 and AVX-512) while every real gradient still takes
     # a full step, so a wrong split of the batch or of the draws still moves weights by ~lr = 1e-3
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 5e-5
+    # importing diffusers imports bitsandbytes, whose import logs a warning on CPUs with AVX-512 BF16 (none
+    # elsewhere): once per launch, by the main process (preflab.quiet.quiet_bitsandbytes); it was once per process
+    assert launched.stderr.count("Failed to load CPU gemm_4bit_forward") <= 1
+    assert launched.stderr.count("Skipping publisher trust check") <= 1  # kernels', bitsandbytes' loader (offline)
 
 
 @pytest.mark.slow

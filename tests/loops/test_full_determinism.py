@@ -1,12 +1,15 @@
 """transformers' TrainingArguments.full_determinism (a TRL config's), as transformers' Trainer applies it: the run
-calls transformers' enable_full_determinism(seed) where it sets its seed, so torch's deterministic algorithms, cuDNN's
-deterministic mode and the environment variables are exactly transformers'; the run's weights equal those of the
-same run without it (CPU: the algorithms were deterministic already). Refused where the run does not set its own seed
-(recipe tasks, reward_head: multi_objective)."""
+applies preflab.loops.launch.enable_full_determinism(seed) where it sets its seed (transformers' function written out:
+importing it imports peft, tests/test_lazy_peft_imports.py), so torch's deterministic algorithms, cuDNN's
+deterministic mode, the environment variables and the seeded generators are exactly transformers'; the run's weights
+equal those of the same run without it (CPU: the algorithms were deterministic already). Refused where the run does
+not set its own seed (recipe tasks, reward_head: multi_objective)."""
+import random
 import copy
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,9 +26,9 @@ ENV = ("CUDA_LAUNCH_BLOCKING", "CUBLAS_WORKSPACE_CONFIG", "ASCEND_LAUNCH_BLOCKIN
 def restore_determinism():
     saved = {k: os.environ.get(k) for k in ENV}
     flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark)
+             torch.backends.cudnn.benchmark, torch.is_deterministic_algorithms_warn_only_enabled())
     yield
-    torch.use_deterministic_algorithms(flags[0])
+    torch.use_deterministic_algorithms(flags[0], warn_only=flags[3])
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = flags[1], flags[2]
     for key, value in saved.items():
         if value is None:
@@ -68,6 +71,36 @@ def test_full_determinism_is_transformers_and_trains_the_same_weights(tmp_path, 
     a, b = plain.state_dict(), determined.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], model.state_dict()[k]) for k in a)  # the runs trained
+
+
+def _state_after(enable) -> dict:
+    """Everything full determinism sets, after `enable(7)` from a cleared state: the environment, torch's and cuDNN's
+    flags, and one draw of each generator the seed sets."""
+    for key in ENV:
+        os.environ.pop(key, None)
+    torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, True
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    enable(7)
+    return {"env": {k: os.environ.get(k) for k in ENV}, "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn": (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+            "draws": (random.random(), float(np.random.rand()), torch.rand(3).tolist())}
+
+
+def test_preflabs_full_determinism_leaves_the_state_transformers_leaves(restore_determinism):
+    """preflab's function, written out so that a run does not import transformers.trainer_utils (and peft through
+    it), against transformers' own, from the same cleared state: the same environment, flags and seeded draws."""
+    from transformers.trainer_utils import enable_full_determinism as transformers_full_determinism
+
+    from preflab.loops.launch import enable_full_determinism
+
+    ours = _state_after(enable_full_determinism)
+    assert ours == _state_after(transformers_full_determinism)
+    assert ours["env"]["CUBLAS_WORKSPACE_CONFIG"] == ":16:8" and ours["deterministic"] and not ours["warn_only"]
+    assert ours["cudnn"] == (True, False)
+    random.seed(7)
+    assert ours["draws"][0] == random.random()  # seeded with the run's seed, not left as it was
 
 
 def test_refused_where_the_run_does_not_seed_itself():

@@ -121,6 +121,8 @@ def test_online_dataset_eval_set_is_answered_and_judged(tmp_path):
     assert expected > 0
     assert summary["eval_reward_before"] == summary["eval_reward_after"] == expected  # lr ~0: the same answers
     assert summary["win_rate_vs_reference"] == 0.5
+    # the same answers: both prompts tie, so the 0.5 is two halves (said beside it since leftovers-f)
+    assert (summary["win_rate_vs_reference_ties"], summary["win_rate_vs_reference_prompts"]) == (2, 2)
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r["eval_reward"], r["eval_win_rate_vs_reference"]) for r in rows if "eval_reward" in r]
     assert evals == [(1, expected, 0.5), (2, expected, 0.5)]

@@ -68,7 +68,7 @@ def test_margin_histograms_and_eval_table_when_the_run_has_them(tmp_path):
     html = write_report([run], tmp_path / "r.html").read_text()
     assert len(images(html)) == len(PANELS) + 2     # + start/end margin histograms + eval.json margins/Thm 4.1
     assert "idealized_ranking_accuracy" in html and "0.9877" in html
-    assert "0.625 [0.3, 0.86]" in html and "2 wins, 1 ties, 1 losses of 4" in html
+    assert "0.625 [0.3, 0.86]" in html and "2 wins, 1 ties (each counted 1/2), 1 losses of 4" in html
     assert "say &lt;b&gt;hi&lt;/b&gt;" in html                  # generation examples escaped
     assert "no extra_responses" in html and "assumed unanimous" in html
 

@@ -171,7 +171,8 @@ def test_headline_carries_the_eval_json_ranking_accuracy_beside_the_reference_an
     rows = [r for r in headline_rows(load_run(path)) if r["after"][0].startswith("eval.json")]
     assert [(r["metric"], r["after"], r["baseline"]) for r in rows] == [
         ("ranking_accuracy", ("eval.json, 3 pairs", 2 / 3), [("the reference model", 0.25)]),
-        ("win_rate", ("eval.json, 4 prompts, interval 0.3 to 0.86", 0.625), None)]
+        ("win_rate", ("eval.json, 2 wins, 1 ties (each counted 1/2), 1 losses of 4 prompts, interval 0.3 to 0.86",
+                      0.625), None)]
     diffusion = make_run(tmp_path / "diff", config_extra={"task": "diffusion"})   # as `preflab eval --task diffusion`
     (diffusion / "eval.json").write_text(json.dumps({
         "task": "diffusion", "num_pairs": 8, "metrics": {"implicit_accuracy": 0.625, "reward/policy": -1.56,

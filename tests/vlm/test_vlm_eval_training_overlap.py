@@ -115,3 +115,20 @@ def test_data_config_reads_that_configuration(vlm_run, tmp_path):
         result = json.loads(out.read_text())
         assert (result["data"], result["data_config"], result["split"]) == (str(folder), config, "test")
         assert result["num_pairs"] == 2 and result["overlap_with_training"]["pairs"] == shared
+
+
+def test_an_empty_split_of_the_eval_data_is_named_by_data_as_the_text_eval_names_it(vlm_run, tmp_path, capsys):
+    """It said "dataset_name='FOLDER' (FOLDER) is empty: it holds no rows. Fill it, or point dataset_name at data
+    with rows.": the option of the run config the eval builds, not the --data the user gave, and neither the split
+    nor its file. Now the text eval's message (tests/data/test_empty_split_names.py), word for word."""
+    from preflab.cli import main
+
+    run, _ = vlm_run
+    folder = tmp_path / "prefs"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", _rows(ROWS[:2], folder))
+    (folder / "test.jsonl").write_text("\n")  # read by default: the folder has a split 'test'
+    assert main(["eval", str(run), "--task", "vlm", "--data", str(folder), "--out", str(tmp_path / "e.json")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"preflab: error: --data {folder} is empty: its split 'test' (file {folder / 'test.jsonl'}) holds no rows "
+        "(1 blank lines). Fill that file, or give --data a source with rows (or --split another split of it).")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from preflab.data.media import load_image, load_images, load_video
-from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place
+from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place, keep_read_from
 from preflab.data.sources import open_reader
 from preflab.data.validate import check_response_turns
 
@@ -314,6 +314,7 @@ def read_vision_pairs(source, split: str = "train", on_bad_row: str = "error", m
         report.rejected_unused += bool(responses_only and raw.data.get("rejected") is not None)
     report.examples = len(out)
     report.check()
+    keep_read_from(report, reader)  # the split and files an "is empty" error names (refuse_empty)
     return out, report
 
 

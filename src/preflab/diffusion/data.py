@@ -290,10 +290,13 @@ def _refuse_identical(pixels: dict[str, torch.Tensor], names: tuple[str, str], c
 def load_image_pairs(source, *, split: str = "train", resolution: int, resize: bool = True,
                      on_bad_row: str = "error", image_only: bool = False, user_column: str | None = None,
                      needs_preference_prob: bool = False,
-                     score_range: tuple[float, float] | None = None) -> tuple[list[ImagePairExample], ImageDataReport]:
+                     score_range: tuple[float, float] | None = None, option: str | None = None,
+                     name=None) -> tuple[list[ImagePairExample], ImageDataReport]:
     """(examples in source order, report). Raises DataError on the first bad row unless on_bad_row == "skip".
     source: any row source, or a RowReader already opened on one (read as it was opened:
-    preflab.data.sources.open_reader)."""
+    preflab.data.sources.open_reader). option, name: what the user called the source (dataset_name and its value,
+    eval_dataset_name, or preflab eval's "--data"), named by the "is empty" error (refuse_empty); None: the source
+    alone."""
     from preflab.data.sources import open_reader
 
     reader = open_reader(source, split=split)
@@ -329,7 +332,7 @@ def load_image_pairs(source, *, split: str = "train", resolution: int, resize: b
         out.append(example)
     report.check()
     report.blank_lines = getattr(reader, "blank_lines", 0)
-    refuse_empty(keep_read_from(report, reader))  # nothing read at all (its split and file(s) named): not "no usable
+    refuse_empty(keep_read_from(report, reader), option, name)  # nothing read at all (its split and file(s) named): not "no usable
     # rows ... Check the columns and images"
     if not out:
         first = report.skipped_examples[0] if report.skipped_examples else None

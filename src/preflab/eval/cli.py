@@ -83,6 +83,11 @@ def format_summary(result: dict, extra: tuple = (), more: tuple = ()) -> str:
     shown = [(key, value) for key, value in shown if isinstance(value, (int, float))]
     width = max([38] + [len(key) for key, _ in shown])  # one column, however long a key (DPA's per-attribute)
     lines += [f"  {key:{width}s} {value:.4f}" for key, value in shown]
+    win = result.get("win_rate")
+    if isinstance(win, dict) and win.get("n"):  # the verdicts behind win_rate: how much of it is ties' halves
+        from preflab.eval.winrate import outcome_counts
+
+        lines.append(f"  {'win_rate verdicts':{width}s} {outcome_counts(win)}")
     lines += list(more)
     lines += [f"  note: {n}" for n in result.get("notes", [])]
     lines += [f"  skipped {k}: {why}" for k, why in result.get("missing", {}).items()]

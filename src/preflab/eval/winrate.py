@@ -78,6 +78,20 @@ def win_rate_from_outcomes(outcomes: Sequence[float | None], confidence: float =
     return WinRate(p, lo, hi, wins, ties, losses, n, confidence, failed, n - wins - ties - losses)
 
 
+def outcome_counts(win: dict) -> str:
+    """The verdicts behind a win rate, from eval.json's `win_rate` dict (WinRate.to_dict), as every place that shows
+    the rate says them (`preflab eval`'s terminal lines, `preflab report`'s headline and eval section): "W wins, T
+    ties (each counted 1/2), L losses of N prompts", with ", F fractional verdicts (a judge's probabilities)" before
+    "of N" where there are any. The win rate is (W + T/2 + the fractional verdicts' sum) / N, so the ties say how much
+    of it is halves. A dict without the counts (an eval.json older than them) gives "N prompts"."""
+    if not all(isinstance(win.get(k), int) for k in ("wins", "ties", "losses")):
+        return f"{win.get('n')} prompts"
+    fractional = (f", {win['fractional']} fractional verdicts (a judge's probabilities)" if win.get("fractional")
+                  else "")
+    return (f"{win.get('wins')} wins, {win.get('ties')} ties (each counted 1/2), {win.get('losses')} losses"
+            f"{fractional} of {win.get('n')} prompts")
+
+
 def win_rate_caveats(win: dict) -> list[str]:
     """What a win rate's number does not say by itself, from eval.json's `win_rate` dict: every verdict a tie (the
     judge gave the two answers the same score on every prompt, so 0.5 says it told none apart, not that the policy

@@ -137,8 +137,11 @@ def before_after_line(summary: dict) -> str | None:
         before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
         if is_number(before) and is_number(after):
             win = summary.get("win_rate_vs_reference")
+            ties, prompts = summary.get("win_rate_vs_reference_ties"), summary.get("win_rate_vs_reference_prompts")
+            tied = f" ({ties} of {prompts} prompts tied, each counted 1/2)" if is_number(ties) and prompts else ""
             return (f"preflab: {what} {before:.3f} -> {after:.3f} on the held-out prompts (summary.json {key}_before, "
-                    f"{key}_after)" + (f"; win rate vs the starting policy {win:.3f}" if is_number(win) else "") + ".")
+                    f"{key}_after)" + (f"; win rate vs the starting policy {win:.3f}{tied}" if is_number(win) else "")
+                    + ".")
     game = [f"{k}_{w}" for k in ("duality_gap", "tv_to_equilibrium") for w in ("before", "after")]
     if all(is_number(summary.get(k)) for k in game):  # before: the starting policy pi_0 = pi_ref
         return (f"preflab: duality gap {summary['duality_gap_before']:.4g} -> {summary['duality_gap_after']:.4g}, "

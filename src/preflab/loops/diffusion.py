@@ -455,6 +455,10 @@ class DiffusionRun(TrainingRun):
         self.accelerator = make_accelerator(cfg, whole_weights="the pipeline and samples.png are written from "
                                             "the UNet on the main process")
         self.main = self.accelerator.is_main_process
+        if not self.main:  # diffusers' import of bitsandbytes logs its warnings once per launch, not once per process
+            from preflab.quiet import quiet_bitsandbytes
+
+            quiet_bitsandbytes()
         self.scores_held_out = scores_held_out
         self.data_report = {}
         self.eval_notes: list[str] = []  # what `preflab eval --task diffusion` records in eval.json's notes
@@ -521,10 +525,12 @@ class DiffusionRun(TrainingRun):
         kwargs = self.image_pair_options()
         from preflab.data.configured_source import training_source
 
+        # an empty source is refused naming what the user gave: preflab eval's --data, else dataset_name / eval_...
         train, report = load_image_pairs(training_source(cfg) if reader is None else reader, split=cfg.dataset_split,
-                                         **kwargs)
-        train, evals, eval_report = train_and_eval(cfg, train, lambda name, split: load_image_pairs(name, split=split,
-                                                                                                   **kwargs))
+                                         option="--data" if self.scores_held_out else "dataset_name",
+                                         name=cfg.dataset_name, **kwargs)
+        train, evals, eval_report = train_and_eval(cfg, train, lambda source, split: load_image_pairs(
+            source, split=split, option="eval_dataset_name", name=cfg.eval_dataset_name, **kwargs))
         out = {"train_rows": report.to_dict(), "skipped": dict(report.skipped),
                "duplicate_train_pairs": repeated_image_pairs(train)}
         if eval_report is not None:

@@ -175,15 +175,31 @@ def check_fp16_on_cpu(cfg, on_cpu: bool) -> None:
             "load_dtype: float16 to store the weights in float16, or remove it for float32.")
 
 
-def enable_full_determinism(seed: int) -> None:
-    """transformers' TrainingArguments.full_determinism, as its Trainer applies it (transformers.trainer_utils.
-    enable_full_determinism): torch.use_deterministic_algorithms(True), cuDNN deterministic and not benchmarking, and
-    the environment variables CUBLAS_WORKSPACE_CONFIG=:16:8, CUDA_LAUNCH_BLOCKING=1, FLASH_ATTENTION_DETERMINISTIC=1
-    (and Ascend's). Process-wide, as in transformers: a later run in the same Python process keeps it. An op without a
-    deterministic implementation then raises (torch's RuntimeError names it), as under TRL."""
-    from transformers.trainer_utils import enable_full_determinism as transformers_full_determinism
 
-    transformers_full_determinism(seed)
+# the environment transformers' enable_full_determinism sets (see enable_full_determinism)
+DETERMINISM_ENVIRONMENT = {"CUDA_LAUNCH_BLOCKING": "1", "CUBLAS_WORKSPACE_CONFIG": ":16:8",
+                           "ASCEND_LAUNCH_BLOCKING": "1", "HCCL_DETERMINISTIC": "1",
+                           "FLASH_ATTENTION_DETERMINISTIC": "1"}
+
+
+def enable_full_determinism(seed: int) -> None:
+    """transformers' TrainingArguments.full_determinism, as its Trainer applies it (transformers 5's
+    trainer_utils.enable_full_determinism, written out here: importing transformers.trainer_utils imports peft, and
+    with it bitsandbytes where installed, into a run that uses neither; tests/test_lazy_peft_imports.py): the seed
+    set first (random, numpy, torch and every device's generator: accelerate's set_seed, which seeds what
+    transformers' set_seed seeds), the environment variables CUDA_LAUNCH_BLOCKING=1, CUBLAS_WORKSPACE_CONFIG=:16:8
+    (cuBLAS needs one of the two for deterministic matmuls), ASCEND_LAUNCH_BLOCKING=1, HCCL_DETERMINISTIC=1 (Ascend
+    NPUs), FLASH_ATTENTION_DETERMINISTIC=1, then torch.use_deterministic_algorithms(True) (not warn-only) and cuDNN
+    deterministic without benchmarking. Process-wide, as in transformers: a later run in the same Python process
+    keeps it. An op without a deterministic implementation then raises (torch's RuntimeError names it), as under
+    TRL. tests/loops/test_full_determinism.py checks the state it leaves against transformers' own function."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+    os.environ.update(DETERMINISM_ENVIRONMENT)
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def make_accelerator(cfg, whole_weights: str | None = None):

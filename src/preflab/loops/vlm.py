@@ -125,7 +125,8 @@ def prepare_vision_data(cfg, processor, policy, objective, reader=None, rows_rea
 
     rows, row_report = read_vision_pairs(training_source(cfg) if reader is None else reader, split=cfg.dataset_split,
                                          **read)
-    refuse_empty(row_report, "dataset_name", cfg.dataset_name)
+    # nothing read: named by the option the user gave (preflab eval's --data, else dataset_name), its split and file(s)
+    refuse_empty(row_report, "--data" if evaluated else "dataset_name", cfg.dataset_name)
     rows, eval_rows, eval_report = train_and_eval(cfg, rows, lambda name, split: read_vision_pairs(name, split=split,
                                                                                                    **read))
     sources = {"train": row_report.source, "eval": (eval_report or row_report).source}

@@ -31,6 +31,7 @@ from preflab.objectives.base import (
     _class_for,
     check_gradient_extras,
     check_modality,
+    check_online_only,
     check_params,
     check_unset_params,
     logratios,
@@ -41,7 +42,7 @@ from preflab.objectives.contract import check_objective, example_batch
 
 __all__ = [
     "get_objective", "list_objectives", "objective_class", "objective_info", "Objective", "ObjectiveOutput",
-    "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality",
+    "PairBatch", "UnpairedBatch", "ListBatch", "SequenceLogps", "WeightedSum", "check_modality", "check_online_only",
     "check_gradient_extras", "WPOWeighted", "check_objective", "example_batch", "objective_parts", "logratios",
     "reward_metrics",
 ]

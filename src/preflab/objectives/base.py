@@ -36,6 +36,9 @@ tensors. It never calls a model; it declares what the scoring layer must supply:
     batch_type        type   PairBatch, UnpairedBatch or ListBatch
     modality          str    what the scores come from: "text" (language-model log-probs) or "diffusion"
                              (-MSE denoising scores); `check_modality` refuses an objective on the wrong task
+    online_trainer    str    the `task: online` trainer of an objective whose loss is a policy gradient on
+                             completions sampled from the policy in training (grpo, rloo): any other task, which
+                             reads fixed completions from data, refuses it (`check_online_only`)
 
 Shapes: B examples, T completion positions (chosen and rejected may differ), K responses per prompt (lists).
 """
@@ -311,6 +314,7 @@ class Objective:
     checked_against: ClassVar[str] = ""
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
     modality: ClassVar[str] = "text"
+    online_trainer: ClassVar[str] = ""
 
     def __post_init__(self):
         self.validate()
@@ -595,6 +599,32 @@ def check_modality(objective, task: str) -> None:
                        f"use a {wanted} objective (`preflab objectives` lists each one's modality)")
             trains = TASK_MODELS.get(task, f"{wanted} models")
             raise ConfigError(f"objective {name} scores {have} models but task {task!r} trains {trains}; {fix}.")
+
+
+def check_online_only(objective, task: str) -> None:
+    """ConfigError when `objective` (a name, class, instance or WeightedSum) declares an `online_trainer` and `task`
+    is not online. GRPO's and RLOO's losses are policy gradients: -A_i rho_i per completion (TRL's GRPOTrainer and
+    RLOOTrainer; no DPOTrainer loss_type), unbiased only for completions y_i sampled from the policy being trained,
+    rho_i = pi_theta(y_i) / pi_old(y_i) their importance ratio to the sampling policy. Offline rows carry fixed
+    completions from another policy whose log-probs are not known, so rho_i = 1 (no correction, no clip), the
+    loss's value is a mean of -A whatever the policy (its curve says nothing), and its gradient raises log pi_theta
+    of the completions scored above their group's mean and lowers the others': not the method asked for. Called
+    before any model loads."""
+    if task == "online":
+        return
+    for part in objective_parts(objective):
+        cls = _class_for(part) if isinstance(part, str) else part if isinstance(part, type) else type(part)
+        trainer = getattr(cls, "online_trainer", "")
+        if trainer:
+            name = part if isinstance(part, str) else trainer
+            raise ConfigError(
+                f"loss_type {name!r} ({cls.__name__}) is a policy-gradient loss on completions sampled from the "
+                f"policy being trained (TRL: {cls.__name__}Trainer, not a DPOTrainer loss_type); task {task!r} "
+                "reads fixed completions from the data, where its importance ratio is always 1: it would raise the "
+                "likelihood of the completions scored above their group's mean and lower the others', with no "
+                f"importance correction and no clip. Set task: online, trainer: {trainer} (completions sampled from "
+                "the policy and scored by reward_funcs or a judge), or, for ranked lists in the data, a listwise "
+                "loss_type that reads them offline (rrhf).")
 
 
 # a loss_type entry -> its objective class: a built-in name or alias (preflab.objectives._registry), 'module:Class' or

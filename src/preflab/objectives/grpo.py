@@ -186,6 +186,7 @@ class GRPO(Objective):
                        "entropy_coef and the adaptive coefficient; normalize_then_sum advantages "
                        "(tests/online/test_grpo_trl_options.py, 1e-12)")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
+    online_trainer = "grpo"  # a policy gradient on sampled completions: task: online only (check_online_only)
 
     def __post_init__(self):
         self.validate()

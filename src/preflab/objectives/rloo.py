@@ -96,6 +96,7 @@ class RLOO(Objective):
                        "_compute_loss (loss, gradient, clip ratios) (tests/objectives/test_rloo.py, 1e-12; 1e-6 "
                        "where TRL's float32 Bessel factor or clip flags enter)")
     tags = {"data": ("list-wise",), "framework": ("online",), "constraint": ("reference",), "property": ()}
+    online_trainer = "rloo"  # a policy gradient on sampled completions: task: online only (check_online_only)
 
     def __post_init__(self):
         self.validate()

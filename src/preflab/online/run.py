@@ -1224,6 +1224,8 @@ class OnlineRun(TrainingRun):
                     extras.update({"eval_tools_before": self.before["tools"], "eval_tools_after": after["tools"]})
             if "per_prompt" in after:
                 extras["win_rate_vs_reference"] = win_rate(after["per_prompt"], self.before["per_prompt"])
+                extras["win_rate_vs_reference_ties"], extras["win_rate_vs_reference_prompts"] = tied_prompts(
+                    after["per_prompt"], self.before["per_prompt"])
             for key in ("tv_to_equilibrium", "duality_gap"):  # the game: the starting policy's (pi_0 = pi_ref, its
                 if key in after:  # evaluation when the run was built) and the final policy's, for the headline
                     extras.update({f"{key}_before": self.before[key], f"{key}_after": after[key]})
@@ -1432,6 +1434,14 @@ def win_rate(after: list[float], before: list[float]) -> float:
     wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)
             if not (math.isnan(a) or math.isnan(b))]
     return sum(wins) / len(wins) if wins else math.nan
+
+
+def tied_prompts(after: list[float], before: list[float]) -> tuple[int, int]:
+    """(prompts whose two answers the judge scored equal, prompts win_rate counts): the ties win_rate counts 1/2
+    each, said beside it (summary.json win_rate_vs_reference_ties / _prompts; `preflab train`'s last line and
+    `preflab report`'s headline)."""
+    scored = [(a, b) for a, b in zip(after, before) if not (math.isnan(a) or math.isnan(b))]
+    return sum(a == b for a, b in scored), len(scored)
 
 
 def length_metrics(lengths: torch.Tensor, has_eos: list[bool]) -> dict[str, float]:

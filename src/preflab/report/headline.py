@@ -34,7 +34,7 @@ HEADLINE_KEYS = {
     "diffusion": (("eval_rewards/accuracies", "implicit reward accuracy, held-out", None),
                   ("eval_loss", "loss, held-out", None)),
     "online": (("eval_true_reward", "true reward, greedy, held-out", None),
-               ("eval_win_rate_vs_reference", "win rate vs reference, held-out", None),
+               ("eval_win_rate_vs_reference", "win rate vs reference (a tie counts 1/2), held-out", None),
                ("eval_reward", "judges' reward, greedy, held-out", None),
                ("eval_tv_to_equilibrium", "total variation to the regularised equilibrium (game)", None),
                ("eval_duality_gap", "duality gap (game)", None)),
@@ -155,6 +155,10 @@ def headline_rows(run: RunData) -> list[dict]:
     for key, meaning, base in headline_keys(run.config):
         meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
         meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning
+        if key == "eval_win_rate_vs_reference" and is_number(run.summary.get("win_rate_vs_reference_ties")):
+            meaning += (f"; the final policy: {run.summary['win_rate_vs_reference_ties']} of "
+                        f"{run.summary.get('win_rate_vs_reference_prompts')} prompts tied (summary.json "
+                        "win_rate_vs_reference_ties)")
         first, last = _at(run, key, 0), _at(run, key, -1)
         broken = [s for s in run.null_steps(key) if last is None or s > last[0]]
         if broken:   # the run's last eval of `key` was non-finite (a diverged run): that is its after
@@ -306,8 +310,8 @@ def win_rate_meaning(win: dict) -> str:
     if win.get("n") and win.get("ties") == win.get("n"):
         return (f"win rate of the policy's generations against the reference's (preflab eval{judge}); every verdict "
                 "a tie: the judge told no answer apart, so 0.5 is not evidence the policy is as good")
-    return (f"win rate of the policy's generations against the reference's (preflab eval{judge}; 0.5: as good as "
-            "the reference)")
+    return (f"win rate of the policy's generations against the reference's (preflab eval{judge}; a tie counts 1/2; "
+            "0.5: as good as the reference)")
 
 
 def eval_json_rows(run: RunData) -> list[dict]:
@@ -328,9 +332,11 @@ def eval_json_rows(run: RunData) -> list[dict]:
              "baseline": [("the reference model", metrics[base])] if base and is_number(metrics.get(base)) else None}
             for key, meaning, base in EVAL_JSON_KEYS if is_number(metrics.get(key))]
     if isinstance(win, dict) and is_number(win.get("win_rate")) and win.get("n"):
+        from preflab.eval.winrate import outcome_counts
+
+        interval = (f", interval {win.get('ci_low'):.3g} to {win.get('ci_high'):.3g}" if is_number(win.get("ci_low"))
+                    and is_number(win.get("ci_high")) else "")
         rows.append({"metric": "win_rate", "before": None, "baseline": None,
-                     "after": (f"eval.json, {win['n']} prompts, interval {win.get('ci_low'):.3g} to "
-                               f"{win.get('ci_high'):.3g}" if is_number(win.get("ci_low")) and
-                               is_number(win.get("ci_high")) else f"eval.json, {win['n']} prompts", win["win_rate"]),
+                     "after": (f"eval.json, {outcome_counts(win)}{interval}", win["win_rate"]),
                      "meaning": win_rate_meaning(win)})
     return rows

@@ -195,8 +195,8 @@ def _eval_section(runs: list[RunData]) -> str:
         if win.get("n"):
             out += (f"<p><b>{_e(run.name)}</b>: win rate vs reference {_fmt(win.get('win_rate'))} "
                     f"[{_fmt(win.get('ci_low'))}, {_fmt(win.get('ci_high'))}] ({_fmt(win.get('confidence'))} "
-                    f"Wilson interval; {_fmt(win.get('wins'))} wins, {_fmt(win.get('ties'))} ties, "
-                    f"{_fmt(win.get('losses'))} losses"
+                    f"Wilson interval; {_fmt(win.get('wins'))} wins, {_fmt(win.get('ties'))} ties (each counted "
+                    f"1/2), {_fmt(win.get('losses'))} losses"
                     + (f", {_fmt(win.get('fractional'))} fractional verdicts (a judge's probabilities)"
                        if win.get("fractional") else "")
                     + f" of {_fmt(win.get('n'))}"
