@@ -7586,6 +7586,38 @@ MUTANTS += [
 ]
 
 
+# mutation-evs round: eval-seed: `preflab eval` builds a builtin reference (policy, base) with the seed `preflab train`
+# built it with (the run's, else TrainConfig's default; --seed overrides); eval_split without an eval set is said by
+# every task through the one note; a user objective that is a plain @dataclass (no nn.Module) is refused
+EVS_SEED = ["tests/eval/test_eval_cli.py::test_a_builtin_reference_is_seeded_as_train_built_it_without_config_yaml"]
+EVS_SPLIT = ["tests/data/test_eval_set.py::"
+             "test_eval_split_without_an_eval_set_is_said_by_text_vision_and_diffusion_runs"]
+EVS_FROZEN = ["tests/test_user_trial_extend.py::"
+              "test_a_user_objective_that_is_not_frozen_is_refused_naming_its_class_and_file"]
+MUTANTS += [
+    Mutant("evs-seed-zero-without-config", "eval/loading.py",
+           [('return int(cfg["seed"]) if cfg.get("seed") is not None else default_seed()',
+             'return int(cfg["seed"]) if cfg.get("seed") is not None else 0')], EVS_SEED,
+           "a model folder without config.yaml gets the builtin reference of seed 0, not train's default 42"),
+    Mutant("evs-seed-option-ignored", "eval_cli/checkpoint.py",
+           [("    seed = builtin_seed(cfg, seed)\n", "    seed = builtin_seed(cfg)\n")],
+           EVS_SEED, "preflab eval --seed is read and not used: the builtin reference keeps the run's seed"),
+    Mutant("evs-split-alone-unsaid", "data/eval_set.py",
+           [("    elif named:  # eval_split alone", "    elif False:  # eval_split alone")], EVS_SPLIT,
+           "eval_split without eval_dataset_name / eval_fraction / eval_steps trains with 0 eval examples unsaid"),
+    Mutant("evs-split-how-to-dropped", "data/eval_set.py",
+           [('"runs." + named)', '"runs.")')], EVS_SPLIT,
+           "the note says no evaluation runs, but not that eval_split is unused nor how to evaluate on that split"),
+    Mutant("evs-unfrozen-objective-accepted", "objectives/base.py",
+           [("    refuse_unfrozen(cls, spec)\n", "")], EVS_FROZEN,
+           "a plain @dataclass objective trains: what compute() writes onto it is lost at resume, unsaid"),
+    Mutant("evs-module-objective-refused", "objectives/base.py",
+           [("if cls.__dataclass_params__.frozen or issubclass(cls, torch.nn.Module):",
+             "if cls.__dataclass_params__.frozen:")], EVS_FROZEN,
+           "an nn.Module objective (SparsePO's kind, its state_dict saved) is refused for not being frozen"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

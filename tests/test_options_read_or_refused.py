@@ -170,8 +170,8 @@ ALSO_FINE = {
                        "configs carry) is what they do, keep_end is refused there",
     "shuffle_dataset": "task: sft: TRL SFTConfig's (default false) is taken off before the config is built (its batches "
                        "are drawn in seeded random order either way; true gets a note); task: online reads it",
-    "eval_split": "without an eval set nothing is evaluated (TRL's dataset_test_split with eval_strategy no); beside "
-                  "eval_fraction it is refused",
+    "eval_split": "without an eval set nothing is evaluated (TRL's dataset_test_split with eval_strategy no), said in "
+                  "a note (data.eval_set.eval_split_unused); beside eval_fraction it is refused",
 }
 ALLOWED = {**READ_LATER, **ALSO_FINE}
 

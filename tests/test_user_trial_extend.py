@@ -129,6 +129,15 @@ class Undecorated(Objective):
     beta = 0.1
 
 
+@dataclass
+class NotFrozen(Objective):
+    beta: float = 0.1
+
+    def compute(self, batch):
+        h_w, h_l = logratios(batch)
+        return -F.logsigmoid(self.beta * (h_w - h_l)).mean()
+
+
 def a_function(batch):
     return None
 
@@ -165,6 +174,24 @@ def test_user_loss_type_that_is_not_an_objective_dataclass_is_a_config_error(tmp
     misuse = _write(tmp_path, "misuse.py", MISUSE)
     with pytest.raises(ConfigError, match=message):
         _config(loss_type=f"{misuse}:{name}")
+
+
+def test_a_user_objective_that_is_not_frozen_is_refused_naming_its_class_and_file(tmp_path):
+    """A plain @dataclass objective trained although docs/extending.md says objectives are frozen: nothing it wrote
+    onto itself in compute() is saved (resume rebuilds it from the config) nor shared between processes, so it is
+    refused before any model loads, naming the class and its file and the fix; an nn.Module objective (SparsePO's
+    kind, whose state_dict is saved) needs no frozen=True."""
+    import re
+
+    from preflab.objectives import get_objective
+    from preflab.objectives.sparsepo import SparsePO
+
+    misuse = _write(tmp_path, "misuse.py", MISUSE)
+    with pytest.raises(ConfigError) as err:
+        _config(loss_type=f"{misuse}:NotFrozen")
+    assert re.search(rf"NotFrozen \(in {re.escape(str(misuse))}\) is a @dataclass without frozen=True; write "
+                     r"@dataclass\(frozen=True\) above it", str(err.value)), str(err.value)
+    assert not SparsePO.__dataclass_params__.frozen and get_objective(SparsePO).__class__ is SparsePO
 
 
 @pytest.mark.parametrize("name, message", [

@@ -101,7 +101,7 @@ def _multi_objective(tmp_path, monkeypatch):
     return [int(r["prompt"][1:]) for r in seen["eval_rows"]]
 
 
-def _vision(tmp_path, monkeypatch):
+def _vision(tmp_path, monkeypatch, **kw):
     from preflab.data import vision
     from preflab.loops.vlm import prepare_vision_data
 
@@ -111,22 +111,22 @@ def _vision(tmp_path, monkeypatch):
     monkeypatch.setattr(vision, "tokenize_vision_pairs", lambda examples, *a: (
         examples, DataReport("rows"), DataReport("rows")))
     monkeypatch.setattr(vision, "vision_pairs_fingerprint", lambda pairs: str(pairs[0].row_id))  # the stubs' content
-    cfg = _cfg(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED, vision_pairs="given",
-               vision_pair_params={}, on_bad_row="error", max_frames=8, max_length=64, chunk_tokens=None,
-               max_completion_length=None)
+    cfg = _cfg(**{**dict(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED,
+                         vision_pairs="given", vision_pair_params={}, on_bad_row="error", max_frames=8, max_length=64,
+                         chunk_tokens=None, max_completion_length=None), **kw})
     _, evals, _ = prepare_vision_data(cfg, None, None, None)
     return [x.row_id for x in evals]
 
 
-def _diffusion(tmp_path, monkeypatch):
+def _diffusion(tmp_path, monkeypatch, **kw):
     from preflab.diffusion import data
     from preflab.diffusion.data import ImageDataReport
     from preflab.loops.diffusion import DiffusionRun
 
     rows = [SimpleNamespace(row_id=i) for i in range(N)]
     monkeypatch.setattr(data, "load_image_pairs", lambda source, split, **kw: (list(rows), ImageDataReport("rows")))
-    cfg = _cfg(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED, score_range=None,
-               resolution=8, image_resize=True, on_bad_row="error", user_column=None)
+    cfg = _cfg(**{**dict(dataset_name="rows", dataset_split="train", eval_fraction=FRACTION, seed=SEED,
+                         score_range=None, resolution=8, image_resize=True, on_bad_row="error", user_column=None), **kw})
     run = SimpleNamespace(cfg=cfg, self_npo=False, ppd=False, objective=None, main=False, dcpo=False,
                           scores_held_out=False)
     run.image_pair_options = lambda: DiffusionRun.image_pair_options(run)
@@ -158,6 +158,27 @@ def test_eval_steps_without_an_eval_set_is_said_by_every_loader(capsys):
     assert "eval_steps" not in capsys.readouterr().out
     train_and_eval(_cfg(eval_steps=0, generate_during_eval=True), [1, 2], None)
     assert "generate_during_eval: there is no eval set" in capsys.readouterr().out
+
+
+def test_eval_split_without_an_eval_set_is_said_by_text_vision_and_diffusion_runs(tmp_path, monkeypatch, capsys):
+    """`dataset_name=DIR eval_split=test` with no eval_dataset_name, eval_fraction or eval_steps: a diffusion run
+    trained with "0 eval examples" and no word (eval_split unused); the text, vision and diffusion loaders now say
+    the same note (data.eval_set.note_eval_steps_without_eval_set), naming how to evaluate on that split."""
+    from preflab.loops.prepare import prepare_examples
+
+    said = ("preflab: note: there is no eval set (no eval_dataset_name, eval_fraction 0), so no evaluation runs. "
+            "eval_split='test' names a split of eval_dataset_name, not of dataset_name: to evaluate on rows's 'test' "
+            "split, set eval_dataset_name: rows.")
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", dataset_name="rows", eval_split="test"))
+    with pytest.raises(DataError, match="rows"):
+        prepare_examples(cfg, tiny_tokenizer())  # said before the (missing) data is read
+    assert said in capsys.readouterr().out.splitlines()
+    for caller in (_vision, _diffusion):
+        assert caller(tmp_path, monkeypatch, eval_fraction=0.0, eval_split="test") == []  # nothing evaluated
+        assert said in capsys.readouterr().out.splitlines(), caller.__name__
+    train_and_eval(_cfg(eval_split=None), [1, 2], None)  # no eval_split, no eval_steps: nothing asked, nothing said
+    train_and_eval(_cfg(eval_split="test", eval_dataset_name="e", eval_fraction=0.0), [1], lambda n, s: ([1], None))
+    assert capsys.readouterr().out == ""  # eval_split read as eval_dataset_name's split: no note
 
 
 def test_options_that_act_on_evaluations_are_refused_without_an_eval_set():

@@ -289,3 +289,38 @@ def test_reward_fn_takes_the_builtin_judge_names_reward_funcs_takes(saved, tmp_p
     assert main(["eval", str(root / "run"), "--data", str(data), "--reference", str(root / "ref"), "--reward-fn",
                  "verifier:no_such"]) == 2
     assert "--reward-fn: preflab.verifiers has no 'no_such'" in capsys.readouterr().err
+
+
+def test_a_builtin_reference_is_seeded_as_train_built_it_without_config_yaml(saved, tmp_path):
+    """A model folder without config.yaml (a merged LoRA model saved by hand) evaluated against --reference
+    builtin:tiny-llama gets the reference its run trained against: TrainConfig's default seed (42), the same
+    reference log-probs and implicit rewards as the run folder (saved seed 42) itself; before, seed 0. --seed
+    overrides the saved seed."""
+    import shutil
+
+    from preflab.models.load import load_causal_lm
+
+    root, data, tok, _ = saved
+    run, bare = tmp_path / "run", tmp_path / "bare"
+    shutil.copytree(root / "run", run)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model_name_or_path": "builtin:tiny-llama", "beta": 0.2,
+                                                     "seed": 42}))
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns("config.yaml", "eval.json"))
+    results = {}
+    for name, folder, extra in (("run", run, []), ("bare", bare, []), ("bare seed 0", bare, ["--seed", "0"])):
+        out = tmp_path / name.replace(" ", "_")
+        assert main(["eval", str(folder), "--data", str(data), "--reference", "builtin:tiny-llama", "--beta",
+                     "0.2", "--device", "cpu", "--out", str(out), *extra]) == 0
+        results[name] = json.loads((out / "eval.json").read_text())
+    run_pairs, bare_pairs = results["run"]["per_pair"], results["bare"]["per_pair"]
+    assert bare_pairs["ref_chosen"] == run_pairs["ref_chosen"]
+    assert bare_pairs["ref_rejected"] == run_pairs["ref_rejected"]
+    assert results["bare"]["metrics"] == results["run"]["metrics"]
+    rc, rr = independent_sums(load_causal_lm("builtin:tiny-llama", tokenizer=tok, seed=42), tok, data)
+    torch.testing.assert_close(torch.tensor(bare_pairs["ref_chosen"], dtype=torch.float64), rc, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.tensor(bare_pairs["ref_rejected"], dtype=torch.float64), rr, atol=1e-4,
+                               rtol=0)
+    zero_c, _ = independent_sums(load_causal_lm("builtin:tiny-llama", tokenizer=tok, seed=0), tok, data)
+    seeded = torch.tensor(results["bare seed 0"]["per_pair"]["ref_chosen"], dtype=torch.float64)
+    torch.testing.assert_close(seeded, zero_c, atol=1e-4, rtol=0)
+    assert (seeded - rc).abs().max() > 1e-2  # seed 0's reference is another model: the test tells them apart

@@ -33,7 +33,9 @@ def no_eval_set_for_plateau(where: str) -> ConfigError:
 
 def note_eval_steps_without_eval_set(cfg) -> None:
     """eval_steps > 0 asks for evaluations; without eval_dataset_name or eval_fraction none runs, which was silent:
-    a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). Called where a run
+    a note says so (a config that turns its eval set off with eval_fraction=0 keeps running). So does eval_split
+    alone (eval_split_unused): a diffusion run given `dataset_name=DIR eval_split=test` trained with "0 eval
+    examples" and no word, as a text or vlm run without eval_steps did; every task calls this one note. Called where a run
     reads its data from cfg. save_strategy best without an eval set would save nothing, reduce_lr_on_plateau would
     never step: a ConfigError."""
     if cfg.eval_dataset_name or cfg.eval_fraction > 0:
@@ -49,20 +51,35 @@ def note_eval_steps_without_eval_set(cfg) -> None:
                           "load_best_model_at_end.")
     if not is_main_process():
         return
+    named = eval_split_unused(cfg)
     if getattr(cfg, "eval_steps", 0):
-        split = getattr(cfg, "eval_split", None)
-        named = (f" eval_split={split!r} names a split of eval_dataset_name, not of dataset_name: to evaluate on "
-                 f"{cfg.dataset_name}'s {split!r} split, set eval_dataset_name: {cfg.dataset_name}."
-                 if split and isinstance(cfg.dataset_name, str) else "")
         print(f"preflab: note: eval_steps={cfg.eval_steps}, but there is no eval set (no eval_dataset_name, "
               "eval_fraction 0), so no evaluation runs; set one of them for eval_* metrics, or eval_steps: 0." + named)
     elif getattr(cfg, "eval_delay", 0):
         print(f"preflab: note: eval_delay={cfg.eval_delay:g}, but there is no eval set (no eval_dataset_name, "
               "eval_fraction 0), so no evaluation runs to delay; set one of them for eval_* metrics, or remove "
-              "eval_delay.")
+              "eval_delay." + named)
     elif getattr(cfg, "generate_during_eval", False):
         print("preflab: note: generate_during_eval: there is no eval set (no eval_dataset_name, eval_fraction 0), so "
-              "no evaluation runs and no eval_samples.jsonl is written.")
+              "no evaluation runs and no eval_samples.jsonl is written." + named)
+    elif named:  # eval_split alone asks for an evaluation as much as eval_steps does (every task: text, vlm, diffusion)
+        print("preflab: note: there is no eval set (no eval_dataset_name, eval_fraction 0), so no evaluation "
+              "runs." + named)
+
+
+def eval_split_unused(cfg) -> str:
+    """The sentence (with a leading space) saying that eval_split names a split of eval_dataset_name, not of
+    dataset_name, and how to evaluate on dataset_name's split; "" without eval_split. For a run with no eval set
+    (note_eval_steps_without_eval_set), where eval_split is read by nothing: TRL's scripts evaluate on
+    dataset_test_split only with eval_strategy steps / epoch (preflab.config_trl takes that form as eval_dataset_name
+    = dataset_name)."""
+    split = getattr(cfg, "eval_split", None)
+    if not split:
+        return ""
+    if not isinstance(cfg.dataset_name, str):
+        return f" eval_split={split!r} names a split of eval_dataset_name, which is not set, so it is unused."
+    return (f" eval_split={split!r} names a split of eval_dataset_name, not of dataset_name: to evaluate on "
+            f"{cfg.dataset_name}'s {split!r} split, set eval_dataset_name: {cfg.dataset_name}.")
 
 
 def train_and_eval(cfg, items: Sequence[T], read_eval: Callable[[str, str], tuple[list[T], Any]],

@@ -265,11 +265,12 @@ def held_out_run_overrides(data, split: str, output_dir, batch_size: int) -> lis
     """The preflab overrides that turn a saved run's config into the config of an evaluation of it (`preflab eval
     --task vlm` and `--task diffusion`, which evaluate through the run's own trainer): the training data is `data`'s
     split `split` (open_eval_split's; the run is given its reader, which reads --data-config's configuration, so
-    dataset_name is only its name) with no eval set of its own and none held out of it, output_dir a throwaway
+    dataset_name is only its name) with no eval set of its own and none held out of it (nor its eval_split, which
+    would name a split of no eval set: data.eval_set.eval_split_unused), output_dir a throwaway
     folder, one step that is never taken (no resume, no trackers), and a training batch plan of one example that a
     small held-out set cannot fail."""
     return [f"dataset_name={data_name(data)}", "dataset_config=null", f"dataset_split={split}",
-            "eval_dataset_name=null", "eval_dataset_config=null", "eval_fraction=0",
+            "eval_dataset_name=null", "eval_dataset_config=null", "eval_fraction=0", "eval_split=null",
             f"output_dir={output_dir}", "max_steps=1", "resume_from_checkpoint=null",
             f"per_device_eval_batch_size={batch_size}", "report_to=none",
             "per_device_train_batch_size=1", "gradient_accumulation_steps=1"]

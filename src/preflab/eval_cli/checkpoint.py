@@ -19,10 +19,10 @@ from preflab.eval.run import (EvalOptions, data_fields, eval_beta, eval_json_pat
 
 
 def load_policy(name: str, tokenizer=None, allow_pickle: bool = False, trust_remote_code: bool = False,
-                seed: int = 0):
+                seed: int | None = None):
     """preflab.eval.loading.load_for_eval with builtin:demo-sft built by the demo (preflab.demo.sft_model): a run
     directory, a checkpoint (of a run from builtin:demo-sft too) or a builtin name -> (model in eval mode,
-    tokenizer)."""
+    tokenizer). seed: a builtin model's (preflab.eval.loading.builtin_seed; None: TrainConfig's default)."""
     from preflab.demo.sft_model import demo_sft
     from preflab.eval.loading import load_for_eval
 
@@ -63,23 +63,29 @@ def demo_training_prompts(cfg: dict):
 
 def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
                         options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
-                        trust_remote_code: bool = False, reference_source: str | None = None) -> dict:
+                        trust_remote_code: bool = False, reference_source: str | None = None,
+                        seed: int | None = None) -> dict:
     """Load `checkpoint` (and `reference`), evaluate on `data` (with --data-config: a ConfiguredSource,
     preflab.eval.run.eval_data), write eval.json (into the checkpoint directory, or
     to `out`: a .json path or a directory). Returns the eval.json dict with its "path". reference_source: where
-    the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)")."""
+    the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)"). seed: the seed
+    of the builtin models built here (a builtin reference, a builtin policy or base): `preflab eval --seed`; None:
+    the run's saved seed, else TrainConfig's default, the seed `preflab train` built them with
+    (preflab.eval.loading.builtin_seed)."""
     from preflab import __version__
+    from preflab.eval.loading import builtin_seed
     from preflab.models.run_config import run_config
 
     opts = options or EvalOptions()
     cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
     beta, run_notes = eval_beta(opts.beta, cfg)
+    seed = builtin_seed(cfg, seed)
     policy, tokenizer = load_policy(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                    seed=int(cfg.get("seed", 0) or 0))
+                                    seed=seed)
     ref = None
     if reference:
         ref, _ = load_policy(reference, tokenizer=tokenizer, allow_pickle=allow_pickle,
-                             trust_remote_code=trust_remote_code, seed=int(cfg.get("seed", 0) or 0))
+                             trust_remote_code=trust_remote_code, seed=seed)
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = policy.to(device)
     ref = ref.to(device) if ref is not None else None

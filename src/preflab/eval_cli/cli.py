@@ -87,6 +87,9 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, help="generation length for the win rate (default: the run's "
                                                         "max_completion_length, else 64)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the win-rate interval")
+    p.add_argument("--seed", type=int, help="seed of the builtin models the eval builds (a --reference builtin:tiny-*, "
+                                            "a builtin policy or base); default: the run's saved seed, else "
+                                            "`preflab train`'s default seed (42), as training built them")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     p.add_argument("--no-per-pair", action="store_true", help="leave per-pair log-probs out of eval.json")
     p.add_argument("--token-rewards", type=int, default=0, metavar="N",
@@ -200,7 +203,7 @@ def run(args) -> int:
     result = evaluate_checkpoint(args.checkpoint, data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                                 reference_source=source)
+                                 reference_source=source, seed=args.seed)
     print(format_summary(result))
     return 0
 

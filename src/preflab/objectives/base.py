@@ -650,6 +650,7 @@ def _checked_user_class(cls, spec: str) -> type[Objective]:
     if not dataclasses.is_dataclass(cls):
         raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__} is not a dataclass; decorate it with "
                           "@dataclass(frozen=True) (its fields are its parameters).")
+    refuse_unfrozen(cls, spec)
     try:  # the loops call compute(batch): another signature would fail at the first step, after the models loaded
         inspect.signature(cls.compute).bind(None, None)
     except TypeError:
@@ -658,6 +659,27 @@ def _checked_user_class(cls, spec: str) -> type[Objective]:
                           "def compute(self, batch) -> ObjectiveOutput (its parameters are dataclass fields, "
                           "its inputs batch.extra(name) with the name in required_extras).") from None
     return cls
+
+
+def refuse_unfrozen(cls: type, spec: str) -> None:
+    """ConfigError for a user's objective that is a plain @dataclass (not frozen=True) and no nn.Module.
+
+    What relies on frozen-ness: an objective's state outside its parameters is saved nowhere. The run builds the
+    objective from its config (loss_type, objective_params) in each process, again where the data is checked
+    (cfg.objective()), and again on resume, whose identity check compares the config and the objective's source file
+    (preflab.resume_check), not the instance; one instance then serves every micro-batch, step and evaluation. A value
+    compute() wrote onto the objective (a running mean, an annealed beta) would so couple micro-batches, differ
+    between processes, reach evaluation, and be lost at a resume, all without a word; frozen=True turns such a write
+    into a FrozenInstanceError at the first step. An nn.Module objective (SparsePO) cannot be frozen and needs not:
+    its trained state is its state_dict, saved in every checkpoint and restored on resume."""
+    if cls.__dataclass_params__.frozen or issubclass(cls, torch.nn.Module):
+        return
+    raise ConfigError(f"objective (loss_type): {spec!r}: {cls.__name__}{_defined_in(cls)} is a @dataclass without "
+                      "frozen=True; write @dataclass(frozen=True) above it. An objective's fields are its parameters, "
+                      "rebuilt from the config in every process and on resume, and nothing compute() writes onto the "
+                      "objective is saved, so such a value would differ between processes and be lost at a resume; "
+                      "frozen=True makes that write an error. Trained state belongs in an nn.Module objective's "
+                      "parameters (docs/extending.md).")
 
 
 def check_unset_params(cls: type, params: dict) -> None:
