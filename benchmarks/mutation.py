@@ -7617,6 +7617,32 @@ MUTANTS += [
            "an nn.Module objective (SparsePO's kind, its state_dict saved) is refused for not being frozen"),
 ]
 
+# mutation-rcm round: recipe-move (user trial 19): a recipe run folder moved mid-stage resumes (its stages' paths
+# inside the run folder recorded relative to it, compared against the run folder of the resume; paths outside as
+# before); a recipe run's config.yaml lists the options the recipe reads and those the user set
+RCM_TESTS = ["tests/tools/test_recipe_move.py"]
+MUTANTS += [
+    Mutant("rcm-run-paths-unrecorded", "launch_paths.py",
+           [('record["run_paths"] = run_paths_record(options, cwd, record["run_dir"])', 'record["run_paths"] = {}')],
+           RCM_TESTS, "a stage records no paths inside its recipe's run folder: a moved run's resume is refused again"),
+    Mutant("rcm-moved-path-not-compared", "resume_check.py",
+           [("        if same_run_path(key, before, after, launch, run_dir):", "        if False:")],
+           RCM_TESTS, "the resume ignores the recorded run paths: dataset_name RUN/... -> RUN2/... refused"),
+    Mutant("rcm-outside-path-follows", "launch_paths.py",
+           [("    if os.path.commonpath([path, folder]) != folder or path == folder:", "    if path == folder:")],
+           RCM_TESTS, "a path outside the run folder is recorded relative to it (../shared/y.jsonl) as if it moved"),
+    Mutant("rcm-stage-forgets-run-dir", "recipe_options.py",
+           [("    setattr(cfg, RECIPE_RUN_DIR, os.path.abspath(run_dir))\n", "")],
+           RCM_TESTS, "a recipe stage's config carries no run folder: nothing recorded, the moved run refused"),
+    Mutant("rcm-recipe-config-every-option", "recipes.py",
+           [("save_run_config(cfg, cfg.output_dir, options=options, comment=comment)",
+             "save_run_config(cfg, cfg.output_dir)")],
+           RCM_TESTS, "a recipe's config.yaml lists every option at its default (learning_rate: 1.0e-06, ...)"),
+    Mutant("rcm-recipe-config-drops-set-option", "recipe_stages.py",
+           [("    read = set(_RECIPE_READS) | set(_changed(cfg))", "    read = set(_RECIPE_READS)")],
+           RCM_TESTS, "the stage option the user set (attention: dense) is missing from the recipe's config.yaml"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -100,7 +100,7 @@ def test_a_recipe_stage_counts_only_the_users_options_as_written():
     from preflab.recipe_options import stage_config
 
     stage = {"task": "dpo", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "resolution": 512}
-    cfg = stage_config("raft_ladder", stage, {"attention": "auto"})
+    cfg = stage_config("raft_ladder", stage, {"attention": "auto"}, run_dir=".")
     # and save_steps / num_train_epochs: a stage's checkpoints and length are the recipe's design (no TRL default
     # notes: trl_save_default_note, trl_epochs_default_note)
     assert cfg.written_options == {"attention", "save_steps", "num_train_epochs"}

@@ -36,6 +36,13 @@ compares paths with it):
   a nested option: the same rule for each of its local path parts;
 - everything else is unchanged: absolute paths, builtin and hub names, and a run without launch.json (written by an
   older preflab: its relative paths are read relative to the current directory, as before).
+
+A recipe's stage (preflab.recipe_options.stage_config: its config carries RECIPE_RUN_DIR, the recipe's output_dir)
+also records "run_dir" (that folder, absolute) and "run_paths": each PATH_OPTIONS value naming an existing file or
+folder inside it, relative to it ({"dataset_name": {"value": "/runs/A/data/episodes.jsonl", "path":
+"data/episodes.jsonl"}}). The recipe writes its stages' data into its run folder and names it by the folder's path,
+so after `mv A B` the resumed stage names B/data/episodes.jsonl: same_run_path takes that for the saved value (the
+same place in the run folder of the resume), where before the resume was refused as a changed dataset_name.
 """
 from __future__ import annotations
 
@@ -45,6 +52,10 @@ import sys
 from pathlib import Path
 
 LAUNCH_FILE = "launch.json"
+# a recipe stage config's attribute (not an option; set by preflab.recipe_options.stage_config): the recipe's run folder
+# (its output_dir). The stage's launch record holds the stage's paths inside that folder relative to it ("run_paths"),
+# and its resume compares them against the run folder of the resume (same_run_path), so a moved run folder resumes
+RECIPE_RUN_DIR = "recipe_run_dir"
 # the options naming a file or folder a run reads (output_dir and resume_from_checkpoint say where it writes and
 # which checkpoint it started from: not read back from a saved config)
 PATH_OPTIONS = ("model_name_or_path", "ref_model_name_or_path", "processor_name_or_path", "dataset_name",
@@ -70,10 +81,11 @@ def _relative(value) -> bool:
         and not value.startswith("builtin:")
 
 
-def launch_record(options: dict, cwd: str | None = None) -> dict:
+def launch_record(options: dict, cwd: str | None = None, run_dir: str | None = None) -> dict:
     """{"launch_dir": cwd, "local_paths": {option: {"value", "path"}}} for the run of `options` started in `cwd`
     (default: the current directory): each PATH_OPTIONS value that is a relative path to an existing file or folder
-    there, with its absolute path."""
+    there, with its absolute path. run_dir (a recipe stage's: the recipe's run folder, RECIPE_RUN_DIR): also
+    "run_dir" and "run_paths" (run_paths_record)."""
     cwd = os.path.abspath(cwd or os.getcwd())
     local = {}
     for name in PATH_OPTIONS:
@@ -85,7 +97,49 @@ def launch_record(options: dict, cwd: str | None = None) -> dict:
         absolute = absolutized(name, value, cwd)
         if absolute != value:
             local[name] = {"value": value, "path": absolute}
-    return {"launch_dir": cwd, "local_paths": local}
+    record = {"launch_dir": cwd, "local_paths": local}
+    if run_dir is not None:
+        record["run_dir"] = os.path.abspath(run_dir)
+        record["run_paths"] = run_paths_record(options, cwd, record["run_dir"])
+    return record
+
+
+def run_paths_record(options: dict, cwd: str, run_dir: str) -> dict:
+    """{option: {"value": as written, "path": relative to run_dir}} of each PATH_OPTIONS value naming an existing file
+    or folder inside `run_dir` (absolute, or relative to `cwd`): a recipe stage's data files, which the recipe writes
+    into its own run folder and names by their absolute path. A path outside run_dir is not recorded (as before: a
+    resume compares it as written)."""
+    paths = {}
+    for name in PATH_OPTIONS:
+        value = options.get(name)
+        if not isinstance(value, str) or not value or value.startswith("builtin:"):
+            continue
+        full = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+        inside = _inside(full, run_dir)
+        if inside is not None and os.path.exists(full):
+            paths[name] = {"value": value, "path": inside}
+    return paths
+
+
+def _inside(path: str, folder: str) -> str | None:
+    """`path` (absolute, normalised) relative to `folder` when it lies inside it, else None."""
+    folder = os.path.normpath(folder)
+    if os.path.commonpath([path, folder]) != folder or path == folder:
+        return None
+    return os.path.relpath(path, folder)
+
+
+def same_run_path(name: str, saved, current, record: dict | None, run_dir: str | None) -> bool:
+    """Whether option `name`'s saved value, recorded inside the run folder of its recipe (record's "run_paths",
+    relative to its "run_dir"), and the current value name the same place inside `run_dir`, the recipe's run folder
+    now: a recipe run moved (`mv RUN RUN2`) names its stage's data file RUN2/data/x.jsonl where the checkpoint saved
+    RUN/data/x.jsonl. The file's rows are still checked by the resume's data fingerprint (check_resume_data)."""
+    entries = (record or {}).get("run_paths")
+    entry = entries.get(name) if isinstance(entries, dict) else None
+    if run_dir is None or not isinstance(entry, dict) or entry.get("value") != saved or not isinstance(current, str):
+        return False
+    here = os.path.normpath(os.path.abspath(os.path.expanduser(current)))
+    return _inside(here, os.path.abspath(run_dir)) == entry.get("path")
 
 
 def _path_forms(text: str) -> list[tuple[str, str, str]]:
@@ -141,16 +195,20 @@ def config_header(record: dict) -> str:
             "their absolute paths)\n")
 
 
-def save_run_config(cfg, folder: str | Path, record: dict | None = None) -> dict:
+def save_run_config(cfg, folder: str | Path, record: dict | None = None, options: dict | None = None,
+                    comment: str = "") -> dict:
     """Write folder/config.yaml (cfg.to_dict(), the user's values, under config_header) and folder/launch.json
-    (`record`, default launch_record of cfg in the current directory); returns the record."""
+    (`record`, default launch_record of cfg in the current directory); returns the record. options: the options to
+    write instead of all of cfg's (a recipe run's: those it reads, preflab.recipe_stages.recipe_config_options), with
+    `comment` (a line saying why) under the header."""
     import yaml
 
     folder = Path(folder)
-    options = cfg.to_dict()
+    given = options is not None
+    options = cfg.to_dict() if options is None else options
     record = launch_record(options) if record is None else record
-    text = cfg.yaml_text() if hasattr(cfg, "yaml_text") else yaml.safe_dump(options, sort_keys=False)
-    (folder / "config.yaml").write_text(config_header(record) + text)
+    text = cfg.yaml_text() if hasattr(cfg, "yaml_text") and not given else yaml.safe_dump(options, sort_keys=False)
+    (folder / "config.yaml").write_text(config_header(record) + (f"# {comment}\n" if comment else "") + text)
     (folder / LAUNCH_FILE).write_text(json.dumps(record, indent=1) + "\n")
     return record
 

@@ -84,6 +84,21 @@ def accepted_options(task: str) -> tuple[str, ...]:
     return tuple(o for o in STAGE_OPTIONS if kinds and all(o in STAGE_READS[k] for k in kinds))
 
 
+def recipe_config_options(cfg) -> tuple[dict, str]:
+    """(options, comment) of a recipe run's config.yaml (preflab.recipes.run_recipe): the top-level options recipe
+    `cfg.task` reads itself (_RECIPE_READS: task, recipe_params, output_dir, seed, ...) and those the user wrote or set
+    away from their default (the STAGE_OPTIONS that reach its stages, stage_options; every other one is refused
+    before the run, recipe_option_errors; use_cpu: true is met), in cfg's order, and the comment line saying the rest
+    are left out. Before, every option was written at its default (`learning_rate: 1.0e-06`, `dataset_name: ''`),
+    which the recipe never reads: its stages set their own (a stage option left unset is the recipe's value, not the
+    top-level default), and each stage folder's config.yaml holds what that stage ran with."""
+    read = set(_RECIPE_READS) | set(_changed(cfg))
+    options = {k: v for k, v in cfg.to_dict().items() if k in read}
+    comment = (f"task {cfg.task} is a recipe: listed are the options it reads itself and those set for its stages; "
+               "no other top-level option reaches it (each stage folder's config.yaml holds what that stage ran with)")
+    return options, comment
+
+
 def _changed(cfg) -> list[str]:
     return set_options(cfg, [f.name for f in dataclasses.fields(cfg)])
 

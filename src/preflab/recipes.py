@@ -153,9 +153,12 @@ def run_recipe(cfg) -> dict:
         raise
     from pathlib import Path
 
-    # the resolved config beside summary.json, as every run (`preflab report`), written once
+    # the resolved config beside summary.json, as every run (`preflab report`), written once: the options the recipe
+    # reads (recipe_config_options), not every option at a default it never reads
     if is_main_process() and Path(cfg.output_dir).is_dir():
         from preflab.launch_paths import save_run_config  # with launch.json: its relative paths' absolute ones
+        from preflab.recipe_stages import recipe_config_options
 
-        save_run_config(cfg, cfg.output_dir)
+        options, comment = recipe_config_options(cfg)
+        save_run_config(cfg, cfg.output_dir, options=options, comment=comment)
     return summary

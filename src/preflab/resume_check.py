@@ -49,14 +49,16 @@ def _same_meaning(key: str, before, after) -> bool:
 
 
 def compare_configs(saved: dict, current: dict, defaults: dict | None = None,
-                    launch: dict | None = None) -> tuple[dict, dict]:
+                    launch: dict | None = None, run_dir: str | None = None) -> tuple[dict, dict]:
     """defaults: the current option defaults; a key the saved config lacks (an option added since) that is at its
     default is no change. Values are compared with a leading "~" expanded on both sides (home_expanded): a config.yaml
     saved before preflab expanded it holds "~/data.jsonl" where the current config holds "/home/me/data.jsonl".
     launch: the run's launch record (preflab.launch_paths; the checkpoint's "launch"): a path option whose saved
     value, relative to where the run was started, and current value, relative to this directory, name the same
-    existing file or folder is no change (a resume from another directory names the run's files another way)."""
-    from preflab.launch_paths import same_path
+    existing file or folder is no change (a resume from another directory names the run's files another way).
+    run_dir: a recipe stage's run folder now (preflab.launch_paths.RECIPE_RUN_DIR): a path the launch record holds
+    relative to the run folder it had then, at the same place in run_dir now, is no change (a moved recipe run)."""
+    from preflab.launch_paths import same_path, same_run_path
 
     harmless, meaning = {}, {}
     for key in sorted(set(saved) | set(current)):
@@ -67,6 +69,8 @@ def compare_configs(saved: dict, current: dict, defaults: dict | None = None,
                                and defaults[key] == after):
             continue
         if same_path(key, before, after, launch):  # the run's file, named from another directory
+            continue
+        if same_run_path(key, before, after, launch, run_dir):  # the recipe's own file, its run folder moved
             continue
         (harmless if key in HARMLESS or _same_meaning(key, before, after) else meaning)[key] = (before, after)
     return harmless, meaning
@@ -113,7 +117,9 @@ def check_resume_config(saved: dict | None, cfg, checkpoint, note=print, launch:
         note(f"preflab: note: {checkpoint} holds no saved config (an older preflab); config changes cannot be "
              "checked.")
         return
-    harmless, meaning = compare_configs(saved, current, defaults, launch)
+    from preflab.launch_paths import RECIPE_RUN_DIR
+
+    harmless, meaning = compare_configs(saved, current, defaults, launch, getattr(cfg, RECIPE_RUN_DIR, None))
     if meaning:
         refuse_unless_allowed(
             cfg, f"resume_from_checkpoint: the config differs from the one {checkpoint} was trained with in key(s) "

@@ -71,5 +71,5 @@ def test_a_recipe_stage_never_gets_the_note():
     from preflab.recipe_options import stage_config
 
     cfg = stage_config("fspo", {"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
-                                "dataset_name": "x.jsonl"}, {"logging_steps": 5})
+                                "dataset_name": "x.jsonl"}, {"logging_steps": 5}, run_dir=".")
     assert cfg.max_steps == -1 and trl_epochs_default_note(cfg, 100) is None

@@ -65,7 +65,7 @@ def test_a_recipe_stage_never_gets_the_note():
     from preflab.recipe_options import stage_config
 
     cfg = stage_config("fspo", {"task": "dpo", "model_name_or_path": "builtin:tiny-llama",
-                                "dataset_name": "x.jsonl"}, {"logging_steps": 5})
+                                "dataset_name": "x.jsonl"}, {"logging_steps": 5}, run_dir=".")
     assert cfg.save_steps == 0 and trl_save_default_note(cfg, 5000) is None
 
 

@@ -4,9 +4,12 @@ writer (preflab.tool_use.otc._summary) makes it from its stages' evaluations. Th
 metric, before and after (and OTC's untrained / control numbers to compare with), not a training curve's."""
 import json
 import re
+from pathlib import Path
 
 import pytest
+import yaml
 
+from preflab.launch_paths import PATH_OPTIONS
 from preflab.report.headline import headline_rows
 from preflab.report.html import write_report
 from preflab.report.runs import load_run
@@ -94,6 +97,19 @@ def test_report_of_a_real_recipe_run_heads_with_its_metric_and_lists_its_stages(
     summary = json.loads((out / "summary.json").read_text())
     run = load_run(out)
     assert run.config["task"] == task
+    # the recipe's config.yaml holds no option the recipe does not read (recipe-move); each training stage records
+    # the recipe's run folder, and its path options inside that folder relative to it (a moved run resumes)
+    assert not {"learning_rate", "dataset_name", "model_name_or_path"} & set(run.config), sorted(run.config)
+    stages, recorded = [f.parent for f in out.rglob("launch.json") if f.parent != out], []
+    assert stages or task == "icpl"
+    for stage in stages:
+        launch = json.loads((stage / "launch.json").read_text())
+        saved = yaml.safe_load((stage / "config.yaml").read_text())
+        inside = {k: str(Path(saved[k]).relative_to(out)) for k in PATH_OPTIONS
+                  if isinstance(saved.get(k), str) and saved[k].startswith(f"{out}/")}
+        assert launch["run_dir"] == str(out) and {k: e["path"] for k, e in launch["run_paths"].items()} == inside
+        recorded += inside.values()
+    assert recorded or task in ("icpl", "themis")  # themis trains on rows in memory; the others on their data files
     if summary["metric_before"] is None or summary["metric_after"] is None:   # OTC: no held-out tool call
         assert not [r for r in headline_rows(run) if r["metric"].startswith("metric")]
         assert any(f"({summary['metric_name']}), not numbers, so the headline has no row" in m for m in run.missing)

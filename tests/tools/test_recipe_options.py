@@ -84,9 +84,9 @@ def test_recipe_stage_table_covers_every_recipe_and_stage_kind():
 
 def test_stage_config_refuses_a_stage_kind_its_recipe_does_not_list():
     with pytest.raises(ConfigError, match="internal: task raft_ladder built a stage of task online"):
-        stage_config("raft_ladder", {"task": "online"}, {})
+        stage_config("raft_ladder", {"task": "online"}, {}, run_dir=".")
     cfg = stage_config("otc", {"task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
-                               "learning_rate": 3e-3}, {"attention": "dense"})
+                               "learning_rate": 3e-3}, {"attention": "dense"}, run_dir=".")
     assert (cfg.attention, cfg.learning_rate) == ("dense", 3e-3)
 
 

@@ -66,11 +66,11 @@ def test_themis_resumed_after_stage_1_equals_the_uninterrupted_run(tmp_path, mon
     original = themis_toy.train_themis
     calls = []
 
-    def train_until_stage_2(rows, tokenizer, with_trace, output_dir, *args):
+    def train_until_stage_2(rows, tokenizer, with_trace, output_dir, *args, **kwargs):
         calls.append(with_trace)
         if not with_trace:
             raise Interrupted("stage 2 starts")
-        return original(rows, tokenizer, with_trace, output_dir, *args)
+        return original(rows, tokenizer, with_trace, output_dir, *args, **kwargs)
 
     monkeypatch.setattr(themis_toy, "train_themis", train_until_stage_2)
     with pytest.raises(Interrupted):
@@ -80,7 +80,7 @@ def test_themis_resumed_after_stage_1_equals_the_uninterrupted_run(tmp_path, mon
         themis_toy.run_themis_arithmetic(str(out), **THEMIS)
     with pytest.raises(ConfigError, match="steps"):
         themis_toy.run_themis_arithmetic(str(out), **{**THEMIS, "steps": 4}, resume=True)
-    monkeypatch.setattr(themis_toy, "train_themis", lambda *a: calls.append(a[2]) or original(*a))
+    monkeypatch.setattr(themis_toy, "train_themis", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
     resumed = themis_toy.run_themis_arithmetic(str(out), **THEMIS, resume=True)
     assert calls == [True, False, False]  # the finished stage was loaded, not trained again
     assert _metrics(resumed) == _metrics(full)

@@ -135,7 +135,7 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
         Trainer(stage_config("raft_ladder", {**SFT, **scaled, **common,
                                              **({"max_steps": sft_steps} if sft_steps else {}),
                                              "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)},
-                             stage_options),
+                             stage_options, run_dir=out),
                 policy=model, ref=None, tokenizer=tokenizer).train()
         acc, valid, examples = accuracy()
         return {"untrained_accuracy": base_acc, "accuracy": acc, "valid": valid, "examples": examples[:6]}
@@ -143,7 +143,7 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
     def run_dpo(folder: Path) -> dict:
         Trainer(stage_config("raft_ladder", {**DPO, **common, **({"max_steps": dpo_steps} if dpo_steps else {}),
                                              "dataset_name": str(data / "dpo.jsonl"), "output_dir": str(folder)},
-                             stage_options),
+                             stage_options, run_dir=out),
                 policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
         acc, valid, examples = accuracy()
         return {"accuracy": acc, "valid": valid, "examples": examples[:6]}
@@ -154,7 +154,7 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
         Trainer(stage_config("raft_ladder", {**SFT, **schedule, **common,
                                              **({"max_steps": dpo_steps} if dpo_steps else {}),
                                              "dataset_name": str(data / "sft.jsonl"), "output_dir": str(folder)},
-                             stage_options),
+                             stage_options, run_dir=out),
                 policy=model, ref=None, tokenizer=tokenizer).train()
         acc, valid, examples = accuracy()
         return {"accuracy": acc, "valid": valid, "examples": examples[:6]}

@@ -206,7 +206,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
             **common, "task": "sft", "model_name_or_path": "builtin:tiny-llama", "dataset_name": str(data),
             "max_length": 64, "learning_rate": 3e-3, "per_device_train_batch_size": sft_per_process,
             "max_steps": sft_steps, "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(folder),
-            "resume_from_checkpoint": again}, stage_options)
+            "resume_from_checkpoint": again}, stage_options, run_dir=out)
         SFTTrainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
         return evaluate(model)
 
@@ -230,7 +230,7 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
                 "learning_rate": learning_rate, "warmup_steps": 0, "beta": 0.0, "lr_scheduler_type": "constant",
                 "max_completion_length": max_completion_length, "output_dir": str(folder),
                 "resume_from_checkpoint": again,
-                **({} if callable(weights) else {"reward_weights": list(weights)})}, stage_options)
+                **({} if callable(weights) else {"reward_weights": list(weights)})}, stage_options, run_dir=out)
             OnlineRun(cfg, policy=model, tokenizer=tokenizer, task=task).train()
             return evaluate(model)
 

@@ -308,7 +308,7 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                         "seed": seed, "logging_steps": 10, "save_steps": save_steps,
                                         "disable_tqdm": quiet, "use_cpu": True, "objective_params": objective_params,
                                         "resume_from_checkpoint": again, "allow_config_change": allow_config_change},
-                               stage_options)
+                               stage_options, run_dir=out)
             Trainer(cfg, policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             return main_result(lambda: preference_accuracy(model, tokenizer, eval_rows))
 

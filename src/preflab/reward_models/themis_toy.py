@@ -118,14 +118,16 @@ def load_themis(tokenizer, folder: Path, seed: int = 0) -> ThemisModel:
 
 
 def train_themis(rows, tokenizer, with_trace: bool, output_dir: Path, steps: int, seed: int = 0,
-                 quiet: bool = True, stage_options: dict | None = None) -> ThemisModel:
-    """stage_options: the run's top-level options that reach the recipe's stages (preflab.recipe_options)."""
+                 quiet: bool = True, stage_options: dict | None = None, *, run_dir: Path) -> ThemisModel:
+    """stage_options: the run's top-level options that reach the recipe's stages (preflab.recipe_options); run_dir:
+    the recipe's output_dir (preflab.recipe_options.stage_config)."""
     model = new_themis_model(tokenizer, seed)
     cfg = stage_config("themis", dict(task="reward", model_name_or_path="builtin:tiny-llama",
                                       dataset_name="(in memory)", learning_rate=2e-3,
                                       per_device_train_batch_size=per_process_batch(16, "themis"), max_steps=steps,
                                       warmup_steps=10, lr_scheduler_type="cosine", logging_steps=20, seed=seed,
-                                      disable_tqdm=quiet, use_cpu=True, output_dir=str(output_dir)), stage_options)
+                                      disable_tqdm=quiet, use_cpu=True, output_dir=str(output_dir)), stage_options,
+                       run_dir=run_dir)
     run = RewardRun(cfg, model, tokenizer, list(enumerate(rows)), make_collate(tokenizer, with_trace),
                     themis_loss_fn, reward_info={"head": "themis", "with_trace": with_trace})
     run.train()
@@ -176,7 +178,8 @@ def run_themis_arithmetic(output_dir: str, steps: int = 400, n_train: int = 800,
 
     def stage(name: str, with_trace: bool) -> ThemisModel:
         def run(folder: Path) -> dict:
-            models[name] = train_themis(train, tokenizer, with_trace, folder, steps, seed, quiet, stage_options)
+            models[name] = train_themis(train, tokenizer, with_trace, folder, steps, seed, quiet, stage_options,
+                                        run_dir=output_dir)
             return {"with_trace": with_trace, "steps": steps}
 
         def load(folder: Path) -> None:

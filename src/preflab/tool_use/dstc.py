@@ -259,7 +259,8 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     def run_sft(folder: Path, steps: int, learning_rate: float, warmup_steps: int) -> dict:
         SFTTrainer(stage_config("dstc", {**common, "task": "sft", "learning_rate": learning_rate, "max_steps": steps,
                                          "warmup_steps": warmup_steps, "lr_scheduler_type": "cosine",
-                                         "dataset_name": str(sft_file), "output_dir": str(folder)}, stage_options),
+                                         "dataset_name": str(sft_file), "output_dir": str(folder)}, stage_options,
+                                run_dir=out),
                    policy=model, tokenizer=tokenizer).train()
         rate, examples = heldout(model)
         return {"heldout_pass_rate": rate, "by_first_step": subtract_first_split(test_tasks, examples),
@@ -318,7 +319,7 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
                                           "lr_scheduler_type": "cosine", "dataset_name": str(train_file),
                                           "per_device_train_batch_size": dpo_batch_per_process(
                                               n_rows, batch_size, processes, it),
-                                          "output_dir": str(folder / "dpo")}, stage_options),
+                                          "output_dir": str(folder / "dpo")}, stage_options, run_dir=out),
                     policy=model, ref=frozen_copy(model), tokenizer=tokenizer).train()
             record["dpo_steps"] = dpo_steps
             main_writes(lambda: _copy_final_weights(folder / "dpo", folder))

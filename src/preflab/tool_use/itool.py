@@ -307,7 +307,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
                                           "per_device_train_batch_size": batch_per_process(
                                               min(SFT["per_device_train_batch_size"], len(rows)), processes, stage),
                                           "dataset_name": str(out / "data" / f"{stage}.jsonl"),
-                                          "output_dir": str(out / stage)}, stage_options),
+                                          "output_dir": str(out / stage)}, stage_options, run_dir=out),
                    policy=model, tokenizer=tokenizer).train()
         metrics, _ = evaluate(model)
         say(f"itool: after {stage}: call accuracy {metrics['call_accuracy']:.3f}")
@@ -363,7 +363,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
                 **common, **simpo_options(simpo_beta, simpo_gamma, simpo_learning_rate,
                                           batch_per_process(batch, processes, stage), simpo_epochs),
                 "dataset_name": str(out / stage / "pairs.jsonl"), "output_dir": str(out / stage / "simpo")},
-                stage_options),
+                stage_options, run_dir=out),
                 policy=model, ref=None, tokenizer=tokenizer, train_data=_pairs_data(pairs, prompt_ids)).train()
             record.update(simpo_steps=summary["global_step"], simpo_batch_size=batch,
                           simpo_final={k: v for k, v in summary["final_metrics"].items() if k != "tokens_per_second"}, simpo_seconds=round(summary["runtime_s"], 1))
@@ -395,7 +395,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
                         min(it["simpo_batch_size"], len(rows)), processes, stage),
                     "max_steps": it["simpo_steps"], "lr_scheduler_type": "cosine", "warmup_ratio": 0.1,
                     "dataset_name": str(out / "data" / f"{stage}.jsonl"), "output_dir": str(out / stage)},
-                    stage_options),
+                    stage_options, run_dir=out),
                     policy=model, tokenizer=tokenizer).train()
                 new_weights = stage
             metrics, _ = evaluate(model)

@@ -142,7 +142,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
                                    "per_device_train_batch_size": sft_per_process, "max_steps": sft_steps,
                                    "warmup_steps": 10, "lr_scheduler_type": "cosine", "output_dir": str(out / "sft"),
                                    "resume_from_checkpoint": again, "save_steps": max(save_steps, sft_steps // 4)},
-                           stage_options)
+                           stage_options, run_dir=out)
         SFTTrainer(cfg, policy=model, ref=None, tokenizer=tokenizer).train()
         if stage_done("sft", evaluate(model), time.perf_counter() - t0):
             return state
@@ -160,7 +160,7 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
                                    "per_device_train_batch_size": prompts_per_generation,
                                    "learning_rate": learning_rate, "warmup_steps": 0, "beta": 0.0,
                                    "max_completion_length": max_completion_length, "output_dir": str(out / name),
-                                   "resume_from_checkpoint": again}, stage_options)
+                                   "resume_from_checkpoint": again}, stage_options, run_dir=out)
         run = OnlineRun(cfg, policy=model, tokenizer=tokenizer, task=task)
         run.train()
         extra = {"tracked_questions": len(tracker.best)} if tracker is not None else {}
