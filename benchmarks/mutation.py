@@ -7586,6 +7586,32 @@ MUTANTS += [
 ]
 
 
+# mutation-ona round: an online run's main-only calls (tool calls, environments' resets and judging) send any error
+# in their result's broadcast (rank_agreement.main_result); push_to_hub's repository creation agreed by every rank
+ONA_ONLINE = ["tests/test_rank_agreement.py", "-k", "online_main_only_call"]
+ONA_HUB = ["tests/test_rank_agreement.py", "-k", "hub_repository_creation"]
+MUTANTS += [
+    Mutant("ona-only-refusals-sent", "rank_agreement.py",
+           [("        except Exception as err:  # noqa: BLE001 - sent to every rank, then raised on every rank",
+             "        except ConfigError as err:  # noqa: BLE001 - sent to every rank, then raised on every rank")],
+           ONA_ONLINE, "a user's RuntimeError on the main is raised there alone: the other rank waits in the broadcast"),
+    Mutant("ona-refusal-made-rank-failure", "rank_agreement.py",
+           [("            refusal = isinstance(err, ConfigError)", "            refusal = False")], ONA_ONLINE,
+           "an environment's refusal (a ConfigError naming the row) reaches every rank as a RankFailure"),
+    Mutant("ona-error-type-dropped", "rank_agreement.py",
+           [("MainFailed(str(err) if refusal else error_text(err), refusal)", "MainFailed(str(err), refusal)")],
+           ONA_ONLINE, "the main's error reaches the ranks without its type (a KeyError says only 'target')"),
+    Mutant("ona-main-raises-its-own", "rank_agreement.py",
+           [("        raise RankFailure(what, {0: got.text}) from failure",
+             "        raise failure or RankFailure(what, {0: got.text})")], ONA_ONLINE,
+           "the main raises its own RuntimeError, the others a RankFailure: the ranks stop with different errors"),
+    Mutant("ona-hub-creation-unagreed", "loops/driver.py",
+           [('        with self._agreed("the main process could not start push_to_hub") if cfg.push_to_hub else '
+             'nullcontext():', '        with nullcontext():')], ONA_HUB,
+           "a failed Hub repository creation stops the main alone; the other rank waits at the first barrier"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))
