@@ -123,10 +123,10 @@ def main_result(compute, accelerator, what: str):
     if accelerator.is_main_process:
         try:
             sent = [compute()]
-        except Exception as err:  # noqa: BLE001 - sent to every rank, then raised on every rank
-            failure = err
-            refusal = isinstance(err, ConfigError)
-            sent = [MainFailed(str(err) if refusal else error_text(err), refusal)]
+        except Exception as error:  # noqa: BLE001 - sent to every rank, then raised on every rank
+            failure = error
+            refusal = isinstance(error, ConfigError)
+            sent = [MainFailed(str(error) if refusal else error_text(error), refusal)]
     got = broadcast_object_list(sent, from_process=0)[0]
     if isinstance(got, MainFailed):
         if got.refusal:
