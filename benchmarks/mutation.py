@@ -4828,8 +4828,8 @@ MUTANTS += [
            [('[f"rollout {i}" for i in range(len(ids))],', "None,")], ENVF,
            "rollouts with the same text are judged once (the Judge's de-duplication), all with the first's instance"),
     Mutant("envf-every-process-resets", "online/environments.py",
-           [("    if accelerator is None or accelerator.num_processes == 1:\n        instances, observations",
-             "    if True:\n        instances, observations")], ENVF_2P,
+           [("    observations = main_result(started, accelerator, \"environment_factory: the main process's resets "
+             "failed\")", "    observations = started()")], ENVF_2P,
            "with several processes every process makes and resets its own instances (calls repeated per process)"),
     Mutant("envf-every-process-judges", "online/environments.py",
            [("    if accelerator is None or accelerator.num_processes == 1:\n        return judged()[:2]",
@@ -7641,6 +7641,31 @@ MUTANTS += [
     Mutant("rcm-recipe-config-drops-set-option", "recipe_stages.py",
            [("    read = set(_RECIPE_READS) | set(_changed(cfg))", "    read = set(_RECIPE_READS)")],
            RCM_TESTS, "the stage option the user set (attention: dense) is missing from the recipe's config.yaml"),
+]
+
+# mutation-ona round: an online run's main-only calls (tool calls, environments' resets and judging) send any error
+# in their result's broadcast (rank_agreement.main_result); push_to_hub's repository creation agreed by every rank
+ONA_ONLINE = ["tests/test_rank_agreement.py", "-k", "online_main_only_call"]
+ONA_HUB = ["tests/test_rank_agreement.py", "-k", "hub_repository_creation"]
+MUTANTS += [
+    Mutant("ona-only-refusals-sent", "rank_agreement.py",
+           [("        except Exception as error:  # noqa: BLE001 - sent to every rank, then raised on every rank",
+             "        except ConfigError as error:  # noqa: BLE001 - sent to every rank, then raised on every rank")],
+           ONA_ONLINE, "a user's RuntimeError on the main is raised there alone: the other rank waits in the broadcast"),
+    Mutant("ona-refusal-made-rank-failure", "rank_agreement.py",
+           [("            refusal = isinstance(error, ConfigError)", "            refusal = False")], ONA_ONLINE,
+           "an environment's refusal (a ConfigError naming the row) reaches every rank as a RankFailure"),
+    Mutant("ona-error-type-dropped", "rank_agreement.py",
+           [("MainFailed(str(error) if refusal else error_text(error), refusal)", "MainFailed(str(error), refusal)")],
+           ONA_ONLINE, "the main's error reaches the ranks without its type (a KeyError says only 'target')"),
+    Mutant("ona-main-raises-its-own", "rank_agreement.py",
+           [("        raise RankFailure(what, {0: got.text}) from failure",
+             "        raise failure or RankFailure(what, {0: got.text})")], ONA_ONLINE,
+           "the main raises its own RuntimeError, the others a RankFailure: the ranks stop with different errors"),
+    Mutant("ona-hub-creation-unagreed", "loops/driver.py",
+           [('        with self._agreed("the main process could not start push_to_hub") if cfg.push_to_hub else '
+             'nullcontext():', '        with nullcontext():')], ONA_HUB,
+           "a failed Hub repository creation stops the main alone; the other rank waits at the first barrier"),
 ]
 
 

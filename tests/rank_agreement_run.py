@@ -21,6 +21,13 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
   online_state     the same run (save_steps 1) whose main process cannot write checkpoint-1's online state
   reward_ok        a 2-step BT reward run under DDP with 10 eval pairs in batches of per_device_eval_batch_size 2
                    (tests/test_rank_agreement.py evaluates it with `preflab eval`)
+  ddp_hub          a DPO run with push_to_hub whose main process cannot create the Hub repository (401)
+  online_tool      a tool-calling rollout's calls (run on the main only) whose tool returns a value whose text
+                   raises a plain RuntimeError (ToolCallingGenerator._run_calls)
+  online_judge     environments' judging (main only) whose reward aggregator raises a plain RuntimeError
+                   (environments.judge_rollouts)
+  online_reset     environments' resets (main only) that raise a plain KeyError (environments.begin_rollouts)
+  online_refusal   environments' resets whose user reset raises ValueError: refused (a ConfigError naming the row)
 
 Each row also has "ended" (time.time() when the scenario ended) and, on rank 0 of the driver scenarios, "failed_at"
 (time.time() when its write raised): how long the other rank went on after the main's failure.
@@ -109,6 +116,75 @@ def reward_run(out: Path):
         "disable_tqdm": True, "use_cpu": True, "seed": 0, "report_to": "none", "output_dir": str(out / "run")}))
 
 
+class Unprintable:
+    """A tool's result whose text cannot be made (its __repr__ raises): the tool message fails on the main."""
+
+    def __repr__(self):
+        raise RuntimeError("lookup's result has no text: the catalogue server sent a bad record")
+
+
+def lookup() -> dict:
+    """Look up the catalogue record.
+
+    Returns:
+        The record.
+    """
+    return {"record": Unprintable()}
+
+
+def tool_calls():
+    """One tool-calling rollout's turn of calls run as ToolCallingGenerator runs them on 2 processes (the main
+    process runs them, the others receive the tool messages)."""
+    from accelerate import PartialState
+
+    from preflab.online.tool_calling import ToolCallingGenerator
+
+    generator = ToolCallingGenerator(None, None, [lookup], 1, 8, accelerator=PartialState())
+    return generator._run_calls({0: [{"type": "function", "function": {"name": "lookup", "arguments": {}}}]})
+
+
+def environment_judging():
+    """environments.judge_rollouts of 2 rollouts on 2 processes (the main judges) whose reward aggregator (a
+    user's prompt-aware weights) raises a plain RuntimeError."""
+    from accelerate import PartialState
+
+    from preflab.loops.judge import Judge
+    from preflab.online.environments import judge_rollouts
+
+    def length(prompts, completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    def weights(prompts):
+        raise RuntimeError("the weighting service returned 503")
+
+    judge = Judge([length], weights=weights, cache=False)
+    return judge_rollouts(judge, PartialState(), ["p", "p"], ["a", "bb"], [0, 0], [{}, {}], [[1], [2]], [None, None])
+
+
+class Counter:
+    """An environment whose reset refuses the rows it is given (a user's ValueError)."""
+
+    def reset(self, **kwargs):
+        raise ValueError("no target in this row")
+
+
+def environment_resets(broken: bool):
+    """environments.begin_rollouts of one row x 2 rollouts on 2 processes (the main resets); `broken`: the main's
+    start_round raises a plain KeyError (what no refusal names), else Counter.reset raises (refused by the row)."""
+    from accelerate import PartialState
+
+    from preflab.loops.rollout import PromptRow
+    from preflab.online import environments
+
+    envs = environments.Environments({None: Counter})
+    if broken:
+        def start_round(*args, **kwargs):
+            raise KeyError("target")
+        envs.start_round = start_round
+    rows = [PromptRow(row_id=0, prompt=[{"role": "user", "content": "count"}], prompt_ids=[1, 2], columns={})]
+    return environments.begin_rollouts(envs, rows, 2, None, None, PartialState())
+
+
 def main(out: Path, only: list[str]) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -151,7 +227,12 @@ def main(out: Path, only: list[str]) -> None:
         FAILED_AT["ddp_best"] = time.time()
         raise OSError(errno.EACCES, "Permission denied", best)
 
-    from preflab import runlog
+    from preflab import hub_push, runlog
+
+    class Unauthorized:
+        def create_repo(self, *args, **kwargs):
+            FAILED_AT["ddp_hub"] = time.time()
+            raise OSError("401 Unauthorized")
     from preflab.online.run import OnlineRun
     from preflab.report import margins
 
@@ -206,6 +287,12 @@ def main(out: Path, only: list[str]) -> None:
         "online_state": lambda: online_run(out / "state", (OnlineRun, "_write_online_state_to", state_full),
                                            save_steps=1),
         "reward_ok": lambda: reward_run(out / "reward"),
+        "ddp_hub": lambda: dpo_run(out / "hub", (hub_push, "hub_api", lambda: Unauthorized()), max_steps=1,
+                                   save_steps=0, push_to_hub=True, hub_model_id="org/name"),
+        "online_tool": tool_calls,
+        "online_judge": environment_judging,
+        "online_reset": lambda: environment_resets(True),
+        "online_refusal": lambda: environment_resets(False),
     }
     for name, run in scenarios.items():
         if only and name not in only:

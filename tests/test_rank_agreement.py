@@ -21,11 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
+# the scenarios of the tests that read only their own: when every selected test of this module is one of them (a
+# mutant's selection), the launch runs those scenarios alone, with a shorter limit (a hang waits for it)
+SCENARIOS_OF_TEST = {"test_a_failed_hub_repository_creation_stops_both_ranks_before_the_first_step": ["ddp_hub"],
+                     **{f"test_an_online_main_only_call_that_raises_stops_both_ranks_with_the_mains_error[{name}]":
+                        [name] for name in ("online_tool", "online_judge", "online_reset", "online_refusal")}}
+
+
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
+def two_ranks(request, tmp_path_factory):
     """{(scenario, rank): its JSON line} of tests/rank_agreement_run.py on 2 gloo processes, and the wall seconds
-    the pair took."""
+    the pair took. Every scenario, unless each selected test is in SCENARIOS_OF_TEST: then theirs alone."""
     import socket
+
+    selected = [item.name for item in request.session.items
+                if item.module is request.module and "two_ranks" in item.fixturenames]
+    only = sorted({s for name in selected for s in SCENARIOS_OF_TEST.get(name, ())}) \
+        if all(name in SCENARIOS_OF_TEST for name in selected) else []
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -37,12 +49,13 @@ def two_ranks(tmp_path_factory):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SOURCE, "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
                "TORCH_GLOO_TIMEOUT": "300"}
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "rank_agreement_run.py"), str(out)],
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests" / "rank_agreement_run.py"), str(out),
+                                       *([",".join(only)] if only else [])],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = {}
     try:
         for rank, proc in enumerate(procs):
-            stdout, stderr = proc.communicate(timeout=240)
+            stdout, stderr = proc.communicate(timeout=120 if only else 240)
             assert proc.returncode == 0, f"rank {rank}: {stderr[-3000:]}"
             for line in stdout.splitlines():
                 if not line.startswith("{"):  # the DPO runs' own notes
@@ -265,9 +278,45 @@ def test_preflab_eval_of_a_two_process_reward_run_uses_its_two_process_eval_batc
     capsys.readouterr()
 
 
+def test_a_failed_hub_repository_creation_stops_both_ranks_before_the_first_step(two_ranks):
+    """push_to_hub: the main process alone creates the Hub repository at the start of train(); a 401 stopped it
+    alone, and rank 1 went on and waited for it. Now the creation is agreed (TrainingRun._agreed, only when
+    push_to_hub is set): both ranks raise the main's error within seconds, and no step ran (no metrics.jsonl)."""
+    out, results, _ = two_ranks
+    expected = ("RankFailure: the main process could not start push_to_hub: rank 0 failed: push_to_hub: could not "
+                "create the Hub repository 'org/name': 401 Unauthorized. Nothing was trained yet. Check the token "
+                "(hub_token, HF_TOKEN or `hf auth login`, with write access) and hub_model_id, or set push_to_hub: "
+                "false and upload output_dir afterwards with `hf upload`.")
+    _same_error_at_once(results, "ddp_hub", expected)
+    assert not (out / "hub" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("scenario, expected", [
+    ("online_tool", "RankFailure: the main process's tool calls failed: rank 0 failed: RuntimeError: lookup's result "
+                    "has no text: the catalogue server sent a bad record"),
+    ("online_judge", "RankFailure: environment_factory: the main process's judges failed: rank 0 failed: "
+                     "RuntimeError: the weighting service returned 503"),
+    ("online_reset", "RankFailure: environment_factory: the main process's resets failed: rank 0 failed: KeyError: "
+                     "'target'"),
+    ("online_refusal", "ConfigError: prompt row 0: Counter.reset raised ValueError: no target in this row (it is "
+                       "called with the row's fields as keywords: ['prompt']; give it **kwargs for the ones it does "
+                       "not read)."),
+])
+def test_an_online_main_only_call_that_raises_stops_both_ranks_with_the_mains_error(two_ranks, scenario, expected):
+    """An online run's main-only calls (tool calls, the environments' resets and judging) send their result to the
+    other rank in one broadcast; only a ConfigError (a PreflabError for the judges) travelled in it, so any other
+    error (a user's RuntimeError, a KeyError) stopped the main alone and rank 1 waited in the broadcast until the
+    gloo timeout. Now any error is sent in the result's place (rank_agreement.main_result): both ranks raise the
+    main's error (type and message, where: tool calls, resets or judges) at once; a refusal stays a ConfigError
+    with its own text (the row it names)."""
+    _, results, _ = two_ranks
+    _same_error_at_once(results, scenario, expected)
+    assert results[(scenario, 1)]["seconds"] < 10
+
+
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 28
+    assert len(results) == 38
     assert wall < 230  # process start and imports included (2 shared cores); a hang waits for the 240 s limit
 
 
@@ -290,3 +339,22 @@ def test_a_rank_failure_names_each_failed_rank_in_order():
     assert str(failure) == ("could not write X: rank 1 failed: [Errno 28] No space left on device: 'f'; rank 3 failed:"
                             " boom")
     assert error_text(ValueError("bad")) == "ValueError: bad"
+
+
+def test_main_result_on_one_process_is_the_computation_with_its_own_error():
+    """Without several processes main_result is compute() itself: its value, and its error unchanged (no
+    RankFailure, no ConfigError made of a RuntimeError)."""
+    from types import SimpleNamespace
+
+    from preflab.rank_agreement import main_result
+
+    err = RuntimeError("the weighting service returned 503")
+
+    def broken():
+        raise err
+
+    for accelerator in (None, SimpleNamespace(num_processes=1, is_main_process=True)):
+        assert main_result(lambda: {"answers": 3}, accelerator, "x") == {"answers": 3}
+        with pytest.raises(RuntimeError) as caught:
+            main_result(broken, accelerator, "x")
+        assert caught.value is err

@@ -9,6 +9,9 @@ collective (all_gather_object) brings each failed rank's error text to all, and 
 naming the failed ranks and what each said (an OSError's text names its file). The happy path costs the one small
 all-reduce. Without a process group (one process) the block's own error is raised as it is.
 
+main_result is the same promise for a result the main process alone computes and broadcasts (an online run's
+environments, tool calls and their judges): its failure travels in the result's place through that broadcast.
+
 It imports only preflab.errors, so every room can use it.
 """
 from __future__ import annotations
@@ -91,3 +94,42 @@ def ranks_agree(what: str) -> Iterator[None]:
     texts: list = [None] * dist.get_world_size()
     dist.all_gather_object(texts, None if failure is None else error_text(failure))
     raise RankFailure(what, {rank: texts[rank] for rank in failed}) from failure
+
+
+class MainFailed:
+    """What the main process sends in place of its result when compute() raised (main_result): the error's text and
+    whether it was a refusal (a ConfigError, raised as one on every rank)."""
+
+    def __init__(self, text: str, refusal: bool):
+        self.text, self.refusal = text, refusal
+
+
+def main_result(compute, accelerator, what: str):
+    """compute() on the main process only (the environments it holds, the tool calls it runs once, the judges of its
+    environments), its picklable result sent to every rank by the one broadcast that carries it (accelerate's
+    broadcast_object_list): when compute() raised, the main sends MainFailed in the result's place through that same
+    broadcast, so no rank waits in it for a result that never comes, and every rank raises the same error: a
+    ConfigError (a refusal) as a ConfigError with its text, any other exception (a user's RuntimeError, KeyError...)
+    as RankFailure(what, {0: its type and message}), on the main from its own error. Raised on the main alone, the
+    others waited in the broadcast until the collective's timeout. No collective beyond the result's own broadcast.
+    One process (accelerator None or of one process): compute() as it is, its error raised unchanged."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return compute()
+    from accelerate.utils import broadcast_object_list
+
+    from preflab.errors import ConfigError
+
+    sent, failure = [None], None
+    if accelerator.is_main_process:
+        try:
+            sent = [compute()]
+        except Exception as error:  # noqa: BLE001 - sent to every rank, then raised on every rank
+            failure = error
+            refusal = isinstance(error, ConfigError)
+            sent = [MainFailed(str(error) if refusal else error_text(error), refusal)]
+    got = broadcast_object_list(sent, from_process=0)[0]
+    if isinstance(got, MainFailed):
+        if got.refusal:
+            raise ConfigError(got.text) from failure
+        raise RankFailure(what, {0: got.text}) from failure
+    return got

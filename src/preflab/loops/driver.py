@@ -27,7 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -318,7 +318,10 @@ class TrainingRun(CallbackEvents):
                      trl_save_default_note(cfg, self.total_steps)):  # TRL checkpoints every 500 steps by default
             if note and self.main:
                 print(note, flush=True)
-        self.hub = self._hub_pusher()
+        # push_to_hub: the main process creates the repository; its failure (no token, no network) is agreed (one
+        # all-reduce, only when push_to_hub is set), where the other ranks went on into the first step and waited
+        with self._agreed("the main process could not start push_to_hub") if cfg.push_to_hub else nullcontext():
+            self.hub = self._hub_pusher()
         if self.main:  # a GRPO run's greedy eval_reward: said when it trains, not at every config load (preflab eval)
             for said in greedy_eval_notes(cfg):
                 print(f"preflab: note: {said}", file=sys.stderr, flush=True)

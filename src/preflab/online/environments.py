@@ -360,21 +360,17 @@ def begin_rollouts(envs, rows, k: int, tokenizer, cfg, accelerator=None, place=_
 
     from preflab.loops.rollout import prepare_prompts
 
-    if accelerator is None or accelerator.num_processes == 1:
-        instances, observations = envs.start_round(rows, k, place, seeds, text_required, no_prompt)
-    else:
-        from accelerate.utils import broadcast_object_list
+    from preflab.rank_agreement import main_result
 
-        sent, instances = [None], None
-        if accelerator.is_main_process:
-            try:
-                instances, observations = envs.start_round(rows, k, place, seeds, text_required, no_prompt)
-                sent = [observations]
-            except ConfigError as exc:  # sent too, so that no process waits for the others
-                sent = [str(exc)]
-        observations = broadcast_object_list(sent, from_process=0)[0]
-        if isinstance(observations, str):
-            raise ConfigError(observations)
+    held = [None]  # the main process's instances (None on the others)
+
+    def started() -> list:
+        held[0], observations = envs.start_round(rows, k, place, seeds, text_required, no_prompt)
+        return observations
+
+    # what start_round raises (a refusal, a user's error) is sent in the observations' place: every process raises it
+    observations = main_result(started, accelerator, "environment_factory: the main process's resets failed")
+    instances = held[0]
     out, cut = [], 0
     for row, observation in zip(rows, observations):
         if observation is None:
@@ -396,9 +392,10 @@ def judge_rollouts(judge, accelerator, prompts, texts, groups, columns, ids, ins
     """The judge's (scores, per-function rewards) of rollouts with environments: each judged on its own (a cache
     context per rollout: its environment's state is no part of the texts), `environments=` given to the reward
     functions that take it. With several processes the main process, which holds the instances, judges and sends the
-    values and judge.last_raised to the others (a PreflabError is sent and raised on every process), so get_reward and
-    every reward function run once."""
-    from preflab.errors import PreflabError
+    values and judge.last_raised to the others (preflab.rank_agreement.main_result: whatever the judging raised, a
+    judge timeout or a reward aggregator's own error, is sent in their place and raised on every process), so
+    get_reward and every reward function run once."""
+    from preflab.rank_agreement import main_result
 
     def judged():
         out = judge(prompts, texts, groups, columns, ids, [f"rollout {i}" for i in range(len(ids))],
@@ -407,18 +404,8 @@ def judge_rollouts(judge, accelerator, prompts, texts, groups, columns, ids, ins
 
     if accelerator is None or accelerator.num_processes == 1:
         return judged()[:2]
-    from accelerate.utils import broadcast_object_list
-
-    sent = [None]
-    if accelerator.is_main_process:
-        try:
-            sent = [judged()]
-        except PreflabError as exc:
-            sent = [(type(exc).__name__, str(exc))]
-    got = broadcast_object_list(sent, from_process=0)[0]
-    if isinstance(got[0], str):
-        raise PreflabError(f"{got[0]}: {got[1]}")
-    flat, per_fn, judge.last_raised = got
+    flat, per_fn, judge.last_raised = main_result(judged, accelerator,
+                                                  "environment_factory: the main process's judges failed")
     return flat, per_fn
 
 

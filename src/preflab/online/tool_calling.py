@@ -49,6 +49,7 @@ import asyncio
 import inspect
 
 from preflab.errors import ConfigError, nearest
+from preflab.rank_agreement import main_result
 
 CONTINUATION_SEED_STRIDE = 1_000_003
 
@@ -382,27 +383,15 @@ class ToolCallingGenerator:
     def _run_calls(self, turns: dict) -> dict:
         """{completion: run_tool_calls of its turn's calls}. With several processes every process holds every
         completion; the main process runs the calls (each once) and the others receive its results, so a tool with
-        side effects or answers that vary runs once and every process continues from the same tool messages (a
-        refusal, text_only_refusal, is sent too and raised on every process, so none waits for the others)."""
+        side effects or answers that vary runs once and every process continues from the same tool messages. A failure
+        (a refusal, text_only_refusal; a tool result whose text cannot be made) is sent in the results' place and
+        raised on every process, so none waits for the others (preflab.rank_agreement.main_result)."""
         acc = self.accelerator
 
         def run_all() -> dict:
             return {i: run_tool_calls(c, self._tools_by_name(i), self.timeout_s) for i, c in turns.items()}
 
-        if acc is None or acc.num_processes == 1:
-            answers = run_all()
-        else:
-            from accelerate.utils import broadcast_object_list
-
-            sent = [None]
-            if acc.is_main_process:
-                try:
-                    sent = [run_all()]
-                except ConfigError as exc:
-                    sent = [str(exc)]
-            answers = broadcast_object_list(sent, from_process=0)[0]
-            if isinstance(answers, str):
-                raise ConfigError(answers)
+        answers = main_result(run_all, acc, "the main process's tool calls failed")
         self._say_timeouts(answers)
         return answers
 
