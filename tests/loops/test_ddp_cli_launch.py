@@ -5,7 +5,8 @@ tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_
 distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py),
 and tests/loops/tiny_run.py's tiny DPO run (from tests/loops/test_trainer.py; with a precomputed reference, from
 tests/perf/test_ref_cache.py), and GRPO's clip extrema step on each rank (from
-tests/objectives/test_grpo_clip_extrema.py). Their
+tests/objectives/test_grpo_clip_extrema.py), and a tiny run uploading to a recorded hub (from tests/test_hub_push.py).
+Their
 2-process runs share one launch (tests/loops/scale_matrix_run.py's `cli` and `tiny` runs, one after another in the
 same two processes, each into its own folder; each `preflab train` seeds itself from its config, the tiny run from its
 own seed; PREFLAB_CACHE_DIR a folder of the launch's own, empty at the start): a launch costs a launcher and two
@@ -108,6 +109,7 @@ LAUNCHED = {
     "test_tiny_run_two_processes_equal_one_process_double_batch": lambda d: [
         ["tiny", d / "two", "per_device_train_batch_size=2"]],
     "test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered": lambda d: [["grpo_extrema", d / "two"]],
+    "test_two_processes_upload_from_the_main_process_only": lambda d: [["hub_push", d / "two"]],
 }
 if importlib.util.find_spec("trl") is None:  # the GRPO extrema test skips itself (TRL is its oracle)
     del LAUNCHED["test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered"]
@@ -316,3 +318,14 @@ def test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered(launched):
     for name in want:  # each rank alone would log another value
         alone = [trl_window(1, 4)[name][0], run_step(1, 4, zero_index=2).metrics[name]]
         assert all(a != pytest.approx(want[name][0], abs=1e-6) for a in alone), (name, alone, want[name])
+
+
+@pytest.mark.slow
+def test_two_processes_upload_from_the_main_process_only(launched):
+    """push_to_hub under DDP (2 processes, hub_strategy checkpoint, saves at steps 2 and 4), huggingface_hub.HfApi
+    replaced by tests/test_hub_push.py's recorder in each rank: the main process creates the repository and uploads
+    both checkpoints and the final model; the other rank makes no call. (Moved from tests/test_hub_push.py to join
+    the launch: tests/loops/scale_matrix_run.py's `hub_push` run.)"""
+    two = launched("test_two_processes_upload_from_the_main_process_only") / "two"
+    calls = [json.loads((two / f"hub-calls-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert calls == [["create_repo", "upload_folder", "upload_folder", "upload_folder"], []]
