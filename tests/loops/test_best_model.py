@@ -67,36 +67,10 @@ def _checkpoints(run_dir) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
 
 
-@pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
-    """_cfg's run as it is, trained once for the tests that only read it (the final model and summary test, the
-    resume test's uninterrupted run): (summary, its folder)."""
-    root = tmp_path_factory.mktemp("best-plain")
-    return _train(_cfg(root, "run")), root / "run"
-
-
-def _early_stopping():
-    from transformers import EarlyStoppingCallback
-
-    return EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=0.0)
-
-
-@pytest.fixture(scope="module")
-def early_stopped_run(tmp_path_factory):
-    """_cfg's run with transformers' EarlyStoppingCallback (patience 2, threshold 0), trained once for the early
-    stopping test and the resumed early stopping test's uninterrupted run: (summary, its folder, what it printed)."""
-    import contextlib
-    import io
-
-    root, printed = tmp_path_factory.mktemp("best-es"), io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        summary = _train(_cfg(root, "es"), [_early_stopping()])
-    return summary, root / "es", printed.getvalue()
-
-
 @pytest.mark.slow
-def test_the_final_model_is_the_best_checkpoint_and_the_summary_names_it(plain_run):
-    summary, run = plain_run
+def test_the_final_model_is_the_best_checkpoint_and_the_summary_names_it(tmp_path):
+    summary = _train(_cfg(tmp_path, "run"))
+    run = tmp_path / "run"
     evals = _evals(run)
     step, value = _best(evals)
     assert [s for s, _ in evals] == list(range(1, STEPS + 1)) and 1 < step < STEPS  # eval_loss rose after the best
@@ -130,9 +104,12 @@ def test_save_total_limit_one_keeps_the_best_and_the_last_checkpoint_then_only_t
 
 
 @pytest.mark.slow
-def test_transformers_early_stopping_callback_stops_where_its_rule_says(early_stopped_run):
-    summary, es, printed = early_stopped_run
-    evals = _evals(es)
+def test_transformers_early_stopping_callback_stops_where_its_rule_says(tmp_path, capsys):
+    from transformers import EarlyStoppingCallback
+
+    summary = _train(_cfg(tmp_path, "es"), [EarlyStoppingCallback(early_stopping_patience=2,
+                                                                  early_stopping_threshold=0.0)])
+    evals = _evals(tmp_path / "es")
     best, counter, expected = None, 0, None  # EarlyStoppingCallback.check_metric_value, then _determine_best_metric
     for step, value in evals:
         counter = 0 if best is None or (value < best and abs(value - best) > 0.0) else counter + 1
@@ -144,11 +121,11 @@ def test_transformers_early_stopping_callback_stops_where_its_rule_says(early_st
     assert summary["global_step"] == expected == evals[-1][0] and summary["stopped_early"]["step"] == expected
     step = _best(evals)[0]
     assert summary["best_global_step"] == step
-    assert _same_weights(load_file(str(es / "model.safetensors")),
-                         load_file(str(es / f"checkpoint-{step}" / "model.safetensors")))
+    assert _same_weights(load_file(str(tmp_path / "es" / "model.safetensors")),
+                         load_file(str(tmp_path / "es" / f"checkpoint-{step}" / "model.safetensors")))
     # user-trial-9: the stop note said "(the final model is step N's)" and the next line loaded the best checkpoint
     assert (f"preflab: note: a callback set control.should_training_stop at step {expected} of {STEPS}: training "
-            "stops there (load_best_model_at_end: the final model is the best checkpoint's).") in printed
+            "stops there (load_best_model_at_end: the final model is the best checkpoint's).") in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -166,15 +143,14 @@ def test_greater_is_better_follows_an_accuracy_metric(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_resumed_run_keeps_best_metric_and_ends_with_the_straight_runs_model(tmp_path, plain_run):
-    """The uninterrupted run: plain_run (the same config, another folder)."""
+def test_a_resumed_run_keeps_best_metric_and_ends_with_the_straight_runs_model(tmp_path):
     from transformers import TrainerCallback
 
     class StopAtFive(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             control.should_training_stop = state.global_step == 5
 
-    straight, straight_dir = plain_run
+    straight = _train(_cfg(tmp_path, "straight"))
     _train(_cfg(tmp_path, "resumed"), [StopAtFive()])
     assert _checkpoints(tmp_path / "resumed")[-1] == 5
     resumed = _train(_cfg(tmp_path, "resumed", resume_from_checkpoint=True))
@@ -183,7 +159,7 @@ def test_a_resumed_run_keeps_best_metric_and_ends_with_the_straight_runs_model(t
     for key in ("best_metric", "best_global_step"):
         assert resumed[key] == straight[key]
     assert resumed["best_model_checkpoint"] == str(tmp_path / "resumed" / f"checkpoint-{straight['best_global_step']}")
-    a = load_file(str(straight_dir / "model.safetensors"))
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -356,15 +332,16 @@ def test_save_only_model_checkpoints_hold_the_weights_only_and_still_give_the_be
 
 
 @pytest.mark.slow
-def test_resumed_early_stopping_stops_at_the_uninterrupted_runs_step(tmp_path, early_stopped_run):
+def test_resumed_early_stopping_stops_at_the_uninterrupted_runs_step(tmp_path):
     """EarlyStoppingCallback's patience counter is saved in each checkpoint (trainer_state.json stateful_callbacks,
     transformers' layout) and restored on resume: a run interrupted when the counter is 1 and resumed stops at the
-    uninterrupted run's step (it restarted from 0 and stopped a step later, or never). The uninterrupted run:
-    early_stopped_run (the same config and callback, another folder)."""
-    from transformers import TrainerCallback
+    uninterrupted run's step (it restarted from 0 and stopped a step later, or never)."""
+    from transformers import EarlyStoppingCallback, TrainerCallback
 
-    stopper = _early_stopping
-    whole, whole_dir, _ = early_stopped_run
+    def stopper():
+        return EarlyStoppingCallback(early_stopping_patience=2, early_stopping_threshold=0.0)
+
+    whole = _train(_cfg(tmp_path, "whole"), [stopper()])
     stop = whole["global_step"]
     assert whole["stopped_early"]["step"] == stop < STEPS
 
@@ -379,8 +356,8 @@ def test_resumed_early_stopping_stops_at_the_uninterrupted_runs_step(tmp_path, e
     resumed = _train(_cfg(tmp_path, "cut", resume_from_checkpoint=True), [again])
     assert resumed["global_step"] == stop and resumed["stopped_early"]["step"] == stop
     assert again.early_stopping_patience_counter == 2
-    assert _evals(tmp_path / "cut")[-2:] == _evals(whole_dir)[-2:]  # the same run after the resume
-    saved = json.loads((whole_dir / f"checkpoint-{stop - 1}" / "trainer_state.json").read_text())
+    assert _evals(tmp_path / "cut")[-2:] == _evals(tmp_path / "whole")[-2:]  # the same run after the resume
+    saved = json.loads((tmp_path / "whole" / f"checkpoint-{stop - 1}" / "trainer_state.json").read_text())
     assert saved["stateful_callbacks"]["EarlyStoppingCallback"]["attributes"] == {
         "early_stopping_patience_counter": 1}
 
