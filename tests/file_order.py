@@ -23,10 +23,10 @@ SLOW_FILES_SECONDS = {
     # (test_environment_factory's, test_environment_no_dataset's, test_environment_no_prompt's, test_tool_calling's)
     "tests/online/test_environment_factory.py": 15,  # TRL's GRPOTrainer built once
     "tests/loops/test_distill_run.py": 20,
-    "tests/loops/test_ddp_cli_launch.py": 65,  # one DDP launch of 5 `preflab train` runs (the 2-process runs of
-    # test_streaming's, test_spo_degree_run's, test_distill_run's and test_diffusion_run's tests and a user's
-    # objective by path), test_trainer's and
-    # test_ref_cache's tiny runs and test_grpo_clip_extrema's step, then each 1-process run
+    "tests/loops/test_ddp_cli_launch.py": 70,  # one DDP launch of 6 `preflab train` runs (the 2-process runs of
+    # test_streaming's, test_spo_degree_run's, test_distill_run's, test_diffusion_run's and test_best_model's tests
+    # and a user's objective by path), test_trainer's and test_ref_cache's tiny runs, test_hub_push's upload run,
+    # test_best_model's 2 extras runs and test_grpo_clip_extrema's step, then each 1-process run
     "tests/loops/test_resume_verify.py": 30,
     "tests/report/test_report_every_trainer.py": 25,
     "tests/online/test_resume_every_trainer.py": 25,
@@ -40,7 +40,7 @@ SLOW_FILES_SECONDS = {
     "tests/tools/test_recipe_processes.py": 27,
     "tests/test_reliability.py": 25,
     "tests/online/test_grpo_trl_options.py": 24,
-    "tests/loops/test_best_model.py": 19,
+    "tests/loops/test_best_model.py": 9,  # its 2-process runs: test_ddp_cli_launch.py
     "tests/loops/test_ref_sync.py": 18,
     "tests/online/test_rso.py": 16,
     "tests/loops/test_trainer.py": 15,

@@ -1,6 +1,9 @@
 """push_to_hub (preflab.hub_push): which folders and files each hub_strategy uploads, to which repository, branch and
 visibility, from a tiny DPO run with huggingface_hub.HfApi replaced by a recorder (no network); a failed upload is an
-error naming the repository and keeps the local files; hub_token never reaches config.yaml."""
+error naming the repository and keeps the local files; hub_token never reaches config.yaml. The 2-process check
+(uploads from the main process only) is in tests/loops/test_ddp_cli_launch.py's shared DDP launch
+(test_two_processes_upload_from_the_main_process_only: tests/loops/scale_matrix_run.py's `hub_push` run, which
+reads RecordingHfApi and run from here)."""
 import sys
 from pathlib import Path
 
@@ -220,29 +223,3 @@ def test_trainer_push_to_hub_after_train_as_trl_scripts_call_it(tmp_path, hub, c
     assert FINAL_MODEL <= pushed["files"]
     assert "push_to_hub(dataset_name=...)" in capsys.readouterr().out
 
-
-SCRIPT = """
-import json, os, sys
-sys.path[:0] = [{tests!r}, {loops!r}]
-import huggingface_hub, test_hub_push as t
-huggingface_hub.HfApi = t.RecordingHfApi
-t.RecordingHfApi.calls = []
-t.run(sys.argv[1], max_steps=4, save_steps=2, push_to_hub=True, hub_strategy="checkpoint", hub_model_id="org/ddp")
-with open(sys.argv[1] + "-calls-" + os.environ["RANK"] + ".json", "w") as f:
-    json.dump([name for name, _ in t.RecordingHfApi.calls], f)
-"""
-
-
-def test_two_processes_upload_from_the_main_process_only(tmp_path, accelerate_launch):
-    import json
-    import os
-    import subprocess
-
-    script = tmp_path / "push.py"
-    script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), loops=str(ROOT / "tests" / "loops")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    done = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", str(script), str(tmp_path / "o")),
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    calls = [json.loads((tmp_path / f"o-calls-{rank}.json").read_text()) for rank in (0, 1)]
-    assert calls == [["create_repo", "upload_folder", "upload_folder", "upload_folder"], []]

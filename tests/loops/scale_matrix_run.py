@@ -7,6 +7,12 @@ other tests that share a launch. Runs are separated by `--`; each is MODE OUT_DI
     refused OUT k=v ...   the same tiny run, expected to stop with a ConfigError (a refused resume): OUT/refusal.json
                           {"message": the error's message, or null when the run was not refused}
     grpo_extrema OUT      tests/objectives/grpo_clip_extrema_ranks.py's step on each rank: OUT/rank<R>.json
+    best_extras OUT NAME  tests/loops/test_best_model.py's load_best_model_at_end run of its EXTRA_OBJECTIVES entry
+                          NAME at batch 2 per rank: OUT/extras-rank<R>.safetensors, the checkpoint_extras the
+                          rank holds after training (the best checkpoint's, if every rank reloads them)
+    hub_push OUT          the tiny run with push_to_hub (hub_strategy checkpoint, 4 steps, saves at 2 and 4), with
+                          huggingface_hub.HfApi replaced by tests/test_hub_push.py's recorder (no network), restored
+                          after: OUT/hub-calls-rank<R>.json, the names of the HfApi calls this rank made
 
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 2 \
         tests/loops/scale_matrix_run.py online OUT1 trainer=grpo save_steps=2 -- online OUT2 ... resume_from_checkpoint=..
@@ -64,9 +70,52 @@ def run(mode: str, out: str, args: list[str]) -> None:
         from grpo_clip_extrema_ranks import write_rank_metrics
 
         write_rank_metrics(out)
+    elif mode == "best_extras":
+        write_best_extras(Path(out), *args)
+    elif mode == "hub_push":
+        write_hub_calls(Path(out))
     else:
         sys.exit(f"unknown mode {mode!r}")
     write_after_train(Path(out))
+
+
+def write_best_extras(out: Path, name: str) -> None:
+    """tests/loops/test_best_model.py's 2-process extras run: its _cfg (load_best_model_at_end, 5 steps, evaluated
+    and checkpointed each step) with loss_type NAME, batch 2 per rank; OUT/extras-rank<R>.safetensors."""
+    from safetensors.torch import save_file
+
+    from preflab.loops.offline import Trainer
+    from test_best_model import EXTRA_OBJECTIVES, _cfg, _eval_rows, _rows
+
+    params, greater = EXTRA_OBJECTIVES[name]
+    cfg = _cfg(out.parent, out.name, loss_type=name, objective_params=params, max_steps=5, greater_is_better=greater,
+               per_device_train_batch_size=2, use_cpu=True)
+    trainer = Trainer(cfg, train_data=_rows(16), eval_data=_eval_rows())
+    trainer.train()
+    extras = {k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}
+    save_file(extras, str(out / f"extras-rank{trainer.accelerator.process_index}.safetensors"))
+
+
+def write_hub_calls(out: Path) -> None:
+    """tests/test_hub_push.py's two-process run: the tiny run uploading each checkpoint and the final model, with
+    HfApi recorded; OUT/hub-calls-rank<R>.json lists the calls' names (the main process's only, if uploads are
+    made from the main process alone)."""
+    import os
+
+    import huggingface_hub
+
+    sys.path.insert(0, str(HERE.parent))
+    import test_hub_push
+
+    real = huggingface_hub.HfApi
+    huggingface_hub.HfApi, test_hub_push.RecordingHfApi.calls = test_hub_push.RecordingHfApi, []
+    try:
+        test_hub_push.run(out, max_steps=4, save_steps=2, push_to_hub=True, hub_strategy="checkpoint",
+                          hub_model_id="org/ddp")
+    finally:
+        huggingface_hub.HfApi = real
+    (out / f"hub-calls-rank{os.environ.get('RANK', '0')}.json").write_text(
+        json.dumps([name for name, _ in test_hub_push.RecordingHfApi.calls]))
 
 
 def write_after_train(out: Path) -> None:

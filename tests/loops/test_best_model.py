@@ -3,7 +3,8 @@ EarlyStoppingCallback in preflab's training loop, with transformers 5.25's rules
 
 The runs: a tiny model trained with a high learning rate, evaluated and checkpointed every step, on eval pairs half
 of which have chosen and rejected swapped, so that eval_loss falls first and then rises (the best step is found from
-the logged metrics in each test, never assumed)."""
+the logged metrics in each test, never assumed). The 2-process checks (the same best checkpoint as one process;
+every rank restores the best checkpoint's extras) are in tests/loops/test_ddp_cli_launch.py's shared DDP launch."""
 import json
 
 import pytest
@@ -186,33 +187,6 @@ def test_a_metric_missing_from_the_eval_metrics_names_the_available_ones(tmp_pat
     with pytest.raises(ConfigError, match=r"'eval_lossy', which is not found in the evaluation metrics \(step 1\)"
                                           r".*'eval_loss'.*'eval_rewards/accuracies'"):
         _train(_cfg(tmp_path, "bad", metric_for_best_model="lossy", max_steps=2))
-
-
-BEST_COMMON = ["eval_fraction=0.25", "eval_steps=1", "save_steps=1", "save_total_limit=1", "logging_steps=1",
-               "disable_tqdm=true", "max_steps=6", "load_best_model_at_end=true", "learning_rate=1.0",
-               "warmup_steps=0"]
-
-
-@pytest.mark.slow
-def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path, two_process_runs):
-    """2 processes x batch 8 train as 1 process x batch 16; every rank takes the same best-model decisions (the
-    metric is the main process's on every rank), so both runs name the same best step and save its weights.
-    The 2-process run: `preflab train examples/quickstart.yaml *BEST_COMMON` in the shared launch."""
-    from pathlib import Path
-
-    from preflab.cli import main
-
-    root = Path(__file__).resolve().parents[2]
-    two, one = two_process_runs / "best" / "two", tmp_path / "one"
-    assert main(["train", str(root / "examples/quickstart.yaml"), f"output_dir={one}",
-                 "per_device_train_batch_size=16", *BEST_COMMON]) == 0
-    got, want = (json.loads((d / "summary.json").read_text()) for d in (two, one))
-    assert got["environment"]["world_size"] == 2
-    step = _best(_evals(two))[0]
-    assert 1 < step < 6 and got["best_global_step"] == want["best_global_step"] == step
-    assert _checkpoints(two) == _checkpoints(one) == [step]  # save_total_limit 1: only the best is left
-    assert _same_weights(load_file(str(two / "model.safetensors")),
-                         load_file(str(two / f"checkpoint-{step}" / "model.safetensors")))
 
 
 @pytest.mark.slow
@@ -446,87 +420,6 @@ def test_a_best_checkpoint_lacking_an_extra_is_refused(tmp_path):
                                            "without them"):
         load_best_weights(summary["best_model_checkpoint"], trainer.policy, extras)
     assert all(torch.equal(before[k], v) for k, v in trainer.checkpoint_extras().items())
-
-
-TWO_PROCESS_RUN = """\
-import json, sys
-from pathlib import Path
-from safetensors.torch import save_file
-from preflab.config import config_from_dict
-from preflab.loops.offline import Trainer
-
-sys.path.insert(0, {loops!r})
-from fsdp_run import close_process_group, keep_process_group
-
-keep_process_group()  # several runs (one spec each) in the same processes
-for spec in map(json.loads, map(Path.read_text, map(Path, sys.argv[1:]))):
-    if "cli" in spec:  # `preflab train *spec["cli"]`
-        from preflab.cli import main
-
-        code = main(spec["cli"])
-        if code:
-            sys.exit(code)
-        continue
-    trainer = Trainer(config_from_dict(spec["config"]), train_data=spec["train"], eval_data=spec["eval"])
-    trainer.train()
-    extras = {{k: v.detach().cpu().contiguous() for k, v in trainer.checkpoint_extras().items()}}
-    rank = trainer.accelerator.process_index
-    save_file(extras, str(Path(spec["config"]["output_dir"]) / f"extras-rank{{rank}}.safetensors"))
-trainer = None  # a run after the first keeps its DDP wrapper (the group stays open for the next): freed before the close
-close_process_group()
-"""
-
-
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory, accelerate_launch):
-    """The 2-process DDP runs of this module's tests, one after the other in one launch (a launch costs a launcher
-    and two ranks' imports): `root / "best" / "two"` holds `preflab train examples/quickstart.yaml *BEST_COMMON`
-    (per_device_train_batch_size 8 from the yaml), `root / name / "two"` the run of EXTRA_OBJECTIVES entry `name`.
-    Returns root."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent
-    root, specs = tmp_path_factory.mktemp("best-two-processes"), []
-    specs.append(root / "best.json")
-    specs[-1].write_text(json.dumps({"cli": ["train", str(here.parents[1] / "examples/quickstart.yaml"),
-                                             f"output_dir={root / 'best' / 'two'}", *BEST_COMMON]}))
-    for name, (params, greater) in EXTRA_OBJECTIVES.items():
-        cfg = _cfg(root / name, "two", loss_type=name, objective_params=params, max_steps=5,
-                   greater_is_better=greater, per_device_train_batch_size=2, use_cpu=True)
-        specs.append(root / f"{name}.json")
-        specs[-1].write_text(json.dumps({"config": cfg.to_dict(), "train": _rows(16), "eval": _eval_rows()}))
-    script = root / "run.py"
-    script.write_text(TWO_PROCESS_RUN.format(loops=str(here)))
-    import preflab
-
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(preflab.__file__).parents[1])}  # this preflab
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", str(script), *map(str, specs))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=here.parents[1],
-                          check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
-def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(name, two_process_runs):
-    """2 CPU processes (DDP): after load_best_model_at_end every rank holds the best checkpoint's extras, byte for
-    byte (the offline trainer reloaded spo_degree's head on the main process only, in save_model)."""
-    greater = EXTRA_OBJECTIVES[name][1]
-    run = two_process_runs / name / "two"
-    summary = json.loads((run / "summary.json").read_text())
-    assert summary["environment"]["world_size"] == 2
-    step = summary["best_global_step"]
-    assert step == _best(_evals(run), greater=greater)[0] and step < 5
-    best, last = (load_file(str(run / f"checkpoint-{s}" / "extra.safetensors")) for s in (step, 5))
-    assert any(not torch.equal(best[k], last[k]) for k in best)
-    for rank in (0, 1):
-        final = load_file(str(run / f"extras-rank{rank}.safetensors"))
-        assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in best), rank
 
 
 def test_best_model_keeps_the_earlier_of_equal_evaluations_and_records_the_checkpoint_being_saved(tmp_path):

@@ -5,7 +5,9 @@ tests/loops/test_streaming.py), examples/spo_degree.yaml (from tests/loops/test_
 distillation run (from tests/loops/test_distill_run.py) and a diffusion run (from tests/diffusion/test_diffusion_run.py),
 and tests/loops/tiny_run.py's tiny DPO run (from tests/loops/test_trainer.py; with a precomputed reference, from
 tests/perf/test_ref_cache.py), and GRPO's clip extrema step on each rank (from
-tests/objectives/test_grpo_clip_extrema.py). Their
+tests/objectives/test_grpo_clip_extrema.py), a tiny run uploading to a recorded hub (from tests/test_hub_push.py),
+and load_best_model_at_end runs (examples/quickstart.yaml, and the runs with checkpoint extras; from
+tests/loops/test_best_model.py). Their
 2-process runs share one launch (tests/loops/scale_matrix_run.py's `cli` and `tiny` runs, one after another in the
 same two processes, each into its own folder; each `preflab train` seeds itself from its config, the tiny run from its
 own seed; PREFLAB_CACHE_DIR a folder of the launch's own, empty at the start): a launch costs a launcher and two
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from test_streaming import PAIRS, max_diff, train  # noqa: E402  (the streaming tests' one-process run)
+from test_best_model import EXTRA_OBJECTIVES, _best, _checkpoints, _evals, _same_weights  # noqa: E402
 
 STREAMING = ["model_name_or_path=builtin:tiny-llama", "streaming=true", "streaming_shuffle_buffer=6", "max_steps=6",
              "logging_steps=1", "disable_tqdm=true", "max_length=64", "learning_rate=1e-3", "seed=3", "use_cpu=true"]
@@ -41,6 +44,10 @@ DISTILL = ["eval_fraction=0", "eval_steps=0", "logging_steps=1", "disable_tqdm=t
 DIFFUSION = ["task=diffusion", "loss_type=diffusion_dpo", "beta=200", "resolution=16", "max_steps=2",
              "learning_rate=1e-3", "lr_scheduler_type=constant", "logging_steps=1", "use_cpu=true", "disable_tqdm=true",
              "adam_epsilon=1e-5"]
+
+BEST_COMMON = ["eval_fraction=0.25", "eval_steps=1", "save_steps=1", "save_total_limit=1", "logging_steps=1",
+               "disable_tqdm=true", "max_steps=6", "load_best_model_at_end=true", "learning_rate=1.0",
+               "warmup_steps=0"]  # test_best_model's quickstart run (the two processes' and the one process's)
 
 
 def _streaming_runs(d: Path) -> list:
@@ -108,6 +115,11 @@ LAUNCHED = {
     "test_tiny_run_two_processes_equal_one_process_double_batch": lambda d: [
         ["tiny", d / "two", "per_device_train_batch_size=2"]],
     "test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered": lambda d: [["grpo_extrema", d / "two"]],
+    "test_two_processes_upload_from_the_main_process_only": lambda d: [["hub_push", d / "two"]],
+    "test_two_processes_pick_the_same_best_checkpoint_as_one": lambda d: [
+        ["cli", d / "two", str(ROOT / "examples/quickstart.yaml"), *BEST_COMMON]],
+    **{f"test_two_processes_restore_the_best_checkpoints_extras_on_every_rank[{name}]":
+       (lambda d, name=name: [["best_extras", d / "two", name]]) for name in EXTRA_OBJECTIVES},
 }
 if importlib.util.find_spec("trl") is None:  # the GRPO extrema test skips itself (TRL is its oracle)
     del LAUNCHED["test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered"]
@@ -316,3 +328,54 @@ def test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered(launched):
     for name in want:  # each rank alone would log another value
         alone = [trl_window(1, 4)[name][0], run_step(1, 4, zero_index=2).metrics[name]]
         assert all(a != pytest.approx(want[name][0], abs=1e-6) for a in alone), (name, alone, want[name])
+
+
+@pytest.mark.slow
+def test_two_processes_upload_from_the_main_process_only(launched):
+    """push_to_hub under DDP (2 processes, hub_strategy checkpoint, saves at steps 2 and 4), huggingface_hub.HfApi
+    replaced by tests/test_hub_push.py's recorder in each rank: the main process creates the repository and uploads
+    both checkpoints and the final model; the other rank makes no call. (Moved from tests/test_hub_push.py to join
+    the launch: tests/loops/scale_matrix_run.py's `hub_push` run.)"""
+    two = launched("test_two_processes_upload_from_the_main_process_only") / "two"
+    calls = [json.loads((two / f"hub-calls-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert calls == [["create_repo", "upload_folder", "upload_folder", "upload_folder"], []]
+
+
+@pytest.mark.slow
+def test_two_processes_pick_the_same_best_checkpoint_as_one(tmp_path, launched):
+    """2 processes x batch 8 train as 1 process x batch 16; every rank takes the same best-model decisions (the
+    metric is the main process's on every rank), so both runs name the same best step and save its weights.
+    The 2-process run: `preflab train examples/quickstart.yaml *BEST_COMMON` in the shared launch. (Moved from
+    tests/loops/test_best_model.py to join the launch.)"""
+    from preflab.cli import main
+
+    two, one = launched("test_two_processes_pick_the_same_best_checkpoint_as_one") / "two", tmp_path / "one"
+    assert main(["train", str(ROOT / "examples/quickstart.yaml"), f"output_dir={one}",
+                 "per_device_train_batch_size=16", *BEST_COMMON]) == 0
+    got, want = (json.loads((d / "summary.json").read_text()) for d in (two, one))
+    assert got["environment"]["world_size"] == 2
+    step = _best(_evals(two))[0]
+    assert 1 < step < 6 and got["best_global_step"] == want["best_global_step"] == step
+    assert _checkpoints(two) == _checkpoints(one) == [step]  # save_total_limit 1: only the best is left
+    assert _same_weights(load_file(str(two / "model.safetensors")),
+                         load_file(str(two / f"checkpoint-{step}" / "model.safetensors")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXTRA_OBJECTIVES))
+def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(name, launched):
+    """2 CPU processes (DDP): after load_best_model_at_end every rank holds the best checkpoint's extras, byte for
+    byte (the offline trainer reloaded spo_degree's head on the main process only, in save_model). The runs:
+    tests/loops/scale_matrix_run.py's `best_extras` (test_best_model's _cfg at batch 2 per rank). (Moved from
+    tests/loops/test_best_model.py to join the launch.)"""
+    greater = EXTRA_OBJECTIVES[name][1]
+    run = launched(f"test_two_processes_restore_the_best_checkpoints_extras_on_every_rank[{name}]") / "two"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2
+    step = summary["best_global_step"]
+    assert step == _best(_evals(run), greater=greater)[0] and step < 5
+    best, last = (load_file(str(run / f"checkpoint-{s}" / "extra.safetensors")) for s in (step, 5))
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    for rank in (0, 1):
+        final = load_file(str(run / f"extras-rank{rank}.safetensors"))
+        assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in best), rank
