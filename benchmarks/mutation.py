@@ -1634,8 +1634,8 @@ MUTANTS += [
            [('out.metrics["kl"] = (pol - refs).mean()', 'out.metrics["kl"] = (refs - pol).mean()')], ONLINE_DPO_KEYS,
            "the online pair recipes' kl metric S_ref - S"),
     Mutant("online2-run-win-rate-ties-lost", "online/run.py",
-           [("wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)",
-             "wins = [1.0 if a > b else 0.0 for a, b in zip(after, before)")],
+           [("wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in _scored_pairs(after, before)]",
+             "wins = [1.0 if a > b else 0.0 for a, b in _scored_pairs(after, before)]")],
            [ROUND_VALUES, "-k", "counts_ties_half"], "the online win rate counts a tie as a loss"),
     # examples and their layouts (online/examples.py)
     Mutant("online2-examples-trained-tokens-ignore-mask", "online/examples.py",

@@ -104,6 +104,12 @@ def launch_record(options: dict, cwd: str | None = None, run_dir: str | None = N
     return record
 
 
+def config_launch_record(cfg) -> dict:
+    """launch_record of a run config in the current directory: its options, and for a recipe's stage its run folder
+    (the RECIPE_RUN_DIR attribute stage_config sets), so the record holds the stage's run_paths too."""
+    return launch_record(cfg.to_dict(), run_dir=getattr(cfg, RECIPE_RUN_DIR, None))
+
+
 def run_paths_record(options: dict, cwd: str, run_dir: str) -> dict:
     """{option: {"value": as written, "path": relative to run_dir}} of each PATH_OPTIONS value naming an existing file
     or folder inside `run_dir` (absolute, or relative to `cwd`): a recipe stage's data files, which the recipe writes

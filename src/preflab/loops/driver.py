@@ -44,7 +44,7 @@ from preflab.final_save import staged_final_save
 from preflab.best_model_options import (saves_best, sharded_best_model_problem, sharded_model_only_problem,
                                         trl_save_default_note, writes_checkpoints)
 from preflab.config_trl import trl_epochs_default_note
-from preflab.launch_paths import RECIPE_RUN_DIR, launch_record, save_run_config
+from preflab.launch_paths import config_launch_record, save_run_config
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
@@ -464,7 +464,7 @@ class TrainingRun(CallbackEvents):
         self.before_train()
         # where the run started and the absolute paths of its relative local paths (preflab.launch_paths): beside
         # config.yaml, and in every checkpoint's trainer_state.json
-        self.launch = launch_record(self.cfg.to_dict(), run_dir=getattr(self.cfg, RECIPE_RUN_DIR, None))
+        self.launch = config_launch_record(self.cfg)
         cfg, acc = self.cfg, self.accelerator
         with self._agreed("the main process could not write config.yaml, metric_panels.json and metrics.jsonl"):
             if self.main:
@@ -768,9 +768,7 @@ class TrainingRun(CallbackEvents):
             state = {**state, "data_position": position}
         state = {**state, "stateful_callbacks": callback_states(self.callbacks)}  # EarlyStopping's patience counter
         state = {**state, **self.best.state_dict(), "config": self.cfg.to_dict(),
-                 "launch": getattr(self, "launch", None) or launch_record(self.cfg.to_dict(),
-                                                                          run_dir=getattr(self.cfg, RECIPE_RUN_DIR,
-                                                                                          None)),
+                 "launch": getattr(self, "launch", None) or config_launch_record(self.cfg),
                  "timeline": self.timeline,
                  "world_size": acc.num_processes, "engine": sharding_engine(acc),
                  "data_fingerprint": self.data_fingerprint(), "user_code": user_code(self.cfg.to_dict()),

@@ -175,7 +175,6 @@ def check_fp16_on_cpu(cfg, on_cpu: bool) -> None:
             "load_dtype: float16 to store the weights in float16, or remove it for float32.")
 
 
-
 # the environment transformers' enable_full_determinism sets (see enable_full_determinism)
 DETERMINISM_ENVIRONMENT = {"CUDA_LAUNCH_BLOCKING": "1", "CUBLAS_WORKSPACE_CONFIG": ":16:8",
                            "ASCEND_LAUNCH_BLOCKING": "1", "HCCL_DETERMINISTIC": "1",

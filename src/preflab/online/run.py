@@ -1431,8 +1431,7 @@ def flat_masks(examples: list[Example]) -> list[list[int]]:
 def win_rate(after: list[float], before: list[float]) -> float:
     """P(policy's answer scores higher than the reference's on the same prompt), ties counted 1/2; a prompt either
     answer of which the judge could not score (NaN) is left out (NaN when none is left)."""
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(after, before)
-            if not (math.isnan(a) or math.isnan(b))]
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in _scored_pairs(after, before)]
     return sum(wins) / len(wins) if wins else math.nan
 
 
@@ -1440,8 +1439,14 @@ def tied_prompts(after: list[float], before: list[float]) -> tuple[int, int]:
     """(prompts whose two answers the judge scored equal, prompts win_rate counts): the ties win_rate counts 1/2
     each, said beside it (summary.json win_rate_vs_reference_ties / _prompts; `preflab train`'s last line and
     `preflab report`'s headline)."""
-    scored = [(a, b) for a, b in zip(after, before) if not (math.isnan(a) or math.isnan(b))]
+    scored = _scored_pairs(after, before)
     return sum(a == b for a, b in scored), len(scored)
+
+
+def _scored_pairs(after: list[float], before: list[float]) -> list[tuple[float, float]]:
+    """The prompts' (after, before) scores where the judge scored both answers (no NaN): what win_rate and
+    tied_prompts count."""
+    return [(a, b) for a, b in zip(after, before) if not (math.isnan(a) or math.isnan(b))]
 
 
 def length_metrics(lengths: torch.Tensor, has_eos: list[bool]) -> dict[str, float]:
