@@ -689,7 +689,9 @@ def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference p
         return found
     fraction = cfg.get("eval_fraction") or 0
     if fraction and not cfg.get("eval_dataset_name"):
-        seed = 42 if cfg.get("seed") is None else int(cfg["seed"])  # TrainConfig's default seed
+        from preflab.models.run_config import run_seed
+
+        seed = run_seed(cfg)  # the run's, else TrainConfig's default
         if hold_out is None:
             from preflab.data.holdout import split_eval_fraction
 
