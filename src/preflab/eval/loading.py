@@ -32,7 +32,7 @@ def _demo_sft(demo_sft, seed, what: str):
                            "preflab.demo.sft_model trains (a room above this loader): pass demo_sft="
                            "preflab.demo.sft_model.demo_sft to load_for_eval (as `preflab eval` does: "
                            "preflab.eval_cli.checkpoint.load_policy).")
-    return demo_sft(int(seed or 0))
+    return demo_sft(int(seed))  # the caller's run_seed: never None
 
 
 def run_reference(checkpoint: str) -> tuple[str, str] | None:
