@@ -3552,8 +3552,8 @@ MUTANTS += [
              "    if False:")], EVPATHS_DATA,
            "another configuration of the run's dataset is said to be its training data"),
     Mutant("evpaths-launch-json-not-read", "models/run_config.py",
-           [("    return resolve_saved_paths(_read_yaml(file), read_launch_record(file.parent), str(file))",
-             "    return resolve_saved_paths(_read_yaml(file), None, str(file))")], EVPATHS_LAUNCH,
+           [("    return resolve_saved_paths(_read_yaml(file), read_launch_record(file.parent), str(file), folder=",
+             "    return resolve_saved_paths(_read_yaml(file), None, str(file), folder=")], EVPATHS_LAUNCH,
            "a run's relative paths read from the current directory, not where it started"),
     Mutant("evpaths-hub-name-recorded", "launch_paths.py",
            [("        if _relative(value) and os.path.exists(os.path.join(cwd, value)):",
@@ -7595,12 +7595,12 @@ EVS_SPLIT = ["tests/data/test_eval_set.py::"
 EVS_FROZEN = ["tests/test_user_trial_extend.py::"
               "test_a_user_objective_that_is_not_frozen_is_refused_naming_its_class_and_file"]
 MUTANTS += [
-    Mutant("evs-seed-zero-without-config", "eval/loading.py",
-           [('return int(cfg["seed"]) if cfg.get("seed") is not None else default_seed()',
+    Mutant("evs-seed-zero-without-config", "models/run_config.py",
+           [('return int(cfg["seed"]) if cfg.get("seed") is not None else DEFAULT_SEED',
              'return int(cfg["seed"]) if cfg.get("seed") is not None else 0')], EVS_SEED,
            "a model folder without config.yaml gets the builtin reference of seed 0, not train's default 42"),
     Mutant("evs-seed-option-ignored", "eval_cli/checkpoint.py",
-           [("    seed = builtin_seed(cfg, seed)\n", "    seed = builtin_seed(cfg)\n")],
+           [("    seed = run_seed(cfg, seed)\n", "    seed = run_seed(cfg)\n")],
            EVS_SEED, "preflab eval --seed is read and not used: the builtin reference keeps the run's seed"),
     Mutant("evs-split-alone-unsaid", "data/eval_set.py",
            [("    elif named:  # eval_split alone", "    elif False:  # eval_split alone")], EVS_SPLIT,
@@ -7666,6 +7666,43 @@ MUTANTS += [
            [('        with self._agreed("the main process could not start push_to_hub") if cfg.push_to_hub else '
              'nullcontext():', '        with nullcontext():')], ONA_HUB,
            "a failed Hub repository creation stops the main alone; the other rank waits at the first barrier"),
+]
+
+
+# mutation-rlf round: recipe-left: a moved recipe stage's saved paths inside its run folder are read where the folder
+# is now (preflab eval RUN2/stage: launch_paths.run_path, run_folder_now); a recipe_params path inside the run folder
+# follows the move on resume (recipe_state params_run_paths); a reward or vlm checkpoint whose config has no seed is
+# rebuilt over the base of TrainConfig's default seed (models.run_config.run_seed), not seed 0
+RLF_EVAL = ["tests/tools/test_recipe_move.py::test_eval_of_a_moved_recipe_stage_reads_its_data_in_the_moved_folder"]
+RLF_STATE = ["tests/tools/test_recipe_move.py::"
+             "test_fspo_moved_between_stages_with_its_data_file_inside_resumes_to_the_uninterrupted_summary"]
+RLF_REWARD = ["tests/reward_models/test_user_trial_rm_2.py::"
+              "test_a_lora_reward_runs_checkpoint_evaluates_as_its_merged_final_model"]
+RLF_VLM = ["tests/test_run_config_lookup.py::"
+           "test_a_vlm_checkpoint_whose_config_has_no_seed_is_rebuilt_over_the_base_its_run_trained"]
+MUTANTS += [
+    Mutant("rlf-eval-reads-the-old-path", "launch_paths.py",
+           [("        if there is not None and os.path.exists(there):", "        if False:")], RLF_EVAL,
+           "preflab eval of a moved stage reads the gone RUN/data/... and skips the overlap check"),
+    Mutant("rlf-saved-config-read-without-its-folder", "models/run_config.py",
+           [("str(file), folder=file.parent)", "str(file), folder=None)")], RLF_EVAL,
+           "a stage's config.yaml is read without where it lies now: no run folder found, the old path read"),
+    Mutant("rlf-any-folder-is-the-stage", "launch_paths.py",
+           [("    if here.parts[-len(parts):] != parts:\n        return None\n", "")], RLF_EVAL,
+           "a stage folder copied out of its run under another name is taken for the stage in a moved run folder"),
+    Mutant("rlf-params-paths-not-followed", "recipe_state.py",
+           [("\n                         and not same_run_path(k, saved.get(k), params.get(k), moved, run_dir))",
+             ")")], RLF_STATE,
+           "a recipe_params.data_file inside the moved run folder is refused as changed recipe_params on resume"),
+    Mutant("rlf-params-paths-unrecorded", "recipe_state.py",
+           [("            if inside:\n                self.data[RUN_PATHS_KEY] = inside\n", "")], RLF_STATE,
+           "the state file records no recipe_params inside the run folder: the moved run's resume is refused"),
+    Mutant("rlf-reward-checkpoint-seed-zero", "reward_models/heads.py",
+           [("seed=run_seed(cfg),", 'seed=int(cfg.get("seed") or 0),')], RLF_REWARD,
+           "a LoRA reward checkpoint whose config has no seed is merged over the base of seed 0: other scores"),
+    Mutant("rlf-vlm-seed-zero", "models/vlm_run.py",
+           [("seed=run_seed(cfg, seed),", 'seed=cfg.get("seed", 0) if seed is None else seed,')], RLF_VLM,
+           "a vlm checkpoint whose config has no seed gets the frozen vision tower of seed 0, not its run's"),
 ]
 
 

@@ -217,3 +217,26 @@ def test_a_saved_config_with_a_duplicate_key_is_refused_as_a_written_config_is(t
 
     with pytest.raises(ConfigError, match="duplicate key 'beta'"):
         require_run_config(run, "preflab eval --task vlm")
+
+
+def test_a_vlm_checkpoint_whose_config_has_no_seed_is_rebuilt_over_the_base_its_run_trained(vlm_run, tmp_path):
+    """A task: vlm checkpoint holds the trained parameters only (freeze_vision_tower: the frozen vision tower is the
+    builtin base's, its seed's random draw). With no `seed` in the run's config.yaml, load_vlm_run rebuilt that base
+    with seed 0; the run trained over TrainConfig's default, 42 (models.run_config.run_seed, the rule of every reader
+    of a saved run's seed). Now the checkpoint loads as the same model as with the seed written; seed 0 is another."""
+    import shutil
+
+    import torch
+
+    from preflab.models.vlm_run import load_vlm_run
+
+    saved = yaml.safe_load((vlm_run / "config.yaml").read_text())
+    assert saved["seed"] == 42 and saved["freeze_vision_tower"]
+    copy = tmp_path / "vlm"
+    shutil.copytree(vlm_run, copy)
+    (copy / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in saved.items() if k != "seed"}))
+    (copy / "launch.json").unlink(missing_ok=True)
+    trained, unseeded, zero = (load_vlm_run(run / "checkpoint-1", seed=seed)[0].state_dict()
+                               for run, seed in ((vlm_run, None), (copy, None), (copy, 0)))
+    assert trained.keys() == unseeded.keys() and all(torch.equal(trained[k], unseeded[k]) for k in trained)
+    assert not all(torch.equal(trained[k], zero[k]) for k in trained)  # the seed picks the base: 0 is another model

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from preflab.config_defaults import DEFAULT_SEED
 from preflab.config_options import REQUIRED_NAMES, help_line, missing_trackers, range_errors, unset_required_errors
 from preflab.errors import ConfigError
 from preflab.home_paths import home_expanded
@@ -74,7 +75,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_steps: int = -1                        # > 0 overrides num_train_epochs
     num_train_epochs: float = 1.0
-    seed: int = 42
+    seed: int = DEFAULT_SEED                   # (preflab.config_defaults: a saved config's readers share it)
     data_seed: int | None = None               # TRL: seed of the data order alone (None: seed)
     group_by_length: bool = False              # transformers: batches of similar length (LengthGroupedSampler), seeded
     dtype: str = "float32"                     # float32 | bfloat16 | float16 (autocast where the device allows)

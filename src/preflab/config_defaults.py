@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
+# TrainConfig's default `seed` (preflab.config's field), here below the config layer so that a reader of a saved run
+# config without a seed (preflab.models.run_config.run_seed) takes the same number without importing TrainConfig
+DEFAULT_SEED = 42
+
 
 def changed_options(cfg, names) -> list[str]:
     """The options among `names` that the config sets away from their TrainConfig default."""

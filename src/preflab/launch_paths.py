@@ -42,7 +42,11 @@ also records "run_dir" (that folder, absolute) and "run_paths": each PATH_OPTION
 folder inside it, relative to it ({"dataset_name": {"value": "/runs/A/data/episodes.jsonl", "path":
 "data/episodes.jsonl"}}). The recipe writes its stages' data into its run folder and names it by the folder's path,
 so after `mv A B` the resumed stage names B/data/episodes.jsonl: same_run_path takes that for the saved value (the
-same place in the run folder of the resume), where before the resume was refused as a changed dataset_name.
+same place in the run folder of the resume), where before the resume was refused as a changed dataset_name. The one
+rule is run_path (the recorded place joined to the run folder now); a saved stage config read from its folder
+(preflab.models.run_config: `preflab eval B/fspo`) reads its paths by it too (resolve_saved_paths, the run folder now
+found from the stage folder: run_folder_now), and a recipe's state file compares its recipe_params' paths inside the
+run folder by it (preflab.recipe_state).
 """
 from __future__ import annotations
 
@@ -110,13 +114,14 @@ def config_launch_record(cfg) -> dict:
     return launch_record(cfg.to_dict(), run_dir=getattr(cfg, RECIPE_RUN_DIR, None))
 
 
-def run_paths_record(options: dict, cwd: str, run_dir: str) -> dict:
-    """{option: {"value": as written, "path": relative to run_dir}} of each PATH_OPTIONS value naming an existing file
-    or folder inside `run_dir` (absolute, or relative to `cwd`): a recipe stage's data files, which the recipe writes
-    into its own run folder and names by their absolute path. A path outside run_dir is not recorded (as before: a
+def run_paths_record(options: dict, cwd: str, run_dir: str, names=PATH_OPTIONS) -> dict:
+    """{option: {"value": as written, "path": relative to run_dir}} of each value of `names` (default PATH_OPTIONS)
+    naming an existing file or folder inside `run_dir` (absolute, or relative to `cwd`): a recipe stage's data files,
+    which the recipe writes into its own run folder and names by their absolute path (names: a recipe's own
+    recipe_params, e.g. fspo's data_file, preflab.recipe_state). A path outside run_dir is not recorded (as before: a
     resume compares it as written)."""
     paths = {}
-    for name in PATH_OPTIONS:
+    for name in names:
         value = options.get(name)
         if not isinstance(value, str) or not value or value.startswith("builtin:"):
             continue
@@ -135,17 +140,49 @@ def _inside(path: str, folder: str) -> str | None:
     return os.path.relpath(path, folder)
 
 
-def same_run_path(name: str, saved, current, record: dict | None, run_dir: str | None) -> bool:
-    """Whether option `name`'s saved value, recorded inside the run folder of its recipe (record's "run_paths",
-    relative to its "run_dir"), and the current value name the same place inside `run_dir`, the recipe's run folder
-    now: a recipe run moved (`mv RUN RUN2`) names its stage's data file RUN2/data/x.jsonl where the checkpoint saved
-    RUN/data/x.jsonl. The file's rows are still checked by the resume's data fingerprint (check_resume_data)."""
+def run_path(name: str, saved, record: dict | None, run_dir: str | None) -> str | None:
+    """Where option `name`'s saved value lies in `run_dir`, its recipe's run folder now, when `record` (the stage's
+    launch record) holds it inside the run folder it had then ("run_paths", relative to "run_dir"): run_dir joined
+    with that relative path; None where the record holds no entry of that value (a path outside the run folder, a
+    plain run) or run_dir is None. The one rule of a moved recipe run (`mv RUN RUN2`: RUN/data/x.jsonl is
+    RUN2/data/x.jsonl): its resume compares by it (same_run_path), `preflab eval` of a stage reads by it
+    (resolve_saved_paths), and so does the recipe's own state file for its recipe_params
+    (preflab.recipe_state.RecipeStateFile)."""
     entries = (record or {}).get("run_paths")
     entry = entries.get(name) if isinstance(entries, dict) else None
-    if run_dir is None or not isinstance(entry, dict) or entry.get("value") != saved or not isinstance(current, str):
-        return False
-    here = os.path.normpath(os.path.abspath(os.path.expanduser(current)))
-    return _inside(here, os.path.abspath(run_dir)) == entry.get("path")
+    if run_dir is None or not isinstance(entry, dict) or entry.get("value") != saved \
+            or not isinstance(entry.get("path"), str):
+        return None
+    return os.path.normpath(os.path.join(os.path.abspath(os.path.expanduser(run_dir)), entry["path"]))
+
+
+def same_run_path(name: str, saved, current, record: dict | None, run_dir: str | None) -> bool:
+    """Whether option `name`'s saved value, recorded inside the run folder of its recipe, and the current value name
+    the same place inside `run_dir`, the recipe's run folder now (run_path): a recipe run moved (`mv RUN RUN2`) names
+    its stage's data file RUN2/data/x.jsonl where the checkpoint saved RUN/data/x.jsonl. The file's rows are still
+    checked by the resume's data fingerprint (check_resume_data)."""
+    there = run_path(name, saved, record, run_dir)
+    return there is not None and isinstance(current, str) \
+        and os.path.normpath(os.path.abspath(os.path.expanduser(current))) == there
+
+
+def run_folder_now(record: dict | None, options: dict, folder) -> str | None:
+    """The recipe run folder that a stage's saved config (`options`, its launch `record`) belongs to, read from
+    `folder` (the stage's output folder as it is now, holding its config.yaml): `folder` less the stage's place in
+    the run folder it was saved in (its output_dir relative to the record's "run_dir"): RUN2 for RUN2/fspo saved as
+    RUN/fspo. None: no recipe stage's record, no folder, or the folder's last names are not the stage's (a stage
+    folder copied out of its run under another name)."""
+    then, out = (record or {}).get("run_dir"), options.get("output_dir")
+    if folder is None or not isinstance(then, str) or not isinstance(out, str) or not out:
+        return None
+    saved_at = os.path.normpath(os.path.join(str(record.get("launch_dir") or ""), os.path.expanduser(out)))
+    stage = _inside(saved_at, os.path.normpath(then)) if os.path.isabs(saved_at) and os.path.isabs(then) else None
+    if stage is None:
+        return None
+    parts, here = Path(stage).parts, Path(os.path.abspath(folder))
+    if here.parts[-len(parts):] != parts:
+        return None
+    return str(here.parents[len(parts) - 1])
 
 
 def _path_forms(text: str) -> list[tuple[str, str, str]]:
@@ -243,16 +280,28 @@ def recorded_path(record: dict | None, name: str, value):
 
 
 def resolve_saved_paths(options: dict, record: dict | None, where: str = "the run's saved config",
-                        note=None) -> dict:
+                        note=None, folder=None) -> dict:
     """`options` (a saved config) with each recorded relative path option replaced by the absolute path the module
-    docstring's rule picks; the notes go to `note` (default: stderr, each once). A new dict; `options` unchanged."""
+    docstring's rule picks; the notes go to `note` (default: stderr, each once). A new dict; `options` unchanged.
+    folder: where the saved config is read from (its run's output folder now). A recipe stage's path recorded inside
+    its recipe's run folder (record's "run_paths") reads the same place in that folder now (run_folder_now,
+    run_path) where that exists: `preflab eval RUN2/fspo` after `mv RUN RUN2` reads RUN2/data/episodes.jsonl, as the
+    moved run's resume does, where before it read the gone RUN/data/episodes.jsonl (and skipped its overlap check)."""
     if not record:
         return options
     note = note or _note_once
     out = dict(options)
     started = record.get("launch_dir")
+    moved = run_folder_now(record, options, folder)
+    moved = None if moved is None or os.path.normpath(moved) == os.path.normpath(record["run_dir"]) else moved
     for name in PATH_OPTIONS:
         value = options.get(name)
+        there = run_path(name, value, record, moved)
+        if there is not None and os.path.exists(there):
+            note(f"{where}: {name}={value!r} lies in its recipe's run folder {record['run_dir']}, now {moved}: read "
+                 f"{there}")
+            out[name] = there
+            continue
         path = recorded_path(record, name, value) if _relative(value) else None
         if path is not None:
             out[name] = _pick(f"{where}: {name}={value!r}", value, path, started, note)

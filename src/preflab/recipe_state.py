@@ -18,6 +18,7 @@ files through main_writes (preflab.recipes refuses the recipes that cannot).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,10 @@ from preflab.home_paths import home_expanded
 # the state file's key holding the recipe_params with their local paths absolute where the run was started (written
 # only where some are): a resume from another directory naming the same files another way is no change of params
 LAUNCH_PATHS_KEY = "params_local_paths"
+# the state file's key holding the recipe_params naming a file or folder inside the recipe's run folder (the state
+# file's folder), relative to it (preflab.launch_paths.run_paths_record; written only where some are): a resume of
+# the moved run folder (`mv RUN RUN2`) naming RUN2/users.jsonl for RUN/users.jsonl is no change of params
+RUN_PATHS_KEY = "params_run_paths"
 
 
 class RecipeStateFile:
@@ -51,13 +56,17 @@ class RecipeStateFile:
         if self.path.exists() and not resume:
             raise ConfigError(f"{self.path} exists: set resume_from_checkpoint=true to continue that run, or use a "
                               "new output_dir.")
-        from preflab.launch_paths import absolutized, same_local_paths
+        from preflab.launch_paths import absolutized, same_local_paths, same_run_path
 
         local = absolutized("recipe_params", params)  # its local paths absolute (preflab.launch_paths)
+        run_dir = os.path.abspath(self.path.parent)
+        inside = _run_paths(params, run_dir)
         if not self.path.exists():
             self.data = {"params": params, **(initial if initial is not None else {"stages": {}})}
             if local != params:
                 self.data[LAUNCH_PATHS_KEY] = local
+            if inside:
+                self.data[RUN_PATHS_KEY] = inside
             if every_process:  # every process of a process group opens it: none may find the file written below
                 all_arrive()
                 main_writes(self.save)
@@ -75,9 +84,11 @@ class RecipeStateFile:
         from preflab.runlog import is_main_process
 
         recorded = self.data.get(LAUNCH_PATHS_KEY) if isinstance(self.data.get(LAUNCH_PATHS_KEY), dict) else {}
+        moved = {"run_paths": self.data.get(RUN_PATHS_KEY)}  # the launch record's form (launch_paths.run_path)
         changed = sorted(k for k in set(params) | set(saved) if k not in may_change
                          and home_expanded(saved.get(k)) != home_expanded(params.get(k))
-                         and not (k in recorded and k in params and same_local_paths(recorded[k], params[k])))
+                         and not (k in recorded and k in params and same_local_paths(recorded[k], params[k]))
+                         and not same_run_path(k, saved.get(k), params.get(k), moved, run_dir))
         if changed and allow_change:  # as a plain run's resume (preflab.resume_check.check_resume_config)
             if is_main_process():
                 note(f"preflab: note: resuming with changed recipe_params (allow_config_change: true): "
@@ -95,8 +106,11 @@ class RecipeStateFile:
                               "with the new ones anyway, or use a new output_dir.")
         self.data["params"] = params
         self.data.pop(LAUNCH_PATHS_KEY, None)
+        self.data.pop(RUN_PATHS_KEY, None)
         if local != params:
             self.data[LAUNCH_PATHS_KEY] = local
+        if inside:
+            self.data[RUN_PATHS_KEY] = inside
 
     def save(self) -> None:
         """Written by the main process (every rank holds the same state; the others never read the file mid-run)."""
@@ -107,6 +121,15 @@ class RecipeStateFile:
         from preflab.atomic_file import write_text_file
 
         write_text_file(self.path, json.dumps(self.data, indent=1))  # a failed write leaves no .tmp file behind
+
+
+def _run_paths(params: dict, run_dir: str) -> dict:
+    """The recipe_params naming an existing file or folder inside the recipe's run folder `run_dir`, relative to it
+    (preflab.launch_paths.run_paths_record over the params' own names: a data_file the user keeps in the run
+    folder), so a resume of the moved folder compares them by the same rule as its stages' paths."""
+    from preflab.launch_paths import run_paths_record
+
+    return run_paths_record(params, os.getcwd(), run_dir, names=[k for k, v in params.items() if isinstance(v, str)])
 
 
 def _show(keys: list, saved: dict, params: dict) -> str:

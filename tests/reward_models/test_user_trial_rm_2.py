@@ -321,20 +321,31 @@ def test_bt_loss_and_metrics_equal_trl_compute_loss_with_margins_centering_and_a
 def test_a_lora_reward_runs_checkpoint_evaluates_as_its_merged_final_model(tmp_path):
     """`preflab eval RUN/checkpoint-N --task reward` (docs/reward-models.md) refused every checkpoint of a use_peft
     run ("adapters only"). Now the adapters and head are loaded over the base and merged: the last checkpoint scores
-    exactly as the run's final (merged) model."""
+    exactly as the run's final (merged) model. Its base is the builtin model of the run's seed (here TrainConfig's
+    default, 42): with no `seed` in config.yaml the loader rebuilt the base of seed 0 (another random model, so other
+    scores); now the run's seed, else TrainConfig's default (models.run_config.run_seed)."""
     from preflab.reward_models.heads import load_reward_model
     from preflab.reward_models.interface import RewardModel
     from preflab.reward_models.train import train_reward
 
     data = _pairs_file(tmp_path)
-    train_reward(_reward_cfg(tmp_path / "run", data, use_peft=True, lora_r=4, save_steps=2, learning_rate=1e-2))
-    final, checkpoint = (load_reward_model(str(tmp_path / "run" / d)) for d in ("", "checkpoint-2"))
+    run = tmp_path / "run"
+    train_reward(_reward_cfg(run, data, use_peft=True, lora_r=4, save_steps=2, learning_rate=1e-2, seed=42))
+    final, checkpoint = (load_reward_model(str(run / d)) for d in ("", "checkpoint-2"))
     from preflab.models.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
     prompts, responses = ["the cat", "a dog"], [" sat good", " ran"]
-    torch.testing.assert_close(RewardModel(checkpoint, tok).score(prompts, responses),
-                               RewardModel(final, tok).score(prompts, responses), rtol=0, atol=1e-5)
+    expected = RewardModel(final, tok).score(prompts, responses)
+    torch.testing.assert_close(RewardModel(checkpoint, tok).score(prompts, responses), expected, rtol=0, atol=1e-5)
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    for seed, same in ((None, True), (0, False)):  # no seed written: 42; seed 0 (the old fallback): another base
+        (run / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in saved.items() if k != "seed"}
+                                                        | ({} if seed is None else {"seed": seed})))
+        scores = RewardModel(load_reward_model(str(run / "checkpoint-2")), tok).score(prompts, responses)
+        assert torch.allclose(scores, expected, rtol=0, atol=1e-5) == same, seed
 
 
 def test_reward_data_tokenizes_with_dataset_num_proc_to_the_same_pairs(tmp_path, tok, monkeypatch):

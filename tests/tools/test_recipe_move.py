@@ -111,3 +111,86 @@ def test_recipe_config_yaml_lists_the_options_the_recipe_reads(tmp_path, monkeyp
     assert (again.task, again.seed, again.attention, again.recipe_params) == ("fspo", 7, "dense", {"depth": 2})
     assert again.to_dict() == cfg.to_dict()  # nothing the run used is lost
 
+
+
+def _eval(stage, data, out):
+    """`preflab eval STAGE --data DATA --out OUT` as a user runs it; eval.json."""
+    from preflab.cli import main
+
+    assert main(["eval", str(stage), "--data", str(data), "--out", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_eval_of_a_moved_recipe_stage_reads_its_data_in_the_moved_folder(tmp_path, capsys):
+    """`preflab eval RUN2/fspo` after `mv RUN RUN2` equals `preflab eval RUN/fspo` before the move: the same metrics,
+    and the overlap with the stage's training data is checked against RUN2/data/episodes.jsonl (the stage's saved
+    dataset_name, recorded inside its recipe's run folder: launch_paths.run_path, the rule its resume compares by).
+    Before, the saved RUN/data/episodes.jsonl was read: gone, so the overlap check was skipped with a note. A
+    checkpoint of the moved stage (its run's config.yaml one level up) is checked against the same file; a stage folder
+    copied out of its run under another name is not rebased."""
+    from preflab.launch_paths import read_launch_record, run_folder_now
+    from preflab.reward_models.fspo import run_fspo
+
+    run = tmp_path / "run"
+    run_fspo(str(run), quiet=True, **{**TINY_FSPO, "steps": 2, "save_steps": 2})
+    before = _eval(run / "fspo", run / "data" / "episodes.jsonl", tmp_path / "before.json")
+    moved = tmp_path / "run2"
+    shutil.move(str(run), str(moved))
+    capsys.readouterr()
+    after = _eval(moved / "fspo", moved / "data" / "episodes.jsonl", tmp_path / "after.json")
+    said = capsys.readouterr().err
+    assert after["metrics"] == before["metrics"] and after["num_pairs"] == before["num_pairs"]
+    assert "overlap_with_training" not in after["missing"]
+    overlap = before["overlap_with_training"]
+    assert overlap["pairs"] == overlap["rows"] == before["num_pairs"]  # --data is the stage's training data
+    assert after["overlap_with_training"] == {**overlap, "checked_against": str(moved / "data" / "episodes.jsonl")}
+    assert f"lies in its recipe's run folder {run}, now {moved}" in said
+    checkpoint = _eval(moved / "fspo" / "checkpoint-2", moved / "data" / "episodes.jsonl", tmp_path / "c.json")
+    assert checkpoint["overlap_with_training"] == after["overlap_with_training"]
+    record = read_launch_record(moved / "fspo")
+    options = {"output_dir": str(run / "fspo")}
+    assert run_folder_now(record, options, moved / "fspo") == str(moved)
+    assert run_folder_now(record, options, tmp_path / "elsewhere") is None  # not the stage's folder name
+    assert run_folder_now({**record, "run_dir": None}, options, moved / "fspo") is None  # no recipe stage
+
+
+def _user_rows_file(run):
+    from preflab.reward_models.fspo import toy_user_rows
+
+    path = run / "in" / "users.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in toy_user_rows(3, 4, 0)))
+    return str(path)
+
+
+def test_fspo_moved_between_stages_with_its_data_file_inside_resumes_to_the_uninterrupted_summary(tmp_path):
+    """Stopped after stage fspo (before pooled started), its recipe_params.data_file inside the run folder, moved, and
+    resumed with data_file naming the same file in the moved folder: the summary equals an uninterrupted run's. The
+    state file records the data_file relative to the run folder (params_run_paths), and compares it by the stages'
+    rule (launch_paths.run_path); another file of the moved folder is still a change. Before, the resume was refused:
+    recipe_params ['data_file'] differ."""
+    from preflab.errors import ConfigError
+    from preflab.reward_models.fspo import run_fspo
+
+    tiny = {**TINY_FSPO, "baseline": True, "steps": 2, "save_steps": 0}
+    full = run_fspo(str(tmp_path / "full"), quiet=True, data_file=_user_rows_file(tmp_path / "full"), **tiny)
+    part = tmp_path / "part"
+    run_fspo(str(part), quiet=True, data_file=_user_rows_file(part), stop_after_stage="fspo", **tiny)
+    state = json.loads((part / "fspo_state.json").read_text())
+    assert list(state["stages"]) == ["fspo"] and not (part / "pooled").exists()
+    assert state["params_run_paths"] == {"data_file": {"value": str(part / "in" / "users.jsonl"),
+                                                       "path": "in/users.jsonl"}}
+    moved = tmp_path / "moved"
+    shutil.move(str(part), str(moved))
+    shutil.copy(moved / "in" / "users.jsonl", moved / "in" / "other.jsonl")
+    with pytest.raises(ConfigError, match=r"recipe_params \['data_file'\] differ"):
+        run_fspo(str(moved), quiet=True, resume=True, data_file=str(moved / "in" / "other.jsonl"), **tiny)
+    resumed = run_fspo(str(moved), quiet=True, resume=True, data_file=str(moved / "in" / "users.jsonl"), **tiny)
+    drop = lambda s: {k: v for k, v in s.items() if k not in ("runtime_s", "params")}  # noqa: E731
+    assert drop(resumed) == drop(full) and "pooled_accuracy_after" in resumed
+    unmoved = lambda s: {k: v for k, v in s["params"].items() if k != "data_file"}  # noqa: E731
+    assert unmoved(resumed) == unmoved(full)
+    a, b = (load_file(str(d / "pooled" / "model.safetensors")) for d in (tmp_path / "full", moved))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((moved / "fspo_state.json").read_text())["params_run_paths"]["data_file"]["value"] == \
+        str(moved / "in" / "users.jsonl")

@@ -8,7 +8,7 @@ Accepted forms (safetensors only, through preflab.models.load; pickle weights ne
                                 rebuilt from the saved config and the parameters are loaded over it (a LoRA run's
                                 checkpoint: adapters rebuilt from the config's lora_* options, loaded, merged)
     builtin:tiny-llama etc.     a builtin random model (seeded as in training: the run's `seed`, else TrainConfig's
-                                default seed, as `preflab train` builds it; `preflab eval --seed` overrides: builtin_seed)
+                                default seed, as `preflab train` builds it; `preflab eval --seed` overrides: run_seed)
     builtin:demo-sft            the online demo runs' starting policy (the demo's SFT model for the run's `seed`,
                                 built by the demo_sft the caller passes: preflab.demo.sft_model.demo_sft)
 The tokenizer is the one saved beside the weights (or in the run directory above a checkpoint).
@@ -19,31 +19,10 @@ from pathlib import Path
 
 from preflab.checkpoint import numbered_checkpoints
 from preflab.errors import ConfigError, PreflabError
-from preflab.models.run_config import run_config
+from preflab.models.run_config import run_config, run_seed
 from preflab.eval.run_files import tokenizer_near as _tokenizer_near
 from preflab.models.builtin_names import BUILTIN, DEMO_SFT  # noqa: F401  (public names of this module)
 from preflab.models.load import check_remote_code, check_weights_safe, load_causal_lm, load_tokenizer
-
-
-def default_seed() -> int:
-    """TrainConfig's default `seed`, read from its dataclass field (no copy of the number here to drift from it)."""
-    import dataclasses
-
-    from preflab.config import TrainConfig
-
-    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "seed")
-
-
-def builtin_seed(cfg: dict, seed: int | None = None) -> int:
-    """The seed a builtin model (builtin:tiny-*, builtin:demo-sft) is built with for an eval: `seed` when given
-    (`preflab eval --seed`), else the run's saved `seed` (cfg: its config), else TrainConfig's default seed, the one
-    `preflab train` built the run's builtin models with when its config named none. A builtin model's weights are
-    its seed's random draw, so another seed is another model: before, a folder without config.yaml (a merged LoRA
-    model saved by hand) evaluated against --reference builtin:tiny-llama got the reference of seed 0, not the one
-    its run trained against (seed 42), and every implicit reward was off."""
-    if seed is not None:
-        return int(seed)
-    return int(cfg["seed"]) if cfg.get("seed") is not None else default_seed()
 
 
 def _demo_sft(demo_sft, seed, what: str):
@@ -53,7 +32,7 @@ def _demo_sft(demo_sft, seed, what: str):
                            "preflab.demo.sft_model trains (a room above this loader): pass demo_sft="
                            "preflab.demo.sft_model.demo_sft to load_for_eval (as `preflab eval` does: "
                            "preflab.eval_cli.checkpoint.load_policy).")
-    return demo_sft(int(seed or 0))
+    return demo_sft(int(seed))  # the caller's run_seed: never None
 
 
 def run_reference(checkpoint: str) -> tuple[str, str] | None:
@@ -137,7 +116,7 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
                   seed: int | None = None, demo_sft=None, dtype="float32", init_kwargs: dict | None = None):
     """(model in eval mode, tokenizer) for a run directory, checkpoint directory or builtin name. `tokenizer`
     (e.g. the policy's, for a reference) replaces the one found beside the weights; `seed` seeds a builtin `name`
-    (None: TrainConfig's default seed, builtin_seed) and the builtin base of a run folder whose config saved no
+    (None: TrainConfig's default seed, run_seed) and the builtin base of a run folder whose config saved no
     seed (a run's saved seed builds its base: its weights were trained over that one).
     demo_sft: seed -> (model, tokenizer) of builtin:demo-sft (preflab.demo.sft_model.demo_sft), for that name and
     for the checkpoints of runs that started from it; the demo room trains it and builds on this one, so the caller
@@ -148,9 +127,9 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
     if name in BUILTIN:  # a builtin is built for the tokenizer it is given (its vocabulary sizes the model)
         if tokenizer is None:
             tokenizer = load_tokenizer(name)
-        return load_causal_lm(name, tokenizer=tokenizer, seed=builtin_seed({}, seed), **load).eval(), tokenizer
+        return load_causal_lm(name, tokenizer=tokenizer, seed=run_seed({}, seed), **load).eval(), tokenizer
     if name == DEMO_SFT:
-        model, own = _demo_sft(demo_sft, builtin_seed({}, seed), name)
+        model, own = _demo_sft(demo_sft, run_seed({}, seed), name)
         check_same_tokenizer(name, own, tokenizer)
         return model.eval(), tokenizer or own
     path = Path(name)
@@ -158,7 +137,7 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
     check_weights_safe(str(path), allow_pickle)  # before anything else is read from the directory
     check_remote_code(str(path), trust_remote_code, "model")  # transformers' own refusal names the hub
     cfg = run_config(path)
-    base_seed = builtin_seed(cfg) if cfg.get("seed") is not None else builtin_seed({}, seed)
+    base_seed = run_seed(cfg) if cfg.get("seed") is not None else run_seed({}, seed)
     if cfg.get("task") in ("reward", "diffusion"):  # else a reward model's backbone is scored as a policy
         raise ConfigError(f"{name} is a task: {cfg['task']} run, not a language-model policy; evaluate it with "
                           f"`preflab eval {name} --task {cfg['task']} --data ...`.")

@@ -42,6 +42,7 @@ from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
 from preflab.eval.winrate import win_rate_caveats
+from preflab.models.run_config import run_seed
 from preflab.option_types import is_number
 
 
@@ -579,7 +580,7 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
     if config is not None and trained_config is not None and str(config) != str(trained_config):
         return None
     fraction = cfg.get("eval_fraction") or 0
-    held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {cfg.get('seed')}) were not "
+    held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {run_seed(cfg)}) were not "
             "trained on" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
     held_split = cfg.get("eval_split") if cfg.get("eval_dataset_name") and _same_data(data, cfg["eval_dataset_name"]) \
         else None  # the run's eval set is another split of this data (TRL's dataset_test_split)
@@ -689,7 +690,7 @@ def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference p
         return found
     fraction = cfg.get("eval_fraction") or 0
     if fraction and not cfg.get("eval_dataset_name"):
-        seed = 42 if cfg.get("seed") is None else int(cfg["seed"])  # TrainConfig's default seed
+        seed = run_seed(cfg)  # the run's, else TrainConfig's default
         if hold_out is None:
             from preflab.data.holdout import split_eval_fraction
 

@@ -22,7 +22,7 @@ def load_policy(name: str, tokenizer=None, allow_pickle: bool = False, trust_rem
                 seed: int | None = None):
     """preflab.eval.loading.load_for_eval with builtin:demo-sft built by the demo (preflab.demo.sft_model): a run
     directory, a checkpoint (of a run from builtin:demo-sft too) or a builtin name -> (model in eval mode,
-    tokenizer). seed: a builtin model's (preflab.eval.loading.builtin_seed; None: TrainConfig's default)."""
+    tokenizer). seed: a builtin model's (preflab.models.run_config.run_seed; None: TrainConfig's default)."""
     from preflab.demo.sft_model import demo_sft
     from preflab.eval.loading import load_for_eval
 
@@ -71,15 +71,15 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)"). seed: the seed
     of the builtin models built here (a builtin reference, a builtin policy or base): `preflab eval --seed`; None:
     the run's saved seed, else TrainConfig's default, the seed `preflab train` built them with
-    (preflab.eval.loading.builtin_seed)."""
+    (preflab.models.run_config.run_seed)."""
     from preflab import __version__
-    from preflab.eval.loading import builtin_seed
+    from preflab.models.run_config import run_seed
     from preflab.models.run_config import run_config
 
     opts = options or EvalOptions()
     cfg = run_config(checkpoint) if Path(checkpoint).is_dir() else {}
     beta, run_notes = eval_beta(opts.beta, cfg)
-    seed = builtin_seed(cfg, seed)
+    seed = run_seed(cfg, seed)
     policy, tokenizer = load_policy(checkpoint, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                     seed=seed)
     ref = None

@@ -59,7 +59,8 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
 
     split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
     notes = [said] if said else []
-    from preflab.eval.loading import LORA_OPTIONS, builtin_seed, load_for_eval
+    from preflab.eval.loading import LORA_OPTIONS, load_for_eval
+    from preflab.models.run_config import run_seed
     from preflab.models.load import load_named_reference, policy_load_dtype
 
     with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
@@ -75,7 +76,7 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
         # in the dtype and attention the run loaded its policy with (load_models), as the run evaluated it
         shaping = {k: v for k, v in cfg.model_kwargs().items() if k in SHAPING_INIT_KWARGS}
         student, tokenizer = load_for_eval(str(checkpoint), trust_remote_code=bool(saved.get("trust_remote_code")),
-                                           seed=builtin_seed(saved), dtype=policy_load_dtype(cfg),
+                                           seed=run_seed(saved), dtype=policy_load_dtype(cfg),
                                            init_kwargs=shaping or None)
         trainer = DistillTrainer(cfg, policy=student, ref=load_named_reference(cfg, tokenizer, student),
                                  tokenizer=tokenizer)  # the run's teacher (or --reference), loaded as the run did

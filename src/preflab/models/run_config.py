@@ -7,6 +7,7 @@ eval and its --task vlm / diffusion, the reward-model loaders, reloading a task:
     require_run_config(path, command)  that file and its options, read once (the --task vlm / diffusion evals)
     run_file_folder(path, name)   the same rule for any file a run saves beside its weights (tokenizer, processor)
     parent_file_not_read(path, name)  the sentence saying a parent's file was passed over for a folder, or None
+    run_seed(cfg, seed)    the seed the run of a saved config built its models and held its rows out with
 
 The rule: a folder's own config.yaml; a checkpoint folder (is_checkpoint_folder: named checkpoint-<step> as
 preflab.checkpoint writes them, or holding trainer_state.json, which every checkpoint writer saves) has none of its
@@ -28,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from preflab.checkpoint import checkpoint_step
+from preflab.config_defaults import DEFAULT_SEED
 from preflab.errors import ConfigError
 from preflab.strict_yaml import load_yaml
 
@@ -76,6 +78,20 @@ def _no_checkpoint_of_it(path: Path) -> str:
     return f"{path.name} is no checkpoint of it (not named checkpoint-<step>, no {STATE_FILE})"
 
 
+def run_seed(cfg: dict, seed: int | None = None) -> int:
+    """The seed that the run of saved config `cfg` (run_config) built its builtin models with (builtin:tiny-*,
+    builtin:demo-sft, a reward model's random head and base), and held out its eval_fraction rows with: `seed` when
+    given (`preflab eval --seed`), else the run's saved `seed`, else TrainConfig's default (DEFAULT_SEED), the one
+    `preflab train` ran with when its config named none. A builtin model's weights are its seed's random draw, so
+    another seed is another model: before, a folder without config.yaml evaluated against --reference
+    builtin:tiny-llama got the reference of seed 0, and a reward checkpoint or a vlm run whose config saved no seed
+    was rebuilt over the base of seed 0, not the one its run trained (seed 42). Every reader of a saved run's seed
+    takes it here."""
+    if seed is not None:
+        return int(seed)
+    return int(cfg["seed"]) if cfg.get("seed") is not None else DEFAULT_SEED
+
+
 def run_config_file(path: str | Path) -> Path | None:
     """The config.yaml of the run whose output folder `path` is (module docstring), or None."""
     folder = run_file_folder(path, CONFIG_FILE)
@@ -87,7 +103,8 @@ def run_config(path: str | Path) -> dict:
     that is not YAML, or not a mapping of options, is a ConfigError naming it. Relative paths the run read as local
     files or folders are made absolute where it was started (preflab.launch_paths: its launch.json beside
     config.yaml, or the copy in a checkpoint's trainer_state.json), so the config reads the same from any
-    directory."""
+    directory; a recipe stage's files inside its recipe's run folder are read where that folder is now (a moved
+    recipe run: preflab.launch_paths.run_path)."""
     from preflab.launch_paths import resolve_saved_paths
 
     path = Path(path)
@@ -103,16 +120,18 @@ def run_config(path: str | Path) -> dict:
             raise ConfigError(f"{state} is not a JSON object of training state ({err}); the checkpoint is damaged: "
                               "use another checkpoint of the run, or its final directory.") from err
         launch = kept.get("launch") if isinstance(kept.get("launch"), dict) else None
-        return resolve_saved_paths(dict(saved), launch, f"{state} (config)") if isinstance(saved, dict) else {}
+        return resolve_saved_paths(dict(saved), launch, f"{state} (config)", folder=path.parent) \
+            if isinstance(saved, dict) else {}
     return {}
 
 
 def _read_saved(file: Path) -> dict:
-    """The options of the run config.yaml `file`, its relative local paths resolved by the launch.json beside it
-    (preflab.launch_paths.resolve_saved_paths; none there: as written)."""
+    """The options of the run config.yaml `file`, its relative local paths (and a recipe stage's paths inside its moved
+    run folder) resolved by the launch.json beside it (preflab.launch_paths.resolve_saved_paths; none there: as
+    written)."""
     from preflab.launch_paths import read_launch_record, resolve_saved_paths
 
-    return resolve_saved_paths(_read_yaml(file), read_launch_record(file.parent), str(file))
+    return resolve_saved_paths(_read_yaml(file), read_launch_record(file.parent), str(file), folder=file.parent)
 
 
 def require_run_config_file(path: str | Path, command: str) -> Path:

@@ -34,7 +34,7 @@ from torch import nn
 from preflab.errors import ConfigError
 from preflab.model_part_options import model_part_options
 from preflab.models.clue_aggregator import CLUE_AGGREGATOR_FILE, attach_clue_aggregator
-from preflab.models.run_config import parent_file_not_read, run_file_folder
+from preflab.models.run_config import parent_file_not_read, run_file_folder, run_seed
 from preflab.models.vlm_parts import (PROCESSOR_FILES, add_vlm_lora, freeze_vision, load_vlm_processor,  # noqa: F401
                                       processor_source, run_options, vlm_options)
 
@@ -58,7 +58,7 @@ def load_vlm_run(path: str | Path, processor=None, allow_pickle: bool = False, t
         raise ConfigError(f"{path} is not a directory; give a task: vlm run's output_dir or one of its checkpoint-N.")
     check_weights_safe(str(path), allow_pickle)
     cfg = run_options(path) if saved is None else vlm_options(saved)
-    opts = SimpleNamespace(seed=cfg.get("seed", 0) if seed is None else seed, allow_pickle=allow_pickle,
+    opts = SimpleNamespace(seed=run_seed(cfg, seed), allow_pickle=allow_pickle,
                            trust_remote_code=trust_remote_code)
     if processor is None:
         processor = _processor(path, cfg, trust_remote_code)

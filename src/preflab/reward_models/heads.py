@@ -266,7 +266,7 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     from safetensors.torch import load_file
 
     from preflab.eval.run_files import tokenizer_near
-    from preflab.models.run_config import run_config
+    from preflab.models.run_config import run_config, run_seed
 
     path = Path(path)
     cfg = run_config(path)
@@ -291,7 +291,7 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
                           "is (GPM, attributes); evaluate the final run directory.")
     tokenizer = tokenizer_near(path, str(base), trust_remote_code)
     model = build_reward_model(str(base), num_outputs, tokenizer, dtype=cfg.get("load_dtype") or "float32",
-                               trust_remote_code=trust_remote_code, seed=int(cfg.get("seed") or 0),
+                               trust_remote_code=trust_remote_code, seed=run_seed(cfg),
                                init_kwargs=cfg.get("model_init_kwargs"))
     if cfg.get("use_peft"):  # the checkpoint holds the adapters and the head: merged over the base, as at save
         return _merged_lora_checkpoint(path, model, weights, cfg, info)
