@@ -197,8 +197,9 @@ def test_a_run_on_renamed_columns_equals_the_run_on_the_original_and_eval_reads_
     assert yaml.safe_load((runs["users"] / "config.yaml").read_text())["dataset_columns"] == TO_USERS
     # preflab eval of the run: its config.yaml's mapping reads the renamed file; --data-columns none the original
     results = []
-    for data, extra in ((tmp_path / "users_eval.jsonl", []), (tmp_path / "plain_eval.jsonl", ["--data-columns", "none"]),
-                        (tmp_path / "plain_eval.jsonl", ["--data-columns", "prompt=prompt"])):
+    plain_eval = tmp_path / "plain_eval.jsonl"
+    for data, extra in ((tmp_path / "users_eval.jsonl", []), (plain_eval, ["--data-columns", "none"]),
+                        (plain_eval, ["--data-columns", "prompt=prompt"])):
         out = tmp_path / f"eval{len(results)}.json"
         assert main(["eval", str(runs["users"]), "--data", str(data), "--no-reference", "--out", str(out),
                      *extra]) == 0

@@ -474,9 +474,9 @@ def _prompt_row_fix(row: dict) -> str:
     like = [k for k in row if k != "prompt" and (str(k).lower() in PROMPT_LIKE_COLUMNS or k == "messages")]
     fix = "A prompt row needs 'prompt': text, or a list of messages (TRL's GRPO / online DPO datasets)."
     if like:
-        fix += (f" Read {like[0]!r} as the prompt with dataset_columns: {{prompt: {like[0]}}} (or rename it)" + (" (a 'messages' column is TRL's language-modeling form: as the "
-                                                        "prompt it must hold the prompt turns only)"
-                                                        if like[0] == "messages" else "") + ".")
+        fix += (f" Read {like[0]!r} as the prompt with dataset_columns: {{prompt: {like[0]}}} (or rename it)" +
+                (" (a 'messages' column is TRL's language-modeling form: as the prompt it must hold the prompt turns "
+                 "only)" if like[0] == "messages" else "") + ".")
     return fix
 
 

@@ -19,7 +19,8 @@ UNPAIRED_HEADLINE = ("unpaired/auroc", "rewards/chosen", "rewards/rejected", "re
                      "logps/rejected")  # preflab.eval.unpaired
 
 
-# what each routed task reads besides CHECKPOINT, --data, --data-config, --data-columns, --task and --out (the rest would be ignored)
+# what each routed task reads besides CHECKPOINT, --data, --data-config, --data-columns, --task and --out (the rest
+# would be ignored)
 TASK_READS = {
     "reward": {"split", "limit", "batch_size", "max_length"},
     "diffusion": {"reference", "no_reference", "reward_fn", "win_rate_prompts", "confidence", "batch_size",

@@ -274,8 +274,8 @@ def eval_columns(args) -> tuple[dict, str]:
         try:
             mapping = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ConfigError(f"--data-columns {given!r} is not a JSON object ({err.msg}); write "
-                              "FIELD=COLUMN[,FIELD=COLUMN...], e.g. prompt=question,chosen=good,rejected=bad.") from None
+            raise ConfigError(f"--data-columns {given!r} is not a JSON object ({err.msg}); write FIELD=COLUMN[,"
+                              "FIELD=COLUMN...], e.g. prompt=question,chosen=good,rejected=bad.") from None
     else:
         pairs = [part.split("=", 1) for part in text.split(",")]
         if any(len(p) != 2 for p in pairs):
