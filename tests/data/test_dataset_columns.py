@@ -118,7 +118,7 @@ def test_a_missing_mapped_column_names_the_file_the_option_and_the_columns(tmp_p
     said = str(err.value)
     assert said.startswith(f"{path} row 0 (line 1), field 'Good': missing: dataset_columns=")
     assert "reads the field 'chosen' from the column 'Good'" in said
-    assert "(its columns: 'question', 'good', 'bad')" in said
+    assert "(its columns: 'question', 'good', 'bad')" in said and "on_bad_row" not in said
 
 
 def test_a_field_that_is_also_a_column_is_ambiguous(tmp_path):
@@ -177,7 +177,7 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def test_a_run_on_renamed_columns_equals_the_run_on_the_original_and_eval_reads_them(tmp_path, capsys):
-    train, evals = PAIRS[:12], PAIRS[200:206]
+    train, evals = PAIRS[:12], PAIRS[10:16]  # two eval pairs were trained on
     runs = {}
     for name, columns in (("plain", {}), ("users", TO_USERS)):
         out = tmp_path / name
@@ -209,6 +209,9 @@ def test_a_run_on_renamed_columns_equals_the_run_on_the_original_and_eval_reads_
     assert accuracy[0] == accuracy[1] == accuracy[2] and results[0]["num_pairs"] == 6
     assert results[0]["per_pair"] == results[1]["per_pair"]
     assert results[0]["data_columns"] == TO_USERS and "data_columns" not in results[1]
+    # the overlap check read the run's training rows with its mapping: the two shared pairs are found
+    for result in results:
+        assert (result["overlap_with_training"]["pairs"], result["overlap_with_training"]["training_pairs"]) == (2, 12)
     # the run's own mapping on data with the original names: the missing column names the file and the option
     assert main(["eval", str(runs["users"]), "--data", str(tmp_path / "plain_eval.jsonl"), "--no-reference",
                  "--out", str(tmp_path / "x.json")]) != 0
