@@ -3297,8 +3297,10 @@ MUTANTS += [
              "    if False:\n        raise ConfigError")], DSCFG + ["-k", "python"],
            "dataset_config beside rows given from Python is silently unused"),
     Mutant("dscfg-overlap-drops-config", "eval/run.py",
-           [("rows, report = read(data_source(str(name), config), train_split)",
-             "rows, report = read(str(name), train_split)")], DSCFG + ["-k", "overlap"],
+           [('rows, report = read(with_columns(data_source(str(name), config), cfg.get("dataset_columns")), '
+             'train_split)',
+             'rows, report = read(with_columns(str(name), cfg.get("dataset_columns")), train_split)')],
+           DSCFG + ["-k", "overlap"],
            "preflab eval's overlap check reads the run's training data without its dataset_config"),
     Mutant("dscfg-mixture-name-dropped", "config_trl.py",
            [("        raw[\"dataset_config\"] = only[\"name\"]\n", "        pass\n")], DSCFG + ["-k", "yaml"],
@@ -3545,8 +3547,9 @@ EVPATHS_LAUNCH = ["tests/test_launch_paths.py"]
 EVPATHS_REWARD = ["tests/reward_models/test_reward_tokenizer_options.py"]
 MUTANTS += [
     Mutant("evpaths-data-config-dropped", "eval/run.py",
-           [('    return data_source(data, config, "--data-config", "--data")',
-             "    return data")], EVPATHS_DATA, "preflab eval reads --data whole, ignoring --data-config"),
+           [('    return with_columns(data_source(data, config, "--data-config", "--data"), mapping, option)',
+             "    return with_columns(data, mapping, option)")], EVPATHS_DATA,
+           "preflab eval reads --data whole, ignoring --data-config"),
     Mutant("evpaths-training-note-ignores-config", "eval/run.py",
            [("    if config is not None and trained_config is not None and str(config) != str(trained_config):",
              "    if False:")], EVPATHS_DATA,
