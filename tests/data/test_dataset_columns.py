@@ -234,3 +234,15 @@ def test_eval_data_columns_flag_is_checked():
         eval_columns(args("question=prompt"))
     with pytest.raises(ConfigError, match="write FIELD=COLUMN"):
         eval_columns(args("prompt"))
+
+
+def test_streamed_rows_are_renamed_from_a_file_and_from_python(tmp_path):
+    from preflab.loops.streaming import _row_source
+
+    rows = renamed(PAIRS[:3], TO_USERS)
+    cfg = config_from_dict(dict(model_name_or_path="builtin:tiny-llama", output_dir=str(tmp_path),
+                                dataset_name=write_jsonl(tmp_path / "d.jsonl", rows), dataset_columns=TO_USERS,
+                                streaming=True, max_steps=2))
+    for given in (None, rows, lambda: iter(rows)):
+        open_rows, _ = _row_source(cfg, given)
+        assert [raw.data for raw in open_rows()] == PAIRS[:3]
