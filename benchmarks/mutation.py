@@ -7707,7 +7707,7 @@ MUTANTS += [
            [("        return tuple(cfg.objective().row_extras())", "        return ()")], DCOL_CONFIG,
            "an objective's per-row extra (sem_dpo's similarity) cannot be mapped"),
     Mutant("dcol-eval-ignores-run-mapping", "eval/run.py",
-           [('        saved = run_config(args.checkpoint).get("dataset_columns") or {}', "        saved = {}")],
+           [('        saved = run_config(run).get("dataset_columns") or {} if run else {}', "        saved = {}")],
            DCOL_RUN, "preflab eval of a run trained on renamed columns reads --data with the data's own names"),
     Mutant("dcol-training-rows-unmapped", "eval/run.py",
            [('read(with_columns(data_source(str(name), config), cfg.get("dataset_columns")), train_split)',

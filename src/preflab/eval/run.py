@@ -261,12 +261,13 @@ def eval_columns(args) -> tuple[dict, str]:
 
     given = getattr(args, "data_columns", None)
     if given is None:
-        saved = run_config(args.checkpoint).get("dataset_columns") or {}
+        run = getattr(args, "checkpoint", None) or getattr(args, "model", None)  # `eval-reward --model DIR`
+        saved = run_config(run).get("dataset_columns") or {} if run else {}
         if saved:
             print(f"preflab: note: --data is read with the run's dataset_columns {saved} (preflab field: dataset "
                   "column, from its config.yaml); pass --data-columns for other names, or --data-columns none for "
                   "the data's own.", file=sys.stderr)
-        return dict(saved), f"dataset_columns (from {args.checkpoint}'s config.yaml; --data-columns overrides it)"
+        return dict(saved), f"dataset_columns (from {run}'s config.yaml; --data-columns overrides it)"
     text = given.strip()
     if text.lower() in ("none", "{}", ""):
         return {}, "--data-columns"

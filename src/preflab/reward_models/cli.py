@@ -21,6 +21,10 @@ def add_reward_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "rejected, subset): a file, directory or hub dataset name")
     parser.add_argument("--data-config", metavar="NAME", default=None,
                         help="configuration of --data (TRL's dataset_config: load_dataset(DATA, NAME))")
+    parser.add_argument("--data-columns", metavar="FIELD=COLUMN,...", default=None,
+                        help="which column of --data each preflab field is read from (preflab field = your column, "
+                             "e.g. prompt=question,chosen=good,rejected=bad); default: the dataset_columns of the "
+                             "model's run (its config.yaml); 'none': the data's own names")
     parser.add_argument("--split", default=None, help="split of a hub dataset, DatasetDict or data folder (default: "
                         "'test' where the data has one, as `preflab eval --task reward`; else 'train'; the result's "
                         "split and notes say which)")
