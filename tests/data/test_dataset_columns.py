@@ -246,3 +246,28 @@ def test_streamed_rows_are_renamed_from_a_file_and_from_python(tmp_path):
     for given in (None, rows, lambda: iter(rows)):
         open_rows, _ = _row_source(cfg, given)
         assert [raw.data for raw in open_rows()] == PAIRS[:3]
+
+
+def test_eval_reward_reads_renamed_columns_with_the_flag(tmp_path):
+    import argparse
+
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.reward_models.cli import register_reward_eval
+    from preflab.reward_models.heads import build_reward_model
+
+    tok = tiny_tokenizer()
+    build_reward_model("builtin:tiny-llama", 1, tok, seed=2).save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    parser = argparse.ArgumentParser()
+    register_reward_eval(parser.add_subparsers())
+    printed = []
+    for name, rows, extra in (("plain", PAIRS[:6], []),
+                              ("users", renamed(PAIRS[:6], TO_USERS), ["--data-columns", "prompt=question,chosen=good,"
+                                                                                         "rejected=bad"])):
+        args = parser.parse_args(["eval-reward", "--model", str(tmp_path / "rm"), "--data",
+                                  write_jsonl(tmp_path / f"{name}.jsonl", rows), "--output",
+                                  str(tmp_path / f"{name}.json"), *extra])
+        assert args.func(args) == 0
+        printed.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert printed[0]["num_pairs"] == printed[1]["num_pairs"] == 6
+    assert printed[0]["accuracy"] == printed[1]["accuracy"] and printed[0]["margin"] == printed[1]["margin"]
