@@ -3297,8 +3297,10 @@ MUTANTS += [
              "    if False:\n        raise ConfigError")], DSCFG + ["-k", "python"],
            "dataset_config beside rows given from Python is silently unused"),
     Mutant("dscfg-overlap-drops-config", "eval/run.py",
-           [("rows, report = read(data_source(str(name), config), train_split)",
-             "rows, report = read(str(name), train_split)")], DSCFG + ["-k", "overlap"],
+           [('rows, report = read(with_columns(data_source(str(name), config), cfg.get("dataset_columns")), '
+             'train_split)',
+             'rows, report = read(with_columns(str(name), cfg.get("dataset_columns")), train_split)')],
+           DSCFG + ["-k", "overlap"],
            "preflab eval's overlap check reads the run's training data without its dataset_config"),
     Mutant("dscfg-mixture-name-dropped", "config_trl.py",
            [("        raw[\"dataset_config\"] = only[\"name\"]\n", "        pass\n")], DSCFG + ["-k", "yaml"],
@@ -3545,8 +3547,9 @@ EVPATHS_LAUNCH = ["tests/test_launch_paths.py"]
 EVPATHS_REWARD = ["tests/reward_models/test_reward_tokenizer_options.py"]
 MUTANTS += [
     Mutant("evpaths-data-config-dropped", "eval/run.py",
-           [('    return data_source(data, config, "--data-config", "--data")',
-             "    return data")], EVPATHS_DATA, "preflab eval reads --data whole, ignoring --data-config"),
+           [('    return with_columns(data_source(data, config, "--data-config", "--data"), mapping, option)',
+             "    return with_columns(data, mapping, option)")], EVPATHS_DATA,
+           "preflab eval reads --data whole, ignoring --data-config"),
     Mutant("evpaths-training-note-ignores-config", "eval/run.py",
            [("    if config is not None and trained_config is not None and str(config) != str(trained_config):",
              "    if False:")], EVPATHS_DATA,
@@ -7668,6 +7671,49 @@ MUTANTS += [
            "a failed Hub repository creation stops the main alone; the other rank waits at the first barrier"),
 ]
 
+# mutation-dcol round: dataset_columns (a dataset whose columns are named otherwise: preflab field <- dataset column),
+# applied in the row reader for training, the eval set and preflab eval (the run's config.yaml); its refusals
+DCOL = "tests/data/test_dataset_columns.py::"
+DCOL_KINDS = [DCOL + "test_pairs_read_the_same_and_the_old_names_are_not_kept",
+              DCOL + "test_a_question_column_read_as_the_prompt_is_not_refused_as_an_unread_prompt"]
+DCOL_EVAL_SET = [DCOL + "test_reward_pairs_and_the_eval_set_read_renamed_columns"]
+DCOL_ERRORS = [DCOL + "test_a_missing_mapped_column_names_the_file_the_option_and_the_columns",
+               DCOL + "test_a_field_that_is_also_a_column_is_ambiguous"]
+DCOL_CONFIG = [DCOL + "test_the_config_refuses_unknown_fields_a_shared_column_and_a_non_mapping"]
+DCOL_RUN = [DCOL + "test_a_run_on_renamed_columns_equals_the_run_on_the_original_and_eval_reads_them"]
+MUTANTS += [
+    Mutant("dcol-old-names-kept", "data/columns.py",
+           [("    out = {k: v for k, v in data.items() if k not in sources}", "    out = dict(data)")], DCOL_KINDS,
+           "a renamed-away column is kept under its old name too: an extra, and 'question' refused as unread"),
+    Mutant("dcol-renames-in-turn", "data/columns.py",
+           [("    out.update((field, data[column]) for field, column in columns.items())",
+             "    for field, column in columns.items():\n        out[field] = out.get(column, data[column])")],
+           DCOL_KINDS, "renames applied one after another: a swap {chosen: rejected, rejected: chosen} reads one twice"),
+    Mutant("dcol-ambiguous-accepted", "data/columns.py",
+           [("        if field in data and field not in sources:", "        if False:")], DCOL_ERRORS,
+           "a field that is also a column of the row is silently overwritten by the mapped column"),
+    Mutant("dcol-missing-skippable", "data/columns.py",
+           [("    return row_error(problem, file, row_id, line, skippable=False)",
+             "    return row_error(problem, file, row_id, line)")], DCOL_ERRORS,
+           "a mapped column missing offers on_bad_row: skip, which would drop every row for a typo in the option"),
+    Mutant("dcol-eval-set-unmapped", "data/configured_source.py",
+           [('    return mapped(cfg, data_source(cfg.eval_dataset_name, eval_config(cfg), option, "eval_dataset_name"))',
+             '    return data_source(cfg.eval_dataset_name, eval_config(cfg), option, "eval_dataset_name")')],
+           DCOL_EVAL_SET, "the eval set is read with the data's own names while training reads the mapping"),
+    Mutant("dcol-unknown-field-accepted", "dataset_columns_options.py",
+           [("    unknown = [k for k in columns if isinstance(k, str) and k not in valid_fields]", "    unknown = []")],
+           DCOL_CONFIG, "a mapping written the other way round ({question: prompt}) is accepted and reads nothing"),
+    Mutant("dcol-objective-extras-not-fields", "dataset_columns_options.py",
+           [("        return tuple(cfg.objective().row_extras())", "        return ()")], DCOL_CONFIG,
+           "an objective's per-row extra (sem_dpo's similarity) cannot be mapped"),
+    Mutant("dcol-eval-ignores-run-mapping", "eval/run.py",
+           [('        saved = run_config(run).get("dataset_columns") or {} if run else {}', "        saved = {}")],
+           DCOL_RUN, "preflab eval of a run trained on renamed columns reads --data with the data's own names"),
+    Mutant("dcol-training-rows-unmapped", "eval/run.py",
+           [('read(with_columns(data_source(str(name), config), cfg.get("dataset_columns")), train_split)',
+             "read(data_source(str(name), config), train_split)")], DCOL_RUN,
+           "the overlap check reads the run's training rows without its mapping: overlap_with_training missing"),
+]
 
 # mutation-rlf round: recipe-left: a moved recipe stage's saved paths inside its run folder are read where the folder
 # is now (preflab eval RUN2/stage: launch_paths.run_path, run_folder_now); a recipe_params path inside the run folder

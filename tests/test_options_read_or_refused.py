@@ -82,6 +82,7 @@ def _other_value(name: str, default):
                "upo_uncertainty": "mc_dropout", "mcts_value": "self_eval", "torch_compile_backend": "eager",
                "torch_compile_mode": "default", "score_range": [0.0, 1.0], "processor_name_or_path": "x",
                "ref_model_name_or_path": "builtin:tiny-llama", "eval_dataset_name": "x.jsonl",
+               "dataset_columns": {"prompt": "question"},
                "eval_split": "test", "user_embeddings": "x.safetensors", "reward_aggregator": "x",
                "reward_funcs": "x", "reward_weights": [1.0], "loss_weights": [1.0], "lora_target_modules": ["q_proj"],
                "reward_clip_range": [0.0, 1.0],

@@ -259,11 +259,13 @@ def test_an_online_prompt_row_without_prompt_names_its_columns_and_the_one_to_re
         load_rows(data, kind="prompt")
     assert str(err.value) == (
         f"{data} row 0 (line 1), field 'prompt': missing (the row's columns: 'question', 'answer'). A prompt row needs "
-        "'prompt': text, or a list of messages (TRL's GRPO / online DPO datasets). Rename 'question' to 'prompt'. Fix "
+        "'prompt': text, or a list of messages (TRL's GRPO / online DPO datasets). Read 'question' as the prompt with "
+        "dataset_columns: {prompt: question} (or rename it). Fix "
         "the row or set on_bad_row: skip.")
     data = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
-    with pytest.raises(DataError, match=r"Rename 'messages' to 'prompt' \(a 'messages' column is TRL's language-"
-                                        r"modeling form: as the prompt it must hold the prompt turns only\)\."):
+    with pytest.raises(DataError, match=r"Read 'messages' as the prompt with dataset_columns: \{prompt: messages\} "
+                                        r"\(or rename it\) \(a 'messages' column is TRL's language-modeling form: as "
+                                        r"the prompt it must hold the prompt turns only\)\."):
         load_rows(data, kind="prompt")
     rows, _ = load_rows(write_jsonl(tmp_path / "p.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}]), kind="prompt")
     assert rows[0].prompt == [{"role": "user", "content": "hi"}]

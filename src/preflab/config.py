@@ -42,6 +42,7 @@ class TrainConfig:
     ref_model_name_or_path: str | None = None  # default: a frozen copy of the policy (LoRA: adapters disabled)
     dataset_name: str = ""                     # hub name, save_to_disk directory, or .jsonl/.json/.parquet/.csv file
     dataset_config: str | None = None          # TRL: the configuration (subset) of dataset_name (load_dataset's name)
+    dataset_columns: dict = field(default_factory=dict)  # {preflab field: dataset column}, e.g. {prompt: question}
     dataset_split: str = "train"
     eval_dataset_name: str | None = None       # default: hold out eval_fraction of the training rows
     eval_dataset_config: str | None = None     # None: dataset_config when eval_dataset_name is dataset_name
@@ -407,6 +408,7 @@ class TrainConfig:
 
     def _conflicts(self) -> list[str]:
         from preflab.best_model_options import best_model_option_errors
+        from preflab.dataset_columns_options import dataset_columns_conflicts
         from preflab.config_defaults import drop_hint, set_options
         from preflab.config_owners import refused_values, unread_task_options
         from preflab.models.load import builtin_init_kwargs_conflicts
@@ -422,6 +424,7 @@ class TrainConfig:
         out = streaming_conflicts(self) + quantization_conflicts(self) + compile_conflicts(self)
         out += builtin_init_kwargs_conflicts(self) + ref_sync_conflicts(self) + neftune_conflicts(self)
         out += unread_online_options(self) + unread_task_options(self) + best_model_option_errors(self)
+        out += dataset_columns_conflicts(self)
         if self.task in RECIPE_TASKS:  # a recipe passes only some options to its stages; the others are refused
             from preflab.config_owners import unread_option_names
             from preflab.recipe_stages import recipe_option_errors

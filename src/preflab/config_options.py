@@ -107,6 +107,10 @@ OPTIONS: dict[str, Option] = {
                              "dataset_config) reads it (TRL script: dataset_config): a hub dataset's, or a local "
                              "folder's README.md `configs:`; a data file has none", "a non-empty name or null",
                              _nonempty),
+    "dataset_columns": Option("which dataset column each preflab field is read from, {preflab field: your column} "
+                              "(e.g. {prompt: question, chosen: good, rejected: bad}); applies to dataset_name, "
+                              "eval_dataset_name and `preflab eval --data` of the run",
+                              "a mapping {field: column} of names"),
     "dataset_split": Option("split of dataset_name to train on (TRL script: dataset_train_split)", "a non-empty name",
                             _nonempty),
     "eval_dataset_name": Option("evaluation data (same forms as dataset_name); excludes eval_fraction",

@@ -108,7 +108,7 @@ OWNERS = (
      lambda cfg: not (cfg.task == "online" and cfg.online_task != "dataset"),
      "the offline tasks and online_task: dataset (online_task demo and game evaluate with their task: the demo's "
      "held-out prompts, the game's equilibrium, eval_steps sets when; online_task vision_dataset has no evaluation)"),
-    (("dataset_name", "dataset_config", "dataset_split", "on_bad_row"),
+    (("dataset_name", "dataset_config", "dataset_columns", "dataset_split", "on_bad_row"),
      lambda cfg: not (cfg.task == "online" and cfg.online_task in ("demo", "game")),
      "the tasks that read a dataset (online_task demo and game make their own prompts)"),
     (("rpo_alpha",), lambda cfg: cfg.task != "diffusion",

@@ -57,8 +57,8 @@ _WHY = (
       "load_in_8bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_compute_dtype"),
      "the recipe builds its tiny model in code (float32) and trains all of its weights: there is nothing to load, "
      "quantize or wrap in LoRA adapters"),
-    (("dataset_name", "dataset_config", "dataset_split", "eval_dataset_name", "eval_dataset_config", "eval_split",
-      "eval_fraction", "on_bad_row",
+    (("dataset_name", "dataset_config", "dataset_columns", "dataset_split", "eval_dataset_name", "eval_dataset_config",
+      "eval_split", "eval_fraction", "on_bad_row",
       "dataset_num_proc", "streaming", "streaming_shuffle_buffer", "max_length", "max_prompt_length",
       "max_completion_length", "truncation_mode", "layout", "packing", "completion_only_loss",
       "assistant_only_loss"),

@@ -35,7 +35,7 @@ def test_rrhfs_own_columns_are_named_with_the_renaming():
     with pytest.raises(DataError) as err:
         load_rows([{"query": "q", "responses": [" a", " b"], "scores": [1, 0]}], kind="pairwise")
     assert ("the row is a ranked list (responses + scores: the listwise form), not a preference pair. " + FIX.format(
-        renamed=" (RRHF's own columns: rename query -> prompt and responses -> completions)")) in str(err.value)
+        renamed=" (RRHF's own columns: dataset_columns: {prompt: query, completions: responses})")) in str(err.value)
     # a list without scores is no ranked list: the plain missing-field error, with the row's columns
     with pytest.raises(DataError) as err:
         load_rows([{"prompt": "q", "completions": [" a", " b"]}], kind="pairwise")

@@ -127,16 +127,19 @@ def test_a_saved_datasetdict_without_test_or_train_names_both_and_the_options(tm
 
 def test_rows_without_chosen_and_rejected_say_to_build_the_columns(tmp_path):
     """Stanford SHP's columns (history, human_ref_A, human_ref_B, labels): the error named the row's columns and
-    said "Fix the row or set on_bad_row: skip", which would skip every row. Now it says preflab has no column
-    mapping and how to build the columns; a row missing only 'rejected' keeps the short message."""
+    said "Fix the row or set on_bad_row: skip", which would skip every row. Now it names the option that reads
+    columns named otherwise (dataset_columns) and how to build computed ones; a row missing only 'rejected' keeps the
+    short message."""
     shp = tmp_path / "shp.jsonl"
     _write(shp, [{"history": "post", "human_ref_A": "A", "human_ref_B": "B", "labels": 1}])
     with pytest.raises(DataError) as err:
         load_rows(shp)
     assert str(err.value).startswith(
         f"{shp} row 0 (line 1), field 'chosen': missing (the row's columns: 'history', 'human_ref_A', 'human_ref_B', "
-        "'labels'). A pairwise row needs 'chosen' and 'rejected'. The row has neither column: preflab has no column "
-        "mapping option, so build them before training")
+        "'labels'). A pairwise row needs 'chosen' and 'rejected'. The row has neither column: if the data names them "
+        "otherwise, say which column is which with the option dataset_columns (preflab field: your column), e.g. "
+        "dataset_columns: {chosen: good, rejected: bad} (preflab eval: --data-columns chosen=good,rejected=bad); "
+        "columns that must be computed (SHP's human_ref_A / human_ref_B / labels) need ds.map before training.")
     half = tmp_path / "half.jsonl"
     _write(half, [{"prompt": "q", "chosen": " a"}])
     with pytest.raises(DataError) as err:

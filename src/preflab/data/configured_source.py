@@ -80,14 +80,23 @@ def _same_data(a, b) -> bool:
 
 
 def training_source(cfg):
-    """What the readers read for training: cfg.dataset_name with cfg.dataset_config (data_source)."""
-    return data_source(cfg.dataset_name, getattr(cfg, "dataset_config", None))
+    """What the readers read for training: cfg.dataset_name with cfg.dataset_config (data_source), its columns
+    renamed by cfg.dataset_columns (preflab.data.columns)."""
+    return mapped(cfg, data_source(cfg.dataset_name, getattr(cfg, "dataset_config", None)))
 
 
 def eval_source(cfg):
-    """What the readers read as the eval set: cfg.eval_dataset_name with eval_config(cfg) (data_source)."""
+    """What the readers read as the eval set: cfg.eval_dataset_name with eval_config(cfg) (data_source), its
+    columns renamed by cfg.dataset_columns as the training data's are."""
     option = "eval_dataset_config" if getattr(cfg, "eval_dataset_config", None) is not None else "dataset_config"
-    return data_source(cfg.eval_dataset_name, eval_config(cfg), option, "eval_dataset_name")
+    return mapped(cfg, data_source(cfg.eval_dataset_name, eval_config(cfg), option, "eval_dataset_name"))
+
+
+def mapped(cfg, source):
+    """`source` read with cfg.dataset_columns ({preflab field: dataset column}; rows given from Python too)."""
+    from preflab.data.columns import with_columns
+
+    return with_columns(source, getattr(cfg, "dataset_columns", None))
 
 
 @contextmanager

@@ -130,15 +130,18 @@ class BadRowPolicy:
         self.report = report
         self.field_names = field_names or {}  # preflab name -> the user's column name (from column_map)
 
-    def display_field(self, name: str | None) -> str | None:
-        """The field as the user's file spells it: 'chosen[1].role' -> 'good[1].role' under a column_map."""
-        if not name or not self.field_names:
+    def display_field(self, name: str | None, columns: dict[str, str] | None = None) -> str | None:
+        """The field as the user's file spells it: 'chosen[1].role' -> 'good[1].role' under a column_map, or under
+        dataset_columns (`columns`: {preflab field: dataset column}, the row's RawRow.mapped_columns)."""
+        names = {**self.field_names, **(columns or {})}
+        if not name or not names:
             return name
         root = name.split("[", 1)[0].split(".", 1)[0]
-        return self.field_names.get(root, root) + name[len(root):]
+        return names.get(root, root) + name[len(root):]
 
-    def handle(self, problem: RowProblem, row_id: int, line: int | None = None, source: str | None = None) -> None:
-        shown = self.display_field(problem.field)
+    def handle(self, problem: RowProblem, row_id: int, line: int | None = None, source: str | None = None,
+               columns: dict[str, str] | None = None) -> None:
+        shown = self.display_field(problem.field, columns)
         if self.mode == "error":
             raise row_error(problem, self.report.source if source is None else source, row_id, line, shown)
         self.report.record_skip(problem, row_id, line, shown)
@@ -161,7 +164,8 @@ class BadRowPolicy:
                     raise raw.problem
                 built = build(raw)
             except RowProblem as problem:
-                self.handle(problem, raw.row_id, raw.line, source=raw.file)
+                self.handle(problem, raw.row_id, raw.line, source=raw.file,
+                            columns=getattr(raw, "mapped_columns", None))
                 continue
             self.report.kept += 1
             yield raw, built

@@ -259,11 +259,12 @@ def _pair_parts(row: dict, prompt_optional: bool = False) -> tuple[object, objec
     return prompt, chosen_text, rejected_text, form + "_implicit"
 
 
-# a row with neither column (Stanford SHP's human_ref_A / human_ref_B / labels): the columns must be built, which no
-# option does (TRL reads these names only too); on_bad_row: skip would skip every such row
-NO_PAIR_COLUMNS_FIX = (" The row has neither column: preflab has no column mapping option, so build them before "
-                       "training (datasets: ds.rename_columns({'good': 'chosen', 'bad': 'rejected'}), or ds.map for "
-                       "columns like SHP's human_ref_A / human_ref_B / labels) and save the result.")
+# a row with neither column: columns named otherwise are read with dataset_columns; columns that must be built
+# (Stanford SHP's human_ref_A / human_ref_B / labels) need a map first; on_bad_row: skip would skip every such row
+NO_PAIR_COLUMNS_FIX = (" The row has neither column: if the data names them otherwise, say which column is which with "
+                       "the option dataset_columns (preflab field: your column), e.g. dataset_columns: {chosen: good, "
+                       "rejected: bad} (preflab eval: --data-columns chosen=good,rejected=bad); columns that must be "
+                       "computed (SHP's human_ref_A / human_ref_B / labels) need ds.map before training.")
 
 
 def missing_detail(row: dict, name: str) -> str:
@@ -277,8 +278,9 @@ def missing_detail(row: dict, name: str) -> str:
     columns = [str(k) for k in row]
     close = [k for k in columns if k.strip().lower() == name] or difflib.get_close_matches(name, columns, 1, 0.75)
     listed = ", ".join(repr(c) for c in columns[:12]) + (", ..." if len(columns) > 12 else "")
-    return f"missing (the row's columns: {listed})" + (f"; is {close[0]!r} meant as {name!r}? Rename the column"
-                                                         if close else "")
+    return f"missing (the row's columns: {listed})" + (
+        f"; is {close[0]!r} meant as {name!r}? Rename the column, or read it with dataset_columns: "
+        f"{{{name}: {close[0]}}}" if close else "")
 
 
 PROMPT_LIKE_COLUMNS = ("prompt", "question", "query", "instruction", "input")  # compared lower-case
@@ -294,8 +296,9 @@ def _refuse_unread_prompt_column(row: dict, implicit_prompt: str) -> None:
                 and value.strip() not in implicit_prompt:
             raise RowProblem("unread_prompt_column", key, f"looks like the prompt, but the row has no 'prompt' column, "
                              f"so the shared start of 'chosen' and 'rejected' ({implicit_prompt[:40]!r}) would be the "
-                             f"prompt and {key!r} never read", f"Rename {key!r} to 'prompt', or drop the column if "
-                             "chosen and rejected hold the prompt themselves.")
+                             f"prompt and {key!r} never read", f"Read it as the prompt with dataset_columns: {{prompt: "
+                             f"{key}}} (or rename it to 'prompt'), or drop the column if chosen and rejected hold the "
+                             "prompt themselves.")
 
 
 def _text_prompt_over_conversations(prompt, chosen, rejected) -> bool:
@@ -352,7 +355,7 @@ def _other_form(row: dict) -> tuple[str, str] | None:
     # a ranked list (loops.listwise: prompt, completions, scores; RRHF's own data names them query, responses, scores)
     listed = next((k for k in ("completions", "responses") if isinstance(row.get(k), list)), None)
     if listed is not None and "scores" in row:
-        renamed = (" (RRHF's own columns: rename query -> prompt and responses -> completions)"
+        renamed = (" (RRHF's own columns: dataset_columns: {prompt: query, completions: responses})"
                    if listed == "responses" else "")
         return (f"a ranked list ({listed} + scores: the listwise form)", "Train ranked lists with a listwise "
                 f"loss_type (rrhf; `preflab objectives` marks it ListBatch){renamed}, or write pairs from each list "
@@ -471,9 +474,9 @@ def _prompt_row_fix(row: dict) -> str:
     like = [k for k in row if k != "prompt" and (str(k).lower() in PROMPT_LIKE_COLUMNS or k == "messages")]
     fix = "A prompt row needs 'prompt': text, or a list of messages (TRL's GRPO / online DPO datasets)."
     if like:
-        fix += (f" Rename {like[0]!r} to 'prompt'" + (" (a 'messages' column is TRL's language-modeling form: as the "
-                                                        "prompt it must hold the prompt turns only)"
-                                                        if like[0] == "messages" else "") + ".")
+        fix += (f" Read {like[0]!r} as the prompt with dataset_columns: {{prompt: {like[0]}}} (or rename it)" +
+                (" (a 'messages' column is TRL's language-modeling form: as the prompt it must hold the prompt turns "
+                 "only)" if like[0] == "messages" else "") + ".")
     return fix
 
 

@@ -74,6 +74,7 @@ class RawRow:
     line: int | None = None
     data: dict | None = None
     problem: RowProblem | None = None
+    mapped_columns: dict | None = None  # {preflab field: the dataset's column} under dataset_columns (data.columns)
 
 
 IN_MEMORY_NAMES = ("<rows>", "<Dataset>")  # a list of dicts, a Dataset: rows without a split (RowReader.read_from)
@@ -90,6 +91,10 @@ class RowReader:
     def __init__(self, source, *, split: str | None = "train", limit: int | None = None,
                  max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES, streaming: bool = False,
                  otherwise: str | None = None):
+        from preflab.data.columns import columns_of, unmapped
+
+        self.columns, self.columns_option = columns_of(source), getattr(source, "option", None)  # dataset_columns
+        source = unmapped(source)
         self.source, self.limit, self.max_row_bytes = source, limit, max_row_bytes
         self.blank_lines = 0
         self._next_id = 0
@@ -120,10 +125,16 @@ class RowReader:
         return f"{said} ({'file' if len(files) == 1 else 'files'} {shown})".strip()
 
     def __iter__(self) -> Iterator[RawRow]:
+        from preflab.data.columns import renamed_row
+
         for part in self._parts:
             for raw in part(self):
                 if self.limit is not None and raw.row_id >= self.limit:
                     return
+                if self.columns and raw.data is not None and raw.problem is None:  # dataset_columns: renamed here,
+                    raw.data = renamed_row(raw.data, self.columns, self.columns_option,  # before any kind reads it
+                                           raw.file or self.name, raw.row_id, raw.line)
+                    raw.mapped_columns = self.columns  # BadRowPolicy names the dataset's column in messages
                 yield raw
 
     def new_id(self) -> int:

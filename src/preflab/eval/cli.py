@@ -19,7 +19,8 @@ UNPAIRED_HEADLINE = ("unpaired/auroc", "rewards/chosen", "rewards/rejected", "re
                      "logps/rejected")  # preflab.eval.unpaired
 
 
-# what each routed task reads besides CHECKPOINT, --data, --data-config, --task and --out (the rest would be ignored)
+# what each routed task reads besides CHECKPOINT, --data, --data-config, --data-columns, --task and --out (the rest
+# would be ignored)
 TASK_READS = {
     "reward": {"split", "limit", "batch_size", "max_length"},
     "diffusion": {"reference", "no_reference", "reward_fn", "win_rate_prompts", "confidence", "batch_size",
@@ -35,14 +36,14 @@ def refuse_unread_options(args, task: str) -> None:
     None: every task reads the policy eval's default ('test' where the data has one, else 'train', with a note:
     preflab.eval.run.open_eval_split)."""
     defaults = getattr(args, "option_defaults", {})
-    always = {"checkpoint", "data", "data_config", "task", "out"}
+    always = {"checkpoint", "data", "data_config", "data_columns", "task", "out"}
     unread = [dest for dest, default in defaults.items()
               if dest not in always | TASK_READS[task] and getattr(args, dest, default) != default]
     if unread:
         names = ", ".join("--" + dest.replace("_", "-") for dest in unread)
         reads = ", ".join("--" + dest.replace("_", "-") for dest in sorted(TASK_READS[task]))
         raise ConfigError(f"preflab eval --task {task} does not use {names} (it reads {reads}, --data-config, "
-                          f"--out); remove "
+                          f"--data-columns, --out); remove "
                           f"{'it' if len(unread) == 1 else 'them'}.")
     refuse_out_of_range(args, TASK_READS[task])
 

@@ -235,30 +235,80 @@ def _within_positions(opts: EvalOptions, policy, ref) -> tuple[EvalOptions, str 
             f"{given} is above the model's {min(limits)} positions; used max_length {min(limits)}")
 
 
-def eval_data(data, config: str | None):
+def eval_data(data, config: str | None, columns: tuple[dict, str] | None = None):
     """What `preflab eval --data DATA [--data-config NAME]` reads, for every eval task: DATA as given, or with
     --data-config a ConfiguredSource (preflab.data.configured_source.data_source, the one place training's
     dataset_config goes through too) whose refusals name --data-config and --data: a configuration of a single data
     file, a glob, a save_to_disk folder or a folder whose README.md declares no `configs:`; an undeclared one names
-    the declared ones."""
+    the declared ones. columns: ({preflab field: dataset column}, the option that gave it) from eval_columns, read
+    with preflab.data.columns.MappedColumns."""
+    from preflab.data.columns import with_columns
     from preflab.data.configured_source import data_source
 
-    return data_source(data, config, "--data-config", "--data")
+    mapping, option = columns or ({}, "--data-columns")
+    return with_columns(data_source(data, config, "--data-config", "--data"), mapping, option)
+
+
+def eval_columns(args) -> tuple[dict, str]:
+    """({preflab field: dataset column}, the option that says so) that `preflab eval` reads --data with: --data-columns
+    as given ('prompt=question,chosen=good' or a JSON object; 'none' for the data's own names), else the
+    dataset_columns of the run CHECKPOINT's saved config.yaml (a run trained on renamed columns is evaluated on data
+    named as its training data was), said in a note. Checked as the config checks dataset_columns."""
+    import json
+    import sys
+
+    from preflab.dataset_columns_options import READER_FIELDS, columns_problems
+    from preflab.models.run_config import run_config
+
+    given = getattr(args, "data_columns", None)
+    if given is None:
+        run = getattr(args, "checkpoint", None) or getattr(args, "model", None)  # `eval-reward --model DIR`
+        saved = run_config(run).get("dataset_columns") or {} if run else {}
+        if saved:
+            print(f"preflab: note: --data is read with the run's dataset_columns {saved} (preflab field: dataset "
+                  "column, from its config.yaml); pass --data-columns for other names, or --data-columns none for "
+                  "the data's own.", file=sys.stderr)
+        return dict(saved), f"dataset_columns (from {run}'s config.yaml; --data-columns overrides it)"
+    text = given.strip()
+    if text.lower() in ("none", "{}", ""):
+        return {}, "--data-columns"
+    if text.startswith("{"):
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--data-columns {given!r} is not a JSON object ({err.msg}); write FIELD=COLUMN[,"
+                              "FIELD=COLUMN...], e.g. prompt=question,chosen=good,rejected=bad.") from None
+    else:
+        pairs = [part.split("=", 1) for part in text.split(",")]
+        if any(len(p) != 2 for p in pairs):
+            raise ConfigError(f"--data-columns {given!r}: write FIELD=COLUMN[,FIELD=COLUMN...] (preflab field = your "
+                              "dataset's column), e.g. prompt=question,chosen=good,rejected=bad.")
+        mapping = {field.strip(): column.strip() for field, column in pairs}
+    problems = columns_problems(mapping, READER_FIELDS, "--data-columns")
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "\n".join(problems))
+    return mapping, "--data-columns"
 
 
 def data_fields(data) -> dict:
-    """eval.json's record of the data read: {"data": the --data value} and, with --data-config, "data_config"."""
+    """eval.json's record of the data read: {"data": the --data value} and, with --data-config, "data_config"; read
+    with a column mapping (eval_columns), "data_columns"."""
+    from preflab.data.columns import columns_of, unmapped
     from preflab.data.configured_source import ConfiguredSource
 
-    if isinstance(data, ConfiguredSource):
-        return {"data": data.name, "data_config": data.config}
-    return {"data": str(data)}
+    columns, data = columns_of(data), unmapped(data)
+    out = {"data": data.name, "data_config": data.config} if isinstance(data, ConfiguredSource) else \
+        {"data": str(data)}
+    return {**out, "data_columns": columns} if columns else out
 
 
 def data_name(data) -> str:
-    """The name --data gave (a ConfiguredSource's name, without its configuration; a path as text)."""
+    """The name --data gave (a ConfiguredSource's name, without its configuration or column mapping; a path as
+    text)."""
+    from preflab.data.columns import unmapped
     from preflab.data.configured_source import ConfiguredSource
 
+    data = unmapped(data)
     return data.name if isinstance(data, ConfiguredSource) else str(data)
 
 
@@ -286,11 +336,13 @@ def open_eval_split(data, split: str | None, limit: int | None = None):
     run's eval_split defaults to (TRL's dataset_test_split), else 'train', found by the reader that reads it
     (data.sources.eval_default_reader: the source is loaded once). Rows in memory (a list, a Dataset) and a plain
     data file have no split to name: no note."""
+    from preflab.data.columns import unmapped
     from preflab.data.configured_source import ConfiguredSource
     from preflab.data.sources import RowReader, eval_default_reader, file_splits
 
-    named = isinstance(data, (str, os.PathLike, ConfiguredSource)) or type(data).__name__ == "DatasetDict"
-    if named and isinstance(data, (str, os.PathLike)) and Path(data).is_file() and len(file_splits(Path(data))) < 2:
+    given = unmapped(data)  # a column mapping renames the rows the reader gives; the split is the data's
+    named = isinstance(given, (str, os.PathLike, ConfiguredSource)) or type(given).__name__ == "DatasetDict"
+    if named and isinstance(given, (str, os.PathLike)) and Path(given).is_file() and len(file_splits(Path(given))) < 2:
         named = False  # a plain data file: its rows, no split to name
     if split is not None:
         return split, (f"read split {split!r} of {data} (--split)" if named else None), \
@@ -567,9 +619,11 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
     dataset_split and dataset_config): the metrics are then not held-out, which nothing else in eval.json would say.
     None otherwise. Two configurations differ only when both are named (no configuration reads a one-configuration
     folder's, or a hub dataset's default, which may be the run's)."""
+    from preflab.data.columns import unmapped
     from preflab.data.configured_source import ConfiguredSource
 
     name = cfg.get("dataset_name")
+    data = unmapped(data)
     config = data.config if isinstance(data, ConfiguredSource) else None
     data = data.name if isinstance(data, ConfiguredSource) else data
     if not name or not isinstance(data, (str, Path)) or split != cfg.get("dataset_split", "train"):
@@ -654,7 +708,7 @@ def _no_training_data_why(cfg: dict) -> str:
 def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference pairs",
                       prompts_only: bool = False) -> TrainingRows:
     """The rows the run of config `cfg` trained on, read as it read them: `read(dataset_name with its
-    dataset_config (configured_source.data_source), dataset_split)` ->
+    dataset_config (configured_source.data_source) and dataset_columns, dataset_split)` ->
     (rows, report), less the rows eval_fraction held out with the run's seed when it had no eval_dataset_name
     (`hold_out(rows, fraction, seed)` -> the rows kept; default data.holdout.split_eval_fraction, as
     data.eval_set.train_and_eval holds them out for VLM, diffusion and online runs). Not read, with the reason
@@ -678,9 +732,11 @@ def run_training_rows(cfg: dict, read, hold_out=None, holds: str = "preference p
                      "trained on was not checked")
         return found
     try:
+        from preflab.data.columns import with_columns
         from preflab.data.configured_source import data_source
 
-        rows, report = read(data_source(str(name), config), train_split)
+        # renamed by the run's dataset_columns, as the run read them
+        rows, report = read(with_columns(data_source(str(name), config), cfg.get("dataset_columns")), train_split)
     except (PreflabError, OSError, ValueError) as err:
         found.why = f"{whose} could not be read ({err}), so whether the eval rows were trained on was not checked"
         return found

@@ -36,6 +36,10 @@ def register(sub) -> None:
     p.add_argument("--data-config", metavar="NAME",
                    help="configuration of --data (datasets' name, TRL's dataset_config: load_dataset(DATA, NAME)): a "
                         "hub dataset's, or one a local folder's README.md declares under `configs:`; every --task")
+    p.add_argument("--data-columns", metavar="FIELD=COLUMN,...",
+                   help="which column of --data each preflab field is read from (preflab field = your column, e.g. "
+                        "prompt=question,chosen=good,rejected=bad, or a JSON object); default: the run's "
+                        "dataset_columns from CHECKPOINT's config.yaml; 'none': the data's own names; every --task")
     reference = p.add_mutually_exclusive_group()
     reference.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-* "
                                                "(default: the run's ref_model_name_or_path, else its "
@@ -160,7 +164,7 @@ def run(args) -> int:
     import sys
 
     from preflab.eval.cli import COUNTS, format_summary, refuse_out_of_range
-    from preflab.eval.run import EvalOptions, eval_data, run_generation_length, run_truncation
+    from preflab.eval.run import EvalOptions, eval_columns, eval_data, run_generation_length, run_truncation
     from preflab.eval.run_files import refuse_other_task
     from preflab.eval.winrate import load_callable
     from preflab.eval_cli.checkpoint import evaluate_checkpoint, reward_model_fn
@@ -199,7 +203,8 @@ def run(args) -> int:
                        max_new_tokens=max_new_tokens, confidence=args.confidence,
                        keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards,
                        judge=judge_label(args))
-    data = eval_data(args.data, getattr(args, "data_config", None))  # with --data-config: its configuration
+    # with --data-config: its configuration; with the run's dataset_columns (or --data-columns): its columns renamed
+    data = eval_data(args.data, getattr(args, "data_config", None), eval_columns(args))
     result = evaluate_checkpoint(args.checkpoint, data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,

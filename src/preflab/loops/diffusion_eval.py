@@ -422,7 +422,7 @@ def shapes_reward(images: torch.Tensor, prompts: list[str]) -> list[float]:
 def eval_task(args) -> int:
     """`preflab eval RUN --task diffusion` (routed here by preflab.cli): written to eval.json like a policy eval."""
     from preflab.eval.cli import format_summary, refuse_unread_options
-    from preflab.eval.run import eval_data, eval_json_path, write_json
+    from preflab.eval.run import eval_columns, eval_data, eval_json_path, write_json
     from preflab.eval.winrate import load_callable
     from preflab.loops.ppd_eval import per_user_lines
 
@@ -430,7 +430,8 @@ def eval_task(args) -> int:
     if getattr(args, "no_reference", False):
         raise ConfigError("--no-reference with --task diffusion: the implicit-reward accuracy compares the pipeline "
                           "with a reference (default: the run's base model); remove --no-reference.")
-    result = evaluate_diffusion_run(args.checkpoint, eval_data(args.data, getattr(args, "data_config", None)),
+    data = eval_data(args.data, getattr(args, "data_config", None), eval_columns(args))
+    result = evaluate_diffusion_run(args.checkpoint, data,
                                     reference=args.reference,
                                     reward_fn=load_callable(args.reward_fn) if args.reward_fn else None,
                                     num_prompts=args.win_rate_prompts, confidence=args.confidence,

@@ -50,11 +50,13 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
     """eval.json's content: the run's eval_* metrics of the student at `checkpoint` against its teacher (or
     `teacher`) on the rows of `data` (a name, or a ConfiguredSource from --data-config)."""
     from preflab.config import config_from_dict
+    from preflab.data.columns import columns_of, unmapped
     from preflab.data.configured_source import ConfiguredSource
     from preflab.loops.distill import DistillTrainer
 
     saved = distill_run_config(checkpoint)
-    name, data_config = (data.name, data.config) if isinstance(data, ConfiguredSource) else (str(data), None)
+    columns, given = columns_of(data), unmapped(data)  # read by the run's reader as dataset_columns
+    name, data_config = (given.name, given.config) if isinstance(given, ConfiguredSource) else (str(given), None)
     from preflab.eval.run import open_eval_split, training_data_note
 
     split, said, _ = open_eval_split(data, split)  # as every eval task: --split, else 'test' where there is one
@@ -66,7 +68,8 @@ def evaluate_distill_run(checkpoint: str, data, *, teacher: str | None = None, b
     with tempfile.TemporaryDirectory(prefix="preflab-distill-eval-") as scratch:
         trained = {k: v for k, v in saved.items() if k not in LORA_OPTIONS}  # use_peft off: the adapters are merged
         options = {**trained, **TRAINING_ONLY, "dataset_name": name,
-                   "dataset_config": data_config, "dataset_split": split, "per_device_eval_batch_size": batch_size,
+                   "dataset_config": data_config, "dataset_columns": columns, "dataset_split": split,
+                   "per_device_eval_batch_size": batch_size,
                    "output_dir": scratch, "report_to": "none"}
         if teacher:
             options["teacher_model_name_or_path"] = teacher
@@ -111,13 +114,14 @@ def distill_training_overlap(saved: dict, data, split: str, evaluated: set) -> t
 def eval_task(args) -> int:
     """`preflab eval RUN --task distill` (routed here by preflab.cli): written to eval.json."""
     from preflab.eval.cli import refuse_unread_options
-    from preflab.eval.run import eval_data, eval_json_path, write_json
+    from preflab.eval.run import eval_columns, eval_data, eval_json_path, write_json
 
     refuse_unread_options(args, "distill")
     if args.no_reference:
         raise ConfigError("--no-reference with --task distill: the divergence needs the teacher; leave it out (the "
                           "run's teacher is used) or name one with --reference.")
-    result = evaluate_distill_run(args.checkpoint, eval_data(args.data, getattr(args, "data_config", None)),
+    data = eval_data(args.data, getattr(args, "data_config", None), eval_columns(args))
+    result = evaluate_distill_run(args.checkpoint, data,
                                   teacher=args.reference, batch_size=args.batch_size, split=args.split,
                                   limit=args.limit)
     path = write_json(eval_json_path(args.checkpoint, args.out), result)

@@ -6,7 +6,7 @@ Rows (jsonl, parquet, hub, ... as for pairs):
 
 k >= 2 responses per prompt, the same k in every row, one finite score each (higher is better; ties allowed); prompt
 and completions both text, or both message lists. RRHF's own data (GanjinZero/RRHF: "query", "responses", "scores")
-reads with column_map-style renaming done beforehand (query -> prompt, responses -> completions). Pairs-only data
+reads with dataset_columns: {prompt: query, completions: responses}. Pairs-only data
 (chosen / rejected, no completions) is refused: it is not a ranked list (write completions: [chosen, rejected],
 scores: [1, 0] to rank a pair, or choose a pairwise loss_type).
 

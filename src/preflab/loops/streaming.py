@@ -187,7 +187,7 @@ def sft_pipeline(cfg, tokenizer, source: str):
 # ---------------------------------------------------------------------------------------------- sources
 def _row_source(cfg, rows):
     """(open_rows, name): a fresh RowReader per pass over dataset_name, or over `rows` given from Python."""
-    from preflab.data.configured_source import data_source, training_source
+    from preflab.data.configured_source import data_source, mapped, training_source
     from preflab.data.sources import RowReader
 
     if rows is None:
@@ -198,7 +198,7 @@ def _row_source(cfg, rows):
         return lambda: RowReader(source, split=cfg.dataset_split, streaming=True), opened.name
     data_source(rows, getattr(cfg, "dataset_config", None))  # a configuration of rows from Python: refused
     if callable(rows) and not hasattr(rows, "__iter__"):
-        return lambda: RowReader(rows(), split=cfg.dataset_split), "<rows>"
+        return lambda: RowReader(mapped(cfg, rows()), split=cfg.dataset_split), "<rows>"
     if iter(rows) is rows:  # an iterator (a generator): it can be read once
         passes = [0]
 
@@ -208,10 +208,10 @@ def _row_source(cfg, rows):
                 raise DataError("the training rows were given as an iterator (a generator), which can be read only "
                                 "once, and the run needs a second pass (or a resume); pass a function that returns "
                                 "a new iterator, a list or a datasets.IterableDataset, or lower max_steps.")
-            return RowReader(rows, split=cfg.dataset_split)
+            return RowReader(mapped(cfg, rows), split=cfg.dataset_split)
 
         return once, "<rows>"
-    return lambda: RowReader(rows, split=cfg.dataset_split), RowReader(rows, split=cfg.dataset_split).name
+    return lambda: RowReader(mapped(cfg, rows), split=cfg.dataset_split), RowReader(rows, split=cfg.dataset_split).name
 
 
 def open_stream(cfg, tokenizer, kind, rows=None) -> tuple[ExampleStream, dict]:

@@ -116,10 +116,11 @@ def vision_training_rows(saved: dict, cfg):
 def eval_task(args) -> int:
     """`preflab eval RUN --task vlm` (routed here by preflab.cli): written to eval.json like a policy eval."""
     from preflab.eval.cli import format_summary, refuse_unread_options
-    from preflab.eval.run import eval_data, eval_json_path, write_json
+    from preflab.eval.run import eval_columns, eval_data, eval_json_path, write_json
 
     refuse_unread_options(args, "vlm")
-    result = evaluate_vlm_run(args.checkpoint, eval_data(args.data, getattr(args, "data_config", None)),
+    data = eval_data(args.data, getattr(args, "data_config", None), eval_columns(args))
+    result = evaluate_vlm_run(args.checkpoint, data,
                               reference=args.reference, no_reference=args.no_reference,
                               batch_size=args.batch_size, split=args.split)
     path = write_json(eval_json_path(args.checkpoint, args.out), result)

@@ -21,6 +21,10 @@ def add_reward_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         "rejected, subset): a file, directory or hub dataset name")
     parser.add_argument("--data-config", metavar="NAME", default=None,
                         help="configuration of --data (TRL's dataset_config: load_dataset(DATA, NAME))")
+    parser.add_argument("--data-columns", metavar="FIELD=COLUMN,...", default=None,
+                        help="which column of --data each preflab field is read from (preflab field = your column, "
+                             "e.g. prompt=question,chosen=good,rejected=bad); default: the dataset_columns of the "
+                             "model's run (its config.yaml); 'none': the data's own names")
     parser.add_argument("--split", default=None, help="split of a hub dataset, DatasetDict or data folder (default: "
                         "'test' where the data has one, as `preflab eval --task reward`; else 'train'; the result's "
                         "split and notes say which)")
@@ -81,9 +85,9 @@ def run_reward_eval(args) -> int:
     also to stderr) and written to --output."""
     import sys
 
-    from preflab.eval.run import eval_data
+    from preflab.eval.run import eval_columns, eval_data
 
-    data = eval_data(args.data, getattr(args, "data_config", None))
+    data = eval_data(args.data, getattr(args, "data_config", None), eval_columns(args))
     result, split, notes = evaluate_reward_split(args.model, data, args.split, batch_size=args.batch_size,
                                                  max_length=args.max_length, on_bad_row=args.on_bad_row)
     for note in notes:
@@ -109,7 +113,8 @@ def eval_task(args) -> int:
     preflab.eval never imports preflab.reward_models (which builds on preflab.loops, which uses preflab.eval)."""
     from preflab.eval.cli import format_summary, refuse_unread_options
     from preflab.models.run_config import run_config
-    from preflab.eval.run import (TEXT_PAIRS, data_fields, eval_data, eval_json_path, overlap_with_training,
+    from preflab.eval.run import (TEXT_PAIRS, data_fields, eval_columns, eval_data, eval_json_path,
+                                  overlap_with_training,
                                   training_data_note, write_json)
     from preflab.reward_models.attribute_eval import (attribute_overlap_rule, attribute_training_rows,
                                                       per_direction_lines, per_direction_metrics)
@@ -118,7 +123,7 @@ def eval_task(args) -> int:
     refuse_unread_options(args, "reward")  # --max-length not given: 1024 for BT / GPM, a DPA model's run's
     # the split the policy eval reads: --split, else 'test' where the data has one, else 'train' (said in a note)
     scored: list = []
-    data = eval_data(args.data, getattr(args, "data_config", None))
+    data = eval_data(args.data, getattr(args, "data_config", None), eval_columns(args))
     batch_size, batch_said = run_eval_batch(args.checkpoint,
                                             args.batch_size if getattr(args, "batch_size_given", False) else None)
     result, split, notes = evaluate_reward_split(args.checkpoint, data, args.split, args.limit,
