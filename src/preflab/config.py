@@ -91,7 +91,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 3               # stop after this many non-finite steps in a row
     disable_dropout: bool = True
     gradient_checkpointing: bool = False
-    gradient_checkpointing_kwargs: dict | None = None  # TRL: torch.utils.checkpoint's kwargs (preflab.checkpointing_options)
+    gradient_checkpointing_kwargs: dict | None = None  # TRL: torch.utils.checkpoint kwargs (checkpointing_options)
     torch_empty_cache_steps: int | None = None  # TRL: empty the device cache every N steps (preflab.loops.device_cache)
     activation_offloading: bool = False        # TRL: keep the tensors saved for backward in host memory (GPU runs)
     torch_compile: bool = False
