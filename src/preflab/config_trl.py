@@ -572,7 +572,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         raw.pop("eval_steps")  # TRL's default: logging_steps when eval_strategy is steps (applied below)
     _grpo_loss_type(raw, errors)
     _lr_schedule(raw, errors)
-    _checkpointing_kwargs(raw, errors)
+    _kwargs_option(raw, "gradient_checkpointing_kwargs", "{use_reentrant: true}", errors)  # checkpointing_options
     _strategies(raw, notes, errors)
     _ratios(raw, notes, errors)
     _model_kwargs(raw, errors)
@@ -836,40 +836,32 @@ def _generation_kwargs(raw: dict, notes: list, errors: list) -> None:
             raw[ours] = kwargs[key]
 
 
-def _lr_schedule(raw: dict, errors: list) -> None:
-    """lr_scheduler_kwargs as TrainingArguments reads it (a JSON string from its command line; {} and null: none);
-    a transformers schedule preflab does not have is refused with its reason (REFUSED_SCHEDULES)."""
-    from preflab.lr_schedule_options import REFUSED_SCHEDULES, parsed_kwargs
+def _kwargs_option(raw: dict, key: str, example: str, errors: list) -> None:
+    """A TrainingArguments mapping option (lr_scheduler_kwargs, gradient_checkpointing_kwargs) as transformers reads
+    it: a JSON string from its command line is the mapping; {} and null (its default) ask for nothing and are
+    dropped. `example`: the mapping named in the error of a string that is no JSON."""
+    from preflab.lr_schedule_options import parsed_kwargs
 
-    if "lr_scheduler_kwargs" in raw:
+    if key in raw:
         try:
-            kwargs = parsed_kwargs(raw.pop("lr_scheduler_kwargs"))
+            kwargs = parsed_kwargs(raw.pop(key))
         except ValueError as exc:
-            errors.append(f"lr_scheduler_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
-                          "lr_scheduler_kwargs: {min_lr_rate: 0.1}.")
+            errors.append(f"{key} is not valid JSON ({exc}); give a mapping, e.g. {key}: {example}.")
             return
         if kwargs not in (None, {}):
-            raw["lr_scheduler_kwargs"] = kwargs
+            raw[key] = kwargs
+
+
+def _lr_schedule(raw: dict, errors: list) -> None:
+    """lr_scheduler_kwargs as TrainingArguments reads it (_kwargs_option); a transformers schedule preflab does not
+    have is refused with its reason (REFUSED_SCHEDULES)."""
+    from preflab.lr_schedule_options import REFUSED_SCHEDULES
+
+    _kwargs_option(raw, "lr_scheduler_kwargs", "{min_lr_rate: 0.1}", errors)
     kind = raw.get("lr_scheduler_type")
     if isinstance(kind, str) and kind in REFUSED_SCHEDULES:
         raw.pop("lr_scheduler_type")
         errors.append(f"lr_scheduler_type={kind!r} is not supported: {REFUSED_SCHEDULES[kind]}.")
-
-
-def _checkpointing_kwargs(raw: dict, errors: list) -> None:
-    """gradient_checkpointing_kwargs as TrainingArguments reads it: a JSON string from its command line; {} and null
-    (its default) ask for nothing (preflab.checkpointing_options checks what is left)."""
-    from preflab.lr_schedule_options import parsed_kwargs
-
-    if "gradient_checkpointing_kwargs" in raw:
-        try:
-            kwargs = parsed_kwargs(raw.pop("gradient_checkpointing_kwargs"))
-        except ValueError as exc:
-            errors.append(f"gradient_checkpointing_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
-                          "gradient_checkpointing_kwargs: {use_reentrant: true}.")
-            return
-        if kwargs not in (None, {}):
-            raw["gradient_checkpointing_kwargs"] = kwargs
 
 
 def _strategies(raw: dict, notes: list, errors: list) -> None:

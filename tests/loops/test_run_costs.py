@@ -247,6 +247,8 @@ BASE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl", "
     ({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"context_fn": 1}},
      "gradient_checkpointing_kwargs.context_fn is not a keyword"),
     ({"gradient_checkpointing_use_reentrant": True}, "gradient_checkpointing_use_reentrant is not supported: give"),
+    ({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": "{use_reentrant"},
+     "gradient_checkpointing_kwargs is not valid JSON"),
     ({"torch_empty_cache_steps": 0}, "torch_empty_cache_steps"),
 ])
 def test_checkpointing_and_cache_options_refused_with_the_reason(given, said):
