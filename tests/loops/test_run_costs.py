@@ -173,6 +173,10 @@ def test_train_tokens_per_second_leaves_out_evaluation_and_save_time_exactly(tmp
         assert row["tokens_per_second"] == pytest.approx(row["num_tokens"] / elapsed[k], rel=1e-12)
     assert summary["train_step_seconds"] == 4.0 and summary["runtime_s"] == 2204.0
     assert summary["final_metrics"]["train_tokens_per_second"] == rows[-1]["train_tokens_per_second"]
+    from preflab.objectives.base import TRAINER_METRICS  # an objective's metric may not take the rates' names
+
+    assert {k for k in rows[0] if k.endswith("_per_second")} == {"tokens_per_second", "train_tokens_per_second"}
+    assert {"tokens_per_second", "train_tokens_per_second", "train_images_per_second"} <= TRAINER_METRICS
 
 
 def _rows(out: Path) -> list:
