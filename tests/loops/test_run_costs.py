@@ -279,3 +279,24 @@ def test_trl_spellings_of_the_checkpointing_kwargs_are_read():
     cfg = config_from_dict({**BASE, "gradient_checkpointing_kwargs": {"use_reentrant": False}})
     assert checkpoint_kwargs(cfg) == {"use_reentrant": False} and not cfg.gradient_checkpointing
     assert checkpoint_kwargs(config_from_dict(dict(BASE))) == {"use_reentrant": False}
+
+
+def test_a_resume_may_change_the_two_options_with_a_note(tmp_path):
+    """gradient_checkpointing_kwargs and torch_empty_cache_steps change no computed value (the same gradients; the
+    cache only), so a resume may change them as it may gradient_checkpointing (resume_check.HARMLESS): a note, not
+    the refusal a changed beta gets."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+    from preflab.resume_check import check_saved_config
+
+    def cfg(**kw):
+        return config_from_dict({**BASE, "output_dir": str(tmp_path), **kw})
+
+    state = {"world_size": 1, "config": cfg().to_dict()}
+    notes = []
+    check_saved_config(state, cfg(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": True},
+                                  torch_empty_cache_steps=3), "checkpoint-2", 1, note=notes.append)
+    said = " ".join(notes)
+    assert "gradient_checkpointing_kwargs" in said and "torch_empty_cache_steps" in said
+    with pytest.raises(ConfigError, match="beta"):
+        check_saved_config(state, cfg(beta=0.2), "checkpoint-2", 1, note=notes.append)
