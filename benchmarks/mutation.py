@@ -7051,7 +7051,7 @@ MUTANTS += [
 DAG_TESTS = ["tests/test_rank_agreement.py"]
 MUTANTS += [
     Mutant("dag-no-agreement", "loops/driver.py",
-           [("        with ranks_agree(what):\n            try:", "        if True:\n            try:")], DAG_TESTS,
+           [("        with ranks_agree(what, values) as shared:\n            try:", "        if True:\n            shared = []\n            try:")], DAG_TESTS,
            "the main's failed checkpoint / final write stops the main alone; rank 1 trains on and returns"),
     Mutant("dag-last-write-unagreed", "loops/driver.py",
            [('        with self._agreed("the main process could not write the final model and summary.json"):',
@@ -7117,7 +7117,8 @@ MUTANTS += [
            [('            self._agree_on_held_writes(f"at step {step + 1}")\n', "")], WRG_TESTS,
            "the ranks agree on a failed metrics row only after the final evaluation: step 3 trains on"),
     Mutant("wrg-final-evaluation-unagreed", "loops/driver.py",
-           [('        self._agree_on_held_writes("at the final evaluation")', "        pass")], WRG_TESTS,
+           [('        peaks = self._agree_on_held_writes("at the final evaluation", (peak, -1.0 if reserved is None else reserved))',
+             "        peaks = [(peak, -1.0 if reserved is None else reserved)]")], WRG_TESTS,
            "a failed write at the final evaluation is dropped: summary.json is written as if the run had no failure"),
     Mutant("wrg-start-files-unagreed", "loops/driver.py",
            [('        with self._agreed("the main process could not write config.yaml, metric_panels.json and '
@@ -7749,6 +7750,43 @@ MUTANTS += [
     Mutant("rlf-vlm-seed-zero", "models/vlm_run.py",
            [("seed=run_seed(cfg, seed),", 'seed=cfg.get("seed", 0) if seed is None else seed,')], RLF_VLM,
            "a vlm checkpoint whose config has no seed gets the frozen vision tower of seed 0, not its run's"),
+]
+
+
+# mutation-pkm round: run-metrics: summary.json's peak_memory (units, the max over ranks carried by the end-of-run
+# agreement), train_tokens_per_second over optimizer steps only, torch_empty_cache_steps where transformers empties,
+# gradient_checkpointing_kwargs reaching the model and refused without gradient_checkpointing
+RMX_MEMORY = ["tests/loops/test_run_costs.py", "-k", "peak or rss or agreement or allocator"]
+RMX_RATE = ["tests/loops/test_run_costs.py", "-k", "train_tokens_per_second"]
+RMX_OPTIONS = ["tests/loops/test_run_costs.py", "-k", "empty_cache or reentrant or refused or spellings"]
+MUTANTS += [
+    Mutant("pkm-rss-kib-read-as-bytes", "peak_memory.py",
+           [('return int(peak) if (platform or sys.platform) == "darwin" else int(peak) * 1024',
+             "return int(peak)")], RMX_MEMORY, "Linux's ru_maxrss (KiB) taken as bytes: the peak 1024 times too small"),
+    Mutant("pkm-peak-of-rank-0", "peak_memory.py",
+           [('record = {"gib": max(peak for peak, _ in per_rank),', 'record = {"gib": per_rank[0][0],')],
+           RMX_MEMORY, "summary.json's peak is the main process's, not the max over ranks"),
+    Mutant("pkm-values-not-shared", "rank_agreement.py",
+           [("        shared.extend(every)\n", "        shared.extend(every[:1])\n")], RMX_MEMORY,
+           "the agreement's all-reduce carries the ranks' values but the block's list keeps only rank 0's"),
+    Mutant("pkm-train-rate-over-whole-time", "loops/driver.py",
+           [('f"train_{self.throughput_unit}_per_second": tokens_this_run / max(train_seconds, 1e-9)}',
+             'f"train_{self.throughput_unit}_per_second": tokens_this_run / max(self.clock() - started, 1e-9)}')],
+           RMX_RATE, "the training-only rate counts evaluation and save time, as tokens_per_second does"),
+    Mutant("pkm-step-time-from-run-start", "loops/driver.py",
+           [("            train_seconds += self.clock() - step_started\n",
+             "            train_seconds = self.clock() - started\n")],
+           RMX_RATE, "train_step_seconds is the time since the run began (evaluations and saves included)"),
+    Mutant("pkm-empty-cache-one-step-late", "loops/device_cache.py",
+           [("        if finished_steps() % every == 0:", "        if (finished_steps() + 1) % every == 0:")],
+           RMX_OPTIONS, "the cache is emptied in steps N, 2N, ... (1-based) instead of where transformers does"),
+    Mutant("pkm-checkpoint-kwargs-dropped", "checkpointing_options.py",
+           [('    return {**DEFAULT_KWARGS, **(getattr(cfg, "gradient_checkpointing_kwargs", None) or {})}',
+             "    return dict(DEFAULT_KWARGS)")], RMX_OPTIONS,
+           "gradient_checkpointing_kwargs accepted and never passed: always non-reentrant (the old note's behaviour)"),
+    Mutant("pkm-kwargs-without-checkpointing-accepted", "checkpointing_options.py",
+           [("        if not cfg.gradient_checkpointing and kwargs != DEFAULT_KWARGS:", "        if False:")],
+           RMX_OPTIONS, "use_reentrant: true without gradient_checkpointing is accepted and applies to nothing"),
 ]
 
 

@@ -104,7 +104,8 @@ def _other_value(name: str, default):
                "eval_fraction": 0.1, "warmup_ratio": 0.1, "num_train_epochs": 2.0, "max_length": 256,
                "dataset_split": "train[:50%]", "model_name_or_path": "builtin:tiny-qwen2", "dataset_name": "y.jsonl",
                "output_dir": "elsewhere", "task": None, "hub_model_id": "org/x", "hub_strategy": "end",
-               "hub_private_repo": True, "hub_token": "hf_x", "hub_revision": "dev"}
+               "hub_private_repo": True, "hub_token": "hf_x", "hub_revision": "dev",
+               "gradient_checkpointing_kwargs": {"use_reentrant": True}, "torch_empty_cache_steps": 2}
     if name in special:
         return special[name]
     if isinstance(default, bool):

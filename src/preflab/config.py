@@ -93,6 +93,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 3               # stop after this many non-finite steps in a row
     disable_dropout: bool = True
     gradient_checkpointing: bool = False
+    gradient_checkpointing_kwargs: dict | None = None  # TRL: torch.utils.checkpoint kwargs (checkpointing_options)
+    torch_empty_cache_steps: int | None = None  # TRL: empty the device cache every N steps (preflab.loops.device_cache)
     activation_offloading: bool = False        # TRL: keep the tensors saved for backward in host memory (GPU runs)
     torch_compile: bool = False
     torch_compile_backend: str | None = None   # TRL: torch.compile backend (None: inductor); turns torch_compile on
@@ -415,6 +417,7 @@ class TrainConfig:
         from preflab.models.quantize import quantization_conflicts
         from preflab.online_options import unread_online_options
         from preflab.lr_schedule_options import constant_warmup_conflicts, plateau_conflicts, schedule_kwargs_errors
+        from preflab.checkpointing_options import checkpointing_option_errors
         from preflab.neftune_options import neftune_conflicts
         from preflab.optimizer_options import optimizer_errors
         from preflab.ref_sync_options import ref_sync_conflicts
@@ -438,6 +441,7 @@ class TrainConfig:
             out.append(f"use_weighting (WPO) applies to task: dpo (the text scorer computes its token terms), not "
                        f"task: {self.task}.")
         out += schedule_kwargs_errors(self.lr_scheduler_type, self.lr_scheduler_kwargs, self.learning_rate)
+        out += checkpointing_option_errors(self)
         out += plateau_conflicts(self) + constant_warmup_conflicts(self) + optimizer_errors(self)
         if self.warmup_steps and self.warmup_ratio:  # transformers lets warmup_steps win and drops warmup_ratio
             out.append(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} both set the warmup "
@@ -1208,7 +1212,8 @@ def refuse_glued_flow_keys(raw: dict) -> None:
 
 # options that are mappings: `name.key=value` on the command line sets one key of them
 NESTED_OPTIONS = ("objective_params", "recipe_params", "vision_pair_params", "diffusion_noising",
-                  "model_init_kwargs", "ref_model_init_kwargs", "teacher_model_init_kwargs", "reward_head_params", "lr_scheduler_kwargs")
+                  "model_init_kwargs", "ref_model_init_kwargs", "teacher_model_init_kwargs", "reward_head_params", "lr_scheduler_kwargs",
+                  "gradient_checkpointing_kwargs")
 
 
 def preflight(cfg: TrainConfig, check_models: bool = True) -> None:

@@ -213,6 +213,12 @@ OPTIONS: dict[str, Option] = {
     "max_nonfinite_steps": above(0, "stop after this many non-finite steps in a row"),
     "disable_dropout": Option("set every dropout probability to 0 in policy and reference"),
     "gradient_checkpointing": Option("recompute activations in the backward pass (less memory, slower)"),
+    "gradient_checkpointing_kwargs": Option("TRL / transformers: keyword arguments of torch.utils.checkpoint for "
+                                            "gradient_checkpointing (use_reentrant, preserve_rng_state, "
+                                            "determinism_check, debug; null: use_reentrant false)"),
+    "torch_empty_cache_steps": at_least(1, "TRL / transformers: empty the device's cache (torch.cuda.empty_cache) "
+                                           "every N optimizer steps, as transformers' Trainer (null: never; the CPU "
+                                           "has none: a note)"),
     "activation_offloading": Option("TRL: keep the tensors a training forward saves for backward in host memory, "
                                     "copied back for the backward (less GPU memory, same gradients; not under FSDP "
                                     "/ DeepSpeed)"),

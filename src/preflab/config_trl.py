@@ -27,6 +27,7 @@ RENAMED = {
     "evaluation_strategy": "eval_strategy",  # transformers < 4.46 spelling
     "dataset_streaming": "streaming",  # TRL ScriptArguments
     "activation_checkpointing": "gradient_checkpointing",  # transformers 5 spelling (DPOConfig.to_dict has both)
+    "activation_checkpointing_kwargs": "gradient_checkpointing_kwargs",  # likewise
     "reward_model_path": "reward_funcs",  # OnlineDPOConfig: a sequence-classification model directory is a judge
     "max_new_tokens": "max_completion_length",  # OnlineDPOConfig: new tokens per sampled completion
 }
@@ -72,8 +73,6 @@ NO_EFFECT = {
     "run_name": (None, "trackers receive the run under the name 'preflab'"),
     "tf32": (None, "no effect on the matmul precision in preflab"),
     "dataloader_num_workers": (0, "batches are built in the training process"),
-    "gradient_checkpointing_kwargs": (None, "preflab always checkpoints with use_reentrant=False"),
-    "gradient_checkpointing_use_reentrant": (None, "preflab always checkpoints with use_reentrant=False"),
     "ddp_find_unused_parameters": (None, "preflab's DDP wrapper sets this itself"),
     "pad_token": (None, "the tokenizer's pad token is used (EOS when it has none)"),
     "label_pad_token_id": (-100, "preflab builds its own masks; there is no label padding"),
@@ -98,20 +97,19 @@ NO_EFFECT = {
     "bf16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "fp16_full_eval": (False, "evaluation runs under the same dtype as training"),
     "include_tokens_per_second": (False, "tokens_per_second is always logged"),
-    "torch_empty_cache_steps": (None, "preflab does not empty the device cache on a schedule"),
     "eval_packing": (None, "task: sft evaluates with the training layout, and its eval metrics are the same packed or "
                            "not (each packed sequence attends to itself only, with its own positions; the loss is the "
                            "token mean over the whole eval set)"),
     # the rest of TrainingArguments (a saved DPOConfig / GRPOConfig, `args.to_dict()`, carries them all)
     "do_train": (False, "preflab train always trains"),
-    "skip_memory_metrics": (True, "transformers' memory metrics are not logged"),
+    "skip_memory_metrics": (True, "transformers' memory metrics are not logged; summary.json's peak_memory records "
+                                  "the run's peak (preflab.peak_memory) either way"),
     "log_on_each_node": (True, "preflab prints on the main process only"),
     "log_level_replica": ("warning", "preflab prints on the main process only"),
     "project": ("huggingface", "trackers receive the run under the project name 'preflab'"),
     "trackio_space_id": (None, "preflab does not deploy a Trackio space"),
     "trackio_bucket_id": (None, "preflab does not deploy a Trackio space"),
     "trackio_static_space_id": (None, "preflab does not deploy a Trackio space"),
-    "activation_checkpointing_kwargs": (None, "preflab always checkpoints with use_reentrant=False"),
     "liger_kernel_config": (None, "preflab uses its own chunked LM head"),
     "use_cache": (False, "training never uses the KV cache"),
     "dataloader_pin_memory": (True, "batches are built in the training process"),
@@ -187,6 +185,8 @@ REFUSED = {
                     "model calls while sampling are task: online's tools: option (a group recipe)"),
     # the rest of TrainingArguments
     "do_predict": (False, "there is no predict step; run `preflab eval` on the saved model"),
+    "gradient_checkpointing_use_reentrant": (None, "give it as gradient_checkpointing_kwargs: {use_reentrant: "
+                                                   "true} (or false)"),
     "optim_target_modules": (None, "preflab's optimizers (optim) train every trainable parameter alike; GaLore / "
                                    "APOLLO are not available; remove it"),
     "label_smoothing_factor": (0.0, "transformers' label smoothing of a token loss does not apply to preference "
@@ -572,6 +572,7 @@ def translate_trl(raw: dict, written=None) -> tuple[dict, list[str], list[str]]:
         raw.pop("eval_steps")  # TRL's default: logging_steps when eval_strategy is steps (applied below)
     _grpo_loss_type(raw, errors)
     _lr_schedule(raw, errors)
+    _kwargs_option(raw, "gradient_checkpointing_kwargs", "{use_reentrant: true}", errors)  # checkpointing_options
     _strategies(raw, notes, errors)
     _ratios(raw, notes, errors)
     _model_kwargs(raw, errors)
@@ -835,20 +836,28 @@ def _generation_kwargs(raw: dict, notes: list, errors: list) -> None:
             raw[ours] = kwargs[key]
 
 
-def _lr_schedule(raw: dict, errors: list) -> None:
-    """lr_scheduler_kwargs as TrainingArguments reads it (a JSON string from its command line; {} and null: none);
-    a transformers schedule preflab does not have is refused with its reason (REFUSED_SCHEDULES)."""
-    from preflab.lr_schedule_options import REFUSED_SCHEDULES, parsed_kwargs
+def _kwargs_option(raw: dict, key: str, example: str, errors: list) -> None:
+    """A TrainingArguments mapping option (lr_scheduler_kwargs, gradient_checkpointing_kwargs) as transformers reads
+    it: a JSON string from its command line is the mapping; {} and null (its default) ask for nothing and are
+    dropped. `example`: the mapping named in the error of a string that is no JSON."""
+    from preflab.lr_schedule_options import parsed_kwargs
 
-    if "lr_scheduler_kwargs" in raw:
+    if key in raw:
         try:
-            kwargs = parsed_kwargs(raw.pop("lr_scheduler_kwargs"))
+            kwargs = parsed_kwargs(raw.pop(key))
         except ValueError as exc:
-            errors.append(f"lr_scheduler_kwargs is not valid JSON ({exc}); give a mapping, e.g. "
-                          "lr_scheduler_kwargs: {min_lr_rate: 0.1}.")
+            errors.append(f"{key} is not valid JSON ({exc}); give a mapping, e.g. {key}: {example}.")
             return
         if kwargs not in (None, {}):
-            raw["lr_scheduler_kwargs"] = kwargs
+            raw[key] = kwargs
+
+
+def _lr_schedule(raw: dict, errors: list) -> None:
+    """lr_scheduler_kwargs as TrainingArguments reads it (_kwargs_option); a transformers schedule preflab does not
+    have is refused with its reason (REFUSED_SCHEDULES)."""
+    from preflab.lr_schedule_options import REFUSED_SCHEDULES
+
+    _kwargs_option(raw, "lr_scheduler_kwargs", "{min_lr_rate: 0.1}", errors)
     kind = raw.get("lr_scheduler_type")
     if isinstance(kind, str) and kind in REFUSED_SCHEDULES:
         raw.pop("lr_scheduler_type")

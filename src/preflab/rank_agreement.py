@@ -73,22 +73,50 @@ def failed_ranks(failed: bool) -> list[int]:
     return [rank for rank, flag in enumerate(flags.tolist()) if flag]
 
 
+def failed_ranks_and_values(failed: bool, values: tuple[float, ...]) -> tuple[list[int], list[tuple[float, ...]]]:
+    """failed_ranks, and every rank's `values` (the same number of floats on every rank), in rank order, in the same
+    one all-reduce: SUM of a [1 + len(values), world] float64 tensor holding this rank's flag in row 0 and its values
+    in the rows below, each at its own rank's column (the other ranks' columns 0). Collective: every rank calls it."""
+    import torch
+
+    dist = _process_group()
+    if dist is None:
+        return ([0] if failed else []), [tuple(float(v) for v in values)]
+    world = dist.get_world_size()
+    table = torch.zeros(1 + len(values), world, dtype=torch.float64, device=_flag_device(dist))
+    table[:, dist.get_rank()] = torch.tensor([float(failed), *map(float, values)], dtype=torch.float64)
+    dist.all_reduce(table, op=dist.ReduceOp.SUM)
+    rows = table.cpu().tolist()
+    return ([rank for rank, flag in enumerate(rows[0]) if flag]), [tuple(row[rank] for row in rows[1:])
+                                                                 for rank in range(world)]
+
+
 @contextmanager
-def ranks_agree(what: str) -> Iterator[None]:
+def ranks_agree(what: str, values: tuple[float, ...] | None = None) -> Iterator[list]:
     """Run the block on every rank, then agree (failed_ranks) on whether it raised anywhere; where it did, every rank
     raises RankFailure(what, {failed rank: error_text}). Use it in place of a barrier after a step each rank (or the
     main alone) does before the others go on. One process: the block's error is raised as it is. A BaseException
-    that is no Exception (KeyboardInterrupt, SystemExit) is raised at once: the process is stopping anyway."""
+    that is no Exception (KeyboardInterrupt, SystemExit) is raised at once: the process is stopping anyway.
+    values: numbers of this rank's the agreement carries to every rank in its own all-reduce (failed_ranks_and_values:
+    no collective more); the list the block is given holds every rank's, in rank order, once the block has left
+    without an error (one process: this one's)."""
+    shared: list = []
     dist = _process_group()
     if dist is None:
-        yield
+        yield shared
+        if values is not None:
+            shared.extend(failed_ranks_and_values(False, values)[1])
         return
     failure: Exception | None = None
     try:
-        yield
+        yield shared
     except Exception as err:  # noqa: BLE001 - every failure is reported to the other ranks, then raised
         failure = err
-    failed = failed_ranks(failure is not None)
+    if values is None:
+        failed = failed_ranks(failure is not None)
+    else:
+        failed, every = failed_ranks_and_values(failure is not None, values)
+        shared.extend(every)
     if not failed:
         return
     texts: list = [None] * dist.get_world_size()

@@ -24,6 +24,7 @@ HARMLESS = frozenset({
     "disable_tqdm", "max_nonfinite_steps", "per_device_eval_batch_size", "use_cpu", "torch_compile",
     "torch_compile_backend", "torch_compile_mode",
     "gradient_checkpointing", "activation_offloading", "chunk_tokens", "pad_to_multiple_of", "attention",
+    "gradient_checkpointing_kwargs", "torch_empty_cache_steps",  # the same gradients; only memory and speed change
     "judge_timeout_s",  # a judge call that returns in time computes the same; one that does not stops the run
     "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo", "hub_revision",  # where uploads go
 })

@@ -37,7 +37,7 @@ TRL_ARGS = {"report_to": [], "use_cpu": True, "bf16": False, "optim": "adamw_tor
             **COMMON}
 PREFLAB_ARGS = {"model_name_or_path": "unused", "dataset_name": "synthetic", "disable_tqdm": True, "use_cpu": True,
                 "save_steps": 0, **COMMON}
-ONLY_PREFLAB = {"tokens_per_second"}  # preflab's throughput; TRL logs none per row
+ONLY_PREFLAB = {"tokens_per_second", "train_tokens_per_second"}  # preflab's throughput; TRL logs none per row
 EVAL_ROWS = 4  # the eval set of the eval rows after a run (the first rows)
 
 WORDS = "kit cat hat jam log bus bee pen car red ant oak net toy dog owl".split()

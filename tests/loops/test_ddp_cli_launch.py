@@ -272,6 +272,10 @@ def test_user_objective_two_processes_equal_one_process_with_double_batch(tmp_pa
     assert max(float((two[k] - one[k]).abs().max()) for k in one) < 1e-5
     summary = json.loads((base / "two/summary.json").read_text())
     assert summary["environment"]["world_size"] == 2
+    # peak_memory (preflab.peak_memory): each rank's peak RSS carried by the end-of-run agreement, and their max
+    memory = summary["peak_memory"]
+    assert memory["measure"] == "process_rss" and len(memory["per_rank_gib"]) == 2
+    assert memory["gib"] == max(memory["per_rank_gib"]) and min(memory["per_rank_gib"]) > 0.05  # > 50 MiB: torch
 
 
 def losses(summary_dir: Path) -> list:

@@ -151,6 +151,22 @@ def before_after_line(summary: dict) -> str | None:
     return None
 
 
+def run_costs_line(summary: dict) -> str | None:
+    """What the run cost: its peak memory (summary.json peak_memory, preflab.peak_memory) and its training
+    throughput over the optimizer steps only (final_metrics' train_<unit>_per_second); None when it has neither (a
+    recipe's summary)."""
+    from preflab.peak_memory import peak_memory_text
+
+    memory = peak_memory_text(summary.get("peak_memory"))
+    final = summary.get("final_metrics") or {}
+    rate = next(((k, v) for k, v in final.items() if k.startswith("train_") and k.endswith("_per_second")
+                 and is_number(v)), None)
+    said = ([f"peak memory {memory}"] if memory else []) + (
+        [f"{rate[0]} {rate[1]:.4g} (optimizer steps only; {rate[0][len('train_'):]} counts evaluation and saves "
+         "too)"] if rate else [])
+    return f"preflab: {'; '.join(said)}." if said else None
+
+
 def print_summary(cfg, summary: dict) -> int:
     """The final metrics as JSON on stdout (for scripts), then one line on stderr saying where the run is and how
     to look at it (a new user saw only the JSON, and not what to do next)."""
@@ -165,6 +181,9 @@ def print_summary(cfg, summary: dict) -> int:
         result = before_after_line(summary)
         if result:
             print(result, file=sys.stderr)
+        costs = run_costs_line(summary)
+        if costs:
+            print(costs, file=sys.stderr)
         out = shlex.quote(str(cfg.output_dir))
         print(f"preflab: done: the run is in {cfg.output_dir} (summary.json holds its final metrics); "
               f"`preflab report {out}` writes report.html with its curves.", file=sys.stderr)

@@ -634,8 +634,14 @@ class DiffusionRun(TrainingRun):
             self.lora = mark_trained_unet(cfg, unet, comps.is_flow)
             if not self.lora and self.objective.needs_reference and not self.self_npo:
                 self.reference = copy.deepcopy(unet).requires_grad_(False).eval()
-        if cfg.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
+        if cfg.gradient_checkpointing:  # diffusers' default is checkpoint(module, *args, use_reentrant=False)
+            import functools
+
+            from torch.utils.checkpoint import checkpoint
+
+            from preflab.checkpointing_options import checkpoint_kwargs
+
+            unet.enable_gradient_checkpointing(functools.partial(checkpoint, **checkpoint_kwargs(cfg)))
         self.module = DenoiserModule(unet, branch, users, getattr(self, "user_tokens", cfg.user_embedding_tokens))
         teacher = ema_teacher(unet) if self.self_npo else None
         self.teacher = teacher

@@ -47,6 +47,7 @@ from preflab.config_trl import trl_epochs_default_note
 from preflab.launch_paths import config_launch_record, save_run_config
 from preflab.loops.best_model import BestModel, load_best_weights, remove_all_but_best
 from preflab.loops.callback_state import CallbackEvents, callback_states, restore_callback_states
+from preflab.loops.device_cache import cpu_note, emptying_forward
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule, step_on_evaluation
 from preflab.loops.resume import no_checkpoint_to_resume, resume_requested
@@ -56,6 +57,7 @@ from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
 from preflab.online_options import greedy_eval_notes
 from preflab.optimizer_options import sharded_optimizer_problem
+from preflab.peak_memory import peak_memory_record, process_peak
 from preflab.sharding_options import sharded_activation_offload_problem
 from preflab.plugins import user_code
 from preflab.rank_agreement import ranks_agree
@@ -97,6 +99,9 @@ class TrainingRun(CallbackEvents):
     # (_agree_on_held_writes); held only while train() runs on several processes
     _held_write_failure: Exception | None = None
     _holds_write_failures: bool = False
+    # the wall clock of the run's timings (runtime_s, step_time, <unit>_per_second, train_<unit>_per_second): a test
+    # sets another on the instance to time a run exactly (tests/loops/test_run_costs.py)
+    clock = staticmethod(time.perf_counter)
 
     # ------------------------------------------------------------------ hooks (see the module docstring)
     def before_train(self) -> None:
@@ -215,15 +220,17 @@ class TrainingRun(CallbackEvents):
                             "permissions, then run again.")
 
     @contextmanager
-    def _agreed(self, what: str) -> Iterator[None]:
+    def _agreed(self, what: str, values: tuple[float, ...] | None = None) -> Iterator[list]:
         """A block the main process writes in while the other ranks wait for it, in place of a barrier after it
         (preflab.rank_agreement.ranks_agree: one all-reduce of a failure flag): a write that fails on the main
         process (a full disk) stops every rank at once with the main's error, said as train() says a failed write
         (_failed_write: the file, what output_dir keeps), instead of the other ranks waiting at the barrier until
-        the launcher or the collective's timeout kills them. One process: the block's error as train() raises it."""
-        with ranks_agree(what):
+        the launcher or the collective's timeout kills them. One process: the block's error as train() raises it.
+        values: this rank's numbers, carried to every rank by the same all-reduce (ranks_agree): the list the block
+        gets holds every rank's after it."""
+        with ranks_agree(what, values) as shared:
             try:
-                yield
+                yield shared
             except (OSError, SafetensorError) as err:
                 failure = self._failed_write(err)
                 if failure is None:
@@ -249,14 +256,16 @@ class TrainingRun(CallbackEvents):
             if self._held_write_failure is None:
                 self._held_write_failure = err
 
-    def _agree_on_held_writes(self, when: str) -> None:
+    def _agree_on_held_writes(self, when: str, values: tuple[float, ...] | None = None) -> list:
         """Every rank learns whether a main-only write failed since the last agreement (main_writes) and all raise the
         main's error, said as train() says a failed write (the file, what output_dir keeps): one all-reduce of a
-        failure flag (_agreed), in place of the barrier that stood at the end of every step."""
-        with self._agreed(f"the main process could not write the run's files {when}"):
+        failure flag (_agreed), in place of the barrier that stood at the end of every step. values: this rank's
+        numbers carried by that all-reduce; returns every rank's, in rank order ([] without values)."""
+        with self._agreed(f"the main process could not write the run's files {when}", values) as shared:
             held, self._held_write_failure = self._held_write_failure, None
             if held is not None:
                 raise held
+        return shared
 
     def _log(self, log, row: dict) -> None:
         """A metrics.jsonl row (and report_to's trackers) from the main process: its failure held (main_writes)."""
@@ -346,25 +355,32 @@ class TrainingRun(CallbackEvents):
         bad_in_row, window, last = 0, window_from_json(self.resumed_totals.get("log_window")), {}
         tokens_total, nonfinite = self.resumed_totals["num_tokens"], list(self.resumed_totals["nonfinite"])
         tokens_this_run = 0  # tokens_per_second: of this process's run only
+        # train_tokens_per_second: over the wall seconds inside this run's optimizer steps only (the step's batches,
+        # forward, backward, update and its token count), not its evaluations, saves, logging or callbacks, which
+        # tokens_per_second (over the run's whole time, as transformers' Trainer) counts
+        train_seconds = 0.0
         # runlog.zero_gradient_note: asked of a fresh run's first logging window only (a run that converged can
         # reach an exactly zero gradient later: egpo on the built-in game does)
         zero_gradient_unsaid = self._deepspeed_engine() is None and start_step == 0
         overflow_steps = 0  # fp16 GradScaler overflows (the scaler skipped the update and lowered its scale)
         evaluated = (None, {})  # (step, metrics) of the latest evaluation
         stopped_early = None  # {"step", "max_steps"} when a callback's control.should_training_stop ended the run
-        started = time.perf_counter()
-        forward = self._training_forward()
+        started = self.clock()
+        forward = emptying_forward(self._training_forward(), cfg.torch_empty_cache_steps, lambda: self.step)
+        if cfg.torch_empty_cache_steps and acc.device.type == "cpu" and self.main:
+            print(cpu_note(cfg.torch_empty_cache_steps), flush=True)
         for step in range(start_step, self.total_steps):
-            step_started = time.perf_counter()
+            step_started = self.clock()
             mbs = self.micro_batches(step)
             # the rate this step's update uses: what transformers' Trainer logs (read before the scheduler advances)
             learning_rate = self.scheduler.get_last_lr()[0]
             result = optimizer_step(mbs, forward, self.params, self.optimizer, self.scheduler, acc,
                                     cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
             if self.logs_step_time:  # a host clock after the step's one device read: no sync of its own
-                result.metrics["step_time"] = time.perf_counter() - step_started
+                result.metrics["step_time"] = self.clock() - step_started
                 result.metric_counts["step_time"] = 1.0  # TRL's log(): the plain mean of the window's steps
             tokens = self._step_tokens(result, mbs)
+            train_seconds += self.clock() - step_started
             tokens_total += tokens
             tokens_this_run += tokens
             bar.update(result, tokens)
@@ -382,8 +398,8 @@ class TrainingRun(CallbackEvents):
                 last = {"step": step + 1, "learning_rate": learning_rate,
                         f"num_{self.throughput_unit}": tokens_total, **average_results(window),
                         **self.progress(step + 1),
-                        f"{self.throughput_unit}_per_second": tokens_this_run / max(time.perf_counter() - started,
-                                                                                    1e-9)}
+                        f"{self.throughput_unit}_per_second": tokens_this_run / max(self.clock() - started, 1e-9),
+                        f"train_{self.throughput_unit}_per_second": tokens_this_run / max(train_seconds, 1e-9)}
                 self._log(log, last)
                 self.emit("on_log", logs=dict(last))
                 said = zero_gradient_note(window, step + 1) if zero_gradient_unsaid else None
@@ -412,7 +428,10 @@ class TrainingRun(CallbackEvents):
         bar.close()
         end = self.step  # total_steps, or the step a callback stopped the run at
         final_eval = evaluated[1] if evaluated[0] == end else self._evaluate_at_end(log)  # not run twice
-        self._agree_on_held_writes("at the final evaluation")  # one all-reduce per train()
+        # one all-reduce per train(), which also brings every rank's peak memory so far (preflab.peak_memory) to all
+        measure, peak, reserved = process_peak(acc.device)
+        peaks = self._agree_on_held_writes("at the final evaluation", (peak, -1.0 if reserved is None else reserved))
+        peak_memory = peak_memory_record(measure, acc.device.type, [(p, r if r >= 0 else None) for p, r in peaks])
         self._load_best_at_end()
         best = {**self.best.state_dict(), "metric_for_best_model": self.best.key} if self.best.key else {}
         summary = {"global_step": end, "timeline": self.timeline,
@@ -422,7 +441,8 @@ class TrainingRun(CallbackEvents):
                    "nonfinite_steps": nonfinite, "fp16_overflow_steps": overflow_steps,
                    "unused_rows_per_epoch": self.plan.unused_rows_per_epoch,
                    "data": self.data_report, **self.summary_extras(),
-                   "runtime_s": time.perf_counter() - started,
+                   "runtime_s": self.clock() - started, "train_step_seconds": train_seconds,
+                   "peak_memory": peak_memory,
                    "environment": {**environment(), **distributed_environment(acc)}}
         self._finish(summary)
         return summary

@@ -192,9 +192,10 @@ class Trainer(TrainingRun):
             self.layout  # noqa: B018  decided now, its fallback said as the run is built (see `layout`)
         set_attention_mode(cfg.attention, policy, ref)
         if cfg.gradient_checkpointing:
+            from preflab.checkpointing_options import checkpoint_kwargs
             from preflab.models.load import enable_gradient_checkpointing
 
-            enable_gradient_checkpointing(policy)
+            enable_gradient_checkpointing(policy, checkpoint_kwargs(cfg))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.producer is not None:  # data and models ready: e.g. build variants, size a head
             refuse_produced_columns(self.objective, cfg, (("train", self.train_data), ("eval", self.eval_data)))

@@ -15,9 +15,11 @@ device memory for host memory and two copies per saved tensor (pinned host memor
 the host). On a CPU the tensors are already in host memory: they are still copied (the same path as on a GPU, so the
 CPU tests exercise it), which costs time and saves nothing; the run says so once.
 
-With gradient_checkpointing (non-reentrant, preflab's), the checkpointed layers save their inputs through the
-checkpoint's own hooks, which take precedence inside them: what is offloaded is then what autograd saves outside the
-checkpointed layers (embeddings, final norm, LM head chunks), as in TRL, which runs both together.
+With gradient_checkpointing (non-reentrant, gradient_checkpointing_kwargs' default), the checkpointed layers save
+their inputs through the checkpoint's own hooks, which take precedence inside them: what is offloaded is then what
+autograd saves outside the checkpointed layers (embeddings, final norm, LM head chunks), as in TRL, which runs both
+together. (Reentrant checkpointing saves each layer's inputs with save_for_backward, which these hooks offload too;
+the gradients are the same.)
 
 Deviation from TRL: no second CUDA stream and no forward stash (TRL overlaps its copies with compute; here each copy
 runs on the compute stream), and the LM head's inputs are offloaded too (TRL keeps the output layer's). Refused under

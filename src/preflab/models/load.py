@@ -560,10 +560,11 @@ def check_policy_not_adapter(name: str) -> None:
         f"give model_name_or_path={name}-merged.")
 
 
-def enable_gradient_checkpointing(policy) -> None:
-    """transformers' gradient checkpointing on `policy` (under a PEFT or engine wrapper: its model), non-reentrant
-    as TRL sets it, for a model given from Python as for a loaded one; a model without it is refused (it would
-    train without)."""
+def enable_gradient_checkpointing(policy, kwargs: dict | None = None) -> None:
+    """transformers' gradient checkpointing on `policy` (under a PEFT or engine wrapper: its model), for a model
+    given from Python as for a loaded one, with torch.utils.checkpoint's keyword arguments `kwargs` (the run's
+    preflab.checkpointing_options.checkpoint_kwargs; None: non-reentrant, as TRL sets it); a model without it is
+    refused (it would train without)."""
     from preflab.models.attention import unwrap
 
     base = unwrap(policy)
@@ -571,7 +572,7 @@ def enable_gradient_checkpointing(policy) -> None:
         raise ConfigError(f"gradient_checkpointing: the policy ({type(base).__name__}) has no "
                           "gradient_checkpointing_enable (not a transformers model), so it cannot recompute its "
                           "activations; remove gradient_checkpointing.")
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or {"use_reentrant": False})
 
 
 def policy_load_dtype(cfg) -> str:
@@ -611,7 +612,9 @@ def load_models(cfg, tokenizer):
     if cfg.disable_dropout:
         disable_dropout(policy)
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        from preflab.checkpointing_options import checkpoint_kwargs
+
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs(cfg))
         policy.config.use_cache = False
     needs_reference = cfg.objective().needs_reference
     ref = None
@@ -625,7 +628,7 @@ def load_models(cfg, tokenizer):
     if quantization is not None:
         from preflab.models.quantize import prepare_quantized
 
-        policy = prepare_quantized(policy, cfg.gradient_checkpointing)
+        policy = prepare_quantized(policy, cfg)
     if cfg.use_peft:
         policy = add_lora(policy, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules,
                           **lora_extras(cfg))

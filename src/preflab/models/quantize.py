@@ -113,13 +113,15 @@ def check_quantization_machine(cfg) -> None:
                           "pip install 'preflab[qlora]'), or remove it.")
 
 
-def prepare_quantized(model, gradient_checkpointing: bool):
+def prepare_quantized(model, cfg):
     """peft's prepare_model_for_kbit_training (the base frozen, 16-bit weights cast to float32, input grads for
-    checkpointing)."""
+    checkpointing), checkpointing with the run's gradient_checkpointing and its kwargs."""
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                           gradient_checkpointing_kwargs={"use_reentrant": False})
+    from preflab.checkpointing_options import checkpoint_kwargs
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing,
+                                           gradient_checkpointing_kwargs=checkpoint_kwargs(cfg))
 
 
 def quantized_weight_bytes(model, cfg) -> float:

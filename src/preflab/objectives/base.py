@@ -405,7 +405,8 @@ def _check_token_extra(batch, key: str, owner: str) -> None:
 # runlog.average_results's loss and grad_norm, the scored logits' TRL token metrics): an objective metric of one of
 # these names would replace the run's own value in metrics.jsonl, and one starting with eval_ an evaluation's
 TRAINER_METRICS = frozenset({"loss", "grad_norm", "step", "learning_rate", "epoch", "num_tokens", "num_images",
-                             "tokens_per_second", "images_per_second", "entropy", "mean_token_accuracy",
+                             "tokens_per_second", "images_per_second", "train_tokens_per_second",
+                             "train_images_per_second", "entropy", "mean_token_accuracy",
                              "logits/chosen", "logits/rejected"})
 
 

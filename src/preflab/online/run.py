@@ -210,7 +210,9 @@ class OnlineRun(TrainingRun):
 
         disable_dropout_of(cfg, policy, ref)  # models given from Python (or a task) too, not only loaded ones
         if cfg.gradient_checkpointing:  # a model given from Python (or a task's) too, as the offline Trainer does
-            enable_gradient_checkpointing(policy)
+            from preflab.checkpointing_options import checkpoint_kwargs
+
+            enable_gradient_checkpointing(policy, checkpoint_kwargs(cfg))
         if all(getattr(unwrap(m), "config", None) is not None for m in (policy, ref) if m is not None):
             from preflab.models.segment_attention import set_attention_mode
 

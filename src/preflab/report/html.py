@@ -18,6 +18,7 @@ from pathlib import Path
 from preflab.atomic_file import write_text_file
 from preflab.errors import PreflabError
 from preflab.option_types import is_number
+from preflab.peak_memory import peak_memory_text
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS, metric_doc
 from preflab.report import plots
@@ -260,7 +261,7 @@ def _samples(runs: list[RunData]) -> str:
 
 # summary.json's own numbers that are bookkeeping, not results (the results table leaves them out)
 _NOT_RESULTS = ("global_step", "runtime_s", "resumed_from_step", "fp16_overflow_steps", "unused_rows_per_epoch",
-                "train_examples_seen", "reference_refreshes")
+                "train_examples_seen", "reference_refreshes", "train_step_seconds")
 
 
 def _results(runs: list[RunData]) -> str:
@@ -326,6 +327,11 @@ def _final_metrics(runs: list[RunData]) -> str:
     rows = [[f"<td>{_e(k)}</td>", *[_num_cell(f.get(k)) for f in finals]] for k in keys]
     rows.insert(0, ["<td>global_step</td>", *[_num_cell(r.summary.get("global_step")) for r in runs]])
     rows.insert(1, ["<td>runtime_s</td>", *[_num_cell(r.summary.get("runtime_s")) for r in runs]])
+    if any("train_step_seconds" in r.summary for r in runs):  # the optimizer steps' share of runtime_s
+        rows.insert(2, ["<td>train_step_seconds</td>", *[_num_cell(r.summary.get("train_step_seconds")) for r in runs]])
+    memory = [peak_memory_text(r.summary.get("peak_memory")) for r in runs]
+    if any(memory):
+        rows.insert(3, ["<td>peak_memory</td>", *[f"<td>{_e(m or '–')}</td>" for m in memory]])
     return "<h2>Final metrics (summary.json)</h2>" + _table(["metric", *[r.name for r in runs]], rows)
 
 

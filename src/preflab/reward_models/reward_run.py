@@ -50,7 +50,9 @@ class RewardRun(TrainingRun):
 
             disable_dropout(model)
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            from preflab.checkpointing_options import checkpoint_kwargs
+
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs(cfg))
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer, self.scheduler = make_optimizer(cfg, self.params, self.total_steps, [model])
         self.model, self.optimizer = self.acc.prepare(model, optimizer)

@@ -366,7 +366,7 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
                 stage_options, run_dir=out),
                 policy=model, ref=None, tokenizer=tokenizer, train_data=_pairs_data(pairs, prompt_ids)).train()
             record.update(simpo_steps=summary["global_step"], simpo_batch_size=batch,
-                          simpo_final={k: v for k, v in summary["final_metrics"].items() if k != "tokens_per_second"}, simpo_seconds=round(summary["runtime_s"], 1))
+                          simpo_final={k: v for k, v in summary["final_metrics"].items() if not k.endswith("_per_second")}, simpo_seconds=round(summary["runtime_s"], 1))
             weights = f"{stage}/simpo"
         record["eval"], _ = evaluate(model)
         say(f"itool: after {stage}: call accuracy {record['eval']['call_accuracy']:.3f}")
