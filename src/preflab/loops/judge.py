@@ -45,6 +45,7 @@ from torch import Tensor
 
 from preflab.errors import ConfigError, JudgeTimeoutError
 from preflab.loops.time_limit import call_within, checked_limit
+from preflab.option_types import weight_value
 
 # errors of a judge call that stop the run (re-raised, never counted as one completion's failure and retried)
 STOPS = (ConfigError, JudgeTimeoutError)
@@ -223,6 +224,19 @@ def _check_trl_only_arguments(fn) -> None:
                           "prompt row's other columns); give it a default (e.g. trainer_state=None) or remove it.")
 
 
+def checked_weights(weights: Sequence[Any]) -> list[float]:
+    """reward_weights as floats; a weight that is not a finite number is a ConfigError naming its place and value."""
+    out = []
+    for i, weight in enumerate(weights):
+        value = weight_value(weight)
+        if value is None:
+            raise ConfigError(f"reward_weights[{i}] = {weight!r} is not a finite number (reward_weights: {list(weights)!r}); "
+                              "give one finite number per judge of reward_funcs, in their order (a NaN weight would "
+                              "leave that judge out of every reward, an infinite one make every reward infinite).")
+        out.append(value)
+    return out
+
+
 class Judge:
     """Scores completions with one or more judges (see the module docstring); callable."""
 
@@ -238,7 +252,7 @@ class Judge:
                 _check_trl_only_arguments(judge)
         # a callable: prompt-aware weights, prompts -> [N, K] (PRO's adapter, preflab.reward_models.pro_orchestrator)
         self.aggregator = weights if callable(weights) else None
-        self.weights = [1.0] * len(self.judges) if weights is None or self.aggregator else [float(w) for w in weights]
+        self.weights = [1.0] * len(self.judges) if weights is None or self.aggregator else checked_weights(weights)
         if len(self.weights) != len(self.judges):
             raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
                               f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "
