@@ -104,6 +104,16 @@ def judge_names(judges) -> list[str]:
     return distinct_names([_name(j) for j in judges])
 
 
+def not_applicable_counts(per_function: Tensor, scores: Tensor) -> list[int]:
+    """Per judge, how many of the scored completions (a finite combined score in `scores` [N]) it returned None or NaN
+    for (`per_function` [N, F]): TRL's "not applicable", which leaves the completion the other judges' weighted sum.
+    With several judges nothing else shows it (a completion only drops when every judge gives None), so a judge that
+    applies to no completion at all, such as a verifier reading a column the rows lack, left its weight out of every
+    reward silently; the online run counts these and says so (summary.json online.judge_not_applicable)."""
+    scored = ~scores.isnan()
+    return [int((per_function[:, k].isnan() & scored).sum()) for k in range(per_function.shape[1])]
+
+
 def distinct_names(names: list[str]) -> list[str]:
     """The judges' names as metric keys (rewards/<name>/mean): a name given before gets _2, _3, ... in list order,
     so two judges named alike (`score` of a.py and of b.py, or one function listed twice) log one key each instead

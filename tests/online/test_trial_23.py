@@ -1,0 +1,54 @@
+"""Findings of user trial 23 (a reasoning-RL user coming from TRL's GRPOTrainer and verl): each test fails on the
+code before its fix."""
+import json
+
+import torch
+
+from preflab.config import config_from_dict
+from preflab.loops.judge import not_applicable_counts
+
+
+def _loud(prompts, completions, **kwargs):
+    return [float(sum(ch.isupper() for ch in c)) for c in completions]
+
+
+def _never_applies(prompts, completions, **kwargs):  # e.g. a verifier reading a column the rows lack
+    return [None] * len(completions)
+
+
+def test_not_applicable_counts_are_per_judge_over_the_scored_completions():
+    """Hand example: 4 completions, 3 judges; completion 3 is dropped (combined score NaN: a judge raised), so only
+    completions 0-2 count. Judge 0 scored them all (0), judge 1 missed completions 1 and 2 (2), judge 2 all three (3):
+    its NaN on the dropped completion 3 is not counted."""
+    nan = float("nan")
+    per_fn = torch.tensor([[1.0, 2.0, nan], [1.0, nan, nan], [0.0, nan, nan], [nan, 1.0, nan]], dtype=torch.float64)
+    scores = torch.tensor([3.0, 1.0, 0.0, nan], dtype=torch.float64)
+    assert not_applicable_counts(per_fn, scores) == [0, 2, 3]
+
+
+def test_a_judge_that_applies_to_no_completion_is_counted_and_said(tmp_path, capsys):
+    """With two reward functions, one returning None for every completion (a verifier on rows without its answer
+    column) left every reward the other's alone: no completion dropped, judge/dropped 0, only a null
+    rewards/<judge>/mean. Now summary.json online.judge_not_applicable counts each judge's None/NaN over the scored
+    completions (here 2 rounds x 3 prompts x 2 completions = 12 for the silent judge, 0 for the other) and a note
+    names the judge once."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task
+
+    cfg = config_from_dict(dict(task="online", trainer="grpo", online_task="dataset", dataset_name="unused",
+                                reward_funcs="x", model_name_or_path="builtin:tiny-llama", max_steps=2,
+                                num_generations=2, prompts_per_generation=3, per_device_train_batch_size=3,
+                                max_completion_length=3, logging_steps=1, disable_tqdm=True, use_cpu=True,
+                                output_dir=str(tmp_path)))
+    tok = tiny_tokenizer("char")
+    policy = tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=1)
+    summary = OnlineRun(cfg, policy=policy, tokenizer=tok, task=Task(["say a\n", "say b\n", "say c\n"],
+                                                                     [_loud, _never_applies])).train()
+    assert summary["online"]["judge_dropped"] == 0
+    assert summary["online"]["judge_not_applicable"] == {"_loud": 0, "_never_applies": 12}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["rewards/_never_applies/mean"] for r in rows] == [None, None]  # NaN, as the note says
+    out = capsys.readouterr().out
+    assert out.count("judge '_never_applies' returned None or NaN for all 6 scored completions") == 1
+    assert "judge '_loud' returned" not in out
