@@ -52,3 +52,25 @@ def test_a_judge_that_applies_to_no_completion_is_counted_and_said(tmp_path, cap
     out = capsys.readouterr().out
     assert out.count("judge '_never_applies' returned None or NaN for all 6 scored completions") == 1
     assert "judge '_loud' returned" not in out
+
+
+def test_a_verifier_on_a_row_without_its_column_names_the_column_and_the_completion():
+    """A grounding row without `solution` (or with null) among rows that have it reaches the Vision-R1 verifiers as
+    None: they raised `TypeError: object of type 'NoneType' has no len()` (OTCReward: 'NoneType' object is not
+    iterable), naming neither the column nor the completion. Now a DataError names both and what to do; the rows'
+    complete entries still score (hand value: the box equals the gold box, precision 1)."""
+    import pytest
+
+    from preflab.errors import DataError
+    from preflab.verifiers import OTCReward, vision_r1_format, vision_r1_precision
+
+    box = '[{"bbox_2d": [13, 1, 26, 14], "label": "square"}]'
+    gold = '[["square", [13, 1, 26, 14]]]'
+    for reward in (vision_r1_format, vision_r1_precision):
+        with pytest.raises(DataError) as err:
+            reward(["p"] * 3, [box] * 3, solution=[gold, None, gold])
+        assert str(err.value).startswith(f"{reward.__name__}: column 'solution' is None for completion 1 of the 3 "
+                                         "in this call (1 in all): its prompt row lacks 'solution' or has null")
+    assert vision_r1_precision(["p"] * 2, [box] * 2, solution=[gold, gold]) == [1.0, 1.0]
+    with pytest.raises(DataError, match=r"^otc: column 'answer' is None for completion 0 of the 2 in this call \(2 in"):
+        OTCReward(c=4.0)(["p"] * 2, ["<answer>a</answer>"] * 2, answer=[None, None])
