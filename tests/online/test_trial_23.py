@@ -74,3 +74,18 @@ def test_a_verifier_on_a_row_without_its_column_names_the_column_and_the_complet
     assert vision_r1_precision(["p"] * 2, [box] * 2, solution=[gold, gold]) == [1.0, 1.0]
     with pytest.raises(DataError, match=r"^otc: column 'answer' is None for completion 0 of the 2 in this call \(2 in"):
         OTCReward(c=4.0)(["p"] * 2, ["<answer>a</answer>"] * 2, answer=[None, None])
+
+
+def test_the_report_says_which_judges_did_not_apply():
+    """preflab report showed a judge that applied to nothing only as "rewards/<judge>/mean was logged non-finite: the
+    curve breaks there". It now names the judges and their counts (32 completions, 2 dropped: 30 scored)."""
+    from preflab.report.data_notes import online_notes
+
+    summary = {"online": {"completions": 32, "judge_dropped": 2, "rounds": 2,
+                          "judge_not_applicable": {"exact": 0, "nan_all": 30, "half": 7}}}
+    assert online_notes(summary) == [
+        "generation: of 32 completions, 2 got no score from the judges and were left out of training (judge/dropped)",
+        "judges: of 30 scored completions, some judges returned None or NaN (not applicable): 'nan_all' 30, 'half' 7; "
+        "their rewards are the other judges' weighted sum (online.judge_not_applicable)"]
+    summary["online"]["judge_not_applicable"] = {"exact": 0, "caps": 0}
+    assert not any(n.startswith("judges:") for n in online_notes(summary))
