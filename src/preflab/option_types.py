@@ -1,6 +1,7 @@
 """The type check of one option's value, as a config file or a run's config.yaml gives it (preflab.config for every
 TrainConfig field, preflab.model_part_options for the options a checkpoint's model is rebuilt with), and is_number,
-the "a number, not a bool" test that option tables, recipe params and the report's summary readers share. It imports
+the "a number, not a bool" test that option tables, recipe params and the report's summary readers share, and
+weight_value (a reward weight's finite float, for the config table and the online Judge). It imports
 nothing of preflab but its error, so every layer can ask it from below the models."""
 from __future__ import annotations
 
