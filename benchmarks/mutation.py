@@ -7790,6 +7790,29 @@ MUTANTS += [
 ]
 
 
+# mutation-t23 round: user trial 23 (reasoning-RL user): reward_weights that are not finite numbers refused, judges
+# that apply to no completion counted and said, verifiers naming a missing column
+T23_WEIGHTS = ["tests/online/test_judge.py", "-k", "weight"]
+T23_TRIAL = ["tests/online/test_trial_23.py"]
+MUTANTS += [
+    Mutant("t23-nan-weight-allowed", "option_types.py",
+           [("    return value if math.isfinite(value) else None", "    return value")], T23_WEIGHTS,
+           "reward_weights=[1.0,nan] runs again, the second judge left out of every reward"),
+    Mutant("t23-bool-weight-allowed", "option_types.py",
+           [("    if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, str)):",
+             "    if not isinstance(weight, (numbers.Real, str)):")], T23_WEIGHTS, "a `true` weight runs as 1"),
+    Mutant("t23-dropped-counted-as-not-applicable", "loops/judge.py",
+           [("    return [int((per_function[:, k].isnan() & scored).sum()) for k in range(per_function.shape[1])]",
+             "    return [int(per_function[:, k].isnan().sum()) for k in range(per_function.shape[1])]")], T23_TRIAL,
+           "a completion dropped by another judge's exception counts as not applicable for every judge"),
+    Mutant("t23-not-applicable-note-silent", "online/run.py",
+           [("            if scored and n == scored and name not in said and self.main:",
+             "            if False:")], T23_TRIAL, "a judge that applies to nothing is counted but not said"),
+    Mutant("t23-none-column-passes", "verifiers/_columns.py",
+           [("    missing = [i for i, v in enumerate(value) if v is None] if required else []",
+             "    missing = []")], T23_TRIAL, "a row without solution fails as a TypeError on None again"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from preflab.lr_schedule_options import SCHEDULE_KWARGS
-from preflab.option_types import is_number
+from preflab.option_types import is_number, weight_value
 from preflab.recipe_names import RECIPE_TASKS
 
 SEED_MAX = 2**32 - 1  # numpy.random.seed (called by accelerate's set_seed) takes seeds below 2**32
@@ -391,7 +391,9 @@ OPTIONS: dict[str, Option] = {
                           "prompts, image prompts for an image-text policy (preflab.online.vision), the demo's "
                           "loud echo, or the preference game"),
     "reward_funcs": Option("task: online; judge(s): demo_true_reward | verifier:<name> | module:attr | model dir"),
-    "reward_weights": Option("task: online; one weight per judge in reward_funcs (TRL); default 1 each"),
+    "reward_weights": Option("task: online; one weight per judge in reward_funcs (TRL); default 1 each",
+                             "a list of finite numbers", lambda v: isinstance(v, (list, tuple)) and
+                             all(weight_value(w) is not None for w in v)),
     "tools": Option("task: online, group recipes, online_task dataset; tool functions the model may call (TRL "
                     "GRPOTrainer's tools=): calculator | python (sandboxed) | module:function | path/to/file.py:function "
                     "(preflab.online.tool_calling)"),

@@ -1,9 +1,12 @@
 """The type check of one option's value, as a config file or a run's config.yaml gives it (preflab.config for every
 TrainConfig field, preflab.model_part_options for the options a checkpoint's model is rebuilt with), and is_number,
-the "a number, not a bool" test that option tables, recipe params and the report's summary readers share. It imports
+the "a number, not a bool" test that option tables, recipe params and the report's summary readers share, and
+weight_value (a reward weight's finite float, for the config table and the online Judge). It imports
 nothing of preflab but its error, so every layer can ask it from below the models."""
 from __future__ import annotations
 
+import math
+import numbers
 import typing
 from typing import Any
 
@@ -14,6 +17,20 @@ def is_number(value) -> bool:
     but a YAML `true` given for a number option, or a summary.json flag beside its numbers, is not a number. NaN and
     infinities count (callers that need a finite value check math.isfinite too)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def weight_value(weight: Any) -> float | None:
+    """The finite float a reward weight stands for, or None when it stands for none: a number (not a bool), or number
+    text as TRL's argument parser reads a list item (`"0.5"` is 0.5). NaN and infinities are None: the combined reward
+    is nansum_k w_k r_k, so a NaN weight turned its judge's every score into NaN and nansum left the judge out of
+    every reward without a word (`reward_weights=[1.0,nan]` on the command line gives the text 'nan')."""
+    if isinstance(weight, bool) or not isinstance(weight, (numbers.Real, str)):  # numpy floats too
+        return None
+    try:
+        value = float(weight)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 _BOOL_TEXT = {**dict.fromkeys(("yes", "true", "t", "y", "1"), True),

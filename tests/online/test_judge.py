@@ -199,3 +199,43 @@ def test_a_user_builders_index_past_the_last_completion_or_unscored_rejected_is_
             build_pairs(scores, f"{path}:{name}")
     with pytest.raises(ConfigError, match="paired completion 1 of prompt 0, which the judge could not score"):
         build_pairs(torch.tensor([[0.5, float("nan")]]), f"{path}:nan_rejected")
+
+
+@pytest.mark.parametrize("bad", ["nan", float("nan"), math.inf, "-inf", True, "half", None])
+def test_a_weight_that_is_not_a_finite_number_is_refused_naming_its_place(bad):
+    """reward_weights=[1.0,nan] on the command line (YAML reads the text 'nan') ran: float('nan') made the second
+    judge's every weighted score NaN and the nansum left it out of every reward, so the run trained on the first
+    judge alone without a word (user trial 23); `true` ran as weight 1. Now refused in the Judge (Python callers) and
+    as a config value (before anything loads)."""
+    def ok(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    with pytest.raises(ConfigError) as err:
+        Judge([ok, ok], weights=[1.0, bad])
+    assert str(err.value).startswith(f"reward_weights[1] = {bad!r} is not a finite number (reward_weights: [1.0, "
+                                     f"{bad!r}]); give one finite number per judge of reward_funcs")
+    from preflab.config_options import range_errors
+
+    errors = range_errors({"reward_weights": [1.0, bad]})
+    assert len(errors) == 1 and errors[0].startswith("reward_weights=") and "must be" in errors[0]
+
+
+def test_finite_weights_and_number_text_weigh_the_judges():
+    """The weights that stay allowed: numbers (numpy's too) and number text, as TRL's parser reads a list item; the
+    combined reward is sum_k w_k r_k (hand value: 2 x 1 + 0.5 x 3 = 3.5)."""
+    import numpy as np
+
+    def one(prompts, completions, **kwargs):
+        return [1.0] * len(completions)
+
+    def three(prompts, completions, **kwargs):
+        return [3.0] * len(completions)
+
+    for weights in ([2, "0.5"], [np.float32(2.0), 0.5]):
+        judge = Judge([one, three], weights=weights)
+        assert judge.weights == [2.0, 0.5]
+        scores, _ = judge(["p"], ["c"])
+        assert scores.tolist() == [3.5]
+    from preflab.config_options import range_errors
+
+    assert range_errors({"reward_weights": [2, "0.5", -1.0]}) == []

@@ -254,3 +254,24 @@ def test_sampled_candidates_go_to_their_task_in_groups_of_n_codes_and_n_tests(mo
     assert [s for s, _ in calls] == [10, 11]
     assert calls[0][1] == [code_prompt(t) for t in tasks for _ in range(2)]
     assert calls[1][1] == [unit_test_prompt(t) for t in tasks for _ in range(3)]
+
+
+@pytest.mark.slow
+def test_an_iteration_without_pairs_is_said_even_when_quiet(tmp_path, monkeypatch, capsys):
+    """User trial 23: with disable_tqdm (quiet) a DSTC iteration in which no prompt gave a pair trained nothing and
+    printed nothing; only summary.json's pairs_per_iteration [.., 0] showed it. Now a note says it per iteration.
+    Every sampled program is the gold one here, so every row of every matrix ties: no pair, no DPO step, and the
+    held-out pass rate after equals the one before (the model is unchanged)."""
+    def tied(model, tokenizer, tasks, n_codes, n_tests, *, temperature, seed, **kw):
+        return [([program(t.first, t.second)] * n_codes, [assert_line(0, t.gold(0))] * n_tests) for t in tasks]
+
+    monkeypatch.setattr(dstc, "sample_candidates", tied)
+    summary = dstc.run_dstc(str(tmp_path / "tied"), quiet=True, n_sft_tasks=4, n_dstc_tasks=2, n_test=1,
+                            sft_per_task=1, sft_steps=2, n_codes=2, n_tests=1, iterations=2, dpo_steps=2,
+                            batch_size=4, hidden_size=32, control=False)
+    assert summary["pairs_per_iteration"] == [0, 0] and summary["skipped_prompts_per_iteration"] == [2, 2]
+    assert [r["dpo_steps"] for r in summary["iterations"]] == [0, 0]
+    assert summary["metric_after"] == summary["metric_before"]
+    out = capsys.readouterr().out
+    for it in (1, 2):
+        assert out.count(f"preflab: note: dstc iteration {it}: none of the 2 prompts gave a pair") == 1

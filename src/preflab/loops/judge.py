@@ -45,6 +45,7 @@ from torch import Tensor
 
 from preflab.errors import ConfigError, JudgeTimeoutError
 from preflab.loops.time_limit import call_within, checked_limit
+from preflab.option_types import weight_value
 
 # errors of a judge call that stop the run (re-raised, never counted as one completion's failure and retried)
 STOPS = (ConfigError, JudgeTimeoutError)
@@ -101,6 +102,16 @@ def judge_names(judges) -> list[str]:
     """The judges' names as Judge gives them (a function's __name__, else its class name; repeats numbered):
     rewards/<name>/mean's <name>, and what a PRO adapter's reward_names are compared with."""
     return distinct_names([_name(j) for j in judges])
+
+
+def not_applicable_counts(per_function: Tensor, scores: Tensor) -> list[int]:
+    """Per judge, how many of the scored completions (a finite combined score in `scores` [N]) it returned None or NaN
+    for (`per_function` [N, F]): TRL's "not applicable", which leaves the completion the other judges' weighted sum.
+    With several judges nothing else shows it (a completion only drops when every judge gives None), so a judge that
+    applies to no completion at all, such as a verifier reading a column the rows lack, left its weight out of every
+    reward silently; the online run counts these and says so (summary.json online.judge_not_applicable)."""
+    scored = ~scores.isnan()
+    return [int((per_function[:, k].isnan() & scored).sum()) for k in range(per_function.shape[1])]
 
 
 def distinct_names(names: list[str]) -> list[str]:
@@ -223,6 +234,19 @@ def _check_trl_only_arguments(fn) -> None:
                           "prompt row's other columns); give it a default (e.g. trainer_state=None) or remove it.")
 
 
+def checked_weights(weights: Sequence[Any]) -> list[float]:
+    """reward_weights as floats; a weight that is not a finite number is a ConfigError naming its place and value."""
+    out = []
+    for i, weight in enumerate(weights):
+        value = weight_value(weight)
+        if value is None:
+            raise ConfigError(f"reward_weights[{i}] = {weight!r} is not a finite number (reward_weights: {list(weights)!r}); "
+                              "give one finite number per judge of reward_funcs, in their order (a NaN weight would "
+                              "leave that judge out of every reward, an infinite one make every reward infinite).")
+        out.append(value)
+    return out
+
+
 class Judge:
     """Scores completions with one or more judges (see the module docstring); callable."""
 
@@ -238,7 +262,7 @@ class Judge:
                 _check_trl_only_arguments(judge)
         # a callable: prompt-aware weights, prompts -> [N, K] (PRO's adapter, preflab.reward_models.pro_orchestrator)
         self.aggregator = weights if callable(weights) else None
-        self.weights = [1.0] * len(self.judges) if weights is None or self.aggregator else [float(w) for w in weights]
+        self.weights = [1.0] * len(self.judges) if weights is None or self.aggregator else checked_weights(weights)
         if len(self.weights) != len(self.judges):
             raise ConfigError(f"reward_weights has {len(self.weights)} weights {self.weights} for "
                               f"{len(self.judges)} judge(s) {[_name(j) for j in self.judges]} (reward_funcs); give "

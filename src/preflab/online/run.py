@@ -52,7 +52,7 @@ from preflab.checkpoint import check_files, file_records, fsync_dir, fsync_file
 from preflab.data.layout import bucket
 from preflab.errors import ConfigError, DataError, PreflabError
 from preflab.loops.driver import TrainingRun
-from preflab.loops.judge import Judge
+from preflab.loops.judge import Judge, not_applicable_counts
 from preflab.loops.launch import make_accelerator
 from preflab.loops.optimizer import make_optimizer
 from preflab.loops.reference import reference_scores, refresh_reference
@@ -703,6 +703,8 @@ class OnlineRun(TrainingRun):
             values = per_fn[:, k][~per_fn[:, k].isnan()]
             metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
             metrics[f"rewards/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0  # as reward_std
+        if len(self.judge.names) > 1:
+            self._count_not_applicable(r, per_fn, flat)
         truncated = len(ids) - sum(has_eos)
         self.counts["truncated_completions"] = self.counts.get("truncated_completions", 0) + truncated
         if truncated * 2 >= len(ids) and self.main and not getattr(self, "_said_truncated", False):
@@ -732,6 +734,25 @@ class OnlineRun(TrainingRun):
 
         return judge_rollouts(self.judge, self.accelerator, prompts, texts, [i // K for i in range(len(ids))],
                               columns, ids, self.round_environments)
+
+    def _count_not_applicable(self, r: int, per_fn: torch.Tensor, flat: torch.Tensor) -> None:
+        """summary.json online.judge_not_applicable {judge: completions}: the scored completions each of several
+        judges returned None or NaN for (the others' weighted sum stood in: TRL's "not applicable"); said once per
+        judge when it applied to none of a round's scored completions (a verifier on rows without its column, a
+        reward function returning None by mistake), which otherwise showed only as a null rewards/<judge>/mean."""
+        missing = not_applicable_counts(per_fn, flat)
+        scored = int((~flat.isnan()).sum())
+        totals = self.counts.setdefault("judge_not_applicable", {})
+        said = self.__dict__.setdefault("_said_not_applicable", set())
+        for name, n in zip(self.judge.names, missing):
+            totals[name] = totals.get(name, 0) + n
+            if scored and n == scored and name not in said and self.main:
+                said.add(name)
+                print(f"preflab: note: round {r + 1}: judge '{name}' returned None or NaN for all {scored} scored "
+                      "completions (not applicable, as TRL reads it), so their rewards are the other judges' weighted "
+                      f"sum alone and rewards/{name}/mean is null. If it should score them, check the columns it reads "
+                      "(the prompt rows' fields reach it as keywords) and what it returns; counted in summary.json "
+                      "online.judge_not_applicable.", flush=True)
 
     def _start_environments(self, rows, K: int, r: int = 0) -> list:
         """environment_factory: K fresh instances per row (self.round_environments, one per completion; the main

@@ -94,6 +94,14 @@ def online_notes(summary: dict) -> list[str]:
         notes.append(f"generation: {online['no_signal_rounds']} of {online.get('rounds')} rounds gave every completion of "
                      "every prompt the same reward: every advantage 0, so they trained no policy term (at most a KL term or "
                      "entropy bonus; online.no_signal_rounds)")
+    missing = online.get("judge_not_applicable")  # {judge: scored completions it returned None / NaN for}
+    if isinstance(missing, dict):
+        shown = [f"'{name}' {n}" for name, n in missing.items() if _count(n)]
+        if shown:
+            scored = total - online.get("judge_dropped", 0) if _count(total) else None
+            notes.append(f"judges: of {scored} scored completions, some judges returned None or NaN (not applicable): "
+                         f"{', '.join(shown)}; their rewards are the other judges' weighted sum "
+                         "(online.judge_not_applicable)")
     partial = online.get("partial_last_round")
     if isinstance(partial, dict) and _count(partial.get("steps_trained")):
         notes.append(f"generation: the last round ({partial.get('round')}) trained {partial['steps_trained']} of its "

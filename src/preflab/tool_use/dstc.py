@@ -340,6 +340,12 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
         rec = stage(f"dstc_{it}", lambda folder, it=it: run_iteration(folder, it))
         say(f"dstc: iteration {it}: {rec['pairs']} pairs, {rec['skipped_prompts']} prompts skipped, held-out pass "
             f"rate {rec['heldout_pass_rate']:.3f}")
+        if not rec["pairs"] and is_main_process():  # a result, not progress: said with disable_tqdm (quiet) too
+            print(f"preflab: note: dstc iteration {it}: none of the {rec['prompts']} prompts gave a pair (in each, "
+                  "every sampled program passed as many of the sampled tests as the others, or a candidate set was "
+                  "empty), so the iteration trained no DPO step and its model is the previous one; counted in "
+                  "summary.json pairs_per_iteration and iterations[].dpo_steps (0). More n_codes / n_tests, or more "
+                  "sampling temperature, give the minimax rule programs that differ.", flush=True)
         records.append(rec)
     summary = {"recipe": "dstc", "metric_name": "heldout_pass_rate", "metric_before": sft["heldout_pass_rate"],
                "metric_after": records[-1]["heldout_pass_rate"], "metric_untrained": sft["untrained_heldout_pass_rate"],

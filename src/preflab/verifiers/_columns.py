@@ -44,6 +44,12 @@ def column(kwargs: dict, name: str, n: int, *, required: bool = True, reward: st
         value = [value] * n
     if len(value) != n:
         raise DataError(f"{reward}: column {name!r} has {len(value)} entries for {n} completions.")
+    missing = [i for i, v in enumerate(value) if v is None] if required else []
+    if missing:  # a row without the column (or with null) among rows that have it: TRL and preflab pass None
+        raise DataError(f"{reward}: column {name!r} is None for completion {missing[0]} of the {n} in this call "
+                        f"({len(missing)} in all): its prompt row lacks {name!r} or has null there (an online run's "
+                        "data line names the rows without it, summary.json data.prompt_rows.column_gaps). Give every "
+                        f"row its {name!r}, or leave such rows out.")
     return list(value)
 
 
