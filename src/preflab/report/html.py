@@ -21,6 +21,7 @@ from preflab.option_types import is_number
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS, metric_doc
 from preflab.report import plots
+from preflab.report.metric_meanings import meaning_note
 from preflab.report.headline import headline_notes, headline_rows, late_before_note, summary_rows, trained_on_clause
 from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
 
@@ -83,7 +84,7 @@ def _curves(runs: list[RunData]) -> str:
               for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.REWARD_PANELS
               + plots.ONLINE_PANELS + tuple(own)]
     images = [i for i in images if i]
-    notes += [n for n in (plots.beta_note(runs), plots.score_kind_note(runs)) if n]
+    notes += [n for n in (plots.beta_note(runs), plots.score_kind_note(runs), meaning_note(runs)) if n]
     if not images:
         return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"] + notes)
     return "<h2>Training curves</h2>" + _notes(notes) + "<div class=\"grid\">" + "".join(images) + "</div>"
@@ -326,7 +327,9 @@ def _final_metrics(runs: list[RunData]) -> str:
     rows = [[f"<td>{_e(k)}</td>", *[_num_cell(f.get(k)) for f in finals]] for k in keys]
     rows.insert(0, ["<td>global_step</td>", *[_num_cell(r.summary.get("global_step")) for r in runs]])
     rows.insert(1, ["<td>runtime_s</td>", *[_num_cell(r.summary.get("runtime_s")) for r in runs]])
-    return "<h2>Final metrics (summary.json)</h2>" + _table(["metric", *[r.name for r in runs]], rows)
+    note = meaning_note(runs)
+    return ("<h2>Final metrics (summary.json)</h2>" + _table(["metric", *[r.name for r in runs]], rows)
+            + (_notes([note]) if note else ""))
 
 
 def _config(runs: list[RunData]) -> str:
