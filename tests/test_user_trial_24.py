@@ -129,3 +129,61 @@ def test_idealized_ranking_accuracy_is_the_same_for_two_policies_with_one_refere
     assert ideal[0] == ideal[1] and len(ideal[0]) == 8
     assert results[0]["per_pair"]["policy_chosen"] != results[1]["per_pair"]["policy_chosen"]
     assert results[0]["metrics"]["reference_ranking_accuracy"] == results[1]["metrics"]["reference_ranking_accuracy"]
+
+
+def test_headline_names_a_reference_free_objectives_reward_accuracy_as_its_own(tmp_path):
+    """The headline called SimPO's eval_rewards/accuracies an "implicit reward accuracy" and, under a ranking
+    accuracy below the reference's, explained it as "pairs whose chosen log-ratio rose more than the rejected
+    one's": SimPO's reward is beta * the mean token log-prob, with no reference and no log-ratio."""
+    from preflab.report.headline import headline_notes, headline_rows
+
+    dpo, _, simpo, _, _ = _runs(tmp_path)
+    for run in (dpo, simpo):   # R 0.45 at the last eval, below a reference's 0.9; reward accuracy 0.6 above it
+        run.rows.append({"step": 12, "eval_reference_ranking_accuracy": 0.9})
+    said = {run.name: {r["metric"]: r["meaning"] for r in headline_rows(run)} for run in (dpo, simpo)}
+    assert said["dpo"]["eval_rewards/accuracies"] == "implicit reward accuracy, held-out"
+    assert said["simpo"]["eval_rewards/accuracies"] == ("reward accuracy of simpo's own reward (beta * mean token "
+                                                        "log-prob (no reference)), not an implicit reward, held-out")
+    below = {run.name: next(n for n in headline_notes(run, headline_rows(run)) if "below the reference" in n)
+             for run in (dpo, simpo)}
+    assert "although its implicit reward accuracy is 0.6" in below["dpo"]
+    assert "implicit reward" not in below["simpo"]
+
+
+# --- `preflab report RUN ... --table`: the runs side by side in the terminal ------------------------------------------
+
+def test_compare_table_values_are_each_runs_summary_and_eval_json(tmp_path, capsys):
+    """Every metric cell is the run's own summary.json final_metrics / eval.json value (4 significant digits), "-"
+    where a run has none; settings that differ besides the objective are listed under it, and so are the objectives'
+    different meanings of rewards/* and logps/*."""
+    import json
+    from argparse import Namespace
+
+    from preflab.report.cli import run as report_cli
+    from preflab.report.compare import compare_table, differing_settings, table_rows
+
+    dpo = make_run(tmp_path / "dpo", eval_json=True)
+    simpo = make_run(tmp_path / "simpo", loss_type="simpo", config_extra={"seed": 1})
+    runs = [load_run(dpo, "dpo"), load_run(simpo, "simpo")]
+    rows = dict(table_rows(runs))
+    for path, column in ((dpo, 0), (simpo, 1)):
+        final = json.loads((path / "summary.json").read_text())["final_metrics"]
+        for key in ("eval_loss", "eval_ranking_accuracy", "eval_rewards/margins", "eval_logps/chosen"):
+            assert rows[f"final {key}"][column] == final[key]
+    assert rows["final eval_ranking_accuracy"] == [0.45, 0.45]   # the final eval row (logged again at the end)
+    assert rows["eval.json ranking_accuracy"] == [2 / 3, None]
+    assert rows["eval.json idealized_ranking_accuracy"] == [0.987654, None]
+    assert rows["loss_type"] == ["sigmoid", "simpo"] and rows["seed"] == [None, 1]
+    assert differing_settings(runs) == ["seed: dpo None, simpo 1"]
+    text = compare_table(runs)
+    lines = text.splitlines()
+    assert lines[0].split() == ["run", "dpo", "simpo"]
+    assert next(line for line in lines if line.startswith("eval.json idealized_ranking_accuracy")).split()[2:] == \
+        ["0.9877", "-"]
+    assert "note: settings that differ besides the objective (the columns compare more than objectives): seed" in text
+    assert "beta * mean token log-prob (no reference) for simpo" in text
+    report_cli(Namespace(run_dirs=[str(dpo), str(simpo)], out=None, title=None, table=True))
+    assert capsys.readouterr().out.strip() == text
+    assert not (tmp_path / "report.html").exists()
+    with pytest.raises(Exception, match="--table prints to the terminal"):
+        report_cli(Namespace(run_dirs=[str(dpo)], out="x.html", title=None, table=True))

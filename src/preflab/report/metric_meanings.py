@@ -16,6 +16,7 @@ LOGPS_PANELS_BY_MEANING), and their y label is the meaning where all runs drawn 
 """
 from __future__ import annotations
 
+from preflab.objectives.base import IMPLICIT_REWARD
 from preflab.report.runs import RunData
 
 # the report's panels of rewards/* (implicit-reward panels) and of logps/*
@@ -52,6 +53,17 @@ def panel_meaning(title: str, run: RunData) -> str | None:
     if title in LOGPS_PANELS_BY_MEANING:
         return meaning(run, "logps")
     return None
+
+
+def reward_accuracy_meaning(run: RunData, said: str) -> str:
+    """The headline's words for `run`'s eval_rewards/accuracies: `said` ("implicit reward accuracy, held-out") where
+    its objective logs the implicit reward (or declares nothing), else the share of pairs its own reward ranks
+    right, named (SimPO: beta * the mean token log-prob, with no reference: not an implicit reward)."""
+    own = meaning(run, "rewards")
+    if own in (None, IMPLICIT_REWARD):
+        return said
+    return said.replace("implicit reward accuracy", f"reward accuracy of {run.config.get('loss_type')}'s own "
+                                                     f"reward ({own}), not an implicit reward")
 
 
 def meaning_note(runs: list[RunData]) -> str | None:
