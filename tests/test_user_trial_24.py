@@ -104,6 +104,9 @@ def test_report_says_which_run_logs_what_under_rewards_and_logps(tmp_path):
     assert (f"rewards/* (and eval_rewards/*) are {IMPLICIT_REWARD} for dpo, ipo; beta * mean token log-prob (no "
             "reference) for simpo, orpo") in note
     assert f"logps/* (and eval_logps/*) are {SUMMED_LOGPS} for dpo, ipo; {MEAN_LOGPS} for simpo, orpo" in note
+    future = load_run(make_run(tmp_path / "future", loss_type="future_po"), "future")   # another version's name
+    assert meaning(future, "rewards") is None
+    assert "future: the objective is not one this preflab declares" in meaning_note([dpo, future])
     page = render_report([dpo, simpo])
     final = page[page.index("<h2>Final metrics (summary.json)</h2>"):page.index("<h2>Config</h2>")]
     assert "for simpo" in final.replace("&#x27;", "'")    # the note under the side-by-side table
@@ -163,7 +166,7 @@ def test_compare_table_values_are_each_runs_summary_and_eval_json(tmp_path, caps
     from preflab.report.compare import compare_table, differing_settings, table_rows
 
     dpo = make_run(tmp_path / "dpo", eval_json=True)
-    simpo = make_run(tmp_path / "simpo", loss_type="simpo", config_extra={"seed": 1})
+    simpo = make_run(tmp_path / "simpo", loss_type="simpo", slope=0.05, config_extra={"seed": 1})
     runs = [load_run(dpo, "dpo"), load_run(simpo, "simpo")]
     rows = dict(table_rows(runs))
     for path, column in ((dpo, 0), (simpo, 1)):
@@ -171,6 +174,7 @@ def test_compare_table_values_are_each_runs_summary_and_eval_json(tmp_path, caps
         for key in ("eval_loss", "eval_ranking_accuracy", "eval_rewards/margins", "eval_logps/chosen"):
             assert rows[f"final {key}"][column] == final[key]
     assert rows["final eval_ranking_accuracy"] == [0.45, 0.45]   # the final eval row (logged again at the end)
+    assert rows["final eval_loss"][0] != rows["final eval_loss"][1]   # (two runs told apart by their columns)
     assert rows["eval.json ranking_accuracy"] == [2 / 3, None]
     assert rows["eval.json idealized_ranking_accuracy"] == [0.987654, None]
     assert rows["loss_type"] == ["sigmoid", "simpo"] and rows["seed"] == [None, 1]

@@ -84,7 +84,8 @@ def _curves(runs: list[RunData]) -> str:
               for title, ylabel, series in plots.PANELS + plots.TOKEN_PANELS + plots.REWARD_PANELS
               + plots.ONLINE_PANELS + tuple(own)]
     images = [i for i in images if i]
-    notes += [n for n in (plots.beta_note(runs), plots.score_kind_note(runs), meaning_note(runs)) if n]
+    notes += [n for n in (plots.beta_note(runs), plots.score_kind_note(runs)) if n]
+    notes += [n for n in [meaning_note(runs)] if n]   # objectives logging other quantities under rewards/*, logps/*
     if not images:
         return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"] + notes)
     return "<h2>Training curves</h2>" + _notes(notes) + "<div class=\"grid\">" + "".join(images) + "</div>"

@@ -79,6 +79,12 @@ def meaning_note(runs: list[RunData]) -> str | None:
                 said.setdefault(m, []).append(run.name)
         if len(said) > 1:
             parts.append(f"{names} are " + "; ".join(f"{m} for {', '.join(who)}" for m, who in said.items()))
+    unknown = [run.name for run in runs if run.config and str(run.config.get("task", "dpo")) in OBJECTIVE_TASKS
+               and meaning(run, "rewards") is None]   # a user's objective, or one this preflab does not have
+    if unknown and len(runs) > len(unknown):
+        parts.append(f"{', '.join(unknown)}: the objective is not one this preflab declares (a user's objective, or "
+                     "another version's), so what its rewards/* and logps/* are is unknown here and they are drawn "
+                     "beside the others'")
     if not parts:
         return None
     return ("the runs' objectives log different quantities under one name: " + ". ".join(parts) + ". Their panels "
