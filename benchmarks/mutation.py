@@ -7813,6 +7813,32 @@ MUTANTS += [
              "    missing = []")], T23_TRIAL, "a row without solution fails as a TypeError on None again"),
 ]
 
+# mutation-t24 round: user trial 24 (comparing objectives): rpo_alpha beside an objective's own chosen NLL, the
+# objectives' declared rewards/* and logps/* meanings, the report's split by them, the headline and the --table
+T24_TESTS = ["tests/test_user_trial_24.py"]
+MUTANTS += [
+    Mutant("t24-rpo-alpha-doubled", "config.py",
+           [("        if weight:\n            return f\"{name} ({weight_name}={weight}",
+             "        if False:\n            return f\"{name} ({weight_name}={weight}")],
+           T24_TESTS + ["-k", "rpo_alpha"], "loss_type: rpo with rpo_alpha trains two NLL terms of the chosen responses"),
+    Mutant("t24-simpo-logps-summed", "objectives/simpo.py",
+           [("    logps_meaning = MEAN_LOGPS\n", "")], ["tests/objectives/test_metric_meanings.py", "-k", "simpo"],
+           "SimPO's mean token log-probs are declared (and drawn) as summed log-probs"),
+    Mutant("t24-report-meaning-unsplit", "report/plots.py",
+           [("    by_meaning = len({panel_meaning(title, runs[r]) for r in drawn} - {None}) > 1",
+             "    by_meaning = False")],
+           T24_TESTS + ["-k", "own_axis"], "SimPO's mean log-probs share DPO's summed log-prob axis again"),
+    Mutant("t24-headline-implicit-for-simpo", "report/headline.py",
+           [('        meaning = reward_accuracy_meaning(run, meaning) if key == "eval_rewards/accuracies" else meaning\n',
+             "")],
+           T24_TESTS + ["-k", "headline"], "the headline calls SimPO's reward accuracy an implicit reward accuracy"),
+    Mutant("t24-table-columns-swapped", "report/compare.py",
+           [('            rows.append((f"final {key}", [f.get(key) for f in finals]))',
+             '            rows.append((f"final {key}", [f.get(key) for f in reversed(finals)]))')],
+           T24_TESTS + ["-k", "compare"], "the side-by-side table puts one run's final metrics under another's name"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

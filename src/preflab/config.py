@@ -634,6 +634,12 @@ class TrainConfig:
                 raise ConfigError(f"rpo_alpha={self.rpo_alpha} is TRL 0.x's NLL term, which TRL 1.x writes as 'sft' in "
                                   f"the loss_type list; loss_type {names} has it already. Remove rpo_alpha (and give "
                                   "the sft weight in loss_weights).")
+            doubled = _own_chosen_nll(names, self.objective_params)
+            if doubled:
+                raise ConfigError(f"rpo_alpha={self.rpo_alpha} adds TRL's NLL term of the chosen responses, and "
+                                  f"loss_type {doubled} has one of its own already: the run would train two. "
+                                  "Weight that objective's own term instead, or use "
+                                  "rpo_alpha with loss_type sigmoid (TRL's RPO).")
             weights = list(weights or [1.0] * len(names)) + [float(self.rpo_alpha)]
             loss_type = names + ["sft"]
         from preflab.objectives._ld import with_ld_alpha
@@ -703,6 +709,37 @@ class TrainConfig:
 # the preference objective's options, which task: reward and task: sft do not read (written or set, they are refused)
 _PREFERENCE_ONLY = ("loss_type", "loss_weights", "rpo_alpha", "beta", "ref_model_name_or_path",
                     "precompute_ref_log_probs", "objective_params")
+
+
+# objectives whose loss holds an NLL term of the chosen response of their own, with the parameter that weights it
+# (None: always on): rpo_alpha's term (TRL's RPO, loss_type + sft) beside one of them trains a second NLL term
+OWN_CHOSEN_NLL = {"rpo": "eta", "flex_dpo": "sft_weight", "cpo": "cpo_alpha", "simpo": "cpo_alpha",
+                  "alphapo": "cpo_alpha", "orpo": None, "rationale_orpo": None}
+
+
+def _own_chosen_nll(names: list, params: dict) -> str | None:
+    """'rpo (eta=0.2: its own NLL term; set eta: 0 to drop it)' for the first of `names` whose loss holds its own
+    chosen-response NLL term at a nonzero weight (OWN_CHOSEN_NLL; the weight from objective_params, else the
+    objective's default), else None. A user's objective ('file.py:Class') or an unknown name is not checked here."""
+    from preflab.objectives import _class_for, resolve_name
+
+    for name in names:
+        if not isinstance(name, str) or ":" in name:
+            continue
+        try:
+            module = resolve_name(name)
+        except ConfigError:
+            continue
+        if module not in OWN_CHOSEN_NLL:
+            continue
+        weight_name = OWN_CHOSEN_NLL[module]
+        if weight_name is None:
+            return f"{name} (its loss is an NLL term plus its preference term)"
+        default = next(f.default for f in dataclasses.fields(_class_for(module)) if f.name == weight_name)
+        weight = params.get(weight_name, default)
+        if weight:
+            return f"{name} ({weight_name}={weight}: its own NLL term; set {weight_name}: 0 to drop it)"
+    return None
 
 
 def _params_for(loss_type, params: dict) -> dict:

@@ -23,6 +23,7 @@ from preflab.objectives.simpo import SimPO
 
 @dataclass(frozen=True)
 class AlphaPO(SimPO):
+    reward_meaning = "beta * AlphaPO's shaped mean log-prob (no reference)"
     beta: float = 2.5
     simpo_gamma: float = 0.1
     alpha: float = 0.25  # reward shape; 0 gives SimPO

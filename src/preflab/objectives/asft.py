@@ -39,6 +39,7 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_lo
 
 @dataclass(frozen=True)
 class ASFT(Objective):
+    reward_meaning = "mean token log-prob (no reference, no beta)"
     lam: float = 0.1    # weight of the alignment terms; ASFT authors' value not found (see the docstring)
     beta: float = 1.0   # temperature on the log-odds (1 = ASFT; other values: the tempered variant)
 

@@ -285,6 +285,10 @@ class ObjectiveOutput:
 
 # The survey of DPO (paper #22) classifies methods along four axes; objectives tag themselves with them.
 TAG_AXES = ("data", "framework", "constraint", "property")
+# the meaning of rewards/* and logps/* (reward_metrics' default): Objective.reward_meaning / logps_meaning
+IMPLICIT_REWARD = "beta * log-ratio to the reference, summed"
+SUMMED_LOGPS = "summed log-prob"
+MEAN_LOGPS = "mean token log-prob"
 
 
 class Objective:
@@ -315,6 +319,10 @@ class Objective:
     tags: ClassVar[dict[str, tuple[str, ...]]] = {}
     modality: ClassVar[str] = "text"
     online_trainer: ClassVar[str] = ""
+    # what the objective logs under TRL's names rewards/* and logps/* (the report labels and splits its panels by
+    # these, `preflab objectives NAME` prints them): DPO's implicit reward and summed log-probs unless it says other
+    reward_meaning: ClassVar[str] = IMPLICIT_REWARD
+    logps_meaning: ClassVar[str] = SUMMED_LOGPS
 
     def __post_init__(self):
         self.validate()

@@ -27,6 +27,20 @@ def param_meanings(cls) -> dict[str, str]:
     return {f.name: meanings.get(f.name, "") for f in dataclasses.fields(cls)}
 
 
+def unset_beta_default(name: str, class_default) -> float | None:
+    """The beta a `task: dpo` run of objective `name` trains at when its config leaves beta out, where that differs
+    from the class default `preflab objectives` prints (else None): TRL's loss types train at TRL's 0.1 (CPOConfig's
+    for simpo and alphapo, whose classes declare the SimPO / AlphaPO papers' 2.0 / 2.5; preflab.objectives._own_beta),
+    so the listing says both. Online-only objectives (grpo, rloo: their recipe's TRL config sets beta) are left out."""
+    from preflab.objectives import _class_for
+    from preflab.objectives._own_beta import RUN_DEFAULT_BETA, resolve_unset_beta
+
+    if getattr(_class_for(name), "online_trainer", "") or not isinstance(class_default, (int, float)):
+        return None
+    run_default = resolve_unset_beta("dpo", name) or RUN_DEFAULT_BETA
+    return run_default if run_default != class_default else None
+
+
 def register(sub) -> None:
     p = sub.add_parser("objectives", help="list every objective with its parameters, needs and paper")
     p.add_argument("name", nargs="?", help="show one objective in full")
@@ -54,9 +68,17 @@ def run(args) -> int:
             print("    params:" + ("" if info["params"] else " -"))
             for key, default in info["params"].items():
                 shown = "(no default: set it)" if default is dataclasses.MISSING else repr(default)
-                print(f"      {key} = {shown}" + (f"  # {meanings[key]}" if meanings.get(key) else ""))
+                meaning = meanings.get(key, "")
+                run_beta = unset_beta_default(info["name"], default) if key == "beta" else None
+                if run_beta is not None:
+                    meaning = (f"{meaning}; " if meaning else "") + (
+                        f"a run whose config leaves beta out trains at TRL's {run_beta:g}, not {default!r}: "
+                        f"write beta: {default!r} for the paper's value")
+                print(f"      {key} = {shown}" + (f"  # {meaning}" if meaning else ""))
         else:
-            params = ", ".join(f"{k}={v!r}" for k, v in info["params"].items())
+            run_beta = unset_beta_default(info["name"], info["params"].get("beta"))
+            params = ", ".join(f"{k}={v!r}" + (f" (unset in a run: {run_beta:g})" if k == "beta" and run_beta
+                                                 is not None else "") for k, v in info["params"].items())
             print(f"    params: {params or '-'}")
         if info["required_extras"] or info["token_needs"]:
             print(f"    extras: {info['required_extras'] + info['token_needs']}")
@@ -66,6 +88,13 @@ def run(args) -> int:
         elif info["gradient_extras"]:
             print(f"    policy log-probs with gradient, computed by the loop (not data columns): "
                   f"{info['gradient_extras']}")
+        if args.name and info["modality"] == "text" and info["batch"] != "ListBatch":
+            # what its rewards/* and logps/* are (report.metric_meanings splits the report's panels by them; a
+            # diffusion objective's are denoising errors, docs/diffusion.md; a list objective logs neither)
+            from preflab.objectives import _class_for
+
+            cls = _class_for(args.name)
+            print(f"    logs: rewards/* = {cls.reward_meaning}; logps/* = {cls.logps_meaning}")
         print(f"    paper: {info['paper']}")
         print(f"    checked against: {info['checked_against']}")
     return 0

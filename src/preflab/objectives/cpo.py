@@ -19,6 +19,7 @@ from preflab.objectives.simpo import policy_metrics, smoothed
 
 @dataclass(frozen=True)
 class CPO(Objective):
+    reward_meaning = "beta * summed log-prob (no reference)"
     beta: float = 0.1
     label_smoothing: float = 0.0
     cpo_alpha: float = 1.0  # weight of the chosen NLL term (TRL default)

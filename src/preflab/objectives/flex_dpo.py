@@ -30,6 +30,7 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, logra
 
 @dataclass(frozen=True)
 class FlexDPO(Objective):
+    reward_meaning = "beta / beta_rejected * log-ratio to the reference"
     beta: float = 0.1            # beta+: inverse temperature on the chosen log-ratio
     beta_rejected: float = 0.08  # beta-: inverse temperature on the rejected log-ratio (set it with beta)
     sft_weight: float = 0.0      # lambda of the SFT augmentation on y_w

@@ -53,6 +53,7 @@ def prev_sums(batch, name: str, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class INPO(Objective):
+    reward_meaning = "log-ratio to the reference / eta, summed"
     eta: float = 1 / 7.5e-3  # OMD step size eta (target eta/2)
     tau: float = 2.5e-3      # KL strength tau; eta*tau in [0, 1] is the weight of pi_ref in the anchor
 

@@ -36,6 +36,7 @@ def suffix_sum(seq: SequenceLogps, d: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class MCTSStepDPO(Objective):
+    reward_meaning = "beta * log-ratio from the first differing token"
     beta: float = 0.1        # `scale_coeff` in the released scripts
     use_visits: bool = True  # visit-count label smoothing; False gives eps = 0
 

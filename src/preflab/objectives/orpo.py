@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from preflab.errors import ConfigError, MissingExtraError, PreflabError
 from preflab.objectives.base import (
-    NeedsByParams, Objective, ObjectiveOutput, PairBatch, SequenceLogps, as_loss_dtype, log1mexp,
+    MEAN_LOGPS, NeedsByParams, Objective, ObjectiveOutput, PairBatch, SequenceLogps, as_loss_dtype, log1mexp,
 )
 from preflab.objectives.sft import batch_token_nll
 from preflab.objectives.simpo import policy_metrics
@@ -52,6 +52,8 @@ def log_odds_ratio(a_w: torch.Tensor, a_l: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ORPO(Objective):
+    reward_meaning = "beta * mean token log-prob (no reference)"
+    logps_meaning = MEAN_LOGPS
     beta: float = 0.1  # lambda, weight of the odds-ratio term (TRL ORPOConfig default)
     nll_scope: str = "prompt_and_response"  # tokens of the NLL term: TRL's and the reference code's, or "response"
 

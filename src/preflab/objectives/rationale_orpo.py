@@ -30,6 +30,7 @@ from preflab.objectives.sft import batch_token_nll
 
 @dataclass(frozen=True)
 class RationaleORPO(Objective):
+    reward_meaning = "beta * mean token log-prob (no reference)"
     beta: float = 0.1   # weight of the odds-ratio term (ORPO's lambda)
     gamma: float = 1.0  # weight of the rationale's mean log-prob (`config/loss/rorpo-simple.yaml`)
 

@@ -28,6 +28,7 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_lo
 
 @dataclass(frozen=True)
 class RcBT(Objective):
+    reward_meaning = "r(x, y): summed log-prob (no reference, no beta)"
     tau: float = 1.0  # temperature of the Bradley-Terry logit
 
     needs_reference = False

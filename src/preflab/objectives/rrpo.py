@@ -31,6 +31,7 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_lo
 
 @dataclass(frozen=True)
 class RRPO(Objective):
+    reward_meaning = "beta * log-ratio of the differing phrases"
     beta: float = 0.1    # inverse temperature (LLaVA-Video recipe 0.1; LongVU 0.5; VideoChat2 0.9)
     alpha: float = 0.01  # weight of the token-wise KL on the chosen response (0.01 / 0.05 in the recipes)
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from preflab.errors import ConfigError
-from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_loss_dtype, reward_metrics
+from preflab.objectives.base import MEAN_LOGPS, Objective, ObjectiveOutput, PairBatch, as_loss_dtype, reward_metrics
 from preflab.objectives.sft import batch_token_nll
 
 
@@ -40,6 +40,8 @@ def smoothed(z: Tensor, eps: float) -> Tensor:
 
 @dataclass(frozen=True)
 class SimPO(Objective):
+    reward_meaning = "beta * mean token log-prob (no reference)"
+    logps_meaning = MEAN_LOGPS
     beta: float = 2.0                     # reward scale
     simpo_gamma: float = 0.5              # target margin gamma in reward units (TRL's name)
     gamma_beta_ratio: float | None = None  # official code's gamma/beta; when set, gamma = beta * ratio

@@ -20,6 +20,7 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, as_lo
 
 @dataclass(frozen=True)
 class SLiC(Objective):
+    reward_meaning = "summed log-prob (no reference, no beta)"
     delta: float = 1.0        # hinge margin on S_theta(y_w) - S_theta(y_l) (unverified default)
     nll_weight: float = 0.005  # lambda, weight of -S_theta(y_ref) (unverified default)
 

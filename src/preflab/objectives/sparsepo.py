@@ -39,6 +39,7 @@ def _mask_net(hidden_size: int, dropout: float) -> nn.Module:
 
 @dataclass(eq=False)
 class SparsePO(Objective, nn.Module):
+    reward_meaning = "beta * SparsePO's mask-weighted token reward"
     beta: float = 0.1             # inverse temperature (code: 0.1 HH/MBPP, 0.8 IMDB/TL;DR)
     l1_u: float = 0.0             # L1 weight on the reward mask (code default 0; HH recipe 1e-3)
     l1_d: float = 0.0             # L1 weight on the KL mask

@@ -39,6 +39,7 @@ def activation_mask(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SparsePOMaPO(Objective):
+    reward_meaning = "beta * SparsePO's mask-weighted token reward"
     beta: float = 0.1   # inverse temperature (code: 0.1 HH, 0.8 IMDB/TL;DR)
 
     token_needs = ("token_kl", "hidden")

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 
 from preflab.option_types import is_number
+from preflab.objectives.base import IMPLICIT_REWARD
+from preflab.report.metric_meanings import meaning as logged_meaning, reward_accuracy_meaning
 from preflab.report.runs import RunData
 
 # task -> ((eval key, what it is, baseline key or None), ...), the first row being what the task is judged by
@@ -155,6 +157,7 @@ def headline_rows(run: RunData) -> list[dict]:
     for key, meaning, base in headline_keys(run.config):
         meaning = meaning.replace(", held-out", seen_prompts) if seen_prompts else meaning
         meaning = gpm_meaning(meaning) if run.config.get("reward_head") == "gpm" else meaning
+        meaning = reward_accuracy_meaning(run, meaning) if key == "eval_rewards/accuracies" else meaning
         if key == "eval_win_rate_vs_reference" and is_number(run.summary.get("win_rate_vs_reference_ties")):
             meaning += (f"; the final policy: {run.summary['win_rate_vs_reference_ties']} of "
                         f"{run.summary.get('win_rate_vs_reference_prompts')} prompts tied (summary.json "
@@ -256,7 +259,7 @@ def headline_notes(run: RunData, rows: list[dict]) -> list[str]:
         (said, after), base = row["after"], row["baseline"][0][1]
         if after < base:
             implicit = (by_metric.get("eval_rewards/accuracies") or {}).get("after") if key.startswith("eval_") \
-                else None
+                and logged_meaning(run, "rewards") in (None, IMPLICIT_REWARD) else None   # SimPO's: not an implicit one
             notes.append(f"{where} ranking accuracy R ({after:.4g}, {said}) is below the reference model's "
                          f"({base:.4g}): the policy ranks fewer pairs right (log pi(chosen) >= log pi(rejected)) "
                          "than the model it started from"

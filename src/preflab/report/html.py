@@ -22,6 +22,7 @@ from preflab.peak_memory import peak_memory_text
 from preflab.recipe_names import RECIPE_TASKS
 from preflab.eval.names import DIFFUSION_METRIC_DOCS, METRIC_DOCS, metric_doc
 from preflab.report import plots
+from preflab.report.metric_meanings import meaning_note
 from preflab.report.headline import headline_notes, headline_rows, late_before_note, summary_rows, trained_on_clause
 from preflab.report.runs import RunData, collect_runs, eval_command, load_run, unique_names
 
@@ -85,6 +86,7 @@ def _curves(runs: list[RunData]) -> str:
               + plots.ONLINE_PANELS + tuple(own)]
     images = [i for i in images if i]
     notes += [n for n in (plots.beta_note(runs), plots.score_kind_note(runs)) if n]
+    notes += [n for n in [meaning_note(runs)] if n]   # objectives logging other quantities under rewards/*, logps/*
     if not images:
         return "<h2>Training curves</h2>" + _notes(["no metrics.jsonl rows to plot"] + notes)
     return "<h2>Training curves</h2>" + _notes(notes) + "<div class=\"grid\">" + "".join(images) + "</div>"
@@ -332,7 +334,9 @@ def _final_metrics(runs: list[RunData]) -> str:
     memory = [peak_memory_text(r.summary.get("peak_memory")) for r in runs]
     if any(memory):
         rows.insert(3, ["<td>peak_memory</td>", *[f"<td>{_e(m or '–')}</td>" for m in memory]])
-    return "<h2>Final metrics (summary.json)</h2>" + _table(["metric", *[r.name for r in runs]], rows)
+    note = meaning_note(runs)
+    return ("<h2>Final metrics (summary.json)</h2>" + _table(["metric", *[r.name for r in runs]], rows)
+            + (_notes([note]) if note else ""))
 
 
 def _config(runs: list[RunData]) -> str:

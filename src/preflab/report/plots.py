@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from preflab.option_types import is_number
+from preflab.objectives.base import IMPLICIT_REWARD, SUMMED_LOGPS
+from preflab.report.metric_meanings import panel_meaning
 from preflab.report.runs import RunData, finite_eval_pairs
 
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -241,11 +243,14 @@ def step_axis(ax) -> None:
 def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]]:
     """{axis label: positions in `runs` drawn on that axis} of a panel: the runs that logged one of its series, all
     on one axis ("") except on a SPLIT_BY_OBJECTIVE panel, where each objective (objective_label) gets its own, on a
-    SPLIT_BY_BETA panel, where each beta ("beta=0.1") gets its own, and on a SPLIT_BY_SCORE_KIND panel drawing runs
-    of two kinds of score, where each kind gets its own ("diffusion, score -MSE, beta=5000")."""
+    SPLIT_BY_BETA panel, where each beta ("beta=0.1") gets its own, on a SPLIT_BY_SCORE_KIND panel drawing runs
+    of two kinds of score, where each kind gets its own ("diffusion, score -MSE, beta=5000"), and on a rewards/* or
+    logps/* panel drawing runs whose objectives log different quantities under those names, where each meaning gets
+    its own (report.metric_meanings: "beta=0.1, beta * mean token log-prob of the response (no reference)")."""
     drawn = [r for r, run in enumerate(runs)   # colours keyed to the position in `runs`, the same on every panel
              if draws(title, run) and any(run.series(key)[0] for key, _, _ in series)]
     by_kind = title in SPLIT_BY_SCORE_KIND and len({score_kind(runs[r]) for r in drawn}) > 1
+    by_meaning = len({panel_meaning(title, runs[r]) for r in drawn} - {None}) > 1   # report.metric_meanings
     groups: dict[str, list[int]] = {}
     for r in drawn:
         run = runs[r]
@@ -254,6 +259,9 @@ def panel_groups(runs: list[RunData], title: str, series) -> dict[str, list[int]
                  online_kl_kind(run) if title in SPLIT_BY_KL_KIND else "")
         if by_kind:
             group = f"{score_kind(run)}, {group}" if group else score_kind(run)
+        if by_meaning:   # another objective's rewards/* or logps/* (SimPO's beta * mean log-prob beside DPO's)
+            said = panel_meaning(title, run) or "not declared"
+            group = f"{group}, {said}" if group else said
         groups.setdefault(group, []).append(r)
     if len(groups) == 1:
         return {"": next(iter(groups.values()))}
@@ -360,6 +368,10 @@ def panel_ylabel(title: str, ylabel: str, runs: list[RunData]) -> str:
     both, joined, for a mix."""
     labels = list(dict.fromkeys(KL_YLABELS[online_kl_kind(r)] if title in SPLIT_BY_KL_KIND else
                                 TASK_YLABELS.get((title, str(r.config.get("task", "dpo"))), ylabel) for r in runs))
+    meanings = {panel_meaning(title, r) for r in runs}
+    shared = meanings.pop() if len(meanings) == 1 else None
+    if shared not in (None, IMPLICIT_REWARD, SUMMED_LOGPS):
+        labels = [shared]   # every run drawn logs another objective's quantity under these names (metric_meanings)
     return "; ".join(labels) if labels else ylabel
 
 
