@@ -277,6 +277,21 @@ def test_judge_failures_name_the_first_exception(tmp_path):
     assert judge.failure_note() == " The first failure: judge 'raises' raised ValueError: no score for these."
 
 
+def test_judge_failure_note_ends_with_one_full_stop():
+    """An exception text that ends a sentence itself (a reward function naming the completion's columns:
+    `... solution=[...].`) was shown with a second full stop, `solution=[...]..`; the note now ends with one."""
+    from preflab.loops.judge import Judge
+
+    def checks_solution(prompts, completions, solution=None, **kwargs):
+        raise ValueError(f"cannot parse solution={solution!r}.")
+
+    judge = Judge(checks_solution)
+    scores, _ = judge(["p"], ["c"], columns=[{"solution": "[1, 2]"}])
+    assert torch.isnan(scores).all() and judge.failed == 1
+    assert judge.failure_note() == (" The first failure: judge 'checks_solution' raised ValueError: cannot parse "
+                                    "solution=['[1, 2]'].")
+
+
 def test_online_dpo_refuses_a_user_objective_whose_extras_online_pairs_lack(tmp_path):
     """trainer: online_dpo with loss_type my_losses.py:MarginWeighted (extras margin, weight) sampled and judged a
     whole round, then failed at the first step with MissingExtraError; now refused before any model loads, naming

@@ -438,8 +438,13 @@ class Judge:
             self.first_failure = f"judge {_name(judge)!r} raised {type(err).__name__}: {err}"
 
     def failure_note(self) -> str:
-        """' The first failure: judge ...: TypeError: ...' (what an error about dropped completions shows), or ''."""
-        return f" The first failure: {self.first_failure}." if self.first_failure else ""
+        """' The first failure: judge ...: TypeError: ...' (what an error about dropped completions shows), or ''.
+        The sentence ends with one full stop: an exception text that already ends a sentence (`... solution=[...].`)
+        gets none added (it read `solution=[...]..`)."""
+        if not self.first_failure:
+            return ""
+        text = self.first_failure.rstrip()
+        return f" The first failure: {text}{'' if text.endswith(('.', '!', '?')) else '.'}"
 
     def _call(self, judge, kind: str, prompts, completions, columns, completion_ids, images=None,
               environments=None) -> list[float]:
