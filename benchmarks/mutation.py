@@ -7675,9 +7675,9 @@ MUTANTS += [
 # untrained-head refusal (reward_models/heads.py), reward-eval accuracy, groups and extrema (reward_models/eval.py),
 # MAPL's instruction checkers (data/mapl.py), the sliding-window and mask forms (models/attention.py) and the eval
 # loader's seeds, references, tokenizer check and interrupted-run advice (eval/loading.py)
-QK_MAXMIN = ["tests/reward_models/test_pref_maxmin_aggregate.py", "tests/reward_models/test_maxmin_values.py"]
+QK_MAXMIN = ["tests/reward_models/test_maxmin_values.py", "tests/reward_models/test_pref_maxmin_aggregate.py"]
 QK_MAXMIN_JUDGE = ["tests/reward_models/test_maxmin_judge.py"]
-QK_LAB = ["tests/lab/test_population.py", "tests/lab/test_bandit_values.py"]
+QK_LAB = ["tests/lab/test_bandit_values.py", "tests/lab/test_population.py"]  # the value tests first
 QK_LAB_CONTRAST = ["tests/lab/test_contrasts.py", *QK_LAB]
 QK_RM_CKPT = ["tests/reward_models/test_reward_checkpoint_head.py"]
 QK_RM_EVAL = ["tests/reward_models/test_reward_eval_values.py", *M2_BT]
@@ -7770,7 +7770,7 @@ MUTANTS += [
            [("center_rewards_coefficient=cfg.get(\"center_rewards_coefficient\")).to_config()",
              "center_rewards_coefficient=None).to_config()")], QK_RM_CKPT,
            "a killed run's checkpoint loses center_rewards_coefficient in its eval loss"),
-    Mutant("qk-heads-untrained-score-accepted", "reward_models/heads.py",
+    Mutant("qk-heads-untrained-head-accepted", "reward_models/heads.py",
            [("if k.split(\".\")[0] in (\"score\", \"classifier\"))", "if k.split(\".\")[0] in (\"classifier\",))")],
            QK_RM_CKPT, "a causal LM folder loads as a reward model with a random score head"),
     Mutant("qk-heads-checkpoint-needs-reward-task", "reward_models/heads.py",
