@@ -8011,7 +8011,7 @@ MUTANTS += [
              "torch.finfo(torch.float32).min)")], QK_ATTN,
            "eager's additive mask made in float32 whatever the model's dtype"),
     # eval loading
-    Mutant("qk-load-seed-zero-ignored", "eval/loading.py",
+    Mutant("qk-load-seed-zero-ignored", "models/run_config.py",
            [("    if seed is not None:\n        return int(seed)", "    if seed:\n        return int(seed)")],
            QK_LOADING, "`preflab eval --seed 0` falls back to the run's saved seed"),
     Mutant("qk-load-reference-order", "eval/loading.py",

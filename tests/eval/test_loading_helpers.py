@@ -1,4 +1,4 @@
-"""preflab.eval.loading's decisions on hand-made run folders: the seed of a builtin model (--seed 0 included), which
+"""preflab.eval.loading's decisions (and preflab.models.run_config.run_seed's) on hand-made run folders: the seed of a builtin model (--seed 0 included), which
 model is a run's reference, the tokenizer check, an adapter's base named with ~, an interrupted run's advice and a
 LoRA checkpoint's null options."""
 import json
@@ -7,14 +7,15 @@ import pytest
 import yaml
 
 from preflab.errors import ConfigError, PreflabError
-from preflab.eval.loading import (_base_name, builtin_seed, check_same_tokenizer, default_seed, load_for_eval,
-                                  lora_options, run_reference)
+from preflab.config_defaults import DEFAULT_SEED
+from preflab.eval.loading import _base_name, check_same_tokenizer, load_for_eval, lora_options, run_reference
+from preflab.models.run_config import run_seed
 
 
-def test_builtin_seed_is_the_flag_then_the_runs_then_trains_default():
-    assert builtin_seed({"seed": 7}, 0) == 0  # --seed 0 is a seed, not "no seed"
-    assert builtin_seed({"seed": 7}, 5) == 5 and builtin_seed({"seed": 7}) == 7
-    assert builtin_seed({}) == default_seed() == 42
+def test_run_seed_is_the_flag_then_the_runs_then_trains_default():
+    assert run_seed({"seed": 7}, 0) == 0  # --seed 0 is a seed, not "no seed"
+    assert run_seed({"seed": 7}, 5) == 5 and run_seed({"seed": 7}) == 7
+    assert run_seed({}) == DEFAULT_SEED == 42
 
 
 def _run(folder, **cfg):
