@@ -7669,6 +7669,34 @@ MUTANTS += [
 ]
 
 
+# mutation-rrw round: an online round's judging agreed by every rank (one failure on one rank stops all, with that
+# rank's error), and KTO's reference point taken over the processes as TRL gathers it
+RRW_ROUND = ["tests/test_rank_agreement.py", "-k", "reward_function_that_fails or pair_builder_that_fails"]
+RRW_KTO_DDP = ["tests/loops/test_ddp_cli_launch.py", "-k", "kto"]
+RRW_KTO_RESUME = ["tests/test_resume_check.py", "-k", "kto_on_another"]
+MUTANTS += [
+    Mutant("rrw-round-unagreed", "online/run.py",
+           [("        if self.environments is not None:\n            return nullcontext()\n",
+             "        if True:\n            return nullcontext()\n")],
+           RRW_ROUND, "a reward function failing on one rank stops that rank alone; the other waits in the step"),
+    Mutant("rrw-builder-outside-agreement", "online/run.py",
+           [("        with self._round_agreement(r):\n            judged = self._judge_and_build(r, rows, ids, K, g, trees)",
+             "        judged = self._judge_and_build(r, rows, ids, K, g, trees)")],
+           RRW_ROUND, "the round's user code runs outside any agreement: one rank's failure is raised there alone"),
+    Mutant("rrw-kto-own-mean", "objectives/kto.py",
+           [("        kl = batch.kl_mean_over_processes if batch.kl_mean_over_processes is not None else own",
+             "        kl = own")],
+           RRW_KTO_DDP, "each process's z0 is its own micro-batch's mean again: 2 x 4 differs from 1 x 8"),
+    Mutant("rrw-kto-kl-summed", "loops/offline.py",
+           [('acc.reduce(batch.mismatched_kl(), reduction="mean")', 'acc.reduce(batch.mismatched_kl(), reduction="sum")')],
+           RRW_KTO_DDP, "z0 from the sum of the processes' KL estimates: twice TRL's gathered mean on 2 processes"),
+    Mutant("rrw-kto-resume-other-processes", "resume_check.py",
+           [("    if _over_processes_parts(cfg):\n        _refuse_other_processes(",
+             "    if False:\n        _refuse_other_processes(")],
+           RRW_KTO_RESUME, "a 2-process KTO checkpoint resumes on 1 process x b x accumulation 2 as if the same run"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))
