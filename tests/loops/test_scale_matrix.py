@@ -3,8 +3,8 @@ kind launched on 2 CPU processes (gloo) through the shipped examples/accelerate 
 same global batch, and a stop + resume on 2 processes against the straight run. Several runs share one launch
 (tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_fsdp2,
 test_deepspeed_multiprocess), SFT under DDP (test_accelerate_configs), online DPO and diffusion under DDP
-(tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py), a LoRA reward model under ZeRO-2
-(test_deepspeed_multiprocess: its run shares the ZeRO-2 launch at batch 4 there)."""
+(tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py), KTO under DDP (test_ddp_cli_launch), a
+LoRA reward model under ZeRO-2 (test_deepspeed_multiprocess: its run shares the ZeRO-2 launch at batch 4 there)."""
 import json
 import os
 import subprocess

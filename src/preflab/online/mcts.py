@@ -266,9 +266,9 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
     with ranks_agree(f"round {r + 1}: judging the MCTS rollouts or building the examples failed"):
         if dropped > run.cfg.max_judge_failure_fraction * max(1, samples):
             raise PreflabError(f"round {r + 1}: the judge failed or returned NaN for {dropped} of {samples} MCTS "
-                               f"rollouts (more than max_judge_failure_fraction = {run.cfg.max_judge_failure_fraction})."
-                               f"{getattr(run.judge, 'failure_note', str)()} Fix the judge or raise "
-                               "max_judge_failure_fraction.")
+                               "rollouts (more than max_judge_failure_fraction = "
+                               f"{run.cfg.max_judge_failure_fraction}).{getattr(run.judge, 'failure_note', str)()} "
+                               "Fix the judge or raise max_judge_failure_fraction.")
         run._precompute(examples)
     order = torch.randperm(len(examples), generator=g).tolist()
     spg = run.cfg.steps_per_generation
