@@ -303,10 +303,9 @@ def test_kto_two_processes_take_z0_over_both_and_equal_one_process_double_batch(
     rewards/rejected and grad_norm and the final weights equal 1 x 8's to 1e-5 (measured: 1e-6 and 2.6e-6; float
     summation order and the padding of 4 vs 8 rows); with each process's own z0 they differed by 2.4e-4 (loss),
     7.9e-3 (grad_norm) and 1.3e-2 (weights) at beta 1. z0 is positive after step 1, so the clamp does not make them
-    agree. After `preflab train`
-    returned neither rank holds a DDP wrapper and the process group is closed (moved from test_scale_matrix.py's
-    KTO test, whose launch this replaces). Its checkpoint-2 resumed on 1 process is refused: no split of 1 process
-    forms the same KL pairs and takes z0 over the same examples in general."""
+    agree. After `preflab train` returned neither rank holds a DDP wrapper (moved from test_scale_matrix.py's KTO
+    test, whose launch this replaces). Its checkpoint-2 resumed on 1 process is refused: no split of 1 process forms
+    the same KL pairs and takes z0 over the same examples in general."""
     from preflab.cli import main
 
     base = launched("test_kto_two_processes_take_z0_over_both_and_equal_one_process_double_batch")
@@ -314,9 +313,8 @@ def test_kto_two_processes_take_z0_over_both_and_equal_one_process_double_batch(
     data = f"dataset_name={base / 'one_prompt.jsonl'}"
     assert main(["train", *KTO_RUN, data, f"output_dir={one}", "per_device_train_batch_size=8"]) == 0
     assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
-    for rank in (0, 1):
-        assert json.loads((two / f"after-train-rank{rank}.json").read_text()) == {"live_ddp_wrappers": 0,
-                                                                                 "process_group_open": False}
+    for rank in (0, 1):  # (the shared launch keeps its process group open between its runs)
+        assert json.loads((two / f"after-train-rank{rank}.json").read_text())["live_ddp_wrappers"] == 0
     rows = {name: {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
                    if "loss" in r} for name, d in (("one", one), ("two", two))}
     assert sorted(rows["two"]) == sorted(rows["one"]) == [1, 2, 3]
