@@ -182,7 +182,7 @@ MUTANTS = [
            [("(s_w - s_l - 1 / (2 * self.beta)) ** 2", "(s_w - s_l - 1 / (2 * self.beta)).abs()")],
            objective_tests("ipo"), "absolute instead of squared error"),
     Mutant("kto-z0-unclamped", "objectives/kto.py",
-           [("return kl.mean().clamp(min=0)", "return kl.mean()")], objective_tests("kto"),
+           [("return kl.to(own).clamp(min=0)", "return kl.to(own)")], objective_tests("kto"),
            "the reference point may go negative"),
     Mutant("kto-undesirable-sign", "objectives/kto.py",
            [("(1 - torch.sigmoid(self.beta * (z0 - r)))", "(1 - torch.sigmoid(self.beta * (r - z0)))")],
@@ -326,12 +326,12 @@ MUTANTS = [
            [("return (z > 0).to(z.dtype).mean() + 0.5 * (z == 0).to(z.dtype).mean()",
              "return (z >= 0).to(z.dtype).mean()")], DIFFUSION_LOSS, "implicit accuracy counts ties as 1, not 1/2"),
     # KTO and its reference point
-    Mutant("kto-kl-not-detached", "objectives/kto.py",
-           [("kl = as_loss_dtype(batch.policy_kl.sum.detach())", "kl = as_loss_dtype(batch.policy_kl.sum)")], KTO,
+    Mutant("kto-kl-not-detached", "objectives/base.py",
+           [("return (as_loss_dtype(self.policy_kl.sum.detach())", "return (as_loss_dtype(self.policy_kl.sum)")], KTO,
            "the reference point z0 carries gradient"),
-    Mutant("kto-kl-direction", "objectives/kto.py",
-           [("kl = as_loss_dtype(batch.policy_kl.sum.detach()) - as_loss_dtype(batch.ref_kl.sum.detach())",
-             "kl = as_loss_dtype(batch.ref_kl.sum.detach()) - as_loss_dtype(batch.policy_kl.sum.detach())")], KTO,
+    Mutant("kto-kl-direction", "objectives/base.py",
+           [("(as_loss_dtype(self.policy_kl.sum.detach()) - as_loss_dtype(self.ref_kl.sum.detach()))",
+             "(as_loss_dtype(self.ref_kl.sum.detach()) - as_loss_dtype(self.policy_kl.sum.detach()))")], KTO,
            "z0 from log pi_ref - log pi_theta"),
     Mutant("kto-weights-swapped", "objectives/kto.py",
            [("losses = torch.where(label, self.desirable_weight *",
@@ -8036,6 +8036,35 @@ MUTANTS += [
            [("return {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in LORA_OPTIONS}",
              "return {k: cfg.get(k, defaults[k]) for k in LORA_OPTIONS}")], QK_LOADING,
            "a saved `lora_dropout: null` rebuilds the checkpoint's adapters with None"),
+]
+
+
+# mutation-rrw round: an online round's judging agreed by every rank (one failure on one rank stops all, with that
+# rank's error), and KTO's reference point taken over the processes as TRL gathers it
+RRW_ROUND = ["tests/test_rank_agreement.py", "-k", "reward_function_that_fails or pair_builder_that_fails"]
+RRW_KTO_DDP = ["tests/loops/test_ddp_cli_launch.py", "-k", "kto"]
+RRW_KTO_RESUME = ["tests/test_resume_check.py", "-k", "kto_on_another"]
+MUTANTS += [
+    Mutant("rrw-round-unagreed", "online/run.py",
+           [("        if self.environments is not None:\n            return nullcontext()\n",
+             "        if True:\n            return nullcontext()\n")],
+           RRW_ROUND, "a reward function failing on one rank stops that rank alone; the other waits in the step"),
+    Mutant("rrw-builder-outside-agreement", "online/run.py",
+           [("        with self._round_agreement(r):\n            judged = self._judge_and_build(",
+             "        if True:\n            judged = self._judge_and_build(")],
+           RRW_ROUND, "the round's user code runs outside any agreement: one rank's failure is raised there alone"),
+    Mutant("rrw-kto-own-mean", "objectives/kto.py",
+           [("        kl = batch.kl_mean_over_processes if batch.kl_mean_over_processes is not None else own",
+             "        kl = own")],
+           RRW_KTO_DDP, "each process's z0 is its own micro-batch's mean again: 2 x 4 differs from 1 x 8"),
+    Mutant("rrw-kto-kl-summed", "loops/offline.py",
+           [('acc.reduce(batch.mismatched_kl(), reduction="mean")',
+             'acc.reduce(batch.mismatched_kl(), reduction="sum")')],
+           RRW_KTO_DDP, "z0 from the sum of the processes' KL estimates: twice TRL's gathered mean on 2 processes"),
+    Mutant("rrw-kto-resume-other-processes", "resume_check.py",
+           [("    if _over_processes_parts(cfg):\n        _refuse_other_processes(",
+             "    if False:\n        _refuse_other_processes(")],
+           RRW_KTO_RESUME, "a 2-process KTO checkpoint resumes on 1 process x b x accumulation 2 as if the same run"),
 ]
 
 

@@ -28,6 +28,10 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
                    (environments.judge_rollouts)
   online_reset     environments' resets (main only) that raise a plain KeyError (environments.begin_rollouts)
   online_refusal   environments' resets whose user reset raises ValueError: refused (a ConfigError naming the row)
+  online_reward_rank0  the online DPO run (no environments: every rank judges the round itself) whose reward function
+                   raises on rank 0 only: every completion dropped there, past max_judge_failure_fraction
+  online_reward_rank1  the same with the reward function raising on rank 1 only
+  online_builder_rank1 the same run with a user pair_builder (builder.py:pairs) that raises on rank 1 only
 
 Each row also has "ended" (time.time() when the scenario ended) and, on rank 0 of the driver scenarios, "failed_at"
 (time.time() when its write raised): how long the other rank went on after the main's failure.
@@ -82,15 +86,45 @@ def dpo_run(out: Path, failing, evaluated: bool = False, **over):
         Trainer(cfg, train_data=rows, eval_data=rows if evaluated else None).train()
 
 
-def online_run(out: Path, failing, **over):
+def online_run(out: Path, failing, judge=None, **over):
     """tests/online/test_online_run.py's tiny online DPO run (2 steps, one round) under DDP, `failing` patched in
-    on rank 0."""
+    on rank 0; judge: its reward function (None: test_online_run's e_judge)."""
     sys.path.insert(0, str(Path(__file__).parent / "online"))
-    from test_online_run import tiny_cfg, tiny_run
+    from test_online_run import e_judge, tiny_cfg, tiny_run
 
     with patched_on_rank_0(failing):
         tiny_run(tiny_cfg(out, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1,
-                          prompts_per_generation=4, **over)).train()
+                          prompts_per_generation=4, **over), judge or e_judge).train()
+
+
+def grader_failing_on(rank: int):
+    """test_online_run's e_judge as a reward function that raises on `rank` only (a grading server that refuses
+    one node's requests)."""
+    def graded(prompts, completions, **kwargs):
+        if dist.get_rank() == rank:
+            raise RuntimeError("the grading server refused the request (503)")
+        return [c.count("e") - 0.01 * len(c) for c in completions]
+    return graded
+
+
+BUILDER = """import os
+
+
+def pairs(scores, generator):
+    if os.environ["RANK"] == "1":
+        raise KeyError("ranking table")
+    return [(p, int(row.nan_to_num(-1).argmax()), int(row.nan_to_num(99).argmin())) for p, row in enumerate(scores)
+            if float(row.nan_to_num(-1).max()) > float(row.nan_to_num(99).min())]
+"""
+
+
+def online_builder_failing_on_rank_1(out: Path):
+    """The online DPO run with a user pair_builder (out/builder.py:pairs: best vs worst) that raises on rank 1."""
+    if dist.get_rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "builder.py").write_text(BUILDER)
+    dist.barrier()
+    online_run(out / "run", None, pair_builder=f"{out / 'builder.py'}:pairs")
 
 
 def reward_run(out: Path):
@@ -293,6 +327,9 @@ def main(out: Path, only: list[str]) -> None:
         "online_judge": environment_judging,
         "online_reset": lambda: environment_resets(True),
         "online_refusal": lambda: environment_resets(False),
+        "online_reward_rank0": lambda: online_run(out / "reward0", None, grader_failing_on(0)),
+        "online_reward_rank1": lambda: online_run(out / "reward1", None, grader_failing_on(1)),
+        "online_builder_rank1": lambda: online_builder_failing_on_rank_1(out / "builder"),
     }
     for name, run in scenarios.items():
         if only and name not in only:

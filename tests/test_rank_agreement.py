@@ -25,7 +25,10 @@ SOURCE = os.pathsep.join([str(Path(preflab.__file__).parents[1]), *filter(None, 
 # mutant's selection), the launch runs those scenarios alone, with a shorter limit (a hang waits for it)
 SCENARIOS_OF_TEST = {"test_a_failed_hub_repository_creation_stops_both_ranks_before_the_first_step": ["ddp_hub"],
                      **{f"test_an_online_main_only_call_that_raises_stops_both_ranks_with_the_mains_error[{name}]":
-                        [name] for name in ("online_tool", "online_judge", "online_reset", "online_refusal")}}
+                        [name] for name in ("online_tool", "online_judge", "online_reset", "online_refusal")},
+                     **{f"test_a_reward_function_that_fails_on_one_rank_stops_both_ranks_with_its_error[{rank}]":
+                        [f"online_reward_rank{rank}"] for rank in (0, 1)},
+                     "test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error": ["online_builder_rank1"]}
 
 
 @pytest.fixture(scope="module")
@@ -314,9 +317,41 @@ def test_an_online_main_only_call_that_raises_stops_both_ranks_with_the_mains_er
     assert results[(scenario, 1)]["seconds"] < 10
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_reward_function_that_fails_on_one_rank_stops_both_ranks_with_its_error(two_ranks, rank):
+    """Without environments every rank judges the whole round itself. A reward function that raises on one rank only
+    drops all 12 completions there, past max_judge_failure_fraction: that rank raised alone and the other went on
+    into the step's collectives and waited there until the gloo timeout (300 s here). Now the round's judging is
+    agreed (OnlineRun._round_agreement: one all-reduce per round): both ranks raise the failing rank's error, naming
+    that rank and the judge's own exception, within seconds; the other rank's judging, which succeeded, is no
+    failure in it."""
+    _, results, _ = two_ranks
+    scenario = f"online_reward_rank{rank}"
+    expected = (f"RankFailure: round 1: judging the completions or building the examples failed: rank {rank} failed: "
+                "round 1: 12 of 12 completions could not be scored (more than max_judge_failure_fraction = 0.1): 12 "
+                "because a judge raised, 0 because every judge returned None or NaN (not applicable) for them; "
+                "judge/failed counts exceptions (12 so far). The first failure: judge 'graded' raised RuntimeError: "
+                "the grading server refused the request (503). Fix the judge (a reward function returns one number "
+                "per completion), or raise max_judge_failure_fraction to train on the scored ones.")
+    _same_error_at_once(results, scenario, expected)
+    assert max(results[(scenario, r)]["seconds"] for r in (0, 1)) < 30  # a hang waits for the 300 s gloo timeout
+
+
+def test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error(two_ranks):
+    """A user's pair_builder runs on every rank in the same agreed block as the judges (OnlineRun._judge_and_build):
+    raising on rank 1 alone, it stops rank 0 too, with rank 1's refusal (the builder, its line, the error)."""
+    out, results, _ = two_ranks
+    builder = out / "builder" / "builder.py"
+    expected = (f"RankFailure: round 1: judging the completions or building the examples failed: rank 1 failed: "
+                f"pair_builder '{builder}:pairs' raised at {builder} line 6: KeyError: 'ranking table' in round 1 "
+                "(optimizer step 1) (called as f(scores, generator) with scores of shape (4, 3)). Fix the builder.")
+    _same_error_at_once(results, "online_builder_rank1", expected)
+    assert max(results[("online_builder_rank1", r)]["seconds"] for r in (0, 1)) < 30
+
+
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 38
+    assert len(results) == 44
     assert wall < 230  # process start and imports included (2 shared cores); a hang waits for the 240 s limit
 
 

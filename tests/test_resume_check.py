@@ -73,14 +73,13 @@ def test_resume_with_a_changed_dict_or_list_option_is_refused_naming_it(tmp_path
             "objective_params ({'label_smoothing': 0.1} -> {'label_smoothing': 0.2}). Resume with") in str(err.value)
 
 
-@pytest.mark.parametrize("loss,parts", [({"loss_type": "kto"}, "KTO"), ({"loss_type": ["sigmoid", "sft"]}, "SFT"),
+@pytest.mark.parametrize("loss,parts", [({"loss_type": ["sigmoid", "sft"]}, "SFT"),
                                         ({"rpo_alpha": 1.0}, "SFT"), ({"loss_type": "aot"}, "AOT"),
                                         ({"loss_type": "orpo"}, "ORPO"), ({"loss_type": ["sigmoid", "cpo"]}, "CPO")])
 def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on_another_world(tmp_path, loss, parts):
-    """KTO's reference point, the sft term's per-micro-batch token mean, AOT's sorted margins, ORPO's and CPO's
-    token-mean NLL terms (tests/objectives/test_micro_batch_coupling.py finds them): 2 processes x 2 rows equal 1
-    process x 2 rows x accumulation 2, not 1 x 4 (tests/loops/test_scale_matrix.py's KTO test resumes such a
-    checkpoint for real). Before, a 2 x 2 checkpoint resumed on 1 x 4 passed (another objective from the next step
+    """The sft term's per-micro-batch token mean, AOT's sorted margins, ORPO's and CPO's token-mean NLL terms
+    (tests/objectives/test_micro_batch_coupling.py finds them): 2 processes x 2 rows equal 1 process x 2 rows x
+    accumulation 2, not 1 x 4 (KTO's reference point, taken over the processes, has its own test below). Before, a 2 x 2 checkpoint resumed on 1 x 4 passed (another objective from the next step
     on) and 1 x 2 x accumulation 2, the same run, was refused. Plain DPO keeps the global batch as before."""
     saved = _cfg(tmp_path, per_device_train_batch_size=2, **loss).to_dict()
     state = {"world_size": 2, "config": saved}
@@ -91,7 +90,7 @@ def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on
                            note=print)
     message = str(err.value)
     for part in ("micro-batches of 2 rows (per_device_train_batch_size), 2 an optimizer step (2 processes x "
-                 "gradient_accumulation_steps 1); this run has 4 rows and 1 (1 x 1)", "KTO's reference point",
+                 "gradient_accumulation_steps 1); this run has 4 rows and 1 (1 x 1)",
                  f"The objective ({parts}) holds a statistic of each micro-batch",
                  "Keep the run with per_device_train_batch_size: 2 and gradient_accumulation_steps: 2 on 1 process,",
                  "launch 2 processes with per_device_train_batch_size: 2 and gradient_accumulation_steps: 1"):
@@ -114,6 +113,37 @@ def test_a_micro_batch_statistic_keeps_the_micro_batches_not_the_global_batch_on
     with pytest.raises(ConfigError, match="global batch of 4"):
         check_saved_config(plain, _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2),
                            "checkpoint-2", 1, note=print)
+
+
+def test_kto_on_another_number_of_processes_is_refused_whatever_the_split(tmp_path):
+    """KTO's reference point z0 is the mean of every process's micro-batch KL estimate (as TRL's KTOTrainer gathers
+    it) and its KL pairs form inside each process's micro-batch, so no split on 1 process continues a 2 x 2 rows
+    checkpoint: 1 x 2 rows x accumulation 2 (the same run while z0 was each process's own mean) and 1 x 4 are both
+    refused, naming the reason and the launch that continues it; allow_config_change continues with a note. The
+    same number of processes resumes as before."""
+    from preflab.objectives import get_objective
+    from preflab.objectives.base import statistic_over_processes_parts
+
+    state = {"world_size": 2, "config": _cfg(tmp_path, per_device_train_batch_size=2, loss_type="kto").to_dict()}
+    for split in ({"gradient_accumulation_steps": 2}, {"per_device_train_batch_size": 4}):
+        with pytest.raises(ConfigError) as err:
+            check_saved_config(state, _cfg(tmp_path, **{"per_device_train_batch_size": 2, **split},
+                                           loss_type="kto"), "checkpoint-2", 1, note=print)
+        message = str(err.value)
+        for part in ("checkpoint-2 was trained on 2 processes and this run has 1. The objective (KTO) takes its "
+                     "reference point over the processes",
+                     "Launch 2 processes with per_device_train_batch_size: 2 and gradient_accumulation_steps: 1 to "
+                     "continue this run, or set allow_config_change: true"):
+            assert part in message, (part, message)
+    notes = []
+    check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                                   loss_type="kto", allow_config_change=True), "checkpoint-2", 1, note=notes.append)
+    assert "no split on another number of processes computes the same loss" in notes[0] and "Continuing" in notes[0]
+    check_saved_config(state, _cfg(tmp_path, per_device_train_batch_size=2, loss_type="kto"), "checkpoint-2", 2,
+                       note=print)
+    assert statistic_over_processes_parts(get_objective("kto")) == ["KTO"]
+    assert statistic_over_processes_parts(get_objective("apo_zero_unpaired")) == []
+    assert statistic_over_processes_parts(get_objective(["sigmoid", "sft"])) == []
 
 
 def test_sft_token_mean_step_and_wpo_are_read_through_to_their_parts():

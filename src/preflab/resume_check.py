@@ -271,6 +271,9 @@ def check_global_batch(saved: dict, trainer_state: dict, cfg, world: int, path, 
     if not isinstance(saved_accumulation, int):
         saved_accumulation = accumulation
     before, now = batch * saved_world, cfg.per_device_train_batch_size * world
+    if _over_processes_parts(cfg):
+        _refuse_other_processes(batch, saved_world, saved_accumulation, cfg, world, path, note)
+        return
     if couples_micro_batches(cfg):
         _check_micro_batches(batch, saved_world, saved_accumulation, cfg, world, path, note)
         return
@@ -312,6 +315,41 @@ def _check_online_processes(saved_world: int, cfg, world: int, path, note) -> No
         cfg, f"{what} Launch {saved_world} process{'es' if saved_world > 1 else ''} to continue this run, or set "
         "allow_config_change: true to continue on this number anyway (a loss type that splits over micro-batches, "
         "such as GRPO's default dapo, with entropy_coef: 0 and top_entropy_quantile: 1, resumes on any number).",
+        f"preflab: note: {what} Continuing (allow_config_change: true).", note)
+
+
+def _over_processes_parts(cfg) -> list[str]:
+    """cfg's offline objective parts whose micro-batch statistic is taken over the processes (base.
+    statistic_over_processes_parts: KTO's reference point); [] for the other tasks and a config whose objective does
+    not build (the run itself reports that error)."""
+    if getattr(cfg, "task", "dpo") != "dpo" or not hasattr(cfg, "objective"):
+        return []
+    from preflab.errors import PreflabError
+    from preflab.objectives.base import statistic_over_processes_parts
+
+    try:
+        return statistic_over_processes_parts(cfg.objective())
+    except PreflabError:
+        return []
+
+
+def _refuse_other_processes(batch: int, saved_world: int, saved_accumulation: int, cfg, world: int, path,
+                            note) -> None:
+    """check_global_batch for an objective whose statistic is taken over the processes (KTO's z0: the mean of every
+    process's micro-batch KL estimate, as TRL gathers it, over KL pairs formed inside each process's micro-batch):
+    no split on another number of processes computes the same loss (1 x P b rows forms other KL pairs, 1 x b rows x
+    P micro-batches takes another mean), so a resume on another number of processes is refused unless
+    allow_config_change (then a note). Before, a 2-process KTO checkpoint resumed on 1 process x b x accumulation 2
+    as the same run, which it was while z0 was each process's own mean."""
+    what = (f"resume_from_checkpoint: {path} was trained on {saved_world} process{'es' if saved_world > 1 else ''} "
+            f"and this run has {world}. The objective ({', '.join(_over_processes_parts(cfg))}) takes its reference "
+            "point over the processes (the mean of every process's micro-batch KL estimate, as TRL's KTOTrainer "
+            "gathers it) and forms its KL pairs inside each process's micro-batch, so no split on another number "
+            "of processes computes the same loss from here on.")
+    refuse_unless_allowed(
+        cfg, f"{what} Launch {saved_world} process{'es' if saved_world > 1 else ''} with "
+        f"per_device_train_batch_size: {batch} and gradient_accumulation_steps: {saved_accumulation} to continue "
+        "this run, or set allow_config_change: true to continue on this number anyway.",
         f"preflab: note: {what} Continuing (allow_config_change: true).", note)
 
 

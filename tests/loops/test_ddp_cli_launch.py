@@ -100,6 +100,25 @@ def _user_objective_runs(d: Path) -> list:
              "per_device_train_batch_size=4"]]
 
 
+# KTO on unpaired rows of one prompt: a micro-batch's KL pairs are its own completions rotated to other rows of the
+# same prompt, so the KL pairs of 2 processes x 4 rows hold the same sequences as 1 process x 8 rows' (each in
+# another row): z0, the mean over them, is the same on both sides exactly when it is taken over both processes'
+# micro-batches, as TRL gathers it. Two desirable rows for each undesirable one: the policy raises the completions'
+# log-probs, so z0 > 0 from step 2 on (balanced labels left it clamped at 0, where any mean agrees)
+KTO_WORDS = ("cat", "dog", "owl", "bee", "elk", "yak", "ant", "emu", "cow", "pig", "hen", "fox")
+KTO_RUN = ["model_name_or_path=builtin:tiny-llama", "loss_type=kto", "max_steps=3", "logging_steps=1",
+           "disable_tqdm=true", "max_length=64", "learning_rate=1e-2", "beta=1.0", "seed=3", "use_cpu=true", "eval_steps=0",
+           "eval_fraction=0", "lr_scheduler_type=constant", "warmup_steps=0", "save_steps=2"]
+
+
+def _kto_runs(d: Path) -> list:
+    rows = [row for i, w in enumerate(KTO_WORDS) for row in (
+        {"prompt": "Say it loudly:\n", "completion": w.upper(), "label": True},
+        {"prompt": "Say it loudly:\n", "completion": w if i % 2 else w.title(), "label": i % 3 == 0})]
+    data = write_jsonl(d / "one_prompt.jsonl", rows)  # 24 rows, 16 desirable: 3 steps of 8
+    return [["cli", d / "two", *KTO_RUN, f"dataset_name={data}", "per_device_train_batch_size=4"]]
+
+
 # Each test's 2-process runs, given the test's folder (the folder exists; a run may write its inputs there).
 LAUNCHED = {
     "test_two_processes_streaming_equal_one_process_with_double_batch": _streaming_runs,
@@ -110,6 +129,7 @@ LAUNCHED = {
          *DISTILL]],
     "test_diffusion_two_gloo_processes_equal_one_process_with_double_batch": _diffusion_runs,
     "test_user_objective_two_processes_equal_one_process_with_double_batch": _user_objective_runs,
+    "test_kto_two_processes_take_z0_over_both_and_equal_one_process_double_batch": _kto_runs,
     "test_ref_cache_two_processes_with_cache_equal_one_process_without": lambda d: [
         ["tiny", d / "two", "per_device_train_batch_size=2", "precompute_ref_log_probs=true"]],
     "test_tiny_run_two_processes_equal_one_process_double_batch": lambda d: [
@@ -276,6 +296,42 @@ def test_user_objective_two_processes_equal_one_process_with_double_batch(tmp_pa
     memory = summary["peak_memory"]
     assert memory["measure"] == "process_rss" and len(memory["per_rank_gib"]) == 2
     assert memory["gib"] == max(memory["per_rank_gib"]) and min(memory["per_rank_gib"]) > 0.05  # > 50 MiB: torch
+
+
+@pytest.mark.slow
+def test_kto_two_processes_take_z0_over_both_and_equal_one_process_double_batch(tmp_path, launched, capsys):
+    """loss_type kto under DDP, 2 processes x 4 examples against 1 process x 8 (3 steps of one-prompt rows: see
+    KTO_RUN). KTO's reference point z0 = max(0, mean KL estimate) is taken over both processes' micro-batches, as
+    TRL 1.16's KTOTrainer gathers its `kl` before the mean and the clamp; it was each process's own micro-batch
+    mean, so 2 x 4 equalled 1 x 4 x accumulation 2 and not 1 x 8. Now every step's loss, kl, rewards/chosen,
+    rewards/rejected and grad_norm and the final weights equal 1 x 8's to 1e-5 (measured: 1e-6 and 2.6e-6; float
+    summation order and the padding of 4 vs 8 rows); with each process's own z0 they differed by 2.4e-4 (loss),
+    7.9e-3 (grad_norm) and 1.3e-2 (weights) at beta 1. z0 is positive after step 1, so the clamp does not make them
+    agree. After `preflab train` returned neither rank holds a DDP wrapper (moved from test_scale_matrix.py's KTO
+    test, whose launch this replaces). Its checkpoint-2 resumed on 1 process is refused: no split of 1 process forms
+    the same KL pairs and takes z0 over the same examples in general."""
+    from preflab.cli import main
+
+    base = launched("test_kto_two_processes_take_z0_over_both_and_equal_one_process_double_batch")
+    one, two = tmp_path / "one", base / "two"
+    data = f"dataset_name={base / 'one_prompt.jsonl'}"
+    assert main(["train", *KTO_RUN, data, f"output_dir={one}", "per_device_train_batch_size=8"]) == 0
+    assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
+    for rank in (0, 1):  # (the shared launch keeps its process group open between its runs)
+        assert json.loads((two / f"after-train-rank{rank}.json").read_text())["live_ddp_wrappers"] == 0
+    rows = {name: {r["step"]: r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+                   if "loss" in r} for name, d in (("one", one), ("two", two))}
+    assert sorted(rows["two"]) == sorted(rows["one"]) == [1, 2, 3]
+    for step in (1, 2, 3):
+        for key in ("loss", "kl", "rewards/chosen", "rewards/rejected", "grad_norm"):
+            assert rows["two"][step][key] == pytest.approx(rows["one"][step][key], abs=1e-5), (step, key)
+    assert min(rows["one"][s]["kl"] for s in (2, 3)) > 0.1  # (0.19 and 1.07 here)
+    a, b = (load_file(str(d / "model.safetensors")) for d in (two, one))
+    assert max_diff(a, b) < 1e-5
+    capsys.readouterr()
+    assert main(["train", *KTO_RUN, data, f"output_dir={tmp_path / 'resumed'}", "per_device_train_batch_size=8",
+                 f"resume_from_checkpoint={two / 'checkpoint-2'}"]) == 2
+    assert "takes its reference point over the processes" in capsys.readouterr().err
 
 
 def losses(summary_dir: Path) -> list:

@@ -30,7 +30,8 @@ from preflab.loops.launch import is_sharded, make_accelerator
 from preflab.loops.optimizer import make_optimizer
 from preflab.loops.ref_sync import (check_ref_sync, install_ref_sync, present_in_checkpoint, reference_tensors,
                                     sync_reference_of)
-from preflab.objectives.base import PairBatch, check_gradient_extras, check_modality
+from preflab.objectives.base import (PairBatch, UnpairedBatch, check_gradient_extras, check_modality,
+                                     statistic_over_processes_parts)
 from preflab.runlog import write_model_card
 from preflab.scoring.compile import before_compiled_call, compile_scorer, graphs_compiled
 from preflab.models.segment_attention import set_attention_mode
@@ -426,6 +427,7 @@ class Trainer(TrainingRun):
         self.token_stats_now = self._log_due(getattr(self, "step", 0) + 1)
         try:
             batch = self.score(mb.layout, positions=mb.index)
+            self._share_kl_estimate(batch)
             ratio = getattr(mb, "examples_per_token", None)
             if ratio is not None:  # the sft term's token mean over the whole step (objectives.sft token_mean)
                 batch.extras["examples_per_token"] = ratio
@@ -435,6 +437,19 @@ class Trainer(TrainingRun):
         out.metrics = {**out.metrics, **ratios(self.token_sums)}
         out.metric_counts = {**out.metric_counts, **counts(self.token_sums)}  # token-weighted over the step
         return out
+
+    def _share_kl_estimate(self, batch) -> None:
+        """A training micro-batch on several processes, for an objective whose statistic is taken over the processes
+        (base.statistic_over_processes_parts: KTO's reference point): batch.kl_mean_over_processes = the mean over
+        the processes of their micro-batches' KL estimates (UnpairedBatch.mismatched_kl), one all-reduce of one
+        number on the device (no host read), as TRL 1.16's KTOTrainer gathers its `kl` (gather_for_metrics(kl).mean())
+        before the clamp. Every process runs the same number of micro-batches a step (BatchPlan), so the all-reduces
+        pair up. Evaluation, which every process runs over the whole eval set alone, keeps each batch's own."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or not isinstance(batch, UnpairedBatch) or batch.policy_kl is None:
+            return
+        if statistic_over_processes_parts(self.objective):
+            batch.kl_mean_over_processes = acc.reduce(batch.mismatched_kl(), reduction="mean")
 
     def collate(self, items):
         """The batch kind's layout of `items`, rows rounded up to pad_to_multiple_of (preflab.data.layout.bucket)."""

@@ -28,6 +28,7 @@ class APOZeroUnpaired(KTO):
             "property": ("likelihood",)}
     uses_mismatched_completions: ClassVar[bool] = False  # z0 = 0: no mismatched completions are read
     micro_batch_statistic: ClassVar[bool] = False  # z0 = 0: its losses are per example (base.couples_micro_batch)
+    statistic_over_processes: ClassVar[bool] = False  # z0 = 0: nothing is taken over the processes
 
     def reference_point(self, batch: UnpairedBatch) -> torch.Tensor:
         return as_loss_dtype(batch.policy.token_logps.new_zeros(()))

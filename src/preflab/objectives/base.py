@@ -203,10 +203,22 @@ class UnpairedBatch:
     # (desirable, undesirable) example counts when known on the host (the training loop's batches): the counts of
     # the per-label metric means (ObjectiveOutput.metric_counts) are then host numbers, not device reads
     label_counts: tuple[int, int] | None = None
+    # a training step on several processes: the mean over the processes of their micro-batches' mismatched_kl()
+    # (this micro-batch and the other processes' at the same place in the step), set by the training loop as TRL
+    # 1.16's KTOTrainer gathers its KL estimate before the mean; None: this batch's own mismatched_kl()
+    kl_mean_over_processes: Tensor | None = None
 
     @property
     def size(self) -> int:
         return self.policy.token_logps.shape[0]
+
+    def mismatched_kl(self) -> Tensor:
+        """mean_i (S_theta(y'_i) - S_ref(y'_i)) over the batch's mismatched completions, in the loss dtype, without
+        gradient: KTO's KL estimate before its clamp at 0."""
+        if self.policy_kl is None or self.ref_kl is None:
+            raise PreflabError("KTO needs policy_kl and ref_kl (log-probs of mismatched completions x_i + y_{i-1}) "
+                               "for its reference point; use apo_zero_unpaired to train without them.")
+        return (as_loss_dtype(self.policy_kl.sum.detach()) - as_loss_dtype(self.ref_kl.sum.detach())).mean()
 
     @property
     def has_reference(self) -> bool:
@@ -532,7 +544,8 @@ def objective_parts(objective) -> tuple:
 def couples_micro_batch(objective) -> bool:
     """Whether the loss of `objective` (any part of a weighted sum, also inside a WPO weighting) holds a
     statistic of each micro-batch that is not a sum over its examples: KTO's reference point z0 (the micro-batch's
-    mean over its mismatched completions), the sft term's token mean of each micro-batch (token_mean "micro_batch";
+    mean over its mismatched completions; on several processes over their micro-batches:
+    statistic_over_processes_parts), the sft term's token mean of each micro-batch (token_mean "micro_batch";
     also the NLL terms of cpo, orpo, rationale_orpo, simpo / alphapo with cpo_alpha, rpo / flex_dpo with nll_agg
     batch_token_mean), aot's sorted margins, GRPO's and RLOO's normalisations over the batch.
     Parts declare it as `micro_batch_statistic` (False when left out). For such a loss, P processes x b rows equal
@@ -559,6 +572,18 @@ def micro_batch_statistic_parts(objective, online: bool = False) -> list[str]:
     if declared is None:
         declared = getattr(objective, "micro_batch_statistic", False)
     return [type(objective).__name__] if declared else []
+
+
+def statistic_over_processes_parts(objective) -> list[str]:
+    """The class names of the parts of `objective` whose micro-batch statistic is taken over the processes on
+    several processes (`statistic_over_processes`: KTO's z0, the mean of every process's micro-batch KL estimate, as
+    TRL gathers it). Its mismatched completions stay each process's own, so P processes x b rows equal neither one
+    process with P x b rows (other KL pairs) nor with b rows x P micro-batches (another mean) in general: a run
+    resumed on another number of processes is another run (preflab.resume_check)."""
+    parts = objective_parts(objective)
+    if parts != (objective,):
+        return [name for p in parts for name in statistic_over_processes_parts(p)]
+    return [type(objective).__name__] if getattr(objective, "statistic_over_processes", False) else []
 
 
 def check_gradient_extras(objective, computed: tuple = (), how: str = "") -> None:

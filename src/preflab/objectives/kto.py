@@ -8,10 +8,13 @@ With r = S_theta(y) - S_ref(y) and the reference point z0 from mismatched comple
 
 Inputs: UnpairedBatch with policy, ref, label and the mismatched sides policy_kl, ref_kl.
 
-Deviation from the paper: none (TRL 1.16's estimator). z0 is this batch's mean; TRL also averages it over ranks,
-which the step layer must do by passing the gathered batch. Metrics follow TRL: kl, rewards/*, logps/*; the
-per-label means carry their counts (unpaired_metrics), so the logged means are exact over the whole optimizer step
-and logging window.
+Deviation from the paper: none (TRL 1.16's estimator). On one process z0 is the micro-batch's mean. On several, TRL
+1.16's KTOTrainer gathers each process's micro-batch mean and takes their mean before the clamp
+(accelerator.gather_for_metrics(kl).mean().clamp(min=0)); so does preflab: the training loop sets
+UnpairedBatch.kl_mean_over_processes (loops/offline.py Trainer.forward: one all-reduce of one number per micro-batch),
+and every process's z0 is that mean's clamp. The mismatched completions are each process's own micro-batch's, as
+TRL's are each process's own batch's. Metrics follow TRL: kl, rewards/*, logps/*; the per-label means carry their
+counts (unpaired_metrics), so the logged means are exact over the whole optimizer step and logging window.
 """
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,7 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import ConfigError
 from preflab.objectives.base import Objective, ObjectiveOutput, UnpairedBatch, as_loss_dtype
 
 
@@ -67,6 +70,8 @@ class KTO(Objective):
     # (TRL refuses batch size 1 too: preflab.loops.offline)
     uses_mismatched_completions: ClassVar[bool] = True
     micro_batch_statistic: ClassVar[bool] = True  # z0 is each micro-batch's mean (base.couples_micro_batch)
+    # ... taken over the processes' micro-batches on several processes (base.statistic_over_processes_parts)
+    statistic_over_processes: ClassVar[bool] = True
     paper = "Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization (arXiv:2402.01306)"
     checked_against = "reference code: TRL 1.16 KTOTrainer loss_type='kto' (tests/objectives/test_trl_parity.py, 1e-9)"
     tags = {"data": ("point-wise",), "framework": ("offline",), "constraint": ("reference",), "property": ()}
@@ -77,11 +82,11 @@ class KTO(Objective):
             raise ConfigError(f"{type(self).__name__}: desirable_weight and undesirable_weight must be >= 0.")
 
     def reference_point(self, batch: UnpairedBatch) -> Tensor:
-        if batch.policy_kl is None or batch.ref_kl is None:
-            raise PreflabError("KTO needs policy_kl and ref_kl (log-probs of mismatched completions x_i + y_{i-1}) "
-                               "for its reference point; use apo_zero_unpaired to train without them.")
-        kl = as_loss_dtype(batch.policy_kl.sum.detach()) - as_loss_dtype(batch.ref_kl.sum.detach())
-        return kl.mean().clamp(min=0)
+        """z0 = max(0, the mean KL estimate): over the processes' micro-batches where the training loop set
+        batch.kl_mean_over_processes (several processes), else this batch's (UnpairedBatch.mismatched_kl)."""
+        own = batch.mismatched_kl()  # (also checks that the mismatched completions were scored)
+        kl = batch.kl_mean_over_processes if batch.kl_mean_over_processes is not None else own
+        return kl.to(own).clamp(min=0)
 
     def compute(self, batch: UnpairedBatch) -> ObjectiveOutput:
         r = as_loss_dtype(batch.policy.sum) - as_loss_dtype(batch.ref.sum)  # [B]

@@ -52,6 +52,7 @@ import torch
 
 from preflab.errors import ConfigError, PreflabError
 from preflab.online.examples import Example
+from preflab.rank_agreement import ranks_agree
 
 
 @dataclass
@@ -260,11 +261,15 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
         scores += search.scores
     run.policy.train()
     run.counts["judge_dropped"] += dropped
-    if dropped > run.cfg.max_judge_failure_fraction * max(1, samples):
-        raise PreflabError(f"round {r + 1}: the judge failed or returned NaN for {dropped} of {samples} MCTS rollouts "
-                           f"(more than max_judge_failure_fraction = {run.cfg.max_judge_failure_fraction})."
-                           f"{getattr(run.judge, 'failure_note', str)()} Fix the judge or raise max_judge_failure_fraction.")
-    run._precompute(examples)
+    # each rank searched and judged itself: a failure past the limit on one rank alone stops every rank with that
+    # rank's error (one agreement per round, after the search's last collective; as OnlineRun._round_agreement)
+    with ranks_agree(f"round {r + 1}: judging the MCTS rollouts or building the examples failed"):
+        if dropped > run.cfg.max_judge_failure_fraction * max(1, samples):
+            raise PreflabError(f"round {r + 1}: the judge failed or returned NaN for {dropped} of {samples} MCTS "
+                               "rollouts (more than max_judge_failure_fraction = "
+                               f"{run.cfg.max_judge_failure_fraction}).{getattr(run.judge, 'failure_note', str)()} "
+                               "Fix the judge or raise max_judge_failure_fraction.")
+        run._precompute(examples)
     order = torch.randperm(len(examples), generator=g).tolist()
     spg = run.cfg.steps_per_generation
     slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]

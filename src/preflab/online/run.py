@@ -43,6 +43,7 @@ import json
 import math
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +71,7 @@ from preflab.online.trainers import (ROUTER_LOSS_TRAINERS, build_examples, prefe
                                      reward_log_odds)
 from preflab.online_options import task_eval_strategy_no_notes
 from preflab.online_recipes import RENAMED, TEMPERATURE_SCORED, TRAINERS
+from preflab.rank_agreement import ranks_agree
 from preflab.scoring.lm import LogProbScorer, Scores, backbone_and_head, split_pairs, unwrap
 
 
@@ -84,6 +86,22 @@ class RoundPlan:
     steps_per_epoch: int
     global_batch: int
     unused_rows_per_epoch: int = 0
+
+
+@dataclass
+class JudgedRound:
+    """A round's judged completions and the examples built from them (OnlineRun._judge_and_build): N = P x K
+    completions, group-major."""
+    texts: list             # [N] the completions as the judges saw them (text, or tool-calling messages)
+    flat: torch.Tensor      # [N] combined scores, NaN where dropped
+    per_fn: torch.Tensor    # [N, J] each judge's own scores
+    has_eos: list           # [N] whether each completion ended with eos
+    dropped: int            # completions scored NaN
+    scores: torch.Tensor    # [P, K] `flat` by prompt
+    completions: list       # [P][K] token ids
+    examples: list          # the recipe's examples, log-probs precomputed (group recipes: with advantages)
+    counts: dict            # the example builder's counts (pairs/ties_dropped, ...)
+    loss_masks: list | None  # [N] a tool rollout's masks (None: every completion token trained)
 
 
 # What the pairs of a recipe that trains the config's loss_type (online_dpo, iterative_dpo) carry in batch.extras.
@@ -616,6 +634,84 @@ class OnlineRun(TrainingRun):
             if self.environments is not None:  # fresh instances, reset; the rows with their reset observations
                 rows = self._start_environments(rows, K, r)
             ids = self._generate(rows, K, self._round_seed(r))
+        # every rank runs the round's user code (reward functions, verifiers, judges, a pair builder) on the whole
+        # round; a failure on one rank alone is agreed on before any rank goes on (round_agreement)
+        with self._round_agreement(r):
+            judged = self._judge_and_build(r, rows, ids, K, g, trees)
+        examples, texts, flat, per_fn, has_eos = judged.examples, judged.texts, judged.flat, judged.per_fn, \
+            judged.has_eos
+        dropped, scores, completions, loss_masks, counts = judged.dropped, judged.scores, judged.completions, \
+            judged.loss_masks, judged.counts
+        order = torch.randperm(len(examples), generator=g).tolist()
+        spg = cfg.steps_per_generation
+        slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]
+        if 0 < len(order) < spg and self.main and not getattr(self, "_said_short_round", False):
+            self._said_short_round = True  # once per run; every empty step is counted in online.empty_steps
+            print(f"preflab: note: round {r + 1} gave {len(order)} training examples for steps_per_generation={spg} "
+                  f"steps: {spg - len(order)} of its steps get none and are zero-gradient (counted in summary.json "
+                  "online.empty_steps). Lower steps_per_generation or raise prompts_per_generation.", flush=True)
+        valid_scores = flat[~flat.isnan()]
+        empty = sum(1 for t, c in zip(texts, ids) if not c or t in ("", []) or
+                    (isinstance(t, list) and not any(m.get("content") or m.get("tool_calls") for m in t)))
+        # with tool results in the completions, TRL counts the tokens the model wrote (its tool_mask's 1s)
+        lengths = torch.tensor([sum(m) for m in loss_masks] if loss_masks else [len(c) for c in ids],
+                               dtype=torch.float64)
+        metrics = {"reward": float(valid_scores.mean()) if len(valid_scores) else math.nan,
+                   "reward_std": float(valid_scores.std()) if len(valid_scores) > 1 else 0.0,
+                   **length_metrics(lengths, has_eos),
+                   "completions/clipped_ratio": float(1 - sum(has_eos) / len(ids)),
+                   "completions/empty": float(empty), "judge/dropped": float(dropped),
+                   "examples/count": float(len(examples)), "round": float(r + 1), **counts,
+                   **({"val/contain_eos_token": sum(has_eos) / len(ids)} if cfg.trainer in TRL_ONLINE_DPO else {}),
+                   **getattr(self.generator, "last_metrics", {})}
+        for k, name in enumerate(self.judge.names):
+            values = per_fn[:, k][~per_fn[:, k].isnan()]
+            metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
+            metrics[f"rewards/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0  # as reward_std
+        if len(self.judge.names) > 1:
+            self._count_not_applicable(r, per_fn, flat)
+        truncated = len(ids) - sum(has_eos)
+        self.counts["truncated_completions"] = self.counts.get("truncated_completions", 0) + truncated
+        if truncated * 2 >= len(ids) and self.main and not getattr(self, "_said_truncated", False):
+            self._said_truncated = True  # once per run; completions/clipped_ratio logs every round's share
+            print(f"preflab: note: round {r + 1}: {truncated} of {len(ids)} completions reached max_completion_length="
+                  f"{cfg.max_completion_length} without EOS, so the judges scored cut-off text "
+                  "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
+                  ", or set missing_eos_penalty to score them lower.", flush=True)
+        self.counts["rounds"] += 1
+        if self.tools:  # summary.json online.tool_calls / tool_failures / tool_timeouts: the run's totals
+            for key in ("calls", "failures", "timeouts"):
+                self.counts[f"tool_{key}"] = self.counts.get(f"tool_{key}", 0) + int(metrics[f"tools/{key}"])
+        for key in ("accepted", "scanned") if "rso/scanned" in metrics else ():  # the run's RSO totals
+            self.counts[f"rso_{key}"] = self.counts.get(f"rso_{key}", 0) + int(metrics[f"rso/{key}"])
+        self.counts["empty_completions"] += empty
+        self.counts["judge_dropped"] += dropped
+        self.counts["completions"] += len(ids)
+        if self.main:
+            with self.main_writes():  # a failure stops every rank at the step's end (TrainingRun.main_writes)
+                self._write_round_file(r, rows, completions, texts, scores)
+        return Round(r, examples, slices, metrics)
+
+    def _round_agreement(self, r: int):
+        """Where round r's judging and example building run, on several processes: every rank judges the whole round
+        itself (reward functions, verifiers, reward and preference models, a user's pair builder, UPO's dropout
+        passes), so one of them can fail on one rank alone (a reward function that fails on the main process only,
+        past max_judge_failure_fraction; a pair builder that raises on rank 1). That rank raised alone and the others
+        waited in the step's first collective until the launcher or the collective's timeout killed them, saying
+        nothing. preflab.rank_agreement.ranks_agree after the block: one all-reduce of a failure flag per round (no
+        collective of the round follows its judging, so none could carry it; ordinary steps add none), and every rank
+        raises RankFailure naming each failed rank and its error. With environments the main process judges and sends
+        its values or its failure (environments.judge_rollouts, main_result) and the group recipes they train build
+        their examples without user code: no agreement. One process: the block's own error, unchanged."""
+        if self.environments is not None:
+            return nullcontext()
+        return ranks_agree(f"round {r + 1}: judging the completions or building the examples failed")
+
+    def _judge_and_build(self, r: int, rows, ids, K: int, g: torch.Generator, trees) -> JudgedRound:
+        """Round r's completions `ids` (K per row of `rows`, group-major) judged (stopped above
+        max_judge_failure_fraction), turned into the recipe's examples with their precomputed log-probs and, for the
+        group recipes, advantages; g: the round's generator (pair sampling), trees: TPO's sample trees (or None)."""
+        cfg, n = self.cfg, len(rows)
         prompts, texts, flat, per_fn, has_eos = self._judge_round(rows, ids, K)
         dropped, raised = int(flat.isnan().sum()), self.judge.last_raised
         if dropped > cfg.max_judge_failure_fraction * len(ids):
@@ -677,55 +773,7 @@ class OnlineRun(TrainingRun):
                 e.extras["advantages"] = a.tolist()
             if not bool(adv.ne(0).any()):
                 self._say_no_reward_signal(r, float(rewards[valid].mean()) if bool(valid.any()) else math.nan)
-        order = torch.randperm(len(examples), generator=g).tolist()
-        spg = cfg.steps_per_generation
-        slices = [order[len(order) * i // spg:len(order) * (i + 1) // spg] for i in range(spg)]
-        if 0 < len(order) < spg and self.main and not getattr(self, "_said_short_round", False):
-            self._said_short_round = True  # once per run; every empty step is counted in online.empty_steps
-            print(f"preflab: note: round {r + 1} gave {len(order)} training examples for steps_per_generation={spg} "
-                  f"steps: {spg - len(order)} of its steps get none and are zero-gradient (counted in summary.json "
-                  "online.empty_steps). Lower steps_per_generation or raise prompts_per_generation.", flush=True)
-        valid_scores = flat[~flat.isnan()]
-        empty = sum(1 for t, c in zip(texts, ids) if not c or t in ("", []) or
-                    (isinstance(t, list) and not any(m.get("content") or m.get("tool_calls") for m in t)))
-        # with tool results in the completions, TRL counts the tokens the model wrote (its tool_mask's 1s)
-        lengths = torch.tensor([sum(m) for m in loss_masks] if loss_masks else [len(c) for c in ids],
-                               dtype=torch.float64)
-        metrics = {"reward": float(valid_scores.mean()) if len(valid_scores) else math.nan,
-                   "reward_std": float(valid_scores.std()) if len(valid_scores) > 1 else 0.0,
-                   **length_metrics(lengths, has_eos),
-                   "completions/clipped_ratio": float(1 - sum(has_eos) / len(ids)),
-                   "completions/empty": float(empty), "judge/dropped": float(dropped),
-                   "examples/count": float(len(examples)), "round": float(r + 1), **counts,
-                   **({"val/contain_eos_token": sum(has_eos) / len(ids)} if cfg.trainer in TRL_ONLINE_DPO else {}),
-                   **getattr(self.generator, "last_metrics", {})}
-        for k, name in enumerate(self.judge.names):
-            values = per_fn[:, k][~per_fn[:, k].isnan()]
-            metrics[f"rewards/{name}/mean"] = float(values.mean()) if len(values) else math.nan
-            metrics[f"rewards/{name}/std"] = float(values.std()) if len(values) > 1 else 0.0  # as reward_std
-        if len(self.judge.names) > 1:
-            self._count_not_applicable(r, per_fn, flat)
-        truncated = len(ids) - sum(has_eos)
-        self.counts["truncated_completions"] = self.counts.get("truncated_completions", 0) + truncated
-        if truncated * 2 >= len(ids) and self.main and not getattr(self, "_said_truncated", False):
-            self._said_truncated = True  # once per run; completions/clipped_ratio logs every round's share
-            print(f"preflab: note: round {r + 1}: {truncated} of {len(ids)} completions reached max_completion_length="
-                  f"{cfg.max_completion_length} without EOS, so the judges scored cut-off text "
-                  "(completions/clipped_ratio; summary.json online.truncated_completions). Raise max_completion_length"
-                  ", or set missing_eos_penalty to score them lower.", flush=True)
-        self.counts["rounds"] += 1
-        if self.tools:  # summary.json online.tool_calls / tool_failures / tool_timeouts: the run's totals
-            for key in ("calls", "failures", "timeouts"):
-                self.counts[f"tool_{key}"] = self.counts.get(f"tool_{key}", 0) + int(metrics[f"tools/{key}"])
-        for key in ("accepted", "scanned") if "rso/scanned" in metrics else ():  # the run's RSO totals
-            self.counts[f"rso_{key}"] = self.counts.get(f"rso_{key}", 0) + int(metrics[f"rso/{key}"])
-        self.counts["empty_completions"] += empty
-        self.counts["judge_dropped"] += dropped
-        self.counts["completions"] += len(ids)
-        if self.main:
-            with self.main_writes():  # a failure stops every rank at the step's end (TrainingRun.main_writes)
-                self._write_round_file(r, rows, completions, texts, scores)
-        return Round(r, examples, slices, metrics)
+        return JudgedRound(texts, flat, per_fn, has_eos, dropped, scores, completions, examples, counts, loss_masks)
 
     def _judge_with_environments(self, prompts, texts, K: int, columns, ids):
         """The round's (scores, per-function rewards) with environments (environments.judge_rollouts: every rollout
