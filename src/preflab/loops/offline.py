@@ -520,7 +520,7 @@ class Trainer(TrainingRun):
     def evaluate(self) -> dict:
         """Eval loss and metrics (prefixed eval_) plus ranking accuracy and log-prob drift on the eval pairs."""
         if not self.eval_data:
-            return {}
+            return self.no_eval_metrics()
         self._precompute_reference()
         from preflab.report.margins import append_pair_margins, margins_histogram_data
 
