@@ -174,7 +174,11 @@ class Trainer(TrainingRun):
         # reference model is the reference, LoRA or not (it was loaded and then ignored under use_peft)
         self.ref_is_base = self.lora and ref is None
         if self.objective.needs_reference and ref is None and not self.lora:
-            raise ConfigError(f"objective {cfg.loss_type!r} needs a reference model; none was given.")
+            raise ConfigError(
+                f"objective {cfg.loss_type!r} needs a reference model; none was given. A policy passed from Python "
+                "gets no reference built from it (TRL's DPOTrainer copies the model when ref_model is None): pass "
+                "ref=preflab.models.load.frozen_copy(policy) for that copy, or ref=another model; or use a "
+                "reference-free loss_type (simpo, orpo, cpo), or a LoRA policy (its base is the reference).")
         self.precompute = cfg.precompute_ref_log_probs and self.objective.needs_reference
         if hasattr(self.kind, "fix_eval_pairing"):  # unpaired: KTO's eval mismatched pairs, TRL's chunks
             self.eval_data = self.kind.fix_eval_pairing(self.eval_data, cfg)
