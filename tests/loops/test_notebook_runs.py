@@ -104,3 +104,19 @@ def test_a_dpo_policy_without_a_reference_is_refused_naming_the_copy_to_pass(tmp
     summary = Trainer(_config(tmp_path / "ref", max_steps=1), policy=policy, ref=frozen_copy(policy), tokenizer=tok,
                       train_data=_rows()).train()
     assert summary["final_metrics"]["loss"] == pytest.approx(0.6931471805599453, abs=1e-6)
+
+
+def test_the_max_length_note_names_the_policy_passed_not_the_configs_name(tmp_path, capsys):
+    """max_length above the given model's 96 positions is capped to 96; the note named model_name_or_path
+    ('my-gpt2', which names nothing that was read), now the object passed."""
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer("whitespace")
+    policy = _model(tok, seed=0)
+    trainer = Trainer(_config(tmp_path / "run", max_steps=1), policy=policy, ref=frozen_copy(policy), tokenizer=tok,
+                      train_data=_rows())
+    assert trainer.cfg.max_length == 96
+    assert ("max_length=1024 is above the 96 positions of the policy passed from Python (GPT2LMHeadModel); "
+            "using max_length=96.") in capsys.readouterr().out

@@ -74,6 +74,12 @@ def refuse_other_runner(cfg, trainer_class) -> None:
                           "from the shell with `preflab train CONFIG`.")
 
 
+def given_policy_name(policy) -> str | None:
+    """What a note calls a policy passed from Python (its class), in place of the config's model_name_or_path,
+    which then only names the run; None for a policy preflab loads (the note names model_name_or_path)."""
+    return None if policy is None else f"the policy passed from Python ({type(policy).__name__})"
+
+
 class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo).
     train_data / eval_data: rows (a datasets.Dataset or a list of dicts, as TRL's train_dataset / eval_dataset),
@@ -142,7 +148,7 @@ class Trainer(TrainingRun):
             train_data, eval_data = self._open_stream(policy, tokenizer, train_data, eval_data)
         elif train_data is None or rows_cfg is not None:
             cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
-                                              cfg.trust_remote_code))
+                                              cfg.trust_remote_code), given_policy_name(policy))
             cap_max_length(cfg, reference_positions(cfg, ref), cfg.ref_model_name_or_path)
             if rows_cfg is not None:
                 rows_cfg.max_length = cfg.max_length
@@ -245,7 +251,7 @@ class Trainer(TrainingRun):
 
         cfg = self.cfg
         cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
-                                          cfg.trust_remote_code))
+                                          cfg.trust_remote_code), given_policy_name(policy))
         cap_max_length(cfg, reference_positions(cfg, None), cfg.ref_model_name_or_path)
         self.stream, self.data_report = open_stream(cfg, tokenizer, self.kind, rows=rows)
         if eval_data is None:
