@@ -120,3 +120,16 @@ def test_the_max_length_note_names_the_policy_passed_not_the_configs_name(tmp_pa
     assert trainer.cfg.max_length == 96
     assert ("max_length=1024 is above the 96 positions of the policy passed from Python (GPT2LMHeadModel); "
             "using max_length=96.") in capsys.readouterr().out
+
+
+def test_a_config_without_model_and_dataset_names_tells_the_python_user_that_any_name_does(tmp_path):
+    """A TRL user's DPOConfig has no model or dataset field; preflab's config needs both even when the trainer is
+    given the objects, and the message said only to set them (as if a path were read). It now says that with
+    policy= / train_data= they are names only; any string then trains on the objects given."""
+    from preflab.config import config_from_dict
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"output_dir": str(tmp_path / "run")})
+    assert "a trainer given policy=model reads nothing from model_name_or_path" in str(err.value)
+    assert "a trainer given train_data=rows reads nothing from dataset_name" in str(err.value)
