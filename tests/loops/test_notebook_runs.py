@@ -133,3 +133,26 @@ def test_a_config_without_model_and_dataset_names_tells_the_python_user_that_any
         config_from_dict({"output_dir": str(tmp_path / "run")})
     assert "a trainer given policy=model reads nothing from model_name_or_path" in str(err.value)
     assert "a trainer given train_data=rows reads nothing from dataset_name" in str(err.value)
+
+
+def test_a_trainer_that_fails_to_build_leaves_its_output_dir_unlocked(tmp_path):
+    """A notebook cell's Trainer(...) that raised after locking output_dir (the DPO policy without a reference)
+    left the lock held by the notebook's process until it ended: a `preflab train` into that folder from a shell was
+    refused meanwhile. The failed build releases its claim; a build that succeeds keeps it until train() ends."""
+    from preflab.errors import ConfigError
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_tokenizer
+    from preflab.rundir import holds_lock
+
+    tok = tiny_tokenizer("whitespace")
+    policy = _model(tok, seed=0)
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="needs a reference model"):
+        Trainer(_config(out, max_steps=1), policy=policy, tokenizer=tok, train_data=_rows())
+    assert not holds_lock(out) and not (out / ".preflab.lock").exists()
+    trainer = Trainer(_config(out, max_steps=1), policy=policy, ref=frozen_copy(policy), tokenizer=tok,
+                      train_data=_rows())
+    assert holds_lock(out) and (out / ".preflab.lock").exists()
+    trainer.train()
+    assert not holds_lock(out) and not (out / ".preflab.lock").exists()
