@@ -587,6 +587,9 @@ def unset_required_errors(names, task: str) -> list[str]:
             line += (" (task: online reads prompts from it with online_task: dataset / vision_dataset; online_task: "
                      "demo or game bring their own prompts, and so does online_task: dataset with an "
                      "environment_factory, whose reset gives them.)")
+        given = "policy=model" if name == "model_name_or_path" else "train_data=rows"
+        line += (f" From Python, a trainer given {given} reads nothing from {name} but still needs it as the name "
+                 "that the run's config, reports and model card give it (any string).")
         errors.append(line)
     return errors
 

@@ -11,6 +11,12 @@ Two measures, by where the run's tensors live:
 - the CPU: the whole process's peak resident set size (getrusage's ru_maxrss): the tensors, and Python, torch and
   every library loaded, the tokenizer, the data. Linux reports it in KiB, macOS in bytes (rss_peak_bytes converts).
 
+Both counters are reset when a run's train() starts (reset_process_peak: the allocator's reset_peak_memory_stats;
+on Linux, writing 5 to /proc/self/clear_refs, which resets the process's high-water mark, and with it ru_maxrss, to
+its current resident set), so a notebook's second run reports its own peak, not an earlier run's. Memory still held
+when the run starts (its models, an earlier run's objects not yet freed) counts. Where the reset is not possible
+(macOS, a /proc that refuses the write) the record says `since: process_start`.
+
 Values are GiB (2**30 bytes), the unit `preflab plan` prints its estimate in.
 """
 from __future__ import annotations
@@ -48,6 +54,21 @@ def _allocator(device):
     return module if counted else None
 
 
+def reset_process_peak(device, clear_refs: str = "/proc/self/clear_refs") -> str:
+    """Reset this process's peak counters for `device` (see the module docstring); returns what the next
+    process_peak measures from: `run_start`, or `process_start` when the counter could not be reset."""
+    module = _allocator(device)
+    if module is not None:
+        module.reset_peak_memory_stats(device)
+        return "run_start"
+    try:
+        with open(clear_refs, "w") as handle:  # Linux >= 4.0: "5" resets the peak RSS (VmHWM, ru_maxrss)
+            handle.write("5")
+    except OSError:
+        return "process_start"
+    return "run_start"
+
+
 def process_peak(device) -> tuple[str, float, float | None]:
     """(measure, peak GiB, reserved GiB or None) of this process on `device` (the accelerator's device): the
     allocator's counters on an accelerator, the process's peak RSS on the CPU (see the module docstring)."""
@@ -58,11 +79,13 @@ def process_peak(device) -> tuple[str, float, float | None]:
             module.max_memory_reserved(device) / GiB)
 
 
-def peak_memory_record(measure: str, device_type: str, per_rank: list[tuple[float, float | None]]) -> dict:
+def peak_memory_record(measure: str, device_type: str, per_rank: list[tuple[float, float | None]],
+                       since: str = "run_start") -> dict:
     """summary.json's peak_memory from every rank's (peak GiB, reserved GiB or None), in rank order: the maximum
-    over ranks (`gib`, `reserved_gib`), what was measured, and with several processes each rank's values."""
+    over ranks (`gib`, `reserved_gib`), what was measured, since when (reset_process_peak's answer) and with
+    several processes each rank's values."""
     record = {"gib": max(peak for peak, _ in per_rank),
-              "measure": measure, "what": MEASURES[measure].format(device=device_type)}
+              "measure": measure, "what": MEASURES[measure].format(device=device_type), "since": since}
     reserved = [r for _, r in per_rank if r is not None]
     if reserved:
         record["reserved_gib"] = max(reserved)

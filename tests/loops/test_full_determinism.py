@@ -107,3 +107,22 @@ def test_refused_where_the_run_does_not_seed_itself():
     with pytest.raises(ConfigError, match="full_determinism only applies to the runs that set their seed"):
         config_from_dict({"task": "reward", "reward_head": "multi_objective", "model_name_or_path":
                           "builtin:tiny-llama", "dataset_name": "x.jsonl", "full_determinism": True})
+
+
+def test_a_later_run_without_full_determinism_says_it_inherits_the_process_wide_setting(tmp_path, capsys,
+                                                                                        restore_determinism):
+    """A notebook: run 1 with full_determinism: true leaves torch's deterministic algorithms on (process-wide, as
+    transformers leaves them); run 2 without it ran with them silently. It now says so, and a run in a process
+    without the setting says nothing."""
+    from preflab.loops.launch import inherited_determinism_note
+
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(tok, seed=0)
+    torch.use_deterministic_algorithms(False)
+    _run(tmp_path, "plain", model, tok)
+    assert "use_deterministic_algorithms is on" not in capsys.readouterr().out
+    _run(tmp_path, "full", model, tok, full_determinism=True)
+    assert "use_deterministic_algorithms is on" not in capsys.readouterr().out  # it asked for it
+    _run(tmp_path, "after", model, tok)
+    assert capsys.readouterr().out.count(inherited_determinism_note()) == 1
+    assert torch.are_deterministic_algorithms_enabled()  # kept, as transformers keeps it

@@ -36,17 +36,54 @@ def _trainer(out: Path, n_eval_pairs: int = 0, **overrides):
 
 
 # ---------------------------------------------------------------------------------------------------- peak memory
+def _current_rss_gib() -> float:
+    """This process's resident set now (/proc/self/statm's second field, in pages)."""
+    import os
+
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GiB
+
+
 def test_cpu_run_records_the_process_peak_rss_in_gib_between_the_reads_before_and_after(tmp_path):
-    """A CPU run's peak_memory is getrusage's ru_maxrss of this very process (Linux: KiB), in GiB: a peak, so at
-    least the peak read before training and at most the peak read after train() returned. A bytes-as-KiB slip (or
-    a MiB unit) puts it 1024 times off either bound."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
-    summary = _trainer(tmp_path / "run", max_steps=2).train()
+    """A CPU run's peak_memory is getrusage's ru_maxrss of this very process (Linux: KiB), in GiB, reset when
+    train() starts (preflab.peak_memory.reset_process_peak): a peak, so at least the resident set read before
+    training and at most the peak read after train() returned. A bytes-as-KiB slip (or a MiB unit) puts it 1024
+    times off either bound."""
+    trainer = _trainer(tmp_path / "run", max_steps=2)
+    before = _current_rss_gib()
+    summary = trainer.train()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
     memory = summary["peak_memory"]
     assert memory["measure"] == "process_rss" and "whole process" in memory["what"]
+    assert memory["since"] == "run_start"
     assert before <= memory["gib"] <= after
     assert "reserved_gib" not in memory and "per_rank_gib" not in memory  # one process, no allocator
+
+
+def test_a_later_run_in_the_same_process_reports_its_own_peak_not_an_earlier_one(tmp_path):
+    """A notebook: 256 MiB held and freed before a run put the process's lifetime peak (ru_maxrss) that high; the
+    run's peak_memory is counted from its own start, so it stays below that earlier peak by most of the 256 MiB
+    (before: it reported the earlier peak, ru_maxrss being a counter since the process started)."""
+    trainer = _trainer(tmp_path / "run", max_steps=1)
+    big = torch.ones(64 * 2 ** 20)  # 256 MiB, written (resident), then returned to the system
+    del big
+    earlier_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
+    memory = trainer.train()["peak_memory"]
+    assert memory["since"] == "run_start"
+    assert memory["gib"] < earlier_peak - 0.2
+
+
+def test_the_peak_reset_uses_the_allocator_on_a_device_and_says_when_it_cannot_reset(monkeypatch, tmp_path):
+    """On an accelerator the reset is the allocator's reset_peak_memory_stats(device); on the CPU, where the
+    clear_refs write fails (macOS, a read-only /proc), the record says the peak counts from the process's start."""
+    from preflab.peak_memory import peak_memory_record, reset_process_peak
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 0)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: asked.append(d))
+    device = torch.device("cuda", 1)
+    assert reset_process_peak(device) == "run_start" and asked == [device]
+    assert reset_process_peak(torch.device("cpu"), clear_refs=str(tmp_path / "no" / "clear_refs")) == "process_start"
+    assert peak_memory_record("process_rss", "cpu", [(1.0, None)], "process_start")["since"] == "process_start"
 
 
 def test_rss_peak_bytes_reads_kib_on_linux_and_bytes_on_macos(monkeypatch):
@@ -300,3 +337,21 @@ def test_a_resume_may_change_the_two_options_with_a_note(tmp_path):
     assert "gradient_checkpointing_kwargs" in said and "torch_empty_cache_steps" in said
     with pytest.raises(ConfigError, match="beta"):
         check_saved_config(state, cfg(beta=0.2), "checkpoint-2", 1, note=notes.append)
+
+
+# ---------------------------------------------------------------------------------------- evaluate() from Python
+def test_evaluate_from_python_without_an_eval_set_is_refused_and_inside_train_logs_nothing(tmp_path):
+    """A notebook's `trainer.evaluate()` on a run built without eval_data returned {} (an evaluation that measured
+    nothing, said nowhere); it is a ConfigError naming what to give (TRL's Trainer.evaluate raises too). Inside
+    train() the same call still gives {} and the run logs no eval row; with eval_data the call gives eval_loss."""
+    from preflab.errors import ConfigError
+
+    trainer = _trainer(tmp_path / "run", max_steps=1)
+    with pytest.raises(ConfigError, match="no eval set.*eval_data=rows"):
+        trainer.evaluate()
+    summary = trainer.train()
+    assert not any(k.startswith("eval_") for k in summary["final_metrics"])
+    with pytest.raises(ConfigError, match="no eval set"):  # after train() too
+        trainer.evaluate()
+    with_eval = _trainer(tmp_path / "eval", n_eval_pairs=4, max_steps=1)
+    assert with_eval.evaluate()["eval_loss"] == pytest.approx(0.6931471805599453, abs=1e-6)  # policy == reference

@@ -57,7 +57,7 @@ from preflab.neftune_options import neftune_kind_refusal
 from preflab.objectives._panels import declared_panels
 from preflab.online_options import greedy_eval_notes
 from preflab.optimizer_options import sharded_optimizer_problem
-from preflab.peak_memory import peak_memory_record, process_peak
+from preflab.peak_memory import peak_memory_record, process_peak, reset_process_peak
 from preflab.sharding_options import sharded_activation_offload_problem
 from preflab.plugins import user_code
 from preflab.rank_agreement import ranks_agree
@@ -191,6 +191,7 @@ class TrainingRun(CallbackEvents):
                     f"from the config (this one has {self.cfg.resume_from_checkpoint!r}), which sets the run up for "
                     "it. Set it there (resume_from_checkpoint: true, or a checkpoint-N path), build the trainer "
                     "again and call train().")
+            self._inside_train = True
             return self._train()
         except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint
             err.preflab_output_dir = Path(self.cfg.output_dir)
@@ -201,12 +202,24 @@ class TrainingRun(CallbackEvents):
                 raise
             raise failure from err
         finally:
+            self._inside_train = False
             self._holds_write_failures, self._held_write_failure = False, None
             if getattr(self, "_neftune_handle", None) is not None:  # the model leaves train() as it came
                 self._neftune_handle.remove()
                 self._neftune_handle = None
             if self.accelerator.is_main_process:
                 release_output_dir(self.cfg.output_dir)
+
+    def no_eval_metrics(self) -> dict:
+        """What evaluate() gives on a run without an eval set: {} inside train() (its evaluations then log nothing),
+        a ConfigError when called from Python (a notebook's `run.evaluate()` got {} and looked like an evaluation
+        that measured nothing; TRL's Trainer.evaluate raises too)."""
+        if getattr(self, "_inside_train", False):
+            return {}
+        raise ConfigError(f"evaluate(): this {type(self).__name__} has no eval set, so there is nothing to evaluate. "
+                          "Give one when building it (eval_data=rows in Python, or eval_dataset_name / "
+                          "eval_fraction in the config), or evaluate the saved model with `preflab eval "
+                          f"{self.cfg.output_dir} --data FILE`.")
 
     def _failed_write(self, err: Exception) -> PreflabError | None:
         """What a run says of a write that failed (a full disk or a read-only folder while writing metrics, the
@@ -320,6 +333,8 @@ class TrainingRun(CallbackEvents):
         # (OnlineRun, built only to train, also refuses in its constructor: before its "before" evaluation.)
         refuse_flex_training_on_cpu(self.checkpoint_module, acc.device, self.trained_model)
         self._check_engine_can_save()
+        # this run's peak memory, not an earlier run's in the same process (a notebook: preflab.peak_memory)
+        self._peak_since = reset_process_peak(acc.device)
         refusal = neftune_kind_refusal(cfg.neftune_noise_alpha, getattr(getattr(self, "kind", None), "name", None))
         if refusal:  # an unpaired or ranked-list loss type's rows (preflab.neftune_options)
             raise ConfigError(refusal)
@@ -431,7 +446,8 @@ class TrainingRun(CallbackEvents):
         # one all-reduce per train(), which also brings every rank's peak memory so far (preflab.peak_memory) to all
         measure, peak, reserved = process_peak(acc.device)
         peaks = self._agree_on_held_writes("at the final evaluation", (peak, -1.0 if reserved is None else reserved))
-        peak_memory = peak_memory_record(measure, acc.device.type, [(p, r if r >= 0 else None) for p, r in peaks])
+        peak_memory = peak_memory_record(measure, acc.device.type, [(p, r if r >= 0 else None) for p, r in peaks],
+                                         self._peak_since)
         self._load_best_at_end()
         best = {**self.best.state_dict(), "metric_for_best_model": self.best.key} if self.best.key else {}
         summary = {"global_step": end, "timeline": self.timeline,

@@ -201,6 +201,16 @@ def enable_full_determinism(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
+def inherited_determinism_note() -> str:
+    """A run without full_determinism in a process where torch's deterministic algorithms are on: an earlier run's
+    full_determinism (process-wide, as transformers' enable_full_determinism leaves it) or the user's code. The run
+    keeps the setting, said rather than silently slower (a notebook's second run)."""
+    return ("preflab: note: torch.use_deterministic_algorithms is on in this Python process (an earlier run's "
+            "full_determinism: true, which is process-wide as in transformers, or your code), so this run "
+            "(full_determinism: false) runs with it too: slower on a GPU, and an op without a deterministic "
+            "implementation raises. Call torch.use_deterministic_algorithms(False) before the run to turn it off.")
+
+
 def make_accelerator(cfg, whole_weights: str | None = None):
     """accelerate owns devices, processes and mixed precision; the seed is set here.
 
@@ -265,6 +275,8 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     check_whole_weights(cfg, accelerator, whole_weights)
     if getattr(cfg, "full_determinism", False):
         enable_full_determinism(cfg.seed)
+    elif torch.are_deterministic_algorithms_enabled() and accelerator.is_main_process:
+        print(inherited_determinism_note(), flush=True)
     set_seed(cfg.seed)
     # every rank, before the main process writes anything: the same files read, so a refused resume stops every
     # rank with the same ConfigError (none goes on to wait for the main process in a collective)

@@ -19,6 +19,7 @@ from preflab.data.layout import bucket
 from preflab.models.attention import effective_layout, flex_training_refused
 from preflab.models.dropout import original_dropout_config
 from preflab.models.adapters import is_lora
+from preflab.rundir import release_output_dir
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
 from preflab.loops.driver import TrainingRun
@@ -75,6 +76,12 @@ def refuse_other_runner(cfg, trainer_class) -> None:
                           "from the shell with `preflab train CONFIG`.")
 
 
+def given_policy_name(policy) -> str | None:
+    """What a note calls a policy passed from Python (its class), in place of the config's model_name_or_path,
+    which then only names the run; None for a policy preflab loads (the note names model_name_or_path)."""
+    return None if policy is None else f"the policy passed from Python ({type(policy).__name__})"
+
+
 class Trainer(TrainingRun):
     """Trains `policy` on preference pairs. Models, tokenizer and data may be passed in (tests, the demo).
     train_data / eval_data: rows (a datasets.Dataset or a list of dicts, as TRL's train_dataset / eval_dataset),
@@ -88,6 +95,18 @@ class Trainer(TrainingRun):
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
                  callbacks=None):
+        """Builds the run (_build). A build that fails after output_dir was locked (make_accelerator) releases
+        this build's claim on it: a notebook's failed `Trainer(...)` left output_dir locked by the notebook's
+        process, so a `preflab train` into it from a shell was refused for as long as the notebook lived."""
+        try:
+            self._build(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
+        except BaseException:
+            accelerator = getattr(self, "accelerator", None)
+            if accelerator is not None and accelerator.is_main_process:
+                release_output_dir(cfg.output_dir)
+            raise
+
+    def _build(self, cfg: TrainConfig, policy, ref, tokenizer, train_data, eval_data, callbacks) -> None:
         from preflab.config import preflight, resolve_epoch_eval
         from preflab.loops.prepare import config_reading_rows
         from preflab.models.load import cap_max_length, max_positions, reference_positions
@@ -143,7 +162,7 @@ class Trainer(TrainingRun):
             train_data, eval_data = self._open_stream(policy, tokenizer, train_data, eval_data)
         elif train_data is None or rows_cfg is not None:
             cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
-                                              cfg.trust_remote_code))
+                                              cfg.trust_remote_code), given_policy_name(policy))
             cap_max_length(cfg, reference_positions(cfg, ref), cfg.ref_model_name_or_path)
             if rows_cfg is not None:
                 rows_cfg.max_length = cfg.max_length
@@ -175,7 +194,11 @@ class Trainer(TrainingRun):
         # reference model is the reference, LoRA or not (it was loaded and then ignored under use_peft)
         self.ref_is_base = self.lora and ref is None
         if self.objective.needs_reference and ref is None and not self.lora:
-            raise ConfigError(f"objective {cfg.loss_type!r} needs a reference model; none was given.")
+            raise ConfigError(
+                f"objective {cfg.loss_type!r} needs a reference model; none was given. A policy passed from Python "
+                "gets no reference built from it (TRL's DPOTrainer copies the model when ref_model is None): pass "
+                "ref=preflab.models.load.frozen_copy(policy) for that copy, or ref=another model; or use a "
+                "reference-free loss_type (simpo, orpo, cpo), or a LoRA policy (its base is the reference).")
         self.precompute = cfg.precompute_ref_log_probs and self.objective.needs_reference
         if hasattr(self.kind, "fix_eval_pairing"):  # unpaired: KTO's eval mismatched pairs, TRL's chunks
             self.eval_data = self.kind.fix_eval_pairing(self.eval_data, cfg)
@@ -242,7 +265,7 @@ class Trainer(TrainingRun):
 
         cfg = self.cfg
         cap_max_length(cfg, max_positions(policy if policy is not None else cfg.model_name_or_path,
-                                          cfg.trust_remote_code))
+                                          cfg.trust_remote_code), given_policy_name(policy))
         cap_max_length(cfg, reference_positions(cfg, None), cfg.ref_model_name_or_path)
         self.stream, self.data_report = open_stream(cfg, tokenizer, self.kind, rows=rows)
         if eval_data is None:
@@ -535,7 +558,7 @@ class Trainer(TrainingRun):
     def evaluate(self) -> dict:
         """Eval loss and metrics (prefixed eval_) plus ranking accuracy and log-prob drift on the eval pairs."""
         if not self.eval_data:
-            return {}
+            return self.no_eval_metrics()
         self._precompute_reference()
         from preflab.report.margins import append_pair_margins, margins_histogram_data
 

@@ -149,7 +149,7 @@ class SFTTrainer(Trainer):
         whose router loss training adds (preflab.scoring.router_loss) also gets eval_aux_loss, the router loss's
         example-weighted mean over the eval batches, and eval_loss holds router_aux_loss_coef x it, as TRL's does."""
         if not self.eval_data:
-            return {}
+            return self.no_eval_metrics()
         aux = 0.0
 
         def add_router_loss(chunk, batch) -> None:
