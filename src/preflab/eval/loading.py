@@ -220,7 +220,9 @@ def trained_architecture(path: Path, state: dict) -> tuple[dict, str] | None:
 def architecture_differences(config, saved: dict) -> list[str]:
     """'key: built value != saved value' for each architecture key (not NOT_ARCHITECTURE) where transformers config
     `config` (the model built to take a checkpoint's weights) differs from the saved config dict."""
-    built = config.to_dict()
+    import json
+
+    built = json.loads(config.to_json_string(use_diff=False))  # as saved: JSON's string keys (id2label), lists
     return [f"{k}: {built.get(k)!r} != {v!r}" for k, v in sorted(saved.items())
             if k not in NOT_ARCHITECTURE and built.get(k) != v]
 
