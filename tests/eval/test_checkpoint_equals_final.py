@@ -51,9 +51,13 @@ def _train(kind: str, tmp_path: Path) -> tuple[Path, str]:
     return tmp_path / "run", KINDS[kind]["dataset_name"]
 
 
-def _metrics(target: Path, data: str, out: Path) -> dict:
+def _eval(target: Path, data: str, out: Path) -> dict:
     assert main(["eval", str(target), "--data", data, "--limit", "6", "--out", str(out)]) == 0
-    return json.loads(out.read_text())["metrics"]
+    return json.loads(out.read_text())
+
+
+def _metrics(target: Path, data: str, out: Path) -> dict:
+    return _eval(target, data, out)["metrics"]
 
 
 @pytest.mark.parametrize("kind", ["dpo", "lora", "reward", "distill", "fspo"])
@@ -63,13 +67,21 @@ def test_the_last_checkpoint_evaluates_as_the_final_model(kind, tmp_path):
     final, data = _train(kind, tmp_path)
     checkpoint = final / "checkpoint-2"
     assert checkpoint.is_dir()
-    want = _metrics(final, data, tmp_path / "final.json")
-    assert want  # (a routed eval with no metrics would make the equality below empty)
-    assert _metrics(checkpoint, data, tmp_path / "checkpoint.json") == want
+    want = _eval(final, data, tmp_path / "final.json")
+    assert want["metrics"]  # (a routed eval with no metrics would make the equality below empty)
+    assert _metrics(checkpoint, data, tmp_path / "checkpoint.json") == want["metrics"]
+    if kind in ("dpo", "lora"):  # the run's model_name_or_path is its starting model: the reference metrics kept
+        assert want["reference_source"] == "run config (model_name_or_path)"
+        assert "reference_ranking_accuracy" in want["metrics"]
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["model_config"]["model_type"] in ("llama", "qwen2")
     if kind == "fspo":  # the architecture the recipe built, not builtin:tiny-llama's 2 layers
         assert state["model_config"]["num_hidden_layers"] == 1
+        # builtin:tiny-llama (2 layers) is not the 1-layer model the stage started from: no reference metrics from it
+        assert want["reference"] is None and "reference_ranking_accuracy" not in want["metrics"]
+        assert "reference" in want["missing"]
+        assert any("num_hidden_layers: 2 != 1" in note and "not the model the run started from" in note
+                   for note in want["notes"])
 
 
 def _strip_model_config(checkpoint: Path) -> None:

@@ -217,6 +217,14 @@ def trained_architecture(path: Path, state: dict) -> tuple[dict, str] | None:
     return None
 
 
+def saved_architecture(model) -> dict | None:
+    """A loaded model's transformers config as it is saved (JSON: string keys of id2label, lists), or None."""
+    import json
+
+    config = getattr(model, "config", None)
+    return json.loads(config.to_json_string(use_diff=False)) if hasattr(config, "to_json_string") else None
+
+
 def architecture_differences(config, saved: dict) -> list[str]:
     """'key: built value != saved value' for each architecture key (not NOT_ARCHITECTURE) where transformers config
     `config` (the model built to take a checkpoint's weights) differs from the saved config dict."""
