@@ -576,6 +576,21 @@ def model_architecture(module) -> dict | None:
     return json.loads(config.to_json_string(use_diff=False))
 
 
+# config keys that say nothing about the computation a model's weights go through (versions, names, its dtype: the
+# loader's dtype decides that, as for a final model)
+NOT_ARCHITECTURE = frozenset({"transformers_version", "dtype", "torch_dtype", "_name_or_path", "architectures",
+                              "use_cache", "_attn_implementation_autoset", "return_dict", "output_attentions",
+                              "output_hidden_states", "_commit_hash"})
+
+
+def architecture_differences(built: dict, saved: dict) -> list[str]:
+    """'key: built value != saved value' for each architecture key (not NOT_ARCHITECTURE) where `built` (the
+    model_architecture of a model built to take saved weights) differs from `saved` (the config those weights were
+    trained in: a checkpoint's "model_config", a final model's config.json)."""
+    return [f"{k}: {built.get(k)!r} != {v!r}" for k, v in sorted(saved.items())
+            if k not in NOT_ARCHITECTURE and built.get(k) != v]
+
+
 def check_weight_shapes(weights: dict, params: dict, source: str, target: str) -> None:
     """A PreflabError naming both shapes when a tensor of `weights` (from `source`) has another shape than the
     parameter of the same name in `params` (of `target`, the model built to receive it): torch's copy_ broadcasts,

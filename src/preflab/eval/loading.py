@@ -188,13 +188,6 @@ def lora_options(cfg: dict) -> dict:
     return {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in LORA_OPTIONS}
 
 
-# config keys that say nothing about the computation a model's weights go through (versions, names, its dtype: the
-# eval's `dtype` decides that, as for the final model)
-NOT_ARCHITECTURE = frozenset({"transformers_version", "dtype", "torch_dtype", "_name_or_path", "architectures",
-                              "use_cache", "_attn_implementation_autoset", "return_dict", "output_attentions",
-                              "output_hidden_states", "_commit_hash"})
-
-
 def trained_architecture(path: Path, state: dict) -> tuple[dict, str] | None:
     """(the transformers config of the model whose weights checkpoint `path` holds, where it was read), or None: the
     checkpoint's own record (trainer_state.json "model_config", preflab.checkpoint.model_architecture), else the
@@ -215,24 +208,6 @@ def trained_architecture(path: Path, state: dict) -> tuple[dict, str] | None:
         if isinstance(saved, dict) and saved.get("model_type"):
             return saved, str(final)
     return None
-
-
-def saved_architecture(model) -> dict | None:
-    """A loaded model's transformers config as it is saved (JSON: string keys of id2label, lists), or None."""
-    import json
-
-    config = getattr(model, "config", None)
-    return json.loads(config.to_json_string(use_diff=False)) if hasattr(config, "to_json_string") else None
-
-
-def architecture_differences(config, saved: dict) -> list[str]:
-    """'key: built value != saved value' for each architecture key (not NOT_ARCHITECTURE) where transformers config
-    `config` (the model built to take a checkpoint's weights) differs from the saved config dict."""
-    import json
-
-    built = json.loads(config.to_json_string(use_diff=False))  # as saved: JSON's string keys (id2label), lists
-    return [f"{k}: {built.get(k)!r} != {v!r}" for k, v in sorted(saved.items())
-            if k not in NOT_ARCHITECTURE and built.get(k) != v]
 
 
 def model_from_architecture(saved: dict, load: dict):
@@ -263,7 +238,7 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     import torch
     from safetensors.torch import load_file
 
-    from preflab.checkpoint import check_weight_shapes
+    from preflab.checkpoint import architecture_differences, check_weight_shapes, model_architecture
 
     base_name = _base_name(cfg, path)
     state = json.loads((path / "trainer_state.json").read_text())
@@ -276,7 +251,7 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
                                seed=base_seed, **load)
     built = f"the base model {base_name} (the run config's model_name_or_path)"
     trained = trained_architecture(path, state)
-    differences = architecture_differences(model.config, trained[0]) if trained else []
+    differences = architecture_differences(model_architecture(model), trained[0]) if trained else []
     if differences and cfg.get("use_peft"):
         raise PreflabError(f"{path} holds LoRA adapters trained over a model whose config ({trained[1]}) differs from "
                            f"{built}: {'; '.join(differences[:4])}. The base weights under the adapters cannot be "

@@ -66,17 +66,17 @@ def not_the_starting_model(checkpoint: str, reference: str | None, reference_sou
                            ref) -> str | None:
     """Why the default reference of `checkpoint` is dropped, or None. A run trains against its starting policy
     (run config's model_name_or_path, where no ref_model_name_or_path is named: preflab.eval.loading.run_reference);
-    when that name builds another architecture than the model the run trained (preflab.eval.loading.
+    when that name builds another architecture than the model the run trained (preflab.checkpoint.
     architecture_differences: a recipe stage trains a model it built itself, e.g. fspo's tiny_causal_lm with its own
     num_layers, under builtin:tiny-llama), it is not the model the run started from, and its log-probs would give
     reference metrics of a model the run never saw. The eval then runs without a reference (eval.json "missing"
     says which metrics), as with --no-reference."""
-    from preflab.eval.loading import architecture_differences, saved_architecture
+    from preflab.checkpoint import architecture_differences, model_architecture
 
     if ref is None or reference_source != "run config (model_name_or_path)":
         return None
-    trained = saved_architecture(policy)
-    differences = architecture_differences(ref.config, trained) if trained else []
+    trained, start = model_architecture(policy), model_architecture(ref)
+    differences = architecture_differences(start, trained) if trained and start else []
     if not differences:
         return None
     return (f"no reference: the run's model_name_or_path {reference} builds another architecture than the model "
