@@ -576,19 +576,26 @@ def model_architecture(module) -> dict | None:
     return json.loads(config.to_json_string(use_diff=False))
 
 
-# config keys that say nothing about the computation a model's weights go through (versions, names, its dtype: the
-# loader's dtype decides that, as for a final model)
+# config keys that say nothing about the computation a model's weights go through in eval (versions, names, its
+# dtype: the loader's dtype decides that, as for a final model); so are dropout rates (off in eval mode; a run with
+# disable_dropout saves them zeroed) and special token ids (a run's eos_token option rewrites eos_token_id):
+# not_architecture
 NOT_ARCHITECTURE = frozenset({"transformers_version", "dtype", "torch_dtype", "_name_or_path", "architectures",
                               "use_cache", "_attn_implementation_autoset", "return_dict", "output_attentions",
                               "output_hidden_states", "_commit_hash"})
 
 
 def architecture_differences(built: dict, saved: dict) -> list[str]:
-    """'key: built value != saved value' for each architecture key (not NOT_ARCHITECTURE) where `built` (the
+    """'key: built value != saved value' for each architecture key (not not_architecture) where `built` (the
     model_architecture of a model built to take saved weights) differs from `saved` (the config those weights were
     trained in: a checkpoint's "model_config", a final model's config.json)."""
     return [f"{k}: {built.get(k)!r} != {v!r}" for k, v in sorted(saved.items())
-            if k not in NOT_ARCHITECTURE and built.get(k) != v]
+            if not not_architecture(k) and built.get(k) != v]
+
+
+def not_architecture(key: str) -> bool:
+    """A transformers config key whose value does not change what a model computes from its weights in eval mode."""
+    return key in NOT_ARCHITECTURE or "dropout" in key or key.endswith(("_token_id", "_token_ids"))
 
 
 def check_weight_shapes(weights: dict, params: dict, source: str, target: str) -> None:

@@ -127,3 +127,39 @@ def test_a_checkpoint_of_another_shape_is_refused_not_broadcast(tmp_path):
         load_for_eval(str(path))
     with pytest.raises(PreflabError, match=shapes):
         load_checkpoint_weights(path, tiny_causal_lm(tok, seed=3))
+
+
+@pytest.mark.parametrize("kind, refused", [
+    ("lora", r"holds LoRA adapters trained over a model whose config .*model_config.* differs from the base model "
+             r"builtin:tiny-llama .*num_attention_heads: 4 != 2"),
+    ("reward", r"was trained as a reward model whose config .*model_config.* differs from the one its run config's "
+               r"base 'builtin:tiny-llama' builds: num_attention_heads: 4 != 2"),
+])
+def test_a_checkpoint_trained_in_another_architecture_than_its_base_is_refused(kind, refused, tmp_path):
+    """Where the base weights are needed under the checkpoint's (LoRA adapters) or the base is rebuilt from the run
+    config (a reward checkpoint), a recorded architecture other than the base's is refused naming both, not loaded
+    into a model of another computation (the same shapes: 2 heads of 16 instead of 4 of 8)."""
+
+    final, data = _train(kind, tmp_path)
+    file = final / "checkpoint-2" / "trainer_state.json"
+    state = json.loads(file.read_text())
+    state["model_config"]["num_attention_heads"] = 2
+    file.write_text(json.dumps(state))
+    with pytest.raises(PreflabError, match=refused):  # (ConfigError, a PreflabError, for the reward loader)
+        if kind == "reward":
+            from preflab.reward_models.heads import load_reward_checkpoint
+
+            load_reward_checkpoint(final / "checkpoint-2")
+        else:
+            load_for_eval(str(final / "checkpoint-2"))
+
+
+def test_only_what_changes_the_eval_computation_counts_as_another_architecture():
+    """Dropout rates (zeroed by disable_dropout during training, off in eval), special token ids (rewritten by the
+    eos_token option) and versions are no architecture: a LoRA checkpoint of such a run is not refused; a width is."""
+    from preflab.checkpoint import architecture_differences
+
+    built = {"hidden_size": 32, "attention_dropout": 0.1, "eos_token_id": 2, "transformers_version": "5.0.0"}
+    saved = {"hidden_size": 64, "attention_dropout": 0.0, "eos_token_id": 5, "transformers_version": "5.25.0"}
+    assert architecture_differences(built, saved) == ["hidden_size: 32 != 64"]
+    assert architecture_differences(built, {**saved, "hidden_size": 32}) == []
