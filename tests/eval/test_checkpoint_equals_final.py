@@ -163,3 +163,20 @@ def test_only_what_changes_the_eval_computation_counts_as_another_architecture()
     saved = {"hidden_size": 64, "attention_dropout": 0.0, "eos_token_id": 5, "transformers_version": "5.25.0"}
     assert architecture_differences(built, saved) == ["hidden_size: 32 != 64"]
     assert architecture_differences(built, {**saved, "hidden_size": 32}) == []
+
+
+def test_a_final_model_whose_weights_lack_its_configs_layers_is_refused(tmp_path):
+    """A model folder whose config.json says 2 layers over weights of 1 (an edited or mismatched config.json): before,
+    from_pretrained left layer 1 at random values with a log line; now the load is refused naming the keys. The same
+    folder with its own config.json loads."""
+    from preflab.errors import ConfigError
+    from preflab.models.load import load_causal_lm
+
+    tok = tiny_tokenizer("char")
+    tiny_causal_lm(tok, num_layers=1, seed=0).save_pretrained(tmp_path)
+    assert load_causal_lm(str(tmp_path)).config.num_hidden_layers == 1
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(ConfigError, match=r"weight files do not match its config.json \(missing keys: 9, e.g. "
+                                          r"model.layers.1"):
+        load_causal_lm(str(tmp_path))
