@@ -7735,6 +7735,10 @@ MUTANTS += [
     Mutant("cke-dropout-is-architecture", "checkpoint.py",
            [(' or "dropout" in key or key.endswith', " or key.endswith")], CKE_ARCH,
            "a dropout rate zeroed by disable_dropout counts as another architecture: a LoRA checkpoint is refused"),
+    Mutant("cke-loading-info-ignored", "models/load.py",
+           [("    check_loading_info(info, name, option)\n", "")],
+           [CKE + "test_a_final_model_whose_weights_lack_its_configs_layers_is_refused"],
+           "a model folder whose weights lack layers its config.json has loads with them at random values"),
 ]
 
 
