@@ -241,7 +241,12 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     from preflab.checkpoint import architecture_differences, check_weight_shapes, model_architecture
 
     base_name = _base_name(cfg, path)
-    state = json.loads((path / "trainer_state.json").read_text())
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except ValueError as err:
+        raise PreflabError(f"{path / 'trainer_state.json'} is not JSON ({err}); the checkpoint is damaged: evaluate "
+                           "another checkpoint of the run, or its final directory.") from err
+    state = state if isinstance(state, dict) else {}
     if base_name == DEMO_SFT:  # an online demo run's checkpoint: the base is the demo's SFT model
         model, own = _demo_sft(demo_sft, base_seed, f"{path} (a checkpoint of a run that started from {DEMO_SFT})")
         tok = tokenizer or own
