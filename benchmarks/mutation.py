@@ -8067,6 +8067,41 @@ MUTANTS += [
            RRW_KTO_RESUME, "a 2-process KTO checkpoint resumes on 1 process x b x accumulation 2 as if the same run"),
 ]
 
+# mutation-cke round: ckpt-eval: `preflab eval RUN/checkpoint-N` rebuilds the architecture its run trained (the
+# checkpoint's recorded model_config, else the run's config.json), refuses weights that do not fit the model built
+# (missing parameters, other shapes), and drops a default reference of another architecture than the trained model
+CKE = "tests/eval/test_checkpoint_equals_final.py::"
+CKE_FSPO = [CKE + "test_the_last_checkpoint_evaluates_as_the_final_model[fspo]"]
+CKE_OLD = [CKE + "test_a_checkpoint_without_its_architecture_reads_the_runs_config_json_else_is_refused"]
+CKE_SHAPE = [CKE + "test_a_checkpoint_of_another_shape_is_refused_not_broadcast"]
+CKE_ARCH = [CKE + "test_only_what_changes_the_eval_computation_counts_as_another_architecture"]
+MUTANTS += [
+    Mutant("cke-no-model-config", "loops/driver.py",
+           [('"model_config": model_architecture(acc.unwrap_model(self.checkpoint_module)),', '"model_config": None,')],
+           CKE_FSPO, "checkpoints record no architecture: an fspo checkpoint of a finished run is built from config.json "
+           "(same metrics) but trainer_state.json holds no model_config"),
+    Mutant("cke-missing-parameters-tolerated", "eval/loading.py",
+           [("    if missing:\n        raise PreflabError(f\"{source} lacks", "    if False:\n        raise PreflabError(f\"{source} lacks")],
+           CKE_OLD, "a 1-layer checkpoint loads into the 2-layer builtin, its second layer left random"),
+    Mutant("cke-shapes-broadcast", "checkpoint.py",
+           [("if name in params and tuple(value.shape) != tuple(params[name].shape):", "if False:")], CKE_SHAPE,
+           "a [V, 1] tensor is broadcast into a [V, 32] parameter by copy_"),
+    Mutant("cke-no-parent-config", "eval/loading.py",
+           [('    if (path.parent / "config.yaml").is_file() and final.is_file():', "    if False:")], CKE_OLD,
+           "an older checkpoint (no model_config) of a finished recipe stage is refused instead of read by its run's "
+           "config.json"),
+    Mutant("cke-other-reference-kept", "eval_cli/checkpoint.py",
+           [("    if not differences:\n        return None\n", "    return None\n")], CKE_FSPO,
+           "an fspo stage's eval takes the 2-layer builtin:tiny-llama as the reference of its 1-layer model"),
+    Mutant("cke-dropout-is-architecture", "checkpoint.py",
+           [(' or "dropout" in key or key.endswith', " or key.endswith")], CKE_ARCH,
+           "a dropout rate zeroed by disable_dropout counts as another architecture: a LoRA checkpoint is refused"),
+    Mutant("cke-loading-info-ignored", "models/load.py",
+           [("    check_loading_info(info, name, option)\n", "")],
+           [CKE + "test_a_final_model_whose_weights_lack_its_configs_layers_is_refused"],
+           "a model folder whose weights lack layers its config.json has loads with them at random values"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

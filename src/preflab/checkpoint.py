@@ -8,7 +8,10 @@ checkpoint-<step>/ holds
     rng-rank<r>.*          written on several processes (DDP): every rank's own RNG states, which part ways as soon as
                            the ranks draw different amounts (CUDA dropout on batches of other shapes, a user's code);
                            rank r restores its own on the same world size (rank_rng_name), the main rank's otherwise
-    trainer_state.json     global step, scheduler state, the metrics history position, the config, the timeline
+    trainer_state.json     global step, scheduler state, the metrics history position, the config, the timeline,
+                           and "model_config": the checkpointed model's transformers config (model_architecture), so
+                           a checkpoint is rebuilt as the model that was trained (a recipe's own tiny model, not the
+                           builtin its stage config names)
     COMPLETE               written last: every other file's size and sha256; a directory without it is never picked
 Each file is fsynced, then the marker, then the directory; the folder is written under a temporary name and
 renamed into place. Replacing an existing checkpoint-<step> (after a rollback) renames the old one aside, renames
@@ -561,9 +564,53 @@ def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
              "the model files in output_dir are each whole, from before it or from it.")
 
 
+def model_architecture(module) -> dict | None:
+    """The transformers config (as a JSON dict) of the model whose trainable parameters a checkpoint holds: a PEFT
+    model's base model's; None for a module with no transformers config (a diffusion run's trainables). Recorded in
+    trainer_state.json ("model_config") so that `preflab eval RUN/checkpoint-N` builds the architecture the run trained,
+    whatever its config's model_name_or_path says (a recipe stage trains its own model under a builtin name)."""
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    config = getattr(base, "config", None)
+    if config is None or not hasattr(config, "to_json_string"):
+        return None
+    return json.loads(config.to_json_string(use_diff=False))
+
+
+# config keys that say nothing about the computation a model's weights go through in eval (versions, names, its
+# dtype: the loader's dtype decides that, as for a final model); so are dropout rates (off in eval mode; a run with
+# disable_dropout saves them zeroed) and special token ids (a run's eos_token option rewrites eos_token_id):
+# not_architecture
+NOT_ARCHITECTURE = frozenset({"transformers_version", "dtype", "torch_dtype", "_name_or_path", "architectures",
+                              "use_cache", "_attn_implementation_autoset", "return_dict", "output_attentions",
+                              "output_hidden_states", "_commit_hash"})
+
+
+def architecture_differences(built: dict, saved: dict) -> list[str]:
+    """'key: built value != saved value' for each architecture key (not not_architecture) where `built` (the
+    model_architecture of a model built to take saved weights) differs from `saved` (the config those weights were
+    trained in: a checkpoint's "model_config", a final model's config.json)."""
+    return [f"{k}: {built.get(k)!r} != {v!r}" for k, v in sorted(saved.items())
+            if not not_architecture(k) and built.get(k) != v]
+
+
+def not_architecture(key: str) -> bool:
+    """A transformers config key whose value does not change what a model computes from its weights in eval mode."""
+    return key in NOT_ARCHITECTURE or "dropout" in key or key.endswith(("_token_id", "_token_ids"))
+
+
+def check_weight_shapes(weights: dict, params: dict, source: str, target: str) -> None:
+    """A PreflabError naming both shapes when a tensor of `weights` (from `source`) has another shape than the
+    parameter of the same name in `params` (of `target`, the model built to receive it): torch's copy_ broadcasts,
+    so a [1, 32] tensor would silently fill a [4, 32] parameter."""
+    for name, value in weights.items():
+        if name in params and tuple(value.shape) != tuple(params[name].shape):
+            raise PreflabError(f"{source} holds {name} of shape {tuple(value.shape)}, but {target} has it of shape "
+                               f"{tuple(params[name].shape)}: the weights were trained in another architecture.")
+
+
 def _checked_weights(path: Path, model) -> tuple[dict, dict]:
     """(the checkpoint's model.safetensors, model's parameters by name); a PreflabError when a trainable parameter
-    of model is not in the file."""
+    of model is not in the file, the file holds one the model lacks, or one of another shape."""
     weights = load_file(str(path / "model.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -573,6 +620,7 @@ def _checked_weights(path: Path, model) -> tuple[dict, dict]:
     if unknown:
         raise PreflabError(f"checkpoint {path} holds {len(unknown)} tensor(s) the model does not have, e.g. "
                            f"{unknown[0]} (another model, or other LoRA settings?).")
+    check_weight_shapes(weights, params, f"checkpoint {path}", "the model")
     return weights, params
 
 

@@ -110,10 +110,12 @@ def test_load_for_eval_builds_builtin_demo_sft_with_the_builder_its_caller_passe
     (tmp_path / "run" / "config.yaml").write_text("task: online\nmodel_name_or_path: builtin:demo-sft\nseed: 7\n")
     (ckpt / "trainer_state.json").write_text("{}")
     base = tiny_causal_lm(tok, hidden_size=32, seed=7).state_dict()
-    moved = {k: v + 1.0 for k, v in base.items() if k.endswith("norm.weight")}
+    # every trained parameter (a checkpoint lacking one is refused), the norms moved off the base
+    moved = {k: v + 1.0 if k.endswith("norm.weight") else v for k, v in base.items()}
     save_file(moved, str(ckpt / "model.safetensors"))
     with pytest.raises(PreflabError, match=re.escape(f"loading {ckpt} (a checkpoint of a run that started from "
                                                      "builtin:demo-sft) needs the online demo's SFT model")):
         load_for_eval(str(ckpt))
     loaded = load_for_eval(str(ckpt), demo_sft=demo_sft)[0].state_dict()
-    assert calls == [4, 7] and moved and all(torch.equal(loaded[k], moved.get(k, v)) for k, v in base.items())
+    assert calls == [4, 7] and all(torch.equal(loaded[k], moved[k]) for k in base)
+    assert not torch.equal(moved["model.norm.weight"], base["model.norm.weight"])

@@ -188,12 +188,65 @@ def lora_options(cfg: dict) -> dict:
     return {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in LORA_OPTIONS}
 
 
+def trained_architecture(path: Path, state: dict) -> tuple[dict, str] | None:
+    """(the transformers config of the model whose weights checkpoint `path` holds, where it was read), or None: the
+    checkpoint's own record (trainer_state.json "model_config", preflab.checkpoint.model_architecture), else the
+    config.json its run's final model saved beside config.yaml one level up (checkpoints of an older preflab: the
+    same model, trained on). The run config's model_name_or_path does not decide it: a recipe stage trains a model it
+    built itself (fspo's tiny_causal_lm with its own hidden_size and num_layers) under builtin:tiny-llama."""
+    import json
+
+    saved = state.get("model_config")
+    if isinstance(saved, dict) and saved.get("model_type"):
+        return saved, f"{path / 'trainer_state.json'} (model_config)"
+    final = path.parent / "config.json"
+    if (path.parent / "config.yaml").is_file() and final.is_file():
+        try:
+            saved = json.loads(final.read_text())
+        except ValueError as err:
+            raise PreflabError(f"{final} is not JSON ({err}); it is the run's saved model config: restore it.") from err
+        if isinstance(saved, dict) and saved.get("model_type"):
+            return saved, str(final)
+    return None
+
+
+def model_from_architecture(saved: dict, load: dict):
+    """A causal LM built (random weights, to be overwritten) from saved transformers config dict `saved`, in the
+    eval's dtype and init_kwargs (load: load_causal_lm's)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from preflab.models.load import _init_kwargs
+
+    options = {k: v for k, v in saved.items() if k not in ("model_type", "transformers_version")}
+    config = AutoConfig.for_model(saved["model_type"], **options)
+    kwargs = _init_kwargs(load.get("init_kwargs"), load.get("dtype") or "float32")
+    if kwargs.get("dtype") == "auto":
+        kwargs.pop("dtype")
+    return AutoModelForCausalLM.from_config(config, **kwargs)
+
+
 def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, trust_remote_code: bool, demo_sft,
                          load: dict, base_seed: int):
+    """A checkpoint's model: its base (model_name_or_path, seeded as the run built it), or, where the checkpoint's
+    recorded architecture (trained_architecture) differs from that base, a model built from the recorded config (a
+    full fine-tune's checkpoint holds every parameter, so the base's own weights are not needed); its parameters
+    loaded over it. Every trainable parameter of the rebuilt model must be in model.safetensors, with the same shape,
+    and nothing else may be: otherwise a PreflabError names the weights file and the model built (before, a recipe's
+    1-layer model's checkpoint was loaded into the 2-layer builtin:tiny-llama, its second layer left random)."""
+    import json
+
     import torch
     from safetensors.torch import load_file
 
+    from preflab.checkpoint import architecture_differences, check_weight_shapes, model_architecture
+
     base_name = _base_name(cfg, path)
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except ValueError as err:
+        raise PreflabError(f"{path / 'trainer_state.json'} is not JSON ({err}); the checkpoint is damaged: evaluate "
+                           "another checkpoint of the run, or its final directory.") from err
+    state = state if isinstance(state, dict) else {}
     if base_name == DEMO_SFT:  # an online demo run's checkpoint: the base is the demo's SFT model
         model, own = _demo_sft(demo_sft, base_seed, f"{path} (a checkpoint of a run that started from {DEMO_SFT})")
         tok = tokenizer or own
@@ -201,18 +254,36 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
         model = load_causal_lm(base_name, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, tokenizer=tok,
                                seed=base_seed, **load)
+    built = f"the base model {base_name} (the run config's model_name_or_path)"
+    trained = trained_architecture(path, state)
+    differences = architecture_differences(model_architecture(model), trained[0]) if trained else []
+    if differences and cfg.get("use_peft"):
+        raise PreflabError(f"{path} holds LoRA adapters trained over a model whose config ({trained[1]}) differs from "
+                           f"{built}: {'; '.join(differences[:4])}. The base weights under the adapters cannot be "
+                           "rebuilt; evaluate the run's final directory, or point model_name_or_path in its "
+                           "config.yaml at the model it trained.")
+    if differences:
+        model = model_from_architecture(trained[0], load)
+        built = f"the model of {trained[1]} (it differs from {base_name}: {'; '.join(differences[:4])})"
     if cfg.get("use_peft"):  # the checkpoint holds the adapters (peft's names): rebuild them as training did
         from preflab.models.load import add_lora, lora_extras
 
         lora = lora_options(cfg)
         model = add_lora(model, int(lora["lora_r"]), int(lora["lora_alpha"]), float(lora["lora_dropout"]),
                          lora["lora_target_modules"], **lora_extras(lora))
-    weights = load_file(str(path / "model.safetensors"))
+    source = path / "model.safetensors"
+    weights = load_file(str(source))
     params = dict(model.named_parameters())
     unknown = [k for k in weights if k not in params]
     if unknown:
-        raise PreflabError(f"{path}/model.safetensors has parameters the base model {base_name} lacks, e.g. "
-                           f"{unknown[0]}; was the run trained from another model?")
+        raise PreflabError(f"{source} has {len(unknown)} parameter(s) that {built} lacks, e.g. {unknown[0]}; was "
+                           "the run trained from another model?")
+    missing = [k for k, p in params.items() if p.requires_grad and k not in weights]
+    if missing:
+        raise PreflabError(f"{source} lacks {len(missing)} parameter(s) of {built}, e.g. {missing[0]}: loading it "
+                           "would leave them at the base's values, which the run did not train. The run trained "
+                           "another architecture; evaluate its final directory (its config.json says which).")
+    check_weight_shapes(weights, params, str(source), built)
     with torch.no_grad():
         for key, value in weights.items():
             params[key].copy_(value)

@@ -8,6 +8,7 @@ loading, the run's beta and training data notes, and eval.json.
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +62,29 @@ def demo_training_prompts(cfg: dict):
                         split="train", prompts_only=True)
 
 
+def not_the_starting_model(checkpoint: str, reference: str | None, reference_source: str | None, policy,
+                           ref) -> str | None:
+    """Why the default reference of `checkpoint` is dropped, or None. A run trains against its starting policy
+    (run config's model_name_or_path, where no ref_model_name_or_path is named: preflab.eval.loading.run_reference);
+    when that name builds another architecture than the model the run trained (preflab.checkpoint.
+    architecture_differences: a recipe stage trains a model it built itself, e.g. fspo's tiny_causal_lm with its own
+    num_layers, under builtin:tiny-llama), it is not the model the run started from, and its log-probs would give
+    reference metrics of a model the run never saw. The eval then runs without a reference (eval.json "missing"
+    says which metrics), as with --no-reference."""
+    from preflab.checkpoint import architecture_differences, model_architecture
+
+    if ref is None or reference_source != "run config (model_name_or_path)":
+        return None
+    trained, start = model_architecture(policy), model_architecture(ref)
+    differences = architecture_differences(start, trained) if trained and start else []
+    if not differences:
+        return None
+    return (f"no reference: the run's model_name_or_path {reference} builds another architecture than the model "
+            f"{checkpoint} holds ({'; '.join(differences[:4])}), so it is not the model the run started from (a "
+            "recipe stage trains a model it built itself); its reference metrics are left out. Pass --reference DIR "
+            "(the starting model) for them.")
+
+
 def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
                         options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
                         trust_remote_code: bool = False, reference_source: str | None = None,
@@ -86,6 +110,10 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     if reference:
         ref, _ = load_policy(reference, tokenizer=tokenizer, allow_pickle=allow_pickle,
                              trust_remote_code=trust_remote_code, seed=seed)
+    not_the_start = not_the_starting_model(checkpoint, reference, reference_source, policy, ref)
+    if not_the_start:
+        print(f"preflab: note: {not_the_start}", file=sys.stderr)
+        ref, reference = None, None
     device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = policy.to(device)
     ref = ref.to(device) if ref is not None else None
@@ -95,7 +123,8 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     if "num_completions" in result:  # unpaired rows (preflab.eval.unpaired): the beta notes name what they measure
         run_notes = eval_beta(opts.beta, cfg, unpaired=True)[1]
     trained_on = training_data_note(data, cfg, result.get("split") or "train")
-    result["notes"] = run_notes + ([trained_on] if trained_on else []) + result["notes"]
+    result["notes"] = run_notes + ([trained_on] if trained_on else []) + ([not_the_start] if not_the_start else []) \
+        + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,
               "reference_source": reference_source if reference else None, **data_fields(data), "device": str(device),
               "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")

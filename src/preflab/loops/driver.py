@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from preflab.checkpoint import (load_checkpoint, refuse_model_only, resume_checkpoint, rng_parts, save_checkpoint,
-                                share_run_files, what_is_kept, write_failure, write_timeline)
+from preflab.checkpoint import (load_checkpoint, model_architecture, refuse_model_only, resume_checkpoint, rng_parts,
+                                save_checkpoint, share_run_files, what_is_kept, write_failure, write_timeline)
 from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
@@ -810,6 +810,8 @@ class TrainingRun(CallbackEvents):
                  "data_fingerprint": self.data_fingerprint(), "user_code": user_code(self.cfg.to_dict()),
                  # the positions max_length was capped at (models.load.cap_max_length): a resume caps alike
                  "model_positions": getattr(self.cfg, "model_positions", None),
+                 # the trained model's own architecture: its eval rebuilds this, not model_name_or_path's
+                 "model_config": model_architecture(acc.unwrap_model(self.checkpoint_module)),
                  **self.checkpoint_record(), **checkpoint_identity()}
         if is_sharded(acc):
             self._check_sharded_extras()

@@ -348,13 +348,31 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
     check_weights_safe(name, allow_pickle)
     check_not_a_reward_model(name, option)
     try:
-        return mark_loaded(AutoModelForCausalLM.from_pretrained(
-            name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True, **kwargs))
+        model, info = AutoModelForCausalLM.from_pretrained(
+            name, trust_remote_code=trust_remote_code, use_safetensors=None if allow_pickle else True,
+            output_loading_info=True, **kwargs)
     except SafetensorError as err:  # a truncated or damaged .safetensors file: a traceback from the Rust reader
         raise ConfigError(f"{option}={name!r} could not be loaded: a weights file is damaged or incomplete "
                           f"({_first_line(err)}); save or download the model again.") from err
     except (OSError, ValueError) as err:
         raise ConfigError(f"{option}={name!r} could not be loaded ({_first_line(err)}).") from err
+    check_loading_info(info, name, option)
+    return mark_loaded(model)
+
+
+def check_loading_info(info: dict, name: str, option: str) -> None:
+    """A ConfigError naming the model and the keys when from_pretrained reports weights missing from the files (it
+    leaves those parameters at random initial values, with a log line only), weights the model has no place for, or
+    weights of another shape: the files are not this architecture's (a truncated or edited model.safetensors, a
+    config.json of another model)."""
+    problems = {k: sorted(map(str, info.get(k) or ()))
+                for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        said = "; ".join(f"{k.replace('_', ' ')}: {len(v)}, e.g. {v[0]}" for k, v in problems.items())
+        raise ConfigError(f"{option}={name!r}: its weight files do not match its config.json ({said}); the model "
+                          "would run with parameters at random values or dropped. Save or download the model again, "
+                          "or restore the config.json its weights were saved with.")
 
 
 def check_lora_targets(model: nn.Module, target_modules) -> None:

@@ -293,13 +293,31 @@ def load_reward_checkpoint(path, trust_remote_code: bool = False) -> nn.Module:
     model = build_reward_model(str(base), num_outputs, tokenizer, dtype=cfg.get("load_dtype") or "float32",
                                trust_remote_code=trust_remote_code, seed=run_seed(cfg),
                                init_kwargs=cfg.get("model_init_kwargs"))
+    _check_trained_architecture(path, model, base)
     if cfg.get("use_peft"):  # the checkpoint holds the adapters and the head: merged over the base, as at save
         return _merged_lora_checkpoint(path, model, weights, cfg, info)
     _copy_weights(weights, dict(model.named_parameters()),
                   f"{path}/model.safetensors does not match the base model {base!r} with a {num_outputs}-output head",
-                  "was the run trained from another model?")
+                  "was the run trained from another model?", path / "model.safetensors")
     set_reward_config(model, info or {"head": "bt", "tau": 1.0})
     return model
+
+
+def _check_trained_architecture(path: Path, model: nn.Module, base) -> None:
+    """A ConfigError naming both when the reward model rebuilt from the run config's base differs in architecture
+    from the one checkpoint `path` was trained as (its trainer_state.json "model_config": preflab.checkpoint.
+    model_architecture): its weights would run through another computation (a recipe that trains a reward model it
+    built itself under a builtin name). A checkpoint without that record (an older preflab) is not checked here; its
+    names and shapes still are (_copy_weights)."""
+    from preflab.checkpoint import architecture_differences, model_architecture
+
+    state = json.loads((path / "trainer_state.json").read_text())
+    trained = state.get("model_config") if isinstance(state, dict) else None
+    differences = architecture_differences(model_architecture(model), trained) if isinstance(trained, dict) else []
+    if differences:
+        raise ConfigError(f"{path} was trained as a reward model whose config ({path / 'trainer_state.json'}, "
+                          f"model_config) differs from the one its run config's base {base!r} builds: "
+                          f"{'; '.join(differences[:4])}; evaluate the final run directory (its config.json).")
 
 
 def _bt_info_of_run(cfg: dict) -> dict:
@@ -311,13 +329,17 @@ def _bt_info_of_run(cfg: dict) -> dict:
     return BTHead(tau=float(tau), center_rewards_coefficient=cfg.get("center_rewards_coefficient")).to_config()
 
 
-def _copy_weights(weights: dict, params: dict, mismatch: str, hint: str) -> None:
+def _copy_weights(weights: dict, params: dict, mismatch: str, hint: str, source: Path) -> None:
     """A checkpoint's tensors copied into the model's parameters of the same names, in place; a ConfigError
-    (`mismatch`, the names only one side has, then `hint`) when the two sets of names differ."""
+    (`mismatch`, the names only one side has, then `hint`) when the two sets of names differ; a PreflabError naming
+    both shapes when a tensor's shape differs (preflab.checkpoint.check_weight_shapes: copy_ would broadcast it)."""
     if set(weights) != set(params):
         extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
         raise ConfigError(f"{mismatch} (only in the checkpoint: {extra[:2]}, only in the model: {missing[:2]}); "
                           f"{hint}")
+    from preflab.checkpoint import check_weight_shapes
+
+    check_weight_shapes(weights, params, str(source), "the reward model rebuilt from the run's config")
     with torch.no_grad():
         for key, value in weights.items():
             params[key].copy_(value)
@@ -335,7 +357,8 @@ def _merged_lora_checkpoint(path: Path, model: nn.Module, weights: dict, cfg: di
     params = {k.replace(".modules_to_save.default.", "."): p for k, p in peft_model.named_parameters()
               if p.requires_grad}
     _copy_weights(weights, params, f"{path}/model.safetensors does not match the LoRA adapters of the run's config",
-                  "was the run trained with other lora_* options? Evaluate the final run directory.")
+                  "was the run trained with other lora_* options? Evaluate the final run directory.",
+                  path / "model.safetensors")
     merged = peft_model.merge_and_unload()
     set_reward_config(merged, info or {"head": "bt", "tau": 1.0})
     return merged
