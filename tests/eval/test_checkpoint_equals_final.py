@@ -180,3 +180,22 @@ def test_a_final_model_whose_weights_lack_its_configs_layers_is_refused(tmp_path
     with pytest.raises(ConfigError, match=r"weight files do not match its config.json \(missing keys: 9, e.g. "
                                           r"model.layers.1"):
         load_causal_lm(str(tmp_path))
+
+
+def test_a_model_whose_files_hold_extra_tensors_loads_them_left_out_with_a_note(tmp_path, capsys):
+    """Tensors the model has no place for (a value head saved beside the language model, as TRL's value-head
+    models write it) change no parameter the run uses: the model loads with every weight of its files, and a note
+    names the extra tensors (they are not refused, as missing or reshaped weights are)."""
+    from safetensors.torch import load_file, save_file
+
+    from preflab.models.load import load_causal_lm
+
+    tok = tiny_tokenizer("char")
+    tiny_causal_lm(tok, num_layers=1, seed=0).save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    save_file({**weights, "v_head.summary.weight": torch.ones(1, 4)}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt"})
+    loaded = load_causal_lm(str(tmp_path)).state_dict()
+    assert set(weights) <= set(loaded) and all(torch.equal(loaded[k], v) for k, v in weights.items())
+    out = capsys.readouterr().out
+    assert "hold 1 tensor(s) the model has no place for (e.g. v_head.summary.weight)" in out

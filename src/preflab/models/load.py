@@ -362,17 +362,23 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
 
 def check_loading_info(info: dict, name: str, option: str) -> None:
     """A ConfigError naming the model and the keys when from_pretrained reports weights missing from the files (it
-    leaves those parameters at random initial values, with a log line only), weights the model has no place for, or
-    weights of another shape: the files are not this architecture's (a truncated or edited model.safetensors, a
-    config.json of another model)."""
-    problems = {k: sorted(map(str, info.get(k) or ()))
-                for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    leaves those parameters at random initial values, with a log line only) or weights of another shape: the files
+    are not this architecture's (a truncated or edited model.safetensors, a config.json of another model). Weights
+    the model has no place for (unexpected keys: a value head or extra prediction layers saved beside the language
+    model) change no parameter the run uses, so they get a note naming them rather than a refusal."""
+    problems = {k: sorted(map(str, info.get(k) or ())) for k in ("missing_keys", "mismatched_keys")}
     problems = {k: v for k, v in problems.items() if v}
     if problems:
         said = "; ".join(f"{k.replace('_', ' ')}: {len(v)}, e.g. {v[0]}" for k, v in problems.items())
         raise ConfigError(f"{option}={name!r}: its weight files do not match its config.json ({said}); the model "
                           "would run with parameters at random values or dropped. Save or download the model again, "
                           "or restore the config.json its weights were saved with.")
+    unused = sorted(map(str, info.get("unexpected_keys") or ()))
+    if unused and is_main_process():
+        print(f"preflab: note: {option}={name!r}: its weight files hold {len(unused)} tensor(s) the model has no "
+              f"place for (e.g. {unused[0]}); they are not loaded (a value head or extra layers saved beside the "
+              "language model). If the model should use them, its config.json is not the one they were saved with.",
+              flush=True)
 
 
 def check_lora_targets(model: nn.Module, target_modules) -> None:
