@@ -3,6 +3,7 @@ the max over ranks carried by the end-of-run agreement), train_<unit>_per_second
 two options that were noted and not applied before: torch_empty_cache_steps (preflab.loops.device_cache) and
 gradient_checkpointing_kwargs (preflab.checkpointing_options). The 2-process peak_memory is checked in
 tests/loops/test_ddp_cli_launch.py's shared launch."""
+import gc
 import resource
 import sys
 from pathlib import Path
@@ -49,13 +50,15 @@ def test_cpu_run_records_the_process_peak_rss_in_gib_between_the_reads_before_an
     training and at most the peak read after train() returned. A bytes-as-KiB slip (or a MiB unit) puts it 1024
     times off either bound."""
     trainer = _trainer(tmp_path / "run", max_steps=2)
+    gc.collect()  # earlier tests' garbage freed now, not between this read and train()'s reset
     before = _current_rss_gib()
     summary = trainer.train()
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB
     memory = summary["peak_memory"]
     assert memory["measure"] == "process_rss" and "whole process" in memory["what"]
     assert memory["since"] == "run_start"
-    assert before <= memory["gib"] <= after
+    # 0.9: memory the allocator hands back between the read and train()'s reset; a unit slip is 1024 times off
+    assert 0.9 * before <= memory["gib"] <= after
     assert "reserved_gib" not in memory and "per_rank_gib" not in memory  # one process, no allocator
 
 
