@@ -494,7 +494,8 @@ def test_ld_alpha_outside_zero_one_is_refused_for_every_trl_loss_type(loss_type,
 
 
 @pytest.mark.parametrize("over,said", [({}, True), ({"label_smoothing": 0.0}, True), ({"label_smoothing": 0.1}, False),
-                                       ({"loss_type": ["robust"]}, True), ({"loss_type": "sigmoid"}, False)])
+                                       ({"loss_type": ["robust"]}, True), ({"loss_type": "sigmoid"}, False),
+                                       ({"objective_params": {"label_smoothing": 0.1}}, False)])
 def test_robust_without_label_smoothing_says_it_trains_exactly_dpo(capsys, over, said):
     """rDPO at eps = 0 is DPO's loss exactly (asserted below on a batch): a note at config check says so, not a
     refusal (TRL trains it silently); with a flip rate, or another loss_type, no note."""

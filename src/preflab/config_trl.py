@@ -959,8 +959,9 @@ def _label_smoothing(raw: dict, notes: list) -> None:
     old meaning (the one a config that sets it wants) under its own name, cdpo, and says so."""
     loss = raw.get("loss_type", "sigmoid")
     single = loss[0] if isinstance(loss, list) and len(loss) == 1 else loss
-    if single in ("robust", "robust_dpo") and raw.get("label_smoothing", 0) in (0, 0.0):
-        notes.append(ROBUST_WITHOUT_EPS)
+    params = raw.get("objective_params") if isinstance(raw.get("objective_params"), dict) else {}
+    if single in ("robust", "robust_dpo") and raw.get("label_smoothing", params.get("label_smoothing", 0)) in (0, 0.0):
+        notes.append(ROBUST_WITHOUT_EPS)  # eps as a top-level key or in objective_params
     if "label_smoothing" not in raw:
         return
     if single != "sigmoid":
