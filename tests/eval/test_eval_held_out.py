@@ -89,3 +89,9 @@ def test_a_run_with_an_eval_dataset_or_no_eval_fraction_is_refused_with_what_to_
     assert "and got neither" in capsys.readouterr().err
     assert _eval(run, "--held-out", "--task", "reward") == 2  # a routed task reads --data only
     assert "does not use --held-out" in capsys.readouterr().err
+    assert _eval(run, "--task", "reward") == 2  # neither: a routed task names --data
+    assert "preflab eval --task reward needs --data (the held-out rows to evaluate)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"a task: sft run\. Pass --data with held-out rows"):
+        held_out_rows({**cfg, "task": "sft"}, "RUN")
+    with pytest.raises(ConfigError, match=r"RUN has none; pass --data with held-out pairs"):
+        held_out_rows({}, "RUN")
