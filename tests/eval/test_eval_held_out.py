@@ -95,3 +95,6 @@ def test_a_run_with_an_eval_dataset_or_no_eval_fraction_is_refused_with_what_to_
         held_out_rows({**cfg, "task": "sft"}, "RUN")
     with pytest.raises(ConfigError, match=r"RUN has none; pass --data with held-out pairs"):
         held_out_rows({}, "RUN")
+    with pytest.raises(ConfigError, match=r"RUN's objective reads the row columns \['similarity'\] and it skipped "
+                                          r"bad rows \(on_bad_row: skip\)"):
+        held_out_rows({**cfg, "loss_type": "sem_dpo"}, "RUN")

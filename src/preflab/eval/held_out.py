@@ -32,6 +32,26 @@ def refuse_no_held_out(cfg: dict, run: str) -> None:
     if cfg.get("task") not in (None, "dpo"):
         raise ConfigError(f"--held-out rebuilds the preference pairs a DPO-family run held out; {run} is a "
                           f"task: {cfg.get('task')} run. Pass --data with held-out rows.")
+    extras = run_row_extras(cfg)
+    if extras and cfg.get("on_bad_row") == "skip":
+        raise ConfigError(f"--held-out: {run}'s objective reads the row columns {extras} and it skipped bad rows "
+                          "(on_bad_row: skip), so a row skipped for one of them shifted its split, which --held-out "
+                          "(reading preference pairs as the overlap check does) cannot rebuild; pass --data with "
+                          "held-out pairs.")
+
+
+def run_row_extras(cfg: dict) -> list[str]:
+    """The row columns the run's loss_type requires of every training row (Objective.row_extras, which
+    preflab.loops.prepare checks while reading): a row without them was skipped under on_bad_row: skip. A user's
+    objective class (file.py:Class) is not loaded here: none assumed."""
+    from preflab.objectives import objective_class, resolve_name
+
+    names = cfg.get("loss_type") or "sigmoid"
+    extras: set[str] = set()
+    for name in names if isinstance(names, list) else [names]:
+        if isinstance(name, str) and ":" not in name:
+            extras |= set(objective_class(resolve_name(name)).row_extras())
+    return sorted(extras)
 
 
 def held_out_rows(cfg: dict, run: str = "the run") -> tuple[list[dict], str]:
