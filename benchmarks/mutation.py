@@ -8103,6 +8103,23 @@ MUTANTS += [
 ]
 
 
+# mutation-ehd round: `preflab eval RUN --held-out` (exactly the rows eval_fraction held out, by the run's own split)
+# and the note on loss_type robust without label_smoothing
+EHD_HELD_OUT = ["tests/eval/test_eval_held_out.py", "-k", "own_final_eval_metrics"]
+EHD_ROBUST = ["tests/test_config_trl.py", "-k", "robust_without_label_smoothing"]
+MUTANTS += [
+    Mutant("ehd-held-out-is-kept-rows", "eval/held_out.py",
+           [("        held.extend(out)\n", "        held.extend(kept[:len(out)])\n")],
+           EHD_HELD_OUT, "--held-out evaluates as many training rows as were held out: other metrics than the run's"),
+    Mutant("ehd-held-out-ids-shifted", "eval/held_out.py",
+           [("    ids = {r.row_id for r in held}\n", "    ids = {r.row_id - 1 for r in held}\n")],
+           EHD_HELD_OUT, "the raw rows picked one source row early (as a split counting the skipped bad row would)"),
+    Mutant("ehd-robust-no-note", "config_trl.py",
+           [("        notes.append(ROBUST_WITHOUT_EPS)", "        pass")],
+           EHD_ROBUST, "loss_type robust without label_smoothing trains DPO silently again"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

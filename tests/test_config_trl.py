@@ -491,3 +491,22 @@ def test_ld_alpha_outside_zero_one_is_refused_for_every_trl_loss_type(loss_type,
     it itself; a list or another loss type is checked by the LD wrapper (preflab.objectives._ld)."""
     with pytest.raises(ConfigError, match=rf"ld_alpha must be a number in \[0, 1\], got {ld_alpha}"):
         config_from_dict({**BASE, "loss_type": loss_type, "ld_alpha": ld_alpha}).objective()
+
+
+@pytest.mark.parametrize("over,said", [({}, True), ({"label_smoothing": 0.0}, True), ({"label_smoothing": 0.1}, False),
+                                       ({"loss_type": ["robust"]}, True), ({"loss_type": "sigmoid"}, False),
+                                       ({"objective_params": {"label_smoothing": 0.1}}, False)])
+def test_robust_without_label_smoothing_says_it_trains_exactly_dpo(capsys, over, said):
+    """rDPO at eps = 0 is DPO's loss exactly (asserted below on a batch): a note at config check says so, not a
+    refusal (TRL trains it silently); with a flip rate, or another loss_type, no note."""
+    from preflab.config_trl import ROBUST_WITHOUT_EPS
+
+    cfg = config_from_dict({**BASE, "loss_type": "robust", **over})
+    err = capsys.readouterr().err
+    assert (f"preflab: note: {ROBUST_WITHOUT_EPS}" in err) is said
+    assert ROBUST_WITHOUT_EPS.startswith("loss_type robust without label_smoothing (its label flip rate eps, "
+                                         "default 0) trains exactly DPO (sigmoid)")
+    if said:
+        batch = _batch()
+        dpo = config_from_dict(BASE).objective()
+        assert torch.allclose(cfg.objective()(batch).losses, dpo(batch).losses, atol=1e-7)

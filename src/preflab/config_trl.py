@@ -948,13 +948,22 @@ def _model_kwargs(raw: dict, errors: list) -> None:
         raw["model_init_kwargs"] = kwargs or None
 
 
+# rDPO's loss at flip rate eps = 0 is DPO's -log sigmoid(z) exactly (preflab.objectives.robust_dpo; TRL 1.16 trains
+# loss_type robust with its default label_smoothing 0.0 the same, without a word)
+ROBUST_WITHOUT_EPS = ("loss_type robust without label_smoothing (its label flip rate eps, default 0) trains exactly "
+                      "DPO (sigmoid): set label_smoothing to the flip rate you assume (Chowdhury et al. 2024 use 0.1).")
+
+
 def _label_smoothing(raw: dict, notes: list) -> None:
     """TRL <= 0.28: loss_type sigmoid with label_smoothing eps is cDPO; TRL >= 0.29 ignores it. preflab keeps the
     old meaning (the one a config that sets it wants) under its own name, cdpo, and says so."""
-    if "label_smoothing" not in raw:
-        return
     loss = raw.get("loss_type", "sigmoid")
     single = loss[0] if isinstance(loss, list) and len(loss) == 1 else loss
+    params = raw.get("objective_params") if isinstance(raw.get("objective_params"), dict) else {}
+    if single in ("robust", "robust_dpo") and raw.get("label_smoothing", params.get("label_smoothing", 0)) in (0, 0.0):
+        notes.append(ROBUST_WITHOUT_EPS)  # eps as a top-level key or in objective_params
+    if "label_smoothing" not in raw:
+        return
     if single != "sigmoid":
         return  # robust, exo_pair, ... take label_smoothing themselves
     eps = raw["label_smoothing"]

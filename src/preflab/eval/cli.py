@@ -45,6 +45,8 @@ def refuse_unread_options(args, task: str) -> None:
         raise ConfigError(f"preflab eval --task {task} does not use {names} (it reads {reads}, --data-config, "
                           f"--data-columns, --out); remove "
                           f"{'it' if len(unread) == 1 else 'them'}.")
+    if getattr(args, "data", "") is None:  # --held-out rebuilds a DPO-family run's pairs only (the policy eval)
+        raise ConfigError(f"preflab eval --task {task} needs --data (the held-out rows to evaluate).")
     refuse_out_of_range(args, TASK_READS[task])
 
 

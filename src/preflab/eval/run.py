@@ -635,7 +635,7 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
         return None
     fraction = cfg.get("eval_fraction") or 0
     held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {run_seed(cfg)}) were not "
-            "trained on" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
+            "trained on (--held-out instead of --data evaluates exactly those)" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
     held_split = cfg.get("eval_split") if cfg.get("eval_dataset_name") and _same_data(data, cfg["eval_dataset_name"]) \
         else None  # the run's eval set is another split of this data (TRL's dataset_test_split)
     instead = (f"give --split {held_split}, the split the run evaluated on" if held_split and held_split != split
@@ -767,12 +767,13 @@ def _hold_out_pairs(train, fraction: float, seed: int) -> list:
     return train
 
 
-def policy_training_rows(cfg: dict) -> TrainingRows:
+def policy_training_rows(cfg: dict, hold_out=None) -> TrainingRows:
     """The training rows of a run the policy eval evaluates: a DPO-family run's preference pairs (load_rows of
     dataset_name / dataset_split, less the rows eval_fraction held out: _hold_out_pairs), or an online run's
     prompts (task: online, online_task: dataset: its prompt rows, less those eval_fraction held out as
     train_and_eval does; online_task: demo's built-in prompts are read by preflab.eval_cli, which may import the
-    demo)."""
+    demo). hold_out: what keeps a DPO-family run's training rows instead of _hold_out_pairs (preflab.eval.held_out
+    passes the same data.holdout.hold_out_rows and also keeps the rows it holds out)."""
     from preflab.data.rows import load_rows
 
     if cfg.get("task") == "sft":
@@ -783,7 +784,8 @@ def policy_training_rows(cfg: dict) -> TrainingRows:
                                                                     on_bad_row="skip"),
                                  holds="prompt rows", prompts_only=True)
     return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="pairwise",
-                                                                on_bad_row="skip"), hold_out=_hold_out_pairs)
+                                                                on_bad_row="skip"),
+                             hold_out=hold_out or _hold_out_pairs)
 
 
 def _sft_sequences(source, split: str, cfg: dict):

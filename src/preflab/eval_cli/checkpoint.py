@@ -88,14 +88,15 @@ def not_the_starting_model(checkpoint: str, reference: str | None, reference_sou
 def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out: str | None = None,
                         options: EvalOptions | None = None, reward_fn=None, judge=None, allow_pickle: bool = False,
                         trust_remote_code: bool = False, reference_source: str | None = None,
-                        seed: int | None = None) -> dict:
+                        seed: int | None = None, data_record: dict | None = None) -> dict:
     """Load `checkpoint` (and `reference`), evaluate on `data` (with --data-config: a ConfiguredSource,
     preflab.eval.run.eval_data), write eval.json (into the checkpoint directory, or
     to `out`: a .json path or a directory). Returns the eval.json dict with its "path". reference_source: where
     the reference came from, recorded in eval.json (the CLI: "--reference" or "run config (<key>)"). seed: the seed
     of the builtin models built here (a builtin reference, a builtin policy or base): `preflab eval --seed`; None:
     the run's saved seed, else TrainConfig's default, the seed `preflab train` built them with
-    (preflab.models.run_config.run_seed)."""
+    (preflab.models.run_config.run_seed). data_record: eval.json's record of the data where `data` is rows
+    the caller rebuilt (--held-out), instead of data_fields(data)."""
     from preflab import __version__
     from preflab.models.run_config import run_seed
     from preflab.models.run_config import run_config
@@ -126,7 +127,7 @@ def evaluate_checkpoint(checkpoint: str, data, reference: str | None = None, out
     result["notes"] = run_notes + ([trained_on] if trained_on else []) + ([not_the_start] if not_the_start else []) \
         + result["notes"]
     result = {"checkpoint": str(checkpoint), "reference": reference,
-              "reference_source": reference_source if reference else None, **data_fields(data), "device": str(device),
+              "reference_source": reference_source if reference else None, **(data_record or data_fields(data)), "device": str(device),
               "beta_source": "--beta" if opts.beta is not None else ("run config" if beta == cfg.get("beta")
                                                                      and cfg.get("task") != "sft" else "default"),
               **result, "runtime_s": time.perf_counter() - started, "preflab": __version__}

@@ -32,7 +32,11 @@ def register(sub) -> None:
                     "extra_responses (a list of further responses per prompt, for the dispersion metrics).",
     )
     p.add_argument("checkpoint", help="run directory saved by `preflab train` (or checkpoint-<step>)")
-    p.add_argument("--data", required=True, help="held-out pairs: .jsonl/.json/.parquet/.csv/.arrow, a directory or hub name")
+    p.add_argument("--data", help="held-out pairs: .jsonl/.json/.parquet/.csv/.arrow, a directory or hub name "
+                   "(or --held-out)")
+    p.add_argument("--held-out", action="store_true",
+                   help="instead of --data: exactly the rows the run's eval_fraction held out of its training data, "
+                        "rebuilt from its config.yaml as it split them (default batch: its per_device_eval_batch_size)")
     p.add_argument("--data-config", metavar="NAME",
                    help="configuration of --data (datasets' name, TRL's dataset_config: load_dataset(DATA, NAME)): a "
                         "hub dataset's, or one a local folder's README.md declares under `configs:`; every --task")
@@ -162,6 +166,7 @@ def run(args) -> int:
         raise PreflabError("--task distill is run by preflab.loops.distill_eval.eval_task (through the preflab "
                            "command).")
     import sys
+    from dataclasses import replace
 
     from preflab.eval.cli import COUNTS, format_summary, refuse_out_of_range
     from preflab.eval.run import EvalOptions, eval_columns, eval_data, run_generation_length, run_truncation
@@ -170,6 +175,9 @@ def run(args) -> int:
     from preflab.eval_cli.checkpoint import evaluate_checkpoint, reward_model_fn
 
     refuse_out_of_range(args, ("confidence", *COUNTS))  # the counts and --confidence, as every eval task
+    if bool(args.data) == bool(getattr(args, "held_out", False)):
+        raise ConfigError("preflab eval needs --data (held-out pairs) or --held-out (the rows the run's eval_fraction "
+                          "held out), " + ("not both." if args.data else "and got neither."))
     if getattr(args, "user_embeddings", None):
         raise ConfigError("--user-embeddings gives a ppd diffusion run's user embeddings (--task diffusion); the "
                           f"policy eval (--task {args.task}) does not read it. Remove it.")
@@ -204,13 +212,49 @@ def run(args) -> int:
                        keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards,
                        judge=judge_label(args))
     # with --data-config: its configuration; with the run's dataset_columns (or --data-columns): its columns renamed
-    data = eval_data(args.data, getattr(args, "data_config", None), eval_columns(args))
+    data, record = eval_data(held_out_or_data(args), getattr(args, "data_config", None), eval_columns(args)), None
+    if args.held_out:
+        opts = replace(opts, batch_size=held_out_batch(args))
+        record = {"data": "--held-out", "held_out_of": data_name_of_run(args.checkpoint)}
     result = evaluate_checkpoint(args.checkpoint, data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
-                                 reference_source=source, seed=args.seed)
+                                 reference_source=source, seed=args.seed, data_record=record)
     print(format_summary(result))
     return 0
+
+
+def held_out_or_data(args):
+    """--data as given, or with --held-out the raw rows the run's eval_fraction held out (preflab.eval.held_out),
+    said in a note."""
+    if not args.held_out:
+        return args.data
+    import sys
+
+    from preflab.eval.held_out import held_out_rows
+    from preflab.models.run_config import run_config
+
+    rows, said = held_out_rows(run_config(args.checkpoint), args.checkpoint)
+    print(f"preflab: note: {said}", file=sys.stderr)
+    return rows
+
+
+def held_out_batch(args) -> int:
+    """The pairs per forward pass with --held-out: --batch-size when given, else the run's
+    per_device_eval_batch_size (the batch its eval_* metrics were computed with), else --batch-size's default."""
+    from preflab.models.run_config import run_config
+
+    if getattr(args, "batch_size_given", False):
+        return args.batch_size
+    return int(run_config(args.checkpoint).get("per_device_eval_batch_size") or args.batch_size)
+
+
+def data_name_of_run(checkpoint: str) -> str | None:
+    """The run's dataset_name (config.yaml), which --held-out rows come from (eval.json's "held_out_of")."""
+    from preflab.models.run_config import run_config
+
+    name = run_config(checkpoint).get("dataset_name")
+    return None if name is None else str(name)
 
 
 BUILTIN_REWARD_FNS = ("demo_true_reward", "demo_echo_reward")
