@@ -33,8 +33,9 @@ SLOW_FILES_SECONDS = {
     "tests/report/test_report_recipe_runs.py": 25,
     "tests/loops/test_optimizers.py": 20,
     "tests/loops/test_optim_bnb.py": 35,  # one 2-process launch (adamw_8bit under DDP) and the bitsandbytes import
-    "tests/loops/test_scale_matrix.py": 45,  # 3 launches (the LoRA reward run shares test_deepspeed_multiprocess's;
-    # the FSDP2 one also runs test_vlm_ref_cache's 2-process run and test_resume_verify's damaged FSDP2 checkpoints)
+    "tests/loops/test_scale_matrix.py": 50,  # 3 launches (the LoRA reward run shares test_deepspeed_multiprocess's;
+    # the FSDP2 one also runs test_fsdp2's, test_vlm_ref_cache's 2-process runs and test_resume_verify's damaged
+    # FSDP2 checkpoints)
     "tests/online/test_recipes.py": 43,
     "tests/diffusion/test_demo_diffusion.py": 37,
     "tests/diffusion/test_diffusion_run.py": 20,
