@@ -48,7 +48,6 @@ SLOW_FILES_SECONDS = {
     "tests/loops/test_trainer.py": 15,
     "tests/vlm/test_demo_vlm.py": 14,
     "tests/loops/test_multiprocess.py": 13,
-    "tests/loops/test_fsdp2.py": 12,
     "tests/perf/test_flex_attention.py": 12,
     "tests/online/test_rloo_recipe.py": 12,
     "tests/loops/test_spo_degree_combinations.py": 11,
