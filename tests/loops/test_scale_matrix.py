@@ -1,9 +1,9 @@
 """The guarantee matrix of docs/scaling.md (run kind x engine), for the cells no other test covers: each run
 kind launched on 2 CPU processes (gloo) through the shipped examples/accelerate configs against one process with the
 same global batch, and a stop + resume on 2 processes against the straight run. Several runs share one launch
-(tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_fsdp2's test below,
-test_deepspeed_multiprocess), SFT under DDP (test_ddp_cli_launch), online DPO and diffusion under DDP
-(tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py), a LoRA reward model under ZeRO-2
+(tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_deepspeed_multiprocess;
+under FSDP2: the test moved here from test_fsdp2), SFT under DDP (test_ddp_cli_launch), online DPO and diffusion
+under DDP (tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py), a LoRA reward model under ZeRO-2
 (test_deepspeed_multiprocess: its run shares the ZeRO-2 launch at batch 4 there). The FSDP2 launch also runs
 test_fsdp2's tiny DPO runs (tests/loops/fsdp_run.py), the VLM run with a precomputed reference (moved from
 tests/vlm/test_vlm_ref_cache.py) and tests/loops/resume_verify_run.py's damaged-checkpoint resumes (moved from
