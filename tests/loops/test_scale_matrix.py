@@ -356,7 +356,8 @@ def _fsdp_weights(out: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch, launched):
+def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch,
+                                                                                          launched):
     """examples/accelerate/fsdp2.yaml on 2 CPU processes x batch 4 against 1 process x batch 8 (tiny llama DPO,
     4 steps, cosine schedule):
     - losses and final weights equal to 1e-6 (measured: 6e-8; float32, another reduction order);

@@ -2,7 +2,8 @@
 (preflab.data.vision.vision_pairs_fingerprint). Cached runs train exactly like a reference forward every step; rows
 with the same text and other images never share values; a second run / resume reads the file, a changed image or
 processor setting misses it; sharded scoring gives each row its own value. (The 2-process FSDP2 run with the cache,
-test_two_fsdp2_processes_with_cache_equal_one_process_without, is in tests/loops/test_scale_matrix.py's FSDP2 launch.)"""
+test_two_fsdp2_processes_with_cache_equal_one_process_without, is in tests/loops/test_scale_matrix.py's FSDP2
+launch.)"""
 import copy
 import json
 import shutil
