@@ -23,17 +23,19 @@ SLOW_FILES_SECONDS = {
     # (test_environment_factory's, test_environment_no_dataset's, test_environment_no_prompt's, test_tool_calling's)
     "tests/online/test_environment_factory.py": 15,  # TRL's GRPOTrainer built once
     "tests/loops/test_distill_run.py": 20,
-    "tests/loops/test_ddp_cli_launch.py": 70,  # one DDP launch of 6 `preflab train` runs (the 2-process runs of
-    # test_streaming's, test_spo_degree_run's, test_distill_run's, test_diffusion_run's and test_best_model's tests
-    # and a user's objective by path), test_trainer's and test_ref_cache's tiny runs, test_hub_push's upload run,
-    # test_best_model's 2 extras runs and test_grpo_clip_extrema's step, then each 1-process run
-    "tests/loops/test_resume_verify.py": 30,
+    "tests/loops/test_ddp_cli_launch.py": 75,  # one DDP launch of 7 `preflab train` runs (the 2-process runs of
+    # test_streaming's, test_spo_degree_run's, test_distill_run's, test_diffusion_run's, test_accelerate_configs'
+    # and test_best_model's tests and a user's objective by path), test_trainer's and test_ref_cache's tiny runs,
+    # test_hub_push's upload run, test_best_model's 2 extras runs, test_grpo_clip_extrema's step and
+    # test_resume_verify's damaged DDP checkpoint, then each 1-process run
     "tests/report/test_report_every_trainer.py": 25,
     "tests/online/test_resume_every_trainer.py": 25,
     "tests/report/test_report_recipe_runs.py": 25,
     "tests/loops/test_optimizers.py": 20,
     "tests/loops/test_optim_bnb.py": 35,  # one 2-process launch (adamw_8bit under DDP) and the bitsandbytes import
-    "tests/loops/test_scale_matrix.py": 35,  # 3 launches (the LoRA reward run shares test_deepspeed_multiprocess's)
+    "tests/loops/test_scale_matrix.py": 50,  # 3 launches (the LoRA reward run shares test_deepspeed_multiprocess's;
+    # the FSDP2 one also runs test_fsdp2's, test_vlm_ref_cache's 2-process runs and test_resume_verify's damaged
+    # FSDP2 checkpoints)
     "tests/online/test_recipes.py": 43,
     "tests/diffusion/test_demo_diffusion.py": 37,
     "tests/diffusion/test_diffusion_run.py": 20,
@@ -45,9 +47,7 @@ SLOW_FILES_SECONDS = {
     "tests/online/test_rso.py": 16,
     "tests/loops/test_trainer.py": 15,
     "tests/vlm/test_demo_vlm.py": 14,
-    "tests/loops/test_accelerate_configs.py": 13,
     "tests/loops/test_multiprocess.py": 13,
-    "tests/loops/test_fsdp2.py": 12,
     "tests/perf/test_flex_attention.py": 12,
     "tests/online/test_rloo_recipe.py": 12,
     "tests/loops/test_spo_degree_combinations.py": 11,

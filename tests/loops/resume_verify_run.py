@@ -1,6 +1,9 @@
-"""Damaged checkpoints resumed on 2 ranks, in one launch (tests/loops/test_resume_verify.py):
+"""Damaged checkpoints resumed on 2 ranks (tests/loops/test_ddp_cli_launch.py's and tests/loops/test_scale_matrix.py's
+resume-verify tests): `damaged_resumes(OUT, MODE)`, run by tests/loops/scale_matrix_run.py's `resume_verify` mode in
+the shared launches, or alone:
     accelerate launch --config_file examples/accelerate/fsdp2.yaml --num_processes 2 \
         tests/loops/resume_verify_run.py OUT [fsdp2]
+With fsdp2:
 1. trains 2 steps (tiny_run) with checkpoint-1 and checkpoint-2;
 2. "shard": rank 1's model shard of checkpoint-2 changed (same size), resumed by path;
 3. "shared": the shard put back, optimizer.json changed (read by both ranks), resumed by path;
@@ -8,10 +11,13 @@
 With `ddp` instead of fsdp2 (launched with examples/accelerate/ddp.yaml): full-tensor checkpoints, and one case,
 "model": checkpoint-2's model.safetensors changed, resumed by path.
 Every rank writes OUT/rank<r>.json: per case, the error it got, the checkpoint files it hashed (preflab's file_sha256
-wrapped) and the files DCP read on it (HuggingFaceStorageReader.read_data wrapped).
+wrapped) and the files DCP read on it (HuggingFaceStorageReader.read_data wrapped). Both wrappers are put back when
+the cases end (the shared launch's next runs see the plain functions); the process group is kept open between the
+runs (fsdp_run.keep_process_group) and left open for the launch script to close.
 """
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch.distributed as dist
@@ -27,7 +33,10 @@ SHARD, SHARED = "model/shard-00002-model-00001-of-00001.safetensors", "optimizer
 RUN = dict(per_device_train_batch_size=4, max_steps=2, lr_scheduler_type="cosine", warmup_steps=1)
 
 
-def spy(record: dict) -> None:
+@contextmanager
+def spying(record: dict):
+    """ck.file_sha256 and HuggingFaceStorageReader.read_data wrapped to note into record what they hash and read;
+    the originals are put back on leaving."""
     sha256, read_data = ck.file_sha256, HuggingFaceStorageReader.read_data
 
     def hashing(path):
@@ -41,6 +50,10 @@ def spy(record: dict) -> None:
         return read_data(self, plan, planner)
 
     ck.file_sha256, HuggingFaceStorageReader.read_data = hashing, reading
+    try:
+        yield record
+    finally:
+        ck.file_sha256, HuggingFaceStorageReader.read_data = sha256, read_data
 
 
 def change(file: Path, old: bytes | None = None, new: bytes | None = None) -> bytes:
@@ -52,19 +65,15 @@ def change(file: Path, old: bytes | None = None, new: bytes | None = None) -> by
     return data
 
 
-if __name__ == "__main__":
-    out = Path(sys.argv[1])
-    mode = sys.argv[2] if len(sys.argv) > 2 else "fsdp2"
+def damaged_resumes(out: Path, mode: str = "fsdp2") -> None:
+    """The cases of the module docstring for mode "fsdp2" or "ddp"; each rank writes OUT/rank<r>.json."""
     keep_process_group()
     run(out, save_steps=1, **RUN)
     rank, main = dist.get_rank(), dist.get_rank() == 0
     ckpt = out / "checkpoint-2"
-    record = {"checkpoint": ckpt, "hashed": [], "read": set()}
-    spy(record)
-    results = {}
-    originals = {}
+    results, originals = {}, {}
 
-    def case(name, before, **overrides):
+    def case(record, name, before, **overrides):
         if main:
             before()
         dist.barrier()
@@ -78,14 +87,18 @@ if __name__ == "__main__":
                          "read": sorted(record["read"])}
         dist.barrier()
 
-    if mode == "ddp":
-        case("model", lambda: change(ckpt / "model.safetensors"), resume_from_checkpoint=str(ckpt))
-        (out / f"rank{rank}.json").write_text(json.dumps(results))
-        close_process_group()  # the failed resume skipped end_training: a live group can abort at exit
-        sys.exit(0)
-    case("shard", lambda: originals.update(shard=change(ckpt / SHARD)), resume_from_checkpoint=str(ckpt))
-    case("shared", lambda: ((ckpt / SHARD).write_bytes(originals["shard"]),
-                            change(ckpt / SHARED, b"0.9", b"0.8")), resume_from_checkpoint=str(ckpt))
-    case("fallback", lambda: change(ckpt / SHARD), resume_from_checkpoint=True, save_steps=0)
+    with spying({"checkpoint": ckpt, "hashed": [], "read": set()}) as record:
+        if mode == "ddp":
+            case(record, "model", lambda: change(ckpt / "model.safetensors"), resume_from_checkpoint=str(ckpt))
+        else:
+            case(record, "shard", lambda: originals.update(shard=change(ckpt / SHARD)),
+                 resume_from_checkpoint=str(ckpt))
+            case(record, "shared", lambda: ((ckpt / SHARD).write_bytes(originals["shard"]),
+                                            change(ckpt / SHARED, b"0.9", b"0.8")), resume_from_checkpoint=str(ckpt))
+            case(record, "fallback", lambda: change(ckpt / SHARD), resume_from_checkpoint=True, save_steps=0)
     (out / f"rank{rank}.json").write_text(json.dumps(results))
-    close_process_group()
+
+
+if __name__ == "__main__":
+    damaged_resumes(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "fsdp2")
+    close_process_group()  # a failed resume skipped end_training: a live group can abort at exit

@@ -13,6 +13,11 @@ other tests that share a launch. Runs are separated by `--`; each is MODE OUT_DI
     hub_push OUT          the tiny run with push_to_hub (hub_strategy checkpoint, 4 steps, saves at 2 and 4), with
                           huggingface_hub.HfApi replaced by tests/test_hub_push.py's recorder (no network), restored
                           after: OUT/hub-calls-rank<R>.json, the names of the HfApi calls this rank made
+    fsdp    OUT k=v ...   tests/loops/fsdp_run.py's main (the tiny run under FSDP2, OUT/facts.json; with resume_into=
+                          and precompute_into=, its resumed and precomputing runs after it)
+    resume_verify OUT ENGINE  tests/loops/resume_verify_run.py's damaged-checkpoint resumes (ENGINE: ddp or fsdp2,
+                          as the launch's config): OUT/rank<R>.json; its spies on hashing and DCP reads are put back
+                          after
 
     accelerate launch --config_file examples/accelerate/zero2.yaml --num_processes 2 \
         tests/loops/scale_matrix_run.py online OUT1 trainer=grpo save_steps=2 -- online OUT2 ... resume_from_checkpoint=..
@@ -74,6 +79,14 @@ def run(mode: str, out: str, args: list[str]) -> None:
         write_best_extras(Path(out), *args)
     elif mode == "hub_push":
         write_hub_calls(Path(out))
+    elif mode == "fsdp":
+        from fsdp_run import main as fsdp_main
+
+        fsdp_main([out, *args])
+    elif mode == "resume_verify":
+        from resume_verify_run import damaged_resumes
+
+        damaged_resumes(Path(out), *args)
     else:
         sys.exit(f"unknown mode {mode!r}")
     write_after_train(Path(out))

@@ -1,10 +1,9 @@
-"""examples/accelerate/: the shipped configs load, DDP on CPU equals one process, and DeepSpeed without its package
+"""examples/accelerate/: the shipped configs load, DDP on CPU equals one process (that test,
+test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch, runs in tests/loops/test_ddp_cli_launch.py's
+shared launch), and DeepSpeed without its package
 stops before any model loads, naming the setting (FSDP2 on CPU and the other refusals: test_fsdp2.py)."""
 import importlib.util
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,6 @@ from preflab.loops import launch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "examples/accelerate"
-COMMON = ["eval_fraction=0", "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true", "max_steps=3",
-          "lr_scheduler_type=constant", "warmup_steps=0"]
 
 
 @pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp2", "FSDP"), ("zero2", "DEEPSPEED"),
@@ -145,42 +142,6 @@ def test_zero3_init_flag_that_does_not_fit_the_stage_is_said(tmp_path, monkeypat
                                "does not apply: under DeepSpeed ZeRO-3") and "Set zero3_init_flag: true" in notes[0]
     assert "applies to DeepSpeed ZeRO-3 only; this run is ZeRO-2" in notes[1] and \
         "Set zero3_init_flag: false" in notes[1]
-
-
-def _rows(out):
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.slow
-def test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, accelerate_launch):
-    """examples/accelerate/ddp.yaml, 2 CPU processes (gloo) x batch 4 vs 1 process x batch 8, task: sft with
-    packing: same losses to 1e-5 and the same final weights to 1e-5 (float32 all-reduce order); the final model
-    reloads in plain transformers."""
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
-    preflab = shutil.which("preflab")
-    two, one = tmp_path / "two", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--config_file", str(CONFIGS / "ddp.yaml"), "--num_processes", "2", preflab, "train",
-                            str(ROOT / "examples/sft.yaml"), f"output_dir={two}", "per_device_train_batch_size=4",
-                            "packing=true", *COMMON)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
-    from preflab.cli import main
-
-    assert main(["train", str(ROOT / "examples/sft.yaml"), f"output_dir={one}", "per_device_train_batch_size=8",
-                 "packing=true", *COMMON]) == 0
-    got, want = _rows(two), _rows(one)
-    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-5)
-    a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
-    for key in b:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
-    reloaded = AutoModelForCausalLM.from_pretrained(two)
-    torch.testing.assert_close(reloaded.state_dict()["model.embed_tokens.weight"], b["model.embed_tokens.weight"],
-                               rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("lora", [False, True])

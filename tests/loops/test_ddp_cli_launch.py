@@ -7,7 +7,8 @@ and tests/loops/tiny_run.py's tiny DPO run (from tests/loops/test_trainer.py; wi
 tests/perf/test_ref_cache.py), and GRPO's clip extrema step on each rank (from
 tests/objectives/test_grpo_clip_extrema.py), a tiny run uploading to a recorded hub (from tests/test_hub_push.py),
 and load_best_model_at_end runs (examples/quickstart.yaml, and the runs with checkpoint extras; from
-tests/loops/test_best_model.py). Their
+tests/loops/test_best_model.py), examples/sft.yaml with packing (from tests/loops/test_accelerate_configs.py), and a
+resume from a damaged checkpoint (from tests/loops/test_resume_verify.py). Their
 2-process runs share one launch (tests/loops/scale_matrix_run.py's `cli` and `tiny` runs, one after another in the
 same two processes, each into its own folder; each `preflab train` seeds itself from its config, the tiny run from its
 own seed; PREFLAB_CACHE_DIR a folder of the launch's own, empty at the start): a launch costs a launcher and two
@@ -48,6 +49,9 @@ DIFFUSION = ["task=diffusion", "loss_type=diffusion_dpo", "beta=200", "resolutio
 BEST_COMMON = ["eval_fraction=0.25", "eval_steps=1", "save_steps=1", "save_total_limit=1", "logging_steps=1",
                "disable_tqdm=true", "max_steps=6", "load_best_model_at_end=true", "learning_rate=1.0",
                "warmup_steps=0"]  # test_best_model's quickstart run (the two processes' and the one process's)
+SFT_PACKED = [str(ROOT / "examples/sft.yaml"), "packing=true", "eval_fraction=0", "eval_steps=0", "save_steps=0",
+              "logging_steps=1", "disable_tqdm=true", "max_steps=3", "lr_scheduler_type=constant",
+              "warmup_steps=0"]  # test_accelerate_configs' DDP run (the two processes' and the one process's)
 
 
 def _streaming_runs(d: Path) -> list:
@@ -140,6 +144,10 @@ LAUNCHED = {
         ["cli", d / "two", str(ROOT / "examples/quickstart.yaml"), *BEST_COMMON]],
     **{f"test_two_processes_restore_the_best_checkpoints_extras_on_every_rank[{name}]":
        (lambda d, name=name: [["best_extras", d / "two", name]]) for name in EXTRA_OBJECTIVES},
+    "test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch": lambda d: [
+        ["cli", d / "two", *SFT_PACKED, "per_device_train_batch_size=4"]],
+    # last: its cases end in refused resumes (tests/loops/resume_verify_run.py)
+    "test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint": lambda d: [["resume_verify", d / "run", "ddp"]],
 }
 if importlib.util.find_spec("trl") is None:  # the GRPO extrema test skips itself (TRL is its oracle)
     del LAUNCHED["test_grpo_low_min_high_max_on_two_processes_equal_trls_gathered"]
@@ -439,3 +447,45 @@ def test_two_processes_restore_the_best_checkpoints_extras_on_every_rank(name, l
     for rank in (0, 1):
         final = load_file(str(run / f"extras-rank{rank}.safetensors"))
         assert final.keys() == best.keys() and all(torch.equal(final[k], best[k]) for k in best), rank
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint(launched):
+    """DDP (examples/accelerate/ddp.yaml, 2 gloo processes): both ranks load every file; each file is hashed by one
+    of them (together: every file of COMPLETE), and a changed model.safetensors stops both with the same error.
+    (Moved from tests/loops/test_resume_verify.py to join the launch: scale_matrix_run.py's `resume_verify` run,
+    tests/loops/resume_verify_run.py's ddp case.)"""
+    out = launched("test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint") / "run"
+    ranks = [json.loads((out / f"rank{r}.json").read_text())["model"] for r in (0, 1)]
+    ckpt = out / "checkpoint-2"
+    assert ranks[0]["error"] == ranks[1]["error"]
+    assert f"the sha256 of {ckpt / 'model.safetensors'} differs" in ranks[0]["error"]
+    hashed = ranks[0]["hashed"] + ranks[1]["hashed"]
+    assert sorted(hashed) == sorted(json.loads((ckpt / "COMPLETE").read_text())["files"])  # once each
+    assert ranks[0]["hashed"] and ranks[1]["hashed"]
+
+
+@pytest.mark.slow
+def test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, launched):
+    """examples/accelerate/ddp.yaml, 2 CPU processes (gloo) x batch 4 vs 1 process x batch 8, task: sft with
+    packing: same losses to 1e-5 and the same final weights to 1e-5 (float32 all-reduce order); the final model
+    reloads in plain transformers. (Moved from tests/loops/test_accelerate_configs.py to join the launch, where it
+    launched the `preflab` console script: here `preflab train` is scale_matrix_run.py's `cli` run, the
+    preflab.cli.main the console script calls.)"""
+    from transformers import AutoModelForCausalLM
+
+    from preflab.cli import main
+
+    two, one = launched("test_ddp_config_two_processes_equal_one_process_with_the_same_global_batch") / "two", \
+        tmp_path / "one"
+    assert json.loads((two / "summary.json").read_text())["environment"]["world_size"] == 2
+    assert main(["train", *SFT_PACKED, f"output_dir={one}", "per_device_train_batch_size=8"]) == 0
+    rows = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    got, want = rows(two), rows(one)
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-5)
+    a, b = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
+    reloaded = AutoModelForCausalLM.from_pretrained(two)
+    torch.testing.assert_close(reloaded.state_dict()["model.embed_tokens.weight"], b["model.embed_tokens.weight"],
+                               rtol=0, atol=1e-5)

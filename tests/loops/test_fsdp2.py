@@ -1,11 +1,11 @@
 """FSDP2 on CPU (gloo, 2 processes) through accelerate's own FSDP2 path: equal to one process with the same global
 batch, sharded checkpoints (torch distributed checkpointing, safetensors) that resume exactly on the same world size
 and reshard to one process, a gathered final model plain transformers loads, a sharded frozen reference; and the
-settings that cannot run stop before anything loads (issue 16, items 3 and 4)."""
+settings that cannot run stop before anything loads (issue 16, items 3 and 4). The 2-process run
+(test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model) is in
+tests/loops/test_scale_matrix.py's FSDP2 launch."""
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,112 +21,6 @@ from preflab.resume_check import saved_config_on_this_world
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 FSDP2 = ROOT / "examples/accelerate/fsdp2.yaml"
-RUN = ["max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1"]
-
-
-def _launch(launch, out, *args, cache=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "PREFLAB_CACHE_DIR": str(cache)}
-    env.pop("WORLD_SIZE", None)
-    cmd = launch("--config_file", str(FSDP2), "--num_processes", "2", str(HERE / "fsdp_run.py"), str(out),
-                 "per_device_train_batch_size=4", *RUN, *args)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-def _steps(out):
-    return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
-
-
-def _weights(out):
-    from safetensors.torch import load_file
-
-    return load_file(out / "model.safetensors")
-
-
-@pytest.mark.slow
-def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch,
-                                                                                          accelerate_launch):
-    """examples/accelerate/fsdp2.yaml on 2 CPU processes x batch 4 against 1 process x batch 8 (tiny llama DPO,
-    4 steps, cosine schedule):
-    - losses and final weights equal to 1e-6 (measured: 6e-8; float32, another reduction order);
-    - stop at the step-2 checkpoint and resume on 2 processes: the same losses, grad norms and final weights,
-      bit for bit;
-    - the same checkpoint resumed by one plain process (DCP reshards 2 -> 1) equals the 1-process run to 1e-6;
-    - the checkpoint is sharded safetensors (no pickle) under the COMPLETE marker; the final model is one
-      save_pretrained folder that plain transformers loads;
-    - the reference is sharded like the policy (each rank holds half of it), frozen, gradient-free and not in the
-      optimizer;
-    - precomputed reference log-probs over 33 pairs (rank 0: 3 batches, rank 1: 2; the sharded reference's forwards
-      run in lockstep) equal the 1-process ones to 1e-6, under the same cache key (the sharded fingerprint is the
-      full model's)."""
-    from preflab.checkpoint import verify_checkpoint
-
-    sys.path.insert(0, str(HERE))
-    from tiny_run import run
-
-    full, resumed, one, one_resumed = (tmp_path / n for n in ("full", "resumed", "one", "one_resumed"))
-    pre_two, pre_one = tmp_path / "pre_two", tmp_path / "pre_one"
-    # the resumed and the precomputing runs follow in the same processes
-    _launch(accelerate_launch, full, "save_steps=2", f"resume_into={resumed}", "resume_step=2",
-            f"precompute_into={pre_two}", cache=tmp_path / "cache_two")
-    summary = json.loads((full / "summary.json").read_text())["environment"]
-    assert (summary["world_size"], summary["distributed_type"], summary["backend"]) == (2, "FSDP", "gloo")
-    facts = json.loads((full / "facts.json").read_text())
-    assert facts["engine"] and facts["policy_dtensor"] and facts["policy_in_optimizer"]
-    assert facts["optimizer_size"] == facts["policy_size"]
-    assert facts["ref_dtensor"] and facts["ref_local_numel"] * 2 == facts["ref_full_numel"]  # even dims: halves
-    assert not (facts["ref_requires_grad"] or facts["ref_has_grad"] or facts["ref_in_optimizer"])
-
-    ckpt = full / "checkpoint-2"
-    verify_checkpoint(ckpt)  # sha256 of every shard file, subfolders included
-    files = json.loads((ckpt / "COMPLETE").read_text())["files"]
-    assert {"model/shard-00001-model-00001-of-00001.safetensors", "optimizer/shard-00002-model-00001-of-00001"
-            ".safetensors", "optimizer.json", "rng.safetensors", "trainer_state.json"} <= set(files)
-    assert all(n.endswith((".safetensors", ".json")) for n in files)
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    assert (state["world_size"], state["engine"], state["checkpoint_format"]) == (2, "FSDP2", "sharded")
-
-    a, b = _steps(full), _steps(resumed)
-    assert sorted(b) == [3, 4]
-    for step in (3, 4):
-        assert (b[step]["loss"], b[step]["grad_norm"]) == (a[step]["loss"], a[step]["grad_norm"])
-    wa, wb = _weights(full), _weights(resumed)
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-    run(one, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1)
-    c = _steps(one)
-    assert [a[s]["loss"] for s in (1, 2, 3, 4)] == pytest.approx([c[s]["loss"] for s in (1, 2, 3, 4)], abs=1e-6)
-    wc = _weights(one)
-    for key in wc:
-        torch.testing.assert_close(wa[key], wc[key], rtol=0, atol=1e-6)
-
-    run(one_resumed, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1,
-        resume_from_checkpoint=str(ckpt))
-    d = _steps(one_resumed)
-    assert [d[s]["loss"] for s in (3, 4)] == pytest.approx([c[s]["loss"] for s in (3, 4)], abs=1e-6)
-    wd = _weights(one_resumed)
-    for key in wc:
-        torch.testing.assert_close(wd[key], wc[key], rtol=0, atol=1e-6)
-
-    from safetensors.torch import load_file
-
-    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache_one"))
-    run(pre_one, n_pairs=33, per_device_train_batch_size=8, max_steps=1, save_steps=0, precompute_ref_log_probs=True)
-    infos = [json.loads((d / "summary.json").read_text())["reference_cache"]["train"] for d in (pre_two, pre_one)]
-    assert not infos[0]["hit"] and not infos[1]["hit"]
-    files = [Path(info["file"]) for info in infos]
-    assert files[0].name == files[1].name  # one cache key: the sharded reference's fingerprint is the full model's
-    cached = [load_file(f) for f in files]
-    assert cached[0].keys() == cached[1].keys()
-    for key in cached[1]:
-        torch.testing.assert_close(cached[0][key], cached[1][key], rtol=0, atol=1e-6)
-
-    from transformers import AutoModelForCausalLM
-
-    reloaded = AutoModelForCausalLM.from_pretrained(full).state_dict()
-    for key in wa:
-        assert torch.equal(reloaded[key], wa[key]), key
 
 
 def _cfg(tmp_path, **extra):

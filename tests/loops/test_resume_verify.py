@@ -1,8 +1,9 @@
 """The checksum check at resume split over the ranks (preflab.resume_verify): each rank hashes only files it reads,
-each file once over all ranks, and every rank gets the same error naming a damaged file, whichever rank found it."""
+each file once over all ranks, and every rank gets the same error naming a damaged file, whichever rank found it.
+Its two 2-process checks run in shared launches: test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint in
+tests/loops/test_ddp_cli_launch.py's, test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage in
+tests/loops/test_scale_matrix.py's FSDP2 launch (tests/loops/resume_verify_run.py's cases)."""
 import json
-import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +14,6 @@ import preflab.checkpoint as ck
 from preflab.errors import PreflabError
 from preflab.resume_verify import assign_checks, verify_rank_reads
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SHARD = "model/shard-00002-model-00001-of-00001.safetensors"
 SHA256 = ck.file_sha256
@@ -151,61 +151,3 @@ def test_a_one_process_resume_still_hashes_every_file_it_loads(tmp_path, monkeyp
     bad.write_text(bad.read_text().replace("3", "4", 1))
     with pytest.raises(PreflabError, match=f"sha256 of {bad} differs"):
         run(tmp_path / "resumed_again", max_steps=2, resume_from_checkpoint=str(ckpt))
-
-
-def _launch(launch, config: str, out: Path, *args) -> list[dict]:
-    """tests/loops/resume_verify_run.py on 2 gloo processes; what each rank wrote."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    env.pop("WORLD_SIZE", None)
-    cmd = launch("--config_file", str(ROOT / config), "--num_processes", "2", str(HERE / "resume_verify_run.py"),
-                 str(out), *args)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)  # a hang: timeout
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
-
-
-@pytest.mark.slow
-def test_two_ddp_ranks_share_the_check_of_a_full_tensor_checkpoint(tmp_path, accelerate_launch):
-    """DDP (examples/accelerate/ddp.yaml, 2 gloo processes): both ranks load every file; each file is hashed by one
-    of them (together: every file of COMPLETE), and a changed model.safetensors stops both with the same error."""
-    out = tmp_path / "run"
-    ranks = [r["model"] for r in _launch(accelerate_launch, "examples/accelerate/ddp.yaml", out, "ddp")]
-    ckpt = out / "checkpoint-2"
-    assert ranks[0]["error"] == ranks[1]["error"]
-    assert f"the sha256 of {ckpt / 'model.safetensors'} differs" in ranks[0]["error"]
-    hashed = ranks[0]["hashed"] + ranks[1]["hashed"]
-    assert sorted(hashed) == sorted(json.loads((ckpt / "COMPLETE").read_text())["files"])  # once each
-    assert ranks[0]["hashed"] and ranks[1]["hashed"]
-
-
-@pytest.mark.slow
-def test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage(tmp_path, accelerate_launch):
-    """examples/accelerate/fsdp2.yaml on 2 gloo processes (tests/loops/resume_verify_run.py, one launch):
-    - rank 1's model shard changed: both ranks stop with the error naming it, found by rank 1; rank 0 never hashed it;
-    - optimizer.json (both ranks read it) changed: both stop naming it, and it was hashed by one rank only;
-    - resume_from_checkpoint: true with the damaged newest checkpoint: both ranks fall back to checkpoint-1, where
-      the two ranks' hashed files are disjoint and cover every file DCP read on either rank, and no rank hashed
-      files nobody reads (the main rank's rng.*, written for another world size)."""
-    out = tmp_path / "run"
-    ranks = _launch(accelerate_launch, "examples/accelerate/fsdp2.yaml", out)
-    ckpt = out / "checkpoint-2"
-
-    shard = [r["shard"] for r in ranks]
-    assert shard[0]["error"] == shard[1]["error"]
-    assert f"the sha256 of {ckpt / SHARD} differs" in shard[0]["error"] and "(found by rank 1)" in shard[0]["error"]
-    assert SHARD in shard[1]["hashed"] and SHARD not in shard[0]["hashed"]
-    assert "model/shard-00001-model-00001-of-00001.safetensors" in shard[0]["hashed"]
-
-    shared = [r["shared"] for r in ranks]
-    assert shared[0]["error"] == shared[1]["error"] and f"sha256 of {ckpt / 'optimizer.json'}" in shared[0]["error"]
-    assert SHARD not in shared[0]["error"]  # put back before this case
-    assert (shared[0]["hashed"] + shared[1]["hashed"]).count("optimizer.json") == 1
-
-    fallback = [r["fallback"] for r in ranks]
-    assert [f["resumed"] for f in fallback] == [1, 1]
-    first = [{n for n in f["hashed"] if n.startswith("checkpoint-1/")} for f in fallback]
-    assert not first[0] & first[1]
-    assert set(fallback[0]["read"]) | set(fallback[1]["read"]) <= first[0] | first[1]
-    assert "checkpoint-1/optimizer/shard-00002-model-00001-of-00001.safetensors" not in first[0]  # rank 1's
-    assert not {"checkpoint-1/rng.json", "checkpoint-1/rng.safetensors"} & (first[0] | first[1])
-    assert {"checkpoint-1/optimizer.json", "checkpoint-1/trainer_state.json"} <= first[0] | first[1]

@@ -1,10 +1,14 @@
 """The guarantee matrix of docs/scaling.md (run kind x engine), for the cells no other test covers: each run
 kind launched on 2 CPU processes (gloo) through the shipped examples/accelerate configs against one process with the
 same global batch, and a stop + resume on 2 processes against the straight run. Several runs share one launch
-(tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_fsdp2,
-test_deepspeed_multiprocess), SFT under DDP (test_accelerate_configs), online DPO and diffusion under DDP
-(tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py), KTO under DDP (test_ddp_cli_launch), a
-LoRA reward model under ZeRO-2 (test_deepspeed_multiprocess: its run shares the ZeRO-2 launch at batch 4 there)."""
+(tests/loops/scale_matrix_run.py). Cells tested elsewhere: offline DPO (test_trainer, test_deepspeed_multiprocess;
+under FSDP2: the test moved here from test_fsdp2), SFT under DDP (test_ddp_cli_launch), online DPO and diffusion
+under DDP (tests/online/test_online_run.py, tests/diffusion/test_diffusion_run.py), KTO under DDP
+(test_ddp_cli_launch), a LoRA reward model under ZeRO-2 (test_deepspeed_multiprocess: its run shares the ZeRO-2
+launch at batch 4 there). The FSDP2 launch also runs
+test_fsdp2's tiny DPO runs (tests/loops/fsdp_run.py), the VLM run with a precomputed reference (moved from
+tests/vlm/test_vlm_ref_cache.py) and tests/loops/resume_verify_run.py's damaged-checkpoint resumes (moved from
+tests/loops/test_resume_verify.py): three launches fewer."""
 import json
 import os
 import subprocess
@@ -24,13 +28,19 @@ HERE = Path(__file__).resolve().parent
 CONFIGS = ROOT / "examples/accelerate"
 COMMON = ["eval_fraction=0", "eval_steps=0", "logging_steps=1", "disable_tqdm=true", "use_cpu=true",
           "lr_scheduler_type=constant", "warmup_steps=0"]
+# tests/loops/fsdp_run.py's runs (test_fsdp2's): 4 steps at batch 4 checkpointed at step 2; then, in the same
+# processes, the run resumed from checkpoint-2, and a precompute of the reference over 33 pairs
+FSDP_RUN = ["per_device_train_batch_size=4", "max_steps=4", "lr_scheduler_type=cosine", "warmup_steps=1",
+            "save_steps=2", "resume_step=2"]
+SHARD = "model/shard-00002-model-00001-of-00001.safetensors"  # rank 1's model shard (FSDP2, 2 ranks)
 REWARD = ["task=reward", "model_name_or_path=builtin:tiny-llama",
           f"dataset_name={ROOT / 'examples/data/loud_echo_pairs.jsonl'}", "max_length=128", "max_steps=4", *COMMON]
 
 
-def _launch(launch, config: str, *runs: list) -> subprocess.CompletedProcess:
-    """One `accelerate launch --num_processes 2` of scale_matrix_run.py running `runs` in order."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+def _launch(launch, config: str, cache: Path, *runs: list) -> subprocess.CompletedProcess:
+    """One `accelerate launch --num_processes 2` of scale_matrix_run.py running `runs` in order, PREFLAB_CACHE_DIR
+    `cache` (a folder of the launch's own, empty at the start: the VLM cache test's run must miss)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "PREFLAB_CACHE_DIR": str(cache)}
     env.pop("WORLD_SIZE", None)
     args = [a for i, run in enumerate(runs) for a in ([] if i == 0 else ["--"]) + [str(x) for x in run]]
     cmd = launch("--config_file", str(CONFIGS / f"{config}.yaml"), "--num_processes", "2",
@@ -63,6 +73,13 @@ LAUNCHED = {
         ["cli", d / "full", *DIFFUSION, "per_device_train_batch_size=2", "save_steps=2"],
         ["cli", d / "resumed", *DIFFUSION, "per_device_train_batch_size=2", "save_steps=0",
          f"resume_from_checkpoint={d / 'full' / 'checkpoint-2'}"]]),
+    "test_two_fsdp2_processes_with_cache_equal_one_process_without": ("fsdp2", lambda d: [
+        ["cli", d / "two", *VLM, "per_device_train_batch_size=2", "precompute_ref_log_probs=true"]]),
+    "test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model": ("fsdp2", lambda d: [
+        ["fsdp", d / "full", *FSDP_RUN, f"resume_into={d / 'resumed'}", f"precompute_into={d / 'pre_two'}"]]),
+    # last in the fsdp2 launch: its cases end in refused resumes (tests/loops/resume_verify_run.py)
+    "test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage": ("fsdp2", lambda d: [
+        ["resume_verify", d / "run", "fsdp2"]]),
 }
 
 
@@ -76,7 +93,7 @@ def launched(request, tmp_path_factory, accelerate_launch):
     results = {}
     for config in dict.fromkeys(LAUNCHED[n][0] for n in names):  # "fsdp2", "zero2", ...
         same = [n for n in names if LAUNCHED[n][0] == config]
-        proc = _launch(accelerate_launch, config.split(":")[0],
+        proc = _launch(accelerate_launch, config.split(":")[0], root / f"cache-{config}",
                        *[run for n in same for run in LAUNCHED[n][1](root / n)])
         results.update(dict.fromkeys(same, proc))
 
@@ -85,6 +102,17 @@ def launched(request, tmp_path_factory, accelerate_launch):
         return root / name
 
     return folder
+
+
+@pytest.fixture(scope="module")
+def vlm_one_process(tmp_path_factory) -> Path:
+    """The one-process VLM run (VLM, 1 process x batch 4, a reference forward every step) both VLM tests compare
+    their 2-process runs with (read only)."""
+    from preflab.cli import main
+
+    one = tmp_path_factory.mktemp("vlm") / "one"
+    assert main(["train", *VLM, "per_device_train_batch_size=4", f"output_dir={one}"]) == 0
+    return one
 
 
 def _steps(out: Path) -> dict:
@@ -170,17 +198,13 @@ def test_online_grpo_under_zero2_equals_one_process_and_resumes_mid_round_bit_fo
 
 
 @pytest.mark.slow
-def test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model(tmp_path, launched):
+def test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model(launched, vlm_one_process):
     """task: vlm (examples/vlm/dpo.yaml, tiny Qwen2-VL, vision tower frozen), examples/accelerate/fsdp2.yaml, 2
     processes x batch 2 against 1 process x batch 4: losses to 1e-6, weights to 1e-5 (measured 3e-8 / 5e-6, as
     2-process DDP and ZeRO-2). Before, the run trained and then failed writing the final model from the policy's
     sharded tensors (it now saves the weights the driver gathers)."""
-    from preflab.cli import main
-
-    vlm = VLM
     base = launched("test_vlm_under_fsdp2_equals_one_process_and_saves_the_gathered_model")
-    one, two = tmp_path / "one", base / "two"
-    assert main(["train", *vlm, "per_device_train_batch_size=4", f"output_dir={one}"]) == 0
+    one, two = vlm_one_process, base / "two"  # the one-process run: VLM at batch 4 (the fixture)
     assert _environment(two) == (2, "FSDP")
     _assert_close(two, one, 1e-6, 1e-5)
 
@@ -263,3 +287,143 @@ def test_run_kinds_that_need_whole_weights_refuse_sharded_parameters_before_anyt
     with pytest.raises(ConfigError, match=why.format(engine) + r".*ddp\.yaml or zero2\.yaml"):
         kind(out)
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_fsdp2_processes_with_cache_equal_one_process_without(launched, vlm_one_process):
+    """examples/vlm/dpo.yaml (tiny Qwen2-VL) on 2 processes (examples/accelerate/fsdp2.yaml: sharded reference,
+    lockstep precompute) x batch 2 with precompute_ref_log_probs against 1 process x batch 4 with a reference
+    forward every step: losses to 1e-6, weights to 1e-5 (measured 3e-8 / 5e-6, as without the cache). (Moved from
+    tests/vlm/test_vlm_ref_cache.py to join this module's FSDP2 launch, whose PREFLAB_CACHE_DIR starts empty; its
+    one-process run is the VLM test's, the vlm_one_process fixture.)"""
+    two, one = launched("test_two_fsdp2_processes_with_cache_equal_one_process_without") / "two", vlm_one_process
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2 and summary["reference_cache"]["train"]["hit"] is False
+    metrics = lambda out: [json.loads(x) for x in open(out / "metrics.jsonl") if '"loss"' in x]  # noqa: E731
+    assert [m["loss"] for m in metrics(two)] == pytest.approx([m["loss"] for m in metrics(one)], abs=1e-6)
+    wa, wb = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wb:
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-5)
+
+
+def _fsdp_weights(out: Path) -> dict:
+    return load_file(out / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model(tmp_path, monkeypatch,
+                                                                                          launched):
+    """examples/accelerate/fsdp2.yaml on 2 CPU processes x batch 4 against 1 process x batch 8 (tiny llama DPO,
+    4 steps, cosine schedule):
+    - losses and final weights equal to 1e-6 (measured: 6e-8; float32, another reduction order);
+    - stop at the step-2 checkpoint and resume on 2 processes: the same losses, grad norms and final weights,
+      bit for bit;
+    - the same checkpoint resumed by one plain process (DCP reshards 2 -> 1) equals the 1-process run to 1e-6;
+    - the checkpoint is sharded safetensors (no pickle) under the COMPLETE marker; the final model is one
+      save_pretrained folder that plain transformers loads;
+    - the reference is sharded like the policy (each rank holds half of it), frozen, gradient-free and not in the
+      optimizer;
+    - precomputed reference log-probs over 33 pairs (rank 0: 3 batches, rank 1: 2; the sharded reference's forwards
+      run in lockstep) equal the 1-process ones to 1e-6, under the same cache key (the sharded fingerprint is the
+      full model's).
+    (Moved from tests/loops/test_fsdp2.py to join this module's FSDP2 launch: scale_matrix_run.py's `fsdp` run,
+    tests/loops/fsdp_run.py's main.)"""
+    from preflab.checkpoint import verify_checkpoint
+
+    sys.path.insert(0, str(HERE))
+    from tiny_run import run
+
+    base = launched("test_fsdp2_equals_one_process_resumes_exactly_reshards_and_saves_a_transformers_model")
+    full, resumed, pre_two = base / "full", base / "resumed", base / "pre_two"  # FSDP_RUN's 3 runs (LAUNCHED)
+    one, one_resumed, pre_one = tmp_path / "one", tmp_path / "one_resumed", tmp_path / "pre_one"
+    summary = json.loads((full / "summary.json").read_text())["environment"]
+    assert (summary["world_size"], summary["distributed_type"], summary["backend"]) == (2, "FSDP", "gloo")
+    facts = json.loads((full / "facts.json").read_text())
+    assert facts["engine"] and facts["policy_dtensor"] and facts["policy_in_optimizer"]
+    assert facts["optimizer_size"] == facts["policy_size"]
+    assert facts["ref_dtensor"] and facts["ref_local_numel"] * 2 == facts["ref_full_numel"]  # even dims: halves
+    assert not (facts["ref_requires_grad"] or facts["ref_has_grad"] or facts["ref_in_optimizer"])
+
+    ckpt = full / "checkpoint-2"
+    verify_checkpoint(ckpt)  # sha256 of every shard file, subfolders included
+    files = json.loads((ckpt / "COMPLETE").read_text())["files"]
+    assert {"model/shard-00001-model-00001-of-00001.safetensors", "optimizer/shard-00002-model-00001-of-00001"
+            ".safetensors", "optimizer.json", "rng.safetensors", "trainer_state.json"} <= set(files)
+    assert all(n.endswith((".safetensors", ".json")) for n in files)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert (state["world_size"], state["engine"], state["checkpoint_format"]) == (2, "FSDP2", "sharded")
+
+    a, b = _steps(full), _steps(resumed)
+    assert sorted(b) == [3, 4]
+    for step in (3, 4):
+        assert (b[step]["loss"], b[step]["grad_norm"]) == (a[step]["loss"], a[step]["grad_norm"])
+    wa, wb = _fsdp_weights(full), _fsdp_weights(resumed)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    run(one, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1)
+    c = _steps(one)
+    assert [a[s]["loss"] for s in (1, 2, 3, 4)] == pytest.approx([c[s]["loss"] for s in (1, 2, 3, 4)], abs=1e-6)
+    wc = _fsdp_weights(one)
+    for key in wc:
+        torch.testing.assert_close(wa[key], wc[key], rtol=0, atol=1e-6)
+
+    run(one_resumed, per_device_train_batch_size=8, max_steps=4, lr_scheduler_type="cosine", warmup_steps=1,
+        resume_from_checkpoint=str(ckpt))
+    d = _steps(one_resumed)
+    assert [d[s]["loss"] for s in (3, 4)] == pytest.approx([c[s]["loss"] for s in (3, 4)], abs=1e-6)
+    wd = _fsdp_weights(one_resumed)
+    for key in wc:
+        torch.testing.assert_close(wd[key], wc[key], rtol=0, atol=1e-6)
+
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache_one"))
+    run(pre_one, n_pairs=33, per_device_train_batch_size=8, max_steps=1, save_steps=0, precompute_ref_log_probs=True)
+    infos = [json.loads((d / "summary.json").read_text())["reference_cache"]["train"] for d in (pre_two, pre_one)]
+    assert not infos[0]["hit"] and not infos[1]["hit"]
+    files = [Path(info["file"]) for info in infos]
+    assert files[0].name == files[1].name  # one cache key: the sharded reference's fingerprint is the full model's
+    cached = [load_file(f) for f in files]
+    assert cached[0].keys() == cached[1].keys()
+    for key in cached[1]:
+        torch.testing.assert_close(cached[0][key], cached[1][key], rtol=0, atol=1e-6)
+
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(full).state_dict()
+    for key in wa:
+        assert torch.equal(reloaded[key], wa[key]), key
+
+@pytest.mark.slow
+def test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage(launched):
+    """examples/accelerate/fsdp2.yaml on 2 gloo processes (tests/loops/resume_verify_run.py's fsdp2 cases, in this
+    module's FSDP2 launch; moved from tests/loops/test_resume_verify.py):
+    - rank 1's model shard changed: both ranks stop with the error naming it, found by rank 1; rank 0 never hashed it;
+    - optimizer.json (both ranks read it) changed: both stop naming it, and it was hashed by one rank only;
+    - resume_from_checkpoint: true with the damaged newest checkpoint: both ranks fall back to checkpoint-1, where
+      the two ranks' hashed files are disjoint and cover every file DCP read on either rank, and no rank hashed
+      files nobody reads (the main rank's rng.*, written for another world size)."""
+    out = launched("test_two_fsdp2_ranks_check_their_own_shards_and_stop_together_on_damage") / "run"
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ckpt = out / "checkpoint-2"
+
+    shard = [r["shard"] for r in ranks]
+    assert shard[0]["error"] == shard[1]["error"]
+    assert f"the sha256 of {ckpt / SHARD} differs" in shard[0]["error"] and "(found by rank 1)" in shard[0]["error"]
+    assert SHARD in shard[1]["hashed"] and SHARD not in shard[0]["hashed"]
+    assert "model/shard-00001-model-00001-of-00001.safetensors" in shard[0]["hashed"]
+
+    shared = [r["shared"] for r in ranks]
+    assert shared[0]["error"] == shared[1]["error"] and f"sha256 of {ckpt / 'optimizer.json'}" in shared[0]["error"]
+    assert SHARD not in shared[0]["error"]  # put back before this case
+    assert (shared[0]["hashed"] + shared[1]["hashed"]).count("optimizer.json") == 1
+
+    fallback = [r["fallback"] for r in ranks]
+    assert [f["resumed"] for f in fallback] == [1, 1]
+    first = [{n for n in f["hashed"] if n.startswith("checkpoint-1/")} for f in fallback]
+    assert not first[0] & first[1]
+    assert set(fallback[0]["read"]) | set(fallback[1]["read"]) <= first[0] | first[1]
+    assert "checkpoint-1/optimizer/shard-00002-model-00001-of-00001.safetensors" not in first[0]  # rank 1's
+    assert not {"checkpoint-1/rng.json", "checkpoint-1/rng.safetensors"} & (first[0] | first[1])
+    assert {"checkpoint-1/optimizer.json", "checkpoint-1/trainer_state.json"} <= first[0] | first[1]

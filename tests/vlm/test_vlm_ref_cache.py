@@ -1,7 +1,9 @@
 """precompute_ref_log_probs with task: vlm: the reference cache keyed by token ids AND the processor's pixel tensors
 (preflab.data.vision.vision_pairs_fingerprint). Cached runs train exactly like a reference forward every step; rows
 with the same text and other images never share values; a second run / resume reads the file, a changed image or
-processor setting misses it; sharded scoring gives each row its own value."""
+processor setting misses it; sharded scoring gives each row its own value. (The 2-process FSDP2 run with the cache,
+test_two_fsdp2_processes_with_cache_equal_one_process_without, is in tests/loops/test_scale_matrix.py's FSDP2
+launch.)"""
 import copy
 import json
 import shutil
@@ -204,38 +206,3 @@ def test_clue_aggregator_under_lora_keeps_the_reference_at_the_start_and_can_be_
     assert len(a) == len(b) == 3
     for key in ("loss", "rewards/chosen", "rewards/rejected"):
         assert [m[key] for m in b] == pytest.approx([m[key] for m in a], abs=1e-6), key
-
-
-@pytest.mark.slow
-def test_two_fsdp2_processes_with_cache_equal_one_process_without(tmp_path, accelerate_launch):
-    """examples/vlm/dpo.yaml (tiny Qwen2-VL) on 2 processes (examples/accelerate/fsdp2.yaml: sharded reference,
-    lockstep precompute) x batch 2 with precompute_ref_log_probs against 1 process x batch 4 with a reference
-    forward every step: losses to 1e-6, weights to 1e-5 (measured 3e-8 / 5e-6, as without the cache)."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from preflab.cli import main
-
-    root = Path(__file__).resolve().parents[2]
-    vlm = [str(root / "examples/vlm/dpo.yaml"), "max_steps=2", "disable_tqdm=true", "save_steps=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src"),
-           "PREFLAB_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("WORLD_SIZE", None)
-    cmd = accelerate_launch("--config_file",
-                            str(root / "examples/accelerate/fsdp2.yaml"), "--num_processes", "2",
-                            str(root / "tests/loops/scale_matrix_run.py"), "cli", str(tmp_path / "two"), *vlm,
-                            "per_device_train_batch_size=2", "precompute_ref_log_probs=true")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert main(["train", *vlm, "per_device_train_batch_size=4", f"output_dir={tmp_path / 'one'}"]) == 0
-    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-    assert summary["environment"]["world_size"] == 2 and summary["reference_cache"]["train"]["hit"] is False
-    two, one = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
-    assert [m["loss"] for m in two] == pytest.approx([m["loss"] for m in one], abs=1e-6)
-    wa, wb = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for key in wb:
-        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-5)
