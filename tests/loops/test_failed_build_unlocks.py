@@ -109,10 +109,10 @@ def _vlm_without_reference(out):
 
 CASES = {  # run kind -> (build that fails, the error's type, its message)
     "dpo": (_dpo_without_reference, ConfigError, "needs a reference model"),
-    "hypo": (_hypo_rows_with_an_online_column, ConfigError, "online_policy_logps"),
+    "hypo": (_hypo_rows_with_an_online_column, ConfigError, "column 'online_policy_logps' is what loss_type: hypo"),
     "online": (_online_aggregator_beside_reward_weights, ConfigError, "remove reward_weights"),
     "reward": (_reward_without_training_pairs, DataError, "no training rows are left"),
-    "diffusion": (_diffusion_missing_data, Exception, "no-such-data"),
+    "diffusion": (_diffusion_missing_data, DataError, "no-such-data' does not exist"),
     "vlm": (_vlm_without_reference, ConfigError, "needs a reference model"),
 }
 
@@ -143,7 +143,7 @@ def test_a_run_that_fails_to_build_after_locking_output_dir_unlocks_it(tmp_path,
     monkeypatch.setattr(rundir, "release_output_dir", spy)
     with pytest.raises(error, match=message) as raised:
         build(out)
-    assert type(raised.value) is error or error is Exception  # unchanged: not wrapped in another error
+    assert type(raised.value) is error  # unchanged: not wrapped in another error
     assert held_when_raised == [True]  # released once, by the failed build
     assert not holds_lock(out) and not (out / LOCK_FILE).exists()
     assert _claim_in_another_process(out) == "claimed"
