@@ -8120,6 +8120,23 @@ MUTANTS += [
 ]
 
 
+# mutation-bul round: a run that fails while being built releases its output_dir (rundir.claims_released_on_error,
+# driver.BuildReleasesClaim around every run kind's construction)
+BUL = ["tests/loops/test_failed_build_unlocks.py", "-k", "online or hypo"]
+MUTANTS += [
+    Mutant("bul-failed-build-keeps-claim", "rundir.py",
+           [("        for path in reversed(claims):\n            release_output_dir(path)\n", "        pass\n")],
+           BUL, "a build that raises after the claim leaves output_dir locked by the notebook's process"),
+    Mutant("bul-claim-not-recorded", "rundir.py",
+           [("        recording.append(resolved)\n", "        pass\n")],
+           BUL, "claims made inside a build are not recorded, so a failed build releases none"),
+    Mutant("bul-builds-unguarded", "loops/driver.py",
+           [("        with claims_released_on_error():\n            return super().__call__(*args, **kwargs)\n",
+             "        return super().__call__(*args, **kwargs)\n")],
+           BUL, "run construction is not inside claims_released_on_error: every failed build keeps its lock"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -6,6 +6,8 @@
                                        time); a second writer is refused, a stale lock (dead PID on this host) is
                                        taken over with a note
     release_output_dir(path)           drop the lock (also at interpreter exit)
+    claims_released_on_error()         a block whose claims are released when it raises (a run's build:
+                                       preflab.loops.driver.TrainingRun)
 
 The lock is an flock()ed file: the kernel drops it when the holder dies, so a SIGKILLed run never blocks the next
 one; the PID check covers filesystems without flock. A lock held by this very process (a second run object in one
@@ -14,12 +16,15 @@ Python session, e.g. a test) is re-entrant.
 from __future__ import annotations
 
 import atexit
+import contextvars
 import datetime
 import errno
 import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from preflab.errors import ConfigError, PreflabError
@@ -30,6 +35,8 @@ RUN_MARKER = ".preflab-run"  # written into every claimed output_dir: "this fold
 _RUN_FILES = ("metrics.jsonl", "summary.json", "pair_margins.jsonl", "trainer_state.json")
 
 _held: dict[Path, "_Lock"] = {}
+# the claims made inside the innermost claims_released_on_error block (None outside one)
+_recording: contextvars.ContextVar[list | None] = contextvars.ContextVar("preflab_claims_recording", default=None)
 
 
 def _looks_like_run(path: Path) -> bool:
@@ -183,7 +190,28 @@ def claim_output_dir(path: str | Path, overwrite: bool = False) -> Path:
     except OSError as err:
         raise PreflabError(f"output_dir {path} is not writable ({err.strerror or err}); choose another "
                            "output_dir or fix its permissions.") from err
+    recording = _recording.get()
+    if recording is not None:
+        recording.append(resolved)
     return resolved
+
+
+@contextmanager
+def claims_released_on_error() -> Iterator[None]:
+    """Release each claim_output_dir made inside the block (not in a nested block) when the block raises; the error
+    goes on unchanged. A claim that the block ends with belongs to what it built (a run releases it when train()
+    ends). Why: a run built in a notebook that failed after locking output_dir left the lock to the notebook's
+    process, so every later run into that folder, from the shell or the notebook, was refused while it lived."""
+    claims: list[Path] = []
+    token = _recording.set(claims)
+    try:
+        yield
+    except BaseException:
+        for path in reversed(claims):
+            release_output_dir(path)
+        raise
+    finally:
+        _recording.reset(token)
 
 
 def release_output_dir(path: str | Path) -> None:

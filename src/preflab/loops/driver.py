@@ -65,7 +65,7 @@ from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
                                    checkpoint_identity)
 from preflab.resume_verify import plain_reads, verify_rank_reads
-from preflab.rundir import release_output_dir
+from preflab.rundir import claims_released_on_error, release_output_dir
 from preflab.runlog import (MetricsLog, Progress, average_results, distributed_environment, environment,
                             finished_summary, start_trackers, write_summary, zero_gradient_note)
 from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
@@ -73,7 +73,19 @@ from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_chec
 from preflab.step import optimizer_step, window_from_json, window_to_json
 
 
-class TrainingRun(CallbackEvents):
+class BuildReleasesClaim(type):
+    """The metaclass of every run kind: building a run (`Kind(...)`, the whole __init__ chain of a subclass, code
+    after its super().__init__ included) is a claims_released_on_error block, so a build that raises after
+    make_accelerator locked output_dir releases that lock and re-raises its error unchanged; a build that succeeds
+    keeps the lock until train() ends. Without it a failed build in a notebook left output_dir locked by the
+    notebook's process: later runs into that folder, from the shell or the notebook, were refused while it lived."""
+
+    def __call__(cls, *args, **kwargs):
+        with claims_released_on_error():
+            return super().__call__(*args, **kwargs)
+
+
+class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
     extra_params: list = []
     final_state_dict: dict | None = None  # the gathered full weights under FSDP / DeepSpeed (see gather_full_state)
     # modules trained outside the policy that the sharding engine owns (preflab.loops.engine_extras), by name

@@ -19,7 +19,6 @@ from preflab.data.layout import bucket
 from preflab.models.attention import effective_layout, flex_training_refused
 from preflab.models.dropout import original_dropout_config
 from preflab.models.adapters import is_lora
-from preflab.rundir import release_output_dir
 from preflab.errors import ConfigError, PreflabError
 from preflab.loops.batches import MicroBatch, make_plan
 from preflab.loops.driver import TrainingRun
@@ -95,18 +94,8 @@ class Trainer(TrainingRun):
 
     def __init__(self, cfg: TrainConfig, policy=None, ref=None, tokenizer=None, train_data=None, eval_data=None,
                  callbacks=None):
-        """Builds the run (_build). A build that fails after output_dir was locked (make_accelerator) releases
-        this build's claim on it: a notebook's failed `Trainer(...)` left output_dir locked by the notebook's
-        process, so a `preflab train` into it from a shell was refused for as long as the notebook lived."""
-        try:
-            self._build(cfg, policy, ref, tokenizer, train_data, eval_data, callbacks)
-        except BaseException:
-            accelerator = getattr(self, "accelerator", None)
-            if accelerator is not None and accelerator.is_main_process:
-                release_output_dir(cfg.output_dir)
-            raise
-
-    def _build(self, cfg: TrainConfig, policy, ref, tokenizer, train_data, eval_data, callbacks) -> None:
+        """A build that fails after output_dir was locked (make_accelerator) releases the lock
+        (preflab.loops.driver.BuildReleasesClaim, for every run kind)."""
         from preflab.config import preflight, resolve_epoch_eval
         from preflab.loops.prepare import config_reading_rows
         from preflab.models.load import cap_max_length, max_positions, reference_positions
