@@ -8136,6 +8136,41 @@ MUTANTS += [
            BUL, "run construction is not inside claims_released_on_error: every failed build keeps its lock"),
 ]
 
+# mutation-lck round: load-checks: a VLM run's final weights checked as load_causal_lm checks a text model's, the
+# final save's "Writing model shards" bar under disable_tqdm (and the bars put back after), and preflab eval's note
+# on a run config's unknown keys and another recorded preflab version
+LCK_VLM = ["tests/vlm/test_vlm_final_weights_check.py"]
+LCK_BARS = ["tests/test_save_progress_bars.py"]
+LCK_NOTE = ["tests/eval/test_eval_saved_run_note.py"]
+MUTANTS += [
+    Mutant("lck-vlm-final-unchecked", "models/vlm_run.py",
+           [("    check_loading_info(info, str(path), option)\n", "")],
+           LCK_VLM, "a VLM run's final weights missing a tensor load with it at random values again"),
+    Mutant("lck-save-bars-not-off", "loops/driver.py",
+           [('with progress_bars_off(bool(getattr(self.cfg, "disable_tqdm", False))):', "with progress_bars_off(False):")],
+           LCK_BARS, "disable_tqdm: true shows transformers' Writing model shards bar of the final save"),
+    Mutant("lck-bars-left-off", "quiet.py",
+           [("        if bars:\n            with warnings.catch_warnings():", "        if False:\n            with warnings.catch_warnings():")],
+           LCK_BARS, "the save leaves transformers' progress bars off for good (a notebook's bars gone)"),
+    Mutant("lck-hub-states-not-restored", "quiet.py",
+           [("        hub.progress_bar_states.update(states)\n", "")],
+           LCK_BARS, "huggingface_hub's per-group progress-bar states lost after the save"),
+    Mutant("lck-note-no-unknown-keys", "eval/run_files.py",
+           [("    unknown = sorted(set(map(str, saved)) - {f.name for f in dataclasses.fields(TrainConfig)})\n",
+             "    unknown = []\n")],
+           LCK_NOTE, "a run config's keys this preflab does not know pass unsaid"),
+    Mutant("lck-note-no-version", "eval/run_files.py",
+           [("    if version is not None and version != __version__:\n", "    if False:\n")],
+           LCK_NOTE, "a run recorded by another preflab version is evaluated without a word"),
+    Mutant("lck-version-not-from-checkpoint", "eval/run_files.py",
+           [('    for name, keys in ((STATE_FILE, ("preflab_version",)), ("summary.json", ("environment", "preflab"))):',
+             '    for name, keys in (("summary.json", ("environment", "preflab")),):')],
+           LCK_NOTE, "a checkpoint's recorded preflab version (trainer_state.json) is not read"),
+    Mutant("lck-eval-no-note", "eval_cli/cli.py",
+           [("    note_saved_run(args.checkpoint)  # options this preflab does not know, another preflab version\n", "")],
+           LCK_NOTE, "the policy eval prints no note on a run of another preflab"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

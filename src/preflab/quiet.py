@@ -51,6 +51,38 @@ def quiet_transformers(verbosity_error: bool = True, progress_bars: bool = True)
             _undo.append(hf_logging.enable_progress_bar)
 
 
+@contextlib.contextmanager
+def progress_bars_off(off: bool = True) -> Iterator[None]:
+    """transformers' (and huggingface_hub's) progress bars off inside the block when `off`, and after it exactly as
+    found: transformers' switch and huggingface_hub's per-group states (transformers' enable_progress_bar alone would
+    clear those). A run with disable_tqdm: true saves its final model inside it (preflab.loops.driver.save_model):
+    save_pretrained draws transformers' "Writing model shards" bar, which the run's own switch did not reach, and a
+    notebook's bars must not stay off after the save. off=False: nothing is changed."""
+    if not off:
+        yield
+        return
+    try:
+        import sys
+
+        import huggingface_hub.utils.tqdm  # noqa: F401  (the module, not the tqdm class huggingface_hub.utils names)
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    hub = sys.modules["huggingface_hub.utils.tqdm"]
+    bars, states = hf_logging.is_progress_bar_enabled(), dict(hub.progress_bar_states)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            with warnings.catch_warnings():  # "cannot enable" under HF_HUB_DISABLE_PROGRESS_BARS: the states below
+                warnings.simplefilter("ignore")
+                hf_logging.enable_progress_bar()
+        hub.progress_bar_states.clear()
+        hub.progress_bar_states.update(states)
+
+
 def quiet_third_party() -> None:
     """Hide other libraries' FutureWarning / DeprecationWarning / UserWarning (preflab's own warnings still show),
     transformers' info logs and its progress bars (preflab draws its own)."""

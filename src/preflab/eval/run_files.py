@@ -58,6 +58,62 @@ def refuse_other_task(path: str | Path, given: str, saved: dict | None = None) -
                       f"`preflab eval {path} {how}.")
 
 
+def saved_run_note(path: str | Path, saved: dict | None = None) -> str | None:
+    """The note `preflab eval` prints before it evaluates the run at `path` (None: nothing to say) when its saved
+    config (saved: run_config(path) where the caller has read it) holds keys this preflab's TrainConfig has no field
+    for, and so does not read (written by another preflab version, or edited by hand), naming them; and when the
+    preflab version the run recorded (recorded_version) is not this one, naming both. Not a refusal: the eval still
+    runs, but options it cannot read may have changed what the run trained or how it is to be scored."""
+    import dataclasses
+
+    from preflab import __version__
+    from preflab.config import TrainConfig
+    from preflab.models.run_config import STATE_FILE, run_config_file
+
+    saved = run_config(path) if saved is None else saved
+    said = []
+    unknown = sorted(set(map(str, saved)) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        where = run_config_file(path) or Path(path) / STATE_FILE
+        said.append(f"{where} has option(s) this preflab {__version__} does not know, so the eval does not read them: "
+                    f"{', '.join(unknown)} (written by another preflab version, or by hand)")
+    version, source = recorded_version(path)
+    if version is not None and version != __version__:
+        said.append(f"the run was trained with preflab {version} (recorded in {source}); this is preflab "
+                    f"{__version__}, which may read its options and score it differently")
+    return "; ".join(said) + "." if said else None
+
+
+def recorded_version(path: str | Path) -> tuple[str | None, Path | None]:
+    """(the preflab version the run at `path` recorded, the file it is in), or (None, None): a checkpoint's
+    trainer_state.json "preflab_version" (preflab.resume_check.checkpoint_identity), else the finished run's
+    summary.json "environment" "preflab" (preflab.runlog.environment)."""
+    import json
+
+    from preflab.models.run_config import STATE_FILE
+
+    for name, keys in ((STATE_FILE, ("preflab_version",)), ("summary.json", ("environment", "preflab"))):
+        file = Path(path) / name
+        try:
+            value = json.loads(file.read_text()) if file.is_file() else None
+        except (OSError, ValueError):
+            continue
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            return str(value), file
+    return None, None
+
+
+def note_saved_run(path: str | Path, saved: dict | None = None) -> None:
+    """saved_run_note's note, on stderr, where there is one."""
+    import sys
+
+    note = saved_run_note(path, saved)
+    if note:
+        print(f"preflab: note: {note}", file=sys.stderr)
+
+
 def refuse_run_without_a_policy(path: str | Path, task: str | None, saved: dict) -> None:
     """A ConfigError for a run whose folder `preflab eval` has no model to evaluate as that run trained it: the
     preference game (online_task: game: a K-answer distribution, no text and no tokenizer; the eval said "no tokenizer

@@ -170,7 +170,7 @@ def run(args) -> int:
 
     from preflab.eval.cli import COUNTS, format_summary, refuse_out_of_range
     from preflab.eval.run import EvalOptions, eval_columns, eval_data, run_generation_length, run_truncation
-    from preflab.eval.run_files import refuse_other_task
+    from preflab.eval.run_files import note_saved_run, refuse_other_task
     from preflab.eval.winrate import load_callable
     from preflab.eval_cli.checkpoint import evaluate_checkpoint, reward_model_fn
 
@@ -192,6 +192,7 @@ def run(args) -> int:
 
     check_model_exists(args.checkpoint)  # a mistyped path: this error alone, before any note about the run
     refuse_other_task(args.checkpoint, "dpo")  # before a --reward-model, the reference or the policy loads
+    note_saved_run(args.checkpoint)  # options this preflab does not know, another preflab version
     refuse_win_rate_of_a_tool_run(args)
     reference, source = default_reference(args)
     if (args.reward_fn or args.reward_model or args.judge) and not reference:

@@ -59,13 +59,14 @@ def evaluate_diffusion_run(run_dir: str, data: str, reference: str | None = None
     from preflab.diffusion.pipeline import components_of, load_pipeline, sample_images
     from preflab.models.run_config import require_run_config
     from preflab.eval.run import data_fields, data_name, held_out_run_overrides, open_eval_split, training_data_note
-    from preflab.eval.run_files import refuse_other_task
+    from preflab.eval.run_files import note_saved_run, refuse_other_task
     from preflab.loops.diffusion import DiffusionRun, sample_seeds
 
     checkpoint = is_diffusion_checkpoint(Path(run_dir))
     # a checkpoint's config is its run's, one level up (preflab.models.run_config's rule)
     saved = require_run_config(run_dir, "preflab eval --task diffusion")[1]  # read once, passed on
     refuse_other_task(run_dir, "diffusion", saved)  # a text policy, a reward model, a VLM: named with its command
+    note_saved_run(run_dir, saved)  # options this preflab does not know, another preflab version
     if saved.get("task") not in (None, "diffusion"):  # a recipe's folder: its stages are runs in its subfolders
         raise ConfigError(f"{run_dir} is a task: {saved['task']} run; --task diffusion evaluates task: diffusion runs.")
     trained = saved.get("loss_type")

@@ -115,8 +115,10 @@ def eval_task(args) -> int:
     """`preflab eval RUN --task distill` (routed here by preflab.cli): written to eval.json."""
     from preflab.eval.cli import refuse_unread_options
     from preflab.eval.run import eval_columns, eval_data, eval_json_path, write_json
+    from preflab.eval.run_files import note_saved_run
 
     refuse_unread_options(args, "distill")
+    note_saved_run(args.checkpoint)  # options this preflab does not know, another preflab version
     if args.no_reference:
         raise ConfigError("--no-reference with --task distill: the divergence needs the teacher; leave it out (the "
                           "run's teacher is used) or name one with --reference.")

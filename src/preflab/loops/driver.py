@@ -61,6 +61,7 @@ from preflab.peak_memory import peak_memory_record, process_peak, reset_process_
 from preflab.sharding_options import sharded_activation_offload_problem
 from preflab.plugins import user_code
 from preflab.rank_agreement import ranks_agree
+from preflab.quiet import progress_bars_off
 from preflab.report.panel_data import write_panel_data
 from preflab.resume_check import (check_checkpoint_version, check_resume_code, check_resume_data, check_saved_config,
                                    checkpoint_identity)
@@ -717,7 +718,8 @@ class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
         with staged_final_save(target) as stage:
             self.out = stage
             try:
-                self.write_model()
+                with progress_bars_off(bool(getattr(self.cfg, "disable_tqdm", False))):  # save_pretrained's "Writing model shards" bar
+                    self.write_model()
                 self.save_objective_state()
             finally:
                 if run_out is None:

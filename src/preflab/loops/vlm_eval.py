@@ -36,13 +36,14 @@ def evaluate_vlm_run(checkpoint: str, data: str, reference: str | None = None, n
     from preflab.models.vlm import load_vlm_reference
     from preflab.models.vlm_run import load_vlm_run
 
-    from preflab.eval.run_files import refuse_other_task
+    from preflab.eval.run_files import note_saved_run, refuse_other_task
 
     path = Path(checkpoint)
     # the run's config.yaml (a checkpoint's is its run's, one level up), read once here and passed on: the task check,
     # the evaluation's config and the run's saved values, the model and processor reload
     raw = require_run_config(path, "preflab eval --task vlm")[1]
     refuse_other_task(checkpoint, "vlm", raw)  # before the data is opened and the run's config is read as a vlm one
+    note_saved_run(checkpoint, raw)  # options this preflab does not know, another preflab version
     # a run saved before truncation_mode became TRL 1.16's holds the old default keep_end, which task: vlm now refuses
     # beside max_length; a VLM run never cut prompts (responses kept their start), which is what unset means now
     old = ["truncation_mode=null"] if raw.get("truncation_mode") == "keep_end" else []

@@ -48,9 +48,10 @@ def is_vlm_run(path: str | Path) -> bool:
 
 
 def load_vlm_run(path: str | Path, processor=None, allow_pickle: bool = False, trust_remote_code: bool = False,
-                 seed: int | None = None, saved: dict | None = None):
+                 seed: int | None = None, saved: dict | None = None, option: str = "CHECKPOINT"):
     """(model in eval mode, processor) of a task: vlm run directory or checkpoint (module docstring). saved: the run's
-    config (preflab.models.run_config.run_config(path)) where the caller has read it (preflab eval --task vlm)."""
+    config (preflab.models.run_config.run_config(path)) where the caller has read it (preflab eval --task vlm).
+    option: what the errors call `path` (the config option that named it: model_name_or_path, ...)."""
     from preflab.models.load import check_weights_safe
 
     path = Path(path)
@@ -63,7 +64,7 @@ def load_vlm_run(path: str | Path, processor=None, allow_pickle: bool = False, t
     if processor is None:
         processor = _processor(path, cfg, trust_remote_code)
     if (path / "config.json").is_file():
-        model = _full(path, opts)
+        model = _full(path, opts, option)
         state, source = _saved_aggregator(path / "model.safetensors", AGGREGATOR_PREFIX)
         if state or cfg.get("clue_aggregator"):
             restore_clue_aggregator(model, processor, state, source)
@@ -138,15 +139,17 @@ def _processor(path: Path, cfg: dict, trust_remote_code: bool):
                                               trust_remote_code=trust_remote_code), cfg or None)
 
 
-def _full(path: Path, opts) -> nn.Module:
-    """from_pretrained, whose load report would call the clue_aggregator.* keys "unexpected" (they are loaded next):
-    its report is replaced by a warning listing what else was missing, unexpected or of another shape."""
-    import warnings
-
+def _full(path: Path, opts, option: str = "CHECKPOINT") -> nn.Module:
+    """from_pretrained, its load report checked by preflab.models.load.check_loading_info as load_causal_lm checks a
+    text model's: weights missing from the files (transformers leaves them at random values with a log line only) or
+    of another shape are a ConfigError naming the key; other unexpected keys get a note. The clue_aggregator.* keys
+    are left out of the report (from_pretrained calls them unexpected; they are loaded next). A run's final
+    save_pretrained writes every parameter, a frozen vision tower's and projector's included (freezing only stops
+    their gradients), so no key is missing by design."""
     from transformers import AutoModelForImageTextToText
     from transformers.utils import logging
 
-    from preflab.models.load import DTYPES
+    from preflab.models.load import DTYPES, check_loading_info
 
     level = logging.get_verbosity()
     logging.set_verbosity_error()
@@ -157,10 +160,7 @@ def _full(path: Path, opts) -> nn.Module:
     finally:
         logging.set_verbosity(level)
     info["unexpected_keys"] = [k for k in info.get("unexpected_keys", ()) if not k.startswith(AGGREGATOR_PREFIX)]
-    problems = {k: list(v)[:3] for k, v in info.items() if k in ("missing_keys", "unexpected_keys",
-                                                                     "mismatched_keys") and v}
-    if problems:
-        warnings.warn(f"preflab: {path}: from_pretrained reported {problems}", stacklevel=3)
+    check_loading_info(info, str(path), option)
     return model
 
 
@@ -229,7 +229,8 @@ def load_vlm_model(name: str, cfg, processor=None, ref: bool = False) -> nn.Modu
         model = tiny_vlm(processor, BUILTIN_VLM[name], seed=cfg.seed)
         return model if dtype in ("float32", "auto") else model.to(DTYPES[dtype])
     if is_vlm_run(name):  # a task: vlm run (final or checkpoint-N), with CAT's clue aggregator when it has one
-        return load_vlm_run(name, processor, cfg.allow_pickle, cfg.trust_remote_code)[0]
+        return load_vlm_run(name, processor, cfg.allow_pickle, cfg.trust_remote_code,
+                            option="ref_model_name_or_path" if ref else "model_name_or_path")[0]
     from transformers import AutoModelForImageTextToText
 
     check_weights_safe(name, cfg.allow_pickle)

@@ -44,11 +44,12 @@ def evaluate_reward_split(model, data, split: str | None, limit: int | None = No
     attribute model (reward_head: multi_objective) attribute_eval.evaluate_attribute_model's, its rows cut as its
     run cut them (max_length None: the run's, said in a note). scored: a list to receive the rows scored."""
     from preflab.eval.run import open_eval_split
-    from preflab.eval.run_files import refuse_other_task
+    from preflab.eval.run_files import note_saved_run, refuse_other_task
     from preflab.reward_models.eval import evaluate_reward_model, load_reward_dir
     from preflab.reward_models.heads import reward_config
 
     refuse_other_task(model, "reward")  # a policy, VLM or diffusion run: named with its command, before any load
+    note_saved_run(model)  # options this preflab does not know, another preflab version
     split, said, reader = open_eval_split(data, split, limit)
     loaded, tokenizer = load_reward_dir(model)
     notes = [said] if said else []
