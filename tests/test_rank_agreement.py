@@ -28,7 +28,9 @@ SCENARIOS_OF_TEST = {"test_a_failed_hub_repository_creation_stops_both_ranks_bef
                         [name] for name in ("online_tool", "online_judge", "online_reset", "online_refusal")},
                      **{f"test_a_reward_function_that_fails_on_one_rank_stops_both_ranks_with_its_error[{rank}]":
                         [f"online_reward_rank{rank}"] for rank in (0, 1)},
-                     "test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error": ["online_builder_rank1"]}
+                     "test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error": ["online_builder_rank1"],
+                     "test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_error":
+                         ["online_eval_rank1"]}
 
 
 @pytest.fixture(scope="module")
@@ -349,9 +351,30 @@ def test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error(two
     assert max(results[("online_builder_rank1", r)]["seconds"] for r in (0, 1)) < 30
 
 
+def test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_error(two_ranks):
+    """Every rank answers and judges the held-out prompts itself at each evaluation (online.tasks.dataset_evaluate).
+    A reward function that never returns on rank 1 in step 1's evaluation raised JudgeTimeoutError there alone (3 s),
+    and rank 0 went on into step 2's collectives and waited until the gloo timeout (300 s). Now each evaluation is
+    agreed (OnlineRun._evaluation_agreement: one all-reduce per evaluation): both ranks raise rank 1's timeout, naming
+    that rank, the evaluation's step and the judge, within seconds of it; the run built (the starting policy's
+    evaluation passed) and took step 1, and no step 2 ran."""
+    out, results, _ = two_ranks
+    scenario = "online_eval_rank1"
+    expected = ("RankFailure: the evaluation at step 1 of the held-out prompts failed: rank 1 failed: judge 'graded' "
+                f"({ROOT / 'tests' / 'rank_agreement_run.py'}) did not return within judge_timeout_s = 3 s in the "
+                "evaluation of the held-out prompts (eval_dataset_name / eval_fraction) (one call on 2 completion(s)); "
+                "the run stops (the call is abandoned in a background thread: Python cannot stop it). Fix the judge "
+                "so that it returns (a reward function that waits on a server, a lock or a subprocess needs its own "
+                "timeout), or raise judge_timeout_s (null: no limit) if a call this long is expected.")
+    _same_error_at_once(results, scenario, expected)
+    assert abs(results[(scenario, 0)]["ended"] - results[(scenario, 1)]["ended"]) < 10
+    rows = [json.loads(line) for line in (out / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1]  # step 1's training row; its evaluation's and step 2's never came
+
+
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 44
+    assert len(results) == 46
     assert wall < 230  # process start and imports included (2 shared cores); a hang waits for the 240 s limit
 
 
