@@ -14,7 +14,8 @@ r = v - v_parent (the root's v = 0), Q = r + V (gamma = 1). Per prompt:
     evaluate  v(child), mcts_value rollout: the judge's score of the prompt with (committed steps + the child's
               whole sample): the checkable answer of the task decides the value (a Monte Carlo rollout through the
               child); self_eval: see below; a rollout the judge fails on (NaN) drops its child, counted in judge/dropped (the round stops with
-              an error above max_judge_failure_fraction)
+              an error above max_judge_failure_fraction). With several processes the main process judges and
+              sends the scores (Search._judged), so every rank grows the same tree
     backup    V(leaf) = sum_c max(1, N_c) Q_c / sum_c max(1, N_c); N += 1; Q = r + V, up to the decision node
     decide    after mcts_iterations simulations (4 x mcts_iterations at the prompt's own decision, the first, as the
               released search iterates more at its starting point) commit the child with the largest
@@ -281,8 +282,9 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
         scores += search.scores
     run.policy.train()
     run.counts["judge_dropped"] += dropped
-    # each rank searched and judged itself: a failure past the limit on one rank alone stops every rank with that
-    # rank's error (one agreement per round, after the search's last collective; as OnlineRun._round_agreement)
+    # the main judged every rollout (Search._judged), so `dropped` is the same on every rank; the round's own work
+    # (the limit's check, the examples' log-probs) is agreed once per round, after the searches' last collective
+    # (as OnlineRun._round_agreement): a failure on one rank alone stops every rank with that rank's error
     with ranks_agree(f"round {r + 1}: judging the MCTS rollouts or building the examples failed"):
         if dropped > run.cfg.max_judge_failure_fraction * max(1, samples):
             raise PreflabError(f"round {r + 1}: the judge failed or returned NaN for {dropped} of {samples} MCTS "
