@@ -354,6 +354,23 @@ def test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error(two
     assert max(results[("online_builder_rank1", r)]["seconds"] for r in (0, 1)) < 30
 
 
+def _judge_timeout(where: str) -> str:
+    """What JudgeTimeoutError says of rank_agreement_run.py's reward function `graded` stuck on 2 completions at
+    `where` under judge_timeout_s 3 (loops.judge.Judge._timeout_error)."""
+    return (f"judge 'graded' ({ROOT / 'tests' / 'rank_agreement_run.py'}) did not return within judge_timeout_s = 3 s "
+            f"in {where} (one call on 2 completion(s)); the run stops (the call is abandoned in a background thread: "
+            "Python cannot stop it). Fix the judge so that it returns (a reward function that waits on a server, a "
+            "lock or a subprocess needs its own timeout), or raise judge_timeout_s (null: no limit) if a call this "
+            "long is expected.")
+
+
+def _timed_out_together(results, scenario: str, expected: str) -> None:
+    """Both ranks raised RankFailure `expected` (_same_error_at_once) and ended within 10 s of each other (a judge
+    timeout has no failed_at: the stuck rank's 3 s wait is part of it)."""
+    _same_error_at_once(results, scenario, f"RankFailure: {expected}")
+    assert abs(results[(scenario, 0)]["ended"] - results[(scenario, 1)]["ended"]) < 10
+
+
 def test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_error(two_ranks):
     """Every rank answers and judges the held-out prompts itself at each evaluation (online.tasks.dataset_evaluate).
     A reward function that never returns on rank 1 in step 1's evaluation raised JudgeTimeoutError there alone (3 s),
@@ -362,15 +379,9 @@ def test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_er
     that rank, the evaluation's step and the judge, within seconds of it; the run built (the starting policy's
     evaluation passed) and took step 1, and no step 2 ran."""
     out, results, _ = two_ranks
-    scenario = "online_eval_rank1"
-    expected = ("RankFailure: the evaluation at step 1 of the held-out prompts failed: rank 1 failed: judge 'graded' "
-                f"({ROOT / 'tests' / 'rank_agreement_run.py'}) did not return within judge_timeout_s = 3 s in the "
-                "evaluation of the held-out prompts (eval_dataset_name / eval_fraction) (one call on 2 completion(s)); "
-                "the run stops (the call is abandoned in a background thread: Python cannot stop it). Fix the judge "
-                "so that it returns (a reward function that waits on a server, a lock or a subprocess needs its own "
-                "timeout), or raise judge_timeout_s (null: no limit) if a call this long is expected.")
-    _same_error_at_once(results, scenario, expected)
-    assert abs(results[(scenario, 0)]["ended"] - results[(scenario, 1)]["ended"]) < 10
+    _timed_out_together(results, "online_eval_rank1", "the evaluation at step 1 of the held-out prompts failed: "
+                        "rank 1 failed: " + _judge_timeout("the evaluation of the held-out prompts (eval_dataset_name "
+                                                           "/ eval_fraction)"))
     rows = [json.loads(line) for line in (out / "eval" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1]  # step 1's training row; its evaluation's and step 2's never came
 
@@ -382,15 +393,8 @@ def test_an_mcts_judge_timeout_on_the_main_mid_round_stops_both_ranks_with_its_e
     its failure (mcts.Search._judged, rank_agreement.main_result): its timeout at the second prompt's search stops
     both ranks with the main's error (naming the judge, the round and the limit) within seconds of each other."""
     _, results, _ = two_ranks
-    scenario = "mcts_stuck_main"
-    expected = ("RankFailure: the main process's judging of the MCTS rollouts failed: rank 0 failed: judge 'graded' "
-                f"({ROOT / 'tests' / 'rank_agreement_run.py'}) did not return within judge_timeout_s = 3 s in round 1 "
-                "(optimizer step 1) (one call on 2 completion(s)); the run stops (the call is abandoned in a background "
-                "thread: Python cannot stop it). Fix the judge so that it returns (a reward function that waits on a "
-                "server, a lock or a subprocess needs its own timeout), or raise judge_timeout_s (null: no limit) if a "
-                "call this long is expected.")
-    _same_error_at_once(results, scenario, expected)
-    assert abs(results[(scenario, 0)]["ended"] - results[(scenario, 1)]["ended"]) < 10
+    _timed_out_together(results, "mcts_stuck_main", "the main process's judging of the MCTS rollouts failed: rank 0 "
+                        "failed: " + _judge_timeout("round 1 (optimizer step 1)"))
 
 
 def test_an_mcts_judge_failing_on_rank_1_alone_no_longer_touches_the_round(two_ranks):
