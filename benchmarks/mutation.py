@@ -8119,6 +8119,21 @@ MUTANTS += [
            EHD_ROBUST, "loss_type robust without label_smoothing trains DPO silently again"),
 ]
 
+# mutation-rke round: an online run's evaluations agreed by every rank, and MCTS-DPO's rollouts judged on the main
+# process (a judge timeout or failure on one rank stops every rank, or touches none)
+RKE_EVAL = ["tests/test_rank_agreement.py", "-k", "judge_timeout_on_rank_1_in_an_evaluation"]
+RKE_MCTS = ["tests/test_rank_agreement.py", "-k", "mcts_judge_failing_on_rank_1"]
+MUTANTS += [
+    Mutant("rke-eval-unagreed", "online/run.py",
+           [("        with self._evaluation_agreement():\n            if self.tools:",
+             "        if True:\n            if self.tools:")],
+           RKE_EVAL, "a judge timeout on rank 1 in an evaluation stops rank 1 alone; rank 0 goes on into step 2"),
+    Mutant("rke-mcts-every-rank-judges", "online/mcts.py",
+           [('main_result(judged, getattr(run, "accelerator", None),', "main_result(judged, None,")],
+           RKE_MCTS, "each rank judges its own MCTS rollouts again: a judge failing on rank 1 drops its children there "
+           "and stops the round"),
+]
+
 
 # mutation-bul round: a run that fails while being built releases its output_dir (rundir.claims_released_on_error,
 # driver.BuildReleasesClaim around every run kind's construction)

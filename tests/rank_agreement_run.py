@@ -32,6 +32,11 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
                    raises on rank 0 only: every completion dropped there, past max_judge_failure_fraction
   online_reward_rank1  the same with the reward function raising on rank 1 only
   online_builder_rank1 the same run with a user pair_builder (builder.py:pairs) that raises on rank 1 only
+  online_eval_rank1 the same run with 2 held-out prompts evaluated at every step (eval_steps 1, judge_timeout_s 3)
+                   whose reward function never returns on rank 1 in step 1's evaluation (a judge timeout there)
+  mcts_stuck_main  a tiny MCTS-DPO run (one round of 2 prompts, judge_timeout_s 3) whose judge never returns on the
+                   main process at its 2nd call (the second prompt's search)
+  mcts_failing_rank1 the same run (no time limit) whose judge raises at every call on rank 1 only
 
 Each row also has "ended" (time.time() when the scenario ended) and, on rank 0 of the driver scenarios, "failed_at"
 (time.time() when its write raised): how long the other rank went on after the main's failure.
@@ -125,6 +130,67 @@ def online_builder_failing_on_rank_1(out: Path):
         (out / "builder.py").write_text(BUILDER)
     dist.barrier()
     online_run(out / "run", None, pair_builder=f"{out / 'builder.py'}:pairs")
+
+
+HELD_OUT = [{"prompt": f"say {w}\n"} for w in ("uv", "wxy")]
+
+
+def online_eval_judge_stuck_on_rank_1(out: Path):
+    """The online DPO run with held-out prompts (HELD_OUT, online.tasks.dataset_evaluate) evaluated at every step
+    (eval_steps 1), judge_timeout_s 3, whose reward function never returns on rank 1 when it judges the held-out
+    answers of step 1's evaluation (the second evaluation: the first is the starting policy's, when the run is
+    built); everywhere else it is test_online_run's e_judge."""
+    sys.path.insert(0, str(Path(__file__).parent / "online"))
+    from test_online_run import PROMPTS, e_judge, tiny_cfg
+
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.online.run import OnlineRun
+    from preflab.online.tasks import Task, dataset_evaluate
+
+    held = {row["prompt"] for row in HELD_OUT}
+    evaluations = []
+
+    def graded(prompts, completions, **kwargs):
+        if prompts[0] in held:
+            evaluations.append(len(prompts))
+            if dist.get_rank() == 1 and len(evaluations) == 2:
+                time.sleep(60)  # a grading server that stopped answering (abandoned in its daemon thread)
+        return e_judge(prompts, completions)
+
+    cfg = tiny_cfg(out, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1, prompts_per_generation=4,
+                   eval_steps=1, judge_timeout_s=3)
+    tok = tiny_tokenizer("char")
+    task = Task(PROMPTS, [graded], HELD_OUT, dataset_evaluate(cfg, HELD_OUT, [graded]))
+    OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok, task=task).train()
+
+
+def mcts_judge(stuck_on: int | None = None, failing_on: int | None = None):
+    """test_online_run's e_judge for an MCTS-DPO run that, on rank `stuck_on`, never returns at its 2nd call (the
+    second prompt's search, after the first search's collectives), and on rank `failing_on` raises at every call (a
+    failed rollout: its child dropped)."""
+    sys.path.insert(0, str(Path(__file__).parent / "online"))
+    from test_online_run import e_judge
+
+    calls = []
+
+    def graded(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        if dist.get_rank() == stuck_on and len(calls) == 2:
+            time.sleep(60)  # abandoned in its daemon thread
+        if dist.get_rank() == failing_on:
+            raise RuntimeError("the grading server refused the request (503)")
+        return e_judge(prompts, completions)
+    return graded
+
+
+def mcts_run(out: Path, judge, **over):
+    """test_online_run's tiny MCTS-DPO run (one round of 2 prompts, 1 step) under DDP with `judge`."""
+    sys.path.insert(0, str(Path(__file__).parent / "online"))
+    from test_online_run import tiny_cfg, tiny_run
+
+    tiny_run(tiny_cfg(out, trainer="mcts_dpo", mcts_step_delimiter=" ", mcts_iterations=2, max_steps=1,
+                      steps_per_generation=1, gradient_accumulation_steps=1, prompts_per_generation=2, **over),
+             judge).train()
 
 
 def reward_run(out: Path):
@@ -330,6 +396,9 @@ def main(out: Path, only: list[str]) -> None:
         "online_reward_rank0": lambda: online_run(out / "reward0", None, grader_failing_on(0)),
         "online_reward_rank1": lambda: online_run(out / "reward1", None, grader_failing_on(1)),
         "online_builder_rank1": lambda: online_builder_failing_on_rank_1(out / "builder"),
+        "online_eval_rank1": lambda: online_eval_judge_stuck_on_rank_1(out / "eval"),
+        "mcts_stuck_main": lambda: mcts_run(out / "mcts_stuck", mcts_judge(stuck_on=0), judge_timeout_s=3),
+        "mcts_failing_rank1": lambda: mcts_run(out / "mcts_failing", mcts_judge(failing_on=1)),
     }
     for name, run in scenarios.items():
         if only and name not in only:

@@ -28,7 +28,12 @@ SCENARIOS_OF_TEST = {"test_a_failed_hub_repository_creation_stops_both_ranks_bef
                         [name] for name in ("online_tool", "online_judge", "online_reset", "online_refusal")},
                      **{f"test_a_reward_function_that_fails_on_one_rank_stops_both_ranks_with_its_error[{rank}]":
                         [f"online_reward_rank{rank}"] for rank in (0, 1)},
-                     "test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error": ["online_builder_rank1"]}
+                     "test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error": ["online_builder_rank1"],
+                     "test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_error":
+                         ["online_eval_rank1"],
+                     "test_an_mcts_judge_timeout_on_the_main_mid_round_stops_both_ranks_with_its_error":
+                         ["mcts_stuck_main"],
+                     "test_an_mcts_judge_failing_on_rank_1_alone_no_longer_touches_the_round": ["mcts_failing_rank1"]}
 
 
 @pytest.fixture(scope="module")
@@ -349,9 +354,64 @@ def test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error(two
     assert max(results[("online_builder_rank1", r)]["seconds"] for r in (0, 1)) < 30
 
 
+def _judge_timeout(where: str) -> str:
+    """What JudgeTimeoutError says of rank_agreement_run.py's reward function `graded` stuck on 2 completions at
+    `where` under judge_timeout_s 3 (loops.judge.Judge._timeout_error)."""
+    return (f"judge 'graded' ({ROOT / 'tests' / 'rank_agreement_run.py'}) did not return within judge_timeout_s = 3 s "
+            f"in {where} (one call on 2 completion(s)); the run stops (the call is abandoned in a background thread: "
+            "Python cannot stop it). Fix the judge so that it returns (a reward function that waits on a server, a "
+            "lock or a subprocess needs its own timeout), or raise judge_timeout_s (null: no limit) if a call this "
+            "long is expected.")
+
+
+def _timed_out_together(results, scenario: str, expected: str) -> None:
+    """Both ranks raised RankFailure `expected` (_same_error_at_once) and ended within 10 s of each other (a judge
+    timeout has no failed_at: the stuck rank's 3 s wait is part of it)."""
+    _same_error_at_once(results, scenario, f"RankFailure: {expected}")
+    assert abs(results[(scenario, 0)]["ended"] - results[(scenario, 1)]["ended"]) < 10
+
+
+def test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_error(two_ranks):
+    """Every rank answers and judges the held-out prompts itself at each evaluation (online.tasks.dataset_evaluate).
+    A reward function that never returns on rank 1 in step 1's evaluation raised JudgeTimeoutError there alone (3 s),
+    and rank 0 went on into step 2's collectives and waited until the gloo timeout (300 s). Now each evaluation is
+    agreed (OnlineRun._evaluation_agreement: one all-reduce per evaluation): both ranks raise rank 1's timeout, naming
+    that rank, the evaluation's step and the judge, within seconds of it; the run built (the starting policy's
+    evaluation passed) and took step 1, and no step 2 ran."""
+    out, results, _ = two_ranks
+    _timed_out_together(results, "online_eval_rank1", "the evaluation at step 1 of the held-out prompts failed: "
+                        "rank 1 failed: " + _judge_timeout("the evaluation of the held-out prompts (eval_dataset_name "
+                                                           "/ eval_fraction)"))
+    rows = [json.loads(line) for line in (out / "eval" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1]  # step 1's training row; its evaluation's and step 2's never came
+
+
+def test_an_mcts_judge_timeout_on_the_main_mid_round_stops_both_ranks_with_its_error(two_ranks):
+    """MCTS-DPO's searches run in step on every rank (each expansion's generation is sharded and gathered), with a
+    judge call per expansion in between. Each rank judged itself, so a timeout on one rank was raised there alone,
+    mid-round, while the other went on into the next collective. Now the main process judges and sends the scores or
+    its failure (mcts.Search._judged, rank_agreement.main_result): its timeout at the second prompt's search stops
+    both ranks with the main's error (naming the judge, the round and the limit) within seconds of each other."""
+    _, results, _ = two_ranks
+    _timed_out_together(results, "mcts_stuck_main", "the main process's judging of the MCTS rollouts failed: rank 0 "
+                        "failed: " + _judge_timeout("round 1 (optimizer step 1)"))
+
+
+def test_an_mcts_judge_failing_on_rank_1_alone_no_longer_touches_the_round(two_ranks):
+    """A judge that raises at every call on rank 1 alone dropped every child there (NaN scores): rank 1 grew other
+    trees than rank 0 (its expansions no longer matched rank 0's gathers) and stopped the round past
+    max_judge_failure_fraction. Only the main process judges now (one judgement, the same tree on every rank): the
+    run ends on both ranks, and its round logged the main's scores with nothing dropped."""
+    out, results, _ = two_ranks
+    assert results[("mcts_failing_rank1", 0)]["error"] is None and results[("mcts_failing_rank1", 1)]["error"] is None
+    row = json.loads((out / "mcts_failing" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["judge/dropped"] == 0.0 and row["examples/count"] >= 1
+    assert json.loads((out / "mcts_failing" / "summary.json").read_text())["judge"]["judge/failed"] == 0.0
+
+
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 44
+    assert len(results) == 50
     assert wall < 230  # process start and imports included (2 shared cores); a hang waits for the 240 s limit
 
 

@@ -14,7 +14,8 @@ r = v - v_parent (the root's v = 0), Q = r + V (gamma = 1). Per prompt:
     evaluate  v(child), mcts_value rollout: the judge's score of the prompt with (committed steps + the child's
               whole sample): the checkable answer of the task decides the value (a Monte Carlo rollout through the
               child); self_eval: see below; a rollout the judge fails on (NaN) drops its child, counted in judge/dropped (the round stops with
-              an error above max_judge_failure_fraction)
+              an error above max_judge_failure_fraction). With several processes the main process judges and
+              sends the scores (Search._judged), so every rank grows the same tree
     backup    V(leaf) = sum_c max(1, N_c) Q_c / sum_c max(1, N_c); N += 1; Q = r + V, up to the decision node
     decide    after mcts_iterations simulations (4 x mcts_iterations at the prompt's own decision, the first, as the
               released search iterates more at its starting point) commit the child with the largest
@@ -52,7 +53,7 @@ import torch
 
 from preflab.errors import ConfigError, PreflabError
 from preflab.online.examples import Example
-from preflab.rank_agreement import ranks_agree
+from preflab.rank_agreement import main_result, ranks_agree
 
 
 @dataclass
@@ -173,8 +174,7 @@ class Search:
             scores = self._self_eval_values(leaf, new, answers, chat)
         else:
             decoded = [decode(run.tokenizer, t, chat) for t in answers]
-            scores, _ = run.judge([self.row.prompt] * len(new), decoded, [0] * len(new),
-                                  [self.row.columns] * len(new), answers)
+            scores = self._judged(decoded, answers)
         logps = run._token_logps(run._policy_scores, [(prefix, n.step) for n in new])
         kept = []
         for node, score, lp in zip(new, scores.tolist(), logps):
@@ -190,6 +190,28 @@ class Search:
             leaf.terminal = True
         leaf.children = kept
 
+    def _judged(self, texts: list, answers: list[list[int]]) -> torch.Tensor:
+        """The judge's [len(texts)] scores of this prompt's rollouts `texts` (token ids `answers`; NaN: a judge
+        failed on it). With several processes every rank runs the same search in step (each expansion's generation
+        is sharded and gathered), so the scores must be the same on every rank: the main process judges and sends
+        the scores and the judge's first failure to the others (preflab.rank_agreement.main_result, one broadcast
+        per judge call). A judge timeout or refusal on the main is sent in their place and raised on every rank;
+        before, each rank judged itself, so a timeout on one rank raised there alone mid-search while the others
+        waited in the next expansion's gather, and a judge failing on one rank only (NaN, dropped child) or
+        scoring differently there grew another tree there, whose expansions no longer matched the others'."""
+        run, n = self.run, len(texts)
+        judge = run.judge
+
+        def judged():
+            scores, _ = judge([self.row.prompt] * n, texts, [0] * n, [self.row.columns] * n, answers)
+            return scores, getattr(judge, "first_failure", None)
+
+        scores, first = main_result(judged, getattr(run, "accelerator", None),
+                                    "the main process's judging of the MCTS rollouts failed")
+        if first is not None and getattr(judge, "first_failure", None) is None:
+            judge.first_failure = first  # the round's error names the main's first failure on every rank
+        return scores
+
     def _self_eval_values(self, leaf: Node, new: list[Node], answers: list[list[int]], chat: bool) -> torch.Tensor:
         """[len(new)] values v = w conf / max(d - 3, 1) + outcome at terminal steps (online/mcts_self_eval.py);
         the judge scores only the finished answers (NaN: the child is dropped, as for rollouts)."""
@@ -201,8 +223,7 @@ class Search:
         outcome = {}
         if done:
             texts = [decode(run.tokenizer, answers[i], chat) for i in done]
-            judged, _ = run.judge([self.row.prompt] * len(done), texts, [0] * len(done),
-                                  [self.row.columns] * len(done), [answers[i] for i in done])
+            judged = self._judged(texts, [answers[i] for i in done])
             outcome = dict(zip(done, judged.tolist()))
         values = []
         for i, node in enumerate(new):
@@ -261,8 +282,9 @@ def mcts_round(run, r: int, rows, g: torch.Generator):
         scores += search.scores
     run.policy.train()
     run.counts["judge_dropped"] += dropped
-    # each rank searched and judged itself: a failure past the limit on one rank alone stops every rank with that
-    # rank's error (one agreement per round, after the search's last collective; as OnlineRun._round_agreement)
+    # the main judged every rollout (Search._judged), so `dropped` is the same on every rank; the round's own work
+    # (the limit's check, the examples' log-probs) is agreed once per round, after the searches' last collective
+    # (as OnlineRun._round_agreement): a failure on one rank alone stops every rank with that rank's error
     with ranks_agree(f"round {r + 1}: judging the MCTS rollouts or building the examples failed"):
         if dropped > run.cfg.max_judge_failure_fraction * max(1, samples):
             raise PreflabError(f"round {r + 1}: the judge failed or returned NaN for {dropped} of {samples} MCTS "

@@ -331,13 +331,31 @@ class OnlineRun(TrainingRun):
 
     def _evaluate_task(self) -> dict:
         """The task's evaluation of the policy; with tools, answered with them (dataset_evaluate's tools= and
-        accelerator=: _tool_functions refuses an evaluate that cannot take them)."""
+        accelerator=: _tool_functions refuses an evaluate that cannot take them). Agreed by every rank
+        (_evaluation_agreement)."""
         if self.environments is not None:  # (the environments' tools with them)
             return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator,
                                       environments=self.environments)
-        if self.tools:
-            return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator)
-        return self.task.evaluate(self.policy, self.tokenizer)
+        with self._evaluation_agreement():
+            if self.tools:
+                return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools,
+                                          accelerator=self.accelerator)
+            return self.task.evaluate(self.policy, self.tokenizer)
+
+    def _evaluation_agreement(self):
+        """Where an evaluation of the held-out prompts runs (the starting policy's when the run is built, each one at
+        eval_steps, the final one), on several processes: every rank answers and judges every held-out prompt itself
+        (dataset_evaluate: reward functions, verifiers, reward models under judge_timeout_s; a task's own evaluate),
+        so a judge that times out or refuses its values on one rank stopped that rank alone, and the others went on
+        into the next step's collectives and waited there until the collective's timeout, saying nothing.
+        preflab.rank_agreement.ranks_agree after the evaluation: one all-reduce of a failure flag per evaluation
+        (ordinary steps add none), and every rank raises RankFailure naming each failed rank and its error. With
+        environments the main process makes every reset and judge call and sends its result or its failure
+        (environments.begin_rollouts, judge_rollouts: main_result): _evaluate_task takes no agreement there. One
+        process: the evaluation's own error, unchanged."""
+        step = getattr(self, "step", 0)
+        when = f"at step {step}" if getattr(self, "before", None) is not None else "of the starting policy"
+        return ranks_agree(f"the evaluation {when} of the held-out prompts failed")
 
     def _environment_set(self, cfg, task, given, tools):
         """The run's Environments (preflab.online.environments: TRL GRPOTrainer's environment_factory, from Python
