@@ -98,3 +98,16 @@ def test_a_run_with_an_eval_dataset_or_no_eval_fraction_is_refused_with_what_to_
     with pytest.raises(ConfigError, match=r"RUN's objective reads the row columns \['similarity'\] and it skipped "
                                           r"bad rows \(on_bad_row: skip\)"):
         held_out_rows({**cfg, "loss_type": "sem_dpo"}, "RUN")
+
+
+def test_the_training_data_note_points_a_dpo_run_to_held_out_and_no_other_task(run):
+    """`--data` naming the run's own training file: a DPO-family run's note says --held-out evaluates exactly the
+    held-out rows; a reward run's (whose eval refuses --held-out) does not send the user to a refused option."""
+    from preflab.eval.run import training_data_note
+    from preflab.models.run_config import run_config
+
+    cfg = run_config(run)
+    data = cfg["dataset_name"]
+    assert "(--held-out instead of --data evaluates exactly those)" in training_data_note(data, cfg, "train")
+    reward = training_data_note(data, {**cfg, "task": "reward"}, "train")
+    assert "were not trained on, so these metrics are not held-out" in reward and "--held-out" not in reward

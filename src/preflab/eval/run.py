@@ -634,8 +634,10 @@ def training_data_note(data, cfg: dict, split: str) -> str | None:
     if config is not None and trained_config is not None and str(config) != str(trained_config):
         return None
     fraction = cfg.get("eval_fraction") or 0
+    # --held-out rebuilds a DPO-family run's held-out pairs only (preflab.eval.held_out): the other tasks refuse it
+    exactly = " (--held-out instead of --data evaluates exactly those)" if cfg.get("task") in (None, "dpo") else ""
     held = (f"only the eval_fraction={fraction} of its rows the run held out (seed {run_seed(cfg)}) were not "
-            "trained on (--held-out instead of --data evaluates exactly those)" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
+            f"trained on{exactly}" if fraction and not cfg.get("eval_dataset_name") else "every row was trained on")
     held_split = cfg.get("eval_split") if cfg.get("eval_dataset_name") and _same_data(data, cfg["eval_dataset_name"]) \
         else None  # the run's eval set is another split of this data (TRL's dataset_test_split)
     instead = (f"give --split {held_split}, the split the run evaluated on" if held_split and held_split != split
