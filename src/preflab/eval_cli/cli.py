@@ -213,10 +213,11 @@ def run(args) -> int:
                        keep_per_pair=not args.no_per_pair, device=args.device, token_rewards=args.token_rewards,
                        judge=judge_label(args))
     # with --data-config: its configuration; with the run's dataset_columns (or --data-columns): its columns renamed
-    data, record = eval_data(held_out_or_data(args), getattr(args, "data_config", None), eval_columns(args)), None
+    given, record = args.data, None
     if args.held_out:
-        opts = replace(opts, batch_size=held_out_batch(args))
-        record = {"data": "--held-out", "held_out_of": data_name_of_run(args.checkpoint)}
+        given, batch_size, record = held_out_data(args)
+        opts = replace(opts, batch_size=batch_size)
+    data = eval_data(given, getattr(args, "data_config", None), eval_columns(args))
     result = evaluate_checkpoint(args.checkpoint, data, reference=reference, out=args.out, options=opts,
                                  reward_fn=reward_fn, judge=load_callable(args.judge) if args.judge else None,
                                  allow_pickle=args.allow_pickle, trust_remote_code=args.trust_remote_code,
@@ -225,37 +226,23 @@ def run(args) -> int:
     return 0
 
 
-def held_out_or_data(args):
-    """--data as given, or with --held-out the raw rows the run's eval_fraction held out (preflab.eval.held_out),
-    said in a note."""
-    if not args.held_out:
-        return args.data
+def held_out_data(args) -> tuple[list[dict], int, dict]:
+    """With --held-out, from the run's config.yaml read once: (the raw rows the run's eval_fraction held out
+    (preflab.eval.held_out), said in a note; the pairs per forward pass: --batch-size when given, else the run's
+    per_device_eval_batch_size (the batch its eval_* metrics were computed with), else --batch-size's default;
+    eval.json's record of the data: "--held-out" and the run's dataset_name the rows come from, "held_out_of")."""
     import sys
 
     from preflab.eval.held_out import held_out_rows
     from preflab.models.run_config import run_config
 
-    rows, said = held_out_rows(run_config(args.checkpoint), args.checkpoint)
+    cfg = run_config(args.checkpoint)
+    rows, said = held_out_rows(cfg, args.checkpoint)
     print(f"preflab: note: {said}", file=sys.stderr)
-    return rows
-
-
-def held_out_batch(args) -> int:
-    """The pairs per forward pass with --held-out: --batch-size when given, else the run's
-    per_device_eval_batch_size (the batch its eval_* metrics were computed with), else --batch-size's default."""
-    from preflab.models.run_config import run_config
-
-    if getattr(args, "batch_size_given", False):
-        return args.batch_size
-    return int(run_config(args.checkpoint).get("per_device_eval_batch_size") or args.batch_size)
-
-
-def data_name_of_run(checkpoint: str) -> str | None:
-    """The run's dataset_name (config.yaml), which --held-out rows come from (eval.json's "held_out_of")."""
-    from preflab.models.run_config import run_config
-
-    name = run_config(checkpoint).get("dataset_name")
-    return None if name is None else str(name)
+    batch_size = args.batch_size if getattr(args, "batch_size_given", False) else \
+        int(cfg.get("per_device_eval_batch_size") or args.batch_size)
+    name = cfg.get("dataset_name")
+    return rows, batch_size, {"data": "--held-out", "held_out_of": None if name is None else str(name)}
 
 
 BUILTIN_REWARD_FNS = ("demo_true_reward", "demo_echo_reward")
