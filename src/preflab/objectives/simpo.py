@@ -59,7 +59,8 @@ class SimPO(Objective):
     needs_reference = False
     paper = "Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward (arXiv:2405.14734)"
     checked_against = ("reference code: TRL 1.16 CPOTrainer.cpo_loss loss_type='simpo'; NLL by hand "
-                       "(tests/objectives/test_trl_parity.py, 1e-9)")
+                       "(tests/objectives/test_trl_parity.py, 1e-9); class defaults: official princeton-nlp/SimPO "
+                       "simpo_config.py + SimPOTrainer.simpo_loss (tests/objectives/test_simpo.py)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("length",)}
 
