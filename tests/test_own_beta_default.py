@@ -1,5 +1,5 @@
-"""An unset beta with an objective TRL does not have (asft, tpo_tree, rpo, sppo, gpo, f_sft) trains at the objective's own
-default, not TrainConfig's 0.1 (preflab.objectives._own_beta); TRL's loss types and an explicit beta keep theirs.
+"""An unset beta with an objective TRL does not have (asft, tpo_tree, rpo, sppo, gpo, f_sft) trains at the objective's
+own default, not TrainConfig's 0.1 (preflab.objectives._own_beta); TRL's loss types and an explicit beta keep theirs.
 Before, every objective with a beta field got the run's 0.1: asft trained its tempered variant, sppo / gpo regressed
 onto targets 100x smaller than their papers', all without a word."""
 import dataclasses

@@ -10,8 +10,9 @@ re-implementation plus a derivation checked numerically (official code not found
 Its population minimizer over pairs y, y' ~ pi_t ordered by P is the online-mirror-descent step
 pi_{t+1} ∝ pi_t^(1-eta*tau) pi_ref^(eta*tau) exp(eta P(y ≻ pi_t)) (tested). eta*tau = 1 gives sum-form IPO with
 beta = 1/eta. The re-implementation's (eta', tau') map to eta = 1/eta', tau = tau' (its eta' = 7.5e-3,
-tau' = 2.5e-3 are MNPO's values); the defaults here are the released INPO run's (below): eta = 200, tau = 1/600. Extras (the second anchor): `prev_chosen_logps`, `prev_rejected_logps` [B]
-= S_t(y_w), S_t(y_l) (a SequenceLogps is summed). The loop (sample from pi_t, label with P) is `online/inpo`.
+tau' = 2.5e-3 are MNPO's values); the defaults here are the released INPO run's (below): eta = 200, tau = 1/600.
+Extras (the second anchor): `prev_chosen_logps`, `prev_rejected_logps` [B] = S_t(y_w), S_t(y_l) (a SequenceLogps
+is summed). The loop (sample from pi_t, label with P) is `online/inpo`.
 
 Audit 2026-12: no official INPO code found; the only public "INPOTrainer" in the code index (a SimPO-based fork,
 XuHuang441/SimPO inpo_scripts) computes SPPO's loss ((h - (p - 1/2)/eta)^2 per side), not INPO's. Checked instead
