@@ -35,7 +35,10 @@ the reference is the SFT model and `last` the previous iterate (`inpo/precompute
 with the gradient. Its run script `run_inpo.sh` sets eta' = 0.005 and ratio = 1/3 (target 100: eta = 200,
 tau = 1/600 here) -- the defaults here since the paper audit of 2026-12 (before: MNPO's eta' = 0.0075, target
 66.67, also `inpo_train.py`'s argument default, which the run overrides; that default's ratio 0 drops pi_ref). The
-later `run_inpo_fixed.sh` (same repository, HEAD 3adca2b) keeps eta' = 0.005, ratio = 1/3. The game trainers
+later `run_inpo_fixed.sh` (same repository, HEAD 3adca2b) keeps eta' = 0.005, ratio = 1/3. MNPO's 0.0075 is
+MNPO's own pick: its paper (arXiv:2509.23102, App. C "Hyperparameters") grid-searches eta over {0.1, 0.01, 0.0075,
+0.005, 0.002} for MNPO and sets 0.0075; it reproduces INPO "according to the settings described in the paper"
+without giving INPO's value. The game trainers
 (`online/game.py`) set eta and tau from `game_eta` and `beta`, so these defaults act only on `loss_type: inpo`.
 The released pairs are one tournament pair per prompt, not the weighted ordered pairs of `online/game.py`.
 
