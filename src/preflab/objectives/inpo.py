@@ -39,8 +39,9 @@ later `run_inpo_fixed.sh` (same repository, HEAD 3adca2b) keeps eta' = 0.005, ra
 MNPO's own pick: its paper (arXiv:2509.23102, App. C "Hyperparameters") grid-searches eta over {0.1, 0.01, 0.0075,
 0.005, 0.002} for MNPO and sets 0.0075; it reproduces INPO "according to the settings described in the paper"
 without giving INPO's value. The spec's 3rd-party re-implementation calls eta' = 7.5e-3 "paper defaults" with no
-source; the released run is the nearer evidence, so its 0.005 is the default (reviewable; see VERIFICATION.md). The game trainers
-(`online/game.py`) set eta and tau from `game_eta` and `beta`, so these defaults act only on `loss_type: inpo`.
+source; the released run is the nearer evidence, so its 0.005 is the default (reviewable; see VERIFICATION.md).
+The game trainers (`online/game.py`) set eta and tau from `game_eta` and `beta`, so these defaults act only on
+`loss_type: inpo`.
 The released pairs are one tournament pair per prompt, not the weighted ordered pairs of `online/game.py`.
 
 Deviation from the paper: none known in the loss; the equation was read from code, not from INPO's text.
