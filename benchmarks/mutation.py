@@ -8187,6 +8187,28 @@ MUTANTS += [
 ]
 
 
+# mutation-pau round: paper-audit: the defaults set from the released runs (INPO's run_inpo.sh eta' 0.005 with
+# ratio 1/3, RPO's train_rpo.sh beta 0.5) and SimPO's class defaults / gamma_beta_ratio checked against the official
+# SimPOTrainer.simpo_loss at SimPOConfig's defaults
+PAU_INPO = ["tests/objectives/test_inpo.py"]
+PAU_RPO = ["tests/objectives/test_rpo.py"]
+PAU_SIMPO = ["tests/objectives/test_simpo.py"]
+MUTANTS += [
+    Mutant("pau-inpo-default-mnpo-eta", "objectives/inpo.py",
+           [("    eta: float = 200.0 ", "    eta: float = 1 / 7.5e-3 "),
+            ("    tau: float = 1 / 600 ", "    tau: float = 2.5e-3 ")],
+           PAU_INPO, "inpo's defaults back to MNPO's eta' 0.0075 (target 66.67), not the released INPO run's 0.005"),
+    Mutant("pau-rpo-default-beta-dpo", "objectives/rpo.py",
+           [("    beta: float = 0.5 ", "    beta: float = 0.1 ")],
+           PAU_RPO, "rpo's beta back to DPO's 0.1 beside the average recipe's eta 0.2 (the recipe runs beta 0.5)"),
+    Mutant("pau-simpo-gamma-ratio-unscaled", "objectives/simpo.py",
+           [("return self.beta * self.gamma_beta_ratio if", "return self.gamma_beta_ratio if")],
+           PAU_SIMPO, "gamma_beta_ratio taken as gamma itself: the official logits subtract the ratio inside beta"),
+    Mutant("pau-simpo-default-beta-trl", "objectives/simpo.py",
+           [("    beta: float = 2.0 ", "    beta: float = 0.1 ")],
+           PAU_SIMPO, "simpo's class default becomes TRL's run default 0.1, not the official SimPOConfig's 2.0"),
+]
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -1,5 +1,5 @@
-"""An unset beta with an objective TRL does not have (asft, tpo_tree, sppo, gpo, f_sft) trains at the objective's own
-default, not TrainConfig's 0.1 (preflab.objectives._own_beta); TRL's loss types and an explicit beta keep theirs.
+"""An unset beta with an objective TRL does not have (asft, tpo_tree, rpo, sppo, gpo, f_sft) trains at the objective's
+own default, not TrainConfig's 0.1 (preflab.objectives._own_beta); TRL's loss types and an explicit beta keep theirs.
 Before, every objective with a beta field got the run's 0.1: asft trained its tempered variant, sppo / gpo regressed
 onto targets 100x smaller than their papers', all without a word."""
 import dataclasses
@@ -20,7 +20,7 @@ from preflab.resume_check import compare_configs
 from jsonl_files import write_jsonl  # tests/, on sys.path beside conftest
 
 BASE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "data.jsonl"}
-PAPER_ONLY = {"asft": 1.0, "tpo_tree": 0.5, "sppo": 0.001, "gpo": 0.001, "f_sft": 1.0}
+PAPER_ONLY = {"asft": 1.0, "tpo_tree": 0.5, "rpo": 0.5, "sppo": 0.001, "gpo": 0.001, "f_sft": 1.0}
 
 
 def _class_default(name):

@@ -20,9 +20,9 @@ def test_fixture_values():
     out = get_objective("inpo", eta=1.0, tau=1 / 3)(fixture())
     assert out.metrics["inpo/h_t"].item() == pytest.approx(0.966667, abs=1e-6)
     assert out.loss.item() == pytest.approx(0.217778, abs=1e-6)
-    default = get_objective("inpo")(fixture()).loss.item()  # eta' = 7.5e-3, tau' = 2.5e-3: target 66.667
-    assert default == pytest.approx((2.9 / 3 - 1 / (2 * 7.5e-3)) ** 2, abs=1e-8)
-    assert default == pytest.approx(4316.49, abs=5e-3)
+    default = get_objective("inpo")(fixture()).loss.item()  # the released run's eta' = 0.005, ratio 1/3: target 100
+    assert default == pytest.approx((2.9 / 3 - 1 / (2 * 0.005)) ** 2, abs=1e-8)
+    assert default == pytest.approx(9807.60111111, abs=1e-6)  # (2.9/3 - 100)^2 by hand
 
 
 def test_eta_tau_one_is_sum_form_ipo():
@@ -73,18 +73,19 @@ def test_population_minimizer_is_the_closed_form_update():
     torch.testing.assert_close(pi, torch.tensor([0.59311514, 0.29695048, 0.10993439], **F64), atol=1e-7, rtol=0)
 
 
-def test_defaults_equal_the_mnpo_trainer_with_one_past_iterate():
+def test_mnpo_config_equals_the_mnpo_trainer_with_one_past_iterate():
     """smiles724/MNPO@b8317e9 `mnpo_scripts/mnpo_trainer.py::mnpo_loss` (whose paper recovers INPO as the game with
     opponents {pi_t, pi_ref}), one history entry: logits = d_pi - ratio d_ref - (1 - ratio) d_t, loss
     (logits - 1/(2 eta'))^2, with its config values eta' = 0.0075, ratio = 1/3 (training_configs/*-iter1.yaml).
-    Written out here by hand; preflab's defaults (eta = 1/eta', tau = 2.5e-3, so eta tau = 1/3) give the same."""
+    Written out here by hand; preflab's inpo at eta = 1/eta', tau = 2.5e-3 (so eta tau = 1/3) gives the same (the
+    defaults were these until the 2026-12 paper audit; they are now the released INPO run's, next test)."""
     batch = PairBatch.from_sums(torch.tensor([-10.0, -31.5], **F64), torch.tensor([-12.0, -30.0], **F64),
                                 torch.tensor([-11.0, -29.0], **F64), torch.tensor([-11.5, -33.0], **F64),
                                 extras={"prev_chosen_logps": [-10.5, -30.0], "prev_rejected_logps": [-11.8, -31.0]})
     d_pi, d_ref, d_t = torch.tensor([2.0, -1.5], **F64), torch.tensor([0.5, 4.0], **F64), torch.tensor([1.3, 1.0], **F64)
     eta_prime, ratio = 0.0075, 1 / 3
     mnpo = (d_pi - ratio * d_ref - (1 - ratio) * d_t - 1 / (2 * eta_prime)) ** 2
-    out = get_objective("inpo")(batch)
+    out = get_objective("inpo", eta=1 / 7.5e-3, tau=2.5e-3)(batch)
     torch.testing.assert_close(out.losses, mnpo, rtol=1e-12, atol=1e-9)
     assert out.loss.item() == pytest.approx(mnpo.mean().item(), rel=1e-12)
 
@@ -143,3 +144,19 @@ def test_loss_and_gradient_are_the_released_inpo_trainer(eta_prime, ratio):
     torch.testing.assert_close(pw.token_logps.grad, lp_w.grad, rtol=1e-12, atol=1e-9)
     torch.testing.assert_close(pl.token_logps.grad, lp_l.grad, rtol=1e-12, atol=1e-9)
     assert pw.token_logps.grad[~pw.mask].abs().max().item() == 0.0  # prompt and padding carry no gradient
+
+
+def test_defaults_are_the_released_inpo_run():
+    """The defaults (no parameters given) are `inpo_original/run_inpo.sh`'s eta' = 0.005, ratio = 1/3 (also
+    `run_inpo_fixed.sh` at the repository's HEAD): the loss equals the released `inpo_loss` transcription there,
+    and differs from it at MNPO's eta' = 0.0075 (the defaults before the 2026-12 paper audit)."""
+    batch = PairBatch.from_sums(torch.tensor([-10.0, -31.5], **F64), torch.tensor([-12.0, -30.0], **F64),
+                                torch.tensor([-11.0, -29.0], **F64), torch.tensor([-11.5, -33.0], **F64),
+                                extras={"prev_chosen_logps": [-10.5, -30.0], "prev_rejected_logps": [-11.8, -31.0]})
+    t = lambda *v: torch.tensor(v, **F64)  # noqa: E731
+    args = (t(-10.0, -31.5), t(-12.0, -30.0), t(-11.0, -29.0), t(-11.5, -33.0), t(-10.5, -30.0), t(-11.8, -31.0))
+    out = get_objective("inpo")(batch)
+    torch.testing.assert_close(out.losses, _released_inpo_losses(*args, ratio=1 / 3, denom=0.005), rtol=1e-12,
+                               atol=1e-9)
+    assert out.loss.item() != pytest.approx(_released_inpo_losses(*args, ratio=1 / 3, denom=0.0075).mean().item(),
+                                            rel=1e-3)

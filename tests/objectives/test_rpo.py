@@ -71,3 +71,21 @@ def test_batch_token_mean_is_token_weighted():
 def test_bad_aggregation_rejected():
     with pytest.raises(ConfigError, match="nll_agg"):
         get_objective("rpo", nll_agg="mean")
+
+
+def test_defaults_are_the_released_average_recipe():
+    """The defaults are `OpenRLHF/train_rpo.sh`'s run (YSLIU627/Regularized-Preference-Optimization): `--beta 0.5`,
+    `--nll_loss_coef 0.2`, and its trainer's loss, transcribed here: `DPOLoss` (the batch mean of
+    -log sigmoid(beta * ((S_w - S_l) - (R_w - R_l))), label smoothing 0) + nll_loss_coef * (-(the batch mean of the
+    chosen responses' per-token mean log-probs)) (`DPOTrainer.fit`, `concatenated_forward`). Before the 2026-12
+    paper audit beta defaulted to 0.1, which this number tells apart."""
+    batch = random_batch(seed=3)
+    pw, pl = batch.policy_chosen, batch.policy_rejected
+    s = lambda side: (side.token_logps * side.mask).sum(-1)  # noqa: E731
+    pref = -torch.nn.functional.logsigmoid(0.5 * ((s(pw) - s(pl)) - (s(batch.ref_chosen) - s(batch.ref_rejected))))
+    nll = -(s(pw) / pw.mask.sum(-1)).mean()
+    released = pref.mean() + 0.2 * nll
+    out = get_objective("rpo")(batch)
+    assert out.loss.item() == pytest.approx(released.item(), rel=1e-12)
+    at_01 = get_objective("rpo", beta=0.1)(batch).loss.item()
+    assert abs(at_01 - released.item()) > 1e-3

@@ -43,3 +43,36 @@ def test_doubling_a_response_changes_nothing_and_nll_term_adds():
 def test_both_gamma_names_rejected():
     with pytest.raises(ConfigError, match="either"):
         get_objective("simpo", simpo_gamma=1.0, gamma_beta_ratio=0.5)
+
+
+def _official_simpo_losses(a_w, a_l, beta=2.0, gamma_beta_ratio=0.25, label_smoothing=0.0):
+    """A transcription of princeton-nlp/SimPO `scripts/simpo_trainer.py::SimPOTrainer.simpo_loss` (loss_type
+    sigmoid) on `get_batch_logps(average_log_prob=True)` log-probs, at `scripts/simpo_config.py`'s defaults
+    (beta 2.0, gamma_beta_ratio 0.25, label_smoothing 0): logits = (A_w - A_l) - gamma_beta_ratio."""
+    logits = (a_w - a_l) - gamma_beta_ratio
+    return (-torch.nn.functional.logsigmoid(beta * logits) * (1 - label_smoothing)
+            - torch.nn.functional.logsigmoid(-beta * logits) * label_smoothing)
+
+
+def test_class_defaults_are_the_official_simpo_config_and_a_run_keeps_trls_01():
+    """get_objective("simpo") with no parameters = the official SimPOConfig's beta 2.0, gamma = 2.0 x 0.25 = 0.5;
+    a preflab run whose config leaves beta out trains at TRL CPOConfig's 0.1 instead (the drop-in TRL behaviour,
+    preflab.objectives._own_beta), which is another loss: the difference the paper audit documents."""
+    from preflab.config import config_from_dict
+
+    rows = [(-4.0, 4, -6.0, 3), (-9.0, 6, -5.0, 2), (-3.0, 1, -8.0, 5)]
+    batch = PairBatch(SequenceLogps(torch.tensor([[t / n] * n + [-7.0] * (6 - n) for t, n, _, _ in rows],
+                                                 dtype=torch.float64),
+                                    torch.tensor([[True] * n + [False] * (6 - n) for _, n, _, _ in rows])),
+                      SequenceLogps(torch.tensor([[t / n] * n + [-7.0] * (6 - n) for _, _, t, n in rows],
+                                                 dtype=torch.float64),
+                                    torch.tensor([[True] * n + [False] * (6 - n) for _, _, _, n in rows])))
+    a_w = torch.tensor([t / n for t, n, _, _ in rows], dtype=torch.float64)
+    a_l = torch.tensor([t / n for _, _, t, n in rows], dtype=torch.float64)
+    official = _official_simpo_losses(a_w, a_l)
+    torch.testing.assert_close(get_objective("simpo")(batch).losses, official, rtol=1e-12, atol=0)
+    run = config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": "d.jsonl",
+                            "loss_type": "simpo"}).objective()
+    assert run.beta == 0.1 and run.simpo_gamma == 0.5  # TRL CPOConfig's beta and simpo_gamma
+    torch.testing.assert_close(run(batch).losses, _official_simpo_losses(a_w, a_l, beta=0.1, gamma_beta_ratio=5.0),
+                               rtol=1e-12, atol=0)

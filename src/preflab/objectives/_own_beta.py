@@ -5,11 +5,12 @@ that default is the drop-in behaviour and stays: `loss_type: nca_pair` (or simpo
 whose preflab classes declare the SimPO / AlphaPO papers' 2.0 / 2.5) without beta trains at 0.1 as TRL does. The
 objectives TRL does not have are preflab's implementations of a paper (or preflab's own), and their class default is
 that paper's or its released code's value: asft 1.0 (Wang et al. 2024, arXiv:2409.10571; 0.1 is the tempered
-variant), tpo_tree 0.5 (Liao et al. 2024, arXiv:2410.12854, `tpo_train.py`), sppo and gpo 0.001 (Wu et al. 2024,
-arXiv:2405.00675; arXiv:2410.02197; their scripts: targets (p - 1/2)/beta are 100x larger than at 0.1), f_sft 1.0
-(preflab's own family, scale 1). Passing them the run's 0.1 trained another method than the paper's without a
-word, so an unset beta takes the objective's own default (resolve_unset_beta), said once at the start and recorded as
-the run's beta (config.yaml, which `preflab eval`, the report and a resume read).
+variant), tpo_tree 0.5 (Liao et al. 2024, arXiv:2410.12854, `tpo_train.py`), rpo 0.5 (Liu et al. 2024,
+arXiv:2405.16436, the average recipe `OpenRLHF/train_rpo.sh`, whose eta 0.2 is rpo's default too), sppo and gpo
+0.001 (Wu et al. 2024, arXiv:2405.00675; arXiv:2410.02197; their scripts: targets (p - 1/2)/beta are 100x larger
+than at 0.1), f_sft 1.0 (preflab's own family, scale 1). Passing them the run's 0.1 trained another method than the
+paper's without a word, so an unset beta takes the objective's own default (resolve_unset_beta), said once at the
+start and recorded as the run's beta (config.yaml, which `preflab eval`, the report and a resume read).
 
 task: online takes the same rule for its recipe's objective (preflab.online_recipes.recipe_loss_type: `trainer:
 sppo` trains sppo, `gpo` gpo, `tpo` tpo_tree), so `trainer: sppo` and offline `loss_type: sppo` agree: 0.001, 0.001

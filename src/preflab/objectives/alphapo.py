@@ -11,6 +11,10 @@ TRL's form (CPOConfig(loss_type="alphapo") = simpo with cpo_alpha = 0 and the re
 Deviation from the paper: the exponent -alpha A is clamped above at 80 (as TRL clamps its alpha-divergence), so the
 loss stays finite for very unlikely responses; TRL's CPO trainer does not clamp. Defaults alpha = 0.25, beta = 2.5,
 gamma = 0.1 are TRL's paper-index recipe (Mistral-Instruct, Table 3 of the paper); TRL's CPOConfig default alpha = 0.
+A preflab run whose config leaves `beta` out trains at TRL CPOConfig's 0.1 (deliberate: TRL's loss type keeps TRL's
+default, preflab.objectives._own_beta), not the recipe's 2.5; set beta for the paper's setting. (No AlphaPO
+release by its authors was found in the paper audit of 2026-12: find_repos/find_string "alphapo" give only
+unrelated names.)
 """
 from dataclasses import dataclass
 

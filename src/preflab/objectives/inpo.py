@@ -9,9 +9,10 @@ re-implementation plus a derivation checked numerically (official code not found
 
 Its population minimizer over pairs y, y' ~ pi_t ordered by P is the online-mirror-descent step
 pi_{t+1} ∝ pi_t^(1-eta*tau) pi_ref^(eta*tau) exp(eta P(y ≻ pi_t)) (tested). eta*tau = 1 gives sum-form IPO with
-beta = 1/eta. The re-implementation's (eta', tau') map to eta = 1/eta', tau = tau'; its defaults eta' = 7.5e-3,
-tau' = 2.5e-3 are the defaults here. Extras (the second anchor): `prev_chosen_logps`, `prev_rejected_logps` [B]
-= S_t(y_w), S_t(y_l) (a SequenceLogps is summed). The loop (sample from pi_t, label with P) is `online/inpo`.
+beta = 1/eta. The re-implementation's (eta', tau') map to eta = 1/eta', tau = tau' (its eta' = 7.5e-3,
+tau' = 2.5e-3 are MNPO's values); the defaults here are the released INPO run's (below): eta = 200, tau = 1/600.
+Extras (the second anchor): `prev_chosen_logps`, `prev_rejected_logps` [B] = S_t(y_w), S_t(y_l) (a SequenceLogps
+is summed). The loop (sample from pi_t, label with P) is `online/inpo`.
 
 Audit 2026-12: no official INPO code found; the only public "INPOTrainer" in the code index (a SimPO-based fork,
 XuHuang441/SimPO inpo_scripts) computes SPPO's loss ((h - (p - 1/2)/eta)^2 per side), not INPO's. Checked instead
@@ -32,7 +33,15 @@ was not found). Its `inpo/trainer.py::inpo_loss` is this loss term by term: (d_p
 d_last - 1/(2 eta'))^2 on response-token sums (TRL's get_batch_logps, average_log_prob False), mean over pairs;
 the reference is the SFT model and `last` the previous iterate (`inpo/precompute.py`). Tested on token log-probs
 with the gradient. Its run script `run_inpo.sh` sets eta' = 0.005 and ratio = 1/3 (target 100: eta = 200,
-tau = 1/600 here); the defaults here keep MNPO's eta' = 0.0075 (target 66.67) -- a default left for review.
+tau = 1/600 here) -- the defaults here since the paper audit of 2026-12 (before: MNPO's eta' = 0.0075, target
+66.67, also `inpo_train.py`'s argument default, which the run overrides; that default's ratio 0 drops pi_ref). The
+later `run_inpo_fixed.sh` (same repository, HEAD 3adca2b) keeps eta' = 0.005, ratio = 1/3. MNPO's 0.0075 is
+MNPO's own pick: its paper (arXiv:2509.23102, App. C "Hyperparameters") grid-searches eta over {0.1, 0.01, 0.0075,
+0.005, 0.002} for MNPO and sets 0.0075; it reproduces INPO "according to the settings described in the paper"
+without giving INPO's value. The spec's 3rd-party re-implementation calls eta' = 7.5e-3 "paper defaults" with no
+source; the released run is the nearer evidence, so its 0.005 is the default (reviewable; see VERIFICATION.md).
+The game trainers (`online/game.py`) set eta and tau from `game_eta` and `beta`, so these defaults act only on
+`loss_type: inpo`.
 The released pairs are one tournament pair per prompt, not the weighted ordered pairs of `online/game.py`.
 
 Deviation from the paper: none known in the loss; the equation was read from code, not from INPO's text.
@@ -54,15 +63,16 @@ def prev_sums(batch, name: str, like: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class INPO(Objective):
     reward_meaning = "log-ratio to the reference / eta, summed"
-    eta: float = 1 / 7.5e-3  # OMD step size eta (target eta/2)
-    tau: float = 2.5e-3      # KL strength tau; eta*tau in [0, 1] is the weight of pi_ref in the anchor
+    eta: float = 200.0       # OMD step size eta = 1/eta' (target eta/2); the released run_inpo.sh's eta' = 0.005
+    tau: float = 1 / 600     # KL strength tau; eta*tau in [0, 1] is the weight of pi_ref (run_inpo.sh's ratio 1/3)
 
     required_extras = ("prev_chosen_logps", "prev_rejected_logps")
     paper = "Zhang et al. 2024, Iterative Nash Policy Optimization (arXiv:2407.00617)"
     checked_against = ("3rd-party: a copy of INPO's code, XuHuang441/Multi-player-Nash-Policy-Optimization@83d08c9 "
-                       "inpo_original/inpo/trainer.py::inpo_loss (loss, sums, anchors; its run: eta' 0.005, ratio "
-                       "1/3) and smiles724/MNPO@b8317e9 mnpo_loss with one past iterate (eta' 0.0075, ratio 1/3), "
-                       "+ the OMD-step fixed point, all tested; the authors' own repository not found")
+                       "inpo_original/inpo/trainer.py::inpo_loss (loss, sums, anchors; its run_inpo.sh: eta' 0.005, "
+                       "ratio 1/3 = the defaults here) and smiles724/MNPO@b8317e9 mnpo_loss with one past iterate "
+                       "(eta' 0.0075, ratio 1/3), + the OMD-step fixed point, all tested; the authors' own repository "
+                       "not found")
     tags = {"data": ("pair-wise",), "framework": ("online", "self-play"), "constraint": ("reference",),
             "property": ("general-preference",)}
 

@@ -12,7 +12,12 @@ Verified against the official code, re-read in the audit of 2026-12 at YSLIU627/
 @d0389c4: `alignment-handbook/scripts/rpo_trainer.py` subtracts beta * eta * S_theta(y_w) from the DPO loss (sum),
 `OpenRLHF/openrlhf/trainer/dpo_trainer.py` adds nll_loss_coef * (-batch mean of per-sequence mean log-probs)
 (seq_mean). Recipes: cumulative beta=0.01, eta=0.005 (zephyr-7b-beta); average beta=0.5, eta=0.2 (`train_rpo.sh`).
-beta defaults to DPO's 0.1 (kept: the usual DPO default); the official average recipe uses 0.5.
+Defaults (paper audit 2026-12): beta = 0.5 with eta = 0.2 and nll_agg = seq_mean, all three from the average
+recipe (`OpenRLHF/train_rpo.sh`: `--beta 0.5`, `ETA=0.2` as `--nll_loss_coef`, zephyr-7b-gemma-sft on
+argilla/dpo-mix-7k). Before, beta was DPO's 0.1 beside that recipe's eta and aggregation, a combination neither
+released recipe runs (at 0.1 the SFT term weighs 5x more against the DPO term's gradient scale than the recipe's).
+An unset beta takes this class default (preflab.objectives._own_beta; RPO is not a TRL loss type; TRL's own RPO
+is the `rpo_alpha` option on a TRL loss, which keeps TRL's 0.1).
 
 Deviation from the paper: none. The aggregation is an explicit option (`nll_agg`) because the two official
 variants and TRL's paper-index recipe all differ; defaults follow the README's recommended average variant.
@@ -27,13 +32,14 @@ from preflab.objectives.base import Objective, ObjectiveOutput, PairBatch, logra
 
 @dataclass(frozen=True)
 class RPO(Objective):
-    beta: float = 0.1           # DPO inverse temperature
+    beta: float = 0.5           # DPO inverse temperature (the average recipe's, train_rpo.sh)
     eta: float = 0.2            # weight of the SFT term (paper's eta); 0 gives DPO exactly
     nll_agg: str = "seq_mean"   # sum (weight eta*beta) | seq_mean | batch_token_mean
 
     paper = "Liu et al. 2024, Provably Mitigating Overoptimization in RLHF (arXiv:2405.16436)"
     checked_against = ("official code: YSLIU627/Regularized-Preference-Optimization@d0389c4 rpo_trainer.py (sum) "
-                       "and OpenRLHF dpo_trainer.py (seq_mean), re-read 2026-12")
+                       "and OpenRLHF dpo_trainer.py (seq_mean), re-read 2026-12; defaults = train_rpo.sh "
+                       "(beta 0.5, nll_loss_coef 0.2)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference",),
             "property": ("likelihood",)}
 

@@ -11,6 +11,14 @@ gamma = `simpo_gamma` (reward units, TRL's name and default 0.5 = the official 2
 Deviation from the paper: none at the defaults (cpo_alpha = 0, eps = 0, which is pure SimPO; TRL's CPOConfig defaults
 cpo_alpha to 1.0). Metrics follow TRL's CPO trainer: rewards = beta * A (AlphaPO: beta * r), logps/* = A, nll_loss
 (0 when cpo_alpha = 0).
+
+Defaults (paper audit 2026-12): the class defaults beta = 2.0, gamma = 0.5 are the official code's, princeton-nlp/SimPO
+`scripts/simpo_config.py` (@1aa921d: beta 2.0, gamma_beta_ratio 0.25, label_smoothing 0, sft_weight 0) with
+`scripts/simpo_trainer.py::simpo_loss` (@15c4ff8: -log sigmoid(beta ((A_w - A_l) - gamma_beta_ratio)) on
+`get_batch_logps(average_log_prob=True)`): equal to 1e-12 (tests/objectives/test_simpo.py). A preflab run whose config
+leaves `beta` out trains at TRL CPOConfig's beta 0.1 (and simpo_gamma 0.5, so gamma/beta = 5) -- deliberate, the
+drop-in TRL behaviour for TRL's loss type (preflab.objectives._own_beta) -- not at the paper's 2.0: set `beta: 2.0`
+for the official code's default (its per-model recipes were not re-read in this audit).
 """
 from dataclasses import dataclass
 
@@ -51,7 +59,8 @@ class SimPO(Objective):
     needs_reference = False
     paper = "Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward (arXiv:2405.14734)"
     checked_against = ("reference code: TRL 1.16 CPOTrainer.cpo_loss loss_type='simpo'; NLL by hand "
-                       "(tests/objectives/test_trl_parity.py, 1e-9)")
+                       "(tests/objectives/test_trl_parity.py, 1e-9); class defaults: official princeton-nlp/SimPO "
+                       "simpo_config.py + SimPOTrainer.simpo_loss (tests/objectives/test_simpo.py)")
     tags = {"data": ("pair-wise",), "framework": ("offline",), "constraint": ("reference-free",),
             "property": ("length",)}
 
