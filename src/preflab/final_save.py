@@ -1,5 +1,5 @@
-"""The final model written into output_dir as one unit: the complete old files or the complete new ones (user
-trial 15; atomic-final).
+"""The final model written into output_dir as one unit: preflab loads a finished save's files or refuses the folder,
+never part of a save or a mix of two (user trial 15; atomic-final).
 
 Before, save_pretrained wrote model.safetensors (the adapter, a pipeline's subfolders) straight into output_dir: a
 kill (SIGKILL, the OOM killer) during the write left a folder that looked like a model (config.json there, the
@@ -132,8 +132,8 @@ def check_final_model_complete(folder: str | Path) -> None:
     except (OSError, ValueError, AttributeError):
         started = "?"
     raise PreflabError(
-        f"final model incomplete: the final save into {folder} (started {started}) was interrupted, so its model "
-        f"files are the previous save's or a mix of two saves ({INCOMPLETE_MARKER} marks it; it is removed only when "
+        f"final model incomplete: the final save into {folder} (started {started}) did not finish (it was "
+        f"interrupted, or is still being written), so its model files are the previous save's or a mix of two saves ({INCOMPLETE_MARKER} marks it; it is removed only when "
         "a final save finishes). Nothing was loaded. To finish the run, rerun with resume_from_checkpoint=true "
         "(`preflab train CONFIG resume_from_checkpoint=true`): it continues from its last checkpoint and saves the "
         "final model again; a run that saved no checkpoint must be trained again.")
