@@ -8209,6 +8209,38 @@ MUTANTS += [
            PAU_SIMPO, "simpo's class default becomes TRL's run default 0.1, not the official SimPOConfig's 2.0"),
 ]
 
+# mutation-afz round: atomic-final: the final model saved as one unit (output_dir marked incomplete until the last
+# file is in place; every loader refuses a marked folder), claim_output_dir releasing its lock when the run marker's
+# write fails, and the vLLM generator's and diffusion demo's saves without transformers' bar under disable_tqdm
+AFZ_SAVE = ["tests/test_final_save.py", "-k", "crash_inside or renamed_in or every_loader"]
+AFZ_CLAIM = ["tests/test_run_plumbing.py", "-k", "marker_write_fails"]
+AFZ_BARS = ["tests/test_save_progress_bars.py", "-k", "vllm or demo"]
+MUTANTS += [
+    Mutant("afz-final-save-unmarked", "final_save.py",
+           [("    mark_incomplete(output_dir)\n    stage = ", "    stage = ")],
+           AFZ_SAVE, "a final save that crashes leaves the previous (or no) model loadable as if it were the run's"),
+    Mutant("afz-mark-cleared-before-publish", "final_save.py",
+           [("        publish_staged(stage, output_dir)\n        clear_incomplete(output_dir)\n",
+             "        clear_incomplete(output_dir)\n        publish_staged(stage, output_dir)\n")],
+           AFZ_SAVE, "the files are renamed in after the mark is gone: a kill then leaves a mix of two saves that loads"),
+    Mutant("afz-loaders-ignore-mark", "models/load.py",
+           [("        return\n    check_final_model_complete(path)\n", "        return\n")],
+           AFZ_SAVE, "preflab eval, a pipeline or reward model load the files of an unfinished final save"),
+    Mutant("afz-claim-keeps-lock", "rundir.py",
+           [("        release_output_dir(resolved)\n        if isinstance(err, OSError):",
+             "        if isinstance(err, OSError):")],
+           AFZ_CLAIM, "a claim whose run marker write fails keeps output_dir locked by this process"),
+    Mutant("afz-vllm-save-bar", "online/generator.py",
+           [("    with progress_bars_off(quiet), original_dropout_config(model):",
+             "    with progress_bars_off(False), original_dropout_config(model):")],
+           AFZ_BARS, "generation_backend: vllm draws the Writing model shards bar every round under disable_tqdm"),
+    Mutant("afz-demo-save-bar", "demo/diffusion.py",
+           [("    with progress_bars_off(quiet):\n        pipeline.save_pretrained(", "    with progress_bars_off(False):\n"
+             "        pipeline.save_pretrained(")],
+           AFZ_BARS, "preflab demo diffusion --quiet draws the base pipeline's Writing model shards bar"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

@@ -103,6 +103,45 @@ def test_a_second_claim_in_one_process_keeps_the_lock_until_both_are_released(tm
     assert not holds_lock(tmp_path / "run") and not (tmp_path / "run" / ".preflab.lock").exists()
 
 
+@pytest.mark.parametrize("failure", [PermissionError(13, "Permission denied"), KeyboardInterrupt()],
+                         ids=["oserror", "interrupt"])
+def test_a_claim_whose_run_marker_write_fails_releases_the_lock_and_a_second_claim_takes_it(tmp_path, monkeypatch,
+                                                                                            failure):
+    """claim_output_dir takes the lock, then writes .preflab-run: a failure there (a read-only file: PreflabError
+    naming output_dir; an interrupt: raised as it is) releases the lock. The lock file's flock is free to another
+    holder (a new open file, as another process would take it), and the next claim takes it and holds it once (one
+    release frees it: no count left behind by the failed claim)."""
+    import fcntl
+
+    from preflab.errors import PreflabError
+    from preflab.rundir import LOCK_FILE, RUN_MARKER, claim_output_dir, holds_lock, release_output_dir
+
+    run = tmp_path / "run"
+    real_touch = Path.touch
+
+    def touch(self, *args, **kwargs):
+        if self.name == RUN_MARKER:
+            raise failure
+        return real_touch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "touch", touch)
+    with pytest.raises(PreflabError if isinstance(failure, OSError) else KeyboardInterrupt) as caught:
+        claim_output_dir(run)
+    if isinstance(failure, OSError):
+        assert str(caught.value).startswith(f"output_dir {run} is not writable (Permission denied)")
+    assert not holds_lock(run) and not (run / LOCK_FILE).exists()
+    monkeypatch.undo()
+    fd = os.open(run / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises BlockingIOError if the failed claim still held it
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    assert claim_output_dir(run) == run.resolve() and holds_lock(run) and (run / RUN_MARKER).is_file()
+    release_output_dir(run)
+    assert not holds_lock(run)
+
+
 # recipe_state.py: the state file's refusals and what may change, an interrupted stage's folder
 
 def _state(path, params, resume, **kw):

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from preflab.final_save import STAGE_PREFIX
+from preflab.errors import PreflabError
+from preflab.final_save import INCOMPLETE_MARKER, STAGE_PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "loops"))
@@ -25,6 +26,12 @@ class Killed(BaseException):
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _unchanged_but_marked(folder: Path, before: dict[str, bytes]) -> bool:
+    """folder's files are `before` byte for byte plus the incomplete marker (a save that did not finish)."""
+    now = _files(folder)
+    return INCOMPLETE_MARKER in now and {k: v for k, v in now.items() if k != INCOMPLETE_MARKER} == before
 
 
 def _text_trainer(tmp_path):
@@ -65,9 +72,10 @@ def test_a_text_runs_save_model_failing_after_its_first_file_keeps_the_previous_
         trainer.save_model()
     assert "model.safetensors" in written  # the weights were written (into the stage) before the fault
     assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, str(run / "tokenizer.json"))
-    assert _files(run) == before
+    assert _unchanged_but_marked(run, before)
     monkeypatch.undo()
     trainer.save_model()
+    assert not (run / INCOMPLETE_MARKER).exists()
     saved = load_file(str(run / "model.safetensors"))
     state = policy.state_dict()
     assert all(torch.equal(saved[k], state[k]) for k in saved) and len(saved) >= len(state) - 1
@@ -133,10 +141,15 @@ def test_a_diffusion_pipelines_save_model_killed_after_its_first_weights_file_ke
     with pytest.raises(Killed):
         run.save_model()
     assert len(calls) == 2
-    assert _files(out) == before
+    assert _unchanged_but_marked(out, before)
     assert not list(out.glob(f"{STAGE_PREFIX}*"))
+    from preflab.diffusion.pipeline import check_pipeline_files
+
+    with pytest.raises(PreflabError, match="^final model incomplete: "):  # the pipeline loader refuses it
+        check_pipeline_files(str(out))
     monkeypatch.undo()
     run.save_model()
+    check_pipeline_files(str(out))
     saved = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     state = unet.state_dict()
     assert set(saved) == set(state) and all(torch.equal(saved[k], state[k]) for k in saved)

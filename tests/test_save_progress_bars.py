@@ -54,3 +54,59 @@ def test_the_final_save_draws_its_bar_only_without_disable_tqdm(tmp_path, capfd,
     assert (BAR in err) is (not disable_tqdm), err
     assert hf_logging.is_progress_bar_enabled()  # as found
     assert hub.progress_bar_states == states == {"_global": True, "some_library.downloads": False}
+
+
+def _tiny_llama_and_tokenizer():
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer("bytelevel")
+    return tiny_causal_lm(tokenizer), tokenizer
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_vllm_generators_per_round_save_draws_its_bar_only_without_disable_tqdm(tmp_path, capfd, bars_on, quiet):
+    """generation_backend: vllm saves the policy each round (preflab.online.generator.save_for_vllm, quiet = the
+    run's disable_tqdm): no "Writing model shards" bar when quiet, transformers' bar without it (the capture sees
+    it), the weights and tokenizer written either way, the bar switches as found after."""
+    from preflab.online.generator import save_for_vllm
+
+    hf_logging, hub = bars_on
+    model, tokenizer = _tiny_llama_and_tokenizer()
+    states = dict(hub.progress_bar_states)
+    capfd.readouterr()
+    save_for_vllm(model, tokenizer, str(tmp_path / "w"), quiet)
+    err = capfd.readouterr().err
+    assert (BAR in err) is (not quiet), err
+    assert (tmp_path / "w" / "model.safetensors").is_file() and (tmp_path / "w" / "tokenizer.json").is_file()
+    assert hf_logging.is_progress_bar_enabled() and hub.progress_bar_states == states
+
+
+def test_make_generator_passes_disable_tqdm_to_the_vllm_generator(monkeypatch):
+    """The run's switch reaches the vLLM generator (vllm itself is not needed to build it here)."""
+    from types import SimpleNamespace
+
+    import preflab.online.generator as gen
+
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace())
+    cfg = SimpleNamespace(generation_backend="vllm", output_dir="out", max_completion_length=4, temperature=1.0,
+                          top_p=1.0, top_k=0, min_p=None, repetition_penalty=1.0)
+    for disable_tqdm in (True, False):
+        cfg.disable_tqdm = disable_tqdm
+        assert gen.make_generator(cfg, None, None).quiet is disable_tqdm
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_diffusion_demos_base_pipeline_save_draws_no_bar_with_quiet(tmp_path, capfd, bars_on, quiet):
+    """`preflab demo diffusion --quiet`: the base pipeline's save (its CLIP text encoder's save_pretrained draws
+    transformers' bar) shows no "Writing model shards" bar; without --quiet it does."""
+    from preflab.demo.diffusion import save_base_pipeline
+    from preflab.diffusion.pipeline import tiny_text_to_image_pipeline
+
+    hf_logging, _ = bars_on
+    pipeline = tiny_text_to_image_pipeline(0)
+    capfd.readouterr()
+    save_base_pipeline(pipeline, tmp_path / "base", quiet)
+    err = capfd.readouterr().err
+    assert (BAR in err) is (not quiet), err
+    assert (tmp_path / "base" / "text_encoder" / "model.safetensors").is_file()
+    assert hf_logging.is_progress_bar_enabled()

@@ -561,7 +561,8 @@ def clean_interrupted_saves(output_dir: str | Path, warn=print) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     if final:
         warn(f"preflab: note: removed {len(final)} unfinished final model folder(s) left by an interrupted save; "
-             "the model files in output_dir are each whole, from before it or from it.")
+             "output_dir's model stays marked incomplete (preflab.final_save.INCOMPLETE_MARKER, loaders refuse it) "
+             "until this run's final save finishes.")
 
 
 def model_architecture(module) -> dict | None:

@@ -165,6 +165,7 @@ def push_run(run, repo_id: str | None = None, private: bool | None = None, revis
     commit "Upload preflab run"), to repo_id, else the run's hub_model_id, else its folder name. Returns the
     repo_id."""
     from preflab.checkpoint import MARKER
+    from preflab.final_save import check_final_model_complete
 
     run = Path(run)
     if not run.is_dir():
@@ -173,6 +174,7 @@ def push_run(run, repo_id: str | None = None, private: bool | None = None, revis
         raise PreflabError(f"preflab push: {run} is a checkpoint (preflab's training state: the trained parameters "
                            "and optimizer state, not a from_pretrained folder). Give the run's output_dir, which holds "
                            "the final model.")
+    check_final_model_complete(run)  # a model save interrupted: its files are not one save's
     if not holds_a_model(run):
         raise PreflabError(f"preflab push: {run} holds no saved model (no *.safetensors): the run has not "
                            "finished (its checkpoint-N folders are preflab's training state, not a model). Give "

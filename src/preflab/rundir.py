@@ -181,19 +181,32 @@ def acquire_lock(output_dir: Path) -> _Lock:
 
 
 def claim_output_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """check_output_dir, create it, take the lock and mark the folder as a preflab run; returns the path."""
+    """check_output_dir, create it, take the lock and mark the folder as a preflab run; returns the path. Any failure
+    after the lock is taken (the run marker's write: a full disk, a read-only file; an interrupt) releases the lock
+    before it is raised: a claim that failed must not leave the folder locked by this process, which would refuse
+    every later claim of it while the process lives (a notebook)."""
     resolved = check_output_dir(path, overwrite)
     try:
         resolved.mkdir(parents=True, exist_ok=True)
         acquire_lock(resolved)
-        (resolved / RUN_MARKER).touch()
     except OSError as err:
-        raise PreflabError(f"output_dir {path} is not writable ({err.strerror or err}); choose another "
-                           "output_dir or fix its permissions.") from err
+        raise _not_writable(path, err) from err
+    try:
+        (resolved / RUN_MARKER).touch()
+    except BaseException as err:
+        release_output_dir(resolved)
+        if isinstance(err, OSError):
+            raise _not_writable(path, err) from err
+        raise
     recording = _recording.get()
     if recording is not None:
         recording.append(resolved)
     return resolved
+
+
+def _not_writable(path, err: OSError) -> PreflabError:
+    return PreflabError(f"output_dir {path} is not writable ({err.strerror or err}); choose another output_dir or "
+                        "fix its permissions.")
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from preflab.objectives.base import ObjectiveOutput
+from preflab.quiet import progress_bars_off
 from preflab.step import optimizer_step
 
 
@@ -129,6 +130,14 @@ def pipeline_load_bars(shown: bool):
             diffusers_logging.enable_progress_bar()
 
 
+def save_base_pipeline(pipeline, base_dir: Path, quiet: bool) -> None:
+    """The fitted base pipeline into base_dir (the DPO stage's model_name_or_path); with --quiet without
+    transformers' "Writing model shards" bar that its text encoder's save_pretrained draws
+    (preflab.quiet.progress_bars_off, as a run's own final save)."""
+    with progress_bars_off(quiet):
+        pipeline.save_pretrained(str(base_dir), safe_serialization=True)
+
+
 def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0, quiet: bool = False,
                        num_pairs: int = 192, vae_steps: int = 150, sft_steps: int = 400, dpo_steps: int = 20,
                        num_samples: int = 48, sample_steps: int = 10, beta: float = 1000.0,
@@ -157,7 +166,7 @@ def run_diffusion_demo(output_dir: str = "outputs/demo-diffusion", seed: int = 0
     states = dict(zip(unique, encode_prompts(comps, unique)))
     sft_loss = fit_unet(comps, latents, torch.stack([states[t] for t in texts]), sft_steps, seed, quiet)
     base_dir = out / "base_model"
-    comps.pipeline.save_pretrained(str(base_dir), safe_serialization=True)
+    save_base_pipeline(comps.pipeline, base_dir, quiet)
     data = write_pair_dataset(out / "data", num_pairs, seed=seed + 10, favourite=favourite)
     raw = {"task": "diffusion", "model_name_or_path": str(base_dir), "dataset_name": str(data),
            "loss_type": "diffusion_dpo", "beta": beta, "resolution": 16, "learning_rate": learning_rate,

@@ -709,7 +709,8 @@ class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
         does when called after train(): from the main process only (elsewhere nothing). Every file is written into
         a fresh folder inside output_dir first and then renamed onto its place (preflab.final_save.
         staged_final_save), so a save that fails or is killed part way leaves the previous files byte for byte and
-        no truncated model.safetensors. self.out points at that folder while the writers run. The files get the
+        no truncated model.safetensors; output_dir is marked incomplete until the last file is in place, and every
+        preflab loader refuses it meanwhile ("final model incomplete: ..."). self.out points at that folder while the writers run. The files get the
         umask's mode (share_run_files: safetensors writes 0600) like the run's other files."""
         if not self.accelerator.is_main_process:
             return

@@ -34,10 +34,15 @@ REWARD_FALLBACK_FILE = "preflab_reward_model.json"
 
 
 def check_weights_safe(name: str, allow_pickle: bool) -> None:
-    """A local directory must hold .safetensors weights; pickle-only weights need allow_pickle=true."""
+    """A local directory must hold .safetensors weights; pickle-only weights need allow_pickle=true. And its final
+    model save must have finished (preflab.final_save.check_final_model_complete): every loader of a local folder
+    (a policy, reference, reward model, VLM, pipeline; `preflab eval RUN`) calls this first."""
+    from preflab.final_save import check_final_model_complete
+
     path = Path(name).expanduser()
     if not path.is_dir():
         return
+    check_final_model_complete(path)
     pickles = pickle_weights_to_load(path)
     if pickles and not allow_pickle:
         raise UnsafeLoadError(
@@ -270,7 +275,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, option: str = "mo
 def _refuse_no_model(folder: Path, name: str, option: str) -> None:
     """A folder without config.json (nor adapter_config.json: an adapter loads over its base) is no transformers model
     folder: refused listing what it holds, where transformers said "Unrecognized model ... Should have a `model_type`
-    key in its config.json" of a config.json that is not there."""
+    key in its config.json" of a config.json that is not there. A folder whose final model save did not finish is
+    refused as that first (preflab.final_save.check_final_model_complete: a first save killed leaves no config.json)."""
+    from preflab.final_save import check_final_model_complete
+
+    check_final_model_complete(folder)
     if (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file():
         return
     held = sorted(p.name for p in folder.iterdir())

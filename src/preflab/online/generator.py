@@ -27,6 +27,7 @@ from typing import Protocol
 from preflab.errors import ConfigError
 from preflab.generate_groups import generate_groups
 from preflab.models.dropout import original_dropout_config
+from preflab.quiet import progress_bars_off
 
 
 class Generator(Protocol):
@@ -66,13 +67,13 @@ class TransformersGenerator:
 
 class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a GPU
     def __init__(self, model, tokenizer, weights_dir: str, max_new_tokens: int, temperature: float, top_p: float,
-                 top_k: int = 0, min_p: float | None = None, repetition_penalty: float = 1.0):
+                 top_k: int = 0, min_p: float | None = None, repetition_penalty: float = 1.0, quiet: bool = False):
         try:
             import vllm  # noqa: F401
         except ImportError as err:
             raise ConfigError("generation_backend: vllm needs the optional vllm package: pip install "
                               "preflab[vllm] (or use generation_backend: transformers).") from err
-        self.model, self.tokenizer, self.weights_dir = model, tokenizer, weights_dir
+        self.model, self.tokenizer, self.weights_dir, self.quiet = model, tokenizer, weights_dir, quiet
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         # vLLM's spellings of "off": top_k -1, min_p 0.0
         self.top_k, self.min_p, self.repetition_penalty = top_k or -1, min_p or 0.0, repetition_penalty
@@ -80,9 +81,7 @@ class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
         from vllm import LLM, SamplingParams
 
-        with original_dropout_config(self.model):  # the model as the user gave it (vLLM samples without dropout)
-            self.model.save_pretrained(self.weights_dir, safe_serialization=True)
-        self.tokenizer.save_pretrained(self.weights_dir)
+        save_for_vllm(self.model, self.tokenizer, self.weights_dir, self.quiet)
         llm = LLM(self.weights_dir, seed=seed)
         params = SamplingParams(n=num_generations, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                 min_p=self.min_p, repetition_penalty=self.repetition_penalty,
@@ -91,12 +90,22 @@ class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a
         return [list(c.token_ids) for o in outs for c in o.outputs]
 
 
+def save_for_vllm(model, tokenizer, weights_dir: str, quiet: bool) -> None:
+    """The policy's current weights and its tokenizer into weights_dir, which the vLLM engine loads each round; with
+    quiet (the run's disable_tqdm) without transformers' "Writing model shards" bar, which save_pretrained draws
+    every round otherwise (preflab.quiet.progress_bars_off, as the final save in preflab.loops.driver)."""
+    with progress_bars_off(quiet), original_dropout_config(model):  # vLLM samples the model as given (no dropout)
+        model.save_pretrained(weights_dir, safe_serialization=True)
+        tokenizer.save_pretrained(weights_dir)
+
+
 def make_generator(cfg, policy, tokenizer, accelerator=None, weights_dir: str | None = None) -> Generator:
     from preflab.loops.rollout import pad_id_of
 
     if cfg.generation_backend == "vllm":
         return VLLMGenerator(policy, tokenizer, weights_dir or f"{cfg.output_dir}/vllm-weights",
-                             cfg.max_completion_length, cfg.temperature, cfg.top_p, **sampling_options(cfg))
+                             cfg.max_completion_length, cfg.temperature, cfg.top_p, **sampling_options(cfg),
+                             quiet=bool(getattr(cfg, "disable_tqdm", False)))
     return TransformersGenerator(policy, tokenizer.eos_token_id, pad_id_of(tokenizer), cfg.max_completion_length,
                                  cfg.temperature, cfg.top_p, cfg.generation_batch_size, accelerator,
                                  **sampling_options(cfg))
