@@ -68,7 +68,9 @@ def save_start(out: str | Path, model, tokenizer, references: dict[str, str], re
     wraps it in preflab.recipe_state.main_writes). Returns start.json's content."""
     out = Path(out)
     if _kept(out, resume):
-        return read_start(out)
+        data = read_start(out)
+        _note_other_start(out, data, model)
+        return data
     folder, partial = out / START_DIR, out / f".{START_DIR}.tmp"
     shutil.rmtree(partial, ignore_errors=True)  # an earlier run stopped while saving it: start.json not yet written
     model.save_pretrained(str(partial), safe_serialization=True)
@@ -77,6 +79,24 @@ def save_start(out: str | Path, model, tokenizer, references: dict[str, str], re
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
     return _write(out, {"kind": "saved", "path": START_DIR, "fingerprint": weights_fingerprint(folder)}, references)
+
+
+def _note_other_start(out: Path, data: dict, model) -> None:
+    """A resume whose recipe built another model than the saved start (allow_config_change let recipe_params that
+    build it change: seed, hidden_size, ...) keeps start/ (the finished stages began from it) and says so: the stages
+    run from now on begin from the new model, and start.json's references name the old one."""
+    folder = out / START_DIR
+    if data["start"].get("kind") != "saved" or not (folder / "model.safetensors").is_file():
+        return
+    from safetensors.torch import load_file
+
+    saved, built = load_file(str(folder / "model.safetensors")), model.state_dict()
+    if all(k in built and saved[k].shape == built[k].shape and bool((saved[k] == built[k].detach().cpu()).all())
+           for k in saved):
+        return
+    print(f"preflab: note: {folder} (this run's starting model, kept on resume) is not the model this session built "
+          "(recipe_params changed under allow_config_change): the finished stages began from the saved one, the "
+          "stages still to run begin from the new one; evaluate those with --reference DIR.", flush=True)
 
 
 def record_start(out: str | Path, name_or_path: str, references: dict[str, str], resume: bool) -> dict:

@@ -136,13 +136,14 @@ def test_a_local_start_is_recorded_by_path_and_fingerprint_and_checked(fspo_run,
         stage_reference(hub / "fspo")
 
 
-def test_resume_keeps_the_start_byte_for_byte_and_a_new_run_never_overwrites_it(tmp_path):
+def test_resume_keeps_the_start_byte_for_byte_and_a_new_run_never_overwrites_it(tmp_path, capsys):
     out = tmp_path / "run"
     run_fspo(str(out), quiet=True, stop_after_stage="fspo", **TINY)
     files = sorted(p for p in [*(out / "start").iterdir(), out / START_FILE])
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     resumed = run_fspo(str(out), quiet=True, resume=True, **TINY)
     assert "pooled_accuracy_after" in resumed  # the second stage ran after the resume
+    assert "is not the model this session built" not in capsys.readouterr().out  # the same model built again
     assert sorted(p for p in [*(out / "start").iterdir(), out / START_FILE]) == files
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == before
     with pytest.raises(ConfigError, match="start.json exists"):
@@ -174,3 +175,15 @@ def test_raft_ladder_dpo_stage_trains_against_the_sft_stage_and_eval_takes_it(tm
     assert f"the reference is {out / 'sft'}, recipe stage sft's final model" in capsys.readouterr().err
     assert "reference_ranking_accuracy" in results[0]["metrics"]
     assert results[0]["metrics"] == results[1]["metrics"]
+
+
+def test_a_resume_that_builds_another_start_keeps_the_saved_one_and_says_so(tmp_path, capsys):
+    """allow_config_change with another seed: the recipe builds other weights; start/ (which the finished fspo stage
+    began from) is kept, and a note says the stages still to run begin from the new model."""
+    out = tmp_path / "run"
+    run_fspo(str(out), quiet=True, stop_after_stage="fspo", **TINY)
+    saved = (out / "start" / "model.safetensors").read_bytes()
+    run_fspo(str(out), quiet=True, resume=True, seed=1, allow_config_change=True, **TINY)
+    assert (out / "start" / "model.safetensors").read_bytes() == saved
+    assert f"{out / 'start'} (this run's starting model, kept on resume) is not the model this session built" in \
+        capsys.readouterr().out
