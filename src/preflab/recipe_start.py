@@ -8,10 +8,14 @@ and a user can see (and load) what the recipe started from.
 
 A recipe builds its tiny model in code (no path to record), so the model is saved once, before its first stage
 trains it (save_start). A start that is a local folder is recorded by its absolute path and fingerprint instead of
-copied (start_record kind "path"), a hub name by its name (kind "hub"). "references" maps a stage to the model its
+copied (record_start: start_record kind "path"), a hub name by its name (kind "hub"); no recipe loads its start yet
+(every one refuses model_name_or_path), so only the tests use them today. "references" maps a stage to the model its
 objective compared against (its reference: a frozen copy of the policy when the stage began): "start", or the name of
 an earlier stage whose final model it began from (raft_ladder's DPO stage trains against its SFT stage's model).
-Stages without a reference (SFT, reward models, GRPO) are not listed.
+Stages without a reference (SFT, reward models, GRPO with beta 0, SimPO) are not listed, nor dstc's DPO / KTO
+iterations (each trains against the model before it, which depends on which earlier iterations found pairs): their
+eval keeps the rule of any run (`preflab eval --reference`). The stages' reference is the frozen copy the trainer is
+given, not the recipe's start, whenever an earlier stage trained the policy first.
 
 The fingerprint (weights_fingerprint) hashes the names, sizes and bytes of the folder's *.safetensors files and its
 config.json: the eval refuses a start whose folder changed or vanished since the recipe recorded it, naming the
