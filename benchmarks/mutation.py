@@ -8186,6 +8186,35 @@ MUTANTS += [
            LCK_NOTE, "the policy eval prints no note on a run of another preflab"),
 ]
 
+# mutation-rsm round: recipe-start: a recipe run records its starting model (RUN/start.json, RUN/start/), a resume
+# keeps it, and `preflab eval RUN/<stage>` takes the model the stage trained against as its default reference
+RSM = ["tests/tools/test_recipe_start.py"]
+MUTANTS += [
+    Mutant("rsm-eval-ignores-start", "eval_cli/cli.py",
+           [("    if staged is not None:\n", "    if False:\n")],
+           RSM, "a recipe stage's eval falls back to builtin:tiny-llama and drops its reference metrics"),
+    Mutant("rsm-fingerprint-unchecked", "recipe_start.py",
+           [("    if now != record.get(\"fingerprint\"):\n", "    if False:\n")],
+           RSM, "a start changed since the recipe saved it is taken as the stage's reference"),
+    Mutant("rsm-fingerprint-sizes-only", "recipe_start.py",
+           [("            for chunk in iter(lambda: f.read(_CHUNK), b\"\"):\n                h.update(chunk)\n",
+             "            pass\n")],
+           RSM, "a start retrained in place (same names and sizes, other weights) passes its fingerprint"),
+    Mutant("rsm-resume-rewrites-start", "recipe_start.py",
+           [("    if not (out / START_FILE).is_file():\n        return False\n",
+             "    if True:\n        return False\n")],
+           RSM, "a resume saves the start again (and a new run overwrites an existing one)"),
+    Mutant("rsm-ladder-ref-is-start", "ladder/recipe.py",
+           [('{"dpo": "sft"}', '{"dpo": "start"}')],
+           RSM, "raft_ladder's DPO stage is evaluated against the untrained start, not the SFT model it trained "
+                "against"),
+    Mutant("rsm-start-other-seed", "reward_models/fspo.py",
+           [("save_start(out, initial, tokenizer,",
+             "save_start(out, tiny_causal_lm(tokenizer, arch=\"llama\", hidden_size=hidden_size, "
+             "num_layers=num_layers, num_heads=4, seed=seed + 1), tokenizer,")],
+           RSM, "the saved start is not the weights the fspo stage began from"),
+]
+
 
 # mutation-pau round: paper-audit: the defaults set from the released runs (INPO's run_inpo.sh eta' 0.005 with
 # ratio 1/3, RPO's train_rpo.sh beta 0.5) and SimPO's class defaults / gamma_beta_ratio checked against the official

@@ -77,11 +77,17 @@ def test_the_last_checkpoint_evaluates_as_the_final_model(kind, tmp_path):
     assert state["model_config"]["model_type"] in ("llama", "qwen2")
     if kind == "fspo":  # the architecture the recipe built, not builtin:tiny-llama's 2 layers
         assert state["model_config"]["num_hidden_layers"] == 1
-        # builtin:tiny-llama (2 layers) is not the 1-layer model the stage started from: no reference metrics from it
-        assert want["reference"] is None and "reference_ranking_accuracy" not in want["metrics"]
-        assert "reference" in want["missing"]
+        # the reference is the 1-layer model the recipe saved before the stage (RUN/start.json: preflab.recipe_start),
+        # for the final model and its checkpoint alike
+        assert want["reference"] == str(final.parent / "start") and "reference_ranking_accuracy" in want["metrics"]
+        # a run without start.json (an earlier preflab's): builtin:tiny-llama (2 layers) is not the 1-layer model
+        # the stage started from, so no reference metrics from it
+        (final.parent / "start.json").unlink()
+        old = _eval(final, data, tmp_path / "old.json")
+        assert old["reference"] is None and "reference_ranking_accuracy" not in old["metrics"]
+        assert "reference" in old["missing"]
         assert any("num_hidden_layers: 2 != 1" in note and "not the model the run started from" in note
-                   for note in want["notes"])
+                   for note in old["notes"])
 
 
 def _strip_model_config(checkpoint: Path) -> None:

@@ -122,9 +122,11 @@ def test_resume_after_the_grpo_stage_equals_an_uninterrupted_run(tmp_path):
     drop = lambda s: {k: v for k, v in s.items() if k != "runtime_s"}  # noqa: E731
     assert drop(resumed) == drop(full)
     assert set(full) >= {"metric_before", "metric_after", "control_true_reward_after", "adapter_weights_by_type"}
-    for stage in ("grpo", "control"):
+    for stage in ("grpo", "control", "start"):  # start: the model the recipe built (preflab.recipe_start), saved once
         a, b = (load_file(str(d / stage / "model.safetensors")) for d in (tmp_path / "full", part))
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start, sft = (load_file(str(tmp_path / "full" / stage / "model.safetensors")) for stage in ("start", "sft"))
+    assert not all(torch.equal(start[k], sft[k]) for k in start)  # saved before the SFT stage trained it
 
 
 def test_pro_interrupted_mid_grpo_resumes_from_its_checkpoint_and_equals_an_uninterrupted_run(tmp_path,

@@ -156,9 +156,12 @@ def test_recipe_contains_malicious_programs_and_resume_equals_the_uninterrupted_
     for key in ("metric_untrained", "metric_before", "metric_after", "control_heldout_pass_rate", "iterations",
                 "examples_after", "heldout_pass_rate_by_first_step"):
         assert resumed[key] == summary[key], key
-    for stage in ("dstc_2", "control"):
+    for stage in ("dstc_2", "control", "start"):  # start: the model the recipe built (preflab.recipe_start), saved
+        # once by the interrupted session
         a, b = load_file(str(full / stage / "model.safetensors")), load_file(str(part / stage / "model.safetensors"))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), stage
+    start, sft = (load_file(str(full / stage / "model.safetensors")) for stage in ("start", "sft"))
+    assert not all((start[k] == sft[k]).all() for k in start)  # saved before the warm-up trained it
 
 
 @pytest.mark.slow

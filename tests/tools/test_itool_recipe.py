@@ -72,6 +72,12 @@ def test_itool_runs_from_the_shipped_config_and_resumes_exactly(tmp_path, capsys
         else:
             assert resumed[key] == full[key], key
     assert (whole / "iter_1" / "pairs.jsonl").read_text() == (parts / "iter_1" / "pairs.jsonl").read_text()
+    # the model the recipe started from (RUN/start/, preflab.recipe_start): saved once, before the warm-up, by the
+    # stopped session, equal to the whole run's; the warm-up trained away from it
+    start_a, start_b = (load_file(str(out / "start" / "model.safetensors")) for out in (whole, parts))
+    warm = load_file(str(whole / "sft_1_easy" / "model.safetensors"))
+    assert start_a.keys() == start_b.keys() and all(torch.equal(start_a[k], start_b[k]) for k in start_a)
+    assert not all(torch.equal(start_a[k], warm[k]) for k in warm)
 
 
 def test_resume_refuses_changed_options(tmp_path):

@@ -132,6 +132,12 @@ def test_shipped_config_runs_refuses_an_existing_state_and_resumes_exactly(tmp_p
     for stage in ("sft", "grpo", "control"):
         a, b = weights(full / stage), weights(cut / stage)
         assert all(torch.equal(a[k], b[k]) for k in a), stage
+    # the model the recipe started from (RUN/start/, preflab.recipe_start): saved once by the interrupted session and
+    # equal to the uninterrupted run's; SFT trained away from it
+    a, b, sft = weights(full / "start"), weights(cut / "start"), weights(full / "sft")
+    assert a.keys() == b.keys() == sft.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], sft[k]) for k in a)
+    assert json.loads((full / "start.json").read_text()) == json.loads((cut / "start.json").read_text())
 
 
 def test_evaluation_counts_tool_productivity_over_calls_and_accuracy_per_kind():

@@ -139,9 +139,13 @@ def refuse_run_without_a_policy(path: str | Path, task: str | None, saved: dict)
                         and (p / "config.yaml").is_file()) if Path(path).is_dir() else []
         where = (f"; evaluate one of its stage runs ({', '.join(str(Path(path) / n) for n in stages)})" if stages else
                  "")
+        start = Path(path) / "start"  # preflab.recipe_start.START_DIR: the model the recipe built and started from
+        started = (f" Its starting model, as the recipe built it, is {start} (`preflab eval {start} --data ...`; "
+                   "a stage's eval takes it, or the earlier stage it trained from, as its reference by default)."
+                   if (start / "config.json").is_file() else "")
         raise ConfigError(f"{path} is a task: {task} recipe run: its folder holds the recipe's summary.json "
                           f"(metric_before / metric_after, what the recipe measures), not one model{where}. "
-                          f"`preflab report {path}` shows the recipe's result.")
+                          f"`preflab report {path}` shows the recipe's result.{started}")
 
 
 def vision_grpo_eval_refusal(path: str | Path) -> str:

@@ -27,7 +27,8 @@ def register(sub) -> None:
         description="Evaluate a trained model on held-out preference pairs and write eval.json.\n"
                     "Example: preflab eval outputs/dpo --data heldout.jsonl --reference outputs/sft\n"
                     "Without --reference, the reference is the run's ref_model_name_or_path (else its\n"
-                    "model_name_or_path) from CHECKPOINT's saved config.yaml.\n"
+                    "model_name_or_path) from CHECKPOINT's saved config.yaml; for a recipe stage RUN/<stage>,\n"
+                    "the model the stage trained against, recorded in RUN/start.json (e.g. RUN/start).\n"
                     "Optional data columns: alpha (rater proportion, for the idealized ranking accuracy) and\n"
                     "extra_responses (a list of further responses per prompt, for the dispersion metrics).",
     )
@@ -47,7 +48,8 @@ def register(sub) -> None:
     reference = p.add_mutually_exclusive_group()
     reference.add_argument("--reference", help="reference model: run directory, model directory or builtin:tiny-* "
                                                "(default: the run's ref_model_name_or_path, else its "
-                                               "model_name_or_path, from CHECKPOINT's saved config)")
+                                               "model_name_or_path, from CHECKPOINT's saved config; a recipe "
+                                               "stage's: the model it trained against, RUN/start.json)")
     reference.add_argument("--no-reference", action="store_true",
                            help="no reference model: policy-only metrics (ranking accuracy)")
     p.add_argument("--out", help="where eval.json goes (a .json path or a directory; default: CHECKPOINT)")
@@ -299,8 +301,11 @@ def named_reward_fn(spec: str):
 
 
 def default_reference(args) -> tuple[str | None, str | None]:
-    """(reference, where it came from) for `preflab eval`: --reference as given; --no-reference: none; otherwise
-    the reference CHECKPOINT's run trained against (preflab.eval.loading.run_reference), said in one note line;
+    """(reference, where it came from) for `preflab eval`: --reference as given; --no-reference: none; a recipe
+    stage (RUN/<stage>): the model it trained against by RUN/start.json (preflab.recipe_start.stage_reference: the
+    recipe's saved starting model or an earlier stage's, checked against its fingerprint; a changed or missing one is
+    refused naming it); otherwise the reference CHECKPOINT's run trained against
+    (preflab.eval.loading.run_reference), said in one note line;
     none (with a note that the reference metrics are absent) when no saved run config names a model."""
     import sys
 
@@ -311,6 +316,15 @@ def default_reference(args) -> tuple[str | None, str | None]:
         return args.reference, "--reference"
     if args.no_reference:
         return None, None
+    from preflab.recipe_start import stage_reference
+
+    staged = stage_reference(args.checkpoint)  # a recipe stage: the model it trained against (RUN/start.json)
+    if staged is not None:
+        name, what = staged
+        print(f"preflab: note: no --reference: the reference is {name}, {what}, which recipe stage "
+              f"{args.checkpoint} trained against (recorded in its run's start.json); pass --reference DIR for "
+              "another one, or --no-reference for none.", file=sys.stderr)
+        return name, f"start.json ({what})"
     found = run_reference(args.checkpoint)
     if found is None and run_config(args.checkpoint).get("task") in ("reward", "diffusion", "vlm"):
         return None, None  # not a text policy: loading it says which command evaluates it

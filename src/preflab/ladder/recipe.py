@@ -39,6 +39,7 @@ from preflab.models.load import frozen_copy
 from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
 from preflab.recipe_options import stage_config
 from preflab.recipe_sft_lr import check_sft_lr_scale, scaled_sft_lr, sft_lr_params, sft_lr_summary
+from preflab.recipe_start import save_start
 from preflab.recipe_state import (RecipeState, finish_recipe, load_safetensors_into, main_result, main_writes,
                                   per_process_batch, start_processes)
 from preflab.runlog import is_main_process
@@ -116,6 +117,9 @@ def run_raft_ladder(output_dir: str, seed: int = 0, n_train: int = 600, n_test: 
     main_writes(write_data)
     tokenizer = tiny_tokenizer("char")
     model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=96, num_layers=2, num_heads=4, seed=seed)
+    # RUN/start/ and start.json, once, before the SFT stage trains the model (a resume keeps them); the DPO stage
+    # trains against the SFT stage's final model, the reference `preflab eval RUN/dpo` takes by default
+    main_writes(lambda: save_start(out, model, tokenizer, {"dpo": "sft"}, resume))
     common = dict(model_name_or_path="builtin:tiny-llama", max_length=192, seed=seed, logging_steps=10,
                   disable_tqdm=quiet, use_cpu=True, per_device_train_batch_size=per_process)
     if processes > 1:  # the sft terms' token mean over the global batch of 16, as one process has it

@@ -169,6 +169,11 @@ def run_pro(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
     common = dict(seed=seed, logging_steps=10, disable_tqdm=quiet, use_cpu=True, save_steps=save_steps,
                   allow_config_change=allow_config_change)  # a stage resumed from its checkpoint checks it too
     model = new_model()
+    from preflab.recipe_start import save_start
+
+    # RUN/start/ and start.json, once, before the SFT stage trains the model (a resume keeps them); no stage is
+    # DPO-family (SFT, then GRPO), so none is listed with a reference
+    main_writes(lambda: save_start(out, model, tokenizer, {}, resume))
 
     def fit_adapter(folder: Path) -> dict:
         weights = fit_orchestrator(adapter_rows, reward_names, hidden=adapter_hidden, loss=adapter_loss,

@@ -294,6 +294,11 @@ def run_fspo(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     longest = max(len(r["prompt"]) + len(r["chosen"]) for r in episodes + eval_fspo) + 2
     say = print if not quiet and is_main_process() else (lambda *a: None)
     initial = new_model()
+    from preflab.recipe_start import START, save_start
+
+    # RUN/start/ and start.json, once (a resume keeps them): both stages train against these weights, the reference
+    # `preflab eval RUN/fspo` and `RUN/pooled` take by default
+    main_writes(lambda: save_start(out, initial, tokenizer, {"fspo": START, "pooled": START}, resume))
     before = main_result(lambda: {"fspo": preference_accuracy(initial, tokenizer, eval_fspo),
                                   "pooled": preference_accuracy(initial, tokenizer, eval_pooled)})
 

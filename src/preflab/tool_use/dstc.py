@@ -227,6 +227,12 @@ def run_dstc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool =
     dstc_tasks = sft_tasks[:n_dstc_tasks]
     tokenizer = tiny_tokenizer("char")
     model = tiny_causal_lm(tokenizer, arch="llama", hidden_size=hidden_size, num_layers=2, num_heads=4, seed=seed)
+    from preflab.recipe_start import save_start
+
+    # RUN/start/ and start.json, once, before the warm-up SFT trains the model (a resume keeps them). The DPO / KTO
+    # iterations (dstc_<i>/dpo) train against the model before each iteration, which depends on which iterations
+    # found pairs: not listed, their eval takes --reference (the warm-up's RUN/sft for dstc_1)
+    main_writes(lambda: save_start(out, model, tokenizer, {}, resume))
     runner = SandboxRunner(timeout_s, max_workers)
     runner.restore(state.get("sandbox"))  # a resumed run reports the runs of all its sessions
     common = dict(model_name_or_path="builtin:tiny-llama", max_length=128, seed=seed, logging_steps=10,

@@ -290,6 +290,11 @@ def run_itool(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool 
 
     # ---------------------------------------------------------------- warm-up SFT, easy to hard
     model = fresh_model(state.data["weights"]["itool"])
+    if state.data["weights"]["itool"] is None:  # the model as built, before any stage trained it
+        from preflab.recipe_start import save_start
+
+        # RUN/start/ and start.json, once (a resume keeps them); SimPO is reference-free: no stage listed
+        main_writes(lambda: save_start(out, model, tokenizer, {}, resume))
     if not state.done("untrained"):
         metrics, _ = evaluate(model)
         state.finish("untrained", {"eval": metrics}, "itool", None)

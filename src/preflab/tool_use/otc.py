@@ -137,6 +137,11 @@ def run_otc(output_dir: str, seed: int = 0, resume: bool = False, quiet: bool = 
         main_writes(lambda: (data.parent.mkdir(parents=True, exist_ok=True), data.write_text(traces)))
         again = interrupted(out / "sft")
         model = new_model()
+        from preflab.recipe_start import save_start
+
+        # RUN/start/ and start.json, once, before SFT trains the model (a resume keeps them); no stage is
+        # DPO-family (SFT, then GRPO with beta 0), so none is listed with a reference
+        main_writes(lambda: save_start(out, model, tokenizer, {}, resume))
         cfg = stage_config("otc", {**common, "task": "sft", "model_name_or_path": "builtin:tiny-llama",
                                    "dataset_name": str(data), "max_length": 128, "learning_rate": 3e-3,
                                    "per_device_train_batch_size": sft_per_process, "max_steps": sft_steps,
