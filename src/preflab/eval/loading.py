@@ -157,9 +157,9 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
         base = load_causal_lm(base_name, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                               tokenizer=tok, seed=base_seed, **load)
-        from peft import PeftModel
+        from preflab.models.adapter_load import load_lora_adapter
 
-        return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
+        return load_lora_adapter(base, path).merge_and_unload().eval(), tok
     if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
         return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code, demo_sft, load, base_seed)
     checkpoints = [p for p in numbered_checkpoints(path) if p.is_dir()]
