@@ -8201,13 +8201,15 @@ MUTANTS += [
            LO1_ADAPTER, "a LoRA tensor of another shape is skipped by the load and left at its initial value"),
     Mutant("lo1-eval-adapter-peft-direct", "eval/loading.py",
            [("        return load_lora_adapter(base, path).merge_and_unload().eval(), tok",
-             "        return __import__('peft').PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok")],
+             "        return __import__('peft').PeftModel.from_pretrained(base, str(path))"
+             ".merge_and_unload().eval(), tok")],
            LO1_ADAPTER, "preflab eval loads a LoRA run's final folder through peft alone, its file unchecked"),
     Mutant("lo1-held-out-second-read", "eval/held_out.py",
            [("    rows = [data for row_id, data in raw.items() if row_id in ids]",
-             "    from preflab.data.configured_source import data_source\n    from preflab.data.sources import RowReader\n"
-             "    rows = [dict(r.data) for r in RowReader(data_source(str(cfg['dataset_name']), cfg.get('dataset_config')), "
-             "split=cfg.get('dataset_split') or 'train') if r.row_id in ids]")],
+             "    from preflab.data.configured_source import data_source\n"
+             "    from preflab.data.sources import RowReader\n"
+             "    rows = [dict(r.data) for r in RowReader(data_source(str(cfg['dataset_name']), "
+             "cfg.get('dataset_config')), split=cfg.get('dataset_split') or 'train') if r.row_id in ids]")],
            LO1_HELD, "--held-out reads the training data a second time for the held-out rows' raw dicts"),
     Mutant("lo1-keep-renamed-rows", "data/sources.py",
            [("                if self.keep is not None and raw.data is not None and raw.problem is None:\n"
@@ -8217,9 +8219,10 @@ MUTANTS += [
              "                    self.keep[raw.row_id] = dict(raw.data)\n                yield raw\n")],
            LO1_HELD, "the kept rows are the dataset_columns-renamed ones, not the rows as the data holds them"),
     Mutant("lo1-base-built-first", "eval/loading.py",
-           [('    if trained and not demo and not cfg.get("use_peft"):  # a LoRA checkpoint needs its base\'s weights anyway',
-             "    if False:")],
-           LO1_ARCH, "a full checkpoint of another architecture builds its base (weights loaded), then the recorded one"),
+           [('    if trained and not demo and not cfg.get("use_peft"):  # a LoRA checkpoint needs its base\'s '
+             "weights anyway", "    if False:")],
+           LO1_ARCH,
+           "a full checkpoint of another architecture builds its base (weights loaded), then the recorded one"),
 ]
 
 

@@ -121,3 +121,31 @@ def test_a_tensor_the_adapters_have_no_place_for_is_noted_and_the_load_goes_on(a
     assert "adapter_model.safetensors holds 1 tensor(s)" in out and "mlp.up_proj.lora_A.weight" in out
     _assert_same(model.merge_and_unload(), want)
     assert json.loads((folder / "adapter_config.json").read_text())["r"] == 2
+
+
+def test_a_model_whose_weights_transformers_converts_is_compared_under_the_converted_names(tmp_path):
+    """Mixtral (transformers v5 registers a conversion of its expert weights; peft converts adapter files saved in the
+    older layout before loading): the file is compared after peft's own conversion. An adapter on the fused experts
+    (target_parameters) and on q_proj loads, its merged weights equal the saved model's; with its experts' lora_A
+    removed it is refused naming it."""
+    import transformers as tf
+    from peft import LoraConfig, get_peft_model
+
+    from preflab.models.adapter_load import _conversion, load_lora_adapter
+
+    config = tf.MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1)
+    torch.manual_seed(0)
+    tf.MixtralForCausalLM(config).save_pretrained(tmp_path / "base")
+    model = get_peft_model(tf.MixtralForCausalLM.from_pretrained(tmp_path / "base"),
+                           LoraConfig(r=2, target_modules=["q_proj"], target_parameters=["mlp.experts.gate_up_proj"],
+                                      init_lora_weights=False))  # lora_B nonzero: every tensor changes the model
+    assert _conversion(model) is not None
+    model.save_pretrained(tmp_path / "adapter")
+    want = {k: v.clone() for k, v in model.merge_and_unload().state_dict().items()}
+    _assert_same(load_lora_adapter(tf.MixtralForCausalLM.from_pretrained(tmp_path / "base"),
+                                   tmp_path / "adapter").merge_and_unload(), want)
+    gone = "base_model.model.model.layers.0.mlp.experts.lora_A.weight"
+    _rewrite(tmp_path / "adapter", lambda w: w.pop(gone))
+    with pytest.raises(ConfigError, match=rf"are 1 missing \({gone.replace('.', '[.]')}\)"):
+        load_lora_adapter(tf.MixtralForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")

@@ -43,19 +43,41 @@ def load_lora_adapter(base: nn.Module, folder: str | Path) -> nn.Module:
     return model
 
 
-def adapter_file_shapes(folder: Path) -> tuple[Path, dict[str, tuple[int, ...]]]:
+def adapter_file_shapes(folder: Path, model: nn.Module | None = None) -> tuple[Path, dict[str, tuple[int, ...]]]:
     """(the adapter weights file peft read, {tensor name: shape}): adapter_model.safetensors read from its header
-    (no tensor data), else (a pickle file, loaded only with allow_pickle) through peft's own load_peft_weights."""
+    (no tensor data), else (a pickle file, loaded only with allow_pickle) through peft's own load_peft_weights. Where
+    transformers registers a weight conversion for `model`'s model_type (MoE models whose experts v5 fuses), the
+    tensors are read and converted as PeftModel.load_adapter converts them, so that a file saved in the older layout
+    is compared under the names it is loaded under."""
     file = folder / "adapter_model.safetensors"
-    if file.is_file():
+    convert = _conversion(model)
+    if file.is_file() and convert is None:
         from safetensors import safe_open
 
         with safe_open(str(file), "pt") as handle:
             return file, {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     from peft.utils import load_peft_weights
 
-    found = next((p for p in sorted(folder.glob("adapter_model*")) if p.is_file()), folder / "adapter_model.bin")
-    return found, {k: tuple(v.shape) for k, v in load_peft_weights(str(folder), device="cpu").items()}
+    found = file if file.is_file() else next((p for p in sorted(folder.glob("adapter_model*")) if p.is_file()),
+                                             folder / "adapter_model.bin")
+    weights = load_peft_weights(str(folder), device="cpu")
+    weights = weights if convert is None else convert(weights)
+    return found, {k: tuple(v.shape) for k, v in weights.items()}
+
+
+def _conversion(model: nn.Module | None):
+    """weights -> weights as peft converts a LoRA adapter's state dict for transformers v5 (peft.utils.
+    transformers_weight_conversion), where transformers registers a conversion for the model's model_type; else None."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    try:
+        from peft.utils.transformers_weight_conversion import convert_peft_adapter_state_dict_for_transformers
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    except ImportError:
+        return None
+    if model_type is None or get_checkpoint_conversion_mapping(model_type) is None:
+        return None
+    config = model.peft_config["default"]
+    return lambda weights: convert_peft_adapter_state_dict_for_transformers(model, config, weights, "default")
 
 
 def expected_adapter_shapes(model: nn.Module) -> tuple[dict[str, tuple[int, ...]], set[str]]:
@@ -74,7 +96,7 @@ def expected_adapter_shapes(model: nn.Module) -> tuple[dict[str, tuple[int, ...]
 def check_adapter_weights(model: nn.Module, folder: Path) -> None:
     """A ConfigError naming the adapter file, the tensors and what to do when a tensor the built PeftModel needs is
     missing from the file, or has another shape there; a note naming the file's tensors the model has no place for."""
-    file, shapes = adapter_file_shapes(folder)
+    file, shapes = adapter_file_shapes(folder, model)
     required, allowed = expected_adapter_shapes(model)
     missing = [k for k in required if k not in shapes]
     reshaped = [f"{k} {shapes[k]} (the model's: {required[k]})" for k in required
