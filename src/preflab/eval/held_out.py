@@ -57,7 +57,10 @@ def run_row_extras(cfg: dict) -> list[str]:
 def held_out_rows(cfg: dict, run: str = "the run") -> tuple[list[dict], str]:
     """(the raw rows eval_fraction held out of the run of saved config `cfg`, in source order, as dicts with the
     data's own column names: `preflab eval` renames them by the run's dataset_columns as it renames --data; a note
-    naming them). Refused (refuse_no_held_out) where the run held none out, or its training data cannot be read."""
+    naming them). Refused (refuse_no_held_out) where the run held none out, or its training data cannot be read.
+    The training data is read once: its rows' raw dicts are kept (RowReader's keep) by the read that validates and
+    splits them, where a second read picked the held-out ones (which rows are held out is known only after the
+    split, so every read row's dict is kept while this runs: the data's size once more in memory)."""
     from preflab.data.holdout import hold_out_rows
     from preflab.eval.run import policy_training_rows
     from preflab.models.run_config import run_seed
