@@ -99,7 +99,7 @@ def check_adapter_weights(model: nn.Module, folder: Path) -> None:
     file, shapes = adapter_file_shapes(folder, model)
     required, allowed = expected_adapter_shapes(model)
     missing = [k for k in required if k not in shapes]
-    reshaped = [f"{k} {shapes[k]} (the model's: {required[k]})" for k in required
+    reshaped = [f"{k}: {shapes[k]} in the file, {required[k]} in the model" for k in required
                 if k in shapes and shapes[k] != required[k]]
     problems = [f"{len(v)} {what} ({_first(v)})" for what, v in (("missing", missing), ("of another shape", reshaped))
                 if v]
