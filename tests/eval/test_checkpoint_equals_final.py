@@ -245,3 +245,22 @@ def test_a_full_checkpoint_builds_one_model_whether_or_not_its_architecture_is_t
     assert set(model.state_dict()) == set(want)
     for key, value in model.state_dict().items():
         assert torch.equal(value, want[key]), key
+
+
+@pytest.mark.parametrize("name", ["builtin:tiny-llama", "builtin:tiny-qwen2", "builtin:tiny-gpt2"])
+def test_a_bases_architecture_read_from_its_config_is_the_built_models(name, tmp_path):
+    """causal_lm_architecture (read before building) equals model_architecture of the model load_causal_lm builds,
+    key for key, for each builtin and for a saved folder of it, so the checkpoint loader's comparison before
+    building finds no difference the built model would not have (a false one would build the recorded model where the
+    base was right)."""
+    from preflab.checkpoint import model_architecture
+    from preflab.models.load import causal_lm_architecture, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(name)
+    model = load_causal_lm(name, tokenizer=tok, seed=3)
+    assert causal_lm_architecture(name, tok) == model_architecture(model)
+    model.save_pretrained(tmp_path / "saved")
+    tok.save_pretrained(tmp_path / "saved")
+    read = causal_lm_architecture(str(tmp_path / "saved"))
+    assert read == model_architecture(load_causal_lm(str(tmp_path / "saved")))
+    assert read["num_hidden_layers" if name != "builtin:tiny-gpt2" else "n_layer"] == 2
