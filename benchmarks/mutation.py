@@ -8269,6 +8269,45 @@ MUTANTS += [
            AFZ_BARS, "preflab demo diffusion --quiet draws the base pipeline's Writing model shards bar"),
 ]
 
+# mutation-lo1 round: load-once: a LoRA adapter folder's weights checked against the PeftModel built for them
+# (preflab.models.adapter_load), --held-out's raw rows from the one read of the training data (RowReader keep), and a
+# full checkpoint of another architecture than its base built once (the base's architecture read from its config)
+LO1_ADAPTER = ["tests/eval/test_adapter_weights_checked.py"]
+LO1_HELD = ["tests/eval/test_eval_held_out.py", "-k", "read_the_training_data_once"]
+LO1_ARCH = ["tests/eval/test_checkpoint_equals_final.py", "-k", "builds_one_model"]
+MUTANTS += [
+    Mutant("lo1-adapter-unchecked", "models/adapter_load.py",
+           [("    check_adapter_weights(model, Path(folder))\n", "")],
+           LO1_ADAPTER, "an adapter file missing a LoRA tensor loads with PEFT's initial value for it again"),
+    Mutant("lo1-adapter-shape-unchecked", "models/adapter_load.py",
+           [("                if k in shapes and shapes[k] != required[k]]", "                if False]")],
+           LO1_ADAPTER, "a LoRA tensor of another shape is skipped by the load and left at its initial value"),
+    Mutant("lo1-eval-adapter-peft-direct", "eval/loading.py",
+           [("        return load_lora_adapter(base, path).merge_and_unload().eval(), tok",
+             "        return __import__('peft').PeftModel.from_pretrained(base, str(path))"
+             ".merge_and_unload().eval(), tok")],
+           LO1_ADAPTER, "preflab eval loads a LoRA run's final folder through peft alone, its file unchecked"),
+    Mutant("lo1-held-out-second-read", "eval/held_out.py",
+           [("    rows = [data for row_id, data in raw.items() if row_id in ids]",
+             "    from preflab.data.configured_source import data_source\n"
+             "    from preflab.data.sources import RowReader\n"
+             "    rows = [dict(r.data) for r in RowReader(data_source(str(cfg['dataset_name']), "
+             "cfg.get('dataset_config')), split=cfg.get('dataset_split') or 'train') if r.row_id in ids]")],
+           LO1_HELD, "--held-out reads the training data a second time for the held-out rows' raw dicts"),
+    Mutant("lo1-keep-renamed-rows", "data/sources.py",
+           [("                if self.keep is not None and raw.data is not None and raw.problem is None:\n"
+             "                    self.keep[raw.row_id] = dict(raw.data)\n", ""),
+            ("                yield raw\n",
+             "                if self.keep is not None and raw.data is not None and raw.problem is None:\n"
+             "                    self.keep[raw.row_id] = dict(raw.data)\n                yield raw\n")],
+           LO1_HELD, "the kept rows are the dataset_columns-renamed ones, not the rows as the data holds them"),
+    Mutant("lo1-base-built-first", "eval/loading.py",
+           [('    if trained and not demo and not cfg.get("use_peft"):  # a LoRA checkpoint needs its base\'s '
+             "weights anyway", "    if False:")],
+           LO1_ARCH,
+           "a full checkpoint of another architecture builds its base (weights loaded), then the recorded one"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -205,3 +205,68 @@ def test_a_model_whose_files_hold_extra_tensors_loads_them_left_out_with_a_note(
     assert set(weights) <= set(loaded) and all(torch.equal(loaded[k], v) for k, v in weights.items())
     out = capsys.readouterr().out
     assert "hold 1 tensor(s) the model has no place for (e.g. v_head.summary.weight)" in out
+
+
+def _count_causal_lms(monkeypatch) -> list:
+    """The class names of the causal LMs constructed from now on (an inner LlamaModel is no causal LM: not counted),
+    however they are built: tiny_causal_lm, from_pretrained, from_config."""
+    from transformers import PreTrainedModel
+
+    built, init = [], PreTrainedModel.__init__
+
+    def counted(self, *args, **kwargs):
+        if type(self).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+            built.append(type(self).__name__)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "__init__", counted)
+    return built
+
+
+@pytest.mark.parametrize("base", ["builtin", "folder"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_a_full_checkpoint_builds_one_model_whether_or_not_its_architecture_is_the_bases(base, layers, tmp_path,
+                                                                                         monkeypatch):
+    """A checkpoint of a 1-layer model whose run config names a 2-layer base (builtin:tiny-llama, or a saved folder
+    of it): the base's architecture is read from its config, not built (with its weights loaded) and discarded, so
+    one causal LM is built, the recorded one, and every weight loaded is the checkpoint's. A 2-layer checkpoint (the
+    base's architecture) builds the base once, as before, with the checkpoint's weights over it."""
+    from preflab.checkpoint import model_architecture
+
+    tok = tiny_tokenizer("bytelevel")  # builtin:tiny-llama's
+    name = "builtin:tiny-llama"
+    if base == "folder":
+        name = str(tmp_path / "base")
+        tiny_causal_lm(tok, seed=3).save_pretrained(name)
+        tok.save_pretrained(name)
+    trained = tiny_causal_lm(tok, num_layers=layers, seed=11)
+    path = save_checkpoint(tmp_path / "run", 2, trained, torch.optim.SGD(trained.parameters(), lr=0.1), None,
+                           {"config": {"model_name_or_path": name, "seed": 3},
+                            "model_config": model_architecture(trained)})  # as the training loop records it
+    built = _count_causal_lms(monkeypatch)
+    model, _ = load_for_eval(str(path))
+    assert built == ["LlamaForCausalLM"]
+    assert model.config.num_hidden_layers == layers
+    want = trained.state_dict()
+    assert set(model.state_dict()) == set(want)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, want[key]), key
+
+
+@pytest.mark.parametrize("name", ["builtin:tiny-llama", "builtin:tiny-qwen2", "builtin:tiny-gpt2"])
+def test_a_bases_architecture_read_from_its_config_is_the_built_models(name, tmp_path):
+    """causal_lm_architecture (read before building) equals model_architecture of the model load_causal_lm builds,
+    key for key, for each builtin and for a saved folder of it, so the checkpoint loader's comparison before
+    building finds no difference the built model would not have (a false one would build the recorded model where the
+    base was right)."""
+    from preflab.checkpoint import model_architecture
+    from preflab.models.load import causal_lm_architecture, load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(name)
+    model = load_causal_lm(name, tokenizer=tok, seed=3)
+    assert causal_lm_architecture(name, tok) == model_architecture(model)
+    model.save_pretrained(tmp_path / "saved")
+    tok.save_pretrained(tmp_path / "saved")
+    read = causal_lm_architecture(str(tmp_path / "saved"))
+    assert read == model_architecture(load_causal_lm(str(tmp_path / "saved")))
+    assert read["num_hidden_layers" if name != "builtin:tiny-gpt2" else "n_layer"] == 2

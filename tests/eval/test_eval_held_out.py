@@ -111,3 +111,47 @@ def test_the_training_data_note_points_a_dpo_run_to_held_out_and_no_other_task(r
     assert "(--held-out instead of --data evaluates exactly those)" in training_data_note(data, cfg, "train")
     reward = training_data_note(data, {**cfg, "task": "reward"}, "train")
     assert "were not trained on, so these metrics are not held-out" in reward and "--held-out" not in reward
+
+
+def test_held_out_rows_read_the_training_data_once_and_give_the_rows_a_second_read_gave(tmp_path, monkeypatch):
+    """held_out_rows takes the held-out rows' raw dicts from the read that splits them (RowReader's keep), where it
+    read the file a second time: one pass over the data (counted), and the same rows, in the same order, with the
+    data's own column names (not dataset_columns' fields), as that second read gave them (rebuilt here as before:
+    the ids held_out_rows' split holds out, then a RowReader over the file). No trained run needed: the config."""
+    from preflab.data.configured_source import data_source
+    from preflab.data.holdout import hold_out_rows
+    from preflab.data.sources import RowReader
+    from preflab.eval.held_out import held_out_rows
+    from preflab.eval.run import policy_training_rows
+
+    data = tmp_path / "renamed.jsonl"
+    named = {"prompt": "question", "chosen": "good", "rejected": "bad"}
+    lines = [json.loads(line) for line in _data(tmp_path / "pairs.jsonl").read_text().splitlines()]
+    lines[0]["rejected"] = None  # the bad row, with the mapped column (a row without it is a renaming error)
+    data.write_text("".join(json.dumps({named[k]: v for k, v in row.items()}) + "\n" for row in lines))
+    cfg = {"dataset_name": str(data), "dataset_columns": named, "eval_fraction": 0.25, "seed": 3,
+           "on_bad_row": "skip", "loss_type": "sigmoid"}
+    held: list = []
+
+    def note_held(rows, fraction, seed):
+        kept, out, _ = hold_out_rows(rows, fraction, seed)
+        held.extend(out)
+        return kept
+
+    policy_training_rows(cfg, hold_out=note_held)
+    ids = {r.row_id for r in held}
+    before = [dict(raw.data) for raw in RowReader(data_source(str(data), None), split="train") if raw.row_id in ids]
+    passes = []
+    iterate = RowReader.__iter__
+
+    def counted(reader):
+        passes.append(reader.name)
+        return iterate(reader)
+
+    monkeypatch.setattr(RowReader, "__iter__", counted)
+    rows, said = held_out_rows(cfg)
+    assert passes == [str(data)]  # one pass over the training data
+    assert rows == before and len(rows) == 5  # max(1, round(0.25 * 20)) of the 20 good rows
+    assert [list(r) for r in rows] == [["question", "good", "bad"]] * 5  # the data's own columns, its order
+    assert 0 not in ids and [r["question"] for r in rows] == [lines[i]["prompt"] for i in sorted(ids)]
+    assert said.startswith("--held-out: the 5 rows the run held out of the run's training data")

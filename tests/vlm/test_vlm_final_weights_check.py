@@ -57,3 +57,27 @@ def test_a_removed_weight_is_refused_naming_the_key(trained, tmp_path):
     cfg = config_from_dict(dict(task="vlm", model_name_or_path=str(copy), dataset_name="unused", use_cpu=True))
     with pytest.raises(ConfigError, match=rf"model_name_or_path='{copy}'.*{re.escape(key)}"):  # as a base to train on
         load_vlm_model(str(copy), cfg, PROCESSOR)
+
+
+def test_a_lora_runs_adapter_file_missing_a_tensor_is_refused_naming_it(tmp_path):
+    """A task: vlm LoRA run's final folder (adapter_config.json + adapter_model.safetensors) reloads through
+    preflab.models.adapter_load: intact, its merged model equals the trained one merged; with a lora_B removed from the
+    file (which peft alone would leave at zero, dropping that module's update) it is refused naming the file and key."""
+    out = tmp_path / "lora"
+    cfg = config_from_dict(dict(task="vlm", model_name_or_path="builtin:tiny-llava", dataset_name="unused",
+                                output_dir=str(out), per_device_train_batch_size=2, learning_rate=2e-2, max_steps=1,
+                                save_steps=0, logging_steps=1, disable_tqdm=True, report_to="none", use_cpu=True,
+                                seed=0, use_peft=True, lora_r=2, lora_alpha=4, lora_dropout=0.0))
+    trainer = VisionTrainer(cfg, processor=PROCESSOR, train_data=PAIRS)
+    trainer.train()
+    live = {k: v.detach().clone() for k, v in trainer.policy.merge_and_unload().state_dict().items()}
+    model, _ = load_vlm_run(out, PROCESSOR)
+    loaded = model.state_dict()
+    assert set(loaded) == set(live) and all(torch.equal(loaded[k], live[k]) for k in live)
+    file = out / "adapter_model.safetensors"
+    state = load_file(str(file))
+    key = sorted(k for k in state if "lora_B" in k)[0]
+    save_file({k: v for k, v in state.items() if k != key}, str(file), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(file))}: LoRA tensor\(s\) .* are 1 missing "
+                                          rf"\({re.escape(key)}\)"):
+        load_vlm_run(out, PROCESSOR)

@@ -86,13 +86,17 @@ class RowReader:
 
     otherwise: the split read where the source has no split `split` (only then: any other error is raised); the
     source is resolved once, a loaded DatasetDict (save_to_disk folder, hub name) picks from what it loaded.
-    `split` is the split read."""
+    `split` is the split read.
+    keep: a dict that gets, by row id, a copy of every row read as a dict, as the source holds it (before
+    dataset_columns renames it), for a caller that needs the raw rows of the read it validates
+    (preflab.eval.held_out: the rows eval_fraction held out), so the source is not read a second time."""
 
     def __init__(self, source, *, split: str | None = "train", limit: int | None = None,
                  max_row_bytes: int | None = DEFAULT_MAX_ROW_BYTES, streaming: bool = False,
-                 otherwise: str | None = None):
+                 otherwise: str | None = None, keep: dict | None = None):
         from preflab.data.columns import columns_of, unmapped
 
+        self.keep = keep
         self.columns, self.columns_option = columns_of(source), getattr(source, "option", None)  # dataset_columns
         source = unmapped(source)
         self.source, self.limit, self.max_row_bytes = source, limit, max_row_bytes
@@ -131,6 +135,8 @@ class RowReader:
             for raw in part(self):
                 if self.limit is not None and raw.row_id >= self.limit:
                     return
+                if self.keep is not None and raw.data is not None and raw.problem is None:
+                    self.keep[raw.row_id] = dict(raw.data)
                 if self.columns and raw.data is not None and raw.problem is None:  # dataset_columns: renamed here,
                     raw.data = renamed_row(raw.data, self.columns, self.columns_option,  # before any kind reads it
                                            raw.file or self.name, raw.row_id, raw.line)

@@ -57,10 +57,11 @@ def run_row_extras(cfg: dict) -> list[str]:
 def held_out_rows(cfg: dict, run: str = "the run") -> tuple[list[dict], str]:
     """(the raw rows eval_fraction held out of the run of saved config `cfg`, in source order, as dicts with the
     data's own column names: `preflab eval` renames them by the run's dataset_columns as it renames --data; a note
-    naming them). Refused (refuse_no_held_out) where the run held none out, or its training data cannot be read."""
-    from preflab.data.configured_source import data_source
+    naming them). Refused (refuse_no_held_out) where the run held none out, or its training data cannot be read.
+    The training data is read once: its rows' raw dicts are kept (RowReader's keep) by the read that validates and
+    splits them, where a second read picked the held-out ones (which rows are held out is known only after the
+    split, so every read row's dict is kept while this runs: the data's size once more in memory)."""
     from preflab.data.holdout import hold_out_rows
-    from preflab.data.sources import RowReader
     from preflab.eval.run import policy_training_rows
     from preflab.models.run_config import run_seed
 
@@ -72,13 +73,12 @@ def held_out_rows(cfg: dict, run: str = "the run") -> tuple[list[dict], str]:
         held.extend(out)
         return kept
 
-    training = policy_training_rows(cfg, hold_out=keep_and_note_held)
+    raw: dict[int, dict] = {}  # every row as the data holds it, by row id, from the one read of the training data
+    training = policy_training_rows(cfg, hold_out=keep_and_note_held, keep_raw=raw)
     if training.rows is None:
         raise ConfigError(f"--held-out: {training.why.split(', so ')[0]}; pass --data with held-out pairs.")
     ids = {r.row_id for r in held}
-    reader = RowReader(data_source(str(cfg["dataset_name"]), cfg.get("dataset_config")),
-                       split=cfg.get("dataset_split") or "train")
-    rows = [dict(raw.data) for raw in reader if raw.row_id in ids]
+    rows = [data for row_id, data in raw.items() if row_id in ids]  # in source order, as the data holds them
     said = (f"--held-out: the {len(rows)} rows the run held out of {training.whose} (eval_fraction="
             f"{cfg['eval_fraction']}, seed {run_seed(cfg)}, rows it skipped "
             f"not counted), rebuilt as the run split them; {len(training.rows)} rows were kept for training")

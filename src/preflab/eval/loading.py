@@ -22,7 +22,8 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.models.run_config import run_config, run_seed
 from preflab.eval.run_files import tokenizer_near as _tokenizer_near
 from preflab.models.builtin_names import BUILTIN, DEMO_SFT  # noqa: F401  (public names of this module)
-from preflab.models.load import check_remote_code, check_weights_safe, load_causal_lm, load_tokenizer
+from preflab.models.load import (causal_lm_architecture, check_remote_code, check_weights_safe, load_causal_lm,
+                                 load_tokenizer)
 
 
 def _demo_sft(demo_sft, seed, what: str):
@@ -157,9 +158,9 @@ def load_for_eval(name: str, tokenizer=None, allow_pickle: bool = False, trust_r
         tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
         base = load_causal_lm(base_name, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                               tokenizer=tok, seed=base_seed, **load)
-        from peft import PeftModel
+        from preflab.models.adapter_load import load_lora_adapter
 
-        return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval(), tok
+        return load_lora_adapter(base, path).merge_and_unload().eval(), tok
     if (path / "model.safetensors").is_file() and (path / "trainer_state.json").is_file():
         return _load_checkpoint_dir(path, cfg, tokenizer, allow_pickle, trust_remote_code, demo_sft, load, base_seed)
     checkpoints = [p for p in numbered_checkpoints(path) if p.is_dir()]
@@ -230,7 +231,11 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
     """A checkpoint's model: its base (model_name_or_path, seeded as the run built it), or, where the checkpoint's
     recorded architecture (trained_architecture) differs from that base, a model built from the recorded config (a
     full fine-tune's checkpoint holds every parameter, so the base's own weights are not needed); its parameters
-    loaded over it. Every trainable parameter of the rebuilt model must be in model.safetensors, with the same shape,
+    loaded over it. The base's architecture is read from its config (causal_lm_architecture) before anything is
+    built, so a full fine-tune's checkpoint of another architecture builds one model, not the base (its weights
+    loaded) and then the recorded one; the built base's architecture is compared again after building it (a
+    builtin:demo-sft base, a config not readable without building, a LoRA checkpoint, which needs the base's
+    weights). Every trainable parameter of the rebuilt model must be in model.safetensors, with the same shape,
     and nothing else may be: otherwise a PreflabError names the weights file and the model built (before, a recipe's
     1-layer model's checkpoint was loaded into the 2-layer builtin:tiny-llama, its second layer left random)."""
     import json
@@ -247,22 +252,28 @@ def _load_checkpoint_dir(path: Path, cfg: dict, tokenizer, allow_pickle: bool, t
         raise PreflabError(f"{path / 'trainer_state.json'} is not JSON ({err}); the checkpoint is damaged: evaluate "
                            "another checkpoint of the run, or its final directory.") from err
     state = state if isinstance(state, dict) else {}
-    if base_name == DEMO_SFT:  # an online demo run's checkpoint: the base is the demo's SFT model
-        model, own = _demo_sft(demo_sft, base_seed, f"{path} (a checkpoint of a run that started from {DEMO_SFT})")
-        tok = tokenizer or own
-    else:
-        tok = tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
-        model = load_causal_lm(base_name, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, tokenizer=tok,
-                               seed=base_seed, **load)
-    built = f"the base model {base_name} (the run config's model_name_or_path)"
+    demo = base_name == DEMO_SFT  # an online demo run's checkpoint: the base is the demo's SFT model
+    tok = tokenizer if demo else tokenizer or _tokenizer_near(path, base_name, trust_remote_code)
     trained = trained_architecture(path, state)
-    differences = architecture_differences(model_architecture(model), trained[0]) if trained else []
-    if differences and cfg.get("use_peft"):
-        raise PreflabError(f"{path} holds LoRA adapters trained over a model whose config ({trained[1]}) differs from "
-                           f"{built}: {'; '.join(differences[:4])}. The base weights under the adapters cannot be "
-                           "rebuilt; evaluate the run's final directory, or point model_name_or_path in its "
-                           "config.yaml at the model it trained.")
-    if differences:
+    differences = None  # None: not known before the base is built
+    if trained and not demo and not cfg.get("use_peft"):  # a LoRA checkpoint needs its base's weights anyway
+        read = causal_lm_architecture(base_name, tok, trust_remote_code, load.get("init_kwargs"))
+        differences = architecture_differences(read, trained[0]) if read is not None else None
+    if not differences:  # the recorded architecture is the base's (or not known before building the base)
+        if demo:
+            model, own = _demo_sft(demo_sft, base_seed, f"{path} (a checkpoint of a run that started from {DEMO_SFT})")
+            tok = tok or own
+        else:
+            model = load_causal_lm(base_name, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                   tokenizer=tok, seed=base_seed, **load)
+        built = f"the base model {base_name} (the run config's model_name_or_path)"
+        differences = architecture_differences(model_architecture(model), trained[0]) if trained else []
+        if differences and cfg.get("use_peft"):
+            raise PreflabError(f"{path} holds LoRA adapters trained over a model whose config ({trained[1]}) differs "
+                               f"from {built}: {'; '.join(differences[:4])}. The base weights under the adapters "
+                               "cannot be rebuilt; evaluate the run's final directory, or point model_name_or_path "
+                               "in its config.yaml at the model it trained.")
+    if differences:  # built once, from the recorded config (a second time only where the base's was not readable)
         model = model_from_architecture(trained[0], load)
         built = f"the model of {trained[1]} (it differs from {base_name}: {'; '.join(differences[:4])})"
     if cfg.get("use_peft"):  # the checkpoint holds the adapters (peft's names): rebuild them as training did

@@ -769,14 +769,16 @@ def _hold_out_pairs(train, fraction: float, seed: int) -> list:
     return train
 
 
-def policy_training_rows(cfg: dict, hold_out=None) -> TrainingRows:
+def policy_training_rows(cfg: dict, hold_out=None, keep_raw: dict | None = None) -> TrainingRows:
     """The training rows of a run the policy eval evaluates: a DPO-family run's preference pairs (load_rows of
     dataset_name / dataset_split, less the rows eval_fraction held out: _hold_out_pairs), or an online run's
     prompts (task: online, online_task: dataset: its prompt rows, less those eval_fraction held out as
     train_and_eval does; online_task: demo's built-in prompts are read by preflab.eval_cli, which may import the
     demo). hold_out: what keeps a DPO-family run's training rows instead of _hold_out_pairs (preflab.eval.held_out
-    passes the same data.holdout.hold_out_rows and also keeps the rows it holds out)."""
+    passes the same data.holdout.hold_out_rows and also keeps the rows it holds out). keep_raw: a dict that gets a
+    DPO-family run's rows as its data holds them, by row id (RowReader's keep), from this one read."""
     from preflab.data.rows import load_rows
+    from preflab.data.sources import RowReader
 
     if cfg.get("task") == "sft":
         return run_training_rows(cfg, lambda name, split: _sft_sequences(name, split, cfg),
@@ -785,8 +787,8 @@ def policy_training_rows(cfg: dict, hold_out=None) -> TrainingRows:
         return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="prompt",
                                                                     on_bad_row="skip"),
                                  holds="prompt rows", prompts_only=True)
-    return run_training_rows(cfg, lambda name, split: load_rows(name, split=split, kind="pairwise",
-                                                                on_bad_row="skip"),
+    return run_training_rows(cfg, lambda name, split: load_rows(RowReader(name, split=split, keep=keep_raw),
+                                                                kind="pairwise", on_bad_row="skip"),
                              hold_out=hold_out or _hold_out_pairs)
 
 

@@ -369,6 +369,29 @@ def load_causal_lm(name: str, dtype: str = "float32", trust_remote_code: bool = 
     return mark_loaded(model)
 
 
+def causal_lm_architecture(name: str, tokenizer=None, trust_remote_code: bool = False,
+                           init_kwargs: dict | None = None) -> dict | None:
+    """The transformers config, as a JSON dict (preflab.checkpoint.model_architecture's form), of the model
+    load_causal_lm(name, tokenizer=tokenizer, init_kwargs=init_kwargs) builds, read without building it or loading
+    weights: a builtin's tiny config for `tokenizer`; a folder's or a hub model's config.json (AutoConfig, with
+    init_kwargs' config options applied as from_pretrained applies them). None where it cannot be read here (a hub
+    name offline, remote code not allowed, no config.json): load_causal_lm, which the caller then runs, says why."""
+    if name in BUILTIN:
+        from preflab.models.tiny import tiny_causal_lm_config
+
+        config, _ = tiny_causal_lm_config(tokenizer, arch=BUILTIN[name])
+        return json.loads(config.to_json_string(use_diff=False))
+    from transformers import AutoConfig
+
+    options = {k: v for k, v in (init_kwargs or {}).items() if k not in ("dtype", "torch_dtype")}
+    try:
+        config, _ = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, return_unused_kwargs=True,
+                                               **options)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return json.loads(config.to_json_string(use_diff=False))
+
+
 def check_loading_info(info: dict, name: str, option: str) -> None:
     """A ConfigError naming the model and the keys when from_pretrained reports weights missing from the files (it
     leaves those parameters at random initial values, with a log line only) or weights of another shape: the files

@@ -71,6 +71,16 @@ def tiny_tokenizer(kind: str = "bytelevel", vocab_size: int = 300) -> PreTrained
 def tiny_causal_lm(tokenizer=None, arch: str = "llama", vocab_size: int | None = None, hidden_size: int = 32,
                    num_layers: int = 2, num_heads: int = 4, seed: int = 0, max_positions: int = 512):
     """A randomly initialised causal LM of the given architecture, in float32, in eval mode."""
+    config, cls = tiny_causal_lm_config(tokenizer, arch, vocab_size, hidden_size, num_layers, num_heads, max_positions)
+    torch.manual_seed(seed)
+    model = cls(config)
+    return model.float().eval()
+
+
+def tiny_causal_lm_config(tokenizer=None, arch: str = "llama", vocab_size: int | None = None, hidden_size: int = 32,
+                          num_layers: int = 2, num_heads: int = 4, max_positions: int = 512):
+    """(the transformers config of tiny_causal_lm's model, its model class), nothing built: the architecture a
+    builtin name builds for `tokenizer` (its vocabulary sizes the model), read before building it."""
     import transformers as tf
 
     rotary = arch in ("llama", "qwen2")  # rotary embeddings rotate pairs of a head's dimensions
@@ -98,6 +108,4 @@ def tiny_causal_lm(tokenizer=None, arch: str = "llama", vocab_size: int | None =
         cls = tf.GPT2LMHeadModel
     else:
         raise ValueError(f"unknown tiny arch {arch!r}; use llama, qwen2 or gpt2")
-    torch.manual_seed(seed)
-    model = cls(config)
-    return model.float().eval()
+    return config, cls

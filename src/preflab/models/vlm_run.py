@@ -177,9 +177,9 @@ def _base(path: Path, cfg: dict, opts, processor) -> nn.Module:
 
 
 def _lora(path: Path, cfg: dict, opts, processor) -> nn.Module:
-    from peft import PeftModel
+    from preflab.models.adapter_load import load_lora_adapter
 
-    return PeftModel.from_pretrained(_base(path, cfg, opts, processor), str(path)).merge_and_unload()
+    return load_lora_adapter(_base(path, cfg, opts, processor), path).merge_and_unload()
 
 
 def _checkpoint(path: Path, cfg: dict, opts, processor) -> nn.Module:
