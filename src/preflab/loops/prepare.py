@@ -179,6 +179,10 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
                  row_report.split_pairs_note(), eval_report and eval_report.split_pairs_note(),
                  row_report.repeated_prompt_note(),
                  *overlap_notes(overlap, len(eval_rows))]
+        if kind == "pairs":  # orpo / cpo / simpo / alphapo: where TRL's experimental trainers build other ids
+            from preflab.loops.trl_experimental_tokens import experimental_tokens_note
+
+            notes.append(experimental_tokens_note(cfg.objective(), rows, train, tokenizer))
         if kind == "unpaired":
             desirable = sum(bool(x.label) for x in train)
             notes.append(one_label_note(desirable, len(train), row_report.source))
