@@ -103,3 +103,75 @@ def test_a_response_opening_with_a_user_turn_is_counted_for_the_cut():
     objective = config_from_dict({**BASE, "loss_type": "orpo"}).objective()
     assert "1 conversational row(s) have a response opening with another turn" in \
         experimental_tokens_note(objective, examples, pairs, tok)
+
+
+# --- TRL's DPOConfig(eval_strategy=...) beside DPOTrainer(eval_dataset=...) from Python -------------------------------
+
+def _text_rows(n, seed):
+    import random
+
+    rng = random.Random(seed)
+    words = ["red", "blue", "cat", "dog", "sun", "sea", "one", "two"]
+    return [{"prompt": f"q {rng.choice(words)} {i}?", "chosen": f" {rng.choice(words)} {rng.choice(words)}",
+             "rejected": f" {rng.choice(words)}"} for i in range(n)]
+
+
+def _eval_rows_of(out_dir):
+    import json
+
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k.startswith("eval_") or k == "step"} for r in rows if "eval_loss" in r]
+
+
+def test_a_saved_dpoconfig_with_eval_strategy_and_python_eval_rows_evaluates_as_the_same_rows_in_a_file(
+        tmp_path, capsys):
+    """Before: `DPOConfig(eval_strategy="steps", eval_steps=2).to_dict()` was refused twice (do_eval, then
+    eval_strategy: "needs an eval set"), and naming the rows with eval_dataset_name was refused as "two eval sets".
+    Now any eval_dataset_name names the Python eval rows (a note says so), and the run evaluates at TRL's steps (2
+    and 4 of 4) with the same values as the same rows read from a file under that name."""
+    import json
+
+    from preflab.errors import ConfigError
+    from preflab.loops.offline import Trainer
+    from preflab.models.load import frozen_copy
+    from preflab.models.tiny import tiny_causal_lm
+
+    trl = pytest.importorskip("trl")
+    train, held = _text_rows(8, 0), _text_rows(4, 1)
+    dump = trl.DPOConfig(output_dir="unused", bf16=False, eval_strategy="steps", eval_steps=2, max_steps=4,
+                         per_device_train_batch_size=2, learning_rate=1e-3, logging_steps=2, report_to="none",
+                         gradient_checkpointing=False).to_dict()
+    with pytest.raises(ConfigError, match=r"add eval_dataset_name: NAME \(any name: beside Trainer\(cfg, "
+                                          r"eval_data=rows\) it only names those rows"):
+        config_from_dict({**dump, **BASE})
+    eval_file = tmp_path / "held.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in held))
+    tok = tiny_tokenizer("bytelevel")
+    results = []
+    for name, eval_data in (("py-eval", held), (str(eval_file), None)):
+        out = tmp_path / ("python" if eval_data else "file")
+        cfg = config_from_dict({**dump, **BASE, "output_dir": str(out), "eval_dataset_name": name,
+                                "disable_tqdm": True, "use_cpu": True})
+        policy = tiny_causal_lm(tok, seed=0)
+        Trainer(cfg, policy=policy, ref=frozen_copy(policy), tokenizer=tok, train_data=train,
+                eval_data=eval_data).train()
+        results.append(_eval_rows_of(out))
+        if eval_data is not None:
+            assert "eval_dataset_name='py-eval' names the eval rows given from Python" in capsys.readouterr().out
+    python_route, file_route = results
+    assert [r["step"] for r in python_route] == [2, 4]  # transformers' eval_strategy "steps", eval_steps 2
+    assert python_route[0].keys() == file_route[0].keys() and len(python_route) == len(file_route)
+    for ours, theirs in zip(python_route, file_route):
+        for key in ours:
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6), key
+
+
+def test_python_eval_rows_beside_eval_fraction_are_still_two_eval_sets():
+    from preflab.errors import ConfigError
+    from preflab.loops.prepare import config_reading_rows
+
+    rows = _text_rows(2, 0)
+    with pytest.raises(ConfigError, match="eval_fraction=0.25: two eval sets"):
+        config_reading_rows(config_from_dict({**BASE, "eval_fraction": 0.25}), rows, rows)
+    reading = config_reading_rows(config_from_dict({**BASE, "eval_dataset_name": "e.jsonl"}), rows, rows)
+    assert reading.eval_dataset_name is rows
