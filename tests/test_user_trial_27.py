@@ -175,3 +175,54 @@ def test_python_eval_rows_beside_eval_fraction_are_still_two_eval_sets():
         config_reading_rows(config_from_dict({**BASE, "eval_fraction": 0.25}), rows, rows)
     reading = config_reading_rows(config_from_dict({**BASE, "eval_dataset_name": "e.jsonl"}), rows, rows)
     assert reading.eval_dataset_name is rows
+
+
+# --- TRL's CLI: `trl dpo | kto | reward | sft --config x.yaml` -------------------------------------------------------
+
+def _cli_config(argv):
+    """The TrainConfig `preflab ARGV` would train, read as the command reads it (no run)."""
+    from preflab.cli import _parse, build_parser, trl_command_argv
+    from preflab.loops.cli import config_from_args
+
+    return config_from_args(_parse(build_parser(), trl_command_argv(list(argv))))
+
+
+def _yaml(tmp_path, **keys):
+    import yaml
+
+    path = tmp_path / f"c{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "output_dir": str(tmp_path / "out"), **keys}))
+    return str(path)
+
+
+def test_trls_training_commands_run_as_train_with_their_scripts_setting(tmp_path, capsys):
+    """`preflab kto --config x.yaml` (TRL's `trl kto`) trains KTO on a config without loss_type, as TRL's script
+    (KTOConfig's loss_type kto); `preflab train` on the same file keeps preflab's default (sigmoid). `dpo` adds
+    nothing; `reward` / `sft` set the task; `--config` is the positional CONFIG."""
+    plain = _yaml(tmp_path, beta=0.2)
+    assert _cli_config(["train", plain]).loss_type == "sigmoid"
+    kto = _cli_config(["kto", "--config", plain])
+    assert kto.loss_type == "kto" and kto.beta == 0.2
+    assert "`preflab kto` (TRL's `trl kto`) trains loss_type=kto" in capsys.readouterr().out
+    assert _cli_config(["kto", "--config", _yaml(tmp_path, loss_type="apo_zero_unpaired")]).loss_type == \
+        "apo_zero_unpaired"
+    assert _cli_config(["dpo", "--config", plain, "beta=0.3"]).beta == 0.3
+    assert _cli_config(["train", "--config", plain, "loss_type=ipo"]).loss_type == "ipo"
+    bare = _yaml(tmp_path)
+    assert _cli_config(["reward", "--config", bare]).task == "reward"
+    assert _cli_config(["sft", "--config", bare]).task == "sft"
+
+
+def test_trls_commands_refuse_what_their_script_would_not_train(tmp_path, capsys):
+    from preflab.cli import main
+    from preflab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`preflab kto` runs TRL's `trl kto` script, which trains loss_type: kto "
+                                          r"or apo_zero_unpaired; the config writes loss_type: sigmoid"):
+        _cli_config(["kto", "--config", _yaml(tmp_path), "loss_type=sigmoid"])
+    with pytest.raises(ConfigError, match="two config files"):
+        plain = _yaml(tmp_path)
+        _cli_config(["train", plain, "--config", plain])
+    assert main(["grpo", "--config", "x.yaml"]) == 2
+    assert "preflab has no `grpo` command (TRL's `trl grpo`); use `preflab train x.yaml` with task: online and " \
+           "trainer: grpo" in capsys.readouterr().err
