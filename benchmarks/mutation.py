@@ -8187,6 +8187,30 @@ MUTANTS += [
 ]
 
 
+# mutation-t27 round: user trial 27 (the TRL 1.16 migrator): orpo / cpo runs count the rows whose ids TRL's
+# experimental trainers build otherwise, eval_dataset_name names Python eval rows, TRL's training commands
+T27 = ["tests/test_user_trial_27.py"]
+MUTANTS += [
+    Mutant("t27-bos-not-counted", "loops/trl_experimental_tokens.py",
+           [('            counts["bos"] += bos is not None and item.prompt_ids[:1] != [bos]\n',
+             '            counts["bos"] += 0\n')],
+           T27, "text prompts without the bos TRL's ORPOTrainer prepends go unsaid"),
+    Mutant("t27-eos-counted-at-eos", "loops/trl_experimental_tokens.py",
+           [('        counts["eos"] += sum(ids[-1:] != [eos] for ids', '        counts["eos"] += sum(ids[-1:] == [eos] for ids')],
+           T27, "the note counts the responses that already end with eos instead of those TRL appends one to"),
+    Mutant("t27-cpo-not-experimental", "loops/trl_experimental_tokens.py",
+           [('"simpo": "CPOTrainer", ', '')],
+           T27, "a simpo run says nothing about CPOTrainer's other token ids"),
+    Mutant("t27-eval-name-two-sets", "loops/prepare.py",
+           [("    if eval_rows and cfg.eval_fraction:\n", "    if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):\n")],
+           T27, "a name for Python eval rows is refused as a second eval set again"),
+    Mutant("t27-kto-command-no-loss", "loops/cli.py",
+           [('TRL_TRAIN_COMMANDS = {"dpo": {}, "kto": {"loss_type": ("kto", "apo_zero_unpaired")},',
+             'TRL_TRAIN_COMMANDS = {"dpo": {}, "kto": {},')],
+           T27, "`preflab kto` on a config without loss_type trains DPO's sigmoid"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))
