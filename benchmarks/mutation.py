@@ -3141,7 +3141,7 @@ MUTANTS += [
            "game_preferences with a diagonal other than 1/2 accepted"),
     # loops/prepare.py
     Mutant("mq-prepare-eval-data-beside-eval-fraction", "loops/prepare.py",
-           [("if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):", "if eval_rows and cfg.eval_dataset_name:")],
+           [("    if eval_rows and cfg.eval_fraction:\n", "    if eval_rows and False:\n")],  # t27: a name is no 2nd set
 
            mq_plus(MQ_PREPARE, "test_eval_rows_from_python_beside_the_configs_eval_set_are_refused"),
            "eval_data from Python beside eval_fraction: two eval sets"),
