@@ -8188,7 +8188,8 @@ MUTANTS += [
 
 
 # mutation-t27 round: user trial 27 (the TRL 1.16 migrator): orpo / cpo runs count the rows whose ids TRL's
-# experimental trainers build otherwise, eval_dataset_name names Python eval rows, TRL's training commands
+# experimental trainers build otherwise, eval_dataset_name names Python eval rows, TRL's training commands,
+# trainer.push_to_hub()'s offline refusal in its own words
 T27 = ["tests/test_user_trial_27.py"]
 MUTANTS += [
     Mutant("t27-bos-not-counted", "loops/trl_experimental_tokens.py",
@@ -8208,6 +8209,9 @@ MUTANTS += [
            [('TRL_TRAIN_COMMANDS = {"dpo": {}, "kto": {"loss_type": ("kto", "apo_zero_unpaired")},',
              'TRL_TRAIN_COMMANDS = {"dpo": {}, "kto": {},')],
            T27, "`preflab kto` on a config without loss_type trains DPO's sigmoid"),
+    Mutant("t27-push-python-cli-words", "loops/driver.py",
+           [("""                        from_python=True)""", """                        from_python=False)""")],
+           ["tests/test_hub_push.py"], "trainer.push_to_hub() offline tells a Python user to rerun `preflab push`"),
 ]
 
 
