@@ -8188,8 +8188,8 @@ MUTANTS += [
 
 
 # mutation-t27 round: user trial 27 (the TRL 1.16 migrator): orpo / cpo runs count the rows whose ids TRL's
-# experimental trainers build otherwise, eval_dataset_name names Python eval rows, TRL's training commands,
-# trainer.push_to_hub()'s offline refusal in its own words
+# experimental trainers build otherwise, a saved DPOConfig of every loss type loads (TRL's ld_alpha None),
+# eval_dataset_name names Python eval rows, TRL's training commands, trainer.push_to_hub()'s offline refusal
 T27 = ["tests/test_user_trial_27.py"]
 MUTANTS += [
     Mutant("t27-bos-not-counted", "loops/trl_experimental_tokens.py",
@@ -8199,9 +8199,10 @@ MUTANTS += [
     Mutant("t27-eos-counted-at-eos", "loops/trl_experimental_tokens.py",
            [('        counts["eos"] += sum(ids[-1:] != [eos] for ids', '        counts["eos"] += sum(ids[-1:] == [eos] for ids')],
            T27, "the note counts the responses that already end with eos instead of those TRL appends one to"),
-    Mutant("t27-cpo-not-experimental", "loops/trl_experimental_tokens.py",
-           [('"simpo": "CPOTrainer", ', '')],
-           T27, "a simpo run says nothing about CPOTrainer's other token ids"),
+    Mutant("t27-ld-alpha-none-passed", "objectives/_ld.py",
+           [('        return build(loss_type, {k: v for k, v in params.items() if k != "ld_alpha"})\n',
+             '        return build(loss_type, params)\n')],
+           T27, "a saved DPOConfig of loss type ipo (any but sigmoid) fails: 'IPO has no parameter ld_alpha'"),
     Mutant("t27-eval-name-two-sets", "loops/prepare.py",
            [("    if eval_rows and cfg.eval_fraction:\n", "    if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):\n")],
            T27, "a name for Python eval rows is refused as a second eval set again"),

@@ -226,3 +226,30 @@ def test_trls_commands_refuse_what_their_script_would_not_train(tmp_path, capsys
     assert main(["grpo", "--config", "x.yaml"]) == 2
     assert "preflab has no `grpo` command (TRL's `trl grpo`); use `preflab train x.yaml` with task: online and " \
            "trainer: grpo" in capsys.readouterr().err
+
+
+# --- a saved DPOConfig of every loss type loads ------------------------------------------------------------------------
+
+TRL_DPO_LOSS_TYPES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                      "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", ["sigmoid", "sft"]]
+
+
+@pytest.mark.parametrize("loss_type", TRL_DPO_LOSS_TYPES, ids=str)
+def test_a_saved_dpoconfig_of_every_loss_type_trains_what_the_same_hand_written_config_trains(loss_type):
+    """Before: `DPOConfig(loss_type="ipo").to_dict()` (and every loss type but sigmoid, and sigmoid with
+    label_smoothing, i.e. cdpo) failed to build its objective with "IPO has no parameter 'ld_alpha'": the dump carries
+    TRL's ld_alpha default None. Now the dump's objective gives the loss of the hand-written config (loss_type and
+    the same label_smoothing only) on the same log-probs."""
+    import torch
+
+    from preflab.objectives import PairBatch
+
+    trl = pytest.importorskip("trl")
+    eps = {"exo_pair": 1e-3, "robust": 0.1}.get(loss_type if isinstance(loss_type, str) else "", 0.0)
+    dump = trl.DPOConfig(output_dir="unused", bf16=False, loss_type=loss_type, label_smoothing=eps).to_dict()
+    from_dump = config_from_dict({**dump, **BASE}).objective()
+    by_hand = config_from_dict({**BASE, "loss_type": loss_type, **({"label_smoothing": eps} if eps else {})}).objective()
+    g = torch.Generator().manual_seed(0)
+    sums = [-10 * torch.rand(4, generator=g) for _ in range(4)]
+    batch = PairBatch.from_sums(*sums)
+    assert float(from_dump(batch).loss) == pytest.approx(float(by_hand(batch).loss), abs=1e-7)
