@@ -206,6 +206,7 @@ def test_trls_training_commands_run_as_train_with_their_scripts_setting(tmp_path
     assert "`preflab kto` (TRL's `trl kto`) trains loss_type=kto" in capsys.readouterr().out
     assert _cli_config(["kto", "--config", _yaml(tmp_path, loss_type="apo_zero_unpaired")]).loss_type == \
         "apo_zero_unpaired"
+    assert _cli_config(["kto", "--config", _yaml(tmp_path, loss_type=["kto"])]).loss_type in ("kto", ["kto"])
     assert _cli_config(["dpo", "--config", plain, "beta=0.3"]).beta == 0.3
     assert _cli_config(["train", "--config", plain, "loss_type=ipo"]).loss_type == "ipo"
     bare = _yaml(tmp_path)

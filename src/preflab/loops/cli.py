@@ -114,6 +114,8 @@ def trl_command_overrides(command: str | None, config: str | None, overrides: li
     added = []
     for key, allowed in implied.items():
         value = written.get(key)
+        if isinstance(value, list) and len(value) == 1:  # loss_type: [kto], TRL's list form of one loss
+            value = value[0]
         if value is None:
             added.append(f"{key}={allowed[0]}")
         elif str(value) not in allowed:
