@@ -3141,7 +3141,7 @@ MUTANTS += [
            "game_preferences with a diagonal other than 1/2 accepted"),
     # loops/prepare.py
     Mutant("mq-prepare-eval-data-beside-eval-fraction", "loops/prepare.py",
-           [("if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):", "if eval_rows and cfg.eval_dataset_name:")],
+           [("    if eval_rows and cfg.eval_fraction:\n", "    if eval_rows and False:\n")],  # t27: a name is no 2nd set
 
            mq_plus(MQ_PREPARE, "test_eval_rows_from_python_beside_the_configs_eval_set_are_refused"),
            "eval_data from Python beside eval_fraction: two eval sets"),
@@ -8306,6 +8306,35 @@ MUTANTS += [
              "weights anyway", "    if False:")],
            LO1_ARCH,
            "a full checkpoint of another architecture builds its base (weights loaded), then the recorded one"),
+]
+
+
+# mutation-t27 round: user trial 27 (the TRL 1.16 migrator): orpo / cpo runs count the rows whose ids TRL's
+# experimental trainers build otherwise, a saved DPOConfig of every loss type loads (TRL's ld_alpha None),
+# eval_dataset_name names Python eval rows, TRL's training commands, trainer.push_to_hub()'s offline refusal
+T27 = ["tests/test_user_trial_27.py"]
+MUTANTS += [
+    Mutant("t27-bos-not-counted", "loops/trl_experimental_tokens.py",
+           [('            counts["bos"] += bos is not None and item.prompt_ids[:1] != [bos]\n',
+             '            counts["bos"] += 0\n')],
+           T27, "text prompts without the bos TRL's ORPOTrainer prepends go unsaid"),
+    Mutant("t27-eos-counted-at-eos", "loops/trl_experimental_tokens.py",
+           [('        counts["eos"] += sum(ids[-1:] != [eos] for ids', '        counts["eos"] += sum(ids[-1:] == [eos] for ids')],
+           T27, "the note counts the responses that already end with eos instead of those TRL appends one to"),
+    Mutant("t27-ld-alpha-none-passed", "objectives/_ld.py",
+           [('        return build(loss_type, {k: v for k, v in params.items() if k != "ld_alpha"})\n',
+             '        return build(loss_type, params)\n')],
+           T27, "a saved DPOConfig of loss type ipo (any but sigmoid) fails: 'IPO has no parameter ld_alpha'"),
+    Mutant("t27-eval-name-two-sets", "loops/prepare.py",
+           [("    if eval_rows and cfg.eval_fraction:\n", "    if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):\n")],
+           T27, "a name for Python eval rows is refused as a second eval set again"),
+    Mutant("t27-kto-command-no-loss", "loops/cli.py",
+           [('TRL_TRAIN_COMMANDS = {"dpo": {}, "kto": {"loss_type": ("kto", "apo_zero_unpaired")},',
+             'TRL_TRAIN_COMMANDS = {"dpo": {}, "kto": {},')],
+           T27, "`preflab kto` on a config without loss_type trains DPO's sigmoid"),
+    Mutant("t27-push-python-cli-words", "loops/driver.py",
+           [("""                        from_python=True)""", """                        from_python=False)""")],
+           ["tests/test_hub_push.py"], "trainer.push_to_hub() offline tells a Python user to rerun `preflab push`"),
 ]
 
 

@@ -16,7 +16,7 @@ from huggingface_hub.utils import filter_repo_objects
 from preflab.config import config_from_dict
 from preflab.config_trl import translate_trl
 from preflab.errors import ConfigError, PreflabError
-from preflab.hub_push import HubPusher
+from preflab.hub_push import HubPusher, push_run
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "loops"))
@@ -214,7 +214,7 @@ def test_a_recipe_refuses_push_to_hub_saying_how_to_upload_a_stage():
         config_from_dict({**raw, "push_to_hub": True, "hub_model_id": "org/x"})
 
 
-def test_trainer_push_to_hub_after_train_as_trl_scripts_call_it(tmp_path, hub, capsys):
+def test_trainer_push_to_hub_after_train_as_trl_scripts_call_it(tmp_path, hub, capsys, monkeypatch):
     _, trainer = run(tmp_path / "out", max_steps=2, hub_model_id="org/script")  # push_to_hub off: train uploads none
     assert uploads(hub) == []
     assert trainer.push_to_hub(dataset_name="trl-lib/x") == "org/script"
@@ -222,4 +222,18 @@ def test_trainer_push_to_hub_after_train_as_trl_scripts_call_it(tmp_path, hub, c
     assert pushed["message"] == "End of training" and pushed["repo_id"] == "org/script"
     assert FINAL_MODEL <= pushed["files"]
     assert "push_to_hub(dataset_name=...)" in capsys.readouterr().out
+
+    def offline(self, *a, **k):
+        raise OSError("[Errno -2] Name or service not known")
+
+    # user trial 27: offline, the refusal speaks of the call made (it said "run the same `preflab push` again" and
+    # named the CLI's --token / --repo-id to a Python user); `preflab push` keeps its own wording
+    monkeypatch.setattr(RecordingHfApi, "create_repo", offline)
+    with pytest.raises(PreflabError) as err:
+        trainer.push_to_hub()
+    said = str(err.value)
+    assert said.startswith("trainer.push_to_hub(): could not create the Hub repository 'org/script': [Errno -2]")
+    assert "call trainer.push_to_hub() again" in said and "--token" not in said
+    with pytest.raises(PreflabError, match=r"^preflab push: could not create .* run the same `preflab push` again"):
+        push_run(tmp_path / "out", "org/script")
 

@@ -247,10 +247,9 @@ def test_eval_rows_from_python_beside_the_configs_eval_set_are_refused():
 
     rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}]
     base = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl"}
-    for extra, named in (({"eval_fraction": 0.25}, "eval_fraction=0.25"),
-                         ({"eval_dataset_name": "e.jsonl"}, "eval_dataset_name='e.jsonl'")):
-        with pytest.raises(ConfigError, match=rf"eval_data was given and the config has {named}: two eval sets"):
-            config_reading_rows(config_from_dict({**base, **extra}), rows, rows)
+    # an eval_dataset_name beside eval rows names them (user trial 27: tests/test_user_trial_27.py)
+    with pytest.raises(ConfigError, match=r"eval_data was given and the config has eval_fraction=0.25: two eval sets"):
+        config_reading_rows(config_from_dict({**base, "eval_fraction": 0.25}), rows, rows)
     reading = config_reading_rows(config_from_dict(base), rows, rows)
     assert reading.dataset_name is rows and reading.eval_dataset_name is rows
 

@@ -283,6 +283,9 @@ def test_trl_class_import_says_how_to_write_the_run():
     """Before: `ImportError: cannot import name 'DPOTrainer' from 'preflab'` with no way forward."""
     with pytest.raises(ImportError, match="preflab has no TRL-style DPOTrainer: a run is one config.*preflab train"):
         from preflab import DPOTrainer  # noqa: F401
+    with pytest.raises(ImportError, match=r"\(with eval_dataset=: any eval_dataset_name, which then names the eval "
+                                          r"rows\), then preflab.loops.offline.Trainer\(cfg, policy=\.\.\., ref="):
+        from preflab import DPOConfig  # noqa: F401  (user trial 27: the Python eval route)
     with pytest.raises(ImportError, match="GRPOTrainer.* with task: online, trainer: grpo"):
         from preflab import GRPOTrainer  # noqa: F401
     with pytest.raises(ImportError, match="cannot import name 'NoSuchThing'"):

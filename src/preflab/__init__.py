@@ -56,8 +56,9 @@ def __getattr__(name: str):
             f"preflab has no TRL-style {name}: a run is one config. Write your TRL arguments as a YAML config"
             f"{setting} (plus model_name_or_path and dataset_name) and run `preflab train config.yaml`; a saved "
             "TRL config (`args.to_dict()`) loads, each TRL key kept, noted or refused with the reason. From Python: "
-            "cfg = preflab.config.config_from_dict({**args.to_dict(), ...}), then preflab.loops.offline.Trainer(cfg)"
-            ".train() (task: sft: preflab.loops.sft.SFTTrainer, with a teacher preflab.loops.distill.DistillTrainer; task: reward: preflab.reward_models.train."
+            "cfg = preflab.config.config_from_dict({**args.to_dict(), ...}) (with eval_dataset=: any "
+            "eval_dataset_name, which then names the eval rows), then preflab.loops.offline.Trainer(cfg, policy=..., "
+            "ref=..., tokenizer=..., train_data=..., eval_data=...).train() (task: sft: preflab.loops.sft.SFTTrainer, with a teacher preflab.loops.distill.DistillTrainer; task: reward: preflab.reward_models.train."
             "train_reward(cfg); task: online: preflab.online.run.OnlineRun(cfg).train()). "
             "docs/configuration.md: 'Coming from TRL'.")
     raise AttributeError(f"module 'preflab' has no attribute {name!r}")

@@ -120,8 +120,39 @@ def _version() -> str:
     return __version__
 
 
+# TRL 1.16's other commands (trl/cli/commands) -> how preflab does that (`preflab dpo | kto | reward | sft` are
+# `preflab train` with the command's setting: preflab.loops.cli.TRL_TRAIN_COMMANDS)
+TRL_OTHER_COMMANDS = {
+    "grpo": "`preflab train x.yaml` with task: online and trainer: grpo (or dapo, dr_grpo, ...: a saved GRPOConfig "
+            "with task: online trains the recipe its loss_type names)",
+    "rloo": "`preflab train x.yaml` with task: online and trainer: rloo",
+    "distillation": "`preflab train x.yaml` with task: sft and teacher_model_name_or_path (docs/distillation.md)",
+    "env": "`preflab --version` and `pip show preflab torch transformers`",
+    "vllm-serve": "nothing: preflab generates with vLLM in its own process (generation_backend: vllm)",
+}
+
+
+def trl_command_argv(argv: list[str]) -> list[str]:
+    """`preflab dpo --config x.yaml ...` (TRL's `trl dpo`; also kto, reward, sft) -> `preflab train --trl-command dpo
+    --config x.yaml ...`; TRL's other commands are refused naming what preflab runs instead (user trial 27: before,
+    argparse's "invalid choice: 'dpo'")."""
+    from preflab.loops.cli import TRL_TRAIN_COMMANDS
+
+    if argv and argv[0] in TRL_TRAIN_COMMANDS:
+        return ["train", "--trl-command", argv[0], *argv[1:]]
+    if argv and argv[0] in TRL_OTHER_COMMANDS:
+        raise ConfigError(f"preflab has no `{argv[0]}` command (TRL's `trl {argv[0]}`); use "
+                          f"{TRL_OTHER_COMMANDS[argv[0]]}. docs/configuration.md: 'Coming from TRL'.")
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    try:
+        argv = trl_command_argv(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as err:
+        print(f"preflab: error: {err}", file=sys.stderr)
+        return 2
     args = _parse(parser, argv)
     expand_home_args(args)
     if not getattr(args, "func", None):

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from preflab.config_defaults import DEFAULT_SEED
+from preflab.config_defaults import DEFAULT_SEED, PYTHON_EVAL_ROUTE
 from preflab.config_options import REQUIRED_NAMES, help_line, missing_trackers, range_errors, unset_required_errors
 from preflab.errors import ConfigError
 from preflab.home_paths import home_expanded
@@ -460,9 +460,7 @@ class TrainConfig:
                 and not self.evaluates_with_its_task() and not self._vision_dataset()):
             out.append(f"eval_strategy={self.eval_strategy!r} needs an eval set: set eval_dataset_name or "
                        "eval_fraction, or eval_split (TRL's dataset_test_split, e.g. test) for a split of dataset_name "
-                       "(or eval_strategy: no). From Python (TRL's eval_dataset=), Trainer(cfg, eval_data=rows) "
-                       "evaluates every eval_steps: write eval_steps: N without eval_strategy (the config cannot see "
-                       "eval_data; eval_strategy: epoch needs eval_dataset_name or eval_fraction).")
+                       f"(or eval_strategy: no). {PYTHON_EVAL_ROUTE}")
         out += self._eval_on_start_conflicts() + self._vision_dataset_eval_conflicts() + self._eval_delay_conflicts()
         out += self._lora_option_conflicts()
         if self.eval_strategy == "no" and self.eval_steps:  # written (_drop_unwritten_eval_steps drops the others)

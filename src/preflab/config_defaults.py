@@ -18,6 +18,13 @@ import dataclasses
 # config without a seed (preflab.models.run_config.run_seed) takes the same number without importing TrainConfig
 DEFAULT_SEED = 42
 
+# How TRL's `DPOConfig(eval_strategy=..., do_eval=True)` beside `DPOTrainer(eval_dataset=...)` is written from Python:
+# the config cannot see Trainer's eval_data, so a name for those rows is the eval set it sees (user trial 27; said by
+# the eval_strategy and do_eval refusals without an eval set, preflab.config and preflab.config_trl)
+PYTHON_EVAL_ROUTE = ("From Python (TRL's eval_dataset=): add eval_dataset_name: NAME (any name: beside "
+                     "Trainer(cfg, eval_data=rows) it only names those rows, as dataset_name names train_data) and "
+                     "keep eval_strategy / do_eval; or write eval_steps: N without eval_strategy.")
+
 
 def changed_options(cfg, names) -> list[str]:
     """The options among `names` that the config sets away from their TrainConfig default."""

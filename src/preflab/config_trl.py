@@ -869,7 +869,10 @@ def _strategies(raw: dict, notes: list, errors: list) -> None:
         has_eval = bool(raw.get("eval_dataset_name") or raw.get("eval_fraction"))
         value = raw.pop("do_eval")
         if value is True and not has_eval:
-            errors.append("do_eval: true but there is no eval set: set eval_dataset_name (or eval_fraction).")
+            from preflab.config_defaults import PYTHON_EVAL_ROUTE
+
+            errors.append("do_eval: true but there is no eval set: set eval_dataset_name (or eval_fraction). "
+                          + PYTHON_EVAL_ROUTE)
         elif value is False and has_eval and raw.get("eval_strategy") != "no":
             notes.append("do_eval: false does not switch evaluation off (as in transformers); the eval set is used "
                          "on eval_strategy / eval_steps. Set eval_strategy: no to skip evaluation.")

@@ -66,6 +66,7 @@ class HubPusher:
     api: object = None
     repo_id: str | None = None
     after_training: str | None = None  # `preflab push`: the run's folder (a failure's advice is then not a training's)
+    from_python: bool = False  # trainer.push_to_hub() after training: its advice names that call, not the CLI's flags
 
     @classmethod
     def from_config(cls, cfg, api=None) -> "HubPusher | None":
@@ -92,6 +93,13 @@ class HubPusher:
                 api.create_branch(self.repo_id, branch=self.revision, token=self.token, exist_ok=True)
         except Exception as err:  # huggingface_hub's HTTP, auth and connection errors alike
             where = f"{self.repo_name!r}{f' (branch {self.revision!r})' if self.revision else ''}"
+            if self.after_training is not None and self.from_python:  # trainer.push_to_hub() (user trial 27)
+                raise PreflabError(
+                    f"trainer.push_to_hub(): could not create the Hub repository {where}: {failure_reason(err)}. "
+                    f"Nothing was uploaded; {self.after_training} is unchanged. Check the network (the Hub must be "
+                    "reachable), the token (push_to_hub(token=...), hub_token, HF_TOKEN or `hf auth login`, with "
+                    "write access) and hub_model_id, then call trainer.push_to_hub() again (or, from a shell, "
+                    f"`preflab push {self.after_training} --repo-id NAME`).") from err
             if self.after_training is not None:  # `preflab push RUN`: nothing to say about training
                 raise PreflabError(
                     f"preflab push: could not create the Hub repository {where}: {failure_reason(err)}. Nothing was "
@@ -160,10 +168,10 @@ def holds_a_model(run: Path) -> bool:
 
 
 def push_run(run, repo_id: str | None = None, private: bool | None = None, revision: str | None = None,
-             token: str | None = None, api=None, message: str = "Upload preflab run") -> str:
+             token: str | None = None, api=None, message: str = "Upload preflab run", from_python: bool = False) -> str:
     """`preflab push RUN`: upload a finished run's output_dir as push_to_hub's final push does (the same files,
     commit "Upload preflab run"), to repo_id, else the run's hub_model_id, else its folder name. Returns the
-    repo_id."""
+    repo_id. from_python: called by trainer.push_to_hub(), whose failures are said in that call's terms."""
     from preflab.checkpoint import MARKER
     from preflab.final_save import check_final_model_complete
 
@@ -183,7 +191,7 @@ def push_run(run, repo_id: str | None = None, private: bool | None = None, revis
     name = repo_id or saved.get("hub_model_id") or default_repo_name(run)
     pusher = HubPusher(repo_name=name, private=private if private is not None else saved.get("hub_private_repo"),
                        token=token, revision=revision if revision is not None else saved.get("hub_revision"),
-                       api=api, after_training=str(run))
+                       api=api, after_training=str(run), from_python=from_python)
     pusher.create_repo()
     pusher.push_final(run, message=message)
     return pusher.repo_id

@@ -1,6 +1,7 @@
 """TRL's `DPOConfig(eval_strategy="steps", eval_steps=N)` with `eval_dataset=` ported to Python: the config cannot see
 Trainer's eval_data, so eval_strategy: steps without a named eval set is refused; the refusal names the route that
-works (eval_steps without eval_strategy), and that route evaluates at TRL's steps."""
+works (eval_steps without eval_strategy; since user trial 27 also any eval_dataset_name naming the rows,
+tests/test_user_trial_27.py), and that route evaluates at TRL's steps."""
 import json
 import sys
 from pathlib import Path
@@ -21,8 +22,8 @@ BASE = dict(model_name_or_path="builtin:tiny-llama", dataset_name="synthetic", l
 
 
 def test_eval_strategy_refusal_names_the_python_route_and_the_route_evaluates_at_trls_steps(tmp_path):
-    with pytest.raises(ConfigError, match=r"From Python \(TRL's eval_dataset=\), Trainer\(cfg, eval_data=rows\) "
-                                          r"evaluates every eval_steps: write eval_steps: N without eval_strategy"):
+    with pytest.raises(ConfigError, match=r"From Python \(TRL's eval_dataset=\): add eval_dataset_name: NAME .* or "
+                                          r"write eval_steps: N without eval_strategy"):
         config_from_dict({**BASE, "output_dir": str(tmp_path / "a"), "eval_strategy": "steps", "eval_steps": 2})
     cfg = config_from_dict({**BASE, "output_dir": str(tmp_path / "b"), "eval_steps": 2})
     tok = tiny_tokenizer()

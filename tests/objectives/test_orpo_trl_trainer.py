@@ -130,3 +130,35 @@ def test_prompt_scope_beside_a_token_kl_is_refused_naming_the_fix(trl_run, tmp_p
 
     with pytest.raises(ConfigError, match="nll_scope: response"):
         _preflab(trl_run, tmp_path, "padded", loss_type=["orpo", "rrpo"])
+
+
+def test_logits_metrics_are_dpotrainers_token_means_not_orpotrainers_whole_batch_means(trl_run, tmp_path):
+    """User trial 27: an orpo run logs `logits/chosen` / `logits/rejected` under TRL 1.16 DPOTrainer's definition (the
+    mean over the response tokens of each position's mean logit), which is not TRL's experimental ORPOTrainer's
+    (the mean over every position of the padded batch, prompt and padding included). The logged value equals the
+    first by hand and differs from ORPOTrainer's own (docs/configuration.md, 'Coming from TRL')."""
+    import copy
+    import json
+
+    model, tok, pairs, _, trl_metrics, *_ = trl_run
+    policy = copy.deepcopy(model)  # trained in place; the fixture's model stays as it is
+    hand = {}
+    with torch.no_grad():
+        for side in ("chosen", "rejected"):
+            total, count = 0.0, 0
+            for p in pairs:
+                ids = p.prompt_ids + getattr(p, f"{side}_ids")
+                logits = policy(torch.tensor([ids])).logits[0]
+                at = logits[len(p.prompt_ids) - 1:len(ids) - 1]  # the positions that predict the response
+                total, count = total + float(at.mean(-1).sum()), count + at.shape[0]
+            hand[side] = total / count
+    dump = trl_orpo.ORPOConfig(output_dir=str(tmp_path / "run"), bf16=False, beta=0.1).to_dict()
+    cfg = config_from_dict({**dump, "model_name_or_path": "builtin:tiny-llama", "dataset_name": "x.jsonl",
+                            "per_device_train_batch_size": len(pairs), "max_steps": 1, "logging_steps": 1,
+                            "use_cpu": True, "disable_tqdm": True, "report_to": [], "num_train_epochs": 1})
+    Trainer(cfg, policy=policy, tokenizer=tok, train_data=pairs).train()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    for side in ("chosen", "rejected"):
+        assert row[f"logits/{side}"] == pytest.approx(hand[side], abs=1e-5)
+        # ORPOTrainer's: another number (a tiny random model's logits are near 0, hence the relative test)
+        assert row[f"logits/{side}"] != pytest.approx(float(trl_metrics[f"logits/{side}"]), rel=0.02)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from preflab.option_types import is_number
 
@@ -41,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("config", nargs="?", help="YAML config file (optional if every option is given as key=value)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 loss_type=ipo; '~key' drops a key "
                                                 "the config file sets (it takes its default), e.g. '~loss_type'")
+    p.add_argument("--config", dest="config_option", metavar="CONFIG",
+                   help="the YAML config file, as TRL's `trl dpo --config x.yaml` names it (the same as CONFIG)")
+    p.add_argument("--trl-command", dest="trl_command", choices=sorted(TRL_TRAIN_COMMANDS), help=argparse.SUPPRESS)
     p.set_defaults(func=run, task_of=lambda args: route_of(config_from_args(args)))
 
 
@@ -75,12 +79,74 @@ def config_from_args(args):
     cached = getattr(args, "_preflab_config", None)
     if cached is not None:
         return cached
-    config, overrides = args.config, list(args.overrides)
-    if config and ("=" in config or config.startswith("~") and "/" not in config) and not config.endswith(
-            (".yaml", ".yml")):  # no config file: the first override (key=value or ~key) came first
-        config, overrides = None, [config] + overrides
+    config, overrides = config_and_overrides(args)
     args._preflab_config = load_config(config, overrides)
     return args._preflab_config
+
+
+# TRL 1.16's training commands (`trl dpo | kto | reward | sft --config x.yaml`, trl/cli/commands) that `preflab dpo`
+# (and kto, reward, sft) run as `preflab train` (preflab.cli.main rewrites the command): the setting each command's
+# TRL script implies, added when the config does not write it, and the values the config may write instead
+TRL_TRAIN_COMMANDS = {"dpo": {}, "kto": {"loss_type": ("kto", "apo_zero_unpaired")}, "reward": {"task": ("reward",)},
+                      "sft": {"task": ("sft",)}}
+
+
+def trl_command_overrides(command: str | None, config: str | None, overrides: list[str]) -> list[str]:
+    """The key=value overrides `preflab kto` (reward, sft) adds for TRL's script's setting (KTOConfig's loss_type
+    kto, RewardTrainer's task, SFTTrainer's task) when neither the YAML file nor an override writes the key, said
+    in a note; a written value that script would not train is refused (user trial 27: `trl kto --config x.yaml`
+    became "invalid choice: 'kto'", and `preflab train x.yaml` on a KTO config without loss_type trained DPO's
+    sigmoid or refused the unpaired rows)."""
+    from preflab.config import load_yaml
+    from preflab.errors import ConfigError
+
+    implied = TRL_TRAIN_COMMANDS.get(command or "", {})
+    if not implied:
+        return []
+    written = {}
+    if config and os.path.isfile(config):  # a missing file: load_config says so
+        with open(config, encoding="utf-8") as fh:
+            loaded = load_yaml(fh.read()) or {}
+        written.update(loaded if isinstance(loaded, dict) else {})
+    for item in overrides:
+        key, _, value = item.partition("=")
+        written[key.lstrip("~")] = value if not item.startswith("~") else None
+    added = []
+    for key, allowed in implied.items():
+        value = written.get(key)
+        if isinstance(value, list) and len(value) == 1:  # loss_type: [kto], TRL's list form of one loss
+            value = value[0]
+        if value is None:
+            added.append(f"{key}={allowed[0]}")
+        elif str(value) not in allowed:
+            raise ConfigError(f"`preflab {command}` runs TRL's `trl {command}` script, which trains {key}: "
+                              f"{' or '.join(allowed)}; the config writes {key}: {value}. Run it with "
+                              f"`preflab train`, or write {key}: {allowed[0]}.")
+    if added:
+        from preflab.runlog import is_main_process
+
+        if is_main_process():
+            print(f"preflab: note: `preflab {command}` (TRL's `trl {command}`) trains {', '.join(added)}, which the "
+                  "config does not write; `preflab train` with the same config would not.")
+    return added
+
+
+def config_and_overrides(args) -> tuple[str | None, list[str]]:
+    """(config file, overrides) of `preflab train [CONFIG | --config CONFIG] key=value ...`: TRL's CLI names the file
+    with --config (`trl dpo --config x.yaml`), where argparse then reads the first override as CONFIG. A file given
+    both ways is refused (user trial 27: before, `--config` was "not an option")."""
+    from preflab.errors import ConfigError
+
+    config, overrides = args.config, list(args.overrides)
+    given = getattr(args, "config_option", None)
+    if given is not None:
+        if config and not ("=" in config or config.startswith("~") and "/" not in config):
+            raise ConfigError(f"two config files: {config!r} and --config {given!r}; give one.")
+        config, overrides = given, ([config] if config else []) + overrides
+    elif config and ("=" in config or config.startswith("~") and "/" not in config) and not config.endswith(
+            (".yaml", ".yml")):  # no config file: the first override (key=value or ~key) came first
+        config, overrides = None, [config] + overrides
+    return config, overrides + trl_command_overrides(getattr(args, "trl_command", None), config, overrides)
 
 
 def run(args) -> int:

@@ -747,7 +747,8 @@ class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
         repo = pusher.repo_id if pusher is not None and pusher.repo_id else cfg.hub_model_id
         return push_run(cfg.output_dir, repo, private if private is not None else cfg.hub_private_repo,
                         revision if revision is not None else cfg.hub_revision,
-                        token if token is not None else cfg.hub_token, message=commit_message or "End of training")
+                        token if token is not None else cfg.hub_token, message=commit_message or "End of training",
+                        from_python=True)
 
     def _hub_pusher(self):
         """push_to_hub: the main process's HubPusher, its repository created now (a bad token or name fails before

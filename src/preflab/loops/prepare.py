@@ -90,8 +90,8 @@ def refuse_unreadable_data(name: str, data) -> None:
 def config_reading_rows(cfg, train_data, eval_data):
     """A copy of cfg whose dataset_name / eval_dataset_name are the rows given to a trainer from Python, so that
     prepare() reads, checks and tokenizes them exactly as a file's rows (cfg's own dataset_name then only names the
-    run's data); None when neither is rows. Rows mixed with ready examples, or eval rows beside cfg's own eval set,
-    are a ConfigError."""
+    run's data, and its eval_dataset_name the eval rows', with a note); None when neither is rows. Rows mixed with
+    ready examples, or eval rows beside cfg's eval_fraction, are a ConfigError."""
     refuse_unreadable_data("train_data", train_data)
     refuse_unreadable_data("eval_data", eval_data)
     train_rows, eval_rows = is_row_source(train_data), is_row_source(eval_data)
@@ -100,11 +100,14 @@ def config_reading_rows(cfg, train_data, eval_data):
     if (train_rows and eval_data and not eval_rows) or (eval_rows and train_data is not None and not train_rows):
         raise ConfigError("train_data and eval_data must both be rows (a datasets.Dataset or a list of dicts) or "
                           "both examples prepared by preflab; convert the other one.")
-    if eval_rows and (cfg.eval_fraction or cfg.eval_dataset_name):
-        given = f"eval_fraction={cfg.eval_fraction}" if cfg.eval_fraction else \
-            f"eval_dataset_name={cfg.eval_dataset_name!r}"
-        raise ConfigError(f"eval_data was given and the config has {given}: two eval sets. Keep one (remove "
-                          f"{given.split('=')[0]} from the config, or do not pass eval_data).")
+    if eval_rows and cfg.eval_fraction:
+        raise ConfigError(f"eval_data was given and the config has eval_fraction={cfg.eval_fraction}: two eval sets. "
+                          "Keep one (remove eval_fraction from the config, or do not pass eval_data).")
+    if eval_rows and isinstance(cfg.eval_dataset_name, str) and is_main_process():
+        # user trial 27: TRL's DPOConfig(eval_strategy="steps") + eval_dataset= needs an eval set the config can see;
+        # a name for the rows given here is it, as dataset_name names train_data (the file is not read)
+        print(f"preflab: note: eval_dataset_name={cfg.eval_dataset_name!r} names the eval rows given from Python "
+              "(eval_data); it is not read, as dataset_name only names train_data's rows.")
     reading = copy.copy(cfg)
     if train_rows:
         reading.dataset_name = train_data
@@ -179,6 +182,10 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
                  row_report.split_pairs_note(), eval_report and eval_report.split_pairs_note(),
                  row_report.repeated_prompt_note(),
                  *overlap_notes(overlap, len(eval_rows))]
+        if kind == "pairs":  # orpo / cpo / simpo / alphapo: where TRL's experimental trainers build other ids
+            from preflab.loops.trl_experimental_tokens import experimental_tokens_note
+
+            notes.append(experimental_tokens_note(cfg.objective(), rows, train, tokenizer))
         if kind == "unpaired":
             desirable = sum(bool(x.label) for x in train)
             notes.append(one_label_note(desirable, len(train), row_report.source))

@@ -79,7 +79,10 @@ def with_ld_alpha(build, loss_type, params: dict):
     names = _names(loss_type)
     from preflab.objectives.dpo import DPO
 
-    if ld_alpha is None or (len(names) == 1 and isinstance(names[0], str) and _class(names[0]) is DPO):
+    if ld_alpha is None:  # TRL's default, which a saved DPOConfig of every loss type carries (user trial 27: a
+        # dumped DPOConfig(loss_type="ipo") failed with "IPO has no parameter 'ld_alpha'"): no weighting to apply
+        return build(loss_type, {k: v for k, v in params.items() if k != "ld_alpha"})
+    if len(names) == 1 and isinstance(names[0], str) and _class(names[0]) is DPO:
         return build(loss_type, params)
     others = [n for n in names if not _is_trl_part(n)]
     if others:
