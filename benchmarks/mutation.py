@@ -8338,6 +8338,165 @@ MUTANTS += [
 ]
 
 
+# mutation-lwz round: the src/preflab files with the fewest mutants per 100 lines that hold real logic: the lab's
+# HyPO / VPO / rDPO contrasts (lab/contrasts.py), the on-policy-data bandit (lab/onpolicy.py) and EGPO's
+# extragradient loop (lab/egpo.py), the per-rank checksum check at resume (resume_verify.py), disable_dropout and the
+# saved config's rates (models/dropout.py), MCTS-DPO's self-evaluation value (online/mcts_self_eval.py), RRPO's
+# phrase alignment (data/phrases.py) and the scorer's target log-prob backward, token statistics, chunk windows, WPO
+# term, entropy and pair split (scoring/lm.py)
+LWZ_CONTRAST = ["tests/lab/test_contrasts.py"]
+LWZ_ONPOLICY = ["tests/lab/test_onpolicy.py"]
+LWZ_EGPO = ["tests/lab/test_nash_loops.py", "-k", "egpo"]
+LWZ_VERIFY = ["tests/loops/test_resume_verify.py"]
+LWZ_DROPOUT = ["tests/test_disable_dropout_config.py"]
+LWZ_MCTS = ["tests/online/test_mcts_self_eval.py"]
+LWZ_PHRASE = ["tests/data/test_phrase_alignment.py", "tests/vlm/test_vlm_media.py", "tests/loops/test_token_extras.py",
+              "-k", "phrase"]
+LWZ_LM = ["tests/scoring/test_chunking.py", "tests/scoring/test_target_logprob.py", "tests/scoring/test_token_metrics.py",
+          "tests/objectives/test_wpo_weighting.py", "tests/online/test_entropy_control_values.py"]
+MUTANTS += [
+    # lab/contrasts.py
+    Mutant("lwz-contrast-hypo-kl-reversed", "lab/contrasts.py",
+           [("return lambda logp: lam * (prompt_dist * (logp.exp() * (logp - log_ref)).sum(-1)).sum()",
+             "return lambda logp: lam * (prompt_dist * (ref * (log_ref - logp)).sum(-1)).sum()")], LWZ_CONTRAST,
+           "HyPO's on-policy penalty KL(pi_ref || pi) instead of KL(pi || pi_ref)"),
+    Mutant("lwz-contrast-kl-unweighted", "lab/contrasts.py",
+           [('out[f"{name}_kl"] = float(np.sum(out[name] * out[f"{name}_logratio"], -1)[0])',
+             'out[f"{name}_kl"] = float(np.sum(out[f"{name}_logratio"], -1)[0])')], LWZ_CONTRAST,
+           "the reported KL(pi || pi_ref) sums the log-ratios without pi's weights"),
+    Mutant("lwz-contrast-moved-mass-not-normalised", "lab/contrasts.py",
+           [("pi[on] *= (1 - new_off_mass) / pi[on].sum()", "pi[on] *= new_off_mass / pi[on].sum()")],
+           LWZ_CONTRAST, "the covered responses get the off-data mass too: the moved policy does not sum to 1"),
+    Mutant("lwz-contrast-cal-no-prompt-weights", "lab/contrasts.py",
+           [("return lambda logp: sign * lam * (prompt_dist * (cal * logp).sum(-1)).sum()",
+             "return lambda logp: sign * lam * (cal * logp).sum(-1).mean()")], LWZ_CONTRAST,
+           "VPO's value term averages the prompts evenly instead of by the prompt distribution"),
+    Mutant("lwz-contrast-rdpo-dpo-on-clean", "lab/contrasts.py",
+           [('"dpo": solve(get_objective("dpo", beta=beta), noisy),', '"dpo": solve(get_objective("dpo", beta=beta), env),')],
+           LWZ_CONTRAST, "the DPO baseline of the rDPO contrast trains on the clean labels"),
+    # lab/onpolicy.py
+    Mutant("lwz-onpolicy-cauchy-loc-sign", "lab/onpolicy.py",
+           [("cdf = 0.5 + np.arctan((c - loc) / scale) / np.pi", "cdf = 0.5 + np.arctan((c + loc) / scale) / np.pi")],
+           LWZ_ONPOLICY, "pi_ref's Cauchy centred at +0.7 instead of -0.7"),
+    Mutant("lwz-onpolicy-reverse-grad-no-kl", "lab/onpolicy.py",
+           [("return pi * (safe_log(pi) - safe_log(p) - kl(pi, p))", "return pi * (safe_log(pi) - safe_log(p))")],
+           LWZ_ONPOLICY, "the reverse-KL gradient without its -KL(pi || p) baseline"),
+    Mutant("lwz-onpolicy-offline-from-current", "lab/onpolicy.py",
+           [('"offline Pref-FT (MLE on BoN of pi_ref)": lambda pi: forward_kl_grad(pi, offline),',
+             '"offline Pref-FT (MLE on BoN of pi_ref)": lambda pi: forward_kl_grad(pi, best_of_n_law(pi, reward, n)),')],
+           LWZ_ONPOLICY, "offline Pref-FT resamples best-of-N from the current policy (it becomes on-policy)"),
+    Mutant("lwz-onpolicy-offtarget-absolute", "lab/onpolicy.py",
+           [("off = star < 1e-3 * star.max()", "off = star < 1e-3")], LWZ_ONPOLICY,
+           "off-target bins by an absolute 1e-3 instead of 1e-3 of pi*'s largest bin"),
+    Mutant("lwz-onpolicy-bump-width-unsquared", "lab/onpolicy.py",
+           [("return np.exp(-(((a - center) / width) ** 2))", "return np.exp(-(((a - center) / width ** 2) ** 2))")],
+           LWZ_ONPOLICY, "the reward bump's width squared inside the ratio (a bump 10 times wider)"),
+    # lab/egpo.py
+    Mutant("lwz-egpo-target-reversed", "lab/egpo.py",
+           [('"target": (win[i] - win[j]) / beta,', '"target": (win[j] - win[i]) / beta,')], LWZ_EGPO,
+           "the squared-margin target of y over y' uses the win-rate difference the other way"),
+    Mutant("lwz-egpo-half-step-kept", "lab/egpo.py",
+           [("    with torch.no_grad():\n        params.copy_(saved_params)\n", "")], LWZ_EGPO,
+           "the extragradient step starts from theta_half instead of theta_t"),
+    Mutant("lwz-egpo-optimizer-state-kept", "lab/egpo.py",
+           [("    optimizer.load_state_dict(saved_state)\n", "")], LWZ_EGPO,
+           "the half step's optimizer state (Adam's moments) stays after the undo"),
+    Mutant("lwz-egpo-average-off-by-one", "lab/egpo.py",
+           [("trace.last, trace.average = pi, total / T", "trace.last, trace.average = pi, total / (T + 1)")],
+           LWZ_EGPO, "the average iterate divided by T + 1 (does not sum to 1)"),
+    # resume_verify.py
+    Mutant("lwz-verify-tie-to-busiest", "resume_verify.py",
+           [("key=lambda r: (load[r], r))", "key=lambda r: (-load[r], r))")], LWZ_VERIFY,
+           "a file every rank reads goes to the rank with the most bytes to hash already"),
+    Mutant("lwz-verify-fewest-bytes-reader", "resume_verify.py",
+           [("most = max(nbytes for nbytes, _ in readers[name])", "most = min(nbytes for nbytes, _ in readers[name])")],
+           LWZ_VERIFY, "a shard is hashed by the rank that reads the least of it (a 4-byte step, not the owner)"),
+    Mutant("lwz-verify-smallest-first", "resume_verify.py",
+           [("for name in sorted(readers, key=lambda n: (-sizes.get(n, 0), n)):",
+             "for name in sorted(readers, key=lambda n: (sizes.get(n, 0), n)):")], LWZ_VERIFY,
+           "files placed smallest first: the balance over ranks is lost"),
+    Mutant("lwz-verify-marker-sizes-ignored", "resume_verify.py",
+           [(', int(nbytes), record["size"] if record else 0)', ", int(nbytes))")], LWZ_VERIFY,
+           "a file's size taken from the bytes ranks read, not from the COMPLETE marker"),
+    Mutant("lwz-verify-repeats-shared-message", "resume_verify.py",
+           [("            if message not in seen:  # a bad marker: every rank found it\n",
+             "            if True:  # a bad marker: every rank found it\n")], LWZ_VERIFY,
+           "a bad marker every rank found is said once per rank"),
+    # models/dropout.py
+    Mutant("lwz-dropout-second-call-records-zero", "models/dropout.py",
+           [("        for path, rate in _zero_config_dropout(config, prefix=\"\", depth=0).items():\n"
+             "            recorded.setdefault(path, rate)",
+             "        for path, rate in _zero_config_dropout(config, prefix=\"\", depth=0).items():\n"
+             "            recorded[path] = rate")], LWZ_DROPOUT,
+           "a second disable_dropout records the zeroed rates: the saved config loses the input rates"),
+    Mutant("lwz-dropout-subconfigs-kept", "models/dropout.py",
+           [("elif depth < 2 and hasattr(value, \"to_dict\")", "elif depth < 0 and hasattr(value, \"to_dict\")")],
+           LWZ_DROPOUT, "a VLM's text_config / vision_config rates are left on in training"),
+    Mutant("lwz-dropout-module-rates-kept", "models/dropout.py",
+           [("        for name in rates:\n            setattr(module, name, 0.0)\n", "")], LWZ_DROPOUT,
+           "a module's own float rate (Llama attention's attention_dropout) stays on"),
+    Mutant("lwz-dropout-save-leaves-rates-on", "models/dropout.py",
+           [("        for owner, field, rate in reversed(changed):\n            setattr(owner, field, rate)\n",
+             "        pass\n")], LWZ_DROPOUT, "after a save the input rates stay in the config: dropout on again"),
+    # online/mcts_self_eval.py
+    Mutant("lwz-mcts-eval-depth-offset", "online/mcts_self_eval.py",
+           [("return weight * conf / max(parent_depth - 3, 1) + (outcome",
+             "return weight * conf / max(parent_depth - 2, 1) + (outcome")], LWZ_MCTS,
+           "the self-evaluation divided by max(d - 2, 1), not the released code's max(d - 3, 1)"),
+    Mutant("lwz-mcts-eval-fallback-first", "online/mcts_self_eval.py",
+           [("for words in (ANSWER_WORDS, FALLBACK_WORDS):", "for words in (FALLBACK_WORDS,):")], LWZ_MCTS,
+           "a Cor / In token before the first answer word decides the confidence (one pass, not two)"),
+    Mutant("lwz-mcts-eval-paren-token", "online/mcts_self_eval.py",
+           [('found.append(paren[len(ids("("))] if len(paren) > len(ids("(")) else paren[-1])',
+             'found.append(paren[0])')], LWZ_MCTS, "the '(' token counted as a correct token instead of B after it"),
+    Mutant("lwz-mcts-eval-past-eos", "online/mcts_self_eval.py",
+           [("        if token == tokenizer.eos_token_id:\n            break\n", "")], LWZ_MCTS,
+           "greedy decoding goes on past eos (a word after the end decides the confidence)"),
+    Mutant("lwz-mcts-eval-empty-solution", "online/mcts_self_eval.py",
+           [("if not isinstance(solution, str) or not solution:", "if not isinstance(solution, str):")], LWZ_MCTS,
+           "an empty solution column accepted: the grading prompt shows no EXAMPLE ANSWER"),
+    # data/phrases.py
+    Mutant("lwz-phrase-end-at-last-word-start", "data/phrases.py",
+           [("c_spans.append((cw[i1][1], cw[i2 - 1][2], k))", "c_spans.append((cw[i1][1], cw[i2 - 1][1], k))")],
+           LWZ_PHRASE, "a chosen phrase ends where its last word starts"),
+    Mutant("lwz-phrase-touching-token", "data/phrases.py",
+           [("if start < e and s < end:", "if start <= e and s <= end:")], LWZ_PHRASE,
+           "a token that only touches a phrase's edge gets its id"),
+    Mutant("lwz-phrase-replace-only", "data/phrases.py",
+           [('        if tag == "equal":\n            continue', '        if tag != "replace":\n            continue')],
+           LWZ_PHRASE, "inserted and deleted words are no phrase"),
+    Mutant("lwz-phrase-zero-width-token", "data/phrases.py",
+           [("        if end > start:\n            for s, e, k in spans:", "        if True:\n            for s, e, k in spans:")],
+           LWZ_PHRASE, "a zero-width token (offsets (i, i)) inside a phrase gets its id"),
+    Mutant("lwz-phrase-check-chosen-only", "data/phrases.py",
+           [("if any(chosen_ids) or any(rejected_ids):", "if any(chosen_ids):")], LWZ_PHRASE,
+           "a pair whose only difference is a word the rejected side inserts is refused as a bad row"),
+    # scoring/lm.py
+    Mutant("lwz-lm-backward-no-target-term", "scoring/lm.py",
+           [("        grad.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1).to(grad.dtype))\n", "")],
+           LWZ_LM, "the target log-prob's gradient without the +g at the target (only -g softmax)"),
+    Mutant("lwz-lm-stats-entropy-sign", "scoring/lm.py",
+           [("entropy = logz - torch.bmm(p.unsqueeze(1), z.unsqueeze(-1)).reshape(-1)",
+             "entropy = torch.bmm(p.unsqueeze(1), z.unsqueeze(-1)).reshape(-1) - logz")], LWZ_LM,
+           "the logged token entropy with the wrong sign"),
+    Mutant("lwz-lm-equal-window-drop", "scoring/lm.py",
+           [("out.append((slice(n - chunk, n), slice(k * chunk - n, None)))",
+             "out.append((slice(n - chunk, n), slice(k * chunk - n + 1, None)))")], LWZ_LM,
+           "the last equal window (torch.compile) drops one position it should keep"),
+    Mutant("lwz-lm-wpo-not-squared", "scoring/lm.py",
+           [("- torch.logsumexp(2 * logprobs, dim=-1)", "- torch.logsumexp(logprobs, dim=-1)")], LWZ_LM,
+           "WPO's term log p(y) - log sum p^2 without the square (log sum p = 0)"),
+    Mutant("lwz-lm-entropy-chunk-sign", "scoring/lm.py",
+           [("    return logz - (torch.softmax(z, dim=-1) * z).sum(-1)\n",
+             "    return (torch.softmax(z, dim=-1) * z).sum(-1) - logz\n")], LWZ_LM,
+           "GRPO's differentiable entropy (entropy_coef) with the wrong sign"),
+    Mutant("lwz-lm-wpo-sides-swapped", "scoring/lm.py",
+           [('extras["chosen_wpo"], extras["rejected_wpo"] = policy.wpo[first], policy.wpo[second]',
+             'extras["chosen_wpo"], extras["rejected_wpo"] = policy.wpo[second], policy.wpo[first]')], LWZ_LM,
+           "WPO's chosen weights read from the rejected half"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

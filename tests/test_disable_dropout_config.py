@@ -81,3 +81,40 @@ def test_a_dpo_run_trains_without_dropout_and_saves_the_input_dropout_config(tmp
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert _dropout_fields(tmp_path)["attention_dropout"] == 0.5
+
+
+def test_a_module_rate_copied_from_the_config_is_off_in_training():
+    """Llama attention copies config.attention_dropout to `self.attention_dropout` at init and reads that at forward
+    time: disable_dropout zeroes the module's rate (two training-mode forwards agree), and a save gets the config's
+    0.5 back."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=64, attention_dropout=0.5)
+    model, ids = tf.LlamaForCausalLM(config).train(), torch.tensor([[1, 5, 6, 7, 8, 9]])
+    assert not torch.equal(model(ids).logits, model(ids).logits)
+    disable_dropout(model)
+    assert model.model.layers[0].self_attn.attention_dropout == 0.0
+    assert torch.equal(model(ids).logits, model(ids).logits)
+    with original_dropout_config(model):
+        assert model.config.attention_dropout == 0.5
+
+
+def test_the_rates_of_a_vlm_text_and_vision_config_are_off_and_saved_as_they_were():
+    """A VLM's rates live in its sub-configs (text_config, vision_config): zeroed for training, the input's values
+    (0.3; 0.2 and 0.1) back in the config around a save, 0 again after."""
+    import transformers as tf
+
+    holder = torch.nn.Module()
+    holder.config = tf.LlavaConfig(
+        text_config=tf.LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, attention_dropout=0.3),
+        vision_config=tf.CLIPVisionConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                          num_attention_heads=2, attention_dropout=0.2, dropout=0.1))
+    text, vision = holder.config.text_config, holder.config.vision_config
+    disable_dropout(holder)
+    assert (text.attention_dropout, vision.attention_dropout, vision.dropout) == (0.0, 0.0, 0.0)
+    with original_dropout_config(holder):
+        assert (text.attention_dropout, vision.attention_dropout, vision.dropout) == (0.3, 0.2, 0.1)
+    assert (text.attention_dropout, vision.attention_dropout, vision.dropout) == (0.0, 0.0, 0.0)

@@ -88,3 +88,19 @@ def test_calibration_term_value():
     term = calibration_term(torch.tensor([[0.2, 0.8]], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64),
                             -1.0, 0.1)
     assert float(term(logp)) == pytest.approx(0.1 * np.log(2))
+
+
+def test_moving_off_data_mass_keeps_a_distribution_with_the_asked_off_mass():
+    """move_off_data_mass by hand: the off-data responses (0.2, 0.1) scaled to hold 0.6, the covered (0.4, 0.3) the
+    remaining 0.4, each set keeping its ratios (2:1 and 4:3)."""
+    moved = move_off_data_mass([0.4, 0.3, 0.2, 0.1], np.array([False, False, True, True]), 0.6)
+    np.testing.assert_allclose(moved, [0.4 * 0.4 / 0.7, 0.3 * 0.4 / 0.7, 0.4, 0.2], atol=1e-15)
+    assert moved.sum() == pytest.approx(1.0, abs=1e-15)
+
+
+def test_calibration_term_weighs_the_prompts_by_the_prompt_distribution():
+    """Two prompts with rho = (0.25, 0.75): lam * sum_x rho(x) sum_y pi_cal(y|x) log pi(y|x), by hand."""
+    logp = torch.log(torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=torch.float64))
+    cal = torch.tensor([[0.2, 0.8], [1.0, 0.0]], dtype=torch.float64)
+    term = calibration_term(cal, torch.tensor([0.25, 0.75], dtype=torch.float64), 1.0, 0.1)
+    assert float(term(logp)) == pytest.approx(0.1 * (0.25 * np.log(0.5) + 0.75 * np.log(0.25)), abs=1e-15)

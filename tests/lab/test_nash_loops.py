@@ -153,3 +153,13 @@ def test_egpo_iterates_equal_the_official_tabular_extragradient():
     lab = egpo(g3(), REF, beta, lr, steps, pi0=PI0, record={steps}).last
     np.testing.assert_allclose(lab, official, rtol=0, atol=1e-12)
     assert np.max(np.abs(official - np.array(PI0))) > 0.05   # the iterates moved: the comparison is not vacuous
+
+
+def test_egpo_average_iterate_is_the_mean_of_the_iterates():
+    """trace.average = (1/T) sum_t pi_t: with T = 1 it is the one iterate; with T = 2 the mean of the first run's
+    iterate and the second's last (the same deterministic loop)."""
+    one = egpo(g3(), REF, 0.01, 0.02, 1, pi0=PI0, record={1})
+    two = egpo(g3(), REF, 0.01, 0.02, 2, pi0=PI0, record={2})
+    np.testing.assert_allclose(one.average, one.last, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(two.average, (one.last + two.last) / 2, rtol=0, atol=1e-15)
+    assert two.average.sum() == pytest.approx(1.0, abs=1e-12)

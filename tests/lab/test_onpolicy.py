@@ -1,5 +1,6 @@
 """The on-policy-data paper's didactic bandit: coverage caps offline MLE; reverse KL is mode-seeking."""
 import numpy as np
+import pytest
 
 from preflab.lab.closed_forms import kl_optimum
 from preflab.lab.simplex import kl
@@ -49,3 +50,14 @@ def test_reverse_kl_is_mode_seeking_near_the_target():
     for center in (20, 70):
         res = compare_methods(bump_reward(center=center), ref, steps=300)
         assert res[ONPOLICY_RL]["offtarget_mass"][-1] < 0.5 * res[MLE_STAR]["offtarget_mass"][-1]
+
+
+def test_off_target_bins_are_relative_to_the_largest_bin_of_pi_star():
+    """Four equal bins, R = (0, 0, 1, 1): pi*(0) = pi*(1) = 1/(2 + 2 e^{1/beta}) and pi*.max() = e^{1/beta}/(2 + 2
+    e^{1/beta}) ~ 1/2. At 1/beta = 6.5, pi*(0) = 7.5e-4 > 1e-3 * 0.4992 (on target: no off-target mass at step 0); at
+    1/beta = 8, pi*(0) = 1.7e-4 < 1e-3 * 0.4998 (bins 0 and 1 off target: pi_ref's mass 0.5 there at step 0)."""
+    reward, ref = np.array([0.0, 0.0, 1.0, 1.0]), np.full(4, 0.25)
+    for inv_beta, off_mass in ((6.5, 0.0), (8.0, 0.5)):
+        res = compare_methods(reward, ref, beta=1 / inv_beta, steps=1)
+        for rec in res.values():
+            assert rec["offtarget_mass"][0] == pytest.approx(off_mass, abs=1e-15)

@@ -151,3 +151,15 @@ def test_a_one_process_resume_still_hashes_every_file_it_loads(tmp_path, monkeyp
     bad.write_text(bad.read_text().replace("3", "4", 1))
     with pytest.raises(PreflabError, match=f"sha256 of {bad} differs"):
         run(tmp_path / "resumed_again", max_steps=2, resume_from_checkpoint=str(ckpt))
+
+
+def test_files_are_placed_by_their_size_on_disk_not_by_the_bytes_a_rank_reads(tmp_path):
+    """Both ranks read 10 bytes of the 4000-byte shard and all 23 of optimizer.json: placed by the COMPLETE marker's
+    sizes, the shard (4000) goes first, to rank 0, and optimizer.json to the less loaded rank 1. By the bytes read
+    (10 < 23) the order, and so the split, would be the other way."""
+    path = _two_file_checkpoint(tmp_path)
+    shard = "model/shard-00001-model-00001-of-00001.safetensors"
+    reads = {shard: 10, "optimizer.json": 23}
+    both = lambda value: [value, value]  # noqa: E731  (two ranks with the same reads, no process group)
+    assert verify_rank_reads(path, reads, rank=0, gather=both) == [shard]
+    assert verify_rank_reads(path, reads, rank=1, gather=both) == ["optimizer.json"]

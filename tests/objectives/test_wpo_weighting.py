@@ -81,3 +81,29 @@ def test_wpo_is_refused_where_it_cannot_apply(tmp_path):
     with pytest.raises(ConfigError, match="use_weighting"):
         config_from_dict({"model_name_or_path": "builtin:tiny-llama", "dataset_name": DATA, "use_weighting": True,
                           "task": "reward"})
+
+
+def test_each_side_is_weighted_by_its_own_tokens_when_the_responses_differ_in_length():
+    """The scorer's wpo terms reach the objective side by side (chosen_wpo from the chosen half): with responses of
+    5 and 2 tokens (and 2 and 5), each side's mean runs over its own tokens. With ref = policy the sigmoid loss is
+    log 2 per pair, so the losses are log 2 * exp(mean chosen term + mean rejected term), from full logits."""
+    from types import SimpleNamespace
+
+    from preflab.data.layout import pair_sequences, padded
+    from preflab.scoring.lm import LogProbScorer, split_pairs
+
+    pairs = [SimpleNamespace(prompt_ids=[1, 5, 9], chosen_ids=[20, 21, 22, 23, 2], rejected_ids=[40, 2]),
+             SimpleNamespace(prompt_ids=[1, 7], chosen_ids=[30, 2], rejected_ids=[8, 9, 10, 11, 2])]
+    model = tiny_causal_lm(vocab_size=64, seed=3)
+    layout = padded(pair_sequences(pairs), pad_id=0)
+    with torch.no_grad():
+        scores = LogProbScorer(model, chunk_tokens=3)(layout, want_wpo=True)
+        terms = wpo_terms(model, layout)
+    batch = split_pairs(scores, scores)
+    torch.testing.assert_close(batch.extras["chosen_wpo"], terms[:2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(batch.extras["rejected_wpo"], terms[2:], atol=1e-5, rtol=1e-5)
+    mask = layout.response_mask.float()
+    means = (terms * mask).sum(-1) / mask.sum(-1)
+    out = WPOWeighted(get_objective("sigmoid", beta=0.1))(batch)
+    torch.testing.assert_close(out.losses, torch.log(torch.tensor(2.0)) * torch.exp(means[:2] + means[2:]),
+                               atol=1e-5, rtol=1e-5)

@@ -127,3 +127,58 @@ def test_self_eval_run_trains(tmp_path):
     run, calls = _mcts_run(tmp_path, prompts)
     summary = run.train()
     assert summary["global_step"] == 2 and run.counts["rounds"] == 1
+
+
+class WordTok:
+    """A tokenizer of whole words (vocabulary WORDS) for the answer-word rules a char tokenizer cannot show: "In" is
+    one token here (a fallback word), and eos decodes to "<eos>"."""
+
+    WORDS = ["x", "In", "B", "correct", "Correct", "(", "A", "T", "<eos>"]
+    eos_token_id = WORDS.index("<eos>")
+
+    def __call__(self, text, add_special_tokens=False):
+        return SimpleNamespace(input_ids=[self.WORDS.index(w) for w in (["(", "B"] if text == "(B" else [text])])
+
+    def decode(self, ids):
+        return " ".join(self.WORDS[i] for i in ids)
+
+
+class WordLM(nn.Module):
+    """The k-th generated token's distribution set by hand: probs[k] = {word: p}, the rest spread evenly."""
+
+    def __init__(self, prompt_len, probs):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.prompt_len, self.probs = prompt_len, probs
+
+    def forward(self, input_ids):
+        v, set_ = len(WordTok.WORDS), {WordTok.WORDS.index(w): p for w, p in self.probs[input_ids.shape[1] -
+                                                                                          self.prompt_len].items()}
+        rest = (1 - sum(set_.values())) / (v - len(set_))
+        dist = torch.tensor([set_.get(i, rest) for i in range(v)])
+        return SimpleNamespace(logits=dist.log().expand(1, input_ids.shape[1], -1))
+
+
+def test_an_answer_word_anywhere_wins_over_an_earlier_fallback_word():
+    """The released code's two passes: first the answer words (A, B, correct, wrong, incorrect) over all greedy
+    tokens, only then the fallbacks (Cor, In). Token 1 is "In" (a fallback), token 2 "B": conf is read at token 2,
+    P(B) + P(correct) + P(Correct) there = 0.6 + 0.1 + 0.05 (the "(" token is not a correct token: B after it is)."""
+    tok = WordTok()
+    assert correct_token_ids(tok) == sorted(tok.WORDS.index(w) for w in ("B", "correct", "Correct"))
+    lm = WordLM(1, [{"In": 0.7, "B": 0.2}, {"B": 0.6, "correct": 0.1, "Correct": 0.05}] + [{"T": 0.9}] * 2)
+    assert self_evaluation(lm, tok, [0]) == pytest.approx(0.75, abs=1e-6)
+    # no answer word at all: the fallback "In" decides, with the correct mass at token 1 (0.2 + 2 * rest)
+    lm = WordLM(1, [{"In": 0.7, "B": 0.2}] + [{"T": 0.9}] * 3)
+    assert self_evaluation(lm, tok, [0]) == pytest.approx(0.2 + 2 * 0.1 / 7, abs=1e-6)
+
+
+def test_greedy_decoding_stops_at_eos():
+    """eos first: the grading answer ended there, so no answer word, conf 0, whatever the model says after it."""
+    lm = WordLM(1, [{"<eos>": 0.9}, {"B": 0.9}, {"B": 0.9}, {"B": 0.9}])
+    assert self_evaluation(lm, WordTok(), [0]) == 0.0
+
+
+def test_an_empty_solution_is_refused_like_a_missing_one():
+    row = SimpleNamespace(row_id=3, columns={"prompt": "say ab\n", "solution": ""})
+    with pytest.raises(ConfigError, match="prompt row 3 has no 'solution' column"):
+        mcts_self_eval.row_solution(row)

@@ -67,3 +67,18 @@ def test_free_memory_is_read_from_the_devices_backend(monkeypatch):
     monkeypatch.setattr(torch, "xpu", SimpleNamespace(), raising=False)
     assert chunking._free_bytes(torch.device("xpu", 0)) is None
     assert head_chunk_budget(torch.device("xpu", 1)) == CHUNK_BYTES  # unknown free memory: the CPU budget
+
+
+def test_lm_head_chunks_cover_every_position_once_in_eager_and_equal_windows():
+    """10 positions in chunks of 4. Eagerly [0, 4), [4, 8), [8, 10). In equal windows (torch.compile: one graph of
+    size 4) the last window is [6, 10) and its first 2 outputs (positions 6, 7, the chunk before's) are dropped."""
+    from preflab.scoring.lm import _chunk_slices
+
+    eager = _chunk_slices(10, 4, equal_windows=False)
+    equal = _chunk_slices(10, 4, equal_windows=True)
+    assert eager == [(slice(0, 4), slice(None)), (slice(4, 8), slice(None)), (slice(8, 10), slice(None))]
+    assert equal == [(slice(0, 4), slice(None)), (slice(4, 8), slice(None)), (slice(6, 10), slice(2, None))]
+    for n in (3, 8, 9, 10, 12):
+        for windows in (False, True):
+            kept = [p for fed, keep in _chunk_slices(n, 4, equal_windows=windows) for p in list(range(n))[fed][keep]]
+            assert kept == list(range(n))

@@ -198,3 +198,20 @@ def test_a_step_that_logs_the_token_metrics_still_reads_the_device_once(tmp_path
     assert per_step == [1] * 4, names
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]  # its output_dir
     assert all("mean_token_accuracy" in r for r in rows if "loss" in r)
+
+
+@pytest.mark.parametrize("chunk", [2, 1000])  # several chunks (each recomputed in backward) and one
+def test_the_differentiable_token_entropy_equals_full_logits(chunk):
+    """token_entropy (GRPO's entropy bonus, a second head pass over the scorer's hidden states) is -sum_v p_v log p_v
+    of the full logits at every response token, zeros off the mask, and its gradient reaches the model."""
+    from preflab.scoring.lm import backbone_and_head, token_entropy
+
+    model = tiny_causal_lm(vocab_size=64, seed=3)
+    layout = LAYOUTS["padded"]()
+    with torch.no_grad():
+        _, entropy, _ = naive_stats(model, layout)
+    scores = LogProbScorer(model, chunk_tokens=chunk)(layout)
+    got = token_entropy(scores, layout, backbone_and_head(model)[1], chunk_tokens=chunk)
+    torch.testing.assert_close(got, entropy * scores.mask, atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
