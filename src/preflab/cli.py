@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import sys
 import threading
 
 from preflab.errors import ConfigError, PreflabError
 from preflab.quiet import kept_as_found, quiet_bitsandbytes_cpu_kernel
+from preflab.stop_signal import Terminated, install_sigterm_handler
 
 # subcommand -> module exposing register(subparsers); a module that is missing is skipped
 SUBCOMMANDS = {
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    restore_sigterm = _stop_on_sigterm()
+    restore_sigterm = install_sigterm_handler()  # preflab.stop_signal: a checkpoint within the grace period
     had_group = _process_group_open()
     try:
         check_launched_command(args.command)
@@ -267,24 +267,6 @@ def drop_tracebacks(err: BaseException) -> None:
         todo += [exc.__cause__, exc.__context__]
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's preemption, `kill`): raised like Ctrl-C's KeyboardInterrupt, so the run's lock and
-    files are released on the way out and the message says what is kept. A second SIGTERM kills at once."""
-
-
-def _raise_terminated(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated()
-
-
-def _stop_on_sigterm():
-    """Install the SIGTERM handler (main thread only); returns a function that puts the earlier one back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
 def close_progress_bars() -> None:
     """Close every open tqdm bar (its last state and a newline are written): a Ctrl-C / SIGTERM message printed
     while the training bar was open ran on from the bar's last character (`... tok/s=7668]preflab: terminated
@@ -323,6 +305,12 @@ def interrupted_message(err: BaseException, args=None) -> str:
         return f"preflab: {what} before the run's first step (while it loaded its data and models). " + what_is_kept(
             cfg.output_dir)
 
+    if getattr(err, "checkpointed", False):  # SIGTERM inside the steps: the loop saved the step it stopped at
+        from preflab.checkpoint import checkpoint_step, latest_checkpoint
+
+        latest = latest_checkpoint(out)
+        return (f"preflab: {what}. Saved {latest} (step {checkpoint_step(latest)}) before stopping: no step is lost. "
+                "Run the same command again with resume_from_checkpoint: auto (or true) to continue from it.")
     return f"preflab: {what}. {what_is_kept(out)}"
 
 
