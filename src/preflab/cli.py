@@ -8,9 +8,9 @@ import argparse
 import importlib
 import os
 import sys
-import threading
 
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import (EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, PreflabError,
+                            exit_status)
 from preflab.quiet import kept_as_found, quiet_bitsandbytes_cpu_kernel
 from preflab.stop_signal import Terminated, install_sigterm_handler
 
@@ -137,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     except PreflabError as err:
         message = error_message(err, group_open=_process_group_open())
         if message:
+            close_progress_bars()  # the error on its own line, not glued to the end of the bar's (a log file)
             print(message, file=sys.stderr)
         _close_process_group(had_group, err)
-        return 2
+        return exit_status(err)  # 2: change the config or data; 74: a failed write (preflab.errors.EXIT_*)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
         # lock is already released)
         from preflab.runlog import is_main_process
@@ -148,14 +149,14 @@ def main(argv: list[str] | None = None) -> int:
             close_progress_bars()  # the message on its own line, not glued to the end of the bar's
             print(interrupted_message(err, args), file=sys.stderr)
         _close_process_group(had_group, err)
-        return 143 if isinstance(err, Terminated) else 130
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except Exception as err:  # not preflab's: a library's error or a bug. Under a launcher, its traceback is printed
         # as Python would and the process group this command opened is closed before the exit (exit status 1)
         if had_group or not _process_group_open():
             raise
         sys.excepthook(type(err), err, err.__traceback__)  # what Python prints for it (torch's: each line [rankN])
         _close_process_group(had_group, err)
-        return 1
+        return EXIT_CRASH
     finally:
         restore_sigterm()
 

@@ -39,7 +39,7 @@ from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
-from preflab.errors import ConfigError, NonFiniteError, PreflabError
+from preflab.errors import ConfigError, NonFiniteError, PreflabError, WriteFailed
 from preflab.final_save import staged_final_save
 from preflab.best_model_options import (saves_best, sharded_best_model_problem, sharded_model_only_problem,
                                         trl_save_default_note, writes_checkpoints)
@@ -242,9 +242,9 @@ class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
         failure = write_failure(err)
         if failure is None:
             return None
-        return PreflabError(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
-                            f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
-                            "permissions, then run again.")
+        return WriteFailed(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
+                           f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
+                           "permissions, then run again.")
 
     @contextmanager
     def _agreed(self, what: str, values: tuple[float, ...] | None = None) -> Iterator[list]:

@@ -228,7 +228,8 @@ def make_accelerator(cfg, whole_weights: str | None = None):
 
     from preflab.runlog import is_main_process
 
-    resolve_auto_resume(cfg, note=print if is_main_process() else None)  # auto -> true or null, before anything reads it
+    # resume_from_checkpoint: auto -> true or null, on every rank, before anything reads it
+    resolve_auto_resume(cfg, note=print if is_main_process() else None)
 
     launched = launched_world_size()
     check_launch_started_processes()
