@@ -106,6 +106,11 @@ def test_exit_status_tells_a_failed_write_from_a_wrong_config_or_data(tmp_path, 
     assert main([*JOB, f"output_dir={tmp_path / 'cfg'}", "beta=-1"]) == EXIT_REFUSED == 2
     assert main([*JOB, f"output_dir={tmp_path / 'data'}", f"dataset_name={bad}"]) == 2
     assert "field 'rejected': missing" in capsys.readouterr().err
+    from preflab.cli import build_parser
+
+    said = build_parser().format_help()  # `preflab --help` lists the statuses a scheduler reads
+    assert "  2    refused: the config, data or command line is wrong" in said
+    assert "  74   a file could not be written" in said and "  143  SIGTERM" in said
 
 
 def test_resume_auto_is_refused_where_a_run_keeps_no_checkpoint_folders(tmp_path):

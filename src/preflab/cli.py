@@ -9,8 +9,8 @@ import importlib
 import os
 import sys
 
-from preflab.errors import (EXIT_CRASH, EXIT_INTERRUPTED, EXIT_TERMINATED, ConfigError, PreflabError,
-                            exit_status)
+from preflab.errors import (EXIT_CRASH, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_TERMINATED, EXIT_WRITE_FAILED,
+                            ConfigError, PreflabError, exit_status)
 from preflab.quiet import kept_as_found, quiet_bitsandbytes_cpu_kernel
 from preflab.stop_signal import Terminated, install_sigterm_handler
 
@@ -40,10 +40,21 @@ TASK_ROUTES = {
 }
 
 
+EXIT_STATUS_HELP = f"""exit status (docs/reliability.md, "Running under a scheduler"):
+  0    done (a finished run run again: nothing trained, exit 0)
+  {EXIT_CRASH}    a crash: an error that is not preflab's (a traceback is printed)
+  {EXIT_REFUSED}    refused: the config, data or command line is wrong; the same command fails again
+  {EXIT_WRITE_FAILED}   a file could not be written (full disk, quota, read-only folder); rerun once there is room
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_TERMINATED}  SIGTERM; a run in its training steps saves the step under way first (save_steps > 0).
+       resume_from_checkpoint: auto lets the same command start the run and continue it."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="preflab",
         description="Preference optimization for generative models (DPO family, reward models, online loops, lab).",
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"preflab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
