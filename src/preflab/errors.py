@@ -26,8 +26,10 @@ EXIT_TERMINATED = 143     # SIGTERM: 128 + 15
 
 
 def exit_status(err: PreflabError) -> int:
-    """The `preflab` command's exit status for a PreflabError it stopped on."""
-    return EXIT_WRITE_FAILED if isinstance(err, WriteFailed) else EXIT_REFUSED
+    """The `preflab` command's exit status for a PreflabError it stopped on: 74 for a WriteFailed, or an error of
+    several ranks whose every failed rank failed to write (`write_failed`: preflab.rank_agreement.RankFailure); 2
+    for any other."""
+    return EXIT_WRITE_FAILED if getattr(err, "write_failed", isinstance(err, WriteFailed)) else EXIT_REFUSED
 
 
 class DataError(PreflabError):

@@ -149,8 +149,10 @@ def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, schedu
     except RankFailure as err:  # several ranks: a failure on any of them, said alike on every rank
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise PreflabError(f"{err}. " + what_is_kept(
-            output_dir, True, " (every rank writes into it: it must be one shared folder)")) from err
+        failure = PreflabError(f"{err}. " + what_is_kept(
+            output_dir, True, " (every rank writes into it: it must be one shared folder)"))
+        failure.write_failed = err.write_failed  # the exit status of a failed write (preflab.errors.exit_status)
+        raise failure from err
     except PreflabError:  # write_shards refused what it was given
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
