@@ -8187,6 +8187,35 @@ MUTANTS += [
 ]
 
 
+# mutation-t26 round: user trial 26 (a scheduler's job): SIGTERM saves the step under way, resume_from_checkpoint:
+# auto, the exit status of a failed write (one process and several ranks)
+T26_JOBS = ["tests/test_scheduled_jobs.py"]
+T26_RANKS = ["tests/test_rank_agreement_one_process.py"]
+MUTANTS += [
+    Mutant("t26-sigterm-not-deferred", "stop_signal.py",
+           [('    if _state["deferred"] and not _state["requested"]:\n', '    if False:\n')],
+           T26_JOBS, "a SIGTERM inside the steps stops at once again: the steps since the last checkpoint are lost"),
+    Mutant("t26-sigterm-no-save", "loops/driver.py",
+           [("            if save or terminated:\n", "            if save:\n")],
+           T26_JOBS, "the loop stops on SIGTERM without saving the step it stopped at"),
+    Mutant("t26-second-sigterm-waits", "stop_signal.py",
+           [('    if _state["deferred"] and not _state["requested"]:\n', '    if _state["deferred"]:\n')],
+           T26_JOBS, "a second SIGTERM is deferred like the first: the grace period is waited out"),
+    Mutant("t26-auto-always-fresh", "loops/resume.py",
+           [("    if latest is not None or (out.is_dir() and any(out.glob(\".old-checkpoint-*\"))):\n",
+             "    if False:\n")],
+           T26_JOBS, "resume_from_checkpoint: auto never resumes: the restarted job is refused (checkpoints kept)"),
+    Mutant("t26-write-exit-2", "errors.py",
+           [('    return EXIT_WRITE_FAILED if getattr(err, "write_failed", isinstance(err, WriteFailed)) else '
+             'EXIT_REFUSED', "    return EXIT_REFUSED")],
+           T26_JOBS, "a full disk exits 2, as a wrong config: a scheduler cannot tell it may retry"),
+    Mutant("t26-rank-write-not-said", "rank_agreement.py",
+           [("                      write_failed=all(said[rank][1] for rank in failed)) from failure",
+             "                      write_failed=False) from failure")],
+           T26_RANKS, "a failed write under several processes exits 2, where one process exits 74"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

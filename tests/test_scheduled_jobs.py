@@ -21,6 +21,11 @@ JOB = ["train", str(ROOT / "examples" / "quickstart.yaml"), "max_steps=6", "per_
        "resume_from_checkpoint=auto"]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLAB_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _sigterm_during_step(monkeypatch, step: int, signals: int = 1) -> None:
     """The scheduler's SIGTERM (`signals` of them) arrives while optimizer step `step` (1-based) computes."""
     real, calls = driver.optimizer_step, {"n": 0}
