@@ -90,6 +90,9 @@ def test_a_second_sigterm_or_a_run_without_checkpoints_stops_at_once(tmp_path, m
         assert _logged_steps(out) == [1, 2]  # step 3 was cut short
         assert f"{out} holds no finished checkpoint of this run" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command puts the handler it found back
+    from preflab.stop_signal import stop_requested
+
+    assert not stop_requested()  # a later run in this process (a notebook's, from Python) does not inherit it
 
 
 def test_exit_status_tells_a_failed_write_from_a_wrong_config_or_data(tmp_path, monkeypatch, capsys):

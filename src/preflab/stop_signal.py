@@ -44,6 +44,7 @@ def _on_sigterm(signum, frame) -> None:
         _state["requested"] = True
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _state["requested"] = False  # answered here: a later run in this process does not inherit it
     raise Terminated()
 
 
@@ -66,6 +67,8 @@ def stop_deferred() -> Iterator[None]:
         yield
     finally:
         _state["deferred"] -= 1
+        if not _state["deferred"]:  # answered by the loop (or the loop ended first): a later run starts clean
+            _state["requested"] = False
 
 
 def stop_requested() -> bool:
