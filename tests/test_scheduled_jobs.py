@@ -133,3 +133,38 @@ def test_resume_auto_is_refused_where_a_run_keeps_no_checkpoint_folders(tmp_path
                                           "task 'otc' keeps its own state: set resume_from_checkpoint: true"):
         run_recipe(cfg)
     assert not (tmp_path / "otc").exists()
+
+
+def test_progress_in_a_log_file_is_plain_lines_at_most_every_30_seconds_and_at_the_last_step():
+    """Before: in a log file (stderr no terminal) the tqdm bar, redrawn with carriage returns, made one endless line.
+    Now a plain line at most every LOG_LINE_SECONDS (30 s) and at the last step; on a terminal the bar as before."""
+    import io
+    from types import SimpleNamespace
+
+    from preflab.runlog import LOG_LINE_SECONDS, Progress
+
+    result = SimpleNamespace(loss=0.5, metrics={"rewards/margins": 0.25, "rewards/accuracies": 0.75})
+    log, now = io.StringIO(), {"t": 0.0}
+    bar = Progress(10, 2, True, stream=log, clock=lambda: now["t"])
+    for _ in range(8):  # steps 3..10, 10 s apart: 30 s have passed at steps 5 and 8, then the last step
+        now["t"] += 10.0
+        bar.update(result, 100)
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert LOG_LINE_SECONDS == 30.0 and "\r" not in log.getvalue()
+    assert lines == ["train: step 5/10 (50%), 0.1 steps/s, ETA 50 s, loss=0.5000 margin=0.250 acc=0.75 tok/s=10",
+                     "train: step 8/10 (80%), 0.1 steps/s, ETA 20 s, loss=0.5000 margin=0.250 acc=0.75 tok/s=10",
+                     "train: step 10/10 (100%), 0.1 steps/s, ETA 0 s, loss=0.5000 margin=0.250 acc=0.75 tok/s=10"]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = Progress(10, 0, True, stream=screen, clock=lambda: now["t"])
+    bar.update(result, 100)
+    bar.close()
+    assert "\r" in screen.getvalue() and "train: step" not in screen.getvalue()  # tqdm's bar, redrawn in place
+    quiet = io.StringIO()
+    Progress(10, 0, False, stream=quiet).update(result, 100)  # disable_tqdm: nothing at all
+    assert quiet.getvalue() == ""
