@@ -41,7 +41,7 @@ TASK_ROUTES = {
 
 
 EXIT_STATUS_HELP = f"""exit status (docs/reliability.md, "Running under a scheduler"):
-  0    done (a finished run run again: nothing trained, exit 0)
+  0    done (with resume_from_checkpoint: auto, a finished run started again trains nothing)
   {EXIT_CRASH}    a crash: an error that is not preflab's (a traceback is printed)
   {EXIT_REFUSED}    refused: the config, data or command line is wrong; the same command fails again
   {EXIT_WRITE_FAILED}   a file could not be written (full disk, quota, read-only folder); rerun once there is room
