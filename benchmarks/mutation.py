@@ -3258,7 +3258,7 @@ MUTANTS += [
              "if command in (\"train\", \"eval\") or \"WORLD_SIZE\" not in os.environ:")], MQ_CLI,
            "preflab eval under a launcher runs whole on every rank"),
     Mutant("mq-cli-sigterm-exit-130", "cli.py",
-           [("return 143 if isinstance(err, Terminated) else 130", "return 130")],
+           [("return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED", "return EXIT_INTERRUPTED")],
            mq_plus(MQ_CLI, "test_sigterm_exits_143_and_ctrl_c_130"),
            "SIGTERM exits 130 (Ctrl-C's), not 143"),
     Mutant("mq-cli-rerun-stage-said-to-continue", "cli.py",
@@ -6478,8 +6478,8 @@ MUTANTS += [
              "    tmp.replace(path)\n    return path")], CRZ_WRITES,
            "a failed metric_panels.json write leaves metric_panels.json.tmp behind"),
     Mutant("crz-report-traceback", "report/html.py",
-           [("    except OSError as err:\n        raise PreflabError(f\"could not write the report",
-             "    except ValueError as err:\n        raise PreflabError(f\"could not write the report")], CRZ_REPORT,
+           [("    except OSError as err:\n        raise WriteFailed(f\"could not write the report",
+             "    except ValueError as err:\n        raise WriteFailed(f\"could not write the report")], CRZ_REPORT,
            "`preflab report` on a full disk is an OSError traceback"),
     Mutant("crz-results-json-traceback", "eval/run.py",
            [("    except OSError as err:  # a full disk, a read-only folder: the results are computed",
@@ -6886,8 +6886,8 @@ MUTANTS += [
            [("    flags[dist.get_rank()] = int(failed)\n", "")], LFD_RANKS,
            "a rank's failure is never told: it carries on as if its part were written, the main commits"),
     Mutant("lfd-agree-error-message-lost", "rank_agreement.py",
-           [("dist.all_gather_object(texts, None if failure is None else error_text(failure))",
-             "dist.all_gather_object(texts, None if failure is None else type(failure).__name__)")], LFD_RANKS,
+           [("None if failure is None else (error_text(failure), is_write_failure(failure)))",
+             "None if failure is None else (type(failure).__name__, is_write_failure(failure)))")], LFD_RANKS,
            "the other ranks' error says which rank failed but not what (no file, no errno)"),
     Mutant("lfd-rank-failure-tmp-kept", "sharded_checkpoint.py",
            [("    except RankFailure as err:  # several ranks: a failure on any of them, said alike on every rank\n"
@@ -7114,7 +7114,8 @@ MUTANTS += [
              "self._holds_write_failures, self._held_write_failure = False, None")], WRG_TESTS,
            "the main raises its failed write at once and leaves; the other rank waits in the step's collectives"),
     Mutant("wrg-step-end-unagreed", "loops/driver.py",
-           [('            self._agree_on_held_writes(f"at step {step + 1}")\n', "")], WRG_TESTS,
+           [('                shared = self._agree_on_held_writes(f"at step {step + 1}", (float(stop_requested()),))\n',
+             "                shared = [(float(stop_requested()),)]\n")], WRG_TESTS,
            "the ranks agree on a failed metrics row only after the final evaluation: step 3 trains on"),
     Mutant("wrg-final-evaluation-unagreed", "loops/driver.py",
            [('        peaks = self._agree_on_held_writes("at the final evaluation", (peak, -1.0 if reserved is None else reserved))',
@@ -7249,8 +7250,8 @@ MUTANTS += [
              "dist.get_world_size() >= 1:")], MRN_RANKS,
            "a process group of one process wraps the block's own error in a RankFailure (its type is lost)"),
     Mutant("mrn-agree-first-error-for-every-rank", "rank_agreement.py",
-           [("    raise RankFailure(what, {rank: texts[rank] for rank in failed}) from failure",
-             "    raise RankFailure(what, {rank: texts[failed[0]] for rank in failed}) from failure")], MRN_RANKS,
+           [("    raise RankFailure(what, {rank: said[rank][0] for rank in failed},",
+             "    raise RankFailure(what, {rank: said[failed[0]][0] for rank in failed},")], MRN_RANKS,
            "two failed ranks are both said to have failed with the first one's error"),
     Mutant("mrn-agree-failures-unsorted", "rank_agreement.py",
            [("for rank, text in sorted(self.failures.items()))", "for rank, text in self.failures.items())")],
@@ -8494,6 +8495,35 @@ MUTANTS += [
            [('extras["chosen_wpo"], extras["rejected_wpo"] = policy.wpo[first], policy.wpo[second]',
              'extras["chosen_wpo"], extras["rejected_wpo"] = policy.wpo[second], policy.wpo[first]')], LWZ_LM,
            "WPO's chosen weights read from the rejected half"),
+]
+
+
+# mutation-t26 round: user trial 26 (a scheduler's job): SIGTERM saves the step under way, resume_from_checkpoint:
+# auto, the exit status of a failed write (one process and several ranks)
+T26_JOBS = ["tests/test_scheduled_jobs.py"]
+T26_RANKS = ["tests/test_rank_agreement_one_process.py"]
+MUTANTS += [
+    Mutant("t26-sigterm-not-deferred", "stop_signal.py",
+           [('    if _state["deferred"] and not _state["requested"]:\n', '    if False:\n')],
+           T26_JOBS, "a SIGTERM inside the steps stops at once again: the steps since the last checkpoint are lost"),
+    Mutant("t26-sigterm-no-save", "loops/driver.py",
+           [("            if save or terminated:\n", "            if save:\n")],
+           T26_JOBS, "the loop stops on SIGTERM without saving the step it stopped at"),
+    Mutant("t26-second-sigterm-waits", "stop_signal.py",
+           [('    if _state["deferred"] and not _state["requested"]:\n', '    if _state["deferred"]:\n')],
+           T26_JOBS, "a second SIGTERM is deferred like the first: the grace period is waited out"),
+    Mutant("t26-auto-always-fresh", "loops/resume.py",
+           [("    if latest is not None or (out.is_dir() and any(out.glob(\".old-checkpoint-*\"))):\n",
+             "    if False:\n")],
+           T26_JOBS, "resume_from_checkpoint: auto never resumes: the restarted job is refused (checkpoints kept)"),
+    Mutant("t26-write-exit-2", "errors.py",
+           [('    return EXIT_WRITE_FAILED if getattr(err, "write_failed", isinstance(err, WriteFailed)) else '
+             'EXIT_REFUSED', "    return EXIT_REFUSED")],
+           T26_JOBS, "a full disk exits 2, as a wrong config: a scheduler cannot tell it may retry"),
+    Mutant("t26-rank-write-not-said", "rank_agreement.py",
+           [("                      write_failed=all(said[rank][1] for rank in failed)) from failure",
+             "                      write_failed=False) from failure")],
+           T26_RANKS, "a failed write under several processes exits 2, where one process exits 74"),
 ]
 
 

@@ -191,7 +191,7 @@ def test_a_full_disk_while_writing_a_report_says_which_file_and_leaves_the_old_o
     (run / "summary.json").write_text(json.dumps({"global_step": 1}))
     (run / "report.html").write_text("the old report")
     _no_space_in_temp_files(monkeypatch)
-    assert main(["report", str(run)]) == 2
+    assert main(["report", str(run)]) == 74  # a failed write (preflab.errors.EXIT_WRITE_FAILED)
     assert (f"could not write the report {run / 'report.html'}: No space left on device. Free disk space or fix "
             "the folder's permissions, or write it elsewhere with --out PATH.") in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl", "report.html", "summary.json"]

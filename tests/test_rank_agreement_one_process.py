@@ -43,9 +43,12 @@ class OtherRanks:
             flags[rank] += 1
 
     def all_gather_object(self, texts, mine):
+        """Each rank sends (its error's text, whether it was a failed write); `others` gives a text (not a write)
+        or that pair."""
         self.calls["all_gather_object"] += 1
         for rank in range(self.world):
-            texts[rank] = mine if rank == self.rank else self.others.get(rank)
+            other = self.others.get(rank)
+            texts[rank] = mine if rank == self.rank else (other, False) if isinstance(other, str) else other
 
 
 @pytest.fixture
@@ -168,3 +171,22 @@ def test_save_total_limit_never_removes_the_best_checkpoint(tmp_path):
         save_rank_checkpoint(tmp_path, step, _part(), None, {"checkpoint_format": "sharded",
                                                               "best_model_checkpoint": best}, True, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-3"]
+
+
+def test_a_failed_write_on_every_failed_rank_exits_as_a_failed_write_and_any_other_failure_as_a_refusal(group):
+    """User trial 26: under a launcher a full disk was a RankFailure (exit 2, as a wrong config), where one process
+    exits 74 (preflab.errors.WriteFailed). Every failed rank's error a write -> write_failed (74); one that is not ->
+    2."""
+    from preflab.errors import exit_status
+
+    group(0, 3, {1: ("could not write checkpoint c: No space left on device", True)})
+    with pytest.raises(RankFailure) as caught:
+        with ranks_agree("saving"):
+            raise OSError(errno.ENOSPC, "No space left on device", "/run/part-rank0")
+    assert caught.value.write_failed and exit_status(caught.value) == 74
+    assert caught.value.failures[1] == "could not write checkpoint c: No space left on device"
+    group(0, 3, {1: ("could not write c", True), 2: ("ValueError: boom", False)})
+    with pytest.raises(RankFailure) as caught:
+        with ranks_agree("saving"):
+            pass
+    assert not caught.value.write_failed and exit_status(caught.value) == 2

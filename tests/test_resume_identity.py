@@ -115,8 +115,8 @@ def test_sigterm_stops_with_a_message_naming_the_latest_checkpoint(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    latest = ck.latest_checkpoint(out)
-    assert f"terminated (SIGTERM). The latest finished checkpoint is {latest} (step " in err
+    latest = ck.latest_checkpoint(out)  # SIGTERM inside the steps: the step under way is saved (preflab.stop_signal)
+    assert f"terminated (SIGTERM). Saved {latest} (step {ck.checkpoint_step(latest)}) before stopping" in err
 
 
 def test_a_full_disk_while_writing_metrics_is_an_error_naming_the_file_and_the_checkpoint_to_resume(tmp_path,

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from preflab.atomic_file import fsync_file
 from preflab.atomic_file import fsync_folder as fsync_dir  # (online/run.py imports both from here)
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import ConfigError, PreflabError, WriteFailed
 from preflab.final_save import STAGE_PREFIX as FINAL_STAGE_PREFIX
 
 MARKER = "COMPLETE"
@@ -258,8 +258,8 @@ def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, schedul
         if failure is None:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-        raise PreflabError(f"could not write checkpoint {final}: {failure.strerror or failure}. "
-                           f"{what_is_kept(output_dir, failed_save=True)}") from err
+        raise WriteFailed(f"could not write checkpoint {final}: {failure.strerror or failure}. "
+                          f"{what_is_kept(output_dir, failed_save=True)}") from err
     apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,
                            state.get("best_model_checkpoint"))
     return final

@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import sys
-import threading
 
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import (EXIT_CRASH, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_TERMINATED, EXIT_WRITE_FAILED,
+                            ConfigError, PreflabError, exit_status)
 from preflab.quiet import kept_as_found, quiet_bitsandbytes_cpu_kernel
+from preflab.stop_signal import Terminated, install_sigterm_handler
 
 # subcommand -> module exposing register(subparsers); a module that is missing is skipped
 SUBCOMMANDS = {
@@ -40,10 +40,21 @@ TASK_ROUTES = {
 }
 
 
+EXIT_STATUS_HELP = f"""exit status (docs/reliability.md, "Running under a scheduler"):
+  0    done (with resume_from_checkpoint: auto, a finished run started again trains nothing)
+  {EXIT_CRASH}    a crash: an error that is not preflab's (a traceback is printed)
+  {EXIT_REFUSED}    refused: the config, data or command line is wrong; the same command fails again
+  {EXIT_WRITE_FAILED}   a file could not be written (full disk, quota, read-only folder); rerun once there is room
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_TERMINATED}  SIGTERM; a run in its training steps saves the step under way first (save_steps > 0).
+       resume_from_checkpoint: auto lets the same command start the run and continue it."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="preflab",
         description="Preference optimization for generative models (DPO family, reward models, online loops, lab).",
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"preflab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    restore_sigterm = _stop_on_sigterm()
+    restore_sigterm = install_sigterm_handler()  # preflab.stop_signal: a checkpoint within the grace period
     had_group = _process_group_open()
     try:
         check_launched_command(args.command)
@@ -168,9 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     except PreflabError as err:
         message = error_message(err, group_open=_process_group_open())
         if message:
+            close_progress_bars()  # the error on its own line, not glued to the end of the bar's (a log file)
             print(message, file=sys.stderr)
         _close_process_group(had_group, err)
-        return 2
+        return exit_status(err)  # 2: change the config or data; 74: a failed write (preflab.errors.EXIT_*)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
         # lock is already released)
         from preflab.runlog import is_main_process
@@ -179,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
             close_progress_bars()  # the message on its own line, not glued to the end of the bar's
             print(interrupted_message(err, args), file=sys.stderr)
         _close_process_group(had_group, err)
-        return 143 if isinstance(err, Terminated) else 130
+        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except Exception as err:  # not preflab's: a library's error or a bug. Under a launcher, its traceback is printed
         # as Python would and the process group this command opened is closed before the exit (exit status 1)
         if had_group or not _process_group_open():
             raise
         sys.excepthook(type(err), err, err.__traceback__)  # what Python prints for it (torch's: each line [rankN])
         _close_process_group(had_group, err)
-        return 1
+        return EXIT_CRASH
     finally:
         restore_sigterm()
 
@@ -298,24 +310,6 @@ def drop_tracebacks(err: BaseException) -> None:
         todo += [exc.__cause__, exc.__context__]
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's preemption, `kill`): raised like Ctrl-C's KeyboardInterrupt, so the run's lock and
-    files are released on the way out and the message says what is kept. A second SIGTERM kills at once."""
-
-
-def _raise_terminated(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated()
-
-
-def _stop_on_sigterm():
-    """Install the SIGTERM handler (main thread only); returns a function that puts the earlier one back."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
 def close_progress_bars() -> None:
     """Close every open tqdm bar (its last state and a newline are written): a Ctrl-C / SIGTERM message printed
     while the training bar was open ran on from the bar's last character (`... tok/s=7668]preflab: terminated
@@ -354,6 +348,12 @@ def interrupted_message(err: BaseException, args=None) -> str:
         return f"preflab: {what} before the run's first step (while it loaded its data and models). " + what_is_kept(
             cfg.output_dir)
 
+    if getattr(err, "checkpointed", False):  # SIGTERM inside the steps: the loop saved the step it stopped at
+        from preflab.checkpoint import checkpoint_step, latest_checkpoint
+
+        latest = latest_checkpoint(out)
+        return (f"preflab: {what}. Saved {latest} (step {checkpoint_step(latest)}) before stopping: no step is lost. "
+                "Run the same command again with resume_from_checkpoint: auto (or true) to continue from it.")
     return f"preflab: {what}. {what_is_kept(out)}"
 
 

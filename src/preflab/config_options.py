@@ -318,8 +318,9 @@ OPTIONS: dict[str, Option] = {
                                     "null: loss with load_best_model_at_end); also read by EarlyStoppingCallback"),
     "greater_is_better": Option("TRL: a higher metric_for_best_model is better (null: false when the name ends in "
                                 "loss, else true)"),
-    "resume_from_checkpoint": Option("true: the latest checkpoint in output_dir; or a checkpoint path",
-                                     "true, false, null or a non-empty path", _resume_ok),
+    "resume_from_checkpoint": Option("true: the latest checkpoint in output_dir; auto: that one when output_dir holds "
+                                     "one, else a fresh start (a job a scheduler restarts with the same command); "
+                                     "or a checkpoint path", "true, false, null, auto or a non-empty path", _resume_ok),
     "report_to": Option("trackers that also receive every metrics row",
                         "none, all, or a name or list among " + " | ".join(TRACKERS), _trackers_ok),
     "disable_tqdm": Option("no progress bar"),

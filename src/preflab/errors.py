@@ -9,6 +9,29 @@ class ConfigError(PreflabError):
     """A config key, type or value is invalid (raised before any model is loaded)."""
 
 
+class WriteFailed(PreflabError):
+    """A file of the run could not be written (a full disk, a quota, a read-only or vanished folder): the message names
+    the file and what output_dir keeps. The `preflab` command exits with 74 on it (EXIT_WRITE_FAILED), not the 2 of
+    a wrong config or data, so that a scheduler can tell a failure the same command may get past once there is room
+    (resume_from_checkpoint: auto continues) from one it cannot."""
+
+
+# the `preflab` command's exit status per outcome (docs/reliability.md "Exit status"; preflab.cli.main)
+EXIT_OK = 0
+EXIT_CRASH = 1            # not preflab's: a library's error or a bug (Python's own status for an uncaught exception)
+EXIT_REFUSED = 2          # a ConfigError, DataError or any other PreflabError: the input must change (argparse's too)
+EXIT_WRITE_FAILED = 74    # WriteFailed: BSD sysexits' EX_IOERR; free space or fix permissions, run it again
+EXIT_INTERRUPTED = 130    # Ctrl-C: 128 + SIGINT's 2, as a shell reports it
+EXIT_TERMINATED = 143     # SIGTERM: 128 + 15
+
+
+def exit_status(err: PreflabError) -> int:
+    """The `preflab` command's exit status for a PreflabError it stopped on: 74 for a WriteFailed, or an error of
+    several ranks whose every failed rank failed to write (`write_failed`: preflab.rank_agreement.RankFailure); 2
+    for any other."""
+    return EXIT_WRITE_FAILED if getattr(err, "write_failed", isinstance(err, WriteFailed)) else EXIT_REFUSED
+
+
 class DataError(PreflabError):
     """A data file or row is invalid; the message names the file, the row index and the field."""
 

@@ -19,17 +19,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from preflab.errors import PreflabError
+from preflab.errors import PreflabError, WriteFailed
 
 
 class RankFailure(PreflabError):
     """A step the ranks took together failed on `failures` ({rank: its error's text}); raised on every rank alike,
-    from the rank's own error where it had one."""
+    from the rank's own error where it had one. write_failed: every failed rank's error was a failed write
+    (is_write_failure), so the `preflab` command exits with 74 on it as one process does (preflab.errors.exit_status),
+    not with the 2 of a refused config."""
 
-    def __init__(self, what: str, failures: dict[int, str]):
-        self.what, self.failures = what, dict(failures)
+    def __init__(self, what: str, failures: dict[int, str], write_failed: bool = False):
+        self.what, self.failures, self.write_failed = what, dict(failures), write_failed
         said = "; ".join(f"rank {rank} failed: {text}" for rank, text in sorted(self.failures.items()))
         super().__init__(f"{what}: {said}")
+
+
+def is_write_failure(err: BaseException | None) -> bool:
+    """`err` is a failed write: a WriteFailed, or an OSError (a full disk, a read-only folder) not yet said as one."""
+    return isinstance(err, (WriteFailed, OSError))
 
 
 def error_text(err: BaseException) -> str:
@@ -119,9 +126,10 @@ def ranks_agree(what: str, values: tuple[float, ...] | None = None) -> Iterator[
         shared.extend(every)
     if not failed:
         return
-    texts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(texts, None if failure is None else error_text(failure))
-    raise RankFailure(what, {rank: texts[rank] for rank in failed}) from failure
+    said: list = [None] * dist.get_world_size()  # each rank's (error text, whether it was a failed write)
+    dist.all_gather_object(said, None if failure is None else (error_text(failure), is_write_failure(failure)))
+    raise RankFailure(what, {rank: said[rank][0] for rank in failed},
+                      write_failed=all(said[rank][1] for rank in failed)) from failure
 
 
 class MainFailed:

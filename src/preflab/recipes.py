@@ -130,6 +130,10 @@ def run_recipe(cfg) -> dict:
         print(f"preflab: task {cfg.task!r} runs on the main process only; the other {processes - 1} process(es) of "
               f"this launch have ended: {MAIN_PROCESS_ONLY[cfg.task]}. The result equals `preflab train "
               "CONFIG.yaml` without a launcher.")
+    if cfg.resume_from_checkpoint == "auto":  # the recipes keep their own state files (docs/tools.md)
+        raise ConfigError(f"resume_from_checkpoint: auto is for runs that keep checkpoint-N folders; task "
+                          f"{cfg.task!r} keeps its own state: set resume_from_checkpoint: true to continue it, or "
+                          "leave it out to start afresh.")
     fn = recipe_function(cfg.task)
     accepted = inspect.signature(fn).parameters
     from preflab.recipe_stages import stage_options

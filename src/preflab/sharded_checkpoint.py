@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from preflab.checkpoint import (WEIGHT_DECAY_GROUPS, _write_json, apply_save_total_limit, commit_checkpoint,
                                 restore_rng, what_is_kept, whole_file_reads, widen_scheduler_state, write_failure,
                                 write_rng, write_training_state)
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import ConfigError, PreflabError, WriteFailed
 from preflab.rank_agreement import RankFailure, ranks_agree
 
 MODEL_DIR, OPTIMIZER_DIR = "model", "optimizer"
@@ -149,8 +149,10 @@ def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, schedu
     except RankFailure as err:  # several ranks: a failure on any of them, said alike on every rank
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise PreflabError(f"{err}. " + what_is_kept(
-            output_dir, True, " (every rank writes into it: it must be one shared folder)")) from err
+        failure = PreflabError(f"{err}. " + what_is_kept(
+            output_dir, True, " (every rank writes into it: it must be one shared folder)"))
+        failure.write_failed = err.write_failed  # the exit status of a failed write (preflab.errors.exit_status)
+        raise failure from err
     except PreflabError:  # write_shards refused what it was given
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -162,7 +164,7 @@ def save_rank_checkpoint(output_dir: str | Path, step: int, write_shards, schedu
             shutil.rmtree(tmp, ignore_errors=True)
         if failure is None:  # not a failed write: safetensors refused what it was given
             raise
-        raise PreflabError(f"{failed}: {failure}. " + what_is_kept(
+        raise WriteFailed(f"{failed}: {failure}. " + what_is_kept(
             output_dir, True, " (every rank writes into it: it must be one shared folder)")) from err
     if is_main:
         apply_save_total_limit(output_dir, final, state.get("timeline"), save_total_limit,

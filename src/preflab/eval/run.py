@@ -37,7 +37,7 @@ import torch
 
 from preflab.data.overlap import (content_key, prompt_key, sft_overlap_counts,
                                   sft_row_overlap_counts)
-from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.errors import ConfigError, DataError, PreflabError, WriteFailed
 from preflab.eval.metrics import pair_diagnostics, unseen_log_mass_drift
 from preflab.eval.ranking import ranking_accuracy_with_ties, ranking_report
 from preflab.eval.score import score_pairs, score_responses
@@ -882,8 +882,8 @@ def write_json(path: Path, data: dict) -> Path:
     try:
         return write_json_file(path, data, durable=True, indent=1)
     except OSError as err:  # a full disk, a read-only folder: the results are computed, say where they could not go
-        raise PreflabError(f"could not write {path}: {err.strerror or err}. Free disk space or fix the folder's "
-                           "permissions, or write it elsewhere with --out PATH.") from err
+        raise WriteFailed(f"could not write {path}: {err.strerror or err}. Free disk space or fix the folder's "
+                          "permissions, or write it elsewhere with --out PATH.") from err
 
 
 def eval_json_path(checkpoint: str, out: str | None) -> Path:

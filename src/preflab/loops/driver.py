@@ -39,7 +39,7 @@ from preflab.data.eval_set import no_eval_set_for_best
 from preflab.deepspeed_checkpoint import (check_checkpointable, check_deepspeed_resume, deepspeed_reads,
                                           is_deepspeed_checkpoint, load_deepspeed_checkpoint,
                                           save_deepspeed_checkpoint)
-from preflab.errors import ConfigError, NonFiniteError, PreflabError
+from preflab.errors import ConfigError, NonFiniteError, PreflabError, WriteFailed
 from preflab.final_save import staged_final_save
 from preflab.best_model_options import (saves_best, sharded_best_model_problem, sharded_model_only_problem,
                                         trl_save_default_note, writes_checkpoints)
@@ -72,6 +72,7 @@ from preflab.runlog import (MetricsLog, Progress, average_results, distributed_e
 from preflab.sharded_checkpoint import (is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint,
                                         sharded_reads)
 from preflab.step import optimizer_step, window_from_json, window_to_json
+from preflab.stop_signal import Terminated, stop_deferred, stop_requested
 
 
 class BuildReleasesClaim(type):
@@ -241,9 +242,9 @@ class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
         failure = write_failure(err)
         if failure is None:
             return None
-        return PreflabError(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
-                            f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
-                            "permissions, then run again.")
+        return WriteFailed(f"{failure.filename or self.cfg.output_dir}: {failure.strerror or failure}. "
+                           f"{what_is_kept(self.cfg.output_dir)} Free disk space or fix the folder's "
+                           "permissions, then run again.")
 
     @contextmanager
     def _agreed(self, what: str, values: tuple[float, ...] | None = None) -> Iterator[list]:
@@ -397,62 +398,73 @@ class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
         forward = emptying_forward(self._training_forward(), cfg.torch_empty_cache_steps, lambda: self.step)
         if cfg.torch_empty_cache_steps and acc.device.type == "cpu" and self.main:
             print(cpu_note(cfg.torch_empty_cache_steps), flush=True)
-        for step in range(start_step, self.total_steps):
-            step_started = self.clock()
-            mbs = self.micro_batches(step)
-            # the rate this step's update uses: what transformers' Trainer logs (read before the scheduler advances)
-            learning_rate = self.scheduler.get_last_lr()[0]
-            result = optimizer_step(mbs, forward, self.params, self.optimizer, self.scheduler, acc,
-                                    cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
-            if self.logs_step_time:  # a host clock after the step's one device read: no sync of its own
-                result.metrics["step_time"] = self.clock() - step_started
-                result.metric_counts["step_time"] = 1.0  # TRL's log(): the plain mean of the window's steps
-            tokens = self._step_tokens(result, mbs)
-            train_seconds += self.clock() - step_started
-            tokens_total += tokens
-            tokens_this_run += tokens
-            bar.update(result, tokens)
-            if result.skipped:
-                bad_in_row += 1
-                self._record_nonfinite(step + 1, result, bad_in_row, nonfinite, tokens_total, log)
-            else:
-                bad_in_row = 0
-                overflow_steps += result.overflow
-            window.append(result)
-            self.step = step + 1
-            self.emit("on_step_end")
-            asked = self.control_flags()
-            if self._log_due(step + 1) or asked["should_log"]:
-                last = {"step": step + 1, "learning_rate": learning_rate,
-                        f"num_{self.throughput_unit}": tokens_total, **average_results(window),
-                        **self.progress(step + 1),
-                        f"{self.throughput_unit}_per_second": tokens_this_run / max(self.clock() - started, 1e-9),
-                        f"train_{self.throughput_unit}_per_second": tokens_this_run / max(train_seconds, 1e-9)}
-                self._log(log, last)
-                self.emit("on_log", logs=dict(last))
-                said = zero_gradient_note(window, step + 1) if zero_gradient_unsaid else None
-                zero_gradient_unsaid = False
-                if said and self.main:
-                    print(said, flush=True)
-                window = []
-            evaluation, save = self._evaluate_if_due(step + 1, asked, log)
-            if evaluation is not None:
-                evaluated = evaluation
-            # the step's barrier: the ranks agree on the main's held write failures (one all-reduce; a save step
-            # has one more, the save's own, so that no checkpoint is written after a failed write)
-            self._agree_on_held_writes(f"at step {step + 1}")
-            if save:
-                self.best.note_checkpoint(self.out, step + 1)
-                self._save_agreed(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total,
-                                             "log_window": window_to_json(window)})
-            if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
-                stopped_early = {"step": step + 1, "max_steps": self.total_steps}
-                if self.main:
-                    final = ("load_best_model_at_end: the final model is the best checkpoint's"
-                             if self.cfg.load_best_model_at_end else f"the final model is step {step + 1}'s")
-                    print(f"preflab: note: a callback set control.should_training_stop at step {step + 1} of "
-                          f"{self.total_steps}: training stops there ({final}).")
-                break
+        # SIGTERM inside the steps of a run that saves checkpoints: a checkpoint at the end of the step under way,
+        # then Terminated (preflab.stop_signal); elsewhere, and with save_steps 0, it stops at once as before
+        with stop_deferred() if writes_checkpoints(cfg) else nullcontext():
+            for step in range(start_step, self.total_steps):
+                step_started = self.clock()
+                mbs = self.micro_batches(step)
+                # the rate this step's update uses: what transformers' Trainer logs (read before the scheduler
+                # advances)
+                learning_rate = self.scheduler.get_last_lr()[0]
+                result = optimizer_step(mbs, forward, self.params, self.optimizer, self.scheduler, acc,
+                                        cfg.max_grad_norm, sync_module=self.sync_module, extra_params=self.extra_params)
+                if self.logs_step_time:  # a host clock after the step's one device read: no sync of its own
+                    result.metrics["step_time"] = self.clock() - step_started
+                    result.metric_counts["step_time"] = 1.0  # TRL's log(): the plain mean of the window's steps
+                tokens = self._step_tokens(result, mbs)
+                train_seconds += self.clock() - step_started
+                tokens_total += tokens
+                tokens_this_run += tokens
+                bar.update(result, tokens)
+                if result.skipped:
+                    bad_in_row += 1
+                    self._record_nonfinite(step + 1, result, bad_in_row, nonfinite, tokens_total, log)
+                else:
+                    bad_in_row = 0
+                    overflow_steps += result.overflow
+                window.append(result)
+                self.step = step + 1
+                self.emit("on_step_end")
+                asked = self.control_flags()
+                if self._log_due(step + 1) or asked["should_log"]:
+                    last = {"step": step + 1, "learning_rate": learning_rate,
+                            f"num_{self.throughput_unit}": tokens_total, **average_results(window),
+                            **self.progress(step + 1),
+                            f"{self.throughput_unit}_per_second": tokens_this_run / max(self.clock() - started, 1e-9),
+                            f"train_{self.throughput_unit}_per_second": tokens_this_run / max(train_seconds, 1e-9)}
+                    self._log(log, last)
+                    self.emit("on_log", logs=dict(last))
+                    said = zero_gradient_note(window, step + 1) if zero_gradient_unsaid else None
+                    zero_gradient_unsaid = False
+                    if said and self.main:
+                        print(said, flush=True)
+                    window = []
+                evaluation, save = self._evaluate_if_due(step + 1, asked, log)
+                if evaluation is not None:
+                    evaluated = evaluation
+                # the step's barrier: the ranks agree on the main's held write failures (one all-reduce; a save step
+                # has one more, the save's own, so that no checkpoint is written after a failed write)
+                # ... and on a SIGTERM any rank has had (preflab.stop_signal), carried by the same all-reduce: every
+                # rank saves this step's checkpoint and stops here, within the scheduler's grace period
+                shared = self._agree_on_held_writes(f"at step {step + 1}", (float(stop_requested()),))
+                terminated = any(flag for flag, in shared)
+                if save or terminated:
+                    self.best.note_checkpoint(self.out, step + 1)
+                    self._save_agreed(step + 1, {"nonfinite": nonfinite, "num_tokens": tokens_total,
+                                                 "log_window": window_to_json(window)})
+                if terminated:
+                    stop = Terminated()
+                    stop.checkpointed = True  # the CLI says no step is lost (preflab.cli.interrupted_message)
+                    raise stop
+                if asked["should_training_stop"] or self.control_flags()["should_training_stop"]:
+                    stopped_early = {"step": step + 1, "max_steps": self.total_steps}
+                    if self.main:
+                        final = ("load_best_model_at_end: the final model is the best checkpoint's"
+                                 if self.cfg.load_best_model_at_end else f"the final model is step {step + 1}'s")
+                        print(f"preflab: note: a callback set control.should_training_stop at step {step + 1} of "
+                              f"{self.total_steps}: training stops there ({final}).")
+                    break
         bar.close()
         end = self.step  # total_steps, or the step a callback stopped the run at
         final_eval = evaluated[1] if evaluated[0] == end else self._evaluate_at_end(log)  # not run twice

@@ -22,7 +22,7 @@ from preflab.deepspeed_options import (deepspeed_values_problem, fill_deepspeed_
 from preflab.errors import ConfigError, PreflabError
 from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
 from preflab.best_model_options import checkpoint_uses, fsdp1_checkpoint_problem
-from preflab.loops.resume import check_resume_early, note_earlier_run, resume_requested
+from preflab.loops.resume import check_resume_early, note_earlier_run, resolve_auto_resume, resume_requested
 from preflab.rank_agreement import ranks_agree
 from preflab.rundir import claim_output_dir
 from preflab.sharded_checkpoint import check_sharded_storage
@@ -225,6 +225,11 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     quiet_deepspeed_cpu_detection()
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from preflab.runlog import is_main_process
+
+    # resume_from_checkpoint: auto -> true or null, on every rank, before anything reads it
+    resolve_auto_resume(cfg, note=print if is_main_process() else None)
 
     launched = launched_world_size()
     check_launch_started_processes()

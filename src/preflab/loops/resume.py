@@ -18,6 +18,31 @@ from preflab.errors import ConfigError, PreflabError
 from preflab.resume_check import check_checkpoint_version, check_saved_config
 
 
+def resolve_auto_resume(cfg, note=print) -> None:
+    """`resume_from_checkpoint: auto`: the one setting a scheduler's restarted job can keep in its config (Slurm's
+    requeue, a Kubernetes pod restarted with the same command). Resolved once per run, before output_dir is claimed,
+    on every rank from the same files: `true` (resume the newest intact checkpoint of output_dir's current timeline)
+    when there is one, or a save killed between its renames that the start puts back (`.old-checkpoint-*`); else
+    null (a fresh start; a finished run without checkpoints is started afresh, as note_earlier_run says). With
+    `true` a first start is refused (nothing to resume) and with null a restart is refused (checkpoints would be
+    replaced), so neither can be left in a config that must both start and restart. Lightning's `ckpt_path="last"`
+    behaves alike (no checkpoint: a warning, a fresh start). note: where the choice is said (the main process)."""
+    if cfg.resume_from_checkpoint != "auto":
+        return
+    out = Path(cfg.output_dir)
+    latest = latest_checkpoint(out) if out.is_dir() else None
+    if latest is not None or (out.is_dir() and any(out.glob(".old-checkpoint-*"))):
+        cfg.resume_from_checkpoint = True
+        if note:
+            note(f"preflab: resume_from_checkpoint: auto: {out} holds checkpoints of this run, resuming the newest "
+                 "intact one.", flush=True)
+        return
+    cfg.resume_from_checkpoint = None
+    if note:
+        note(f"preflab: resume_from_checkpoint: auto: {out} holds no checkpoint of a run to continue, starting at "
+             "step 0.", flush=True)
+
+
 def resume_requested(cfg) -> bool:
     """resume_from_checkpoint asks for a resume (true / latest / a path); unset, false or "" does not."""
     return cfg.resume_from_checkpoint not in (None, False, "", "false")

@@ -51,7 +51,7 @@ import torch
 
 from preflab.checkpoint import check_files, file_records, fsync_dir, fsync_file
 from preflab.data.layout import bucket
-from preflab.errors import ConfigError, DataError, PreflabError
+from preflab.errors import ConfigError, DataError, PreflabError, WriteFailed
 from preflab.loops.driver import TrainingRun
 from preflab.loops.judge import Judge, not_applicable_counts
 from preflab.loops.launch import make_accelerator
@@ -1378,7 +1378,7 @@ class OnlineRun(TrainingRun):
             self._write_online_state_to(tmp, final)
         except OSError as err:  # a full disk, a read-only folder: as a failed checkpoint save says it
             shutil.rmtree(tmp, ignore_errors=True)
-            raise PreflabError(
+            raise WriteFailed(
                 f"could not write the online state {final} of checkpoint-{step}: {err.strerror or err}. Earlier "
                 "checkpoints are kept; free disk space or fix the permissions of output_dir, then resume.") from err
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from preflab.atomic_file import write_text_file
-from preflab.errors import PreflabError
+from preflab.errors import PreflabError, WriteFailed
 from preflab.option_types import is_number
 from preflab.peak_memory import peak_memory_text
 from preflab.recipe_names import RECIPE_TASKS
@@ -472,5 +472,5 @@ def write_report(run_dirs, out_path, title: str | None = None) -> Path:
     try:
         return write_text_file(out, page)  # whole or not at all: no report.html.tmp left by a failed write
     except OSError as err:
-        raise PreflabError(f"could not write the report {out}: {err.strerror or err}. Free disk space or fix the "
-                           "folder's permissions, or write it elsewhere with --out PATH.") from err
+        raise WriteFailed(f"could not write the report {out}: {err.strerror or err}. Free disk space or fix the "
+                          "folder's permissions, or write it elsewhere with --out PATH.") from err

@@ -142,6 +142,10 @@ def train_mixture(cfg, tokenizer=None, train_data=None, eval_data=None, model=No
     if len(users) < K:
         raise ConfigError(f"reward_head_params.num_components={K} but {cfg.dataset_name} has {len(users)} users; "
                           "lower num_components.")
+    if cfg.resume_from_checkpoint == "auto":  # its state file is no checkpoint-N (preflab.recipe_state)
+        raise ConfigError("resume_from_checkpoint: auto is for runs that keep checkpoint-N folders; reward_head "
+                          "em_mixture keeps its own state: set resume_from_checkpoint: true to continue it, or leave "
+                          "it out to start afresh.")
     out = Path(cfg.output_dir)
     claim_output_dir(out, cfg.overwrite_output_dir)
     try:
