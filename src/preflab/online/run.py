@@ -364,10 +364,11 @@ class OnlineRun(TrainingRun):
 
     def _evaluation_agreement(self):
         """Where an evaluation of the held-out prompts runs (the starting policy's when the run is built, each one at
-        eval_steps, the final one), on several processes: every rank answers and judges every held-out prompt itself
-        (dataset_evaluate: reward functions, verifiers, reward models under judge_timeout_s; a task's own evaluate),
-        so a judge that times out or refuses its values on one rank stopped that rank alone, and the others went on
-        into the next step's collectives and waited there until the collective's timeout, saying nothing.
+        eval_steps, the final one), on several processes: every rank answers every held-out prompt itself; a task's
+        own evaluate judges them on every rank too, so a judge that times out or refuses its values on one rank
+        stopped that rank alone, and the others went on into the next step's collectives and waited there until the
+        collective's timeout, saying nothing (dataset_evaluate judges on the main alone and agrees its own stretches:
+        an error agreed inside reaches this agreement on every rank and is raised with its step, no collective).
         preflab.rank_agreement.ranks_agree after the evaluation: one all-reduce of a failure flag per evaluation
         (ordinary steps add none), and every rank raises RankFailure naming each failed rank and its error. With
         environments the main process makes every reset and judge call and sends its result or its failure

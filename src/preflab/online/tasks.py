@@ -415,6 +415,16 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
     (begin_rollouts: each prompt shows its own environment's tools, a reset's text is appended to it), the loop calls
     that instance's methods, and the judges are reward_funcs plus the environments' get_reward, each answer judged
     with its own instance (judge_rollouts; with several processes the main process makes every environment call).
+
+    Several processes (accelerator= of several): every process answers every held-out prompt (the same answers:
+    the same weights, greedy or drawn from the same seed), and the main process alone judges them and sends the
+    scores, the count of answers a judge raised on and the first such error to the others
+    (preflab.rank_agreement.main_result: its failure, a judge timeout or a refusal, is sent in their place and raised
+    on every process), so each judge runs once per answer and every process holds the main's result. The stretches
+    each process runs on its own before the next exchange (rendering the prompts, answering them) end in an
+    agreement (ranks_agree): a failure on one process stops every process with its error. "judge_failed" counts the
+    answers a judge raised on (scored NaN, within "unscored"), "judge_failure" says the first one's error (''
+    without), "answers" is how many were judged: OnlineRun logs eval_judge/failed and says them in a note.
     places (per held-out row, where it was read; data.report.where): a refusal naming a row (an unknown
     `environment`, a reset that raised) names it as a held-out prompt of that file and line. reset_seed_base (a run
     without a dataset, reset_only_task): held-out row p is reset under the global generators seeded with

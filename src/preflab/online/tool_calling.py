@@ -37,7 +37,9 @@ The held-out evaluation (online/tasks.py dataset_evaluate) runs the same loop ar
 (EvalTurns).
 
 Several processes: each holds every completion (the generator gathers them); the main process runs each tool call once
-and sends the results to the others, which continue from the same tool messages.
+and sends the results to the others, which continue from the same tool messages. Each stretch a process runs on its
+own in between ends in an agreement (generate; preflab.rank_agreement.ranks_agree): a failure on any process stops
+every process with that process's error.
 
 Determinism: the first turns are the generator's draws at `seed`; iteration t's continuations are drawn at
 seed + (t + 1) x CONTINUATION_SEED_STRIDE (one sample per continued completion), so a round depends on (seed,
