@@ -8125,8 +8125,8 @@ RKE_EVAL = ["tests/test_rank_agreement.py", "-k", "judge_timeout_on_the_main_in_
 RKE_MCTS = ["tests/test_rank_agreement.py", "-k", "mcts_judge_failing_on_rank_1"]
 MUTANTS += [
     Mutant("rke-eval-unagreed", "online/run.py",
-           [("            with self._evaluation_agreement():\n                if self.tools:",
-             "            if True:\n                if self.tools:")],
+           [("            with self._evaluation_agreement():\n                result = self.task.evaluate(",
+             "            if True:\n                result = self.task.evaluate(")],
            RKE_EVAL, "an evaluation is not agreed: its failure no longer names the evaluation's step (and a failure "
            "on rank 1 alone outside the judging stops rank 1 alone)"),
     Mutant("rke-mcts-every-rank-judges", "online/mcts.py",

@@ -337,14 +337,11 @@ class OnlineRun(TrainingRun):
             result = self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator,
                                         environments=self.environments)
         else:
+            given = {"tools": self.tools} if self.tools else {}
+            if self.tools or getattr(self.task.evaluate, "takes_accelerator", False):  # (dataset_evaluate: judged
+                given["accelerator"] = self.accelerator                                 # on the main process)
             with self._evaluation_agreement():
-                if self.tools:
-                    result = self.task.evaluate(self.policy, self.tokenizer, tools=self.tools,
-                                                accelerator=self.accelerator)
-                elif getattr(self.task.evaluate, "takes_accelerator", False):  # judged on the main (dataset_evaluate)
-                    result = self.task.evaluate(self.policy, self.tokenizer, accelerator=self.accelerator)
-                else:
-                    result = self.task.evaluate(self.policy, self.tokenizer)
+                result = self.task.evaluate(self.policy, self.tokenizer, **given)
         self._say_eval_judge_failures(result)
         return result
 
