@@ -42,6 +42,8 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
                    tool add) on 2 processes whose turns raise on rank 1 when sampling the first turns
   online_tool_loop_continue_rank1 the same whose turns raise on rank 1 when sampling the continuation after the tool
                    call (past the first exchange of tool calls)
+  online_tool_rollouts_rank1 ToolRolloutGenerator.generate (OTC's calculator rollouts) of one prompt on 2
+                   processes whose sampling raises on rank 1
   mcts_stuck_main  a tiny MCTS-DPO run (one round of 2 prompts, judge_timeout_s 3) whose judge never returns on the
                    main process at its 2nd call (the second prompt's search)
   mcts_failing_rank1 the same run (no time limit) whose judge raises at every call on rank 1 only
@@ -202,6 +204,21 @@ def tool_loop_failing_on_rank_1(at_call: int):
 
     generator = ToolCallingGenerator(Turns(tok, 300), tok, [tc.add], 2, 300, accelerator=PartialState())
     return generator.generate(tc.prompt_ids(tok, tc.PROMPTS[:1]), 1, 3)
+
+
+def tool_rollouts_failing_on_rank_1():
+    """ToolRolloutGenerator.generate (tool_use.otc.tool_generator's calculator rollouts, a tiny model) of one prompt
+    x 2 on 2 processes, whose sampling raises on rank 1 (an out-of-memory sample on its device)."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.tool_use.otc import tool_generator
+
+    tok = tiny_tokenizer("char")
+    generator = tool_generator(tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=0), tok, 1, 4)
+    if dist.get_rank() == 1:
+        def out_of_memory(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB on device 1")
+        generator._chunk = out_of_memory
+    return generator.generate([tok("2+3=").input_ids], 2, seed=0)
 
 
 def mcts_judge(stuck_on: int | None = None, failing_on: int | None = None):
@@ -440,6 +457,7 @@ def main(out: Path, only: list[str]) -> None:
         "online_eval_failing": lambda: online_eval_run(out / "eval_failing", failing_on=1),
         "online_tool_loop_first_rank1": lambda: tool_loop_failing_on_rank_1(1),
         "online_tool_loop_continue_rank1": lambda: tool_loop_failing_on_rank_1(2),
+        "online_tool_rollouts_rank1": tool_rollouts_failing_on_rank_1,
         "mcts_stuck_main": lambda: mcts_run(out / "mcts_stuck", mcts_judge(stuck_on=0), judge_timeout_s=3),
         "mcts_failing_rank1": lambda: mcts_run(out / "mcts_failing", mcts_judge(failing_on=1)),
     }

@@ -36,6 +36,8 @@ SCENARIOS_OF_TEST = {"test_a_failed_hub_repository_creation_stops_both_ranks_bef
                          ["online_eval_failing"],
                      **{f"test_a_tool_loop_failure_on_rank_1_stops_both_ranks_with_its_error[{stretch}]":
                         [f"online_tool_loop_{stretch}_rank1"] for stretch in ("first", "continue")},
+                     "test_a_tool_rollout_failure_on_rank_1_stops_both_ranks_with_its_error":
+                         ["online_tool_rollouts_rank1"],
                      "test_an_mcts_judge_timeout_on_the_main_mid_round_stops_both_ranks_with_its_error":
                          ["mcts_stuck_main"],
                      "test_an_mcts_judge_failing_on_rank_1_alone_no_longer_touches_the_round": ["mcts_failing_rank1"]}
@@ -426,6 +428,15 @@ def test_a_tool_loop_failure_on_rank_1_stops_both_ranks_with_its_error(two_ranks
     assert max(results[(scenario, r)]["seconds"] for r in (0, 1)) < 10
 
 
+def test_a_tool_rollout_failure_on_rank_1_stops_both_ranks_with_its_error(two_ranks):
+    """OTC's calculator rollouts (online.tool_rollout.ToolRolloutGenerator) are sampled by every process on its own;
+    a sample that raises on rank 1 alone stops both ranks with rank 1's error (its generate ends in an agreement),
+    where rank 0 used to return its rollouts and go on alone into the round's next collective."""
+    _, results, _ = two_ranks
+    _same_error_at_once(results, "online_tool_rollouts_rank1", "RankFailure: the tool rollouts failed: rank 1 failed: "
+                        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB on device 1")
+
+
 def test_an_mcts_judge_timeout_on_the_main_mid_round_stops_both_ranks_with_its_error(two_ranks):
     """MCTS-DPO's searches run in step on every rank (each expansion's generation is sharded and gathered), with a
     judge call per expansion in between. Each rank judged itself, so a timeout on one rank was raised there alone,
@@ -451,7 +462,7 @@ def test_an_mcts_judge_failing_on_rank_1_alone_no_longer_touches_the_round(two_r
 
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 56
+    assert len(results) == 58
     assert wall < 230  # process start and imports included (2 shared cores); a hang waits for the 240 s limit
 
 
