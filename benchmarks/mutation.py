@@ -4566,7 +4566,7 @@ MUTANTS += [
            [("masks[i] += [0] * len(extended[i]) + [1] * len(new)", "masks[i] += [0] * len(extended[i]) + [0] * len(new)")],
            MV_TOOLS, "the model's turns after a tool result get loss mask 0 (only the first turn is trained)"),
     Mutant("mv-tools-continuation-not-cut", "online/tool_calling.py",
-           [("                new = new[:r]\n", "")], MV_TOOLS,
+           [("                    new = new[:r]\n", "")], MV_TOOLS,
            "a continuation is not cut to what is left of max_completion_length"),
     Mutant("mv-tools-room-without-tool-tokens", "online/tool_calling.py",
            [("room = [budget - len(ids[i]) - len(extended[i]) for i in live]", "room = [budget - len(ids[i]) for i in live]")],
@@ -4595,8 +4595,8 @@ MUTANTS += [
            [("seed + (iteration + 1) * CONTINUATION_SEED_STRIDE", "seed + iteration * CONTINUATION_SEED_STRIDE")],
            MV_TOOLS, "the first continuation is drawn at the first turns' seed (the same noise again)"),
     Mutant("mv-tools-later-calls-not-followed", "online/tool_calling.py",
-           [("                    if messages[i][-1].get(\"tool_calls\"):\n                        still.append(i)\n",
-             "                    pass\n")], MV_TOOLS,
+           [("                        if messages[i][-1].get(\"tool_calls\"):\n                            still.append(i)\n",
+             "                        pass\n")], MV_TOOLS,
            "a continuation's own tool calls are never run (one round of calls whatever the cap)"),
     Mutant("mv-tools-eos-kept-in-content", "online/tool_calling.py",
            [("            parsed[\"content\"] = content.removesuffix(tokenizer.eos_token)\n", "            pass\n")],
@@ -8122,13 +8122,14 @@ MUTANTS += [
 
 # mutation-rke round: an online run's evaluations agreed by every rank, and MCTS-DPO's rollouts judged on the main
 # process (a judge timeout or failure on one rank stops every rank, or touches none)
-RKE_EVAL = ["tests/test_rank_agreement.py", "-k", "judge_timeout_on_rank_1_in_an_evaluation"]
+RKE_EVAL = ["tests/test_rank_agreement.py", "-k", "judge_timeout_on_the_main_in_an_evaluation"]
 RKE_MCTS = ["tests/test_rank_agreement.py", "-k", "mcts_judge_failing_on_rank_1"]
 MUTANTS += [
     Mutant("rke-eval-unagreed", "online/run.py",
-           [("        with self._evaluation_agreement():\n            if self.tools:",
-             "        if True:\n            if self.tools:")],
-           RKE_EVAL, "a judge timeout on rank 1 in an evaluation stops rank 1 alone; rank 0 goes on into step 2"),
+           [("            with self._evaluation_agreement():\n                result = self.task.evaluate(",
+             "            if True:\n                result = self.task.evaluate(")],
+           RKE_EVAL, "an evaluation is not agreed: its failure no longer names the evaluation's step (and a failure "
+           "on rank 1 alone outside the judging stops rank 1 alone)"),
     Mutant("rke-mcts-every-rank-judges", "online/mcts.py",
            [('main_result(judged, getattr(run, "accelerator", None),', "main_result(judged, None,")],
            RKE_MCTS, "each rank judges its own MCTS rollouts again: a judge failing on rank 1 drops its children there "
@@ -8524,6 +8525,37 @@ MUTANTS += [
            [("                      write_failed=all(said[rank][1] for rank in failed)) from failure",
              "                      write_failed=False) from failure")],
            T26_RANKS, "a failed write under several processes exits 2, where one process exits 74"),
+]
+
+
+# mutation-oej round: an online run's held-out evaluation judged once on the main process (its scores sent to the
+# others, a judge that raises counted and said), and the tool-calling loop's rank-local stretches agreed by every rank
+OEJ_MAIN = ["tests/online/test_eval_judged_on_main.py"]
+OEJ_EVAL2 = ["tests/test_rank_agreement.py", "-k", "judge_timeout_on_the_main_in_an_evaluation"]
+OEJ_TOOLS = ["tests/test_rank_agreement.py", "-k", "tool_loop_failure"]
+MUTANTS += [
+    Mutant("oej-eval-every-rank-judges", "online/tasks.py",
+           [("        scores, raised, failure = main_result(judged, accelerator,",
+             "        scores, raised, failure = main_result(judged, None,")],
+           OEJ_MAIN, "every rank judges the held-out answers again (a judge failing on rank 1 scores NaN there alone)"),
+    Mutant("oej-eval-failures-uncounted", "online/tasks.py",
+           [('"judge_failed": raised, "judge_failure": failure,', '"judge_failed": 0, "judge_failure": failure,')],
+           OEJ_MAIN, "a held-out answer a judge raised on passes as one no judge scored: eval_judge/failed stays 0"),
+    Mutant("oej-eval-failure-unsaid", "online/run.py",
+           [("        if not failed or not self.main:\n            return\n", "        return\n")],
+           OEJ_MAIN, "no note says that a judge raised on held-out answers, nor its error"),
+    Mutant("oej-tool-loop-first-unagreed", "online/tool_calling.py",
+           [('        with self._agreed("sampling and parsing the first turns"):', "        if True:")],
+           OEJ_TOOLS, "a failure on rank 1 while sampling the first turns leaves the main in the tool calls' broadcast"),
+    Mutant("oej-tool-loop-continuation-unagreed", "online/tool_calling.py",
+           [("""            with self._agreed(f"sampling and parsing iteration {iteration + 1}'s continuations"):""",
+             "            if True:")],
+           OEJ_TOOLS, "a failure on rank 1 in a continuation stops rank 1 alone; the main goes on without it"),
+    Mutant("oej-nested-failure-agreed-again", "rank_agreement.py",
+           [("    except RankFailure as agreed:  # an agreement inside the block (ranks_agree, main_result) raised it on "
+             "every rank\n        raise RankFailure(f\"{what}: {agreed.what}\", agreed.failures) from agreed\n", "")],
+           OEJ_EVAL2, "an error already agreed inside the block is agreed again: every rank reported as failed with the "
+           "inner error's text nested in the outer's"),
 ]
 
 

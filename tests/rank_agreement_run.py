@@ -32,8 +32,18 @@ JSON line per scenario: {"scenario", "rank", "error" (the text of what this rank
                    raises on rank 0 only: every completion dropped there, past max_judge_failure_fraction
   online_reward_rank1  the same with the reward function raising on rank 1 only
   online_builder_rank1 the same run with a user pair_builder (builder.py:pairs) that raises on rank 1 only
-  online_eval_rank1 the same run with 2 held-out prompts evaluated at every step (eval_steps 1, judge_timeout_s 3)
-                   whose reward function never returns on rank 1 in step 1's evaluation (a judge timeout there)
+  online_eval_main the same run with 2 held-out prompts evaluated at every step (eval_steps 1, judge_timeout_s 3)
+                   whose reward function never returns on the main process in step 1's evaluation (a judge timeout
+                   there; only the main judges the held-out answers)
+  online_eval_failing the same run (no time limit) whose reward function raises at every call on rank 1 and, on the
+                   main, on the answer to the held-out prompt "say wxy": each rank writes its last evaluation's
+                   reward, per-prompt rewards and counts to after-rank<r>.json
+  online_tool_loop_first_rank1 ToolCallingGenerator.generate of one prompt (test_tool_calling.py's scripted turns and
+                   tool add) on 2 processes whose turns raise on rank 1 when sampling the first turns
+  online_tool_loop_continue_rank1 the same whose turns raise on rank 1 when sampling the continuation after the tool
+                   call (past the first exchange of tool calls)
+  online_tool_rollouts_rank1 ToolRolloutGenerator.generate (OTC's calculator rollouts) of one prompt on 2
+                   processes whose sampling raises on rank 1
   mcts_stuck_main  a tiny MCTS-DPO run (one round of 2 prompts, judge_timeout_s 3) whose judge never returns on the
                    main process at its 2nd call (the second prompt's search)
   mcts_failing_rank1 the same run (no time limit) whose judge raises at every call on rank 1 only
@@ -135,11 +145,13 @@ def online_builder_failing_on_rank_1(out: Path):
 HELD_OUT = [{"prompt": f"say {w}\n"} for w in ("uv", "wxy")]
 
 
-def online_eval_judge_stuck_on_rank_1(out: Path):
+def online_eval_run(out: Path, stuck_on: int | None = None, failing_on: int | None = None):
     """The online DPO run with held-out prompts (HELD_OUT, online.tasks.dataset_evaluate) evaluated at every step
-    (eval_steps 1), judge_timeout_s 3, whose reward function never returns on rank 1 when it judges the held-out
-    answers of step 1's evaluation (the second evaluation: the first is the starting policy's, when the run is
-    built); everywhere else it is test_online_run's e_judge."""
+    (eval_steps 1), whose reward function, on rank `stuck_on`, never returns when it judges the held-out answers of
+    step 1's evaluation (the second evaluation: the first is the starting policy's, when the run is built; under
+    judge_timeout_s 3), and on rank `failing_on` raises at every call; on the main it raises on the answer to "say
+    wxy" (with failing_on); everywhere else it is test_online_run's e_judge. Each rank writes its last evaluation's
+    reward, per-prompt rewards and judge counts to out/after-rank<r>.json."""
     sys.path.insert(0, str(Path(__file__).parent / "online"))
     from test_online_run import PROMPTS, e_judge, tiny_cfg
 
@@ -149,19 +161,64 @@ def online_eval_judge_stuck_on_rank_1(out: Path):
 
     held = {row["prompt"] for row in HELD_OUT}
     evaluations = []
+    rank = dist.get_rank()
 
     def graded(prompts, completions, **kwargs):
         if prompts[0] in held:
             evaluations.append(len(prompts))
-            if dist.get_rank() == 1 and len(evaluations) == 2:
+            if rank == stuck_on and len(evaluations) == 2:
                 time.sleep(60)  # a grading server that stopped answering (abandoned in its daemon thread)
+            if failing_on is not None and rank == 0 and "say wxy\n" in prompts:
+                raise RuntimeError("the grading server has no rubric for this prompt")
+        if rank == failing_on:
+            raise RuntimeError("the grading server refused the request (503)")
         return e_judge(prompts, completions)
 
     cfg = tiny_cfg(out, max_steps=2, steps_per_generation=1, gradient_accumulation_steps=1, prompts_per_generation=4,
-                   eval_steps=1, judge_timeout_s=3)
+                   eval_steps=1, **({"judge_timeout_s": 3} if stuck_on is not None else {}))
     tok = tiny_tokenizer("char")
-    task = Task(PROMPTS, [graded], HELD_OUT, dataset_evaluate(cfg, HELD_OUT, [graded]))
-    OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok, task=task).train()
+    task = Task(PROMPTS, [e_judge], HELD_OUT, dataset_evaluate(cfg, HELD_OUT, [graded]))
+    run = OnlineRun(cfg, policy=tiny_causal_lm(tok, hidden_size=32, seed=1), tokenizer=tok, task=task)
+    run.train()
+    (out / f"after-rank{rank}.json").write_text(json.dumps({k: run.after[k] for k in (
+        "reward", "per_prompt", "unscored", "judge_failed", "judge_failure")}))
+
+
+def tool_loop_failing_on_rank_1(at_call: int):
+    """ToolCallingGenerator.generate of test_tool_calling.py's "two plus three" prompt (its scripted turns: a call
+    of add, then the answer) on 2 processes, whose turns raise on rank 1 at their `at_call`-th sampling (1: the
+    first turns; 2: the continuation after the tool call)."""
+    sys.path.insert(0, str(Path(__file__).parent / "online"))
+    import test_tool_calling as tc
+    from accelerate import PartialState
+
+    from preflab.online.tool_calling import ToolCallingGenerator
+
+    tok = tc.tool_tokenizer()
+
+    class Turns(tc.ScriptedTurns):
+        def generate(self, prompt_ids, num_generations, seed):
+            if dist.get_rank() == 1 and len(self.calls) + 1 == at_call:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB on device 1")
+            return super().generate(prompt_ids, num_generations, seed)
+
+    generator = ToolCallingGenerator(Turns(tok, 300), tok, [tc.add], 2, 300, accelerator=PartialState())
+    return generator.generate(tc.prompt_ids(tok, tc.PROMPTS[:1]), 1, 3)
+
+
+def tool_rollouts_failing_on_rank_1():
+    """ToolRolloutGenerator.generate (tool_use.otc.tool_generator's calculator rollouts, a tiny model) of one prompt
+    x 2 on 2 processes, whose sampling raises on rank 1 (an out-of-memory sample on its device)."""
+    from preflab.models.tiny import tiny_causal_lm, tiny_tokenizer
+    from preflab.tool_use.otc import tool_generator
+
+    tok = tiny_tokenizer("char")
+    generator = tool_generator(tiny_causal_lm(tok, hidden_size=16, num_layers=1, seed=0), tok, 1, 4)
+    if dist.get_rank() == 1:
+        def out_of_memory(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB on device 1")
+        generator._chunk = out_of_memory
+    return generator.generate([tok("2+3=").input_ids], 2, seed=0)
 
 
 def mcts_judge(stuck_on: int | None = None, failing_on: int | None = None):
@@ -396,7 +453,11 @@ def main(out: Path, only: list[str]) -> None:
         "online_reward_rank0": lambda: online_run(out / "reward0", None, grader_failing_on(0)),
         "online_reward_rank1": lambda: online_run(out / "reward1", None, grader_failing_on(1)),
         "online_builder_rank1": lambda: online_builder_failing_on_rank_1(out / "builder"),
-        "online_eval_rank1": lambda: online_eval_judge_stuck_on_rank_1(out / "eval"),
+        "online_eval_main": lambda: online_eval_run(out / "eval", stuck_on=0),
+        "online_eval_failing": lambda: online_eval_run(out / "eval_failing", failing_on=1),
+        "online_tool_loop_first_rank1": lambda: tool_loop_failing_on_rank_1(1),
+        "online_tool_loop_continue_rank1": lambda: tool_loop_failing_on_rank_1(2),
+        "online_tool_rollouts_rank1": tool_rollouts_failing_on_rank_1,
         "mcts_stuck_main": lambda: mcts_run(out / "mcts_stuck", mcts_judge(stuck_on=0), judge_timeout_s=3),
         "mcts_failing_rank1": lambda: mcts_run(out / "mcts_failing", mcts_judge(failing_on=1)),
     }

@@ -4,6 +4,7 @@ barrier after each rank wrote its part, so when rank 1's write raised (a full di
 launcher killed it, saying nothing. Two gloo processes on the CPU (started by hand, not through a launcher, which
 would kill the other rank as soon as one fails, so each rank's own exit and message are seen)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -29,8 +30,14 @@ SCENARIOS_OF_TEST = {"test_a_failed_hub_repository_creation_stops_both_ranks_bef
                      **{f"test_a_reward_function_that_fails_on_one_rank_stops_both_ranks_with_its_error[{rank}]":
                         [f"online_reward_rank{rank}"] for rank in (0, 1)},
                      "test_a_pair_builder_that_fails_on_rank_1_stops_both_ranks_with_its_error": ["online_builder_rank1"],
-                     "test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_error":
-                         ["online_eval_rank1"],
+                     "test_a_judge_timeout_on_the_main_in_an_evaluation_stops_both_ranks_with_its_error":
+                         ["online_eval_main"],
+                     "test_an_evaluation_is_judged_on_the_main_alone_and_its_judge_failures_counted_on_both_ranks":
+                         ["online_eval_failing"],
+                     **{f"test_a_tool_loop_failure_on_rank_1_stops_both_ranks_with_its_error[{stretch}]":
+                        [f"online_tool_loop_{stretch}_rank1"] for stretch in ("first", "continue")},
+                     "test_a_tool_rollout_failure_on_rank_1_stops_both_ranks_with_its_error":
+                         ["online_tool_rollouts_rank1"],
                      "test_an_mcts_judge_timeout_on_the_main_mid_round_stops_both_ranks_with_its_error":
                          ["mcts_stuck_main"],
                      "test_an_mcts_judge_failing_on_rank_1_alone_no_longer_touches_the_round": ["mcts_failing_rank1"]}
@@ -371,19 +378,63 @@ def _timed_out_together(results, scenario: str, expected: str) -> None:
     assert abs(results[(scenario, 0)]["ended"] - results[(scenario, 1)]["ended"]) < 10
 
 
-def test_a_judge_timeout_on_rank_1_in_an_evaluation_stops_both_ranks_with_its_error(two_ranks):
-    """Every rank answers and judges the held-out prompts itself at each evaluation (online.tasks.dataset_evaluate).
-    A reward function that never returns on rank 1 in step 1's evaluation raised JudgeTimeoutError there alone (3 s),
-    and rank 0 went on into step 2's collectives and waited until the gloo timeout (300 s). Now each evaluation is
-    agreed (OnlineRun._evaluation_agreement: one all-reduce per evaluation): both ranks raise rank 1's timeout, naming
-    that rank, the evaluation's step and the judge, within seconds of it; the run built (the starting policy's
+def test_a_judge_timeout_on_the_main_in_an_evaluation_stops_both_ranks_with_its_error(two_ranks):
+    """Only the main process judges the held-out answers (online.tasks.dataset_evaluate: main_result), so a reward
+    function that never returns there in step 1's evaluation raises JudgeTimeoutError on the main, which sends it in
+    the scores' place: both ranks raise it, naming the main, the evaluation's step and the judge, within seconds of
+    each other (before, every rank judged, and a timeout on one rank stopped that rank alone while the other went on
+    into step 2's collectives and waited there until the gloo timeout); the run built (the starting policy's
     evaluation passed) and took step 1, and no step 2 ran."""
     out, results, _ = two_ranks
-    _timed_out_together(results, "online_eval_rank1", "the evaluation at step 1 of the held-out prompts failed: "
-                        "rank 1 failed: " + _judge_timeout("the evaluation of the held-out prompts (eval_dataset_name "
-                                                           "/ eval_fraction)"))
+    _timed_out_together(results, "online_eval_main", "the evaluation at step 1 of the held-out prompts failed: the "
+                        "main process's judging of the held-out answers failed: rank 0 failed: "
+                        + _judge_timeout("the evaluation of the held-out prompts (eval_dataset_name / eval_fraction)"))
     rows = [json.loads(line) for line in (out / "eval" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1]  # step 1's training row; its evaluation's and step 2's never came
+
+
+def test_an_evaluation_is_judged_on_the_main_alone_and_its_judge_failures_counted_on_both_ranks(two_ranks):
+    """A reward function that raises at every call on rank 1 and, on the main, on the answer to one of the 2 held-out
+    prompts: rank 1 judges nothing (each rank judged every held-out answer itself before, so rank 1's evaluation
+    dropped every answer and disagreed with the main's), so the run ends on both ranks; both hold the main's
+    evaluation (the same reward, per-prompt rewards and counts: one answer a judge raised on, with its error), and
+    every evaluation row logs eval_judge/failed 1."""
+    out, results, _ = two_ranks
+    assert results[("online_eval_failing", 0)]["error"] is None and results[("online_eval_failing", 1)]["error"] is None
+    folder = out / "eval_failing"
+    main, other = ((folder / f"after-rank{rank}.json").read_text() for rank in (0, 1))
+    assert main == other
+    after = json.loads(main)
+    assert (after["judge_failed"], after["unscored"]) == (1, 1) and math.isnan(after["per_prompt"][1])
+    assert after["judge_failure"] == ("The first failure: judge 'graded' raised RuntimeError: the grading server has "
+                                      "no rubric for this prompt.")
+    assert after["reward"] == after["per_prompt"][0]
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [row["eval_judge/failed"] for row in rows if "eval_reward" in row] == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("stretch, where", [("first", "sampling and parsing the first turns"),
+                                            ("continue", "sampling and parsing iteration 1's continuations")])
+def test_a_tool_loop_failure_on_rank_1_stops_both_ranks_with_its_error(two_ranks, stretch, where):
+    """The tool-calling loop's stretches that each process runs on its own (sampling and parsing its turns) end in an
+    agreement (ToolCallingGenerator._agreed): turns that raise on rank 1 alone (an out-of-memory sample on its
+    device), before the first exchange of tool calls or in the continuation after it, stop both ranks with rank 1's
+    error, naming the stretch, within seconds. Before, rank 1 left with its error while the main waited in the tool
+    calls' broadcast (or, past it, went on alone into the next collectives)."""
+    _, results, _ = two_ranks
+    scenario = f"online_tool_loop_{stretch}_rank1"
+    _same_error_at_once(results, scenario, f"RankFailure: the tool-calling loop failed while {where}: rank 1 failed: "
+                        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB on device 1")
+    assert max(results[(scenario, r)]["seconds"] for r in (0, 1)) < 10
+
+
+def test_a_tool_rollout_failure_on_rank_1_stops_both_ranks_with_its_error(two_ranks):
+    """OTC's calculator rollouts (online.tool_rollout.ToolRolloutGenerator) are sampled by every process on its own;
+    a sample that raises on rank 1 alone stops both ranks with rank 1's error (its generate ends in an agreement),
+    where rank 0 used to return its rollouts and go on alone into the round's next collective."""
+    _, results, _ = two_ranks
+    _same_error_at_once(results, "online_tool_rollouts_rank1", "RankFailure: the tool rollouts failed: rank 1 failed: "
+                        "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB on device 1")
 
 
 def test_an_mcts_judge_timeout_on_the_main_mid_round_stops_both_ranks_with_its_error(two_ranks):
@@ -411,7 +462,7 @@ def test_an_mcts_judge_failing_on_rank_1_alone_no_longer_touches_the_round(two_r
 
 def test_the_two_ranks_finish_well_before_any_timeout(two_ranks):
     _, results, wall = two_ranks
-    assert len(results) == 50
+    assert len(results) == 58
     assert wall < 230  # process start and imports included (2 shared cores); a hang waits for the 240 s limit
 
 

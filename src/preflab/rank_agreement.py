@@ -106,7 +106,10 @@ def ranks_agree(what: str, values: tuple[float, ...] | None = None) -> Iterator[
     that is no Exception (KeyboardInterrupt, SystemExit) is raised at once: the process is stopping anyway.
     values: numbers of this rank's the agreement carries to every rank in its own all-reduce (failed_ranks_and_values:
     no collective more); the list the block is given holds every rank's, in rank order, once the block has left
-    without an error (one process: this one's)."""
+    without an error (one process: this one's).
+    A RankFailure out of the block came from an agreement inside it (a nested ranks_agree, a main_result), which
+    raised it on every rank alike: it is raised again with `what` before its own what, with no collective (every
+    rank raised it, so every rank skips this agreement's all-reduce alike)."""
     shared: list = []
     dist = _process_group()
     if dist is None:
@@ -117,6 +120,8 @@ def ranks_agree(what: str, values: tuple[float, ...] | None = None) -> Iterator[
     failure: Exception | None = None
     try:
         yield shared
+    except RankFailure as agreed:  # an agreement inside the block (ranks_agree, main_result) raised it on every rank
+        raise RankFailure(f"{what}: {agreed.what}", agreed.failures) from agreed
     except Exception as err:  # noqa: BLE001 - every failure is reported to the other ranks, then raised
         failure = err
     if values is None:

@@ -334,20 +334,38 @@ class OnlineRun(TrainingRun):
         accelerator=: _tool_functions refuses an evaluate that cannot take them). Agreed by every rank
         (_evaluation_agreement)."""
         if self.environments is not None:  # (the environments' tools with them)
-            return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator,
-                                      environments=self.environments)
-        with self._evaluation_agreement():
-            if self.tools:
-                return self.task.evaluate(self.policy, self.tokenizer, tools=self.tools,
-                                          accelerator=self.accelerator)
-            return self.task.evaluate(self.policy, self.tokenizer)
+            result = self.task.evaluate(self.policy, self.tokenizer, tools=self.tools, accelerator=self.accelerator,
+                                        environments=self.environments)
+        else:
+            given = {"tools": self.tools} if self.tools else {}
+            if self.tools or getattr(self.task.evaluate, "takes_accelerator", False):  # (dataset_evaluate: judged
+                given["accelerator"] = self.accelerator                                 # on the main process)
+            with self._evaluation_agreement():
+                result = self.task.evaluate(self.policy, self.tokenizer, **given)
+        self._say_eval_judge_failures(result)
+        return result
+
+    def _say_eval_judge_failures(self, result: dict) -> None:
+        """A note (main process) when a judge raised on held-out answers at this evaluation (dataset_evaluate's
+        judge_failed: scored NaN, left out of eval_reward and the win rate; logged as eval_judge/failed, summary.json
+        eval_judge_failed_before / _after), with the first failure's text: such an answer used to pass as one no
+        judge scored, its error unsaid."""
+        failed = result.get("judge_failed", 0)
+        if not failed or not self.main:
+            return
+        step = getattr(self, "step", 0)
+        when = f"at step {step}" if getattr(self, "before", None) is not None else "of the starting policy"
+        print(f"preflab: note: the evaluation {when}: a judge raised on {failed} of {result.get('answers', '?')} "
+              "held-out answers, scored NaN and left out of eval_reward and the win rate (eval_judge/failed). "
+              f"{result.get('judge_failure', '')}".rstrip(), flush=True)
 
     def _evaluation_agreement(self):
         """Where an evaluation of the held-out prompts runs (the starting policy's when the run is built, each one at
-        eval_steps, the final one), on several processes: every rank answers and judges every held-out prompt itself
-        (dataset_evaluate: reward functions, verifiers, reward models under judge_timeout_s; a task's own evaluate),
-        so a judge that times out or refuses its values on one rank stopped that rank alone, and the others went on
-        into the next step's collectives and waited there until the collective's timeout, saying nothing.
+        eval_steps, the final one), on several processes: every rank answers every held-out prompt itself; a task's
+        own evaluate judges them on every rank too, so a judge that times out or refuses its values on one rank
+        stopped that rank alone, and the others went on into the next step's collectives and waited there until the
+        collective's timeout, saying nothing (dataset_evaluate judges on the main alone and agrees its own stretches:
+        an error agreed inside reaches this agreement on every rank and is raised with its step, no collective).
         preflab.rank_agreement.ranks_agree after the evaluation: one all-reduce of a failure flag per evaluation
         (ordinary steps add none), and every rank raises RankFailure naming each failed rank and its error. With
         environments the main process makes every reset and judge call and sends its result or its failure
@@ -1266,7 +1284,8 @@ class OnlineRun(TrainingRun):
         if "reward" in after:  # online_task: dataset: the judges' reward of greedy answers to held-out prompts
             metrics = {"eval_reward": after["reward"]}
             # what the mean leaves out or scores unfinished: held-out prompts no judge scored, answers cut
-            for key, name in (("unscored", "eval_judge/dropped"), ("clipped_ratio", "eval_completions/clipped_ratio")):
+            for key, name in (("unscored", "eval_judge/dropped"), ("judge_failed", "eval_judge/failed"),
+                              ("clipped_ratio", "eval_completions/clipped_ratio")):
                 if key in after:
                     metrics[name] = after[key]
             # with tools: the loop's metrics on the held-out answers, named as training's (eval_tools/call_frequency)
@@ -1309,6 +1328,9 @@ class OnlineRun(TrainingRun):
             if "reward" in after:  # online_task: dataset with an eval set (the judges' reward, not a true one)
                 extras.update({"eval_reward_before": self.before["reward"], "eval_reward_after": after["reward"],
                                "examples_after": after.get("examples", [])})
+                if "judge_failed" in after:  # held-out answers a judge raised on (left out of the rewards above)
+                    extras.update({"eval_judge_failed_before": self.before.get("judge_failed", 0),
+                                   "eval_judge_failed_after": after["judge_failed"]})
                 if "tools" in after:  # with tools: the held-out answers' tool metrics before and after training
                     extras.update({"eval_tools_before": self.before["tools"], "eval_tools_after": after["tools"]})
             if "per_prompt" in after:

@@ -415,6 +415,16 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
     (begin_rollouts: each prompt shows its own environment's tools, a reset's text is appended to it), the loop calls
     that instance's methods, and the judges are reward_funcs plus the environments' get_reward, each answer judged
     with its own instance (judge_rollouts; with several processes the main process makes every environment call).
+
+    Several processes (accelerator= of several): every process answers every held-out prompt (the same answers:
+    the same weights, greedy or drawn from the same seed), and the main process alone judges them and sends the
+    scores, the count of answers a judge raised on and the first such error to the others
+    (preflab.rank_agreement.main_result: its failure, a judge timeout or a refusal, is sent in their place and raised
+    on every process), so each judge runs once per answer and every process holds the main's result. The stretches
+    each process runs on its own before the next exchange (rendering the prompts, answering them) end in an
+    agreement (ranks_agree): a failure on one process stops every process with its error. "judge_failed" counts the
+    answers a judge raised on (scored NaN, within "unscored"), "judge_failure" says the first one's error (''
+    without), "answers" is how many were judged: OnlineRun logs eval_judge/failed and says them in a note.
     places (per held-out row, where it was read; data.report.where): a refusal naming a row (an unknown
     `environment`, a reset that raised) names it as a held-out prompt of that file and line. reset_seed_base (a run
     without a dataset, reset_only_task): held-out row p is reset under the global generators seeded with
@@ -424,20 +434,28 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
 
         from preflab.loops.judge import Judge
         from preflab.loops.rollout import decode, prepare_prompts
+        from preflab.rank_agreement import main_result, ranks_agree
 
         from preflab.online.environments import row_places
+
+        def agreed(stretch: str):  # a stretch every process runs on its own, agreed before the next exchange
+            return ranks_agree(f"the evaluation of the held-out prompts failed while {stretch}")
 
         envs, place = environments, row_places("held-out (eval) prompt", places)
         env_tools = (lambda ex: envs.tools[envs.name_of(ex.row_id, ex.extras, place)])
         row_tools = env_tools if envs is not None else tools or None
-        rows_in, absent = prompts, frozenset()
-        if envs is not None:  # rows without a prompt: TRL's empty user message, reset's text (as in training)
-            from preflab.online.environments import default_prompts
-
-            rows_in, absent = default_prompts(prompts)
-        prompt_rows = prepare_prompts(rows_in, tokenizer, cfg.max_prompt_length, truncation_mode=cfg.truncation_mode,
-                                      chat_template_kwargs=cfg.chat_template_kwargs, tools=row_tools)
         k = getattr(cfg, "num_generations_eval", None) or 1
+        sampled = bool(getattr(cfg, "num_generations_eval", None))
+        with agreed("rendering the held-out prompts"):
+            rows_in, absent = prompts, frozenset()
+            if envs is not None:  # rows without a prompt: TRL's empty user message, reset's text (as in training)
+                from preflab.online.environments import default_prompts
+
+                rows_in, absent = default_prompts(prompts)
+            prompt_rows = prepare_prompts(rows_in, tokenizer, cfg.max_prompt_length,
+                                          truncation_mode=cfg.truncation_mode,
+                                          chat_template_kwargs=cfg.chat_template_kwargs, tools=row_tools)
+            gen = _eval_tool_generator(cfg, model, tokenizer, tools, accelerator, sampled) if tools else None
         instances = slot_tools = None
         if envs is not None:
             from preflab.online.environments import begin_rollouts, heldout_reset_seed_base, reset_seed
@@ -450,20 +468,19 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
             prompt_rows, instances, slot_tools, _ = begin_rollouts(envs, prompt_rows, k, tokenizer, cfg, accelerator,
                                                                     place, seeds, no_prompt=absent)
         rows = [r for r in prompt_rows for _ in range(k)]          # each prompt's k answers side by side
-        sampled = bool(getattr(cfg, "num_generations_eval", None))
         columns, extra = [r.columns for r in rows], {}
-        if tools:
-            gen = _eval_tool_generator(cfg, model, tokenizer, tools, accelerator, sampled)
-            gen.slot_tools = slot_tools
-            ids = gen.generate([r.prompt_ids for r in prompt_rows], k, cfg.seed)
-            texts = [list(m) for m in gen.last_messages]
-            columns = [{**c, **info} for c, info in zip(columns, gen.last_columns)]
-            clipped = sum(not c or c[-1] != tokenizer.eos_token_id for c in ids)
-            extra = {"tools": dict(gen.last_metrics)}
-        else:
-            ids = _eval_answers(cfg, model, tokenizer, [r.prompt_ids for r in rows], sampled=sampled)
-            texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
-            clipped = sum(tokenizer.eos_token_id not in c for c in ids)
+        with agreed("answering the held-out prompts"):  # (the tool loop agrees its own stretches inside)
+            if gen is not None:
+                gen.slot_tools = slot_tools
+                ids = gen.generate([r.prompt_ids for r in prompt_rows], k, cfg.seed)
+                texts = [list(m) for m in gen.last_messages]
+                columns = [{**c, **info} for c, info in zip(columns, gen.last_columns)]
+                clipped = sum(not c or c[-1] != tokenizer.eos_token_id for c in ids)
+                extra = {"tools": dict(gen.last_metrics)}
+            else:
+                ids = _eval_answers(cfg, model, tokenizer, [r.prompt_ids for r in rows], sampled=sampled)
+                texts = [decode(tokenizer, c, isinstance(r.prompt, list)) for c, r in zip(ids, rows)]
+                clipped = sum(tokenizer.eos_token_id not in c for c in ids)
         every, weights = judges, aggregator or cfg.reward_weights
         if envs is not None:
             from preflab.online.environments import with_environment_judges
@@ -471,23 +488,33 @@ def dataset_evaluate(cfg, prompts: list[dict], judges: list, aggregator=None, pl
             every, weights = with_environment_judges(judges, weights, envs)
         judge = Judge(every, weights=weights, cache=False, timeout_s=cfg.judge_timeout_s)
         judge.where = "the evaluation of the held-out prompts (eval_dataset_name / eval_fraction)"
-        if envs is not None:
-            from preflab.online.environments import judge_rollouts
 
-            scores, _ = judge_rollouts(judge, accelerator, [r.prompt for r in rows], texts,
-                                       [i // k for i in range(len(rows))], columns, ids, instances)
-        else:
-            scores, _ = judge([r.prompt for r in rows], texts, [i // k for i in range(len(rows))], columns, ids)
+        def judged():
+            """The main process's scores of every held-out answer, how many a judge raised on and the first such
+            error's text (every process holds every answer: each answered every held-out prompt)."""
+            if envs is not None:  # the main holds the instances (begin_rollouts)
+                from preflab.online.environments import judge_rollouts
+
+                scores, _ = judge_rollouts(judge, None, [r.prompt for r in rows], texts,
+                                           [i // k for i in range(len(rows))], columns, ids, instances)
+            else:
+                scores, _ = judge([r.prompt for r in rows], texts, [i // k for i in range(len(rows))], columns, ids)
+            return scores, judge.last_raised, judge.failure_note().strip()
+
+        scores, raised, failure = main_result(judged, accelerator,
+                                              "the main process's judging of the held-out answers failed")
         values = scores.tolist()
         scored = [v for v in values if not math.isnan(v)]
         per_prompt = [_nan_mean(values[p * k:(p + 1) * k]) for p in range(len(prompt_rows))]
         return {"reward": sum(scored) / len(scored) if scored else math.nan, "per_prompt": per_prompt,
-                "unscored": len(values) - len(scored), "clipped_ratio": clipped / max(len(ids), 1),
+                "unscored": len(values) - len(scored), "judge_failed": raised, "judge_failure": failure,
+                "answers": len(values), "clipped_ratio": clipped / max(len(ids), 1),
                 "examples": [{"prompt": r.prompt, "response": t, "reward": v}
                              for r, t, v in list(zip(rows, texts, values))[:4]], **extra}
 
     evaluate.takes_tools = True
     evaluate.takes_environments = True
+    evaluate.takes_accelerator = True
     return evaluate
 
 

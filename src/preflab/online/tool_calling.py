@@ -37,7 +37,9 @@ The held-out evaluation (online/tasks.py dataset_evaluate) runs the same loop ar
 (EvalTurns).
 
 Several processes: each holds every completion (the generator gathers them); the main process runs each tool call once
-and sends the results to the others, which continue from the same tool messages.
+and sends the results to the others, which continue from the same tool messages. Each stretch a process runs on its
+own in between ends in an agreement (generate; preflab.rank_agreement.ranks_agree): a failure on any process stops
+every process with that process's error.
 
 Determinism: the first turns are the generator's draws at `seed`; iteration t's continuations are drawn at
 seed + (t + 1) x CONTINUATION_SEED_STRIDE (one sample per continued completion), so a round depends on (seed,
@@ -49,7 +51,7 @@ import asyncio
 import inspect
 
 from preflab.errors import ConfigError, nearest
-from preflab.rank_agreement import main_result
+from preflab.rank_agreement import main_result, ranks_agree
 
 CONTINUATION_SEED_STRIDE = 1_000_003
 
@@ -395,6 +397,11 @@ class ToolCallingGenerator:
         self._say_timeouts(answers)
         return answers
 
+    def _agreed(self, stretch: str):
+        """The agreement that ends a stretch each process runs on its own (generate; ranks_agree: one process, the
+        stretch's own error as it is)."""
+        return ranks_agree(f"the tool-calling loop failed while {stretch}")
+
     def _tools_of(self, i: int) -> list:
         """The tools completion i may call (slot_tools[i] where set, else the run's)."""
         return self.tools if self.slot_tools is None else self.slot_tools[i]
@@ -417,48 +424,59 @@ class ToolCallingGenerator:
               "online.tool_timeouts). Raise tool_timeout_s, or give the tool a limit of its own.", flush=True)
 
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int) -> list[list[int]]:
+        """The round's completions with their tool calls run (module docstring). With several processes each stretch
+        a process runs on its own before the next exchange (the first turns sampled and parsed; the tool messages
+        tokenized; the continuations sampled and parsed) ends in one agreement (preflab.rank_agreement.ranks_agree,
+        one all-reduce of a failure flag): a failure on any process (a tokenizer's parser or chat template raising,
+        an out-of-memory sample on one device) stops every process with that process's error, named by its rank.
+        Before, the failed process left while the others waited in the tool calls' broadcast (_run_calls) until the
+        collective's timeout."""
         budget = self.max_completion_length
-        ids = self._sample(prompt_ids, num_generations, seed, budget)
-        prompts = [p for p in prompt_ids for _ in range(num_generations)]
-        if self.slot_tools is not None and len(self.slot_tools) != len(ids):
-            raise ConfigError(f"slot_tools has {len(self.slot_tools)} entries for {len(ids)} completions.")
-        messages = [[parse_turn(self.tokenizer, c, p, self._tools_of(i))] for i, (c, p) in enumerate(zip(ids, prompts))]
-        masks = [[1] * len(c) for c in ids]
+        with self._agreed("sampling and parsing the first turns"):
+            ids = self._sample(prompt_ids, num_generations, seed, budget)
+            prompts = [p for p in prompt_ids for _ in range(num_generations)]
+            if self.slot_tools is not None and len(self.slot_tools) != len(ids):
+                raise ConfigError(f"slot_tools has {len(self.slot_tools)} entries for {len(ids)} completions.")
+            messages = [[parse_turn(self.tokenizer, c, p, self._tools_of(i))]
+                        for i, (c, p) in enumerate(zip(ids, prompts))]
+            masks = [[1] * len(c) for c in ids]
+            live = [i for i in range(len(ids)) if messages[i][-1].get("tool_calls")]
         calls, failures, timeouts = [0] * len(ids), [0] * len(ids), [0] * len(ids)
-        live = [i for i in range(len(ids)) if messages[i][-1].get("tool_calls")]
         iteration = 0
         while live and (self.max_iterations is None or iteration < self.max_iterations):
             extended = {}
             answers = self._run_calls({i: messages[i][-1]["tool_calls"] for i in live})
-            for i in live:
-                turn_calls = messages[i][-1]["tool_calls"]
-                tool_messages, failed, timed_out = answers[i]
-                calls[i] += len(turn_calls)
-                failures[i] += failed
-                timeouts[i] += timed_out
-                suffix = tool_suffix_ids(self.tokenizer, tool_messages, self.chat_template_kwargs)
-                grown = len(ids[i]) + len(suffix)
-                if grown > budget or (self.max_positions is not None
-                                      and len(prompts[i]) + grown >= self.max_positions):
-                    continue  # over the budget: the completion stays as it was and leaves the loop
-                messages[i] += tool_messages
-                extended[i] = suffix
+            with self._agreed(f"tokenizing iteration {iteration + 1}'s tool messages"):
+                for i in live:
+                    turn_calls = messages[i][-1]["tool_calls"]
+                    tool_messages, failed, timed_out = answers[i]
+                    calls[i] += len(turn_calls)
+                    failures[i] += failed
+                    timeouts[i] += timed_out
+                    suffix = tool_suffix_ids(self.tokenizer, tool_messages, self.chat_template_kwargs)
+                    grown = len(ids[i]) + len(suffix)
+                    if grown > budget or (self.max_positions is not None
+                                          and len(prompts[i]) + grown >= self.max_positions):
+                        continue  # over the budget: the completion stays as it was and leaves the loop
+                    messages[i] += tool_messages
+                    extended[i] = suffix
             live = list(extended)
             if not live:
                 break
-            contexts = [prompts[i] + ids[i] + extended[i] for i in live]
-            room = [budget - len(ids[i]) - len(extended[i]) for i in live]
-            more = self._sample(contexts, 1, seed + (iteration + 1) * CONTINUATION_SEED_STRIDE,
-                                max(1, max(room)))  # (a tool turn that fills the budget: a draw cut to nothing)
-            still = []
-            for i, context, r, new in zip(live, contexts, room, more):
-                new = new[:r]
-                masks[i] += [0] * len(extended[i]) + [1] * len(new)
-                ids[i] = ids[i] + extended[i] + new
-                if new:
-                    messages[i].append(parse_turn(self.tokenizer, new, context, self._tools_of(i)))
-                    if messages[i][-1].get("tool_calls"):
-                        still.append(i)
+            with self._agreed(f"sampling and parsing iteration {iteration + 1}'s continuations"):
+                contexts = [prompts[i] + ids[i] + extended[i] for i in live]
+                room = [budget - len(ids[i]) - len(extended[i]) for i in live]
+                more = self._sample(contexts, 1, seed + (iteration + 1) * CONTINUATION_SEED_STRIDE,
+                                    max(1, max(room)))  # (a tool turn that fills the budget: a draw cut to nothing)
+                still = []
+                for i, context, r, new in zip(live, contexts, room, more):
+                    new = new[:r]
+                    masks[i] += [0] * len(extended[i]) + [1] * len(new)
+                    ids[i] = ids[i] + extended[i] + new
+                    if new:
+                        messages[i].append(parse_turn(self.tokenizer, new, context, self._tools_of(i)))
+                        if messages[i][-1].get("tool_calls"):
+                            still.append(i)
             live = still
             iteration += 1
         self.last_loss_masks, self.last_messages = masks, messages

@@ -24,7 +24,7 @@ call (the OTC spec's gotcha). Observation tokens are conditioned on but not trai
 
 Determinism: prompts are cut into chunks of `batch_size` prompts; chunk c is sampled with a torch.Generator seeded by
 seed + c, so the completions depend on (seed, prompts, weights) only. Every process samples every chunk (no gather;
-the same completions everywhere). do_sample=False decodes greedily (evaluation).
+the same completions everywhere), and the processes agree on a failure after (generate). do_sample=False decodes greedily (evaluation).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from preflab.errors import ConfigError
+from preflab.rank_agreement import ranks_agree
 from preflab.tools.base import ToolBox
 
 
@@ -94,17 +95,21 @@ class ToolRolloutGenerator:
     def generate(self, prompt_ids: list[list[int]], num_generations: int, seed: int,
                  do_sample: bool = True) -> list[list[int]]:
         """num_generations completions per prompt, group-major; per-completion columns and loss masks are left in
-        last_columns / last_loss_masks, round totals in last_metrics."""
+        last_columns / last_loss_masks, round totals in last_metrics. Several processes: each samples every chunk on
+        its own, then the processes agree (preflab.rank_agreement.ranks_agree, one all-reduce of a failure flag): a
+        failure on one process (an out-of-memory sample on its device) stops every process with that process's
+        error, where the others used to go on alone into the round's next collective and wait there."""
         ids, masks, columns = [], [], []
         refused, timeouts = 0, self.toolbox.stats["timeouts"]
-        for c in range(0, len(prompt_ids), self.batch_size):
-            repeated = [p for p in prompt_ids[c:c + self.batch_size] for _ in range(num_generations)]
-            gen = torch.Generator().manual_seed(seed + c // self.batch_size)
-            out = self._chunk(repeated, gen, do_sample)
-            ids += out[0]
-            masks += out[1]
-            columns += out[2]
-            refused += out[3]
+        with ranks_agree("the tool rollouts failed"):
+            for c in range(0, len(prompt_ids), self.batch_size):
+                repeated = [p for p in prompt_ids[c:c + self.batch_size] for _ in range(num_generations)]
+                gen = torch.Generator().manual_seed(seed + c // self.batch_size)
+                out = self._chunk(repeated, gen, do_sample)
+                ids += out[0]
+                masks += out[1]
+                columns += out[2]
+                refused += out[3]
         self.last_columns, self.last_loss_masks = columns, masks
         n = max(1, len(columns))
         calls, errors = sum(c["num_tool_calls"] for c in columns), sum(c["tool_errors"] for c in columns)
