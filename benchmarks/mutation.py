@@ -8527,6 +8527,33 @@ MUTANTS += [
 ]
 
 
+# mutation-rph round: RRPO's phrase ids derived from a text row's texts when it gives neither column
+RPH = ["tests/data/test_derived_phrase_ids.py"]
+MUTANTS += [
+    Mutant("rph-eos-in-a-phrase", "data/phrases.py",
+           [("            ids, phrase = ids + [eos], phrase + [0]\n",
+             "            ids, phrase = ids + [eos], phrase + [1]\n")],
+           RPH, "the eos preflab appends counted in phrase 1: RRPO's reward sums a token both responses share"),
+    Mutant("rph-alignment-unchecked", "data/phrases.py",
+           [("        if ids != list(response_ids[side]):\n", "        if False:\n")],
+           RPH, "ids derived from the response's own tokens given to other training tokens (a boundary merge)"),
+    Mutant("rph-no-phrase-derived-kept", "data/tokenize.py",
+           [("    check_differing_phrase(*(derived[name] for name in PHRASE_COLUMNS), ",
+             "    (lambda *a: None)(*(derived[name] for name in PHRASE_COLUMNS), ")],
+           RPH, "a pair whose texts differ only in spacing trains RRPO's KL term only, unsaid"),
+    Mutant("rph-derived-ids-not-cut", "data/tokenize.py",
+           [("    extras, cuts = _token_extras(extras, dict(zip((\"chosen\", \"rejected\"), uncut)), spans, settings)",
+             "    extras, cuts = _token_extras(ex.extras, dict(zip((\"chosen\", \"rejected\"), uncut)), spans, "
+             "settings)\n    extras = {**extras, **_with_derived_phrase_ids(ex, tokenizer, dict(zip((\"chosen\", "
+             "\"rejected\"), full)), settings)}")],
+           RPH, "derived ids added after the max_length cut: longer than the kept response, phrases beyond it"),
+    Mutant("rph-note-counts-every-row", "data/phrases.py",
+           [("    n = sum(derives_phrase_ids(getattr(ex, \"extras\", {}) or {}) for ex in examples)\n",
+             "    n = len(examples)\n")],
+           RPH, "the data note says every row got derived ids where some gave their own"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

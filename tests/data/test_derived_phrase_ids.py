@@ -126,6 +126,7 @@ def _train(tmp_path, name, rows):
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_run_on_derived_ids_equals_the_run_on_the_same_ids_given_and_the_note_counts_them(tmp_path, tok, capsys):
     """Loss and margins step for step equal between rows without phrase columns and the same rows with the derived
     ids written out (max_length=12 cuts them); a mixed file says how many rows got derived ids. Ids reversed give
