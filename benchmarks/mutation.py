@@ -8542,11 +8542,14 @@ MUTANTS += [
              "    (lambda *a: None)(*(derived[name] for name in PHRASE_COLUMNS), ")],
            RPH, "a pair whose texts differ only in spacing trains RRPO's KL term only, unsaid"),
     Mutant("rph-derived-ids-not-cut", "data/tokenize.py",
-           [("    extras, cuts = _token_extras(extras, dict(zip((\"chosen\", \"rejected\"), uncut)), spans, settings)",
+           [("    extras, cuts = _token_extras({**ex.extras, **derived}, dict(zip((\"chosen\", \"rejected\"), uncut)), "
+             "spans,\n                                 settings)\n",
              "    extras, cuts = _token_extras(ex.extras, dict(zip((\"chosen\", \"rejected\"), uncut)), spans, "
-             "settings)\n    extras = {**extras, **_with_derived_phrase_ids(ex, tokenizer, dict(zip((\"chosen\", "
-             "\"rejected\"), full)), settings)}")],
+             "settings)\n    extras = {**extras, **derived}\n")],
            RPH, "derived ids added after the max_length cut: longer than the kept response, phrases beyond it"),
+    Mutant("rph-cache-drops-derived", "data/cache.py",
+           [('getattr(item, "derived_phrase_ids", None) or None]', "None]")],
+           RPH, "a cached tokenization rebuilt without the derived ids: the second run's pairs lack phrase ids"),
     Mutant("rph-note-counts-every-row", "data/phrases.py",
            [("    n = sum(derives_phrase_ids(getattr(ex, \"extras\", {}) or {}) for ex in examples)\n",
              "    n = len(examples)\n")],

@@ -76,6 +76,22 @@ def test_truncation_cuts_derived_ids_as_it_cuts_given_ids(tok, settings):
         assert d.extras["rejected_phrase_ids"] == f["rejected_phrase_ids"][start:start + kept]
 
 
+@pytest.mark.parametrize("settings", [{"max_length": 10, "truncation_mode": "keep_end"}, {"max_length": None}])
+def test_a_cached_tokenization_keeps_the_derived_ids(tok, tmp_path, settings):
+    """The tokenize cache rebuilds an item from its example's extras, which lack derived ids: they are stored with
+    the item, so a second run reads the same (cut) ids as the first, not a pair without phrase ids."""
+    from preflab.data.cache import tokenize_cached
+
+    examples, _ = load_rows(CUT_ROWS, kind="pairwise", required_extras=PHRASES)
+    first, report = tokenize_cached(examples, tok, cache_dir=tmp_path, token_extras=True, phrase_ids=True,
+                                    **settings)
+    again, cached = tokenize_cached(examples, tok, cache_dir=tmp_path, token_extras=True, phrase_ids=True,
+                                    **settings)
+    assert not report.from_cache and cached.from_cache
+    assert [p.extras for p in again] == [p.extras for p in first]
+    assert all(len(p.extras["chosen_phrase_ids"]) == len(p.chosen_ids) for p in again)
+
+
 def test_a_pair_whose_derived_phrases_are_all_cut_away_is_the_same_bad_row(tok):
     """Responses whose only differing word is the last (and a double space, a token of its own, shared text: 0):
     max_length keeps their start, different tokens whose derived ids are all 0, the bad row `no_differing_phrase`,

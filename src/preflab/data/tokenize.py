@@ -560,26 +560,36 @@ def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: Tokenize
                          "identical (after truncation)", "Raise max_length or drop the row.")
     spans = {side: kept_span(n, len(ids), settings) for side, n, ids in zip(("chosen", "rejected"), uncut,
                                                                             (chosen, rejected))}
-    extras = _with_derived_phrase_ids(ex, tokenizer, dict(zip(("chosen", "rejected"), full)), settings)
-    extras, cuts = _token_extras(extras, dict(zip(("chosen", "rejected"), uncut)), spans, settings)
+    derived = _derived_phrase_ids(ex, tokenizer, dict(zip(("chosen", "rejected"), full)), settings)
+    extras, cuts = _token_extras({**ex.extras, **derived}, dict(zip(("chosen", "rejected"), uncut)), spans,
+                                 settings)
     if rejected_prompt == prompt_ids:
-        return with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras), cuts)
-    return with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras, rejected_prompt),
-                           cuts).marked_cut_apart()
+        return with_derived(with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras), cuts),
+                            derived)
+    return with_derived(with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras,
+                                                      rejected_prompt), cuts), derived).marked_cut_apart()
 
 
-def _with_derived_phrase_ids(ex: PairExample, tokenizer, full: dict[str, list[int]], settings: _Settings) -> dict:
-    """The row's extras, with RRPO's phrase ids derived from its texts when the objective reads them and the row
-    gives neither column (data.phrases.derived_phrase_columns, aligned with `full`, the uncut response ids). Derived
-    ids are then checked and cut exactly as given ones (`_token_extras`); a pair with no differing phrase at all is
-    the bad row `no_differing_phrase`, as a row whose given ids are all 0 is when it is read (data.rows)."""
+def _derived_phrase_ids(ex: PairExample, tokenizer, full: dict[str, list[int]], settings: _Settings) -> dict:
+    """RRPO's phrase columns derived from the row's texts ({} unless the objective reads them and the row gives
+    neither column): data.phrases.derived_phrase_columns, aligned with `full`, the uncut response ids. Derived ids
+    are then checked and cut exactly as given ones (`_token_extras`); a pair with no differing phrase at all is the
+    bad row `no_differing_phrase`, as a row whose given ids are all 0 is when it is read (data.rows)."""
     if not (settings.phrase_ids and settings.token_extras and derives_phrase_ids(ex.extras)):
-        return ex.extras
+        return {}
     derived = derived_phrase_columns(ex.chosen, ex.rejected, tokenizer, full)
     check_differing_phrase(*(derived[name] for name in PHRASE_COLUMNS), "the phrase ids derived from the chosen "
                            "and rejected texts are all 0: the two responses differ in no word (only in spacing), "
                            "so RRPO's reward term is 0 for this pair", "Drop the row, or give phrase columns.")
-    return {**ex.extras, **derived}
+    return derived
+
+
+def with_derived(item, derived: dict):
+    """`item` remembering the phrase columns derived for it, uncut (data.cache stores them: a cached item is rebuilt
+    from its example's extras, which lack them), as a plain attribute like `with_token_cuts`. Returns `item`."""
+    if derived:
+        item.derived_phrase_ids = derived
+    return item
 
 
 def _token_extras(extras: dict, uncut: dict[str, int], spans: dict[str, tuple[int, int]],
