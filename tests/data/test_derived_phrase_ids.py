@@ -32,8 +32,8 @@ def _pairs(rows, tok, on_bad_row="error", **settings):
 def test_derived_ids_equal_hand_written_ids_on_the_tiny_tokenizer(tok):
     """Tokens (tiny-llama): 'I', 'Ġ', 'l', 'i', 'k', 'e', 'Ġthe', 'Ġ', 'c', 'at', '.' + eos against 'I', 'Ġ', 'l',
     'i', 'k', 'e', 'Ġa', 'Ġb', 'ig', 'Ġdo', 'g', '.' + eos: 'the cat' / 'a big dog' is phrase 1 (the space token
-    between 'the' and 'cat' lies inside it: 1; the space after 'I' is shared: 0), eos 0. Second pair: 'two' / '2' is phrase 1, the inserted
-    'four' phrase 2 on the rejected side only."""
+    between 'the' and 'cat' lies inside it: 1; the space after 'I' is shared: 0), eos 0. Second pair: 'two' / '2'
+    is phrase 1, the inserted 'four' phrase 2 on the rejected side only."""
     rows = [{"prompt": "Q:\n", "chosen": "I like the cat.", "rejected": "I like a big dog."},
             {"prompt": "Q:\n", "chosen": "one two three", "rejected": "one 2 three four"}]
     pairs, _ = _pairs(rows, tok)
@@ -115,7 +115,8 @@ def test_one_phrase_column_alone_is_an_error_naming_row_and_field(tok):
 
 def test_rows_whose_ids_cannot_be_aligned_are_refused_even_under_skip(tok):
     """A conversational row (chat-templated response) and a text response trained on other tokens than its own
-    tokenization (after 'hi ', the continuation of data.boundary's "merged" split, no word-start marker) are refused, naming row and field, whatever on_bad_row says."""
+    tokenization (after 'hi ', the continuation of data.boundary's "merged" split, no word-start marker) are
+    refused, naming row and field, whatever on_bad_row says."""
     chat = [{"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a b"}],
              "rejected": [{"role": "assistant", "content": "a c"}]}]
     with pytest.raises(DataError, match=r"row 0.*chosen_phrase_ids.*conversational"):
@@ -130,22 +131,23 @@ def test_rows_whose_ids_cannot_be_aligned_are_refused_even_under_skip(tok):
         _pairs(merged, spaced, on_bad_row="skip")
 
 
-def _train(tmp_path, name, rows):
+def _train(tmp_path, name, rows, *params):
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / name
     code = main(["train", str(ROOT / "examples/quickstart.yaml"), "loss_type=rrpo", f"dataset_name={path}",
                  f"output_dir={out}", "max_steps=2", "per_device_train_batch_size=4", "eval_fraction=0",
                  "eval_steps=0", "save_steps=0", "logging_steps=1", "disable_tqdm=true", "learning_rate=1e-2",
-                 "warmup_steps=0", "max_length=12"])
+                 "warmup_steps=0", "max_length=12", *params])
     assert code == 0
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
 def test_a_run_on_derived_ids_equals_the_run_on_the_same_ids_given_and_the_note_counts_them(tmp_path, tok, capsys):
-    """Loss and margins step for step equal between rows without phrase columns and the same rows with the derived
-    ids written out (max_length=12 cuts them); a mixed file says how many rows got derived ids. Ids reversed give
+    """Loss and margins step for step equal between rows without phrase columns (read at once or streamed) and the
+    same rows with the derived ids written out (max_length=12 cuts them); a mixed file says how many rows got
+    derived ids. Ids reversed give
     another loss (the comparison can fail)."""
     rows = CUT_ROWS + [{"prompt": "q", "chosen": "I like the cat.", "rejected": "I like a big dog."}] * 4
     full = _explicit(rows, tok)
@@ -158,5 +160,9 @@ def test_a_run_on_derived_ids_equals_the_run_on_the_same_ids_given_and_the_note_
     for a, b, c in zip(derived, mixed, given, strict=True):
         for key in ("loss", "rewards/margins"):
             assert a[key] == pytest.approx(c[key], rel=1e-6, abs=1e-7) == b[key]
+    streamed = [_train(tmp_path, f"streamed-{name}", data, "streaming=true") for name, data in (("derived", rows),
+                                                                                               ("given", full))]
+    for a, c in zip(*streamed, strict=True):  # rows read as the steps need them (in another order than above)
+        assert a["loss"] == pytest.approx(c["loss"], rel=1e-6, abs=1e-7)
     wrong = _train(tmp_path, "wrong", [dict(r, rejected_phrase_ids=r["rejected_phrase_ids"][::-1]) for r in full])
     assert wrong[-1]["loss"] != pytest.approx(given[-1]["loss"], rel=1e-6, abs=1e-7)

@@ -8,6 +8,10 @@ other side inserts nothing there). A token gets id k when its characters overlap
 both responses). Ids come from the same tokenizer call that produces the response ids, so they are aligned with
 the response tokens one to one: `len(c_ids) == len(tokenizer(chosen_text, add_special_tokens=False).input_ids)`.
 
+Text rows that give neither `chosen_phrase_ids` nor `rejected_phrase_ids` get them from `derived_phrase_columns`
+(called by data.tokenize for a pair when the objective reads them), checked against the ids the response is trained
+on (eos appended: 0) and refused where they differ (conversational rows, a merge across the prompt boundary).
+
 Sarkar & Etemad 2025 (RRPO, arXiv:2504.12083) mark the differing sub-sequences with <MASK>...</MASK> tags produced
 while building the data; here they are derived from the two responses. Deviation: word-level diff, not tags.
 """
@@ -89,7 +93,8 @@ def has_phrase_columns(extras: dict) -> tuple[bool, bool]:
 
 
 def derives_phrase_ids(extras: dict) -> bool:
-    """True for a row that gives neither phrase column: its ids are derived from its texts (`derived_phrase_columns`)."""
+    """True for a row that gives neither phrase column: its ids are derived from its texts
+    (`derived_phrase_columns`)."""
     return not any(has_phrase_columns(extras))
 
 
@@ -102,6 +107,11 @@ def check_both_or_neither(extras: dict) -> None:
         raise RowProblem("missing_field", missing, f"the row gives {have} but not {missing}; RRPO's phrase ids are "
                          "aligned across the pair, so both are given or neither (then preflab derives both from the "
                          "chosen and rejected texts)", f"Add {missing}, or remove {have} to let preflab derive both.")
+
+
+class PhraseIdsNotDerivable(ColumnMismatch):
+    """Phrase ids that cannot be derived aligned with the training tokens: an error whatever on_bad_row says (like
+    a column of the wrong length, data.token_columns), since every such row of the data would be dropped."""
 
 
 def derived_phrase_columns(chosen, rejected, tokenizer, response_ids: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -124,7 +134,13 @@ def derived_phrase_columns(chosen, rejected, tokenizer, response_ids: dict[str, 
     eos = tokenizer.eos_token_id
     out = {}
     for side, text in (("chosen", chosen), ("rejected", rejected)):
-        ids, offsets = encode_with_offsets(text, tokenizer)
+        try:
+            ids, offsets = encode_with_offsets(text, tokenizer)
+        except (NotImplementedError, ValueError, KeyError) as err:  # a slow (Python) tokenizer has no offsets
+            raise PhraseIdsNotDerivable(
+                "phrase_ids_not_derivable", f"{side}_phrase_ids", f"the tokenizer gives no character offsets "
+                f"({type(err).__name__}), which deriving phrase ids from the text needs",
+                "Load the fast tokenizer (use_fast), or give both phrase columns.") from err
         phrase = token_ids_for_spans(offsets, spans[side])
         if ids[-1:] != [eos]:  # tokenize._finish_ids appends eos unless the text ends with it
             ids, phrase = ids + [eos], phrase + [0]
@@ -133,15 +149,11 @@ def derived_phrase_columns(chosen, rejected, tokenizer, response_ids: dict[str, 
                 "phrase_ids_not_derivable", f"{side}_phrase_ids", f"the {side} response is trained on other tokens "
                 "than its own tokenization (its first tokens merge with the end of the prompt), so phrase ids "
                 "derived from its text cannot be aligned with them",
-                "Give both phrase columns (one id per training token), or start the response with a space or a new "
-                "line so that it tokenizes apart from the prompt.")
+                "Give both phrase columns (one id per token the response is trained on), or change the text at the "
+                "prompt/response boundary (e.g. end the prompt with a new line) so that the response tokenizes as "
+                "it does alone.")
         out[f"{side}_phrase_ids"] = phrase
     return out
-
-
-class PhraseIdsNotDerivable(ColumnMismatch):
-    """Phrase ids that cannot be derived aligned with the training tokens: an error whatever on_bad_row says (like
-    a column of the wrong length, data.token_columns), since every such row of the data would be dropped."""
 
 
 def derived_phrase_note(examples, which: str = "training") -> str | None:

@@ -32,9 +32,10 @@ parts of the prompt (the rejected one's is then `rejected_prompt_ids`, with `cut
 that leaves no room for one response token is a bad row (`prompt_fills_max_length`; TRL drops it unsaid); pairs
 whose two sequences are equal are bad rows (`identical_after_tokenization`). Truncations are counted per row in the
 `TokenizeReport`. With token_extras, per-token columns (`<side>_<name>` lists of numbers, RRPO's phrase ids) are
-cut to the tokens their response keeps (data.token_columns); with phrase_ids (RRPO), a text pair that gives neither phrase column gets them
-derived from its texts (data.phrases.derived_phrase_columns, checked against the uncut response ids, then cut like
-given ones), and a pair whose kept phrase ids are all 0 is the bad row `no_differing_phrase`. Unpaired (KTO) examples keep their ids before the max_length cut
+cut to the tokens their response keeps (data.token_columns); with phrase_ids (RRPO), a text pair that gives
+neither phrase column gets them derived from its texts (data.phrases.derived_phrase_columns, checked against the
+uncut response ids, then cut like given ones), and a pair whose kept phrase ids are all 0 is the bad row
+`no_differing_phrase`. Unpaired (KTO) examples keep their ids before the max_length cut
 (`KLCut`): KTO's mismatched (KL) sequences pair a prompt with another example's uncut completion and are cut like
 any sequence (`kl_sequence`), as TRL 1.16's KTOTrainer cuts them.
 """
