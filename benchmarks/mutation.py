@@ -8531,8 +8531,7 @@ MUTANTS += [
 RPH = ["tests/data/test_derived_phrase_ids.py"]
 MUTANTS += [
     Mutant("rph-eos-in-a-phrase", "data/phrases.py",
-           [("            ids, phrase = ids + [eos], phrase + [0]\n",
-             "            ids, phrase = ids + [eos], phrase + [1]\n")],
+           [("        ids, phrase = ids + [eos], phrase + [0]  #", "        ids, phrase = ids + [eos], phrase + [1]  #")],
            RPH, "the eos preflab appends counted in phrase 1: RRPO's reward sums a token both responses share"),
     Mutant("rph-alignment-unchecked", "data/phrases.py",
            [("        if ids != list(response_ids[side]):\n", "        if False:\n")],

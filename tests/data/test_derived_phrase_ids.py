@@ -41,6 +41,8 @@ def test_derived_ids_equal_hand_written_ids_on_the_tiny_tokenizer(tok):
     assert pairs[0].extras["rejected_phrase_ids"] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0]
     assert pairs[1].extras["chosen_phrase_ids"] == [0, 0, 0, 1, 1, 0, 0, 0, 0]
     assert pairs[1].extras["rejected_phrase_ids"] == [0, 0, 0, 0, 1, 0, 0, 0, 2, 2, 2, 2, 0]
+    eos_written, _ = _pairs([dict(rows[1], chosen="one two three</s>")], tok)  # an eos at the end: shared, 0
+    assert eos_written[0].chosen_ids == pairs[1].chosen_ids and eos_written[0].extras == pairs[1].extras
     for p in pairs:  # one id per trained response token, eos included
         assert len(p.extras["chosen_phrase_ids"]) == len(p.chosen_ids) and p.chosen_ids[-1] == tok.eos_token_id
         assert len(p.extras["rejected_phrase_ids"]) == len(p.rejected_ids)

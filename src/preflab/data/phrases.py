@@ -130,10 +130,12 @@ def derived_phrase_columns(chosen, rejected, tokenizer, response_ids: dict[str, 
             "from the messages cannot be guaranteed to fall on the right tokens",
             "Give both columns (one id per token of the chat-templated response, eos / end-of-turn included), or "
             "give the rows as text (prompt, chosen, rejected strings).")
-    spans = dict(zip(("chosen", "rejected"), phrase_spans(chosen, rejected)))
-    eos = tokenizer.eos_token_id
+    eos, eos_text = tokenizer.eos_token_id, getattr(tokenizer, "eos_token", None)
+    texts = {side: text[:-len(eos_text)] if eos_text and text.endswith(eos_text) else text  # one eos written at
+             for side, text in (("chosen", chosen), ("rejected", rejected))}           # the end: shared, as appended
+    spans = dict(zip(("chosen", "rejected"), phrase_spans(texts["chosen"], texts["rejected"])))
     out = {}
-    for side, text in (("chosen", chosen), ("rejected", rejected)):
+    for side, text in texts.items():
         try:
             ids, offsets = encode_with_offsets(text, tokenizer)
         except (NotImplementedError, ValueError, KeyError) as err:  # a slow (Python) tokenizer has no offsets
@@ -142,8 +144,7 @@ def derived_phrase_columns(chosen, rejected, tokenizer, response_ids: dict[str, 
                 f"({type(err).__name__}), which deriving phrase ids from the text needs",
                 "Load the fast tokenizer (use_fast), or give both phrase columns.") from err
         phrase = token_ids_for_spans(offsets, spans[side])
-        if ids[-1:] != [eos]:  # tokenize._finish_ids appends eos unless the text ends with it
-            ids, phrase = ids + [eos], phrase + [0]
+        ids, phrase = ids + [eos], phrase + [0]  # tokenize._finish_ids appends eos unless the text ends with it
         if ids != list(response_ids[side]):
             raise PhraseIdsNotDerivable(
                 "phrase_ids_not_derivable", f"{side}_phrase_ids", f"the {side} response is trained on other tokens "
