@@ -8558,6 +8558,34 @@ MUTANTS += [
            "inner error's text nested in the outer's"),
 ]
 
+# mutation-rph round: RRPO's phrase ids derived from a text row's texts when it gives neither column
+RPH = ["tests/data/test_derived_phrase_ids.py"]
+MUTANTS += [
+    Mutant("rph-eos-in-a-phrase", "data/phrases.py",
+           [("        ids, phrase = ids + [eos], phrase + [0]  #", "        ids, phrase = ids + [eos], phrase + [1]  #")],
+           RPH, "the eos preflab appends counted in phrase 1: RRPO's reward sums a token both responses share"),
+    Mutant("rph-alignment-unchecked", "data/phrases.py",
+           [("        if ids != list(response_ids[side]):\n", "        if False:\n")],
+           RPH, "ids derived from the response's own tokens given to other training tokens (a boundary merge)"),
+    Mutant("rph-no-phrase-derived-kept", "data/tokenize.py",
+           [("    check_differing_phrase(*(derived[name] for name in PHRASE_COLUMNS), ",
+             "    (lambda *a: None)(*(derived[name] for name in PHRASE_COLUMNS), ")],
+           RPH, "a pair whose texts differ only in spacing trains RRPO's KL term only, unsaid"),
+    Mutant("rph-derived-ids-not-cut", "data/tokenize.py",
+           [("    extras, cuts = _token_extras({**ex.extras, **derived}, dict(zip((\"chosen\", \"rejected\"), uncut)), "
+             "spans,\n                                 settings)\n",
+             "    extras, cuts = _token_extras(ex.extras, dict(zip((\"chosen\", \"rejected\"), uncut)), spans, "
+             "settings)\n    extras = {**extras, **derived}\n")],
+           RPH, "derived ids added after the max_length cut: longer than the kept response, phrases beyond it"),
+    Mutant("rph-cache-drops-derived", "data/cache.py",
+           [('getattr(item, "derived_phrase_ids", None) or None]', "None]")],
+           RPH, "a cached tokenization rebuilt without the derived ids: the second run's pairs lack phrase ids"),
+    Mutant("rph-note-counts-every-row", "data/phrases.py",
+           [("    n = sum(derives_phrase_ids(getattr(ex, \"extras\", {}) or {}) for ex in examples)\n",
+             "    n = len(examples)\n")],
+           RPH, "the data note says every row got derived ids where some gave their own"),
+]
+
 
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"

@@ -23,7 +23,7 @@ from preflab.data.report import TokenizeReport
 from preflab.data.token_columns import cut_token_columns
 from preflab.data.tokenize import (KLCut, TokenizedPair, TokenizedPrompt, TokenizedUnpaired, tokenize_indexed,
                                    tokenize_pairs, tokenize_parallel, tokenize_prompts, tokenize_unpaired,
-                                   with_token_cuts)
+                                   with_derived, with_token_cuts)
 from preflab.errors import ConfigError
 
 CACHE_FORMAT = 6  # 2: rows with special tokens as text or unrendered tool calls are refused; 3: text rows get
@@ -67,9 +67,12 @@ def _row(item) -> list:
     """The stored ids of one item; an item whose per-token columns were cut (`with_token_cuts`) adds its
     {side: [start, end]} last (after a null where the optional slot before it is empty)."""
     cuts = getattr(item, "token_cuts", None)
-    if isinstance(item, TokenizedPair):  # a MAPL intra row (or a keep_end cut apart) adds its rejected prompt
-        own = [] if item.rejected_prompt_ids is None and not cuts else [item.rejected_prompt_ids]
-        return [item.prompt_ids, item.chosen_ids, item.rejected_ids, *own, *([cuts] if cuts else [])]
+    if isinstance(item, TokenizedPair):  # a MAPL intra row (or a keep_end cut apart) adds its rejected prompt, a
+        # pair whose RRPO phrase ids were derived (data.tokenize.with_derived) those ids, uncut; empty tail slots go
+        slots = [item.rejected_prompt_ids, cuts or None, getattr(item, "derived_phrase_ids", None) or None]
+        while slots and slots[-1] is None:
+            slots.pop()
+        return [item.prompt_ids, item.chosen_ids, item.rejected_ids, *slots]
     if isinstance(item, TokenizedUnpaired):  # with max_length: its KLCut, ids equal to the item's stored as null
         cut = item.kl_cut
         if cut is None:
@@ -82,17 +85,21 @@ def _row(item) -> list:
     return [item.prompt_ids]
 
 
-def _cut_extras(ex, ids: list, slot: int) -> tuple[dict, dict | None]:
-    """(the example's extras with its per-token columns cut as stored at ids[slot], the cuts or None)."""
+def _cut_extras(ex, ids: list, slot: int, derived: dict | None = None) -> tuple[dict, dict | None]:
+    """(the example's extras, with `derived` columns added, its per-token columns cut as stored at ids[slot], the
+    cuts or None)."""
     cuts = ids[slot] if len(ids) > slot else None
-    return (cut_token_columns(ex.extras, cuts) if cuts else dict(ex.extras)), cuts
+    extras = {**ex.extras, **(derived or {})}
+    return (cut_token_columns(extras, cuts) if cuts else extras), cuts
 
 
 def _rebuild(kind: str, ex, ids: list):
     if kind == "pairs":
-        extras, cuts = _cut_extras(ex, ids, 4)
+        derived = ids[5] if len(ids) > 5 else None
+        extras, cuts = _cut_extras(ex, ids, 4, derived)
         rejected_prompt = ids[3] if len(ids) > 3 else None
-        pair = with_token_cuts(TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], extras, rejected_prompt), cuts)
+        pair = with_derived(with_token_cuts(TokenizedPair(ex.row_id, ids[0], ids[1], ids[2], extras,
+                                                          rejected_prompt), cuts), derived)
         return pair.marked_cut_apart() if rejected_prompt is not None and ex.rejected_prompt is None else pair
     if kind == "unpaired":
         extras, cuts = _cut_extras(ex, ids, 3)

@@ -8,6 +8,10 @@ other side inserts nothing there). A token gets id k when its characters overlap
 both responses). Ids come from the same tokenizer call that produces the response ids, so they are aligned with
 the response tokens one to one: `len(c_ids) == len(tokenizer(chosen_text, add_special_tokens=False).input_ids)`.
 
+Text rows that give neither `chosen_phrase_ids` nor `rejected_phrase_ids` get them from `derived_phrase_columns`
+(called by data.tokenize for a pair when the objective reads them), checked against the ids the response is trained
+on (eos appended: 0) and refused where they differ (conversational rows, a merge across the prompt boundary).
+
 Sarkar & Etemad 2025 (RRPO, arXiv:2504.12083) mark the differing sub-sequences with <MASK>...</MASK> tags produced
 while building the data; here they are derived from the two responses. Deviation: word-level diff, not tags.
 """
@@ -17,6 +21,7 @@ import difflib
 import re
 
 from preflab.data.report import RowProblem
+from preflab.data.token_columns import ColumnMismatch
 
 PHRASE_COLUMNS = ("chosen_phrase_ids", "rejected_phrase_ids")
 
@@ -79,3 +84,84 @@ def check_differing_phrase(chosen_ids, rejected_ids, detail: str | None = None, 
                      "value is 0: chosen and rejected differ in no phrase, so RRPO's reward term is 0 for this pair",
                      fix or "Give the differing tokens phrase ids k >= 1 (phrase k aligned across the pair), or "
                      "drop the row.")
+
+
+def has_phrase_columns(extras: dict) -> tuple[bool, bool]:
+    """(whether the row gives chosen_phrase_ids, whether it gives rejected_phrase_ids): a column counts when its
+    value is not None (a missing JSONL key and a null cell alike)."""
+    return tuple(extras.get(name) is not None for name in PHRASE_COLUMNS)
+
+
+def derives_phrase_ids(extras: dict) -> bool:
+    """True for a row that gives neither phrase column: its ids are derived from its texts
+    (`derived_phrase_columns`)."""
+    return not any(has_phrase_columns(extras))
+
+
+def check_both_or_neither(extras: dict) -> None:
+    """A row gives both phrase columns or neither (then they are derived); one alone is the bad row `missing_field`
+    naming the other: the given side's ids say nothing about how the other side's phrases are numbered."""
+    given = has_phrase_columns(extras)
+    if any(given) and not all(given):
+        have, missing = (PHRASE_COLUMNS if given[0] else PHRASE_COLUMNS[::-1])
+        raise RowProblem("missing_field", missing, f"the row gives {have} but not {missing}; RRPO's phrase ids are "
+                         "aligned across the pair, so both are given or neither (then preflab derives both from the "
+                         "chosen and rejected texts)", f"Add {missing}, or remove {have} to let preflab derive both.")
+
+
+class PhraseIdsNotDerivable(ColumnMismatch):
+    """Phrase ids that cannot be derived aligned with the training tokens: an error whatever on_bad_row says (like
+    a column of the wrong length, data.token_columns), since every such row of the data would be dropped."""
+
+
+def derived_phrase_columns(chosen, rejected, tokenizer, response_ids: dict[str, list[int]]) -> dict[str, list[int]]:
+    """{chosen_phrase_ids, rejected_phrase_ids} derived from a text row's two responses (`aligned_phrase_ids`), one
+    id per token of `response_ids` ({side: the response's ids as tokenized for training, before any cut, eos
+    included}); the eos preflab appends gets 0 (it ends both responses: shared). The ids are aligned with tokens only
+    when the training ids are the response's own tokenization (+ eos); where they are not -- a conversational row
+    (the chat template renders the response with its turn markers, and may rewrite it), or a text response whose
+    first tokens merge with the prompt's end (data.boundary) -- `PhraseIdsNotDerivable` refuses the row rather
+    than number the wrong tokens."""
+    if not (isinstance(chosen, str) and isinstance(rejected, str)):
+        raise PhraseIdsNotDerivable(
+            "phrase_ids_not_derivable", "chosen_phrase_ids", "the row is conversational (lists of messages) and "
+            "gives no chosen_phrase_ids / rejected_phrase_ids; preflab derives RRPO's phrase ids from text responses "
+            "only, since a chat template renders a response with turn markers and may rewrite it, so ids derived "
+            "from the messages cannot be guaranteed to fall on the right tokens",
+            "Give both columns (one id per token of the chat-templated response, eos / end-of-turn included), or "
+            "give the rows as text (prompt, chosen, rejected strings).")
+    eos, eos_text = tokenizer.eos_token_id, getattr(tokenizer, "eos_token", None)
+    texts = {side: text[:-len(eos_text)] if eos_text and text.endswith(eos_text) else text  # one eos written at
+             for side, text in (("chosen", chosen), ("rejected", rejected))}           # the end: shared, as appended
+    spans = dict(zip(("chosen", "rejected"), phrase_spans(texts["chosen"], texts["rejected"])))
+    out = {}
+    for side, text in texts.items():
+        try:
+            ids, offsets = encode_with_offsets(text, tokenizer)
+        except (NotImplementedError, ValueError, KeyError) as err:  # a slow (Python) tokenizer has no offsets
+            raise PhraseIdsNotDerivable(
+                "phrase_ids_not_derivable", f"{side}_phrase_ids", f"the tokenizer gives no character offsets "
+                f"({type(err).__name__}), which deriving phrase ids from the text needs",
+                "Load the fast tokenizer (use_fast), or give both phrase columns.") from err
+        phrase = token_ids_for_spans(offsets, spans[side])
+        ids, phrase = ids + [eos], phrase + [0]  # tokenize._finish_ids appends eos unless the text ends with it
+        if ids != list(response_ids[side]):
+            raise PhraseIdsNotDerivable(
+                "phrase_ids_not_derivable", f"{side}_phrase_ids", f"the {side} response is trained on other tokens "
+                "than its own tokenization (its first tokens merge with the end of the prompt), so phrase ids "
+                "derived from its text cannot be aligned with them",
+                "Give both phrase columns (one id per token the response is trained on), or change the text at the "
+                "prompt/response boundary (e.g. end the prompt with a new line) so that the response tokenizes as "
+                "it does alone.")
+        out[f"{side}_phrase_ids"] = phrase
+    return out
+
+
+def derived_phrase_note(examples, which: str = "training") -> str | None:
+    """The data note counting the rows whose phrase ids are derived (None when no row's are)."""
+    n = sum(derives_phrase_ids(getattr(ex, "extras", {}) or {}) for ex in examples)
+    if not n:
+        return None
+    return (f"RRPO phrase ids (chosen_phrase_ids / rejected_phrase_ids) derived from the chosen and rejected texts "
+            f"for {n} of {len(examples)} {which} rows that give neither column (a word-level diff: "
+            "preflab.data.phrases).")

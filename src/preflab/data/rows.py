@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 
 from preflab.data.examples import Example, PairExample, PromptExample, UnpairedExample
-from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
+from preflab.data.phrases import PHRASE_COLUMNS, check_both_or_neither, check_differing_phrase, derives_phrase_ids
 from preflab.data.report import BadRowPolicy, DataReport, RowProblem, keep_place, keep_read_from
 from preflab.data.sources import DEFAULT_MAX_ROW_BYTES, open_reader
 from preflab.data.validate import (check_different, check_label, check_messages, check_no_media,
@@ -140,11 +140,18 @@ def repeats_prompt(examples: list[Example]) -> bool:
 
 
 def _check_extras(examples: list[Example], bounds: dict[str, tuple]) -> None:
-    for name, (low, high) in bounds.items():
-        for ex in examples:
-            ex.extras[name] = check_numeric_extra(ex.extras.get(name), name, low, high)
-    if all(name in bounds for name in PHRASE_COLUMNS):  # RRPO: a pair with no differing phrase is a bad row
-        for ex in examples:
+    """Each required extra is a number or list of numbers within its bounds. RRPO's phrase columns: both or neither
+    (then they are derived from the texts at tokenization, data.phrases.derived_phrase_columns); given ids that are
+    all 0 are the bad row `no_differing_phrase`."""
+    phrases = all(name in bounds for name in PHRASE_COLUMNS)
+    for ex in examples:
+        if phrases:
+            check_both_or_neither(ex.extras)
+        derived = phrases and derives_phrase_ids(ex.extras)
+        for name, (low, high) in bounds.items():
+            if not (derived and name in PHRASE_COLUMNS):
+                ex.extras[name] = check_numeric_extra(ex.extras.get(name), name, low, high)
+        if phrases and not derived:  # RRPO: a pair with no differing phrase is a bad row
             check_differing_phrase(*(_flat(ex.extras[name]) for name in PHRASE_COLUMNS))
 
 
@@ -165,6 +172,8 @@ def _check_extra_depths(examples: list[Example], bounds: dict, first: dict, row_
     the first row's value. `first` ({name: (depth, row_id, value)}) is the reader's memory across rows."""
     for name in bounds:
         for ex in examples:
+            if name in PHRASE_COLUMNS and derives_phrase_ids(ex.extras):
+                continue  # derived at tokenization, always a list (data.phrases)
             value = ex.extras[name]
             depth = list_depth(value)
             seen = first.setdefault(name, (depth, row_id, value))

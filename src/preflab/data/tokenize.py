@@ -32,8 +32,10 @@ parts of the prompt (the rejected one's is then `rejected_prompt_ids`, with `cut
 that leaves no room for one response token is a bad row (`prompt_fills_max_length`; TRL drops it unsaid); pairs
 whose two sequences are equal are bad rows (`identical_after_tokenization`). Truncations are counted per row in the
 `TokenizeReport`. With token_extras, per-token columns (`<side>_<name>` lists of numbers, RRPO's phrase ids) are
-cut to the tokens their response keeps (data.token_columns); with phrase_ids (RRPO), a pair whose kept phrase ids
-are all 0 is the bad row `no_differing_phrase`. Unpaired (KTO) examples keep their ids before the max_length cut
+cut to the tokens their response keeps (data.token_columns); with phrase_ids (RRPO), a text pair that gives
+neither phrase column gets them derived from its texts (data.phrases.derived_phrase_columns, checked against the
+uncut response ids, then cut like given ones), and a pair whose kept phrase ids are all 0 is the bad row
+`no_differing_phrase`. Unpaired (KTO) examples keep their ids before the max_length cut
 (`KLCut`): KTO's mismatched (KL) sequences pair a prompt with another example's uncut completion and are cut like
 any sequence (`kl_sequence`), as TRL 1.16's KTOTrainer cuts them.
 """
@@ -46,7 +48,7 @@ from typing import NamedTuple
 
 from preflab.data.boundary import Split, encode, split_common_tokens, split_exact
 from preflab.data.examples import PairExample, PromptExample, Text, UnpairedExample
-from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase
+from preflab.data.phrases import PHRASE_COLUMNS, check_differing_phrase, derived_phrase_columns, derives_phrase_ids
 from preflab.data.report import MAX_SKIPPED_EXAMPLES, BadRowPolicy, RowProblem, TokenizeReport, place_of, row_error
 from preflab.data.token_columns import ColumnMismatch, check_token_columns, cut_token_columns, kept_span
 from preflab.errors import ConfigError, DataError
@@ -503,10 +505,11 @@ def _truncate(prompt_ids: list[int], responses: list[list[int]], settings: _Sett
 
 def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list[str], extras: dict,
                     settings: _Settings, report: TokenizeReport, prompt_field: str = "prompt",
-                    before: list | None = None, uncut: list | None = None):
+                    before: list | None = None, uncut: list | None = None, full: list | None = None):
     """(prompt ids of each response, response ids): truncation_mode keep_end may cut the prompt differently before
     each response (`_truncate`); otherwise every response follows the same prompt. `uncut`, when given, receives
-    each response's token count before any cut (eos included), which per-token columns must match."""
+    each response's token count before any cut (eos included), which per-token columns must match; `full` the
+    response ids themselves before any cut (RRPO's derived phrase ids are checked against them)."""
     _check_no_special(settings, prompt, prompt_field, response=False)
     for response, name in zip(responses, fields):
         _check_no_special(settings, response, name, response=True)
@@ -516,6 +519,8 @@ def _tokenize_sides(tokenizer, prompt: Text, responses: list[Text], fields: list
     prompt_ids, ids = _finish_ids(tokenizer, split, fields, is_chat, report, settings.bos)
     if uncut is not None:
         uncut[:] = [len(one) for one in ids]
+    if full is not None:
+        full[:] = [list(one) for one in ids]
     _, prompts, ids = _truncate(prompt_ids, ids, settings, _special_id(tokenizer, "bos"), report, fields,
                                 prompt_field, before)
     for one in {tuple(p): p for p in prompts}.values():  # a prompt stored once is counted once
@@ -547,19 +552,45 @@ def _make_pair(ex: PairExample, tokenizer, settings: _Settings, report: Tokenize
     if ex.rejected_prompt is not None:
         return _make_intra_pair(ex, tokenizer, settings, report)
     uncut: list = []
+    full: list = []
     (prompt_ids, rejected_prompt), (chosen, rejected) = _tokenize_sides(
         tokenizer, ex.prompt, [ex.chosen, ex.rejected], ["chosen", "rejected"], ex.extras, settings, report,
-        uncut=uncut)
+        uncut=uncut, full=full)
     if (prompt_ids, chosen) == (rejected_prompt, rejected):
         raise RowProblem("identical_after_tokenization", "rejected", "the chosen and rejected token ids are "
                          "identical (after truncation)", "Raise max_length or drop the row.")
     spans = {side: kept_span(n, len(ids), settings) for side, n, ids in zip(("chosen", "rejected"), uncut,
                                                                             (chosen, rejected))}
-    extras, cuts = _token_extras(ex.extras, dict(zip(("chosen", "rejected"), uncut)), spans, settings)
+    derived = _derived_phrase_ids(ex, tokenizer, dict(zip(("chosen", "rejected"), full)), settings)
+    extras, cuts = _token_extras({**ex.extras, **derived}, dict(zip(("chosen", "rejected"), uncut)), spans,
+                                 settings)
     if rejected_prompt == prompt_ids:
-        return with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras), cuts)
-    return with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras, rejected_prompt),
-                           cuts).marked_cut_apart()
+        return with_derived(with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras), cuts),
+                            derived)
+    return with_derived(with_token_cuts(TokenizedPair(ex.row_id, prompt_ids, chosen, rejected, extras,
+                                                      rejected_prompt), cuts), derived).marked_cut_apart()
+
+
+def _derived_phrase_ids(ex: PairExample, tokenizer, full: dict[str, list[int]], settings: _Settings) -> dict:
+    """RRPO's phrase columns derived from the row's texts ({} unless the objective reads them and the row gives
+    neither column): data.phrases.derived_phrase_columns, aligned with `full`, the uncut response ids. Derived ids
+    are then checked and cut exactly as given ones (`_token_extras`); a pair with no differing phrase at all is the
+    bad row `no_differing_phrase`, as a row whose given ids are all 0 is when it is read (data.rows)."""
+    if not (settings.phrase_ids and settings.token_extras and derives_phrase_ids(ex.extras)):
+        return {}
+    derived = derived_phrase_columns(ex.chosen, ex.rejected, tokenizer, full)
+    check_differing_phrase(*(derived[name] for name in PHRASE_COLUMNS), "the phrase ids derived from the chosen "
+                           "and rejected texts are all 0: the two responses differ in no word (only in spacing), "
+                           "so RRPO's reward term is 0 for this pair", "Drop the row, or give phrase columns.")
+    return derived
+
+
+def with_derived(item, derived: dict):
+    """`item` remembering the phrase columns derived for it, uncut (data.cache stores them: a cached item is rebuilt
+    from its example's extras, which lack them), as a plain attribute like `with_token_cuts`. Returns `item`."""
+    if derived:
+        item.derived_phrase_ids = derived
+    return item
 
 
 def _token_extras(extras: dict, uncut: dict[str, int], spans: dict[str, tuple[int, int]],

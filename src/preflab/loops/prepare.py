@@ -182,6 +182,10 @@ def prepare_examples(cfg, tokenizer, kind: str = "pairs", computed: tuple = ()):
                  row_report.split_pairs_note(), eval_report and eval_report.split_pairs_note(),
                  row_report.repeated_prompt_note(),
                  *overlap_notes(overlap, len(eval_rows))]
+        if token_settings(cfg, kind).get("phrase_ids"):  # RRPO: rows without phrase columns get derived ids
+            from preflab.data.phrases import derived_phrase_note
+
+            notes += [derived_phrase_note(rows), derived_phrase_note(eval_rows, "eval")]
         if kind == "pairs":  # orpo / cpo / simpo / alphapo: where TRL's experimental trainers build other ids
             from preflab.loops.trl_experimental_tokens import experimental_tokens_note
 

@@ -14,7 +14,8 @@ In a data file: list columns `chosen_phrase_ids` / `rejected_phrase_ids` with on
 response, eos included (`preflab train` cuts them with the response under max_length / max_completion_length,
 preflab.data.token_columns, pads them to the response mask, and refuses a column whose length differs from the
 uncut response's; a row whose ids, after the cut, are all 0 is the bad row `no_differing_phrase`,
-preflab.data.phrases.check_differing_phrase).
+preflab.data.phrases.check_differing_phrase); a text row that gives neither column gets them derived from its
+chosen and rejected texts at tokenization (preflab.data.phrases.derived_phrase_columns).
 Logged rewards are beta * (sum of phrase log-ratios) per side, as in the code.
 
 Deviation from the paper: none. (The code skips the smallest id in the batch, assumed 0; here every id >= 1 counts.)
