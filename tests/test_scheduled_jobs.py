@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import preflab.checkpoint as ck
 import preflab.loops.driver as driver
 from preflab.cli import main
-from preflab.errors import EXIT_REFUSED, EXIT_TERMINATED, EXIT_WRITE_FAILED
+from preflab.errors import EXIT_OUTPUT_DIR_BUSY, EXIT_REFUSED, EXIT_TERMINATED, EXIT_WRITE_FAILED
 
 ROOT = Path(__file__).resolve().parents[1]
 # one command for every start of the job: resume_from_checkpoint: auto (save_steps 4: step 3 is no periodic save)
@@ -119,6 +119,32 @@ def test_exit_status_tells_a_failed_write_from_a_wrong_config_or_data(tmp_path, 
     said = build_parser().format_help()  # `preflab --help` lists the statuses a scheduler reads
     assert "  2    refused: the config, data or command line is wrong" in said
     assert "  74   a file could not be written" in said and "  143  SIGTERM" in said
+    assert "  75   output_dir is in use by another live preflab run" in said
+
+
+def test_output_dir_held_by_another_live_run_exits_75_naming_its_pid(tmp_path, capsys):
+    """Before: the second of two runs on one output_dir exited 2, "fix the input", though the same command succeeds
+    once the first ends (a scheduler's retry started while the old pod still stops). Now 75 (BSD sysexits'
+    EX_TEMPFAIL) with the holder's PID, before any model loads. The other run's flock is taken here on a descriptor
+    of its own (flock locks of two open() calls exclude each other, even in one process), its record beside it."""
+    import fcntl
+    import socket
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    lock = out / ".preflab.lock"
+    lock.write_text(json.dumps({"pid": 4242, "host": socket.gethostname(), "started": "2026-12-08T01:00:00+00:00"}))
+    held = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*JOB, f"output_dir={out}"]) == EXIT_OUTPUT_DIR_BUSY == 75
+    finally:
+        os.close(held)
+    said = capsys.readouterr().err
+    assert said == (f"preflab: error: output_dir {out} is in use by another preflab run (PID 4242 on host "
+                    f"{socket.gethostname()}, started 2026-12-08T01:00:00+00:00; lock file {lock}). Wait for it to "
+                    "finish, stop it, or choose another output_dir.\n")
+    assert sorted(p.name for p in out.iterdir()) == [".preflab.lock"]  # nothing loaded, nothing written
 
 
 def test_resume_auto_is_refused_where_a_run_keeps_no_checkpoint_folders(tmp_path):
