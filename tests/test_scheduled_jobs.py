@@ -167,7 +167,8 @@ def test_progress_in_a_log_file_is_plain_lines_at_most_every_30_seconds_and_at_t
     import io
     from types import SimpleNamespace
 
-    from preflab.runlog import LOG_LINE_SECONDS, Progress
+    from preflab.log_lines import LOG_LINE_SECONDS
+    from preflab.runlog import Progress
 
     result = SimpleNamespace(loss=0.5, metrics={"rewards/margins": 0.25, "rewards/accuracies": 0.75})
     log, now = io.StringIO(), {"t": 0.0}
@@ -194,3 +195,50 @@ def test_progress_in_a_log_file_is_plain_lines_at_most_every_30_seconds_and_at_t
     quiet = io.StringIO()
     Progress(10, 0, False, stream=quiet).update(result, 100)  # disable_tqdm: nothing at all
     assert quiet.getvalue() == ""
+
+
+def test_a_bar_another_library_draws_is_plain_lines_in_a_log_file_by_the_training_bars_rule():
+    """vLLM's "Processed prompts" bar of an online round (generation_backend: vllm) drew tqdm redraws into the log
+    file. Its use_tqdm takes a tqdm class: preflab.log_lines.bar_class() gives one that prints the training bar's
+    lines (LogLines: at most every 30 s and at the end). Driven here as vLLM's _run_engine drives it: a postfix
+    string set before each update, format_dict["elapsed"] read, refresh() at the total, close()."""
+    import io
+
+    from preflab.log_lines import LogLineBar, bar_class
+
+    log, now = io.StringIO(), {"t": 0.0}
+    make = bar_class(stream=log, clock=lambda: now["t"])
+    bar = make(total=8, desc="Processed prompts", dynamic_ncols=True, mininterval=0,
+               postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
+    assert isinstance(bar, LogLineBar)
+    for done in range(1, 9):  # 8 prompts, 12 s apart: 30 s have passed at prompts 3 and 6, then the last
+        now["t"] += 12.0
+        assert bar.format_dict["elapsed"] >= 0
+        bar.postfix = f"est. speed input: {10 * done:.2f} toks/s, output: {5 * done:.2f} toks/s"
+        bar.update(1)
+        if bar.n == 8:
+            bar.refresh()
+    bar.close()
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines() == [
+        "Processed prompts: 3/8 (38%), 0.0833 it/s, ETA 60 s, est. speed input: 30.00 toks/s, output: 15.00 toks/s",
+        "Processed prompts: 6/8 (75%), 0.0833 it/s, ETA 24 s, est. speed input: 60.00 toks/s, output: 30.00 toks/s",
+        "Processed prompts: 8/8 (100%), 0.0833 it/s, ETA 0 s, est. speed input: 80.00 toks/s, output: 40.00 toks/s"]
+
+    log, now["t"] = io.StringIO(), 0.0  # a bar closed before its total says where it stopped, once
+    bar = bar_class(stream=log, clock=lambda: now["t"])(total=10, desc="gen", mininterval=0)
+    now["t"] = 4.0
+    bar.update(2)
+    bar.close()
+    bar.close()
+    assert log.getvalue() == "gen: 2/10 (20%), 0.5 it/s, ETA 16 s\n"
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = bar_class(stream=screen)(total=3, desc="gen")
+    bar.update(3)
+    bar.close()
+    assert not isinstance(bar, LogLineBar) and "\r" in screen.getvalue()  # a terminal keeps tqdm's bar
