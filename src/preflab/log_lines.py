@@ -80,6 +80,8 @@ class LogLineBar(std_tqdm):
     def __init__(self, *args, clock=time.perf_counter, **kwargs):
         self._lines = None  # tqdm's constructor displays once; the lines start after it
         super().__init__(*args, **kwargs)
+        if self.disable:  # tqdm(disable=True) sets up no stream: nothing to say
+            return
         self.sp = None
         self._lines = LogLines(self.total, self.n, self.fp, clock, self.desc or "progress", unit=self.unit)
 
