@@ -1340,7 +1340,7 @@ MUTANTS += [
              "return cfg.resume_from_checkpoint not in (None, False, \"\")")], CORE_RESUME,
            "resume_from_checkpoint: \"false\" (a CLI override) asks for a resume"),
     Mutant("core-resume-finished-run-refused", "loops/resume.py",
-           [("if not isinstance(step, int) and latest is not None "
+           [("if step is None and latest is not None "
              "and not getattr(cfg, \"overwrite_output_dir\", False):",
              "if latest is not None and not getattr(cfg, \"overwrite_output_dir\", False):")],
            ["tests/test_user_trial.py", "tests/test_production_runs.py", "-k",
@@ -6886,8 +6886,8 @@ MUTANTS += [
            [("    flags[dist.get_rank()] = int(failed)\n", "")], LFD_RANKS,
            "a rank's failure is never told: it carries on as if its part were written, the main commits"),
     Mutant("lfd-agree-error-message-lost", "rank_agreement.py",
-           [("None if failure is None else (error_text(failure), is_write_failure(failure)))",
-             "None if failure is None else (type(failure).__name__, is_write_failure(failure)))")], LFD_RANKS,
+           [("None if failure is None else (error_text(failure), is_write_failure(failure),",
+             "None if failure is None else (type(failure).__name__, is_write_failure(failure),")], LFD_RANKS,
            "the other ranks' error says which rank failed but not what (no file, no errno)"),
     Mutant("lfd-rank-failure-tmp-kept", "sharded_checkpoint.py",
            [("    except RankFailure as err:  # several ranks: a failure on any of them, said alike on every rank\n"
@@ -8522,8 +8522,8 @@ MUTANTS += [
              'EXIT_REFUSED', "    return EXIT_REFUSED")],
            T26_JOBS, "a full disk exits 2, as a wrong config: a scheduler cannot tell it may retry"),
     Mutant("t26-rank-write-not-said", "rank_agreement.py",
-           [("                      write_failed=all(said[rank][1] for rank in failed)) from failure",
-             "                      write_failed=False) from failure")],
+           [("                      write_failed=all(said[rank][1] for rank in failed),\n",
+             "                      write_failed=False,\n")],
            T26_RANKS, "a failed write under several processes exits 2, where one process exits 74"),
 ]
 
@@ -8584,6 +8584,31 @@ MUTANTS += [
            [("    n = sum(derives_phrase_ids(getattr(ex, \"extras\", {}) or {}) for ex in examples)\n",
              "    n = len(examples)\n")],
            RPH, "the data note says every row got derived ids where some gave their own"),
+]
+
+# mutation-opz round: ops-2 (after user trial 26): output_dir held by another run exits 75 (one process and several
+# ranks), one log-file rule for every progress bar (preflab.log_lines), the earlier-run note said when train() starts
+OPZ_JOBS = ["tests/test_scheduled_jobs.py"]
+OPZ_RANKS = ["tests/test_rank_agreement_one_process.py"]
+OPZ_NOTE = ["tests/test_user_trial_4.py::test_a_refused_train_argument_says_nothing_of_starting_afresh_before_the_refusal"]
+MUTANTS += [
+    Mutant("opz-busy-exit-2", "errors.py",
+           [('    if getattr(err, "output_dir_busy", isinstance(err, OutputDirBusy)):\n', "    if False:\n")],
+           OPZ_JOBS, "output_dir held by another live run exits 2 again: a scheduler reads it as 'fix the input'"),
+    Mutant("opz-rank-busy-not-said", "rank_agreement.py",
+           [("                      output_dir_busy=all(said[rank][2] for rank in failed)) from failure",
+             "                      output_dir_busy=False) from failure")],
+           OPZ_RANKS, "under several processes a busy output_dir exits 2, where one process exits 75"),
+    Mutant("opz-log-line-every-update", "log_lines.py",
+           [("        if reached or now - self.last_time >= LOG_LINE_SECONDS:\n", "        if True:\n")],
+           OPZ_JOBS, "a bar in a log file prints a line at every update, not at most every 30 s"),
+    Mutant("opz-log-bar-no-end-line", "log_lines.py",
+           [("        if count != self.last_count:\n", "        if False:\n")],
+           OPZ_JOBS, "a bar closed before its total says nothing of where it stopped"),
+    Mutant("opz-note-at-build", "loops/launch.py",
+           [("            refuse_fresh_start_over_unfinished_run(cfg)  # its note is said when train() starts the run\n",
+             "            __import__('preflab.loops.resume').loops.resume.note_earlier_run(cfg)\n")],
+           OPZ_NOTE, "the 'starts afresh' note printed at the build again, before a train() argument is refused"),
 ]
 
 

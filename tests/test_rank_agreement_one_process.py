@@ -43,12 +43,13 @@ class OtherRanks:
             flags[rank] += 1
 
     def all_gather_object(self, texts, mine):
-        """Each rank sends (its error's text, whether it was a failed write); `others` gives a text (not a write)
-        or that pair."""
+        """Each rank sends (its error's text, whether it was a failed write, whether output_dir was busy); `others`
+        gives a text (neither), a (text, write) pair (not busy) or that triple."""
         self.calls["all_gather_object"] += 1
         for rank in range(self.world):
             other = self.others.get(rank)
-            texts[rank] = mine if rank == self.rank else (other, False) if isinstance(other, str) else other
+            texts[rank] = (mine if rank == self.rank else (other, False, False) if isinstance(other, str)
+                           else other if other is None else (*other, False)[:3])
 
 
 @pytest.fixture
@@ -190,3 +191,28 @@ def test_a_failed_write_on_every_failed_rank_exits_as_a_failed_write_and_any_oth
         with ranks_agree("saving"):
             pass
     assert not caught.value.write_failed and exit_status(caught.value) == 2
+
+
+def test_output_dir_held_by_another_run_on_every_failed_rank_exits_75_and_with_another_failure_2(group, tmp_path):
+    """The main's claim of output_dir is agreed by every rank (preflab.loops.launch): another live run holding it
+    was a RankFailure exiting 2 ("fix the input"); now, as for one process, 75 ("retry later"), on the main (its own
+    OutputDirBusy) and on a rank that only heard of it. Mixed with a failure that is not one: 2."""
+    from preflab.errors import OutputDirBusy, exit_status
+
+    busy = OutputDirBusy(f"output_dir {tmp_path} is in use by another preflab run (PID 4242 on host h, started t0)")
+    group(0, 2, {})
+    with pytest.raises(RankFailure) as caught:
+        with ranks_agree("the main process could not take output_dir"):
+            raise busy
+    assert caught.value.output_dir_busy and not caught.value.write_failed and exit_status(caught.value) == 75
+    assert caught.value.failures == {0: str(busy)}
+    group(1, 2, {0: (str(busy), False, True)})
+    with pytest.raises(RankFailure) as caught:
+        with ranks_agree("the main process could not take output_dir"):
+            pass
+    assert caught.value.output_dir_busy and exit_status(caught.value) == 75 and "PID 4242" in str(caught.value)
+    group(0, 3, {1: (str(busy), False, True), 2: ("could not write c", True, False)})
+    with pytest.raises(RankFailure) as caught:
+        with ranks_agree("saving"):
+            pass
+    assert not caught.value.output_dir_busy and not caught.value.write_failed and exit_status(caught.value) == 2

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import preflab.checkpoint as ck
 import preflab.loops.driver as driver
 from preflab.cli import main
-from preflab.errors import EXIT_REFUSED, EXIT_TERMINATED, EXIT_WRITE_FAILED
+from preflab.errors import EXIT_OUTPUT_DIR_BUSY, EXIT_REFUSED, EXIT_TERMINATED, EXIT_WRITE_FAILED
 
 ROOT = Path(__file__).resolve().parents[1]
 # one command for every start of the job: resume_from_checkpoint: auto (save_steps 4: step 3 is no periodic save)
@@ -119,6 +119,32 @@ def test_exit_status_tells_a_failed_write_from_a_wrong_config_or_data(tmp_path, 
     said = build_parser().format_help()  # `preflab --help` lists the statuses a scheduler reads
     assert "  2    refused: the config, data or command line is wrong" in said
     assert "  74   a file could not be written" in said and "  143  SIGTERM" in said
+    assert "  75   output_dir is in use by another live preflab run" in said
+
+
+def test_output_dir_held_by_another_live_run_exits_75_naming_its_pid(tmp_path, capsys):
+    """Before: the second of two runs on one output_dir exited 2, "fix the input", though the same command succeeds
+    once the first ends (a scheduler's retry started while the old pod still stops). Now 75 (BSD sysexits'
+    EX_TEMPFAIL) with the holder's PID, before any model loads. The other run's flock is taken here on a descriptor
+    of its own (flock locks of two open() calls exclude each other, even in one process), its record beside it."""
+    import fcntl
+    import socket
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    lock = out / ".preflab.lock"
+    lock.write_text(json.dumps({"pid": 4242, "host": socket.gethostname(), "started": "2026-12-08T01:00:00+00:00"}))
+    held = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([*JOB, f"output_dir={out}"]) == EXIT_OUTPUT_DIR_BUSY == 75
+    finally:
+        os.close(held)
+    said = capsys.readouterr().err
+    assert said == (f"preflab: error: output_dir {out} is in use by another preflab run (PID 4242 on host "
+                    f"{socket.gethostname()}, started 2026-12-08T01:00:00+00:00; lock file {lock}). Wait for it to "
+                    "finish, stop it, or choose another output_dir.\n")
+    assert sorted(p.name for p in out.iterdir()) == [".preflab.lock"]  # nothing loaded, nothing written
 
 
 def test_resume_auto_is_refused_where_a_run_keeps_no_checkpoint_folders(tmp_path):
@@ -141,7 +167,8 @@ def test_progress_in_a_log_file_is_plain_lines_at_most_every_30_seconds_and_at_t
     import io
     from types import SimpleNamespace
 
-    from preflab.runlog import LOG_LINE_SECONDS, Progress
+    from preflab.log_lines import LOG_LINE_SECONDS
+    from preflab.runlog import Progress
 
     result = SimpleNamespace(loss=0.5, metrics={"rewards/margins": 0.25, "rewards/accuracies": 0.75})
     log, now = io.StringIO(), {"t": 0.0}
@@ -168,3 +195,50 @@ def test_progress_in_a_log_file_is_plain_lines_at_most_every_30_seconds_and_at_t
     quiet = io.StringIO()
     Progress(10, 0, False, stream=quiet).update(result, 100)  # disable_tqdm: nothing at all
     assert quiet.getvalue() == ""
+
+
+def test_a_bar_another_library_draws_is_plain_lines_in_a_log_file_by_the_training_bars_rule():
+    """vLLM's "Processed prompts" bar of an online round (generation_backend: vllm) drew tqdm redraws into the log
+    file. Its use_tqdm takes a tqdm class: preflab.log_lines.bar_class() gives one that prints the training bar's
+    lines (LogLines: at most every 30 s and at the end). Driven here as vLLM's _run_engine drives it: a postfix
+    string set before each update, format_dict["elapsed"] read, refresh() at the total, close()."""
+    import io
+
+    from preflab.log_lines import LogLineBar, bar_class
+
+    log, now = io.StringIO(), {"t": 0.0}
+    make = bar_class(stream=log, clock=lambda: now["t"])
+    bar = make(total=8, desc="Processed prompts", dynamic_ncols=True, mininterval=0,
+               postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
+    assert isinstance(bar, LogLineBar)
+    for done in range(1, 9):  # 8 prompts, 12 s apart: 30 s have passed at prompts 3 and 6, then the last
+        now["t"] += 12.0
+        assert bar.format_dict["elapsed"] >= 0
+        bar.postfix = f"est. speed input: {10 * done:.2f} toks/s, output: {5 * done:.2f} toks/s"
+        bar.update(1)
+        if bar.n == 8:
+            bar.refresh()
+    bar.close()
+    assert "\r" not in log.getvalue()
+    assert log.getvalue().splitlines() == [
+        "Processed prompts: 3/8 (38%), 0.0833 it/s, ETA 60 s, est. speed input: 30.00 toks/s, output: 15.00 toks/s",
+        "Processed prompts: 6/8 (75%), 0.0833 it/s, ETA 24 s, est. speed input: 60.00 toks/s, output: 30.00 toks/s",
+        "Processed prompts: 8/8 (100%), 0.0833 it/s, ETA 0 s, est. speed input: 80.00 toks/s, output: 40.00 toks/s"]
+
+    log, now["t"] = io.StringIO(), 0.0  # a bar closed before its total says where it stopped, once
+    bar = bar_class(stream=log, clock=lambda: now["t"])(total=10, desc="gen", mininterval=0)
+    now["t"] = 4.0
+    bar.update(2)
+    bar.close()
+    bar.close()
+    assert log.getvalue() == "gen: 2/10 (20%), 0.5 it/s, ETA 16 s\n"
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Terminal()
+    bar = bar_class(stream=screen)(total=3, desc="gen")
+    bar.update(3)
+    bar.close()
+    assert not isinstance(bar, LogLineBar) and "\r" in screen.getvalue()  # a terminal keeps tqdm's bar

@@ -219,6 +219,28 @@ def test_trl_style_train_resume_argument_says_where_it_goes(tmp_path):
         resume_from_checkpoint=None)["global_step"] == 1  # the lock of the refused run was released
 
 
+def test_a_refused_train_argument_says_nothing_of_starting_afresh_before_the_refusal(tmp_path, capsys):
+    """Building a Trainer in a folder holding an earlier run printed "this run starts afresh and replaces its model,
+    metrics.jsonl and summary.json" during the build; a train(resume_from_checkpoint=True) then refused, replacing
+    nothing: the note was false. It is said when train() starts the run: nothing before the refusal, the earlier run's
+    files untouched, and the note (once) from the train() that runs."""
+    from preflab.loops.offline import Trainer
+
+    Trainer(_cfg(tmp_path, "again", max_steps=1), train_data=_rows()).train()
+    summary = (tmp_path / "again" / "summary.json").read_bytes()
+    capsys.readouterr()
+    trainer = Trainer(_cfg(tmp_path, "again", max_steps=1), train_data=_rows())
+    with pytest.raises(ConfigError, match=r"^train\(resume_from_checkpoint=True\): preflab reads"):
+        trainer.train(resume_from_checkpoint=True)
+    said = capsys.readouterr()
+    assert "earlier run" not in said.out + said.err and "afresh" not in said.out + said.err
+    assert (tmp_path / "again" / "summary.json").read_bytes() == summary
+    Trainer(_cfg(tmp_path, "again", max_steps=1, seed=1), train_data=_rows()).train()
+    note = (f"preflab: note: output_dir {tmp_path / 'again'} holds an earlier run (it ended at step 1); this run "
+            "starts afresh and replaces its model, metrics.jsonl and summary.json;")
+    assert capsys.readouterr().out.count(note) == 1
+
+
 def test_the_max_length_cap_note_is_printed_by_the_main_process_only(monkeypatch, capsys):
     """Under `accelerate launch --num_processes 2` the note "max_length=1024 is above the 512 positions ..." was
     printed once per process; now only the main process prints it (every process still caps)."""

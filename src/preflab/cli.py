@@ -9,8 +9,8 @@ import importlib
 import os
 import sys
 
-from preflab.errors import (EXIT_CRASH, EXIT_INTERRUPTED, EXIT_REFUSED, EXIT_TERMINATED, EXIT_WRITE_FAILED,
-                            ConfigError, PreflabError, exit_status)
+from preflab.errors import (EXIT_CRASH, EXIT_INTERRUPTED, EXIT_OUTPUT_DIR_BUSY, EXIT_REFUSED, EXIT_TERMINATED,
+                            EXIT_WRITE_FAILED, ConfigError, PreflabError, exit_status)
 from preflab.quiet import kept_as_found, quiet_bitsandbytes_cpu_kernel
 from preflab.stop_signal import Terminated, install_sigterm_handler
 
@@ -45,6 +45,7 @@ EXIT_STATUS_HELP = f"""exit status (docs/reliability.md, "Running under a schedu
   {EXIT_CRASH}    a crash: an error that is not preflab's (a traceback is printed)
   {EXIT_REFUSED}    refused: the config, data or command line is wrong; the same command fails again
   {EXIT_WRITE_FAILED}   a file could not be written (full disk, quota, read-only folder); rerun once there is room
+  {EXIT_OUTPUT_DIR_BUSY}   output_dir is in use by another live preflab run (its PID is named); rerun once it has ended
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
   {EXIT_TERMINATED}  SIGTERM; a run in its training steps saves the step under way first (save_steps > 0).
        resume_from_checkpoint: auto lets the same command start the run and continue it."""
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             close_progress_bars()  # the error on its own line, not glued to the end of the bar's (a log file)
             print(message, file=sys.stderr)
         _close_process_group(had_group, err)
-        return exit_status(err)  # 2: change the config or data; 74: a failed write (preflab.errors.EXIT_*)
+        return exit_status(err)  # 2: change the config or data; 74: a failed write; 75: output_dir busy (EXIT_*)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: what is kept, not a traceback through torch (the run's
         # lock is already released)
         from preflab.runlog import is_main_process

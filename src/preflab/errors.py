@@ -16,19 +16,29 @@ class WriteFailed(PreflabError):
     (resume_from_checkpoint: auto continues) from one it cannot."""
 
 
+class OutputDirBusy(PreflabError):
+    """output_dir is held by another live preflab run (its `.preflab.lock`: preflab.rundir.acquire_lock); the message
+    names that run's PID, host and start time. The `preflab` command exits with 75 on it (EXIT_OUTPUT_DIR_BUSY), not
+    the 2 of a wrong config: the same command succeeds once the other run ends, e.g. a scheduler's retry started while
+    the job's previous pod is still stopping."""
+
+
 # the `preflab` command's exit status per outcome (docs/reliability.md "Exit status"; preflab.cli.main)
 EXIT_OK = 0
 EXIT_CRASH = 1            # not preflab's: a library's error or a bug (Python's own status for an uncaught exception)
 EXIT_REFUSED = 2          # a ConfigError, DataError or any other PreflabError: the input must change (argparse's too)
 EXIT_WRITE_FAILED = 74    # WriteFailed: BSD sysexits' EX_IOERR; free space or fix permissions, run it again
+EXIT_OUTPUT_DIR_BUSY = 75  # OutputDirBusy: BSD sysexits' EX_TEMPFAIL; another run holds output_dir, retry later
 EXIT_INTERRUPTED = 130    # Ctrl-C: 128 + SIGINT's 2, as a shell reports it
 EXIT_TERMINATED = 143     # SIGTERM: 128 + 15
 
 
 def exit_status(err: PreflabError) -> int:
-    """The `preflab` command's exit status for a PreflabError it stopped on: 74 for a WriteFailed, or an error of
-    several ranks whose every failed rank failed to write (`write_failed`: preflab.rank_agreement.RankFailure); 2
-    for any other."""
+    """The `preflab` command's exit status for a PreflabError it stopped on: 75 for an OutputDirBusy, 74 for a
+    WriteFailed, or an error of several ranks whose every failed rank failed so (`output_dir_busy`, `write_failed`:
+    preflab.rank_agreement.RankFailure); 2 for any other."""
+    if getattr(err, "output_dir_busy", isinstance(err, OutputDirBusy)):
+        return EXIT_OUTPUT_DIR_BUSY
     return EXIT_WRITE_FAILED if getattr(err, "write_failed", isinstance(err, WriteFailed)) else EXIT_REFUSED
 
 

@@ -19,17 +19,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from preflab.errors import PreflabError, WriteFailed
+from preflab.errors import OutputDirBusy, PreflabError, WriteFailed
 
 
 class RankFailure(PreflabError):
     """A step the ranks took together failed on `failures` ({rank: its error's text}); raised on every rank alike,
     from the rank's own error where it had one. write_failed: every failed rank's error was a failed write
     (is_write_failure), so the `preflab` command exits with 74 on it as one process does (preflab.errors.exit_status),
-    not with the 2 of a refused config."""
+    not with the 2 of a refused config. output_dir_busy: every failed rank's error was an OutputDirBusy (another run
+    holds output_dir: the main's claim, preflab.loops.launch), so it exits with 75 as one process does."""
 
-    def __init__(self, what: str, failures: dict[int, str], write_failed: bool = False):
+    def __init__(self, what: str, failures: dict[int, str], write_failed: bool = False, output_dir_busy: bool = False):
         self.what, self.failures, self.write_failed = what, dict(failures), write_failed
+        self.output_dir_busy = output_dir_busy
         said = "; ".join(f"rank {rank} failed: {text}" for rank, text in sorted(self.failures.items()))
         super().__init__(f"{what}: {said}")
 
@@ -121,7 +123,8 @@ def ranks_agree(what: str, values: tuple[float, ...] | None = None) -> Iterator[
     try:
         yield shared
     except RankFailure as agreed:  # an agreement inside the block (ranks_agree, main_result) raised it on every rank
-        raise RankFailure(f"{what}: {agreed.what}", agreed.failures) from agreed
+        raise RankFailure(f"{what}: {agreed.what}", agreed.failures, write_failed=agreed.write_failed,
+                          output_dir_busy=agreed.output_dir_busy) from agreed  # keep the exit status it carries
     except Exception as err:  # noqa: BLE001 - every failure is reported to the other ranks, then raised
         failure = err
     if values is None:
@@ -131,10 +134,13 @@ def ranks_agree(what: str, values: tuple[float, ...] | None = None) -> Iterator[
         shared.extend(every)
     if not failed:
         return
-    said: list = [None] * dist.get_world_size()  # each rank's (error text, whether it was a failed write)
-    dist.all_gather_object(said, None if failure is None else (error_text(failure), is_write_failure(failure)))
+    # each rank's (error text, whether it was a failed write, whether output_dir was busy)
+    said: list = [None] * dist.get_world_size()
+    dist.all_gather_object(said, None if failure is None else (error_text(failure), is_write_failure(failure),
+                                                                 isinstance(failure, OutputDirBusy)))
     raise RankFailure(what, {rank: said[rank][0] for rank in failed},
-                      write_failed=all(said[rank][1] for rank in failed)) from failure
+                      write_failed=all(said[rank][1] for rank in failed),
+                      output_dir_busy=all(said[rank][2] for rank in failed)) from failure
 
 
 class MainFailed:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from preflab.errors import ConfigError, PreflabError
+from preflab.errors import ConfigError, OutputDirBusy, PreflabError
 
 LOCK_FILE = ".preflab.lock"
 RUN_MARKER = ".preflab-run"  # written into every claimed output_dir: "this folder is a preflab run"
@@ -130,7 +130,8 @@ def _try_flock(fd: int) -> str:
 
 
 def acquire_lock(output_dir: Path) -> _Lock:
-    """Lock output_dir for this process (see the module docstring); PreflabError when another run holds it."""
+    """Lock output_dir for this process (see the module docstring); OutputDirBusy (exit 75) when another live run
+    holds it."""
     output_dir = Path(output_dir).resolve()
     if output_dir in _held:
         _held[output_dir].count += 1
@@ -143,7 +144,7 @@ def acquire_lock(output_dir: Path) -> _Lock:
         if flock == "busy":
             os.close(fd)
             holder = _read_holder(path)
-            raise PreflabError(
+            raise OutputDirBusy(
                 f"output_dir {output_dir} is in use by another preflab run ({_describe(holder)}; lock file "
                 f"{path}). Wait for it to finish, stop it, or choose another output_dir.")
         try:
@@ -159,7 +160,7 @@ def acquire_lock(output_dir: Path) -> _Lock:
             # holding the flock proves its holder is gone (a reused PID must not block us); without flock, the PID
             if same_host and flock == "unsupported" and _pid_alive(int(holder["pid"])):
                 os.close(fd)
-                raise PreflabError(
+                raise OutputDirBusy(
                     f"output_dir {output_dir} is in use by another preflab run ({_describe(holder)}; lock file "
                     f"{path}). Wait for it to finish, stop it, or choose another output_dir.")
             if not same_host:

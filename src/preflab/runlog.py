@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from preflab.atomic_file import write_text_file
 from preflab.errors import ConfigError
+from preflab.log_lines import LogLines, draws_plain_lines
 
 
 # every per-step file a run appends to: truncated to the resume step on resume, removed on a fresh start
@@ -150,28 +151,25 @@ def start_trackers(accelerator, cfg, output_dir: Path):
     return track
 
 
-LOG_LINE_SECONDS = 30.0  # Progress on a stream that is no terminal: one line at most this often, and the last step
-
-
 class Progress:
     """A tqdm bar with loss, margin, accuracy (online runs: the sampled reward; the game: TV to the equilibrium),
     tokens/s (`unit`: what the counts passed to update() are, e.g. images for a diffusion run); ETA comes from tqdm.
 
     On a stream that is no terminal (a scheduler's log file, a pipe) the bar, redrawn with carriage returns, made one
     endless line there; it prints instead one plain line `train: step S/T (P%), R steps/s, ETA ..., loss=...` at most
-    every LOG_LINE_SECONDS and at the last step: a heartbeat a log reader can grep and tail. A notebook keeps its
-    widget bar. stream: sys.stderr by default; clock: seconds (time.perf_counter)."""
+    every LOG_LINE_SECONDS and at the last step (preflab.log_lines.LogLines, the rule every bar follows): a heartbeat
+    a log reader can grep and tail. A notebook keeps its widget bar. stream: sys.stderr by default; clock: seconds
+    (time.perf_counter)."""
 
     def __init__(self, total: int, initial: int, enabled: bool, unit: str = "tokens", stream=None,
                  clock=time.perf_counter):
         self.stream = sys.stderr if stream is None else stream
-        isatty = getattr(self.stream, "isatty", None)
-        # a notebook's widget bar (tqdm.auto picked tqdm.notebook) is kept: its stderr is no terminal either
-        self.lines = enabled and not (callable(isatty) and isatty()) and "notebook" not in tqdm.__module__
-        self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.lines, desc="train",
+        self.lines = LogLines(total, initial, self.stream, clock, "train", "step ", "steps") \
+            if enabled and draws_plain_lines(self.stream) else None
+        self.bar = tqdm(total=total, initial=initial, disable=not enabled or self.lines is not None, desc="train",
                         dynamic_ncols=True, file=stream)
-        self.clock, self.total, self.initial, self.step = clock, total, initial, initial
-        self.start = self.last_line = clock()
+        self.clock, self.step = clock, initial
+        self.start = clock()
         self.tokens = 0
         self.rate_name = {"tokens": "tok/s", "images": "img/s"}.get(unit, f"{unit}/s")
 
@@ -191,21 +189,8 @@ class Progress:
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
         self.step += 1
-        if self.lines:
-            self._line(post)
-
-    def _line(self, post: dict) -> None:
-        """The plain progress line (a stream that is no terminal), when LOG_LINE_SECONDS have passed since the last
-        one, or at the last step."""
-        now = self.clock()
-        if self.step < self.total and now - self.last_line < LOG_LINE_SECONDS:
-            return
-        self.last_line = now
-        rate = (self.step - self.initial) / max(now - self.start, 1e-9)
-        eta = (self.total - self.step) / rate if rate > 0 else 0.0
-        said = " ".join(f"{k}={v}" for k, v in post.items())
-        print(f"train: step {self.step}/{self.total} ({100 * self.step / max(self.total, 1):.0f}%), {rate:.3g} "
-              f"steps/s, ETA {eta:.0f} s, {said}", file=self.stream, flush=True)
+        if self.lines is not None:
+            self.lines.update(self.step, " ".join(f"{k}={v}" for k, v in post.items()))
 
     def close(self):
         self.bar.close()

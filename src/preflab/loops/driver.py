@@ -50,7 +50,7 @@ from preflab.loops.callback_state import CallbackEvents, callback_states, restor
 from preflab.loops.device_cache import cpu_note, emptying_forward
 from preflab.loops.launch import deepspeed_stage, gather_full_states, is_sharded, sharding_engine
 from preflab.loops.optimizer import follow_schedule, step_on_evaluation
-from preflab.loops.resume import no_checkpoint_to_resume, resume_requested
+from preflab.loops.resume import earlier_run_note, no_checkpoint_to_resume, resume_requested
 from preflab.models.attention import refuse_flex_training_on_cpu
 from preflab.models.neftune import RankNoise, add_neftune_hook
 from preflab.neftune_options import neftune_kind_refusal
@@ -205,6 +205,9 @@ class TrainingRun(CallbackEvents, metaclass=BuildReleasesClaim):
                     f"from the config (this one has {self.cfg.resume_from_checkpoint!r}), which sets the run up for "
                     "it. Set it there (resume_from_checkpoint: true, or a checkpoint-N path), build the trainer "
                     "again and call train().")
+            note = earlier_run_note(self.cfg)  # here, not at the build: only a run that starts replaces the other
+            if note and self.accelerator.is_main_process:
+                print(note, flush=True)
             self._inside_train = True
             return self._train()
         except KeyboardInterrupt as err:  # Ctrl-C / SIGTERM: the CLI names this folder's latest checkpoint

@@ -22,7 +22,8 @@ from preflab.deepspeed_options import (deepspeed_values_problem, fill_deepspeed_
 from preflab.errors import ConfigError, PreflabError
 from preflab.launch_env import env_flag, fsdp_version_asked, launched_world_size
 from preflab.best_model_options import checkpoint_uses, fsdp1_checkpoint_problem
-from preflab.loops.resume import check_resume_early, note_earlier_run, resolve_auto_resume, resume_requested
+from preflab.loops.resume import (check_resume_early, refuse_fresh_start_over_unfinished_run, resolve_auto_resume,
+                                  resume_requested)
 from preflab.rank_agreement import ranks_agree
 from preflab.rundir import claim_output_dir
 from preflab.sharded_checkpoint import check_sharded_storage
@@ -295,7 +296,7 @@ def make_accelerator(cfg, whole_weights: str | None = None):
     with ranks_agree(f"the main process could not take output_dir {cfg.output_dir}"):
         if accelerator.is_main_process:
             claim_output_dir(cfg.output_dir, getattr(cfg, "overwrite_output_dir", False))
-            note_earlier_run(cfg)
+            refuse_fresh_start_over_unfinished_run(cfg)  # its note is said when train() starts the run
             clean_interrupted_saves(cfg.output_dir)
     return accelerator
 

@@ -3,8 +3,8 @@ before anything loads.
 
 resume_requested reads the option; check_resume_early refuses a resume the checkpoint cannot give (a newer format,
 another DeepSpeed layout, a config or global batch that changes the run's meaning: preflab.resume_check) on every
-rank before any model is loaded; note_earlier_run says (or refuses) what a fresh start replaces of an earlier run in
-the same folder (what an interrupted or failed run ends with: preflab.checkpoint.what_is_kept). The checkpoint itself is
+rank before any model is loaded; refuse_fresh_start_over_unfinished_run (at the build) and earlier_run_note (when
+train() starts) refuse or say what a fresh start replaces of an earlier run in the same folder (what an interrupted or failed run ends with: preflab.checkpoint.what_is_kept). The checkpoint itself is
 restored by TrainingRun._maybe_resume (preflab.loops.driver), which runs the same checks again with their notes.
 """
 from __future__ import annotations
@@ -49,31 +49,59 @@ def resume_requested(cfg) -> bool:
 
 
 def note_earlier_run(cfg) -> None:
-    """A fresh start in a folder that holds an earlier run replaces that run's model, metrics.jsonl and
-    summary.json: say so (a forgotten output_dir override otherwise loses a finished run without a word). A run
-    that did not finish and has checkpoints (a killed or preempted job restarted without resume_from_checkpoint)
-    is refused unless overwrite_output_dir: its checkpoints would be replaced one by one."""
+    """refuse_fresh_start_over_unfinished_run, then print earlier_run_note."""
+    refuse_fresh_start_over_unfinished_run(cfg)
+    note = earlier_run_note(cfg)
+    if note:
+        print(note, flush=True)
+
+
+def _earlier_run(cfg) -> tuple[int | None, Path | None] | None:
+    """(the step summary.json says the earlier run ended at or None, its latest checkpoint or None) when a fresh
+    start (no resume asked) is about to replace an earlier run in output_dir (its metrics.jsonl or summary.json);
+    None otherwise."""
     if resume_requested(cfg):
-        return
+        return None
     out = Path(cfg.output_dir)
     if not ((out / "metrics.jsonl").is_file() or (out / "summary.json").is_file()):
-        return
+        return None
     try:
         step = json.loads((out / "summary.json").read_text()).get("global_step")
     except (OSError, ValueError, AttributeError):
         step = None
-    latest = latest_checkpoint(out)
-    if not isinstance(step, int) and latest is not None and not getattr(cfg, "overwrite_output_dir", False):
+    return (step if isinstance(step, int) else None), latest_checkpoint(out)
+
+
+def refuse_fresh_start_over_unfinished_run(cfg) -> None:
+    """A run that did not finish and has checkpoints (a killed or preempted job restarted without
+    resume_from_checkpoint) is refused unless overwrite_output_dir: its checkpoints would be replaced one by one.
+    Checked when the run is built, before any model loads (preflab.loops.launch)."""
+    earlier = _earlier_run(cfg)
+    if earlier is None:
+        return
+    step, latest = earlier
+    if step is None and latest is not None and not getattr(cfg, "overwrite_output_dir", False):
         raise ConfigError(
             f"output_dir {cfg.output_dir} holds a run that did not finish, with checkpoints up to {latest.name}; a "
             "fresh start would replace its metrics.jsonl, and each of its checkpoints once this run saves the same "
             "step. Set resume_from_checkpoint: true to continue it, overwrite_output_dir: true to start afresh "
             "anyway, or choose another output_dir.")
-    ended = f"it ended at step {step}" if isinstance(step, int) else "it did not finish"
-    print(f"preflab: note: output_dir {cfg.output_dir} holds an earlier run ({ended}); this run starts afresh and "
-          "replaces its model, metrics.jsonl and summary.json; its checkpoint-* folders stay on the old timeline "
-          "until this run saves a checkpoint of the same step, which replaces it. To continue it instead, set "
-          "resume_from_checkpoint: true; to keep it, choose another output_dir.", flush=True)
+
+
+def earlier_run_note(cfg) -> str | None:
+    """The note a fresh start in a folder that holds an earlier run prints: it replaces that run's model,
+    metrics.jsonl and summary.json (a forgotten output_dir override otherwise loses a finished run without a word).
+    None when no earlier run is replaced. Said when train() starts the run (preflab.loops.driver), not when it is
+    built: a trainer built from Python whose train(resume_from_checkpoint=...) is then refused starts nothing, and a
+    note printed at its build said it "starts afresh and replaces" a run it never touched."""
+    earlier = _earlier_run(cfg)
+    if earlier is None:
+        return None
+    ended = "it did not finish" if earlier[0] is None else f"it ended at step {earlier[0]}"
+    return (f"preflab: note: output_dir {cfg.output_dir} holds an earlier run ({ended}); this run starts afresh and "
+            "replaces its model, metrics.jsonl and summary.json; its checkpoint-* folders stay on the old timeline "
+            "until this run saves a checkpoint of the same step, which replaces it. To continue it instead, set "
+            "resume_from_checkpoint: true; to keep it, choose another output_dir.")
 
 
 def no_checkpoint_to_resume(output_dir) -> str:

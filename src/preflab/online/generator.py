@@ -27,6 +27,7 @@ from typing import Protocol
 from preflab.errors import ConfigError
 from preflab.generate_groups import generate_groups
 from preflab.models.dropout import original_dropout_config
+from preflab.log_lines import bar_class
 from preflab.quiet import progress_bars_off
 
 
@@ -86,7 +87,10 @@ class VLLMGenerator:  # pragma: no cover - needs the optional vllm package and a
         params = SamplingParams(n=num_generations, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                                 min_p=self.min_p, repetition_penalty=self.repetition_penalty,
                                 max_tokens=self.max_new_tokens, seed=seed)
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params)
+        # its "Processed prompts" bar: off with disable_tqdm, plain lines in a log file (preflab.log_lines; a vLLM
+        # whose use_tqdm takes no tqdm class reads it as True and draws its own bar)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompt_ids], params,
+                            use_tqdm=False if self.quiet else bar_class())
         return [list(c.token_ids) for o in outs for c in o.outputs]
 
 
