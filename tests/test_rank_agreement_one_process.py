@@ -216,3 +216,20 @@ def test_output_dir_held_by_another_run_on_every_failed_rank_exits_75_and_with_a
         with ranks_agree("saving"):
             pass
     assert not caught.value.output_dir_busy and not caught.value.write_failed and exit_status(caught.value) == 2
+
+
+def test_an_agreement_inside_an_agreement_keeps_the_exit_status_its_failure_carries(group, tmp_path):
+    """ranks_agree re-raises a RankFailure from an inner agreement with its own description in front (no second
+    collective). It kept the failures but dropped write_failed / output_dir_busy, so a full disk or a busy
+    output_dir met inside a nested agreement exited 2 instead of 74 / 75."""
+    from preflab.errors import OutputDirBusy, exit_status
+
+    busy = OutputDirBusy(f"output_dir {tmp_path} is in use by another preflab run (PID 4242 on host h, started t0)")
+    for inner_error, status in ((busy, 75), (OSError(28, "No space left on device", str(tmp_path / "x")), 74)):
+        group(0, 2, {})
+        with pytest.raises(RankFailure) as caught:
+            with ranks_agree("the outer stretch"):
+                with ranks_agree("the inner stretch"):
+                    raise inner_error
+        assert caught.value.what.startswith("the outer stretch: the inner stretch")
+        assert exit_status(caught.value) == status
