@@ -8553,7 +8553,9 @@ MUTANTS += [
            OEJ_TOOLS, "a failure on rank 1 in a continuation stops rank 1 alone; the main goes on without it"),
     Mutant("oej-nested-failure-agreed-again", "rank_agreement.py",
            [("    except RankFailure as agreed:  # an agreement inside the block (ranks_agree, main_result) raised it on "
-             "every rank\n        raise RankFailure(f\"{what}: {agreed.what}\", agreed.failures) from agreed\n", "")],
+             "every rank\n        raise RankFailure(f\"{what}: {agreed.what}\", agreed.failures, write_failed=agreed.write_failed,\n"
+             "                          output_dir_busy=agreed.output_dir_busy) from agreed  # keep the exit status it "
+             "carries\n", "")],
            OEJ_EVAL2, "an error already agreed inside the block is agreed again: every rank reported as failed with the "
            "inner error's text nested in the outer's"),
 ]
