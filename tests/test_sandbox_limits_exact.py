@@ -2,16 +2,21 @@
 
 Each test pins a number or status that a plausible bug would change: the output cap to the byte, the shared-memory
 cap in bytes and in pages, processes_left of a lone main process, a uid already in use never handed out, folders
-of `files=` writable by the fresh uid, and run_tests verdicts on runs that stopped, raised or had their limits
-passed through."""
+of `files=` writable by the fresh uid, run_tests verdicts on runs that stopped, raised or had their limits passed
+through, unix datagram sockets refused by domain, and the kill loop's rescan (a process forked meanwhile, a setsid()
+daemon of a non-root run)."""
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 
 import pytest
 
 from preflab.sandbox import _host, run_python, run_tests
+from preflab.sandbox.runner import _run_python
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="preflab.sandbox is Linux-only")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="fresh uid and SysV caps need a root caller")
@@ -106,3 +111,90 @@ def test_run_tests_applies_the_sandbox_limits_it_is_given():
     capped = run_tests(code, ["assert f() == 1"], timeout_s=2.0, memory_mb=128, max_output_bytes=100)[0]
     assert capped.result.status == "output_limit" and not capped.passed
     assert run_tests(code, ["assert f() == 1"], timeout_s=2.0, memory_mb=128)[0].passed
+
+
+def test_unix_datagram_sockets_are_refused_and_inet_sockets_are_not():
+    """seccomp refuses socket(AF_UNIX, ...) whatever its type (a SOCK_DGRAM to a host socket such as /dev/log is
+    refused with EPERM, nothing is delivered), while socket(AF_INET, SOCK_STREAM) can still be created (the
+    filter reads the domain, not the type)."""
+    folder = tempfile.mkdtemp()
+    os.chmod(folder, 0o755)
+    address = os.path.join(folder, "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    os.chmod(address, 0o666)
+    server.settimeout(0.3)
+    code = textwrap.dedent(f"""
+        import socket
+        try:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.sendto(b"escaped", {address!r})
+            print("SENT")
+        except OSError as e:
+            print("unix", e.errno)
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+        print("inet created")
+    """)
+    try:
+        r = run_python(code, timeout_s=5, memory_mb=128)
+        try:
+            received = server.recv(64)
+        except OSError:
+            received = b""
+    finally:
+        server.close()
+        os.unlink(address)
+        os.rmdir(folder)
+    assert r.status == "ok", r.stderr
+    assert r.stdout == "unix 1\ninet created\n" and received == b""
+
+
+def test_a_process_that_appears_in_a_later_scan_is_killed_too():
+    """_kill_until_gone rescans after each round: a process the first scan did not list (forked meanwhile) is
+    killed as well, and both are counted."""
+    first, second = (subprocess.Popen(["sleep", "30"]) for _ in range(2))
+    scans = []
+
+    def scan():
+        scans.append(1)
+        live = [p.pid for p in (first, second) if p.poll() is None]
+        return live[:1] if len(scans) == 1 else live
+
+    try:
+        assert _host._kill_until_gone(scan, lambda pid: True, timeout_s=5.0) == 2
+        assert (first.wait(timeout=5), second.wait(timeout=5)) == (-9, -9)
+    finally:
+        for p in (first, second):
+            p.kill()
+            p.wait()
+
+
+def test_a_non_root_runs_setsid_daemon_is_killed_with_its_user_namespace(monkeypatch):
+    """Non-root: a child that calls setsid() leaves the process group but not the run's user namespace; it is
+    gone when run_python returns."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    code = textwrap.dedent("""
+        import os, sys, time
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()
+            os.close(r)
+            os.write(w, b"x")
+            os.close(w)
+            os.closerange(0, 3)
+            time.sleep(60)
+            os._exit(0)
+        os.read(r, 1)
+        print(pid)
+    """)
+    with pytest.warns(UserWarning, match="non-root caller"):
+        r = _run_python(code, python_guard=False, timeout_s=5, memory_mb=128)
+    if "user namespace" not in r.isolation.get("ipc", ""):
+        pytest.skip("no user namespace for the run here: " + r.isolation.get("ipc", ""))
+    assert r.status == "ok" and r.processes_left == 1
+    pid = int(r.stdout)
+    deadline = time.monotonic() + 2
+    while os.path.exists(f"/proc/{pid}") and not _host._is_zombie(str(pid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{pid}") or _host._is_zombie(str(pid))
