@@ -143,11 +143,14 @@ def test_writing_outside_the_working_folder_is_blocked():
     root_owned = tempfile.mkdtemp()                    # 0700, owned by the caller
     world_writable = tempfile.mkdtemp()
     os.chmod(world_writable, 0o777)                    # only Landlock stops this one
+    # a name of this run's own in /dev/shm (shared by every test run on the machine), removed in `finally`: a file
+    # left by a failed run (a mutant that lets it through) must not fail the next run, or another agent's
+    shm_file = os.path.join("/dev/shm", f"pwned-{os.getpid()}-{os.urandom(4).hex()}.txt")
     code = textwrap.dedent(f"""
         import os
         for path in [{root_owned!r}, {world_writable!r}, "/dev/shm"]:
             try:
-                with open(os.path.join(path, "pwned.txt"), "w") as f:
+                with open(os.path.join(path, {os.path.basename(shm_file)!r}), "w") as f:
                     f.write("x")
                 print("WROTE", path)
             except OSError as e:
@@ -170,9 +173,11 @@ def test_writing_outside_the_working_folder_is_blocked():
         assert lines[:4] == ["blocked PermissionError"] * 4, r.stdout
         assert lines[4] == "inside fine"
         assert os.listdir(root_owned) == [] and os.listdir(world_writable) == []
-        assert not os.path.exists("/dev/shm/pwned.txt")
+        assert not os.path.exists(shm_file)
         assert "Landlock" in r.isolation["filesystem"]
     finally:
+        if os.path.exists(shm_file):
+            os.unlink(shm_file)
         for d in (root_owned, world_writable):
             for name in os.listdir(d):
                 os.unlink(os.path.join(d, name))
