@@ -8706,6 +8706,19 @@ MUTANTS += [
 ]
 
 
+# mutation-lmo round: agreements inside a stretch the main runs alone (main_result's compute) make no collective
+LMO = ["tests/test_rank_agreement_one_process.py", "-k", "main_only_stretch"]
+MUTANTS += [
+    Mutant("lmo-main-only-agreement-reduces", "rank_agreement.py",
+           [("    return None if _main_only_depth else _process_group()", "    return _process_group()")], LMO,
+           "an agreement inside main_result's compute() all-reduces while the other ranks wait in the broadcast: "
+           "the launch hangs (OTC's held-out rollouts on 2 processes)"),
+    Mutant("lmo-main-only-never-left", "rank_agreement.py",
+           [("    finally:\n        _main_only_depth -= 1\n", "    finally:\n        pass\n")], LMO,
+           "the main-only stretch is never left: every later agreement of the main skips its all-reduce"),
+]
+
+
 def _copy_src(dst: Path, origin: Path = ROOT / "src") -> Path:
     src = dst / "src"
     shutil.copytree(origin / "preflab", src / "preflab", ignore=shutil.ignore_patterns("__pycache__"))

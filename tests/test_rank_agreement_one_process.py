@@ -233,3 +233,23 @@ def test_an_agreement_inside_an_agreement_keeps_the_exit_status_its_failure_carr
                     raise inner_error
         assert caught.value.what.startswith("the outer stretch: the inner stretch")
         assert exit_status(caught.value) == status
+
+
+def test_an_agreement_inside_a_main_only_stretch_makes_no_collective(group):
+    """main_result's compute() runs on the main alone while the other ranks wait in its broadcast; an agreement in
+    the code it calls (OTC's rollout generator agrees on failures) must not all-reduce there: the main waited in it
+    for ranks that were waiting in the broadcast, and a 2-process OTC recipe hung at its held-out evaluation."""
+    from preflab.rank_agreement import main_only
+
+    dist = group(0, 2, {1: "rank 1's error"})
+    with main_only():
+        with ranks_agree("the tool rollouts failed"):
+            pass
+        with pytest.raises(ValueError, match="the main's own"):  # raised as in one process, not a RankFailure
+            with ranks_agree("the tool rollouts failed"):
+                raise ValueError("the main's own")
+    assert dist.calls == {"all_reduce": 0, "all_gather_object": 0}
+    with pytest.raises(RankFailure):  # outside the stretch the agreement is back
+        with ranks_agree("the tool rollouts failed"):
+            pass
+    assert dist.calls == {"all_reduce": 1, "all_gather_object": 1}

@@ -56,6 +56,28 @@ def _process_group():
     return None
 
 
+_main_only_depth = 0  # > 0 while the main process runs a main_result's compute() alone
+
+
+@contextmanager
+def main_only() -> Iterator[None]:
+    """A stretch the main process runs alone (main_result's compute(): the other ranks wait in its broadcast). An
+    agreement inside it (a ranks_agree in code the compute calls, e.g. a generator's failure agreement) has no other
+    rank to agree with: it runs as in one process. Before, the main entered the agreement's all-reduce while the
+    others waited in the broadcast, and the launch hung (OTC's held-out rollouts on 2 processes)."""
+    global _main_only_depth
+    _main_only_depth += 1
+    try:
+        yield
+    finally:
+        _main_only_depth -= 1
+
+
+def _agreeing_group():
+    """The process group an agreement reduces over: None in one process and inside main_only()."""
+    return None if _main_only_depth else _process_group()
+
+
 def _flag_device(dist):
     """Where the flag tensor lives: the CPU for gloo; the process's accelerator device for the others (NCCL reduces
     only device tensors)."""
@@ -73,7 +95,7 @@ def failed_ranks(failed: bool) -> list[int]:
     holding 1 at each failed rank's index. Collective: every rank calls it."""
     import torch
 
-    dist = _process_group()
+    dist = _agreeing_group()
     if dist is None:
         return [0] if failed else []
     flags = torch.zeros(dist.get_world_size(), dtype=torch.int32, device=_flag_device(dist))
@@ -88,7 +110,7 @@ def failed_ranks_and_values(failed: bool, values: tuple[float, ...]) -> tuple[li
     in the rows below, each at its own rank's column (the other ranks' columns 0). Collective: every rank calls it."""
     import torch
 
-    dist = _process_group()
+    dist = _agreeing_group()
     if dist is None:
         return ([0] if failed else []), [tuple(float(v) for v in values)]
     world = dist.get_world_size()
@@ -113,7 +135,7 @@ def ranks_agree(what: str, values: tuple[float, ...] | None = None) -> Iterator[
     raised it on every rank alike: it is raised again with `what` before its own what, with no collective (every
     rank raised it, so every rank skips this agreement's all-reduce alike)."""
     shared: list = []
-    dist = _process_group()
+    dist = _agreeing_group()
     if dist is None:
         yield shared
         if values is not None:
@@ -169,7 +191,8 @@ def main_result(compute, accelerator, what: str):
     sent, failure = [None], None
     if accelerator.is_main_process:
         try:
-            sent = [compute()]
+            with main_only():  # an agreement inside compute() has no other rank to meet
+                sent = [compute()]
         except Exception as error:  # noqa: BLE001 - sent to every rank, then raised on every rank
             failure = error
             refusal = isinstance(error, ConfigError)

@@ -255,9 +255,13 @@ def main_result(compute: Callable[[], object]) -> object:
 
     if not (dist.is_available() and dist.is_initialized()):
         return compute()
+    from preflab.rank_agreement import main_only
     from preflab.runlog import is_main_process
 
-    box = [compute() if is_main_process() else None]
+    box = [None]
+    if is_main_process():
+        with main_only():  # the main alone: an agreement inside compute() (a generator's) has no other rank to meet
+            box = [compute()]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
