@@ -8609,7 +8609,8 @@ MUTANTS += [
            OPZ_JOBS, "a bar closed before its total says nothing of where it stopped"),
     Mutant("opz-note-at-build", "loops/launch.py",
            [("            refuse_fresh_start_over_unfinished_run(cfg)  # its note is said when train() starts the run\n",
-             "            __import__('preflab.loops.resume').loops.resume.note_earlier_run(cfg)\n")],
+             "            refuse_fresh_start_over_unfinished_run(cfg)\n"
+             "            print(__import__('preflab.loops.resume').loops.resume.earlier_run_note(cfg))\n")],
            OPZ_NOTE, "the 'starts afresh' note printed at the build again, before a train() argument is refused"),
 ]
 

@@ -446,14 +446,14 @@ def test_a_finished_runs_folder_is_noted_not_refused_and_its_last_checkpoint_res
     resume."""
     from types import SimpleNamespace
 
-    from preflab.loops.resume import note_earlier_run, resume_requested
+    from preflab.loops.resume import earlier_run_note, resume_requested
 
     run = _tiny_run()
     out = tmp_path / "run"
     run(out, max_steps=4, save_steps=2)
     capsys.readouterr()
-    note_earlier_run(SimpleNamespace(output_dir=str(out), resume_from_checkpoint="false"))
-    assert "holds an earlier run (it ended at step 4)" in capsys.readouterr().out
+    assert "holds an earlier run (it ended at step 4)" in earlier_run_note(
+        SimpleNamespace(output_dir=str(out), resume_from_checkpoint="false"))
     assert [resume_requested(SimpleNamespace(resume_from_checkpoint=v)) for v in ("false", "", None, False, True)] \
         == [False, False, False, False, True]
     kept = json.loads((out / "summary.json").read_text())

@@ -73,14 +73,14 @@ def test_a_fresh_run_in_a_finished_runs_folder_says_it_replaces_it(tmp_path, cap
     and summary.json; now a note names the earlier run and how to resume or keep it (not when resuming)."""
     from types import SimpleNamespace
 
-    from preflab.loops.resume import note_earlier_run
+    from preflab.loops.resume import earlier_run_note, refuse_fresh_start_over_unfinished_run
 
     (tmp_path / "summary.json").write_text(json.dumps({"global_step": 4}))
-    note_earlier_run(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=None))
-    out = capsys.readouterr().out
+    refuse_fresh_start_over_unfinished_run(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=None))
+    out = earlier_run_note(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=None))
     assert "holds an earlier run (it ended at step 4)" in out and "resume_from_checkpoint: true" in out
-    note_earlier_run(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=True))
-    note_earlier_run(SimpleNamespace(output_dir=str(tmp_path / "new"), resume_from_checkpoint=None))
+    assert earlier_run_note(SimpleNamespace(output_dir=str(tmp_path), resume_from_checkpoint=True)) is None
+    assert earlier_run_note(SimpleNamespace(output_dir=str(tmp_path / "new"), resume_from_checkpoint=None)) is None
     assert capsys.readouterr().out == ""
 
 

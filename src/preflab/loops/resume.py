@@ -23,7 +23,7 @@ def resolve_auto_resume(cfg, note=print) -> None:
     requeue, a Kubernetes pod restarted with the same command). Resolved once per run, before output_dir is claimed,
     on every rank from the same files: `true` (resume the newest intact checkpoint of output_dir's current timeline)
     when there is one, or a save killed between its renames that the start puts back (`.old-checkpoint-*`); else
-    null (a fresh start; a finished run without checkpoints is started afresh, as note_earlier_run says). With
+    null (a fresh start; a finished run without checkpoints is started afresh, as earlier_run_note says). With
     `true` a first start is refused (nothing to resume) and with null a restart is refused (checkpoints would be
     replaced), so neither can be left in a config that must both start and restart. Lightning's `ckpt_path="last"`
     behaves alike (no checkpoint: a warning, a fresh start). note: where the choice is said (the main process)."""
@@ -46,14 +46,6 @@ def resolve_auto_resume(cfg, note=print) -> None:
 def resume_requested(cfg) -> bool:
     """resume_from_checkpoint asks for a resume (true / latest / a path); unset, false or "" does not."""
     return cfg.resume_from_checkpoint not in (None, False, "", "false")
-
-
-def note_earlier_run(cfg) -> None:
-    """refuse_fresh_start_over_unfinished_run, then print earlier_run_note."""
-    refuse_fresh_start_over_unfinished_run(cfg)
-    note = earlier_run_note(cfg)
-    if note:
-        print(note, flush=True)
 
 
 def _earlier_run(cfg) -> tuple[int | None, Path | None] | None:
